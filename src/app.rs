@@ -1,0 +1,124 @@
+//! Wiring: open the database (embedded or external), build the schema, serve.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::config::{DatabaseArgs, GraphqlLimits};
+use crate::event_store::EventStore;
+use crate::graphql::build_schema;
+use crate::http::{router, AppState};
+use crate::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
+
+/// An open database, and the embedded cluster behind it when there is one (dropping
+/// it stops the cluster).
+pub struct Database {
+    pub pool: PgPool,
+    pub cluster: Option<EmbeddedCluster>,
+}
+
+/// Connects to `DATABASE_URL`, or starts the embedded cluster in `--data-dir`.
+pub async fn open_database(args: &DatabaseArgs) -> Result<Database> {
+    if let Some(url) = &args.database_url {
+        let pool = postgres::connect(url, args.pool_size).await?;
+        return Ok(Database {
+            pool,
+            cluster: None,
+        });
+    }
+    let options = ClusterOptions {
+        dir: args.data_dir.clone(),
+        durability: Durability::Durable,
+        max_connections: 200,
+    };
+    let cluster = tokio::task::spawn_blocking(move || EmbeddedCluster::start(&options))
+        .await
+        .context("starting the embedded PostgreSQL")??;
+    cluster.ensure_database("careboard").await?;
+    let pool = postgres::connect(&cluster.url("careboard"), args.pool_size).await?;
+    Ok(Database {
+        pool,
+        cluster: Some(cluster),
+    })
+}
+
+/// The application's shared state, built from a migrated pool.
+pub fn state(pool: PgPool, limits: GraphqlLimits, lock_timeout: Duration) -> AppState {
+    let store = EventStore::new(pool.clone(), lock_timeout);
+    AppState {
+        schema: build_schema(store, &limits),
+        pool,
+        limits: Arc::new(limits),
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")
+}
+
+/// A server running in the background (tests and tools).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    pub async fn start(bind: &str, state: AppState) -> Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+/// Resolves on Ctrl+C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

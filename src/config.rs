@@ -1,0 +1,98 @@
+//! Settings from the command line and the environment (every flag has a variable).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "careboard",
+    version,
+    about = "Event-sourced telehealth scheduling backend with a GraphQL API",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// `serve`'s options, accepted without the subcommand too (`serve` is the default).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve GraphQL over HTTP (the default).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the GraphQL schema (SDL); `careboard schema > schema.graphql` refreshes it.
+    Schema,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL. Without it Careboard runs a private cluster in --data-dir.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Where the embedded PostgreSQL cluster lives (used when DATABASE_URL is unset).
+    #[arg(long, env = "CAREBOARD_DATA_DIR", default_value = ".careboard", global = true)]
+    pub data_dir: PathBuf,
+    /// Connections in the pool.
+    #[arg(long, env = "CAREBOARD_DB_POOL_SIZE", default_value_t = 32, global = true)]
+    pub pool_size: u32,
+    /// How long a command waits for a stream another command holds (exclusive mode).
+    #[arg(long, env = "CAREBOARD_LOCK_TIMEOUT_MS", default_value_t = 5000, global = true)]
+    pub lock_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CAREBOARD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    #[command(flatten)]
+    pub limits: GraphqlLimits,
+}
+
+/// Guards against expensive or abusive GraphQL requests.
+#[derive(Debug, Clone, Args)]
+pub struct GraphqlLimits {
+    /// Deepest selection nesting accepted.
+    #[arg(long, env = "CAREBOARD_MAX_DEPTH", default_value_t = 12)]
+    pub max_depth: usize,
+    /// Highest query complexity (one point per field) accepted.
+    #[arg(long, env = "CAREBOARD_MAX_COMPLEXITY", default_value_t = 2000)]
+    pub max_complexity: usize,
+    /// Deepest recursion while parsing (nested lists, objects, fragments).
+    #[arg(long, env = "CAREBOARD_MAX_RECURSION", default_value_t = 32)]
+    pub max_recursion: usize,
+    /// Most directives on one field.
+    #[arg(long, env = "CAREBOARD_MAX_DIRECTIVES", default_value_t = 8)]
+    pub max_directives: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "CAREBOARD_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    /// Answer introspection queries (switch off in production if wanted).
+    #[arg(long, env = "CAREBOARD_INTROSPECTION", default_value_t = true, action = ArgAction::Set)]
+    pub introspection: bool,
+    /// Serve the GraphiQL playground at GET /graphql.
+    #[arg(long, env = "CAREBOARD_GRAPHIQL", default_value_t = true, action = ArgAction::Set)]
+    pub graphiql: bool,
+}
+
+impl Default for GraphqlLimits {
+    fn default() -> Self {
+        ServeArgs::default().limits
+    }
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        // The defaults declared above, without reading the process's arguments.
+        <Cli as Parser>::try_parse_from(["careboard"])
+            .map(|cli| cli.serve)
+            .expect("defaults parse")
+    }
+}

@@ -1,0 +1,291 @@
+//! Board: one group of appointments and providers during one workday.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{
+    fold_error, parse_date, region, required_text, specialty, Aggregate, DomainError,
+    DomainEvent, EventContext, FoldError, StreamType,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BoardStatus {
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Board {
+    pub id: Uuid,
+    pub name: String,
+    pub specialty: String,
+    pub region: String,
+    pub date: NaiveDate,
+    pub status: BoardStatus,
+    pub opened_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum BoardEvent {
+    #[serde(rename_all = "camelCase")]
+    BoardOpened {
+        name: String,
+        specialty: String,
+        region: String,
+        date: NaiveDate,
+    },
+    BoardClosed {},
+}
+
+impl DomainEvent for BoardEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            BoardEvent::BoardOpened { .. } => "BoardOpened",
+            BoardEvent::BoardClosed {} => "BoardClosed",
+        }
+    }
+}
+
+/// What is still going on at a Board, looked up before `Close` is decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenWork {
+    /// Appointments waiting, scheduled or started.
+    pub open_appointments: usize,
+    /// Provider shifts that are not signed off.
+    pub active_providers: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum BoardCommand {
+    Open {
+        name: String,
+        specialty: String,
+        region: String,
+        date: String,
+    },
+    Close {
+        open_work: OpenWork,
+    },
+}
+
+pub fn decide(state: Option<&Board>, command: BoardCommand) -> Result<Vec<BoardEvent>, DomainError> {
+    match (state, command) {
+        (None, BoardCommand::Open { name, specialty: s, region: r, date }) => {
+            Ok(vec![BoardEvent::BoardOpened {
+                name: required_text("name", &name, 200)?,
+                specialty: specialty("specialty", &s)?,
+                region: region("region", &r)?,
+                date: parse_date("date", &date)?,
+            }])
+        }
+        (Some(board), BoardCommand::Open { .. }) => Err(DomainError::InvalidTransition(format!(
+            "board {} is already open",
+            board.id
+        ))),
+        (None, BoardCommand::Close { .. }) => {
+            Err(DomainError::NotFound("board not found".to_string()))
+        }
+        (Some(board), BoardCommand::Close { open_work }) => {
+            if board.status == BoardStatus::Closed {
+                return Err(DomainError::InvalidTransition(
+                    "cannot close board: board is already CLOSED".to_string(),
+                ));
+            }
+            if open_work.open_appointments > 0 || open_work.active_providers > 0 {
+                return Err(DomainError::InvalidTransition(format!(
+                    "cannot close board: {} appointment(s) still waiting, scheduled or started \
+                     and {} provider(s) not signed off",
+                    open_work.open_appointments, open_work.active_providers
+                )));
+            }
+            Ok(vec![BoardEvent::BoardClosed {}])
+        }
+    }
+}
+
+impl Aggregate for Board {
+    const STREAM_TYPE: StreamType = StreamType::Board;
+    type Event = BoardEvent;
+
+    fn apply(state: Option<Self>, event: &BoardEvent, ctx: &EventContext) -> Result<Self, FoldError> {
+        match (state, event) {
+            (
+                None,
+                BoardEvent::BoardOpened {
+                    name,
+                    specialty,
+                    region,
+                    date,
+                },
+            ) => Ok(Board {
+                id: ctx.stream_id,
+                name: name.clone(),
+                specialty: specialty.clone(),
+                region: region.clone(),
+                date: *date,
+                status: BoardStatus::Open,
+                opened_at: ctx.at,
+                closed_at: None,
+                version: ctx.version,
+            }),
+            (Some(mut board), BoardEvent::BoardClosed {}) => {
+                board.status = BoardStatus::Closed;
+                board.closed_at = Some(ctx.at);
+                board.version = ctx.version;
+                Ok(board)
+            }
+            (None, e) => Err(fold_error(e, ctx, "board stream has not been opened")),
+            (Some(_), e) => Err(fold_error(e, ctx, "board is already opened")),
+        }
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::testing::*;
+
+    fn opened() -> BoardEvent {
+        BoardEvent::BoardOpened {
+            name: "Pediatrics TX".into(),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            date: NaiveDate::from_ymd_opt(2022, 7, 18).unwrap(),
+        }
+    }
+
+    fn open_cmd(date: &str) -> BoardCommand {
+        BoardCommand::Open {
+            name: " Pediatrics TX ".into(),
+            specialty: "Pediatrics".into(),
+            region: "tx".into(),
+            date: date.into(),
+        }
+    }
+
+    #[test]
+    fn opening_a_new_board_normalises_its_facts() {
+        let events = decide(None, open_cmd("2022-07-18")).unwrap();
+        assert_eq!(events, vec![opened()]);
+        let board = given::<Board>(&events).unwrap();
+        assert_eq!(board.status, BoardStatus::Open);
+        assert_eq!(board.version, 1);
+    }
+
+    #[test]
+    fn opening_with_an_unparsable_date_is_a_validation_error() {
+        let err = rejected_with(decide(None, open_cmd("18/07/2022")));
+        assert_eq!(
+            err,
+            DomainError::Validation(
+                "date '18/07/2022' is not a valid date (expected YYYY-MM-DD)".into()
+            )
+        );
+    }
+
+    #[test]
+    fn opening_with_an_empty_name_is_a_validation_error() {
+        let cmd = BoardCommand::Open {
+            name: "   ".into(),
+            specialty: "x".into(),
+            region: "TX".into(),
+            date: "2022-07-18".into(),
+        };
+        assert_eq!(
+            rejected_with(decide(None, cmd)),
+            DomainError::Validation("name must not be empty".into())
+        );
+    }
+
+    #[test]
+    fn opening_an_existing_board_is_rejected() {
+        let board = given::<Board>(&[opened()]);
+        assert!(matches!(
+            rejected_with(decide(board.as_ref(), open_cmd("2022-07-18"))),
+            DomainError::InvalidTransition(_)
+        ));
+    }
+
+    #[test]
+    fn closing_an_idle_open_board_closes_it() {
+        let board = given::<Board>(&[opened()]);
+        let events = decide(
+            board.as_ref(),
+            BoardCommand::Close {
+                open_work: OpenWork::default(),
+            },
+        )
+        .unwrap();
+        assert_eq!(events, vec![BoardEvent::BoardClosed {}]);
+        let closed = given::<Board>(&[opened(), BoardEvent::BoardClosed {}]).unwrap();
+        assert_eq!(closed.status, BoardStatus::Closed);
+        assert_eq!(closed.closed_at, Some(at(1)));
+    }
+
+    #[test]
+    fn closing_with_open_appointments_is_rejected() {
+        let board = given::<Board>(&[opened()]);
+        let err = rejected_with(decide(
+            board.as_ref(),
+            BoardCommand::Close {
+                open_work: OpenWork {
+                    open_appointments: 2,
+                    active_providers: 0,
+                },
+            },
+        ));
+        assert_eq!(
+            err,
+            DomainError::InvalidTransition(
+                "cannot close board: 2 appointment(s) still waiting, scheduled or started and 0 \
+                 provider(s) not signed off"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn closing_with_providers_not_signed_off_is_rejected() {
+        let board = given::<Board>(&[opened()]);
+        let cmd = BoardCommand::Close {
+            open_work: OpenWork {
+                open_appointments: 0,
+                active_providers: 1,
+            },
+        };
+        assert!(matches!(
+            rejected_with(decide(board.as_ref(), cmd)),
+            DomainError::InvalidTransition(_)
+        ));
+    }
+
+    #[test]
+    fn closing_a_closed_board_is_rejected() {
+        let board = given::<Board>(&[opened(), BoardEvent::BoardClosed {}]);
+        let cmd = BoardCommand::Close {
+            open_work: OpenWork::default(),
+        };
+        assert_eq!(
+            rejected_with(decide(board.as_ref(), cmd)),
+            DomainError::InvalidTransition("cannot close board: board is already CLOSED".into())
+        );
+    }
+
+    #[test]
+    fn closing_an_unknown_board_is_not_found() {
+        let cmd = BoardCommand::Close {
+            open_work: OpenWork::default(),
+        };
+        assert!(matches!(rejected_with(decide(None, cmd)), DomainError::NotFound(_)));
+    }
+}

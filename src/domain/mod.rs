@@ -1,0 +1,219 @@
+//! Pure aggregates: `decide(&state, command) -> events` and `apply(state, &event) -> state`.
+//!
+//! Nothing in here performs I/O. Whatever a decision needs from another stream (the
+//! Board's status, a provider's licences, the clock) is looked up by `commands` first
+//! and handed in through the command.
+
+pub mod appointment;
+pub mod board;
+pub mod provider;
+pub mod scheduling;
+pub mod shift;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+use uuid::Uuid;
+
+pub use appointment::{Appointment, AppointmentEvent, AppointmentStatus};
+pub use board::{Board, BoardEvent, BoardStatus};
+pub use provider::{Provider, ProviderEvent};
+pub use shift::{Shift, ShiftEvent, ShiftStatus};
+
+/// A command refused by the domain: what the user asked for is not possible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// The input itself is malformed (empty name, unparsable date, ...).
+    #[error("{0}")]
+    Validation(String),
+    /// Something the command refers to does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The input is fine but the entity's current state does not allow it.
+    #[error("{0}")]
+    InvalidTransition(String),
+}
+
+/// An event that cannot be applied to the state it meets: a corrupt or out-of-order
+/// stream. Never the user's fault; the projector dead-letters such events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot apply {event} at version {version}: {reason}")]
+pub struct FoldError {
+    pub event: String,
+    pub version: i64,
+    pub reason: String,
+}
+
+/// Envelope facts an `apply` may use: the event's place in its stream and when it was
+/// recorded (times of day live in the envelope, not in event data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventContext {
+    pub stream_id: Uuid,
+    pub version: i64,
+    pub at: DateTime<Utc>,
+}
+
+/// The kinds of stream in the store; the `streams.type` column holds `as_str()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamType {
+    Board,
+    Provider,
+    Shift,
+    Appointment,
+}
+
+impl StreamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamType::Board => "board",
+            StreamType::Provider => "provider",
+            StreamType::Shift => "shift",
+            StreamType::Appointment => "appointment",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "board" => Some(StreamType::Board),
+            "provider" => Some(StreamType::Provider),
+            "shift" => Some(StreamType::Shift),
+            "appointment" => Some(StreamType::Appointment),
+            _ => None,
+        }
+    }
+
+    /// The noun used in user-facing messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            StreamType::Board => "board",
+            StreamType::Provider => "provider",
+            StreamType::Shift => "provider shift",
+            StreamType::Appointment => "appointment",
+        }
+    }
+}
+
+/// An event type of one aggregate. Events are serde enums tagged as
+/// `{"type": "...", "data": {...}}`; the store keeps the two halves in two columns.
+pub trait DomainEvent: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
+    fn event_type(&self) -> &'static str;
+
+    fn encode(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut map)) => {
+                map.remove("data").unwrap_or(serde_json::json!({}))
+            }
+            // Every event is a struct variant; serialisation of plain data cannot fail.
+            _ => unreachable!("events serialise to tagged objects"),
+        }
+    }
+
+    fn decode(event_type: &str, data: &serde_json::Value) -> Result<Self, String> {
+        serde_json::from_value(serde_json::json!({ "type": event_type, "data": data }))
+            .map_err(|e| format!("cannot decode {event_type}: {e}"))
+    }
+}
+
+/// A stream's state, rebuilt by folding its events in version order.
+pub trait Aggregate: Clone + std::fmt::Debug + Sized {
+    const STREAM_TYPE: StreamType;
+    type Event: DomainEvent;
+
+    /// Applies one event. The first event of a stream meets `None`.
+    fn apply(state: Option<Self>, event: &Self::Event, ctx: &EventContext)
+        -> Result<Self, FoldError>;
+
+    /// The stream version this state reflects.
+    fn version(&self) -> i64;
+}
+
+/// Folds events (already in stream order) onto an optional starting state.
+pub fn fold<A: Aggregate>(
+    mut state: Option<A>,
+    events: impl IntoIterator<Item = (A::Event, EventContext)>,
+) -> Result<Option<A>, FoldError> {
+    for (event, ctx) in events {
+        state = Some(A::apply(state, &event, &ctx)?);
+    }
+    Ok(state)
+}
+
+pub(crate) fn fold_error(event: &impl DomainEvent, ctx: &EventContext, reason: &str) -> FoldError {
+    FoldError {
+        event: event.event_type().to_string(),
+        version: ctx.version,
+        reason: reason.to_string(),
+    }
+}
+
+/// Trims a required free-text field and bounds its length.
+pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, DomainError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(DomainError::Validation(format!("{field} must not be empty")));
+    }
+    if value.chars().count() > max {
+        return Err(DomainError::Validation(format!(
+            "{field} must be at most {max} characters"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// Specialties are compared case-insensitively: stored lower-case, trimmed.
+pub fn specialty(field: &str, value: &str) -> Result<String, DomainError> {
+    Ok(required_text(field, value, 64)?.to_lowercase())
+}
+
+/// Regions (US states, provinces, countries) are stored upper-case, trimmed.
+pub fn region(field: &str, value: &str) -> Result<String, DomainError> {
+    let value = required_text(field, value, 64)?;
+    Ok(value.to_uppercase())
+}
+
+/// Parses a calendar date written `YYYY-MM-DD`.
+pub fn parse_date(field: &str, value: &str) -> Result<NaiveDate, DomainError> {
+    NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
+        DomainError::Validation(format!(
+            "{field} '{value}' is not a valid date (expected YYYY-MM-DD)"
+        ))
+    })
+}
+
+/// Parses a client-supplied id.
+pub fn parse_id(field: &str, value: &str) -> Result<Uuid, DomainError> {
+    Uuid::parse_str(value.trim())
+        .map_err(|_| DomainError::Validation(format!("{field} '{value}' is not a valid id")))
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Given/when/then helpers for aggregate tests.
+    use super::*;
+
+    pub fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2022-07-18T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+            + chrono::Duration::minutes(minute)
+    }
+
+    /// Folds `given` events as if recorded one minute apart.
+    pub fn given<A: Aggregate>(events: &[A::Event]) -> Option<A> {
+        fold(
+            None,
+            events.iter().cloned().enumerate().map(|(i, e)| {
+                let ctx = EventContext {
+                    stream_id: Uuid::nil(),
+                    version: i as i64 + 1,
+                    at: at(i as i64),
+                };
+                (e, ctx)
+            }),
+        )
+        .expect("given events fold")
+    }
+
+    pub fn rejected_with<T: std::fmt::Debug>(result: Result<T, DomainError>) -> DomainError {
+        result.expect_err("command should be rejected")
+    }
+}

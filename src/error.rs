@@ -1,0 +1,96 @@
+//! `AppError`: the two tiers of failure and their one mapping to GraphQL errors.
+//!
+//! A domain error (the user asked for something impossible) is sent as it is, with a
+//! machine-readable `extensions.code`. An infrastructure error (something broke) is
+//! logged with a reference id and sent only as "internal error" plus that reference.
+//!
+//! `AppError` deliberately does not implement `Display`: async-graphql converts every
+//! `Display` type into an error without a code, and leaving it out makes the compiler
+//! route every `?` in a resolver through the mapping below.
+
+use async_graphql::ErrorExtensions;
+
+use crate::domain::DomainError;
+
+#[derive(Debug)]
+pub enum AppError {
+    Domain(DomainError),
+    /// Optimistic-concurrency or lock conflict: the client may re-read and retry.
+    Conflict(String),
+    /// A read-your-writes wait ran out before the projector reached the position.
+    Stale(String),
+    Internal(anyhow::Error),
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+impl AppError {
+    pub fn validation(msg: impl Into<String>) -> Self {
+        AppError::Domain(DomainError::Validation(msg.into()))
+    }
+
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        AppError::Domain(DomainError::NotFound(msg.into()))
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Domain(DomainError::Validation(_)) => "VALIDATION",
+            AppError::Domain(DomainError::NotFound(_)) => "NOT_FOUND",
+            AppError::Domain(DomainError::InvalidTransition(_)) => "INVALID_TRANSITION",
+            AppError::Conflict(_) => "CONFLICT",
+            AppError::Stale(_) => "STALE",
+            AppError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The message a client may see.
+    pub fn public_message(&self) -> String {
+        match self {
+            AppError::Domain(e) => e.to_string(),
+            AppError::Conflict(m) | AppError::Stale(m) => m.clone(),
+            AppError::Internal(_) => "internal error".to_string(),
+        }
+    }
+
+    /// For logs and tests: the whole story, internal details included.
+    pub fn describe(&self) -> String {
+        match self {
+            AppError::Internal(e) => format!("internal error: {e:#}"),
+            other => format!("{}: {}", other.code(), other.public_message()),
+        }
+    }
+}
+
+impl From<DomainError> for AppError {
+    fn from(e: DomainError) -> Self {
+        AppError::Domain(e)
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        AppError::Internal(e.into())
+    }
+}
+
+impl From<anyhow::Error> for AppError {
+    fn from(e: anyhow::Error) -> Self {
+        AppError::Internal(e)
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(e: AppError) -> Self {
+        let code = e.code();
+        let message = match &e {
+            AppError::Internal(inner) => {
+                let reference = uuid::Uuid::new_v4();
+                tracing::error!(%reference, error = ?inner, "internal error while serving a request");
+                format!("internal error (reference {reference})")
+            }
+            other => other.public_message(),
+        };
+        async_graphql::Error::new(message).extend_with(|_, ext| ext.set("code", code))
+    }
+}

@@ -1,0 +1,305 @@
+//! The append-only event store in PostgreSQL: reading streams and folding them.
+//!
+//! Appending lives in [`append`]; the unit of work that commands use in [`unit_of_work`].
+
+pub mod append;
+pub mod unit_of_work;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{
+    Aggregate, Appointment, Board, DomainEvent, EventContext, Shift, StreamType,
+};
+use crate::error::{AppError, AppResult};
+
+/// One stored event with its envelope.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RecordedEvent {
+    /// Global position (the `seq` identity column).
+    pub seq: i64,
+    pub id: Uuid,
+    pub stream_id: Uuid,
+    pub stream_type: String,
+    pub version: i64,
+    pub event_type: String,
+    pub data: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    pub fn context(&self) -> EventContext {
+        EventContext {
+            stream_id: self.stream_id,
+            version: self.version,
+            at: self.recorded_at,
+        }
+    }
+}
+
+/// How much of a stream to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLimit {
+    All,
+    /// Events with a stream version at or below this one.
+    Version(i64),
+    /// Events recorded at or before this time.
+    Time(DateTime<Utc>),
+}
+
+const EVENT_COLUMNS: &str = "e.seq, e.id, e.stream_id, s.type as stream_type, e.version, \
+     e.type as event_type, e.data, e.metadata, e.recorded_at";
+
+/// The event store: a pool plus the in-process signal the projector wakes on.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    /// Fired after every local commit that appended events, so an in-process projector
+    /// wakes at once without NOTIFY in the write path.
+    appended: Arc<tokio::sync::Notify>,
+    /// How long exclusive mode waits for a stream's row lock before answering CONFLICT.
+    lock_timeout: Duration,
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool, lock_timeout: Duration) -> Self {
+        Self {
+            pool,
+            appended: Arc::new(tokio::sync::Notify::new()),
+            lock_timeout,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn appended_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.appended.clone()
+    }
+
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
+    }
+
+    /// Loads one stream's state, folded up to `limit`. `None` when the stream does not
+    /// exist (or did not yet exist at that point), or is a stream of another type.
+    pub async fn load<A: Aggregate>(&self, id: Uuid, limit: ReadLimit) -> AppResult<Option<A>> {
+        load(&self.pool, id, limit).await
+    }
+}
+
+/// Reads one stream's events in version order.
+pub async fn read_stream(
+    conn: impl PgExecutor<'_>,
+    stream_id: Uuid,
+    limit: ReadLimit,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let (version, time) = match limit {
+        ReadLimit::All => (None, None),
+        ReadLimit::Version(v) => (Some(v), None),
+        ReadLimit::Time(t) => (None, Some(t)),
+    };
+    sqlx::query_as::<_, RecordedEvent>(&format!(
+        "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
+         where e.stream_id = $1 \
+           and ($2::bigint is null or e.version <= $2) \
+           and ($3::timestamptz is null or e.recorded_at <= $3) \
+         order by e.version"
+    ))
+    .bind(stream_id)
+    .bind(version)
+    .bind(time)
+    .fetch_all(conn)
+    .await
+}
+
+/// Reads the events of every stream that belongs to a Board (its own stream, its
+/// shifts and appointments), grouped by stream and in version order within each.
+pub async fn read_board_streams(
+    conn: impl PgExecutor<'_>,
+    board_id: Uuid,
+    limit: ReadLimit,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let time = match limit {
+        ReadLimit::Time(t) => Some(t),
+        _ => None,
+    };
+    sqlx::query_as::<_, RecordedEvent>(&format!(
+        "select {EVENT_COLUMNS} from streams s join events e on e.stream_id = s.id \
+         where s.board_id = $1 \
+           and ($2::timestamptz is null or e.recorded_at <= $2) \
+         order by e.stream_id, e.version"
+    ))
+    .bind(board_id)
+    .bind(time)
+    .fetch_all(conn)
+    .await
+}
+
+/// Decodes and folds a stream's events into its aggregate.
+pub fn fold_recorded<A: Aggregate>(events: &[RecordedEvent]) -> AppResult<Option<A>> {
+    let mut state: Option<A> = None;
+    for e in events {
+        if e.stream_type != A::STREAM_TYPE.as_str() {
+            return Ok(None);
+        }
+        let event = A::Event::decode(&e.event_type, &e.data)
+            .map_err(|msg| AppError::Internal(anyhow::anyhow!("stream {}: {msg}", e.stream_id)))?;
+        state = Some(
+            A::apply(state, &event, &e.context())
+                .map_err(|err| AppError::Internal(anyhow::anyhow!("stream {}: {err}", e.stream_id)))?,
+        );
+    }
+    Ok(state)
+}
+
+/// Loads a stream's state through any executor (pool or transaction).
+pub async fn load<A: Aggregate>(
+    conn: impl PgExecutor<'_>,
+    id: Uuid,
+    limit: ReadLimit,
+) -> AppResult<Option<A>> {
+    let events = read_stream(conn, id, limit).await?;
+    fold_recorded::<A>(&events)
+}
+
+/// A Board folded together with every shift and appointment on it.
+#[derive(Debug, Clone)]
+pub struct BoardContents {
+    pub board: Board,
+    /// Sorted by join time, then id: independent of the order streams were read in.
+    pub shifts: Vec<Shift>,
+    /// Sorted by request time, then id.
+    pub appointments: Vec<Appointment>,
+    /// Number of events applied across all of the Board's streams.
+    pub version: i64,
+    /// Global position of the newest of those events.
+    pub position: i64,
+}
+
+impl BoardContents {
+    /// Builds the contents from `read_board_streams` output. `None` if the Board's own
+    /// stream has no events (it does not exist, or not yet at that time).
+    pub fn from_events(board_id: Uuid, events: &[RecordedEvent]) -> AppResult<Option<Self>> {
+        let mut board = None;
+        let mut shifts = Vec::new();
+        let mut appointments = Vec::new();
+        let mut version = 0;
+        let mut position = 0;
+        for chunk in events.chunk_by(|a, b| a.stream_id == b.stream_id) {
+            version += chunk.len() as i64;
+            position = position.max(chunk.iter().map(|e| e.seq).max().unwrap_or(0));
+            match StreamType::parse(&chunk[0].stream_type) {
+                Some(StreamType::Board) if chunk[0].stream_id == board_id => {
+                    board = fold_recorded::<Board>(chunk)?
+                }
+                Some(StreamType::Shift) => shifts.extend(fold_recorded::<Shift>(chunk)?),
+                Some(StreamType::Appointment) => {
+                    appointments.extend(fold_recorded::<Appointment>(chunk)?)
+                }
+                _ => {}
+            }
+        }
+        let Some(board) = board else {
+            return Ok(None);
+        };
+        shifts.sort_by(|a, b| (a.joined_at, a.id).cmp(&(b.joined_at, b.id)));
+        appointments.sort_by(|a, b| (a.requested_at, a.id).cmp(&(b.requested_at, b.id)));
+        Ok(Some(BoardContents {
+            board,
+            shifts,
+            appointments,
+            version,
+            position,
+        }))
+    }
+
+    pub fn open_work(&self) -> crate::domain::board::OpenWork {
+        crate::domain::board::OpenWork {
+            open_appointments: self.appointments.iter().filter(|a| a.status.is_open()).count(),
+            active_providers: self
+                .shifts
+                .iter()
+                .filter(|s| s.status != crate::domain::ShiftStatus::SignedOff)
+                .count(),
+        }
+    }
+}
+
+/// Loads a Board with its shifts and appointments, as of `limit` (`All` or `Time`).
+pub async fn load_board_contents(
+    conn: impl PgExecutor<'_>,
+    board_id: Uuid,
+    limit: ReadLimit,
+) -> AppResult<Option<BoardContents>> {
+    let events = read_board_streams(conn, board_id, limit).await?;
+    BoardContents::from_events(board_id, &events)
+}
+
+/// Which events the audit log query returns.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub stream_id: Option<Uuid>,
+    pub board_id: Option<Uuid>,
+    /// Only events after this global position.
+    pub after: i64,
+    pub types: Option<Vec<String>>,
+    pub limit: i64,
+}
+
+/// The event log in global-position order, filtered. For audit and debugging: it is
+/// not the projector's read (which must order by transaction, see the projector).
+pub async fn read_log(conn: impl PgExecutor<'_>, filter: &LogFilter) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as::<_, RecordedEvent>(&format!(
+        "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
+         where ($1::uuid is null or e.stream_id = $1) \
+           and ($2::uuid is null or s.board_id = $2) \
+           and e.seq > $3 \
+           and ($4::text[] is null or e.type = any($4)) \
+         order by e.seq limit $5"
+    ))
+    .bind(filter.stream_id)
+    .bind(filter.board_id)
+    .bind(filter.after)
+    .bind(&filter.types)
+    .bind(filter.limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Providers in registration order after `after` (a registration position), with the
+/// position of each registration as its cursor.
+pub async fn list_providers(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+) -> AppResult<Vec<(i64, crate::domain::Provider)>> {
+    let events = sqlx::query_as::<_, RecordedEvent>(&format!(
+        "with page as ( \
+             select e.stream_id, e.seq from events e join streams s on s.id = e.stream_id \
+              where s.type = 'provider' and e.version = 1 and e.seq > $1 \
+              order by e.seq limit $2) \
+         select {EVENT_COLUMNS} from page p \
+           join events e on e.stream_id = p.stream_id \
+           join streams s on s.id = e.stream_id \
+          order by p.seq, e.version"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::new();
+    for chunk in events.chunk_by(|a, b| a.stream_id == b.stream_id) {
+        if let Some(provider) = fold_recorded::<crate::domain::Provider>(chunk)? {
+            out.push((chunk[0].seq, provider));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,315 @@
+//! A command's transaction: idempotency claim, loads (locked in exclusive mode),
+//! staged writes, and one commit that appends everything or nothing.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::append::{append, Appended, StreamWrite};
+use super::{fold_recorded, load_board_contents, read_stream, BoardContents, EventStore, ReadLimit};
+use crate::domain::{Aggregate, DomainEvent, EventContext};
+use crate::error::{AppError, AppResult};
+
+/// Who sent a command, how it relates to other work, and how to check concurrency.
+#[derive(Debug, Clone)]
+pub struct CommandMeta {
+    /// The GraphQL mutation, e.g. `scheduleAppointment`.
+    pub operation: &'static str,
+    /// The GraphQL operation name the client gave, if any.
+    pub operation_name: Option<String>,
+    pub actor: String,
+    pub correlation_id: String,
+    /// Client-chosen idempotency key.
+    pub command_id: Option<String>,
+    /// Optimistic check on the target stream; `None` means exclusive mode.
+    pub expected_version: Option<i64>,
+}
+
+impl CommandMeta {
+    pub fn new(operation: &'static str) -> Self {
+        Self {
+            operation,
+            operation_name: None,
+            actor: "system".into(),
+            correlation_id: Uuid::new_v4().to_string(),
+            command_id: None,
+            expected_version: None,
+        }
+    }
+
+    fn event_metadata(&self) -> Value {
+        json!({
+            "correlationId": self.correlation_id,
+            "causationId": self.command_id,
+            "actor": self.actor,
+            "operation": self.operation,
+            "operationName": self.operation_name,
+        })
+    }
+}
+
+/// The remembered result of a command: enough to answer a repeat of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub position: i64,
+    /// Streams written, target first, with their versions after the command.
+    pub streams: Vec<(Uuid, i64)>,
+}
+
+impl Outcome {
+    pub fn version_of(&self, stream_id: Uuid) -> Option<i64> {
+        self.streams
+            .iter()
+            .find(|(id, _)| *id == stream_id)
+            .map(|(_, v)| *v)
+    }
+}
+
+pub enum Begun {
+    Fresh(UnitOfWork),
+    /// The `commandId` was seen before: here is what it did; nothing was appended.
+    Replayed(Outcome),
+}
+
+/// How a reference read protects what it read until commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// No lock: the data is immutable or staleness is harmless.
+    None,
+    /// `FOR SHARE`: the stream cannot change until this command commits (e.g. the Board
+    /// stays OPEN while an appointment is requested on it).
+    Share,
+    /// `FOR UPDATE`: this command serialises with every other writer of the stream.
+    Exclusive,
+}
+
+pub struct UnitOfWork {
+    tx: Transaction<'static, Postgres>,
+    store: EventStore,
+    meta: CommandMeta,
+    claimed_command: bool,
+    writes: Vec<StreamWrite>,
+}
+
+/// Lock waits and deadlocks become conflicts the client can retry.
+fn lock_error(e: sqlx::Error) -> AppError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.code().as_deref() {
+            Some("55P03") => {
+                return AppError::Conflict(
+                    "timed out waiting for another command on the same stream; retry".into(),
+                )
+            }
+            Some("40P01") | Some("40001") => {
+                return AppError::Conflict("concurrent commands collided; retry".into())
+            }
+            _ => {}
+        }
+    }
+    AppError::from(e)
+}
+
+impl EventStore {
+    /// Opens a command's transaction. With a `commandId` seen before, answers the
+    /// remembered outcome instead (and refuses a reused id with another input).
+    pub async fn begin(&self, meta: CommandMeta, input: &Value) -> AppResult<Begun> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("select set_config('lock_timeout', $1, true)")
+            .bind(format!("{}ms", self.lock_timeout().as_millis().max(1)))
+            .execute(&mut *tx)
+            .await?;
+        let mut claimed_command = false;
+        if let Some(command_id) = &meta.command_id {
+            if command_id.trim().is_empty() || command_id.len() > 200 {
+                return Err(AppError::validation(
+                    "commandId must be between 1 and 200 characters",
+                ));
+            }
+            // Claiming the id first makes a concurrent duplicate wait here until the first
+            // commits (or rolls back), instead of both appending.
+            let claimed = sqlx::query(
+                "insert into processed_commands (command_id, operation, input, outcome) \
+                 values ($1, $2, $3, 'null'::jsonb) on conflict (command_id) do nothing",
+            )
+            .bind(command_id)
+            .bind(meta.operation)
+            .bind(input)
+            .execute(&mut *tx)
+            .await
+            .map_err(lock_error)?;
+            if claimed.rows_affected() == 0 {
+                drop(tx);
+                return self.replay(command_id, meta.operation, input).await;
+            }
+            claimed_command = true;
+        }
+        Ok(Begun::Fresh(UnitOfWork {
+            tx,
+            store: self.clone(),
+            meta,
+            claimed_command,
+            writes: Vec::new(),
+        }))
+    }
+
+    async fn replay(&self, command_id: &str, operation: &str, input: &Value) -> AppResult<Begun> {
+        let row: Option<(String, Value, Value)> = sqlx::query_as(
+            "select operation, input, outcome from processed_commands where command_id = $1",
+        )
+        .bind(command_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((seen_operation, seen_input, outcome)) = row else {
+            return Err(AppError::Conflict(format!(
+                "command {command_id} is being processed concurrently; retry"
+            )));
+        };
+        if seen_operation != operation || &seen_input != input {
+            return Err(AppError::validation(format!(
+                "commandId '{command_id}' was already used for a different command"
+            )));
+        }
+        let outcome: Outcome = serde_json::from_value(outcome)
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("stored outcome of {command_id}: {e}")))?;
+        Ok(Begun::Replayed(outcome))
+    }
+}
+
+impl UnitOfWork {
+    pub fn meta(&self) -> &CommandMeta {
+        &self.meta
+    }
+
+    async fn lock(&mut self, id: Uuid, guard: Guard) -> AppResult<()> {
+        let sql = match guard {
+            Guard::None => return Ok(()),
+            Guard::Share => "select 1 from streams where id = $1 for share",
+            Guard::Exclusive => "select 1 from streams where id = $1 for update",
+        };
+        sqlx::query(sql)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(lock_error)?;
+        Ok(())
+    }
+
+    /// Reads a stream inside the transaction, after taking `guard`.
+    pub async fn read<A: Aggregate>(&mut self, id: Uuid, guard: Guard) -> AppResult<Option<A>> {
+        self.lock(id, guard).await?;
+        let events = read_stream(&mut *self.tx, id, ReadLimit::All).await?;
+        fold_recorded::<A>(&events)
+    }
+
+    /// Loads the command's target stream: locked in exclusive mode, checked against
+    /// `expectedVersion` in optimistic mode.
+    pub async fn target<A: Aggregate>(&mut self, id: Uuid) -> AppResult<Option<A>> {
+        let guard = if self.meta.expected_version.is_some() {
+            Guard::None
+        } else {
+            Guard::Exclusive
+        };
+        self.target_guarded(id, guard).await
+    }
+
+    /// Like `target`, but takes the row lock in optimistic mode too: for decisions
+    /// that read other streams which must not change until commit.
+    pub async fn target_locked<A: Aggregate>(&mut self, id: Uuid) -> AppResult<Option<A>> {
+        self.target_guarded(id, Guard::Exclusive).await
+    }
+
+    async fn target_guarded<A: Aggregate>(&mut self, id: Uuid, guard: Guard) -> AppResult<Option<A>> {
+        let state = self.read::<A>(id, guard).await?;
+        if let (Some(expected), Some(s)) = (self.meta.expected_version, &state) {
+            if s.version() != expected {
+                return Err(AppError::Conflict(format!(
+                    "expected version {expected} but {} {id} is at version {}",
+                    A::STREAM_TYPE.noun(),
+                    s.version()
+                )));
+            }
+        }
+        Ok(state)
+    }
+
+    /// The Board with its shifts and appointments, read inside the transaction.
+    pub async fn board_contents(&mut self, board_id: Uuid) -> AppResult<Option<BoardContents>> {
+        load_board_contents(&mut *self.tx, board_id, ReadLimit::All).await
+    }
+
+    /// Loads a second stream the command also writes: locked in exclusive mode,
+    /// version-checked at append in optimistic mode.
+    pub async fn also<A: Aggregate>(&mut self, id: Uuid) -> AppResult<Option<A>> {
+        let guard = if self.meta.expected_version.is_some() {
+            Guard::None
+        } else {
+            Guard::Exclusive
+        };
+        self.read::<A>(id, guard).await
+    }
+
+    /// Stages events for a stream; `base` is the state they were decided on.
+    pub fn stage<A: Aggregate>(
+        &mut self,
+        id: Uuid,
+        board_id: Option<Uuid>,
+        base: Option<&A>,
+        events: &[A::Event],
+    ) {
+        if events.is_empty() {
+            return;
+        }
+        self.writes.push(StreamWrite::new(
+            A::STREAM_TYPE,
+            id,
+            board_id,
+            base.map(|s| s.version()).unwrap_or(0),
+            events,
+        ));
+    }
+
+    /// Appends everything staged and commits. Nothing staged is a bug in the caller.
+    pub async fn commit(mut self) -> AppResult<Committed> {
+        let appended = append(&mut self.tx, &self.writes, &self.meta.event_metadata()).await?;
+        let outcome = Outcome {
+            position: appended.position,
+            streams: appended.versions.clone(),
+        };
+        if self.claimed_command {
+            sqlx::query("update processed_commands set outcome = $2 where command_id = $1")
+                .bind(self.meta.command_id.as_deref())
+                .bind(serde_json::to_value(&outcome).map_err(anyhow::Error::from)?)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await.map_err(lock_error)?;
+        self.store.appended_signal().notify_one();
+        Ok(Committed { appended, outcome })
+    }
+}
+
+/// A committed command: what was appended, with the envelope facts needed to fold the
+/// new state in memory instead of reading it back.
+pub struct Committed {
+    pub appended: Appended,
+    pub outcome: Outcome,
+}
+
+impl Committed {
+    pub fn position(&self) -> i64 {
+        self.outcome.position
+    }
+
+    /// Applies the events staged for `id` to the state they were decided on.
+    pub fn fold<A: Aggregate>(&self, id: Uuid, base: Option<A>, events: &[A::Event]) -> AppResult<A> {
+        let contexts: Vec<EventContext> = self.appended.contexts_of(id);
+        let mut state = base;
+        for (event, ctx) in events.iter().zip(contexts.iter()) {
+            state = Some(A::apply(state, event, ctx).map_err(|e| {
+                AppError::Internal(anyhow::anyhow!("{} {id}: {e}", event.event_type()))
+            })?);
+        }
+        state.ok_or_else(|| AppError::Internal(anyhow::anyhow!("stream {id} has no state after commit")))
+    }
+}

@@ -1,0 +1,162 @@
+//! Mutations: each is one command through `commands`, answered with the new state.
+
+use async_graphql::{Context, Object, Result};
+
+use super::types::{
+    AppointmentPayload, AppointmentShiftPayload, Board, BoardPayload, Provider, ProviderPayload,
+    ProviderShift, ShiftPayload,
+};
+use super::{command_meta, store};
+use crate::commands::{
+    self, AppointmentAction, AppointmentInput, CancelAppointmentInput, CloseBoardInput,
+    JoinBoardInput, OpenBoardInput, RegisterProviderInput, RequestAppointmentInput,
+    ScheduleAppointmentInput, ShiftAction, ShiftInput, Written,
+};
+use crate::domain;
+
+pub struct Mutation;
+
+fn board_payload(w: Written<domain::Board>) -> BoardPayload {
+    BoardPayload {
+        board: Board::from_state(w.entity),
+        version: w.version,
+        position: w.position,
+    }
+}
+
+fn shift_payload(w: Written<domain::Shift>) -> ShiftPayload {
+    ShiftPayload {
+        shift: ProviderShift(w.entity),
+        version: w.version,
+        position: w.position,
+    }
+}
+
+fn appointment_payload(w: Written<domain::Appointment>) -> AppointmentPayload {
+    super::types::AppointmentPayload {
+        appointment: super::types::Appointment(w.entity),
+        version: w.version,
+        position: w.position,
+    }
+}
+
+fn appointment_shift_payload(w: Written<domain::Appointment>) -> AppointmentShiftPayload {
+    AppointmentShiftPayload {
+        appointment: super::types::Appointment(w.entity),
+        shift: w.shift.map(ProviderShift),
+        version: w.version,
+        position: w.position,
+    }
+}
+
+async fn shift_action(ctx: &Context<'_>, action: ShiftAction, input: ShiftInput) -> Result<ShiftPayload> {
+    let meta = command_meta(ctx, action.operation());
+    Ok(shift_payload(commands::shift_action(store(ctx), meta, action, input).await?))
+}
+
+#[Object]
+impl Mutation {
+    /// Opens a Board for one workday.
+    async fn open_board(&self, ctx: &Context<'_>, input: OpenBoardInput) -> Result<BoardPayload> {
+        let meta = command_meta(ctx, "openBoard");
+        Ok(board_payload(commands::open_board(store(ctx), meta, input).await?))
+    }
+
+    /// Closes a Board; refused while appointments are open or providers not signed off.
+    async fn close_board(&self, ctx: &Context<'_>, input: CloseBoardInput) -> Result<BoardPayload> {
+        let meta = command_meta(ctx, "closeBoard");
+        Ok(board_payload(commands::close_board(store(ctx), meta, input).await?))
+    }
+
+    async fn register_provider(
+        &self,
+        ctx: &Context<'_>,
+        input: RegisterProviderInput,
+    ) -> Result<ProviderPayload> {
+        let meta = command_meta(ctx, "registerProvider");
+        let w = commands::register_provider(store(ctx), meta, input).await?;
+        Ok(ProviderPayload {
+            provider: Provider(w.entity),
+            version: w.version,
+            position: w.position,
+        })
+    }
+
+    /// A registered provider joins an open Board and is READY.
+    async fn join_board(&self, ctx: &Context<'_>, input: JoinBoardInput) -> Result<ShiftPayload> {
+        let meta = command_meta(ctx, "joinBoard");
+        Ok(shift_payload(commands::join_board(store(ctx), meta, input).await?))
+    }
+
+    /// PAUSED → READY.
+    async fn mark_provider_ready(&self, ctx: &Context<'_>, input: ShiftInput) -> Result<ShiftPayload> {
+        shift_action(ctx, ShiftAction::MarkReady, input).await
+    }
+
+    /// READY → PAUSED.
+    async fn pause_provider(&self, ctx: &Context<'_>, input: ShiftInput) -> Result<ShiftPayload> {
+        shift_action(ctx, ShiftAction::Pause, input).await
+    }
+
+    /// CHARTING → READY; the charting time is recorded.
+    async fn complete_charting(&self, ctx: &Context<'_>, input: ShiftInput) -> Result<ShiftPayload> {
+        shift_action(ctx, ShiftAction::CompleteCharting, input).await
+    }
+
+    /// READY or PAUSED → SIGNED_OFF (final).
+    async fn sign_off_provider(&self, ctx: &Context<'_>, input: ShiftInput) -> Result<ShiftPayload> {
+        shift_action(ctx, ShiftAction::SignOff, input).await
+    }
+
+    /// A patient asks for an appointment on an open Board.
+    async fn request_appointment(
+        &self,
+        ctx: &Context<'_>,
+        input: RequestAppointmentInput,
+    ) -> Result<AppointmentPayload> {
+        let meta = command_meta(ctx, "requestAppointment");
+        Ok(appointment_payload(commands::request_appointment(store(ctx), meta, input).await?))
+    }
+
+    /// Pairs a waiting appointment with a READY provider; both streams change together.
+    async fn schedule_appointment(
+        &self,
+        ctx: &Context<'_>,
+        input: ScheduleAppointmentInput,
+    ) -> Result<AppointmentShiftPayload> {
+        let meta = command_meta(ctx, "scheduleAppointment");
+        Ok(appointment_shift_payload(
+            commands::schedule_appointment(store(ctx), meta, input).await?,
+        ))
+    }
+
+    /// SCHEDULED → STARTED.
+    async fn start_appointment(&self, ctx: &Context<'_>, input: AppointmentInput) -> Result<AppointmentPayload> {
+        let meta = command_meta(ctx, "startAppointment");
+        let w = commands::appointment_action(store(ctx), meta, AppointmentAction::Start, input).await?;
+        Ok(appointment_payload(w))
+    }
+
+    /// STARTED → FINISHED, and the provider starts charting.
+    async fn finish_appointment(
+        &self,
+        ctx: &Context<'_>,
+        input: AppointmentInput,
+    ) -> Result<AppointmentShiftPayload> {
+        let meta = command_meta(ctx, "finishAppointment");
+        let w = commands::appointment_action(store(ctx), meta, AppointmentAction::Finish, input).await?;
+        Ok(appointment_shift_payload(w))
+    }
+
+    /// Cancels a waiting or scheduled appointment; a scheduled one frees its provider.
+    async fn cancel_appointment(
+        &self,
+        ctx: &Context<'_>,
+        input: CancelAppointmentInput,
+    ) -> Result<AppointmentShiftPayload> {
+        let meta = command_meta(ctx, "cancelAppointment");
+        Ok(appointment_shift_payload(
+            commands::cancel_appointment(store(ctx), meta, input).await?,
+        ))
+    }
+}

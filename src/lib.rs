@@ -1,0 +1,28 @@
+//! Careboard: an event-sourced telehealth scheduling backend with a GraphQL API.
+//!
+//! # Layout
+//!
+//! Data flows one way: GraphQL mutation → [`commands`] → [`domain`] `decide` →
+//! [`event_store`] append; queries fold events on demand through the same `apply`.
+//!
+//! - [`config`]: settings from the command line and environment.
+//! - [`error`]: `AppError`, the two error tiers and their mapping to GraphQL codes.
+//! - [`postgres`]: pool, migrations, and the embedded local cluster.
+//! - [`domain`]: pure aggregates (Board, Provider, ProviderShift, Appointment) and the
+//!   two-stream scheduling decisions; no I/O.
+//! - [`event_store`]: append (optimistic / exclusive / multi-stream), read, fold, and the
+//!   unit of work every command runs in.
+//! - [`commands`]: load → decide → append, one function per mutation.
+//! - [`graphql`]: schema, queries, mutations, output types.
+//! - [`http`]: the axum router (GraphQL, GraphiQL, health).
+//! - [`app`]: wiring and serving.
+
+pub mod app;
+pub mod commands;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod event_store;
+pub mod graphql;
+pub mod http;
+pub mod postgres;
