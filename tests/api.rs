@@ -1,0 +1,502 @@
+//! The API as a client sees it: the real server on port 0, HTTP, a fresh database.
+
+mod common;
+
+use common::{error_code, error_message, TestApp};
+use serde_json::{json, Value};
+
+const OPEN_BOARD: &str = r#"mutation($input: OpenBoardInput!) {
+  openBoard(input: $input) { board { id name specialty region date status } version position }
+}"#;
+const REGISTER_PROVIDER: &str = r#"mutation($input: RegisterProviderInput!) {
+  registerProvider(input: $input) { provider { id name specialties licensedRegions } version position }
+}"#;
+const JOIN_BOARD: &str = r#"mutation($input: JoinBoardInput!) {
+  joinBoard(input: $input) { shift { id boardId providerId status appointmentId version } version position }
+}"#;
+const REQUEST_APPOINTMENT: &str = r#"mutation($input: RequestAppointmentInput!) {
+  requestAppointment(input: $input) { appointment { id status patientName specialty region } version position }
+}"#;
+const SCHEDULE_APPOINTMENT: &str = r#"mutation($input: ScheduleAppointmentInput!) {
+  scheduleAppointment(input: $input) {
+    appointment { id status providerId shiftId estimatedTime scheduledAt }
+    shift { id status appointmentId version }
+    version position
+  }
+}"#;
+const START_APPOINTMENT: &str = r#"mutation($input: AppointmentInput!) {
+  startAppointment(input: $input) { appointment { status startedAt } version position }
+}"#;
+const FINISH_APPOINTMENT: &str = r#"mutation($input: AppointmentInput!) {
+  finishAppointment(input: $input) { appointment { status finishedAt } shift { status appointmentId } version position }
+}"#;
+const CANCEL_APPOINTMENT: &str = r#"mutation($input: CancelAppointmentInput!) {
+  cancelAppointment(input: $input) { appointment { status cancellationReason } shift { status appointmentId } version position }
+}"#;
+const COMPLETE_CHARTING: &str = r#"mutation($input: ShiftInput!) {
+  completeCharting(input: $input) { shift { status chartingSeconds appointmentId } version position }
+}"#;
+const PAUSE_PROVIDER: &str = r#"mutation($input: ShiftInput!) {
+  pauseProvider(input: $input) { shift { status } version position }
+}"#;
+const SIGN_OFF: &str = r#"mutation($input: ShiftInput!) {
+  signOffProvider(input: $input) { shift { status } version position }
+}"#;
+const CLOSE_BOARD: &str = r#"mutation($input: CloseBoardInput!) {
+  closeBoard(input: $input) { board { status closedAt } version position }
+}"#;
+
+fn s(v: &Value) -> String {
+    v.as_str().expect("string").to_string()
+}
+
+/// A Board with one registered provider on it; returns (board, provider, shift) ids.
+async fn board_with_provider(app: &TestApp) -> (String, String, String) {
+    let board = app
+        .data(
+            OPEN_BOARD,
+            json!({"input": {"name": "Pediatrics TX", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
+        )
+        .await;
+    let board_id = s(&board["openBoard"]["board"]["id"]);
+    let provider = app
+        .data(
+            REGISTER_PROVIDER,
+            json!({"input": {"name": "Dr. Ada Park", "specialties": ["pediatrics"], "licensedRegions": ["TX", "OK"]}}),
+        )
+        .await;
+    let provider_id = s(&provider["registerProvider"]["provider"]["id"]);
+    let shift = app
+        .data(JOIN_BOARD, json!({"input": {"boardId": board_id, "providerId": provider_id}}))
+        .await;
+    let shift_id = s(&shift["joinBoard"]["shift"]["id"]);
+    (board_id, provider_id, shift_id)
+}
+
+async fn request(app: &TestApp, board_id: &str, patient: &str) -> String {
+    let data = app
+        .data(
+            REQUEST_APPOINTMENT,
+            json!({"input": {"boardId": board_id, "patientName": patient, "specialty": "pediatrics", "region": "TX", "reason": "fever"}}),
+        )
+        .await;
+    s(&data["requestAppointment"]["appointment"]["id"])
+}
+
+#[tokio::test]
+async fn the_readme_walkthrough_works_over_http() {
+    let app = TestApp::spawn().await;
+    let mut last_position = 0;
+    let mut check_position = |payload: &Value| {
+        let p = payload["position"].as_i64().expect("position");
+        assert!(p > last_position, "positions must grow: {p} after {last_position}");
+        last_position = p;
+    };
+
+    let opened = app
+        .data(
+            OPEN_BOARD,
+            json!({"input": {"name": "Pediatrics TX", "specialty": "Pediatrics", "region": "tx", "date": "2022-07-18"}}),
+        )
+        .await;
+    let board = &opened["openBoard"];
+    assert_eq!(board["board"]["status"], "OPEN");
+    assert_eq!(board["board"]["specialty"], "pediatrics");
+    assert_eq!(board["board"]["region"], "TX");
+    assert_eq!(board["board"]["date"], "2022-07-18");
+    assert_eq!(board["version"], 1);
+    check_position(board);
+    let board_id = s(&board["board"]["id"]);
+
+    let registered = app
+        .data(
+            REGISTER_PROVIDER,
+            json!({"input": {"name": "Dr. Ada Park", "specialties": ["pediatrics"], "licensedRegions": ["TX"]}}),
+        )
+        .await;
+    check_position(&registered["registerProvider"]);
+    let provider_id = s(&registered["registerProvider"]["provider"]["id"]);
+
+    let joined = app
+        .data(JOIN_BOARD, json!({"input": {"boardId": board_id, "providerId": provider_id}}))
+        .await;
+    assert_eq!(joined["joinBoard"]["shift"]["status"], "READY");
+    check_position(&joined["joinBoard"]);
+    let shift_id = s(&joined["joinBoard"]["shift"]["id"]);
+
+    let requested = app
+        .data(
+            REQUEST_APPOINTMENT,
+            json!({"input": {"boardId": board_id, "patientName": "Sam Lee", "specialty": "pediatrics", "region": "TX", "reason": "fever"}}),
+        )
+        .await;
+    assert_eq!(requested["requestAppointment"]["appointment"]["status"], "REQUESTED");
+    check_position(&requested["requestAppointment"]);
+    let appointment_id = s(&requested["requestAppointment"]["appointment"]["id"]);
+
+    let scheduled = app
+        .data(
+            SCHEDULE_APPOINTMENT,
+            json!({"input": {"appointmentId": appointment_id, "shiftId": shift_id, "estimatedTime": "2022-07-18T15:30:00Z"}}),
+        )
+        .await;
+    let scheduled = &scheduled["scheduleAppointment"];
+    assert_eq!(scheduled["appointment"]["status"], "SCHEDULED");
+    assert_eq!(scheduled["appointment"]["providerId"], provider_id.as_str());
+    assert_eq!(scheduled["appointment"]["estimatedTime"], "2022-07-18T15:30:00+00:00");
+    assert_eq!(scheduled["shift"]["status"], "ASSIGNED");
+    assert_eq!(scheduled["shift"]["appointmentId"], appointment_id.as_str());
+    assert_eq!(scheduled["version"], 2);
+    check_position(scheduled);
+
+    let started = app
+        .data(START_APPOINTMENT, json!({"input": {"appointmentId": appointment_id}}))
+        .await;
+    assert_eq!(started["startAppointment"]["appointment"]["status"], "STARTED");
+    check_position(&started["startAppointment"]);
+
+    let finished = app
+        .data(FINISH_APPOINTMENT, json!({"input": {"appointmentId": appointment_id}}))
+        .await;
+    let finished = &finished["finishAppointment"];
+    assert_eq!(finished["appointment"]["status"], "FINISHED");
+    assert_eq!(finished["shift"]["status"], "CHARTING");
+    check_position(finished);
+
+    let charted = app
+        .data(COMPLETE_CHARTING, json!({"input": {"shiftId": shift_id}}))
+        .await;
+    let charted = &charted["completeCharting"];
+    assert_eq!(charted["shift"]["status"], "READY");
+    assert!(charted["shift"]["appointmentId"].is_null());
+    assert_eq!(charted["version"], 4);
+    check_position(charted);
+
+    // The Board shows everything that happened on it.
+    let view = app
+        .data(
+            r#"query($id: ID!) { board(id: $id) {
+                status version position
+                providers { id status provider { name } }
+                appointments { id status patientName providerId }
+                counts { waiting scheduled inProgress finished providersReady }
+            } }"#,
+            json!({"id": board_id}),
+        )
+        .await;
+    let b = &view["board"];
+    assert_eq!(b["providers"][0]["status"], "READY");
+    assert_eq!(b["providers"][0]["provider"]["name"], "Dr. Ada Park");
+    assert_eq!(b["appointments"][0]["status"], "FINISHED");
+    assert_eq!(b["counts"]["finished"], 1);
+    assert_eq!(b["counts"]["providersReady"], 1);
+    // 1 board event + 4 shift events + 4 appointment events.
+    assert_eq!(b["version"], 9);
+    assert_eq!(b["position"], last_position);
+
+    // Single-stream reads fold the stream, now or as of an earlier version.
+    let reads = app
+        .data(
+            r#"query($a: ID!, $s: ID!) {
+                now: appointment(id: $a) { status version }
+                before: appointment(id: $a, version: 2) { status version }
+                shift: providerShift(id: $s) { status chartingSeconds }
+            }"#,
+            json!({"a": appointment_id, "s": shift_id}),
+        )
+        .await;
+    assert_eq!(reads["now"]["status"], "FINISHED");
+    assert_eq!(reads["before"]["status"], "SCHEDULED");
+    assert_eq!(reads["shift"]["status"], "READY");
+
+    // The audit log carries who and why.
+    let log = app
+        .data(
+            r#"query($id: ID!) { events(streamId: $id) { edges { cursor node { type version position metadata data } } pageInfo { hasNextPage endCursor } } }"#,
+            json!({"id": appointment_id}),
+        )
+        .await;
+    let edges = log["events"]["edges"].as_array().unwrap();
+    let types: Vec<&str> = edges.iter().map(|e| e["node"]["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["AppointmentRequested", "AppointmentScheduled", "AppointmentStarted", "AppointmentFinished"]
+    );
+    let meta = &edges[1]["node"]["metadata"];
+    assert_eq!(meta["actor"], "test-coordinator");
+    assert_eq!(meta["operation"], "scheduleAppointment");
+    assert!(meta["correlationId"].is_string());
+    assert_eq!(log["events"]["pageInfo"]["hasNextPage"], false);
+}
+
+#[tokio::test]
+async fn the_audit_log_pages_by_position_and_filters_by_board_and_type() {
+    let app = TestApp::spawn().await;
+    let (board_id, _, _) = board_with_provider(&app).await;
+    for i in 0..3 {
+        request(&app, &board_id, &format!("Patient {i}")).await;
+    }
+    let query = r#"query($b: ID!, $after: String) { events(boardId: $b, first: 2, after: $after, types: ["AppointmentRequested"]) {
+        edges { cursor node { type } } pageInfo { hasNextPage endCursor } } }"#;
+    let first = app.data(query, json!({"b": board_id})).await;
+    assert_eq!(first["events"]["edges"].as_array().unwrap().len(), 2);
+    assert_eq!(first["events"]["pageInfo"]["hasNextPage"], true);
+    let after = first["events"]["pageInfo"]["endCursor"].clone();
+    let second = app.data(query, json!({"b": board_id, "after": after})).await;
+    assert_eq!(second["events"]["edges"].as_array().unwrap().len(), 1);
+    assert_eq!(second["events"]["pageInfo"]["hasNextPage"], false);
+}
+
+#[tokio::test]
+async fn providers_are_listed_in_registration_order_with_cursors() {
+    let app = TestApp::spawn().await;
+    for name in ["A", "B", "C"] {
+        app.data(
+            REGISTER_PROVIDER,
+            json!({"input": {"name": name, "specialties": ["x"], "licensedRegions": ["TX"]}}),
+        )
+        .await;
+    }
+    let q = r#"query($after: String) { providers(first: 2, after: $after) { edges { cursor node { name } } pageInfo { hasNextPage endCursor } } }"#;
+    let page1 = app.data(q, json!({})).await;
+    let names: Vec<&str> = page1["providers"]["edges"].as_array().unwrap().iter().map(|e| e["node"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["A", "B"]);
+    assert_eq!(page1["providers"]["pageInfo"]["hasNextPage"], true);
+    let page2 = app
+        .data(q, json!({"after": page1["providers"]["pageInfo"]["endCursor"]}))
+        .await;
+    assert_eq!(page2["providers"]["edges"][0]["node"]["name"], "C");
+    assert_eq!(page2["providers"]["pageInfo"]["hasNextPage"], false);
+}
+
+#[tokio::test]
+async fn cancelling_a_scheduled_appointment_frees_its_provider_atomically() {
+    let app = TestApp::spawn().await;
+    let (board_id, _, shift_id) = board_with_provider(&app).await;
+    let appointment_id = request(&app, &board_id, "Sam").await;
+    app.data(SCHEDULE_APPOINTMENT, json!({"input": {"appointmentId": appointment_id, "shiftId": shift_id}}))
+        .await;
+    let cancelled = app
+        .data(CANCEL_APPOINTMENT, json!({"input": {"appointmentId": appointment_id, "reason": "patient left"}}))
+        .await;
+    let c = &cancelled["cancelAppointment"];
+    assert_eq!(c["appointment"]["status"], "CANCELLED");
+    assert_eq!(c["appointment"]["cancellationReason"], "patient left");
+    assert_eq!(c["shift"]["status"], "READY");
+    assert!(c["shift"]["appointmentId"].is_null());
+
+    // A waiting appointment is cancelled without touching any shift.
+    let waiting = request(&app, &board_id, "Kim").await;
+    let cancelled = app
+        .data(CANCEL_APPOINTMENT, json!({"input": {"appointmentId": waiting, "reason": "duplicate"}}))
+        .await;
+    assert!(cancelled["cancelAppointment"]["shift"].is_null());
+}
+
+#[tokio::test]
+async fn closing_a_board_waits_for_open_work_to_end() {
+    let app = TestApp::spawn().await;
+    let (board_id, _, shift_id) = board_with_provider(&app).await;
+    let appointment_id = request(&app, &board_id, "Sam").await;
+
+    let refused = app.gql(CLOSE_BOARD, json!({"input": {"boardId": board_id}})).await;
+    assert_eq!(error_code(&refused), "INVALID_TRANSITION");
+    assert!(error_message(&refused).contains("1 appointment(s) still waiting"), "{refused}");
+
+    app.data(CANCEL_APPOINTMENT, json!({"input": {"appointmentId": appointment_id, "reason": "no show"}}))
+        .await;
+    let refused = app.gql(CLOSE_BOARD, json!({"input": {"boardId": board_id}})).await;
+    assert!(error_message(&refused).contains("1 provider(s) not signed off"), "{refused}");
+
+    app.data(PAUSE_PROVIDER, json!({"input": {"shiftId": shift_id}})).await;
+    app.data(SIGN_OFF, json!({"input": {"shiftId": shift_id}})).await;
+    let closed = app.data(CLOSE_BOARD, json!({"input": {"boardId": board_id}})).await;
+    assert_eq!(closed["closeBoard"]["board"]["status"], "CLOSED");
+    assert_eq!(closed["closeBoard"]["version"], 2);
+
+    // A closed board takes no new work.
+    let late = app
+        .gql(
+            REQUEST_APPOINTMENT,
+            json!({"input": {"boardId": board_id, "patientName": "Late", "specialty": "pediatrics", "region": "TX", "reason": "x"}}),
+        )
+        .await;
+    assert_eq!(error_code(&late), "INVALID_TRANSITION");
+    assert_eq!(error_message(&late), "cannot request appointment: board is CLOSED, not OPEN");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_coded_error_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let (board_id, provider_id, shift_id) = board_with_provider(&app).await;
+    let appointment_id = request(&app, &board_id, "Sam").await;
+    let before = app.event_count().await;
+
+    // Malformed id.
+    let r = app.gql(START_APPOINTMENT, json!({"input": {"appointmentId": "not-a-uuid"}})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    assert_eq!(error_message(&r), "appointmentId 'not-a-uuid' is not a valid id");
+
+    // Unknown id.
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = app.gql(START_APPOINTMENT, json!({"input": {"appointmentId": unknown}})).await;
+    assert_eq!(error_code(&r), "NOT_FOUND");
+    let r = app.gql(JOIN_BOARD, json!({"input": {"boardId": unknown, "providerId": provider_id}})).await;
+    assert_eq!(error_code(&r), "NOT_FOUND");
+
+    // Stale expected version.
+    let r = app
+        .gql(START_APPOINTMENT, json!({"input": {"appointmentId": appointment_id, "expectedVersion": 7}}))
+        .await;
+    assert_eq!(error_code(&r), "CONFLICT");
+    assert!(error_message(&r).contains("expected version 7"), "{r}");
+
+    // Invalid transitions.
+    let r = app.gql(START_APPOINTMENT, json!({"input": {"appointmentId": appointment_id}})).await;
+    assert_eq!(error_code(&r), "INVALID_TRANSITION");
+    assert_eq!(error_message(&r), "cannot start appointment: appointment is REQUESTED, not SCHEDULED");
+    let r = app.gql(COMPLETE_CHARTING, json!({"input": {"shiftId": shift_id}})).await;
+    assert_eq!(error_code(&r), "INVALID_TRANSITION");
+    assert_eq!(error_message(&r), "cannot complete charting: shift is READY, not CHARTING");
+    let r = app.gql(JOIN_BOARD, json!({"input": {"boardId": board_id, "providerId": provider_id}})).await;
+    assert_eq!(error_code(&r), "INVALID_TRANSITION");
+
+    // Validation: dates, empty names, licences.
+    let r = app
+        .gql(OPEN_BOARD, json!({"input": {"name": "X", "specialty": "x", "region": "TX", "date": "2022-13-45"}}))
+        .await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    assert_eq!(error_message(&r), "date '2022-13-45' is not a valid date (expected YYYY-MM-DD)");
+    let r = app
+        .gql(REGISTER_PROVIDER, json!({"input": {"name": " ", "specialties": ["x"], "licensedRegions": ["TX"]}}))
+        .await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    let elsewhere = app
+        .data(
+            REQUEST_APPOINTMENT,
+            json!({"input": {"boardId": board_id, "patientName": "Remote", "specialty": "pediatrics", "region": "NY", "reason": "rash"}}),
+        )
+        .await;
+    let before_licence = app.event_count().await;
+    let elsewhere_id = s(&elsewhere["requestAppointment"]["appointment"]["id"]);
+    let r = app
+        .gql(SCHEDULE_APPOINTMENT, json!({"input": {"appointmentId": elsewhere_id, "shiftId": shift_id}}))
+        .await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    assert_eq!(error_message(&r), "cannot schedule appointment: provider Dr. Ada Park is not licensed in NY");
+    assert_eq!(app.event_count().await, before_licence, "a refused two-stream command writes nothing");
+
+    // Wrong GraphQL: unknown field, wrong type, unparsable document.
+    let r = app.gql("{ board(id: \"x\") { nope } }", json!({})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    let r = app.gql(SCHEDULE_APPOINTMENT, json!({"input": {"appointmentId": appointment_id, "shiftId": shift_id, "estimatedTime": "tomorrow"}})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    let r = app.gql("mutation {", json!({})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+
+    assert_eq!(app.event_count().await, before + 1, "only the one valid request was appended");
+    // Nothing internal leaks.
+    let r = app.gql(START_APPOINTMENT, json!({"input": {"appointmentId": appointment_id}})).await;
+    assert!(!r.to_string().to_lowercase().contains("sqlx"));
+}
+
+#[tokio::test]
+async fn over_limit_requests_are_refused_with_a_code() {
+    let app = TestApp::spawn().await;
+    // Too deep.
+    let deep = r#"{ board(id: "00000000-0000-0000-0000-000000000000") { providers { provider { name } } } }"#;
+    let mut limits = careboard::config::GraphqlLimits::default();
+    limits.max_depth = 2;
+    let strict = TestApp::spawn_with(limits).await;
+    let r = strict.gql(deep, json!({})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    assert!(error_message(&r).to_lowercase().contains("nested too deep"), "{r}");
+
+    // Too complex: a request for many aliased fields.
+    let wide: String = (0..1000)
+        .map(|i| format!("a{i}: provider(id: \"00000000-0000-0000-0000-000000000000\") {{ id name }} "))
+        .collect();
+    let r = app.gql(&format!("{{ {wide} }}"), json!({})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    assert!(error_message(&r).to_lowercase().contains("complex"), "{r}");
+
+    // Too many directives on one field.
+    let directives = "@include(if: true) ".repeat(20);
+    let r = app.gql(&format!("{{ __typename {directives} }}"), json!({})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+
+    // Too large a body.
+    let huge = "x".repeat(300 * 1024);
+    let response = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({"query": format!("{{ __typename }} # {huge}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "VALIDATION");
+
+    // Not JSON at all.
+    let response = app.http.post(app.url("/graphql")).body("hello").send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "VALIDATION");
+}
+
+#[tokio::test]
+async fn a_repeated_command_id_returns_the_first_result_and_appends_nothing() {
+    let app = TestApp::spawn().await;
+    let input = json!({"input": {"name": "Derm CA", "specialty": "dermatology", "region": "CA", "date": "2022-07-19", "commandId": "open-derm-ca"}});
+    let first = app.data(OPEN_BOARD, input.clone()).await;
+    let count = app.event_count().await;
+    let second = app.data(OPEN_BOARD, input).await;
+    assert_eq!(first, second);
+    assert_eq!(app.event_count().await, count);
+
+    // The same id with another input is refused.
+    let other = json!({"input": {"name": "Derm NV", "specialty": "dermatology", "region": "NV", "date": "2022-07-19", "commandId": "open-derm-ca"}});
+    let r = app.gql(OPEN_BOARD, other).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    assert!(error_message(&r).contains("already used"), "{r}");
+    assert_eq!(app.event_count().await, count);
+}
+
+#[tokio::test]
+async fn expected_version_guards_concurrent_edits() {
+    let app = TestApp::spawn().await;
+    let (_, _, shift_id) = board_with_provider(&app).await;
+    let paused = app
+        .data(PAUSE_PROVIDER, json!({"input": {"shiftId": shift_id, "expectedVersion": 1}}))
+        .await;
+    assert_eq!(paused["pauseProvider"]["version"], 2);
+    // A second client still holding version 1 is told so.
+    let stale = app
+        .gql(SIGN_OFF, json!({"input": {"shiftId": shift_id, "expectedVersion": 1}}))
+        .await;
+    assert_eq!(error_code(&stale), "CONFLICT");
+    let ok = app
+        .data(SIGN_OFF, json!({"input": {"shiftId": shift_id, "expectedVersion": 2}}))
+        .await;
+    assert_eq!(ok["signOffProvider"]["shift"]["status"], "SIGNED_OFF");
+}
+
+#[tokio::test]
+async fn graphiql_health_and_readiness_are_served() {
+    let app = TestApp::spawn().await;
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = no_redirect.get(app.url("/")).send().await.unwrap();
+    assert!(root.status().is_redirection());
+    assert_eq!(root.headers()["location"], "/graphql");
+    let page = app.http.get(app.url("/graphql")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().to_lowercase().contains("graphiql"));
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

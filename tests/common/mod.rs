@@ -1,0 +1,169 @@
+//! Test harness: a throwaway PostgreSQL (or `DATABASE_URL`), one fresh database per
+//! test, and the real server on port 0 with a real HTTP client.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use careboard::app::{self, RunningServer};
+use careboard::config::GraphqlLimits;
+use careboard::event_store::EventStore;
+use careboard::postgres::{ClusterOptions, Durability, EmbeddedCluster, MIGRATOR};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+/// Where test databases are created: `DATABASE_URL`, or a cluster this test process
+/// starts from the system's binaries (stopped by the kernel when the process exits).
+fn admin_options() -> PgConnectOptions {
+    static ADMIN_URL: OnceLock<String> = OnceLock::new();
+    let url = ADMIN_URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        let dir = test_cluster_dir();
+        let cluster = EmbeddedCluster::start(&ClusterOptions {
+            dir,
+            durability: Durability::Throwaway,
+            max_connections: 400,
+        })
+        .expect("start a throwaway PostgreSQL for the tests");
+        let url = cluster.url("postgres");
+        // Lives for the whole test process.
+        Box::leak(Box::new(cluster));
+        url
+    });
+    PgConnectOptions::from_str(url)
+        .expect("valid admin URL")
+        .disable_statement_logging()
+}
+
+/// A per-process directory under the system temp dir; directories left by test
+/// processes that no longer run are removed first.
+fn test_cluster_dir() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(pid) = name.strip_prefix("careboard-test-").and_then(|p| p.parse::<i32>().ok()) {
+                let alive = unsafe { libc::kill(pid, 0) } == 0;
+                if !alive {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    tmp.join(format!("careboard-test-{}", std::process::id()))
+}
+
+/// A fresh, migrated database for one test.
+pub async fn fresh_database() -> PgPool {
+    let admin = admin_options();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = connect_retrying(&admin).await;
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    conn.close().await.ok();
+    let pool = PgPoolOptions::new()
+        .max_connections(40)
+        .connect_with(admin.database(&name))
+        .await
+        .expect("connect to test database");
+    MIGRATOR.run(&pool).await.expect("migrate test database");
+    pool
+}
+
+async fn connect_retrying(options: &PgConnectOptions) -> sqlx::PgConnection {
+    let mut attempts = 0;
+    loop {
+        match sqlx::PgConnection::connect_with(options).await {
+            Ok(c) => return c,
+            Err(e) if attempts < 100 => {
+                attempts += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot reach the test PostgreSQL: {e}"),
+        }
+    }
+}
+
+pub fn store(pool: &PgPool) -> EventStore {
+    EventStore::new(pool.clone(), Duration::from_secs(10))
+}
+
+/// The real server on port 0 against a fresh database, and an HTTP client for it.
+pub struct TestApp {
+    pub server: RunningServer,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(GraphqlLimits::default()).await
+    }
+
+    pub async fn spawn_with(limits: GraphqlLimits) -> Self {
+        let pool = fresh_database().await;
+        let state = app::state(pool.clone(), limits, Duration::from_secs(5));
+        let server = RunningServer::start("127.0.0.1:0", state).await.expect("start server");
+        Self {
+            server,
+            pool,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    /// Posts a GraphQL request and returns the whole JSON response.
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        let response = self
+            .http
+            .post(self.url("/graphql"))
+            .header("x-actor", "test-coordinator")
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("POST /graphql");
+        response.json().await.expect("JSON response")
+    }
+
+    /// Posts a GraphQL request that must succeed; returns `data`.
+    pub async fn data(&self, query: &str, variables: Value) -> Value {
+        let response = self.gql(query, variables).await;
+        assert!(
+            response.get("errors").is_none(),
+            "unexpected errors: {response:#}"
+        );
+        response["data"].clone()
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// The `extensions.code` of the first error, asserting there is one.
+pub fn error_code(response: &Value) -> String {
+    let code = &response["errors"][0]["extensions"]["code"];
+    assert!(code.is_string(), "expected an error with a code, got {response:#}");
+    code.as_str().unwrap().to_string()
+}
+
+pub fn error_message(response: &Value) -> String {
+    response["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
