@@ -1,0 +1,281 @@
+//! The event store against real PostgreSQL: concurrency, atomicity, idempotency, reads.
+
+mod common;
+
+use std::sync::Arc;
+
+use careboard::commands::{self, CommandOptions, OpenBoardInput};
+use careboard::domain::{Aggregate, DomainEvent, EventContext, FoldError, StreamType};
+use careboard::error::AppError;
+use careboard::event_store::append::{append, StreamWrite};
+use careboard::event_store::unit_of_work::{Begun, CommandMeta};
+use careboard::event_store::{read_stream, EventStore, ReadLimit};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A minimal aggregate whose every command succeeds, so concurrency outcomes depend on
+/// the store alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+enum CounterEvent {
+    Incremented { seen: i64 },
+}
+
+impl DomainEvent for CounterEvent {
+    fn event_type(&self) -> &'static str {
+        "Incremented"
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Counter {
+    value: i64,
+    version: i64,
+}
+
+impl Aggregate for Counter {
+    const STREAM_TYPE: StreamType = StreamType::Board;
+    type Event = CounterEvent;
+
+    fn apply(state: Option<Self>, _: &CounterEvent, ctx: &EventContext) -> Result<Self, FoldError> {
+        Ok(Counter {
+            value: state.map(|s| s.value).unwrap_or(0) + 1,
+            version: ctx.version,
+        })
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+fn meta(expected_version: Option<i64>) -> CommandMeta {
+    let mut meta = CommandMeta::new("test");
+    meta.expected_version = expected_version;
+    meta
+}
+
+/// Creates a counter stream with one event; returns its id.
+async fn new_counter(store: &EventStore) -> Uuid {
+    let id = Uuid::new_v4();
+    increment(store, id, None).await.expect("create counter");
+    id
+}
+
+/// One command on a counter: load (locked in exclusive mode), decide, append.
+async fn increment(store: &EventStore, id: Uuid, expected: Option<i64>) -> Result<i64, AppError> {
+    let Begun::Fresh(mut uow) = store.begin(meta(expected), &json!({})).await? else {
+        unreachable!("no command id given")
+    };
+    let state = uow.target::<Counter>(id).await?;
+    let seen = state.as_ref().map(|s| s.value).unwrap_or(0);
+    uow.stage::<Counter>(id, None, state.as_ref(), &[CounterEvent::Incremented { seen }]);
+    uow.commit().await?;
+    Ok(seen)
+}
+
+async fn versions_of(pool: &PgPool, id: Uuid) -> Vec<i64> {
+    sqlx::query_scalar("select version from events where stream_id = $1 order by version")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_appends_with_the_same_expected_version_let_exactly_one_through() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let id = new_counter(&store).await;
+    // All 32 transactions are open before any appends, so they race in the SQL itself.
+    let barrier = Arc::new(tokio::sync::Barrier::new(32));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let pool = pool.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = pool.begin().await.unwrap();
+            barrier.wait().await;
+            let write = StreamWrite::new(
+                StreamType::Board,
+                id,
+                None,
+                1,
+                &[CounterEvent::Incremented { seen: 1 }],
+            );
+            let result = append(&mut tx, &[write], &json!({})).await;
+            if result.is_ok() {
+                tx.commit().await.unwrap();
+            }
+            result.map(|_| ())
+        }));
+    }
+    let mut ok = 0;
+    let mut conflicts = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(AppError::Conflict(_)) => conflicts += 1,
+            Err(other) => panic!("unexpected error: {}", other.describe()),
+        }
+    }
+    assert_eq!((ok, conflicts), (1, 31));
+    assert_eq!(versions_of(&pool, id).await, vec![1, 2]);
+    let stream_version: i64 = sqlx::query_scalar("select version from streams where id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stream_version, 2);
+}
+
+#[tokio::test]
+async fn optimistic_commands_with_a_stale_version_get_conflict() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let id = new_counter(&store).await;
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { increment(&store, id, Some(1)).await }));
+    }
+    let results: Vec<_> = futures::future::join_all(tasks).await;
+    let ok = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
+    let conflicts = results
+        .iter()
+        .filter(|r| matches!(r.as_ref().unwrap(), Err(AppError::Conflict(_))))
+        .count();
+    assert_eq!((ok, conflicts), (1, 31));
+    assert_eq!(versions_of(&pool, id).await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn exclusive_mode_serialises_concurrent_commands_and_loses_none() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let id = new_counter(&store).await;
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { increment(&store, id, None).await }));
+    }
+    let mut seen: Vec<i64> = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap().unwrap_or_else(|e| panic!("{}", e.describe())));
+    }
+    seen.sort();
+    // Each command saw the state left by the one before it: strictly serialised.
+    assert_eq!(seen, (1..=32).collect::<Vec<_>>());
+    assert_eq!(versions_of(&pool, id).await, (1..=33).collect::<Vec<_>>());
+    let state = store.load::<Counter>(id, ReadLimit::All).await.unwrap().unwrap();
+    assert_eq!((state.value, state.version), (33, 33));
+}
+
+#[tokio::test]
+async fn a_failure_on_the_second_stream_leaves_the_first_unchanged() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let first = new_counter(&store).await;
+    let second = new_counter(&store).await;
+    let before = versions_of(&pool, first).await;
+
+    for stale_second in [0, 5] {
+        let mut tx = pool.begin().await.unwrap();
+        let writes = [
+            StreamWrite::new(StreamType::Board, first, None, 1, &[CounterEvent::Incremented { seen: 1 }]),
+            StreamWrite::new(StreamType::Board, second, None, stale_second, &[CounterEvent::Incremented { seen: 1 }]),
+        ];
+        let result = append(&mut tx, &writes, &json!({})).await;
+        assert!(matches!(result, Err(AppError::Conflict(_))), "stale second stream must conflict");
+        drop(tx); // rolled back
+    }
+    assert_eq!(versions_of(&pool, first).await, before);
+    let first_version: i64 = sqlx::query_scalar("select version from streams where id = $1")
+        .bind(first)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(first_version, 1);
+}
+
+fn open_input(command_id: &str, region: &str) -> OpenBoardInput {
+    OpenBoardInput {
+        name: "Cardiology".into(),
+        specialty: "cardiology".into(),
+        region: region.into(),
+        date: "2022-07-18".into(),
+        options: CommandOptions {
+            expected_version: None,
+            command_id: Some(command_id.into()),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_command_id_appends_nothing_and_returns_the_first_result() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    // Sent 16 times at once, as a retrying client might.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            commands::open_board(&store, CommandMeta::new("openBoard"), open_input("cmd-1", "TX")).await
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap().unwrap_or_else(|e| panic!("{}", e.describe())));
+    }
+    let first = &results[0];
+    for r in &results {
+        assert_eq!(r.entity, first.entity);
+        assert_eq!((r.version, r.position), (first.version, first.position));
+    }
+    let events: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+
+    // Later repeats too; a different input under the same id is refused.
+    let again = commands::open_board(&store, CommandMeta::new("openBoard"), open_input("cmd-1", "TX"))
+        .await
+        .unwrap();
+    assert_eq!(again.entity, first.entity);
+    let other = commands::open_board(&store, CommandMeta::new("openBoard"), open_input("cmd-1", "CA")).await;
+    assert!(matches!(other, Err(AppError::Domain(careboard::domain::DomainError::Validation(_)))));
+}
+
+#[tokio::test]
+async fn a_stream_reads_in_full_up_to_a_version_or_up_to_a_time() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let id = new_counter(&store).await;
+    increment(&store, id, None).await.unwrap();
+    let middle = read_stream(&pool, id, ReadLimit::All).await.unwrap()[1].recorded_at;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    increment(&store, id, None).await.unwrap();
+
+    let all = read_stream(&pool, id, ReadLimit::All).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let upto_version = store.load::<Counter>(id, ReadLimit::Version(2)).await.unwrap().unwrap();
+    assert_eq!(upto_version.value, 2);
+    let upto_time = store.load::<Counter>(id, ReadLimit::Time(middle)).await.unwrap().unwrap();
+    assert_eq!(upto_time.version, 2);
+    let before_anything = store
+        .load::<Counter>(id, ReadLimit::Time(all[0].recorded_at - chrono::Duration::seconds(1)))
+        .await
+        .unwrap();
+    assert!(before_anything.is_none());
+    // Every event carries the transaction that wrote it, for readers that must not skip.
+    let tx_ids: i64 = sqlx::query_scalar("select count(distinct tx) from events where stream_id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tx_ids, 3);
+}
