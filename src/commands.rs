@@ -18,9 +18,9 @@ use crate::domain::shift::{self, ShiftCommand};
 use crate::domain::{
     parse_id, scheduling, Aggregate, Appointment, AppointmentStatus, Board, Provider, Shift,
 };
+use crate::error::{AppError, AppResult};
 use crate::event_store::unit_of_work::{Begun, CommandMeta, Guard, Outcome, UnitOfWork};
 use crate::event_store::{EventStore, ReadLimit};
-use crate::error::{AppError, AppResult};
 
 /// The options every command input carries.
 #[derive(Debug, Clone, Default, InputObject)]
@@ -188,10 +188,13 @@ fn fingerprint(input: &impl Serialize) -> AppResult<Value> {
 macro_rules! begin {
     ($store:expr, $meta:expr, $input:expr) => {
         match $store
-            .begin(with_options($meta, &$input.options)?, &fingerprint(&$input)?)
+            .begin(
+                with_options($meta, &$input.options)?,
+                &fingerprint(&$input)?,
+            )
             .await?
         {
-            Begun::Fresh(uow) => uow,
+            Begun::Fresh(uow) => *uow,
             Begun::Replayed(outcome) => return replayed($store, &outcome).await,
         }
     };
@@ -313,7 +316,13 @@ pub async fn join_board(
     let provider = uow.read::<Provider>(provider_id, Guard::None).await?;
     let shift_id = shift_id_for(board_id, provider_id);
     let existing = uow.target::<Shift>(shift_id).await?;
-    let events = shift::decide(existing.as_ref(), ShiftCommand::Join { board, provider })?;
+    let events = shift::decide(
+        existing.as_ref(),
+        ShiftCommand::Join {
+            board: board.map(Box::new),
+            provider: provider.map(Box::new),
+        },
+    )?;
     commit_one(uow, shift_id, Some(board_id), existing, events).await
 }
 
@@ -446,7 +455,9 @@ async fn commit_two(
     let committed = uow.commit().await?;
     let entity = committed.fold(appointment_id, Some(base), &appointment_events)?;
     let shift = match shift {
-        Some(s) if !shift_events.is_empty() => Some(committed.fold(s.id, Some(s), &shift_events)?),
+        Some(s) if !shift_events.is_empty() => {
+            Some(committed.fold(s.id, Some(s), &shift_events)?)
+        }
         other => other,
     };
     Ok(Written {

@@ -37,13 +37,28 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
     /// Where the embedded PostgreSQL cluster lives (used when DATABASE_URL is unset).
-    #[arg(long, env = "CAREBOARD_DATA_DIR", default_value = ".careboard", global = true)]
+    #[arg(
+        long,
+        env = "CAREBOARD_DATA_DIR",
+        default_value = ".careboard",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Connections in the pool.
-    #[arg(long, env = "CAREBOARD_DB_POOL_SIZE", default_value_t = 32, global = true)]
+    #[arg(
+        long,
+        env = "CAREBOARD_DB_POOL_SIZE",
+        default_value_t = 32,
+        global = true
+    )]
     pub pool_size: u32,
     /// How long a command waits for a stream another command holds (exclusive mode).
-    #[arg(long, env = "CAREBOARD_LOCK_TIMEOUT_MS", default_value_t = 5000, global = true)]
+    #[arg(
+        long,
+        env = "CAREBOARD_LOCK_TIMEOUT_MS",
+        default_value_t = 5000,
+        global = true
+    )]
     pub lock_timeout_ms: u64,
 }
 

@@ -42,7 +42,8 @@ async fn graphiql(State(state): State<AppState>) -> Response {
 
 /// A request-level error in GraphQL's response shape.
 fn request_error(status: StatusCode, message: String) -> Response {
-    let body = json!({ "errors": [{ "message": message, "extensions": { "code": "VALIDATION" } }] });
+    let body =
+        json!({ "errors": [{ "message": message, "extensions": { "code": "VALIDATION" } }] });
     (status, Json(body)).into_response()
 }
 

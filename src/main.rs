@@ -32,7 +32,10 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn run(database: careboard::config::DatabaseArgs, serve: careboard::config::ServeArgs) -> Result<()> {
+async fn run(
+    database: careboard::config::DatabaseArgs,
+    serve: careboard::config::ServeArgs,
+) -> Result<()> {
     let db = app::open_database(&database).await?;
     careboard::postgres::migrate(&db.pool).await?;
     let state = app::state(
@@ -41,7 +44,10 @@ async fn run(database: careboard::config::DatabaseArgs, serve: careboard::config
         Duration::from_millis(database.lock_timeout_ms),
     );
     let listener = tokio::net::TcpListener::bind(&serve.bind).await?;
-    tracing::info!("Careboard listening; GraphiQL at http://{}/graphql", listener.local_addr()?);
+    tracing::info!(
+        "Careboard listening; GraphiQL at http://{}/graphql",
+        listener.local_addr()?
+    );
     let result = app::serve(listener, state, app::shutdown_signal()).await;
     db.pool.close().await;
     drop(db);

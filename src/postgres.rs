@@ -40,9 +40,10 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 
 /// Whether every embedded migration has been applied to the database.
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool> {
-    let applied: Vec<i64> = sqlx::query_scalar("select version from _sqlx_migrations where success")
-        .fetch_all(pool)
-        .await?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar("select version from _sqlx_migrations where success")
+            .fetch_all(pool)
+            .await?;
     Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
 }
 
@@ -124,7 +125,10 @@ impl EmbeddedCluster {
             .args(["-p", &port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "unix_socket_directories="])
-            .args(["-c", &format!("max_connections={}", options.max_connections)])
+            .args([
+                "-c",
+                &format!("max_connections={}", options.max_connections),
+            ])
             .args(["-c", "idle_in_transaction_session_timeout=60s"]);
         if options.durability == Durability::Throwaway {
             cmd.args(["-c", "fsync=off"])
@@ -188,7 +192,10 @@ impl EmbeddedCluster {
                 }
             }
             if Instant::now() > deadline {
-                bail!("PostgreSQL did not start within 60 s; see {}", log_path.display());
+                bail!(
+                    "PostgreSQL did not start within 60 s; see {}",
+                    log_path.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -209,14 +216,18 @@ impl EmbeddedCluster {
     /// Creates `database` unless it exists.
     pub async fn ensure_database(&self, database: &str) -> Result<()> {
         let admin = connect_with_retry(&self.url("postgres")).await?;
-        let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
-            .bind(database)
-            .fetch_one(&admin)
-            .await?;
-        if !exists {
-            sqlx::query(&format!("create database \"{}\"", database.replace('"', "\"\"")))
-                .execute(&admin)
+        let exists: bool =
+            sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
+                .bind(database)
+                .fetch_one(&admin)
                 .await?;
+        if !exists {
+            sqlx::query(&format!(
+                "create database \"{}\"",
+                database.replace('"', "\"\"")
+            ))
+            .execute(&admin)
+            .await?;
         }
         admin.close().await;
         Ok(())
@@ -342,7 +353,13 @@ fn unprivileged_user() -> Result<Option<SystemUser>> {
         return Ok(Some(user));
     }
     let created = Command::new("useradd")
-        .args(["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"])
+        .args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ])
         .arg(SYSTEM_USER)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -433,7 +450,15 @@ fn init_cluster(
     let mut cmd = Command::new(bindir.join("initdb"));
     cmd.arg("-D")
         .arg(pgdata)
-        .args(["-U", SUPERUSER, "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
         .arg(format!("--pwfile={}", pwfile.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -67,7 +67,10 @@ async fn board_with_provider(app: &TestApp) -> (String, String, String) {
         .await;
     let provider_id = s(&provider["registerProvider"]["provider"]["id"]);
     let shift = app
-        .data(JOIN_BOARD, json!({"input": {"boardId": board_id, "providerId": provider_id}}))
+        .data(
+            JOIN_BOARD,
+            json!({"input": {"boardId": board_id, "providerId": provider_id}}),
+        )
         .await;
     let shift_id = s(&shift["joinBoard"]["shift"]["id"]);
     (board_id, provider_id, shift_id)
@@ -89,7 +92,10 @@ async fn the_readme_walkthrough_works_over_http() {
     let mut last_position = 0;
     let mut check_position = |payload: &Value| {
         let p = payload["position"].as_i64().expect("position");
-        assert!(p > last_position, "positions must grow: {p} after {last_position}");
+        assert!(
+            p > last_position,
+            "positions must grow: {p} after {last_position}"
+        );
         last_position = p;
     };
 
@@ -118,7 +124,10 @@ async fn the_readme_walkthrough_works_over_http() {
     let provider_id = s(&registered["registerProvider"]["provider"]["id"]);
 
     let joined = app
-        .data(JOIN_BOARD, json!({"input": {"boardId": board_id, "providerId": provider_id}}))
+        .data(
+            JOIN_BOARD,
+            json!({"input": {"boardId": board_id, "providerId": provider_id}}),
+        )
         .await;
     assert_eq!(joined["joinBoard"]["shift"]["status"], "READY");
     check_position(&joined["joinBoard"]);
@@ -130,7 +139,10 @@ async fn the_readme_walkthrough_works_over_http() {
             json!({"input": {"boardId": board_id, "patientName": "Sam Lee", "specialty": "pediatrics", "region": "TX", "reason": "fever"}}),
         )
         .await;
-    assert_eq!(requested["requestAppointment"]["appointment"]["status"], "REQUESTED");
+    assert_eq!(
+        requested["requestAppointment"]["appointment"]["status"],
+        "REQUESTED"
+    );
     check_position(&requested["requestAppointment"]);
     let appointment_id = s(&requested["requestAppointment"]["appointment"]["id"]);
 
@@ -143,20 +155,32 @@ async fn the_readme_walkthrough_works_over_http() {
     let scheduled = &scheduled["scheduleAppointment"];
     assert_eq!(scheduled["appointment"]["status"], "SCHEDULED");
     assert_eq!(scheduled["appointment"]["providerId"], provider_id.as_str());
-    assert_eq!(scheduled["appointment"]["estimatedTime"], "2022-07-18T15:30:00+00:00");
+    assert_eq!(
+        scheduled["appointment"]["estimatedTime"],
+        "2022-07-18T15:30:00+00:00"
+    );
     assert_eq!(scheduled["shift"]["status"], "ASSIGNED");
     assert_eq!(scheduled["shift"]["appointmentId"], appointment_id.as_str());
     assert_eq!(scheduled["version"], 2);
     check_position(scheduled);
 
     let started = app
-        .data(START_APPOINTMENT, json!({"input": {"appointmentId": appointment_id}}))
+        .data(
+            START_APPOINTMENT,
+            json!({"input": {"appointmentId": appointment_id}}),
+        )
         .await;
-    assert_eq!(started["startAppointment"]["appointment"]["status"], "STARTED");
+    assert_eq!(
+        started["startAppointment"]["appointment"]["status"],
+        "STARTED"
+    );
     check_position(&started["startAppointment"]);
 
     let finished = app
-        .data(FINISH_APPOINTMENT, json!({"input": {"appointmentId": appointment_id}}))
+        .data(
+            FINISH_APPOINTMENT,
+            json!({"input": {"appointmentId": appointment_id}}),
+        )
         .await;
     let finished = &finished["finishAppointment"];
     assert_eq!(finished["appointment"]["status"], "FINISHED");
@@ -217,10 +241,18 @@ async fn the_readme_walkthrough_works_over_http() {
         )
         .await;
     let edges = log["events"]["edges"].as_array().unwrap();
-    let types: Vec<&str> = edges.iter().map(|e| e["node"]["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = edges
+        .iter()
+        .map(|e| e["node"]["type"].as_str().unwrap())
+        .collect();
     assert_eq!(
         types,
-        ["AppointmentRequested", "AppointmentScheduled", "AppointmentStarted", "AppointmentFinished"]
+        [
+            "AppointmentRequested",
+            "AppointmentScheduled",
+            "AppointmentStarted",
+            "AppointmentFinished"
+        ]
     );
     let meta = &edges[1]["node"]["metadata"];
     assert_eq!(meta["actor"], "test-coordinator");
@@ -242,7 +274,9 @@ async fn the_audit_log_pages_by_position_and_filters_by_board_and_type() {
     assert_eq!(first["events"]["edges"].as_array().unwrap().len(), 2);
     assert_eq!(first["events"]["pageInfo"]["hasNextPage"], true);
     let after = first["events"]["pageInfo"]["endCursor"].clone();
-    let second = app.data(query, json!({"b": board_id, "after": after})).await;
+    let second = app
+        .data(query, json!({"b": board_id, "after": after}))
+        .await;
     assert_eq!(second["events"]["edges"].as_array().unwrap().len(), 1);
     assert_eq!(second["events"]["pageInfo"]["hasNextPage"], false);
 }
@@ -259,11 +293,19 @@ async fn providers_are_listed_in_registration_order_with_cursors() {
     }
     let q = r#"query($after: String) { providers(first: 2, after: $after) { edges { cursor node { name } } pageInfo { hasNextPage endCursor } } }"#;
     let page1 = app.data(q, json!({})).await;
-    let names: Vec<&str> = page1["providers"]["edges"].as_array().unwrap().iter().map(|e| e["node"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = page1["providers"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["A", "B"]);
     assert_eq!(page1["providers"]["pageInfo"]["hasNextPage"], true);
     let page2 = app
-        .data(q, json!({"after": page1["providers"]["pageInfo"]["endCursor"]}))
+        .data(
+            q,
+            json!({"after": page1["providers"]["pageInfo"]["endCursor"]}),
+        )
         .await;
     assert_eq!(page2["providers"]["edges"][0]["node"]["name"], "C");
     assert_eq!(page2["providers"]["pageInfo"]["hasNextPage"], false);
@@ -274,10 +316,16 @@ async fn cancelling_a_scheduled_appointment_frees_its_provider_atomically() {
     let app = TestApp::spawn().await;
     let (board_id, _, shift_id) = board_with_provider(&app).await;
     let appointment_id = request(&app, &board_id, "Sam").await;
-    app.data(SCHEDULE_APPOINTMENT, json!({"input": {"appointmentId": appointment_id, "shiftId": shift_id}}))
-        .await;
+    app.data(
+        SCHEDULE_APPOINTMENT,
+        json!({"input": {"appointmentId": appointment_id, "shiftId": shift_id}}),
+    )
+    .await;
     let cancelled = app
-        .data(CANCEL_APPOINTMENT, json!({"input": {"appointmentId": appointment_id, "reason": "patient left"}}))
+        .data(
+            CANCEL_APPOINTMENT,
+            json!({"input": {"appointmentId": appointment_id, "reason": "patient left"}}),
+        )
         .await;
     let c = &cancelled["cancelAppointment"];
     assert_eq!(c["appointment"]["status"], "CANCELLED");
@@ -288,7 +336,10 @@ async fn cancelling_a_scheduled_appointment_frees_its_provider_atomically() {
     // A waiting appointment is cancelled without touching any shift.
     let waiting = request(&app, &board_id, "Kim").await;
     let cancelled = app
-        .data(CANCEL_APPOINTMENT, json!({"input": {"appointmentId": waiting, "reason": "duplicate"}}))
+        .data(
+            CANCEL_APPOINTMENT,
+            json!({"input": {"appointmentId": waiting, "reason": "duplicate"}}),
+        )
         .await;
     assert!(cancelled["cancelAppointment"]["shift"].is_null());
 }
@@ -299,18 +350,35 @@ async fn closing_a_board_waits_for_open_work_to_end() {
     let (board_id, _, shift_id) = board_with_provider(&app).await;
     let appointment_id = request(&app, &board_id, "Sam").await;
 
-    let refused = app.gql(CLOSE_BOARD, json!({"input": {"boardId": board_id}})).await;
-    assert_eq!(error_code(&refused), "INVALID_TRANSITION");
-    assert!(error_message(&refused).contains("1 appointment(s) still waiting"), "{refused}");
-
-    app.data(CANCEL_APPOINTMENT, json!({"input": {"appointmentId": appointment_id, "reason": "no show"}}))
+    let refused = app
+        .gql(CLOSE_BOARD, json!({"input": {"boardId": board_id}}))
         .await;
-    let refused = app.gql(CLOSE_BOARD, json!({"input": {"boardId": board_id}})).await;
-    assert!(error_message(&refused).contains("1 provider(s) not signed off"), "{refused}");
+    assert_eq!(error_code(&refused), "INVALID_TRANSITION");
+    assert!(
+        error_message(&refused).contains("1 appointment(s) still waiting"),
+        "{refused}"
+    );
 
-    app.data(PAUSE_PROVIDER, json!({"input": {"shiftId": shift_id}})).await;
-    app.data(SIGN_OFF, json!({"input": {"shiftId": shift_id}})).await;
-    let closed = app.data(CLOSE_BOARD, json!({"input": {"boardId": board_id}})).await;
+    app.data(
+        CANCEL_APPOINTMENT,
+        json!({"input": {"appointmentId": appointment_id, "reason": "no show"}}),
+    )
+    .await;
+    let refused = app
+        .gql(CLOSE_BOARD, json!({"input": {"boardId": board_id}}))
+        .await;
+    assert!(
+        error_message(&refused).contains("1 provider(s) not signed off"),
+        "{refused}"
+    );
+
+    app.data(PAUSE_PROVIDER, json!({"input": {"shiftId": shift_id}}))
+        .await;
+    app.data(SIGN_OFF, json!({"input": {"shiftId": shift_id}}))
+        .await;
+    let closed = app
+        .data(CLOSE_BOARD, json!({"input": {"boardId": board_id}}))
+        .await;
     assert_eq!(closed["closeBoard"]["board"]["status"], "CLOSED");
     assert_eq!(closed["closeBoard"]["version"], 2);
 
@@ -322,7 +390,10 @@ async fn closing_a_board_waits_for_open_work_to_end() {
         )
         .await;
     assert_eq!(error_code(&late), "INVALID_TRANSITION");
-    assert_eq!(error_message(&late), "cannot request appointment: board is CLOSED, not OPEN");
+    assert_eq!(
+        error_message(&late),
+        "cannot request appointment: board is CLOSED, not OPEN"
+    );
 }
 
 #[tokio::test]
@@ -333,42 +404,90 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing() {
     let before = app.event_count().await;
 
     // Malformed id.
-    let r = app.gql(START_APPOINTMENT, json!({"input": {"appointmentId": "not-a-uuid"}})).await;
+    let r = app
+        .gql(
+            START_APPOINTMENT,
+            json!({"input": {"appointmentId": "not-a-uuid"}}),
+        )
+        .await;
     assert_eq!(error_code(&r), "VALIDATION");
-    assert_eq!(error_message(&r), "appointmentId 'not-a-uuid' is not a valid id");
+    assert_eq!(
+        error_message(&r),
+        "appointmentId 'not-a-uuid' is not a valid id"
+    );
 
     // Unknown id.
     let unknown = uuid::Uuid::new_v4().to_string();
-    let r = app.gql(START_APPOINTMENT, json!({"input": {"appointmentId": unknown}})).await;
+    let r = app
+        .gql(
+            START_APPOINTMENT,
+            json!({"input": {"appointmentId": unknown}}),
+        )
+        .await;
     assert_eq!(error_code(&r), "NOT_FOUND");
-    let r = app.gql(JOIN_BOARD, json!({"input": {"boardId": unknown, "providerId": provider_id}})).await;
+    let r = app
+        .gql(
+            JOIN_BOARD,
+            json!({"input": {"boardId": unknown, "providerId": provider_id}}),
+        )
+        .await;
     assert_eq!(error_code(&r), "NOT_FOUND");
 
     // Stale expected version.
     let r = app
-        .gql(START_APPOINTMENT, json!({"input": {"appointmentId": appointment_id, "expectedVersion": 7}}))
+        .gql(
+            START_APPOINTMENT,
+            json!({"input": {"appointmentId": appointment_id, "expectedVersion": 7}}),
+        )
         .await;
     assert_eq!(error_code(&r), "CONFLICT");
     assert!(error_message(&r).contains("expected version 7"), "{r}");
 
     // Invalid transitions.
-    let r = app.gql(START_APPOINTMENT, json!({"input": {"appointmentId": appointment_id}})).await;
+    let r = app
+        .gql(
+            START_APPOINTMENT,
+            json!({"input": {"appointmentId": appointment_id}}),
+        )
+        .await;
     assert_eq!(error_code(&r), "INVALID_TRANSITION");
-    assert_eq!(error_message(&r), "cannot start appointment: appointment is REQUESTED, not SCHEDULED");
-    let r = app.gql(COMPLETE_CHARTING, json!({"input": {"shiftId": shift_id}})).await;
+    assert_eq!(
+        error_message(&r),
+        "cannot start appointment: appointment is REQUESTED, not SCHEDULED"
+    );
+    let r = app
+        .gql(COMPLETE_CHARTING, json!({"input": {"shiftId": shift_id}}))
+        .await;
     assert_eq!(error_code(&r), "INVALID_TRANSITION");
-    assert_eq!(error_message(&r), "cannot complete charting: shift is READY, not CHARTING");
-    let r = app.gql(JOIN_BOARD, json!({"input": {"boardId": board_id, "providerId": provider_id}})).await;
+    assert_eq!(
+        error_message(&r),
+        "cannot complete charting: shift is READY, not CHARTING"
+    );
+    let r = app
+        .gql(
+            JOIN_BOARD,
+            json!({"input": {"boardId": board_id, "providerId": provider_id}}),
+        )
+        .await;
     assert_eq!(error_code(&r), "INVALID_TRANSITION");
 
     // Validation: dates, empty names, licences.
     let r = app
-        .gql(OPEN_BOARD, json!({"input": {"name": "X", "specialty": "x", "region": "TX", "date": "2022-13-45"}}))
+        .gql(
+            OPEN_BOARD,
+            json!({"input": {"name": "X", "specialty": "x", "region": "TX", "date": "2022-13-45"}}),
+        )
         .await;
     assert_eq!(error_code(&r), "VALIDATION");
-    assert_eq!(error_message(&r), "date '2022-13-45' is not a valid date (expected YYYY-MM-DD)");
+    assert_eq!(
+        error_message(&r),
+        "date '2022-13-45' is not a valid date (expected YYYY-MM-DD)"
+    );
     let r = app
-        .gql(REGISTER_PROVIDER, json!({"input": {"name": " ", "specialties": ["x"], "licensedRegions": ["TX"]}}))
+        .gql(
+            REGISTER_PROVIDER,
+            json!({"input": {"name": " ", "specialties": ["x"], "licensedRegions": ["TX"]}}),
+        )
         .await;
     assert_eq!(error_code(&r), "VALIDATION");
     let elsewhere = app
@@ -380,11 +499,21 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing() {
     let before_licence = app.event_count().await;
     let elsewhere_id = s(&elsewhere["requestAppointment"]["appointment"]["id"]);
     let r = app
-        .gql(SCHEDULE_APPOINTMENT, json!({"input": {"appointmentId": elsewhere_id, "shiftId": shift_id}}))
+        .gql(
+            SCHEDULE_APPOINTMENT,
+            json!({"input": {"appointmentId": elsewhere_id, "shiftId": shift_id}}),
+        )
         .await;
     assert_eq!(error_code(&r), "VALIDATION");
-    assert_eq!(error_message(&r), "cannot schedule appointment: provider Dr. Ada Park is not licensed in NY");
-    assert_eq!(app.event_count().await, before_licence, "a refused two-stream command writes nothing");
+    assert_eq!(
+        error_message(&r),
+        "cannot schedule appointment: provider Dr. Ada Park is not licensed in NY"
+    );
+    assert_eq!(
+        app.event_count().await,
+        before_licence,
+        "a refused two-stream command writes nothing"
+    );
 
     // Wrong GraphQL: unknown field, wrong type, unparsable document.
     let r = app.gql("{ board(id: \"x\") { nope } }", json!({})).await;
@@ -394,9 +523,18 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing() {
     let r = app.gql("mutation {", json!({})).await;
     assert_eq!(error_code(&r), "VALIDATION");
 
-    assert_eq!(app.event_count().await, before + 1, "only the one valid request was appended");
+    assert_eq!(
+        app.event_count().await,
+        before + 1,
+        "only the one valid request was appended"
+    );
     // Nothing internal leaks.
-    let r = app.gql(START_APPOINTMENT, json!({"input": {"appointmentId": appointment_id}})).await;
+    let r = app
+        .gql(
+            START_APPOINTMENT,
+            json!({"input": {"appointmentId": appointment_id}}),
+        )
+        .await;
     assert!(!r.to_string().to_lowercase().contains("sqlx"));
 }
 
@@ -405,16 +543,23 @@ async fn over_limit_requests_are_refused_with_a_code() {
     let app = TestApp::spawn().await;
     // Too deep.
     let deep = r#"{ board(id: "00000000-0000-0000-0000-000000000000") { providers { provider { name } } } }"#;
-    let mut limits = careboard::config::GraphqlLimits::default();
-    limits.max_depth = 2;
+    let limits = careboard::config::GraphqlLimits {
+        max_depth: 2,
+        ..Default::default()
+    };
     let strict = TestApp::spawn_with(limits).await;
     let r = strict.gql(deep, json!({})).await;
     assert_eq!(error_code(&r), "VALIDATION");
-    assert!(error_message(&r).to_lowercase().contains("nested too deep"), "{r}");
+    assert!(
+        error_message(&r).to_lowercase().contains("nested too deep"),
+        "{r}"
+    );
 
     // Too complex: a request for many aliased fields.
     let wide: String = (0..1000)
-        .map(|i| format!("a{i}: provider(id: \"00000000-0000-0000-0000-000000000000\") {{ id name }} "))
+        .map(|i| {
+            format!("a{i}: provider(id: \"00000000-0000-0000-0000-000000000000\") {{ id name }} ")
+        })
         .collect();
     let r = app.gql(&format!("{{ {wide} }}"), json!({})).await;
     assert_eq!(error_code(&r), "VALIDATION");
@@ -422,7 +567,9 @@ async fn over_limit_requests_are_refused_with_a_code() {
 
     // Too many directives on one field.
     let directives = "@include(if: true) ".repeat(20);
-    let r = app.gql(&format!("{{ __typename {directives} }}"), json!({})).await;
+    let r = app
+        .gql(&format!("{{ __typename {directives} }}"), json!({}))
+        .await;
     assert_eq!(error_code(&r), "VALIDATION");
 
     // Too large a body.
@@ -439,7 +586,13 @@ async fn over_limit_requests_are_refused_with_a_code() {
     assert_eq!(error_code(&body), "VALIDATION");
 
     // Not JSON at all.
-    let response = app.http.post(app.url("/graphql")).body("hello").send().await.unwrap();
+    let response = app
+        .http
+        .post(app.url("/graphql"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(error_code(&body), "VALIDATION");
@@ -468,16 +621,25 @@ async fn expected_version_guards_concurrent_edits() {
     let app = TestApp::spawn().await;
     let (_, _, shift_id) = board_with_provider(&app).await;
     let paused = app
-        .data(PAUSE_PROVIDER, json!({"input": {"shiftId": shift_id, "expectedVersion": 1}}))
+        .data(
+            PAUSE_PROVIDER,
+            json!({"input": {"shiftId": shift_id, "expectedVersion": 1}}),
+        )
         .await;
     assert_eq!(paused["pauseProvider"]["version"], 2);
     // A second client still holding version 1 is told so.
     let stale = app
-        .gql(SIGN_OFF, json!({"input": {"shiftId": shift_id, "expectedVersion": 1}}))
+        .gql(
+            SIGN_OFF,
+            json!({"input": {"shiftId": shift_id, "expectedVersion": 1}}),
+        )
         .await;
     assert_eq!(error_code(&stale), "CONFLICT");
     let ok = app
-        .data(SIGN_OFF, json!({"input": {"shiftId": shift_id, "expectedVersion": 2}}))
+        .data(
+            SIGN_OFF,
+            json!({"input": {"shiftId": shift_id, "expectedVersion": 2}}),
+        )
         .await;
     assert_eq!(ok["signOffProvider"]["shift"]["status"], "SIGNED_OFF");
 }
@@ -494,7 +656,12 @@ async fn graphiql_health_and_readiness_are_served() {
     assert_eq!(root.headers()["location"], "/graphql");
     let page = app.http.get(app.url("/graphql")).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().to_lowercase().contains("graphiql"));
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .to_lowercase()
+        .contains("graphiql"));
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();

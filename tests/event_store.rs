@@ -71,7 +71,12 @@ async fn increment(store: &EventStore, id: Uuid, expected: Option<i64>) -> Resul
     };
     let state = uow.target::<Counter>(id).await?;
     let seen = state.as_ref().map(|s| s.value).unwrap_or(0);
-    uow.stage::<Counter>(id, None, state.as_ref(), &[CounterEvent::Incremented { seen }]);
+    uow.stage::<Counter>(
+        id,
+        None,
+        state.as_ref(),
+        &[CounterEvent::Incremented { seen }],
+    );
     uow.commit().await?;
     Ok(seen)
 }
@@ -139,10 +144,15 @@ async fn optimistic_commands_with_a_stale_version_get_conflict() {
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { increment(&store, id, Some(1)).await }));
+        tasks.push(tokio::spawn(
+            async move { increment(&store, id, Some(1)).await },
+        ));
     }
     let results: Vec<_> = futures::future::join_all(tasks).await;
-    let ok = results.iter().filter(|r| r.as_ref().unwrap().is_ok()).count();
+    let ok = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
     let conflicts = results
         .iter()
         .filter(|r| matches!(r.as_ref().unwrap(), Err(AppError::Conflict(_))))
@@ -159,17 +169,27 @@ async fn exclusive_mode_serialises_concurrent_commands_and_loses_none() {
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { increment(&store, id, None).await }));
+        tasks.push(tokio::spawn(
+            async move { increment(&store, id, None).await },
+        ));
     }
     let mut seen: Vec<i64> = Vec::new();
     for task in tasks {
-        seen.push(task.await.unwrap().unwrap_or_else(|e| panic!("{}", e.describe())));
+        seen.push(
+            task.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{}", e.describe())),
+        );
     }
     seen.sort();
     // Each command saw the state left by the one before it: strictly serialised.
     assert_eq!(seen, (1..=32).collect::<Vec<_>>());
     assert_eq!(versions_of(&pool, id).await, (1..=33).collect::<Vec<_>>());
-    let state = store.load::<Counter>(id, ReadLimit::All).await.unwrap().unwrap();
+    let state = store
+        .load::<Counter>(id, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((state.value, state.version), (33, 33));
 }
 
@@ -184,11 +204,26 @@ async fn a_failure_on_the_second_stream_leaves_the_first_unchanged() {
     for stale_second in [0, 5] {
         let mut tx = pool.begin().await.unwrap();
         let writes = [
-            StreamWrite::new(StreamType::Board, first, None, 1, &[CounterEvent::Incremented { seen: 1 }]),
-            StreamWrite::new(StreamType::Board, second, None, stale_second, &[CounterEvent::Incremented { seen: 1 }]),
+            StreamWrite::new(
+                StreamType::Board,
+                first,
+                None,
+                1,
+                &[CounterEvent::Incremented { seen: 1 }],
+            ),
+            StreamWrite::new(
+                StreamType::Board,
+                second,
+                None,
+                stale_second,
+                &[CounterEvent::Incremented { seen: 1 }],
+            ),
         ];
         let result = append(&mut tx, &writes, &json!({})).await;
-        assert!(matches!(result, Err(AppError::Conflict(_))), "stale second stream must conflict");
+        assert!(
+            matches!(result, Err(AppError::Conflict(_))),
+            "stale second stream must conflict"
+        );
         drop(tx); // rolled back
     }
     assert_eq!(versions_of(&pool, first).await, before);
@@ -222,12 +257,21 @@ async fn a_repeated_command_id_appends_nothing_and_returns_the_first_result() {
     for _ in 0..16 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            commands::open_board(&store, CommandMeta::new("openBoard"), open_input("cmd-1", "TX")).await
+            commands::open_board(
+                &store,
+                CommandMeta::new("openBoard"),
+                open_input("cmd-1", "TX"),
+            )
+            .await
         }));
     }
     let mut results = Vec::new();
     for task in tasks {
-        results.push(task.await.unwrap().unwrap_or_else(|e| panic!("{}", e.describe())));
+        results.push(
+            task.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{}", e.describe())),
+        );
     }
     let first = &results[0];
     for r in &results {
@@ -241,12 +285,26 @@ async fn a_repeated_command_id_appends_nothing_and_returns_the_first_result() {
     assert_eq!(events, 1);
 
     // Later repeats too; a different input under the same id is refused.
-    let again = commands::open_board(&store, CommandMeta::new("openBoard"), open_input("cmd-1", "TX"))
-        .await
-        .unwrap();
+    let again = commands::open_board(
+        &store,
+        CommandMeta::new("openBoard"),
+        open_input("cmd-1", "TX"),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.entity, first.entity);
-    let other = commands::open_board(&store, CommandMeta::new("openBoard"), open_input("cmd-1", "CA")).await;
-    assert!(matches!(other, Err(AppError::Domain(careboard::domain::DomainError::Validation(_)))));
+    let other = commands::open_board(
+        &store,
+        CommandMeta::new("openBoard"),
+        open_input("cmd-1", "CA"),
+    )
+    .await;
+    assert!(matches!(
+        other,
+        Err(AppError::Domain(
+            careboard::domain::DomainError::Validation(_)
+        ))
+    ));
 }
 
 #[tokio::test]
@@ -260,22 +318,37 @@ async fn a_stream_reads_in_full_up_to_a_version_or_up_to_a_time() {
     increment(&store, id, None).await.unwrap();
 
     let all = read_stream(&pool, id, ReadLimit::All).await.unwrap();
-    assert_eq!(all.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        all.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
-    let upto_version = store.load::<Counter>(id, ReadLimit::Version(2)).await.unwrap().unwrap();
+    let upto_version = store
+        .load::<Counter>(id, ReadLimit::Version(2))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(upto_version.value, 2);
-    let upto_time = store.load::<Counter>(id, ReadLimit::Time(middle)).await.unwrap().unwrap();
+    let upto_time = store
+        .load::<Counter>(id, ReadLimit::Time(middle))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(upto_time.version, 2);
     let before_anything = store
-        .load::<Counter>(id, ReadLimit::Time(all[0].recorded_at - chrono::Duration::seconds(1)))
+        .load::<Counter>(
+            id,
+            ReadLimit::Time(all[0].recorded_at - chrono::Duration::seconds(1)),
+        )
         .await
         .unwrap();
     assert!(before_anything.is_none());
     // Every event carries the transaction that wrote it, for readers that must not skip.
-    let tx_ids: i64 = sqlx::query_scalar("select count(distinct tx) from events where stream_id = $1")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let tx_ids: i64 =
+        sqlx::query_scalar("select count(distinct tx) from events where stream_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(tx_ids, 3);
 }

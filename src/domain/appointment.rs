@@ -24,7 +24,9 @@ impl AppointmentStatus {
     pub fn is_open(self) -> bool {
         matches!(
             self,
-            AppointmentStatus::Requested | AppointmentStatus::Scheduled | AppointmentStatus::Started
+            AppointmentStatus::Requested
+                | AppointmentStatus::Scheduled
+                | AppointmentStatus::Started
         )
     }
 }
@@ -82,7 +84,9 @@ pub enum AppointmentEvent {
     },
     AppointmentStarted {},
     AppointmentFinished {},
-    AppointmentCancelled { reason: String },
+    AppointmentCancelled {
+        reason: String,
+    },
 }
 
 impl DomainEvent for AppointmentEvent {
@@ -114,7 +118,9 @@ pub enum AppointmentCommand {
     },
     Start,
     Finish,
-    Cancel { reason: String },
+    Cancel {
+        reason: String,
+    },
 }
 
 fn require(
@@ -188,7 +194,11 @@ pub fn decide(
             shift_id,
             estimated_time,
         } => {
-            require(appointment, "schedule appointment", &[AppointmentStatus::Requested])?;
+            require(
+                appointment,
+                "schedule appointment",
+                &[AppointmentStatus::Requested],
+            )?;
             Ok(vec![AppointmentEvent::AppointmentScheduled {
                 provider_id,
                 shift_id,
@@ -196,11 +206,19 @@ pub fn decide(
             }])
         }
         C::Start => {
-            require(appointment, "start appointment", &[AppointmentStatus::Scheduled])?;
+            require(
+                appointment,
+                "start appointment",
+                &[AppointmentStatus::Scheduled],
+            )?;
             Ok(vec![AppointmentEvent::AppointmentStarted {}])
         }
         C::Finish => {
-            require(appointment, "finish appointment", &[AppointmentStatus::Started])?;
+            require(
+                appointment,
+                "finish appointment",
+                &[AppointmentStatus::Started],
+            )?;
             Ok(vec![AppointmentEvent::AppointmentFinished {}])
         }
         C::Cancel { reason } => {
@@ -407,7 +425,10 @@ mod tests {
 
     #[test]
     fn scheduling_a_requested_appointment_records_provider_and_estimate() {
-        assert_eq!(when(&[requested()], schedule_cmd()).unwrap(), vec![scheduled()]);
+        assert_eq!(
+            when(&[requested()], schedule_cmd()).unwrap(),
+            vec![scheduled()]
+        );
         let a = given::<Appointment>(&[requested(), scheduled()]).unwrap();
         assert_eq!(a.status, AppointmentStatus::Scheduled);
         assert_eq!(a.provider_id, Some(Uuid::from_u128(2)));
@@ -418,7 +439,9 @@ mod tests {
     fn scheduling_twice_is_rejected() {
         assert_eq!(
             rejected_with(when(&[requested(), scheduled()], schedule_cmd())),
-            transition_error("cannot schedule appointment: appointment is SCHEDULED, not REQUESTED")
+            transition_error(
+                "cannot schedule appointment: appointment is SCHEDULED, not REQUESTED"
+            )
         );
     }
 
@@ -436,27 +459,44 @@ mod tests {
 
     #[test]
     fn finishing_requires_a_started_appointment() {
-        let started = [requested(), scheduled(), AppointmentEvent::AppointmentStarted {}];
+        let started = [
+            requested(),
+            scheduled(),
+            AppointmentEvent::AppointmentStarted {},
+        ];
         assert_eq!(
             when(&started, AppointmentCommand::Finish).unwrap(),
             vec![AppointmentEvent::AppointmentFinished {}]
         );
         assert_eq!(
-            rejected_with(when(&[requested(), scheduled()], AppointmentCommand::Finish)),
+            rejected_with(when(
+                &[requested(), scheduled()],
+                AppointmentCommand::Finish
+            )),
             transition_error("cannot finish appointment: appointment is SCHEDULED, not STARTED")
         );
         let mut finished = started.to_vec();
         finished.push(AppointmentEvent::AppointmentFinished {});
         let a = given::<Appointment>(&finished).unwrap();
-        assert_eq!((a.status, a.started_at, a.finished_at), (AppointmentStatus::Finished, Some(at(2)), Some(at(3))));
+        assert_eq!(
+            (a.status, a.started_at, a.finished_at),
+            (AppointmentStatus::Finished, Some(at(2)), Some(at(3)))
+        );
     }
 
     #[test]
     fn cancelling_a_waiting_or_scheduled_appointment_records_the_reason() {
-        let cancel = || AppointmentCommand::Cancel { reason: "patient left".into() };
-        let expected = vec![AppointmentEvent::AppointmentCancelled { reason: "patient left".into() }];
+        let cancel = || AppointmentCommand::Cancel {
+            reason: "patient left".into(),
+        };
+        let expected = vec![AppointmentEvent::AppointmentCancelled {
+            reason: "patient left".into(),
+        }];
         assert_eq!(when(&[requested()], cancel()).unwrap(), expected);
-        assert_eq!(when(&[requested(), scheduled()], cancel()).unwrap(), expected);
+        assert_eq!(
+            when(&[requested(), scheduled()], cancel()).unwrap(),
+            expected
+        );
         let mut history = vec![requested()];
         history.extend(expected);
         let a = given::<Appointment>(&history).unwrap();
@@ -466,17 +506,29 @@ mod tests {
 
     #[test]
     fn cancelling_a_started_appointment_is_rejected() {
-        let started = [requested(), scheduled(), AppointmentEvent::AppointmentStarted {}];
+        let started = [
+            requested(),
+            scheduled(),
+            AppointmentEvent::AppointmentStarted {},
+        ];
         assert_eq!(
-            rejected_with(when(&started, AppointmentCommand::Cancel { reason: "x".into() })),
-            transition_error("cannot cancel appointment: appointment is STARTED, not REQUESTED or SCHEDULED")
+            rejected_with(when(
+                &started,
+                AppointmentCommand::Cancel { reason: "x".into() }
+            )),
+            transition_error(
+                "cannot cancel appointment: appointment is STARTED, not REQUESTED or SCHEDULED"
+            )
         );
     }
 
     #[test]
     fn cancelling_without_a_reason_is_a_validation_error() {
         assert_eq!(
-            rejected_with(when(&[requested()], AppointmentCommand::Cancel { reason: " ".into() })),
+            rejected_with(when(
+                &[requested()],
+                AppointmentCommand::Cancel { reason: " ".into() }
+            )),
             DomainError::Validation("reason must not be empty".into())
         );
     }

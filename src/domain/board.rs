@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    fold_error, parse_date, region, required_text, specialty, Aggregate, DomainError,
-    DomainEvent, EventContext, FoldError, StreamType,
+    fold_error, parse_date, region, required_text, specialty, Aggregate, DomainError, DomainEvent,
+    EventContext, FoldError, StreamType,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,16 +74,25 @@ pub enum BoardCommand {
     },
 }
 
-pub fn decide(state: Option<&Board>, command: BoardCommand) -> Result<Vec<BoardEvent>, DomainError> {
+pub fn decide(
+    state: Option<&Board>,
+    command: BoardCommand,
+) -> Result<Vec<BoardEvent>, DomainError> {
     match (state, command) {
-        (None, BoardCommand::Open { name, specialty: s, region: r, date }) => {
-            Ok(vec![BoardEvent::BoardOpened {
-                name: required_text("name", &name, 200)?,
-                specialty: specialty("specialty", &s)?,
-                region: region("region", &r)?,
-                date: parse_date("date", &date)?,
-            }])
-        }
+        (
+            None,
+            BoardCommand::Open {
+                name,
+                specialty: s,
+                region: r,
+                date,
+            },
+        ) => Ok(vec![BoardEvent::BoardOpened {
+            name: required_text("name", &name, 200)?,
+            specialty: specialty("specialty", &s)?,
+            region: region("region", &r)?,
+            date: parse_date("date", &date)?,
+        }]),
         (Some(board), BoardCommand::Open { .. }) => Err(DomainError::InvalidTransition(format!(
             "board {} is already open",
             board.id
@@ -113,7 +122,11 @@ impl Aggregate for Board {
     const STREAM_TYPE: StreamType = StreamType::Board;
     type Event = BoardEvent;
 
-    fn apply(state: Option<Self>, event: &BoardEvent, ctx: &EventContext) -> Result<Self, FoldError> {
+    fn apply(
+        state: Option<Self>,
+        event: &BoardEvent,
+        ctx: &EventContext,
+    ) -> Result<Self, FoldError> {
         match (state, event) {
             (
                 None,
@@ -286,6 +299,9 @@ mod tests {
         let cmd = BoardCommand::Close {
             open_work: OpenWork::default(),
         };
-        assert!(matches!(rejected_with(decide(None, cmd)), DomainError::NotFound(_)));
+        assert!(matches!(
+            rejected_with(decide(None, cmd)),
+            DomainError::NotFound(_)
+        ));
     }
 }

@@ -119,8 +119,11 @@ pub trait Aggregate: Clone + std::fmt::Debug + Sized {
     type Event: DomainEvent;
 
     /// Applies one event. The first event of a stream meets `None`.
-    fn apply(state: Option<Self>, event: &Self::Event, ctx: &EventContext)
-        -> Result<Self, FoldError>;
+    fn apply(
+        state: Option<Self>,
+        event: &Self::Event,
+        ctx: &EventContext,
+    ) -> Result<Self, FoldError>;
 
     /// The stream version this state reflects.
     fn version(&self) -> i64;
@@ -149,7 +152,9 @@ pub(crate) fn fold_error(event: &impl DomainEvent, ctx: &EventContext, reason: &
 pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, DomainError> {
     let value = value.trim();
     if value.is_empty() {
-        return Err(DomainError::Validation(format!("{field} must not be empty")));
+        return Err(DomainError::Validation(format!(
+            "{field} must not be empty"
+        )));
     }
     if value.chars().count() > max {
         return Err(DomainError::Validation(format!(

@@ -63,10 +63,14 @@ fn normalised_list(
     normalise: fn(&str, &str) -> Result<String, DomainError>,
 ) -> Result<Vec<String>, DomainError> {
     if values.is_empty() {
-        return Err(DomainError::Validation(format!("{field} must list at least one entry")));
+        return Err(DomainError::Validation(format!(
+            "{field} must list at least one entry"
+        )));
     }
     if values.len() > 64 {
-        return Err(DomainError::Validation(format!("{field} must list at most 64 entries")));
+        return Err(DomainError::Validation(format!(
+            "{field} must list at most 64 entries"
+        )));
     }
     let mut out: Vec<String> = Vec::with_capacity(values.len());
     for value in values {
@@ -105,7 +109,11 @@ impl Aggregate for Provider {
     const STREAM_TYPE: StreamType = StreamType::Provider;
     type Event = ProviderEvent;
 
-    fn apply(state: Option<Self>, event: &ProviderEvent, ctx: &EventContext) -> Result<Self, FoldError> {
+    fn apply(
+        state: Option<Self>,
+        event: &ProviderEvent,
+        ctx: &EventContext,
+    ) -> Result<Self, FoldError> {
         match (state, event) {
             (
                 None,
@@ -145,8 +153,14 @@ mod tests {
 
     #[test]
     fn registering_normalises_and_deduplicates_lists() {
-        let events = decide(None, register(&["Pediatrics", "pediatrics ", "Dermatology"], &["tx", "TX", "ca"]))
-            .unwrap();
+        let events = decide(
+            None,
+            register(
+                &["Pediatrics", "pediatrics ", "Dermatology"],
+                &["tx", "TX", "ca"],
+            ),
+        )
+        .unwrap();
         assert_eq!(
             events,
             vec![ProviderEvent::ProviderRegistered {

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 
 use super::appointment::{self, AppointmentCommand};
 use super::shift::{self, ShiftCommand};
-use super::{Appointment, AppointmentEvent, AppointmentStatus, DomainError, Provider, Shift, ShiftEvent};
+use super::{
+    Appointment, AppointmentEvent, AppointmentStatus, DomainError, Provider, Shift, ShiftEvent,
+};
 
 /// Events for the appointment stream and for the shift stream.
 pub type TwoStreamEvents = (Vec<AppointmentEvent>, Vec<ShiftEvent>);
@@ -64,7 +66,10 @@ pub fn schedule(
 }
 
 /// Finishing an appointment starts the provider's charting.
-pub fn finish(appointment: Option<&Appointment>, shift: Option<&Shift>) -> Result<TwoStreamEvents, DomainError> {
+pub fn finish(
+    appointment: Option<&Appointment>,
+    shift: Option<&Shift>,
+) -> Result<TwoStreamEvents, DomainError> {
     let appointment = found(appointment, "appointment")?;
     let appointment_events = appointment::decide(Some(appointment), AppointmentCommand::Finish)?;
     let shift_events = shift::decide(
@@ -239,7 +244,9 @@ mod tests {
         ));
         assert_eq!(
             err,
-            DomainError::InvalidTransition("cannot assign provider: shift is PAUSED, not READY".into())
+            DomainError::InvalidTransition(
+                "cannot assign provider: shift is PAUSED, not READY".into()
+            )
         );
     }
 
@@ -251,18 +258,32 @@ mod tests {
             DomainError::NotFound("appointment not found".into())
         );
         assert_eq!(
-            rejected_with(schedule(Some(&appointment_with(&[requested()])), None, Some(&p), at(1))),
+            rejected_with(schedule(
+                Some(&appointment_with(&[requested()])),
+                None,
+                Some(&p),
+                at(1)
+            )),
             DomainError::NotFound("provider shift not found".into())
         );
     }
 
     #[test]
     fn finishing_starts_charting_on_the_shift() {
-        let appointment = appointment_with(&[requested(), scheduled(), AppointmentEvent::AppointmentStarted {}]);
+        let appointment = appointment_with(&[
+            requested(),
+            scheduled(),
+            AppointmentEvent::AppointmentStarted {},
+        ]);
         let shift = shift_with(&[joined(), assigned()]);
         let (a, s) = finish(Some(&appointment), Some(&shift)).unwrap();
         assert_eq!(a, vec![AppointmentEvent::AppointmentFinished {}]);
-        assert_eq!(s, vec![ShiftEvent::ChartingStarted { appointment_id: APPOINTMENT }]);
+        assert_eq!(
+            s,
+            vec![ShiftEvent::ChartingStarted {
+                appointment_id: APPOINTMENT
+            }]
+        );
     }
 
     #[test]
@@ -280,7 +301,12 @@ mod tests {
         let appointment = appointment_with(&[requested(), scheduled()]);
         let shift = shift_with(&[joined(), assigned()]);
         let (a, s) = cancel(Some(&appointment), Some(&shift), "no show".into()).unwrap();
-        assert_eq!(a, vec![AppointmentEvent::AppointmentCancelled { reason: "no show".into() }]);
+        assert_eq!(
+            a,
+            vec![AppointmentEvent::AppointmentCancelled {
+                reason: "no show".into()
+            }]
+        );
         assert_eq!(s, vec![ShiftEvent::ProviderReady {}]);
         let mut history = vec![joined(), assigned()];
         history.extend(s);

@@ -53,15 +53,24 @@ pub struct Shift {
 #[serde(tag = "type", content = "data")]
 pub enum ShiftEvent {
     #[serde(rename_all = "camelCase")]
-    ProviderJoined { board_id: Uuid, provider_id: Uuid },
+    ProviderJoined {
+        board_id: Uuid,
+        provider_id: Uuid,
+    },
     ProviderReady {},
     #[serde(rename_all = "camelCase")]
-    ProviderAssigned { appointment_id: Uuid },
+    ProviderAssigned {
+        appointment_id: Uuid,
+    },
     ProviderPaused {},
     #[serde(rename_all = "camelCase")]
-    ChartingStarted { appointment_id: Uuid },
+    ChartingStarted {
+        appointment_id: Uuid,
+    },
     #[serde(rename_all = "camelCase")]
-    ChartingFinished { charting_seconds: i64 },
+    ChartingFinished {
+        charting_seconds: i64,
+    },
     ProviderSignedOff {},
 }
 
@@ -83,24 +92,28 @@ impl DomainEvent for ShiftEvent {
 pub enum ShiftCommand {
     /// The Board and provider are looked up first; `None` means they do not exist.
     Join {
-        board: Option<Board>,
-        provider: Option<Provider>,
+        board: Option<Box<Board>>,
+        provider: Option<Box<Provider>>,
     },
     MarkReady,
     Pause,
-    Assign { appointment_id: Uuid },
-    StartCharting { appointment_id: Uuid },
-    CompleteCharting { now: DateTime<Utc> },
+    Assign {
+        appointment_id: Uuid,
+    },
+    StartCharting {
+        appointment_id: Uuid,
+    },
+    CompleteCharting {
+        now: DateTime<Utc>,
+    },
     SignOff,
     /// The appointment the provider held was cancelled: back to READY.
-    Release { appointment_id: Uuid },
+    Release {
+        appointment_id: Uuid,
+    },
 }
 
-fn require(
-    shift: &Shift,
-    action: &str,
-    allowed: &[ShiftStatus],
-) -> Result<(), DomainError> {
+fn require(shift: &Shift, action: &str, allowed: &[ShiftStatus]) -> Result<(), DomainError> {
     if allowed.contains(&shift.status) {
         return Ok(());
     }
@@ -125,7 +138,10 @@ fn holding(shift: &Shift, action: &str, appointment_id: Uuid) -> Result<(), Doma
     }
 }
 
-pub fn decide(state: Option<&Shift>, command: ShiftCommand) -> Result<Vec<ShiftEvent>, DomainError> {
+pub fn decide(
+    state: Option<&Shift>,
+    command: ShiftCommand,
+) -> Result<Vec<ShiftEvent>, DomainError> {
     use ShiftCommand as C;
     let shift = match (state, command) {
         (None, C::Join { board, provider }) => {
@@ -176,7 +192,11 @@ pub fn decide(state: Option<&Shift>, command: ShiftCommand) -> Result<Vec<ShiftE
             Ok(vec![ShiftEvent::ChartingFinished { charting_seconds }])
         }
         (s, C::SignOff) => {
-            require(s, "sign off provider", &[ShiftStatus::Ready, ShiftStatus::Paused])?;
+            require(
+                s,
+                "sign off provider",
+                &[ShiftStatus::Ready, ShiftStatus::Paused],
+            )?;
             Ok(vec![ShiftEvent::ProviderSignedOff {}])
         }
         (s, C::Release { appointment_id }) => {
@@ -192,7 +212,11 @@ impl Aggregate for Shift {
     const STREAM_TYPE: StreamType = StreamType::Shift;
     type Event = ShiftEvent;
 
-    fn apply(state: Option<Self>, event: &ShiftEvent, ctx: &EventContext) -> Result<Self, FoldError> {
+    fn apply(
+        state: Option<Self>,
+        event: &ShiftEvent,
+        ctx: &EventContext,
+    ) -> Result<Self, FoldError> {
         let mut shift = match (state, event) {
             (
                 None,
@@ -309,7 +333,10 @@ mod tests {
         }
     }
 
-    fn when(given_events: &[ShiftEvent], command: ShiftCommand) -> Result<Vec<ShiftEvent>, DomainError> {
+    fn when(
+        given_events: &[ShiftEvent],
+        command: ShiftCommand,
+    ) -> Result<Vec<ShiftEvent>, DomainError> {
         let state = given::<Shift>(given_events);
         decide(state.as_ref(), command)
     }
@@ -323,8 +350,8 @@ mod tests {
         let events = when(
             &[],
             ShiftCommand::Join {
-                board: Some(board(BoardStatus::Open)),
-                provider: Some(provider()),
+                board: Some(Box::new(board(BoardStatus::Open))),
+                provider: Some(Box::new(provider())),
             },
         )
         .unwrap();
@@ -337,21 +364,24 @@ mod tests {
         let err = rejected_with(when(
             &[],
             ShiftCommand::Join {
-                board: Some(board(BoardStatus::Closed)),
-                provider: Some(provider()),
+                board: Some(Box::new(board(BoardStatus::Closed))),
+                provider: Some(Box::new(provider())),
             },
         ));
-        assert_eq!(err, transition_error("cannot join board: board is CLOSED, not OPEN"));
+        assert_eq!(
+            err,
+            transition_error("cannot join board: board is CLOSED, not OPEN")
+        );
     }
 
     #[test]
     fn joining_an_unknown_board_or_with_an_unregistered_provider_is_not_found() {
         let no_board = ShiftCommand::Join {
             board: None,
-            provider: Some(provider()),
+            provider: Some(Box::new(provider())),
         };
         let no_provider = ShiftCommand::Join {
-            board: Some(board(BoardStatus::Open)),
+            board: Some(Box::new(board(BoardStatus::Open))),
             provider: None,
         };
         assert_eq!(
@@ -369,8 +399,8 @@ mod tests {
         let err = rejected_with(when(
             &[joined()],
             ShiftCommand::Join {
-                board: Some(board(BoardStatus::Open)),
-                provider: Some(provider()),
+                board: Some(Box::new(board(BoardStatus::Open))),
+                provider: Some(Box::new(provider())),
             },
         ));
         assert!(err.to_string().contains("is already on board"), "{err}");
@@ -378,10 +408,16 @@ mod tests {
 
     #[test]
     fn pausing_a_ready_provider_pauses_and_ready_brings_them_back() {
-        assert_eq!(when(&[joined()], ShiftCommand::Pause).unwrap(), vec![ShiftEvent::ProviderPaused {}]);
+        assert_eq!(
+            when(&[joined()], ShiftCommand::Pause).unwrap(),
+            vec![ShiftEvent::ProviderPaused {}]
+        );
         let paused = [joined(), ShiftEvent::ProviderPaused {}];
         assert_eq!(given::<Shift>(&paused).unwrap().status, ShiftStatus::Paused);
-        assert_eq!(when(&paused, ShiftCommand::MarkReady).unwrap(), vec![ShiftEvent::ProviderReady {}]);
+        assert_eq!(
+            when(&paused, ShiftCommand::MarkReady).unwrap(),
+            vec![ShiftEvent::ProviderReady {}]
+        );
     }
 
     #[test]
@@ -402,36 +438,71 @@ mod tests {
 
     #[test]
     fn assigning_a_ready_provider_records_the_appointment() {
-        let events = when(&[joined()], ShiftCommand::Assign { appointment_id: ids().2 }).unwrap();
+        let events = when(
+            &[joined()],
+            ShiftCommand::Assign {
+                appointment_id: ids().2,
+            },
+        )
+        .unwrap();
         assert_eq!(events, vec![assigned()]);
         let shift = given::<Shift>(&[joined(), assigned()]).unwrap();
-        assert_eq!((shift.status, shift.appointment_id), (ShiftStatus::Assigned, Some(ids().2)));
+        assert_eq!(
+            (shift.status, shift.appointment_id),
+            (ShiftStatus::Assigned, Some(ids().2))
+        );
     }
 
     #[test]
     fn assigning_a_paused_or_busy_provider_is_rejected() {
         let paused = [joined(), ShiftEvent::ProviderPaused {}];
         assert_eq!(
-            rejected_with(when(&paused, ShiftCommand::Assign { appointment_id: ids().2 })),
+            rejected_with(when(
+                &paused,
+                ShiftCommand::Assign {
+                    appointment_id: ids().2
+                }
+            )),
             transition_error("cannot assign provider: shift is PAUSED, not READY")
         );
         assert_eq!(
-            rejected_with(when(&[joined(), assigned()], ShiftCommand::Assign { appointment_id: ids().2 })),
+            rejected_with(when(
+                &[joined(), assigned()],
+                ShiftCommand::Assign {
+                    appointment_id: ids().2
+                }
+            )),
             transition_error("cannot assign provider: shift is ASSIGNED, not READY")
         );
     }
 
     #[test]
     fn starting_charting_requires_the_assigned_appointment() {
-        let events = when(&[joined(), assigned()], ShiftCommand::StartCharting { appointment_id: ids().2 }).unwrap();
+        let events = when(
+            &[joined(), assigned()],
+            ShiftCommand::StartCharting {
+                appointment_id: ids().2,
+            },
+        )
+        .unwrap();
         assert_eq!(events, vec![charting()]);
         let other = Uuid::from_u128(99);
         assert!(matches!(
-            rejected_with(when(&[joined(), assigned()], ShiftCommand::StartCharting { appointment_id: other })),
+            rejected_with(when(
+                &[joined(), assigned()],
+                ShiftCommand::StartCharting {
+                    appointment_id: other
+                }
+            )),
             DomainError::InvalidTransition(_)
         ));
         assert_eq!(
-            rejected_with(when(&[joined()], ShiftCommand::StartCharting { appointment_id: ids().2 })),
+            rejected_with(when(
+                &[joined()],
+                ShiftCommand::StartCharting {
+                    appointment_id: ids().2
+                }
+            )),
             transition_error("cannot start charting: shift is READY, not ASSIGNED")
         );
     }
@@ -441,7 +512,12 @@ mod tests {
         // joined at minute 0, assigned at 1, charting started at minute 2.
         let history = [joined(), assigned(), charting()];
         let events = when(&history, ShiftCommand::CompleteCharting { now: at(9) }).unwrap();
-        assert_eq!(events, vec![ShiftEvent::ChartingFinished { charting_seconds: 420 }]);
+        assert_eq!(
+            events,
+            vec![ShiftEvent::ChartingFinished {
+                charting_seconds: 420
+            }]
+        );
         let mut all = history.to_vec();
         all.extend(events);
         let shift = given::<Shift>(&all).unwrap();
@@ -453,18 +529,30 @@ mod tests {
     #[test]
     fn completing_charting_on_a_ready_shift_is_rejected() {
         assert_eq!(
-            rejected_with(when(&[joined()], ShiftCommand::CompleteCharting { now: at(5) })),
+            rejected_with(when(
+                &[joined()],
+                ShiftCommand::CompleteCharting { now: at(5) }
+            )),
             transition_error("cannot complete charting: shift is READY, not CHARTING")
         );
     }
 
     #[test]
     fn signing_off_from_ready_or_paused_is_final() {
-        assert_eq!(when(&[joined()], ShiftCommand::SignOff).unwrap(), vec![ShiftEvent::ProviderSignedOff {}]);
+        assert_eq!(
+            when(&[joined()], ShiftCommand::SignOff).unwrap(),
+            vec![ShiftEvent::ProviderSignedOff {}]
+        );
         let paused = [joined(), ShiftEvent::ProviderPaused {}];
-        assert_eq!(when(&paused, ShiftCommand::SignOff).unwrap(), vec![ShiftEvent::ProviderSignedOff {}]);
+        assert_eq!(
+            when(&paused, ShiftCommand::SignOff).unwrap(),
+            vec![ShiftEvent::ProviderSignedOff {}]
+        );
         let signed_off = [joined(), ShiftEvent::ProviderSignedOff {}];
-        assert_eq!(given::<Shift>(&signed_off).unwrap().status, ShiftStatus::SignedOff);
+        assert_eq!(
+            given::<Shift>(&signed_off).unwrap().status,
+            ShiftStatus::SignedOff
+        );
         assert_eq!(
             rejected_with(when(&signed_off, ShiftCommand::MarkReady)),
             transition_error("cannot mark provider ready: shift is SIGNED_OFF, not PAUSED")
@@ -478,19 +566,31 @@ mod tests {
     #[test]
     fn signing_off_while_charting_is_rejected() {
         assert_eq!(
-            rejected_with(when(&[joined(), assigned(), charting()], ShiftCommand::SignOff)),
+            rejected_with(when(
+                &[joined(), assigned(), charting()],
+                ShiftCommand::SignOff
+            )),
             transition_error("cannot sign off provider: shift is CHARTING, not READY or PAUSED")
         );
     }
 
     #[test]
     fn releasing_an_assigned_provider_makes_them_ready() {
-        let events = when(&[joined(), assigned()], ShiftCommand::Release { appointment_id: ids().2 }).unwrap();
+        let events = when(
+            &[joined(), assigned()],
+            ShiftCommand::Release {
+                appointment_id: ids().2,
+            },
+        )
+        .unwrap();
         assert_eq!(events, vec![ShiftEvent::ProviderReady {}]);
         let mut all = vec![joined(), assigned()];
         all.extend(events);
         let shift = given::<Shift>(&all).unwrap();
-        assert_eq!((shift.status, shift.appointment_id), (ShiftStatus::Ready, None));
+        assert_eq!(
+            (shift.status, shift.appointment_id),
+            (ShiftStatus::Ready, None)
+        );
     }
 
     #[test]
@@ -503,9 +603,20 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_their_stored_form() {
-        for event in [joined(), ShiftEvent::ProviderReady {}, assigned(), charting(), ShiftEvent::ChartingFinished { charting_seconds: 5 }] {
+        for event in [
+            joined(),
+            ShiftEvent::ProviderReady {},
+            assigned(),
+            charting(),
+            ShiftEvent::ChartingFinished {
+                charting_seconds: 5,
+            },
+        ] {
             let data = event.encode();
-            assert_eq!(ShiftEvent::decode(event.event_type(), &data).unwrap(), event);
+            assert_eq!(
+                ShiftEvent::decode(event.event_type(), &data).unwrap(),
+                event
+            );
         }
     }
 }

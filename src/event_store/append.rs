@@ -134,7 +134,9 @@ pub async fn append(
         new_versions.push((w.stream_id, new_version));
     }
     if ids.is_empty() {
-        return Err(AppError::Internal(anyhow::anyhow!("append called without events")));
+        return Err(AppError::Internal(anyhow::anyhow!(
+            "append called without events"
+        )));
     }
     let rows: Vec<(i64, Uuid, i64, DateTime<Utc>)> = sqlx::query_as(
         "insert into events (id, stream_id, version, type, data, metadata) \
@@ -151,7 +153,11 @@ pub async fn append(
     .bind(metadata)
     .fetch_all(&mut *conn)
     .await
-    .map_err(|e| conflict_from(e, || "a stream was changed concurrently; reload and retry".into()))?;
+    .map_err(|e| {
+        conflict_from(e, || {
+            "a stream was changed concurrently; reload and retry".into()
+        })
+    })?;
 
     let position = rows.iter().map(|r| r.0).max().unwrap_or(0);
     let mut contexts: Vec<EventContext> = rows

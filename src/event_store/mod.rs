@@ -13,9 +13,7 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{
-    Aggregate, Appointment, Board, DomainEvent, EventContext, Shift, StreamType,
-};
+use crate::domain::{Aggregate, Appointment, Board, DomainEvent, EventContext, Shift, StreamType};
 use crate::error::{AppError, AppResult};
 
 /// One stored event with its envelope.
@@ -152,10 +150,10 @@ pub fn fold_recorded<A: Aggregate>(events: &[RecordedEvent]) -> AppResult<Option
         }
         let event = A::Event::decode(&e.event_type, &e.data)
             .map_err(|msg| AppError::Internal(anyhow::anyhow!("stream {}: {msg}", e.stream_id)))?;
-        state = Some(
-            A::apply(state, &event, &e.context())
-                .map_err(|err| AppError::Internal(anyhow::anyhow!("stream {}: {err}", e.stream_id)))?,
-        );
+        state =
+            Some(A::apply(state, &event, &e.context()).map_err(|err| {
+                AppError::Internal(anyhow::anyhow!("stream {}: {err}", e.stream_id))
+            })?);
     }
     Ok(state)
 }
@@ -210,8 +208,8 @@ impl BoardContents {
         let Some(board) = board else {
             return Ok(None);
         };
-        shifts.sort_by(|a, b| (a.joined_at, a.id).cmp(&(b.joined_at, b.id)));
-        appointments.sort_by(|a, b| (a.requested_at, a.id).cmp(&(b.requested_at, b.id)));
+        shifts.sort_by_key(|s| (s.joined_at, s.id));
+        appointments.sort_by_key(|a| (a.requested_at, a.id));
         Ok(Some(BoardContents {
             board,
             shifts,
@@ -223,7 +221,11 @@ impl BoardContents {
 
     pub fn open_work(&self) -> crate::domain::board::OpenWork {
         crate::domain::board::OpenWork {
-            open_appointments: self.appointments.iter().filter(|a| a.status.is_open()).count(),
+            open_appointments: self
+                .appointments
+                .iter()
+                .filter(|a| a.status.is_open())
+                .count(),
             active_providers: self
                 .shifts
                 .iter()
@@ -256,7 +258,10 @@ pub struct LogFilter {
 
 /// The event log in global-position order, filtered. For audit and debugging: it is
 /// not the projector's read (which must order by transaction, see the projector).
-pub async fn read_log(conn: impl PgExecutor<'_>, filter: &LogFilter) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+pub async fn read_log(
+    conn: impl PgExecutor<'_>,
+    filter: &LogFilter,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     sqlx::query_as::<_, RecordedEvent>(&format!(
         "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
          where ($1::uuid is null or e.stream_id = $1) \

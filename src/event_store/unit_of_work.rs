@@ -7,7 +7,9 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::append::{append, Appended, StreamWrite};
-use super::{fold_recorded, load_board_contents, read_stream, BoardContents, EventStore, ReadLimit};
+use super::{
+    fold_recorded, load_board_contents, read_stream, BoardContents, EventStore, ReadLimit,
+};
 use crate::domain::{Aggregate, DomainEvent, EventContext};
 use crate::error::{AppError, AppResult};
 
@@ -67,7 +69,7 @@ impl Outcome {
 }
 
 pub enum Begun {
-    Fresh(UnitOfWork),
+    Fresh(Box<UnitOfWork>),
     /// The `commandId` was seen before: here is what it did; nothing was appended.
     Replayed(Outcome),
 }
@@ -144,13 +146,13 @@ impl EventStore {
             }
             claimed_command = true;
         }
-        Ok(Begun::Fresh(UnitOfWork {
+        Ok(Begun::Fresh(Box::new(UnitOfWork {
             tx,
             store: self.clone(),
             meta,
             claimed_command,
             writes: Vec::new(),
-        }))
+        })))
     }
 
     async fn replay(&self, command_id: &str, operation: &str, input: &Value) -> AppResult<Begun> {
@@ -170,8 +172,9 @@ impl EventStore {
                 "commandId '{command_id}' was already used for a different command"
             )));
         }
-        let outcome: Outcome = serde_json::from_value(outcome)
-            .map_err(|e| AppError::Internal(anyhow::anyhow!("stored outcome of {command_id}: {e}")))?;
+        let outcome: Outcome = serde_json::from_value(outcome).map_err(|e| {
+            AppError::Internal(anyhow::anyhow!("stored outcome of {command_id}: {e}"))
+        })?;
         Ok(Begun::Replayed(outcome))
     }
 }
@@ -219,7 +222,11 @@ impl UnitOfWork {
         self.target_guarded(id, Guard::Exclusive).await
     }
 
-    async fn target_guarded<A: Aggregate>(&mut self, id: Uuid, guard: Guard) -> AppResult<Option<A>> {
+    async fn target_guarded<A: Aggregate>(
+        &mut self,
+        id: Uuid,
+        guard: Guard,
+    ) -> AppResult<Option<A>> {
         let state = self.read::<A>(id, guard).await?;
         if let (Some(expected), Some(s)) = (self.meta.expected_version, &state) {
             if s.version() != expected {
@@ -302,7 +309,12 @@ impl Committed {
     }
 
     /// Applies the events staged for `id` to the state they were decided on.
-    pub fn fold<A: Aggregate>(&self, id: Uuid, base: Option<A>, events: &[A::Event]) -> AppResult<A> {
+    pub fn fold<A: Aggregate>(
+        &self,
+        id: Uuid,
+        base: Option<A>,
+        events: &[A::Event],
+    ) -> AppResult<A> {
         let contexts: Vec<EventContext> = self.appended.contexts_of(id);
         let mut state = base;
         for (event, ctx) in events.iter().zip(contexts.iter()) {
@@ -310,6 +322,8 @@ impl Committed {
                 AppError::Internal(anyhow::anyhow!("{} {id}: {e}", event.event_type()))
             })?);
         }
-        state.ok_or_else(|| AppError::Internal(anyhow::anyhow!("stream {id} has no state after commit")))
+        state.ok_or_else(|| {
+            AppError::Internal(anyhow::anyhow!("stream {id} has no state after commit"))
+        })
     }
 }

@@ -49,9 +49,15 @@ fn appointment_shift_payload(w: Written<domain::Appointment>) -> AppointmentShif
     }
 }
 
-async fn shift_action(ctx: &Context<'_>, action: ShiftAction, input: ShiftInput) -> Result<ShiftPayload> {
+async fn shift_action(
+    ctx: &Context<'_>,
+    action: ShiftAction,
+    input: ShiftInput,
+) -> Result<ShiftPayload> {
     let meta = command_meta(ctx, action.operation());
-    Ok(shift_payload(commands::shift_action(store(ctx), meta, action, input).await?))
+    Ok(shift_payload(
+        commands::shift_action(store(ctx), meta, action, input).await?,
+    ))
 }
 
 #[Object]
@@ -59,13 +65,17 @@ impl Mutation {
     /// Opens a Board for one workday.
     async fn open_board(&self, ctx: &Context<'_>, input: OpenBoardInput) -> Result<BoardPayload> {
         let meta = command_meta(ctx, "openBoard");
-        Ok(board_payload(commands::open_board(store(ctx), meta, input).await?))
+        Ok(board_payload(
+            commands::open_board(store(ctx), meta, input).await?,
+        ))
     }
 
     /// Closes a Board; refused while appointments are open or providers not signed off.
     async fn close_board(&self, ctx: &Context<'_>, input: CloseBoardInput) -> Result<BoardPayload> {
         let meta = command_meta(ctx, "closeBoard");
-        Ok(board_payload(commands::close_board(store(ctx), meta, input).await?))
+        Ok(board_payload(
+            commands::close_board(store(ctx), meta, input).await?,
+        ))
     }
 
     async fn register_provider(
@@ -85,11 +95,17 @@ impl Mutation {
     /// A registered provider joins an open Board and is READY.
     async fn join_board(&self, ctx: &Context<'_>, input: JoinBoardInput) -> Result<ShiftPayload> {
         let meta = command_meta(ctx, "joinBoard");
-        Ok(shift_payload(commands::join_board(store(ctx), meta, input).await?))
+        Ok(shift_payload(
+            commands::join_board(store(ctx), meta, input).await?,
+        ))
     }
 
     /// PAUSED → READY.
-    async fn mark_provider_ready(&self, ctx: &Context<'_>, input: ShiftInput) -> Result<ShiftPayload> {
+    async fn mark_provider_ready(
+        &self,
+        ctx: &Context<'_>,
+        input: ShiftInput,
+    ) -> Result<ShiftPayload> {
         shift_action(ctx, ShiftAction::MarkReady, input).await
     }
 
@@ -99,12 +115,20 @@ impl Mutation {
     }
 
     /// CHARTING → READY; the charting time is recorded.
-    async fn complete_charting(&self, ctx: &Context<'_>, input: ShiftInput) -> Result<ShiftPayload> {
+    async fn complete_charting(
+        &self,
+        ctx: &Context<'_>,
+        input: ShiftInput,
+    ) -> Result<ShiftPayload> {
         shift_action(ctx, ShiftAction::CompleteCharting, input).await
     }
 
     /// READY or PAUSED → SIGNED_OFF (final).
-    async fn sign_off_provider(&self, ctx: &Context<'_>, input: ShiftInput) -> Result<ShiftPayload> {
+    async fn sign_off_provider(
+        &self,
+        ctx: &Context<'_>,
+        input: ShiftInput,
+    ) -> Result<ShiftPayload> {
         shift_action(ctx, ShiftAction::SignOff, input).await
     }
 
@@ -115,7 +139,9 @@ impl Mutation {
         input: RequestAppointmentInput,
     ) -> Result<AppointmentPayload> {
         let meta = command_meta(ctx, "requestAppointment");
-        Ok(appointment_payload(commands::request_appointment(store(ctx), meta, input).await?))
+        Ok(appointment_payload(
+            commands::request_appointment(store(ctx), meta, input).await?,
+        ))
     }
 
     /// Pairs a waiting appointment with a READY provider; both streams change together.
@@ -131,9 +157,14 @@ impl Mutation {
     }
 
     /// SCHEDULED → STARTED.
-    async fn start_appointment(&self, ctx: &Context<'_>, input: AppointmentInput) -> Result<AppointmentPayload> {
+    async fn start_appointment(
+        &self,
+        ctx: &Context<'_>,
+        input: AppointmentInput,
+    ) -> Result<AppointmentPayload> {
         let meta = command_meta(ctx, "startAppointment");
-        let w = commands::appointment_action(store(ctx), meta, AppointmentAction::Start, input).await?;
+        let w =
+            commands::appointment_action(store(ctx), meta, AppointmentAction::Start, input).await?;
         Ok(appointment_payload(w))
     }
 
@@ -144,7 +175,8 @@ impl Mutation {
         input: AppointmentInput,
     ) -> Result<AppointmentShiftPayload> {
         let meta = command_meta(ctx, "finishAppointment");
-        let w = commands::appointment_action(store(ctx), meta, AppointmentAction::Finish, input).await?;
+        let w = commands::appointment_action(store(ctx), meta, AppointmentAction::Finish, input)
+            .await?;
         Ok(appointment_shift_payload(w))
     }
 

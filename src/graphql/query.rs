@@ -91,7 +91,9 @@ impl Query {
         version: Option<i64>,
     ) -> Result<Option<ProviderShift>> {
         let limit = read_limit(as_of, version)?;
-        let state = store(ctx).load::<domain::Shift>(uuid("id", &id)?, limit).await?;
+        let state = store(ctx)
+            .load::<domain::Shift>(uuid("id", &id)?, limit)
+            .await?;
         Ok(state.map(ProviderShift))
     }
 
@@ -135,19 +137,28 @@ impl Query {
     ) -> Result<Connection<String, Event>> {
         let limit = page_size(first)?;
         let filter = LogFilter {
-            stream_id: stream_id.as_ref().map(|id| uuid("streamId", id)).transpose()?,
-            board_id: board_id.as_ref().map(|id| uuid("boardId", id)).transpose()?,
+            stream_id: stream_id
+                .as_ref()
+                .map(|id| uuid("streamId", id))
+                .transpose()?,
+            board_id: board_id
+                .as_ref()
+                .map(|id| uuid("boardId", id))
+                .transpose()?,
             after: cursor(after)?,
             types,
             limit: limit + 1,
         };
-        let mut rows = read_log(store(ctx).pool(), &filter).await.map_err(AppError::from)?;
+        let mut rows = read_log(store(ctx).pool(), &filter)
+            .await
+            .map_err(AppError::from)?;
         let has_next = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let mut connection = Connection::new(filter.after > 0, has_next);
-        connection
-            .edges
-            .extend(rows.into_iter().map(|e| Edge::new(e.seq.to_string(), Event(e))));
+        connection.edges.extend(
+            rows.into_iter()
+                .map(|e| Edge::new(e.seq.to_string(), Event(e))),
+        );
         Ok(connection)
     }
 }

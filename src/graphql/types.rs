@@ -145,7 +145,11 @@ impl Board {
     /// Number of events applied across the Board's own stream and every shift and
     /// appointment stream on it.
     async fn version(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
-        Ok(self.contents(ctx).await?.map(|c| c.version).unwrap_or(self.board.version))
+        Ok(self
+            .contents(ctx)
+            .await?
+            .map(|c| c.version)
+            .unwrap_or(self.board.version))
     }
     /// Global position of the newest event reflected here.
     async fn position(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
@@ -168,7 +172,11 @@ impl Board {
             .unwrap_or_default())
     }
     async fn counts(&self, ctx: &Context<'_>) -> async_graphql::Result<BoardCounts> {
-        Ok(self.contents(ctx).await?.map(BoardCounts::of).unwrap_or_default())
+        Ok(self
+            .contents(ctx)
+            .await?
+            .map(BoardCounts::of)
+            .unwrap_or_default())
     }
 }
 

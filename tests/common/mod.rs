@@ -47,7 +47,10 @@ fn test_cluster_dir() -> PathBuf {
     if let Ok(entries) = std::fs::read_dir(&tmp) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if let Some(pid) = name.strip_prefix("careboard-test-").and_then(|p| p.parse::<i32>().ok()) {
+            if let Some(pid) = name
+                .strip_prefix("careboard-test-")
+                .and_then(|p| p.parse::<i32>().ok())
+            {
                 let alive = unsafe { libc::kill(pid, 0) } == 0;
                 if !alive {
                     let _ = std::fs::remove_dir_all(entry.path());
@@ -111,7 +114,9 @@ impl TestApp {
     pub async fn spawn_with(limits: GraphqlLimits) -> Self {
         let pool = fresh_database().await;
         let state = app::state(pool.clone(), limits, Duration::from_secs(5));
-        let server = RunningServer::start("127.0.0.1:0", state).await.expect("start server");
+        let server = RunningServer::start("127.0.0.1:0", state)
+            .await
+            .expect("start server");
         Self {
             server,
             pool,
@@ -157,7 +162,10 @@ impl TestApp {
 /// The `extensions.code` of the first error, asserting there is one.
 pub fn error_code(response: &Value) -> String {
     let code = &response["errors"][0]["extensions"]["code"];
-    assert!(code.is_string(), "expected an error with a code, got {response:#}");
+    assert!(
+        code.is_string(),
+        "expected an error with a code, got {response:#}"
+    );
     code.as_str().unwrap().to_string()
 }
 
