@@ -1,0 +1,358 @@
+//! Benchmark harness: runs a scenario against its own Careboard and PostgreSQL and
+//! reports rates and latencies next to a baseline measured in the same run.
+//!
+//! `cargo run --release --bin careboard-bench -- all --seconds 10`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use careboard::app::{self, RunningServer};
+use careboard::commands::{self, CommandOptions, OpenBoardInput, RequestAppointmentInput};
+use careboard::config::GraphqlLimits;
+use careboard::event_store::unit_of_work::CommandMeta;
+use careboard::event_store::EventStore;
+use careboard::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Storage-level appends (commands without HTTP) vs pgbench INSERT + UPDATE.
+    Append,
+    /// GraphQL mutations over HTTP vs the same pgbench baseline.
+    Mutate,
+    /// Every scenario above.
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "careboard-bench", about = "Careboard benchmarks with same-run baselines")]
+struct Args {
+    #[arg(value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent clients (and pgbench clients).
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// PostgreSQL to use; without it a private cluster is started in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[arg(long, default_value = "target/bench-pg")]
+    data_dir: PathBuf,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json_out: PathBuf,
+}
+
+/// One measured line of the report.
+struct Row {
+    scenario: String,
+    rate: f64,
+    latency: Option<Histogram<u64>>,
+    errors: u64,
+    baseline_name: String,
+    baseline_rate: f64,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.rate / self.baseline_rate
+    }
+
+    fn to_json(&self) -> Value {
+        let latency = self.latency.as_ref().map(|h| {
+            json!({
+                "p50_ms": h.value_at_quantile(0.50) as f64 / 1000.0,
+                "p90_ms": h.value_at_quantile(0.90) as f64 / 1000.0,
+                "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+                "p999_ms": h.value_at_quantile(0.999) as f64 / 1000.0,
+                "max_ms": h.max() as f64 / 1000.0,
+            })
+        });
+        json!({
+            "scenario": self.scenario,
+            "rate_per_s": self.rate,
+            "latency": latency,
+            "errors": self.errors,
+            "baseline": self.baseline_name,
+            "baseline_rate_per_s": self.baseline_rate,
+            "ratio": self.ratio(),
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .init();
+    let args = Args::parse();
+    let (admin_url, cluster) = match &args.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let options = ClusterOptions {
+                dir: args.data_dir.clone(),
+                durability: Durability::Durable,
+                max_connections: 200,
+            };
+            let cluster = tokio::task::spawn_blocking(move || EmbeddedCluster::start(&options)).await??;
+            (cluster.url("postgres"), Some(cluster))
+        }
+    };
+    let db_url = fresh_database(&admin_url).await?;
+    let pool = postgres::connect(&db_url, 32).await?;
+    postgres::migrate(&pool).await?;
+
+    let mut rows = Vec::new();
+    let want = |s: Scenario| args.scenario == s || args.scenario == Scenario::All;
+    let pgbench = pgbench_append(&db_url, &pool, args.clients, args.seconds).await?;
+    println!("baseline pgbench INSERT+UPDATE, {} clients: {pgbench:.0} tx/s", args.clients);
+    if want(Scenario::Append) {
+        rows.push(append_scenario(&pool, &args, pgbench).await?);
+    }
+    if want(Scenario::Mutate) {
+        rows.push(mutate_scenario(&pool, &args, pgbench).await?);
+    }
+    print_table(&rows);
+    if let Some(dir) = args.json_out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let report = json!({
+        "machine": machine(),
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "results": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+    });
+    std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)?)?;
+    println!("JSON written to {}", args.json_out.display());
+    pool.close().await;
+    drop(cluster);
+    Ok(())
+}
+
+async fn fresh_database(admin_url: &str) -> Result<String> {
+    let admin = postgres::connect_with_retry(admin_url).await?;
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("create database {name}"))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .context("DATABASE_URL must name a database")?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// pgbench running the store's write path by hand: a version-bumping UPDATE of the
+/// client's stream row and the INSERT of one event, in one transaction.
+async fn pgbench_append(url: &str, pool: &PgPool, clients: usize, seconds: u64) -> Result<f64> {
+    for client in 0..clients {
+        sqlx::query("insert into streams (id, type, version) values ($1, 'board', 0)")
+            .bind(client_stream(client))
+            .execute(pool)
+            .await?;
+    }
+    let script = "\
+BEGIN;
+UPDATE streams SET version = version + 1, updated_at = clock_timestamp() WHERE id = ('00000000-0000-0000-0000-' || lpad(:client_id::text, 12, '0'))::uuid RETURNING version AS v \\gset
+INSERT INTO events (id, stream_id, version, type, data, metadata) VALUES (gen_random_uuid(), ('00000000-0000-0000-0000-' || lpad(:client_id::text, 12, '0'))::uuid, :v, 'BenchEvent', '{\"patientName\": \"Sam Lee\", \"reason\": \"fever\"}', '{\"actor\": \"bench\"}');
+COMMIT;
+";
+    let dir = std::env::temp_dir().join(format!("careboard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("append.sql");
+    std::fs::write(&path, script)?;
+    let bin = postgres::find_bindir()?.join("pgbench");
+    let out = tokio::process::Command::new(&bin)
+        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .arg(&path)
+        .arg(url)
+        .output()
+        .await
+        .with_context(|| format!("running {}", bin.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("pgbench failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    stdout
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .context("pgbench printed no tps")
+}
+
+fn client_stream(client: usize) -> uuid::Uuid {
+    uuid::Uuid::parse_str(&format!("00000000-0000-0000-0000-{client:012}")).expect("uuid")
+}
+
+async fn open_board(store: &EventStore) -> Result<String> {
+    let board = commands::open_board(
+        store,
+        CommandMeta::new("openBoard"),
+        OpenBoardInput {
+            name: "Bench".into(),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            date: "2022-07-18".into(),
+            options: CommandOptions::default(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e.describe()))?;
+    Ok(board.entity.id.to_string())
+}
+
+fn request_input(board: &str, i: u64) -> RequestAppointmentInput {
+    RequestAppointmentInput {
+        board_id: board.into(),
+        patient_name: format!("Patient {i}"),
+        specialty: "pediatrics".into(),
+        region: "TX".into(),
+        reason: "fever".into(),
+        options: CommandOptions::default(),
+    }
+}
+
+/// Runs `clients` closed loops of `op` for `seconds`; returns (ops/s, latencies, errors).
+async fn closed_loop<F, Fut>(clients: usize, seconds: u64, op: F) -> Result<(f64, Histogram<u64>, u64)>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut errors = 0u64;
+            let mut i = (client as u64) << 32;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if !op(i).await {
+                    errors += 1;
+                }
+                let _ = hist.record(t.elapsed().as_micros() as u64);
+                i += 1;
+            }
+            (hist, errors)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await?;
+        hist.add(&h)?;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((hist.len() as f64 / elapsed, hist, errors))
+}
+
+async fn append_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
+    let store = EventStore::new(pool.clone(), Duration::from_secs(5));
+    let board = open_board(&store).await?;
+    let (rate, hist, errors) = closed_loop(args.clients, args.seconds, move |i| {
+        let store = store.clone();
+        let board = board.clone();
+        async move {
+            commands::request_appointment(&store, CommandMeta::new("requestAppointment"), request_input(&board, i))
+                .await
+                .is_ok()
+        }
+    })
+    .await?;
+    Ok(Row {
+        scenario: format!("append (1 event/command, {} writers)", args.clients),
+        rate,
+        latency: Some(hist),
+        errors,
+        baseline_name: "pgbench INSERT+UPDATE".into(),
+        baseline_rate: baseline,
+    })
+}
+
+async fn mutate_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
+    let state = app::state(pool.clone(), GraphqlLimits::default(), Duration::from_secs(5));
+    let server = RunningServer::start("127.0.0.1:0", state).await?;
+    let store = EventStore::new(pool.clone(), Duration::from_secs(5));
+    let board = open_board(&store).await?;
+    let url = server.url("/graphql");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
+    let query = "mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id status } version position } }";
+    let (rate, hist, errors) = closed_loop(args.clients, args.seconds, move |i| {
+        let http = http.clone();
+        let url = url.clone();
+        let body = json!({"query": query, "variables": {"input": {
+            "boardId": board, "patientName": format!("Patient {i}"), "specialty": "pediatrics",
+            "region": "TX", "reason": "fever"}}});
+        async move {
+            let Ok(response) = http.post(&url).json(&body).send().await else {
+                return false;
+            };
+            // A 200 with `errors` is a failure, not a success.
+            match response.json::<Value>().await {
+                Ok(v) => v.get("errors").is_none() && v["data"]["requestAppointment"]["position"].is_i64(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await?;
+    server.stop().await?;
+    Ok(Row {
+        scenario: format!("mutate (GraphQL over HTTP, {} clients)", args.clients),
+        rate,
+        latency: Some(hist),
+        errors,
+        baseline_name: "pgbench INSERT+UPDATE".into(),
+        baseline_rate: baseline,
+    })
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n| scenario | rate/s | p50 ms | p99 ms | errors | baseline | baseline/s | ratio |\n|---|---|---|---|---|---|---|---|"
+    );
+    for r in rows {
+        let (p50, p99) = r
+            .latency
+            .as_ref()
+            .map(|h| {
+                (
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0,
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} |",
+            r.scenario, r.rate, p50, p99, r.errors, r.baseline_name, r.baseline_rate, r.ratio()
+        );
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+    })
+}
