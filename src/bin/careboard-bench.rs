@@ -31,7 +31,10 @@ enum Scenario {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "careboard-bench", about = "Careboard benchmarks with same-run baselines")]
+#[command(
+    name = "careboard-bench",
+    about = "Careboard benchmarks with same-run baselines"
+)]
 struct Args {
     #[arg(value_enum, default_value = "all")]
     scenario: Scenario,
@@ -102,7 +105,8 @@ async fn main() -> Result<()> {
                 durability: Durability::Durable,
                 max_connections: 200,
             };
-            let cluster = tokio::task::spawn_blocking(move || EmbeddedCluster::start(&options)).await??;
+            let cluster =
+                tokio::task::spawn_blocking(move || EmbeddedCluster::start(&options)).await??;
             (cluster.url("postgres"), Some(cluster))
         }
     };
@@ -113,7 +117,10 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     let want = |s: Scenario| args.scenario == s || args.scenario == Scenario::All;
     let pgbench = pgbench_append(&db_url, &pool, args.clients, args.seconds).await?;
-    println!("baseline pgbench INSERT+UPDATE, {} clients: {pgbench:.0} tx/s", args.clients);
+    println!(
+        "baseline pgbench INSERT+UPDATE, {} clients: {pgbench:.0} tx/s",
+        args.clients
+    );
     if want(Scenario::Append) {
         rows.push(append_scenario(&pool, &args, pgbench).await?);
     }
@@ -171,7 +178,16 @@ COMMIT;
     std::fs::write(&path, script)?;
     let bin = postgres::find_bindir()?.join("pgbench");
     let out = tokio::process::Command::new(&bin)
-        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
         .arg(&path)
         .arg(url)
         .output()
@@ -180,7 +196,10 @@ COMMIT;
     let _ = std::fs::remove_dir_all(&dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("pgbench failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "pgbench failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     stdout
         .lines()
@@ -223,7 +242,11 @@ fn request_input(board: &str, i: u64) -> RequestAppointmentInput {
 }
 
 /// Runs `clients` closed loops of `op` for `seconds`; returns (ops/s, latencies, errors).
-async fn closed_loop<F, Fut>(clients: usize, seconds: u64, op: F) -> Result<(f64, Histogram<u64>, u64)>
+async fn closed_loop<F, Fut>(
+    clients: usize,
+    seconds: u64,
+    op: F,
+) -> Result<(f64, Histogram<u64>, u64)>
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -267,9 +290,13 @@ async fn append_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Ro
         let store = store.clone();
         let board = board.clone();
         async move {
-            commands::request_appointment(&store, CommandMeta::new("requestAppointment"), request_input(&board, i))
-                .await
-                .is_ok()
+            commands::request_appointment(
+                &store,
+                CommandMeta::new("requestAppointment"),
+                request_input(&board, i),
+            )
+            .await
+            .is_ok()
         }
     })
     .await?;
@@ -284,12 +311,18 @@ async fn append_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Ro
 }
 
 async fn mutate_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
-    let state = app::state(pool.clone(), GraphqlLimits::default(), Duration::from_secs(5));
+    let state = app::state(
+        pool.clone(),
+        GraphqlLimits::default(),
+        Duration::from_secs(5),
+    );
     let server = RunningServer::start("127.0.0.1:0", state).await?;
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let board = open_board(&store).await?;
     let url = server.url("/graphql");
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
     let query = "mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id status } version position } }";
     let (rate, hist, errors) = closed_loop(args.clients, args.seconds, move |i| {
         let http = http.clone();
@@ -303,7 +336,10 @@ async fn mutate_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Ro
             };
             // A 200 with `errors` is a failure, not a success.
             match response.json::<Value>().await {
-                Ok(v) => v.get("errors").is_none() && v["data"]["requestAppointment"]["position"].is_i64(),
+                Ok(v) => {
+                    v.get("errors").is_none()
+                        && v["data"]["requestAppointment"]["position"].is_i64()
+                }
                 Err(_) => false,
             }
         }
@@ -337,7 +373,14 @@ fn print_table(rows: &[Row]) {
             .unwrap_or_default();
         println!(
             "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} |",
-            r.scenario, r.rate, p50, p99, r.errors, r.baseline_name, r.baseline_rate, r.ratio()
+            r.scenario,
+            r.rate,
+            p50,
+            p99,
+            r.errors,
+            r.baseline_name,
+            r.baseline_rate,
+            r.ratio()
         );
     }
 }
