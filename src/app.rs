@@ -13,7 +13,9 @@ use crate::config::{DatabaseArgs, GraphqlLimits};
 use crate::event_store::EventStore;
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
+use crate::metrics::Metrics;
 use crate::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
+use crate::projector::{Projector, ProjectorConfig, ProjectorHandle};
 
 /// An open database, and the embedded cluster behind it when there is one (dropping
 /// it stops the cluster).
@@ -49,12 +51,36 @@ pub async fn open_database(args: &DatabaseArgs) -> Result<Database> {
 
 /// The application's shared state, built from a migrated pool.
 pub fn state(pool: PgPool, limits: GraphqlLimits, lock_timeout: Duration) -> AppState {
+    state_with(pool, limits, lock_timeout, Duration::from_secs(5))
+}
+
+/// Like [`state`], with how long `minPosition` reads wait for the projector.
+pub fn state_with(
+    pool: PgPool,
+    limits: GraphqlLimits,
+    lock_timeout: Duration,
+    read_wait: Duration,
+) -> AppState {
     let store = EventStore::new(pool.clone(), lock_timeout);
+    let metrics = Arc::new(Metrics::new());
     AppState {
-        schema: build_schema(store, &limits),
+        schema: build_schema(store.clone(), &limits, read_wait),
         pool,
         limits: Arc::new(limits),
+        store,
+        metrics,
     }
+}
+
+/// Starts this process's projector (leader or standby), woken by local appends.
+pub fn spawn_projector(state: &AppState, config: ProjectorConfig) -> ProjectorHandle {
+    Projector::new(
+        state.pool.clone(),
+        state.store.appended_signal(),
+        config,
+        state.metrics.clone(),
+    )
+    .spawn()
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.

@@ -29,6 +29,38 @@ pub enum Command {
     Migrate,
     /// Print the GraphQL schema (SDL); `careboard schema > schema.graphql` refreshes it.
     Schema,
+    /// Inspect and rebuild projections.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// The registered projections and their versions.
+    List,
+    /// Checkpoint, lag, state, rebuild progress and dead letters of each generation.
+    Status,
+    /// Rebuild a projection side by side while Careboard keeps serving, then swap it in.
+    /// Runs the projector here if no other process leads; waits until the swap.
+    Rebuild {
+        /// board_view, appointment_view, provider_shift_view or appointment_durations.
+        name: String,
+    },
+    /// Replay dead-lettered events of a projection (after fixing what failed).
+    ReplayDeadLetters { name: String },
+}
+
+/// Whether this process runs the projector, serves HTTP, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProjectorMode {
+    /// Serve, and project when this process wins the leader lock.
+    Auto,
+    /// Serve only.
+    Off,
+    /// Project (as leader or standby) without serving HTTP.
+    Only,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -67,6 +99,12 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "CAREBOARD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// Run the projector in this process: auto, off or only.
+    #[arg(long, env = "CAREBOARD_PROJECTOR", value_enum, default_value = "auto")]
+    pub projector: ProjectorMode,
+    /// How long a query with `minPosition` waits for the projector before answering STALE.
+    #[arg(long, env = "CAREBOARD_READ_WAIT_MS", default_value_t = 5000)]
+    pub read_wait_ms: u64,
     #[command(flatten)]
     pub limits: GraphqlLimits,
 }

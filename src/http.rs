@@ -14,13 +14,17 @@ use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
 use crate::config::GraphqlLimits;
+use crate::event_store::EventStore;
 use crate::graphql::{CareboardSchema, RequestContext};
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct AppState {
     pub schema: CareboardSchema,
     pub pool: PgPool,
     pub limits: Arc<GraphqlLimits>,
+    pub store: EventStore,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -29,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql", get(graphiql).post(graphql))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -118,4 +123,16 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .into_response()
         }
     }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(&state.pool).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -18,6 +18,7 @@
 //! - [`app`]: wiring and serving.
 
 pub mod app;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod domain;
@@ -25,4 +26,7 @@ pub mod error;
 pub mod event_store;
 pub mod graphql;
 pub mod http;
+pub mod metrics;
 pub mod postgres;
+pub mod projections;
+pub mod projector;

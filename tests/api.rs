@@ -199,13 +199,13 @@ async fn the_readme_walkthrough_works_over_http() {
     // The Board shows everything that happened on it.
     let view = app
         .data(
-            r#"query($id: ID!) { board(id: $id) {
+            r#"query($id: ID!, $p: Int) { board(id: $id, minPosition: $p) {
                 status version position
                 providers { id status provider { name } }
                 appointments { id status patientName providerId }
                 counts { waiting scheduled inProgress finished providersReady }
             } }"#,
-            json!({"id": board_id}),
+            json!({"id": board_id, "p": last_position}),
         )
         .await;
     let b = &view["board"];
@@ -221,12 +221,12 @@ async fn the_readme_walkthrough_works_over_http() {
     // Single-stream reads fold the stream, now or as of an earlier version.
     let reads = app
         .data(
-            r#"query($a: ID!, $s: ID!) {
-                now: appointment(id: $a) { status version }
+            r#"query($a: ID!, $s: ID!, $p: Int) {
+                now: appointment(id: $a, minPosition: $p) { status version }
                 before: appointment(id: $a, version: 2) { status version }
-                shift: providerShift(id: $s) { status chartingSeconds }
+                shift: providerShift(id: $s, minPosition: $p) { status chartingSeconds }
             }"#,
-            json!({"a": appointment_id, "s": shift_id}),
+            json!({"a": appointment_id, "s": shift_id, "p": last_position}),
         )
         .await;
     assert_eq!(reads["now"]["status"], "FINISHED");
@@ -666,4 +666,132 @@ async fn graphiql_health_and_readiness_are_served() {
     assert_eq!(health.status(), 200);
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn boards_are_listed_from_the_projection_with_filters_and_cursors() {
+    let app = TestApp::spawn().await;
+    let mut last = 0;
+    for (name, specialty, region, date) in [
+        ("Peds TX", "pediatrics", "TX", "2022-07-18"),
+        ("Peds OK", "pediatrics", "OK", "2022-07-18"),
+        ("Derm TX", "dermatology", "TX", "2022-07-18"),
+        ("Peds TX tomorrow", "pediatrics", "TX", "2022-07-19"),
+    ] {
+        let d = app
+            .data(OPEN_BOARD, json!({"input": {"name": name, "specialty": specialty, "region": region, "date": date}}))
+            .await;
+        last = d["openBoard"]["position"].as_i64().unwrap();
+    }
+    // Read-your-writes on the last board, then the list is complete.
+    app.data("query($p: Int) { projections { name } b: board(id: \"00000000-0000-0000-0000-000000000000\", minPosition: $p) { id } }", json!({"p": last}))
+        .await;
+    let q = r#"query($date: NaiveDate, $specialty: String, $after: String) {
+        boards(date: $date, specialty: $specialty, status: OPEN, first: 2, after: $after) {
+            edges { cursor node { name date status } } pageInfo { hasNextPage endCursor } } }"#;
+    let page = app
+        .data(q, json!({"date": "2022-07-18", "specialty": "Pediatrics"}))
+        .await;
+    let names: Vec<&str> = page["boards"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(
+        names.contains(&"Peds TX") && names.contains(&"Peds OK"),
+        "{names:?}"
+    );
+    assert_eq!(page["boards"]["pageInfo"]["hasNextPage"], false);
+
+    let all = app.data(q, json!({})).await;
+    assert_eq!(all["boards"]["pageInfo"]["hasNextPage"], true);
+    let rest = app
+        .data(q, json!({"after": all["boards"]["pageInfo"]["endCursor"]}))
+        .await;
+    let total = all["boards"]["edges"].as_array().unwrap().len()
+        + rest["boards"]["edges"].as_array().unwrap().len();
+    assert_eq!(total, 4);
+    assert_eq!(
+        rest["boards"]["edges"].as_array().unwrap().last().unwrap()["node"]["date"],
+        "2022-07-19"
+    );
+
+    let bad = app.gql(q, json!({"after": "garbage"})).await;
+    assert_eq!(error_code(&bad), "VALIDATION");
+}
+
+#[tokio::test]
+async fn projection_status_and_metrics_are_exposed() {
+    let app = TestApp::spawn().await;
+    let (board_id, _, _) = board_with_provider(&app).await;
+    request(&app, &board_id, "Sam").await;
+    let last: i64 = sqlx::query_scalar("select max(seq) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    app.data(
+        "query($b: ID!, $p: Int) { board(id: $b, minPosition: $p) { id } }",
+        json!({"b": board_id, "p": last}),
+    )
+    .await;
+    let status = app
+        .data("{ projections { name generation state projectionVersion checkpointPosition eventsApplied lagEvents lagSeconds deadLetters rebuildProgress } }", json!({}))
+        .await;
+    let names: Vec<&str> = status["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "appointment_durations",
+        "appointment_view",
+        "board_view",
+        "provider_shift_view",
+    ] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    for name in [
+        "careboard_projector_leader",
+        "careboard_projection_lag_events",
+        "careboard_projection_events_applied",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    let unknown = app
+        .gql(
+            "mutation { rebuildProjection(name: \"nope\") { generation } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&unknown), "VALIDATION");
+}
+
+#[tokio::test]
+async fn a_read_the_projector_has_not_reached_answers_stale() {
+    let app = TestApp::spawn_without_projector(std::time::Duration::from_millis(300)).await;
+    let opened = app
+        .data(
+            OPEN_BOARD,
+            json!({"input": {"name": "X", "specialty": "x", "region": "TX", "date": "2022-07-18"}}),
+        )
+        .await;
+    let id = s(&opened["openBoard"]["board"]["id"]);
+    let position = opened["openBoard"]["position"].as_i64().unwrap();
+    let r = app
+        .gql(
+            "query($id: ID!, $p: Int) { board(id: $id, minPosition: $p) { id } }",
+            json!({"id": id, "p": position}),
+        )
+        .await;
+    assert_eq!(error_code(&r), "STALE");
+    assert!(
+        error_message(&r).contains("has not reached position"),
+        "{r}"
+    );
 }

@@ -24,6 +24,8 @@ pub struct RecordedEvent {
     pub id: Uuid,
     pub stream_id: Uuid,
     pub stream_type: String,
+    /// The Board the stream belongs to (a Board's own id for its stream).
+    pub board_id: Option<Uuid>,
     pub version: i64,
     pub event_type: String,
     pub data: Value,
@@ -51,7 +53,8 @@ pub enum ReadLimit {
     Time(DateTime<Utc>),
 }
 
-const EVENT_COLUMNS: &str = "e.seq, e.id, e.stream_id, s.type as stream_type, e.version, \
+pub(crate) const EVENT_COLUMNS: &str =
+    "e.seq, e.id, e.stream_id, s.type as stream_type, s.board_id, e.version, \
      e.type as event_type, e.data, e.metadata, e.recorded_at";
 
 /// The event store: a pool plus the in-process signal the projector wakes on.
@@ -114,6 +117,25 @@ pub async fn read_stream(
     .bind(stream_id)
     .bind(version)
     .bind(time)
+    .fetch_all(conn)
+    .await
+}
+
+/// Reads the events of a stream with versions in `(after, upto]`, in version order.
+pub async fn read_stream_between(
+    conn: impl PgExecutor<'_>,
+    stream_id: Uuid,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as::<_, RecordedEvent>(&format!(
+        "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
+         where e.stream_id = $1 and e.version > $2 and e.version <= $3 \
+         order by e.version"
+    ))
+    .bind(stream_id)
+    .bind(after)
+    .bind(upto)
     .fetch_all(conn)
     .await
 }

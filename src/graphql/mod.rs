@@ -21,9 +21,18 @@ pub struct RequestContext {
     pub operation_name: Option<String>,
 }
 
-pub fn build_schema(store: EventStore, limits: &GraphqlLimits) -> CareboardSchema {
+/// How long a query with `minPosition` waits for the projector.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadWait(pub std::time::Duration);
+
+pub fn build_schema(
+    store: EventStore,
+    limits: &GraphqlLimits,
+    read_wait: std::time::Duration,
+) -> CareboardSchema {
     let mut builder = Schema::build(query::Query, mutation::Mutation, EmptySubscription)
         .data(store)
+        .data(ReadWait(read_wait))
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .limit_recursive_depth(limits.max_recursion)

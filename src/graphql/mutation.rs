@@ -1,6 +1,6 @@
 //! Mutations: each is one command through `commands`, answered with the new state.
 
-use async_graphql::{Context, Object, Result};
+use async_graphql::{Context, Object, Result, SimpleObject};
 
 use super::types::{
     AppointmentPayload, AppointmentShiftPayload, Board, BoardPayload, Provider, ProviderPayload,
@@ -13,8 +13,28 @@ use crate::commands::{
     ScheduleAppointmentInput, ShiftAction, ShiftInput, Written,
 };
 use crate::domain;
+use crate::error::AppError;
+use crate::projections::Projection;
+use crate::projector::replay::{replay_dead_letters, ReplayReport};
 
 pub struct Mutation;
+
+/// A side-by-side rebuild that was started (or was already running).
+#[derive(SimpleObject)]
+pub struct RebuildPayload {
+    pub name: String,
+    pub generation: i32,
+}
+
+fn projection_named(name: &str) -> Result<Projection, AppError> {
+    Projection::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = Projection::ALL.iter().map(|p| p.name()).collect();
+        AppError::validation(format!(
+            "unknown projection '{name}'; known: {}",
+            known.join(", ")
+        ))
+    })
+}
 
 fn board_payload(w: Written<domain::Board>) -> BoardPayload {
     BoardPayload {
@@ -178,6 +198,24 @@ impl Mutation {
         let w = commands::appointment_action(store(ctx), meta, AppointmentAction::Finish, input)
             .await?;
         Ok(appointment_shift_payload(w))
+    }
+
+    /// Admin: rebuilds a projection side by side while serving continues, then swaps it
+    /// in. Returns the generation being built.
+    async fn rebuild_projection(&self, ctx: &Context<'_>, name: String) -> Result<RebuildPayload> {
+        let projection = projection_named(&name)?;
+        let generation = crate::projector::state::request_rebuild(store(ctx).pool(), projection)
+            .await
+            .map_err(AppError::from)?;
+        Ok(RebuildPayload { name, generation })
+    }
+
+    /// Admin: replays a projection's dead-lettered events (after fixing what failed).
+    async fn replay_dead_letters(&self, ctx: &Context<'_>, name: String) -> Result<ReplayReport> {
+        let projection = projection_named(&name)?;
+        Ok(replay_dead_letters(store(ctx).pool(), projection)
+            .await
+            .map_err(AppError::Internal)?)
     }
 
     /// Cancels a waiting or scheduled appointment; a scheduled one frees its provider.

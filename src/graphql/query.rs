@@ -5,11 +5,14 @@ use async_graphql::{Context, Object, Result, ID};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::store;
-use super::types::{Appointment, Board, Event, Provider, ProviderShift};
+use super::types::{Appointment, Board, BoardStatus, Event, Provider, ProviderShift};
+use super::{store, ReadWait};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
 use crate::event_store::{list_providers, load_board_contents, read_log, LogFilter, ReadLimit};
+use crate::projections::{read, Projection};
+use crate::projector::state::ProjectionStatus;
+use crate::projector::wait_for_position;
 
 pub struct Query;
 
@@ -52,49 +55,163 @@ fn read_limit(as_of: Option<DateTime<Utc>>, version: Option<i64>) -> Result<Read
     }
 }
 
+/// Read-your-writes: waits (bounded) until the projection has applied `min_position`.
+async fn wait_until_projected(
+    ctx: &Context<'_>,
+    projection: Projection,
+    min_position: Option<i64>,
+) -> Result<(), AppError> {
+    let Some(position) = min_position else {
+        return Ok(());
+    };
+    if position < 0 {
+        return Err(AppError::validation("minPosition must not be negative"));
+    }
+    let ReadWait(timeout) = *ctx.data_unchecked::<ReadWait>();
+    if wait_for_position(store(ctx).pool(), projection, position, timeout).await? {
+        Ok(())
+    } else {
+        Err(AppError::Stale(format!(
+            "{} has not reached position {position} within {} ms; retry shortly",
+            projection.name(),
+            timeout.as_millis()
+        )))
+    }
+}
+
+fn internal(e: anyhow::Error) -> AppError {
+    AppError::Internal(e)
+}
+
+fn board_cursor(after: Option<String>) -> Result<Option<(chrono::NaiveDate, Uuid)>, AppError> {
+    let Some(c) = after else { return Ok(None) };
+    let bad = || AppError::validation(format!("after '{c}' is not a valid cursor"));
+    let (date, id) = c.split_once('/').ok_or_else(bad)?;
+    let date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| bad())?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok(Some((date, id)))
+}
+
 #[Object]
 impl Query {
-    /// A Board with its providers and appointments; `asOf` shows it as it stood then.
+    /// A Board with its providers and appointments, from the projected `board_view`.
+    /// `minPosition` (a mutation's `position`) waits until the projector has applied it
+    /// and answers STALE if it does not within the configured wait. `asOf` instead
+    /// folds the Board's streams as they stood at that time.
     async fn board(
         &self,
         ctx: &Context<'_>,
         id: ID,
         as_of: Option<DateTime<Utc>>,
+        min_position: Option<i64>,
     ) -> Result<Option<Board>> {
         let board_id = uuid("id", &id)?;
-        let limit = read_limit(as_of, None)?;
-        let contents = load_board_contents(store(ctx).pool(), board_id, limit).await?;
-        Ok(contents.map(Board::from_contents))
+        if let Some(t) = as_of {
+            let contents =
+                load_board_contents(store(ctx).pool(), board_id, ReadLimit::Time(t)).await?;
+            return Ok(contents.map(Board::from_contents));
+        }
+        wait_until_projected(ctx, Projection::BoardView, min_position).await?;
+        let doc = read::board(store(ctx).pool(), board_id)
+            .await
+            .map_err(internal)?;
+        Ok(doc.and_then(|d| d.to_contents()).map(Board::from_contents))
     }
 
-    /// An appointment, now or as of a time or stream version.
+    /// Boards, ordered by date then id, filtered by any of date, specialty, region and
+    /// status.
+    #[allow(clippy::too_many_arguments)]
+    async fn boards(
+        &self,
+        ctx: &Context<'_>,
+        date: Option<chrono::NaiveDate>,
+        specialty: Option<String>,
+        region: Option<String>,
+        status: Option<BoardStatus>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, Board>> {
+        let limit = page_size(first)?;
+        let cursor = board_cursor(after)?;
+        let filter = read::BoardFilter {
+            date,
+            specialty: specialty.map(|s| s.trim().to_lowercase()),
+            region: region.map(|r| r.trim().to_uppercase()),
+            status: status.map(|s| match s {
+                BoardStatus::Open => "OPEN".to_string(),
+                BoardStatus::Closed => "CLOSED".to_string(),
+            }),
+        };
+        let mut docs = read::boards(store(ctx).pool(), &filter, cursor, limit + 1)
+            .await
+            .map_err(internal)?;
+        let has_next = docs.len() as i64 > limit;
+        docs.truncate(limit as usize);
+        let mut connection = Connection::new(cursor.is_some(), has_next);
+        connection.edges.extend(docs.into_iter().filter_map(|d| {
+            let contents = d.to_contents()?;
+            let cursor = format!("{}/{}", contents.board.date, contents.board.id);
+            Some(Edge::new(cursor, Board::from_contents(contents)))
+        }));
+        Ok(connection)
+    }
+
+    /// An appointment from the projected `appointment_view`; with `asOf` or `version`,
+    /// folded from its events as it stood then.
     async fn appointment(
         &self,
         ctx: &Context<'_>,
         id: ID,
         as_of: Option<DateTime<Utc>>,
         version: Option<i64>,
+        min_position: Option<i64>,
     ) -> Result<Option<Appointment>> {
+        let id = uuid("id", &id)?;
         let limit = read_limit(as_of, version)?;
-        let state = store(ctx)
-            .load::<domain::Appointment>(uuid("id", &id)?, limit)
-            .await?;
+        if limit != ReadLimit::All {
+            let state = store(ctx).load::<domain::Appointment>(id, limit).await?;
+            return Ok(state.map(Appointment));
+        }
+        wait_until_projected(ctx, Projection::AppointmentView, min_position).await?;
+        let state = read::stream_doc::<domain::Appointment>(
+            store(ctx).pool(),
+            Projection::AppointmentView,
+            id,
+        )
+        .await
+        .map_err(internal)?;
         Ok(state.map(Appointment))
     }
 
-    /// A provider's shift on a Board, now or as of a time or stream version.
+    /// A provider's shift from the projected `provider_shift_view`; with `asOf` or
+    /// `version`, folded from its events as it stood then.
     async fn provider_shift(
         &self,
         ctx: &Context<'_>,
         id: ID,
         as_of: Option<DateTime<Utc>>,
         version: Option<i64>,
+        min_position: Option<i64>,
     ) -> Result<Option<ProviderShift>> {
+        let id = uuid("id", &id)?;
         let limit = read_limit(as_of, version)?;
-        let state = store(ctx)
-            .load::<domain::Shift>(uuid("id", &id)?, limit)
-            .await?;
+        if limit != ReadLimit::All {
+            let state = store(ctx).load::<domain::Shift>(id, limit).await?;
+            return Ok(state.map(ProviderShift));
+        }
+        wait_until_projected(ctx, Projection::ProviderShiftView, min_position).await?;
+        let state =
+            read::stream_doc::<domain::Shift>(store(ctx).pool(), Projection::ProviderShiftView, id)
+                .await
+                .map_err(internal)?;
         Ok(state.map(ProviderShift))
+    }
+
+    /// Every projection generation: checkpoint, lag, state, rebuild progress, dead letters.
+    async fn projections(&self, ctx: &Context<'_>) -> Result<Vec<ProjectionStatus>> {
+        Ok(crate::projector::state::status(store(ctx).pool())
+            .await
+            .map_err(AppError::from)?)
     }
 
     async fn provider(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Provider>> {

@@ -95,6 +95,16 @@ async fn connect_retrying(options: &PgConnectOptions) -> sqlx::PgConnection {
     }
 }
 
+/// Projector settings for tests: quick leader checks and retries.
+pub fn fast_projector() -> careboard::projector::ProjectorConfig {
+    careboard::projector::ProjectorConfig {
+        leader_check_interval: Duration::from_millis(200),
+        max_poll_interval: Duration::from_millis(50),
+        retry_backoff: Duration::from_millis(10),
+        ..Default::default()
+    }
+}
+
 pub fn store(pool: &PgPool) -> EventStore {
     EventStore::new(pool.clone(), Duration::from_secs(10))
 }
@@ -104,6 +114,7 @@ pub struct TestApp {
     pub server: RunningServer,
     pub pool: PgPool,
     pub http: reqwest::Client,
+    pub projector: Option<careboard::projector::ProjectorHandle>,
 }
 
 impl TestApp {
@@ -112,8 +123,18 @@ impl TestApp {
     }
 
     pub async fn spawn_with(limits: GraphqlLimits) -> Self {
+        Self::spawn_full(limits, true, Duration::from_secs(5)).await
+    }
+
+    /// Serving only: nothing projects, so projected reads fall behind.
+    pub async fn spawn_without_projector(read_wait: Duration) -> Self {
+        Self::spawn_full(GraphqlLimits::default(), false, read_wait).await
+    }
+
+    async fn spawn_full(limits: GraphqlLimits, projector: bool, read_wait: Duration) -> Self {
         let pool = fresh_database().await;
-        let state = app::state(pool.clone(), limits, Duration::from_secs(5));
+        let state = app::state_with(pool.clone(), limits, Duration::from_secs(5), read_wait);
+        let projector = projector.then(|| app::spawn_projector(&state, fast_projector()));
         let server = RunningServer::start("127.0.0.1:0", state)
             .await
             .expect("start server");
@@ -121,6 +142,7 @@ impl TestApp {
             server,
             pool,
             http: reqwest::Client::new(),
+            projector,
         }
     }
 

@@ -1,0 +1,154 @@
+//! The command line: `serve` (default), `migrate`, `schema`, `projections ...`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::app;
+use crate::config::{Cli, Command, DatabaseArgs, ProjectionsCommand, ProjectorMode, ServeArgs};
+use crate::postgres;
+use crate::projections::Projection;
+use crate::projector::{self, ProjectorConfig};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Schema) => {
+            print!("{}", crate::graphql::sdl());
+            Ok(())
+        }
+        Some(Command::Migrate) => {
+            let db = app::open_database(&cli.database).await?;
+            postgres::migrate(&db.pool).await?;
+            tracing::info!("migrations applied");
+            db.pool.close().await;
+            Ok(())
+        }
+        Some(Command::Projections { action }) => projections(cli.database, action).await,
+        Some(Command::Serve(serve)) => serve_command(cli.database, serve).await,
+        None => serve_command(cli.database, cli.serve).await,
+    }
+}
+
+async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
+    let db = app::open_database(&database).await?;
+    postgres::migrate(&db.pool).await?;
+    let state = app::state_with(
+        db.pool.clone(),
+        serve.limits.clone(),
+        Duration::from_millis(database.lock_timeout_ms),
+        Duration::from_millis(serve.read_wait_ms),
+    );
+    let projector = match serve.projector {
+        ProjectorMode::Off => None,
+        ProjectorMode::Auto | ProjectorMode::Only => {
+            Some(app::spawn_projector(&state, ProjectorConfig::default()))
+        }
+    };
+    let result = if serve.projector == ProjectorMode::Only {
+        tracing::info!("projecting only (no HTTP)");
+        app::shutdown_signal().await;
+        Ok(())
+    } else {
+        let listener = tokio::net::TcpListener::bind(&serve.bind).await?;
+        tracing::info!(
+            "Careboard listening; GraphiQL at http://{}/graphql",
+            listener.local_addr()?
+        );
+        app::serve(listener, state, app::shutdown_signal()).await
+    };
+    if let Some(p) = projector {
+        p.stop().await?;
+    }
+    db.pool.close().await;
+    drop(db);
+    result
+}
+
+fn projection_named(name: &str) -> Result<Projection> {
+    match Projection::parse(name) {
+        Some(p) => Ok(p),
+        None => {
+            let known: Vec<&str> = Projection::ALL.iter().map(|p| p.name()).collect();
+            bail!("unknown projection '{name}'; known: {}", known.join(", "))
+        }
+    }
+}
+
+async fn projections(database: DatabaseArgs, action: ProjectionsCommand) -> Result<()> {
+    if let ProjectionsCommand::List = action {
+        for p in Projection::ALL {
+            println!("{}\tversion {}", p.name(), p.version());
+        }
+        return Ok(());
+    }
+    let db = app::open_database(&database).await?;
+    postgres::migrate(&db.pool).await?;
+    match action {
+        ProjectionsCommand::List => unreachable!("handled above"),
+        ProjectionsCommand::Status => print_status(&db.pool).await?,
+        ProjectionsCommand::ReplayDeadLetters { name } => {
+            let report =
+                projector::replay::replay_dead_letters(&db.pool, projection_named(&name)?).await?;
+            println!("replayed {} dead letter(s)", report.replayed);
+            for failure in &report.still_failing {
+                println!("still failing: {failure}");
+            }
+        }
+        ProjectionsCommand::Rebuild { name } => {
+            let projection = projection_named(&name)?;
+            let generation = projector::state::request_rebuild(&db.pool, projection).await?;
+            println!("rebuilding {name} as generation {generation}");
+            // Project here too: if a server already leads, this one stands by.
+            let state = app::state(db.pool.clone(), Default::default(), Duration::from_secs(5));
+            let handle = app::spawn_projector(&state, ProjectorConfig::default());
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let statuses = projector::state::status(&db.pool).await?;
+                let Some(s) = statuses
+                    .iter()
+                    .find(|s| s.name == name && s.generation == generation)
+                else {
+                    bail!("generation {generation} of {name} disappeared");
+                };
+                if s.state == "live" {
+                    println!(
+                        "generation {generation} of {name} is live ({} events)",
+                        s.events_applied
+                    );
+                    break;
+                }
+                println!(
+                    "  {:.1}% ({} events applied, {} to go)",
+                    s.rebuild_progress.unwrap_or(0.0) * 100.0,
+                    s.events_applied,
+                    s.lag_events
+                );
+            }
+            handle.stop().await?;
+        }
+    }
+    db.pool.close().await;
+    Ok(())
+}
+
+async fn print_status(pool: &sqlx::PgPool) -> Result<()> {
+    println!(
+        "{:<24} {:>4} {:<9} {:>3} {:>12} {:>10} {:>10} {:>8} {:>6}",
+        "projection", "gen", "state", "ver", "position", "applied", "lag", "lag s", "dead"
+    );
+    for s in projector::state::status(pool).await? {
+        println!(
+            "{:<24} {:>4} {:<9} {:>3} {:>12} {:>10} {:>10} {:>8.3} {:>6}",
+            s.name,
+            s.generation,
+            s.state,
+            s.projection_version,
+            s.checkpoint_position,
+            s.events_applied,
+            s.lag_events,
+            s.lag_seconds,
+            s.dead_letters
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! Reading the log without skipping, and applying one batch to one projection.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::state::{Cursor, DeadLetter};
+use crate::domain::{Appointment, FoldError, Shift};
+use crate::event_store::{read_stream_between, RecordedEvent, EVENT_COLUMNS};
+use crate::projections::{save_rows, BoardDoc, Doc, Projection, Row, StreamDoc};
+
+#[derive(sqlx::FromRow)]
+struct CursorRow {
+    tx: String,
+    #[sqlx(flatten)]
+    event: RecordedEvent,
+}
+
+/// The next events after `after` in `(tx, seq)` order, stopping below the oldest
+/// transaction still running: every transaction id under the snapshot's xmin has
+/// finished, so no event can later appear behind the returned cursor. Must be the
+/// first statement of its transaction (before this transaction has an id of its own).
+pub async fn read_batch(
+    conn: &mut PgConnection,
+    after: Cursor,
+    limit: i64,
+) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
+    let rows: Vec<CursorRow> = sqlx::query_as(&format!(
+        "select e.tx::text as tx, {EVENT_COLUMNS} \
+           from events e join streams s on s.id = e.stream_id \
+          where (e.tx, e.seq) > ($1::text::xid8, $2) \
+            and e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+          order by e.tx, e.seq \
+          limit $3"
+    ))
+    .bind(after.tx.to_string())
+    .bind(after.seq)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let tx =
+                r.tx.parse::<u64>()
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            Ok((
+                Cursor {
+                    tx,
+                    seq: r.event.seq,
+                },
+                r.event,
+            ))
+        })
+        .collect()
+}
+
+/// Why a batch could not be applied.
+#[derive(Debug)]
+pub enum BatchError {
+    /// An event the fold rejects: retried, then dead-lettered.
+    Poison {
+        seq: i64,
+        error: FoldError,
+    },
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        BatchError::Database(e)
+    }
+}
+
+/// What a batch did.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Events applied (gap-filled ones included, skipped ones not).
+    pub applied: i64,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Boards whose documents changed: (id, version, position), for NOTIFY.
+    pub changed_boards: Vec<(Uuid, i64, i64)>,
+}
+
+/// Applies `events` (in read order) to the projection's documents and saves them, in
+/// the caller's transaction. Events named in `dead` are dead-lettered instead of
+/// failing the batch; `attempts` says how often each was tried.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    projection: Projection,
+    generation: i32,
+    events: &[RecordedEvent],
+    dead: &HashSet<i64>,
+    attempts: &HashMap<i64, u32>,
+) -> Result<BatchOutcome, BatchError> {
+    match projection {
+        Projection::BoardView => {
+            let (outcome, docs) =
+                apply_docs::<BoardDoc>(conn, projection, generation, events, dead, attempts)
+                    .await?;
+            let mut outcome = outcome;
+            outcome.changed_boards = docs
+                .iter()
+                .filter(|(_, d)| d.board.is_some())
+                .map(|(id, d)| (*id, d.version, d.position))
+                .collect();
+            let rows: Vec<Row> = docs
+                .into_iter()
+                .map(|(id, doc)| Row::Board { id, doc })
+                .collect();
+            save_rows(conn, generation, &rows).await?;
+            Ok(outcome)
+        }
+        Projection::AppointmentView => {
+            let (outcome, docs) = apply_docs::<StreamDoc<Appointment>>(
+                conn, projection, generation, events, dead, attempts,
+            )
+            .await?;
+            let rows: Vec<Row> = docs
+                .into_iter()
+                .map(|(id, doc)| Row::Appointment { id, doc })
+                .collect();
+            save_rows(conn, generation, &rows).await?;
+            Ok(outcome)
+        }
+        Projection::AppointmentDurations => {
+            let (outcome, docs) = apply_docs::<StreamDoc<Appointment>>(
+                conn, projection, generation, events, dead, attempts,
+            )
+            .await?;
+            let rows: Vec<Row> = docs
+                .into_iter()
+                .map(|(id, doc)| Row::Durations { id, doc })
+                .collect();
+            save_rows(conn, generation, &rows).await?;
+            Ok(outcome)
+        }
+        Projection::ProviderShiftView => {
+            let (outcome, docs) = apply_docs::<StreamDoc<Shift>>(
+                conn, projection, generation, events, dead, attempts,
+            )
+            .await?;
+            let rows: Vec<Row> = docs
+                .into_iter()
+                .map(|(id, doc)| Row::Shift { id, doc })
+                .collect();
+            save_rows(conn, generation, &rows).await?;
+            Ok(outcome)
+        }
+    }
+}
+
+/// Loads the touched documents, applies each stream's events in version order (filling
+/// any gap from the store, skipping what was already applied), and returns the changed
+/// documents.
+async fn apply_docs<D: Doc>(
+    conn: &mut PgConnection,
+    projection: Projection,
+    generation: i32,
+    events: &[RecordedEvent],
+    dead: &HashSet<i64>,
+    attempts: &HashMap<i64, u32>,
+) -> Result<(BatchOutcome, BTreeMap<Uuid, D>), BatchError> {
+    // Document → its events, each stream's in version order. (tx, seq) order is not
+    // version order across transactions, so sort; other streams' order is irrelevant.
+    let mut by_doc: BTreeMap<Uuid, Vec<&RecordedEvent>> = BTreeMap::new();
+    for e in events {
+        if let Some(doc) = projection.document_of(e) {
+            by_doc.entry(doc).or_default().push(e);
+        }
+    }
+    let mut outcome = BatchOutcome::default();
+    if by_doc.is_empty() {
+        return Ok((outcome, BTreeMap::new()));
+    }
+    let ids: Vec<Uuid> = by_doc.keys().copied().collect();
+    let mut stored = projection.load_docs(conn, generation, &ids).await?;
+    let mut docs: BTreeMap<Uuid, D> = BTreeMap::new();
+    for (doc_id, mut doc_events) in by_doc {
+        doc_events.sort_by_key(|e| (e.stream_id, e.version));
+        let mut doc: D = match stored.remove(&doc_id) {
+            Some(value) => serde_json::from_value(value)
+                .map_err(|e| BatchError::Database(sqlx::Error::Decode(Box::new(e))))?,
+            None => D::default(),
+        };
+        for e in doc_events {
+            let applied = doc.applied_version(e.stream_id);
+            if e.version <= applied {
+                continue; // applied earlier through a gap fill
+            }
+            if e.version > applied + 1 {
+                // Earlier versions of this stream committed before this one was
+                // appended, but sort later in (tx, seq) order: apply them now.
+                let missing =
+                    read_stream_between(&mut *conn, e.stream_id, applied, e.version - 1).await?;
+                for m in &missing {
+                    apply_one(&mut doc, m, doc_id, dead, attempts, &mut outcome)?;
+                }
+            }
+            apply_one(&mut doc, e, doc_id, dead, attempts, &mut outcome)?;
+        }
+        docs.insert(doc_id, doc);
+    }
+    Ok((outcome, docs))
+}
+
+fn apply_one<D: Doc>(
+    doc: &mut D,
+    e: &RecordedEvent,
+    doc_id: Uuid,
+    dead: &HashSet<i64>,
+    attempts: &HashMap<i64, u32>,
+    outcome: &mut BatchOutcome,
+) -> Result<(), BatchError> {
+    match doc.apply(e) {
+        Ok(()) => {
+            outcome.applied += 1;
+            Ok(())
+        }
+        Err(error) if dead.contains(&e.seq) => {
+            doc.skip(e);
+            outcome.dead_letters.push(DeadLetter {
+                event_seq: e.seq,
+                event_id: e.id,
+                stream_id: e.stream_id,
+                stream_version: e.version,
+                document_id: doc_id,
+                error: error.to_string(),
+                attempts: attempts.get(&e.seq).copied().unwrap_or(0) as i32,
+            });
+            Ok(())
+        }
+        Err(error) => Err(BatchError::Poison { seq: e.seq, error }),
+    }
+}
