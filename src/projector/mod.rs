@@ -46,6 +46,9 @@ pub type CrashHook = Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>;
 pub struct ProjectorConfig {
     /// Most events read and applied per transaction.
     pub batch_size: i64,
+    /// Batch size of a side-by-side rebuild: larger, so it catches up with the live
+    /// generation while appends continue.
+    pub rebuild_batch_size: i64,
     /// Longest sleep between polls when idle (the poll interval adapts up to it).
     pub max_poll_interval: Duration,
     /// How often a standby tries for the leader lock, and the leader checks it holds it.
@@ -62,6 +65,7 @@ impl Default for ProjectorConfig {
     fn default() -> Self {
         Self {
             batch_size: 1000,
+            rebuild_batch_size: 5000,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -279,6 +283,12 @@ impl Projector {
                     }
                 }
             }
+            // A rebuild that has caught up with the live generation is swapped in, even
+            // while appends continue.
+            if self.switch_caught_up(&workers).await? {
+                last_refresh = Instant::now() - Duration::from_secs(2);
+                progressed = true;
+            }
             if progressed {
                 idle_polls = 0;
                 continue;
@@ -296,6 +306,36 @@ impl Projector {
         }
     }
 
+    async fn switch_caught_up(&self, workers: &[Worker]) -> Result<bool> {
+        let mut switched = false;
+        for building in workers
+            .iter()
+            .filter(|w| w.gen.status == GenerationStatus::Building)
+        {
+            let live = workers.iter().find(|w| {
+                w.gen.projection == building.gen.projection
+                    && w.gen.status == GenerationStatus::Live
+            });
+            if live.is_some_and(|l| l.gen.cursor > building.gen.cursor) {
+                continue;
+            }
+            let projection = building.gen.projection;
+            if let Some(retired) =
+                state::switch_generation(&self.pool, projection, building.gen.generation).await?
+            {
+                let mut conn = self.pool.acquire().await?;
+                projection.delete_generation(&mut conn, retired).await?;
+                tracing::info!(
+                    projection = projection.name(),
+                    generation = building.gen.generation,
+                    "rebuilt projection is live"
+                );
+                switched = true;
+            }
+        }
+        Ok(switched)
+    }
+
     /// Reads and applies one batch for one generation.
     async fn step(&self, worker: &mut Worker, pid: i32) -> Result<Step> {
         let crash = |point: CrashPoint| {
@@ -306,7 +346,11 @@ impl Projector {
         };
         let gen = worker.gen.clone();
         let mut tx = self.pool.begin().await?;
-        let rows = read_batch(&mut tx, gen.cursor, self.config.batch_size).await?;
+        let batch_size = match gen.status {
+            GenerationStatus::Live => self.config.batch_size,
+            GenerationStatus::Building => self.config.rebuild_batch_size,
+        };
+        let rows = read_batch(&mut tx, gen.cursor, batch_size).await?;
         let Some((last, _)) = rows.last() else {
             drop(tx);
             if gen.status == GenerationStatus::Building {

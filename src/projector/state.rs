@@ -179,7 +179,7 @@ pub async fn switch_generation(
     let mut tx = pool.begin().await?;
     let rows: Vec<(i32, String, bool)> = sqlx::query_as(
         "select p.generation, p.status, \
-                (p.tx, p.seq) <= (select (b.tx, b.seq) from projection_state b \
+                (p.tx, p.seq) <= (select b.tx, b.seq from projection_state b \
                                     where b.name = $1 and b.generation = $2) \
            from projection_state p where p.name = $1 and p.status in ('live', 'building') \
            for update",
@@ -275,36 +275,37 @@ pub struct ProjectionStatus {
     pub updated_at: DateTime<Utc>,
 }
 
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    name: String,
+    generation: i32,
+    status: String,
+    projection_version: i32,
+    tx: String,
+    seq: i64,
+    events_applied: i64,
+    updated_at: DateTime<Utc>,
+}
+
 pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error> {
-    let rows: Vec<(
-        String,
-        i32,
-        String,
-        i32,
-        String,
-        i64,
-        i64,
-        Option<i64>,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
-        "select name, generation, status, projection_version, tx::text, seq, events_applied, \
-                target_seq, updated_at \
+    let rows: Vec<StateRow> = sqlx::query_as(
+        "select name, generation, status, projection_version, tx::text as tx, seq, events_applied, \
+                updated_at \
            from projection_state where status in ('live', 'building') order by name, generation",
     )
     .fetch_all(pool)
     .await?;
     let mut out = Vec::new();
-    for (
+    for StateRow {
         name,
         generation,
-        state,
+        status: state,
         projection_version,
         tx,
         seq,
         events_applied,
-        target,
         updated_at,
-    ) in rows
+    } in rows
     {
         let (lag_events, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
             "select count(*), min(recorded_at) from events where (tx, seq) > ($1::text::xid8, $2)",
@@ -332,7 +333,6 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
                 events_applied as f64 / total as f64
             }
         });
-        let _ = target;
         out.push(ProjectionStatus {
             name,
             generation,

@@ -1,0 +1,836 @@
+//! The projector against real PostgreSQL: no skips, no doubles, crash atomicity,
+//! failover, poison events, rebuild under load.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use careboard::commands::{self, CommandOptions, OpenBoardInput, RequestAppointmentInput};
+use careboard::domain::{AppointmentEvent, AppointmentStatus, StreamType};
+use careboard::event_store::append::{append, StreamWrite};
+use careboard::event_store::unit_of_work::CommandMeta;
+use careboard::event_store::{read_board_streams, EventStore, ReadLimit};
+use careboard::metrics::Metrics;
+use careboard::projections::{read, BoardDoc, Doc, Projection};
+use careboard::projector::state::{self, advance_checkpoint, Cursor, LEADER_LOCK_KEY};
+use careboard::projector::{CrashPoint, Projector, ProjectorConfig, ProjectorHandle};
+use rand::Rng;
+use serde_json::json;
+use sqlx::{Connection, PgPool};
+use uuid::Uuid;
+
+fn start_projector(pool: &PgPool, store: &EventStore, config: ProjectorConfig) -> ProjectorHandle {
+    Projector::new(
+        pool.clone(),
+        store.appended_signal(),
+        config,
+        Arc::new(Metrics::new()),
+    )
+    .spawn()
+}
+
+fn config() -> ProjectorConfig {
+    common::fast_projector()
+}
+
+async fn open_board(store: &EventStore, name: &str) -> Uuid {
+    commands::open_board(
+        store,
+        CommandMeta::new("openBoard"),
+        OpenBoardInput {
+            name: name.into(),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            date: "2022-07-18".into(),
+            options: CommandOptions::default(),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", e.describe()))
+    .entity
+    .id
+}
+
+async fn request(store: &EventStore, board: Uuid, patient: &str) -> (Uuid, i64) {
+    let w = commands::request_appointment(
+        store,
+        CommandMeta::new("requestAppointment"),
+        RequestAppointmentInput {
+            board_id: board.to_string().into(),
+            patient_name: patient.into(),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            reason: "fever".into(),
+            options: CommandOptions::default(),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", e.describe()));
+    (w.entity.id, w.position)
+}
+
+fn requested(board: Uuid, patient: &str) -> AppointmentEvent {
+    AppointmentEvent::AppointmentRequested {
+        board_id: board,
+        patient_name: patient.into(),
+        specialty: "pediatrics".into(),
+        region: "TX".into(),
+        reason: "torture".into(),
+    }
+}
+
+/// Appends in a caller-held transaction (so tests can hold it open or roll it back).
+async fn append_in(
+    conn: &mut sqlx::PgConnection,
+    stream: Uuid,
+    board: Uuid,
+    base: i64,
+    event: AppointmentEvent,
+) -> i64 {
+    let write = StreamWrite::new(StreamType::Appointment, stream, Some(board), base, &[event]);
+    append(conn, &[write], &json!({"actor": "test"}))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()))
+        .position
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn board_doc(pool: &PgPool, board: Uuid) -> Option<BoardDoc> {
+    read::board(pool, board).await.unwrap()
+}
+
+/// Waits until the live generation of every projection has applied every committed event.
+async fn caught_up(pool: &PgPool) {
+    wait_for(
+        "the projector to catch up",
+        Duration::from_secs(30),
+        || async {
+            let statuses = state::status(pool).await.unwrap();
+            statuses.len() >= Projection::ALL.len() && statuses.iter().all(|s| s.lag_events == 0)
+        },
+    )
+    .await;
+}
+
+/// What the events table says a Board document must hold, counted with SQL alone.
+#[derive(Debug, PartialEq)]
+struct Expected {
+    version: i64,
+    position: i64,
+    waiting: i64,
+    cancelled: i64,
+}
+
+async fn expected(pool: &PgPool, board: Uuid) -> Expected {
+    let (version, position): (i64, i64) = sqlx::query_as(
+        "select count(*), coalesce(max(e.seq), 0) from events e join streams s on s.id = e.stream_id \
+          where s.board_id = $1",
+    )
+    .bind(board)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let (waiting, cancelled): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where s.version = 1), \
+                count(*) filter (where exists (select 1 from events c where c.stream_id = s.id and c.type = 'AppointmentCancelled')) \
+           from streams s where s.board_id = $1 and s.type = 'appointment'",
+    )
+    .bind(board)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    Expected {
+        version,
+        position,
+        waiting,
+        cancelled,
+    }
+}
+
+fn observed(doc: &BoardDoc) -> Expected {
+    let count = |status| {
+        doc.appointments
+            .values()
+            .filter(|a| a.status == status)
+            .count() as i64
+    };
+    Expected {
+        version: doc.version,
+        position: doc.position,
+        waiting: count(AppointmentStatus::Requested),
+        cancelled: count(AppointmentStatus::Cancelled),
+    }
+}
+
+/// A fresh fold of every event of a Board, stream by stream, by the projection's code.
+async fn fresh_fold(pool: &PgPool, board: Uuid) -> BoardDoc {
+    let mut doc = BoardDoc::default();
+    for e in read_board_streams(pool, board, ReadLimit::All)
+        .await
+        .unwrap()
+    {
+        doc.apply(&e).unwrap();
+    }
+    doc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_event_is_skipped_or_applied_twice_under_concurrent_writers_rollbacks_and_long_transactions(
+) {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let projector = start_projector(
+        &pool,
+        &store,
+        ProjectorConfig {
+            batch_size: 7,
+            ..config()
+        },
+    );
+    let mut boards = Vec::new();
+    for i in 0..8 {
+        boards.push(open_board(&store, &format!("Board {i}")).await);
+    }
+    let boards = Arc::new(boards);
+    let committed = Arc::new(AtomicUsize::new(0));
+    let rolled_back = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..32 {
+        let pool = pool.clone();
+        let boards = boards.clone();
+        let committed = committed.clone();
+        let rolled_back = rolled_back.clone();
+        writers.push(tokio::spawn(async move {
+            // Each writer cancels only its own appointments, so writers never conflict.
+            let mut open: Vec<(Uuid, Uuid)> = Vec::new();
+            for i in 0..20 {
+                let (hold_ms, rollback, cancel, board) = {
+                    let mut rng = rand::rng();
+                    let hold = if rng.random_bool(0.3) {
+                        rng.random_range(0..=500)
+                    } else {
+                        0
+                    };
+                    (
+                        hold,
+                        rng.random_bool(0.2),
+                        rng.random_bool(0.3),
+                        boards[rng.random_range(0..boards.len())],
+                    )
+                };
+                let mut tx = pool.begin().await.unwrap();
+                let cancelled = if cancel && !open.is_empty() {
+                    let (stream, board) = open.swap_remove(0);
+                    append_in(
+                        &mut tx,
+                        stream,
+                        board,
+                        1,
+                        AppointmentEvent::AppointmentCancelled {
+                            reason: "torture".into(),
+                        },
+                    )
+                    .await;
+                    Some((stream, board))
+                } else {
+                    let stream = Uuid::new_v4();
+                    append_in(
+                        &mut tx,
+                        stream,
+                        board,
+                        0,
+                        requested(board, &format!("w{w}-{i}")),
+                    )
+                    .await;
+                    open.push((stream, board));
+                    None
+                };
+                if hold_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+                }
+                if rollback {
+                    tx.rollback().await.unwrap();
+                    match cancelled {
+                        Some(c) => open.push(c),
+                        None => {
+                            open.pop();
+                        }
+                    }
+                    rolled_back.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tx.commit().await.unwrap();
+                    committed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(rolled_back.load(Ordering::Relaxed) > 0 && committed.load(Ordering::Relaxed) > 300);
+    caught_up(&pool).await;
+
+    for board in boards.iter() {
+        let doc = board_doc(&pool, *board).await.expect("board document");
+        assert_eq!(
+            observed(&doc),
+            expected(&pool, *board).await,
+            "board {board}"
+        );
+    }
+    // Every committed event of a Board was applied exactly once, counted two ways.
+    let board_events: i64 = sqlx::query_scalar(
+        "select count(*) from events e join streams s on s.id = e.stream_id where s.board_id is not null",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let statuses = state::status(&pool).await.unwrap();
+    let board_view = statuses.iter().find(|s| s.name == "board_view").unwrap();
+    assert_eq!(board_view.events_applied, board_events);
+    // Single-stream views: one document per appointment, at its stream's version.
+    let mismatched: i64 = sqlx::query_scalar(
+        "select count(*) from streams s left join appointment_view v on v.id = s.id \
+          where s.type = 'appointment' and (v.version is distinct from s.version)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(mismatched, 0);
+    let durations_mismatched: i64 = sqlx::query_scalar(
+        "select count(*) from streams s left join appointment_durations d on d.appointment_id = s.id \
+          where s.type = 'appointment' and (d.version is distinct from s.version \
+             or (s.version = 2) <> (d.cancelled_at is not null))",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(durations_mismatched, 0);
+    projector.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_with_a_lower_seq_committed_after_a_higher_one_is_still_projected() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let projector = start_projector(&pool, &store, config());
+    let board = open_board(&store, "Inversion").await;
+    caught_up(&pool).await;
+
+    // Transaction ids are taken in this order: early < late.
+    let mut early = pool.begin().await.unwrap();
+    let _: String = sqlx::query_scalar("select pg_current_xact_id()::text")
+        .fetch_one(&mut *early)
+        .await
+        .unwrap();
+    let mut late = pool.begin().await.unwrap();
+    let _: String = sqlx::query_scalar("select pg_current_xact_id()::text")
+        .fetch_one(&mut *late)
+        .await
+        .unwrap();
+    // ...but sequence numbers the other way round.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let low_seq = append_in(&mut late, a, board, 0, requested(board, "low seq")).await;
+    let high_seq = append_in(&mut early, b, board, 0, requested(board, "high seq")).await;
+    assert!(low_seq < high_seq);
+
+    early.commit().await.unwrap();
+    wait_for(
+        "the higher seq to be projected",
+        Duration::from_secs(10),
+        || async {
+            board_doc(&pool, board)
+                .await
+                .is_some_and(|d| d.appointments.contains_key(&b))
+        },
+    )
+    .await;
+    let checkpoint = state::status(&pool).await.unwrap();
+    let bv = checkpoint.iter().find(|s| s.name == "board_view").unwrap();
+    assert!(
+        bv.checkpoint_position >= high_seq,
+        "the projector passed seq {high_seq}"
+    );
+    let doc = board_doc(&pool, board).await.unwrap();
+    assert!(!doc.appointments.contains_key(&a));
+
+    late.commit().await.unwrap();
+    wait_for(
+        "the lower seq to be projected after all",
+        Duration::from_secs(10),
+        || async {
+            board_doc(&pool, board)
+                .await
+                .is_some_and(|d| d.appointments.contains_key(&a))
+        },
+    )
+    .await;
+    assert_eq!(
+        observed(&board_doc(&pool, board).await.unwrap()),
+        expected(&pool, board).await
+    );
+    projector.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_open_write_transaction_stalls_the_projector_without_a_skip_and_a_rollback_does_not() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let projector = start_projector(&pool, &store, config());
+    let board = open_board(&store, "Stall").await;
+    caught_up(&pool).await;
+
+    let mut held = pool.begin().await.unwrap();
+    let held_stream = Uuid::new_v4();
+    append_in(&mut held, held_stream, board, 0, requested(board, "held")).await;
+    let (after, _) = request(&store, board, "after").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let doc = board_doc(&pool, board).await.unwrap();
+    assert!(
+        !doc.appointments.contains_key(&after),
+        "nothing behind an open transaction is applied"
+    );
+    let lag = state::status(&pool).await.unwrap();
+    assert!(
+        lag.iter()
+            .find(|s| s.name == "board_view")
+            .unwrap()
+            .lag_events
+            >= 1,
+        "lag is visible"
+    );
+
+    held.commit().await.unwrap();
+    wait_for(
+        "both events after the commit",
+        Duration::from_secs(10),
+        || async {
+            board_doc(&pool, board).await.is_some_and(|d| {
+                d.appointments.contains_key(&after) && d.appointments.contains_key(&held_stream)
+            })
+        },
+    )
+    .await;
+
+    // A rolled-back transaction leaves nothing to wait for.
+    let mut doomed = pool.begin().await.unwrap();
+    append_in(
+        &mut doomed,
+        Uuid::new_v4(),
+        board,
+        0,
+        requested(board, "doomed"),
+    )
+    .await;
+    doomed.rollback().await.unwrap();
+    let (later, _) = request(&store, board, "later").await;
+    wait_for(
+        "the event after a rollback",
+        Duration::from_secs(5),
+        || async {
+            board_doc(&pool, board)
+                .await
+                .is_some_and(|d| d.appointments.contains_key(&later))
+        },
+    )
+    .await;
+    assert_eq!(
+        observed(&board_doc(&pool, board).await.unwrap()),
+        expected(&pool, board).await
+    );
+    projector.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_at_any_point_leaves_documents_and_checkpoint_in_agreement() {
+    for point in [
+        CrashPoint::AfterApply,
+        CrashPoint::BeforeCheckpoint,
+        CrashPoint::BeforeCommit,
+        CrashPoint::AfterCommit,
+    ] {
+        let pool = common::fresh_database().await;
+        let store = common::store(&pool);
+        let board = open_board(&store, "Crash").await;
+        for i in 0..5 {
+            request(&store, board, &format!("p{i}")).await;
+        }
+        let armed = Arc::new(AtomicBool::new(true));
+        let hook_armed = armed.clone();
+        let crashing = start_projector(
+            &pool,
+            &store,
+            ProjectorConfig {
+                crash_hook: Some(Arc::new(move |p| {
+                    p == point && hook_armed.swap(false, Ordering::SeqCst)
+                })),
+                ..config()
+            },
+        );
+        tokio::time::timeout(Duration::from_secs(10), crashing.join())
+            .await
+            .expect("the projector stops at its crash point")
+            .unwrap();
+        assert!(
+            !armed.load(Ordering::SeqCst),
+            "crash point {point:?} was reached"
+        );
+
+        // Restart, like a new process.
+        let projector = start_projector(&pool, &store, config());
+        caught_up(&pool).await;
+        let doc = board_doc(&pool, board).await.expect("board document");
+        assert_eq!(
+            observed(&doc),
+            expected(&pool, board).await,
+            "after a crash at {point:?}"
+        );
+        let statuses = state::status(&pool).await.unwrap();
+        let bv = statuses.iter().find(|s| s.name == "board_view").unwrap();
+        // The non-idempotent counter did not double count.
+        assert_eq!(bv.events_applied, 6, "after a crash at {point:?}");
+        assert_eq!(
+            bv.checkpoint_position, doc.position,
+            "after a crash at {point:?}"
+        );
+        projector.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_five_seconds() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    // Three "processes": separate pools, separate connections.
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let own_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(5)
+            .connect_with(pool.connect_options().as_ref().clone())
+            .await
+            .unwrap();
+        let own_store = common::store(&own_pool);
+        handles.push(Some(start_projector(&own_pool, &own_store, config())));
+    }
+    let leaders = |handles: &Vec<Option<ProjectorHandle>>| {
+        handles
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.as_ref().is_some_and(|h| h.is_leader()))
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leaders(&handles).len() != 1 {
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(leaders(&handles).len(), 1, "exactly one leader");
+
+    let board = open_board(&store, "Failover").await;
+    request(&store, board, "before").await;
+    caught_up(&pool).await;
+
+    // Kill the leader: its connections drop like a dead process's.
+    let first = leaders(&handles)[0];
+    handles[first].take().unwrap().abort();
+    let killed_at = Instant::now();
+    while leaders(&handles).len() != 1 {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "no takeover within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let takeover = killed_at.elapsed();
+    assert!(
+        takeover < Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+    request(&store, board, "after").await;
+    caught_up(&pool).await;
+    assert_eq!(
+        observed(&board_doc(&pool, board).await.unwrap()),
+        expected(&pool, board).await
+    );
+
+    // Terminating the new leader's lock connection deposes it; it recovers or another
+    // process leads, and projection continues.
+    let second = leaders(&handles)[0];
+    let pid = handles[second].as_ref().unwrap().lock_pid();
+    let _: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    request(&store, board, "after terminate").await;
+    caught_up(&pool).await;
+    assert_eq!(
+        observed(&board_doc(&pool, board).await.unwrap()),
+        expected(&pool, board).await
+    );
+    for h in handles.into_iter().flatten() {
+        h.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_deposed_leaders_checkpoint_write_is_rejected() {
+    let pool = common::fresh_database().await;
+    state::ensure_generations(&pool).await.unwrap();
+    let mut lock_conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .unwrap();
+    let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+        .bind(LEADER_LOCK_KEY)
+        .fetch_one(&mut lock_conn)
+        .await
+        .unwrap();
+    assert!(got);
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut lock_conn)
+        .await
+        .unwrap();
+    let generation: i32 = sqlx::query_scalar(
+        "select generation from projection_state where name = 'board_view' and status = 'live'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let start = Cursor::default();
+    let next = Cursor { tx: 1, seq: 1 };
+    let mut conn = pool.acquire().await.unwrap();
+    // While the lock is held the write goes through...
+    assert!(advance_checkpoint(
+        &mut conn,
+        Projection::BoardView,
+        generation,
+        start,
+        next,
+        1,
+        pid
+    )
+    .await
+    .unwrap());
+    // ...a stale expected value is rejected (compare-and-set)...
+    assert!(!advance_checkpoint(
+        &mut conn,
+        Projection::BoardView,
+        generation,
+        start,
+        next,
+        1,
+        pid
+    )
+    .await
+    .unwrap());
+    // ...and once the lock connection is terminated, so is every write of that leader.
+    let _: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = Cursor { tx: 2, seq: 2 };
+    assert!(!advance_checkpoint(
+        &mut conn,
+        Projection::BoardView,
+        generation,
+        next,
+        after,
+        1,
+        pid
+    )
+    .await
+    .unwrap());
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_after_retries_and_replayed_after_a_fix() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let projector = start_projector(&pool, &store, config());
+    let sick = open_board(&store, "Sick").await;
+    let healthy = open_board(&store, "Healthy").await;
+    let (appointment, _) = request(&store, sick, "Sam").await;
+    caught_up(&pool).await;
+
+    // A corrupt event (undecodable data) lands on the sick Board's appointment.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("update streams set version = 2 where id = $1")
+        .bind(appointment)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let poison_seq: i64 = sqlx::query_scalar(
+        "insert into events (id, stream_id, version, type, data) \
+         values ($1, $2, 2, 'AppointmentScheduled', '{\"providerId\": \"not-an-id\"}') returning seq",
+    )
+    .bind(Uuid::new_v4())
+    .bind(appointment)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    store.appended_signal().notify_one();
+
+    // Other Boards keep progressing, and so do later events of the sick one.
+    let (on_healthy, _) = request(&store, healthy, "Kim").await;
+    let (later_on_sick, _) = request(&store, sick, "Lee").await;
+    wait_for(
+        "progress past the poison event",
+        Duration::from_secs(10),
+        || async {
+            let h = board_doc(&pool, healthy)
+                .await
+                .is_some_and(|d| d.appointments.contains_key(&on_healthy));
+            let s = board_doc(&pool, sick)
+                .await
+                .is_some_and(|d| d.appointments.contains_key(&later_on_sick));
+            h && s
+        },
+    )
+    .await;
+    let letters: Vec<(String, i64, i32)> = sqlx::query_as(
+        "select projection, event_seq, attempts from dead_letters where replayed_at is null order by projection",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        letters
+            .iter()
+            .any(|(p, seq, attempts)| p == "board_view" && *seq == poison_seq && *attempts >= 3),
+        "{letters:?}"
+    );
+    let status = state::status(&pool).await.unwrap();
+    assert_eq!(
+        status
+            .iter()
+            .find(|s| s.name == "board_view")
+            .unwrap()
+            .dead_letters,
+        1
+    );
+    let doc = board_doc(&pool, sick).await.unwrap();
+    assert_eq!(
+        doc.appointments[&appointment].status,
+        AppointmentStatus::Requested
+    );
+
+    // The fix: the event's data is corrected; replay applies it.
+    let shift = Uuid::new_v4();
+    sqlx::query("update events set data = $2 where seq = $1")
+        .bind(poison_seq)
+        .bind(json!({"providerId": Uuid::new_v4(), "shiftId": shift, "estimatedTime": "2022-07-18T15:00:00Z"}))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = careboard::projector::replay::replay_dead_letters(&pool, Projection::BoardView)
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 1, "{report:?}");
+    assert!(report.still_failing.is_empty());
+    let doc = board_doc(&pool, sick).await.unwrap();
+    assert_eq!(
+        doc.appointments[&appointment].status,
+        AppointmentStatus::Scheduled
+    );
+    assert_eq!(doc.appointments[&appointment].shift_id, Some(shift));
+    assert_eq!(observed(&doc), expected(&pool, sick).await);
+    let status = state::status(&pool).await.unwrap();
+    assert_eq!(
+        status
+            .iter()
+            .find(|s| s.name == "board_view")
+            .unwrap()
+            .dead_letters,
+        0
+    );
+    projector.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_under_continuous_appends_ends_equal_to_a_fresh_projection() {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let projector = start_projector(
+        &pool,
+        &store,
+        ProjectorConfig {
+            batch_size: 50,
+            ..config()
+        },
+    );
+    let mut boards = Vec::new();
+    for i in 0..3 {
+        boards.push(open_board(&store, &format!("Rebuild {i}")).await);
+    }
+    for i in 0..150 {
+        request(&store, boards[i % 3], &format!("before {i}")).await;
+    }
+    caught_up(&pool).await;
+
+    let writing = Arc::new(AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        let boards = boards.clone();
+        let writing = writing.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while writing.load(Ordering::Relaxed) {
+                request(&store, boards[(w + i) % 3], &format!("during {w}-{i}")).await;
+                i += 1;
+            }
+            i
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let generation = state::request_rebuild(&pool, Projection::BoardView)
+        .await
+        .unwrap();
+    assert_eq!(generation, 2);
+    wait_for(
+        "the rebuilt generation to go live",
+        Duration::from_secs(60),
+        || async {
+            let st = state::status(&pool).await.unwrap();
+            st.iter()
+                .any(|s| s.name == "board_view" && s.generation == 2 && s.state == "live")
+        },
+    )
+    .await;
+    writing.store(false, Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await.unwrap();
+    }
+    assert!(written > 0);
+    caught_up(&pool).await;
+
+    for board in &boards {
+        let doc = board_doc(&pool, *board).await.unwrap();
+        assert_eq!(doc, fresh_fold(&pool, *board).await, "board {board}");
+    }
+    let old_docs: i64 = sqlx::query_scalar("select count(*) from board_view where generation = 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(old_docs, 0, "the retired generation is cleaned up");
+    projector.stop().await.unwrap();
+}
