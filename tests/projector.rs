@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -833,4 +834,90 @@ async fn a_rebuild_under_continuous_appends_ends_equal_to_a_fresh_projection() {
         .unwrap();
     assert_eq!(old_docs, 0, "the retired generation is cleaned up");
     projector.stop().await.unwrap();
+}
+
+/// The process holding the leader lock, by its application name.
+async fn lock_holder(pool: &PgPool) -> Option<String> {
+    sqlx::query_scalar(
+        "select a.application_name from pg_locks l join pg_stat_activity a on a.pid = l.pid \
+          where l.locktype = 'advisory' and l.granted and l.objid = ($1 & 4294967295)::oid",
+    )
+    .bind(LEADER_LOCK_KEY)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_careboard_processes_elect_one_projector_and_fail_over_when_it_is_killed() {
+    let (pool, url) = common::fresh_database_with_url().await;
+    let store = common::store(&pool);
+    let mut nodes: HashMap<String, std::process::Child> = HashMap::new();
+    for i in 0..3 {
+        let name = format!("node{i}");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+            .args(["serve", "--projector", "only"])
+            .env("DATABASE_URL", format!("{url}?application_name={name}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a careboard process");
+        nodes.insert(name, child);
+    }
+    let started = Instant::now();
+    let leader = loop {
+        if let Some(holder) = lock_holder(&pool).await {
+            break holder;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no leader among three processes"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let board = open_board(&store, "Processes").await;
+    request(&store, board, "one").await;
+    caught_up(&pool).await;
+    let holders: i64 = sqlx::query_scalar(
+        "select count(*) from pg_locks where locktype = 'advisory' and granted and objid = ($1 & 4294967295)::oid",
+    )
+    .bind(LEADER_LOCK_KEY)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(holders, 1, "exactly one process projects");
+
+    // SIGKILL: no clean shutdown, the lock goes with the dead connection.
+    nodes.get_mut(&leader).unwrap().kill().unwrap();
+    nodes.get_mut(&leader).unwrap().wait().unwrap();
+    let killed = Instant::now();
+    let mut next = None;
+    while next.as_ref().is_none_or(|n| n == &leader) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "no takeover within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        next = lock_holder(&pool).await;
+    }
+    let (b, _) = request(&store, board, "two").await;
+    wait_for(
+        "the new leader to project",
+        Duration::from_secs(10),
+        || async {
+            board_doc(&pool, board)
+                .await
+                .is_some_and(|d| d.appointments.contains_key(&b))
+        },
+    )
+    .await;
+    assert_eq!(
+        observed(&board_doc(&pool, board).await.unwrap()),
+        expected(&pool, board).await
+    );
+    for (_, mut child) in nodes {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Aggregate, Appointment, Board, DomainEvent, EventContext, Shift, StreamType};
+use crate::domain::{Aggregate, Appointment, Board, DomainEvent, EventContext, Shift};
 use crate::error::{AppError, AppResult};
 
 /// One stored event with its envelope.
@@ -205,40 +205,21 @@ pub struct BoardContents {
 }
 
 impl BoardContents {
-    /// Builds the contents from `read_board_streams` output. `None` if the Board's own
-    /// stream has no events (it does not exist, or not yet at that time).
+    /// Builds the contents from `read_board_streams` output with the `board_view` fold,
+    /// the same code the projector runs. `None` if the Board's own stream has no events
+    /// (it does not exist, or did not yet at that time).
     pub fn from_events(board_id: Uuid, events: &[RecordedEvent]) -> AppResult<Option<Self>> {
-        let mut board = None;
-        let mut shifts = Vec::new();
-        let mut appointments = Vec::new();
-        let mut version = 0;
-        let mut position = 0;
-        for chunk in events.chunk_by(|a, b| a.stream_id == b.stream_id) {
-            version += chunk.len() as i64;
-            position = position.max(chunk.iter().map(|e| e.seq).max().unwrap_or(0));
-            match StreamType::parse(&chunk[0].stream_type) {
-                Some(StreamType::Board) if chunk[0].stream_id == board_id => {
-                    board = fold_recorded::<Board>(chunk)?
-                }
-                Some(StreamType::Shift) => shifts.extend(fold_recorded::<Shift>(chunk)?),
-                Some(StreamType::Appointment) => {
-                    appointments.extend(fold_recorded::<Appointment>(chunk)?)
-                }
-                _ => {}
-            }
+        use crate::projections::{BoardDoc, Doc};
+        let mut doc = BoardDoc::default();
+        for e in events {
+            doc.apply(e).map_err(|err| {
+                AppError::Internal(anyhow::anyhow!(
+                    "board {board_id}, stream {}: {err}",
+                    e.stream_id
+                ))
+            })?;
         }
-        let Some(board) = board else {
-            return Ok(None);
-        };
-        shifts.sort_by_key(|s| (s.joined_at, s.id));
-        appointments.sort_by_key(|a| (a.requested_at, a.id));
-        Ok(Some(BoardContents {
-            board,
-            shifts,
-            appointments,
-            version,
-            position,
-        }))
+        Ok(doc.to_contents().filter(|c| c.board.id == board_id))
     }
 
     pub fn open_work(&self) -> crate::domain::board::OpenWork {

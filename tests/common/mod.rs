@@ -15,10 +15,11 @@ use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+static ADMIN_URL: OnceLock<String> = OnceLock::new();
+
 /// Where test databases are created: `DATABASE_URL`, or a cluster this test process
 /// starts from the system's binaries (stopped by the kernel when the process exits).
 fn admin_options() -> PgConnectOptions {
-    static ADMIN_URL: OnceLock<String> = OnceLock::new();
     let url = ADMIN_URL.get_or_init(|| {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             return url;
@@ -63,8 +64,21 @@ fn test_cluster_dir() -> PathBuf {
 
 /// A fresh, migrated database for one test.
 pub async fn fresh_database() -> PgPool {
+    fresh_database_with_url().await.0
+}
+
+/// A fresh, migrated database and a URL other processes can reach it with.
+pub async fn fresh_database_with_url() -> (PgPool, String) {
     let admin = admin_options();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin_url = ADMIN_URL.get().expect("admin URL set");
+    let (base, _) = admin_url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit_once('/')
+        .expect("a URL with a database");
+    let url = format!("{base}/{name}");
     let mut conn = connect_retrying(&admin).await;
     sqlx::query(&format!("create database {name}"))
         .execute(&mut conn)
@@ -77,7 +91,7 @@ pub async fn fresh_database() -> PgPool {
         .await
         .expect("connect to test database");
     MIGRATOR.run(&pool).await.expect("migrate test database");
-    pool
+    (pool, url)
 }
 
 async fn connect_retrying(options: &PgConnectOptions) -> sqlx::PgConnection {
