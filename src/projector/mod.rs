@@ -65,7 +65,7 @@ impl Default for ProjectorConfig {
     fn default() -> Self {
         Self {
             batch_size: 1000,
-            rebuild_batch_size: 5000,
+            rebuild_batch_size: 20_000,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -138,8 +138,14 @@ impl Projector {
         config: ProjectorConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // Connections of its own: request traffic that exhausts the shared pool must
+        // not starve the projector (that would show up as lag).
+        let own_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
         Self {
-            pool,
+            pool: own_pool,
             wake,
             config,
             metrics,

@@ -20,17 +20,21 @@ use careboard::event_store::unit_of_work::CommandMeta;
 use careboard::event_store::EventStore;
 use careboard::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
 
+mod project;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     /// Storage-level appends (commands without HTTP) vs pgbench INSERT + UPDATE.
     Append,
     /// GraphQL mutations over HTTP vs the same pgbench baseline.
     Mutate,
+    /// Projector rebuild throughput vs a keyset read; lag at half the max append rate.
+    Project,
     /// Every scenario above.
     All,
 }
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "careboard-bench",
     about = "Careboard benchmarks with same-run baselines"
@@ -49,6 +53,9 @@ struct Args {
     database_url: Option<String>,
     #[arg(long, default_value = "target/bench-pg")]
     data_dir: PathBuf,
+    /// Events in the log the `project` scenario rebuilds.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json_out: PathBuf,
@@ -61,12 +68,17 @@ struct Row {
     latency: Option<Histogram<u64>>,
     errors: u64,
     baseline_name: String,
+    /// 0 when the measurement has no baseline (latency only).
     baseline_rate: f64,
 }
 
 impl Row {
     fn ratio(&self) -> f64 {
-        self.rate / self.baseline_rate
+        if self.baseline_rate > 0.0 {
+            self.rate / self.baseline_rate
+        } else {
+            0.0
+        }
     }
 
     fn to_json(&self) -> Value {
@@ -116,16 +128,62 @@ async fn main() -> Result<()> {
 
     let mut rows = Vec::new();
     let want = |s: Scenario| args.scenario == s || args.scenario == Scenario::All;
-    let pgbench = pgbench_append(&db_url, &pool, args.clients, args.seconds).await?;
-    println!(
-        "baseline pgbench INSERT+UPDATE, {} clients: {pgbench:.0} tx/s",
-        args.clients
-    );
-    if want(Scenario::Append) {
-        rows.push(append_scenario(&pool, &args, pgbench).await?);
+    let mut max_append = None;
+    if want(Scenario::Append) || want(Scenario::Mutate) {
+        let pgbench = pgbench_append(&db_url, &pool, args.clients, args.seconds).await?;
+        println!(
+            "baseline pgbench INSERT+UPDATE, {} clients: {pgbench:.0} tx/s",
+            args.clients
+        );
+        if want(Scenario::Append) {
+            let row = append_scenario(&pool, &args, pgbench).await?;
+            max_append = Some(row.rate);
+            rows.push(row);
+        }
+        if want(Scenario::Mutate) {
+            rows.push(mutate_scenario(&pool, &args, pgbench).await?);
+        }
     }
-    if want(Scenario::Mutate) {
-        rows.push(mutate_scenario(&pool, &args, pgbench).await?);
+    if want(Scenario::Project) {
+        let max = match max_append {
+            Some(r) => r,
+            None => {
+                let quick = Args {
+                    seconds: args.seconds.min(3),
+                    ..args.clone()
+                };
+                append_scenario(&pool, &quick, 0.0).await?.rate
+            }
+        };
+        let rate = (max / 2.0).max(1.0);
+        println!("projector lag at {rate:.0} appends/s (half of {max:.0})");
+        let hist = project::lag(&pool, rate, args.seconds).await?;
+        rows.push(Row {
+            scenario: format!("project: lag commit to NOTIFY at {rate:.0} appends/s"),
+            rate: hist.len() as f64 / args.seconds as f64,
+            latency: Some(hist),
+            errors: 0,
+            baseline_name: "-".into(),
+            baseline_rate: 0.0,
+        });
+        // The rebuild gets a database of its own.
+        let rebuild_url = fresh_database(&admin_url).await?;
+        let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
+        postgres::migrate(&rebuild_pool).await?;
+        println!("loading ~{} events for the rebuild", args.events);
+        let r = project::rebuild(&rebuild_pool, args.events).await?;
+        rows.push(Row {
+            scenario: format!(
+                "project: board_view rebuild over {} events (events/s)",
+                r.events
+            ),
+            rate: r.rebuild_rate,
+            latency: None,
+            errors: 0,
+            baseline_name: "keyset read of the same events (rows/s)".into(),
+            baseline_rate: r.keyset_rate,
+        });
+        rebuild_pool.close().await;
     }
     print_table(&rows);
     if let Some(dir) = args.json_out.parent() {
@@ -213,7 +271,7 @@ fn client_stream(client: usize) -> uuid::Uuid {
     uuid::Uuid::parse_str(&format!("00000000-0000-0000-0000-{client:012}")).expect("uuid")
 }
 
-async fn open_board(store: &EventStore) -> Result<String> {
+pub(crate) async fn open_board(store: &EventStore) -> Result<String> {
     let board = commands::open_board(
         store,
         CommandMeta::new("openBoard"),
@@ -230,7 +288,7 @@ async fn open_board(store: &EventStore) -> Result<String> {
     Ok(board.entity.id.to_string())
 }
 
-fn request_input(board: &str, i: u64) -> RequestAppointmentInput {
+pub(crate) fn request_input(board: &str, i: u64) -> RequestAppointmentInput {
     RequestAppointmentInput {
         board_id: board.into(),
         patient_name: format!("Patient {i}"),

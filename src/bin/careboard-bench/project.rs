@@ -1,0 +1,337 @@
+//! The `project` scenario: projector rebuild throughput over a large log next to a
+//! plain keyset read of the same events, and projector lag under a steady append load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use chrono::{TimeZone, Utc};
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use careboard::domain::{AppointmentEvent, BoardEvent, DomainEvent, ShiftEvent};
+use careboard::event_store::EventStore;
+use careboard::metrics::Metrics;
+use careboard::projections::Projection;
+use careboard::projector::{state, Projector, ProjectorConfig};
+
+/// One generated event: (stream, stream type, board, version, type, data).
+type Generated = (Uuid, &'static str, Uuid, i64, &'static str, Value);
+
+/// A realistic history: days of 50 Boards, each with 10 providers and 200
+/// appointments taken from request to finished charting, interleaved across Boards as
+/// a day's events are. About 70,000 events a day.
+fn generate(target_events: usize) -> Vec<Generated> {
+    let mut out: Vec<Generated> = Vec::with_capacity(target_events + 100_000);
+    let mut day = 0;
+    while out.len() < target_events {
+        let date = Utc.with_ymd_and_hms(2022, 7, 1, 0, 0, 0).unwrap() + chrono::Duration::days(day);
+        let boards: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+        let mut shifts: HashMap<Uuid, Vec<(Uuid, i64)>> = HashMap::new();
+        for (i, board) in boards.iter().enumerate() {
+            let e = BoardEvent::BoardOpened {
+                name: format!("Board {i} day {day}"),
+                specialty: "pediatrics".into(),
+                region: "TX".into(),
+                date: date.date_naive(),
+            };
+            out.push((*board, "board", *board, 1, e.event_type(), e.encode()));
+            for _ in 0..10 {
+                let shift = Uuid::new_v4();
+                let e = ShiftEvent::ProviderJoined {
+                    board_id: *board,
+                    provider_id: Uuid::new_v4(),
+                };
+                out.push((shift, "shift", *board, 1, e.event_type(), e.encode()));
+                shifts.entry(*board).or_default().push((shift, 1));
+            }
+        }
+        for a in 0..200 {
+            for board in &boards {
+                let appointment = Uuid::new_v4();
+                let slot = a % 10;
+                let (shift, shift_version) = shifts.get_mut(board).unwrap()[slot];
+                let appointment_events = [
+                    AppointmentEvent::AppointmentRequested {
+                        board_id: *board,
+                        patient_name: format!("Patient {a}"),
+                        specialty: "pediatrics".into(),
+                        region: "TX".into(),
+                        reason: "fever".into(),
+                    },
+                    AppointmentEvent::AppointmentScheduled {
+                        provider_id: Uuid::new_v4(),
+                        shift_id: shift,
+                        estimated_time: date,
+                    },
+                    AppointmentEvent::AppointmentStarted {},
+                    AppointmentEvent::AppointmentFinished {},
+                ];
+                let shift_events = [
+                    ShiftEvent::ProviderAssigned {
+                        appointment_id: appointment,
+                    },
+                    ShiftEvent::ChartingStarted {
+                        appointment_id: appointment,
+                    },
+                    ShiftEvent::ChartingFinished {
+                        charting_seconds: 300,
+                    },
+                ];
+                for (v, e) in appointment_events.iter().enumerate() {
+                    out.push((
+                        appointment,
+                        "appointment",
+                        *board,
+                        v as i64 + 1,
+                        e.event_type(),
+                        e.encode(),
+                    ));
+                }
+                for (v, e) in shift_events.iter().enumerate() {
+                    out.push((
+                        shift,
+                        "shift",
+                        *board,
+                        shift_version + v as i64 + 1,
+                        e.event_type(),
+                        e.encode(),
+                    ));
+                }
+                shifts.get_mut(board).unwrap()[slot].1 = shift_version + 3;
+            }
+        }
+        day += 1;
+    }
+    out
+}
+
+/// Writes the generated history with bulk inserts, chunk by chunk.
+async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
+    let mut streams: HashMap<Uuid, (&str, Uuid, i64)> = HashMap::new();
+    for (stream, kind, board, version, _, _) in events {
+        let entry = streams.entry(*stream).or_insert((kind, *board, 0));
+        entry.2 = entry.2.max(*version);
+    }
+    let ids: Vec<Uuid> = streams.keys().copied().collect();
+    let kinds: Vec<String> = ids.iter().map(|i| streams[i].0.to_string()).collect();
+    let boards: Vec<Uuid> = ids.iter().map(|i| streams[i].1).collect();
+    let versions: Vec<i64> = ids.iter().map(|i| streams[i].2).collect();
+    sqlx::query(
+        "insert into streams (id, type, board_id, version) \
+         select * from unnest($1::uuid[], $2::text[], $3::uuid[], $4::bigint[])",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&boards)
+    .bind(&versions)
+    .execute(pool)
+    .await?;
+    for chunk in events.chunks(20_000) {
+        let ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::now_v7()).collect();
+        let streams: Vec<Uuid> = chunk.iter().map(|e| e.0).collect();
+        let versions: Vec<i64> = chunk.iter().map(|e| e.3).collect();
+        let types: Vec<String> = chunk.iter().map(|e| e.4.to_string()).collect();
+        let datas: Vec<Value> = chunk.iter().map(|e| e.5.clone()).collect();
+        sqlx::query(
+            "insert into events (id, stream_id, version, type, data, metadata) \
+             select id, stream_id, version, type, data, '{\"actor\": \"bench\"}' \
+               from unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::jsonb[]) \
+                    as t(id, stream_id, version, type, data)",
+        )
+        .bind(&ids)
+        .bind(&streams)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&datas)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+pub struct RebuildResult {
+    pub events: usize,
+    pub rebuild_rate: f64,
+    pub keyset_rate: f64,
+}
+
+/// Loads `target_events`, then measures a keyset read of the log and a side-by-side
+/// rebuild of `board_view` over it.
+pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResult> {
+    let history = generate(target_events);
+    let started = Instant::now();
+    load(pool, &history).await?;
+    println!(
+        "  loaded {} events in {:.1} s",
+        history.len(),
+        started.elapsed().as_secs_f64()
+    );
+    sqlx::query("analyze events").execute(pool).await?;
+    sqlx::query("analyze streams").execute(pool).await?;
+
+    // Baseline: the projector's own read query, without applying anything.
+    let started = Instant::now();
+    let mut cursor = ("0".to_string(), 0i64);
+    let mut read = 0usize;
+    loop {
+        let rows: Vec<(String, i64, Value)> = sqlx::query_as(
+            "select e.tx::text, e.seq, e.data from events e join streams s on s.id = e.stream_id \
+              where (e.tx, e.seq) > ($1::text::xid8, $2) \
+                and e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+              order by e.tx, e.seq limit 5000",
+        )
+        .bind(&cursor.0)
+        .bind(cursor.1)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        cursor = (last.0.clone(), last.1);
+        read += rows.len();
+    }
+    let keyset_rate = read as f64 / started.elapsed().as_secs_f64();
+
+    // Live generations start caught up, so the rebuild runs alone.
+    state::ensure_generations(pool).await?;
+    sqlx::query(
+        "update projection_state set (tx, seq) = (select tx, seq from events order by tx desc, seq desc limit 1) \
+          where status = 'live'",
+    )
+    .execute(pool)
+    .await?;
+    let generation = state::request_rebuild(pool, Projection::BoardView).await?;
+    let store = EventStore::new(pool.clone(), Duration::from_secs(5));
+    let started = Instant::now();
+    let projector = Projector::new(
+        pool.clone(),
+        store.appended_signal(),
+        ProjectorConfig::default(),
+        Arc::new(Metrics::new()),
+    )
+    .spawn();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let live = state::status(pool)
+            .await?
+            .iter()
+            .any(|s| s.name == "board_view" && s.generation == generation && s.state == "live");
+        if live {
+            break;
+        }
+    }
+    let rebuild_rate = history.len() as f64 / started.elapsed().as_secs_f64();
+    projector.stop().await?;
+    Ok(RebuildResult {
+        events: history.len(),
+        rebuild_rate,
+        keyset_rate,
+    })
+}
+
+/// Appends at `rate` per second (open loop) for `seconds` with the projector running,
+/// and measures for each append the time from its commit to the projector's NOTIFY of
+/// a Board version that includes it.
+pub async fn lag(pool: &PgPool, rate: f64, seconds: u64) -> Result<Histogram<u64>> {
+    let store = EventStore::new(pool.clone(), Duration::from_secs(5));
+    let projector = Projector::new(
+        pool.clone(),
+        store.appended_signal(),
+        ProjectorConfig::default(),
+        Arc::new(Metrics::new()),
+    )
+    .spawn();
+    let mut boards = Vec::new();
+    for _ in 0..50 {
+        boards.push(crate::open_board(&store).await?);
+    }
+    // Start from a caught-up projector: earlier scenarios' events are not this lag.
+    loop {
+        let statuses = state::status(pool).await?;
+        if statuses.len() >= Projection::ALL.len() && statuses.iter().all(|s| s.lag_events == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen("board_changed").await?;
+    // Per Board: the newest position notified, and appends not yet seen in a notice.
+    let pending: Arc<std::sync::Mutex<HashMap<String, (i64, Vec<(i64, Instant)>)>>> =
+        Arc::default();
+    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let listening = {
+        let pending = pending.clone();
+        let hist = hist.clone();
+        tokio::spawn(async move {
+            while let Ok(n) = listener.recv().await {
+                let mut parts = n.payload().split(':');
+                let (Some(board), _, Some(position)) = (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                let position: i64 = position.parse().unwrap_or(0);
+                let now = Instant::now();
+                let mut pending = pending.lock().unwrap();
+                let (notified, list) = pending.entry(board.to_string()).or_default();
+                *notified = (*notified).max(position);
+                {
+                    let mut hist = hist.lock().unwrap();
+                    list.retain(|(p, t)| {
+                        if *p <= position {
+                            let _ = hist.record(now.duration_since(*t).as_micros() as u64);
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
+            }
+        })
+    };
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        ticker.tick().await;
+        let store = store.clone();
+        let board = boards[(i % boards.len() as u64) as usize].clone();
+        let pending = pending.clone();
+        let hist = hist.clone();
+        tasks.push(tokio::spawn(async move {
+            let input = crate::request_input(&board, i);
+            if let Ok(w) = careboard::commands::request_appointment(
+                &store,
+                careboard::event_store::unit_of_work::CommandMeta::new("requestAppointment"),
+                input,
+            )
+            .await
+            {
+                let committed = Instant::now();
+                let mut pending = pending.lock().unwrap();
+                let (notified, list) = pending.entry(board).or_default();
+                if w.position <= *notified {
+                    // The notice beat us to it: the lag was at most this short.
+                    let _ = hist.lock().unwrap().record(1);
+                } else {
+                    list.push((w.position, committed));
+                }
+            }
+        }));
+        i += 1;
+    }
+    for t in tasks {
+        t.await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    listening.abort();
+    projector.stop().await?;
+    let hist = hist.lock().unwrap().clone();
+    Ok(hist)
+}
