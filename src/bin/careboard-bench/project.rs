@@ -18,6 +18,9 @@ use careboard::metrics::Metrics;
 use careboard::projections::Projection;
 use careboard::projector::{state, Projector, ProjectorConfig};
 
+/// Per Board: the newest position notified, and appends not yet seen in a notice.
+type Pending = Arc<std::sync::Mutex<HashMap<String, (i64, Vec<(i64, Instant)>)>>>;
+
 /// One generated event: (stream, stream type, board, version, type, data).
 type Generated = (Uuid, &'static str, Uuid, i64, &'static str, Value);
 
@@ -257,9 +260,7 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64) -> Result<Histogram<u64
     }
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
     listener.listen("board_changed").await?;
-    // Per Board: the newest position notified, and appends not yet seen in a notice.
-    let pending: Arc<std::sync::Mutex<HashMap<String, (i64, Vec<(i64, Instant)>)>>> =
-        Arc::default();
+    let pending: Pending = Arc::default();
     let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
