@@ -840,7 +840,8 @@ async fn a_rebuild_under_continuous_appends_ends_equal_to_a_fresh_projection() {
 async fn lock_holder(pool: &PgPool) -> Option<String> {
     sqlx::query_scalar(
         "select a.application_name from pg_locks l join pg_stat_activity a on a.pid = l.pid \
-          where l.locktype = 'advisory' and l.granted and l.objid = ($1 & 4294967295)::oid",
+          where l.locktype = 'advisory' and l.granted and l.objid = ($1 & 4294967295)::oid \
+            and l.database = (select oid from pg_database where datname = current_database())",
     )
     .bind(LEADER_LOCK_KEY)
     .fetch_optional(pool)
@@ -880,7 +881,8 @@ async fn three_careboard_processes_elect_one_projector_and_fail_over_when_it_is_
     request(&store, board, "one").await;
     caught_up(&pool).await;
     let holders: i64 = sqlx::query_scalar(
-        "select count(*) from pg_locks where locktype = 'advisory' and granted and objid = ($1 & 4294967295)::oid",
+        "select count(*) from pg_locks where locktype = 'advisory' and granted and objid = ($1 & 4294967295)::oid \
+           and database = (select oid from pg_database where datname = current_database())",
     )
     .bind(LEADER_LOCK_KEY)
     .fetch_one(&pool)

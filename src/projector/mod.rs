@@ -141,7 +141,7 @@ impl Projector {
         // Connections of its own: request traffic that exhausts the shared pool must
         // not starve the projector (that would show up as lag).
         let own_pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         Self {
@@ -262,8 +262,11 @@ impl Projector {
                 last_refresh = Instant::now();
             }
             let mut progressed = false;
-            for worker in workers.iter_mut() {
-                match self.step(worker, pid).await {
+            // Every generation steps concurrently: their database round trips overlap.
+            let results =
+                futures::future::join_all(workers.iter_mut().map(|w| self.step(w, pid))).await;
+            for (worker, result) in workers.iter_mut().zip(results) {
+                match result {
                     Ok(Step::Applied) => progressed = true,
                     Ok(Step::Idle) => {}
                     Ok(Step::Switched) => {
