@@ -13,6 +13,7 @@ use crate::config::{DatabaseArgs, GraphqlLimits};
 use crate::event_store::EventStore;
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
+use crate::live::LiveBoards;
 use crate::metrics::Metrics;
 use crate::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
 use crate::projector::{Projector, ProjectorConfig, ProjectorHandle};
@@ -63,12 +64,14 @@ pub fn state_with(
 ) -> AppState {
     let store = EventStore::new(pool.clone(), lock_timeout);
     let metrics = Arc::new(Metrics::new());
+    let live = LiveBoards::start(pool.clone());
     AppState {
-        schema: build_schema(store.clone(), &limits, read_wait),
+        schema: build_schema(store.clone(), live.clone(), &limits, read_wait),
         pool,
         limits: Arc::new(limits),
         store,
         metrics,
+        live,
     }
 }
 

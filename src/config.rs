@@ -124,6 +124,16 @@ pub struct GraphqlLimits {
     /// Most directives on one field.
     #[arg(long, env = "CAREBOARD_MAX_DIRECTIVES", default_value_t = 8)]
     pub max_directives: usize,
+    /// Most subscriptions one websocket connection may hold at once.
+    #[arg(
+        long,
+        env = "CAREBOARD_MAX_SUBSCRIPTIONS_PER_SOCKET",
+        default_value_t = 100
+    )]
+    pub max_subscriptions_per_socket: usize,
+    /// A websocket that sends no `connection_init` within this many ms is closed (4408).
+    #[arg(long, env = "CAREBOARD_WS_INIT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ws_init_timeout_ms: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "CAREBOARD_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,

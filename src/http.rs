@@ -13,9 +13,19 @@ use serde_json::json;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_graphql::http::{WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+
 use crate::config::GraphqlLimits;
 use crate::event_store::EventStore;
+use crate::graphql::subscription::SubscriptionBudget;
 use crate::graphql::{CareboardSchema, RequestContext};
+use crate::live::LiveBoards;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -25,12 +35,14 @@ pub struct AppState {
     pub limits: Arc<GraphqlLimits>,
     pub store: EventStore,
     pub metrics: Arc<Metrics>,
+    pub live: LiveBoards,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
-        .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphql", get(graphiql_or_ws).post(graphql))
+        .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -38,11 +50,29 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// GET /graphql: a websocket upgrade speaks GraphQL; a browser gets GraphiQL.
+async fn graphiql_or_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match upgrade {
+        Ok(upgrade) => graphql_ws(State(state), headers, upgrade).await,
+        Err(_) => graphiql(State(state)).await,
+    }
+}
+
 async fn graphiql(State(state): State<AppState>) -> Response {
     if !state.limits.graphiql {
         return (StatusCode::NOT_FOUND, "GraphiQL is switched off").into_response();
     }
-    Html(GraphiQLSource::build().endpoint("/graphql").finish()).into_response()
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .finish(),
+    )
+    .into_response()
 }
 
 /// A request-level error in GraphQL's response shape.
@@ -135,4 +165,100 @@ async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// GraphQL over websocket: `graphql-transport-ws` and the legacy
+/// `subscriptions-transport-ws`, chosen by the `Sec-WebSocket-Protocol` header.
+async fn graphql_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let protocol = headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
+        .unwrap_or(WebSocketProtocols::GraphQLWS);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| serve_socket(socket, state, protocol))
+}
+
+async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocketProtocols) {
+    use futures::{SinkExt, StreamExt};
+    let (mut sink, mut source) = socket.split();
+    let (to_graphql, from_client) = futures::channel::mpsc::unbounded::<Vec<u8>>();
+    let initialized = Arc::new(AtomicBool::new(false));
+    let init_flag = initialized.clone();
+    let max_subscriptions = state.limits.max_subscriptions_per_socket;
+    let on_init = move |payload: serde_json::Value| async move {
+        init_flag.store(true, Ordering::SeqCst);
+        let mut data = async_graphql::Data::default();
+        data.insert(SubscriptionBudget::new(max_subscriptions));
+        data.insert(RequestContext {
+            actor: payload
+                .get("actor")
+                .and_then(|a| a.as_str())
+                .unwrap_or("anonymous")
+                .chars()
+                .take(200)
+                .collect(),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            operation_name: None,
+        });
+        Ok(data)
+    };
+    let mut graphql =
+        async_graphql::http::WebSocket::new(state.schema.clone(), from_client, protocol)
+            .on_connection_init(on_init)
+            .keepalive_timeout(Some(Duration::from_secs(60)));
+    let init_deadline = tokio::time::sleep(Duration::from_millis(state.limits.ws_init_timeout_ms));
+    tokio::pin!(init_deadline);
+    let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+    keepalive.tick().await;
+    loop {
+        tokio::select! {
+            frame = source.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let _ = to_graphql.unbounded_send(text.as_bytes().to_vec());
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    let _ = to_graphql.unbounded_send(bytes.to_vec());
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+            out = graphql.next() => match out {
+                Some(WsMessage::Text(text)) => {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(WsMessage::Close(code, reason)) => {
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+                        .await;
+                    break;
+                }
+                None => break,
+            },
+            _ = &mut init_deadline, if !initialized.load(Ordering::SeqCst) => {
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 4408,
+                        reason: "Connection initialisation timeout".into(),
+                    })))
+                    .await;
+                break;
+            }
+            _ = keepalive.tick() => {
+                // Transport-level keep-alive, understood by every client and proxy.
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
 }

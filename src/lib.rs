@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! Data flows one way: GraphQL mutation → [`commands`] → [`domain`] `decide` →
-//! [`event_store`] append; queries fold events on demand through the same `apply`.
+//! [`event_store`] append → ([`projector`]) [`projections`] fold → documents + NOTIFY →
+//! GraphQL queries. `asOf` queries fold events on demand with the same folds.
 //!
 //! - [`config`]: settings from the command line and environment.
 //! - [`error`]: `AppError`, the two error tiers and their mapping to GraphQL codes.
@@ -13,8 +14,15 @@
 //! - [`event_store`]: append (optimistic / exclusive / multi-stream), read, fold, and the
 //!   unit of work every command runs in.
 //! - [`commands`]: load → decide → append, one function per mutation.
+//! - [`projections`]: the read models' pure folds (`board_view`, single-stream views,
+//!   `appointment_durations`) and how their documents are stored.
+//! - [`projector`]: the daemon — leader lock, `(tx, seq)` reads below xmin, batches with
+//!   CAS checkpoints and NOTIFY, dead letters, side-by-side rebuilds.
+//! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`cli`]: the command line.
 //! - [`graphql`]: schema, queries, mutations, output types.
-//! - [`http`]: the axum router (GraphQL, GraphiQL, health).
+//! - [`http`]: the axum router (GraphQL, GraphiQL, health, metrics).
 //! - [`app`]: wiring and serving.
 
 pub mod app;
@@ -26,6 +34,7 @@ pub mod error;
 pub mod event_store;
 pub mod graphql;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod postgres;
 pub mod projections;

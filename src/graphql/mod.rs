@@ -2,15 +2,16 @@
 
 pub mod mutation;
 pub mod query;
+pub mod subscription;
 pub mod types;
 
-use async_graphql::{Context, EmptySubscription, Schema};
+use async_graphql::{Context, Schema};
 
 use crate::config::GraphqlLimits;
 use crate::event_store::unit_of_work::CommandMeta;
 use crate::event_store::EventStore;
 
-pub type CareboardSchema = Schema<query::Query, mutation::Mutation, EmptySubscription>;
+pub type CareboardSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
 
 /// Who is calling and how their request is traced; the HTTP layer puts one into every
 /// request's data.
@@ -27,11 +28,13 @@ pub struct ReadWait(pub std::time::Duration);
 
 pub fn build_schema(
     store: EventStore,
+    live: crate::live::LiveBoards,
     limits: &GraphqlLimits,
     read_wait: std::time::Duration,
 ) -> CareboardSchema {
-    let mut builder = Schema::build(query::Query, mutation::Mutation, EmptySubscription)
+    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .data(store)
+        .data(live)
         .data(ReadWait(read_wait))
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
@@ -45,7 +48,7 @@ pub fn build_schema(
 
 /// The schema's SDL, as committed in `schema.graphql`.
 pub fn sdl() -> String {
-    Schema::build(query::Query, mutation::Mutation, EmptySubscription)
+    Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .finish()
         .sdl()
 }

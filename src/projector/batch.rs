@@ -26,17 +26,29 @@ pub async fn read_batch(
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
+    read_after(conn, after, limit, None).await
+}
+
+/// The same read, optionally for one Board's streams only (the `boardEvents` feed).
+pub async fn read_after(
+    conn: impl sqlx::PgExecutor<'_>,
+    after: Cursor,
+    limit: i64,
+    board: Option<Uuid>,
+) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
     let rows: Vec<CursorRow> = sqlx::query_as(&format!(
         "select e.tx::text as tx, {EVENT_COLUMNS} \
            from events e join streams s on s.id = e.stream_id \
           where (e.tx, e.seq) > ($1::text::xid8, $2) \
             and e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
+            and ($4::uuid is null or s.board_id = $4) \
           order by e.tx, e.seq \
           limit $3"
     ))
     .bind(after.tx.to_string())
     .bind(after.seq)
     .bind(limit)
+    .bind(board)
     .fetch_all(conn)
     .await?;
     rows.into_iter()
@@ -53,6 +65,17 @@ pub async fn read_batch(
             ))
         })
         .collect()
+}
+
+/// The read cursor of the event at `position`, to resume a feed after it.
+pub async fn cursor_of(pool: &sqlx::PgPool, position: i64) -> Result<Option<Cursor>, sqlx::Error> {
+    let tx: Option<String> = sqlx::query_scalar("select tx::text from events where seq = $1")
+        .bind(position)
+        .fetch_optional(pool)
+        .await?;
+    Ok(tx
+        .and_then(|t| t.parse().ok())
+        .map(|tx| Cursor { tx, seq: position }))
 }
 
 /// Why a batch could not be applied.

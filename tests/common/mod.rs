@@ -129,6 +129,7 @@ pub struct TestApp {
     pub pool: PgPool,
     pub http: reqwest::Client,
     pub projector: Option<careboard::projector::ProjectorHandle>,
+    live: careboard::live::LiveBoards,
 }
 
 impl TestApp {
@@ -145,10 +146,31 @@ impl TestApp {
         Self::spawn_full(GraphqlLimits::default(), false, read_wait).await
     }
 
+    /// Another Careboard node on the same database as `other`: its own listener,
+    /// projector (standby or leader) and HTTP server.
+    pub async fn spawn_sharing(other: &TestApp) -> Self {
+        Self::spawn_on(
+            other.pool.clone(),
+            GraphqlLimits::default(),
+            true,
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
     async fn spawn_full(limits: GraphqlLimits, projector: bool, read_wait: Duration) -> Self {
-        let pool = fresh_database().await;
+        Self::spawn_on(fresh_database().await, limits, projector, read_wait).await
+    }
+
+    async fn spawn_on(
+        pool: PgPool,
+        limits: GraphqlLimits,
+        projector: bool,
+        read_wait: Duration,
+    ) -> Self {
         let state = app::state_with(pool.clone(), limits, Duration::from_secs(5), read_wait);
         let projector = projector.then(|| app::spawn_projector(&state, fast_projector()));
+        let live = state.live.clone();
         let server = RunningServer::start("127.0.0.1:0", state)
             .await
             .expect("start server");
@@ -157,11 +179,16 @@ impl TestApp {
             pool,
             http: reqwest::Client::new(),
             projector,
+            live,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         self.server.url(path)
+    }
+
+    pub fn live(&self) -> &careboard::live::LiveBoards {
+        &self.live
     }
 
     /// Posts a GraphQL request and returns the whole JSON response.
@@ -210,4 +237,108 @@ pub fn error_message(response: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// A GraphQL websocket client, speaking `graphql-transport-ws` or the legacy
+/// `subscriptions-transport-ws`.
+pub struct WsClient {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    pub legacy: bool,
+}
+
+impl WsClient {
+    pub async fn connect(app: &TestApp, protocol: &str) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = app.url("/graphql/ws").replace("http://", "ws://");
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().unwrap());
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        Self {
+            socket,
+            legacy: protocol == "graphql-ws",
+        }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        use futures::SinkExt;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                message.to_string().into(),
+            ))
+            .await
+            .expect("send");
+    }
+
+    /// The next JSON message (skipping keep-alives), or the close frame as
+    /// `{"close": code}`; `None` on timeout.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()??;
+            match frame {
+                Ok(Message::Text(text)) => {
+                    let v: Value = serde_json::from_str(&text).expect("JSON frame");
+                    if matches!(v["type"].as_str(), Some("ka" | "ping" | "pong")) {
+                        if v["type"] == "ping" {
+                            self.send(json!({"type": "pong"})).await;
+                        }
+                        continue;
+                    }
+                    return Some(v);
+                }
+                Ok(Message::Close(frame)) => {
+                    return Some(json!({"close": frame.map(|f| u16::from(f.code)).unwrap_or(0)}))
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn init(&mut self) {
+        self.send(json!({"type": "connection_init", "payload": {"actor": "board-watcher"}}))
+            .await;
+        let ack = self
+            .next(Duration::from_secs(5))
+            .await
+            .expect("connection_ack");
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+    }
+
+    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        let kind = if self.legacy { "start" } else { "subscribe" };
+        self.send(
+            json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}),
+        )
+        .await;
+    }
+
+    /// The `data` of the next result for subscription `id` (panics on errors).
+    pub async fn next_data(&mut self, timeout: Duration) -> Option<(String, Value)> {
+        let message = self.next(timeout).await?;
+        let kind = message["type"].as_str().unwrap_or_default();
+        assert!(
+            kind == "next" || kind == "data",
+            "unexpected message: {message}"
+        );
+        assert!(message["payload"]["errors"].is_null(), "errors: {message}");
+        Some((
+            message["id"].as_str().unwrap_or_default().to_string(),
+            message["payload"]["data"].clone(),
+        ))
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
 }

@@ -122,6 +122,7 @@ async fn main() -> Result<()> {
             (cluster.url("postgres"), Some(cluster))
         }
     };
+    drop_bench_databases(&admin_url).await?;
     let db_url = fresh_database(&admin_url).await?;
     let pool = postgres::connect(&db_url, 32).await?;
     postgres::migrate(&pool).await?;
@@ -157,7 +158,13 @@ async fn main() -> Result<()> {
         };
         let rate = (max / 2.0).max(1.0);
         println!("projector lag at {rate:.0} appends/s (half of {max:.0})");
-        let hist = project::lag(&pool, rate, args.seconds).await?;
+        // Lag and rebuild each get a database of their own: the pgbench baseline's
+        // bare rows are not events any projection could apply.
+        let lag_url = fresh_database(&admin_url).await?;
+        let lag_pool = postgres::connect(&lag_url, 32).await?;
+        postgres::migrate(&lag_pool).await?;
+        let hist = project::lag(&lag_pool, rate, args.seconds).await?;
+        lag_pool.close().await;
         rows.push(Row {
             scenario: format!("project: lag commit to NOTIFY at {rate:.0} appends/s"),
             rate: hist.len() as f64 / args.seconds as f64,
@@ -166,7 +173,6 @@ async fn main() -> Result<()> {
             baseline_name: "-".into(),
             baseline_rate: 0.0,
         });
-        // The rebuild gets a database of its own.
         let rebuild_url = fresh_database(&admin_url).await?;
         let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
         postgres::migrate(&rebuild_pool).await?;
@@ -198,7 +204,26 @@ async fn main() -> Result<()> {
     std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)?)?;
     println!("JSON written to {}", args.json_out.display());
     pool.close().await;
+    drop_bench_databases(&admin_url).await?;
     drop(cluster);
+    Ok(())
+}
+
+/// Drops the databases earlier runs left behind: their autovacuum and checkpoints would
+/// otherwise compete with this run's measurements.
+async fn drop_bench_databases(admin_url: &str) -> Result<()> {
+    let admin = postgres::connect_with_retry(admin_url).await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("select datname from pg_database where datname like 'bench\\_%'")
+            .fetch_all(&admin)
+            .await?;
+    for name in names {
+        sqlx::query(&format!("drop database if exists {name} with (force)"))
+            .execute(&admin)
+            .await?;
+    }
+    sqlx::query("checkpoint").execute(&admin).await?;
+    admin.close().await;
     Ok(())
 }
 

@@ -1,0 +1,159 @@
+//! Subscriptions: live Board documents and the raw event feed of a Board.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::{Context, Result, Subscription, ID};
+use futures::Stream;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::StreamExt;
+
+use super::store;
+use super::types::{Board, Event};
+use crate::domain::parse_id;
+use crate::error::AppError;
+use crate::live::LiveBoards;
+use crate::projector::batch::{cursor_of, read_after};
+use crate::projector::state::Cursor;
+
+pub struct Subscription;
+
+/// How many subscriptions one websocket may hold; put into each connection's data.
+#[derive(Clone)]
+pub struct SubscriptionBudget {
+    in_use: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl SubscriptionBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            in_use: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    fn take(&self) -> Result<BudgetGuard, AppError> {
+        let previous = self.in_use.fetch_add(1, Ordering::SeqCst);
+        if previous >= self.max {
+            self.in_use.fetch_sub(1, Ordering::SeqCst);
+            return Err(AppError::validation(format!(
+                "at most {} subscriptions per connection",
+                self.max
+            )));
+        }
+        Ok(BudgetGuard(self.in_use.clone()))
+    }
+}
+
+/// Returns its slot when the subscription's stream is dropped.
+struct BudgetGuard(Arc<AtomicUsize>);
+
+impl Drop for BudgetGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn budget(ctx: &Context<'_>) -> Result<Option<BudgetGuard>, AppError> {
+    ctx.data_opt::<SubscriptionBudget>()
+        .map(|b| b.take())
+        .transpose()
+}
+
+/// Whether a Board stream exists at all (the projector may not have built it yet).
+async fn board_exists(ctx: &Context<'_>, id: uuid::Uuid) -> Result<bool, AppError> {
+    Ok(
+        sqlx::query_scalar("select exists(select 1 from streams where id = $1 and type = 'board')")
+            .bind(id)
+            .fetch_one(store(ctx).pool())
+            .await?,
+    )
+}
+
+#[Subscription]
+impl Subscription {
+    /// The Board now (when newer than `sinceVersion`), then every later version, strictly
+    /// increasing. A slow client receives the newest version, never a backlog. Resume
+    /// after a disconnect with `sinceVersion` set to the last version received.
+    async fn board_changed(
+        &self,
+        ctx: &Context<'_>,
+        board_id: ID,
+        since_version: Option<i64>,
+    ) -> Result<impl Stream<Item = Board>> {
+        let id = parse_id("boardId", &board_id).map_err(AppError::from)?;
+        if !board_exists(ctx, id).await? {
+            return Err(AppError::not_found("board not found").into());
+        }
+        let guard = budget(ctx)?;
+        let live = ctx.data_unchecked::<LiveBoards>();
+        let receiver = live.subscribe(id).await.map_err(AppError::Internal)?;
+        let mut last = since_version.unwrap_or(-1);
+        Ok(WatchStream::new(receiver).filter_map(move |slot| {
+            let _held = &guard;
+            let contents = slot?;
+            if contents.version <= last {
+                return None;
+            }
+            last = contents.version;
+            Some(Board::from_contents((*contents).clone()))
+        }))
+    }
+
+    /// The Board's raw events after `after` (a position from an earlier event), first
+    /// from the store, then live as they are committed. Reconnect with the last
+    /// position received to miss nothing and see nothing twice.
+    async fn board_events(
+        &self,
+        ctx: &Context<'_>,
+        board_id: ID,
+        after: Option<i64>,
+    ) -> Result<impl Stream<Item = Event>> {
+        let id = parse_id("boardId", &board_id).map_err(AppError::from)?;
+        if !board_exists(ctx, id).await? {
+            return Err(AppError::not_found("board not found").into());
+        }
+        let pool = store(ctx).pool().clone();
+        let start = match after {
+            None | Some(0) => Cursor::default(),
+            Some(p) if p < 0 => {
+                return Err(AppError::validation("after must not be negative").into())
+            }
+            Some(p) => cursor_of(&pool, p)
+                .await?
+                .ok_or_else(|| AppError::validation(format!("after: no event at position {p}")))?,
+        };
+        let guard = budget(ctx)?;
+        let live = ctx.data_unchecked::<LiveBoards>().clone();
+        let mut changes = live.subscribe(id).await.map_err(AppError::Internal)?;
+        Ok(async_stream::stream! {
+            let _held = guard;
+            let mut cursor = start;
+            loop {
+                let batch = match read_after(&pool, cursor, 500, Some(id)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "board event feed read failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                let full = batch.len() == 500;
+                for (c, event) in batch {
+                    cursor = c;
+                    yield Event(event);
+                }
+                if !full {
+                    // Wait for the projector's next change of this Board (it only
+                    // announces events that are safe to read), or poll now and then.
+                    if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(2), changes.changed()).await {
+                        // The Board's channel is gone: fall back to polling.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,193 @@
+//! Live Boards: the ONE `LISTEN board_changed` connection of this process, fanned out to
+//! every subscriber through in-process channels keyed by Board.
+//!
+//! The projector sends `NOTIFY board_changed '<boardId>:<version>:<position>'` after it
+//! commits. Each subscribed Board has a `watch` channel holding its newest document:
+//! slow subscribers see the latest version (coalescing), never an unbounded queue.
+//! PostgreSQL drops notifications sent while the listener is disconnected, so on every
+//! (re)connect the listener LISTENs first, then re-reads every subscribed Board.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::event_store::BoardContents;
+use crate::projections::read;
+
+/// The newest known document of a Board (`None` until the projector has built it).
+pub type BoardSlot = Option<Arc<BoardContents>>;
+
+#[derive(Clone)]
+pub struct LiveBoards {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    boards: Mutex<HashMap<Uuid, watch::Sender<BoardSlot>>>,
+    /// Counts listener (re)connections; tests and metrics watch it.
+    connections: watch::Sender<u64>,
+}
+
+impl LiveBoards {
+    /// Starts the listener task; it runs until the returned handle's owner drops every
+    /// clone and the runtime shuts down.
+    pub fn start(pool: PgPool) -> Self {
+        let (connections, _) = watch::channel(0);
+        let live = Self {
+            inner: Arc::new(Inner {
+                pool,
+                boards: Mutex::new(HashMap::new()),
+                connections,
+            }),
+        };
+        let weak = Arc::downgrade(&live.inner);
+        tokio::spawn(async move {
+            listen(weak).await;
+        });
+        live
+    }
+
+    /// How many times the listener has connected (1 after the first connection).
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.inner.connections.subscribe()
+    }
+
+    /// Follows a Board: a receiver of its newest document, primed from the database.
+    pub async fn subscribe(&self, board_id: Uuid) -> anyhow::Result<watch::Receiver<BoardSlot>> {
+        // Register first, then read: a change that lands in between is not lost.
+        let receiver = {
+            let mut boards = self.inner.boards.lock().expect("live boards");
+            boards
+                .entry(board_id)
+                .or_insert_with(|| watch::channel(None).0)
+                .subscribe()
+        };
+        refresh(&self.inner, board_id, None).await?;
+        Ok(receiver)
+    }
+
+    /// Boards with at least one subscriber.
+    pub fn subscribed(&self) -> usize {
+        let boards = self.inner.boards.lock().expect("live boards");
+        boards.values().filter(|s| s.receiver_count() > 0).count()
+    }
+}
+
+/// Re-reads a Board's document and publishes it if it is newer than what subscribers
+/// have. `hint` is the version a notification announced: nothing to do if already seen.
+async fn refresh(inner: &Inner, board_id: Uuid, hint: Option<i64>) -> anyhow::Result<()> {
+    let sender = {
+        let mut boards = inner.boards.lock().expect("live boards");
+        match boards.get(&board_id) {
+            Some(s) if s.receiver_count() == 0 => {
+                boards.remove(&board_id);
+                return Ok(());
+            }
+            Some(s) => s.clone(),
+            None => return Ok(()),
+        }
+    };
+    if let (Some(hint), Some(current)) = (hint, sender.borrow().as_ref()) {
+        if current.version >= hint {
+            return Ok(());
+        }
+    }
+    let Some(contents) = read::board(&inner.pool, board_id)
+        .await?
+        .and_then(|doc| doc.to_contents())
+    else {
+        return Ok(());
+    };
+    let contents = Arc::new(contents);
+    sender.send_if_modified(|slot| {
+        let newer = slot.as_ref().is_none_or(|c| c.version < contents.version);
+        if newer {
+            *slot = Some(contents.clone());
+        }
+        newer
+    });
+    Ok(())
+}
+
+/// Re-reads every subscribed Board (after a (re)connect).
+async fn resync(inner: &Inner) {
+    let ids: Vec<Uuid> = {
+        let boards = inner.boards.lock().expect("live boards");
+        boards.keys().copied().collect()
+    };
+    for id in ids {
+        if let Err(e) = refresh(inner, id, None).await {
+            tracing::warn!(board = %id, error = %e, "cannot re-read a subscribed board");
+        }
+    }
+}
+
+fn parse(payload: &str) -> Option<(Uuid, i64)> {
+    let mut parts = payload.split(':');
+    let id = Uuid::parse_str(parts.next()?).ok()?;
+    let version = parts.next()?.parse().ok()?;
+    Some((id, version))
+}
+
+async fn listen(weak: std::sync::Weak<Inner>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        // A pool of one, of its own: the listening connection never competes with
+        // request traffic, and is the only one this process listens on.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(inner.pool.connect_options().as_ref().clone());
+        drop(inner);
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "board listener cannot connect; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen("board_changed").await {
+            tracing::warn!(error = %e, "board listener cannot LISTEN; retrying");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        // LISTEN first, then read current state, then rely on notifications.
+        let Some(inner) = weak.upgrade() else { return };
+        inner.connections.send_modify(|n| *n += 1);
+        resync(&inner).await;
+        drop(inner);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Some((board, version)) = parse(notification.payload()) {
+                        if let Err(e) = refresh(&inner, board, Some(version)).await {
+                            tracing::warn!(%board, error = %e, "cannot read a changed board");
+                        }
+                    }
+                }
+                Ok(None) => {
+                    // The connection dropped and was re-established (LISTEN included):
+                    // whatever was notified meanwhile is lost, so re-read everything.
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.connections.send_modify(|n| *n += 1);
+                    tracing::info!("board listener reconnected; re-reading subscribed boards");
+                    resync(&inner).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "board listener lost its connection; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Live Boards over websocket: real clients, the real server, real LISTEN/NOTIFY.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{error_code, TestApp, WsClient};
+use serde_json::{json, Value};
+
+const OPEN_BOARD: &str =
+    r#"mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } position } }"#;
+const REQUEST: &str = r#"mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id } position } }"#;
+const BOARD_CHANGED: &str = r#"subscription($id: ID!, $since: Int) {
+    boardChanged(boardId: $id, sinceVersion: $since) { id version position counts { waiting } appointments { patientName } } }"#;
+const BOARD_EVENTS: &str = r#"subscription($id: ID!, $after: Int) {
+    boardEvents(boardId: $id, after: $after) { type position streamId } }"#;
+
+async fn open_board(app: &TestApp) -> (String, i64) {
+    let d = app
+        .data(
+            OPEN_BOARD,
+            json!({"input": {"name": "Live", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
+        )
+        .await;
+    (
+        d["openBoard"]["board"]["id"].as_str().unwrap().to_string(),
+        d["openBoard"]["position"].as_i64().unwrap(),
+    )
+}
+
+async fn request(app: &TestApp, board: &str, patient: &str) -> i64 {
+    let d = app
+        .data(
+            REQUEST,
+            json!({"input": {"boardId": board, "patientName": patient, "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
+        )
+        .await;
+    d["requestAppointment"]["position"].as_i64().unwrap()
+}
+
+/// The Board's projected version once the projector has passed `position`.
+async fn projected_version(app: &TestApp, board: &str, position: i64) -> i64 {
+    let d = app
+        .data(
+            "query($id: ID!, $p: Int) { board(id: $id, minPosition: $p) { version } }",
+            json!({"id": board, "p": position}),
+        )
+        .await;
+    d["board"]["version"].as_i64().unwrap()
+}
+
+/// Reads `boardChanged` frames until `target` arrives; asserts strictly increasing.
+async fn versions_until(ws: &mut WsClient, target: i64) -> Vec<i64> {
+    let mut seen = Vec::new();
+    while seen.last() != Some(&target) {
+        let (_, data) = ws
+            .next_data(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("no frame after versions {seen:?}; waiting for {target}"));
+        let v = data["boardChanged"]["version"].as_i64().unwrap();
+        if let Some(last) = seen.last() {
+            assert!(
+                v > *last,
+                "versions must strictly increase: {v} after {seen:?}"
+            );
+        }
+        seen.push(v);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn board_changed_sends_the_current_board_then_strictly_increasing_versions() {
+    let app = TestApp::spawn().await;
+    let (board, position) = open_board(&app).await;
+    let current = projected_version(&app, &board, position).await;
+
+    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
+    ws.init().await;
+    ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
+    let (id, first) = ws
+        .next_data(Duration::from_secs(10))
+        .await
+        .expect("the current board first");
+    assert_eq!(id, "1");
+    assert_eq!(first["boardChanged"]["version"], current);
+
+    let mut last = 0;
+    for i in 0..15 {
+        last = request(&app, &board, &format!("Patient {i}")).await;
+    }
+    let final_version = projected_version(&app, &board, last).await;
+    let versions = versions_until(&mut ws, final_version).await;
+    assert_eq!(*versions.last().unwrap(), final_version);
+
+    // The last frame equals the document.
+    let doc = app
+        .data(
+            "query($id: ID!) { board(id: $id) { version counts { waiting } } }",
+            json!({"id": board}),
+        )
+        .await;
+    assert_eq!(doc["board"]["counts"]["waiting"], 15);
+    // Nothing more arrives: no duplicates of the final version.
+    assert!(ws.next(Duration::from_millis(300)).await.is_none());
+
+    // Resuming with sinceVersion skips what the client already has.
+    let mut again = WsClient::connect(&app, "graphql-transport-ws").await;
+    again.init().await;
+    again
+        .subscribe(
+            "2",
+            BOARD_CHANGED,
+            json!({"id": board, "since": final_version}),
+        )
+        .await;
+    assert!(again.next(Duration::from_millis(300)).await.is_none());
+    let p = request(&app, &board, "After resume").await;
+    let v = projected_version(&app, &board, p).await;
+    let (_, data) = again.next_data(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(data["boardChanged"]["version"], v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_still_ends_on_the_final_version_when_the_listener_connection_is_killed() {
+    let app = TestApp::spawn().await;
+    let (board, _) = open_board(&app).await;
+    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
+    ws.init().await;
+    ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
+    ws.next_data(Duration::from_secs(10))
+        .await
+        .expect("current board");
+    let connections = app.live().connections();
+    let before = *connections.borrow();
+
+    let mut last = 0;
+    for i in 0..20 {
+        last = request(&app, &board, &format!("P{i}")).await;
+        if i == 8 {
+            let killed: i64 = sqlx::query_scalar(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                  where datname = current_database() and query ilike 'listen%'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                killed, 1,
+                "exactly one listening connection in this process"
+            );
+        }
+    }
+    let final_version = projected_version(&app, &board, last).await;
+    let versions = versions_until(&mut ws, final_version).await;
+    assert_eq!(*versions.last().unwrap(), final_version);
+    assert!(*connections.borrow() > before, "the listener reconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_on_one_node_sees_mutations_made_through_another() {
+    let a = TestApp::spawn().await;
+    let b = TestApp::spawn_sharing(&a).await;
+    let (board, _) = open_board(&a).await;
+    let mut ws = WsClient::connect(&b, "graphql-transport-ws").await;
+    ws.init().await;
+    ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
+    ws.next_data(Duration::from_secs(10))
+        .await
+        .expect("current board");
+    let mut last = 0;
+    for i in 0..5 {
+        last = request(&a, &board, &format!("Via A {i}")).await;
+    }
+    let final_version = projected_version(&a, &board, last).await;
+    versions_until(&mut ws, final_version).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
+    let app = TestApp::spawn().await;
+    let (board, _) = open_board(&app).await;
+    let mut clients = Vec::new();
+    for _ in 0..1000 {
+        let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
+        ws.init().await;
+        ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
+        clients.push(ws);
+    }
+    let mut last = 0;
+    for i in 0..5 {
+        last = request(&app, &board, &format!("Crowd {i}")).await;
+    }
+    let final_version = projected_version(&app, &board, last).await;
+    let mut tasks = Vec::new();
+    for mut ws in clients {
+        tasks.push(tokio::spawn(async move {
+            let mut latest = 0;
+            while latest != final_version {
+                let (_, data) = ws
+                    .next_data(Duration::from_secs(30))
+                    .await
+                    .expect("a frame");
+                let v = data["boardChanged"]["version"].as_i64().unwrap();
+                assert!(v > latest, "strictly increasing");
+                latest = v;
+            }
+            ws.close().await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        app.live().subscribed(),
+        1,
+        "one channel for the Board, whatever the crowd"
+    );
+}
+
+#[tokio::test]
+async fn board_events_resumed_after_a_disconnect_yield_exactly_the_missing_events() {
+    let app = TestApp::spawn().await;
+    let (board, _) = open_board(&app).await;
+    for i in 0..3 {
+        request(&app, &board, &format!("Early {i}")).await;
+    }
+    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
+    ws.init().await;
+    ws.subscribe("e", BOARD_EVENTS, json!({"id": board})).await;
+    let mut received: Vec<i64> = Vec::new();
+    while received.len() < 4 {
+        let (_, data) = ws
+            .next_data(Duration::from_secs(10))
+            .await
+            .expect("catch-up events");
+        received.push(data["boardEvents"]["position"].as_i64().unwrap());
+    }
+    // Live: one more arrives as it happens.
+    request(&app, &board, "Live").await;
+    let (_, data) = ws
+        .next_data(Duration::from_secs(10))
+        .await
+        .expect("a live event");
+    received.push(data["boardEvents"]["position"].as_i64().unwrap());
+    ws.close().await;
+
+    // Missed while disconnected.
+    for i in 0..4 {
+        request(&app, &board, &format!("Missed {i}")).await;
+    }
+    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
+    ws.init().await;
+    ws.subscribe(
+        "e",
+        BOARD_EVENTS,
+        json!({"id": board, "after": received.last()}),
+    )
+    .await;
+    let mut resumed = Vec::new();
+    while resumed.len() < 4 {
+        let (_, data) = ws
+            .next_data(Duration::from_secs(10))
+            .await
+            .expect("missed events");
+        resumed.push(data["boardEvents"]["position"].as_i64().unwrap());
+    }
+    assert!(
+        ws.next(Duration::from_millis(300)).await.is_none(),
+        "nothing twice, nothing extra"
+    );
+    received.extend(resumed);
+    let all: Vec<i64> = sqlx::query_scalar(
+        "select e.seq from events e join streams s on s.id = e.stream_id where s.board_id = $1::uuid order by e.tx, e.seq",
+    )
+    .bind(&board)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(received, all);
+}
+
+#[tokio::test]
+async fn the_legacy_protocol_works_and_protocol_rules_are_enforced() {
+    let app = TestApp::spawn().await;
+    let (board, _) = open_board(&app).await;
+
+    // subscriptions-transport-ws ("graphql-ws").
+    let mut legacy = WsClient::connect(&app, "graphql-ws").await;
+    legacy.init().await;
+    legacy
+        .subscribe("1", BOARD_CHANGED, json!({"id": board}))
+        .await;
+    let (_, data) = legacy
+        .next_data(Duration::from_secs(10))
+        .await
+        .expect("legacy data");
+    assert!(data["boardChanged"]["version"].as_i64().unwrap() >= 1);
+
+    // An unknown Board is NOT_FOUND.
+    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
+    ws.init().await;
+    ws.subscribe("x", BOARD_CHANGED, json!({"id": uuid::Uuid::new_v4()}))
+        .await;
+    let message = ws.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        message["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{message}"
+    );
+    let complete = ws.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(complete["type"], "complete", "{complete}");
+
+    // A second connection_init breaks the protocol: closed with 4429.
+    ws.send(json!({"type": "connection_init"})).await;
+    let closed = ws.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(closed["close"], 4429, "{closed}");
+
+    // No connection_init in time: closed with 4408.
+    let limits = careboard::config::GraphqlLimits {
+        ws_init_timeout_ms: 200,
+        max_subscriptions_per_socket: 2,
+        ..Default::default()
+    };
+    let strict = TestApp::spawn_with(limits).await;
+    let (strict_board, _) = open_board(&strict).await;
+    let mut silent = WsClient::connect(&strict, "graphql-transport-ws").await;
+    let closed = silent.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(closed["close"], 4408, "{closed}");
+
+    // A socket holds a bounded number of subscriptions.
+    let mut busy = WsClient::connect(&strict, "graphql-transport-ws").await;
+    busy.init().await;
+    for id in ["a", "b", "c"] {
+        busy.subscribe(id, BOARD_CHANGED, json!({"id": strict_board}))
+            .await;
+    }
+    let mut refused = None;
+    for _ in 0..4 {
+        let Some(m) = busy.next(Duration::from_secs(2)).await else {
+            break;
+        };
+        if m["payload"]["errors"].is_array() {
+            refused = Some(m);
+        }
+    }
+    let refused = refused.expect("the third subscription is refused");
+    assert_eq!(refused["id"], "c");
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"],
+        "VALIDATION"
+    );
+    assert!(refused["payload"]["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("at most 2"));
+
+    // Plain HTTP still refuses subscriptions' bad input with codes.
+    let r: Value = app
+        .gql(
+            "subscription { boardChanged(boardId: \"nope\") { version } }",
+            json!({}),
+        )
+        .await;
+    assert!(r["errors"].is_array());
+    let _ = error_code(&r);
+}
