@@ -28,6 +28,11 @@ use crate::graphql::{CareboardSchema, RequestContext};
 use crate::live::LiveBoards;
 use crate::metrics::Metrics;
 
+/// The live board page and the index of boards: plain HTML, CSS and JS, shipped inside
+/// the binary (no CDN, no build step).
+const BOARD_PAGE: &str = include_str!("../static/board.html");
+const BOARDS_PAGE: &str = include_str!("../static/boards.html");
+
 #[derive(Clone)]
 pub struct AppState {
     pub schema: CareboardSchema,
@@ -43,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .route("/graphql", get(graphiql_or_ws).post(graphql))
         .route("/graphql/ws", get(graphql_ws))
+        .route("/boards", get(|| async { Html(BOARDS_PAGE) }))
+        .route("/boards/{id}", get(|| async { Html(BOARD_PAGE) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
