@@ -188,8 +188,14 @@ async fn graphql_ws(
         .flat_map(|v| v.split(','))
         .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
         .unwrap_or(WebSocketProtocols::GraphQLWS);
+    // Small buffers: an idle subscriber should cost kilobytes, not the 128 KiB the
+    // websocket library reserves by default.
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_message_size(state.limits.max_body_bytes)
+        .max_frame_size(state.limits.max_body_bytes)
         .on_upgrade(move |socket| serve_socket(socket, state, protocol))
 }
 

@@ -98,7 +98,7 @@ impl Subscription {
                 return None;
             }
             last = contents.version;
-            Some(Board::from_contents((*contents).clone()))
+            Some(Board::from_shared(contents))
         }))
     }
 

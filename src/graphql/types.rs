@@ -2,6 +2,8 @@
 
 use async_graphql::{Context, Enum, Json, Object, SimpleObject, ID};
 use chrono::{DateTime, NaiveDate, Utc};
+use std::sync::Arc;
+
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
@@ -43,11 +45,16 @@ fn id(uuid: Uuid) -> ID {
 /// A Board: its own facts, and (loaded on first use) its providers and appointments.
 pub struct Board {
     board: domain::Board,
-    contents: OnceCell<Option<BoardContents>>,
+    /// Shared, not copied: one document serves every subscriber of a Board.
+    contents: OnceCell<Option<Arc<BoardContents>>>,
 }
 
 impl Board {
     pub fn from_contents(contents: BoardContents) -> Self {
+        Self::from_shared(Arc::new(contents))
+    }
+
+    pub fn from_shared(contents: Arc<BoardContents>) -> Self {
         Self {
             board: contents.board.clone(),
             contents: OnceCell::new_with(Some(Some(contents))),
@@ -65,11 +72,13 @@ impl Board {
         let contents = self
             .contents
             .get_or_try_init(|| async {
-                load_board_contents(store(ctx).pool(), self.board.id, ReadLimit::All).await
+                load_board_contents(store(ctx).pool(), self.board.id, ReadLimit::All)
+                    .await
+                    .map(|c| c.map(Arc::new))
             })
             .await
             .map_err(async_graphql::Error::from)?;
-        Ok(contents.as_ref())
+        Ok(contents.as_deref())
     }
 }
 

@@ -21,6 +21,7 @@ use careboard::event_store::EventStore;
 use careboard::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
 
 mod project;
+mod subscribe;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -30,6 +31,9 @@ enum Scenario {
     Mutate,
     /// Projector rebuild throughput vs a keyset read; lag at half the max append rate.
     Project,
+    /// Commit-to-frame latency with many subscribers, memory per idle subscription,
+    /// vs a bare NOTIFY ping-pong.
+    Subscribe,
     /// Every scenario above.
     All,
 }
@@ -56,6 +60,15 @@ struct Args {
     /// Events in the log the `project` scenario rebuilds.
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
+    /// Subscribers on one Board in the `subscribe` latency measurement.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Board changes per second in the `subscribe` latency measurement.
+    #[arg(long, default_value_t = 100.0)]
+    change_rate: f64,
+    /// Idle subscriptions held open to measure memory per subscription.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json_out: PathBuf,
@@ -190,6 +203,47 @@ async fn main() -> Result<()> {
             baseline_rate: r.keyset_rate,
         });
         rebuild_pool.close().await;
+    }
+    if want(Scenario::Subscribe) {
+        let url = fresh_database(&admin_url).await?;
+        let baseline = subscribe::notify_ping_pong(&url, 2000).await?;
+        rows.push(Row {
+            scenario: "subscribe: baseline NOTIFY ping-pong".into(),
+            rate: 0.0,
+            latency: Some(baseline),
+            errors: 0,
+            baseline_name: "-".into(),
+            baseline_rate: 0.0,
+        });
+        let server = subscribe::Server::start(&url).await?;
+        let hist =
+            subscribe::latency(&server, args.subscribers, args.change_rate, args.seconds).await?;
+        rows.push(Row {
+            scenario: format!(
+                "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s)",
+                args.subscribers, args.change_rate
+            ),
+            rate: hist.len() as f64 / args.seconds as f64,
+            latency: Some(hist),
+            errors: 0,
+            baseline_name: "-".into(),
+            baseline_rate: 0.0,
+        });
+        let per = subscribe::idle_memory(&server, args.idle).await?;
+        println!(
+            "memory per idle subscription at {}: {:.1} KB",
+            args.idle,
+            per / 1024.0
+        );
+        rows.push(Row {
+            scenario: format!("subscribe: KB per idle subscription at {}", args.idle),
+            rate: per / 1024.0,
+            latency: None,
+            errors: 0,
+            baseline_name: "-".into(),
+            baseline_rate: 0.0,
+        });
+        drop(server);
     }
     print_table(&rows);
     if let Some(dir) = args.json_out.parent() {

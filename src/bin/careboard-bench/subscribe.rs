@@ -1,0 +1,268 @@
+//! The `subscribe` scenario, against a separate `careboard` server process: commit-to-
+//! frame latency with many subscribers on one Board, memory per idle subscription, and
+//! the baseline of a bare NOTIFY ping-pong on the same PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A `careboard serve` child process on a free port.
+pub struct Server {
+    child: std::process::Child,
+    pub base: String,
+}
+
+impl Server {
+    pub async fn start(database_url: &str) -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let bin: PathBuf = exe
+            .parent()
+            .context("bench binary has a directory")?
+            .join("careboard");
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build it with the bench (cargo build --release)",
+                bin.display()
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "warn")
+            .env("CAREBOARD_MAX_SUBSCRIPTIONS_PER_SOCKET", "100000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let base = format!("127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while http
+            .get(format!("http://{base}/readyz"))
+            .send()
+            .await
+            .is_err()
+        {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("careboard server did not come up");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self { child, base })
+    }
+
+    /// Resident memory of the server process, in bytes.
+    pub fn rss(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .context("VmRSS")?;
+        Ok(kb * 1024)
+    }
+
+    async fn graphql(&self, query: &str, variables: Value) -> Result<Value> {
+        let v: Value = reqwest::Client::new()
+            .post(format!("http://{}/graphql", self.base))
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v.get("errors").is_some() {
+            bail!("GraphQL errors: {v}");
+        }
+        Ok(v["data"].clone())
+    }
+
+    async fn socket(&self) -> Result<Socket> {
+        let mut request = format!("ws://{}/graphql/ws", self.base).into_client_request()?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+        socket
+            .send(Message::Text(
+                json!({"type": "connection_init"}).to_string().into(),
+            ))
+            .await?;
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("connection_ack") => return Ok(socket),
+                Some(Ok(_)) => continue,
+                other => bail!("no connection_ack: {other:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SUBSCRIPTION: &str =
+    "subscription($id: ID!) { boardChanged(boardId: $id) { version position counts { waiting } } }";
+
+async fn subscribe(socket: &mut Socket, id: usize, board: &str) -> Result<()> {
+    let message = json!({"id": id.to_string(), "type": "subscribe",
+        "payload": {"query": SUBSCRIPTION, "variables": {"id": board}}});
+    socket
+        .send(Message::Text(message.to_string().into()))
+        .await?;
+    Ok(())
+}
+
+async fn open_board(server: &Server) -> Result<String> {
+    let d = server
+        .graphql(
+            "mutation { openBoard(input: {name: \"Bench live\", specialty: \"pediatrics\", region: \"TX\", date: \"2022-07-18\"}) { board { id } } }",
+            json!({}),
+        )
+        .await?;
+    Ok(d["openBoard"]["board"]["id"]
+        .as_str()
+        .context("board id")?
+        .to_string())
+}
+
+/// `subscribers` subscriptions (one socket each) on one Board while it changes `rate`
+/// times a second for `seconds`: for every frame, the time from the sending of the
+/// newest mutation it includes to the frame's arrival (an upper bound of
+/// commit-to-frame, since the commit happens after the send).
+pub async fn latency(
+    server: &Server,
+    subscribers: usize,
+    rate: f64,
+    seconds: u64,
+) -> Result<Histogram<u64>> {
+    let board = open_board(server).await?;
+    // position -> when the mutation that wrote it was sent.
+    let sent: Arc<Mutex<BTreeMap<i64, Instant>>> = Arc::default();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let mut readers = Vec::new();
+    for _ in 0..subscribers {
+        let mut socket = server.socket().await?;
+        subscribe(&mut socket, 1, &board).await?;
+        // The first frame is the current Board.
+        socket.next().await;
+        let sent = sent.clone();
+        let hist = hist.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(frame)) = socket.next().await {
+                let Message::Text(text) = frame else { continue };
+                let arrived = Instant::now();
+                let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                let Some(position) = v["payload"]["data"]["boardChanged"]["position"].as_i64()
+                else {
+                    continue;
+                };
+                let at = sent.lock().unwrap().get(&position).copied();
+                if let Some(at) = at {
+                    let _ = hist
+                        .lock()
+                        .unwrap()
+                        .record(arrived.duration_since(at).as_micros() as u64);
+                }
+            }
+        }));
+    }
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/graphql", server.base);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        ticker.tick().await;
+        let http = http.clone();
+        let url = url.clone();
+        let board = board.clone();
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            let at = Instant::now();
+            let body = json!({"query": "mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { position } }",
+                "variables": {"input": {"boardId": board, "patientName": format!("Live {i}"),
+                "specialty": "pediatrics", "region": "TX", "reason": "fever"}}});
+            if let Ok(r) = http.post(&url).json(&body).send().await {
+                if let Ok(v) = r.json::<Value>().await {
+                    if let Some(p) = v["data"]["requestAppointment"]["position"].as_i64() {
+                        sent.lock().unwrap().insert(p, at);
+                    }
+                }
+            }
+        }));
+        i += 1;
+    }
+    for t in tasks {
+        t.await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for r in readers {
+        r.abort();
+    }
+    let h = hist.lock().unwrap().clone();
+    Ok(h)
+}
+
+/// Server memory per idle `boardChanged` subscription, with `count` of them open.
+pub async fn idle_memory(server: &Server, count: usize) -> Result<f64> {
+    let board = open_board(server).await?;
+    // Warm up one subscription so one-off allocations are not counted.
+    let mut warm = server.socket().await?;
+    subscribe(&mut warm, 1, &board).await?;
+    warm.next().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss()?;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut socket = server.socket().await?;
+        subscribe(&mut socket, 1, &board).await?;
+        socket.next().await;
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = server.rss()?;
+    drop(sockets);
+    drop(warm);
+    Ok(after.saturating_sub(before) as f64 / count as f64)
+}
+
+/// The floor: a NOTIFY from one connection to a LISTENing one, round trip timed.
+pub async fn notify_ping_pong(database_url: &str, rounds: usize) -> Result<Histogram<u64>> {
+    let pool = careboard::postgres::connect(database_url, 2).await?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+    listener.listen("bench_ping").await?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for i in 0..rounds {
+        let at = Instant::now();
+        sqlx::query("select pg_notify('bench_ping', $1)")
+            .bind(i.to_string())
+            .execute(&pool)
+            .await?;
+        listener.recv().await?;
+        hist.record(at.elapsed().as_micros() as u64)?;
+    }
+    Ok(hist)
+}
