@@ -53,6 +53,9 @@ fn generate(target_events: usize) -> Vec<Generated> {
             }
         }
         for a in 0..200 {
+            if out.len() >= target_events {
+                break;
+            }
             for board in &boards {
                 let appointment = Uuid::new_v4();
                 let slot = a % 10;

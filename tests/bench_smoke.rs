@@ -1,0 +1,60 @@
+//! The benchmark harness runs every scenario at tiny sizes, so it cannot rot.
+
+mod common;
+
+use serde_json::Value;
+
+#[tokio::test]
+async fn every_benchmark_scenario_runs_and_reports_without_errors() {
+    let (pool, url) = common::fresh_database_with_url().await;
+    pool.close().await;
+    let admin = url.rsplit_once('/').unwrap().0.to_string() + "/postgres";
+    let out = tempfile::tempdir().unwrap();
+    let json_path = out.path().join("results.json");
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_careboard-bench"))
+        .args([
+            "all",
+            "--seconds",
+            "1",
+            "--clients",
+            "2",
+            "--events",
+            "3000",
+            "--subscribers",
+            "5",
+            "--change-rate",
+            "20",
+            "--idle",
+            "20",
+            "--json-out",
+        ])
+        .arg(&json_path)
+        .env("DATABASE_URL", &admin)
+        .status()
+        .await
+        .expect("run the benchmark harness");
+    assert!(status.success(), "careboard-bench failed");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    let scenarios: Vec<&str> = results
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "append",
+        "mutate",
+        "project: lag",
+        "project: board_view rebuild",
+        "subscribe: commit to frame",
+        "subscribe: KB per idle",
+    ] {
+        assert!(
+            scenarios.iter().any(|s| s.starts_with(expected)),
+            "{expected} missing from {scenarios:?}"
+        );
+    }
+    for r in results {
+        assert_eq!(r["errors"], 0, "{r}");
+    }
+}
