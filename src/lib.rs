@@ -20,6 +20,7 @@
 //!   CAS checkpoints and NOTIFY, dead letters, side-by-side rebuilds.
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`time_travel`]: `asOf` folds from snapshots, and the Board's day timeline.
 //! - [`cli`]: the command line.
 //! - [`graphql`]: schema, queries, mutations, output types.
 //! - [`http`]: the axum router (GraphQL, GraphiQL, health, metrics).
@@ -39,3 +40,4 @@ pub mod metrics;
 pub mod postgres;
 pub mod projections;
 pub mod projector;
+pub mod time_travel;

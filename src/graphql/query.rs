@@ -5,14 +5,17 @@ use async_graphql::{Context, Object, Result, ID};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::types::{Appointment, Board, BoardStatus, Event, Provider, ProviderShift};
+use super::types::{
+    Appointment, Board, BoardHistoryEntry, BoardStatus, Event, Provider, ProviderShift,
+};
 use super::{store, ReadWait};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
-use crate::event_store::{list_providers, load_board_contents, read_log, LogFilter, ReadLimit};
+use crate::event_store::{list_providers, read_log, LogFilter, ReadLimit};
 use crate::projections::{read, Projection};
 use crate::projector::state::ProjectionStatus;
 use crate::projector::wait_for_position;
+use crate::time_travel::{board_as_of, board_history, stream_as_of, Snapshots};
 
 pub struct Query;
 
@@ -107,8 +110,7 @@ impl Query {
     ) -> Result<Option<Board>> {
         let board_id = uuid("id", &id)?;
         if let Some(t) = as_of {
-            let contents =
-                load_board_contents(store(ctx).pool(), board_id, ReadLimit::Time(t)).await?;
+            let contents = board_as_of(store(ctx).pool(), board_id, t, Snapshots::Use).await?;
             return Ok(contents.map(Board::from_contents));
         }
         wait_until_projected(ctx, Projection::BoardView, min_position).await?;
@@ -169,7 +171,9 @@ impl Query {
         let id = uuid("id", &id)?;
         let limit = read_limit(as_of, version)?;
         if limit != ReadLimit::All {
-            let state = store(ctx).load::<domain::Appointment>(id, limit).await?;
+            let state =
+                stream_as_of::<domain::Appointment>(store(ctx).pool(), id, limit, Snapshots::Use)
+                    .await?;
             return Ok(state.map(Appointment));
         }
         wait_until_projected(ctx, Projection::AppointmentView, min_position).await?;
@@ -196,7 +200,8 @@ impl Query {
         let id = uuid("id", &id)?;
         let limit = read_limit(as_of, version)?;
         if limit != ReadLimit::All {
-            let state = store(ctx).load::<domain::Shift>(id, limit).await?;
+            let state =
+                stream_as_of::<domain::Shift>(store(ctx).pool(), id, limit, Snapshots::Use).await?;
             return Ok(state.map(ProviderShift));
         }
         wait_until_projected(ctx, Projection::ProviderShiftView, min_position).await?;
@@ -205,6 +210,33 @@ impl Query {
                 .await
                 .map_err(internal)?;
         Ok(state.map(ProviderShift))
+    }
+
+    /// The day's timeline of a Board: every version caused by events recorded in
+    /// `(from, to]`, with the event and the headline figures, oldest first.
+    async fn board_history(
+        &self,
+        ctx: &Context<'_>,
+        board_id: ID,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        first: Option<i32>,
+    ) -> Result<Vec<BoardHistoryEntry>> {
+        let id = uuid("boardId", &board_id)?;
+        if to < from {
+            return Err(AppError::validation("to must not be before from").into());
+        }
+        let limit = match first.unwrap_or(1000) {
+            n @ 0..=10_000 => n as i64,
+            n => {
+                return Err(AppError::validation(format!(
+                    "first must be between 0 and 10000, got {n}"
+                ))
+                .into())
+            }
+        };
+        let entries = board_history(store(ctx).pool(), id, from, to, limit).await?;
+        Ok(entries.into_iter().map(BoardHistoryEntry).collect())
     }
 
     /// Every projection generation: checkpoint, lag, state, rebuild progress, dead letters.

@@ -389,3 +389,39 @@ pub struct AppointmentShiftPayload {
     pub version: i64,
     pub position: i64,
 }
+
+/// One Board version in a day's timeline.
+pub struct BoardHistoryEntry(pub crate::time_travel::HistoryEntry);
+
+#[Object]
+impl BoardHistoryEntry {
+    /// The Board's version after this event (events applied across its streams).
+    async fn version(&self) -> i64 {
+        self.0.version
+    }
+    async fn position(&self) -> i64 {
+        self.0.event.seq
+    }
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.event.recorded_at
+    }
+    /// The event that made this version.
+    async fn event(&self) -> Event {
+        Event(self.0.event.clone())
+    }
+    async fn waiting(&self) -> i64 {
+        self.0.waiting
+    }
+    async fn scheduled(&self) -> i64 {
+        self.0.scheduled
+    }
+    async fn in_progress(&self) -> i64 {
+        self.0.in_progress
+    }
+    async fn providers_ready(&self) -> i64 {
+        self.0.providers_ready
+    }
+    async fn providers_charting(&self) -> i64 {
+        self.0.providers_charting
+    }
+}

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -27,6 +28,14 @@ pub struct BoardDoc {
     pub version: i64,
     /// Global position of the newest event applied.
     pub position: i64,
+    /// Newest recorded_at among the events applied: what a snapshot of this document
+    /// may stand in for.
+    #[serde(default)]
+    pub max_recorded_at: Option<DateTime<Utc>>,
+    /// Events passed without their effect (dead letters). Such a document is never
+    /// snapshotted: it is not what a replay of its events gives.
+    #[serde(default)]
+    pub skipped: i64,
 }
 
 impl Doc for BoardDoc {
@@ -64,6 +73,17 @@ impl Doc for BoardDoc {
 
     fn skip(&mut self, e: &RecordedEvent) {
         self.mark(e);
+        self.skipped += 1;
+    }
+
+    fn count(&self) -> i64 {
+        self.version
+    }
+
+    fn snapshot_ready(&self) -> Option<DateTime<Utc>> {
+        (self.skipped == 0)
+            .then_some(self.max_recorded_at)
+            .flatten()
     }
 
     fn streams(&self, _: Uuid) -> Vec<(Uuid, i64)> {
@@ -75,6 +95,7 @@ impl BoardDoc {
     fn mark(&mut self, e: &RecordedEvent) {
         self.applied.insert(e.stream_id, e.version);
         self.position = self.position.max(e.seq);
+        self.max_recorded_at = self.max_recorded_at.max(Some(e.recorded_at));
     }
 
     /// The document as the API's Board contents; `None` before the Board was opened.

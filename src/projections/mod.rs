@@ -25,6 +25,10 @@ pub trait Doc: Default + Clone + Serialize + DeserializeOwned + Send + Sync {
     fn skip(&mut self, e: &RecordedEvent);
     /// Every stream this document has passed events of, with the last version passed.
     fn streams(&self, document_id: Uuid) -> Vec<(Uuid, i64)>;
+    /// Events this document has passed: when to snapshot it.
+    fn count(&self) -> i64;
+    /// The snapshot's `max_recorded_at`, if this document may be snapshotted.
+    fn snapshot_ready(&self) -> Option<chrono::DateTime<chrono::Utc>>;
 }
 
 /// Decodes a stored event and applies it to an aggregate state.
@@ -43,6 +47,10 @@ pub fn decode_apply<A: Aggregate>(state: Option<A>, e: &RecordedEvent) -> Result
 pub struct StreamDoc<A> {
     pub state: Option<A>,
     pub applied: i64,
+    #[serde(default)]
+    pub max_recorded_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub skipped: i64,
 }
 
 impl<A> Default for StreamDoc<A> {
@@ -50,6 +58,8 @@ impl<A> Default for StreamDoc<A> {
         Self {
             state: None,
             applied: 0,
+            max_recorded_at: None,
+            skipped: 0,
         }
     }
 }
@@ -62,11 +72,24 @@ impl<A: Aggregate + Serialize + DeserializeOwned + Send + Sync> Doc for StreamDo
     fn apply(&mut self, e: &RecordedEvent) -> Result<(), FoldError> {
         self.state = Some(decode_apply::<A>(self.state.clone(), e)?);
         self.applied = e.version;
+        self.max_recorded_at = self.max_recorded_at.max(Some(e.recorded_at));
         Ok(())
     }
 
     fn skip(&mut self, e: &RecordedEvent) {
         self.applied = e.version;
+        self.max_recorded_at = self.max_recorded_at.max(Some(e.recorded_at));
+        self.skipped += 1;
+    }
+
+    fn count(&self) -> i64 {
+        self.applied
+    }
+
+    fn snapshot_ready(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        (self.skipped == 0)
+            .then_some(self.max_recorded_at)
+            .flatten()
     }
 
     fn streams(&self, document_id: Uuid) -> Vec<(Uuid, i64)> {
@@ -108,10 +131,20 @@ impl Projection {
     /// projector then rebuilds the projection side by side and swaps it in.
     pub fn version(self) -> i32 {
         match self {
-            Projection::BoardView => 1,
-            Projection::AppointmentView => 1,
-            Projection::ProviderShiftView => 1,
-            Projection::AppointmentDurations => 1,
+            Projection::BoardView => 2,
+            Projection::AppointmentView => 2,
+            Projection::ProviderShiftView => 2,
+            Projection::AppointmentDurations => 2,
+        }
+    }
+
+    /// The kind of snapshot this projection writes (`snapshots.kind`), if any.
+    pub fn snapshot_kind(self) -> Option<&'static str> {
+        match self {
+            Projection::BoardView => Some("board"),
+            Projection::AppointmentView => Some("appointment"),
+            Projection::ProviderShiftView => Some("shift"),
+            Projection::AppointmentDurations => None,
         }
     }
 

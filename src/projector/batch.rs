@@ -108,6 +108,7 @@ pub struct BatchOutcome {
 /// Applies `events` (in read order) to the projection's documents and saves them, in
 /// the caller's transaction. Events named in `dead` are dead-lettered instead of
 /// failing the batch; `attempts` says how often each was tried.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply_batch(
     conn: &mut PgConnection,
     projection: Projection,
@@ -115,12 +116,20 @@ pub async fn apply_batch(
     events: &[RecordedEvent],
     dead: &HashSet<i64>,
     attempts: &HashMap<i64, u32>,
+    snapshot_every: i64,
 ) -> Result<BatchOutcome, BatchError> {
     match projection {
         Projection::BoardView => {
-            let (outcome, docs) =
-                apply_docs::<BoardDoc>(conn, projection, generation, events, dead, attempts)
-                    .await?;
+            let (outcome, docs) = apply_docs::<BoardDoc>(
+                conn,
+                projection,
+                generation,
+                events,
+                dead,
+                attempts,
+                snapshot_every,
+            )
+            .await?;
             let mut outcome = outcome;
             outcome.changed_boards = docs
                 .iter()
@@ -136,7 +145,13 @@ pub async fn apply_batch(
         }
         Projection::AppointmentView => {
             let (outcome, docs) = apply_docs::<StreamDoc<Appointment>>(
-                conn, projection, generation, events, dead, attempts,
+                conn,
+                projection,
+                generation,
+                events,
+                dead,
+                attempts,
+                snapshot_every,
             )
             .await?;
             let rows: Vec<Row> = docs
@@ -148,7 +163,13 @@ pub async fn apply_batch(
         }
         Projection::AppointmentDurations => {
             let (outcome, docs) = apply_docs::<StreamDoc<Appointment>>(
-                conn, projection, generation, events, dead, attempts,
+                conn,
+                projection,
+                generation,
+                events,
+                dead,
+                attempts,
+                snapshot_every,
             )
             .await?;
             let rows: Vec<Row> = docs
@@ -160,7 +181,13 @@ pub async fn apply_batch(
         }
         Projection::ProviderShiftView => {
             let (outcome, docs) = apply_docs::<StreamDoc<Shift>>(
-                conn, projection, generation, events, dead, attempts,
+                conn,
+                projection,
+                generation,
+                events,
+                dead,
+                attempts,
+                snapshot_every,
             )
             .await?;
             let rows: Vec<Row> = docs
@@ -183,6 +210,7 @@ async fn apply_docs<D: Doc>(
     events: &[RecordedEvent],
     dead: &HashSet<i64>,
     attempts: &HashMap<i64, u32>,
+    snapshot_every: i64,
 ) -> Result<(BatchOutcome, BTreeMap<Uuid, D>), BatchError> {
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.
@@ -199,6 +227,7 @@ async fn apply_docs<D: Doc>(
     let ids: Vec<Uuid> = by_doc.keys().copied().collect();
     let mut stored = projection.load_docs(conn, generation, &ids).await?;
     let mut docs: BTreeMap<Uuid, D> = BTreeMap::new();
+    let mut snapshots = Vec::new();
     for (doc_id, mut doc_events) in by_doc {
         doc_events.sort_by_key(|e| (e.stream_id, e.version));
         let mut doc: D = match stored.remove(&doc_id) {
@@ -206,6 +235,7 @@ async fn apply_docs<D: Doc>(
                 .map_err(|e| BatchError::Database(sqlx::Error::Decode(Box::new(e))))?,
             None => D::default(),
         };
+        let old_count = doc.count();
         for e in doc_events {
             let applied = doc.applied_version(e.stream_id);
             if e.version <= applied {
@@ -222,9 +252,54 @@ async fn apply_docs<D: Doc>(
             }
             apply_one(&mut doc, e, doc_id, dead, attempts, &mut outcome)?;
         }
+        if snapshot_every > 0 && old_count / snapshot_every < doc.count() / snapshot_every {
+            if let (Some(kind), Some(at)) = (projection.snapshot_kind(), doc.snapshot_ready()) {
+                snapshots.push((
+                    kind,
+                    doc_id,
+                    doc.count(),
+                    at,
+                    serde_json::to_value(&doc)
+                        .map_err(|e| BatchError::Database(sqlx::Error::Decode(Box::new(e))))?,
+                ));
+            }
+        }
         docs.insert(doc_id, doc);
     }
+    write_snapshots(conn, projection, &snapshots).await?;
     Ok((outcome, docs))
+}
+
+type SnapshotRow = (
+    &'static str,
+    Uuid,
+    i64,
+    chrono::DateTime<chrono::Utc>,
+    serde_json::Value,
+);
+
+/// Snapshots every `snapshot_every` events per document; a rebuild of the same fold
+/// writes the same snapshots, so duplicates are skipped.
+async fn write_snapshots(
+    conn: &mut PgConnection,
+    projection: Projection,
+    rows: &[SnapshotRow],
+) -> Result<(), sqlx::Error> {
+    for (kind, id, version, at, doc) in rows {
+        sqlx::query(
+            "insert into snapshots (kind, id, fold_version, version, max_recorded_at, doc) \
+             values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+        )
+        .bind(kind)
+        .bind(id)
+        .bind(projection.version())
+        .bind(version)
+        .bind(at)
+        .bind(doc)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 fn apply_one<D: Doc>(

@@ -57,6 +57,8 @@ pub struct ProjectorConfig {
     pub max_attempts: u32,
     /// First retry delay; doubles per attempt.
     pub retry_backoff: Duration,
+    /// Snapshot a document every this many events (0: never). Bounds `asOf` folds.
+    pub snapshot_every: i64,
     /// Test hook: return true at a point to stop the projector dead there.
     pub crash_hook: Option<CrashHook>,
 }
@@ -66,6 +68,7 @@ impl Default for ProjectorConfig {
         Self {
             batch_size: 1000,
             rebuild_batch_size: 20_000,
+            snapshot_every: 500,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -387,6 +390,7 @@ impl Projector {
             &events,
             &worker.dead,
             &worker.attempts,
+            self.config.snapshot_every,
         )
         .await
         {

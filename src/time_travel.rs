@@ -1,0 +1,222 @@
+//! Time travel: any Board, appointment or shift as it stood at an earlier time (or
+//! stream version), folded by the projections' own code, starting from the newest
+//! snapshot that holds only events recorded by then.
+//!
+//! Why a snapshot is enough: within a stream `recorded_at` grows with the version, so
+//! a snapshot whose newest event was recorded at or before T holds, per stream, a prefix
+//! of the events recorded by T. The fold adds each stream's remaining events up to T —
+//! the same set of events a plain replay folds, so the same document.
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::Aggregate;
+use crate::error::{AppError, AppResult};
+use crate::event_store::{BoardContents, ReadLimit, RecordedEvent, EVENT_COLUMNS};
+use crate::projections::{BoardDoc, Doc, Projection, StreamDoc};
+
+/// Whether folds may start from snapshots (always, except to measure or check them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshots {
+    Use,
+    Ignore,
+}
+
+fn fold_failed(id: Uuid, e: impl std::fmt::Display) -> AppError {
+    AppError::Internal(anyhow::anyhow!("time travel on {id}: {e}"))
+}
+
+async fn newest_snapshot<D: DeserializeOwned>(
+    pool: &PgPool,
+    kind: &str,
+    projection: Projection,
+    id: Uuid,
+    at: Option<DateTime<Utc>>,
+    version: Option<i64>,
+) -> AppResult<Option<D>> {
+    let doc: Option<serde_json::Value> = sqlx::query_scalar(
+        "select doc from snapshots \
+          where kind = $1 and id = $2 and fold_version = $3 \
+            and ($4::timestamptz is null or max_recorded_at <= $4) \
+            and ($5::bigint is null or version <= $5) \
+          order by max_recorded_at desc, version desc limit 1",
+    )
+    .bind(kind)
+    .bind(id)
+    .bind(projection.version())
+    .bind(at)
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    doc.map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| fold_failed(id, e))
+}
+
+/// The `board_view` document of a Board as it stood at `at`.
+pub async fn board_doc_as_of(
+    pool: &PgPool,
+    board_id: Uuid,
+    at: DateTime<Utc>,
+    snapshots: Snapshots,
+) -> AppResult<BoardDoc> {
+    let mut doc = match snapshots {
+        Snapshots::Use => newest_snapshot::<BoardDoc>(
+            pool,
+            "board",
+            Projection::BoardView,
+            board_id,
+            Some(at),
+            None,
+        )
+        .await?
+        .unwrap_or_default(),
+        Snapshots::Ignore => BoardDoc::default(),
+    };
+    let (streams, versions): (Vec<Uuid>, Vec<i64>) =
+        doc.applied.iter().map(|(s, v)| (*s, *v)).unzip();
+    // Per stream, only the versions after what the snapshot holds: an index range scan
+    // on (stream_id, version) for each of the Board's streams.
+    let events: Vec<RecordedEvent> = sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from streams s \
+           join events e on e.stream_id = s.id \
+           left join unnest($2::uuid[], $3::bigint[]) as a(id, v) on a.id = s.id \
+          where s.board_id = $1 and e.recorded_at <= $4 and e.version > coalesce(a.v, 0) \
+          order by e.stream_id, e.version"
+    ))
+    .bind(board_id)
+    .bind(&streams)
+    .bind(&versions)
+    .bind(at)
+    .fetch_all(pool)
+    .await?;
+    for e in &events {
+        doc.apply(e).map_err(|err| fold_failed(board_id, err))?;
+    }
+    Ok(doc)
+}
+
+/// A Board with its providers and appointments as it stood at `at`; `None` before it
+/// was opened.
+pub async fn board_as_of(
+    pool: &PgPool,
+    board_id: Uuid,
+    at: DateTime<Utc>,
+    snapshots: Snapshots,
+) -> AppResult<Option<BoardContents>> {
+    Ok(board_doc_as_of(pool, board_id, at, snapshots)
+        .await?
+        .to_contents()
+        .filter(|c| c.board.id == board_id))
+}
+
+/// One stream's state up to a time or version (or all of it).
+pub async fn stream_as_of<A>(
+    pool: &PgPool,
+    id: Uuid,
+    limit: ReadLimit,
+    snapshots: Snapshots,
+) -> AppResult<Option<A>>
+where
+    A: Aggregate + Serialize + DeserializeOwned + Send + Sync,
+{
+    let (projection, kind) = match A::STREAM_TYPE {
+        crate::domain::StreamType::Appointment => (Projection::AppointmentView, "appointment"),
+        crate::domain::StreamType::Shift => (Projection::ProviderShiftView, "shift"),
+        _ => {
+            let events = crate::event_store::read_stream(pool, id, limit).await?;
+            return crate::event_store::fold_recorded::<A>(&events);
+        }
+    };
+    let (at, version) = match limit {
+        ReadLimit::All => (None, None),
+        ReadLimit::Time(t) => (Some(t), None),
+        ReadLimit::Version(v) => (None, Some(v)),
+    };
+    let mut doc: StreamDoc<A> = match snapshots {
+        Snapshots::Use => newest_snapshot(pool, kind, projection, id, at, version)
+            .await?
+            .unwrap_or_default(),
+        Snapshots::Ignore => StreamDoc::default(),
+    };
+    let events: Vec<RecordedEvent> = sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
+          where e.stream_id = $1 and e.version > $2 \
+            and ($3::timestamptz is null or e.recorded_at <= $3) \
+            and ($4::bigint is null or e.version <= $4) \
+          order by e.version"
+    ))
+    .bind(id)
+    .bind(doc.applied)
+    .bind(at)
+    .bind(version)
+    .fetch_all(pool)
+    .await?;
+    if events
+        .iter()
+        .any(|e| e.stream_type != A::STREAM_TYPE.as_str())
+    {
+        return Ok(None);
+    }
+    for e in &events {
+        doc.apply(e).map_err(|err| fold_failed(id, err))?;
+    }
+    Ok(doc.state)
+}
+
+/// One Board version in a day's timeline, with the figures a front-end scrubs through.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub version: i64,
+    pub event: RecordedEvent,
+    pub waiting: i64,
+    pub scheduled: i64,
+    pub in_progress: i64,
+    pub providers_ready: i64,
+    pub providers_charting: i64,
+}
+
+/// Every Board version caused by events recorded in `(from, to]`, oldest first, at most
+/// `limit` of them.
+pub async fn board_history(
+    pool: &PgPool,
+    board_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: i64,
+) -> AppResult<Vec<HistoryEntry>> {
+    let mut doc = board_doc_as_of(pool, board_id, from, Snapshots::Use).await?;
+    let events: Vec<RecordedEvent> = sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from streams s join events e on e.stream_id = s.id \
+          where s.board_id = $1 and e.recorded_at > $2 and e.recorded_at <= $3 \
+          order by e.recorded_at, e.seq limit $4"
+    ))
+    .bind(board_id)
+    .bind(from)
+    .bind(to)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        if e.version <= doc.applied_version(e.stream_id) {
+            continue;
+        }
+        doc.apply(&e).map_err(|err| fold_failed(board_id, err))?;
+        use crate::domain::{AppointmentStatus as A, ShiftStatus as S};
+        let count_a = |s: A| doc.appointments.values().filter(|a| a.status == s).count() as i64;
+        let count_s = |s: S| doc.shifts.values().filter(|x| x.status == s).count() as i64;
+        out.push(HistoryEntry {
+            version: doc.version,
+            waiting: count_a(A::Requested),
+            scheduled: count_a(A::Scheduled),
+            in_progress: count_a(A::Started),
+            providers_ready: count_s(S::Ready),
+            providers_charting: count_s(S::Charting),
+            event: e,
+        });
+    }
+    Ok(out)
+}
