@@ -13,6 +13,10 @@ create table snapshots (
     -- with the version, so a snapshot with max_recorded_at <= T holds only events
     -- recorded at or before T, and per stream a prefix of them.
     max_recorded_at timestamptz not null,
+    -- For Board snapshots: the projector's read cursor when it was taken. The Board's
+    -- events after it (in (tx, seq) order) are exactly those the snapshot may lack.
+    tx              xid8,
+    seq             bigint,
     doc             jsonb not null,
     created_at      timestamptz not null default clock_timestamp(),
     primary key (kind, id, fold_version, version)

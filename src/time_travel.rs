@@ -62,37 +62,59 @@ pub async fn board_doc_as_of(
     at: DateTime<Utc>,
     snapshots: Snapshots,
 ) -> AppResult<BoardDoc> {
-    let mut doc = match snapshots {
-        Snapshots::Use => newest_snapshot::<BoardDoc>(
-            pool,
-            "board",
-            Projection::BoardView,
-            board_id,
-            Some(at),
-            None,
-        )
-        .await?
-        .unwrap_or_default(),
-        Snapshots::Ignore => BoardDoc::default(),
+    let snapshot: Option<(serde_json::Value, String, i64)> = match snapshots {
+        Snapshots::Use => {
+            sqlx::query_as(
+                "select doc, tx::text, seq from snapshots \
+                  where kind = 'board' and id = $1 and fold_version = $2 \
+                    and max_recorded_at <= $3 and seq is not null \
+                  order by max_recorded_at desc, version desc limit 1",
+            )
+            .bind(board_id)
+            .bind(Projection::BoardView.version())
+            .bind(at)
+            .fetch_optional(pool)
+            .await?
+        }
+        Snapshots::Ignore => None,
     };
-    let (streams, versions): (Vec<Uuid>, Vec<i64>) =
-        doc.applied.iter().map(|(s, v)| (*s, *v)).unzip();
-    // Per stream, only the versions after what the snapshot holds: an index range scan
-    // on (stream_id, version) for each of the Board's streams.
-    let events: Vec<RecordedEvent> = sqlx::query_as(&format!(
-        "select {EVENT_COLUMNS} from streams s \
-           join events e on e.stream_id = s.id \
-           left join unnest($2::uuid[], $3::bigint[]) as a(id, v) on a.id = s.id \
-          where s.board_id = $1 and e.recorded_at <= $4 and e.version > coalesce(a.v, 0) \
-          order by e.stream_id, e.version"
-    ))
-    .bind(board_id)
-    .bind(&streams)
-    .bind(&versions)
-    .bind(at)
-    .fetch_all(pool)
-    .await?;
+    let events: Vec<RecordedEvent> = match &snapshot {
+        // The snapshot holds every event of the Board up to the projector's cursor then
+        // (and maybe a few after it, filled in early): read only what follows the cursor.
+        Some((_, tx, seq)) => {
+            sqlx::query_as(&format!(
+                "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
+                  where (e.tx, e.seq) > ($2::text::xid8, $3) and s.board_id = $1 \
+                    and e.recorded_at <= $4 \
+                  order by e.stream_id, e.version"
+            ))
+            .bind(board_id)
+            .bind(tx)
+            .bind(seq)
+            .bind(at)
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_as(&format!(
+                "select {EVENT_COLUMNS} from streams s join events e on e.stream_id = s.id \
+                  where s.board_id = $1 and e.recorded_at <= $2 \
+                  order by e.stream_id, e.version"
+            ))
+            .bind(board_id)
+            .bind(at)
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    let mut doc: BoardDoc = match snapshot {
+        Some((doc, _, _)) => serde_json::from_value(doc).map_err(|e| fold_failed(board_id, e))?,
+        None => BoardDoc::default(),
+    };
     for e in &events {
+        if e.version <= doc.applied_version(e.stream_id) {
+            continue; // already in the snapshot
+        }
         doc.apply(e).map_err(|err| fold_failed(board_id, err))?;
     }
     Ok(doc)

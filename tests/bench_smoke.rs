@@ -26,6 +26,8 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
             "20",
             "--idle",
             "20",
+            "--asof-sizes",
+            "100",
             "--json-out",
         ])
         .arg(&json_path)
@@ -48,6 +50,7 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
         "project: board_view rebuild",
         "subscribe: commit to frame",
         "subscribe: KB per idle",
+        "asof: board(asOf)",
     ] {
         assert!(
             scenarios.iter().any(|s| s.starts_with(expected)),

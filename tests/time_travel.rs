@@ -432,8 +432,8 @@ async fn a_changed_fold_version_ignores_stale_snapshots() {
         let board = day.board;
         async move {
             sqlx::query(
-                "insert into snapshots (kind, id, fold_version, version, max_recorded_at, doc) \
-                 values ('board', $1, $2, $3, $4, $5)",
+                "insert into snapshots (kind, id, fold_version, version, max_recorded_at, tx, seq, doc) \
+                 values ('board', $1, $2, $3, $4, '0', 0, $5)",
             )
             .bind(board)
             .bind(fold_version)

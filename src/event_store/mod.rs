@@ -53,7 +53,7 @@ pub enum ReadLimit {
     Time(DateTime<Utc>),
 }
 
-pub(crate) const EVENT_COLUMNS: &str =
+pub const EVENT_COLUMNS: &str =
     "e.seq, e.id, e.stream_id, s.type as stream_type, s.board_id, e.version, \
      e.type as event_type, e.data, e.metadata, e.recorded_at";
 

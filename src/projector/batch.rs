@@ -117,6 +117,7 @@ pub async fn apply_batch(
     dead: &HashSet<i64>,
     attempts: &HashMap<i64, u32>,
     snapshot_every: i64,
+    batch_end: Cursor,
 ) -> Result<BatchOutcome, BatchError> {
     match projection {
         Projection::BoardView => {
@@ -128,6 +129,7 @@ pub async fn apply_batch(
                 dead,
                 attempts,
                 snapshot_every,
+                batch_end,
             )
             .await?;
             let mut outcome = outcome;
@@ -152,6 +154,7 @@ pub async fn apply_batch(
                 dead,
                 attempts,
                 snapshot_every,
+                batch_end,
             )
             .await?;
             let rows: Vec<Row> = docs
@@ -170,6 +173,7 @@ pub async fn apply_batch(
                 dead,
                 attempts,
                 snapshot_every,
+                batch_end,
             )
             .await?;
             let rows: Vec<Row> = docs
@@ -188,6 +192,7 @@ pub async fn apply_batch(
                 dead,
                 attempts,
                 snapshot_every,
+                batch_end,
             )
             .await?;
             let rows: Vec<Row> = docs
@@ -203,6 +208,7 @@ pub async fn apply_batch(
 /// Loads the touched documents, applies each stream's events in version order (filling
 /// any gap from the store, skipping what was already applied), and returns the changed
 /// documents.
+#[allow(clippy::too_many_arguments)]
 async fn apply_docs<D: Doc>(
     conn: &mut PgConnection,
     projection: Projection,
@@ -211,6 +217,7 @@ async fn apply_docs<D: Doc>(
     dead: &HashSet<i64>,
     attempts: &HashMap<i64, u32>,
     snapshot_every: i64,
+    batch_end: Cursor,
 ) -> Result<(BatchOutcome, BTreeMap<Uuid, D>), BatchError> {
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.
@@ -266,7 +273,7 @@ async fn apply_docs<D: Doc>(
         }
         docs.insert(doc_id, doc);
     }
-    write_snapshots(conn, projection, &snapshots).await?;
+    write_snapshots(conn, projection, &snapshots, batch_end).await?;
     Ok((outcome, docs))
 }
 
@@ -284,17 +291,20 @@ async fn write_snapshots(
     conn: &mut PgConnection,
     projection: Projection,
     rows: &[SnapshotRow],
+    batch_end: Cursor,
 ) -> Result<(), sqlx::Error> {
     for (kind, id, version, at, doc) in rows {
         sqlx::query(
-            "insert into snapshots (kind, id, fold_version, version, max_recorded_at, doc) \
-             values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+            "insert into snapshots (kind, id, fold_version, version, max_recorded_at, tx, seq, doc) \
+             values ($1, $2, $3, $4, $5, $6::text::xid8, $7, $8) on conflict do nothing",
         )
         .bind(kind)
         .bind(id)
         .bind(projection.version())
         .bind(version)
         .bind(at)
+        .bind(batch_end.tx.to_string())
+        .bind(batch_end.seq)
         .bind(doc)
         .execute(&mut *conn)
         .await?;

@@ -391,6 +391,7 @@ impl Projector {
             &worker.dead,
             &worker.attempts,
             self.config.snapshot_every,
+            new_cursor,
         )
         .await
         {

@@ -20,6 +20,7 @@ use careboard::event_store::unit_of_work::CommandMeta;
 use careboard::event_store::EventStore;
 use careboard::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
 
+mod asof;
 mod project;
 mod subscribe;
 
@@ -34,6 +35,9 @@ enum Scenario {
     /// Commit-to-frame latency with many subscribers, memory per idle subscription,
     /// vs a bare NOTIFY ping-pong.
     Subscribe,
+    /// `board(asOf)` latency at 100 / 10k / 100k events, with and without snapshots,
+    /// vs the plain read of the same rows.
+    Asof,
     /// Every scenario above.
     All,
 }
@@ -66,6 +70,9 @@ struct Args {
     /// Board changes per second in the `subscribe` latency measurement.
     #[arg(long, default_value_t = 100.0)]
     change_rate: f64,
+    /// Board sizes (events) of the `asof` scenario.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![100usize, 10_000, 100_000])]
+    asof_sizes: Vec<usize>,
     /// Idle subscriptions held open to measure memory per subscription.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -119,7 +126,10 @@ impl Row {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .init();
     let args = Args::parse();
     let (admin_url, cluster) = match &args.database_url {
@@ -140,6 +150,7 @@ async fn main() -> Result<()> {
     let pool = postgres::connect(&db_url, 32).await?;
     postgres::migrate(&pool).await?;
 
+    let started = Instant::now();
     let mut rows = Vec::new();
     let want = |s: Scenario| args.scenario == s || args.scenario == Scenario::All;
     let mut max_append = None;
@@ -158,6 +169,10 @@ async fn main() -> Result<()> {
             rows.push(mutate_scenario(&pool, &args, pgbench).await?);
         }
     }
+    eprintln!(
+        "[{:.1} s] starting project",
+        started.elapsed().as_secs_f64()
+    );
     if want(Scenario::Project) {
         let max = match max_append {
             Some(r) => r,
@@ -204,6 +219,10 @@ async fn main() -> Result<()> {
         });
         rebuild_pool.close().await;
     }
+    eprintln!(
+        "[{:.1} s] starting subscribe",
+        started.elapsed().as_secs_f64()
+    );
     if want(Scenario::Subscribe) {
         let url = fresh_database(&admin_url).await?;
         let baseline = subscribe::notify_ping_pong(&url, 2000).await?;
@@ -245,6 +264,36 @@ async fn main() -> Result<()> {
         });
         drop(server);
     }
+    eprintln!("[{:.1} s] starting asof", started.elapsed().as_secs_f64());
+    if want(Scenario::Asof) {
+        for size in &args.asof_sizes {
+            let url = fresh_database(&admin_url).await?;
+            let pool = postgres::connect(&url, 8).await?;
+            postgres::migrate(&pool).await?;
+            let iterations = if *size >= 100_000 { 20 } else { 100 };
+            let r = asof::measure(&pool, *size, iterations).await?;
+            let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64;
+            for (label, hist) in [
+                ("with snapshots", &r.with_snapshots),
+                ("plain replay", &r.without),
+            ] {
+                rows.push(Row {
+                    scenario: format!(
+                        "asof: board(asOf), {} events, {label} (p99 vs plain read p99)",
+                        r.events
+                    ),
+                    // Reported as a ratio of p99s: lower is better.
+                    rate: p99(hist) / 1000.0,
+                    latency: Some(hist.clone()),
+                    errors: 0,
+                    baseline_name: "plain read of the same rows, p99 ms".into(),
+                    baseline_rate: p99(&r.plain_read) / 1000.0,
+                });
+            }
+            pool.close().await;
+        }
+    }
+    eprintln!("[{:.1} s] done", started.elapsed().as_secs_f64());
     print_table(&rows);
     if let Some(dir) = args.json_out.parent() {
         std::fs::create_dir_all(dir)?;

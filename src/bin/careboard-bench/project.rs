@@ -22,17 +22,26 @@ use careboard::projector::{state, Projector, ProjectorConfig};
 type Pending = Arc<std::sync::Mutex<HashMap<String, (i64, Vec<(i64, Instant)>)>>>;
 
 /// One generated event: (stream, stream type, board, version, type, data).
-type Generated = (Uuid, &'static str, Uuid, i64, &'static str, Value);
+pub type Generated = (Uuid, &'static str, Uuid, i64, &'static str, Value);
 
 /// A realistic history: days of 50 Boards, each with 10 providers and 200
 /// appointments taken from request to finished charting, interleaved across Boards as
 /// a day's events are. About 70,000 events a day.
 fn generate(target_events: usize) -> Vec<Generated> {
+    generate_shaped(target_events, 50, 200)
+}
+
+/// The same history shape with `boards_per_day` Boards of up to `appointments` each.
+pub fn generate_shaped(
+    target_events: usize,
+    boards_per_day: usize,
+    appointments: usize,
+) -> Vec<Generated> {
     let mut out: Vec<Generated> = Vec::with_capacity(target_events + 100_000);
     let mut day = 0;
     while out.len() < target_events {
         let date = Utc.with_ymd_and_hms(2022, 7, 1, 0, 0, 0).unwrap() + chrono::Duration::days(day);
-        let boards: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+        let boards: Vec<Uuid> = (0..boards_per_day).map(|_| Uuid::new_v4()).collect();
         let mut shifts: HashMap<Uuid, Vec<(Uuid, i64)>> = HashMap::new();
         for (i, board) in boards.iter().enumerate() {
             let e = BoardEvent::BoardOpened {
@@ -52,7 +61,7 @@ fn generate(target_events: usize) -> Vec<Generated> {
                 shifts.entry(*board).or_default().push((shift, 1));
             }
         }
-        for a in 0..200 {
+        for a in 0..appointments {
             if out.len() >= target_events {
                 break;
             }
@@ -116,7 +125,7 @@ fn generate(target_events: usize) -> Vec<Generated> {
 }
 
 /// Writes the generated history with bulk inserts, chunk by chunk.
-async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
+pub async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
     let mut streams: HashMap<Uuid, (&str, Uuid, i64)> = HashMap::new();
     for (stream, kind, board, version, _, _) in events {
         let entry = streams.entry(*stream).or_insert((kind, *board, 0));
