@@ -105,120 +105,86 @@ pub struct BatchOutcome {
     pub changed_boards: Vec<(Uuid, i64, i64)>,
 }
 
-/// Applies `events` (in read order) to the projection's documents and saves them, in
-/// the caller's transaction. Events named in `dead` are dead-lettered instead of
-/// failing the batch; `attempts` says how often each was tried.
-#[allow(clippy::too_many_arguments)]
+/// One batch for one projection generation, and how to treat its events.
+pub struct BatchInput<'a> {
+    pub projection: Projection,
+    pub generation: i32,
+    /// The events in read order.
+    pub events: &'a [RecordedEvent],
+    /// Events to dead-letter instead of failing the batch.
+    pub dead: &'a HashSet<i64>,
+    /// How often each failing event was tried.
+    pub attempts: &'a HashMap<i64, u32>,
+    /// Snapshot a document every this many events (0: never).
+    pub snapshot_every: i64,
+    /// The read cursor after this batch (recorded in Board snapshots).
+    pub batch_end: Cursor,
+}
+
+/// Applies the batch to the projection's documents and saves them, in the caller's
+/// transaction.
 pub async fn apply_batch(
     conn: &mut PgConnection,
-    projection: Projection,
-    generation: i32,
-    events: &[RecordedEvent],
-    dead: &HashSet<i64>,
-    attempts: &HashMap<i64, u32>,
-    snapshot_every: i64,
-    batch_end: Cursor,
+    input: &BatchInput<'_>,
 ) -> Result<BatchOutcome, BatchError> {
-    match projection {
+    match input.projection {
         Projection::BoardView => {
-            let (outcome, docs) = apply_docs::<BoardDoc>(
-                conn,
-                projection,
-                generation,
-                events,
-                dead,
-                attempts,
-                snapshot_every,
-                batch_end,
-            )
-            .await?;
-            let mut outcome = outcome;
-            outcome.changed_boards = docs
-                .iter()
-                .filter(|(_, d)| d.board.is_some())
-                .map(|(id, d)| (*id, d.version, d.position))
-                .collect();
-            let rows: Vec<Row> = docs
-                .into_iter()
-                .map(|(id, doc)| Row::Board { id, doc })
-                .collect();
-            save_rows(conn, generation, &rows).await?;
-            Ok(outcome)
+            apply_and_save::<BoardDoc>(conn, input, |id, doc| Row::Board { id, doc }).await
         }
         Projection::AppointmentView => {
-            let (outcome, docs) = apply_docs::<StreamDoc<Appointment>>(
-                conn,
-                projection,
-                generation,
-                events,
-                dead,
-                attempts,
-                snapshot_every,
-                batch_end,
-            )
-            .await?;
-            let rows: Vec<Row> = docs
-                .into_iter()
-                .map(|(id, doc)| Row::Appointment { id, doc })
-                .collect();
-            save_rows(conn, generation, &rows).await?;
-            Ok(outcome)
+            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc| Row::Appointment {
+                id,
+                doc,
+            })
+            .await
         }
         Projection::AppointmentDurations => {
-            let (outcome, docs) = apply_docs::<StreamDoc<Appointment>>(
-                conn,
-                projection,
-                generation,
-                events,
-                dead,
-                attempts,
-                snapshot_every,
-                batch_end,
-            )
-            .await?;
-            let rows: Vec<Row> = docs
-                .into_iter()
-                .map(|(id, doc)| Row::Durations { id, doc })
-                .collect();
-            save_rows(conn, generation, &rows).await?;
-            Ok(outcome)
+            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc| Row::Durations {
+                id,
+                doc,
+            })
+            .await
         }
         Projection::ProviderShiftView => {
-            let (outcome, docs) = apply_docs::<StreamDoc<Shift>>(
-                conn,
-                projection,
-                generation,
-                events,
-                dead,
-                attempts,
-                snapshot_every,
-                batch_end,
-            )
-            .await?;
-            let rows: Vec<Row> = docs
-                .into_iter()
-                .map(|(id, doc)| Row::Shift { id, doc })
-                .collect();
-            save_rows(conn, generation, &rows).await?;
-            Ok(outcome)
+            apply_and_save::<StreamDoc<Shift>>(conn, input, |id, doc| Row::Shift { id, doc }).await
         }
     }
+}
+
+async fn apply_and_save<D: Doc>(
+    conn: &mut PgConnection,
+    input: &BatchInput<'_>,
+    to_row: fn(Uuid, D) -> Row,
+) -> Result<BatchOutcome, BatchError> {
+    let (mut outcome, docs) = apply_docs::<D>(conn, input).await?;
+    let rows: Vec<Row> = docs.into_iter().map(|(id, doc)| to_row(id, doc)).collect();
+    outcome.changed_boards = rows
+        .iter()
+        .filter_map(|row| match row {
+            Row::Board { id, doc } if doc.board.is_some() => Some((*id, doc.version, doc.position)),
+            _ => None,
+        })
+        .collect();
+    save_rows(conn, input.generation, &rows).await?;
+    Ok(outcome)
 }
 
 /// Loads the touched documents, applies each stream's events in version order (filling
 /// any gap from the store, skipping what was already applied), and returns the changed
 /// documents.
-#[allow(clippy::too_many_arguments)]
 async fn apply_docs<D: Doc>(
     conn: &mut PgConnection,
-    projection: Projection,
-    generation: i32,
-    events: &[RecordedEvent],
-    dead: &HashSet<i64>,
-    attempts: &HashMap<i64, u32>,
-    snapshot_every: i64,
-    batch_end: Cursor,
+    input: &BatchInput<'_>,
 ) -> Result<(BatchOutcome, BTreeMap<Uuid, D>), BatchError> {
+    let BatchInput {
+        projection,
+        generation,
+        events,
+        dead,
+        attempts,
+        snapshot_every,
+        batch_end,
+    } = *input;
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.
     let mut by_doc: BTreeMap<Uuid, Vec<&RecordedEvent>> = BTreeMap::new();

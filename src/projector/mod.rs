@@ -22,7 +22,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 
 use crate::metrics::Metrics;
-use batch::{apply_batch, read_batch, BatchError};
+use batch::{apply_batch, read_batch, BatchError, BatchInput};
 use state::{
     advance_checkpoint, record_dead_letters, Generation, GenerationStatus, LEADER_LOCK_KEY,
 };
@@ -383,18 +383,16 @@ impl Projector {
         };
         let new_cursor = *last;
         let events: Vec<_> = rows.into_iter().map(|(_, e)| e).collect();
-        let outcome = match apply_batch(
-            &mut tx,
-            gen.projection,
-            gen.generation,
-            &events,
-            &worker.dead,
-            &worker.attempts,
-            self.config.snapshot_every,
-            new_cursor,
-        )
-        .await
-        {
+        let input = BatchInput {
+            projection: gen.projection,
+            generation: gen.generation,
+            events: &events,
+            dead: &worker.dead,
+            attempts: &worker.attempts,
+            snapshot_every: self.config.snapshot_every,
+            batch_end: new_cursor,
+        };
+        let outcome = match apply_batch(&mut tx, &input).await {
             Ok(o) => o,
             Err(BatchError::Poison { seq, error }) => {
                 drop(tx);

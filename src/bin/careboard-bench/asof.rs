@@ -12,8 +12,7 @@ use uuid::Uuid;
 
 use careboard::event_store::{EventStore, EVENT_COLUMNS};
 use careboard::metrics::Metrics;
-use careboard::projections::Projection;
-use careboard::projector::{state, Projector, ProjectorConfig};
+use careboard::projector::{Projector, ProjectorConfig};
 use careboard::time_travel::{board_doc_as_of, Snapshots};
 
 pub struct AsOfResult {
@@ -43,13 +42,7 @@ pub async fn measure(pool: &PgPool, events: usize, iterations: usize) -> Result<
         Arc::new(Metrics::new()),
     )
     .spawn();
-    loop {
-        let statuses = state::status(pool).await?;
-        if statuses.len() >= Projection::ALL.len() && statuses.iter().all(|s| s.lag_events == 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::project::wait_caught_up(pool).await?;
     projector.stop().await?;
     let at = chrono::Utc::now();
     let mut with_snapshots = histogram();

@@ -168,6 +168,17 @@ pub async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
     Ok(())
 }
 
+/// Waits until every projection's live generation has applied every committed event.
+pub async fn wait_caught_up(pool: &PgPool) -> Result<()> {
+    loop {
+        let statuses = state::status(pool).await?;
+        if statuses.len() >= Projection::ALL.len() && statuses.iter().all(|s| s.lag_events == 0) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub struct RebuildResult {
     pub events: usize,
     pub rebuild_rate: f64,
@@ -263,13 +274,7 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64) -> Result<Histogram<u64
         boards.push(crate::open_board(&store).await?);
     }
     // Start from a caught-up projector: earlier scenarios' events are not this lag.
-    loop {
-        let statuses = state::status(pool).await?;
-        if statuses.len() >= Projection::ALL.len() && statuses.iter().all(|s| s.lag_events == 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::project::wait_caught_up(pool).await?;
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
     listener.listen("board_changed").await?;
     let pending: Pending = Arc::default();
