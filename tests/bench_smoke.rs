@@ -51,6 +51,7 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
         "subscribe: commit to frame",
         "subscribe: KB per idle",
         "asof: board(asOf)",
+        "query: board(id)",
     ] {
         assert!(
             scenarios.iter().any(|s| s.starts_with(expected)),
