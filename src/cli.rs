@@ -65,13 +65,7 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
 }
 
 fn projection_named(name: &str) -> Result<Projection> {
-    match Projection::parse(name) {
-        Some(p) => Ok(p),
-        None => {
-            let known: Vec<&str> = Projection::ALL.iter().map(|p| p.name()).collect();
-            bail!("unknown projection '{name}'; known: {}", known.join(", "))
-        }
-    }
+    Projection::named(name).map_err(anyhow::Error::msg)
 }
 
 async fn projections(database: DatabaseArgs, action: ProjectionsCommand) -> Result<()> {
@@ -99,8 +93,13 @@ async fn projections(database: DatabaseArgs, action: ProjectionsCommand) -> Resu
             let generation = projector::state::request_rebuild(&db.pool, projection).await?;
             println!("rebuilding {name} as generation {generation}");
             // Project here too: if a server already leads, this one stands by.
-            let state = app::state(db.pool.clone(), Default::default(), Duration::from_secs(5));
-            let handle = app::spawn_projector(&state, ProjectorConfig::default());
+            let handle = projector::Projector::new(
+                db.pool.clone(),
+                Default::default(),
+                ProjectorConfig::default(),
+                Default::default(),
+            )
+            .spawn();
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let statuses = projector::state::status(&db.pool).await?;

@@ -61,14 +61,19 @@ impl LiveBoards {
     /// Follows a Board: a receiver of its newest document, primed from the database.
     pub async fn subscribe(&self, board_id: Uuid) -> anyhow::Result<watch::Receiver<BoardSlot>> {
         // Register first, then read: a change that lands in between is not lost.
-        let receiver = {
+        let (receiver, followed) = {
             let mut boards = self.inner.boards.lock().expect("live boards");
-            boards
+            let sender = boards
                 .entry(board_id)
-                .or_insert_with(|| watch::channel(None).0)
-                .subscribe()
+                .or_insert_with(|| watch::channel(None).0);
+            // A Board others already follow is kept current by the listener: the
+            // thousandth subscriber costs no database read.
+            let followed = sender.receiver_count() > 0 && sender.borrow().is_some();
+            (sender.subscribe(), followed)
         };
-        refresh(&self.inner, board_id, None).await?;
+        if !followed {
+            refresh(&self.inner, board_id, None).await?;
+        }
         Ok(receiver)
     }
 

@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 use crate::domain::Aggregate;
 use crate::error::{AppError, AppResult};
-use crate::event_store::{BoardContents, ReadLimit, RecordedEvent, EVENT_COLUMNS};
+use crate::event_store::{
+    read_board_streams, BoardContents, ReadLimit, RecordedEvent, EVENT_COLUMNS,
+};
 use crate::projections::{BoardDoc, Doc, Projection, StreamDoc};
 
 /// Whether folds may start from snapshots (always, except to measure or check them).
@@ -95,17 +97,7 @@ pub async fn board_doc_as_of(
             .fetch_all(pool)
             .await?
         }
-        None => {
-            sqlx::query_as(&format!(
-                "select {EVENT_COLUMNS} from streams s join events e on e.stream_id = s.id \
-                  where s.board_id = $1 and e.recorded_at <= $2 \
-                  order by e.stream_id, e.version"
-            ))
-            .bind(board_id)
-            .bind(at)
-            .fetch_all(pool)
-            .await?
-        }
+        None => read_board_streams(pool, board_id, ReadLimit::Time(at)).await?,
     };
     let mut doc: BoardDoc = match snapshot {
         Some((doc, _, _)) => serde_json::from_value(doc).map_err(|e| fold_failed(board_id, e))?,

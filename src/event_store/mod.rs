@@ -13,7 +13,7 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Aggregate, Appointment, Board, DomainEvent, EventContext, Shift};
+use crate::domain::{Aggregate, Appointment, Board, EventContext, Shift};
 use crate::error::{AppError, AppResult};
 
 /// One stored event with its envelope.
@@ -170,10 +170,8 @@ pub fn fold_recorded<A: Aggregate>(events: &[RecordedEvent]) -> AppResult<Option
         if e.stream_type != A::STREAM_TYPE.as_str() {
             return Ok(None);
         }
-        let event = A::Event::decode(&e.event_type, &e.data)
-            .map_err(|msg| AppError::Internal(anyhow::anyhow!("stream {}: {msg}", e.stream_id)))?;
         state =
-            Some(A::apply(state, &event, &e.context()).map_err(|err| {
+            Some(crate::projections::decode_apply(state, e).map_err(|err| {
                 AppError::Internal(anyhow::anyhow!("stream {}: {err}", e.stream_id))
             })?);
     }

@@ -59,15 +59,6 @@ pub struct Outcome {
     pub streams: Vec<(Uuid, i64)>,
 }
 
-impl Outcome {
-    pub fn version_of(&self, stream_id: Uuid) -> Option<i64> {
-        self.streams
-            .iter()
-            .find(|(id, _)| *id == stream_id)
-            .map(|(_, v)| *v)
-    }
-}
-
 pub enum Begun {
     Fresh(Box<UnitOfWork>),
     /// The `commandId` was seen before: here is what it did; nothing was appended.
@@ -180,10 +171,6 @@ impl EventStore {
 }
 
 impl UnitOfWork {
-    pub fn meta(&self) -> &CommandMeta {
-        &self.meta
-    }
-
     async fn lock(&mut self, id: Uuid, guard: Guard) -> AppResult<()> {
         let sql = match guard {
             Guard::None => return Ok(()),

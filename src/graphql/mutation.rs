@@ -27,13 +27,7 @@ pub struct RebuildPayload {
 }
 
 fn projection_named(name: &str) -> Result<Projection, AppError> {
-    Projection::parse(name).ok_or_else(|| {
-        let known: Vec<&str> = Projection::ALL.iter().map(|p| p.name()).collect();
-        AppError::validation(format!(
-            "unknown projection '{name}'; known: {}",
-            known.join(", ")
-        ))
-    })
+    Projection::named(name).map_err(AppError::validation)
 }
 
 fn board_payload(w: Written<domain::Board>) -> BoardPayload {

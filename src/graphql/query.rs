@@ -82,6 +82,28 @@ async fn wait_until_projected(
     }
 }
 
+/// One stream's state: its projected document, or with `asOf` / `version` a fold of its
+/// events as it stood then. `read` is `(asOf, version, minPosition)`.
+async fn single_stream<A>(
+    ctx: &Context<'_>,
+    projection: Projection,
+    id: &ID,
+    (as_of, version, min_position): (Option<DateTime<Utc>>, Option<i64>, Option<i64>),
+) -> Result<Option<A>, AppError>
+where
+    A: domain::Aggregate + serde::Serialize + serde::de::DeserializeOwned + Send + Sync,
+{
+    let id = uuid("id", id)?;
+    let limit = read_limit(as_of, version)?;
+    if limit != ReadLimit::All {
+        return stream_as_of::<A>(store(ctx).pool(), id, limit, Snapshots::Use).await;
+    }
+    wait_until_projected(ctx, projection, min_position).await?;
+    read::stream_doc::<A>(store(ctx).pool(), projection, id)
+        .await
+        .map_err(internal)
+}
+
 fn internal(e: anyhow::Error) -> AppError {
     AppError::Internal(e)
 }
@@ -168,23 +190,10 @@ impl Query {
         version: Option<i64>,
         min_position: Option<i64>,
     ) -> Result<Option<Appointment>> {
-        let id = uuid("id", &id)?;
-        let limit = read_limit(as_of, version)?;
-        if limit != ReadLimit::All {
-            let state =
-                stream_as_of::<domain::Appointment>(store(ctx).pool(), id, limit, Snapshots::Use)
-                    .await?;
-            return Ok(state.map(Appointment));
-        }
-        wait_until_projected(ctx, Projection::AppointmentView, min_position).await?;
-        let state = read::stream_doc::<domain::Appointment>(
-            store(ctx).pool(),
-            Projection::AppointmentView,
-            id,
-        )
-        .await
-        .map_err(internal)?;
-        Ok(state.map(Appointment))
+        let read = (as_of, version, min_position);
+        let state =
+            single_stream::<domain::Appointment>(ctx, Projection::AppointmentView, &id, read);
+        Ok(state.await?.map(Appointment))
     }
 
     /// A provider's shift from the projected `provider_shift_view`; with `asOf` or
@@ -197,19 +206,9 @@ impl Query {
         version: Option<i64>,
         min_position: Option<i64>,
     ) -> Result<Option<ProviderShift>> {
-        let id = uuid("id", &id)?;
-        let limit = read_limit(as_of, version)?;
-        if limit != ReadLimit::All {
-            let state =
-                stream_as_of::<domain::Shift>(store(ctx).pool(), id, limit, Snapshots::Use).await?;
-            return Ok(state.map(ProviderShift));
-        }
-        wait_until_projected(ctx, Projection::ProviderShiftView, min_position).await?;
-        let state =
-            read::stream_doc::<domain::Shift>(store(ctx).pool(), Projection::ProviderShiftView, id)
-                .await
-                .map_err(internal)?;
-        Ok(state.map(ProviderShift))
+        let read = (as_of, version, min_position);
+        let state = single_stream::<domain::Shift>(ctx, Projection::ProviderShiftView, &id, read);
+        Ok(state.await?.map(ProviderShift))
     }
 
     /// The day's timeline of a Board: every version caused by events recorded in

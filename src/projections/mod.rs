@@ -127,6 +127,14 @@ impl Projection {
         Self::ALL.into_iter().find(|p| p.name() == name)
     }
 
+    /// Like `parse`, with the message a user should see for an unknown name.
+    pub fn named(name: &str) -> Result<Self, String> {
+        Self::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown projection '{name}'; known: {}", known.join(", "))
+        })
+    }
+
     /// The version of the fold and document shape. Bump it when either changes: the
     /// projector then rebuilds the projection side by side and swaps it in.
     pub fn version(self) -> i32 {

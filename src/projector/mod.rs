@@ -113,10 +113,6 @@ impl ProjectorHandle {
         self.leader_pid.load(Ordering::SeqCst)
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
     /// Stops after the current batch.
     pub async fn stop(self) -> Result<()> {
         let _ = self.shutdown.send(true);
@@ -272,10 +268,6 @@ impl Projector {
                 match result {
                     Ok(Step::Applied) => progressed = true,
                     Ok(Step::Idle) => {}
-                    Ok(Step::Switched) => {
-                        progressed = true;
-                        last_refresh = Instant::now() - Duration::from_secs(2);
-                    }
                     Ok(Step::Rejected) => {
                         // Someone else moved the checkpoint, or our lock is gone.
                         if sqlx::query("select 1")
@@ -364,21 +356,7 @@ impl Projector {
         };
         let rows = read_batch(&mut tx, gen.cursor, batch_size).await?;
         let Some((last, _)) = rows.last() else {
-            drop(tx);
-            if gen.status == GenerationStatus::Building {
-                if let Some(retired) =
-                    state::switch_generation(&self.pool, gen.projection, gen.generation).await?
-                {
-                    let mut conn = self.pool.acquire().await?;
-                    gen.projection.delete_generation(&mut conn, retired).await?;
-                    tracing::info!(
-                        projection = gen.projection.name(),
-                        generation = gen.generation,
-                        "rebuilt projection is live"
-                    );
-                    return Ok(Step::Switched);
-                }
-            }
+            // A caught-up rebuild is swapped in by `switch_caught_up`.
             return Ok(Step::Idle);
         };
         let new_cursor = *last;
@@ -471,7 +449,6 @@ impl Projector {
 enum Step {
     Applied,
     Idle,
-    Switched,
     Rejected,
     Crashed(CrashPoint),
 }

@@ -2,7 +2,6 @@
 //! events, folded from snapshots and by plain replay, next to the plain read of the same
 //! rows (the floor any fold stands on).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -11,8 +10,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use careboard::event_store::{EventStore, EVENT_COLUMNS};
-use careboard::metrics::Metrics;
-use careboard::projector::{Projector, ProjectorConfig};
 use careboard::time_travel::{board_doc_as_of, Snapshots};
 
 pub struct AsOfResult {
@@ -35,13 +32,7 @@ pub async fn measure(pool: &PgPool, events: usize, iterations: usize) -> Result<
     sqlx::query("analyze").execute(pool).await?;
     // The projector folds the history once, writing snapshots as it goes.
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
-    let projector = Projector::new(
-        pool.clone(),
-        store.appended_signal(),
-        ProjectorConfig::default(),
-        Arc::new(Metrics::new()),
-    )
-    .spawn();
+    let projector = crate::project::start_projector(pool, &store);
     crate::project::wait_caught_up(pool).await?;
     projector.stop().await?;
     let at = chrono::Utc::now();

@@ -168,6 +168,17 @@ pub async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
     Ok(())
 }
 
+/// A projector for a measurement, woken by `store`'s local appends.
+pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::projector::ProjectorHandle {
+    Projector::new(
+        pool.clone(),
+        store.appended_signal(),
+        ProjectorConfig::default(),
+        Arc::new(Metrics::new()),
+    )
+    .spawn()
+}
+
 /// Waits until every projection's live generation has applied every committed event.
 pub async fn wait_caught_up(pool: &PgPool) -> Result<()> {
     loop {
@@ -231,13 +242,7 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
     let generation = state::request_rebuild(pool, Projection::BoardView).await?;
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let started = Instant::now();
-    let projector = Projector::new(
-        pool.clone(),
-        store.appended_signal(),
-        ProjectorConfig::default(),
-        Arc::new(Metrics::new()),
-    )
-    .spawn();
+    let projector = start_projector(pool, &store);
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let live = state::status(pool)
@@ -262,13 +267,7 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
 /// a Board version that includes it.
 pub async fn lag(pool: &PgPool, rate: f64, seconds: u64) -> Result<Histogram<u64>> {
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
-    let projector = Projector::new(
-        pool.clone(),
-        store.appended_signal(),
-        ProjectorConfig::default(),
-        Arc::new(Metrics::new()),
-    )
-    .spawn();
+    let projector = start_projector(pool, &store);
     let mut boards = Vec::new();
     for _ in 0..50 {
         boards.push(crate::open_board(&store).await?);
