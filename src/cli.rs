@@ -5,7 +5,9 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::app;
-use crate::config::{Cli, Command, DatabaseArgs, ProjectionsCommand, ProjectorMode, ServeArgs};
+use crate::config::{
+    Cli, Command, DatabaseArgs, ProjectionsCommand, ProjectorMode, ServeArgs, Switch,
+};
 use crate::postgres;
 use crate::projections::Projection;
 use crate::projector::{self, ProjectorConfig};
@@ -40,9 +42,13 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
     );
     let projector = match serve.projector {
         ProjectorMode::Off => None,
-        ProjectorMode::Auto | ProjectorMode::Only => {
-            Some(app::spawn_projector(&state, ProjectorConfig::default()))
-        }
+        ProjectorMode::Auto | ProjectorMode::Only => Some(app::spawn_projector(
+            &state,
+            ProjectorConfig {
+                matching: serve.matching == Switch::On,
+                ..Default::default()
+            },
+        )),
     };
     let result = if serve.projector == ProjectorMode::Only {
         tracing::info!("projecting only (no HTTP)");
@@ -92,11 +98,15 @@ async fn projections(database: DatabaseArgs, action: ProjectionsCommand) -> Resu
             let projection = projection_named(&name)?;
             let generation = projector::state::request_rebuild(&db.pool, projection).await?;
             println!("rebuilding {name} as generation {generation}");
-            // Project here too: if a server already leads, this one stands by.
+            // Project here too: if a server already leads, this one stands by. Matching
+            // is left to servers: a maintenance command schedules nobody.
             let handle = projector::Projector::new(
                 db.pool.clone(),
                 Default::default(),
-                ProjectorConfig::default(),
+                ProjectorConfig {
+                    matching: false,
+                    ..Default::default()
+                },
                 Default::default(),
             )
             .spawn();

@@ -407,12 +407,71 @@ pub async fn schedule_appointment(
         Some(s) => uow.read::<Provider>(s.provider_id, Guard::None).await?,
         None => None,
     };
-    let estimated_time = input.estimated_time.unwrap_or_else(Utc::now);
+    let estimated_time = match (input.estimated_time, &appointment) {
+        (Some(t), _) => t,
+        // The provider is READY, so the appointment can start once the usual lead
+        // time from scheduling to start has passed.
+        (None, Some(a)) => {
+            crate::estimates::Estimator::new()
+                .scheduled_start(store.pool(), &a.specialty, Utc::now())
+                .await?
+        }
+        (None, None) => Utc::now(),
+    };
     let events = scheduling::schedule(
         appointment.as_ref(),
         shift.as_ref(),
         provider.as_ref(),
         estimated_time,
+    )?;
+    commit_two(uow, appointment, shift, events).await
+}
+
+/// The matcher's write: schedules an appointment with the provider on a shift, both
+/// exactly at the versions the plan was made on. If either stream moved since, the
+/// answer is CONFLICT and nothing is written; the matcher then re-reads and re-decides.
+pub struct Assignment {
+    pub appointment_id: Uuid,
+    pub appointment_version: i64,
+    pub shift_id: Uuid,
+    pub shift_version: i64,
+    pub estimated_time: DateTime<Utc>,
+}
+
+pub async fn assign(
+    store: &EventStore,
+    mut meta: CommandMeta,
+    assignment: &Assignment,
+) -> AppResult<Written<Appointment>> {
+    meta.expected_version = Some(assignment.appointment_version);
+    meta.command_id = None;
+    let input = serde_json::json!({
+        "appointmentId": assignment.appointment_id,
+        "shiftId": assignment.shift_id,
+    });
+    let mut uow = match store.begin(meta, &input).await? {
+        Begun::Fresh(uow) => *uow,
+        Begun::Replayed(outcome) => return replayed(store, &outcome).await,
+    };
+    let appointment = uow.target::<Appointment>(assignment.appointment_id).await?;
+    let shift = uow.also::<Shift>(assignment.shift_id).await?;
+    if let Some(s) = &shift {
+        if s.version != assignment.shift_version {
+            return Err(AppError::Conflict(format!(
+                "expected version {} but provider shift {} is at version {}",
+                assignment.shift_version, s.id, s.version
+            )));
+        }
+    }
+    let provider = match &shift {
+        Some(s) => uow.read::<Provider>(s.provider_id, Guard::None).await?,
+        None => None,
+    };
+    let events = scheduling::schedule(
+        appointment.as_ref(),
+        shift.as_ref(),
+        provider.as_ref(),
+        assignment.estimated_time,
     )?;
     commit_two(uow, appointment, shift, events).await
 }

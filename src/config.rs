@@ -105,8 +105,18 @@ pub struct ServeArgs {
     /// How long a query with `minPosition` waits for the projector before answering STALE.
     #[arg(long, env = "CAREBOARD_READ_WAIT_MS", default_value_t = 5000)]
     pub read_wait_ms: u64,
+    /// Automatic scheduling: the projector leader pairs waiting appointments with READY
+    /// providers (on), or coordinators schedule every appointment by hand (off).
+    #[arg(long, env = "CAREBOARD_MATCHING", value_enum, default_value = "on")]
+    pub matching: Switch,
     #[command(flatten)]
     pub limits: GraphqlLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Guards against expensive or abusive GraphQL requests.

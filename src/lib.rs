@@ -18,6 +18,9 @@
 //!   `appointment_durations`) and how their documents are stored.
 //! - [`projector`]: the daemon — leader lock, `(tx, seq)` reads below xmin, batches with
 //!   CAS checkpoints and NOTIFY, dead letters, side-by-side rebuilds.
+//! - [`matcher`]: the process that pairs waiting appointments with READY providers,
+//!   run by the projector leader with its own checkpoint.
+//! - [`estimates`]: wait-time estimates from past durations, the queue and providers.
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`time_travel`]: `asOf` folds from snapshots, and the Board's day timeline.
@@ -32,10 +35,12 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod estimates;
 pub mod event_store;
 pub mod graphql;
 pub mod http;
 pub mod live;
+pub mod matcher;
 pub mod metrics;
 pub mod postgres;
 pub mod projections;

@@ -27,6 +27,20 @@ pub struct Metrics {
     lag_events: Family<ProjectionLabel, Gauge>,
     lag_seconds: Family<ProjectionLabel, Gauge<f64, AtomicU64>>,
     dead_letters_open: Family<ProjectionLabel, Gauge>,
+    matcher_assignments: Counter,
+    matcher_conflicts: Counter,
+    matcher_latency: Histogram,
+    /// The same latencies in microseconds, for exact quantiles (the demo's report).
+    matcher_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// Quantiles of the matcher's latency, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 fn label(projection: &str) -> ProjectionLabel {
@@ -53,6 +67,25 @@ impl Metrics {
         let lag_events = Family::<ProjectionLabel, Gauge>::default();
         let lag_seconds = Family::<ProjectionLabel, Gauge<f64, AtomicU64>>::default();
         let dead_letters_open = Family::<ProjectionLabel, Gauge>::default();
+        let matcher_assignments = Counter::default();
+        let matcher_conflicts = Counter::default();
+        let matcher_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "matcher_assignments",
+            "Appointments the matcher scheduled",
+            matcher_assignments.clone(),
+        );
+        registry.register(
+            "matcher_conflicts",
+            "Matcher writes refused because a stream moved; re-read and re-decided",
+            matcher_conflicts.clone(),
+        );
+        registry.register(
+            "matcher_latency_seconds",
+            "From the moment a match became possible (request or provider READY, whichever \
+             came later) to the assignment committed",
+            matcher_latency.clone(),
+        );
         registry.register(
             "projector_leader",
             "1 while this process holds the projector leader lock",
@@ -97,6 +130,39 @@ impl Metrics {
             lag_events,
             lag_seconds,
             dead_letters_open,
+            matcher_assignments,
+            matcher_conflicts,
+            matcher_latency,
+            matcher_latency_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("valid histogram bounds"),
+            ),
+        }
+    }
+
+    pub fn matched(&self, latency: std::time::Duration) {
+        self.matcher_assignments.inc();
+        self.matcher_latency.observe(latency.as_secs_f64());
+        let us = (latency.as_micros() as u64).clamp(1, 3_600_000_000);
+        let _ = self
+            .matcher_latency_us
+            .lock()
+            .expect("matcher histogram")
+            .record(us);
+    }
+
+    pub fn matcher_conflict(&self) {
+        self.matcher_conflicts.inc();
+    }
+
+    pub fn matcher_latency(&self) -> LatencySummary {
+        let h = self.matcher_latency_us.lock().expect("matcher histogram");
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencySummary {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod appointment;
 pub mod board;
+pub mod matching;
 pub mod provider;
 pub mod scheduling;
 pub mod shift;

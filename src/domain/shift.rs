@@ -46,6 +46,15 @@ pub struct Shift {
     /// Charting time accumulated over the shift, in seconds.
     pub charting_seconds: i64,
     pub signed_off_at: Option<DateTime<Utc>>,
+    /// When the provider last became READY (joined, back from a pause or a cancelled
+    /// appointment, charting done); `None` unless READY. Matching prefers the provider
+    /// READY the longest.
+    #[serde(default)]
+    pub ready_since: Option<DateTime<Utc>>,
+    /// Chartings completed over the shift: with `charting_seconds`, the provider's mean
+    /// charting time.
+    #[serde(default)]
+    pub chartings: i64,
     pub version: i64,
 }
 
@@ -235,6 +244,8 @@ impl Aggregate for Shift {
                     charting_since: None,
                     charting_seconds: 0,
                     signed_off_at: None,
+                    ready_since: Some(ctx.at),
+                    chartings: 0,
                     version: ctx.version,
                 })
             }
@@ -265,12 +276,17 @@ impl Aggregate for Shift {
                 shift.appointment_id = None;
                 shift.charting_since = None;
                 shift.charting_seconds += charting_seconds;
+                shift.chartings += 1;
             }
             ShiftEvent::ProviderSignedOff {} => {
                 shift.status = ShiftStatus::SignedOff;
                 shift.signed_off_at = Some(ctx.at);
             }
         }
+        shift.ready_since = match shift.status {
+            ShiftStatus::Ready => Some(ctx.at),
+            _ => None,
+        };
         shift.version = ctx.version;
         Ok(shift)
     }

@@ -77,6 +77,20 @@ impl EventStore {
         }
     }
 
+    /// A store that fires `appended` on commit: writers inside the projector share its
+    /// wake-up signal.
+    pub fn with_signal(
+        pool: PgPool,
+        appended: Arc<tokio::sync::Notify>,
+        lock_timeout: Duration,
+    ) -> Self {
+        Self {
+            pool,
+            appended,
+            lock_timeout,
+        }
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -151,16 +165,38 @@ pub async fn read_board_streams(
         ReadLimit::Time(t) => Some(t),
         _ => None,
     };
+    read_board_streams_where(conn, board_id, time, false).await
+}
+
+/// `waiting_only` leaves out every appointment that is no longer waiting (a waiting one
+/// has exactly one event, its request): what matching needs, at a fraction of the read.
+async fn read_board_streams_where(
+    conn: impl PgExecutor<'_>,
+    board_id: Uuid,
+    time: Option<DateTime<Utc>>,
+    waiting_only: bool,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     sqlx::query_as::<_, RecordedEvent>(&format!(
         "select {EVENT_COLUMNS} from streams s join events e on e.stream_id = s.id \
          where s.board_id = $1 \
            and ($2::timestamptz is null or e.recorded_at <= $2) \
+           and (not $3 or s.type <> 'appointment' or s.version = 1) \
          order by e.stream_id, e.version"
     ))
     .bind(board_id)
     .bind(time)
+    .bind(waiting_only)
     .fetch_all(conn)
     .await
+}
+
+/// The Board with its shifts and only its waiting appointments, now.
+pub async fn load_board_for_matching(
+    conn: impl PgExecutor<'_>,
+    board_id: Uuid,
+) -> AppResult<Option<BoardContents>> {
+    let events = read_board_streams_where(conn, board_id, None, true).await?;
+    BoardContents::from_events(board_id, &events)
 }
 
 /// Decodes and folds a stream's events into its aggregate.

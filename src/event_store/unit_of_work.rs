@@ -24,6 +24,9 @@ pub struct CommandMeta {
     pub correlation_id: String,
     /// Client-chosen idempotency key.
     pub command_id: Option<String>,
+    /// What caused the command when it was not a client (e.g. the event the matcher
+    /// reacted to); the events' `causationId`, else the `commandId`.
+    pub causation_id: Option<String>,
     /// Optimistic check on the target stream; `None` means exclusive mode.
     pub expected_version: Option<i64>,
 }
@@ -36,6 +39,7 @@ impl CommandMeta {
             actor: "system".into(),
             correlation_id: Uuid::new_v4().to_string(),
             command_id: None,
+            causation_id: None,
             expected_version: None,
         }
     }
@@ -43,7 +47,7 @@ impl CommandMeta {
     fn event_metadata(&self) -> Value {
         json!({
             "correlationId": self.correlation_id,
-            "causationId": self.command_id,
+            "causationId": self.causation_id.as_ref().or(self.command_id.as_ref()),
             "actor": self.actor,
             "operation": self.operation,
             "operationName": self.operation_name,

@@ -139,9 +139,9 @@ impl Projection {
     /// projector then rebuilds the projection side by side and swaps it in.
     pub fn version(self) -> i32 {
         match self {
-            Projection::BoardView => 2,
+            Projection::BoardView => 3,
             Projection::AppointmentView => 2,
-            Projection::ProviderShiftView => 2,
+            Projection::ProviderShiftView => 3,
             Projection::AppointmentDurations => 2,
         }
     }

@@ -21,6 +21,8 @@ use anyhow::Result;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 
+use crate::event_store::EventStore;
+use crate::matcher::Matcher;
 use crate::metrics::Metrics;
 use batch::{apply_batch, read_batch, BatchError, BatchInput};
 use state::{
@@ -61,6 +63,8 @@ pub struct ProjectorConfig {
     pub snapshot_every: i64,
     /// Test hook: return true at a point to stop the projector dead there.
     pub crash_hook: Option<CrashHook>,
+    /// Whether the leader also runs the matcher (automatic scheduling).
+    pub matching: bool,
 }
 
 impl Default for ProjectorConfig {
@@ -74,6 +78,7 @@ impl Default for ProjectorConfig {
             max_attempts: 3,
             retry_backoff: Duration::from_millis(50),
             crash_hook: None,
+            matching: true,
         }
     }
 }
@@ -89,6 +94,8 @@ enum TermEnd {
 pub struct Projector {
     pool: PgPool,
     wake: Arc<Notify>,
+    /// Rung after every applied batch: new events are new to the matcher too.
+    matcher_wake: Arc<Notify>,
     config: ProjectorConfig,
     metrics: Arc<Metrics>,
     is_leader: Arc<AtomicBool>,
@@ -146,6 +153,7 @@ impl Projector {
         Self {
             pool: own_pool,
             wake,
+            matcher_wake: Arc::new(Notify::new()),
             config,
             metrics,
             is_leader: Arc::new(AtomicBool::new(false)),
@@ -240,9 +248,14 @@ impl Projector {
         let mut last_lock_check = Instant::now();
         let mut last_refresh = Instant::now();
         let mut idle_polls: u32 = 0;
+        let mut matcher: Option<AbortOnDrop> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(TermEnd::Shutdown);
+            }
+            // The matcher runs for as long as this term lasts (restarted if it stopped).
+            if self.config.matching && matcher.as_ref().is_none_or(|m| m.0.is_finished()) {
+                matcher = Some(self.spawn_matcher(pid, shutdown.clone()));
             }
             if last_lock_check.elapsed() >= self.config.leader_check_interval {
                 if sqlx::query("select 1")
@@ -294,6 +307,7 @@ impl Projector {
                 progressed = true;
             }
             if progressed {
+                self.matcher_wake.notify_one();
                 idle_polls = 0;
                 continue;
             }
@@ -308,6 +322,26 @@ impl Projector {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    fn spawn_matcher(&self, pid: i32, shutdown: watch::Receiver<bool>) -> AbortOnDrop {
+        let store =
+            EventStore::with_signal(self.pool.clone(), self.wake.clone(), Duration::from_secs(2));
+        let matcher = Matcher::new(
+            store,
+            self.metrics.clone(),
+            self.config.batch_size,
+            self.config.max_poll_interval,
+            self.config.retry_backoff,
+        );
+        // Its own wake-up: the append signal is the projector's, which passes it on.
+        let wake = self.matcher_wake.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            match matcher.run(pid, wake, shutdown).await {
+                Ok(end) => tracing::info!(?end, "matcher stopped"),
+                Err(e) => tracing::warn!(error = %e, "matcher failed"),
+            }
+        }))
     }
 
     async fn switch_caught_up(&self, workers: &[Worker]) -> Result<bool> {
@@ -476,6 +510,15 @@ impl Worker {
         {
             self.gen = g.clone();
         }
+    }
+}
+
+/// Aborts the task when the leader term that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -135,6 +135,18 @@ pub async fn request_rebuild(pool: &PgPool, projection: Projection) -> Result<i3
 /// Moves a checkpoint from `old` to `new`, only if it is still at `old` and the
 /// caller still holds the leader lock on connection `leader_pid`. Returns false when
 /// the write is rejected (another leader moved on, or this one was deposed).
+/// SQL condition: the backend with pid `$pid_param` holds the leader advisory lock
+/// (key `$key_param`). Advisory locks are per database, hence the pid: a checkpoint
+/// moves only while its writer still leads.
+pub fn leader_fence(pid_param: u8, key_param: u8) -> String {
+    format!(
+        "exists (select 1 from pg_locks \
+                  where locktype = 'advisory' and granted and pid = ${pid_param} \
+                    and classid = (${key_param} >> 32)::oid \
+                    and objid = (${key_param} & 4294967295)::oid and objsubid = 1)"
+    )
+}
+
 pub async fn advance_checkpoint(
     conn: &mut PgConnection,
     projection: Projection,
@@ -144,17 +156,14 @@ pub async fn advance_checkpoint(
     applied: i64,
     leader_pid: i32,
 ) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
+    let result = sqlx::query(&format!(
         "update projection_state \
             set tx = $5::text::xid8, seq = $6, events_applied = events_applied + $7, \
                 updated_at = clock_timestamp() \
           where name = $1 and generation = $2 and tx = $3::text::xid8 and seq = $4 \
-            and status in ('live', 'building') \
-            and exists (select 1 from pg_locks \
-                         where locktype = 'advisory' and granted and pid = $8 \
-                           and classid = ($9 >> 32)::oid and objid = ($9 & 4294967295)::oid \
-                           and objsubid = 1)",
-    )
+            and status in ('live', 'building') and {}",
+        leader_fence(8, 9)
+    ))
     .bind(projection.name())
     .bind(generation)
     .bind(old.tx.to_string())

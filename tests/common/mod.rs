@@ -109,13 +109,23 @@ async fn connect_retrying(options: &PgConnectOptions) -> sqlx::PgConnection {
     }
 }
 
-/// Projector settings for tests: quick leader checks and retries.
+/// Projector settings for tests: quick leader checks and retries, and no automatic
+/// matching (tests schedule by hand unless they test the matcher).
 pub fn fast_projector() -> careboard::projector::ProjectorConfig {
     careboard::projector::ProjectorConfig {
         leader_check_interval: Duration::from_millis(200),
         max_poll_interval: Duration::from_millis(50),
         retry_backoff: Duration::from_millis(10),
+        matching: false,
         ..Default::default()
+    }
+}
+
+/// `fast_projector` with the matcher on.
+pub fn matching_projector() -> careboard::projector::ProjectorConfig {
+    careboard::projector::ProjectorConfig {
+        matching: true,
+        ..fast_projector()
     }
 }
 
@@ -138,12 +148,22 @@ impl TestApp {
     }
 
     pub async fn spawn_with(limits: GraphqlLimits) -> Self {
-        Self::spawn_full(limits, true, Duration::from_secs(5)).await
+        Self::spawn_full(limits, Some(fast_projector()), Duration::from_secs(5)).await
+    }
+
+    /// With the matcher scheduling automatically.
+    pub async fn spawn_matching() -> Self {
+        Self::spawn_full(
+            GraphqlLimits::default(),
+            Some(matching_projector()),
+            Duration::from_secs(5),
+        )
+        .await
     }
 
     /// Serving only: nothing projects, so projected reads fall behind.
     pub async fn spawn_without_projector(read_wait: Duration) -> Self {
-        Self::spawn_full(GraphqlLimits::default(), false, read_wait).await
+        Self::spawn_full(GraphqlLimits::default(), None, read_wait).await
     }
 
     /// Another Careboard node on the same database as `other`: its own listener,
@@ -152,24 +172,28 @@ impl TestApp {
         Self::spawn_on(
             other.pool.clone(),
             GraphqlLimits::default(),
-            true,
+            Some(fast_projector()),
             Duration::from_secs(5),
         )
         .await
     }
 
-    async fn spawn_full(limits: GraphqlLimits, projector: bool, read_wait: Duration) -> Self {
+    async fn spawn_full(
+        limits: GraphqlLimits,
+        projector: Option<careboard::projector::ProjectorConfig>,
+        read_wait: Duration,
+    ) -> Self {
         Self::spawn_on(fresh_database().await, limits, projector, read_wait).await
     }
 
     async fn spawn_on(
         pool: PgPool,
         limits: GraphqlLimits,
-        projector: bool,
+        projector: Option<careboard::projector::ProjectorConfig>,
         read_wait: Duration,
     ) -> Self {
         let state = app::state_with(pool.clone(), limits, Duration::from_secs(5), read_wait);
-        let projector = projector.then(|| app::spawn_projector(&state, fast_projector()));
+        let projector = projector.map(|config| app::spawn_projector(&state, config));
         let live = state.live.clone();
         let server = RunningServer::start("127.0.0.1:0", state)
             .await

@@ -646,7 +646,14 @@ async fn query_scenario(admin_url: &str, args: &Args) -> Result<Row> {
         GraphqlLimits::default(),
         Duration::from_secs(5),
     );
-    let projector = app::spawn_projector(&state, careboard::projector::ProjectorConfig::default());
+    // The scenarios measure the projector and the API; matching is measured by the demo.
+    let projector = app::spawn_projector(
+        &state,
+        careboard::projector::ProjectorConfig {
+            matching: false,
+            ..Default::default()
+        },
+    );
     let store = state.store.clone();
     let server = RunningServer::start("127.0.0.1:0", state).await?;
     let board = open_board(&store).await?;

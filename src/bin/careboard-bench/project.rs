@@ -173,7 +173,10 @@ pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::projecto
     Projector::new(
         pool.clone(),
         store.appended_signal(),
-        ProjectorConfig::default(),
+        ProjectorConfig {
+            matching: false,
+            ..Default::default()
+        },
         Arc::new(Metrics::new()),
     )
     .spawn()

@@ -1,0 +1,258 @@
+//! Wait-time estimates: past durations from the `appointment_durations` projection, a
+//! Board's queue and providers, and the model in [`crate::domain::matching`].
+//!
+//! The window is the newest [`WINDOW_SAMPLES`] appointments of a specialty finished in
+//! the [`WINDOW_DAYS`] days before the moment estimated for. Reference data (providers)
+//! never changes once registered, so it is cached for the life of the process; live
+//! samples are cached for a few seconds, and a live Board's estimates per version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{DateTime, Duration, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::matching::{self, DurationModel, DurationSample, Estimate};
+use crate::domain::{Appointment, AppointmentStatus, Provider};
+use crate::error::AppResult;
+use crate::event_store::{fold_recorded, BoardContents, RecordedEvent, EVENT_COLUMNS};
+
+/// At most this many finished appointments per specialty feed the model.
+pub const WINDOW_SAMPLES: i64 = 200;
+/// Only appointments finished this many days before the estimated moment count.
+pub const WINDOW_DAYS: i64 = 30;
+/// How long live duration samples and live Board estimates are reused.
+const LIVE_TTL: StdDuration = StdDuration::from_secs(5);
+/// Bound on cached live Board estimates.
+const MAX_CACHED_BOARDS: usize = 1024;
+
+type BoardKey = (Uuid, i64);
+
+#[derive(Default)]
+struct Caches {
+    providers: HashMap<Uuid, Provider>,
+    samples: HashMap<String, (Instant, Arc<Vec<DurationSample>>)>,
+    boards: HashMap<BoardKey, (Instant, Arc<HashMap<Uuid, Estimate>>)>,
+}
+
+/// Computes estimates; cheap to clone (shared caches).
+#[derive(Clone, Default)]
+pub struct Estimator {
+    caches: Arc<Mutex<Caches>>,
+}
+
+impl Estimator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registered providers by id (those that exist).
+    pub async fn providers(
+        &self,
+        pool: &PgPool,
+        ids: impl IntoIterator<Item = Uuid>,
+    ) -> AppResult<HashMap<Uuid, Provider>> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let caches = self.caches.lock().expect("estimator cache");
+            for id in ids {
+                match caches.providers.get(&id) {
+                    Some(p) => {
+                        found.insert(id, p.clone());
+                    }
+                    None => missing.push(id),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        missing.sort();
+        missing.dedup();
+        let events: Vec<RecordedEvent> = sqlx::query_as(&format!(
+            "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
+              where e.stream_id = any($1) and s.type = 'provider' \
+              order by e.stream_id, e.version"
+        ))
+        .bind(&missing)
+        .fetch_all(pool)
+        .await?;
+        let mut caches = self.caches.lock().expect("estimator cache");
+        for chunk in events.chunk_by(|a, b| a.stream_id == b.stream_id) {
+            if let Some(p) = fold_recorded::<Provider>(chunk)? {
+                caches.providers.insert(p.id, p.clone());
+                found.insert(p.id, p);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Duration samples of `specialties` in the window before `until` (`None`: now,
+    /// cached briefly).
+    async fn samples(
+        &self,
+        pool: &PgPool,
+        specialties: &[String],
+        until: Option<DateTime<Utc>>,
+    ) -> AppResult<Vec<DurationSample>> {
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        if until.is_none() {
+            let caches = self.caches.lock().expect("estimator cache");
+            for s in specialties {
+                match caches.samples.get(s) {
+                    Some((at, v)) if at.elapsed() < LIVE_TTL => out.extend(v.iter().cloned()),
+                    _ => missing.push(s.clone()),
+                }
+            }
+        } else {
+            missing = specialties.to_vec();
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "select sp, d.scheduled_at, d.started_at, d.finished_at \
+               from unnest($1::text[]) as sp \
+               cross join lateral ( \
+                 select d.scheduled_at, d.started_at, d.finished_at \
+                   from appointment_durations d \
+                   join projection_state p on p.name = 'appointment_durations' \
+                    and p.status = 'live' and p.generation = d.generation \
+                  where d.specialty = sp \
+                    and d.finished_at <= $2 and d.finished_at > $2 - make_interval(days => $3) \
+                    and d.scheduled_at is not null and d.started_at is not null \
+                  order by d.finished_at desc limit $4) d",
+        )
+        .bind(&missing)
+        .bind(until.unwrap_or_else(Utc::now))
+        .bind(WINDOW_DAYS as i32)
+        .bind(WINDOW_SAMPLES)
+        .fetch_all(pool)
+        .await?;
+        let mut fresh: HashMap<String, Vec<DurationSample>> =
+            missing.iter().map(|s| (s.clone(), Vec::new())).collect();
+        for (specialty, scheduled_at, started_at, finished_at) in rows {
+            fresh
+                .entry(specialty.clone())
+                .or_default()
+                .push(DurationSample {
+                    specialty,
+                    scheduled_at,
+                    lead: started_at - scheduled_at,
+                    held: finished_at - scheduled_at,
+                });
+        }
+        if until.is_none() {
+            let mut caches = self.caches.lock().expect("estimator cache");
+            for (s, v) in &fresh {
+                caches
+                    .samples
+                    .insert(s.clone(), (Instant::now(), Arc::new(v.clone())));
+            }
+        }
+        out.extend(fresh.into_values().flatten());
+        Ok(out)
+    }
+
+    /// The duration model for `specialties` as of `until` (`None`: now).
+    pub async fn model(
+        &self,
+        pool: &PgPool,
+        specialties: &[String],
+        until: Option<DateTime<Utc>>,
+    ) -> AppResult<DurationModel> {
+        Ok(DurationModel::from_samples(
+            &self.samples(pool, specialties, until).await?,
+        ))
+    }
+
+    /// Estimates for every waiting appointment on a Board, and for `extra` (a request
+    /// not yet made) if given, as of `as_of` (`None`: now).
+    pub async fn board(
+        &self,
+        pool: &PgPool,
+        contents: &BoardContents,
+        as_of: Option<DateTime<Utc>>,
+        extra: Option<&Appointment>,
+    ) -> AppResult<Arc<HashMap<Uuid, Estimate>>> {
+        let key = (contents.board.id, contents.version);
+        let cacheable = as_of.is_none() && extra.is_none();
+        if cacheable {
+            let caches = self.caches.lock().expect("estimator cache");
+            if let Some((at, e)) = caches.boards.get(&key) {
+                if at.elapsed() < LIVE_TTL {
+                    return Ok(e.clone());
+                }
+            }
+        }
+        let waiting = contents
+            .appointments
+            .iter()
+            .filter(|a| a.status == AppointmentStatus::Requested);
+        let mut specialties: Vec<String> = waiting
+            .chain(extra)
+            .map(|a| a.specialty.clone())
+            .chain(
+                contents
+                    .appointments
+                    .iter()
+                    .filter(|a| {
+                        a.status == AppointmentStatus::Scheduled
+                            || a.status == AppointmentStatus::Started
+                    })
+                    .map(|a| a.specialty.clone()),
+            )
+            .collect();
+        specialties.sort();
+        specialties.dedup();
+        if specialties.is_empty() {
+            return Ok(Arc::new(HashMap::new()));
+        }
+        let providers = self
+            .providers(pool, contents.shifts.iter().map(|s| s.provider_id))
+            .await?;
+        let model = self.model(pool, &specialties, as_of).await?;
+        let now = as_of.unwrap_or_else(Utc::now);
+        let estimates = Arc::new(matching::estimate(
+            now,
+            &contents.appointments,
+            &contents.shifts,
+            &providers,
+            &model,
+            extra,
+        ));
+        if cacheable {
+            let mut caches = self.caches.lock().expect("estimator cache");
+            if caches.boards.len() >= MAX_CACHED_BOARDS {
+                caches.boards.retain(|_, (at, _)| at.elapsed() < LIVE_TTL);
+                if caches.boards.len() >= MAX_CACHED_BOARDS {
+                    caches.boards.clear();
+                }
+            }
+            caches
+                .boards
+                .insert(key, (Instant::now(), estimates.clone()));
+        }
+        Ok(estimates)
+    }
+
+    /// When an appointment of `specialty` scheduled now is expected to start.
+    pub async fn scheduled_start(
+        &self,
+        pool: &PgPool,
+        specialty: &str,
+        now: DateTime<Utc>,
+    ) -> AppResult<DateTime<Utc>> {
+        let model = self.model(pool, &[specialty.to_string()], None).await?;
+        Ok(now + model.lead(specialty))
+    }
+}
+
+/// A wait in whole seconds, never negative.
+pub fn wait_seconds(from: DateTime<Utc>, until: DateTime<Utc>) -> i64 {
+    (until - from).max(Duration::zero()).num_seconds()
+}
