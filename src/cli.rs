@@ -26,9 +26,73 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Projections { action }) => projections(cli.database, action).await,
+        Some(Command::Demo(args)) => demo(cli.database, args).await,
         Some(Command::Serve(serve)) => serve_command(cli.database, serve).await,
         None => serve_command(cli.database, cli.serve).await,
     }
+}
+
+async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()> {
+    let db = app::open_database(&database).await?;
+    postgres::migrate(&db.pool).await?;
+    let scenario = args.scenario();
+    if !args.live {
+        let imported = crate::demo::import_history(&db.pool, &scenario, args.seed).await?;
+        println!(
+            "Imported the demo day {} (seed {}): {} events on {} streams, up to position {}.",
+            scenario.date, args.seed, imported.events, imported.streams, imported.position
+        );
+        println!("Boards (serve with `careboard`, then open):");
+        print!(
+            "{}",
+            crate::demo::describe(&scenario, &format!("http://{}", args.bind))
+        );
+        println!("Browse the day with board(id, asOf: ...) and boardHistory(boardId, from, to).");
+        return Ok(());
+    }
+    let state = app::state(
+        db.pool.clone(),
+        Default::default(),
+        Duration::from_millis(database.lock_timeout_ms),
+    );
+    let projector = app::spawn_projector(&state, ProjectorConfig::default());
+    let listener = tokio::net::TcpListener::bind(&args.bind).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let metrics = state.metrics.clone();
+    let store = state.store.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    println!(
+        "Playing the demo day live at {}x (seed {}). Watch a Board:",
+        args.speed, args.seed
+    );
+    print!("{}", crate::demo::describe(&scenario, &base));
+    println!("(the ids above are the scenario's; the live Boards are listed at {base}/boards)");
+    let outcome = tokio::select! {
+        r = crate::demo::live::play(&store, &scenario, args.speed, args.hours) => Some(r?),
+        _ = app::shutdown_signal() => None,
+    };
+    let latency = metrics.matcher_latency();
+    if let Some(summary) = outcome {
+        println!(
+            "Day over: {} requested, {} scheduled by the matcher, {} finished, {} Boards closed.",
+            summary.requested,
+            summary.scheduled_by_matcher,
+            summary.finished,
+            summary.boards_closed
+        );
+    }
+    println!(
+        "Matcher, READY or request -> assignment committed: {} assignments, p50 {:.1} ms, \
+         p99 {:.1} ms, max {:.1} ms",
+        latency.count, latency.p50_ms, latency.p99_ms, latency.max_ms
+    );
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    projector.stop().await?;
+    Ok(())
 }
 
 async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {

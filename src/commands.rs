@@ -103,7 +103,8 @@ pub struct RequestAppointmentInput {
 pub struct ScheduleAppointmentInput {
     pub appointment_id: ID,
     pub shift_id: ID,
-    /// When the appointment is expected to start; now if omitted.
+    /// When the appointment is expected to start; if omitted, now plus the usual time
+    /// from scheduling to start for the specialty (see the wait-time model).
     pub estimated_time: Option<DateTime<Utc>>,
     #[graphql(flatten)]
     #[serde(skip)]

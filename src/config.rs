@@ -34,6 +34,9 @@ pub enum Command {
         #[command(subcommand)]
         action: ProjectionsCommand,
     },
+    /// A realistic telehealth day: imported as history (default), or played live at a
+    /// speed-up with `--live` so a Board visibly moves. Deterministic with `--seed`.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -25,6 +25,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`time_travel`]: `asOf` folds from snapshots, and the Board's day timeline.
 //! - [`cli`]: the command line.
+//! - [`demo`]: `careboard demo`, a simulated day as history or played live.
 //! - [`graphql`]: schema, queries, mutations, output types.
 //! - [`http`]: the axum router (GraphQL, GraphiQL, health, metrics).
 //! - [`app`]: wiring and serving.
@@ -33,6 +34,7 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod estimates;

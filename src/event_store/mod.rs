@@ -3,6 +3,7 @@
 //! Appending lives in [`append`]; the unit of work that commands use in [`unit_of_work`].
 
 pub mod append;
+pub mod import;
 pub mod unit_of_work;
 
 use std::sync::Arc;

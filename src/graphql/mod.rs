@@ -35,6 +35,7 @@ pub fn build_schema(
     let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .data(store)
         .data(live)
+        .data(crate::estimates::Estimator::new())
         .data(ReadWait(read_wait))
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
@@ -55,6 +56,10 @@ pub fn sdl() -> String {
 
 pub(crate) fn store<'a>(ctx: &Context<'a>) -> &'a EventStore {
     ctx.data_unchecked::<EventStore>()
+}
+
+pub(crate) fn estimator<'a>(ctx: &Context<'a>) -> &'a crate::estimates::Estimator {
+    ctx.data_unchecked::<crate::estimates::Estimator>()
 }
 
 /// The command metadata for a mutation: who, which request, which operation.

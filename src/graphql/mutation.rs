@@ -48,7 +48,7 @@ fn shift_payload(w: Written<domain::Shift>) -> ShiftPayload {
 
 fn appointment_payload(w: Written<domain::Appointment>) -> AppointmentPayload {
     super::types::AppointmentPayload {
-        appointment: super::types::Appointment(w.entity),
+        appointment: super::types::Appointment::from(w.entity),
         version: w.version,
         position: w.position,
     }
@@ -56,7 +56,7 @@ fn appointment_payload(w: Written<domain::Appointment>) -> AppointmentPayload {
 
 fn appointment_shift_payload(w: Written<domain::Appointment>) -> AppointmentShiftPayload {
     AppointmentShiftPayload {
-        appointment: super::types::Appointment(w.entity),
+        appointment: super::types::Appointment::from(w.entity),
         shift: w.shift.map(ProviderShift),
         version: w.version,
         position: w.position,

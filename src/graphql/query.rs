@@ -7,8 +7,9 @@ use uuid::Uuid;
 
 use super::types::{
     Appointment, Board, BoardHistoryEntry, BoardStatus, Event, Provider, ProviderShift,
+    WaitEstimate,
 };
-use super::{store, ReadWait};
+use super::{estimator, store, ReadWait};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
 use crate::event_store::{list_providers, read_log, LogFilter, ReadLimit};
@@ -133,7 +134,7 @@ impl Query {
         let board_id = uuid("id", &id)?;
         if let Some(t) = as_of {
             let contents = board_as_of(store(ctx).pool(), board_id, t, Snapshots::Use).await?;
-            return Ok(contents.map(Board::from_contents));
+            return Ok(contents.map(|c| Board::from_contents_as_of(c, t)));
         }
         wait_until_projected(ctx, Projection::BoardView, min_position).await?;
         let doc = read::board(store(ctx).pool(), board_id)
@@ -193,7 +194,72 @@ impl Query {
         let read = (as_of, version, min_position);
         let state =
             single_stream::<domain::Appointment>(ctx, Projection::AppointmentView, &id, read);
-        Ok(state.await?.map(Appointment))
+        // A version read has no moment to estimate a wait for.
+        Ok(state.await?.map(|a| match version {
+            Some(_) => Appointment::without_estimate(a),
+            None => Appointment::as_of(a, as_of),
+        }))
+    }
+
+    /// When a new appointment of `specialty` (for a patient in `region`, by default the
+    /// Board's) requested on the Board now, or at `asOf`, would be expected to start:
+    /// the queue ahead of it, the providers who could take it and how long their
+    /// appointments take (see the README's "Wait-time estimates").
+    async fn wait_time_estimate(
+        &self,
+        ctx: &Context<'_>,
+        board_id: ID,
+        specialty: String,
+        region: Option<String>,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Result<WaitEstimate> {
+        let board_id = uuid("boardId", &board_id)?;
+        let specialty = domain::specialty("specialty", &specialty)?;
+        let region = region.map(|r| domain::region("region", &r)).transpose()?;
+        let pool = store(ctx).pool();
+        let contents = match as_of {
+            Some(t) => board_as_of(pool, board_id, t, Snapshots::Use).await?,
+            None => read::board(pool, board_id)
+                .await
+                .map_err(internal)?
+                .and_then(|d| d.to_contents()),
+        };
+        let Some(contents) = contents else {
+            return Err(AppError::not_found("board not found").into());
+        };
+        if contents.board.status != domain::BoardStatus::Open {
+            return Err(AppError::Domain(domain::DomainError::InvalidTransition(
+                "board is CLOSED, not OPEN: it takes no new appointments".into(),
+            ))
+            .into());
+        }
+        let now = as_of.unwrap_or_else(Utc::now);
+        let request = domain::Appointment {
+            id: Uuid::nil(),
+            board_id,
+            patient_name: String::new(),
+            region: region.unwrap_or_else(|| contents.board.region.clone()),
+            specialty,
+            reason: String::new(),
+            status: domain::AppointmentStatus::Requested,
+            provider_id: None,
+            shift_id: None,
+            estimated_time: None,
+            requested_at: now,
+            scheduled_at: None,
+            started_at: None,
+            finished_at: None,
+            cancelled_at: None,
+            cancellation_reason: None,
+            version: 0,
+        };
+        let estimates = estimator(ctx)
+            .board(pool, &contents, as_of, Some(&request))
+            .await?;
+        let estimate = estimates
+            .get(&request.id)
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("the estimate lost its request")))?;
+        Ok(WaitEstimate::of(estimate, now))
     }
 
     /// A provider's shift from the projected `provider_shift_view`; with `asOf` or

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::store;
+use super::{estimator, store};
+use crate::domain::matching::Estimate;
 use crate::domain::{self, ShiftStatus as DShift};
+use crate::error::AppError;
 use crate::event_store::{load_board_contents, BoardContents, ReadLimit, RecordedEvent};
+use crate::time_travel::{board_as_of, Snapshots};
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 #[graphql(remote = "crate::domain::BoardStatus")]
@@ -47,6 +50,8 @@ pub struct Board {
     board: domain::Board,
     /// Shared, not copied: one document serves every subscriber of a Board.
     contents: OnceCell<Option<Arc<BoardContents>>>,
+    /// The moment this Board is shown as of (`None`: now); estimates are made for it.
+    as_of: Option<DateTime<Utc>>,
 }
 
 impl Board {
@@ -54,10 +59,19 @@ impl Board {
         Self::from_shared(Arc::new(contents))
     }
 
+    /// The Board as it stood at `as_of`.
+    pub fn from_contents_as_of(contents: BoardContents, as_of: DateTime<Utc>) -> Self {
+        Self {
+            as_of: Some(as_of),
+            ..Self::from_contents(contents)
+        }
+    }
+
     pub fn from_shared(contents: Arc<BoardContents>) -> Self {
         Self {
             board: contents.board.clone(),
             contents: OnceCell::new_with(Some(Some(contents))),
+            as_of: None,
         }
     }
 
@@ -65,6 +79,7 @@ impl Board {
         Self {
             board,
             contents: OnceCell::new(),
+            as_of: None,
         }
     }
 
@@ -172,13 +187,33 @@ impl Board {
             .map(|c| c.shifts.iter().cloned().map(ProviderShift).collect())
             .unwrap_or_default())
     }
-    /// Appointments on the Board, in the order they were requested.
+    /// Appointments on the Board, in the order they were requested. Waiting ones carry
+    /// their wait estimate.
     async fn appointments(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Appointment>> {
-        Ok(self
-            .contents(ctx)
-            .await?
-            .map(|c| c.appointments.iter().cloned().map(Appointment).collect())
-            .unwrap_or_default())
+        let Some(contents) = self.contents(ctx).await? else {
+            return Ok(Vec::new());
+        };
+        let estimates = if contents
+            .appointments
+            .iter()
+            .any(|a| a.status == domain::AppointmentStatus::Requested)
+        {
+            Some(
+                estimator(ctx)
+                    .board(store(ctx).pool(), contents, self.as_of, None)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        Ok(contents
+            .appointments
+            .iter()
+            .map(|a| {
+                let estimate = estimates.as_ref().map(|e| e.get(&a.id).cloned());
+                Appointment::with_estimate(a.clone(), self.as_of, estimate)
+            })
+            .collect())
     }
     async fn counts(&self, ctx: &Context<'_>) -> async_graphql::Result<BoardCounts> {
         Ok(self
@@ -240,6 +275,10 @@ impl ProviderShift {
     async fn joined_at(&self) -> DateTime<Utc> {
         self.0.joined_at
     }
+    /// Since when the provider is READY; null unless READY.
+    async fn ready_since(&self) -> Option<DateTime<Utc>> {
+        self.0.ready_since
+    }
     /// Charting time over the shift so far, in seconds (finished charting sessions).
     async fn charting_seconds(&self) -> i64 {
         self.0.charting_seconds
@@ -252,61 +291,205 @@ impl ProviderShift {
     }
 }
 
-pub struct Appointment(pub domain::Appointment);
+/// An appointment; a waiting one also answers when it is expected to start.
+pub struct Appointment {
+    pub state: domain::Appointment,
+    /// The moment shown (`None`: now), for the estimate.
+    as_of: Option<DateTime<Utc>>,
+    /// Filled by the Board that listed it, or computed on first use.
+    estimate: OnceCell<Option<Estimate>>,
+}
+
+impl From<domain::Appointment> for Appointment {
+    fn from(state: domain::Appointment) -> Self {
+        Self {
+            state,
+            as_of: None,
+            estimate: OnceCell::new(),
+        }
+    }
+}
+
+impl Appointment {
+    pub fn as_of(state: domain::Appointment, as_of: Option<DateTime<Utc>>) -> Self {
+        Self {
+            as_of,
+            ..Self::from(state)
+        }
+    }
+
+    pub fn without_estimate(state: domain::Appointment) -> Self {
+        Self::with_estimate(state, None, Some(None))
+    }
+
+    fn with_estimate(
+        state: domain::Appointment,
+        as_of: Option<DateTime<Utc>>,
+        estimate: Option<Option<Estimate>>,
+    ) -> Self {
+        let estimate = match estimate {
+            Some(e) => OnceCell::new_with(Some(e)),
+            None => OnceCell::new(),
+        };
+        Self {
+            state,
+            as_of,
+            estimate,
+        }
+    }
+
+    /// The estimate of a waiting appointment: from its Board as of the same moment; if
+    /// the Board does not show it yet (the projector is a moment behind a request just
+    /// made), as a request joining the end of that Board's queue.
+    async fn estimate(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<&Estimate>> {
+        if self.state.status != domain::AppointmentStatus::Requested {
+            return Ok(None);
+        }
+        let estimate = self
+            .estimate
+            .get_or_try_init(|| async {
+                let pool = store(ctx).pool();
+                let contents = match self.as_of {
+                    Some(t) => board_as_of(pool, self.state.board_id, t, Snapshots::Use).await?,
+                    None => crate::projections::read::board(pool, self.state.board_id)
+                        .await
+                        .map_err(AppError::Internal)?
+                        .and_then(|d| d.to_contents()),
+                };
+                let Some(contents) = contents else {
+                    return Ok::<_, AppError>(None);
+                };
+                let listed = contents.appointments.iter().any(|a| a.id == self.state.id);
+                let extra = (!listed).then_some(&self.state);
+                let estimates = estimator(ctx)
+                    .board(pool, &contents, self.as_of, extra)
+                    .await?;
+                Ok(estimates.get(&self.state.id).cloned())
+            })
+            .await?;
+        Ok(estimate.as_ref())
+    }
+}
 
 #[Object]
 impl Appointment {
     async fn id(&self) -> ID {
-        id(self.0.id)
+        id(self.state.id)
     }
     async fn board_id(&self) -> ID {
-        id(self.0.board_id)
+        id(self.state.board_id)
     }
     async fn patient_name(&self) -> &str {
-        &self.0.patient_name
+        &self.state.patient_name
     }
     async fn specialty(&self) -> &str {
-        &self.0.specialty
+        &self.state.specialty
     }
     async fn region(&self) -> &str {
-        &self.0.region
+        &self.state.region
     }
     async fn reason(&self) -> &str {
-        &self.0.reason
+        &self.state.reason
     }
     async fn status(&self) -> AppointmentStatus {
-        self.0.status.into()
+        self.state.status.into()
     }
     async fn provider_id(&self) -> Option<ID> {
-        self.0.provider_id.map(id)
+        self.state.provider_id.map(id)
     }
     async fn shift_id(&self) -> Option<ID> {
-        self.0.shift_id.map(id)
+        self.state.shift_id.map(id)
     }
-    /// When the appointment is expected to start.
+    /// When the appointment is expected to start, as set when it was scheduled.
     async fn estimated_time(&self) -> Option<DateTime<Utc>> {
-        self.0.estimated_time
+        self.state.estimated_time
+    }
+    /// While waiting: when it is expected to start, from the queue ahead, the providers
+    /// who could take it and past durations (see `waitEstimate`). Null once scheduled
+    /// (see `estimatedTime`), or when no provider on shift could take it.
+    async fn estimated_start(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<DateTime<Utc>>> {
+        Ok(self.estimate(ctx).await?.and_then(|e| e.start))
+    }
+    /// While waiting: the whole estimate behind `estimatedStart`.
+    async fn wait_estimate(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<WaitEstimate>> {
+        let now = self.as_of.unwrap_or_else(Utc::now);
+        Ok(self.estimate(ctx).await?.map(|e| WaitEstimate::of(e, now)))
     }
     async fn requested_at(&self) -> DateTime<Utc> {
-        self.0.requested_at
+        self.state.requested_at
     }
     async fn scheduled_at(&self) -> Option<DateTime<Utc>> {
-        self.0.scheduled_at
+        self.state.scheduled_at
     }
     async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.0.started_at
+        self.state.started_at
     }
     async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.0.finished_at
+        self.state.finished_at
     }
     async fn cancelled_at(&self) -> Option<DateTime<Utc>> {
-        self.0.cancelled_at
+        self.state.cancelled_at
     }
     async fn cancellation_reason(&self) -> Option<&str> {
-        self.0.cancellation_reason.as_deref()
+        self.state.cancellation_reason.as_deref()
     }
     async fn version(&self) -> i64 {
-        self.0.version
+        self.state.version
+    }
+}
+
+/// Where an estimate's expected durations come from.
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum EstimateBasis {
+    /// Past appointments of the specialty in the sliding window.
+    History,
+    /// No history yet: the default duration.
+    Default,
+}
+
+/// An estimate of when an appointment (waiting, or about to be requested) will start.
+#[derive(SimpleObject, Clone)]
+pub struct WaitEstimate {
+    /// The moment the estimate was made for.
+    pub at: DateTime<Utc>,
+    /// Null when no provider on shift could take it (none has the specialty and licence,
+    /// or all of them are paused or signed off).
+    pub estimated_start: Option<DateTime<Utc>>,
+    /// Seconds from `at` to `estimatedStart`.
+    pub wait_seconds: Option<i64>,
+    /// Waiting appointments ahead that compete for the same providers.
+    pub queue_ahead: i32,
+    /// Providers on shift (READY, ASSIGNED or CHARTING) who could take it.
+    pub providers_available: i32,
+    /// Of those, how many are READY now.
+    pub providers_ready: i32,
+    /// Expected time a provider spends from assignment to the end of the appointment.
+    pub expected_duration_seconds: i64,
+    pub basis: EstimateBasis,
+}
+
+impl WaitEstimate {
+    pub fn of(e: &Estimate, at: DateTime<Utc>) -> Self {
+        Self {
+            at,
+            estimated_start: e.start,
+            wait_seconds: e.start.map(|s| crate::estimates::wait_seconds(at, s)),
+            queue_ahead: e.queue_ahead as i32,
+            providers_available: e.providers as i32,
+            providers_ready: e.providers_ready as i32,
+            expected_duration_seconds: e.held.num_seconds(),
+            basis: if e.from_history {
+                EstimateBasis::History
+            } else {
+                EstimateBasis::Default
+            },
+        }
     }
 }
 

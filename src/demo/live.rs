@@ -1,0 +1,544 @@
+//! Plays a scenario live, through the commands, at a speed-up. The driver acts for
+//! the coordinators, patients and providers; the real matcher (run by this process's
+//! projector) schedules, and the driver reacts to what it scheduled.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::time::Duration as StdDuration;
+
+use anyhow::Result;
+use chrono::{DateTime, Duration, Utc};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::scenario::Scenario;
+use crate::commands::{self, AppointmentAction, AppointmentInput, ShiftAction, ShiftInput};
+use crate::domain::{AppointmentStatus, Shift, ShiftStatus};
+use crate::error::AppError;
+use crate::event_store::unit_of_work::CommandMeta;
+use crate::event_store::{load_board_contents, read_log, EventStore, LogFilter, ReadLimit};
+
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    OpenBoard(usize),
+    Join(usize, usize),
+    Request(usize, usize),
+    Start(Uuid),
+    NoShow(Uuid),
+    Finish(Uuid),
+    CompleteCharting(Uuid),
+    BreakStarts(Uuid, DateTime<Utc>),
+    BreakEnds(Uuid),
+    LeaveDue(Uuid),
+    PatienceOut(Uuid),
+    /// Every few simulated minutes: retry intentions, wind down finished Boards.
+    Tick,
+}
+
+#[derive(Default)]
+struct Intent {
+    pause_until: Option<DateTime<Utc>>,
+    leaving: bool,
+}
+
+/// What the live run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LiveSummary {
+    pub requested: usize,
+    pub scheduled_by_matcher: usize,
+    pub finished: usize,
+    pub boards_closed: usize,
+}
+
+struct Driver<'a> {
+    store: &'a EventStore,
+    scenario: &'a Scenario,
+    origin: DateTime<Utc>,
+    wall_origin: Instant,
+    speed: f64,
+    queue: BinaryHeap<Reverse<(DateTime<Utc>, u64)>>,
+    acts: HashMap<u64, Act>,
+    seq: u64,
+    boards: Vec<Option<Uuid>>,
+    closed: HashSet<usize>,
+    providers: Vec<Option<Uuid>>,
+    /// Live shift id → (board, shift plan).
+    shifts: HashMap<Uuid, (usize, usize)>,
+    signed_off: HashSet<Uuid>,
+    intents: HashMap<Uuid, Intent>,
+    /// Live appointment id → (board, arrival).
+    appointments: HashMap<Uuid, (usize, usize)>,
+    /// Appointment → shift, as scheduled by the matcher.
+    held_by: HashMap<Uuid, Uuid>,
+    log_position: i64,
+    summary: LiveSummary,
+}
+
+fn meta(operation: &'static str) -> CommandMeta {
+    let mut m = CommandMeta::new(operation);
+    m.actor = "demo".into();
+    m
+}
+
+/// Plays `scenario` until its day ends (or `hours` simulated hours pass).
+pub async fn play(
+    store: &EventStore,
+    scenario: &Scenario,
+    speed: f64,
+    hours: Option<f64>,
+) -> Result<LiveSummary> {
+    let origin = scenario
+        .boards
+        .iter()
+        .map(|b| b.opens_at)
+        .min()
+        .unwrap_or_else(Utc::now);
+    let mut d = Driver {
+        store,
+        scenario,
+        origin,
+        wall_origin: Instant::now(),
+        speed: speed.max(0.01),
+        queue: BinaryHeap::new(),
+        acts: HashMap::new(),
+        seq: 0,
+        boards: vec![None; scenario.boards.len()],
+        closed: HashSet::new(),
+        providers: vec![None; scenario.providers.len()],
+        shifts: HashMap::new(),
+        signed_off: HashSet::new(),
+        intents: HashMap::new(),
+        appointments: HashMap::new(),
+        held_by: HashMap::new(),
+        log_position: sqlx::query_scalar("select coalesce(max(seq), 0) from events")
+            .fetch_one(store.pool())
+            .await?,
+        summary: LiveSummary::default(),
+    };
+    for (i, p) in scenario.providers.iter().enumerate() {
+        let w = commands::register_provider(
+            store,
+            meta("registerProvider"),
+            commands::RegisterProviderInput {
+                name: p.name.clone(),
+                specialties: p.specialties.clone(),
+                licensed_regions: p.regions.clone(),
+                options: Default::default(),
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e.describe()))?;
+        d.providers[i] = Some(w.entity.id);
+    }
+    for (b, plan) in scenario.boards.iter().enumerate() {
+        d.at(plan.opens_at, Act::OpenBoard(b));
+        for (s, shift) in plan.shifts.iter().enumerate() {
+            d.at(shift.joins_at, Act::Join(b, s));
+        }
+        for (a, arrival) in plan.arrivals.iter().enumerate() {
+            d.at(arrival.at, Act::Request(b, a));
+        }
+    }
+    d.at(origin + Duration::minutes(5), Act::Tick);
+    let stop_at = hours.map(|h| origin + Duration::seconds((h * 3600.0) as i64));
+    let mut poll = tokio::time::interval(StdDuration::from_millis(25));
+    loop {
+        if d.closed.len() == scenario.boards.len() {
+            break;
+        }
+        let Some(Reverse((t, _))) = d.queue.peek().copied() else {
+            break;
+        };
+        if stop_at.is_some_and(|s| t > s) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(d.wall(t)) => {
+                let Some(Reverse((t, seq))) = d.queue.pop() else { break };
+                let act = d.acts.remove(&seq).expect("queued act");
+                d.perform(act, t).await?;
+            }
+            _ = poll.tick() => d.follow_matcher().await?,
+        }
+    }
+    Ok(d.summary)
+}
+
+impl Driver<'_> {
+    fn at(&mut self, t: DateTime<Utc>, act: Act) {
+        self.seq += 1;
+        self.acts.insert(self.seq, act);
+        self.queue.push(Reverse((t, self.seq)));
+    }
+
+    fn wall(&self, t: DateTime<Utc>) -> Instant {
+        let sim = (t - self.origin).to_std().unwrap_or_default();
+        self.wall_origin + sim.div_f64(self.speed)
+    }
+
+    /// The simulated time now.
+    fn now(&self) -> DateTime<Utc> {
+        let wall = self.wall_origin.elapsed().mul_f64(self.speed);
+        self.origin + Duration::from_std(wall).unwrap_or_default()
+    }
+
+    /// Reacts to the matcher's assignments: the patient joins after the lead time.
+    async fn follow_matcher(&mut self) -> Result<()> {
+        let events = read_log(
+            self.store.pool(),
+            &LogFilter {
+                after: self.log_position,
+                types: Some(vec!["AppointmentScheduled".into()]),
+                limit: 500,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let now = self.now();
+        for e in events {
+            self.log_position = self.log_position.max(e.seq);
+            let Some(&(b, a)) = self.appointments.get(&e.stream_id) else {
+                continue;
+            };
+            if let Some(shift) = e.data.get("shiftId").and_then(|s| s.as_str()) {
+                if let Ok(shift) = shift.parse() {
+                    self.held_by.insert(e.stream_id, shift);
+                }
+            }
+            if e.metadata.get("actor").and_then(|a| a.as_str()) == Some(crate::matcher::NAME) {
+                self.summary.scheduled_by_matcher += 1;
+            }
+            let arrival = &self.scenario.boards[b].arrivals[a];
+            if arrival.no_show {
+                self.at(
+                    now + arrival.lead + Duration::minutes(3),
+                    Act::NoShow(e.stream_id),
+                );
+            } else {
+                self.at(now + arrival.lead, Act::Start(e.stream_id));
+            }
+        }
+        Ok(())
+    }
+
+    async fn shift_state(&self, id: Uuid) -> Result<Option<Shift>> {
+        self.store
+            .load::<Shift>(id, ReadLimit::All)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.describe()))
+    }
+
+    /// A provider who is READY takes a pending break or leaves, if they intend to.
+    async fn follow_intent(&mut self, id: Uuid) -> Result<()> {
+        let Some(shift) = self.shift_state(id).await? else {
+            return Ok(());
+        };
+        if shift.status != ShiftStatus::Ready {
+            return Ok(());
+        }
+        let intent = self.intents.entry(id).or_default();
+        if intent.leaving {
+            let (b, _) = self.shifts[&id];
+            let arrivals_over = self.scenario.boards[b]
+                .arrivals
+                .last()
+                .is_none_or(|a| a.at <= self.now());
+            let staying = self
+                .shifts
+                .iter()
+                .filter(|(other, (ob, _))| {
+                    *ob == b
+                        && **other != id
+                        && !self.signed_off.contains(*other)
+                        && !self.intents.get(*other).is_some_and(|i| i.leaving)
+                })
+                .count();
+            if arrivals_over || staying >= 2 {
+                let done = self
+                    .shift_command(id, ShiftAction::SignOff, "signOffProvider")
+                    .await?;
+                if done {
+                    self.signed_off.insert(id);
+                }
+            }
+        } else if let Some(until) = intent.pause_until {
+            if self
+                .shift_command(id, ShiftAction::Pause, "pauseProvider")
+                .await?
+            {
+                self.intents.entry(id).or_default().pause_until = None;
+                let resume = until.max(self.now());
+                self.at(resume, Act::BreakEnds(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a shift command; `false` when the shift's state did not allow it (the
+    /// matcher got there first): the intention stays and is retried.
+    async fn shift_command(&self, id: Uuid, action: ShiftAction, op: &'static str) -> Result<bool> {
+        let input = ShiftInput {
+            shift_id: id.to_string().into(),
+            options: Default::default(),
+        };
+        match commands::shift_action(self.store, meta(op), action, input).await {
+            Ok(_) => Ok(true),
+            Err(AppError::Domain(_) | AppError::Conflict(_)) => Ok(false),
+            Err(e) => Err(anyhow::anyhow!(e.describe())),
+        }
+    }
+
+    async fn perform(&mut self, act: Act, t: DateTime<Utc>) -> Result<()> {
+        let store = self.store;
+        let ignore = |r: Result<(), AppError>| -> Result<()> {
+            match r {
+                Ok(()) | Err(AppError::Domain(_) | AppError::Conflict(_)) => Ok(()),
+                Err(e) => Err(anyhow::anyhow!(e.describe())),
+            }
+        };
+        match act {
+            Act::OpenBoard(b) => {
+                let plan = &self.scenario.boards[b];
+                let w = commands::open_board(
+                    store,
+                    meta("openBoard"),
+                    commands::OpenBoardInput {
+                        name: plan.name.clone(),
+                        specialty: plan.specialty.clone(),
+                        region: plan.region.clone(),
+                        date: self.scenario.date.to_string(),
+                        options: Default::default(),
+                    },
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!(e.describe()))?;
+                self.boards[b] = Some(w.entity.id);
+                tracing::info!(board = %w.entity.id, name = %plan.name, "demo board open");
+            }
+            Act::Join(b, s) => {
+                let (Some(board), Some(provider)) = (
+                    self.boards[b],
+                    self.providers[self.scenario.boards[b].shifts[s].provider],
+                ) else {
+                    return Ok(());
+                };
+                let w = commands::join_board(
+                    store,
+                    meta("joinBoard"),
+                    commands::JoinBoardInput {
+                        board_id: board.to_string().into(),
+                        provider_id: provider.to_string().into(),
+                        options: Default::default(),
+                    },
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!(e.describe()))?;
+                let id = w.entity.id;
+                self.shifts.insert(id, (b, s));
+                let plan = self.scenario.boards[b].shifts[s].clone();
+                for (start, end) in plan.breaks {
+                    self.at(start, Act::BreakStarts(id, end));
+                }
+                self.at(plan.leaves_at, Act::LeaveDue(id));
+            }
+            Act::Request(b, a) => {
+                let Some(board) = self.boards[b] else {
+                    return Ok(());
+                };
+                let arrival = self.scenario.boards[b].arrivals[a].clone();
+                let w = commands::request_appointment(
+                    store,
+                    meta("requestAppointment"),
+                    commands::RequestAppointmentInput {
+                        board_id: board.to_string().into(),
+                        patient_name: arrival.patient,
+                        specialty: arrival.specialty,
+                        region: arrival.region,
+                        reason: arrival.reason,
+                        options: Default::default(),
+                    },
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!(e.describe()))?;
+                self.appointments.insert(w.entity.id, (b, a));
+                self.summary.requested += 1;
+                if let Some(patience) = arrival.patience {
+                    self.at(t + patience, Act::PatienceOut(w.entity.id));
+                }
+            }
+            Act::Start(id) => {
+                let r = commands::appointment_action(
+                    store,
+                    meta("startAppointment"),
+                    AppointmentAction::Start,
+                    AppointmentInput {
+                        appointment_id: id.to_string().into(),
+                        options: Default::default(),
+                    },
+                )
+                .await;
+                if r.is_ok() {
+                    let (b, a) = self.appointments[&id];
+                    let consult = self.scenario.boards[b].arrivals[a].consult;
+                    self.at(t + consult, Act::Finish(id));
+                }
+                ignore(r.map(|_| ()))?;
+            }
+            Act::Finish(id) => {
+                let r = commands::appointment_action(
+                    store,
+                    meta("finishAppointment"),
+                    AppointmentAction::Finish,
+                    AppointmentInput {
+                        appointment_id: id.to_string().into(),
+                        options: Default::default(),
+                    },
+                )
+                .await;
+                if let Ok(w) = &r {
+                    self.summary.finished += 1;
+                    let (b, a) = self.appointments[&id];
+                    let charting = self.scenario.boards[b].arrivals[a].charting;
+                    if let Some(shift) = &w.shift {
+                        self.at(t + charting, Act::CompleteCharting(shift.id));
+                    }
+                }
+                ignore(r.map(|_| ()))?;
+            }
+            Act::NoShow(id) | Act::PatienceOut(id) => {
+                let reason = match act {
+                    Act::NoShow(_) => "patient did not join",
+                    _ => "patient left",
+                };
+                let r = commands::cancel_appointment(
+                    store,
+                    meta("cancelAppointment"),
+                    commands::CancelAppointmentInput {
+                        appointment_id: id.to_string().into(),
+                        reason: reason.into(),
+                        options: Default::default(),
+                    },
+                )
+                .await;
+                // A patient who ran out of patience after being scheduled stays.
+                let _ = self.held_by.remove(&id);
+                ignore(r.map(|_| ()))?;
+            }
+            Act::CompleteCharting(shift) => {
+                self.shift_command(shift, ShiftAction::CompleteCharting, "completeCharting")
+                    .await?;
+                self.follow_intent(shift).await?;
+            }
+            Act::BreakStarts(shift, until) => {
+                self.intents.entry(shift).or_default().pause_until = Some(until);
+                self.follow_intent(shift).await?;
+            }
+            Act::BreakEnds(shift) => {
+                let paused = self
+                    .shift_state(shift)
+                    .await?
+                    .is_some_and(|s| s.status == ShiftStatus::Paused);
+                if paused {
+                    self.shift_command(shift, ShiftAction::MarkReady, "markProviderReady")
+                        .await?;
+                }
+                self.follow_intent(shift).await?;
+            }
+            Act::LeaveDue(shift) => {
+                let intent = self.intents.entry(shift).or_default();
+                intent.leaving = true;
+                intent.pause_until = None;
+                let paused = self
+                    .shift_state(shift)
+                    .await?
+                    .is_some_and(|s| s.status == ShiftStatus::Paused);
+                if paused {
+                    self.shift_command(shift, ShiftAction::MarkReady, "markProviderReady")
+                        .await?;
+                }
+                self.follow_intent(shift).await?;
+            }
+            Act::Tick => {
+                let pending: Vec<Uuid> = self
+                    .intents
+                    .iter()
+                    .filter(|(id, i)| {
+                        !self.signed_off.contains(*id) && (i.leaving || i.pause_until.is_some())
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in pending {
+                    self.follow_intent(id).await?;
+                }
+                for b in 0..self.boards.len() {
+                    self.wind_down(b, t).await?;
+                }
+                self.at(t + Duration::minutes(5), Act::Tick);
+            }
+        }
+        Ok(())
+    }
+
+    /// After the last patient and the last provider: cancel who nobody can see, close.
+    async fn wind_down(&mut self, b: usize, t: DateTime<Utc>) -> Result<()> {
+        let Some(board) = self.boards[b] else {
+            return Ok(());
+        };
+        let plan = &self.scenario.boards[b];
+        let all_left = self.shifts.values().filter(|(sb, _)| *sb == b).count() == plan.shifts.len()
+            && self
+                .shifts
+                .iter()
+                .filter(|(_, (sb, _))| *sb == b)
+                .all(|(id, _)| self.signed_off.contains(id));
+        let arrivals_over = plan.arrivals.last().is_none_or(|a| a.at <= t);
+        if self.closed.contains(&b) || !arrivals_over || !all_left {
+            return Ok(());
+        }
+        let contents = load_board_contents(self.store.pool(), board, ReadLimit::All)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.describe()))?;
+        let Some(contents) = contents else {
+            return Ok(());
+        };
+        for a in contents
+            .appointments
+            .iter()
+            .filter(|a| a.status == AppointmentStatus::Requested)
+        {
+            let _ = commands::cancel_appointment(
+                self.store,
+                meta("cancelAppointment"),
+                commands::CancelAppointmentInput {
+                    appointment_id: a.id.to_string().into(),
+                    reason: "no provider available today".into(),
+                    options: Default::default(),
+                },
+            )
+            .await;
+        }
+        if contents.appointments.iter().any(|a| {
+            matches!(
+                a.status,
+                AppointmentStatus::Scheduled | AppointmentStatus::Started
+            )
+        }) {
+            return Ok(());
+        }
+        let closed = commands::close_board(
+            self.store,
+            meta("closeBoard"),
+            commands::CloseBoardInput {
+                board_id: board.to_string().into(),
+                options: Default::default(),
+            },
+        )
+        .await;
+        if closed.is_ok() {
+            self.closed.insert(b);
+            self.summary.boards_closed += 1;
+            tracing::info!(board = %board, "demo board closed");
+        }
+        Ok(())
+    }
+}
