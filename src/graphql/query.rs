@@ -12,7 +12,7 @@ use super::types::{
 use super::{estimator, store, ReadWait};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
-use crate::event_store::{list_providers, read_log, LogFilter, ReadLimit};
+use crate::event_store::{list_providers, load_board_contents, read_log, LogFilter, ReadLimit};
 use crate::projections::{read, Projection};
 use crate::projector::state::ProjectionStatus;
 use crate::projector::wait_for_position;
@@ -219,10 +219,11 @@ impl Query {
         let pool = store(ctx).pool();
         let contents = match as_of {
             Some(t) => board_as_of(pool, board_id, t, Snapshots::Use).await?,
-            None => read::board(pool, board_id)
-                .await
-                .map_err(internal)?
-                .and_then(|d| d.to_contents()),
+            None => match read::board(pool, board_id).await.map_err(internal)? {
+                Some(doc) => doc.to_contents(),
+                // Opened a moment ago and not projected yet: fold it from the store.
+                None => load_board_contents(pool, board_id, ReadLimit::All).await?,
+            },
         };
         let Some(contents) = contents else {
             return Err(AppError::not_found("board not found").into());

@@ -1,0 +1,522 @@
+//! The matcher against the real server: concurrency invariants, the matching rules,
+//! coordinators scheduling by hand, and wait-time estimates.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use careboard::domain::{matching, AppointmentStatus, Provider, ShiftStatus};
+use careboard::event_store::{load_board_contents, BoardContents, ReadLimit};
+use careboard::projections::Projection;
+use careboard::projector::wait_for_position;
+use common::{error_code, TestApp};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const OPEN_BOARD: &str =
+    r#"mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } } }"#;
+const REGISTER: &str = r#"mutation($input: RegisterProviderInput!) { registerProvider(input: $input) { provider { id } } }"#;
+const JOIN: &str =
+    r#"mutation($input: JoinBoardInput!) { joinBoard(input: $input) { shift { id } } }"#;
+const REQUEST: &str = r#"mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id } position } }"#;
+const SCHEDULE: &str = r#"mutation($input: ScheduleAppointmentInput!) { scheduleAppointment(input: $input) { appointment { id providerId } } }"#;
+const START: &str =
+    r#"mutation($input: AppointmentInput!) { startAppointment(input: $input) { version } }"#;
+const FINISH: &str =
+    r#"mutation($input: AppointmentInput!) { finishAppointment(input: $input) { version } }"#;
+const CHARTED: &str =
+    r#"mutation($input: ShiftInput!) { completeCharting(input: $input) { version } }"#;
+const CANCEL: &str =
+    r#"mutation($input: CancelAppointmentInput!) { cancelAppointment(input: $input) { version } }"#;
+const APPOINTMENT: &str = r#"query($id: ID!) { appointment(id: $id) { status providerId shiftId estimatedTime scheduledAt } }"#;
+
+fn s(v: &Value) -> String {
+    v.as_str().expect("string").to_string()
+}
+
+async fn open_board(app: &TestApp) -> String {
+    let r = app
+        .data(
+            OPEN_BOARD,
+            json!({"input": {"name": "Telehealth TX", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
+        )
+        .await;
+    s(&r["openBoard"]["board"]["id"])
+}
+
+async fn register(app: &TestApp, name: &str, specialties: &[&str], regions: &[&str]) -> String {
+    let r = app
+        .data(
+            REGISTER,
+            json!({"input": {"name": name, "specialties": specialties, "licensedRegions": regions}}),
+        )
+        .await;
+    s(&r["registerProvider"]["provider"]["id"])
+}
+
+async fn join(app: &TestApp, board: &str, provider: &str) -> String {
+    let r = app
+        .data(
+            JOIN,
+            json!({"input": {"boardId": board, "providerId": provider}}),
+        )
+        .await;
+    s(&r["joinBoard"]["shift"]["id"])
+}
+
+async fn request(
+    app: &TestApp,
+    board: &str,
+    patient: &str,
+    specialty: &str,
+    region: &str,
+) -> String {
+    let r = app
+        .data(
+            REQUEST,
+            json!({"input": {"boardId": board, "patientName": patient, "specialty": specialty, "region": region, "reason": "check-up"}}),
+        )
+        .await;
+    s(&r["requestAppointment"]["appointment"]["id"])
+}
+
+async fn act(app: &TestApp, mutation: &str, input: Value) {
+    app.data(mutation, json!({ "input": input })).await;
+}
+
+/// Waits until the matcher has looked at every committed event (its own writes
+/// included): it writes before it moves its checkpoint, so "nothing after the
+/// checkpoint" means it has nothing left to do.
+async fn matcher_settled(app: &TestApp) {
+    for _ in 0..600 {
+        let idle: bool = sqlx::query_scalar(
+            "select not exists (select 1 from events e, process_checkpoints c \
+              where c.name = 'matcher' and (e.tx, e.seq) > (c.tx, c.seq))",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if idle {
+            // And the projections have caught up with it (queries read them).
+            let position: i64 = sqlx::query_scalar("select coalesce(max(seq), 0) from events")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            for p in [
+                Projection::AppointmentView,
+                Projection::BoardView,
+                Projection::ProviderShiftView,
+            ] {
+                assert!(
+                    wait_for_position(&app.pool, p, position, Duration::from_secs(30))
+                        .await
+                        .unwrap(),
+                    "{} caught up",
+                    p.name()
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the matcher did not settle within 30 s");
+}
+
+/// The Board as the event store has it now.
+async fn contents(app: &TestApp, board: &str) -> BoardContents {
+    load_board_contents(&app.pool, board.parse().unwrap(), ReadLimit::All)
+        .await
+        .unwrap()
+        .expect("board exists")
+}
+
+async fn providers(app: &TestApp) -> HashMap<Uuid, Provider> {
+    let ids: Vec<Uuid> = sqlx::query_scalar("select id from streams where type = 'provider'")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let mut out = HashMap::new();
+    for id in ids {
+        let p = careboard::event_store::load::<Provider>(&app.pool, id, ReadLimit::All)
+            .await
+            .unwrap()
+            .unwrap();
+        out.insert(id, p);
+    }
+    out
+}
+
+/// The three invariants, checked on the event store's own history:
+/// no provider ever holds two appointments, no appointment ever gets two providers,
+/// and no waiting appointment has a fitting READY provider. Returns how many
+/// appointments are scheduled or further along.
+async fn check_invariants(app: &TestApp, board: &str) -> usize {
+    // A shift's history never assigns while it holds an appointment.
+    let shift_events: Vec<(Uuid, String)> = sqlx::query_as(
+        "select e.stream_id, e.type from events e join streams s on s.id = e.stream_id \
+          where s.type = 'shift' order by e.stream_id, e.version",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut holding: HashMap<Uuid, bool> = HashMap::new();
+    for (shift, event_type) in shift_events {
+        let h = holding.entry(shift).or_default();
+        match event_type.as_str() {
+            "ProviderAssigned" => {
+                assert!(
+                    !*h,
+                    "shift {shift} was assigned while holding an appointment"
+                );
+                *h = true;
+            }
+            "ProviderReady" | "ChartingFinished" => *h = false,
+            _ => {}
+        }
+    }
+    // An appointment is scheduled at most once (nothing here cancels a scheduled one).
+    let twice: Vec<(Uuid, i64)> = sqlx::query_as(
+        "select stream_id, count(*) from events where type = 'AppointmentScheduled' \
+          group by stream_id having count(*) > 1",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "appointments scheduled twice: {twice:?}");
+
+    let c = contents(app, board).await;
+    let providers = providers(app).await;
+    let shifts: HashMap<Uuid, _> = c.shifts.iter().map(|s| (s.id, s)).collect();
+    let mut held = 0;
+    for a in &c.appointments {
+        match a.status {
+            AppointmentStatus::Scheduled | AppointmentStatus::Started => {
+                held += 1;
+                let shift = shifts[&a.shift_id.unwrap()];
+                assert_eq!(shift.appointment_id, Some(a.id), "both sides agree");
+                assert_eq!(shift.status, ShiftStatus::Assigned);
+                let p = &providers[&shift.provider_id];
+                assert!(
+                    matching::fits(shift, p, a),
+                    "{a:?} went to a provider who does not fit"
+                );
+            }
+            AppointmentStatus::Requested => {
+                for s in c.shifts.iter().filter(|s| s.status == ShiftStatus::Ready) {
+                    assert!(
+                        !matching::fits(s, &providers[&s.provider_id], a),
+                        "appointment {} waits while {} is READY and fits",
+                        a.id,
+                        s.id
+                    );
+                }
+            }
+            _ => held += 1,
+        }
+    }
+    for s in c
+        .shifts
+        .iter()
+        .filter(|s| s.status == ShiftStatus::Assigned)
+    {
+        let a = c
+            .appointments
+            .iter()
+            .find(|a| Some(a.id) == s.appointment_id)
+            .expect("an assigned shift holds a real appointment");
+        assert_eq!(a.shift_id, Some(s.id));
+    }
+    held
+}
+
+#[tokio::test]
+async fn fifty_requests_and_ten_providers_at_once_keep_the_invariants() {
+    let app = TestApp::spawn_matching().await;
+    let board = open_board(&app).await;
+    let specialties: [&[&str]; 3] = [
+        &["pediatrics"],
+        &["dermatology"],
+        &["pediatrics", "dermatology"],
+    ];
+    let regions: [&[&str]; 4] = [&["TX"], &["CA"], &["TX", "CA"], &["NY"]];
+    let mut provider_ids = Vec::new();
+    for i in 0..10 {
+        provider_ids.push(
+            register(
+                &app,
+                &format!("Dr. {i}"),
+                specialties[i % 3],
+                regions[i % 4],
+            )
+            .await,
+        );
+    }
+    // 50 requests (some for a specialty nobody has) and 10 joins, all at once.
+    let wanted = ["pediatrics", "dermatology", "cardiology"];
+    let places = ["TX", "CA", "NY", "FL"];
+    let requests = (0..50).map(|i| {
+        let (app, board) = (&app, &board);
+        async move {
+            request(
+                app,
+                board,
+                &format!("Patient {i}"),
+                wanted[i % 3],
+                places[(i / 3) % 4],
+            )
+            .await;
+        }
+    });
+    let joins = provider_ids.iter().map(|p| {
+        let (app, board) = (&app, &board);
+        async move {
+            join(app, board, p).await;
+        }
+    });
+    futures::future::join(
+        futures::future::join_all(requests),
+        futures::future::join_all(joins),
+    )
+    .await;
+    matcher_settled(&app).await;
+    let first = check_invariants(&app, &board).await;
+    assert!(first >= 8, "most providers got a patient at once: {first}");
+
+    // Work the queue down: every held appointment runs and is charted, concurrently;
+    // each provider READY again is matched again.
+    let mut done = first;
+    for _round in 0..8 {
+        let c = contents(&app, &board).await;
+        let work: Vec<(String, String)> = c
+            .appointments
+            .iter()
+            .filter(|a| a.status == AppointmentStatus::Scheduled)
+            .map(|a| (a.id.to_string(), a.shift_id.unwrap().to_string()))
+            .collect();
+        if work.is_empty() {
+            break;
+        }
+        futures::future::join_all(work.iter().map(|(a, shift)| {
+            let app = &app;
+            async move {
+                act(app, START, json!({"appointmentId": a})).await;
+                act(app, FINISH, json!({"appointmentId": a})).await;
+                act(app, CHARTED, json!({"shiftId": shift})).await;
+            }
+        }))
+        .await;
+        matcher_settled(&app).await;
+        done = check_invariants(&app, &board).await;
+    }
+    // Everyone a provider could see was seen: only cardiology and uncovered regions wait.
+    let c = contents(&app, &board).await;
+    let ps = providers(&app).await;
+    for a in c
+        .appointments
+        .iter()
+        .filter(|a| a.status == AppointmentStatus::Requested)
+    {
+        assert!(
+            c.shifts
+                .iter()
+                .all(|s| !matching::fits(s, &ps[&s.provider_id], a)),
+            "{a:?} could have been seen"
+        );
+    }
+    assert!(done > first, "providers were matched again after charting");
+}
+
+#[tokio::test]
+async fn matching_rules_specialty_licence_longest_waiting_and_cancellation() {
+    let app = TestApp::spawn_matching().await;
+    let board = open_board(&app).await;
+    let derm_tx = register(&app, "Dr. Derm", &["dermatology"], &["TX"]).await;
+    let peds_ca = register(&app, "Dr. Peds CA", &["pediatrics"], &["CA"]).await;
+    join(&app, &board, &derm_tx).await;
+    let peds_ca_shift = join(&app, &board, &peds_ca).await;
+
+    // Nobody has pediatrics with a Texas licence: the request waits, and says so.
+    let a1 = request(&app, &board, "Ann", "pediatrics", "TX").await;
+    matcher_settled(&app).await;
+    let r = app
+        .data(
+            r#"query($id: ID!) { appointment(id: $id) { status waitEstimate { estimatedStart providersAvailable } } }"#,
+            json!({"id": a1}),
+        )
+        .await;
+    assert_eq!(r["appointment"]["status"], "REQUESTED");
+    assert_eq!(r["appointment"]["waitEstimate"]["providersAvailable"], 0);
+    assert!(r["appointment"]["waitEstimate"]["estimatedStart"].is_null());
+
+    // A fitting provider joins: matched at once.
+    let peds_tx = register(&app, "Dr. Peds TX", &["pediatrics"], &["TX"]).await;
+    let peds_tx_shift = join(&app, &board, &peds_tx).await;
+    matcher_settled(&app).await;
+    let r = app.data(APPOINTMENT, json!({"id": a1})).await;
+    assert_eq!(r["appointment"]["status"], "SCHEDULED");
+    assert_eq!(r["appointment"]["providerId"], peds_tx.as_str());
+    assert!(r["appointment"]["estimatedTime"].is_string());
+
+    // The matcher's write says who and why.
+    let meta: Value = sqlx::query_scalar(
+        "select metadata from events where stream_id = $1 and type = 'AppointmentScheduled'",
+    )
+    .bind(a1.parse::<Uuid>().unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(meta["actor"], "matcher");
+    let cause: Uuid = meta["causationId"].as_str().unwrap().parse().unwrap();
+    let cause_type: String = sqlx::query_scalar("select type from events where id = $1")
+        .bind(cause)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(careboard::matcher::TRIGGERS.contains(&cause_type.as_str()));
+
+    // Two more Texas pediatrics patients wait; a California one goes to Dr. Peds CA.
+    let a2 = request(&app, &board, "Ben", "pediatrics", "TX").await;
+    let a3 = request(&app, &board, "Cal", "pediatrics", "TX").await;
+    let a4 = request(&app, &board, "Dee", "pediatrics", "CA").await;
+    matcher_settled(&app).await;
+    let status = |r: &Value| r["appointment"]["status"].as_str().unwrap().to_string();
+    assert_eq!(
+        status(&app.data(APPOINTMENT, json!({"id": a2})).await),
+        "REQUESTED"
+    );
+    let r4 = app.data(APPOINTMENT, json!({"id": a4})).await;
+    assert_eq!(r4["appointment"]["providerId"], peds_ca.as_str());
+    assert_eq!(r4["appointment"]["shiftId"], peds_ca_shift.as_str());
+
+    // Dr. Peds TX finishes and charts: the longest waiting (Ben), not Cal, is next.
+    act(&app, START, json!({"appointmentId": a1})).await;
+    act(&app, FINISH, json!({"appointmentId": a1})).await;
+    act(&app, CHARTED, json!({"shiftId": peds_tx_shift})).await;
+    matcher_settled(&app).await;
+    let r2 = app.data(APPOINTMENT, json!({"id": a2})).await;
+    assert_eq!(r2["appointment"]["status"], "SCHEDULED");
+    assert_eq!(r2["appointment"]["providerId"], peds_tx.as_str());
+    assert_eq!(
+        status(&app.data(APPOINTMENT, json!({"id": a3})).await),
+        "REQUESTED"
+    );
+
+    // Ben cancels: Dr. Peds TX is READY again and takes Cal.
+    act(
+        &app,
+        CANCEL,
+        json!({"appointmentId": a2, "reason": "feeling better"}),
+    )
+    .await;
+    matcher_settled(&app).await;
+    let r3 = app.data(APPOINTMENT, json!({"id": a3})).await;
+    assert_eq!(r3["appointment"]["status"], "SCHEDULED");
+    assert_eq!(r3["appointment"]["providerId"], peds_tx.as_str());
+    check_invariants(&app, &board).await;
+}
+
+#[tokio::test]
+async fn coordinators_scheduling_by_hand_race_the_matcher_safely() {
+    let app = TestApp::spawn_matching().await;
+    let board = open_board(&app).await;
+    let mut shifts = Vec::new();
+    for i in 0..6 {
+        let p = register(&app, &format!("Dr. {i}"), &["pediatrics"], &["TX"]).await;
+        shifts.push(join(&app, &board, &p).await);
+    }
+    matcher_settled(&app).await;
+    // Each request is raced by a coordinator scheduling it by hand on some provider.
+    let outcomes = futures::future::join_all((0..12).map(|i| {
+        let (app, board, shifts) = (&app, &board, &shifts);
+        async move {
+            let a = request(app, board, &format!("Patient {i}"), "pediatrics", "TX").await;
+            let shift = &shifts[i % shifts.len()];
+            let r = app
+                .gql(
+                    SCHEDULE,
+                    json!({"input": {"appointmentId": a, "shiftId": shift}}),
+                )
+                .await;
+            (a, shift.clone(), r)
+        }
+    }))
+    .await;
+    matcher_settled(&app).await;
+    check_invariants(&app, &board).await;
+    let mut by_hand = 0;
+    for (a, shift, r) in outcomes {
+        let now = app.data(APPOINTMENT, json!({"id": a})).await;
+        if r.get("errors").is_none() {
+            // What the coordinator did stands: the matcher never re-assigns it.
+            by_hand += 1;
+            assert_eq!(now["appointment"]["shiftId"], shift.as_str());
+        } else {
+            // Lost the race (the matcher or another coordinator was first): a clean
+            // refusal, nothing half-written.
+            let code = error_code(&r);
+            assert!(
+                ["INVALID_TRANSITION", "CONFLICT"].contains(&code.as_str()),
+                "{r}"
+            );
+        }
+    }
+    let scheduled: i64 =
+        sqlx::query_scalar("select count(*) from events where type = 'AppointmentScheduled'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        scheduled, 6,
+        "six providers, six appointments scheduled ({by_hand} by hand)"
+    );
+}
+
+#[tokio::test]
+async fn wait_time_estimate_validates_and_answers_for_a_new_request() {
+    let app = TestApp::spawn_matching().await;
+    let board = open_board(&app).await;
+    let q = r#"query($b: ID!, $s: String!) { waitTimeEstimate(boardId: $b, specialty: $s) {
+        estimatedStart waitSeconds queueAhead providersAvailable providersReady
+        expectedDurationSeconds basis } }"#;
+    // Nobody on shift yet: no estimate, but an answer.
+    let r = app.data(q, json!({"b": board, "s": " Pediatrics "})).await;
+    assert!(r["waitTimeEstimate"]["estimatedStart"].is_null());
+    assert_eq!(r["waitTimeEstimate"]["basis"], "DEFAULT");
+    let p = register(&app, "Dr. A", &["pediatrics"], &["TX"]).await;
+    join(&app, &board, &p).await;
+    // One READY provider, no history: starts after the default lead time.
+    let pos: i64 = sqlx::query_scalar("select max(seq) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    app.data(
+        r#"query($b: ID!, $p: Int) { board(id: $b, minPosition: $p) { version } }"#,
+        json!({"b": board, "p": pos}),
+    )
+    .await;
+    let r = app.data(q, json!({"b": board, "s": "pediatrics"})).await;
+    let e = &r["waitTimeEstimate"];
+    assert_eq!(
+        (
+            e["providersAvailable"].as_i64(),
+            e["providersReady"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_eq!(e["queueAhead"], 0);
+    assert_eq!(e["waitSeconds"], 120);
+    assert_eq!(e["expectedDurationSeconds"], 20 * 60);
+    // Bad input: clear codes.
+    let r = app.gql(q, json!({"b": "nope", "s": "pediatrics"})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    let r = app
+        .gql(
+            q,
+            json!({"b": Uuid::new_v4().to_string(), "s": "pediatrics"}),
+        )
+        .await;
+    assert_eq!(error_code(&r), "NOT_FOUND");
+    let r = app.gql(q, json!({"b": board, "s": "  "})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+}
