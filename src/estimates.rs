@@ -114,7 +114,8 @@ impl Estimator {
         if missing.is_empty() {
             return Ok(out);
         }
-        let rows: Vec<(String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        type Row = (String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+        let rows: Vec<Row> = sqlx::query_as(
             "select sp, d.scheduled_at, d.started_at, d.finished_at \
                from unnest($1::text[]) as sp \
                cross join lateral ( \

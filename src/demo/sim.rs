@@ -93,7 +93,7 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Result<Vec<ImportEvent>> {
     let mut sim = Sim {
         scenario,
         // A stream of its own for event and correlation ids, apart from the scenario's.
-        rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_da75),
+        rng: ChaCha8Rng::seed_from_u64(seed ^ 0xDE30_5EED),
         queue: BinaryHeap::new(),
         actions: Vec::new(),
         boards: vec![None; scenario.boards.len()],

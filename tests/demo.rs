@@ -1,0 +1,270 @@
+//! The demo day and the wait-time model against simulated history.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use careboard::demo::scenario::{Arrival, BoardPlan, ProviderPlan, Scenario, ShiftPlan};
+use careboard::demo::{import_history, sim};
+use careboard::projections::Projection;
+use careboard::projector::wait_for_position;
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use common::TestApp;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+type EventRow = (Uuid, Uuid, i64, String, Value, Value, DateTime<Utc>);
+
+async fn all_events(url: &str) -> Vec<EventRow> {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let rows = sqlx::query_as(
+        "select id, stream_id, version, type, data, metadata, recorded_at from events order by seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows
+}
+
+fn demo(url: &str, seed: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args([
+            "demo",
+            "--seed",
+            seed,
+            "--date",
+            "2026-03-02",
+            "--boards",
+            "2",
+        ])
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run careboard demo");
+    assert!(
+        out.status.success(),
+        "careboard demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn demo_with_the_same_seed_gives_the_same_events() {
+    let (_a, url_a) = common::fresh_database_with_url().await;
+    let (_b, url_b) = common::fresh_database_with_url().await;
+    let (_c, url_c) = common::fresh_database_with_url().await;
+    let printed = demo(&url_a, "1");
+    assert!(
+        printed.contains("Imported the demo day 2026-03-02 (seed 1)"),
+        "{printed}"
+    );
+    demo(&url_b, "1");
+    demo(&url_c, "2");
+    let (a, b, c) = (
+        all_events(&url_a).await,
+        all_events(&url_b).await,
+        all_events(&url_c).await,
+    );
+    assert!(a.len() > 1000, "a whole day: {} events", a.len());
+    assert_eq!(
+        a, b,
+        "seed 1 twice: the same events, ids and times included"
+    );
+    assert_ne!(a, c, "another seed, another day");
+
+    // A realistic day: spread over the day, matched by the matcher, Boards closed.
+    let first = a.first().unwrap().6;
+    let last = a.last().unwrap().6;
+    assert!((last - first).num_hours() >= 9, "{first} .. {last}");
+    assert!(
+        a.windows(2).all(|w| w[0].6 <= w[1].6),
+        "times never go back"
+    );
+    let count = |t: &str| a.iter().filter(|e| e.3 == t).count();
+    assert_eq!(count("BoardClosed"), 2);
+    for t in [
+        "ProviderPaused",
+        "ChartingFinished",
+        "ProviderSignedOff",
+        "AppointmentCancelled",
+        "AppointmentFinished",
+    ] {
+        assert!(count(t) > 0, "the day has {t}");
+    }
+    assert!(a
+        .iter()
+        .filter(|e| e.3 == "AppointmentScheduled")
+        .all(|e| e.5["actor"] == "matcher"));
+
+    // Importing the same day again is refused, and changes nothing.
+    let out = Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args([
+            "demo",
+            "--seed",
+            "1",
+            "--date",
+            "2026-03-02",
+            "--boards",
+            "2",
+        ])
+        .env("DATABASE_URL", &url_a)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(all_events(&url_a).await.len(), a.len());
+}
+
+fn t(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2022, 7, 18, h, m, s).unwrap()
+}
+
+/// One Board, three pediatricians, known durations (±5%): a quiet first hour builds
+/// the history, then a burst of patients queues up.
+fn known_day() -> Scenario {
+    let providers: Vec<ProviderPlan> = (0..3)
+        .map(|i| ProviderPlan {
+            id: Uuid::from_u128(0x100 + i),
+            name: format!("Dr. {i}"),
+            specialties: vec!["pediatrics".into()],
+            regions: vec!["TX".into()],
+        })
+        .collect();
+    let shifts = (0..3)
+        .map(|i| ShiftPlan {
+            provider: i,
+            joins_at: t(8, 0, 0),
+            leaves_at: t(12, 0, 0),
+            breaks: Vec::new(),
+        })
+        .collect();
+    let jitter = |i: usize| 1.0 + [-0.05, 0.0, 0.05, 0.02, -0.03][i % 5];
+    let minutes = |m: f64, i: usize| chrono::Duration::seconds((m * 60.0 * jitter(i)) as i64);
+    let mut arrivals = Vec::new();
+    let mut arrive = |at: DateTime<Utc>, i: usize| {
+        arrivals.push(Arrival {
+            at,
+            patient: format!("Patient {i}"),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            reason: "fever".into(),
+            lead: minutes(1.0, i),
+            consult: minutes(15.0, i + 1),
+            charting: minutes(4.0, i + 2),
+            patience: None,
+            no_show: false,
+        })
+    };
+    for i in 0..8 {
+        arrive(t(8, 2 + 7 * i as u32, 0), i);
+    }
+    for i in 0..14 {
+        arrive(t(9, 30 + i as u32, 0), 100 + i);
+    }
+    Scenario {
+        date: NaiveDate::from_ymd_opt(2022, 7, 18).unwrap(),
+        boards: vec![BoardPlan {
+            id: Uuid::from_u128(0x1),
+            name: "Pediatrics TX".into(),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            opens_at: t(7, 45, 0),
+            shifts,
+            arrivals,
+        }],
+        providers,
+    }
+}
+
+#[tokio::test]
+async fn estimates_are_within_twenty_percent_of_the_simulated_waits() {
+    let app = TestApp::spawn().await;
+    let scenario = known_day();
+    let imported = import_history(&app.pool, &scenario, 7).await.unwrap();
+    for p in [Projection::AppointmentDurations, Projection::BoardView] {
+        assert!(
+            wait_for_position(&app.pool, p, imported.position, Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+    }
+    let board = scenario.boards[0].id.to_string();
+    let day = app
+        .data(
+            r#"query($b: ID!) { board(id: $b) { status appointments { id requestedAt startedAt } } }"#,
+            json!({"b": board}),
+        )
+        .await;
+    assert_eq!(day["board"]["status"], "CLOSED");
+    let time = |v: &Value| {
+        DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    let mut checked = 0;
+    for a in day["board"]["appointments"].as_array().unwrap() {
+        let (requested, started) = (time(&a["requestedAt"]), time(&a["startedAt"]));
+        let actual = (started - requested).num_seconds() as f64;
+        if actual < 10.0 * 60.0 {
+            continue;
+        }
+        // The estimate the patient saw on arriving: their appointment as of then.
+        let seen = app
+            .data(
+                r#"query($id: ID!, $at: DateTime!) { appointment(id: $id, asOf: $at) {
+                    status waitEstimate { estimatedStart basis queueAhead } } }"#,
+                json!({"id": a["id"], "at": a["requestedAt"]}),
+            )
+            .await;
+        let e = &seen["appointment"]["waitEstimate"];
+        assert_eq!(seen["appointment"]["status"], "REQUESTED");
+        assert_eq!(e["basis"], "HISTORY", "the first hour is history");
+        let estimated = (time(&e["estimatedStart"]) - requested).num_seconds() as f64;
+        assert!(
+            (estimated - actual).abs() <= 0.2 * actual,
+            "appointment {} ({} ahead): estimated wait {estimated} s, simulated {actual} s",
+            a["id"],
+            e["queueAhead"]
+        );
+        // A new request a second before it arrived would have been told the same.
+        let before = requested - chrono::Duration::seconds(1);
+        let fresh = app
+            .data(
+                r#"query($b: ID!, $at: DateTime!) { waitTimeEstimate(boardId: $b, specialty: "pediatrics", asOf: $at) { waitSeconds } }"#,
+                json!({"b": board, "at": before.to_rfc3339()}),
+            )
+            .await;
+        let told = fresh["waitTimeEstimate"]["waitSeconds"].as_f64().unwrap();
+        assert!(
+            (told - actual).abs() <= 0.2 * actual + 1.0,
+            "new request at {before}: told {told} s, simulated {actual} s"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "the burst queued most patients: {checked} checked"
+    );
+}
+
+#[test]
+fn the_simulation_uses_the_domain_rules_and_never_overlaps_a_provider() {
+    let events = sim::simulate(&known_day(), 7).unwrap();
+    let mut holding = std::collections::HashMap::new();
+    for e in &events {
+        let h = holding.entry(e.stream_id).or_insert(false);
+        match e.event_type.as_str() {
+            "ProviderAssigned" => {
+                assert!(!*h);
+                *h = true;
+            }
+            "ChartingFinished" | "ProviderReady" => *h = false,
+            _ => {}
+        }
+    }
+    assert!(events.iter().any(|e| e.event_type == "BoardClosed"));
+}
