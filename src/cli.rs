@@ -65,13 +65,11 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
         let _ = stop_rx.await;
     }));
     println!(
-        "Playing the demo day live at {}x (seed {}). Watch a Board:",
+        "Playing the demo day live at {}x (seed {}); all Boards: {base}/boards. Opening:",
         args.speed, args.seed
     );
-    print!("{}", crate::demo::describe(&scenario, &base));
-    println!("(the ids above are the scenario's; the live Boards are listed at {base}/boards)");
     let outcome = tokio::select! {
-        r = crate::demo::live::play(&store, &scenario, args.speed, args.hours) => Some(r?),
+        r = crate::demo::live::play(&store, &scenario, args.speed, args.hours, &base) => Some(r?),
         _ = app::shutdown_signal() => None,
     };
     let latency = metrics.matcher_latency();

@@ -72,6 +72,7 @@ struct Driver<'a> {
     held_by: HashMap<Uuid, Uuid>,
     log_position: i64,
     summary: LiveSummary,
+    base_url: &'a str,
 }
 
 fn meta(operation: &'static str) -> CommandMeta {
@@ -81,11 +82,13 @@ fn meta(operation: &'static str) -> CommandMeta {
 }
 
 /// Plays `scenario` until its day ends (or `hours` simulated hours pass).
+/// Prints each Board's page under `base_url` as it opens.
 pub async fn play(
     store: &EventStore,
     scenario: &Scenario,
     speed: f64,
     hours: Option<f64>,
+    base_url: &str,
 ) -> Result<LiveSummary> {
     let origin = scenario
         .boards
@@ -114,6 +117,7 @@ pub async fn play(
             .fetch_one(store.pool())
             .await?,
         summary: LiveSummary::default(),
+        base_url,
     };
     for (i, p) in scenario.providers.iter().enumerate() {
         let w = commands::register_provider(
@@ -313,7 +317,13 @@ impl Driver<'_> {
                 .await
                 .map_err(|e| anyhow::anyhow!(e.describe()))?;
                 self.boards[b] = Some(w.entity.id);
-                tracing::info!(board = %w.entity.id, name = %plan.name, "demo board open");
+                println!(
+                    "  {:<28} {} patients today  {}/boards/{}",
+                    plan.name,
+                    plan.arrivals.len(),
+                    self.base_url,
+                    w.entity.id
+                );
             }
             Act::Join(b, s) => {
                 let (Some(board), Some(provider)) = (
