@@ -159,6 +159,49 @@ impl Estimator {
         Ok(out)
     }
 
+    /// Every sample of `specialty` that any moment in `(from, to]` could use, with its
+    /// finish time, oldest first: for estimates all along a timeline
+    /// ([`model_at`] picks each moment's window).
+    pub async fn timeline_samples(
+        &self,
+        pool: &PgPool,
+        specialty: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> AppResult<Vec<(DateTime<Utc>, DurationSample)>> {
+        type Row = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "select d.scheduled_at, d.started_at, d.finished_at \
+               from appointment_durations d \
+               join projection_state p on p.name = 'appointment_durations' \
+                and p.status = 'live' and p.generation = d.generation \
+              where d.specialty = $1 \
+                and d.finished_at <= $3 and d.finished_at > $2 - make_interval(days => $4) \
+                and d.scheduled_at is not null and d.started_at is not null \
+              order by d.finished_at limit 100000",
+        )
+        .bind(specialty)
+        .bind(from)
+        .bind(to)
+        .bind(WINDOW_DAYS as i32)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(scheduled_at, started_at, finished_at)| {
+                (
+                    finished_at,
+                    DurationSample {
+                        specialty: specialty.to_string(),
+                        scheduled_at,
+                        lead: started_at - scheduled_at,
+                        held: finished_at - scheduled_at,
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// The duration model for `specialties` as of `until` (`None`: now).
     pub async fn model(
         &self,
@@ -250,6 +293,45 @@ impl Estimator {
     ) -> AppResult<DateTime<Utc>> {
         let model = self.model(pool, &[specialty.to_string()], None).await?;
         Ok(now + model.lead(specialty))
+    }
+}
+
+/// The model at moment `t` from [`Estimator::timeline_samples`] (sorted by finish
+/// time): the newest [`WINDOW_SAMPLES`] finished in the window before `t`.
+pub fn model_at(samples: &[(DateTime<Utc>, DurationSample)], t: DateTime<Utc>) -> DurationModel {
+    let end = samples.partition_point(|(finished, _)| *finished <= t);
+    let start = samples[..end]
+        .partition_point(|(finished, _)| *finished <= t - Duration::days(WINDOW_DAYS));
+    let start = start.max(end.saturating_sub(WINDOW_SAMPLES as usize));
+    let window: Vec<DurationSample> = samples[start..end].iter().map(|(_, s)| s.clone()).collect();
+    DurationModel::from_samples(&window)
+}
+
+/// A request not made yet, for estimating what it would wait.
+pub fn hypothetical_request(
+    board: &crate::domain::Board,
+    specialty: String,
+    region: Option<String>,
+    at: DateTime<Utc>,
+) -> Appointment {
+    Appointment {
+        id: Uuid::nil(),
+        board_id: board.id,
+        patient_name: String::new(),
+        region: region.unwrap_or_else(|| board.region.clone()),
+        specialty,
+        reason: String::new(),
+        status: AppointmentStatus::Requested,
+        provider_id: None,
+        shift_id: None,
+        estimated_time: None,
+        requested_at: at,
+        scheduled_at: None,
+        started_at: None,
+        finished_at: None,
+        cancelled_at: None,
+        cancellation_reason: None,
+        version: 0,
     }
 }
 

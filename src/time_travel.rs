@@ -190,12 +190,47 @@ pub struct HistoryEntry {
     pub in_progress: i64,
     pub providers_ready: i64,
     pub providers_charting: i64,
+    /// What a new request of the Board's specialty and region would have been told to
+    /// wait at that moment (`None`: no provider on shift could take it).
+    pub estimated_wait_seconds: Option<i64>,
+}
+
+/// The wait a new request of the Board's own specialty and region would have been
+/// told at `at`, from the Board as `doc` holds it.
+async fn headline_wait(
+    pool: &PgPool,
+    estimator: &crate::estimates::Estimator,
+    doc: &BoardDoc,
+    board: &crate::domain::Board,
+    samples: &[(DateTime<Utc>, crate::domain::matching::DurationSample)],
+    at: DateTime<Utc>,
+) -> AppResult<Option<i64>> {
+    use crate::domain::AppointmentStatus as A;
+    let open: Vec<_> = doc
+        .appointments
+        .values()
+        .filter(|a| matches!(a.status, A::Requested | A::Scheduled | A::Started))
+        .cloned()
+        .collect();
+    let shifts: Vec<_> = doc.shifts.values().cloned().collect();
+    let providers = estimator
+        .providers(pool, shifts.iter().map(|s| s.provider_id))
+        .await?;
+    let request = crate::estimates::hypothetical_request(board, board.specialty.clone(), None, at);
+    let model = crate::estimates::model_at(samples, at);
+    let estimates =
+        crate::domain::matching::estimate(at, &open, &shifts, &providers, &model, Some(&request));
+    Ok(estimates
+        .get(&request.id)
+        .and_then(|e| e.start)
+        .map(|start| crate::estimates::wait_seconds(at, start)))
 }
 
 /// Every Board version caused by events recorded in `(from, to]`, oldest first, at most
 /// `limit` of them.
 pub async fn board_history(
     pool: &PgPool,
+    estimator: &crate::estimates::Estimator,
     board_id: Uuid,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -214,11 +249,26 @@ pub async fn board_history(
     .fetch_all(pool)
     .await?;
     let mut out = Vec::with_capacity(events.len());
+    let mut samples = None;
     for e in events {
         if e.version <= doc.applied_version(e.stream_id) {
             continue;
         }
         doc.apply(&e).map_err(|err| fold_failed(board_id, err))?;
+        let estimated_wait_seconds = match &doc.board {
+            Some(board) => {
+                if samples.is_none() {
+                    samples = Some(
+                        estimator
+                            .timeline_samples(pool, &board.specialty, from, to)
+                            .await?,
+                    );
+                }
+                let samples = samples.as_deref().unwrap_or_default();
+                headline_wait(pool, estimator, &doc, board, samples, e.recorded_at).await?
+            }
+            None => None,
+        };
         use crate::domain::{AppointmentStatus as A, ShiftStatus as S};
         let count_a = |s: A| doc.appointments.values().filter(|a| a.status == s).count() as i64;
         let count_s = |s: S| doc.shifts.values().filter(|x| x.status == s).count() as i64;
@@ -229,6 +279,7 @@ pub async fn board_history(
             in_progress: count_a(A::Started),
             providers_ready: count_s(S::Ready),
             providers_charting: count_s(S::Charting),
+            estimated_wait_seconds,
             event: e,
         });
     }

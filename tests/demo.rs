@@ -249,6 +249,34 @@ async fn estimates_are_within_twenty_percent_of_the_simulated_waits() {
         checked >= 8,
         "the burst queued most patients: {checked} checked"
     );
+
+    // The day's timeline carries the same estimate as a headline figure.
+    let history = app
+        .data(
+            r#"query($b: ID!) { boardHistory(boardId: $b, from: "2022-07-18T07:00:00Z", to: "2022-07-18T23:00:00Z", first: 500) {
+                at estimatedWaitSeconds event { type } } }"#,
+            json!({"b": board}),
+        )
+        .await;
+    let entries = history["boardHistory"].as_array().unwrap();
+    let wait_at = |h: u32, m: u32| {
+        entries
+            .iter()
+            .rfind(|e| time(&e["at"]) <= t(h, m, 0))
+            .map(|e| e["estimatedWaitSeconds"].clone())
+            .unwrap()
+    };
+    assert!(wait_at(7, 55).is_null(), "nobody on shift before eight");
+    assert_eq!(
+        wait_at(8, 1),
+        json!(120),
+        "READY providers, no history: the default lead"
+    );
+    let peak = wait_at(9, 44).as_i64().unwrap();
+    assert!(
+        peak > 45 * 60,
+        "after the burst the queue is long: {peak} s"
+    );
 }
 
 #[test]

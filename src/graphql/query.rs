@@ -12,6 +12,7 @@ use super::types::{
 use super::{estimator, store, ReadWait};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
+use crate::estimates::hypothetical_request;
 use crate::event_store::{list_providers, load_board_contents, read_log, LogFilter, ReadLimit};
 use crate::projections::{read, Projection};
 use crate::projector::state::ProjectionStatus;
@@ -235,25 +236,7 @@ impl Query {
             .into());
         }
         let now = as_of.unwrap_or_else(Utc::now);
-        let request = domain::Appointment {
-            id: Uuid::nil(),
-            board_id,
-            patient_name: String::new(),
-            region: region.unwrap_or_else(|| contents.board.region.clone()),
-            specialty,
-            reason: String::new(),
-            status: domain::AppointmentStatus::Requested,
-            provider_id: None,
-            shift_id: None,
-            estimated_time: None,
-            requested_at: now,
-            scheduled_at: None,
-            started_at: None,
-            finished_at: None,
-            cancelled_at: None,
-            cancellation_reason: None,
-            version: 0,
-        };
+        let request = hypothetical_request(&contents.board, specialty, region, now);
         let estimates = estimator(ctx)
             .board(pool, &contents, as_of, Some(&request))
             .await?;
@@ -301,7 +284,7 @@ impl Query {
                 .into())
             }
         };
-        let entries = board_history(store(ctx).pool(), id, from, to, limit).await?;
+        let entries = board_history(store(ctx).pool(), estimator(ctx), id, from, to, limit).await?;
         Ok(entries.into_iter().map(BoardHistoryEntry).collect())
     }
 

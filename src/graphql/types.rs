@@ -607,4 +607,9 @@ impl BoardHistoryEntry {
     async fn providers_charting(&self) -> i64 {
         self.0.providers_charting
     }
+    /// What a new request of the Board's specialty (in its region) would have been told
+    /// to wait then, in seconds; null when no provider on shift could take it.
+    async fn estimated_wait_seconds(&self) -> Option<i64> {
+        self.0.estimated_wait_seconds
+    }
 }
