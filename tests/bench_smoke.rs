@@ -28,6 +28,8 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
             "20",
             "--asof-sizes",
             "100",
+            "--append-writers",
+            "2",
             "--json-out",
         ])
         .arg(&json_path)
@@ -45,6 +47,9 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
         .collect();
     for expected in [
         "append",
+        "append: storage, 1 event(s)/append",
+        "append: storage, 10 event(s)/append",
+        "append: one hot stream",
         "mutate",
         "project: lag",
         "project: board_view rebuild",
@@ -59,6 +64,12 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
         );
     }
     for r in results {
-        assert_eq!(r["errors"], 0, "{r}");
+        let scenario = r["scenario"].as_str().unwrap();
+        if scenario.starts_with("append: one hot stream") {
+            // There errors are the conflicts it measures; some appends still succeed.
+            assert!(r["rate_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        } else {
+            assert_eq!(r["errors"], 0, "{r}");
+        }
     }
 }

@@ -20,6 +20,7 @@ use careboard::event_store::unit_of_work::CommandMeta;
 use careboard::event_store::EventStore;
 use careboard::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
 
+mod append;
 mod asof;
 mod project;
 mod subscribe;
@@ -75,6 +76,9 @@ struct Args {
     /// Board sizes (events) of the `asof` scenario.
     #[arg(long, value_delimiter = ',', default_values_t = vec![100usize, 10_000, 100_000])]
     asof_sizes: Vec<usize>,
+    /// Writer counts of the storage-level `append` matrix.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8, 32])]
+    append_writers: Vec<usize>,
     /// Idle subscriptions held open to measure memory per subscription.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -166,6 +170,20 @@ async fn main() -> Result<()> {
             let row = append_scenario(&pool, &args, pgbench).await?;
             max_append = Some(row.rate);
             rows.push(row);
+            for &writers in &args.append_writers {
+                let baseline = if writers == args.clients {
+                    pgbench
+                } else {
+                    pgbench_append(&db_url, &pool, writers, args.seconds).await?
+                };
+                println!("baseline pgbench INSERT+UPDATE, {writers} clients: {baseline:.0} tx/s");
+                for batch in [1, 10] {
+                    rows.push(
+                        append::own_streams(&pool, writers, batch, args.seconds, baseline).await?,
+                    );
+                }
+                rows.push(append::hot_stream(&pool, writers, args.seconds, baseline).await?);
+            }
         }
         if want(Scenario::Mutate) {
             rows.push(mutate_scenario(&pool, &args, pgbench).await?);
@@ -352,7 +370,7 @@ async fn fresh_database(admin_url: &str) -> Result<String> {
 /// client's stream row and the INSERT of one event, in one transaction.
 async fn pgbench_append(url: &str, pool: &PgPool, clients: usize, seconds: u64) -> Result<f64> {
     for client in 0..clients {
-        sqlx::query("insert into streams (id, type, version) values ($1, 'board', 0)")
+        sqlx::query("insert into streams (id, type, version) values ($1, 'board', 0) on conflict (id) do nothing")
             .bind(client_stream(client))
             .execute(pool)
             .await?;
@@ -432,6 +450,9 @@ pub(crate) fn request_input(board: &str, i: u64) -> RequestAppointmentInput {
     }
 }
 
+/// Op ids from here on belong to the open-loop phase of [`closed_loop`].
+const OPEN_LOOP_FIRST_ID: u64 = 1 << 40;
+
 /// The maximum rate of `op` (closed loop, `clients` at once, for `seconds`), then its
 /// latency in an open loop at half that rate: requests start on schedule whether or
 /// not earlier ones finished, and latency counts from the scheduled start, so slow
@@ -473,7 +494,8 @@ where
         errors += e;
     }
     let max_rate = done as f64 / started.elapsed().as_secs_f64();
-    let (hist, open_errors) = open_loop((max_rate / 2.0).max(1.0), seconds, op, 1 << 40).await?;
+    let (hist, open_errors) =
+        open_loop((max_rate / 2.0).max(1.0), seconds, op, OPEN_LOOP_FIRST_ID).await?;
     Ok((max_rate, hist, errors + open_errors))
 }
 
@@ -593,25 +615,29 @@ async fn mutate_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Ro
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| scenario | max rate/s | p50 ms | p99 ms | errors | baseline | baseline/s | ratio |\n|---|---|---|---|---|---|---|---|"
+        "\n| scenario | max rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | baseline | baseline/s | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in rows {
-        let (p50, p99) = r
+        let ms = |q: f64| {
+            r.latency
+                .as_ref()
+                .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+                .unwrap_or_default()
+        };
+        let max = r
             .latency
             .as_ref()
-            .map(|h| {
-                (
-                    h.value_at_quantile(0.5) as f64 / 1000.0,
-                    h.value_at_quantile(0.99) as f64 / 1000.0,
-                )
-            })
+            .map(|h| h.max() as f64 / 1000.0)
             .unwrap_or_default();
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} |",
             r.scenario,
             r.rate,
-            p50,
-            p99,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(0.999),
+            max,
             r.errors,
             r.baseline_name,
             r.baseline_rate,
