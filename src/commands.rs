@@ -401,17 +401,46 @@ pub async fn schedule_appointment(
 ) -> AppResult<Written<Appointment>> {
     let appointment_id = parse_id("appointmentId", &input.appointment_id)?;
     let shift_id = parse_id("shiftId", &input.shift_id)?;
-    let mut uow = begin!(store, meta, input);
+    let uow = begin!(store, meta, input);
+    schedule_in(
+        store,
+        uow,
+        appointment_id,
+        shift_id,
+        None,
+        input.estimated_time,
+    )
+    .await
+}
+
+/// Schedules inside a begun command: loads the appointment (the target), the shift
+/// (checked against `shift_version` when given) and its provider, decides, commits.
+/// Without `estimated_time`, the appointment is expected once the usual lead time from
+/// scheduling to start has passed (the provider is READY).
+async fn schedule_in(
+    store: &EventStore,
+    mut uow: UnitOfWork,
+    appointment_id: Uuid,
+    shift_id: Uuid,
+    shift_version: Option<i64>,
+    estimated_time: Option<DateTime<Utc>>,
+) -> AppResult<Written<Appointment>> {
     let appointment = uow.target::<Appointment>(appointment_id).await?;
     let shift = uow.also::<Shift>(shift_id).await?;
+    if let (Some(s), Some(expected)) = (&shift, shift_version) {
+        if s.version != expected {
+            return Err(AppError::Conflict(format!(
+                "expected version {expected} but provider shift {} is at version {}",
+                s.id, s.version
+            )));
+        }
+    }
     let provider = match &shift {
         Some(s) => uow.read::<Provider>(s.provider_id, Guard::None).await?,
         None => None,
     };
-    let estimated_time = match (input.estimated_time, &appointment) {
+    let estimated_time = match (estimated_time, &appointment) {
         (Some(t), _) => t,
-        // The provider is READY, so the appointment can start once the usual lead
-        // time from scheduling to start has passed.
         (None, Some(a)) => {
             crate::estimates::Estimator::new()
                 .scheduled_start(store.pool(), &a.specialty, Utc::now())
@@ -450,31 +479,19 @@ pub async fn assign(
         "appointmentId": assignment.appointment_id,
         "shiftId": assignment.shift_id,
     });
-    let mut uow = match store.begin(meta, &input).await? {
+    let uow = match store.begin(meta, &input).await? {
         Begun::Fresh(uow) => *uow,
         Begun::Replayed(outcome) => return replayed(store, &outcome).await,
     };
-    let appointment = uow.target::<Appointment>(assignment.appointment_id).await?;
-    let shift = uow.also::<Shift>(assignment.shift_id).await?;
-    if let Some(s) = &shift {
-        if s.version != assignment.shift_version {
-            return Err(AppError::Conflict(format!(
-                "expected version {} but provider shift {} is at version {}",
-                assignment.shift_version, s.id, s.version
-            )));
-        }
-    }
-    let provider = match &shift {
-        Some(s) => uow.read::<Provider>(s.provider_id, Guard::None).await?,
-        None => None,
-    };
-    let events = scheduling::schedule(
-        appointment.as_ref(),
-        shift.as_ref(),
-        provider.as_ref(),
-        assignment.estimated_time,
-    )?;
-    commit_two(uow, appointment, shift, events).await
+    schedule_in(
+        store,
+        uow,
+        assignment.appointment_id,
+        assignment.shift_id,
+        Some(assignment.shift_version),
+        Some(assignment.estimated_time),
+    )
+    .await
 }
 
 pub async fn cancel_appointment(

@@ -29,12 +29,13 @@ const LIVE_TTL: StdDuration = StdDuration::from_secs(5);
 const MAX_CACHED_BOARDS: usize = 1024;
 
 type BoardKey = (Uuid, i64);
+type BoardEstimates = Arc<tokio::sync::OnceCell<Arc<HashMap<Uuid, Estimate>>>>;
 
 #[derive(Default)]
 struct Caches {
     providers: HashMap<Uuid, Provider>,
     samples: HashMap<String, (Instant, Arc<Vec<DurationSample>>)>,
-    boards: HashMap<BoardKey, (Instant, Arc<HashMap<Uuid, Estimate>>)>,
+    boards: HashMap<BoardKey, (Instant, BoardEstimates)>,
 }
 
 /// Computes estimates; cheap to clone (shared caches).
@@ -140,12 +141,12 @@ impl Estimator {
             fresh
                 .entry(specialty.clone())
                 .or_default()
-                .push(DurationSample {
+                .push(DurationSample::from_times(
                     specialty,
                     scheduled_at,
-                    lead: started_at - scheduled_at,
-                    held: finished_at - scheduled_at,
-                });
+                    started_at,
+                    finished_at,
+                ));
         }
         if until.is_none() {
             let mut caches = self.caches.lock().expect("estimator cache");
@@ -191,12 +192,12 @@ impl Estimator {
             .map(|(scheduled_at, started_at, finished_at)| {
                 (
                     finished_at,
-                    DurationSample {
-                        specialty: specialty.to_string(),
+                    DurationSample::from_times(
+                        specialty.to_string(),
                         scheduled_at,
-                        lead: started_at - scheduled_at,
-                        held: finished_at - scheduled_at,
-                    },
+                        started_at,
+                        finished_at,
+                    ),
                 )
             })
             .collect())
@@ -215,7 +216,9 @@ impl Estimator {
     }
 
     /// Estimates for every waiting appointment on a Board, and for `extra` (a request
-    /// not yet made) if given, as of `as_of` (`None`: now).
+    /// not yet made) if given, as of `as_of` (`None`: now). Live Board estimates are
+    /// computed once per Board version, however many readers (e.g. subscribers to one
+    /// Board) ask at the same moment: later callers wait for the first.
     pub async fn board(
         &self,
         pool: &PgPool,
@@ -223,33 +226,46 @@ impl Estimator {
         as_of: Option<DateTime<Utc>>,
         extra: Option<&Appointment>,
     ) -> AppResult<Arc<HashMap<Uuid, Estimate>>> {
-        let key = (contents.board.id, contents.version);
-        let cacheable = as_of.is_none() && extra.is_none();
-        if cacheable {
-            let caches = self.caches.lock().expect("estimator cache");
-            if let Some((at, e)) = caches.boards.get(&key) {
-                if at.elapsed() < LIVE_TTL {
-                    return Ok(e.clone());
+        if as_of.is_some() || extra.is_some() {
+            return self.compute(pool, contents, as_of, extra).await;
+        }
+        let cell = {
+            let mut caches = self.caches.lock().expect("estimator cache");
+            let key = (contents.board.id, contents.version);
+            match caches.boards.get(&key) {
+                Some((at, cell)) if at.elapsed() < LIVE_TTL => cell.clone(),
+                _ => {
+                    if caches.boards.len() >= MAX_CACHED_BOARDS {
+                        caches.boards.retain(|_, (at, _)| at.elapsed() < LIVE_TTL);
+                        if caches.boards.len() >= MAX_CACHED_BOARDS {
+                            caches.boards.clear();
+                        }
+                    }
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    caches.boards.insert(key, (Instant::now(), cell.clone()));
+                    cell
                 }
             }
-        }
-        let waiting = contents
+        };
+        cell.get_or_try_init(|| self.compute(pool, contents, None, None))
+            .await
+            .cloned()
+    }
+
+    async fn compute(
+        &self,
+        pool: &PgPool,
+        contents: &BoardContents,
+        as_of: Option<DateTime<Utc>>,
+        extra: Option<&Appointment>,
+    ) -> AppResult<Arc<HashMap<Uuid, Estimate>>> {
+        // Waiting appointments are estimated; scheduled and started ones hold providers.
+        let mut specialties: Vec<String> = contents
             .appointments
             .iter()
-            .filter(|a| a.status == AppointmentStatus::Requested);
-        let mut specialties: Vec<String> = waiting
+            .filter(|a| a.status.is_open())
             .chain(extra)
             .map(|a| a.specialty.clone())
-            .chain(
-                contents
-                    .appointments
-                    .iter()
-                    .filter(|a| {
-                        a.status == AppointmentStatus::Scheduled
-                            || a.status == AppointmentStatus::Started
-                    })
-                    .map(|a| a.specialty.clone()),
-            )
             .collect();
         specialties.sort();
         specialties.dedup();
@@ -260,28 +276,14 @@ impl Estimator {
             .providers(pool, contents.shifts.iter().map(|s| s.provider_id))
             .await?;
         let model = self.model(pool, &specialties, as_of).await?;
-        let now = as_of.unwrap_or_else(Utc::now);
-        let estimates = Arc::new(matching::estimate(
-            now,
+        Ok(Arc::new(matching::estimate(
+            as_of.unwrap_or_else(Utc::now),
             &contents.appointments,
             &contents.shifts,
             &providers,
             &model,
             extra,
-        ));
-        if cacheable {
-            let mut caches = self.caches.lock().expect("estimator cache");
-            if caches.boards.len() >= MAX_CACHED_BOARDS {
-                caches.boards.retain(|_, (at, _)| at.elapsed() < LIVE_TTL);
-                if caches.boards.len() >= MAX_CACHED_BOARDS {
-                    caches.boards.clear();
-                }
-            }
-            caches
-                .boards
-                .insert(key, (Instant::now(), estimates.clone()));
-        }
-        Ok(estimates)
+        )))
     }
 
     /// When an appointment of `specialty` scheduled now is expected to start.

@@ -205,11 +205,10 @@ async fn headline_wait(
     samples: &[(DateTime<Utc>, crate::domain::matching::DurationSample)],
     at: DateTime<Utc>,
 ) -> AppResult<Option<i64>> {
-    use crate::domain::AppointmentStatus as A;
     let open: Vec<_> = doc
         .appointments
         .values()
-        .filter(|a| matches!(a.status, A::Requested | A::Scheduled | A::Started))
+        .filter(|a| a.status.is_open())
         .cloned()
         .collect();
     let shifts: Vec<_> = doc.shifts.values().cloned().collect();

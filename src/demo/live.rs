@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::scenario::Scenario;
+use super::scenario::{Scenario, ShiftPlan};
 use crate::commands::{self, AppointmentAction, AppointmentInput, ShiftAction, ShiftInput};
 use crate::domain::{AppointmentStatus, Shift, ShiftStatus};
 use crate::error::AppError;
@@ -68,8 +68,6 @@ struct Driver<'a> {
     intents: HashMap<Uuid, Intent>,
     /// Live appointment id → (board, arrival).
     appointments: HashMap<Uuid, (usize, usize)>,
-    /// Appointment → shift, as scheduled by the matcher.
-    held_by: HashMap<Uuid, Uuid>,
     log_position: i64,
     summary: LiveSummary,
     base_url: &'a str,
@@ -112,7 +110,6 @@ pub async fn play(
         signed_off: HashSet::new(),
         intents: HashMap::new(),
         appointments: HashMap::new(),
-        held_by: HashMap::new(),
         log_position: sqlx::query_scalar("select coalesce(max(seq), 0) from events")
             .fetch_one(store.pool())
             .await?,
@@ -204,11 +201,6 @@ impl Driver<'_> {
             let Some(&(b, a)) = self.appointments.get(&e.stream_id) else {
                 continue;
             };
-            if let Some(shift) = e.data.get("shiftId").and_then(|s| s.as_str()) {
-                if let Ok(shift) = shift.parse() {
-                    self.held_by.insert(e.stream_id, shift);
-                }
-            }
             if e.metadata.get("actor").and_then(|a| a.as_str()) == Some(crate::matcher::NAME) {
                 self.summary.scheduled_by_matcher += 1;
             }
@@ -257,7 +249,7 @@ impl Driver<'_> {
                         && !self.intents.get(*other).is_some_and(|i| i.leaving)
                 })
                 .count();
-            if arrivals_over || staying >= 2 {
+            if ShiftPlan::may_leave(arrivals_over, staying) {
                 let done = self
                     .shift_command(id, ShiftAction::SignOff, "signOffProvider")
                     .await?;
@@ -290,6 +282,32 @@ impl Driver<'_> {
             Err(AppError::Domain(_) | AppError::Conflict(_)) => Ok(false),
             Err(e) => Err(anyhow::anyhow!(e.describe())),
         }
+    }
+
+    /// A paused provider is marked READY (end of a break, or leaving time).
+    async fn back_from_pause(&self, id: Uuid) -> Result<()> {
+        let paused = self
+            .shift_state(id)
+            .await?
+            .is_some_and(|s| s.status == ShiftStatus::Paused);
+        if paused {
+            self.shift_command(id, ShiftAction::MarkReady, "markProviderReady")
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn appointment_action(
+        &self,
+        id: Uuid,
+        action: AppointmentAction,
+        op: &'static str,
+    ) -> Result<commands::Written<crate::domain::Appointment>, AppError> {
+        let input = AppointmentInput {
+            appointment_id: id.to_string().into(),
+            options: Default::default(),
+        };
+        commands::appointment_action(self.store, meta(op), action, input).await
     }
 
     async fn perform(&mut self, act: Act, t: DateTime<Utc>) -> Result<()> {
@@ -377,16 +395,9 @@ impl Driver<'_> {
                 }
             }
             Act::Start(id) => {
-                let r = commands::appointment_action(
-                    store,
-                    meta("startAppointment"),
-                    AppointmentAction::Start,
-                    AppointmentInput {
-                        appointment_id: id.to_string().into(),
-                        options: Default::default(),
-                    },
-                )
-                .await;
+                let r = self
+                    .appointment_action(id, AppointmentAction::Start, "startAppointment")
+                    .await;
                 if r.is_ok() {
                     let (b, a) = self.appointments[&id];
                     let consult = self.scenario.boards[b].arrivals[a].consult;
@@ -395,16 +406,9 @@ impl Driver<'_> {
                 ignore(r.map(|_| ()))?;
             }
             Act::Finish(id) => {
-                let r = commands::appointment_action(
-                    store,
-                    meta("finishAppointment"),
-                    AppointmentAction::Finish,
-                    AppointmentInput {
-                        appointment_id: id.to_string().into(),
-                        options: Default::default(),
-                    },
-                )
-                .await;
+                let r = self
+                    .appointment_action(id, AppointmentAction::Finish, "finishAppointment")
+                    .await;
                 if let Ok(w) = &r {
                     self.summary.finished += 1;
                     let (b, a) = self.appointments[&id];
@@ -430,8 +434,8 @@ impl Driver<'_> {
                     },
                 )
                 .await;
-                // A patient who ran out of patience after being scheduled stays.
-                let _ = self.held_by.remove(&id);
+                // A patient who ran out of patience after being scheduled stays: the
+                // command refuses, which `ignore` accepts.
                 ignore(r.map(|_| ()))?;
             }
             Act::CompleteCharting(shift) => {
@@ -444,28 +448,14 @@ impl Driver<'_> {
                 self.follow_intent(shift).await?;
             }
             Act::BreakEnds(shift) => {
-                let paused = self
-                    .shift_state(shift)
-                    .await?
-                    .is_some_and(|s| s.status == ShiftStatus::Paused);
-                if paused {
-                    self.shift_command(shift, ShiftAction::MarkReady, "markProviderReady")
-                        .await?;
-                }
+                self.back_from_pause(shift).await?;
                 self.follow_intent(shift).await?;
             }
             Act::LeaveDue(shift) => {
                 let intent = self.intents.entry(shift).or_default();
                 intent.leaving = true;
                 intent.pause_until = None;
-                let paused = self
-                    .shift_state(shift)
-                    .await?
-                    .is_some_and(|s| s.status == ShiftStatus::Paused);
-                if paused {
-                    self.shift_command(shift, ShiftAction::MarkReady, "markProviderReady")
-                        .await?;
-                }
+                self.back_from_pause(shift).await?;
                 self.follow_intent(shift).await?;
             }
             Act::Tick => {

@@ -47,6 +47,14 @@ pub struct ShiftPlan {
     pub breaks: Vec<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
+impl ShiftPlan {
+    /// Past their hours, a provider may leave before the last patients have come only
+    /// with two colleagues staying on; after that, whenever they are free.
+    pub fn may_leave(arrivals_over: bool, colleagues_staying: usize) -> bool {
+        arrivals_over || colleagues_staying >= 2
+    }
+}
+
 /// A patient asking for an appointment, and how their appointment will go.
 #[derive(Debug, Clone)]
 pub struct Arrival {

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::scenario::{uuid, Scenario};
+use super::scenario::{uuid, Scenario, ShiftPlan};
 use crate::commands::shift_id_for;
 use crate::domain::appointment::{self, AppointmentCommand};
 use crate::domain::board::{self, BoardCommand, OpenWork};
@@ -307,7 +307,6 @@ impl Sim<'_> {
                     self.at(*start, Action::BreakStarts(id, i));
                 }
                 self.at(shift_plan.leaves_at, Action::LeaveDue(id));
-                let _ = s;
             }
             Action::Request(b, a) => {
                 let arrival = self.scenario.boards[b].arrivals[a].clone();
@@ -451,7 +450,6 @@ impl Sim<'_> {
             if !leaving || s.status != ShiftStatus::Ready {
                 continue;
             }
-            // Before the last patients have come, leave only with two colleagues staying.
             let staying = shift_ids
                 .iter()
                 .filter(|other| *other != id)
@@ -461,7 +459,7 @@ impl Sim<'_> {
                 })
                 .count();
             let provider = &self.providers[&s.provider_id];
-            if (arrivals_over || staying >= 2)
+            if ShiftPlan::may_leave(arrivals_over, staying)
                 && waiting.iter().all(|a| !matching::fits(&s, provider, a))
             {
                 self.shift_command(*id, ShiftCommand::SignOff, "signOffProvider", t)?;

@@ -92,6 +92,23 @@ pub struct DurationSample {
     pub held: Duration,
 }
 
+impl DurationSample {
+    /// From an appointment's scheduled, started and finished times.
+    pub fn from_times(
+        specialty: String,
+        scheduled_at: DateTime<Utc>,
+        started_at: DateTime<Utc>,
+        finished_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            specialty,
+            scheduled_at,
+            lead: started_at - scheduled_at,
+            held: finished_at - scheduled_at,
+        }
+    }
+}
+
 impl DurationModel {
     /// An hour's own mean is used once it has this many samples; below that the
     /// specialty's mean over all hours is steadier.

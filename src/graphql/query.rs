@@ -6,14 +6,14 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::types::{
-    Appointment, Board, BoardHistoryEntry, BoardStatus, Event, Provider, ProviderShift,
-    WaitEstimate,
+    board_contents_at, Appointment, Board, BoardHistoryEntry, BoardStatus, Event, Provider,
+    ProviderShift, WaitEstimate,
 };
 use super::{estimator, store, ReadWait};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
 use crate::estimates::hypothetical_request;
-use crate::event_store::{list_providers, load_board_contents, read_log, LogFilter, ReadLimit};
+use crate::event_store::{list_providers, read_log, LogFilter, ReadLimit};
 use crate::projections::{read, Projection};
 use crate::projector::state::ProjectionStatus;
 use crate::projector::wait_for_position;
@@ -218,14 +218,7 @@ impl Query {
         let specialty = domain::specialty("specialty", &specialty)?;
         let region = region.map(|r| domain::region("region", &r)).transpose()?;
         let pool = store(ctx).pool();
-        let contents = match as_of {
-            Some(t) => board_as_of(pool, board_id, t, Snapshots::Use).await?,
-            None => match read::board(pool, board_id).await.map_err(internal)? {
-                Some(doc) => doc.to_contents(),
-                // Opened a moment ago and not projected yet: fold it from the store.
-                None => load_board_contents(pool, board_id, ReadLimit::All).await?,
-            },
-        };
+        let contents = board_contents_at(pool, board_id, as_of).await?;
         let Some(contents) = contents else {
             return Err(AppError::not_found("board not found").into());
         };

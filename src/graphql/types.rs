@@ -97,6 +97,25 @@ impl Board {
     }
 }
 
+/// A Board's contents as of `as_of` (folded), or now: the projected document, or a
+/// fold of the store for a Board opened a moment ago and not projected yet.
+pub(crate) async fn board_contents_at(
+    pool: &sqlx::PgPool,
+    board_id: Uuid,
+    as_of: Option<DateTime<Utc>>,
+) -> Result<Option<BoardContents>, AppError> {
+    match as_of {
+        Some(t) => board_as_of(pool, board_id, t, Snapshots::Use).await,
+        None => match crate::projections::read::board(pool, board_id)
+            .await
+            .map_err(AppError::Internal)?
+        {
+            Some(doc) => Ok(doc.to_contents()),
+            None => load_board_contents(pool, board_id, ReadLimit::All).await,
+        },
+    }
+}
+
 /// How many appointments and providers a Board has in each status.
 #[derive(SimpleObject, Default)]
 pub struct BoardCounts {
@@ -349,13 +368,7 @@ impl Appointment {
             .estimate
             .get_or_try_init(|| async {
                 let pool = store(ctx).pool();
-                let contents = match self.as_of {
-                    Some(t) => board_as_of(pool, self.state.board_id, t, Snapshots::Use).await?,
-                    None => crate::projections::read::board(pool, self.state.board_id)
-                        .await
-                        .map_err(AppError::Internal)?
-                        .and_then(|d| d.to_contents()),
-                };
+                let contents = board_contents_at(pool, self.state.board_id, self.as_of).await?;
                 let Some(contents) = contents else {
                     return Ok::<_, AppError>(None);
                 };
