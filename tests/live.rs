@@ -205,17 +205,31 @@ async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
                 assert!(v > latest, "strictly increasing");
                 latest = v;
             }
-            ws.close().await;
+            ws
         }));
     }
+    let mut clients = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        clients.push(t.await.unwrap());
     }
+    // Counted while every client is still subscribed: closing a socket releases its
+    // receiver asynchronously on the server.
     assert_eq!(
         app.live().subscribed(),
         1,
         "one channel for the Board, whatever the crowd"
     );
+    for ws in clients {
+        ws.close().await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while app.live().subscribed() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "closed sockets release the Board's channel"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
