@@ -833,6 +833,12 @@ async fn a_rebuild_under_continuous_appends_ends_equal_to_a_fresh_projection() {
         .await
         .unwrap();
     assert_eq!(old_docs, 0, "the retired generation is cleaned up");
+    let old_rows: i64 =
+        sqlx::query_scalar("select count(*) from board_view_appointments where generation = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(old_rows, 0, "with its appointment rows");
     projector.stop().await.unwrap();
 }
 

@@ -20,6 +20,8 @@ use crate::event_store::{BoardContents, RecordedEvent};
 pub struct BoardDoc {
     pub board: Option<Board>,
     pub shifts: BTreeMap<Uuid, Shift>,
+    /// Stored as rows of their own beside the header (see [`BoardDoc::header`]).
+    #[serde(default)]
     pub appointments: BTreeMap<Uuid, Appointment>,
     /// Per stream: the last version applied (or dead-lettered), so each event is
     /// applied exactly once and in version order.
@@ -91,7 +93,43 @@ impl Doc for BoardDoc {
     }
 }
 
+/// What `board_view` stores of a Board document in its own row: everything but the
+/// appointments, which are rows of `board_view_appointments` with their applied
+/// versions.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BoardHeader<'a> {
+    board: &'a Option<Board>,
+    shifts: &'a BTreeMap<Uuid, Shift>,
+    applied: BTreeMap<Uuid, i64>,
+    version: i64,
+    position: i64,
+    max_recorded_at: Option<DateTime<Utc>>,
+    skipped: i64,
+}
+
 impl BoardDoc {
+    /// The header to store; `appointment_streams` are the appointment streams the
+    /// document has passed that are stored as rows (their versions are left out here).
+    pub fn header(&self, appointment_streams: &[Uuid]) -> BoardHeader<'_> {
+        BoardHeader {
+            board: &self.board,
+            shifts: &self.shifts,
+            applied: self
+                .applied
+                .iter()
+                .filter(|(s, _)| {
+                    !self.appointments.contains_key(s) && !appointment_streams.contains(s)
+                })
+                .map(|(s, v)| (*s, *v))
+                .collect(),
+            version: self.version,
+            position: self.position,
+            max_recorded_at: self.max_recorded_at,
+            skipped: self.skipped,
+        }
+    }
+
     fn mark(&mut self, e: &RecordedEvent) {
         self.applied.insert(e.stream_id, e.version);
         self.position = self.position.max(e.seq);

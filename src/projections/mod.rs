@@ -139,7 +139,7 @@ impl Projection {
     /// projector then rebuilds the projection side by side and swaps it in.
     pub fn version(self) -> i32 {
         match self {
-            Projection::BoardView => 3,
+            Projection::BoardView => 4,
             Projection::AppointmentView => 2,
             Projection::ProviderShiftView => 3,
             Projection::AppointmentDurations => 2,
@@ -187,22 +187,39 @@ impl Projection {
         }
     }
 
-    /// Loads the documents with these ids (missing ones are absent from the map).
+    /// Loads the documents with these ids (missing ones are absent from the map), locked
+    /// for update. A Board document comes with the appointments among `appointments`
+    /// only (`None`: all of them): the rest are left out, unchanged in storage.
     pub async fn load_docs(
         self,
         conn: &mut PgConnection,
         generation: i32,
         ids: &[Uuid],
+        appointments: Option<&[Uuid]>,
     ) -> Result<HashMap<Uuid, Value>, sqlx::Error> {
-        let rows: Vec<(Uuid, Value)> = sqlx::query_as(&format!(
-            "select {id}, doc from {table} where generation = $1 and {id} = any($2) for update",
-            id = self.id_column(),
-            table = self.table()
-        ))
-        .bind(generation)
-        .bind(ids)
-        .fetch_all(conn)
-        .await?;
+        let rows: Vec<(Uuid, Value)> = if self == Projection::BoardView {
+            sqlx::query_as(&format!(
+                "select v.id, {doc} from board_view v {join} \
+                  where v.generation = $1 and v.id = any($2) for update of v",
+                doc = read::BOARD_DOC,
+                join = read::board_appointments_join("and ($3::uuid[] is null or x.id = any($3))"),
+            ))
+            .bind(generation)
+            .bind(ids)
+            .bind(appointments)
+            .fetch_all(conn)
+            .await?
+        } else {
+            sqlx::query_as(&format!(
+                "select {id}, doc from {table} where generation = $1 and {id} = any($2) for update",
+                id = self.id_column(),
+                table = self.table()
+            ))
+            .bind(generation)
+            .bind(ids)
+            .fetch_all(conn)
+            .await?
+        };
         Ok(rows.into_iter().collect())
     }
 
@@ -217,17 +234,26 @@ impl Projection {
             self.table()
         ))
         .bind(generation)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+        if self == Projection::BoardView {
+            sqlx::query("delete from board_view_appointments where generation = $1")
+                .bind(generation)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 }
 
 /// What the store keeps of each projection's documents, computed from the document.
 pub enum Row {
+    /// A Board's header, and the rows of the `appointments` it lists (the ones a batch
+    /// touched; every one for a document folded afresh).
     Board {
         id: Uuid,
         doc: BoardDoc,
+        appointments: Vec<Uuid>,
     },
     Appointment {
         id: Uuid,
@@ -254,7 +280,11 @@ pub async fn save_rows(
     let mut durations = DurationRows::default();
     for row in rows {
         match row {
-            Row::Board { id, doc } => boards.push(*id, doc),
+            Row::Board {
+                id,
+                doc,
+                appointments,
+            } => boards.push(*id, doc, appointments),
             Row::Appointment { id, doc } => views.entry("appointment_view").or_default().push(
                 *id,
                 doc.state.as_ref().map(|a| a.board_id),
@@ -287,6 +317,22 @@ pub async fn save_rows(
         .bind(&boards.versions)
         .bind(&boards.positions)
         .bind(&boards.docs)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !boards.appointments.ids.is_empty() {
+        let a = &boards.appointments;
+        sqlx::query(
+            "insert into board_view_appointments (generation, board_id, id, applied, doc) \
+             select $1, * from unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::jsonb[]) \
+             on conflict (generation, board_id, id) do update set applied = excluded.applied, \
+               doc = excluded.doc",
+        )
+        .bind(generation)
+        .bind(&a.board_ids)
+        .bind(&a.ids)
+        .bind(&a.applied)
+        .bind(&a.docs)
         .execute(&mut *conn)
         .await?;
     }
@@ -349,10 +395,31 @@ struct BoardRows {
     versions: Vec<i64>,
     positions: Vec<i64>,
     docs: Vec<Value>,
+    appointments: AppointmentRows,
+}
+
+/// `board_view_appointments` rows.
+#[derive(Default)]
+struct AppointmentRows {
+    board_ids: Vec<Uuid>,
+    ids: Vec<Uuid>,
+    applied: Vec<i64>,
+    docs: Vec<Option<Value>>,
 }
 
 impl BoardRows {
-    fn push(&mut self, id: Uuid, doc: &BoardDoc) {
+    fn push(&mut self, id: Uuid, doc: &BoardDoc, appointments: &[Uuid]) {
+        for a in appointments {
+            let Some(applied) = doc.applied.get(a) else {
+                continue;
+            };
+            self.appointments.board_ids.push(id);
+            self.appointments.ids.push(*a);
+            self.appointments.applied.push(*applied);
+            self.appointments
+                .docs
+                .push(doc.appointments.get(a).map(to_json));
+        }
         let b = doc.board.as_ref();
         self.ids.push(id);
         self.dates.push(b.map(|b| b.date));
@@ -367,7 +434,7 @@ impl BoardRows {
         }));
         self.versions.push(doc.version);
         self.positions.push(doc.position);
-        self.docs.push(to_json(doc));
+        self.docs.push(to_json(&doc.header(appointments)));
     }
 }
 
@@ -429,14 +496,34 @@ pub mod read {
 
     use super::{BoardDoc, Projection, StreamDoc};
 
+    /// The whole Board document of a `board_view v` row joined with
+    /// [`board_appointments_join`]: the header with the appointment rows merged in.
+    pub const BOARD_DOC: &str = "v.doc || jsonb_build_object(\
+        'appointments', coalesce(v.doc->'appointments', '{}'::jsonb) || coalesce(x.appointments, '{}'::jsonb), \
+        'applied', coalesce(v.doc->'applied', '{}'::jsonb) || coalesce(x.applied, '{}'::jsonb))";
+
+    /// The join that gathers a `board_view v` row's appointment rows (those that also
+    /// pass `filter`, a condition on `x`) for [`BOARD_DOC`].
+    pub fn board_appointments_join(filter: &str) -> String {
+        format!(
+            "left join lateral (\
+               select jsonb_object_agg(x.id, x.doc) filter (where x.doc is not null) as appointments, \
+                      jsonb_object_agg(x.id, x.applied) as applied \
+                 from board_view_appointments x \
+                where x.generation = v.generation and x.board_id = v.id {filter}) x on true"
+        )
+    }
+
     /// The live `board_view` document of a Board.
     pub async fn board(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<BoardDoc>> {
-        let doc: Option<serde_json::Value> = sqlx::query_scalar(
-            "select v.doc from board_view v \
+        let doc: Option<serde_json::Value> = sqlx::query_scalar(&format!(
+            "select {BOARD_DOC} from board_view v \
                join projection_state p on p.name = 'board_view' and p.status = 'live' \
                 and p.generation = v.generation \
+               {join} \
               where v.id = $1",
-        )
+            join = board_appointments_join("")
+        ))
         .bind(id)
         .fetch_optional(pool)
         .await?;
@@ -459,10 +546,11 @@ pub mod read {
         after: Option<(NaiveDate, Uuid)>,
         limit: i64,
     ) -> anyhow::Result<Vec<BoardDoc>> {
-        let docs: Vec<serde_json::Value> = sqlx::query_scalar(
-            "select v.doc from board_view v \
+        let docs: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
+            "select {BOARD_DOC} from board_view v \
                join projection_state p on p.name = 'board_view' and p.status = 'live' \
                 and p.generation = v.generation \
+               {join} \
               where v.date is not null \
                 and ($1::date is null or v.date = $1) \
                 and ($2::text is null or v.specialty = $2) \
@@ -470,7 +558,8 @@ pub mod read {
                 and ($4::text is null or v.status = $4) \
                 and ($5::date is null or (v.date, v.id) > ($5, $6)) \
               order by v.date, v.id limit $7",
-        )
+            join = board_appointments_join("")
+        ))
         .bind(filter.date)
         .bind(&filter.specialty)
         .bind(&filter.region)

@@ -1,12 +1,12 @@
 //! Reading the log without skipping, and applying one batch to one projection.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::state::{Cursor, DeadLetter};
-use crate::domain::{Appointment, FoldError, Shift};
+use crate::domain::{Appointment, FoldError, Shift, StreamType};
 use crate::event_store::{read_stream_between, RecordedEvent, EVENT_COLUMNS};
 use crate::projections::{save_rows, BoardDoc, Doc, Projection, Row, StreamDoc};
 
@@ -129,24 +129,30 @@ pub async fn apply_batch(
 ) -> Result<BatchOutcome, BatchError> {
     match input.projection {
         Projection::BoardView => {
-            apply_and_save::<BoardDoc>(conn, input, |id, doc| Row::Board { id, doc }).await
+            apply_and_save::<BoardDoc>(conn, input, |id, doc, appointments| Row::Board {
+                id,
+                doc,
+                appointments,
+            })
+            .await
         }
         Projection::AppointmentView => {
-            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc| Row::Appointment {
+            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc, _| Row::Appointment {
                 id,
                 doc,
             })
             .await
         }
         Projection::AppointmentDurations => {
-            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc| Row::Durations {
+            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc, _| Row::Durations {
                 id,
                 doc,
             })
             .await
         }
         Projection::ProviderShiftView => {
-            apply_and_save::<StreamDoc<Shift>>(conn, input, |id, doc| Row::Shift { id, doc }).await
+            apply_and_save::<StreamDoc<Shift>>(conn, input, |id, doc, _| Row::Shift { id, doc })
+                .await
         }
     }
 }
@@ -154,28 +160,62 @@ pub async fn apply_batch(
 async fn apply_and_save<D: Doc>(
     conn: &mut PgConnection,
     input: &BatchInput<'_>,
-    to_row: fn(Uuid, D) -> Row,
+    to_row: fn(Uuid, D, Vec<Uuid>) -> Row,
 ) -> Result<BatchOutcome, BatchError> {
-    let (mut outcome, docs) = apply_docs::<D>(conn, input).await?;
-    let rows: Vec<Row> = docs.into_iter().map(|(id, doc)| to_row(id, doc)).collect();
+    let (mut outcome, docs, mut snapshots) = apply_docs::<D>(conn, input).await?;
+    let rows: Vec<Row> = docs
+        .into_iter()
+        .map(|(id, (doc, appointments))| to_row(id, doc, appointments))
+        .collect();
     outcome.changed_boards = rows
         .iter()
         .filter_map(|row| match row {
-            Row::Board { id, doc } if doc.board.is_some() => Some((*id, doc.version, doc.position)),
+            Row::Board { id, doc, .. } if doc.board.is_some() => {
+                Some((*id, doc.version, doc.position))
+            }
             _ => None,
         })
         .collect();
     save_rows(conn, input.generation, &rows).await?;
+    // A Board document in memory holds only the appointments this batch touched: its
+    // snapshot is read back whole, with this transaction's writes.
+    let partial: Vec<Uuid> = snapshots
+        .iter()
+        .filter(|s| s.doc.is_none())
+        .map(|s| s.id)
+        .collect();
+    if !partial.is_empty() {
+        let mut whole = input
+            .projection
+            .load_docs(conn, input.generation, &partial, None)
+            .await?;
+        for s in snapshots.iter_mut().filter(|s| s.doc.is_none()) {
+            s.doc = whole.remove(&s.id);
+        }
+    }
+    write_snapshots(conn, input.projection, &snapshots, input.batch_end).await?;
     Ok(outcome)
 }
 
-/// Loads the touched documents, applies each stream's events in version order (filling
-/// any gap from the store, skipping what was already applied), and returns the changed
-/// documents.
+/// A snapshot due: `doc` is `None` until read back whole (a partially loaded Board).
+struct SnapshotDue {
+    kind: &'static str,
+    id: Uuid,
+    version: i64,
+    at: chrono::DateTime<chrono::Utc>,
+    doc: Option<serde_json::Value>,
+}
+
+/// Changed documents, each with the appointment streams the batch touched in it.
+type ChangedDocs<D> = BTreeMap<Uuid, (D, Vec<Uuid>)>;
+
+/// Loads the touched documents (a Board with only the touched appointments), applies
+/// each stream's events in version order (filling any gap from the store, skipping
+/// what was already applied), and returns the changed documents and the snapshots due.
 async fn apply_docs<D: Doc>(
     conn: &mut PgConnection,
     input: &BatchInput<'_>,
-) -> Result<(BatchOutcome, BTreeMap<Uuid, D>), BatchError> {
+) -> Result<(BatchOutcome, ChangedDocs<D>, Vec<SnapshotDue>), BatchError> {
     let BatchInput {
         projection,
         generation,
@@ -183,7 +223,7 @@ async fn apply_docs<D: Doc>(
         dead,
         attempts,
         snapshot_every,
-        batch_end,
+        batch_end: _,
     } = *input;
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.
@@ -195,13 +235,28 @@ async fn apply_docs<D: Doc>(
     }
     let mut outcome = BatchOutcome::default();
     if by_doc.is_empty() {
-        return Ok((outcome, BTreeMap::new()));
+        return Ok((outcome, BTreeMap::new(), Vec::new()));
     }
     let ids: Vec<Uuid> = by_doc.keys().copied().collect();
-    let mut stored = projection.load_docs(conn, generation, &ids).await?;
-    let mut docs: BTreeMap<Uuid, D> = BTreeMap::new();
+    let appointment_streams = |evs: &[&RecordedEvent]| -> Vec<Uuid> {
+        let set: BTreeSet<Uuid> = evs
+            .iter()
+            .filter(|e| StreamType::parse(&e.stream_type) == Some(StreamType::Appointment))
+            .map(|e| e.stream_id)
+            .collect();
+        set.into_iter().collect()
+    };
+    let touched: Vec<Uuid> = by_doc
+        .values()
+        .flat_map(|evs| appointment_streams(evs))
+        .collect();
+    let mut stored = projection
+        .load_docs(conn, generation, &ids, Some(&touched))
+        .await?;
+    let mut docs: ChangedDocs<D> = BTreeMap::new();
     let mut snapshots = Vec::new();
     for (doc_id, mut doc_events) in by_doc {
+        let appointments = appointment_streams(&doc_events);
         doc_events.sort_by_key(|e| (e.stream_id, e.version));
         let mut doc: D = match stored.remove(&doc_id) {
             Some(value) => serde_json::from_value(value)
@@ -227,39 +282,44 @@ async fn apply_docs<D: Doc>(
         }
         if snapshot_every > 0 && old_count / snapshot_every < doc.count() / snapshot_every {
             if let (Some(kind), Some(at)) = (projection.snapshot_kind(), doc.snapshot_ready()) {
-                snapshots.push((
+                let value = match projection {
+                    Projection::BoardView => None,
+                    _ => Some(
+                        serde_json::to_value(&doc)
+                            .map_err(|e| BatchError::Database(sqlx::Error::Decode(Box::new(e))))?,
+                    ),
+                };
+                snapshots.push(SnapshotDue {
                     kind,
-                    doc_id,
-                    doc.count(),
+                    id: doc_id,
+                    version: doc.count(),
                     at,
-                    serde_json::to_value(&doc)
-                        .map_err(|e| BatchError::Database(sqlx::Error::Decode(Box::new(e))))?,
-                ));
+                    doc: value,
+                });
             }
         }
-        docs.insert(doc_id, doc);
+        docs.insert(doc_id, (doc, appointments));
     }
-    write_snapshots(conn, projection, &snapshots, batch_end).await?;
-    Ok((outcome, docs))
+    Ok((outcome, docs, snapshots))
 }
-
-type SnapshotRow = (
-    &'static str,
-    Uuid,
-    i64,
-    chrono::DateTime<chrono::Utc>,
-    serde_json::Value,
-);
 
 /// Snapshots every `snapshot_every` events per document; a rebuild of the same fold
 /// writes the same snapshots, so duplicates are skipped.
 async fn write_snapshots(
     conn: &mut PgConnection,
     projection: Projection,
-    rows: &[SnapshotRow],
+    rows: &[SnapshotDue],
     batch_end: Cursor,
 ) -> Result<(), sqlx::Error> {
-    for (kind, id, version, at, doc) in rows {
+    for SnapshotDue {
+        kind,
+        id,
+        version,
+        at,
+        doc,
+    } in rows
+    {
+        let Some(doc) = doc else { continue };
         sqlx::query(
             "insert into snapshots (kind, id, fold_version, version, max_recorded_at, tx, seq, doc) \
              values ($1, $2, $3, $4, $5, $6::text::xid8, $7, $8) on conflict do nothing",

@@ -37,7 +37,12 @@ pub async fn replay_dead_letters(
         let result = match projection {
             Projection::BoardView => {
                 refold::<BoardDoc>(pool, projection, generation, document_id, |id, doc| {
-                    Row::Board { id, doc }
+                    let appointments = doc.appointments.keys().copied().collect();
+                    Row::Board {
+                        id,
+                        doc,
+                        appointments,
+                    }
                 })
                 .await
             }
@@ -86,7 +91,7 @@ async fn refold<D: Doc>(
     let mut tx = pool.begin().await?;
     // Locks the document: the projector's next batch for it waits, then sees this.
     let stored = projection
-        .load_docs(&mut tx, generation, &[document_id])
+        .load_docs(&mut tx, generation, &[document_id], None)
         .await?;
     let Some(value) = stored.get(&document_id) else {
         anyhow::bail!("document not found");
