@@ -198,17 +198,18 @@ impl Projection {
         appointments: Option<&[Uuid]>,
     ) -> Result<HashMap<Uuid, Value>, sqlx::Error> {
         let rows: Vec<(Uuid, Value)> = if self == Projection::BoardView {
-            sqlx::query_as(&format!(
-                "select v.id, {doc} from board_view v {join} \
+            let parts: Vec<read::BoardParts> = sqlx::query_as(&format!(
+                "select {parts} from board_view v {join} \
                   where v.generation = $1 and v.id = any($2) for update of v",
-                doc = read::BOARD_DOC,
-                join = read::board_appointments_join("and ($3::uuid[] is null or x.id = any($3))"),
+                parts = read::BOARD_PARTS,
+                join = read::board_parts_join("and ($3::uuid[] is null or x.id = any($3))"),
             ))
             .bind(generation)
             .bind(ids)
             .bind(appointments)
             .fetch_all(conn)
-            .await?
+            .await?;
+            parts.into_iter().map(|p| (p.id, p.into_value())).collect()
         } else {
             sqlx::query_as(&format!(
                 "select {id}, doc from {table} where generation = $1 and {id} = any($2) for update",
@@ -496,38 +497,86 @@ pub mod read {
 
     use super::{BoardDoc, Projection, StreamDoc};
 
-    /// The whole Board document of a `board_view v` row joined with
-    /// [`board_appointments_join`]: the header with the appointment rows merged in.
-    pub const BOARD_DOC: &str = "v.doc || jsonb_build_object(\
-        'appointments', coalesce(v.doc->'appointments', '{}'::jsonb) || coalesce(x.appointments, '{}'::jsonb), \
-        'applied', coalesce(v.doc->'applied', '{}'::jsonb) || coalesce(x.applied, '{}'::jsonb))";
+    /// A `board_view` row's header document and its appointment rows, selected by
+    /// [`BOARD_PARTS`] with [`board_parts_join`] and merged here, not in the database:
+    /// building one big JSON value per read would cost the database more than the
+    /// read itself.
+    #[derive(sqlx::FromRow)]
+    pub struct BoardParts {
+        pub id: Uuid,
+        doc: serde_json::Value,
+        ids: Option<Vec<Uuid>>,
+        applied: Option<Vec<i64>>,
+        docs: Option<Vec<Option<serde_json::Value>>>,
+    }
 
-    /// The join that gathers a `board_view v` row's appointment rows (those that also
-    /// pass `filter`, a condition on `x`) for [`BOARD_DOC`].
-    pub fn board_appointments_join(filter: &str) -> String {
+    /// Selects [`BoardParts`] of a `board_view v` row joined with [`board_parts_join`].
+    pub const BOARD_PARTS: &str = "v.id, v.doc, x.ids, x.applied, x.docs";
+
+    /// Gathers a `board_view v` row's appointment rows (those that also pass `filter`,
+    /// a condition on `x`, e.g. `and x.id = any($3)`).
+    pub fn board_parts_join(filter: &str) -> String {
         format!(
             "left join lateral (\
-               select jsonb_object_agg(x.id, x.doc) filter (where x.doc is not null) as appointments, \
-                      jsonb_object_agg(x.id, x.applied) as applied \
+               select array_agg(x.id) as ids, array_agg(x.applied) as applied, \
+                      array_agg(x.doc) as docs \
                  from board_view_appointments x \
                 where x.generation = v.generation and x.board_id = v.id {filter}) x on true"
         )
     }
 
+    impl BoardParts {
+        /// The whole document: each appointment row goes back under `appointments` and
+        /// its version under `applied`.
+        pub fn into_value(self) -> serde_json::Value {
+            let mut doc = self.doc;
+            let ids = self.ids.unwrap_or_default();
+            let applied = self.applied.unwrap_or_default();
+            let docs = self.docs.unwrap_or_default();
+            if let Some(map) = doc.as_object_mut() {
+                for ((id, version), appointment) in ids.into_iter().zip(applied).zip(docs) {
+                    let id = id.to_string();
+                    if let Some(a) = appointment {
+                        entry(map, "appointments").insert(id.clone(), a);
+                    }
+                    entry(map, "applied").insert(id, version.into());
+                }
+            }
+            doc
+        }
+
+        fn into_doc(self) -> anyhow::Result<BoardDoc> {
+            Ok(serde_json::from_value(self.into_value())?)
+        }
+    }
+
+    fn entry<'a>(
+        map: &'a mut serde_json::Map<String, serde_json::Value>,
+        key: &str,
+    ) -> &'a mut serde_json::Map<String, serde_json::Value> {
+        let slot = map
+            .entry(key)
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if !slot.is_object() {
+            *slot = serde_json::Value::Object(Default::default());
+        }
+        slot.as_object_mut().expect("an object")
+    }
+
     /// The live `board_view` document of a Board.
     pub async fn board(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<BoardDoc>> {
-        let doc: Option<serde_json::Value> = sqlx::query_scalar(&format!(
-            "select {BOARD_DOC} from board_view v \
+        let parts: Option<BoardParts> = sqlx::query_as(&format!(
+            "select {BOARD_PARTS} from board_view v \
                join projection_state p on p.name = 'board_view' and p.status = 'live' \
                 and p.generation = v.generation \
                {join} \
               where v.id = $1",
-            join = board_appointments_join("")
+            join = board_parts_join("")
         ))
         .bind(id)
         .fetch_optional(pool)
         .await?;
-        Ok(doc.map(serde_json::from_value).transpose()?)
+        parts.map(BoardParts::into_doc).transpose()
     }
 
     /// Filters of the `boards` list.
@@ -546,8 +595,8 @@ pub mod read {
         after: Option<(NaiveDate, Uuid)>,
         limit: i64,
     ) -> anyhow::Result<Vec<BoardDoc>> {
-        let docs: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
-            "select {BOARD_DOC} from board_view v \
+        let parts: Vec<BoardParts> = sqlx::query_as(&format!(
+            "select {BOARD_PARTS} from board_view v \
                join projection_state p on p.name = 'board_view' and p.status = 'live' \
                 and p.generation = v.generation \
                {join} \
@@ -558,7 +607,7 @@ pub mod read {
                 and ($4::text is null or v.status = $4) \
                 and ($5::date is null or (v.date, v.id) > ($5, $6)) \
               order by v.date, v.id limit $7",
-            join = board_appointments_join("")
+            join = board_parts_join("")
         ))
         .bind(filter.date)
         .bind(&filter.specialty)
@@ -569,9 +618,7 @@ pub mod read {
         .bind(limit)
         .fetch_all(pool)
         .await?;
-        docs.into_iter()
-            .map(|d| Ok(serde_json::from_value(d)?))
-            .collect()
+        parts.into_iter().map(BoardParts::into_doc).collect()
     }
 
     /// The live single-stream document (appointment or shift view).

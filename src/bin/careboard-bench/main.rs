@@ -702,19 +702,20 @@ async fn query_scenario(admin_url: &str, args: &Args) -> Result<Row> {
             move |axum::extract::Path(id): axum::extract::Path<uuid::Uuid>| {
                 let pool = plain_pool.clone();
                 async move {
-                    let doc: Option<Value> = sqlx::query_scalar(&format!(
-                        "select {doc} from board_view v \
+                    let parts: Option<careboard::projections::read::BoardParts> =
+                        sqlx::query_as(&format!(
+                            "select {parts} from board_view v \
                        join projection_state p on p.name = 'board_view' and p.status = 'live' \
                         and p.generation = v.generation {join} where v.id = $1",
-                        doc = careboard::projections::read::BOARD_DOC,
-                        join = careboard::projections::read::board_appointments_join("")
-                    ))
-                    .bind(id)
-                    .fetch_optional(&pool)
-                    .await
-                    .ok()
-                    .flatten();
-                    axum::Json(doc)
+                            parts = careboard::projections::read::BOARD_PARTS,
+                            join = careboard::projections::read::board_parts_join("")
+                        ))
+                        .bind(id)
+                        .fetch_optional(&pool)
+                        .await
+                        .ok()
+                        .flatten();
+                    axum::Json(parts.map(|p| p.into_value()))
                 }
             },
         ),
