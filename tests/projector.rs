@@ -929,3 +929,66 @@ async fn three_careboard_processes_elect_one_projector_and_fail_over_when_it_is_
         let _ = child.wait();
     }
 }
+
+#[tokio::test]
+async fn a_board_document_is_a_header_plus_one_row_per_appointment_and_a_whole_document_of_the_earlier_shape_is_carried_over(
+) {
+    let pool = common::fresh_database().await;
+    let store = common::store(&pool);
+    let projector = start_projector(&pool, &store, config());
+    let board = open_board(&store, "Rows").await;
+    for i in 0..3 {
+        request(&store, board, &format!("Row {i}")).await;
+    }
+    caught_up(&pool).await;
+    // Stored: a header without appointments, one row per appointment.
+    let (inline, rows): (bool, i64) = sqlx::query_as(
+        "select v.doc ? 'appointments', \
+                (select count(*) from board_view_appointments x \
+                  where x.generation = v.generation and x.board_id = v.id) \
+           from board_view v where v.id = $1",
+    )
+    .bind(board)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!inline, "appointments are not in the header");
+    assert_eq!(rows, 3);
+    assert_eq!(
+        board_doc(&pool, board).await.unwrap(),
+        fresh_fold(&pool, board).await
+    );
+
+    // A document of the earlier shape (every appointment inside it, no rows), as an
+    // older Careboard left it: reads see it whole, and the next batch moves it to rows
+    // without losing the appointments that batch does not touch.
+    let whole = serde_json::to_value(fresh_fold(&pool, board).await).unwrap();
+    sqlx::query("update board_view set doc = $2 where id = $1")
+        .bind(board)
+        .bind(&whole)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("delete from board_view_appointments where board_id = $1")
+        .bind(board)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        board_doc(&pool, board).await.unwrap(),
+        fresh_fold(&pool, board).await
+    );
+    request(&store, board, "After the upgrade").await;
+    caught_up(&pool).await;
+    let doc = board_doc(&pool, board).await.unwrap();
+    assert_eq!(doc.appointments.len(), 4);
+    assert_eq!(doc, fresh_fold(&pool, board).await);
+    let rows: i64 =
+        sqlx::query_scalar("select count(*) from board_view_appointments where board_id = $1")
+            .bind(board)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 4, "every appointment moved into a row");
+    projector.stop().await.unwrap();
+}

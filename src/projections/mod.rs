@@ -249,8 +249,10 @@ impl Projection {
 
 /// What the store keeps of each projection's documents, computed from the document.
 pub enum Row {
-    /// A Board's header, and the rows of the `appointments` it lists (the ones a batch
-    /// touched; every one for a document folded afresh).
+    /// A Board's header, and a row for every appointment the document holds (a batch
+    /// loads only those its events touch) and for each of `appointments`, the
+    /// appointment streams the batch passed (one whose events were all dead-lettered
+    /// has no appointment, only a version).
     Board {
         id: Uuid,
         doc: BoardDoc,
@@ -410,7 +412,14 @@ struct AppointmentRows {
 
 impl BoardRows {
     fn push(&mut self, id: Uuid, doc: &BoardDoc, appointments: &[Uuid]) {
-        for a in appointments {
+        // A header of the earlier single-document shape still holds every appointment:
+        // its first batch moves them all into rows.
+        let streams = doc.appointments.keys().chain(
+            appointments
+                .iter()
+                .filter(|a| !doc.appointments.contains_key(a)),
+        );
+        for a in streams {
             let Some(applied) = doc.applied.get(a) else {
                 continue;
             };
