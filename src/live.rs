@@ -17,10 +17,26 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::event_store::BoardContents;
-use crate::projections::read;
+use crate::projections::read::{self, FollowedBoard};
 
 /// The newest known document of a Board (`None` until the projector has built it).
 pub type BoardSlot = Option<Arc<BoardContents>>;
+
+/// A followed Board: its channel, and the document last read, which the next change
+/// updates with only the rows written since (refreshes of one Board take turns on it).
+struct Followed {
+    sender: watch::Sender<BoardSlot>,
+    read: Arc<tokio::sync::Mutex<Option<FollowedBoard>>>,
+}
+
+impl Followed {
+    fn new() -> Self {
+        Self {
+            sender: watch::channel(None).0,
+            read: Arc::default(),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct LiveBoards {
@@ -29,7 +45,7 @@ pub struct LiveBoards {
 
 struct Inner {
     pool: PgPool,
-    boards: Mutex<HashMap<Uuid, watch::Sender<BoardSlot>>>,
+    boards: Mutex<HashMap<Uuid, Followed>>,
     /// Counts listener (re)connections; tests and metrics watch it.
     connections: watch::Sender<u64>,
 }
@@ -63,9 +79,7 @@ impl LiveBoards {
         // Register first, then read: a change that lands in between is not lost.
         let (receiver, followed) = {
             let mut boards = self.inner.boards.lock().expect("live boards");
-            let sender = boards
-                .entry(board_id)
-                .or_insert_with(|| watch::channel(None).0);
+            let sender = &boards.entry(board_id).or_insert_with(Followed::new).sender;
             // A Board others already follow is kept current by the listener: the
             // thousandth subscriber costs no database read.
             let followed = sender.receiver_count() > 0 && sender.borrow().is_some();
@@ -80,36 +94,52 @@ impl LiveBoards {
     /// Boards with at least one subscriber.
     pub fn subscribed(&self) -> usize {
         let boards = self.inner.boards.lock().expect("live boards");
-        boards.values().filter(|s| s.receiver_count() > 0).count()
+        boards
+            .values()
+            .filter(|f| f.sender.receiver_count() > 0)
+            .count()
     }
 }
 
 /// Re-reads a Board's document and publishes it if it is newer than what subscribers
 /// have. `hint` is the version a notification announced: nothing to do if already seen.
 async fn refresh(inner: &Inner, board_id: Uuid, hint: Option<i64>) -> anyhow::Result<()> {
-    let sender = {
+    let (sender, read) = {
         let mut boards = inner.boards.lock().expect("live boards");
         match boards.get(&board_id) {
-            Some(s) if s.receiver_count() == 0 => {
+            Some(f) if f.sender.receiver_count() == 0 => {
                 boards.remove(&board_id);
                 return Ok(());
             }
-            Some(s) => s.clone(),
+            Some(f) => (f.sender.clone(), f.read.clone()),
             None => return Ok(()),
         }
     };
-    if let (Some(hint), Some(current)) = (hint, sender.borrow().as_ref()) {
-        if current.version >= hint {
-            return Ok(());
-        }
+    let seen = |sender: &watch::Sender<BoardSlot>| match (hint, sender.borrow().as_ref()) {
+        (Some(hint), Some(current)) => current.version >= hint,
+        _ => false,
+    };
+    if seen(&sender) {
+        return Ok(());
     }
-    let Some(contents) = read::board(&inner.pool, board_id)
-        .await?
-        .and_then(|doc| doc.to_contents())
-    else {
+    let mut followed = read.lock().await;
+    // Another refresh of this Board may have published it while this one waited.
+    if seen(&sender) {
+        return Ok(());
+    }
+    read::refresh_board(&inner.pool, board_id, &mut followed).await?;
+    let Some(doc) = followed.as_ref().map(|f| &f.doc) else {
+        return Ok(());
+    };
+    let published = sender.borrow().as_ref().map_or(-1, |c| c.version);
+    if doc.version <= published {
+        return Ok(());
+    }
+    let Some(contents) = doc.to_contents() else {
         return Ok(());
     };
     let contents = Arc::new(contents);
+    drop(followed);
     sender.send_if_modified(|slot| {
         let newer = slot.as_ref().is_none_or(|c| c.version < contents.version);
         if newer {

@@ -390,3 +390,114 @@ async fn the_legacy_protocol_works_and_protocol_rules_are_enforced() {
     assert!(r["errors"].is_array());
     let _ = error_code(&r);
 }
+
+/// The whole live frame of a Board, and the same selection read from the document.
+const BOARD_FULL: &str = "id version position counts { waiting scheduled cancelled } appointments { id status patientName }";
+
+/// The live generation of `board_view`.
+async fn board_view_generation(app: &TestApp) -> i64 {
+    let d = app
+        .data("{ projections { name generation state } }", json!({}))
+        .await;
+    d["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "board_view" && p["state"] == "live")
+        .map(|p| p["generation"].as_i64().unwrap())
+        .expect("a live board_view")
+}
+
+/// The live fan-out keeps each followed Board and re-reads only the appointment rows
+/// written since its version: after changes to old and new appointments alike, and
+/// after a rebuild swaps in a new generation, every frame equals the document.
+#[tokio::test]
+async fn frames_built_from_changed_rows_equal_the_document_also_across_a_rebuild() {
+    let app = TestApp::spawn().await;
+    let (board, _) = open_board(&app).await;
+    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
+    ws.init().await;
+    ws.subscribe(
+        "1",
+        &format!("subscription($id: ID!) {{ boardChanged(boardId: $id) {{ {BOARD_FULL} }} }}"),
+        json!({"id": board}),
+    )
+    .await;
+    ws.next_data(Duration::from_secs(10))
+        .await
+        .expect("the current board first");
+
+    // The frame that carries the Board as of `position` equals the document then.
+    async fn frame_matches_document(app: &TestApp, ws: &mut WsClient, board: &str, position: i64) {
+        let doc = app
+            .data(
+                &format!("query($id: ID!, $p: Int) {{ board(id: $id, minPosition: $p) {{ {BOARD_FULL} }} }}"),
+                json!({"id": board, "p": position}),
+            )
+            .await;
+        let target = doc["board"]["version"].as_i64().unwrap();
+        loop {
+            let (_, data) = ws
+                .next_data(Duration::from_secs(15))
+                .await
+                .unwrap_or_else(|| panic!("no frame for version {target}"));
+            let v = data["boardChanged"]["version"].as_i64().unwrap();
+            assert!(v <= target, "frame {v} is past the document's {target}");
+            if v == target {
+                assert_eq!(data["boardChanged"], doc["board"]);
+                return;
+            }
+        }
+    }
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let d = app
+            .data(
+                REQUEST,
+                json!({"input": {"boardId": board, "patientName": format!("Patient {i}"), "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
+            )
+            .await;
+        ids.push(d["requestAppointment"]["appointment"]["id"].as_str().unwrap().to_string());
+        let p = d["requestAppointment"]["position"].as_i64().unwrap();
+        frame_matches_document(&app, &mut ws, &board, p).await;
+    }
+    // Changes to appointments the follower already holds replace them; the rest stay.
+    for id in [&ids[1], &ids[4]] {
+        let d = app
+            .data(
+                "mutation($input: CancelAppointmentInput!) { cancelAppointment(input: $input) { position } }",
+                json!({"input": {"appointmentId": id, "reason": "feeling better"}}),
+            )
+            .await;
+        let p = d["cancelAppointment"]["position"].as_i64().unwrap();
+        frame_matches_document(&app, &mut ws, &board, p).await;
+    }
+
+    // A rebuild swaps in a new generation, whose row versions start over: the
+    // follower reads the Board whole again.
+    let before = board_view_generation(&app).await;
+    let d = app
+        .data(
+            "mutation { rebuildProjection(name: \"board_view\") { generation } }",
+            json!({}),
+        )
+        .await;
+    let rebuilt = d["rebuildProjection"]["generation"].as_i64().unwrap();
+    assert!(rebuilt > before);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while board_view_generation(&app).await != rebuilt {
+        assert!(std::time::Instant::now() < deadline, "the rebuild did not switch in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = app
+        .data(
+            "mutation($input: CancelAppointmentInput!) { cancelAppointment(input: $input) { position } }",
+            json!({"input": {"appointmentId": ids[2], "reason": "rescheduled"}}),
+        )
+        .await;
+    let p = d["cancelAppointment"]["position"].as_i64().unwrap();
+    frame_matches_document(&app, &mut ws, &board, p).await;
+    let p = request(&app, &board, "After the rebuild").await;
+    frame_matches_document(&app, &mut ws, &board, p).await;
+}

@@ -326,16 +326,17 @@ pub async fn save_rows(
     if !boards.appointments.ids.is_empty() {
         let a = &boards.appointments;
         sqlx::query(
-            "insert into board_view_appointments (generation, board_id, id, applied, doc) \
-             select $1, * from unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::jsonb[]) \
+            "insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \
+             select $1, * from unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::jsonb[], $6::bigint[]) \
              on conflict (generation, board_id, id) do update set applied = excluded.applied, \
-               doc = excluded.doc",
+               doc = excluded.doc, board_version = excluded.board_version",
         )
         .bind(generation)
         .bind(&a.board_ids)
         .bind(&a.ids)
         .bind(&a.applied)
         .bind(&a.docs)
+        .bind(&a.board_versions)
         .execute(&mut *conn)
         .await?;
     }
@@ -408,6 +409,8 @@ struct AppointmentRows {
     ids: Vec<Uuid>,
     applied: Vec<i64>,
     docs: Vec<Option<Value>>,
+    /// The Board's version after the batch that wrote the row.
+    board_versions: Vec<i64>,
 }
 
 impl BoardRows {
@@ -429,6 +432,7 @@ impl BoardRows {
             self.appointments
                 .docs
                 .push(doc.appointments.get(a).map(to_json));
+            self.appointments.board_versions.push(doc.version);
         }
         let b = doc.board.as_ref();
         self.ids.push(id);
@@ -513,6 +517,7 @@ pub mod read {
     #[derive(sqlx::FromRow)]
     pub struct BoardParts {
         pub id: Uuid,
+        generation: i32,
         doc: serde_json::Value,
         ids: Option<Vec<Uuid>>,
         applied: Option<Vec<i64>>,
@@ -520,7 +525,7 @@ pub mod read {
     }
 
     /// Selects [`BoardParts`] of a `board_view v` row joined with [`board_parts_join`].
-    pub const BOARD_PARTS: &str = "v.id, v.doc, x.ids, x.applied, x.docs";
+    pub const BOARD_PARTS: &str = "v.id, v.generation, v.doc, x.ids, x.applied, x.docs";
 
     /// Gathers a `board_view v` row's appointment rows (those that also pass `filter`,
     /// a condition on `x`, e.g. `and x.id = any($3)`).
@@ -556,6 +561,78 @@ pub mod read {
 
         fn into_doc(self) -> anyhow::Result<BoardDoc> {
             Ok(serde_json::from_value(self.into_value())?)
+        }
+
+        /// Brings `followed` up to these parts: a whole Board when it came from another
+        /// generation (or there was none), else the header and the changed rows on top
+        /// of the appointments it already holds.
+        fn merge_into(self, followed: &mut Option<FollowedBoard>) -> anyhow::Result<()> {
+            let mut doc: BoardDoc = serde_json::from_value(self.doc)?;
+            let previous = followed.take().filter(|f| f.generation == self.generation);
+            if let Some(previous) = previous {
+                // A header of the earlier shape may still carry appointments of its own.
+                let mut appointments = previous.doc.appointments;
+                appointments.append(&mut doc.appointments);
+                doc.appointments = appointments;
+                let mut applied = previous.doc.applied;
+                applied.append(&mut doc.applied);
+                doc.applied = applied;
+            }
+            let ids = self.ids.unwrap_or_default();
+            let applied = self.applied.unwrap_or_default();
+            let docs = self.docs.unwrap_or_default();
+            for ((id, version), appointment) in ids.into_iter().zip(applied).zip(docs) {
+                if let Some(a) = appointment {
+                    doc.appointments.insert(id, serde_json::from_value(a)?);
+                }
+                doc.applied.insert(id, version);
+            }
+            *followed = Some(FollowedBoard {
+                generation: self.generation,
+                doc,
+            });
+            Ok(())
+        }
+    }
+
+    /// A live Board document kept by a follower (the live fan-out) between changes.
+    #[derive(Debug, Clone)]
+    pub struct FollowedBoard {
+        /// The `board_view` generation it was read from: its row versions mean nothing
+        /// in another.
+        pub generation: i32,
+        pub doc: BoardDoc,
+    }
+
+    /// Brings a followed Board up to date with the live `board_view`: reads its header
+    /// and only the appointment rows written after the version `followed` holds (all of
+    /// them when `followed` is empty or from another generation), in one statement. On
+    /// an error `followed` may be left empty (the next call then reads the Board whole).
+    /// Leaves it untouched when the Board has no document.
+    pub async fn refresh_board(
+        pool: &PgPool,
+        id: Uuid,
+        followed: &mut Option<FollowedBoard>,
+    ) -> anyhow::Result<()> {
+        let (generation, version) = followed
+            .as_ref()
+            .map_or((-1, -1), |f| (f.generation, f.doc.version));
+        let parts: Option<BoardParts> = sqlx::query_as(&format!(
+            "select {BOARD_PARTS} from board_view v \
+               join projection_state p on p.name = 'board_view' and p.status = 'live' \
+                and p.generation = v.generation \
+               {join} \
+              where v.id = $1",
+            join = board_parts_join("and (v.generation <> $2 or x.board_version > $3)")
+        ))
+        .bind(id)
+        .bind(generation)
+        .bind(version)
+        .fetch_optional(pool)
+        .await?;
+        match parts {
+            Some(parts) => parts.merge_into(followed),
+            None => Ok(()),
         }
     }
 
