@@ -220,10 +220,18 @@ async fn a_failure_on_the_second_stream_leaves_the_first_unchanged() {
             ),
         ];
         let result = append(&mut tx, &writes, &json!({})).await;
-        assert!(
-            matches!(result, Err(AppError::Conflict(_))),
-            "stale second stream must conflict"
-        );
+        let expected = if stale_second == 0 {
+            format!("board {second} already exists")
+        } else {
+            format!("board {second} was changed concurrently (expected version 5)")
+        };
+        match result {
+            Err(AppError::Conflict(message)) => assert!(
+                message.starts_with(&expected),
+                "{message:?} should name the stream: {expected:?}"
+            ),
+            other => panic!("stale second stream must conflict, got {other:?}"),
+        }
         drop(tx); // rolled back
     }
     assert_eq!(versions_of(&pool, first).await, before);
@@ -233,6 +241,35 @@ async fn a_failure_on_the_second_stream_leaves_the_first_unchanged() {
         .await
         .unwrap();
     assert_eq!(first_version, 1);
+}
+
+#[tokio::test]
+async fn exclusive_mode_gives_up_after_the_lock_timeout_with_a_conflict_and_appends_nothing() {
+    let pool = common::fresh_database().await;
+    let store = EventStore::new(pool.clone(), std::time::Duration::from_millis(300));
+    let id = new_counter(&store).await;
+    // Another transaction holds the stream's row.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("select 1 from streams where id = $1 for update")
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    match increment(&store, id, None).await {
+        Err(AppError::Conflict(message)) => assert!(message.contains("timed out"), "{message}"),
+        other => panic!("a held stream must time out as a conflict, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(250),
+        "gave up before the lock timeout: {waited:?}"
+    );
+    assert_eq!(versions_of(&pool, id).await, vec![1]);
+    // Once the holder is done, the same command goes through.
+    holder.rollback().await.unwrap();
+    increment(&store, id, None).await.unwrap();
+    assert_eq!(versions_of(&pool, id).await, vec![1, 2]);
 }
 
 fn open_input(command_id: &str, region: &str) -> OpenBoardInput {

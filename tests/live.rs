@@ -458,7 +458,12 @@ async fn frames_built_from_changed_rows_equal_the_document_also_across_a_rebuild
                 json!({"input": {"boardId": board, "patientName": format!("Patient {i}"), "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
             )
             .await;
-        ids.push(d["requestAppointment"]["appointment"]["id"].as_str().unwrap().to_string());
+        ids.push(
+            d["requestAppointment"]["appointment"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
         let p = d["requestAppointment"]["position"].as_i64().unwrap();
         frame_matches_document(&app, &mut ws, &board, p).await;
     }
@@ -487,7 +492,10 @@ async fn frames_built_from_changed_rows_equal_the_document_also_across_a_rebuild
     assert!(rebuilt > before);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while board_view_generation(&app).await != rebuilt {
-        assert!(std::time::Instant::now() < deadline, "the rebuild did not switch in");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuild did not switch in"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let d = app

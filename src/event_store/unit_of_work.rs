@@ -111,10 +111,13 @@ impl EventStore {
     /// Opens a command's transaction. With a `commandId` seen before, answers the
     /// remembered outcome instead (and refuses a reused id with another input).
     pub async fn begin(&self, meta: CommandMeta, input: &Value) -> AppResult<Begun> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("select set_config('lock_timeout', $1, true)")
-            .bind(format!("{}ms", self.lock_timeout().as_millis().max(1)))
-            .execute(&mut *tx)
+        // The lock timeout goes with BEGIN, in the same round trip.
+        let mut tx = self
+            .pool()
+            .begin_with(format!(
+                "begin; set local lock_timeout = '{}ms'",
+                self.lock_timeout().as_millis().max(1)
+            ))
             .await?;
         let mut claimed_command = false;
         if let Some(command_id) = &meta.command_id {
