@@ -16,10 +16,17 @@
 //! in between makes the next leader look at the same Boards again; the plan it then
 //! makes from the current state is empty where the work was done. Idempotent by
 //! construction.
+//!
+//! A Board that keeps failing does not hold up the others: after the configured
+//! attempts at a batch, the Boards that still fail are parked in
+//! `matcher_parked_boards` and the checkpoint moves on. A parked Board is retried
+//! whenever a new trigger arrives on it and every `parked_retry_interval`; once a
+//! retry works it leaves the table. Matching is decided from the Board's current state,
+//! so a late retry misses nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use chrono::Utc;
@@ -36,6 +43,7 @@ use crate::event_store::{load_board_for_matching, EventStore, RecordedEvent};
 use crate::metrics::Metrics;
 use crate::projector::batch::read_after;
 use crate::projector::state::{leader_fence, Cursor, LEADER_LOCK_KEY};
+use crate::projector::MatcherFault;
 
 /// The matcher's row in `process_checkpoints`.
 pub const NAME: &str = "matcher";
@@ -55,9 +63,23 @@ pub struct Matcher {
     store: EventStore,
     estimator: Estimator,
     metrics: Arc<Metrics>,
-    batch_size: i64,
-    max_poll_interval: Duration,
-    retry_backoff: Duration,
+    config: MatcherConfig,
+}
+
+#[derive(Clone)]
+pub struct MatcherConfig {
+    /// Most events read per batch.
+    pub batch_size: i64,
+    /// Longest sleep between polls when idle.
+    pub max_poll_interval: Duration,
+    /// First retry delay of a failed batch; doubles per attempt.
+    pub retry_backoff: Duration,
+    /// Attempts at a batch before the Boards that still fail are parked.
+    pub max_attempts: u32,
+    /// How often parked Boards are retried.
+    pub parked_retry_interval: Duration,
+    /// Test hook: Boards for which matching fails.
+    pub fault: Option<MatcherFault>,
 }
 
 /// Why the matcher stopped.
@@ -69,20 +91,12 @@ pub enum MatcherEnd {
 }
 
 impl Matcher {
-    pub fn new(
-        store: EventStore,
-        metrics: Arc<Metrics>,
-        batch_size: i64,
-        max_poll_interval: Duration,
-        retry_backoff: Duration,
-    ) -> Self {
+    pub fn new(store: EventStore, metrics: Arc<Metrics>, config: MatcherConfig) -> Self {
         Self {
             store,
             estimator: Estimator::new(),
             metrics,
-            batch_size,
-            max_poll_interval,
-            retry_backoff,
+            config,
         }
     }
 
@@ -98,28 +112,43 @@ impl Matcher {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<MatcherEnd> {
         let mut cursor = load_checkpoint(self.pool()).await?;
+        let mut parked = load_parked(self.pool()).await?;
+        self.metrics.set_matcher_parked(parked.len());
+        let mut last_parked_retry = Instant::now();
         let mut idle_polls: u32 = 0;
+        // Failed attempts at the batch after `cursor`.
+        let mut attempts: u32 = 0;
         loop {
             if *shutdown.borrow() {
                 return Ok(MatcherEnd::Shutdown);
             }
-            match self.step(cursor, leader_pid).await {
+            if !parked.is_empty()
+                && last_parked_retry.elapsed() >= self.config.parked_retry_interval
+            {
+                self.retry_parked(&mut parked).await;
+                last_parked_retry = Instant::now();
+            }
+            let park = attempts + 1 >= self.config.max_attempts.max(1);
+            match self.step(cursor, leader_pid, park, &mut parked).await {
                 Ok(Some(next)) => {
                     cursor = next;
                     idle_polls = 0;
+                    attempts = 0;
                     continue;
                 }
                 Ok(None) => {}
                 Err(StepError::LostLock) => return Ok(MatcherEnd::LostLock),
                 Err(StepError::Failed(e)) => {
-                    tracing::warn!(error = %e, "matcher batch failed; will retry");
-                    tokio::time::sleep(self.retry_backoff).await;
+                    attempts = attempts.saturating_add(1);
+                    tracing::warn!(error = %e, attempts, "matcher batch failed; will retry");
+                    let backoff = self.config.retry_backoff * 2u32.pow(attempts.min(8) - 1);
+                    tokio::time::sleep(backoff.min(Duration::from_secs(30))).await;
                     continue;
                 }
             }
             idle_polls = idle_polls.saturating_add(1);
             let wait = Duration::from_millis(2u64.saturating_pow(idle_polls.min(10)))
-                .min(self.max_poll_interval);
+                .min(self.config.max_poll_interval);
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -129,9 +158,16 @@ impl Matcher {
     }
 
     /// One batch: match on every Board it touches, then move the checkpoint. `None`
-    /// when there was nothing new.
-    async fn step(&self, cursor: Cursor, leader_pid: i32) -> Result<Option<Cursor>, StepError> {
-        let rows = read_after(self.pool(), cursor, self.batch_size, None)
+    /// when there was nothing new. A Board that fails fails the batch, unless `park`:
+    /// then it is parked and the batch completes.
+    async fn step(
+        &self,
+        cursor: Cursor,
+        leader_pid: i32,
+        park: bool,
+        parked: &mut HashSet<Uuid>,
+    ) -> Result<Option<Cursor>, StepError> {
+        let rows = read_after(self.pool(), cursor, self.config.batch_size, None)
             .await
             .map_err(|e| StepError::Failed(e.into()))?;
         let Some((last, _)) = rows.last() else {
@@ -150,10 +186,32 @@ impl Matcher {
                 }
             }
         }
+        let mut failed = Vec::new();
         for (board, trigger) in boards {
-            self.match_board(board, trigger)
-                .await
-                .map_err(StepError::Failed)?;
+            match self.match_board(board, Some(trigger)).await {
+                Ok(()) => {
+                    if parked.contains(&board) {
+                        self.unpark(board, parked)
+                            .await
+                            .map_err(|e| StepError::Failed(e.into()))?;
+                    }
+                }
+                Err(e) => failed.push((board, trigger.seq, e)),
+            }
+        }
+        if !failed.is_empty() {
+            if !park {
+                let (board, _, e) = failed.swap_remove(0);
+                return Err(StepError::Failed(e.context(format!("board {board}"))));
+            }
+            for (board, seq, e) in &failed {
+                tracing::error!(%board, error = %e, "matcher parks a board it cannot match; other boards go on");
+                park_board(self.pool(), *board, *seq, e, self.config.max_attempts)
+                    .await
+                    .map_err(|e| StepError::Failed(e.into()))?;
+                parked.insert(*board);
+            }
+            self.metrics.set_matcher_parked(parked.len());
         }
         if !advance_checkpoint(self.pool(), cursor, next, rows.len() as i64, leader_pid)
             .await
@@ -164,8 +222,38 @@ impl Matcher {
         Ok(Some(next))
     }
 
+    /// Tries every parked Board again; those that work leave the table.
+    async fn retry_parked(&self, parked: &mut HashSet<Uuid>) {
+        for board in parked.clone() {
+            let result = match self.match_board(board, None).await {
+                Ok(()) => self.unpark(board, parked).await,
+                Err(e) => {
+                    tracing::warn!(%board, error = %e, "parked board still cannot be matched");
+                    record_retry(self.pool(), board, &e).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(%board, error = %e, "cannot record a parked board's retry");
+            }
+        }
+    }
+
+    async fn unpark(&self, board: Uuid, parked: &mut HashSet<Uuid>) -> Result<(), sqlx::Error> {
+        sqlx::query("delete from matcher_parked_boards where board_id = $1")
+            .bind(board)
+            .execute(self.pool())
+            .await?;
+        parked.remove(&board);
+        self.metrics.set_matcher_parked(parked.len());
+        tracing::info!(%board, "matcher matches a parked board again");
+        Ok(())
+    }
+
     /// Makes every match the Board allows now, re-reading after any refused write.
-    async fn match_board(&self, board_id: Uuid, trigger: &RecordedEvent) -> Result<()> {
+    async fn match_board(&self, board_id: Uuid, trigger: Option<&RecordedEvent>) -> Result<()> {
+        if self.config.fault.as_ref().is_some_and(|f| f(board_id)) {
+            return Err(anyhow!("injected matcher fault"));
+        }
         for _ in 0..MAX_ROUNDS {
             let Some(contents) = load_board_for_matching(self.pool(), board_id)
                 .await
@@ -205,13 +293,15 @@ impl Matcher {
                     .map_err(app_error)?;
                 let mut meta = CommandMeta::new("match");
                 meta.actor = NAME.into();
-                meta.causation_id = Some(trigger.id.to_string());
-                if let Some(c) = trigger
-                    .metadata
-                    .get("correlationId")
-                    .and_then(|c| c.as_str())
-                {
-                    meta.correlation_id = c.to_string();
+                if let Some(trigger) = trigger {
+                    meta.causation_id = Some(trigger.id.to_string());
+                    if let Some(c) = trigger
+                        .metadata
+                        .get("correlationId")
+                        .and_then(|c| c.as_str())
+                    {
+                        meta.correlation_id = c.to_string();
+                    }
                 }
                 let assignment = Assignment {
                     appointment_id: a.id,
@@ -257,6 +347,51 @@ fn app_error(e: AppError) -> anyhow::Error {
         AppError::Internal(e) => e,
         other => anyhow!("{}", other.describe()),
     }
+}
+
+async fn load_parked(pool: &PgPool) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = sqlx::query_scalar("select board_id from matcher_parked_boards")
+        .fetch_all(pool)
+        .await?;
+    Ok(ids.into_iter().collect())
+}
+
+async fn park_board(
+    pool: &PgPool,
+    board: Uuid,
+    event_seq: i64,
+    error: &anyhow::Error,
+    attempts: u32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into matcher_parked_boards (board_id, event_seq, error, attempts) \
+         values ($1, $2, $3, $4) \
+         on conflict (board_id) do update set event_seq = excluded.event_seq, \
+           error = excluded.error, attempts = matcher_parked_boards.attempts + excluded.attempts",
+    )
+    .bind(board)
+    .bind(event_seq)
+    .bind(format!("{error:#}"))
+    .bind(attempts as i32)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn record_retry(
+    pool: &PgPool,
+    board: Uuid,
+    error: &anyhow::Error,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update matcher_parked_boards set attempts = attempts + 1, error = $2, \
+           retried_at = clock_timestamp() where board_id = $1",
+    )
+    .bind(board)
+    .bind(format!("{error:#}"))
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 async fn load_checkpoint(pool: &PgPool) -> Result<Cursor> {

@@ -30,6 +30,7 @@ pub struct Metrics {
     matcher_assignments: Counter,
     matcher_conflicts: Counter,
     matcher_latency: Histogram,
+    matcher_parked: Gauge,
     /// The same latencies in microseconds, for exact quantiles (the demo's report).
     matcher_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -70,6 +71,12 @@ impl Metrics {
         let matcher_assignments = Counter::default();
         let matcher_conflicts = Counter::default();
         let matcher_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let matcher_parked = Gauge::default();
+        registry.register(
+            "matcher_parked_boards",
+            "Boards the matcher gave up on after its retries; retried now and then",
+            matcher_parked.clone(),
+        );
         registry.register(
             "matcher_assignments",
             "Appointments the matcher scheduled",
@@ -133,6 +140,7 @@ impl Metrics {
             matcher_assignments,
             matcher_conflicts,
             matcher_latency,
+            matcher_parked,
             matcher_latency_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("valid histogram bounds"),
@@ -153,6 +161,10 @@ impl Metrics {
 
     pub fn matcher_conflict(&self) {
         self.matcher_conflicts.inc();
+    }
+
+    pub fn set_matcher_parked(&self, boards: usize) {
+        self.matcher_parked.set(boards as i64);
     }
 
     pub fn matcher_latency(&self) -> LatencySummary {

@@ -520,3 +520,108 @@ async fn wait_time_estimate_validates_and_answers_for_a_new_request() {
     let r = app.gql(q, json!({"b": board, "s": "  "})).await;
     assert_eq!(error_code(&r), "VALIDATION");
 }
+
+/// The status of an appointment once it is no longer `status`, or after `within`.
+async fn status_leaving(app: &TestApp, id: &str, status: &str, within: Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r = app.data(APPOINTMENT, json!({"id": id})).await;
+        // Not projected yet: still as requested.
+        let now = r["appointment"]["status"]
+            .as_str()
+            .unwrap_or("REQUESTED")
+            .to_string();
+        if now != status || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn parked_boards(app: &TestApp) -> Vec<(Uuid, String)> {
+    sqlx::query_as("select board_id, error from matcher_parked_boards")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_board_the_matcher_cannot_match_is_parked_while_other_boards_go_on_and_matched_once_it_works(
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let broken: Arc<Mutex<Option<Uuid>>> = Arc::default();
+    let failing = Arc::new(AtomicBool::new(true));
+    let config = careboard::projector::ProjectorConfig {
+        parked_retry_interval: Duration::from_millis(200),
+        matcher_fault: Some({
+            let broken = broken.clone();
+            let failing = failing.clone();
+            Arc::new(move |board| {
+                failing.load(Ordering::SeqCst) && *broken.lock().unwrap() == Some(board)
+            })
+        }),
+        ..common::matching_projector()
+    };
+    let app = TestApp::spawn_with_projector(config).await;
+    let a = open_board(&app).await;
+    let b = open_board(&app).await;
+    *broken.lock().unwrap() = Some(a.parse().unwrap());
+
+    // Board A's triggers come first in the log: before parking, its failure held up
+    // every later Board.
+    let pa = register(&app, "Dr. A", &["pediatrics"], &["TX"]).await;
+    join(&app, &a, &pa).await;
+    let on_a = request(&app, &a, "Ann", "pediatrics", "TX").await;
+    let pb = register(&app, "Dr. B", &["pediatrics"], &["TX"]).await;
+    join(&app, &b, &pb).await;
+    let on_b = request(&app, &b, "Ben", "pediatrics", "TX").await;
+
+    assert_eq!(
+        status_leaving(&app, &on_b, "REQUESTED", Duration::from_secs(15)).await,
+        "SCHEDULED",
+        "a failing board must not hold up the others"
+    );
+    // Parked once its retries are spent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut parked = parked_boards(&app).await;
+    while parked.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        parked = parked_boards(&app).await;
+    }
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].0.to_string(), a);
+    assert!(parked[0].1.contains("injected matcher fault"), "{parked:?}");
+    assert_eq!(
+        status_leaving(&app, &on_a, "REQUESTED", Duration::from_millis(300)).await,
+        "REQUESTED"
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("careboard_matcher_parked_boards 1"),
+        "{metrics}"
+    );
+
+    // Fixed: the periodic retry matches the parked Board and unparks it.
+    failing.store(false, Ordering::SeqCst);
+    assert_eq!(
+        status_leaving(&app, &on_a, "REQUESTED", Duration::from_secs(15)).await,
+        "SCHEDULED"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !parked_boards(&app).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "still parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    matcher_settled(&app).await;
+    check_invariants(&app, &a).await;
+    check_invariants(&app, &b).await;
+}

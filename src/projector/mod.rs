@@ -22,7 +22,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{watch, Notify};
 
 use crate::event_store::EventStore;
-use crate::matcher::Matcher;
+use crate::matcher::{Matcher, MatcherConfig};
 use crate::metrics::Metrics;
 use batch::{apply_batch, read_batch, BatchError, BatchInput};
 use state::{
@@ -43,6 +43,9 @@ pub enum CrashPoint {
 }
 
 pub type CrashHook = Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>;
+
+/// Test hook: return true to make the matcher fail on that Board.
+pub type MatcherFault = Arc<dyn Fn(uuid::Uuid) -> bool + Send + Sync>;
 
 #[derive(Clone)]
 pub struct ProjectorConfig {
@@ -65,6 +68,10 @@ pub struct ProjectorConfig {
     pub crash_hook: Option<CrashHook>,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
+    /// How often the matcher retries the Boards it parked.
+    pub parked_retry_interval: Duration,
+    /// Test hook: return true to make matching a Board fail.
+    pub matcher_fault: Option<MatcherFault>,
 }
 
 impl Default for ProjectorConfig {
@@ -79,6 +86,8 @@ impl Default for ProjectorConfig {
             retry_backoff: Duration::from_millis(50),
             crash_hook: None,
             matching: true,
+            parked_retry_interval: Duration::from_secs(5),
+            matcher_fault: None,
         }
     }
 }
@@ -330,9 +339,14 @@ impl Projector {
         let matcher = Matcher::new(
             store,
             self.metrics.clone(),
-            self.config.batch_size,
-            self.config.max_poll_interval,
-            self.config.retry_backoff,
+            MatcherConfig {
+                batch_size: self.config.batch_size,
+                max_poll_interval: self.config.max_poll_interval,
+                retry_backoff: self.config.retry_backoff,
+                max_attempts: self.config.max_attempts,
+                parked_retry_interval: self.config.parked_retry_interval,
+                fault: self.config.matcher_fault.clone(),
+            },
         );
         // Its own wake-up: the append signal is the projector's, which passes it on.
         let wake = self.matcher_wake.clone();

@@ -161,6 +161,16 @@ impl TestApp {
         .await
     }
 
+    /// With a projector configured by the test.
+    pub async fn spawn_with_projector(config: careboard::projector::ProjectorConfig) -> Self {
+        Self::spawn_full(
+            GraphqlLimits::default(),
+            Some(config),
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
     /// Serving only: nothing projects, so projected reads fall behind.
     pub async fn spawn_without_projector(read_wait: Duration) -> Self {
         Self::spawn_full(GraphqlLimits::default(), None, read_wait).await
