@@ -219,6 +219,10 @@ async fn listen(weak: std::sync::Weak<Inner>) {
                     resync(&inner).await;
                 }
                 Err(e) => {
+                    if weak.strong_count() == 0 {
+                        // Nobody follows Boards any more: the process is shutting down.
+                        return;
+                    }
                     tracing::warn!(error = %e, "board listener lost its connection; reconnecting");
                     break;
                 }

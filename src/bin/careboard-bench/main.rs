@@ -186,7 +186,19 @@ async fn main() -> Result<()> {
             }
         }
         if want(Scenario::Mutate) {
-            rows.push(mutate_scenario(&pool, &args, pgbench).await?);
+            // After the append matrix the database holds far more rows than when the
+            // first baseline ran: measure pgbench again on the database as it is now.
+            let baseline = if want(Scenario::Append) {
+                let b = pgbench_append(&db_url, &pool, args.clients, args.seconds).await?;
+                println!(
+                    "baseline pgbench INSERT+UPDATE before mutate, {} clients: {b:.0} tx/s",
+                    args.clients
+                );
+                b
+            } else {
+                pgbench
+            };
+            rows.push(mutate_scenario(&pool, &args, baseline).await?);
         }
     }
     eprintln!(
