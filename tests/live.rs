@@ -509,3 +509,56 @@ async fn frames_built_from_changed_rows_equal_the_document_also_across_a_rebuild
     let p = request(&app, &board, "After the rebuild").await;
     frame_matches_document(&app, &mut ws, &board, p).await;
 }
+
+/// A row written by an older build carries no Board version (0): a follower that
+/// already holds the Board must still pick it up.
+#[tokio::test]
+async fn a_follower_picks_up_appointment_rows_an_older_build_wrote() {
+    use careboard::projections::read::{self, FollowedBoard};
+    let app = TestApp::spawn().await;
+    let (board, _) = open_board(&app).await;
+    let mut last = 0;
+    for i in 0..3 {
+        last = request(&app, &board, &format!("Patient {i}")).await;
+    }
+    projected_version(&app, &board, last).await;
+    let id: uuid::Uuid = board.parse().unwrap();
+    let mut followed: Option<FollowedBoard> = None;
+    read::refresh_board(&app.pool, id, &mut followed)
+        .await
+        .unwrap();
+    let held = followed.as_ref().unwrap().doc.clone();
+    assert_eq!(held.appointments.len(), 3);
+
+    // An older build rewrites one appointment row without a Board version.
+    let (row, doc): (uuid::Uuid, Value) = sqlx::query_as(
+        "select id, doc from board_view_appointments where board_id = $1 order by id limit 1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let mut renamed = doc.clone();
+    renamed["patientName"] = json!("Renamed by an older build");
+    sqlx::query(
+        "update board_view_appointments set doc = $3, board_version = 0 \
+          where board_id = $1 and id = $2",
+    )
+    .bind(id)
+    .bind(row)
+    .bind(&renamed)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    read::refresh_board(&app.pool, id, &mut followed)
+        .await
+        .unwrap();
+    let now = &followed.as_ref().unwrap().doc;
+    assert_eq!(
+        now.appointments[&row].patient_name,
+        "Renamed by an older build"
+    );
+    assert_eq!(now.appointments.len(), 3);
+    assert_eq!(now, &read::board(&app.pool, id).await.unwrap().unwrap());
+}

@@ -606,7 +606,8 @@ pub mod read {
 
     /// Brings a followed Board up to date with the live `board_view`: reads its header
     /// and only the appointment rows written after the version `followed` holds (all of
-    /// them when `followed` is empty or from another generation), in one statement. On
+    /// them when `followed` is empty or from another generation; rows an older build
+    /// wrote, with no version, always), in one statement. On
     /// an error `followed` may be left empty (the next call then reads the Board whole).
     /// Leaves it untouched when the Board has no document.
     pub async fn refresh_board(
@@ -623,7 +624,9 @@ pub mod read {
                 and p.generation = v.generation \
                {join} \
               where v.id = $1",
-            join = board_parts_join("and (v.generation <> $2 or x.board_version > $3)")
+            join = board_parts_join(
+                "and (v.generation <> $2 or x.board_version > $3 or x.board_version = 0)"
+            )
         ))
         .bind(id)
         .bind(generation)
