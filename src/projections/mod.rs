@@ -560,23 +560,20 @@ pub mod read {
         }
 
         fn into_doc(self) -> anyhow::Result<BoardDoc> {
-            Ok(serde_json::from_value(self.into_value())?)
+            Ok(self.merge(None)?.doc)
         }
 
-        /// Brings `followed` up to these parts: a whole Board when it came from another
-        /// generation (or there was none), else the header and the changed rows on top
-        /// of the appointments it already holds.
-        fn merge_into(self, followed: &mut Option<FollowedBoard>) -> anyhow::Result<()> {
+        /// The document these parts make: on top of `previous` (its appointments, then
+        /// the changed rows) when it came from the same generation, else whole.
+        fn merge(self, previous: Option<FollowedBoard>) -> anyhow::Result<FollowedBoard> {
             let mut doc: BoardDoc = serde_json::from_value(self.doc)?;
-            let previous = followed.take().filter(|f| f.generation == self.generation);
-            if let Some(previous) = previous {
+            if let Some(previous) = previous.filter(|f| f.generation == self.generation) {
                 // A header of the earlier shape may still carry appointments of its own.
-                let mut appointments = previous.doc.appointments;
+                let (mut appointments, mut applied) =
+                    (previous.doc.appointments, previous.doc.applied);
                 appointments.append(&mut doc.appointments);
-                doc.appointments = appointments;
-                let mut applied = previous.doc.applied;
                 applied.append(&mut doc.applied);
-                doc.applied = applied;
+                (doc.appointments, doc.applied) = (appointments, applied);
             }
             let ids = self.ids.unwrap_or_default();
             let applied = self.applied.unwrap_or_default();
@@ -587,11 +584,10 @@ pub mod read {
                 }
                 doc.applied.insert(id, version);
             }
-            *followed = Some(FollowedBoard {
+            Ok(FollowedBoard {
                 generation: self.generation,
                 doc,
-            });
-            Ok(())
+            })
         }
     }
 
@@ -607,8 +603,8 @@ pub mod read {
     /// Brings a followed Board up to date with the live `board_view`: reads its header
     /// and only the appointment rows written after the version `followed` holds (all of
     /// them when `followed` is empty or from another generation; rows an older build
-    /// wrote, with no version, always), in one statement. On
-    /// an error `followed` may be left empty (the next call then reads the Board whole).
+    /// wrote, with no version, always), in one statement. On an error `followed` may be
+    /// left empty (the next call then reads the Board whole).
     /// Leaves it untouched when the Board has no document.
     pub async fn refresh_board(
         pool: &PgPool,
@@ -633,10 +629,10 @@ pub mod read {
         .bind(version)
         .fetch_optional(pool)
         .await?;
-        match parts {
-            Some(parts) => parts.merge_into(followed),
-            None => Ok(()),
+        if let Some(parts) = parts {
+            *followed = Some(parts.merge(followed.take())?);
         }
+        Ok(())
     }
 
     fn entry<'a>(
@@ -654,18 +650,9 @@ pub mod read {
 
     /// The live `board_view` document of a Board.
     pub async fn board(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<BoardDoc>> {
-        let parts: Option<BoardParts> = sqlx::query_as(&format!(
-            "select {BOARD_PARTS} from board_view v \
-               join projection_state p on p.name = 'board_view' and p.status = 'live' \
-                and p.generation = v.generation \
-               {join} \
-              where v.id = $1",
-            join = board_parts_join("")
-        ))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-        parts.map(BoardParts::into_doc).transpose()
+        let mut followed = None;
+        refresh_board(pool, id, &mut followed).await?;
+        Ok(followed.map(|f| f.doc))
     }
 
     /// Filters of the `boards` list.
