@@ -10,13 +10,14 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::config::{DatabaseArgs, GraphqlLimits};
+use crate::daemon::{Daemon, DaemonConfig, DaemonHandle};
+use crate::estimates::Estimator;
 use crate::event_store::EventStore;
 use crate::graphql::build_schema;
 use crate::http::{router, AppState};
 use crate::live::LiveBoards;
 use crate::metrics::Metrics;
 use crate::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
-use crate::projector::{Projector, ProjectorConfig, ProjectorHandle};
 
 /// An open database, and the embedded cluster behind it when there is one (dropping
 /// it stops the cluster).
@@ -65,8 +66,16 @@ pub fn state_with(
     let store = EventStore::new(pool.clone(), lock_timeout);
     let metrics = Arc::new(Metrics::new());
     let live = LiveBoards::start(pool.clone());
+    let estimator = Estimator::new();
     AppState {
-        schema: build_schema(store.clone(), live.clone(), &limits, read_wait),
+        schema: build_schema(
+            store.clone(),
+            live.clone(),
+            estimator.clone(),
+            &limits,
+            read_wait,
+        ),
+        estimator,
         pool,
         limits: Arc::new(limits),
         store,
@@ -75,11 +84,13 @@ pub fn state_with(
     }
 }
 
-/// Starts this process's projector (leader or standby), woken by local appends.
-pub fn spawn_projector(state: &AppState, config: ProjectorConfig) -> ProjectorHandle {
-    Projector::new(
+/// Starts this process's daemon (leader or standby: the projector and the matcher),
+/// woken by local appends.
+pub fn spawn_daemon(state: &AppState, config: DaemonConfig) -> DaemonHandle {
+    Daemon::new(
         state.pool.clone(),
         state.store.appended_signal(),
+        state.estimator.clone(),
         config,
         state.metrics.clone(),
     )

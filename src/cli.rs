@@ -8,9 +8,10 @@ use crate::app;
 use crate::config::{
     Cli, Command, DatabaseArgs, ProjectionsCommand, ProjectorMode, ServeArgs, Switch,
 };
+use crate::daemon::{Daemon, DaemonConfig};
 use crate::postgres;
 use crate::projections::Projection;
-use crate::projector::{self, ProjectorConfig};
+use crate::projector;
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -55,7 +56,7 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
         Default::default(),
         Duration::from_millis(database.lock_timeout_ms),
     );
-    let projector = app::spawn_projector(&state, ProjectorConfig::default());
+    let projector = app::spawn_daemon(&state, DaemonConfig::default());
     let listener = tokio::net::TcpListener::bind(&args.bind).await?;
     let base = format!("http://{}", listener.local_addr()?);
     let metrics = state.metrics.clone();
@@ -104,9 +105,9 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
     );
     let projector = match serve.projector {
         ProjectorMode::Off => None,
-        ProjectorMode::Auto | ProjectorMode::Only => Some(app::spawn_projector(
+        ProjectorMode::Auto | ProjectorMode::Only => Some(app::spawn_daemon(
             &state,
-            ProjectorConfig {
+            DaemonConfig {
                 matching: serve.matching == Switch::On,
                 ..Default::default()
             },
@@ -162,10 +163,11 @@ async fn projections(database: DatabaseArgs, action: ProjectionsCommand) -> Resu
             println!("rebuilding {name} as generation {generation}");
             // Project here too: if a server already leads, this one stands by. Matching
             // is left to servers: a maintenance command schedules nobody.
-            let handle = projector::Projector::new(
+            let handle = Daemon::new(
                 db.pool.clone(),
                 Default::default(),
-                ProjectorConfig {
+                Default::default(),
+                DaemonConfig {
                     matching: false,
                     ..Default::default()
                 },

@@ -21,6 +21,7 @@ use crate::domain::{
 use crate::error::{AppError, AppResult};
 use crate::event_store::unit_of_work::{Begun, CommandMeta, Guard, Outcome, UnitOfWork};
 use crate::event_store::{EventStore, ReadLimit};
+use crate::projections::board_view::contents_from_events;
 
 /// The options every command input carries.
 #[derive(Debug, Clone, Default, InputObject)]
@@ -271,11 +272,12 @@ pub async fn close_board(
     // so nothing new can arrive between counting the open work and closing.
     let board = uow.target_locked::<Board>(board_id).await?;
     let open_work = match &board {
-        Some(_) => uow
-            .board_contents(board_id)
-            .await?
-            .map(|c| c.open_work())
-            .unwrap_or_default(),
+        Some(_) => {
+            let events = uow.board_streams(board_id).await?;
+            contents_from_events(board_id, &events)?
+                .map(|c| c.open_work())
+                .unwrap_or_default()
+        }
         None => Default::default(),
     };
     let events = board::decide(board.as_ref(), BoardCommand::Close { open_work })?;

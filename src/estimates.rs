@@ -15,9 +15,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::matching::{self, DurationModel, DurationSample, Estimate};
-use crate::domain::{Appointment, AppointmentStatus, Provider};
+use crate::domain::BoardContents;
+use crate::domain::{Appointment, AppointmentStatus, Provider, StreamType};
 use crate::error::AppResult;
-use crate::event_store::{fold_recorded, BoardContents, RecordedEvent, EVENT_COLUMNS};
+use crate::event_store::{fold_recorded, read_streams_of_type, RecordedEvent};
 
 /// At most this many finished appointments per specialty feed the model.
 pub const WINDOW_SAMPLES: i64 = 200;
@@ -73,14 +74,8 @@ impl Estimator {
         }
         missing.sort();
         missing.dedup();
-        let events: Vec<RecordedEvent> = sqlx::query_as(&format!(
-            "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
-              where e.stream_id = any($1) and s.type = 'provider' \
-              order by e.stream_id, e.version"
-        ))
-        .bind(&missing)
-        .fetch_all(pool)
-        .await?;
+        let events: Vec<RecordedEvent> =
+            read_streams_of_type(pool, &missing, StreamType::Provider).await?;
         let mut caches = self.caches.lock().expect("estimator cache");
         for chunk in events.chunk_by(|a, b| a.stream_id == b.stream_id) {
             if let Some(p) = fold_recorded::<Provider>(chunk)? {

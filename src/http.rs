@@ -41,6 +41,8 @@ pub struct AppState {
     pub store: EventStore,
     pub metrics: Arc<Metrics>,
     pub live: LiveBoards,
+    /// The one wait-time estimator (its caches) shared by queries and the matcher.
+    pub estimator: crate::estimates::Estimator,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::event_store::BoardContents;
+use crate::domain::BoardContents;
 use crate::projections::read::{self, FollowedBoard};
 
 /// The newest known document of a Board (`None` until the projector has built it).

@@ -1,7 +1,7 @@
 //! The matcher: pairs waiting appointments with READY providers as soon as both exist.
 //!
-//! It is a process that reacts to events, run by the projector's leader next to the
-//! projections, with its own checkpoint in `process_checkpoints`. It reads the log the
+//! It is a process that reacts to events, run by the leader (see [`crate::daemon`]) as a
+//! peer of the projector, with its own checkpoint in `process_checkpoints`. It reads the log the
 //! way the projector does (`(tx, seq)` after its checkpoint, below the oldest running
 //! transaction), so it never skips an event. For every Board where something happened
 //! that can make a match possible — an appointment requested; a provider joined, back
@@ -38,12 +38,14 @@ use crate::commands::{self, Assignment};
 use crate::domain::matching;
 use crate::error::AppError;
 use crate::estimates::Estimator;
+use crate::event_store::log::{read_after, Cursor};
 use crate::event_store::unit_of_work::CommandMeta;
-use crate::event_store::{load_board_for_matching, EventStore, RecordedEvent};
+use crate::event_store::{EventStore, RecordedEvent};
+use crate::faults::Faults;
+use crate::leader::{advance_checkpoint, Checkpoint};
 use crate::metrics::Metrics;
-use crate::projector::batch::read_after;
-use crate::projector::state::{leader_fence, Cursor, LEADER_LOCK_KEY};
-use crate::projector::MatcherFault;
+use crate::pacing::{backoff, IdlePoll};
+use crate::projections::load_board_for_matching;
 
 /// The matcher's row in `process_checkpoints`.
 pub const NAME: &str = "matcher";
@@ -64,6 +66,7 @@ pub struct Matcher {
     estimator: Estimator,
     metrics: Arc<Metrics>,
     config: MatcherConfig,
+    faults: Faults,
 }
 
 #[derive(Clone)]
@@ -78,8 +81,6 @@ pub struct MatcherConfig {
     pub max_attempts: u32,
     /// How often parked Boards are retried.
     pub parked_retry_interval: Duration,
-    /// Test hook: Boards for which matching fails.
-    pub fault: Option<MatcherFault>,
 }
 
 /// Why the matcher stopped.
@@ -91,12 +92,19 @@ pub enum MatcherEnd {
 }
 
 impl Matcher {
-    pub fn new(store: EventStore, metrics: Arc<Metrics>, config: MatcherConfig) -> Self {
+    pub fn new(
+        store: EventStore,
+        estimator: Estimator,
+        metrics: Arc<Metrics>,
+        config: MatcherConfig,
+        faults: Faults,
+    ) -> Self {
         Self {
             store,
-            estimator: Estimator::new(),
+            estimator,
             metrics,
             config,
+            faults,
         }
     }
 
@@ -108,14 +116,14 @@ impl Matcher {
     pub async fn run(
         &self,
         leader_pid: i32,
-        wake: Arc<Notify>,
+        wake: &Notify,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<MatcherEnd> {
         let mut cursor = load_checkpoint(self.pool()).await?;
         let mut parked = load_parked(self.pool()).await?;
         self.metrics.set_matcher_parked(parked.len());
         let mut last_parked_retry = Instant::now();
-        let mut idle_polls: u32 = 0;
+        let mut poll = IdlePoll::new(self.config.max_poll_interval);
         // Failed attempts at the batch after `cursor`.
         let mut attempts: u32 = 0;
         loop {
@@ -132,7 +140,7 @@ impl Matcher {
             match self.step(cursor, leader_pid, park, &mut parked).await {
                 Ok(Some(next)) => {
                     cursor = next;
-                    idle_polls = 0;
+                    poll.reset();
                     attempts = 0;
                     continue;
                 }
@@ -141,19 +149,11 @@ impl Matcher {
                 Err(StepError::Failed(e)) => {
                     attempts = attempts.saturating_add(1);
                     tracing::warn!(error = %e, attempts, "matcher batch failed; will retry");
-                    let backoff = self.config.retry_backoff * 2u32.pow(attempts.min(8) - 1);
-                    tokio::time::sleep(backoff.min(Duration::from_secs(30))).await;
+                    tokio::time::sleep(backoff(self.config.retry_backoff, attempts)).await;
                     continue;
                 }
             }
-            idle_polls = idle_polls.saturating_add(1);
-            let wait = Duration::from_millis(2u64.saturating_pow(idle_polls.min(10)))
-                .min(self.config.max_poll_interval);
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
-            }
+            poll.wait(wake, &mut shutdown).await;
         }
     }
 
@@ -213,9 +213,17 @@ impl Matcher {
             }
             self.metrics.set_matcher_parked(parked.len());
         }
-        if !advance_checkpoint(self.pool(), cursor, next, rows.len() as i64, leader_pid)
-            .await
-            .map_err(|e| StepError::Failed(e.into()))?
+        let checkpoint = Checkpoint::Process { name: NAME };
+        if !advance_checkpoint(
+            self.pool(),
+            checkpoint,
+            cursor,
+            next,
+            rows.len() as i64,
+            leader_pid,
+        )
+        .await
+        .map_err(|e| StepError::Failed(e.into()))?
         {
             return Err(StepError::LostLock);
         }
@@ -251,7 +259,7 @@ impl Matcher {
 
     /// Makes every match the Board allows now, re-reading after any refused write.
     async fn match_board(&self, board_id: Uuid, trigger: Option<&RecordedEvent>) -> Result<()> {
-        if self.config.fault.as_ref().is_some_and(|f| f(board_id)) {
+        if self.faults.matcher_fails(board_id) {
             return Err(anyhow!("injected matcher fault"));
         }
         for _ in 0..MAX_ROUNDS {
@@ -400,37 +408,5 @@ async fn load_checkpoint(pool: &PgPool) -> Result<Cursor> {
             .bind(NAME)
             .fetch_one(pool)
             .await?;
-    Ok(Cursor {
-        tx: tx.parse()?,
-        seq,
-    })
-}
-
-/// Compare-and-set on the old cursor, and only while `leader_pid` holds the leader lock
-/// (the same fence as the projector's checkpoints).
-async fn advance_checkpoint(
-    pool: &PgPool,
-    old: Cursor,
-    new: Cursor,
-    seen: i64,
-    leader_pid: i32,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(&format!(
-        "update process_checkpoints \
-            set tx = $4::text::xid8, seq = $5, events_seen = events_seen + $6, \
-                updated_at = clock_timestamp() \
-          where name = $1 and tx = $2::text::xid8 and seq = $3 and {}",
-        leader_fence(7, 8)
-    ))
-    .bind(NAME)
-    .bind(old.tx.to_string())
-    .bind(old.seq)
-    .bind(new.tx.to_string())
-    .bind(new.seq)
-    .bind(seen)
-    .bind(leader_pid)
-    .bind(LEADER_LOCK_KEY)
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected() == 1)
+    Ok(Cursor::from_text(&tx, seq)?)
 }

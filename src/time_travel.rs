@@ -13,11 +13,14 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::Aggregate;
+use crate::domain::BoardContents;
 use crate::error::{AppError, AppResult};
 use crate::event_store::{
-    read_board_streams, BoardContents, ReadLimit, RecordedEvent, EVENT_COLUMNS,
+    read_board_streams, read_board_streams_after, read_board_timeline, read_stream_from, ReadLimit,
+    RecordedEvent,
 };
 use crate::projections::{BoardDoc, Doc, Projection, StreamDoc};
+use crate::snapshots;
 
 /// Whether folds may start from snapshots (always, except to measure or check them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,33 +33,6 @@ fn fold_failed(id: Uuid, e: impl std::fmt::Display) -> AppError {
     AppError::Internal(anyhow::anyhow!("time travel on {id}: {e}"))
 }
 
-async fn newest_snapshot<D: DeserializeOwned>(
-    pool: &PgPool,
-    kind: &str,
-    projection: Projection,
-    id: Uuid,
-    at: Option<DateTime<Utc>>,
-    version: Option<i64>,
-) -> AppResult<Option<D>> {
-    let doc: Option<serde_json::Value> = sqlx::query_scalar(
-        "select doc from snapshots \
-          where kind = $1 and id = $2 and fold_version = $3 \
-            and ($4::timestamptz is null or max_recorded_at <= $4) \
-            and ($5::bigint is null or version <= $5) \
-          order by max_recorded_at desc, version desc limit 1",
-    )
-    .bind(kind)
-    .bind(id)
-    .bind(projection.version())
-    .bind(at)
-    .bind(version)
-    .fetch_optional(pool)
-    .await?;
-    doc.map(serde_json::from_value)
-        .transpose()
-        .map_err(|e| fold_failed(id, e))
-}
-
 /// The `board_view` document of a Board as it stood at `at`.
 pub async fn board_doc_as_of(
     pool: &PgPool,
@@ -64,43 +40,20 @@ pub async fn board_doc_as_of(
     at: DateTime<Utc>,
     snapshots: Snapshots,
 ) -> AppResult<BoardDoc> {
-    let snapshot: Option<(serde_json::Value, String, i64)> = match snapshots {
+    let snapshot = match snapshots {
         Snapshots::Use => {
-            sqlx::query_as(
-                "select doc, tx::text, seq from snapshots \
-                  where kind = 'board' and id = $1 and fold_version = $2 \
-                    and max_recorded_at <= $3 and seq is not null \
-                  order by max_recorded_at desc, version desc limit 1",
-            )
-            .bind(board_id)
-            .bind(Projection::BoardView.version())
-            .bind(at)
-            .fetch_optional(pool)
-            .await?
+            snapshots::newest_of_board(pool, board_id, Projection::BoardView.version(), at).await?
         }
         Snapshots::Ignore => None,
     };
     let events: Vec<RecordedEvent> = match &snapshot {
         // The snapshot holds every event of the Board up to the projector's cursor then
         // (and maybe a few after it, filled in early): read only what follows the cursor.
-        Some((_, tx, seq)) => {
-            sqlx::query_as(&format!(
-                "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
-                  where (e.tx, e.seq) > ($2::text::xid8, $3) and s.board_id = $1 \
-                    and e.recorded_at <= $4 \
-                  order by e.stream_id, e.version"
-            ))
-            .bind(board_id)
-            .bind(tx)
-            .bind(seq)
-            .bind(at)
-            .fetch_all(pool)
-            .await?
-        }
+        Some((_, cursor)) => read_board_streams_after(pool, board_id, *cursor, at).await?,
         None => read_board_streams(pool, board_id, ReadLimit::Time(at)).await?,
     };
     let mut doc: BoardDoc = match snapshot {
-        Some((doc, _, _)) => serde_json::from_value(doc).map_err(|e| fold_failed(board_id, e))?,
+        Some((doc, _)) => serde_json::from_value(doc).map_err(|e| fold_failed(board_id, e))?,
         None => BoardDoc::default(),
     };
     for e in &events {
@@ -136,38 +89,34 @@ pub async fn stream_as_of<A>(
 where
     A: Aggregate + Serialize + DeserializeOwned + Send + Sync,
 {
-    let (projection, kind) = match A::STREAM_TYPE {
-        crate::domain::StreamType::Appointment => (Projection::AppointmentView, "appointment"),
-        crate::domain::StreamType::Shift => (Projection::ProviderShiftView, "shift"),
+    let projection = match A::STREAM_TYPE {
+        crate::domain::StreamType::Appointment => Projection::AppointmentView,
+        crate::domain::StreamType::Shift => Projection::ProviderShiftView,
         _ => {
             let events = crate::event_store::read_stream(pool, id, limit).await?;
             return crate::event_store::fold_recorded::<A>(&events);
         }
     };
+    let kind = projection
+        .snapshot_kind()
+        .expect("stream views are snapshotted");
     let (at, version) = match limit {
         ReadLimit::All => (None, None),
         ReadLimit::Time(t) => (Some(t), None),
         ReadLimit::Version(v) => (None, Some(v)),
     };
     let mut doc: StreamDoc<A> = match snapshots {
-        Snapshots::Use => newest_snapshot(pool, kind, projection, id, at, version)
-            .await?
-            .unwrap_or_default(),
+        Snapshots::Use => {
+            snapshots::newest_of_stream(pool, kind, projection.version(), id, at, version)
+                .await?
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| fold_failed(id, e))?
+                .unwrap_or_default()
+        }
         Snapshots::Ignore => StreamDoc::default(),
     };
-    let events: Vec<RecordedEvent> = sqlx::query_as(&format!(
-        "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
-          where e.stream_id = $1 and e.version > $2 \
-            and ($3::timestamptz is null or e.recorded_at <= $3) \
-            and ($4::bigint is null or e.version <= $4) \
-          order by e.version"
-    ))
-    .bind(id)
-    .bind(doc.applied)
-    .bind(at)
-    .bind(version)
-    .fetch_all(pool)
-    .await?;
+    let events = read_stream_from(pool, id, doc.applied, limit).await?;
     if events
         .iter()
         .any(|e| e.stream_type != A::STREAM_TYPE.as_str())
@@ -236,17 +185,7 @@ pub async fn board_history(
     limit: i64,
 ) -> AppResult<Vec<HistoryEntry>> {
     let mut doc = board_doc_as_of(pool, board_id, from, Snapshots::Use).await?;
-    let events: Vec<RecordedEvent> = sqlx::query_as(&format!(
-        "select {EVENT_COLUMNS} from streams s join events e on e.stream_id = s.id \
-          where s.board_id = $1 and e.recorded_at > $2 and e.recorded_at <= $3 \
-          order by e.recorded_at, e.seq limit $4"
-    ))
-    .bind(board_id)
-    .bind(from)
-    .bind(to)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let events = read_board_timeline(pool, board_id, from, to, limit).await?;
     let mut out = Vec::with_capacity(events.len());
     let mut samples = None;
     for e in events {

@@ -6,8 +6,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use careboard::domain::BoardContents;
 use careboard::domain::{matching, AppointmentStatus, Provider, ShiftStatus};
-use careboard::event_store::{load_board_contents, BoardContents, ReadLimit};
+use careboard::event_store::ReadLimit;
+use careboard::projections::load_board_contents;
 use careboard::projections::Projection;
 use careboard::projector::wait_for_position;
 use common::{error_code, TestApp};
@@ -552,18 +554,21 @@ async fn a_board_the_matcher_cannot_match_is_parked_while_other_boards_go_on_and
     use std::sync::{Arc, Mutex};
     let broken: Arc<Mutex<Option<Uuid>>> = Arc::default();
     let failing = Arc::new(AtomicBool::new(true));
-    let config = careboard::projector::ProjectorConfig {
+    let config = careboard::daemon::DaemonConfig {
         parked_retry_interval: Duration::from_millis(200),
-        matcher_fault: Some({
+        ..common::matching_projector()
+    };
+    let faults = careboard::faults::Faults {
+        matcher: Some({
             let broken = broken.clone();
             let failing = failing.clone();
             Arc::new(move |board| {
                 failing.load(Ordering::SeqCst) && *broken.lock().unwrap() == Some(board)
             })
         }),
-        ..common::matching_projector()
+        ..Default::default()
     };
-    let app = TestApp::spawn_with_projector(config).await;
+    let app = TestApp::spawn_with_faults(config, faults).await;
     let a = open_board(&app).await;
     let b = open_board(&app).await;
     *broken.lock().unwrap() = Some(a.parse().unwrap());

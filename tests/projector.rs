@@ -9,30 +9,44 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use careboard::commands::{self, CommandOptions, OpenBoardInput, RequestAppointmentInput};
+use careboard::daemon::{Daemon, DaemonConfig, DaemonHandle};
 use careboard::domain::{AppointmentEvent, AppointmentStatus, StreamType};
 use careboard::event_store::append::{append, StreamWrite};
+use careboard::event_store::log::Cursor;
 use careboard::event_store::unit_of_work::CommandMeta;
 use careboard::event_store::{read_board_streams, EventStore, ReadLimit};
+use careboard::faults::{CrashPoint, Faults};
+use careboard::leader::{advance_checkpoint, Checkpoint, LEADER_LOCK_KEY};
 use careboard::metrics::Metrics;
 use careboard::projections::{read, BoardDoc, Doc, Projection};
-use careboard::projector::state::{self, advance_checkpoint, Cursor, LEADER_LOCK_KEY};
-use careboard::projector::{CrashPoint, Projector, ProjectorConfig, ProjectorHandle};
+use careboard::projector::state;
 use rand::Rng;
 use serde_json::json;
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
-fn start_projector(pool: &PgPool, store: &EventStore, config: ProjectorConfig) -> ProjectorHandle {
-    Projector::new(
+fn start_projector(pool: &PgPool, store: &EventStore, config: DaemonConfig) -> DaemonHandle {
+    start_with_faults(pool, store, config, Faults::default())
+}
+
+fn start_with_faults(
+    pool: &PgPool,
+    store: &EventStore,
+    config: DaemonConfig,
+    faults: Faults,
+) -> DaemonHandle {
+    Daemon::new(
         pool.clone(),
         store.appended_signal(),
+        Default::default(),
         config,
         Arc::new(Metrics::new()),
     )
+    .with_faults(faults)
     .spawn()
 }
 
-fn config() -> ProjectorConfig {
+fn config() -> DaemonConfig {
     common::fast_projector()
 }
 
@@ -196,7 +210,7 @@ async fn no_event_is_skipped_or_applied_twice_under_concurrent_writers_rollbacks
     let projector = start_projector(
         &pool,
         &store,
-        ProjectorConfig {
+        DaemonConfig {
             batch_size: 7,
             ..config()
         },
@@ -471,14 +485,15 @@ async fn a_crash_at_any_point_leaves_documents_and_checkpoint_in_agreement() {
         }
         let armed = Arc::new(AtomicBool::new(true));
         let hook_armed = armed.clone();
-        let crashing = start_projector(
+        let crashing = start_with_faults(
             &pool,
             &store,
-            ProjectorConfig {
-                crash_hook: Some(Arc::new(move |p| {
+            config(),
+            Faults {
+                crash: Some(Arc::new(move |p| {
                     p == point && hook_armed.swap(false, Ordering::SeqCst)
                 })),
-                ..config()
+                ..Default::default()
             },
         );
         tokio::time::timeout(Duration::from_secs(10), crashing.join())
@@ -526,7 +541,7 @@ async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_fiv
         let own_store = common::store(&own_pool);
         handles.push(Some(start_projector(&own_pool, &own_store, config())));
     }
-    let leaders = |handles: &Vec<Option<ProjectorHandle>>| {
+    let leaders = |handles: &Vec<Option<DaemonHandle>>| {
         handles
             .iter()
             .enumerate()
@@ -617,9 +632,11 @@ async fn a_deposed_leaders_checkpoint_write_is_rejected() {
     let mut conn = pool.acquire().await.unwrap();
     // While the lock is held the write goes through...
     assert!(advance_checkpoint(
-        &mut conn,
-        Projection::BoardView,
-        generation,
+        &mut *conn,
+        Checkpoint::Projection {
+            name: Projection::BoardView.name(),
+            generation
+        },
         start,
         next,
         1,
@@ -629,9 +646,11 @@ async fn a_deposed_leaders_checkpoint_write_is_rejected() {
     .unwrap());
     // ...a stale expected value is rejected (compare-and-set)...
     assert!(!advance_checkpoint(
-        &mut conn,
-        Projection::BoardView,
-        generation,
+        &mut *conn,
+        Checkpoint::Projection {
+            name: Projection::BoardView.name(),
+            generation
+        },
         start,
         next,
         1,
@@ -648,9 +667,11 @@ async fn a_deposed_leaders_checkpoint_write_is_rejected() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = Cursor { tx: 2, seq: 2 };
     assert!(!advance_checkpoint(
-        &mut conn,
-        Projection::BoardView,
-        generation,
+        &mut *conn,
+        Checkpoint::Projection {
+            name: Projection::BoardView.name(),
+            generation
+        },
         next,
         after,
         1,
@@ -772,7 +793,7 @@ async fn a_rebuild_under_continuous_appends_ends_equal_to_a_fresh_projection() {
     let projector = start_projector(
         &pool,
         &store,
-        ProjectorConfig {
+        DaemonConfig {
             batch_size: 50,
             ..config()
         },

@@ -11,12 +11,12 @@ use careboard::commands::{
     JoinBoardInput, OpenBoardInput, RegisterProviderInput, RequestAppointmentInput,
     ScheduleAppointmentInput, ShiftAction, ShiftInput,
 };
+use careboard::daemon::{Daemon, DaemonConfig};
 use careboard::domain::{Appointment, AppointmentStatus, Shift, ShiftStatus};
 use careboard::event_store::unit_of_work::CommandMeta;
 use careboard::event_store::{fold_recorded, read_stream, EventStore, ReadLimit};
 use careboard::metrics::Metrics;
 use careboard::projections::{read, BoardDoc, Projection};
-use careboard::projector::{Projector, ProjectorConfig};
 use careboard::time_travel::{board_as_of, board_doc_as_of, stream_as_of, Snapshots};
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
@@ -245,11 +245,12 @@ fn start_projector(
     pool: &PgPool,
     store: &EventStore,
     snapshot_every: i64,
-) -> careboard::projector::ProjectorHandle {
-    Projector::new(
+) -> careboard::daemon::DaemonHandle {
+    Daemon::new(
         pool.clone(),
         store.appended_signal(),
-        ProjectorConfig {
+        Default::default(),
+        DaemonConfig {
             snapshot_every,
             ..common::fast_projector()
         },

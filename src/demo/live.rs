@@ -16,7 +16,8 @@ use crate::commands::{self, AppointmentAction, AppointmentInput, ShiftAction, Sh
 use crate::domain::{AppointmentStatus, Shift, ShiftStatus};
 use crate::error::AppError;
 use crate::event_store::unit_of_work::CommandMeta;
-use crate::event_store::{load_board_contents, read_log, EventStore, LogFilter, ReadLimit};
+use crate::event_store::{read_log, EventStore, LogFilter, ReadLimit};
+use crate::projections::load_board_contents;
 
 #[derive(Debug, Clone, Copy)]
 enum Act {
@@ -110,9 +111,7 @@ pub async fn play(
         signed_off: HashSet::new(),
         intents: HashMap::new(),
         appointments: HashMap::new(),
-        log_position: sqlx::query_scalar("select coalesce(max(seq), 0) from events")
-            .fetch_one(store.pool())
-            .await?,
+        log_position: crate::event_store::log::end_position(store.pool()).await?,
         summary: LiveSummary::default(),
         base_url,
     };

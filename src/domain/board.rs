@@ -61,6 +61,37 @@ pub struct OpenWork {
     pub active_providers: usize,
 }
 
+/// A Board folded together with every shift and appointment on it.
+#[derive(Debug, Clone)]
+pub struct BoardContents {
+    pub board: Board,
+    /// Sorted by join time, then id: independent of the order streams were read in.
+    pub shifts: Vec<super::Shift>,
+    /// Sorted by request time, then id.
+    pub appointments: Vec<super::Appointment>,
+    /// Number of events applied across all of the Board's streams.
+    pub version: i64,
+    /// Global position of the newest of those events.
+    pub position: i64,
+}
+
+impl BoardContents {
+    pub fn open_work(&self) -> OpenWork {
+        OpenWork {
+            open_appointments: self
+                .appointments
+                .iter()
+                .filter(|a| a.status.is_open())
+                .count(),
+            active_providers: self
+                .shifts
+                .iter()
+                .filter(|s| s.status != super::ShiftStatus::SignedOff)
+                .count(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum BoardCommand {
     Open {

@@ -16,7 +16,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
 pub use appointment::{Appointment, AppointmentEvent, AppointmentStatus};
-pub use board::{Board, BoardEvent, BoardStatus};
+pub use board::{Board, BoardContents, BoardEvent, BoardStatus};
 pub use provider::{Provider, ProviderEvent};
 pub use shift::{Shift, ShiftEvent, ShiftStatus};
 

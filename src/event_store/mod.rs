@@ -1,9 +1,14 @@
 //! The append-only event store in PostgreSQL: reading streams and folding them.
 //!
-//! Appending lives in [`append`]; the unit of work that commands use in [`unit_of_work`].
+//! Every `SELECT … FROM events` of the server lives under this module. Appending lives
+//! in [`append`]; the unit of work that commands use in [`unit_of_work`]; the in-order
+//! read of the whole log (the `(tx, seq)` cursor below xmin) in [`log`]. The store knows
+//! aggregates and events only: folding a Board's streams into a document is the
+//! projections' business, on top of the reads here.
 
 pub mod append;
 pub mod import;
+pub mod log;
 pub mod unit_of_work;
 
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Aggregate, Appointment, Board, EventContext, Shift};
+use crate::domain::{Aggregate, DomainEvent, EventContext, FoldError, StreamType};
 use crate::error::{AppError, AppResult};
 
 /// One stored event with its envelope.
@@ -117,23 +122,7 @@ pub async fn read_stream(
     stream_id: Uuid,
     limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let (version, time) = match limit {
-        ReadLimit::All => (None, None),
-        ReadLimit::Version(v) => (Some(v), None),
-        ReadLimit::Time(t) => (None, Some(t)),
-    };
-    sqlx::query_as::<_, RecordedEvent>(&format!(
-        "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
-         where e.stream_id = $1 \
-           and ($2::bigint is null or e.version <= $2) \
-           and ($3::timestamptz is null or e.recorded_at <= $3) \
-         order by e.version"
-    ))
-    .bind(stream_id)
-    .bind(version)
-    .bind(time)
-    .fetch_all(conn)
-    .await
+    read_stream_from(conn, stream_id, 0, limit).await
 }
 
 /// Reads the events of a stream with versions in `(after, upto]`, in version order.
@@ -143,14 +132,49 @@ pub async fn read_stream_between(
     after: i64,
     upto: i64,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    read_stream_from(conn, stream_id, after, ReadLimit::Version(upto)).await
+}
+
+/// Reads the events of a stream after version `after`, up to `limit`, in version order.
+pub async fn read_stream_from(
+    conn: impl PgExecutor<'_>,
+    stream_id: Uuid,
+    after: i64,
+    limit: ReadLimit,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let (version, time) = match limit {
+        ReadLimit::All => (None, None),
+        ReadLimit::Version(v) => (Some(v), None),
+        ReadLimit::Time(t) => (None, Some(t)),
+    };
     sqlx::query_as::<_, RecordedEvent>(&format!(
         "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
-         where e.stream_id = $1 and e.version > $2 and e.version <= $3 \
+         where e.stream_id = $1 and e.version > $4 \
+           and ($2::bigint is null or e.version <= $2) \
+           and ($3::timestamptz is null or e.recorded_at <= $3) \
          order by e.version"
     ))
     .bind(stream_id)
+    .bind(version)
+    .bind(time)
     .bind(after)
-    .bind(upto)
+    .fetch_all(conn)
+    .await
+}
+
+/// Every event of the given streams of one type, grouped by stream, in version order.
+pub async fn read_streams_of_type(
+    conn: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    stream_type: StreamType,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
+          where e.stream_id = any($1) and s.type = $2 \
+          order by e.stream_id, e.version"
+    ))
+    .bind(ids)
+    .bind(stream_type.as_str())
     .fetch_all(conn)
     .await
 }
@@ -169,8 +193,16 @@ pub async fn read_board_streams(
     read_board_streams_where(conn, board_id, time, false).await
 }
 
-/// `waiting_only` leaves out every appointment that is no longer waiting (a waiting one
-/// has exactly one event, its request): what matching needs, at a fraction of the read.
+/// The Board's streams now, leaving out every appointment that is no longer waiting (a
+/// waiting one has exactly one event, its request): what matching needs, at a fraction
+/// of the read.
+pub async fn read_board_streams_waiting(
+    conn: impl PgExecutor<'_>,
+    board_id: Uuid,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    read_board_streams_where(conn, board_id, None, true).await
+}
+
 async fn read_board_streams_where(
     conn: impl PgExecutor<'_>,
     board_id: Uuid,
@@ -191,13 +223,59 @@ async fn read_board_streams_where(
     .await
 }
 
-/// The Board with its shifts and only its waiting appointments, now.
-pub async fn load_board_for_matching(
+/// The events of a Board's streams after the read cursor `after`, recorded at or before
+/// `at`, grouped by stream in version order (what follows a Board snapshot).
+pub async fn read_board_streams_after(
     conn: impl PgExecutor<'_>,
     board_id: Uuid,
-) -> AppResult<Option<BoardContents>> {
-    let events = read_board_streams_where(conn, board_id, None, true).await?;
-    BoardContents::from_events(board_id, &events)
+    after: log::Cursor,
+    at: DateTime<Utc>,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
+          where (e.tx, e.seq) > ($2::text::xid8, $3) and s.board_id = $1 \
+            and e.recorded_at <= $4 \
+          order by e.stream_id, e.version"
+    ))
+    .bind(board_id)
+    .bind(after.tx_text())
+    .bind(after.seq)
+    .bind(at)
+    .fetch_all(conn)
+    .await
+}
+
+/// The events of a Board's streams recorded in `(from, to]`, in the order they were
+/// recorded (the Board's timeline), at most `limit`.
+pub async fn read_board_timeline(
+    conn: impl PgExecutor<'_>,
+    board_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from streams s join events e on e.stream_id = s.id \
+          where s.board_id = $1 and e.recorded_at > $2 and e.recorded_at <= $3 \
+          order by e.recorded_at, e.seq limit $4"
+    ))
+    .bind(board_id)
+    .bind(from)
+    .bind(to)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Decodes a stored event and applies it to an aggregate state: the one step every
+/// fold (stream loads, the projections, time travel) is made of.
+pub fn decode_apply<A: Aggregate>(state: Option<A>, e: &RecordedEvent) -> Result<A, FoldError> {
+    let event = A::Event::decode(&e.event_type, &e.data).map_err(|reason| FoldError {
+        event: e.event_type.clone(),
+        version: e.version,
+        reason,
+    })?;
+    A::apply(state, &event, &e.context())
 }
 
 /// Decodes and folds a stream's events into its aggregate.
@@ -208,7 +286,7 @@ pub fn fold_recorded<A: Aggregate>(events: &[RecordedEvent]) -> AppResult<Option
             return Ok(None);
         }
         state =
-            Some(crate::projections::decode_apply(state, e).map_err(|err| {
+            Some(decode_apply(state, e).map_err(|err| {
                 AppError::Internal(anyhow::anyhow!("stream {}: {err}", e.stream_id))
             })?);
     }
@@ -223,64 +301,6 @@ pub async fn load<A: Aggregate>(
 ) -> AppResult<Option<A>> {
     let events = read_stream(conn, id, limit).await?;
     fold_recorded::<A>(&events)
-}
-
-/// A Board folded together with every shift and appointment on it.
-#[derive(Debug, Clone)]
-pub struct BoardContents {
-    pub board: Board,
-    /// Sorted by join time, then id: independent of the order streams were read in.
-    pub shifts: Vec<Shift>,
-    /// Sorted by request time, then id.
-    pub appointments: Vec<Appointment>,
-    /// Number of events applied across all of the Board's streams.
-    pub version: i64,
-    /// Global position of the newest of those events.
-    pub position: i64,
-}
-
-impl BoardContents {
-    /// Builds the contents from `read_board_streams` output with the `board_view` fold,
-    /// the same code the projector runs. `None` if the Board's own stream has no events
-    /// (it does not exist, or did not yet at that time).
-    pub fn from_events(board_id: Uuid, events: &[RecordedEvent]) -> AppResult<Option<Self>> {
-        use crate::projections::{BoardDoc, Doc};
-        let mut doc = BoardDoc::default();
-        for e in events {
-            doc.apply(e).map_err(|err| {
-                AppError::Internal(anyhow::anyhow!(
-                    "board {board_id}, stream {}: {err}",
-                    e.stream_id
-                ))
-            })?;
-        }
-        Ok(doc.to_contents().filter(|c| c.board.id == board_id))
-    }
-
-    pub fn open_work(&self) -> crate::domain::board::OpenWork {
-        crate::domain::board::OpenWork {
-            open_appointments: self
-                .appointments
-                .iter()
-                .filter(|a| a.status.is_open())
-                .count(),
-            active_providers: self
-                .shifts
-                .iter()
-                .filter(|s| s.status != crate::domain::ShiftStatus::SignedOff)
-                .count(),
-        }
-    }
-}
-
-/// Loads a Board with its shifts and appointments, as of `limit` (`All` or `Time`).
-pub async fn load_board_contents(
-    conn: impl PgExecutor<'_>,
-    board_id: Uuid,
-    limit: ReadLimit,
-) -> AppResult<Option<BoardContents>> {
-    let events = read_board_streams(conn, board_id, limit).await?;
-    BoardContents::from_events(board_id, &events)
 }
 
 /// Which events the audit log query returns.

@@ -7,9 +7,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::append::{append, Appended, StreamWrite};
-use super::{
-    fold_recorded, load_board_contents, read_stream, BoardContents, EventStore, ReadLimit,
-};
+use super::{fold_recorded, read_board_streams, read_stream, EventStore, ReadLimit, RecordedEvent};
 use crate::domain::{Aggregate, DomainEvent, EventContext};
 use crate::error::{AppError, AppResult};
 
@@ -234,9 +232,9 @@ impl UnitOfWork {
         Ok(state)
     }
 
-    /// The Board with its shifts and appointments, read inside the transaction.
-    pub async fn board_contents(&mut self, board_id: Uuid) -> AppResult<Option<BoardContents>> {
-        load_board_contents(&mut *self.tx, board_id, ReadLimit::All).await
+    /// The events of every stream on a Board, read inside the transaction.
+    pub async fn board_streams(&mut self, board_id: Uuid) -> AppResult<Vec<RecordedEvent>> {
+        Ok(read_board_streams(&mut *self.tx, board_id, ReadLimit::All).await?)
     }
 
     /// Loads a second stream the command also writes: locked in exclusive mode,

@@ -29,13 +29,14 @@ pub struct ReadWait(pub std::time::Duration);
 pub fn build_schema(
     store: EventStore,
     live: crate::live::LiveBoards,
+    estimator: crate::estimates::Estimator,
     limits: &GraphqlLimits,
     read_wait: std::time::Duration,
 ) -> CareboardSchema {
     let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .data(store)
         .data(live)
-        .data(crate::estimates::Estimator::new())
+        .data(estimator)
         .data(ReadWait(read_wait))
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)

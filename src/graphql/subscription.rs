@@ -13,9 +13,8 @@ use super::store;
 use super::types::{Board, Event};
 use crate::domain::parse_id;
 use crate::error::AppError;
+use crate::event_store::log::{cursor_of, read_after, Cursor};
 use crate::live::LiveBoards;
-use crate::projector::batch::{cursor_of, read_after};
-use crate::projector::state::Cursor;
 
 pub struct Subscription;
 

@@ -9,9 +9,11 @@ use uuid::Uuid;
 
 use super::{estimator, store};
 use crate::domain::matching::Estimate;
+use crate::domain::BoardContents;
 use crate::domain::{self, ShiftStatus as DShift};
 use crate::error::AppError;
-use crate::event_store::{load_board_contents, BoardContents, ReadLimit, RecordedEvent};
+use crate::event_store::{ReadLimit, RecordedEvent};
+use crate::projections::load_board_contents;
 use crate::time_travel::{board_as_of, Snapshots};
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]

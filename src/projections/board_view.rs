@@ -11,9 +11,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{decode_apply, Doc};
-use crate::domain::{Appointment, Board, FoldError, Shift, StreamType};
-use crate::event_store::{BoardContents, RecordedEvent};
+use sqlx::PgExecutor;
+
+use super::Doc;
+use crate::domain::{Appointment, Board, BoardContents, FoldError, Shift, StreamType};
+use crate::error::{AppError, AppResult};
+use crate::event_store::{
+    decode_apply, read_board_streams, read_board_streams_waiting, ReadLimit, RecordedEvent,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -151,4 +156,43 @@ impl BoardDoc {
             position: self.position,
         })
     }
+}
+
+/// Folds `read_board_streams` output into the Board's contents with the `board_view`
+/// fold, the same code the projector runs. `None` if the Board's own stream has no
+/// events (it does not exist, or did not yet at that time).
+pub fn contents_from_events(
+    board_id: Uuid,
+    events: &[RecordedEvent],
+) -> AppResult<Option<BoardContents>> {
+    let mut doc = BoardDoc::default();
+    for e in events {
+        doc.apply(e).map_err(|err| {
+            AppError::Internal(anyhow::anyhow!(
+                "board {board_id}, stream {}: {err}",
+                e.stream_id
+            ))
+        })?;
+    }
+    Ok(doc.to_contents().filter(|c| c.board.id == board_id))
+}
+
+/// Loads a Board with its shifts and appointments from the log, as of `limit` (`All`
+/// or `Time`).
+pub async fn load_board_contents(
+    conn: impl PgExecutor<'_>,
+    board_id: Uuid,
+    limit: ReadLimit,
+) -> AppResult<Option<BoardContents>> {
+    let events = read_board_streams(conn, board_id, limit).await?;
+    contents_from_events(board_id, &events)
+}
+
+/// The Board with its shifts and only its waiting appointments, now.
+pub async fn load_board_for_matching(
+    conn: impl PgExecutor<'_>,
+    board_id: Uuid,
+) -> AppResult<Option<BoardContents>> {
+    let events = read_board_streams_waiting(conn, board_id).await?;
+    contents_from_events(board_id, &events)
 }

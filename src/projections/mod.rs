@@ -10,9 +10,10 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::{Aggregate, Appointment, DomainEvent, FoldError, Shift, StreamType};
-use crate::event_store::RecordedEvent;
-pub use board_view::BoardDoc;
+use crate::domain::{Aggregate, Appointment, FoldError, Shift, StreamType};
+use crate::event_store::{decode_apply, RecordedEvent};
+use crate::snapshots::SnapshotKind;
+pub use board_view::{load_board_contents, load_board_for_matching, BoardDoc};
 
 /// A projected document: folds events one stream version at a time.
 pub trait Doc: Default + Clone + Serialize + DeserializeOwned + Send + Sync {
@@ -29,16 +30,6 @@ pub trait Doc: Default + Clone + Serialize + DeserializeOwned + Send + Sync {
     fn count(&self) -> i64;
     /// The snapshot's `max_recorded_at`, if this document may be snapshotted.
     fn snapshot_ready(&self) -> Option<chrono::DateTime<chrono::Utc>>;
-}
-
-/// Decodes a stored event and applies it to an aggregate state.
-pub fn decode_apply<A: Aggregate>(state: Option<A>, e: &RecordedEvent) -> Result<A, FoldError> {
-    let event = A::Event::decode(&e.event_type, &e.data).map_err(|reason| FoldError {
-        event: e.event_type.clone(),
-        version: e.version,
-        reason,
-    })?;
-    A::apply(state, &event, &e.context())
 }
 
 /// A document that is one stream's folded state (appointment and shift views).
@@ -147,11 +138,11 @@ impl Projection {
     }
 
     /// The kind of snapshot this projection writes (`snapshots.kind`), if any.
-    pub fn snapshot_kind(self) -> Option<&'static str> {
+    pub fn snapshot_kind(self) -> Option<SnapshotKind> {
         match self {
-            Projection::BoardView => Some("board"),
-            Projection::AppointmentView => Some("appointment"),
-            Projection::ProviderShiftView => Some("shift"),
+            Projection::BoardView => Some(SnapshotKind::Board),
+            Projection::AppointmentView => Some(SnapshotKind::Appointment),
+            Projection::ProviderShiftView => Some(SnapshotKind::Shift),
             Projection::AppointmentDurations => None,
         }
     }

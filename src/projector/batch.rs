@@ -1,82 +1,17 @@
-//! Reading the log without skipping, and applying one batch to one projection.
+//! Applying one batch of the log (read with [`crate::event_store::log::read_after`]) to
+//! one projection generation, in the caller's transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::state::{Cursor, DeadLetter};
+use super::state::DeadLetter;
 use crate::domain::{Appointment, FoldError, Shift, StreamType};
-use crate::event_store::{read_stream_between, RecordedEvent, EVENT_COLUMNS};
+use crate::event_store::log::Cursor;
+use crate::event_store::{read_stream_between, RecordedEvent};
 use crate::projections::{save_rows, BoardDoc, Doc, Projection, Row, StreamDoc};
-
-#[derive(sqlx::FromRow)]
-struct CursorRow {
-    tx: String,
-    #[sqlx(flatten)]
-    event: RecordedEvent,
-}
-
-/// The next events after `after` in `(tx, seq)` order, stopping below the oldest
-/// transaction still running: every transaction id under the snapshot's xmin has
-/// finished, so no event can later appear behind the returned cursor. Must be the
-/// first statement of its transaction (before this transaction has an id of its own).
-pub async fn read_batch(
-    conn: &mut PgConnection,
-    after: Cursor,
-    limit: i64,
-) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
-    read_after(conn, after, limit, None).await
-}
-
-/// The same read, optionally for one Board's streams only (the `boardEvents` feed).
-pub async fn read_after(
-    conn: impl sqlx::PgExecutor<'_>,
-    after: Cursor,
-    limit: i64,
-    board: Option<Uuid>,
-) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
-    let rows: Vec<CursorRow> = sqlx::query_as(&format!(
-        "select e.tx::text as tx, {EVENT_COLUMNS} \
-           from events e join streams s on s.id = e.stream_id \
-          where (e.tx, e.seq) > ($1::text::xid8, $2) \
-            and e.tx < pg_snapshot_xmin(pg_current_snapshot()) \
-            and ($4::uuid is null or s.board_id = $4) \
-          order by e.tx, e.seq \
-          limit $3"
-    ))
-    .bind(after.tx.to_string())
-    .bind(after.seq)
-    .bind(limit)
-    .bind(board)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            let tx =
-                r.tx.parse::<u64>()
-                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            Ok((
-                Cursor {
-                    tx,
-                    seq: r.event.seq,
-                },
-                r.event,
-            ))
-        })
-        .collect()
-}
-
-/// The read cursor of the event at `position`, to resume a feed after it.
-pub async fn cursor_of(pool: &sqlx::PgPool, position: i64) -> Result<Option<Cursor>, sqlx::Error> {
-    let tx: Option<String> = sqlx::query_scalar("select tx::text from events where seq = $1")
-        .bind(position)
-        .fetch_optional(pool)
-        .await?;
-    Ok(tx
-        .and_then(|t| t.parse().ok())
-        .map(|tx| Cursor { tx, seq: position }))
-}
+use crate::snapshots::{self, Snapshot, SnapshotKind};
 
 /// Why a batch could not be applied.
 #[derive(Debug)]
@@ -193,13 +128,31 @@ async fn apply_and_save<D: Doc>(
             s.doc = whole.remove(&s.id);
         }
     }
-    write_snapshots(conn, input.projection, &snapshots, input.batch_end).await?;
+    let snapshots: Vec<Snapshot> = snapshots
+        .into_iter()
+        .filter_map(|s| {
+            Some(Snapshot {
+                kind: s.kind,
+                id: s.id,
+                version: s.version,
+                at: s.at,
+                doc: s.doc?,
+            })
+        })
+        .collect();
+    snapshots::write(
+        conn,
+        input.projection.version(),
+        &snapshots,
+        input.batch_end,
+    )
+    .await?;
     Ok(outcome)
 }
 
 /// A snapshot due: `doc` is `None` until read back whole (a partially loaded Board).
 struct SnapshotDue {
-    kind: &'static str,
+    kind: SnapshotKind,
     id: Uuid,
     version: i64,
     at: chrono::DateTime<chrono::Utc>,
@@ -301,41 +254,6 @@ async fn apply_docs<D: Doc>(
         docs.insert(doc_id, (doc, appointments));
     }
     Ok((outcome, docs, snapshots))
-}
-
-/// Snapshots every `snapshot_every` events per document; a rebuild of the same fold
-/// writes the same snapshots, so duplicates are skipped.
-async fn write_snapshots(
-    conn: &mut PgConnection,
-    projection: Projection,
-    rows: &[SnapshotDue],
-    batch_end: Cursor,
-) -> Result<(), sqlx::Error> {
-    for SnapshotDue {
-        kind,
-        id,
-        version,
-        at,
-        doc,
-    } in rows
-    {
-        let Some(doc) = doc else { continue };
-        sqlx::query(
-            "insert into snapshots (kind, id, fold_version, version, max_recorded_at, tx, seq, doc) \
-             values ($1, $2, $3, $4, $5, $6::text::xid8, $7, $8) on conflict do nothing",
-        )
-        .bind(kind)
-        .bind(id)
-        .bind(projection.version())
-        .bind(version)
-        .bind(at)
-        .bind(batch_end.tx.to_string())
-        .bind(batch_end.seq)
-        .bind(doc)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
 }
 
 fn apply_one<D: Doc>(

@@ -5,22 +5,34 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::event_store::log::{self, Cursor};
 use crate::projections::Projection;
 
-/// The advisory lock whose holder is the one projector leader.
-pub const LEADER_LOCK_KEY: i64 = 0x4341_5242; // "CARB"
-
-/// A position in the projector's read order: (writing transaction, sequence).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Cursor {
-    pub tx: u64,
-    pub seq: i64,
-}
-
+/// Where a generation is in its life (`projection_state.status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenerationStatus {
+    /// The one generation queries read.
     Live,
+    /// A side-by-side rebuild, swapped in when it has caught up.
     Building,
+    /// Replaced by a rebuild; its documents are deleted.
+    Retired,
+}
+
+impl GenerationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenerationStatus::Live => "live",
+            GenerationStatus::Building => "building",
+            GenerationStatus::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Live, Self::Building, Self::Retired]
+            .into_iter()
+            .find(|g| g.as_str() == s)
+    }
 }
 
 /// One generation of a projection, as the worker tracks it.
@@ -46,15 +58,8 @@ pub async fn active_generations(pool: &PgPool) -> Result<Vec<Generation>, sqlx::
             Some(Generation {
                 projection: Projection::parse(&name)?,
                 generation,
-                status: if status == "live" {
-                    GenerationStatus::Live
-                } else {
-                    GenerationStatus::Building
-                },
-                cursor: Cursor {
-                    tx: tx.parse().ok()?,
-                    seq,
-                },
+                status: GenerationStatus::parse(&status)?,
+                cursor: Cursor::from_text(&tx, seq).ok()?,
             })
         })
         .collect())
@@ -117,65 +122,20 @@ pub async fn request_rebuild(pool: &PgPool, projection: Projection) -> Result<i3
         tx.commit().await?;
         return Ok(g);
     }
+    let target = log::end_position(&mut *tx).await?;
     let generation: i32 = sqlx::query_scalar(
         "insert into projection_state (name, generation, status, projection_version, target_seq) \
-         select $1, coalesce(max(generation), 0) + 1, 'building', $2, \
-                (select coalesce(max(seq), 0) from events) \
+         select $1, coalesce(max(generation), 0) + 1, 'building', $2, $3 \
            from projection_state where name = $1 \
          returning generation",
     )
     .bind(projection.name())
     .bind(projection.version())
+    .bind(target)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(generation)
-}
-
-/// Moves a checkpoint from `old` to `new`, only if it is still at `old` and the
-/// caller still holds the leader lock on connection `leader_pid`. Returns false when
-/// the write is rejected (another leader moved on, or this one was deposed).
-/// SQL condition: the backend with pid `$pid_param` holds the leader advisory lock
-/// (key `$key_param`). Advisory locks are per database, hence the pid: a checkpoint
-/// moves only while its writer still leads.
-pub fn leader_fence(pid_param: u8, key_param: u8) -> String {
-    format!(
-        "exists (select 1 from pg_locks \
-                  where locktype = 'advisory' and granted and pid = ${pid_param} \
-                    and classid = (${key_param} >> 32)::oid \
-                    and objid = (${key_param} & 4294967295)::oid and objsubid = 1)"
-    )
-}
-
-pub async fn advance_checkpoint(
-    conn: &mut PgConnection,
-    projection: Projection,
-    generation: i32,
-    old: Cursor,
-    new: Cursor,
-    applied: i64,
-    leader_pid: i32,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(&format!(
-        "update projection_state \
-            set tx = $5::text::xid8, seq = $6, events_applied = events_applied + $7, \
-                updated_at = clock_timestamp() \
-          where name = $1 and generation = $2 and tx = $3::text::xid8 and seq = $4 \
-            and status in ('live', 'building') and {}",
-        leader_fence(8, 9)
-    ))
-    .bind(projection.name())
-    .bind(generation)
-    .bind(old.tx.to_string())
-    .bind(old.seq)
-    .bind(new.tx.to_string())
-    .bind(new.seq)
-    .bind(applied)
-    .bind(leader_pid)
-    .bind(LEADER_LOCK_KEY)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
 }
 
 /// Swaps a caught-up building generation in for the live one, atomically. Returns the
@@ -197,9 +157,14 @@ pub async fn switch_generation(
     .bind(building)
     .fetch_all(&mut *tx)
     .await?;
-    let live = rows.iter().find(|r| r.1 == "live");
+    let is = |status: &str, g: GenerationStatus| GenerationStatus::parse(status) == Some(g);
+    let live = rows.iter().find(|r| is(&r.1, GenerationStatus::Live));
     let caught_up = live.map(|r| r.2).unwrap_or(true);
-    if !caught_up || !rows.iter().any(|r| r.0 == building && r.1 == "building") {
+    if !caught_up
+        || !rows
+            .iter()
+            .any(|r| r.0 == building && is(&r.1, GenerationStatus::Building))
+    {
         return Ok(None);
     }
     if let Some((old, _, _)) = live {
@@ -316,13 +281,7 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
         updated_at,
     } in rows
     {
-        let (lag_events, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-            "select count(*), min(recorded_at) from events where (tx, seq) > ($1::text::xid8, $2)",
-        )
-        .bind(&tx)
-        .bind(seq)
-        .fetch_one(pool)
-        .await?;
+        let (lag_events, oldest) = log::backlog(pool, Cursor::from_text(&tx, seq)?).await?;
         let dead_letters: i64 = sqlx::query_scalar(
             "select count(*) from dead_letters \
               where projection = $1 and generation = $2 and replayed_at is null",
@@ -334,14 +293,15 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
         let lag_seconds = oldest
             .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
             .unwrap_or(0.0);
-        let rebuild_progress = (state == "building").then(|| {
-            let total = events_applied + lag_events;
-            if total == 0 {
-                1.0
-            } else {
-                events_applied as f64 / total as f64
-            }
-        });
+        let rebuild_progress =
+            (GenerationStatus::parse(&state) == Some(GenerationStatus::Building)).then(|| {
+                let total = events_applied + lag_events;
+                if total == 0 {
+                    1.0
+                } else {
+                    events_applied as f64 / total as f64
+                }
+            });
         out.push(ProjectionStatus {
             name,
             generation,
@@ -360,18 +320,16 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
     Ok(out)
 }
 
-/// Whether the live generation of `projection` has applied the event at `position`.
-pub async fn has_reached(
+/// The checkpoint of the live generation of `projection` (`None`: none is live).
+pub async fn live_checkpoint(
     pool: &PgPool,
     projection: Projection,
-    position: i64,
-) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar(
-        "select (p.tx, p.seq) >= (e.tx, e.seq) from events e, projection_state p \
-          where e.seq = $2 and p.name = $1 and p.status = 'live'",
+) -> Result<Option<Cursor>, sqlx::Error> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "select tx::text, seq from projection_state where name = $1 and status = 'live'",
     )
     .bind(projection.name())
-    .bind(position)
     .fetch_optional(pool)
-    .await
+    .await?;
+    row.map(|(tx, seq)| Cursor::from_text(&tx, seq)).transpose()
 }

@@ -111,8 +111,8 @@ async fn connect_retrying(options: &PgConnectOptions) -> sqlx::PgConnection {
 
 /// Projector settings for tests: quick leader checks and retries, and no automatic
 /// matching (tests schedule by hand unless they test the matcher).
-pub fn fast_projector() -> careboard::projector::ProjectorConfig {
-    careboard::projector::ProjectorConfig {
+pub fn fast_projector() -> careboard::daemon::DaemonConfig {
+    careboard::daemon::DaemonConfig {
         leader_check_interval: Duration::from_millis(200),
         max_poll_interval: Duration::from_millis(50),
         retry_backoff: Duration::from_millis(10),
@@ -122,8 +122,8 @@ pub fn fast_projector() -> careboard::projector::ProjectorConfig {
 }
 
 /// `fast_projector` with the matcher on.
-pub fn matching_projector() -> careboard::projector::ProjectorConfig {
-    careboard::projector::ProjectorConfig {
+pub fn matching_projector() -> careboard::daemon::DaemonConfig {
+    careboard::daemon::DaemonConfig {
         matching: true,
         ..fast_projector()
     }
@@ -138,7 +138,7 @@ pub struct TestApp {
     pub server: RunningServer,
     pub pool: PgPool,
     pub http: reqwest::Client,
-    pub projector: Option<careboard::projector::ProjectorHandle>,
+    pub projector: Option<careboard::daemon::DaemonHandle>,
     live: careboard::live::LiveBoards,
 }
 
@@ -162,11 +162,27 @@ impl TestApp {
     }
 
     /// With a projector configured by the test.
-    pub async fn spawn_with_projector(config: careboard::projector::ProjectorConfig) -> Self {
+    pub async fn spawn_with_projector(config: careboard::daemon::DaemonConfig) -> Self {
         Self::spawn_full(
             GraphqlLimits::default(),
             Some(config),
             Duration::from_secs(5),
+        )
+        .await
+    }
+
+    /// With a daemon configured by the test, and faults injected into it.
+    pub async fn spawn_with_faults(
+        config: careboard::daemon::DaemonConfig,
+        faults: careboard::faults::Faults,
+    ) -> Self {
+        let pool = fresh_database().await;
+        Self::spawn_faulty(
+            pool,
+            GraphqlLimits::default(),
+            Some(config),
+            Duration::from_secs(5),
+            faults,
         )
         .await
     }
@@ -190,7 +206,7 @@ impl TestApp {
 
     async fn spawn_full(
         limits: GraphqlLimits,
-        projector: Option<careboard::projector::ProjectorConfig>,
+        projector: Option<careboard::daemon::DaemonConfig>,
         read_wait: Duration,
     ) -> Self {
         Self::spawn_on(fresh_database().await, limits, projector, read_wait).await
@@ -199,11 +215,31 @@ impl TestApp {
     async fn spawn_on(
         pool: PgPool,
         limits: GraphqlLimits,
-        projector: Option<careboard::projector::ProjectorConfig>,
+        projector: Option<careboard::daemon::DaemonConfig>,
         read_wait: Duration,
     ) -> Self {
+        Self::spawn_faulty(pool, limits, projector, read_wait, Default::default()).await
+    }
+
+    async fn spawn_faulty(
+        pool: PgPool,
+        limits: GraphqlLimits,
+        projector: Option<careboard::daemon::DaemonConfig>,
+        read_wait: Duration,
+        faults: careboard::faults::Faults,
+    ) -> Self {
         let state = app::state_with(pool.clone(), limits, Duration::from_secs(5), read_wait);
-        let projector = projector.map(|config| app::spawn_projector(&state, config));
+        let projector = projector.map(|config| {
+            careboard::daemon::Daemon::new(
+                state.pool.clone(),
+                state.store.appended_signal(),
+                state.estimator.clone(),
+                config,
+                state.metrics.clone(),
+            )
+            .with_faults(faults)
+            .spawn()
+        });
         let live = state.live.clone();
         let server = RunningServer::start("127.0.0.1:0", state)
             .await

@@ -685,9 +685,9 @@ async fn query_scenario(admin_url: &str, args: &Args) -> Result<Row> {
         Duration::from_secs(5),
     );
     // The scenarios measure the projector and the API; matching is measured by the demo.
-    let projector = app::spawn_projector(
+    let projector = app::spawn_daemon(
         &state,
-        careboard::projector::ProjectorConfig {
+        careboard::daemon::DaemonConfig {
             matching: false,
             ..Default::default()
         },

@@ -12,11 +12,12 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use careboard::daemon::{Daemon, DaemonConfig};
 use careboard::domain::{AppointmentEvent, BoardEvent, DomainEvent, ShiftEvent};
 use careboard::event_store::EventStore;
 use careboard::metrics::Metrics;
 use careboard::projections::Projection;
-use careboard::projector::{state, Projector, ProjectorConfig};
+use careboard::projector::state;
 
 /// Per Board: the newest position notified, and appends not yet seen in a notice.
 type Pending = Arc<std::sync::Mutex<HashMap<String, (i64, Vec<(i64, Instant)>)>>>;
@@ -169,11 +170,12 @@ pub async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
 }
 
 /// A projector for a measurement, woken by `store`'s local appends.
-pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::projector::ProjectorHandle {
-    Projector::new(
+pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::daemon::DaemonHandle {
+    Daemon::new(
         pool.clone(),
         store.appended_signal(),
-        ProjectorConfig {
+        Default::default(),
+        DaemonConfig {
             matching: false,
             ..Default::default()
         },

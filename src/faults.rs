@@ -1,0 +1,63 @@
+//! Fault injection for tests: points where the projector stops dead as if killed, and
+//! Boards the matcher fails on. The hooks exist only with the `fault-injection` cargo
+//! feature, which the test build enables; in a production build [`Faults`] is empty and
+//! every check is a constant `false`.
+
+/// Points in a projector batch where a test can make it "crash" (stop dead, like a
+/// killed process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The batch was read and folded in memory; nothing written.
+    AfterApply,
+    /// Documents written in the transaction; checkpoint not yet moved.
+    BeforeCheckpoint,
+    /// Checkpoint moved and NOTIFY queued; not committed.
+    BeforeCommit,
+    /// Committed; the worker had not yet recorded it in memory.
+    AfterCommit,
+}
+
+#[cfg(feature = "fault-injection")]
+pub type CrashHook = std::sync::Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>;
+
+#[cfg(feature = "fault-injection")]
+pub type MatcherFault = std::sync::Arc<dyn Fn(uuid::Uuid) -> bool + Send + Sync>;
+
+/// The faults a test asked for (none by default).
+#[derive(Clone, Default)]
+pub struct Faults {
+    /// Return true at a point to stop the projector dead there.
+    #[cfg(feature = "fault-injection")]
+    pub crash: Option<CrashHook>,
+    /// Return true to make matching that Board fail.
+    #[cfg(feature = "fault-injection")]
+    pub matcher: Option<MatcherFault>,
+}
+
+impl Faults {
+    /// Whether the projector stops dead at `point`.
+    pub fn crash_at(&self, point: CrashPoint) -> bool {
+        #[cfg(feature = "fault-injection")]
+        {
+            self.crash.as_ref().is_some_and(|hook| hook(point))
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = point;
+            false
+        }
+    }
+
+    /// Whether matching `board` fails.
+    pub fn matcher_fails(&self, board: uuid::Uuid) -> bool {
+        #[cfg(feature = "fault-injection")]
+        {
+            self.matcher.as_ref().is_some_and(|f| f(board))
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = board;
+            false
+        }
+    }
+}

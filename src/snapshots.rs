@@ -1,0 +1,122 @@
+//! Snapshots: folded documents saved every N events so that `asOf` folds start near
+//! their target instead of at the beginning. Written by the projector inside its batch
+//! transaction, read by time travel; this module is the one place that knows the
+//! `snapshots` table.
+//!
+//! A snapshot stands for a prefix of each of its streams: `max_recorded_at` is the
+//! newest event it holds, so it may start any fold up to a time at or after that.
+//! Board snapshots also record the projector's read cursor at the end of the batch
+//! that wrote them: a fold from one reads only the Board's events after that cursor.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::event_store::log::Cursor;
+
+/// What a snapshot is of (`snapshots.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    Board,
+    Appointment,
+    Shift,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Board => "board",
+            SnapshotKind::Appointment => "appointment",
+            SnapshotKind::Shift => "shift",
+        }
+    }
+}
+
+/// A snapshot to write: `doc` is the document after its `version`-th event.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub kind: SnapshotKind,
+    pub id: Uuid,
+    pub version: i64,
+    /// The newest `recorded_at` among the events the document holds.
+    pub at: DateTime<Utc>,
+    pub doc: Value,
+}
+
+/// Writes snapshots made by fold version `fold_version` in the caller's transaction,
+/// with the read cursor after the batch. A rebuild of the same fold writes the same
+/// snapshots, so duplicates are skipped.
+pub async fn write(
+    conn: &mut PgConnection,
+    fold_version: i32,
+    snapshots: &[Snapshot],
+    batch_end: Cursor,
+) -> Result<(), sqlx::Error> {
+    for s in snapshots {
+        sqlx::query(
+            "insert into snapshots (kind, id, fold_version, version, max_recorded_at, tx, seq, doc) \
+             values ($1, $2, $3, $4, $5, $6::text::xid8, $7, $8) on conflict do nothing",
+        )
+        .bind(s.kind.as_str())
+        .bind(s.id)
+        .bind(fold_version)
+        .bind(s.version)
+        .bind(s.at)
+        .bind(batch_end.tx_text())
+        .bind(batch_end.seq)
+        .bind(&s.doc)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The newest snapshot of one stream's document that holds only events recorded at or
+/// before `at` and versions up to `version` (either unbounded when `None`).
+pub async fn newest_of_stream(
+    pool: &PgPool,
+    kind: SnapshotKind,
+    fold_version: i32,
+    id: Uuid,
+    at: Option<DateTime<Utc>>,
+    version: Option<i64>,
+) -> Result<Option<Value>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select doc from snapshots \
+          where kind = $1 and id = $2 and fold_version = $3 \
+            and ($4::timestamptz is null or max_recorded_at <= $4) \
+            and ($5::bigint is null or version <= $5) \
+          order by max_recorded_at desc, version desc limit 1",
+    )
+    .bind(kind.as_str())
+    .bind(id)
+    .bind(fold_version)
+    .bind(at)
+    .bind(version)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The newest Board snapshot that holds only events recorded at or before `at`, with
+/// the read cursor the projector had passed when it wrote it.
+pub async fn newest_of_board(
+    pool: &PgPool,
+    board_id: Uuid,
+    fold_version: i32,
+    at: DateTime<Utc>,
+) -> Result<Option<(Value, Cursor)>, sqlx::Error> {
+    let row: Option<(Value, String, i64)> = sqlx::query_as(
+        "select doc, tx::text, seq from snapshots \
+          where kind = 'board' and id = $1 and fold_version = $2 \
+            and max_recorded_at <= $3 and seq is not null \
+          order by max_recorded_at desc, version desc limit 1",
+    )
+    .bind(board_id)
+    .bind(fold_version)
+    .bind(at)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|(doc, tx, seq)| Ok((doc, Cursor::from_text(&tx, seq)?)))
+        .transpose()
+}
