@@ -19,6 +19,7 @@ use crate::domain::BoardContents;
 use crate::domain::{Appointment, AppointmentStatus, Provider, StreamType};
 use crate::error::AppResult;
 use crate::event_store::{fold_recorded, read_streams_of_type, RecordedEvent};
+use crate::projections::Projection;
 
 /// At most this many finished appointments per specialty feed the model.
 pub const WINDOW_SAMPLES: i64 = 200;
@@ -111,19 +112,18 @@ impl Estimator {
             return Ok(out);
         }
         type Row = (String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<Row> = sqlx::query_as(&format!(
             "select sp, d.scheduled_at, d.started_at, d.finished_at \
                from unnest($1::text[]) as sp \
                cross join lateral ( \
                  select d.scheduled_at, d.started_at, d.finished_at \
-                   from appointment_durations d \
-                   join projection_state p on p.name = 'appointment_durations' \
-                    and p.status = 'live' and p.generation = d.generation \
+                   from appointment_durations d {live} \
                   where d.specialty = sp \
                     and d.finished_at <= $2 and d.finished_at > $2 - make_interval(days => $3) \
                     and d.scheduled_at is not null and d.started_at is not null \
                   order by d.finished_at desc limit $4) d",
-        )
+            live = Projection::AppointmentDurations.live_join("d"),
+        ))
         .bind(&missing)
         .bind(until.unwrap_or_else(Utc::now))
         .bind(WINDOW_DAYS as i32)
@@ -166,16 +166,15 @@ impl Estimator {
         to: DateTime<Utc>,
     ) -> AppResult<Vec<(DateTime<Utc>, DurationSample)>> {
         type Row = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<Row> = sqlx::query_as(&format!(
             "select d.scheduled_at, d.started_at, d.finished_at \
-               from appointment_durations d \
-               join projection_state p on p.name = 'appointment_durations' \
-                and p.status = 'live' and p.generation = d.generation \
+               from appointment_durations d {live} \
               where d.specialty = $1 \
                 and d.finished_at <= $3 and d.finished_at > $2 - make_interval(days => $4) \
                 and d.scheduled_at is not null and d.started_at is not null \
               order by d.finished_at limit 100000",
-        )
+            live = Projection::AppointmentDurations.live_join("d"),
+        ))
         .bind(specialty)
         .bind(from)
         .bind(to)

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::domain::BoardContents;
+use crate::projections::board_view::BoardChanged;
 use crate::projections::read::{self, FollowedBoard};
 
 /// The newest known document of a Board (`None` until the projector has built it).
@@ -163,13 +164,6 @@ async fn resync(inner: &Inner) {
     }
 }
 
-fn parse(payload: &str) -> Option<(Uuid, i64)> {
-    let mut parts = payload.split(':');
-    let id = Uuid::parse_str(parts.next()?).ok()?;
-    let version = parts.next()?.parse().ok()?;
-    Some((id, version))
-}
-
 async fn listen(weak: std::sync::Weak<Inner>) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -189,7 +183,7 @@ async fn listen(weak: std::sync::Weak<Inner>) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen("board_changed").await {
+        if let Err(e) = listener.listen(BoardChanged::CHANNEL).await {
             tracing::warn!(error = %e, "board listener cannot LISTEN; retrying");
             tokio::time::sleep(backoff).await;
             continue;
@@ -204,7 +198,12 @@ async fn listen(weak: std::sync::Weak<Inner>) {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
                     let Some(inner) = weak.upgrade() else { return };
-                    if let Some((board, version)) = parse(notification.payload()) {
+                    if let Some(BoardChanged {
+                        board_id: board,
+                        version,
+                        ..
+                    }) = BoardChanged::decode(notification.payload())
+                    {
                         if let Err(e) = refresh(&inner, board, Some(version)).await {
                             tracing::warn!(%board, error = %e, "cannot read a changed board");
                         }

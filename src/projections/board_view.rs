@@ -196,3 +196,53 @@ pub async fn load_board_for_matching(
     let events = read_board_streams_waiting(conn, board_id).await?;
     contents_from_events(board_id, &events)
 }
+
+/// The `NOTIFY board_changed` payload the projector sends after a batch that changed a
+/// Board commits, and the listener decodes: ids and counters only, so it stays far
+/// under PostgreSQL's 8000-byte limit whatever the Board's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoardChanged {
+    pub board_id: Uuid,
+    /// The Board document's version after the batch.
+    pub version: i64,
+    /// The global position of the last event applied to it.
+    pub position: i64,
+}
+
+impl BoardChanged {
+    /// The channel the projector notifies and every process listens on.
+    pub const CHANNEL: &'static str = "board_changed";
+
+    /// `<boardId>:<version>:<position>`.
+    pub fn encode(&self) -> String {
+        format!("{}:{}:{}", self.board_id, self.version, self.position)
+    }
+
+    pub fn decode(payload: &str) -> Option<Self> {
+        let mut parts = payload.split(':');
+        let board_id = Uuid::parse_str(parts.next()?).ok()?;
+        let version = parts.next()?.parse().ok()?;
+        let position = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(Self {
+            board_id,
+            version,
+            position,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_board_changed_payload_decodes_to_what_was_encoded() {
+        let changed = BoardChanged {
+            board_id: Uuid::new_v4(),
+            version: 42,
+            position: 9001,
+        };
+        assert_eq!(BoardChanged::decode(&changed.encode()), Some(changed));
+        assert_eq!(BoardChanged::decode("not-a-board:1:2"), None);
+    }
+}

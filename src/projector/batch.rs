@@ -10,6 +10,7 @@ use super::state::DeadLetter;
 use crate::domain::{Appointment, FoldError, Shift, StreamType};
 use crate::event_store::log::Cursor;
 use crate::event_store::{read_stream_between, RecordedEvent};
+use crate::projections::board_view::BoardChanged;
 use crate::projections::{save_rows, BoardDoc, Doc, Projection, Row, StreamDoc};
 use crate::snapshots::{self, Snapshot, SnapshotKind};
 
@@ -36,8 +37,8 @@ pub struct BatchOutcome {
     /// Events applied (gap-filled ones included, skipped ones not).
     pub applied: i64,
     pub dead_letters: Vec<DeadLetter>,
-    /// Boards whose documents changed: (id, version, position), for NOTIFY.
-    pub changed_boards: Vec<(Uuid, i64, i64)>,
+    /// Boards whose documents changed, for NOTIFY.
+    pub changed_boards: Vec<BoardChanged>,
 }
 
 /// One batch for one projection generation, and how to treat its events.
@@ -105,9 +106,11 @@ async fn apply_and_save<D: Doc>(
     outcome.changed_boards = rows
         .iter()
         .filter_map(|row| match row {
-            Row::Board { id, doc, .. } if doc.board.is_some() => {
-                Some((*id, doc.version, doc.position))
-            }
+            Row::Board { id, doc, .. } if doc.board.is_some() => Some(BoardChanged {
+                board_id: *id,
+                version: doc.version,
+                position: doc.position,
+            }),
             _ => None,
         })
         .collect();

@@ -25,6 +25,7 @@ use crate::faults::{CrashPoint, Faults};
 use crate::leader::{advance_checkpoint, Checkpoint, Lease};
 use crate::metrics::Metrics;
 use crate::pacing::{backoff, IdlePoll};
+use crate::projections::board_view::BoardChanged;
 use crate::projections::Projection;
 use batch::{apply_batch, BatchError, BatchInput};
 use state::{record_dead_letters, Generation, GenerationStatus};
@@ -250,9 +251,10 @@ impl Projector {
             let payloads: Vec<String> = outcome
                 .changed_boards
                 .iter()
-                .map(|(id, version, position)| format!("{id}:{version}:{position}"))
+                .map(BoardChanged::encode)
                 .collect();
-            sqlx::query("select pg_notify('board_changed', p) from unnest($1::text[]) as p")
+            sqlx::query("select pg_notify($1, p) from unnest($2::text[]) as p")
+                .bind(BoardChanged::CHANNEL)
                 .bind(&payloads)
                 .execute(&mut *tx)
                 .await?;

@@ -280,7 +280,9 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64) -> Result<Histogram<u64
     // Start from a caught-up projector: earlier scenarios' events are not this lag.
     crate::project::wait_caught_up(pool).await?;
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    listener.listen("board_changed").await?;
+    listener
+        .listen(careboard::projections::board_view::BoardChanged::CHANNEL)
+        .await?;
     let pending: Pending = Arc::default();
     let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,

@@ -1,0 +1,211 @@
+//! Reads of the live generation's documents, for queries and the live fan-out.
+
+use chrono::NaiveDate;
+use serde::{de::DeserializeOwned, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{legacy, BoardDoc, Projection, StreamDoc};
+
+/// A `board_view` row's header document and its appointment rows, selected by
+/// [`BOARD_PARTS`] with [`board_parts_join`] and merged here, not in the database:
+/// building one big JSON value per read would cost the database more than the
+/// read itself.
+#[derive(sqlx::FromRow)]
+pub struct BoardParts {
+    pub id: Uuid,
+    generation: i32,
+    doc: serde_json::Value,
+    ids: Option<Vec<Uuid>>,
+    applied: Option<Vec<i64>>,
+    docs: Option<Vec<Option<serde_json::Value>>>,
+}
+
+/// Selects [`BoardParts`] of a `board_view v` row joined with [`board_parts_join`].
+pub const BOARD_PARTS: &str = "v.id, v.generation, v.doc, x.ids, x.applied, x.docs";
+
+/// Gathers a `board_view v` row's appointment rows (those that also pass `filter`,
+/// a condition on `x`, e.g. `and x.id = any($3)`).
+pub fn board_parts_join(filter: &str) -> String {
+    format!(
+        "left join lateral (\
+           select array_agg(x.id) as ids, array_agg(x.applied) as applied, \
+                  array_agg(x.doc) as docs \
+             from board_view_appointments x \
+            where x.generation = v.generation and x.board_id = v.id {filter}) x on true"
+    )
+}
+
+impl BoardParts {
+    /// The whole document: each appointment row goes back under `appointments` and
+    /// its version under `applied`.
+    pub fn into_value(self) -> serde_json::Value {
+        let mut doc = self.doc;
+        let ids = self.ids.unwrap_or_default();
+        let applied = self.applied.unwrap_or_default();
+        let docs = self.docs.unwrap_or_default();
+        if let Some(map) = doc.as_object_mut() {
+            for ((id, version), appointment) in ids.into_iter().zip(applied).zip(docs) {
+                let id = id.to_string();
+                if let Some(a) = appointment {
+                    entry(map, "appointments").insert(id.clone(), a);
+                }
+                entry(map, "applied").insert(id, version.into());
+            }
+        }
+        doc
+    }
+
+    fn into_doc(self) -> anyhow::Result<BoardDoc> {
+        Ok(self.merge(None)?.doc)
+    }
+
+    /// The document these parts make: on top of `previous` (its appointments, then
+    /// the changed rows) when it came from the same generation, else whole.
+    fn merge(self, previous: Option<FollowedBoard>) -> anyhow::Result<FollowedBoard> {
+        let mut doc: BoardDoc = serde_json::from_value(self.doc)?;
+        if let Some(previous) = previous.filter(|f| f.generation == self.generation) {
+            legacy::carry_over(&mut doc, previous.doc.appointments, previous.doc.applied);
+        }
+        let ids = self.ids.unwrap_or_default();
+        let applied = self.applied.unwrap_or_default();
+        let docs = self.docs.unwrap_or_default();
+        for ((id, version), appointment) in ids.into_iter().zip(applied).zip(docs) {
+            if let Some(a) = appointment {
+                doc.appointments.insert(id, serde_json::from_value(a)?);
+            }
+            doc.applied.insert(id, version);
+        }
+        Ok(FollowedBoard {
+            generation: self.generation,
+            doc,
+        })
+    }
+}
+
+/// A live Board document kept by a follower (the live fan-out) between changes.
+#[derive(Debug, Clone)]
+pub struct FollowedBoard {
+    /// The `board_view` generation it was read from: its row versions mean nothing
+    /// in another.
+    pub generation: i32,
+    pub doc: BoardDoc,
+}
+
+/// Brings a followed Board up to date with the live `board_view`: reads its header
+/// and only the appointment rows written after the version `followed` holds (all of
+/// them when `followed` is empty or from another generation; rows an older build
+/// wrote, with no version, always), in one statement. On an error `followed` may be
+/// left empty (the next call then reads the Board whole).
+/// Leaves it untouched when the Board has no document.
+pub async fn refresh_board(
+    pool: &PgPool,
+    id: Uuid,
+    followed: &mut Option<FollowedBoard>,
+) -> anyhow::Result<()> {
+    let (generation, version) = followed
+        .as_ref()
+        .map_or((-1, -1), |f| (f.generation, f.doc.version));
+    let unversioned = legacy::UNVERSIONED_ROW;
+    let parts: Option<BoardParts> = sqlx::query_as(&format!(
+        "select {BOARD_PARTS} from board_view v {live} {join} where v.id = $1",
+        live = Projection::BoardView.live_join("v"),
+        join = board_parts_join(&format!(
+            "and (v.generation <> $2 or x.board_version > $3 or {unversioned})"
+        ))
+    ))
+    .bind(id)
+    .bind(generation)
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(parts) = parts {
+        *followed = Some(parts.merge(followed.take())?);
+    }
+    Ok(())
+}
+
+fn entry<'a>(
+    map: &'a mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> &'a mut serde_json::Map<String, serde_json::Value> {
+    let slot = map
+        .entry(key)
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    if !slot.is_object() {
+        *slot = serde_json::Value::Object(Default::default());
+    }
+    slot.as_object_mut().expect("an object")
+}
+
+/// The live `board_view` document of a Board.
+pub async fn board(pool: &PgPool, id: Uuid) -> anyhow::Result<Option<BoardDoc>> {
+    let mut followed = None;
+    refresh_board(pool, id, &mut followed).await?;
+    Ok(followed.map(|f| f.doc))
+}
+
+/// Filters of the `boards` list.
+#[derive(Debug, Clone, Default)]
+pub struct BoardFilter {
+    pub date: Option<NaiveDate>,
+    pub specialty: Option<String>,
+    pub region: Option<String>,
+    pub status: Option<String>,
+}
+
+/// Boards ordered by (date, id), after the `(date, id)` keyset cursor.
+pub async fn boards(
+    pool: &PgPool,
+    filter: &BoardFilter,
+    after: Option<(NaiveDate, Uuid)>,
+    limit: i64,
+) -> anyhow::Result<Vec<BoardDoc>> {
+    let parts: Vec<BoardParts> = sqlx::query_as(&format!(
+        "select {BOARD_PARTS} from board_view v {live} {join} \
+          where v.date is not null \
+            and ($1::date is null or v.date = $1) \
+            and ($2::text is null or v.specialty = $2) \
+            and ($3::text is null or v.region = $3) \
+            and ($4::text is null or v.status = $4) \
+            and ($5::date is null or (v.date, v.id) > ($5, $6)) \
+          order by v.date, v.id limit $7",
+        live = Projection::BoardView.live_join("v"),
+        join = board_parts_join("")
+    ))
+    .bind(filter.date)
+    .bind(&filter.specialty)
+    .bind(&filter.region)
+    .bind(&filter.status)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    parts.into_iter().map(BoardParts::into_doc).collect()
+}
+
+/// The live single-stream document (appointment or shift view).
+pub async fn stream_doc<A: Serialize + DeserializeOwned>(
+    pool: &PgPool,
+    projection: Projection,
+    id: Uuid,
+) -> anyhow::Result<Option<A>> {
+    if !matches!(
+        projection,
+        Projection::AppointmentView | Projection::ProviderShiftView
+    ) {
+        anyhow::bail!("{} has no single-stream documents", projection.name());
+    }
+    let doc: Option<serde_json::Value> = sqlx::query_scalar(&format!(
+        "select v.doc from {table} v {live} where v.id = $1",
+        table = projection.table(),
+        live = projection.live_join("v"),
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(doc) = doc else { return Ok(None) };
+    let doc: StreamDoc<A> = serde_json::from_value(doc)?;
+    Ok(doc.state)
+}

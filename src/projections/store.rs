@@ -1,0 +1,325 @@
+//! How each projection's documents are stored: loading them (locked) for a batch,
+//! upserting a batch's documents in one statement per table, and deleting a retired
+//! generation.
+//!
+//! A Board document is stored as a header row in `board_view` plus one row per
+//! appointment in `board_view_appointments`, so a batch loads and writes only the
+//! appointments it touched.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::read::{self, BoardParts};
+use super::{legacy, BoardDoc, Projection, StreamDoc};
+use crate::domain::{Appointment, Shift};
+
+impl Projection {
+    /// Loads the documents with these ids (missing ones are absent from the map), locked
+    /// for update. A Board document comes with the appointments among `appointments`
+    /// only (`None`: all of them): the rest are left out, unchanged in storage.
+    pub async fn load_docs(
+        self,
+        conn: &mut PgConnection,
+        generation: i32,
+        ids: &[Uuid],
+        appointments: Option<&[Uuid]>,
+    ) -> Result<HashMap<Uuid, Value>, sqlx::Error> {
+        let rows: Vec<(Uuid, Value)> = if self == Projection::BoardView {
+            let parts: Vec<BoardParts> = sqlx::query_as(&format!(
+                "select {parts} from board_view v {join} \
+                  where v.generation = $1 and v.id = any($2) for update of v",
+                parts = read::BOARD_PARTS,
+                join = read::board_parts_join("and ($3::uuid[] is null or x.id = any($3))"),
+            ))
+            .bind(generation)
+            .bind(ids)
+            .bind(appointments)
+            .fetch_all(conn)
+            .await?;
+            parts.into_iter().map(|p| (p.id, p.into_value())).collect()
+        } else {
+            sqlx::query_as(&format!(
+                "select {id}, doc from {table} where generation = $1 and {id} = any($2) for update",
+                id = self.id_column(),
+                table = self.table()
+            ))
+            .bind(generation)
+            .bind(ids)
+            .fetch_all(conn)
+            .await?
+        };
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Deletes every document of a generation (a retired or abandoned build).
+    pub async fn delete_generation(
+        self,
+        conn: &mut PgConnection,
+        generation: i32,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "delete from {} where generation = $1",
+            self.table()
+        ))
+        .bind(generation)
+        .execute(&mut *conn)
+        .await?;
+        if self == Projection::BoardView {
+            sqlx::query("delete from board_view_appointments where generation = $1")
+                .bind(generation)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+/// What the store keeps of each projection's documents, computed from the document.
+pub enum Row {
+    /// A Board's header, and a row for every appointment the document holds (a batch
+    /// loads only those its events touch) and for each of `appointments`, the
+    /// appointment streams the batch passed (one whose events were all dead-lettered
+    /// has no appointment, only a version).
+    Board {
+        id: Uuid,
+        doc: BoardDoc,
+        appointments: Vec<Uuid>,
+    },
+    Appointment {
+        id: Uuid,
+        doc: StreamDoc<Appointment>,
+    },
+    Shift {
+        id: Uuid,
+        doc: StreamDoc<Shift>,
+    },
+    Durations {
+        id: Uuid,
+        doc: StreamDoc<Appointment>,
+    },
+}
+
+/// Upserts documents of one projection in one statement per table.
+pub async fn save_rows(
+    conn: &mut PgConnection,
+    generation: i32,
+    rows: &[Row],
+) -> Result<(), sqlx::Error> {
+    let mut boards = BoardRows::default();
+    let mut views: HashMap<&'static str, ViewRows> = HashMap::new();
+    let mut durations = DurationRows::default();
+    for row in rows {
+        match row {
+            Row::Board {
+                id,
+                doc,
+                appointments,
+            } => boards.push(*id, doc, appointments),
+            Row::Appointment { id, doc } => views.entry("appointment_view").or_default().push(
+                *id,
+                doc.state.as_ref().map(|a| a.board_id),
+                doc.applied,
+                doc,
+            ),
+            Row::Shift { id, doc } => views.entry("provider_shift_view").or_default().push(
+                *id,
+                doc.state.as_ref().map(|s| s.board_id),
+                doc.applied,
+                doc,
+            ),
+            Row::Durations { id, doc } => durations.push(*id, doc),
+        }
+    }
+    if !boards.ids.is_empty() {
+        sqlx::query(
+            "insert into board_view (generation, id, date, specialty, region, status, version, position, doc) \
+             select $1, * from unnest($2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::jsonb[]) \
+             on conflict (generation, id) do update set date = excluded.date, specialty = excluded.specialty, \
+               region = excluded.region, status = excluded.status, version = excluded.version, \
+               position = excluded.position, doc = excluded.doc",
+        )
+        .bind(generation)
+        .bind(&boards.ids)
+        .bind(&boards.dates)
+        .bind(&boards.specialties)
+        .bind(&boards.regions)
+        .bind(&boards.statuses)
+        .bind(&boards.versions)
+        .bind(&boards.positions)
+        .bind(&boards.docs)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !boards.appointments.ids.is_empty() {
+        let a = &boards.appointments;
+        sqlx::query(
+            "insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \
+             select $1, * from unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::jsonb[], $6::bigint[]) \
+             on conflict (generation, board_id, id) do update set applied = excluded.applied, \
+               doc = excluded.doc, board_version = excluded.board_version",
+        )
+        .bind(generation)
+        .bind(&a.board_ids)
+        .bind(&a.ids)
+        .bind(&a.applied)
+        .bind(&a.docs)
+        .bind(&a.board_versions)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (table, v) in views {
+        sqlx::query(&format!(
+            "insert into {table} (generation, id, board_id, version, doc) \
+             select $1, * from unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::jsonb[]) \
+             on conflict (generation, id) do update set board_id = excluded.board_id, \
+               version = excluded.version, doc = excluded.doc"
+        ))
+        .bind(generation)
+        .bind(&v.ids)
+        .bind(&v.board_ids)
+        .bind(&v.versions)
+        .bind(&v.docs)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !durations.ids.is_empty() {
+        sqlx::query(
+            "insert into appointment_durations (generation, appointment_id, board_id, specialty, region, \
+               requested_at, scheduled_at, started_at, finished_at, cancelled_at, version, doc) \
+             select $1, * from unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[], \
+               $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::bigint[], $12::jsonb[]) \
+             on conflict (generation, appointment_id) do update set board_id = excluded.board_id, \
+               specialty = excluded.specialty, region = excluded.region, requested_at = excluded.requested_at, \
+               scheduled_at = excluded.scheduled_at, started_at = excluded.started_at, \
+               finished_at = excluded.finished_at, cancelled_at = excluded.cancelled_at, \
+               version = excluded.version, doc = excluded.doc",
+        )
+        .bind(generation)
+        .bind(&durations.ids)
+        .bind(&durations.board_ids)
+        .bind(&durations.specialties)
+        .bind(&durations.regions)
+        .bind(&durations.requested)
+        .bind(&durations.scheduled)
+        .bind(&durations.started)
+        .bind(&durations.finished)
+        .bind(&durations.cancelled)
+        .bind(&durations.versions)
+        .bind(&durations.docs)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn to_json(doc: &impl Serialize) -> Value {
+    serde_json::to_value(doc).expect("documents serialise")
+}
+
+#[derive(Default)]
+struct BoardRows {
+    ids: Vec<Uuid>,
+    dates: Vec<Option<chrono::NaiveDate>>,
+    specialties: Vec<Option<String>>,
+    regions: Vec<Option<String>>,
+    statuses: Vec<Option<String>>,
+    versions: Vec<i64>,
+    positions: Vec<i64>,
+    docs: Vec<Value>,
+    appointments: AppointmentRows,
+}
+
+/// `board_view_appointments` rows.
+#[derive(Default)]
+struct AppointmentRows {
+    board_ids: Vec<Uuid>,
+    ids: Vec<Uuid>,
+    applied: Vec<i64>,
+    docs: Vec<Option<Value>>,
+    /// The Board's version after the batch that wrote the row.
+    board_versions: Vec<i64>,
+}
+
+impl BoardRows {
+    fn push(&mut self, id: Uuid, doc: &BoardDoc, appointments: &[Uuid]) {
+        for a in legacy::appointment_rows(doc, appointments) {
+            let Some(applied) = doc.applied.get(a) else {
+                continue;
+            };
+            self.appointments.board_ids.push(id);
+            self.appointments.ids.push(*a);
+            self.appointments.applied.push(*applied);
+            self.appointments
+                .docs
+                .push(doc.appointments.get(a).map(to_json));
+            self.appointments.board_versions.push(doc.version);
+        }
+        let b = doc.board.as_ref();
+        self.ids.push(id);
+        self.dates.push(b.map(|b| b.date));
+        self.specialties.push(b.map(|b| b.specialty.clone()));
+        self.regions.push(b.map(|b| b.region.clone()));
+        self.statuses.push(b.map(|b| {
+            match b.status {
+                crate::domain::BoardStatus::Open => "OPEN",
+                crate::domain::BoardStatus::Closed => "CLOSED",
+            }
+            .to_string()
+        }));
+        self.versions.push(doc.version);
+        self.positions.push(doc.position);
+        self.docs.push(to_json(&doc.header(appointments)));
+    }
+}
+
+#[derive(Default)]
+struct ViewRows {
+    ids: Vec<Uuid>,
+    board_ids: Vec<Option<Uuid>>,
+    versions: Vec<i64>,
+    docs: Vec<Value>,
+}
+
+impl ViewRows {
+    fn push(&mut self, id: Uuid, board_id: Option<Uuid>, version: i64, doc: &impl Serialize) {
+        self.ids.push(id);
+        self.board_ids.push(board_id);
+        self.versions.push(version);
+        self.docs.push(to_json(doc));
+    }
+}
+
+#[derive(Default)]
+struct DurationRows {
+    ids: Vec<Uuid>,
+    board_ids: Vec<Option<Uuid>>,
+    specialties: Vec<Option<String>>,
+    regions: Vec<Option<String>>,
+    requested: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    scheduled: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    started: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    finished: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    cancelled: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    versions: Vec<i64>,
+    docs: Vec<Value>,
+}
+
+impl DurationRows {
+    fn push(&mut self, id: Uuid, doc: &StreamDoc<Appointment>) {
+        let a = doc.state.as_ref();
+        self.ids.push(id);
+        self.board_ids.push(a.map(|a| a.board_id));
+        self.specialties.push(a.map(|a| a.specialty.clone()));
+        self.regions.push(a.map(|a| a.region.clone()));
+        self.requested.push(a.map(|a| a.requested_at));
+        self.scheduled.push(a.and_then(|a| a.scheduled_at));
+        self.started.push(a.and_then(|a| a.started_at));
+        self.finished.push(a.and_then(|a| a.finished_at));
+        self.cancelled.push(a.and_then(|a| a.cancelled_at));
+        self.versions.push(doc.applied);
+        self.docs.push(to_json(doc));
+    }
+}
