@@ -1,10 +1,8 @@
 //! Live Boards over websocket: real clients, the real server, real LISTEN/NOTIFY.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{error_code, TestApp, WsClient};
+use crate::helpers::{error_code, TestApp, WsClient};
 use serde_json::{json, Value};
 
 const OPEN_BOARD: &str =

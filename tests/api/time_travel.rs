@@ -1,8 +1,7 @@
 //! Time travel: `asOf` on the multi-stream Board and on single streams, with and without
 //! snapshots, against what the projector produced at each point.
 
-mod common;
-
+use crate::helpers;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,7 +251,7 @@ fn start_projector(
         Default::default(),
         DaemonConfig {
             snapshot_every,
-            ..common::fast_projector()
+            ..helpers::fast_projector()
         },
         Arc::new(Metrics::new()),
     )
@@ -288,8 +287,8 @@ async fn recorded_at(pool: &PgPool, position: i64) -> DateTime<Utc> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn board_as_of_equals_what_the_projector_had_at_every_point_with_and_without_snapshots() {
     for seed in [1u64, 2, 3] {
-        let pool = common::fresh_database().await;
-        let store = common::store(&pool);
+        let pool = helpers::fresh_database().await;
+        let store = helpers::store(&pool);
         // Snapshots every 3 events: every history crosses many snapshot boundaries.
         let projector = start_projector(&pool, &store, 3);
         let mut rng = StdRng::seed_from_u64(seed);
@@ -343,8 +342,8 @@ async fn board_as_of_equals_what_the_projector_had_at_every_point_with_and_witho
 
 #[tokio::test]
 async fn single_stream_as_of_and_version_match_a_replay_of_the_first_k_events() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let projector = start_projector(&pool, &store, 2);
     let mut rng = StdRng::seed_from_u64(7);
     let mut day = Day::open(store.clone()).await;
@@ -413,8 +412,8 @@ async fn single_stream_as_of_and_version_match_a_replay_of_the_first_k_events() 
 
 #[tokio::test]
 async fn a_changed_fold_version_ignores_stale_snapshots() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let mut day = Day::open(store.clone()).await;
     let mut rng = StdRng::seed_from_u64(3);
     for _ in 0..5 {
@@ -462,8 +461,8 @@ async fn a_changed_fold_version_ignores_stale_snapshots() {
 
 #[tokio::test]
 async fn board_history_and_as_of_are_served_over_graphql() {
-    let app = common::TestApp::spawn().await;
-    let store = common::store(&app.pool);
+    let app = helpers::TestApp::spawn().await;
+    let store = helpers::store(&app.pool);
     let mut day = Day::open(store).await;
     let opened_at = recorded_at(&app.pool, day.last_position).await;
     let mut rng = StdRng::seed_from_u64(11);

@@ -1,8 +1,7 @@
 //! The projector against real PostgreSQL: no skips, no doubles, crash atomicity,
 //! failover, poison events, rebuild under load.
 
-mod common;
-
+use crate::helpers;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,7 +46,7 @@ fn start_with_faults(
 }
 
 fn config() -> DaemonConfig {
-    common::fast_projector()
+    helpers::fast_projector()
 }
 
 async fn open_board(store: &EventStore, name: &str) -> Uuid {
@@ -205,8 +204,8 @@ async fn fresh_fold(pool: &PgPool, board: Uuid) -> BoardDoc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_event_is_skipped_or_applied_twice_under_concurrent_writers_rollbacks_and_long_transactions(
 ) {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let projector = start_projector(
         &pool,
         &store,
@@ -339,8 +338,8 @@ async fn no_event_is_skipped_or_applied_twice_under_concurrent_writers_rollbacks
 
 #[tokio::test]
 async fn an_event_with_a_lower_seq_committed_after_a_higher_one_is_still_projected() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let projector = start_projector(&pool, &store, config());
     let board = open_board(&store, "Inversion").await;
     caught_up(&pool).await;
@@ -402,8 +401,8 @@ async fn an_event_with_a_lower_seq_committed_after_a_higher_one_is_still_project
 
 #[tokio::test]
 async fn an_open_write_transaction_stalls_the_projector_without_a_skip_and_a_rollback_does_not() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let projector = start_projector(&pool, &store, config());
     let board = open_board(&store, "Stall").await;
     caught_up(&pool).await;
@@ -477,8 +476,8 @@ async fn a_crash_at_any_point_leaves_documents_and_checkpoint_in_agreement() {
         CrashPoint::BeforeCommit,
         CrashPoint::AfterCommit,
     ] {
-        let pool = common::fresh_database().await;
-        let store = common::store(&pool);
+        let pool = helpers::fresh_database().await;
+        let store = helpers::store(&pool);
         let board = open_board(&store, "Crash").await;
         for i in 0..5 {
             request(&store, board, &format!("p{i}")).await;
@@ -528,8 +527,8 @@ async fn a_crash_at_any_point_leaves_documents_and_checkpoint_in_agreement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_five_seconds() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     // Three "processes": separate pools, separate connections.
     let mut handles = Vec::new();
     for _ in 0..3 {
@@ -538,7 +537,7 @@ async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_fiv
             .connect_with(pool.connect_options().as_ref().clone())
             .await
             .unwrap();
-        let own_store = common::store(&own_pool);
+        let own_store = helpers::store(&own_pool);
         handles.push(Some(start_projector(&own_pool, &own_store, config())));
     }
     let leaders = |handles: &Vec<Option<DaemonHandle>>| {
@@ -606,7 +605,7 @@ async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_fiv
 
 #[tokio::test]
 async fn a_deposed_leaders_checkpoint_write_is_rejected() {
-    let pool = common::fresh_database().await;
+    let pool = helpers::fresh_database().await;
     state::ensure_generations(&pool).await.unwrap();
     let mut lock_conn = sqlx::PgConnection::connect_with(&pool.connect_options())
         .await
@@ -683,8 +682,8 @@ async fn a_deposed_leaders_checkpoint_write_is_rejected() {
 
 #[tokio::test]
 async fn a_poison_event_is_dead_lettered_after_retries_and_replayed_after_a_fix() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let projector = start_projector(&pool, &store, config());
     let sick = open_board(&store, "Sick").await;
     let healthy = open_board(&store, "Healthy").await;
@@ -788,8 +787,8 @@ async fn a_poison_event_is_dead_lettered_after_retries_and_replayed_after_a_fix(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_under_continuous_appends_ends_equal_to_a_fresh_projection() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let projector = start_projector(
         &pool,
         &store,
@@ -878,8 +877,8 @@ async fn lock_holder(pool: &PgPool) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_careboard_processes_elect_one_projector_and_fail_over_when_it_is_killed() {
-    let (pool, url) = common::fresh_database_with_url().await;
-    let store = common::store(&pool);
+    let (pool, url) = helpers::fresh_database_with_url().await;
+    let store = helpers::store(&pool);
     let mut nodes: HashMap<String, std::process::Child> = HashMap::new();
     for i in 0..3 {
         let name = format!("node{i}");
@@ -954,8 +953,8 @@ async fn three_careboard_processes_elect_one_projector_and_fail_over_when_it_is_
 #[tokio::test]
 async fn a_board_document_is_a_header_plus_one_row_per_appointment_and_a_whole_document_of_the_earlier_shape_is_carried_over(
 ) {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let projector = start_projector(&pool, &store, config());
     let board = open_board(&store, "Rows").await;
     for i in 0..3 {

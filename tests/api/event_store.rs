@@ -1,7 +1,6 @@
 //! The event store against real PostgreSQL: concurrency, atomicity, idempotency, reads.
 
-mod common;
-
+use crate::helpers;
 use std::sync::Arc;
 
 use careboard::commands::{self, CommandOptions, OpenBoardInput};
@@ -91,8 +90,8 @@ async fn versions_of(pool: &PgPool, id: Uuid) -> Vec<i64> {
 
 #[tokio::test]
 async fn concurrent_appends_with_the_same_expected_version_let_exactly_one_through() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let id = new_counter(&store).await;
     // All 32 transactions are open before any appends, so they race in the SQL itself.
     let barrier = Arc::new(tokio::sync::Barrier::new(32));
@@ -138,8 +137,8 @@ async fn concurrent_appends_with_the_same_expected_version_let_exactly_one_throu
 
 #[tokio::test]
 async fn optimistic_commands_with_a_stale_version_get_conflict() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let id = new_counter(&store).await;
     let mut tasks = Vec::new();
     for _ in 0..32 {
@@ -163,8 +162,8 @@ async fn optimistic_commands_with_a_stale_version_get_conflict() {
 
 #[tokio::test]
 async fn exclusive_mode_serialises_concurrent_commands_and_loses_none() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let id = new_counter(&store).await;
     let mut tasks = Vec::new();
     for _ in 0..32 {
@@ -195,8 +194,8 @@ async fn exclusive_mode_serialises_concurrent_commands_and_loses_none() {
 
 #[tokio::test]
 async fn a_failure_on_the_second_stream_leaves_the_first_unchanged() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let first = new_counter(&store).await;
     let second = new_counter(&store).await;
     let before = versions_of(&pool, first).await;
@@ -245,7 +244,7 @@ async fn a_failure_on_the_second_stream_leaves_the_first_unchanged() {
 
 #[tokio::test]
 async fn exclusive_mode_gives_up_after_the_lock_timeout_with_a_conflict_and_appends_nothing() {
-    let pool = common::fresh_database().await;
+    let pool = helpers::fresh_database().await;
     let store = EventStore::new(pool.clone(), std::time::Duration::from_millis(300));
     let id = new_counter(&store).await;
     // Another transaction holds the stream's row.
@@ -287,8 +286,8 @@ fn open_input(command_id: &str, region: &str) -> OpenBoardInput {
 
 #[tokio::test]
 async fn a_repeated_command_id_appends_nothing_and_returns_the_first_result() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     // Sent 16 times at once, as a retrying client might.
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -346,8 +345,8 @@ async fn a_repeated_command_id_appends_nothing_and_returns_the_first_result() {
 
 #[tokio::test]
 async fn a_stream_reads_in_full_up_to_a_version_or_up_to_a_time() {
-    let pool = common::fresh_database().await;
-    let store = common::store(&pool);
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
     let id = new_counter(&store).await;
     increment(&store, id, None).await.unwrap();
     let middle = read_stream(&pool, id, ReadLimit::All).await.unwrap()[1].recorded_at;

@@ -1,18 +1,17 @@
 //! The matcher against the real server: concurrency invariants, the matching rules,
 //! coordinators scheduling by hand, and wait-time estimates.
 
-mod common;
-
+use crate::helpers;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::helpers::{error_code, TestApp};
 use careboard::domain::BoardContents;
 use careboard::domain::{matching, AppointmentStatus, Provider, ShiftStatus};
 use careboard::event_store::ReadLimit;
 use careboard::projections::load_board_contents;
 use careboard::projections::Projection;
 use careboard::projector::wait_for_position;
-use common::{error_code, TestApp};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -556,7 +555,7 @@ async fn a_board_the_matcher_cannot_match_is_parked_while_other_boards_go_on_and
     let failing = Arc::new(AtomicBool::new(true));
     let config = careboard::daemon::DaemonConfig {
         parked_retry_interval: Duration::from_millis(200),
-        ..common::matching_projector()
+        ..helpers::matching_projector()
     };
     let faults = careboard::faults::Faults {
         matcher: Some({

@@ -1,6 +1,5 @@
 //! Test harness: a throwaway PostgreSQL (or `DATABASE_URL`), one fresh database per
 //! test, and the real server on port 0 with a real HTTP client.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -138,7 +137,10 @@ pub struct TestApp {
     pub server: RunningServer,
     pub pool: PgPool,
     pub http: reqwest::Client,
-    pub projector: Option<careboard::daemon::DaemonHandle>,
+    /// Held for the app's lifetime: dropping it would drop the daemon's shutdown
+    /// sender.
+    #[allow(dead_code)]
+    projector: Option<careboard::daemon::DaemonHandle>,
     live: careboard::live::LiveBoards,
 }
 
@@ -156,16 +158,6 @@ impl TestApp {
         Self::spawn_full(
             GraphqlLimits::default(),
             Some(matching_projector()),
-            Duration::from_secs(5),
-        )
-        .await
-    }
-
-    /// With a projector configured by the test.
-    pub async fn spawn_with_projector(config: careboard::daemon::DaemonConfig) -> Self {
-        Self::spawn_full(
-            GraphqlLimits::default(),
-            Some(config),
             Duration::from_secs(5),
         )
         .await

@@ -1,16 +1,15 @@
 //! The demo day and the wait-time model against simulated history.
 
-mod common;
-
+use crate::helpers;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::helpers::TestApp;
 use careboard::demo::scenario::{Arrival, BoardPlan, ProviderPlan, Scenario, ShiftPlan};
 use careboard::demo::{import_history, sim};
 use careboard::projections::Projection;
 use careboard::projector::wait_for_position;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use common::TestApp;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -53,9 +52,9 @@ fn demo(url: &str, seed: &str) -> String {
 
 #[tokio::test]
 async fn demo_with_the_same_seed_gives_the_same_events() {
-    let (_a, url_a) = common::fresh_database_with_url().await;
-    let (_b, url_b) = common::fresh_database_with_url().await;
-    let (_c, url_c) = common::fresh_database_with_url().await;
+    let (_a, url_a) = helpers::fresh_database_with_url().await;
+    let (_b, url_b) = helpers::fresh_database_with_url().await;
+    let (_c, url_c) = helpers::fresh_database_with_url().await;
     let printed = demo(&url_a, "1");
     assert!(
         printed.contains("Imported the demo day 2026-03-02 (seed 1)"),

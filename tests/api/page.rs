@@ -1,10 +1,8 @@
 //! The live board page, driven in headless Chromium over the DevTools protocol.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use crate::helpers::TestApp;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;

@@ -1,5 +1,8 @@
 //! The benchmark harness runs every scenario at tiny sizes, so it cannot rot.
 
+// The server's test harness (a throwaway PostgreSQL cluster, one database per test).
+#[allow(dead_code)]
+#[path = "../../tests/api/helpers.rs"]
 mod common;
 
 use serde_json::Value;

@@ -1,8 +1,6 @@
 //! The API as a client sees it: the real server on port 0, HTTP, a fresh database.
 
-mod common;
-
-use common::{error_code, error_message, TestApp};
+use crate::helpers::{error_code, error_message, TestApp};
 use serde_json::{json, Value};
 
 const OPEN_BOARD: &str = r#"mutation($input: OpenBoardInput!) {
