@@ -290,12 +290,17 @@
     const conn = $("conn");
     const state = view.conn;
     conn.className = "conn " + state;
-    if (state === "live") conn.textContent = "live";
-    else if (state === "connecting") conn.textContent = "connecting…";
-    else conn.textContent = `disconnected since ${clock(connSince, true)}`;
+    setText(conn, state === "live" ? "live"
+      : state === "connecting" ? "connecting…"
+      : `disconnected since ${clock(connSince, true)}`);
     const stale = state !== "live" && view.live !== null;
     document.body.classList.toggle("stale", stale && view.mode === "live");
     showBanner();
+  }
+
+  /// Changes text only when it differs, so live regions speak only of changes.
+  function setText(e, text) {
+    if (e.textContent !== text) e.textContent = text;
   }
 
   function showBanner() {
@@ -305,15 +310,15 @@
       banner.hidden = false;
       banner.className = "banner replaying";
       const m = timeline.moments[view.index];
-      text.textContent = `Replaying ${clock(view.replayAt, true)} (${C.zoneName(view.zone, view.replayMs)})`
+      setText(text, `Replaying ${clock(view.replayAt, true)} (${C.zoneName(view.zone, view.replayMs)})`
         + (view.shown ? ` · version ${view.shown.version}` : "")
         + (m ? ` · after ${m.event.type}` : "")
-        + ". The live Board keeps updating in the background.";
+        + ". The live Board keeps updating in the background.");
       $("banner-live").hidden = false;
     } else if (view.conn !== "live" && view.live !== null) {
       banner.hidden = false;
       banner.className = "banner stale";
-      text.textContent = `Disconnected since ${clock(connSince, true)}: the Board below is as it was then and may be out of date. Reconnecting…`;
+      setText(text, `Disconnected since ${clock(connSince, true)}: the Board below is as it was then and may be out of date. Reconnecting…`);
       $("banner-live").hidden = true;
     } else {
       banner.hidden = true;
@@ -470,9 +475,9 @@
       label.textContent = clock(new Date(t).toISOString());
       axes.append(label);
     }
-    const top = svg("text", { x: 4, y: PAD_T + 10 });
+    const top = svg("text", { x: 4, y: PAD_T + 26 });
     top.textContent = String(maxWaiting);
-    const topR = svg("text", { x: W - 4, y: PAD_T + 10, "text-anchor": "end" });
+    const topR = svg("text", { x: W - 4, y: PAD_T + 26, "text-anchor": "end" });
     topR.textContent = `${Math.round(maxLongest / 60)} min`;
     axes.append(top, topR);
 
@@ -541,7 +546,7 @@
         cursor.setAttribute("x2", scale.x(view.replayMs));
       }
     }
-    $("replay-label").textContent = label;
+    setText($("replay-label"), label);
     if (moments.length) {
       const i = view.mode === "live" ? moments.length - 1 : view.index;
       const m = moments[i];

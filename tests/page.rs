@@ -162,25 +162,33 @@ impl Page {
         }
     }
 
-    async fn eval(&mut self, expression: &str) -> Value {
+    /// The value of `expression`, or the exception it threw.
+    async fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
         let result = self
             .call(
                 "Runtime.evaluate",
                 json!({"expression": expression, "returnByValue": true}),
             )
             .await;
-        assert!(
-            result["exceptionDetails"].is_null(),
-            "{expression} threw: {}",
-            result["exceptionDetails"]
-        );
-        result["result"]["value"].clone()
+        match result["exceptionDetails"].is_null() {
+            true => Ok(result["result"]["value"].clone()),
+            false => Err(result["exceptionDetails"].clone()),
+        }
     }
 
+    async fn eval(&mut self, expression: &str) -> Value {
+        match self.try_eval(expression).await {
+            Ok(v) => v,
+            Err(e) => panic!("{expression} threw: {e}"),
+        }
+    }
+
+    /// Waits until `expression` is true (an exception, e.g. while the page is still
+    /// loading, counts as not yet).
     async fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.eval(expression).await.as_bool() == Some(true) {
+            if self.try_eval(expression).await == Ok(Value::Bool(true)) {
                 return;
             }
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -313,7 +321,8 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
         .unwrap()
         .to_string();
 
-    let mut page = browser.open(&board_url(&app, board), 1024).await;
+    // A tablet in portrait.
+    let mut page = browser.open(&board_url(&app, board), 820).await;
     page.wait_for(
         "the page to go live",
         "document.getElementById('conn').textContent === 'live' && document.querySelectorAll('#waiting li[data-id]').length === 1",
@@ -357,6 +366,7 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
     assert_eq!(page.text("#n-late").await, "1 late");
     assert_eq!(page.text("#n-overdue").await, "1 overdue");
     assert!(page.text(&ben_li).await.contains("LATE"));
+    page.screenshot("board-tablet.png").await;
 
     // The wait ticks with no Board change.
     let version_before = page.text("#meta").await;
@@ -377,21 +387,21 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
     );
 
     // Search by provider finds their patient; the status filter narrows the providers.
-    page.eval("const s = document.getElementById('search'); s.value = 'okafor'; s.dispatchEvent(new Event('input'))")
+    page.eval("{ const s = document.getElementById('search'); s.value = 'okafor'; s.dispatchEvent(new Event('input')) }")
         .await;
     assert_eq!(
         page.eval("[...document.querySelectorAll('li[data-id]:not([hidden])')].map(li => li.dataset.id)")
             .await,
         json!([ben["id"]])
     );
-    page.eval("const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input')); const p = document.getElementById('provider-status'); p.value = 'PAUSED'; p.dispatchEvent(new Event('input'))")
+    page.eval("{ const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input')); const p = document.getElementById('provider-status'); p.value = 'PAUSED'; p.dispatchEvent(new Event('input')) }")
         .await;
     assert_eq!(
         page.eval("document.querySelectorAll('#providers li[data-id]:not([hidden])').length")
             .await,
         1
     );
-    page.eval("const p = document.getElementById('provider-status'); p.value = ''; p.dispatchEvent(new Event('input'))")
+    page.eval("{ const p = document.getElementById('provider-status'); p.value = ''; p.dispatchEvent(new Event('input')) }")
         .await;
 
     // A colleague takes Ben: the flag clears.
@@ -504,7 +514,7 @@ async fn replaying_the_day_shows_what_board_as_of_returns_and_back_to_live_resum
         .unwrap();
     for index in [max / 3, max - 5] {
         page.eval(&format!(
-            "const s = document.getElementById('scrub'); s.value = '{index}'; s.dispatchEvent(new Event('input'))"
+            "{{ const s = document.getElementById('scrub'); s.value = '{index}'; s.dispatchEvent(new Event('input')) }}"
         ))
         .await;
         page.wait_for(
@@ -606,6 +616,7 @@ async fn the_index_opens_on_the_newest_date_and_updates_without_a_reload() {
     )
     .await;
     assert_eq!(page.eval("window.__sameDocument").await, 7, "no reload");
+    page.screenshot("boards-index.png").await;
     // Someone is waiting, so the longest wait ticks.
     let longest = page
         .eval(&format!(
