@@ -201,7 +201,11 @@ impl Page {
             "(document.querySelector({}) || {{}}).innerText || ''",
             serde_json::to_string(selector).unwrap()
         );
-        self.eval(&expression).await.as_str().unwrap_or("").to_string()
+        self.eval(&expression)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     /// Writes a PNG of the page into `$CAREBOARD_SCREENSHOTS/name`, if that is set.
@@ -220,6 +224,73 @@ impl Page {
             .decode(shot["data"].as_str().unwrap())
             .unwrap();
         std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
+    }
+}
+
+/// A TCP proxy in front of the server that can cut every connection (and refuse new
+/// ones) and later let them through again: the network going away under the page.
+struct Proxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(app: &TestApp) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let target = app
+            .url("")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (open2, connections2) = (open.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open2.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            open,
+            connections,
+            accept,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
     }
 }
 
@@ -306,7 +377,9 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
     let ben = appointment("Ben Okafor");
     assert_eq!(ada["status"], "STARTED");
     assert_eq!(ben["status"], "REQUESTED");
-    let quoted = facts["board"]["currentWait"]["waitSeconds"].as_i64().unwrap();
+    let quoted = facts["board"]["currentWait"]["waitSeconds"]
+        .as_i64()
+        .unwrap();
     assert!(
         quoted < 40 * 60,
         "the quote ({quoted} s) is under Ben's 40 minutes"
@@ -331,7 +404,10 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
 
     // Who has whom, both ways; the two Dr. Grace Kims are told apart.
     let ada_row = page
-        .text(&format!("#progress li[data-id=\"{}\"]", ada["id"].as_str().unwrap()))
+        .text(&format!(
+            "#progress li[data-id=\"{}\"]",
+            ada["id"].as_str().unwrap()
+        ))
         .await;
     assert!(
         ada_row.contains("with Dr. Grace Kim (pediatrics; TX)"),
@@ -390,8 +466,10 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
     page.eval("{ const s = document.getElementById('search'); s.value = 'okafor'; s.dispatchEvent(new Event('input')) }")
         .await;
     assert_eq!(
-        page.eval("[...document.querySelectorAll('li[data-id]:not([hidden])')].map(li => li.dataset.id)")
-            .await,
+        page.eval(
+            "[...document.querySelectorAll('li[data-id]:not([hidden])')].map(li => li.dataset.id)"
+        )
+        .await,
         json!([ben["id"]])
     );
     page.eval("{ const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input')); const p = document.getElementById('provider-status'); p.value = 'PAUSED'; p.dispatchEvent(new Event('input')) }")
@@ -506,6 +584,22 @@ async fn replaying_the_day_shows_what_board_as_of_returns_and_back_to_live_resum
     .await;
     page.screenshot("board-live.png").await;
 
+    // The slider works from the keyboard: an arrow key steps back from live into the
+    // replay.
+    page.eval("document.getElementById('scrub').focus()").await;
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": kind, "key": "ArrowLeft", "code": "ArrowLeft", "windowsVirtualKeyCode": 37}),
+        )
+        .await;
+    }
+    page.wait_for(
+        "a step back by keyboard",
+        "document.body.dataset.mode === 'replay' && document.body.dataset.shownAt === document.body.dataset.replayAt",
+    )
+    .await;
+
     // A moment chosen on the timeline: the page shows exactly board(asOf) then.
     let max: i64 = page
         .eval("Number(document.getElementById('scrub').max)")
@@ -551,7 +645,8 @@ async fn replaying_the_day_shows_what_board_as_of_returns_and_back_to_live_resum
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!page.text("#waiting").await.contains("Zoe Quinn"));
     // ...and back to live shows it, and later changes too.
-    page.eval("document.getElementById('to-live').click()").await;
+    page.eval("document.getElementById('to-live').click()")
+        .await;
     page.wait_for(
         "live again, with the new request",
         "document.body.dataset.mode === 'live' && document.getElementById('waiting').innerText.includes('Zoe Quinn')",
@@ -596,7 +691,10 @@ async fn the_index_opens_on_the_newest_date_and_updates_without_a_reload() {
     let board = scenario.boards[0].id;
     let row = format!("#rows tr[data-id=\"{board}\"]");
     let cells = |page_text: String| -> Vec<String> {
-        page_text.split('\t').map(|c| c.trim().to_string()).collect()
+        page_text
+            .split('\t')
+            .map(|c| c.trim().to_string())
+            .collect()
     };
     let before = cells(page.text(&row).await);
     let waiting: i64 = before[4].parse().unwrap();
@@ -676,4 +774,62 @@ async fn the_pages_keep_scripts_and_styles_in_files_of_their_own() {
     assert_eq!(missing.status(), 404);
     let missing = http.get(app.url("/static/nope.js")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn a_disconnected_board_is_greyed_out_says_since_when_and_resumes() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let app = TestApp::spawn().await;
+    let scenario = stuck_morning(Utc::now());
+    seed(&app, &scenario, Utc::now(), chrono::Duration::zero()).await;
+    let board = scenario.boards[0].id;
+    let proxy = Proxy::start(&app).await;
+    let mut page = browser
+        .open(&proxy.url(&format!("/boards/{board}")), 1280)
+        .await;
+    page.wait_for(
+        "the page to go live",
+        "document.getElementById('conn').textContent === 'live' && document.querySelectorAll('#waiting li[data-id]').length === 1",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.body.classList.contains('stale')").await,
+        false
+    );
+
+    proxy.cut();
+    page.wait_for(
+        "the page to notice",
+        "document.body.classList.contains('stale') && document.getElementById('conn').textContent.startsWith('disconnected since ')",
+    )
+    .await;
+    let banner = page.text("#banner").await;
+    assert!(banner.starts_with("Disconnected since "), "{banner}");
+    // The Board is greyed out.
+    assert_eq!(
+        page.eval("getComputedStyle(document.getElementById('columns')).opacity !== '1'")
+            .await,
+        true
+    );
+
+    // A change made while the page was away arrives once it is back.
+    app.data(
+        &format!(
+            "mutation {{ requestAppointment(input: {{boardId: \"{board}\", patientName: \"Zoe Quinn\", specialty: \"pediatrics\", region: \"TX\", reason: \"earache\"}}) {{ position }} }}"
+        ),
+        json!({}),
+    )
+    .await;
+    proxy.restore();
+    page.wait_for(
+        "live again with the missed change",
+        "document.getElementById('conn').textContent === 'live' && !document.body.classList.contains('stale') && document.getElementById('waiting').innerText.includes('Zoe Quinn')",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('banner').hidden").await,
+        true
+    );
 }

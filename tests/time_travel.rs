@@ -528,7 +528,10 @@ async fn every_board_history_version_summarises_exactly_what_board_as_of_returns
     for (i, entry) in history.iter().enumerate() {
         // Events recorded in the same instant (a match writes two) are one moment to
         // asOf: it shows the last of them.
-        if history.get(i + 1).is_some_and(|next| next["at"] == entry["at"]) {
+        if history
+            .get(i + 1)
+            .is_some_and(|next| next["at"] == entry["at"])
+        {
             continue;
         }
         let then = app

@@ -120,4 +120,3 @@ pub fn stuck_morning(now: DateTime<Utc>) -> Scenario {
         }],
     }
 }
-
