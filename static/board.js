@@ -280,7 +280,9 @@
     const clinic = C.REGION_ZONES[region] || "UTC";
     const device = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
     const options = [["clinic", `the clinic's (${clinic})`], [device, `this device's (${device})`], ["UTC", "UTC"]];
-    const chosen = localStorage.getItem("careboard.timeZone") || "clinic";
+    const asked = new URLSearchParams(location.search).get("tz");
+    if (asked && view.zone === asked && !options.some(([v]) => v === asked)) options.push([asked, asked]);
+    const chosen = (asked && view.zone === asked) ? asked : localStorage.getItem("careboard.timeZone") || "clinic";
     $("zone").replaceChildren(...options.map(([v, t]) => el("option", { value: v, text: t, selected: v === chosen })));
   }
 
@@ -638,6 +640,13 @@
   $("toolbar").addEventListener("submit", (e) => e.preventDefault());
   $("zone").addEventListener("change", () => {
     C.setTimeZone($("zone").value);
+    // A choice made here replaces a `?tz=` the page was opened with.
+    const params = new URLSearchParams(location.search);
+    if (params.has("tz")) {
+      params.delete("tz");
+      history.replaceState(null, "", location.pathname + (params.size ? "?" + params : "") + location.hash);
+    }
+    zonesFor = null;
     if (view.shown) render(view.shown);
     if (timeline.moments.length) drawTimeline();
   });

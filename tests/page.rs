@@ -347,6 +347,11 @@ async fn the_live_board_page_shows_a_new_appointment_without_a_reload() {
     // New York's clinic shows New York time.
     let meta = page.text("#meta").await;
     assert!(meta.contains("times in America/New_York"), "{meta}");
+    // The setting switches every time shown to another timezone.
+    page.eval("{ const z = document.getElementById('zone'); z.value = 'UTC'; z.dispatchEvent(new Event('change')) }")
+        .await;
+    let meta = page.text("#meta").await;
+    assert!(meta.contains("times in UTC"), "{meta}");
 }
 
 #[tokio::test]
