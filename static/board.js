@@ -379,8 +379,10 @@
         to: "9999-12-31T00:00:00Z",
       });
       addMoments(data.boardHistory);
+      const first = !timeline.loaded;
       timeline.loaded = true;
       drawTimeline();
+      if (first) openLinkedMoment();
     } catch (e) {
       $("replay-label").textContent = `The day's timeline could not be loaded: ${e.message}`;
     } finally {
@@ -574,6 +576,8 @@
     view.index = i;
     view.replayAt = at || moments[i].at;
     view.replayMs = ms(view.replayAt);
+    // The moment is in the address, to come back to or send to a colleague.
+    history.replaceState(null, "", location.pathname + location.search + "#at=" + encodeURIComponent(view.replayAt));
     $("scrub").value = String(i);
     document.body.classList.remove("stale");
     document.body.dataset.loading = "true";
@@ -602,6 +606,21 @@
     seek(p.i, at);
   }
 
+  /// Opened with `#at=<time>`: replay that moment.
+  function openLinkedMoment() {
+    const at = new URLSearchParams(location.hash.slice(1)).get("at");
+    const t = ms(at);
+    const moments = timeline.moments;
+    if (!at || Number.isNaN(t) || !moments.length) return;
+    let i = moments.findIndex((m) => m.at === at);
+    if (i < 0) {
+      // The last moment recorded by then (a moment's millisecond time may round down).
+      i = 0;
+      while (i + 1 < moments.length && moments[i + 1].ms < t) i++;
+    }
+    seek(i, at);
+  }
+
   function backToLive() {
     seekSeq += 1;
     view.mode = "live";
@@ -609,6 +628,7 @@
     delete document.body.dataset.loading;
     delete document.body.dataset.shownAt;
     if (view.live) render(view.live);
+    history.replaceState(null, "", location.pathname + location.search);
     $("scrub").value = $("scrub").max;
     showConnection();
     showReplayState();

@@ -486,6 +486,25 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
     );
     page.eval("{ const p = document.getElementById('provider-status'); p.value = ''; p.dispatchEvent(new Event('input')) }")
         .await;
+    // Only the late and overdue: Ben and Ada.
+    page.eval("{ const s = document.getElementById('show'); s.value = 'flagged'; s.dispatchEvent(new Event('input')) }")
+        .await;
+    let mut shown: Vec<String> = serde_json::from_value(
+        page.eval(
+            "[...document.querySelectorAll('li[data-id]:not([hidden])')].map(li => li.dataset.id)",
+        )
+        .await,
+    )
+    .unwrap();
+    shown.sort();
+    let mut flagged = vec![
+        ada["id"].as_str().unwrap().to_string(),
+        ben["id"].as_str().unwrap().to_string(),
+    ];
+    flagged.sort();
+    assert_eq!(shown, flagged);
+    page.eval("{ const s = document.getElementById('show'); s.value = 'all'; s.dispatchEvent(new Event('input')) }")
+        .await;
 
     // A colleague takes Ben: the flag clears.
     let hiro = app
@@ -641,6 +660,17 @@ async fn replaying_the_day_shows_what_board_as_of_returns_and_back_to_live_resum
     assert!(!expected["waiting"].as_array().unwrap().is_empty());
     assert!(page.text("#banner").await.starts_with("Replaying"));
     page.screenshot("board-replay.png").await;
+
+    // The moment is in the address: opened elsewhere, it shows the same Board.
+    let link = page.eval("location.href").await;
+    let mut colleague = browser.open(link.as_str().unwrap(), 1280).await;
+    colleague
+        .wait_for(
+            "the linked moment",
+            &format!("document.body.dataset.shownAt === {at} && !document.body.dataset.loading"),
+        )
+        .await;
+    assert_eq!(colleague.eval(SHOWN).await, expected, "the linked moment");
 
     // While replaying, a new request does not move the Board shown...
     let request = format!(
