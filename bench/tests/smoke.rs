@@ -2,7 +2,7 @@
 
 // The server's test harness (a throwaway PostgreSQL cluster, one database per test).
 #[allow(dead_code)]
-#[path = "../../tests/api/helpers.rs"]
+#[path = "../../tests/api/helpers/mod.rs"]
 mod common;
 
 use serde_json::Value;

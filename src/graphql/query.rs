@@ -182,6 +182,20 @@ impl Query {
         Ok(connection)
     }
 
+    /// The dates that have Boards, newest first (for a front-end to open on the newest
+    /// workday, or offer the others).
+    async fn board_dates(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> Result<Vec<chrono::NaiveDate>> {
+        let limit = page_size(first)?;
+        let dates = crate::projections::read::board_dates(store(ctx).pool(), limit)
+            .await
+            .map_err(AppError::from)?;
+        Ok(dates)
+    }
+
     /// An appointment from the projected `appointment_view`; with `asOf` or `version`,
     /// folded from its events as it stood then.
     async fn appointment(

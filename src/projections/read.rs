@@ -185,6 +185,20 @@ pub async fn boards(
     parts.into_iter().map(BoardParts::into_doc).collect()
 }
 
+/// The dates that have Boards, newest first, at most `limit`.
+pub async fn board_dates(pool: &PgPool, limit: i64) -> Result<Vec<NaiveDate>, sqlx::Error> {
+    // Distinct dates of the live generation (board_view_listing_idx leads with them).
+    sqlx::query_scalar(&format!(
+        "select distinct v.date from board_view v {live} \
+          where v.date is not null \
+          order by v.date desc limit $1",
+        live = Projection::BoardView.live_join("v"),
+    ))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// The live single-stream document (appointment or shift view).
 pub async fn stream_doc<A: Serialize + DeserializeOwned>(
     pool: &PgPool,

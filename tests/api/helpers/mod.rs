@@ -1,6 +1,8 @@
 //! Test harness: a throwaway PostgreSQL (or `DATABASE_URL`), one fresh database per
 //! test, and the real server on port 0 with a real HTTP client.
 
+pub mod day;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::OnceLock;
