@@ -19,6 +19,7 @@ use crate::domain::{
     parse_id, scheduling, Aggregate, Appointment, AppointmentStatus, Board, Provider, Shift,
 };
 use crate::error::{AppError, AppResult};
+use crate::estimates::Estimator;
 use crate::event_store::unit_of_work::{Begun, CommandMeta, Guard, Outcome, UnitOfWork};
 use crate::event_store::{EventStore, ReadLimit};
 use crate::projections::board_view::contents_from_events;
@@ -396,8 +397,11 @@ pub async fn appointment_action(
     }
 }
 
+/// `estimator` answers when the input has no `estimatedTime`: the application's one
+/// estimator, so its caches serve every command.
 pub async fn schedule_appointment(
     store: &EventStore,
+    estimator: &Estimator,
     meta: CommandMeta,
     input: ScheduleAppointmentInput,
 ) -> AppResult<Written<Appointment>> {
@@ -406,6 +410,7 @@ pub async fn schedule_appointment(
     let uow = begin!(store, meta, input);
     schedule_in(
         store,
+        estimator,
         uow,
         appointment_id,
         shift_id,
@@ -421,6 +426,7 @@ pub async fn schedule_appointment(
 /// scheduling to start has passed (the provider is READY).
 async fn schedule_in(
     store: &EventStore,
+    estimator: &Estimator,
     mut uow: UnitOfWork,
     appointment_id: Uuid,
     shift_id: Uuid,
@@ -444,7 +450,7 @@ async fn schedule_in(
     let estimated_time = match (estimated_time, &appointment) {
         (Some(t), _) => t,
         (None, Some(a)) => {
-            crate::estimates::Estimator::new()
+            estimator
                 .scheduled_start(store.pool(), &a.specialty, Utc::now())
                 .await?
         }
@@ -472,6 +478,7 @@ pub struct Assignment {
 
 pub async fn assign(
     store: &EventStore,
+    estimator: &Estimator,
     mut meta: CommandMeta,
     assignment: &Assignment,
 ) -> AppResult<Written<Appointment>> {
@@ -487,6 +494,7 @@ pub async fn assign(
     };
     schedule_in(
         store,
+        estimator,
         uow,
         assignment.appointment_id,
         assignment.shift_id,

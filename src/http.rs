@@ -206,7 +206,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(&state.pool).await;
+    // Projection lag and dead letters are read from the database at each scrape.
+    match crate::projector::state::status(&state.pool).await {
+        Ok(statuses) => {
+            for s in statuses.iter().filter(|s| s.state == "live") {
+                state.metrics.set_projection_lag(
+                    &s.name,
+                    s.lag_events,
+                    s.lag_seconds,
+                    s.dead_letters,
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read projection status for metrics"),
+    }
+    let body = state.metrics.render();
     (
         [(
             axum::http::header::CONTENT_TYPE,

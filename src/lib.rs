@@ -3,32 +3,46 @@
 //! # Layout
 //!
 //! Data flows one way: GraphQL mutation → [`commands`] → [`domain`] `decide` →
-//! [`event_store`] append → ([`projector`]) [`projections`] fold → documents + NOTIFY →
-//! GraphQL queries. `asOf` queries fold events on demand with the same folds.
+//! [`event_store`] append. While this process leads, the [`daemon`] runs the
+//! [`projector`] (events → [`projections`] folds → documents + NOTIFY) and the
+//! [`matcher`] side by side, both reading the log through [`event_store::log`]. GraphQL
+//! queries read documents ([`projections::read`]) or fold events on demand
+//! ([`time_travel`], from [`snapshots`]) with the same folds; [`live`] fans NOTIFY out
+//! to subscriptions. No module imports one that imports it back.
 //!
 //! - [`config`]: settings from the command line and environment.
 //! - [`error`]: `AppError`, the two error tiers and their mapping to GraphQL codes.
 //! - [`postgres`]: pool, migrations, and the embedded local cluster.
-//! - [`domain`]: pure aggregates (Board, Provider, ProviderShift, Appointment) and the
-//!   two-stream scheduling decisions; no I/O.
-//! - [`event_store`]: append (optimistic / exclusive / multi-stream), read, fold, and the
-//!   unit of work every command runs in.
-//! - [`commands`]: load → decide → append, one function per mutation.
-//! - [`projections`]: the read models' pure folds (`board_view`, single-stream views,
-//!   `appointment_durations`) and how their documents are stored.
-//! - [`projector`]: the daemon — leader lock, `(tx, seq)` reads below xmin, batches with
-//!   CAS checkpoints and NOTIFY, dead letters, side-by-side rebuilds.
-//! - [`matcher`]: the process that pairs waiting appointments with READY providers,
-//!   run by the projector leader with its own checkpoint.
-//! - [`estimates`]: wait-time estimates from past durations, the queue and providers.
-//! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`domain`]: pure aggregates (Board, Provider, ProviderShift, Appointment), the
+//!   two-stream scheduling decisions, matching and the wait-time model; no I/O.
+//! - [`event_store`]: append (optimistic / exclusive / multi-stream), the unit of work
+//!   every command runs in, stream reads and folds; every `SELECT … FROM events`.
+//!   [`event_store::log`]: the `(tx, seq)` cursor and the in-order read below xmin.
+//! - [`commands`]: load → decide → append, one function per mutation.
+//! - [`projections`]: the registry, each view's fold, document storage, live reads,
+//!   and the shims for documents of earlier builds.
+//! - [`snapshots`]: written by the projector, read by time travel.
+//! - [`leader`]: the advisory lock, the fence, and the one checkpoint compare-and-set.
+//! - [`daemon`]: one leader term runs the projector and the matcher as peers.
+//! - [`pacing`]: the readers' adaptive idle poll and retry backoff.
+//! - [`projector`]: batches with CAS checkpoints and NOTIFY, dead letters, side-by-side
+//!   rebuilds, projection status.
+//! - [`matcher`]: pairs waiting appointments with READY providers, with its own
+//!   checkpoint.
+//! - [`faults`]: crash points and matcher faults, live only with the `fault-injection`
+//!   feature (tests).
+//! - [`estimates`]: wait-time estimates from past durations, the queue and providers.
 //! - [`time_travel`]: `asOf` folds from snapshots, and the Board's day timeline.
-//! - [`cli`]: the command line.
+//! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
+//! - [`graphql`]: schema, queries, mutations, subscriptions, output types.
+//! - [`http`]: the axum router (GraphQL, GraphiQL, pages, health, metrics).
+//! - [`app`]: wiring and serving; [`cli`]: the command line.
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
-//! - [`graphql`]: schema, queries, mutations, output types.
-//! - [`http`]: the axum router (GraphQL, GraphiQL, health, metrics).
-//! - [`app`]: wiring and serving.
+//!
+//! Outside `src/`: `tests/api/` is the one integration-test binary (`helpers` holds
+//! `TestApp` and the throwaway cluster); `bench/` is the benchmark harness, a
+//! workspace member of its own.
 
 pub mod app;
 pub mod cli;

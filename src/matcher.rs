@@ -318,7 +318,7 @@ impl Matcher {
                     shift_version: s.version,
                     estimated_time,
                 };
-                match commands::assign(&self.store, meta, &assignment).await {
+                match commands::assign(&self.store, &self.estimator, meta, &assignment).await {
                     Ok(_) => {
                         let possible_since =
                             s.ready_since.unwrap_or(a.requested_at).max(a.requested_at);

@@ -11,7 +11,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use sqlx::PgPool;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProjectionLabel {
@@ -197,19 +196,23 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Refreshes the database-derived gauges and renders the text exposition.
-    pub async fn render(&self, pool: &PgPool) -> String {
-        match crate::projector::state::status(pool).await {
-            Ok(statuses) => {
-                for s in statuses.iter().filter(|s| s.state == "live") {
-                    let l = label(&s.name);
-                    self.lag_events.get_or_create(&l).set(s.lag_events);
-                    self.lag_seconds.get_or_create(&l).set(s.lag_seconds);
-                    self.dead_letters_open.get_or_create(&l).set(s.dead_letters);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read projection status for metrics"),
-        }
+    /// Sets the database-derived gauges of one projection's live generation (read from
+    /// `projection_state` by the caller just before rendering).
+    pub fn set_projection_lag(
+        &self,
+        projection: &str,
+        lag_events: i64,
+        lag_seconds: f64,
+        dead_letters: i64,
+    ) {
+        let l = label(projection);
+        self.lag_events.get_or_create(&l).set(lag_events);
+        self.lag_seconds.get_or_create(&l).set(lag_seconds);
+        self.dead_letters_open.get_or_create(&l).set(dead_letters);
+    }
+
+    /// Renders the text exposition.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().expect("metrics registry");
         if encode(&mut out, &registry).is_err() {

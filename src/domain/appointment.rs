@@ -236,6 +236,14 @@ pub fn decide(
 impl Aggregate for Appointment {
     const STREAM_TYPE: StreamType = StreamType::Appointment;
     type Event = AppointmentEvent;
+    type Command = AppointmentCommand;
+
+    fn decide(
+        state: Option<&Self>,
+        command: AppointmentCommand,
+    ) -> Result<Vec<AppointmentEvent>, DomainError> {
+        decide(state, command)
+    }
 
     fn apply(
         state: Option<Self>,
@@ -364,17 +372,6 @@ mod tests {
         }
     }
 
-    fn when(
-        given_events: &[AppointmentEvent],
-        command: AppointmentCommand,
-    ) -> Result<Vec<AppointmentEvent>, DomainError> {
-        decide(given::<Appointment>(given_events).as_ref(), command)
-    }
-
-    fn transition_error(msg: &str) -> DomainError {
-        DomainError::InvalidTransition(msg.into())
-    }
-
     fn schedule_cmd() -> AppointmentCommand {
         AppointmentCommand::Schedule {
             provider_id: Uuid::from_u128(2),
@@ -385,7 +382,7 @@ mod tests {
 
     #[test]
     fn requesting_on_an_open_board_records_a_waiting_appointment() {
-        let events = when(&[], request(Some(board(BoardStatus::Open)))).unwrap();
+        let events = when::<Appointment>(&[], request(Some(board(BoardStatus::Open)))).unwrap();
         assert_eq!(events, vec![requested()]);
         let a = given::<Appointment>(&events).unwrap();
         assert_eq!(a.status, AppointmentStatus::Requested);
@@ -395,7 +392,10 @@ mod tests {
     #[test]
     fn requesting_on_a_closed_board_is_rejected() {
         assert_eq!(
-            rejected_with(when(&[], request(Some(board(BoardStatus::Closed))))),
+            rejected_with(when::<Appointment>(
+                &[],
+                request(Some(board(BoardStatus::Closed)))
+            )),
             transition_error("cannot request appointment: board is CLOSED, not OPEN")
         );
     }
@@ -403,7 +403,7 @@ mod tests {
     #[test]
     fn requesting_on_an_unknown_board_is_not_found() {
         assert_eq!(
-            rejected_with(when(&[], request(None))),
+            rejected_with(when::<Appointment>(&[], request(None))),
             DomainError::NotFound("board not found".into())
         );
     }
@@ -418,7 +418,7 @@ mod tests {
             reason: "r".into(),
         };
         assert_eq!(
-            rejected_with(when(&[], cmd)),
+            rejected_with(when::<Appointment>(&[], cmd)),
             DomainError::Validation("patientName must not be empty".into())
         );
     }
@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn scheduling_a_requested_appointment_records_provider_and_estimate() {
         assert_eq!(
-            when(&[requested()], schedule_cmd()).unwrap(),
+            when::<Appointment>(&[requested()], schedule_cmd()).unwrap(),
             vec![scheduled()]
         );
         let a = given::<Appointment>(&[requested(), scheduled()]).unwrap();
@@ -438,7 +438,10 @@ mod tests {
     #[test]
     fn scheduling_twice_is_rejected() {
         assert_eq!(
-            rejected_with(when(&[requested(), scheduled()], schedule_cmd())),
+            rejected_with(when::<Appointment>(
+                &[requested(), scheduled()],
+                schedule_cmd()
+            )),
             transition_error(
                 "cannot schedule appointment: appointment is SCHEDULED, not REQUESTED"
             )
@@ -448,11 +451,14 @@ mod tests {
     #[test]
     fn starting_requires_a_scheduled_appointment() {
         assert_eq!(
-            when(&[requested(), scheduled()], AppointmentCommand::Start).unwrap(),
+            when::<Appointment>(&[requested(), scheduled()], AppointmentCommand::Start).unwrap(),
             vec![AppointmentEvent::AppointmentStarted {}]
         );
         assert_eq!(
-            rejected_with(when(&[requested()], AppointmentCommand::Start)),
+            rejected_with(when::<Appointment>(
+                &[requested()],
+                AppointmentCommand::Start
+            )),
             transition_error("cannot start appointment: appointment is REQUESTED, not SCHEDULED")
         );
     }
@@ -465,11 +471,11 @@ mod tests {
             AppointmentEvent::AppointmentStarted {},
         ];
         assert_eq!(
-            when(&started, AppointmentCommand::Finish).unwrap(),
+            when::<Appointment>(&started, AppointmentCommand::Finish).unwrap(),
             vec![AppointmentEvent::AppointmentFinished {}]
         );
         assert_eq!(
-            rejected_with(when(
+            rejected_with(when::<Appointment>(
                 &[requested(), scheduled()],
                 AppointmentCommand::Finish
             )),
@@ -492,9 +498,12 @@ mod tests {
         let expected = vec![AppointmentEvent::AppointmentCancelled {
             reason: "patient left".into(),
         }];
-        assert_eq!(when(&[requested()], cancel()).unwrap(), expected);
         assert_eq!(
-            when(&[requested(), scheduled()], cancel()).unwrap(),
+            when::<Appointment>(&[requested()], cancel()).unwrap(),
+            expected
+        );
+        assert_eq!(
+            when::<Appointment>(&[requested(), scheduled()], cancel()).unwrap(),
             expected
         );
         let mut history = vec![requested()];
@@ -512,7 +521,7 @@ mod tests {
             AppointmentEvent::AppointmentStarted {},
         ];
         assert_eq!(
-            rejected_with(when(
+            rejected_with(when::<Appointment>(
                 &started,
                 AppointmentCommand::Cancel { reason: "x".into() }
             )),
@@ -525,7 +534,7 @@ mod tests {
     #[test]
     fn cancelling_without_a_reason_is_a_validation_error() {
         assert_eq!(
-            rejected_with(when(
+            rejected_with(when::<Appointment>(
                 &[requested()],
                 AppointmentCommand::Cancel { reason: " ".into() }
             )),
@@ -536,7 +545,7 @@ mod tests {
     #[test]
     fn commands_on_an_unknown_appointment_are_not_found() {
         assert_eq!(
-            rejected_with(when(&[], AppointmentCommand::Start)),
+            rejected_with(when::<Appointment>(&[], AppointmentCommand::Start)),
             DomainError::NotFound("appointment not found".into())
         );
     }

@@ -152,6 +152,11 @@ pub fn decide(
 impl Aggregate for Board {
     const STREAM_TYPE: StreamType = StreamType::Board;
     type Event = BoardEvent;
+    type Command = BoardCommand;
+
+    fn decide(state: Option<&Self>, command: BoardCommand) -> Result<Vec<BoardEvent>, DomainError> {
+        decide(state, command)
+    }
 
     fn apply(
         state: Option<Self>,

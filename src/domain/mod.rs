@@ -118,6 +118,16 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
 pub trait Aggregate: Clone + std::fmt::Debug + Sized {
     const STREAM_TYPE: StreamType;
     type Event: DomainEvent;
+    /// What can be asked of this aggregate, with everything the decision needs from
+    /// outside already looked up.
+    type Command;
+
+    /// Decides which events a command produces from the current state, or why it is
+    /// refused. Pure: no I/O.
+    fn decide(
+        state: Option<&Self>,
+        command: Self::Command,
+    ) -> Result<Vec<Self::Event>, DomainError>;
 
     /// Applies one event. The first event of a stream meets `None`.
     fn apply(
@@ -217,6 +227,19 @@ pub(crate) mod testing {
             }),
         )
         .expect("given events fold")
+    }
+
+    /// Given these events, when this command is decided: the events it produces, or
+    /// why it is refused. The one given/when/then of every aggregate's tests.
+    pub fn when<A: Aggregate>(
+        given_events: &[A::Event],
+        command: A::Command,
+    ) -> Result<Vec<A::Event>, DomainError> {
+        A::decide(given::<A>(given_events).as_ref(), command)
+    }
+
+    pub fn transition_error(msg: &str) -> DomainError {
+        DomainError::InvalidTransition(msg.into())
     }
 
     pub fn rejected_with<T: std::fmt::Debug>(result: Result<T, DomainError>) -> DomainError {

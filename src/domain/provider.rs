@@ -108,6 +108,14 @@ pub fn decide(
 impl Aggregate for Provider {
     const STREAM_TYPE: StreamType = StreamType::Provider;
     type Event = ProviderEvent;
+    type Command = ProviderCommand;
+
+    fn decide(
+        state: Option<&Self>,
+        command: ProviderCommand,
+    ) -> Result<Vec<ProviderEvent>, DomainError> {
+        decide(state, command)
+    }
 
     fn apply(
         state: Option<Self>,

@@ -220,6 +220,11 @@ pub fn decide(
 impl Aggregate for Shift {
     const STREAM_TYPE: StreamType = StreamType::Shift;
     type Event = ShiftEvent;
+    type Command = ShiftCommand;
+
+    fn decide(state: Option<&Self>, command: ShiftCommand) -> Result<Vec<ShiftEvent>, DomainError> {
+        decide(state, command)
+    }
 
     fn apply(
         state: Option<Self>,
@@ -349,21 +354,9 @@ mod tests {
         }
     }
 
-    fn when(
-        given_events: &[ShiftEvent],
-        command: ShiftCommand,
-    ) -> Result<Vec<ShiftEvent>, DomainError> {
-        let state = given::<Shift>(given_events);
-        decide(state.as_ref(), command)
-    }
-
-    fn transition_error(msg: &str) -> DomainError {
-        DomainError::InvalidTransition(msg.into())
-    }
-
     #[test]
     fn joining_an_open_board_makes_the_provider_ready() {
-        let events = when(
+        let events = when::<Shift>(
             &[],
             ShiftCommand::Join {
                 board: Some(Box::new(board(BoardStatus::Open))),
@@ -377,7 +370,7 @@ mod tests {
 
     #[test]
     fn joining_a_closed_board_is_rejected() {
-        let err = rejected_with(when(
+        let err = rejected_with(when::<Shift>(
             &[],
             ShiftCommand::Join {
                 board: Some(Box::new(board(BoardStatus::Closed))),
@@ -401,18 +394,18 @@ mod tests {
             provider: None,
         };
         assert_eq!(
-            rejected_with(when(&[], no_board)),
+            rejected_with(when::<Shift>(&[], no_board)),
             DomainError::NotFound("board not found".into())
         );
         assert_eq!(
-            rejected_with(when(&[], no_provider)),
+            rejected_with(when::<Shift>(&[], no_provider)),
             DomainError::NotFound("provider not found".into())
         );
     }
 
     #[test]
     fn joining_twice_is_rejected() {
-        let err = rejected_with(when(
+        let err = rejected_with(when::<Shift>(
             &[joined()],
             ShiftCommand::Join {
                 board: Some(Box::new(board(BoardStatus::Open))),
@@ -425,13 +418,13 @@ mod tests {
     #[test]
     fn pausing_a_ready_provider_pauses_and_ready_brings_them_back() {
         assert_eq!(
-            when(&[joined()], ShiftCommand::Pause).unwrap(),
+            when::<Shift>(&[joined()], ShiftCommand::Pause).unwrap(),
             vec![ShiftEvent::ProviderPaused {}]
         );
         let paused = [joined(), ShiftEvent::ProviderPaused {}];
         assert_eq!(given::<Shift>(&paused).unwrap().status, ShiftStatus::Paused);
         assert_eq!(
-            when(&paused, ShiftCommand::MarkReady).unwrap(),
+            when::<Shift>(&paused, ShiftCommand::MarkReady).unwrap(),
             vec![ShiftEvent::ProviderReady {}]
         );
     }
@@ -439,7 +432,7 @@ mod tests {
     #[test]
     fn pausing_an_assigned_provider_is_rejected() {
         assert_eq!(
-            rejected_with(when(&[joined(), assigned()], ShiftCommand::Pause)),
+            rejected_with(when::<Shift>(&[joined(), assigned()], ShiftCommand::Pause)),
             transition_error("cannot pause provider: shift is ASSIGNED, not READY")
         );
     }
@@ -447,14 +440,14 @@ mod tests {
     #[test]
     fn marking_a_ready_provider_ready_is_rejected() {
         assert_eq!(
-            rejected_with(when(&[joined()], ShiftCommand::MarkReady)),
+            rejected_with(when::<Shift>(&[joined()], ShiftCommand::MarkReady)),
             transition_error("cannot mark provider ready: shift is READY, not PAUSED")
         );
     }
 
     #[test]
     fn assigning_a_ready_provider_records_the_appointment() {
-        let events = when(
+        let events = when::<Shift>(
             &[joined()],
             ShiftCommand::Assign {
                 appointment_id: ids().2,
@@ -473,7 +466,7 @@ mod tests {
     fn assigning_a_paused_or_busy_provider_is_rejected() {
         let paused = [joined(), ShiftEvent::ProviderPaused {}];
         assert_eq!(
-            rejected_with(when(
+            rejected_with(when::<Shift>(
                 &paused,
                 ShiftCommand::Assign {
                     appointment_id: ids().2
@@ -482,7 +475,7 @@ mod tests {
             transition_error("cannot assign provider: shift is PAUSED, not READY")
         );
         assert_eq!(
-            rejected_with(when(
+            rejected_with(when::<Shift>(
                 &[joined(), assigned()],
                 ShiftCommand::Assign {
                     appointment_id: ids().2
@@ -494,7 +487,7 @@ mod tests {
 
     #[test]
     fn starting_charting_requires_the_assigned_appointment() {
-        let events = when(
+        let events = when::<Shift>(
             &[joined(), assigned()],
             ShiftCommand::StartCharting {
                 appointment_id: ids().2,
@@ -504,7 +497,7 @@ mod tests {
         assert_eq!(events, vec![charting()]);
         let other = Uuid::from_u128(99);
         assert!(matches!(
-            rejected_with(when(
+            rejected_with(when::<Shift>(
                 &[joined(), assigned()],
                 ShiftCommand::StartCharting {
                     appointment_id: other
@@ -513,7 +506,7 @@ mod tests {
             DomainError::InvalidTransition(_)
         ));
         assert_eq!(
-            rejected_with(when(
+            rejected_with(when::<Shift>(
                 &[joined()],
                 ShiftCommand::StartCharting {
                     appointment_id: ids().2
@@ -527,7 +520,8 @@ mod tests {
     fn completing_charting_tracks_the_time_spent() {
         // joined at minute 0, assigned at 1, charting started at minute 2.
         let history = [joined(), assigned(), charting()];
-        let events = when(&history, ShiftCommand::CompleteCharting { now: at(9) }).unwrap();
+        let events =
+            when::<Shift>(&history, ShiftCommand::CompleteCharting { now: at(9) }).unwrap();
         assert_eq!(
             events,
             vec![ShiftEvent::ChartingFinished {
@@ -545,7 +539,7 @@ mod tests {
     #[test]
     fn completing_charting_on_a_ready_shift_is_rejected() {
         assert_eq!(
-            rejected_with(when(
+            rejected_with(when::<Shift>(
                 &[joined()],
                 ShiftCommand::CompleteCharting { now: at(5) }
             )),
@@ -556,12 +550,12 @@ mod tests {
     #[test]
     fn signing_off_from_ready_or_paused_is_final() {
         assert_eq!(
-            when(&[joined()], ShiftCommand::SignOff).unwrap(),
+            when::<Shift>(&[joined()], ShiftCommand::SignOff).unwrap(),
             vec![ShiftEvent::ProviderSignedOff {}]
         );
         let paused = [joined(), ShiftEvent::ProviderPaused {}];
         assert_eq!(
-            when(&paused, ShiftCommand::SignOff).unwrap(),
+            when::<Shift>(&paused, ShiftCommand::SignOff).unwrap(),
             vec![ShiftEvent::ProviderSignedOff {}]
         );
         let signed_off = [joined(), ShiftEvent::ProviderSignedOff {}];
@@ -570,11 +564,11 @@ mod tests {
             ShiftStatus::SignedOff
         );
         assert_eq!(
-            rejected_with(when(&signed_off, ShiftCommand::MarkReady)),
+            rejected_with(when::<Shift>(&signed_off, ShiftCommand::MarkReady)),
             transition_error("cannot mark provider ready: shift is SIGNED_OFF, not PAUSED")
         );
         assert_eq!(
-            rejected_with(when(&signed_off, ShiftCommand::SignOff)),
+            rejected_with(when::<Shift>(&signed_off, ShiftCommand::SignOff)),
             transition_error("cannot sign off provider: shift is SIGNED_OFF, not READY or PAUSED")
         );
     }
@@ -582,7 +576,7 @@ mod tests {
     #[test]
     fn signing_off_while_charting_is_rejected() {
         assert_eq!(
-            rejected_with(when(
+            rejected_with(when::<Shift>(
                 &[joined(), assigned(), charting()],
                 ShiftCommand::SignOff
             )),
@@ -592,7 +586,7 @@ mod tests {
 
     #[test]
     fn releasing_an_assigned_provider_makes_them_ready() {
-        let events = when(
+        let events = when::<Shift>(
             &[joined(), assigned()],
             ShiftCommand::Release {
                 appointment_id: ids().2,
@@ -612,7 +606,7 @@ mod tests {
     #[test]
     fn commands_on_an_unknown_shift_are_not_found() {
         assert_eq!(
-            rejected_with(when(&[], ShiftCommand::Pause)),
+            rejected_with(when::<Shift>(&[], ShiftCommand::Pause)),
             DomainError::NotFound("provider shift not found".into())
         );
     }

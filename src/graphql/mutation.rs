@@ -6,7 +6,7 @@ use super::types::{
     AppointmentPayload, AppointmentShiftPayload, Board, BoardPayload, Provider, ProviderPayload,
     ProviderShift, ShiftPayload,
 };
-use super::{command_meta, store};
+use super::{command_meta, estimator, store};
 use crate::commands::{
     self, AppointmentAction, AppointmentInput, CancelAppointmentInput, CloseBoardInput,
     JoinBoardInput, OpenBoardInput, RegisterProviderInput, RequestAppointmentInput,
@@ -166,7 +166,7 @@ impl Mutation {
     ) -> Result<AppointmentShiftPayload> {
         let meta = command_meta(ctx, "scheduleAppointment");
         Ok(appointment_shift_payload(
-            commands::schedule_appointment(store(ctx), meta, input).await?,
+            commands::schedule_appointment(store(ctx), estimator(ctx), meta, input).await?,
         ))
     }
 

@@ -4,7 +4,7 @@ use crate::helpers;
 use std::sync::Arc;
 
 use careboard::commands::{self, CommandOptions, OpenBoardInput};
-use careboard::domain::{Aggregate, DomainEvent, EventContext, FoldError, StreamType};
+use careboard::domain::{Aggregate, DomainError, DomainEvent, EventContext, FoldError, StreamType};
 use careboard::error::AppError;
 use careboard::event_store::append::{append, StreamWrite};
 use careboard::event_store::unit_of_work::{Begun, CommandMeta};
@@ -37,6 +37,13 @@ struct Counter {
 impl Aggregate for Counter {
     const STREAM_TYPE: StreamType = StreamType::Board;
     type Event = CounterEvent;
+    type Command = ();
+
+    fn decide(state: Option<&Self>, _: ()) -> Result<Vec<CounterEvent>, DomainError> {
+        Ok(vec![CounterEvent::Incremented {
+            seen: state.map(|s| s.value).unwrap_or(0),
+        }])
+    }
 
     fn apply(state: Option<Self>, _: &CounterEvent, ctx: &EventContext) -> Result<Self, FoldError> {
         Ok(Counter {

@@ -146,6 +146,7 @@ impl Day {
                     };
                     let w = commands::schedule_appointment(
                         &self.store,
+                        &Default::default(),
                         meta("scheduleAppointment"),
                         ScheduleAppointmentInput {
                             appointment_id: self.appointments[a].0.to_string().into(),
