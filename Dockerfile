@@ -3,6 +3,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
+# A workspace member: cargo reads its manifest even when building the server alone.
+COPY bench bench
 COPY migrations migrations
 RUN cargo build --release --bin careboard
 
