@@ -72,6 +72,7 @@ pub fn state_with(
         store,
         metrics,
         live,
+        auth: None,
     }
 }
 
