@@ -195,7 +195,12 @@ impl Default for ServeArgs {
 pub struct IdentityArgs {
     /// Require a valid bearer token on POST /graphql (on), or serve anonymous requests
     /// as before (off).
-    #[arg(long = "auth", env = "CAREBOARD_AUTH", value_enum, default_value = "off")]
+    #[arg(
+        long = "auth",
+        env = "CAREBOARD_AUTH",
+        value_enum,
+        default_value = "off"
+    )]
     pub auth: Switch,
     /// The OpenID Connect issuer (`iss`) whose tokens are accepted; unset, the
     /// development issuer's.
@@ -222,7 +227,11 @@ pub struct IdentityArgs {
     #[arg(long, env = "CAREBOARD_NAME_CLAIM", default_value = "name")]
     pub name_claim: String,
     /// The claim holding a provider's id.
-    #[arg(long, env = "CAREBOARD_PROVIDER_ID_CLAIM", default_value = "provider_id")]
+    #[arg(
+        long,
+        env = "CAREBOARD_PROVIDER_ID_CLAIM",
+        default_value = "provider_id"
+    )]
     pub provider_id_claim: String,
     /// The claim holding a patient's id (absent: the token's subject).
     #[arg(long, env = "CAREBOARD_PATIENT_ID_CLAIM", default_value = "patient_id")]
@@ -231,6 +240,10 @@ pub struct IdentityArgs {
     #[arg(long, env = "CAREBOARD_REGIONS_CLAIM", default_value = "regions")]
     pub regions_claim: String,
     /// The claim listing a coordinator's specialties (absent: all).
-    #[arg(long, env = "CAREBOARD_SPECIALTIES_CLAIM", default_value = "specialties")]
+    #[arg(
+        long,
+        env = "CAREBOARD_SPECIALTIES_CLAIM",
+        default_value = "specialties"
+    )]
     pub specialties_claim: String,
 }

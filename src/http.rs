@@ -102,8 +102,7 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Response {
     let headers = request.headers().clone();
-    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await
-    {
+    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
     };
@@ -197,8 +196,7 @@ async fn graphql_ws(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // Until sockets carry their principal, authentication refuses the upgrade itself.
-    if let Err(refusal) = crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await
-    {
+    if let Err(refusal) = crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
         return refusal;
     }
     let protocol = headers

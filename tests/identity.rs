@@ -174,8 +174,7 @@ impl Idp {
     }
 
     fn verifier_with(&self, tweak: impl FnOnce(&mut VerifierConfig)) -> Verifier {
-        let mut config =
-            VerifierConfig::new(ISSUER, AUDIENCE, KeySource::JwksUrl(self.jwks_url()));
+        let mut config = VerifierConfig::new(ISSUER, AUDIENCE, KeySource::JwksUrl(self.jwks_url()));
         config.jwks_min_refresh_interval = Duration::from_millis(300);
         tweak(&mut config);
         Verifier::new(config)
@@ -244,7 +243,11 @@ async fn a_discovery_document_for_another_issuer_yields_no_keys() {
         c.keys = KeySource::Discovery(format!("{}/.well-known/openid-configuration", idp.base))
     });
     let token = sign(Algorithm::ES256, &key.kid, &key.encoding, &claims());
-    assert_refused(verifier.verify(&token).await, AuthError::KeysUnavailable, &token);
+    assert_refused(
+        verifier.verify(&token).await,
+        AuthError::KeysUnavailable,
+        &token,
+    );
 }
 
 #[tokio::test]
@@ -253,7 +256,10 @@ async fn missing_and_garbage_tokens_are_refused() {
     let idp = Idp::start(vec![key.jwk.clone()]).await;
     let verifier = idp.verifier();
     assert_eq!(verifier.verify_header(None).await, Err(AuthError::Missing));
-    assert_eq!(verifier.verify_header(Some("  ")).await, Err(AuthError::Missing));
+    assert_eq!(
+        verifier.verify_header(Some("  ")).await,
+        Err(AuthError::Missing)
+    );
     assert_eq!(verifier.verify("").await, Err(AuthError::Missing));
     for garbage in [
         "Bearer not-a-token",
@@ -297,7 +303,11 @@ async fn a_token_with_a_bad_signature_is_refused() {
     );
     // Signed by another key that claims the provider's key id.
     let token = sign(Algorithm::ES256, &ec.kid, &impostor.encoding, &claims());
-    assert_refused(verifier.verify(&token).await, AuthError::BadSignature, &token);
+    assert_refused(
+        verifier.verify(&token).await,
+        AuthError::BadSignature,
+        &token,
+    );
     // A key of one family named for another algorithm's token.
     let token = sign(Algorithm::ES256, &key.kid, &ec.encoding, &claims());
     assert_refused(verifier.verify(&token).await, AuthError::UnknownKey, &token);
@@ -319,7 +329,11 @@ async fn expiry_and_not_before_are_checked_with_the_configured_leeway() {
     let mut c = claims();
     c["nbf"] = json!(now() + 300);
     let token = sign(Algorithm::RS256, &key.kid, &key.encoding, &c);
-    assert_refused(verifier.verify(&token).await, AuthError::NotYetValid, &token);
+    assert_refused(
+        verifier.verify(&token).await,
+        AuthError::NotYetValid,
+        &token,
+    );
     c["nbf"] = json!(now() + 10);
     let token = sign(Algorithm::RS256, &key.kid, &key.encoding, &c);
     assert!(verifier.verify(&token).await.is_ok(), "within the leeway");
@@ -342,15 +356,26 @@ async fn tokens_for_another_issuer_or_audience_are_refused() {
     let mut c = claims();
     c["iss"] = json!("https://other-idp.example");
     let token = sign(Algorithm::RS256, &key.kid, &key.encoding, &c);
-    assert_refused(verifier.verify(&token).await, AuthError::WrongIssuer, &token);
+    assert_refused(
+        verifier.verify(&token).await,
+        AuthError::WrongIssuer,
+        &token,
+    );
     let mut c = claims();
     c["aud"] = json!("some-other-app");
     let token = sign(Algorithm::RS256, &key.kid, &key.encoding, &c);
-    assert_refused(verifier.verify(&token).await, AuthError::WrongAudience, &token);
+    assert_refused(
+        verifier.verify(&token).await,
+        AuthError::WrongAudience,
+        &token,
+    );
     let mut c = claims();
     c["aud"] = json!(["some-other-app", AUDIENCE]);
     let token = sign(Algorithm::RS256, &key.kid, &key.encoding, &c);
-    assert!(verifier.verify(&token).await.is_ok(), "one of several audiences");
+    assert!(
+        verifier.verify(&token).await.is_ok(),
+        "one of several audiences"
+    );
     let mut c = claims();
     c.as_object_mut().unwrap().remove("aud");
     let token = sign(Algorithm::RS256, &key.kid, &key.encoding, &c);
@@ -369,7 +394,10 @@ async fn unsigned_and_hmac_tokens_are_refused_even_with_the_public_key_as_secret
     // alg: none, with and without a signature part.
     let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT","kid":"rsa-1"}"#);
     let payload = URL_SAFE_NO_PAD.encode(claims().to_string());
-    for token in [format!("{header}.{payload}."), format!("{header}.{payload}.c2ln")] {
+    for token in [
+        format!("{header}.{payload}."),
+        format!("{header}.{payload}.c2ln"),
+    ] {
         assert_refused(
             verifier.verify(&token).await,
             AuthError::UnsupportedAlgorithm(Some("none")),
@@ -403,7 +431,10 @@ async fn unsigned_and_hmac_tokens_are_refused_even_with_the_public_key_as_secret
 #[tokio::test]
 async fn a_secret_key_in_the_jwks_is_never_used() {
     // A JWKS that (wrongly) publishes an HMAC secret: Careboard ignores it.
-    let idp = Idp::start(vec![json!({"kty": "oct", "kid": "shared", "k": "c2VjcmV0"})]).await;
+    let idp = Idp::start(vec![
+        json!({"kty": "oct", "kid": "shared", "k": "c2VjcmV0"}),
+    ])
+    .await;
     let verifier = idp.verifier();
     let token = sign(
         Algorithm::HS256,
@@ -431,14 +462,22 @@ async fn an_unknown_key_id_refreshes_the_jwks_at_most_once_per_interval() {
     idp.publish(vec![old.jwk.clone(), new.jwk.clone()]);
     tokio::time::sleep(Duration::from_millis(350)).await;
     let new_token = sign(Algorithm::ES256, &new.kid, &new.encoding, &claims());
-    let principal = verifier.verify(&new_token).await.expect("refreshed on the new kid");
+    let principal = verifier
+        .verify(&new_token)
+        .await
+        .expect("refreshed on the new kid");
     assert_eq!(principal.subject, "user-4711");
     assert_eq!(idp.fetches(), 2);
 
     // Made-up key ids cannot make Careboard hammer the provider.
     let fake = ec_key("made-up-1");
     for i in 0..20 {
-        let t = sign(Algorithm::ES256, &format!("made-up-{i}"), &fake.encoding, &claims());
+        let t = sign(
+            Algorithm::ES256,
+            &format!("made-up-{i}"),
+            &fake.encoding,
+            &claims(),
+        );
         assert_refused(verifier.verify(&t).await, AuthError::UnknownKey, &t);
     }
     assert_eq!(idp.fetches(), 2, "no fetch within the interval");
@@ -465,10 +504,17 @@ async fn cached_keys_keep_working_while_the_jwks_endpoint_is_down() {
     for _ in 0..3 {
         // The cache is stale: every round tries a refresh, which fails.
         tokio::time::sleep(Duration::from_millis(150)).await;
-        verifier.verify(&token).await.expect("served from the cache");
+        verifier
+            .verify(&token)
+            .await
+            .expect("served from the cache");
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(idp.fetches() >= 3, "refreshes were attempted: {}", idp.fetches());
+    assert!(
+        idp.fetches() >= 3,
+        "refreshes were attempted: {}",
+        idp.fetches()
+    );
     // A key the cache does not hold is unknown, not a server failure.
     let other = ec_key("ec-9");
     let t = sign(Algorithm::ES256, &other.kid, &other.encoding, &claims());
@@ -486,7 +532,9 @@ async fn with_the_jwks_endpoint_down_and_nothing_cached_the_error_says_so() {
     assert_eq!(error, AuthError::KeysUnavailable);
     assert!(error.is_server_side());
     assert!(
-        error.to_string().contains("signing keys could not be fetched"),
+        error
+            .to_string()
+            .contains("signing keys could not be fetched"),
         "{error}"
     );
     // Nothing listening at all.
@@ -523,9 +571,9 @@ async fn claims_that_make_no_principal_are_refused_without_echoing_them() {
 
 fn careboard(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args(args)
         .arg("--data-dir")
         .arg(data_dir)
-        .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("CAREBOARD_OIDC_ISSUER")
         .output()
@@ -545,11 +593,24 @@ async fn careboard_token_prints_a_token_the_server_on_the_same_data_dir_accepts(
     let out = careboard(
         dir.path(),
         &[
-            "token", "--role", "coordinator", "--name", "Ana Ruiz", "--region", "tx",
-            "--specialty", "Pediatrics", "--ttl", "30m",
+            "token",
+            "--role",
+            "coordinator",
+            "--name",
+            "Ana Ruiz",
+            "--region",
+            "tx",
+            "--specialty",
+            "Pediatrics",
+            "--ttl",
+            "30m",
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let key_file = dir.path().join(careboard::identity::dev_issuer::KEY_FILE);
     use std::os::unix::fs::PermissionsExt;
@@ -573,23 +634,58 @@ async fn careboard_token_prints_a_token_the_server_on_the_same_data_dir_accepts(
     let provider_id = Uuid::new_v4().to_string();
     let out = careboard(
         dir.path(),
-        &["token", "--role", "provider", "--name", "Dr. Lee", "--provider-id", &provider_id],
+        &[
+            "token",
+            "--role",
+            "provider",
+            "--name",
+            "Dr. Lee",
+            "--provider-id",
+            &provider_id,
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let principal = server_verifier(dir.path()).verify(&token).await.unwrap();
-    assert_eq!(principal.scope.clone(), Scope::Provider { provider_id: provider_id.parse().unwrap() });
+    assert_eq!(
+        principal.scope.clone(),
+        Scope::Provider {
+            provider_id: provider_id.parse().unwrap()
+        }
+    );
 
     let out = careboard(
         dir.path(),
-        &["token", "--role", "patient", "--name", "Sam", "--patient-id", "patient-42", "--ttl", "90s"],
+        &[
+            "token",
+            "--role",
+            "patient",
+            "--name",
+            "Sam",
+            "--patient-id",
+            "patient-42",
+            "--ttl",
+            "90s",
+        ],
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let principal = server_verifier(dir.path()).verify(&token).await.unwrap();
-    assert_eq!(principal.scope, Scope::Patient { patient_id: "patient-42".into() });
+    assert_eq!(
+        principal.scope,
+        Scope::Patient {
+            patient_id: "patient-42".into()
+        }
+    );
     assert_eq!(principal.subject, "patient-42");
 
-    let out = careboard(dir.path(), &["token", "--role", "provider", "--name", "Dr. Lee"]);
+    let out = careboard(
+        dir.path(),
+        &["token", "--role", "provider", "--name", "Dr. Lee"],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--provider-id"));
     let out = careboard(dir.path(), &["token", "--role", "nurse", "--name", "X"]);
@@ -678,12 +774,19 @@ async fn concurrent_records_are_chained_in_group_commits_and_verify() {
     let pool = common::fresh_database().await;
     let log = AccessLog::start(pool.clone(), AccessLogOptions::default());
     let seqs = write_records(&log, 300).await;
-    assert_eq!(seqs, (1..=300).collect::<Vec<i64>>(), "every record, no gaps");
+    assert_eq!(
+        seqs,
+        (1..=300).collect::<Vec<i64>>(),
+        "every record, no gaps"
+    );
     let groups: i64 = sqlx::query_scalar("select count(distinct recorded_at) from access_log")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert!(groups < 300, "records were committed in groups ({groups} commits)");
+    assert!(
+        groups < 300,
+        "records were committed in groups ({groups} commits)"
+    );
     let report = access_log::verify(&pool).await.unwrap();
     assert_eq!(report.verified, 300);
     assert_eq!(report.first_broken, None);
@@ -693,7 +796,13 @@ async fn concurrent_records_are_chained_in_group_commits_and_verify() {
 async fn writers_in_two_processes_share_one_chain() {
     let pool = common::fresh_database().await;
     let a = AccessLog::start(pool.clone(), AccessLogOptions::default());
-    let b = AccessLog::start(pool.clone(), AccessLogOptions { max_batch: 3, ..Default::default() });
+    let b = AccessLog::start(
+        pool.clone(),
+        AccessLogOptions {
+            max_batch: 3,
+            ..Default::default()
+        },
+    );
     let (x, y) = tokio::join!(write_records(&a, 120), write_records(&b, 120));
     let mut all: Vec<i64> = x.into_iter().chain(y).collect();
     all.sort();
@@ -772,7 +881,11 @@ async fn verify_finds_a_row_altered_with_the_triggers_off() {
     let pool = common::fresh_database().await;
     let log = AccessLog::start(pool.clone(), AccessLogOptions::default());
     write_records(&log, 10).await;
-    tamper(&pool, &["update access_log set subject = 'nobody' where seq = 4"]).await;
+    tamper(
+        &pool,
+        &["update access_log set subject = 'nobody' where seq = 4"],
+    )
+    .await;
     let report = access_log::verify(&pool).await.unwrap();
     assert_eq!(report.verified, 3);
     let broken = report.first_broken.expect("found");
@@ -789,7 +902,11 @@ async fn verify_finds_a_row_altered_with_the_triggers_off() {
            hash = sha256(hash) where seq = 6"],
     )
     .await;
-    let broken = access_log::verify(&pool).await.unwrap().first_broken.unwrap();
+    let broken = access_log::verify(&pool)
+        .await
+        .unwrap()
+        .first_broken
+        .unwrap();
     assert_eq!(broken.seq, 6, "{}", broken.reason);
 }
 
@@ -811,7 +928,11 @@ async fn verify_finds_deleted_rows_in_the_middle_and_at_the_end() {
     let report = access_log::verify(&pool).await.unwrap();
     let broken = report.first_broken.expect("found");
     assert_eq!((report.verified, broken.seq), (8, 9));
-    assert!(broken.reason.contains("removed from the end"), "{}", broken.reason);
+    assert!(
+        broken.reason.contains("removed from the end"),
+        "{}",
+        broken.reason
+    );
 }
 
 #[tokio::test]
@@ -837,13 +958,21 @@ async fn careboard_audit_verify_reports_the_first_broken_record() {
             .expect("run careboard audit verify")
     };
     let out = run();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("intact: 6 record(s)"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    tamper(&pool, &["update access_log set role = 'admin' where seq = 3"]).await;
+    tamper(
+        &pool,
+        &["update access_log set role = 'admin' where seq = 3"],
+    )
+    .await;
     let out = run();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -895,15 +1024,24 @@ async fn with_auth_on_graphql_requests_need_a_valid_bearer_token() {
 
     let response = post(None).await.unwrap();
     assert_eq!(response.status(), 401);
-    assert_eq!(response.headers()["www-authenticate"], r#"Bearer realm="careboard""#);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        r#"Bearer realm="careboard""#
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
 
     let garbage = "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJldmUifQ.";
     let response = post(Some(garbage.into())).await.unwrap();
     assert_eq!(response.status(), 401);
-    let challenge = response.headers()["www-authenticate"].to_str().unwrap().to_string();
-    assert!(challenge.starts_with(r#"Bearer realm="careboard", error="invalid_token""#), "{challenge}");
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with(r#"Bearer realm="careboard", error="invalid_token""#),
+        "{challenge}"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
     assert!(!body.to_string().contains("eyJ"), "{body}");
@@ -913,7 +1051,14 @@ async fn with_auth_on_graphql_requests_need_a_valid_bearer_token() {
     let foreign = dev_token(other.path(), &["--role", "admin", "--name", "Eve"]);
     let response = post(Some(format!("Bearer {foreign}"))).await.unwrap();
     assert_eq!(response.status(), 401);
-    assert_eq!(sqlx::query_scalar::<_, i64>("select count(*) from events").fetch_one(&pool).await.unwrap(), 0, "nothing was written");
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("select count(*) from events")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        0,
+        "nothing was written"
+    );
 
     let token = dev_token(dir.path(), &["--role", "coordinator", "--name", "Ana Ruiz"]);
     let response = post(Some(format!("Bearer {token}"))).await.unwrap();
@@ -924,7 +1069,10 @@ async fn with_auth_on_graphql_requests_need_a_valid_bearer_token() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(actor, "dev:ana-ruiz", "the verified subject, not the x-actor header");
+    assert_eq!(
+        actor, "dev:ana-ruiz",
+        "the verified subject, not the x-actor header"
+    );
 
     // A websocket upgrade without a token is refused before it is upgraded.
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -934,9 +1082,10 @@ async fn with_auth_on_graphql_requests_need_a_valid_bearer_token() {
             .replace("http://", "ws://")
             .into_client_request()
             .unwrap();
-        request
-            .headers_mut()
-            .insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
         if let Some(t) = token {
             request
                 .headers_mut()

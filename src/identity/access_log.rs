@@ -139,18 +139,19 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>, options: AccessLo
         // Whoever was waiting may have given up (request cancelled): their record is
         // still written, because the data may already have been sent.
         let records: Vec<&AccessRecord> = batch.iter().map(|p| &p.record).collect();
-        let result =
-            match tokio::time::timeout(options.commit_timeout, append(&pool, &records)).await {
-                Ok(Ok(first_seq)) => Ok(first_seq),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %format!("{e:#}"), records = records.len(), "access log group commit failed");
-                    Err(AccessLogError::NotRecorded)
-                }
-                Err(_) => {
-                    tracing::error!(records = records.len(), "access log group commit timed out");
-                    Err(AccessLogError::NotRecorded)
-                }
-            };
+        let result = match tokio::time::timeout(options.commit_timeout, append(&pool, &records))
+            .await
+        {
+            Ok(Ok(first_seq)) => Ok(first_seq),
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), records = records.len(), "access log group commit failed");
+                Err(AccessLogError::NotRecorded)
+            }
+            Err(_) => {
+                tracing::error!(records = records.len(), "access log group commit timed out");
+                Err(AccessLogError::NotRecorded)
+            }
+        };
         for (i, pending) in batch.drain(..).enumerate() {
             let outcome = result.clone().map(|first| Receipt {
                 seq: first + i as i64,

@@ -301,7 +301,10 @@ mod tests {
     fn the_key_file_is_made_once_and_only_its_owner_can_read_it() {
         let dir = tempfile::tempdir().unwrap();
         let a = DevIssuer::load_or_create(dir.path()).unwrap();
-        let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = DevIssuer::load_or_create(dir.path()).unwrap();
         assert_eq!(a.jwks(), b.jwks(), "a second load reads the same key");
@@ -317,7 +320,10 @@ mod tests {
         let path = dir.path().join(KEY_FILE);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         DevIssuer::load_or_create(dir.path()).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -332,9 +338,25 @@ mod tests {
             specialties: vec![],
             ttl: Duration::from_secs(60),
         };
-        assert!(TokenArgs { provider_id: Some(Uuid::nil()), ..base.clone() }.claims().is_err());
-        assert!(TokenArgs { role: Role::Provider, ..base.clone() }.claims().is_err());
-        assert!(TokenArgs { role: Role::Admin, regions: vec!["TX".into()], ..base.clone() }.claims().is_err());
+        assert!(TokenArgs {
+            provider_id: Some(Uuid::nil()),
+            ..base.clone()
+        }
+        .claims()
+        .is_err());
+        assert!(TokenArgs {
+            role: Role::Provider,
+            ..base.clone()
+        }
+        .claims()
+        .is_err());
+        assert!(TokenArgs {
+            role: Role::Admin,
+            regions: vec!["TX".into()],
+            ..base.clone()
+        }
+        .claims()
+        .is_err());
         let claims = base.claims().unwrap();
         assert_eq!(claims["sub"], "dev:ana-ruiz");
         assert_eq!(claims["role"], "coordinator");

@@ -61,9 +61,7 @@ fn usable(jwk: &Jwk) -> Option<VerificationKey> {
     }
     let by_shape = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => Algorithm::RS256,
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-            Algorithm::ES256
-        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
         AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
             // The verifier slices 32 bytes off the key: a shorter one must not get there.
             let x = URL_SAFE_NO_PAD.decode(p.x.as_bytes()).ok()?;

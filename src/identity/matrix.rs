@@ -416,9 +416,7 @@ mod tests {
             BoardJoined => label.contains("did not join") || label.contains("nothing"),
             ForSelf | Own => label.contains("patient") || label.contains("nothing"),
             InScope | OnBehalf => {
-                label.contains("region")
-                    || label.contains("specialty")
-                    || label.contains("nothing")
+                label.contains("region") || label.contains("specialty") || label.contains("nothing")
             }
         }
     }
@@ -435,7 +433,10 @@ mod tests {
                 let inside = authorize(&p, *op, &theirs());
                 match expected {
                     Rule::Denied => assert!(inside.is_err(), "{role} {op} must be refused"),
-                    _ => assert!(inside.is_ok(), "{role} {op} on their own target: {inside:?}"),
+                    _ => assert!(
+                        inside.is_ok(),
+                        "{role} {op} on their own target: {inside:?}"
+                    ),
                 }
                 for (label, facts) in not_theirs() {
                     let outside = authorize(&p, *op, &facts);
@@ -485,8 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn patient_fields_are_seen_by_the_patient_the_assigned_provider_and_coordinators_in_scope(
-    ) {
+    fn patient_fields_are_seen_by_the_patient_the_assigned_provider_and_coordinators_in_scope() {
         for role in Role::ALL {
             let p = principal(role);
             let own = may_see_patient_fields(&p, &theirs());
@@ -497,7 +497,11 @@ mod tests {
                     Rule::Allowed => true,
                     Rule::Denied => false,
                 };
-                assert_eq!(may_see_patient_fields(&p, &facts), expected, "{role} on {label}");
+                assert_eq!(
+                    may_see_patient_fields(&p, &facts),
+                    expected,
+                    "{role} on {label}"
+                );
             }
         }
     }

@@ -19,7 +19,12 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Patient, Role::Provider, Role::Coordinator, Role::Admin];
+    pub const ALL: [Role; 4] = [
+        Role::Patient,
+        Role::Provider,
+        Role::Coordinator,
+        Role::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,10 +62,14 @@ impl FromStr for Role {
 pub enum Scope {
     /// A patient sees their own appointments; `patient_id` is what appointments record.
     #[serde(rename_all = "camelCase")]
-    Patient { patient_id: String },
+    Patient {
+        patient_id: String,
+    },
     /// A provider acts on their own shifts and the Boards they joined.
     #[serde(rename_all = "camelCase")]
-    Provider { provider_id: Uuid },
+    Provider {
+        provider_id: Uuid,
+    },
     /// A coordinator works the Boards of these regions and specialties (`None` = all).
     /// Regions are upper-case, specialties lower-case, as the domain stores them.
     #[serde(rename_all = "camelCase")]
@@ -155,7 +164,9 @@ pub enum ClaimError {
     Missing(String),
     #[error("the token's `{0}` claim is not in the expected form ({1})")]
     Invalid(String, &'static str),
-    #[error("the token's `{0}` claim names no Careboard role (patient, provider, coordinator or admin)")]
+    #[error(
+        "the token's `{0}` claim names no Careboard role (patient, provider, coordinator or admin)"
+    )]
     NoRole(String),
     #[error("the token's `{0}` claim names more than one Careboard role")]
     SeveralRoles(String),
@@ -184,9 +195,9 @@ fn strings(name: &str, value: &Value) -> Result<Vec<String>, ClaimError> {
         Value::Array(items) => items
             .iter()
             .map(|i| {
-                i.as_str().map(|s| s.trim().to_string()).ok_or_else(|| {
-                    ClaimError::Invalid(name.to_string(), "a list of strings")
-                })
+                i.as_str()
+                    .map(|s| s.trim().to_string())
+                    .ok_or_else(|| ClaimError::Invalid(name.to_string(), "a list of strings"))
             })
             .collect(),
         _ => Err(ClaimError::Invalid(
@@ -276,8 +287,10 @@ mod tests {
 
     #[test]
     fn a_coordinator_token_with_regions_and_specialties_is_scoped_to_them() {
-        let p = parse(json!({"sub": "u1", "name": "Ana Ruiz", "role": "coordinator",
-            "regions": ["tx", "OK"], "specialties": "Pediatrics cardiology"}))
+        let p = parse(
+            json!({"sub": "u1", "name": "Ana Ruiz", "role": "coordinator",
+            "regions": ["tx", "OK"], "specialties": "Pediatrics cardiology"}),
+        )
         .unwrap();
         assert_eq!(p.role, Role::Coordinator);
         assert_eq!(p.name, "Ana Ruiz");
@@ -304,17 +317,27 @@ mod tests {
             .unwrap_err();
         assert!(!err.to_string().contains("not-a-uuid"), "{err}");
         let id = Uuid::new_v4();
-        let p = parse(json!({"sub": "u1", "role": "provider", "provider_id": id.to_string()}))
-            .unwrap();
+        let p =
+            parse(json!({"sub": "u1", "role": "provider", "provider_id": id.to_string()})).unwrap();
         assert_eq!(p.scope, Scope::Provider { provider_id: id });
     }
 
     #[test]
     fn a_patient_is_their_subject_unless_the_token_names_a_patient_id() {
         let p = parse(json!({"sub": "p-7", "role": "patient"})).unwrap();
-        assert_eq!(p.scope, Scope::Patient { patient_id: "p-7".into() });
+        assert_eq!(
+            p.scope,
+            Scope::Patient {
+                patient_id: "p-7".into()
+            }
+        );
         let p = parse(json!({"sub": "p-7", "role": "patient", "patient_id": "mrn-1"})).unwrap();
-        assert_eq!(p.scope, Scope::Patient { patient_id: "mrn-1".into() });
+        assert_eq!(
+            p.scope,
+            Scope::Patient {
+                patient_id: "mrn-1".into()
+            }
+        );
     }
 
     #[test]
@@ -324,7 +347,10 @@ mod tests {
             ..Default::default()
         };
         let claims = json!({"sub": "u", "realm_access": {"roles": ["offline_access", "admin"]}});
-        assert_eq!(Principal::from_claims(&claims, &names).unwrap().role, Role::Admin);
+        assert_eq!(
+            Principal::from_claims(&claims, &names).unwrap().role,
+            Role::Admin
+        );
         let two = json!({"sub": "u", "realm_access": {"roles": ["admin", "patient"]}});
         assert_eq!(
             Principal::from_claims(&two, &names),

@@ -99,7 +99,8 @@ const KNOWN_ALGORITHMS: [&str; 14] = [
 /// Reads `alg` and `kid` from the header without trusting anything else in it.
 fn header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthError::Malformed);
     };
@@ -108,7 +109,10 @@ fn header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
         .map_err(|_| AuthError::Malformed)?;
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
-    let alg = value.get("alg").and_then(|a| a.as_str()).ok_or(AuthError::Malformed)?;
+    let alg = value
+        .get("alg")
+        .and_then(|a| a.as_str())
+        .ok_or(AuthError::Malformed)?;
     let algorithm = ALLOWED_ALGORITHMS
         .iter()
         .find(|a| format!("{a:?}") == alg)
@@ -214,7 +218,9 @@ impl Verifier {
                 | ErrorKind::InvalidEddsaKey
                 | ErrorKind::InvalidRsaKey(_)
                 | ErrorKind::InvalidKeyFormat => {
-                    tracing::warn!("a key from the identity provider's JWKS cannot verify signatures");
+                    tracing::warn!(
+                        "a key from the identity provider's JWKS cannot verify signatures"
+                    );
                     AuthError::BadSignature
                 }
                 _ => AuthError::Malformed,
