@@ -1104,3 +1104,29 @@ async fn with_auth_on_graphql_requests_need_a_valid_bearer_token() {
         .expect("an authenticated upgrade is accepted");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_the_development_issuer_auth_on_refuses_a_network_reachable_bind() {
+    let (_pool, url) = common::fresh_database_with_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args([
+            "serve",
+            "--auth",
+            "on",
+            "--bind",
+            "0.0.0.0:0",
+            "--projector",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("DATABASE_URL", &url)
+        .env_remove("CAREBOARD_OIDC_ISSUER")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run careboard serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CAREBOARD_OIDC_ISSUER"), "{stderr}");
+}
