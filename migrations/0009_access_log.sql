@@ -11,10 +11,11 @@
 create table access_log (
     seq             bigint primary key check (seq > 0),
     recorded_at     timestamptz not null,
-    -- The verified principal.
+    -- The verified principal. A patient's name is not kept (their subject and patient id
+    -- are): the log outlives erasure and must hold no patient plaintext (DESIGN §10).
     subject         text not null,
     role            text not null,
-    name            text not null,
+    name            text,
     scope           jsonb not null,
     operation       text not null,
     operation_name  text,

@@ -1130,3 +1130,28 @@ async fn with_the_development_issuer_auth_on_refuses_a_network_reachable_bind() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CAREBOARD_OIDC_ISSUER"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_access_log_keeps_no_patient_name() {
+    let pool = common::fresh_database().await;
+    let log = AccessLog::start(pool.clone(), AccessLogOptions::default());
+    let mut r = record(0);
+    r.principal = Principal::new(
+        "patient-77",
+        "Zelda Quux-Marker",
+        Scope::Patient {
+            patient_id: "patient-77".into(),
+        },
+    );
+    log.record(r).await.unwrap();
+    log.record(record(1)).await.unwrap();
+    let dump: String = sqlx::query_scalar("select string_agg(t::text, ' ') from access_log t")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!dump.contains("Zelda"), "{dump}");
+    assert!(dump.contains("patient-77"));
+    assert!(dump.contains("Ana Ruiz"), "staff names are kept");
+    let report = access_log::verify(&pool).await.unwrap();
+    assert_eq!((report.verified, report.first_broken), (2, None));
+}

@@ -23,7 +23,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::principal::Principal;
+use super::principal::{Principal, Role};
 
 /// What a response or a subscription frame disclosed, in ids only (never a patient's
 /// name or reason: this log outlives erasure, DESIGN §10).
@@ -199,7 +199,7 @@ struct StoredRow {
     recorded_at: DateTime<Utc>,
     subject: String,
     role: String,
-    name: String,
+    name: Option<String>,
     scope: Value,
     operation: String,
     operation_name: Option<String>,
@@ -256,7 +256,8 @@ async fn append(pool: &PgPool, records: &[&AccessRecord]) -> anyhow::Result<i64>
             recorded_at: now,
             subject: r.principal.subject.clone(),
             role: r.principal.role.as_str().to_string(),
-            name: r.principal.name.clone(),
+            // A patient's name is patient data: the log keeps their ids only.
+            name: (r.principal.role != Role::Patient).then(|| r.principal.name.clone()),
             scope: serde_json::to_value(&r.principal.scope)?,
             operation: r.operation.clone(),
             operation_name: r.operation_name.clone(),
@@ -427,7 +428,7 @@ mod tests {
             recorded_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
             subject: "s".into(),
             role: "coordinator".into(),
-            name: "Ana".into(),
+            name: Some("Ana".into()),
             scope: json!({"role": "admin"}),
             operation: "board".into(),
             operation_name: None,
