@@ -125,6 +125,12 @@ fn header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
                     .copied(),
             )
         })?;
+    // Keys named by the token itself (`jwk`, `jku`, `x5u`, `x5c`) are never used; the
+    // keys come from the configured issuer only. Extensions the token marks critical
+    // are not understood, so such a token must be refused (RFC 7515 §4.1.11).
+    if value.get("crit").is_some() {
+        return Err(AuthError::Malformed);
+    }
     let kid = match value.get("kid") {
         None => None,
         Some(serde_json::Value::String(k)) if k.len() <= 256 => Some(k.clone()),
@@ -254,6 +260,10 @@ mod tests {
         assert_eq!(
             header(&token(r#"{"alg":"ES256","kid":"k1"}"#)),
             Ok((Algorithm::ES256, Some("k1".into())))
+        );
+        assert_eq!(
+            header(&token(r#"{"alg":"ES256","crit":["exp-ext"],"exp-ext":1}"#)),
+            Err(AuthError::Malformed)
         );
         assert_eq!(header("a.b"), Err(AuthError::Malformed));
         assert_eq!(header("!!.b.c"), Err(AuthError::Malformed));
