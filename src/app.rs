@@ -81,6 +81,7 @@ pub fn state_with(
         store,
         metrics,
         live,
+        auth: None,
     }
 }
 

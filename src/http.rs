@@ -83,6 +83,8 @@ pub struct AppState {
     pub live: LiveBoards,
     /// The one wait-time estimator (its caches) shared by queries and the matcher.
     pub estimator: crate::estimates::Estimator,
+    /// Bearer token verification; `None` serves anonymous requests (`--auth off`).
+    pub auth: Option<crate::identity::Verifier>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -143,6 +145,10 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Response {
     let headers = request.headers().clone();
+    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
     let limit = state.limits.max_body_bytes;
     let bytes = match axum::body::to_bytes(request.into_body(), limit).await {
         Ok(b) => b,
@@ -163,12 +169,20 @@ async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Respo
         }
     };
     let context = RequestContext {
-        actor: header(&headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
+        // A verified principal is the actor; no header can say otherwise.
+        actor: match &principal {
+            Some(p) => p.subject.clone(),
+            None => header(&headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
+        },
         correlation_id: header(&headers, "x-correlation-id")
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         operation_name: gql_request.operation_name.clone(),
     };
-    let mut response = state.schema.execute(gql_request.data(context)).await;
+    let mut gql_request = gql_request.data(context);
+    if let Some(principal) = principal {
+        gql_request = gql_request.data(principal);
+    }
+    let mut response = state.schema.execute(gql_request).await;
     // Errors raised before any resolver ran (parse, validation, limits, input coercion)
     // carry no code: they are all bad input.
     for error in &mut response.errors {
@@ -238,6 +252,10 @@ async fn graphql_ws(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Until sockets carry their principal, authentication refuses the upgrade itself.
+    if let Err(refusal) = crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
+        return refusal;
+    }
     let protocol = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()

@@ -39,6 +39,8 @@
 //! - [`http`]: the axum router (GraphQL, GraphiQL, pages, health, metrics).
 //! - [`app`]: wiring and serving; [`cli`]: the command line.
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
+//! - [`identity`]: who is asking — bearer token verification (OIDC JWKS or the
+//!   development issuer), the principal, the permission matrix, the access log.
 //!
 //! Outside `src/`: `tests/api/` is the one integration-test binary (`helpers` holds
 //! `TestApp` and the throwaway cluster); `bench/` is the benchmark harness, a
@@ -57,6 +59,7 @@ pub mod event_store;
 pub mod faults;
 pub mod graphql;
 pub mod http;
+pub mod identity;
 pub mod leader;
 pub mod live;
 pub mod matcher;
