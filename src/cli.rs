@@ -28,8 +28,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Projections { action }) => projections(cli.database, action).await,
         Some(Command::Demo(args)) => demo(cli.database, args).await,
-        Some(Command::Token(args)) => crate::identity::print_token(&cli.database, &args),
-        Some(Command::Audit { action }) => crate::identity::audit(&cli.database, action).await,
+        Some(Command::Token(args)) => print_token(&cli.database, &args),
+        Some(Command::Audit { action }) => audit(&cli.database, action).await,
         Some(Command::Serve(serve)) => serve_command(cli.database, serve).await,
         None => serve_command(cli.database, cli.serve).await,
     }
@@ -233,4 +233,51 @@ async fn print_status(pool: &sqlx::PgPool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `careboard token`: prints a development token (only the token, for `$(...)`).
+pub fn print_token(
+    database: &crate::config::DatabaseArgs,
+    args: &crate::identity::dev_issuer::TokenArgs,
+) -> anyhow::Result<()> {
+    if std::env::var_os("CAREBOARD_OIDC_ISSUER").is_some() {
+        eprintln!(
+            "note: CAREBOARD_OIDC_ISSUER is set; a server configured with it does not accept \
+             development tokens"
+        );
+    }
+    let issuer = crate::identity::dev_issuer::DevIssuer::load_or_create(&database.data_dir)?;
+    println!("{}", issuer.issue(args)?);
+    Ok(())
+}
+
+/// `careboard audit verify`.
+pub async fn audit(
+    database: &crate::config::DatabaseArgs,
+    action: crate::config::AuditCommand,
+) -> anyhow::Result<()> {
+    match action {
+        crate::config::AuditCommand::Verify => {
+            let db = app::open_database(database).await?;
+            crate::postgres::migrate(&db.pool).await?;
+            let report = crate::identity::access_log::verify(&db.pool).await;
+            db.pool.close().await;
+            let report = report?;
+            match report.first_broken {
+                None => {
+                    println!(
+                        "access log intact: {} record(s), head {}",
+                        report.verified, report.head_hash
+                    );
+                    Ok(())
+                }
+                Some(broken) => anyhow::bail!(
+                    "access log broken at record {}: {} ({} record(s) before it verify)",
+                    broken.seq,
+                    broken.reason,
+                    report.verified
+                ),
+            }
+        }
+    }
 }

@@ -247,3 +247,66 @@ pub struct IdentityArgs {
     )]
     pub specialties_claim: String,
 }
+
+impl IdentityArgs {
+    /// Whether tokens come from an OpenID Connect provider (else the development issuer).
+    pub fn uses_provider(&self) -> bool {
+        self.oidc_issuer.is_some()
+    }
+
+    /// The verifier settings: the configured provider's, or the development issuer's
+    /// (its key loaded or generated in `data_dir`).
+    pub fn verifier_config(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<crate::identity::VerifierConfig> {
+        let claims = crate::identity::principal::ClaimNames {
+            role: self.role_claim.clone(),
+            name: self.name_claim.clone(),
+            provider_id: self.provider_id_claim.clone(),
+            patient_id: self.patient_id_claim.clone(),
+            regions: self.regions_claim.clone(),
+            specialties: self.specialties_claim.clone(),
+        };
+        let mut config = match &self.oidc_issuer {
+            None => {
+                if self.oidc_audience.is_some()
+                    || self.oidc_jwks_url.is_some()
+                    || self.oidc_discovery_url.is_some()
+                {
+                    anyhow::bail!("--oidc-audience, --oidc-jwks-url and --oidc-discovery-url need --oidc-issuer (CAREBOARD_OIDC_ISSUER)");
+                }
+                let mut config = crate::identity::dev_issuer::DevIssuer::load_or_create(data_dir)?
+                    .verifier_config();
+                // The development issuer writes the default claim names.
+                config.claims = crate::identity::principal::ClaimNames::default();
+                return Ok(crate::identity::VerifierConfig {
+                    leeway: std::time::Duration::from_secs(self.token_leeway_secs),
+                    ..config
+                });
+            }
+            Some(issuer) => {
+                let Some(audience) = &self.oidc_audience else {
+                    anyhow::bail!("--oidc-issuer needs --oidc-audience (CAREBOARD_OIDC_AUDIENCE): the client id or API identifier tokens are issued for");
+                };
+                let keys = match (&self.oidc_jwks_url, &self.oidc_discovery_url) {
+                    (Some(_), Some(_)) => {
+                        anyhow::bail!(
+                            "give either --oidc-jwks-url or --oidc-discovery-url, not both"
+                        )
+                    }
+                    (Some(url), None) => crate::identity::jwks::KeySource::JwksUrl(url.clone()),
+                    (None, Some(url)) => crate::identity::jwks::KeySource::Discovery(url.clone()),
+                    (None, None) => crate::identity::jwks::KeySource::Discovery(format!(
+                        "{}/.well-known/openid-configuration",
+                        issuer.trim_end_matches('/')
+                    )),
+                };
+                crate::identity::VerifierConfig::new(issuer.clone(), audience.clone(), keys)
+            }
+        };
+        config.claims = claims;
+        config.leeway = std::time::Duration::from_secs(self.token_leeway_secs);
+        Ok(config)
+    }
+}
