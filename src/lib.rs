@@ -28,6 +28,10 @@
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
 //! - [`graphql`]: schema, queries, mutations, output types.
 //! - [`http`]: the axum router (GraphQL, GraphiQL, health, metrics).
+//! - [`websocket`]: one GraphQL websocket, guarded (queue, budget, pings, close codes).
+//! - [`limits`]: what keeps one request from taking the service down: nesting checked
+//!   before parsing, a connection cap per request, rate limits, page security headers.
+//! - [`health`]: the database prober behind `/readyz` and fast UNAVAILABLE answers.
 //! - [`app`]: wiring and serving.
 
 pub mod app;
@@ -40,7 +44,9 @@ pub mod error;
 pub mod estimates;
 pub mod event_store;
 pub mod graphql;
+pub mod health;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod matcher;
 pub mod metrics;
@@ -48,3 +54,4 @@ pub mod postgres;
 pub mod projections;
 pub mod projector;
 pub mod time_travel;
+pub mod websocket;

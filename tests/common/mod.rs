@@ -109,6 +109,34 @@ async fn connect_retrying(options: &PgConnectOptions) -> sqlx::PgConnection {
     }
 }
 
+pub const SERVER_LOGIN_PASSWORD: &str = "careboard-test-server";
+
+/// A pool on the same database as `owner`, as the application login (created once per
+/// test process).
+pub async fn server_pool(owner: &PgPool) -> PgPool {
+    static LOGIN: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    LOGIN
+        .get_or_init(|| async {
+            careboard::postgres::ensure_server_login(
+                owner,
+                careboard::postgres::SERVER_LOGIN,
+                SERVER_LOGIN_PASSWORD,
+            )
+            .await
+            .expect("create the application login");
+        })
+        .await;
+    let options = (*owner.connect_options())
+        .clone()
+        .username(careboard::postgres::SERVER_LOGIN)
+        .password(SERVER_LOGIN_PASSWORD);
+    PgPoolOptions::new()
+        .max_connections(40)
+        .connect_with(options)
+        .await
+        .expect("connect as the application login")
+}
+
 /// Projector settings for tests: quick leader checks and retries, and no automatic
 /// matching (tests schedule by hand unless they test the matcher).
 pub fn fast_projector() -> careboard::projector::ProjectorConfig {
@@ -140,6 +168,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub projector: Option<careboard::projector::ProjectorHandle>,
     live: careboard::live::LiveBoards,
+    server_pool: PgPool,
 }
 
 impl TestApp {
@@ -202,7 +231,15 @@ impl TestApp {
         projector: Option<careboard::projector::ProjectorConfig>,
         read_wait: Duration,
     ) -> Self {
-        let state = app::state_with(pool.clone(), limits, Duration::from_secs(5), read_wait);
+        // The server runs as the application role, as in production; the test keeps the
+        // owner's pool for looking underneath.
+        let server_pool = server_pool(&pool).await;
+        let state = app::state_with(
+            server_pool.clone(),
+            limits,
+            Duration::from_secs(5),
+            read_wait,
+        );
         let projector = projector.map(|config| app::spawn_projector(&state, config));
         let live = state.live.clone();
         let server = RunningServer::start("127.0.0.1:0", state)
@@ -211,10 +248,16 @@ impl TestApp {
         Self {
             server,
             pool,
+            server_pool,
             http: reqwest::Client::new(),
             projector,
             live,
         }
+    }
+
+    /// The server's own connections (the application role).
+    pub fn server_pool(&self) -> &PgPool {
+        &self.server_pool
     }
 
     pub fn url(&self, path: &str) -> String {
