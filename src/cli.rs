@@ -8,7 +8,6 @@ use crate::app;
 use crate::config::{
     Cli, Command, DatabaseArgs, ProjectionsCommand, ProjectorMode, ServeArgs, Switch,
 };
-use crate::postgres;
 use crate::projections::Projection;
 use crate::projector::{self, ProjectorConfig};
 

@@ -160,6 +160,7 @@ pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocke
         }))
     };
     let sender = to_graphql;
+    let mut we_closed = false;
     loop {
         tokio::select! {
             // Read only while the queue has room: the client waits, the server doesn't
@@ -185,6 +186,7 @@ pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocke
                     }
                     Inbound::Close(code, reason) => {
                         let _ = sink.send(close(code, reason)).await;
+                        we_closed = true;
                         break;
                     }
                 }
@@ -198,17 +200,20 @@ pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocke
                 }
                 Some(WsMessage::Close(code, reason)) => {
                     let _ = sink.send(close(code, &reason)).await;
+                    we_closed = true;
                     break;
                 }
                 None => break,
             },
             _ = &mut init_deadline, if !gate.init_received => {
                 let _ = sink.send(close(4408, "Connection initialisation timeout")).await;
+                we_closed = true;
                 break;
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= ping_interval * 3 {
                     let _ = sink.send(close(3008, "timeout: no answer to pings")).await;
+                    we_closed = true;
                     break;
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
@@ -216,5 +221,16 @@ pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocke
                 }
             }
         }
+    }
+    if we_closed {
+        // Let the client read our close frame: wait (briefly) for its own, discarding
+        // what it still sends. Dropping a socket with unread input resets the
+        // connection, and the client would never learn why it was closed.
+        let drain = async { while let Some(Ok(frame)) = source.next().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        } };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
 }

@@ -161,7 +161,9 @@ async fn a_subscribe_flood_is_cut_off_before_it_reaches_the_database() {
         let board = board.clone();
         async move {
             for i in 0..2_000 {
-                ws.subscribe(&format!("s{i}"), query, json!({"b": board})).await;
+                if !ws.try_subscribe(&format!("s{i}"), query, json!({"b": board})).await {
+                    break;
+                }
             }
             let mut closed = None;
             while let Some(m) = ws.next(Duration::from_secs(10)).await {
@@ -395,18 +397,23 @@ async fn board_history_estimates_are_costed_and_optional() {
 
 #[tokio::test]
 async fn a_request_that_runs_too_long_is_cancelled_with_timeout() {
-    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
-        request_timeout_ms: 300,
-        ..Default::default()
-    })
+    let app = TestApp::spawn_without_projector_with(
+        careboard::config::GraphqlLimits {
+            request_timeout_ms: 300,
+            ..Default::default()
+        },
+        Duration::from_secs(10),
+    )
     .await;
-    // A read that waits for a position the projector never reaches would take the
-    // configured read wait (5 s); the request timeout cuts it short.
+    let board = open_board(&app).await;
+    let position = app.event_count().await;
+    // A read that waits for a position nothing projects would take the read wait
+    // (10 s); the request timeout cuts it short.
     let started = Instant::now();
     let response = app
         .gql(
-            "{ board(id: \"00000000-0000-0000-0000-000000000001\", minPosition: 999999) { version } }",
-            json!({}),
+            "query($id: ID!, $p: Int!) { board(id: $id, minPosition: $p) { version } }",
+            json!({"id": board, "p": position}),
         )
         .await;
     assert_eq!(error_code(&response), "TIMEOUT", "{response}");
@@ -477,7 +484,12 @@ async fn html_pages_carry_security_headers() {
         .unwrap()
         .to_string();
     assert!(csp.contains("default-src 'self'"), "{csp}");
-    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    let scripts = csp
+        .split(';')
+        .find(|d| d.trim().starts_with("script-src"))
+        .unwrap();
+    assert!(!scripts.contains("unsafe-inline"), "{csp}");
+    assert!(scripts.contains("'sha256-"), "{csp}");
 }
 
 #[tokio::test]

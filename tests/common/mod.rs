@@ -200,6 +200,11 @@ impl TestApp {
         .await
     }
 
+    /// With these limits and no projector (projected reads fall behind).
+    pub async fn spawn_without_projector_with(limits: GraphqlLimits, read_wait: Duration) -> Self {
+        Self::spawn_full(limits, None, read_wait).await
+    }
+
     /// Serving only: nothing projects, so projected reads fall behind.
     pub async fn spawn_without_projector(read_wait: Duration) -> Self {
         Self::spawn_full(GraphqlLimits::default(), None, read_wait).await
@@ -390,6 +395,20 @@ impl WsClient {
             .await
             .expect("connection_ack");
         assert_eq!(ack["type"], "connection_ack", "{ack}");
+    }
+
+    /// Like `subscribe`, but false instead of a panic when the socket is gone.
+    pub async fn try_subscribe(&mut self, id: &str, query: &str, variables: Value) -> bool {
+        use futures::SinkExt;
+        let kind = if self.legacy { "start" } else { "subscribe" };
+        let message =
+            json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}});
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                message.to_string().into(),
+            ))
+            .await
+            .is_ok()
     }
 
     pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
