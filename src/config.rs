@@ -136,7 +136,7 @@ pub struct GraphqlLimits {
     /// Highest query cost accepted. A field costs one point, a list its page size times
     /// its items, a Board read 50, `asOf` folds and estimates more (see the README's
     /// "Limits"), so the limit follows the work a request asks for.
-    #[arg(long, env = "CAREBOARD_MAX_COMPLEXITY", default_value_t = 20_000)]
+    #[arg(long, env = "CAREBOARD_MAX_COMPLEXITY", default_value_t = 10_000)]
     pub max_complexity: usize,
     /// Deepest recursion while parsing (nested lists, objects, fragments).
     #[arg(long, env = "CAREBOARD_MAX_RECURSION", default_value_t = 32)]

@@ -387,9 +387,9 @@ async fn board_history_estimates_are_costed_and_optional() {
     let q = |first: usize, fields: &str| {
         format!("{{ boardHistory(boardId: \"{board}\", from: \"2000-01-01T00:00:00Z\", to: \"2100-01-01T00:00:00Z\", first: {first}) {{ {fields} }} }}")
     };
-    let plain = app.data(&q(5000, "version waiting"), json!({})).await;
+    let plain = app.data(&q(4000, "version waiting"), json!({})).await;
     assert_eq!(plain["boardHistory"].as_array().unwrap().len(), 4);
-    let costly = app.gql(&q(5000, "version estimatedWaitSeconds"), json!({})).await;
+    let costly = app.gql(&q(4000, "version estimatedWaitSeconds"), json!({})).await;
     assert_eq!(error_code(&costly), "VALIDATION", "{costly}");
     let with = app.data(&q(100, "version estimatedWaitSeconds"), json!({})).await;
     assert_eq!(with["boardHistory"].as_array().unwrap().len(), 4);

@@ -196,7 +196,7 @@ impl Query {
 
     /// An appointment from the projected `appointment_view`; with `asOf` or `version`,
     /// folded from its events as it stood then.
-    #[graphql(complexity = "if as_of.is_some() || version.is_some() { 20 } else { 2 } + child_complexity")]
+    #[graphql(complexity = "if as_of.is_some() || version.is_some() { 20 } else { 5 } + child_complexity")]
     async fn appointment(
         &self,
         ctx: &Context<'_>,
@@ -255,7 +255,7 @@ impl Query {
 
     /// A provider's shift from the projected `provider_shift_view`; with `asOf` or
     /// `version`, folded from its events as it stood then.
-    #[graphql(complexity = "if as_of.is_some() || version.is_some() { 20 } else { 2 } + child_complexity")]
+    #[graphql(complexity = "if as_of.is_some() || version.is_some() { 20 } else { 5 } + child_complexity")]
     async fn provider_shift(
         &self,
         ctx: &Context<'_>,
@@ -310,7 +310,7 @@ impl Query {
             .map_err(AppError::from)?)
     }
 
-    #[graphql(complexity = "2 + child_complexity")]
+    #[graphql(complexity = "10 + child_complexity")]
     async fn provider(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Provider>> {
         let state = store(ctx)
             .load::<domain::Provider>(uuid("id", &id)?, ReadLimit::All)
