@@ -6,45 +6,45 @@
 -- A group role without login: each deployment grants it to the login its servers use
 -- (the embedded default and the test harness create `careboard_server`). Roles belong
 -- to the cluster, so several databases may race to create it.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'careboard_app') THEN
-        CREATE ROLE careboard_app NOLOGIN;
-    END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
-END
+do $$
+begin
+    if not exists (select 1 from pg_roles where rolname = 'careboard_app') then
+        create role careboard_app nologin;
+    end if;
+exception when duplicate_object or unique_violation then
+    null;
+end
 $$;
 
-GRANT USAGE ON SCHEMA public TO careboard_app;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO careboard_app;
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO careboard_app;
+grant usage on schema public to careboard_app;
+grant select, insert, update, delete on all tables in schema public to careboard_app;
+grant usage, select on all sequences in schema public to careboard_app;
 -- Tables of later migrations get the same grants; an append-only one revokes them as
 -- this file does for events.
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO careboard_app;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT USAGE, SELECT ON SEQUENCES TO careboard_app;
+alter default privileges in schema public
+    grant select, insert, update, delete on tables to careboard_app;
+alter default privileges in schema public
+    grant usage, select on sequences to careboard_app;
 
 -- Events: read and append, nothing else.
-REVOKE UPDATE, DELETE, TRUNCATE ON events FROM PUBLIC, careboard_app;
+revoke update, delete, truncate on events from public, careboard_app;
 -- The migrations' bookkeeping is the owner's.
-REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON _sqlx_migrations FROM careboard_app;
+revoke insert, update, delete, truncate on _sqlx_migrations from careboard_app;
 
 -- Not even the owner rewrites history by accident: changing an event means first
--- disabling this trigger, a deliberate act that the owner alone can do.
-CREATE FUNCTION events_are_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'events are append-only: % refused', TG_OP
-        USING ERRCODE = 'insufficient_privilege';
-END
+-- disabling this trigger, a deliberate act that only the owner can do.
+create function events_are_append_only() returns trigger
+language plpgsql as $$
+begin
+    raise exception 'events are append-only: % refused', tg_op
+        using errcode = 'insufficient_privilege';
+end
 $$;
 
-CREATE TRIGGER events_append_only
-    BEFORE UPDATE OR DELETE ON events
-    FOR EACH ROW EXECUTE FUNCTION events_are_append_only();
+create trigger events_append_only
+    before update or delete on events
+    for each row execute function events_are_append_only();
 
-CREATE TRIGGER events_not_truncated
-    BEFORE TRUNCATE ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION events_are_append_only();
+create trigger events_not_truncated
+    before truncate on events
+    for each statement execute function events_are_append_only();

@@ -175,12 +175,13 @@ pub struct GraphqlLimits {
     /// Most pool connections one request may hold at once, so that others always get one.
     #[arg(long, env = "CAREBOARD_MAX_CONNECTIONS_PER_REQUEST", default_value_t = 4)]
     pub max_connections_per_request: usize,
-    /// Requests per second each client address may make (sustained); 0 switches the
-    /// limit off.
-    #[arg(long, env = "CAREBOARD_RATE_LIMIT_PER_SECOND", default_value_t = 50)]
+    /// Requests per second each client address may make on /graphql (sustained); 0
+    /// switches the limit off. Behind a reverse proxy every client has the proxy's
+    /// address: raise it there, or switch it off and limit at the proxy.
+    #[arg(long, env = "CAREBOARD_RATE_LIMIT_PER_SECOND", default_value_t = 100)]
     pub rate_limit_per_second: u32,
     /// Requests a client address may make in a burst above the sustained rate.
-    #[arg(long, env = "CAREBOARD_RATE_LIMIT_BURST", default_value_t = 200)]
+    #[arg(long, env = "CAREBOARD_RATE_LIMIT_BURST", default_value_t = 500)]
     pub rate_limit_burst: u32,
     /// How often the server pings each websocket; a socket that has sent nothing (not
     /// even a pong) for three intervals is closed.
