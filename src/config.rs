@@ -98,7 +98,12 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL of the role that owns the schema and runs migrations; with it,
     /// DATABASE_URL names the application role, which may not rewrite events.
     /// Without it, migrations run as DATABASE_URL's role.
-    #[arg(long, env = "DATABASE_OWNER_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_OWNER_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_owner_url: Option<String>,
 }
 
@@ -173,7 +178,11 @@ pub struct GraphqlLimits {
     #[arg(long, env = "CAREBOARD_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
     pub request_timeout_ms: u64,
     /// Most pool connections one request may hold at once, so that others always get one.
-    #[arg(long, env = "CAREBOARD_MAX_CONNECTIONS_PER_REQUEST", default_value_t = 4)]
+    #[arg(
+        long,
+        env = "CAREBOARD_MAX_CONNECTIONS_PER_REQUEST",
+        default_value_t = 4
+    )]
     pub max_connections_per_request: usize,
     /// Requests per second each client address may make on /graphql (sustained); 0
     /// switches the limit off. Behind a reverse proxy every client has the proxy's

@@ -41,7 +41,9 @@ impl DbHealth {
     /// clone of the returned handle is dropped.
     pub fn start(pool: &PgPool) -> Self {
         let state = Arc::new(AtomicU8::new(DbState::Ready as u8));
-        let options = (*pool.connect_options()).clone().disable_statement_logging();
+        let options = (*pool.connect_options())
+            .clone()
+            .disable_statement_logging();
         tokio::spawn(probe(Arc::downgrade(&state), options));
         Self { state }
     }
@@ -58,10 +60,7 @@ impl DbHealth {
 async fn probe(state: Weak<AtomicU8>, options: PgConnectOptions) {
     let mut conn: Option<PgConnection> = None;
     let mut last = DbState::Ready;
-    loop {
-        let Some(shared) = state.upgrade() else {
-            break;
-        };
+    while let Some(shared) = state.upgrade() {
         let now = match tokio::time::timeout(CHECK_TIMEOUT, check(&mut conn, &options)).await {
             Ok(Ok(true)) => DbState::Ready,
             Ok(Ok(false)) | Ok(Err(sqlx::Error::Database(_))) => DbState::MigrationsPending,

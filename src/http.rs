@@ -44,8 +44,7 @@ fn page(html: &'static str, policy: &'static LazyLock<String>) -> Response {
         .into_response()
 }
 static BOARD_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARD_PAGE));
-static BOARDS_POLICY: LazyLock<String> =
-    LazyLock::new(|| crate::limits::page_policy(BOARDS_PAGE));
+static BOARDS_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARDS_PAGE));
 
 #[derive(Clone)]
 pub struct AppState {
@@ -69,8 +68,14 @@ pub fn router(state: AppState) -> Router {
             state.rate_limiter.clone(),
             crate::limits::rate_limit,
         ))
-        .route("/boards", get(|| async { page(BOARDS_PAGE, &BOARDS_POLICY) }))
-        .route("/boards/{id}", get(|| async { page(BOARD_PAGE, &BOARD_POLICY) }))
+        .route(
+            "/boards",
+            get(|| async { page(BOARDS_PAGE, &BOARDS_POLICY) }),
+        )
+        .route(
+            "/boards/{id}",
+            get(|| async { page(BOARD_PAGE, &BOARD_POLICY) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -149,7 +154,11 @@ async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Respo
     }
     if !state.health.reachable() {
         let e = AppError::unavailable();
-        return coded_error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.public_message());
+        return coded_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.code(),
+            e.public_message(),
+        );
     }
     let context = RequestContext {
         actor: header(&headers, "x-actor").unwrap_or_else(|| "anonymous".into()),

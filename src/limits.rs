@@ -38,7 +38,11 @@ pub fn check_document_nesting(query: &str, max: usize) -> Result<(), String> {
                 i += 3;
                 while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
                     // `\"""` is an escaped triple quote inside a block string.
-                    i += if bytes[i..].starts_with(b"\\\"\"\"") { 4 } else { 1 };
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
                 }
                 i += 2;
             }
@@ -64,7 +68,10 @@ pub fn check_document_nesting(query: &str, max: usize) -> Result<(), String> {
 
 /// Refuses variables whose lists and objects nest deeper than `max` (coercing and
 /// dropping them recurses too).
-pub fn check_variables_nesting(variables: &async_graphql::Variables, max: usize) -> Result<(), String> {
+pub fn check_variables_nesting(
+    variables: &async_graphql::Variables,
+    max: usize,
+) -> Result<(), String> {
     let mut stack: Vec<(&Value, usize)> = variables.values().map(|v| (v, 1)).collect();
     while let Some((value, depth)) = stack.pop() {
         let children: Box<dyn Iterator<Item = &Value>> = match value {
@@ -230,8 +237,10 @@ pub fn page_policy(page: &str) -> String {
     let mut rest = page;
     while let Some(start) = rest.find("<script>") {
         let after = &rest[start + "<script>".len()..];
-        let Some(end) = after.find("</script>") else { break };
-        let digest = sha2::Sha256::digest(after[..end].as_bytes());
+        let Some(end) = after.find("</script>") else {
+            break;
+        };
+        let digest = sha2::Sha256::digest(&after.as_bytes()[..end]);
         hashes.push_str(&format!(
             " 'sha256-{}'",
             base64::engine::general_purpose::STANDARD.encode(digest)

@@ -226,11 +226,13 @@ pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocke
         // Let the client read our close frame: wait (briefly) for its own, discarding
         // what it still sends. Dropping a socket with unread input resets the
         // connection, and the client would never learn why it was closed.
-        let drain = async { while let Some(Ok(frame)) = source.next().await {
-            if matches!(frame, Message::Close(_)) {
-                break;
+        let drain = async {
+            while let Some(Ok(frame)) = source.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
             }
-        } };
+        };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
 }

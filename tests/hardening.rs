@@ -48,15 +48,25 @@ fn crash_shapes() -> Vec<(String, Value)> {
     let deep = 5_000;
     vec![
         (
-            format!("{{ events(types: {}) {{ edges {{ cursor }} }} }}", nested_list(deep)),
+            format!(
+                "{{ events(types: {}) {{ edges {{ cursor }} }} }}",
+                nested_list(deep)
+            ),
             json!({}),
         ),
         (
-            format!("{{ events(types: {}) {{ edges {{ cursor }} }} }}", nested_object(deep)),
+            format!(
+                "{{ events(types: {}) {{ edges {{ cursor }} }} }}",
+                nested_object(deep)
+            ),
             json!({}),
         ),
         (
-            format!("{{ {}__typename{} }}", "a: __typename ... on Query { ".repeat(deep), "}".repeat(deep)),
+            format!(
+                "{{ {}__typename{} }}",
+                "a: __typename ... on Query { ".repeat(deep),
+                "}".repeat(deep)
+            ),
             json!({}),
         ),
         (
@@ -128,8 +138,12 @@ async fn deeply_nested_subscriptions_are_refused_over_websocket_and_the_server_l
 async fn a_subscribe_before_connection_init_closes_with_4401() {
     let app = TestApp::spawn().await;
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.subscribe("1", "subscription { boardChanged(boardId: \"x\") { version } }", json!({}))
-        .await;
+    ws.subscribe(
+        "1",
+        "subscription { boardChanged(boardId: \"x\") { version } }",
+        json!({}),
+    )
+    .await;
     let message = ws.next(Duration::from_secs(5)).await.expect("close");
     assert_eq!(message["close"], 4401, "{message}");
 }
@@ -142,7 +156,9 @@ async fn a_duplicate_subscription_id_closes_with_4409() {
     ws.init().await;
     let query = "subscription($b: ID!) { boardChanged(boardId: $b) { version } }";
     ws.subscribe("same", query, json!({"b": board})).await;
-    ws.next_data(Duration::from_secs(10)).await.expect("first Board");
+    ws.next_data(Duration::from_secs(10))
+        .await
+        .expect("first Board");
     ws.subscribe("same", query, json!({"b": board})).await;
     let message = ws.next(Duration::from_secs(5)).await.expect("close");
     assert_eq!(message["close"], 4409, "{message}");
@@ -161,7 +177,10 @@ async fn a_subscribe_flood_is_cut_off_before_it_reaches_the_database() {
         let board = board.clone();
         async move {
             for i in 0..2_000 {
-                if !ws.try_subscribe(&format!("s{i}"), query, json!({"b": board})).await {
+                if !ws
+                    .try_subscribe(&format!("s{i}"), query, json!({"b": board}))
+                    .await
+                {
                     break;
                 }
             }
@@ -176,7 +195,9 @@ async fn a_subscribe_flood_is_cut_off_before_it_reaches_the_database() {
         }
     });
     // A mutation meanwhile goes through.
-    let response = app.gql(REQUEST_APPOINTMENT, request_input(&board, "Ann")).await;
+    let response = app
+        .gql(REQUEST_APPOINTMENT, request_input(&board, "Ann"))
+        .await;
     assert!(response.get("errors").is_none(), "{response}");
     let closed = flood.await.unwrap();
     assert_eq!(closed, Some(json!(4429)), "the flood is closed with 4429");
@@ -200,7 +221,8 @@ async fn the_per_socket_budget_is_checked_before_any_query() {
     ws.init().await;
     let query = "subscription($b: ID!) { boardChanged(boardId: $b) { version } }";
     for i in 0..3 {
-        ws.subscribe(&format!("s{i}"), query, json!({"b": board})).await;
+        ws.subscribe(&format!("s{i}"), query, json!({"b": board}))
+            .await;
         ws.next_data(Duration::from_secs(10)).await.expect("Board");
     }
     ws.subscribe("s3", query, json!({"b": board})).await;
@@ -233,7 +255,8 @@ async fn a_listening_subscriber_is_not_dropped() {
     let mut updates = 0;
     while Instant::now() < until {
         if updates < 5 {
-            app.data(REQUEST_APPOINTMENT, request_input(&board, "Ann")).await;
+            app.data(REQUEST_APPOINTMENT, request_input(&board, "Ann"))
+                .await;
         }
         match ws.next(Duration::from_secs(5)).await {
             Some(m) if m.get("close").is_some() => panic!("dropped after listening: {m}"),
@@ -243,7 +266,8 @@ async fn a_listening_subscriber_is_not_dropped() {
     }
     assert!(updates >= 5, "updates flowed: {updates}");
     // The socket is still usable.
-    app.data(REQUEST_APPOINTMENT, request_input(&board, "Bea")).await;
+    app.data(REQUEST_APPOINTMENT, request_input(&board, "Bea"))
+        .await;
     let m = ws.next(Duration::from_secs(10)).await.expect("an update");
     assert_eq!(m["type"], "next", "{m}");
 }
@@ -276,8 +300,7 @@ async fn a_silent_socket_that_answers_no_pings_is_closed() {
     // Read nothing for a while: pings go unanswered (tungstenite answers only when read).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut closed = false;
-    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(5), source.next()).await
-    {
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(5), source.next()).await {
         match frame {
             Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_) => {
                 closed = true;
@@ -298,7 +321,10 @@ async fn nul_characters_are_refused_as_validation() {
         .gql(REQUEST_APPOINTMENT, request_input(&board, "Ann\u{0}Lee"))
         .await;
     assert_eq!(error_code(&response), "VALIDATION", "{response}");
-    assert!(error_message(&response).contains("patientName"), "{response}");
+    assert!(
+        error_message(&response).contains("patientName"),
+        "{response}"
+    );
     let response = app
         .gql(
             OPEN_BOARD,
@@ -334,8 +360,11 @@ async fn board_dates_outside_a_sane_range_are_refused() {
 async fn board_with_appointments(app: &TestApp, n: usize) -> String {
     let board = open_board(app).await;
     for i in 0..n {
-        app.data(REQUEST_APPOINTMENT, request_input(&board, &format!("Patient {i}")))
-            .await;
+        app.data(
+            REQUEST_APPOINTMENT,
+            request_input(&board, &format!("Patient {i}")),
+        )
+        .await;
     }
     board
 }
@@ -389,9 +418,13 @@ async fn board_history_estimates_are_costed_and_optional() {
     };
     let plain = app.data(&q(4000, "version waiting"), json!({})).await;
     assert_eq!(plain["boardHistory"].as_array().unwrap().len(), 4);
-    let costly = app.gql(&q(4000, "version estimatedWaitSeconds"), json!({})).await;
+    let costly = app
+        .gql(&q(4000, "version estimatedWaitSeconds"), json!({}))
+        .await;
     assert_eq!(error_code(&costly), "VALIDATION", "{costly}");
-    let with = app.data(&q(100, "version estimatedWaitSeconds"), json!({})).await;
+    let with = app
+        .data(&q(100, "version estimatedWaitSeconds"), json!({}))
+        .await;
     assert_eq!(with["boardHistory"].as_array().unwrap().len(), 4);
 }
 
@@ -502,11 +535,15 @@ async fn the_application_role_cannot_update_or_delete_events() {
         .fetch_one(pool)
         .await
         .unwrap();
-    assert_ne!(user, "careboard", "the server must not connect as the superuser");
-    let superuser: bool = sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    assert_ne!(
+        user, "careboard",
+        "the server must not connect as the superuser"
+    );
+    let superuser: bool =
+        sqlx::query_scalar("select rolsuper from pg_roles where rolname = current_user")
+            .fetch_one(pool)
+            .await
+            .unwrap();
     assert!(!superuser);
     for statement in [
         "update events set type = 'Forged'",
@@ -643,7 +680,10 @@ async fn while_the_database_is_down_probes_and_requests_fail_fast_and_then_recov
         if status == 503 {
             break;
         }
-        assert!(cut_at.elapsed() < Duration::from_secs(3), "/readyz still 200");
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(3),
+            "/readyz still 200"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (down, took) = query().await;
@@ -752,7 +792,9 @@ async fn the_embedded_cluster_comes_back_after_careboard_is_killed() {
         assert!(Instant::now() < deadline, "the Board is not back: {read}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let ready = reqwest::get(format!("{}/readyz", second.base)).await.unwrap();
+    let ready = reqwest::get(format!("{}/readyz", second.base))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     // A clean stop stops the cluster too.
     let mut second = second;

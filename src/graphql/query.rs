@@ -196,7 +196,9 @@ impl Query {
 
     /// An appointment from the projected `appointment_view`; with `asOf` or `version`,
     /// folded from its events as it stood then.
-    #[graphql(complexity = "if as_of.is_some() || version.is_some() { 20 } else { 5 } + child_complexity")]
+    #[graphql(
+        complexity = "if as_of.is_some() || version.is_some() { 20 } else { 5 } + child_complexity"
+    )]
     async fn appointment(
         &self,
         ctx: &Context<'_>,
@@ -255,7 +257,9 @@ impl Query {
 
     /// A provider's shift from the projected `provider_shift_view`; with `asOf` or
     /// `version`, folded from its events as it stood then.
-    #[graphql(complexity = "if as_of.is_some() || version.is_some() { 20 } else { 5 } + child_complexity")]
+    #[graphql(
+        complexity = "if as_of.is_some() || version.is_some() { 20 } else { 5 } + child_complexity"
+    )]
     async fn provider_shift(
         &self,
         ctx: &Context<'_>,

@@ -216,8 +216,8 @@ impl Board {
         };
         // Estimates only when asked for: they are the expensive part of a Board.
         let selection = ctx.look_ahead();
-        let wanted = selection.field("estimatedStart").exists()
-            || selection.field("waitEstimate").exists();
+        let wanted =
+            selection.field("estimatedStart").exists() || selection.field("waitEstimate").exists();
         let estimates = if wanted
             && contents
                 .appointments
