@@ -31,11 +31,51 @@ use crate::live::LiveBoards;
 use crate::metrics::Metrics;
 
 /// The live board page and the index of boards: plain HTML, CSS and JS, shipped inside
-/// the binary (no CDN, no build step).
+/// the binary (no CDN, no build step). Scripts and styles are files of their own, never
+/// inline, so the pages run under a `script-src 'self'` content security policy.
 const BOARD_PAGE: &str = include_str!("../static/board.html");
 const BOARDS_PAGE: &str = include_str!("../static/boards.html");
+const STATIC_FILES: [(&str, &str, &str); 4] = [
+    (
+        "client.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../static/client.js"),
+    ),
+    (
+        "board.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../static/board.js"),
+    ),
+    (
+        "boards.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../static/boards.js"),
+    ),
+    (
+        "careboard.css",
+        "text/css; charset=utf-8",
+        include_str!("../static/careboard.css"),
+    ),
+];
 
-/// The pages with their Content-Security-Policy (their inline scripts by hash).
+/// GET /static/{file}: the pages' scripts and styles. They change with the binary, so
+/// browsers revalidate them (`no-cache`) rather than run an old script against a new API.
+async fn static_file(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match STATIC_FILES.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => (
+            [
+                (axum::http::header::CONTENT_TYPE, *content_type),
+                (axum::http::header::CACHE_CONTROL, "no-cache"),
+                (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+    }
+}
+
+/// The pages with their Content-Security-Policy (see `limits::page_policy`).
 fn page(html: &'static str, policy: &'static LazyLock<String>) -> Response {
     (
         [(axum::http::header::CONTENT_SECURITY_POLICY, policy.as_str())],
@@ -76,6 +116,7 @@ pub fn router(state: AppState) -> Router {
             "/boards/{id}",
             get(|| async { page(BOARD_PAGE, &BOARD_POLICY) }),
         )
+        .route("/static/{file}", get(static_file))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

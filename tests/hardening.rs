@@ -517,12 +517,8 @@ async fn html_pages_carry_security_headers() {
         .unwrap()
         .to_string();
     assert!(csp.contains("default-src 'self'"), "{csp}");
-    let scripts = csp
-        .split(';')
-        .find(|d| d.trim().starts_with("script-src"))
-        .unwrap();
-    assert!(!scripts.contains("unsafe-inline"), "{csp}");
-    assert!(scripts.contains("'sha256-"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
 }
 
 #[tokio::test]
