@@ -30,6 +30,19 @@ fn page_cost(first: Option<i32>, default: i32, child_complexity: usize) -> usize
     (first.unwrap_or(default).max(0) as usize).saturating_mul(child_complexity.max(1))
 }
 
+/// The weight of `estimatedWaitSeconds` in a history entry's complexity: large, so that
+/// [`history_cost`] can tell from the entry's total whether estimates were selected.
+pub const HISTORY_ESTIMATE_WEIGHT: usize = 1000;
+
+/// `boardHistory`: every version is folded whatever is selected (a tenth of a point
+/// each; the summary figures come with the fold), and an estimate, when selected,
+/// costs 10 points per version: estimates are what made a long history slow.
+fn history_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let versions = first.unwrap_or(1000).max(0) as usize;
+    let estimates = child_complexity / HISTORY_ESTIMATE_WEIGHT;
+    100 + versions / 10 + versions.saturating_mul(estimates).saturating_mul(10)
+}
+
 fn uuid(field: &str, id: &ID) -> Result<Uuid, AppError> {
     Ok(parse_id(field, id)?)
 }
@@ -298,7 +311,7 @@ impl Query {
 
     /// The day's timeline of a Board: every version caused by events recorded in
     /// `(from, to]`, with the event and the headline figures, oldest first.
-    #[graphql(complexity = "50 + page_cost(first, 1000, child_complexity)")]
+    #[graphql(complexity = "history_cost(first, child_complexity)")]
     async fn board_history(
         &self,
         ctx: &Context<'_>,

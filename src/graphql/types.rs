@@ -745,7 +745,7 @@ impl BoardHistoryEntry {
     }
     /// What a new request of the Board's specialty (in its region) would have been told
     /// to wait then, in seconds; null when no provider on shift could take it.
-    #[graphql(complexity = "10")]
+    #[graphql(complexity = "crate::graphql::query::HISTORY_ESTIMATE_WEIGHT")]
     async fn estimated_wait_seconds(&self) -> Option<i64> {
         self.0.estimated_wait_seconds
     }
