@@ -100,6 +100,7 @@ pub fn state_with(
         live,
         health,
         rate_limiter,
+        auth: None,
     }
 }
 

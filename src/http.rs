@@ -97,6 +97,8 @@ pub struct AppState {
     /// Whether the database answers, probed off the pool: fast 503s and UNAVAILABLE.
     pub health: DbHealth,
     pub rate_limiter: RateLimiter,
+    /// Bearer token verification; `None` serves anonymous requests (`--auth off`).
+    pub auth: Option<crate::identity::Verifier>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -171,6 +173,10 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Response {
     let headers = request.headers().clone();
+    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
     let limit = state.limits.max_body_bytes;
     let bytes = match axum::body::to_bytes(request.into_body(), limit).await {
         Ok(b) => b,
@@ -202,16 +208,24 @@ async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Respo
         );
     }
     let context = RequestContext {
-        actor: header(&headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
+        // A verified principal is the actor; no header can say otherwise.
+        actor: match &principal {
+            Some(p) => p.subject.clone(),
+            None => header(&headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
+        },
         correlation_id: header(&headers, "x-correlation-id")
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         operation_name: gql_request.operation_name.clone(),
     };
+    let mut gql_request = gql_request.data(context);
+    if let Some(principal) = principal {
+        gql_request = gql_request.data(principal);
+    }
     // Dropping the execution (time out, or the client went away and axum dropped this
-    // handler) drops every resolver's future and with it its SQL; the pool's
+    // handler) drops every resolver's future and with it its SQL; the server login's
     // statement_timeout bounds what PostgreSQL still runs.
     let timeout = Duration::from_millis(state.limits.request_timeout_ms);
-    let execution = state.schema.execute(gql_request.data(context));
+    let execution = state.schema.execute(gql_request);
     let Ok(mut response) = tokio::time::timeout(timeout, execution).await else {
         let e = AppError::Timeout(format!(
             "the request ran longer than {} ms and was cancelled",
@@ -265,6 +279,10 @@ async fn graphql_ws(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Until sockets carry their principal, authentication refuses the upgrade itself.
+    if let Err(refusal) = crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
+        return refusal;
+    }
     let protocol = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()

@@ -26,6 +26,8 @@
 //! - [`time_travel`]: `asOf` folds from snapshots, and the Board's day timeline.
 //! - [`cli`]: the command line.
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
+//! - [`identity`]: who is asking — bearer token verification (OIDC JWKS or the
+//!   development issuer), the principal, the permission matrix, the access log.
 //! - [`graphql`]: schema, queries, mutations, output types.
 //! - [`http`]: the axum router (GraphQL, GraphiQL, health, metrics).
 //! - [`websocket`]: one GraphQL websocket, guarded (queue, budget, pings, close codes).
@@ -46,6 +48,7 @@ pub mod event_store;
 pub mod graphql;
 pub mod health;
 pub mod http;
+pub mod identity;
 pub mod limits;
 pub mod live;
 pub mod matcher;
