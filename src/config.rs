@@ -21,6 +21,8 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+// Parsed once at start-up: the size of the `serve` variant (all the limits) is no cost.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve GraphQL over HTTP (the default).

@@ -719,12 +719,13 @@ impl Process {
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("start careboard");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // The log (on stderr) says where it listens.
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let base = tokio::time::timeout(Duration::from_secs(120), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(rest) = line.split("GraphiQL at ").nth(1) {
