@@ -9,7 +9,6 @@ use crate::config::{
     Cli, Command, DatabaseArgs, ProjectionsCommand, ProjectorMode, ServeArgs, Switch,
 };
 use crate::daemon::{Daemon, DaemonConfig};
-use crate::postgres;
 use crate::projections::Projection;
 use crate::projector;
 
@@ -21,7 +20,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Migrate) => {
             let db = app::open_database(&cli.database).await?;
-            postgres::migrate(&db.pool).await?;
+            db.migrate().await?;
             tracing::info!("migrations applied");
             db.pool.close().await;
             Ok(())
@@ -37,7 +36,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()> {
     let db = app::open_database(&database).await?;
-    postgres::migrate(&db.pool).await?;
+    db.migrate().await?;
     let scenario = args.scenario();
     if !args.live {
         let imported = crate::demo::import_history(&db.pool, &scenario, args.seed).await?;
@@ -98,7 +97,7 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
 
 async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
     let db = app::open_database(&database).await?;
-    postgres::migrate(&db.pool).await?;
+    db.migrate().await?;
     let mut state = app::state_with(
         db.pool.clone(),
         serve.limits.clone(),
@@ -154,7 +153,7 @@ async fn projections(database: DatabaseArgs, action: ProjectionsCommand) -> Resu
         return Ok(());
     }
     let db = app::open_database(&database).await?;
-    postgres::migrate(&db.pool).await?;
+    db.migrate().await?;
     match action {
         ProjectionsCommand::List => unreachable!("handled above"),
         ProjectionsCommand::Status => print_status(&db.pool).await?,

@@ -37,10 +37,15 @@
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
 //! - [`graphql`]: schema, queries, mutations, subscriptions, output types.
 //! - [`http`]: the axum router (GraphQL, GraphiQL, pages, health, metrics).
+//! - [`state`]: `AppState`, what every handler shares.
 //! - [`app`]: wiring and serving; [`cli`]: the command line.
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
 //! - [`identity`]: who is asking — bearer token verification (OIDC JWKS or the
 //!   development issuer), the principal, the permission matrix, the access log.
+//! - [`websocket`]: one GraphQL websocket, guarded (queue, budget, pings, close codes).
+//! - [`limits`]: what keeps one request from taking the service down: nesting checked
+//!   before parsing, a connection cap per request, rate limits, page security headers.
+//! - [`health`]: the database prober behind `/readyz` and fast UNAVAILABLE answers.
 //!
 //! Outside `src/`: `tests/api/` is the one integration-test binary (`helpers` holds
 //! `TestApp` and the throwaway cluster); `bench/` is the benchmark harness, a
@@ -58,9 +63,11 @@ pub mod estimates;
 pub mod event_store;
 pub mod faults;
 pub mod graphql;
+pub mod health;
 pub mod http;
 pub mod identity;
 pub mod leader;
+pub mod limits;
 pub mod live;
 pub mod matcher;
 pub mod metrics;
@@ -69,4 +76,6 @@ pub mod postgres;
 pub mod projections;
 pub mod projector;
 pub mod snapshots;
+pub mod state;
 pub mod time_travel;
+pub mod websocket;

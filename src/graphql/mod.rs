@@ -41,7 +41,10 @@ pub fn build_schema(
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .limit_recursive_depth(limits.max_recursion)
-        .limit_directives(limits.max_directives);
+        .limit_directives(limits.max_directives)
+        .extension(crate::limits::ConnectionCap(
+            limits.max_connections_per_request,
+        ));
     if !limits.introspection {
         builder = builder.disable_introspection();
     }

@@ -8,6 +8,7 @@ mod helpers;
 mod demo;
 mod event_store;
 mod graphql;
+mod hardening;
 mod identity;
 mod live;
 mod matching;
