@@ -50,6 +50,10 @@ pub async fn open_database(args: &DatabaseArgs) -> Result<Database> {
     })
 }
 
+/// How many automatic persisted queries each process remembers (least recently used
+/// first out; a forgotten one costs the client one retry with the document).
+const PERSISTED_QUERIES: usize = 2048;
+
 /// The application's shared state, built from a migrated pool.
 pub fn state(pool: PgPool, limits: GraphqlLimits, lock_timeout: Duration) -> AppState {
     state_with(pool, limits, lock_timeout, Duration::from_secs(5))
@@ -67,6 +71,13 @@ pub fn state_with(
     let live = LiveBoards::start(pool.clone());
     AppState {
         schema: build_schema(store.clone(), live.clone(), &limits, read_wait),
+        introspection_schema: crate::graphql::build_introspection_schema(
+            store.clone(),
+            live.clone(),
+            &limits,
+            read_wait,
+        ),
+        persisted: Arc::new(crate::http::PersistedQueries::new(PERSISTED_QUERIES)),
         pool,
         limits: Arc::new(limits),
         store,

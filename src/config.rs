@@ -156,6 +156,33 @@ pub struct GraphqlLimits {
     /// Serve the GraphiQL playground at GET /graphql.
     #[arg(long, env = "CAREBOARD_GRAPHIQL", default_value_t = true, action = ArgAction::Set)]
     pub graphiql: bool,
+    /// Origins of browser apps allowed to call the API and open its websockets (CORS),
+    /// e.g. `https://app.clinic.example`; repeat the flag or separate with commas.
+    /// Careboard's own pages (same origin) are always allowed; every other origin is not.
+    #[arg(
+        long = "cors-origin",
+        env = "CAREBOARD_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_parser = parse_origin
+    )]
+    pub cors_origins: Vec<String>,
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, lower-case, no path.
+fn parse_origin(value: &str) -> Result<String, String> {
+    let origin = value.trim().trim_end_matches('/').to_ascii_lowercase();
+    let valid = ["http://", "https://"].iter().any(|scheme| {
+        origin
+            .strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '*']))
+    });
+    if valid {
+        Ok(origin)
+    } else {
+        Err(format!(
+            "'{value}' is not an origin: expected scheme://host[:port], e.g. https://app.example.com"
+        ))
+    }
 }
 
 impl Default for GraphqlLimits {

@@ -490,30 +490,17 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing() {
         )
         .await;
     assert_eq!(error_code(&r), "VALIDATION");
-    let elsewhere = app
-        .data(
+    // A patient from a region the Board does not serve is refused at the door (the
+    // licence check on scheduling is covered by the domain's tests).
+    let before_region = app.event_count().await;
+    let r = app
+        .gql(
             REQUEST_APPOINTMENT,
             json!({"input": {"boardId": board_id, "patientName": "Remote", "specialty": "pediatrics", "region": "NY", "reason": "rash"}}),
         )
         .await;
-    let before_licence = app.event_count().await;
-    let elsewhere_id = s(&elsewhere["requestAppointment"]["appointment"]["id"]);
-    let r = app
-        .gql(
-            SCHEDULE_APPOINTMENT,
-            json!({"input": {"appointmentId": elsewhere_id, "shiftId": shift_id}}),
-        )
-        .await;
     assert_eq!(error_code(&r), "VALIDATION");
-    assert_eq!(
-        error_message(&r),
-        "cannot schedule appointment: provider Dr. Ada Park is not licensed in NY"
-    );
-    assert_eq!(
-        app.event_count().await,
-        before_licence,
-        "a refused two-stream command writes nothing"
-    );
+    assert_eq!(app.event_count().await, before_region, "a refused command writes nothing");
 
     // Wrong GraphQL: unknown field, wrong type, unparsable document.
     let r = app.gql("{ board(id: \"x\") { nope } }", json!({})).await;
