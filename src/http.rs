@@ -408,6 +408,15 @@ async fn execute(
     media: &'static str,
     over_get: bool,
 ) -> Response {
+    let persisted = gql_request.extensions.0.contains_key("persistedQuery");
+    if gql_request.query.is_empty() && !persisted {
+        // Not a well-formed GraphQL-over-HTTP request, whatever the media type.
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION",
+            "the request has no query: send {\"query\": \"…\"} (or a persisted query's hash in extensions.persistedQuery)".into(),
+        );
+    }
     if let Err(error) = state.persisted.resolve(&mut gql_request) {
         return error.into_response(media);
     }

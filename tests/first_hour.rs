@@ -90,6 +90,16 @@ async fn introspection_passes_the_limits_that_still_refuse_deep_queries() {
     );
     let r = app.gql(&abusive, json!({})).await;
     assert_eq!(error_code(&r), "VALIDATION");
+    let message = error_message(&r);
+    assert!(
+        message.contains("nested too deep") || message.contains("recursion depth"),
+        "{r}"
+    );
+    let too_deep = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ {} }} }} }} }} }}",
+        nested_of_type(22)
+    );
+    let r = app.gql(&too_deep, json!({})).await;
     assert!(error_message(&r).contains("nested too deep"), "{r}");
 }
 
@@ -137,12 +147,15 @@ async fn graphiql_loads_with_no_network_explores_the_schema_and_runs_subscriptio
         serde_json::to_string(&subscription).unwrap()
     ))
     .await;
+    // GraphiQL re-parses the editor shortly after a change (as after a person typed).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     page.eval("document.querySelector('.graphiql-execute-button').click(); true")
         .await;
     let result = "(document.querySelector('.graphiql-response .CodeMirror') || {CodeMirror: {getValue: () => ''}}).CodeMirror.getValue()";
-    page.wait_for(
+    page.wait_for_showing(
         "the subscription's first Board",
         &format!("{result}.includes('\"waiting\": 0')"),
+        &format!("[{result}, document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.getValue()]"),
     )
     .await;
     app.data(

@@ -173,12 +173,21 @@ impl Page {
 
     /// Waits (up to 30 s) until `expression` is true.
     pub async fn wait_for(&mut self, what: &str, expression: &str) {
+        self.wait_for_showing(what, expression, "document.body.innerText.slice(0, 2000)")
+            .await
+    }
+
+    /// Like [`Page::wait_for`]; on a timeout, says what `show` evaluates to then.
+    pub async fn wait_for_showing(&mut self, what: &str, expression: &str, show: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.eval(expression).await.as_bool() == Some(true) {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            if Instant::now() > deadline {
+                let shown = self.eval(show).await;
+                panic!("timed out waiting for {what}; the page shows: {shown}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
