@@ -485,18 +485,27 @@ async fn execute(
     let request_failed = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty());
-    let mut body = serde_json::to_value(&response).unwrap_or_else(|_| json!({}));
-    if request_failed {
-        if let Some(map) = body.as_object_mut() {
-            map.remove("data");
+    let mut answer = if request_failed {
+        let status = if media == GRAPHQL_RESPONSE_JSON {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        // Serialized as they are (a JSON value would sort the fields).
+        #[derive(serde::Serialize)]
+        struct RequestErrors<'a> {
+            errors: &'a [ServerError],
         }
-    }
-    let status = if request_failed && media == GRAPHQL_RESPONSE_JSON {
-        StatusCode::BAD_REQUEST
+        (
+            status,
+            Json(RequestErrors {
+                errors: &response.errors,
+            }),
+        )
+            .into_response()
     } else {
-        StatusCode::OK
+        (StatusCode::OK, Json(response)).into_response()
     };
-    let mut answer = (status, Json(body)).into_response();
     let answer_headers = answer.headers_mut();
     answer_headers.insert(
         header::CONTENT_TYPE,
