@@ -254,8 +254,6 @@ async fn fifty_requests_and_ten_providers_at_once_keep_the_invariants() {
     }
     // 50 requests (all for the Board's pediatrics in TX, which only some providers
     // fit) and 10 joins, all at once.
-    let wanted = ["pediatrics"];
-    let places = ["TX"];
     let requests = (0..50).map(|i| {
         let (app, board) = (&app, &board);
         async move {
@@ -263,8 +261,8 @@ async fn fifty_requests_and_ten_providers_at_once_keep_the_invariants() {
                 app,
                 board,
                 &format!("Patient {i}"),
-                wanted[i % 3],
-                places[(i / 3) % 4],
+                "pediatrics",
+                "TX",
             )
             .await;
         }
