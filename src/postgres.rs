@@ -19,6 +19,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens a pool. Sessions that sit idle inside a transaction are cut off, because an
 /// open write transaction holds back every reader that must not skip events.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        let scheme = url.split("://").next().filter(|s| *s != url).unwrap_or("none");
+        anyhow::bail!(
+            "DATABASE_URL is not a PostgreSQL URL (scheme {scheme:?}): expected \
+             postgres://user:password@host:5432/database"
+        );
+    }
     let options: PgConnectOptions = url
         .parse::<PgConnectOptions>()
         .map_err(|e| {
@@ -32,33 +39,50 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
     // One connection first, so a refused connection, an unknown host, a wrong password
     // or a server that is not PostgreSQL is named at once (the pool would only say it
-    // timed out, ten seconds later).
+    // timed out, ten seconds later). A server still starting up is left to the pool's
+    // retries.
     let first = tokio::time::timeout(
         Duration::from_secs(10),
         <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
     )
-    .await
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "cannot connect to PostgreSQL at {}:{}: no answer within 10 s",
-            options.get_host(),
-            options.get_port()
-        )
-    })?
-    .map_err(|e: sqlx::Error| {
-        anyhow::anyhow!(
-            "cannot connect to PostgreSQL at {}:{}: {e}",
-            options.get_host(),
-            options.get_port()
-        )
-    })?;
-    sqlx::Connection::close(first).await.ok();
+    .await;
+    match first {
+        Ok(Ok(connection)) => {
+            sqlx::Connection::close(connection).await.ok();
+        }
+        Ok(Err(e)) if is_definitive(&e) => {
+            anyhow::bail!(
+                "cannot connect to PostgreSQL at {}:{}: {e}",
+                options.get_host(),
+                options.get_port()
+            )
+        }
+        Ok(Err(_)) | Err(_) => {}
+    }
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL")
+}
+
+/// Whether a failed connection attempt will fail the same way if retried: nothing
+/// listens there, the host is unknown, the credentials or database are wrong, or what
+/// answered is not PostgreSQL. (A reset connection or "starting up" is not.)
+fn is_definitive(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::TimedOut
+        ),
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("28") || c == "3D000"),
+        sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
+        _ => false,
+    }
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<()> {

@@ -87,28 +87,44 @@ fn connection_errors_name_their_cause_at_once() {
 
 #[test]
 fn a_second_server_on_the_same_data_dir_is_refused_and_cli_commands_share_it() {
-    use std::io::BufRead;
     let data_dir = tempfile::tempdir().unwrap();
+    // Run as root, the cluster runs as an unprivileged user who must reach the dir.
+    std::fs::set_permissions(
+        data_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let mut first = careboard()
-        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .args(["--bind", &address, "--data-dir"])
         .arg(data_dir.path())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = first.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("Careboard listening") {
-                let _ = ready_tx.send(());
-            }
+    // Up once /readyz answers 200 (cluster started, database migrated).
+    let ready = || -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&address) else {
+            return false;
+        };
+        let _ = stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    };
+    let started = Instant::now();
+    while !ready() {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = first.kill();
+            panic!("the first server did not start");
         }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the first server starts");
-
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (ok, stderr, _) = run(careboard()
         .args(["--bind", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir.path()));
