@@ -153,7 +153,7 @@ fn origin_allowed(limits: &GraphqlLimits, headers: &HeaderMap) -> bool {
             .or_else(|| origin.strip_prefix("https://"))
             == Some(host.as_str())
     });
-    same_origin || limits.cors_origins.iter().any(|allowed| *allowed == origin)
+    same_origin || limits.cors_origins.contains(&origin)
 }
 
 fn forbidden_origin() -> Response {
@@ -267,7 +267,7 @@ fn not_acceptable() -> Response {
 
 /// POST bodies must be JSON: anything else (a form, `text/plain`) is what a cross-site
 /// page can send without asking, so it is refused before it is read (415).
-fn json_body(headers: &HeaderMap) -> Result<(), Response> {
+fn json_body(headers: &HeaderMap) -> Option<Response> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -279,14 +279,17 @@ fn json_body(headers: &HeaderMap) -> Result<(), Response> {
         .filter_map(|p| p.strip_prefix("charset="))
         .all(|c| matches!(c.trim_matches('"'), "utf-8" | "utf8"));
     if (essence == JSON || essence == GRAPHQL_RESPONSE_JSON) && charset_ok {
-        return Ok(());
+        return None;
     }
     let sent = if content_type.is_empty() {
         "no content-type".to_string()
     } else {
-        format!("content-type '{}'", content_type.chars().take(100).collect::<String>())
+        format!(
+            "content-type '{}'",
+            content_type.chars().take(100).collect::<String>()
+        )
     };
-    Err(request_error(
+    Some(request_error(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "VALIDATION",
         format!("POST /graphql takes a JSON body (content-type: application/json; charset=utf-8), not {sent}"),
@@ -301,7 +304,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
     let Some(media) = response_media(&headers) else {
         return not_acceptable();
     };
-    if let Err(refused) = json_body(&headers) {
+    if let Some(refused) = json_body(&headers) {
         return refused;
     }
     let limit = state.limits.max_body_bytes;
@@ -347,17 +350,13 @@ async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) ->
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let json_param = |name: &str| -> Result<Option<serde_json::Value>, Response> {
+    let json_param = |name: &str| -> Result<Option<serde_json::Value>, String> {
         match param(name).filter(|v| !v.is_empty()) {
             None => Ok(None),
             Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
                 Ok(serde_json::Value::Null) => Ok(None),
                 Ok(v @ serde_json::Value::Object(_)) => Ok(Some(v)),
-                _ => Err(request_error(
-                    StatusCode::BAD_REQUEST,
-                    "VALIDATION",
-                    format!("the {name} parameter must be a JSON object"),
-                )),
+                _ => Err(format!("the {name} parameter must be a JSON object")),
             },
         }
     };
@@ -372,7 +371,7 @@ async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) ->
                 body.insert(name.into(), v);
             }
             Ok(None) => {}
-            Err(refused) => return refused,
+            Err(message) => return request_error(StatusCode::BAD_REQUEST, "VALIDATION", message),
         }
     }
     let request: async_graphql::Request =
@@ -449,9 +448,9 @@ async fn execute(
             return refused;
         }
     }
-    let introspection_only = document.as_ref().is_some_and(|d| {
-        crate::graphql::is_introspection_only(d, operation_name.as_deref())
-    });
+    let introspection_only = document
+        .as_ref()
+        .is_some_and(|d| crate::graphql::is_introspection_only(d, operation_name.as_deref()));
     let context = RequestContext {
         actor: header_text(headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
         correlation_id: header_text(headers, "x-correlation-id")

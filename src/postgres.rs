@@ -20,7 +20,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// open write transaction holds back every reader that must not skip events.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        let scheme = url.split("://").next().filter(|s| *s != url).unwrap_or("none");
+        let scheme = url
+            .split("://")
+            .next()
+            .filter(|s| *s != url)
+            .unwrap_or("none");
         anyhow::bail!(
             "DATABASE_URL is not a PostgreSQL URL (scheme {scheme:?}): expected \
              postgres://user:password@host:5432/database"
@@ -79,7 +83,9 @@ fn is_definitive(error: &sqlx::Error) -> bool {
                 | std::io::ErrorKind::UnexpectedEof
                 | std::io::ErrorKind::TimedOut
         ),
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("28") || c == "3D000"),
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("28") || c == "3D000"),
         sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
         _ => false,
     }

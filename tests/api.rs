@@ -500,7 +500,11 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing() {
         )
         .await;
     assert_eq!(error_code(&r), "VALIDATION");
-    assert_eq!(app.event_count().await, before_region, "a refused command writes nothing");
+    assert_eq!(
+        app.event_count().await,
+        before_region,
+        "a refused command writes nothing"
+    );
 
     // Wrong GraphQL: unknown field, wrong type, unparsable document.
     let r = app.gql("{ board(id: \"x\") { nope } }", json!({})).await;

@@ -11,7 +11,8 @@ use common::browser::Browser;
 use common::{error_code, error_message, TestApp};
 use serde_json::{json, Value};
 
-const OPEN_BOARD: &str = "mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } } }";
+const OPEN_BOARD: &str =
+    "mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } } }";
 
 async fn open_board(app: &TestApp) -> String {
     let r = app
@@ -67,13 +68,19 @@ fn nested_of_type(depth: usize) -> String {
 #[tokio::test]
 async fn introspection_passes_the_limits_that_still_refuse_deep_queries() {
     let app = TestApp::spawn().await;
-    assert!(GraphqlLimits::default().max_depth < 15, "the default stays strict");
+    assert!(
+        GraphqlLimits::default().max_depth < 15,
+        "the default stays strict"
+    );
 
     let r = app.gql(INTROSPECTION_QUERY, json!({})).await;
     assert!(r.get("errors").is_none(), "introspection refused: {r:#}");
     let types = r["data"]["__schema"]["types"].as_array().unwrap();
     assert!(types.iter().any(|t| t["name"] == "Board"));
-    assert_eq!(r["data"]["__schema"]["subscriptionType"]["name"], "Subscription");
+    assert_eq!(
+        r["data"]["__schema"]["subscriptionType"]["name"],
+        "Subscription"
+    );
 
     // A data query as deep is refused: the user-query limits still hold ...
     let deep_mixed = format!(
@@ -136,7 +143,10 @@ async fn graphiql_loads_with_no_network_explores_the_schema_and_runs_subscriptio
             serde_json::to_string(&deep).unwrap()
         ))
         .await;
-    assert_eq!(refused["errors"][0]["extensions"]["code"], "VALIDATION", "{refused}");
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{refused}"
+    );
 
     // A subscription typed into GraphiQL runs over /graphql/ws and shows live changes.
     let subscription = format!(
@@ -194,7 +204,10 @@ async fn a_request_for_another_specialty_or_region_is_refused_and_writes_nothing
         error_message(&r),
         "cannot request appointment: specialty 'dermatology' does not match the Board's specialty 'pediatrics'; request it on a dermatology Board"
     );
-    assert!(!r.to_string().contains("Ana Ruiz"), "no patient field in errors");
+    assert!(
+        !r.to_string().contains("Ana Ruiz"),
+        "no patient field in errors"
+    );
     let r = app
         .gql(
             request,
@@ -251,7 +264,8 @@ async fn a_browser_app_on_an_allowed_origin_calls_the_api_and_others_are_blocked
     );
 
     let mut page = browser.open(&format!("{allowed}/")).await;
-    page.wait_for("the app page", "document.title === 'app'").await;
+    page.wait_for("the app page", "document.title === 'app'")
+        .await;
     let r = page.eval(&call("application/json", "cors")).await;
     assert!(r["data"]["openBoard"]["board"]["id"].is_string(), "{r}");
     assert_eq!(page.eval(&socket).await, "connection_ack");
@@ -259,7 +273,8 @@ async fn a_browser_app_on_an_allowed_origin_calls_the_api_and_others_are_blocked
     assert_eq!(after_allowed, 1);
 
     let mut page = browser.open(&format!("{foreign}/")).await;
-    page.wait_for("the foreign page", "document.title === 'app'").await;
+    page.wait_for("the foreign page", "document.title === 'app'")
+        .await;
     let r = page.eval(&call("application/json", "cors")).await;
     assert!(r.as_str().is_some_and(|s| s.starts_with("blocked")), "{r}");
     // The classic CSRF shape: no preflight, no readable answer, and the server must
@@ -269,10 +284,15 @@ async fn a_browser_app_on_an_allowed_origin_calls_the_api_and_others_are_blocked
     assert_eq!(page.eval(&socket).await, "refused");
     // Same shapes from the allowed origin: text/plain is refused there too.
     let mut page = browser.open(&format!("{allowed}/")).await;
-    page.wait_for("the app page", "document.title === 'app'").await;
+    page.wait_for("the app page", "document.title === 'app'")
+        .await;
     assert_eq!(page.eval(&call("text/plain", "no-cors")).await, "opaque");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.event_count().await, after_allowed, "no cross-site write ran");
+    assert_eq!(
+        app.event_count().await,
+        after_allowed,
+        "no cross-site write ran"
+    );
 }
 
 #[tokio::test]
@@ -296,7 +316,10 @@ async fn preflight_is_answered_for_allowed_origins_only() {
         ok.headers()["access-control-allow-origin"],
         "https://app.clinic.example"
     );
-    let methods = ok.headers()["access-control-allow-methods"].to_str().unwrap().to_string();
+    let methods = ok.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(methods.contains("POST"), "{methods}");
     let no = preflight("https://evil.example").await.unwrap();
     assert!(no.headers().get("access-control-allow-origin").is_none());
@@ -316,7 +339,11 @@ async fn preflight_is_answered_for_allowed_origins_only() {
 async fn post_bodies_other_than_json_are_refused_with_415() {
     let app = TestApp::spawn().await;
     let body = json!({"query": OPEN_BOARD.replace("$input", "{name: \"X\", specialty: \"x\", region: \"TX\", date: \"2022-07-18\"}")}).to_string();
-    for content_type in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
         let mut request = app.http.post(app.url("/graphql")).body(body.clone());
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
@@ -326,7 +353,11 @@ async fn post_bodies_other_than_json_are_refused_with_415() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["errors"][0]["extensions"]["code"], "VALIDATION");
     }
-    for content_type in ["application/json", "application/json; charset=utf-8", "application/graphql-response+json"] {
+    for content_type in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/graphql-response+json",
+    ] {
         let r = app
             .http
             .post(app.url("/graphql"))
@@ -352,12 +383,24 @@ async fn graphql_over_http_media_types_status_codes_and_get() {
     };
     const GRJ: &str = "application/graphql-response+json";
     // Both media types, chosen by Accept.
-    let r = post(Some(GRJ), json!({"query": "{ __typename }"})).await.unwrap();
+    let r = post(Some(GRJ), json!({"query": "{ __typename }"}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with(GRJ));
-    let r = post(None, json!({"query": "{ __typename }"})).await.unwrap();
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
-    let r = post(Some("text/html"), json!({"query": "{ __typename }"})).await.unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with(GRJ));
+    let r = post(None, json!({"query": "{ __typename }"}))
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let r = post(Some("text/html"), json!({"query": "{ __typename }"}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 406);
     // Request errors: 400 in the new media type (no data entry), 200 in the old one.
     for bad in [
@@ -373,14 +416,26 @@ async fn graphql_over_http_media_types_status_codes_and_get() {
         assert_eq!(r.status(), 200, "{bad}");
     }
     // A field error is not a request error.
-    let r = post(Some(GRJ), json!({"query": "mutation { closeBoard(input: {boardId: \"x\"}) { version } }"})).await.unwrap();
+    let r = post(
+        Some(GRJ),
+        json!({"query": "mutation { closeBoard(input: {boardId: \"x\"}) { version } }"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
 
     // GET serves queries, never mutations.
     let r = app
         .http
         .get(app.url("/graphql"))
-        .query(&[("query", "query Q($n: Int) { providers(first: $n) { edges { cursor } } }"), ("variables", "{\"n\": 1}"), ("operationName", "Q")])
+        .query(&[
+            (
+                "query",
+                "query Q($n: Int) { providers(first: $n) { edges { cursor } } }",
+            ),
+            ("variables", "{\"n\": 1}"),
+            ("operationName", "Q"),
+        ])
         .header("accept", GRJ)
         .send()
         .await
@@ -391,7 +446,13 @@ async fn graphql_over_http_media_types_status_codes_and_get() {
     let r = app
         .http
         .get(app.url("/graphql"))
-        .query(&[("query", OPEN_BOARD.replace("($input: OpenBoardInput!)", "").replace("$input", "{name: \"X\", specialty: \"x\", region: \"TX\", date: \"2022-07-18\"}"))])
+        .query(&[(
+            "query",
+            OPEN_BOARD.replace("($input: OpenBoardInput!)", "").replace(
+                "$input",
+                "{name: \"X\", specialty: \"x\", region: \"TX\", date: \"2022-07-18\"}",
+            ),
+        )])
         .send()
         .await
         .unwrap();
@@ -414,12 +475,13 @@ async fn automatic_persisted_queries_run_by_hash() {
             .send()
     };
     let v: Value = by_hash().await.unwrap().json().await.unwrap();
-    assert_eq!(v["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND", "{v}");
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND",
+        "{v}"
+    );
     assert_eq!(v["errors"][0]["message"], "PersistedQueryNotFound");
     // A document that does not hash to the given value is not stored.
-    let r = app
-        .gql_with_extensions("{ __typename }", &extensions)
-        .await;
+    let r = app.gql_with_extensions("{ __typename }", &extensions).await;
     assert_eq!(error_code(&r), "VALIDATION");
     let r = app.gql_with_extensions(query, &extensions).await;
     assert!(r["data"]["providers"]["edges"].is_array(), "{r}");

@@ -35,7 +35,10 @@ fn run(command: &mut std::process::Command) -> (bool, String, Duration) {
 fn a_port_in_use_is_reported_at_once_with_the_address_and_the_fix() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
-    for args in [vec!["--bind", &address], vec!["demo", "--live", "--bind", &address]] {
+    for args in [
+        vec!["--bind", &address],
+        vec!["demo", "--live", "--bind", &address],
+    ] {
         let data_dir = tempfile::tempdir().unwrap();
         let (ok, stderr, took) = run(careboard()
             .args(&args)
@@ -53,7 +56,10 @@ fn a_port_in_use_is_reported_at_once_with_the_address_and_the_fix() {
             "{args:?}: PostgreSQL was started before the port was checked"
         );
         assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
-        assert!(!stderr.contains('\u{1b}'), "colour codes in redirected output: {stderr:?}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "colour codes in redirected output: {stderr:?}"
+        );
     }
 }
 
@@ -76,13 +82,19 @@ fn connection_errors_name_their_cause_at_once() {
     );
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
-    assert!(!stderr.contains('\u{1b}'), "colour codes in redirected output: {stderr:?}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in redirected output: {stderr:?}"
+    );
 
     let (ok, stderr, _) = run(careboard()
         .arg("migrate")
         .env("DATABASE_URL", "mysql://careboard@127.0.0.1/careboard"));
     assert!(!ok);
-    assert!(stderr.contains("not a PostgreSQL URL") && stderr.contains("postgres://"), "{stderr}");
+    assert!(
+        stderr.contains("not a PostgreSQL URL") && stderr.contains("postgres://"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -133,7 +145,10 @@ fn a_second_server_on_the_same_data_dir_is_refused_and_cli_commands_share_it() {
         stderr.contains(&format!("in use by Careboard process {}", first.id())),
         "{stderr}"
     );
-    let (ok, stderr, _) = run(careboard().arg("migrate").arg("--data-dir").arg(data_dir.path()));
+    let (ok, stderr, _) = run(careboard()
+        .arg("migrate")
+        .arg("--data-dir")
+        .arg(data_dir.path()));
     assert!(ok, "migrate shares the running cluster: {stderr}");
 
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };

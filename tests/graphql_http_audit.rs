@@ -18,7 +18,8 @@ async fn the_graphql_over_http_audit_passes_with_no_warnings() {
         return;
     }
     let app = TestApp::spawn().await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphql_http_audit.cjs");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphql_http_audit.cjs");
     let output = tokio::process::Command::new("node")
         .arg(script)
         .arg(&modules)

@@ -257,14 +257,7 @@ async fn fifty_requests_and_ten_providers_at_once_keep_the_invariants() {
     let requests = (0..50).map(|i| {
         let (app, board) = (&app, &board);
         async move {
-            request(
-                app,
-                board,
-                &format!("Patient {i}"),
-                "pediatrics",
-                "TX",
-            )
-            .await;
+            request(app, board, &format!("Patient {i}"), "pediatrics", "TX").await;
         }
     });
     let joins = provider_ids.iter().map(|p| {
@@ -283,7 +276,10 @@ async fn fifty_requests_and_ten_providers_at_once_keep_the_invariants() {
     let fitting = (0..10)
         .filter(|i| specialties[i % 3].contains(&"pediatrics") && regions[i % 4].contains(&"TX"))
         .count();
-    assert_eq!(first, fitting, "every fitting provider got a patient at once");
+    assert_eq!(
+        first, fitting,
+        "every fitting provider got a patient at once"
+    );
 
     // Work the queue down: every held appointment runs and is charted, concurrently;
     // each provider READY again is matched again.

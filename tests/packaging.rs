@@ -44,7 +44,12 @@ fn embedded_files() -> Vec<PathBuf> {
                     let resolved = path.parent().unwrap().join(relative);
                     let resolved = std::fs::canonicalize(&resolved)
                         .unwrap_or_else(|_| panic!("{} embeds missing {relative}", path.display()));
-                    files.push(resolved.strip_prefix(root.canonicalize().unwrap()).unwrap().to_path_buf());
+                    files.push(
+                        resolved
+                            .strip_prefix(root.canonicalize().unwrap())
+                            .unwrap()
+                            .to_path_buf(),
+                    );
                 }
             }
         }
@@ -60,9 +65,16 @@ fn the_docker_build_copies_every_file_the_binary_embeds() {
     assert!(!embedded.is_empty());
     let missing: Vec<_> = embedded
         .iter()
-        .filter(|file| !copied.iter().any(|c| file.starts_with(c.trim_end_matches('/'))))
+        .filter(|file| {
+            !copied
+                .iter()
+                .any(|c| file.starts_with(c.trim_end_matches('/')))
+        })
         .collect();
-    assert!(missing.is_empty(), "the Dockerfile does not COPY {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile does not COPY {missing:?}"
+    );
 }
 
 #[test]
@@ -89,12 +101,18 @@ fn compose_publishes_on_loopback_and_reads_credentials_from_the_env_file() {
         .collect();
     assert!(!ports.is_empty());
     for port in ports {
-        assert!(port.contains("127.0.0.1:"), "published beyond loopback: {port}");
+        assert!(
+            port.contains("127.0.0.1:"),
+            "published beyond loopback: {port}"
+        );
     }
     for line in compose.lines() {
         let line = line.trim();
         if line.starts_with("POSTGRES_PASSWORD") || line.starts_with("DATABASE_URL") {
-            assert!(line.contains("${CAREBOARD_DB_PASSWORD"), "hard-coded secret: {line}");
+            assert!(
+                line.contains("${CAREBOARD_DB_PASSWORD"),
+                "hard-coded secret: {line}"
+            );
         }
     }
     let example = read(".env.example");

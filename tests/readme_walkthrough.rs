@@ -73,11 +73,9 @@ fn normalise(value: &Value) -> Value {
             }
         }
         Value::Array(items) => Value::Array(items.iter().map(normalise).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), normalise(v)))
-                .collect(),
-        ),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), normalise(v))).collect())
+        }
         other => other.clone(),
     }
 }

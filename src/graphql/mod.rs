@@ -102,30 +102,28 @@ fn schema_with_limits(
 /// fields at its top level (`__schema`, `__type`, `__typename`, through fragments too).
 /// False when the document names no such operation or it is not a query.
 pub fn is_introspection_only(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
-    fn only_meta(
-        document: &ExecutableDocument,
-        set: &SelectionSet,
-        fragments_seen: usize,
-    ) -> bool {
+    fn only_meta(document: &ExecutableDocument, set: &SelectionSet, fragments_seen: usize) -> bool {
         // Fragment cycles are invalid GraphQL; the bound keeps this check from looping.
         if fragments_seen > 64 {
             return false;
         }
         set.items.iter().all(|item| match &item.node {
             Selection::Field(field) => field.node.name.node.starts_with("__"),
-            Selection::InlineFragment(fragment) => {
-                only_meta(document, &fragment.node.selection_set.node, fragments_seen + 1)
-            }
+            Selection::InlineFragment(fragment) => only_meta(
+                document,
+                &fragment.node.selection_set.node,
+                fragments_seen + 1,
+            ),
             Selection::FragmentSpread(spread) => document
                 .fragments
                 .get(&spread.node.fragment_name.node)
-                .is_some_and(|f| only_meta(document, &f.node.selection_set.node, fragments_seen + 1)),
+                .is_some_and(|f| {
+                    only_meta(document, &f.node.selection_set.node, fragments_seen + 1)
+                }),
         })
     }
     match operation(document, operation_name) {
-        Some(op) => {
-            op.ty == OperationType::Query && only_meta(document, &op.selection_set.node, 0)
-        }
+        Some(op) => op.ty == OperationType::Query && only_meta(document, &op.selection_set.node, 0),
         None => false,
     }
 }
