@@ -284,7 +284,7 @@ async fn fifty_requests_and_ten_providers_at_once_keep_the_invariants() {
     // Work the queue down: every held appointment runs and is charted, concurrently;
     // each provider READY again is matched again.
     let mut done = first;
-    for _round in 0..8 {
+    for _round in 0..20 {
         let c = contents(&app, &board).await;
         let work: Vec<(String, String)> = c
             .appointments
