@@ -102,6 +102,7 @@ pub fn state_with(
         store,
         metrics,
         live,
+        auth: None,
     }
 }
 

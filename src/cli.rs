@@ -27,6 +27,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Projections { action }) => projections(cli.database, action).await,
         Some(Command::Demo(args)) => demo(cli.database, args).await,
+        Some(Command::Token(args)) => crate::identity::print_token(&cli.database, &args),
+        Some(Command::Audit { action }) => crate::identity::audit(&cli.database, action).await,
         Some(Command::Serve(serve)) => serve_command(cli.database, serve).await,
         None => serve_command(cli.database, cli.serve).await,
     }
@@ -126,12 +128,19 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
     };
     let db = app::open_database_to_serve(&database).await?;
     postgres::migrate(&db.pool).await?;
-    let state = app::state_with(
+    let mut state = app::state_with(
         db.pool.clone(),
         serve.limits.clone(),
         Duration::from_millis(database.lock_timeout_ms),
         Duration::from_millis(serve.read_wait_ms),
     );
+    if serve.identity.auth == Switch::On {
+        crate::identity::edge::check_bind(&serve.bind, serve.identity.uses_provider()).await?;
+        let verifier =
+            crate::identity::Verifier::new(serve.identity.verifier_config(&database.data_dir)?);
+        verifier.prefetch().await;
+        state.auth = Some(verifier);
+    }
     let projector = match serve.projector {
         ProjectorMode::Off => None,
         ProjectorMode::Auto | ProjectorMode::Only => Some(app::spawn_projector(

@@ -37,6 +37,20 @@ pub enum Command {
     /// A realistic telehealth day: imported as history (default), or played live at a
     /// speed-up with `--live` so a Board visibly moves. Deterministic with `--seed`.
     Demo(crate::demo::DemoArgs),
+    /// Print a bearer token signed by the development issuer (the identity provider of
+    /// the embedded default), e.g. `careboard token --role coordinator --name "Ana Ruiz"`.
+    Token(crate::identity::dev_issuer::TokenArgs),
+    /// Check the access log of patient-data reads.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the access log's hash chain; report the first edited or missing record.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +128,8 @@ pub struct ServeArgs {
     pub matching: Switch,
     #[command(flatten)]
     pub limits: GraphqlLimits,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -198,4 +214,63 @@ impl Default for ServeArgs {
             .map(|cli| cli.serve)
             .expect("defaults parse")
     }
+}
+
+/// Who may call: bearer tokens (JWTs) from an OpenID Connect provider, or, with none
+/// configured, from Careboard's own development issuer (`careboard token`).
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// Require a valid bearer token on POST /graphql (on), or serve anonymous requests
+    /// as before (off).
+    #[arg(
+        long = "auth",
+        env = "CAREBOARD_AUTH",
+        value_enum,
+        default_value = "off"
+    )]
+    pub auth: Switch,
+    /// The OpenID Connect issuer (`iss`) whose tokens are accepted; unset, the
+    /// development issuer's.
+    #[arg(long, env = "CAREBOARD_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// The audience (`aud`) tokens must be issued for (with --oidc-issuer).
+    #[arg(long, env = "CAREBOARD_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// The provider's JWKS URL; unset, the `jwks_uri` of its discovery document.
+    #[arg(long, env = "CAREBOARD_OIDC_JWKS_URL")]
+    pub oidc_jwks_url: Option<String>,
+    /// The provider's discovery document; unset,
+    /// `<issuer>/.well-known/openid-configuration`.
+    #[arg(long, env = "CAREBOARD_OIDC_DISCOVERY_URL")]
+    pub oidc_discovery_url: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "CAREBOARD_TOKEN_LEEWAY_SECS", default_value_t = 30)]
+    pub token_leeway_secs: u64,
+    /// The claim holding the role (a dotted path reaches nested claims, e.g.
+    /// `realm_access.roles`; a list may hold other roles besides one of Careboard's).
+    #[arg(long, env = "CAREBOARD_ROLE_CLAIM", default_value = "role")]
+    pub role_claim: String,
+    /// The claim holding the person's display name.
+    #[arg(long, env = "CAREBOARD_NAME_CLAIM", default_value = "name")]
+    pub name_claim: String,
+    /// The claim holding a provider's id.
+    #[arg(
+        long,
+        env = "CAREBOARD_PROVIDER_ID_CLAIM",
+        default_value = "provider_id"
+    )]
+    pub provider_id_claim: String,
+    /// The claim holding a patient's id (absent: the token's subject).
+    #[arg(long, env = "CAREBOARD_PATIENT_ID_CLAIM", default_value = "patient_id")]
+    pub patient_id_claim: String,
+    /// The claim listing a coordinator's regions (absent: all).
+    #[arg(long, env = "CAREBOARD_REGIONS_CLAIM", default_value = "regions")]
+    pub regions_claim: String,
+    /// The claim listing a coordinator's specialties (absent: all).
+    #[arg(
+        long,
+        env = "CAREBOARD_SPECIALTIES_CLAIM",
+        default_value = "specialties"
+    )]
+    pub specialties_claim: String,
 }

@@ -215,10 +215,32 @@ impl Estimator {
         ))
     }
 
+    /// What a new request of the Board's own specialty, in its region, would be told
+    /// at `as_of` (`None`: now): the Board's current quoted wait. Live, it comes from
+    /// the same cached computation as the Board's other estimates.
+    pub async fn quote(
+        &self,
+        pool: &PgPool,
+        contents: &BoardContents,
+        as_of: Option<DateTime<Utc>>,
+    ) -> AppResult<Option<Estimate>> {
+        let estimates = match as_of {
+            None => self.board(pool, contents, None, None).await?,
+            Some(t) => {
+                let request = quote_request(&contents.board, t);
+                self.compute(pool, contents, as_of, Some(&request)).await?
+            }
+        };
+        Ok(estimates.get(&Uuid::nil()).cloned())
+    }
+
     /// Estimates for every waiting appointment on a Board, and for `extra` (a request
     /// not yet made) if given, as of `as_of` (`None`: now). Live Board estimates are
     /// computed once per Board version, however many readers (e.g. subscribers to one
-    /// Board) ask at the same moment: later callers wait for the first.
+    /// Board) ask at the same moment: later callers wait for the first. The live map
+    /// also holds, under the nil id, the Board's quote (see [`Estimator::quote`]): a
+    /// request made now queues behind every waiting one, so it changes no other
+    /// estimate.
     pub async fn board(
         &self,
         pool: &PgPool,
@@ -247,9 +269,12 @@ impl Estimator {
                 }
             }
         };
-        cell.get_or_try_init(|| self.compute(pool, contents, None, None))
-            .await
-            .cloned()
+        cell.get_or_try_init(|| async {
+            let request = quote_request(&contents.board, Utc::now());
+            self.compute(pool, contents, None, Some(&request)).await
+        })
+        .await
+        .cloned()
     }
 
     async fn compute(
@@ -334,6 +359,24 @@ pub fn hypothetical_request(
         cancelled_at: None,
         cancellation_reason: None,
         version: 0,
+    }
+}
+
+/// The request behind a Board's quote: its own specialty, in its region, made at `at`.
+fn quote_request(board: &crate::domain::Board, at: DateTime<Utc>) -> Appointment {
+    hypothetical_request(board, board.specialty.clone(), None, at)
+}
+
+/// When a scheduled or started appointment is expected to finish: scheduled time plus
+/// the usual time an appointment of its specialty scheduled at that hour holds a
+/// provider (the same figure the wait-time model frees its provider by).
+pub fn expected_finish(model: &DurationModel, a: &Appointment) -> Option<DateTime<Utc>> {
+    match a.status {
+        AppointmentStatus::Scheduled | AppointmentStatus::Started => {
+            let scheduled = a.scheduled_at?;
+            Some(scheduled + model.held(&a.specialty, scheduled).0)
+        }
+        _ => None,
     }
 }
 

@@ -33,9 +33,49 @@ use crate::live::LiveBoards;
 use crate::metrics::Metrics;
 
 /// The live board page and the index of boards: plain HTML, CSS and JS, shipped inside
-/// the binary (no CDN, no build step).
+/// the binary (no CDN, no build step). Scripts and styles are files of their own, never
+/// inline, so the pages run under a `script-src 'self'` content security policy.
 const BOARD_PAGE: &str = include_str!("../static/board.html");
 const BOARDS_PAGE: &str = include_str!("../static/boards.html");
+const STATIC_FILES: [(&str, &str, &str); 4] = [
+    (
+        "client.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../static/client.js"),
+    ),
+    (
+        "board.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../static/board.js"),
+    ),
+    (
+        "boards.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../static/boards.js"),
+    ),
+    (
+        "careboard.css",
+        "text/css; charset=utf-8",
+        include_str!("../static/careboard.css"),
+    ),
+];
+
+/// GET /static/{file}: the pages' scripts and styles. They change with the binary, so
+/// browsers revalidate them (`no-cache`) rather than run an old script against a new API.
+async fn static_file(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match STATIC_FILES.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => (
+            [
+                (axum::http::header::CONTENT_TYPE, *content_type),
+                (axum::http::header::CACHE_CONTROL, "no-cache"),
+                (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+    }
+}
 
 /// GraphiQL and everything it loads, shipped inside the binary so it works with no
 /// network beyond this server (see static/graphiql/README.md for versions and licences).
@@ -92,6 +132,8 @@ pub struct AppState {
     pub store: EventStore,
     pub metrics: Arc<Metrics>,
     pub live: LiveBoards,
+    /// Bearer token verification; `None` serves anonymous requests (`--auth off`).
+    pub auth: Option<crate::identity::Verifier>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -103,6 +145,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphiql/{file}", get(graphiql_asset))
         .route("/boards", get(|| async { Html(BOARDS_PAGE) }))
         .route("/boards/{id}", get(|| async { Html(BOARD_PAGE) }))
+        .route("/static/{file}", get(static_file))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -307,6 +350,10 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
     if let Some(refused) = json_body(&headers) {
         return refused;
     }
+    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
     let limit = state.limits.max_body_bytes;
     let bytes = match axum::body::to_bytes(request.into_body(), limit).await {
         Ok(b) => b,
@@ -328,7 +375,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
             )
         }
     };
-    execute(&state, &headers, gql_request, media, false).await
+    execute(&state, &headers, gql_request, media, false, principal).await
 }
 
 /// GET /graphql?query=…&variables=…&operationName=…&extensions=…: queries only (a GET
@@ -339,6 +386,10 @@ async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) ->
     }
     let Some(media) = response_media(headers) else {
         return not_acceptable();
+    };
+    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), headers).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
     };
     let params: Vec<(String, String)> = match serde_urlencoded_pairs(query) {
         Ok(p) => p,
@@ -385,7 +436,7 @@ async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) ->
                 )
             }
         };
-    execute(state, headers, request, media, true).await
+    execute(state, headers, request, media, true, principal).await
 }
 
 fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
@@ -406,6 +457,7 @@ async fn execute(
     mut gql_request: async_graphql::Request,
     media: &'static str,
     over_get: bool,
+    principal: Option<crate::identity::Principal>,
 ) -> Response {
     let persisted = gql_request.extensions.0.contains_key("persistedQuery");
     if gql_request.query.is_empty() && !persisted {
@@ -452,18 +504,26 @@ async fn execute(
         .as_ref()
         .is_some_and(|d| crate::graphql::is_introspection_only(d, operation_name.as_deref()));
     let context = RequestContext {
-        actor: header_text(headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
+        // A verified principal is the actor; no header can say otherwise.
+        actor: match &principal {
+            Some(p) => p.subject.clone(),
+            None => header_text(headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
+        },
         correlation_id: header_text(headers, "x-correlation-id")
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         operation_name,
     };
+    let mut gql_request = gql_request.data(context);
+    if let Some(principal) = principal {
+        gql_request = gql_request.data(principal);
+    }
     let mut response = if introspection_only {
         state
             .introspection_schema
-            .execute(gql_request.only_introspection().data(context))
+            .execute(gql_request.only_introspection())
             .await
     } else {
-        state.schema.execute(gql_request.data(context)).await
+        state.schema.execute(gql_request).await
     };
     // Errors raised before any resolver ran (parse, validation, limits, input coercion)
     // carry no code: they are all bad input.
@@ -654,6 +714,10 @@ async fn graphql_ws(
     // Browsers let any page open a websocket anywhere; only the Origin tells them apart.
     if !origin_allowed(&state.limits, &headers) {
         return forbidden_origin();
+    }
+    // Until sockets carry their principal, authentication refuses the upgrade itself.
+    if let Err(refusal) = crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
+        return refusal;
     }
     let protocol = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)

@@ -26,6 +26,8 @@
 //! - [`time_travel`]: `asOf` folds from snapshots, and the Board's day timeline.
 //! - [`cli`]: the command line.
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
+//! - [`identity`]: who is asking — bearer token verification (OIDC JWKS or the
+//!   development issuer), the principal, the permission matrix, the access log.
 //! - [`graphql`]: schema, queries, mutations, output types.
 //! - [`http`]: the axum router (GraphQL, GraphiQL, health, metrics).
 //! - [`app`]: wiring and serving.
@@ -41,6 +43,7 @@ pub mod estimates;
 pub mod event_store;
 pub mod graphql;
 pub mod http;
+pub mod identity;
 pub mod live;
 pub mod matcher;
 pub mod metrics;

@@ -10,6 +10,9 @@ async fn main() -> Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // Logs go to stderr: stdout carries what a command prints (`careboard token`'s
+        // token, `careboard schema`'s SDL) for scripts to capture.
+        .with_writer(std::io::stderr)
         .init();
     careboard::cli::run(careboard::config::Cli::parse()).await
 }

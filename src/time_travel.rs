@@ -189,7 +189,12 @@ pub struct HistoryEntry {
     pub scheduled: i64,
     pub in_progress: i64,
     pub providers_ready: i64,
+    pub providers_assigned: i64,
+    pub providers_paused: i64,
     pub providers_charting: i64,
+    /// How long the longest-waiting patient had waited at that moment (`None`: nobody
+    /// was waiting): with `waiting`, the curve of a day's waits.
+    pub longest_wait_seconds: Option<i64>,
     /// What a new request of the Board's specialty and region would have been told to
     /// wait at that moment (`None`: no provider on shift could take it).
     pub estimated_wait_seconds: Option<i64>,
@@ -271,13 +276,23 @@ pub async fn board_history(
         use crate::domain::{AppointmentStatus as A, ShiftStatus as S};
         let count_a = |s: A| doc.appointments.values().filter(|a| a.status == s).count() as i64;
         let count_s = |s: S| doc.shifts.values().filter(|x| x.status == s).count() as i64;
+        let longest_wait_seconds = doc
+            .appointments
+            .values()
+            .filter(|a| a.status == A::Requested)
+            .map(|a| a.requested_at)
+            .min()
+            .map(|since| crate::estimates::wait_seconds(since, e.recorded_at));
         out.push(HistoryEntry {
             version: doc.version,
             waiting: count_a(A::Requested),
             scheduled: count_a(A::Scheduled),
             in_progress: count_a(A::Started),
             providers_ready: count_s(S::Ready),
+            providers_assigned: count_s(S::Assigned),
+            providers_paused: count_s(S::Paused),
             providers_charting: count_s(S::Charting),
+            longest_wait_seconds,
             estimated_wait_seconds,
             event: e,
         });

@@ -498,3 +498,178 @@ async fn board_history_and_as_of_are_served_over_graphql() {
     assert_eq!(data["then"]["version"], 1);
     assert_eq!(data["then"]["counts"]["waiting"], 0);
 }
+
+/// Seconds between two RFC 3339 times of a response.
+fn seconds_between(from: &serde_json::Value, to: &serde_json::Value) -> i64 {
+    let parse = |v: &serde_json::Value| DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    (parse(to) - parse(from)).num_seconds()
+}
+
+#[tokio::test]
+async fn every_board_history_version_summarises_exactly_what_board_as_of_returns_then() {
+    let app = common::TestApp::spawn().await;
+    // A morning that ended an hour ago: one provider busy, one paused, a patient waiting.
+    let now = Utc::now() - chrono::Duration::hours(1);
+    let scenario = common::day::stuck_morning(now);
+    common::day::seed(&app, &scenario, now, chrono::Duration::zero()).await;
+    let board = scenario.boards[0].id;
+    let history = app
+        .data(
+            "query($id: ID!) { boardHistory(boardId: $id, from: \"2000-01-01T00:00:00Z\", to: \"2100-01-01T00:00:00Z\") {
+               version at waiting scheduled inProgress providersReady providersAssigned providersPaused providersCharting longestWaitSeconds } }",
+            json!({"id": board}),
+        )
+        .await["boardHistory"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(history.len() >= 8, "{history:#?}");
+    let mut waited = Vec::new();
+    for (i, entry) in history.iter().enumerate() {
+        // Events recorded in the same instant (a match writes two) are one moment to
+        // asOf: it shows the last of them.
+        if history
+            .get(i + 1)
+            .is_some_and(|next| next["at"] == entry["at"])
+        {
+            continue;
+        }
+        let then = app
+            .data(
+                "query($id: ID!, $at: DateTime!) { board(id: $id, asOf: $at) { version waitingSince
+                   counts { waiting scheduled inProgress providersReady providersAssigned providersPaused providersCharting } } }",
+                json!({"id": board, "at": entry["at"]}),
+            )
+            .await["board"]
+            .clone();
+        assert_eq!(then["version"], entry["version"], "{entry}");
+        for (field, count) in [
+            ("waiting", "waiting"),
+            ("scheduled", "scheduled"),
+            ("inProgress", "inProgress"),
+            ("providersReady", "providersReady"),
+            ("providersAssigned", "providersAssigned"),
+            ("providersPaused", "providersPaused"),
+            ("providersCharting", "providersCharting"),
+        ] {
+            assert_eq!(entry[field], then["counts"][count], "{field} at {entry}");
+        }
+        let longest = match then["waitingSince"].is_null() {
+            true => serde_json::Value::Null,
+            false => json!(seconds_between(&then["waitingSince"], &entry["at"])),
+        };
+        assert_eq!(entry["longestWaitSeconds"], longest, "{entry}");
+        waited.push(entry["longestWaitSeconds"].clone());
+    }
+    // Ben asked 10 minutes in, while Ada was with the only provider free: from then on
+    // somebody waits (0 s at the moment he asked).
+    assert_eq!(history.last().unwrap()["waiting"], 1);
+    assert!(waited.contains(&json!(0)));
+}
+
+#[tokio::test]
+async fn a_board_answers_its_quoted_wait_its_longest_wait_and_when_appointments_should_finish() {
+    let app = common::TestApp::spawn().await;
+    let now = Utc::now();
+    let scenario = common::day::stuck_morning(now);
+    common::day::seed(&app, &scenario, now, chrono::Duration::zero()).await;
+    let board = scenario.boards[0].id;
+    let at = (now - chrono::Duration::minutes(5)).to_rfc3339();
+    let fields = "status waitingSince currentWait { waitSeconds estimatedStart queueAhead }
+        appointments { patientName status requestedAt scheduledAt expectedFinish }";
+    for as_of in [None, Some(at.clone())] {
+        let data = app
+            .data(
+                &format!(
+                    "query($id: ID!, $at: DateTime) {{ board(id: $id, asOf: $at) {{ {fields} }}
+                       waitTimeEstimate(boardId: $id, specialty: \"pediatrics\", asOf: $at) {{ waitSeconds queueAhead }} }}"
+                ),
+                json!({"id": board, "at": as_of}),
+            )
+            .await;
+        let b = &data["board"];
+        let quote = &b["currentWait"];
+        // The quote is what a new request of the Board's specialty would be told.
+        assert_eq!(quote["queueAhead"], data["waitTimeEstimate"]["queueAhead"]);
+        let (a, e) = (
+            quote["waitSeconds"].as_i64().unwrap(),
+            data["waitTimeEstimate"]["waitSeconds"].as_i64().unwrap(),
+        );
+        assert!((a - e).abs() <= 2, "quote {a} s, waitTimeEstimate {e} s");
+        assert_eq!(quote["queueAhead"], 1, "Ben is ahead of a new request");
+        let appointment = |name: &str| {
+            b["appointments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["patientName"] == name)
+                .unwrap()
+                .clone()
+        };
+        let (ada, ben) = (appointment("Ada Park"), appointment("Ben Okafor"));
+        assert_eq!(b["waitingSince"], ben["requestedAt"]);
+        assert!(ben["expectedFinish"].is_null(), "waiting: no finish yet");
+        // No history yet: the usual time is the default 20 minutes from scheduling.
+        assert_eq!(ada["status"], "STARTED");
+        assert_eq!(
+            seconds_between(&ada["scheduledAt"], &ada["expectedFinish"]),
+            20 * 60
+        );
+    }
+    // A closed Board quotes nothing.
+    let old = app
+        .data(
+            "mutation { openBoard(input: {name: \"Done\", specialty: \"cardiology\", region: \"NY\", date: \"2020-01-06\"}) { board { id } } }",
+            json!({}),
+        )
+        .await["openBoard"]["board"]["id"]
+        .clone();
+    let closed = app
+        .data(
+            "mutation($id: ID!) { closeBoard(input: {boardId: $id}) { position } }",
+            json!({"id": old}),
+        )
+        .await;
+    let data = app
+        .data(
+            "query($id: ID!, $p: Int) { board(id: $id, minPosition: $p) { status waitingSince currentWait { waitSeconds } } }",
+            json!({"id": old, "p": closed["closeBoard"]["position"]}),
+        )
+        .await;
+    assert_eq!(data["board"]["status"], "CLOSED");
+    assert!(data["board"]["currentWait"].is_null());
+    assert!(data["board"]["waitingSince"].is_null());
+}
+
+#[tokio::test]
+async fn board_dates_lists_the_dates_with_boards_newest_first() {
+    let app = common::TestApp::spawn().await;
+    for (name, date) in [
+        ("A", "2024-03-01"),
+        ("B", "2024-03-05"),
+        ("C", "2024-03-01"),
+        ("D", "2023-12-31"),
+    ] {
+        app.data(
+                "mutation($n: String!, $d: NaiveDate!) { openBoard(input: {name: $n, specialty: \"cardiology\", region: \"NY\", date: $d}) { position } }",
+                json!({"n": name, "d": date}),
+            )
+            .await;
+    }
+    // The projector lists them a moment later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let dates = app.data("{ boardDates }", json!({})).await["boardDates"].clone();
+        if dates == json!(["2024-03-05", "2024-03-01", "2023-12-31"]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{dates}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.data("{ boardDates(first: 1) }", json!({})).await["boardDates"],
+        json!(["2024-03-05"])
+    );
+    let bad = app.gql("{ boardDates(first: -1) }", json!({})).await;
+    assert_eq!(common::error_code(&bad), "VALIDATION");
+}

@@ -182,6 +182,29 @@ impl Query {
         Ok(connection)
     }
 
+    /// The dates that have Boards, newest first (for a front-end to open on the newest
+    /// workday, or offer the others).
+    async fn board_dates(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> Result<Vec<chrono::NaiveDate>> {
+        let limit = page_size(first)?;
+        // Distinct dates of the live generation (board_view_listing_idx leads with them).
+        let dates: Vec<chrono::NaiveDate> = sqlx::query_scalar(
+            "select distinct v.date from board_view v \
+               join projection_state p on p.name = 'board_view' and p.status = 'live' \
+                and p.generation = v.generation \
+              where v.date is not null \
+              order by v.date desc limit $1",
+        )
+        .bind(limit)
+        .fetch_all(store(ctx).pool())
+        .await
+        .map_err(AppError::from)?;
+        Ok(dates)
+    }
+
     /// An appointment from the projected `appointment_view`; with `asOf` or `version`,
     /// folded from its events as it stood then.
     async fn appointment(

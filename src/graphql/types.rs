@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::{estimator, store};
-use crate::domain::matching::Estimate;
+use crate::domain::matching::{DurationModel, Estimate};
 use crate::domain::{self, ShiftStatus as DShift};
 use crate::error::AppError;
 use crate::event_store::{load_board_contents, BoardContents, ReadLimit, RecordedEvent};
@@ -225,12 +225,16 @@ impl Board {
         } else {
             None
         };
+        let finish = Arc::new(FinishModel::for_board(contents, self.as_of));
         Ok(contents
             .appointments
             .iter()
             .map(|a| {
                 let estimate = estimates.as_ref().map(|e| e.get(&a.id).cloned());
-                Appointment::with_estimate(a.clone(), self.as_of, estimate)
+                Appointment {
+                    finish_model: Some(finish.clone()),
+                    ..Appointment::with_estimate(a.clone(), self.as_of, estimate)
+                }
             })
             .collect())
     }
@@ -240,6 +244,71 @@ impl Board {
             .await?
             .map(BoardCounts::of)
             .unwrap_or_default())
+    }
+    /// When the longest-waiting patient (still REQUESTED) asked; null when nobody is
+    /// waiting. Their wait is the time since then.
+    async fn waiting_since(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<DateTime<Utc>>> {
+        Ok(self.contents(ctx).await?.and_then(|c| {
+            c.appointments
+                .iter()
+                .filter(|a| a.status == domain::AppointmentStatus::Requested)
+                .map(|a| a.requested_at)
+                .min()
+        }))
+    }
+    /// The Board's quoted wait: what a new request of its own specialty, in its region,
+    /// would be told now (or at `asOf`), as `waitTimeEstimate` answers it. A waiting
+    /// patient who has already waited longer than this is late. Null on a closed Board.
+    async fn current_wait(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<WaitEstimate>> {
+        let Some(contents) = self.contents(ctx).await? else {
+            return Ok(None);
+        };
+        if contents.board.status != domain::BoardStatus::Open {
+            return Ok(None);
+        }
+        let quote = estimator(ctx)
+            .quote(store(ctx).pool(), contents, self.as_of)
+            .await?;
+        let now = self.as_of.unwrap_or_else(Utc::now);
+        Ok(quote.map(|e| WaitEstimate::of(&e, now)))
+    }
+}
+
+/// The duration model behind `expectedFinish`, loaded once for every appointment of
+/// one Board listing, and only if one of them is asked for it.
+pub(crate) struct FinishModel {
+    specialties: Vec<String>,
+    as_of: Option<DateTime<Utc>>,
+    model: OnceCell<DurationModel>,
+}
+
+impl FinishModel {
+    fn for_board(contents: &BoardContents, as_of: Option<DateTime<Utc>>) -> Self {
+        let mut specialties: Vec<String> = contents
+            .appointments
+            .iter()
+            .filter(|a| a.status.is_open())
+            .map(|a| a.specialty.clone())
+            .collect();
+        specialties.sort();
+        specialties.dedup();
+        Self {
+            specialties,
+            as_of,
+            model: OnceCell::new(),
+        }
+    }
+
+    async fn get(&self, ctx: &Context<'_>) -> async_graphql::Result<&DurationModel> {
+        Ok(self
+            .model
+            .get_or_try_init(|| {
+                estimator(ctx).model(store(ctx).pool(), &self.specialties, self.as_of)
+            })
+            .await?)
     }
 }
 
@@ -317,6 +386,8 @@ pub struct Appointment {
     as_of: Option<DateTime<Utc>>,
     /// Filled by the Board that listed it, or computed on first use.
     estimate: OnceCell<Option<Estimate>>,
+    /// Shared by the appointments of one Board listing; `None`: loaded on first use.
+    finish_model: Option<Arc<FinishModel>>,
 }
 
 impl From<domain::Appointment> for Appointment {
@@ -325,6 +396,7 @@ impl From<domain::Appointment> for Appointment {
             state,
             as_of: None,
             estimate: OnceCell::new(),
+            finish_model: None,
         }
     }
 }
@@ -354,6 +426,7 @@ impl Appointment {
             state,
             as_of,
             estimate,
+            finish_model: None,
         }
     }
 
@@ -433,6 +506,35 @@ impl Appointment {
     ) -> async_graphql::Result<Option<WaitEstimate>> {
         let now = self.as_of.unwrap_or_else(Utc::now);
         Ok(self.estimate(ctx).await?.map(|e| WaitEstimate::of(e, now)))
+    }
+    /// Scheduled or started: when it is expected to finish — its scheduled time plus
+    /// the usual time an appointment of its specialty scheduled at that hour takes (the
+    /// wait-time model's held time). Past it, a started appointment is overdue.
+    async fn expected_finish(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<DateTime<Utc>>> {
+        if !matches!(
+            self.state.status,
+            domain::AppointmentStatus::Scheduled | domain::AppointmentStatus::Started
+        ) {
+            return Ok(None);
+        }
+        let own;
+        let model = match &self.finish_model {
+            Some(shared) => shared.get(ctx).await?,
+            None => {
+                own = estimator(ctx)
+                    .model(
+                        store(ctx).pool(),
+                        std::slice::from_ref(&self.state.specialty),
+                        self.as_of,
+                    )
+                    .await?;
+                &own
+            }
+        };
+        Ok(crate::estimates::expected_finish(model, &self.state))
     }
     async fn requested_at(&self) -> DateTime<Utc> {
         self.state.requested_at
@@ -617,8 +719,19 @@ impl BoardHistoryEntry {
     async fn providers_ready(&self) -> i64 {
         self.0.providers_ready
     }
+    async fn providers_assigned(&self) -> i64 {
+        self.0.providers_assigned
+    }
+    async fn providers_paused(&self) -> i64 {
+        self.0.providers_paused
+    }
     async fn providers_charting(&self) -> i64 {
         self.0.providers_charting
+    }
+    /// How long the longest-waiting patient had waited at this version's time, in
+    /// seconds; null when nobody was waiting.
+    async fn longest_wait_seconds(&self) -> Option<i64> {
+        self.0.longest_wait_seconds
     }
     /// What a new request of the Board's specialty (in its region) would have been told
     /// to wait then, in seconds; null when no provider on shift could take it.

@@ -2,6 +2,8 @@
 //! test, and the real server on port 0 with a real HTTP client.
 #![allow(dead_code)]
 
+pub mod day;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::OnceLock;

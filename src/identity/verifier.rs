@@ -1,0 +1,271 @@
+//! Bearer token verification: algorithm allow-list, signature against the issuer's
+//! keys, issuer, audience, `exp`/`nbf` with a leeway; then the claims make a
+//! [`Principal`].
+//!
+//! Errors say what is wrong with a token, never what is in it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+
+use super::jwks::{JwksCache, KeyLookupError, KeySource, ALLOWED_ALGORITHMS};
+use super::principal::{ClaimError, ClaimNames, Principal};
+
+/// Longest token considered (identity providers' tokens are a few kilobytes).
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// The `iss` every token must carry (also the discovery document's `issuer`).
+    pub issuer: String,
+    /// The `aud` every token must include: this service's client id or API identifier.
+    pub audience: String,
+    pub keys: KeySource,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    pub claims: ClaimNames,
+    /// Fetch the JWKS at most this often (unknown key ids included).
+    pub jwks_min_refresh_interval: Duration,
+    /// Refresh cached keys this old (in the background; they stay in use meanwhile).
+    pub jwks_max_age: Duration,
+}
+
+impl VerifierConfig {
+    /// Settings for an issuer whose keys come from `keys`, with the defaults for the rest.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>, keys: KeySource) -> Self {
+        VerifierConfig {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            keys,
+            leeway: Duration::from_secs(30),
+            claims: ClaimNames::default(),
+            jwks_min_refresh_interval: Duration::from_secs(10),
+            jwks_max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a request is not authenticated. Every variant is the client's problem except
+/// [`AuthError::KeysUnavailable`], which is the server's (the provider is unreachable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token: send `Authorization: Bearer <token>`")]
+    Missing,
+    #[error("the bearer token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's signing algorithm{} is not accepted (accepted: RS256, ES256, EdDSA)", .0.map(|a| format!(" {a}")).unwrap_or_default())]
+    UnsupportedAlgorithm(Option<&'static str>),
+    #[error("the token is signed with a key the identity provider does not publish")]
+    UnknownKey,
+    #[error("the token's signature is not valid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet (its nbf is in the future)")]
+    NotYetValid,
+    #[error("the token was issued by another issuer than the one this server trusts")]
+    WrongIssuer,
+    #[error("the token is not meant for this service (wrong audience)")]
+    WrongAudience,
+    #[error("the token has no `{0}` claim")]
+    MissingClaim(String),
+    #[error("the token's `{0}` claim is not in the expected form")]
+    InvalidClaim(String),
+    #[error("{0}")]
+    Claims(#[from] ClaimError),
+    #[error("cannot verify tokens now: the identity provider's signing keys could not be fetched and none are cached")]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// Whether the fault is the server's (answer 503), not the token's (401).
+    pub fn is_server_side(&self) -> bool {
+        matches!(self, AuthError::KeysUnavailable)
+    }
+}
+
+/// JOSE algorithm names worth naming back in an error (the header's `alg` is
+/// attacker-controlled; only these fixed strings are ever echoed).
+const KNOWN_ALGORITHMS: [&str; 14] = [
+    "none", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA",
+];
+
+/// Reads `alg` and `kid` from the header without trusting anything else in it.
+fn header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(h.trim_end_matches('='))
+        .map_err(|_| AuthError::Malformed)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
+    let alg = value
+        .get("alg")
+        .and_then(|a| a.as_str())
+        .ok_or(AuthError::Malformed)?;
+    let algorithm = ALLOWED_ALGORITHMS
+        .iter()
+        .find(|a| format!("{a:?}") == alg)
+        .copied()
+        .ok_or_else(|| {
+            AuthError::UnsupportedAlgorithm(
+                KNOWN_ALGORITHMS
+                    .iter()
+                    .find(|k| k.eq_ignore_ascii_case(alg))
+                    .copied(),
+            )
+        })?;
+    // Keys named by the token itself (`jwk`, `jku`, `x5u`, `x5c`) are never used; the
+    // keys come from the configured issuer only. Extensions the token marks critical
+    // are not understood, so such a token must be refused (RFC 7515 §4.1.11).
+    if value.get("crit").is_some() {
+        return Err(AuthError::Malformed);
+    }
+    let kid = match value.get("kid") {
+        None => None,
+        Some(serde_json::Value::String(k)) if k.len() <= 256 => Some(k.clone()),
+        Some(_) => return Err(AuthError::Malformed),
+    };
+    Ok((algorithm, kid))
+}
+
+/// Verifies bearer tokens of one issuer. Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    config: Arc<VerifierConfig>,
+    keys: Arc<JwksCache>,
+}
+
+impl Verifier {
+    pub fn new(config: VerifierConfig) -> Self {
+        let keys = JwksCache::new(
+            config.keys.clone(),
+            config.issuer.clone(),
+            config.jwks_min_refresh_interval,
+            config.jwks_max_age,
+        );
+        Verifier {
+            config: Arc::new(config),
+            keys,
+        }
+    }
+
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    /// Fetches the keys now (at startup, so the first request need not wait).
+    pub async fn prefetch(&self) {
+        if !matches!(self.config.keys, KeySource::Static(_)) {
+            self.keys.refresh().await;
+        }
+    }
+
+    /// Verifies the value of an `Authorization` header (`Bearer <token>`).
+    pub async fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        let value = header.map(str::trim).filter(|h| !h.is_empty());
+        let Some(value) = value else {
+            return Err(AuthError::Missing);
+        };
+        let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Malformed);
+        }
+        self.verify(token.trim()).await
+    }
+
+    /// Verifies a token and reads its principal.
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Malformed);
+        }
+        let (algorithm, kid) = header(token)?;
+        let key = self
+            .keys
+            .key(kid.as_deref(), algorithm)
+            .await
+            .map_err(|e| match e {
+                KeyLookupError::Unknown => AuthError::UnknownKey,
+                KeyLookupError::Unavailable => AuthError::KeysUnavailable,
+            })?;
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![key.algorithm];
+        validation.leeway = self.config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.required_spec_claims =
+            HashSet::from(["exp", "iss", "aud", "sub"].map(String::from));
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
+            .map_err(|e| match e.into_kind() {
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c),
+                ErrorKind::InvalidClaimFormat(c) => AuthError::InvalidClaim(c),
+                ErrorKind::InvalidAlgorithm => AuthError::UnsupportedAlgorithm(None),
+                ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidEddsaKey
+                | ErrorKind::InvalidRsaKey(_)
+                | ErrorKind::InvalidKeyFormat => {
+                    tracing::warn!(
+                        "a key from the identity provider's JWKS cannot verify signatures"
+                    );
+                    AuthError::BadSignature
+                }
+                _ => AuthError::Malformed,
+            })?;
+        Ok(Principal::from_claims(&data.claims, &self.config.claims)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn the_header_names_only_algorithms_from_the_allow_list() {
+        let token = |h: &str| format!("{}.{}.sig", b64(h), b64("{}"));
+        assert_eq!(
+            header(&token(r#"{"alg":"none"}"#)),
+            Err(AuthError::UnsupportedAlgorithm(Some("none")))
+        );
+        assert_eq!(
+            header(&token(r#"{"alg":"HS256","kid":"k"}"#)),
+            Err(AuthError::UnsupportedAlgorithm(Some("HS256")))
+        );
+        let odd = header(&token(r#"{"alg":"secret-stuff-from-the-token"}"#)).unwrap_err();
+        assert_eq!(odd, AuthError::UnsupportedAlgorithm(None));
+        assert!(!odd.to_string().contains("secret"));
+        assert_eq!(
+            header(&token(r#"{"alg":"ES256","kid":"k1"}"#)),
+            Ok((Algorithm::ES256, Some("k1".into())))
+        );
+        assert_eq!(
+            header(&token(r#"{"alg":"ES256","crit":["exp-ext"],"exp-ext":1}"#)),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(header("a.b"), Err(AuthError::Malformed));
+        assert_eq!(header("!!.b.c"), Err(AuthError::Malformed));
+    }
+}
