@@ -490,31 +490,3 @@ async fn automatic_persisted_queries_run_by_hash() {
     let v: Value = r.json().await.unwrap();
     assert!(v["data"]["providers"]["edges"].is_array(), "{v}");
 }
-
-#[tokio::test]
-async fn the_boards_page_opens_on_the_newest_date_with_boards() {
-    let Some(browser) = Browser::start().await else {
-        return;
-    };
-    let app = TestApp::spawn().await;
-    for (name, date) in [("Older", "2022-07-17"), ("Newest", "2022-07-18")] {
-        app.data(
-            OPEN_BOARD,
-            json!({"input": {"name": name, "specialty": "pediatrics", "region": "TX", "date": date}}),
-        )
-        .await;
-    }
-    let mut page = browser.open(&app.url("/boards")).await;
-    page.wait_for(
-        "the newest date's Boards",
-        "document.getElementById('date').value === '2022-07-18' && document.getElementById('rows').innerText.includes('Newest')",
-    )
-    .await;
-    // A date asked for in the address is kept.
-    let mut page = browser.open(&app.url("/boards?date=2022-07-17")).await;
-    page.wait_for(
-        "the asked date's Boards",
-        "document.getElementById('rows').innerText.includes('Older')",
-    )
-    .await;
-}

@@ -38,6 +38,8 @@ fn embedded_files() -> Vec<PathBuf> {
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
+            // Unit tests are not part of the image's build.
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
             for marker in ["include_str!(\"", "include_bytes!(\""] {
                 for piece in text.split(marker).skip(1) {
                     let relative = piece.split('"').next().unwrap();
