@@ -21,17 +21,38 @@ use crate::projector::{Projector, ProjectorConfig, ProjectorHandle};
 /// An open database, and the embedded cluster behind it when there is one (dropping
 /// it stops the cluster).
 pub struct Database {
+    /// The server's connections, as the application role where one is configured.
     pub pool: PgPool,
     pub cluster: Option<EmbeddedCluster>,
+    /// Where migrations run: the schema owner's URL (None: as the pool's role).
+    owner_url: Option<String>,
 }
 
-/// Connects to `DATABASE_URL`, or starts the embedded cluster in `--data-dir`.
+impl Database {
+    /// Applies the migrations as the schema's owner.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.owner_url {
+            Some(url) => {
+                let owner = postgres::connect(url, 2).await?;
+                let result = postgres::migrate(&owner).await;
+                owner.close().await;
+                result
+            }
+            None => postgres::migrate(&self.pool).await,
+        }
+    }
+}
+
+/// Connects to `DATABASE_URL` (migrating as `DATABASE_OWNER_URL` when given), or
+/// starts the embedded cluster in `--data-dir`, where migrations run as the cluster's
+/// owner and the server as `careboard_server`, a member of the application role.
 pub async fn open_database(args: &DatabaseArgs) -> Result<Database> {
     if let Some(url) = &args.database_url {
         let pool = postgres::connect(url, args.pool_size).await?;
         return Ok(Database {
             pool,
             cluster: None,
+            owner_url: args.database_owner_url.clone(),
         });
     }
     let options = ClusterOptions {
@@ -43,9 +64,11 @@ pub async fn open_database(args: &DatabaseArgs) -> Result<Database> {
         .await
         .context("starting the embedded PostgreSQL")??;
     cluster.ensure_database("careboard").await?;
-    let pool = postgres::connect(&cluster.url("careboard"), args.pool_size).await?;
+    let server_url = cluster.ensure_server_login("careboard").await?;
+    let pool = postgres::connect(&server_url, args.pool_size).await?;
     Ok(Database {
         pool,
+        owner_url: Some(cluster.url("careboard")),
         cluster: Some(cluster),
     })
 }
@@ -88,6 +111,9 @@ pub fn state_with(
     let store = EventStore::new(pool.clone(), lock_timeout);
     let metrics = Arc::new(Metrics::new());
     let live = LiveBoards::start(pool.clone());
+    let health = crate::health::DbHealth::start(&pool);
+    let rate_limiter =
+        crate::limits::RateLimiter::new(limits.rate_limit_per_second, limits.rate_limit_burst);
     AppState {
         schema: build_schema(store.clone(), live.clone(), &limits, read_wait),
         introspection_schema: crate::graphql::build_introspection_schema(
@@ -102,6 +128,8 @@ pub fn state_with(
         store,
         metrics,
         live,
+        health,
+        rate_limiter,
         auth: None,
     }
 }
@@ -123,7 +151,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, router(state))
+    // The client's address is the key of its rate limit.
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server failed")

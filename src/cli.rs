@@ -8,7 +8,6 @@ use crate::app;
 use crate::config::{
     Cli, Command, DatabaseArgs, ProjectionsCommand, ProjectorMode, ServeArgs, Switch,
 };
-use crate::postgres;
 use crate::projections::Projection;
 use crate::projector::{self, ProjectorConfig};
 
@@ -20,7 +19,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Migrate) => {
             let db = app::open_database(&cli.database).await?;
-            postgres::migrate(&db.pool).await?;
+            db.migrate().await?;
             tracing::info!("migrations applied");
             db.pool.close().await;
             Ok(())
@@ -45,7 +44,7 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
     } else {
         app::open_database(&database).await?
     };
-    postgres::migrate(&db.pool).await?;
+    db.migrate().await?;
     let scenario = args.scenario();
     if !args.live {
         let imported = crate::demo::import_history(&db.pool, &scenario, args.seed).await?;
@@ -127,7 +126,7 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
         Some(bind(&serve.bind).await?)
     };
     let db = app::open_database_to_serve(&database).await?;
-    postgres::migrate(&db.pool).await?;
+    db.migrate().await?;
     let mut state = app::state_with(
         db.pool.clone(),
         serve.limits.clone(),
@@ -182,7 +181,7 @@ async fn projections(database: DatabaseArgs, action: ProjectionsCommand) -> Resu
         return Ok(());
     }
     let db = app::open_database(&database).await?;
-    postgres::migrate(&db.pool).await?;
+    db.migrate().await?;
     match action {
         ProjectionsCommand::List => unreachable!("handled above"),
         ProjectionsCommand::Status => print_status(&db.pool).await?,

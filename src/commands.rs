@@ -176,6 +176,9 @@ fn with_options(mut meta: CommandMeta, options: &CommandOptions) -> AppResult<Co
             return Err(AppError::validation("expectedVersion must not be negative"));
         }
     }
+    if let Some(id) = &options.command_id {
+        crate::domain::storable_text("commandId", id)?;
+    }
     meta.expected_version = options.expected_version;
     meta.command_id = options.command_id.as_ref().map(|id| id.to_string());
     Ok(meta)

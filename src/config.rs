@@ -21,7 +21,7 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-// Parsed once at start-up: the size of the largest variant costs nothing.
+// Parsed once at start-up: the size of the `serve` variant (all the limits) is no cost.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -111,6 +111,16 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub lock_timeout_ms: u64,
+    /// PostgreSQL URL of the role that owns the schema and runs migrations; with it,
+    /// DATABASE_URL names the application role, which may not rewrite events.
+    /// Without it, migrations run as DATABASE_URL's role.
+    #[arg(
+        long,
+        env = "DATABASE_OWNER_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_owner_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -146,8 +156,10 @@ pub struct GraphqlLimits {
     /// Deepest selection nesting accepted.
     #[arg(long, env = "CAREBOARD_MAX_DEPTH", default_value_t = 12)]
     pub max_depth: usize,
-    /// Highest query complexity (one point per field) accepted.
-    #[arg(long, env = "CAREBOARD_MAX_COMPLEXITY", default_value_t = 2000)]
+    /// Highest query cost accepted. A field costs one point, a list its page size times
+    /// its items, a Board read 50, `asOf` folds and estimates more (see the README's
+    /// "Limits"), so the limit follows the work a request asks for.
+    #[arg(long, env = "CAREBOARD_MAX_COMPLEXITY", default_value_t = 10_000)]
     pub max_complexity: usize,
     /// Deepest recursion while parsing (nested lists, objects, fragments).
     #[arg(long, env = "CAREBOARD_MAX_RECURSION", default_value_t = 32)]
@@ -184,6 +196,37 @@ pub struct GraphqlLimits {
         value_parser = parse_origin
     )]
     pub cors_origins: Vec<String>,
+    /// Deepest nesting of brackets in a document or of lists/objects in its variables,
+    /// checked before parsing (the parser recurses, and deep literals would overflow
+    /// the stack).
+    #[arg(long, env = "CAREBOARD_MAX_NESTING", default_value_t = 64)]
+    pub max_nesting: usize,
+    /// A request (query or mutation) that runs longer is cancelled with TIMEOUT, its
+    /// SQL with it.
+    #[arg(long, env = "CAREBOARD_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
+    pub request_timeout_ms: u64,
+    /// Most pool connections one request may hold at once, so that others always get one.
+    #[arg(
+        long,
+        env = "CAREBOARD_MAX_CONNECTIONS_PER_REQUEST",
+        default_value_t = 4
+    )]
+    pub max_connections_per_request: usize,
+    /// Requests per second each client address may make on /graphql (sustained); 0
+    /// switches the limit off. Behind a reverse proxy every client has the proxy's
+    /// address: raise it there, or switch it off and limit at the proxy.
+    #[arg(long, env = "CAREBOARD_RATE_LIMIT_PER_SECOND", default_value_t = 100)]
+    pub rate_limit_per_second: u32,
+    /// Requests a client address may make in a burst above the sustained rate.
+    #[arg(long, env = "CAREBOARD_RATE_LIMIT_BURST", default_value_t = 500)]
+    pub rate_limit_burst: u32,
+    /// How often the server pings each websocket; a socket that has sent nothing (not
+    /// even a pong) for three intervals is closed.
+    #[arg(long, env = "CAREBOARD_WS_PING_INTERVAL_MS", default_value_t = 15_000)]
+    pub ws_ping_interval_ms: u64,
+    /// Inbound websocket messages queued per socket before the server stops reading.
+    #[arg(long, env = "CAREBOARD_WS_INBOUND_QUEUE", default_value_t = 32)]
+    pub ws_inbound_queue: usize,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower-case, no path.

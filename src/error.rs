@@ -19,6 +19,10 @@ pub enum AppError {
     Conflict(String),
     /// A read-your-writes wait ran out before the projector reached the position.
     Stale(String),
+    /// The database cannot be reached (or the pool is exhausted): retry shortly.
+    Unavailable(String),
+    /// The request ran past its time limit and was cancelled.
+    Timeout(String),
     Internal(anyhow::Error),
 }
 
@@ -40,6 +44,8 @@ impl AppError {
             AppError::Domain(DomainError::InvalidTransition(_)) => "INVALID_TRANSITION",
             AppError::Conflict(_) => "CONFLICT",
             AppError::Stale(_) => "STALE",
+            AppError::Unavailable(_) => "UNAVAILABLE",
+            AppError::Timeout(_) => "TIMEOUT",
             AppError::Internal(_) => "INTERNAL",
         }
     }
@@ -48,7 +54,10 @@ impl AppError {
     pub fn public_message(&self) -> String {
         match self {
             AppError::Domain(e) => e.to_string(),
-            AppError::Conflict(m) | AppError::Stale(m) => m.clone(),
+            AppError::Conflict(m)
+            | AppError::Stale(m)
+            | AppError::Unavailable(m)
+            | AppError::Timeout(m) => m.clone(),
             AppError::Internal(_) => "internal error".to_string(),
         }
     }
@@ -70,12 +79,40 @@ impl From<DomainError> for AppError {
 
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
-        AppError::Internal(e.into())
+        match &e {
+            // The database is down or every connection is busy: not a bug, and the
+            // client can retry.
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                AppError::unavailable()
+            }
+            // 57014: statement_timeout cancelled the query.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
+                AppError::Timeout("the request ran too long and was cancelled".into())
+            }
+            _ => AppError::Internal(e.into()),
+        }
+    }
+}
+
+impl AppError {
+    pub fn unavailable() -> Self {
+        AppError::Unavailable("the database is unavailable; retry shortly".into())
     }
 }
 
 impl From<anyhow::Error> for AppError {
     fn from(e: anyhow::Error) -> Self {
+        let unavailable = e.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<sqlx::Error>(),
+                Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+            )
+        });
+        if unavailable {
+            tracing::warn!(error = %e, "database unavailable");
+            return AppError::unavailable();
+        }
         AppError::Internal(e)
     }
 }

@@ -18,17 +18,19 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use async_graphql::http::{WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::http::{WebSocketProtocols, ALL_WEBSOCKET_PROTOCOLS};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 
 use crate::config::GraphqlLimits;
+use crate::error::AppError;
 use crate::event_store::EventStore;
-use crate::graphql::subscription::SubscriptionBudget;
 use crate::graphql::{CareboardSchema, RequestContext};
+use crate::health::{DbHealth, DbState};
+use crate::limits::RateLimiter;
 use crate::live::LiveBoards;
 use crate::metrics::Metrics;
 
@@ -119,6 +121,17 @@ const GRAPHIQL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'se
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
 
+/// The pages with their Content-Security-Policy (see `limits::page_policy`).
+fn page(html: &'static str, policy: &'static LazyLock<String>) -> Response {
+    (
+        [(axum::http::header::CONTENT_SECURITY_POLICY, policy.as_str())],
+        Html(html),
+    )
+        .into_response()
+}
+static BOARD_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARD_PAGE));
+static BOARDS_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARDS_PAGE));
+
 #[derive(Clone)]
 pub struct AppState {
     pub schema: CareboardSchema,
@@ -132,6 +145,9 @@ pub struct AppState {
     pub store: EventStore,
     pub metrics: Arc<Metrics>,
     pub live: LiveBoards,
+    /// Whether the database answers, probed off the pool: fast 503s and UNAVAILABLE.
+    pub health: DbHealth,
+    pub rate_limiter: RateLimiter,
     /// Bearer token verification; `None` serves anonymous requests (`--auth off`).
     pub auth: Option<crate::identity::Verifier>,
 }
@@ -142,13 +158,24 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.rate_limiter.clone(),
+            crate::limits::rate_limit,
+        ))
+        .route(
+            "/boards",
+            get(|| async { page(BOARDS_PAGE, &BOARDS_POLICY) }),
+        )
+        .route(
+            "/boards/{id}",
+            get(|| async { page(BOARD_PAGE, &BOARD_POLICY) }),
+        )
         .route("/graphiql/{file}", get(graphiql_asset))
-        .route("/boards", get(|| async { Html(BOARDS_PAGE) }))
-        .route("/boards/{id}", get(|| async { Html(BOARD_PAGE) }))
         .route("/static/{file}", get(static_file))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(crate::limits::security_headers))
         .layer(cors)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -471,6 +498,18 @@ async fn execute(
     if let Err(error) = state.persisted.resolve(&mut gql_request) {
         return error.into_response(media);
     }
+    // Before anything parses the document: deep nesting would overflow the parser's stack.
+    if let Err(problem) = crate::limits::check_request(&gql_request, state.limits.max_nesting) {
+        return request_error(StatusCode::BAD_REQUEST, "VALIDATION", problem);
+    }
+    if !state.health.reachable() {
+        let e = AppError::unavailable();
+        return request_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.code(),
+            e.public_message(),
+        );
+    }
     let document = if over_get || gql_request.query.contains("__") {
         async_graphql::parser::parse_query(&gql_request.query).ok()
     } else {
@@ -517,13 +556,26 @@ async fn execute(
     if let Some(principal) = principal {
         gql_request = gql_request.data(principal);
     }
-    let mut response = if introspection_only {
-        state
-            .introspection_schema
-            .execute(gql_request.only_introspection())
-            .await
-    } else {
-        state.schema.execute(gql_request).await
+    // Dropping the execution (time out, or the client went away and axum dropped this
+    // handler) drops every resolver's future and with it its SQL; the server login's
+    // statement_timeout bounds what PostgreSQL still runs.
+    let timeout = Duration::from_millis(state.limits.request_timeout_ms);
+    let execution = async {
+        if introspection_only {
+            state
+                .introspection_schema
+                .execute(gql_request.only_introspection())
+                .await
+        } else {
+            state.schema.execute(gql_request).await
+        }
+    };
+    let Ok(mut response) = tokio::time::timeout(timeout, execution).await else {
+        let e = AppError::Timeout(format!(
+            "the request ran longer than {} ms and was cancelled",
+            timeout.as_millis()
+        ));
+        return request_error(StatusCode::OK, e.code(), e.public_message());
     };
     // Errors raised before any resolver ran (parse, validation, limits, input coercion)
     // carry no code: they are all bad input.
@@ -673,23 +725,14 @@ impl PersistedQueries {
     }
 }
 
+/// Answers at once from the prober's last look (never waits behind the pool).
 async fn readyz(State(state): State<AppState>) -> Response {
-    match crate::postgres::migrations_applied(&state.pool).await {
-        Ok(true) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "migrations pending" })),
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "database unreachable" })),
-            )
-                .into_response()
-        }
-    }
+    let (status, text) = match state.health.state() {
+        DbState::Ready => (StatusCode::OK, "ready"),
+        DbState::MigrationsPending => (StatusCode::SERVICE_UNAVAILABLE, "migrations pending"),
+        DbState::Unreachable => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+    };
+    (status, Json(json!({ "status": text }))).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -734,82 +777,5 @@ async fn graphql_ws(
         .write_buffer_size(4 * 1024)
         .max_message_size(state.limits.max_body_bytes)
         .max_frame_size(state.limits.max_body_bytes)
-        .on_upgrade(move |socket| serve_socket(socket, state, protocol))
-}
-
-async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocketProtocols) {
-    use futures::{SinkExt, StreamExt};
-    let (mut sink, mut source) = socket.split();
-    let (to_graphql, from_client) = futures::channel::mpsc::unbounded::<Vec<u8>>();
-    let initialized = Arc::new(AtomicBool::new(false));
-    let init_flag = initialized.clone();
-    let max_subscriptions = state.limits.max_subscriptions_per_socket;
-    let on_init = move |payload: serde_json::Value| async move {
-        init_flag.store(true, Ordering::SeqCst);
-        let mut data = async_graphql::Data::default();
-        data.insert(SubscriptionBudget::new(max_subscriptions));
-        data.insert(RequestContext {
-            actor: payload
-                .get("actor")
-                .and_then(|a| a.as_str())
-                .unwrap_or("anonymous")
-                .chars()
-                .take(200)
-                .collect(),
-            correlation_id: uuid::Uuid::new_v4().to_string(),
-            operation_name: None,
-        });
-        Ok(data)
-    };
-    let mut graphql =
-        async_graphql::http::WebSocket::new(state.schema.clone(), from_client, protocol)
-            .on_connection_init(on_init)
-            .keepalive_timeout(Some(Duration::from_secs(60)));
-    let init_deadline = tokio::time::sleep(Duration::from_millis(state.limits.ws_init_timeout_ms));
-    tokio::pin!(init_deadline);
-    let mut keepalive = tokio::time::interval(Duration::from_secs(15));
-    keepalive.tick().await;
-    loop {
-        tokio::select! {
-            frame = source.next() => match frame {
-                Some(Ok(Message::Text(text))) => {
-                    let _ = to_graphql.unbounded_send(text.as_bytes().to_vec());
-                }
-                Some(Ok(Message::Binary(bytes))) => {
-                    let _ = to_graphql.unbounded_send(bytes.to_vec());
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-            },
-            out = graphql.next() => match out {
-                Some(WsMessage::Text(text)) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
-                }
-                Some(WsMessage::Close(code, reason)) => {
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
-                        .await;
-                    break;
-                }
-                None => break,
-            },
-            _ = &mut init_deadline, if !initialized.load(Ordering::SeqCst) => {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 4408,
-                        reason: "Connection initialisation timeout".into(),
-                    })))
-                    .await;
-                break;
-            }
-            _ = keepalive.tick() => {
-                // Transport-level keep-alive, understood by every client and proxy.
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
+        .on_upgrade(move |socket| crate::websocket::serve_socket(socket, state, protocol))
 }

@@ -30,6 +30,10 @@
 //!   development issuer), the principal, the permission matrix, the access log.
 //! - [`graphql`]: schema, queries, mutations, output types.
 //! - [`http`]: the axum router (GraphQL, GraphiQL, health, metrics).
+//! - [`websocket`]: one GraphQL websocket, guarded (queue, budget, pings, close codes).
+//! - [`limits`]: what keeps one request from taking the service down: nesting checked
+//!   before parsing, a connection cap per request, rate limits, page security headers.
+//! - [`health`]: the database prober behind `/readyz` and fast UNAVAILABLE answers.
 //! - [`app`]: wiring and serving.
 
 pub mod app;
@@ -42,8 +46,10 @@ pub mod error;
 pub mod estimates;
 pub mod event_store;
 pub mod graphql;
+pub mod health;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod live;
 pub mod matcher;
 pub mod metrics;
@@ -51,3 +57,4 @@ pub mod postgres;
 pub mod projections;
 pub mod projector;
 pub mod time_travel;
+pub mod websocket;

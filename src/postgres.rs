@@ -333,6 +333,20 @@ impl EmbeddedCluster {
         Ok(())
     }
 
+    /// Creates the application role and the login the server uses on this cluster
+    /// (`careboard_server`, a member of it), and returns that login's URL for
+    /// `database`. The owner (this cluster's superuser) runs the migrations.
+    pub async fn ensure_server_login(&self, database: &str) -> Result<String> {
+        let admin = connect_with_retry(&self.url("postgres")).await?;
+        let result = ensure_server_login(&admin, SERVER_LOGIN, &self.password).await;
+        admin.close().await;
+        result?;
+        Ok(format!(
+            "postgres://{SERVER_LOGIN}:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        ))
+    }
+
     /// Stops the server (fast shutdown: sessions are ended, data is flushed) if this
     /// process started it.
     pub fn stop(&mut self) {
@@ -353,6 +367,45 @@ impl Drop for EmbeddedCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The login the server connects with on the embedded cluster.
+pub const SERVER_LOGIN: &str = "careboard_server";
+/// The group role whose privileges the server has (granted by migration 0008).
+pub const APP_ROLE: &str = "careboard_app";
+
+/// Creates the application role (if missing) and a login `name` that is a member of
+/// it, not a superuser, with `password`. Idempotent; `admin` must be allowed to create
+/// roles.
+pub async fn ensure_server_login(admin: &PgPool, name: &str, password: &str) -> Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+        bail!("a role name of lower-case letters and underscores, not '{name}'");
+    }
+    let password = password.replace('\'', "''");
+    let create = |role: &str, attributes: &str| {
+        format!(
+            "do $$ begin \
+               if not exists (select 1 from pg_roles where rolname = '{role}') then \
+                 create role {role} {attributes}; \
+               end if; \
+             exception when duplicate_object or unique_violation then null; \
+             end $$;"
+        )
+    };
+    // statement_timeout: a backstop under the server's own request timeout, so that no
+    // statement of a cancelled or runaway request keeps running for long.
+    let sql = format!(
+        "{}\n{}\nalter role {name} with login nosuperuser nocreatedb nocreaterole \
+         password '{password}';\nalter role {name} set statement_timeout = '30s';\n\
+         grant {APP_ROLE} to {name};",
+        create(APP_ROLE, "nologin"),
+        create(name, "login"),
+    );
+    sqlx::raw_sql(&sql)
+        .execute(admin)
+        .await
+        .with_context(|| format!("creating the login {name}"))?;
+    Ok(())
 }
 
 /// Connects, retrying while a just-started server finishes recovery.
@@ -596,19 +649,32 @@ fn random_password() -> Result<String> {
 }
 
 /// The port of a live server already running on `pgdata`, from its `postmaster.pid`.
+/// A server that is shutting down (its Careboard was killed, and the kernel told it to
+/// stop) is waited for, so that the next start begins a fresh one instead of joining
+/// one that is about to go.
 fn running_server_port(pgdata: &Path) -> Option<u16> {
-    let pidfile = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
-    let mut lines = pidfile.lines();
-    let pid: i32 = lines.next()?.trim().parse().ok()?;
-    // SAFETY: signal 0 only checks that the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !alive {
-        return None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pidfile = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+        let lines: Vec<&str> = pidfile.lines().collect();
+        let pid: i32 = lines.first()?.trim().parse().ok()?;
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            return None;
+        }
+        // The last line is the server's state: starting, ready, standby or stopping.
+        let stopping = lines.get(7).is_some_and(|s| s.trim() == "stopping");
+        if stopping && Instant::now() < deadline {
+            tracing::info!(pid, "waiting for the previous PostgreSQL server to stop");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let port: u16 = lines.get(3)?.trim().parse().ok()?;
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        return Some(port);
     }
-    let port: u16 = lines.nth(2)?.trim().parse().ok()?;
-    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    Some(port)
 }
 
 fn free_port() -> Result<u16> {

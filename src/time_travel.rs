@@ -234,7 +234,8 @@ async fn headline_wait(
 /// `limit` of them.
 pub async fn board_history(
     pool: &PgPool,
-    estimator: &crate::estimates::Estimator,
+    // None: no estimates (the caller did not ask for them; they are the costly part).
+    estimator: Option<&crate::estimates::Estimator>,
     board_id: Uuid,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -259,8 +260,8 @@ pub async fn board_history(
             continue;
         }
         doc.apply(&e).map_err(|err| fold_failed(board_id, err))?;
-        let estimated_wait_seconds = match &doc.board {
-            Some(board) => {
+        let estimated_wait_seconds = match (&doc.board, estimator) {
+            (Some(board), Some(estimator)) => {
                 if samples.is_none() {
                     samples = Some(
                         estimator
@@ -271,7 +272,7 @@ pub async fn board_history(
                 let samples = samples.as_deref().unwrap_or_default();
                 headline_wait(pool, estimator, &doc, board, samples, e.recorded_at).await?
             }
-            None => None,
+            _ => None,
         };
         use crate::domain::{AppointmentStatus as A, ShiftStatus as S};
         let count_a = |s: A| doc.appointments.values().filter(|a| a.status == s).count() as i64;

@@ -110,14 +110,23 @@ fn compose_publishes_on_loopback_and_reads_credentials_from_the_env_file() {
     }
     for line in compose.lines() {
         let line = line.trim();
-        if line.starts_with("POSTGRES_PASSWORD") || line.starts_with("DATABASE_URL") {
+        let secret = ["POSTGRES_PASSWORD", "DATABASE_URL", "DATABASE_OWNER_URL"]
+            .iter()
+            .any(|key| line.starts_with(&format!("{key}:")));
+        if secret {
             assert!(
-                line.contains("${CAREBOARD_DB_PASSWORD"),
+                line.contains("${CAREBOARD_DB_PASSWORD")
+                    || line.contains("${CAREBOARD_SERVER_DB_PASSWORD"),
                 "hard-coded secret: {line}"
             );
         }
     }
+    // The script that creates the server's login takes its password from the env file.
+    let init = read("deploy/postgres-init/10-careboard-roles.sh");
+    assert!(init.contains("$CAREBOARD_SERVER_DB_PASSWORD"));
+    assert!(!init.contains("password '"), "hard-coded login password");
     let example = read(".env.example");
     assert!(example.contains("CAREBOARD_DB_PASSWORD="));
+    assert!(example.contains("CAREBOARD_SERVER_DB_PASSWORD="));
     assert!(read(".gitignore").lines().any(|l| l.trim() == ".env"));
 }

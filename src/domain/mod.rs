@@ -149,8 +149,19 @@ pub(crate) fn fold_error(event: &impl DomainEvent, ctx: &EventContext, reason: &
     }
 }
 
+/// Refuses text PostgreSQL cannot store: the NUL character (in `text` and `jsonb`).
+pub fn storable_text(field: &str, value: &str) -> Result<(), DomainError> {
+    if value.contains('\0') {
+        return Err(DomainError::Validation(format!(
+            "{field} must not contain the NUL character"
+        )));
+    }
+    Ok(())
+}
+
 /// Trims a required free-text field and bounds its length.
 pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, DomainError> {
+    storable_text(field, value)?;
     let value = value.trim();
     if value.is_empty() {
         return Err(DomainError::Validation(format!(
@@ -176,13 +187,25 @@ pub fn region(field: &str, value: &str) -> Result<String, DomainError> {
     Ok(value.to_uppercase())
 }
 
-/// Parses a calendar date written `YYYY-MM-DD`.
+/// The workdays a Board may be opened for: a sane window around now, so that typos
+/// such as year 0, negative years or 9999 are refused.
+pub const EARLIEST_BOARD_YEAR: i32 = 1900;
+pub const LATEST_BOARD_YEAR: i32 = 2200;
+
+/// Parses a calendar date written `YYYY-MM-DD`, between the years 1900 and 2200.
 pub fn parse_date(field: &str, value: &str) -> Result<NaiveDate, DomainError> {
-    NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
+    let date = NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
         DomainError::Validation(format!(
             "{field} '{value}' is not a valid date (expected YYYY-MM-DD)"
         ))
-    })
+    })?;
+    use chrono::Datelike;
+    if !(EARLIEST_BOARD_YEAR..=LATEST_BOARD_YEAR).contains(&date.year()) {
+        return Err(DomainError::Validation(format!(
+            "{field} '{value}' is out of range (years {EARLIEST_BOARD_YEAR} to {LATEST_BOARD_YEAR})"
+        )));
+    }
+    Ok(date)
 }
 
 /// Parses a client-supplied id.

@@ -91,7 +91,10 @@ fn schema_with_limits(
         .limit_depth(max_depth)
         .limit_complexity(max_complexity)
         .limit_recursive_depth(limits.max_recursion)
-        .limit_directives(limits.max_directives);
+        .limit_directives(limits.max_directives)
+        .extension(crate::limits::ConnectionCap(
+            limits.max_connections_per_request,
+        ));
     if !limits.introspection {
         builder = builder.disable_introspection();
     }

@@ -25,6 +25,24 @@ pub struct Query;
 pub const MAX_PAGE: i32 = 500;
 const DEFAULT_PAGE: i32 = 50;
 
+/// The cost of a list: its page size (asked for, or the default) times one item's.
+fn page_cost(first: Option<i32>, default: i32, child_complexity: usize) -> usize {
+    (first.unwrap_or(default).max(0) as usize).saturating_mul(child_complexity.max(1))
+}
+
+/// The weight of `estimatedWaitSeconds` in a history entry's complexity: large, so that
+/// [`history_cost`] can tell from the entry's total whether estimates were selected.
+pub const HISTORY_ESTIMATE_WEIGHT: usize = 1000;
+
+/// `boardHistory`: every version is folded whatever is selected (a tenth of a point
+/// each; the summary figures come with the fold), and an estimate, when selected,
+/// costs 10 points per version: estimates are what made a long history slow.
+fn history_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let versions = first.unwrap_or(1000).max(0) as usize;
+    let estimates = child_complexity / HISTORY_ESTIMATE_WEIGHT;
+    100 + versions / 10 + versions.saturating_mul(estimates).saturating_mul(10)
+}
+
 fn uuid(field: &str, id: &ID) -> Result<Uuid, AppError> {
     Ok(parse_id(field, id)?)
 }
@@ -107,7 +125,7 @@ where
 }
 
 fn internal(e: anyhow::Error) -> AppError {
-    AppError::Internal(e)
+    AppError::from(e)
 }
 
 fn board_cursor(after: Option<String>) -> Result<Option<(chrono::NaiveDate, Uuid)>, AppError> {
@@ -125,6 +143,7 @@ impl Query {
     /// `minPosition` (a mutation's `position`) waits until the projector has applied it
     /// and answers STALE if it does not within the configured wait. `asOf` instead
     /// folds the Board's streams as they stood at that time.
+    #[graphql(complexity = "if as_of.is_some() { 200 } else { 50 } + child_complexity")]
     async fn board(
         &self,
         ctx: &Context<'_>,
@@ -147,6 +166,7 @@ impl Query {
     /// Boards, ordered by date then id, filtered by any of date, specialty, region and
     /// status.
     #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "5 + page_cost(first, 50, child_complexity)")]
     async fn boards(
         &self,
         ctx: &Context<'_>,
@@ -159,6 +179,11 @@ impl Query {
     ) -> Result<Connection<String, Board>> {
         let limit = page_size(first)?;
         let cursor = board_cursor(after)?;
+        for (field, text) in [("specialty", &specialty), ("region", &region)] {
+            if let Some(text) = text {
+                domain::storable_text(field, text)?;
+            }
+        }
         let filter = read::BoardFilter {
             date,
             specialty: specialty.map(|s| s.trim().to_lowercase()),
@@ -207,6 +232,9 @@ impl Query {
 
     /// An appointment from the projected `appointment_view`; with `asOf` or `version`,
     /// folded from its events as it stood then.
+    #[graphql(
+        complexity = "if as_of.is_some() || version.is_some() { 20 } else { 5 } + child_complexity"
+    )]
     async fn appointment(
         &self,
         ctx: &Context<'_>,
@@ -229,6 +257,7 @@ impl Query {
     /// Board's) requested on the Board now, or at `asOf`, would be expected to start:
     /// the queue ahead of it, the providers who could take it and how long their
     /// appointments take (see the README's "Wait-time estimates").
+    #[graphql(complexity = "100 + child_complexity")]
     async fn wait_time_estimate(
         &self,
         ctx: &Context<'_>,
@@ -264,6 +293,9 @@ impl Query {
 
     /// A provider's shift from the projected `provider_shift_view`; with `asOf` or
     /// `version`, folded from its events as it stood then.
+    #[graphql(
+        complexity = "if as_of.is_some() || version.is_some() { 20 } else { 5 } + child_complexity"
+    )]
     async fn provider_shift(
         &self,
         ctx: &Context<'_>,
@@ -279,6 +311,7 @@ impl Query {
 
     /// The day's timeline of a Board: every version caused by events recorded in
     /// `(from, to]`, with the event and the headline figures, oldest first.
+    #[graphql(complexity = "history_cost(first, child_complexity)")]
     async fn board_history(
         &self,
         ctx: &Context<'_>,
@@ -300,17 +333,24 @@ impl Query {
                 .into())
             }
         };
-        let entries = board_history(store(ctx).pool(), estimator(ctx), id, from, to, limit).await?;
+        let estimates = ctx
+            .look_ahead()
+            .field("estimatedWaitSeconds")
+            .exists()
+            .then(|| estimator(ctx));
+        let entries = board_history(store(ctx).pool(), estimates, id, from, to, limit).await?;
         Ok(entries.into_iter().map(BoardHistoryEntry).collect())
     }
 
     /// Every projection generation: checkpoint, lag, state, rebuild progress, dead letters.
+    #[graphql(complexity = "10 + child_complexity")]
     async fn projections(&self, ctx: &Context<'_>) -> Result<Vec<ProjectionStatus>> {
         Ok(crate::projector::state::status(store(ctx).pool())
             .await
             .map_err(AppError::from)?)
     }
 
+    #[graphql(complexity = "10 + child_complexity")]
     async fn provider(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Provider>> {
         let state = store(ctx)
             .load::<domain::Provider>(uuid("id", &id)?, ReadLimit::All)
@@ -319,6 +359,7 @@ impl Query {
     }
 
     /// Registered providers, in registration order.
+    #[graphql(complexity = "5 + page_cost(first, 50, child_complexity)")]
     async fn providers(
         &self,
         ctx: &Context<'_>,
@@ -340,6 +381,7 @@ impl Query {
 
     /// The event log (the audit log), oldest first, optionally for one stream or Board
     /// and for some event types. The cursor is the global position.
+    #[graphql(complexity = "5 + page_cost(first, 50, child_complexity)")]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -350,6 +392,9 @@ impl Query {
         types: Option<Vec<String>>,
     ) -> Result<Connection<String, Event>> {
         let limit = page_size(first)?;
+        for t in types.iter().flatten() {
+            domain::storable_text("types", t)?;
+        }
         let filter = LogFilter {
             stream_id: stream_id
                 .as_ref()

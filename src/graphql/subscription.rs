@@ -84,10 +84,11 @@ impl Subscription {
         since_version: Option<i64>,
     ) -> Result<impl Stream<Item = Board>> {
         let id = parse_id("boardId", &board_id).map_err(AppError::from)?;
+        // The budget first: a refused subscription costs no query.
+        let guard = budget(ctx)?;
         if !board_exists(ctx, id).await? {
             return Err(AppError::not_found("board not found").into());
         }
-        let guard = budget(ctx)?;
         let live = ctx.data_unchecked::<LiveBoards>();
         let receiver = live.subscribe(id).await.map_err(AppError::Internal)?;
         let mut last = since_version.unwrap_or(-1);
@@ -112,6 +113,7 @@ impl Subscription {
         after: Option<i64>,
     ) -> Result<impl Stream<Item = Event>> {
         let id = parse_id("boardId", &board_id).map_err(AppError::from)?;
+        let guard = budget(ctx)?;
         if !board_exists(ctx, id).await? {
             return Err(AppError::not_found("board not found").into());
         }
@@ -125,7 +127,6 @@ impl Subscription {
                 .await?
                 .ok_or_else(|| AppError::validation(format!("after: no event at position {p}")))?,
         };
-        let guard = budget(ctx)?;
         let live = ctx.data_unchecked::<LiveBoards>().clone();
         let mut changes = live.subscribe(id).await.map_err(AppError::Internal)?;
         Ok(async_stream::stream! {

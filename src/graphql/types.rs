@@ -199,6 +199,7 @@ impl Board {
         Ok(self.contents(ctx).await?.map(|c| c.position).unwrap_or(0))
     }
     /// Providers on the Board, in the order they joined.
+    #[graphql(complexity = "5 + 20 * child_complexity")]
     async fn providers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ProviderShift>> {
         Ok(self
             .contents(ctx)
@@ -208,14 +209,20 @@ impl Board {
     }
     /// Appointments on the Board, in the order they were requested. Waiting ones carry
     /// their wait estimate.
+    #[graphql(complexity = "5 + 50 * child_complexity")]
     async fn appointments(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Appointment>> {
         let Some(contents) = self.contents(ctx).await? else {
             return Ok(Vec::new());
         };
-        let estimates = if contents
-            .appointments
-            .iter()
-            .any(|a| a.status == domain::AppointmentStatus::Requested)
+        // Estimates only when asked for: they are the expensive part of a Board.
+        let selection = ctx.look_ahead();
+        let wanted =
+            selection.field("estimatedStart").exists() || selection.field("waitEstimate").exists();
+        let estimates = if wanted
+            && contents
+                .appointments
+                .iter()
+                .any(|a| a.status == domain::AppointmentStatus::Requested)
         {
             Some(
                 estimator(ctx)
@@ -347,6 +354,7 @@ impl ProviderShift {
         id(self.0.provider_id)
     }
     /// The provider's reference data.
+    #[graphql(complexity = "5 + child_complexity")]
     async fn provider(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Provider>> {
         Ok(store(ctx)
             .load::<domain::Provider>(self.0.provider_id, ReadLimit::All)
@@ -493,6 +501,7 @@ impl Appointment {
     /// While waiting: when it is expected to start, from the queue ahead, the providers
     /// who could take it and past durations (see `waitEstimate`). Null once scheduled
     /// (see `estimatedTime`), or when no provider on shift could take it.
+    #[graphql(complexity = "10")]
     async fn estimated_start(
         &self,
         ctx: &Context<'_>,
@@ -500,6 +509,7 @@ impl Appointment {
         Ok(self.estimate(ctx).await?.and_then(|e| e.start))
     }
     /// While waiting: the whole estimate behind `estimatedStart`.
+    #[graphql(complexity = "10 + child_complexity")]
     async fn wait_estimate(
         &self,
         ctx: &Context<'_>,
@@ -735,6 +745,7 @@ impl BoardHistoryEntry {
     }
     /// What a new request of the Board's specialty (in its region) would have been told
     /// to wait then, in seconds; null when no provider on shift could take it.
+    #[graphql(complexity = "crate::graphql::query::HISTORY_ESTIMATE_WEIGHT")]
     async fn estimated_wait_seconds(&self) -> Option<i64> {
         self.0.estimated_wait_seconds
     }
