@@ -74,6 +74,29 @@ pub async fn open_database(args: &DatabaseArgs) -> Result<Database> {
     })
 }
 
+/// How many automatic persisted queries each process remembers (least recently used
+/// first out; a forgotten one costs the client one retry with the document).
+const PERSISTED_QUERIES: usize = 2048;
+
+/// Like [`open_database`], for a process that serves: it must own the embedded cluster
+/// (a cluster borrowed from another process stops when that process stops, and every
+/// request would fail from then on). CLI commands may borrow it.
+pub async fn open_database_to_serve(args: &DatabaseArgs) -> Result<Database> {
+    let db = open_database(args).await?;
+    if let Some(pid) = db.cluster.as_ref().and_then(|c| c.held_by()) {
+        db.pool.close().await;
+        anyhow::bail!(
+            "the data dir {} is in use by Careboard process {pid}, which runs its PostgreSQL; \
+             a second server there would fail when that one stops. Stop process {pid}, give \
+             this one its own --data-dir (CAREBOARD_DATA_DIR), or run both against one server \
+             with DATABASE_URL. (Commands such as `careboard migrate` or `careboard \
+             projections status` may share the data dir.)",
+            args.data_dir.display()
+        );
+    }
+    Ok(db)
+}
+
 /// The application's shared state, built from a migrated pool.
 pub fn state(pool: PgPool, limits: GraphqlLimits, lock_timeout: Duration) -> AppState {
     state_with(pool, limits, lock_timeout, Duration::from_secs(5))
@@ -101,6 +124,14 @@ pub fn state_with(
             &limits,
             read_wait,
         ),
+        introspection_schema: crate::graphql::build_introspection_schema(
+            store.clone(),
+            live.clone(),
+            estimator.clone(),
+            &limits,
+            read_wait,
+        ),
+        persisted: Arc::new(crate::http::PersistedQueries::new(PERSISTED_QUERIES)),
         estimator,
         pool,
         limits: Arc::new(limits),

@@ -35,7 +35,16 @@ pub async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()> {
-    let db = app::open_database(&database).await?;
+    let listener = if args.live {
+        Some(bind(&args.bind).await?)
+    } else {
+        None
+    };
+    let db = if args.live {
+        app::open_database_to_serve(&database).await?
+    } else {
+        app::open_database(&database).await?
+    };
     db.migrate().await?;
     let scenario = args.scenario();
     if !args.live {
@@ -58,7 +67,7 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
         Duration::from_millis(database.lock_timeout_ms),
     );
     let projector = app::spawn_daemon(&state, DaemonConfig::default());
-    let listener = tokio::net::TcpListener::bind(&args.bind).await?;
+    let listener = listener.expect("bound above for --live");
     let base = format!("http://{}", listener.local_addr()?);
     let metrics = state.metrics.clone();
     let store = state.store.clone();
@@ -95,8 +104,29 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
     Ok(())
 }
 
+/// Takes the listening address before anything else starts (PostgreSQL, migrations),
+/// so a port already in use is reported at once, with the address and the way out.
+pub async fn bind(address: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "cannot listen on {address}: the address is already in use (is Careboard, \
+                 or `careboard demo --live`, already running there?). Stop that process, or \
+                 choose another address with --bind (CAREBOARD_BIND), e.g. --bind 127.0.0.1:8081"
+            )
+        } else {
+            anyhow::anyhow!("cannot listen on {address}: {e}")
+        }
+    })
+}
+
 async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
-    let db = app::open_database(&database).await?;
+    let listener = if serve.projector == ProjectorMode::Only {
+        None
+    } else {
+        Some(bind(&serve.bind).await?)
+    };
+    let db = app::open_database_to_serve(&database).await?;
     db.migrate().await?;
     let mut state = app::state_with(
         db.pool.clone(),
@@ -121,17 +151,16 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
             },
         )),
     };
-    let result = if serve.projector == ProjectorMode::Only {
-        tracing::info!("projecting only (no HTTP)");
-        app::shutdown_signal().await;
-        Ok(())
-    } else {
-        let listener = tokio::net::TcpListener::bind(&serve.bind).await?;
+    let result = if let Some(listener) = listener {
         tracing::info!(
             "Careboard listening; GraphiQL at http://{}/graphql",
             listener.local_addr()?
         );
         app::serve(listener, state, app::shutdown_signal()).await
+    } else {
+        tracing::info!("projecting only (no HTTP)");
+        app::shutdown_signal().await;
+        Ok(())
     };
     if let Some(p) = projector {
         p.stop().await?;

@@ -186,6 +186,16 @@ pub struct GraphqlLimits {
     /// Serve the GraphiQL playground at GET /graphql.
     #[arg(long, env = "CAREBOARD_GRAPHIQL", default_value_t = true, action = ArgAction::Set)]
     pub graphiql: bool,
+    /// Origins of browser apps allowed to call the API and open its websockets (CORS),
+    /// e.g. `https://app.clinic.example`; repeat the flag or separate with commas.
+    /// Careboard's own pages (same origin) are always allowed; every other origin is not.
+    #[arg(
+        long = "cors-origin",
+        env = "CAREBOARD_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_parser = parse_origin
+    )]
+    pub cors_origins: Vec<String>,
     /// Deepest nesting of brackets in a document or of lists/objects in its variables,
     /// checked before parsing (the parser recurses, and deep literals would overflow
     /// the stack).
@@ -217,6 +227,23 @@ pub struct GraphqlLimits {
     /// Inbound websocket messages queued per socket before the server stops reading.
     #[arg(long, env = "CAREBOARD_WS_INBOUND_QUEUE", default_value_t = 32)]
     pub ws_inbound_queue: usize,
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, lower-case, no path.
+fn parse_origin(value: &str) -> Result<String, String> {
+    let origin = value.trim().trim_end_matches('/').to_ascii_lowercase();
+    let valid = ["http://", "https://"].iter().any(|scheme| {
+        origin
+            .strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '*']))
+    });
+    if valid {
+        Ok(origin)
+    } else {
+        Err(format!(
+            "'{value}' is not an origin: expected scheme://host[:port], e.g. https://app.example.com"
+        ))
+    }
 }
 
 impl Default for GraphqlLimits {

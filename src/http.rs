@@ -1,13 +1,20 @@
-//! The axum router: /graphql (POST queries, GET GraphiQL), health and readiness.
+//! The axum router: /graphql (GraphQL over HTTP: POST, GET queries, GraphiQL, websocket
+//! upgrades), health and readiness, and the origin policy (CORS) in front of it all.
 
-use async_graphql::http::GraphiQLSource;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use async_graphql::ServerError;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use std::str::FromStr;
@@ -18,9 +25,14 @@ use async_graphql::http::{WebSocketProtocols, ALL_WEBSOCKET_PROTOCOLS};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 
+use crate::config::GraphqlLimits;
 use crate::error::AppError;
-use crate::graphql::RequestContext;
-use crate::health::DbState;
+use crate::event_store::EventStore;
+use crate::graphql::{CareboardSchema, RequestContext};
+use crate::health::{DbHealth, DbState};
+use crate::limits::RateLimiter;
+use crate::live::LiveBoards;
+use crate::metrics::Metrics;
 
 /// The live board page and the index of boards: plain HTML, CSS and JS, shipped inside
 /// the binary (no CDN, no build step). Scripts and styles are files of their own, never
@@ -67,6 +79,48 @@ async fn static_file(axum::extract::Path(file): axum::extract::Path<String>) -> 
     }
 }
 
+/// GraphiQL and everything it loads, shipped inside the binary so it works with no
+/// network beyond this server (see static/graphiql/README.md for versions and licences).
+const GRAPHIQL_PAGE: &str = include_str!("../static/graphiql/index.html");
+const GRAPHIQL_ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "init.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../static/graphiql/init.js"),
+    ),
+    (
+        "graphiql.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../static/graphiql/graphiql.min.js"),
+    ),
+    (
+        "graphiql.min.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../static/graphiql/graphiql.min.css"),
+    ),
+    (
+        "react.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../static/graphiql/react.production.min.js"),
+    ),
+    (
+        "react-dom.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../static/graphiql/react-dom.production.min.js"),
+    ),
+    (
+        "graphql-ws.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../static/graphiql/graphql-ws.min.js"),
+    ),
+];
+/// GraphiQL needs nothing from elsewhere; the policy says so to the browser too.
+const GRAPHIQL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
+
+/// The two response media types of GraphQL over HTTP.
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+const JSON: &str = "application/json";
+
 /// The pages with their Content-Security-Policy (see `limits::page_policy`).
 fn page(html: &'static str, policy: &'static LazyLock<String>) -> Response {
     (
@@ -78,12 +132,33 @@ fn page(html: &'static str, policy: &'static LazyLock<String>) -> Response {
 static BOARD_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARD_PAGE));
 static BOARDS_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARDS_PAGE));
 
-pub use crate::state::AppState;
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: CareboardSchema,
+    /// Serves introspection-only requests, with limits of their own (so GraphiQL and
+    /// code generators work whatever the user-query limits are).
+    pub introspection_schema: CareboardSchema,
+    /// Automatic persisted queries: hash → document.
+    pub persisted: Arc<PersistedQueries>,
+    pub pool: PgPool,
+    pub limits: Arc<GraphqlLimits>,
+    pub store: EventStore,
+    pub metrics: Arc<Metrics>,
+    pub live: LiveBoards,
+    /// The one wait-time estimator (its caches) shared by queries and the matcher.
+    pub estimator: crate::estimates::Estimator,
+    /// Whether the database answers, probed off the pool: fast 503s and UNAVAILABLE.
+    pub health: DbHealth,
+    pub rate_limiter: RateLimiter,
+    /// Bearer token verification; `None` serves anonymous requests (`--auth off`).
+    pub auth: Option<crate::identity::Verifier>,
+}
 
 pub fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state.limits);
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
-        .route("/graphql", get(graphiql_or_ws).post(graphql))
+        .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
         .route_layer(axum::middleware::from_fn_with_state(
             state.rate_limiter.clone(),
@@ -97,51 +172,125 @@ pub fn router(state: AppState) -> Router {
             "/boards/{id}",
             get(|| async { page(BOARD_PAGE, &BOARD_POLICY) }),
         )
+        .route("/graphiql/{file}", get(graphiql_asset))
         .route("/static/{file}", get(static_file))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn(crate::limits::security_headers))
+        .layer(cors)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// GET /graphql: a websocket upgrade speaks GraphQL; a browser gets GraphiQL.
-async fn graphiql_or_ws(
+/// Cross-origin calls only from the configured origins; a preflight from any other
+/// origin is answered without permission, so the browser never sends the request.
+fn cors_layer(limits: &GraphqlLimits) -> CorsLayer {
+    let origins: Vec<HeaderValue> = limits
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("x-actor"),
+            header::HeaderName::from_static("x-correlation-id"),
+        ])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// Whether a browser request's `Origin` may use the API: none (not a browser, or a
+/// same-origin GET), this server itself, or a configured origin. Cross-site requests
+/// from anywhere else are refused before they run, whatever their shape.
+fn origin_allowed(limits: &GraphqlLimits, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().to_ascii_lowercase();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.trim().to_ascii_lowercase());
+    let same_origin = host.is_some_and(|host| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            == Some(host.as_str())
+    });
+    same_origin || limits.cors_origins.contains(&origin)
+}
+
+fn forbidden_origin() -> Response {
+    request_error(
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+        "this origin may not call Careboard: add it with --cors-origin (CAREBOARD_CORS_ORIGINS)"
+            .into(),
+    )
+}
+
+/// GET /graphql: a websocket upgrade speaks GraphQL; a request with GraphQL parameters
+/// is a query over GET; a browser without parameters gets GraphiQL.
+async fn graphql_get(
     State(state): State<AppState>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match upgrade {
-        Ok(upgrade) => graphql_ws(State(state), headers, upgrade).await,
-        Err(_) => graphiql(State(state)).await,
+    if let Ok(upgrade) = upgrade {
+        return graphql_ws(State(state), headers, upgrade).await;
+    }
+    match query.filter(|q| !q.is_empty()) {
+        Some(query) => graphql_over_get(&state, &headers, &query).await,
+        None => graphiql(&state),
     }
 }
 
-async fn graphiql(State(state): State<AppState>) -> Response {
+fn graphiql(state: &AppState) -> Response {
     if !state.limits.graphiql {
         return (StatusCode::NOT_FOUND, "GraphiQL is switched off").into_response();
     }
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .finish(),
+    (
+        [(header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP)],
+        Html(GRAPHIQL_PAGE),
     )
-    .into_response()
+        .into_response()
 }
 
-/// A request-level error in GraphQL's response shape.
-fn request_error(status: StatusCode, message: String) -> Response {
-    coded_error(status, "VALIDATION", message)
+async fn graphiql_asset(
+    State(state): State<AppState>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    let asset = GRAPHIQL_ASSETS.iter().find(|(name, _, _)| *name == file);
+    match asset {
+        Some((_, content_type, bytes)) if state.limits.graphiql => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            *bytes,
+        )
+            .into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
-fn coded_error(status: StatusCode, code: &str, message: String) -> Response {
+/// A request-level error in GraphQL's response shape (no `data`: nothing ran).
+fn request_error(status: StatusCode, code: &str, message: String) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, Json(body)).into_response()
 }
 
-fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -150,8 +299,86 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Response {
+/// The response media type the client accepts, preferring the one it lists first:
+/// `application/graphql-response+json` or `application/json` (also for `*/*` or no
+/// `Accept` at all, as the GraphQL-over-HTTP spec asks). `None`: neither (406).
+fn response_media(headers: &HeaderMap) -> Option<&'static str> {
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    if accept.is_empty() {
+        return Some(JSON);
+    }
+    accept.iter().find_map(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let essence = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+        match essence.as_str() {
+            _ if refused => None,
+            GRAPHQL_RESPONSE_JSON => Some(GRAPHQL_RESPONSE_JSON),
+            JSON | "application/*" | "*/*" => Some(JSON),
+            _ => None,
+        }
+    })
+}
+
+fn not_acceptable() -> Response {
+    (
+        StatusCode::NOT_ACCEPTABLE,
+        Json(json!({ "errors": [{
+            "message": "Careboard answers application/graphql-response+json or application/json: send one of them in Accept",
+            "extensions": { "code": "VALIDATION" } }] })),
+    )
+        .into_response()
+}
+
+/// POST bodies must be JSON: anything else (a form, `text/plain`) is what a cross-site
+/// page can send without asking, so it is refused before it is read (415).
+fn json_body(headers: &HeaderMap) -> Option<Response> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let mut parts = content_type.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or_default();
+    let charset_ok = parts
+        .filter_map(|p| p.strip_prefix("charset="))
+        .all(|c| matches!(c.trim_matches('"'), "utf-8" | "utf8"));
+    if (essence == JSON || essence == GRAPHQL_RESPONSE_JSON) && charset_ok {
+        return None;
+    }
+    let sent = if content_type.is_empty() {
+        "no content-type".to_string()
+    } else {
+        format!(
+            "content-type '{}'",
+            content_type.chars().take(100).collect::<String>()
+        )
+    };
+    Some(request_error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "VALIDATION",
+        format!("POST /graphql takes a JSON body (content-type: application/json; charset=utf-8), not {sent}"),
+    ))
+}
+
+async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> Response {
     let headers = request.headers().clone();
+    if !origin_allowed(&state.limits, &headers) {
+        return forbidden_origin();
+    }
+    let Some(media) = response_media(&headers) else {
+        return not_acceptable();
+    };
+    if let Some(refused) = json_body(&headers) {
+        return refused;
+    }
     let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
         Ok(p) => p,
         Err(refusal) => return refusal,
@@ -162,6 +389,7 @@ async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Respo
         Err(_) => {
             return request_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
+                "VALIDATION",
                 format!("request body exceeds the limit of {limit} bytes"),
             )
         }
@@ -171,30 +399,160 @@ async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Respo
         Err(e) => {
             return request_error(
                 StatusCode::BAD_REQUEST,
+                "VALIDATION",
                 format!("request body is not a GraphQL request in JSON: {e}"),
             )
         }
     };
+    execute(&state, &headers, gql_request, media, false, principal).await
+}
+
+/// GET /graphql?query=…&variables=…&operationName=…&extensions=…: queries only (a GET
+/// must be safe to repeat and to cache).
+async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) -> Response {
+    if !origin_allowed(&state.limits, headers) {
+        return forbidden_origin();
+    }
+    let Some(media) = response_media(headers) else {
+        return not_acceptable();
+    };
+    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), headers).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    let params: Vec<(String, String)> = match serde_urlencoded_pairs(query) {
+        Ok(p) => p,
+        Err(e) => return request_error(StatusCode::BAD_REQUEST, "VALIDATION", e),
+    };
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let json_param = |name: &str| -> Result<Option<serde_json::Value>, String> {
+        match param(name).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Null) => Ok(None),
+                Ok(v @ serde_json::Value::Object(_)) => Ok(Some(v)),
+                _ => Err(format!("the {name} parameter must be a JSON object")),
+            },
+        }
+    };
+    let mut body = serde_json::Map::new();
+    body.insert("query".into(), json!(param("query").unwrap_or_default()));
+    if let Some(name) = param("operationName").filter(|n| !n.is_empty()) {
+        body.insert("operationName".into(), json!(name));
+    }
+    for name in ["variables", "extensions"] {
+        match json_param(name) {
+            Ok(Some(v)) => {
+                body.insert(name.into(), v);
+            }
+            Ok(None) => {}
+            Err(message) => return request_error(StatusCode::BAD_REQUEST, "VALIDATION", message),
+        }
+    }
+    let request: async_graphql::Request =
+        match serde_json::from_value(serde_json::Value::Object(body)) {
+            Ok(r) => r,
+            Err(e) => {
+                return request_error(
+                    StatusCode::BAD_REQUEST,
+                    "VALIDATION",
+                    format!("not a GraphQL request: {e}"),
+                )
+            }
+        };
+    execute(state, headers, request, media, true, principal).await
+}
+
+fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
+        &format!("/?{query}")
+            .parse()
+            .map_err(|_| "the query string is not a valid URI".to_string())?,
+    )
+    .map(|q| q.0)
+    .map_err(|e| format!("the query string is not valid: {e}"))
+}
+
+/// Runs one GraphQL request and answers it in the negotiated media type, with the
+/// status codes of the GraphQL-over-HTTP spec.
+async fn execute(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut gql_request: async_graphql::Request,
+    media: &'static str,
+    over_get: bool,
+    principal: Option<crate::identity::Principal>,
+) -> Response {
+    let persisted = gql_request.extensions.0.contains_key("persistedQuery");
+    if gql_request.query.is_empty() && !persisted {
+        // Not a well-formed GraphQL-over-HTTP request, whatever the media type.
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION",
+            "the request has no query: send {\"query\": \"…\"} (or a persisted query's hash in extensions.persistedQuery)".into(),
+        );
+    }
+    if let Err(error) = state.persisted.resolve(&mut gql_request) {
+        return error.into_response(media);
+    }
+    // Before anything parses the document: deep nesting would overflow the parser's stack.
     if let Err(problem) = crate::limits::check_request(&gql_request, state.limits.max_nesting) {
-        return request_error(StatusCode::BAD_REQUEST, problem);
+        return request_error(StatusCode::BAD_REQUEST, "VALIDATION", problem);
     }
     if !state.health.reachable() {
         let e = AppError::unavailable();
-        return coded_error(
+        return request_error(
             StatusCode::SERVICE_UNAVAILABLE,
             e.code(),
             e.public_message(),
         );
     }
+    let document = if over_get || gql_request.query.contains("__") {
+        async_graphql::parser::parse_query(&gql_request.query).ok()
+    } else {
+        None
+    };
+    let operation_name = gql_request.operation_name.clone();
+    if over_get {
+        let kind = document
+            .as_ref()
+            .and_then(|d| crate::graphql::operation(d, operation_name.as_deref()))
+            .map(|op| op.ty);
+        if matches!(
+            kind,
+            Some(
+                async_graphql::parser::types::OperationType::Mutation
+                    | async_graphql::parser::types::OperationType::Subscription
+            )
+        ) {
+            let mut refused = request_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "VALIDATION",
+                "only queries run over GET: send mutations with POST (subscriptions over the websocket at /graphql/ws)".into(),
+            );
+            refused
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return refused;
+        }
+    }
+    let introspection_only = document
+        .as_ref()
+        .is_some_and(|d| crate::graphql::is_introspection_only(d, operation_name.as_deref()));
     let context = RequestContext {
         // A verified principal is the actor; no header can say otherwise.
         actor: match &principal {
             Some(p) => p.subject.clone(),
-            None => header(&headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
+            None => header_text(headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
         },
-        correlation_id: header(&headers, "x-correlation-id")
+        correlation_id: header_text(headers, "x-correlation-id")
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        operation_name: gql_request.operation_name.clone(),
+        operation_name,
     };
     let mut gql_request = gql_request.data(context);
     if let Some(principal) = principal {
@@ -204,13 +562,22 @@ async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Respo
     // handler) drops every resolver's future and with it its SQL; the server login's
     // statement_timeout bounds what PostgreSQL still runs.
     let timeout = Duration::from_millis(state.limits.request_timeout_ms);
-    let execution = state.schema.execute(gql_request);
+    let execution = async {
+        if introspection_only {
+            state
+                .introspection_schema
+                .execute(gql_request.only_introspection())
+                .await
+        } else {
+            state.schema.execute(gql_request).await
+        }
+    };
     let Ok(mut response) = tokio::time::timeout(timeout, execution).await else {
         let e = AppError::Timeout(format!(
             "the request ran longer than {} ms and was cancelled",
             timeout.as_millis()
         ));
-        return coded_error(StatusCode::OK, e.code(), e.public_message());
+        return request_error(StatusCode::OK, e.code(), e.public_message());
     };
     // Errors raised before any resolver ran (parse, validation, limits, input coercion)
     // carry no code: they are all bad input.
@@ -226,7 +593,138 @@ async fn graphql(State(state): State<AppState>, request: Request<Body>) -> Respo
                 .set("code", "VALIDATION");
         }
     }
-    Json(response).into_response()
+    // A request error (nothing executed: parse, validation, variables) has no path and
+    // no data; a field error has a path.
+    let request_failed = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    let mut answer = if request_failed {
+        let status = if media == GRAPHQL_RESPONSE_JSON {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        // Serialized as they are (a JSON value would sort the fields).
+        #[derive(serde::Serialize)]
+        struct RequestErrors<'a> {
+            errors: &'a [ServerError],
+        }
+        (
+            status,
+            Json(RequestErrors {
+                errors: &response.errors,
+            }),
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, Json(response)).into_response()
+    };
+    let answer_headers = answer.headers_mut();
+    answer_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if media == GRAPHQL_RESPONSE_JSON {
+            "application/graphql-response+json; charset=utf-8"
+        } else {
+            "application/json; charset=utf-8"
+        }),
+    );
+    answer_headers.append(header::VARY, HeaderValue::from_static("accept"));
+    if over_get {
+        // Cacheable by the browser that asked (it is that user's data), never by a
+        // shared cache.
+        answer_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+    answer
+}
+
+/// Automatic persisted queries (the protocol Apollo clients speak): a client sends the
+/// SHA-256 of its query in `extensions.persistedQuery`; if this process knows the
+/// document it runs it, otherwise it answers `PERSISTED_QUERY_NOT_FOUND` and the client
+/// sends hash and document together once, which is checked and remembered.
+pub struct PersistedQueries {
+    documents: Mutex<lru::LruCache<String, Arc<str>>>,
+}
+
+/// Why a persisted query could not be used.
+#[derive(Debug)]
+pub struct PersistedQueryError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl PersistedQueryError {
+    fn into_response(self, media: &'static str) -> Response {
+        let mut error = ServerError::new(self.message, None);
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", self.code);
+        let status = if media == GRAPHQL_RESPONSE_JSON {
+            self.status
+        } else {
+            StatusCode::OK
+        };
+        (status, Json(json!({ "errors": [error] }))).into_response()
+    }
+}
+
+impl PersistedQueries {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            documents: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).expect("non-zero"),
+            )),
+        }
+    }
+
+    /// Fills in `request.query` from its hash, or remembers the document it carries.
+    pub fn resolve(&self, request: &mut async_graphql::Request) -> Result<(), PersistedQueryError> {
+        let Some(persisted) = request.extensions.0.get("persistedQuery") else {
+            return Ok(());
+        };
+        let persisted = persisted.clone().into_json().unwrap_or_default();
+        let invalid = |message: &str| PersistedQueryError {
+            status: StatusCode::BAD_REQUEST,
+            code: "VALIDATION",
+            message: message.to_string(),
+        };
+        if persisted["version"] != 1 {
+            return Err(PersistedQueryError {
+                status: StatusCode::BAD_REQUEST,
+                code: "PERSISTED_QUERY_NOT_SUPPORTED",
+                message: "PersistedQueryNotSupported: only persistedQuery version 1 is supported"
+                    .into(),
+            });
+        }
+        let hash = persisted["sha256Hash"]
+            .as_str()
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_ascii_lowercase)
+            .ok_or_else(|| invalid("persistedQuery.sha256Hash must be 64 hexadecimal digits"))?;
+        let mut documents = self.documents.lock().unwrap_or_else(|e| e.into_inner());
+        if request.query.is_empty() {
+            return match documents.get(&hash) {
+                Some(document) => {
+                    request.query = document.to_string();
+                    Ok(())
+                }
+                None => Err(PersistedQueryError {
+                    status: StatusCode::OK,
+                    code: "PERSISTED_QUERY_NOT_FOUND",
+                    message: "PersistedQueryNotFound".into(),
+                }),
+            };
+        }
+        let actual = format!("{:x}", Sha256::digest(request.query.as_bytes()));
+        if actual != hash {
+            return Err(invalid(
+                "persistedQuery.sha256Hash is not the SHA-256 of the query sent with it",
+            ));
+        }
+        documents.put(hash, Arc::from(request.query.as_str()));
+        Ok(())
+    }
 }
 
 /// Answers at once from the prober's last look (never waits behind the pool).
@@ -257,7 +755,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render();
     (
         [(
-            axum::http::header::CONTENT_TYPE,
+            header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         body,
@@ -272,6 +770,10 @@ async fn graphql_ws(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Browsers let any page open a websocket anywhere; only the Origin tells them apart.
+    if !origin_allowed(&state.limits, &headers) {
+        return forbidden_origin();
+    }
     // Until sockets carry their principal, authentication refuses the upgrade itself.
     if let Err(refusal) = crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
         return refusal;

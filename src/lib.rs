@@ -37,7 +37,6 @@
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
 //! - [`graphql`]: schema, queries, mutations, subscriptions, output types.
 //! - [`http`]: the axum router (GraphQL, GraphiQL, pages, health, metrics).
-//! - [`state`]: `AppState`, what every handler shares.
 //! - [`app`]: wiring and serving; [`cli`]: the command line.
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
 //! - [`identity`]: who is asking — bearer token verification (OIDC JWKS or the
@@ -76,6 +75,5 @@ pub mod postgres;
 pub mod projections;
 pub mod projector;
 pub mod snapshots;
-pub mod state;
 pub mod time_travel;
 pub mod websocket;

@@ -10,6 +10,8 @@ const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
+        // Colour only on a terminal: redirected logs stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

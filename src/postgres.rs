@@ -19,18 +19,76 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens a pool. Sessions that sit idle inside a transaction are cut off, because an
 /// open write transaction holds back every reader that must not skip events.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        let scheme = url
+            .split("://")
+            .next()
+            .filter(|s| *s != url)
+            .unwrap_or("none");
+        anyhow::bail!(
+            "DATABASE_URL is not a PostgreSQL URL (scheme {scheme:?}): expected \
+             postgres://user:password@host:5432/database"
+        );
+    }
     let options: PgConnectOptions = url
         .parse::<PgConnectOptions>()
-        .context("DATABASE_URL is not a valid PostgreSQL URL")?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "DATABASE_URL is not a PostgreSQL URL ({e}): expected \
+                 postgres://user:password@host:5432/database"
+            )
+        })?
         .options([("idle_in_transaction_session_timeout", "30s")])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+    // One connection first, so a refused connection, an unknown host, a wrong password
+    // or a server that is not PostgreSQL is named at once (the pool would only say it
+    // timed out, ten seconds later). A server still starting up is left to the pool's
+    // retries.
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+    )
+    .await;
+    match first {
+        Ok(Ok(connection)) => {
+            sqlx::Connection::close(connection).await.ok();
+        }
+        Ok(Err(e)) if is_definitive(&e) => {
+            anyhow::bail!(
+                "cannot connect to PostgreSQL at {}:{}: {e}",
+                options.get_host(),
+                options.get_port()
+            )
+        }
+        Ok(Err(_)) | Err(_) => {}
+    }
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL")
+}
+
+/// Whether a failed connection attempt will fail the same way if retried: nothing
+/// listens there, the host is unknown, the credentials or database are wrong, or what
+/// answered is not PostgreSQL. (A reset connection or "starting up" is not.)
+fn is_definitive(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::TimedOut
+        ),
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("28") || c == "3D000"),
+        sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
+        _ => false,
+    }
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<()> {
@@ -72,12 +130,22 @@ pub struct EmbeddedCluster {
     password: String,
     dir: PathBuf,
     exited: Option<std::sync::mpsc::Receiver<()>>,
+    /// The data dir's lock, held while this process owns the cluster.
+    _lock: Option<fs::File>,
+    /// The Careboard process that owns the cluster, when it is not this one.
+    held_by: Option<i32>,
 }
 
 const SUPERUSER: &str = "careboard";
 const SYSTEM_USER: &str = "careboard";
 
 impl EmbeddedCluster {
+    /// The process id of the Careboard process that owns this cluster, when this
+    /// process only borrowed it (0 if that process's id could not be read).
+    pub fn held_by(&self) -> Option<i32> {
+        self.held_by
+    }
+
     /// Starts (initialising on first use) the cluster in `options.dir`. If a server
     /// started by another Careboard process is already running there, connects to it.
     pub fn start(options: &ClusterOptions) -> Result<Self> {
@@ -90,6 +158,34 @@ impl EmbeddedCluster {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
             check_traversable(&dir, user)?;
         }
+        // The process that holds this lock owns the cluster (it started it and stops
+        // it); another process may only borrow the running server.
+        let lock_path = dir.join("careboard.pid");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o644)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let owned = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } == 0;
+        let (lock, held_by) = if owned {
+            lock.set_len(0)?;
+            std::io::Write::write_all(&mut &lock, format!("{}\n", std::process::id()).as_bytes())?;
+            (Some(lock), None)
+        } else {
+            let pid = fs::read_to_string(&lock_path)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .unwrap_or(0);
+            (None, Some(pid))
+        };
         let pgdata = dir.join("pgdata");
         let credentials = dir.join("credentials");
         if !pgdata.join("PG_VERSION").exists() {
@@ -108,6 +204,8 @@ impl EmbeddedCluster {
                 password,
                 dir,
                 exited: None,
+                _lock: lock,
+                held_by,
             });
         }
 
@@ -168,6 +266,8 @@ impl EmbeddedCluster {
             password,
             dir,
             exited: Some(exit_rx),
+            _lock: lock,
+            held_by,
         };
         cluster.wait_ready(&log_path)?;
         tracing::info!(port, pid, dir = %cluster.dir.display(), "embedded PostgreSQL started");

@@ -195,18 +195,6 @@ pub fn generate(options: &ScenarioOptions) -> Scenario {
                 breaks,
             });
         }
-        // Who can be served here: every (specialty, region) some provider covers.
-        let mut covered: Vec<(String, String)> = Vec::new();
-        for s in &shifts {
-            let p = &providers[s.provider];
-            for sp in &p.specialties {
-                for r in &p.regions {
-                    if !covered.contains(&(sp.clone(), r.clone())) {
-                        covered.push((sp.clone(), r.clone()));
-                    }
-                }
-            }
-        }
         let mut arrivals = Vec::new();
         // A Poisson process with an hourly rate, by thinning.
         let peak = 16.0 * options.load;
@@ -222,20 +210,14 @@ pub fn generate(options: &ScenarioOptions) -> Scenario {
             if rng.random_range(0.0..peak) > rate {
                 continue;
             }
-            let (sp, r) = if rng.random_bool(0.8) {
-                (specialty.to_string(), region.to_string())
-            } else {
-                covered[rng.random_range(0..covered.len())].clone()
-            };
-            let mean = CLINICS
-                .iter()
-                .find(|c| c.0 == sp)
-                .map_or(consult_mean, |c| c.3) as f64;
+            // Every patient asks for what the Board serves: a Board refuses a request
+            // for another specialty or region (no provider there could take it).
+            let mean = consult_mean as f64;
             arrivals.push(Arrival {
                 at: t,
                 patient: format!("{} {}", pick(&mut rng, &FIRST), pick(&mut rng, &LAST)),
-                specialty: sp,
-                region: r,
+                specialty: specialty.to_string(),
+                region: region.to_string(),
                 reason: pick(&mut rng, &REASONS).to_string(),
                 lead: minutes(&mut rng, 2.0, 0.5),
                 consult: minutes(&mut rng, mean, 0.4),

@@ -170,6 +170,23 @@ pub fn decide(
                     "cannot request appointment: board is CLOSED, not OPEN".into(),
                 ));
             }
+            // Only providers on this Board can take the patient, and every one of them
+            // fits the Board's specialty and region: a patient who fits neither would
+            // wait forever. Names stay out of the message (it reaches logs and clients).
+            if specialty != board.specialty {
+                return Err(DomainError::Validation(format!(
+                    "cannot request appointment: specialty '{specialty}' does not match the \
+                     Board's specialty '{}'; request it on a {specialty} Board",
+                    board.specialty
+                )));
+            }
+            if region != board.region {
+                return Err(DomainError::Validation(format!(
+                    "cannot request appointment: region '{region}' does not match the \
+                     Board's region '{}'; request it on a Board for {region}",
+                    board.region
+                )));
+            }
             return Ok(vec![AppointmentEvent::AppointmentRequested {
                 board_id: board.id,
                 patient_name,
@@ -405,6 +422,44 @@ mod tests {
         assert_eq!(
             rejected_with(when::<Appointment>(&[], request(None))),
             DomainError::NotFound("board not found".into())
+        );
+    }
+
+    #[test]
+    fn requesting_a_specialty_the_board_does_not_serve_is_a_validation_error() {
+        let cmd = AppointmentCommand::Request {
+            board: Some(board(BoardStatus::Open)),
+            patient_name: "Ana Ruiz".into(),
+            specialty: "Dermatology".into(),
+            region: "TX".into(),
+            reason: "rash".into(),
+        };
+        assert_eq!(
+            rejected_with(when::<Appointment>(&[], cmd)),
+            DomainError::Validation(
+                "cannot request appointment: specialty 'dermatology' does not match the \
+                 Board's specialty 'pediatrics'; request it on a dermatology Board"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn requesting_from_a_region_the_board_does_not_serve_is_a_validation_error() {
+        let cmd = AppointmentCommand::Request {
+            board: Some(board(BoardStatus::Open)),
+            patient_name: "Ana Ruiz".into(),
+            specialty: "pediatrics".into(),
+            region: "nm".into(),
+            reason: "rash".into(),
+        };
+        assert_eq!(
+            rejected_with(when::<Appointment>(&[], cmd)),
+            DomainError::Validation(
+                "cannot request appointment: region 'NM' does not match the Board's region \
+                 'TX'; request it on a Board for NM"
+                    .into()
+            )
         );
     }
 

@@ -5,6 +5,10 @@ pub mod query;
 pub mod subscription;
 pub mod types;
 
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
+    SelectionSet,
+};
 use async_graphql::{Context, Schema};
 
 use crate::config::GraphqlLimits;
@@ -33,13 +37,64 @@ pub fn build_schema(
     limits: &GraphqlLimits,
     read_wait: std::time::Duration,
 ) -> CareboardSchema {
+    schema_with_limits(
+        store,
+        live,
+        estimator,
+        limits,
+        read_wait,
+        limits.max_depth,
+        limits.max_complexity,
+    )
+}
+
+/// The deepest nesting an introspection-only request may use. The introspection
+/// queries of GraphiQL, graphql-codegen, Postman and Apollo nest about 15 deep (type
+/// references unwrap `ofType` many times), deeper than any user query needs.
+pub const INTROSPECTION_MAX_DEPTH: usize = 24;
+/// The complexity allowed to an introspection-only request (a full introspection query
+/// scores a few hundred).
+pub const INTROSPECTION_MAX_COMPLEXITY: usize = 5000;
+
+/// The schema that serves introspection-only requests (every top-level field is
+/// `__schema`, `__type` or `__typename`; see [`is_introspection_only`]), so GraphiQL's
+/// docs and code generators are never blocked by the limits that guard user queries,
+/// while bounded by their own limits. Requests sent to it run in introspection-only
+/// mode: a data field there is refused, whatever the check upstream decided.
+pub fn build_introspection_schema(
+    store: EventStore,
+    live: crate::live::LiveBoards,
+    estimator: crate::estimates::Estimator,
+    limits: &GraphqlLimits,
+    read_wait: std::time::Duration,
+) -> CareboardSchema {
+    schema_with_limits(
+        store,
+        live,
+        estimator,
+        limits,
+        read_wait,
+        limits.max_depth.max(INTROSPECTION_MAX_DEPTH),
+        limits.max_complexity.max(INTROSPECTION_MAX_COMPLEXITY),
+    )
+}
+
+fn schema_with_limits(
+    store: EventStore,
+    live: crate::live::LiveBoards,
+    estimator: crate::estimates::Estimator,
+    limits: &GraphqlLimits,
+    read_wait: std::time::Duration,
+    max_depth: usize,
+    max_complexity: usize,
+) -> CareboardSchema {
     let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .data(store)
         .data(live)
         .data(estimator)
         .data(ReadWait(read_wait))
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity)
+        .limit_depth(max_depth)
+        .limit_complexity(max_complexity)
         .limit_recursive_depth(limits.max_recursion)
         .limit_directives(limits.max_directives)
         .extension(crate::limits::ConnectionCap(
@@ -49,6 +104,55 @@ pub fn build_schema(
         builder = builder.disable_introspection();
     }
     builder.finish()
+}
+
+/// Whether the operation `operation_name` selects (of `document`) only introspection
+/// fields at its top level (`__schema`, `__type`, `__typename`, through fragments too).
+/// False when the document names no such operation or it is not a query.
+pub fn is_introspection_only(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
+    fn only_meta(document: &ExecutableDocument, set: &SelectionSet, fragments_seen: usize) -> bool {
+        // Fragment cycles are invalid GraphQL; the bound keeps this check from looping.
+        if fragments_seen > 64 {
+            return false;
+        }
+        set.items.iter().all(|item| match &item.node {
+            Selection::Field(field) => field.node.name.node.starts_with("__"),
+            Selection::InlineFragment(fragment) => only_meta(
+                document,
+                &fragment.node.selection_set.node,
+                fragments_seen + 1,
+            ),
+            Selection::FragmentSpread(spread) => document
+                .fragments
+                .get(&spread.node.fragment_name.node)
+                .is_some_and(|f| {
+                    only_meta(document, &f.node.selection_set.node, fragments_seen + 1)
+                }),
+        })
+    }
+    match operation(document, operation_name) {
+        Some(op) => op.ty == OperationType::Query && only_meta(document, &op.selection_set.node, 0),
+        None => false,
+    }
+}
+
+/// The operation a request runs: the named one, or the only one.
+pub fn operation<'a>(
+    document: &'a ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<&'a OperationDefinition> {
+    match (&document.operations, operation_name) {
+        (DocumentOperations::Single(op), None) => Some(&op.node),
+        (DocumentOperations::Single(_), Some(_)) => None,
+        (DocumentOperations::Multiple(ops), Some(name)) => ops
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, op)| &op.node),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.values().next().map(|op| &op.node)
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    }
 }
 
 /// The schema's SDL, as committed in `schema.graphql`.

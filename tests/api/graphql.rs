@@ -488,29 +488,20 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing() {
         )
         .await;
     assert_eq!(error_code(&r), "VALIDATION");
-    let elsewhere = app
-        .data(
+    // A patient from a region the Board does not serve is refused at the door (the
+    // licence check on scheduling is covered by the domain's tests).
+    let before_region = app.event_count().await;
+    let r = app
+        .gql(
             REQUEST_APPOINTMENT,
             json!({"input": {"boardId": board_id, "patientName": "Remote", "specialty": "pediatrics", "region": "NY", "reason": "rash"}}),
         )
         .await;
-    let before_licence = app.event_count().await;
-    let elsewhere_id = s(&elsewhere["requestAppointment"]["appointment"]["id"]);
-    let r = app
-        .gql(
-            SCHEDULE_APPOINTMENT,
-            json!({"input": {"appointmentId": elsewhere_id, "shiftId": shift_id}}),
-        )
-        .await;
     assert_eq!(error_code(&r), "VALIDATION");
     assert_eq!(
-        error_message(&r),
-        "cannot schedule appointment: provider Dr. Ada Park is not licensed in NY"
-    );
-    assert_eq!(
         app.event_count().await,
-        before_licence,
-        "a refused two-stream command writes nothing"
+        before_region,
+        "a refused command writes nothing"
     );
 
     // Wrong GraphQL: unknown field, wrong type, unparsable document.
@@ -523,8 +514,8 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing() {
 
     assert_eq!(
         app.event_count().await,
-        before + 1,
-        "only the one valid request was appended"
+        before,
+        "no refused request appended anything"
     );
     // Nothing internal leaks.
     let r = app
@@ -587,6 +578,7 @@ async fn over_limit_requests_are_refused_with_a_code() {
     let response = app
         .http
         .post(app.url("/graphql"))
+        .header("content-type", "application/json")
         .body("hello")
         .send()
         .await

@@ -3,16 +3,20 @@
 //! the real server on port 0 spoken to over HTTP and websocket, or the store, projector
 //! and matcher directly where the test is about them.
 
-mod helpers;
-
 mod demo;
 mod event_store;
+mod first_hour;
+mod first_hour_cli;
 mod graphql;
+mod graphql_http_audit;
 mod hardening;
+mod helpers;
 mod identity;
 mod live;
 mod matching;
+mod packaging;
 mod page;
 mod projector;
+mod readme_walkthrough;
 mod schema;
 mod time_travel;

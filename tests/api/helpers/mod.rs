@@ -8,6 +8,8 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub mod browser;
+
 use careboard::app::{self, RunningServer};
 use careboard::config::GraphqlLimits;
 use careboard::event_store::EventStore;
@@ -466,5 +468,20 @@ impl WsClient {
 
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
+    }
+}
+
+impl TestApp {
+    /// Posts a GraphQL request with `extensions` (persisted queries).
+    pub async fn gql_with_extensions(&self, query: &str, extensions: &Value) -> Value {
+        self.http
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "extensions": extensions }))
+            .send()
+            .await
+            .expect("POST /graphql")
+            .json()
+            .await
+            .expect("JSON response")
     }
 }

@@ -1,0 +1,156 @@
+//! The command line's first impressions: a port in use, a database that is not there,
+//! logs redirected to a file. Each runs the real `careboard` binary.
+
+use std::time::{Duration, Instant};
+
+fn careboard() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"));
+    command.env_remove("DATABASE_URL").env_remove("RUST_LOG");
+    command
+}
+
+/// Runs to the end (at most 30 s); returns success, stderr and how long it took.
+fn run(command: &mut std::process::Command) -> (bool, String, Duration) {
+    let started = Instant::now();
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run careboard");
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            return (status.success(), stderr, started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("careboard did not stop within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_port_in_use_is_reported_at_once_with_the_address_and_the_fix() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    for args in [
+        vec!["--bind", &address],
+        vec!["demo", "--live", "--bind", &address],
+    ] {
+        let data_dir = tempfile::tempdir().unwrap();
+        let (ok, stderr, took) = run(careboard()
+            .args(&args)
+            .arg("--data-dir")
+            .arg(data_dir.path()));
+        assert!(!ok, "{args:?}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {address}"))
+                && stderr.contains("already in use")
+                && stderr.contains("--bind"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !data_dir.path().join("pgdata").exists(),
+            "{args:?}: PostgreSQL was started before the port was checked"
+        );
+        assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "colour codes in redirected output: {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn connection_errors_name_their_cause_at_once() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (ok, stderr, took) = run(careboard().arg("migrate").env(
+        "DATABASE_URL",
+        format!("postgres://careboard:secret@127.0.0.1:{closed}/careboard"),
+    ));
+    assert!(!ok);
+    assert!(
+        stderr.to_lowercase().contains("connection refused")
+            && stderr.contains(&format!("127.0.0.1:{closed}")),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in redirected output: {stderr:?}"
+    );
+
+    let (ok, stderr, _) = run(careboard()
+        .arg("migrate")
+        .env("DATABASE_URL", "mysql://careboard@127.0.0.1/careboard"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("not a PostgreSQL URL") && stderr.contains("postgres://"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused_and_cli_commands_share_it() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // Run as root, the cluster runs as an unprivileged user who must reach the dir.
+    std::fs::set_permissions(
+        data_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut first = careboard()
+        .args(["--bind", &address, "--data-dir"])
+        .arg(data_dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Up once /readyz answers 200 (cluster started, database migrated).
+    let ready = || -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(&address) else {
+            return false;
+        };
+        let _ = stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    };
+    let started = Instant::now();
+    while !ready() {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = first.kill();
+            panic!("the first server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, stderr, _) = run(careboard()
+        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path()));
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("in use by Careboard process {}", first.id())),
+        "{stderr}"
+    );
+    let (ok, stderr, _) = run(careboard()
+        .arg("migrate")
+        .arg("--data-dir")
+        .arg(data_dir.path()));
+    assert!(ok, "migrate shares the running cluster: {stderr}");
+
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let _ = first.wait();
+}

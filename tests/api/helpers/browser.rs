@@ -1,0 +1,194 @@
+//! Headless Chromium driven over the DevTools protocol, for tests of what a browser
+//! does: pages, CORS, websockets from a page. The network beyond this machine is cut
+//! off (every host name but localhost fails to resolve), so a page that needs a CDN
+//! fails here as it would on a closed clinic network.
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+pub fn find_chromium() -> Option<std::path::PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        })
+}
+
+/// A running headless Chromium; killed when dropped.
+pub struct Browser {
+    child: std::process::Child,
+    devtools: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Browser {
+    /// Starts Chromium, or returns `None` (and says why) when it is not installed
+    /// outside CI; in CI a missing Chromium fails the test.
+    pub async fn start() -> Option<Self> {
+        let Some(chromium) = find_chromium() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must install chromium (.ci/run does)"
+            );
+            eprintln!("skipping the browser test: chromium is not installed");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let profile = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-allow-origins=*",
+                // No network beyond this machine: any other host fails to resolve.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+            ])
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        let devtools = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while http
+            .get(format!("{devtools}/json/version"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromium's DevTools did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(Self {
+            child,
+            devtools,
+            _profile: profile,
+        })
+    }
+
+    /// Opens `url` in a new tab.
+    pub async fn open(&self, url: &str) -> Page {
+        let target: Value = reqwest::Client::new()
+            .put(format!("{}/json/new?{url}", self.devtools))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ws_url = target["webSocketDebuggerUrl"]
+            .as_str()
+            .expect("a page target")
+            .to_string();
+        let (socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        let mut page = Page {
+            socket,
+            next_id: 0,
+            requests: Vec::new(),
+        };
+        page.call("Network.enable", json!({})).await;
+        page
+    }
+}
+
+/// A page in Chromium.
+pub struct Page {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_id: u64,
+    /// Every URL the page asked for (from Network.requestWillBeSent), in order.
+    pub requests: Vec<String>,
+}
+
+impl Page {
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let request = json!({"id": id, "method": method, "params": params});
+        self.socket
+            .send(Message::Text(request.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+                .await
+                .expect("DevTools answers")
+                .expect("DevTools socket open")
+                .unwrap();
+            if let Message::Text(text) = frame {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                if v["method"] == "Network.requestWillBeSent" {
+                    if let Some(url) = v["params"]["request"]["url"].as_str() {
+                        self.requests.push(url.to_string());
+                    }
+                }
+                if v["id"] == id {
+                    return v["result"].clone();
+                }
+            }
+        }
+    }
+
+    /// Evaluates `expression` (awaiting a promise) and returns its JSON value.
+    pub async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        result["result"]["value"].clone()
+    }
+
+    /// Waits (up to 30 s) until `expression` is true.
+    pub async fn wait_for(&mut self, what: &str, expression: &str) {
+        self.wait_for_showing(what, expression, "document.body.innerText.slice(0, 2000)")
+            .await
+    }
+
+    /// Like [`Page::wait_for`]; on a timeout, says what `show` evaluates to then.
+    pub async fn wait_for_showing(&mut self, what: &str, expression: &str, show: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.eval(expression).await.as_bool() == Some(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let shown = self.eval(show).await;
+                panic!("timed out waiting for {what}; the page shows: {shown}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

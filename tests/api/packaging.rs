@@ -1,0 +1,132 @@
+//! The container files: the image builds from what the Dockerfile copies, it says when
+//! it is healthy, and compose exposes nothing and hard-codes no secret.
+//! (`.ci/run` also builds the binary in a directory holding only the COPY'd paths.)
+
+use std::path::{Path, PathBuf};
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// The source paths of the build stage's COPY lines (not `--from=` copies).
+fn copied_paths(dockerfile: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    for line in dockerfile.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() != Some(&"COPY") || words.iter().any(|w| w.starts_with("--from")) {
+            continue;
+        }
+        // COPY src... dest
+        paths.extend(words[1..words.len() - 1].iter().map(|w| w.to_string()));
+    }
+    paths
+}
+
+/// Every file a Rust source embeds (`include_str!` / `include_bytes!`), relative to
+/// the crate root.
+fn embedded_files() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            // Unit tests are not part of the image's build.
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for marker in ["include_str!(\"", "include_bytes!(\""] {
+                for piece in text.split(marker).skip(1) {
+                    let relative = piece.split('"').next().unwrap();
+                    let resolved = path.parent().unwrap().join(relative);
+                    let resolved = std::fs::canonicalize(&resolved)
+                        .unwrap_or_else(|_| panic!("{} embeds missing {relative}", path.display()));
+                    files.push(
+                        resolved
+                            .strip_prefix(root.canonicalize().unwrap())
+                            .unwrap()
+                            .to_path_buf(),
+                    );
+                }
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn the_docker_build_copies_every_file_the_binary_embeds() {
+    let copied = copied_paths(&read("Dockerfile"));
+    assert!(copied.iter().any(|p| p == "src"), "{copied:?}");
+    let embedded = embedded_files();
+    assert!(!embedded.is_empty());
+    let missing: Vec<_> = embedded
+        .iter()
+        .filter(|file| {
+            !copied
+                .iter()
+                .any(|c| file.starts_with(c.trim_end_matches('/')))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile does not COPY {missing:?}"
+    );
+}
+
+#[test]
+fn the_image_has_a_healthcheck_on_readyz() {
+    let dockerfile = read("Dockerfile");
+    let healthcheck = dockerfile
+        .split("HEALTHCHECK")
+        .nth(1)
+        .expect("a HEALTHCHECK in the Dockerfile");
+    assert!(healthcheck.contains("/readyz"), "{healthcheck}");
+    let compose = read("docker-compose.yml");
+    let careboard = compose.split("\n  careboard:").nth(1).unwrap();
+    assert!(careboard.contains("healthcheck:") && careboard.contains("/readyz"));
+}
+
+#[test]
+fn compose_publishes_on_loopback_and_reads_credentials_from_the_env_file() {
+    let compose = read("docker-compose.yml");
+    let ports: Vec<&str> = compose
+        .lines()
+        .skip_while(|l| l.trim() != "ports:")
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with('-'))
+        .collect();
+    assert!(!ports.is_empty());
+    for port in ports {
+        assert!(
+            port.contains("127.0.0.1:"),
+            "published beyond loopback: {port}"
+        );
+    }
+    for line in compose.lines() {
+        let line = line.trim();
+        let secret = ["POSTGRES_PASSWORD", "DATABASE_URL", "DATABASE_OWNER_URL"]
+            .iter()
+            .any(|key| line.starts_with(&format!("{key}:")));
+        if secret {
+            assert!(
+                line.contains("${CAREBOARD_DB_PASSWORD")
+                    || line.contains("${CAREBOARD_SERVER_DB_PASSWORD"),
+                "hard-coded secret: {line}"
+            );
+        }
+    }
+    // The script that creates the server's login takes its password from the env file.
+    let init = read("deploy/postgres-init/10-careboard-roles.sh");
+    assert!(init.contains("$CAREBOARD_SERVER_DB_PASSWORD"));
+    assert!(!init.contains("password '"), "hard-coded login password");
+    let example = read(".env.example");
+    assert!(example.contains("CAREBOARD_DB_PASSWORD="));
+    assert!(example.contains("CAREBOARD_SERVER_DB_PASSWORD="));
+    assert!(read(".gitignore").lines().any(|l| l.trim() == ".env"));
+}

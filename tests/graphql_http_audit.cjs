@@ -1,0 +1,15 @@
+// Runs the graphql-http package's GraphQL-over-HTTP server audit against a URL and
+// prints every result as JSON: node graphql_http_audit.cjs <node_modules dir> <url>
+const path = require('path');
+const { auditServer } = require(path.join(process.argv[2], 'graphql-http'));
+
+auditServer({ url: process.argv[3] }).then(
+  (results) => {
+    const out = results.map((r) => ({ id: r.id, name: r.name, status: r.status, reason: r.reason }));
+    console.log(JSON.stringify(out));
+  },
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
