@@ -131,7 +131,7 @@ pub fn state_with(
             &limits,
             read_wait,
         ),
-        persisted: Arc::new(crate::http::PersistedQueries::new(PERSISTED_QUERIES)),
+        persisted: Arc::new(crate::persisted::PersistedQueries::new(PERSISTED_QUERIES)),
         estimator,
         pool,
         limits: Arc::new(limits),

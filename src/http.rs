@@ -1,9 +1,6 @@
 //! The axum router: /graphql (GraphQL over HTTP: POST, GET queries, GraphiQL, websocket
 //! upgrades), health and readiness, and the origin policy (CORS) in front of it all.
 
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
-
 use async_graphql::ServerError;
 use axum::body::Body;
 use axum::extract::{RawQuery, Request, State};
@@ -12,8 +9,6 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -27,12 +22,9 @@ use axum::extract::ws::WebSocketUpgrade;
 
 use crate::config::GraphqlLimits;
 use crate::error::AppError;
-use crate::event_store::EventStore;
-use crate::graphql::{CareboardSchema, RequestContext};
-use crate::health::{DbHealth, DbState};
-use crate::limits::RateLimiter;
-use crate::live::LiveBoards;
-use crate::metrics::Metrics;
+use crate::graphql::RequestContext;
+use crate::health::DbState;
+pub use crate::state::AppState;
 
 /// The live board page and the index of boards: plain HTML, CSS and JS, shipped inside
 /// the binary (no CDN, no build step). Scripts and styles are files of their own, never
@@ -131,28 +123,6 @@ fn page(html: &'static str, policy: &'static LazyLock<String>) -> Response {
 }
 static BOARD_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARD_PAGE));
 static BOARDS_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARDS_PAGE));
-
-#[derive(Clone)]
-pub struct AppState {
-    pub schema: CareboardSchema,
-    /// Serves introspection-only requests, with limits of their own (so GraphiQL and
-    /// code generators work whatever the user-query limits are).
-    pub introspection_schema: CareboardSchema,
-    /// Automatic persisted queries: hash → document.
-    pub persisted: Arc<PersistedQueries>,
-    pub pool: PgPool,
-    pub limits: Arc<GraphqlLimits>,
-    pub store: EventStore,
-    pub metrics: Arc<Metrics>,
-    pub live: LiveBoards,
-    /// The one wait-time estimator (its caches) shared by queries and the matcher.
-    pub estimator: crate::estimates::Estimator,
-    /// Whether the database answers, probed off the pool: fast 503s and UNAVAILABLE.
-    pub health: DbHealth,
-    pub rate_limiter: RateLimiter,
-    /// Bearer token verification; `None` serves anonymous requests (`--auth off`).
-    pub auth: Option<crate::identity::Verifier>,
-}
 
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.limits);
@@ -498,7 +468,7 @@ async fn execute(
         );
     }
     if let Err(error) = state.persisted.resolve(&mut gql_request) {
-        return error.into_response(media);
+        return error.into_response(media == GRAPHQL_RESPONSE_JSON);
     }
     // Before anything parses the document: deep nesting would overflow the parser's stack.
     if let Err(problem) = crate::limits::check_request(&gql_request, state.limits.max_nesting) {
@@ -635,96 +605,6 @@ async fn execute(
         answer_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
     }
     answer
-}
-
-/// Automatic persisted queries (the protocol Apollo clients speak): a client sends the
-/// SHA-256 of its query in `extensions.persistedQuery`; if this process knows the
-/// document it runs it, otherwise it answers `PERSISTED_QUERY_NOT_FOUND` and the client
-/// sends hash and document together once, which is checked and remembered.
-pub struct PersistedQueries {
-    documents: Mutex<lru::LruCache<String, Arc<str>>>,
-}
-
-/// Why a persisted query could not be used.
-#[derive(Debug)]
-pub struct PersistedQueryError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl PersistedQueryError {
-    fn into_response(self, media: &'static str) -> Response {
-        let mut error = ServerError::new(self.message, None);
-        error
-            .extensions
-            .get_or_insert_with(Default::default)
-            .set("code", self.code);
-        let status = if media == GRAPHQL_RESPONSE_JSON {
-            self.status
-        } else {
-            StatusCode::OK
-        };
-        (status, Json(json!({ "errors": [error] }))).into_response()
-    }
-}
-
-impl PersistedQueries {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            documents: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(capacity.max(1)).expect("non-zero"),
-            )),
-        }
-    }
-
-    /// Fills in `request.query` from its hash, or remembers the document it carries.
-    pub fn resolve(&self, request: &mut async_graphql::Request) -> Result<(), PersistedQueryError> {
-        let Some(persisted) = request.extensions.0.get("persistedQuery") else {
-            return Ok(());
-        };
-        let persisted = persisted.clone().into_json().unwrap_or_default();
-        let invalid = |message: &str| PersistedQueryError {
-            status: StatusCode::BAD_REQUEST,
-            code: "VALIDATION",
-            message: message.to_string(),
-        };
-        if persisted["version"] != 1 {
-            return Err(PersistedQueryError {
-                status: StatusCode::BAD_REQUEST,
-                code: "PERSISTED_QUERY_NOT_SUPPORTED",
-                message: "PersistedQueryNotSupported: only persistedQuery version 1 is supported"
-                    .into(),
-            });
-        }
-        let hash = persisted["sha256Hash"]
-            .as_str()
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_ascii_lowercase)
-            .ok_or_else(|| invalid("persistedQuery.sha256Hash must be 64 hexadecimal digits"))?;
-        let mut documents = self.documents.lock().unwrap_or_else(|e| e.into_inner());
-        if request.query.is_empty() {
-            return match documents.get(&hash) {
-                Some(document) => {
-                    request.query = document.to_string();
-                    Ok(())
-                }
-                None => Err(PersistedQueryError {
-                    status: StatusCode::OK,
-                    code: "PERSISTED_QUERY_NOT_FOUND",
-                    message: "PersistedQueryNotFound".into(),
-                }),
-            };
-        }
-        let actual = format!("{:x}", Sha256::digest(request.query.as_bytes()));
-        if actual != hash {
-            return Err(invalid(
-                "persistedQuery.sha256Hash is not the SHA-256 of the query sent with it",
-            ));
-        }
-        documents.put(hash, Arc::from(request.query.as_str()));
-        Ok(())
-    }
 }
 
 /// Answers at once from the prober's last look (never waits behind the pool).

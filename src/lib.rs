@@ -37,6 +37,8 @@
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
 //! - [`graphql`]: schema, queries, mutations, subscriptions, output types.
 //! - [`http`]: the axum router (GraphQL, GraphiQL, pages, health, metrics).
+//! - [`state`]: `AppState`, what every handler and websocket shares.
+//! - [`persisted`]: automatic persisted queries (hash → document, bounded LRU).
 //! - [`app`]: wiring and serving; [`cli`]: the command line.
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
 //! - [`identity`]: who is asking — bearer token verification (OIDC JWKS or the
@@ -71,9 +73,11 @@ pub mod live;
 pub mod matcher;
 pub mod metrics;
 pub mod pacing;
+pub mod persisted;
 pub mod postgres;
 pub mod projections;
 pub mod projector;
 pub mod snapshots;
+pub mod state;
 pub mod time_travel;
 pub mod websocket;

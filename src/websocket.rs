@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::graphql::subscription::SubscriptionBudget;
 use crate::graphql::RequestContext;
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// What to do with one inbound text message.
 enum Inbound {
