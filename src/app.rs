@@ -113,6 +113,11 @@ pub fn state_with(
     let metrics = Arc::new(Metrics::new());
     let live = LiveBoards::start(pool.clone());
     let estimator = Estimator::new();
+    // One writer task per process, committing access records in groups.
+    let access_log = crate::identity::AccessLog::start(
+        pool.clone(),
+        crate::identity::access_log::AccessLogOptions::default(),
+    );
     let health = crate::health::DbHealth::start(&pool);
     let rate_limiter =
         crate::limits::RateLimiter::new(limits.rate_limit_per_second, limits.rate_limit_burst);
@@ -121,6 +126,7 @@ pub fn state_with(
             store.clone(),
             live.clone(),
             estimator.clone(),
+            access_log.clone(),
             &limits,
             read_wait,
         ),
@@ -128,6 +134,7 @@ pub fn state_with(
             store.clone(),
             live.clone(),
             estimator.clone(),
+            access_log,
             &limits,
             read_wait,
         ),

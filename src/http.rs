@@ -212,14 +212,15 @@ fn forbidden_origin() -> Response {
 async fn graphql_get(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Ok(upgrade) = upgrade {
-        return graphql_ws(State(state), headers, upgrade).await;
+        return graphql_ws(State(state), headers, extensions, upgrade).await;
     }
     match query.filter(|q| !q.is_empty()) {
-        Some(query) => graphql_over_get(&state, &headers, &query).await,
+        Some(query) => graphql_over_get(&state, &headers, &query, client_addr(&extensions)).await,
         None => graphiql(&state),
     }
 }
@@ -258,6 +259,13 @@ async fn graphiql_asset(
 fn request_error(status: StatusCode, code: &str, message: String) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, Json(body)).into_response()
+}
+
+/// The client's address, for access records (when the server was given it).
+fn client_addr(extensions: &axum::http::Extensions) -> Option<String> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -340,6 +348,7 @@ fn json_body(headers: &HeaderMap) -> Option<Response> {
 
 async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> Response {
     let headers = request.headers().clone();
+    let addr = client_addr(request.extensions());
     if !origin_allowed(&state.limits, &headers) {
         return forbidden_origin();
     }
@@ -374,12 +383,17 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
             )
         }
     };
-    execute(&state, &headers, gql_request, media, false, principal).await
+    execute(&state, &headers, gql_request, media, false, principal, addr).await
 }
 
 /// GET /graphql?query=…&variables=…&operationName=…&extensions=…: queries only (a GET
 /// must be safe to repeat and to cache).
-async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) -> Response {
+async fn graphql_over_get(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &str,
+    addr: Option<String>,
+) -> Response {
     if !origin_allowed(&state.limits, headers) {
         return forbidden_origin();
     }
@@ -435,7 +449,7 @@ async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) ->
                 )
             }
         };
-    execute(state, headers, request, media, true, principal).await
+    execute(state, headers, request, media, true, principal, addr).await
 }
 
 fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
@@ -457,6 +471,7 @@ async fn execute(
     media: &'static str,
     over_get: bool,
     principal: Option<crate::identity::Principal>,
+    addr: Option<String>,
 ) -> Response {
     let persisted = gql_request.extensions.0.contains_key("persistedQuery");
     if gql_request.query.is_empty() && !persisted {
@@ -525,6 +540,15 @@ async fn execute(
         operation_name,
     };
     let mut gql_request = gql_request.data(context);
+    // Who the permission matrix judges: the verified principal, or nobody at all when
+    // authentication is off (the authenticator answers `None` only then).
+    gql_request = gql_request.data(match &principal {
+        Some(p) => crate::graphql::access::Caller::Verified(p.clone()),
+        None => crate::graphql::access::Caller::Unchecked,
+    });
+    if let Some(addr) = addr {
+        gql_request = gql_request.data(crate::graphql::access::ClientAddr(addr));
+    }
     if let Some(principal) = principal {
         gql_request = gql_request.data(principal);
     }
@@ -648,6 +672,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn graphql_ws(
     State(state): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // Browsers let any page open a websocket anywhere; only the Origin tells them apart.
@@ -655,9 +680,12 @@ async fn graphql_ws(
         return forbidden_origin();
     }
     // Until sockets carry their principal, authentication refuses the upgrade itself.
-    if let Err(refusal) = crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
-        return refusal;
-    }
+    let caller = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
+        Ok(Some(p)) => crate::graphql::access::Caller::Verified(p),
+        Ok(None) => crate::graphql::access::Caller::Unchecked,
+        Err(refusal) => return refusal,
+    };
+    let addr = client_addr(&extensions);
     let protocol = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -673,5 +701,7 @@ async fn graphql_ws(
         .write_buffer_size(4 * 1024)
         .max_message_size(state.limits.max_body_bytes)
         .max_frame_size(state.limits.max_body_bytes)
-        .on_upgrade(move |socket| crate::websocket::serve_socket(socket, state, protocol))
+        .on_upgrade(move |socket| {
+            crate::websocket::serve_socket(socket, state, protocol, caller, addr)
+        })
 }

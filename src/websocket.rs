@@ -111,7 +111,13 @@ impl Gate {
     }
 }
 
-pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocketProtocols) {
+pub async fn serve_socket(
+    socket: WebSocket,
+    state: AppState,
+    protocol: WebSocketProtocols,
+    caller: crate::graphql::access::Caller,
+    addr: Option<String>,
+) {
     let limits = state.limits.clone();
     let (mut sink, mut source) = socket.split();
     let (to_graphql, from_client) =
@@ -120,6 +126,10 @@ pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocke
     let on_init = move |payload: Value| async move {
         let mut data = async_graphql::Data::default();
         data.insert(SubscriptionBudget::new(max_subscriptions));
+        data.insert(caller);
+        if let Some(addr) = addr {
+            data.insert(crate::graphql::access::ClientAddr(addr));
+        }
         data.insert(RequestContext {
             actor: payload
                 .get("actor")

@@ -1,5 +1,6 @@
 //! The GraphQL schema: queries, mutations, and the limits that guard them.
 
+pub mod access;
 pub mod mutation;
 pub mod query;
 pub mod subscription;
@@ -34,6 +35,7 @@ pub fn build_schema(
     store: EventStore,
     live: crate::live::LiveBoards,
     estimator: crate::estimates::Estimator,
+    access_log: crate::identity::AccessLog,
     limits: &GraphqlLimits,
     read_wait: std::time::Duration,
 ) -> CareboardSchema {
@@ -41,6 +43,7 @@ pub fn build_schema(
         store,
         live,
         estimator,
+        access_log,
         limits,
         read_wait,
         limits.max_depth,
@@ -65,6 +68,7 @@ pub fn build_introspection_schema(
     store: EventStore,
     live: crate::live::LiveBoards,
     estimator: crate::estimates::Estimator,
+    access_log: crate::identity::AccessLog,
     limits: &GraphqlLimits,
     read_wait: std::time::Duration,
 ) -> CareboardSchema {
@@ -72,6 +76,7 @@ pub fn build_introspection_schema(
         store,
         live,
         estimator,
+        access_log,
         limits,
         read_wait,
         limits.max_depth.max(INTROSPECTION_MAX_DEPTH),
@@ -83,6 +88,7 @@ fn schema_with_limits(
     store: EventStore,
     live: crate::live::LiveBoards,
     estimator: crate::estimates::Estimator,
+    access_log: crate::identity::AccessLog,
     limits: &GraphqlLimits,
     read_wait: std::time::Duration,
     max_depth: usize,
@@ -92,7 +98,11 @@ fn schema_with_limits(
         .data(store)
         .data(live)
         .data(estimator)
+        .data(access_log)
         .data(ReadWait(read_wait))
+        // Every root field meets the permission matrix here, and every answer that
+        // disclosed patient fields is recorded here (DESIGN §9).
+        .extension(access::AccessEdge)
         .limit_depth(max_depth)
         .limit_complexity(max_complexity)
         .limit_recursive_depth(limits.max_recursion)

@@ -742,6 +742,7 @@ fn record(i: usize) -> AccessRecord {
             Disclosure::Board {
                 board_id: Uuid::new_v4(),
                 version: i as i64,
+                patient_ids: Vec::new(),
             }
         } else {
             Disclosure::Appointments {
