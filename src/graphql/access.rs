@@ -14,9 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest, NextResolve,
-    NextSubscribe, ResolveInfo,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
+    NextPrepareRequest, NextResolve, NextSubscribe, ResolveInfo,
 };
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
 use async_graphql::{
     Context, Error, ErrorExtensions, QueryPathNode, QueryPathSegment, Request, Response,
     ServerError, ServerResult, Value,
@@ -66,12 +67,21 @@ pub fn field_operations(root: &str, field: &str) -> Option<&'static [Operation]>
         ("Subscription", "boardChanged") => &[Op::BoardChanged],
         ("Subscription", "boardEvents") => &[Op::BoardEvents],
         ("Subscription", "appointmentChanged") => &[Op::AppointmentChanged],
-        ("Mutation", name) => {
-            return Operation::ALL
-                .iter()
-                .position(|op| op.name() == name)
-                .map(|i| std::slice::from_ref(&Operation::ALL[i]))
-        }
+        ("Mutation", "openBoard") => &[Op::OpenBoard],
+        ("Mutation", "closeBoard") => &[Op::CloseBoard],
+        ("Mutation", "registerProvider") => &[Op::RegisterProvider],
+        ("Mutation", "joinBoard") => &[Op::JoinBoard],
+        ("Mutation", "markProviderReady") => &[Op::MarkProviderReady],
+        ("Mutation", "pauseProvider") => &[Op::PauseProvider],
+        ("Mutation", "completeCharting") => &[Op::CompleteCharting],
+        ("Mutation", "signOffProvider") => &[Op::SignOffProvider],
+        ("Mutation", "requestAppointment") => &[Op::RequestAppointment],
+        ("Mutation", "scheduleAppointment") => &[Op::ScheduleAppointment],
+        ("Mutation", "startAppointment") => &[Op::StartAppointment],
+        ("Mutation", "finishAppointment") => &[Op::FinishAppointment],
+        ("Mutation", "cancelAppointment") => &[Op::CancelAppointment],
+        ("Mutation", "rebuildProjection") => &[Op::RebuildProjection],
+        ("Mutation", "replayDeadLetters") => &[Op::ReplayDeadLetters],
         _ => return None,
     };
     Some(ops)
@@ -387,6 +397,7 @@ impl ExtensionFactory for AccessEdge {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(AccessEdgeExtension {
             disclosures: Arc::new(Disclosures::default()),
+            operation_name: Mutex::new(None),
         })
     }
 }
@@ -394,6 +405,8 @@ impl ExtensionFactory for AccessEdge {
 struct AccessEdgeExtension {
     /// Shared with the request's resolvers through its data.
     disclosures: Arc<Disclosures>,
+    /// The operation's name as the document gives it, when the request did not.
+    operation_name: Mutex<Option<String>>,
 }
 
 #[async_trait::async_trait]
@@ -405,6 +418,23 @@ impl Extension for AccessEdgeExtension {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         next.run(ctx, request.data(self.disclosures.clone())).await
+    }
+
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &async_graphql::Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let document = next.run(ctx, query, variables).await?;
+        if let DocumentOperations::Multiple(ops) = &document.operations {
+            if ops.len() == 1 {
+                *self.operation_name.lock().expect("operation name lock") =
+                    ops.keys().next().map(|n| n.to_string());
+            }
+        }
+        Ok(document)
     }
 
     async fn resolve(
@@ -443,7 +473,12 @@ impl Extension for AccessEdgeExtension {
         next: NextExecute<'_>,
     ) -> Response {
         let response = next.run(ctx, operation_name).await;
-        match Recorder::of(ctx).record(&self.disclosures).await {
+        let mut recorder = Recorder::of(ctx);
+        recorder.operation_name = recorder
+            .operation_name
+            .or_else(|| operation_name.map(str::to_string))
+            .or_else(|| self.operation_name.lock().expect("lock").clone());
+        match recorder.record(&self.disclosures).await {
             Ok(()) => response,
             Err(e) => Response::from_errors(vec![e]),
         }
