@@ -746,9 +746,22 @@ impl Event {
         }
         Json(data)
     }
-    /// correlationId, causationId, actor and the GraphQL operation that caused it.
-    async fn metadata(&self) -> Json<&serde_json::Value> {
-        Json(&self.event.metadata)
+    /// correlationId, causationId, actor and the GraphQL operation that caused it. A
+    /// patient who acted is patient data: their subject and name are null unless the
+    /// caller may see this patient's fields.
+    async fn metadata(&self) -> Json<serde_json::Value> {
+        let mut metadata = self.event.metadata.clone();
+        let by_patient = metadata.get("actorRole").and_then(|r| r.as_str()) == Some("patient");
+        if by_patient && !self.patient_fields {
+            if let Some(fields) = metadata.as_object_mut() {
+                for key in ["actor", "actorName"] {
+                    if let Some(v) = fields.get_mut(key) {
+                        *v = serde_json::Value::Null;
+                    }
+                }
+            }
+        }
+        Json(metadata)
     }
     async fn recorded_at(&self) -> DateTime<Utc> {
         self.event.recorded_at
