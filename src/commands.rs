@@ -365,6 +365,7 @@ pub async fn request_appointment(
         None,
         AppointmentCommand::Request {
             board,
+            patient_id: None,
             patient_name: input.patient_name,
             specialty: input.specialty,
             region: input.region,

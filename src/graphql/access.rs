@@ -213,8 +213,8 @@ pub fn board_facts(contents: &BoardContents) -> BoardFacts {
 }
 
 /// The patient an appointment belongs to, when it records one.
-pub fn patient_of(_appointment: &domain::Appointment) -> Option<String> {
-    None
+pub fn patient_of(appointment: &domain::Appointment) -> Option<String> {
+    appointment.patient_id.clone()
 }
 
 pub fn appointment_facts(appointment: &domain::Appointment, board: Option<BoardFacts>) -> Facts {

@@ -88,6 +88,7 @@ async fn request(store: &EventStore, board: Uuid, patient: &str) -> (Uuid, i64) 
 fn requested(board: Uuid, patient: &str) -> AppointmentEvent {
     AppointmentEvent::AppointmentRequested {
         board_id: board,
+        patient_id: None,
         patient_name: patient.into(),
         specialty: "pediatrics".into(),
         region: "TX".into(),
