@@ -23,6 +23,9 @@ pub enum AppError {
     Unavailable(String),
     /// The request ran past its time limit and was cancelled.
     Timeout(String),
+    /// The permission matrix refuses the caller (DESIGN §9): says what is missing, in
+    /// terms of role and scope, never what the target holds.
+    Forbidden(String),
     Internal(anyhow::Error),
 }
 
@@ -46,6 +49,7 @@ impl AppError {
             AppError::Stale(_) => "STALE",
             AppError::Unavailable(_) => "UNAVAILABLE",
             AppError::Timeout(_) => "TIMEOUT",
+            AppError::Forbidden(_) => "FORBIDDEN",
             AppError::Internal(_) => "INTERNAL",
         }
     }
@@ -57,7 +61,8 @@ impl AppError {
             AppError::Conflict(m)
             | AppError::Stale(m)
             | AppError::Unavailable(m)
-            | AppError::Timeout(m) => m.clone(),
+            | AppError::Timeout(m)
+            | AppError::Forbidden(m) => m.clone(),
             AppError::Internal(_) => "internal error".to_string(),
         }
     }
@@ -92,6 +97,12 @@ impl From<sqlx::Error> for AppError {
             }
             _ => AppError::Internal(e.into()),
         }
+    }
+}
+
+impl From<crate::identity::Forbidden> for AppError {
+    fn from(f: crate::identity::Forbidden) -> Self {
+        AppError::Forbidden(f.to_string())
     }
 }
 

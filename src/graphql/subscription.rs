@@ -218,31 +218,26 @@ impl Subscription {
             .subscribe(state.board_id)
             .await
             .map_err(AppError::Internal)?;
-        let mut last = since_version.unwrap_or(-1);
-        let mut ended = false;
-        // The appointment as it stands now first (the Board's document may lag it).
-        let first = (state.version > last).then(|| state.clone());
-        if let Some(a) = &first {
-            last = a.version;
-        }
-        let now = futures::stream::iter(first);
-        let later = WatchStream::new(receiver).filter_map(move |slot| {
-            let contents = slot?;
-            let a = contents.appointments.iter().find(|a| a.id == id)?;
-            if a.version <= last {
-                return None;
+        let last = since_version.unwrap_or(-1);
+        Ok(async_stream::stream! {
+            let _held = guard;
+            let mut last = last;
+            // The appointment as it stands now first (the Board's document may lag it),
+            // then each newer version the Board's document shows.
+            let mut current = Some(state);
+            let mut changes = WatchStream::new(receiver);
+            loop {
+                if let Some(a) = current.take().filter(|a| a.version > last) {
+                    last = a.version;
+                    let open = a.status.is_open();
+                    yield Appointment::as_of(a, None).with_patient_fields(visible);
+                    if !open {
+                        break;
+                    }
+                }
+                let Some(slot) = changes.next().await else { break };
+                current = slot.and_then(|c| c.appointments.iter().find(|a| a.id == id).cloned());
             }
-            last = a.version;
-            Some(a.clone())
-        });
-        Ok(now
-            .chain(later)
-            .take_while(move |a| {
-                let _held = &guard;
-                let go_on = !ended;
-                ended = !a.status.is_open();
-                go_on
-            })
-            .map(move |a| Appointment::as_of(a, None).with_patient_fields(visible)))
+        })
     }
 }

@@ -25,6 +25,12 @@ macro_rules! operations {
             pub fn name(self) -> &'static str {
                 match self { $(Operation::$variant => $name,)* }
             }
+
+            /// The operation of this name (a mutation's field name, as commands record
+            /// it in their metadata).
+            pub fn named(name: &str) -> Option<Operation> {
+                match name { $($name => Some(Operation::$variant),)* _ => None }
+            }
         }
     };
 }
