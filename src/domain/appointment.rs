@@ -109,6 +109,8 @@ impl DomainEvent for AppointmentEvent {
     }
 }
 
+// Built once per command and consumed at once: boxing the Board would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AppointmentCommand {
     /// `board` is looked up first; `None` means it does not exist.

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
-    NextPrepareRequest, NextResolve, NextSubscribe, ResolveInfo,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+    NextResolve, NextSubscribe, ResolveInfo,
 };
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
 use async_graphql::{
@@ -124,7 +124,10 @@ fn role_may(caller: Option<&Caller>, ops: &[Operation]) -> Result<(), Error> {
         Some(Caller::Unchecked) => Ok(()),
         Some(Caller::Verified(p)) => {
             let role = p.scope.role();
-            match ops.iter().find(|op| matrix::rule(**op, role) != Rule::Denied) {
+            match ops
+                .iter()
+                .find(|op| matrix::rule(**op, role) != Rule::Denied)
+            {
                 Some(_) => Ok(()),
                 None => Err(forbidden(
                     matrix::authorize(p, ops[0], &Facts::default())
@@ -146,7 +149,9 @@ pub(crate) fn role_check(ctx: &Context<'_>, op: Operation) -> Result<(), Error> 
 pub(crate) fn authorize(ctx: &Context<'_>, op: Operation, facts: &Facts) -> Result<(), Error> {
     match caller(ctx)? {
         Caller::Unchecked => Ok(()),
-        Caller::Verified(p) => matrix::authorize(p, op, facts).map_err(|f| forbidden(f.to_string())),
+        Caller::Verified(p) => {
+            matrix::authorize(p, op, facts).map_err(|f| forbidden(f.to_string()))
+        }
     }
 }
 
@@ -272,11 +277,7 @@ pub(crate) fn note_disclosure(
     let Some(disclosures) = ctx.data_opt::<Arc<Disclosures>>() else {
         return;
     };
-    let operation = ctx
-        .path_node
-        .as_ref()
-        .map(root_field)
-        .unwrap_or_default();
+    let operation = ctx.path_node.as_ref().map(root_field).unwrap_or_default();
     let seen = Seen {
         operation,
         appointment_id,
@@ -386,7 +387,10 @@ impl Recorder {
             client_addr: self.client_addr.clone(),
             disclosed,
         };
-        log.record(record).await.map(|_| ()).map_err(|_| unrecorded())
+        log.record(record)
+            .await
+            .map(|_| ())
+            .map_err(|_| unrecorded())
     }
 }
 

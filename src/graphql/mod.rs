@@ -84,6 +84,7 @@ pub fn build_introspection_schema(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn schema_with_limits(
     store: EventStore,
     live: crate::live::LiveBoards,

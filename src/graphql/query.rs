@@ -5,17 +5,17 @@ use async_graphql::{Context, Object, Result, ID};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::types::{
-    board_contents_at, AccessLogEntry, Appointment, Board, BoardHistoryEntry, BoardStatus, Event, Provider,
-    ProviderShift, WaitEstimate,
-};
 use super::access;
+use super::types::{
+    board_contents_at, AccessLogEntry, Appointment, Board, BoardHistoryEntry, BoardStatus, Event,
+    Provider, ProviderShift, WaitEstimate,
+};
 use super::{estimator, store, ReadWait};
-use crate::identity::matrix::{Facts, Operation as Op};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
 use crate::estimates::hypothetical_request;
 use crate::event_store::{list_providers, read_log, LogFilter, ReadLimit};
+use crate::identity::matrix::{Facts, Operation as Op};
 use crate::projections::{read, Projection};
 use crate::projector::state::ProjectionStatus;
 use crate::projector::wait_for_position;
@@ -162,7 +162,9 @@ fn own_patient_id(ctx: &Context<'_>, op: Op) -> Result<String> {
     access::authorize(ctx, op, &Facts::default())?;
     match access::principal(ctx)?.map(|p| &p.scope) {
         Some(crate::identity::Scope::Patient { patient_id }) => Ok(patient_id.clone()),
-        _ => Err(access::forbidden(format!("{op} answers for a patient's own token")).into()),
+        _ => Err(access::forbidden(format!(
+            "{op} answers for a patient's own token"
+        ))),
     }
 }
 

@@ -13,11 +13,11 @@ use super::access;
 use super::store;
 use super::types::{board_contents_at, Appointment, Board, Event};
 use crate::domain;
-use crate::event_store::ReadLimit;
-use crate::identity::matrix::{BoardFacts, Facts, Operation};
 use crate::domain::parse_id;
 use crate::error::AppError;
 use crate::event_store::log::{cursor_of, read_after, Cursor};
+use crate::event_store::ReadLimit;
+use crate::identity::matrix::{BoardFacts, Facts, Operation};
 use crate::live::LiveBoards;
 
 pub struct Subscription;

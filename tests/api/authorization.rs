@@ -107,11 +107,10 @@ impl AuthApp {
         .unwrap()
     }
 
-    /// Opens a websocket with `token` in the upgrade's `Authorization` header and runs
-    /// one subscription: its first message (`next`/`error`), and any more within `wait`.
-    async fn subscribe(&self, token: &str, query: &str, variables: Value, wait: Duration) -> Vec<Value> {
+    /// Opens a websocket with `token` in the upgrade's `Authorization` header (and in
+    /// `connection_init`) and starts one subscription.
+    async fn open_subscription(&self, token: &str, query: &str, variables: Value) -> Sub {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        use tokio_tungstenite::tungstenite::Message;
         let mut request = self
             .server
             .url("/graphql/ws")
@@ -119,55 +118,96 @@ impl AuthApp {
             .into_client_request()
             .unwrap();
         let headers = request.headers_mut();
-        headers.insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+        headers.insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
         headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("the websocket connects");
-        let send = |v: Value| Message::Text(v.to_string().into());
-        socket
-            .send(send(json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {token}")}})))
-            .await
-            .unwrap();
-        socket
-            .send(send(json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}})))
-            .await
-            .unwrap();
+        let mut sub = Sub { socket };
+        sub.send(json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {token}")}}))
+            .await;
+        sub.send(json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}}))
+            .await;
+        sub
+    }
+
+    /// One subscription's messages: the first (`next`/`error`), and any more arriving
+    /// within `wait` of the previous one, until it completes.
+    async fn subscribe(
+        &self,
+        token: &str,
+        query: &str,
+        variables: Value,
+        wait: Duration,
+    ) -> Vec<Value> {
+        let mut sub = self.open_subscription(token, query, variables).await;
         let mut messages = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let limit = if messages.is_empty() {
-                deadline
-            } else {
-                tokio::time::Instant::now() + wait
-            };
-            let Ok(Some(Ok(frame))) = tokio::time::timeout_at(limit, socket.next()).await else {
+        let mut limit = Duration::from_secs(10);
+        while let Some(message) = sub.next(limit).await {
+            limit = wait;
+            if message["type"] == "complete" {
                 break;
+            }
+            let done = message["type"] == "error" || message.get("close").is_some();
+            messages.push(message);
+            if done {
+                break;
+            }
+        }
+        sub.close().await;
+        messages
+    }
+}
+
+struct Sub {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Sub {
+    async fn send(&mut self, message: Value) {
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                message.to_string().into(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// The next message other than acks and pings (`{"close": code}` for a close).
+    async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.socket.next()).await
+            else {
+                return None;
             };
             match frame {
                 Message::Text(text) => {
                     let v: Value = serde_json::from_str(&text).unwrap();
-                    match v["type"].as_str() {
-                        Some("connection_ack" | "ping" | "pong" | "ka") => continue,
-                        Some("complete") => break,
-                        _ => {
-                            let done = v["type"] == "error";
-                            messages.push(v);
-                            if done {
-                                break;
-                            }
-                        }
+                    if matches!(
+                        v["type"].as_str(),
+                        Some("connection_ack" | "ping" | "pong" | "ka")
+                    ) {
+                        continue;
                     }
+                    return Some(v);
                 }
                 Message::Close(frame) => {
-                    messages.push(json!({"close": frame.map(|f| u16::from(f.code))}));
-                    break;
+                    return Some(json!({"close": frame.map(|f| u16::from(f.code))}))
                 }
                 _ => continue,
             }
         }
-        let _ = socket.close(None).await;
-        messages
+    }
+
+    async fn close(mut self) {
+        let _ = self.socket.close(None).await;
     }
 }
 
@@ -195,7 +235,8 @@ struct Day {
     position: i64,
 }
 
-const OPEN: &str = "mutation($i: OpenBoardInput!) { openBoard(input: $i) { board { id } position } }";
+const OPEN: &str =
+    "mutation($i: OpenBoardInput!) { openBoard(input: $i) { board { id } position } }";
 const REGISTER: &str =
     "mutation($i: RegisterProviderInput!) { registerProvider(input: $i) { provider { id } } }";
 const JOIN: &str = "mutation($i: JoinBoardInput!) { joinBoard(input: $i) { shift { id } } }";
@@ -243,8 +284,12 @@ async fn seed(app: &AuthApp) -> Day {
     let join = |board: String, provider: String| {
         let admin = admin.clone();
         async move {
-            app.data(&admin, JOIN, json!({"i": {"boardId": board, "providerId": provider}}))
-                .await["joinBoard"]["shift"]["id"]
+            app.data(
+                &admin,
+                JOIN,
+                json!({"i": {"boardId": board, "providerId": provider}}),
+            )
+            .await["joinBoard"]["shift"]["id"]
                 .as_str()
                 .unwrap()
                 .to_string()
@@ -265,7 +310,10 @@ async fn seed(app: &AuthApp) -> Day {
                 )
                 .await;
             (
-                d["requestAppointment"]["appointment"]["id"].as_str().unwrap().to_string(),
+                d["requestAppointment"]["appointment"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
                 d["requestAppointment"]["position"].as_i64().unwrap(),
             )
         }
@@ -274,9 +322,15 @@ async fn seed(app: &AuthApp) -> Day {
     let (waiting, _) = request(board_in.clone(), "pediatrics", "TX", 2).await;
     let (appointment_out, _) = request(board_out.clone(), "cardiology", "CA", 3).await;
     let scheduled = app
-        .data(&admin, SCHEDULE, json!({"i": {"appointmentId": assigned, "shiftId": shift}}))
+        .data(
+            &admin,
+            SCHEDULE,
+            json!({"i": {"appointmentId": assigned, "shiftId": shift}}),
+        )
         .await;
-    let position = scheduled["scheduleAppointment"]["position"].as_i64().unwrap();
+    let position = scheduled["scheduleAppointment"]["position"]
+        .as_i64()
+        .unwrap();
     // Every read below sees the whole day.
     for board in [&board_in, &board_out] {
         app.data(
@@ -357,7 +411,10 @@ fn ask(op: Operation) -> Option<Ask> {
         // Mutations: see `mutations_a_role_may_never_run_are_refused_and_change_nothing`.
         _ => return None,
     };
-    Some(Ask { query, subscription })
+    Some(Ask {
+        query,
+        subscription,
+    })
 }
 
 /// The target of `op` for `role`: inside the role's scope or outside it.
@@ -423,7 +480,8 @@ fn untestable_inside(op: Operation, role: Role) -> bool {
 }
 
 #[tokio::test]
-async fn every_query_field_and_subscription_follows_the_matrix_for_every_role_in_and_out_of_scope() {
+async fn every_query_field_and_subscription_follows_the_matrix_for_every_role_in_and_out_of_scope()
+{
     let app = AuthApp::spawn().await;
     let day = seed(&app).await;
     let mut checked = 0;
@@ -442,7 +500,10 @@ async fn every_query_field_and_subscription_follows_the_matrix_for_every_role_in
                     Rule::Denied => false,
                     Rule::Scoped(_) => inside,
                 };
-                let case = format!("{role} {op} ({})", if inside { "in scope" } else { "out of scope" });
+                let case = format!(
+                    "{role} {op} ({})",
+                    if inside { "in scope" } else { "out of scope" }
+                );
                 match (&result, expected_allowed) {
                     (Ok(_), true) | (Err(_), false) => {}
                     _ => {
@@ -500,32 +561,60 @@ async fn mutations_a_role_may_never_run_are_refused_and_change_nothing() {
     let today = chrono::Utc::now().date_naive().to_string();
     let mutation = |op: Operation| -> (String, Value) {
         let (input, vars) = match op {
-            Operation::OpenBoard => ("OpenBoardInput", json!({"name": "X", "specialty": "pediatrics", "region": "TX", "date": today})),
+            Operation::OpenBoard => (
+                "OpenBoardInput",
+                json!({"name": "X", "specialty": "pediatrics", "region": "TX", "date": today}),
+            ),
             Operation::CloseBoard => ("CloseBoardInput", json!({"boardId": day.board_in})),
-            Operation::RegisterProvider => ("RegisterProviderInput", json!({"name": "X", "specialties": ["pediatrics"], "licensedRegions": ["TX"]})),
-            Operation::JoinBoard => ("JoinBoardInput", json!({"boardId": day.board_in, "providerId": day.other_provider})),
-            Operation::MarkProviderReady | Operation::PauseProvider | Operation::CompleteCharting | Operation::SignOffProvider => {
-                ("ShiftInput", json!({"shiftId": day.other_shift}))
+            Operation::RegisterProvider => (
+                "RegisterProviderInput",
+                json!({"name": "X", "specialties": ["pediatrics"], "licensedRegions": ["TX"]}),
+            ),
+            Operation::JoinBoard => (
+                "JoinBoardInput",
+                json!({"boardId": day.board_in, "providerId": day.other_provider}),
+            ),
+            Operation::MarkProviderReady
+            | Operation::PauseProvider
+            | Operation::CompleteCharting
+            | Operation::SignOffProvider => ("ShiftInput", json!({"shiftId": day.other_shift})),
+            Operation::RequestAppointment => (
+                "RequestAppointmentInput",
+                json!({"boardId": day.board_in, "patientName": "X", "specialty": "pediatrics", "region": "TX", "reason": "X"}),
+            ),
+            Operation::ScheduleAppointment => (
+                "ScheduleAppointmentInput",
+                json!({"appointmentId": day.waiting, "shiftId": day.other_shift}),
+            ),
+            Operation::StartAppointment | Operation::FinishAppointment => {
+                ("AppointmentInput", json!({"appointmentId": day.assigned}))
             }
-            Operation::RequestAppointment => ("RequestAppointmentInput", json!({"boardId": day.board_in, "patientName": "X", "specialty": "pediatrics", "region": "TX", "reason": "X"})),
-            Operation::ScheduleAppointment => ("ScheduleAppointmentInput", json!({"appointmentId": day.waiting, "shiftId": day.other_shift})),
-            Operation::StartAppointment | Operation::FinishAppointment => ("AppointmentInput", json!({"appointmentId": day.assigned})),
-            Operation::CancelAppointment => ("CancelAppointmentInput", json!({"appointmentId": day.waiting, "reason": "X"})),
+            Operation::CancelAppointment => (
+                "CancelAppointmentInput",
+                json!({"appointmentId": day.waiting, "reason": "X"}),
+            ),
             Operation::RebuildProjection => ("String", json!("board_view")),
             Operation::ReplayDeadLetters => ("String", json!("board_view")),
             _ => unreachable!(),
         };
         let query = match op {
             Operation::RebuildProjection | Operation::ReplayDeadLetters => {
-                format!("mutation($i: String!) {{ {}(name: $i) {{ __typename }} }}", op.name())
+                format!(
+                    "mutation($i: String!) {{ {}(name: $i) {{ __typename }} }}",
+                    op.name()
+                )
             }
-            _ => format!("mutation($i: {input}!) {{ {}(input: $i) {{ __typename }} }}", op.name()),
+            _ => format!(
+                "mutation($i: {input}!) {{ {}(input: $i) {{ __typename }} }}",
+                op.name()
+            ),
         };
         (query, vars)
     };
     let mut refused = 0;
     for op in Operation::ALL {
-        let is_mutation = careboard::graphql::access::field_operations("Mutation", op.name()).is_some();
+        let is_mutation =
+            careboard::graphql::access::field_operations("Mutation", op.name()).is_some();
         if !is_mutation {
             continue;
         }
@@ -536,17 +625,28 @@ async fn mutations_a_role_may_never_run_are_refused_and_change_nothing() {
             let token = app.token(&principal_args(role, &day));
             let (query, vars) = mutation(*op);
             let answer = app.gql(&token, &query, json!({"i": vars})).await;
-            assert_eq!(helpers::error_code(&answer), "FORBIDDEN", "{role} {op}: {answer:#}");
+            assert_eq!(
+                helpers::error_code(&answer),
+                "FORBIDDEN",
+                "{role} {op}: {answer:#}"
+            );
             assert_eq!(
                 helpers::error_message(&answer),
                 format!("the {role} role may not use {op}"),
             );
-            assert!(answer["data"].is_null() || answer["data"][op.name()].is_null(), "{answer}");
+            assert!(
+                answer["data"].is_null() || answer["data"][op.name()].is_null(),
+                "{answer}"
+            );
             refused += 1;
         }
     }
     assert!(refused >= 20, "{refused} refusals checked");
-    assert_eq!(events().await, before, "no refused mutation changed anything");
+    assert_eq!(
+        events().await,
+        before,
+        "no refused mutation changed anything"
+    );
 }
 
 /// Every answer a caller who may not see the marked patients can get.
@@ -586,7 +686,10 @@ async fn everything_visible_to(app: &AuthApp, token: &str, day: &Day) -> Vec<Str
         (format!("subscription($id: ID!) {{ appointmentChanged(appointmentId: $id) {{ {appointment_fields} }} }}"), json!({"id": day.assigned})),
     ];
     for (query, variables) in subscriptions {
-        for frame in app.subscribe(token, &query, variables, Duration::from_millis(300)).await {
+        for frame in app
+            .subscribe(token, &query, variables, Duration::from_millis(300))
+            .await
+        {
             bodies.push(frame.to_string());
         }
     }
@@ -606,12 +709,18 @@ async fn another_patient_and_a_provider_not_assigned_find_no_patient_data_anywhe
         let bodies = everything_visible_to(&app, &token, &day).await;
         assert!(bodies.len() >= 20, "{bodies:?}");
         for body in &bodies {
-            assert!(!body.contains(MARKER), "{:?} saw patient data: {body}", args.role);
+            assert!(
+                !body.contains(MARKER),
+                "{:?} saw patient data: {body}",
+                args.role
+            );
         }
         if args.role == Role::Provider {
             // The provider did see the Board they joined, masked: the test reached it.
             assert!(
-                bodies.iter().any(|b| b.contains(&day.assigned) && b.contains("\"patientName\":null")),
+                bodies
+                    .iter()
+                    .any(|b| b.contains(&day.assigned) && b.contains("\"patientName\":null")),
                 "{bodies:#?}"
             );
         }
@@ -639,7 +748,11 @@ async fn another_patient_and_a_provider_not_assigned_find_no_patient_data_anywhe
         .await;
     for a in seen["board"]["appointments"].as_array().unwrap() {
         let shown = a["patientName"].is_string();
-        assert_eq!(shown, a["id"] == day.assigned.as_str(), "only the assigned one: {seen}");
+        assert_eq!(
+            shown,
+            a["id"] == day.assigned.as_str(),
+            "only the assigned one: {seen}"
+        );
     }
     // Admins run the system; they do not treat patients.
     let seen = app
@@ -656,14 +769,19 @@ async fn another_patient_and_a_provider_not_assigned_find_no_patient_data_anywhe
 async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the_chain_verifies() {
     let app = AuthApp::spawn().await;
     let day = seed(&app).await;
-    assert!(app.access_records().await.is_empty(), "seeding as admin disclosed nothing");
+    assert!(
+        app.access_records().await.is_empty(),
+        "seeding as admin disclosed nothing"
+    );
     let coordinator = app.token(&principal_args(Role::Coordinator, &day));
     let provider = app.token(&principal_args(Role::Provider, &day));
     const N: usize = 5;
     let board = "query Front($id: ID!) { board(id: $id) { version appointments { patientName } } }";
     let mut versions = Vec::new();
     for _ in 0..N {
-        let d = app.data(&coordinator, board, json!({"id": day.board_in})).await;
+        let d = app
+            .data(&coordinator, board, json!({"id": day.board_in}))
+            .await;
         versions.push(d["board"]["version"].as_i64().unwrap());
     }
     for _ in 0..N {
@@ -675,9 +793,20 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
         .await;
     }
     // Reads that disclose nothing leave nothing: no patient field asked for, or masked.
-    app.data(&coordinator, "query($id: ID!) { board(id: $id) { name appointments { status } } }", json!({"id": day.board_in})).await;
-    app.data(&provider, "query($id: ID!) { board(id: $id) { appointments { id } } }", json!({"id": day.board_in})).await;
-    app.data(&app.admin(), board, json!({"id": day.board_in})).await;
+    app.data(
+        &coordinator,
+        "query($id: ID!) { board(id: $id) { name appointments { status } } }",
+        json!({"id": day.board_in}),
+    )
+    .await;
+    app.data(
+        &provider,
+        "query($id: ID!) { board(id: $id) { appointments { id } } }",
+        json!({"id": day.board_in}),
+    )
+    .await;
+    app.data(&app.admin(), board, json!({"id": day.board_in}))
+        .await;
     // A subscription frame is a disclosure too.
     let frames = app
         .subscribe(
@@ -695,7 +824,10 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
         assert_eq!(r["role"], "coordinator");
         assert_eq!(r["operation"], "board");
         assert_eq!(r["operationName"], "Front");
-        assert!(r["clientAddr"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+        assert!(
+            r["clientAddr"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{r}"
+        );
         assert_eq!(r["disclosed"]["kind"], "board");
         assert_eq!(r["disclosed"]["boardId"], day.board_in.as_str());
         assert_eq!(r["disclosed"]["version"], versions[i]);
@@ -705,7 +837,10 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
         assert_eq!(r["subject"], day.provider.as_str());
         assert_eq!(r["operation"], "appointment");
         assert_eq!(r["disclosed"]["kind"], "appointments");
-        assert_eq!(r["disclosed"]["appointments"][0]["appointmentId"], day.assigned.as_str());
+        assert_eq!(
+            r["disclosed"]["appointments"][0]["appointmentId"],
+            day.assigned.as_str()
+        );
     }
     let last = &records[2 * N];
     assert_eq!(last["operation"], "boardChanged");
@@ -722,7 +857,9 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
         .await;
     let edges = page["accessLog"]["edges"].as_array().unwrap();
     assert_eq!(edges.len(), 3);
-    assert!(edges.iter().all(|e| e["node"]["subject"] == day.provider.as_str()));
+    assert!(edges
+        .iter()
+        .all(|e| e["node"]["subject"] == day.provider.as_str()));
     assert_eq!(page["accessLog"]["pageInfo"]["hasNextPage"], true);
     let by_appointment = app
         .data(
@@ -731,10 +868,18 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
             json!({"a": day.assigned}),
         )
         .await;
-    assert_eq!(by_appointment["accessLog"]["edges"].as_array().unwrap().len(), N);
+    assert_eq!(
+        by_appointment["accessLog"]["edges"]
+            .as_array()
+            .unwrap()
+            .len(),
+        N
+    );
 
     // The chain verifies; a row altered with the triggers off is found.
-    let report = careboard::identity::access_log::verify(&app.pool).await.unwrap();
+    let report = careboard::identity::access_log::verify(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(report.verified, (2 * N + 1) as i64);
     assert!(report.first_broken.is_none(), "{report:?}");
     sqlx::query("alter table access_log disable trigger access_log_append_only")
@@ -749,7 +894,9 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
         .execute(&app.pool)
         .await
         .unwrap();
-    let report = careboard::identity::access_log::verify(&app.pool).await.unwrap();
+    let report = careboard::identity::access_log::verify(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(report.first_broken.map(|b| b.seq), Some(3));
 }
 
@@ -763,7 +910,9 @@ async fn a_read_whose_access_record_cannot_be_written_is_not_answered() {
         .await
         .unwrap();
     let board = "query($id: ID!) { board(id: $id) { appointments { patientName } } }";
-    let answer = app.gql(&coordinator, board, json!({"id": day.board_in})).await;
+    let answer = app
+        .gql(&coordinator, board, json!({"id": day.board_in}))
+        .await;
     assert_eq!(helpers::error_code(&answer), "UNAVAILABLE", "{answer:#}");
     assert!(answer["data"].is_null(), "{answer:#}");
     assert!(!answer.to_string().contains(MARKER), "{answer}");
@@ -785,14 +934,73 @@ async fn a_read_whose_access_record_cannot_be_written_is_not_answered() {
     assert_eq!(frames.len(), 1, "the subscription ended there: {frames:?}");
     // Reads that disclose nothing are still answered.
     let d = app
-        .data(&coordinator, "query($id: ID!) { board(id: $id) { name } }", json!({"id": day.board_in}))
+        .data(
+            &coordinator,
+            "query($id: ID!) { board(id: $id) { name } }",
+            json!({"id": day.board_in}),
+        )
         .await;
     assert!(d["board"]["name"].is_string());
     sqlx::query("grant insert on access_log to careboard_app")
         .execute(&app.pool)
         .await
         .unwrap();
-    let answer = app.data(&coordinator, board, json!({"id": day.board_in})).await;
+    let answer = app
+        .data(&coordinator, board, json!({"id": day.board_in}))
+        .await;
     assert!(answer.to_string().contains(MARKER));
     let _ = day.position;
+}
+
+#[tokio::test]
+async fn the_assigned_provider_follows_their_appointment_live_and_each_frame_is_recorded() {
+    let app = AuthApp::spawn().await;
+    let day = seed(&app).await;
+    let provider = app.token(&principal_args(Role::Provider, &day));
+    let mut sub = app
+        .open_subscription(
+            &provider,
+            "subscription($id: ID!) { appointmentChanged(appointmentId: $id) { status patientName } }",
+            json!({"id": day.assigned}),
+        )
+        .await;
+    let mut statuses = Vec::new();
+    let first = sub
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the current state");
+    statuses.push(first["payload"]["data"]["appointmentChanged"]["status"].clone());
+    assert!(
+        first.to_string().contains(MARKER),
+        "the assigned provider sees it: {first}"
+    );
+    for op in ["startAppointment", "finishAppointment"] {
+        app.data(
+            &app.admin(),
+            &format!("mutation($id: ID!) {{ {op}(input: {{appointmentId: $id}}) {{ version }} }}"),
+            json!({"id": day.assigned}),
+        )
+        .await;
+        let frame = sub
+            .next(Duration::from_secs(10))
+            .await
+            .expect("a frame per change");
+        statuses.push(frame["payload"]["data"]["appointmentChanged"]["status"].clone());
+    }
+    assert_eq!(
+        statuses,
+        vec![json!("SCHEDULED"), json!("STARTED"), json!("FINISHED")]
+    );
+    let end = sub.next(Duration::from_secs(5)).await.expect("completes");
+    assert_eq!(end["type"], "complete", "{end}");
+    sub.close().await;
+    let records = app.access_records().await;
+    assert_eq!(records.len(), 3, "{records:#?}");
+    for r in &records {
+        assert_eq!(r["operation"], "appointmentChanged");
+        assert_eq!(
+            r["disclosed"]["appointments"][0]["appointmentId"],
+            day.assigned.as_str()
+        );
+    }
 }
