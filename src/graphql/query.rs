@@ -9,6 +9,7 @@ use super::types::{
     board_contents_at, Appointment, Board, BoardHistoryEntry, BoardStatus, Event, Provider,
     ProviderShift, WaitEstimate,
 };
+use super::scalars::Date;
 use super::{estimator, store, ReadWait};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
@@ -170,7 +171,7 @@ impl Query {
     async fn boards(
         &self,
         ctx: &Context<'_>,
-        date: Option<chrono::NaiveDate>,
+        date: Option<Date>,
         specialty: Option<String>,
         region: Option<String>,
         status: Option<BoardStatus>,
@@ -185,7 +186,7 @@ impl Query {
             }
         }
         let filter = read::BoardFilter {
-            date,
+            date: date.map(|d| d.0),
             specialty: specialty.map(|s| s.trim().to_lowercase()),
             region: region.map(|r| r.trim().to_uppercase()),
             status: status.map(|s| match s {
@@ -213,12 +214,12 @@ impl Query {
         &self,
         ctx: &Context<'_>,
         first: Option<i32>,
-    ) -> Result<Vec<chrono::NaiveDate>> {
+    ) -> Result<Vec<Date>> {
         let limit = page_size(first)?;
         let dates = crate::projections::read::board_dates(store(ctx).pool(), limit)
             .await
             .map_err(AppError::from)?;
-        Ok(dates)
+        Ok(dates.into_iter().map(Date).collect())
     }
 
     /// An appointment from the projected `appointment_view`; with `asOf` or `version`,

@@ -676,7 +676,7 @@ async fn boards_are_listed_from_the_projection_with_filters_and_cursors() {
     // Read-your-writes on the last board, then the list is complete.
     app.data("query($p: Int) { projections { name } b: board(id: \"00000000-0000-0000-0000-000000000000\", minPosition: $p) { id } }", json!({"p": last}))
         .await;
-    let q = r#"query($date: NaiveDate, $specialty: String, $after: String) {
+    let q = r#"query($date: Date, $specialty: String, $after: String) {
         boards(date: $date, specialty: $specialty, status: OPEN, first: 2, after: $after) {
             edges { cursor node { name date status } } pageInfo { hasNextPage endCursor } } }"#;
     let page = app
