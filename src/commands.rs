@@ -1,9 +1,12 @@
 //! Load → decide → append: the one path every mutation takes.
 //!
-//! Each command opens a unit of work (which answers repeats of a `commandId` from
-//! memory), loads what the decision needs (locking in exclusive mode), calls the pure
-//! domain, stages the events and commits. The new state is folded in memory from the
-//! events just appended, so a mutation costs no read-back.
+//! Each command is a typed value (ids are newtypes, options parsed): GraphQL inputs are
+//! converted into them in `graphql::inputs`, the matcher and the demo build them
+//! directly. A command opens a unit of work (which answers repeats of a `commandId`
+//! from memory), loads what the decision needs (locking in exclusive mode), passes the
+//! [`authorize`] slot with the actor in `CommandMeta`, calls the pure domain, stages the
+//! events and commits. The new state is folded in memory from the events just
+//! appended, so a mutation costs no read-back.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
@@ -15,8 +18,8 @@ use crate::domain::board::{self, BoardCommand};
 use crate::domain::provider::{self, ProviderCommand};
 use crate::domain::shift::{self, ShiftCommand};
 use crate::domain::{
-    scheduling, Aggregate, Appointment, AppointmentId, AppointmentStatus, Board, BoardId,
-    Provider, ProviderId, Shift, ShiftId,
+    scheduling, Aggregate, Appointment, AppointmentId, AppointmentStatus, Board, BoardId, Provider,
+    ProviderId, Shift, ShiftId,
 };
 use crate::error::{AppError, AppResult};
 use crate::estimates::Estimator;
@@ -191,7 +194,10 @@ impl AppointmentAction {
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
     /// A Board to be opened.
-    NewBoard { specialty: &'a str, region: &'a str },
+    NewBoard {
+        specialty: &'a str,
+        region: &'a str,
+    },
     Board(Option<&'a Board>),
     /// A provider to be registered.
     NewProvider,
@@ -202,7 +208,9 @@ pub enum Target<'a> {
     },
     Shift(Option<&'a Shift>),
     /// An appointment to be requested on a Board.
-    Request { board: Option<&'a Board> },
+    Request {
+        board: Option<&'a Board>,
+    },
     Appointment(Option<&'a Appointment>),
     Scheduling {
         appointment: Option<&'a Appointment>,

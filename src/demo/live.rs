@@ -13,11 +13,11 @@ use uuid::Uuid;
 
 use super::scenario::{Scenario, ShiftPlan};
 use crate::commands::{self, ActOnAppointment, ActOnShift, AppointmentAction, ShiftAction};
-use crate::identity::Actor;
 use crate::domain::{AppointmentStatus, Shift, ShiftStatus};
 use crate::error::AppError;
 use crate::event_store::unit_of_work::CommandMeta;
 use crate::event_store::{read_log, EventStore, LogFilter, ReadLimit};
+use crate::identity::Actor;
 use crate::projections::load_board_contents;
 
 #[derive(Debug, Clone, Copy)]

@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::scenario::{uuid, Scenario, ShiftPlan};
-use crate::domain::ShiftId;
 use crate::domain::appointment::{self, AppointmentCommand};
 use crate::domain::board::{self, BoardCommand, OpenWork};
 use crate::domain::provider::{self, ProviderCommand};
 use crate::domain::shift::{self, ShiftCommand};
+use crate::domain::ShiftId;
 use crate::domain::{
     matching, scheduling, Aggregate, Appointment, AppointmentStatus, Board, DomainEvent,
     EventContext, Provider, Shift, ShiftStatus,
@@ -376,7 +376,12 @@ impl Sim<'_> {
                     .shifts
                     .iter()
                     .find(|p| {
-                        ShiftId::of(s.board_id.into(), self.scenario.providers[p.provider].id.into()).as_uuid() == id
+                        ShiftId::of(
+                            s.board_id.into(),
+                            self.scenario.providers[p.provider].id.into(),
+                        )
+                        .as_uuid()
+                            == id
                     })
                     .ok_or_else(|| anyhow!("shift {id} has no plan"))?;
                 let end = plan.breaks[i].1;

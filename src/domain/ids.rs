@@ -123,9 +123,15 @@ mod tests {
 
     #[test]
     fn a_shift_id_is_fixed_by_its_board_and_provider() {
-        let (b, p) = (BoardId::from(Uuid::from_u128(1)), ProviderId::from(Uuid::from_u128(2)));
+        let (b, p) = (
+            BoardId::from(Uuid::from_u128(1)),
+            ProviderId::from(Uuid::from_u128(2)),
+        );
         assert_eq!(ShiftId::of(b, p), ShiftId::of(b, p));
-        assert_ne!(ShiftId::of(b, p), ShiftId::of(b, ProviderId::from(Uuid::from_u128(3))));
+        assert_ne!(
+            ShiftId::of(b, p),
+            ShiftId::of(b, ProviderId::from(Uuid::from_u128(3)))
+        );
         // The derivation every existing shift stream was created with.
         assert_eq!(
             ShiftId::of(b, p).as_uuid(),

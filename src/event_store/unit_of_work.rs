@@ -330,3 +330,35 @@ impl Committed {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Principal, Scope};
+
+    #[test]
+    fn event_metadata_records_the_actors_subject_role_and_name() {
+        let mut meta = CommandMeta::new("openBoard");
+        meta.actor = Actor::from(Principal::new(
+            "dev:ana-ruiz",
+            "Ana Ruiz",
+            Scope::Coordinator {
+                regions: None,
+                specialties: None,
+            },
+        ));
+        let m = meta.event_metadata();
+        // `actor` keeps its old meaning (the subject) for readers of older events.
+        assert_eq!(m["actor"], "dev:ana-ruiz");
+        assert_eq!(m["actorRole"], "coordinator");
+        assert_eq!(m["actorName"], "Ana Ruiz");
+        assert_eq!(m["operation"], "openBoard");
+
+        meta.actor = Actor::system("matcher");
+        let m = meta.event_metadata();
+        assert_eq!(
+            (&m["actor"], &m["actorRole"]),
+            (&json!("matcher"), &json!("system"))
+        );
+    }
+}

@@ -7,9 +7,8 @@ use chrono::{DateTime, Utc};
 
 use super::scalars::Date;
 use crate::commands::{
-    ActOnAppointment, ActOnShift, AppointmentAction, CancelAppointment, CloseBoard,
-    CommandOptions, JoinBoard, OpenBoard, RegisterProvider, RequestAppointment,
-    ScheduleAppointment, ShiftAction,
+    ActOnAppointment, ActOnShift, AppointmentAction, CancelAppointment, CloseBoard, CommandOptions,
+    JoinBoard, OpenBoard, RegisterProvider, RequestAppointment, ScheduleAppointment, ShiftAction,
 };
 use crate::domain::{AppointmentId, BoardId, ProviderId, ShiftId};
 use crate::error::AppError;
@@ -248,7 +247,8 @@ mod tests {
             estimated_time: None,
             options: Default::default(),
         };
-        let (code, message) = code_and_message(ScheduleAppointment::try_from(schedule).unwrap_err());
+        let (code, message) =
+            code_and_message(ScheduleAppointment::try_from(schedule).unwrap_err());
         assert_eq!(code, "VALIDATION");
         assert!(message.starts_with("shiftId "), "{message}");
 
@@ -308,11 +308,9 @@ mod tests {
     #[test]
     fn the_fingerprint_is_the_command_not_the_way_it_was_spelled() {
         let id = uuid::Uuid::from_u128(1);
-        let plain = ScheduleAppointment::try_from(schedule_input(
-            &id.to_string(),
-            Default::default(),
-        ))
-        .unwrap();
+        let plain =
+            ScheduleAppointment::try_from(schedule_input(&id.to_string(), Default::default()))
+                .unwrap();
         // The same command spelled differently, with options, has the same fingerprint.
         let spelled = ScheduleAppointment::try_from(schedule_input(
             &id.to_string().to_uppercase(),

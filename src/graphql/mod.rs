@@ -97,16 +97,16 @@ fn schema_with_limits(
         subscription::Subscription,
     ))
     .data(store)
-        .data(live)
-        .data(estimator)
-        .data(ReadWait(read_wait))
-        .limit_depth(max_depth)
-        .limit_complexity(max_complexity)
-        .limit_recursive_depth(limits.max_recursion)
-        .limit_directives(limits.max_directives)
-        .extension(crate::limits::ConnectionCap(
-            limits.max_connections_per_request,
-        ));
+    .data(live)
+    .data(estimator)
+    .data(ReadWait(read_wait))
+    .limit_depth(max_depth)
+    .limit_complexity(max_complexity)
+    .limit_recursive_depth(limits.max_recursion)
+    .limit_directives(limits.max_directives)
+    .extension(crate::limits::ConnectionCap(
+        limits.max_connections_per_request,
+    ));
     if !limits.introspection {
         builder = builder.disable_introspection();
     }

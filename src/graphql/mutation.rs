@@ -2,13 +2,13 @@
 
 use async_graphql::{Context, Object, Result, SimpleObject};
 
-use super::types::{
-    AppointmentPayload, AppointmentShiftPayload, Board, BoardPayload, Provider, ProviderPayload,
-    ProviderShift, ShiftPayload,
-};
 use super::inputs::{
     AppointmentInput, CancelAppointmentInput, CloseBoardInput, JoinBoardInput, OpenBoardInput,
     RegisterProviderInput, RequestAppointmentInput, ScheduleAppointmentInput, ShiftInput,
+};
+use super::types::{
+    AppointmentPayload, AppointmentShiftPayload, Board, BoardPayload, Provider, ProviderPayload,
+    ProviderShift, ShiftPayload,
 };
 use super::{command_meta, estimator, store};
 use crate::commands::{self, AppointmentAction, ShiftAction, Written};

@@ -5,11 +5,11 @@ use async_graphql::{Context, Object, Result, ID};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::scalars::Date;
 use super::types::{
     board_contents_at, Appointment, Board, BoardHistoryEntry, BoardStatus, Event, Provider,
     ProviderShift, WaitEstimate,
 };
-use super::scalars::Date;
 use super::{estimator, store, ReadWait};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
@@ -210,11 +210,7 @@ impl Query {
 
     /// The dates that have Boards, newest first (for a front-end to open on the newest
     /// workday, or offer the others).
-    async fn board_dates(
-        &self,
-        ctx: &Context<'_>,
-        first: Option<i32>,
-    ) -> Result<Vec<Date>> {
+    async fn board_dates(&self, ctx: &Context<'_>, first: Option<i32>) -> Result<Vec<Date>> {
         let limit = page_size(first)?;
         let dates = crate::projections::read::board_dates(store(ctx).pool(), limit)
             .await

@@ -90,6 +90,9 @@ mod tests {
         assert_eq!((a.subject(), a.role_name()), ("front-desk", "anonymous"));
         assert_eq!(a.role(), None);
         let s = Actor::system("matcher");
-        assert_eq!((s.subject(), s.role_name(), s.name()), ("matcher", "system", "matcher"));
+        assert_eq!(
+            (s.subject(), s.role_name(), s.name()),
+            ("matcher", "system", "matcher")
+        );
     }
 }

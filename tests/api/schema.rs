@@ -42,9 +42,15 @@ async fn custom_scalars_are_documented_for_clients_and_dates_use_one_scalar() {
         .iter()
         .filter(|t| t["kind"] == "SCALAR" && !BUILT_IN.contains(&t["name"].as_str().unwrap()))
         .collect();
-    let names: Vec<&str> = scalars.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = scalars
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     for expected in ["Date", "DateTime", "JSON"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
     assert!(!names.contains(&"NaiveDate"), "{names:?}");
     for scalar in &scalars {
@@ -146,7 +152,10 @@ async fn dates_are_plain_strings_and_bad_ones_are_validation_errors() {
         assert_eq!(error["extensions"]["code"], "VALIDATION", "{response}");
         let message = error["message"].as_str().unwrap();
         assert!(message.contains(reason), "{message}");
-        assert!(!message.contains("NaiveDate") && !message.contains("chrono"), "{message}");
+        assert!(
+            !message.contains("NaiveDate") && !message.contains("chrono"),
+            "{message}"
+        );
     }
     assert_eq!(app.event_count().await, 1);
 }

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use careboard::commands::{
     self, ActOnAppointment, ActOnShift, AppointmentAction, CancelAppointment, CommandOptions,
-    JoinBoard, OpenBoard, RegisterProvider, RequestAppointment, ScheduleAppointment,
-    ShiftAction,
+    JoinBoard, OpenBoard, RegisterProvider, RequestAppointment, ScheduleAppointment, ShiftAction,
 };
 use careboard::daemon::{Daemon, DaemonConfig};
 use careboard::domain::{Appointment, AppointmentStatus, Shift, ShiftStatus};
