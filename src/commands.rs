@@ -39,8 +39,9 @@ pub struct CommandOptions {
 }
 
 // The command values. Each serialises (options aside) to its fingerprint: what a
-// repeated `commandId` is compared with. Field names are the API's, so fingerprints
-// stored before these types existed still compare equal.
+// repeated `commandId` is compared with. Field names are the API's, so a fingerprint
+// stored from the GraphQL input before these types existed still compares equal when
+// the client spelled ids and dates canonically (lower-case UUIDs, `YYYY-MM-DD`).
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
