@@ -168,7 +168,6 @@ fn cors_layer(limits: &GraphqlLimits) -> CorsLayer {
             header::CONTENT_TYPE,
             header::ACCEPT,
             header::AUTHORIZATION,
-            header::HeaderName::from_static("x-actor"),
             header::HeaderName::from_static("x-correlation-id"),
         ])
         .max_age(Duration::from_secs(3600))
@@ -530,10 +529,11 @@ async fn execute(
         .as_ref()
         .is_some_and(|d| crate::graphql::is_introspection_only(d, operation_name.as_deref()));
     let context = RequestContext {
-        // A verified principal is the actor; no header can say otherwise.
+        // The verified principal is the actor; no header can say otherwise (with
+        // authentication off, nobody in particular).
         actor: match &principal {
             Some(p) => p.subject.clone(),
-            None => header_text(headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
+            None => "anonymous".into(),
         },
         correlation_id: header_text(headers, "x-correlation-id")
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
@@ -682,11 +682,24 @@ async fn graphql_ws(
     if !origin_allowed(&state.limits, &headers) {
         return forbidden_origin();
     }
-    // Until sockets carry their principal, authentication refuses the upgrade itself.
-    let caller = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
-        Ok(Some(p)) => crate::graphql::access::Caller::Verified(p),
-        Ok(None) => crate::graphql::access::Caller::Unchecked,
-        Err(refusal) => return refusal,
+    // A token in the upgrade request's Authorization header is checked now (a bad one
+    // is refused before the upgrade); without one, the token comes in connection_init
+    // (browsers cannot set headers on a websocket).
+    let from_upgrade = match (&state.auth, headers.get(header::AUTHORIZATION)) {
+        (Some(verifier), Some(value)) => {
+            let Ok(value) = value.to_str() else {
+                return crate::identity::edge::refusal(&crate::identity::AuthError::Malformed);
+            };
+            let token = match value.trim().split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+                _ => return crate::identity::edge::refusal(&crate::identity::AuthError::Malformed),
+            };
+            match verifier.verify_expiring(token).await {
+                Ok(authenticated) => Some(authenticated),
+                Err(error) => return crate::identity::edge::refusal(&error),
+            }
+        }
+        _ => None,
     };
     let addr = client_addr(&extensions);
     let protocol = headers
@@ -705,6 +718,6 @@ async fn graphql_ws(
         .max_message_size(state.limits.max_body_bytes)
         .max_frame_size(state.limits.max_body_bytes)
         .on_upgrade(move |socket| {
-            crate::websocket::serve_socket(socket, state, protocol, caller, addr)
+            crate::websocket::serve_socket(socket, state, protocol, from_upgrade, addr)
         })
 }

@@ -72,7 +72,7 @@ window.Careboard = (() => {
       socket.onopen = () =>
         socket.send(JSON.stringify({
           type: "connection_init",
-          payload: { actor: "board-page", ...credentials() },
+          payload: credentials(),
         }));
       socket.onmessage = (msg) => {
         let m;

@@ -253,10 +253,7 @@ async fn the_readme_walkthrough_works_over_http() {
         ]
     );
     let meta = &edges[1]["node"]["metadata"];
-    assert_eq!(meta["actor"], "test-coordinator");
-    // Without a verified token the name is the caller's own, and says so.
-    assert_eq!(meta["actorRole"], "anonymous");
-    assert_eq!(meta["actorName"], "test-coordinator");
+    assert_eq!(meta["actor"], "admin-1", "the token's subject");
     assert_eq!(meta["operation"], "scheduleAppointment");
     assert!(meta["correlationId"].is_string());
     assert_eq!(log["events"]["pageInfo"]["hasNextPage"], false);

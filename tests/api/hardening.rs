@@ -291,7 +291,9 @@ async fn a_silent_socket_that_answers_no_pings_is_closed() {
     let (mut sink, mut source) = socket.split();
     use futures::SinkExt;
     sink.send(tokio_tungstenite::tungstenite::Message::Text(
-        json!({"type": "connection_init"}).to_string().into(),
+        json!({"type": "connection_init", "payload": {"token": app.admin_token}})
+            .to_string()
+            .into(),
     ))
     .await
     .unwrap();

@@ -5,6 +5,7 @@
 
 mod authorization;
 mod demo;
+mod edge;
 mod event_store;
 mod first_hour;
 mod first_hour_cli;

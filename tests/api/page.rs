@@ -122,6 +122,15 @@ impl Browser {
             json!({"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
         )
         .await;
+        // Signed in as a coordinator: a token from the test identity provider in the
+        // tab's sessionStorage before any script runs, as after the sign-in field.
+        let token = crate::helpers::idp().token(&crate::helpers::Who::coordinator());
+        page.call("Page.enable", json!({})).await;
+        page.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": format!("try {{ sessionStorage.setItem('careboard.token', {}); }} catch (_) {{}}", Value::from(token)) }),
+        )
+        .await;
         page.call("Page.navigate", json!({ "url": url })).await;
         page
     }
@@ -189,7 +198,12 @@ impl Page {
             if self.try_eval(expression).await == Ok(Value::Bool(true)) {
                 return;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            if Instant::now() > deadline {
+                let shown = self
+                    .try_eval("[String(sessionStorage.getItem('careboard.token')).slice(0, 20), document.body.innerText.slice(0, 300)].join(' / ')")
+                    .await;
+                panic!("timed out waiting for {what}; the page shows: {shown:?}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

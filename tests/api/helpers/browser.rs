@@ -96,10 +96,18 @@ impl Browser {
         })
     }
 
-    /// Opens `url` in a new tab.
+    /// Opens `url` in a new tab, signed in as a coordinator: the tab's sessionStorage
+    /// holds a token from the test identity provider before any script runs, as after
+    /// pasting one into the pages' sign-in field.
     pub async fn open(&self, url: &str) -> Page {
+        let token = super::idp().token(&super::Who::coordinator());
+        self.open_with(url, Some(&token)).await
+    }
+
+    /// Opens `url` in a new tab with `token` in its sessionStorage (`None`: signed out).
+    pub async fn open_with(&self, url: &str, token: Option<&str>) -> Page {
         let target: Value = reqwest::Client::new()
-            .put(format!("{}/json/new?{url}", self.devtools))
+            .put(format!("{}/json/new?about:blank", self.devtools))
             .send()
             .await
             .unwrap()
@@ -117,6 +125,15 @@ impl Browser {
             requests: Vec::new(),
         };
         page.call("Network.enable", json!({})).await;
+        if let Some(token) = token {
+            page.call("Page.enable", json!({})).await;
+            page.call(
+                "Page.addScriptToEvaluateOnNewDocument",
+                json!({ "source": format!("try {{ sessionStorage.setItem('careboard.token', {}); }} catch (_) {{}}", Value::from(token)) }),
+            )
+            .await;
+        }
+        page.call("Page.navigate", json!({ "url": url })).await;
         page
     }
 }

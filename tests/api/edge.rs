@@ -1,0 +1,298 @@
+//! Authentication at every way in: POST, GET, persisted queries, introspection and
+//! websockets (both protocols) need a valid bearer token; the audit actor is the
+//! token's; sockets close when their token expires and resume on a new one.
+
+use std::time::Duration;
+
+use crate::helpers::{error_code, idp, TestApp, Who, WsClient};
+use serde_json::{json, Value};
+
+const OPEN_BOARD: &str =
+    r#"mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } position } }"#;
+const REQUEST: &str = r#"mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id } position } }"#;
+const BOARD_CHANGED: &str = r#"subscription($id: ID!, $since: Int) {
+    boardChanged(boardId: $id, sinceVersion: $since) { version counts { waiting } } }"#;
+const BOARD_EVENTS: &str = r#"subscription($id: ID!, $after: Int) {
+    boardEvents(boardId: $id, after: $after) { type position } }"#;
+
+async fn open_board(app: &TestApp) -> String {
+    let d = app
+        .data(
+            OPEN_BOARD,
+            json!({"input": {"name": "Edge", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
+        )
+        .await;
+    d["openBoard"]["board"]["id"].as_str().unwrap().to_string()
+}
+
+async fn request(app: &TestApp, board: &str, patient: &str) -> i64 {
+    let d = app
+        .data(
+            REQUEST,
+            json!({"input": {"boardId": board, "patientName": patient, "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
+        )
+        .await;
+    d["requestAppointment"]["position"].as_i64().unwrap()
+}
+
+/// Every token the harness mints for a role is accepted, and names that role.
+#[tokio::test]
+async fn the_harness_mints_tokens_the_server_accepts_for_every_role() {
+    let app = TestApp::spawn().await;
+    let provider = uuid::Uuid::new_v4();
+    for who in [
+        Who::admin(),
+        Who::coordinator()
+            .regions(["TX"])
+            .specialties(["pediatrics"]),
+        Who::provider(provider),
+        Who::patient("patient-7").name("Pat Test"),
+        Who::coordinator()
+            .subject("someone-else")
+            .ttl(Duration::from_secs(60)),
+    ] {
+        let token = app.token(who.clone());
+        let r = app.gql_as(&token, "{ __typename }", json!({})).await;
+        assert_eq!(r["data"]["__typename"], "Query", "{who:?}: {r}");
+        let data = app.data_as(&token, "{ __typename }", json!({})).await;
+        assert_eq!(data["__typename"], "Query");
+    }
+    // A token from anyone else, however shaped, is not.
+    let mut claims = Who::admin().claims();
+    claims["aud"] = json!("another-service");
+    let r = app
+        .gql_as(&idp().sign(&claims), "{ __typename }", json!({}))
+        .await;
+    assert_eq!(error_code(&r), "UNAUTHENTICATED", "{r}");
+    assert!(idp().jwks_url().starts_with("http://127.0.0.1:"));
+}
+
+/// Sends `connection_init` with `payload` on a fresh socket and returns what comes back
+/// first and (for the legacy protocol) second.
+async fn init_with(app: &TestApp, protocol: &str, payload: Value) -> Vec<Value> {
+    let mut ws = WsClient::connect_as(app, protocol, None).await;
+    ws.send(json!({"type": "connection_init", "payload": payload}))
+        .await;
+    let mut seen = Vec::new();
+    while let Some(m) = ws.next(Duration::from_secs(5)).await {
+        let closed = m.get("close").is_some();
+        seen.push(m);
+        if closed || seen.len() == 2 {
+            break;
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_socket_without_a_valid_token_is_closed_with_4403_and_a_reason() {
+    let app = TestApp::spawn().await;
+    let token = app.token(Who::coordinator());
+    let mut expired = Who::coordinator().claims();
+    expired["exp"] = json!(chrono::Utc::now().timestamp() - 120);
+    let expired = idp().sign(&expired);
+    let cases = [
+        (json!({}), "no token"),
+        (json!(null), "no token"),
+        (
+            json!({"Authorization": "Bearer not-a-token"}),
+            "not a well-formed JWT",
+        ),
+        (
+            json!({"authorization": format!("Basic {token}")}),
+            "not a well-formed JWT",
+        ),
+        (json!({"token": 42}), "not a well-formed JWT"),
+        (json!({"token": expired}), "expired"),
+    ];
+    for (payload, reason) in cases {
+        let seen = init_with(&app, "graphql-transport-ws", payload.clone()).await;
+        assert_eq!(seen.len(), 1, "{payload}: {seen:?}");
+        assert_eq!(seen[0]["close"], 4403, "{payload}: {seen:?}");
+        let said = seen[0]["reason"].as_str().unwrap();
+        assert!(said.contains(reason), "{payload}: {said}");
+        for part in expired.split('.').chain(token.split('.')) {
+            assert!(!said.contains(part), "the reason echoes the token: {said}");
+        }
+    }
+    // The legacy protocol hears a connection_error first, then the same close.
+    let seen = init_with(&app, "graphql-ws", json!({"token": "garbage"})).await;
+    assert_eq!(seen[0]["type"], "connection_error", "{seen:?}");
+    assert!(seen[0]["payload"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not a well-formed JWT"));
+    assert_eq!(seen[1]["close"], 4403, "{seen:?}");
+
+    // Every accepted shape of the payload, on both protocols.
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        for payload in [
+            json!({"Authorization": format!("Bearer {token}")}),
+            json!({"authorization": format!("bearer {token}")}),
+            json!({"token": token}),
+        ] {
+            let seen = init_with(&app, protocol, payload.clone()).await;
+            assert_eq!(
+                seen[0]["type"], "connection_ack",
+                "{protocol} {payload}: {seen:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_in_the_upgrade_request_serves_when_connection_init_has_none() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = TestApp::spawn().await;
+    let board = open_board(&app).await;
+    let connect = |token: Option<String>| {
+        let mut request = app
+            .url("/graphql/ws")
+            .replace("http://", "ws://")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        if let Some(t) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    // A bad token in the header: refused before the upgrade, 401.
+    match connect(Some("nonsense".into())).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+            assert!(response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"));
+        }
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    let (socket, _) = connect(Some(app.token(Who::coordinator())))
+        .await
+        .expect("upgraded");
+    let mut ws = WsClient::from_socket(socket, false);
+    ws.send(json!({"type": "connection_init"})).await;
+    let ack = ws.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
+    let (_, data) = ws.next_data(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(data["boardChanged"]["counts"]["waiting"], 0);
+}
+
+/// Reads frames until the socket closes; returns the `boardChanged` versions and
+/// `boardEvents` positions seen, and the close frame.
+async fn read_until_closed(ws: &mut WsClient, seen: &mut (Vec<i64>, Vec<i64>)) -> Value {
+    loop {
+        let m = ws
+            .next(Duration::from_secs(15))
+            .await
+            .expect("a frame or the close before the token's expiry has long passed");
+        if m.get("close").is_some() || m["type"] == "connection_error" {
+            return m;
+        }
+        record(&m, seen);
+    }
+}
+
+fn record(m: &Value, seen: &mut (Vec<i64>, Vec<i64>)) {
+    assert!(m["type"] == "next" || m["type"] == "data", "{m}");
+    assert!(m["payload"]["errors"].is_null(), "{m}");
+    let data = &m["payload"]["data"];
+    if let Some(v) = data["boardChanged"]["version"].as_i64() {
+        seen.0.push(v);
+    }
+    if let Some(p) = data["boardEvents"]["position"].as_i64() {
+        seen.1.push(p);
+    }
+}
+
+#[tokio::test]
+async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing_nothing() {
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let app = TestApp::spawn().await;
+        let board = open_board(&app).await;
+        let mut positions = vec![request(&app, &board, "Before").await];
+        // A token that lives three seconds (plus the server's one-second leeway).
+        let short = app.token(Who::coordinator().ttl(Duration::from_secs(3)));
+        let mut ws = WsClient::connect_as(&app, protocol, Some(&short)).await;
+        ws.init().await;
+        ws.subscribe("b", BOARD_CHANGED, json!({"id": board})).await;
+        ws.subscribe("e", BOARD_EVENTS, json!({"id": board})).await;
+        let mut seen = (Vec::new(), Vec::new());
+        for i in 0..3 {
+            positions.push(request(&app, &board, &format!("During {i}")).await);
+        }
+        let closed = read_until_closed(&mut ws, &mut seen).await;
+        if protocol == "graphql-ws" {
+            assert_eq!(closed["type"], "connection_error", "{closed}");
+            assert!(closed["payload"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("token expired"));
+            let closed = ws.next(Duration::from_secs(5)).await.unwrap();
+            assert_eq!(closed["close"], 4403, "{closed}");
+        } else {
+            assert_eq!(closed["close"], 4403, "{closed}");
+            assert!(
+                closed["reason"].as_str().unwrap().contains("token expired"),
+                "{closed}"
+            );
+        }
+        // Changes made while no socket is open.
+        for i in 0..2 {
+            positions.push(request(&app, &board, &format!("Between {i}")).await);
+        }
+        // The client resumes on a new socket with a fresh token, from what it has.
+        let last_version = *seen.0.last().expect("a Board before the close");
+        let last_position = *seen.1.last().expect("events before the close");
+        let mut again = WsClient::connect_as(&app, protocol, Some(&app.admin_token)).await;
+        again.init().await;
+        again
+            .subscribe(
+                "b",
+                BOARD_CHANGED,
+                json!({"id": board, "since": last_version}),
+            )
+            .await;
+        again
+            .subscribe(
+                "e",
+                BOARD_EVENTS,
+                json!({"id": board, "after": last_position}),
+            )
+            .await;
+        let final_position = *positions.last().unwrap();
+        // The Board once projected past the last request: it counts every one (1 + 3 + 2).
+        let doc = app
+            .data(
+                "query($id: ID!, $p: Int) { board(id: $id, minPosition: $p) { version counts { waiting } } }",
+                json!({"id": board, "p": final_position}),
+            )
+            .await;
+        assert_eq!(doc["board"]["counts"]["waiting"], 6);
+        let final_version = doc["board"]["version"].as_i64().unwrap();
+        while seen.1.last() != Some(&final_position) || seen.0.last() != Some(&final_version) {
+            let m = again
+                .next(Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| panic!("resumed feed stalled at {seen:?}"));
+            record(&m, &mut seen);
+        }
+        // Every event exactly once across both sockets, in order; every Board version
+        // newer than the last.
+        let mut sorted = seen.1.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, seen.1, "no event twice, none out of order");
+        for p in &positions {
+            assert!(seen.1.contains(p), "the request at {p} was lost: {seen:?}");
+        }
+        assert!(seen.0.windows(2).all(|w| w[0] < w[1]), "{:?}", seen.0);
+    }
+}
