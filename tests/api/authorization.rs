@@ -1,99 +1,49 @@
 //! Who may see what (DESIGN §9), from the outside: the real server with authentication
-//! on, tokens per role from the development issuer, every query field and subscription
+//! on, tokens per role from the test identity provider, every query field and subscription
 //! × every role in and out of scope (generated from the matrix the server uses), masked
 //! patient fields checked with a unique marker, and the access records reads leave.
 
 use std::time::Duration;
 
-use careboard::identity::dev_issuer::{DevIssuer, TokenArgs};
 use careboard::identity::matrix::{self, Operation, Rule};
-use careboard::identity::{Role, Verifier};
+use careboard::identity::Role;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers;
+use crate::helpers::{self, idp::Who, TestApp};
 
 /// A marker no other text in the system contains: found anywhere in an answer means a
 /// patient's data leaked.
 const MARKER: &str = "Qx7Marker";
 
-/// The server with authentication on, its issuer, and the day it serves.
+/// The real server with authentication on (the harness's identity provider), and
+/// tokens for any role and scope.
 struct AuthApp {
-    server: careboard::app::RunningServer,
-    /// The owner's pool, for looking underneath.
-    pool: sqlx::PgPool,
-    issuer: DevIssuer,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-    _daemon: careboard::daemon::DaemonHandle,
-}
-
-fn token_args(role: Role) -> TokenArgs {
-    TokenArgs {
-        role,
-        name: format!("Test {role}"),
-        subject: None,
-        provider_id: None,
-        patient_id: None,
-        regions: Vec::new(),
-        specialties: Vec::new(),
-        ttl: Duration::from_secs(3600),
-    }
+    app: TestApp,
 }
 
 impl AuthApp {
     async fn spawn() -> AuthApp {
-        let dir = tempfile::tempdir().unwrap();
-        let issuer = DevIssuer::load_or_create(dir.path()).unwrap();
-        let pool = helpers::fresh_database().await;
-        let server_pool = helpers::server_pool(&pool).await;
-        let mut state = careboard::app::state_with(
-            server_pool,
-            careboard::config::GraphqlLimits::default(),
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-        );
-        state.auth = Some(Verifier::new(issuer.verifier_config()));
-        let daemon = careboard::app::spawn_daemon(&state, helpers::fast_projector());
-        let server = careboard::app::RunningServer::start("127.0.0.1:0", state)
-            .await
-            .unwrap();
         AuthApp {
-            server,
-            pool,
-            issuer,
-            http: reqwest::Client::new(),
-            _dir: dir,
-            _daemon: daemon,
+            app: TestApp::spawn().await,
         }
     }
 
-    fn token(&self, args: &TokenArgs) -> String {
-        self.issuer.issue(args).unwrap()
+    fn token(&self, who: Who) -> String {
+        self.app.token(who)
     }
 
     fn admin(&self) -> String {
-        self.token(&token_args(Role::Admin))
+        self.token(Who::admin())
     }
 
     async fn gql(&self, token: &str, query: &str, variables: Value) -> Value {
-        self.http
-            .post(self.server.url("/graphql"))
-            .bearer_auth(token)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await
-            .expect("POST /graphql")
-            .json()
-            .await
-            .expect("JSON answer")
+        self.app.gql_as(token, query, variables).await
     }
 
     async fn data(&self, token: &str, query: &str, variables: Value) -> Value {
-        let answer = self.gql(token, query, variables).await;
-        assert!(answer["errors"].is_null(), "unexpected errors: {answer:#}");
-        answer["data"].clone()
+        self.app.data_as(token, query, variables).await
     }
 
     async fn access_records(&self) -> Vec<Value> {
@@ -102,7 +52,7 @@ impl AuthApp {
              'operationName', operation_name, 'clientAddr', client_addr, 'disclosed', disclosed) \
              from access_log order by seq",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.app.pool)
         .await
         .unwrap()
     }
@@ -112,7 +62,7 @@ impl AuthApp {
     async fn open_subscription(&self, token: &str, query: &str, variables: Value) -> Sub {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut request = self
-            .server
+            .app
             .url("/graphql/ws")
             .replace("http://", "ws://")
             .into_client_request()
@@ -232,6 +182,8 @@ struct Day {
     waiting: String,
     /// On `board_out`.
     appointment_out: String,
+    /// On `board_in`, requested by [`PATIENT`] for themselves.
+    own: String,
     position: i64,
 }
 
@@ -321,6 +273,18 @@ async fn seed(app: &AuthApp) -> Day {
     let (assigned, _) = request(board_in.clone(), "pediatrics", "TX", 1).await;
     let (waiting, _) = request(board_in.clone(), "pediatrics", "TX", 2).await;
     let (appointment_out, _) = request(board_out.clone(), "cardiology", "CA", 3).await;
+    // The patient asks for themselves: their id comes from their token.
+    let own = app
+        .data(
+            &app.token(Who::patient(PATIENT)),
+            REQUEST,
+            json!({"i": {"boardId": board_in, "patientName": format!("Pat {MARKER}4"),
+                "specialty": "pediatrics", "region": "TX", "reason": format!("pain {MARKER}4")}}),
+        )
+        .await["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let scheduled = app
         .data(
             &admin,
@@ -351,24 +315,25 @@ async fn seed(app: &AuthApp) -> Day {
         assigned,
         waiting,
         appointment_out,
+        own,
         position,
     }
 }
 
+/// The patient whose token the matrix test uses.
+const PATIENT: &str = "patient-own";
+
 /// One principal per role: the coordinator works pediatrics in Texas, the provider is
-/// `day.provider`.
-fn principal_args(role: Role, day: &Day) -> TokenArgs {
-    let mut args = token_args(role);
+/// `day.provider`, the patient is [`PATIENT`].
+fn principal(role: Role, day: &Day) -> Who {
     match role {
-        Role::Provider => args.provider_id = Some(day.provider.parse().unwrap()),
-        Role::Coordinator => {
-            args.regions = vec!["TX".into()];
-            args.specialties = vec!["pediatrics".into()];
-        }
-        Role::Patient => args.patient_id = Some("patient-own".into()),
-        Role::Admin => {}
+        Role::Provider => Who::provider(&day.provider),
+        Role::Coordinator => Who::coordinator()
+            .regions(["TX"])
+            .specialties(["pediatrics"]),
+        Role::Patient => Who::patient(PATIENT),
+        Role::Admin => Who::admin(),
     }
-    args
 }
 
 /// How an operation is asked, and of what: `target(in_scope)` names something the
@@ -433,8 +398,7 @@ fn target(op: Operation, role: Role, day: &Day, inside: bool) -> Value {
             "t": now,
         }),
         Op::Appointment | Op::AppointmentChanged => match role {
-            // Until appointments carry their patient's id, a patient owns none.
-            Role::Patient => json!({"id": day.waiting}),
+            Role::Patient => json!({"id": pick(&day.own, &day.waiting)}),
             Role::Provider => json!({"id": pick(&day.assigned, &day.waiting)}),
             _ => json!({"id": pick(&day.assigned, &day.appointment_out)}),
         },
@@ -473,12 +437,6 @@ async fn outcome(app: &AuthApp, token: &str, ask: &Ask, variables: Value) -> Res
     }
 }
 
-/// Scoped rules a test cannot put a target inside of yet: a patient's own appointment
-/// needs appointments that record their patient.
-fn untestable_inside(op: Operation, role: Role) -> bool {
-    role == Role::Patient && matches!(op, Operation::Appointment | Operation::AppointmentChanged)
-}
-
 #[tokio::test]
 async fn every_query_field_and_subscription_follows_the_matrix_for_every_role_in_and_out_of_scope()
 {
@@ -488,12 +446,9 @@ async fn every_query_field_and_subscription_follows_the_matrix_for_every_role_in
     for op in Operation::ALL {
         let Some(ask) = ask(*op) else { continue };
         for role in Role::ALL {
-            let token = app.token(&principal_args(role, &day));
+            let token = app.token(principal(role, &day));
             let rule = matrix::rule(*op, role);
             for inside in [true, false] {
-                if inside && untestable_inside(*op, role) {
-                    continue;
-                }
                 let result = outcome(&app, &token, &ask, target(*op, role, &day, inside)).await;
                 let expected_allowed = match rule {
                     Rule::Allowed => true,
@@ -553,7 +508,7 @@ async fn mutations_a_role_may_never_run_are_refused_and_change_nothing() {
     let day = seed(&app).await;
     let events = || async {
         sqlx::query_scalar::<_, i64>("select count(*) from events")
-            .fetch_one(&app.pool)
+            .fetch_one(&app.app.pool)
             .await
             .unwrap()
     };
@@ -622,7 +577,7 @@ async fn mutations_a_role_may_never_run_are_refused_and_change_nothing() {
             if matrix::rule(*op, role) != Rule::Denied {
                 continue;
             }
-            let token = app.token(&principal_args(role, &day));
+            let token = app.token(principal(role, &day));
             let (query, vars) = mutation(*op);
             let answer = app.gql(&token, &query, json!({"i": vars})).await;
             assert_eq!(
@@ -700,22 +655,19 @@ async fn everything_visible_to(app: &AuthApp, token: &str, day: &Day) -> Vec<Str
 async fn another_patient_and_a_provider_not_assigned_find_no_patient_data_anywhere() {
     let app = AuthApp::spawn().await;
     let day = seed(&app).await;
-    let mut patient = token_args(Role::Patient);
-    patient.patient_id = Some("someone-else".into());
-    let mut other_provider = token_args(Role::Provider);
-    other_provider.provider_id = Some(day.other_provider.parse().unwrap());
-    for args in [patient, other_provider] {
-        let token = app.token(&args);
+    let patient = (Role::Patient, Who::patient("someone-else"));
+    let other_provider = (Role::Provider, Who::provider(&day.other_provider));
+    for (role, who) in [patient, other_provider] {
+        let token = app.token(who);
         let bodies = everything_visible_to(&app, &token, &day).await;
         assert!(bodies.len() >= 20, "{bodies:?}");
         for body in &bodies {
             assert!(
                 !body.contains(MARKER),
-                "{:?} saw patient data: {body}",
-                args.role
+                "{role} saw patient data: {body}"
             );
         }
-        if args.role == Role::Provider {
+        if role == Role::Provider {
             // The provider did see the Board they joined, masked: the test reached it.
             assert!(
                 bodies
@@ -729,7 +681,7 @@ async fn another_patient_and_a_provider_not_assigned_find_no_patient_data_anywhe
     assert_eq!(app.access_records().await, Vec::<Value>::new());
 
     // The checks bite: the coordinator in scope and the assigned provider do see it.
-    let coordinator = app.token(&principal_args(Role::Coordinator, &day));
+    let coordinator = app.token(principal(Role::Coordinator, &day));
     let seen = app
         .data(
             &coordinator,
@@ -738,7 +690,7 @@ async fn another_patient_and_a_provider_not_assigned_find_no_patient_data_anywhe
         )
         .await;
     assert!(seen.to_string().contains(MARKER), "{seen}");
-    let provider = app.token(&principal_args(Role::Provider, &day));
+    let provider = app.token(principal(Role::Provider, &day));
     let seen = app
         .data(
             &provider,
@@ -773,8 +725,8 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
         app.access_records().await.is_empty(),
         "seeding as admin disclosed nothing"
     );
-    let coordinator = app.token(&principal_args(Role::Coordinator, &day));
-    let provider = app.token(&principal_args(Role::Provider, &day));
+    let coordinator = app.token(principal(Role::Coordinator, &day));
+    let provider = app.token(principal(Role::Provider, &day));
     const N: usize = 5;
     let board = "query Front($id: ID!) { board(id: $id) { version appointments { patientName } } }";
     let mut versions = Vec::new();
@@ -877,24 +829,24 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
     );
 
     // The chain verifies; a row altered with the triggers off is found.
-    let report = careboard::identity::access_log::verify(&app.pool)
+    let report = careboard::identity::access_log::verify(&app.app.pool)
         .await
         .unwrap();
     assert_eq!(report.verified, (2 * N + 1) as i64);
     assert!(report.first_broken.is_none(), "{report:?}");
     sqlx::query("alter table access_log disable trigger access_log_append_only")
-        .execute(&app.pool)
+        .execute(&app.app.pool)
         .await
         .unwrap();
     sqlx::query("update access_log set subject = 'nobody' where seq = 3")
-        .execute(&app.pool)
+        .execute(&app.app.pool)
         .await
         .unwrap();
     sqlx::query("alter table access_log enable trigger access_log_append_only")
-        .execute(&app.pool)
+        .execute(&app.app.pool)
         .await
         .unwrap();
-    let report = careboard::identity::access_log::verify(&app.pool)
+    let report = careboard::identity::access_log::verify(&app.app.pool)
         .await
         .unwrap();
     assert_eq!(report.first_broken.map(|b| b.seq), Some(3));
@@ -904,9 +856,9 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
 async fn a_read_whose_access_record_cannot_be_written_is_not_answered() {
     let app = AuthApp::spawn().await;
     let day = seed(&app).await;
-    let coordinator = app.token(&principal_args(Role::Coordinator, &day));
+    let coordinator = app.token(principal(Role::Coordinator, &day));
     sqlx::query("revoke insert on access_log from careboard_app")
-        .execute(&app.pool)
+        .execute(&app.app.pool)
         .await
         .unwrap();
     let board = "query($id: ID!) { board(id: $id) { appointments { patientName } } }";
@@ -942,7 +894,7 @@ async fn a_read_whose_access_record_cannot_be_written_is_not_answered() {
         .await;
     assert!(d["board"]["name"].is_string());
     sqlx::query("grant insert on access_log to careboard_app")
-        .execute(&app.pool)
+        .execute(&app.app.pool)
         .await
         .unwrap();
     let answer = app
@@ -956,7 +908,7 @@ async fn a_read_whose_access_record_cannot_be_written_is_not_answered() {
 async fn the_assigned_provider_follows_their_appointment_live_and_each_frame_is_recorded() {
     let app = AuthApp::spawn().await;
     let day = seed(&app).await;
-    let provider = app.token(&principal_args(Role::Provider, &day));
+    let provider = app.token(principal(Role::Provider, &day));
     let mut sub = app
         .open_subscription(
             &provider,

@@ -319,8 +319,11 @@ async fn cancelling_a_scheduled_appointment_frees_its_provider_atomically() {
         json!({"input": {"appointmentId": appointment_id, "shiftId": shift_id}}),
     )
     .await;
+    // The reason is about the patient: the coordinator sees it (an admin would not).
+    let coordinator = app.token(crate::helpers::idp::Who::coordinator());
     let cancelled = app
-        .data(
+        .data_as(
+            &coordinator,
             CANCEL_APPOINTMENT,
             json!({"input": {"appointmentId": appointment_id, "reason": "patient left"}}),
         )

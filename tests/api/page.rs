@@ -375,8 +375,11 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
     let scenario = stuck_morning(Utc::now());
     seed(&app, &scenario, Utc::now(), chrono::Duration::zero()).await;
     let board = scenario.boards[0].id;
+    // Patient names are for the coordinator (admins see them masked).
+    let coordinator = app.token(crate::helpers::idp::Who::coordinator());
     let facts = app
-        .data(
+        .data_as(
+            &coordinator,
             "query($id: ID!) { board(id: $id) { providers { id status provider { id } } appointments { id patientName status expectedFinish } currentWait { waitSeconds } } }",
             json!({"id": board}),
         )

@@ -579,9 +579,12 @@ async fn a_board_answers_its_quoted_wait_its_longest_wait_and_when_appointments_
     let at = (now - chrono::Duration::minutes(5)).to_rfc3339();
     let fields = "status waitingSince currentWait { waitSeconds estimatedStart queueAhead }
         appointments { patientName status requestedAt scheduledAt expectedFinish }";
+    // Patient names are for the coordinator (admins see them masked).
+    let coordinator = app.token(helpers::idp::Who::coordinator());
     for as_of in [None, Some(at.clone())] {
         let data = app
-            .data(
+            .data_as(
+                &coordinator,
                 &format!(
                     "query($id: ID!, $at: DateTime) {{ board(id: $id, asOf: $at) {{ {fields} }}
                        waitTimeEstimate(boardId: $id, specialty: \"pediatrics\", asOf: $at) {{ waitSeconds queueAhead }} }}"
