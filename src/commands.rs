@@ -22,11 +22,11 @@ use crate::domain::{
     ProviderId, Shift, ShiftId,
 };
 use crate::error::{AppError, AppResult};
-use crate::identity::matrix::{BoardFacts, Facts, Operation};
-use crate::identity::{Principal, Scope};
 use crate::estimates::Estimator;
 use crate::event_store::unit_of_work::{Begun, CommandMeta, Guard, Outcome, UnitOfWork};
 use crate::event_store::{EventStore, ReadLimit};
+use crate::identity::matrix::{BoardFacts, Facts, Operation};
+use crate::identity::{Principal, Scope};
 use crate::projections::board_view::contents_from_events;
 
 /// The options every command carries. Not part of the command's fingerprint: a retry
@@ -314,7 +314,10 @@ fn authorize_matrix(principal: &Principal, operation: Operation, facts: &Facts) 
 
 /// Whose appointment a request is for: a patient's own id from their token (naming
 /// another patient is refused), otherwise the id a coordinator gave on their behalf.
-fn requested_for(actor: &crate::identity::Actor, given: Option<String>) -> AppResult<Option<String>> {
+fn requested_for(
+    actor: &crate::identity::Actor,
+    given: Option<String>,
+) -> AppResult<Option<String>> {
     match actor.principal().map(|p| &p.scope) {
         Some(Scope::Patient { patient_id }) => match given {
             Some(other) if other.trim() != patient_id => Err(AppError::Forbidden(

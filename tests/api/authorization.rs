@@ -662,10 +662,7 @@ async fn another_patient_and_a_provider_not_assigned_find_no_patient_data_anywhe
         let bodies = everything_visible_to(&app, &token, &day).await;
         assert!(bodies.len() >= 20, "{bodies:?}");
         for body in &bodies {
-            assert!(
-                !body.contains(MARKER),
-                "{role} saw patient data: {body}"
-            );
+            assert!(!body.contains(MARKER), "{role} saw patient data: {body}");
         }
         if role == Role::Provider {
             // The provider did see the Board they joined, masked: the test reached it.
@@ -786,7 +783,7 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
     }
     for r in &records[N..2 * N] {
         assert_eq!(r["role"], "provider");
-        assert_eq!(r["subject"], day.provider.as_str());
+        assert_eq!(r["subject"], format!("provider-{}", day.provider));
         assert_eq!(r["operation"], "appointment");
         assert_eq!(r["disclosed"]["kind"], "appointments");
         assert_eq!(
@@ -804,14 +801,14 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
         .data(
             &app.admin(),
             "query($s: String) { accessLog(subject: $s, first: 3) { edges { node { seq subject operation disclosed } } pageInfo { hasNextPage } } }",
-            json!({"s": day.provider}),
+            json!({"s": format!("provider-{}", day.provider)}),
         )
         .await;
     let edges = page["accessLog"]["edges"].as_array().unwrap();
     assert_eq!(edges.len(), 3);
     assert!(edges
         .iter()
-        .all(|e| e["node"]["subject"] == day.provider.as_str()));
+        .all(|e| e["node"]["subject"] == format!("provider-{}", day.provider).as_str()));
     assert_eq!(page["accessLog"]["pageInfo"]["hasNextPage"], true);
     let by_appointment = app
         .data(
@@ -955,4 +952,237 @@ async fn the_assigned_provider_follows_their_appointment_live_and_each_frame_is_
             day.assigned.as_str()
         );
     }
+}
+
+#[tokio::test]
+async fn scoped_mutations_are_refused_outside_the_callers_scope_and_change_nothing() {
+    let app = AuthApp::spawn().await;
+    let day = seed(&app).await;
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from events")
+            .fetch_one(&app.app.pool)
+            .await
+            .unwrap()
+    };
+    let before = events().await;
+    let coordinator = app.token(principal(Role::Coordinator, &day));
+    let provider = app.token(principal(Role::Provider, &day));
+    let patient = app.token(principal(Role::Patient, &day));
+    let today = chrono::Utc::now().date_naive().to_string();
+    let refused = [
+        (
+            &coordinator,
+            "mutation($i: OpenBoardInput!) { openBoard(input: $i) { version } }".to_string(),
+            json!({"name": "X", "specialty": "cardiology", "region": "CA", "date": today}),
+            "the coordinator role may use openBoard only on Boards within their regions and specialties",
+        ),
+        (
+            &coordinator,
+            "mutation($i: CloseBoardInput!) { closeBoard(input: $i) { version } }".to_string(),
+            json!({"boardId": day.board_out}),
+            "the coordinator role may use closeBoard only on Boards within their regions and specialties",
+        ),
+        (
+            &provider,
+            "mutation($i: ShiftInput!) { pauseProvider(input: $i) { version } }".to_string(),
+            json!({"shiftId": day.other_shift}),
+            "the provider role may use pauseProvider only on their own shifts",
+        ),
+        (
+            &provider,
+            "mutation($i: JoinBoardInput!) { joinBoard(input: $i) { version } }".to_string(),
+            json!({"boardId": day.board_out, "providerId": day.other_provider}),
+            "the provider role may use joinBoard only for themselves",
+        ),
+        (
+            &provider,
+            "mutation($i: AppointmentInput!) { startAppointment(input: $i) { version } }"
+                .to_string(),
+            json!({"appointmentId": day.waiting}),
+            "the provider role may use startAppointment only on appointments assigned to them",
+        ),
+        (
+            &patient,
+            "mutation($i: CancelAppointmentInput!) { cancelAppointment(input: $i) { version } }"
+                .to_string(),
+            json!({"appointmentId": day.waiting, "reason": "not mine"}),
+            "the patient role may use cancelAppointment only on their own appointments",
+        ),
+        (
+            &patient,
+            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { version } }"
+                .to_string(),
+            json!({"boardId": day.board_in, "patientId": "someone-else", "patientName": "X",
+                "specialty": "pediatrics", "region": "TX", "reason": "X"}),
+            "the patient role may use requestAppointment only for themselves: leave patientId out",
+        ),
+        (
+            &coordinator,
+            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { version } }"
+                .to_string(),
+            json!({"boardId": day.board_out, "patientId": "p-9", "patientName": "X",
+                "specialty": "cardiology", "region": "CA", "reason": "X"}),
+            "the coordinator role may use requestAppointment only on Boards within their regions and specialties",
+        ),
+    ];
+    for (token, query, input, message) in refused {
+        let answer = app.gql(token, &query, json!({"i": input})).await;
+        assert_eq!(
+            helpers::error_code(&answer),
+            "FORBIDDEN",
+            "{query}: {answer:#}"
+        );
+        assert_eq!(helpers::error_message(&answer), message);
+    }
+    assert_eq!(
+        events().await,
+        before,
+        "no refused mutation changed anything"
+    );
+
+    // Inside their scope the same roles succeed.
+    app.data(
+        &provider,
+        "mutation($i: AppointmentInput!) { startAppointment(input: $i) { version } }",
+        json!({"i": {"appointmentId": day.assigned}}),
+    )
+    .await;
+    let cancelled = app
+        .data(
+            &patient,
+            "mutation($i: CancelAppointmentInput!) { cancelAppointment(input: $i) { appointment { status cancellationReason } } }",
+            json!({"i": {"appointmentId": day.own, "reason": "feeling better"}}),
+        )
+        .await;
+    assert_eq!(
+        cancelled["cancelAppointment"]["appointment"]["status"],
+        "CANCELLED"
+    );
+    assert_eq!(
+        cancelled["cancelAppointment"]["appointment"]["cancellationReason"], "feeling better",
+        "their own"
+    );
+    // The actor recorded is the patient, whose name is masked for an admin reading
+    // the log.
+    let log = app
+        .data(
+            &app.admin(),
+            "query($id: ID!) { events(streamId: $id) { edges { node { type data metadata } } } }",
+            json!({"id": day.own}),
+        )
+        .await;
+    let text = log.to_string();
+    assert!(
+        !text.contains(MARKER) && !text.contains("feeling better"),
+        "{text}"
+    );
+    assert!(text.contains("\"actorRole\":\"patient\""), "{text}");
+    assert!(!text.contains(PATIENT), "{text}");
+}
+
+#[tokio::test]
+async fn a_patient_sees_their_own_appointments_and_who_has_seen_their_record() {
+    let app = AuthApp::spawn().await;
+    let day = seed(&app).await;
+    let patient = app.token(Who::patient(PATIENT));
+    // A coordinator requests one on behalf of the same patient.
+    let coordinator = app.token(principal(Role::Coordinator, &day));
+    let on_behalf = app
+        .data(
+            &coordinator,
+            REQUEST,
+            json!({"i": {"boardId": day.board_in, "patientId": PATIENT, "patientName": "Pat Lee",
+                "specialty": "pediatrics", "region": "TX", "reason": "follow-up"}}),
+        )
+        .await["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wait_for = |n: usize| {
+        let patient = patient.clone();
+        let app = &app;
+        async move {
+            for _ in 0..100 {
+                let d = app
+                    .data(
+                        &patient,
+                        "{ myAppointments { id patientName reason status } }",
+                        json!({}),
+                    )
+                    .await;
+                if d["myAppointments"].as_array().unwrap().len() == n {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("myAppointments never listed {n}");
+        }
+    };
+    let mine = wait_for(2).await;
+    let ids: Vec<&str> = mine["myAppointments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&day.own.as_str()) && ids.contains(&on_behalf.as_str()),
+        "{mine}"
+    );
+    assert!(
+        mine.to_string().contains(&format!("pain {MARKER}4")),
+        "their own reason: {mine}"
+    );
+    // Someone else's appointments are not theirs.
+    assert!(!mine.to_string().contains(&day.waiting));
+
+    // The coordinator looks at the Board; the provider not assigned looks too (masked).
+    app.data(
+        &coordinator,
+        "query($id: ID!) { board(id: $id) { appointments { patientName } } }",
+        json!({"id": day.board_in}),
+    )
+    .await;
+    app.data(
+        &app.token(Who::provider(&day.other_provider)),
+        "query($id: ID!) { board(id: $id) { appointments { patientName } } }",
+        json!({"id": day.board_in}),
+    )
+    .await;
+    let seen = app
+        .data(
+            &patient,
+            "{ myAccessLog { edges { node { subject role operation disclosed } } } }",
+            json!({}),
+        )
+        .await;
+    let entries: Vec<&Value> = seen["myAccessLog"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["node"])
+        .collect();
+    // Their own myAppointments reads, and the coordinator's Board read; not the
+    // provider's (nothing of theirs was shown to them).
+    assert!(
+        entries.iter().any(|e| e["role"] == "coordinator"
+            && e["operation"] == "board"
+            && e["disclosed"]["patientIds"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(PATIENT))),
+        "{seen:#}"
+    );
+    assert!(entries.iter().all(|e| e["role"] != "provider"), "{seen:#}");
+    assert!(entries.iter().any(|e| e["role"] == "patient"), "{seen:#}");
+    // Another patient's log holds none of this.
+    let other = app
+        .data(
+            &app.token(Who::patient("someone-else")),
+            "{ myAccessLog { edges { node { seq } } } myAppointments { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(other["myAccessLog"]["edges"], json!([]));
+    assert_eq!(other["myAppointments"], json!([]));
 }
