@@ -39,7 +39,9 @@
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
 //! - [`graphql`]: schema, queries, mutations, subscriptions, output types; the input
 //!   types and their `TryFrom` into commands ([`graphql::inputs`]); the documented
-//!   custom scalars ([`graphql::scalars`]).
+//!   custom scalars ([`graphql::scalars`]); the access edge ([`graphql::access`]): every
+//!   root field meets the permission matrix, patient fields are masked, and answers that
+//!   showed them are recorded in the access log (fail closed).
 //! - [`http`]: the axum router (GraphQL, GraphiQL, pages, health, metrics).
 //! - [`state`]: `AppState`, what every handler and websocket shares.
 //! - [`persisted`]: automatic persisted queries (hash → document, bounded LRU).
