@@ -296,3 +296,292 @@ async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing
         assert!(seen.0.windows(2).all(|w| w[0] < w[1]), "{:?}", seen.0);
     }
 }
+
+/// Asserts a 401 in GraphQL's error shape with a Bearer challenge.
+async fn assert_unauthenticated(response: reqwest::Response, what: &str) {
+    assert_eq!(response.status(), 401, "{what}");
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with("Bearer realm=\"careboard\""),
+        "{what}: {challenge}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "UNAUTHENTICATED", "{what}: {body}");
+    assert!(body["data"].is_null(), "{what}: nothing ran: {body}");
+}
+
+#[tokio::test]
+async fn every_way_into_graphql_needs_a_token() {
+    let app = TestApp::spawn().await;
+    let board = open_board(&app).await;
+    let anonymous = reqwest::Client::new();
+    let query = "query($id: ID!) { board(id: $id) { name appointments { patientName } } }";
+    let vars = json!({"id": board});
+    let introspection = "{ __schema { queryType { name } } }";
+    let hash = |q: &str| {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(q.as_bytes()))
+    };
+    // A persisted query the admin registered: its hash alone does not get past.
+    let persisted = json!({"persistedQuery": {"version": 1, "sha256Hash": hash(query)}});
+    let r = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({"query": query, "variables": vars, "extensions": persisted}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let with_hash = |token: Option<String>| {
+        let mut r = anonymous
+            .post(app.url("/graphql"))
+            .json(&json!({"variables": vars, "extensions": persisted}));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let admin = app.admin_token.clone();
+    let ok: Value = with_hash(Some(admin.clone()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ok["errors"].is_null() && ok["data"].get("board").is_some(),
+        "{ok}"
+    );
+
+    for token in [None, Some("garbage".to_string())] {
+        let bearer = |r: reqwest::RequestBuilder| match &token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        };
+        assert_unauthenticated(
+            bearer(anonymous.post(app.url("/graphql")))
+                .json(&json!({"query": query, "variables": vars}))
+                .send()
+                .await
+                .unwrap(),
+            "POST",
+        )
+        .await;
+        assert_unauthenticated(
+            bearer(anonymous.get(app.url("/graphql")))
+                .query(&[("query", query), ("variables", &vars.to_string())])
+                .send()
+                .await
+                .unwrap(),
+            "GET",
+        )
+        .await;
+        assert_unauthenticated(with_hash(token.clone()).await.unwrap(), "persisted query").await;
+        assert_unauthenticated(
+            bearer(anonymous.post(app.url("/graphql")))
+                .json(&json!({"query": introspection}))
+                .send()
+                .await
+                .unwrap(),
+            "introspection over POST",
+        )
+        .await;
+        assert_unauthenticated(
+            bearer(anonymous.get(app.url("/graphql")))
+                .query(&[("query", introspection)])
+                .send()
+                .await
+                .unwrap(),
+            "introspection over GET",
+        )
+        .await;
+    }
+    // With the token, GET and introspection answer.
+    let r: Value = anonymous
+        .get(app.url("/graphql"))
+        .bearer_auth(&admin)
+        .query(&[("query", introspection)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["data"]["__schema"]["queryType"]["name"], "Query", "{r}");
+    // Health stays open.
+    for path in ["/healthz", "/readyz"] {
+        let r = anonymous.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_event_actor_is_the_tokens_subject_whatever_the_headers_or_connection_init_say() {
+    let app = TestApp::spawn().await;
+    let board = open_board(&app).await;
+    let token = app.token(
+        Who::coordinator()
+            .subject("coordinator-42")
+            .name("Ana Ruiz"),
+    );
+    // Over HTTP, with every header that once named (or could name) the actor.
+    let r: Value = reqwest::Client::new()
+        .post(app.url("/graphql"))
+        .bearer_auth(&token)
+        .header("x-actor", "mallory")
+        .header("x-user", "mallory")
+        .header("x-forwarded-user", "mallory")
+        .json(&json!({"query": REQUEST, "variables": {"input": {"boardId": board, "patientName": "Over HTTP", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(r["errors"].is_null(), "{r}");
+    // Over the websocket (a mutation is a valid operation there), with an actor in
+    // connection_init's payload beside the token.
+    let mut ws = WsClient::connect_as(&app, "graphql-transport-ws", None).await;
+    ws.send(json!({"type": "connection_init", "payload": {
+        "Authorization": format!("Bearer {token}"), "actor": "mallory", "x-actor": "mallory"}}))
+        .await;
+    assert_eq!(
+        ws.next(Duration::from_secs(5)).await.unwrap()["type"],
+        "connection_ack"
+    );
+    ws.subscribe(
+        "m",
+        REQUEST,
+        json!({"input": {"boardId": board, "patientName": "Over WS", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
+    )
+    .await;
+    let (_, data) = ws.next_data(Duration::from_secs(10)).await.unwrap();
+    assert!(data["requestAppointment"]["position"].is_i64(), "{data}");
+
+    let actors: Vec<String> = sqlx::query_scalar(
+        "select metadata->>'actor' from events where type = 'AppointmentRequested' order by seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(actors, ["coordinator-42", "coordinator-42"]);
+    let all: String = sqlx::query_scalar("select string_agg(metadata::text, ' ') from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(!all.contains("mallory"), "{all}");
+}
+
+#[tokio::test]
+async fn metrics_need_an_admin_token_on_the_api_address() {
+    let app = TestApp::spawn().await;
+    let anonymous = reqwest::Client::new();
+    assert_unauthenticated(
+        anonymous.get(app.url("/metrics")).send().await.unwrap(),
+        "/metrics without a token",
+    )
+    .await;
+    let coordinator = app.token(Who::coordinator());
+    let r = anonymous
+        .get(app.url("/metrics"))
+        .bearer_auth(&coordinator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
+    let r = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("# EOF"));
+}
+
+#[tokio::test]
+async fn metrics_on_their_own_address_are_open_there_and_gone_from_the_api() {
+    let pool = crate::helpers::fresh_database().await;
+    let server_pool = crate::helpers::server_pool(&pool).await;
+    let mut state = careboard::app::state(
+        server_pool,
+        careboard::config::GraphqlLimits::default(),
+        Duration::from_secs(5),
+    );
+    state.auth = Some(careboard::identity::Verifier::new(idp().verifier_config()));
+    state.metrics_elsewhere = true;
+    let metrics = careboard::app::RunningServer::start_metrics("127.0.0.1:0", state.clone())
+        .await
+        .unwrap();
+    let api = careboard::app::RunningServer::start("127.0.0.1:0", state)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let r = http.get(metrics.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("# EOF"));
+    let admin = idp().token(&Who::admin());
+    let r = http
+        .get(api.url("/metrics"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "not on the API's address, even for an admin"
+    );
+    // Nothing but metrics and health on the metrics address.
+    let r = http
+        .post(metrics.url("/graphql"))
+        .bearer_auth(&admin)
+        .json(&json!({"query": "{ __typename }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    metrics.stop().await.unwrap();
+    api.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_principals_from_one_address_are_rate_limited_separately() {
+    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
+        rate_limit_per_second: 1,
+        rate_limit_burst: 3,
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let status = |token: Option<String>| {
+        let mut r = http
+            .post(app.url("/graphql"))
+            .json(&json!({"query": "{ __typename }"}));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    let ana = app.token(Who::coordinator().subject("ana"));
+    let ben = app.token(Who::coordinator().subject("ben"));
+    let mut ana_statuses = Vec::new();
+    for _ in 0..6 {
+        ana_statuses.push(status(Some(ana.clone())).await);
+    }
+    assert!(ana_statuses.contains(&429), "{ana_statuses:?}");
+    // Ana's second token (same subject) shares her budget.
+    let ana_again = app.token(Who::coordinator().subject("ana").name("Ana again"));
+    assert_eq!(status(Some(ana_again)).await, 429);
+    // Ben, from the same address, still has his.
+    assert_eq!(status(Some(ben.clone())).await, 200);
+    assert_eq!(status(Some(ben)).await, 200);
+    // Requests without a valid token count against the address, apart from both.
+    assert_eq!(status(None).await, 401);
+    let mut anonymous = Vec::new();
+    for _ in 0..6 {
+        anonymous.push(status(Some("garbage".into())).await);
+    }
+    assert!(anonymous.contains(&429), "{anonymous:?}");
+    assert_eq!(status(Some(app.token(Who::admin()))).await, 200);
+}
