@@ -459,7 +459,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
     }
     let principal = match credentials.principal() {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into_response(),
     };
     let limit = state.limits.max_body_bytes;
     let bytes = match axum::body::to_bytes(body, limit).await {
@@ -501,7 +501,7 @@ async fn graphql_over_get(
     };
     let principal = match credentials.principal() {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into_response(),
     };
     let params: Vec<(String, String)> = match serde_urlencoded_pairs(query) {
         Ok(p) => p,
@@ -742,8 +742,8 @@ async fn metrics(State(state): State<AppState>, request: Request<Body>) -> Respo
             .into_response();
     }
     let (parts, _) = request.into_parts();
-    if let Err(refusal) = Credentials::of(state.auth.as_ref(), &parts).await.admin() {
-        return refusal;
+    if let Err(refused) = Credentials::of(state.auth.as_ref(), &parts).await.admin() {
+        return refused.into_response();
     }
     render_metrics(&state).await
 }

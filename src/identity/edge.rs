@@ -74,26 +74,44 @@ impl Credentials {
     }
 
     /// The principal of a request that may proceed (`Ok(None)` with authentication
-    /// off), or the 401 refusing it.
-    pub fn principal(&self) -> Result<Option<Principal>, Response> {
+    /// off), or why it may not (a 401).
+    pub fn principal(&self) -> Result<Option<Principal>, Refused> {
         match self {
             Credentials::Off => Ok(None),
             Credentials::Verified { principal, .. } => Ok(Some(principal.clone())),
-            Credentials::Refused(error) => Err(refusal(error)),
+            Credentials::Refused(error) => Err(Refused::Unauthenticated(error.clone())),
         }
     }
 
     /// Like [`Credentials::principal`], for what only an admin may see (`/metrics`):
     /// 401 without a valid token, 403 with another role's.
-    pub fn admin(&self) -> Result<(), Response> {
+    pub fn admin(&self) -> Result<(), Refused> {
         match self.principal()? {
             None => Ok(()),
             Some(p) if p.role == Role::Admin => Ok(()),
-            Some(_) => {
+            Some(_) => Err(Refused::NotAdmin),
+        }
+    }
+}
+
+/// Why the edge refuses a request; answered as a response.
+#[derive(Debug, Clone)]
+pub enum Refused {
+    /// 401 with `WWW-Authenticate: Bearer` (503 when the provider's keys are unreachable).
+    Unauthenticated(AuthError),
+    /// 403: authenticated, but only an admin may.
+    NotAdmin,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Unauthenticated(error) => refusal(&error),
+            Refused::NotAdmin => {
                 let body = json!({ "errors": [{
                     "message": "only an admin may read this",
                     "extensions": { "code": "FORBIDDEN" } }] });
-                Err((StatusCode::FORBIDDEN, Json(body)).into_response())
+                (StatusCode::FORBIDDEN, Json(body)).into_response()
             }
         }
     }
