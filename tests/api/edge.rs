@@ -585,3 +585,210 @@ async fn two_principals_from_one_address_are_rate_limited_separately() {
     assert!(anonymous.contains(&429), "{anonymous:?}");
     assert_eq!(status(Some(app.token(Who::admin()))).await, 200);
 }
+
+/// `careboard serve` with `args`, on a fresh database and data dir; its exit output
+/// when it stops by itself within the timeout.
+fn serve_refused(args: &[&str], url: &str, dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .arg("serve")
+        .args(args)
+        .args(["--projector", "off"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("DATABASE_URL", url)
+        .env_remove("CAREBOARD_OIDC_ISSUER")
+        .env_remove("CAREBOARD_AUTH")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run careboard serve");
+    assert!(!out.status.success(), "it must refuse: {args:?}");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[tokio::test]
+async fn no_configuration_serves_the_network_without_authentication() {
+    let (_pool, url) = crate::helpers::fresh_database_with_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The default: authentication on, the development issuer, loopback only.
+    let stderr = serve_refused(&["--bind", "0.0.0.0:0"], &url, dir.path());
+    assert!(stderr.contains("CAREBOARD_OIDC_ISSUER"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1"), "{stderr}");
+    // Switching authentication off does not get around it.
+    let stderr = serve_refused(&["--auth", "off", "--bind", "0.0.0.0:0"], &url, dir.path());
+    assert!(stderr.contains("--auth off"), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    let stderr = serve_refused(&["--auth", "off", "--bind", "[::]:0"], &url, dir.path());
+    assert!(stderr.contains("--auth off"), "{stderr}");
+}
+
+/// A `careboard serve` child on a free loopback port, killed when dropped.
+struct Served {
+    child: std::process::Child,
+    base: String,
+    stderr: std::path::PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve(args: &[&str], url: &str, dir: &std::path::Path) -> Served {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stderr = dir.join("serve.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .arg("serve")
+        .args(args)
+        .args(["--bind", &format!("127.0.0.1:{port}"), "--projector", "off"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("DATABASE_URL", url)
+        .env_remove("CAREBOARD_OIDC_ISSUER")
+        .env_remove("CAREBOARD_AUTH")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("start careboard serve");
+    let served = Served {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        stderr,
+    };
+    let started = std::time::Instant::now();
+    while reqwest::get(format!("{}/readyz", served.base)).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "careboard serve did not come up: {}",
+            std::fs::read_to_string(&served.stderr).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served
+}
+
+#[tokio::test]
+async fn auth_off_serves_loopback_only_and_says_so_loudly() {
+    let (_pool, url) = crate::helpers::fresh_database_with_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(&["--auth", "off"], &url, dir.path()).await;
+    let r: Value = reqwest::Client::new()
+        .post(format!("{}/graphql", served.base))
+        .json(&json!({"query": "{ __typename }"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["data"]["__typename"], "Query", "{r}");
+    let log = std::fs::read_to_string(&served.stderr).unwrap();
+    assert!(log.contains("AUTHENTICATION IS OFF"), "{log}");
+    assert!(log.contains("WARN"), "{log}");
+}
+
+#[tokio::test]
+async fn by_default_the_server_needs_tokens_from_careboard_token() {
+    let (_pool, url) = crate::helpers::fresh_database_with_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(&[], &url, dir.path()).await;
+    let http = reqwest::Client::new();
+    let post = |token: Option<String>| {
+        let mut r = http
+            .post(format!("{}/graphql", served.base))
+            .json(&json!({"query": "{ __typename }"}));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_unauthenticated(post(None).await.unwrap(), "no token").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args(["token", "--role", "coordinator", "--name", "Ana Ruiz"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r: Value = post(Some(token)).await.unwrap().json().await.unwrap();
+    assert_eq!(r["data"]["__typename"], "Query", "{r}");
+    // A token from a provider this server was not configured with is refused.
+    assert_unauthenticated(
+        post(Some(idp().token(&Who::admin()))).await.unwrap(),
+        "another issuer's token",
+    )
+    .await;
+}
+
+/// The `careboard-token` meta of a page, if it has one.
+fn page_token(html: &str) -> Option<String> {
+    let start = html.find(r#"<meta name="careboard-token" content=""#)?;
+    let rest = &html[start + r#"<meta name="careboard-token" content=""#.len()..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+#[tokio::test]
+async fn pages_served_by_the_development_issuer_to_this_machine_carry_a_short_lived_coordinator_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_development(dir.path(), false).await;
+    let anonymous = reqwest::Client::new();
+    for path in ["/graphql", "/boards", "/boards/00000000-0000-0000-0000-000000000000"] {
+        let r = anonymous.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
+        let html = r.text().await.unwrap();
+        let token = page_token(&html).unwrap_or_else(|| panic!("{path} has no token"));
+        // A coordinator's, for half an hour, that the server accepts.
+        let claims: Value = {
+            use base64::Engine;
+            let payload = token.split('.').nth(1).unwrap();
+            serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(claims["role"], "coordinator");
+        let ttl = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+        assert!(ttl <= 3600, "short-lived: {ttl} s");
+        let r = app.gql_as(&token, "{ __typename }", json!({})).await;
+        assert_eq!(r["data"]["__typename"], "Query", "{r}");
+        // Asked for under another name (a site whose name points at this machine),
+        // the page carries none.
+        for host in ["evil.example", "evil.example:80", "127.0.0.1.nip.io"] {
+            let html = anonymous
+                .get(app.url(path))
+                .header("host", host)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(page_token(&html), None, "{path} as {host}");
+        }
+        let html = anonymous
+            .get(app.url(path).replace("127.0.0.1", "localhost"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page_token(&html).is_some(), "{path} as localhost");
+    }
+    // With an identity provider, no page carries a token: GraphiQL asks for one.
+    let app = TestApp::spawn().await;
+    for path in ["/graphql", "/boards"] {
+        let html = anonymous.get(app.url(path)).send().await.unwrap().text().await.unwrap();
+        assert_eq!(page_token(&html), None, "{path}");
+    }
+}
