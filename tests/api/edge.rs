@@ -662,7 +662,10 @@ async fn serve(args: &[&str], url: &str, dir: &std::path::Path) -> Served {
         stderr,
     };
     let started = std::time::Instant::now();
-    while reqwest::get(format!("{}/readyz", served.base)).await.is_err() {
+    while reqwest::get(format!("{}/readyz", served.base))
+        .await
+        .is_err()
+    {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "careboard serve did not come up: {}",
@@ -736,11 +739,16 @@ fn page_token(html: &str) -> Option<String> {
 }
 
 #[tokio::test]
-async fn pages_served_by_the_development_issuer_to_this_machine_carry_a_short_lived_coordinator_token() {
+async fn pages_served_by_the_development_issuer_to_this_machine_carry_a_short_lived_coordinator_token(
+) {
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_development(dir.path(), false).await;
     let anonymous = reqwest::Client::new();
-    for path in ["/graphql", "/boards", "/boards/00000000-0000-0000-0000-000000000000"] {
+    for path in [
+        "/graphql",
+        "/boards",
+        "/boards/00000000-0000-0000-0000-000000000000",
+    ] {
         let r = anonymous.get(app.url(path)).send().await.unwrap();
         assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
         let html = r.text().await.unwrap();
@@ -788,7 +796,165 @@ async fn pages_served_by_the_development_issuer_to_this_machine_carry_a_short_li
     // With an identity provider, no page carries a token: GraphiQL asks for one.
     let app = TestApp::spawn().await;
     for path in ["/graphql", "/boards"] {
-        let html = anonymous.get(app.url(path)).send().await.unwrap().text().await.unwrap();
+        let html = anonymous
+            .get(app.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert_eq!(page_token(&html), None, "{path}");
     }
+}
+
+const RESULT: &str = "(document.querySelector('.graphiql-response .CodeMirror') || {CodeMirror: {getValue: () => ''}}).CodeMirror.getValue()";
+
+#[tokio::test]
+async fn graphiql_served_by_the_development_issuer_runs_a_query_with_its_prefilled_token() {
+    let Some(browser) = crate::helpers::browser::Browser::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_development(dir.path(), false).await;
+    let opened = app
+        .data(OPEN_BOARD, json!({"input": {"name": "Walkthrough", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}))
+        .await;
+    let board = opened["openBoard"]["board"]["id"].as_str().unwrap();
+    let position = opened["openBoard"]["position"].as_i64().unwrap();
+    // A fresh browser: nothing in its storage, no token but the page's.
+    let mut page = browser.open_with(&app.url("/graphql"), None).await;
+    page.wait_for(
+        "GraphiQL to render",
+        "!!document.querySelector('.graphiql-container .graphiql-query-editor .CodeMirror')",
+    )
+    .await;
+    let headers = page
+        .eval("[...document.querySelectorAll('.graphiql-editor-tool .CodeMirror')].map(e => e.CodeMirror.getValue()).join(' ')")
+        .await;
+    assert!(
+        headers
+            .as_str()
+            .unwrap()
+            .contains("\"Authorization\": \"Bearer ey"),
+        "the headers editor opens with the token: {headers}"
+    );
+    let query = format!("{{ board(id: \"{board}\", minPosition: {position}) {{ name status }} }}");
+    page.eval(&format!(
+        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue({}); true",
+        serde_json::to_string(&query).unwrap()
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    page.eval("document.querySelector('.graphiql-execute-button').click(); true")
+        .await;
+    page.wait_for_showing(
+        "the query's answer",
+        &format!("{RESULT}.includes('\"name\": \"Walkthrough\"')"),
+        RESULT,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_an_identity_provider_graphiql_asks_for_a_token_in_its_headers() {
+    let Some(browser) = crate::helpers::browser::Browser::start().await else {
+        return;
+    };
+    let app = TestApp::spawn().await;
+    let mut page = browser.open_with(&app.url("/graphql"), None).await;
+    page.wait_for(
+        "GraphiQL's headers editor, open, asking for a token",
+        "[...document.querySelectorAll('.graphiql-editor-tool .CodeMirror')].some(e => e.CodeMirror.getValue().includes('paste a token from your identity provider'))",
+    )
+    .await;
+    page.eval(
+        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue('{ __typename }'); true",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    page.eval("document.querySelector('.graphiql-execute-button').click(); true")
+        .await;
+    page.wait_for_showing(
+        "the refusal",
+        &format!("{RESULT}.includes('UNAUTHENTICATED')"),
+        RESULT,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_an_identity_provider_the_board_pages_sign_in_with_a_pasted_token() {
+    let Some(browser) = crate::helpers::browser::Browser::start().await else {
+        return;
+    };
+    let app = TestApp::spawn().await;
+    let board = open_board(&app).await;
+    request(&app, &board, "Zoe Quinn").await;
+    let mut page = browser
+        .open_with(&app.url(&format!("/boards/{board}")), None)
+        .await;
+    page.wait_for(
+        "the sign-in field",
+        "!!document.getElementById('careboard-signin-token')",
+    )
+    .await;
+    let shown = page.eval("document.body.innerText").await;
+    assert!(
+        !shown.as_str().unwrap().contains("Zoe Quinn"),
+        "nothing before signing in: {shown}"
+    );
+    // A bad token is refused, and the field says why.
+    page.eval("document.getElementById('careboard-signin-token').value = 'not-a-token'; document.querySelector('#careboard-signin button').click(); true")
+        .await;
+    page.wait_for(
+        "the refusal under the field",
+        "(document.querySelector('.signin-problem') || {textContent: ''}).textContent.includes('well-formed')",
+    )
+    .await;
+    let token = app.token(Who::coordinator().regions(["TX"]));
+    page.eval(&format!(
+        "document.getElementById('careboard-signin-token').value = {}; document.querySelector('#careboard-signin button').click(); true",
+        serde_json::to_string(&format!("Bearer {token}")).unwrap()
+    ))
+    .await;
+    page.wait_for(
+        "the Board, live, after signing in",
+        "document.getElementById('conn').textContent === 'live' && document.getElementById('waiting').innerText.includes('Zoe Quinn') && !document.getElementById('careboard-signin')",
+    )
+    .await;
+    // The token stays in this tab only.
+    assert_eq!(
+        page.eval("localStorage.getItem('careboard.token')").await,
+        Value::Null
+    );
+}
+
+#[tokio::test]
+async fn the_development_issuers_board_page_goes_live_with_the_token_it_was_served() {
+    let Some(browser) = crate::helpers::browser::Browser::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_development(dir.path(), false).await;
+    let board = open_board(&app).await;
+    let mut page = browser
+        .open_with(&app.url(&format!("/boards/{board}")), None)
+        .await;
+    page.wait_for(
+        "the page to go live",
+        "document.getElementById('conn').textContent === 'live' && document.getElementById('title').textContent === 'Edge'",
+    )
+    .await;
+    request(&app, &board, "Zoe Quinn").await;
+    page.wait_for(
+        "the new appointment over the websocket",
+        "document.getElementById('waiting').innerText.includes('Zoe Quinn')",
+    )
+    .await;
+    assert_eq!(
+        page.eval("!!document.getElementById('careboard-signin')")
+            .await,
+        false
+    );
 }
