@@ -269,7 +269,7 @@ async fn projections(database: DatabaseArgs, action: ProjectionsCommand) -> Resu
                 else {
                     bail!("generation {generation} of {name} disappeared");
                 };
-                if s.state == "live" {
+                if s.state == crate::projector::state::GenerationStatus::Live.as_str() {
                     println!(
                         "generation {generation} of {name} is live ({} events)",
                         s.events_applied

@@ -1,12 +1,14 @@
 //! Load → decide → append: the one path every mutation takes.
 //!
-//! Each command opens a unit of work (which answers repeats of a `commandId` from
-//! memory), loads what the decision needs (locking in exclusive mode), calls the pure
-//! domain, stages the events and commits. The new state is folded in memory from the
-//! events just appended, so a mutation costs no read-back.
+//! Each command is a typed value (ids are newtypes, options parsed): GraphQL inputs are
+//! converted into them in `graphql::inputs`, the matcher and the demo build them
+//! directly. A command opens a unit of work (which answers repeats of a `commandId`
+//! from memory), loads what the decision needs (locking in exclusive mode), passes the
+//! [`authorize`] slot with the actor in `CommandMeta`, calls the pure domain, stages the
+//! events and commits. The new state is folded in memory from the events just
+//! appended, so a mutation costs no read-back.
 
-use async_graphql::{InputObject, ID};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -16,7 +18,8 @@ use crate::domain::board::{self, BoardCommand};
 use crate::domain::provider::{self, ProviderCommand};
 use crate::domain::shift::{self, ShiftCommand};
 use crate::domain::{
-    parse_id, scheduling, Aggregate, Appointment, AppointmentStatus, Board, Provider, Shift,
+    scheduling, Aggregate, Appointment, AppointmentId, AppointmentStatus, Board, BoardId, Provider,
+    ProviderId, Shift, ShiftId,
 };
 use crate::error::{AppError, AppResult};
 use crate::estimates::Estimator;
@@ -24,111 +27,118 @@ use crate::event_store::unit_of_work::{Begun, CommandMeta, Guard, Outcome, UnitO
 use crate::event_store::{EventStore, ReadLimit};
 use crate::projections::board_view::contents_from_events;
 
-/// The options every command input carries.
-#[derive(Debug, Clone, Default, InputObject)]
+/// The options every command carries. Not part of the command's fingerprint: a retry
+/// may add or drop them without becoming "a different command".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandOptions {
     /// Optimistic check: the target stream's version the client last saw. A mismatch
-    /// answers CONFLICT. Omitted: commands on the stream are serialised instead.
+    /// answers CONFLICT. `None`: commands on the stream are serialised instead.
     pub expected_version: Option<i64>,
     /// Idempotency key: a repeat returns the first result and appends nothing.
-    pub command_id: Option<ID>,
+    pub command_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, InputObject)]
+// The command values. Each serialises (options aside) to its fingerprint: what a
+// repeated `commandId` is compared with. Field names are the API's, so a fingerprint
+// stored from the GraphQL input before these types existed still compares equal when
+// the client spelled ids and dates canonically (lower-case UUIDs, `YYYY-MM-DD`).
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OpenBoardInput {
+pub struct OpenBoard {
     pub name: String,
     pub specialty: String,
     pub region: String,
-    /// Calendar date, `YYYY-MM-DD`.
-    pub date: String,
-    #[graphql(flatten)]
+    pub date: NaiveDate,
     #[serde(skip)]
     pub options: CommandOptions,
 }
 
-#[derive(Debug, Clone, Serialize, InputObject)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CloseBoardInput {
-    pub board_id: ID,
-    #[graphql(flatten)]
+pub struct CloseBoard {
+    pub board_id: BoardId,
     #[serde(skip)]
     pub options: CommandOptions,
 }
 
-#[derive(Debug, Clone, Serialize, InputObject)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RegisterProviderInput {
+pub struct RegisterProvider {
     pub name: String,
     pub specialties: Vec<String>,
     pub licensed_regions: Vec<String>,
-    #[graphql(flatten)]
     #[serde(skip)]
     pub options: CommandOptions,
 }
 
-#[derive(Debug, Clone, Serialize, InputObject)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct JoinBoardInput {
-    pub board_id: ID,
-    pub provider_id: ID,
-    #[graphql(flatten)]
+pub struct JoinBoard {
+    pub board_id: BoardId,
+    pub provider_id: ProviderId,
     #[serde(skip)]
     pub options: CommandOptions,
 }
 
-/// Input of the commands that act on one provider shift alone.
-#[derive(Debug, Clone, Serialize, InputObject)]
+/// One of the commands that act on a provider shift alone.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ShiftInput {
-    pub shift_id: ID,
-    #[graphql(flatten)]
+pub struct ActOnShift {
+    /// Which command: recorded as the operation, so not repeated in the fingerprint.
+    #[serde(skip)]
+    pub action: ShiftAction,
+    pub shift_id: ShiftId,
     #[serde(skip)]
     pub options: CommandOptions,
 }
 
-#[derive(Debug, Clone, Serialize, InputObject)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RequestAppointmentInput {
-    pub board_id: ID,
+pub struct RequestAppointment {
+    pub board_id: BoardId,
     pub patient_name: String,
     pub specialty: String,
     pub region: String,
     pub reason: String,
-    #[graphql(flatten)]
     #[serde(skip)]
     pub options: CommandOptions,
 }
 
-#[derive(Debug, Clone, Serialize, InputObject)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ScheduleAppointmentInput {
-    pub appointment_id: ID,
-    pub shift_id: ID,
-    /// When the appointment is expected to start; if omitted, now plus the usual time
-    /// from scheduling to start for the specialty (see the wait-time model).
+pub struct ScheduleAppointment {
+    pub appointment_id: AppointmentId,
+    pub shift_id: ShiftId,
+    /// When the appointment is expected to start; `None`: now plus the usual time from
+    /// scheduling to start for the specialty (the wait-time model).
     pub estimated_time: Option<DateTime<Utc>>,
-    #[graphql(flatten)]
+    /// The matcher's optimistic check on the shift (the appointment's is
+    /// `options.expected_version`): the plan was made on this version. Clients have no
+    /// such option.
+    #[serde(skip)]
+    pub expected_shift_version: Option<i64>,
     #[serde(skip)]
     pub options: CommandOptions,
 }
 
-/// Input of the commands that act on an appointment by id alone.
-#[derive(Debug, Clone, Serialize, InputObject)]
+/// One of the appointment commands that need nothing but the id.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AppointmentInput {
-    pub appointment_id: ID,
-    #[graphql(flatten)]
+pub struct ActOnAppointment {
+    /// Which command: recorded as the operation, so not repeated in the fingerprint.
+    #[serde(skip)]
+    pub action: AppointmentAction,
+    pub appointment_id: AppointmentId,
     #[serde(skip)]
     pub options: CommandOptions,
 }
 
-#[derive(Debug, Clone, Serialize, InputObject)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CancelAppointmentInput {
-    pub appointment_id: ID,
+pub struct CancelAppointment {
+    pub appointment_id: AppointmentId,
     pub reason: String,
-    #[graphql(flatten)]
     #[serde(skip)]
     pub options: CommandOptions,
 }
@@ -145,7 +155,7 @@ pub struct Written<T> {
 }
 
 /// The shift-only commands, one entry point.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShiftAction {
     MarkReady,
     Pause,
@@ -165,13 +175,62 @@ impl ShiftAction {
 }
 
 /// The appointment-only commands that need nothing but the id.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppointmentAction {
     Start,
     Finish,
 }
 
-/// Fills `meta` with the per-input options.
+impl AppointmentAction {
+    pub fn operation(self) -> &'static str {
+        match self {
+            AppointmentAction::Start => "startAppointment",
+            AppointmentAction::Finish => "finishAppointment",
+        }
+    }
+}
+
+/// What a command acts on, as loaded inside its transaction: what authorization of
+/// the command will be judged by.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A Board to be opened.
+    NewBoard {
+        specialty: &'a str,
+        region: &'a str,
+    },
+    Board(Option<&'a Board>),
+    /// A provider to be registered.
+    NewProvider,
+    /// A provider joining a Board.
+    Join {
+        board: Option<&'a Board>,
+        provider_id: ProviderId,
+    },
+    Shift(Option<&'a Shift>),
+    /// An appointment to be requested on a Board.
+    Request {
+        board: Option<&'a Board>,
+    },
+    Appointment(Option<&'a Appointment>),
+    Scheduling {
+        appointment: Option<&'a Appointment>,
+        shift: Option<&'a Shift>,
+    },
+}
+
+/// THE PLACE FOR AUTHORIZATION OF MUTATIONS. Every command calls this after loading
+/// what it acts on and before deciding, with the actor it runs for (`meta.actor`).
+/// Authorization is not implemented yet: every actor that reached the command path is
+/// let through, as before. The permission matrix (`identity::authorize`) is meant to
+/// be applied here; a refusal returned here rolls the transaction back, nothing is
+/// appended.
+fn authorize(meta: &CommandMeta, target: Target<'_>) -> AppResult<()> {
+    let _ = (meta, target);
+    Ok(())
+}
+
+/// Fills `meta` with the per-command options.
 fn with_options(mut meta: CommandMeta, options: &CommandOptions) -> AppResult<CommandMeta> {
     if let Some(v) = options.expected_version {
         if v < 0 {
@@ -182,21 +241,23 @@ fn with_options(mut meta: CommandMeta, options: &CommandOptions) -> AppResult<Co
         crate::domain::storable_text("commandId", id)?;
     }
     meta.expected_version = options.expected_version;
-    meta.command_id = options.command_id.as_ref().map(|id| id.to_string());
+    meta.command_id = options.command_id.clone();
     Ok(meta)
 }
 
-fn fingerprint(input: &impl Serialize) -> AppResult<Value> {
-    serde_json::to_value(input).map_err(|e| AppError::Internal(e.into()))
+/// What a repeated `commandId` is compared with: the command value itself (options
+/// aside), so the same command always has the same fingerprint, however it was sent.
+pub fn fingerprint(command: &impl Serialize) -> AppResult<Value> {
+    serde_json::to_value(command).map_err(|e| AppError::Internal(e.into()))
 }
 
 /// Opens the unit of work, or returns the remembered result of a repeated command.
 macro_rules! begin {
-    ($store:expr, $meta:expr, $input:expr) => {
+    ($store:expr, $meta:expr, $command:expr) => {
         match $store
             .begin(
-                with_options($meta, &$input.options)?,
-                &fingerprint(&$input)?,
+                with_options($meta, &$command.options)?,
+                &fingerprint(&$command)?,
             )
             .await?
         {
@@ -249,17 +310,24 @@ async fn commit_one<A: Aggregate>(
 pub async fn open_board(
     store: &EventStore,
     meta: CommandMeta,
-    input: OpenBoardInput,
+    command: OpenBoard,
 ) -> AppResult<Written<Board>> {
-    let uow = begin!(store, meta, input);
-    let id = Uuid::new_v4();
+    let uow = begin!(store, meta, command);
+    authorize(
+        uow.meta(),
+        Target::NewBoard {
+            specialty: &command.specialty,
+            region: &command.region,
+        },
+    )?;
+    let id = BoardId::new_random().as_uuid();
     let events = board::decide(
         None,
         BoardCommand::Open {
-            name: input.name,
-            specialty: input.specialty,
-            region: input.region,
-            date: input.date,
+            name: command.name,
+            specialty: command.specialty,
+            region: command.region,
+            date: command.date,
         },
     )?;
     commit_one(uow, id, Some(id), None, events).await
@@ -268,13 +336,14 @@ pub async fn open_board(
 pub async fn close_board(
     store: &EventStore,
     meta: CommandMeta,
-    input: CloseBoardInput,
+    command: CloseBoard,
 ) -> AppResult<Written<Board>> {
-    let board_id = parse_id("boardId", &input.board_id)?;
-    let mut uow = begin!(store, meta, input);
+    let board_id = command.board_id.as_uuid();
+    let mut uow = begin!(store, meta, command);
     // Always locked, in optimistic mode too: requests and joins hold the Board FOR SHARE,
     // so nothing new can arrive between counting the open work and closing.
     let board = uow.target_locked::<Board>(board_id).await?;
+    authorize(uow.meta(), Target::Board(board.as_ref()))?;
     let open_work = match &board {
         Some(_) => {
             let events = uow.board_streams(board_id).await?;
@@ -291,37 +360,40 @@ pub async fn close_board(
 pub async fn register_provider(
     store: &EventStore,
     meta: CommandMeta,
-    input: RegisterProviderInput,
+    command: RegisterProvider,
 ) -> AppResult<Written<Provider>> {
-    let uow = begin!(store, meta, input);
+    let uow = begin!(store, meta, command);
+    authorize(uow.meta(), Target::NewProvider)?;
     let events = provider::decide(
         None,
         ProviderCommand::Register {
-            name: input.name,
-            specialties: input.specialties,
-            licensed_regions: input.licensed_regions,
+            name: command.name,
+            specialties: command.specialties,
+            licensed_regions: command.licensed_regions,
         },
     )?;
-    commit_one(uow, Uuid::new_v4(), None, None, events).await
-}
-
-/// A provider has at most one shift per Board: its id is derived from both, so the
-/// stream's primary key enforces "not already on that board" even under races.
-pub fn shift_id_for(board_id: Uuid, provider_id: Uuid) -> Uuid {
-    Uuid::new_v5(&board_id, provider_id.as_bytes())
+    commit_one(uow, ProviderId::new_random().as_uuid(), None, None, events).await
 }
 
 pub async fn join_board(
     store: &EventStore,
     meta: CommandMeta,
-    input: JoinBoardInput,
+    command: JoinBoard,
 ) -> AppResult<Written<Shift>> {
-    let board_id = parse_id("boardId", &input.board_id)?;
-    let provider_id = parse_id("providerId", &input.provider_id)?;
-    let mut uow = begin!(store, meta, input);
-    let board = uow.read::<Board>(board_id, Guard::Share).await?;
-    let provider = uow.read::<Provider>(provider_id, Guard::None).await?;
-    let shift_id = shift_id_for(board_id, provider_id);
+    let (board_id, provider_id) = (command.board_id, command.provider_id);
+    let mut uow = begin!(store, meta, command);
+    let board = uow.read::<Board>(board_id.as_uuid(), Guard::Share).await?;
+    let provider = uow
+        .read::<Provider>(provider_id.as_uuid(), Guard::None)
+        .await?;
+    authorize(
+        uow.meta(),
+        Target::Join {
+            board: board.as_ref(),
+            provider_id,
+        },
+    )?;
+    let shift_id = ShiftId::of(board_id, provider_id).as_uuid();
     let existing = uow.target::<Shift>(shift_id).await?;
     let events = shift::decide(
         existing.as_ref(),
@@ -330,25 +402,25 @@ pub async fn join_board(
             provider: provider.map(Box::new),
         },
     )?;
-    commit_one(uow, shift_id, Some(board_id), existing, events).await
+    commit_one(uow, shift_id, Some(board_id.as_uuid()), existing, events).await
 }
 
 pub async fn shift_action(
     store: &EventStore,
     meta: CommandMeta,
-    action: ShiftAction,
-    input: ShiftInput,
+    command: ActOnShift,
 ) -> AppResult<Written<Shift>> {
-    let shift_id = parse_id("shiftId", &input.shift_id)?;
-    let mut uow = begin!(store, meta, input);
+    let shift_id = command.shift_id.as_uuid();
+    let mut uow = begin!(store, meta, command);
     let shift = uow.target::<Shift>(shift_id).await?;
-    let command = match action {
+    authorize(uow.meta(), Target::Shift(shift.as_ref()))?;
+    let decision = match command.action {
         ShiftAction::MarkReady => ShiftCommand::MarkReady,
         ShiftAction::Pause => ShiftCommand::Pause,
         ShiftAction::CompleteCharting => ShiftCommand::CompleteCharting { now: Utc::now() },
         ShiftAction::SignOff => ShiftCommand::SignOff,
     };
-    let events = shift::decide(shift.as_ref(), command)?;
+    let events = shift::decide(shift.as_ref(), decision)?;
     let board_id = shift.as_ref().map(|s| s.board_id);
     commit_one(uow, shift_id, board_id, shift, events).await
 }
@@ -356,34 +428,47 @@ pub async fn shift_action(
 pub async fn request_appointment(
     store: &EventStore,
     meta: CommandMeta,
-    input: RequestAppointmentInput,
+    command: RequestAppointment,
 ) -> AppResult<Written<Appointment>> {
-    let board_id = parse_id("boardId", &input.board_id)?;
-    let mut uow = begin!(store, meta, input);
+    let board_id = command.board_id.as_uuid();
+    let mut uow = begin!(store, meta, command);
     let board = uow.read::<Board>(board_id, Guard::Share).await?;
+    authorize(
+        uow.meta(),
+        Target::Request {
+            board: board.as_ref(),
+        },
+    )?;
     let events = appointment::decide(
         None,
         AppointmentCommand::Request {
             board,
-            patient_name: input.patient_name,
-            specialty: input.specialty,
-            region: input.region,
-            reason: input.reason,
+            patient_name: command.patient_name,
+            specialty: command.specialty,
+            region: command.region,
+            reason: command.reason,
         },
     )?;
-    commit_one(uow, Uuid::new_v4(), Some(board_id), None, events).await
+    commit_one(
+        uow,
+        AppointmentId::new_random().as_uuid(),
+        Some(board_id),
+        None,
+        events,
+    )
+    .await
 }
 
 pub async fn appointment_action(
     store: &EventStore,
     meta: CommandMeta,
-    action: AppointmentAction,
-    input: AppointmentInput,
+    command: ActOnAppointment,
 ) -> AppResult<Written<Appointment>> {
-    let appointment_id = parse_id("appointmentId", &input.appointment_id)?;
-    let mut uow = begin!(store, meta, input);
+    let appointment_id = command.appointment_id.as_uuid();
+    let mut uow = begin!(store, meta, command);
     let appointment = uow.target::<Appointment>(appointment_id).await?;
-    match action {
+    authorize(uow.meta(), Target::Appointment(appointment.as_ref()))?;
+    match command.action {
         AppointmentAction::Start => {
             let events = appointment::decide(appointment.as_ref(), AppointmentCommand::Start)?;
             let board_id = appointment.as_ref().map(|a| a.board_id);
@@ -400,45 +485,24 @@ pub async fn appointment_action(
     }
 }
 
-/// `estimator` answers when the input has no `estimatedTime`: the application's one
-/// estimator, so its caches serve every command.
+/// Schedules an appointment with the provider on a shift; both streams change together.
+/// Clients and the matcher send the same command: the matcher with both streams'
+/// versions (`options.expected_version`, `expected_shift_version`) fixed to what its
+/// plan was made on, so a stream that moved since answers CONFLICT and nothing is
+/// written. `estimator` answers when the command has no `estimated_time`: the
+/// application's one estimator, so its caches serve every command.
 pub async fn schedule_appointment(
     store: &EventStore,
     estimator: &Estimator,
     meta: CommandMeta,
-    input: ScheduleAppointmentInput,
+    command: ScheduleAppointment,
 ) -> AppResult<Written<Appointment>> {
-    let appointment_id = parse_id("appointmentId", &input.appointment_id)?;
-    let shift_id = parse_id("shiftId", &input.shift_id)?;
-    let uow = begin!(store, meta, input);
-    schedule_in(
-        store,
-        estimator,
-        uow,
-        appointment_id,
-        shift_id,
-        None,
-        input.estimated_time,
-    )
-    .await
-}
-
-/// Schedules inside a begun command: loads the appointment (the target), the shift
-/// (checked against `shift_version` when given) and its provider, decides, commits.
-/// Without `estimated_time`, the appointment is expected once the usual lead time from
-/// scheduling to start has passed (the provider is READY).
-async fn schedule_in(
-    store: &EventStore,
-    estimator: &Estimator,
-    mut uow: UnitOfWork,
-    appointment_id: Uuid,
-    shift_id: Uuid,
-    shift_version: Option<i64>,
-    estimated_time: Option<DateTime<Utc>>,
-) -> AppResult<Written<Appointment>> {
+    let appointment_id = command.appointment_id.as_uuid();
+    let shift_id = command.shift_id.as_uuid();
+    let mut uow = begin!(store, meta, command);
     let appointment = uow.target::<Appointment>(appointment_id).await?;
     let shift = uow.also::<Shift>(shift_id).await?;
-    if let (Some(s), Some(expected)) = (&shift, shift_version) {
+    if let (Some(s), Some(expected)) = (&shift, command.expected_shift_version) {
         if s.version != expected {
             return Err(AppError::Conflict(format!(
                 "expected version {expected} but provider shift {} is at version {}",
@@ -450,7 +514,16 @@ async fn schedule_in(
         Some(s) => uow.read::<Provider>(s.provider_id, Guard::None).await?,
         None => None,
     };
-    let estimated_time = match (estimated_time, &appointment) {
+    authorize(
+        uow.meta(),
+        Target::Scheduling {
+            appointment: appointment.as_ref(),
+            shift: shift.as_ref(),
+        },
+    )?;
+    // Without a time, the appointment is expected once the usual lead time from
+    // scheduling to start has passed (the provider is READY).
+    let estimated_time = match (command.estimated_time, &appointment) {
         (Some(t), _) => t,
         (None, Some(a)) => {
             estimator
@@ -468,52 +541,13 @@ async fn schedule_in(
     commit_two(uow, appointment, shift, events).await
 }
 
-/// The matcher's write: schedules an appointment with the provider on a shift, both
-/// exactly at the versions the plan was made on. If either stream moved since, the
-/// answer is CONFLICT and nothing is written; the matcher then re-reads and re-decides.
-pub struct Assignment {
-    pub appointment_id: Uuid,
-    pub appointment_version: i64,
-    pub shift_id: Uuid,
-    pub shift_version: i64,
-    pub estimated_time: DateTime<Utc>,
-}
-
-pub async fn assign(
-    store: &EventStore,
-    estimator: &Estimator,
-    mut meta: CommandMeta,
-    assignment: &Assignment,
-) -> AppResult<Written<Appointment>> {
-    meta.expected_version = Some(assignment.appointment_version);
-    meta.command_id = None;
-    let input = serde_json::json!({
-        "appointmentId": assignment.appointment_id,
-        "shiftId": assignment.shift_id,
-    });
-    let uow = match store.begin(meta, &input).await? {
-        Begun::Fresh(uow) => *uow,
-        Begun::Replayed(outcome) => return replayed(store, &outcome).await,
-    };
-    schedule_in(
-        store,
-        estimator,
-        uow,
-        assignment.appointment_id,
-        assignment.shift_id,
-        Some(assignment.shift_version),
-        Some(assignment.estimated_time),
-    )
-    .await
-}
-
 pub async fn cancel_appointment(
     store: &EventStore,
     meta: CommandMeta,
-    input: CancelAppointmentInput,
+    command: CancelAppointment,
 ) -> AppResult<Written<Appointment>> {
-    let appointment_id = parse_id("appointmentId", &input.appointment_id)?;
-    let mut uow = begin!(store, meta, input);
+    let appointment_id = command.appointment_id.as_uuid();
+    let mut uow = begin!(store, meta, command);
     let appointment = uow.target::<Appointment>(appointment_id).await?;
     let shift = match &appointment {
         Some(a) if a.status == AppointmentStatus::Scheduled => match a.shift_id {
@@ -522,7 +556,8 @@ pub async fn cancel_appointment(
         },
         _ => None,
     };
-    let events = scheduling::cancel(appointment.as_ref(), shift.as_ref(), input.reason)?;
+    authorize(uow.meta(), Target::Appointment(appointment.as_ref()))?;
+    let events = scheduling::cancel(appointment.as_ref(), shift.as_ref(), command.reason)?;
     commit_two(uow, appointment, shift, events).await
 }
 

@@ -764,7 +764,10 @@ async fn render_metrics(state: &AppState) -> Response {
     // Projection lag and dead letters are read from the database at each scrape.
     match crate::projector::state::status(&state.pool).await {
         Ok(statuses) => {
-            for s in statuses.iter().filter(|s| s.state == "live") {
+            for s in statuses
+                .iter()
+                .filter(|s| s.state == crate::projector::state::GenerationStatus::Live.as_str())
+            {
                 state.metrics.set_projection_lag(
                     &s.name,
                     s.lag_events,

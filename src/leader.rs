@@ -12,6 +12,7 @@ use sqlx::{Connection, PgConnection, PgExecutor, PgPool};
 use tokio::sync::Mutex;
 
 use crate::event_store::log::Cursor;
+use crate::projections::registry::GenerationStatus;
 
 /// The advisory lock whose holder is the one leader.
 pub const LEADER_LOCK_KEY: i64 = 0x4341_5242; // "CARB"
@@ -104,14 +105,19 @@ pub async fn advance_checkpoint(
         Checkpoint::Projection { name, generation } => (
             "projection_state",
             "events_applied",
-            "and generation = $9 and status in ('live', 'building')",
+            // Only the live generation or a rebuild moves; a retired one never again.
+            format!(
+                "and generation = $9 and status in ('{}', '{}')",
+                GenerationStatus::Live.as_str(),
+                GenerationStatus::Building.as_str()
+            ),
             name,
             Some(generation),
         ),
         Checkpoint::Process { name } => (
             "process_checkpoints",
             "events_seen",
-            "and $9::int is null",
+            "and $9::int is null".to_string(),
             name,
             None,
         ),

@@ -14,12 +14,14 @@
 //! - [`error`]: `AppError`, the two error tiers and their mapping to GraphQL codes.
 //! - [`postgres`]: pool, migrations, and the embedded local cluster.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`domain`]: pure aggregates (Board, Provider, ProviderShift, Appointment), the
-//!   two-stream scheduling decisions, matching and the wait-time model; no I/O.
+//! - [`domain`]: pure aggregates (Board, Provider, ProviderShift, Appointment), the id
+//!   newtypes ([`domain::ids`]), the two-stream scheduling decisions, matching and the
+//!   wait-time model; no I/O.
 //! - [`event_store`]: append (optimistic / exclusive / multi-stream), the unit of work
 //!   every command runs in, stream reads and folds; every `SELECT … FROM events`.
 //!   [`event_store::log`]: the `(tx, seq)` cursor and the in-order read below xmin.
-//! - [`commands`]: load → decide → append, one function per mutation.
+//! - [`commands`]: typed command values (no GraphQL in them) and load → authorize →
+//!   decide → append, one function per mutation; the actor each one runs for.
 //! - [`projections`]: the registry, each view's fold, document storage, live reads,
 //!   and the shims for documents of earlier builds.
 //! - [`snapshots`]: written by the projector, read by time travel.
@@ -35,7 +37,9 @@
 //! - [`estimates`]: wait-time estimates from past durations, the queue and providers.
 //! - [`time_travel`]: `asOf` folds from snapshots, and the Board's day timeline.
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
-//! - [`graphql`]: schema, queries, mutations, subscriptions, output types.
+//! - [`graphql`]: schema, queries, mutations, subscriptions, output types; the input
+//!   types and their `TryFrom` into commands ([`graphql::inputs`]); the documented
+//!   custom scalars ([`graphql::scalars`]).
 //! - [`http`]: the axum router (GraphQL, GraphiQL, pages, health, metrics).
 //! - [`state`]: `AppState`, what every handler and websocket shares.
 //! - [`persisted`]: automatic persisted queries (hash → document, bounded LRU).

@@ -7,7 +7,7 @@
 //! that can make a match possible — an appointment requested; a provider joined, back
 //! from a pause, done charting, or freed by a cancellation — it reads the Board's shifts
 //! and waiting appointments from the event store, asks [`matching::plan`] and writes each
-//! pairing with [`commands::assign`]: `AppointmentScheduled` + `ProviderAssigned`
+//! pairing with [`commands::schedule_appointment`]: `AppointmentScheduled` + `ProviderAssigned`
 //! together, both checked against the versions the plan was made on. If either stream
 //! moved (a coordinator scheduled by hand, the provider paused), the write is refused
 //! and the matcher re-reads and re-decides.
@@ -34,7 +34,7 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
-use crate::commands::{self, Assignment};
+use crate::commands::{self, CommandOptions, ScheduleAppointment};
 use crate::domain::matching;
 use crate::error::AppError;
 use crate::estimates::Estimator;
@@ -42,6 +42,7 @@ use crate::event_store::log::{read_after, Cursor};
 use crate::event_store::unit_of_work::CommandMeta;
 use crate::event_store::{EventStore, RecordedEvent};
 use crate::faults::Faults;
+use crate::identity::Actor;
 use crate::leader::{advance_checkpoint, Checkpoint};
 use crate::metrics::Metrics;
 use crate::pacing::{backoff, IdlePoll};
@@ -292,7 +293,10 @@ impl Matcher {
             let shifts: HashMap<Uuid, _> = contents.shifts.iter().map(|s| (s.id, s)).collect();
             let mut refused = false;
             for p in pairings {
-                let (a, s) = (appointments[&p.appointment_id], shifts[&p.shift_id]);
+                let (a, s) = (
+                    appointments[&p.appointment_id.as_uuid()],
+                    shifts[&p.shift_id.as_uuid()],
+                );
                 let now = Utc::now();
                 let estimated_time = self
                     .estimator
@@ -300,7 +304,7 @@ impl Matcher {
                     .await
                     .map_err(app_error)?;
                 let mut meta = CommandMeta::new("match");
-                meta.actor = NAME.into();
+                meta.actor = Actor::system(NAME);
                 if let Some(trigger) = trigger {
                     meta.causation_id = Some(trigger.id.to_string());
                     if let Some(c) = trigger
@@ -311,14 +315,21 @@ impl Matcher {
                         meta.correlation_id = c.to_string();
                     }
                 }
-                let assignment = Assignment {
-                    appointment_id: a.id,
-                    appointment_version: a.version,
-                    shift_id: s.id,
-                    shift_version: s.version,
-                    estimated_time,
+                // Both streams exactly at the versions the plan was made on: if either
+                // moved since, CONFLICT and nothing is written.
+                let command = ScheduleAppointment {
+                    appointment_id: p.appointment_id,
+                    shift_id: p.shift_id,
+                    estimated_time: Some(estimated_time),
+                    expected_shift_version: Some(s.version),
+                    options: CommandOptions {
+                        expected_version: Some(a.version),
+                        command_id: None,
+                    },
                 };
-                match commands::assign(&self.store, &self.estimator, meta, &assignment).await {
+                match commands::schedule_appointment(&self.store, &self.estimator, meta, command)
+                    .await
+                {
                     Ok(_) => {
                         let possible_since =
                             s.ready_since.unwrap_or(a.requested_at).max(a.requested_at);

@@ -8,7 +8,7 @@
   const $ = (id) => document.getElementById(id);
   const FIELDS = `id name specialty region status version
     counts { waiting scheduled inProgress providersReady } waitingSince currentWait { waitSeconds }`;
-  const LIST = `query($date: NaiveDate) { boards(date: $date, first: 500) { edges { node { ${FIELDS} } } } }`;
+  const LIST = `query($date: Date) { boards(date: $date, first: 500) { edges { node { ${FIELDS} } } } }`;
   const LIVE = `subscription($id: ID!, $since: Int) { boardChanged(boardId: $id, sinceVersion: $since) { ${FIELDS} } }`;
   // The server allows this many subscriptions on one websocket.
   const PER_SOCKET = 100;

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use careboard::app::{self, RunningServer};
-use careboard::commands::{self, CommandOptions, OpenBoardInput, RequestAppointmentInput};
+use careboard::commands::{self, CommandOptions, OpenBoard, RequestAppointment};
 use careboard::config::GraphqlLimits;
 use careboard::event_store::unit_of_work::CommandMeta;
 use careboard::event_store::EventStore;
@@ -516,11 +516,11 @@ pub(crate) async fn open_board(store: &EventStore) -> Result<String> {
     let board = commands::open_board(
         store,
         CommandMeta::new("openBoard"),
-        OpenBoardInput {
+        OpenBoard {
             name: "Bench".into(),
             specialty: "pediatrics".into(),
             region: "TX".into(),
-            date: "2022-07-18".into(),
+            date: "2022-07-18".parse().expect("a date"),
             options: CommandOptions::default(),
         },
     )
@@ -529,9 +529,9 @@ pub(crate) async fn open_board(store: &EventStore) -> Result<String> {
     Ok(board.entity.id.to_string())
 }
 
-pub(crate) fn request_input(board: &str, i: u64) -> RequestAppointmentInput {
-    RequestAppointmentInput {
-        board_id: board.into(),
+pub(crate) fn request_input(board: &str, i: u64) -> RequestAppointment {
+    RequestAppointment {
+        board_id: board.parse().expect("a board id"),
         patient_name: format!("Patient {i}"),
         specialty: "pediatrics".into(),
         region: "TX".into(),

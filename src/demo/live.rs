@@ -12,11 +12,12 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::scenario::{Scenario, ShiftPlan};
-use crate::commands::{self, AppointmentAction, AppointmentInput, ShiftAction, ShiftInput};
+use crate::commands::{self, ActOnAppointment, ActOnShift, AppointmentAction, ShiftAction};
 use crate::domain::{AppointmentStatus, Shift, ShiftStatus};
 use crate::error::AppError;
 use crate::event_store::unit_of_work::CommandMeta;
 use crate::event_store::{read_log, EventStore, LogFilter, ReadLimit};
+use crate::identity::Actor;
 use crate::projections::load_board_contents;
 
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +77,7 @@ struct Driver<'a> {
 
 fn meta(operation: &'static str) -> CommandMeta {
     let mut m = CommandMeta::new(operation);
-    m.actor = "demo".into();
+    m.actor = Actor::system("demo");
     m
 }
 
@@ -119,7 +120,7 @@ pub async fn play(
         let w = commands::register_provider(
             store,
             meta("registerProvider"),
-            commands::RegisterProviderInput {
+            commands::RegisterProvider {
                 name: p.name.clone(),
                 specialties: p.specialties.clone(),
                 licensed_regions: p.regions.clone(),
@@ -272,11 +273,12 @@ impl Driver<'_> {
     /// Runs a shift command; `false` when the shift's state did not allow it (the
     /// matcher got there first): the intention stays and is retried.
     async fn shift_command(&self, id: Uuid, action: ShiftAction, op: &'static str) -> Result<bool> {
-        let input = ShiftInput {
-            shift_id: id.to_string().into(),
+        let command = ActOnShift {
+            action,
+            shift_id: id.into(),
             options: Default::default(),
         };
-        match commands::shift_action(self.store, meta(op), action, input).await {
+        match commands::shift_action(self.store, meta(op), command).await {
             Ok(_) => Ok(true),
             Err(AppError::Domain(_) | AppError::Conflict(_)) => Ok(false),
             Err(e) => Err(anyhow::anyhow!(e.describe())),
@@ -302,11 +304,12 @@ impl Driver<'_> {
         action: AppointmentAction,
         op: &'static str,
     ) -> Result<commands::Written<crate::domain::Appointment>, AppError> {
-        let input = AppointmentInput {
-            appointment_id: id.to_string().into(),
+        let command = ActOnAppointment {
+            action,
+            appointment_id: id.into(),
             options: Default::default(),
         };
-        commands::appointment_action(self.store, meta(op), action, input).await
+        commands::appointment_action(self.store, meta(op), command).await
     }
 
     async fn perform(&mut self, act: Act, t: DateTime<Utc>) -> Result<()> {
@@ -323,11 +326,11 @@ impl Driver<'_> {
                 let w = commands::open_board(
                     store,
                     meta("openBoard"),
-                    commands::OpenBoardInput {
+                    commands::OpenBoard {
                         name: plan.name.clone(),
                         specialty: plan.specialty.clone(),
                         region: plan.region.clone(),
-                        date: self.scenario.date.to_string(),
+                        date: self.scenario.date,
                         options: Default::default(),
                     },
                 )
@@ -352,9 +355,9 @@ impl Driver<'_> {
                 let w = commands::join_board(
                     store,
                     meta("joinBoard"),
-                    commands::JoinBoardInput {
-                        board_id: board.to_string().into(),
-                        provider_id: provider.to_string().into(),
+                    commands::JoinBoard {
+                        board_id: board.into(),
+                        provider_id: provider.into(),
                         options: Default::default(),
                     },
                 )
@@ -376,8 +379,8 @@ impl Driver<'_> {
                 let w = commands::request_appointment(
                     store,
                     meta("requestAppointment"),
-                    commands::RequestAppointmentInput {
-                        board_id: board.to_string().into(),
+                    commands::RequestAppointment {
+                        board_id: board.into(),
                         patient_name: arrival.patient,
                         specialty: arrival.specialty,
                         region: arrival.region,
@@ -426,8 +429,8 @@ impl Driver<'_> {
                 let r = commands::cancel_appointment(
                     store,
                     meta("cancelAppointment"),
-                    commands::CancelAppointmentInput {
-                        appointment_id: id.to_string().into(),
+                    commands::CancelAppointment {
+                        appointment_id: id.into(),
                         reason: reason.into(),
                         options: Default::default(),
                     },
@@ -508,8 +511,8 @@ impl Driver<'_> {
             let _ = commands::cancel_appointment(
                 self.store,
                 meta("cancelAppointment"),
-                commands::CancelAppointmentInput {
-                    appointment_id: a.id.to_string().into(),
+                commands::CancelAppointment {
+                    appointment_id: a.id.into(),
                     reason: "no provider available today".into(),
                     options: Default::default(),
                 },
@@ -527,8 +530,8 @@ impl Driver<'_> {
         let closed = commands::close_board(
             self.store,
             meta("closeBoard"),
-            commands::CloseBoardInput {
-                board_id: board.to_string().into(),
+            commands::CloseBoard {
+                board_id: board.into(),
                 options: Default::default(),
             },
         )

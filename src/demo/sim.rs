@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::scenario::{uuid, Scenario, ShiftPlan};
-use crate::commands::shift_id_for;
 use crate::domain::appointment::{self, AppointmentCommand};
 use crate::domain::board::{self, BoardCommand, OpenWork};
 use crate::domain::provider::{self, ProviderCommand};
 use crate::domain::shift::{self, ShiftCommand};
+use crate::domain::ShiftId;
 use crate::domain::{
     matching, scheduling, Aggregate, Appointment, AppointmentStatus, Board, DomainEvent,
     EventContext, Provider, Shift, ShiftStatus,
@@ -279,7 +279,7 @@ impl Sim<'_> {
                         name: plan.name.clone(),
                         specialty: plan.specialty.clone(),
                         region: plan.region.clone(),
-                        date: self.scenario.date.to_string(),
+                        date: self.scenario.date,
                     },
                 )?;
                 let meta = self.metadata("demo", "openBoard");
@@ -299,7 +299,7 @@ impl Sim<'_> {
                         provider: self.providers.get(&provider_id).cloned().map(Box::new),
                     },
                 )?;
-                let id = shift_id_for(board_id, provider_id);
+                let id = ShiftId::of(board_id.into(), provider_id.into()).as_uuid();
                 let meta = self.metadata("demo", "joinBoard");
                 let state = self.record::<Shift>(None, id, Some(board_id), &events, t, &meta)?;
                 self.shifts.insert(id, state);
@@ -376,7 +376,12 @@ impl Sim<'_> {
                     .shifts
                     .iter()
                     .find(|p| {
-                        shift_id_for(s.board_id, self.scenario.providers[p.provider].id) == id
+                        ShiftId::of(
+                            s.board_id.into(),
+                            self.scenario.providers[p.provider].id.into(),
+                        )
+                        .as_uuid()
+                            == id
                     })
                     .ok_or_else(|| anyhow!("shift {id} has no plan"))?;
                 let end = plan.breaks[i].1;
@@ -528,8 +533,8 @@ impl Sim<'_> {
             .collect();
         shifts.sort_by_key(|s| s.id);
         for pairing in matching::plan(&appointments, &shifts, &self.providers) {
-            let a = self.appointment(pairing.appointment_id)?;
-            let s = self.shift(pairing.shift_id)?;
+            let a = self.appointment(pairing.appointment_id.as_uuid())?;
+            let s = self.shift(pairing.shift_id.as_uuid())?;
             let provider = self.providers[&s.provider_id].clone();
             let (sum, n) = self.leads.get(&a.specialty).copied().unwrap_or((0, 0));
             let lead = if n > 0 {

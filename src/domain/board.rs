@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    fold_error, parse_date, region, required_text, specialty, Aggregate, DomainError, DomainEvent,
+    board_date, fold_error, region, required_text, specialty, Aggregate, DomainError, DomainEvent,
     EventContext, FoldError, StreamType,
 };
 
@@ -98,7 +98,7 @@ pub enum BoardCommand {
         name: String,
         specialty: String,
         region: String,
-        date: String,
+        date: NaiveDate,
     },
     Close {
         open_work: OpenWork,
@@ -122,7 +122,7 @@ pub fn decide(
             name: required_text("name", &name, 200)?,
             specialty: specialty("specialty", &s)?,
             region: region("region", &r)?,
-            date: parse_date("date", &date)?,
+            date: board_date("date", date)?,
         }]),
         (Some(board), BoardCommand::Open { .. }) => Err(DomainError::InvalidTransition(format!(
             "board {} is already open",
@@ -218,7 +218,7 @@ mod tests {
             name: " Pediatrics TX ".into(),
             specialty: "Pediatrics".into(),
             region: "tx".into(),
-            date: date.into(),
+            date: date.parse().unwrap(),
         }
     }
 
@@ -232,14 +232,15 @@ mod tests {
     }
 
     #[test]
-    fn opening_with_an_unparsable_date_is_a_validation_error() {
-        let err = rejected_with(decide(None, open_cmd("18/07/2022")));
+    fn opening_on_a_date_outside_the_sane_window_is_a_validation_error() {
+        let err = rejected_with(decide(None, open_cmd("1899-12-31")));
         assert_eq!(
             err,
             DomainError::Validation(
-                "date '18/07/2022' is not a valid date (expected YYYY-MM-DD)".into()
+                "date '1899-12-31' is out of range (years 1900 to 2200)".into()
             )
         );
+        assert!(decide(None, open_cmd("2200-12-31")).is_ok());
     }
 
     #[test]
@@ -248,7 +249,7 @@ mod tests {
             name: "   ".into(),
             specialty: "x".into(),
             region: "TX".into(),
-            date: "2022-07-18".into(),
+            date: NaiveDate::from_ymd_opt(2022, 7, 18).unwrap(),
         };
         assert_eq!(
             rejected_with(decide(None, cmd)),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Duration, Timelike, Utc};
 use uuid::Uuid;
 
-use super::{Appointment, AppointmentStatus, Provider, Shift, ShiftStatus};
+use super::{Appointment, AppointmentId, AppointmentStatus, Provider, Shift, ShiftId, ShiftStatus};
 
 /// Whether `provider`, on `shift`, may take `appointment`: same Board, the specialty,
 /// a licence in the appointment's region.
@@ -21,8 +21,8 @@ pub fn fits(shift: &Shift, provider: &Provider, appointment: &Appointment) -> bo
 /// One assignment the matcher should write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pairing {
-    pub appointment_id: Uuid,
-    pub shift_id: Uuid,
+    pub appointment_id: AppointmentId,
+    pub shift_id: ShiftId,
 }
 
 fn waiting_in_order(appointments: &[Appointment]) -> Vec<&Appointment> {
@@ -54,8 +54,8 @@ pub fn plan(
         if let Some(i) = ready.iter().position(|(s, p)| fits(s, p, appointment)) {
             let (shift, _) = ready.remove(i);
             pairings.push(Pairing {
-                appointment_id: appointment.id,
-                shift_id: shift.id,
+                appointment_id: appointment.id.into(),
+                shift_id: shift.id.into(),
             });
         }
     }
@@ -374,8 +374,8 @@ mod tests {
         assert_eq!(
             plan(&appointments, &shifts, &ps),
             vec![Pairing {
-                appointment_id: Uuid::from_u128(302),
-                shift_id: Uuid::from_u128(201)
+                appointment_id: Uuid::from_u128(302).into(),
+                shift_id: Uuid::from_u128(201).into()
             }]
         );
     }
@@ -404,12 +404,12 @@ mod tests {
             pairs,
             vec![
                 Pairing {
-                    appointment_id: Uuid::from_u128(302),
-                    shift_id: Uuid::from_u128(203)
+                    appointment_id: Uuid::from_u128(302).into(),
+                    shift_id: Uuid::from_u128(203).into()
                 },
                 Pairing {
-                    appointment_id: Uuid::from_u128(303),
-                    shift_id: Uuid::from_u128(202)
+                    appointment_id: Uuid::from_u128(303).into(),
+                    shift_id: Uuid::from_u128(202).into()
                 },
             ]
         );
@@ -430,7 +430,7 @@ mod tests {
         let appointments = [waiting(1, "pediatrics", "TX", 0)];
         assert_eq!(
             plan(&appointments, &shifts, &ps)[0].shift_id,
-            Uuid::from_u128(202)
+            ShiftId::from(Uuid::from_u128(202))
         );
         let none_ready = [shift(3, ShiftStatus::Paused, 0)];
         assert!(plan(&appointments, &none_ready, &ps).is_empty());

@@ -6,6 +6,7 @@
 
 pub mod appointment;
 pub mod board;
+pub mod ids;
 pub mod matching;
 pub mod provider;
 pub mod scheduling;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 
 pub use appointment::{Appointment, AppointmentEvent, AppointmentStatus};
 pub use board::{Board, BoardContents, BoardEvent, BoardStatus};
+pub use ids::{AppointmentId, BoardId, ProviderId, ShiftId};
 pub use provider::{Provider, ProviderEvent};
 pub use shift::{Shift, ShiftEvent, ShiftStatus};
 
@@ -209,10 +211,15 @@ pub fn parse_date(field: &str, value: &str) -> Result<NaiveDate, DomainError> {
             "{field} '{value}' is not a valid date (expected YYYY-MM-DD)"
         ))
     })?;
+    board_date(field, date)
+}
+
+/// Checks that a Board's workday lies between the years 1900 and 2200.
+pub fn board_date(field: &str, date: NaiveDate) -> Result<NaiveDate, DomainError> {
     use chrono::Datelike;
     if !(EARLIEST_BOARD_YEAR..=LATEST_BOARD_YEAR).contains(&date.year()) {
         return Err(DomainError::Validation(format!(
-            "{field} '{value}' is out of range (years {EARLIEST_BOARD_YEAR} to {LATEST_BOARD_YEAR})"
+            "{field} '{date}' is out of range (years {EARLIEST_BOARD_YEAR} to {LATEST_BOARD_YEAR})"
         )));
     }
     Ok(date)

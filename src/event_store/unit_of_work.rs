@@ -10,6 +10,7 @@ use super::append::{append, Appended, StreamWrite};
 use super::{fold_recorded, read_board_streams, read_stream, EventStore, ReadLimit, RecordedEvent};
 use crate::domain::{Aggregate, DomainEvent, EventContext};
 use crate::error::{AppError, AppResult};
+use crate::identity::Actor;
 
 /// Who sent a command, how it relates to other work, and how to check concurrency.
 #[derive(Debug, Clone)]
@@ -18,7 +19,8 @@ pub struct CommandMeta {
     pub operation: &'static str,
     /// The GraphQL operation name the client gave, if any.
     pub operation_name: Option<String>,
-    pub actor: String,
+    /// Who the command acts for: recorded in the events, judged by authorization.
+    pub actor: Actor,
     pub correlation_id: String,
     /// Client-chosen idempotency key.
     pub command_id: Option<String>,
@@ -34,7 +36,7 @@ impl CommandMeta {
         Self {
             operation,
             operation_name: None,
-            actor: "system".into(),
+            actor: Actor::system("system"),
             correlation_id: Uuid::new_v4().to_string(),
             command_id: None,
             causation_id: None,
@@ -46,7 +48,11 @@ impl CommandMeta {
         json!({
             "correlationId": self.correlation_id,
             "causationId": self.causation_id.as_ref().or(self.command_id.as_ref()),
-            "actor": self.actor,
+            // `actor` keeps the shape readers of older events know (the subject);
+            // role and name were added beside it, so older events simply lack them.
+            "actor": self.actor.subject(),
+            "actorRole": self.actor.role_name(),
+            "actorName": self.actor.name(),
             "operation": self.operation,
             "operationName": self.operation_name,
         })
@@ -176,6 +182,11 @@ impl EventStore {
 }
 
 impl UnitOfWork {
+    /// The command's metadata: its operation and the actor it acts for.
+    pub fn meta(&self) -> &CommandMeta {
+        &self.meta
+    }
+
     async fn lock(&mut self, id: Uuid, guard: Guard) -> AppResult<()> {
         let sql = match guard {
             Guard::None => return Ok(()),
@@ -317,5 +328,37 @@ impl Committed {
         state.ok_or_else(|| {
             AppError::Internal(anyhow::anyhow!("stream {id} has no state after commit"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Principal, Scope};
+
+    #[test]
+    fn event_metadata_records_the_actors_subject_role_and_name() {
+        let mut meta = CommandMeta::new("openBoard");
+        meta.actor = Actor::from(Principal::new(
+            "dev:ana-ruiz",
+            "Ana Ruiz",
+            Scope::Coordinator {
+                regions: None,
+                specialties: None,
+            },
+        ));
+        let m = meta.event_metadata();
+        // `actor` keeps its old meaning (the subject) for readers of older events.
+        assert_eq!(m["actor"], "dev:ana-ruiz");
+        assert_eq!(m["actorRole"], "coordinator");
+        assert_eq!(m["actorName"], "Ana Ruiz");
+        assert_eq!(m["operation"], "openBoard");
+
+        meta.actor = Actor::system("matcher");
+        let m = meta.event_metadata();
+        assert_eq!(
+            (&m["actor"], &m["actorRole"]),
+            (&json!("matcher"), &json!("system"))
+        );
     }
 }

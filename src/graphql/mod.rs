@@ -1,7 +1,9 @@
 //! The GraphQL schema: queries, mutations, and the limits that guard them.
 
+pub mod inputs;
 pub mod mutation;
 pub mod query;
+pub mod scalars;
 pub mod subscription;
 pub mod types;
 
@@ -14,6 +16,7 @@ use async_graphql::{Context, Schema};
 use crate::config::GraphqlLimits;
 use crate::event_store::unit_of_work::CommandMeta;
 use crate::event_store::EventStore;
+use crate::identity::{Actor, Principal};
 
 pub type CareboardSchema = Schema<query::Query, mutation::Mutation, subscription::Subscription>;
 
@@ -88,18 +91,22 @@ fn schema_with_limits(
     max_depth: usize,
     max_complexity: usize,
 ) -> CareboardSchema {
-    let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
-        .data(store)
-        .data(live)
-        .data(estimator)
-        .data(ReadWait(read_wait))
-        .limit_depth(max_depth)
-        .limit_complexity(max_complexity)
-        .limit_recursive_depth(limits.max_recursion)
-        .limit_directives(limits.max_directives)
-        .extension(crate::limits::ConnectionCap(
-            limits.max_connections_per_request,
-        ));
+    let mut builder = scalars::describe(Schema::build(
+        query::Query,
+        mutation::Mutation,
+        subscription::Subscription,
+    ))
+    .data(store)
+    .data(live)
+    .data(estimator)
+    .data(ReadWait(read_wait))
+    .limit_depth(max_depth)
+    .limit_complexity(max_complexity)
+    .limit_recursive_depth(limits.max_recursion)
+    .limit_directives(limits.max_directives)
+    .extension(crate::limits::ConnectionCap(
+        limits.max_connections_per_request,
+    ));
     if !limits.introspection {
         builder = builder.disable_introspection();
     }
@@ -155,11 +162,15 @@ pub fn operation<'a>(
     }
 }
 
-/// The schema's SDL, as committed in `schema.graphql`.
+/// The schema's SDL, as committed in `schema.graphql` (with the scalars' `@specifiedBy`).
 pub fn sdl() -> String {
-    Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
-        .finish()
-        .sdl()
+    scalars::describe(Schema::build(
+        query::Query,
+        mutation::Mutation,
+        subscription::Subscription,
+    ))
+    .finish()
+    .sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 pub(crate) fn store<'a>(ctx: &Context<'a>) -> &'a EventStore {
@@ -170,13 +181,18 @@ pub(crate) fn estimator<'a>(ctx: &Context<'a>) -> &'a crate::estimates::Estimato
     ctx.data_unchecked::<crate::estimates::Estimator>()
 }
 
-/// The command metadata for a mutation: who, which request, which operation.
+/// The command metadata for a mutation: who, which request, which operation. The actor
+/// is the verified principal when the request carried one; otherwise the unverified name
+/// the request gave (authentication off).
 pub(crate) fn command_meta(ctx: &Context<'_>, operation: &'static str) -> CommandMeta {
     let mut meta = CommandMeta::new(operation);
     if let Some(request) = ctx.data_opt::<RequestContext>() {
-        meta.actor = request.actor.clone();
+        meta.actor = Actor::anonymous(request.actor.clone());
         meta.correlation_id = request.correlation_id.clone();
         meta.operation_name = request.operation_name.clone();
+    }
+    if let Some(principal) = ctx.data_opt::<Principal>() {
+        meta.actor = Actor::Principal(principal.clone());
     }
     meta
 }

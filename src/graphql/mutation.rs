@@ -2,16 +2,16 @@
 
 use async_graphql::{Context, Object, Result, SimpleObject};
 
+use super::inputs::{
+    AppointmentInput, CancelAppointmentInput, CloseBoardInput, JoinBoardInput, OpenBoardInput,
+    RegisterProviderInput, RequestAppointmentInput, ScheduleAppointmentInput, ShiftInput,
+};
 use super::types::{
     AppointmentPayload, AppointmentShiftPayload, Board, BoardPayload, Provider, ProviderPayload,
     ProviderShift, ShiftPayload,
 };
 use super::{command_meta, estimator, store};
-use crate::commands::{
-    self, AppointmentAction, AppointmentInput, CancelAppointmentInput, CloseBoardInput,
-    JoinBoardInput, OpenBoardInput, RegisterProviderInput, RequestAppointmentInput,
-    ScheduleAppointmentInput, ShiftAction, ShiftInput, Written,
-};
+use crate::commands::{self, AppointmentAction, ShiftAction, Written};
 use crate::domain;
 use crate::error::AppError;
 use crate::projections::Projection;
@@ -68,10 +68,21 @@ async fn shift_action(
     action: ShiftAction,
     input: ShiftInput,
 ) -> Result<ShiftPayload> {
+    let command = (action, input).try_into()?;
     let meta = command_meta(ctx, action.operation());
     Ok(shift_payload(
-        commands::shift_action(store(ctx), meta, action, input).await?,
+        commands::shift_action(store(ctx), meta, command).await?,
     ))
+}
+
+async fn appointment_action(
+    ctx: &Context<'_>,
+    action: AppointmentAction,
+    input: AppointmentInput,
+) -> Result<Written<domain::Appointment>> {
+    let command = (action, input).try_into()?;
+    let meta = command_meta(ctx, action.operation());
+    Ok(commands::appointment_action(store(ctx), meta, command).await?)
 }
 
 #[Object]
@@ -80,7 +91,7 @@ impl Mutation {
     async fn open_board(&self, ctx: &Context<'_>, input: OpenBoardInput) -> Result<BoardPayload> {
         let meta = command_meta(ctx, "openBoard");
         Ok(board_payload(
-            commands::open_board(store(ctx), meta, input).await?,
+            commands::open_board(store(ctx), meta, input.try_into()?).await?,
         ))
     }
 
@@ -88,7 +99,7 @@ impl Mutation {
     async fn close_board(&self, ctx: &Context<'_>, input: CloseBoardInput) -> Result<BoardPayload> {
         let meta = command_meta(ctx, "closeBoard");
         Ok(board_payload(
-            commands::close_board(store(ctx), meta, input).await?,
+            commands::close_board(store(ctx), meta, input.try_into()?).await?,
         ))
     }
 
@@ -98,7 +109,7 @@ impl Mutation {
         input: RegisterProviderInput,
     ) -> Result<ProviderPayload> {
         let meta = command_meta(ctx, "registerProvider");
-        let w = commands::register_provider(store(ctx), meta, input).await?;
+        let w = commands::register_provider(store(ctx), meta, input.try_into()?).await?;
         Ok(ProviderPayload {
             provider: Provider(w.entity),
             version: w.version,
@@ -110,7 +121,7 @@ impl Mutation {
     async fn join_board(&self, ctx: &Context<'_>, input: JoinBoardInput) -> Result<ShiftPayload> {
         let meta = command_meta(ctx, "joinBoard");
         Ok(shift_payload(
-            commands::join_board(store(ctx), meta, input).await?,
+            commands::join_board(store(ctx), meta, input.try_into()?).await?,
         ))
     }
 
@@ -154,7 +165,7 @@ impl Mutation {
     ) -> Result<AppointmentPayload> {
         let meta = command_meta(ctx, "requestAppointment");
         Ok(appointment_payload(
-            commands::request_appointment(store(ctx), meta, input).await?,
+            commands::request_appointment(store(ctx), meta, input.try_into()?).await?,
         ))
     }
 
@@ -166,7 +177,8 @@ impl Mutation {
     ) -> Result<AppointmentShiftPayload> {
         let meta = command_meta(ctx, "scheduleAppointment");
         Ok(appointment_shift_payload(
-            commands::schedule_appointment(store(ctx), estimator(ctx), meta, input).await?,
+            commands::schedule_appointment(store(ctx), estimator(ctx), meta, input.try_into()?)
+                .await?,
         ))
     }
 
@@ -176,10 +188,9 @@ impl Mutation {
         ctx: &Context<'_>,
         input: AppointmentInput,
     ) -> Result<AppointmentPayload> {
-        let meta = command_meta(ctx, "startAppointment");
-        let w =
-            commands::appointment_action(store(ctx), meta, AppointmentAction::Start, input).await?;
-        Ok(appointment_payload(w))
+        appointment_action(ctx, AppointmentAction::Start, input)
+            .await
+            .map(appointment_payload)
     }
 
     /// STARTED → FINISHED, and the provider starts charting.
@@ -188,10 +199,9 @@ impl Mutation {
         ctx: &Context<'_>,
         input: AppointmentInput,
     ) -> Result<AppointmentShiftPayload> {
-        let meta = command_meta(ctx, "finishAppointment");
-        let w = commands::appointment_action(store(ctx), meta, AppointmentAction::Finish, input)
-            .await?;
-        Ok(appointment_shift_payload(w))
+        appointment_action(ctx, AppointmentAction::Finish, input)
+            .await
+            .map(appointment_shift_payload)
     }
 
     /// Admin: rebuilds a projection side by side while serving continues, then swaps it
@@ -220,7 +230,7 @@ impl Mutation {
     ) -> Result<AppointmentShiftPayload> {
         let meta = command_meta(ctx, "cancelAppointment");
         Ok(appointment_shift_payload(
-            commands::cancel_appointment(store(ctx), meta, input).await?,
+            commands::cancel_appointment(store(ctx), meta, input.try_into()?).await?,
         ))
     }
 }

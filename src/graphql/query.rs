@@ -5,6 +5,7 @@ use async_graphql::{Context, Object, Result, ID};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::scalars::Date;
 use super::types::{
     board_contents_at, Appointment, Board, BoardHistoryEntry, BoardStatus, Event, Provider,
     ProviderShift, WaitEstimate,
@@ -170,7 +171,7 @@ impl Query {
     async fn boards(
         &self,
         ctx: &Context<'_>,
-        date: Option<chrono::NaiveDate>,
+        date: Option<Date>,
         specialty: Option<String>,
         region: Option<String>,
         status: Option<BoardStatus>,
@@ -185,7 +186,7 @@ impl Query {
             }
         }
         let filter = read::BoardFilter {
-            date,
+            date: date.map(|d| d.0),
             specialty: specialty.map(|s| s.trim().to_lowercase()),
             region: region.map(|r| r.trim().to_uppercase()),
             status: status.map(|s| match s {
@@ -209,16 +210,12 @@ impl Query {
 
     /// The dates that have Boards, newest first (for a front-end to open on the newest
     /// workday, or offer the others).
-    async fn board_dates(
-        &self,
-        ctx: &Context<'_>,
-        first: Option<i32>,
-    ) -> Result<Vec<chrono::NaiveDate>> {
+    async fn board_dates(&self, ctx: &Context<'_>, first: Option<i32>) -> Result<Vec<Date>> {
         let limit = page_size(first)?;
         let dates = crate::projections::read::board_dates(store(ctx).pool(), limit)
             .await
             .map_err(AppError::from)?;
-        Ok(dates)
+        Ok(dates.into_iter().map(Date).collect())
     }
 
     /// An appointment from the projected `appointment_view`; with `asOf` or `version`,

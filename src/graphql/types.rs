@@ -1,7 +1,7 @@
 //! GraphQL output types: thin views over domain states and stored events.
 
 use async_graphql::{Context, Enum, Json, Object, SimpleObject, ID};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 use tokio::sync::OnceCell;
@@ -174,9 +174,9 @@ impl Board {
     async fn region(&self) -> &str {
         &self.board.region
     }
-    /// The workday, `YYYY-MM-DD`.
-    async fn date(&self) -> NaiveDate {
-        self.board.date
+    /// The workday.
+    async fn date(&self) -> super::scalars::Date {
+        super::scalars::Date(self.board.date)
     }
     async fn status(&self) -> BoardStatus {
         self.board.status.into()

@@ -9,9 +9,11 @@
 //! - [`dev_issuer`]: the embedded default's own issuer and `careboard token`.
 //! - [`matrix`]: operation × role → allowed / scoped / denied; `authorize`.
 //! - [`access_log`]: group-committed, append-only, hash-chained; `careboard audit verify`.
+//! - [`actor`]: who a command acts for (a principal, an unverified caller, Careboard).
 //! - [`edge`]: `Authorization: Bearer` at the HTTP edge, and the 401 refusing it.
 
 pub mod access_log;
+pub mod actor;
 pub mod dev_issuer;
 pub mod edge;
 pub mod jwks;
@@ -20,6 +22,7 @@ pub mod principal;
 pub mod verifier;
 
 pub use access_log::{AccessLog, AccessRecord, Disclosure};
+pub use actor::Actor;
 pub use matrix::{authorize, may_see_patient_fields, Facts, Forbidden, Operation};
 pub use principal::{Principal, Role, Scope};
 pub use verifier::{AuthError, Verifier, VerifierConfig};

@@ -102,9 +102,44 @@ impl Projection {
     /// document table aliased `alias`: how every query reads only live documents.
     pub fn live_join(self, alias: &str) -> String {
         format!(
-            "join projection_state p on p.name = '{name}' and p.status = 'live' \
+            "join projection_state p on p.name = '{name}' and p.status = '{live}' \
              and p.generation = {alias}.generation",
-            name = self.name()
+            name = self.name(),
+            live = GenerationStatus::Live.as_str()
         )
+    }
+}
+
+/// Where a projection's generation is in its life: `projection_state.status`, written
+/// and compared only through this type (bound as a parameter, or interpolated from
+/// `as_str` where a query is built as text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationStatus {
+    /// The one generation queries read.
+    Live,
+    /// A side-by-side rebuild, swapped in when it has caught up.
+    Building,
+    /// Replaced by a rebuild; its documents are deleted.
+    Retired,
+}
+
+impl GenerationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenerationStatus::Live => "live",
+            GenerationStatus::Building => "building",
+            GenerationStatus::Retired => "retired",
+        }
+    }
+
+    /// The generations the projector works on: the live one and a rebuild.
+    pub fn active() -> [&'static str; 2] {
+        [Self::Live.as_str(), Self::Building.as_str()]
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Live, Self::Building, Self::Retired]
+            .into_iter()
+            .find(|g| g.as_str() == s)
     }
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::domain::{Appointment, Shift};
 use crate::event_store::read_stream_between;
+use crate::projections::registry::GenerationStatus;
 use crate::projections::{save_rows, BoardDoc, Doc, Projection, Row, StreamDoc};
 
 #[derive(Debug, Clone, Default, Serialize, async_graphql::SimpleObject)]
@@ -26,10 +27,11 @@ pub async fn replay_dead_letters(
     let letters: Vec<(Uuid, i32, i64)> = sqlx::query_as(
         "select d.document_id, d.generation, count(*) from dead_letters d \
            join projection_state p on p.name = d.projection and p.generation = d.generation \
-          where d.projection = $1 and p.status = 'live' and d.replayed_at is null \
+          where d.projection = $1 and p.status = $2 and d.replayed_at is null \
           group by d.document_id, d.generation",
     )
     .bind(projection.name())
+    .bind(GenerationStatus::Live.as_str())
     .fetch_all(pool)
     .await?;
     let mut report = ReplayReport::default();

@@ -6,34 +6,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::event_store::log::{self, Cursor};
+pub use crate::projections::registry::GenerationStatus;
 use crate::projections::Projection;
-
-/// Where a generation is in its life (`projection_state.status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GenerationStatus {
-    /// The one generation queries read.
-    Live,
-    /// A side-by-side rebuild, swapped in when it has caught up.
-    Building,
-    /// Replaced by a rebuild; its documents are deleted.
-    Retired,
-}
-
-impl GenerationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GenerationStatus::Live => "live",
-            GenerationStatus::Building => "building",
-            GenerationStatus::Retired => "retired",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Live, Self::Building, Self::Retired]
-            .into_iter()
-            .find(|g| g.as_str() == s)
-    }
-}
 
 /// One generation of a projection, as the worker tracks it.
 #[derive(Debug, Clone)]
@@ -48,8 +22,9 @@ pub struct Generation {
 pub async fn active_generations(pool: &PgPool) -> Result<Vec<Generation>, sqlx::Error> {
     let rows: Vec<(String, i32, String, String, i64)> = sqlx::query_as(
         "select name, generation, status, tx::text, seq from projection_state \
-         where status in ('live', 'building') order by name, generation",
+         where status = any($1) order by name, generation",
     )
+    .bind(GenerationStatus::active())
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -69,22 +44,20 @@ pub async fn active_generations(pool: &PgPool) -> Result<Vec<Generation>, sqlx::
 /// rebuild of any whose live generation was built by another projection version.
 pub async fn ensure_generations(pool: &PgPool) -> Result<(), sqlx::Error> {
     for projection in Projection::ALL {
-        let live: Option<i32> = sqlx::query_scalar(
-            "select projection_version from projection_state where name = $1 and status = 'live'",
-        )
-        .bind(projection.name())
-        .fetch_optional(pool)
-        .await?;
-        match live {
+        match live_generation(pool, projection)
+            .await?
+            .map(|l| l.projection_version)
+        {
             None => {
                 sqlx::query(
                     "insert into projection_state (name, generation, status, projection_version) \
-                     select $1, coalesce(max(generation), 0) + 1, 'live', $2 \
+                     select $1, coalesce(max(generation), 0) + 1, $3, $2 \
                        from projection_state where name = $1 \
                      on conflict do nothing",
                 )
                 .bind(projection.name())
                 .bind(projection.version())
+                .bind(GenerationStatus::Live.as_str())
                 .execute(pool)
                 .await?;
             }
@@ -113,9 +86,10 @@ pub async fn request_rebuild(pool: &PgPool, projection: Projection) -> Result<i3
         .execute(&mut *tx)
         .await?;
     let existing: Option<i32> = sqlx::query_scalar(
-        "select generation from projection_state where name = $1 and status = 'building'",
+        "select generation from projection_state where name = $1 and status = $2",
     )
     .bind(projection.name())
+    .bind(GenerationStatus::Building.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(g) = existing {
@@ -125,13 +99,14 @@ pub async fn request_rebuild(pool: &PgPool, projection: Projection) -> Result<i3
     let target = log::end_position(&mut *tx).await?;
     let generation: i32 = sqlx::query_scalar(
         "insert into projection_state (name, generation, status, projection_version, target_seq) \
-         select $1, coalesce(max(generation), 0) + 1, 'building', $2, $3 \
+         select $1, coalesce(max(generation), 0) + 1, $4, $2, $3 \
            from projection_state where name = $1 \
          returning generation",
     )
     .bind(projection.name())
     .bind(projection.version())
     .bind(target)
+    .bind(GenerationStatus::Building.as_str())
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -150,11 +125,12 @@ pub async fn switch_generation(
         "select p.generation, p.status, \
                 (p.tx, p.seq) <= (select b.tx, b.seq from projection_state b \
                                     where b.name = $1 and b.generation = $2) \
-           from projection_state p where p.name = $1 and p.status in ('live', 'building') \
+           from projection_state p where p.name = $1 and p.status = any($3) \
            for update",
     )
     .bind(projection.name())
     .bind(building)
+    .bind(GenerationStatus::active())
     .fetch_all(&mut *tx)
     .await?;
     let is = |status: &str, g: GenerationStatus| GenerationStatus::parse(status) == Some(g);
@@ -169,20 +145,22 @@ pub async fn switch_generation(
     }
     if let Some((old, _, _)) = live {
         sqlx::query(
-            "update projection_state set status = 'retired', updated_at = clock_timestamp() \
+            "update projection_state set status = $3, updated_at = clock_timestamp() \
              where name = $1 and generation = $2",
         )
         .bind(projection.name())
         .bind(old)
+        .bind(GenerationStatus::Retired.as_str())
         .execute(&mut *tx)
         .await?;
     }
     sqlx::query(
-        "update projection_state set status = 'live', updated_at = clock_timestamp() \
+        "update projection_state set status = $3, updated_at = clock_timestamp() \
          where name = $1 and generation = $2",
     )
     .bind(projection.name())
     .bind(building)
+    .bind(GenerationStatus::Live.as_str())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -265,8 +243,9 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
     let rows: Vec<StateRow> = sqlx::query_as(
         "select name, generation, status, projection_version, tx::text as tx, seq, events_applied, \
                 updated_at \
-           from projection_state where status in ('live', 'building') order by name, generation",
+           from projection_state where status = any($1) order by name, generation",
     )
+    .bind(GenerationStatus::active())
     .fetch_all(pool)
     .await?;
     let mut out = Vec::new();
@@ -320,16 +299,40 @@ pub async fn status(pool: &PgPool) -> Result<Vec<ProjectionStatus>, sqlx::Error>
     Ok(out)
 }
 
+/// The live generation of a projection: the one query that finds it.
+pub struct LiveGeneration {
+    pub projection_version: i32,
+    pub checkpoint: Cursor,
+}
+
+/// The live generation of `projection` (`None`: none is live).
+pub async fn live_generation(
+    pool: &PgPool,
+    projection: Projection,
+) -> Result<Option<LiveGeneration>, sqlx::Error> {
+    let row: Option<(i32, String, i64)> = sqlx::query_as(
+        "select projection_version, tx::text, seq from projection_state \
+          where name = $1 and status = $2",
+    )
+    .bind(projection.name())
+    .bind(GenerationStatus::Live.as_str())
+    .fetch_optional(pool)
+    .await?;
+    row.map(|(projection_version, tx, seq)| {
+        Ok(LiveGeneration {
+            projection_version,
+            checkpoint: Cursor::from_text(&tx, seq)?,
+        })
+    })
+    .transpose()
+}
+
 /// The checkpoint of the live generation of `projection` (`None`: none is live).
 pub async fn live_checkpoint(
     pool: &PgPool,
     projection: Projection,
 ) -> Result<Option<Cursor>, sqlx::Error> {
-    let row: Option<(String, i64)> = sqlx::query_as(
-        "select tx::text, seq from projection_state where name = $1 and status = 'live'",
-    )
-    .bind(projection.name())
-    .fetch_optional(pool)
-    .await?;
-    row.map(|(tx, seq)| Cursor::from_text(&tx, seq)).transpose()
+    Ok(live_generation(pool, projection)
+        .await?
+        .map(|l| l.checkpoint))
 }

@@ -461,13 +461,19 @@ async fn the_event_actor_is_the_tokens_subject_whatever_the_headers_or_connectio
     let (_, data) = ws.next_data(Duration::from_secs(10)).await.unwrap();
     assert!(data["requestAppointment"]["position"].is_i64(), "{data}");
 
-    let actors: Vec<String> = sqlx::query_scalar(
-        "select metadata->>'actor' from events where type = 'AppointmentRequested' order by seq",
+    let actors: Vec<(String, String, String)> = sqlx::query_as(
+        "select metadata->>'actor', metadata->>'actorRole', metadata->>'actorName' \
+         from events where type = 'AppointmentRequested' order by seq",
     )
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(actors, ["coordinator-42", "coordinator-42"]);
+    let verified = (
+        "coordinator-42".to_string(),
+        "coordinator".to_string(),
+        "Ana Ruiz".to_string(),
+    );
+    assert_eq!(actors, [verified.clone(), verified]);
     let all: String = sqlx::query_scalar("select string_agg(metadata::text, ' ') from events")
         .fetch_one(&app.pool)
         .await

@@ -3,7 +3,7 @@
 use crate::helpers;
 use std::sync::Arc;
 
-use careboard::commands::{self, CommandOptions, OpenBoardInput};
+use careboard::commands::{self, CommandOptions, OpenBoard};
 use careboard::domain::{Aggregate, DomainError, DomainEvent, EventContext, FoldError, StreamType};
 use careboard::error::AppError;
 use careboard::event_store::append::{append, StreamWrite};
@@ -278,12 +278,12 @@ async fn exclusive_mode_gives_up_after_the_lock_timeout_with_a_conflict_and_appe
     assert_eq!(versions_of(&pool, id).await, vec![1, 2]);
 }
 
-fn open_input(command_id: &str, region: &str) -> OpenBoardInput {
-    OpenBoardInput {
+fn open_input(command_id: &str, region: &str) -> OpenBoard {
+    OpenBoard {
         name: "Cardiology".into(),
         specialty: "cardiology".into(),
         region: region.into(),
-        date: "2022-07-18".into(),
+        date: "2022-07-18".parse().unwrap(),
         options: CommandOptions {
             expected_version: None,
             command_id: Some(command_id.into()),

@@ -1073,6 +1073,16 @@ async fn with_auth_on_graphql_requests_need_a_valid_bearer_token() {
         actor, "dev:ana-ruiz",
         "the verified subject, not the x-actor header"
     );
+    let (role, name): (Option<String>, Option<String>) =
+        sqlx::query_as("select metadata->>'actorRole', metadata->>'actorName' from events limit 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (role.as_deref(), name.as_deref()),
+        (Some("coordinator"), Some("Ana Ruiz")),
+        "the principal's role and name are recorded beside the subject"
+    );
 
     // A websocket upgrade with a bad token is refused before it is upgraded; one
     // without a token is upgraded (browsers cannot set headers there) and must bring

@@ -366,6 +366,7 @@ async fn matching_rules_specialty_licence_longest_waiting_and_cancellation() {
     .await
     .unwrap();
     assert_eq!(meta["actor"], "matcher");
+    assert_eq!(meta["actorRole"], "system");
     let cause: Uuid = meta["causationId"].as_str().unwrap().parse().unwrap();
     let cause_type: String = sqlx::query_scalar("select type from events where id = $1")
         .bind(cause)

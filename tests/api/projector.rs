@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use careboard::commands::{self, CommandOptions, OpenBoardInput, RequestAppointmentInput};
+use careboard::commands::{self, CommandOptions, OpenBoard, RequestAppointment};
 use careboard::daemon::{Daemon, DaemonConfig, DaemonHandle};
 use careboard::domain::{AppointmentEvent, AppointmentStatus, StreamType};
 use careboard::event_store::append::{append, StreamWrite};
@@ -53,11 +53,11 @@ async fn open_board(store: &EventStore, name: &str) -> Uuid {
     commands::open_board(
         store,
         CommandMeta::new("openBoard"),
-        OpenBoardInput {
+        OpenBoard {
             name: name.into(),
             specialty: "pediatrics".into(),
             region: "TX".into(),
-            date: "2022-07-18".into(),
+            date: "2022-07-18".parse().unwrap(),
             options: CommandOptions::default(),
         },
     )
@@ -71,8 +71,8 @@ async fn request(store: &EventStore, board: Uuid, patient: &str) -> (Uuid, i64) 
     let w = commands::request_appointment(
         store,
         CommandMeta::new("requestAppointment"),
-        RequestAppointmentInput {
-            board_id: board.to_string().into(),
+        RequestAppointment {
+            board_id: board.into(),
             patient_name: patient.into(),
             specialty: "pediatrics".into(),
             region: "TX".into(),

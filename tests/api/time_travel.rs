@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use careboard::commands::{
-    self, AppointmentAction, AppointmentInput, CancelAppointmentInput, CommandOptions,
-    JoinBoardInput, OpenBoardInput, RegisterProviderInput, RequestAppointmentInput,
-    ScheduleAppointmentInput, ShiftAction, ShiftInput,
+    self, ActOnAppointment, ActOnShift, AppointmentAction, CancelAppointment, CommandOptions,
+    JoinBoard, OpenBoard, RegisterProvider, RequestAppointment, ScheduleAppointment, ShiftAction,
 };
 use careboard::daemon::{Daemon, DaemonConfig};
 use careboard::domain::{Appointment, AppointmentStatus, Shift, ShiftStatus};
@@ -46,11 +45,11 @@ impl Day {
         let board = commands::open_board(
             &store,
             meta("openBoard"),
-            OpenBoardInput {
+            OpenBoard {
                 name: "Time travel".into(),
                 specialty: "pediatrics".into(),
                 region: "TX".into(),
-                date: "2022-07-18".into(),
+                date: "2022-07-18".parse().unwrap(),
                 options: opts(),
             },
         )
@@ -96,7 +95,7 @@ impl Day {
                     let p = commands::register_provider(
                         &self.store,
                         meta("registerProvider"),
-                        RegisterProviderInput {
+                        RegisterProvider {
                             name: format!("Provider {}", self.shifts.len()),
                             specialties: vec!["pediatrics".into()],
                             licensed_regions: vec!["TX".into()],
@@ -108,9 +107,9 @@ impl Day {
                     let s = commands::join_board(
                         &self.store,
                         meta("joinBoard"),
-                        JoinBoardInput {
-                            board_id: self.board.to_string().into(),
-                            provider_id: p.entity.id.to_string().into(),
+                        JoinBoard {
+                            board_id: self.board.into(),
+                            provider_id: p.entity.id.into(),
                             options: opts(),
                         },
                     )
@@ -123,8 +122,8 @@ impl Day {
                     let a = commands::request_appointment(
                         &self.store,
                         meta("requestAppointment"),
-                        RequestAppointmentInput {
-                            board_id: self.board.to_string().into(),
+                        RequestAppointment {
+                            board_id: self.board.into(),
                             patient_name: format!("Patient {}", self.appointments.len()),
                             specialty: "pediatrics".into(),
                             region: "TX".into(),
@@ -148,10 +147,11 @@ impl Day {
                         &self.store,
                         &Default::default(),
                         meta("scheduleAppointment"),
-                        ScheduleAppointmentInput {
-                            appointment_id: self.appointments[a].0.to_string().into(),
-                            shift_id: self.shifts[s].0.to_string().into(),
+                        ScheduleAppointment {
+                            appointment_id: self.appointments[a].0.into(),
+                            shift_id: self.shifts[s].0.into(),
                             estimated_time: None,
+                            expected_shift_version: None,
                             options: opts(),
                         },
                     )
@@ -173,9 +173,9 @@ impl Day {
                     let w = commands::appointment_action(
                         &self.store,
                         meta("appointmentAction"),
-                        action,
-                        AppointmentInput {
-                            appointment_id: self.appointments[a].0.to_string().into(),
+                        ActOnAppointment {
+                            action,
+                            appointment_id: self.appointments[a].0.into(),
                             options: opts(),
                         },
                     )
@@ -196,8 +196,8 @@ impl Day {
                     let w = commands::cancel_appointment(
                         &self.store,
                         meta("cancelAppointment"),
-                        CancelAppointmentInput {
-                            appointment_id: self.appointments[a].0.to_string().into(),
+                        CancelAppointment {
+                            appointment_id: self.appointments[a].0.into(),
                             reason: "changed plans".into(),
                             options: opts(),
                         },
@@ -222,9 +222,9 @@ impl Day {
                     let w = commands::shift_action(
                         &self.store,
                         meta("shiftAction"),
-                        action,
-                        ShiftInput {
-                            shift_id: self.shifts[s].0.to_string().into(),
+                        ActOnShift {
+                            action,
+                            shift_id: self.shifts[s].0.into(),
                             options: opts(),
                         },
                     )
@@ -652,7 +652,7 @@ async fn board_dates_lists_the_dates_with_boards_newest_first() {
         ("D", "2023-12-31"),
     ] {
         app.data(
-                "mutation($n: String!, $d: NaiveDate!) { openBoard(input: {name: $n, specialty: \"cardiology\", region: \"NY\", date: $d}) { position } }",
+                "mutation($n: String!, $d: Date!) { openBoard(input: {name: $n, specialty: \"cardiology\", region: \"NY\", date: $d}) { position } }",
                 json!({"n": name, "d": date}),
             )
             .await;
