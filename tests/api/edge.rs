@@ -964,3 +964,100 @@ async fn the_development_issuers_board_page_goes_live_with_the_token_it_was_serv
         false
     );
 }
+
+#[tokio::test]
+async fn the_live_demo_serves_with_tokens_on_loopback_only() {
+    let (_pool, url) = crate::helpers::fresh_database_with_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args(["demo", "--live", "--bind", "0.0.0.0:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("CAREBOARD_OIDC_ISSUER"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args([
+            "demo", "--live", "--speed", "60", "--hours", "2", "--boards", "1",
+        ])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = Served {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        stderr: dir.path().join("none"),
+    };
+    let started = std::time::Instant::now();
+    while reqwest::get(format!("{}/readyz", served.base))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the demo did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let http = reqwest::Client::new();
+    let query = json!({"query": "{ __typename }"});
+    assert_unauthenticated(
+        http.post(format!("{}/graphql", served.base))
+            .json(&query)
+            .send()
+            .await
+            .unwrap(),
+        "the demo without a token",
+    )
+    .await;
+    // Its pages open signed in, and `careboard token` on its data dir mints more.
+    let page = http
+        .get(format!("{}/boards", served.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page_token(&page).is_some());
+    let token = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args(["token", "--role", "coordinator", "--name", "Ana Ruiz"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    for token in [token, page_token(&page).unwrap()] {
+        let r: Value = http
+            .post(format!("{}/graphql", served.base))
+            .bearer_auth(token)
+            .json(&json!({"query": "{ __typename }"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["data"]["__typename"], "Query", "{r}");
+    }
+}
