@@ -148,6 +148,8 @@ pub fn state_with(
         health,
         rate_limiter,
         auth: None,
+        dev_issuer: None,
+        metrics_elsewhere: false,
     }
 }
 
@@ -178,6 +180,18 @@ pub async fn serve(
         .context("HTTP server failed")
 }
 
+/// Serves `/metrics` (and `/healthz`) on an address of its own until `shutdown`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, crate::http::metrics_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("metrics server failed")
+}
+
 /// A server running in the background (tests and tools).
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -191,6 +205,21 @@ impl RunningServer {
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// The metrics address of `state` (`--metrics-bind`), in the background.
+    pub async fn start_metrics(bind: &str, state: AppState) -> Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_metrics(listener, state, async move {
             let _ = rx.await;
         }));
         Ok(Self {

@@ -138,6 +138,10 @@ pub struct ServeArgs {
     /// providers (on), or coordinators schedule every appointment by hand (off).
     #[arg(long, env = "CAREBOARD_MATCHING", value_enum, default_value = "on")]
     pub matching: Switch,
+    /// Serve /metrics on this address of its own (e.g. a private interface the scraper
+    /// reaches), without a token. Unset, /metrics is on --bind, behind an admin token.
+    #[arg(long, env = "CAREBOARD_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
     #[command(flatten)]
     pub limits: GraphqlLimits,
     #[command(flatten)]
@@ -265,13 +269,14 @@ impl Default for ServeArgs {
 /// configured, from Careboard's own development issuer (`careboard token`).
 #[derive(Debug, Clone, Args)]
 pub struct IdentityArgs {
-    /// Require a valid bearer token on POST /graphql (on), or serve anonymous requests
-    /// as before (off).
+    /// Every request and websocket needs a valid bearer token (on, the default). `off`
+    /// answers anyone without one: for development on this machine only, refused on an
+    /// address other machines can reach.
     #[arg(
         long = "auth",
         env = "CAREBOARD_AUTH",
         value_enum,
-        default_value = "off"
+        default_value = "on"
     )]
     pub auth: Switch,
     /// The OpenID Connect issuer (`iss`) whose tokens are accepted; unset, the

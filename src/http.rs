@@ -24,6 +24,7 @@ use crate::config::GraphqlLimits;
 use crate::error::AppError;
 use crate::graphql::RequestContext;
 use crate::health::DbState;
+use crate::identity::edge::Credentials;
 pub use crate::state::AppState;
 
 /// The live board page and the index of boards: plain HTML, CSS and JS, shipped inside
@@ -113,13 +114,45 @@ const GRAPHIQL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'se
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
 
-/// The pages with their Content-Security-Policy (see `limits::page_policy`).
-fn page(html: &'static str, policy: &'static LazyLock<String>) -> Response {
+/// The pages with their Content-Security-Policy (see `limits::page_policy`), and the
+/// development issuer's token when served to this machine (see `with_session_token`).
+fn page(
+    html: &'static str,
+    policy: &'static LazyLock<String>,
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Response {
     (
-        [(axum::http::header::CONTENT_SECURITY_POLICY, policy.as_str())],
-        Html(html),
+        [
+            (axum::http::header::CONTENT_SECURITY_POLICY, policy.as_str()),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(with_session_token(html, state, headers, peer)),
     )
         .into_response()
+}
+
+type Peer = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+
+async fn boards_page(State(state): State<AppState>, headers: HeaderMap, peer: Peer) -> Response {
+    page(
+        BOARDS_PAGE,
+        &BOARDS_POLICY,
+        &state,
+        &headers,
+        peer.map(|p| p.0 .0),
+    )
+}
+
+async fn board_page(State(state): State<AppState>, headers: HeaderMap, peer: Peer) -> Response {
+    page(
+        BOARD_PAGE,
+        &BOARD_POLICY,
+        &state,
+        &headers,
+        peer.map(|p| p.0 .0),
+    )
 }
 static BOARD_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARD_PAGE));
 static BOARDS_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARDS_PAGE));
@@ -130,18 +163,17 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
+        // The token is verified first (once), so the rate limit can key by subject.
         .route_layer(axum::middleware::from_fn_with_state(
             state.rate_limiter.clone(),
             crate::limits::rate_limit,
         ))
-        .route(
-            "/boards",
-            get(|| async { page(BOARDS_PAGE, &BOARDS_POLICY) }),
-        )
-        .route(
-            "/boards/{id}",
-            get(|| async { page(BOARD_PAGE, &BOARD_POLICY) }),
-        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            crate::identity::edge::credentials,
+        ))
+        .route("/boards", get(boards_page))
+        .route("/boards/{id}", get(board_page))
         .route("/graphiql/{file}", get(graphiql_asset))
         .route("/static/{file}", get(static_file))
         .route("/healthz", get(|| async { "ok" }))
@@ -211,28 +243,109 @@ fn forbidden_origin() -> Response {
 async fn graphql_get(
     State(state): State<AppState>,
     headers: HeaderMap,
-    extensions: axum::http::Extensions,
     RawQuery(query): RawQuery,
+    credentials: Option<axum::Extension<Credentials>>,
+    connection: Peer,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Ok(upgrade) = upgrade {
-        return graphql_ws(State(state), headers, extensions, upgrade).await;
+        return graphql_ws(State(state), headers, credentials, connection, upgrade).await;
     }
     match query.filter(|q| !q.is_empty()) {
-        Some(query) => graphql_over_get(&state, &headers, &query, client_addr(&extensions)).await,
-        None => graphiql(&state),
+        Some(query) => {
+            let credentials = match credentials {
+                Some(axum::Extension(c)) => c,
+                None => Credentials::read(state.auth.as_ref(), &headers).await,
+            };
+            graphql_over_get(
+                &state,
+                &headers,
+                credentials,
+                &query,
+                peer_addr(&connection),
+            )
+            .await
+        }
+        None => graphiql(&state, &headers, connection.map(|c| c.0 .0)),
     }
 }
 
-fn graphiql(state: &AppState) -> Response {
+fn graphiql(state: &AppState, headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> Response {
     if !state.limits.graphiql {
         return (StatusCode::NOT_FOUND, "GraphiQL is switched off").into_response();
     }
     (
-        [(header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP)],
-        Html(GRAPHIQL_PAGE),
+        [
+            (header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP),
+            // It may carry a token: never stored, by the browser or on the way.
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(with_session_token(GRAPHIQL_PAGE, state, headers, peer)),
     )
         .into_response()
+}
+
+/// How long the token a page served by the development issuer carries lives.
+const PAGE_TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// `page` with a coordinator token from the development issuer in a `<meta
+/// name="careboard-token">` (read by `client.js` and GraphiQL's `init.js`), when the
+/// development issuer is the one trusted and the page is asked for on this machine:
+/// from a loopback address, by a loopback name (so a page of another site whose name
+/// was pointed at 127.0.0.1 gets none). Otherwise the page as it is: it asks for a
+/// token.
+fn with_session_token(
+    page: &'static str,
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> String {
+    let Some(issuer) = &state.dev_issuer else {
+        return page.to_string();
+    };
+    let from_loopback = peer.is_some_and(|p| p.ip().is_loopback());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !from_loopback || !loopback_host(host) {
+        return page.to_string();
+    }
+    let request = crate::identity::dev_issuer::TokenArgs {
+        role: crate::identity::Role::Coordinator,
+        name: "Coordinator (this machine)".into(),
+        subject: Some("dev:local-coordinator".into()),
+        provider_id: None,
+        patient_id: None,
+        regions: vec![],
+        specialties: vec![],
+        ttl: PAGE_TOKEN_TTL,
+    };
+    match issuer.issue(&request) {
+        // A JWT is base64url and dots: nothing to escape in an attribute.
+        Ok(token) => page.replacen(
+            "<head>",
+            &format!("<head>\n  <meta name=\"careboard-token\" content=\"{token}\">"),
+            1,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sign a token for the page");
+            page.to_string()
+        }
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn graphiql_asset(
@@ -261,6 +374,11 @@ fn request_error(status: StatusCode, code: &str, message: String) -> Response {
 }
 
 /// The client's address, for access records (when the server was given it).
+fn peer_addr(peer: &Peer) -> Option<String> {
+    peer.as_ref().map(|c| c.0 .0.to_string())
+}
+
+/// Like [`peer_addr`], from a request's extensions.
 fn client_addr(extensions: &axum::http::Extensions) -> Option<String> {
     extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -346,8 +464,10 @@ fn json_body(headers: &HeaderMap) -> Option<Response> {
 }
 
 async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> Response {
-    let headers = request.headers().clone();
     let addr = client_addr(request.extensions());
+    let (parts, body) = request.into_parts();
+    let credentials = Credentials::of(state.auth.as_ref(), &parts).await;
+    let headers = parts.headers;
     if !origin_allowed(&state.limits, &headers) {
         return forbidden_origin();
     }
@@ -357,12 +477,12 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
     if let Some(refused) = json_body(&headers) {
         return refused;
     }
-    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
+    let principal = match credentials.principal() {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into_response(),
     };
     let limit = state.limits.max_body_bytes;
-    let bytes = match axum::body::to_bytes(request.into_body(), limit).await {
+    let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
             return request_error(
@@ -390,6 +510,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
 async fn graphql_over_get(
     state: &AppState,
     headers: &HeaderMap,
+    credentials: Credentials,
     query: &str,
     addr: Option<String>,
 ) -> Response {
@@ -399,9 +520,9 @@ async fn graphql_over_get(
     let Some(media) = response_media(headers) else {
         return not_acceptable();
     };
-    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), headers).await {
+    let principal = match credentials.principal() {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into_response(),
     };
     let params: Vec<(String, String)> = match serde_urlencoded_pairs(query) {
         Ok(p) => p,
@@ -641,7 +762,36 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "status": text }))).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// `/metrics` on the API's address: behind an admin token (when authentication is on),
+/// or not here at all when it has an address of its own (`--metrics-bind`).
+async fn metrics(State(state): State<AppState>, request: Request<Body>) -> Response {
+    if state.metrics_elsewhere {
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are served on the metrics address (--metrics-bind)",
+        )
+            .into_response();
+    }
+    let (parts, _) = request.into_parts();
+    if let Err(refused) = Credentials::of(state.auth.as_ref(), &parts).await.admin() {
+        return refused.into_response();
+    }
+    render_metrics(&state).await
+}
+
+/// The router of the metrics address (`--metrics-bind`): `/metrics` for the scraper,
+/// without a token (the address is meant for a private network), and `/healthz`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(state): State<AppState>| async move { render_metrics(&state).await }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn render_metrics(state: &AppState) -> Response {
     // Projection lag and dead letters are read from the database at each scrape.
     match crate::projector::state::status(&state.pool).await {
         Ok(statuses) => {
@@ -675,7 +825,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn graphql_ws(
     State(state): State<AppState>,
     headers: HeaderMap,
-    extensions: axum::http::Extensions,
+    credentials: Option<axum::Extension<Credentials>>,
+    connection: Peer,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // Browsers let any page open a websocket anywhere; only the Origin tells them apart.
@@ -685,23 +836,19 @@ async fn graphql_ws(
     // A token in the upgrade request's Authorization header is checked now (a bad one
     // is refused before the upgrade); without one, the token comes in connection_init
     // (browsers cannot set headers on a websocket).
-    let from_upgrade = match (&state.auth, headers.get(header::AUTHORIZATION)) {
-        (Some(verifier), Some(value)) => {
-            let Ok(value) = value.to_str() else {
-                return crate::identity::edge::refusal(&crate::identity::AuthError::Malformed);
-            };
-            let token = match value.trim().split_once(' ') {
-                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-                _ => return crate::identity::edge::refusal(&crate::identity::AuthError::Malformed),
-            };
-            match verifier.verify_expiring(token).await {
-                Ok(authenticated) => Some(authenticated),
-                Err(error) => return crate::identity::edge::refusal(&error),
-            }
-        }
-        _ => None,
+    let credentials = match credentials {
+        Some(axum::Extension(c)) => c,
+        None => Credentials::read(state.auth.as_ref(), &headers).await,
     };
-    let addr = client_addr(&extensions);
+    let from_upgrade = match credentials {
+        Credentials::Off | Credentials::Refused(crate::identity::AuthError::Missing) => None,
+        Credentials::Verified {
+            principal,
+            expires_at,
+        } => Some((principal, expires_at)),
+        Credentials::Refused(error) => return crate::identity::edge::refusal(&error),
+    };
+    let addr = peer_addr(&connection);
     let protocol = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()

@@ -85,6 +85,73 @@ struct Args {
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json_out: PathBuf,
+    /// Authentication on the servers under test: `on` (the default, as Careboard
+    /// ships: clients send tokens from a development issuer the harness creates) or
+    /// `off` (the other half of an A/B).
+    #[arg(long, value_enum, default_value = "on")]
+    auth: careboard::config::Switch,
+}
+
+/// The tokens of a run: a development issuer in a directory of its own, and the
+/// coordinator token every client sends (none with `--auth off`).
+#[derive(Clone)]
+pub(crate) struct BenchAuth {
+    pub issuer: Option<Arc<careboard::identity::dev_issuer::DevIssuer>>,
+    pub token: Option<String>,
+    pub dir: PathBuf,
+}
+
+impl BenchAuth {
+    fn new(switch: careboard::config::Switch) -> Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("careboard-bench-issuer-{}", std::process::id()));
+        if switch == careboard::config::Switch::Off {
+            return Ok(Self {
+                issuer: None,
+                token: None,
+                dir,
+            });
+        }
+        let issuer = careboard::identity::dev_issuer::DevIssuer::load_or_create(&dir)?;
+        let token = issuer.issue(&careboard::identity::dev_issuer::TokenArgs {
+            role: careboard::identity::Role::Coordinator,
+            name: "Bench".into(),
+            subject: None,
+            provider_id: None,
+            patient_id: None,
+            regions: vec![],
+            specialties: vec![],
+            ttl: Duration::from_secs(24 * 3600),
+        })?;
+        Ok(Self {
+            issuer: Some(Arc::new(issuer)),
+            token: Some(token),
+            dir,
+        })
+    }
+
+    /// `state` verifying this run's tokens (or none).
+    fn apply(&self, state: &mut careboard::state::AppState) {
+        state.auth = self
+            .issuer
+            .as_ref()
+            .map(|i| careboard::identity::Verifier::new(i.verifier_config()));
+    }
+
+    /// An HTTP client that sends the token with every request.
+    pub fn client(&self, idle_per_host: usize) -> Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse()?,
+            );
+        }
+        Ok(reqwest::Client::builder()
+            .pool_max_idle_per_host(idle_per_host)
+            .default_headers(headers)
+            .build()?)
+    }
 }
 
 /// One measured line of the report.
@@ -138,6 +205,15 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
+    let auth = BenchAuth::new(args.auth)?;
+    println!(
+        "authentication on the servers under test: {}",
+        if auth.token.is_some() {
+            "on (bearer tokens)"
+        } else {
+            "off"
+        }
+    );
     let (admin_url, cluster) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -198,7 +274,7 @@ async fn main() -> Result<()> {
             } else {
                 pgbench
             };
-            rows.push(mutate_scenario(&pool, &args, baseline).await?);
+            rows.push(mutate_scenario(&pool, &args, &auth, baseline).await?);
         }
     }
     eprintln!(
@@ -266,7 +342,7 @@ async fn main() -> Result<()> {
             baseline_name: "-".into(),
             baseline_rate: 0.0,
         });
-        let server = subscribe::Server::start(&url).await?;
+        let server = subscribe::Server::start(&url, &auth).await?;
         let hist =
             subscribe::latency(&server, args.subscribers, args.change_rate, args.seconds).await?;
         rows.push(Row {
@@ -327,7 +403,7 @@ async fn main() -> Result<()> {
     }
     eprintln!("[{:.1} s] done", started.elapsed().as_secs_f64());
     if want(Scenario::Query) {
-        rows.push(query_scenario(&admin_url, &args).await?);
+        rows.push(query_scenario(&admin_url, &args, &auth).await?);
     }
     print_table(&rows);
     if let Some(dir) = args.json_out.parent() {
@@ -337,6 +413,7 @@ async fn main() -> Result<()> {
         "machine": machine(),
         "clients": args.clients,
         "seconds": args.seconds,
+        "auth": auth.token.is_some(),
         "results": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
     });
     std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)?)?;
@@ -344,6 +421,7 @@ async fn main() -> Result<()> {
     pool.close().await;
     drop_bench_databases(&admin_url).await?;
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&auth.dir);
     Ok(())
 }
 
@@ -589,15 +667,19 @@ fn bench_limits() -> GraphqlLimits {
     }
 }
 
-async fn mutate_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
-    let state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
+async fn mutate_scenario(
+    pool: &PgPool,
+    args: &Args,
+    auth: &BenchAuth,
+    baseline: f64,
+) -> Result<Row> {
+    let mut state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
+    auth.apply(&mut state);
     let server = RunningServer::start("127.0.0.1:0", state).await?;
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let board = open_board(&store).await?;
     let url = server.url("/graphql");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .build()?;
+    let http = auth.client(args.clients)?;
     let query = "mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id status } version position } }";
     let (rate, hist, errors) = closed_loop(args.clients, args.seconds, move |i| {
         let http = http.clone();
@@ -681,11 +763,12 @@ fn machine() -> Value {
 
 /// `board(id)` over GraphQL and HTTP, against a bare axum handler that runs the same
 /// SELECT of the projected document and returns it.
-async fn query_scenario(admin_url: &str, args: &Args) -> Result<Row> {
+async fn query_scenario(admin_url: &str, args: &Args, auth: &BenchAuth) -> Result<Row> {
     let url = fresh_database(admin_url).await?;
     let pool = postgres::connect(&url, 32).await?;
     postgres::migrate(&pool).await?;
-    let state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
+    let mut state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
+    auth.apply(&mut state);
     // The scenarios measure the projector and the API; matching is measured by the demo.
     let projector = app::spawn_daemon(
         &state,
@@ -738,9 +821,8 @@ async fn query_scenario(admin_url: &str, args: &Args) -> Result<Row> {
     let plain_addr = listener.local_addr()?;
     let plain_task = tokio::spawn(async move { axum::serve(listener, plain).await });
 
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .build()?;
+    // The baseline gets the same client (its handler ignores the token).
+    let http = auth.client(args.clients)?;
     let plain_url = format!("http://{plain_addr}/board/{board}");
     let (plain_rate, _, plain_errors) = {
         let http = http.clone();

@@ -43,6 +43,8 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
     assert!(status.success(), "careboard-bench failed");
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    // The servers under test run as Careboard ships: every client sends a token.
+    assert_eq!(report["auth"], true, "{report}");
     let results = report["results"].as_array().unwrap();
     let scenarios: Vec<&str> = results
         .iter()

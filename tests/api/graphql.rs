@@ -254,6 +254,8 @@ async fn the_readme_walkthrough_works_over_http() {
     );
     let meta = &edges[1]["node"]["metadata"];
     assert_eq!(meta["actor"], "admin-1", "the token's subject");
+    assert_eq!(meta["actorRole"], "admin");
+    assert_eq!(meta["actorName"], "Test Admin");
     assert_eq!(meta["operation"], "scheduleAppointment");
     assert!(meta["correlationId"].is_string());
     assert_eq!(log["events"]["pageInfo"]["hasNextPage"], false);

@@ -311,6 +311,7 @@ impl TestApp {
             None => idp().verifier_config(),
         };
         state.auth = Some(careboard::identity::Verifier::new(verifier_config));
+        state.dev_issuer = dev_issuer.clone();
         let projector = projector.map(|config| {
             careboard::daemon::Daemon::new(
                 state.pool.clone(),
