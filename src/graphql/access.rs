@@ -523,6 +523,60 @@ impl Extension for AccessEdgeExtension {
 mod tests {
     use super::*;
 
+    fn seen(operation: &str, n: u128, patient: Option<&str>, board: Option<(u128, i64)>) -> Seen {
+        Seen {
+            operation: operation.into(),
+            appointment_id: Uuid::from_u128(n),
+            patient_id: patient.map(str::to_string),
+            board: board.map(|(b, v)| (Uuid::from_u128(b), v)),
+        }
+    }
+
+    #[test]
+    fn one_answer_is_one_record_grouped_by_board_version_with_the_patients_shown() {
+        let d = Disclosures::default();
+        assert!(d.take().is_none(), "nothing shown, nothing recorded");
+        for s in [
+            seen("board", 1, Some("p1"), Some((9, 4))),
+            seen("board", 2, None, Some((9, 4))),
+            seen("board", 3, Some("p3"), Some((9, 4))),
+        ] {
+            d.seen.lock().unwrap().push(s);
+        }
+        let (operation, disclosed) = d.take().unwrap();
+        assert_eq!(operation, "board");
+        assert_eq!(
+            disclosed,
+            Disclosure::Board {
+                board_id: Uuid::from_u128(9),
+                version: 4,
+                patient_ids: vec!["p1".into(), "p3".into()],
+            }
+        );
+        assert!(d.take().is_none(), "taken once");
+        for s in [
+            seen("board", 1, Some("p1"), Some((9, 4))),
+            seen("appointment", 5, Some("p5"), None),
+        ] {
+            d.seen.lock().unwrap().push(s);
+        }
+        let (operation, disclosed) = d.take().unwrap();
+        assert_eq!(operation, "appointment,board");
+        let Disclosure::Several { items } = disclosed else {
+            panic!("{disclosed:?}")
+        };
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            items[1],
+            Disclosure::Appointments {
+                appointments: vec![AppointmentRef {
+                    appointment_id: Uuid::from_u128(5),
+                    patient_id: Some("p5".into()),
+                }]
+            }
+        );
+    }
+
     #[test]
     fn every_root_field_of_the_schema_has_a_row_and_every_row_a_field() {
         let sdl = crate::graphql::sdl();

@@ -882,6 +882,38 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
         N
     );
 
+    // A time range: all of them are from the last minute, none from the future.
+    let now = chrono::Utc::now();
+    let count = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        let admin = app.admin();
+        let app = &app;
+        async move {
+            app.data(
+                &admin,
+                "query($f: DateTime, $t: DateTime) { accessLog(from: $f, to: $t, first: 500) { edges { node { seq } } } }",
+                json!({"f": from, "t": to}),
+            )
+            .await["accessLog"]["edges"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    let minute = chrono::Duration::minutes(1);
+    assert_eq!(count(now - minute, now + minute).await, 2 * N + 1);
+    assert_eq!(count(now + minute, now + minute * 2).await, 0);
+    // Patients and providers may not read it.
+    for who in [Who::patient(PATIENT), Who::provider(&day.provider)] {
+        let answer = app
+            .gql(
+                &app.token(who),
+                "{ accessLog { edges { node { seq } } } }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(helpers::error_code(&answer), "FORBIDDEN");
+    }
+
     // The chain verifies; a row altered with the triggers off is found.
     let report = careboard::identity::access_log::verify(&app.app.pool)
         .await
