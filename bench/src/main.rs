@@ -86,10 +86,28 @@ struct Args {
     #[arg(long, default_value = "target/bench/results.json")]
     json_out: PathBuf,
     /// Authentication on the servers under test: `on` (the default, as Careboard
-    /// ships: clients send tokens from a development issuer the harness creates) or
-    /// `off` (the other half of an A/B).
+    /// ships: clients send tokens from a development issuer the harness creates),
+    /// `off`, or `ab`: `mutate`, `query` and `subscribe` run both ways in this run, and
+    /// the report compares them.
     #[arg(long, value_enum, default_value = "on")]
-    auth: careboard::config::Switch,
+    auth: AuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AuthMode {
+    On,
+    Off,
+    Ab,
+}
+
+impl AuthMode {
+    fn name(self) -> &'static str {
+        match self {
+            AuthMode::On => "on",
+            AuthMode::Off => "off",
+            AuthMode::Ab => "ab",
+        }
+    }
 }
 
 /// The tokens of a run: a development issuer in a directory of its own, and the
@@ -205,13 +223,24 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
-    let auth = BenchAuth::new(args.auth)?;
+    // The ways the servers under test run, each with the label its rows carry.
+    let auths: Vec<(&str, BenchAuth)> = match args.auth {
+        AuthMode::On => vec![("", BenchAuth::new(careboard::config::Switch::On)?)],
+        AuthMode::Off => vec![("", BenchAuth::new(careboard::config::Switch::Off)?)],
+        AuthMode::Ab => vec![
+            (
+                " [auth off]",
+                BenchAuth::new(careboard::config::Switch::Off)?,
+            ),
+            (" [auth on]", BenchAuth::new(careboard::config::Switch::On)?),
+        ],
+    };
     println!(
         "authentication on the servers under test: {}",
-        if auth.token.is_some() {
-            "on (bearer tokens)"
-        } else {
-            "off"
+        match args.auth {
+            AuthMode::On => "on (bearer tokens)",
+            AuthMode::Off => "off",
+            AuthMode::Ab => "off, then on (bearer tokens), compared",
         }
     );
     let (admin_url, cluster) = match &args.database_url {
@@ -274,7 +303,16 @@ async fn main() -> Result<()> {
             } else {
                 pgbench
             };
-            rows.push(mutate_scenario(&pool, &args, &auth, baseline).await?);
+            let mut rates = Vec::new();
+            for (label, auth) in &auths {
+                let mut row = mutate_scenario(&pool, &args, auth, baseline).await?;
+                row.scenario.push_str(label);
+                rates.push(row.rate);
+                rows.push(row);
+            }
+            if let [off, on] = rates[..] {
+                rows.push(ab_row("mutate rate", on, off));
+            }
         }
     }
     eprintln!(
@@ -342,20 +380,32 @@ async fn main() -> Result<()> {
             baseline_name: "-".into(),
             baseline_rate: 0.0,
         });
-        let server = subscribe::Server::start(&url, &auth).await?;
-        let hist =
-            subscribe::latency(&server, args.subscribers, args.change_rate, args.seconds).await?;
-        rows.push(Row {
-            scenario: format!(
-                "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s)",
-                args.subscribers, args.change_rate
-            ),
-            rate: hist.len() as f64 / args.seconds as f64,
-            latency: Some(hist),
-            errors: 0,
-            baseline_name: "-".into(),
-            baseline_rate: 0.0,
-        });
+        let mut p99s = Vec::new();
+        let mut server = None;
+        for (label, auth) in &auths {
+            drop(server.take());
+            let started = subscribe::Server::start(&url, auth).await?;
+            let hist =
+                subscribe::latency(&started, args.subscribers, args.change_rate, args.seconds)
+                    .await?;
+            p99s.push(hist.value_at_quantile(0.99) as f64 / 1000.0);
+            rows.push(Row {
+                scenario: format!(
+                    "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}",
+                    args.subscribers, args.change_rate
+                ),
+                rate: hist.len() as f64 / args.seconds as f64,
+                latency: Some(hist),
+                errors: 0,
+                baseline_name: "-".into(),
+                baseline_rate: 0.0,
+            });
+            server = Some(started);
+        }
+        if let [off, on] = p99s[..] {
+            rows.push(ab_row("subscribe p99 ms (lower is better)", on, off));
+        }
+        let server = server.context("a subscribe server")?;
         let per = subscribe::idle_memory(&server, args.idle).await?;
         println!(
             "memory per idle subscription at {}: {:.1} KB",
@@ -403,7 +453,16 @@ async fn main() -> Result<()> {
     }
     eprintln!("[{:.1} s] done", started.elapsed().as_secs_f64());
     if want(Scenario::Query) {
-        rows.push(query_scenario(&admin_url, &args, &auth).await?);
+        let mut rates = Vec::new();
+        for (label, auth) in &auths {
+            let mut row = query_scenario(&admin_url, &args, auth).await?;
+            row.scenario.push_str(label);
+            rates.push(row.rate);
+            rows.push(row);
+        }
+        if let [off, on] = rates[..] {
+            rows.push(ab_row("query rate", on, off));
+        }
     }
     print_table(&rows);
     if let Some(dir) = args.json_out.parent() {
@@ -413,7 +472,7 @@ async fn main() -> Result<()> {
         "machine": machine(),
         "clients": args.clients,
         "seconds": args.seconds,
-        "auth": auth.token.is_some(),
+        "auth": args.auth.name(),
         "results": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
     });
     std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)?)?;
@@ -421,8 +480,22 @@ async fn main() -> Result<()> {
     pool.close().await;
     drop_bench_databases(&admin_url).await?;
     drop(cluster);
-    let _ = std::fs::remove_dir_all(&auth.dir);
+    for (_, auth) in &auths {
+        let _ = std::fs::remove_dir_all(&auth.dir);
+    }
     Ok(())
+}
+
+/// The A/B line of `--auth ab`: `what` with authentication on, against off, same run.
+fn ab_row(what: &str, on: f64, off: f64) -> Row {
+    Row {
+        scenario: format!("A/B: {what}, auth on vs off"),
+        rate: on,
+        latency: None,
+        errors: 0,
+        baseline_name: "auth off, same run".into(),
+        baseline_rate: off,
+    }
 }
 
 /// Drops the databases earlier runs left behind: their autovacuum and checkpoints would

@@ -128,5 +128,14 @@ fn compose_publishes_on_loopback_and_reads_credentials_from_the_env_file() {
     let example = read(".env.example");
     assert!(example.contains("CAREBOARD_DB_PASSWORD="));
     assert!(example.contains("CAREBOARD_SERVER_DB_PASSWORD="));
+    // Listening on the container's network needs an identity provider: compose asks
+    // for one rather than start a server the development issuer would refuse.
+    for key in ["CAREBOARD_OIDC_ISSUER", "CAREBOARD_OIDC_AUDIENCE"] {
+        assert!(example.contains(&format!("{key}=")), "{key} in .env.example");
+        assert!(
+            compose.contains(&format!("{key}: ${{{key}:?")),
+            "compose requires {key}"
+        );
+    }
     assert!(read(".gitignore").lines().any(|l| l.trim() == ".env"));
 }
