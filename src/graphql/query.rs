@@ -393,13 +393,24 @@ impl Query {
                 .into())
             }
         };
-        let board = current_board(ctx, id).await?;
+        let contents = board_contents_at(store(ctx).pool(), id, None).await?;
+        let board = contents.as_ref().map(access::board_facts);
         let target = Facts {
             board: board.clone(),
             ..Facts::default()
         };
         access::authorize(ctx, Op::BoardHistory, &target)?;
-        let visible = access::sees_all_patient_fields(ctx, board.as_ref());
+        // Coordinators in scope see every patient's fields in the events; a provider
+        // those of the appointments assigned to them (as the Board stands now).
+        let all = access::sees_all_patient_fields(ctx, board.as_ref());
+        let visible: std::collections::HashSet<Uuid> = contents
+            .iter()
+            .flat_map(|c| c.appointments.iter())
+            .filter(|a| {
+                access::sees_patient_fields(ctx, &access::appointment_facts(a, board.clone()))
+            })
+            .map(|a| a.id)
+            .collect();
         let estimates = ctx
             .look_ahead()
             .field("estimatedWaitSeconds")
@@ -408,7 +419,10 @@ impl Query {
         let entries = board_history(store(ctx).pool(), estimates, id, from, to, limit).await?;
         Ok(entries
             .into_iter()
-            .map(|e| BoardHistoryEntry(e, visible))
+            .map(|e| {
+                let shown = all || visible.contains(&e.event.stream_id);
+                BoardHistoryEntry(e, shown)
+            })
             .collect())
     }
 

@@ -760,6 +760,19 @@ async fn another_patient_and_a_provider_not_assigned_find_no_patient_data_anywhe
             "only the assigned one: {seen}"
         );
     }
+    // In the Board's timeline too: the assigned appointment's request, no other.
+    let now = chrono::Utc::now();
+    let history = app
+        .data(
+            &provider,
+            "query($id: ID!, $f: DateTime!, $t: DateTime!) { boardHistory(boardId: $id, from: $f, to: $t) { event { data } } }",
+            json!({"id": day.board_in, "f": now - chrono::Duration::hours(1), "t": now}),
+        )
+        .await
+        .to_string();
+    assert!(history.contains(&format!("Pat {MARKER}1")), "{history}");
+    assert!(!history.contains(&format!("{MARKER}2")), "{history}");
+    assert!(!history.contains(&format!("{MARKER}4")), "{history}");
     // Admins run the system; they do not treat patients.
     let seen = app
         .data(
