@@ -295,3 +295,126 @@ fn the_simulation_uses_the_domain_rules_and_never_overlaps_a_provider() {
     }
     assert!(events.iter().any(|e| e.event_type == "BoardClosed"));
 }
+
+/// One live run with one Board: started, watched until its first `requestAppointment`,
+/// then stopped with `signal` (SIGINT as Ctrl+C does, or SIGKILL). Returns the wall
+/// time to the first request and what the run printed.
+async fn live_run_until_first_request(
+    pool: &sqlx::PgPool,
+    url: &str,
+    signal: i32,
+) -> (Duration, String) {
+    let requested_before = count_events(pool, "AppointmentRequested").await;
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args(["demo", "--live", "--boards", "1", "--bind", "127.0.0.1:0"])
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run careboard demo --live");
+    let first_request = loop {
+        if count_events(pool, "AppointmentRequested").await > requested_before {
+            break started.elapsed();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the live demo ended early: {status}");
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("no patient within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    if signal == libc::SIGINT {
+        assert!(
+            out.status.success(),
+            "Ctrl+C ends the run cleanly: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (first_request, String::from_utf8_lossy(&out.stdout).into())
+}
+
+async fn count_events(pool: &sqlx::PgPool, event_type: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from events where type = $1")
+        .bind(event_type)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn count_streams(pool: &sqlx::PgPool, stream_type: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from streams where type = $1")
+        .bind(stream_type)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Every Board closed, every appointment finished or cancelled, every provider signed
+/// off: nothing the demo opened is left hanging.
+async fn assert_everything_closed(pool: &sqlx::PgPool) {
+    let open_streams: Vec<(String, Uuid)> = sqlx::query_as(
+        "select s.type, s.id from streams s \
+          where s.type in ('board', 'appointment', 'shift') \
+            and not exists (select 1 from events e where e.stream_id = s.id and e.type in \
+                ('BoardClosed', 'AppointmentFinished', 'AppointmentCancelled', 'ProviderSignedOff'))",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(open_streams.is_empty(), "left open: {open_streams:?}");
+}
+
+#[tokio::test]
+async fn the_live_demo_produces_within_seconds_reuses_providers_and_closes_what_it_opened() {
+    let (pool, url) = helpers::fresh_database_with_url().await;
+
+    // At the default speed the first patient used to come after about three minutes.
+    let (first, printed) = live_run_until_first_request(&pool, &url, libc::SIGINT).await;
+    eprintln!("first requestAppointment {first:?} after the live demo started");
+    assert!(
+        first < Duration::from_secs(20),
+        "first requestAppointment after {first:?}"
+    );
+    assert!(printed.contains("Stopped early"), "{printed}");
+    assert_everything_closed(&pool).await;
+    let providers = count_streams(&pool, "provider").await;
+    assert!(providers > 0);
+    assert_eq!(count_streams(&pool, "board").await, 1);
+
+    // A killed run (no chance to tidy up) leaves its Board open ...
+    live_run_until_first_request(&pool, &url, libc::SIGKILL).await;
+    let boards: i64 = count_streams(&pool, "board").await;
+    assert_eq!(boards, 2);
+    assert_eq!(count_events(&pool, "BoardClosed").await, 1);
+
+    // ... and the next run closes it first. No run registers a provider twice.
+    let (_, printed) = live_run_until_first_request(&pool, &url, libc::SIGINT).await;
+    assert!(
+        printed.contains("Closing 1 Board(s) an earlier demo run left open"),
+        "{printed}"
+    );
+    assert_everything_closed(&pool).await;
+    assert_eq!(count_streams(&pool, "board").await, 3);
+    assert_eq!(
+        count_streams(&pool, "provider").await,
+        providers,
+        "re-runs reuse the providers"
+    );
+    let names: Vec<(String, i64)> = sqlx::query_as(
+        "select data->>'name', count(*) from events where type = 'ProviderRegistered' \
+          group by 1 having count(*) > 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(names.is_empty(), "registered twice: {names:?}");
+}
