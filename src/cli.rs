@@ -40,6 +40,9 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
     } else {
         None
     };
+    if args.reset {
+        println!("{}", crate::demo::reset(&database, &args).await?);
+    }
     let db = if args.live {
         app::open_database_to_serve(&database).await?
     } else {

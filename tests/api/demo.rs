@@ -418,3 +418,90 @@ async fn the_live_demo_produces_within_seconds_reuses_providers_and_closes_what_
     .unwrap();
     assert!(names.is_empty(), "registered twice: {names:?}");
 }
+
+/// `careboard demo` for 2026-03-02 with `extra` arguments; `env` set on top.
+fn demo_run(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_careboard"));
+    command
+        .args([
+            "demo",
+            "--seed",
+            "1",
+            "--date",
+            "2026-03-02",
+            "--boards",
+            "1",
+        ])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run careboard demo")
+}
+
+#[tokio::test]
+async fn demo_reset_starts_over_only_when_confirmed() {
+    let (_pool, url) = helpers::fresh_database_with_url().await;
+    let env = [("DATABASE_URL", std::ffi::OsStr::new(&url))];
+    assert!(demo_run(&[], &env).status.success());
+    let day = all_events(&url).await;
+    assert!(!day.is_empty());
+
+    // Unconfirmed, or a database given by URL without saying so: refused, untouched.
+    let out = demo_run(&["--reset"], &env);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --yes"));
+    let out = demo_run(&["--reset", "--yes"], &env);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reset-database-url"));
+    assert_eq!(all_events(&url).await.len(), day.len());
+
+    // Confirmed: the database starts empty, so the same day imports again, once.
+    let out = demo_run(&["--reset", "--yes", "--reset-database-url"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dropped and created empty"));
+    assert_eq!(all_events(&url).await, day, "the same day, imported once");
+}
+
+#[test]
+fn demo_reset_on_the_embedded_database() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // Run as root, the cluster runs as an unprivileged user who must reach the dir.
+    std::fs::set_permissions(
+        data_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let dir = ["--data-dir", data_dir.path().to_str().unwrap()];
+    let out = demo_run(&dir, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = demo_run(&dir, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "the day is there: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = demo_run(&[&dir[..], &["--reset"]].concat(), &[]);
+    assert!(!out.status.success());
+    let out = demo_run(&[&dir[..], &["--reset", "--yes"]].concat(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("dropped and created empty") && printed.contains("Imported the demo day"),
+        "{printed}"
+    );
+}
