@@ -187,7 +187,7 @@ pub async fn rate_limit(
             let wait = wait.max(1);
             let body = json!({ "errors": [{
                 "message": format!("too many requests from this address; retry in {wait} s"),
-                "extensions": { "code": "RATE_LIMITED" }
+                "extensions": { "code": crate::error::ErrorCode::RateLimited }
             }] });
             let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
             response

@@ -48,8 +48,7 @@ pub fn refusal(error: &AuthError) -> Response {
             message.replace(['"', '\\'], "'")
         ),
     };
-    let body =
-        json!({ "errors": [{ "message": message, "extensions": { "code": "UNAUTHENTICATED" } }] });
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": crate::error::ErrorCode::Unauthenticated } }] });
     let mut response = (status, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response

@@ -4,6 +4,7 @@
 //! and matcher directly where the test is about them.
 
 mod demo;
+mod error_codes;
 mod event_store;
 mod first_hour;
 mod first_hour_cli;
