@@ -27,8 +27,10 @@ async fn all_events(url: &str) -> Vec<EventRow> {
     rows
 }
 
-fn demo(url: &str, seed: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_careboard"))
+/// `careboard demo` of 2026-03-02 (history), quiet but for warnings, no database named.
+fn demo_command(seed: &str, boards: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_careboard"));
+    command
         .args([
             "demo",
             "--seed",
@@ -36,10 +38,16 @@ fn demo(url: &str, seed: &str) -> String {
             "--date",
             "2026-03-02",
             "--boards",
-            "2",
+            boards,
         ])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+fn demo(url: &str, seed: &str) -> String {
+    let out = demo_command(seed, "2")
         .env("DATABASE_URL", url)
-        .env("RUST_LOG", "warn")
         .output()
         .expect("run careboard demo");
     assert!(
@@ -99,18 +107,8 @@ async fn demo_with_the_same_seed_gives_the_same_events() {
         .all(|e| e.5["actor"] == "matcher"));
 
     // Importing the same day again is refused, and changes nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_careboard"))
-        .args([
-            "demo",
-            "--seed",
-            "1",
-            "--date",
-            "2026-03-02",
-            "--boards",
-            "2",
-        ])
+    let out = demo_command("1", "2")
         .env("DATABASE_URL", &url_a)
-        .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -421,20 +419,8 @@ async fn the_live_demo_produces_within_seconds_reuses_providers_and_closes_what_
 
 /// `careboard demo` for 2026-03-02 with `extra` arguments; `env` set on top.
 fn demo_run(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_careboard"));
-    command
-        .args([
-            "demo",
-            "--seed",
-            "1",
-            "--date",
-            "2026-03-02",
-            "--boards",
-            "1",
-        ])
-        .args(extra)
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn");
+    let mut command = demo_command("1", "1");
+    command.args(extra);
     for (k, v) in env {
         command.env(k, v);
     }
@@ -471,13 +457,7 @@ async fn demo_reset_starts_over_only_when_confirmed() {
 
 #[test]
 fn demo_reset_on_the_embedded_database() {
-    let data_dir = tempfile::tempdir().unwrap();
-    // Run as root, the cluster runs as an unprivileged user who must reach the dir.
-    std::fs::set_permissions(
-        data_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let data_dir = crate::helpers::files::data_dir();
     let dir = ["--data-dir", data_dir.path().to_str().unwrap()];
     let out = demo_run(&dir, &[]);
     assert!(

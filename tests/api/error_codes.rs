@@ -70,34 +70,26 @@ fn no_error_code_is_spelled_outside_error_code() {
     let known: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     let mut stray = Vec::new();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut dirs = vec![src.clone()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("src/error.rs") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            // Unit tests may compare against the spelling; production code may not.
-            let production = text.split("#[cfg(test)]").next().unwrap_or_default();
-            for (n, line) in production.lines().enumerate() {
-                for literal in line.split('"').skip(1).step_by(2) {
-                    let upper_snake = literal.len() >= 4
-                        && literal.chars().all(|c| c.is_ascii_uppercase() || c == '_');
-                    let code_like = known.contains(literal)
-                        || (upper_snake && line.to_lowercase().contains("code"));
-                    if code_like {
-                        stray.push(format!(
-                            "{}:{}: {}",
-                            path.strip_prefix(&src).unwrap().display(),
-                            n + 1,
-                            line.trim()
-                        ));
-                    }
+    for path in crate::helpers::files::files_under("src") {
+        if path.extension().is_none_or(|e| e != "rs") || path.ends_with("src/error.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Unit tests may compare against the spelling; production code may not.
+        let production = crate::helpers::files::production_part(&text);
+        for (n, line) in production.lines().enumerate() {
+            for literal in line.split('"').skip(1).step_by(2) {
+                let upper_snake = literal.len() >= 4
+                    && literal.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+                let code_like = known.contains(literal)
+                    || (upper_snake && line.to_lowercase().contains("code"));
+                if code_like {
+                    stray.push(format!(
+                        "{}:{}: {}",
+                        path.strip_prefix(&src).unwrap().display(),
+                        n + 1,
+                        line.trim()
+                    ));
                 }
             }
         }

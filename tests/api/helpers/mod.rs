@@ -2,6 +2,7 @@
 //! test, and the real server on port 0 with a real HTTP client.
 
 pub mod day;
+pub mod files;
 
 use std::path::PathBuf;
 use std::str::FromStr;
