@@ -302,7 +302,7 @@ async fn live_run_until_first_request(
     url: &str,
     signal: i32,
 ) -> (Duration, String) {
-    let requested_before = count_events(pool, "AppointmentRequested").await;
+    let requested_before = count(pool, "events", "AppointmentRequested").await;
     let started = std::time::Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_careboard"))
         .args(["demo", "--live", "--boards", "1", "--bind", "127.0.0.1:0"])
@@ -313,7 +313,7 @@ async fn live_run_until_first_request(
         .spawn()
         .expect("run careboard demo --live");
     let first_request = loop {
-        if count_events(pool, "AppointmentRequested").await > requested_before {
+        if count(pool, "events", "AppointmentRequested").await > requested_before {
             break started.elapsed();
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -340,17 +340,10 @@ async fn live_run_until_first_request(
     (first_request, String::from_utf8_lossy(&out.stdout).into())
 }
 
-async fn count_events(pool: &sqlx::PgPool, event_type: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from events where type = $1")
-        .bind(event_type)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-async fn count_streams(pool: &sqlx::PgPool, stream_type: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from streams where type = $1")
-        .bind(stream_type)
+/// How many rows of `table` (`events` or `streams`) have `type` = `of_type`.
+async fn count(pool: &sqlx::PgPool, table: &str, of_type: &str) -> i64 {
+    sqlx::query_scalar(&format!("select count(*) from {table} where type = $1"))
+        .bind(of_type)
         .fetch_one(pool)
         .await
         .unwrap()
@@ -384,15 +377,15 @@ async fn the_live_demo_produces_within_seconds_reuses_providers_and_closes_what_
     );
     assert!(printed.contains("Stopped early"), "{printed}");
     assert_everything_closed(&pool).await;
-    let providers = count_streams(&pool, "provider").await;
+    let providers = count(&pool, "streams", "provider").await;
     assert!(providers > 0);
-    assert_eq!(count_streams(&pool, "board").await, 1);
+    assert_eq!(count(&pool, "streams", "board").await, 1);
 
     // A killed run (no chance to tidy up) leaves its Board open ...
     live_run_until_first_request(&pool, &url, libc::SIGKILL).await;
-    let boards: i64 = count_streams(&pool, "board").await;
+    let boards: i64 = count(&pool, "streams", "board").await;
     assert_eq!(boards, 2);
-    assert_eq!(count_events(&pool, "BoardClosed").await, 1);
+    assert_eq!(count(&pool, "events", "BoardClosed").await, 1);
 
     // ... and the next run closes it first. No run registers a provider twice.
     let (_, printed) = live_run_until_first_request(&pool, &url, libc::SIGINT).await;
@@ -401,9 +394,9 @@ async fn the_live_demo_produces_within_seconds_reuses_providers_and_closes_what_
         "{printed}"
     );
     assert_everything_closed(&pool).await;
-    assert_eq!(count_streams(&pool, "board").await, 3);
+    assert_eq!(count(&pool, "streams", "board").await, 3);
     assert_eq!(
-        count_streams(&pool, "provider").await,
+        count(&pool, "streams", "provider").await,
         providers,
         "re-runs reuse the providers"
     );
