@@ -54,7 +54,8 @@ pub struct LiveSummary {
     pub providers_reused: usize,
     /// Boards left open by an earlier, killed run and closed before this one started.
     pub leftovers_closed: usize,
-    /// The run was stopped (Ctrl+C) before the day ended; what it opened was closed.
+    /// The run stopped before the day ended (Ctrl+C, or `--hours`); what it opened
+    /// was closed.
     pub interrupted: bool,
     /// Simulated time skipped because nothing was going on (no patient waiting or
     /// being seen, nothing due).
@@ -101,8 +102,8 @@ fn meta(operation: &'static str) -> CommandMeta {
     m
 }
 
-/// Plays `scenario` until its day ends (or `hours` simulated hours pass, or `stop`
-/// completes: then every Board it opened is closed, see [`Driver::close_everything`]).
+/// Plays `scenario` until its day ends, or until `hours` simulated hours pass or `stop`
+/// completes: then every Board it opened is closed (see [`close_everything`]).
 /// Prints each Board's page under `base_url` as it opens.
 ///
 /// Providers are registered once per database: a provider of the same name,
@@ -168,15 +169,14 @@ pub async fn play(
             break;
         };
         if stop_at.is_some_and(|s| t > s) {
+            d.stop_early().await?;
             break;
         }
         d.skip_quiet_stretch(t);
         tokio::select! {
             biased;
             _ = &mut stop => {
-                d.summary.interrupted = true;
-                let opened: Vec<Uuid> = d.boards.iter().flatten().copied().collect();
-                d.summary.boards_closed += close_everything(store, &opened).await?;
+                d.stop_early().await?;
                 break;
             }
             _ = tokio::time::sleep_until(d.wall(t)) => {
@@ -384,6 +384,20 @@ impl Driver<'_> {
             .map_err(|e| anyhow::anyhow!(e.describe()))?;
             self.providers[i] = Some(w.entity.id);
         }
+        Ok(())
+    }
+
+    /// Ctrl+C, or the end of `--hours`: closes every Board this run opened.
+    async fn stop_early(&mut self) -> Result<()> {
+        self.summary.interrupted = true;
+        let opened: Vec<Uuid> = self
+            .boards
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| !self.closed.contains(b))
+            .filter_map(|(_, id)| *id)
+            .collect();
+        self.summary.boards_closed += close_everything(self.store, &opened).await?;
         Ok(())
     }
 

@@ -45,7 +45,8 @@ pub struct DemoArgs {
     /// Live: simulated minutes per real minute.
     #[arg(long, default_value_t = 10.0)]
     pub speed: f64,
-    /// Live: stop after this many simulated hours (default: the whole day).
+    /// Live: stop after this many simulated hours (default: the whole day), closing the
+    /// Boards as Ctrl+C does.
     #[arg(long)]
     pub hours: Option<f64>,
     /// Live: address to serve on.

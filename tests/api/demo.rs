@@ -478,3 +478,23 @@ fn demo_reset_on_the_embedded_database() {
         "{printed}"
     );
 }
+
+#[tokio::test]
+async fn a_live_demo_limited_by_hours_closes_its_boards_at_the_end() {
+    let (pool, url) = helpers::fresh_database_with_url().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args(["demo", "--live", "--boards", "1", "--bind", "127.0.0.1:0"])
+        .args(["--hours", "2", "--speed", "600"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run careboard demo --live --hours 2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(count(&pool, "events", "AppointmentRequested").await > 0);
+    assert_eq!(count(&pool, "events", "BoardClosed").await, 1);
+    assert_everything_closed(&pool).await;
+}
