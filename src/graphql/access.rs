@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use super::RequestContext;
 use crate::domain::{self, BoardContents};
+use crate::error::ErrorCode;
 use crate::identity::access_log::{AccessLog, AccessRecord, AppointmentRef, Disclosure};
 use crate::identity::matrix::{self, BoardFacts, Facts, Operation, Rule};
 use crate::identity::{Principal, Scope};
@@ -89,7 +90,7 @@ pub fn field_operations(root: &str, field: &str) -> Option<&'static [Operation]>
 
 /// A refusal in GraphQL's shape: `FORBIDDEN`, saying what is missing (role or scope).
 pub fn forbidden(message: impl Into<String>) -> Error {
-    Error::new(message).extend_with(|_, e| e.set("code", "FORBIDDEN"))
+    Error::new(message).extend_with(|_, e| e.set("code", ErrorCode::Forbidden.as_str()))
 }
 
 fn unrecorded() -> ServerError {
@@ -100,7 +101,7 @@ fn unrecorded() -> ServerError {
     );
     e.extensions
         .get_or_insert_with(Default::default)
-        .set("code", "UNAVAILABLE");
+        .set("code", ErrorCode::Unavailable.as_str());
     e
 }
 

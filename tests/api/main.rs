@@ -6,6 +6,7 @@
 mod authorization;
 mod demo;
 mod edge;
+mod error_codes;
 mod event_store;
 mod first_hour;
 mod first_hour_cli;

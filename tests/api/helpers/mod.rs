@@ -8,6 +8,7 @@ pub mod day;
 pub mod idp;
 
 pub use idp::{idp, Who};
+pub mod files;
 
 use std::path::PathBuf;
 use std::str::FromStr;
