@@ -29,7 +29,8 @@ pub enum ErrorCode {
     Internal,
     /// No valid bearer token where one is required (HTTP 401).
     Unauthenticated,
-    /// Not allowed: an origin outside the CORS allow-list (HTTP 403).
+    /// Not allowed: an origin outside the CORS allow-list (HTTP 403), or the caller's
+    /// role or scope under the permission matrix.
     Forbidden,
     /// Over the per-client rate limit (HTTP 429).
     RateLimited,
