@@ -331,7 +331,10 @@ fn with_session_token(
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
 fn loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
+        match rest.split_once(']') {
+            Some((name, _)) => name,
+            None => return false,
+        }
     } else {
         host.rsplit_once(':').map_or(host, |(name, _)| name)
     };
@@ -834,4 +837,36 @@ async fn graphql_ws(
         .on_upgrade(move |socket| {
             crate::websocket::serve_socket(socket, state, protocol, from_upgrade)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_names_count_as_this_machine() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8080",
+            "10.0.0.5:8080",
+            "[::2]:8080",
+            "[::1",
+            "0.0.0.0:8080",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
 }

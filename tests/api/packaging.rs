@@ -131,7 +131,10 @@ fn compose_publishes_on_loopback_and_reads_credentials_from_the_env_file() {
     // Listening on the container's network needs an identity provider: compose asks
     // for one rather than start a server the development issuer would refuse.
     for key in ["CAREBOARD_OIDC_ISSUER", "CAREBOARD_OIDC_AUDIENCE"] {
-        assert!(example.contains(&format!("{key}=")), "{key} in .env.example");
+        assert!(
+            example.contains(&format!("{key}=")),
+            "{key} in .env.example"
+        );
         assert!(
             compose.contains(&format!("{key}: ${{{key}:?")),
             "compose requires {key}"
