@@ -1061,3 +1061,57 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
         assert_eq!(r["data"]["__typename"], "Query", "{r}");
     }
 }
+
+#[tokio::test]
+async fn while_the_providers_keys_cannot_be_fetched_requests_and_sockets_are_told_to_retry() {
+    let pool = crate::helpers::fresh_database().await;
+    let server_pool = crate::helpers::server_pool(&pool).await;
+    let mut state = careboard::app::state(
+        server_pool,
+        careboard::config::GraphqlLimits::default(),
+        Duration::from_secs(5),
+    );
+    // A provider whose JWKS endpoint is unreachable (nothing listens on port 9).
+    let mut config = idp().verifier_config();
+    config.keys = careboard::identity::jwks::KeySource::JwksUrl("http://127.0.0.1:9/certs".into());
+    state.auth = Some(careboard::identity::Verifier::new(config));
+    let server = careboard::app::RunningServer::start("127.0.0.1:0", state)
+        .await
+        .unwrap();
+    let token = idp().token(&Who::coordinator());
+    let r = reqwest::Client::new()
+        .post(server.url("/graphql"))
+        .bearer_auth(&token)
+        .json(&json!({"query": "{ __typename }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "the server's fault, not the token's");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server
+        .url("/graphql/ws")
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = WsClient::from_socket(socket, false);
+    ws.send(json!({"type": "connection_init", "payload": {"token": token}}))
+        .await;
+    let closed = ws.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(closed["close"], 1013, "try again later: {closed}");
+    assert!(
+        closed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot verify tokens now"),
+        "{closed}"
+    );
+    server.stop().await.unwrap();
+}
