@@ -278,9 +278,6 @@ fn graphiql(state: &AppState, headers: &HeaderMap, peer: Option<std::net::Socket
         .into_response()
 }
 
-/// How long the token a page served by the development issuer carries lives.
-const PAGE_TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
-
 /// `page` with a coordinator token from the development issuer in a `<meta
 /// name="careboard-token">` (read by `client.js` and GraphiQL's `init.js`), when the
 /// development issuer is the one trusted and the page is asked for on this machine:
@@ -312,7 +309,7 @@ fn with_session_token(
         patient_id: None,
         regions: vec![],
         specialties: vec![],
-        ttl: PAGE_TOKEN_TTL,
+        ttl: state.page_token_ttl,
     };
     match issuer.issue(&request) {
         // A JWT is base64url and dots: nothing to escape in an attribute.

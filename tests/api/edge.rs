@@ -1115,3 +1115,45 @@ async fn while_the_providers_keys_cannot_be_fetched_requests_and_sockets_are_tol
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_board_page_renews_the_development_token_when_it_expires_and_stays_live() {
+    let Some(browser) = crate::helpers::browser::Browser::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Pages carry a token that lives two seconds (plus the one-second leeway).
+    let app = TestApp::spawn_development_pages(dir.path(), Duration::from_secs(2)).await;
+    let board = open_board(&app).await;
+    let mut page = browser
+        .open_with(&app.url(&format!("/boards/{board}")), None)
+        .await;
+    page.wait_for(
+        "the page to go live",
+        "document.getElementById('conn').textContent === 'live' && document.getElementById('title').textContent === 'Edge'",
+    )
+    .await;
+    page.eval("window.__sameDocument = 7").await;
+    // Long past the first token's expiry: the server closed the socket (4403), the page
+    // fetched a fresh token and reconnected, resuming its subscription.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    request(&app, &board, "Zoe Quinn").await;
+    page.wait_for(
+        "the new appointment, over a socket with a renewed token",
+        "document.getElementById('conn').textContent === 'live' && document.getElementById('waiting').innerText.includes('Zoe Quinn')",
+    )
+    .await;
+    // Queries renew too: one from the page's client after the token expired again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let answered = page
+        .eval("Careboard.query('{ __typename }').then(d => d.__typename, e => 'failed: ' + e.message)")
+        .await;
+    assert_eq!(answered, "Query");
+    assert_eq!(page.eval("window.__sameDocument").await, 7, "no reload");
+    assert_eq!(
+        page.eval("!!document.getElementById('careboard-signin')")
+            .await,
+        false,
+        "never asked to sign in"
+    );
+}
