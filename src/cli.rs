@@ -42,6 +42,9 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
     } else {
         None
     };
+    if args.reset {
+        println!("{}", crate::demo::reset(&database, &args).await?);
+    }
     let db = if args.live {
         app::open_database_to_serve(&database).await?
     } else {
@@ -86,20 +89,32 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
         "Playing the demo day live at {}x (seed {}); all Boards: {base}/boards. Opening:",
         args.speed, args.seed
     );
-    let outcome = tokio::select! {
-        r = crate::demo::live::play(&store, &scenario, args.speed, args.hours, &base) => Some(r?),
-        _ = app::shutdown_signal() => None,
-    };
+    // Ctrl+C (or SIGTERM) stops the day early: the driver then closes what it opened.
+    let summary = crate::demo::live::play(
+        &store,
+        &scenario,
+        args.speed,
+        args.hours,
+        &base,
+        app::shutdown_signal(),
+    )
+    .await?;
     let latency = metrics.matcher_latency();
-    if let Some(summary) = outcome {
-        println!(
-            "Day over: {} requested, {} scheduled by the matcher, {} finished, {} Boards closed.",
-            summary.requested,
-            summary.scheduled_by_matcher,
-            summary.finished,
-            summary.boards_closed
-        );
-    }
+    println!(
+        "{}: {} requested, {} scheduled by the matcher, {} finished, {} Boards closed \
+         ({} providers reused from earlier runs; {} min of quiet skipped).",
+        if summary.interrupted {
+            "Stopped early; everything it opened is closed"
+        } else {
+            "Day over"
+        },
+        summary.requested,
+        summary.scheduled_by_matcher,
+        summary.finished,
+        summary.boards_closed,
+        summary.providers_reused,
+        summary.skipped.num_minutes()
+    );
     println!(
         "Matcher, READY or request -> assignment committed: {} assignments, p50 {:.1} ms, \
          p99 {:.1} ms, max {:.1} ms",

@@ -21,7 +21,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 
 use crate::config::GraphqlLimits;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::graphql::RequestContext;
 use crate::health::DbState;
 use crate::identity::edge::Credentials;
@@ -232,7 +232,7 @@ fn origin_allowed(limits: &GraphqlLimits, headers: &HeaderMap) -> bool {
 fn forbidden_origin() -> Response {
     request_error(
         StatusCode::FORBIDDEN,
-        "FORBIDDEN",
+        ErrorCode::Forbidden,
         "this origin may not call Careboard: add it with --cors-origin (CAREBOARD_CORS_ORIGINS)"
             .into(),
     )
@@ -361,7 +361,7 @@ async fn graphiql_asset(
 }
 
 /// A request-level error in GraphQL's response shape (no `data`: nothing ran).
-fn request_error(status: StatusCode, code: &str, message: String) -> Response {
+fn request_error(status: StatusCode, code: ErrorCode, message: String) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, Json(body)).into_response()
 }
@@ -408,7 +408,7 @@ fn not_acceptable() -> Response {
         StatusCode::NOT_ACCEPTABLE,
         Json(json!({ "errors": [{
             "message": "Careboard answers application/graphql-response+json or application/json: send one of them in Accept",
-            "extensions": { "code": "VALIDATION" } }] })),
+            "extensions": { "code": ErrorCode::Validation } }] })),
     )
         .into_response()
 }
@@ -439,7 +439,7 @@ fn json_body(headers: &HeaderMap) -> Option<Response> {
     };
     Some(request_error(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "VALIDATION",
+        ErrorCode::Validation,
         format!("POST /graphql takes a JSON body (content-type: application/json; charset=utf-8), not {sent}"),
     ))
 }
@@ -467,7 +467,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
         Err(_) => {
             return request_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "VALIDATION",
+                ErrorCode::Validation,
                 format!("request body exceeds the limit of {limit} bytes"),
             )
         }
@@ -477,7 +477,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
         Err(e) => {
             return request_error(
                 StatusCode::BAD_REQUEST,
-                "VALIDATION",
+                ErrorCode::Validation,
                 format!("request body is not a GraphQL request in JSON: {e}"),
             )
         }
@@ -505,7 +505,7 @@ async fn graphql_over_get(
     };
     let params: Vec<(String, String)> = match serde_urlencoded_pairs(query) {
         Ok(p) => p,
-        Err(e) => return request_error(StatusCode::BAD_REQUEST, "VALIDATION", e),
+        Err(e) => return request_error(StatusCode::BAD_REQUEST, ErrorCode::Validation, e),
     };
     let param = |name: &str| {
         params
@@ -534,7 +534,9 @@ async fn graphql_over_get(
                 body.insert(name.into(), v);
             }
             Ok(None) => {}
-            Err(message) => return request_error(StatusCode::BAD_REQUEST, "VALIDATION", message),
+            Err(message) => {
+                return request_error(StatusCode::BAD_REQUEST, ErrorCode::Validation, message)
+            }
         }
     }
     let request: async_graphql::Request =
@@ -543,7 +545,7 @@ async fn graphql_over_get(
             Err(e) => {
                 return request_error(
                     StatusCode::BAD_REQUEST,
-                    "VALIDATION",
+                    ErrorCode::Validation,
                     format!("not a GraphQL request: {e}"),
                 )
             }
@@ -576,7 +578,7 @@ async fn execute(
         // Not a well-formed GraphQL-over-HTTP request, whatever the media type.
         return request_error(
             StatusCode::BAD_REQUEST,
-            "VALIDATION",
+            ErrorCode::Validation,
             "the request has no query: send {\"query\": \"…\"} (or a persisted query's hash in extensions.persistedQuery)".into(),
         );
     }
@@ -585,7 +587,7 @@ async fn execute(
     }
     // Before anything parses the document: deep nesting would overflow the parser's stack.
     if let Err(problem) = crate::limits::check_request(&gql_request, state.limits.max_nesting) {
-        return request_error(StatusCode::BAD_REQUEST, "VALIDATION", problem);
+        return request_error(StatusCode::BAD_REQUEST, ErrorCode::Validation, problem);
     }
     if !state.health.reachable() {
         let e = AppError::unavailable();
@@ -615,7 +617,7 @@ async fn execute(
         ) {
             let mut refused = request_error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "VALIDATION",
+                ErrorCode::Validation,
                 "only queries run over GET: send mutations with POST (subscriptions over the websocket at /graphql/ws)".into(),
             );
             refused
@@ -674,7 +676,7 @@ async fn execute(
             error
                 .extensions
                 .get_or_insert_with(Default::default)
-                .set("code", "VALIDATION");
+                .set("code", ErrorCode::Validation.as_str());
         }
     }
     // A request error (nothing executed: parse, validation, variables) has no path and

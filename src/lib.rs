@@ -11,7 +11,9 @@
 //! to subscriptions. No module imports one that imports it back.
 //!
 //! - [`config`]: settings from the command line and environment.
-//! - [`error`]: `AppError`, the two error tiers and their mapping to GraphQL codes.
+//! - [`error`]: `AppError`, the two error tiers and their mapping to GraphQL codes;
+//!   `ErrorCode`, every `extensions.code` the server answers with (the README table's
+//!   source).
 //! - [`postgres`]: pool, migrations, and the embedded local cluster.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`domain`]: pure aggregates (Board, Provider, ProviderShift, Appointment), the id

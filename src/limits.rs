@@ -210,7 +210,7 @@ pub async fn rate_limit(
                 } else {
                     format!("too many requests from this address; retry in {wait} s")
                 },
-                "extensions": { "code": "RATE_LIMITED" }
+                "extensions": { "code": crate::error::ErrorCode::RateLimited }
             }] });
             let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
             response

@@ -124,7 +124,7 @@ impl Gate {
     }
 
     fn error(&self, id: &str, message: &str) -> String {
-        let error = json!({ "message": message, "extensions": { "code": "VALIDATION" } });
+        let error = json!({ "message": message, "extensions": { "code": crate::error::ErrorCode::Validation } });
         let payload = if self.legacy { error } else { json!([error]) };
         json!({ "id": id, "type": "error", "payload": payload }).to_string()
     }

@@ -226,7 +226,7 @@ mod tests {
     use crate::commands::fingerprint;
 
     fn code_and_message(e: AppError) -> (&'static str, String) {
-        (e.code(), e.public_message())
+        (e.code().as_str(), e.public_message())
     }
 
     #[test]

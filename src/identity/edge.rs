@@ -110,7 +110,7 @@ impl IntoResponse for Refused {
             Refused::NotAdmin => {
                 let body = json!({ "errors": [{
                     "message": "only an admin may read this",
-                    "extensions": { "code": "FORBIDDEN" } }] });
+                    "extensions": { "code": crate::error::ErrorCode::Forbidden } }] });
                 (StatusCode::FORBIDDEN, Json(body)).into_response()
             }
         }
@@ -146,8 +146,7 @@ pub fn refusal(error: &AuthError) -> Response {
             message.replace(['"', '\\'], "'")
         ),
     };
-    let body =
-        json!({ "errors": [{ "message": message, "extensions": { "code": "UNAUTHENTICATED" } }] });
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": crate::error::ErrorCode::Unauthenticated } }] });
     let mut response = (status, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response

@@ -5,6 +5,7 @@
 
 mod demo;
 mod edge;
+mod error_codes;
 mod event_store;
 mod first_hour;
 mod first_hour_cli;

@@ -85,6 +85,16 @@ impl Day {
         }
     }
 
+    /// Notes what an appointment command wrote (the appointment, and its shift if it
+    /// moved one); returns its position.
+    fn written(&mut self, w: &careboard::commands::Written<Appointment>) -> i64 {
+        self.set_appointment(&w.entity);
+        if let Some(s) = &w.shift {
+            self.set_shift(s);
+        }
+        w.position
+    }
+
     /// Runs one random valid command; returns its position.
     async fn step(&mut self, rng: &mut StdRng) -> i64 {
         use AppointmentStatus as A;
@@ -181,11 +191,7 @@ impl Day {
                     )
                     .await
                     .unwrap();
-                    self.set_appointment(&w.entity);
-                    if let Some(s) = &w.shift {
-                        self.set_shift(s);
-                    }
-                    w.position
+                    self.written(&w)
                 }
                 5 => {
                     let Some(a) = Self::pick(rng, &self.appointments, |x| {
@@ -204,11 +210,7 @@ impl Day {
                     )
                     .await
                     .unwrap();
-                    self.set_appointment(&w.entity);
-                    if let Some(s) = &w.shift {
-                        self.set_shift(s);
-                    }
-                    w.position
+                    self.written(&w)
                 }
                 6..=8 => {
                     let (wanted, action) = match rng.random_range(0..3) {

@@ -63,6 +63,7 @@ impl Browser {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--hide-scrollbars",
                 "--remote-allow-origins=*",
                 // No network beyond this machine: any other host fails to resolve.
                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
@@ -136,6 +137,19 @@ impl Browser {
         page.call("Page.navigate", json!({ "url": url })).await;
         page
     }
+
+    /// Opens `url` in a new tab `width` CSS pixels wide (1000 high): the size is set
+    /// before the page loads, so its layout and screenshots are those of that screen.
+    pub async fn open_sized(&self, url: &str, width: u32) -> Page {
+        let mut page = self.open("about:blank").await;
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
+        page.call("Page.navigate", json!({ "url": url })).await;
+        page
+    }
 }
 
 /// A page in Chromium.
@@ -149,7 +163,8 @@ pub struct Page {
 }
 
 impl Page {
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    /// Sends a DevTools command and returns its result.
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let request = json!({"id": id, "method": method, "params": params});
@@ -207,5 +222,18 @@ impl Page {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The rendered text of the first element matching `selector` ("" if none).
+    pub async fn text(&mut self, selector: &str) -> String {
+        let expression = format!(
+            "(document.querySelector({}) || {{}}).innerText || ''",
+            serde_json::to_string(selector).unwrap()
+        );
+        self.eval(&expression)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 }

@@ -5,6 +5,7 @@
 //! `app.token(Who::…)` mints one for any role and scope.
 
 pub mod day;
+pub mod files;
 pub mod idp;
 
 pub use idp::{idp, Who};
