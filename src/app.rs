@@ -149,6 +149,8 @@ pub fn state_with(
         rate_limiter,
         auth: None,
         dev_issuer: None,
+        // `--page-token-ttl`'s default.
+        page_token_ttl: Duration::from_secs(30 * 60),
         metrics_elsewhere: false,
     }
 }

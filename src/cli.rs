@@ -178,6 +178,7 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
             verifier.prefetch().await;
             state.auth = Some(verifier);
             if !serve.identity.uses_provider() {
+                state.page_token_ttl = serve.identity.page_token_ttl;
                 state.dev_issuer = Some(std::sync::Arc::new(
                     crate::identity::dev_issuer::DevIssuer::load_or_create(&database.data_dir)?,
                 ));

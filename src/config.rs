@@ -296,6 +296,12 @@ pub struct IdentityArgs {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[arg(long, env = "CAREBOARD_TOKEN_LEEWAY_SECS", default_value_t = 30)]
     pub token_leeway_secs: u64,
+    /// With the development issuer: how long the token it puts in the pages served to
+    /// this machine (GraphiQL, the Boards) lives, e.g. 30m. Pages fetch a fresh one when
+    /// it expires.
+    #[arg(long, env = "CAREBOARD_PAGE_TOKEN_TTL", default_value = "30m",
+          value_parser = crate::identity::dev_issuer::parse_ttl)]
+    pub page_token_ttl: std::time::Duration,
     /// The claim holding the role (a dotted path reaches nested claims, e.g.
     /// `realm_access.roles`; a list may hold other roles besides one of Careboard's).
     #[arg(long, env = "CAREBOARD_ROLE_CLAIM", default_value = "role")]

@@ -285,9 +285,6 @@ fn graphiql(state: &AppState, headers: &HeaderMap, peer: Option<std::net::Socket
         .into_response()
 }
 
-/// How long the token a page served by the development issuer carries lives.
-const PAGE_TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
-
 /// `page` with a coordinator token from the development issuer in a `<meta
 /// name="careboard-token">` (read by `client.js` and GraphiQL's `init.js`), when the
 /// development issuer is the one trusted and the page is asked for on this machine:
@@ -319,7 +316,7 @@ fn with_session_token(
         patient_id: None,
         regions: vec![],
         specialties: vec![],
-        ttl: PAGE_TOKEN_TTL,
+        ttl: state.page_token_ttl,
     };
     match issuer.issue(&request) {
         // A JWT is base64url and dots: nothing to escape in an attribute.
@@ -338,7 +335,10 @@ fn with_session_token(
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
 fn loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
+        match rest.split_once(']') {
+            Some((name, _)) => name,
+            None => return false,
+        }
     } else {
         host.rsplit_once(':').map_or(host, |(name, _)| name)
     };
@@ -869,4 +869,36 @@ async fn graphql_ws(
         .on_upgrade(move |socket| {
             crate::websocket::serve_socket(socket, state, protocol, from_upgrade, addr)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_names_count_as_this_machine() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8080",
+            "10.0.0.5:8080",
+            "[::2]:8080",
+            "[::1",
+            "0.0.0.0:8080",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
 }

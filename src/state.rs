@@ -39,6 +39,8 @@ pub struct AppState {
     /// configured, loopback only): GraphiQL and the Board pages served to this machine
     /// open with a short-lived coordinator token it signs.
     pub dev_issuer: Option<Arc<crate::identity::dev_issuer::DevIssuer>>,
+    /// How long that page token lives (`--page-token-ttl`).
+    pub page_token_ttl: std::time::Duration,
     /// `/metrics` is served on an address of its own (`--metrics-bind`), not here.
     pub metrics_elsewhere: bool,
 }

@@ -1061,3 +1061,99 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
         assert_eq!(r["data"]["__typename"], "Query", "{r}");
     }
 }
+
+#[tokio::test]
+async fn while_the_providers_keys_cannot_be_fetched_requests_and_sockets_are_told_to_retry() {
+    let pool = crate::helpers::fresh_database().await;
+    let server_pool = crate::helpers::server_pool(&pool).await;
+    let mut state = careboard::app::state(
+        server_pool,
+        careboard::config::GraphqlLimits::default(),
+        Duration::from_secs(5),
+    );
+    // A provider whose JWKS endpoint is unreachable (nothing listens on port 9).
+    let mut config = idp().verifier_config();
+    config.keys = careboard::identity::jwks::KeySource::JwksUrl("http://127.0.0.1:9/certs".into());
+    state.auth = Some(careboard::identity::Verifier::new(config));
+    let server = careboard::app::RunningServer::start("127.0.0.1:0", state)
+        .await
+        .unwrap();
+    let token = idp().token(&Who::coordinator());
+    let r = reqwest::Client::new()
+        .post(server.url("/graphql"))
+        .bearer_auth(&token)
+        .json(&json!({"query": "{ __typename }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "the server's fault, not the token's");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server
+        .url("/graphql/ws")
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut ws = WsClient::from_socket(socket, false);
+    ws.send(json!({"type": "connection_init", "payload": {"token": token}}))
+        .await;
+    let closed = ws.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(closed["close"], 1013, "try again later: {closed}");
+    assert!(
+        closed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot verify tokens now"),
+        "{closed}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_board_page_renews_the_development_token_when_it_expires_and_stays_live() {
+    let Some(browser) = crate::helpers::browser::Browser::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Pages carry a token that lives two seconds (plus the one-second leeway).
+    let app = TestApp::spawn_development_pages(dir.path(), Duration::from_secs(2)).await;
+    let board = open_board(&app).await;
+    let mut page = browser
+        .open_with(&app.url(&format!("/boards/{board}")), None)
+        .await;
+    page.wait_for(
+        "the page to go live",
+        "document.getElementById('conn').textContent === 'live' && document.getElementById('title').textContent === 'Edge'",
+    )
+    .await;
+    page.eval("window.__sameDocument = 7").await;
+    // Long past the first token's expiry: the server closed the socket (4403), the page
+    // fetched a fresh token and reconnected, resuming its subscription.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    request(&app, &board, "Zoe Quinn").await;
+    page.wait_for(
+        "the new appointment, over a socket with a renewed token",
+        "document.getElementById('conn').textContent === 'live' && document.getElementById('waiting').innerText.includes('Zoe Quinn')",
+    )
+    .await;
+    // Queries renew too: one from the page's client after the token expired again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let answered = page
+        .eval("Careboard.query('{ __typename }').then(d => d.__typename, e => 'failed: ' + e.message)")
+        .await;
+    assert_eq!(answered, "Query");
+    assert_eq!(page.eval("window.__sameDocument").await, 7, "no reload");
+    assert_eq!(
+        page.eval("!!document.getElementById('careboard-signin')")
+            .await,
+        false,
+        "never asked to sign in"
+    );
+}

@@ -5,10 +5,10 @@
 //! `app.token(Who::…)` mints one for any role and scope.
 
 pub mod day;
+pub mod files;
 pub mod idp;
 
 pub use idp::{idp, Who};
-pub mod files;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -240,7 +240,24 @@ impl TestApp {
             Some(projector),
             Duration::from_secs(5),
             Default::default(),
-            Some(data_dir),
+            Some((data_dir, Duration::from_secs(30 * 60))),
+        )
+        .await
+    }
+
+    /// Like [`TestApp::spawn_development`] (no matcher), with the pages' token living
+    /// `page_token_ttl` (`--page-token-ttl`).
+    pub async fn spawn_development_pages(
+        data_dir: &std::path::Path,
+        page_token_ttl: Duration,
+    ) -> Self {
+        Self::spawn_faulty(
+            fresh_database().await,
+            GraphqlLimits::default(),
+            Some(fast_projector()),
+            Duration::from_secs(5),
+            Default::default(),
+            Some((data_dir, page_token_ttl)),
         )
         .await
     }
@@ -290,7 +307,7 @@ impl TestApp {
         projector: Option<careboard::daemon::DaemonConfig>,
         read_wait: Duration,
         faults: careboard::faults::Faults,
-        development: Option<&std::path::Path>,
+        development: Option<(&std::path::Path, Duration)>,
     ) -> Self {
         // The server runs as the application role, as in production; the test keeps the
         // owner's pool for looking underneath.
@@ -301,16 +318,23 @@ impl TestApp {
             Duration::from_secs(5),
             read_wait,
         );
-        let dev_issuer = development.map(|dir| {
+        let dev_issuer = development.map(|(dir, _)| {
             std::sync::Arc::new(
                 careboard::identity::dev_issuer::DevIssuer::load_or_create(dir)
                     .expect("the development issuer's key"),
             )
         });
         let verifier_config = match &dev_issuer {
-            Some(issuer) => issuer.verifier_config(),
+            // The same one-second leeway as the test provider's.
+            Some(issuer) => careboard::identity::VerifierConfig {
+                leeway: Duration::from_secs(1),
+                ..issuer.verifier_config()
+            },
             None => idp().verifier_config(),
         };
+        if let Some((_, ttl)) = development {
+            state.page_token_ttl = ttl;
+        }
         state.auth = Some(careboard::identity::Verifier::new(verifier_config));
         state.dev_issuer = dev_issuer.clone();
         let projector = projector.map(|config| {
