@@ -916,7 +916,7 @@ async fn query_scenario(admin_url: &str, args: &Args, auth: &BenchAuth) -> Resul
         .await?
     };
     let gql_url = server.url("/graphql");
-    let body = json!({"query": "query($id: ID!) { board(id: $id) { id version counts { waiting } appointments { id status } } }",
+    let body = json!({"query": "query($id: ID!) { board(id: $id) { id version counts { waiting } appointments { id status patientName reason } } }",
         "variables": {"id": board}});
     let (rate, hist, errors) = closed_loop(args.clients, args.seconds, move |_| {
         let http = http.clone();
