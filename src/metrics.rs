@@ -33,9 +33,9 @@ pub struct Metrics {
     matcher_parked: Gauge,
     /// The same latencies in microseconds, for exact quantiles (the demo's report).
     matcher_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
-    /// Reads of the event log by the projector: one read feeds every projection whose
+    /// Batches the projector read from the log: one read feeds every projection whose
     /// checkpoint is at the same place, so this stays below the batches applied.
-    projector_log_reads: Counter,
+    projector_batches_read: Counter,
     projector_stage_seconds: Family<StageLabel, Histogram>,
     /// The same stage timings in microseconds, for exact quantiles (the bench's report
     /// of where a batch's time goes).
@@ -136,15 +136,15 @@ impl Metrics {
         let matcher_conflicts = Counter::default();
         let matcher_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let matcher_parked = Gauge::default();
-        let projector_log_reads = Counter::default();
+        let projector_batches_read = Counter::default();
         let projector_stage_seconds = Family::<StageLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 16))
         });
         registry.register(
-            "projector_log_reads",
-            "Reads of the event log by the projector (one read feeds every projection at \
+            "projector_batches_read",
+            "Batches the projector read from the log (one read feeds every projection at \
              the same checkpoint)",
-            projector_log_reads.clone(),
+            projector_batches_read.clone(),
         );
         registry.register(
             "projector_stage_seconds",
@@ -225,19 +225,20 @@ impl Metrics {
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("valid histogram bounds"),
             ),
-            projector_log_reads,
+            projector_batches_read,
             projector_stage_seconds,
             projector_stage_us: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub fn projector_read(&self) {
-        self.projector_log_reads.inc();
+    /// A read of the log returned a batch.
+    pub fn projector_batch_read(&self) {
+        self.projector_batches_read.inc();
     }
 
-    /// Reads of the event log by the projector so far.
-    pub fn projector_log_reads(&self) -> u64 {
-        self.projector_log_reads.get()
+    /// Batches the projector read from the log so far.
+    pub fn projector_batches_read(&self) -> u64 {
+        self.projector_batches_read.get()
     }
 
     /// Batches applied so far, summed over projections.

@@ -302,7 +302,9 @@ impl Projector {
     ) -> Result<Arc<Vec<(Cursor, RecordedEvent)>>, sqlx::Error> {
         let started = Instant::now();
         let rows = read_after(&self.pool, after, limit, None).await?;
-        self.metrics.projector_read();
+        if !rows.is_empty() {
+            self.metrics.projector_batch_read();
+        }
         self.metrics
             .projector_stage(ProjectorStage::Read, started.elapsed());
         Ok(Arc::new(rows))
