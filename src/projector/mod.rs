@@ -47,6 +47,9 @@ pub struct ProjectorSettings {
     pub retry_backoff: Duration,
     /// Snapshot a document every this many events (0: never). Bounds `asOf` folds.
     pub snapshot_every: i64,
+    /// Share one read among the live projections at one checkpoint and read ahead
+    /// (see [`crate::daemon::DaemonConfig::shared_read`]).
+    pub shared_read: bool,
 }
 
 /// Why the projector stopped.
@@ -191,7 +194,8 @@ impl Projector {
         // Each group of live workers at one cursor shares a read; everyone else reads alone.
         let mut groups: Vec<(Option<Cursor>, Vec<usize>)> = Vec::new();
         for (i, w) in workers.iter().enumerate() {
-            let key = (w.gen.status == GenerationStatus::Live).then_some(w.gen.cursor);
+            let shares = self.settings.shared_read && w.gen.status == GenerationStatus::Live;
+            let key = shares.then_some(w.gen.cursor);
             match groups.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
                 Some((_, members)) => members.push(i),
                 None => groups.push((key, vec![i])),
