@@ -258,7 +258,12 @@ impl Projector {
             Some(rows) => rows,
             None => match self.read(cursor, batch_size).await {
                 Ok(rows) => rows,
-                Err(e) => return (group.iter().map(|_| Err(anyhow::anyhow!("{e}"))).collect(), None),
+                Err(e) => {
+                    return (
+                        group.iter().map(|_| Err(anyhow::anyhow!("{e}"))).collect(),
+                        None,
+                    )
+                }
             },
         };
         let Some((end, _)) = rows.last() else {
@@ -289,10 +294,9 @@ impl Projector {
         } else {
             (applies.await, None)
         };
-        let next = next.filter(|rows| !rows.is_empty()).map(|rows| ReadAhead {
-            after: end,
-            rows,
-        });
+        let next = next
+            .filter(|rows| !rows.is_empty())
+            .map(|rows| ReadAhead { after: end, rows });
         (results, next)
     }
 

@@ -450,11 +450,9 @@ async fn a_request_that_waited_for_the_board_to_close_sees_it_closed_and_appends
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!request.is_finished(), "the request waits for the close");
     closing.commit().await.unwrap();
-    let refused = request
-        .await
-        .unwrap()
-        .err()
-        .expect("a request decided after the close is refused");
+    let Err(refused) = request.await.unwrap() else {
+        panic!("a request decided after the close is refused");
+    };
     assert!(
         refused.describe().contains("board is CLOSED"),
         "{}",

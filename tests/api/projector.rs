@@ -557,7 +557,10 @@ async fn one_read_of_the_log_feeds_every_projection_and_each_commits_it_with_its
 
     let reads = metrics.projector_batches_read();
     let applied = metrics.projector_batches();
-    assert!(reads >= 4, "32 events in batches of 8 take 4 reads, not {reads}");
+    assert!(
+        reads >= 4,
+        "32 events in batches of 8 take 4 reads, not {reads}"
+    );
     assert_eq!(
         applied,
         reads * Projection::ALL.len() as u64,
