@@ -209,8 +209,11 @@ impl Projector {
                 .iter()
                 .map(|&i| slots[i].take().expect("each worker is in one group"))
                 .collect();
+            // Only a full batch read ahead is used: it is exactly what a read now would
+            // return. A shorter one stopped at the log's end as it was then, and a read
+            // now may find more: using it would hold those events back a round.
             let prefetched = match (&taken, key) {
-                (Some(a), Some(cursor)) if a.after == cursor => Some(a.rows.clone()),
+                (Some(a), Some(cursor)) if a.after == cursor && a.full => Some(a.rows.clone()),
                 _ => None,
             };
             async move {
@@ -285,18 +288,23 @@ impl Projector {
                 .iter_mut()
                 .map(|w| self.apply(w, leader_pid, &rows, end, started)),
         );
-        // Reading the next batch overlaps writing this one. The read is a prefix of the
-        // log after `end` whenever it is used: every event it could miss belongs to a
-        // transaction at or above its xmin, which sorts after everything it returned.
+        // Reading the next batch overlaps writing this one, when this one was full (a
+        // backlog; at the log's end a fresh read after the writes finds more). The read
+        // is a prefix of the log after `end` whenever it is used: every event it could
+        // miss belongs to a transaction at or above its xmin, which sorts after
+        // everything it returned.
+        let read_ahead = read_ahead && rows.len() as i64 >= batch_size;
         let (results, next) = if read_ahead {
             let (results, next) = tokio::join!(applies, self.read(end, batch_size));
             (results, next.ok())
         } else {
             (applies.await, None)
         };
-        let next = next
-            .filter(|rows| !rows.is_empty())
-            .map(|rows| ReadAhead { after: end, rows });
+        let next = next.filter(|rows| !rows.is_empty()).map(|rows| ReadAhead {
+            after: end,
+            full: rows.len() as i64 >= batch_size,
+            rows,
+        });
         (results, next)
     }
 
@@ -434,6 +442,8 @@ impl Projector {
 /// A batch read ahead: the events after `after`, shared by the projections at it.
 struct ReadAhead {
     after: Cursor,
+    /// It returned a whole batch, so more events may follow.
+    full: bool,
     rows: Arc<Vec<(Cursor, RecordedEvent)>>,
 }
 
