@@ -231,12 +231,13 @@ impl Metrics {
         }
     }
 
-    /// A read of the log returned a batch.
+    /// A batch read from the log (now or ahead) is about to be applied.
     pub fn projector_batch_read(&self) {
         self.projector_batches_read.inc();
     }
 
-    /// Batches the projector read from the log so far.
+    /// Batches the projector read from the log and applied (to one or more
+    /// projections) so far.
     pub fn projector_batches_read(&self) -> u64 {
         self.projector_batches_read.get()
     }

@@ -274,6 +274,7 @@ impl Projector {
             return (group.iter().map(|_| Ok(Step::Idle)).collect(), None);
         };
         let end = *end;
+        self.metrics.projector_batch_read();
         if self.faults.crash_at(CrashPoint::AfterRead) {
             return (
                 group
@@ -318,9 +319,6 @@ impl Projector {
     ) -> Result<Arc<Vec<(Cursor, RecordedEvent)>>, sqlx::Error> {
         let started = Instant::now();
         let rows = read_after(&self.pool, after, limit, None).await?;
-        if !rows.is_empty() {
-            self.metrics.projector_batch_read();
-        }
         self.metrics
             .projector_stage(ProjectorStage::Read, started.elapsed());
         Ok(Arc::new(rows))
