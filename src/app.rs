@@ -113,6 +113,11 @@ pub fn state_with(
     let metrics = Arc::new(Metrics::new());
     let live = LiveBoards::start(pool.clone());
     let estimator = Estimator::new();
+    // One writer task per process, committing access records in groups.
+    let access_log = crate::identity::AccessLog::start(
+        pool.clone(),
+        crate::identity::access_log::AccessLogOptions::default(),
+    );
     let health = crate::health::DbHealth::start(&pool);
     let rate_limiter =
         crate::limits::RateLimiter::new(limits.rate_limit_per_second, limits.rate_limit_burst);
@@ -121,6 +126,7 @@ pub fn state_with(
             store.clone(),
             live.clone(),
             estimator.clone(),
+            access_log.clone(),
             &limits,
             read_wait,
         ),
@@ -128,6 +134,7 @@ pub fn state_with(
             store.clone(),
             live.clone(),
             estimator.clone(),
+            access_log,
             &limits,
             read_wait,
         ),
@@ -141,6 +148,10 @@ pub fn state_with(
         health,
         rate_limiter,
         auth: None,
+        dev_issuer: None,
+        // `--page-token-ttl`'s default.
+        page_token_ttl: Duration::from_secs(30 * 60),
+        metrics_elsewhere: false,
     }
 }
 
@@ -171,6 +182,18 @@ pub async fn serve(
         .context("HTTP server failed")
 }
 
+/// Serves `/metrics` (and `/healthz`) on an address of its own until `shutdown`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, crate::http::metrics_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("metrics server failed")
+}
+
 /// A server running in the background (tests and tools).
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -184,6 +207,21 @@ impl RunningServer {
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// The metrics address of `state` (`--metrics-bind`), in the background.
+    pub async fn start_metrics(bind: &str, state: AppState) -> Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_metrics(listener, state, async move {
             let _ = rx.await;
         }));
         Ok(Self {

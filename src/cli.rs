@@ -36,10 +36,15 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()> {
     let listener = if args.live {
+        // Its Boards are served with the development issuer's tokens: this machine only.
+        crate::identity::edge::check_bind(&args.bind, false).await?;
         Some(bind(&args.bind).await?)
     } else {
         None
     };
+    if args.reset {
+        println!("{}", crate::demo::reset(&database, &args).await?);
+    }
     let db = if args.live {
         app::open_database_to_serve(&database).await?
     } else {
@@ -61,11 +66,16 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
         println!("Browse the day with board(id, asOf: ...) and boardHistory(boardId, from, to).");
         return Ok(());
     }
-    let state = app::state(
+    let mut state = app::state(
         db.pool.clone(),
         Default::default(),
         Duration::from_millis(database.lock_timeout_ms),
     );
+    // Authentication on, as `careboard serve`: the pages open with the development
+    // issuer's token, and `careboard token` mints more for the same data dir.
+    let issuer = crate::identity::dev_issuer::DevIssuer::load_or_create(&database.data_dir)?;
+    state.auth = Some(crate::identity::Verifier::new(issuer.verifier_config()));
+    state.dev_issuer = Some(std::sync::Arc::new(issuer));
     let projector = app::spawn_daemon(&state, DaemonConfig::default());
     let listener = listener.expect("bound above for --live");
     let base = format!("http://{}", listener.local_addr()?);
@@ -79,20 +89,32 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
         "Playing the demo day live at {}x (seed {}); all Boards: {base}/boards. Opening:",
         args.speed, args.seed
     );
-    let outcome = tokio::select! {
-        r = crate::demo::live::play(&store, &scenario, args.speed, args.hours, &base) => Some(r?),
-        _ = app::shutdown_signal() => None,
-    };
+    // Ctrl+C (or SIGTERM) stops the day early: the driver then closes what it opened.
+    let summary = crate::demo::live::play(
+        &store,
+        &scenario,
+        args.speed,
+        args.hours,
+        &base,
+        app::shutdown_signal(),
+    )
+    .await?;
     let latency = metrics.matcher_latency();
-    if let Some(summary) = outcome {
-        println!(
-            "Day over: {} requested, {} scheduled by the matcher, {} finished, {} Boards closed.",
-            summary.requested,
-            summary.scheduled_by_matcher,
-            summary.finished,
-            summary.boards_closed
-        );
-    }
+    println!(
+        "{}: {} requested, {} scheduled by the matcher, {} finished, {} Boards closed \
+         ({} providers reused from earlier runs; {} min of quiet skipped).",
+        if summary.interrupted {
+            "Stopped early; everything it opened is closed"
+        } else {
+            "Day over"
+        },
+        summary.requested,
+        summary.scheduled_by_matcher,
+        summary.finished,
+        summary.boards_closed,
+        summary.providers_reused,
+        summary.skipped.num_minutes()
+    );
     println!(
         "Matcher, READY or request -> assignment committed: {} assignments, p50 {:.1} ms, \
          p99 {:.1} ms, max {:.1} ms",
@@ -126,6 +148,21 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
     } else {
         Some(bind(&serve.bind).await?)
     };
+    let metrics_listener = match (&serve.metrics_bind, &listener) {
+        (Some(address), Some(_)) => Some(bind(address).await?),
+        _ => None,
+    };
+    if listener.is_some() {
+        // Before the database starts: a configuration that would serve the network
+        // without authentication is refused at once.
+        match serve.identity.auth {
+            Switch::On => {
+                crate::identity::edge::check_bind(&serve.bind, serve.identity.uses_provider())
+                    .await?
+            }
+            Switch::Off => crate::identity::edge::check_bind_without_auth(&serve.bind).await?,
+        }
+    }
     let db = app::open_database_to_serve(&database).await?;
     db.migrate().await?;
     let mut state = app::state_with(
@@ -134,13 +171,33 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
         Duration::from_millis(database.lock_timeout_ms),
         Duration::from_millis(serve.read_wait_ms),
     );
-    if serve.identity.auth == Switch::On {
-        crate::identity::edge::check_bind(&serve.bind, serve.identity.uses_provider()).await?;
-        let verifier =
-            crate::identity::Verifier::new(serve.identity.verifier_config(&database.data_dir)?);
-        verifier.prefetch().await;
-        state.auth = Some(verifier);
+    match serve.identity.auth {
+        Switch::On => {
+            let verifier =
+                crate::identity::Verifier::new(serve.identity.verifier_config(&database.data_dir)?);
+            verifier.prefetch().await;
+            state.auth = Some(verifier);
+            if !serve.identity.uses_provider() {
+                state.page_token_ttl = serve.identity.page_token_ttl;
+                state.dev_issuer = Some(std::sync::Arc::new(
+                    crate::identity::dev_issuer::DevIssuer::load_or_create(&database.data_dir)?,
+                ));
+                tracing::info!(
+                    "no identity provider configured: tokens come from the development issuer \
+                     (`careboard token`), and Careboard listens on loopback only"
+                );
+            }
+        }
+        Switch::Off => {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--auth off): anyone who reaches {} reads and changes \
+                 everything, patient data included, without a token. For development on this \
+                 machine only.",
+                serve.bind
+            );
+        }
     }
+    state.metrics_elsewhere = metrics_listener.is_some();
     let projector = match serve.projector {
         ProjectorMode::Off => None,
         ProjectorMode::Auto | ProjectorMode::Only => Some(app::spawn_daemon(
@@ -156,6 +213,14 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
             "Careboard listening; GraphiQL at http://{}/graphql",
             listener.local_addr()?
         );
+        if let Some(metrics) = metrics_listener {
+            tracing::info!("metrics at http://{}/metrics", metrics.local_addr()?);
+            tokio::spawn(app::serve_metrics(
+                metrics,
+                state.clone(),
+                app::shutdown_signal(),
+            ));
+        }
         app::serve(listener, state, app::shutdown_signal()).await
     } else {
         tracing::info!("projecting only (no HTTP)");

@@ -25,6 +25,8 @@ use crate::error::{AppError, AppResult};
 use crate::estimates::Estimator;
 use crate::event_store::unit_of_work::{Begun, CommandMeta, Guard, Outcome, UnitOfWork};
 use crate::event_store::{EventStore, ReadLimit};
+use crate::identity::matrix::{BoardFacts, Facts, Operation};
+use crate::identity::{Principal, Scope};
 use crate::projections::board_view::contents_from_events;
 
 /// The options every command carries. Not part of the command's fingerprint: a retry
@@ -97,6 +99,9 @@ pub struct ActOnShift {
 #[serde(rename_all = "camelCase")]
 pub struct RequestAppointment {
     pub board_id: BoardId,
+    /// Whose appointment it is: a coordinator acting on behalf of a patient names
+    /// them; a patient's own request takes it from their token (see `authorize`).
+    pub patient_id: Option<String>,
     pub patient_name: String,
     pub specialty: String,
     pub region: String,
@@ -208,9 +213,10 @@ pub enum Target<'a> {
         provider_id: ProviderId,
     },
     Shift(Option<&'a Shift>),
-    /// An appointment to be requested on a Board.
+    /// An appointment to be requested on a Board, for this patient.
     Request {
         board: Option<&'a Board>,
+        patient_id: Option<&'a str>,
     },
     Appointment(Option<&'a Appointment>),
     Scheduling {
@@ -220,14 +226,109 @@ pub enum Target<'a> {
 }
 
 /// THE PLACE FOR AUTHORIZATION OF MUTATIONS. Every command calls this after loading
-/// what it acts on and before deciding, with the actor it runs for (`meta.actor`).
-/// Authorization is not implemented yet: every actor that reached the command path is
-/// let through, as before. The permission matrix (`identity::authorize`) is meant to
-/// be applied here; a refusal returned here rolls the transaction back, nothing is
-/// appended.
-fn authorize(meta: &CommandMeta, target: Target<'_>) -> AppResult<()> {
-    let _ = (meta, target);
-    Ok(())
+/// what it acts on and before deciding, with the actor it runs for (`meta.actor`): the
+/// permission matrix (`identity::authorize`) judges the command's operation with the
+/// facts loaded here (the Board's region and specialty, the shift's provider, the
+/// appointment's patient and assigned provider). A refusal rolls the transaction back:
+/// nothing is appended. Careboard's own actors (the matcher, the demo) and callers with
+/// authentication off (which the GraphQL edge admits only then) are not judged.
+async fn authorize(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
+    let Some(principal) = uow.meta().actor.principal().cloned() else {
+        return Ok(());
+    };
+    let operation = Operation::named(uow.meta().operation).ok_or_else(|| {
+        AppError::Forbidden(format!(
+            "{} has no row in the permission matrix",
+            uow.meta().operation
+        ))
+    })?;
+    // Refused by role before anything more is read.
+    if crate::identity::matrix::rule(operation, principal.scope.role())
+        == crate::identity::matrix::Rule::Denied
+    {
+        return Err(authorize_matrix(&principal, operation, &Facts::default()).unwrap_err());
+    }
+    let board_facts = |b: &Board| BoardFacts {
+        region: b.region.clone(),
+        specialty: b.specialty.clone(),
+        providers: Vec::new(),
+    };
+    let facts = match target {
+        Target::NewBoard { specialty, region } => Facts {
+            board: Some(BoardFacts {
+                region: region.to_string(),
+                specialty: specialty.to_string(),
+                providers: Vec::new(),
+            }),
+            ..Facts::default()
+        },
+        Target::Board(board) => Facts {
+            board: board.map(board_facts),
+            ..Facts::default()
+        },
+        Target::NewProvider => Facts::default(),
+        Target::Join { board, provider_id } => Facts {
+            board: board.map(board_facts),
+            provider_id: Some(provider_id.as_uuid()),
+            ..Facts::default()
+        },
+        Target::Shift(shift) => {
+            let board = match shift {
+                Some(s) => uow.read::<Board>(s.board_id, Guard::None).await?,
+                None => None,
+            };
+            Facts {
+                board: board.as_ref().map(board_facts),
+                provider_id: shift.map(|s| s.provider_id),
+                ..Facts::default()
+            }
+        }
+        Target::Request { board, patient_id } => Facts {
+            board: board.map(board_facts),
+            patient_id: patient_id.map(str::to_string),
+            ..Facts::default()
+        },
+        Target::Appointment(appointment)
+        | Target::Scheduling {
+            appointment,
+            shift: _,
+        } => {
+            let board = match appointment {
+                Some(a) => uow.read::<Board>(a.board_id, Guard::None).await?,
+                None => None,
+            };
+            Facts {
+                board: board.as_ref().map(board_facts),
+                patient_id: appointment.and_then(|a| a.patient_id.clone()),
+                assigned_provider_id: appointment.and_then(|a| a.provider_id),
+                ..Facts::default()
+            }
+        }
+    };
+    authorize_matrix(&principal, operation, &facts)
+}
+
+fn authorize_matrix(principal: &Principal, operation: Operation, facts: &Facts) -> AppResult<()> {
+    crate::identity::authorize(principal, operation, facts).map_err(AppError::from)
+}
+
+/// Whose appointment a request is for: a patient's own id from their token (naming
+/// another patient is refused), otherwise the id a coordinator gave on their behalf.
+fn requested_for(
+    actor: &crate::identity::Actor,
+    given: Option<String>,
+) -> AppResult<Option<String>> {
+    match actor.principal().map(|p| &p.scope) {
+        Some(Scope::Patient { patient_id }) => match given {
+            Some(other) if other.trim() != patient_id => Err(AppError::Forbidden(
+                "the patient role may use requestAppointment only for themselves: leave \
+                 patientId out"
+                    .into(),
+            )),
+            _ => Ok(Some(patient_id.clone())),
+        },
+        _ => Ok(given),
+    }
 }
 
 /// Fills `meta` with the per-command options.
@@ -316,14 +417,15 @@ pub async fn open_board(
     meta: CommandMeta,
     command: OpenBoard,
 ) -> AppResult<Written<Board>> {
-    let uow = begin!(store, meta, command);
+    let mut uow = begin!(store, meta, command);
     authorize(
-        uow.meta(),
+        &mut uow,
         Target::NewBoard {
             specialty: &command.specialty,
             region: &command.region,
         },
-    )?;
+    )
+    .await?;
     let id = BoardId::new_random().as_uuid();
     let events = board::decide(
         None,
@@ -347,7 +449,7 @@ pub async fn close_board(
     // Always locked, in optimistic mode too: requests and joins hold the Board FOR SHARE,
     // so nothing new can arrive between counting the open work and closing.
     let board = uow.target_locked::<Board>(board_id).await?;
-    authorize(uow.meta(), Target::Board(board.as_ref()))?;
+    authorize(&mut uow, Target::Board(board.as_ref())).await?;
     let open_work = match &board {
         Some(_) => {
             let events = uow.board_streams(board_id).await?;
@@ -366,8 +468,8 @@ pub async fn register_provider(
     meta: CommandMeta,
     command: RegisterProvider,
 ) -> AppResult<Written<Provider>> {
-    let uow = begin!(store, meta, command);
-    authorize(uow.meta(), Target::NewProvider)?;
+    let mut uow = begin!(store, meta, command);
+    authorize(&mut uow, Target::NewProvider).await?;
     let events = provider::decide(
         None,
         ProviderCommand::Register {
@@ -391,12 +493,13 @@ pub async fn join_board(
         .read::<Provider>(provider_id.as_uuid(), Guard::None)
         .await?;
     authorize(
-        uow.meta(),
+        &mut uow,
         Target::Join {
             board: board.as_ref(),
             provider_id,
         },
-    )?;
+    )
+    .await?;
     let shift_id = ShiftId::of(board_id, provider_id).as_uuid();
     let existing = uow.target::<Shift>(shift_id).await?;
     let events = shift::decide(
@@ -417,7 +520,7 @@ pub async fn shift_action(
     let shift_id = command.shift_id.as_uuid();
     let mut uow = begin!(store, meta, command);
     let shift = uow.target::<Shift>(shift_id).await?;
-    authorize(uow.meta(), Target::Shift(shift.as_ref()))?;
+    authorize(&mut uow, Target::Shift(shift.as_ref())).await?;
     let decision = match command.action {
         ShiftAction::MarkReady => ShiftCommand::MarkReady,
         ShiftAction::Pause => ShiftCommand::Pause,
@@ -437,16 +540,20 @@ pub async fn request_appointment(
     let board_id = command.board_id.as_uuid();
     let mut uow = begin!(store, meta, command);
     let board = uow.read::<Board>(board_id, Guard::Share).await?;
+    let patient_id = requested_for(&uow.meta().actor, command.patient_id)?;
     authorize(
-        uow.meta(),
+        &mut uow,
         Target::Request {
             board: board.as_ref(),
+            patient_id: patient_id.as_deref(),
         },
-    )?;
+    )
+    .await?;
     let events = appointment::decide(
         None,
         AppointmentCommand::Request {
             board,
+            patient_id,
             patient_name: command.patient_name,
             specialty: command.specialty,
             region: command.region,
@@ -471,7 +578,7 @@ pub async fn appointment_action(
     let appointment_id = command.appointment_id.as_uuid();
     let mut uow = begin!(store, meta, command);
     let appointment = uow.target::<Appointment>(appointment_id).await?;
-    authorize(uow.meta(), Target::Appointment(appointment.as_ref()))?;
+    authorize(&mut uow, Target::Appointment(appointment.as_ref())).await?;
     match command.action {
         AppointmentAction::Start => {
             let events = appointment::decide(appointment.as_ref(), AppointmentCommand::Start)?;
@@ -519,12 +626,13 @@ pub async fn schedule_appointment(
         None => None,
     };
     authorize(
-        uow.meta(),
+        &mut uow,
         Target::Scheduling {
             appointment: appointment.as_ref(),
             shift: shift.as_ref(),
         },
-    )?;
+    )
+    .await?;
     // Without a time, the appointment is expected once the usual lead time from
     // scheduling to start has passed (the provider is READY).
     let estimated_time = match (command.estimated_time, &appointment) {
@@ -560,7 +668,7 @@ pub async fn cancel_appointment(
         },
         _ => None,
     };
-    authorize(uow.meta(), Target::Appointment(appointment.as_ref()))?;
+    authorize(&mut uow, Target::Appointment(appointment.as_ref())).await?;
     let events = scheduling::cancel(appointment.as_ref(), shift.as_ref(), command.reason)?;
     commit_two(uow, appointment, shift, events).await
 }

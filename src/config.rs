@@ -138,6 +138,10 @@ pub struct ServeArgs {
     /// providers (on), or coordinators schedule every appointment by hand (off).
     #[arg(long, env = "CAREBOARD_MATCHING", value_enum, default_value = "on")]
     pub matching: Switch,
+    /// Serve /metrics on this address of its own (e.g. a private interface the scraper
+    /// reaches), without a token. Unset, /metrics is on --bind, behind an admin token.
+    #[arg(long, env = "CAREBOARD_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
     #[command(flatten)]
     pub limits: GraphqlLimits,
     #[command(flatten)]
@@ -265,13 +269,14 @@ impl Default for ServeArgs {
 /// configured, from Careboard's own development issuer (`careboard token`).
 #[derive(Debug, Clone, Args)]
 pub struct IdentityArgs {
-    /// Require a valid bearer token on POST /graphql (on), or serve anonymous requests
-    /// as before (off).
+    /// Every request and websocket needs a valid bearer token (on, the default). `off`
+    /// answers anyone without one: for development on this machine only, refused on an
+    /// address other machines can reach.
     #[arg(
         long = "auth",
         env = "CAREBOARD_AUTH",
         value_enum,
-        default_value = "off"
+        default_value = "on"
     )]
     pub auth: Switch,
     /// The OpenID Connect issuer (`iss`) whose tokens are accepted; unset, the
@@ -291,6 +296,12 @@ pub struct IdentityArgs {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[arg(long, env = "CAREBOARD_TOKEN_LEEWAY_SECS", default_value_t = 30)]
     pub token_leeway_secs: u64,
+    /// With the development issuer: how long the token it puts in the pages served to
+    /// this machine (GraphiQL, the Boards) lives, e.g. 30m. Pages fetch a fresh one when
+    /// it expires.
+    #[arg(long, env = "CAREBOARD_PAGE_TOKEN_TTL", default_value = "30m",
+          value_parser = crate::identity::dev_issuer::parse_ttl)]
+    pub page_token_ttl: std::time::Duration,
     /// The claim holding the role (a dotted path reaches nested claims, e.g.
     /// `realm_access.roles`; a list may hold other roles besides one of Careboard's).
     #[arg(long, env = "CAREBOARD_ROLE_CLAIM", default_value = "role")]

@@ -12,6 +12,81 @@ use async_graphql::ErrorExtensions;
 
 use crate::domain::DomainError;
 
+/// Every `extensions.code` Careboard answers with, from the resolvers (through
+/// [`AppError`]) and from the HTTP and websocket edges. The README's "Error codes" table
+/// lists each one, and a test keeps the two in step: a code is added here (and to
+/// [`ErrorCode::ALL`]) and to the table, or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Bad input: ids, dates, names, documents, variables, limits, bodies.
+    Validation,
+    NotFound,
+    InvalidTransition,
+    Conflict,
+    Stale,
+    Unavailable,
+    Timeout,
+    Internal,
+    /// No valid bearer token where one is required (HTTP 401).
+    Unauthenticated,
+    /// Not allowed: an origin outside the CORS allow-list (HTTP 403), or the caller's
+    /// role or scope under the permission matrix.
+    Forbidden,
+    /// Over the per-client rate limit (HTTP 429).
+    RateLimited,
+    PersistedQueryNotFound,
+    PersistedQueryNotSupported,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::Validation,
+        ErrorCode::NotFound,
+        ErrorCode::InvalidTransition,
+        ErrorCode::Conflict,
+        ErrorCode::Stale,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
+        ErrorCode::PersistedQueryNotFound,
+        ErrorCode::PersistedQueryNotSupported,
+    ];
+
+    /// The spelling clients see in `extensions.code`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Validation => "VALIDATION",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::InvalidTransition => "INVALID_TRANSITION",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::Stale => "STALE",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            ErrorCode::PersistedQueryNotSupported => "PERSISTED_QUERY_NOT_SUPPORTED",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 #[derive(Debug)]
 pub enum AppError {
     Domain(DomainError),
@@ -23,6 +98,9 @@ pub enum AppError {
     Unavailable(String),
     /// The request ran past its time limit and was cancelled.
     Timeout(String),
+    /// The permission matrix refuses the caller (DESIGN §9): says what is missing, in
+    /// terms of role and scope, never what the target holds.
+    Forbidden(String),
     Internal(anyhow::Error),
 }
 
@@ -37,16 +115,17 @@ impl AppError {
         AppError::Domain(DomainError::NotFound(msg.into()))
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            AppError::Domain(DomainError::Validation(_)) => "VALIDATION",
-            AppError::Domain(DomainError::NotFound(_)) => "NOT_FOUND",
-            AppError::Domain(DomainError::InvalidTransition(_)) => "INVALID_TRANSITION",
-            AppError::Conflict(_) => "CONFLICT",
-            AppError::Stale(_) => "STALE",
-            AppError::Unavailable(_) => "UNAVAILABLE",
-            AppError::Timeout(_) => "TIMEOUT",
-            AppError::Internal(_) => "INTERNAL",
+            AppError::Domain(DomainError::Validation(_)) => ErrorCode::Validation,
+            AppError::Domain(DomainError::NotFound(_)) => ErrorCode::NotFound,
+            AppError::Domain(DomainError::InvalidTransition(_)) => ErrorCode::InvalidTransition,
+            AppError::Conflict(_) => ErrorCode::Conflict,
+            AppError::Stale(_) => ErrorCode::Stale,
+            AppError::Unavailable(_) => ErrorCode::Unavailable,
+            AppError::Timeout(_) => ErrorCode::Timeout,
+            AppError::Forbidden(_) => ErrorCode::Forbidden,
+            AppError::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -57,7 +136,8 @@ impl AppError {
             AppError::Conflict(m)
             | AppError::Stale(m)
             | AppError::Unavailable(m)
-            | AppError::Timeout(m) => m.clone(),
+            | AppError::Timeout(m)
+            | AppError::Forbidden(m) => m.clone(),
             AppError::Internal(_) => "internal error".to_string(),
         }
     }
@@ -95,6 +175,12 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
+impl From<crate::identity::Forbidden> for AppError {
+    fn from(f: crate::identity::Forbidden) -> Self {
+        AppError::Forbidden(f.to_string())
+    }
+}
+
 impl AppError {
     pub fn unavailable() -> Self {
         AppError::Unavailable("the database is unavailable; retry shortly".into())
@@ -128,6 +214,6 @@ impl From<AppError> for async_graphql::Error {
             }
             other => other.public_message(),
         };
-        async_graphql::Error::new(message).extend_with(|_, ext| ext.set("code", code))
+        async_graphql::Error::new(message).extend_with(|_, ext| ext.set("code", code.as_str()))
     }
 }

@@ -338,6 +338,7 @@ pub fn hypothetical_request(
     Appointment {
         id: Uuid::nil(),
         board_id: board.id,
+        patient_id: None,
         patient_name: String::new(),
         region: region.unwrap_or_else(|| board.region.clone()),
         specialty,

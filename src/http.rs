@@ -21,9 +21,10 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 
 use crate::config::GraphqlLimits;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::graphql::RequestContext;
 use crate::health::DbState;
+use crate::identity::edge::Credentials;
 pub use crate::state::AppState;
 
 /// The live board page and the index of boards: plain HTML, CSS and JS, shipped inside
@@ -113,13 +114,45 @@ const GRAPHIQL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'se
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
 
-/// The pages with their Content-Security-Policy (see `limits::page_policy`).
-fn page(html: &'static str, policy: &'static LazyLock<String>) -> Response {
+/// The pages with their Content-Security-Policy (see `limits::page_policy`), and the
+/// development issuer's token when served to this machine (see `with_session_token`).
+fn page(
+    html: &'static str,
+    policy: &'static LazyLock<String>,
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> Response {
     (
-        [(axum::http::header::CONTENT_SECURITY_POLICY, policy.as_str())],
-        Html(html),
+        [
+            (axum::http::header::CONTENT_SECURITY_POLICY, policy.as_str()),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(with_session_token(html, state, headers, peer)),
     )
         .into_response()
+}
+
+type Peer = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+
+async fn boards_page(State(state): State<AppState>, headers: HeaderMap, peer: Peer) -> Response {
+    page(
+        BOARDS_PAGE,
+        &BOARDS_POLICY,
+        &state,
+        &headers,
+        peer.map(|p| p.0 .0),
+    )
+}
+
+async fn board_page(State(state): State<AppState>, headers: HeaderMap, peer: Peer) -> Response {
+    page(
+        BOARD_PAGE,
+        &BOARD_POLICY,
+        &state,
+        &headers,
+        peer.map(|p| p.0 .0),
+    )
 }
 static BOARD_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARD_PAGE));
 static BOARDS_POLICY: LazyLock<String> = LazyLock::new(|| crate::limits::page_policy(BOARDS_PAGE));
@@ -130,18 +163,17 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
+        // The token is verified first (once), so the rate limit can key by subject.
         .route_layer(axum::middleware::from_fn_with_state(
             state.rate_limiter.clone(),
             crate::limits::rate_limit,
         ))
-        .route(
-            "/boards",
-            get(|| async { page(BOARDS_PAGE, &BOARDS_POLICY) }),
-        )
-        .route(
-            "/boards/{id}",
-            get(|| async { page(BOARD_PAGE, &BOARD_POLICY) }),
-        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            crate::identity::edge::credentials,
+        ))
+        .route("/boards", get(boards_page))
+        .route("/boards/{id}", get(board_page))
         .route("/graphiql/{file}", get(graphiql_asset))
         .route("/static/{file}", get(static_file))
         .route("/healthz", get(|| async { "ok" }))
@@ -168,7 +200,6 @@ fn cors_layer(limits: &GraphqlLimits) -> CorsLayer {
             header::CONTENT_TYPE,
             header::ACCEPT,
             header::AUTHORIZATION,
-            header::HeaderName::from_static("x-actor"),
             header::HeaderName::from_static("x-correlation-id"),
         ])
         .max_age(Duration::from_secs(3600))
@@ -201,7 +232,7 @@ fn origin_allowed(limits: &GraphqlLimits, headers: &HeaderMap) -> bool {
 fn forbidden_origin() -> Response {
     request_error(
         StatusCode::FORBIDDEN,
-        "FORBIDDEN",
+        ErrorCode::Forbidden,
         "this origin may not call Careboard: add it with --cors-origin (CAREBOARD_CORS_ORIGINS)"
             .into(),
     )
@@ -213,26 +244,108 @@ async fn graphql_get(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    credentials: Option<axum::Extension<Credentials>>,
+    connection: Peer,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Ok(upgrade) = upgrade {
-        return graphql_ws(State(state), headers, upgrade).await;
+        return graphql_ws(State(state), headers, credentials, connection, upgrade).await;
     }
     match query.filter(|q| !q.is_empty()) {
-        Some(query) => graphql_over_get(&state, &headers, &query).await,
-        None => graphiql(&state),
+        Some(query) => {
+            let credentials = match credentials {
+                Some(axum::Extension(c)) => c,
+                None => Credentials::read(state.auth.as_ref(), &headers).await,
+            };
+            graphql_over_get(
+                &state,
+                &headers,
+                credentials,
+                &query,
+                peer_addr(&connection),
+            )
+            .await
+        }
+        None => graphiql(&state, &headers, connection.map(|c| c.0 .0)),
     }
 }
 
-fn graphiql(state: &AppState) -> Response {
+fn graphiql(state: &AppState, headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> Response {
     if !state.limits.graphiql {
         return (StatusCode::NOT_FOUND, "GraphiQL is switched off").into_response();
     }
     (
-        [(header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP)],
-        Html(GRAPHIQL_PAGE),
+        [
+            (header::CONTENT_SECURITY_POLICY, GRAPHIQL_CSP),
+            // It may carry a token: never stored, by the browser or on the way.
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(with_session_token(GRAPHIQL_PAGE, state, headers, peer)),
     )
         .into_response()
+}
+
+/// `page` with a coordinator token from the development issuer in a `<meta
+/// name="careboard-token">` (read by `client.js` and GraphiQL's `init.js`), when the
+/// development issuer is the one trusted and the page is asked for on this machine:
+/// from a loopback address, by a loopback name (so a page of another site whose name
+/// was pointed at 127.0.0.1 gets none). Otherwise the page as it is: it asks for a
+/// token.
+fn with_session_token(
+    page: &'static str,
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> String {
+    let Some(issuer) = &state.dev_issuer else {
+        return page.to_string();
+    };
+    let from_loopback = peer.is_some_and(|p| p.ip().is_loopback());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !from_loopback || !loopback_host(host) {
+        return page.to_string();
+    }
+    let request = crate::identity::dev_issuer::TokenArgs {
+        role: crate::identity::Role::Coordinator,
+        name: "Coordinator (this machine)".into(),
+        subject: Some("dev:local-coordinator".into()),
+        provider_id: None,
+        patient_id: None,
+        regions: vec![],
+        specialties: vec![],
+        ttl: state.page_token_ttl,
+    };
+    match issuer.issue(&request) {
+        // A JWT is base64url and dots: nothing to escape in an attribute.
+        Ok(token) => page.replacen(
+            "<head>",
+            &format!("<head>\n  <meta name=\"careboard-token\" content=\"{token}\">"),
+            1,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sign a token for the page");
+            page.to_string()
+        }
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((name, _)) => name,
+            None => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn graphiql_asset(
@@ -255,9 +368,21 @@ async fn graphiql_asset(
 }
 
 /// A request-level error in GraphQL's response shape (no `data`: nothing ran).
-fn request_error(status: StatusCode, code: &str, message: String) -> Response {
+fn request_error(status: StatusCode, code: ErrorCode, message: String) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, Json(body)).into_response()
+}
+
+/// The client's address, for access records (when the server was given it).
+fn peer_addr(peer: &Peer) -> Option<String> {
+    peer.as_ref().map(|c| c.0 .0.to_string())
+}
+
+/// Like [`peer_addr`], from a request's extensions.
+fn client_addr(extensions: &axum::http::Extensions) -> Option<String> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -302,7 +427,7 @@ fn not_acceptable() -> Response {
         StatusCode::NOT_ACCEPTABLE,
         Json(json!({ "errors": [{
             "message": "Careboard answers application/graphql-response+json or application/json: send one of them in Accept",
-            "extensions": { "code": "VALIDATION" } }] })),
+            "extensions": { "code": ErrorCode::Validation } }] })),
     )
         .into_response()
 }
@@ -333,13 +458,16 @@ fn json_body(headers: &HeaderMap) -> Option<Response> {
     };
     Some(request_error(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "VALIDATION",
+        ErrorCode::Validation,
         format!("POST /graphql takes a JSON body (content-type: application/json; charset=utf-8), not {sent}"),
     ))
 }
 
 async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> Response {
-    let headers = request.headers().clone();
+    let addr = client_addr(request.extensions());
+    let (parts, body) = request.into_parts();
+    let credentials = Credentials::of(state.auth.as_ref(), &parts).await;
+    let headers = parts.headers;
     if !origin_allowed(&state.limits, &headers) {
         return forbidden_origin();
     }
@@ -349,17 +477,17 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
     if let Some(refused) = json_body(&headers) {
         return refused;
     }
-    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
+    let principal = match credentials.principal() {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into_response(),
     };
     let limit = state.limits.max_body_bytes;
-    let bytes = match axum::body::to_bytes(request.into_body(), limit).await {
+    let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
             return request_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "VALIDATION",
+                ErrorCode::Validation,
                 format!("request body exceeds the limit of {limit} bytes"),
             )
         }
@@ -369,30 +497,36 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
         Err(e) => {
             return request_error(
                 StatusCode::BAD_REQUEST,
-                "VALIDATION",
+                ErrorCode::Validation,
                 format!("request body is not a GraphQL request in JSON: {e}"),
             )
         }
     };
-    execute(&state, &headers, gql_request, media, false, principal).await
+    execute(&state, &headers, gql_request, media, false, principal, addr).await
 }
 
 /// GET /graphql?query=…&variables=…&operationName=…&extensions=…: queries only (a GET
 /// must be safe to repeat and to cache).
-async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) -> Response {
+async fn graphql_over_get(
+    state: &AppState,
+    headers: &HeaderMap,
+    credentials: Credentials,
+    query: &str,
+    addr: Option<String>,
+) -> Response {
     if !origin_allowed(&state.limits, headers) {
         return forbidden_origin();
     }
     let Some(media) = response_media(headers) else {
         return not_acceptable();
     };
-    let principal = match crate::identity::edge::authenticate(state.auth.as_ref(), headers).await {
+    let principal = match credentials.principal() {
         Ok(p) => p,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into_response(),
     };
     let params: Vec<(String, String)> = match serde_urlencoded_pairs(query) {
         Ok(p) => p,
-        Err(e) => return request_error(StatusCode::BAD_REQUEST, "VALIDATION", e),
+        Err(e) => return request_error(StatusCode::BAD_REQUEST, ErrorCode::Validation, e),
     };
     let param = |name: &str| {
         params
@@ -421,7 +555,9 @@ async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) ->
                 body.insert(name.into(), v);
             }
             Ok(None) => {}
-            Err(message) => return request_error(StatusCode::BAD_REQUEST, "VALIDATION", message),
+            Err(message) => {
+                return request_error(StatusCode::BAD_REQUEST, ErrorCode::Validation, message)
+            }
         }
     }
     let request: async_graphql::Request =
@@ -430,12 +566,12 @@ async fn graphql_over_get(state: &AppState, headers: &HeaderMap, query: &str) ->
             Err(e) => {
                 return request_error(
                     StatusCode::BAD_REQUEST,
-                    "VALIDATION",
+                    ErrorCode::Validation,
                     format!("not a GraphQL request: {e}"),
                 )
             }
         };
-    execute(state, headers, request, media, true, principal).await
+    execute(state, headers, request, media, true, principal, addr).await
 }
 
 fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
@@ -457,13 +593,14 @@ async fn execute(
     media: &'static str,
     over_get: bool,
     principal: Option<crate::identity::Principal>,
+    addr: Option<String>,
 ) -> Response {
     let persisted = gql_request.extensions.0.contains_key("persistedQuery");
     if gql_request.query.is_empty() && !persisted {
         // Not a well-formed GraphQL-over-HTTP request, whatever the media type.
         return request_error(
             StatusCode::BAD_REQUEST,
-            "VALIDATION",
+            ErrorCode::Validation,
             "the request has no query: send {\"query\": \"…\"} (or a persisted query's hash in extensions.persistedQuery)".into(),
         );
     }
@@ -472,7 +609,7 @@ async fn execute(
     }
     // Before anything parses the document: deep nesting would overflow the parser's stack.
     if let Err(problem) = crate::limits::check_request(&gql_request, state.limits.max_nesting) {
-        return request_error(StatusCode::BAD_REQUEST, "VALIDATION", problem);
+        return request_error(StatusCode::BAD_REQUEST, ErrorCode::Validation, problem);
     }
     if !state.health.reachable() {
         let e = AppError::unavailable();
@@ -502,7 +639,7 @@ async fn execute(
         ) {
             let mut refused = request_error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "VALIDATION",
+                ErrorCode::Validation,
                 "only queries run over GET: send mutations with POST (subscriptions over the websocket at /graphql/ws)".into(),
             );
             refused
@@ -515,16 +652,26 @@ async fn execute(
         .as_ref()
         .is_some_and(|d| crate::graphql::is_introspection_only(d, operation_name.as_deref()));
     let context = RequestContext {
-        // A verified principal is the actor; no header can say otherwise.
+        // The verified principal is the actor; no header can say otherwise (with
+        // authentication off, nobody in particular).
         actor: match &principal {
             Some(p) => p.subject.clone(),
-            None => header_text(headers, "x-actor").unwrap_or_else(|| "anonymous".into()),
+            None => "anonymous".into(),
         },
         correlation_id: header_text(headers, "x-correlation-id")
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         operation_name,
     };
     let mut gql_request = gql_request.data(context);
+    // Who the permission matrix judges: the verified principal, or nobody at all when
+    // authentication is off (the authenticator answers `None` only then).
+    gql_request = gql_request.data(match &principal {
+        Some(p) => crate::graphql::access::Caller::Verified(p.clone()),
+        None => crate::graphql::access::Caller::Unchecked,
+    });
+    if let Some(addr) = addr {
+        gql_request = gql_request.data(crate::graphql::access::ClientAddr(addr));
+    }
     if let Some(principal) = principal {
         gql_request = gql_request.data(principal);
     }
@@ -560,7 +707,7 @@ async fn execute(
             error
                 .extensions
                 .get_or_insert_with(Default::default)
-                .set("code", "VALIDATION");
+                .set("code", ErrorCode::Validation.as_str());
         }
     }
     // A request error (nothing executed: parse, validation, variables) has no path and
@@ -617,7 +764,36 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "status": text }))).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// `/metrics` on the API's address: behind an admin token (when authentication is on),
+/// or not here at all when it has an address of its own (`--metrics-bind`).
+async fn metrics(State(state): State<AppState>, request: Request<Body>) -> Response {
+    if state.metrics_elsewhere {
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are served on the metrics address (--metrics-bind)",
+        )
+            .into_response();
+    }
+    let (parts, _) = request.into_parts();
+    if let Err(refused) = Credentials::of(state.auth.as_ref(), &parts).await.admin() {
+        return refused.into_response();
+    }
+    render_metrics(&state).await
+}
+
+/// The router of the metrics address (`--metrics-bind`): `/metrics` for the scraper,
+/// without a token (the address is meant for a private network), and `/healthz`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(state): State<AppState>| async move { render_metrics(&state).await }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn render_metrics(state: &AppState) -> Response {
     // Projection lag and dead letters are read from the database at each scrape.
     match crate::projector::state::status(&state.pool).await {
         Ok(statuses) => {
@@ -651,16 +827,30 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn graphql_ws(
     State(state): State<AppState>,
     headers: HeaderMap,
+    credentials: Option<axum::Extension<Credentials>>,
+    connection: Peer,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // Browsers let any page open a websocket anywhere; only the Origin tells them apart.
     if !origin_allowed(&state.limits, &headers) {
         return forbidden_origin();
     }
-    // Until sockets carry their principal, authentication refuses the upgrade itself.
-    if let Err(refusal) = crate::identity::edge::authenticate(state.auth.as_ref(), &headers).await {
-        return refusal;
-    }
+    // A token in the upgrade request's Authorization header is checked now (a bad one
+    // is refused before the upgrade); without one, the token comes in connection_init
+    // (browsers cannot set headers on a websocket).
+    let credentials = match credentials {
+        Some(axum::Extension(c)) => c,
+        None => Credentials::read(state.auth.as_ref(), &headers).await,
+    };
+    let from_upgrade = match credentials {
+        Credentials::Off | Credentials::Refused(crate::identity::AuthError::Missing) => None,
+        Credentials::Verified {
+            principal,
+            expires_at,
+        } => Some((principal, expires_at)),
+        Credentials::Refused(error) => return crate::identity::edge::refusal(&error),
+    };
+    let addr = peer_addr(&connection);
     let protocol = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -676,5 +866,39 @@ async fn graphql_ws(
         .write_buffer_size(4 * 1024)
         .max_message_size(state.limits.max_body_bytes)
         .max_frame_size(state.limits.max_body_bytes)
-        .on_upgrade(move |socket| crate::websocket::serve_socket(socket, state, protocol))
+        .on_upgrade(move |socket| {
+            crate::websocket::serve_socket(socket, state, protocol, from_upgrade, addr)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_names_count_as_this_machine() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:8080",
+            "10.0.0.5:8080",
+            "[::2]:8080",
+            "[::1",
+            "0.0.0.0:8080",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
 }

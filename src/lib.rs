@@ -11,7 +11,9 @@
 //! to subscriptions. No module imports one that imports it back.
 //!
 //! - [`config`]: settings from the command line and environment.
-//! - [`error`]: `AppError`, the two error tiers and their mapping to GraphQL codes.
+//! - [`error`]: `AppError`, the two error tiers and their mapping to GraphQL codes;
+//!   `ErrorCode`, every `extensions.code` the server answers with (the README table's
+//!   source).
 //! - [`postgres`]: pool, migrations, and the embedded local cluster.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`domain`]: pure aggregates (Board, Provider, ProviderShift, Appointment), the id
@@ -39,21 +41,26 @@
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
 //! - [`graphql`]: schema, queries, mutations, subscriptions, output types; the input
 //!   types and their `TryFrom` into commands ([`graphql::inputs`]); the documented
-//!   custom scalars ([`graphql::scalars`]).
-//! - [`http`]: the axum router (GraphQL, GraphiQL, pages, health, metrics).
+//!   custom scalars ([`graphql::scalars`]); the access edge ([`graphql::access`]): every
+//!   root field meets the permission matrix, patient fields are masked, and answers that
+//!   showed them are recorded in the access log (fail closed).
+//! - [`http`]: the axum router (GraphQL, GraphiQL, pages, health, metrics); every way
+//!   into GraphQL needs a bearer token, verified once per request
+//!   ([`identity::edge`]).
 //! - [`state`]: `AppState`, what every handler and websocket shares.
 //! - [`persisted`]: automatic persisted queries (hash → document, bounded LRU).
 //! - [`app`]: wiring and serving; [`cli`]: the command line.
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
 //! - [`identity`]: who is asking — bearer token verification (OIDC JWKS or the
 //!   development issuer), the principal, the permission matrix, the access log.
-//! - [`websocket`]: one GraphQL websocket, guarded (queue, budget, pings, close codes).
+//! - [`websocket`]: one GraphQL websocket, guarded (its token verified in
+//!   `connection_init`, closed at the token's expiry; queue, budget, pings, close codes).
 //! - [`limits`]: what keeps one request from taking the service down: nesting checked
 //!   before parsing, a connection cap per request, rate limits, page security headers.
 //! - [`health`]: the database prober behind `/readyz` and fast UNAVAILABLE answers.
 //!
 //! Outside `src/`: `tests/api/` is the one integration-test binary (`helpers` holds
-//! `TestApp` and the throwaway cluster); `bench/` is the benchmark harness, a
+//! `TestApp`, the throwaway cluster and the tests' identity provider); `bench/` is the benchmark harness, a
 //! workspace member of its own.
 
 pub mod app;

@@ -126,11 +126,21 @@ impl Extension for ConnectionCapExtension {
     }
 }
 
-/// Requests per client address (and, once requests carry a verified principal, per
-/// principal), as a token bucket: `per_second` sustained, `burst` at once.
+/// Whose requests a rate limit counts together.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// A verified token's subject: one person, whichever address they come from, and
+    /// apart from others behind the same address (a clinic's NAT, a proxy).
+    Subject(String),
+    /// Requests without a verified token, by address.
+    Address(IpAddr),
+}
+
+/// Requests per client (verified subject, else address), as a token bucket:
+/// `per_second` sustained, `burst` at once.
 #[derive(Clone)]
 pub struct RateLimiter {
-    limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<Client>>>,
 }
 
 impl RateLimiter {
@@ -160,7 +170,7 @@ impl RateLimiter {
     }
 
     /// `Err(seconds to wait)` when `client` is over its rate.
-    pub fn check(&self, client: IpAddr) -> Result<(), u64> {
+    pub fn check(&self, client: Client) -> Result<(), u64> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -172,22 +182,35 @@ impl RateLimiter {
 }
 
 /// Middleware: 429 with `Retry-After` and a `RATE_LIMITED` GraphQL error when the
-/// client address is over its rate.
+/// client (its verified subject, else its address) is over its rate. Runs after the
+/// bearer token is verified ([`crate::identity::edge::credentials`]).
 pub async fn rate_limit(
     State(limiter): State<RateLimiter>,
     request: Request,
     next: Next,
 ) -> Response {
-    let client = request
+    let subject = request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+        .get::<crate::identity::edge::Credentials>()
+        .and_then(|c| c.subject())
+        .map(|s| Client::Subject(s.to_string()));
+    let client = subject.or_else(|| {
+        request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| Client::Address(addr.ip()))
+    });
     if let Some(client) = client {
+        let by_subject = matches!(client, Client::Subject(_));
         if let Err(wait) = limiter.check(client) {
             let wait = wait.max(1);
             let body = json!({ "errors": [{
-                "message": format!("too many requests from this address; retry in {wait} s"),
-                "extensions": { "code": "RATE_LIMITED" }
+                "message": if by_subject {
+                    format!("too many requests from this caller; retry in {wait} s")
+                } else {
+                    format!("too many requests from this address; retry in {wait} s")
+                },
+                "extensions": { "code": crate::error::ErrorCode::RateLimited }
             }] });
             let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
             response

@@ -11,6 +11,8 @@ use axum::Json;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::error::ErrorCode;
+
 /// Automatic persisted queries (the protocol Apollo clients speak): a client sends the
 /// SHA-256 of its query in `extensions.persistedQuery`; if this process knows the
 /// document it runs it, otherwise it answers `PERSISTED_QUERY_NOT_FOUND` and the client
@@ -23,7 +25,7 @@ pub struct PersistedQueries {
 #[derive(Debug)]
 pub struct PersistedQueryError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
@@ -35,7 +37,7 @@ impl PersistedQueryError {
         error
             .extensions
             .get_or_insert_with(Default::default)
-            .set("code", self.code);
+            .set("code", self.code.as_str());
         let status = if graphql_response_media {
             self.status
         } else {
@@ -62,13 +64,13 @@ impl PersistedQueries {
         let persisted = persisted.clone().into_json().unwrap_or_default();
         let invalid = |message: &str| PersistedQueryError {
             status: StatusCode::BAD_REQUEST,
-            code: "VALIDATION",
+            code: ErrorCode::Validation,
             message: message.to_string(),
         };
         if persisted["version"] != 1 {
             return Err(PersistedQueryError {
                 status: StatusCode::BAD_REQUEST,
-                code: "PERSISTED_QUERY_NOT_SUPPORTED",
+                code: ErrorCode::PersistedQueryNotSupported,
                 message: "PersistedQueryNotSupported: only persistedQuery version 1 is supported"
                     .into(),
             });
@@ -87,7 +89,7 @@ impl PersistedQueries {
                 }
                 None => Err(PersistedQueryError {
                     status: StatusCode::OK,
-                    code: "PERSISTED_QUERY_NOT_FOUND",
+                    code: ErrorCode::PersistedQueryNotFound,
                     message: "PersistedQueryNotFound".into(),
                 }),
             };

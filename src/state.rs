@@ -32,6 +32,15 @@ pub struct AppState {
     /// Whether the database answers, probed off the pool: fast 503s and UNAVAILABLE.
     pub health: DbHealth,
     pub rate_limiter: RateLimiter,
-    /// Bearer token verification; `None` serves anonymous requests (`--auth off`).
+    /// Bearer token verification; `None` serves anonymous requests (`--auth off`,
+    /// loopback only).
     pub auth: Option<crate::identity::Verifier>,
+    /// The development issuer, when it is the one `auth` trusts (no identity provider
+    /// configured, loopback only): GraphiQL and the Board pages served to this machine
+    /// open with a short-lived coordinator token it signs.
+    pub dev_issuer: Option<Arc<crate::identity::dev_issuer::DevIssuer>>,
+    /// How long that page token lives (`--page-token-ttl`).
+    pub page_token_ttl: std::time::Duration,
+    /// `/metrics` is served on an address of its own (`--metrics-bind`), not here.
+    pub metrics_elsewhere: bool,
 }

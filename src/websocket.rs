@@ -6,6 +6,16 @@
 //! - `subscribe` is checked here, before any query runs: before `connection_init` →
 //!   close 4401; an id already in use → 4409; past the per-socket budget → 4429; a
 //!   document nested too deep → an `error` for that id (the parser never sees it).
+//! - Who is asking: the bearer token comes in `connection_init`'s payload
+//!   (`{"Authorization": "Bearer …"}`, `{"authorization": …}` or `{"token": …}`) or the
+//!   upgrade request's `Authorization` header, and is verified before the server
+//!   acknowledges. No valid token: graphql-transport-ws closes with 4403 (the spec's
+//!   code for a refused `connection_init`; the reference `graphql-ws` client retries
+//!   it, asking its `connectionParams` again, where 4401 would end it for good); the
+//!   legacy protocol gets a `connection_error`, then the same close. When the token
+//!   expires the server closes the socket (4403, "token expired") and the client
+//!   resumes on a new one with a fresh token (`sinceVersion` / `after`). The
+//!   principal is in every subscription's request data.
 //! - Liveness is the server's job: it pings every interval, and any frame from the
 //!   client (a pong included) counts. A socket silent for three intervals is closed
 //!   (3008); a client that only listens is never timed out.
@@ -21,11 +31,20 @@ use tokio::time::Instant;
 
 use crate::graphql::subscription::SubscriptionBudget;
 use crate::graphql::RequestContext;
+use crate::identity::{AuthError, Principal};
 use crate::state::AppState;
+
+/// The close code for a socket without a valid token, or whose token expired.
+pub const CLOSE_UNAUTHENTICATED: u16 = 4403;
+/// The close code when tokens cannot be verified now (the identity provider's keys are
+/// unreachable): "try again later", which clients retry.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// What to do with one inbound text message.
 enum Inbound {
     Forward,
+    /// The first `connection_init`, with its payload: authenticate, then forward.
+    Init(Value),
     /// Answer with this message and forward nothing.
     Reply(String),
     Close(u16, &'static str),
@@ -49,9 +68,9 @@ impl Gate {
         };
         let id = message["id"].as_str().map(str::to_string);
         match message["type"].as_str() {
-            Some("connection_init") => {
-                self.init_received = true;
-                Inbound::Forward
+            // A second one is forwarded: the protocol engine closes for it (4429).
+            Some("connection_init") if !self.init_received => {
+                Inbound::Init(message.get("payload").cloned().unwrap_or(Value::Null))
             }
             Some("subscribe" | "start") => {
                 if !self.init_received {
@@ -105,33 +124,128 @@ impl Gate {
     }
 
     fn error(&self, id: &str, message: &str) -> String {
-        let error = json!({ "message": message, "extensions": { "code": "VALIDATION" } });
+        let error = json!({ "message": message, "extensions": { "code": crate::error::ErrorCode::Validation } });
         let payload = if self.legacy { error } else { json!([error]) };
         json!({ "id": id, "type": "error", "payload": payload }).to_string()
     }
 }
 
-pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocketProtocols) {
+/// The token a `connection_init` payload carries, if any: `Authorization` or
+/// `authorization` (`Bearer …`), or `token` (the token itself).
+fn payload_token(payload: &Value) -> Option<Result<String, AuthError>> {
+    let value = ["Authorization", "authorization", "token"]
+        .iter()
+        .find_map(|key| payload.get(*key).map(|v| (*key, v)))?;
+    let Some(text) = value.1.as_str() else {
+        return Some(Err(AuthError::Malformed));
+    };
+    let text = text.trim();
+    let token = if value.0 == "token" {
+        text.strip_prefix("Bearer ").unwrap_or(text)
+    } else {
+        match text.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
+            _ => return Some(Err(AuthError::Malformed)),
+        }
+    };
+    Some(Ok(token.trim().to_string()))
+}
+
+/// A verified principal and the Unix time its token expires.
+pub type Authenticated = (Principal, i64);
+
+/// Who opens this socket: the payload's token, else the upgrade request's.
+async fn authenticate_init(
+    state: &AppState,
+    payload: &Value,
+    from_upgrade: Option<&Authenticated>,
+) -> Result<Option<Authenticated>, AuthError> {
+    let Some(verifier) = state.auth.as_ref() else {
+        return Ok(None);
+    };
+    match payload_token(payload) {
+        Some(token) => verifier.verify_expiring(&token?).await.map(Some),
+        None => from_upgrade.cloned().map(Some).ok_or(AuthError::Missing),
+    }
+}
+
+/// The close reason for a refused token: what is wrong, never the token (at most the
+/// 123 bytes a close frame holds).
+fn refusal_reason(error: &AuthError) -> String {
+    let text = match error {
+        AuthError::Missing => {
+            "no token: send {\"Authorization\": \"Bearer <token>\"} in connection_init's payload"
+                .to_string()
+        }
+        AuthError::KeysUnavailable => {
+            "cannot verify tokens now: the identity provider's keys are unreachable".to_string()
+        }
+        other => other.to_string(),
+    };
+    truncate(text, 123)
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// When a token that expires at `exp` (Unix seconds) stops being accepted: its expiry
+/// plus the clock-skew leeway the verifier allows.
+fn expiry_instant(exp: i64, leeway: Duration) -> Instant {
+    let now = chrono::Utc::now().timestamp();
+    let left = (exp - now).max(0) as u64;
+    Instant::now() + Duration::from_secs(left) + leeway
+}
+
+pub async fn serve_socket(
+    socket: WebSocket,
+    state: AppState,
+    protocol: WebSocketProtocols,
+    from_upgrade: Option<Authenticated>,
+    addr: Option<String>,
+) {
     let limits = state.limits.clone();
     let (mut sink, mut source) = socket.split();
     let (to_graphql, from_client) =
         tokio::sync::mpsc::channel::<Vec<u8>>(limits.ws_inbound_queue.max(1));
     let max_subscriptions = limits.max_subscriptions_per_socket;
-    let on_init = move |payload: Value| async move {
+    // Set by the loop once the token is verified, taken by the protocol engine's init.
+    let verified: std::sync::Arc<std::sync::Mutex<Option<Principal>>> = Default::default();
+    let for_init = verified.clone();
+    let auth_on = state.auth.is_some();
+    let on_init = move |_payload: Value| async move {
+        let principal = for_init.lock().map(|mut p| p.take()).unwrap_or_default();
         let mut data = async_graphql::Data::default();
         data.insert(SubscriptionBudget::new(max_subscriptions));
+        // Who the permission matrix judges. With authentication on and no verified
+        // principal (which the loop never lets happen), no caller at all: refused.
+        match (&principal, auth_on) {
+            (Some(p), _) => data.insert(crate::graphql::access::Caller::Verified(p.clone())),
+            (None, false) => data.insert(crate::graphql::access::Caller::Unchecked),
+            (None, true) => {}
+        }
+        if let Some(addr) = addr {
+            data.insert(crate::graphql::access::ClientAddr(addr));
+        }
         data.insert(RequestContext {
-            actor: payload
-                .get("actor")
-                .and_then(|a| a.as_str())
-                .unwrap_or("anonymous")
-                .chars()
-                .filter(|c| *c != '\0')
-                .take(200)
-                .collect(),
+            // The verified subject; with authentication off, nobody in particular.
+            actor: principal
+                .as_ref()
+                .map(|p| p.subject.clone())
+                .unwrap_or_else(|| "anonymous".into()),
             correlation_id: uuid::Uuid::new_v4().to_string(),
             operation_name: None,
         });
+        if let Some(principal) = principal {
+            data.insert(principal);
+        }
         Ok(data)
     };
     let mut graphql = async_graphql::http::WebSocket::new(
@@ -141,13 +255,23 @@ pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocke
     )
     .on_connection_init(on_init)
     .keepalive_timeout(None);
+    let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
     let mut gate = Gate {
-        legacy: protocol == WebSocketProtocols::SubscriptionsTransportWS,
+        legacy,
         init_received: false,
         active: HashSet::new(),
         max_subscriptions,
         max_nesting: limits.max_nesting,
     };
+    let leeway = state
+        .auth
+        .as_ref()
+        .map(|v| v.config().leeway)
+        .unwrap_or_default();
+    // Until the socket is authenticated, nothing expires; then its token's expiry.
+    let expiry = tokio::time::sleep(Duration::from_secs(0));
+    tokio::pin!(expiry);
+    let mut expires = false;
     let init_deadline = tokio::time::sleep(Duration::from_millis(limits.ws_init_timeout_ms));
     tokio::pin!(init_deadline);
     let ping_interval = Duration::from_millis(limits.ws_ping_interval_ms.max(10));
@@ -179,6 +303,38 @@ pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocke
                             break;
                         }
                     }
+                    Inbound::Init(payload) => {
+                        match authenticate_init(&state, &payload, from_upgrade.as_ref()).await {
+                            Ok(authenticated) => {
+                                if let Some((principal, exp)) = authenticated {
+                                    expiry.as_mut().reset(expiry_instant(exp, leeway));
+                                    expires = true;
+                                    if let Ok(mut slot) = verified.lock() {
+                                        *slot = Some(principal);
+                                    }
+                                }
+                                gate.init_received = true;
+                                if sender.try_send(bytes).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(error) => {
+                                let code = if error.is_server_side() {
+                                    CLOSE_TRY_AGAIN_LATER
+                                } else {
+                                    CLOSE_UNAUTHENTICATED
+                                };
+                                let reason = refusal_reason(&error);
+                                if legacy {
+                                    let message = json!({"type": "connection_error", "payload": {"message": reason}});
+                                    let _ = sink.send(Message::Text(message.to_string().into())).await;
+                                }
+                                let _ = sink.send(close(code, &reason)).await;
+                                we_closed = true;
+                                break;
+                            }
+                        }
+                    }
                     Inbound::Reply(text) => {
                         if sink.send(Message::Text(text.into())).await.is_err() {
                             break;
@@ -205,6 +361,16 @@ pub async fn serve_socket(socket: WebSocket, state: AppState, protocol: WebSocke
                 }
                 None => break,
             },
+            _ = &mut expiry, if expires => {
+                let reason = "token expired: reconnect with a fresh token and resume (sinceVersion / after)";
+                if legacy {
+                    let message = json!({"type": "connection_error", "payload": {"message": reason}});
+                    let _ = sink.send(Message::Text(message.to_string().into())).await;
+                }
+                let _ = sink.send(close(CLOSE_UNAUTHENTICATED, reason)).await;
+                we_closed = true;
+                break;
+            }
             _ = &mut init_deadline, if !gate.init_received => {
                 let _ = sink.send(close(4408, "Connection initialisation timeout")).await;
                 we_closed = true;

@@ -149,6 +149,11 @@
       figure("paused", c.providersPaused),
     );
 
+    // Patient fields this viewer may not see arrive masked (null).
+    for (const a of b.appointments) {
+      if (a.patientName === null) a.patientName = "(patient hidden)";
+      if (a.reason === null) a.reason = "";
+    }
     const by = (s) => b.appointments.filter((a) => a.status === s);
     const waiting = by("REQUESTED").sort((x, y) => ms(x.requestedAt) - ms(y.requestedAt));
     fill("waiting", waiting.map((a) => {

@@ -1,20 +1,90 @@
 // Careboard's browser client: the one place where the pages talk to the server.
 // Queries go through `Careboard.query`, subscriptions through `Careboard.live`; both
-// carry the same credentials (`Careboard.credentials`), so signing in later means
-// changing this file only.
+// carry the same credentials (`Careboard.credentials`): a bearer token.
+//
+// Where the token comes from: a server running its development issuer puts a
+// short-lived one in the page (`<meta name="careboard-token">`, only when served to
+// this machine) and a fresh one in the page each time it is asked for again, which is
+// how an expired one is renewed. With an identity provider, the person pastes a token
+// into the sign-in field; it is kept in this tab's sessionStorage only.
 "use strict";
 
 window.Careboard = (() => {
   const TOKEN_KEY = "careboard.token";
+  const tokenMeta = document.querySelector('meta[name="careboard-token"]');
+  let pageToken = tokenMeta ? tokenMeta.content : null;
+
+  function token() {
+    if (pageToken) return pageToken;
+    try {
+      return sessionStorage.getItem(TOKEN_KEY);
+    } catch (_) {
+      return null;
+    }
+  }
 
   /// What every request and every websocket's connection_init carries.
   function credentials() {
-    const token = sessionStorage.getItem(TOKEN_KEY);
-    return token ? { authorization: "Bearer " + token } : {};
+    const t = token();
+    return t ? { authorization: "Bearer " + t } : {};
+  }
+
+  /// A fresh development token: the page, asked for again, carries one.
+  async function renewPageToken() {
+    if (!pageToken) return false;
+    try {
+      const res = await fetch(location.pathname, { cache: "no-store", credentials: "same-origin" });
+      const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+      const meta = doc.querySelector('meta[name="careboard-token"]');
+      if (meta && meta.content) {
+        pageToken = meta.content;
+        return true;
+      }
+    } catch (_) {
+      // Offline: the caller retries later.
+    }
+    return false;
+  }
+
+  /// The sign-in field: paste a token from the identity provider (kept in this tab).
+  function showSignIn(problem) {
+    let form = document.getElementById("careboard-signin");
+    if (!form) {
+      const input = el("input", {
+        id: "careboard-signin-token", type: "password", autocomplete: "off",
+        spellcheck: "false", required: true, placeholder: "eyJ…",
+      });
+      form = el("form", { id: "careboard-signin", class: "signin", "aria-label": "Sign in" },
+        el("label", { for: "careboard-signin-token", text: "Sign in: paste a bearer token from your identity provider" }),
+        input,
+        el("button", { type: "submit", text: "Sign in" }),
+        el("p", { class: "signin-problem", role: "status" }));
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const value = input.value.trim().replace(/^bearer\s+/i, "");
+        if (!value) return;
+        try {
+          sessionStorage.setItem(TOKEN_KEY, value);
+        } catch (_) {
+          return;
+        }
+        location.reload();
+      });
+      document.body.prepend(form);
+    }
+    form.querySelector(".signin-problem").textContent = problem || "";
+  }
+
+  /// Not signed in, or the token was refused: renew the page's token, or ask for one.
+  /// True when there is a new token to retry with.
+  async function unauthenticated(problem) {
+    if (await renewPageToken()) return true;
+    showSignIn(problem);
+    return false;
   }
 
   /// One GraphQL query or mutation; resolves to `data`, rejects with the first error.
-  async function query(text, variables) {
+  async function query(text, variables, renewed) {
     const res = await fetch("/graphql", {
       method: "POST",
       headers: { "content-type": "application/json", ...credentials() },
@@ -27,8 +97,13 @@ window.Careboard = (() => {
       throw new Error(`the server answered ${res.status} without GraphQL`);
     }
     if (body.errors && body.errors.length) {
-      const e = new Error(body.errors[0].message);
-      e.code = body.errors[0].extensions && body.errors[0].extensions.code;
+      const first = body.errors[0];
+      const code = first.extensions && first.extensions.code;
+      if (code === "UNAUTHENTICATED" && !renewed && (await unauthenticated(first.message))) {
+        return query(text, variables, true);
+      }
+      const e = new Error(first.message);
+      e.code = code;
       throw e;
     }
     return body.data;
@@ -72,7 +147,7 @@ window.Careboard = (() => {
       socket.onopen = () =>
         socket.send(JSON.stringify({
           type: "connection_init",
-          payload: { actor: "board-page", ...credentials() },
+          payload: credentials(),
         }));
       socket.onmessage = (msg) => {
         let m;
@@ -102,11 +177,20 @@ window.Careboard = (() => {
           if (s && s.onError) s.onError(message);
         }
       };
-      socket.onclose = () => {
+      socket.onclose = (event) => {
         if (ws !== socket) return;
         ws = null;
         acked = false;
         if (stopped) return;
+        // 4403: no valid token (or it expired). Renew it (development issuer) or ask
+        // for one; reconnect either way, resuming every subscription where it was.
+        if (event.code === 4403) {
+          setState("down", event.reason);
+          unauthenticated(event.reason).then((renewed) => {
+            setTimeout(connect, renewed ? 0 : Math.min(10000, 500 * 2 ** Math.min(++retry, 5)));
+          });
+          return;
+        }
         retry += 1;
         setState("down");
         setTimeout(connect, Math.min(10000, 500 * 2 ** Math.min(retry, 5)));
@@ -209,6 +293,10 @@ window.Careboard = (() => {
     }
     return e;
   }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    if (!token()) showSignIn("");
+  });
 
   return { query, live, credentials, timeZone, setTimeZone, clock, zoneName, duration, spokenDuration, el, REGION_ZONES };
 })();

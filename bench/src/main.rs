@@ -85,6 +85,91 @@ struct Args {
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json_out: PathBuf,
+    /// Authentication on the servers under test: `on` (the default, as Careboard
+    /// ships: clients send tokens from a development issuer the harness creates),
+    /// `off`, or `ab`: `mutate`, `query` and `subscribe` run both ways in this run, and
+    /// the report compares them.
+    #[arg(long, value_enum, default_value = "on")]
+    auth: AuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AuthMode {
+    On,
+    Off,
+    Ab,
+}
+
+impl AuthMode {
+    fn name(self) -> &'static str {
+        match self {
+            AuthMode::On => "on",
+            AuthMode::Off => "off",
+            AuthMode::Ab => "ab",
+        }
+    }
+}
+
+/// The tokens of a run: a development issuer in a directory of its own, and the
+/// coordinator token every client sends (none with `--auth off`).
+#[derive(Clone)]
+pub(crate) struct BenchAuth {
+    pub issuer: Option<Arc<careboard::identity::dev_issuer::DevIssuer>>,
+    pub token: Option<String>,
+    pub dir: PathBuf,
+}
+
+impl BenchAuth {
+    fn new(switch: careboard::config::Switch) -> Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("careboard-bench-issuer-{}", std::process::id()));
+        if switch == careboard::config::Switch::Off {
+            return Ok(Self {
+                issuer: None,
+                token: None,
+                dir,
+            });
+        }
+        let issuer = careboard::identity::dev_issuer::DevIssuer::load_or_create(&dir)?;
+        let token = issuer.issue(&careboard::identity::dev_issuer::TokenArgs {
+            role: careboard::identity::Role::Coordinator,
+            name: "Bench".into(),
+            subject: None,
+            provider_id: None,
+            patient_id: None,
+            regions: vec![],
+            specialties: vec![],
+            ttl: Duration::from_secs(24 * 3600),
+        })?;
+        Ok(Self {
+            issuer: Some(Arc::new(issuer)),
+            token: Some(token),
+            dir,
+        })
+    }
+
+    /// `state` verifying this run's tokens (or none).
+    fn apply(&self, state: &mut careboard::state::AppState) {
+        state.auth = self
+            .issuer
+            .as_ref()
+            .map(|i| careboard::identity::Verifier::new(i.verifier_config()));
+    }
+
+    /// An HTTP client that sends the token with every request.
+    pub fn client(&self, idle_per_host: usize) -> Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse()?,
+            );
+        }
+        Ok(reqwest::Client::builder()
+            .pool_max_idle_per_host(idle_per_host)
+            .default_headers(headers)
+            .build()?)
+    }
 }
 
 /// One measured line of the report.
@@ -138,6 +223,26 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
+    // The ways the servers under test run, each with the label its rows carry.
+    let auths: Vec<(&str, BenchAuth)> = match args.auth {
+        AuthMode::On => vec![("", BenchAuth::new(careboard::config::Switch::On)?)],
+        AuthMode::Off => vec![("", BenchAuth::new(careboard::config::Switch::Off)?)],
+        AuthMode::Ab => vec![
+            (
+                " [auth off]",
+                BenchAuth::new(careboard::config::Switch::Off)?,
+            ),
+            (" [auth on]", BenchAuth::new(careboard::config::Switch::On)?),
+        ],
+    };
+    println!(
+        "authentication on the servers under test: {}",
+        match args.auth {
+            AuthMode::On => "on (bearer tokens)",
+            AuthMode::Off => "off",
+            AuthMode::Ab => "off, then on (bearer tokens), compared",
+        }
+    );
     let (admin_url, cluster) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -203,7 +308,16 @@ async fn main() -> Result<()> {
             } else {
                 pgbench
             };
-            rows.push(mutate_scenario(&pool, &args, baseline).await?);
+            let mut rates = Vec::new();
+            for (label, auth) in &auths {
+                let mut row = mutate_scenario(&pool, &args, auth, baseline).await?;
+                row.scenario.push_str(label);
+                rates.push(row.rate);
+                rows.push(row);
+            }
+            if let [off, on] = rates[..] {
+                rows.push(ab_row("mutate rate", on, off));
+            }
         }
     }
     eprintln!(
@@ -292,20 +406,32 @@ async fn main() -> Result<()> {
             baseline_name: "-".into(),
             baseline_rate: 0.0,
         });
-        let server = subscribe::Server::start(&url).await?;
-        let hist =
-            subscribe::latency(&server, args.subscribers, args.change_rate, args.seconds).await?;
-        rows.push(Row {
-            scenario: format!(
-                "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s)",
-                args.subscribers, args.change_rate
-            ),
-            rate: hist.len() as f64 / args.seconds as f64,
-            latency: Some(hist),
-            errors: 0,
-            baseline_name: "-".into(),
-            baseline_rate: 0.0,
-        });
+        let mut p99s = Vec::new();
+        let mut server = None;
+        for (label, auth) in &auths {
+            drop(server.take());
+            let started = subscribe::Server::start(&url, auth).await?;
+            let hist =
+                subscribe::latency(&started, args.subscribers, args.change_rate, args.seconds)
+                    .await?;
+            p99s.push(hist.value_at_quantile(0.99) as f64 / 1000.0);
+            rows.push(Row {
+                scenario: format!(
+                    "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}",
+                    args.subscribers, args.change_rate
+                ),
+                rate: hist.len() as f64 / args.seconds as f64,
+                latency: Some(hist),
+                errors: 0,
+                baseline_name: "-".into(),
+                baseline_rate: 0.0,
+            });
+            server = Some(started);
+        }
+        if let [off, on] = p99s[..] {
+            rows.push(ab_row("subscribe p99 ms (lower is better)", on, off));
+        }
+        let server = server.context("a subscribe server")?;
         let per = subscribe::idle_memory(&server, args.idle).await?;
         println!(
             "memory per idle subscription at {}: {:.1} KB",
@@ -353,7 +479,16 @@ async fn main() -> Result<()> {
     }
     eprintln!("[{:.1} s] done", started.elapsed().as_secs_f64());
     if want(Scenario::Query) {
-        rows.push(query_scenario(&admin_url, &args).await?);
+        let mut rates = Vec::new();
+        for (label, auth) in &auths {
+            let mut row = query_scenario(&admin_url, &args, auth).await?;
+            row.scenario.push_str(label);
+            rates.push(row.rate);
+            rows.push(row);
+        }
+        if let [off, on] = rates[..] {
+            rows.push(ab_row("query rate", on, off));
+        }
     }
     print_table(&rows);
     if let Some(dir) = args.json_out.parent() {
@@ -363,6 +498,7 @@ async fn main() -> Result<()> {
         "machine": machine(),
         "clients": args.clients,
         "seconds": args.seconds,
+        "auth": args.auth.name(),
         "results": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
     });
     std::fs::write(&args.json_out, serde_json::to_string_pretty(&report)?)?;
@@ -370,7 +506,22 @@ async fn main() -> Result<()> {
     pool.close().await;
     drop_bench_databases(&admin_url).await?;
     drop(cluster);
+    for (_, auth) in &auths {
+        let _ = std::fs::remove_dir_all(&auth.dir);
+    }
     Ok(())
+}
+
+/// The A/B line of `--auth ab`: `what` with authentication on, against off, same run.
+fn ab_row(what: &str, on: f64, off: f64) -> Row {
+    Row {
+        scenario: format!("A/B: {what}, auth on vs off"),
+        rate: on,
+        latency: None,
+        errors: 0,
+        baseline_name: "auth off, same run".into(),
+        baseline_rate: off,
+    }
 }
 
 /// Drops the databases earlier runs left behind: their autovacuum and checkpoints would
@@ -479,6 +630,7 @@ pub(crate) async fn open_board(store: &EventStore) -> Result<String> {
 
 pub(crate) fn request_input(board: &str, i: u64) -> RequestAppointment {
     RequestAppointment {
+        patient_id: None,
         board_id: board.parse().expect("a board id"),
         patient_name: format!("Patient {i}"),
         specialty: "pediatrics".into(),
@@ -642,15 +794,19 @@ fn bench_limits() -> GraphqlLimits {
     }
 }
 
-async fn mutate_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
-    let state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
+async fn mutate_scenario(
+    pool: &PgPool,
+    args: &Args,
+    auth: &BenchAuth,
+    baseline: f64,
+) -> Result<Row> {
+    let mut state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
+    auth.apply(&mut state);
     let server = RunningServer::start("127.0.0.1:0", state).await?;
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let board = open_board(&store).await?;
     let url = server.url("/graphql");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .build()?;
+    let http = auth.client(args.clients)?;
     let query = "mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id status } version position } }";
     let (rate, hist, errors) = closed_loop(args.clients, args.seconds, move |i| {
         let http = http.clone();
@@ -734,11 +890,12 @@ fn machine() -> Value {
 
 /// `board(id)` over GraphQL and HTTP, against a bare axum handler that runs the same
 /// SELECT of the projected document and returns it.
-async fn query_scenario(admin_url: &str, args: &Args) -> Result<Row> {
+async fn query_scenario(admin_url: &str, args: &Args, auth: &BenchAuth) -> Result<Row> {
     let url = fresh_database(admin_url).await?;
     let pool = postgres::connect(&url, 32).await?;
     postgres::migrate(&pool).await?;
-    let state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
+    let mut state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
+    auth.apply(&mut state);
     // The scenarios measure the projector and the API; matching is measured by the demo.
     let projector = app::spawn_daemon(
         &state,
@@ -791,9 +948,8 @@ async fn query_scenario(admin_url: &str, args: &Args) -> Result<Row> {
     let plain_addr = listener.local_addr()?;
     let plain_task = tokio::spawn(async move { axum::serve(listener, plain).await });
 
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .build()?;
+    // The baseline gets the same client (its handler ignores the token).
+    let http = auth.client(args.clients)?;
     let plain_url = format!("http://{plain_addr}/board/{board}");
     let (plain_rate, _, plain_errors) = {
         let http = http.clone();

@@ -73,6 +73,7 @@ pub fn generate_shaped(
                 let appointment_events = [
                     AppointmentEvent::AppointmentRequested {
                         board_id: *board,
+                        patient_id: Some(format!("patient-{a}")),
                         patient_name: format!("Patient {a}"),
                         specialty: "pediatrics".into(),
                         region: "TX".into(),

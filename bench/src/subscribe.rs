@@ -21,10 +21,12 @@ type Socket =
 pub struct Server {
     child: std::process::Child,
     pub base: String,
+    /// The bearer token clients send (none with `--auth off`).
+    token: Option<String>,
 }
 
 impl Server {
-    pub async fn start(database_url: &str) -> Result<Self> {
+    pub async fn start(database_url: &str, auth: &crate::BenchAuth) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let bin: PathBuf = exe
             .parent()
@@ -41,6 +43,10 @@ impl Server {
             .port();
         let child = std::process::Command::new(bin)
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--auth", if auth.token.is_some() { "on" } else { "off" }])
+            // Its development issuer's key is the harness's: the tokens verify.
+            .arg("--data-dir")
+            .arg(&auth.dir)
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "warn")
             .env("CAREBOARD_MAX_SUBSCRIPTIONS_PER_SOCKET", "100000")
@@ -61,7 +67,11 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Self { child, base })
+        Ok(Self {
+            child,
+            base,
+            token: auth.token.clone(),
+        })
     }
 
     /// Resident memory of the server process, in bytes.
@@ -77,13 +87,13 @@ impl Server {
     }
 
     async fn graphql(&self, query: &str, variables: Value) -> Result<Value> {
-        let v: Value = reqwest::Client::new()
+        let mut request = reqwest::Client::new()
             .post(format!("http://{}/graphql", self.base))
-            .json(&json!({"query": query, "variables": variables}))
-            .send()
-            .await?
-            .json()
-            .await?;
+            .json(&json!({"query": query, "variables": variables}));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let v: Value = request.send().await?.json().await?;
         if v.get("errors").is_some() {
             bail!("GraphQL errors: {v}");
         }
@@ -96,9 +106,15 @@ impl Server {
             .headers_mut()
             .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
         let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let payload = match &self.token {
+            Some(token) => json!({"Authorization": format!("Bearer {token}")}),
+            None => json!({}),
+        };
         socket
             .send(Message::Text(
-                json!({"type": "connection_init"}).to_string().into(),
+                json!({"type": "connection_init", "payload": payload})
+                    .to_string()
+                    .into(),
             ))
             .await?;
         loop {
@@ -188,7 +204,16 @@ pub async fn latency(
             }
         }));
     }
-    let http = reqwest::Client::new();
+    let mut request = reqwest::Client::builder();
+    if let Some(token) = &server.token {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        request = request.default_headers(headers);
+    }
+    let http = request.build()?;
     let url = format!("http://{}/graphql", server.base);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let deadline = Instant::now() + Duration::from_secs(seconds);

@@ -33,6 +33,8 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
             "100",
             "--append-writers",
             "2",
+            "--auth",
+            "ab",
             "--json-out",
         ])
         .arg(&json_path)
@@ -43,6 +45,8 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
     assert!(status.success(), "careboard-bench failed");
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    // Both ways in one run: as Careboard ships (every client sends a token), and off.
+    assert_eq!(report["auth"], "ab", "{report}");
     let results = report["results"].as_array().unwrap();
     let scenarios: Vec<&str> = results
         .iter()
@@ -60,6 +64,9 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
         "subscribe: KB per idle",
         "asof: board(asOf)",
         "query: board(id)",
+        "A/B: mutate rate, auth on vs off",
+        "A/B: query rate, auth on vs off",
+        "A/B: subscribe p99 ms (lower is better), auth on vs off",
     ] {
         assert!(
             scenarios.iter().any(|s| s.starts_with(expected)),

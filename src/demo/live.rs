@@ -50,7 +50,25 @@ pub struct LiveSummary {
     pub scheduled_by_matcher: usize,
     pub finished: usize,
     pub boards_closed: usize,
+    /// Providers found from an earlier run (or the history demo) and reused.
+    pub providers_reused: usize,
+    /// Boards left open by an earlier, killed run and closed before this one started.
+    pub leftovers_closed: usize,
+    /// The run stopped before the day ended (Ctrl+C, or `--hours`); what it opened
+    /// was closed.
+    pub interrupted: bool,
+    /// Simulated time skipped because nothing was going on (no patient waiting or
+    /// being seen, nothing due).
+    pub skipped: Duration,
 }
+
+/// A quiet stretch longer than this (in real time) is skipped ...
+const QUIET_SKIP_AFTER: StdDuration = StdDuration::from_millis(1500);
+/// ... down to this much real time before the next act.
+const QUIET_LEAD: StdDuration = StdDuration::from_millis(500);
+
+/// Who the live demo acts as: recorded as the events' actor (role `system`).
+pub const ACTOR: &str = "demo";
 
 struct Driver<'a> {
     store: &'a EventStore,
@@ -70,6 +88,9 @@ struct Driver<'a> {
     intents: HashMap<Uuid, Intent>,
     /// Live appointment id → (board, arrival).
     appointments: HashMap<Uuid, (usize, usize)>,
+    /// Appointments waiting, scheduled or started: while there are any, time runs at
+    /// `speed`; while there are none, quiet stretches are skipped.
+    open: HashSet<Uuid>,
     log_position: i64,
     summary: LiveSummary,
     base_url: &'a str,
@@ -77,18 +98,26 @@ struct Driver<'a> {
 
 fn meta(operation: &'static str) -> CommandMeta {
     let mut m = CommandMeta::new(operation);
-    m.actor = Actor::system("demo");
+    m.actor = Actor::system(ACTOR);
     m
 }
 
-/// Plays `scenario` until its day ends (or `hours` simulated hours pass).
+/// Plays `scenario` until its day ends, or until `hours` simulated hours pass or `stop`
+/// completes: then every Board it opened is closed (see [`close_everything`]).
 /// Prints each Board's page under `base_url` as it opens.
+///
+/// Providers are registered once per database: a provider of the same name,
+/// specialties and regions (from an earlier run, or the history demo) is reused.
+/// Boards a killed earlier run left open are closed first. Stretches where nobody is
+/// waiting or being seen and nothing is due for a while are skipped, so the first
+/// patient arrives within seconds, while a busy day runs at `speed`.
 pub async fn play(
     store: &EventStore,
     scenario: &Scenario,
     speed: f64,
     hours: Option<f64>,
     base_url: &str,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<LiveSummary> {
     let origin = scenario
         .boards
@@ -112,25 +141,13 @@ pub async fn play(
         signed_off: HashSet::new(),
         intents: HashMap::new(),
         appointments: HashMap::new(),
+        open: HashSet::new(),
         log_position: crate::event_store::log::end_position(store.pool()).await?,
         summary: LiveSummary::default(),
         base_url,
     };
-    for (i, p) in scenario.providers.iter().enumerate() {
-        let w = commands::register_provider(
-            store,
-            meta("registerProvider"),
-            commands::RegisterProvider {
-                name: p.name.clone(),
-                specialties: p.specialties.clone(),
-                licensed_regions: p.regions.clone(),
-                options: Default::default(),
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!(e.describe()))?;
-        d.providers[i] = Some(w.entity.id);
-    }
+    d.summary.leftovers_closed = close_leftovers(store).await?;
+    d.register_providers().await?;
     for (b, plan) in scenario.boards.iter().enumerate() {
         d.at(plan.opens_at, Act::OpenBoard(b));
         for (s, shift) in plan.shifts.iter().enumerate() {
@@ -143,6 +160,7 @@ pub async fn play(
     d.at(origin + Duration::minutes(5), Act::Tick);
     let stop_at = hours.map(|h| origin + Duration::seconds((h * 3600.0) as i64));
     let mut poll = tokio::time::interval(StdDuration::from_millis(25));
+    tokio::pin!(stop);
     loop {
         if d.closed.len() == scenario.boards.len() {
             break;
@@ -151,9 +169,16 @@ pub async fn play(
             break;
         };
         if stop_at.is_some_and(|s| t > s) {
+            d.stop_early().await?;
             break;
         }
+        d.skip_quiet_stretch(t);
         tokio::select! {
+            biased;
+            _ = &mut stop => {
+                d.stop_early().await?;
+                break;
+            }
             _ = tokio::time::sleep_until(d.wall(t)) => {
                 let Some(Reverse((t, seq))) = d.queue.pop() else { break };
                 let act = d.acts.remove(&seq).expect("queued act");
@@ -165,7 +190,233 @@ pub async fn play(
     Ok(d.summary)
 }
 
+/// Boards the demo opened that are still open, from any earlier run; empty when the
+/// earlier runs ended (or were stopped with Ctrl+C) normally.
+async fn demo_boards_open(store: &EventStore) -> Result<Vec<Uuid>> {
+    let mut after = 0;
+    let mut open = Vec::new();
+    loop {
+        let page = read_log(
+            store.pool(),
+            &LogFilter {
+                after,
+                types: Some(vec!["BoardOpened".into()]),
+                limit: 500,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            let by_demo = e.metadata.get("actor").and_then(|a| a.as_str()) == Some(ACTOR)
+                && e.metadata.get("actorRole").and_then(|a| a.as_str()) == Some("system");
+            if !by_demo {
+                continue;
+            }
+            let board = store
+                .load::<crate::domain::Board>(e.stream_id, ReadLimit::All)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.describe()))?;
+            if board.is_some_and(|b| b.status == crate::domain::BoardStatus::Open) {
+                open.push(e.stream_id);
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// Closes the Boards a killed earlier run left open; returns how many.
+async fn close_leftovers(store: &EventStore) -> Result<usize> {
+    let open = demo_boards_open(store).await?;
+    if open.is_empty() {
+        return Ok(0);
+    }
+    println!(
+        "  Closing {} Board(s) an earlier demo run left open (patients waiting are cancelled).",
+        open.len()
+    );
+    close_everything(store, &open).await
+}
+
+/// Winds `boards` down now, as a coordinator closing early would: waiting and
+/// scheduled patients are cancelled, consultations under way are finished, charting is
+/// completed, providers sign off, and each Board is closed. The matcher may act in
+/// between (it is running), so this goes round until nothing is left or it stops
+/// making progress. Returns how many Boards it closed.
+pub async fn close_everything(store: &EventStore, boards: &[Uuid]) -> Result<usize> {
+    let mut closed = 0;
+    for &board in boards {
+        for _round in 0..20 {
+            let Some(contents) = load_board_contents(store.pool(), board, ReadLimit::All)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.describe()))?
+            else {
+                break;
+            };
+            if contents.board.status == crate::domain::BoardStatus::Closed {
+                break;
+            }
+            // Providers first, so the matcher has nobody to assign the waiting to.
+            for shift in &contents.shifts {
+                let action = match shift.status {
+                    ShiftStatus::Ready | ShiftStatus::Paused => ShiftAction::SignOff,
+                    ShiftStatus::Charting => ShiftAction::CompleteCharting,
+                    ShiftStatus::Assigned | ShiftStatus::SignedOff => continue,
+                };
+                let command = ActOnShift {
+                    action,
+                    shift_id: shift.id.into(),
+                    options: Default::default(),
+                };
+                tolerate(commands::shift_action(store, meta(action.operation()), command).await)?;
+            }
+            for a in &contents.appointments {
+                let r = match a.status {
+                    AppointmentStatus::Requested | AppointmentStatus::Scheduled => {
+                        let command = commands::CancelAppointment {
+                            appointment_id: a.id.into(),
+                            reason: "the clinic closed early".into(),
+                            options: Default::default(),
+                        };
+                        commands::cancel_appointment(store, meta("cancelAppointment"), command)
+                            .await
+                            .map(|_| ())
+                    }
+                    AppointmentStatus::Started => {
+                        let command = ActOnAppointment {
+                            action: AppointmentAction::Finish,
+                            appointment_id: a.id.into(),
+                            options: Default::default(),
+                        };
+                        commands::appointment_action(store, meta("finishAppointment"), command)
+                            .await
+                            .map(|_| ())
+                    }
+                    _ => continue,
+                };
+                tolerate(r)?;
+            }
+            let command = commands::CloseBoard {
+                board_id: board.into(),
+                options: Default::default(),
+            };
+            if commands::close_board(store, meta("closeBoard"), command)
+                .await
+                .is_ok()
+            {
+                closed += 1;
+                tracing::info!(board = %board, "demo board closed early");
+                break;
+            }
+        }
+    }
+    Ok(closed)
+}
+
+/// A refusal (the state moved on: someone else acted first) is fine, a failure is not.
+fn tolerate<T>(r: Result<T, AppError>) -> Result<()> {
+    match r {
+        Ok(_) | Err(AppError::Domain(_) | AppError::Conflict(_)) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(e.describe())),
+    }
+}
+
+/// Every provider registered so far (or the history demo imported), by registration.
+async fn registered_providers(store: &EventStore) -> Result<Vec<crate::domain::Provider>> {
+    let mut after = 0;
+    let mut all = Vec::new();
+    loop {
+        let page = crate::event_store::list_providers(store.pool(), after, 500)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.describe()))?;
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        all.extend(page.into_iter().map(|(_, p)| p));
+    }
+    Ok(all)
+}
+
+fn sorted(list: &[String]) -> Vec<String> {
+    let mut list = list.to_vec();
+    list.sort();
+    list
+}
+
 impl Driver<'_> {
+    /// Reuses a provider of the same name, specialties and regions, or registers one.
+    /// The registration's command id is derived from those, so two runs racing each
+    /// other still register each provider once.
+    async fn register_providers(&mut self) -> Result<()> {
+        let known = registered_providers(self.store).await?;
+        for (i, p) in self.scenario.providers.iter().enumerate() {
+            let (specialties, regions) = (sorted(&p.specialties), sorted(&p.regions));
+            let same = known.iter().find(|k| {
+                k.name == p.name
+                    && sorted(&k.specialties) == specialties
+                    && sorted(&k.licensed_regions) == regions
+            });
+            if let Some(existing) = same {
+                self.providers[i] = Some(existing.id);
+                self.summary.providers_reused += 1;
+                continue;
+            }
+            let command_id = format!(
+                "demo:registerProvider:{}:{}:{}",
+                p.name,
+                specialties.join(","),
+                regions.join(",")
+            );
+            let w = commands::register_provider(
+                self.store,
+                meta("registerProvider"),
+                commands::RegisterProvider {
+                    name: p.name.clone(),
+                    specialties: p.specialties.clone(),
+                    licensed_regions: p.regions.clone(),
+                    options: commands::CommandOptions {
+                        command_id: Some(command_id),
+                        ..Default::default()
+                    },
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e.describe()))?;
+            self.providers[i] = Some(w.entity.id);
+        }
+        Ok(())
+    }
+
+    /// Ctrl+C, or the end of `--hours`: closes every Board this run opened.
+    async fn stop_early(&mut self) -> Result<()> {
+        self.summary.interrupted = true;
+        let opened: Vec<Uuid> = self
+            .boards
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| !self.closed.contains(b))
+            .filter_map(|(_, id)| *id)
+            .collect();
+        self.summary.boards_closed += close_everything(self.store, &opened).await?;
+        Ok(())
+    }
+
+    /// Nobody waiting or being seen, and the next act (at `next`) still a while off:
+    /// moves the simulated clock forward so that it comes shortly. Everything queued
+    /// keeps its simulated time, so the day keeps its shape.
+    fn skip_quiet_stretch(&mut self, next: DateTime<Utc>) {
+        if !self.open.is_empty() {
+            return;
+        }
+        let wait = self.wall(next).saturating_duration_since(Instant::now());
+        if wait <= QUIET_SKIP_AFTER {
+            return;
+        }
+        let skip = Duration::from_std((wait - QUIET_LEAD).mul_f64(self.speed)).unwrap_or_default();
+        self.origin += skip;
+        self.summary.skipped += skip;
+    }
+
     fn at(&mut self, t: DateTime<Utc>, act: Act) {
         self.seq += 1;
         self.acts.insert(self.seq, act);
@@ -380,6 +631,7 @@ impl Driver<'_> {
                     store,
                     meta("requestAppointment"),
                     commands::RequestAppointment {
+                        patient_id: None,
                         board_id: board.into(),
                         patient_name: arrival.patient,
                         specialty: arrival.specialty,
@@ -391,6 +643,7 @@ impl Driver<'_> {
                 .await
                 .map_err(|e| anyhow::anyhow!(e.describe()))?;
                 self.appointments.insert(w.entity.id, (b, a));
+                self.open.insert(w.entity.id);
                 self.summary.requested += 1;
                 if let Some(patience) = arrival.patience {
                     self.at(t + patience, Act::PatienceOut(w.entity.id));
@@ -412,6 +665,7 @@ impl Driver<'_> {
                     .appointment_action(id, AppointmentAction::Finish, "finishAppointment")
                     .await;
                 if let Ok(w) = &r {
+                    self.open.remove(&id);
                     self.summary.finished += 1;
                     let (b, a) = self.appointments[&id];
                     let charting = self.scenario.boards[b].arrivals[a].charting;
@@ -438,6 +692,9 @@ impl Driver<'_> {
                 .await;
                 // A patient who ran out of patience after being scheduled stays: the
                 // command refuses, which `ignore` accepts.
+                if r.is_ok() {
+                    self.open.remove(&id);
+                }
                 ignore(r.map(|_| ()))?;
             }
             Act::CompleteCharting(shift) => {
@@ -508,7 +765,7 @@ impl Driver<'_> {
             .iter()
             .filter(|a| a.status == AppointmentStatus::Requested)
         {
-            let _ = commands::cancel_appointment(
+            let cancelled = commands::cancel_appointment(
                 self.store,
                 meta("cancelAppointment"),
                 commands::CancelAppointment {
@@ -518,6 +775,9 @@ impl Driver<'_> {
                 },
             )
             .await;
+            if cancelled.is_ok() {
+                self.open.remove(&a.id);
+            }
         }
         if contents.appointments.iter().any(|a| {
             matches!(

@@ -12,9 +12,14 @@ pub mod live;
 pub mod scenario;
 pub mod sim;
 
-use anyhow::Result;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
 use chrono::{Duration, NaiveDate, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+
+use crate::config::DatabaseArgs;
 
 use crate::event_store::import::{import, Imported};
 use scenario::{generate, Scenario, ScenarioOptions};
@@ -40,12 +45,25 @@ pub struct DemoArgs {
     /// Live: simulated minutes per real minute.
     #[arg(long, default_value_t = 10.0)]
     pub speed: f64,
-    /// Live: stop after this many simulated hours (default: the whole day).
+    /// Live: stop after this many simulated hours (default: the whole day), closing the
+    /// Boards as Ctrl+C does.
     #[arg(long)]
     pub hours: Option<f64>,
     /// Live: address to serve on.
     #[arg(long, env = "CAREBOARD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+    /// Start over: drop the database (every Board, provider, appointment and event in
+    /// it) and create it empty, then run the demo. Needs --yes. Refused with
+    /// DATABASE_URL unless --reset-database-url is given too.
+    #[arg(long)]
+    pub reset: bool,
+    /// Confirms --reset.
+    #[arg(long, requires = "reset")]
+    pub yes: bool,
+    /// Lets --reset drop the database DATABASE_URL names (by default only the embedded
+    /// one in --data-dir is reset: a database given by URL may be shared).
+    #[arg(long, requires = "reset")]
+    pub reset_database_url: bool,
 }
 
 impl DemoArgs {
@@ -91,4 +109,63 @@ pub fn describe(scenario: &Scenario, base_url: &str) -> String {
         ));
     }
     out
+}
+
+/// `careboard demo --reset`: drops Careboard's database and creates it empty (the
+/// caller migrates it again). Refuses without `--yes`, and with `DATABASE_URL` unless
+/// `--reset-database-url`; refuses while another Careboard process serves the embedded
+/// cluster. Returns what was reset, for the user.
+pub async fn reset(database: &DatabaseArgs, args: &DemoArgs) -> Result<String> {
+    let which = match &database.database_url {
+        Some(_) => "the database DATABASE_URL names".to_string(),
+        None => format!("the embedded database in {}", database.data_dir.display()),
+    };
+    if !args.yes {
+        bail!(
+            "--reset deletes every Board, provider, appointment and event in {which}; \
+             add --yes to go ahead"
+        );
+    }
+    if database.database_url.is_some() && !args.reset_database_url {
+        bail!(
+            "--reset with DATABASE_URL set would drop a database that may be shared; \
+             add --reset-database-url if that is really meant, or unset DATABASE_URL to \
+             reset the embedded database in --data-dir"
+        );
+    }
+    let db = crate::app::open_database_to_serve(database).await?;
+    let owner_url = match (&db.cluster, &database.database_url) {
+        (Some(cluster), _) => cluster.url("careboard"),
+        (None, Some(url)) => database
+            .database_owner_url
+            .clone()
+            .unwrap_or_else(|| url.clone()),
+        (None, None) => bail!("no database to reset"),
+    };
+    db.pool.close().await;
+    let owner = PgConnectOptions::from_str(&owner_url).context("the database URL")?;
+    let name = owner
+        .get_database()
+        .context("the database URL names no database")?
+        .to_string();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(owner.database("postgres"))
+        .await
+        .context("connecting to the server's `postgres` database to reset")?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    // `with (force)` ends other sessions on it (a stopped server's leftovers).
+    sqlx::query(&format!("drop database if exists {quoted} with (force)"))
+        .execute(&admin)
+        .await
+        .with_context(|| format!("dropping database {name}"))?;
+    sqlx::query(&format!("create database {quoted}"))
+        .execute(&admin)
+        .await
+        .with_context(|| format!("creating database {name}"))?;
+    admin.close().await;
+    drop(db);
+    Ok(format!(
+        "Reset {which} ({name}): dropped and created empty."
+    ))
 }

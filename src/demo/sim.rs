@@ -315,6 +315,7 @@ impl Sim<'_> {
                     None,
                     AppointmentCommand::Request {
                         board: self.boards[b].clone(),
+                        patient_id: None,
                         patient_name: arrival.patient.clone(),
                         specialty: arrival.specialty.clone(),
                         region: arrival.region.clone(),

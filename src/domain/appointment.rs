@@ -48,6 +48,11 @@ impl std::fmt::Display for AppointmentStatus {
 pub struct Appointment {
     pub id: Uuid,
     pub board_id: Uuid,
+    /// The patient it is for, as their token names them (DESIGN §9: a patient sees
+    /// their own). `None` for appointments requested before Careboard recorded it: only
+    /// coordinators and admins see those.
+    #[serde(default)]
+    pub patient_id: Option<String>,
     pub patient_name: String,
     pub specialty: String,
     pub region: String,
@@ -71,6 +76,9 @@ pub enum AppointmentEvent {
     #[serde(rename_all = "camelCase")]
     AppointmentRequested {
         board_id: Uuid,
+        /// Absent in events written before patients were identified.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patient_id: Option<String>,
         patient_name: String,
         specialty: String,
         region: String,
@@ -101,11 +109,16 @@ impl DomainEvent for AppointmentEvent {
     }
 }
 
+// Built once per command and consumed at once: boxing the Board would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AppointmentCommand {
     /// `board` is looked up first; `None` means it does not exist.
     Request {
         board: Option<Board>,
+        /// Whose appointment it is: the requesting patient, or the one a coordinator
+        /// acts for (`None`: nobody identified).
+        patient_id: Option<String>,
         patient_name: String,
         specialty: String,
         region: String,
@@ -152,6 +165,7 @@ pub fn decide(
             None,
             C::Request {
                 board,
+                patient_id,
                 patient_name,
                 specialty: s,
                 region: r,
@@ -164,6 +178,9 @@ pub fn decide(
             let specialty = specialty("specialty", &s)?;
             let region = region("region", &r)?;
             let reason = required_text("reason", &reason, 2000)?;
+            let patient_id = patient_id
+                .map(|p| required_text("patientId", &p, 200))
+                .transpose()?;
             let board = board.ok_or_else(|| DomainError::NotFound("board not found".into()))?;
             if board.status != BoardStatus::Open {
                 return Err(DomainError::InvalidTransition(
@@ -189,6 +206,7 @@ pub fn decide(
             }
             return Ok(vec![AppointmentEvent::AppointmentRequested {
                 board_id: board.id,
+                patient_id,
                 patient_name,
                 specialty,
                 region,
@@ -273,6 +291,7 @@ impl Aggregate for Appointment {
                 None,
                 E::AppointmentRequested {
                     board_id,
+                    patient_id,
                     patient_name,
                     specialty,
                     region,
@@ -282,6 +301,7 @@ impl Aggregate for Appointment {
                 return Ok(Appointment {
                     id: ctx.stream_id,
                     board_id: *board_id,
+                    patient_id: patient_id.clone(),
                     patient_name: patient_name.clone(),
                     specialty: specialty.clone(),
                     region: region.clone(),
@@ -364,6 +384,7 @@ mod tests {
     fn request(board: Option<Board>) -> AppointmentCommand {
         AppointmentCommand::Request {
             board,
+            patient_id: Some(" patient-7 ".into()),
             patient_name: " Sam Lee ".into(),
             specialty: "Pediatrics".into(),
             region: "tx".into(),
@@ -374,6 +395,7 @@ mod tests {
     fn requested() -> AppointmentEvent {
         AppointmentEvent::AppointmentRequested {
             board_id: Uuid::from_u128(1),
+            patient_id: Some("patient-7".into()),
             patient_name: "Sam Lee".into(),
             specialty: "pediatrics".into(),
             region: "TX".into(),
@@ -429,6 +451,7 @@ mod tests {
     fn requesting_a_specialty_the_board_does_not_serve_is_a_validation_error() {
         let cmd = AppointmentCommand::Request {
             board: Some(board(BoardStatus::Open)),
+            patient_id: None,
             patient_name: "Ana Ruiz".into(),
             specialty: "Dermatology".into(),
             region: "TX".into(),
@@ -448,6 +471,7 @@ mod tests {
     fn requesting_from_a_region_the_board_does_not_serve_is_a_validation_error() {
         let cmd = AppointmentCommand::Request {
             board: Some(board(BoardStatus::Open)),
+            patient_id: None,
             patient_name: "Ana Ruiz".into(),
             specialty: "pediatrics".into(),
             region: "nm".into(),
@@ -467,6 +491,7 @@ mod tests {
     fn requesting_without_a_patient_name_is_a_validation_error() {
         let cmd = AppointmentCommand::Request {
             board: Some(board(BoardStatus::Open)),
+            patient_id: None,
             patient_name: "".into(),
             specialty: "x".into(),
             region: "TX".into(),

@@ -340,6 +340,7 @@ mod tests {
         Appointment {
             id: Uuid::from_u128(300 + n),
             board_id: BOARD,
+            patient_id: None,
             patient_name: format!("Patient {n}"),
             specialty: specialty.into(),
             region: region.into(),

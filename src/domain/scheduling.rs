@@ -148,6 +148,7 @@ mod tests {
     fn requested() -> AppointmentEvent {
         AppointmentEvent::AppointmentRequested {
             board_id: BOARD,
+            patient_id: None,
             patient_name: "Sam".into(),
             specialty: "pediatrics".into(),
             region: "TX".into(),

@@ -79,6 +79,10 @@ pub struct ShiftInput {
 #[derive(Debug, Clone, InputObject)]
 pub struct RequestAppointmentInput {
     pub board_id: ID,
+    /// The patient the appointment is for, when a coordinator requests it on their
+    /// behalf. A patient's own request takes their id from their token (a different id
+    /// here is refused).
+    pub patient_id: Option<String>,
     pub patient_name: String,
     pub specialty: String,
     pub region: String,
@@ -176,6 +180,7 @@ impl TryFrom<RequestAppointmentInput> for RequestAppointment {
     fn try_from(i: RequestAppointmentInput) -> Result<Self, AppError> {
         Ok(RequestAppointment {
             board_id: BoardId::parse("boardId", &i.board_id)?,
+            patient_id: i.patient_id,
             patient_name: i.patient_name,
             specialty: i.specialty,
             region: i.region,
@@ -226,7 +231,7 @@ mod tests {
     use crate::commands::fingerprint;
 
     fn code_and_message(e: AppError) -> (&'static str, String) {
-        (e.code(), e.public_message())
+        (e.code().as_str(), e.public_message())
     }
 
     #[test]

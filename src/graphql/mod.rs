@@ -1,5 +1,6 @@
 //! The GraphQL schema: queries, mutations, and the limits that guard them.
 
+pub mod access;
 pub mod inputs;
 pub mod mutation;
 pub mod query;
@@ -37,6 +38,7 @@ pub fn build_schema(
     store: EventStore,
     live: crate::live::LiveBoards,
     estimator: crate::estimates::Estimator,
+    access_log: crate::identity::AccessLog,
     limits: &GraphqlLimits,
     read_wait: std::time::Duration,
 ) -> CareboardSchema {
@@ -44,6 +46,7 @@ pub fn build_schema(
         store,
         live,
         estimator,
+        access_log,
         limits,
         read_wait,
         limits.max_depth,
@@ -68,6 +71,7 @@ pub fn build_introspection_schema(
     store: EventStore,
     live: crate::live::LiveBoards,
     estimator: crate::estimates::Estimator,
+    access_log: crate::identity::AccessLog,
     limits: &GraphqlLimits,
     read_wait: std::time::Duration,
 ) -> CareboardSchema {
@@ -75,6 +79,7 @@ pub fn build_introspection_schema(
         store,
         live,
         estimator,
+        access_log,
         limits,
         read_wait,
         limits.max_depth.max(INTROSPECTION_MAX_DEPTH),
@@ -82,10 +87,12 @@ pub fn build_introspection_schema(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn schema_with_limits(
     store: EventStore,
     live: crate::live::LiveBoards,
     estimator: crate::estimates::Estimator,
+    access_log: crate::identity::AccessLog,
     limits: &GraphqlLimits,
     read_wait: std::time::Duration,
     max_depth: usize,
@@ -99,7 +106,11 @@ fn schema_with_limits(
     .data(store)
     .data(live)
     .data(estimator)
+    .data(access_log)
     .data(ReadWait(read_wait))
+    // Every root field meets the permission matrix here, and every answer that
+    // disclosed patient fields is recorded here (DESIGN §9).
+    .extension(access::AccessEdge)
     .limit_depth(max_depth)
     .limit_complexity(max_complexity)
     .limit_recursive_depth(limits.max_recursion)

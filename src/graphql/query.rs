@@ -5,16 +5,18 @@ use async_graphql::{Context, Object, Result, ID};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::access;
 use super::scalars::Date;
 use super::types::{
-    board_contents_at, Appointment, Board, BoardHistoryEntry, BoardStatus, Event, Provider,
-    ProviderShift, WaitEstimate,
+    board_contents_at, AccessLogEntry, Appointment, Board, BoardHistoryEntry, BoardStatus, Event,
+    Provider, ProviderShift, WaitEstimate,
 };
 use super::{estimator, store, ReadWait};
 use crate::domain::{self, parse_id};
 use crate::error::AppError;
 use crate::estimates::hypothetical_request;
 use crate::event_store::{list_providers, read_log, LogFilter, ReadLimit};
+use crate::identity::matrix::{Facts, Operation as Op};
 use crate::projections::{read, Projection};
 use crate::projector::state::ProjectionStatus;
 use crate::projector::wait_for_position;
@@ -138,6 +140,54 @@ fn board_cursor(after: Option<String>) -> Result<Option<(chrono::NaiveDate, Uuid
     Ok(Some((date, id)))
 }
 
+/// The target of a Board read, for the matrix (no Board: nothing is known about it).
+fn board_target(contents: Option<&domain::BoardContents>) -> Facts {
+    Facts {
+        board: contents.map(access::board_facts),
+        ..Facts::default()
+    }
+}
+
+/// The facts of a Board as it stands now (its region, specialty and providers).
+async fn current_board(
+    ctx: &Context<'_>,
+    board_id: Uuid,
+) -> Result<Option<crate::identity::matrix::BoardFacts>, AppError> {
+    Ok(board_contents_at(store(ctx).pool(), board_id, None)
+        .await?
+        .map(|c| access::board_facts(&c)))
+}
+
+/// The caller's own patient id, for the operations a patient runs on their own data.
+fn own_patient_id(ctx: &Context<'_>, op: Op) -> Result<String> {
+    access::authorize(ctx, op, &Facts::default())?;
+    match access::principal(ctx)?.map(|p| &p.scope) {
+        Some(crate::identity::Scope::Patient { patient_id }) => Ok(patient_id.clone()),
+        _ => Err(access::forbidden(format!(
+            "{op} answers for a patient's own token"
+        ))),
+    }
+}
+
+/// One page of access records.
+async fn access_log_page(
+    ctx: &Context<'_>,
+    query: crate::identity::access_log::LogQuery,
+) -> Result<Connection<String, AccessLogEntry>> {
+    let limit = query.limit - 1;
+    let mut rows = crate::identity::access_log::read(store(ctx).pool(), &query)
+        .await
+        .map_err(internal)?;
+    let has_next = rows.len() as i64 > limit;
+    rows.truncate(limit.max(0) as usize);
+    let mut connection = Connection::new(query.after > 0, has_next);
+    connection.edges.extend(
+        rows.into_iter()
+            .map(|r| Edge::new(r.seq.to_string(), AccessLogEntry::from(r))),
+    );
+    Ok(connection)
+}
+
 #[Object]
 impl Query {
     /// A Board with its providers and appointments, from the projected `board_view`.
@@ -155,13 +205,16 @@ impl Query {
         let board_id = uuid("id", &id)?;
         if let Some(t) = as_of {
             let contents = board_as_of(store(ctx).pool(), board_id, t, Snapshots::Use).await?;
+            access::authorize(ctx, Op::BoardAsOf, &board_target(contents.as_ref()))?;
             return Ok(contents.map(|c| Board::from_contents_as_of(c, t)));
         }
         wait_until_projected(ctx, Projection::BoardView, min_position).await?;
         let doc = read::board(store(ctx).pool(), board_id)
             .await
             .map_err(internal)?;
-        Ok(doc.and_then(|d| d.to_contents()).map(Board::from_contents))
+        let contents = doc.and_then(|d| d.to_contents());
+        access::authorize(ctx, Op::Board, &board_target(contents.as_ref()))?;
+        Ok(contents.map(Board::from_contents))
     }
 
     /// Boards, ordered by date then id, filtered by any of date, specialty, region and
@@ -202,6 +255,9 @@ impl Query {
         let mut connection = Connection::new(cursor.is_some(), has_next);
         connection.edges.extend(docs.into_iter().filter_map(|d| {
             let contents = d.to_contents()?;
+            // Only the Boards the caller may see (a provider's joined ones, a
+            // coordinator's regions and specialties).
+            access::authorize(ctx, Op::Boards, &board_target(Some(&contents))).ok()?;
             let cursor = format!("{}/{}", contents.board.date, contents.board.id);
             Some(Edge::new(cursor, Board::from_contents(contents)))
         }));
@@ -233,11 +289,21 @@ impl Query {
     ) -> Result<Option<Appointment>> {
         let read = (as_of, version, min_position);
         let state =
-            single_stream::<domain::Appointment>(ctx, Projection::AppointmentView, &id, read);
+            single_stream::<domain::Appointment>(ctx, Projection::AppointmentView, &id, read)
+                .await?;
+        let facts = match &state {
+            Some(a) => access::appointment_facts(a, current_board(ctx, a.board_id).await?),
+            None => Facts::default(),
+        };
+        access::authorize(ctx, Op::Appointment, &facts)?;
+        let visible = access::sees_patient_fields(ctx, &facts);
         // A version read has no moment to estimate a wait for.
-        Ok(state.await?.map(|a| match version {
-            Some(_) => Appointment::without_estimate(a),
-            None => Appointment::as_of(a, as_of),
+        Ok(state.map(|a| {
+            match version {
+                Some(_) => Appointment::without_estimate(a),
+                None => Appointment::as_of(a, as_of),
+            }
+            .with_patient_fields(visible)
         }))
     }
 
@@ -293,8 +359,14 @@ impl Query {
         min_position: Option<i64>,
     ) -> Result<Option<ProviderShift>> {
         let read = (as_of, version, min_position);
-        let state = single_stream::<domain::Shift>(ctx, Projection::ProviderShiftView, &id, read);
-        Ok(state.await?.map(ProviderShift))
+        let state =
+            single_stream::<domain::Shift>(ctx, Projection::ProviderShiftView, &id, read).await?;
+        let facts = match &state {
+            Some(s) => access::shift_facts(s, current_board(ctx, s.board_id).await?),
+            None => Facts::default(),
+        };
+        access::authorize(ctx, Op::ProviderShift, &facts)?;
+        Ok(state.map(ProviderShift))
     }
 
     /// The day's timeline of a Board: every version caused by events recorded in
@@ -321,13 +393,37 @@ impl Query {
                 .into())
             }
         };
+        let contents = board_contents_at(store(ctx).pool(), id, None).await?;
+        let board = contents.as_ref().map(access::board_facts);
+        let target = Facts {
+            board: board.clone(),
+            ..Facts::default()
+        };
+        access::authorize(ctx, Op::BoardHistory, &target)?;
+        // Coordinators in scope see every patient's fields in the events; a provider
+        // those of the appointments assigned to them (as the Board stands now).
+        let all = access::sees_all_patient_fields(ctx, board.as_ref());
+        let visible: std::collections::HashSet<Uuid> = contents
+            .iter()
+            .flat_map(|c| c.appointments.iter())
+            .filter(|a| {
+                access::sees_patient_fields(ctx, &access::appointment_facts(a, board.clone()))
+            })
+            .map(|a| a.id)
+            .collect();
         let estimates = ctx
             .look_ahead()
             .field("estimatedWaitSeconds")
             .exists()
             .then(|| estimator(ctx));
         let entries = board_history(store(ctx).pool(), estimates, id, from, to, limit).await?;
-        Ok(entries.into_iter().map(BoardHistoryEntry).collect())
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let shown = all || visible.contains(&e.event.stream_id);
+                BoardHistoryEntry(e, shown)
+            })
+            .collect())
     }
 
     /// Every projection generation: checkpoint, lag, state, rebuild progress, dead letters.
@@ -396,6 +492,21 @@ impl Query {
             types,
             limit: limit + 1,
         };
+        let visible = match filter.board_id {
+            Some(board_id) => {
+                let board = current_board(ctx, board_id).await?;
+                let target = Facts {
+                    board: board.clone(),
+                    ..Facts::default()
+                };
+                access::authorize(ctx, Op::Events, &target)?;
+                access::sees_all_patient_fields(ctx, board.as_ref())
+            }
+            None => {
+                access::authorize_all_boards(ctx, Op::Events)?;
+                access::sees_all_patient_fields(ctx, None)
+            }
+        };
         let mut rows = read_log(store(ctx).pool(), &filter)
             .await
             .map_err(AppError::from)?;
@@ -404,8 +515,86 @@ impl Query {
         let mut connection = Connection::new(filter.after > 0, has_next);
         connection.edges.extend(
             rows.into_iter()
-                .map(|e| Edge::new(e.seq.to_string(), Event(e))),
+                .map(|e| Edge::new(e.seq.to_string(), Event::new(e, visible))),
         );
         Ok(connection)
+    }
+
+    /// The access log (admins): who saw which patient data, oldest first, filtered by
+    /// the viewer's subject, the patient or appointment shown, and a time range
+    /// `[from, to)`. The cursor is the record's `seq`.
+    #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "5 + page_cost(first, 50, child_complexity)")]
+    async fn access_log(
+        &self,
+        ctx: &Context<'_>,
+        subject: Option<String>,
+        patient_id: Option<String>,
+        appointment_id: Option<ID>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, AccessLogEntry>> {
+        access::authorize(ctx, Op::AccessLog, &Facts::default())?;
+        for (field, text) in [("subject", &subject), ("patientId", &patient_id)] {
+            if let Some(text) = text {
+                domain::storable_text(field, text)?;
+            }
+        }
+        let query = crate::identity::access_log::LogQuery {
+            subject,
+            patient_id,
+            appointment_id: appointment_id
+                .as_ref()
+                .map(|id| uuid("appointmentId", id))
+                .transpose()?,
+            from,
+            to,
+            after: cursor(after)?,
+            limit: page_size(first)? + 1,
+        };
+        access_log_page(ctx, query).await
+    }
+
+    /// Who has seen my record (patients): every access record that showed my patient
+    /// data, oldest first. The cursor is the record's `seq`.
+    #[graphql(complexity = "5 + page_cost(first, 50, child_complexity)")]
+    async fn my_access_log(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, AccessLogEntry>> {
+        let patient_id = own_patient_id(ctx, Op::MyAccessLog)?;
+        let query = crate::identity::access_log::LogQuery {
+            patient_id: Some(patient_id),
+            after: cursor(after)?,
+            limit: page_size(first)? + 1,
+            ..Default::default()
+        };
+        access_log_page(ctx, query).await
+    }
+
+    /// My appointments (patients), newest request first.
+    #[graphql(complexity = "5 + page_cost(first, 50, child_complexity)")]
+    async fn my_appointments(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> Result<Vec<Appointment>> {
+        let patient_id = own_patient_id(ctx, Op::MyAppointments)?;
+        let limit = page_size(first)?;
+        let mine = read::patient_appointments(store(ctx).pool(), &patient_id, limit)
+            .await
+            .map_err(internal)?;
+        Ok(mine
+            .into_iter()
+            .map(|a| {
+                let facts = access::appointment_facts(&a, None);
+                let visible = access::sees_patient_fields(ctx, &facts);
+                Appointment::as_of(a, None).with_patient_fields(visible)
+            })
+            .collect())
     }
 }

@@ -9,11 +9,15 @@ use futures::Stream;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
 
+use super::access;
 use super::store;
-use super::types::{Board, Event};
+use super::types::{board_contents_at, Appointment, Board, Event};
+use crate::domain;
 use crate::domain::parse_id;
 use crate::error::AppError;
 use crate::event_store::log::{cursor_of, read_after, Cursor};
+use crate::event_store::ReadLimit;
+use crate::identity::matrix::{BoardFacts, Facts, Operation};
 use crate::live::LiveBoards;
 
 pub struct Subscription;
@@ -71,6 +75,25 @@ async fn board_exists(ctx: &Context<'_>, id: uuid::Uuid) -> Result<bool, AppErro
     )
 }
 
+/// Authorizes `op` on the Board as it stands now; returns its facts. A Board that does
+/// not exist is NOT_FOUND only for callers who could see it if it did.
+async fn authorize_board(
+    ctx: &Context<'_>,
+    op: Operation,
+    id: uuid::Uuid,
+) -> Result<Option<BoardFacts>> {
+    access::role_check(ctx, op)?;
+    let board = board_contents_at(store(ctx).pool(), id, None)
+        .await?
+        .map(|c| access::board_facts(&c));
+    let target = Facts {
+        board: board.clone(),
+        ..Facts::default()
+    };
+    access::authorize(ctx, op, &target)?;
+    Ok(board)
+}
+
 #[Subscription]
 impl Subscription {
     /// The Board now (when newer than `sinceVersion`), then every later version, strictly
@@ -85,6 +108,7 @@ impl Subscription {
         let id = parse_id("boardId", &board_id).map_err(AppError::from)?;
         // The budget first: a refused subscription costs no query.
         let guard = budget(ctx)?;
+        authorize_board(ctx, Operation::BoardChanged, id).await?;
         if !board_exists(ctx, id).await? {
             return Err(AppError::not_found("board not found").into());
         }
@@ -113,6 +137,8 @@ impl Subscription {
     ) -> Result<impl Stream<Item = Event>> {
         let id = parse_id("boardId", &board_id).map_err(AppError::from)?;
         let guard = budget(ctx)?;
+        let board = authorize_board(ctx, Operation::BoardEvents, id).await?;
+        let visible = access::sees_all_patient_fields(ctx, board.as_ref());
         if !board_exists(ctx, id).await? {
             return Err(AppError::not_found("board not found").into());
         }
@@ -143,7 +169,7 @@ impl Subscription {
                 let full = batch.len() == 500;
                 for (c, event) in batch {
                     cursor = c;
-                    yield Event(event);
+                    yield Event::new(event, visible);
                 }
                 if !full {
                     // Wait for the projector's next change of this Board (it only
@@ -153,6 +179,64 @@ impl Subscription {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
+            }
+        })
+    }
+
+    /// One appointment as it changes: its status, and while waiting its estimated start
+    /// (from its Board's queue), from now on (or after `sinceVersion`). Ends after it is
+    /// finished or cancelled. Patients follow their own, providers the ones assigned to
+    /// them, coordinators those on Boards in their scope.
+    async fn appointment_changed(
+        &self,
+        ctx: &Context<'_>,
+        appointment_id: ID,
+        since_version: Option<i64>,
+    ) -> Result<impl Stream<Item = Appointment>> {
+        let id = parse_id("appointmentId", &appointment_id).map_err(AppError::from)?;
+        let guard = budget(ctx)?;
+        access::role_check(ctx, Operation::AppointmentChanged)?;
+        let state = store(ctx)
+            .load::<domain::Appointment>(id, ReadLimit::All)
+            .await?;
+        let facts = match &state {
+            Some(a) => {
+                let board = board_contents_at(store(ctx).pool(), a.board_id, None)
+                    .await?
+                    .map(|c| access::board_facts(&c));
+                access::appointment_facts(a, board)
+            }
+            None => Facts::default(),
+        };
+        access::authorize(ctx, Operation::AppointmentChanged, &facts)?;
+        let Some(state) = state else {
+            return Err(AppError::not_found("appointment not found").into());
+        };
+        let visible = access::sees_patient_fields(ctx, &facts);
+        let live = ctx.data_unchecked::<LiveBoards>();
+        let receiver = live
+            .subscribe(state.board_id)
+            .await
+            .map_err(AppError::Internal)?;
+        let last = since_version.unwrap_or(-1);
+        Ok(async_stream::stream! {
+            let _held = guard;
+            let mut last = last;
+            // The appointment as it stands now first (the Board's document may lag it),
+            // then each newer version the Board's document shows.
+            let mut current = Some(state);
+            let mut changes = WatchStream::new(receiver);
+            loop {
+                if let Some(a) = current.take().filter(|a| a.version > last) {
+                    last = a.version;
+                    let open = a.status.is_open();
+                    yield Appointment::as_of(a, None).with_patient_fields(visible);
+                    if !open {
+                        break;
+                    }
+                }
+                let Some(slot) = changes.next().await else { break };
+                current = slot.and_then(|c| c.appointments.iter().find(|a| a.id == id).cloned());
             }
         })
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::{estimator, store};
+use super::{access, estimator, store};
 use crate::domain::matching::{DurationModel, Estimate};
 use crate::domain::BoardContents;
 use crate::domain::{self, ShiftStatus as DShift};
@@ -235,15 +235,19 @@ impl Board {
             None
         };
         let finish = Arc::new(FinishModel::for_board(contents, self.as_of));
+        let board = access::board_facts(contents);
         Ok(contents
             .appointments
             .iter()
             .map(|a| {
                 let estimate = estimates.as_ref().map(|e| e.get(&a.id).cloned());
+                let facts = access::appointment_facts(a, Some(board.clone()));
                 Appointment {
                     finish_model: Some(finish.clone()),
+                    listed_on: Some((contents.board.id, contents.version)),
                     ..Appointment::with_estimate(a.clone(), self.as_of, estimate)
                 }
+                .with_patient_fields(access::sees_patient_fields(ctx, &facts))
             })
             .collect())
     }
@@ -398,6 +402,11 @@ pub struct Appointment {
     estimate: OnceCell<Option<Estimate>>,
     /// Shared by the appointments of one Board listing; `None`: loaded on first use.
     finish_model: Option<Arc<FinishModel>>,
+    /// Whether the caller sees its patient fields: decided by whoever listed it with the
+    /// facts at hand, or on first use from its Board (see `access`).
+    patient_fields: OnceCell<bool>,
+    /// The Board (and version) that listed it, for the access record.
+    listed_on: Option<(Uuid, i64)>,
 }
 
 impl From<domain::Appointment> for Appointment {
@@ -407,6 +416,8 @@ impl From<domain::Appointment> for Appointment {
             as_of: None,
             estimate: OnceCell::new(),
             finish_model: None,
+            patient_fields: OnceCell::new(),
+            listed_on: None,
         }
     }
 }
@@ -437,7 +448,47 @@ impl Appointment {
             as_of,
             estimate,
             finish_model: None,
+            patient_fields: OnceCell::new(),
+            listed_on: None,
         }
+    }
+
+    /// With the caller's right to its patient fields already decided.
+    pub(crate) fn with_patient_fields(self, visible: bool) -> Self {
+        Self {
+            patient_fields: OnceCell::new_with(Some(visible)),
+            ..self
+        }
+    }
+
+    /// A patient field's value for this caller: `None` (masked) unless the matrix lets
+    /// them see it; a value shown is noted for the access record.
+    async fn patient_field<'a>(
+        &self,
+        ctx: &Context<'_>,
+        value: Option<&'a str>,
+    ) -> async_graphql::Result<Option<&'a str>> {
+        let Some(value) = value else { return Ok(None) };
+        let visible = *self
+            .patient_fields
+            .get_or_try_init(|| async {
+                let board = board_contents_at(store(ctx).pool(), self.state.board_id, None)
+                    .await?
+                    .map(|c| access::board_facts(&c));
+                let facts = access::appointment_facts(&self.state, board);
+                Ok::<_, AppError>(access::sees_patient_fields(ctx, &facts))
+            })
+            .await?;
+        if !visible {
+            return Ok(None);
+        }
+        access::note_disclosure(
+            ctx,
+            self.state.id,
+            access::patient_of(&self.state),
+            self.listed_on,
+        );
+        Ok(Some(value))
     }
 
     /// The estimate of a waiting appointment: from its Board as of the same moment; if
@@ -475,8 +526,10 @@ impl Appointment {
     async fn board_id(&self) -> ID {
         id(self.state.board_id)
     }
-    async fn patient_name(&self) -> &str {
-        &self.state.patient_name
+    /// Null unless the caller may see this patient's fields (DESIGN §9).
+    async fn patient_name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<&str>> {
+        self.patient_field(ctx, Some(&self.state.patient_name))
+            .await
     }
     async fn specialty(&self) -> &str {
         &self.state.specialty
@@ -484,8 +537,9 @@ impl Appointment {
     async fn region(&self) -> &str {
         &self.state.region
     }
-    async fn reason(&self) -> &str {
-        &self.state.reason
+    /// Null unless the caller may see this patient's fields.
+    async fn reason(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<&str>> {
+        self.patient_field(ctx, Some(&self.state.reason)).await
     }
     async fn status(&self) -> AppointmentStatus {
         self.state.status.into()
@@ -563,8 +617,10 @@ impl Appointment {
     async fn cancelled_at(&self) -> Option<DateTime<Utc>> {
         self.state.cancelled_at
     }
-    async fn cancellation_reason(&self) -> Option<&str> {
-        self.state.cancellation_reason.as_deref()
+    /// Free text about the patient: null unless the caller may see their fields.
+    async fn cancellation_reason(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<&str>> {
+        self.patient_field(ctx, self.state.cancellation_reason.as_deref())
+            .await
     }
     async fn version(&self) -> i64 {
         self.state.version
@@ -621,40 +677,94 @@ impl WaitEstimate {
 }
 
 /// One stored event with its envelope: the audit log's entry.
-pub struct Event(pub RecordedEvent);
+pub struct Event {
+    pub event: RecordedEvent,
+    /// Whether the caller sees the patient fields inside `data` (else they are null).
+    pub patient_fields: bool,
+}
+
+/// The keys of an appointment event's data that hold patient data.
+pub const PATIENT_KEYS: [&str; 3] = ["patientName", "reason", "patientId"];
+
+impl Event {
+    pub fn new(event: RecordedEvent, patient_fields: bool) -> Self {
+        Self {
+            event,
+            patient_fields,
+        }
+    }
+
+    fn carries_patient_data(&self) -> bool {
+        self.event.stream_type == domain::StreamType::Appointment.as_str()
+            && PATIENT_KEYS
+                .iter()
+                .any(|k| self.event.data.get(k).is_some_and(|v| !v.is_null()))
+    }
+}
 
 #[Object]
 impl Event {
     async fn id(&self) -> ID {
-        id(self.0.id)
+        id(self.event.id)
     }
     async fn stream_id(&self) -> ID {
-        id(self.0.stream_id)
+        id(self.event.stream_id)
     }
     async fn stream_type(&self) -> &str {
-        &self.0.stream_type
+        &self.event.stream_type
     }
     /// The event's version within its stream.
     async fn version(&self) -> i64 {
-        self.0.version
+        self.event.version
     }
     /// Global position in the log.
     async fn position(&self) -> i64 {
-        self.0.seq
+        self.event.seq
     }
     #[graphql(name = "type")]
     async fn event_type(&self) -> &str {
-        &self.0.event_type
+        &self.event.event_type
     }
-    async fn data(&self) -> Json<&serde_json::Value> {
-        Json(&self.0.data)
+    /// The event's payload. Patient fields inside it (`patientName`, `reason`,
+    /// `patientId`) are null unless the caller may see that patient's fields.
+    async fn data(&self, ctx: &Context<'_>) -> Json<serde_json::Value> {
+        let mut data = self.event.data.clone();
+        if self.carries_patient_data() {
+            if self.patient_fields {
+                let patient = data
+                    .get("patientId")
+                    .and_then(|p| p.as_str())
+                    .map(str::to_string);
+                access::note_disclosure(ctx, self.event.stream_id, patient, None);
+            } else if let Some(fields) = data.as_object_mut() {
+                for key in PATIENT_KEYS {
+                    if let Some(v) = fields.get_mut(key) {
+                        *v = serde_json::Value::Null;
+                    }
+                }
+            }
+        }
+        Json(data)
     }
-    /// correlationId, causationId, actor and the GraphQL operation that caused it.
-    async fn metadata(&self) -> Json<&serde_json::Value> {
-        Json(&self.0.metadata)
+    /// correlationId, causationId, actor and the GraphQL operation that caused it. A
+    /// patient who acted is patient data: their subject and name are null unless the
+    /// caller may see this patient's fields.
+    async fn metadata(&self) -> Json<serde_json::Value> {
+        let mut metadata = self.event.metadata.clone();
+        let by_patient = metadata.get("actorRole").and_then(|r| r.as_str()) == Some("patient");
+        if by_patient && !self.patient_fields {
+            if let Some(fields) = metadata.as_object_mut() {
+                for key in ["actor", "actorName"] {
+                    if let Some(v) = fields.get_mut(key) {
+                        *v = serde_json::Value::Null;
+                    }
+                }
+            }
+        }
+        Json(metadata)
     }
     async fn recorded_at(&self) -> DateTime<Utc> {
-        self.0.recorded_at
+        self.event.recorded_at
     }
 }
 
@@ -700,8 +810,9 @@ pub struct AppointmentShiftPayload {
     pub position: i64,
 }
 
-/// One Board version in a day's timeline.
-pub struct BoardHistoryEntry(pub crate::time_travel::HistoryEntry);
+/// One Board version in a day's timeline, and whether the caller sees the patient
+/// fields of its event.
+pub struct BoardHistoryEntry(pub crate::time_travel::HistoryEntry, pub bool);
 
 #[Object]
 impl BoardHistoryEntry {
@@ -715,9 +826,10 @@ impl BoardHistoryEntry {
     async fn at(&self) -> DateTime<Utc> {
         self.0.event.recorded_at
     }
-    /// The event that made this version.
+    /// The event that made this version; its patient fields are shown only to those
+    /// who see every patient's on this Board (coordinators in scope).
     async fn event(&self) -> Event {
-        Event(self.0.event.clone())
+        Event::new(self.0.event.clone(), self.1)
     }
     async fn waiting(&self) -> i64 {
         self.0.waiting
@@ -750,5 +862,45 @@ impl BoardHistoryEntry {
     #[graphql(complexity = "crate::graphql::query::HISTORY_ESTIMATE_WEIGHT")]
     async fn estimated_wait_seconds(&self) -> Option<i64> {
         self.0.estimated_wait_seconds
+    }
+}
+
+/// One record of the access log: who saw which patient data, when, from where.
+#[derive(SimpleObject)]
+pub struct AccessLogEntry {
+    /// Position in the hash chain.
+    pub seq: i64,
+    pub recorded_at: DateTime<Utc>,
+    /// The verified principal's subject and role.
+    pub subject: String,
+    pub role: String,
+    /// Their name (kept for staff; never for patients).
+    pub name: Option<String>,
+    /// The GraphQL field(s) that disclosed.
+    pub operation: String,
+    /// The client's operation name, if it gave one.
+    pub operation_name: Option<String>,
+    pub correlation_id: String,
+    pub client_addr: Option<String>,
+    /// What was disclosed, in ids: `{kind: "board", boardId, version, patientIds}` (time
+    /// travel expands it to what was shown), `{kind: "appointments", appointments}`, or
+    /// `{kind: "several", items}`.
+    pub disclosed: Json<serde_json::Value>,
+}
+
+impl From<crate::identity::access_log::LoggedAccess> for AccessLogEntry {
+    fn from(r: crate::identity::access_log::LoggedAccess) -> Self {
+        Self {
+            seq: r.seq,
+            recorded_at: r.recorded_at,
+            subject: r.subject,
+            role: r.role,
+            name: r.name,
+            operation: r.operation,
+            operation_name: r.operation_name,
+            correlation_id: r.correlation_id,
+            client_addr: r.client_addr,
+            disclosed: Json(r.disclosed),
+        }
     }
 }

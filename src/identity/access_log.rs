@@ -32,8 +32,15 @@ use super::principal::{Principal, Role};
 pub enum Disclosure {
     /// A Board as it stood at `version`: time travel expands it to the exact patients
     /// shown, masked as `role`/`scope` of the record saw them.
+    /// `patient_ids`: whose patient fields it showed, so that "who has seen my record"
+    /// is found without expanding every record.
     #[serde(rename_all = "camelCase")]
-    Board { board_id: Uuid, version: i64 },
+    Board {
+        board_id: Uuid,
+        version: i64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        patient_ids: Vec<String>,
+    },
     /// Appointments shown one by one, with the patients they belong to.
     #[serde(rename_all = "camelCase")]
     Appointments { appointments: Vec<AppointmentRef> },
@@ -45,6 +52,9 @@ pub enum Disclosure {
         after: i64,
         through: i64,
     },
+    /// One answer that disclosed in several ways (a Board and an appointment, ...).
+    #[serde(rename_all = "camelCase")]
+    Several { items: Vec<Disclosure> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,6 +417,100 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
         head_hash: hex(&head_hash),
         first_broken,
     })
+}
+
+/// Which records to read back (`accessLog`, `myAccessLog`).
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    pub subject: Option<String>,
+    /// Records that showed this patient's fields.
+    pub patient_id: Option<String>,
+    /// Records that named this appointment one by one (a Board-form record names its
+    /// patients instead).
+    pub appointment_id: Option<Uuid>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Only records after this `seq` (the cursor).
+    pub after: i64,
+    pub limit: i64,
+}
+
+/// A record as read back.
+#[derive(Debug, Clone)]
+pub struct LoggedAccess {
+    pub seq: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub subject: String,
+    pub role: String,
+    pub name: Option<String>,
+    pub operation: String,
+    pub operation_name: Option<String>,
+    pub correlation_id: String,
+    pub client_addr: Option<String>,
+    pub disclosed: Value,
+}
+
+/// Records matching `q`, oldest first.
+pub async fn read(pool: &PgPool, q: &LogQuery) -> anyhow::Result<Vec<LoggedAccess>> {
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(
+        "select seq, recorded_at, subject, role, name, operation, operation_name, \
+         correlation_id, client_addr, disclosed from access_log where seq > ",
+    );
+    sql.push_bind(q.after);
+    if let Some(subject) = &q.subject {
+        sql.push(" and subject = ").push_bind(subject.clone());
+    }
+    if let Some(from) = q.from {
+        sql.push(" and recorded_at >= ").push_bind(from);
+    }
+    if let Some(to) = q.to {
+        sql.push(" and recorded_at < ").push_bind(to);
+    }
+    // Containment, so the GIN index on `disclosed` answers; a record of several
+    // disclosures holds them under `items`.
+    if let Some(patient) = &q.patient_id {
+        let shapes = [
+            json!({ "patientIds": [patient] }),
+            json!({ "appointments": [{ "patientId": patient }] }),
+        ];
+        contained(&mut sql, &shapes);
+    }
+    if let Some(appointment) = q.appointment_id {
+        let shapes = [json!({ "appointments": [{ "appointmentId": appointment }] })];
+        contained(&mut sql, &shapes);
+    }
+    sql.push(" order by seq limit ").push_bind(q.limit);
+    let rows = sql.build().fetch_all(pool).await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(LoggedAccess {
+                seq: r.try_get("seq")?,
+                recorded_at: r.try_get("recorded_at")?,
+                subject: r.try_get("subject")?,
+                role: r.try_get("role")?,
+                name: r.try_get("name")?,
+                operation: r.try_get("operation")?,
+                operation_name: r.try_get("operation_name")?,
+                correlation_id: r.try_get("correlation_id")?,
+                client_addr: r.try_get("client_addr")?,
+                disclosed: r.try_get("disclosed")?,
+            })
+        })
+        .collect()
+}
+
+/// ` and (disclosed @> s1 or disclosed @> {"items": [s1]} or ...)`.
+fn contained(sql: &mut QueryBuilder<Postgres>, shapes: &[Value]) {
+    sql.push(" and (");
+    for (i, shape) in shapes.iter().enumerate() {
+        if i > 0 {
+            sql.push(" or ");
+        }
+        sql.push("disclosed @> ").push_bind(shape.clone());
+        sql.push(" or disclosed @> ")
+            .push_bind(json!({ "items": [shape] }));
+    }
+    sql.push(")");
 }
 
 #[cfg(test)]

@@ -1,34 +1,132 @@
 //! Authentication at the HTTP edge: `Authorization: Bearer` → [`Principal`], or a 401
 //! that says what is wrong (RFC 6750) in GraphQL's error shape.
+//!
+//! The header is verified once per request, by the [`credentials`] middleware, before
+//! the rate limit (which keys a verified caller by subject) and the handlers (which
+//! answer a refusal after their own origin and media-type checks).
 
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{AuthError, Principal, Verifier};
+use super::{AuthError, Principal, Role, Verifier};
 
-/// The principal of a request when authentication is on (`Ok(None)` when it is off),
-/// or the response refusing it.
-pub async fn authenticate(
-    verifier: Option<&Verifier>,
-    headers: &HeaderMap,
-) -> Result<Option<Principal>, Response> {
-    let Some(verifier) = verifier else {
-        return Ok(None);
-    };
-    let value = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(v) => Some(v),
-            Err(_) => return Err(refusal(&AuthError::Malformed)),
-        },
-    };
-    verifier
-        .verify_header(value)
-        .await
-        .map(Some)
-        .map_err(|e| refusal(&e))
+/// What a request's `Authorization` header proved.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Authentication is off (`--auth off`, loopback only): nobody in particular.
+    Off,
+    /// A verified token: who, and when it expires (Unix seconds).
+    Verified {
+        principal: Principal,
+        expires_at: i64,
+    },
+    /// No token, or one that does not verify.
+    Refused(AuthError),
+}
+
+impl Credentials {
+    /// Verifies the `Authorization` header of `headers` (if authentication is on).
+    pub async fn read(verifier: Option<&Verifier>, headers: &HeaderMap) -> Credentials {
+        let Some(verifier) = verifier else {
+            return Credentials::Off;
+        };
+        let value = match headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => match v.to_str() {
+                Ok(v) => Some(v),
+                Err(_) => return Credentials::Refused(AuthError::Malformed),
+            },
+        };
+        let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Credentials::Refused(AuthError::Missing);
+        };
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Credentials::Refused(AuthError::Malformed),
+        };
+        match verifier.verify_expiring(token).await {
+            Ok((principal, expires_at)) => Credentials::Verified {
+                principal,
+                expires_at,
+            },
+            Err(error) => Credentials::Refused(error),
+        }
+    }
+
+    /// The credentials the middleware stored on `request`, or read now.
+    pub async fn of(verifier: Option<&Verifier>, request: &axum::http::request::Parts) -> Self {
+        match request.extensions.get::<Credentials>() {
+            Some(c) => c.clone(),
+            None => Credentials::read(verifier, &request.headers).await,
+        }
+    }
+
+    /// The verified subject, if any (the rate limit's key).
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Credentials::Verified { principal, .. } => Some(&principal.subject),
+            _ => None,
+        }
+    }
+
+    /// The principal of a request that may proceed (`Ok(None)` with authentication
+    /// off), or why it may not (a 401).
+    pub fn principal(&self) -> Result<Option<Principal>, Refused> {
+        match self {
+            Credentials::Off => Ok(None),
+            Credentials::Verified { principal, .. } => Ok(Some(principal.clone())),
+            Credentials::Refused(error) => Err(Refused::Unauthenticated(error.clone())),
+        }
+    }
+
+    /// Like [`Credentials::principal`], for what only an admin may see (`/metrics`):
+    /// 401 without a valid token, 403 with another role's.
+    pub fn admin(&self) -> Result<(), Refused> {
+        match self.principal()? {
+            None => Ok(()),
+            Some(p) if p.role == Role::Admin => Ok(()),
+            Some(_) => Err(Refused::NotAdmin),
+        }
+    }
+}
+
+/// Why the edge refuses a request; answered as a response.
+#[derive(Debug, Clone)]
+pub enum Refused {
+    /// 401 with `WWW-Authenticate: Bearer` (503 when the provider's keys are unreachable).
+    Unauthenticated(AuthError),
+    /// 403: authenticated, but only an admin may.
+    NotAdmin,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Unauthenticated(error) => refusal(&error),
+            Refused::NotAdmin => {
+                let body = json!({ "errors": [{
+                    "message": "only an admin may read this",
+                    "extensions": { "code": crate::error::ErrorCode::Forbidden } }] });
+                (StatusCode::FORBIDDEN, Json(body)).into_response()
+            }
+        }
+    }
+}
+
+/// Middleware: verifies the request's bearer token once and stores the
+/// [`Credentials`] in its extensions for the rate limit and the handler.
+pub async fn credentials(
+    State(verifier): State<Option<Verifier>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let credentials = Credentials::read(verifier.as_ref(), request.headers()).await;
+    request.extensions_mut().insert(credentials);
+    next.run(request).await
 }
 
 /// 401 with `WWW-Authenticate: Bearer` (503 when the provider's keys are unreachable),
@@ -48,8 +146,7 @@ pub fn refusal(error: &AuthError) -> Response {
             message.replace(['"', '\\'], "'")
         ),
     };
-    let body =
-        json!({ "errors": [{ "message": message, "extensions": { "code": "UNAUTHENTICATED" } }] });
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": crate::error::ErrorCode::Unauthenticated } }] });
     let mut response = (status, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response
@@ -59,20 +156,36 @@ pub fn refusal(error: &AuthError) -> Response {
     response
 }
 
+/// Whether every address `bind` names is a loopback address.
+async fn loopback_only(bind: &str) -> anyhow::Result<bool> {
+    let addrs: Vec<_> = tokio::net::lookup_host(bind).await?.collect();
+    Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
+}
+
 /// With the development issuer, only loopback addresses: its tokens are minted by
 /// anyone who can run `careboard token` on this machine.
 pub async fn check_bind(bind: &str, uses_provider: bool) -> anyhow::Result<()> {
-    if uses_provider {
+    if uses_provider || loopback_only(bind).await? {
         return Ok(());
     }
-    let addrs: Vec<_> = tokio::net::lookup_host(bind).await?.collect();
-    if addrs.iter().any(|a| !a.ip().is_loopback()) {
-        anyhow::bail!(
-            "{bind} is reachable from other machines, and no identity provider is configured \
-             (tokens come from the development issuer). Configure one with \
-             CAREBOARD_OIDC_ISSUER and CAREBOARD_OIDC_AUDIENCE (see the README's \"Roles\"), \
-             or bind to 127.0.0.1"
-        );
+    anyhow::bail!(
+        "{bind} is reachable from other machines, and no identity provider is configured \
+         (tokens come from the development issuer). Configure one with \
+         CAREBOARD_OIDC_ISSUER and CAREBOARD_OIDC_AUDIENCE (see the README's \"Roles\"), \
+         or bind to 127.0.0.1"
+    )
+}
+
+/// `--auth off` serves anyone without a token: only on loopback addresses.
+pub async fn check_bind_without_auth(bind: &str) -> anyhow::Result<()> {
+    if loopback_only(bind).await? {
+        return Ok(());
     }
-    Ok(())
+    anyhow::bail!(
+        "--auth off (CAREBOARD_AUTH=off) answers anyone without a token, so it is refused on \
+         {bind}, which other machines can reach. It is for development on this machine: \
+         bind to 127.0.0.1, or leave authentication on (the default) and configure an \
+         identity provider with CAREBOARD_OIDC_ISSUER and CAREBOARD_OIDC_AUDIENCE (see the \
+         README's \"Roles\")"
+    )
 }

@@ -25,6 +25,12 @@ macro_rules! operations {
             pub fn name(self) -> &'static str {
                 match self { $(Operation::$variant => $name,)* }
             }
+
+            /// The operation of this name (a mutation's field name, as commands record
+            /// it in their metadata).
+            pub fn named(name: &str) -> Option<Operation> {
+                match name { $($name => Some(Operation::$variant),)* _ => None }
+            }
         }
     };
 }
@@ -45,6 +51,7 @@ operations! {
     CancelAppointment => "cancelAppointment",
     Board => "board",
     Boards => "boards",
+    BoardDates => "boardDates",
     BoardHistory => "boardHistory",
     BoardAsOf => "board(asOf)",
     BoardChanged => "boardChanged",
@@ -166,6 +173,9 @@ pub const MATRIX: &[Row] = &[
     // licences) holds no patient data; patients see their provider through their
     // appointment instead.
     Row { operations: &[Op::Provider, Op::Providers], patient: D, provider: A, coordinator: A, admin: A },
+    // Not in DESIGN's table: which dates have Boards (for the Board pages' date picker)
+    // says nothing about any patient.
+    Row { operations: &[Op::BoardDates], patient: D, provider: A, coordinator: A, admin: A },
     Row { operations: &[Op::Events, Op::BoardEvents], patient: D, provider: D, coordinator: S(InScope), admin: A },
     Row { operations: &[Op::WaitTimeEstimate], patient: A, provider: A, coordinator: A, admin: A },
     Row { operations: &[Op::Projections, Op::RebuildProjection, Op::ReplayDeadLetters], patient: D, provider: D, coordinator: D, admin: A },

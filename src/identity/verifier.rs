@@ -186,6 +186,14 @@ impl Verifier {
 
     /// Verifies a token and reads its principal.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_expiring(token)
+            .await
+            .map(|(principal, _)| principal)
+    }
+
+    /// Verifies a token: its principal, and when it expires (its `exp`, a Unix time in
+    /// seconds), so a long-lived connection can end when its token does.
+    pub async fn verify_expiring(&self, token: &str) -> Result<(Principal, i64), AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -231,7 +239,13 @@ impl Verifier {
                 }
                 _ => AuthError::Malformed,
             })?;
-        Ok(Principal::from_claims(&data.claims, &self.config.claims)?)
+        let expires_at = data
+            .claims
+            .get("exp")
+            .and_then(|e| e.as_f64())
+            .ok_or_else(|| AuthError::InvalidClaim("exp".into()))? as i64;
+        let principal = Principal::from_claims(&data.claims, &self.config.claims)?;
+        Ok((principal, expires_at))
     }
 }
 

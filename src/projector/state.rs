@@ -144,27 +144,29 @@ pub async fn switch_generation(
         return Ok(None);
     }
     if let Some((old, _, _)) = live {
-        sqlx::query(
-            "update projection_state set status = $3, updated_at = clock_timestamp() \
-             where name = $1 and generation = $2",
-        )
-        .bind(projection.name())
-        .bind(old)
-        .bind(GenerationStatus::Retired.as_str())
-        .execute(&mut *tx)
-        .await?;
+        set_status(&mut tx, projection, *old, GenerationStatus::Retired).await?;
     }
+    set_status(&mut tx, projection, building, GenerationStatus::Live).await?;
+    tx.commit().await?;
+    Ok(live.map(|r| r.0))
+}
+
+async fn set_status(
+    tx: &mut sqlx::PgConnection,
+    projection: Projection,
+    generation: i32,
+    status: GenerationStatus,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update projection_state set status = $3, updated_at = clock_timestamp() \
          where name = $1 and generation = $2",
     )
     .bind(projection.name())
-    .bind(building)
-    .bind(GenerationStatus::Live.as_str())
-    .execute(&mut *tx)
+    .bind(generation)
+    .bind(status.as_str())
+    .execute(tx)
     .await?;
-    tx.commit().await?;
-    Ok(live.map(|r| r.0))
+    Ok(())
 }
 
 /// One dead-lettered event.

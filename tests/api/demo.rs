@@ -27,8 +27,10 @@ async fn all_events(url: &str) -> Vec<EventRow> {
     rows
 }
 
-fn demo(url: &str, seed: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_careboard"))
+/// `careboard demo` of 2026-03-02 (history), quiet but for warnings, no database named.
+fn demo_command(seed: &str, boards: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_careboard"));
+    command
         .args([
             "demo",
             "--seed",
@@ -36,10 +38,16 @@ fn demo(url: &str, seed: &str) -> String {
             "--date",
             "2026-03-02",
             "--boards",
-            "2",
+            boards,
         ])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+fn demo(url: &str, seed: &str) -> String {
+    let out = demo_command(seed, "2")
         .env("DATABASE_URL", url)
-        .env("RUST_LOG", "warn")
         .output()
         .expect("run careboard demo");
     assert!(
@@ -99,18 +107,8 @@ async fn demo_with_the_same_seed_gives_the_same_events() {
         .all(|e| e.5["actor"] == "matcher"));
 
     // Importing the same day again is refused, and changes nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_careboard"))
-        .args([
-            "demo",
-            "--seed",
-            "1",
-            "--date",
-            "2026-03-02",
-            "--boards",
-            "2",
-        ])
+    let out = demo_command("1", "2")
         .env("DATABASE_URL", &url_a)
-        .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -294,4 +292,209 @@ fn the_simulation_uses_the_domain_rules_and_never_overlaps_a_provider() {
         }
     }
     assert!(events.iter().any(|e| e.event_type == "BoardClosed"));
+}
+
+/// One live run with one Board: started, watched until its first `requestAppointment`,
+/// then stopped with `signal` (SIGINT as Ctrl+C does, or SIGKILL). Returns the wall
+/// time to the first request and what the run printed.
+async fn live_run_until_first_request(
+    pool: &sqlx::PgPool,
+    url: &str,
+    signal: i32,
+) -> (Duration, String) {
+    let requested_before = count(pool, "events", "AppointmentRequested").await;
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args(["demo", "--live", "--boards", "1", "--bind", "127.0.0.1:0"])
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run careboard demo --live");
+    let first_request = loop {
+        if count(pool, "events", "AppointmentRequested").await > requested_before {
+            break started.elapsed();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the live demo ended early: {status}");
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("no patient within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    if signal == libc::SIGINT {
+        assert!(
+            out.status.success(),
+            "Ctrl+C ends the run cleanly: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (first_request, String::from_utf8_lossy(&out.stdout).into())
+}
+
+/// How many rows of `table` (`events` or `streams`) have `type` = `of_type`.
+async fn count(pool: &sqlx::PgPool, table: &str, of_type: &str) -> i64 {
+    sqlx::query_scalar(&format!("select count(*) from {table} where type = $1"))
+        .bind(of_type)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Every Board closed, every appointment finished or cancelled, every provider signed
+/// off: nothing the demo opened is left hanging.
+async fn assert_everything_closed(pool: &sqlx::PgPool) {
+    let open_streams: Vec<(String, Uuid)> = sqlx::query_as(
+        "select s.type, s.id from streams s \
+          where s.type in ('board', 'appointment', 'shift') \
+            and not exists (select 1 from events e where e.stream_id = s.id and e.type in \
+                ('BoardClosed', 'AppointmentFinished', 'AppointmentCancelled', 'ProviderSignedOff'))",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(open_streams.is_empty(), "left open: {open_streams:?}");
+}
+
+#[tokio::test]
+async fn the_live_demo_produces_within_seconds_reuses_providers_and_closes_what_it_opened() {
+    let (pool, url) = helpers::fresh_database_with_url().await;
+
+    // At the default speed the first patient used to come after about three minutes.
+    let (first, printed) = live_run_until_first_request(&pool, &url, libc::SIGINT).await;
+    eprintln!("first requestAppointment {first:?} after the live demo started");
+    assert!(
+        first < Duration::from_secs(20),
+        "first requestAppointment after {first:?}"
+    );
+    assert!(printed.contains("Stopped early"), "{printed}");
+    assert_everything_closed(&pool).await;
+    let providers = count(&pool, "streams", "provider").await;
+    assert!(providers > 0);
+    assert_eq!(count(&pool, "streams", "board").await, 1);
+
+    // A killed run (no chance to tidy up) leaves its Board open ...
+    live_run_until_first_request(&pool, &url, libc::SIGKILL).await;
+    let boards: i64 = count(&pool, "streams", "board").await;
+    assert_eq!(boards, 2);
+    assert_eq!(count(&pool, "events", "BoardClosed").await, 1);
+
+    // ... and the next run closes it first. No run registers a provider twice.
+    let (_, printed) = live_run_until_first_request(&pool, &url, libc::SIGINT).await;
+    assert!(
+        printed.contains("Closing 1 Board(s) an earlier demo run left open"),
+        "{printed}"
+    );
+    assert_everything_closed(&pool).await;
+    assert_eq!(count(&pool, "streams", "board").await, 3);
+    assert_eq!(
+        count(&pool, "streams", "provider").await,
+        providers,
+        "re-runs reuse the providers"
+    );
+    let names: Vec<(String, i64)> = sqlx::query_as(
+        "select data->>'name', count(*) from events where type = 'ProviderRegistered' \
+          group by 1 having count(*) > 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(names.is_empty(), "registered twice: {names:?}");
+}
+
+/// `careboard demo` for 2026-03-02 with `extra` arguments; `env` set on top.
+fn demo_run(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    let mut command = demo_command("1", "1");
+    command.args(extra);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run careboard demo")
+}
+
+#[tokio::test]
+async fn demo_reset_starts_over_only_when_confirmed() {
+    let (_pool, url) = helpers::fresh_database_with_url().await;
+    let env = [("DATABASE_URL", std::ffi::OsStr::new(&url))];
+    assert!(demo_run(&[], &env).status.success());
+    let day = all_events(&url).await;
+    assert!(!day.is_empty());
+
+    // Unconfirmed, or a database given by URL without saying so: refused, untouched.
+    let out = demo_run(&["--reset"], &env);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --yes"));
+    let out = demo_run(&["--reset", "--yes"], &env);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reset-database-url"));
+    assert_eq!(all_events(&url).await.len(), day.len());
+
+    // Confirmed: the database starts empty, so the same day imports again, once.
+    let out = demo_run(&["--reset", "--yes", "--reset-database-url"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dropped and created empty"));
+    assert_eq!(all_events(&url).await, day, "the same day, imported once");
+}
+
+#[test]
+fn demo_reset_on_the_embedded_database() {
+    let data_dir = crate::helpers::files::data_dir();
+    let dir = ["--data-dir", data_dir.path().to_str().unwrap()];
+    let out = demo_run(&dir, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = demo_run(&dir, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "the day is there: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = demo_run(&[&dir[..], &["--reset"]].concat(), &[]);
+    assert!(!out.status.success());
+    let out = demo_run(&[&dir[..], &["--reset", "--yes"]].concat(), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("dropped and created empty") && printed.contains("Imported the demo day"),
+        "{printed}"
+    );
+}
+
+#[tokio::test]
+async fn a_live_demo_limited_by_hours_closes_its_boards_at_the_end() {
+    let (pool, url) = helpers::fresh_database_with_url().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_careboard"))
+        .args(["demo", "--live", "--boards", "1", "--bind", "127.0.0.1:0"])
+        .args(["--hours", "2", "--speed", "600"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run careboard demo --live --hours 2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(count(&pool, "events", "AppointmentRequested").await > 0);
+    assert_eq!(count(&pool, "events", "BoardClosed").await, 1);
+    assert_everything_closed(&pool).await;
 }

@@ -70,6 +70,24 @@ async fn new_counter(store: &EventStore) -> Uuid {
     id
 }
 
+/// `n` increments of one counter at the same time, each its own task.
+async fn increments_at_once(
+    store: &EventStore,
+    id: Uuid,
+    expected: Option<i64>,
+    n: usize,
+) -> Vec<Result<i64, AppError>> {
+    let tasks = (0..n).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { increment(&store, id, expected).await })
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
 /// One command on a counter: load (locked in exclusive mode), decide, append.
 async fn increment(store: &EventStore, id: Uuid, expected: Option<i64>) -> Result<i64, AppError> {
     let Begun::Fresh(mut uow) = store.begin(meta(expected), &json!({})).await? else {
@@ -91,6 +109,15 @@ async fn versions_of(pool: &PgPool, id: Uuid) -> Vec<i64> {
     sqlx::query_scalar("select version from events where stream_id = $1 order by version")
         .bind(id)
         .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// The version the `streams` row records (what optimistic checks compare with).
+async fn stream_version(pool: &PgPool, id: Uuid) -> i64 {
+    sqlx::query_scalar("select version from streams where id = $1")
+        .bind(id)
+        .fetch_one(pool)
         .await
         .unwrap()
 }
@@ -134,12 +161,7 @@ async fn concurrent_appends_with_the_same_expected_version_let_exactly_one_throu
     }
     assert_eq!((ok, conflicts), (1, 31));
     assert_eq!(versions_of(&pool, id).await, vec![1, 2]);
-    let stream_version: i64 = sqlx::query_scalar("select version from streams where id = $1")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(stream_version, 2);
+    assert_eq!(stream_version(&pool, id).await, 2);
 }
 
 #[tokio::test]
@@ -147,21 +169,11 @@ async fn optimistic_commands_with_a_stale_version_get_conflict() {
     let pool = helpers::fresh_database().await;
     let store = helpers::store(&pool);
     let id = new_counter(&store).await;
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(
-            async move { increment(&store, id, Some(1)).await },
-        ));
-    }
-    let results: Vec<_> = futures::future::join_all(tasks).await;
-    let ok = results
-        .iter()
-        .filter(|r| r.as_ref().unwrap().is_ok())
-        .count();
+    let results = increments_at_once(&store, id, Some(1), 32).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
     let conflicts = results
         .iter()
-        .filter(|r| matches!(r.as_ref().unwrap(), Err(AppError::Conflict(_))))
+        .filter(|r| matches!(r, Err(AppError::Conflict(_))))
         .count();
     assert_eq!((ok, conflicts), (1, 31));
     assert_eq!(versions_of(&pool, id).await, vec![1, 2]);
@@ -172,21 +184,11 @@ async fn exclusive_mode_serialises_concurrent_commands_and_loses_none() {
     let pool = helpers::fresh_database().await;
     let store = helpers::store(&pool);
     let id = new_counter(&store).await;
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(
-            async move { increment(&store, id, None).await },
-        ));
-    }
-    let mut seen: Vec<i64> = Vec::new();
-    for task in tasks {
-        seen.push(
-            task.await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{}", e.describe())),
-        );
-    }
+    let mut seen: Vec<i64> = increments_at_once(&store, id, None, 32)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("{}", e.describe())))
+        .collect();
     seen.sort();
     // Each command saw the state left by the one before it: strictly serialised.
     assert_eq!(seen, (1..=32).collect::<Vec<_>>());
@@ -241,12 +243,7 @@ async fn a_failure_on_the_second_stream_leaves_the_first_unchanged() {
         drop(tx); // rolled back
     }
     assert_eq!(versions_of(&pool, first).await, before);
-    let first_version: i64 = sqlx::query_scalar("select version from streams where id = $1")
-        .bind(first)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(first_version, 1);
+    assert_eq!(stream_version(&pool, first).await, 1);
 }
 
 #[tokio::test]

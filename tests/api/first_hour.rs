@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::helpers::browser::Browser;
-use crate::helpers::{error_code, error_message, TestApp};
+use crate::helpers::{error_code, error_message, TestApp, Who};
 use careboard::config::GraphqlLimits;
 use serde_json::{json, Value};
 
@@ -137,7 +137,7 @@ async fn graphiql_loads_with_no_network_explores_the_schema_and_runs_subscriptio
     );
     let refused = page
         .eval(&format!(
-            "fetch('/graphql', {{method: 'POST', headers: {{'content-type': 'application/json'}}, body: JSON.stringify({{query: {}}})}}).then(r => r.json())",
+            "fetch('/graphql', {{method: 'POST', headers: {{'content-type': 'application/json', authorization: 'Bearer ' + sessionStorage.getItem('careboard.token')}}, body: JSON.stringify({{query: {}}})}}).then(r => r.json())",
             serde_json::to_string(&deep).unwrap()
         ))
         .await;
@@ -248,15 +248,18 @@ async fn a_browser_app_on_an_allowed_origin_calls_the_api_and_others_are_blocked
     let api = app.url("/graphql");
     let ws = app.url("/graphql/ws").replace("http://", "ws://");
     let mutation = "mutation { openBoard(input: {name: \"Cross\", specialty: \"pediatrics\", region: \"TX\", date: \"2022-07-18\"}) { board { id } } }";
+    // The app holds its user's token; a page on another origin holding one too is
+    // still blocked.
+    let bearer = format!("Bearer {}", app.token(Who::coordinator()));
     let call = |content_type: &str, mode: &str| {
         format!(
-            "fetch({api:?}, {{method: 'POST', mode: '{mode}', headers: {{'content-type': '{content_type}', 'x-actor': 'front-end'}}, body: JSON.stringify({{query: {mutation:?}}})}})
+            "fetch({api:?}, {{method: 'POST', mode: '{mode}', headers: {{'content-type': '{content_type}', 'authorization': {bearer:?}}}, body: JSON.stringify({{query: {mutation:?}}})}})
                .then(r => r.type === 'opaque' ? 'opaque' : r.json()).catch(e => 'blocked: ' + e)"
         )
     };
     let socket = format!(
         "new Promise(done => {{ const s = new WebSocket({ws:?}, 'graphql-transport-ws');
-           s.onopen = () => s.send(JSON.stringify({{type: 'connection_init'}}));
+           s.onopen = () => s.send(JSON.stringify({{type: 'connection_init', payload: {{Authorization: {bearer:?}}}}}));
            s.onmessage = m => {{ done(JSON.parse(m.data).type); s.close(); }};
            s.onerror = () => done('refused'); setTimeout(() => done('timeout'), 5000); }})"
     );
@@ -305,7 +308,10 @@ async fn preflight_is_answered_for_allowed_origins_only() {
             .request(reqwest::Method::OPTIONS, app.url("/graphql"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "content-type,x-actor")
+            .header(
+                "access-control-request-headers",
+                "content-type,authorization",
+            )
             .send()
     };
     let ok = preflight("https://app.clinic.example").await.unwrap();

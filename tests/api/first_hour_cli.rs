@@ -99,13 +99,7 @@ fn connection_errors_name_their_cause_at_once() {
 
 #[test]
 fn a_second_server_on_the_same_data_dir_is_refused_and_cli_commands_share_it() {
-    let data_dir = tempfile::tempdir().unwrap();
-    // Run as root, the cluster runs as an unprivileged user who must reach the dir.
-    std::fs::set_permissions(
-        data_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let data_dir = crate::helpers::files::data_dir();
     let address = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

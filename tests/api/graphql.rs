@@ -253,10 +253,9 @@ async fn the_readme_walkthrough_works_over_http() {
         ]
     );
     let meta = &edges[1]["node"]["metadata"];
-    assert_eq!(meta["actor"], "test-coordinator");
-    // Without a verified token the name is the caller's own, and says so.
-    assert_eq!(meta["actorRole"], "anonymous");
-    assert_eq!(meta["actorName"], "test-coordinator");
+    assert_eq!(meta["actor"], "admin-1", "the token's subject");
+    assert_eq!(meta["actorRole"], "admin");
+    assert_eq!(meta["actorName"], "Test Admin");
     assert_eq!(meta["operation"], "scheduleAppointment");
     assert!(meta["correlationId"].is_string());
     assert_eq!(log["events"]["pageInfo"]["hasNextPage"], false);
@@ -322,8 +321,11 @@ async fn cancelling_a_scheduled_appointment_frees_its_provider_atomically() {
         json!({"input": {"appointmentId": appointment_id, "shiftId": shift_id}}),
     )
     .await;
+    // The reason is about the patient: the coordinator sees it (an admin would not).
+    let coordinator = app.token(crate::helpers::idp::Who::coordinator());
     let cancelled = app
-        .data(
+        .data_as(
+            &coordinator,
             CANCEL_APPOINTMENT,
             json!({"input": {"appointmentId": appointment_id, "reason": "patient left"}}),
         )

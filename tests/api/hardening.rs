@@ -291,7 +291,9 @@ async fn a_silent_socket_that_answers_no_pings_is_closed() {
     let (mut sink, mut source) = socket.split();
     use futures::SinkExt;
     sink.send(tokio_tungstenite::tungstenite::Message::Text(
-        json!({"type": "connection_init"}).to_string().into(),
+        json!({"type": "connection_init", "payload": {"token": app.admin_token}})
+            .to_string()
+            .into(),
     ))
     .await
     .unwrap();
@@ -704,10 +706,12 @@ async fn while_the_database_is_down_probes_and_requests_fail_fast_and_then_recov
     server.stop().await.unwrap();
 }
 
-/// A Careboard process on the embedded default, with its address read from its log.
+/// A Careboard process on the embedded default, with its address read from its log,
+/// and a token from its development issuer (the data dir's key).
 struct Process {
     child: tokio::process::Child,
     base: String,
+    token: String,
 }
 
 impl Process {
@@ -738,12 +742,17 @@ impl Process {
         .expect("careboard listens");
         // Keep draining the log so the process never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, base }
+        let issuer = careboard::identity::dev_issuer::DevIssuer::load_or_create(dir).unwrap();
+        let token = issuer
+            .issue(&crate::helpers::Who::coordinator().token_args())
+            .unwrap();
+        Self { child, base, token }
     }
 
     async fn gql(&self, query: &str, variables: Value) -> Value {
         reqwest::Client::new()
             .post(format!("{}/graphql", self.base))
+            .bearer_auth(&self.token)
             .json(&json!({"query": query, "variables": variables}))
             .send()
             .await

@@ -742,6 +742,7 @@ fn record(i: usize) -> AccessRecord {
             Disclosure::Board {
                 board_id: Uuid::new_v4(),
                 version: i as i64,
+                patient_ids: Vec::new(),
             }
         } else {
             Disclosure::Appointments {
@@ -1084,7 +1085,9 @@ async fn with_auth_on_graphql_requests_need_a_valid_bearer_token() {
         "the principal's role and name are recorded beside the subject"
     );
 
-    // A websocket upgrade without a token is refused before it is upgraded.
+    // A websocket upgrade with a bad token is refused before it is upgraded; one
+    // without a token is upgraded (browsers cannot set headers there) and must bring
+    // its token in connection_init.
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let upgrade = |token: Option<&str>| {
         let mut request = server
@@ -1103,12 +1106,15 @@ async fn with_auth_on_graphql_requests_need_a_valid_bearer_token() {
         }
         tokio_tungstenite::connect_async(request)
     };
-    match upgrade(None).await {
+    match upgrade(Some(&foreign)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 401)
         }
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
+    upgrade(None)
+        .await
+        .expect("an upgrade without a token waits for connection_init");
     upgrade(Some(&token))
         .await
         .expect("an authenticated upgrade is accepted");

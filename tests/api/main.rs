@@ -3,7 +3,10 @@
 //! the real server on port 0 spoken to over HTTP and websocket, or the store, projector
 //! and matcher directly where the test is about them.
 
+mod authorization;
 mod demo;
+mod edge;
+mod error_codes;
 mod event_store;
 mod first_hour;
 mod first_hour_cli;

@@ -27,32 +27,24 @@ fn copied_paths(dockerfile: &str) -> Vec<String> {
 fn embedded_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    let mut dirs = vec![root.join("src")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            // Unit tests are not part of the image's build.
-            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
-            for marker in ["include_str!(\"", "include_bytes!(\""] {
-                for piece in text.split(marker).skip(1) {
-                    let relative = piece.split('"').next().unwrap();
-                    let resolved = path.parent().unwrap().join(relative);
-                    let resolved = std::fs::canonicalize(&resolved)
-                        .unwrap_or_else(|_| panic!("{} embeds missing {relative}", path.display()));
-                    files.push(
-                        resolved
-                            .strip_prefix(root.canonicalize().unwrap())
-                            .unwrap()
-                            .to_path_buf(),
-                    );
-                }
+    for path in crate::helpers::files::files_under("src") {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        // Unit tests are not part of the image's build.
+        let text = crate::helpers::files::production_part(&text);
+        for marker in ["include_str!(\"", "include_bytes!(\""] {
+            for piece in text.split(marker).skip(1) {
+                let relative = piece.split('"').next().unwrap();
+                let resolved = path.parent().unwrap().join(relative);
+                let resolved = std::fs::canonicalize(&resolved)
+                    .unwrap_or_else(|_| panic!("{} embeds missing {relative}", path.display()));
+                files.push(
+                    resolved
+                        .strip_prefix(root.canonicalize().unwrap())
+                        .unwrap()
+                        .to_path_buf(),
+                );
             }
         }
     }
@@ -128,5 +120,17 @@ fn compose_publishes_on_loopback_and_reads_credentials_from_the_env_file() {
     let example = read(".env.example");
     assert!(example.contains("CAREBOARD_DB_PASSWORD="));
     assert!(example.contains("CAREBOARD_SERVER_DB_PASSWORD="));
+    // Listening on the container's network needs an identity provider: compose asks
+    // for one rather than start a server the development issuer would refuse.
+    for key in ["CAREBOARD_OIDC_ISSUER", "CAREBOARD_OIDC_AUDIENCE"] {
+        assert!(
+            example.contains(&format!("{key}=")),
+            "{key} in .env.example"
+        );
+        assert!(
+            compose.contains(&format!("{key}: ${{{key}:?")),
+            "compose requires {key}"
+        );
+    }
     assert!(read(".gitignore").lines().any(|l| l.trim() == ".env"));
 }

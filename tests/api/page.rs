@@ -4,225 +4,30 @@
 //! `CAREBOARD_SCREENSHOTS=docs cargo test --test api page::` also writes the README's
 //! screenshots into that directory.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::helpers::browser::{Browser, Page};
 use crate::helpers::day::{seed, seed_morning, stuck_morning};
 use crate::helpers::TestApp;
 use chrono::Utc;
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
-fn find_chromium() -> Option<std::path::PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(name))
-                    .find(|p| p.is_file())
-            })
-        })
-}
-
-/// A headless Chromium for one test, stopped when dropped.
-struct Browser {
-    process: std::process::Child,
-    devtools: String,
-    http: reqwest::Client,
-    _profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-impl Browser {
-    /// `None` (and the test is skipped) when no Chromium is installed outside CI.
-    async fn start() -> Option<Browser> {
-        let Some(chromium) = find_chromium() else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must install chromium (.ci/run does)"
-            );
-            eprintln!("skipping the browser test: chromium is not installed");
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let profile = tempfile::tempdir().unwrap();
-        let process = std::process::Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-                "--remote-allow-origins=*",
-            ])
-            .arg(format!("--remote-debugging-port={port}"))
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start chromium");
-        let browser = Browser {
-            process,
-            devtools: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-            _profile: profile,
-        };
-        let started = Instant::now();
-        while browser
-            .http
-            .get(format!("{}/json/version", browser.devtools))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "chromium's DevTools did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Some(browser)
-    }
-
-    /// A new tab on `url`, `width` CSS pixels wide.
-    async fn open(&self, url: &str, width: u32) -> Page {
-        let target: Value = self
-            .http
-            .put(format!("{}/json/new?about:blank", self.devtools))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let ws_url = target["webSocketDebuggerUrl"]
-            .as_str()
-            .expect("a page target")
-            .to_string();
-        let (socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
-        let mut page = Page { socket, next_id: 0 };
-        page.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+/// Writes a PNG of the page into `$CAREBOARD_SCREENSHOTS/name`, if that is set.
+async fn screenshot(page: &mut Page, name: &str) {
+    use base64::Engine;
+    let Some(dir) = std::env::var_os("CAREBOARD_SCREENSHOTS") else {
+        return;
+    };
+    let shot = page
+        .call(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true}),
         )
         .await;
-        page.call("Page.navigate", json!({ "url": url })).await;
-        page
-    }
-}
-
-/// A page in Chromium, spoken to over the DevTools protocol.
-struct Page {
-    socket: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_id: u64,
-}
-
-impl Page {
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let request = json!({"id": id, "method": method, "params": params});
-        self.socket
-            .send(Message::Text(request.to_string().into()))
-            .await
-            .unwrap();
-        loop {
-            let frame = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
-                .await
-                .expect("DevTools answers")
-                .expect("DevTools socket open")
-                .unwrap();
-            if let Message::Text(text) = frame {
-                let v: Value = serde_json::from_str(&text).unwrap();
-                if v["id"] == id {
-                    assert!(v["error"].is_null(), "{method} failed: {v}");
-                    return v["result"].clone();
-                }
-            }
-        }
-    }
-
-    /// The value of `expression`, or the exception it threw.
-    async fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
-        let result = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": expression, "returnByValue": true}),
-            )
-            .await;
-        match result["exceptionDetails"].is_null() {
-            true => Ok(result["result"]["value"].clone()),
-            false => Err(result["exceptionDetails"].clone()),
-        }
-    }
-
-    async fn eval(&mut self, expression: &str) -> Value {
-        match self.try_eval(expression).await {
-            Ok(v) => v,
-            Err(e) => panic!("{expression} threw: {e}"),
-        }
-    }
-
-    /// Waits until `expression` is true (an exception, e.g. while the page is still
-    /// loading, counts as not yet).
-    async fn wait_for(&mut self, what: &str, expression: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.try_eval(expression).await == Ok(Value::Bool(true)) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn text(&mut self, selector: &str) -> String {
-        let expression = format!(
-            "(document.querySelector({}) || {{}}).innerText || ''",
-            serde_json::to_string(selector).unwrap()
-        );
-        self.eval(&expression)
-            .await
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    }
-
-    /// Writes a PNG of the page into `$CAREBOARD_SCREENSHOTS/name`, if that is set.
-    async fn screenshot(&mut self, name: &str) {
-        use base64::Engine;
-        let Some(dir) = std::env::var_os("CAREBOARD_SCREENSHOTS") else {
-            return;
-        };
-        let shot = self
-            .call(
-                "Page.captureScreenshot",
-                json!({"format": "png", "captureBeyondViewport": true}),
-            )
-            .await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().unwrap())
-            .unwrap();
-        std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
-    }
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
 }
 
 /// A TCP proxy in front of the server that can cut every connection (and refuse new
@@ -312,7 +117,7 @@ async fn the_live_board_page_shows_a_new_appointment_without_a_reload() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut page = browser.open(&board_url(&app, &board), 1280).await;
+    let mut page = browser.open_sized(&board_url(&app, &board), 1280).await;
 
     page.wait_for(
         "the page to go live",
@@ -361,8 +166,11 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
     let scenario = stuck_morning(Utc::now());
     seed(&app, &scenario, Utc::now(), chrono::Duration::zero()).await;
     let board = scenario.boards[0].id;
+    // Patient names are for the coordinator (admins see them masked).
+    let coordinator = app.token(crate::helpers::idp::Who::coordinator());
     let facts = app
-        .data(
+        .data_as(
+            &coordinator,
             "query($id: ID!) { board(id: $id) { providers { id status provider { id } } appointments { id patientName status expectedFinish } currentWait { waitSeconds } } }",
             json!({"id": board}),
         )
@@ -398,7 +206,7 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
         .to_string();
 
     // A tablet in portrait.
-    let mut page = browser.open(&board_url(&app, board), 820).await;
+    let mut page = browser.open_sized(&board_url(&app, board), 820).await;
     page.wait_for(
         "the page to go live",
         "document.getElementById('conn').textContent === 'live' && document.querySelectorAll('#waiting li[data-id]').length === 1",
@@ -445,7 +253,7 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
     assert_eq!(page.text("#n-late").await, "1 late");
     assert_eq!(page.text("#n-overdue").await, "1 overdue");
     assert!(page.text(&ben_li).await.contains("LATE"));
-    page.screenshot("board-tablet.png").await;
+    screenshot(&mut page, "board-tablet.png").await;
 
     // The wait ticks with no Board change.
     let version_before = page.text("#meta").await;
@@ -598,13 +406,13 @@ async fn replaying_the_day_shows_what_board_as_of_returns_and_back_to_live_resum
     let app = TestApp::spawn().await;
     let scenario = seed_morning(&app, 1).await;
     let board = scenario.boards[0].id;
-    let mut page = browser.open(&board_url(&app, board), 1280).await;
+    let mut page = browser.open_sized(&board_url(&app, board), 1280).await;
     page.wait_for(
         "the page live with the day's timeline",
         "document.getElementById('conn').textContent === 'live' && Number(document.getElementById('scrub').max) > 50 && document.querySelectorAll('.peak-button').length > 0",
     )
     .await;
-    page.screenshot("board-live.png").await;
+    screenshot(&mut page, "board-live.png").await;
 
     // The slider works from the keyboard: an arrow key steps back from live into the
     // replay.
@@ -657,11 +465,11 @@ async fn replaying_the_day_shows_what_board_as_of_returns_and_back_to_live_resum
     assert_eq!(page.eval(SHOWN).await, expected, "at the peak {at}");
     assert!(!expected["waiting"].as_array().unwrap().is_empty());
     assert!(page.text("#banner").await.starts_with("Replaying"));
-    page.screenshot("board-replay.png").await;
+    screenshot(&mut page, "board-replay.png").await;
 
     // The moment is in the address: opened elsewhere, it shows the same Board.
     let link = page.eval("location.href").await;
-    let mut colleague = browser.open(link.as_str().unwrap(), 1280).await;
+    let mut colleague = browser.open_sized(link.as_str().unwrap(), 1280).await;
     colleague
         .wait_for(
             "the linked moment",
@@ -709,7 +517,7 @@ async fn the_index_opens_on_the_newest_date_and_updates_without_a_reload() {
     .await;
     let scenario = seed_morning(&app, 2).await;
     let today = scenario.date.to_string();
-    let mut page = browser.open(&app.url("/boards"), 1024).await;
+    let mut page = browser.open_sized(&app.url("/boards"), 1024).await;
     page.wait_for(
         "two Boards listed, live",
         "document.querySelectorAll('#rows tr').length === 2 && document.getElementById('conn').textContent === 'live'",
@@ -747,7 +555,7 @@ async fn the_index_opens_on_the_newest_date_and_updates_without_a_reload() {
     )
     .await;
     assert_eq!(page.eval("window.__sameDocument").await, 7, "no reload");
-    page.screenshot("boards-index.png").await;
+    screenshot(&mut page, "boards-index.png").await;
     // Someone is waiting, so the longest wait ticks.
     let longest = page
         .eval(&format!(
@@ -820,7 +628,7 @@ async fn a_disconnected_board_is_greyed_out_says_since_when_and_resumes() {
     let board = scenario.boards[0].id;
     let proxy = Proxy::start(&app).await;
     let mut page = browser
-        .open(&proxy.url(&format!("/boards/{board}")), 1280)
+        .open_sized(&proxy.url(&format!("/boards/{board}")), 1280)
         .await;
     page.wait_for(
         "the page to go live",

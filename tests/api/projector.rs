@@ -72,6 +72,7 @@ async fn request(store: &EventStore, board: Uuid, patient: &str) -> (Uuid, i64) 
         store,
         CommandMeta::new("requestAppointment"),
         RequestAppointment {
+            patient_id: None,
             board_id: board.into(),
             patient_name: patient.into(),
             specialty: "pediatrics".into(),
@@ -88,6 +89,7 @@ async fn request(store: &EventStore, board: Uuid, patient: &str) -> (Uuid, i64) 
 fn requested(board: Uuid, patient: &str) -> AppointmentEvent {
     AppointmentEvent::AppointmentRequested {
         board_id: board,
+        patient_id: None,
         patient_name: patient.into(),
         specialty: "pediatrics".into(),
         region: "TX".into(),
@@ -122,8 +124,41 @@ where
     }
 }
 
+/// `n` Boards named `prefix 0`, `prefix 1`, ...
+async fn open_boards(store: &EventStore, prefix: &str, n: usize) -> Vec<Uuid> {
+    let mut boards = Vec::new();
+    for i in 0..n {
+        boards.push(open_board(store, &format!("{prefix} {i}")).await);
+    }
+    boards
+}
+
 async fn board_doc(pool: &PgPool, board: Uuid) -> Option<BoardDoc> {
     read::board(pool, board).await.unwrap()
+}
+
+/// Waits (up to `timeout`) until the Board's document holds `appointment`.
+async fn wait_for_appointment(
+    what: &str,
+    timeout: Duration,
+    pool: &PgPool,
+    board: Uuid,
+    appointment: Uuid,
+) {
+    wait_for(what, timeout, || async {
+        board_doc(pool, board)
+            .await
+            .is_some_and(|d| d.appointments.contains_key(&appointment))
+    })
+    .await;
+}
+
+/// The Board's document agrees with a count over the event log.
+async fn assert_doc_agrees(pool: &PgPool, board: Uuid) {
+    assert_eq!(
+        observed(&board_doc(pool, board).await.unwrap()),
+        expected(pool, board).await
+    );
 }
 
 /// Waits until the live generation of every projection has applied every committed event.
@@ -214,10 +249,7 @@ async fn no_event_is_skipped_or_applied_twice_under_concurrent_writers_rollbacks
             ..config()
         },
     );
-    let mut boards = Vec::new();
-    for i in 0..8 {
-        boards.push(open_board(&store, &format!("Board {i}")).await);
-    }
+    let boards = open_boards(&store, "Board", 8).await;
     let boards = Arc::new(boards);
     let committed = Arc::new(AtomicUsize::new(0));
     let rolled_back = Arc::new(AtomicUsize::new(0));
@@ -362,14 +394,12 @@ async fn an_event_with_a_lower_seq_committed_after_a_higher_one_is_still_project
     assert!(low_seq < high_seq);
 
     early.commit().await.unwrap();
-    wait_for(
+    wait_for_appointment(
         "the higher seq to be projected",
         Duration::from_secs(10),
-        || async {
-            board_doc(&pool, board)
-                .await
-                .is_some_and(|d| d.appointments.contains_key(&b))
-        },
+        &pool,
+        board,
+        b,
     )
     .await;
     let checkpoint = state::status(&pool).await.unwrap();
@@ -382,20 +412,15 @@ async fn an_event_with_a_lower_seq_committed_after_a_higher_one_is_still_project
     assert!(!doc.appointments.contains_key(&a));
 
     late.commit().await.unwrap();
-    wait_for(
+    wait_for_appointment(
         "the lower seq to be projected after all",
         Duration::from_secs(10),
-        || async {
-            board_doc(&pool, board)
-                .await
-                .is_some_and(|d| d.appointments.contains_key(&a))
-        },
+        &pool,
+        board,
+        a,
     )
     .await;
-    assert_eq!(
-        observed(&board_doc(&pool, board).await.unwrap()),
-        expected(&pool, board).await
-    );
+    assert_doc_agrees(&pool, board).await;
     projector.stop().await.unwrap();
 }
 
@@ -451,20 +476,15 @@ async fn an_open_write_transaction_stalls_the_projector_without_a_skip_and_a_rol
     .await;
     doomed.rollback().await.unwrap();
     let (later, _) = request(&store, board, "later").await;
-    wait_for(
+    wait_for_appointment(
         "the event after a rollback",
         Duration::from_secs(5),
-        || async {
-            board_doc(&pool, board)
-                .await
-                .is_some_and(|d| d.appointments.contains_key(&later))
-        },
+        &pool,
+        board,
+        later,
     )
     .await;
-    assert_eq!(
-        observed(&board_doc(&pool, board).await.unwrap()),
-        expected(&pool, board).await
-    );
+    assert_doc_agrees(&pool, board).await;
     projector.stop().await.unwrap();
 }
 
@@ -652,10 +672,7 @@ async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_fiv
     );
     request(&store, board, "after").await;
     caught_up(&pool).await;
-    assert_eq!(
-        observed(&board_doc(&pool, board).await.unwrap()),
-        expected(&pool, board).await
-    );
+    assert_doc_agrees(&pool, board).await;
 
     // Terminating the new leader's lock connection deposes it; it recovers or another
     // process leads, and projection continues.
@@ -668,10 +685,7 @@ async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_fiv
         .unwrap();
     request(&store, board, "after terminate").await;
     caught_up(&pool).await;
-    assert_eq!(
-        observed(&board_doc(&pool, board).await.unwrap()),
-        expected(&pool, board).await
-    );
+    assert_doc_agrees(&pool, board).await;
     for h in handles.into_iter().flatten() {
         h.stop().await.unwrap();
     }
@@ -876,10 +890,7 @@ async fn a_rebuild_under_continuous_appends_ends_equal_to_a_fresh_projection() {
             ..config()
         },
     );
-    let mut boards = Vec::new();
-    for i in 0..3 {
-        boards.push(open_board(&store, &format!("Rebuild {i}")).await);
-    }
+    let boards = open_boards(&store, "Rebuild", 3).await;
     for i in 0..150 {
         request(&store, boards[i % 3], &format!("before {i}")).await;
     }
@@ -1009,20 +1020,15 @@ async fn three_careboard_processes_elect_one_projector_and_fail_over_when_it_is_
         next = lock_holder(&pool).await;
     }
     let (b, _) = request(&store, board, "two").await;
-    wait_for(
+    wait_for_appointment(
         "the new leader to project",
         Duration::from_secs(10),
-        || async {
-            board_doc(&pool, board)
-                .await
-                .is_some_and(|d| d.appointments.contains_key(&b))
-        },
+        &pool,
+        board,
+        b,
     )
     .await;
-    assert_eq!(
-        observed(&board_doc(&pool, board).await.unwrap()),
-        expected(&pool, board).await
-    );
+    assert_doc_agrees(&pool, board).await;
     for (_, mut child) in nodes {
         let _ = child.kill();
         let _ = child.wait();

@@ -80,9 +80,10 @@ fn normalise(value: &Value) -> Value {
 
 const SEPARATOR: &str = "@@@ end of step @@@";
 
-/// Runs the steps in one bash (so variables carry over) against `app`; returns each
-/// step's output.
-async fn run(app: &TestApp, steps: &[&Step]) -> Vec<String> {
+/// Runs the steps in one bash (so variables carry over) against `app`, which trusts the
+/// development issuer of `data_dir` (where the README's `careboard token` finds its
+/// key); returns each step's output.
+async fn run(app: &TestApp, data_dir: &std::path::Path, steps: &[&Step]) -> Vec<String> {
     let mut script = String::from("set -u\n");
     for step in steps {
         script.push_str(&step.commands);
@@ -90,9 +91,16 @@ async fn run(app: &TestApp, steps: &[&Step]) -> Vec<String> {
     }
     // The README talks to the default address; this server listens elsewhere.
     let script = script.replace("localhost:8080", &app.server.addr.to_string());
+    // `cargo run --release --` is this build's binary.
+    let script = script.replace(
+        "cargo run -q --release --",
+        &format!("'{}'", env!("CARGO_BIN_EXE_careboard")),
+    );
     let output = tokio::process::Command::new("bash")
         .arg("-c")
         .arg(&script)
+        .env("CAREBOARD_DATA_DIR", data_dir)
+        .env("RUST_LOG", "warn")
         .output()
         .await
         .expect("run bash (with curl and jq: .ci/run installs them)");
@@ -143,8 +151,14 @@ async fn the_readme_walkthrough_runs_as_printed() {
     let readme = readme();
     let walkthrough = steps(&readme, "## Walkthrough", Some("### Scheduling by hand"));
     assert!(walkthrough.len() >= 8, "found {} steps", walkthrough.len());
-    let app = TestApp::spawn_matching().await;
-    let outputs = run(&app, &walkthrough.iter().collect::<Vec<_>>()).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_development(data_dir.path(), true).await;
+    let outputs = run(
+        &app,
+        data_dir.path(),
+        &walkthrough.iter().collect::<Vec<_>>(),
+    )
+    .await;
     // What this run answered, to re-capture the README from (`--nocapture`).
     for output in &outputs {
         eprintln!("{output}{SEPARATOR}");
@@ -161,10 +175,11 @@ async fn scheduling_by_hand_runs_as_printed_with_the_matcher_off() {
     let by_hand = steps(&readme, "### Scheduling by hand", None);
     assert!(!by_hand.is_empty());
     // "After the first four steps above on such a server".
-    let app = TestApp::spawn().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_development(data_dir.path(), false).await;
     let mut script: Vec<&Step> = walkthrough.iter().take(4).collect();
     script.extend(by_hand.iter());
-    let outputs = run(&app, &script).await;
+    let outputs = run(&app, data_dir.path(), &script).await;
     for (step, actual) in script.iter().zip(&outputs) {
         compare(step, actual);
     }

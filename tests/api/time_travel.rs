@@ -85,6 +85,16 @@ impl Day {
         }
     }
 
+    /// Notes what an appointment command wrote (the appointment, and its shift if it
+    /// moved one); returns its position.
+    fn written(&mut self, w: &careboard::commands::Written<Appointment>) -> i64 {
+        self.set_appointment(&w.entity);
+        if let Some(s) = &w.shift {
+            self.set_shift(s);
+        }
+        w.position
+    }
+
     /// Runs one random valid command; returns its position.
     async fn step(&mut self, rng: &mut StdRng) -> i64 {
         use AppointmentStatus as A;
@@ -123,6 +133,7 @@ impl Day {
                         &self.store,
                         meta("requestAppointment"),
                         RequestAppointment {
+                            patient_id: None,
                             board_id: self.board.into(),
                             patient_name: format!("Patient {}", self.appointments.len()),
                             specialty: "pediatrics".into(),
@@ -181,11 +192,7 @@ impl Day {
                     )
                     .await
                     .unwrap();
-                    self.set_appointment(&w.entity);
-                    if let Some(s) = &w.shift {
-                        self.set_shift(s);
-                    }
-                    w.position
+                    self.written(&w)
                 }
                 5 => {
                     let Some(a) = Self::pick(rng, &self.appointments, |x| {
@@ -204,11 +211,7 @@ impl Day {
                     )
                     .await
                     .unwrap();
-                    self.set_appointment(&w.entity);
-                    if let Some(s) = &w.shift {
-                        self.set_shift(s);
-                    }
-                    w.position
+                    self.written(&w)
                 }
                 6..=8 => {
                     let (wanted, action) = match rng.random_range(0..3) {
@@ -578,9 +581,12 @@ async fn a_board_answers_its_quoted_wait_its_longest_wait_and_when_appointments_
     let at = (now - chrono::Duration::minutes(5)).to_rfc3339();
     let fields = "status waitingSince currentWait { waitSeconds estimatedStart queueAhead }
         appointments { patientName status requestedAt scheduledAt expectedFinish }";
+    // Patient names are for the coordinator (admins see them masked).
+    let coordinator = app.token(helpers::idp::Who::coordinator());
     for as_of in [None, Some(at.clone())] {
         let data = app
-            .data(
+            .data_as(
+                &coordinator,
                 &format!(
                     "query($id: ID!, $at: DateTime) {{ board(id: $id, asOf: $at) {{ {fields} }}
                        waitTimeEstimate(boardId: $id, specialty: \"pediatrics\", asOf: $at) {{ waitSeconds queueAhead }} }}"

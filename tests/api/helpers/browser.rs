@@ -63,6 +63,7 @@ impl Browser {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--hide-scrollbars",
                 "--remote-allow-origins=*",
                 // No network beyond this machine: any other host fails to resolve.
                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
@@ -83,8 +84,9 @@ impl Browser {
             .await
             .is_err()
         {
+            // Generous: on a loaded machine several Chromiums start at once.
             assert!(
-                started.elapsed() < Duration::from_secs(20),
+                started.elapsed() < Duration::from_secs(60),
                 "chromium's DevTools did not come up"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -96,10 +98,18 @@ impl Browser {
         })
     }
 
-    /// Opens `url` in a new tab.
+    /// Opens `url` in a new tab, signed in as a coordinator: the tab's sessionStorage
+    /// holds a token from the test identity provider before any script runs, as after
+    /// pasting one into the pages' sign-in field.
     pub async fn open(&self, url: &str) -> Page {
+        let token = super::idp().token(&super::Who::coordinator());
+        self.open_with(url, Some(&token)).await
+    }
+
+    /// Opens `url` in a new tab with `token` in its sessionStorage (`None`: signed out).
+    pub async fn open_with(&self, url: &str, token: Option<&str>) -> Page {
         let target: Value = reqwest::Client::new()
-            .put(format!("{}/json/new?{url}", self.devtools))
+            .put(format!("{}/json/new?about:blank", self.devtools))
             .send()
             .await
             .unwrap()
@@ -117,6 +127,28 @@ impl Browser {
             requests: Vec::new(),
         };
         page.call("Network.enable", json!({})).await;
+        if let Some(token) = token {
+            page.call("Page.enable", json!({})).await;
+            page.call(
+                "Page.addScriptToEvaluateOnNewDocument",
+                json!({ "source": format!("try {{ sessionStorage.setItem('careboard.token', {}); }} catch (_) {{}}", Value::from(token)) }),
+            )
+            .await;
+        }
+        page.call("Page.navigate", json!({ "url": url })).await;
+        page
+    }
+
+    /// Opens `url` in a new tab `width` CSS pixels wide (1000 high): the size is set
+    /// before the page loads, so its layout and screenshots are those of that screen.
+    pub async fn open_sized(&self, url: &str, width: u32) -> Page {
+        let mut page = self.open("about:blank").await;
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
+        page.call("Page.navigate", json!({ "url": url })).await;
         page
     }
 }
@@ -132,7 +164,8 @@ pub struct Page {
 }
 
 impl Page {
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    /// Sends a DevTools command and returns its result.
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let request = json!({"id": id, "method": method, "params": params});
@@ -190,5 +223,18 @@ impl Page {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The rendered text of the first element matching `selector` ("" if none).
+    pub async fn text(&mut self, selector: &str) -> String {
+        let expression = format!(
+            "(document.querySelector({}) || {{}}).innerText || ''",
+            serde_json::to_string(selector).unwrap()
+        );
+        self.eval(&expression)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 }

@@ -1,7 +1,14 @@
 //! Test harness: a throwaway PostgreSQL (or `DATABASE_URL`), one fresh database per
-//! test, and the real server on port 0 with a real HTTP client.
+//! test, and the real server on port 0 with a real HTTP client. Authentication is on:
+//! the server trusts the test process's identity provider ([`idp`]), `app.http`,
+//! `app.gql` and [`WsClient`] carry an admin token unless told otherwise, and
+//! `app.token(Who::…)` mints one for any role and scope.
 
 pub mod day;
+pub mod files;
+pub mod idp;
+
+pub use idp::{idp, Who};
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -168,7 +175,12 @@ pub fn store(pool: &PgPool) -> EventStore {
 pub struct TestApp {
     pub server: RunningServer,
     pub pool: PgPool,
+    /// Sends the admin token with every request (`reqwest::Client::new()` sends none).
     pub http: reqwest::Client,
+    /// The admin token `http`, `gql` and `WsClient::connect` send.
+    pub admin_token: String,
+    /// The development issuer the server trusts instead of the test provider, if any.
+    dev_issuer: Option<std::sync::Arc<careboard::identity::dev_issuer::DevIssuer>>,
     /// Held for the app's lifetime: dropping it would drop the daemon's shutdown
     /// sender.
     #[allow(dead_code)]
@@ -208,6 +220,44 @@ impl TestApp {
             Some(config),
             Duration::from_secs(5),
             faults,
+            None,
+        )
+        .await
+    }
+
+    /// Trusting the development issuer whose key is in `data_dir` (as `careboard serve`
+    /// does with no identity provider configured): `careboard token --data-dir
+    /// <data_dir>` mints tokens it accepts, and `app.token` mints them the same way.
+    pub async fn spawn_development(data_dir: &std::path::Path, matching: bool) -> Self {
+        let projector = if matching {
+            matching_projector()
+        } else {
+            fast_projector()
+        };
+        Self::spawn_faulty(
+            fresh_database().await,
+            GraphqlLimits::default(),
+            Some(projector),
+            Duration::from_secs(5),
+            Default::default(),
+            Some((data_dir, Duration::from_secs(30 * 60))),
+        )
+        .await
+    }
+
+    /// Like [`TestApp::spawn_development`] (no matcher), with the pages' token living
+    /// `page_token_ttl` (`--page-token-ttl`).
+    pub async fn spawn_development_pages(
+        data_dir: &std::path::Path,
+        page_token_ttl: Duration,
+    ) -> Self {
+        Self::spawn_faulty(
+            fresh_database().await,
+            GraphqlLimits::default(),
+            Some(fast_projector()),
+            Duration::from_secs(5),
+            Default::default(),
+            Some((data_dir, page_token_ttl)),
         )
         .await
     }
@@ -248,7 +298,7 @@ impl TestApp {
         projector: Option<careboard::daemon::DaemonConfig>,
         read_wait: Duration,
     ) -> Self {
-        Self::spawn_faulty(pool, limits, projector, read_wait, Default::default()).await
+        Self::spawn_faulty(pool, limits, projector, read_wait, Default::default(), None).await
     }
 
     async fn spawn_faulty(
@@ -257,16 +307,36 @@ impl TestApp {
         projector: Option<careboard::daemon::DaemonConfig>,
         read_wait: Duration,
         faults: careboard::faults::Faults,
+        development: Option<(&std::path::Path, Duration)>,
     ) -> Self {
         // The server runs as the application role, as in production; the test keeps the
         // owner's pool for looking underneath.
         let server_pool = server_pool(&pool).await;
-        let state = app::state_with(
+        let mut state = app::state_with(
             server_pool.clone(),
             limits,
             Duration::from_secs(5),
             read_wait,
         );
+        let dev_issuer = development.map(|(dir, _)| {
+            std::sync::Arc::new(
+                careboard::identity::dev_issuer::DevIssuer::load_or_create(dir)
+                    .expect("the development issuer's key"),
+            )
+        });
+        let verifier_config = match &dev_issuer {
+            // The same one-second leeway as the test provider's.
+            Some(issuer) => careboard::identity::VerifierConfig {
+                leeway: Duration::from_secs(1),
+                ..issuer.verifier_config()
+            },
+            None => idp().verifier_config(),
+        };
+        if let Some((_, ttl)) = development {
+            state.page_token_ttl = ttl;
+        }
+        state.auth = Some(careboard::identity::Verifier::new(verifier_config));
+        state.dev_issuer = dev_issuer.clone();
         let projector = projector.map(|config| {
             careboard::daemon::Daemon::new(
                 state.pool.clone(),
@@ -282,11 +352,28 @@ impl TestApp {
         let server = RunningServer::start("127.0.0.1:0", state)
             .await
             .expect("start server");
+        let admin = Who::admin().ttl(Duration::from_secs(4 * 3600));
+        let admin_token = match &dev_issuer {
+            Some(issuer) => issuer
+                .issue(&admin.token_args())
+                .expect("a development token"),
+            None => idp().token(&admin),
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {admin_token}").parse().unwrap(),
+        );
         Self {
             server,
             pool,
             server_pool,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+            admin_token,
+            dev_issuer,
             projector,
             live,
         }
@@ -305,17 +392,42 @@ impl TestApp {
         &self.live
     }
 
-    /// Posts a GraphQL request and returns the whole JSON response.
+    /// A token from the test identity provider, e.g.
+    /// `app.token(Who::coordinator().regions(["TX"]))`.
+    pub fn token(&self, who: Who) -> String {
+        match &self.dev_issuer {
+            Some(issuer) => issuer
+                .issue(&who.token_args())
+                .expect("a development token"),
+            None => idp().token(&who),
+        }
+    }
+
+    /// Posts a GraphQL request as the admin and returns the whole JSON response.
     pub async fn gql(&self, query: &str, variables: Value) -> Value {
-        let response = self
-            .http
+        self.gql_as(&self.admin_token, query, variables).await
+    }
+
+    /// Posts a GraphQL request with `token` and returns the whole JSON response.
+    pub async fn gql_as(&self, token: &str, query: &str, variables: Value) -> Value {
+        let response = reqwest::Client::new()
             .post(self.url("/graphql"))
-            .header("x-actor", "test-coordinator")
+            .bearer_auth(token)
             .json(&json!({ "query": query, "variables": variables }))
             .send()
             .await
             .expect("POST /graphql");
         response.json().await.expect("JSON response")
+    }
+
+    /// Like [`TestApp::gql_as`], for a request that must succeed; returns `data`.
+    pub async fn data_as(&self, token: &str, query: &str, variables: Value) -> Value {
+        let response = self.gql_as(token, query, variables).await;
+        assert!(
+            response.get("errors").is_none(),
+            "unexpected errors: {response:#}"
+        );
+        response["data"].clone()
     }
 
     /// Posts a GraphQL request that must succeed; returns `data`.
@@ -360,10 +472,18 @@ pub struct WsClient {
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
     pub legacy: bool,
+    /// What `init` sends in `connection_init`'s payload as `Authorization: Bearer`.
+    pub token: Option<String>,
 }
 
 impl WsClient {
+    /// A socket whose `init` sends the app's admin token.
     pub async fn connect(app: &TestApp, protocol: &str) -> Self {
+        Self::connect_as(app, protocol, Some(&app.admin_token)).await
+    }
+
+    /// A socket whose `init` sends `token` (`None`: no token at all).
+    pub async fn connect_as(app: &TestApp, protocol: &str, token: Option<&str>) -> Self {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = app.url("/graphql/ws").replace("http://", "ws://");
         let mut request = url.into_client_request().unwrap();
@@ -376,6 +496,21 @@ impl WsClient {
         Self {
             socket,
             legacy: protocol == "graphql-ws",
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// A client over a socket the test opened itself (e.g. with its own headers).
+    pub fn from_socket(
+        socket: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        legacy: bool,
+    ) -> Self {
+        Self {
+            socket,
+            legacy,
+            token: None,
         }
     }
 
@@ -390,7 +525,7 @@ impl WsClient {
     }
 
     /// The next JSON message (skipping keep-alives), or the close frame as
-    /// `{"close": code}`; `None` on timeout.
+    /// `{"close": code, "reason": text}`; `None` on timeout.
     pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
         use futures::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
@@ -411,7 +546,12 @@ impl WsClient {
                     return Some(v);
                 }
                 Ok(Message::Close(frame)) => {
-                    return Some(json!({"close": frame.map(|f| u16::from(f.code)).unwrap_or(0)}))
+                    return Some(match frame {
+                        Some(f) => {
+                            json!({"close": u16::from(f.code), "reason": f.reason.to_string()})
+                        }
+                        None => json!({"close": 0, "reason": ""}),
+                    })
                 }
                 Ok(_) => continue,
                 Err(_) => return None,
@@ -419,8 +559,17 @@ impl WsClient {
         }
     }
 
+    /// The `connection_init` payload: the token, if any.
+    pub fn init_payload(&self) -> Value {
+        match &self.token {
+            Some(token) => json!({ "Authorization": format!("Bearer {token}") }),
+            None => json!({}),
+        }
+    }
+
+    /// Sends `connection_init` (with the token) and expects `connection_ack`.
     pub async fn init(&mut self) {
-        self.send(json!({"type": "connection_init", "payload": {"actor": "board-watcher"}}))
+        self.send(json!({"type": "connection_init", "payload": self.init_payload()}))
             .await;
         let ack = self
             .next(Duration::from_secs(5))
