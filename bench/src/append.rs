@@ -188,6 +188,7 @@ pub async fn request_appointment_before(
         None,
         AppointmentCommand::Request {
             board,
+            patient_id: command.patient_id,
             patient_name: command.patient_name,
             specialty: command.specialty,
             region: command.region,

@@ -434,6 +434,7 @@ async fn a_request_that_waited_for_the_board_to_close_sees_it_closed_and_appends
                 CommandMeta::new("requestAppointment"),
                 commands::RequestAppointment {
                     board_id: board.into(),
+                    patient_id: None,
                     patient_name: "Late Arrival".into(),
                     specialty: "pediatrics".into(),
                     region: "TX".into(),
