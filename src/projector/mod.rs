@@ -4,7 +4,9 @@
 //! It runs while its process leads (see [`crate::daemon`], which holds the
 //! [`crate::leader`] lock and runs the projector and the matcher side by side).
 //! Reading: [`crate::event_store::log::read_after`], `(tx, seq)` after the checkpoint
-//! and below the oldest running transaction. Checkpoint: compare-and-set on the old
+//! and below the oldest running transaction, once for every live projection at that
+//! checkpoint (each applies it in its own transaction), the next batch read ahead
+//! behind a full one. Checkpoint: compare-and-set on the old
 //! value, fenced by the leader lock ([`crate::leader::advance_checkpoint`]). Waking:
 //! the in-process append signal plus an adaptive poll; appends never NOTIFY.
 
