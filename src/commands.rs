@@ -358,7 +358,11 @@ macro_rules! begin {
         match $store
             .begin(
                 with_options($meta, &$command.options)?,
-                &fingerprint(&$command)?,
+                // Only a `commandId` is compared with a fingerprint.
+                &match $command.options.command_id {
+                    Some(_) => fingerprint(&$command)?,
+                    None => Value::Null,
+                },
             )
             .await?
         {
