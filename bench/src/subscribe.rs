@@ -50,6 +50,8 @@ impl Server {
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "warn")
             .env("CAREBOARD_MAX_SUBSCRIPTIONS_PER_SOCKET", "100000")
+            // Every subscriber is the same caller from one address: no rate limit.
+            .env("CAREBOARD_RATE_LIMIT_PER_SECOND", "0")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
