@@ -1,7 +1,7 @@
 //! The graphql-http package's audit of the GraphQL-over-HTTP spec, run against the
 //! real server: every MUST passes, and so does every SHOULD (zero warnings).
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, Who};
 use serde_json::Value;
 
 #[tokio::test]
@@ -22,6 +22,7 @@ async fn the_graphql_over_http_audit_passes_with_no_warnings() {
         .arg(script)
         .arg(&modules)
         .arg(app.url("/graphql"))
+        .arg(app.token(Who::admin()))
         .output()
         .await
         .expect("run node");
