@@ -1,0 +1,90 @@
+//! The server attacked from outside: the real server with authentication on, callers
+//! of every role trying what they may not. Each test here failed before the fix it
+//! guards.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{self, idp::Who, TestApp};
+
+/// In no answer to anyone but the patient and those who may see their record.
+const MARKER: &str = "Atk9Marker";
+
+const REQUEST: &str = "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id patientName reason status } } }";
+
+async fn open_board(app: &TestApp) -> String {
+    let admin = app.token(Who::admin());
+    app.data_as(
+        &admin,
+        "mutation($i: OpenBoardInput!) { openBoard(input: $i) { board { id } } }",
+        json!({"i": {"name": "Attack", "specialty": "derm", "region": "north", "date": "2026-11-27"}}),
+    )
+    .await["openBoard"]["board"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn request_input(board: &str, command_id: &str) -> Value {
+    json!({"i": {
+        "boardId": board,
+        "patientName": format!("Ada {MARKER}"),
+        "specialty": "derm",
+        "region": "north",
+        "reason": format!("rash {MARKER}"),
+        "commandId": command_id,
+    }})
+}
+
+/// A `commandId` is an idempotency key of the caller who used it: another caller who
+/// learns it (it is in the event log's metadata) and repeats the command gets neither
+/// the first caller's result (the appointment's id, a confirmation of the patient's
+/// name and reason) nor a different answer for a right guess than for a wrong one.
+#[tokio::test]
+async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_result() {
+    let app = TestApp::spawn().await;
+    let board = open_board(&app).await;
+    let ada = app.token(Who::patient("patient-ada").name("Ada"));
+    let first = app
+        .data_as(&ada, REQUEST, request_input(&board, "cmd-ada-1"))
+        .await;
+    let appointment = first["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Ada herself retries: the same answer, nothing appended.
+    let events = app.event_count().await;
+    let again = app
+        .data_as(&ada, REQUEST, request_input(&board, "cmd-ada-1"))
+        .await;
+    assert_eq!(
+        again["requestAppointment"]["appointment"]["id"],
+        appointment
+    );
+    assert_eq!(app.event_count().await, events);
+
+    // Another patient, and a coordinator, send the very same command with her key.
+    let mallory = app.token(Who::patient("patient-mallory").name("Mallory"));
+    let coordinator = app.token(Who::coordinator().regions(["south"]));
+    for token in [&mallory, &coordinator] {
+        let right_guess = app
+            .gql_as(token, REQUEST, request_input(&board, "cmd-ada-1"))
+            .await;
+        let text = right_guess.to_string();
+        assert!(
+            !text.contains(&appointment),
+            "another caller replaying her commandId got her appointment: {text}"
+        );
+        assert!(!text.contains(MARKER), "leaked: {text}");
+        let mut wrong = request_input(&board, "cmd-ada-1");
+        wrong["i"]["reason"] = json!("a wrong guess");
+        let wrong_guess = app.gql_as(token, REQUEST, wrong).await;
+        // A right guess and a wrong one look alike: no oracle for her name and reason.
+        assert_eq!(
+            helpers::error_message(&right_guess),
+            helpers::error_message(&wrong_guess),
+            "{right_guess} vs {wrong_guess}"
+        );
+        assert_eq!(helpers::error_code(&right_guess), "VALIDATION");
+    }
+    assert_eq!(app.event_count().await, events, "nothing appended");
+}
