@@ -88,3 +88,47 @@ async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_resul
     }
     assert_eq!(app.event_count().await, events, "nothing appended");
 }
+
+/// A subscription the schema refuses (unknown field, bad syntax) answers with errors
+/// that carry `extensions.code` VALIDATION on both websocket protocols, as over HTTP.
+#[tokio::test]
+async fn refused_subscription_documents_carry_an_error_code_on_the_websocket() {
+    let app = TestApp::spawn().await;
+    let token = app.token(Who::admin());
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = helpers::WsClient::connect_as(&app, protocol, Some(&token)).await;
+        ws.init().await;
+        for (id, query) in [
+            ("unknown", "subscription { noSuchField }"),
+            ("syntax", "subscription { boardChanged(boardId: "),
+            (
+                "variables",
+                "subscription($b: ID!) { boardChanged(boardId: $b) { id } }",
+            ),
+        ] {
+            ws.subscribe(id, query, json!({})).await;
+            let answer = ws
+                .next(std::time::Duration::from_secs(5))
+                .await
+                .expect("an answer");
+            let errors = if answer["type"] == "error" && answer["payload"].is_object() {
+                json!([answer["payload"]])
+            } else if answer["type"] == "error" {
+                answer["payload"].clone()
+            } else {
+                answer["payload"]["errors"].clone()
+            };
+            let errors = errors.as_array().cloned().unwrap_or_default();
+            assert!(!errors.is_empty(), "{protocol} {id}: {answer}");
+            for error in errors {
+                assert_eq!(
+                    error["extensions"]["code"], "VALIDATION",
+                    "{protocol} {id}: {answer}"
+                );
+            }
+            // The socket stays usable; drain the subscription's `complete`, if any.
+            let _ = ws.next(std::time::Duration::from_millis(300)).await;
+        }
+        ws.close().await;
+    }
+}
