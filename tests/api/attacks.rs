@@ -132,3 +132,65 @@ async fn refused_subscription_documents_carry_an_error_code_on_the_websocket() {
         ws.close().await;
     }
 }
+
+/// "Who has seen my record" shows a patient the records that disclosed their data, and
+/// of each only their own part: a coordinator's look at a Board with two patients on it
+/// must not tell one patient the other's id (nor that they are on that Board).
+#[tokio::test]
+async fn my_access_log_names_no_other_patient() {
+    let app = TestApp::spawn().await;
+    let board = open_board(&app).await;
+    let ada = app.token(Who::patient("patient-ada").name("Ada"));
+    let bob = app.token(Who::patient("patient-bob-Atk9").name("Bob"));
+    let mut ada_request = request_input(&board, "cmd-ada-log");
+    ada_request["i"]["commandId"] = Value::Null;
+    app.data_as(&ada, REQUEST, ada_request.clone()).await;
+    app.data_as(&bob, REQUEST, ada_request).await;
+    // A coordinator sees the Board (both patients), and each appointment on its own.
+    let coordinator = app.token(Who::coordinator());
+    let mut shown = 0;
+    for _ in 0..50 {
+        let seen = app
+            .data_as(
+                &coordinator,
+                "query($b: ID!) { board(id: $b) { appointments { id patientName } } }",
+                json!({"b": board}),
+            )
+            .await;
+        shown = seen["board"]["appointments"].as_array().map_or(0, Vec::len);
+        if shown == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(shown, 2, "the Board shows both appointments");
+    let log = app
+        .data_as(
+            &ada,
+            "{ myAccessLog(first: 100) { edges { node { role operation disclosed } } } }",
+            json!({}),
+        )
+        .await;
+    let edges = log["myAccessLog"]["edges"].as_array().unwrap();
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["node"]["role"] == "coordinator" && e["node"]["operation"] == "board"),
+        "the coordinator's look is in Ada's log: {log}"
+    );
+    let text = log.to_string();
+    assert!(
+        !text.contains("patient-bob-Atk9"),
+        "Ada's access log names another patient: {text}"
+    );
+    assert!(text.contains("patient-ada"), "{text}");
+    // An admin's accessLog still has the whole record.
+    let all = app
+        .data_as(
+            &app.token(Who::admin()),
+            "{ accessLog(first: 100) { edges { node { disclosed } } } }",
+            json!({}),
+        )
+        .await;
+    assert!(all.to_string().contains("patient-bob-Atk9"), "{all}");
+}
