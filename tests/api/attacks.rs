@@ -150,18 +150,21 @@ async fn my_access_log_names_no_other_patient() {
     let coordinator = app.token(Who::coordinator());
     let mut shown = 0;
     for _ in 0..50 {
+        // Until the projector has the Board (and both requests), its scope is unknown.
         let seen = app
-            .data_as(
+            .gql_as(
                 &coordinator,
                 "query($b: ID!) { board(id: $b) { appointments { id patientName } } }",
                 json!({"b": board}),
             )
             .await;
-        shown = seen["board"]["appointments"].as_array().map_or(0, Vec::len);
+        shown = seen["data"]["board"]["appointments"]
+            .as_array()
+            .map_or(0, Vec::len);
         if shown == 2 {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(shown, 2, "the Board shows both appointments");
     let log = app
