@@ -371,7 +371,11 @@ fn fingerprint_for(actor: &Actor, command: &impl Serialize) -> AppResult<Value> 
 macro_rules! begin {
     ($store:expr, $meta:expr, $command:expr) => {{
         let meta: CommandMeta = $meta;
-        let sent = fingerprint_for(&meta.actor, &$command)?;
+        // Only a `commandId` is compared with a fingerprint.
+        let sent = match $command.options.command_id {
+            Some(_) => fingerprint_for(&meta.actor, &$command)?,
+            None => Value::Null,
+        };
         match $store
             .begin(with_options(meta, &$command.options)?, &sent)
             .await?

@@ -41,6 +41,10 @@ pub struct DaemonConfig {
     pub retry_backoff: Duration,
     /// Snapshot a document every this many events (0: never). Bounds `asOf` folds.
     pub snapshot_every: i64,
+    /// Live projections at one checkpoint share one read of the log, and the next batch
+    /// is read while the current one is written. Off, each projection reads for itself
+    /// and nothing is read ahead: the older way, kept so the bench can measure both.
+    pub shared_read: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
     /// How often the matcher retries the Boards it parked.
@@ -53,6 +57,7 @@ impl Default for DaemonConfig {
             batch_size: 1000,
             rebuild_batch_size: 20_000,
             snapshot_every: 500,
+            shared_read: true,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -72,6 +77,7 @@ impl DaemonConfig {
             max_attempts: self.max_attempts,
             retry_backoff: self.retry_backoff,
             snapshot_every: self.snapshot_every,
+            shared_read: self.shared_read,
         }
     }
 

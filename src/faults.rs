@@ -7,6 +7,9 @@
 /// killed process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
+    /// The batch was read (once, for every projection at that checkpoint); nothing
+    /// applied or written.
+    AfterRead,
     /// The batch was read and folded in memory; nothing written.
     AfterApply,
     /// Documents written in the transaction; checkpoint not yet moved.

@@ -1,6 +1,7 @@
 //! Prometheus metrics: counters kept by this process, plus projection lag read from the
 //! database at scrape time (so every process reports it, leader or not).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
@@ -32,6 +33,70 @@ pub struct Metrics {
     matcher_parked: Gauge,
     /// The same latencies in microseconds, for exact quantiles (the demo's report).
     matcher_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Batches the projector read from the log: one read feeds every projection whose
+    /// checkpoint is at the same place, so this stays below the batches applied.
+    projector_batches_read: Counter,
+    projector_stage_seconds: Family<StageLabel, Histogram>,
+    /// The same stage timings in microseconds, for exact quantiles (the bench's report
+    /// of where a batch's time goes).
+    projector_stage_us: Mutex<BTreeMap<ProjectorStage, hdrhistogram::Histogram<u64>>>,
+}
+
+/// One step of a projector batch, timed separately.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProjectorStage {
+    /// The `(tx, seq)` read of the log (shared by the projections at one checkpoint).
+    Read,
+    /// `BEGIN` of a projection's transaction.
+    Begin,
+    /// Loading the touched documents, folding the events, writing the documents.
+    Apply,
+    /// Dead letters and the checkpoint compare-and-set.
+    Checkpoint,
+    /// Queueing `pg_notify` for the changed Boards.
+    Notify,
+    Commit,
+    /// A whole batch of one projection, from its read to its commit.
+    Batch,
+}
+
+impl ProjectorStage {
+    pub const ALL: [ProjectorStage; 7] = [
+        ProjectorStage::Read,
+        ProjectorStage::Begin,
+        ProjectorStage::Apply,
+        ProjectorStage::Checkpoint,
+        ProjectorStage::Notify,
+        ProjectorStage::Commit,
+        ProjectorStage::Batch,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectorStage::Read => "read",
+            ProjectorStage::Begin => "begin",
+            ProjectorStage::Apply => "apply",
+            ProjectorStage::Checkpoint => "checkpoint",
+            ProjectorStage::Notify => "notify",
+            ProjectorStage::Commit => "commit",
+            ProjectorStage::Batch => "batch",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+/// Count and quantiles of one projector stage, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct StageSummary {
+    pub stage: ProjectorStage,
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 /// Quantiles of the matcher's latency, in milliseconds.
@@ -71,6 +136,22 @@ impl Metrics {
         let matcher_conflicts = Counter::default();
         let matcher_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let matcher_parked = Gauge::default();
+        let projector_batches_read = Counter::default();
+        let projector_stage_seconds = Family::<StageLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        });
+        registry.register(
+            "projector_batches_read",
+            "Batches the projector read from the log (one read feeds every projection at \
+             the same checkpoint)",
+            projector_batches_read.clone(),
+        );
+        registry.register(
+            "projector_stage_seconds",
+            "Time per projector batch stage: read, begin, apply, checkpoint, notify, \
+             commit, and the whole batch",
+            projector_stage_seconds.clone(),
+        );
         registry.register(
             "matcher_parked_boards",
             "Boards the matcher gave up on after its retries; retried now and then",
@@ -144,7 +225,64 @@ impl Metrics {
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("valid histogram bounds"),
             ),
+            projector_batches_read,
+            projector_stage_seconds,
+            projector_stage_us: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// A batch read from the log (now or ahead) is about to be applied.
+    pub fn projector_batch_read(&self) {
+        self.projector_batches_read.inc();
+    }
+
+    /// Batches the projector read from the log and applied (to one or more
+    /// projections) so far.
+    pub fn projector_batches_read(&self) -> u64 {
+        self.projector_batches_read.get()
+    }
+
+    /// Batches applied so far, summed over projections.
+    pub fn projector_batches(&self) -> u64 {
+        self.projector_stage_us
+            .lock()
+            .expect("stage histograms")
+            .get(&ProjectorStage::Batch)
+            .map_or(0, |h| h.len())
+    }
+
+    pub fn projector_stage(&self, stage: ProjectorStage, took: std::time::Duration) {
+        self.projector_stage_seconds
+            .get_or_create(&StageLabel {
+                stage: stage.as_str(),
+            })
+            .observe(took.as_secs_f64());
+        let us = (took.as_micros() as u64).clamp(1, 3_600_000_000);
+        let mut stages = self.projector_stage_us.lock().expect("stage histograms");
+        let h = stages.entry(stage).or_insert_with(|| {
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("valid histogram bounds")
+        });
+        let _ = h.record(us);
+    }
+
+    /// Where the projector's batches spent their time, stage by stage.
+    pub fn projector_stages(&self) -> Vec<StageSummary> {
+        let stages = self.projector_stage_us.lock().expect("stage histograms");
+        let ms = |us: u64| us as f64 / 1000.0;
+        ProjectorStage::ALL
+            .iter()
+            .filter_map(|stage| {
+                let h = stages.get(stage)?;
+                Some(StageSummary {
+                    stage: *stage,
+                    count: h.len(),
+                    mean_ms: h.mean() / 1000.0,
+                    p50_ms: ms(h.value_at_quantile(0.5)),
+                    p99_ms: ms(h.value_at_quantile(0.99)),
+                })
+            })
+            .collect()
     }
 
     pub fn matched(&self, latency: std::time::Duration) {

@@ -156,3 +156,63 @@ pub async fn hot_stream(pool: &PgPool, writers: usize, seconds: u64, baseline: f
         baseline_rate: baseline,
     })
 }
+
+/// `requestAppointment` as the command path made it before its round trips were cut,
+/// built from the store's public parts, for a before/after in one run: `BEGIN` with
+/// the lock timeout, the Board's row locked `FOR SHARE` in one statement and its
+/// events read in another, the command's fingerprint built whether or not a
+/// `commandId` came with it, then the same append and commit.
+pub async fn request_appointment_before(
+    store: &careboard::event_store::EventStore,
+    command: careboard::commands::RequestAppointment,
+) -> Result<(), AppError> {
+    use careboard::domain::appointment::{self, AppointmentCommand};
+    use careboard::domain::{AppointmentId, Board};
+    use careboard::event_store::{fold_recorded, read_stream, ReadLimit};
+    let _fingerprint = careboard::commands::fingerprint(&command)?;
+    let board_id = command.board_id.as_uuid();
+    let mut tx = store
+        .pool()
+        .begin_with(format!(
+            "begin; set local lock_timeout = '{}ms'",
+            store.lock_timeout().as_millis().max(1)
+        ))
+        .await?;
+    sqlx::query("select 1 from streams where id = $1 for share")
+        .bind(board_id)
+        .execute(&mut *tx)
+        .await?;
+    let events = read_stream(&mut *tx, board_id, ReadLimit::All).await?;
+    let board = fold_recorded::<Board>(&events)?;
+    let events = appointment::decide(
+        None,
+        AppointmentCommand::Request {
+            board,
+            patient_id: command.patient_id,
+            patient_name: command.patient_name,
+            specialty: command.specialty,
+            region: command.region,
+            reason: command.reason,
+        },
+    )?;
+    let write = StreamWrite::new(
+        StreamType::Appointment,
+        AppointmentId::new_random().as_uuid(),
+        Some(board_id),
+        0,
+        &events,
+    );
+    let meta = json!({
+        "correlationId": Uuid::new_v4().to_string(),
+        "causationId": null,
+        "actor": "system",
+        "actorRole": "system",
+        "actorName": "system",
+        "operation": "requestAppointment",
+        "operationName": null,
+    });
+    append(&mut tx, &[write], &meta).await?;
+    tx.commit().await?;
+    store.appended_signal().notify_one();
+    Ok(())
+}

@@ -172,17 +172,36 @@ pub async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
 
 /// A projector for a measurement, woken by `store`'s local appends.
 pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::daemon::DaemonHandle {
+    start_projector_with(pool, store, true, Arc::new(Metrics::new()))
+}
+
+fn start_projector_with(
+    pool: &PgPool,
+    store: &EventStore,
+    shared_read: bool,
+    metrics: Arc<Metrics>,
+) -> careboard::daemon::DaemonHandle {
     Daemon::new(
         pool.clone(),
         store.appended_signal(),
         Default::default(),
         DaemonConfig {
             matching: false,
+            shared_read,
             ..Default::default()
         },
-        Arc::new(Metrics::new()),
+        metrics,
     )
     .spawn()
+}
+
+/// What a lag measurement found: the lag of each append, and where the projector's
+/// batches spent their time.
+pub struct Lag {
+    pub hist: Histogram<u64>,
+    pub stages: Vec<careboard::metrics::StageSummary>,
+    pub batches_read: u64,
+    pub batches_applied: u64,
 }
 
 /// Waits until every projection's live generation has applied every committed event.
@@ -271,9 +290,10 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
 /// Appends at `rate` per second (open loop) for `seconds` with the projector running,
 /// and measures for each append the time from its commit to the projector's NOTIFY of
 /// a Board version that includes it.
-pub async fn lag(pool: &PgPool, rate: f64, seconds: u64) -> Result<Histogram<u64>> {
+pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, shared_read: bool) -> Result<Lag> {
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
-    let projector = start_projector(pool, &store);
+    let metrics = Arc::new(Metrics::new());
+    let projector = start_projector_with(pool, &store, shared_read, metrics.clone());
     let mut boards = Vec::new();
     for _ in 0..50 {
         boards.push(crate::open_board(&store).await?);
@@ -358,5 +378,10 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64) -> Result<Histogram<u64
     listening.abort();
     projector.stop().await?;
     let hist = hist.lock().unwrap().clone();
-    Ok(hist)
+    Ok(Lag {
+        hist,
+        stages: metrics.projector_stages(),
+        batches_read: metrics.projector_batches_read(),
+        batches_applied: metrics.projector_batches(),
+    })
 }

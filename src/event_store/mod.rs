@@ -22,6 +22,22 @@ use uuid::Uuid;
 use crate::domain::{Aggregate, DomainEvent, EventContext, FoldError, StreamType};
 use crate::error::{AppError, AppResult};
 
+/// The locking read's SQL for one lock strength: a static string, so each connection
+/// prepares it once and reuses it.
+macro_rules! const_format_locked {
+    ($lock:literal) => {
+        concat!(
+            "with s as materialized (select id, type, board_id, version from streams \
+              where id = $1 ",
+            $lock,
+            ") select s.version as locked_version, e.seq, e.id, e.stream_id, \
+               s.type as stream_type, s.board_id, e.version, e.type as event_type, e.data, \
+               e.metadata, e.recorded_at \
+              from s join events e on e.stream_id = s.id order by e.version"
+        )
+    };
+}
+
 /// One stored event with its envelope.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RecordedEvent {
@@ -123,6 +139,53 @@ pub async fn read_stream(
     limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     read_stream_from(conn, stream_id, 0, limit).await
+}
+
+/// How [`read_stream_locked`] locks the stream's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLock {
+    /// `FOR SHARE`: writers of the stream wait until this transaction ends.
+    Share,
+    /// `FOR UPDATE`: every other locker and writer of the stream waits.
+    Update,
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedEventRow {
+    locked_version: i64,
+    #[sqlx(flatten)]
+    event: RecordedEvent,
+}
+
+/// Locks a stream's row and reads its events, in version order, in one round trip
+/// where the lock did not wait (the common case).
+///
+/// Inside one statement the events are read with the snapshot taken when it started,
+/// but a row lock that waited for a writer returns the row as that writer committed it.
+/// So the row's version is read with the lock: when the events fall short of it (a
+/// write committed while the lock waited), they are read again, now that the lock is
+/// held and nothing can change them. A command never decides on a stale stream.
+pub async fn read_stream_locked(
+    conn: &mut sqlx::PgConnection,
+    stream_id: Uuid,
+    lock: RowLock,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let sql = match lock {
+        RowLock::Share => const_format_locked!("for share"),
+        RowLock::Update => const_format_locked!("for update"),
+    };
+    let rows: Vec<LockedEventRow> = sqlx::query_as(sql)
+        .bind(stream_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let locked = rows.first().map(|r| r.locked_version);
+    let events: Vec<RecordedEvent> = rows.into_iter().map(|r| r.event).collect();
+    match locked {
+        Some(version) if events.last().map(|e| e.version) != Some(version) => {
+            read_stream(&mut *conn, stream_id, ReadLimit::All).await
+        }
+        _ => Ok(events),
+    }
 }
 
 /// Reads the events of a stream with versions in `(after, upto]`, in version order.

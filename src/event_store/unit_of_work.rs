@@ -7,7 +7,10 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::append::{append, Appended, StreamWrite};
-use super::{fold_recorded, read_board_streams, read_stream, EventStore, ReadLimit, RecordedEvent};
+use super::{
+    fold_recorded, read_board_streams, read_stream, read_stream_locked, EventStore, ReadLimit,
+    RecordedEvent, RowLock,
+};
 use crate::domain::{Aggregate, DomainEvent, EventContext};
 use crate::error::{AppError, AppResult};
 use crate::identity::Actor;
@@ -187,24 +190,18 @@ impl UnitOfWork {
         &self.meta
     }
 
-    async fn lock(&mut self, id: Uuid, guard: Guard) -> AppResult<()> {
-        let sql = match guard {
-            Guard::None => return Ok(()),
-            Guard::Share => "select 1 from streams where id = $1 for share",
-            Guard::Exclusive => "select 1 from streams where id = $1 for update",
-        };
-        sqlx::query(sql)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(lock_error)?;
-        Ok(())
-    }
-
-    /// Reads a stream inside the transaction, after taking `guard`.
+    /// Reads a stream inside the transaction, after taking `guard` (lock and read in
+    /// one statement: see [`read_stream_locked`]).
     pub async fn read<A: Aggregate>(&mut self, id: Uuid, guard: Guard) -> AppResult<Option<A>> {
-        self.lock(id, guard).await?;
-        let events = read_stream(&mut *self.tx, id, ReadLimit::All).await?;
+        let events = match guard {
+            Guard::None => read_stream(&mut *self.tx, id, ReadLimit::All).await?,
+            Guard::Share => read_stream_locked(&mut self.tx, id, RowLock::Share)
+                .await
+                .map_err(lock_error)?,
+            Guard::Exclusive => read_stream_locked(&mut self.tx, id, RowLock::Update)
+                .await
+                .map_err(lock_error)?,
+        };
         fold_recorded::<A>(&events)
     }
 

@@ -45,8 +45,8 @@ pub struct BatchOutcome {
 pub struct BatchInput<'a> {
     pub projection: Projection,
     pub generation: i32,
-    /// The events in read order.
-    pub events: &'a [RecordedEvent],
+    /// The events in read order (one read shared by every projection at this place).
+    pub events: &'a [&'a RecordedEvent],
     /// Events to dead-letter instead of failing the batch.
     pub dead: &'a HashSet<i64>,
     /// How often each failing event was tried.
@@ -184,7 +184,7 @@ async fn apply_docs<D: Doc>(
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.
     let mut by_doc: BTreeMap<Uuid, Vec<&RecordedEvent>> = BTreeMap::new();
-    for e in events {
+    for &e in events {
         if let Some(doc) = projection.document_of(e) {
             by_doc.entry(doc).or_default().push(e);
         }

@@ -4,7 +4,9 @@
 //! It runs while its process leads (see [`crate::daemon`], which holds the
 //! [`crate::leader`] lock and runs the projector and the matcher side by side).
 //! Reading: [`crate::event_store::log::read_after`], `(tx, seq)` after the checkpoint
-//! and below the oldest running transaction. Checkpoint: compare-and-set on the old
+//! and below the oldest running transaction, once for every live projection at that
+//! checkpoint (each applies it in its own transaction), the next batch read ahead
+//! behind a full one. Checkpoint: compare-and-set on the old
 //! value, fenced by the leader lock ([`crate::leader::advance_checkpoint`]). Waking:
 //! the in-process append signal plus an adaptive poll; appends never NOTIFY.
 
@@ -20,10 +22,11 @@ use anyhow::Result;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 
-use crate::event_store::log::{cursor_of, read_after};
+use crate::event_store::log::{cursor_of, read_after, Cursor};
+use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};
 use crate::leader::{advance_checkpoint, Checkpoint, Lease};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProjectorStage};
 use crate::pacing::{backoff, IdlePoll};
 use crate::projections::board_view::BoardChanged;
 use crate::projections::Projection;
@@ -46,6 +49,9 @@ pub struct ProjectorSettings {
     pub retry_backoff: Duration,
     /// Snapshot a document every this many events (0: never). Bounds `asOf` folds.
     pub snapshot_every: i64,
+    /// Share one read among the live projections at one checkpoint and read ahead
+    /// (see [`crate::daemon::DaemonConfig::shared_read`]).
+    pub shared_read: bool,
 }
 
 /// Why the projector stopped.
@@ -96,6 +102,8 @@ impl Projector {
             .collect();
         let mut last_refresh = Instant::now();
         let mut poll = IdlePoll::new(self.settings.max_poll_interval);
+        // The next batch, read while the current one was being written.
+        let mut ahead: Option<ReadAhead> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(ProjectorEnd::Shutdown);
@@ -107,16 +115,14 @@ impl Projector {
                 last_refresh = Instant::now();
             }
             let mut progressed = false;
-            // Every generation steps concurrently: their database round trips overlap.
-            let results =
-                futures::future::join_all(workers.iter_mut().map(|w| self.step(w, lease.pid())))
-                    .await;
+            let results = self.step_all(&mut workers, lease.pid(), &mut ahead).await;
             for (worker, result) in workers.iter_mut().zip(results) {
                 match result {
                     Ok(Step::Applied) => progressed = true,
                     Ok(Step::Idle) => {}
                     Ok(Step::Rejected) => {
                         // Someone else moved the checkpoint, or our lock is gone.
+                        ahead = None;
                         if !lease.holds().await {
                             return Ok(ProjectorEnd::LostLock);
                         }
@@ -175,25 +181,171 @@ impl Projector {
         Ok(switched)
     }
 
-    /// Reads and applies one batch for one generation.
-    async fn step(&self, worker: &mut Worker, leader_pid: i32) -> Result<Step> {
-        let crash = |point: CrashPoint| self.faults.crash_at(point);
-        let gen = worker.gen.clone();
-        let mut tx = self.pool.begin().await?;
-        let batch_size = match gen.status {
+    /// Steps every generation once. Live generations whose checkpoints are at the same
+    /// place (the usual case) share one read of the log, and the next batch is read
+    /// while this one is written; each generation still applies the batch, moves its
+    /// checkpoint and commits in a transaction of its own, concurrently with the others.
+    /// A generation at another place (a rebuild, or one held back by a poison event)
+    /// reads on its own.
+    async fn step_all(
+        &self,
+        workers: &mut [Worker],
+        leader_pid: i32,
+        ahead: &mut Option<ReadAhead>,
+    ) -> Vec<Result<Step>> {
+        // Each group of live workers at one cursor shares a read; everyone else reads alone.
+        let mut groups: Vec<(Option<Cursor>, Vec<usize>)> = Vec::new();
+        for (i, w) in workers.iter().enumerate() {
+            let shares = self.settings.shared_read && w.gen.status == GenerationStatus::Live;
+            let key = shares.then_some(w.gen.cursor);
+            match groups.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        let taken = ahead.take();
+        let mut results: Vec<Option<Result<Step>>> = workers.iter().map(|_| None).collect();
+        let mut slots: Vec<Option<&mut Worker>> = workers.iter_mut().map(Some).collect();
+        let futures = groups.into_iter().map(|(key, members)| {
+            let group: Vec<&mut Worker> = members
+                .iter()
+                .map(|&i| slots[i].take().expect("each worker is in one group"))
+                .collect();
+            // Only a full batch read ahead is used: it is exactly what a read now would
+            // return. A shorter one stopped at the log's end as it was then, and a read
+            // now may find more: using it would hold those events back a round.
+            let prefetched = match (&taken, key) {
+                (Some(a), Some(cursor)) if a.after == cursor && a.full => Some(a.rows.clone()),
+                _ => None,
+            };
+            async move {
+                let out = self
+                    .step_group(group, key.is_some(), leader_pid, prefetched)
+                    .await;
+                (members, out)
+            }
+        });
+        for (members, (out, next)) in futures::future::join_all(futures).await {
+            if let Some(next) = next {
+                *ahead = Some(next);
+            }
+            for (i, r) in members.into_iter().zip(out) {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every worker stepped"))
+            .collect()
+    }
+
+    /// One read for `group` (all at one cursor), applied by each member concurrently;
+    /// with `read_ahead`, the batch after it is read meanwhile.
+    async fn step_group(
+        &self,
+        mut group: Vec<&mut Worker>,
+        read_ahead: bool,
+        leader_pid: i32,
+        prefetched: Option<Arc<Vec<(Cursor, RecordedEvent)>>>,
+    ) -> (Vec<Result<Step>>, Option<ReadAhead>) {
+        let Some(first) = group.first() else {
+            return (Vec::new(), None);
+        };
+        let cursor = first.gen.cursor;
+        let batch_size = match first.gen.status {
             GenerationStatus::Live => self.settings.batch_size,
             GenerationStatus::Building | GenerationStatus::Retired => {
                 self.settings.rebuild_batch_size
             }
         };
-        // The first statement of the transaction: see `read_after`.
-        let rows = read_after(&mut *tx, gen.cursor, batch_size, None).await?;
-        let Some((last, _)) = rows.last() else {
-            // A caught-up rebuild is swapped in by `switch_caught_up`.
-            return Ok(Step::Idle);
+        let started = Instant::now();
+        let rows = match prefetched {
+            Some(rows) => rows,
+            None => match self.read(cursor, batch_size).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    return (
+                        group.iter().map(|_| Err(anyhow::anyhow!("{e}"))).collect(),
+                        None,
+                    )
+                }
+            },
         };
-        let new_cursor = *last;
-        let events: Vec<_> = rows.into_iter().map(|(_, e)| e).collect();
+        let Some((end, _)) = rows.last() else {
+            // A caught-up rebuild is swapped in by `switch_caught_up`.
+            return (group.iter().map(|_| Ok(Step::Idle)).collect(), None);
+        };
+        let end = *end;
+        self.metrics.projector_batch_read();
+        if self.faults.crash_at(CrashPoint::AfterRead) {
+            return (
+                group
+                    .iter()
+                    .map(|_| Ok(Step::Crashed(CrashPoint::AfterRead)))
+                    .collect(),
+                None,
+            );
+        }
+        let applies = futures::future::join_all(
+            group
+                .iter_mut()
+                .map(|w| self.apply(w, leader_pid, &rows, end, started)),
+        );
+        // Reading the next batch overlaps writing this one, when this one was full (a
+        // backlog; at the log's end a fresh read after the writes finds more). The read
+        // is a prefix of the log after `end` whenever it is used: every event it could
+        // miss belongs to a transaction at or above its xmin, which sorts after
+        // everything it returned.
+        let read_ahead = read_ahead && rows.len() as i64 >= batch_size;
+        let (results, next) = if read_ahead {
+            let (results, next) = tokio::join!(applies, self.read(end, batch_size));
+            (results, next.ok())
+        } else {
+            (applies.await, None)
+        };
+        let next = next.filter(|rows| !rows.is_empty()).map(|rows| ReadAhead {
+            after: end,
+            full: rows.len() as i64 >= batch_size,
+            rows,
+        });
+        (results, next)
+    }
+
+    /// The `(tx, seq)` read after `after`, below the oldest running transaction. It runs
+    /// as a statement of its own: the transactions that apply it need not contain it,
+    /// because each moves its checkpoint with a compare-and-set from `after`.
+    async fn read(
+        &self,
+        after: Cursor,
+        limit: i64,
+    ) -> Result<Arc<Vec<(Cursor, RecordedEvent)>>, sqlx::Error> {
+        let started = Instant::now();
+        let rows = read_after(&self.pool, after, limit, None).await?;
+        self.metrics
+            .projector_stage(ProjectorStage::Read, started.elapsed());
+        Ok(Arc::new(rows))
+    }
+
+    /// Applies one batch read at the worker's checkpoint to its generation, in one
+    /// transaction with the checkpoint's compare-and-set and the NOTIFY.
+    async fn apply(
+        &self,
+        worker: &mut Worker,
+        leader_pid: i32,
+        rows: &[(Cursor, RecordedEvent)],
+        new_cursor: Cursor,
+        started: Instant,
+    ) -> Result<Step> {
+        let crash = |point: CrashPoint| self.faults.crash_at(point);
+        let stage = |s: ProjectorStage, since: Instant| {
+            self.metrics.projector_stage(s, since.elapsed());
+            Instant::now()
+        };
+        let gen = worker.gen.clone();
+        let at = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let at = stage(ProjectorStage::Begin, at);
+        let events: Vec<&RecordedEvent> = rows.iter().map(|(_, e)| e).collect();
         let input = BatchInput {
             projection: gen.projection,
             generation: gen.generation,
@@ -219,6 +371,7 @@ impl Projector {
             }
             Err(BatchError::Database(e)) => return Err(e.into()),
         };
+        let at = stage(ProjectorStage::Apply, at);
         if crash(CrashPoint::AfterApply) {
             return Ok(Step::Crashed(CrashPoint::AfterApply));
         }
@@ -247,6 +400,7 @@ impl Projector {
         if !moved {
             return Ok(Step::Rejected);
         }
+        let at = stage(ProjectorStage::Checkpoint, at);
         if gen.status == GenerationStatus::Live && !outcome.changed_boards.is_empty() {
             let payloads: Vec<String> = outcome
                 .changed_boards
@@ -259,10 +413,14 @@ impl Projector {
                 .execute(&mut *tx)
                 .await?;
         }
+        let at = stage(ProjectorStage::Notify, at);
         if crash(CrashPoint::BeforeCommit) {
             return Ok(Step::Crashed(CrashPoint::BeforeCommit));
         }
         tx.commit().await?;
+        stage(ProjectorStage::Commit, at);
+        self.metrics
+            .projector_stage(ProjectorStage::Batch, started.elapsed());
         if crash(CrashPoint::AfterCommit) {
             return Ok(Step::Crashed(CrashPoint::AfterCommit));
         }
@@ -279,6 +437,14 @@ impl Projector {
         worker.gen.cursor = new_cursor;
         Ok(Step::Applied)
     }
+}
+
+/// A batch read ahead: the events after `after`, shared by the projections at it.
+struct ReadAhead {
+    after: Cursor,
+    /// It returned a whole batch, so more events may follow.
+    full: bool,
+    rows: Arc<Vec<(Cursor, RecordedEvent)>>,
 }
 
 enum Step {

@@ -392,3 +392,76 @@ async fn a_stream_reads_in_full_up_to_a_version_or_up_to_a_time() {
             .unwrap();
     assert_eq!(tx_ids, 3);
 }
+
+#[tokio::test]
+async fn a_request_that_waited_for_the_board_to_close_sees_it_closed_and_appends_nothing() {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let board = commands::open_board(
+        &store,
+        CommandMeta::new("openBoard"),
+        OpenBoard {
+            name: "Closing".into(),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            date: "2022-07-18".parse().unwrap(),
+            options: CommandOptions::default(),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", e.describe()))
+    .entity
+    .id;
+    // A close in flight: the Board's stream row is locked until it commits.
+    let mut closing = pool.begin().await.unwrap();
+    let close = StreamWrite::new(
+        StreamType::Board,
+        board,
+        Some(board),
+        1,
+        &[careboard::domain::BoardEvent::BoardClosed {}],
+    );
+    append(&mut closing, &[close], &json!({"actor": "test"}))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    // The request's read of the Board starts now, before the close commits, and waits
+    // for the Board's row.
+    let request = tokio::spawn({
+        let store = store.clone();
+        async move {
+            commands::request_appointment(
+                &store,
+                CommandMeta::new("requestAppointment"),
+                commands::RequestAppointment {
+                    board_id: board.into(),
+                    patient_id: None,
+                    patient_name: "Late Arrival".into(),
+                    specialty: "pediatrics".into(),
+                    region: "TX".into(),
+                    reason: "fever".into(),
+                    options: CommandOptions::default(),
+                },
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!request.is_finished(), "the request waits for the close");
+    closing.commit().await.unwrap();
+    let Err(refused) = request.await.unwrap() else {
+        panic!("a request decided after the close is refused");
+    };
+    assert!(
+        refused.describe().contains("board is CLOSED"),
+        "{}",
+        refused.describe()
+    );
+    let appointments: i64 = sqlx::query_scalar(
+        "select count(*) from streams where board_id = $1 and type = 'appointment'",
+    )
+    .bind(board)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(appointments, 0);
+}

@@ -491,6 +491,7 @@ async fn an_open_write_transaction_stalls_the_projector_without_a_skip_and_a_rol
 #[tokio::test]
 async fn a_crash_at_any_point_leaves_documents_and_checkpoint_in_agreement() {
     for point in [
+        CrashPoint::AfterRead,
         CrashPoint::AfterApply,
         CrashPoint::BeforeCheckpoint,
         CrashPoint::BeforeCommit,
@@ -542,6 +543,79 @@ async fn a_crash_at_any_point_leaves_documents_and_checkpoint_in_agreement() {
             "after a crash at {point:?}"
         );
         projector.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn one_read_of_the_log_feeds_every_projection_and_each_commits_it_with_its_checkpoint() {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let boards = [
+        open_board(&store, "Shared A").await,
+        open_board(&store, "Shared B").await,
+    ];
+    let mut appointments = Vec::new();
+    for i in 0..30 {
+        let (id, _) = request(&store, boards[i % 2], &format!("p{i}")).await;
+        appointments.push(id);
+    }
+    // Small batches, so the 32 events take several reads.
+    let metrics = Arc::new(Metrics::new());
+    let projector = Daemon::new(
+        pool.clone(),
+        store.appended_signal(),
+        Default::default(),
+        DaemonConfig {
+            batch_size: 8,
+            ..config()
+        },
+        metrics.clone(),
+    )
+    .spawn();
+    caught_up(&pool).await;
+    projector.stop().await.unwrap();
+
+    let reads = metrics.projector_batches_read();
+    let applied = metrics.projector_batches();
+    assert!(
+        reads >= 4,
+        "32 events in batches of 8 take 4 reads, not {reads}"
+    );
+    assert_eq!(
+        applied,
+        reads * Projection::ALL.len() as u64,
+        "every read batch was applied by each of the projections"
+    );
+    // Each projection moved its checkpoint to the end of the log with its documents.
+    let statuses = state::status(&pool).await.unwrap();
+    let end: i64 = sqlx::query_scalar("select max(seq) from events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(statuses.len(), Projection::ALL.len());
+    for s in &statuses {
+        assert_eq!(s.checkpoint_position, end, "{}", s.name);
+    }
+    let applied_by = |name: &str| {
+        statuses
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.events_applied)
+    };
+    // Each projection applies the events its documents are made of, each exactly once.
+    assert_eq!(applied_by("board_view"), Some(32));
+    assert_eq!(applied_by("appointment_view"), Some(30));
+    for board in boards {
+        let doc = board_doc(&pool, board).await.expect("board document");
+        assert_eq!(observed(&doc), expected(&pool, board).await);
+    }
+    for id in appointments {
+        let doc: careboard::domain::Appointment =
+            read::stream_doc(&pool, Projection::AppointmentView, id)
+                .await
+                .unwrap()
+                .expect("appointment document");
+        assert_eq!(doc.status, AppointmentStatus::Requested);
     }
 }
 
