@@ -26,7 +26,7 @@ use crate::estimates::Estimator;
 use crate::event_store::unit_of_work::{Begun, CommandMeta, Guard, Outcome, UnitOfWork};
 use crate::event_store::{EventStore, ReadLimit};
 use crate::identity::matrix::{BoardFacts, Facts, Operation};
-use crate::identity::{Principal, Scope};
+use crate::identity::{Actor, Principal, Scope};
 use crate::projections::board_view::contents_from_events;
 
 /// The options every command carries. Not part of the command's fingerprint: a retry
@@ -352,24 +352,38 @@ pub fn fingerprint(command: &impl Serialize) -> AppResult<Value> {
     serde_json::to_value(command).map_err(|e| AppError::Internal(e.into()))
 }
 
+/// What a repeated `commandId` from `actor` is compared with: the command, and, when a
+/// verified principal sends it, who. A `commandId` is its sender's idempotency key: from
+/// anyone else (who may have read it in the event log) it is "a different command",
+/// whatever they send with it, so the first sender's result is never replayed to
+/// another caller (replays skip authorization), and a right guess of the command's
+/// patient fields looks the same as a wrong one.
+fn fingerprint_for(actor: &Actor, command: &impl Serialize) -> AppResult<Value> {
+    let mut value = fingerprint(command)?;
+    if let (Some(principal), Value::Object(fields)) = (actor.principal(), &mut value) {
+        // Not a command field name (those are camelCase words), so never confused.
+        fields.insert("@sender".into(), Value::String(principal.subject.clone()));
+    }
+    Ok(value)
+}
+
 /// Opens the unit of work, or returns the remembered result of a repeated command.
 macro_rules! begin {
-    ($store:expr, $meta:expr, $command:expr) => {
+    ($store:expr, $meta:expr, $command:expr) => {{
+        let meta: CommandMeta = $meta;
+        // Only a `commandId` is compared with a fingerprint.
+        let sent = match $command.options.command_id {
+            Some(_) => fingerprint_for(&meta.actor, &$command)?,
+            None => Value::Null,
+        };
         match $store
-            .begin(
-                with_options($meta, &$command.options)?,
-                // Only a `commandId` is compared with a fingerprint.
-                &match $command.options.command_id {
-                    Some(_) => fingerprint(&$command)?,
-                    None => Value::Null,
-                },
-            )
+            .begin(with_options(meta, &$command.options)?, &sent)
             .await?
         {
             Begun::Fresh(uow) => *uow,
             Begun::Replayed(outcome) => return replayed($store, &outcome).await,
         }
-    };
+    }};
 }
 
 /// Rebuilds a repeated command's answer from the streams and versions it wrote.

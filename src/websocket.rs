@@ -151,6 +151,52 @@ fn payload_token(payload: &Value) -> Option<Result<String, AuthError>> {
     Some(Ok(token.trim().to_string()))
 }
 
+/// Errors of an outbound `next`/`data`/`error` message without `extensions.code` get
+/// VALIDATION, as over HTTP: resolvers' errors all carry a code, so one without is the
+/// schema refusing the document or its variables (parse, validation, coercion).
+fn with_error_codes(text: String) -> String {
+    if !text.contains("\"errors\"") && !text.contains("\"type\":\"error\"") {
+        return text;
+    }
+    let Ok(mut message) = serde_json::from_str::<Value>(&text) else {
+        return text;
+    };
+    let kind = message["type"].as_str().map(str::to_string);
+    let payload = &mut message["payload"];
+    let errors: Vec<&mut Value> = match kind.as_deref() {
+        Some("error") => match payload {
+            Value::Array(errors) => errors.iter_mut().collect(),
+            Value::Object(_) => vec![payload],
+            _ => Vec::new(),
+        },
+        Some("next" | "data") => match &mut payload["errors"] {
+            Value::Array(errors) => errors.iter_mut().collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let mut changed = false;
+    for error in errors {
+        let Value::Object(fields) = error else {
+            continue;
+        };
+        let extensions = fields
+            .entry("extensions")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(extensions) = extensions {
+            if !extensions.contains_key("code") {
+                extensions.insert("code".into(), json!(crate::error::ErrorCode::Validation));
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        message.to_string()
+    } else {
+        text
+    }
+}
+
 /// A verified principal and the Unix time its token expires.
 pub type Authenticated = (Principal, i64);
 
@@ -350,6 +396,7 @@ pub async fn serve_socket(
             out = graphql.next() => match out {
                 Some(WsMessage::Text(text)) => {
                     gate.outbound(&text);
+                    let text = with_error_codes(text);
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }

@@ -138,7 +138,8 @@ impl Drop for Server {
 
 /// What a coordinator's board shows: the patients waiting, by name and reason, so every
 /// frame is a disclosure that the access log records (with authentication on).
-const SUBSCRIPTION: &str = "subscription($id: ID!) { boardChanged(boardId: $id) { version position \
+const SUBSCRIPTION: &str =
+    "subscription($id: ID!) { boardChanged(boardId: $id) { version position \
      counts { waiting } appointments { id status patientName reason } } }";
 
 async fn subscribe(socket: &mut Socket, id: usize, board: &str) -> Result<()> {

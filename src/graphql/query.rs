@@ -568,12 +568,18 @@ impl Query {
     ) -> Result<Connection<String, AccessLogEntry>> {
         let patient_id = own_patient_id(ctx, Op::MyAccessLog)?;
         let query = crate::identity::access_log::LogQuery {
-            patient_id: Some(patient_id),
+            patient_id: Some(patient_id.clone()),
             after: cursor(after)?,
             limit: page_size(first)? + 1,
             ..Default::default()
         };
-        access_log_page(ctx, query).await
+        let mut page = access_log_page(ctx, query).await?;
+        // A record of a Board or a list shows this patient only their own part: never
+        // the other patients it disclosed.
+        for edge in &mut page.edges {
+            crate::identity::access_log::narrow_to_patient(&mut edge.node.disclosed.0, &patient_id);
+        }
+        Ok(page)
     }
 
     /// My appointments (patients), newest request first.

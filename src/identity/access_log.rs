@@ -57,6 +57,50 @@ pub enum Disclosure {
     Several { items: Vec<Disclosure> },
 }
 
+/// Keeps, of a stored `disclosed` (a [`Disclosure`] as JSON), only what concerns
+/// `patient_id`: a Board's `patientIds` and a list's appointments narrowed to theirs,
+/// the parts of a record of several that did not concern them dropped. What a patient
+/// is shown of a record of their data ("who has seen my record").
+pub fn narrow_to_patient(disclosed: &mut Value, patient_id: &str) {
+    let mine = |v: &Value| v.as_str() == Some(patient_id);
+    match disclosed["kind"].as_str() {
+        Some("board") => {
+            if let Some(ids) = disclosed
+                .get_mut("patientIds")
+                .and_then(Value::as_array_mut)
+            {
+                ids.retain(mine);
+            }
+        }
+        Some("appointments") => {
+            if let Some(list) = disclosed
+                .get_mut("appointments")
+                .and_then(Value::as_array_mut)
+            {
+                list.retain(|a| mine(&a["patientId"]));
+            }
+        }
+        Some("several") => {
+            if let Some(items) = disclosed.get_mut("items").and_then(Value::as_array_mut) {
+                for item in items.iter_mut() {
+                    narrow_to_patient(item, patient_id);
+                }
+                items.retain(|item| match item["kind"].as_str() {
+                    Some("board") => item["patientIds"]
+                        .as_array()
+                        .is_some_and(|ids| !ids.is_empty()),
+                    Some("appointments") => item["appointments"]
+                        .as_array()
+                        .is_some_and(|list| !list.is_empty()),
+                    _ => true,
+                });
+            }
+        }
+        // A raw-event feed names no patient.
+        _ => {}
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppointmentRef {

@@ -3,6 +3,7 @@
 //! the real server on port 0 spoken to over HTTP and websocket, or the store, projector
 //! and matcher directly where the test is about them.
 
+mod attacks;
 mod authorization;
 mod demo;
 mod edge;

@@ -1,0 +1,199 @@
+//! The server attacked from outside: the real server with authentication on, callers
+//! of every role trying what they may not. Each test here failed before the fix it
+//! guards.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{self, idp::Who, TestApp};
+
+/// In no answer to anyone but the patient and those who may see their record.
+const MARKER: &str = "Atk9Marker";
+
+const REQUEST: &str = "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id patientName reason status } } }";
+
+async fn open_board(app: &TestApp) -> String {
+    let admin = app.token(Who::admin());
+    app.data_as(
+        &admin,
+        "mutation($i: OpenBoardInput!) { openBoard(input: $i) { board { id } } }",
+        json!({"i": {"name": "Attack", "specialty": "derm", "region": "north", "date": "2026-11-27"}}),
+    )
+    .await["openBoard"]["board"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn request_input(board: &str, command_id: &str) -> Value {
+    json!({"i": {
+        "boardId": board,
+        "patientName": format!("Ada {MARKER}"),
+        "specialty": "derm",
+        "region": "north",
+        "reason": format!("rash {MARKER}"),
+        "commandId": command_id,
+    }})
+}
+
+/// A `commandId` is an idempotency key of the caller who used it: another caller who
+/// learns it (it is in the event log's metadata) and repeats the command gets neither
+/// the first caller's result (the appointment's id, a confirmation of the patient's
+/// name and reason) nor a different answer for a right guess than for a wrong one.
+#[tokio::test]
+async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_result() {
+    let app = TestApp::spawn().await;
+    let board = open_board(&app).await;
+    let ada = app.token(Who::patient("patient-ada").name("Ada"));
+    let first = app
+        .data_as(&ada, REQUEST, request_input(&board, "cmd-ada-1"))
+        .await;
+    let appointment = first["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Ada herself retries: the same answer, nothing appended.
+    let events = app.event_count().await;
+    let again = app
+        .data_as(&ada, REQUEST, request_input(&board, "cmd-ada-1"))
+        .await;
+    assert_eq!(
+        again["requestAppointment"]["appointment"]["id"],
+        appointment
+    );
+    assert_eq!(app.event_count().await, events);
+
+    // Another patient, and a coordinator, send the very same command with her key.
+    let mallory = app.token(Who::patient("patient-mallory").name("Mallory"));
+    let coordinator = app.token(Who::coordinator().regions(["south"]));
+    for token in [&mallory, &coordinator] {
+        let right_guess = app
+            .gql_as(token, REQUEST, request_input(&board, "cmd-ada-1"))
+            .await;
+        let text = right_guess.to_string();
+        assert!(
+            !text.contains(&appointment),
+            "another caller replaying her commandId got her appointment: {text}"
+        );
+        assert!(!text.contains(MARKER), "leaked: {text}");
+        let mut wrong = request_input(&board, "cmd-ada-1");
+        wrong["i"]["reason"] = json!("a wrong guess");
+        let wrong_guess = app.gql_as(token, REQUEST, wrong).await;
+        // A right guess and a wrong one look alike: no oracle for her name and reason.
+        assert_eq!(
+            helpers::error_message(&right_guess),
+            helpers::error_message(&wrong_guess),
+            "{right_guess} vs {wrong_guess}"
+        );
+        assert_eq!(helpers::error_code(&right_guess), "VALIDATION");
+    }
+    assert_eq!(app.event_count().await, events, "nothing appended");
+}
+
+/// A subscription the schema refuses (unknown field, bad syntax) answers with errors
+/// that carry `extensions.code` VALIDATION on both websocket protocols, as over HTTP.
+#[tokio::test]
+async fn refused_subscription_documents_carry_an_error_code_on_the_websocket() {
+    let app = TestApp::spawn().await;
+    let token = app.token(Who::admin());
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = helpers::WsClient::connect_as(&app, protocol, Some(&token)).await;
+        ws.init().await;
+        for (id, query) in [
+            ("unknown", "subscription { noSuchField }"),
+            ("syntax", "subscription { boardChanged(boardId: "),
+            (
+                "variables",
+                "subscription($b: ID!) { boardChanged(boardId: $b) { id } }",
+            ),
+        ] {
+            ws.subscribe(id, query, json!({})).await;
+            let answer = ws
+                .next(std::time::Duration::from_secs(5))
+                .await
+                .expect("an answer");
+            let errors = if answer["type"] == "error" && answer["payload"].is_object() {
+                json!([answer["payload"]])
+            } else if answer["type"] == "error" {
+                answer["payload"].clone()
+            } else {
+                answer["payload"]["errors"].clone()
+            };
+            let errors = errors.as_array().cloned().unwrap_or_default();
+            assert!(!errors.is_empty(), "{protocol} {id}: {answer}");
+            for error in errors {
+                assert_eq!(
+                    error["extensions"]["code"], "VALIDATION",
+                    "{protocol} {id}: {answer}"
+                );
+            }
+            // The socket stays usable; drain the subscription's `complete`, if any.
+            let _ = ws.next(std::time::Duration::from_millis(300)).await;
+        }
+        ws.close().await;
+    }
+}
+
+/// "Who has seen my record" shows a patient the records that disclosed their data, and
+/// of each only their own part: a coordinator's look at a Board with two patients on it
+/// must not tell one patient the other's id (nor that they are on that Board).
+#[tokio::test]
+async fn my_access_log_names_no_other_patient() {
+    let app = TestApp::spawn().await;
+    let board = open_board(&app).await;
+    let ada = app.token(Who::patient("patient-ada").name("Ada"));
+    let bob = app.token(Who::patient("patient-bob-Atk9").name("Bob"));
+    let mut ada_request = request_input(&board, "cmd-ada-log");
+    ada_request["i"]["commandId"] = Value::Null;
+    app.data_as(&ada, REQUEST, ada_request.clone()).await;
+    app.data_as(&bob, REQUEST, ada_request).await;
+    // A coordinator sees the Board (both patients), and each appointment on its own.
+    let coordinator = app.token(Who::coordinator());
+    let mut shown = 0;
+    for _ in 0..50 {
+        // Until the projector has the Board (and both requests), its scope is unknown.
+        let seen = app
+            .gql_as(
+                &coordinator,
+                "query($b: ID!) { board(id: $b) { appointments { id patientName } } }",
+                json!({"b": board}),
+            )
+            .await;
+        shown = seen["data"]["board"]["appointments"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if shown == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(shown, 2, "the Board shows both appointments");
+    let log = app
+        .data_as(
+            &ada,
+            "{ myAccessLog(first: 100) { edges { node { role operation disclosed } } } }",
+            json!({}),
+        )
+        .await;
+    let edges = log["myAccessLog"]["edges"].as_array().unwrap();
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["node"]["role"] == "coordinator" && e["node"]["operation"] == "board"),
+        "the coordinator's look is in Ada's log: {log}"
+    );
+    let text = log.to_string();
+    assert!(
+        !text.contains("patient-bob-Atk9"),
+        "Ada's access log names another patient: {text}"
+    );
+    assert!(text.contains("patient-ada"), "{text}");
+    // An admin's accessLog still has the whole record.
+    let all = app
+        .data_as(
+            &app.token(Who::admin()),
+            "{ accessLog(first: 100) { edges { node { disclosed } } } }",
+            json!({}),
+        )
+        .await;
+    assert!(all.to_string().contains("patient-bob-Atk9"), "{all}");
+}
