@@ -216,12 +216,12 @@ pub struct GraphqlLimits {
         default_value_t = 4
     )]
     pub max_connections_per_request: usize,
-    /// Requests per second each client address may make on /graphql (sustained); 0
-    /// switches the limit off. Behind a reverse proxy every client has the proxy's
-    /// address: raise it there, or switch it off and limit at the proxy.
+    /// Requests per second each caller may make on /graphql (sustained): a verified
+    /// token's subject, or the client address without one; 0 switches the limit off.
+    /// Behind a reverse proxy unauthenticated clients share the proxy's address.
     #[arg(long, env = "CAREBOARD_RATE_LIMIT_PER_SECOND", default_value_t = 100)]
     pub rate_limit_per_second: u32,
-    /// Requests a client address may make in a burst above the sustained rate.
+    /// Requests a caller may make in a burst above the sustained rate.
     #[arg(long, env = "CAREBOARD_RATE_LIMIT_BURST", default_value_t = 500)]
     pub rate_limit_burst: u32,
     /// How often the server pings each websocket; a socket that has sent nothing (not
