@@ -181,7 +181,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn(crate::limits::security_headers))
         .layer(cors)
-        .layer(TraceLayer::new_for_http())
+        // Spans name the path, never the query string: a GET request's variables can
+        // carry patient fields, and no log line may.
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |request: &axum::http::Request<axum::body::Body>| {
+                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+            },
+        ))
         .with_state(state)
 }
 

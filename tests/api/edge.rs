@@ -642,6 +642,10 @@ impl Drop for Served {
 }
 
 async fn serve(args: &[&str], url: &str, dir: &std::path::Path) -> Served {
+    serve_logging(args, url, dir, "info").await
+}
+
+async fn serve_logging(args: &[&str], url: &str, dir: &std::path::Path, level: &str) -> Served {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -657,7 +661,7 @@ async fn serve(args: &[&str], url: &str, dir: &std::path::Path) -> Served {
         .env("DATABASE_URL", url)
         .env_remove("CAREBOARD_OIDC_ISSUER")
         .env_remove("CAREBOARD_AUTH")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", level)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
@@ -700,6 +704,27 @@ async fn auth_off_serves_loopback_only_and_says_so_loudly() {
     let log = std::fs::read_to_string(&served.stderr).unwrap();
     assert!(log.contains("AUTHENTICATION IS OFF"), "{log}");
     assert!(log.contains("WARN"), "{log}");
+}
+
+#[tokio::test]
+async fn a_get_requests_variables_never_reach_the_log_even_at_debug_level() {
+    let (_pool, url) = crate::helpers::fresh_database_with_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve_logging(&["--auth", "off"], &url, dir.path(), "debug").await;
+    let marker = "PatientMarker7Q2";
+    let response = reqwest::Client::new()
+        .get(format!("{}/graphql", served.base))
+        .query(&[
+            ("query", "query($n: String) { __typename }"),
+            ("variables", &format!(r#"{{"n": "{marker}"}}"#)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let log = std::fs::read_to_string(&served.stderr).unwrap();
+    assert!(log.contains("/graphql"), "the request is logged: {log}");
+    assert!(!log.contains(marker), "a variable reached the log: {log}");
 }
 
 #[tokio::test]
