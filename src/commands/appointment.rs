@@ -110,7 +110,7 @@ pub async fn request_appointment(
     meta: CommandMeta,
     command: RequestAppointment,
 ) -> AppResult<Written<Appointment>> {
-    let board_id = command.board_id.as_uuid();
+    let board_id = command.board_id;
     let mut uow = begin!(store, meta, command);
     let board = uow.read::<Board>(board_id, Guard::Share).await?;
     let patient_id = requested_for(&uow.meta().actor, command.patient_id)?;
@@ -135,7 +135,7 @@ pub async fn request_appointment(
     )?;
     commit_one(
         uow,
-        AppointmentId::new_random().as_uuid(),
+        AppointmentId::new_random(),
         Some(board_id),
         None,
         events,
@@ -148,7 +148,7 @@ pub async fn appointment_action(
     meta: CommandMeta,
     command: ActOnAppointment,
 ) -> AppResult<Written<Appointment>> {
-    let appointment_id = command.appointment_id.as_uuid();
+    let appointment_id = command.appointment_id;
     let mut uow = begin!(store, meta, command);
     let appointment = uow.target::<Appointment>(appointment_id).await?;
     authorize(&mut uow, Target::Appointment(appointment.as_ref())).await?;
@@ -181,8 +181,8 @@ pub async fn schedule_appointment(
     meta: CommandMeta,
     command: ScheduleAppointment,
 ) -> AppResult<Written<Appointment>> {
-    let appointment_id = command.appointment_id.as_uuid();
-    let shift_id = command.shift_id.as_uuid();
+    let appointment_id = command.appointment_id;
+    let shift_id = command.shift_id;
     let mut uow = begin!(store, meta, command);
     let appointment = uow.target::<Appointment>(appointment_id).await?;
     let shift = uow.also::<Shift>(shift_id).await?;
@@ -231,7 +231,7 @@ pub async fn cancel_appointment(
     meta: CommandMeta,
     command: CancelAppointment,
 ) -> AppResult<Written<Appointment>> {
-    let appointment_id = command.appointment_id.as_uuid();
+    let appointment_id = command.appointment_id;
     let mut uow = begin!(store, meta, command);
     let appointment = uow.target::<Appointment>(appointment_id).await?;
     let shift = match &appointment {

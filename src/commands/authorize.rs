@@ -5,6 +5,7 @@ use crate::error::{AppError, AppResult};
 use crate::event_store::unit_of_work::{Guard, UnitOfWork};
 use crate::identity::matrix::{BoardFacts, Facts, Operation};
 use crate::identity::Principal;
+use uuid::Uuid;
 
 /// What a command acts on, as loaded inside its transaction: what authorization of
 /// the command will be judged by.
@@ -90,7 +91,7 @@ pub(super) async fn authorize(uow: &mut UnitOfWork, target: Target<'_>) -> AppRe
             };
             Facts {
                 board: board.as_ref().map(board_facts),
-                provider_id: shift.map(|s| s.provider_id),
+                provider_id: shift.map(|s| s.provider_id.as_uuid()),
                 ..Facts::default()
             }
         }
@@ -111,7 +112,7 @@ pub(super) async fn authorize(uow: &mut UnitOfWork, target: Target<'_>) -> AppRe
             Facts {
                 board: board.as_ref().map(board_facts),
                 patient_id: appointment.and_then(|a| a.patient_id.clone()),
-                assigned_provider_id: appointment.and_then(|a| a.provider_id),
+                assigned_provider_id: appointment.and_then(|a| a.provider_id.map(Uuid::from)),
                 ..Facts::default()
             }
         }

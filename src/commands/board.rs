@@ -46,7 +46,7 @@ pub async fn open_board(
         },
     )
     .await?;
-    let id = BoardId::new_random().as_uuid();
+    let id = BoardId::new_random();
     let events = board::decide(
         None,
         BoardCommand::Open {
@@ -64,7 +64,7 @@ pub async fn close_board(
     meta: CommandMeta,
     command: CloseBoard,
 ) -> AppResult<Written<Board>> {
-    let board_id = command.board_id.as_uuid();
+    let board_id = command.board_id;
     let mut uow = begin!(store, meta, command);
     // Always locked, in optimistic mode too: requests and joins hold the Board FOR SHARE,
     // so nothing new can arrive between counting the open work and closing.

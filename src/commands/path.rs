@@ -7,7 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{CommandOptions, Written};
-use crate::domain::{scheduling, Aggregate, Appointment, Shift};
+use crate::domain::{scheduling, Aggregate, Appointment, BoardId, Shift};
 use crate::error::{AppError, AppResult};
 use crate::event_store::unit_of_work::{CommandMeta, Outcome, UnitOfWork};
 use crate::event_store::{EventStore, ReadLimit};
@@ -104,11 +104,12 @@ pub(super) async fn replayed<A: Aggregate>(
 /// Commits one stream's events and folds its new state.
 pub(super) async fn commit_one<A: Aggregate>(
     uow: UnitOfWork,
-    id: Uuid,
-    board_id: Option<Uuid>,
+    id: impl Into<Uuid>,
+    board_id: Option<BoardId>,
     base: Option<A>,
     events: Vec<A::Event>,
 ) -> AppResult<Written<A>> {
+    let id = id.into();
     let mut uow = uow;
     uow.stage::<A>(id, board_id, base.as_ref(), &events);
     let committed = uow.commit().await?;

@@ -36,5 +36,5 @@ pub async fn register_provider(
             licensed_regions: command.licensed_regions,
         },
     )?;
-    commit_one(uow, ProviderId::new_random().as_uuid(), None, None, events).await
+    commit_one(uow, ProviderId::new_random(), None, None, events).await
 }

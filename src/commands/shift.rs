@@ -60,10 +60,8 @@ pub async fn join_board(
 ) -> AppResult<Written<Shift>> {
     let (board_id, provider_id) = (command.board_id, command.provider_id);
     let mut uow = begin!(store, meta, command);
-    let board = uow.read::<Board>(board_id.as_uuid(), Guard::Share).await?;
-    let provider = uow
-        .read::<Provider>(provider_id.as_uuid(), Guard::None)
-        .await?;
+    let board = uow.read::<Board>(board_id, Guard::Share).await?;
+    let provider = uow.read::<Provider>(provider_id, Guard::None).await?;
     authorize(
         &mut uow,
         Target::Join {
@@ -72,7 +70,7 @@ pub async fn join_board(
         },
     )
     .await?;
-    let shift_id = ShiftId::of(board_id, provider_id).as_uuid();
+    let shift_id = ShiftId::of(board_id, provider_id);
     let existing = uow.target::<Shift>(shift_id).await?;
     let events = shift::decide(
         existing.as_ref(),
@@ -81,7 +79,7 @@ pub async fn join_board(
             provider: provider.map(Box::new),
         },
     )?;
-    commit_one(uow, shift_id, Some(board_id.as_uuid()), existing, events).await
+    commit_one(uow, shift_id, Some(board_id), existing, events).await
 }
 
 pub async fn shift_action(
@@ -89,7 +87,7 @@ pub async fn shift_action(
     meta: CommandMeta,
     command: ActOnShift,
 ) -> AppResult<Written<Shift>> {
-    let shift_id = command.shift_id.as_uuid();
+    let shift_id = command.shift_id;
     let mut uow = begin!(store, meta, command);
     let shift = uow.target::<Shift>(shift_id).await?;
     authorize(&mut uow, Target::Shift(shift.as_ref())).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::helpers::{error_code, TestApp};
 use careboard::domain::BoardContents;
-use careboard::domain::{matching, AppointmentStatus, Provider, ShiftStatus};
+use careboard::domain::{matching, AppointmentStatus, Provider, ProviderId, ShiftId, ShiftStatus};
 use careboard::event_store::ReadLimit;
 use careboard::projections::load_board_contents;
 use careboard::projections::Projection;
@@ -126,13 +126,13 @@ async fn matcher_settled(app: &TestApp) {
 
 /// The Board as the event store has it now.
 async fn contents(app: &TestApp, board: &str) -> BoardContents {
-    load_board_contents(&app.pool, board.parse().unwrap(), ReadLimit::All)
+    load_board_contents(&app.pool, board.parse::<Uuid>().unwrap(), ReadLimit::All)
         .await
         .unwrap()
         .expect("board exists")
 }
 
-async fn providers(app: &TestApp) -> HashMap<Uuid, Provider> {
+async fn providers(app: &TestApp) -> HashMap<ProviderId, Provider> {
     let ids: Vec<Uuid> = sqlx::query_scalar("select id from streams where type = 'provider'")
         .fetch_all(&app.pool)
         .await
@@ -143,7 +143,7 @@ async fn providers(app: &TestApp) -> HashMap<Uuid, Provider> {
             .await
             .unwrap()
             .unwrap();
-        out.insert(id, p);
+        out.insert(p.id, p);
     }
     out
 }
@@ -188,7 +188,7 @@ async fn check_invariants(app: &TestApp, board: &str) -> usize {
 
     let c = contents(app, board).await;
     let providers = providers(app).await;
-    let shifts: HashMap<Uuid, _> = c.shifts.iter().map(|s| (s.id, s)).collect();
+    let shifts: HashMap<ShiftId, _> = c.shifts.iter().map(|s| (s.id, s)).collect();
     let mut held = 0;
     for a in &c.appointments {
         match a.status {
