@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::helpers::browser::GRAPHIQL_RESULT;
 use crate::helpers::documents::{request_input, OPEN_BOARD, REQUEST_APPOINTMENT};
 use crate::helpers::{error_code, idp, TestApp, Who, WsClient};
 use serde_json::{json, Value};
@@ -636,11 +637,7 @@ async fn serve(args: &[&str], url: &str, dir: &std::path::Path) -> Served {
 }
 
 async fn serve_logging(args: &[&str], url: &str, dir: &std::path::Path, level: &str) -> Served {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let stderr = dir.join("serve.log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
         .arg("serve")
@@ -661,18 +658,17 @@ async fn serve_logging(args: &[&str], url: &str, dir: &std::path::Path, level: &
         base: format!("http://127.0.0.1:{port}"),
         stderr,
     };
-    let started = std::time::Instant::now();
-    while reqwest::get(format!("{}/readyz", served.base))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "careboard serve did not come up: {}",
-            std::fs::read_to_string(&served.stderr).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::helpers::wait_until_answering(
+        &format!("{}/readyz", served.base),
+        Duration::from_secs(30),
+        || {
+            format!(
+                "careboard serve did not come up: {}",
+                std::fs::read_to_string(&served.stderr).unwrap_or_default()
+            )
+        },
+    )
+    .await;
     served
 }
 
@@ -829,8 +825,6 @@ async fn pages_served_by_the_development_issuer_to_this_machine_carry_a_short_li
     }
 }
 
-const RESULT: &str = "(document.querySelector('.graphiql-response .CodeMirror') || {CodeMirror: {getValue: () => ''}}).CodeMirror.getValue()";
-
 #[tokio::test]
 async fn graphiql_served_by_the_development_issuer_runs_a_query_with_its_prefilled_token() {
     let Some(browser) = crate::helpers::browser::Browser::start().await else {
@@ -861,18 +855,11 @@ async fn graphiql_served_by_the_development_issuer_runs_a_query_with_its_prefill
         "the headers editor opens with the token: {headers}"
     );
     let query = format!("{{ board(id: \"{board}\", minPosition: {position}) {{ name status }} }}");
-    page.eval(&format!(
-        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue({}); true",
-        serde_json::to_string(&query).unwrap()
-    ))
-    .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    page.eval("document.querySelector('.graphiql-execute-button').click(); true")
-        .await;
+    page.run_in_graphiql(&query).await;
     page.wait_for_showing(
         "the query's answer",
-        &format!("{RESULT}.includes('\"name\": \"Walkthrough\"')"),
-        RESULT,
+        &format!("{GRAPHIQL_RESULT}.includes('\"name\": \"Walkthrough\"')"),
+        GRAPHIQL_RESULT,
     )
     .await;
 }
@@ -889,17 +876,11 @@ async fn with_an_identity_provider_graphiql_asks_for_a_token_in_its_headers() {
         "[...document.querySelectorAll('.graphiql-editor-tool .CodeMirror')].some(e => e.CodeMirror.getValue().includes('paste a token from your identity provider'))",
     )
     .await;
-    page.eval(
-        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue('{ __typename }'); true",
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    page.eval("document.querySelector('.graphiql-execute-button').click(); true")
-        .await;
+    page.run_in_graphiql("{ __typename }").await;
     page.wait_for_showing(
         "the refusal",
-        &format!("{RESULT}.includes('UNAUTHENTICATED')"),
-        RESULT,
+        &format!("{GRAPHIQL_RESULT}.includes('UNAUTHENTICATED')"),
+        GRAPHIQL_RESULT,
     )
     .await;
 }
@@ -1001,11 +982,7 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
         .args([
             "demo", "--live", "--speed", "60", "--hours", "2", "--boards", "1",
@@ -1024,17 +1001,12 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
         base: format!("http://127.0.0.1:{port}"),
         stderr: dir.path().join("none"),
     };
-    let started = std::time::Instant::now();
-    while reqwest::get(format!("{}/readyz", served.base))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the demo did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::helpers::wait_until_answering(
+        &format!("{}/readyz", served.base),
+        Duration::from_secs(30),
+        || "the demo did not come up".into(),
+    )
+    .await;
     let http = reqwest::Client::new();
     let query = json!({"query": "{ __typename }"});
     assert_unauthenticated(

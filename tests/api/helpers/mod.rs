@@ -28,6 +28,26 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 
 static ADMIN_URL: OnceLock<String> = OnceLock::new();
 
+/// A loopback port nothing listens on right now, for a child process to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// Waits until `url` answers over HTTP (any status), polling every 100 ms; past
+/// `limit` the test fails with `why()`.
+pub async fn wait_until_answering(url: &str, limit: Duration, why: impl Fn() -> String) {
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while http.get(url).send().await.is_err() {
+        assert!(started.elapsed() < limit, "{}", why());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Where test databases are created: `DATABASE_URL`, or a cluster this test process
 /// starts from the system's binaries (stopped by the kernel when the process exits).
 fn admin_options() -> PgConnectOptions {
