@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use crate::helpers::browser::GRAPHIQL_RESULT;
 use crate::helpers::documents::{request_input, OPEN_BOARD, REQUEST_APPOINTMENT};
 use crate::helpers::{error_code, idp, TestApp, Who, WsClient};
 use serde_json::{json, Value};
@@ -855,13 +854,8 @@ async fn graphiql_served_by_the_development_issuer_runs_a_query_with_its_prefill
         "the headers editor opens with the token: {headers}"
     );
     let query = format!("{{ board(id: \"{board}\", minPosition: {position}) {{ name status }} }}");
-    page.run_in_graphiql(&query).await;
-    page.wait_for_showing(
-        "the query's answer",
-        &format!("{GRAPHIQL_RESULT}.includes('\"name\": \"Walkthrough\"')"),
-        GRAPHIQL_RESULT,
-    )
-    .await;
+    page.run_in_graphiql_showing(&query, "the query's answer", r#""name": "Walkthrough""#)
+        .await;
 }
 
 #[tokio::test]
@@ -876,13 +870,8 @@ async fn with_an_identity_provider_graphiql_asks_for_a_token_in_its_headers() {
         "[...document.querySelectorAll('.graphiql-editor-tool .CodeMirror')].some(e => e.CodeMirror.getValue().includes('paste a token from your identity provider'))",
     )
     .await;
-    page.run_in_graphiql("{ __typename }").await;
-    page.wait_for_showing(
-        "the refusal",
-        &format!("{GRAPHIQL_RESULT}.includes('UNAUTHENTICATED')"),
-        GRAPHIQL_RESULT,
-    )
-    .await;
+    page.run_in_graphiql_showing("{ __typename }", "the refusal", "UNAUTHENTICATED")
+        .await;
 }
 
 #[tokio::test]

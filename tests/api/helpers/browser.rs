@@ -195,6 +195,16 @@ impl Page {
         result["result"]["value"].clone()
     }
 
+    /// Runs `document` in GraphiQL and waits until its response pane shows `expected`.
+    pub async fn run_in_graphiql_showing(&mut self, document: &str, what: &str, expected: &str) {
+        self.run_in_graphiql(document).await;
+        let shown = format!(
+            "{GRAPHIQL_RESULT}.includes({})",
+            serde_json::to_string(expected).unwrap()
+        );
+        self.wait_for_showing(what, &shown, GRAPHIQL_RESULT).await;
+    }
+
     /// Types `document` into GraphiQL's query editor and runs it; its answer shows in
     /// [`GRAPHIQL_RESULT`].
     pub async fn run_in_graphiql(&mut self, document: &str) {
