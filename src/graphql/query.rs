@@ -542,13 +542,27 @@ impl Query {
                 domain::storable_text(field, text)?;
             }
         }
+        let appointment = match appointment_id {
+            None => None,
+            Some(id) => {
+                let appointment_id = uuid("appointmentId", &id)?;
+                let state = store(ctx)
+                    .load::<domain::Appointment>(appointment_id, ReadLimit::All)
+                    .await?;
+                Some(crate::identity::access_log::AppointmentQuery {
+                    appointment_id,
+                    on_board: state.map(|a| crate::identity::access_log::OnBoard {
+                        board_id: a.board_id,
+                        patient_id: a.patient_id,
+                        since: a.requested_at,
+                    }),
+                })
+            }
+        };
         let query = crate::identity::access_log::LogQuery {
             subject,
             patient_id,
-            appointment_id: appointment_id
-                .as_ref()
-                .map(|id| uuid("appointmentId", id))
-                .transpose()?,
+            appointment,
             from,
             to,
             after: cursor(after)?,

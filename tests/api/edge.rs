@@ -480,16 +480,29 @@ async fn metrics_need_an_admin_token_on_the_api_address() {
         "/metrics without a token",
     )
     .await;
-    let coordinator = app.token(Who::coordinator());
-    let r = anonymous
-        .get(app.url("/metrics"))
-        .bearer_auth(&coordinator)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
+    // Every role but admin is refused, as the matrix says.
+    for who in [
+        Who::coordinator(),
+        Who::provider(uuid::Uuid::new_v4()),
+        Who::patient("p-metrics"),
+    ] {
+        let r = anonymous
+            .get(app.url("/metrics"))
+            .bearer_auth(app.token(who))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("may not use /metrics"),
+            "{body}"
+        );
+    }
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("# EOF"));
