@@ -120,28 +120,11 @@ async fn a_socket_without_a_valid_token_is_closed_with_4403_and_a_reason() {
 
 #[tokio::test]
 async fn a_token_in_the_upgrade_request_serves_when_connection_init_has_none() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let app = TestApp::spawn().await;
     let board = app.open_board("Edge").await;
-    let connect = |token: Option<String>| {
-        let mut request = app
-            .url("/graphql/ws")
-            .replace("http://", "ws://")
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
-        if let Some(t) = token {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        tokio_tungstenite::connect_async(request)
-    };
+    let ws = app.url("/graphql/ws");
     // A bad token in the header: refused before the upgrade, 401.
-    match connect(Some("nonsense".into())).await {
+    match crate::helpers::ws_upgrade(&ws, Some("nonsense")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 401);
             assert!(response.headers()["www-authenticate"]
@@ -151,7 +134,7 @@ async fn a_token_in_the_upgrade_request_serves_when_connection_init_has_none() {
         }
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
-    let (socket, _) = connect(Some(app.token(Who::coordinator())))
+    let (socket, _) = crate::helpers::ws_upgrade(&ws, Some(&app.token(Who::coordinator())))
         .await
         .expect("upgraded");
     let mut ws = WsClient::from_socket(socket, false);

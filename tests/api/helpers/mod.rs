@@ -521,6 +521,35 @@ pub fn error_message(response: &Value) -> String {
         .to_string()
 }
 
+/// What a websocket handshake gives: the socket and the server's upgrade response.
+pub type Upgraded = (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+);
+
+/// Opens a `graphql-transport-ws` socket to `url` (`http://…/graphql/ws`), with
+/// `token` as a bearer `Authorization` header on the upgrade request when given.
+pub async fn ws_upgrade(
+    url: &str,
+    token: Option<&str>,
+) -> Result<Upgraded, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request).await
+}
+
 /// A GraphQL websocket client, speaking `graphql-transport-ws` or the legacy
 /// `subscriptions-transport-ws`.
 pub struct WsClient {
