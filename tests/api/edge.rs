@@ -1064,17 +1064,9 @@ async fn while_the_providers_keys_cannot_be_fetched_requests_and_sockets_are_tol
     let body: Value = r.json().await.unwrap();
     assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
 
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = server
-        .url("/graphql/ws")
-        .replace("http://", "ws://")
-        .into_client_request()
+    let (socket, _) = crate::helpers::ws_upgrade(&server.url("/graphql/ws"), None)
+        .await
         .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut ws = WsClient::from_socket(socket, false);
     ws.send(json!({"type": "connection_init", "payload": {"token": token}}))
         .await;
