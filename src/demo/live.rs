@@ -11,6 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use tokio::time::Instant;
 
 use super::scenario::{Scenario, ShiftPlan};
+use super::Act;
 use crate::commands::{self, ActOnAppointment, ActOnShift, AppointmentAction, ShiftAction};
 use crate::domain::{
     AppointmentId, AppointmentStatus, BoardId, ProviderId, Shift, ShiftId, ShiftStatus,
@@ -20,23 +21,6 @@ use crate::event_store::unit_of_work::CommandMeta;
 use crate::event_store::{read_log, EventStore, LogFilter, ReadLimit};
 use crate::identity::Actor;
 use crate::projections::load_board_contents;
-
-#[derive(Debug, Clone, Copy)]
-enum Act {
-    OpenBoard(usize),
-    Join(usize, usize),
-    Request(usize, usize),
-    Start(AppointmentId),
-    NoShow(AppointmentId),
-    Finish(AppointmentId),
-    CompleteCharting(ShiftId),
-    BreakStarts(ShiftId, DateTime<Utc>),
-    BreakEnds(ShiftId),
-    LeaveDue(ShiftId),
-    PatienceOut(AppointmentId),
-    /// Every few simulated minutes: retry intentions, wind down finished Boards.
-    Tick,
-}
 
 #[derive(Default)]
 struct Intent {

@@ -15,14 +15,36 @@ pub mod sim;
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use chrono::{Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::config::DatabaseArgs;
+use crate::domain::{AppointmentId, ShiftId};
 
 use crate::event_store::import::{import, Imported};
 use scenario::{generate, Scenario, ScenarioOptions};
+
+/// What happens next in the demo day, queued at its time. The history simulation and the
+/// live player walk the same day, so they queue the same acts.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    OpenBoard(usize),
+    Join(usize, usize),
+    Request(usize, usize),
+    Start(AppointmentId),
+    NoShow(AppointmentId),
+    Finish(AppointmentId),
+    CompleteCharting(ShiftId),
+    /// The break's planned end rides along: the provider pauses until then.
+    BreakStarts(ShiftId, DateTime<Utc>),
+    BreakEnds(ShiftId),
+    LeaveDue(ShiftId),
+    PatienceOut(AppointmentId),
+    /// Live only, every few simulated minutes: retry intentions, wind down finished
+    /// Boards.
+    Tick,
+}
 
 /// Options of `careboard demo`.
 #[derive(Debug, Clone, clap::Args)]

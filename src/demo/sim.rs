@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::scenario::{uuid, Scenario, ShiftPlan};
+use super::Act;
 use crate::domain::appointment::{self, AppointmentCommand};
 use crate::domain::board::{self, BoardCommand, OpenWork};
 use crate::domain::provider::{self, ProviderCommand};
@@ -25,39 +26,25 @@ use crate::domain::{
 use crate::domain::{AppointmentId, BoardId, ProviderId, ShiftId};
 use crate::event_store::import::ImportEvent;
 
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    OpenBoard(usize),
-    Join(usize, usize),
-    Request(usize, usize),
-    Start(AppointmentId),
-    NoShow(AppointmentId),
-    Finish(AppointmentId),
-    CompleteCharting(ShiftId),
-    BreakStarts(ShiftId, usize),
-    BreakEnds(ShiftId),
-    LeaveDue(ShiftId),
-    PatienceOut(AppointmentId),
-}
-
-impl Action {
+impl Act {
     fn board(self, sim: &Sim) -> Option<usize> {
         match self {
-            Action::OpenBoard(b) | Action::Join(b, _) | Action::Request(b, _) => Some(b),
-            Action::Start(id)
-            | Action::NoShow(id)
-            | Action::Finish(id)
-            | Action::PatienceOut(id) => sim
+            Act::OpenBoard(b) | Act::Join(b, _) | Act::Request(b, _) => Some(b),
+            Act::Start(id)
+            | Act::NoShow(id)
+            | Act::Finish(id)
+            | Act::PatienceOut(id) => sim
                 .appointments
                 .get(&id)
                 .and_then(|a| sim.board_index.get(&a.board_id).copied()),
-            Action::CompleteCharting(id)
-            | Action::BreakStarts(id, _)
-            | Action::BreakEnds(id)
-            | Action::LeaveDue(id) => sim
+            Act::CompleteCharting(id)
+            | Act::BreakStarts(id, _)
+            | Act::BreakEnds(id)
+            | Act::LeaveDue(id) => sim
                 .shifts
                 .get(&id)
                 .and_then(|s| sim.board_index.get(&s.board_id).copied()),
+            Act::Tick => None,
         }
     }
 }
@@ -73,7 +60,7 @@ struct Sim<'a> {
     scenario: &'a Scenario,
     rng: ChaCha8Rng,
     queue: BinaryHeap<Reverse<(DateTime<Utc>, u64, usize)>>,
-    actions: Vec<Action>,
+    actions: Vec<Act>,
     boards: Vec<Option<Board>>,
     board_index: HashMap<BoardId, usize>,
     providers: HashMap<ProviderId, Provider>,
@@ -113,12 +100,12 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Result<Vec<ImportEvent>> {
     };
     sim.register_providers()?;
     for (b, plan) in scenario.boards.iter().enumerate() {
-        sim.at(plan.opens_at, Action::OpenBoard(b));
+        sim.at(plan.opens_at, Act::OpenBoard(b));
         for (s, shift) in plan.shifts.iter().enumerate() {
-            sim.at(shift.joins_at, Action::Join(b, s));
+            sim.at(shift.joins_at, Act::Join(b, s));
         }
         for (a, arrival) in plan.arrivals.iter().enumerate() {
-            sim.at(arrival.at, Action::Request(b, a));
+            sim.at(arrival.at, Act::Request(b, a));
         }
     }
     while let Some(Reverse((t, _, index))) = sim.queue.pop() {
@@ -143,7 +130,7 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Result<Vec<ImportEvent>> {
 }
 
 impl Sim<'_> {
-    fn at(&mut self, t: DateTime<Utc>, action: Action) {
+    fn at(&mut self, t: DateTime<Utc>, action: Act) {
         let seq = self.actions.len() as u64;
         self.actions.push(action);
         self.queue.push(Reverse((t, seq, seq as usize)));
@@ -271,9 +258,9 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn perform(&mut self, action: Action, t: DateTime<Utc>) -> Result<()> {
+    fn perform(&mut self, action: Act, t: DateTime<Utc>) -> Result<()> {
         match action {
-            Action::OpenBoard(b) => {
+            Act::OpenBoard(b) => {
                 let plan = &self.scenario.boards[b];
                 let events = board::decide(
                     None,
@@ -289,7 +276,7 @@ impl Sim<'_> {
                 let state = self.record::<Board>(None, id, Some(id), &events, t, &meta)?;
                 self.boards[b] = Some(state);
             }
-            Action::Join(b, s) => {
+            Act::Join(b, s) => {
                 let plan = &self.scenario.boards[b];
                 let shift_plan = plan.shifts[s].clone();
                 let provider_id = ProviderId::from(self.scenario.providers[shift_plan.provider].id);
@@ -305,12 +292,12 @@ impl Sim<'_> {
                 let meta = self.metadata("demo", "joinBoard");
                 let state = self.record::<Shift>(None, id, Some(board_id), &events, t, &meta)?;
                 self.shifts.insert(id, state);
-                for (i, (start, _)) in shift_plan.breaks.iter().enumerate() {
-                    self.at(*start, Action::BreakStarts(id, i));
+                for (start, end) in &shift_plan.breaks {
+                    self.at(*start, Act::BreakStarts(id, *end));
                 }
-                self.at(shift_plan.leaves_at, Action::LeaveDue(id));
+                self.at(shift_plan.leaves_at, Act::LeaveDue(id));
             }
-            Action::Request(b, a) => {
+            Act::Request(b, a) => {
                 let arrival = self.scenario.boards[b].arrivals[a].clone();
                 let board_id = BoardId::from(self.scenario.boards[b].id);
                 let events = appointment::decide(
@@ -331,10 +318,10 @@ impl Sim<'_> {
                 self.appointments.insert(id, state);
                 self.arrival_of.insert(id, (b, a));
                 if let Some(patience) = arrival.patience {
-                    self.at(t + patience, Action::PatienceOut(id));
+                    self.at(t + patience, Act::PatienceOut(id));
                 }
             }
-            Action::Start(id) => {
+            Act::Start(id) => {
                 let a = self.appointment(id)?;
                 let events = appointment::decide(Some(&a), AppointmentCommand::Start)?;
                 let meta = self.metadata("demo", "startAppointment");
@@ -343,16 +330,16 @@ impl Sim<'_> {
                 let consult = self.scenario.boards[b].arrivals[i].consult;
                 let next = self.record(Some(a), id, board, &events, t, &meta)?;
                 self.appointments.insert(id, next);
-                self.at(t + consult, Action::Finish(id));
+                self.at(t + consult, Act::Finish(id));
             }
-            Action::NoShow(id) => {
+            Act::NoShow(id) => {
                 let a = self.appointment(id)?;
                 let shift = a.shift_id.map(|s| self.shift(s)).transpose()?;
                 let events =
                     scheduling::cancel(Some(&a), shift.as_ref(), "patient did not join".into())?;
                 self.two_streams(events, a, shift, "demo", "cancelAppointment", t)?;
             }
-            Action::Finish(id) => {
+            Act::Finish(id) => {
                 let a = self.appointment(id)?;
                 let shift = a.shift_id.map(|s| self.shift(s)).transpose()?;
                 let events = scheduling::finish(Some(&a), shift.as_ref())?;
@@ -361,10 +348,10 @@ impl Sim<'_> {
                 let (b, i) = self.arrival_of[&id];
                 let charting = self.scenario.boards[b].arrivals[i].charting;
                 if let Some(s) = shift_id {
-                    self.at(t + charting, Action::CompleteCharting(s));
+                    self.at(t + charting, Act::CompleteCharting(s));
                 }
             }
-            Action::CompleteCharting(id) => {
+            Act::CompleteCharting(id) => {
                 self.shift_command(
                     id,
                     ShiftCommand::CompleteCharting { now: t },
@@ -372,25 +359,18 @@ impl Sim<'_> {
                     t,
                 )?;
             }
-            Action::BreakStarts(id, i) => {
-                let s = self.shift(id)?;
-                let b = self.board_index[&s.board_id];
-                let plan = self.scenario.boards[b]
-                    .shifts
-                    .iter()
-                    .find(|p| {
-                        ShiftId::of(s.board_id, self.scenario.providers[p.provider].id.into()) == id
-                    })
-                    .ok_or_else(|| anyhow!("shift {id} has no plan"))?;
-                let end = plan.breaks[i].1;
-                self.pending.entry(id).or_default().pause_until = Some(end);
+            Act::BreakStarts(id, until) => {
+                self.shift(id)?;
+                self.pending.entry(id).or_default().pause_until = Some(until);
             }
-            Action::BreakEnds(id) => {
+            // The history has no wall clock to tick: winding down happens in `settle`.
+            Act::Tick => {}
+            Act::BreakEnds(id) => {
                 if self.shift(id)?.status == ShiftStatus::Paused {
                     self.shift_command(id, ShiftCommand::MarkReady, "markProviderReady", t)?;
                 }
             }
-            Action::LeaveDue(id) => {
+            Act::LeaveDue(id) => {
                 let p = self.pending.entry(id).or_default();
                 p.leaving = true;
                 p.pause_until = None;
@@ -398,7 +378,7 @@ impl Sim<'_> {
                     self.shift_command(id, ShiftCommand::MarkReady, "markProviderReady", t)?;
                 }
             }
-            Action::PatienceOut(id) => {
+            Act::PatienceOut(id) => {
                 let a = self.appointment(id)?;
                 if a.status == AppointmentStatus::Requested {
                     let events = scheduling::cancel(Some(&a), None, "patient left".into())?;
@@ -432,7 +412,7 @@ impl Sim<'_> {
                 if self.shift(*id)?.status == ShiftStatus::Ready {
                     self.shift_command(*id, ShiftCommand::Pause, "pauseProvider", t)?;
                     self.pending.entry(*id).or_default().pause_until = None;
-                    self.at(until.max(t), Action::BreakEnds(*id));
+                    self.at(until.max(t), Act::BreakEnds(*id));
                 }
             }
         }
@@ -548,12 +528,12 @@ impl Sim<'_> {
             let arrival = &self.scenario.boards[b].arrivals[i];
             let (actual_lead, no_show) = (arrival.lead, arrival.no_show);
             if no_show {
-                self.at(t + actual_lead + Duration::minutes(3), Action::NoShow(id));
+                self.at(t + actual_lead + Duration::minutes(3), Act::NoShow(id));
             } else {
                 let e = self.leads.entry(specialty).or_default();
                 e.0 += actual_lead.num_seconds();
                 e.1 += 1;
-                self.at(t + actual_lead, Action::Start(id));
+                self.at(t + actual_lead, Act::Start(id));
             }
         }
         Ok(())
