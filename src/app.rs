@@ -13,7 +13,7 @@ use crate::config::{DatabaseArgs, GraphqlLimits};
 use crate::daemon::{Daemon, DaemonConfig, DaemonHandle};
 use crate::estimates::Estimator;
 use crate::event_store::EventStore;
-use crate::graphql::build_schema;
+use crate::graphql::{build_schema, SchemaData};
 use crate::http::{router, AppState};
 use crate::live::LiveBoards;
 use crate::metrics::Metrics;
@@ -121,23 +121,16 @@ pub fn state_with(
     let health = crate::health::DbHealth::start(&pool);
     let rate_limiter =
         crate::limits::RateLimiter::new(limits.rate_limit_per_second, limits.rate_limit_burst);
+    let data = SchemaData {
+        store: store.clone(),
+        live: live.clone(),
+        estimator: estimator.clone(),
+        access_log,
+        read_wait,
+    };
     AppState {
-        schema: build_schema(
-            store.clone(),
-            live.clone(),
-            estimator.clone(),
-            access_log.clone(),
-            &limits,
-            read_wait,
-        ),
-        introspection_schema: crate::graphql::build_introspection_schema(
-            store.clone(),
-            live.clone(),
-            estimator.clone(),
-            access_log,
-            &limits,
-            read_wait,
-        ),
+        schema: build_schema(data.clone(), &limits),
+        introspection_schema: crate::graphql::build_introspection_schema(data, &limits),
         persisted: Arc::new(crate::persisted::PersistedQueries::new(PERSISTED_QUERIES)),
         estimator,
         pool,

@@ -30,10 +30,7 @@ impl Act {
     fn board(self, sim: &Sim) -> Option<usize> {
         match self {
             Act::OpenBoard(b) | Act::Join(b, _) | Act::Request(b, _) => Some(b),
-            Act::Start(id)
-            | Act::NoShow(id)
-            | Act::Finish(id)
-            | Act::PatienceOut(id) => sim
+            Act::Start(id) | Act::NoShow(id) | Act::Finish(id) | Act::PatienceOut(id) => sim
                 .appointments
                 .get(&id)
                 .and_then(|a| sim.board_index.get(&a.board_id).copied()),

@@ -34,24 +34,20 @@ pub struct RequestContext {
 #[derive(Debug, Clone, Copy)]
 pub struct ReadWait(pub std::time::Duration);
 
-pub fn build_schema(
-    store: EventStore,
-    live: crate::live::LiveBoards,
-    estimator: crate::estimates::Estimator,
-    access_log: crate::identity::AccessLog,
-    limits: &GraphqlLimits,
-    read_wait: std::time::Duration,
-) -> CareboardSchema {
-    schema_with_limits(
-        store,
-        live,
-        estimator,
-        access_log,
-        limits,
-        read_wait,
-        limits.max_depth,
-        limits.max_complexity,
-    )
+/// What the resolvers read from the schema's data, one of each: the user schema and the
+/// introspection schema share them.
+#[derive(Clone)]
+pub struct SchemaData {
+    pub store: EventStore,
+    pub live: crate::live::LiveBoards,
+    pub estimator: crate::estimates::Estimator,
+    pub access_log: crate::identity::AccessLog,
+    /// How long a query with `minPosition` waits for the projector.
+    pub read_wait: std::time::Duration,
+}
+
+pub fn build_schema(data: SchemaData, limits: &GraphqlLimits) -> CareboardSchema {
+    schema_with_limits(data, limits, limits.max_depth, limits.max_complexity)
 }
 
 /// The deepest nesting an introspection-only request may use. The introspection
@@ -67,34 +63,18 @@ pub const INTROSPECTION_MAX_COMPLEXITY: usize = 5000;
 /// docs and code generators are never blocked by the limits that guard user queries,
 /// while bounded by their own limits. Requests sent to it run in introspection-only
 /// mode: a data field there is refused, whatever the check upstream decided.
-pub fn build_introspection_schema(
-    store: EventStore,
-    live: crate::live::LiveBoards,
-    estimator: crate::estimates::Estimator,
-    access_log: crate::identity::AccessLog,
-    limits: &GraphqlLimits,
-    read_wait: std::time::Duration,
-) -> CareboardSchema {
+pub fn build_introspection_schema(data: SchemaData, limits: &GraphqlLimits) -> CareboardSchema {
     schema_with_limits(
-        store,
-        live,
-        estimator,
-        access_log,
+        data,
         limits,
-        read_wait,
         limits.max_depth.max(INTROSPECTION_MAX_DEPTH),
         limits.max_complexity.max(INTROSPECTION_MAX_COMPLEXITY),
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 fn schema_with_limits(
-    store: EventStore,
-    live: crate::live::LiveBoards,
-    estimator: crate::estimates::Estimator,
-    access_log: crate::identity::AccessLog,
+    data: SchemaData,
     limits: &GraphqlLimits,
-    read_wait: std::time::Duration,
     max_depth: usize,
     max_complexity: usize,
 ) -> CareboardSchema {
@@ -103,11 +83,11 @@ fn schema_with_limits(
         mutation::Mutation,
         subscription::Subscription,
     ))
-    .data(store)
-    .data(live)
-    .data(estimator)
-    .data(access_log)
-    .data(ReadWait(read_wait))
+    .data(data.store)
+    .data(data.live)
+    .data(data.estimator)
+    .data(data.access_log)
+    .data(ReadWait(data.read_wait))
     // Every root field meets the permission matrix here, and every answer that
     // disclosed patient fields is recorded here (DESIGN §9).
     .extension(access::AccessEdge)
