@@ -46,6 +46,12 @@ impl AuthApp {
         self.app.data_as(token, query, variables).await
     }
 
+    /// Reads Board `id` as `token`, selecting `selection` (the `data` of the answer).
+    async fn board(&self, token: &str, id: &str, selection: &str) -> Value {
+        let query = format!("query($id: ID!) {{ board(id: $id) {{ {selection} }} }}");
+        self.data(token, &query, json!({ "id": id })).await
+    }
+
     async fn access_records(&self) -> Vec<Value> {
         sqlx::query_scalar::<_, Value>(
             "select jsonb_build_object('subject', subject, 'role', role, 'operation', operation, \
@@ -332,40 +338,31 @@ struct Ask {
 
 fn ask(op: Operation) -> Option<Ask> {
     use Operation as Op;
-    let (query, subscription) = match op {
-        Op::Board => ("query($id: ID!) { board(id: $id) { id appointments { id patientName } } }", false),
-        Op::BoardAsOf => ("query($id: ID!, $t: DateTime!) { board(id: $id, asOf: $t) { id } }", false),
-        Op::Boards => ("{ boards { edges { node { id } } } }", false),
-        Op::BoardDates => ("{ boardDates }", false),
-        Op::BoardHistory => (
-            "query($id: ID!, $from: DateTime!, $t: DateTime!) { boardHistory(boardId: $id, from: $from, to: $t) { version } }",
-            false,
-        ),
-        Op::BoardChanged => ("subscription($id: ID!) { boardChanged(boardId: $id) { id version } }", true),
-        Op::Appointment => ("query($id: ID!) { appointment(id: $id) { id status } }", false),
-        Op::AppointmentChanged => (
-            "subscription($id: ID!) { appointmentChanged(appointmentId: $id) { id status } }",
-            true,
-        ),
-        Op::ProviderShift => ("query($id: ID!) { providerShift(id: $id) { id } }", false),
-        Op::Provider => ("query($id: ID!) { provider(id: $id) { id } }", false),
-        Op::Providers => ("{ providers { edges { node { id } } } }", false),
-        Op::Events => ("query($id: ID) { events(boardId: $id) { edges { node { position } } } }", false),
-        Op::BoardEvents => ("subscription($id: ID!) { boardEvents(boardId: $id) { position } }", true),
-        Op::WaitTimeEstimate => (
-            "query($id: ID!) { waitTimeEstimate(boardId: $id, specialty: \"pediatrics\") { queueAhead } }",
-            false,
-        ),
-        Op::Projections => ("{ projections { name } }", false),
-        Op::AccessLog => ("{ accessLog { edges { node { seq } } } }", false),
-        Op::MyAppointments => ("{ myAppointments { id } }", false),
-        Op::MyAccessLog => ("{ myAccessLog { edges { node { seq } } } }", false),
+    let query = match op {
+        Op::Board => "query($id: ID!) { board(id: $id) { id appointments { id patientName } } }",
+        Op::BoardAsOf => "query($id: ID!, $t: DateTime!) { board(id: $id, asOf: $t) { id } }",
+        Op::Boards => "{ boards { edges { node { id } } } }",
+        Op::BoardDates => "{ boardDates }",
+        Op::BoardHistory => "query($id: ID!, $from: DateTime!, $t: DateTime!) { boardHistory(boardId: $id, from: $from, to: $t) { version } }",
+        Op::BoardChanged => "subscription($id: ID!) { boardChanged(boardId: $id) { id version } }",
+        Op::Appointment => "query($id: ID!) { appointment(id: $id) { id status } }",
+        Op::AppointmentChanged => "subscription($id: ID!) { appointmentChanged(appointmentId: $id) { id status } }",
+        Op::ProviderShift => "query($id: ID!) { providerShift(id: $id) { id } }",
+        Op::Provider => "query($id: ID!) { provider(id: $id) { id } }",
+        Op::Providers => "{ providers { edges { node { id } } } }",
+        Op::Events => "query($id: ID) { events(boardId: $id) { edges { node { position } } } }",
+        Op::BoardEvents => "subscription($id: ID!) { boardEvents(boardId: $id) { position } }",
+        Op::WaitTimeEstimate => "query($id: ID!) { waitTimeEstimate(boardId: $id, specialty: \"pediatrics\") { queueAhead } }",
+        Op::Projections => "{ projections { name } }",
+        Op::AccessLog => "{ accessLog { edges { node { seq } } } }",
+        Op::MyAppointments => "{ myAppointments { id } }",
+        Op::MyAccessLog => "{ myAccessLog { edges { node { seq } } } }",
         // Mutations: see `mutations_a_role_may_never_run_are_refused_and_change_nothing`.
         _ => return None,
     };
     Some(Ask {
         query,
-        subscription,
+        subscription: query.starts_with("subscription"),
     })
 }
 
@@ -724,20 +721,16 @@ async fn another_patient_and_a_provider_not_assigned_find_no_patient_data_anywhe
     // The checks bite: the coordinator in scope and the assigned provider do see it.
     let coordinator = app.token(principal(Role::Coordinator, &day));
     let seen = app
-        .data(
+        .board(
             &coordinator,
-            "query($id: ID!) { board(id: $id) { appointments { patientName reason } } }",
-            json!({"id": day.board_in}),
+            &day.board_in,
+            "appointments { patientName reason }",
         )
         .await;
     assert!(seen.to_string().contains(MARKER), "{seen}");
     let provider = app.token(principal(Role::Provider, &day));
     let seen = app
-        .data(
-            &provider,
-            "query($id: ID!) { board(id: $id) { appointments { id patientName } } }",
-            json!({"id": day.board_in}),
-        )
+        .board(&provider, &day.board_in, "appointments { id patientName }")
         .await;
     for a in seen["board"]["appointments"].as_array().unwrap() {
         let shown = a["patientName"].is_string();
@@ -799,18 +792,10 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
         .await;
     }
     // Reads that disclose nothing leave nothing: no patient field asked for, or masked.
-    app.data(
-        &coordinator,
-        "query($id: ID!) { board(id: $id) { name appointments { status } } }",
-        json!({"id": day.board_in}),
-    )
-    .await;
-    app.data(
-        &provider,
-        "query($id: ID!) { board(id: $id) { appointments { id } } }",
-        json!({"id": day.board_in}),
-    )
-    .await;
+    app.board(&coordinator, &day.board_in, "name appointments { status }")
+        .await;
+    app.board(&provider, &day.board_in, "appointments { id }")
+        .await;
     app.data(&app.admin(), board, json!({"id": day.board_in}))
         .await;
     // A subscription frame is a disclosure too.
@@ -994,13 +979,7 @@ async fn a_read_whose_access_record_cannot_be_written_is_not_answered() {
     );
     assert_eq!(frames.len(), 1, "the subscription ended there: {frames:?}");
     // Reads that disclose nothing are still answered.
-    let d = app
-        .data(
-            &coordinator,
-            "query($id: ID!) { board(id: $id) { name } }",
-            json!({"id": day.board_in}),
-        )
-        .await;
+    let d = app.board(&coordinator, &day.board_in, "name").await;
     assert!(d["board"]["name"].is_string());
     sqlx::query("grant insert on access_log to careboard_app")
         .execute(&app.app.pool)
@@ -1249,16 +1228,12 @@ async fn a_patient_sees_their_own_appointments_and_who_has_seen_their_record() {
     assert!(!mine.to_string().contains(&day.waiting));
 
     // The coordinator looks at the Board; the provider not assigned looks too (masked).
-    app.data(
-        &coordinator,
-        "query($id: ID!) { board(id: $id) { appointments { patientName } } }",
-        json!({"id": day.board_in}),
-    )
-    .await;
-    app.data(
+    app.board(&coordinator, &day.board_in, "appointments { patientName }")
+        .await;
+    app.board(
         &app.token(Who::provider(&day.other_provider)),
-        "query($id: ID!) { board(id: $id) { appointments { patientName } } }",
-        json!({"id": day.board_in}),
+        &day.board_in,
+        "appointments { patientName }",
     )
     .await;
     let seen = app
