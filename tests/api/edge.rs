@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::helpers::documents::{request_input, OPEN_BOARD, REQUEST_APPOINTMENT};
-use crate::helpers::{error_code, idp, TestApp, Who, WsClient};
+use crate::helpers::{body_json, body_text, error_code, idp, TestApp, Who, WsClient};
 use serde_json::{json, Value};
 
 const BOARD_CHANGED: &str = r#"subscription($id: ID!, $since: Int) {
@@ -373,16 +373,13 @@ async fn every_way_into_graphql_needs_a_token() {
         .await;
     }
     // With the token, GET and introspection answer.
-    let r: Value = anonymous
-        .get(app.url("/graphql"))
-        .bearer_auth(&admin)
-        .query(&[("query", introspection)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = body_json(
+        anonymous
+            .get(app.url("/graphql"))
+            .bearer_auth(&admin)
+            .query(&[("query", introspection)]),
+    )
+    .await;
     assert_eq!(r["data"]["__schema"]["queryType"]["name"], "Query", "{r}");
     // Health stays open.
     for path in ["/healthz", "/readyz"] {
@@ -401,19 +398,13 @@ async fn the_event_actor_is_the_tokens_subject_whatever_the_headers_or_connectio
             .name("Ana Ruiz"),
     );
     // Over HTTP, with every header that once named (or could name) the actor.
-    let r: Value = reqwest::Client::new()
+    let r: Value = body_json(reqwest::Client::new()
         .post(app.url("/graphql"))
         .bearer_auth(&token)
         .header("x-actor", "mallory")
         .header("x-user", "mallory")
         .header("x-forwarded-user", "mallory")
-        .json(&json!({"query": REQUEST_APPOINTMENT, "variables": {"input": {"boardId": board, "patientName": "Over HTTP", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json(&json!({"query": REQUEST_APPOINTMENT, "variables": {"input": {"boardId": board, "patientName": "Over HTTP", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}}))).await;
     assert!(r["errors"].is_null(), "{r}");
     // Over the websocket (a mutation is a valid operation there), with an actor in
     // connection_init's payload beside the token.
@@ -672,15 +663,12 @@ async fn auth_off_serves_loopback_only_and_says_so_loudly() {
     let (_pool, url) = crate::helpers::fresh_database_with_url().await;
     let dir = tempfile::tempdir().unwrap();
     let served = serve(&["--auth", "off"], &url, dir.path()).await;
-    let r: Value = reqwest::Client::new()
-        .post(format!("{}/graphql", served.base))
-        .json(&json!({"query": "{ __typename }"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = body_json(
+        reqwest::Client::new()
+            .post(format!("{}/graphql", served.base))
+            .json(&json!({"query": "{ __typename }"})),
+    )
+    .await;
     assert_eq!(r["data"]["__typename"], "Query", "{r}");
     let log = std::fs::read_to_string(&served.stderr).unwrap();
     assert!(log.contains("AUTHENTICATION IS OFF"), "{log}");
@@ -784,38 +772,16 @@ async fn pages_served_by_the_development_issuer_to_this_machine_carry_a_short_li
         // Asked for under another name (a site whose name points at this machine),
         // the page carries none.
         for host in ["evil.example", "evil.example:80", "127.0.0.1.nip.io"] {
-            let html = anonymous
-                .get(app.url(path))
-                .header("host", host)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let html = body_text(anonymous.get(app.url(path)).header("host", host)).await;
             assert_eq!(page_token(&html), None, "{path} as {host}");
         }
-        let html = anonymous
-            .get(app.url(path).replace("127.0.0.1", "localhost"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html = body_text(anonymous.get(app.url(path).replace("127.0.0.1", "localhost"))).await;
         assert!(page_token(&html).is_some(), "{path} as localhost");
     }
     // With an identity provider, no page carries a token: GraphiQL asks for one.
     let app = TestApp::spawn().await;
     for path in ["/graphql", "/boards"] {
-        let html = anonymous
-            .get(app.url(path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html = body_text(anonymous.get(app.url(path))).await;
         assert_eq!(page_token(&html), None, "{path}");
     }
 }
@@ -1004,14 +970,7 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
     )
     .await;
     // Its pages open signed in, and `careboard token` on its data dir mints more.
-    let page = http
-        .get(format!("{}/boards", served.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = body_text(http.get(format!("{}/boards", served.base))).await;
     assert!(page_token(&page).is_some());
     let token = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
         .args(["token", "--role", "coordinator", "--name", "Ana Ruiz"])
@@ -1022,16 +981,12 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
         .unwrap();
     let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
     for token in [token, page_token(&page).unwrap()] {
-        let r: Value = http
-            .post(format!("{}/graphql", served.base))
-            .bearer_auth(token)
-            .json(&json!({"query": "{ __typename }"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = body_json(
+            http.post(format!("{}/graphql", served.base))
+                .bearer_auth(token)
+                .json(&json!({"query": "{ __typename }"})),
+        )
+        .await;
         assert_eq!(r["data"]["__typename"], "Query", "{r}");
     }
 }

@@ -616,15 +616,11 @@ async fn while_the_database_is_down_probes_and_requests_fail_fast_and_then_recov
     let http = reqwest::Client::new();
     let query = || async {
         let started = Instant::now();
-        let response: Value = http
-            .post(server.url("/graphql"))
-            .json(&json!({"query": "{ boards { edges { cursor } } }"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let response: Value = helpers::body_json(
+            http.post(server.url("/graphql"))
+                .json(&json!({"query": "{ boards { edges { cursor } } }"})),
+        )
+        .await;
         (response, started.elapsed())
     };
     let ready = || async {

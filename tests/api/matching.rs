@@ -580,15 +580,7 @@ async fn a_board_the_matcher_cannot_match_is_parked_while_other_boards_go_on_and
         status_leaving(&app, &on_a, "REQUESTED", Duration::from_millis(300)).await,
         "REQUESTED"
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = helpers::body_text(app.http.get(app.url("/metrics"))).await;
     assert!(
         metrics.contains("careboard_matcher_parked_boards 1"),
         "{metrics}"

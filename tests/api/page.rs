@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::helpers::browser::{Browser, Page};
 use crate::helpers::day::{seed, seed_morning, stuck_morning};
-use crate::helpers::TestApp;
+use crate::helpers::{body_text, TestApp};
 use chrono::Utc;
 use serde_json::{json, Value};
 
@@ -573,14 +573,7 @@ async fn the_pages_keep_scripts_and_styles_in_files_of_their_own() {
     let app = TestApp::spawn().await;
     let http = reqwest::Client::new();
     for path in ["/boards", "/boards/00000000-0000-0000-0000-000000000000"] {
-        let html = http
-            .get(app.url(path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html = body_text(http.get(app.url(path))).await;
         // Every script has a src, and no element carries inline style or handlers: a
         // `script-src 'self'; style-src 'self'` policy leaves the page working.
         for (i, _) in html.match_indices("<script") {

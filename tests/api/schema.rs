@@ -83,32 +83,20 @@ async fn custom_scalars_are_documented_for_clients_and_dates_use_one_scalar() {
             .or_else(|| ty["ofType"]["name"].as_str())
             .unwrap_or_default()
     }
-    let date_input = data["openBoard"]["inputFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "date")
-        .unwrap();
+    // The entry called `name` in an introspection list (fields, input fields, args).
+    fn called<'a>(list: &'a Value, name: &str) -> &'a Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+    }
+    let date_input = called(&data["openBoard"]["inputFields"], "date");
     assert_eq!(named(&date_input["type"]), "Date", "OpenBoardInput.date");
-    let boards = data["query"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "boards")
-        .unwrap();
-    let date_arg = boards["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "date")
-        .unwrap();
+    let boards = called(&data["query"]["fields"], "boards");
+    let date_arg = called(&boards["args"], "date");
     assert_eq!(named(&date_arg["type"]), "Date", "boards(date:)");
-    let board_date = data["board"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "date")
-        .unwrap();
+    let board_date = called(&data["board"]["fields"], "date");
     assert_eq!(named(&board_date["type"]), "Date", "Board.date");
 }
 

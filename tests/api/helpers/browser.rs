@@ -99,14 +99,10 @@ impl Browser {
 
     /// Opens `url` in a new tab with `token` in its sessionStorage (`None`: signed out).
     pub async fn open_with(&self, url: &str, token: Option<&str>) -> Page {
-        let target: Value = reqwest::Client::new()
-            .put(format!("{}/json/new?about:blank", self.devtools))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let target: Value = super::body_json(
+            reqwest::Client::new().put(format!("{}/json/new?about:blank", self.devtools)),
+        )
+        .await;
         let ws_url = target["webSocketDebuggerUrl"]
             .as_str()
             .expect("a page target")

@@ -505,6 +505,16 @@ impl TestApp {
 }
 
 /// The `extensions.code` of the first error, asserting there is one.
+/// Sends `request` and reads the answer's body as text, whatever its status.
+pub async fn body_text(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}
+
+/// Sends `request` and reads the answer's body as JSON, whatever its status.
+pub async fn body_json(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 pub fn error_code(response: &Value) -> String {
     let code = &response["errors"][0]["extensions"]["code"];
     assert!(
