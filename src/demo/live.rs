@@ -133,14 +133,8 @@ pub async fn play(
     };
     d.summary.leftovers_closed = close_leftovers(store).await?;
     d.register_providers().await?;
-    for (b, plan) in scenario.boards.iter().enumerate() {
-        d.at(plan.opens_at, Act::OpenBoard(b));
-        for (s, shift) in plan.shifts.iter().enumerate() {
-            d.at(shift.joins_at, Act::Join(b, s));
-        }
-        for (a, arrival) in plan.arrivals.iter().enumerate() {
-            d.at(arrival.at, Act::Request(b, a));
-        }
+    for (t, act) in super::first_acts(scenario) {
+        d.at(t, act);
     }
     d.at(origin + Duration::minutes(5), Act::Tick);
     let stop_at = hours.map(|h| origin + Duration::seconds((h * 3600.0) as i64));

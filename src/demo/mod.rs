@@ -46,6 +46,20 @@ enum Act {
     Tick,
 }
 
+/// The acts a day starts with, in queueing order: each Board opens, its providers join
+/// and its patients arrive. Everything else is queued as these happen.
+fn first_acts(scenario: &Scenario) -> Vec<(DateTime<Utc>, Act)> {
+    let mut acts = Vec::new();
+    for (b, plan) in scenario.boards.iter().enumerate() {
+        acts.push((plan.opens_at, Act::OpenBoard(b)));
+        let joins = plan.shifts.iter().enumerate();
+        acts.extend(joins.map(|(s, shift)| (shift.joins_at, Act::Join(b, s))));
+        let arrivals = plan.arrivals.iter().enumerate();
+        acts.extend(arrivals.map(|(a, arrival)| (arrival.at, Act::Request(b, a))));
+    }
+    acts
+}
+
 /// Options of `careboard demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {

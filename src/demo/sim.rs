@@ -96,14 +96,8 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Result<Vec<ImportEvent>> {
         out: Vec::new(),
     };
     sim.register_providers()?;
-    for (b, plan) in scenario.boards.iter().enumerate() {
-        sim.at(plan.opens_at, Act::OpenBoard(b));
-        for (s, shift) in plan.shifts.iter().enumerate() {
-            sim.at(shift.joins_at, Act::Join(b, s));
-        }
-        for (a, arrival) in plan.arrivals.iter().enumerate() {
-            sim.at(arrival.at, Act::Request(b, a));
-        }
+    for (t, act) in super::first_acts(scenario) {
+        sim.at(t, act);
     }
     while let Some(Reverse((t, _, index))) = sim.queue.pop() {
         let action = sim.actions[index];
