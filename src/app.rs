@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -196,27 +197,27 @@ pub struct RunningServer {
 
 impl RunningServer {
     pub async fn start(bind: &str, state: AppState) -> Result<Self> {
-        let listener = TcpListener::bind(bind).await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, state, async move {
-            let _ = rx.await;
-        }));
-        Ok(Self {
-            addr,
-            shutdown: Some(tx),
-            task,
-        })
+        Self::start_with(bind, |listener, stop| serve(listener, state, stop)).await
     }
 
     /// The metrics address of `state` (`--metrics-bind`), in the background.
     pub async fn start_metrics(bind: &str, state: AppState) -> Result<Self> {
+        Self::start_with(bind, |listener, stop| serve_metrics(listener, state, stop)).await
+    }
+
+    /// Binds `bind` and runs `serving` on it in the background until stopped.
+    async fn start_with<F, S>(bind: &str, serving: F) -> Result<Self>
+    where
+        F: FnOnce(TcpListener, BoxFuture<'static, ()>) -> S,
+        S: Future<Output = Result<()>> + Send + 'static,
+    {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_metrics(listener, state, async move {
+        let stop = Box::pin(async move {
             let _ = rx.await;
-        }));
+        });
+        let task = tokio::spawn(serving(listener, stop));
         Ok(Self {
             addr,
             shutdown: Some(tx),
