@@ -530,12 +530,7 @@ async fn metrics_on_their_own_address_are_open_there_and_gone_from_the_api() {
 
 #[tokio::test]
 async fn two_principals_from_one_address_are_rate_limited_separately() {
-    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
-        rate_limit_per_second: 1,
-        rate_limit_burst: 3,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::spawn_rate_limited(1, 3).await;
     let http = reqwest::Client::new();
     let status = |token: Option<String>| {
         let mut r = http

@@ -429,12 +429,7 @@ async fn a_request_that_runs_too_long_is_cancelled_with_timeout() {
 
 #[tokio::test]
 async fn clients_over_the_rate_limit_get_429_with_retry_after() {
-    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
-        rate_limit_per_second: 5,
-        rate_limit_burst: 10,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::spawn_rate_limited(5, 10).await;
     let mut limited = None;
     for _ in 0..40 {
         let response = app

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::helpers::browser::{Browser, Page};
-use crate::helpers::day::{seed, seed_morning, stuck_morning};
+use crate::helpers::day::{seed_morning, seed_stuck_morning};
 use crate::helpers::{body_text, TestApp};
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -163,9 +163,7 @@ async fn the_board_pairs_providers_and_patients_flags_who_is_late_and_ticks() {
         return;
     };
     let app = TestApp::spawn().await;
-    let scenario = stuck_morning(Utc::now());
-    seed(&app, &scenario, Utc::now(), chrono::Duration::zero()).await;
-    let board = scenario.boards[0].id;
+    let board = seed_stuck_morning(&app, Utc::now()).await;
     // Patient names are for the coordinator (admins see them masked).
     let coordinator = app.token(crate::helpers::idp::Who::coordinator());
     let facts = app
@@ -616,9 +614,7 @@ async fn a_disconnected_board_is_greyed_out_says_since_when_and_resumes() {
         return;
     };
     let app = TestApp::spawn().await;
-    let scenario = stuck_morning(Utc::now());
-    seed(&app, &scenario, Utc::now(), chrono::Duration::zero()).await;
-    let board = scenario.boards[0].id;
+    let board = seed_stuck_morning(&app, Utc::now()).await;
     let proxy = Proxy::start(&app).await;
     let mut page = browser
         .open_sized(&proxy.url(&format!("/boards/{board}")), 1280)

@@ -515,9 +515,7 @@ async fn every_board_history_version_summarises_exactly_what_board_as_of_returns
     let app = helpers::TestApp::spawn().await;
     // A morning that ended an hour ago: one provider busy, one paused, a patient waiting.
     let now = Utc::now() - chrono::Duration::hours(1);
-    let scenario = helpers::day::stuck_morning(now);
-    helpers::day::seed(&app, &scenario, now, chrono::Duration::zero()).await;
-    let board = scenario.boards[0].id;
+    let board = helpers::day::seed_stuck_morning(&app, now).await;
     let history = app
         .data(
             "query($id: ID!) { boardHistory(boardId: $id, from: \"2000-01-01T00:00:00Z\", to: \"2100-01-01T00:00:00Z\") {
@@ -576,9 +574,7 @@ async fn every_board_history_version_summarises_exactly_what_board_as_of_returns
 async fn a_board_answers_its_quoted_wait_its_longest_wait_and_when_appointments_should_finish() {
     let app = helpers::TestApp::spawn().await;
     let now = Utc::now();
-    let scenario = helpers::day::stuck_morning(now);
-    helpers::day::seed(&app, &scenario, now, chrono::Duration::zero()).await;
-    let board = scenario.boards[0].id;
+    let board = helpers::day::seed_stuck_morning(&app, now).await;
     let at = (now - chrono::Duration::minutes(5)).to_rfc3339();
     let fields = "status waitingSince currentWait { waitSeconds estimatedStart queueAhead }
         appointments { patientName status requestedAt scheduledAt expectedFinish }";

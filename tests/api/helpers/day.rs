@@ -60,6 +60,13 @@ pub async fn seed_morning(app: &TestApp, boards: usize) -> Scenario {
     scenario
 }
 
+/// Seeds [`stuck_morning`] up to `now` and answers its Board's id.
+pub async fn seed_stuck_morning(app: &TestApp, now: DateTime<Utc>) -> uuid::Uuid {
+    let scenario = stuck_morning(now);
+    seed(app, &scenario, now, chrono::Duration::zero()).await;
+    scenario.boards[0].id
+}
+
 /// One provider busy with a long appointment, a second one (of the same name) paused,
 /// and a patient waiting behind them: `now` is 50 minutes into the day.
 pub fn stuck_morning(now: DateTime<Utc>) -> Scenario {

@@ -219,6 +219,16 @@ impl TestApp {
         Self::spawn_full(limits, Some(fast_projector()), Duration::from_secs(5)).await
     }
 
+    /// With each caller limited to `per_second` requests (sustained) and `burst` above it.
+    pub async fn spawn_rate_limited(per_second: u32, burst: u32) -> Self {
+        Self::spawn_with(GraphqlLimits {
+            rate_limit_per_second: per_second,
+            rate_limit_burst: burst,
+            ..Default::default()
+        })
+        .await
+    }
+
     /// With the matcher scheduling automatically.
     pub async fn spawn_matching() -> Self {
         Self::spawn_full(
