@@ -6,6 +6,7 @@ use crate::helpers;
 use std::time::{Duration, Instant};
 
 use crate::helpers::documents::{request_input, OPEN_BOARD, REQUEST_APPOINTMENT};
+use crate::helpers::proxy::Proxy;
 use crate::helpers::{error_code, error_message, TestApp, WsClient};
 use serde_json::{json, Value};
 
@@ -533,52 +534,6 @@ async fn the_application_role_cannot_update_or_delete_events() {
     assert_eq!(app.event_count().await, 1);
 }
 
-/// A TCP proxy in front of PostgreSQL that the test can cut and restore: the database
-/// "goes down" for the server without stopping the shared test cluster.
-struct Proxy {
-    port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(target: (String, u16)) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up2, links2) = (up.clone(), links.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let target = target.clone();
-                let link = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                links2.lock().unwrap().push(link.abort_handle());
-            }
-        });
-        Self { port, up, links }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 #[tokio::test]
 async fn while_the_database_is_down_probes_and_requests_fail_fast_and_then_recover() {
     use careboard::app::{self, RunningServer};
@@ -588,6 +543,7 @@ async fn while_the_database_is_down_probes_and_requests_fail_fast_and_then_recov
         owner.connect_options().get_host().to_string(),
         owner.connect_options().get_port(),
     );
+    // The database "goes down" for the server without stopping the shared test cluster.
     let proxy = Proxy::start(target).await;
     let options = (*owner.connect_options())
         .clone()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::helpers::browser::{Browser, Page};
 use crate::helpers::day::{seed_morning, seed_stuck_morning};
+use crate::helpers::proxy::Proxy;
 use crate::helpers::{body_text, TestApp};
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -28,73 +29,6 @@ async fn screenshot(page: &mut Page, name: &str) {
         .decode(shot["data"].as_str().unwrap())
         .unwrap();
     std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
-}
-
-/// A TCP proxy in front of the server that can cut every connection (and refuse new
-/// ones) and later let them through again: the network going away under the page.
-struct Proxy {
-    port: u16,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(app: &TestApp) -> Proxy {
-        use std::sync::atomic::Ordering;
-        let target = app
-            .url("")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (open2, connections2) = (open.clone(), connections.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !open2.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
-                let target = target.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                connections2.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Proxy {
-            port,
-            open,
-            connections,
-            accept,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
-        for c in self.connections.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
 }
 
 fn board_url(app: &TestApp, board: impl std::fmt::Display) -> String {
@@ -615,7 +549,7 @@ async fn a_disconnected_board_is_greyed_out_says_since_when_and_resumes() {
     };
     let app = TestApp::spawn().await;
     let board = seed_stuck_morning(&app, Utc::now()).await;
-    let proxy = Proxy::start(&app).await;
+    let proxy = Proxy::start(app.server.addr).await;
     let mut page = browser
         .open_sized(&proxy.url(&format!("/boards/{board}")), 1280)
         .await;

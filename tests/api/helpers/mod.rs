@@ -8,6 +8,7 @@ pub mod day;
 pub mod documents;
 pub mod files;
 pub mod idp;
+pub mod proxy;
 
 pub use idp::{idp, Who};
 
