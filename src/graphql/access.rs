@@ -373,6 +373,14 @@ impl Recorder {
         let Some((operation, disclosed)) = disclosures.take() else {
             return Ok(());
         };
+        self.record_disclosed(operation, disclosed).await
+    }
+
+    async fn record_disclosed(
+        &self,
+        operation: String,
+        disclosed: Disclosure,
+    ) -> Result<(), ServerError> {
         // Nobody to record (authentication off): nothing was checked either.
         let Some(principal) = &self.principal else {
             return Ok(());
@@ -392,6 +400,36 @@ impl Recorder {
             .await
             .map(|_| ())
             .map_err(|_| unrecorded())
+    }
+}
+
+/// Who receives a shared subscription frame (DESIGN §9: the record names the principal
+/// that received it): one per socket, recording each disclosing frame before it is sent.
+pub struct Recipient(Recorder);
+
+impl Recipient {
+    pub fn new(
+        log: Option<AccessLog>,
+        caller: Option<&Caller>,
+        correlation_id: String,
+        client_addr: Option<String>,
+    ) -> Self {
+        Recipient(Recorder {
+            log,
+            principal: match caller {
+                Some(Caller::Verified(p)) => Some(p.clone()),
+                _ => None,
+            },
+            correlation_id,
+            operation_name: None,
+            client_addr,
+        })
+    }
+
+    /// Records that this recipient was shown `disclosed` by `operation`; `Err` (an
+    /// UNAVAILABLE error to send instead of the frame) when it could not be made durable.
+    pub async fn record(&self, operation: &str, disclosed: Disclosure) -> Result<(), ServerError> {
+        self.0.record_disclosed(operation.to_string(), disclosed).await
     }
 }
 
@@ -495,8 +533,20 @@ impl Extension for AccessEdgeExtension {
         stream: BoxStream<'s, Response>,
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
-        let recorder = Recorder::of(ctx);
         let disclosures = self.disclosures.clone();
+        // A shared execution (crate::frames): each frame carries what it disclosed, and
+        // every socket that receives it records it under its own principal.
+        if let Some(tap) = ctx.data_opt::<Arc<crate::frames::FrameTap>>() {
+            let tap = tap.clone();
+            return next
+                .run(ctx, stream)
+                .map(move |response| {
+                    tap.set_disclosed(disclosures.take());
+                    response
+                })
+                .boxed();
+        }
+        let recorder = Recorder::of(ctx);
         let frames = next.run(ctx, stream);
         // Each frame is recorded before it is sent; a frame that cannot be recorded is
         // replaced by an error, and the subscription ends there.
