@@ -10,6 +10,7 @@ mod edge;
 mod error_codes;
 mod event_store;
 mod first_hour;
+mod frames;
 mod first_hour_cli;
 mod graphql;
 mod graphql_http_audit;
