@@ -44,7 +44,17 @@ use crate::identity::access_log::Disclosure;
 #[derive(Default)]
 pub struct FrameTap {
     version: Mutex<Option<i64>>,
-    disclosed: Mutex<Option<(String, Disclosure)>>,
+    disclosed: Mutex<Option<Disclosed>>,
+}
+
+/// What one frame disclosed, as each receiver's access record states it.
+#[derive(Debug, Clone)]
+pub struct Disclosed {
+    /// The root field (`boardChanged`).
+    pub operation: String,
+    /// The operation's name in the document, if it has one.
+    pub operation_name: Option<String>,
+    pub disclosed: Disclosure,
 }
 
 impl FrameTap {
@@ -52,11 +62,11 @@ impl FrameTap {
         *self.version.lock().expect("frame tap") = Some(version);
     }
 
-    pub fn set_disclosed(&self, disclosed: Option<(String, Disclosure)>) {
+    pub fn set_disclosed(&self, disclosed: Option<Disclosed>) {
         *self.disclosed.lock().expect("frame tap") = disclosed;
     }
 
-    fn take(&self) -> (Option<i64>, Option<(String, Disclosure)>) {
+    fn take(&self) -> (Option<i64>, Option<Disclosed>) {
         (
             self.version.lock().expect("frame tap").take(),
             self.disclosed.lock().expect("frame tap").take(),
@@ -71,8 +81,8 @@ pub struct Frame {
     pub version: Option<i64>,
     /// The GraphQL response, encoded once (`None`: the group ended without one).
     pub payload: Option<Box<str>>,
-    /// The operation and what it disclosed, for each receiver's access record.
-    pub disclosed: Option<(String, Disclosure)>,
+    /// What it disclosed, for each receiver's access record.
+    pub disclosed: Option<Disclosed>,
     /// Nothing follows this frame.
     pub last: bool,
 }
@@ -293,8 +303,8 @@ fn member(
                 Some(v) => last = v,
                 None => {}
             }
-            if let Some((operation, disclosed)) = &frame.disclosed {
-                if let Err(e) = recipient.record(operation, disclosed.clone()).await {
+            if let Some(disclosed) = &frame.disclosed {
+                if let Err(e) = recipient.record(disclosed).await {
                     yield Delivery::Own(Response::from_errors(vec![e]));
                     break;
                 }

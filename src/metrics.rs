@@ -353,17 +353,17 @@ impl Metrics {
     pub fn register_frames(&self, frames: &crate::frames::FrameMetrics) {
         let mut registry = self.registry.lock().expect("metrics registry");
         registry.register(
-            "careboard_subscription_executions",
+            "subscription_executions",
             "Subscription executions: one per frame of a shared group, one per frame of a subscription that runs alone",
             frames.executions.clone(),
         );
         registry.register(
-            "careboard_subscription_frames_sent",
+            "subscription_frames_sent",
             "Subscription frames written to websockets",
             frames.frames_sent.clone(),
         );
         registry.register(
-            "careboard_subscription_groups",
+            "subscription_groups",
             "Shared boardChanged executions running now",
             frames.groups.clone(),
         );

@@ -426,10 +426,16 @@ impl Recipient {
         })
     }
 
-    /// Records that this recipient was shown `disclosed` by `operation`; `Err` (an
+    /// Records that this recipient was shown what a frame disclosed; `Err` (an
     /// UNAVAILABLE error to send instead of the frame) when it could not be made durable.
-    pub async fn record(&self, operation: &str, disclosed: Disclosure) -> Result<(), ServerError> {
-        self.0.record_disclosed(operation.to_string(), disclosed).await
+    pub async fn record(&self, frame: &crate::frames::Disclosed) -> Result<(), ServerError> {
+        let recorder = Recorder {
+            operation_name: frame.operation_name.clone(),
+            ..self.0.clone()
+        };
+        recorder
+            .record_disclosed(frame.operation.clone(), frame.disclosed.clone())
+            .await
     }
 }
 
@@ -521,6 +527,18 @@ impl Extension for AccessEdgeExtension {
             .operation_name
             .or_else(|| operation_name.map(str::to_string))
             .or_else(|| self.operation_name.lock().expect("lock").clone());
+        // A shared execution (crate::frames): the frame carries what it disclosed, and
+        // every socket that receives it records it under its own principal.
+        if let Some(tap) = ctx.data_opt::<Arc<crate::frames::FrameTap>>() {
+            tap.set_disclosed(self.disclosures.take().map(|(operation, disclosed)| {
+                crate::frames::Disclosed {
+                    operation,
+                    operation_name: recorder.operation_name,
+                    disclosed,
+                }
+            }));
+            return response;
+        }
         match recorder.record(&self.disclosures).await {
             Ok(()) => response,
             Err(e) => Response::from_errors(vec![e]),
@@ -533,19 +551,11 @@ impl Extension for AccessEdgeExtension {
         stream: BoxStream<'s, Response>,
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
-        let disclosures = self.disclosures.clone();
-        // A shared execution (crate::frames): each frame carries what it disclosed, and
-        // every socket that receives it records it under its own principal.
-        if let Some(tap) = ctx.data_opt::<Arc<crate::frames::FrameTap>>() {
-            let tap = tap.clone();
-            return next
-                .run(ctx, stream)
-                .map(move |response| {
-                    tap.set_disclosed(disclosures.take());
-                    response
-                })
-                .boxed();
+        // A shared execution (crate::frames) records nothing itself (see `execute`).
+        if ctx.data_opt::<Arc<crate::frames::FrameTap>>().is_some() {
+            return next.run(ctx, stream);
         }
+        let disclosures = self.disclosures.clone();
         let recorder = Recorder::of(ctx);
         let frames = next.run(ctx, stream);
         // Each frame is recorded before it is sent; a frame that cannot be recorded is
