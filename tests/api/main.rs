@@ -14,6 +14,7 @@ mod frames;
 mod first_hour_cli;
 mod graphql;
 mod graphql_http_audit;
+mod graphql_ws_client;
 mod hardening;
 mod helpers;
 mod identity;
