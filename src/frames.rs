@@ -142,10 +142,7 @@ impl Drop for Group {
         self.task.abort();
         if let Some(hub) = self.hub.upgrade() {
             let mut groups = hub.groups.lock().expect("frame groups");
-            if groups
-                .get(&self.key)
-                .is_some_and(|g| g.strong_count() == 0)
-            {
+            if groups.get(&self.key).is_some_and(|g| g.strong_count() == 0) {
                 groups.remove(&self.key);
             }
         }
@@ -211,7 +208,14 @@ impl FrameHub {
         let hub = Arc::downgrade(&self.inner);
         let key = share.key.clone();
         let metrics = self.inner.metrics.clone();
-        let task = tokio::spawn(run_group(stream, tap, sender, hub.clone(), key.clone(), metrics));
+        let task = tokio::spawn(run_group(
+            stream,
+            tap,
+            sender,
+            hub.clone(),
+            key.clone(),
+            metrics,
+        ));
         Arc::new(Group {
             key,
             hub,
@@ -369,7 +373,10 @@ pub fn shareable(request: &Request, caller: &Caller) -> Result<Option<Shareable>
         return Ok(None);
     }
     let mut variables = request.variables.clone();
-    let argument = field.node.get_argument("sinceVersion").map(|v| v.node.clone());
+    let argument = field
+        .node
+        .get_argument("sinceVersion")
+        .map(|v| v.node.clone());
     // A variable at the argument's place (the parser's values are not exported by name:
     // a variable alone resolves to null here and names itself).
     let mut variable = None;
@@ -549,7 +556,8 @@ mod tests {
 
     #[test]
     fn documents_that_differ_only_in_layout_normalise_alike() {
-        let a = "subscription($id: ID!) { boardChanged(boardId: $id) { version counts { waiting } } }";
+        let a =
+            "subscription($id: ID!) { boardChanged(boardId: $id) { version counts { waiting } } }";
         let b = "subscription ( $id : ID! ) {\n  # the Board\n  boardChanged(boardId: $id,) {\n    version,\n    counts { waiting }\n  }\n}\n";
         assert_eq!(normalise(a), normalise(b));
         assert_ne!(
@@ -582,8 +590,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_lone_board_changed_subscription_is_shared_and_since_version_stays_out_of_the_key(
-    ) {
+    fn only_a_lone_board_changed_subscription_is_shared_and_since_version_stays_out_of_the_key() {
         let caller = Caller::Unchecked;
         let q = "subscription($b: ID!, $s: Int) { boardChanged(boardId: $b, sinceVersion: $s) { version } }";
         let one = shareable(&request(q, serde_json::json!({"b": "x", "s": 3})), &caller)
@@ -599,7 +606,11 @@ mod tests {
             .unwrap();
         assert_ne!(one.key, other.key, "another Board");
         assert!(
-            shareable(&request(q, serde_json::json!({"b": "x", "s": "3"})), &caller).is_err(),
+            shareable(
+                &request(q, serde_json::json!({"b": "x", "s": "3"})),
+                &caller
+            )
+            .is_err(),
             "a sinceVersion that is no Int is refused"
         );
         for q in [

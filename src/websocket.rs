@@ -97,7 +97,10 @@ impl Gate {
                     return Inbound::Close(4409, "Subscriber for this id already exists".into());
                 }
                 if self.active.len() >= self.max_subscriptions {
-                    return Inbound::Close(4429, "Too many subscriptions on this connection".into());
+                    return Inbound::Close(
+                        4429,
+                        "Too many subscriptions on this connection".into(),
+                    );
                 }
                 if let Err(problem) = self.check_nesting(&message["payload"]) {
                     return Inbound::Reply(self.error(&id, &problem));
@@ -253,10 +256,7 @@ impl Session {
             data.insert(principal);
         }
         let recipient = Recipient::new(
-            state
-                .schema
-                .data::<crate::identity::AccessLog>()
-                .cloned(),
+            state.schema.data::<crate::identity::AccessLog>().cloned(),
             caller.as_ref(),
             correlation_id,
             addr,

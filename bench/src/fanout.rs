@@ -24,7 +24,8 @@ pub struct Measured {
     pub errors: u64,
 }
 
-const REQUEST: &str = "mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { position } }";
+const REQUEST: &str =
+    "mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { position } }";
 
 fn http_client(server: &Server) -> Result<reqwest::Client> {
     let mut request = reqwest::Client::builder();
@@ -145,9 +146,11 @@ pub async fn latency(
         tasks.push(tokio::spawn(async move {
             let at = Instant::now();
             let position = match http.post(&url).json(&request_body(&board, i)).send().await {
-                Ok(r) => r.json::<Value>().await.ok().and_then(|v| {
-                    v["data"]["requestAppointment"]["position"].as_i64()
-                }),
+                Ok(r) => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["data"]["requestAppointment"]["position"].as_i64()),
                 Err(_) => None,
             };
             match position {

@@ -422,8 +422,14 @@ async fn main() -> Result<()> {
         for (label, auth) in &auths {
             drop(server.take());
             let started = subscribe::Server::start(&url, auth).await?;
-            let m = fanout::latency(&started, args.subscribers, 1, args.change_rate, args.seconds)
-                .await?;
+            let m = fanout::latency(
+                &started,
+                args.subscribers,
+                1,
+                args.change_rate,
+                args.seconds,
+            )
+            .await?;
             p99s.push(m.latency.value_at_quantile(0.99) as f64 / 1000.0);
             rows.push(Row {
                 scenario: format!(

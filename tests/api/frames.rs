@@ -275,7 +275,11 @@ async fn sharing_subscribers_get_identical_bytes_and_the_others_only_what_they_m
     let by_unassigned = unassigned.until(next).await;
 
     // The same scope: the same bytes, frame for frame (the same subscription id here).
-    assert_eq!(a.last(), b.last(), "coordinators of one scope share a frame");
+    assert_eq!(
+        a.last(),
+        b.last(),
+        "coordinators of one scope share a frame"
+    );
     assert!(a.last().unwrap().contains(MARKER));
     assert!(by_everywhere.last().unwrap().contains(MARKER));
     for frame in &by_admin {
@@ -297,7 +301,10 @@ async fn sharing_subscribers_get_identical_bytes_and_the_others_only_what_they_m
         "only the assigned appointment's patient: {shown}"
     );
     for frame in &by_unassigned {
-        assert!(!frame.contains(MARKER), "an unassigned provider saw {frame}");
+        assert!(
+            !frame.contains(MARKER),
+            "an unassigned provider saw {frame}"
+        );
     }
     for refused in [&mut out_of_scope, &mut patient] {
         assert!(refused.next(Duration::from_millis(500)).await.is_none());

@@ -79,7 +79,9 @@ async fn the_reference_graphql_ws_client_subscribes_queries_and_hears_refusals()
     let results: Value = serde_json::from_slice(&out)
         .unwrap_or_else(|_| panic!("JSON from the client: {}", String::from_utf8_lossy(&out)));
     for name in ["first", "second"] {
-        let got = results[name]["results"].as_array().unwrap_or_else(|| panic!("{results}"));
+        let got = results[name]["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{results}"));
         assert_eq!(got.len(), FRAMES, "{name}: {results}");
         let versions: Vec<i64> = got
             .iter()
