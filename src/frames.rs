@@ -124,7 +124,10 @@ pub struct FrameHub {
 
 #[derive(Default)]
 struct HubInner {
-    groups: Mutex<HashMap<GroupKey, Weak<Group>>>,
+    /// Each running group under its key, with the number it started as (a group that
+    /// ends removes its own entry, never a successor's).
+    groups: Mutex<HashMap<GroupKey, (u64, Weak<Group>)>>,
+    started: std::sync::atomic::AtomicU64,
     metrics: FrameMetrics,
 }
 
@@ -157,7 +160,7 @@ impl FrameHub {
     /// Groups running now.
     pub fn groups(&self) -> usize {
         let groups = self.inner.groups.lock().expect("frame groups");
-        groups.values().filter(|g| g.strong_count() > 0).count()
+        groups.values().filter(|(_, g)| g.strong_count() > 0).count()
     }
 
     /// Joins (or starts) the group of `share`, executing as `caller` when it starts.
@@ -172,11 +175,15 @@ impl FrameHub {
     ) -> BoxStream<'static, Delivery> {
         let group = {
             let mut groups = self.inner.groups.lock().expect("frame groups");
-            match groups.get(&share.key).and_then(Weak::upgrade) {
+            match groups.get(&share.key).and_then(|(_, g)| g.upgrade()) {
                 Some(group) => group,
                 None => {
-                    let group = self.start(schema, &share, caller);
-                    groups.insert(share.key.clone(), Arc::downgrade(&group));
+                    let number = self
+                        .inner
+                        .started
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let group = self.start(schema, &share, caller, number);
+                    groups.insert(share.key.clone(), (number, Arc::downgrade(&group)));
                     group
                 }
             }
@@ -184,7 +191,13 @@ impl FrameHub {
         member(group, share.since, recipient)
     }
 
-    fn start(&self, schema: &CareboardSchema, share: &Shareable, caller: &Caller) -> Arc<Group> {
+    fn start(
+        &self,
+        schema: &CareboardSchema,
+        share: &Shareable,
+        caller: &Caller,
+        number: u64,
+    ) -> Arc<Group> {
         let (sender, frames) = watch::channel(None);
         let tap = Arc::new(FrameTap::default());
         let mut data = Data::default();
@@ -231,7 +244,7 @@ async fn run_group(
     tap: Arc<FrameTap>,
     sender: watch::Sender<Option<Arc<Frame>>>,
     hub: Weak<HubInner>,
-    key: GroupKey,
+    (key, number): (GroupKey, u64),
     metrics: FrameMetrics,
 ) {
     metrics.groups.inc();
@@ -245,7 +258,10 @@ async fn run_group(
     // A group that ends leaves the hub first: whoever subscribes next starts afresh.
     let leave = || {
         if let Some(hub) = hub.upgrade() {
-            hub.groups.lock().expect("frame groups").remove(&key);
+            let mut groups = hub.groups.lock().expect("frame groups");
+            if groups.get(&key).is_some_and(|(n, _)| *n == number) {
+                groups.remove(&key);
+            }
         }
     };
     while let Some(mut response) = stream.next().await {
