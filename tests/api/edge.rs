@@ -4,36 +4,14 @@
 
 use std::time::Duration;
 
+use crate::helpers::documents::{request_input, OPEN_BOARD, REQUEST_APPOINTMENT};
 use crate::helpers::{error_code, idp, TestApp, Who, WsClient};
 use serde_json::{json, Value};
 
-const OPEN_BOARD: &str =
-    r#"mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } position } }"#;
-const REQUEST: &str = r#"mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id } position } }"#;
 const BOARD_CHANGED: &str = r#"subscription($id: ID!, $since: Int) {
     boardChanged(boardId: $id, sinceVersion: $since) { version counts { waiting } } }"#;
 const BOARD_EVENTS: &str = r#"subscription($id: ID!, $after: Int) {
     boardEvents(boardId: $id, after: $after) { type position } }"#;
-
-async fn open_board(app: &TestApp) -> String {
-    let d = app
-        .data(
-            OPEN_BOARD,
-            json!({"input": {"name": "Edge", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
-        )
-        .await;
-    d["openBoard"]["board"]["id"].as_str().unwrap().to_string()
-}
-
-async fn request(app: &TestApp, board: &str, patient: &str) -> i64 {
-    let d = app
-        .data(
-            REQUEST,
-            json!({"input": {"boardId": board, "patientName": patient, "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
-        )
-        .await;
-    d["requestAppointment"]["position"].as_i64().unwrap()
-}
 
 /// Every token the harness mints for a role is accepted, and names that role.
 #[tokio::test]
@@ -142,28 +120,11 @@ async fn a_socket_without_a_valid_token_is_closed_with_4403_and_a_reason() {
 
 #[tokio::test]
 async fn a_token_in_the_upgrade_request_serves_when_connection_init_has_none() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
-    let connect = |token: Option<String>| {
-        let mut request = app
-            .url("/graphql/ws")
-            .replace("http://", "ws://")
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
-        if let Some(t) = token {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        tokio_tungstenite::connect_async(request)
-    };
+    let board = app.open_board("Edge").await;
+    let ws = app.url("/graphql/ws");
     // A bad token in the header: refused before the upgrade, 401.
-    match connect(Some("nonsense".into())).await {
+    match crate::helpers::ws_upgrade(&ws, Some("nonsense")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 401);
             assert!(response.headers()["www-authenticate"]
@@ -173,7 +134,7 @@ async fn a_token_in_the_upgrade_request_serves_when_connection_init_has_none() {
         }
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
-    let (socket, _) = connect(Some(app.token(Who::coordinator())))
+    let (socket, _) = crate::helpers::ws_upgrade(&ws, Some(&app.token(Who::coordinator())))
         .await
         .expect("upgraded");
     let mut ws = WsClient::from_socket(socket, false);
@@ -216,8 +177,12 @@ fn record(m: &Value, seen: &mut (Vec<i64>, Vec<i64>)) {
 async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing_nothing() {
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
         let app = TestApp::spawn().await;
-        let board = open_board(&app).await;
-        let mut positions = vec![request(&app, &board, "Before").await];
+        let board = app.open_board("Edge").await;
+        let mut positions = vec![
+            app.request_appointment(request_input(&board, "Before"))
+                .await
+                .1,
+        ];
         // A token that lives three seconds (plus the server's one-second leeway).
         let short = app.token(Who::coordinator().ttl(Duration::from_secs(3)));
         let mut ws = WsClient::connect_as(&app, protocol, Some(&short)).await;
@@ -226,7 +191,11 @@ async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing
         ws.subscribe("e", BOARD_EVENTS, json!({"id": board})).await;
         let mut seen = (Vec::new(), Vec::new());
         for i in 0..3 {
-            positions.push(request(&app, &board, &format!("During {i}")).await);
+            positions.push(
+                app.request_appointment(request_input(&board, &format!("During {i}")))
+                    .await
+                    .1,
+            );
         }
         let closed = read_until_closed(&mut ws, &mut seen).await;
         if protocol == "graphql-ws" {
@@ -246,7 +215,11 @@ async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing
         }
         // Changes made while no socket is open.
         for i in 0..2 {
-            positions.push(request(&app, &board, &format!("Between {i}")).await);
+            positions.push(
+                app.request_appointment(request_input(&board, &format!("Between {i}")))
+                    .await
+                    .1,
+            );
         }
         // The client resumes on a new socket with a fresh token, from what it has.
         let last_version = *seen.0.last().expect("a Board before the close");
@@ -316,7 +289,7 @@ async fn assert_unauthenticated(response: reqwest::Response, what: &str) {
 #[tokio::test]
 async fn every_way_into_graphql_needs_a_token() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Edge").await;
     let anonymous = reqwest::Client::new();
     let query = "query($id: ID!) { board(id: $id) { name appointments { patientName } } }";
     let vars = json!({"id": board});
@@ -421,7 +394,7 @@ async fn every_way_into_graphql_needs_a_token() {
 #[tokio::test]
 async fn the_event_actor_is_the_tokens_subject_whatever_the_headers_or_connection_init_say() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Edge").await;
     let token = app.token(
         Who::coordinator()
             .subject("coordinator-42")
@@ -434,7 +407,7 @@ async fn the_event_actor_is_the_tokens_subject_whatever_the_headers_or_connectio
         .header("x-actor", "mallory")
         .header("x-user", "mallory")
         .header("x-forwarded-user", "mallory")
-        .json(&json!({"query": REQUEST, "variables": {"input": {"boardId": board, "patientName": "Over HTTP", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}}))
+        .json(&json!({"query": REQUEST_APPOINTMENT, "variables": {"input": {"boardId": board, "patientName": "Over HTTP", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}}))
         .send()
         .await
         .unwrap()
@@ -454,7 +427,7 @@ async fn the_event_actor_is_the_tokens_subject_whatever_the_headers_or_connectio
     );
     ws.subscribe(
         "m",
-        REQUEST,
+        REQUEST_APPOINTMENT,
         json!({"input": {"boardId": board, "patientName": "Over WS", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
     )
     .await;
@@ -490,16 +463,29 @@ async fn metrics_need_an_admin_token_on_the_api_address() {
         "/metrics without a token",
     )
     .await;
-    let coordinator = app.token(Who::coordinator());
-    let r = anonymous
-        .get(app.url("/metrics"))
-        .bearer_auth(&coordinator)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
+    // Every role but admin is refused, as the matrix says.
+    for who in [
+        Who::coordinator(),
+        Who::provider(uuid::Uuid::new_v4()),
+        Who::patient("p-metrics"),
+    ] {
+        let r = anonymous
+            .get(app.url("/metrics"))
+            .bearer_auth(app.token(who))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("may not use /metrics"),
+            "{body}"
+        );
+    }
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("# EOF"));
@@ -646,11 +632,7 @@ async fn serve(args: &[&str], url: &str, dir: &std::path::Path) -> Served {
 }
 
 async fn serve_logging(args: &[&str], url: &str, dir: &std::path::Path, level: &str) -> Served {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let stderr = dir.join("serve.log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
         .arg("serve")
@@ -671,18 +653,17 @@ async fn serve_logging(args: &[&str], url: &str, dir: &std::path::Path, level: &
         base: format!("http://127.0.0.1:{port}"),
         stderr,
     };
-    let started = std::time::Instant::now();
-    while reqwest::get(format!("{}/readyz", served.base))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "careboard serve did not come up: {}",
-            std::fs::read_to_string(&served.stderr).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::helpers::wait_until_answering(
+        &format!("{}/readyz", served.base),
+        Duration::from_secs(30),
+        || {
+            format!(
+                "careboard serve did not come up: {}",
+                std::fs::read_to_string(&served.stderr).unwrap_or_default()
+            )
+        },
+    )
+    .await;
     served
 }
 
@@ -839,8 +820,6 @@ async fn pages_served_by_the_development_issuer_to_this_machine_carry_a_short_li
     }
 }
 
-const RESULT: &str = "(document.querySelector('.graphiql-response .CodeMirror') || {CodeMirror: {getValue: () => ''}}).CodeMirror.getValue()";
-
 #[tokio::test]
 async fn graphiql_served_by_the_development_issuer_runs_a_query_with_its_prefilled_token() {
     let Some(browser) = crate::helpers::browser::Browser::start().await else {
@@ -871,20 +850,8 @@ async fn graphiql_served_by_the_development_issuer_runs_a_query_with_its_prefill
         "the headers editor opens with the token: {headers}"
     );
     let query = format!("{{ board(id: \"{board}\", minPosition: {position}) {{ name status }} }}");
-    page.eval(&format!(
-        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue({}); true",
-        serde_json::to_string(&query).unwrap()
-    ))
-    .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    page.eval("document.querySelector('.graphiql-execute-button').click(); true")
+    page.run_in_graphiql_showing(&query, "the query's answer", r#""name": "Walkthrough""#)
         .await;
-    page.wait_for_showing(
-        "the query's answer",
-        &format!("{RESULT}.includes('\"name\": \"Walkthrough\"')"),
-        RESULT,
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -899,19 +866,8 @@ async fn with_an_identity_provider_graphiql_asks_for_a_token_in_its_headers() {
         "[...document.querySelectorAll('.graphiql-editor-tool .CodeMirror')].some(e => e.CodeMirror.getValue().includes('paste a token from your identity provider'))",
     )
     .await;
-    page.eval(
-        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue('{ __typename }'); true",
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    page.eval("document.querySelector('.graphiql-execute-button').click(); true")
+    page.run_in_graphiql_showing("{ __typename }", "the refusal", "UNAUTHENTICATED")
         .await;
-    page.wait_for_showing(
-        "the refusal",
-        &format!("{RESULT}.includes('UNAUTHENTICATED')"),
-        RESULT,
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -920,8 +876,9 @@ async fn with_an_identity_provider_the_board_pages_sign_in_with_a_pasted_token()
         return;
     };
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
-    request(&app, &board, "Zoe Quinn").await;
+    let board = app.open_board("Edge").await;
+    app.request_appointment(request_input(&board, "Zoe Quinn"))
+        .await;
     let mut page = browser
         .open_with(&app.url(&format!("/boards/{board}")), None)
         .await;
@@ -968,7 +925,7 @@ async fn the_development_issuers_board_page_goes_live_with_the_token_it_was_serv
     };
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_development(dir.path(), false).await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Edge").await;
     let mut page = browser
         .open_with(&app.url(&format!("/boards/{board}")), None)
         .await;
@@ -977,7 +934,8 @@ async fn the_development_issuers_board_page_goes_live_with_the_token_it_was_serv
         "document.getElementById('conn').textContent === 'live' && document.getElementById('title').textContent === 'Edge'",
     )
     .await;
-    request(&app, &board, "Zoe Quinn").await;
+    app.request_appointment(request_input(&board, "Zoe Quinn"))
+        .await;
     page.wait_for(
         "the new appointment over the websocket",
         "document.getElementById('waiting').innerText.includes('Zoe Quinn')",
@@ -1009,11 +967,7 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
         .args([
             "demo", "--live", "--speed", "60", "--hours", "2", "--boards", "1",
@@ -1032,17 +986,12 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
         base: format!("http://127.0.0.1:{port}"),
         stderr: dir.path().join("none"),
     };
-    let started = std::time::Instant::now();
-    while reqwest::get(format!("{}/readyz", served.base))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the demo did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::helpers::wait_until_answering(
+        &format!("{}/readyz", served.base),
+        Duration::from_secs(30),
+        || "the demo did not come up".into(),
+    )
+    .await;
     let http = reqwest::Client::new();
     let query = json!({"query": "{ __typename }"});
     assert_unauthenticated(
@@ -1115,17 +1064,9 @@ async fn while_the_providers_keys_cannot_be_fetched_requests_and_sockets_are_tol
     let body: Value = r.json().await.unwrap();
     assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
 
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = server
-        .url("/graphql/ws")
-        .replace("http://", "ws://")
-        .into_client_request()
+    let (socket, _) = crate::helpers::ws_upgrade(&server.url("/graphql/ws"), None)
+        .await
         .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut ws = WsClient::from_socket(socket, false);
     ws.send(json!({"type": "connection_init", "payload": {"token": token}}))
         .await;
@@ -1149,7 +1090,7 @@ async fn a_board_page_renews_the_development_token_when_it_expires_and_stays_liv
     let dir = tempfile::tempdir().unwrap();
     // Pages carry a token that lives two seconds (plus the one-second leeway).
     let app = TestApp::spawn_development_pages(dir.path(), Duration::from_secs(2)).await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Edge").await;
     let mut page = browser
         .open_with(&app.url(&format!("/boards/{board}")), None)
         .await;
@@ -1162,7 +1103,8 @@ async fn a_board_page_renews_the_development_token_when_it_expires_and_stays_liv
     // Long past the first token's expiry: the server closed the socket (4403), the page
     // fetched a fresh token and reconnected, resuming its subscription.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    request(&app, &board, "Zoe Quinn").await;
+    app.request_appointment(request_input(&board, "Zoe Quinn"))
+        .await;
     page.wait_for(
         "the new appointment, over a socket with a renewed token",
         "document.getElementById('conn').textContent === 'live' && document.getElementById('waiting').innerText.includes('Zoe Quinn')",

@@ -5,6 +5,7 @@
 //! `app.token(Who::…)` mints one for any role and scope.
 
 pub mod day;
+pub mod documents;
 pub mod files;
 pub mod idp;
 
@@ -26,6 +27,26 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
 static ADMIN_URL: OnceLock<String> = OnceLock::new();
+
+/// A loopback port nothing listens on right now, for a child process to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// Waits until `url` answers over HTTP (any status), polling every 100 ms; past
+/// `limit` the test fails with `why()`.
+pub async fn wait_until_answering(url: &str, limit: Duration, why: impl Fn() -> String) {
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while http.get(url).send().await.is_err() {
+        assert!(started.elapsed() < limit, "{}", why());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// Where test databases are created: `DATABASE_URL`, or a cluster this test process
 /// starts from the system's binaries (stopped by the kernel when the process exits).
@@ -440,6 +461,41 @@ impl TestApp {
         response["data"].clone()
     }
 
+    /// Opens the usual test Board named `name` (see [`documents::open_board_input`]);
+    /// its id.
+    pub async fn open_board(&self, name: &str) -> String {
+        self.open_board_at(name).await.0
+    }
+
+    /// Opens the usual test Board named `name`; its id and the event's position.
+    pub async fn open_board_at(&self, name: &str) -> (String, i64) {
+        let d = self
+            .data(documents::OPEN_BOARD, documents::open_board_input(name))
+            .await;
+        (
+            d["openBoard"]["board"]["id"]
+                .as_str()
+                .expect("board id")
+                .to_string(),
+            d["openBoard"]["position"].as_i64().expect("position"),
+        )
+    }
+
+    /// Requests an appointment (`input` from [`documents::request_input`]); its id and
+    /// the event's position.
+    pub async fn request_appointment(&self, input: Value) -> (String, i64) {
+        let d = self.data(documents::REQUEST_APPOINTMENT, input).await;
+        (
+            d["requestAppointment"]["appointment"]["id"]
+                .as_str()
+                .expect("appointment id")
+                .to_string(),
+            d["requestAppointment"]["position"]
+                .as_i64()
+                .expect("position"),
+        )
+    }
+
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("select count(*) from events")
             .fetch_one(&self.pool)
@@ -463,6 +519,35 @@ pub fn error_message(response: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// What a websocket handshake gives: the socket and the server's upgrade response.
+pub type Upgraded = (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+);
+
+/// Opens a `graphql-transport-ws` socket to `url` (`http://…/graphql/ws`), with
+/// `token` as a bearer `Authorization` header on the upgrade request when given.
+pub async fn ws_upgrade(
+    url: &str,
+    token: Option<&str>,
+) -> Result<Upgraded, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request).await
 }
 
 /// A GraphQL websocket client, speaking `graphql-transport-ws` or the legacy
