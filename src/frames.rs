@@ -145,7 +145,10 @@ impl Drop for Group {
         self.task.abort();
         if let Some(hub) = self.hub.upgrade() {
             let mut groups = hub.groups.lock().expect("frame groups");
-            if groups.get(&self.key).is_some_and(|g| g.strong_count() == 0) {
+            if groups
+                .get(&self.key)
+                .is_some_and(|(_, g)| g.strong_count() == 0)
+            {
                 groups.remove(&self.key);
             }
         }
@@ -160,7 +163,10 @@ impl FrameHub {
     /// Groups running now.
     pub fn groups(&self) -> usize {
         let groups = self.inner.groups.lock().expect("frame groups");
-        groups.values().filter(|(_, g)| g.strong_count() > 0).count()
+        groups
+            .values()
+            .filter(|(_, g)| g.strong_count() > 0)
+            .count()
     }
 
     /// Joins (or starts) the group of `share`, executing as `caller` when it starts.
@@ -226,7 +232,7 @@ impl FrameHub {
             tap,
             sender,
             hub.clone(),
-            key.clone(),
+            (key.clone(), number),
             metrics,
         ));
         Arc::new(Group {
@@ -303,7 +309,7 @@ async fn run_group(
 pub enum Delivery {
     Frame(Arc<Frame>),
     /// An answer of this subscriber's own (its access record could not be written).
-    Own(Response),
+    Own(Box<Response>),
 }
 
 fn member(
@@ -325,7 +331,7 @@ fn member(
             }
             if let Some(disclosed) = &frame.disclosed {
                 if let Err(e) = recipient.record(disclosed).await {
-                    yield Delivery::Own(Response::from_errors(vec![e]));
+                    yield Delivery::Own(Box::new(Response::from_errors(vec![e])));
                     break;
                 }
             }

@@ -205,7 +205,7 @@ type Outgoing = BoxStream<'static, Option<Out>>;
 
 enum Out {
     /// An answer of this subscription's own execution.
-    Response(Response),
+    Response(Box<Response>),
     /// A frame shared with the rest of its group.
     Frame(Arc<Frame>),
 }
@@ -289,7 +289,7 @@ impl Session {
                 Ok(None) => {}
                 Err(error) => {
                     let refused = Response::from_errors(vec![error]);
-                    return futures::stream::once(async { Some(Out::Response(refused)) })
+                    return futures::stream::once(async { Some(Out::Response(Box::new(refused))) })
                         .chain(end())
                         .boxed();
                 }
@@ -301,7 +301,7 @@ impl Session {
             .execute_stream_with_session_data(request, self.data.clone())
             .map(move |response| {
                 metrics.executions.inc();
-                Some(Out::Response(response))
+                Some(Out::Response(Box::new(response)))
             })
             .chain(end())
             .boxed()
