@@ -527,8 +527,14 @@ pub fn normalise(document: &str) -> String {
                     let mut quotes = 0;
                     while let Some(c) = chars.next() {
                         out.push(c);
-                        if c == '\\' && chars.peek() == Some(&'"') {
-                            // `\"""` inside a block string: copied as written.
+                        if c == '\\' {
+                            // `\"""` inside a block string is three quotes, not the end:
+                            // copied as written.
+                            let mut ahead = chars.clone();
+                            if (0..3).all(|_| ahead.next() == Some('"')) {
+                                out.push_str("\"\"\"");
+                                chars = ahead;
+                            }
                             quotes = 0;
                             continue;
                         }
@@ -600,6 +606,11 @@ mod tests {
         assert_eq!(
             normalise("{ f(x: \"\"\"a \\\"\"\" b\"\"\") }"),
             "{ f ( x : \"\"\"a \\\"\"\" b\"\"\" ) }"
+        );
+        assert_ne!(
+            normalise("{ f(x: \"\"\"a \\\"\"\" b\"\"\") }"),
+            normalise("{ f(x: \"\"\"a \\\"\"\"   b\"\"\") }"),
+            "spaces after an escaped triple quote are inside the string"
         );
     }
 
