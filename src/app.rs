@@ -113,6 +113,8 @@ pub fn state_with(
     let store = EventStore::new(pool.clone(), lock_timeout);
     let metrics = Arc::new(Metrics::new());
     let live = LiveBoards::start(pool.clone());
+    let frames = crate::frames::FrameHub::default();
+    metrics.register_frames(frames.metrics());
     let estimator = Estimator::new();
     // One writer task per process, committing access records in groups.
     let access_log = crate::identity::AccessLog::start(
@@ -139,6 +141,7 @@ pub fn state_with(
         store,
         metrics,
         live,
+        frames,
         health,
         rate_limiter,
         auth: None,

@@ -228,7 +228,8 @@ pub struct GraphqlLimits {
     /// even a pong) for three intervals is closed.
     #[arg(long, env = "CAREBOARD_WS_PING_INTERVAL_MS", default_value_t = 15_000)]
     pub ws_ping_interval_ms: u64,
-    /// Inbound websocket messages queued per socket before the server stops reading.
+    /// No longer used: inbound websocket messages are handled one at a time, and the
+    /// socket is not read meanwhile. Still accepted, so existing configurations start.
     #[arg(long, env = "CAREBOARD_WS_INBOUND_QUEUE", default_value_t = 32)]
     pub ws_inbound_queue: usize,
 }

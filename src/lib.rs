@@ -42,6 +42,8 @@
 //! - [`estimates`]: wait-time estimates from past durations, the queue and providers.
 //! - [`time_travel`]: `asOf` folds from snapshots, and the Board's day timeline.
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
+//! - [`frames`]: `boardChanged` subscribers who would see the same thing share one
+//!   execution and one encoded payload per Board version.
 //! - [`graphql`]: schema, queries, mutations, subscriptions, output types; the input
 //!   types and their `TryFrom` into commands ([`graphql::inputs`]); the documented
 //!   custom scalars ([`graphql::scalars`]); the access edge ([`graphql::access`]): every
@@ -56,8 +58,9 @@
 //! - [`demo`]: `careboard demo`, a simulated day as history or played live.
 //! - [`identity`]: who is asking — bearer token verification (OIDC JWKS or the
 //!   development issuer), the principal, the permission matrix, the access log.
-//! - [`websocket`]: one GraphQL websocket, guarded (its token verified in
-//!   `connection_init`, closed at the token's expiry; queue, budget, pings, close codes).
+//! - [`websocket`]: one GraphQL websocket: the graphql-transport-ws and legacy
+//!   protocols over the schema's executor, guarded (its token verified in
+//!   `connection_init`, closed at the token's expiry; budget, pings, close codes).
 //! - [`limits`]: what keeps one request from taking the service down: nesting checked
 //!   before parsing, a connection cap per request, rate limits, page security headers.
 //! - [`health`]: the database prober behind `/readyz` and fast UNAVAILABLE answers.
@@ -78,6 +81,7 @@ pub mod error;
 pub mod estimates;
 pub mod event_store;
 pub mod faults;
+pub mod frames;
 pub mod graphql;
 pub mod health;
 pub mod http;

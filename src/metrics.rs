@@ -349,6 +349,26 @@ impl Metrics {
         self.dead_letters_open.get_or_create(&l).set(dead_letters);
     }
 
+    /// Registers the live fan-out's counters (kept by crate::frames).
+    pub fn register_frames(&self, frames: &crate::frames::FrameMetrics) {
+        let mut registry = self.registry.lock().expect("metrics registry");
+        registry.register(
+            "subscription_executions",
+            "Subscription executions: one per frame of a shared group, one per frame of a subscription that runs alone",
+            frames.executions.clone(),
+        );
+        registry.register(
+            "subscription_frames_sent",
+            "Subscription frames written to websockets",
+            frames.frames_sent.clone(),
+        );
+        registry.register(
+            "subscription_groups",
+            "Shared boardChanged executions running now",
+            frames.groups.clone(),
+        );
+    }
+
     /// Renders the text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

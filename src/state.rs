@@ -27,6 +27,8 @@ pub struct AppState {
     pub store: EventStore,
     pub metrics: Arc<Metrics>,
     pub live: LiveBoards,
+    /// `boardChanged` subscribers' shared executions (crate::frames).
+    pub frames: crate::frames::FrameHub,
     /// The one wait-time estimator (its caches) shared by queries and the matcher.
     pub estimator: crate::estimates::Estimator,
     /// Whether the database answers, probed off the pool: fast 503s and UNAVAILABLE.

@@ -1,11 +1,16 @@
-//! One GraphQL websocket: the protocol engine is async-graphql's; this loop stands in
-//! front of it and keeps a socket from hurting the server.
+//! One GraphQL websocket: the `graphql-transport-ws` protocol and the legacy
+//! `subscriptions-transport-ws` one (`graphql-ws`), spoken here over the schema's own
+//! parser, validation, limits and executor, so that `boardChanged` subscribers who would
+//! see the same thing share one execution and one encoded frame ([`crate::frames`]).
 //!
-//! - Inbound messages wait in a bounded queue; when it is full the socket is not read
-//!   (TCP pushes back on the client) instead of buffering without end.
+//! - Inbound messages are handled one at a time, and the socket is read only when the
+//!   last one is handled: a client that floods waits (TCP pushes back), the server
+//!   buffers nothing.
 //! - `subscribe` is checked here, before any query runs: before `connection_init` →
 //!   close 4401; an id already in use → 4409; past the per-socket budget → 4429; a
-//!   document nested too deep → an `error` for that id (the parser never sees it).
+//!   document nested too deep → an `error` for that id (the parser never sees it). A
+//!   message that is not one of the protocol's → close 1002; a second
+//!   `connection_init` → close 4429 (legacy: a `connection_error`).
 //! - Who is asking: the bearer token comes in `connection_init`'s payload
 //!   (`{"Authorization": "Bearer …"}`, `{"authorization": …}` or `{"token": …}`) or the
 //!   upgrade request's `Authorization` header, and is verified before the server
@@ -15,20 +20,29 @@
 //!   legacy protocol gets a `connection_error`, then the same close. When the token
 //!   expires the server closes the socket (4403, "token expired") and the client
 //!   resumes on a new one with a fresh token (`sinceVersion` / `after`). The
-//!   principal is in every subscription's request data.
+//!   principal is in every subscription's data.
+//! - Frames: a shared frame's payload is spliced into this socket's envelope (its own
+//!   subscription id), never re-encoded; whatever frames are ready go out in one flush.
+//!   A socket that does not read holds at most the newest frame of each subscription.
 //! - Liveness is the server's job: it pings every interval, and any frame from the
 //!   client (a pong included) counts. A socket silent for three intervals is closed
 //!   (3008); a client that only listens is never timed out.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::http::{WebSocketProtocols, WsMessage};
+use async_graphql::http::{ClientMessage, WebSocketProtocols};
+use async_graphql::{Data, Response};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::{SinkExt, StreamExt};
+use futures::stream::BoxStream;
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::time::Instant;
+use tokio_stream::StreamMap;
 
+use crate::frames::{add_error_codes, Delivery, Frame};
+use crate::graphql::access::{Caller, ClientAddr, Recipient};
 use crate::graphql::subscription::SubscriptionBudget;
 use crate::graphql::RequestContext;
 use crate::identity::{AuthError, Principal};
@@ -42,12 +56,13 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// What to do with one inbound text message.
 enum Inbound {
-    Forward,
-    /// The first `connection_init`, with its payload: authenticate, then forward.
+    /// Hand it to the protocol (parsed as one of its messages).
+    Forward(Value),
+    /// The first `connection_init`, with its payload: authenticate, then acknowledge.
     Init(Value),
-    /// Answer with this message and forward nothing.
+    /// Answer with this message and do nothing else.
     Reply(String),
-    Close(u16, &'static str),
+    Close(u16, String),
 }
 
 /// The socket-level view of the conversation.
@@ -61,57 +76,38 @@ struct Gate {
 
 impl Gate {
     fn inbound(&mut self, bytes: &[u8]) -> Inbound {
-        // serde_json refuses JSON nested past 128 levels; async-graphql then closes
-        // the socket (1002) for a malformed message.
-        let Ok(message) = serde_json::from_slice::<Value>(bytes) else {
-            return Inbound::Forward;
+        // serde_json refuses JSON nested past 128 levels: a malformed message (1002).
+        let message = match serde_json::from_slice::<Value>(bytes) {
+            Ok(m) => m,
+            Err(e) => return Inbound::Close(1002, truncate(e.to_string(), 123)),
         };
         let id = message["id"].as_str().map(str::to_string);
         match message["type"].as_str() {
-            // A second one is forwarded: the protocol engine closes for it (4429).
             Some("connection_init") if !self.init_received => {
                 Inbound::Init(message.get("payload").cloned().unwrap_or(Value::Null))
             }
             Some("subscribe" | "start") => {
                 if !self.init_received {
-                    return Inbound::Close(4401, "Unauthorized");
+                    return Inbound::Close(4401, "Unauthorized".into());
                 }
                 let Some(id) = id else {
-                    return Inbound::Forward;
+                    return Inbound::Forward(message);
                 };
                 if self.active.contains(&id) {
-                    return Inbound::Close(4409, "Subscriber for this id already exists");
+                    return Inbound::Close(4409, "Subscriber for this id already exists".into());
                 }
                 if self.active.len() >= self.max_subscriptions {
-                    return Inbound::Close(4429, "Too many subscriptions on this connection");
+                    return Inbound::Close(
+                        4429,
+                        "Too many subscriptions on this connection".into(),
+                    );
                 }
                 if let Err(problem) = self.check_nesting(&message["payload"]) {
                     return Inbound::Reply(self.error(&id, &problem));
                 }
-                self.active.insert(id);
-                Inbound::Forward
+                Inbound::Forward(message)
             }
-            Some("complete" | "stop") => {
-                if let Some(id) = id {
-                    self.active.remove(&id);
-                }
-                Inbound::Forward
-            }
-            _ => Inbound::Forward,
-        }
-    }
-
-    /// Notes subscriptions that ended on the server's side.
-    fn outbound(&mut self, text: &str) {
-        if !text.contains("\"complete\"") && !text.contains("\"error\"") {
-            return;
-        }
-        if let Ok(message) = serde_json::from_str::<Value>(text) {
-            if matches!(message["type"].as_str(), Some("complete" | "error")) {
-                if let Some(id) = message["id"].as_str() {
-                    self.active.remove(id);
-                }
-            }
+            _ => Inbound::Forward(message),
         }
     }
 
@@ -126,7 +122,7 @@ impl Gate {
     fn error(&self, id: &str, message: &str) -> String {
         let error = json!({ "message": message, "extensions": { "code": crate::error::ErrorCode::Validation } });
         let payload = if self.legacy { error } else { json!([error]) };
-        json!({ "id": id, "type": "error", "payload": payload }).to_string()
+        json!({ "type": "error", "id": id, "payload": payload }).to_string()
     }
 }
 
@@ -149,52 +145,6 @@ fn payload_token(payload: &Value) -> Option<Result<String, AuthError>> {
         }
     };
     Some(Ok(token.trim().to_string()))
-}
-
-/// Errors of an outbound `next`/`data`/`error` message without `extensions.code` get
-/// VALIDATION, as over HTTP: resolvers' errors all carry a code, so one without is the
-/// schema refusing the document or its variables (parse, validation, coercion).
-fn with_error_codes(text: String) -> String {
-    if !text.contains("\"errors\"") && !text.contains("\"type\":\"error\"") {
-        return text;
-    }
-    let Ok(mut message) = serde_json::from_str::<Value>(&text) else {
-        return text;
-    };
-    let kind = message["type"].as_str().map(str::to_string);
-    let payload = &mut message["payload"];
-    let errors: Vec<&mut Value> = match kind.as_deref() {
-        Some("error") => match payload {
-            Value::Array(errors) => errors.iter_mut().collect(),
-            Value::Object(_) => vec![payload],
-            _ => Vec::new(),
-        },
-        Some("next" | "data") => match &mut payload["errors"] {
-            Value::Array(errors) => errors.iter_mut().collect(),
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
-    };
-    let mut changed = false;
-    for error in errors {
-        let Value::Object(fields) = error else {
-            continue;
-        };
-        let extensions = fields
-            .entry("extensions")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if let Value::Object(extensions) = extensions {
-            if !extensions.contains_key("code") {
-                extensions.insert("code".into(), json!(crate::error::ErrorCode::Validation));
-                changed = true;
-            }
-        }
-    }
-    if changed {
-        message.to_string()
-    } else {
-        text
-    }
 }
 
 /// A verified principal and the Unix time its token expires.
@@ -250,6 +200,147 @@ fn expiry_instant(exp: i64, leeway: Duration) -> Instant {
     Instant::now() + Duration::from_secs(left) + leeway
 }
 
+/// One subscription's answers as this socket sends them; `None` once, when it ends.
+type Outgoing = BoxStream<'static, Option<Out>>;
+
+enum Out {
+    /// An answer of this subscription's own execution.
+    Response(Box<Response>),
+    /// A frame shared with the rest of its group.
+    Frame(Arc<Frame>),
+}
+
+/// What the socket holds once its `connection_init` is accepted.
+struct Session {
+    /// The data of subscriptions that run on their own.
+    data: Arc<Data>,
+    /// Who the permission matrix judges (`None` only if authentication is on and no
+    /// principal was verified, which the loop never lets happen: then nothing is shared
+    /// and every field is refused).
+    caller: Option<Caller>,
+    /// Records what shared frames disclosed, under this socket's principal.
+    recipient: Arc<Recipient>,
+}
+
+impl Session {
+    fn open(
+        state: &AppState,
+        principal: Option<Principal>,
+        addr: Option<String>,
+        max_subscriptions: usize,
+    ) -> Self {
+        let caller = match (&principal, state.auth.is_some()) {
+            (Some(p), _) => Some(Caller::Verified(p.clone())),
+            (None, false) => Some(Caller::Unchecked),
+            (None, true) => None,
+        };
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let mut data = Data::default();
+        data.insert(SubscriptionBudget::new(max_subscriptions));
+        if let Some(caller) = &caller {
+            data.insert(caller.clone());
+        }
+        if let Some(addr) = &addr {
+            data.insert(ClientAddr(addr.clone()));
+        }
+        data.insert(RequestContext {
+            // The verified subject; with authentication off, nobody in particular.
+            actor: principal
+                .as_ref()
+                .map(|p| p.subject.clone())
+                .unwrap_or_else(|| "anonymous".into()),
+            correlation_id: correlation_id.clone(),
+            operation_name: None,
+        });
+        if let Some(principal) = principal {
+            data.insert(principal);
+        }
+        let recipient = Recipient::new(
+            state.schema.data::<crate::identity::AccessLog>().cloned(),
+            caller.as_ref(),
+            correlation_id,
+            addr,
+        );
+        Session {
+            data: Arc::new(data),
+            caller,
+            recipient: Arc::new(recipient),
+        }
+    }
+
+    /// Starts a subscription: in a shared group when it can be, else on its own.
+    fn start(&self, state: &AppState, request: async_graphql::Request) -> Outgoing {
+        let end = || futures::stream::once(async { None });
+        if let Some(caller) = &self.caller {
+            match crate::frames::shareable(&request, caller) {
+                Ok(Some(share)) => {
+                    return state
+                        .frames
+                        .join(&state.schema, share, caller, self.recipient.clone())
+                        .map(|delivery| {
+                            Some(match delivery {
+                                Delivery::Frame(frame) => Out::Frame(frame),
+                                Delivery::Own(response) => Out::Response(response),
+                            })
+                        })
+                        .chain(end())
+                        .boxed();
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    let refused = Response::from_errors(vec![error]);
+                    return futures::stream::once(async { Some(Out::Response(Box::new(refused))) })
+                        .chain(end())
+                        .boxed();
+                }
+            }
+        }
+        let metrics = state.frames.metrics().clone();
+        state
+            .schema
+            .execute_stream_with_session_data(request, self.data.clone())
+            .map(move |response| {
+                metrics.executions.inc();
+                Some(Out::Response(Box::new(response)))
+            })
+            .chain(end())
+            .boxed()
+    }
+}
+
+/// `{"type":…,"id":…,"payload":…}` around a payload already encoded.
+fn envelope(kind: &str, id: &str, payload: &str) -> String {
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+    let mut text = String::with_capacity(payload.len() + id.len() + 40);
+    text.push_str("{\"type\":\"");
+    text.push_str(kind);
+    text.push_str("\",\"id\":");
+    text.push_str(&id);
+    text.push_str(",\"payload\":");
+    text.push_str(payload);
+    text.push('}');
+    text
+}
+
+/// The text this socket sends for one outgoing item of subscription `id`.
+fn encode(legacy: bool, id: &str, out: Option<Out>) -> Option<String> {
+    let kind = if legacy { "data" } else { "next" };
+    match out {
+        Some(Out::Frame(frame)) => frame.payload.as_deref().map(|p| envelope(kind, id, p)),
+        Some(Out::Response(mut response)) => {
+            add_error_codes(&mut response);
+            match serde_json::to_string(&response) {
+                Ok(payload) => Some(envelope(kind, id, &payload)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a subscription frame");
+                    None
+                }
+            }
+        }
+        None => Some(json!({"type": "complete", "id": id}).to_string()),
+    }
+}
+
 pub async fn serve_socket(
     socket: WebSocket,
     state: AppState,
@@ -259,48 +350,7 @@ pub async fn serve_socket(
 ) {
     let limits = state.limits.clone();
     let (mut sink, mut source) = socket.split();
-    let (to_graphql, from_client) =
-        tokio::sync::mpsc::channel::<Vec<u8>>(limits.ws_inbound_queue.max(1));
     let max_subscriptions = limits.max_subscriptions_per_socket;
-    // Set by the loop once the token is verified, taken by the protocol engine's init.
-    let verified: std::sync::Arc<std::sync::Mutex<Option<Principal>>> = Default::default();
-    let for_init = verified.clone();
-    let auth_on = state.auth.is_some();
-    let on_init = move |_payload: Value| async move {
-        let principal = for_init.lock().map(|mut p| p.take()).unwrap_or_default();
-        let mut data = async_graphql::Data::default();
-        data.insert(SubscriptionBudget::new(max_subscriptions));
-        // Who the permission matrix judges. With authentication on and no verified
-        // principal (which the loop never lets happen), no caller at all: refused.
-        match (&principal, auth_on) {
-            (Some(p), _) => data.insert(crate::graphql::access::Caller::Verified(p.clone())),
-            (None, false) => data.insert(crate::graphql::access::Caller::Unchecked),
-            (None, true) => {}
-        }
-        if let Some(addr) = addr {
-            data.insert(crate::graphql::access::ClientAddr(addr));
-        }
-        data.insert(RequestContext {
-            // The verified subject; with authentication off, nobody in particular.
-            actor: principal
-                .as_ref()
-                .map(|p| p.subject.clone())
-                .unwrap_or_else(|| "anonymous".into()),
-            correlation_id: uuid::Uuid::new_v4().to_string(),
-            operation_name: None,
-        });
-        if let Some(principal) = principal {
-            data.insert(principal);
-        }
-        Ok(data)
-    };
-    let mut graphql = async_graphql::http::WebSocket::new(
-        state.schema.clone(),
-        tokio_stream::wrappers::ReceiverStream::new(from_client),
-        protocol,
-    )
-    .on_connection_init(on_init)
-    .keepalive_timeout(None);
     let legacy = protocol == WebSocketProtocols::SubscriptionsTransportWS;
     let mut gate = Gate {
         legacy,
@@ -309,6 +359,9 @@ pub async fn serve_socket(
         max_subscriptions,
         max_nesting: limits.max_nesting,
     };
+    let mut session: Option<Session> = None;
+    let mut subscriptions: StreamMap<Arc<str>, Outgoing> = StreamMap::new();
+    let frames_sent = state.frames.metrics().frames_sent.clone();
     let leeway = state
         .auth
         .as_ref()
@@ -329,13 +382,11 @@ pub async fn serve_socket(
             reason: reason.into(),
         }))
     };
-    let sender = to_graphql;
+    let text = |value: Value| Message::Text(value.to_string().into());
     let mut we_closed = false;
     loop {
         tokio::select! {
-            // Read only while the queue has room: the client waits, the server doesn't
-            // buffer.
-            frame = source.next(), if sender.capacity() > 0 => {
+            frame = source.next() => {
                 last_heard = Instant::now();
                 let bytes = match frame {
                     Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
@@ -344,23 +395,64 @@ pub async fn serve_socket(
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 };
                 match gate.inbound(&bytes) {
-                    Inbound::Forward => {
-                        if sender.try_send(bytes).is_err() {
-                            break;
+                    Inbound::Forward(message) => {
+                        let message = match serde_json::from_value::<ClientMessage>(message) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                let _ = sink.send(close(1002, &truncate(e.to_string(), 123))).await;
+                                we_closed = true;
+                                break;
+                            }
+                        };
+                        match message {
+                            ClientMessage::ConnectionInit { .. } => {
+                                // A second one breaks the protocol.
+                                let reason = "Too many initialisation requests.";
+                                if legacy {
+                                    let _ = sink.send(text(json!({"type": "connection_error", "payload": {"message": reason}}))).await;
+                                    break;
+                                }
+                                let _ = sink.send(close(4429, reason)).await;
+                                we_closed = true;
+                                break;
+                            }
+                            ClientMessage::Start { id, payload } => {
+                                let Some(session) = &session else {
+                                    let _ = sink.send(close(4401, "Unauthorized")).await;
+                                    we_closed = true;
+                                    break;
+                                };
+                                gate.active.insert(id.clone());
+                                subscriptions.insert(Arc::from(id), session.start(&state, payload));
+                            }
+                            ClientMessage::Stop { id } => {
+                                gate.active.remove(&id);
+                                if subscriptions.remove(id.as_str()).is_some()
+                                    && sink.send(text(json!({"type": "complete", "id": id}))).await.is_err()
+                                {
+                                    break;
+                                }
+                            }
+                            ClientMessage::ConnectionTerminate => break,
+                            ClientMessage::Ping { .. } => {
+                                if sink.send(text(json!({"type": "pong"}))).await.is_err() {
+                                    break;
+                                }
+                            }
+                            ClientMessage::Pong { .. } => {}
                         }
                     }
                     Inbound::Init(payload) => {
                         match authenticate_init(&state, &payload, from_upgrade.as_ref()).await {
                             Ok(authenticated) => {
-                                if let Some((principal, exp)) = authenticated {
+                                let principal = authenticated.map(|(principal, exp)| {
                                     expiry.as_mut().reset(expiry_instant(exp, leeway));
                                     expires = true;
-                                    if let Ok(mut slot) = verified.lock() {
-                                        *slot = Some(principal);
-                                    }
-                                }
+                                    principal
+                                });
+                                session = Some(Session::open(&state, principal, addr.clone(), max_subscriptions));
                                 gate.init_received = true;
-                                if sender.try_send(bytes).is_err() {
+                                if sink.send(text(json!({"type": "connection_ack"}))).await.is_err() {
                                     break;
                                 }
                             }
@@ -372,8 +464,7 @@ pub async fn serve_socket(
                                 };
                                 let reason = refusal_reason(&error);
                                 if legacy {
-                                    let message = json!({"type": "connection_error", "payload": {"message": reason}});
-                                    let _ = sink.send(Message::Text(message.to_string().into())).await;
+                                    let _ = sink.send(text(json!({"type": "connection_error", "payload": {"message": reason}}))).await;
                                 }
                                 let _ = sink.send(close(code, &reason)).await;
                                 we_closed = true;
@@ -381,38 +472,48 @@ pub async fn serve_socket(
                             }
                         }
                     }
-                    Inbound::Reply(text) => {
-                        if sink.send(Message::Text(text.into())).await.is_err() {
+                    Inbound::Reply(reply) => {
+                        if sink.send(Message::Text(reply.into())).await.is_err() {
                             break;
                         }
                     }
                     Inbound::Close(code, reason) => {
-                        let _ = sink.send(close(code, reason)).await;
+                        let _ = sink.send(close(code, &reason)).await;
                         we_closed = true;
                         break;
                     }
                 }
             },
-            out = graphql.next() => match out {
-                Some(WsMessage::Text(text)) => {
-                    gate.outbound(&text);
-                    let text = with_error_codes(text);
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
+            Some(first) = subscriptions.next(), if !subscriptions.is_empty() => {
+                // This frame and whatever else is ready now, in one flush.
+                let mut next = Some(first);
+                let mut written = 0;
+                let mut failed = false;
+                while let Some((id, out)) = next.take() {
+                    if out.is_none() {
+                        gate.active.remove(&*id);
+                    } else {
+                        frames_sent.inc();
+                    }
+                    if let Some(message) = encode(legacy, &id, out) {
+                        if sink.feed(Message::Text(message.into())).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                        written += 1;
+                    }
+                    if written < 256 {
+                        next = subscriptions.next().now_or_never().flatten();
                     }
                 }
-                Some(WsMessage::Close(code, reason)) => {
-                    let _ = sink.send(close(code, &reason)).await;
-                    we_closed = true;
+                if failed || sink.flush().await.is_err() {
                     break;
                 }
-                None => break,
             },
             _ = &mut expiry, if expires => {
                 let reason = "token expired: reconnect with a fresh token and resume (sinceVersion / after)";
                 if legacy {
-                    let message = json!({"type": "connection_error", "payload": {"message": reason}});
-                    let _ = sink.send(Message::Text(message.to_string().into())).await;
+                    let _ = sink.send(text(json!({"type": "connection_error", "payload": {"message": reason}}))).await;
                 }
                 let _ = sink.send(close(CLOSE_UNAUTHENTICATED, reason)).await;
                 we_closed = true;
@@ -435,6 +536,8 @@ pub async fn serve_socket(
             }
         }
     }
+    // Subscriptions end with the socket (their groups stop when nobody is left).
+    drop(subscriptions);
     if we_closed {
         // Let the client read our close frame: wait (briefly) for its own, discarding
         // what it still sends. Dropping a socket with unread input resets the

@@ -22,6 +22,7 @@ use careboard::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
 
 mod append;
 mod asof;
+mod fanout;
 mod project;
 mod subscribe;
 
@@ -79,6 +80,16 @@ struct Args {
     /// Writer counts of the storage-level `append` matrix.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8, 32])]
     append_writers: Vec<usize>,
+    /// Subscribers of the spread measurement (0: skip it), over `--spread-boards` Boards
+    /// changing `--change-rate` times a second in all.
+    #[arg(long, default_value_t = 10_000)]
+    spread_subscribers: usize,
+    #[arg(long, default_value_t = 100)]
+    spread_boards: usize,
+    /// Closed-loop writers of the saturation measurement (0: skip it), with
+    /// `--subscribers` on one Board.
+    #[arg(long, default_value_t = 8)]
+    saturation_writers: usize,
     /// Idle subscriptions held open to measure memory per subscription.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -411,18 +422,23 @@ async fn main() -> Result<()> {
         for (label, auth) in &auths {
             drop(server.take());
             let started = subscribe::Server::start(&url, auth).await?;
-            let hist =
-                subscribe::latency(&started, args.subscribers, args.change_rate, args.seconds)
-                    .await?;
-            p99s.push(hist.value_at_quantile(0.99) as f64 / 1000.0);
+            let m = fanout::latency(
+                &started,
+                args.subscribers,
+                1,
+                args.change_rate,
+                args.seconds,
+            )
+            .await?;
+            p99s.push(m.latency.value_at_quantile(0.99) as f64 / 1000.0);
             rows.push(Row {
                 scenario: format!(
                     "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}",
                     args.subscribers, args.change_rate
                 ),
-                rate: hist.len() as f64 / args.seconds as f64,
-                latency: Some(hist),
-                errors: 0,
+                rate: m.frames as f64 / args.seconds as f64,
+                latency: Some(m.latency),
+                errors: m.errors,
                 baseline_name: "-".into(),
                 baseline_rate: 0.0,
             });
@@ -432,6 +448,56 @@ async fn main() -> Result<()> {
             rows.push(ab_row("subscribe p99 ms (lower is better)", on, off));
         }
         let server = server.context("a subscribe server")?;
+        if args.spread_subscribers > 0 {
+            let m = fanout::latency(
+                &server,
+                args.spread_subscribers,
+                args.spread_boards,
+                args.change_rate,
+                args.seconds,
+            )
+            .await?;
+            rows.push(Row {
+                scenario: format!(
+                    "subscribe: commit to frame, {} subscribers over {} Boards, {} changes/s in all (frames/s)",
+                    args.spread_subscribers, args.spread_boards, args.change_rate
+                ),
+                rate: m.frames as f64 / args.seconds as f64,
+                latency: Some(m.latency),
+                errors: m.errors,
+                baseline_name: "-".into(),
+                baseline_rate: 0.0,
+            });
+        }
+        // A server of its own: the spread's sockets are gone, its Boards idle.
+        drop(server);
+        let server = subscribe::Server::start(&url, &auths[auths.len() - 1].1).await?;
+        if args.saturation_writers > 0 {
+            let (rate, changes, errors) = fanout::saturation(
+                &server,
+                args.subscribers,
+                args.saturation_writers,
+                args.seconds,
+            )
+            .await?;
+            println!(
+                "saturation: {rate:.0} frames/s to {} subscribers, {changes} changes in {} s",
+                args.subscribers, args.seconds
+            );
+            rows.push(Row {
+                scenario: format!(
+                    "subscribe: frames delivered at saturation, {} subscribers on one Board, {} writers (frames/s)",
+                    args.subscribers, args.saturation_writers
+                ),
+                rate,
+                latency: None,
+                errors,
+                baseline_name: "-".into(),
+                baseline_rate: 0.0,
+            });
+        }
+        drop(server);
+        let server = subscribe::Server::start(&url, &auths[auths.len() - 1].1).await?;
         let per = subscribe::idle_memory(&server, args.idle).await?;
         println!(
             "memory per idle subscription at {}: {:.1} KB",

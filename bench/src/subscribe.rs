@@ -2,9 +2,7 @@
 //! frame latency with many subscribers on one Board, memory per idle subscription, and
 //! the baseline of a bare NOTIFY ping-pong on the same PostgreSQL.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +12,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A `careboard serve` child process on a free port.
@@ -22,7 +20,7 @@ pub struct Server {
     child: std::process::Child,
     pub base: String,
     /// The bearer token clients send (none with `--auth off`).
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 impl Server {
@@ -88,7 +86,7 @@ impl Server {
         Ok(kb * 1024)
     }
 
-    async fn graphql(&self, query: &str, variables: Value) -> Result<Value> {
+    pub(crate) async fn graphql(&self, query: &str, variables: Value) -> Result<Value> {
         let mut request = reqwest::Client::new()
             .post(format!("http://{}/graphql", self.base))
             .json(&json!({"query": query, "variables": variables}));
@@ -102,7 +100,7 @@ impl Server {
         Ok(v["data"].clone())
     }
 
-    async fn socket(&self) -> Result<Socket> {
+    pub(crate) async fn socket(&self) -> Result<Socket> {
         let mut request = format!("ws://{}/graphql/ws", self.base).into_client_request()?;
         request
             .headers_mut()
@@ -141,7 +139,7 @@ impl Drop for Server {
 const SUBSCRIPTION: &str =
     "subscription($id: ID!) { boardChanged(boardId: $id) { version position counts { waiting } } }";
 
-async fn subscribe(socket: &mut Socket, id: usize, board: &str) -> Result<()> {
+pub(crate) async fn subscribe(socket: &mut Socket, id: usize, board: &str) -> Result<()> {
     let message = json!({"id": id.to_string(), "type": "subscribe",
         "payload": {"query": SUBSCRIPTION, "variables": {"id": board}}});
     socket
@@ -150,7 +148,7 @@ async fn subscribe(socket: &mut Socket, id: usize, board: &str) -> Result<()> {
     Ok(())
 }
 
-async fn open_board(server: &Server) -> Result<String> {
+pub(crate) async fn open_board(server: &Server) -> Result<String> {
     let d = server
         .graphql(
             "mutation { openBoard(input: {name: \"Bench live\", specialty: \"pediatrics\", region: \"TX\", date: \"2022-07-18\"}) { board { id } } }",
@@ -161,98 +159,6 @@ async fn open_board(server: &Server) -> Result<String> {
         .as_str()
         .context("board id")?
         .to_string())
-}
-
-/// `subscribers` subscriptions (one socket each) on one Board while it changes `rate`
-/// times a second for `seconds`: for every frame, the time from the sending of the
-/// newest mutation it includes to the frame's arrival (an upper bound of
-/// commit-to-frame, since the commit happens after the send).
-pub async fn latency(
-    server: &Server,
-    subscribers: usize,
-    rate: f64,
-    seconds: u64,
-) -> Result<Histogram<u64>> {
-    let board = open_board(server).await?;
-    // position -> when the mutation that wrote it was sent.
-    let sent: Arc<Mutex<BTreeMap<i64, Instant>>> = Arc::default();
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let mut readers = Vec::new();
-    for _ in 0..subscribers {
-        let mut socket = server.socket().await?;
-        subscribe(&mut socket, 1, &board).await?;
-        // The first frame is the current Board.
-        socket.next().await;
-        let sent = sent.clone();
-        let hist = hist.clone();
-        readers.push(tokio::spawn(async move {
-            while let Some(Ok(frame)) = socket.next().await {
-                let Message::Text(text) = frame else { continue };
-                let arrived = Instant::now();
-                let Ok(v) = serde_json::from_str::<Value>(&text) else {
-                    continue;
-                };
-                let Some(position) = v["payload"]["data"]["boardChanged"]["position"].as_i64()
-                else {
-                    continue;
-                };
-                let at = sent.lock().unwrap().get(&position).copied();
-                if let Some(at) = at {
-                    let _ = hist
-                        .lock()
-                        .unwrap()
-                        .record(arrived.duration_since(at).as_micros() as u64);
-                }
-            }
-        }));
-    }
-    let mut request = reqwest::Client::builder();
-    if let Some(token) = &server.token {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {token}").parse()?,
-        );
-        request = request.default_headers(headers);
-    }
-    let http = request.build()?;
-    let url = format!("http://{}/graphql", server.base);
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    let mut i = 0u64;
-    while Instant::now() < deadline {
-        ticker.tick().await;
-        let http = http.clone();
-        let url = url.clone();
-        let board = board.clone();
-        let sent = sent.clone();
-        tasks.push(tokio::spawn(async move {
-            let at = Instant::now();
-            let body = json!({"query": "mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { position } }",
-                "variables": {"input": {"boardId": board, "patientName": format!("Live {i}"),
-                "specialty": "pediatrics", "region": "TX", "reason": "fever"}}});
-            if let Ok(r) = http.post(&url).json(&body).send().await {
-                if let Ok(v) = r.json::<Value>().await {
-                    if let Some(p) = v["data"]["requestAppointment"]["position"].as_i64() {
-                        sent.lock().unwrap().insert(p, at);
-                    }
-                }
-            }
-        }));
-        i += 1;
-    }
-    for t in tasks {
-        t.await?;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for r in readers {
-        r.abort();
-    }
-    let h = hist.lock().unwrap().clone();
-    Ok(h)
 }
 
 /// Server memory per idle `boardChanged` subscription, with `count` of them open.

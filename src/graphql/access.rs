@@ -377,6 +377,14 @@ impl Recorder {
         let Some((operation, disclosed)) = disclosures.take() else {
             return Ok(());
         };
+        self.record_disclosed(operation, disclosed).await
+    }
+
+    async fn record_disclosed(
+        &self,
+        operation: String,
+        disclosed: Disclosure,
+    ) -> Result<(), ServerError> {
         // Nobody to record (authentication off): nothing was checked either.
         let Some(principal) = &self.principal else {
             return Ok(());
@@ -396,6 +404,42 @@ impl Recorder {
             .await
             .map(|_| ())
             .map_err(|_| unrecorded())
+    }
+}
+
+/// Who receives a shared subscription frame (DESIGN §9: the record names the principal
+/// that received it): one per socket, recording each disclosing frame before it is sent.
+pub struct Recipient(Recorder);
+
+impl Recipient {
+    pub fn new(
+        log: Option<AccessLog>,
+        caller: Option<&Caller>,
+        correlation_id: String,
+        client_addr: Option<String>,
+    ) -> Self {
+        Recipient(Recorder {
+            log,
+            principal: match caller {
+                Some(Caller::Verified(p)) => Some(p.clone()),
+                _ => None,
+            },
+            correlation_id,
+            operation_name: None,
+            client_addr,
+        })
+    }
+
+    /// Records that this recipient was shown what a frame disclosed; `Err` (an
+    /// UNAVAILABLE error to send instead of the frame) when it could not be made durable.
+    pub async fn record(&self, frame: &crate::frames::Disclosed) -> Result<(), ServerError> {
+        let recorder = Recorder {
+            operation_name: frame.operation_name.clone(),
+            ..self.0.clone()
+        };
+        recorder
+            .record_disclosed(frame.operation.clone(), frame.disclosed.clone())
+            .await
     }
 }
 
@@ -487,6 +531,18 @@ impl Extension for AccessEdgeExtension {
             .operation_name
             .or_else(|| operation_name.map(str::to_string))
             .or_else(|| self.operation_name.lock().expect("lock").clone());
+        // A shared execution (crate::frames): the frame carries what it disclosed, and
+        // every socket that receives it records it under its own principal.
+        if let Some(tap) = ctx.data_opt::<Arc<crate::frames::FrameTap>>() {
+            tap.set_disclosed(self.disclosures.take().map(|(operation, disclosed)| {
+                crate::frames::Disclosed {
+                    operation,
+                    operation_name: recorder.operation_name,
+                    disclosed,
+                }
+            }));
+            return response;
+        }
         match recorder.record(&self.disclosures).await {
             Ok(()) => response,
             Err(e) => Response::from_errors(vec![e]),
@@ -499,8 +555,12 @@ impl Extension for AccessEdgeExtension {
         stream: BoxStream<'s, Response>,
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
-        let recorder = Recorder::of(ctx);
+        // A shared execution (crate::frames) records nothing itself (see `execute`).
+        if ctx.data_opt::<Arc<crate::frames::FrameTap>>().is_some() {
+            return next.run(ctx, stream);
+        }
         let disclosures = self.disclosures.clone();
+        let recorder = Recorder::of(ctx);
         let frames = next.run(ctx, stream);
         // Each frame is recorded before it is sent; a frame that cannot be recorded is
         // replaced by an error, and the subscription ends there.

@@ -115,6 +115,8 @@ impl Subscription {
         let live = ctx.data_unchecked::<LiveBoards>();
         let receiver = live.subscribe(id).await.map_err(AppError::Internal)?;
         let mut last = since_version.unwrap_or(-1);
+        // A shared execution learns which version each of its frames shows.
+        let tap = ctx.data_opt::<Arc<crate::frames::FrameTap>>().cloned();
         Ok(WatchStream::new(receiver).filter_map(move |slot| {
             let _held = &guard;
             let contents = slot?;
@@ -122,6 +124,9 @@ impl Subscription {
                 return None;
             }
             last = contents.version;
+            if let Some(tap) = &tap {
+                tap.set_version(contents.version);
+            }
             Some(Board::from_shared(contents))
         }))
     }

@@ -1,0 +1,704 @@
+//! Shared frames: one GraphQL execution and one encoded payload per Board version for
+//! every `boardChanged` subscriber that would see the same thing.
+//!
+//! Subscribers whose `(normalised document, operation name, variables, visibility)` are
+//! equal join one [`Group`]. The group runs the subscription once, through the schema's
+//! own executor (validation, limits, the permission matrix's edge, masking), encodes
+//! each frame's payload once, and publishes it in a `watch` channel: a slow subscriber
+//! finds the newest frame there (coalescing), never a backlog. Each socket splices its
+//! own subscription id around the shared payload bytes.
+//!
+//! - **Visibility** is the caller's scope (role, and the provider id, the patient id, or
+//!   the coordinator's regions and specialties): the only fact of the principal that
+//!   authorization and masking of a Board read (`matrix::authorize`,
+//!   `matrix::may_see_patient_fields`). Two principals with equal scopes get equal
+//!   answers, so a frame built for one is one the other may see.
+//! - **`sinceVersion`** given as a nullable variable is left out of the key: the group
+//!   runs without it and each subscriber skips the versions it has (the current Board
+//!   first when newer, then every later one, strictly increasing).
+//! - **Access records**: the group does not record; each frame carries what it
+//!   disclosed, and every subscriber's socket records it under its own principal before
+//!   sending (the access log commits those records in groups, off the shared path). A
+//!   frame whose record cannot be written is not sent (fail closed).
+//! - `boardEvents` and `appointmentChanged` stay per subscriber: a feed resumes from each
+//!   subscriber's own cursor, and an appointment has few watchers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+use async_graphql::{Data, Request, Response, ServerError, Value as GqlValue};
+use futures::stream::{BoxStream, StreamExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+
+use crate::graphql::access::{Caller, Recipient};
+use crate::graphql::CareboardSchema;
+use crate::identity::access_log::Disclosure;
+
+/// Set by a group's execution as it goes: the Board version a frame shows (by the
+/// `boardChanged` resolver) and what the frame disclosed (by the access edge, which
+/// leaves the recording to each receiving socket).
+#[derive(Default)]
+pub struct FrameTap {
+    version: Mutex<Option<i64>>,
+    disclosed: Mutex<Option<Disclosed>>,
+}
+
+/// What one frame disclosed, as each receiver's access record states it.
+#[derive(Debug, Clone)]
+pub struct Disclosed {
+    /// The root field (`boardChanged`).
+    pub operation: String,
+    /// The operation's name in the document, if it has one.
+    pub operation_name: Option<String>,
+    pub disclosed: Disclosure,
+}
+
+impl FrameTap {
+    pub fn set_version(&self, version: i64) {
+        *self.version.lock().expect("frame tap") = Some(version);
+    }
+
+    pub fn set_disclosed(&self, disclosed: Option<Disclosed>) {
+        *self.disclosed.lock().expect("frame tap") = disclosed;
+    }
+
+    fn take(&self) -> (Option<i64>, Option<Disclosed>) {
+        (
+            self.version.lock().expect("frame tap").take(),
+            self.disclosed.lock().expect("frame tap").take(),
+        )
+    }
+}
+
+/// One encoded frame of a group, shared by every subscriber in it.
+pub struct Frame {
+    /// The Board version shown; `None` for an answer that ends the subscription (a
+    /// refusal or an error before the first Board).
+    pub version: Option<i64>,
+    /// The GraphQL response, encoded once (`None`: the group ended without one).
+    pub payload: Option<Box<str>>,
+    /// What it disclosed, for each receiver's access record.
+    pub disclosed: Option<Disclosed>,
+    /// Nothing follows this frame.
+    pub last: bool,
+}
+
+/// What makes two subscriptions share a group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    document: String,
+    operation_name: Option<String>,
+    variables: String,
+    visibility: String,
+}
+
+/// A subscription that can join a group: its key, the request the group runs, and the
+/// version this subscriber already has.
+pub struct Shareable {
+    key: GroupKey,
+    request: Request,
+    since: Option<i64>,
+}
+
+/// The fan-out's counters, exported on `/metrics`.
+#[derive(Clone, Default)]
+pub struct FrameMetrics {
+    /// Subscription executions: one per frame of a group, one per frame of a
+    /// subscription that runs on its own.
+    pub executions: Counter,
+    /// Frames written to sockets.
+    pub frames_sent: Counter,
+    /// Groups running now.
+    pub groups: Gauge,
+}
+
+/// Every group of this process.
+#[derive(Clone, Default)]
+pub struct FrameHub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Default)]
+struct HubInner {
+    /// Each running group under its key, with the number it started as (a group that
+    /// ends removes its own entry, never a successor's).
+    groups: Mutex<HashMap<GroupKey, (u64, Weak<Group>)>>,
+    started: std::sync::atomic::AtomicU64,
+    metrics: FrameMetrics,
+}
+
+/// One shared execution. Members hold it; when the last one lets go, the execution
+/// stops and the group leaves the hub.
+pub struct Group {
+    key: GroupKey,
+    hub: Weak<HubInner>,
+    frames: watch::Receiver<Option<Arc<Frame>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(hub) = self.hub.upgrade() {
+            let mut groups = hub.groups.lock().expect("frame groups");
+            if groups
+                .get(&self.key)
+                .is_some_and(|(_, g)| g.strong_count() == 0)
+            {
+                groups.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl FrameHub {
+    pub fn metrics(&self) -> &FrameMetrics {
+        &self.inner.metrics
+    }
+
+    /// Groups running now.
+    pub fn groups(&self) -> usize {
+        let groups = self.inner.groups.lock().expect("frame groups");
+        groups
+            .values()
+            .filter(|(_, g)| g.strong_count() > 0)
+            .count()
+    }
+
+    /// Joins (or starts) the group of `share`, executing as `caller` when it starts.
+    /// The stream yields the frames this subscriber is to receive: newer than its
+    /// `sinceVersion`, each version once, and ends after a last frame.
+    pub fn join(
+        &self,
+        schema: &CareboardSchema,
+        share: Shareable,
+        caller: &Caller,
+        recipient: Arc<Recipient>,
+    ) -> BoxStream<'static, Delivery> {
+        let group = {
+            let mut groups = self.inner.groups.lock().expect("frame groups");
+            match groups.get(&share.key).and_then(|(_, g)| g.upgrade()) {
+                Some(group) => group,
+                None => {
+                    let number = self
+                        .inner
+                        .started
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let group = self.start(schema, &share, caller, number);
+                    groups.insert(share.key.clone(), (number, Arc::downgrade(&group)));
+                    group
+                }
+            }
+        };
+        member(group, share.since, recipient)
+    }
+
+    fn start(
+        &self,
+        schema: &CareboardSchema,
+        share: &Shareable,
+        caller: &Caller,
+        number: u64,
+    ) -> Arc<Group> {
+        let (sender, frames) = watch::channel(None);
+        let tap = Arc::new(FrameTap::default());
+        let mut data = Data::default();
+        data.insert(caller.clone());
+        if let Caller::Verified(p) = caller {
+            data.insert(p.clone());
+        }
+        data.insert(crate::graphql::RequestContext {
+            actor: match caller {
+                Caller::Verified(p) => p.subject.clone(),
+                Caller::Unchecked => "anonymous".into(),
+            },
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            operation_name: share.request.operation_name.clone(),
+        });
+        data.insert(tap.clone());
+        let mut request = Request::new(share.request.query.clone());
+        request.operation_name = share.request.operation_name.clone();
+        request.variables = share.request.variables.clone();
+        let stream = schema.execute_stream_with_session_data(request, Arc::new(data));
+        let hub = Arc::downgrade(&self.inner);
+        let key = share.key.clone();
+        let metrics = self.inner.metrics.clone();
+        let task = tokio::spawn(run_group(
+            stream,
+            tap,
+            sender,
+            hub.clone(),
+            (key.clone(), number),
+            metrics,
+        ));
+        Arc::new(Group {
+            key,
+            hub,
+            frames,
+            task: task.abort_handle(),
+        })
+    }
+}
+
+/// Runs a group's execution: each response encoded once and published.
+async fn run_group(
+    mut stream: BoxStream<'static, Response>,
+    tap: Arc<FrameTap>,
+    sender: watch::Sender<Option<Arc<Frame>>>,
+    hub: Weak<HubInner>,
+    (key, number): (GroupKey, u64),
+    metrics: FrameMetrics,
+) {
+    metrics.groups.inc();
+    struct Running(Gauge);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    let _running = Running(metrics.groups.clone());
+    // A group that ends leaves the hub first: whoever subscribes next starts afresh.
+    let leave = || {
+        if let Some(hub) = hub.upgrade() {
+            let mut groups = hub.groups.lock().expect("frame groups");
+            if groups.get(&key).is_some_and(|(n, _)| *n == number) {
+                groups.remove(&key);
+            }
+        }
+    };
+    while let Some(mut response) = stream.next().await {
+        metrics.executions.inc();
+        let (version, disclosed) = tap.take();
+        add_error_codes(&mut response);
+        let payload = match serde_json::to_string(&response) {
+            Ok(p) => p.into_boxed_str(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a shared frame");
+                break;
+            }
+        };
+        // No Board shown: the answer refused or failed the subscription; it is its last.
+        let last = version.is_none();
+        if last {
+            leave();
+        }
+        sender.send_replace(Some(Arc::new(Frame {
+            version,
+            payload: Some(payload),
+            disclosed,
+            last,
+        })));
+        if last {
+            return;
+        }
+    }
+    leave();
+    sender.send_replace(Some(Arc::new(Frame {
+        version: None,
+        payload: None,
+        disclosed: None,
+        last: true,
+    })));
+}
+
+/// What a socket sends for a shared subscription.
+pub enum Delivery {
+    Frame(Arc<Frame>),
+    /// An answer of this subscriber's own (its access record could not be written).
+    Own(Box<Response>),
+}
+
+fn member(
+    group: Arc<Group>,
+    since: Option<i64>,
+    recipient: Arc<Recipient>,
+) -> BoxStream<'static, Delivery> {
+    let frames = WatchStream::new(group.frames.clone());
+    async_stream::stream! {
+        let _group = group;
+        let mut last = since.unwrap_or(-1);
+        let mut frames = frames;
+        while let Some(slot) = frames.next().await {
+            let Some(frame) = slot else { continue };
+            match frame.version {
+                Some(v) if v <= last => continue,
+                Some(v) => last = v,
+                None => {}
+            }
+            if let Some(disclosed) = &frame.disclosed {
+                if let Err(e) = recipient.record(disclosed).await {
+                    yield Delivery::Own(Box::new(Response::from_errors(vec![e])));
+                    break;
+                }
+            }
+            let ends = frame.last;
+            if frame.payload.is_some() {
+                yield Delivery::Frame(frame);
+            }
+            if ends {
+                break;
+            }
+        }
+    }
+    .boxed()
+}
+
+/// Errors without `extensions.code` get VALIDATION, as over HTTP: resolvers' errors all
+/// carry a code, so one without is the schema refusing the document or its variables
+/// (parse, validation, coercion).
+pub fn add_error_codes(response: &mut Response) {
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", crate::error::ErrorCode::Validation.as_str());
+        }
+    }
+}
+
+/// Whether `request` can share frames with others (a `boardChanged` subscription and
+/// nothing else at its root), and its group key if so. `Err`: the request's own
+/// `sinceVersion` variable is not an Int (the answer for this subscriber alone).
+pub fn shareable(request: &Request, caller: &Caller) -> Result<Option<Shareable>, ServerError> {
+    if !request.extensions.is_empty() || !request.uploads.is_empty() {
+        return Ok(None);
+    }
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        // The executor reports it, with its position.
+        return Ok(None);
+    };
+    let operation = match (&document.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => op,
+        (DocumentOperations::Multiple(ops), Some(name)) => match ops.get(name) {
+            Some(op) => op,
+            None => return Ok(None),
+        },
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.values().next().expect("one operation")
+        }
+        _ => return Ok(None),
+    };
+    let operation = &operation.node;
+    if operation.ty != OperationType::Subscription || !operation.directives.is_empty() {
+        return Ok(None);
+    }
+    let [item] = operation.selection_set.node.items.as_slice() else {
+        return Ok(None);
+    };
+    let Selection::Field(field) = &item.node else {
+        return Ok(None);
+    };
+    if field.node.name.node.as_str() != "boardChanged" || !field.node.directives.is_empty() {
+        return Ok(None);
+    }
+    let mut variables = request.variables.clone();
+    let argument = field
+        .node
+        .get_argument("sinceVersion")
+        .map(|v| v.node.clone());
+    // A variable at the argument's place (the parser's values are not exported by name:
+    // a variable alone resolves to null here and names itself).
+    let mut variable = None;
+    let literal = argument.map(|value| {
+        value.into_const_with(|name| {
+            variable = Some(name);
+            Ok::<_, std::convert::Infallible>(GqlValue::Null)
+        })
+    });
+    let since = match (literal, variable) {
+        (None, _) => None,
+        (Some(Ok(GqlValue::Null)), Some(name)) => {
+            let Some(definition) = operation
+                .variable_definitions
+                .iter()
+                .find(|d| d.node.name.node == name)
+            else {
+                return Ok(None);
+            };
+            if !definition.node.var_type.node.nullable {
+                // Part of the key: a required variable cannot be left out of the run.
+                match variables.get(&name) {
+                    Some(v) => since_value(v)?,
+                    None => return Ok(None),
+                }
+            } else {
+                let value = variables.remove(&name).or_else(|| {
+                    definition
+                        .node
+                        .default_value
+                        .as_ref()
+                        .map(|d| d.node.clone())
+                });
+                match value {
+                    Some(v) => since_value(&v)?,
+                    None => None,
+                }
+            }
+        }
+        (Some(Ok(GqlValue::Null)), None) => None,
+        (Some(Ok(GqlValue::Number(n))), None) => match n.as_i64() {
+            Some(n) => Some(n),
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let visibility = match caller {
+        Caller::Unchecked => "unchecked".to_string(),
+        Caller::Verified(p) => match serde_json::to_string(&p.scope) {
+            Ok(s) => s,
+            Err(_) => return Ok(None),
+        },
+    };
+    let variables_json = match serde_json::to_string(&variables) {
+        Ok(v) => v,
+        Err(_) => return Ok(None),
+    };
+    let mut run = Request::new(request.query.clone());
+    run.operation_name = request.operation_name.clone();
+    run.variables = variables;
+    Ok(Some(Shareable {
+        key: GroupKey {
+            document: normalise(&request.query),
+            operation_name: request.operation_name.clone(),
+            variables: variables_json,
+            visibility,
+        },
+        request: run,
+        since,
+    }))
+}
+
+fn since_value(value: &GqlValue) -> Result<Option<i64>, ServerError> {
+    match value {
+        GqlValue::Null => Ok(None),
+        GqlValue::Number(n) => n.as_i64().map(Some).ok_or_else(since_error),
+        _ => Err(since_error()),
+    }
+}
+
+fn since_error() -> ServerError {
+    let mut e = ServerError::new(
+        "Invalid value for argument \"sinceVersion\", expected type \"Int\"",
+        None,
+    );
+    e.extensions
+        .get_or_insert_with(Default::default)
+        .set("code", crate::error::ErrorCode::Validation.as_str());
+    e
+}
+
+/// The document with its insignificant parts made uniform: comments and commas dropped,
+/// every token separated by one space; strings kept as written. Two documents that
+/// normalise alike have the same tokens in the same order.
+pub fn normalise(document: &str) -> String {
+    let mut out = String::with_capacity(document.len());
+    let mut chars = document.chars().peekable();
+    let mut word = false;
+    let space = |out: &mut String| {
+        if !out.is_empty() && !out.ends_with(' ') {
+            out.push(' ');
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' | '\r' | ',' | '\u{feff}' => word = false,
+            '#' => {
+                word = false;
+                while chars.peek().is_some_and(|c| *c != '\n' && *c != '\r') {
+                    chars.next();
+                }
+            }
+            '"' => {
+                space(&mut out);
+                word = false;
+                out.push('"');
+                let block = chars.peek() == Some(&'"') && {
+                    let mut ahead = chars.clone();
+                    ahead.next();
+                    ahead.peek() == Some(&'"')
+                };
+                if block {
+                    out.push_str("\"\"");
+                    chars.next();
+                    chars.next();
+                    let mut quotes = 0;
+                    while let Some(c) = chars.next() {
+                        out.push(c);
+                        if c == '\\' {
+                            // `\"""` inside a block string is three quotes, not the end:
+                            // copied as written.
+                            let mut ahead = chars.clone();
+                            if (0..3).all(|_| ahead.next() == Some('"')) {
+                                out.push_str("\"\"\"");
+                                chars = ahead;
+                            }
+                            quotes = 0;
+                            continue;
+                        }
+                        quotes = if c == '"' { quotes + 1 } else { 0 };
+                        if quotes == 3 {
+                            break;
+                        }
+                    }
+                } else {
+                    while let Some(c) = chars.next() {
+                        out.push(c);
+                        match c {
+                            '\\' => {
+                                if let Some(n) = chars.next() {
+                                    out.push(n);
+                                }
+                            }
+                            '"' | '\n' | '\r' => break,
+                            _ => {}
+                        }
+                    }
+                }
+                out.push(' ');
+            }
+            '!' | '$' | '&' | '(' | ')' | ':' | '=' | '@' | '[' | ']' | '{' | '|' | '}' => {
+                space(&mut out);
+                word = false;
+                out.push(c);
+                out.push(' ');
+            }
+            _ => {
+                if !word {
+                    space(&mut out);
+                }
+                word = true;
+                out.push(c);
+            }
+        }
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_that_differ_only_in_layout_normalise_alike() {
+        let a =
+            "subscription($id: ID!) { boardChanged(boardId: $id) { version counts { waiting } } }";
+        let b = "subscription ( $id : ID! ) {\n  # the Board\n  boardChanged(boardId: $id,) {\n    version,\n    counts { waiting }\n  }\n}\n";
+        assert_eq!(normalise(a), normalise(b));
+        assert_ne!(
+            normalise("{ a { b } }"),
+            normalise("{ ab { } }"),
+            "words are not glued together"
+        );
+        assert_ne!(
+            normalise(r#"{ f(x: "a  b") }"#),
+            normalise(r#"{ f(x: "a b") }"#),
+            "strings are kept as written"
+        );
+        assert_ne!(
+            normalise(r#"{ f(x: "a # b") }"#),
+            normalise(r#"{ f(x: "a ") }"#),
+            "a hash inside a string is no comment"
+        );
+        assert_eq!(
+            normalise("{ f(x: \"\"\"a \\\"\"\" b\"\"\") }"),
+            "{ f ( x : \"\"\"a \\\"\"\" b\"\"\" ) }"
+        );
+        assert_ne!(
+            normalise("{ f(x: \"\"\"a \\\"\"\" b\"\"\") }"),
+            normalise("{ f(x: \"\"\"a \\\"\"\"   b\"\"\") }"),
+            "spaces after an escaped triple quote are inside the string"
+        );
+    }
+
+    fn principal(scope: crate::identity::Scope) -> Caller {
+        Caller::Verified(crate::identity::Principal::new("s", "n", scope))
+    }
+
+    fn request(query: &str, variables: serde_json::Value) -> Request {
+        Request::new(query).variables(async_graphql::Variables::from_json(variables))
+    }
+
+    #[test]
+    fn only_a_lone_board_changed_subscription_is_shared_and_since_version_stays_out_of_the_key() {
+        let caller = Caller::Unchecked;
+        let q = "subscription($b: ID!, $s: Int) { boardChanged(boardId: $b, sinceVersion: $s) { version } }";
+        let one = shareable(&request(q, serde_json::json!({"b": "x", "s": 3})), &caller)
+            .unwrap()
+            .unwrap();
+        let two = shareable(&request(q, serde_json::json!({"b": "x"})), &caller)
+            .unwrap()
+            .unwrap();
+        assert_eq!(one.key, two.key);
+        assert_eq!((one.since, two.since), (Some(3), None));
+        let other = shareable(&request(q, serde_json::json!({"b": "y"})), &caller)
+            .unwrap()
+            .unwrap();
+        assert_ne!(one.key, other.key, "another Board");
+        assert!(
+            shareable(
+                &request(q, serde_json::json!({"b": "x", "s": "3"})),
+                &caller
+            )
+            .is_err(),
+            "a sinceVersion that is no Int is refused"
+        );
+        for q in [
+            "subscription($b: ID!) { boardEvents(boardId: $b) { id } }",
+            "subscription($b: ID!) { a: boardChanged(boardId: $b) { version } b: boardChanged(boardId: $b) { version } }",
+            "subscription($b: ID!) { boardChanged(boardId: $b) @include(if: true) { version } }",
+            "query { board(id: \"x\") { version } }",
+        ] {
+            assert!(
+                shareable(&request(q, serde_json::json!({"b": "x"})), &caller)
+                    .unwrap()
+                    .is_none(),
+                "{q}"
+            );
+        }
+    }
+
+    #[test]
+    fn visibility_is_the_scope_so_different_scopes_never_share() {
+        use crate::identity::Scope;
+        let q = "subscription { boardChanged(boardId: \"x\") { version } }";
+        let key = |caller: &Caller| shareable(&Request::new(q), caller).unwrap().unwrap().key;
+        let p1 = principal(Scope::Provider {
+            provider_id: uuid::Uuid::from_u128(1),
+        });
+        let p2 = principal(Scope::Provider {
+            provider_id: uuid::Uuid::from_u128(2),
+        });
+        let tx = principal(Scope::Coordinator {
+            regions: Some(["TX".to_string()].into()),
+            specialties: None,
+        });
+        let all = principal(Scope::Coordinator {
+            regions: None,
+            specialties: None,
+        });
+        let keys = [
+            key(&p1),
+            key(&p2),
+            key(&tx),
+            key(&all),
+            key(&principal(Scope::Admin)),
+            key(&Caller::Unchecked),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        let mut same = principal(Scope::Provider {
+            provider_id: uuid::Uuid::from_u128(1),
+        });
+        if let Caller::Verified(p) = &mut same {
+            p.subject = "another person, same provider".into();
+        }
+        assert_eq!(key(&p1), key(&same));
+    }
+}

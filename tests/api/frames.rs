@@ -1,0 +1,491 @@
+//! Shared frames: `boardChanged` subscribers who would see the same thing share one
+//! execution and the same bytes; the others see only what they may.
+
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::idp::Who;
+use crate::helpers::TestApp;
+
+/// In every patient field this test writes: it must never reach a socket that may not
+/// see it.
+const MARKER: &str = "FRAMES-MARKER-7f3a";
+
+const WATCH: &str = "subscription($b: ID!, $since: Int) { boardChanged(boardId: $b, sinceVersion: $since) { version appointments { patientName reason } } }";
+
+/// A websocket that keeps every text message as it arrived.
+struct Raw {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Raw {
+    async fn open(app: &TestApp, token: &str) -> Raw {
+        Raw::open_with(app, token, None).await
+    }
+
+    /// With `receive_buffer` bytes of kernel buffer on the client's side, if given.
+    async fn open_with(app: &TestApp, token: &str, receive_buffer: Option<u32>) -> Raw {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = app.url("/graphql/ws").replace("http://", "ws://");
+        let mut request = url.clone().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        let addr: std::net::SocketAddr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = receive_buffer {
+            tcp.set_recv_buffer_size(size).unwrap();
+        }
+        let stream = tcp.connect(addr).await.unwrap();
+        let (socket, _) = tokio_tungstenite::client_async(
+            request,
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .unwrap();
+        let mut raw = Raw { socket };
+        raw.send(json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}))
+            .await;
+        let ack = raw.next(Duration::from_secs(10)).await.expect("ack");
+        assert!(ack.contains("connection_ack"), "{ack}");
+        raw
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    async fn subscribe(&mut self, id: &str, board: &str, since: Option<i64>) {
+        self.send(json!({"id": id, "type": "subscribe", "payload": {"query": WATCH, "variables": {"b": board, "since": since}}}))
+            .await;
+    }
+
+    /// The next text message as sent (pings answered, skipped).
+    async fn next(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()??
+                .ok()?;
+            match frame {
+                Message::Text(text) => return Some(text.to_string()),
+                Message::Close(f) => return Some(format!("close {f:?}")),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Frames until one shows `version` (asserting they strictly increase); all of
+    /// them, as sent.
+    async fn until(&mut self, version: i64) -> Vec<String> {
+        let mut frames = Vec::new();
+        let mut last = -1;
+        loop {
+            let text = self
+                .next(Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("no frame for version {version} after {last}"));
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}"));
+            assert_eq!(v["type"], "next", "{text}");
+            let got = v["payload"]["data"]["boardChanged"]["version"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{text}"));
+            assert!(got > last, "versions strictly increase: {got} after {last}");
+            last = got;
+            frames.push(text);
+            if got == version {
+                return frames;
+            }
+            assert!(got < version, "past {version}: {got}");
+        }
+    }
+}
+
+struct Day {
+    board: String,
+    assigned_provider: String,
+    other_provider: String,
+}
+
+async fn seed(app: &TestApp) -> Day {
+    let d = app
+        .data(
+            "mutation($i: OpenBoardInput!) { openBoard(input: $i) { board { id } } }",
+            json!({"i": {"name": "Frames", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
+        )
+        .await;
+    let board = d["openBoard"]["board"]["id"].as_str().unwrap().to_string();
+    let mut providers = Vec::new();
+    let mut shifts = Vec::new();
+    for _ in 0..2 {
+        let d = app
+            .data(
+                "mutation($i: RegisterProviderInput!) { registerProvider(input: $i) { provider { id } } }",
+                json!({"i": {"name": "Dr. Frames", "specialties": ["pediatrics"], "licensedRegions": ["TX"]}}),
+            )
+            .await;
+        let provider = d["registerProvider"]["provider"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let d = app
+            .data(
+                "mutation($i: JoinBoardInput!) { joinBoard(input: $i) { shift { id } } }",
+                json!({"i": {"boardId": board, "providerId": provider}}),
+            )
+            .await;
+        shifts.push(d["joinBoard"]["shift"]["id"].as_str().unwrap().to_string());
+        providers.push(provider);
+    }
+    let appointment = request(app, &board, 0).await.0;
+    app.data(
+        "mutation($i: ScheduleAppointmentInput!) { scheduleAppointment(input: $i) { position } }",
+        json!({"i": {"appointmentId": appointment, "shiftId": shifts[0], "estimatedTime": "2022-07-18T15:00:00Z"}}),
+    )
+    .await;
+    Day {
+        board,
+        assigned_provider: providers[0].clone(),
+        other_provider: providers[1].clone(),
+    }
+}
+
+/// Requests an appointment whose patient fields carry the marker; its id and position.
+async fn request(app: &TestApp, board: &str, n: usize) -> (String, i64) {
+    request_for(app, board, n, "reason").await
+}
+
+async fn request_for(app: &TestApp, board: &str, n: usize, reason: &str) -> (String, i64) {
+    let d = app
+        .data(
+            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id } position } }",
+            json!({"i": {"boardId": board, "patientName": format!("{MARKER} {n}"), "specialty": "pediatrics", "region": "TX", "reason": format!("{MARKER} {reason}")}}),
+        )
+        .await;
+    (
+        d["requestAppointment"]["appointment"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        d["requestAppointment"]["position"].as_i64().unwrap(),
+    )
+}
+
+async fn version_at(app: &TestApp, board: &str, position: i64) -> i64 {
+    let d = app
+        .data(
+            "query($b: ID!, $p: Int) { board(id: $b, minPosition: $p) { version } }",
+            json!({"b": board, "p": position}),
+        )
+        .await;
+    d["board"]["version"].as_i64().unwrap()
+}
+
+/// A counter of `/metrics` (the admin's token opens it).
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sharing_subscribers_get_identical_bytes_and_the_others_only_what_they_may_see() {
+    let app = TestApp::spawn().await;
+    let day = seed(&app).await;
+    let (_, p) = request(&app, &day.board, 1).await;
+    let current = version_at(&app, &day.board, p).await;
+
+    let in_scope = |subject: &str| {
+        app.token(
+            Who::coordinator()
+                .regions(["TX"])
+                .specialties(["pediatrics"])
+                .subject(subject),
+        )
+    };
+    // Two coordinators of the same scope (two people: one group, two records), a
+    // coordinator of every Board, an admin (who sees no patient fields), the assigned
+    // provider, a provider on the Board assigned nothing.
+    let mut coordinator_a = Raw::open(&app, &in_scope("coordinator-a")).await;
+    let mut coordinator_b = Raw::open(&app, &in_scope("coordinator-b")).await;
+    let mut everywhere = Raw::open(&app, &app.token(Who::coordinator())).await;
+    let mut admin = Raw::open(&app, &app.admin_token.clone()).await;
+    let mut assigned = Raw::open(&app, &app.token(Who::provider(&day.assigned_provider))).await;
+    let mut unassigned = Raw::open(&app, &app.token(Who::provider(&day.other_provider))).await;
+    // Refused at the start: a coordinator of another region, a patient.
+    let mut out_of_scope = Raw::open(&app, &app.token(Who::coordinator().regions(["CA"]))).await;
+    let mut patient = Raw::open(&app, &app.token(Who::patient("someone"))).await;
+    for raw in [
+        &mut coordinator_a,
+        &mut coordinator_b,
+        &mut everywhere,
+        &mut admin,
+        &mut assigned,
+        &mut unassigned,
+        &mut out_of_scope,
+        &mut patient,
+    ] {
+        raw.subscribe("1", &day.board, None).await;
+    }
+    for refused in [&mut out_of_scope, &mut patient] {
+        let error = refused.next(Duration::from_secs(10)).await.unwrap();
+        let v: Value = serde_json::from_str(&error).unwrap();
+        assert_eq!(
+            v["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN",
+            "{error}"
+        );
+        assert!(!error.contains(MARKER), "{error}");
+        let complete = refused.next(Duration::from_secs(10)).await.unwrap();
+        assert!(complete.contains("complete"), "{complete}");
+    }
+
+    let (_, p) = request(&app, &day.board, 2).await;
+    let next = version_at(&app, &day.board, p).await;
+    assert!(next > current);
+    let a = coordinator_a.until(next).await;
+    let b = coordinator_b.until(next).await;
+    let by_everywhere = everywhere.until(next).await;
+    let by_admin = admin.until(next).await;
+    let by_assigned = assigned.until(next).await;
+    let by_unassigned = unassigned.until(next).await;
+
+    // The same scope: the same bytes, frame for frame (the same subscription id here).
+    assert_eq!(
+        a.last(),
+        b.last(),
+        "coordinators of one scope share a frame"
+    );
+    assert!(a.last().unwrap().contains(MARKER));
+    assert!(by_everywhere.last().unwrap().contains(MARKER));
+    for frame in &by_admin {
+        assert!(!frame.contains(MARKER), "an admin saw {frame}");
+    }
+    // The assigned provider sees their patient and only theirs; the other provider on
+    // the Board sees no patient at all.
+    let shown: Value = serde_json::from_str(by_assigned.last().unwrap()).unwrap();
+    let names: Vec<&Value> = shown["payload"]["data"]["boardChanged"]["appointments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["patientName"])
+        .collect();
+    assert_eq!(names.len(), 3, "{shown}");
+    assert_eq!(
+        names.iter().filter(|n| n.is_string()).count(),
+        1,
+        "only the assigned appointment's patient: {shown}"
+    );
+    for frame in &by_unassigned {
+        assert!(
+            !frame.contains(MARKER),
+            "an unassigned provider saw {frame}"
+        );
+    }
+    for refused in [&mut out_of_scope, &mut patient] {
+        assert!(refused.next(Duration::from_millis(500)).await.is_none());
+    }
+
+    // Each coordinator who received a disclosing frame has a record of their own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = app
+            .data(
+                "query($s: String) { accessLog(subject: $s) { edges { node { subject operation disclosed } } } }",
+                json!({"s": "coordinator-b"}),
+            )
+            .await;
+        let records = d["accessLog"]["edges"].as_array().unwrap().clone();
+        let frames = records
+            .iter()
+            .filter(|r| {
+                r["node"]["operation"] == "boardChanged"
+                    && r["node"]["disclosed"]["version"] == next
+            })
+            .count();
+        if frames == 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let all = app
+                .data(
+                    "{ accessLog { edges { node { subject operation disclosed } } } }",
+                    json!({}),
+                )
+                .await;
+            panic!("no record names coordinator-b for version {next}: {records:?}; all: {all}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_with_the_same_document_and_scope_share_one_execution_per_version() {
+    let app = TestApp::spawn().await;
+    let day = seed(&app).await;
+    const N: usize = 20;
+    let mut sockets = Vec::new();
+    for _ in 0..N {
+        let mut raw = Raw::open(&app, &app.admin_token.clone()).await;
+        raw.subscribe("s", &day.board, None).await;
+        sockets.push(raw);
+    }
+    let (_, p) = request(&app, &day.board, 1).await;
+    let v = version_at(&app, &day.board, p).await;
+    for raw in &mut sockets {
+        raw.until(v).await;
+    }
+    let before = metric(&app, "careboard_subscription_executions_total").await;
+    let sent_before = metric(&app, "careboard_subscription_frames_sent_total").await;
+    const CHANGES: usize = 5;
+    for n in 0..CHANGES {
+        let (_, p) = request(&app, &day.board, n + 2).await;
+        let v = version_at(&app, &day.board, p).await;
+        for raw in &mut sockets {
+            raw.until(v).await;
+        }
+    }
+    let executions = metric(&app, "careboard_subscription_executions_total").await - before;
+    let sent = metric(&app, "careboard_subscription_frames_sent_total").await - sent_before;
+    assert!(
+        sent >= (N * CHANGES) as f64,
+        "{sent} frames sent for {N} subscribers × {CHANGES} changes"
+    );
+    assert!(
+        executions <= CHANGES as f64,
+        "{executions} executions for {CHANGES} Board versions and {N} subscribers"
+    );
+    assert_eq!(metric(&app, "careboard_subscription_groups").await, 1.0);
+}
+
+/// Resumes into a running group, across a listener reconnect and a rebuild: every
+/// subscriber's versions strictly increase, with no duplicates, and all end on the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_frames_strictly_increase_across_a_listener_reconnect_and_a_rebuild() {
+    let app = TestApp::spawn().await;
+    let day = seed(&app).await;
+    let mut first = Raw::open(&app, &app.admin_token.clone()).await;
+    let mut second = Raw::open(&app, &app.admin_token.clone()).await;
+    first.subscribe("1", &day.board, None).await;
+    second.subscribe("2", &day.board, None).await;
+    let connections = app.live().connections();
+    let before = *connections.borrow();
+    let mut last = 0;
+    for n in 0..12 {
+        last = request(&app, &day.board, n).await.1;
+        if n == 4 {
+            let killed: i64 = sqlx::query_scalar(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                  where datname = current_database() and query ilike 'listen%'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            assert_eq!(killed, 1);
+        }
+        if n == 8 {
+            app.data(
+                "mutation { rebuildProjection(name: \"board_view\") { generation } }",
+                json!({}),
+            )
+            .await;
+        }
+    }
+    let v = version_at(&app, &day.board, last).await;
+    let a = first.until(v).await;
+    // A subscriber that resumes from the middle joins the running group: the current
+    // Board first, once.
+    let resumed_from: Value = serde_json::from_str(&a[a.len() / 2]).unwrap();
+    let since = resumed_from["payload"]["data"]["boardChanged"]["version"]
+        .as_i64()
+        .unwrap();
+    let mut third = Raw::open(&app, &app.admin_token.clone()).await;
+    third.subscribe("3", &day.board, Some(since)).await;
+    let resumed = third.until(v).await;
+    assert_eq!(resumed.len(), 1, "only the current Board: {resumed:?}");
+    second.until(v).await;
+    let later = request(&app, &day.board, 99).await.1;
+    let w = version_at(&app, &day.board, later).await;
+    for raw in [&mut first, &mut second, &mut third] {
+        let frames = raw.until(w).await;
+        assert_eq!(frames.len(), 1, "each new version once: {frames:?}");
+        assert!(raw.next(Duration::from_millis(300)).await.is_none());
+    }
+    assert!(*connections.borrow() > before, "the listener reconnected");
+}
+
+/// A socket that stops reading holds no backlog: it misses versions (it gets the newest
+/// when it reads again), and the others are not held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_socket_that_stops_reading_neither_queues_frames_nor_delays_the_others() {
+    let app = TestApp::spawn().await;
+    let day = seed(&app).await;
+    // Big frames: the Board's every appointment with its patient fields, so that the
+    // kernel's socket buffers (a few MB on loopback) fill after a few dozen of them.
+    let long = "a long reason ".repeat(40);
+    for n in 0..200 {
+        request_for(&app, &day.board, n, &long).await;
+    }
+    let coordinator = app.token(Who::coordinator());
+    let mut slow = Raw::open_with(&app, &coordinator, Some(16 * 1024)).await;
+    slow.subscribe("slow", &day.board, None).await;
+    let first = slow.next(Duration::from_secs(20)).await.unwrap();
+    assert!(first.len() > 100_000, "frames of {} bytes", first.len());
+    // From here on `slow` reads nothing.
+    let mut fast = Raw::open(&app, &coordinator).await;
+    fast.subscribe("fast", &day.board, None).await;
+    // One change at a time, each delivered to the reading socket before the next:
+    // the group executes every version, so whatever the stalled socket misses was
+    // coalesced for it alone.
+    const CHANGES: usize = 120;
+    let mut delivered = 0;
+    let mut slowest = Duration::ZERO;
+    let mut final_version = 0;
+    for n in 0..CHANGES {
+        let (_, p) = request_for(&app, &day.board, 1000 + n, &long).await;
+        final_version = version_at(&app, &day.board, p).await;
+        let started = Instant::now();
+        delivered += fast.until(final_version).await.len();
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(10),
+        "the reading subscriber waited {slowest:?} for a version"
+    );
+    // The slow one, reading again, gets what its buffers held, then the newest: far
+    // fewer frames than versions, strictly increasing, ending on the final one.
+    let caught_up = slow.until(final_version).await;
+    eprintln!(
+        "stalled socket: {} frames; reading socket: {delivered}; slowest {slowest:?}",
+        caught_up.len()
+    );
+    assert!(
+        caught_up.len() < delivered / 2,
+        "a stalled socket received {} frames, the reading one {delivered}: frames were queued for it",
+        caught_up.len()
+    );
+}
