@@ -72,7 +72,8 @@ impl Projector {
             // while appends continue.
             if self
                 .switch_caught_up(&workers.iter().map(|w| w.gen.clone()).collect::<Vec<_>>())
-                .await? {
+                .await?
+            {
                 last_refresh = Instant::now() - Duration::from_secs(2);
                 progressed = true;
             }

@@ -222,10 +222,7 @@ async fn run_loop(
                 }
                 match state::active_generations(&projector.pool).await {
                     Ok(fresh) => {
-                        if !fresh
-                            .iter()
-                            .any(|g| (g.projection, g.generation) == key)
-                        {
+                        if !fresh.iter().any(|g| (g.projection, g.generation) == key) {
                             return tell(LoopEnd::Retired);
                         }
                         worker.reload(&fresh);

@@ -149,6 +149,13 @@ impl Projector {
         let rows = read_after(&self.pool, after, limit, None).await?;
         self.metrics
             .projector_stage(ProjectorStage::Read, started.elapsed());
+        if let Some((_, oldest)) = rows.first() {
+            let waited = (chrono::Utc::now() - oldest.recorded_at)
+                .to_std()
+                .unwrap_or_default();
+            self.metrics
+                .projector_stage(ProjectorStage::Visible, waited);
+        }
         Ok(Arc::new(rows))
     }
 
