@@ -24,7 +24,7 @@ use anyhow::Result;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 
-use crate::event_store::log::{cursor_of, read_after, Cursor};
+use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
 use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};
 use crate::leader::{advance_checkpoint, Checkpoint, Lease};
@@ -74,6 +74,24 @@ pub struct Projector {
     settings: ProjectorSettings,
     metrics: Arc<Metrics>,
     faults: Faults,
+    /// The ids of this projector's own transactions still running. They write no
+    /// events, so with loops they do not hold back the reads of the others (see
+    /// [`crate::event_store::log::read_after_excluding`]).
+    own_xids: Arc<std::sync::Mutex<HashSet<u64>>>,
+}
+
+/// Unregisters a transaction id from [`Projector::own_xids`] when its batch ends,
+/// however it ends (at worst a little before its transaction does: that only makes
+/// the reads more careful).
+struct OwnXid<'a> {
+    set: &'a std::sync::Mutex<HashSet<u64>>,
+    xid: u64,
+}
+
+impl Drop for OwnXid<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("own xids").remove(&self.xid);
+    }
 }
 
 impl Projector {
@@ -88,6 +106,7 @@ impl Projector {
             settings,
             metrics,
             faults,
+            own_xids: Arc::default(),
         }
     }
 
@@ -146,7 +165,18 @@ impl Projector {
         limit: i64,
     ) -> Result<Arc<Vec<(Cursor, RecordedEvent)>>, sqlx::Error> {
         let started = Instant::now();
-        let rows = read_after(&self.pool, after, limit, None).await?;
+        let rows = if self.settings.loops {
+            let own: Vec<u64> = self
+                .own_xids
+                .lock()
+                .expect("own xids")
+                .iter()
+                .copied()
+                .collect();
+            read_after_excluding(&self.pool, after, limit, &own).await?
+        } else {
+            read_after(&self.pool, after, limit, None).await?
+        };
         self.metrics
             .projector_stage(ProjectorStage::Read, started.elapsed());
         if let Some((_, oldest)) = rows.first() {
@@ -177,6 +207,21 @@ impl Projector {
         let gen = worker.gen.clone();
         let at = Instant::now();
         let mut tx = self.pool.begin().await?;
+        // With loops, the others' reads skip this transaction while it runs (it writes
+        // no events); its id is taken now, so it is known before its first write.
+        let _own = if self.settings.loops {
+            let xid: String = sqlx::query_scalar("select pg_current_xact_id()::text")
+                .fetch_one(&mut *tx)
+                .await?;
+            let xid: u64 = xid.parse()?;
+            self.own_xids.lock().expect("own xids").insert(xid);
+            Some(OwnXid {
+                set: &self.own_xids,
+                xid,
+            })
+        } else {
+            None
+        };
         let at = stage(ProjectorStage::Begin, at);
         let events: Vec<&RecordedEvent> = rows.iter().map(|(_, e)| e).collect();
         let input = BatchInput {

