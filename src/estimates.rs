@@ -16,7 +16,9 @@ use uuid::Uuid;
 
 use crate::domain::matching::{self, DurationModel, DurationSample, Estimate};
 use crate::domain::BoardContents;
-use crate::domain::{Appointment, AppointmentStatus, Provider, StreamType};
+use crate::domain::{
+    Appointment, AppointmentId, AppointmentStatus, BoardId, Provider, ProviderId, StreamType,
+};
 use crate::error::AppResult;
 use crate::event_store::{fold_recorded, read_streams_of_type, RecordedEvent};
 use crate::projections::Projection;
@@ -30,12 +32,12 @@ const LIVE_TTL: StdDuration = StdDuration::from_secs(5);
 /// Bound on cached live Board estimates.
 const MAX_CACHED_BOARDS: usize = 1024;
 
-type BoardKey = (Uuid, i64);
-type BoardEstimates = Arc<tokio::sync::OnceCell<Arc<HashMap<Uuid, Estimate>>>>;
+type BoardKey = (BoardId, i64);
+type BoardEstimates = Arc<tokio::sync::OnceCell<Arc<HashMap<AppointmentId, Estimate>>>>;
 
 #[derive(Default)]
 struct Caches {
-    providers: HashMap<Uuid, Provider>,
+    providers: HashMap<ProviderId, Provider>,
     samples: HashMap<String, (Instant, Arc<Vec<DurationSample>>)>,
     boards: HashMap<BoardKey, (Instant, BoardEstimates)>,
 }
@@ -55,8 +57,8 @@ impl Estimator {
     pub async fn providers(
         &self,
         pool: &PgPool,
-        ids: impl IntoIterator<Item = Uuid>,
-    ) -> AppResult<HashMap<Uuid, Provider>> {
+        ids: impl IntoIterator<Item = ProviderId>,
+    ) -> AppResult<HashMap<ProviderId, Provider>> {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         {
@@ -75,6 +77,7 @@ impl Estimator {
         }
         missing.sort();
         missing.dedup();
+        let missing: Vec<Uuid> = missing.into_iter().map(Uuid::from).collect();
         let events: Vec<RecordedEvent> =
             read_streams_of_type(pool, &missing, StreamType::Provider).await?;
         let mut caches = self.caches.lock().expect("estimator cache");
@@ -225,7 +228,7 @@ impl Estimator {
                 self.compute(pool, contents, as_of, Some(&request)).await?
             }
         };
-        Ok(estimates.get(&Uuid::nil()).cloned())
+        Ok(estimates.get(&AppointmentId::from(Uuid::nil())).cloned())
     }
 
     /// Estimates for every waiting appointment on a Board, and for `extra` (a request
@@ -241,7 +244,7 @@ impl Estimator {
         contents: &BoardContents,
         as_of: Option<DateTime<Utc>>,
         extra: Option<&Appointment>,
-    ) -> AppResult<Arc<HashMap<Uuid, Estimate>>> {
+    ) -> AppResult<Arc<HashMap<AppointmentId, Estimate>>> {
         if as_of.is_some() || extra.is_some() {
             return self.compute(pool, contents, as_of, extra).await;
         }
@@ -277,7 +280,7 @@ impl Estimator {
         contents: &BoardContents,
         as_of: Option<DateTime<Utc>>,
         extra: Option<&Appointment>,
-    ) -> AppResult<Arc<HashMap<Uuid, Estimate>>> {
+    ) -> AppResult<Arc<HashMap<AppointmentId, Estimate>>> {
         // Waiting appointments are estimated; scheduled and started ones hold providers.
         let mut specialties: Vec<String> = contents
             .appointments
@@ -336,7 +339,7 @@ pub fn hypothetical_request(
     at: DateTime<Utc>,
 ) -> Appointment {
     Appointment {
-        id: Uuid::nil(),
+        id: Uuid::nil().into(),
         board_id: board.id,
         patient_id: None,
         patient_name: String::new(),

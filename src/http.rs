@@ -25,6 +25,7 @@ use crate::error::{AppError, ErrorCode};
 use crate::graphql::RequestContext;
 use crate::health::DbState;
 use crate::identity::edge::Credentials;
+use crate::identity::matrix::Operation;
 pub use crate::state::AppState;
 
 /// The live board page and the index of boards: plain HTML, CSS and JS, shipped inside
@@ -770,7 +771,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "status": text }))).into_response()
 }
 
-/// `/metrics` on the API's address: behind an admin token (when authentication is on),
+/// `/metrics` on the API's address: as the matrix says (admins, when authentication is on),
 /// or not here at all when it has an address of its own (`--metrics-bind`).
 async fn metrics(State(state): State<AppState>, request: Request<Body>) -> Response {
     if state.metrics_elsewhere {
@@ -781,7 +782,10 @@ async fn metrics(State(state): State<AppState>, request: Request<Body>) -> Respo
             .into_response();
     }
     let (parts, _) = request.into_parts();
-    if let Err(refused) = Credentials::of(state.auth.as_ref(), &parts).await.admin() {
+    if let Err(refused) = Credentials::of(state.auth.as_ref(), &parts)
+        .await
+        .may(Operation::Metrics)
+    {
         return refused.into_response();
     }
     render_metrics(&state).await

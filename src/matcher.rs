@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use crate::commands::{self, CommandOptions, ScheduleAppointment};
 use crate::domain::matching;
+use crate::domain::{AppointmentId, ProviderId, ShiftId};
 use crate::error::AppError;
 use crate::estimates::Estimator;
 use crate::event_store::log::{read_after, Cursor};
@@ -270,7 +271,7 @@ impl Matcher {
             else {
                 return Ok(());
             };
-            let ready: Vec<Uuid> = contents
+            let ready: Vec<ProviderId> = contents
                 .shifts
                 .iter()
                 .filter(|s| s.status == crate::domain::ShiftStatus::Ready)
@@ -288,15 +289,12 @@ impl Matcher {
             if pairings.is_empty() {
                 return Ok(());
             }
-            let appointments: HashMap<Uuid, _> =
+            let appointments: HashMap<AppointmentId, _> =
                 contents.appointments.iter().map(|a| (a.id, a)).collect();
-            let shifts: HashMap<Uuid, _> = contents.shifts.iter().map(|s| (s.id, s)).collect();
+            let shifts: HashMap<ShiftId, _> = contents.shifts.iter().map(|s| (s.id, s)).collect();
             let mut refused = false;
             for p in pairings {
-                let (a, s) = (
-                    appointments[&p.appointment_id.as_uuid()],
-                    shifts[&p.shift_id.as_uuid()],
-                );
+                let (a, s) = (appointments[&p.appointment_id], shifts[&p.shift_id]);
                 let now = Utc::now();
                 let estimated_time = self
                     .estimator

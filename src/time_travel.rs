@@ -76,7 +76,7 @@ pub async fn board_as_of(
     Ok(board_doc_as_of(pool, board_id, at, snapshots)
         .await?
         .to_contents()
-        .filter(|c| c.board.id == board_id))
+        .filter(|c| c.board.id.as_uuid() == board_id))
 }
 
 /// One stream's state up to a time or version (or all of it).

@@ -55,8 +55,8 @@ pub fn generate_shaped(
             for _ in 0..10 {
                 let shift = Uuid::new_v4();
                 let e = ShiftEvent::ProviderJoined {
-                    board_id: *board,
-                    provider_id: Uuid::new_v4(),
+                    board_id: (*board).into(),
+                    provider_id: Uuid::new_v4().into(),
                 };
                 out.push((shift, "shift", *board, 1, e.event_type(), e.encode()));
                 shifts.entry(*board).or_default().push((shift, 1));
@@ -72,7 +72,7 @@ pub fn generate_shaped(
                 let (shift, shift_version) = shifts.get_mut(board).unwrap()[slot];
                 let appointment_events = [
                     AppointmentEvent::AppointmentRequested {
-                        board_id: *board,
+                        board_id: (*board).into(),
                         patient_id: Some(format!("patient-{a}")),
                         patient_name: format!("Patient {a}"),
                         specialty: "pediatrics".into(),
@@ -80,8 +80,8 @@ pub fn generate_shaped(
                         reason: "fever".into(),
                     },
                     AppointmentEvent::AppointmentScheduled {
-                        provider_id: Uuid::new_v4(),
-                        shift_id: shift,
+                        provider_id: Uuid::new_v4().into(),
+                        shift_id: shift.into(),
                         estimated_time: date,
                     },
                     AppointmentEvent::AppointmentStarted {},
@@ -89,10 +89,10 @@ pub fn generate_shaped(
                 ];
                 let shift_events = [
                     ShiftEvent::ProviderAssigned {
-                        appointment_id: appointment,
+                        appointment_id: appointment.into(),
                     },
                     ShiftEvent::ChartingStarted {
-                        appointment_id: appointment,
+                        appointment_id: appointment.into(),
                     },
                     ShiftEvent::ChartingFinished {
                         charting_seconds: 300,

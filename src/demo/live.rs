@@ -9,11 +9,12 @@ use std::time::Duration as StdDuration;
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use super::scenario::{Scenario, ShiftPlan};
 use crate::commands::{self, ActOnAppointment, ActOnShift, AppointmentAction, ShiftAction};
-use crate::domain::{AppointmentStatus, Shift, ShiftStatus};
+use crate::domain::{
+    AppointmentId, AppointmentStatus, BoardId, ProviderId, Shift, ShiftId, ShiftStatus,
+};
 use crate::error::AppError;
 use crate::event_store::unit_of_work::CommandMeta;
 use crate::event_store::{read_log, EventStore, LogFilter, ReadLimit};
@@ -25,14 +26,14 @@ enum Act {
     OpenBoard(usize),
     Join(usize, usize),
     Request(usize, usize),
-    Start(Uuid),
-    NoShow(Uuid),
-    Finish(Uuid),
-    CompleteCharting(Uuid),
-    BreakStarts(Uuid, DateTime<Utc>),
-    BreakEnds(Uuid),
-    LeaveDue(Uuid),
-    PatienceOut(Uuid),
+    Start(AppointmentId),
+    NoShow(AppointmentId),
+    Finish(AppointmentId),
+    CompleteCharting(ShiftId),
+    BreakStarts(ShiftId, DateTime<Utc>),
+    BreakEnds(ShiftId),
+    LeaveDue(ShiftId),
+    PatienceOut(AppointmentId),
     /// Every few simulated minutes: retry intentions, wind down finished Boards.
     Tick,
 }
@@ -79,18 +80,18 @@ struct Driver<'a> {
     queue: BinaryHeap<Reverse<(DateTime<Utc>, u64)>>,
     acts: HashMap<u64, Act>,
     seq: u64,
-    boards: Vec<Option<Uuid>>,
+    boards: Vec<Option<BoardId>>,
     closed: HashSet<usize>,
-    providers: Vec<Option<Uuid>>,
+    providers: Vec<Option<ProviderId>>,
     /// Live shift id → (board, shift plan).
-    shifts: HashMap<Uuid, (usize, usize)>,
-    signed_off: HashSet<Uuid>,
-    intents: HashMap<Uuid, Intent>,
+    shifts: HashMap<ShiftId, (usize, usize)>,
+    signed_off: HashSet<ShiftId>,
+    intents: HashMap<ShiftId, Intent>,
     /// Live appointment id → (board, arrival).
-    appointments: HashMap<Uuid, (usize, usize)>,
+    appointments: HashMap<AppointmentId, (usize, usize)>,
     /// Appointments waiting, scheduled or started: while there are any, time runs at
     /// `speed`; while there are none, quiet stretches are skipped.
-    open: HashSet<Uuid>,
+    open: HashSet<AppointmentId>,
     log_position: i64,
     summary: LiveSummary,
     base_url: &'a str,
@@ -192,7 +193,7 @@ pub async fn play(
 
 /// Boards the demo opened that are still open, from any earlier run; empty when the
 /// earlier runs ended (or were stopped with Ctrl+C) normally.
-async fn demo_boards_open(store: &EventStore) -> Result<Vec<Uuid>> {
+async fn demo_boards_open(store: &EventStore) -> Result<Vec<BoardId>> {
     let mut after = 0;
     let mut open = Vec::new();
     loop {
@@ -219,7 +220,7 @@ async fn demo_boards_open(store: &EventStore) -> Result<Vec<Uuid>> {
                 .await
                 .map_err(|e| anyhow::anyhow!(e.describe()))?;
             if board.is_some_and(|b| b.status == crate::domain::BoardStatus::Open) {
-                open.push(e.stream_id);
+                open.push(e.stream_id.into());
             }
         }
     }
@@ -244,7 +245,7 @@ async fn close_leftovers(store: &EventStore) -> Result<usize> {
 /// completed, providers sign off, and each Board is closed. The matcher may act in
 /// between (it is running), so this goes round until nothing is left or it stops
 /// making progress. Returns how many Boards it closed.
-pub async fn close_everything(store: &EventStore, boards: &[Uuid]) -> Result<usize> {
+pub async fn close_everything(store: &EventStore, boards: &[BoardId]) -> Result<usize> {
     let mut closed = 0;
     for &board in boards {
         for _round in 0..20 {
@@ -266,7 +267,7 @@ pub async fn close_everything(store: &EventStore, boards: &[Uuid]) -> Result<usi
                 };
                 let command = ActOnShift {
                     action,
-                    shift_id: shift.id.into(),
+                    shift_id: shift.id,
                     options: Default::default(),
                 };
                 tolerate(commands::shift_action(store, meta(action.operation()), command).await)?;
@@ -275,7 +276,7 @@ pub async fn close_everything(store: &EventStore, boards: &[Uuid]) -> Result<usi
                 let r = match a.status {
                     AppointmentStatus::Requested | AppointmentStatus::Scheduled => {
                         let command = commands::CancelAppointment {
-                            appointment_id: a.id.into(),
+                            appointment_id: a.id,
                             reason: "the clinic closed early".into(),
                             options: Default::default(),
                         };
@@ -286,7 +287,7 @@ pub async fn close_everything(store: &EventStore, boards: &[Uuid]) -> Result<usi
                     AppointmentStatus::Started => {
                         let command = ActOnAppointment {
                             action: AppointmentAction::Finish,
-                            appointment_id: a.id.into(),
+                            appointment_id: a.id,
                             options: Default::default(),
                         };
                         commands::appointment_action(store, meta("finishAppointment"), command)
@@ -298,7 +299,7 @@ pub async fn close_everything(store: &EventStore, boards: &[Uuid]) -> Result<usi
                 tolerate(r)?;
             }
             let command = commands::CloseBoard {
-                board_id: board.into(),
+                board_id: board,
                 options: Default::default(),
             };
             if commands::close_board(store, meta("closeBoard"), command)
@@ -390,7 +391,7 @@ impl Driver<'_> {
     /// Ctrl+C, or the end of `--hours`: closes every Board this run opened.
     async fn stop_early(&mut self) -> Result<()> {
         self.summary.interrupted = true;
-        let opened: Vec<Uuid> = self
+        let opened: Vec<BoardId> = self
             .boards
             .iter()
             .enumerate()
@@ -449,7 +450,7 @@ impl Driver<'_> {
         let now = self.now();
         for e in events {
             self.log_position = self.log_position.max(e.seq);
-            let Some(&(b, a)) = self.appointments.get(&e.stream_id) else {
+            let Some(&(b, a)) = self.appointments.get(&e.stream_id.into()) else {
                 continue;
             };
             if e.metadata.get("actor").and_then(|a| a.as_str()) == Some(crate::matcher::NAME) {
@@ -459,16 +460,16 @@ impl Driver<'_> {
             if arrival.no_show {
                 self.at(
                     now + arrival.lead + Duration::minutes(3),
-                    Act::NoShow(e.stream_id),
+                    Act::NoShow(e.stream_id.into()),
                 );
             } else {
-                self.at(now + arrival.lead, Act::Start(e.stream_id));
+                self.at(now + arrival.lead, Act::Start(e.stream_id.into()));
             }
         }
         Ok(())
     }
 
-    async fn shift_state(&self, id: Uuid) -> Result<Option<Shift>> {
+    async fn shift_state(&self, id: ShiftId) -> Result<Option<Shift>> {
         self.store
             .load::<Shift>(id, ReadLimit::All)
             .await
@@ -476,7 +477,7 @@ impl Driver<'_> {
     }
 
     /// A provider who is READY takes a pending break or leaves, if they intend to.
-    async fn follow_intent(&mut self, id: Uuid) -> Result<()> {
+    async fn follow_intent(&mut self, id: ShiftId) -> Result<()> {
         let Some(shift) = self.shift_state(id).await? else {
             return Ok(());
         };
@@ -523,10 +524,15 @@ impl Driver<'_> {
 
     /// Runs a shift command; `false` when the shift's state did not allow it (the
     /// matcher got there first): the intention stays and is retried.
-    async fn shift_command(&self, id: Uuid, action: ShiftAction, op: &'static str) -> Result<bool> {
+    async fn shift_command(
+        &self,
+        id: ShiftId,
+        action: ShiftAction,
+        op: &'static str,
+    ) -> Result<bool> {
         let command = ActOnShift {
             action,
-            shift_id: id.into(),
+            shift_id: id,
             options: Default::default(),
         };
         match commands::shift_action(self.store, meta(op), command).await {
@@ -537,7 +543,7 @@ impl Driver<'_> {
     }
 
     /// A paused provider is marked READY (end of a break, or leaving time).
-    async fn back_from_pause(&self, id: Uuid) -> Result<()> {
+    async fn back_from_pause(&self, id: ShiftId) -> Result<()> {
         let paused = self
             .shift_state(id)
             .await?
@@ -551,13 +557,13 @@ impl Driver<'_> {
 
     async fn appointment_action(
         &self,
-        id: Uuid,
+        id: AppointmentId,
         action: AppointmentAction,
         op: &'static str,
     ) -> Result<commands::Written<crate::domain::Appointment>, AppError> {
         let command = ActOnAppointment {
             action,
-            appointment_id: id.into(),
+            appointment_id: id,
             options: Default::default(),
         };
         commands::appointment_action(self.store, meta(op), command).await
@@ -607,8 +613,8 @@ impl Driver<'_> {
                     store,
                     meta("joinBoard"),
                     commands::JoinBoard {
-                        board_id: board.into(),
-                        provider_id: provider.into(),
+                        board_id: board,
+                        provider_id: provider,
                         options: Default::default(),
                     },
                 )
@@ -632,7 +638,7 @@ impl Driver<'_> {
                     meta("requestAppointment"),
                     commands::RequestAppointment {
                         patient_id: None,
-                        board_id: board.into(),
+                        board_id: board,
                         patient_name: arrival.patient,
                         specialty: arrival.specialty,
                         region: arrival.region,
@@ -684,7 +690,7 @@ impl Driver<'_> {
                     store,
                     meta("cancelAppointment"),
                     commands::CancelAppointment {
-                        appointment_id: id.into(),
+                        appointment_id: id,
                         reason: reason.into(),
                         options: Default::default(),
                     },
@@ -718,7 +724,7 @@ impl Driver<'_> {
                 self.follow_intent(shift).await?;
             }
             Act::Tick => {
-                let pending: Vec<Uuid> = self
+                let pending: Vec<ShiftId> = self
                     .intents
                     .iter()
                     .filter(|(id, i)| {
@@ -769,7 +775,7 @@ impl Driver<'_> {
                 self.store,
                 meta("cancelAppointment"),
                 commands::CancelAppointment {
-                    appointment_id: a.id.into(),
+                    appointment_id: a.id,
                     reason: "no provider available today".into(),
                     options: Default::default(),
                 },
@@ -791,7 +797,7 @@ impl Driver<'_> {
             self.store,
             meta("closeBoard"),
             commands::CloseBoard {
-                board_id: board.into(),
+                board_id: board,
                 options: Default::default(),
             },
         )

@@ -18,11 +18,11 @@ use crate::domain::appointment::{self, AppointmentCommand};
 use crate::domain::board::{self, BoardCommand, OpenWork};
 use crate::domain::provider::{self, ProviderCommand};
 use crate::domain::shift::{self, ShiftCommand};
-use crate::domain::ShiftId;
 use crate::domain::{
     matching, scheduling, Aggregate, Appointment, AppointmentStatus, Board, DomainEvent,
     EventContext, Provider, Shift, ShiftStatus,
 };
+use crate::domain::{AppointmentId, BoardId, ProviderId, ShiftId};
 use crate::event_store::import::ImportEvent;
 
 #[derive(Debug, Clone, Copy)]
@@ -30,14 +30,14 @@ enum Action {
     OpenBoard(usize),
     Join(usize, usize),
     Request(usize, usize),
-    Start(Uuid),
-    NoShow(Uuid),
-    Finish(Uuid),
-    CompleteCharting(Uuid),
-    BreakStarts(Uuid, usize),
-    BreakEnds(Uuid),
-    LeaveDue(Uuid),
-    PatienceOut(Uuid),
+    Start(AppointmentId),
+    NoShow(AppointmentId),
+    Finish(AppointmentId),
+    CompleteCharting(ShiftId),
+    BreakStarts(ShiftId, usize),
+    BreakEnds(ShiftId),
+    LeaveDue(ShiftId),
+    PatienceOut(AppointmentId),
 }
 
 impl Action {
@@ -75,13 +75,13 @@ struct Sim<'a> {
     queue: BinaryHeap<Reverse<(DateTime<Utc>, u64, usize)>>,
     actions: Vec<Action>,
     boards: Vec<Option<Board>>,
-    board_index: HashMap<Uuid, usize>,
-    providers: HashMap<Uuid, Provider>,
-    shifts: HashMap<Uuid, Shift>,
-    appointments: HashMap<Uuid, Appointment>,
+    board_index: HashMap<BoardId, usize>,
+    providers: HashMap<ProviderId, Provider>,
+    shifts: HashMap<ShiftId, Shift>,
+    appointments: HashMap<AppointmentId, Appointment>,
     /// The scenario arrival behind each appointment: (board, arrival).
-    arrival_of: HashMap<Uuid, (usize, usize)>,
-    pending: HashMap<Uuid, Pending>,
+    arrival_of: HashMap<AppointmentId, (usize, usize)>,
+    pending: HashMap<ShiftId, Pending>,
     /// Leads seen so far by specialty (sum of seconds, count): the estimate the
     /// matcher puts on `AppointmentScheduled`, as the live system does.
     leads: HashMap<String, (i64, i64)>,
@@ -101,7 +101,7 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Result<Vec<ImportEvent>> {
             .boards
             .iter()
             .enumerate()
-            .map(|(i, b)| (b.id, i))
+            .map(|(i, b)| (BoardId::from(b.id), i))
             .collect(),
         providers: HashMap::new(),
         shifts: HashMap::new(),
@@ -163,12 +163,14 @@ impl Sim<'_> {
     fn record<A: Aggregate>(
         &mut self,
         state: Option<A>,
-        stream_id: Uuid,
-        board_id: Option<Uuid>,
+        stream_id: impl Into<Uuid>,
+        board_id: Option<BoardId>,
         events: &[A::Event],
         t: DateTime<Utc>,
         metadata: &Value,
     ) -> Result<A> {
+        let stream_id = stream_id.into();
+        let board_id = board_id.map(Uuid::from);
         let mut state = state;
         for event in events {
             let version = state.as_ref().map_or(0, |s| s.version()) + 1;
@@ -213,19 +215,19 @@ impl Sim<'_> {
             )?;
             let meta = self.metadata("demo", "registerProvider");
             let state = self.record::<Provider>(None, p.id, None, &events, start, &meta)?;
-            self.providers.insert(p.id, state);
+            self.providers.insert(p.id.into(), state);
         }
         Ok(())
     }
 
-    fn shift(&self, id: Uuid) -> Result<Shift> {
+    fn shift(&self, id: ShiftId) -> Result<Shift> {
         self.shifts
             .get(&id)
             .cloned()
             .ok_or_else(|| anyhow!("unknown shift {id}"))
     }
 
-    fn appointment(&self, id: Uuid) -> Result<Appointment> {
+    fn appointment(&self, id: AppointmentId) -> Result<Appointment> {
         self.appointments
             .get(&id)
             .cloned()
@@ -234,7 +236,7 @@ impl Sim<'_> {
 
     fn shift_command(
         &mut self,
-        id: Uuid,
+        id: ShiftId,
         command: ShiftCommand,
         operation: &str,
         t: DateTime<Utc>,
@@ -283,15 +285,15 @@ impl Sim<'_> {
                     },
                 )?;
                 let meta = self.metadata("demo", "openBoard");
-                let id = plan.id;
+                let id = BoardId::from(plan.id);
                 let state = self.record::<Board>(None, id, Some(id), &events, t, &meta)?;
                 self.boards[b] = Some(state);
             }
             Action::Join(b, s) => {
                 let plan = &self.scenario.boards[b];
                 let shift_plan = plan.shifts[s].clone();
-                let provider_id = self.scenario.providers[shift_plan.provider].id;
-                let board_id = plan.id;
+                let provider_id = ProviderId::from(self.scenario.providers[shift_plan.provider].id);
+                let board_id = BoardId::from(plan.id);
                 let events = shift::decide(
                     None,
                     ShiftCommand::Join {
@@ -299,7 +301,7 @@ impl Sim<'_> {
                         provider: self.providers.get(&provider_id).cloned().map(Box::new),
                     },
                 )?;
-                let id = ShiftId::of(board_id.into(), provider_id.into()).as_uuid();
+                let id = ShiftId::of(board_id, provider_id);
                 let meta = self.metadata("demo", "joinBoard");
                 let state = self.record::<Shift>(None, id, Some(board_id), &events, t, &meta)?;
                 self.shifts.insert(id, state);
@@ -310,7 +312,7 @@ impl Sim<'_> {
             }
             Action::Request(b, a) => {
                 let arrival = self.scenario.boards[b].arrivals[a].clone();
-                let board_id = self.scenario.boards[b].id;
+                let board_id = BoardId::from(self.scenario.boards[b].id);
                 let events = appointment::decide(
                     None,
                     AppointmentCommand::Request {
@@ -322,7 +324,7 @@ impl Sim<'_> {
                         reason: arrival.reason.clone(),
                     },
                 )?;
-                let id = uuid(&mut self.rng);
+                let id = AppointmentId::from(uuid(&mut self.rng));
                 let meta = self.metadata("demo", "requestAppointment");
                 let state =
                     self.record::<Appointment>(None, id, Some(board_id), &events, t, &meta)?;
@@ -377,12 +379,7 @@ impl Sim<'_> {
                     .shifts
                     .iter()
                     .find(|p| {
-                        ShiftId::of(
-                            s.board_id.into(),
-                            self.scenario.providers[p.provider].id.into(),
-                        )
-                        .as_uuid()
-                            == id
+                        ShiftId::of(s.board_id, self.scenario.providers[p.provider].id.into()) == id
                     })
                     .ok_or_else(|| anyhow!("shift {id} has no plan"))?;
                 let end = plan.breaks[i].1;
@@ -422,7 +419,7 @@ impl Sim<'_> {
         if board.closed_at.is_some() {
             return Ok(());
         }
-        let mut shift_ids: Vec<Uuid> = self
+        let mut shift_ids: Vec<ShiftId> = self
             .shifts
             .values()
             .filter(|s| s.board_id == board.id)
@@ -534,8 +531,8 @@ impl Sim<'_> {
             .collect();
         shifts.sort_by_key(|s| s.id);
         for pairing in matching::plan(&appointments, &shifts, &self.providers) {
-            let a = self.appointment(pairing.appointment_id.as_uuid())?;
-            let s = self.shift(pairing.shift_id.as_uuid())?;
+            let a = self.appointment(pairing.appointment_id)?;
+            let s = self.shift(pairing.shift_id)?;
             let provider = self.providers[&s.provider_id].clone();
             let (sum, n) = self.leads.get(&a.specialty).copied().unwrap_or((0, 0));
             let lead = if n > 0 {

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
+use super::ids::{AppointmentId, BoardId, ProviderId, ShiftId};
 use super::{
     fold_error, region, required_text, specialty, Aggregate, Board, BoardStatus, DomainError,
     DomainEvent, EventContext, FoldError, StreamType,
@@ -46,8 +46,8 @@ impl std::fmt::Display for AppointmentStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Appointment {
-    pub id: Uuid,
-    pub board_id: Uuid,
+    pub id: AppointmentId,
+    pub board_id: BoardId,
     /// The patient it is for, as their token names them (DESIGN §9: a patient sees
     /// their own). `None` for appointments requested before Careboard recorded it: only
     /// coordinators and admins see those.
@@ -58,8 +58,8 @@ pub struct Appointment {
     pub region: String,
     pub reason: String,
     pub status: AppointmentStatus,
-    pub provider_id: Option<Uuid>,
-    pub shift_id: Option<Uuid>,
+    pub provider_id: Option<ProviderId>,
+    pub shift_id: Option<ShiftId>,
     pub estimated_time: Option<DateTime<Utc>>,
     pub requested_at: DateTime<Utc>,
     pub scheduled_at: Option<DateTime<Utc>>,
@@ -75,7 +75,7 @@ pub struct Appointment {
 pub enum AppointmentEvent {
     #[serde(rename_all = "camelCase")]
     AppointmentRequested {
-        board_id: Uuid,
+        board_id: BoardId,
         /// Absent in events written before patients were identified.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         patient_id: Option<String>,
@@ -86,8 +86,8 @@ pub enum AppointmentEvent {
     },
     #[serde(rename_all = "camelCase")]
     AppointmentScheduled {
-        provider_id: Uuid,
-        shift_id: Uuid,
+        provider_id: ProviderId,
+        shift_id: ShiftId,
         estimated_time: DateTime<Utc>,
     },
     AppointmentStarted {},
@@ -125,8 +125,8 @@ pub enum AppointmentCommand {
         reason: String,
     },
     Schedule {
-        provider_id: Uuid,
-        shift_id: Uuid,
+        provider_id: ProviderId,
+        shift_id: ShiftId,
         estimated_time: DateTime<Utc>,
     },
     Start,
@@ -299,7 +299,7 @@ impl Aggregate for Appointment {
                 },
             ) => {
                 return Ok(Appointment {
-                    id: ctx.stream_id,
+                    id: ctx.stream_id.into(),
                     board_id: *board_id,
                     patient_id: patient_id.clone(),
                     patient_name: patient_name.clone(),
@@ -366,10 +366,11 @@ mod tests {
     use super::*;
     use crate::domain::testing::*;
     use chrono::NaiveDate;
+    use uuid::Uuid;
 
     fn board(status: BoardStatus) -> Board {
         Board {
-            id: Uuid::from_u128(1),
+            id: Uuid::from_u128(1).into(),
             name: "Peds".into(),
             specialty: "pediatrics".into(),
             region: "TX".into(),
@@ -394,7 +395,7 @@ mod tests {
 
     fn requested() -> AppointmentEvent {
         AppointmentEvent::AppointmentRequested {
-            board_id: Uuid::from_u128(1),
+            board_id: Uuid::from_u128(1).into(),
             patient_id: Some("patient-7".into()),
             patient_name: "Sam Lee".into(),
             specialty: "pediatrics".into(),
@@ -405,16 +406,16 @@ mod tests {
 
     fn scheduled() -> AppointmentEvent {
         AppointmentEvent::AppointmentScheduled {
-            provider_id: Uuid::from_u128(2),
-            shift_id: Uuid::from_u128(3),
+            provider_id: Uuid::from_u128(2).into(),
+            shift_id: Uuid::from_u128(3).into(),
             estimated_time: at(30),
         }
     }
 
     fn schedule_cmd() -> AppointmentCommand {
         AppointmentCommand::Schedule {
-            provider_id: Uuid::from_u128(2),
-            shift_id: Uuid::from_u128(3),
+            provider_id: Uuid::from_u128(2).into(),
+            shift_id: Uuid::from_u128(3).into(),
             estimated_time: at(30),
         }
     }
@@ -511,7 +512,7 @@ mod tests {
         );
         let a = given::<Appointment>(&[requested(), scheduled()]).unwrap();
         assert_eq!(a.status, AppointmentStatus::Scheduled);
-        assert_eq!(a.provider_id, Some(Uuid::from_u128(2)));
+        assert_eq!(a.provider_id, Some(Uuid::from_u128(2).into()));
         assert_eq!(a.estimated_time, Some(at(30)));
     }
 

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
+use super::ids::BoardId;
 use super::{
     board_date, fold_error, region, required_text, specialty, Aggregate, DomainError, DomainEvent,
     EventContext, FoldError, StreamType,
@@ -19,7 +19,7 @@ pub enum BoardStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Board {
-    pub id: Uuid,
+    pub id: BoardId,
     pub name: String,
     pub specialty: String,
     pub region: String,
@@ -173,7 +173,7 @@ impl Aggregate for Board {
                     date,
                 },
             ) => Ok(Board {
-                id: ctx.stream_id,
+                id: ctx.stream_id.into(),
                 name: name.clone(),
                 specialty: specialty.clone(),
                 region: region.clone(),

@@ -138,4 +138,80 @@ mod tests {
             Uuid::new_v5(&Uuid::from_u128(1), Uuid::from_u128(2).as_bytes())
         );
     }
+
+    /// Events and states as earlier builds stored them (ids as plain UUID text, in
+    /// the `data` column and in documents and snapshots): they still decode, and
+    /// encode back to the same JSON, now that the fields are typed ids.
+    #[test]
+    fn stored_events_and_states_keep_their_json_shape() {
+        use crate::domain::{Appointment, AppointmentEvent, DomainEvent, Shift, ShiftEvent};
+        use serde_json::json;
+
+        let (board, provider, shift, appointment) = (
+            "00000000-0000-0000-0000-000000000001",
+            "00000000-0000-0000-0000-000000000002",
+            "00000000-0000-0000-0000-000000000003",
+            "00000000-0000-0000-0000-000000000004",
+        );
+        let stored = [
+            (
+                "ProviderJoined",
+                json!({"boardId": board, "providerId": provider}),
+            ),
+            ("ProviderAssigned", json!({"appointmentId": appointment})),
+            ("ChartingStarted", json!({"appointmentId": appointment})),
+        ];
+        for (event_type, data) in &stored {
+            let event = ShiftEvent::decode(event_type, data).unwrap();
+            assert_eq!(&event.encode(), data, "{event_type}");
+        }
+        let joined = ShiftEvent::decode(stored[0].0, &stored[0].1).unwrap();
+        assert_eq!(
+            joined,
+            ShiftEvent::ProviderJoined {
+                board_id: board.parse().unwrap(),
+                provider_id: provider.parse().unwrap(),
+            }
+        );
+
+        let stored = [
+            (
+                "AppointmentRequested",
+                json!({"boardId": board, "patientName": "Sam", "specialty": "pediatrics",
+                       "region": "TX", "reason": "fever"}),
+            ),
+            (
+                "AppointmentScheduled",
+                json!({"providerId": provider, "shiftId": shift,
+                       "estimatedTime": "2022-07-18T09:30:00Z"}),
+            ),
+        ];
+        for (event_type, data) in &stored {
+            let event = AppointmentEvent::decode(event_type, data).unwrap();
+            assert_eq!(&event.encode(), data, "{event_type}");
+        }
+
+        // States as documents and snapshots hold them.
+        let shift_doc = json!({
+            "id": shift, "boardId": board, "providerId": provider, "status": "ASSIGNED",
+            "appointmentId": appointment, "joinedAt": "2022-07-18T09:00:00Z",
+            "chartingSince": null, "chartingSeconds": 0, "signedOffAt": null,
+            "readySince": null, "chartings": 0, "version": 3
+        });
+        let decoded: Shift = serde_json::from_value(shift_doc.clone()).unwrap();
+        assert_eq!(decoded.appointment_id, Some(appointment.parse().unwrap()));
+        assert_eq!(serde_json::to_value(&decoded).unwrap(), shift_doc);
+
+        let appointment_doc = json!({
+            "id": appointment, "boardId": board, "patientId": null, "patientName": "Sam",
+            "specialty": "pediatrics", "region": "TX", "reason": "fever",
+            "status": "SCHEDULED", "providerId": provider, "shiftId": shift,
+            "estimatedTime": "2022-07-18T09:30:00Z", "requestedAt": "2022-07-18T09:00:00Z",
+            "scheduledAt": "2022-07-18T09:01:00Z", "startedAt": null, "finishedAt": null,
+            "cancelledAt": null, "cancellationReason": null, "version": 2
+        });
+        let decoded: Appointment = serde_json::from_value(appointment_doc.clone()).unwrap();
+        assert_eq!(decoded.shift_id, Some(shift.parse().unwrap()));
+        assert_eq!(serde_json::to_value(&decoded).unwrap(), appointment_doc);
+    }
 }

@@ -6,9 +6,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Timelike, Utc};
-use uuid::Uuid;
 
-use super::{Appointment, AppointmentId, AppointmentStatus, Provider, Shift, ShiftId, ShiftStatus};
+use super::{
+    Appointment, AppointmentId, AppointmentStatus, Provider, ProviderId, Shift, ShiftId,
+    ShiftStatus,
+};
 
 /// Whether `provider`, on `shift`, may take `appointment`: same Board, the specialty,
 /// a licence in the appointment's region.
@@ -41,7 +43,7 @@ fn waiting_in_order(appointments: &[Appointment]) -> Vec<&Appointment> {
 pub fn plan(
     appointments: &[Appointment],
     shifts: &[Shift],
-    providers: &HashMap<Uuid, Provider>,
+    providers: &HashMap<ProviderId, Provider>,
 ) -> Vec<Pairing> {
     let mut ready: Vec<(&Shift, &Provider)> = shifts
         .iter()
@@ -54,8 +56,8 @@ pub fn plan(
         if let Some(i) = ready.iter().position(|(s, p)| fits(s, p, appointment)) {
             let (shift, _) = ready.remove(i);
             pairings.push(Pairing {
-                appointment_id: appointment.id.into(),
-                shift_id: shift.id.into(),
+                appointment_id: appointment.id,
+                shift_id: shift.id,
             });
         }
     }
@@ -218,15 +220,16 @@ pub fn estimate(
     now: DateTime<Utc>,
     appointments: &[Appointment],
     shifts: &[Shift],
-    providers: &HashMap<Uuid, Provider>,
+    providers: &HashMap<ProviderId, Provider>,
     model: &DurationModel,
     extra: Option<&Appointment>,
-) -> HashMap<Uuid, Estimate> {
+) -> HashMap<AppointmentId, Estimate> {
     let (total, count) = shifts.iter().fold((0, 0), |(t, n), s| {
         (t + s.charting_seconds, n + s.chartings)
     });
     let board_charting = (count > 0).then(|| Duration::seconds(total / count));
-    let by_id: HashMap<Uuid, &Appointment> = appointments.iter().map(|a| (a.id, a)).collect();
+    let by_id: HashMap<AppointmentId, &Appointment> =
+        appointments.iter().map(|a| (a.id, a)).collect();
     let mut lanes: Vec<Lane> = shifts
         .iter()
         .filter_map(|shift| {
@@ -306,12 +309,14 @@ pub fn estimate(
 mod tests {
     use super::*;
     use crate::domain::testing::at;
+    use crate::domain::BoardId;
+    use uuid::Uuid;
 
-    const BOARD: Uuid = Uuid::from_u128(1);
+    const BOARD: BoardId = BoardId::from_uuid(Uuid::from_u128(1));
 
     fn provider(n: u128, specialties: &[&str], regions: &[&str]) -> Provider {
         Provider {
-            id: Uuid::from_u128(100 + n),
+            id: Uuid::from_u128(100 + n).into(),
             name: format!("Dr. {n}"),
             specialties: specialties.iter().map(|s| s.to_string()).collect(),
             licensed_regions: regions.iter().map(|s| s.to_string()).collect(),
@@ -321,9 +326,9 @@ mod tests {
 
     fn shift(n: u128, status: ShiftStatus, ready_minute: i64) -> Shift {
         Shift {
-            id: Uuid::from_u128(200 + n),
+            id: Uuid::from_u128(200 + n).into(),
             board_id: BOARD,
-            provider_id: Uuid::from_u128(100 + n),
+            provider_id: Uuid::from_u128(100 + n).into(),
             status,
             appointment_id: None,
             joined_at: at(0),
@@ -338,7 +343,7 @@ mod tests {
 
     fn waiting(n: u128, specialty: &str, region: &str, minute: i64) -> Appointment {
         Appointment {
-            id: Uuid::from_u128(300 + n),
+            id: Uuid::from_u128(300 + n).into(),
             board_id: BOARD,
             patient_id: None,
             patient_name: format!("Patient {n}"),
@@ -359,7 +364,7 @@ mod tests {
         }
     }
 
-    fn providers(list: &[Provider]) -> HashMap<Uuid, Provider> {
+    fn providers(list: &[Provider]) -> HashMap<ProviderId, Provider> {
         list.iter().map(|p| (p.id, p.clone())).collect()
     }
 
@@ -483,14 +488,18 @@ mod tests {
         let mut appointments = held;
         appointments.extend((1..=5).map(|n| waiting(n, "pediatrics", "TX", n as i64)));
         let estimates = estimate(at(0), &appointments, &shifts, &ps, &model(20), None);
-        let start = |n: u128| estimates[&Uuid::from_u128(300 + n)].start.unwrap();
+        let start = |n: u128| {
+            estimates[&AppointmentId::from(Uuid::from_u128(300 + n))]
+                .start
+                .unwrap()
+        };
         // Each starts one minute (the lead) after a provider frees up.
         assert_eq!(start(1), at(26));
         assert_eq!(start(2), at(26));
         assert_eq!(start(3), at(51));
         assert_eq!(start(4), at(51));
         assert_eq!(start(5), at(76));
-        let fifth = &estimates[&Uuid::from_u128(305)];
+        let fifth = &estimates[&AppointmentId::from(Uuid::from_u128(305))];
         assert_eq!((fifth.queue_ahead, fifth.providers), (4, 2));
         assert!(fifth.from_history);
     }

@@ -1,8 +1,8 @@
 //! Provider: reference data (name, specialties, the regions where they are licensed).
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
+use super::ids::ProviderId;
 use super::{
     fold_error, region, required_text, specialty, Aggregate, DomainError, DomainEvent,
     EventContext, FoldError, StreamType,
@@ -11,7 +11,7 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Provider {
-    pub id: Uuid,
+    pub id: ProviderId,
     pub name: String,
     pub specialties: Vec<String>,
     pub licensed_regions: Vec<String>,
@@ -131,7 +131,7 @@ impl Aggregate for Provider {
                     licensed_regions,
                 },
             ) => Ok(Provider {
-                id: ctx.stream_id,
+                id: ctx.stream_id.into(),
                 name: name.clone(),
                 specialties: specialties.clone(),
                 licensed_regions: licensed_regions.clone(),

@@ -108,13 +108,13 @@ pub fn cancel(
 mod tests {
     use super::*;
     use crate::domain::testing::*;
-    use crate::domain::ShiftStatus;
+    use crate::domain::{AppointmentId, BoardId, ProviderId, ShiftId, ShiftStatus};
     use uuid::Uuid;
 
-    const BOARD: Uuid = Uuid::from_u128(1);
-    const PROVIDER: Uuid = Uuid::from_u128(2);
-    const SHIFT: Uuid = Uuid::from_u128(3);
-    const APPOINTMENT: Uuid = Uuid::from_u128(4);
+    const BOARD: BoardId = BoardId::from_uuid(Uuid::from_u128(1));
+    const PROVIDER: ProviderId = ProviderId::from_uuid(Uuid::from_u128(2));
+    const SHIFT: ShiftId = ShiftId::from_uuid(Uuid::from_u128(3));
+    const APPOINTMENT: AppointmentId = AppointmentId::from_uuid(Uuid::from_u128(4));
 
     fn provider(specialties: &[&str], regions: &[&str]) -> Provider {
         Provider {
@@ -132,7 +132,7 @@ mod tests {
         s
     }
 
-    fn ready_shift(board: Uuid) -> Shift {
+    fn ready_shift(board: BoardId) -> Shift {
         shift_with(&[ShiftEvent::ProviderJoined {
             board_id: board,
             provider_id: PROVIDER,
@@ -227,7 +227,7 @@ mod tests {
     fn scheduling_across_boards_is_rejected() {
         let err = rejected_with(schedule(
             Some(&appointment_with(&[requested()])),
-            Some(&ready_shift(Uuid::from_u128(77))),
+            Some(&ready_shift(Uuid::from_u128(77).into())),
             Some(&provider(&["pediatrics"], &["TX"])),
             at(10),
         ));

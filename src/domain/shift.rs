@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
+use super::ids::{AppointmentId, BoardId, ProviderId, ShiftId};
 use super::{
     fold_error, Aggregate, Board, BoardStatus, DomainError, DomainEvent, EventContext, FoldError,
     Provider, StreamType,
@@ -34,12 +34,12 @@ impl std::fmt::Display for ShiftStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Shift {
-    pub id: Uuid,
-    pub board_id: Uuid,
-    pub provider_id: Uuid,
+    pub id: ShiftId,
+    pub board_id: BoardId,
+    pub provider_id: ProviderId,
     pub status: ShiftStatus,
     /// The appointment the provider is assigned to or charting for.
-    pub appointment_id: Option<Uuid>,
+    pub appointment_id: Option<AppointmentId>,
     pub joined_at: DateTime<Utc>,
     /// When the current charting began; the charting time is measured from it.
     pub charting_since: Option<DateTime<Utc>>,
@@ -63,18 +63,18 @@ pub struct Shift {
 pub enum ShiftEvent {
     #[serde(rename_all = "camelCase")]
     ProviderJoined {
-        board_id: Uuid,
-        provider_id: Uuid,
+        board_id: BoardId,
+        provider_id: ProviderId,
     },
     ProviderReady {},
     #[serde(rename_all = "camelCase")]
     ProviderAssigned {
-        appointment_id: Uuid,
+        appointment_id: AppointmentId,
     },
     ProviderPaused {},
     #[serde(rename_all = "camelCase")]
     ChartingStarted {
-        appointment_id: Uuid,
+        appointment_id: AppointmentId,
     },
     #[serde(rename_all = "camelCase")]
     ChartingFinished {
@@ -107,10 +107,10 @@ pub enum ShiftCommand {
     MarkReady,
     Pause,
     Assign {
-        appointment_id: Uuid,
+        appointment_id: AppointmentId,
     },
     StartCharting {
-        appointment_id: Uuid,
+        appointment_id: AppointmentId,
     },
     CompleteCharting {
         now: DateTime<Utc>,
@@ -118,7 +118,7 @@ pub enum ShiftCommand {
     SignOff,
     /// The appointment the provider held was cancelled: back to READY.
     Release {
-        appointment_id: Uuid,
+        appointment_id: AppointmentId,
     },
 }
 
@@ -137,7 +137,7 @@ fn require(shift: &Shift, action: &str, allowed: &[ShiftStatus]) -> Result<(), D
     )))
 }
 
-fn holding(shift: &Shift, action: &str, appointment_id: Uuid) -> Result<(), DomainError> {
+fn holding(shift: &Shift, action: &str, appointment_id: AppointmentId) -> Result<(), DomainError> {
     if shift.appointment_id == Some(appointment_id) {
         Ok(())
     } else {
@@ -240,7 +240,7 @@ impl Aggregate for Shift {
                 },
             ) => {
                 return Ok(Shift {
-                    id: ctx.stream_id,
+                    id: ctx.stream_id.into(),
                     board_id: *board_id,
                     provider_id: *provider_id,
                     status: ShiftStatus::Ready,
@@ -306,9 +306,14 @@ mod tests {
     use super::*;
     use crate::domain::testing::*;
     use chrono::NaiveDate;
+    use uuid::Uuid;
 
-    fn ids() -> (Uuid, Uuid, Uuid) {
-        (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3))
+    fn ids() -> (BoardId, ProviderId, AppointmentId) {
+        (
+            Uuid::from_u128(1).into(),
+            Uuid::from_u128(2).into(),
+            Uuid::from_u128(3).into(),
+        )
     }
 
     fn board(status: BoardStatus) -> Board {
@@ -495,7 +500,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(events, vec![charting()]);
-        let other = Uuid::from_u128(99);
+        let other = AppointmentId::from(Uuid::from_u128(99));
         assert!(matches!(
             rejected_with(when::<Shift>(
                 &[joined(), assigned()],

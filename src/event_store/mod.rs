@@ -127,8 +127,12 @@ impl EventStore {
 
     /// Loads one stream's state, folded up to `limit`. `None` when the stream does not
     /// exist (or did not yet exist at that point), or is a stream of another type.
-    pub async fn load<A: Aggregate>(&self, id: Uuid, limit: ReadLimit) -> AppResult<Option<A>> {
-        load(&self.pool, id, limit).await
+    pub async fn load<A: Aggregate>(
+        &self,
+        id: impl Into<Uuid>,
+        limit: ReadLimit,
+    ) -> AppResult<Option<A>> {
+        load(&self.pool, id.into(), limit).await
     }
 }
 

@@ -11,7 +11,7 @@ use super::{
     fold_recorded, read_board_streams, read_stream, read_stream_locked, EventStore, ReadLimit,
     RecordedEvent, RowLock,
 };
-use crate::domain::{Aggregate, DomainEvent, EventContext};
+use crate::domain::{Aggregate, BoardId, DomainEvent, EventContext};
 use crate::error::{AppError, AppResult};
 use crate::identity::Actor;
 
@@ -204,7 +204,13 @@ impl UnitOfWork {
 
     /// Reads a stream inside the transaction, after taking `guard` (lock and read in
     /// one statement: see [`read_stream_locked`]).
-    pub async fn read<A: Aggregate>(&mut self, id: Uuid, guard: Guard) -> AppResult<Option<A>> {
+    /// `id` is the stream's typed id (or its UUID).
+    pub async fn read<A: Aggregate>(
+        &mut self,
+        id: impl Into<Uuid>,
+        guard: Guard,
+    ) -> AppResult<Option<A>> {
+        let id = id.into();
         let events = match guard {
             Guard::None => read_stream(&mut *self.tx, id, ReadLimit::All).await?,
             Guard::Share => read_stream_locked(&mut self.tx, id, RowLock::Share)
@@ -219,7 +225,7 @@ impl UnitOfWork {
 
     /// Loads the command's target stream: locked in exclusive mode, checked against
     /// `expectedVersion` in optimistic mode.
-    pub async fn target<A: Aggregate>(&mut self, id: Uuid) -> AppResult<Option<A>> {
+    pub async fn target<A: Aggregate>(&mut self, id: impl Into<Uuid>) -> AppResult<Option<A>> {
         let guard = if self.meta.expected_version.is_some() {
             Guard::None
         } else {
@@ -230,15 +236,19 @@ impl UnitOfWork {
 
     /// Like `target`, but takes the row lock in optimistic mode too: for decisions
     /// that read other streams which must not change until commit.
-    pub async fn target_locked<A: Aggregate>(&mut self, id: Uuid) -> AppResult<Option<A>> {
+    pub async fn target_locked<A: Aggregate>(
+        &mut self,
+        id: impl Into<Uuid>,
+    ) -> AppResult<Option<A>> {
         self.target_guarded(id, Guard::Exclusive).await
     }
 
     async fn target_guarded<A: Aggregate>(
         &mut self,
-        id: Uuid,
+        id: impl Into<Uuid>,
         guard: Guard,
     ) -> AppResult<Option<A>> {
+        let id = id.into();
         let state = self.read::<A>(id, guard).await?;
         if let (Some(expected), Some(s)) = (self.meta.expected_version, &state) {
             if s.version() != expected {
@@ -253,13 +263,16 @@ impl UnitOfWork {
     }
 
     /// The events of every stream on a Board, read inside the transaction.
-    pub async fn board_streams(&mut self, board_id: Uuid) -> AppResult<Vec<RecordedEvent>> {
-        Ok(read_board_streams(&mut *self.tx, board_id, ReadLimit::All).await?)
+    pub async fn board_streams(
+        &mut self,
+        board_id: impl Into<Uuid>,
+    ) -> AppResult<Vec<RecordedEvent>> {
+        Ok(read_board_streams(&mut *self.tx, board_id.into(), ReadLimit::All).await?)
     }
 
     /// Loads a second stream the command also writes: locked in exclusive mode,
     /// version-checked at append in optimistic mode.
-    pub async fn also<A: Aggregate>(&mut self, id: Uuid) -> AppResult<Option<A>> {
+    pub async fn also<A: Aggregate>(&mut self, id: impl Into<Uuid>) -> AppResult<Option<A>> {
         let guard = if self.meta.expected_version.is_some() {
             Guard::None
         } else {
@@ -271,8 +284,8 @@ impl UnitOfWork {
     /// Stages events for a stream; `base` is the state they were decided on.
     pub fn stage<A: Aggregate>(
         &mut self,
-        id: Uuid,
-        board_id: Option<Uuid>,
+        id: impl Into<Uuid>,
+        board_id: Option<BoardId>,
         base: Option<&A>,
         events: &[A::Event],
     ) {
@@ -281,8 +294,8 @@ impl UnitOfWork {
         }
         self.writes.push(StreamWrite::new(
             A::STREAM_TYPE,
-            id,
-            board_id,
+            id.into(),
+            board_id.map(Uuid::from),
             base.map(|s| s.version()).unwrap_or(0),
             events,
         ));
@@ -327,10 +340,11 @@ impl Committed {
     /// Applies the events staged for `id` to the state they were decided on.
     pub fn fold<A: Aggregate>(
         &self,
-        id: Uuid,
+        id: impl Into<Uuid>,
         base: Option<A>,
         events: &[A::Event],
     ) -> AppResult<A> {
+        let id = id.into();
         let contexts: Vec<EventContext> = self.appended.contexts_of(id);
         let mut state = base;
         for (event, ctx) in events.iter().zip(contexts.iter()) {

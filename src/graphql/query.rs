@@ -12,7 +12,7 @@ use super::types::{
     Provider, ProviderShift, WaitEstimate,
 };
 use super::{estimator, store, ReadWait};
-use crate::domain::{self, parse_id};
+use crate::domain::{self, parse_id, AppointmentId};
 use crate::error::AppError;
 use crate::estimates::hypothetical_request;
 use crate::event_store::{list_providers, read_log, LogFilter, ReadLimit};
@@ -151,7 +151,7 @@ fn board_target(contents: Option<&domain::BoardContents>) -> Facts {
 /// The facts of a Board as it stands now (its region, specialty and providers).
 async fn current_board(
     ctx: &Context<'_>,
-    board_id: Uuid,
+    board_id: impl Into<Uuid>,
 ) -> Result<Option<crate::identity::matrix::BoardFacts>, AppError> {
     Ok(board_contents_at(store(ctx).pool(), board_id, None)
         .await?
@@ -403,7 +403,7 @@ impl Query {
         // Coordinators in scope see every patient's fields in the events; a provider
         // those of the appointments assigned to them (as the Board stands now).
         let all = access::sees_all_patient_fields(ctx, board.as_ref());
-        let visible: std::collections::HashSet<Uuid> = contents
+        let visible: std::collections::HashSet<AppointmentId> = contents
             .iter()
             .flat_map(|c| c.appointments.iter())
             .filter(|a| {
@@ -420,7 +420,7 @@ impl Query {
         Ok(entries
             .into_iter()
             .map(|e| {
-                let shown = all || visible.contains(&e.event.stream_id);
+                let shown = all || visible.contains(&e.event.stream_id.into());
                 BoardHistoryEntry(e, shown)
             })
             .collect())
@@ -542,13 +542,27 @@ impl Query {
                 domain::storable_text(field, text)?;
             }
         }
+        let appointment = match appointment_id {
+            None => None,
+            Some(id) => {
+                let appointment_id = uuid("appointmentId", &id)?;
+                let state = store(ctx)
+                    .load::<domain::Appointment>(appointment_id, ReadLimit::All)
+                    .await?;
+                Some(crate::identity::access_log::AppointmentQuery {
+                    appointment_id,
+                    on_board: state.map(|a| crate::identity::access_log::OnBoard {
+                        board_id: a.board_id.into(),
+                        patient_id: a.patient_id,
+                        since: a.requested_at,
+                    }),
+                })
+            }
+        };
         let query = crate::identity::access_log::LogQuery {
             subject,
             patient_id,
-            appointment_id: appointment_id
-                .as_ref()
-                .map(|id| uuid("appointmentId", id))
-                .transpose()?,
+            appointment,
             from,
             to,
             after: cursor(after)?,

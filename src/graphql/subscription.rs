@@ -215,7 +215,7 @@ impl Subscription {
         let visible = access::sees_patient_fields(ctx, &facts);
         let live = ctx.data_unchecked::<LiveBoards>();
         let receiver = live
-            .subscribe(state.board_id)
+            .subscribe(state.board_id.as_uuid())
             .await
             .map_err(AppError::Internal)?;
         let last = since_version.unwrap_or(-1);
@@ -236,7 +236,7 @@ impl Subscription {
                     }
                 }
                 let Some(slot) = changes.next().await else { break };
-                current = slot.and_then(|c| c.appointments.iter().find(|a| a.id == id).cloned());
+                current = slot.and_then(|c| c.appointments.iter().find(|a| a.id.as_uuid() == id).cloned());
             }
         })
     }

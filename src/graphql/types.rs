@@ -43,8 +43,8 @@ pub enum AppointmentStatus {
     Cancelled,
 }
 
-fn id(uuid: Uuid) -> ID {
-    ID(uuid.to_string())
+fn id(uuid: impl Into<Uuid>) -> ID {
+    ID(uuid.into().to_string())
 }
 
 /// A Board: its own facts, and (loaded on first use) its providers and appointments.
@@ -103,9 +103,10 @@ impl Board {
 /// fold of the store for a Board opened a moment ago and not projected yet.
 pub(crate) async fn board_contents_at(
     pool: &sqlx::PgPool,
-    board_id: Uuid,
+    board_id: impl Into<Uuid>,
     as_of: Option<DateTime<Utc>>,
 ) -> Result<Option<BoardContents>, AppError> {
+    let board_id = board_id.into();
     match as_of {
         Some(t) => board_as_of(pool, board_id, t, Snapshots::Use).await,
         None => match crate::projections::read::board(pool, board_id)
@@ -244,7 +245,7 @@ impl Board {
                 let facts = access::appointment_facts(a, Some(board.clone()));
                 Appointment {
                     finish_model: Some(finish.clone()),
-                    listed_on: Some((contents.board.id, contents.version)),
+                    listed_on: Some((contents.board.id.into(), contents.version)),
                     ..Appointment::with_estimate(a.clone(), self.as_of, estimate)
                 }
                 .with_patient_fields(access::sees_patient_fields(ctx, &facts))
@@ -484,7 +485,7 @@ impl Appointment {
         }
         access::note_disclosure(
             ctx,
-            self.state.id,
+            self.state.id.as_uuid(),
             access::patient_of(&self.state),
             self.listed_on,
         );

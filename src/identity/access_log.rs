@@ -469,14 +469,34 @@ pub struct LogQuery {
     pub subject: Option<String>,
     /// Records that showed this patient's fields.
     pub patient_id: Option<String>,
-    /// Records that named this appointment one by one (a Board-form record names its
-    /// patients instead).
-    pub appointment_id: Option<Uuid>,
+    /// Records that showed this appointment: those that named it one by one, and the
+    /// Board-form records of its Board that may have shown it (a Board record names
+    /// its patients, not its appointments; time travel to the record's version says
+    /// exactly what was on the Board then).
+    pub appointment: Option<AppointmentQuery>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     /// Only records after this `seq` (the cursor).
     pub after: i64,
     pub limit: i64,
+}
+
+/// The appointment an access-log query asks about, with where it sits.
+#[derive(Debug, Clone)]
+pub struct AppointmentQuery {
+    pub appointment_id: Uuid,
+    /// Its Board, when the appointment exists: the Board-form records that may have
+    /// shown it are matched on it.
+    pub on_board: Option<OnBoard>,
+}
+
+/// Where an appointment sits, for matching Board-form records: those of `board_id`
+/// recorded since it was requested, and, when it names its patient, that showed them.
+#[derive(Debug, Clone)]
+pub struct OnBoard {
+    pub board_id: Uuid,
+    pub patient_id: Option<String>,
+    pub since: DateTime<Utc>,
 }
 
 /// A record as read back.
@@ -519,9 +539,22 @@ pub async fn read(pool: &PgPool, q: &LogQuery) -> anyhow::Result<Vec<LoggedAcces
         ];
         contained(&mut sql, &shapes);
     }
-    if let Some(appointment) = q.appointment_id {
-        let shapes = [json!({ "appointments": [{ "appointmentId": appointment }] })];
-        contained(&mut sql, &shapes);
+    if let Some(appointment) = &q.appointment {
+        let named = json!({ "appointments": [{ "appointmentId": appointment.appointment_id }] });
+        sql.push(" and (");
+        contains_any(&mut sql, &named);
+        if let Some(on) = &appointment.on_board {
+            let mut board = json!({ "kind": "board", "boardId": on.board_id });
+            if let Some(patient) = &on.patient_id {
+                board["patientIds"] = json!([patient]);
+            }
+            sql.push(" or (recorded_at >= ")
+                .push_bind(on.since)
+                .push(" and (");
+            contains_any(&mut sql, &board);
+            sql.push("))");
+        }
+        sql.push(")");
     }
     sql.push(" order by seq limit ").push_bind(q.limit);
     let rows = sql.build().fetch_all(pool).await?;
@@ -550,11 +583,17 @@ fn contained(sql: &mut QueryBuilder<Postgres>, shapes: &[Value]) {
         if i > 0 {
             sql.push(" or ");
         }
-        sql.push("disclosed @> ").push_bind(shape.clone());
-        sql.push(" or disclosed @> ")
-            .push_bind(json!({ "items": [shape] }));
+        contains_any(sql, shape);
     }
     sql.push(")");
+}
+
+/// `disclosed @> shape or disclosed @> {"items": [shape]}`: the shape on its own or
+/// inside a record of several (containment, so the GIN index on `disclosed` answers).
+fn contains_any(sql: &mut QueryBuilder<Postgres>, shape: &Value) {
+    sql.push("disclosed @> ").push_bind(shape.clone());
+    sql.push(" or disclosed @> ")
+        .push_bind(json!({ "items": [shape] }));
 }
 
 #[cfg(test)]

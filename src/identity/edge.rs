@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{AuthError, Principal, Role, Verifier};
+use super::matrix::{self, Facts, Forbidden, Operation};
+use super::{AuthError, Principal, Verifier};
 
 /// What a request's `Authorization` header proved.
 #[derive(Debug, Clone)]
@@ -83,13 +84,15 @@ impl Credentials {
         }
     }
 
-    /// Like [`Credentials::principal`], for what only an admin may see (`/metrics`):
-    /// 401 without a valid token, 403 with another role's.
-    pub fn admin(&self) -> Result<(), Refused> {
+    /// Like [`Credentials::principal`], for an operation served outside GraphQL
+    /// (`/metrics`), judged by the matrix: 401 without a valid token, 403 when the
+    /// principal's role may not.
+    pub fn may(&self, operation: Operation) -> Result<(), Refused> {
         match self.principal()? {
             None => Ok(()),
-            Some(p) if p.role == Role::Admin => Ok(()),
-            Some(_) => Err(Refused::NotAdmin),
+            Some(p) => {
+                matrix::authorize(&p, operation, &Facts::default()).map_err(Refused::Forbidden)
+            }
         }
     }
 }
@@ -99,17 +102,17 @@ impl Credentials {
 pub enum Refused {
     /// 401 with `WWW-Authenticate: Bearer` (503 when the provider's keys are unreachable).
     Unauthenticated(AuthError),
-    /// 403: authenticated, but only an admin may.
-    NotAdmin,
+    /// 403: authenticated, but the matrix does not allow this role.
+    Forbidden(Forbidden),
 }
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         match self {
             Refused::Unauthenticated(error) => refusal(&error),
-            Refused::NotAdmin => {
+            Refused::Forbidden(forbidden) => {
                 let body = json!({ "errors": [{
-                    "message": "only an admin may read this",
+                    "message": forbidden.to_string(),
                     "extensions": { "code": crate::error::ErrorCode::Forbidden } }] });
                 (StatusCode::FORBIDDEN, Json(body)).into_response()
             }

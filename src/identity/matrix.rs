@@ -69,6 +69,7 @@ operations! {
     AccessLog => "accessLog",
     MyAppointments => "myAppointments",
     MyAccessLog => "myAccessLog",
+    Metrics => "/metrics",
 }
 
 impl fmt::Display for Operation {
@@ -181,7 +182,13 @@ pub const MATRIX: &[Row] = &[
     Row { operations: &[Op::Projections, Op::RebuildProjection, Op::ReplayDeadLetters], patient: D, provider: D, coordinator: D, admin: A },
     Row { operations: &[Op::AccessLog], patient: D, provider: D, coordinator: D, admin: A },
     Row { operations: &[Op::MyAppointments, Op::MyAccessLog], patient: A, provider: D, coordinator: D, admin: D },
+    // Not a GraphQL field: the `/metrics` endpoint on the API's address (open on an
+    // address of its own, `--metrics-bind`, meant for a private network).
+    Row { operations: &[Op::Metrics], patient: D, provider: D, coordinator: D, admin: A },
 ];
+
+/// Operations served outside GraphQL (an HTTP endpoint of their own).
+pub const NOT_GRAPHQL: &[Operation] = &[Operation::Metrics];
 
 /// Who sees patient fields (`patientName`, `reason`, any free text about a patient) of
 /// an appointment; everyone else gets them masked (null). Admins run the system, they

@@ -162,9 +162,10 @@ impl BoardDoc {
 /// fold, the same code the projector runs. `None` if the Board's own stream has no
 /// events (it does not exist, or did not yet at that time).
 pub fn contents_from_events(
-    board_id: Uuid,
+    board_id: impl Into<Uuid>,
     events: &[RecordedEvent],
 ) -> AppResult<Option<BoardContents>> {
+    let board_id: Uuid = board_id.into();
     let mut doc = BoardDoc::default();
     for e in events {
         doc.apply(e).map_err(|err| {
@@ -174,16 +175,19 @@ pub fn contents_from_events(
             ))
         })?;
     }
-    Ok(doc.to_contents().filter(|c| c.board.id == board_id))
+    Ok(doc
+        .to_contents()
+        .filter(|c| c.board.id.as_uuid() == board_id))
 }
 
 /// Loads a Board with its shifts and appointments from the log, as of `limit` (`All`
 /// or `Time`).
 pub async fn load_board_contents(
     conn: impl PgExecutor<'_>,
-    board_id: Uuid,
+    board_id: impl Into<Uuid>,
     limit: ReadLimit,
 ) -> AppResult<Option<BoardContents>> {
+    let board_id = board_id.into();
     let events = read_board_streams(conn, board_id, limit).await?;
     contents_from_events(board_id, &events)
 }
@@ -191,8 +195,9 @@ pub async fn load_board_contents(
 /// The Board with its shifts and only its waiting appointments, now.
 pub async fn load_board_for_matching(
     conn: impl PgExecutor<'_>,
-    board_id: Uuid,
+    board_id: impl Into<Uuid>,
 ) -> AppResult<Option<BoardContents>> {
+    let board_id = board_id.into();
     let events = read_board_streams_waiting(conn, board_id).await?;
     contents_from_events(board_id, &events)
 }

@@ -120,13 +120,13 @@ pub async fn save_rows(
             } => boards.push(*id, doc, appointments),
             Row::Appointment { id, doc } => views.entry("appointment_view").or_default().push(
                 *id,
-                doc.state.as_ref().map(|a| a.board_id),
+                doc.state.as_ref().map(|a| a.board_id.as_uuid()),
                 doc.applied,
                 doc,
             ),
             Row::Shift { id, doc } => views.entry("provider_shift_view").or_default().push(
                 *id,
-                doc.state.as_ref().map(|s| s.board_id),
+                doc.state.as_ref().map(|s| s.board_id.as_uuid()),
                 doc.applied,
                 doc,
             ),
@@ -311,7 +311,7 @@ impl DurationRows {
     fn push(&mut self, id: Uuid, doc: &StreamDoc<Appointment>) {
         let a = doc.state.as_ref();
         self.ids.push(id);
-        self.board_ids.push(a.map(|a| a.board_id));
+        self.board_ids.push(a.map(|a| a.board_id.as_uuid()));
         self.specialties.push(a.map(|a| a.specialty.clone()));
         self.regions.push(a.map(|a| a.region.clone()));
         self.requested.push(a.map(|a| a.requested_at));

@@ -887,13 +887,36 @@ async fn every_read_that_discloses_patient_data_leaves_one_access_record_and_the
             json!({"a": day.assigned}),
         )
         .await;
-    assert_eq!(
-        by_appointment["accessLog"]["edges"]
+    // The provider's N reads named it; the coordinator's N Board reads and the frame
+    // showed its Board after it was requested (it names no patient: a coordinator
+    // asked on someone's behalf), so they may have shown it too.
+    let seqs = |page: &Value| -> Vec<i64> {
+        page["accessLog"]["edges"]
             .as_array()
             .unwrap()
-            .len(),
-        N
-    );
+            .iter()
+            .map(|e| e["node"]["seq"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(seqs(&by_appointment).len(), 2 * N + 1, "{by_appointment}");
+    // The patient's own request names them: the Board records that showed them match.
+    let own = app
+        .data(
+            &app.admin(),
+            "query($a: ID) { accessLog(appointmentId: $a) { edges { node { seq } } } }",
+            json!({"a": day.own}),
+        )
+        .await;
+    assert_eq!(seqs(&own).len(), N + 1, "{own}");
+    // An appointment of another Board is not matched by this Board's records.
+    let elsewhere = app
+        .data(
+            &app.admin(),
+            "query($a: ID) { accessLog(appointmentId: $a) { edges { node { seq } } } }",
+            json!({"a": day.appointment_out}),
+        )
+        .await;
+    assert!(seqs(&elsewhere).is_empty(), "{elsewhere}");
 
     // A time range: all of them are from the last minute, none from the future.
     let now = chrono::Utc::now();

@@ -4,36 +4,14 @@
 
 use std::time::Duration;
 
+use crate::helpers::documents::{request_input, OPEN_BOARD, REQUEST_APPOINTMENT};
 use crate::helpers::{error_code, idp, TestApp, Who, WsClient};
 use serde_json::{json, Value};
 
-const OPEN_BOARD: &str =
-    r#"mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } position } }"#;
-const REQUEST: &str = r#"mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id } position } }"#;
 const BOARD_CHANGED: &str = r#"subscription($id: ID!, $since: Int) {
     boardChanged(boardId: $id, sinceVersion: $since) { version counts { waiting } } }"#;
 const BOARD_EVENTS: &str = r#"subscription($id: ID!, $after: Int) {
     boardEvents(boardId: $id, after: $after) { type position } }"#;
-
-async fn open_board(app: &TestApp) -> String {
-    let d = app
-        .data(
-            OPEN_BOARD,
-            json!({"input": {"name": "Edge", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
-        )
-        .await;
-    d["openBoard"]["board"]["id"].as_str().unwrap().to_string()
-}
-
-async fn request(app: &TestApp, board: &str, patient: &str) -> i64 {
-    let d = app
-        .data(
-            REQUEST,
-            json!({"input": {"boardId": board, "patientName": patient, "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
-        )
-        .await;
-    d["requestAppointment"]["position"].as_i64().unwrap()
-}
 
 /// Every token the harness mints for a role is accepted, and names that role.
 #[tokio::test]
@@ -144,7 +122,7 @@ async fn a_socket_without_a_valid_token_is_closed_with_4403_and_a_reason() {
 async fn a_token_in_the_upgrade_request_serves_when_connection_init_has_none() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Edge").await;
     let connect = |token: Option<String>| {
         let mut request = app
             .url("/graphql/ws")
@@ -216,8 +194,12 @@ fn record(m: &Value, seen: &mut (Vec<i64>, Vec<i64>)) {
 async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing_nothing() {
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
         let app = TestApp::spawn().await;
-        let board = open_board(&app).await;
-        let mut positions = vec![request(&app, &board, "Before").await];
+        let board = app.open_board("Edge").await;
+        let mut positions = vec![
+            app.request_appointment(request_input(&board, "Before"))
+                .await
+                .1,
+        ];
         // A token that lives three seconds (plus the server's one-second leeway).
         let short = app.token(Who::coordinator().ttl(Duration::from_secs(3)));
         let mut ws = WsClient::connect_as(&app, protocol, Some(&short)).await;
@@ -226,7 +208,11 @@ async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing
         ws.subscribe("e", BOARD_EVENTS, json!({"id": board})).await;
         let mut seen = (Vec::new(), Vec::new());
         for i in 0..3 {
-            positions.push(request(&app, &board, &format!("During {i}")).await);
+            positions.push(
+                app.request_appointment(request_input(&board, &format!("During {i}")))
+                    .await
+                    .1,
+            );
         }
         let closed = read_until_closed(&mut ws, &mut seen).await;
         if protocol == "graphql-ws" {
@@ -246,7 +232,11 @@ async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing
         }
         // Changes made while no socket is open.
         for i in 0..2 {
-            positions.push(request(&app, &board, &format!("Between {i}")).await);
+            positions.push(
+                app.request_appointment(request_input(&board, &format!("Between {i}")))
+                    .await
+                    .1,
+            );
         }
         // The client resumes on a new socket with a fresh token, from what it has.
         let last_version = *seen.0.last().expect("a Board before the close");
@@ -316,7 +306,7 @@ async fn assert_unauthenticated(response: reqwest::Response, what: &str) {
 #[tokio::test]
 async fn every_way_into_graphql_needs_a_token() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Edge").await;
     let anonymous = reqwest::Client::new();
     let query = "query($id: ID!) { board(id: $id) { name appointments { patientName } } }";
     let vars = json!({"id": board});
@@ -421,7 +411,7 @@ async fn every_way_into_graphql_needs_a_token() {
 #[tokio::test]
 async fn the_event_actor_is_the_tokens_subject_whatever_the_headers_or_connection_init_say() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Edge").await;
     let token = app.token(
         Who::coordinator()
             .subject("coordinator-42")
@@ -434,7 +424,7 @@ async fn the_event_actor_is_the_tokens_subject_whatever_the_headers_or_connectio
         .header("x-actor", "mallory")
         .header("x-user", "mallory")
         .header("x-forwarded-user", "mallory")
-        .json(&json!({"query": REQUEST, "variables": {"input": {"boardId": board, "patientName": "Over HTTP", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}}))
+        .json(&json!({"query": REQUEST_APPOINTMENT, "variables": {"input": {"boardId": board, "patientName": "Over HTTP", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}}))
         .send()
         .await
         .unwrap()
@@ -454,7 +444,7 @@ async fn the_event_actor_is_the_tokens_subject_whatever_the_headers_or_connectio
     );
     ws.subscribe(
         "m",
-        REQUEST,
+        REQUEST_APPOINTMENT,
         json!({"input": {"boardId": board, "patientName": "Over WS", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
     )
     .await;
@@ -490,16 +480,29 @@ async fn metrics_need_an_admin_token_on_the_api_address() {
         "/metrics without a token",
     )
     .await;
-    let coordinator = app.token(Who::coordinator());
-    let r = anonymous
-        .get(app.url("/metrics"))
-        .bearer_auth(&coordinator)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
+    // Every role but admin is refused, as the matrix says.
+    for who in [
+        Who::coordinator(),
+        Who::provider(uuid::Uuid::new_v4()),
+        Who::patient("p-metrics"),
+    ] {
+        let r = anonymous
+            .get(app.url("/metrics"))
+            .bearer_auth(app.token(who))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("may not use /metrics"),
+            "{body}"
+        );
+    }
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("# EOF"));
@@ -920,8 +923,9 @@ async fn with_an_identity_provider_the_board_pages_sign_in_with_a_pasted_token()
         return;
     };
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
-    request(&app, &board, "Zoe Quinn").await;
+    let board = app.open_board("Edge").await;
+    app.request_appointment(request_input(&board, "Zoe Quinn"))
+        .await;
     let mut page = browser
         .open_with(&app.url(&format!("/boards/{board}")), None)
         .await;
@@ -968,7 +972,7 @@ async fn the_development_issuers_board_page_goes_live_with_the_token_it_was_serv
     };
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_development(dir.path(), false).await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Edge").await;
     let mut page = browser
         .open_with(&app.url(&format!("/boards/{board}")), None)
         .await;
@@ -977,7 +981,8 @@ async fn the_development_issuers_board_page_goes_live_with_the_token_it_was_serv
         "document.getElementById('conn').textContent === 'live' && document.getElementById('title').textContent === 'Edge'",
     )
     .await;
-    request(&app, &board, "Zoe Quinn").await;
+    app.request_appointment(request_input(&board, "Zoe Quinn"))
+        .await;
     page.wait_for(
         "the new appointment over the websocket",
         "document.getElementById('waiting').innerText.includes('Zoe Quinn')",
@@ -1149,7 +1154,7 @@ async fn a_board_page_renews_the_development_token_when_it_expires_and_stays_liv
     let dir = tempfile::tempdir().unwrap();
     // Pages carry a token that lives two seconds (plus the one-second leeway).
     let app = TestApp::spawn_development_pages(dir.path(), Duration::from_secs(2)).await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Edge").await;
     let mut page = browser
         .open_with(&app.url(&format!("/boards/{board}")), None)
         .await;
@@ -1162,7 +1167,8 @@ async fn a_board_page_renews_the_development_token_when_it_expires_and_stays_liv
     // Long past the first token's expiry: the server closed the socket (4403), the page
     // fetched a fresh token and reconnected, resuming its subscription.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    request(&app, &board, "Zoe Quinn").await;
+    app.request_appointment(request_input(&board, "Zoe Quinn"))
+        .await;
     page.wait_for(
         "the new appointment, over a socket with a renewed token",
         "document.getElementById('conn').textContent === 'live' && document.getElementById('waiting').innerText.includes('Zoe Quinn')",

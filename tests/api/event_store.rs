@@ -411,7 +411,8 @@ async fn a_request_that_waited_for_the_board_to_close_sees_it_closed_and_appends
     .await
     .unwrap_or_else(|e| panic!("{}", e.describe()))
     .entity
-    .id;
+    .id
+    .as_uuid();
     // A close in flight: the Board's stream row is locked until it commits.
     let mut closing = pool.begin().await.unwrap();
     let close = StreamWrite::new(

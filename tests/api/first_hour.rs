@@ -5,22 +5,10 @@
 use std::time::Duration;
 
 use crate::helpers::browser::Browser;
+use crate::helpers::documents::OPEN_BOARD;
 use crate::helpers::{error_code, error_message, TestApp, Who};
 use careboard::config::GraphqlLimits;
 use serde_json::{json, Value};
-
-const OPEN_BOARD: &str =
-    "mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } } }";
-
-async fn open_board(app: &TestApp) -> String {
-    let r = app
-        .data(
-            OPEN_BOARD,
-            json!({"input": {"name": "Pediatrics TX", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
-        )
-        .await;
-    r["openBoard"]["board"]["id"].as_str().unwrap().to_string()
-}
 
 /// graphql-js's `getIntrospectionQuery()` (with descriptions, deprecations and
 /// directives), the query GraphiQL, graphql-codegen, Postman and Apollo send.
@@ -114,7 +102,7 @@ async fn graphiql_loads_with_no_network_explores_the_schema_and_runs_subscriptio
         return;
     };
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     let mut page = browser.open(&app.url("/graphql")).await;
     page.wait_for(
         "GraphiQL to render",
@@ -188,7 +176,7 @@ async fn graphiql_loads_with_no_network_explores_the_schema_and_runs_subscriptio
 #[tokio::test]
 async fn a_request_for_another_specialty_or_region_is_refused_and_writes_nothing() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     let before = app.event_count().await;
     let request = "mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id } } }";
     let r = app

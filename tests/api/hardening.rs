@@ -5,32 +5,9 @@ use crate::helpers;
 
 use std::time::{Duration, Instant};
 
+use crate::helpers::documents::{request_input, OPEN_BOARD, REQUEST_APPOINTMENT};
 use crate::helpers::{error_code, error_message, TestApp, WsClient};
 use serde_json::{json, Value};
-
-const OPEN_BOARD: &str = r#"mutation($input: OpenBoardInput!) {
-  openBoard(input: $input) { board { id } }
-}"#;
-const REQUEST_APPOINTMENT: &str = r#"mutation($input: RequestAppointmentInput!) {
-  requestAppointment(input: $input) { appointment { id } position }
-}"#;
-
-async fn open_board(app: &TestApp) -> String {
-    let data = app
-        .data(
-            OPEN_BOARD,
-            json!({"input": {"name": "Pediatrics TX", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
-        )
-        .await;
-    data["openBoard"]["board"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn request_input(board_id: &str, patient: &str) -> Value {
-    json!({"input": {"boardId": board_id, "patientName": patient, "specialty": "pediatrics", "region": "TX", "reason": "fever"}})
-}
 
 /// `[[[ … "x" … ]]]`, `levels` deep.
 fn nested_list(levels: usize) -> String {
@@ -102,7 +79,7 @@ async fn deeply_nested_documents_are_refused_over_http_and_the_server_lives() {
         .unwrap();
     assert!(response.status().is_client_error(), "{}", response.status());
     // Still serving.
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     assert!(!board.is_empty());
 }
 
@@ -130,7 +107,7 @@ async fn deeply_nested_subscriptions_are_refused_over_websocket_and_the_server_l
         }
         ws.close().await;
     }
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     assert!(!board.is_empty());
 }
 
@@ -151,7 +128,7 @@ async fn a_subscribe_before_connection_init_closes_with_4401() {
 #[tokio::test]
 async fn a_duplicate_subscription_id_closes_with_4409() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
     ws.init().await;
     let query = "subscription($b: ID!) { boardChanged(boardId: $b) { version } }";
@@ -167,7 +144,7 @@ async fn a_duplicate_subscription_id_closes_with_4409() {
 #[tokio::test]
 async fn a_subscribe_flood_is_cut_off_before_it_reaches_the_database() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
     ws.init().await;
     // Far past the per-socket budget (100): each subscribe used to cost a database
@@ -216,7 +193,7 @@ async fn the_per_socket_budget_is_checked_before_any_query() {
         ..Default::default()
     })
     .await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
     ws.init().await;
     let query = "subscription($b: ID!) { boardChanged(boardId: $b) { version } }";
@@ -239,7 +216,7 @@ async fn a_listening_subscriber_is_not_dropped() {
         ..Default::default()
     })
     .await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
     ws.init().await;
     ws.subscribe(
@@ -317,7 +294,7 @@ async fn a_silent_socket_that_answers_no_pings_is_closed() {
 #[tokio::test]
 async fn nul_characters_are_refused_as_validation() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     let before = app.event_count().await;
     let response = app
         .gql(REQUEST_APPOINTMENT, request_input(&board, "Ann\u{0}Lee"))
@@ -360,7 +337,7 @@ async fn board_dates_outside_a_sane_range_are_refused() {
 }
 
 async fn board_with_appointments(app: &TestApp, n: usize) -> String {
-    let board = open_board(app).await;
+    let board = app.open_board("Pediatrics TX").await;
     for i in 0..n {
         app.data(
             REQUEST_APPOINTMENT,
@@ -440,7 +417,7 @@ async fn a_request_that_runs_too_long_is_cancelled_with_timeout() {
         Duration::from_secs(10),
     )
     .await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Pediatrics TX").await;
     let position = app.event_count().await;
     // A read that waits for a position nothing projects would take the read wait
     // (10 s); the request timeout cuts it short.
@@ -526,7 +503,7 @@ async fn html_pages_carry_security_headers() {
 #[tokio::test]
 async fn the_application_role_cannot_update_or_delete_events() {
     let app = TestApp::spawn().await;
-    open_board(&app).await;
+    app.open_board("Pediatrics TX").await;
     // The server's own pool is the application role.
     let pool = app.server_pool();
     let user: String = sqlx::query_scalar("select current_user")

@@ -5,9 +5,10 @@ use crate::helpers;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::helpers::documents::request_input;
 use crate::helpers::{error_code, TestApp};
 use careboard::domain::BoardContents;
-use careboard::domain::{matching, AppointmentStatus, Provider, ShiftStatus};
+use careboard::domain::{matching, AppointmentStatus, Provider, ProviderId, ShiftId, ShiftStatus};
 use careboard::event_store::ReadLimit;
 use careboard::projections::load_board_contents;
 use careboard::projections::Projection;
@@ -15,12 +16,9 @@ use careboard::projector::wait_for_position;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-const OPEN_BOARD: &str =
-    r#"mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } } }"#;
 const REGISTER: &str = r#"mutation($input: RegisterProviderInput!) { registerProvider(input: $input) { provider { id } } }"#;
 const JOIN: &str =
     r#"mutation($input: JoinBoardInput!) { joinBoard(input: $input) { shift { id } } }"#;
-const REQUEST: &str = r#"mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id } position } }"#;
 const SCHEDULE: &str = r#"mutation($input: ScheduleAppointmentInput!) { scheduleAppointment(input: $input) { appointment { id providerId } } }"#;
 const START: &str =
     r#"mutation($input: AppointmentInput!) { startAppointment(input: $input) { version } }"#;
@@ -34,16 +32,6 @@ const APPOINTMENT: &str = r#"query($id: ID!) { appointment(id: $id) { status pro
 
 fn s(v: &Value) -> String {
     v.as_str().expect("string").to_string()
-}
-
-async fn open_board(app: &TestApp) -> String {
-    let r = app
-        .data(
-            OPEN_BOARD,
-            json!({"input": {"name": "Telehealth TX", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
-        )
-        .await;
-    s(&r["openBoard"]["board"]["id"])
 }
 
 async fn register(app: &TestApp, name: &str, specialties: &[&str], regions: &[&str]) -> String {
@@ -64,22 +52,6 @@ async fn join(app: &TestApp, board: &str, provider: &str) -> String {
         )
         .await;
     s(&r["joinBoard"]["shift"]["id"])
-}
-
-async fn request(
-    app: &TestApp,
-    board: &str,
-    patient: &str,
-    specialty: &str,
-    region: &str,
-) -> String {
-    let r = app
-        .data(
-            REQUEST,
-            json!({"input": {"boardId": board, "patientName": patient, "specialty": specialty, "region": region, "reason": "check-up"}}),
-        )
-        .await;
-    s(&r["requestAppointment"]["appointment"]["id"])
 }
 
 async fn act(app: &TestApp, mutation: &str, input: Value) {
@@ -126,13 +98,13 @@ async fn matcher_settled(app: &TestApp) {
 
 /// The Board as the event store has it now.
 async fn contents(app: &TestApp, board: &str) -> BoardContents {
-    load_board_contents(&app.pool, board.parse().unwrap(), ReadLimit::All)
+    load_board_contents(&app.pool, board.parse::<Uuid>().unwrap(), ReadLimit::All)
         .await
         .unwrap()
         .expect("board exists")
 }
 
-async fn providers(app: &TestApp) -> HashMap<Uuid, Provider> {
+async fn providers(app: &TestApp) -> HashMap<ProviderId, Provider> {
     let ids: Vec<Uuid> = sqlx::query_scalar("select id from streams where type = 'provider'")
         .fetch_all(&app.pool)
         .await
@@ -143,7 +115,7 @@ async fn providers(app: &TestApp) -> HashMap<Uuid, Provider> {
             .await
             .unwrap()
             .unwrap();
-        out.insert(id, p);
+        out.insert(p.id, p);
     }
     out
 }
@@ -188,7 +160,7 @@ async fn check_invariants(app: &TestApp, board: &str) -> usize {
 
     let c = contents(app, board).await;
     let providers = providers(app).await;
-    let shifts: HashMap<Uuid, _> = c.shifts.iter().map(|s| (s.id, s)).collect();
+    let shifts: HashMap<ShiftId, _> = c.shifts.iter().map(|s| (s.id, s)).collect();
     let mut held = 0;
     for a in &c.appointments {
         match a.status {
@@ -234,7 +206,7 @@ async fn check_invariants(app: &TestApp, board: &str) -> usize {
 #[tokio::test]
 async fn fifty_requests_and_ten_providers_at_once_keep_the_invariants() {
     let app = TestApp::spawn_matching().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Telehealth TX").await;
     let specialties: [&[&str]; 3] = [
         &["pediatrics"],
         &["dermatology"],
@@ -258,7 +230,8 @@ async fn fifty_requests_and_ten_providers_at_once_keep_the_invariants() {
     let requests = (0..50).map(|i| {
         let (app, board) = (&app, &board);
         async move {
-            request(app, board, &format!("Patient {i}"), "pediatrics", "TX").await;
+            app.request_appointment(request_input(board, &format!("Patient {i}")))
+                .await;
         }
     });
     let joins = provider_ids.iter().map(|p| {
@@ -329,14 +302,17 @@ async fn fifty_requests_and_ten_providers_at_once_keep_the_invariants() {
 #[tokio::test]
 async fn matching_rules_specialty_licence_longest_waiting_and_cancellation() {
     let app = TestApp::spawn_matching().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Telehealth TX").await;
     let derm_tx = register(&app, "Dr. Derm", &["dermatology"], &["TX"]).await;
     let peds_ca = register(&app, "Dr. Peds CA", &["pediatrics"], &["CA"]).await;
     join(&app, &board, &derm_tx).await;
     join(&app, &board, &peds_ca).await;
 
     // Nobody has pediatrics with a Texas licence: the request waits, and says so.
-    let a1 = request(&app, &board, "Ann", "pediatrics", "TX").await;
+    let a1 = app
+        .request_appointment(request_input(&board, "Ann"))
+        .await
+        .0;
     matcher_settled(&app).await;
     let r = app
         .data(
@@ -376,8 +352,14 @@ async fn matching_rules_specialty_licence_longest_waiting_and_cancellation() {
     assert!(careboard::matcher::TRIGGERS.contains(&cause_type.as_str()));
 
     // Two more Texas pediatrics patients wait (Dr. Peds CA is READY but not licensed).
-    let a2 = request(&app, &board, "Ben", "pediatrics", "TX").await;
-    let a3 = request(&app, &board, "Cal", "pediatrics", "TX").await;
+    let a2 = app
+        .request_appointment(request_input(&board, "Ben"))
+        .await
+        .0;
+    let a3 = app
+        .request_appointment(request_input(&board, "Cal"))
+        .await
+        .0;
     matcher_settled(&app).await;
     let status = |r: &Value| r["appointment"]["status"].as_str().unwrap().to_string();
     assert_eq!(
@@ -415,7 +397,7 @@ async fn matching_rules_specialty_licence_longest_waiting_and_cancellation() {
 #[tokio::test]
 async fn coordinators_scheduling_by_hand_race_the_matcher_safely() {
     let app = TestApp::spawn_matching().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Telehealth TX").await;
     let mut shifts = Vec::new();
     for i in 0..6 {
         let p = register(&app, &format!("Dr. {i}"), &["pediatrics"], &["TX"]).await;
@@ -426,7 +408,10 @@ async fn coordinators_scheduling_by_hand_race_the_matcher_safely() {
     let outcomes = futures::future::join_all((0..12).map(|i| {
         let (app, board, shifts) = (&app, &board, &shifts);
         async move {
-            let a = request(app, board, &format!("Patient {i}"), "pediatrics", "TX").await;
+            let a = app
+                .request_appointment(request_input(board, &format!("Patient {i}")))
+                .await
+                .0;
             let shift = &shifts[i % shifts.len()];
             let r = app
                 .gql(
@@ -471,7 +456,7 @@ async fn coordinators_scheduling_by_hand_race_the_matcher_safely() {
 #[tokio::test]
 async fn wait_time_estimate_validates_and_answers_for_a_new_request() {
     let app = TestApp::spawn_matching().await;
-    let board = open_board(&app).await;
+    let board = app.open_board("Telehealth TX").await;
     let q = r#"query($b: ID!, $s: String!) { waitTimeEstimate(boardId: $b, specialty: $s) {
         estimatedStart waitSeconds queueAhead providersAvailable providersReady
         expectedDurationSeconds basis } }"#;
@@ -563,18 +548,18 @@ async fn a_board_the_matcher_cannot_match_is_parked_while_other_boards_go_on_and
         ..Default::default()
     };
     let app = TestApp::spawn_with_faults(config, faults).await;
-    let a = open_board(&app).await;
-    let b = open_board(&app).await;
+    let a = app.open_board("Telehealth TX").await;
+    let b = app.open_board("Telehealth TX").await;
     *broken.lock().unwrap() = Some(a.parse().unwrap());
 
     // Board A's triggers come first in the log: before parking, its failure held up
     // every later Board.
     let pa = register(&app, "Dr. A", &["pediatrics"], &["TX"]).await;
     join(&app, &a, &pa).await;
-    let on_a = request(&app, &a, "Ann", "pediatrics", "TX").await;
+    let on_a = app.request_appointment(request_input(&a, "Ann")).await.0;
     let pb = register(&app, "Dr. B", &["pediatrics"], &["TX"]).await;
     join(&app, &b, &pb).await;
-    let on_b = request(&app, &b, "Ben", "pediatrics", "TX").await;
+    let on_b = app.request_appointment(request_input(&b, "Ben")).await.0;
 
     assert_eq!(
         status_leaving(&app, &on_b, "REQUESTED", Duration::from_secs(15)).await,

@@ -65,6 +65,7 @@ async fn open_board(store: &EventStore, name: &str) -> Uuid {
     .unwrap_or_else(|e| panic!("{}", e.describe()))
     .entity
     .id
+    .as_uuid()
 }
 
 async fn request(store: &EventStore, board: Uuid, patient: &str) -> (Uuid, i64) {
@@ -83,12 +84,12 @@ async fn request(store: &EventStore, board: Uuid, patient: &str) -> (Uuid, i64) 
     )
     .await
     .unwrap_or_else(|e| panic!("{}", e.describe()));
-    (w.entity.id, w.position)
+    (w.entity.id.as_uuid(), w.position)
 }
 
 fn requested(board: Uuid, patient: &str) -> AppointmentEvent {
     AppointmentEvent::AppointmentRequested {
-        board_id: board,
+        board_id: board.into(),
         patient_id: None,
         patient_name: patient.into(),
         specialty: "pediatrics".into(),
@@ -866,7 +867,7 @@ async fn a_poison_event_is_dead_lettered_after_retries_and_replayed_after_a_fix(
         doc.appointments[&appointment].status,
         AppointmentStatus::Scheduled
     );
-    assert_eq!(doc.appointments[&appointment].shift_id, Some(shift));
+    assert_eq!(doc.appointments[&appointment].shift_id, Some(shift.into()));
     assert_eq!(observed(&doc), expected(&pool, sick).await);
     let status = state::status(&pool).await.unwrap();
     assert_eq!(

@@ -57,7 +57,7 @@ impl Day {
         .unwrap();
         Self {
             store,
-            board: board.entity.id,
+            board: board.entity.id.as_uuid(),
             appointments: Vec::new(),
             shifts: Vec::new(),
             last_position: board.position,
@@ -74,13 +74,13 @@ impl Day {
     }
 
     fn set_appointment(&mut self, a: &Appointment) {
-        if let Some(x) = self.appointments.iter_mut().find(|x| x.0 == a.id) {
+        if let Some(x) = self.appointments.iter_mut().find(|x| x.0 == a.id.as_uuid()) {
             x.1 = a.status;
         }
     }
 
     fn set_shift(&mut self, s: &Shift) {
-        if let Some(x) = self.shifts.iter_mut().find(|x| x.0 == s.id) {
+        if let Some(x) = self.shifts.iter_mut().find(|x| x.0 == s.id.as_uuid()) {
             x.1 = s.status;
         }
     }
@@ -119,13 +119,13 @@ impl Day {
                         meta("joinBoard"),
                         JoinBoard {
                             board_id: self.board.into(),
-                            provider_id: p.entity.id.into(),
+                            provider_id: p.entity.id,
                             options: opts(),
                         },
                     )
                     .await
                     .unwrap();
-                    self.shifts.push((s.entity.id, s.entity.status));
+                    self.shifts.push((s.entity.id.as_uuid(), s.entity.status));
                     s.position
                 }
                 1 => {
@@ -144,7 +144,8 @@ impl Day {
                     )
                     .await
                     .unwrap();
-                    self.appointments.push((a.entity.id, a.entity.status));
+                    self.appointments
+                        .push((a.entity.id.as_uuid(), a.entity.status));
                     a.position
                 }
                 2 => {

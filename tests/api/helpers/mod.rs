@@ -5,6 +5,7 @@
 //! `app.token(Who::…)` mints one for any role and scope.
 
 pub mod day;
+pub mod documents;
 pub mod files;
 pub mod idp;
 
@@ -438,6 +439,41 @@ impl TestApp {
             "unexpected errors: {response:#}"
         );
         response["data"].clone()
+    }
+
+    /// Opens the usual test Board named `name` (see [`documents::open_board_input`]);
+    /// its id.
+    pub async fn open_board(&self, name: &str) -> String {
+        self.open_board_at(name).await.0
+    }
+
+    /// Opens the usual test Board named `name`; its id and the event's position.
+    pub async fn open_board_at(&self, name: &str) -> (String, i64) {
+        let d = self
+            .data(documents::OPEN_BOARD, documents::open_board_input(name))
+            .await;
+        (
+            d["openBoard"]["board"]["id"]
+                .as_str()
+                .expect("board id")
+                .to_string(),
+            d["openBoard"]["position"].as_i64().expect("position"),
+        )
+    }
+
+    /// Requests an appointment (`input` from [`documents::request_input`]); its id and
+    /// the event's position.
+    pub async fn request_appointment(&self, input: Value) -> (String, i64) {
+        let d = self.data(documents::REQUEST_APPOINTMENT, input).await;
+        (
+            d["requestAppointment"]["appointment"]["id"]
+                .as_str()
+                .expect("appointment id")
+                .to_string(),
+            d["requestAppointment"]["position"]
+                .as_i64()
+                .expect("position"),
+        )
     }
 
     pub async fn event_count(&self) -> i64 {

@@ -1,0 +1,155 @@
+//! The path every command shares: per-command options into the unit of work, the
+//! idempotency fingerprint, the replay of a repeated `commandId`, and the commit of one
+//! or two streams with the new state folded in memory.
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{CommandOptions, Written};
+use crate::domain::{scheduling, Aggregate, Appointment, BoardId, Shift};
+use crate::error::{AppError, AppResult};
+use crate::event_store::unit_of_work::{CommandMeta, Outcome, UnitOfWork};
+use crate::event_store::{EventStore, ReadLimit};
+use crate::identity::Actor;
+
+/// Fills `meta` with the per-command options.
+pub(super) fn with_options(
+    mut meta: CommandMeta,
+    options: &CommandOptions,
+) -> AppResult<CommandMeta> {
+    if let Some(v) = options.expected_version {
+        if v < 0 {
+            return Err(AppError::validation("expectedVersion must not be negative"));
+        }
+    }
+    if let Some(id) = &options.command_id {
+        crate::domain::storable_text("commandId", id)?;
+    }
+    meta.expected_version = options.expected_version;
+    meta.command_id = options.command_id.clone();
+    Ok(meta)
+}
+
+/// What a repeated `commandId` is compared with: the command value itself (options
+/// aside), so the same command always has the same fingerprint, however it was sent.
+pub fn fingerprint(command: &impl Serialize) -> AppResult<Value> {
+    serde_json::to_value(command).map_err(|e| AppError::Internal(e.into()))
+}
+
+/// What a repeated `commandId` from `actor` is compared with: the command, and, when a
+/// verified principal sends it, who. A `commandId` is its sender's idempotency key: from
+/// anyone else (who may have read it in the event log) it is "a different command",
+/// whatever they send with it, so the first sender's result is never replayed to
+/// another caller (replays skip authorization), and a right guess of the command's
+/// patient fields looks the same as a wrong one.
+pub(super) fn fingerprint_for(actor: &Actor, command: &impl Serialize) -> AppResult<Value> {
+    let mut value = fingerprint(command)?;
+    if let (Some(principal), Value::Object(fields)) = (actor.principal(), &mut value) {
+        // Not a command field name (those are camelCase words), so never confused.
+        fields.insert("@sender".into(), Value::String(principal.subject.clone()));
+    }
+    Ok(value)
+}
+
+/// Opens the unit of work, or returns the remembered result of a repeated command.
+macro_rules! begin {
+    ($store:expr, $meta:expr, $command:expr) => {{
+        let meta: $crate::event_store::unit_of_work::CommandMeta = $meta;
+        // Only a `commandId` is compared with a fingerprint.
+        let sent = match $command.options.command_id {
+            Some(_) => $crate::commands::path::fingerprint_for(&meta.actor, &$command)?,
+            None => serde_json::Value::Null,
+        };
+        match $store
+            .begin(
+                $crate::commands::path::with_options(meta, &$command.options)?,
+                &sent,
+            )
+            .await?
+        {
+            $crate::event_store::unit_of_work::Begun::Fresh(uow) => *uow,
+            $crate::event_store::unit_of_work::Begun::Replayed(outcome) => {
+                return $crate::commands::path::replayed($store, &outcome).await
+            }
+        }
+    }};
+}
+
+pub(super) use begin;
+
+/// Rebuilds a repeated command's answer from the streams and versions it wrote.
+pub(super) async fn replayed<A: Aggregate>(
+    store: &EventStore,
+    outcome: &Outcome,
+) -> AppResult<Written<A>> {
+    let missing = || AppError::Internal(anyhow::anyhow!("stored outcome names a missing stream"));
+    let (target, version) = *outcome.streams.first().ok_or_else(missing)?;
+    let entity = store
+        .load::<A>(target, ReadLimit::Version(version))
+        .await?
+        .ok_or_else(missing)?;
+    let shift = match outcome.streams.get(1) {
+        Some((id, v)) => store.load::<Shift>(*id, ReadLimit::Version(*v)).await?,
+        None => None,
+    };
+    Ok(Written {
+        entity,
+        shift,
+        version,
+        position: outcome.position,
+    })
+}
+
+/// Commits one stream's events and folds its new state.
+pub(super) async fn commit_one<A: Aggregate>(
+    uow: UnitOfWork,
+    id: impl Into<Uuid>,
+    board_id: Option<BoardId>,
+    base: Option<A>,
+    events: Vec<A::Event>,
+) -> AppResult<Written<A>> {
+    let id = id.into();
+    let mut uow = uow;
+    uow.stage::<A>(id, board_id, base.as_ref(), &events);
+    let committed = uow.commit().await?;
+    let entity = committed.fold(id, base, &events)?;
+    Ok(Written {
+        version: entity.version(),
+        position: committed.position(),
+        entity,
+        shift: None,
+    })
+}
+
+/// Commits a two-stream decision (appointment + shift) atomically.
+pub(super) async fn commit_two(
+    mut uow: UnitOfWork,
+    appointment: Option<Appointment>,
+    shift: Option<Shift>,
+    (appointment_events, shift_events): scheduling::TwoStreamEvents,
+) -> AppResult<Written<Appointment>> {
+    let Some(base) = appointment else {
+        return Err(AppError::not_found("appointment not found"));
+    };
+    let appointment_id = base.id;
+    let board_id = Some(base.board_id);
+    uow.stage::<Appointment>(appointment_id, board_id, Some(&base), &appointment_events);
+    if let Some(s) = &shift {
+        uow.stage::<Shift>(s.id, Some(s.board_id), Some(s), &shift_events);
+    }
+    let committed = uow.commit().await?;
+    let entity = committed.fold(appointment_id, Some(base), &appointment_events)?;
+    let shift = match shift {
+        Some(s) if !shift_events.is_empty() => {
+            Some(committed.fold(s.id, Some(s), &shift_events)?)
+        }
+        other => other,
+    };
+    Ok(Written {
+        version: entity.version(),
+        position: committed.position(),
+        entity,
+        shift,
+    })
+}
