@@ -284,7 +284,13 @@ impl Projector {
             *ahead = None;
             // The projection that NOTIFYs takes only what a read now would return.
             let strict = worker.gen.projection == Projection::BoardView;
-            log.next(cursor, limit, started, strict).await?
+            let rows = log.next(cursor, limit, started, strict).await?;
+            if strict {
+                rows
+            } else {
+                // Behind board_view, take the reads it made since in one transaction.
+                log.extend(rows, limit)
+            }
         } else {
             let pending = ahead.take().filter(|a| a.after == cursor);
             let rows = match pending {
@@ -386,6 +392,35 @@ impl SharedLog {
                 return Ok(rows);
             }
             passed_over = Some(slot);
+        }
+    }
+
+    /// `rows` followed by the reads already made after them, one after another, up to
+    /// `limit` events: a loop behind another applies what that one read in fewer,
+    /// larger transactions. Each read is a prefix of the log after its cursor, so the
+    /// reads joined end to end are too.
+    fn extend(&self, rows: Rows, limit: i64) -> Rows {
+        let mut joined: Option<Vec<(Cursor, RecordedEvent)>> = None;
+        let reads = self.reads.lock().expect("shared reads");
+        loop {
+            let current = joined.as_deref().unwrap_or(&rows);
+            let Some((end, _)) = current.last() else {
+                break;
+            };
+            let next = reads
+                .slots
+                .iter()
+                .find(|s| s.after == *end)
+                .and_then(|s| s.rows.get())
+                .filter(|r| !r.is_empty() && (current.len() + r.len()) as i64 <= limit);
+            let Some(next) = next else { break };
+            joined
+                .get_or_insert_with(|| rows.as_ref().clone())
+                .extend(next.iter().cloned());
+        }
+        match joined {
+            Some(j) => Arc::new(j),
+            None => rows,
         }
     }
 
