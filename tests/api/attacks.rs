@@ -70,8 +70,12 @@ async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_resul
             Who::patient("patient-oscar").name("Oscar"),
         ),
         (
-            Who::coordinator().subject("coord-south-1").regions(["south"]),
-            Who::coordinator().subject("coord-south-2").regions(["south"]),
+            Who::coordinator()
+                .subject("coord-south-1")
+                .regions(["south"]),
+            Who::coordinator()
+                .subject("coord-south-2")
+                .regions(["south"]),
         ),
     ];
     for (right_caller, wrong_caller) in callers {
