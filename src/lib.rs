@@ -16,14 +16,17 @@
 //!   source).
 //! - [`postgres`]: pool, migrations, and the embedded local cluster.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`domain`]: pure aggregates (Board, Provider, ProviderShift, Appointment), the id
-//!   newtypes ([`domain::ids`]), the two-stream scheduling decisions, matching and the
-//!   wait-time model; no I/O.
+//! - [`domain`]: pure aggregates (Board, Provider, ProviderShift, Appointment) whose
+//!   state and events carry the id newtypes ([`domain::ids`], stored as plain UUID
+//!   text), the two-stream scheduling decisions, matching and the wait-time model; no
+//!   I/O.
 //! - [`event_store`]: append (optimistic / exclusive / multi-stream), the unit of work
 //!   every command runs in, stream reads and folds; every `SELECT … FROM events`.
 //!   [`event_store::log`]: the `(tx, seq)` cursor and the in-order read below xmin.
 //! - [`commands`]: typed command values (no GraphQL in them) and load → authorize →
-//!   decide → append, one function per mutation; the actor each one runs for.
+//!   decide → append, one function per mutation; one module per aggregate (board,
+//!   provider, shift, appointment) beside the shared path (options, idempotency
+//!   fingerprint, replay, commit) and the one authorization slot.
 //! - [`projections`]: the registry, each view's fold, document storage, live reads,
 //!   and the shims for documents of earlier builds.
 //! - [`snapshots`]: written by the projector, read by time travel.
@@ -60,8 +63,9 @@
 //! - [`health`]: the database prober behind `/readyz` and fast UNAVAILABLE answers.
 //!
 //! Outside `src/`: `tests/api/` is the one integration-test binary (`helpers` holds
-//! `TestApp`, the throwaway cluster and the tests' identity provider); `bench/` is the benchmark harness, a
-//! workspace member of its own.
+//! `TestApp` and its verbs, the throwaway cluster, the tests' identity provider, the
+//! GraphQL documents several modules send (`helpers::documents`) and the Chromium
+//! driver); `bench/` is the benchmark harness, a workspace member of its own.
 
 pub mod app;
 pub mod cli;

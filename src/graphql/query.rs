@@ -552,7 +552,7 @@ impl Query {
                 Some(crate::identity::access_log::AppointmentQuery {
                     appointment_id,
                     on_board: state.map(|a| crate::identity::access_log::OnBoard {
-                        board_id: a.board_id.into(),
+                        board_id: a.board_id.as_uuid(),
                         patient_id: a.patient_id,
                         since: a.requested_at,
                     }),

@@ -60,20 +60,7 @@ impl AuthApp {
     /// Opens a websocket with `token` in the upgrade's `Authorization` header (and in
     /// `connection_init`) and starts one subscription.
     async fn open_subscription(&self, token: &str, query: &str, variables: Value) -> Sub {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut request = self
-            .app
-            .url("/graphql/ws")
-            .replace("http://", "ws://")
-            .into_client_request()
-            .unwrap();
-        let headers = request.headers_mut();
-        headers.insert(
-            "sec-websocket-protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
-        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (socket, _) = tokio_tungstenite::connect_async(request)
+        let (socket, _) = crate::helpers::ws_upgrade(&self.app.url("/graphql/ws"), Some(token))
             .await
             .expect("the websocket connects");
         let mut sub = Sub { socket };

@@ -120,28 +120,11 @@ async fn a_socket_without_a_valid_token_is_closed_with_4403_and_a_reason() {
 
 #[tokio::test]
 async fn a_token_in_the_upgrade_request_serves_when_connection_init_has_none() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let app = TestApp::spawn().await;
     let board = app.open_board("Edge").await;
-    let connect = |token: Option<String>| {
-        let mut request = app
-            .url("/graphql/ws")
-            .replace("http://", "ws://")
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
-        if let Some(t) = token {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        tokio_tungstenite::connect_async(request)
-    };
+    let ws = app.url("/graphql/ws");
     // A bad token in the header: refused before the upgrade, 401.
-    match connect(Some("nonsense".into())).await {
+    match crate::helpers::ws_upgrade(&ws, Some("nonsense")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 401);
             assert!(response.headers()["www-authenticate"]
@@ -151,7 +134,7 @@ async fn a_token_in_the_upgrade_request_serves_when_connection_init_has_none() {
         }
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
-    let (socket, _) = connect(Some(app.token(Who::coordinator())))
+    let (socket, _) = crate::helpers::ws_upgrade(&ws, Some(&app.token(Who::coordinator())))
         .await
         .expect("upgraded");
     let mut ws = WsClient::from_socket(socket, false);
@@ -649,11 +632,7 @@ async fn serve(args: &[&str], url: &str, dir: &std::path::Path) -> Served {
 }
 
 async fn serve_logging(args: &[&str], url: &str, dir: &std::path::Path, level: &str) -> Served {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let stderr = dir.join("serve.log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
         .arg("serve")
@@ -674,18 +653,17 @@ async fn serve_logging(args: &[&str], url: &str, dir: &std::path::Path, level: &
         base: format!("http://127.0.0.1:{port}"),
         stderr,
     };
-    let started = std::time::Instant::now();
-    while reqwest::get(format!("{}/readyz", served.base))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "careboard serve did not come up: {}",
-            std::fs::read_to_string(&served.stderr).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::helpers::wait_until_answering(
+        &format!("{}/readyz", served.base),
+        Duration::from_secs(30),
+        || {
+            format!(
+                "careboard serve did not come up: {}",
+                std::fs::read_to_string(&served.stderr).unwrap_or_default()
+            )
+        },
+    )
+    .await;
     served
 }
 
@@ -842,8 +820,6 @@ async fn pages_served_by_the_development_issuer_to_this_machine_carry_a_short_li
     }
 }
 
-const RESULT: &str = "(document.querySelector('.graphiql-response .CodeMirror') || {CodeMirror: {getValue: () => ''}}).CodeMirror.getValue()";
-
 #[tokio::test]
 async fn graphiql_served_by_the_development_issuer_runs_a_query_with_its_prefilled_token() {
     let Some(browser) = crate::helpers::browser::Browser::start().await else {
@@ -874,20 +850,8 @@ async fn graphiql_served_by_the_development_issuer_runs_a_query_with_its_prefill
         "the headers editor opens with the token: {headers}"
     );
     let query = format!("{{ board(id: \"{board}\", minPosition: {position}) {{ name status }} }}");
-    page.eval(&format!(
-        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue({}); true",
-        serde_json::to_string(&query).unwrap()
-    ))
-    .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    page.eval("document.querySelector('.graphiql-execute-button').click(); true")
+    page.run_in_graphiql_showing(&query, "the query's answer", r#""name": "Walkthrough""#)
         .await;
-    page.wait_for_showing(
-        "the query's answer",
-        &format!("{RESULT}.includes('\"name\": \"Walkthrough\"')"),
-        RESULT,
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -902,19 +866,8 @@ async fn with_an_identity_provider_graphiql_asks_for_a_token_in_its_headers() {
         "[...document.querySelectorAll('.graphiql-editor-tool .CodeMirror')].some(e => e.CodeMirror.getValue().includes('paste a token from your identity provider'))",
     )
     .await;
-    page.eval(
-        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue('{ __typename }'); true",
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    page.eval("document.querySelector('.graphiql-execute-button').click(); true")
+    page.run_in_graphiql_showing("{ __typename }", "the refusal", "UNAUTHENTICATED")
         .await;
-    page.wait_for_showing(
-        "the refusal",
-        &format!("{RESULT}.includes('UNAUTHENTICATED')"),
-        RESULT,
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -1014,11 +967,7 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
         .args([
             "demo", "--live", "--speed", "60", "--hours", "2", "--boards", "1",
@@ -1037,17 +986,12 @@ async fn the_live_demo_serves_with_tokens_on_loopback_only() {
         base: format!("http://127.0.0.1:{port}"),
         stderr: dir.path().join("none"),
     };
-    let started = std::time::Instant::now();
-    while reqwest::get(format!("{}/readyz", served.base))
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the demo did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::helpers::wait_until_answering(
+        &format!("{}/readyz", served.base),
+        Duration::from_secs(30),
+        || "the demo did not come up".into(),
+    )
+    .await;
     let http = reqwest::Client::new();
     let query = json!({"query": "{ __typename }"});
     assert_unauthenticated(
@@ -1120,17 +1064,9 @@ async fn while_the_providers_keys_cannot_be_fetched_requests_and_sockets_are_tol
     let body: Value = r.json().await.unwrap();
     assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
 
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = server
-        .url("/graphql/ws")
-        .replace("http://", "ws://")
-        .into_client_request()
+    let (socket, _) = crate::helpers::ws_upgrade(&server.url("/graphql/ws"), None)
+        .await
         .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut ws = WsClient::from_socket(socket, false);
     ws.send(json!({"type": "connection_init", "payload": {"token": token}}))
         .await;

@@ -138,16 +138,8 @@ async fn graphiql_loads_with_no_network_explores_the_schema_and_runs_subscriptio
     let subscription = format!(
         "subscription {{ boardChanged(boardId: \"{board}\") {{ name counts {{ waiting }} }} }}"
     );
-    page.eval(&format!(
-        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue({}); true",
-        serde_json::to_string(&subscription).unwrap()
-    ))
-    .await;
-    // GraphiQL re-parses the editor shortly after a change (as after a person typed).
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    page.eval("document.querySelector('.graphiql-execute-button').click(); true")
-        .await;
-    let result = "(document.querySelector('.graphiql-response .CodeMirror') || {CodeMirror: {getValue: () => ''}}).CodeMirror.getValue()";
+    page.run_in_graphiql(&subscription).await;
+    let result = crate::helpers::browser::GRAPHIQL_RESULT;
     page.wait_for_showing(
         "the subscription's first Board",
         &format!("{result}.includes('\"waiting\": 0')"),

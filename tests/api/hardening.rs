@@ -257,14 +257,9 @@ async fn a_silent_socket_that_answers_no_pings_is_closed() {
         ..Default::default()
     })
     .await;
-    let url = app.url("/graphql/ws").replace("http://", "ws://");
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (socket, _) = crate::helpers::ws_upgrade(&app.url("/graphql/ws"), None)
+        .await
+        .unwrap();
     let (mut sink, mut source) = socket.split();
     use futures::SinkExt;
     sink.send(tokio_tungstenite::tungstenite::Message::Text(

@@ -1088,34 +1088,17 @@ async fn with_auth_on_graphql_requests_need_a_valid_bearer_token() {
     // A websocket upgrade with a bad token is refused before it is upgraded; one
     // without a token is upgraded (browsers cannot set headers there) and must bring
     // its token in connection_init.
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let upgrade = |token: Option<&str>| {
-        let mut request = server
-            .url("/graphql/ws")
-            .replace("http://", "ws://")
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
-        if let Some(t) = token {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        tokio_tungstenite::connect_async(request)
-    };
-    match upgrade(Some(&foreign)).await {
+    let ws = server.url("/graphql/ws");
+    match crate::helpers::ws_upgrade(&ws, Some(&foreign)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 401)
         }
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
-    upgrade(None)
+    crate::helpers::ws_upgrade(&ws, None)
         .await
         .expect("an upgrade without a token waits for connection_init");
-    upgrade(Some(&token))
+    crate::helpers::ws_upgrade(&ws, Some(&token))
         .await
         .expect("an authenticated upgrade is accepted");
     server.stop().await.unwrap();

@@ -21,6 +21,9 @@ pub fn find_chromium() -> Option<std::path::PathBuf> {
         })
 }
 
+/// A JavaScript expression: the text of GraphiQL's response pane ('' before any).
+pub const GRAPHIQL_RESULT: &str = "(document.querySelector('.graphiql-response .CodeMirror') || {CodeMirror: {getValue: () => ''}}).CodeMirror.getValue()";
+
 /// A running headless Chromium; killed when dropped.
 pub struct Browser {
     child: std::process::Child,
@@ -47,11 +50,7 @@ impl Browser {
             eprintln!("skipping the browser test: chromium is not installed");
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let profile = tempfile::tempdir().unwrap();
         let child = std::process::Command::new(chromium)
             .args([
@@ -76,21 +75,13 @@ impl Browser {
             .spawn()
             .expect("start chromium");
         let devtools = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let started = Instant::now();
-        while http
-            .get(format!("{devtools}/json/version"))
-            .send()
-            .await
-            .is_err()
-        {
-            // Generous: on a loaded machine several Chromiums start at once.
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "chromium's DevTools did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // Generous: on a loaded machine several Chromiums start at once.
+        super::wait_until_answering(
+            &format!("{devtools}/json/version"),
+            Duration::from_secs(60),
+            || "chromium's DevTools did not come up".into(),
+        )
+        .await;
         Some(Self {
             child,
             devtools,
@@ -202,6 +193,30 @@ impl Page {
             )
             .await;
         result["result"]["value"].clone()
+    }
+
+    /// Runs `document` in GraphiQL and waits until its response pane shows `expected`.
+    pub async fn run_in_graphiql_showing(&mut self, document: &str, what: &str, expected: &str) {
+        self.run_in_graphiql(document).await;
+        let shown = format!(
+            "{GRAPHIQL_RESULT}.includes({})",
+            serde_json::to_string(expected).unwrap()
+        );
+        self.wait_for_showing(what, &shown, GRAPHIQL_RESULT).await;
+    }
+
+    /// Types `document` into GraphiQL's query editor and runs it; its answer shows in
+    /// [`GRAPHIQL_RESULT`].
+    pub async fn run_in_graphiql(&mut self, document: &str) {
+        self.eval(&format!(
+            "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue({}); true",
+            serde_json::to_string(document).unwrap()
+        ))
+        .await;
+        // GraphiQL re-parses the editor shortly after a change (as after a person typed).
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        self.eval("document.querySelector('.graphiql-execute-button').click(); true")
+            .await;
     }
 
     /// Waits (up to 30 s) until `expression` is true.

@@ -28,6 +28,26 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 
 static ADMIN_URL: OnceLock<String> = OnceLock::new();
 
+/// A loopback port nothing listens on right now, for a child process to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// Waits until `url` answers over HTTP (any status), polling every 100 ms; past
+/// `limit` the test fails with `why()`.
+pub async fn wait_until_answering(url: &str, limit: Duration, why: impl Fn() -> String) {
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while http.get(url).send().await.is_err() {
+        assert!(started.elapsed() < limit, "{}", why());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Where test databases are created: `DATABASE_URL`, or a cluster this test process
 /// starts from the system's binaries (stopped by the kernel when the process exits).
 fn admin_options() -> PgConnectOptions {
@@ -499,6 +519,35 @@ pub fn error_message(response: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// What a websocket handshake gives: the socket and the server's upgrade response.
+pub type Upgraded = (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+);
+
+/// Opens a `graphql-transport-ws` socket to `url` (`http://…/graphql/ws`), with
+/// `token` as a bearer `Authorization` header on the upgrade request when given.
+pub async fn ws_upgrade(
+    url: &str,
+    token: Option<&str>,
+) -> Result<Upgraded, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request).await
 }
 
 /// A GraphQL websocket client, speaking `graphql-transport-ws` or the legacy
