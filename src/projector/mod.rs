@@ -3,12 +3,15 @@
 //!
 //! It runs while its process leads (see [`crate::daemon`], which holds the
 //! [`crate::leader`] lock and runs the projector and the matcher side by side).
-//! Reading: [`crate::event_store::log::read_after`], `(tx, seq)` after the checkpoint
-//! and below the oldest running transaction, once for every live projection at that
-//! checkpoint (each applies it in its own transaction), the next batch read ahead
-//! behind a full one. Checkpoint: compare-and-set on the old
-//! value, fenced by the leader lock ([`crate::leader::advance_checkpoint`]). Waking:
-//! the in-process append signal plus an adaptive poll; appends never NOTIFY.
+//! Scheduling: each projection generation on a loop of its own ([`loops`]), or, with
+//! `DaemonConfig::loops` off, all of them in lockstep rounds ([`lockstep`], kept for
+//! the bench). Reading: `(tx, seq)` after the checkpoint and below the oldest running
+//! transaction ([`crate::event_store::log::read_after`]; with loops, leaving out the
+//! projector's own transactions, which write no events), shared by the live loops at
+//! one cursor, the next batch read ahead behind a full one. Each batch is one
+//! transaction: documents, checkpoint compare-and-set fenced by the leader lock
+//! ([`crate::leader::advance_checkpoint`]), NOTIFY. Waking: the in-process append
+//! signal plus an adaptive poll; appends never NOTIFY.
 
 pub mod batch;
 mod lockstep;
