@@ -253,6 +253,9 @@ impl Projector {
             Err(BatchError::Database(e)) => return Err(e.into()),
         };
         let at = stage(ProjectorStage::Apply, at);
+        if let Some(stall) = self.faults.stall(gen.projection) {
+            tokio::time::sleep(stall).await;
+        }
         if crash(CrashPoint::AfterApply) {
             return Ok(Step::Crashed(CrashPoint::AfterApply));
         }
