@@ -45,6 +45,11 @@ pub struct DaemonConfig {
     /// is read while the current one is written. Off, each projection reads for itself
     /// and nothing is read ahead: the older way, kept so the bench can measure both.
     pub shared_read: bool,
+    /// Each projection generation runs on a loop of its own behind the shared read
+    /// (see [`crate::projector`]): a slow projection holds no other back. Off, they step
+    /// together, a round ending when the slowest has committed: the earlier schedule,
+    /// kept so the bench can measure both in one run.
+    pub loops: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
     /// How often the matcher retries the Boards it parked.
@@ -58,6 +63,7 @@ impl Default for DaemonConfig {
             rebuild_batch_size: 20_000,
             snapshot_every: 500,
             shared_read: true,
+            loops: true,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -78,6 +84,7 @@ impl DaemonConfig {
             retry_backoff: self.retry_backoff,
             snapshot_every: self.snapshot_every,
             shared_read: self.shared_read,
+            loops: self.loops,
         }
     }
 

@@ -26,6 +26,12 @@ pub type CrashHook = std::sync::Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>;
 #[cfg(feature = "fault-injection")]
 pub type MatcherFault = std::sync::Arc<dyn Fn(uuid::Uuid) -> bool + Send + Sync>;
 
+/// How long a projection's batch stalls before it commits (`None`: not at all).
+#[cfg(feature = "fault-injection")]
+pub type SlowProjection = std::sync::Arc<
+    dyn Fn(crate::projections::Projection) -> Option<std::time::Duration> + Send + Sync,
+>;
+
 /// The faults a test asked for (none by default).
 #[derive(Clone, Default)]
 pub struct Faults {
@@ -35,6 +41,9 @@ pub struct Faults {
     /// Return true to make matching that Board fail.
     #[cfg(feature = "fault-injection")]
     pub matcher: Option<MatcherFault>,
+    /// Makes a projection's batches slow (a stall inside its transaction).
+    #[cfg(feature = "fault-injection")]
+    pub slow: Option<SlowProjection>,
 }
 
 impl Faults {
@@ -48,6 +57,19 @@ impl Faults {
         {
             let _ = point;
             false
+        }
+    }
+
+    /// How long a batch of `projection` stalls before it commits.
+    pub fn stall(&self, projection: crate::projections::Projection) -> Option<std::time::Duration> {
+        #[cfg(feature = "fault-injection")]
+        {
+            self.slow.as_ref().and_then(|f| f(projection))
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = projection;
+            None
         }
     }
 

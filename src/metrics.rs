@@ -45,6 +45,10 @@ pub struct Metrics {
 /// One step of a projector batch, timed separately.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ProjectorStage {
+    /// How long the oldest event of a read had been recorded when the read returned
+    /// it: the wait for its commit, for every older transaction to end (xmin), and for
+    /// the projector to come round.
+    Visible,
     /// The `(tx, seq)` read of the log (shared by the projections at one checkpoint).
     Read,
     /// `BEGIN` of a projection's transaction.
@@ -61,7 +65,8 @@ pub enum ProjectorStage {
 }
 
 impl ProjectorStage {
-    pub const ALL: [ProjectorStage; 7] = [
+    pub const ALL: [ProjectorStage; 8] = [
+        ProjectorStage::Visible,
         ProjectorStage::Read,
         ProjectorStage::Begin,
         ProjectorStage::Apply,
@@ -73,6 +78,7 @@ impl ProjectorStage {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            ProjectorStage::Visible => "visible",
             ProjectorStage::Read => "read",
             ProjectorStage::Begin => "begin",
             ProjectorStage::Apply => "apply",

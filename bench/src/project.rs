@@ -175,10 +175,12 @@ pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::daemon::
     start_projector_with(pool, store, true, Arc::new(Metrics::new()))
 }
 
+/// `loops` off runs the projections in lockstep (the schedule before each had a loop
+/// of its own), with the shared read.
 fn start_projector_with(
     pool: &PgPool,
     store: &EventStore,
-    shared_read: bool,
+    loops: bool,
     metrics: Arc<Metrics>,
 ) -> careboard::daemon::DaemonHandle {
     Daemon::new(
@@ -187,7 +189,7 @@ fn start_projector_with(
         Default::default(),
         DaemonConfig {
             matching: false,
-            shared_read,
+            loops,
             ..Default::default()
         },
         metrics,
@@ -290,10 +292,10 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
 /// Appends at `rate` per second (open loop) for `seconds` with the projector running,
 /// and measures for each append the time from its commit to the projector's NOTIFY of
 /// a Board version that includes it.
-pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, shared_read: bool) -> Result<Lag> {
+pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, loops: bool) -> Result<Lag> {
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let metrics = Arc::new(Metrics::new());
-    let projector = start_projector_with(pool, &store, shared_read, metrics.clone());
+    let projector = start_projector_with(pool, &store, loops, metrics.clone());
     let mut boards = Vec::new();
     for _ in 0..50 {
         boards.push(crate::open_board(&store).await?);

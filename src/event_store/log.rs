@@ -73,6 +73,46 @@ pub async fn read_after(
         .collect()
 }
 
+/// [`read_after`] for a reader whose own transactions write no events (the projector):
+/// its transactions still running, `own` (their ids), do not hold the read back.
+///
+/// The bound is the oldest transaction still running that is not one of `own` (or the
+/// snapshot's xmax when there is none): every transaction below it has finished or is
+/// one of `own`, which never writes an event, so no event can later appear behind a
+/// cursor this read returns. An id missing from `own` (a transaction not yet
+/// registered, or already unregistered) only lowers the bound: the read stays correct,
+/// it just returns less.
+pub async fn read_after_excluding(
+    conn: impl PgExecutor<'_>,
+    after: Cursor,
+    limit: i64,
+    own: &[u64],
+) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
+    let own: Vec<String> = own.iter().map(u64::to_string).collect();
+    let rows: Vec<CursorRow> = sqlx::query_as(&format!(
+        "with snap as (select pg_current_snapshot() as s), \
+              bound as (select coalesce( \
+                  (select min(x) from pg_snapshot_xip(snap.s) as x \
+                    where x <> all($4::text[]::xid8[])), \
+                  pg_snapshot_xmax(snap.s)) as below from snap) \
+         select e.tx::text as tx, {EVENT_COLUMNS} \
+           from events e join streams s on s.id = e.stream_id \
+          where (e.tx, e.seq) > ($1::text::xid8, $2) \
+            and e.tx < (select below from bound) \
+          order by e.tx, e.seq \
+          limit $3"
+    ))
+    .bind(after.tx_text())
+    .bind(after.seq)
+    .bind(limit)
+    .bind(&own)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| Ok((Cursor::from_text(&r.tx, r.event.seq)?, r.event)))
+        .collect()
+}
+
 /// The read cursor of the event at `position` (`None`: no such event), to resume a
 /// feed after it or to wait for a reader to pass it.
 pub async fn cursor_of(

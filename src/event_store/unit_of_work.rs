@@ -1,4 +1,4 @@
-//! A command's transaction: idempotency claim, loads (locked in exclusive mode),
+//! A command's transaction: idempotency claim (by sender and `commandId`), loads (locked in exclusive mode),
 //! staged writes, and one commit that appends everything or nothing.
 
 use serde::{Deserialize, Serialize};
@@ -135,10 +135,12 @@ impl EventStore {
             }
             // Claiming the id first makes a concurrent duplicate wait here until the first
             // commits (or rolls back), instead of both appending.
+            // The id is its sender's: another caller's use of it is another command.
             let claimed = sqlx::query(
-                "insert into processed_commands (command_id, operation, input, outcome) \
-                 values ($1, $2, $3, 'null'::jsonb) on conflict (command_id) do nothing",
+                "insert into processed_commands (sender, command_id, operation, input, outcome) \
+                 values ($1, $2, $3, $4, 'null'::jsonb) on conflict (sender, command_id) do nothing",
             )
+            .bind(meta.actor.subject())
             .bind(command_id)
             .bind(meta.operation)
             .bind(input)
@@ -147,7 +149,9 @@ impl EventStore {
             .map_err(lock_error)?;
             if claimed.rows_affected() == 0 {
                 drop(tx);
-                return self.replay(command_id, meta.operation, input).await;
+                return self
+                    .replay(meta.actor.subject(), command_id, meta.operation, input)
+                    .await;
             }
             claimed_command = true;
         }
@@ -160,10 +164,18 @@ impl EventStore {
         })))
     }
 
-    async fn replay(&self, command_id: &str, operation: &str, input: &Value) -> AppResult<Begun> {
+    async fn replay(
+        &self,
+        sender: &str,
+        command_id: &str,
+        operation: &str,
+        input: &Value,
+    ) -> AppResult<Begun> {
         let row: Option<(String, Value, Value)> = sqlx::query_as(
-            "select operation, input, outcome from processed_commands where command_id = $1",
+            "select operation, input, outcome from processed_commands \
+              where sender = $1 and command_id = $2",
         )
+        .bind(sender)
         .bind(command_id)
         .fetch_optional(self.pool())
         .await?;
@@ -297,11 +309,15 @@ impl UnitOfWork {
             streams: appended.versions.clone(),
         };
         if self.claimed_command {
-            sqlx::query("update processed_commands set outcome = $2 where command_id = $1")
-                .bind(self.meta.command_id.as_deref())
-                .bind(serde_json::to_value(&outcome).map_err(anyhow::Error::from)?)
-                .execute(&mut *self.tx)
-                .await?;
+            sqlx::query(
+                "update processed_commands set outcome = $3 \
+                  where sender = $1 and command_id = $2",
+            )
+            .bind(self.meta.actor.subject())
+            .bind(self.meta.command_id.as_deref())
+            .bind(serde_json::to_value(&outcome).map_err(anyhow::Error::from)?)
+            .execute(&mut *self.tx)
+            .await?;
         }
         self.tx.commit().await.map_err(lock_error)?;
         self.store.appended_signal().notify_one();

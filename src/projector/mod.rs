@@ -3,14 +3,19 @@
 //!
 //! It runs while its process leads (see [`crate::daemon`], which holds the
 //! [`crate::leader`] lock and runs the projector and the matcher side by side).
-//! Reading: [`crate::event_store::log::read_after`], `(tx, seq)` after the checkpoint
-//! and below the oldest running transaction, once for every live projection at that
-//! checkpoint (each applies it in its own transaction), the next batch read ahead
-//! behind a full one. Checkpoint: compare-and-set on the old
-//! value, fenced by the leader lock ([`crate::leader::advance_checkpoint`]). Waking:
-//! the in-process append signal plus an adaptive poll; appends never NOTIFY.
+//! Scheduling: each projection generation on a loop of its own ([`loops`]), or, with
+//! `DaemonConfig::loops` off, all of them in lockstep rounds ([`lockstep`], kept for
+//! the bench). Reading: `(tx, seq)` after the checkpoint and below the oldest running
+//! transaction ([`crate::event_store::log::read_after`]; with loops, leaving out the
+//! projector's own transactions, which write no events), shared by the live loops at
+//! one cursor, the next batch read ahead behind a full one. Each batch is one
+//! transaction: documents, checkpoint compare-and-set fenced by the leader lock
+//! ([`crate::leader::advance_checkpoint`]), NOTIFY. Waking: the in-process append
+//! signal plus an adaptive poll; appends never NOTIFY.
 
 pub mod batch;
+mod lockstep;
+mod loops;
 pub mod replay;
 pub mod state;
 
@@ -22,12 +27,12 @@ use anyhow::Result;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 
-use crate::event_store::log::{cursor_of, read_after, Cursor};
+use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
 use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};
 use crate::leader::{advance_checkpoint, Checkpoint, Lease};
 use crate::metrics::{Metrics, ProjectorStage};
-use crate::pacing::{backoff, IdlePoll};
+use crate::pacing::backoff;
 use crate::projections::board_view::BoardChanged;
 use crate::projections::Projection;
 use batch::{apply_batch, BatchError, BatchInput};
@@ -52,6 +57,8 @@ pub struct ProjectorSettings {
     /// Share one read among the live projections at one checkpoint and read ahead
     /// (see [`crate::daemon::DaemonConfig::shared_read`]).
     pub shared_read: bool,
+    /// Each generation on a loop of its own (see [`crate::daemon::DaemonConfig::loops`]).
+    pub loops: bool,
 }
 
 /// Why the projector stopped.
@@ -64,11 +71,30 @@ pub enum ProjectorEnd {
     Crashed(CrashPoint),
 }
 
+#[derive(Clone)]
 pub struct Projector {
     pool: PgPool,
     settings: ProjectorSettings,
     metrics: Arc<Metrics>,
     faults: Faults,
+    /// The ids of this projector's own transactions still running. They write no
+    /// events, so with loops they do not hold back the reads of the others (see
+    /// [`crate::event_store::log::read_after_excluding`]).
+    own_xids: Arc<std::sync::Mutex<HashSet<u64>>>,
+}
+
+/// Unregisters a transaction id from [`Projector::own_xids`] when its batch ends,
+/// however it ends (at worst a little before its transaction does: that only makes
+/// the reads more careful).
+struct OwnXid<'a> {
+    set: &'a std::sync::Mutex<HashSet<u64>>,
+    xid: u64,
+}
+
+impl Drop for OwnXid<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("own xids").remove(&self.xid);
+    }
 }
 
 impl Projector {
@@ -83,6 +109,7 @@ impl Projector {
             settings,
             metrics,
             faults,
+            own_xids: Arc::default(),
         }
     }
 
@@ -90,225 +117,46 @@ impl Projector {
     /// rung by local appends.
     pub async fn run(
         &self,
-        lease: &Lease,
+        lease: &Arc<Lease>,
         wake: &Notify,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<ProjectorEnd> {
-        state::ensure_generations(&self.pool).await?;
-        let mut workers: Vec<Worker> = state::active_generations(&self.pool)
-            .await?
-            .into_iter()
-            .map(Worker::new)
-            .collect();
-        let mut last_refresh = Instant::now();
-        let mut poll = IdlePoll::new(self.settings.max_poll_interval);
-        // The next batch, read while the current one was being written.
-        let mut ahead: Option<ReadAhead> = None;
-        loop {
-            if *shutdown.borrow() {
-                return Ok(ProjectorEnd::Shutdown);
-            }
-            // Pick up rebuild requests made by other processes.
-            if last_refresh.elapsed() >= Duration::from_secs(1) {
-                let fresh = state::active_generations(&self.pool).await?;
-                reconcile(&mut workers, fresh);
-                last_refresh = Instant::now();
-            }
-            let mut progressed = false;
-            let results = self.step_all(&mut workers, lease.pid(), &mut ahead).await;
-            for (worker, result) in workers.iter_mut().zip(results) {
-                match result {
-                    Ok(Step::Applied) => progressed = true,
-                    Ok(Step::Idle) => {}
-                    Ok(Step::Rejected) => {
-                        // Someone else moved the checkpoint, or our lock is gone.
-                        ahead = None;
-                        if !lease.holds().await {
-                            return Ok(ProjectorEnd::LostLock);
-                        }
-                        let fresh = state::active_generations(&self.pool).await?;
-                        worker.reload(&fresh);
-                    }
-                    Ok(Step::Crashed(point)) => return Ok(ProjectorEnd::Crashed(point)),
-                    Err(e) => {
-                        tracing::warn!(projection = worker.gen.projection.name(), error = %e, "projector batch failed; will retry");
-                        tokio::time::sleep(self.settings.retry_backoff).await;
-                    }
-                }
-            }
-            // A rebuild that has caught up with the live generation is swapped in, even
-            // while appends continue.
-            if self.switch_caught_up(&workers).await? {
-                last_refresh = Instant::now() - Duration::from_secs(2);
-                progressed = true;
-            }
-            if progressed {
-                poll.reset();
-                continue;
-            }
-            // Quick right after activity, slower while idle; a local append wakes it.
-            poll.wait(wake, &mut shutdown).await;
+        if self.settings.loops {
+            loops::run(self, lease, wake, shutdown).await
+        } else {
+            self.run_lockstep(lease, wake, shutdown).await
         }
     }
 
-    async fn switch_caught_up(&self, workers: &[Worker]) -> Result<bool> {
+    /// Swaps in every rebuild that has caught up with its live generation (`gens`: the
+    /// active generations as their workers last saw them).
+    async fn switch_caught_up(&self, gens: &[Generation]) -> Result<bool> {
         let mut switched = false;
-        for building in workers
+        for building in gens
             .iter()
-            .filter(|w| w.gen.status == GenerationStatus::Building)
+            .filter(|g| g.status == GenerationStatus::Building)
         {
-            let live = workers.iter().find(|w| {
-                w.gen.projection == building.gen.projection
-                    && w.gen.status == GenerationStatus::Live
+            let live = gens.iter().find(|g| {
+                g.projection == building.projection && g.status == GenerationStatus::Live
             });
-            if live.is_some_and(|l| l.gen.cursor > building.gen.cursor) {
+            if live.is_some_and(|l| l.cursor > building.cursor) {
                 continue;
             }
-            let projection = building.gen.projection;
+            let projection = building.projection;
             if let Some(retired) =
-                state::switch_generation(&self.pool, projection, building.gen.generation).await?
+                state::switch_generation(&self.pool, projection, building.generation).await?
             {
                 let mut conn = self.pool.acquire().await?;
                 projection.delete_generation(&mut conn, retired).await?;
                 tracing::info!(
                     projection = projection.name(),
-                    generation = building.gen.generation,
+                    generation = building.generation,
                     "rebuilt projection is live"
                 );
                 switched = true;
             }
         }
         Ok(switched)
-    }
-
-    /// Steps every generation once. Live generations whose checkpoints are at the same
-    /// place (the usual case) share one read of the log, and the next batch is read
-    /// while this one is written; each generation still applies the batch, moves its
-    /// checkpoint and commits in a transaction of its own, concurrently with the others.
-    /// A generation at another place (a rebuild, or one held back by a poison event)
-    /// reads on its own.
-    async fn step_all(
-        &self,
-        workers: &mut [Worker],
-        leader_pid: i32,
-        ahead: &mut Option<ReadAhead>,
-    ) -> Vec<Result<Step>> {
-        // Each group of live workers at one cursor shares a read; everyone else reads alone.
-        let mut groups: Vec<(Option<Cursor>, Vec<usize>)> = Vec::new();
-        for (i, w) in workers.iter().enumerate() {
-            let shares = self.settings.shared_read && w.gen.status == GenerationStatus::Live;
-            let key = shares.then_some(w.gen.cursor);
-            match groups.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((key, vec![i])),
-            }
-        }
-        let taken = ahead.take();
-        let mut results: Vec<Option<Result<Step>>> = workers.iter().map(|_| None).collect();
-        let mut slots: Vec<Option<&mut Worker>> = workers.iter_mut().map(Some).collect();
-        let futures = groups.into_iter().map(|(key, members)| {
-            let group: Vec<&mut Worker> = members
-                .iter()
-                .map(|&i| slots[i].take().expect("each worker is in one group"))
-                .collect();
-            // Only a full batch read ahead is used: it is exactly what a read now would
-            // return. A shorter one stopped at the log's end as it was then, and a read
-            // now may find more: using it would hold those events back a round.
-            let prefetched = match (&taken, key) {
-                (Some(a), Some(cursor)) if a.after == cursor && a.full => Some(a.rows.clone()),
-                _ => None,
-            };
-            async move {
-                let out = self
-                    .step_group(group, key.is_some(), leader_pid, prefetched)
-                    .await;
-                (members, out)
-            }
-        });
-        for (members, (out, next)) in futures::future::join_all(futures).await {
-            if let Some(next) = next {
-                *ahead = Some(next);
-            }
-            for (i, r) in members.into_iter().zip(out) {
-                results[i] = Some(r);
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.expect("every worker stepped"))
-            .collect()
-    }
-
-    /// One read for `group` (all at one cursor), applied by each member concurrently;
-    /// with `read_ahead`, the batch after it is read meanwhile.
-    async fn step_group(
-        &self,
-        mut group: Vec<&mut Worker>,
-        read_ahead: bool,
-        leader_pid: i32,
-        prefetched: Option<Arc<Vec<(Cursor, RecordedEvent)>>>,
-    ) -> (Vec<Result<Step>>, Option<ReadAhead>) {
-        let Some(first) = group.first() else {
-            return (Vec::new(), None);
-        };
-        let cursor = first.gen.cursor;
-        let batch_size = match first.gen.status {
-            GenerationStatus::Live => self.settings.batch_size,
-            GenerationStatus::Building | GenerationStatus::Retired => {
-                self.settings.rebuild_batch_size
-            }
-        };
-        let started = Instant::now();
-        let rows = match prefetched {
-            Some(rows) => rows,
-            None => match self.read(cursor, batch_size).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    return (
-                        group.iter().map(|_| Err(anyhow::anyhow!("{e}"))).collect(),
-                        None,
-                    )
-                }
-            },
-        };
-        let Some((end, _)) = rows.last() else {
-            // A caught-up rebuild is swapped in by `switch_caught_up`.
-            return (group.iter().map(|_| Ok(Step::Idle)).collect(), None);
-        };
-        let end = *end;
-        self.metrics.projector_batch_read();
-        if self.faults.crash_at(CrashPoint::AfterRead) {
-            return (
-                group
-                    .iter()
-                    .map(|_| Ok(Step::Crashed(CrashPoint::AfterRead)))
-                    .collect(),
-                None,
-            );
-        }
-        let applies = futures::future::join_all(
-            group
-                .iter_mut()
-                .map(|w| self.apply(w, leader_pid, &rows, end, started)),
-        );
-        // Reading the next batch overlaps writing this one, when this one was full (a
-        // backlog; at the log's end a fresh read after the writes finds more). The read
-        // is a prefix of the log after `end` whenever it is used: every event it could
-        // miss belongs to a transaction at or above its xmin, which sorts after
-        // everything it returned.
-        let read_ahead = read_ahead && rows.len() as i64 >= batch_size;
-        let (results, next) = if read_ahead {
-            let (results, next) = tokio::join!(applies, self.read(end, batch_size));
-            (results, next.ok())
-        } else {
-            (applies.await, None)
-        };
-        let next = next.filter(|rows| !rows.is_empty()).map(|rows| ReadAhead {
-            after: end,
-            full: rows.len() as i64 >= batch_size,
-            rows,
-        });
-        (results, next)
     }
 
     /// The `(tx, seq)` read after `after`, below the oldest running transaction. It runs
@@ -320,9 +168,27 @@ impl Projector {
         limit: i64,
     ) -> Result<Arc<Vec<(Cursor, RecordedEvent)>>, sqlx::Error> {
         let started = Instant::now();
-        let rows = read_after(&self.pool, after, limit, None).await?;
+        let rows = if self.settings.loops {
+            let own: Vec<u64> = self
+                .own_xids
+                .lock()
+                .expect("own xids")
+                .iter()
+                .copied()
+                .collect();
+            read_after_excluding(&self.pool, after, limit, &own).await?
+        } else {
+            read_after(&self.pool, after, limit, None).await?
+        };
         self.metrics
             .projector_stage(ProjectorStage::Read, started.elapsed());
+        if let Some((_, oldest)) = rows.first() {
+            let waited = (chrono::Utc::now() - oldest.recorded_at)
+                .to_std()
+                .unwrap_or_default();
+            self.metrics
+                .projector_stage(ProjectorStage::Visible, waited);
+        }
         Ok(Arc::new(rows))
     }
 
@@ -344,6 +210,21 @@ impl Projector {
         let gen = worker.gen.clone();
         let at = Instant::now();
         let mut tx = self.pool.begin().await?;
+        // With loops, the others' reads skip this transaction while it runs (it writes
+        // no events); its id is taken now, so it is known before its first write.
+        let _own = if self.settings.loops {
+            let xid: String = sqlx::query_scalar("select pg_current_xact_id()::text")
+                .fetch_one(&mut *tx)
+                .await?;
+            let xid: u64 = xid.parse()?;
+            self.own_xids.lock().expect("own xids").insert(xid);
+            Some(OwnXid {
+                set: &self.own_xids,
+                xid,
+            })
+        } else {
+            None
+        };
         let at = stage(ProjectorStage::Begin, at);
         let events: Vec<&RecordedEvent> = rows.iter().map(|(_, e)| e).collect();
         let input = BatchInput {
@@ -372,6 +253,9 @@ impl Projector {
             Err(BatchError::Database(e)) => return Err(e.into()),
         };
         let at = stage(ProjectorStage::Apply, at);
+        if let Some(stall) = self.faults.stall(gen.projection) {
+            tokio::time::sleep(stall).await;
+        }
         if crash(CrashPoint::AfterApply) {
             return Ok(Step::Crashed(CrashPoint::AfterApply));
         }
@@ -439,14 +323,6 @@ impl Projector {
     }
 }
 
-/// A batch read ahead: the events after `after`, shared by the projections at it.
-struct ReadAhead {
-    after: Cursor,
-    /// It returned a whole batch, so more events may follow.
-    full: bool,
-    rows: Arc<Vec<(Cursor, RecordedEvent)>>,
-}
-
 enum Step {
     Applied,
     Idle,
@@ -476,25 +352,6 @@ impl Worker {
             .find(|g| g.projection == self.gen.projection && g.generation == self.gen.generation)
         {
             self.gen = g.clone();
-        }
-    }
-}
-
-/// Adds workers for new generations, drops those no longer live or building, and
-/// refreshes statuses (a building generation that went live).
-fn reconcile(workers: &mut Vec<Worker>, fresh: Vec<Generation>) {
-    workers.retain(|w| {
-        fresh
-            .iter()
-            .any(|g| g.projection == w.gen.projection && g.generation == w.gen.generation)
-    });
-    for g in fresh {
-        match workers
-            .iter_mut()
-            .find(|w| w.gen.projection == g.projection && w.gen.generation == g.generation)
-        {
-            Some(w) => w.gen.status = g.status,
-            None => workers.push(Worker::new(g)),
         }
     }
 }

@@ -37,8 +37,8 @@ fn request_input(board: &str, command_id: &str) -> Value {
 
 /// A `commandId` is an idempotency key of the caller who used it: another caller who
 /// learns it (it is in the event log's metadata) and repeats the command gets neither
-/// the first caller's result (the appointment's id, a confirmation of the patient's
-/// name and reason) nor a different answer for a right guess than for a wrong one.
+/// the first caller's result (the appointment's id) nor an answer that tells a right
+/// guess of her name and reason from a wrong one; and her own retries still get hers.
 #[tokio::test]
 async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_result() {
     let app = TestApp::spawn().await;
@@ -62,31 +62,109 @@ async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_resul
     );
     assert_eq!(app.event_count().await, events);
 
-    // Another patient, and a coordinator, send the very same command with her key.
-    let mallory = app.token(Who::patient("patient-mallory").name("Mallory"));
-    let coordinator = app.token(Who::coordinator().regions(["south"]));
-    for token in [&mallory, &coordinator] {
+    // Another patient, and a coordinator, send the very same command with her key; a
+    // second caller of the same role sends it with a wrong guess of her reason.
+    let callers = [
+        (
+            Who::patient("patient-mallory").name("Mallory"),
+            Who::patient("patient-oscar").name("Oscar"),
+        ),
+        (
+            Who::coordinator()
+                .subject("coord-south-1")
+                .regions(["south"]),
+            Who::coordinator()
+                .subject("coord-south-2")
+                .regions(["south"]),
+        ),
+    ];
+    for (right_caller, wrong_caller) in callers {
         let right_guess = app
-            .gql_as(token, REQUEST, request_input(&board, "cmd-ada-1"))
+            .gql_as(
+                &app.token(right_caller),
+                REQUEST,
+                request_input(&board, "cmd-ada-1"),
+            )
             .await;
         let text = right_guess.to_string();
         assert!(
             !text.contains(&appointment),
             "another caller replaying her commandId got her appointment: {text}"
         );
-        assert!(!text.contains(MARKER), "leaked: {text}");
         let mut wrong = request_input(&board, "cmd-ada-1");
         wrong["i"]["reason"] = json!("a wrong guess");
-        let wrong_guess = app.gql_as(token, REQUEST, wrong).await;
+        let wrong_guess = app.gql_as(&app.token(wrong_caller), REQUEST, wrong).await;
         // A right guess and a wrong one look alike: no oracle for her name and reason.
         assert_eq!(
-            helpers::error_message(&right_guess),
-            helpers::error_message(&wrong_guess),
+            right_guess["errors"][0]["extensions"]["code"],
+            wrong_guess["errors"][0]["extensions"]["code"],
             "{right_guess} vs {wrong_guess}"
         );
-        assert_eq!(helpers::error_code(&right_guess), "VALIDATION");
+        assert!(
+            !wrong_guess.to_string().contains(&appointment),
+            "{wrong_guess}"
+        );
     }
+    // Her key is still hers: her retry answers her appointment and appends nothing.
+    let events = app.event_count().await;
+    let later = app
+        .data_as(&ada, REQUEST, request_input(&board, "cmd-ada-1"))
+        .await;
+    assert_eq!(
+        later["requestAppointment"]["appointment"]["id"],
+        appointment
+    );
     assert_eq!(app.event_count().await, events, "nothing appended");
+}
+
+/// Two callers who use the same `commandId` (one learned it from the other, or both
+/// picked it) each get their own command's result, and their retries their own again:
+/// neither claims the id from the other, and neither sees the other's result.
+#[tokio::test]
+async fn two_callers_with_the_same_command_id_each_get_their_own_result() {
+    let app = TestApp::spawn().await;
+    let board = open_board(&app).await;
+    let ada = app.token(Who::patient("patient-ada").name("Ada"));
+    let bea = app.token(Who::patient("patient-bea").name("Bea"));
+    let ada_input = request_input(&board, "cmd-shared");
+    let mut bea_input = request_input(&board, "cmd-shared");
+    bea_input["i"]["patientName"] = json!("Bea Lind");
+    bea_input["i"]["reason"] = json!("cough");
+
+    // Bea uses the id first: Ada's command with it is still Ada's own.
+    let bea_first = app.gql_as(&bea, REQUEST, bea_input.clone()).await;
+    let ada_first = app.gql_as(&ada, REQUEST, ada_input.clone()).await;
+    for (who, answer) in [("Bea", &bea_first), ("Ada", &ada_first)] {
+        assert!(answer.get("errors").is_none(), "{who}: {answer}");
+    }
+    let id = |answer: &Value| {
+        answer["data"]["requestAppointment"]["appointment"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (ada_id, bea_id) = (id(&ada_first), id(&bea_first));
+    assert_ne!(ada_id, bea_id, "each got an appointment of her own");
+    assert_eq!(
+        ada_first["data"]["requestAppointment"]["appointment"]["reason"],
+        format!("rash {MARKER}")
+    );
+    assert_eq!(
+        bea_first["data"]["requestAppointment"]["appointment"]["reason"],
+        "cough"
+    );
+
+    // Each retry answers the sender's own result, appends nothing, and names nothing
+    // of the other's.
+    let events = app.event_count().await;
+    let bea_again = app.gql_as(&bea, REQUEST, bea_input).await;
+    let ada_again = app.gql_as(&ada, REQUEST, ada_input).await;
+    assert_eq!(id(&bea_again), bea_id);
+    assert_eq!(id(&ada_again), ada_id);
+    assert!(!bea_again.to_string().contains(&ada_id), "{bea_again}");
+    assert!(!bea_again.to_string().contains(MARKER), "{bea_again}");
+    assert!(!ada_again.to_string().contains(&bea_id), "{ada_again}");
+    assert_eq!(app.event_count().await, events, "retries append nothing");
 }
 
 /// A subscription the schema refuses (unknown field, bad syntax) answers with errors
