@@ -224,6 +224,17 @@ pub async fn stream_doc<A: Serialize + DeserializeOwned>(
     Ok(doc.state)
 }
 
+/// The statement behind [`patient_appointments`] (`$1` the patient, `$2` the limit),
+/// served by the `appointment_view_by_patient` index.
+pub fn patient_appointments_sql() -> String {
+    format!(
+        "select v.doc from appointment_view v {live} \
+         where v.doc->'state'->>'patientId' = $1 \
+         order by v.doc->'state'->>'requestedAt' desc, v.id limit $2",
+        live = Projection::AppointmentView.live_join("v"),
+    )
+}
+
 /// A patient's appointments (`myAppointments`), newest request first. Appointments
 /// requested before they recorded a patient id belong to nobody here.
 pub async fn patient_appointments(
@@ -231,16 +242,11 @@ pub async fn patient_appointments(
     patient_id: &str,
     limit: i64,
 ) -> anyhow::Result<Vec<crate::domain::Appointment>> {
-    let docs: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
-        "select v.doc from appointment_view v {live} \
-         where v.doc->'state'->>'patientId' = $1 \
-         order by v.doc->'state'->>'requestedAt' desc, v.id limit $2",
-        live = Projection::AppointmentView.live_join("v"),
-    ))
-    .bind(patient_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let docs: Vec<serde_json::Value> = sqlx::query_scalar(&patient_appointments_sql())
+        .bind(patient_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     let mut out = Vec::with_capacity(docs.len());
     for doc in docs {
         let doc: StreamDoc<crate::domain::Appointment> = serde_json::from_value(doc)?;

@@ -1172,6 +1172,30 @@ async fn scoped_mutations_are_refused_outside_the_callers_scope_and_change_nothi
 }
 
 #[tokio::test]
+async fn my_appointments_are_found_by_index_not_by_reading_every_appointment() {
+    let app = AuthApp::spawn().await;
+    seed(&app).await;
+    let mut tx = app.app.pool.begin().await.unwrap();
+    // With few rows the planner would rightly scan; forbid that to see whether the
+    // statement can be served by the index at all.
+    sqlx::query("set local enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "explain {}",
+        careboard::projections::read::patient_appointments_sql()
+    ))
+    .bind(PATIENT)
+    .bind(50_i64)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("appointment_view_by_patient"), "{plan}");
+}
+
+#[tokio::test]
 async fn a_patient_sees_their_own_appointments_and_who_has_seen_their_record() {
     let app = AuthApp::spawn().await;
     let day = seed(&app).await;
