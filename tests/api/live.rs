@@ -2,39 +2,14 @@
 
 use std::time::Duration;
 
+use crate::helpers::documents::request_input;
 use crate::helpers::{error_code, TestApp, WsClient};
 use serde_json::{json, Value};
 
-const OPEN_BOARD: &str =
-    r#"mutation($input: OpenBoardInput!) { openBoard(input: $input) { board { id } position } }"#;
-const REQUEST: &str = r#"mutation($input: RequestAppointmentInput!) { requestAppointment(input: $input) { appointment { id } position } }"#;
 const BOARD_CHANGED: &str = r#"subscription($id: ID!, $since: Int) {
     boardChanged(boardId: $id, sinceVersion: $since) { id version position counts { waiting } appointments { patientName } } }"#;
 const BOARD_EVENTS: &str = r#"subscription($id: ID!, $after: Int) {
     boardEvents(boardId: $id, after: $after) { type position streamId } }"#;
-
-async fn open_board(app: &TestApp) -> (String, i64) {
-    let d = app
-        .data(
-            OPEN_BOARD,
-            json!({"input": {"name": "Live", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
-        )
-        .await;
-    (
-        d["openBoard"]["board"]["id"].as_str().unwrap().to_string(),
-        d["openBoard"]["position"].as_i64().unwrap(),
-    )
-}
-
-async fn request(app: &TestApp, board: &str, patient: &str) -> i64 {
-    let d = app
-        .data(
-            REQUEST,
-            json!({"input": {"boardId": board, "patientName": patient, "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
-        )
-        .await;
-    d["requestAppointment"]["position"].as_i64().unwrap()
-}
 
 /// The Board's projected version once the projector has passed `position`.
 async fn projected_version(app: &TestApp, board: &str, position: i64) -> i64 {
@@ -70,7 +45,7 @@ async fn versions_until(ws: &mut WsClient, target: i64) -> Vec<i64> {
 #[tokio::test]
 async fn board_changed_sends_the_current_board_then_strictly_increasing_versions() {
     let app = TestApp::spawn().await;
-    let (board, position) = open_board(&app).await;
+    let (board, position) = app.open_board_at("Live").await;
     let current = projected_version(&app, &board, position).await;
 
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
@@ -85,7 +60,10 @@ async fn board_changed_sends_the_current_board_then_strictly_increasing_versions
 
     let mut last = 0;
     for i in 0..15 {
-        last = request(&app, &board, &format!("Patient {i}")).await;
+        last = app
+            .request_appointment(request_input(&board, &format!("Patient {i}")))
+            .await
+            .1;
     }
     let final_version = projected_version(&app, &board, last).await;
     let versions = versions_until(&mut ws, final_version).await;
@@ -113,7 +91,10 @@ async fn board_changed_sends_the_current_board_then_strictly_increasing_versions
         )
         .await;
     assert!(again.next(Duration::from_millis(300)).await.is_none());
-    let p = request(&app, &board, "After resume").await;
+    let p = app
+        .request_appointment(request_input(&board, "After resume"))
+        .await
+        .1;
     let v = projected_version(&app, &board, p).await;
     let (_, data) = again.next_data(Duration::from_secs(10)).await.unwrap();
     assert_eq!(data["boardChanged"]["version"], v);
@@ -122,7 +103,7 @@ async fn board_changed_sends_the_current_board_then_strictly_increasing_versions
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_subscriber_still_ends_on_the_final_version_when_the_listener_connection_is_killed() {
     let app = TestApp::spawn().await;
-    let (board, _) = open_board(&app).await;
+    let board = app.open_board("Live").await;
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
     ws.init().await;
     ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
@@ -134,7 +115,10 @@ async fn a_subscriber_still_ends_on_the_final_version_when_the_listener_connecti
 
     let mut last = 0;
     for i in 0..20 {
-        last = request(&app, &board, &format!("P{i}")).await;
+        last = app
+            .request_appointment(request_input(&board, &format!("P{i}")))
+            .await
+            .1;
         if i == 8 {
             let killed: i64 = sqlx::query_scalar(
                 "select count(pg_terminate_backend(pid)) from pg_stat_activity \
@@ -159,7 +143,7 @@ async fn a_subscriber_still_ends_on_the_final_version_when_the_listener_connecti
 async fn a_subscriber_on_one_node_sees_mutations_made_through_another() {
     let a = TestApp::spawn().await;
     let b = TestApp::spawn_sharing(&a).await;
-    let (board, _) = open_board(&a).await;
+    let board = a.open_board("Live").await;
     let mut ws = WsClient::connect(&b, "graphql-transport-ws").await;
     ws.init().await;
     ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
@@ -168,7 +152,10 @@ async fn a_subscriber_on_one_node_sees_mutations_made_through_another() {
         .expect("current board");
     let mut last = 0;
     for i in 0..5 {
-        last = request(&a, &board, &format!("Via A {i}")).await;
+        last = a
+            .request_appointment(request_input(&board, &format!("Via A {i}")))
+            .await
+            .1;
     }
     let final_version = projected_version(&a, &board, last).await;
     versions_until(&mut ws, final_version).await;
@@ -182,7 +169,7 @@ async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
         ..Default::default()
     })
     .await;
-    let (board, _) = open_board(&app).await;
+    let board = app.open_board("Live").await;
     let mut clients = Vec::new();
     for _ in 0..1000 {
         let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
@@ -192,7 +179,10 @@ async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
     }
     let mut last = 0;
     for i in 0..5 {
-        last = request(&app, &board, &format!("Crowd {i}")).await;
+        last = app
+            .request_appointment(request_input(&board, &format!("Crowd {i}")))
+            .await
+            .1;
     }
     let final_version = projected_version(&app, &board, last).await;
     let mut tasks = Vec::new();
@@ -238,9 +228,10 @@ async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
 #[tokio::test]
 async fn board_events_resumed_after_a_disconnect_yield_exactly_the_missing_events() {
     let app = TestApp::spawn().await;
-    let (board, _) = open_board(&app).await;
+    let board = app.open_board("Live").await;
     for i in 0..3 {
-        request(&app, &board, &format!("Early {i}")).await;
+        app.request_appointment(request_input(&board, &format!("Early {i}")))
+            .await;
     }
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
     ws.init().await;
@@ -254,7 +245,7 @@ async fn board_events_resumed_after_a_disconnect_yield_exactly_the_missing_event
         received.push(data["boardEvents"]["position"].as_i64().unwrap());
     }
     // Live: one more arrives as it happens.
-    request(&app, &board, "Live").await;
+    app.request_appointment(request_input(&board, "Live")).await;
     let (_, data) = ws
         .next_data(Duration::from_secs(10))
         .await
@@ -264,7 +255,8 @@ async fn board_events_resumed_after_a_disconnect_yield_exactly_the_missing_event
 
     // Missed while disconnected.
     for i in 0..4 {
-        request(&app, &board, &format!("Missed {i}")).await;
+        app.request_appointment(request_input(&board, &format!("Missed {i}")))
+            .await;
     }
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
     ws.init().await;
@@ -300,7 +292,7 @@ async fn board_events_resumed_after_a_disconnect_yield_exactly_the_missing_event
 #[tokio::test]
 async fn the_legacy_protocol_works_and_protocol_rules_are_enforced() {
     let app = TestApp::spawn().await;
-    let (board, _) = open_board(&app).await;
+    let board = app.open_board("Live").await;
 
     // subscriptions-transport-ws ("graphql-ws").
     let mut legacy = WsClient::connect(&app, "graphql-ws").await;
@@ -339,7 +331,7 @@ async fn the_legacy_protocol_works_and_protocol_rules_are_enforced() {
         ..Default::default()
     };
     let strict = TestApp::spawn_with(limits).await;
-    let (strict_board, _) = open_board(&strict).await;
+    let strict_board = strict.open_board("Live").await;
     let mut silent = WsClient::connect(&strict, "graphql-transport-ws").await;
     let closed = silent.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!(closed["close"], 4408, "{closed}");
@@ -400,7 +392,7 @@ async fn board_view_generation(app: &TestApp) -> i64 {
 #[tokio::test]
 async fn frames_built_from_changed_rows_equal_the_document_also_across_a_rebuild() {
     let app = TestApp::spawn().await;
-    let (board, _) = open_board(&app).await;
+    let board = app.open_board("Live").await;
     let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
     ws.init().await;
     ws.subscribe(
@@ -438,19 +430,10 @@ async fn frames_built_from_changed_rows_equal_the_document_also_across_a_rebuild
 
     let mut ids = Vec::new();
     for i in 0..6 {
-        let d = app
-            .data(
-                REQUEST,
-                json!({"input": {"boardId": board, "patientName": format!("Patient {i}"), "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
-            )
+        let (id, p) = app
+            .request_appointment(request_input(&board, &format!("Patient {i}")))
             .await;
-        ids.push(
-            d["requestAppointment"]["appointment"]["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-        let p = d["requestAppointment"]["position"].as_i64().unwrap();
+        ids.push(id);
         frame_matches_document(&app, &mut ws, &board, p).await;
     }
     // Changes to appointments the follower already holds replace them; the rest stay.
@@ -492,7 +475,10 @@ async fn frames_built_from_changed_rows_equal_the_document_also_across_a_rebuild
         .await;
     let p = d["cancelAppointment"]["position"].as_i64().unwrap();
     frame_matches_document(&app, &mut ws, &board, p).await;
-    let p = request(&app, &board, "After the rebuild").await;
+    let p = app
+        .request_appointment(request_input(&board, "After the rebuild"))
+        .await
+        .1;
     frame_matches_document(&app, &mut ws, &board, p).await;
 }
 
@@ -502,10 +488,13 @@ async fn frames_built_from_changed_rows_equal_the_document_also_across_a_rebuild
 async fn a_follower_picks_up_appointment_rows_an_older_build_wrote() {
     use careboard::projections::read::{self, FollowedBoard};
     let app = TestApp::spawn().await;
-    let (board, _) = open_board(&app).await;
+    let board = app.open_board("Live").await;
     let mut last = 0;
     for i in 0..3 {
-        last = request(&app, &board, &format!("Patient {i}")).await;
+        last = app
+            .request_appointment(request_input(&board, &format!("Patient {i}")))
+            .await
+            .1;
     }
     projected_version(&app, &board, last).await;
     let id: uuid::Uuid = board.parse().unwrap();
