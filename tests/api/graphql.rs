@@ -1,9 +1,12 @@
 //! The API as a client sees it: the real server on port 0, HTTP, a fresh database.
 
+use crate::helpers::documents::{request_input, OPEN_BOARD};
 use crate::helpers::{error_code, error_message, TestApp};
 use serde_json::{json, Value};
 
-const OPEN_BOARD: &str = r#"mutation($input: OpenBoardInput!) {
+/// Opening a Board with its whole answer selected, for the tests that check all of it
+/// (the narrow one most tests use is [`OPEN_BOARD`]).
+const OPEN_BOARD_WHOLE: &str = r#"mutation($input: OpenBoardInput!) {
   openBoard(input: $input) { board { id name specialty region date status } version position }
 }"#;
 const REGISTER_PROVIDER: &str = r#"mutation($input: RegisterProviderInput!) {
@@ -50,13 +53,7 @@ fn s(v: &Value) -> String {
 
 /// A Board with one registered provider on it; returns (board, provider, shift) ids.
 async fn board_with_provider(app: &TestApp) -> (String, String, String) {
-    let board = app
-        .data(
-            OPEN_BOARD,
-            json!({"input": {"name": "Pediatrics TX", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
-        )
-        .await;
-    let board_id = s(&board["openBoard"]["board"]["id"]);
+    let board_id = app.open_board("Pediatrics TX").await;
     let provider = app
         .data(
             REGISTER_PROVIDER,
@@ -74,16 +71,6 @@ async fn board_with_provider(app: &TestApp) -> (String, String, String) {
     (board_id, provider_id, shift_id)
 }
 
-async fn request(app: &TestApp, board_id: &str, patient: &str) -> String {
-    let data = app
-        .data(
-            REQUEST_APPOINTMENT,
-            json!({"input": {"boardId": board_id, "patientName": patient, "specialty": "pediatrics", "region": "TX", "reason": "fever"}}),
-        )
-        .await;
-    s(&data["requestAppointment"]["appointment"]["id"])
-}
-
 #[tokio::test]
 async fn the_readme_walkthrough_works_over_http() {
     let app = TestApp::spawn().await;
@@ -99,7 +86,7 @@ async fn the_readme_walkthrough_works_over_http() {
 
     let opened = app
         .data(
-            OPEN_BOARD,
+            OPEN_BOARD_WHOLE,
             json!({"input": {"name": "Pediatrics TX", "specialty": "Pediatrics", "region": "tx", "date": "2022-07-18"}}),
         )
         .await;
@@ -266,7 +253,8 @@ async fn the_audit_log_pages_by_position_and_filters_by_board_and_type() {
     let app = TestApp::spawn().await;
     let (board_id, _, _) = board_with_provider(&app).await;
     for i in 0..3 {
-        request(&app, &board_id, &format!("Patient {i}")).await;
+        app.request_appointment(request_input(&board_id, &format!("Patient {i}")))
+            .await;
     }
     let query = r#"query($b: ID!, $after: String) { events(boardId: $b, first: 2, after: $after, types: ["AppointmentRequested"]) {
         edges { cursor node { type } } pageInfo { hasNextPage endCursor } } }"#;
@@ -315,7 +303,10 @@ async fn providers_are_listed_in_registration_order_with_cursors() {
 async fn cancelling_a_scheduled_appointment_frees_its_provider_atomically() {
     let app = TestApp::spawn().await;
     let (board_id, _, shift_id) = board_with_provider(&app).await;
-    let appointment_id = request(&app, &board_id, "Sam").await;
+    let appointment_id = app
+        .request_appointment(request_input(&board_id, "Sam"))
+        .await
+        .0;
     app.data(
         SCHEDULE_APPOINTMENT,
         json!({"input": {"appointmentId": appointment_id, "shiftId": shift_id}}),
@@ -337,7 +328,10 @@ async fn cancelling_a_scheduled_appointment_frees_its_provider_atomically() {
     assert!(c["shift"]["appointmentId"].is_null());
 
     // A waiting appointment is cancelled without touching any shift.
-    let waiting = request(&app, &board_id, "Kim").await;
+    let waiting = app
+        .request_appointment(request_input(&board_id, "Kim"))
+        .await
+        .0;
     let cancelled = app
         .data(
             CANCEL_APPOINTMENT,
@@ -351,7 +345,10 @@ async fn cancelling_a_scheduled_appointment_frees_its_provider_atomically() {
 async fn closing_a_board_waits_for_open_work_to_end() {
     let app = TestApp::spawn().await;
     let (board_id, _, shift_id) = board_with_provider(&app).await;
-    let appointment_id = request(&app, &board_id, "Sam").await;
+    let appointment_id = app
+        .request_appointment(request_input(&board_id, "Sam"))
+        .await
+        .0;
 
     let refused = app
         .gql(CLOSE_BOARD, json!({"input": {"boardId": board_id}}))
@@ -403,7 +400,10 @@ async fn closing_a_board_waits_for_open_work_to_end() {
 async fn bad_input_gets_a_coded_error_and_changes_nothing() {
     let app = TestApp::spawn().await;
     let (board_id, provider_id, shift_id) = board_with_provider(&app).await;
-    let appointment_id = request(&app, &board_id, "Sam").await;
+    let appointment_id = app
+        .request_appointment(request_input(&board_id, "Sam"))
+        .await
+        .0;
     let before = app.event_count().await;
 
     // Malformed id.
@@ -599,15 +599,15 @@ async fn over_limit_requests_are_refused_with_a_code() {
 async fn a_repeated_command_id_returns_the_first_result_and_appends_nothing() {
     let app = TestApp::spawn().await;
     let input = json!({"input": {"name": "Derm CA", "specialty": "dermatology", "region": "CA", "date": "2022-07-19", "commandId": "open-derm-ca"}});
-    let first = app.data(OPEN_BOARD, input.clone()).await;
+    let first = app.data(OPEN_BOARD_WHOLE, input.clone()).await;
     let count = app.event_count().await;
-    let second = app.data(OPEN_BOARD, input).await;
+    let second = app.data(OPEN_BOARD_WHOLE, input).await;
     assert_eq!(first, second);
     assert_eq!(app.event_count().await, count);
 
     // The same id with another input is refused.
     let other = json!({"input": {"name": "Derm NV", "specialty": "dermatology", "region": "NV", "date": "2022-07-19", "commandId": "open-derm-ca"}});
-    let r = app.gql(OPEN_BOARD, other).await;
+    let r = app.gql(OPEN_BOARD_WHOLE, other).await;
     assert_eq!(error_code(&r), "VALIDATION");
     assert!(error_message(&r).contains("already used"), "{r}");
     assert_eq!(app.event_count().await, count);
@@ -723,7 +723,8 @@ async fn boards_are_listed_from_the_projection_with_filters_and_cursors() {
 async fn projection_status_and_metrics_are_exposed() {
     let app = TestApp::spawn().await;
     let (board_id, _, _) = board_with_provider(&app).await;
-    request(&app, &board_id, "Sam").await;
+    app.request_appointment(request_input(&board_id, "Sam"))
+        .await;
     let last: i64 = sqlx::query_scalar("select max(seq) from events")
         .fetch_one(&app.pool)
         .await
