@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use crate::helpers::documents::open_board_input_for;
 use crate::helpers::{self, idp::Who, TestApp};
 
 /// In no answer to anyone but the patient and those who may see their record.
@@ -11,17 +12,9 @@ const MARKER: &str = "Atk9Marker";
 
 const REQUEST: &str = "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id patientName reason status } } }";
 
-async fn open_board(app: &TestApp) -> String {
-    let admin = app.token(Who::admin());
-    app.data_as(
-        &admin,
-        "mutation($i: OpenBoardInput!) { openBoard(input: $i) { board { id } } }",
-        json!({"i": {"name": "Attack", "specialty": "derm", "region": "north", "date": "2026-11-27"}}),
-    )
-    .await["openBoard"]["board"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+/// The Board every test here attacks: dermatology in `north`.
+fn attack_board() -> Value {
+    open_board_input_for("Attack", "derm", "north", "2026-11-27")
 }
 
 fn request_input(board: &str, command_id: &str) -> Value {
@@ -42,7 +35,7 @@ fn request_input(board: &str, command_id: &str) -> Value {
 #[tokio::test]
 async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_result() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board_with(attack_board()).await.0;
     let ada = app.token(Who::patient("patient-ada").name("Ada"));
     let first = app
         .data_as(&ada, REQUEST, request_input(&board, "cmd-ada-1"))
@@ -123,7 +116,7 @@ async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_resul
 #[tokio::test]
 async fn two_callers_with_the_same_command_id_each_get_their_own_result() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board_with(attack_board()).await.0;
     let ada = app.token(Who::patient("patient-ada").name("Ada"));
     let bea = app.token(Who::patient("patient-bea").name("Bea"));
     let ada_input = request_input(&board, "cmd-shared");
@@ -217,7 +210,7 @@ async fn refused_subscription_documents_carry_an_error_code_on_the_websocket() {
 #[tokio::test]
 async fn my_access_log_names_no_other_patient() {
     let app = TestApp::spawn().await;
-    let board = open_board(&app).await;
+    let board = app.open_board_with(attack_board()).await.0;
     let ada = app.token(Who::patient("patient-ada").name("Ada"));
     let bob = app.token(Who::patient("patient-bob-Atk9").name("Bob"));
     let mut ada_request = request_input(&board, "cmd-ada-log");

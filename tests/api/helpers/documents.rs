@@ -12,7 +12,12 @@ pub const REQUEST_APPOINTMENT: &str = r#"mutation($input: RequestAppointmentInpu
 
 /// The usual test Board: pediatrics in TX on 2022-07-18, named `name`.
 pub fn open_board_input(name: &str) -> Value {
-    json!({"input": {"name": name, "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}})
+    open_board_input_for(name, "pediatrics", "TX", "2022-07-18")
+}
+
+/// A Board named `name` for `specialty` in `region` on `date`.
+pub fn open_board_input_for(name: &str, specialty: &str, region: &str, date: &str) -> Value {
+    json!({"input": {"name": name, "specialty": specialty, "region": region, "date": date}})
 }
 
 /// The usual test request: `patient` on `board`, pediatrics in TX.

@@ -480,9 +480,14 @@ impl TestApp {
 
     /// Opens the usual test Board named `name`; its id and the event's position.
     pub async fn open_board_at(&self, name: &str) -> (String, i64) {
-        let d = self
-            .data(documents::OPEN_BOARD, documents::open_board_input(name))
-            .await;
+        self.open_board_with(documents::open_board_input(name))
+            .await
+    }
+
+    /// Opens a Board from `input` (e.g. [`documents::open_board_input_for`]); its id and
+    /// the event's position.
+    pub async fn open_board_with(&self, input: Value) -> (String, i64) {
+        let d = self.data(documents::OPEN_BOARD, input).await;
         (
             d["openBoard"]["board"]["id"]
                 .as_str()
