@@ -7,6 +7,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::helpers::documents::request_input_with;
 use crate::helpers::idp::Who;
 use crate::helpers::TestApp;
 
@@ -153,7 +154,10 @@ async fn seed(app: &TestApp) -> Day {
         shifts.push(d["joinBoard"]["shift"]["id"].as_str().unwrap().to_string());
         providers.push(provider);
     }
-    let appointment = request(app, &board, 0).await.0;
+    let appointment = app
+        .request_appointment(marked_request(&board, 0, "reason"))
+        .await
+        .0;
     app.data(
         "mutation($i: ScheduleAppointmentInput!) { scheduleAppointment(input: $i) { position } }",
         json!({"i": {"appointmentId": appointment, "shiftId": shifts[0], "estimatedTime": "2022-07-18T15:00:00Z"}}),
@@ -166,24 +170,14 @@ async fn seed(app: &TestApp) -> Day {
     }
 }
 
-/// Requests an appointment whose patient fields carry the marker; its id and position.
-async fn request(app: &TestApp, board: &str, n: usize) -> (String, i64) {
-    request_for(app, board, n, "reason").await
-}
-
-async fn request_for(app: &TestApp, board: &str, n: usize, reason: &str) -> (String, i64) {
-    let d = app
-        .data(
-            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id } position } }",
-            json!({"i": {"boardId": board, "patientName": format!("{MARKER} {n}"), "specialty": "pediatrics", "region": "TX", "reason": format!("{MARKER} {reason}")}}),
-        )
-        .await;
-    (
-        d["requestAppointment"]["appointment"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-        d["requestAppointment"]["position"].as_i64().unwrap(),
+/// A request whose patient fields carry the marker: patient `n`, for `reason`.
+fn marked_request(board: &str, n: usize, reason: &str) -> Value {
+    request_input_with(
+        board,
+        &format!("{MARKER} {n}"),
+        "pediatrics",
+        "TX",
+        &format!("{MARKER} {reason}"),
     )
 }
 
@@ -217,7 +211,9 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
 async fn sharing_subscribers_get_identical_bytes_and_the_others_only_what_they_may_see() {
     let app = TestApp::spawn().await;
     let day = seed(&app).await;
-    let (_, p) = request(&app, &day.board, 1).await;
+    let (_, p) = app
+        .request_appointment(marked_request(&day.board, 1, "reason"))
+        .await;
     let current = version_at(&app, &day.board, p).await;
 
     let in_scope = |subject: &str| {
@@ -264,7 +260,9 @@ async fn sharing_subscribers_get_identical_bytes_and_the_others_only_what_they_m
         assert!(complete.contains("complete"), "{complete}");
     }
 
-    let (_, p) = request(&app, &day.board, 2).await;
+    let (_, p) = app
+        .request_appointment(marked_request(&day.board, 2, "reason"))
+        .await;
     let next = version_at(&app, &day.board, p).await;
     assert!(next > current);
     let a = coordinator_a.until(next).await;
@@ -354,7 +352,9 @@ async fn subscribers_with_the_same_document_and_scope_share_one_execution_per_ve
         raw.subscribe("s", &day.board, None).await;
         sockets.push(raw);
     }
-    let (_, p) = request(&app, &day.board, 1).await;
+    let (_, p) = app
+        .request_appointment(marked_request(&day.board, 1, "reason"))
+        .await;
     let v = version_at(&app, &day.board, p).await;
     for raw in &mut sockets {
         raw.until(v).await;
@@ -363,7 +363,9 @@ async fn subscribers_with_the_same_document_and_scope_share_one_execution_per_ve
     let sent_before = metric(&app, "careboard_subscription_frames_sent_total").await;
     const CHANGES: usize = 5;
     for n in 0..CHANGES {
-        let (_, p) = request(&app, &day.board, n + 2).await;
+        let (_, p) = app
+            .request_appointment(marked_request(&day.board, n + 2, "reason"))
+            .await;
         let v = version_at(&app, &day.board, p).await;
         for raw in &mut sockets {
             raw.until(v).await;
@@ -396,7 +398,10 @@ async fn shared_frames_strictly_increase_across_a_listener_reconnect_and_a_rebui
     let before = *connections.borrow();
     let mut last = 0;
     for n in 0..12 {
-        last = request(&app, &day.board, n).await.1;
+        last = app
+            .request_appointment(marked_request(&day.board, n, "reason"))
+            .await
+            .1;
         if n == 4 {
             let killed: i64 = sqlx::query_scalar(
                 "select count(pg_terminate_backend(pid)) from pg_stat_activity \
@@ -428,7 +433,10 @@ async fn shared_frames_strictly_increase_across_a_listener_reconnect_and_a_rebui
     let resumed = third.until(v).await;
     assert_eq!(resumed.len(), 1, "only the current Board: {resumed:?}");
     second.until(v).await;
-    let later = request(&app, &day.board, 99).await.1;
+    let later = app
+        .request_appointment(marked_request(&day.board, 99, "reason"))
+        .await
+        .1;
     let w = version_at(&app, &day.board, later).await;
     for raw in [&mut first, &mut second, &mut third] {
         let frames = raw.until(w).await;
@@ -448,7 +456,8 @@ async fn a_socket_that_stops_reading_neither_queues_frames_nor_delays_the_others
     // kernel's socket buffers (a few MB on loopback) fill after a few dozen of them.
     let long = "a long reason ".repeat(40);
     for n in 0..200 {
-        request_for(&app, &day.board, n, &long).await;
+        app.request_appointment(marked_request(&day.board, n, &long))
+            .await;
     }
     let coordinator = app.token(Who::coordinator());
     let mut slow = Raw::open_with(&app, &coordinator, Some(16 * 1024)).await;
@@ -466,7 +475,9 @@ async fn a_socket_that_stops_reading_neither_queues_frames_nor_delays_the_others
     let mut slowest = Duration::ZERO;
     let mut final_version = 0;
     for n in 0..CHANGES {
-        let (_, p) = request_for(&app, &day.board, 1000 + n, &long).await;
+        let (_, p) = app
+            .request_appointment(marked_request(&day.board, 1000 + n, &long))
+            .await;
         final_version = version_at(&app, &day.board, p).await;
         let started = Instant::now();
         delivered += fast.until(final_version).await.len();

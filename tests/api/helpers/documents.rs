@@ -27,5 +27,16 @@ pub fn request_input(board: &str, patient: &str) -> Value {
 
 /// A request for `specialty` in `region`.
 pub fn request_input_for(board: &str, patient: &str, specialty: &str, region: &str) -> Value {
-    json!({"input": {"boardId": board, "patientName": patient, "specialty": specialty, "region": region, "reason": "fever"}})
+    request_input_with(board, patient, specialty, region, "fever")
+}
+
+/// A request for `specialty` in `region` giving `reason`.
+pub fn request_input_with(
+    board: &str,
+    patient: &str,
+    specialty: &str,
+    region: &str,
+    reason: &str,
+) -> Value {
+    json!({"input": {"boardId": board, "patientName": patient, "specialty": specialty, "region": region, "reason": reason}})
 }
