@@ -397,22 +397,7 @@ async fn a_stream_reads_in_full_up_to_a_version_or_up_to_a_time() {
 async fn a_request_that_waited_for_the_board_to_close_sees_it_closed_and_appends_nothing() {
     let pool = helpers::fresh_database().await;
     let store = helpers::store(&pool);
-    let board = commands::open_board(
-        &store,
-        CommandMeta::new("openBoard"),
-        OpenBoard {
-            name: "Closing".into(),
-            specialty: "pediatrics".into(),
-            region: "TX".into(),
-            date: "2022-07-18".parse().unwrap(),
-            options: CommandOptions::default(),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}", e.describe()))
-    .entity
-    .id
-    .as_uuid();
+    let board = helpers::store::open_board(&store, "Closing").await;
     // A close in flight: the Board's stream row is locked until it commits.
     let mut closing = pool.begin().await.unwrap();
     let close = StreamWrite::new(
@@ -433,15 +418,7 @@ async fn a_request_that_waited_for_the_board_to_close_sees_it_closed_and_appends
             commands::request_appointment(
                 &store,
                 CommandMeta::new("requestAppointment"),
-                commands::RequestAppointment {
-                    board_id: board.into(),
-                    patient_id: None,
-                    patient_name: "Late Arrival".into(),
-                    specialty: "pediatrics".into(),
-                    region: "TX".into(),
-                    reason: "fever".into(),
-                    options: CommandOptions::default(),
-                },
+                helpers::store::request_command(board, "Late Arrival"),
             )
             .await
         }

@@ -2,17 +2,16 @@
 //! failover, poison events, rebuild under load.
 
 use crate::helpers;
+use crate::helpers::store::{open_board, request_appointment};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use careboard::commands::{self, CommandOptions, OpenBoard, RequestAppointment};
 use careboard::daemon::{Daemon, DaemonConfig, DaemonHandle};
 use careboard::domain::{AppointmentEvent, AppointmentStatus, StreamType};
 use careboard::event_store::append::{append, StreamWrite};
 use careboard::event_store::log::Cursor;
-use careboard::event_store::unit_of_work::CommandMeta;
 use careboard::event_store::{read_board_streams, EventStore, ReadLimit};
 use careboard::faults::{CrashPoint, Faults};
 use careboard::leader::{advance_checkpoint, Checkpoint, LEADER_LOCK_KEY};
@@ -47,44 +46,6 @@ fn start_with_faults(
 
 fn config() -> DaemonConfig {
     helpers::fast_projector()
-}
-
-async fn open_board(store: &EventStore, name: &str) -> Uuid {
-    commands::open_board(
-        store,
-        CommandMeta::new("openBoard"),
-        OpenBoard {
-            name: name.into(),
-            specialty: "pediatrics".into(),
-            region: "TX".into(),
-            date: "2022-07-18".parse().unwrap(),
-            options: CommandOptions::default(),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}", e.describe()))
-    .entity
-    .id
-    .as_uuid()
-}
-
-async fn request(store: &EventStore, board: Uuid, patient: &str) -> (Uuid, i64) {
-    let w = commands::request_appointment(
-        store,
-        CommandMeta::new("requestAppointment"),
-        RequestAppointment {
-            patient_id: None,
-            board_id: board.into(),
-            patient_name: patient.into(),
-            specialty: "pediatrics".into(),
-            region: "TX".into(),
-            reason: "fever".into(),
-            options: CommandOptions::default(),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}", e.describe()));
-    (w.entity.id.as_uuid(), w.position)
 }
 
 fn requested(board: Uuid, patient: &str) -> AppointmentEvent {
@@ -436,7 +397,7 @@ async fn an_open_write_transaction_stalls_the_projector_without_a_skip_and_a_rol
     let mut held = pool.begin().await.unwrap();
     let held_stream = Uuid::new_v4();
     append_in(&mut held, held_stream, board, 0, requested(board, "held")).await;
-    let (after, _) = request(&store, board, "after").await;
+    let (after, _) = request_appointment(&store, board, "after").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let doc = board_doc(&pool, board).await.unwrap();
     assert!(
@@ -476,7 +437,7 @@ async fn an_open_write_transaction_stalls_the_projector_without_a_skip_and_a_rol
     )
     .await;
     doomed.rollback().await.unwrap();
-    let (later, _) = request(&store, board, "later").await;
+    let (later, _) = request_appointment(&store, board, "later").await;
     wait_for_appointment(
         "the event after a rollback",
         Duration::from_secs(5),
@@ -502,7 +463,7 @@ async fn a_crash_at_any_point_leaves_documents_and_checkpoint_in_agreement() {
         let store = helpers::store(&pool);
         let board = open_board(&store, "Crash").await;
         for i in 0..5 {
-            request(&store, board, &format!("p{i}")).await;
+            request_appointment(&store, board, &format!("p{i}")).await;
         }
         let armed = Arc::new(AtomicBool::new(true));
         let hook_armed = armed.clone();
@@ -572,7 +533,7 @@ async fn a_slow_projection_does_not_hold_back_the_board_view() {
     // Let the slow projection start a batch (the Board's opening) and stall in it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..5 {
-        let (appointment, _) = request(&store, board, &format!("p{i}")).await;
+        let (appointment, _) = request_appointment(&store, board, &format!("p{i}")).await;
         // Each appears in the Board's document long before the stall ends.
         wait_for_appointment(
             "board_view beside a slow projection",
@@ -624,7 +585,7 @@ async fn one_read_of_the_log_feeds_every_projection_and_each_commits_it_with_its
     ];
     let mut appointments = Vec::new();
     for i in 0..30 {
-        let (id, _) = request(&store, boards[i % 2], &format!("p{i}")).await;
+        let (id, _) = request_appointment(&store, boards[i % 2], &format!("p{i}")).await;
         appointments.push(id);
     }
     // Small batches, so the 32 events take several reads.
@@ -721,7 +682,7 @@ async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_fiv
     assert_eq!(leaders(&handles).len(), 1, "exactly one leader");
 
     let board = open_board(&store, "Failover").await;
-    request(&store, board, "before").await;
+    request_appointment(&store, board, "before").await;
     caught_up(&pool).await;
 
     // Kill the leader: its connections drop like a dead process's.
@@ -740,7 +701,7 @@ async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_fiv
         takeover < Duration::from_secs(5),
         "takeover took {takeover:?}"
     );
-    request(&store, board, "after").await;
+    request_appointment(&store, board, "after").await;
     caught_up(&pool).await;
     assert_doc_agrees(&pool, board).await;
 
@@ -753,7 +714,7 @@ async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_fiv
         .fetch_one(&pool)
         .await
         .unwrap();
-    request(&store, board, "after terminate").await;
+    request_appointment(&store, board, "after terminate").await;
     caught_up(&pool).await;
     assert_doc_agrees(&pool, board).await;
     for h in handles.into_iter().flatten() {
@@ -845,7 +806,7 @@ async fn a_poison_event_is_dead_lettered_after_retries_and_replayed_after_a_fix(
     let projector = start_projector(&pool, &store, config());
     let sick = open_board(&store, "Sick").await;
     let healthy = open_board(&store, "Healthy").await;
-    let (appointment, _) = request(&store, sick, "Sam").await;
+    let (appointment, _) = request_appointment(&store, sick, "Sam").await;
     caught_up(&pool).await;
 
     // A corrupt event (undecodable data) lands on the sick Board's appointment.
@@ -868,8 +829,8 @@ async fn a_poison_event_is_dead_lettered_after_retries_and_replayed_after_a_fix(
     store.appended_signal().notify_one();
 
     // Other Boards keep progressing, and so do later events of the sick one.
-    let (on_healthy, _) = request(&store, healthy, "Kim").await;
-    let (later_on_sick, _) = request(&store, sick, "Lee").await;
+    let (on_healthy, _) = request_appointment(&store, healthy, "Kim").await;
+    let (later_on_sick, _) = request_appointment(&store, sick, "Lee").await;
     wait_for(
         "progress past the poison event",
         Duration::from_secs(10),
@@ -962,7 +923,7 @@ async fn a_rebuild_under_continuous_appends_ends_equal_to_a_fresh_projection() {
     );
     let boards = open_boards(&store, "Rebuild", 3).await;
     for i in 0..150 {
-        request(&store, boards[i % 3], &format!("before {i}")).await;
+        request_appointment(&store, boards[i % 3], &format!("before {i}")).await;
     }
     caught_up(&pool).await;
 
@@ -975,7 +936,7 @@ async fn a_rebuild_under_continuous_appends_ends_equal_to_a_fresh_projection() {
         writers.push(tokio::spawn(async move {
             let mut i = 0;
             while writing.load(Ordering::Relaxed) {
-                request(&store, boards[(w + i) % 3], &format!("during {w}-{i}")).await;
+                request_appointment(&store, boards[(w + i) % 3], &format!("during {w}-{i}")).await;
                 i += 1;
             }
             i
@@ -1064,7 +1025,7 @@ async fn three_careboard_processes_elect_one_projector_and_fail_over_when_it_is_
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     let board = open_board(&store, "Processes").await;
-    request(&store, board, "one").await;
+    request_appointment(&store, board, "one").await;
     caught_up(&pool).await;
     let holders: i64 = sqlx::query_scalar(
         "select count(*) from pg_locks where locktype = 'advisory' and granted and objid = ($1 & 4294967295)::oid \
@@ -1089,7 +1050,7 @@ async fn three_careboard_processes_elect_one_projector_and_fail_over_when_it_is_
         tokio::time::sleep(Duration::from_millis(25)).await;
         next = lock_holder(&pool).await;
     }
-    let (b, _) = request(&store, board, "two").await;
+    let (b, _) = request_appointment(&store, board, "two").await;
     wait_for_appointment(
         "the new leader to project",
         Duration::from_secs(10),
@@ -1113,7 +1074,7 @@ async fn a_board_document_is_a_header_plus_one_row_per_appointment_and_a_whole_d
     let projector = start_projector(&pool, &store, config());
     let board = open_board(&store, "Rows").await;
     for i in 0..3 {
-        request(&store, board, &format!("Row {i}")).await;
+        request_appointment(&store, board, &format!("Row {i}")).await;
     }
     caught_up(&pool).await;
     // Stored: a header without appointments, one row per appointment.
@@ -1153,7 +1114,7 @@ async fn a_board_document_is_a_header_plus_one_row_per_appointment_and_a_whole_d
         board_doc(&pool, board).await.unwrap(),
         fresh_fold(&pool, board).await
     );
-    request(&store, board, "After the upgrade").await;
+    request_appointment(&store, board, "After the upgrade").await;
     caught_up(&pool).await;
     let doc = board_doc(&pool, board).await.unwrap();
     assert_eq!(doc.appointments.len(), 4);

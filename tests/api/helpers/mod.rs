@@ -9,6 +9,7 @@ pub mod documents;
 pub mod files;
 pub mod idp;
 pub mod proxy;
+pub mod store;
 
 pub use idp::{idp, Who};
 
