@@ -167,8 +167,7 @@ async fn refused_subscription_documents_carry_an_error_code_on_the_websocket() {
     let app = TestApp::spawn().await;
     let token = app.token(Who::admin());
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
-        let mut ws = helpers::WsClient::connect_as(&app, protocol, Some(&token)).await;
-        ws.init().await;
+        let mut ws = helpers::WsClient::open_as(&app, protocol, Some(&token)).await;
         for (id, query) in [
             ("unknown", "subscription { noSuchField }"),
             ("syntax", "subscription { boardChanged(boardId: "),

@@ -185,8 +185,7 @@ async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing
         ];
         // A token that lives three seconds (plus the server's one-second leeway).
         let short = app.token(Who::coordinator().ttl(Duration::from_secs(3)));
-        let mut ws = WsClient::connect_as(&app, protocol, Some(&short)).await;
-        ws.init().await;
+        let mut ws = WsClient::open_as(&app, protocol, Some(&short)).await;
         ws.subscribe("b", BOARD_CHANGED, json!({"id": board})).await;
         ws.subscribe("e", BOARD_EVENTS, json!({"id": board})).await;
         let mut seen = (Vec::new(), Vec::new());
@@ -224,8 +223,7 @@ async fn at_its_tokens_expiry_a_socket_is_closed_and_resumes_on_a_new_one_losing
         // The client resumes on a new socket with a fresh token, from what it has.
         let last_version = *seen.0.last().expect("a Board before the close");
         let last_position = *seen.1.last().expect("events before the close");
-        let mut again = WsClient::connect_as(&app, protocol, Some(&app.admin_token)).await;
-        again.init().await;
+        let mut again = WsClient::open_as(&app, protocol, Some(&app.admin_token)).await;
         again
             .subscribe(
                 "b",

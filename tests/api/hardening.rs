@@ -88,8 +88,7 @@ async fn deeply_nested_documents_are_refused_over_http_and_the_server_lives() {
 async fn deeply_nested_subscriptions_are_refused_over_websocket_and_the_server_lives() {
     let app = TestApp::spawn().await;
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
-        let mut ws = WsClient::connect(&app, protocol).await;
-        ws.init().await;
+        let mut ws = WsClient::open(&app, protocol).await;
         for (i, (query, variables)) in crash_shapes().into_iter().enumerate() {
             let id = format!("deep-{i}");
             ws.subscribe(&id, &query, variables).await;
@@ -130,8 +129,7 @@ async fn a_subscribe_before_connection_init_closes_with_4401() {
 async fn a_duplicate_subscription_id_closes_with_4409() {
     let app = TestApp::spawn().await;
     let board = app.open_board("Pediatrics TX").await;
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     let query = "subscription($b: ID!) { boardChanged(boardId: $b) { version } }";
     ws.subscribe("same", query, json!({"b": board})).await;
     ws.next_data(Duration::from_secs(10))
@@ -146,8 +144,7 @@ async fn a_duplicate_subscription_id_closes_with_4409() {
 async fn a_subscribe_flood_is_cut_off_before_it_reaches_the_database() {
     let app = TestApp::spawn().await;
     let board = app.open_board("Pediatrics TX").await;
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     // Far past the per-socket budget (100): each subscribe used to cost a database
     // round trip before the budget was looked at, and frames queued without bound.
     let flood = tokio::spawn({
@@ -195,8 +192,7 @@ async fn the_per_socket_budget_is_checked_before_any_query() {
     })
     .await;
     let board = app.open_board("Pediatrics TX").await;
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     let query = "subscription($b: ID!) { boardChanged(boardId: $b) { version } }";
     for i in 0..3 {
         ws.subscribe(&format!("s{i}"), query, json!({"b": board}))
@@ -218,8 +214,7 @@ async fn a_listening_subscriber_is_not_dropped() {
     })
     .await;
     let board = app.open_board("Pediatrics TX").await;
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe(
         "b",
         "subscription($b: ID!) { boardChanged(boardId: $b) { version } }",

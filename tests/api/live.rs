@@ -48,8 +48,7 @@ async fn board_changed_sends_the_current_board_then_strictly_increasing_versions
     let (board, position) = app.open_board_at("Live").await;
     let current = projected_version(&app, &board, position).await;
 
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
     let (id, first) = ws
         .next_data(Duration::from_secs(10))
@@ -81,8 +80,7 @@ async fn board_changed_sends_the_current_board_then_strictly_increasing_versions
     assert!(ws.next(Duration::from_millis(300)).await.is_none());
 
     // Resuming with sinceVersion skips what the client already has.
-    let mut again = WsClient::connect(&app, "graphql-transport-ws").await;
-    again.init().await;
+    let mut again = WsClient::open(&app, "graphql-transport-ws").await;
     again
         .subscribe(
             "2",
@@ -104,8 +102,7 @@ async fn board_changed_sends_the_current_board_then_strictly_increasing_versions
 async fn a_subscriber_still_ends_on_the_final_version_when_the_listener_connection_is_killed() {
     let app = TestApp::spawn().await;
     let board = app.open_board("Live").await;
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
     ws.next_data(Duration::from_secs(10))
         .await
@@ -144,8 +141,7 @@ async fn a_subscriber_on_one_node_sees_mutations_made_through_another() {
     let a = TestApp::spawn().await;
     let b = TestApp::spawn_sharing(&a).await;
     let board = a.open_board("Live").await;
-    let mut ws = WsClient::connect(&b, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&b, "graphql-transport-ws").await;
     ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
     ws.next_data(Duration::from_secs(10))
         .await
@@ -172,8 +168,7 @@ async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
     let board = app.open_board("Live").await;
     let mut clients = Vec::new();
     for _ in 0..1000 {
-        let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-        ws.init().await;
+        let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
         ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
         clients.push(ws);
     }
@@ -233,8 +228,7 @@ async fn board_events_resumed_after_a_disconnect_yield_exactly_the_missing_event
         app.request_appointment(request_input(&board, &format!("Early {i}")))
             .await;
     }
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe("e", BOARD_EVENTS, json!({"id": board})).await;
     let mut received: Vec<i64> = Vec::new();
     while received.len() < 4 {
@@ -258,8 +252,7 @@ async fn board_events_resumed_after_a_disconnect_yield_exactly_the_missing_event
         app.request_appointment(request_input(&board, &format!("Missed {i}")))
             .await;
     }
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe(
         "e",
         BOARD_EVENTS,
@@ -295,8 +288,7 @@ async fn the_legacy_protocol_works_and_protocol_rules_are_enforced() {
     let board = app.open_board("Live").await;
 
     // subscriptions-transport-ws ("graphql-ws").
-    let mut legacy = WsClient::connect(&app, "graphql-ws").await;
-    legacy.init().await;
+    let mut legacy = WsClient::open(&app, "graphql-ws").await;
     legacy
         .subscribe("1", BOARD_CHANGED, json!({"id": board}))
         .await;
@@ -307,8 +299,7 @@ async fn the_legacy_protocol_works_and_protocol_rules_are_enforced() {
     assert!(data["boardChanged"]["version"].as_i64().unwrap() >= 1);
 
     // An unknown Board is NOT_FOUND.
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe("x", BOARD_CHANGED, json!({"id": uuid::Uuid::new_v4()}))
         .await;
     let message = ws.next(Duration::from_secs(5)).await.unwrap();
@@ -337,8 +328,7 @@ async fn the_legacy_protocol_works_and_protocol_rules_are_enforced() {
     assert_eq!(closed["close"], 4408, "{closed}");
 
     // A socket holds a bounded number of subscriptions.
-    let mut busy = WsClient::connect(&strict, "graphql-transport-ws").await;
-    busy.init().await;
+    let mut busy = WsClient::open(&strict, "graphql-transport-ws").await;
     for id in ["a", "b", "c"] {
         busy.subscribe(id, BOARD_CHANGED, json!({"id": strict_board}))
             .await;
@@ -393,8 +383,7 @@ async fn board_view_generation(app: &TestApp) -> i64 {
 async fn frames_built_from_changed_rows_equal_the_document_also_across_a_rebuild() {
     let app = TestApp::spawn().await;
     let board = app.open_board("Live").await;
-    let mut ws = WsClient::connect(&app, "graphql-transport-ws").await;
-    ws.init().await;
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe(
         "1",
         &format!("subscription($id: ID!) {{ boardChanged(boardId: $id) {{ {BOARD_FULL} }} }}"),

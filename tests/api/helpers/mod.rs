@@ -612,6 +612,19 @@ impl WsClient {
         }
     }
 
+    /// A socket past the handshake: connected with the admin's token, `connection_init`
+    /// sent and `connection_ack` received.
+    pub async fn open(app: &TestApp, protocol: &str) -> Self {
+        Self::open_as(app, protocol, Some(&app.admin_token)).await
+    }
+
+    /// Like [`WsClient::open`], sending `token` (`None`: no token at all).
+    pub async fn open_as(app: &TestApp, protocol: &str, token: Option<&str>) -> Self {
+        let mut client = Self::connect_as(app, protocol, token).await;
+        client.init().await;
+        client
+    }
+
     /// A client over a socket the test opened itself (e.g. with its own headers).
     pub fn from_socket(
         socket: tokio_tungstenite::WebSocketStream<
