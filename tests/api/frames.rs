@@ -181,16 +181,6 @@ fn marked_request(board: &str, n: usize, reason: &str) -> Value {
     )
 }
 
-async fn version_at(app: &TestApp, board: &str, position: i64) -> i64 {
-    let d = app
-        .data(
-            "query($b: ID!, $p: Int) { board(id: $b, minPosition: $p) { version } }",
-            json!({"b": board, "p": position}),
-        )
-        .await;
-    d["board"]["version"].as_i64().unwrap()
-}
-
 /// A counter of `/metrics` (the admin's token opens it).
 async fn metric(app: &TestApp, name: &str) -> f64 {
     let text = app
@@ -214,7 +204,7 @@ async fn sharing_subscribers_get_identical_bytes_and_the_others_only_what_they_m
     let (_, p) = app
         .request_appointment(marked_request(&day.board, 1, "reason"))
         .await;
-    let current = version_at(&app, &day.board, p).await;
+    let current = app.projected_version(&day.board, p).await;
 
     let in_scope = |subject: &str| {
         app.token(
@@ -263,7 +253,7 @@ async fn sharing_subscribers_get_identical_bytes_and_the_others_only_what_they_m
     let (_, p) = app
         .request_appointment(marked_request(&day.board, 2, "reason"))
         .await;
-    let next = version_at(&app, &day.board, p).await;
+    let next = app.projected_version(&day.board, p).await;
     assert!(next > current);
     let a = coordinator_a.until(next).await;
     let b = coordinator_b.until(next).await;
@@ -355,7 +345,7 @@ async fn subscribers_with_the_same_document_and_scope_share_one_execution_per_ve
     let (_, p) = app
         .request_appointment(marked_request(&day.board, 1, "reason"))
         .await;
-    let v = version_at(&app, &day.board, p).await;
+    let v = app.projected_version(&day.board, p).await;
     for raw in &mut sockets {
         raw.until(v).await;
     }
@@ -366,7 +356,7 @@ async fn subscribers_with_the_same_document_and_scope_share_one_execution_per_ve
         let (_, p) = app
             .request_appointment(marked_request(&day.board, n + 2, "reason"))
             .await;
-        let v = version_at(&app, &day.board, p).await;
+        let v = app.projected_version(&day.board, p).await;
         for raw in &mut sockets {
             raw.until(v).await;
         }
@@ -403,13 +393,7 @@ async fn shared_frames_strictly_increase_across_a_listener_reconnect_and_a_rebui
             .await
             .1;
         if n == 4 {
-            let killed: i64 = sqlx::query_scalar(
-                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
-                  where datname = current_database() and query ilike 'listen%'",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+            let killed = app.kill_listeners().await;
             assert_eq!(killed, 1);
         }
         if n == 8 {
@@ -420,7 +404,7 @@ async fn shared_frames_strictly_increase_across_a_listener_reconnect_and_a_rebui
             .await;
         }
     }
-    let v = version_at(&app, &day.board, last).await;
+    let v = app.projected_version(&day.board, last).await;
     let a = first.until(v).await;
     // A subscriber that resumes from the middle joins the running group: the current
     // Board first, once.
@@ -437,7 +421,7 @@ async fn shared_frames_strictly_increase_across_a_listener_reconnect_and_a_rebui
         .request_appointment(marked_request(&day.board, 99, "reason"))
         .await
         .1;
-    let w = version_at(&app, &day.board, later).await;
+    let w = app.projected_version(&day.board, later).await;
     for raw in [&mut first, &mut second, &mut third] {
         let frames = raw.until(w).await;
         assert_eq!(frames.len(), 1, "each new version once: {frames:?}");
@@ -478,7 +462,7 @@ async fn a_socket_that_stops_reading_neither_queues_frames_nor_delays_the_others
         let (_, p) = app
             .request_appointment(marked_request(&day.board, 1000 + n, &long))
             .await;
-        final_version = version_at(&app, &day.board, p).await;
+        final_version = app.projected_version(&day.board, p).await;
         let started = Instant::now();
         delivered += fast.until(final_version).await.len();
         slowest = slowest.max(started.elapsed());

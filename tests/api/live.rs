@@ -11,17 +11,6 @@ const BOARD_CHANGED: &str = r#"subscription($id: ID!, $since: Int) {
 const BOARD_EVENTS: &str = r#"subscription($id: ID!, $after: Int) {
     boardEvents(boardId: $id, after: $after) { type position streamId } }"#;
 
-/// The Board's projected version once the projector has passed `position`.
-async fn projected_version(app: &TestApp, board: &str, position: i64) -> i64 {
-    let d = app
-        .data(
-            "query($id: ID!, $p: Int) { board(id: $id, minPosition: $p) { version } }",
-            json!({"id": board, "p": position}),
-        )
-        .await;
-    d["board"]["version"].as_i64().unwrap()
-}
-
 /// Reads `boardChanged` frames until `target` arrives; asserts strictly increasing.
 async fn versions_until(ws: &mut WsClient, target: i64) -> Vec<i64> {
     let mut seen = Vec::new();
@@ -46,7 +35,7 @@ async fn versions_until(ws: &mut WsClient, target: i64) -> Vec<i64> {
 async fn board_changed_sends_the_current_board_then_strictly_increasing_versions() {
     let app = TestApp::spawn().await;
     let (board, position) = app.open_board_at("Live").await;
-    let current = projected_version(&app, &board, position).await;
+    let current = app.projected_version(&board, position).await;
 
     let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
@@ -64,7 +53,7 @@ async fn board_changed_sends_the_current_board_then_strictly_increasing_versions
             .await
             .1;
     }
-    let final_version = projected_version(&app, &board, last).await;
+    let final_version = app.projected_version(&board, last).await;
     let versions = versions_until(&mut ws, final_version).await;
     assert_eq!(*versions.last().unwrap(), final_version);
 
@@ -93,7 +82,7 @@ async fn board_changed_sends_the_current_board_then_strictly_increasing_versions
         .request_appointment(request_input(&board, "After resume"))
         .await
         .1;
-    let v = projected_version(&app, &board, p).await;
+    let v = app.projected_version(&board, p).await;
     let (_, data) = again.next_data(Duration::from_secs(10)).await.unwrap();
     assert_eq!(data["boardChanged"]["version"], v);
 }
@@ -117,20 +106,14 @@ async fn a_subscriber_still_ends_on_the_final_version_when_the_listener_connecti
             .await
             .1;
         if i == 8 {
-            let killed: i64 = sqlx::query_scalar(
-                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
-                  where datname = current_database() and query ilike 'listen%'",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+            let killed = app.kill_listeners().await;
             assert_eq!(
                 killed, 1,
                 "exactly one listening connection in this process"
             );
         }
     }
-    let final_version = projected_version(&app, &board, last).await;
+    let final_version = app.projected_version(&board, last).await;
     let versions = versions_until(&mut ws, final_version).await;
     assert_eq!(*versions.last().unwrap(), final_version);
     assert!(*connections.borrow() > before, "the listener reconnected");
@@ -153,7 +136,7 @@ async fn a_subscriber_on_one_node_sees_mutations_made_through_another() {
             .await
             .1;
     }
-    let final_version = projected_version(&a, &board, last).await;
+    let final_version = a.projected_version(&board, last).await;
     versions_until(&mut ws, final_version).await;
 }
 
@@ -179,7 +162,7 @@ async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
             .await
             .1;
     }
-    let final_version = projected_version(&app, &board, last).await;
+    let final_version = app.projected_version(&board, last).await;
     let mut tasks = Vec::new();
     for mut ws in clients {
         tasks.push(tokio::spawn(async move {
@@ -485,7 +468,7 @@ async fn a_follower_picks_up_appointment_rows_an_older_build_wrote() {
             .await
             .1;
     }
-    projected_version(&app, &board, last).await;
+    app.projected_version(&board, last).await;
     let id: uuid::Uuid = board.parse().unwrap();
     let mut followed: Option<FollowedBoard> = None;
     read::refresh_board(&app.pool, id, &mut followed)

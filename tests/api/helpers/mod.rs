@@ -513,6 +513,29 @@ impl TestApp {
         )
     }
 
+    /// The Board's projected version once the projector has passed `position` (a read
+    /// with `minPosition`).
+    pub async fn projected_version(&self, board: &str, position: i64) -> i64 {
+        let d = self
+            .data(
+                "query($id: ID!, $p: Int) { board(id: $id, minPosition: $p) { version } }",
+                json!({"id": board, "p": position}),
+            )
+            .await;
+        d["board"]["version"].as_i64().expect("version")
+    }
+
+    /// Terminates this database's LISTEN connections (the fan-out's listener); how many.
+    pub async fn kill_listeners(&self) -> i64 {
+        sqlx::query_scalar(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+              where datname = current_database() and query ilike 'listen%'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("select count(*) from events")
             .fetch_one(&self.pool)
