@@ -38,7 +38,7 @@ pub enum Command {
     },
     /// A realistic telehealth day: imported as history (default), or played live at a
     /// speed-up with `--live` so a Board visibly moves. Deterministic with `--seed`.
-    Demo(crate::demo::DemoArgs),
+    Demo(DemoArgs),
     /// Print a bearer token signed by the development issuer (the identity provider of
     /// the embedded default), e.g. `careboard token --role coordinator --name "Ana Ruiz"`.
     Token(crate::identity::dev_issuer::TokenArgs),
@@ -393,4 +393,46 @@ impl IdentityArgs {
         config.leeway = std::time::Duration::from_secs(self.token_leeway_secs);
         Ok(config)
     }
+}
+
+/// Options of `careboard demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Seed of the day: the same seed gives the same Boards, patients and events.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The day, `YYYY-MM-DD`. History: yesterday by default. Live: always today.
+    #[arg(long)]
+    pub date: Option<chrono::NaiveDate>,
+    /// Number of Boards (clinics).
+    #[arg(long, default_value_t = 3)]
+    pub boards: usize,
+    /// Multiplies the patient arrival rates (1.0: about 120 patients per Board a day).
+    #[arg(long, default_value_t = 1.0)]
+    pub load: f64,
+    /// Play the day live against this process's server instead of importing history.
+    #[arg(long)]
+    pub live: bool,
+    /// Live: simulated minutes per real minute.
+    #[arg(long, default_value_t = 10.0)]
+    pub speed: f64,
+    /// Live: stop after this many simulated hours (default: the whole day), closing the
+    /// Boards as Ctrl+C does.
+    #[arg(long)]
+    pub hours: Option<f64>,
+    /// Live: address to serve on.
+    #[arg(long, env = "CAREBOARD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Start over: drop the database (every Board, provider, appointment and event in
+    /// it) and create it empty, then run the demo. Needs --yes. Refused with
+    /// DATABASE_URL unless --reset-database-url is given too.
+    #[arg(long)]
+    pub reset: bool,
+    /// Confirms --reset.
+    #[arg(long, requires = "reset")]
+    pub yes: bool,
+    /// Lets --reset drop the database DATABASE_URL names (by default only the embedded
+    /// one in --data-dir is reset: a database given by URL may be shared).
+    #[arg(long, requires = "reset")]
+    pub reset_database_url: bool,
 }

@@ -175,12 +175,6 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
-impl From<crate::identity::Forbidden> for AppError {
-    fn from(f: crate::identity::Forbidden) -> Self {
-        AppError::Forbidden(f.to_string())
-    }
-}
-
 impl AppError {
     pub fn unavailable() -> Self {
         AppError::Unavailable("the database is unavailable; retry shortly".into())

@@ -29,50 +29,14 @@ use std::sync::{Arc, Mutex, Weak};
 use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
 use async_graphql::{Data, Request, Response, ServerError, Value as GqlValue};
 use futures::stream::{BoxStream, StreamExt};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::graphql::access::{Caller, Recipient};
+use crate::graphql::tap::{Disclosed, FrameTap};
 use crate::graphql::CareboardSchema;
-use crate::identity::access_log::Disclosure;
-
-/// Set by a group's execution as it goes: the Board version a frame shows (by the
-/// `boardChanged` resolver) and what the frame disclosed (by the access edge, which
-/// leaves the recording to each receiving socket).
-#[derive(Default)]
-pub struct FrameTap {
-    version: Mutex<Option<i64>>,
-    disclosed: Mutex<Option<Disclosed>>,
-}
-
-/// What one frame disclosed, as each receiver's access record states it.
-#[derive(Debug, Clone)]
-pub struct Disclosed {
-    /// The root field (`boardChanged`).
-    pub operation: String,
-    /// The operation's name in the document, if it has one.
-    pub operation_name: Option<String>,
-    pub disclosed: Disclosure,
-}
-
-impl FrameTap {
-    pub fn set_version(&self, version: i64) {
-        *self.version.lock().expect("frame tap") = Some(version);
-    }
-
-    pub fn set_disclosed(&self, disclosed: Option<Disclosed>) {
-        *self.disclosed.lock().expect("frame tap") = disclosed;
-    }
-
-    fn take(&self) -> (Option<i64>, Option<Disclosed>) {
-        (
-            self.version.lock().expect("frame tap").take(),
-            self.disclosed.lock().expect("frame tap").take(),
-        )
-    }
-}
+use crate::metrics::FrameMetrics;
 
 /// One encoded frame of a group, shared by every subscriber in it.
 pub struct Frame {
@@ -102,18 +66,6 @@ pub struct Shareable {
     key: GroupKey,
     request: Request,
     since: Option<i64>,
-}
-
-/// The fan-out's counters, exported on `/metrics`.
-#[derive(Clone, Default)]
-pub struct FrameMetrics {
-    /// Subscription executions: one per frame of a group, one per frame of a
-    /// subscription that runs on its own.
-    pub executions: Counter,
-    /// Frames written to sockets.
-    pub frames_sent: Counter,
-    /// Groups running now.
-    pub groups: Gauge,
 }
 
 /// Every group of this process.

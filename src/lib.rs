@@ -8,9 +8,11 @@
 //! [`matcher`] side by side, both reading the log through [`event_store::log`]. GraphQL
 //! queries read documents ([`projections::read`]) or fold events on demand
 //! ([`time_travel`], from [`snapshots`]) with the same folds; [`live`] fans NOTIFY out
-//! to subscriptions. No module imports one that imports it back.
+//! to subscriptions. No module imports one that imports it back, round any circle
+//! (`tests/api/layout.rs` checks it on the source).
 //!
-//! - [`config`]: settings from the command line and environment.
+//! - [`config`]: settings from the command line and environment (every subcommand's
+//!   options, `careboard demo`'s included).
 //! - [`error`]: `AppError`, the two error tiers and their mapping to GraphQL codes;
 //!   `ErrorCode`, every `extensions.code` the server answers with (the README table's
 //!   source).
@@ -43,7 +45,9 @@
 //! - [`time_travel`]: `asOf` folds from snapshots, and the Board's day timeline.
 //! - [`live`]: the one LISTEN connection per process and its fan-out to subscribers.
 //! - [`frames`]: `boardChanged` subscribers who would see the same thing share one
-//!   execution and one encoded payload per Board version.
+//!   execution and one encoded payload per Board version; what the execution learns
+//!   about each frame comes up through [`graphql::tap`], and its counters live in
+//!   [`metrics`].
 //! - [`graphql`]: schema, queries, mutations, subscriptions, output types; the input
 //!   types and their `TryFrom` into commands ([`graphql::inputs`]); the documented
 //!   custom scalars ([`graphql::scalars`]); the access edge ([`graphql::access`]): every

@@ -355,8 +355,8 @@ impl Metrics {
         self.dead_letters_open.get_or_create(&l).set(dead_letters);
     }
 
-    /// Registers the live fan-out's counters (kept by crate::frames).
-    pub fn register_frames(&self, frames: &crate::frames::FrameMetrics) {
+    /// Registers the live fan-out's counters (kept by the fan-out).
+    pub fn register_frames(&self, frames: &FrameMetrics) {
         let mut registry = self.registry.lock().expect("metrics registry");
         registry.register(
             "subscription_executions",
@@ -384,4 +384,16 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The fan-out's counters, exported on `/metrics`.
+#[derive(Clone, Default)]
+pub struct FrameMetrics {
+    /// Subscription executions: one per frame of a group, one per frame of a
+    /// subscription that runs on its own.
+    pub executions: Counter,
+    /// Frames written to sockets.
+    pub frames_sent: Counter,
+    /// Groups running now.
+    pub groups: Gauge,
 }

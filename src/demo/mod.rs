@@ -15,11 +15,12 @@ pub mod sim;
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::config::DatabaseArgs;
+pub use crate::config::DemoArgs;
 use crate::domain::{AppointmentId, ShiftId};
 
 use crate::event_store::import::{import, Imported};
@@ -58,48 +59,6 @@ fn first_acts(scenario: &Scenario) -> Vec<(DateTime<Utc>, Act)> {
         acts.extend(arrivals.map(|(a, arrival)| (arrival.at, Act::Request(b, a))));
     }
     acts
-}
-
-/// Options of `careboard demo`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
-    /// Seed of the day: the same seed gives the same Boards, patients and events.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// The day, `YYYY-MM-DD`. History: yesterday by default. Live: always today.
-    #[arg(long)]
-    pub date: Option<NaiveDate>,
-    /// Number of Boards (clinics).
-    #[arg(long, default_value_t = 3)]
-    pub boards: usize,
-    /// Multiplies the patient arrival rates (1.0: about 120 patients per Board a day).
-    #[arg(long, default_value_t = 1.0)]
-    pub load: f64,
-    /// Play the day live against this process's server instead of importing history.
-    #[arg(long)]
-    pub live: bool,
-    /// Live: simulated minutes per real minute.
-    #[arg(long, default_value_t = 10.0)]
-    pub speed: f64,
-    /// Live: stop after this many simulated hours (default: the whole day), closing the
-    /// Boards as Ctrl+C does.
-    #[arg(long)]
-    pub hours: Option<f64>,
-    /// Live: address to serve on.
-    #[arg(long, env = "CAREBOARD_BIND", default_value = "127.0.0.1:8080")]
-    pub bind: String,
-    /// Start over: drop the database (every Board, provider, appointment and event in
-    /// it) and create it empty, then run the demo. Needs --yes. Refused with
-    /// DATABASE_URL unless --reset-database-url is given too.
-    #[arg(long)]
-    pub reset: bool,
-    /// Confirms --reset.
-    #[arg(long, requires = "reset")]
-    pub yes: bool,
-    /// Lets --reset drop the database DATABASE_URL names (by default only the embedded
-    /// one in --data-dir is reset: a database given by URL may be shared).
-    #[arg(long, requires = "reset")]
-    pub reset_database_url: bool,
 }
 
 impl DemoArgs {

@@ -432,7 +432,7 @@ impl Recipient {
 
     /// Records that this recipient was shown what a frame disclosed; `Err` (an
     /// UNAVAILABLE error to send instead of the frame) when it could not be made durable.
-    pub async fn record(&self, frame: &crate::frames::Disclosed) -> Result<(), ServerError> {
+    pub async fn record(&self, frame: &super::tap::Disclosed) -> Result<(), ServerError> {
         let recorder = Recorder {
             operation_name: frame.operation_name.clone(),
             ..self.0.clone()
@@ -533,9 +533,9 @@ impl Extension for AccessEdgeExtension {
             .or_else(|| self.operation_name.lock().expect("lock").clone());
         // A shared execution (crate::frames): the frame carries what it disclosed, and
         // every socket that receives it records it under its own principal.
-        if let Some(tap) = ctx.data_opt::<Arc<crate::frames::FrameTap>>() {
+        if let Some(tap) = ctx.data_opt::<Arc<super::tap::FrameTap>>() {
             tap.set_disclosed(self.disclosures.take().map(|(operation, disclosed)| {
-                crate::frames::Disclosed {
+                super::tap::Disclosed {
                     operation,
                     operation_name: recorder.operation_name,
                     disclosed,
@@ -556,7 +556,7 @@ impl Extension for AccessEdgeExtension {
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
         // A shared execution (crate::frames) records nothing itself (see `execute`).
-        if ctx.data_opt::<Arc<crate::frames::FrameTap>>().is_some() {
+        if ctx.data_opt::<Arc<super::tap::FrameTap>>().is_some() {
             return next.run(ctx, stream);
         }
         let disclosures = self.disclosures.clone();

@@ -6,6 +6,7 @@ pub mod mutation;
 pub mod query;
 pub mod scalars;
 pub mod subscription;
+pub mod tap;
 pub mod types;
 
 use async_graphql::parser::types::{

@@ -116,7 +116,7 @@ impl Subscription {
         let receiver = live.subscribe(id).await.map_err(AppError::Internal)?;
         let mut last = since_version.unwrap_or(-1);
         // A shared execution learns which version each of its frames shows.
-        let tap = ctx.data_opt::<Arc<crate::frames::FrameTap>>().cloned();
+        let tap = ctx.data_opt::<Arc<super::tap::FrameTap>>().cloned();
         Ok(WatchStream::new(receiver).filter_map(move |slot| {
             let _held = &guard;
             let contents = slot?;

@@ -348,6 +348,12 @@ pub fn render_markdown() -> String {
     out
 }
 
+impl From<Forbidden> for crate::error::AppError {
+    fn from(f: Forbidden) -> Self {
+        crate::error::AppError::Forbidden(f.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -18,6 +18,7 @@ mod graphql_ws_client;
 mod hardening;
 mod helpers;
 mod identity;
+mod layout;
 mod live;
 mod matching;
 mod packaging;
