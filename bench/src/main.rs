@@ -798,52 +798,63 @@ where
 }
 
 async fn append_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
-    let store = EventStore::new(pool.clone(), Duration::from_secs(5));
-    let board = open_board(&store).await?;
-    let (rate, hist, errors) = closed_loop(args.clients, args.seconds, move |i| {
-        let store = store.clone();
-        let board = board.clone();
-        async move {
-            commands::request_appointment(
-                &store,
-                CommandMeta::new("requestAppointment"),
-                request_input(&board, i),
-            )
-            .await
-            .is_ok()
-        }
-    })
-    .await?;
-    Ok(Row {
-        scenario: format!("append (1 event/command, {} writers)", args.clients),
-        rate,
-        latency: Some(hist),
-        errors,
-        baseline_name: "pgbench INSERT+UPDATE".into(),
-        baseline_rate: baseline,
-    })
+    let scenario = format!("append (1 event/command, {} writers)", args.clients);
+    append_run(
+        pool,
+        args,
+        baseline,
+        scenario,
+        |store, request| async move {
+            commands::request_appointment(&store, CommandMeta::new("requestAppointment"), request)
+                .await
+                .is_ok()
+        },
+    )
+    .await
 }
 
 /// The same commands through the path as it was before its round trips were cut
 /// (see [`append::request_appointment_before`]), against the same baseline.
 async fn append_before_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
+    let scenario = format!(
+        "append before: lock and read apart (1 event/command, {} writers)",
+        args.clients
+    );
+    append_run(
+        pool,
+        args,
+        baseline,
+        scenario,
+        |store, request| async move {
+            append::request_appointment_before(&store, request)
+                .await
+                .is_ok()
+        },
+    )
+    .await
+}
+
+/// An append scenario: `args.clients` writers, each sending requests on one fresh Board
+/// through `command` (true: appended), measured against the pgbench baseline.
+async fn append_run<F, Fut>(
+    pool: &PgPool,
+    args: &Args,
+    baseline: f64,
+    scenario: String,
+    command: F,
+) -> Result<Row>
+where
+    F: Fn(EventStore, RequestAppointment) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let board = open_board(&store).await?;
     let (rate, hist, errors) = closed_loop(args.clients, args.seconds, move |i| {
-        let store = store.clone();
-        let board = board.clone();
-        async move {
-            append::request_appointment_before(&store, request_input(&board, i))
-                .await
-                .is_ok()
-        }
+        command(store.clone(), request_input(&board, i))
     })
     .await?;
     Ok(Row {
-        scenario: format!(
-            "append before: lock and read apart (1 event/command, {} writers)",
-            args.clients
-        ),
+        scenario,
         rate,
         latency: Some(hist),
         errors,
