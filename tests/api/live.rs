@@ -46,13 +46,9 @@ async fn board_changed_sends_the_current_board_then_strictly_increasing_versions
     assert_eq!(id, "1");
     assert_eq!(first["boardChanged"]["version"], current);
 
-    let mut last = 0;
-    for i in 0..15 {
-        last = app
-            .request_appointment(request_input(&board, &format!("Patient {i}")))
-            .await
-            .1;
-    }
+    let last = app
+        .request_all(&board, (0..15).map(|i| format!("Patient {i}")))
+        .await;
     let final_version = app.projected_version(&board, last).await;
     let versions = versions_until(&mut ws, final_version).await;
     assert_eq!(*versions.last().unwrap(), final_version);
@@ -129,13 +125,9 @@ async fn a_subscriber_on_one_node_sees_mutations_made_through_another() {
     ws.next_data(Duration::from_secs(10))
         .await
         .expect("current board");
-    let mut last = 0;
-    for i in 0..5 {
-        last = a
-            .request_appointment(request_input(&board, &format!("Via A {i}")))
-            .await
-            .1;
-    }
+    let last = a
+        .request_all(&board, (0..5).map(|i| format!("Via A {i}")))
+        .await;
     let final_version = a.projected_version(&board, last).await;
     versions_until(&mut ws, final_version).await;
 }
@@ -155,13 +147,9 @@ async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
         ws.subscribe("1", BOARD_CHANGED, json!({"id": board})).await;
         clients.push(ws);
     }
-    let mut last = 0;
-    for i in 0..5 {
-        last = app
-            .request_appointment(request_input(&board, &format!("Crowd {i}")))
-            .await
-            .1;
-    }
+    let last = app
+        .request_all(&board, (0..5).map(|i| format!("Crowd {i}")))
+        .await;
     let final_version = app.projected_version(&board, last).await;
     let mut tasks = Vec::new();
     for mut ws in clients {
@@ -207,10 +195,8 @@ async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
 async fn board_events_resumed_after_a_disconnect_yield_exactly_the_missing_events() {
     let app = TestApp::spawn().await;
     let board = app.open_board("Live").await;
-    for i in 0..3 {
-        app.request_appointment(request_input(&board, &format!("Early {i}")))
-            .await;
-    }
+    app.request_all(&board, (0..3).map(|i| format!("Early {i}")))
+        .await;
     let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe("e", BOARD_EVENTS, json!({"id": board})).await;
     let mut received: Vec<i64> = Vec::new();
@@ -231,10 +217,8 @@ async fn board_events_resumed_after_a_disconnect_yield_exactly_the_missing_event
     ws.close().await;
 
     // Missed while disconnected.
-    for i in 0..4 {
-        app.request_appointment(request_input(&board, &format!("Missed {i}")))
-            .await;
-    }
+    app.request_all(&board, (0..4).map(|i| format!("Missed {i}")))
+        .await;
     let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
     ws.subscribe(
         "e",
@@ -461,13 +445,9 @@ async fn a_follower_picks_up_appointment_rows_an_older_build_wrote() {
     use careboard::projections::read::{self, FollowedBoard};
     let app = TestApp::spawn().await;
     let board = app.open_board("Live").await;
-    let mut last = 0;
-    for i in 0..3 {
-        last = app
-            .request_appointment(request_input(&board, &format!("Patient {i}")))
-            .await
-            .1;
-    }
+    let last = app
+        .request_all(&board, (0..3).map(|i| format!("Patient {i}")))
+        .await;
     app.projected_version(&board, last).await;
     let id: uuid::Uuid = board.parse().unwrap();
     let mut followed: Option<FollowedBoard> = None;

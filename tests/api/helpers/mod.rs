@@ -513,6 +513,23 @@ impl TestApp {
         )
     }
 
+    /// Requests the usual appointment on `board` for each of `patients`, one after the
+    /// other; the last event's position (0 when there were none).
+    pub async fn request_all(
+        &self,
+        board: &str,
+        patients: impl IntoIterator<Item = String>,
+    ) -> i64 {
+        let mut last = 0;
+        for patient in patients {
+            last = self
+                .request_appointment(documents::request_input(board, &patient))
+                .await
+                .1;
+        }
+        last
+    }
+
     /// The Board's projected version once the projector has passed `position` (a read
     /// with `minPosition`).
     pub async fn projected_version(&self, board: &str, position: i64) -> i64 {
