@@ -6,15 +6,9 @@ use serde_json::Value;
 
 #[tokio::test]
 async fn the_graphql_over_http_audit_passes_with_no_warnings() {
-    let modules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/npm/node_modules");
-    if !modules.join("graphql-http").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install graphql-http (.ci/run does)"
-        );
-        eprintln!("skipping the audit: run .ci/run once to install graphql-http");
+    let Some(modules) = crate::helpers::npm_modules(&["graphql-http"], "the audit") else {
         return;
-    }
+    };
     let app = TestApp::spawn().await;
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphql_http_audit.cjs");

@@ -5,30 +5,21 @@
 
 use std::time::Duration;
 
+use crate::helpers::documents::request_input;
 use crate::helpers::{TestApp, Who};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const FRAMES: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_reference_graphql_ws_client_subscribes_queries_and_hears_refusals() {
-    let modules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/npm/node_modules");
-    if !modules.join("graphql-ws").exists() || !modules.join("ws").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install graphql-ws and ws (.ci/run does)"
-        );
-        eprintln!("skipping the graphql-ws client test: run .ci/run once to install graphql-ws");
+    let Some(modules) =
+        crate::helpers::npm_modules(&["graphql-ws", "ws"], "the graphql-ws client test")
+    else {
         return;
-    }
+    };
     let app = TestApp::spawn().await;
-    let d = app
-        .data(
-            "mutation($i: OpenBoardInput!) { openBoard(input: $i) { board { id } } }",
-            json!({"i": {"name": "Reference client", "specialty": "pediatrics", "region": "TX", "date": "2022-07-18"}}),
-        )
-        .await;
-    let board = d["openBoard"]["board"]["id"].as_str().unwrap().to_string();
+    let board = app.open_board("Reference client").await;
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphql_ws_client.cjs");
     let mut node = tokio::process::Command::new("node")
@@ -62,11 +53,8 @@ async fn the_reference_graphql_ws_client_subscribes_queries_and_hears_refusals()
             tokio::time::Instant::now() < deadline,
             "the graphql-ws client did not finish"
         );
-        app.data(
-            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { position } }",
-            json!({"i": {"boardId": board, "patientName": format!("Client {n}"), "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
-        )
-        .await;
+        app.request_appointment(request_input(&board, &format!("Client {n}")))
+            .await;
         n += 1;
         tokio::time::sleep(Duration::from_millis(150)).await;
     };

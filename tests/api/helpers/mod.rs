@@ -563,6 +563,22 @@ impl TestApp {
 
 /// The `extensions.code` of the first error, asserting there is one.
 /// Sends `request` and reads the answer's body as text, whatever its status.
+/// Where `.ci/run` installs the npm packages the reference-client tests run under node
+/// (`target/npm/node_modules`), if every one of `packages` is there. Without them the
+/// test is skipped with a note, except under CI, which must have installed them.
+pub fn npm_modules(packages: &[&str], test: &str) -> Option<std::path::PathBuf> {
+    let modules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/npm/node_modules");
+    if packages.iter().all(|p| modules.join(p).exists()) {
+        return Some(modules);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install {packages:?} (.ci/run does)"
+    );
+    eprintln!("skipping {test}: run .ci/run once to install {packages:?}");
+    None
+}
+
 pub async fn body_text(request: reqwest::RequestBuilder) -> String {
     request.send().await.unwrap().text().await.unwrap()
 }
