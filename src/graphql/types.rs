@@ -211,19 +211,65 @@ impl Board {
             .unwrap_or_default())
     }
     /// Appointments on the Board, in the order they were requested. Waiting ones carry
-    /// their wait estimate.
-    #[graphql(complexity = "5 + 50 * child_complexity")]
-    async fn appointments(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Appointment>> {
+    /// their wait estimate. `status` keeps those in any of the statuses given; `first`
+    /// (at most 500) and `after` (the id of the last appointment of the previous page)
+    /// page through them. Without `first`, every appointment: a Board of a busy day
+    /// holds thousands, so screens should ask for a page.
+    #[graphql(complexity = "5 + first.unwrap_or(50).clamp(0, 500) as usize * child_complexity")]
+    async fn appointments(
+        &self,
+        ctx: &Context<'_>,
+        status: Option<Vec<AppointmentStatus>>,
+        first: Option<i32>,
+        after: Option<ID>,
+    ) -> async_graphql::Result<Vec<Appointment>> {
+        let first = match first {
+            None => None,
+            Some(n @ 0..=super::query::MAX_PAGE) => Some(n as usize),
+            Some(n) => {
+                return Err(AppError::validation(format!(
+                    "first must be between 0 and {}, got {n}",
+                    super::query::MAX_PAGE
+                ))
+                .into())
+            }
+        };
+        let after = after
+            .map(|a| domain::parse_id("after", &a))
+            .transpose()
+            .map_err(AppError::from)?;
         let Some(contents) = self.contents(ctx).await? else {
             return Ok(Vec::new());
         };
+        let statuses: Option<Vec<domain::AppointmentStatus>> =
+            status.map(|s| s.into_iter().map(Into::into).collect());
+        let start = match after {
+            None => 0,
+            Some(id) => match contents
+                .appointments
+                .iter()
+                .position(|a| a.id.as_uuid() == id)
+            {
+                Some(at) => at + 1,
+                None => {
+                    return Err(AppError::validation(
+                        "after is not an appointment of this Board",
+                    )
+                    .into())
+                }
+            },
+        };
+        let page: Vec<&domain::Appointment> = contents.appointments[start..]
+            .iter()
+            .filter(|a| statuses.as_ref().is_none_or(|s| s.contains(&a.status)))
+            .take(first.unwrap_or(usize::MAX))
+            .collect();
         // Estimates only when asked for: they are the expensive part of a Board.
         let selection = ctx.look_ahead();
         let wanted =
             selection.field("estimatedStart").exists() || selection.field("waitEstimate").exists();
         let estimates = if wanted
-            && contents
-                .appointments
+            && page
                 .iter()
                 .any(|a| a.status == domain::AppointmentStatus::Requested)
         {
@@ -237,9 +283,8 @@ impl Board {
         };
         let finish = Arc::new(FinishModel::for_board(contents, self.as_of));
         let board = access::board_facts(contents);
-        Ok(contents
-            .appointments
-            .iter()
+        Ok(page
+            .into_iter()
             .map(|a| {
                 let estimate = estimates.as_ref().map(|e| e.get(&a.id).cloned());
                 let facts = access::appointment_facts(a, Some(board.clone()));
