@@ -232,6 +232,10 @@ pub struct GraphqlLimits {
     /// socket is not read meanwhile. Still accepted, so existing configurations start.
     #[arg(long, env = "CAREBOARD_WS_INBOUND_QUEUE", default_value_t = 32)]
     pub ws_inbound_queue: usize,
+    /// Live Boards each process keeps in memory between reads, so a read costs what
+    /// changed since the last one, not the whole Board; 0 reads every Board whole.
+    #[arg(long, env = "CAREBOARD_BOARDS_IN_MEMORY", default_value_t = crate::projections::read::DEFAULT_BOARDS_IN_MEMORY)]
+    pub boards_in_memory: usize,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower-case, no path.

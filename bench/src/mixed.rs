@@ -203,7 +203,7 @@ const CHARTED: &str = "mutation($id: ID!) { completeCharting(input: {shiftId: $i
 const SHIFT: &str = "query($id: ID!) { providerShift(id: $id) { id status appointmentId } }";
 const BOARD_WHOLE: &str = "query($id: ID!) { board(id: $id) { id version counts { waiting scheduled inProgress finished cancelled providersReady } providers { id status } appointments { id status patientName requestedAt } } }";
 const BOARD_PAGE: &str = "query($id: ID!) { board(id: $id) { id version counts { waiting scheduled inProgress finished cancelled providersReady } providers { id status } appointments(first: 50) { id status patientName requestedAt } } }";
-const APPOINTMENT: &str = "query($id: ID!) { appointment(id: $id) { id status providerId estimatedTime requestedAt } }";
+const APPOINTMENT: &str = "query($id: ID!, $at: Int) { appointment(id: $id, minPosition: $at) { id status providerId estimatedTime requestedAt } }";
 const ESTIMATE: &str = "query($board: ID!, $specialty: String!) { waitTimeEstimate(boardId: $board, specialty: $specialty) { estimatedStart waitSeconds } }";
 
 async fn setup(client: &Client, boards: usize, providers: usize) -> Result<Vec<BoardSetup>> {
@@ -254,6 +254,9 @@ async fn setup(client: &Client, boards: usize, providers: usize) -> Result<Vec<B
     Ok(out)
 }
 
+/// Appointments requested so far (a bounded sample), with the position of the request.
+type Seen = Arc<Mutex<Vec<(String, Option<i64>)>>>;
+
 /// Waiting requests each writer keeps before it cancels its oldest: the queue of a
 /// real day stays bounded while the day's appointments keep growing.
 const KEPT_PER_WRITER: usize = 20;
@@ -271,7 +274,7 @@ async fn writer(
     client: Arc<Client>,
     boards: Arc<Vec<BoardSetup>>,
     recorder: Arc<Recorder>,
-    seen: Arc<Mutex<Vec<String>>>,
+    seen: Seen,
     stop: Arc<AtomicBool>,
     writers: usize,
 ) {
@@ -306,14 +309,16 @@ async fn writer(
             .await;
         recorder.request(at, true, &outcome);
         if let Outcome::Ok(d) = &outcome {
+            let position = d["requestAppointment"]["position"].as_i64();
             if let Some(id) = d["requestAppointment"]["appointment"]["id"].as_str() {
                 kept.push_back(id.to_string());
                 let mut seen = seen.lock().unwrap();
+                let entry = (id.to_string(), position);
                 if seen.len() < 4096 {
-                    seen.push(id.to_string());
+                    seen.push(entry);
                 } else {
                     let slot = (i as usize * 7919 + w) % seen.len();
-                    seen[slot] = id.to_string();
+                    seen[slot] = entry;
                 }
             }
         }
@@ -374,7 +379,7 @@ async fn reader(
     client: Arc<Client>,
     boards: Arc<Vec<BoardSetup>>,
     recorder: Arc<Recorder>,
-    seen: Arc<Mutex<Vec<String>>>,
+    seen: Seen,
     stop: Arc<AtomicBool>,
     whole_board: bool,
 ) {
@@ -394,8 +399,9 @@ async fn reader(
                     let seen = seen.lock().unwrap();
                     (!seen.is_empty()).then(|| seen[(i as usize * 31 + r) % seen.len()].clone())
                 };
+                // As a client reads what it wrote: after the projector has it.
                 match id {
-                    Some(id) => client.call(APPOINTMENT, json!({"id": id})).await,
+                    Some((id, at)) => client.call(APPOINTMENT, json!({"id": id, "at": at})).await,
                     None => continue,
                 }
             }
@@ -461,7 +467,7 @@ pub async fn run(server: &Server, shape: &Shape) -> Result<Mixed> {
             }
         }));
     }
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let mut tasks = Vec::new();
     for w in 0..shape.writers {
         tasks.push(tokio::spawn(writer(

@@ -99,22 +99,29 @@ impl Board {
     }
 }
 
-/// A Board's contents as of `as_of` (folded), or now: the projected document, or a
-/// fold of the store for a Board opened a moment ago and not projected yet.
+/// A Board's contents as of `as_of` (folded), or now: the projected document (kept
+/// up to date in the process's [`BoardCache`](crate::projections::read::BoardCache)),
+/// or a fold of the store for a Board opened a moment ago and not projected yet.
 pub(crate) async fn board_contents_at(
-    pool: &sqlx::PgPool,
+    ctx: &Context<'_>,
     board_id: impl Into<Uuid>,
     as_of: Option<DateTime<Utc>>,
-) -> Result<Option<BoardContents>, AppError> {
+) -> Result<Option<Arc<BoardContents>>, AppError> {
     let board_id = board_id.into();
+    let pool = store(ctx).pool();
     match as_of {
-        Some(t) => board_as_of(pool, board_id, t, Snapshots::Use).await,
-        None => match crate::projections::read::board(pool, board_id)
+        Some(t) => Ok(board_as_of(pool, board_id, t, Snapshots::Use)
+            .await?
+            .map(Arc::new)),
+        None => match super::boards(ctx)
+            .contents(pool, board_id)
             .await
             .map_err(AppError::Internal)?
         {
-            Some(doc) => Ok(doc.to_contents()),
-            None => load_board_contents(pool, board_id, ReadLimit::All).await,
+            Some(contents) => Ok(Some(contents)),
+            None => Ok(load_board_contents(pool, board_id, ReadLimit::All)
+                .await?
+                .map(Arc::new)),
         },
     }
 }
@@ -518,7 +525,7 @@ impl Appointment {
         let visible = *self
             .patient_fields
             .get_or_try_init(|| async {
-                let board = board_contents_at(store(ctx).pool(), self.state.board_id, None)
+                let board = board_contents_at(ctx, self.state.board_id, None)
                     .await?
                     .map(|c| access::board_facts(&c));
                 let facts = access::appointment_facts(&self.state, board);
@@ -548,7 +555,7 @@ impl Appointment {
             .estimate
             .get_or_try_init(|| async {
                 let pool = store(ctx).pool();
-                let contents = board_contents_at(pool, self.state.board_id, self.as_of).await?;
+                let contents = board_contents_at(ctx, self.state.board_id, self.as_of).await?;
                 let Some(contents) = contents else {
                     return Ok::<_, AppError>(None);
                 };
