@@ -114,10 +114,12 @@ struct Args {
     mixed_boards: usize,
     #[arg(long, default_value_t = 8)]
     mixed_providers: usize,
-    /// What the `mixed` readers' Board read asks for: `page` (the first 50
-    /// appointments) or `whole` (every appointment, as clients did before pages).
-    #[arg(long, value_enum, default_value = "page")]
-    mixed_board_read: BoardRead,
+    /// Which server paths the `mixed` scenario runs, one after the other on databases
+    /// of their own: `before` (no Board kept in memory, readers fetch every
+    /// appointment of a Board) and `after` (Boards kept in memory, readers fetch a
+    /// page of 50).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![MixedPath::Before, MixedPath::After])]
+    mixed_paths: Vec<MixedPath>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json_out: PathBuf,
@@ -130,9 +132,9 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BoardRead {
-    Page,
-    Whole,
+enum MixedPath {
+    Before,
+    After,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -590,8 +592,10 @@ async fn main() -> Result<()> {
     }
     if want(Scenario::Mixed) {
         eprintln!("[{:.1} s] starting mixed", started.elapsed().as_secs_f64());
-        let url = fresh_database(&admin_url).await?;
-        rows.extend(mixed_scenario(&url, &args, &auths[auths.len() - 1].1).await?);
+        for path in &args.mixed_paths {
+            let url = fresh_database(&admin_url).await?;
+            rows.extend(mixed_scenario(&url, &args, &auths[auths.len() - 1].1, *path).await?);
+        }
     }
     print_table(&rows);
     if let Some(dir) = args.json_out.parent() {
@@ -1121,8 +1125,17 @@ async fn query_scenario(admin_url: &str, args: &Args, auth: &BenchAuth) -> Resul
 
 /// The `mixed` scenario on a server of its own: a table per window, and rows for the
 /// first and last windows (the throughput row's ratio is last / first).
-async fn mixed_scenario(url: &str, args: &Args, auth: &BenchAuth) -> Result<Vec<Row>> {
-    let server = subscribe::Server::start(url, auth).await?;
+async fn mixed_scenario(
+    url: &str,
+    args: &Args,
+    auth: &BenchAuth,
+    path: MixedPath,
+) -> Result<Vec<Row>> {
+    let env: &[(&str, &str)] = match path {
+        MixedPath::Before => &[("CAREBOARD_BOARDS_IN_MEMORY", "0")],
+        MixedPath::After => &[],
+    };
+    let server = subscribe::Server::start_with(url, auth, env).await?;
     let shape = mixed::Shape {
         writers: args.mixed_writers,
         readers: args.mixed_readers,
@@ -1131,15 +1144,15 @@ async fn mixed_scenario(url: &str, args: &Args, auth: &BenchAuth) -> Result<Vec<
         providers: args.mixed_providers,
         seconds: args.mixed_seconds,
         window: args.mixed_window,
-        whole_board: args.mixed_board_read == BoardRead::Whole,
+        whole_board: path == MixedPath::Before,
     };
     let m = mixed::run(&server, &shape).await?;
     drop(server);
     let w = m.window_seconds as f64;
     let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
     println!(
-        "mixed: {} writers, {} readers, {} subscribers on {} Boards ({:?} read), {} s; appointments per Board at the end: {:?}",
-        shape.writers, shape.readers, shape.subscribers, shape.boards, args.mixed_board_read, shape.seconds, m.board_sizes
+        "mixed, {path:?}: {} writers, {} readers, {} subscribers on {} Boards, {} s; appointments per Board at the end: {:?}",
+        shape.writers, shape.readers, shape.subscribers, shape.boards, shape.seconds, m.board_sizes
     );
     println!("| window | writes/s | reads/s | refused | mutation p50 / p99 ms | read p50 / p99 ms | frames/s | errors |\n|---|---|---|---|---|---|---|---|");
     for (i, win) in m.windows.iter().enumerate() {
@@ -1164,8 +1177,14 @@ async fn mixed_scenario(url: &str, args: &Args, auth: &BenchAuth) -> Result<Vec<
     let rate = |win: &mixed::Window| (win.writes + win.reads) as f64 / w;
     let errors: u64 = m.windows.iter().map(|win| win.errors).sum();
     let label = format!(
-        "{}w/{}r/{}s, {:?} read",
-        shape.writers, shape.readers, shape.subscribers, args.mixed_board_read
+        "{}w/{}r/{}s, {}",
+        shape.writers,
+        shape.readers,
+        shape.subscribers,
+        match path {
+            MixedPath::Before => "before: whole Board reads, none kept",
+            MixedPath::After => "after: pages, Boards kept in memory",
+        }
     );
     let largest = m.board_sizes.iter().max().copied().unwrap_or(0);
     Ok(vec![
@@ -1180,7 +1199,7 @@ async fn mixed_scenario(url: &str, args: &Args, auth: &BenchAuth) -> Result<Vec<
             baseline_rate: rate(first),
         },
         Row {
-            scenario: format!("mixed: mutation latency, first {w:.0} s (writes/s)"),
+            scenario: format!("mixed: mutation latency, first {w:.0} s, {path:?} (writes/s)"),
             rate: first.writes as f64 / w,
             latency: Some(first.write_latency.clone()),
             errors: 0,
@@ -1188,7 +1207,7 @@ async fn mixed_scenario(url: &str, args: &Args, auth: &BenchAuth) -> Result<Vec<
             baseline_rate: 0.0,
         },
         Row {
-            scenario: format!("mixed: mutation latency, last {w:.0} s (writes/s)"),
+            scenario: format!("mixed: mutation latency, last {w:.0} s, {path:?} (writes/s)"),
             rate: last.writes as f64 / w,
             latency: Some(last.write_latency.clone()),
             errors: 0,
@@ -1196,7 +1215,7 @@ async fn mixed_scenario(url: &str, args: &Args, auth: &BenchAuth) -> Result<Vec<
             baseline_rate: 0.0,
         },
         Row {
-            scenario: format!("mixed: read latency, first {w:.0} s (reads/s)"),
+            scenario: format!("mixed: read latency, first {w:.0} s, {path:?} (reads/s)"),
             rate: first.reads as f64 / w,
             latency: Some(first.read_latency.clone()),
             errors: 0,
@@ -1204,7 +1223,7 @@ async fn mixed_scenario(url: &str, args: &Args, auth: &BenchAuth) -> Result<Vec<
             baseline_rate: 0.0,
         },
         Row {
-            scenario: format!("mixed: read latency, last {w:.0} s (reads/s)"),
+            scenario: format!("mixed: read latency, last {w:.0} s, {path:?} (reads/s)"),
             rate: last.reads as f64 / w,
             latency: Some(last.read_latency.clone()),
             errors: 0,
