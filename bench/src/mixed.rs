@@ -525,10 +525,16 @@ pub async fn run(server: &Server, shape: &Shape) -> Result<Mixed> {
             .await?;
         let c = &d["board"]["counts"];
         board_sizes.push(
-            ["waiting", "scheduled", "inProgress", "finished", "cancelled"]
-                .iter()
-                .map(|k| c[*k].as_i64().unwrap_or(0))
-                .sum(),
+            [
+                "waiting",
+                "scheduled",
+                "inProgress",
+                "finished",
+                "cancelled",
+            ]
+            .iter()
+            .map(|k| c[*k].as_i64().unwrap_or(0))
+            .sum(),
         );
     }
     Ok(Mixed {

@@ -259,10 +259,9 @@ impl Board {
             {
                 Some(at) => at + 1,
                 None => {
-                    return Err(AppError::validation(
-                        "after is not an appointment of this Board",
+                    return Err(
+                        AppError::validation("after is not an appointment of this Board").into(),
                     )
-                    .into())
                 }
             },
         };

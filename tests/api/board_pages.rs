@@ -44,14 +44,16 @@ async fn a_boards_appointments_page_in_request_order_and_filter_by_status() {
     }
 
     let whole = ids(&app.data(PAGE, json!({"id": board, "at": at})).await);
-    assert_eq!(whole, requested, "without first: every appointment, in order");
+    assert_eq!(
+        whole, requested,
+        "without first: every appointment, in order"
+    );
     let mut paged = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = ids(
-            &app.data(PAGE, json!({"id": board, "first": 3, "after": after}))
-                .await,
-        );
+        let page = ids(&app
+            .data(PAGE, json!({"id": board, "first": 3, "after": after}))
+            .await);
         assert!(page.len() <= 3);
         if page.is_empty() {
             break;
@@ -59,20 +61,21 @@ async fn a_boards_appointments_page_in_request_order_and_filter_by_status() {
         after = page.last().cloned();
         paged.extend(page);
     }
-    assert_eq!(paged, requested, "pages of 3 add up to the whole, no overlap");
-
-    let cancelled = ids(
-        &app.data(PAGE, json!({"id": board, "status": ["CANCELLED"]}))
-            .await,
+    assert_eq!(
+        paged, requested,
+        "pages of 3 add up to the whole, no overlap"
     );
+
+    let cancelled = ids(&app
+        .data(PAGE, json!({"id": board, "status": ["CANCELLED"]}))
+        .await);
     assert_eq!(cancelled, requested[1..3]);
-    let waiting = ids(
-        &app.data(
+    let waiting = ids(&app
+        .data(
             PAGE,
             json!({"id": board, "status": ["REQUESTED"], "first": 2, "after": requested[0]}),
         )
-        .await,
-    );
+        .await);
     assert_eq!(waiting, vec![requested[3].clone(), requested[4].clone()]);
 
     for (variables, why) in [
@@ -82,7 +85,10 @@ async fn a_boards_appointments_page_in_request_order_and_filter_by_status() {
             json!({"id": board, "after": uuid::Uuid::new_v4().to_string()}),
             "a cursor not on this Board",
         ),
-        (json!({"id": board, "after": "not-an-id"}), "a cursor that is no id"),
+        (
+            json!({"id": board, "after": "not-an-id"}),
+            "a cursor that is no id",
+        ),
     ] {
         let response = app.gql(PAGE, variables).await;
         assert_eq!(error_code(&response), "VALIDATION", "{why}: {response}");
