@@ -376,6 +376,18 @@ async fn main() -> Result<()> {
                 "  batches read {}, batches applied {}",
                 lag.batches_read, lag.batches_applied
             );
+            println!("  each append's lag taken apart:");
+            for (name, h) in [
+                ("append transaction, call to commit", &lag.parts.append),
+                ("held: commit to the end of every older append", &lag.parts.held),
+                ("after: readable to NOTIFY", &lag.parts.after),
+            ] {
+                println!(
+                    "    {name:<46} p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0
+                );
+            }
             rows.push(Row {
                 scenario: format!("project: lag commit to NOTIFY at {rate:.0} appends/s, {label}"),
                 rate: lag.hist.len() as f64 / args.seconds as f64,
