@@ -172,25 +172,58 @@ pub async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
 
 /// A projector for a measurement, woken by `store`'s local appends.
 pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::daemon::DaemonHandle {
-    start_projector_with(pool, store, true, Arc::new(Metrics::new()))
+    start_projector_with(pool, store, Schedule::Tuned, Arc::new(Metrics::new()))
 }
 
-/// `loops` off runs the projections in lockstep (the schedule before each had a loop
-/// of its own), with the shared read.
+/// How the projector under measurement is scheduled: the rows of the `project` lag
+/// scenario, from the earliest schedule to the newest, so one run compares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// All projections in lockstep rounds, shared read.
+    Lockstep,
+    /// A loop per projection, each batch committed durably, followers unpaced.
+    Loops,
+    /// Loops with the projector's commits not waiting for the WAL flush and the
+    /// followers paced (the defaults).
+    Tuned,
+}
+
+impl Schedule {
+    pub fn label(self) -> &'static str {
+        match self {
+            Schedule::Lockstep => "lockstep rounds, shared read",
+            Schedule::Loops => "a loop per projection, durable commits",
+            Schedule::Tuned => "loops, async projector commits, paced followers",
+        }
+    }
+}
+
 fn start_projector_with(
     pool: &PgPool,
     store: &EventStore,
-    loops: bool,
+    schedule: Schedule,
     metrics: Arc<Metrics>,
 ) -> careboard::daemon::DaemonHandle {
+    let tuned = DaemonConfig::default();
+    let config = match schedule {
+        Schedule::Lockstep => DaemonConfig {
+            loops: false,
+            ..tuned
+        },
+        Schedule::Loops => DaemonConfig {
+            async_commit: false,
+            follower_pace: Duration::ZERO,
+            ..tuned
+        },
+        Schedule::Tuned => tuned,
+    };
     Daemon::new(
         pool.clone(),
         store.appended_signal(),
         Default::default(),
         DaemonConfig {
             matching: false,
-            loops,
-            ..Default::default()
+            ..config
         },
         metrics,
     )
@@ -344,10 +377,10 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
 /// Appends at `rate` per second (open loop) for `seconds` with the projector running,
 /// and measures for each append the time from its commit to the projector's NOTIFY of
 /// a Board version that includes it.
-pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, loops: bool) -> Result<Lag> {
+pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> Result<Lag> {
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let metrics = Arc::new(Metrics::new());
-    let projector = start_projector_with(pool, &store, loops, metrics.clone());
+    let projector = start_projector_with(pool, &store, schedule, metrics.clone());
     let mut boards = Vec::new();
     for _ in 0..50 {
         boards.push(crate::open_board(&store).await?);
