@@ -393,14 +393,6 @@ impl SharedLog {
                     .iter()
                     .find(|s| s.after == after && s.limit == limit)
                     .filter(|s| !passed_over.as_ref().is_some_and(|p| Arc::ptr_eq(p, s)))
-                    // A strict loop does not wait for a read that started before it
-                    // became ready: unless it comes back full it is passed over, and
-                    // waiting for it first would add a whole read to the lag.
-                    .filter(|s| {
-                        !strict
-                            || s.started >= ready
-                            || s.rows.get().is_some_and(|r| r.len() as i64 >= limit)
-                    })
                     .cloned();
                 // Found and opened under one lock, so loops arriving together share it.
                 kept.unwrap_or_else(|| open(&mut reads, after, limit))
