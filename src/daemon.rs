@@ -60,7 +60,8 @@ pub struct DaemonConfig {
     /// With loops, the shortest time between two batches of a projection other than
     /// `board_view` (zero: none). They then take what `board_view` read meanwhile in
     /// fewer, larger transactions, and leave it the CPU. A full batch (a backlog) goes
-    /// again at once.
+    /// again at once. The price: a `minPosition` read of an appointment or a shift may
+    /// wait up to this much longer.
     pub follower_pace: Duration,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
@@ -77,7 +78,7 @@ impl Default for DaemonConfig {
             shared_read: true,
             loops: true,
             async_commit: true,
-            follower_pace: Duration::from_millis(20),
+            follower_pace: Duration::from_millis(10),
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
