@@ -384,7 +384,10 @@ async fn main() -> Result<()> {
             println!("  each append's lag taken apart:");
             for (name, h) in [
                 ("append transaction, call to commit", &lag.parts.append),
-                ("held: commit to the end of every older append", &lag.parts.held),
+                (
+                    "held: commit to the end of every older append",
+                    &lag.parts.held,
+                ),
                 ("after: readable to NOTIFY", &lag.parts.after),
             ] {
                 println!(

@@ -284,7 +284,9 @@ fn lag_parts(
         let _ = parts.append.record(micros(ended - started));
         let _ = parts.held.record(micros(readable - ended));
         if let Some(n) = notified.get(&position) {
-            let _ = parts.after.record(micros(n.saturating_duration_since(readable)));
+            let _ = parts
+                .after
+                .record(micros(n.saturating_duration_since(readable)));
         }
         older_end = Some(readable);
     }
@@ -481,15 +483,14 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> 
     let hist = hist.lock().unwrap().clone();
     let appended = std::mem::take(&mut *appended.lock().unwrap());
     let positions: Vec<i64> = appended.iter().map(|a| a.0).collect();
-    let tx: HashMap<i64, u64> = sqlx::query_as::<_, (i64, String)>(
-        "select seq, tx::text from events where seq = any($1)",
-    )
-    .bind(&positions)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .filter_map(|(seq, tx)| Some((seq, tx.parse().ok()?)))
-    .collect();
+    let tx: HashMap<i64, u64> =
+        sqlx::query_as::<_, (i64, String)>("select seq, tx::text from events where seq = any($1)")
+            .bind(&positions)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .filter_map(|(seq, tx)| Some((seq, tx.parse().ok()?)))
+            .collect();
     let parts = lag_parts(&appended, &notified.lock().unwrap(), &tx)?;
     Ok(Lag {
         hist,
