@@ -220,7 +220,8 @@ impl Projector {
         // no events); its id is taken now, so it is known before its first write.
         let _own = if self.settings.loops {
             // One round trip takes the id and, when asked, turns off this transaction's
-            // wait for the WAL flush at commit.
+            // wait for the WAL flush at commit. Local to the transaction (`true`): the
+            // matcher appends through the same pool, and its appends stay durable.
             let sql = if self.settings.async_commit {
                 "select pg_current_xact_id()::text \
                    from (select set_config('synchronous_commit', 'off', true)) as local"
