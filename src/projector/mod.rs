@@ -3,8 +3,8 @@
 //!
 //! It runs while its process leads (see [`crate::daemon`], which holds the
 //! [`crate::leader`] lock and runs the projector and the matcher side by side).
-//! Scheduling: each projection generation on a loop of its own ([`loops`]), or, with
-//! `DaemonConfig::loops` off, all of them in lockstep rounds ([`lockstep`], kept for
+//! Scheduling: each projection generation on a loop of its own (`loops`), or, with
+//! `DaemonConfig::loops` off, all of them in lockstep rounds (`lockstep`, kept for
 //! the bench). Reading: `(tx, seq)` after the checkpoint and below the oldest running
 //! transaction ([`crate::event_store::log::read_after`]; with loops, leaving out the
 //! projector's own transactions, which write no events), shared by the live loops at
