@@ -72,69 +72,6 @@ pub async fn write(
     Ok(())
 }
 
-/// A Board snapshot due after a batch: the Board document after its `version`-th
-/// event, whose newest event was recorded at `at`.
-#[derive(Debug, Clone, Copy)]
-pub struct BoardSnapshotDue {
-    pub id: Uuid,
-    pub version: i64,
-    pub at: DateTime<Utc>,
-}
-
-/// Writes Board snapshots of `board_view` generation `generation` as its rows stand in
-/// the caller's transaction (the batch's rows written): the header with every
-/// appointment row put back under `appointments` and its version under `applied`, the
-/// same document [`crate::projections::read::BoardParts::into_value`] makes (an
-/// appointment row wins over one a header of the earlier shape still carries). The
-/// document is put together in the database, so a batch does not read whole Boards
-/// back only to send them again; snapshots already written (a rebuild of the same
-/// fold) are not put together at all.
-pub async fn write_boards(
-    conn: &mut PgConnection,
-    fold_version: i32,
-    generation: i32,
-    due: &[BoardSnapshotDue],
-    batch_end: Cursor,
-) -> Result<(), sqlx::Error> {
-    if due.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = due.iter().map(|d| d.id).collect();
-    let versions: Vec<i64> = due.iter().map(|d| d.version).collect();
-    let ats: Vec<DateTime<Utc>> = due.iter().map(|d| d.at).collect();
-    sqlx::query(
-        "insert into snapshots (kind, id, fold_version, version, max_recorded_at, tx, seq, doc) \
-         select 'board', s.id, $2, s.version, s.at, $6::text::xid8, $7, \
-                v.doc || jsonb_build_object( \
-                  'appointments', coalesce(case when jsonb_typeof(v.doc->'appointments') = 'object' \
-                                                then v.doc->'appointments' end, '{}'::jsonb) \
-                                  || coalesce(x.docs, '{}'::jsonb), \
-                  'applied', coalesce(case when jsonb_typeof(v.doc->'applied') = 'object' \
-                                           then v.doc->'applied' end, '{}'::jsonb) \
-                             || coalesce(x.applied, '{}'::jsonb)) \
-           from unnest($3::uuid[], $4::bigint[], $5::timestamptz[]) as s(id, version, at) \
-           join board_view v on v.generation = $1 and v.id = s.id \
-           left join lateral ( \
-             select jsonb_object_agg(x.id::text, x.doc) filter (where x.doc is not null) as docs, \
-                    jsonb_object_agg(x.id::text, x.applied) as applied \
-               from board_view_appointments x \
-              where x.generation = v.generation and x.board_id = v.id) x on true \
-          where not exists (select 1 from snapshots p where p.kind = 'board' and p.id = s.id \
-                              and p.fold_version = $2 and p.version = s.version) \
-         on conflict do nothing",
-    )
-    .bind(generation)
-    .bind(fold_version)
-    .bind(&ids)
-    .bind(&versions)
-    .bind(&ats)
-    .bind(batch_end.tx_text())
-    .bind(batch_end.seq)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// The newest snapshot of one stream's document that holds only events recorded at or
 /// before `at` and versions up to `version` (either unbounded when `None`).
 pub async fn newest_of_stream(

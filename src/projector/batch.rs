@@ -12,7 +12,7 @@ use crate::event_store::log::Cursor;
 use crate::event_store::{read_stream_between, RecordedEvent};
 use crate::projections::board_view::BoardChanged;
 use crate::projections::{save_rows, BoardDoc, Doc, Projection, Row, StreamDoc};
-use crate::snapshots::{self, BoardSnapshotDue, Snapshot, SnapshotKind};
+use crate::snapshots::{self, Snapshot, SnapshotKind};
 
 /// Why a batch could not be applied.
 #[derive(Debug)]
@@ -98,7 +98,7 @@ async fn apply_and_save<D: Doc>(
     input: &BatchInput<'_>,
     to_row: fn(Uuid, D, Vec<Uuid>) -> Row,
 ) -> Result<BatchOutcome, BatchError> {
-    let (mut outcome, docs, snapshots) = apply_docs::<D>(conn, input).await?;
+    let (mut outcome, docs, mut snapshots) = apply_docs::<D>(conn, input).await?;
     let rows: Vec<Row> = docs
         .into_iter()
         .map(|(id, (doc, appointments))| to_row(id, doc, appointments))
@@ -116,25 +116,21 @@ async fn apply_and_save<D: Doc>(
         .collect();
     save_rows(conn, input.generation, &rows).await?;
     // A Board document in memory holds only the appointments this batch touched: its
-    // snapshot is put together from the stored rows, with this transaction's writes.
-    let (boards, snapshots): (Vec<SnapshotDue>, Vec<SnapshotDue>) =
-        snapshots.into_iter().partition(|s| s.doc.is_none());
-    let boards: Vec<BoardSnapshotDue> = boards
-        .into_iter()
-        .map(|s| BoardSnapshotDue {
-            id: s.id,
-            version: s.version,
-            at: s.at,
-        })
+    // snapshot is read back whole, with this transaction's writes.
+    let partial: Vec<Uuid> = snapshots
+        .iter()
+        .filter(|s| s.doc.is_none())
+        .map(|s| s.id)
         .collect();
-    snapshots::write_boards(
-        conn,
-        input.projection.version(),
-        input.generation,
-        &boards,
-        input.batch_end,
-    )
-    .await?;
+    if !partial.is_empty() {
+        let mut whole = input
+            .projection
+            .load_docs(conn, input.generation, &partial, None)
+            .await?;
+        for s in snapshots.iter_mut().filter(|s| s.doc.is_none()) {
+            s.doc = whole.remove(&s.id);
+        }
+    }
     let snapshots: Vec<Snapshot> = snapshots
         .into_iter()
         .filter_map(|s| {
@@ -157,7 +153,7 @@ async fn apply_and_save<D: Doc>(
     Ok(outcome)
 }
 
-/// A snapshot due: `doc` is `None` for a Board (put together from its stored rows).
+/// A snapshot due: `doc` is `None` until read back whole (a partially loaded Board).
 struct SnapshotDue {
     kind: SnapshotKind,
     id: Uuid,
