@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{CommandOptions, Written};
 use crate::domain::{scheduling, Aggregate, Appointment, BoardId, Shift};
 use crate::error::{AppError, AppResult};
-use crate::event_store::unit_of_work::{CommandMeta, Outcome, UnitOfWork};
+use crate::event_store::unit_of_work::{CommandMeta, GuardMoved, Outcome, UnitOfWork};
 use crate::event_store::{EventStore, ReadLimit};
 use crate::identity::Actor;
 
@@ -50,6 +50,26 @@ pub(super) fn fingerprint_for(actor: &Actor, command: &impl Serialize) -> AppRes
         fields.insert("@sender".into(), Value::String(principal.subject.clone()));
     }
     Ok(value)
+}
+
+/// Runs a command that reads a stream with `Guard::Share`: first with that read
+/// unlocked and re-checked by the append (two round trips where it creates its
+/// streams), and, when the stream moved or a writer held it (nothing was written),
+/// once more with the read locked for the whole decision. The second run waits for
+/// the writer like any locked read and decides on what it committed.
+pub(super) async fn guarded<T, F, Fut>(meta: CommandMeta, run: F) -> AppResult<T>
+where
+    F: Fn(CommandMeta) -> Fut,
+    Fut: std::future::Future<Output = AppResult<T>>,
+{
+    match run(meta.clone()).await {
+        Err(e) if GuardMoved::is(&e) => {
+            let mut meta = meta;
+            meta.locked_reads = true;
+            run(meta).await
+        }
+        other => other,
+    }
 }
 
 /// Opens the unit of work, or returns the remembered result of a repeated command.
