@@ -813,11 +813,12 @@ async fn append_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Ro
     .await
 }
 
-/// The same commands through the path as it was before its round trips were cut
-/// (see [`append::request_appointment_before`]), against the same baseline.
+/// The same commands through the path as it was before the append became one
+/// statement and the Board read a guard (see [`append::request_appointment_before`]),
+/// against the same baseline.
 async fn append_before_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
     let scenario = format!(
-        "append before: lock and read apart (1 event/command, {} writers)",
+        "append before: 5 round trips, Board locked for the decision (1 event/command, {} writers)",
         args.clients
     );
     append_run(

@@ -110,7 +110,10 @@ pub async fn request_appointment(
     meta: CommandMeta,
     command: RequestAppointment,
 ) -> AppResult<Written<Appointment>> {
-    guarded(meta, |meta| request_appointment_once(store, meta, command.clone())).await
+    guarded(meta, |meta| {
+        request_appointment_once(store, meta, command.clone())
+    })
+    .await
 }
 
 async fn request_appointment_once(

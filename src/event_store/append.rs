@@ -225,7 +225,12 @@ pub async fn append_guarded(
         // failed (the caller's transaction must roll back the rows the statement did
         // write): the streams as they are now tell which.
         let mut look: Vec<Uuid> = g_ids.clone();
-        look.extend(writes.iter().filter(|w| w.expected_version > 0).map(|w| w.stream_id));
+        look.extend(
+            writes
+                .iter()
+                .filter(|w| w.expected_version > 0)
+                .map(|w| w.stream_id),
+        );
         let now: Vec<(Uuid, i64)> =
             sqlx::query_as("select id, version from streams where id = any($1)")
                 .bind(&look)
@@ -233,7 +238,10 @@ pub async fn append_guarded(
                 .await
                 .map_err(AppError::from)?;
         let version_of = |id: Uuid| now.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
-        if guards.iter().any(|g| version_of(g.stream_id) != Some(g.version)) {
+        if guards
+            .iter()
+            .any(|g| version_of(g.stream_id) != Some(g.version))
+        {
             return Err(AppendError::GuardMoved);
         }
         // Updates that went through are at their new version; the one that did not is
