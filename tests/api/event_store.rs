@@ -577,3 +577,57 @@ async fn requests_racing_a_close_never_leave_an_appointment_on_a_closed_board() 
     }
     eprintln!("{closed_rounds} of 12 closes won the race");
 }
+
+#[tokio::test]
+async fn a_command_stored_with_its_sender_in_the_fingerprint_still_replays() {
+    use careboard::identity::{Actor, Principal, Scope};
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let coordinator = || {
+        let mut meta = CommandMeta::new("openBoard");
+        meta.actor = Actor::from(Principal::new(
+            "dev:ana-ruiz",
+            "Ana Ruiz",
+            Scope::Coordinator {
+                regions: None,
+                specialties: None,
+            },
+        ));
+        meta
+    };
+    let first = commands::open_board(&store, coordinator(), open_input("legacy-1", "TX"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    // As fingerprints were stored while the key was the commandId alone: the verified
+    // sender written into the input as `@sender`.
+    let rewritten = sqlx::query(
+        "update processed_commands set input = input || jsonb_build_object('@sender', sender) \
+          where command_id = 'legacy-1'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rewritten.rows_affected(), 1);
+    let again = commands::open_board(&store, coordinator(), open_input("legacy-1", "TX"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    assert_eq!(
+        (again.entity, again.version, again.position),
+        (first.entity, first.version, first.position)
+    );
+    let other = commands::open_board(&store, coordinator(), open_input("legacy-1", "CA")).await;
+    assert!(
+        matches!(
+            other,
+            Err(AppError::Domain(
+                careboard::domain::DomainError::Validation(_)
+            ))
+        ),
+        "a different command under the id is still refused"
+    );
+    let events: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+}
