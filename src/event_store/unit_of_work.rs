@@ -16,7 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::{Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::append::{append_guarded, AppendError, Appended, ReadGuard, StreamWrite};
@@ -108,6 +109,10 @@ pub enum Guard {
 pub struct UnitOfWork {
     /// Opened when the command first needs it (see the module's "Round trips").
     tx: Option<Transaction<'static, Postgres>>,
+    /// The connection of the reads and the append while there is no transaction: one
+    /// for the whole command, because each acquire from the pool costs a round trip
+    /// (the pool pings a connection before handing it out).
+    conn: Option<PoolConnection<Postgres>>,
     store: EventStore,
     meta: CommandMeta,
     claimed_command: bool,
@@ -188,6 +193,7 @@ impl EventStore {
         }
         Ok(Begun::Fresh(Box::new(UnitOfWork {
             tx,
+            conn: None,
             store: self.clone(),
             meta,
             claimed_command,
@@ -254,9 +260,22 @@ impl UnitOfWork {
     /// The command's transaction, opened now if it is not yet.
     async fn tx(&mut self) -> AppResult<&mut Transaction<'static, Postgres>> {
         if self.tx.is_none() {
+            // Back to the pool first: the transaction takes a connection of its own.
+            self.conn = None;
             self.tx = Some(self.store.transaction().await?);
         }
         Ok(self.tx.as_mut().expect("opened above"))
+    }
+
+    /// Where the next statement goes: the transaction, or the command's connection.
+    async fn conn(&mut self) -> AppResult<&mut PgConnection> {
+        if let Some(tx) = &mut self.tx {
+            return Ok(&mut **tx);
+        }
+        if self.conn.is_none() {
+            self.conn = Some(self.store.pool().acquire().await?);
+        }
+        Ok(&mut **self.conn.as_mut().expect("acquired above"))
     }
 
     /// Reads a stream after taking `guard` (lock and read in one statement: see
@@ -270,11 +289,11 @@ impl UnitOfWork {
         guard: Guard,
     ) -> AppResult<Option<A>> {
         let id = id.into();
-        let events = match (guard, &mut self.tx) {
-            (Guard::None, Some(tx)) => read_stream(&mut **tx, id, ReadLimit::All).await?,
-            (Guard::None, None) => read_stream(self.store.pool(), id, ReadLimit::All).await?,
-            (Guard::Share, None) => {
-                let events = read_stream(self.store.pool(), id, ReadLimit::All).await?;
+        let in_transaction = self.tx.is_some();
+        let events = match (guard, in_transaction) {
+            (Guard::None, _) => read_stream(self.conn().await?, id, ReadLimit::All).await?,
+            (Guard::Share, false) => {
+                let events = read_stream(self.conn().await?, id, ReadLimit::All).await?;
                 match events.last() {
                     Some(last) => {
                         self.guards.push(ReadGuard {
@@ -288,7 +307,7 @@ impl UnitOfWork {
                         .map_err(lock_error)?,
                 }
             }
-            (Guard::Share, Some(tx)) => read_stream_locked(tx, id, RowLock::Share)
+            (Guard::Share, true) => read_stream_locked(self.tx().await?, id, RowLock::Share)
                 .await
                 .map_err(lock_error)?,
             (Guard::Exclusive, _) => read_stream_locked(self.tx().await?, id, RowLock::Update)
@@ -342,10 +361,8 @@ impl UnitOfWork {
         &mut self,
         board_id: impl Into<Uuid>,
     ) -> AppResult<Vec<RecordedEvent>> {
-        Ok(match &mut self.tx {
-            Some(tx) => read_board_streams(&mut **tx, board_id.into(), ReadLimit::All).await?,
-            None => read_board_streams(self.store.pool(), board_id.into(), ReadLimit::All).await?,
-        })
+        let conn = self.conn().await?;
+        Ok(read_board_streams(conn, board_id.into(), ReadLimit::All).await?)
     }
 
     /// Loads a second stream the command also writes: locked in exclusive mode,
@@ -388,16 +405,16 @@ impl UnitOfWork {
     pub async fn commit(mut self) -> AppResult<Committed> {
         let metadata = self.meta.event_metadata();
         let creates_only = self.writes.iter().all(|w| w.expected_version == 0);
-        if self.tx.is_none() && !creates_only {
-            self.tx = Some(self.store.transaction().await?);
+        if !creates_only {
+            self.tx().await?;
         }
-        let appended = match &mut self.tx {
-            None => {
-                let mut conn = self.store.pool().acquire().await?;
-                append_guarded(&mut conn, &self.writes, &self.guards, &metadata).await
-            }
-            Some(tx) => append_guarded(tx, &self.writes, &self.guards, &metadata).await,
-        };
+        // (`conn` borrows all of `self`; the staged writes and guards are moved out.)
+        let (writes, guards) = (
+            std::mem::take(&mut self.writes),
+            std::mem::take(&mut self.guards),
+        );
+        let conn = self.conn().await?;
+        let appended = append_guarded(conn, &writes, &guards, &metadata).await;
         let appended = match appended {
             Ok(a) => a,
             Err(AppendError::GuardMoved) => return Err(AppError::Internal(GuardMoved.into())),
