@@ -192,8 +192,24 @@ pub async fn append_guarded(
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+            // NOWAIT on a guard: a writer holds the row.
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("55P03") && !guards.is_empty() =>
+            {
                 AppendError::GuardMoved
+            }
+            // The transaction's lock timeout, waiting on a stream's row.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+                AppendError::Failed(AppError::Conflict(
+                    "timed out waiting for another command on the same stream; retry".into(),
+                ))
+            }
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("40P01") | Some("40001")) =>
+            {
+                AppendError::Failed(AppError::Conflict(
+                    "concurrent commands collided; retry".into(),
+                ))
             }
             sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
                 // The key in the message's detail names the stream (ids only): a stream

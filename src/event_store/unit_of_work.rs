@@ -166,7 +166,7 @@ impl EventStore {
                     "commandId must be between 1 and 200 characters",
                 ));
             }
-            let tx = tx.insert(self.transaction().await?);
+            let claiming = tx.insert(self.transaction().await?);
             // Claiming the id first makes a concurrent duplicate wait here until the first
             // commits (or rolls back), instead of both appending.
             // The id is its sender's: another caller's use of it is another command.
@@ -178,10 +178,12 @@ impl EventStore {
             .bind(command_id)
             .bind(meta.operation)
             .bind(input)
-            .execute(&mut **tx)
+            .execute(&mut **claiming)
             .await
             .map_err(lock_error)?;
             if claimed.rows_affected() == 0 {
+                // Rolled back before the replay reads: it needs no transaction.
+                drop(tx.take());
                 return self
                     .replay(meta.actor.subject(), command_id, meta.operation, input)
                     .await;
