@@ -25,6 +25,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start(database_url: &str, auth: &crate::BenchAuth) -> Result<Self> {
+        Self::start_with(database_url, auth, &[]).await
+    }
+
+    /// Like [`Server::start`], with more settings in the server's environment.
+    pub async fn start_with(
+        database_url: &str,
+        auth: &crate::BenchAuth,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let bin: PathBuf = exe
             .parent()
@@ -50,6 +59,7 @@ impl Server {
             .env("CAREBOARD_MAX_SUBSCRIPTIONS_PER_SOCKET", "100000")
             // Every subscriber is the same caller from one address: no rate limit.
             .env("CAREBOARD_RATE_LIMIT_PER_SECOND", "0")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
