@@ -232,6 +232,20 @@ pub struct GraphqlLimits {
     /// socket is not read meanwhile. Still accepted, so existing configurations start.
     #[arg(long, env = "CAREBOARD_WS_INBOUND_QUEUE", default_value_t = 32)]
     pub ws_inbound_queue: usize,
+    /// How shared `boardChanged` frames reach sockets: `group` (the group writes each
+    /// frame to its sockets itself) or `socket` (each socket's task is woken to write
+    /// it; the earlier path, kept for the benchmark's before/after rows).
+    #[arg(long, env = "CAREBOARD_WS_FRAME_DELIVERY", value_enum, default_value = "group", hide = true)]
+    pub ws_frame_delivery: FrameDelivery,
+}
+
+/// How shared frames reach sockets (`crate::frames`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FrameDelivery {
+    /// One writer pass per group and frame: a non-blocking write per socket.
+    Group,
+    /// Every socket's own task writes every frame.
+    Socket,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower-case, no path.
