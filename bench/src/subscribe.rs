@@ -25,6 +25,16 @@ pub struct Server {
 
 impl Server {
     pub async fn start(database_url: &str, auth: &crate::BenchAuth) -> Result<Self> {
+        Self::start_delivering(database_url, auth, "group").await
+    }
+
+    /// A server whose shared frames reach sockets by `delivery`: `group` (each group
+    /// writes to its sockets) or `socket` (every socket's task writes; the earlier path).
+    pub async fn start_delivering(
+        database_url: &str,
+        auth: &crate::BenchAuth,
+        delivery: &str,
+    ) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let bin: PathBuf = exe
             .parent()
@@ -48,6 +58,7 @@ impl Server {
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "warn")
             .env("CAREBOARD_MAX_SUBSCRIPTIONS_PER_SOCKET", "100000")
+            .env("CAREBOARD_WS_FRAME_DELIVERY", delivery)
             // Every subscriber is the same caller from one address: no rate limit.
             .env("CAREBOARD_RATE_LIMIT_PER_SECOND", "0")
             .stdout(std::process::Stdio::null())
@@ -139,11 +150,16 @@ impl Drop for Server {
 const SUBSCRIPTION: &str =
     "subscription($id: ID!) { boardChanged(boardId: $id) { version position counts { waiting } } }";
 
+/// The `subscribe` message of subscription `id` to `board`.
+pub(crate) fn subscription_message(id: usize, board: &str) -> String {
+    json!({"id": id.to_string(), "type": "subscribe",
+        "payload": {"query": SUBSCRIPTION, "variables": {"id": board}}})
+    .to_string()
+}
+
 pub(crate) async fn subscribe(socket: &mut Socket, id: usize, board: &str) -> Result<()> {
-    let message = json!({"id": id.to_string(), "type": "subscribe",
-        "payload": {"query": SUBSCRIPTION, "variables": {"id": board}}});
     socket
-        .send(Message::Text(message.to_string().into()))
+        .send(Message::Text(subscription_message(id, board).into()))
         .await?;
     Ok(())
 }
