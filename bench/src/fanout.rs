@@ -202,7 +202,7 @@ pub async fn saturation(
     subscribers: usize,
     writers: usize,
     seconds: u64,
-) -> Result<(f64, u64, u64)> {
+) -> Result<Saturation> {
     let board = open_board(server).await?;
     let frames = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -251,8 +251,10 @@ pub async fn saturation(
     let changes_before = changes.load(Ordering::Relaxed);
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_before = server.cpu_seconds()?;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     counting.store(false, Ordering::Relaxed);
+    let cpu = server.cpu_seconds()? - cpu_before;
     let took = started.elapsed().as_secs_f64();
     let counted = frames.load(Ordering::Relaxed);
     let changed = changes.load(Ordering::Relaxed) - changes_before;
@@ -263,10 +265,31 @@ pub async fn saturation(
     for r in &readers {
         r.abort();
     }
-    Ok((
-        counted as f64 / took,
-        changed,
-        errors.load(Ordering::Relaxed),
-    ))
+    Ok(Saturation {
+        rate: counted as f64 / took,
+        changes: changed,
+        errors: errors.load(Ordering::Relaxed),
+        cpu_per_frame_us: if counted > 0 {
+            cpu * 1e6 / counted as f64
+        } else {
+            0.0
+        },
+        versions_per_second: counted as f64 / took / subscribers.max(1) as f64,
+    })
+}
+
+/// What one saturation run measured.
+pub struct Saturation {
+    /// Frames the subscribers received per second.
+    pub rate: f64,
+    /// Mutations committed while counting.
+    pub changes: u64,
+    pub errors: u64,
+    /// The server process's CPU time (all of it: HTTP, commands, projector, fan-out)
+    /// per frame delivered.
+    pub cpu_per_frame_us: f64,
+    /// Board versions each subscriber received per second (the projector publishes
+    /// one per batch it applies, so this follows its cadence).
+    pub versions_per_second: f64,
 }
 

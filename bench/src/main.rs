@@ -507,7 +507,13 @@ async fn main() -> Result<()> {
             let server =
                 subscribe::Server::start_delivering(&url, &auths[auths.len() - 1].1, delivery)
                     .await?;
-            let (rate, changes, errors) = fanout::saturation(
+            let fanout::Saturation {
+                rate,
+                changes,
+                errors,
+                cpu_per_frame_us,
+                versions_per_second,
+            } = fanout::saturation(
                 &server,
                 args.subscribers,
                 args.saturation_writers,
@@ -516,9 +522,19 @@ async fn main() -> Result<()> {
             .await?;
             let which = delivery_label(delivery, i / 2 + 1);
             println!(
-                "saturation{which}: {rate:.0} frames/s to {} subscribers, {changes} changes in {} s",
+                "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame",
                 args.subscribers, args.seconds
             );
+            rows.push(Row {
+                scenario: format!(
+                    "subscribe: server CPU us per frame delivered at saturation (whole process){which}"
+                ),
+                rate: cpu_per_frame_us,
+                latency: None,
+                errors: 0,
+                baseline_name: "-".into(),
+                baseline_rate: 0.0,
+            });
             rows.push(Row {
                 scenario: format!(
                     "subscribe: frames delivered at saturation, {} subscribers on one Board, {} writers (frames/s){which}",

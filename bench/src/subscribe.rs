@@ -97,6 +97,19 @@ impl Server {
         Ok(kb * 1024)
     }
 
+    /// CPU time the server process has used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which is in parentheses): utime is the 12th,
+        // stime the 13th.
+        let rest = stat.rsplit_once(')').context("/proc stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // SAFETY: sysconf reads a constant of the system; no memory is touched.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok(ticks as f64 / per_second)
+    }
+
     pub(crate) async fn graphql(&self, query: &str, variables: Value) -> Result<Value> {
         let mut request = reqwest::Client::new()
             .post(format!("http://{}/graphql", self.base))
