@@ -199,6 +199,7 @@ pub async fn latency(
 /// mutations and the projector applies them). Subscribers count frames, nothing more.
 pub async fn saturation(
     server: &Server,
+    database_url: &str,
     subscribers: usize,
     writers: usize,
     seconds: u64,
@@ -208,6 +209,24 @@ pub async fn saturation(
     let errors = Arc::new(AtomicU64::new(0));
     let sockets = subscribers_on(server, std::slice::from_ref(&board), subscribers).await?;
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The projector's announcements of this Board, heard as the server hears them: the
+    // most versions a subscriber can be sent.
+    let notified = Arc::new(AtomicU64::new(0));
+    let pool = careboard::postgres::connect(database_url, 1).await?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+    listener
+        .listen(careboard::projections::board_view::BoardChanged::CHANNEL)
+        .await?;
+    let heard = {
+        let (notified, counting, board) = (notified.clone(), counting.clone(), board.clone());
+        tokio::spawn(async move {
+            while let Ok(n) = listener.recv().await {
+                if counting.load(Ordering::Relaxed) && n.payload().starts_with(board.as_str()) {
+                    notified.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
     let mut readers = Vec::new();
     for socket in sockets {
         let (frames, counting) = (frames.clone(), counting.clone());
@@ -265,7 +284,9 @@ pub async fn saturation(
     for r in &readers {
         r.abort();
     }
+    heard.abort();
     Ok(Saturation {
+        notified_per_second: notified.load(Ordering::Relaxed) as f64 / took,
         rate: counted as f64 / took,
         changes: changed,
         errors: errors.load(Ordering::Relaxed),
@@ -291,5 +312,7 @@ pub struct Saturation {
     /// Board versions each subscriber received per second (the projector publishes
     /// one per batch it applies, so this follows its cadence).
     pub versions_per_second: f64,
+    /// Notifications of the Board's new versions per second (the projector's cadence).
+    pub notified_per_second: f64,
 }
 

@@ -513,8 +513,10 @@ async fn main() -> Result<()> {
                 errors,
                 cpu_per_frame_us,
                 versions_per_second,
+                notified_per_second,
             } = fanout::saturation(
                 &server,
+                &url,
                 args.subscribers,
                 args.saturation_writers,
                 args.seconds,
@@ -522,7 +524,7 @@ async fn main() -> Result<()> {
             .await?;
             let which = delivery_label(delivery, i / 2 + 1);
             println!(
-                "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame",
+                "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each, {notified_per_second:.1} versions/s notified), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame",
                 args.subscribers, args.seconds
             );
             rows.push(Row {
