@@ -24,6 +24,8 @@ pub struct Measured {
     pub frames: u64,
     /// Failed mutations, error frames, sockets closed under the subscribers.
     pub errors: u64,
+    /// Cores the server process used while the Boards changed (all of its work).
+    pub server_cores: f64,
 }
 
 const REQUEST: &str =
@@ -152,6 +154,7 @@ pub async fn latency(
     let url = format!("http://{}/graphql", server.base);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (cpu_before, cpu_from) = (server.cpu_seconds()?, Instant::now());
     let mut tasks = Vec::new();
     let mut i = 0u64;
     while Instant::now() < deadline {
@@ -182,6 +185,8 @@ pub async fn latency(
     for t in tasks {
         t.await?;
     }
+    let server_cores =
+        (server.cpu_seconds()? - cpu_before) / cpu_from.elapsed().as_secs_f64().max(1e-9);
     tokio::time::sleep(Duration::from_secs(2)).await;
     for r in &readers {
         r.abort();
@@ -191,6 +196,7 @@ pub async fn latency(
         latency,
         frames: frames.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
+        server_cores,
     })
 }
 

@@ -453,6 +453,12 @@ async fn main() -> Result<()> {
                     args.seconds,
                 )
                 .await?;
+                println!(
+                    "latency{}: server used {:.2} cores, {:.0} frames/s",
+                    delivery_label(delivery, i / 2 + 1),
+                    m.server_cores,
+                    m.frames as f64 / args.seconds as f64
+                );
                 if *delivery == "group" && first_after {
                     first_after = false;
                     p99s.push(m.latency.value_at_quantile(0.99) as f64 / 1000.0);
