@@ -163,6 +163,12 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
             Switch::Off => crate::identity::edge::check_bind_without_auth(&serve.bind).await?,
         }
     }
+    if serve.limits.ws_inbound_queue.is_some() {
+        tracing::warn!(
+            "CAREBOARD_WS_INBOUND_QUEUE (--ws-inbound-queue) is deprecated and ignored: \
+             inbound websocket messages are handled one at a time; remove the setting"
+        );
+    }
     let db = app::open_database_to_serve(&database).await?;
     db.migrate().await?;
     let mut state = app::state_with(

@@ -228,10 +228,11 @@ pub struct GraphqlLimits {
     /// even a pong) for three intervals is closed.
     #[arg(long, env = "CAREBOARD_WS_PING_INTERVAL_MS", default_value_t = 15_000)]
     pub ws_ping_interval_ms: u64,
-    /// No longer used: inbound websocket messages are handled one at a time, and the
-    /// socket is not read meanwhile. Still accepted, so existing configurations start.
-    #[arg(long, env = "CAREBOARD_WS_INBOUND_QUEUE", default_value_t = 32)]
-    pub ws_inbound_queue: usize,
+    /// Deprecated and ignored: inbound websocket messages are handled one at a time, and
+    /// the socket is not read meanwhile. Still accepted (hidden from `--help`) so that
+    /// existing configurations start; the server warns once when it is set.
+    #[arg(long, env = "CAREBOARD_WS_INBOUND_QUEUE", hide = true)]
+    pub ws_inbound_queue: Option<usize>,
     /// How shared `boardChanged` frames reach sockets: `group` (the group writes each
     /// frame to its sockets itself) or `socket` (each socket's task is woken to write
     /// it; the earlier path, kept for the benchmark's before/after rows).

@@ -6,7 +6,7 @@
 //!   has no row in the matrix or the caller's role may never use it; it also writes the
 //!   access record of every response and subscription frame that disclosed patient
 //!   fields, and withholds the answer when that record cannot be written (fail closed).
-//! - [`authorize`] and [`sees_patient_fields`]: the scoped checks, made with the facts a
+//! - `authorize` and `sees_patient_fields`: the scoped checks, made with the facts a
 //!   resolver looked up ([`board_facts`], [`appointment_facts`]); resolvers never decide
 //!   access themselves, they only gather facts and ask here.
 

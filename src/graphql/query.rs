@@ -34,7 +34,7 @@ fn page_cost(first: Option<i32>, default: i32, child_complexity: usize) -> usize
 }
 
 /// The weight of `estimatedWaitSeconds` in a history entry's complexity: large, so that
-/// [`history_cost`] can tell from the entry's total whether estimates were selected.
+/// `history_cost` can tell from the entry's total whether estimates were selected.
 pub const HISTORY_ESTIMATE_WEIGHT: usize = 1000;
 
 /// `boardHistory`: every version is folded whatever is selected (a tenth of a point

@@ -669,6 +669,23 @@ async fn auth_off_serves_loopback_only_and_says_so_loudly() {
 }
 
 #[tokio::test]
+async fn the_deprecated_inbound_queue_setting_still_starts_the_server_and_warns() {
+    let (_pool, url) = crate::helpers::fresh_database_with_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(
+        &["--auth", "off", "--ws-inbound-queue", "32"],
+        &url,
+        dir.path(),
+    )
+    .await;
+    let log = std::fs::read_to_string(&served.stderr).unwrap();
+    assert!(
+        log.contains("CAREBOARD_WS_INBOUND_QUEUE (--ws-inbound-queue) is deprecated and ignored"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn a_get_requests_variables_never_reach_the_log_even_at_debug_level() {
     let (_pool, url) = crate::helpers::fresh_database_with_url().await;
     let dir = tempfile::tempdir().unwrap();
