@@ -236,7 +236,13 @@ pub struct GraphqlLimits {
     /// How shared `boardChanged` frames reach sockets: `group` (the group writes each
     /// frame to its sockets itself) or `socket` (each socket's task is woken to write
     /// it; the earlier path, kept for the benchmark's before/after rows).
-    #[arg(long, env = "CAREBOARD_WS_FRAME_DELIVERY", value_enum, default_value = "group", hide = true)]
+    #[arg(
+        long,
+        env = "CAREBOARD_WS_FRAME_DELIVERY",
+        value_enum,
+        default_value = "group",
+        hide = true
+    )]
     pub ws_frame_delivery: FrameDelivery,
 }
 

@@ -326,7 +326,12 @@ impl FrameHub {
         Membership { group, slot }
     }
 
-    fn group_for(&self, schema: &CareboardSchema, share: &Shareable, caller: &Caller) -> Arc<Group> {
+    fn group_for(
+        &self,
+        schema: &CareboardSchema,
+        share: &Shareable,
+        caller: &Caller,
+    ) -> Arc<Group> {
         let mut groups = self.inner.groups.lock().expect("frame groups");
         match groups.get(&share.key).and_then(|(_, g)| g.upgrade()) {
             Some(group) => group,

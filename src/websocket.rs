@@ -81,9 +81,11 @@ pub enum UpgradeRejection {
 impl IntoResponse for UpgradeRejection {
     fn into_response(self) -> axum::response::Response {
         match self {
-            UpgradeRejection::MethodNotGet => {
-                (StatusCode::METHOD_NOT_ALLOWED, "Request method must be `GET`").into_response()
-            }
+            UpgradeRejection::MethodNotGet => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Request method must be `GET`",
+            )
+                .into_response(),
             UpgradeRejection::BadHeaders(why) => (StatusCode::BAD_REQUEST, why).into_response(),
             UpgradeRejection::NotUpgradable => (
                 StatusCode::UPGRADE_REQUIRED,
@@ -129,10 +131,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "`Sec-WebSocket-Key` header missing",
             ));
         };
-        if !parts
+        if parts
             .headers
             .get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|v| v.as_bytes() == b"13")
+            .is_none_or(|v| v.as_bytes() != b"13")
         {
             return Err(UpgradeRejection::BadHeaders(
                 "`Sec-WebSocket-Version` header did not include '13'",
@@ -153,7 +155,10 @@ impl Upgrade {
         self,
         protocol: Option<WebSocketProtocols>,
         config: WebSocketConfig,
-        serve: impl FnOnce(WebSocketStream<SocketIo>, Arc<SocketOut>) -> futures::future::BoxFuture<'static, ()>
+        serve: impl FnOnce(
+                WebSocketStream<SocketIo>,
+                Arc<SocketOut>,
+            ) -> futures::future::BoxFuture<'static, ()>
             + Send
             + 'static,
     ) -> axum::response::Response {
@@ -166,9 +171,8 @@ impl Upgrade {
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             serve(socket, out).await;
         });
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
-            self.key.as_bytes(),
-        );
+        let accept =
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let mut response = axum::response::Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "upgrade")
@@ -429,17 +433,19 @@ impl Session {
                     ));
                 }
                 Ok(Some(share)) => {
-                    return Started::Stream(state
-                        .frames
-                        .join(&state.schema, share, caller, self.recipient.clone())
-                        .map(|delivery| {
-                            Some(match delivery {
-                                Delivery::Frame(frame) => Out::Frame(frame),
-                                Delivery::Own(response) => Out::Response(response),
+                    return Started::Stream(
+                        state
+                            .frames
+                            .join(&state.schema, share, caller, self.recipient.clone())
+                            .map(|delivery| {
+                                Some(match delivery {
+                                    Delivery::Frame(frame) => Out::Frame(frame),
+                                    Delivery::Own(response) => Out::Response(response),
+                                })
                             })
-                        })
-                        .chain(end())
-                        .boxed());
+                            .chain(end())
+                            .boxed(),
+                    );
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -453,15 +459,17 @@ impl Session {
             }
         }
         let metrics = state.frames.metrics().clone();
-        Started::Stream(state
-            .schema
-            .execute_stream_with_session_data(request, self.data.clone())
-            .map(move |response| {
-                metrics.executions.inc();
-                Some(Out::Response(Box::new(response)))
-            })
-            .chain(end())
-            .boxed())
+        Started::Stream(
+            state
+                .schema
+                .execute_stream_with_session_data(request, self.data.clone())
+                .map(move |response| {
+                    metrics.executions.inc();
+                    Some(Out::Response(Box::new(response)))
+                })
+                .chain(end())
+                .boxed(),
+        )
     }
 }
 

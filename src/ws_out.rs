@@ -260,7 +260,11 @@ mod tests {
         let (mut io, out) = SocketIo::new(ours);
         assert_eq!(out.try_write_now(b"abcdef"), Written::Done);
         assert_eq!(out.try_write_now(b"ghijk"), Written::Partly);
-        assert_eq!(out.try_write_now(b"xyz"), Written::Busy, "bytes wait already");
+        assert_eq!(
+            out.try_write_now(b"xyz"),
+            Written::Busy,
+            "bytes wait already"
+        );
         assert!(!out.is_idle());
         io.write_all(b"lmn").await.unwrap();
         let reader = tokio::spawn(async move {

@@ -321,4 +321,3 @@ pub struct Saturation {
     /// Notifications of the Board's new versions per second (the projector's cadence).
     pub notified_per_second: f64,
 }
-
