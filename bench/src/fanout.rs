@@ -26,6 +26,8 @@ pub struct Measured {
     pub errors: u64,
     /// Cores the server process used while the Boards changed (all of its work).
     pub server_cores: f64,
+    /// Cores the harness used meanwhile (its subscribers' readers and its writers).
+    pub harness_cores: f64,
 }
 
 const REQUEST: &str =
@@ -155,6 +157,7 @@ pub async fn latency(
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (cpu_before, cpu_from) = (server.cpu_seconds()?, Instant::now());
+    let harness_before = crate::subscribe::process_cpu_seconds("/proc/self/stat")?;
     let mut tasks = Vec::new();
     let mut i = 0u64;
     while Instant::now() < deadline {
@@ -185,8 +188,10 @@ pub async fn latency(
     for t in tasks {
         t.await?;
     }
-    let server_cores =
-        (server.cpu_seconds()? - cpu_before) / cpu_from.elapsed().as_secs_f64().max(1e-9);
+    let took = cpu_from.elapsed().as_secs_f64().max(1e-9);
+    let server_cores = (server.cpu_seconds()? - cpu_before) / took;
+    let harness_cores =
+        (crate::subscribe::process_cpu_seconds("/proc/self/stat")? - harness_before) / took;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for r in &readers {
         r.abort();
@@ -197,6 +202,7 @@ pub async fn latency(
         frames: frames.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         server_cores,
+        harness_cores,
     })
 }
 

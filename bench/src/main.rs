@@ -454,9 +454,10 @@ async fn main() -> Result<()> {
                 )
                 .await?;
                 println!(
-                    "latency{}: server used {:.2} cores, {:.0} frames/s",
+                    "latency{}: server used {:.2} cores, the harness {:.2}, {:.0} frames/s",
                     delivery_label(delivery, i / 2 + 1),
                     m.server_cores,
+                    m.harness_cores,
                     m.frames as f64 / args.seconds as f64
                 );
                 if *delivery == "group" && first_after {
