@@ -50,6 +50,19 @@ pub struct DaemonConfig {
     /// together, a round ending when the slowest has committed: the earlier schedule,
     /// kept so the bench can measure both in one run.
     pub loops: bool,
+    /// With loops, the projector's transactions commit without waiting for their WAL to
+    /// reach disk (`synchronous_commit = off` for those transactions only; appends stay
+    /// durable). A projection is derived from the log: if the database crashes, the last
+    /// moments of documents are lost together with their checkpoint (one transaction),
+    /// and the projector applies those events again to the same result. Saves a disk
+    /// flush per batch, a few milliseconds of lag.
+    pub async_commit: bool,
+    /// With loops, the shortest time between two batches of a projection other than
+    /// `board_view` (zero: none). They then take what `board_view` read meanwhile in
+    /// fewer, larger transactions, and leave it the CPU. A full batch (a backlog) goes
+    /// again at once. The price: a `minPosition` read of an appointment or a shift may
+    /// wait up to this much longer.
+    pub follower_pace: Duration,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
     /// How often the matcher retries the Boards it parked.
@@ -64,6 +77,8 @@ impl Default for DaemonConfig {
             snapshot_every: 500,
             shared_read: true,
             loops: true,
+            async_commit: true,
+            follower_pace: Duration::from_millis(10),
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -85,6 +100,8 @@ impl DaemonConfig {
             snapshot_every: self.snapshot_every,
             shared_read: self.shared_read,
             loops: self.loops,
+            async_commit: self.async_commit,
+            follower_pace: self.follower_pace,
         }
     }
 

@@ -356,16 +356,21 @@ async fn main() -> Result<()> {
         println!("projector lag at {rate:.0} appends/s (half of {max:.0})");
         // Lag and rebuild each get a database of their own: the pgbench baseline's
         // bare rows are not events any projection could apply.
-        // Before and after giving each projection a loop of its own: each on a
-        // database of its own, both with the shared read.
-        for (loops, label) in [
-            (false, "before: lockstep rounds, shared read"),
-            (true, "a loop per projection, shared read"),
+        // Each schedule on a database of its own; the two newest alternate, twice, so
+        // the machine's drift falls on both.
+        use project::Schedule;
+        for schedule in [
+            Schedule::Lockstep,
+            Schedule::Loops,
+            Schedule::Tuned,
+            Schedule::Loops,
+            Schedule::Tuned,
         ] {
+            let label = schedule.label();
             let lag_url = fresh_database(&admin_url).await?;
             let lag_pool = postgres::connect(&lag_url, 32).await?;
             postgres::migrate(&lag_pool).await?;
-            let lag = project::lag(&lag_pool, rate, args.seconds, loops).await?;
+            let lag = project::lag(&lag_pool, rate, args.seconds, schedule).await?;
             lag_pool.close().await;
             println!("projector stages ({label}), per batch of one projection:");
             for s in &lag.stages {
@@ -382,6 +387,21 @@ async fn main() -> Result<()> {
                 "  batches read {}, batches applied {}",
                 lag.batches_read, lag.batches_applied
             );
+            println!("  each append's lag taken apart:");
+            for (name, h) in [
+                ("append transaction, call to commit", &lag.parts.append),
+                (
+                    "held: commit to the end of every older append",
+                    &lag.parts.held,
+                ),
+                ("after: readable to NOTIFY", &lag.parts.after),
+            ] {
+                println!(
+                    "    {name:<46} p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0
+                );
+            }
             rows.push(Row {
                 scenario: format!("project: lag commit to NOTIFY at {rate:.0} appends/s, {label}"),
                 rate: lag.hist.len() as f64 / args.seconds as f64,

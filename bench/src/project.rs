@@ -172,25 +172,58 @@ pub async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
 
 /// A projector for a measurement, woken by `store`'s local appends.
 pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::daemon::DaemonHandle {
-    start_projector_with(pool, store, true, Arc::new(Metrics::new()))
+    start_projector_with(pool, store, Schedule::Tuned, Arc::new(Metrics::new()))
 }
 
-/// `loops` off runs the projections in lockstep (the schedule before each had a loop
-/// of its own), with the shared read.
+/// How the projector under measurement is scheduled: the rows of the `project` lag
+/// scenario, from the earliest schedule to the newest, so one run compares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// All projections in lockstep rounds, shared read.
+    Lockstep,
+    /// A loop per projection, each batch committed durably, followers unpaced.
+    Loops,
+    /// Loops with the projector's commits not waiting for the WAL flush and the
+    /// followers paced (the defaults).
+    Tuned,
+}
+
+impl Schedule {
+    pub fn label(self) -> &'static str {
+        match self {
+            Schedule::Lockstep => "lockstep rounds, shared read",
+            Schedule::Loops => "a loop per projection, durable commits",
+            Schedule::Tuned => "loops, async projector commits, paced followers",
+        }
+    }
+}
+
 fn start_projector_with(
     pool: &PgPool,
     store: &EventStore,
-    loops: bool,
+    schedule: Schedule,
     metrics: Arc<Metrics>,
 ) -> careboard::daemon::DaemonHandle {
+    let tuned = DaemonConfig::default();
+    let config = match schedule {
+        Schedule::Lockstep => DaemonConfig {
+            loops: false,
+            ..tuned
+        },
+        Schedule::Loops => DaemonConfig {
+            async_commit: false,
+            follower_pace: Duration::ZERO,
+            ..tuned
+        },
+        Schedule::Tuned => tuned,
+    };
     Daemon::new(
         pool.clone(),
         store.appended_signal(),
         Default::default(),
         DaemonConfig {
             matching: false,
-            loops,
-            ..Default::default()
+            ..config
         },
         metrics,
     )
@@ -201,9 +234,63 @@ fn start_projector_with(
 /// batches spent their time.
 pub struct Lag {
     pub hist: Histogram<u64>,
+    /// Where each append's lag went (see [`LagParts`]).
+    pub parts: LagParts,
     pub stages: Vec<careboard::metrics::StageSummary>,
     pub batches_read: u64,
     pub batches_applied: u64,
+}
+
+/// Each append's lag taken apart, from the appends' own timings and transaction ids
+/// (microsecond histograms).
+///
+/// An event can be read only once every transaction with a lower id has ended (the
+/// read's bound, DESIGN §3). `held` is how long after an append's commit the last
+/// older append ended: the time its event could not be read whatever the projector
+/// did (a lower bound: transactions other than these appends are not counted). `after`
+/// is the rest of its lag, from the moment it could be read to the NOTIFY: waking,
+/// waiting for a loop to come round, the read and the batch.
+pub struct LagParts {
+    /// An append's transaction, from the call to its commit returning.
+    pub append: Histogram<u64>,
+    pub held: Histogram<u64>,
+    pub after: Histogram<u64>,
+}
+
+/// Takes each notified append's lag apart into [`LagParts`]. `appends`: (position,
+/// started, ended) of every append that committed; `notified`: position → when its
+/// NOTIFY arrived; `tx`: position → transaction id.
+fn lag_parts(
+    appends: &[(i64, Instant, Instant)],
+    notified: &HashMap<i64, Instant>,
+    tx: &HashMap<i64, u64>,
+) -> Result<LagParts> {
+    let new = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+    let mut parts = LagParts {
+        append: new()?,
+        held: new()?,
+        after: new()?,
+    };
+    let micros = |d: Duration| (d.as_micros() as u64).max(1);
+    let mut by_tx: Vec<(u64, Instant, Instant, i64)> = appends
+        .iter()
+        .filter_map(|(p, s, e)| tx.get(p).map(|t| (*t, *s, *e, *p)))
+        .collect();
+    by_tx.sort_by_key(|a| a.0);
+    // The latest end among the appends with a lower transaction id, running.
+    let mut older_end: Option<Instant> = None;
+    for (_, started, ended, position) in by_tx {
+        let readable = older_end.map_or(ended, |o| o.max(ended));
+        let _ = parts.append.record(micros(ended - started));
+        let _ = parts.held.record(micros(readable - ended));
+        if let Some(n) = notified.get(&position) {
+            let _ = parts
+                .after
+                .record(micros(n.saturating_duration_since(readable)));
+        }
+        older_end = Some(readable);
+    }
+    Ok(parts)
 }
 
 /// Waits until every projection's live generation has applied every committed event.
@@ -292,10 +379,10 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
 /// Appends at `rate` per second (open loop) for `seconds` with the projector running,
 /// and measures for each append the time from its commit to the projector's NOTIFY of
 /// a Board version that includes it.
-pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, loops: bool) -> Result<Lag> {
+pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> Result<Lag> {
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let metrics = Arc::new(Metrics::new());
-    let projector = start_projector_with(pool, &store, loops, metrics.clone());
+    let projector = start_projector_with(pool, &store, schedule, metrics.clone());
     let mut boards = Vec::new();
     for _ in 0..50 {
         boards.push(crate::open_board(&store).await?);
@@ -307,12 +394,16 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, loops: bool) -> Result<
         .listen(careboard::projections::board_view::BoardChanged::CHANNEL)
         .await?;
     let pending: Pending = Arc::default();
+    // (position, started, committed) of each append; position → its NOTIFY's arrival.
+    let appended = Arc::new(std::sync::Mutex::new(Vec::<(i64, Instant, Instant)>::new()));
+    let notified = Arc::new(std::sync::Mutex::new(HashMap::<i64, Instant>::new()));
     let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
     let listening = {
         let pending = pending.clone();
         let hist = hist.clone();
+        let notified = notified.clone();
         tokio::spawn(async move {
             while let Ok(n) = listener.recv().await {
                 let mut parts = n.payload().split(':');
@@ -323,13 +414,15 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, loops: bool) -> Result<
                 let position: i64 = position.parse().unwrap_or(0);
                 let now = Instant::now();
                 let mut pending = pending.lock().unwrap();
-                let (notified, list) = pending.entry(board.to_string()).or_default();
-                *notified = (*notified).max(position);
+                let (seen, list) = pending.entry(board.to_string()).or_default();
+                *seen = (*seen).max(position);
                 {
                     let mut hist = hist.lock().unwrap();
+                    let mut notified = notified.lock().unwrap();
                     list.retain(|(p, t)| {
                         if *p <= position {
                             let _ = hist.record(now.duration_since(*t).as_micros() as u64);
+                            notified.insert(*p, now);
                             false
                         } else {
                             true
@@ -351,8 +444,11 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, loops: bool) -> Result<
         let board = boards[(i % boards.len() as u64) as usize].clone();
         let pending = pending.clone();
         let hist = hist.clone();
+        let appended = appended.clone();
+        let notified = notified.clone();
         tasks.push(tokio::spawn(async move {
             let input = crate::request_input(&board, i);
+            let started = Instant::now();
             if let Ok(w) = careboard::commands::request_appointment(
                 &store,
                 careboard::event_store::unit_of_work::CommandMeta::new("requestAppointment"),
@@ -361,11 +457,16 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, loops: bool) -> Result<
             .await
             {
                 let committed = Instant::now();
+                appended
+                    .lock()
+                    .unwrap()
+                    .push((w.position, started, committed));
                 let mut pending = pending.lock().unwrap();
-                let (notified, list) = pending.entry(board).or_default();
-                if w.position <= *notified {
+                let (seen, list) = pending.entry(board).or_default();
+                if w.position <= *seen {
                     // The notice beat us to it: the lag was at most this short.
                     let _ = hist.lock().unwrap().record(1);
+                    notified.lock().unwrap().insert(w.position, committed);
                 } else {
                     list.push((w.position, committed));
                 }
@@ -380,8 +481,20 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, loops: bool) -> Result<
     listening.abort();
     projector.stop().await?;
     let hist = hist.lock().unwrap().clone();
+    let appended = std::mem::take(&mut *appended.lock().unwrap());
+    let positions: Vec<i64> = appended.iter().map(|a| a.0).collect();
+    let tx: HashMap<i64, u64> =
+        sqlx::query_as::<_, (i64, String)>("select seq, tx::text from events where seq = any($1)")
+            .bind(&positions)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .filter_map(|(seq, tx)| Some((seq, tx.parse().ok()?)))
+            .collect();
+    let parts = lag_parts(&appended, &notified.lock().unwrap(), &tx)?;
     Ok(Lag {
         hist,
+        parts,
         stages: metrics.projector_stages(),
         batches_read: metrics.projector_batches_read(),
         batches_applied: metrics.projector_batches(),

@@ -207,6 +207,18 @@ async fn run_loop(
                 state.gen.lock().expect("loop state").cursor = worker.gen.cursor;
                 log.passed(key, worker.gen.cursor, worker.gen.status);
                 poll.reset();
+                // A live follower not behind by a full batch waits out its pace.
+                let pace = projector.settings.follower_pace;
+                if !pace.is_zero()
+                    && key.0 != Projection::BoardView
+                    && worker.gen.status == GenerationStatus::Live
+                    && !worker.last_batch_full
+                {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pace.saturating_sub(worker.last_batch.elapsed())) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
             }
             Ok(Step::Idle) => {
                 if worker.gen.status == GenerationStatus::Building {
@@ -306,6 +318,8 @@ impl Projector {
             return Ok(Step::Idle);
         };
         let end = *end;
+        worker.last_batch = started;
+        worker.last_batch_full = rows.len() as i64 >= limit;
         if self.faults.crash_at(CrashPoint::AfterRead) {
             return Ok(Step::Crashed(CrashPoint::AfterRead));
         }

@@ -3,8 +3,8 @@
 //!
 //! It runs while its process leads (see [`crate::daemon`], which holds the
 //! [`crate::leader`] lock and runs the projector and the matcher side by side).
-//! Scheduling: each projection generation on a loop of its own ([`loops`]), or, with
-//! `DaemonConfig::loops` off, all of them in lockstep rounds ([`lockstep`], kept for
+//! Scheduling: each projection generation on a loop of its own (`loops`), or, with
+//! `DaemonConfig::loops` off, all of them in lockstep rounds (`lockstep`, kept for
 //! the bench). Reading: `(tx, seq)` after the checkpoint and below the oldest running
 //! transaction ([`crate::event_store::log::read_after`]; with loops, leaving out the
 //! projector's own transactions, which write no events), shared by the live loops at
@@ -59,6 +59,12 @@ pub struct ProjectorSettings {
     pub shared_read: bool,
     /// Each generation on a loop of its own (see [`crate::daemon::DaemonConfig::loops`]).
     pub loops: bool,
+    /// Commit without waiting for the WAL flush (see
+    /// [`crate::daemon::DaemonConfig::async_commit`]).
+    pub async_commit: bool,
+    /// Shortest time between batches of a follower (see
+    /// [`crate::daemon::DaemonConfig::follower_pace`]).
+    pub follower_pace: Duration,
 }
 
 /// Why the projector stopped.
@@ -213,9 +219,16 @@ impl Projector {
         // With loops, the others' reads skip this transaction while it runs (it writes
         // no events); its id is taken now, so it is known before its first write.
         let _own = if self.settings.loops {
-            let xid: String = sqlx::query_scalar("select pg_current_xact_id()::text")
-                .fetch_one(&mut *tx)
-                .await?;
+            // One round trip takes the id and, when asked, turns off this transaction's
+            // wait for the WAL flush at commit. Local to the transaction (`true`): the
+            // matcher appends through the same pool, and its appends stay durable.
+            let sql = if self.settings.async_commit {
+                "select pg_current_xact_id()::text \
+                   from (select set_config('synchronous_commit', 'off', true)) as local"
+            } else {
+                "select pg_current_xact_id()::text"
+            };
+            let xid: String = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
             let xid: u64 = xid.parse()?;
             self.own_xids.lock().expect("own xids").insert(xid);
             Some(OwnXid {
@@ -335,6 +348,10 @@ struct Worker {
     gen: Generation,
     attempts: HashMap<i64, u32>,
     dead: HashSet<i64>,
+    /// When the last batch that found events started, and whether it was full (loops
+    /// pace a follower by these).
+    last_batch: Instant,
+    last_batch_full: bool,
 }
 
 impl Worker {
@@ -343,6 +360,8 @@ impl Worker {
             gen,
             attempts: HashMap::new(),
             dead: HashSet::new(),
+            last_batch: Instant::now(),
+            last_batch_full: false,
         }
     }
 
