@@ -128,6 +128,7 @@ pub fn state_with(
         store: store.clone(),
         live: live.clone(),
         estimator: estimator.clone(),
+        boards: crate::projections::read::BoardCache::new(limits.boards_in_memory),
         access_log,
         read_wait,
     };

@@ -233,6 +233,10 @@ pub struct GraphqlLimits {
     /// existing configurations start; the server warns once when it is set.
     #[arg(long, env = "CAREBOARD_WS_INBOUND_QUEUE", hide = true)]
     pub ws_inbound_queue: Option<usize>,
+    /// Live Boards each process keeps in memory between reads, so a read costs what
+    /// changed since the last one, not the whole Board; 0 reads every Board whole.
+    #[arg(long, env = "CAREBOARD_BOARDS_IN_MEMORY", default_value_t = crate::projections::read::DEFAULT_BOARDS_IN_MEMORY)]
+    pub boards_in_memory: usize,
     /// How shared `boardChanged` frames reach sockets: `group` (the group writes each
     /// frame to its sockets itself) or `socket` (each socket's task is woken to write
     /// it; the earlier path, kept for the benchmark's before/after rows).

@@ -24,6 +24,7 @@ mod append;
 mod asof;
 mod fanout;
 mod lean;
+mod mixed;
 mod project;
 mod subscribe;
 
@@ -43,6 +44,9 @@ enum Scenario {
     Asof,
     /// `board(id)` queries over HTTP vs a plain axum handler running the same SELECT.
     Query,
+    /// Writers, readers and subscribers at once on one server while its Boards grow:
+    /// throughput of the last window vs the first.
+    Mixed,
     /// Every scenario above.
     All,
 }
@@ -99,6 +103,29 @@ struct Args {
     /// Idle subscriptions held open to measure memory per subscription.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Seconds the `mixed` scenario runs, and the window it reports by.
+    #[arg(long, default_value_t = 120)]
+    mixed_seconds: u64,
+    #[arg(long, default_value_t = 10)]
+    mixed_window: u64,
+    /// Writers, readers and `boardChanged` subscribers of the `mixed` scenario.
+    #[arg(long, default_value_t = 16)]
+    mixed_writers: usize,
+    #[arg(long, default_value_t = 16)]
+    mixed_readers: usize,
+    #[arg(long, default_value_t = 200)]
+    mixed_subscribers: usize,
+    /// Boards of the `mixed` scenario, and providers on each.
+    #[arg(long, default_value_t = 4)]
+    mixed_boards: usize,
+    #[arg(long, default_value_t = 8)]
+    mixed_providers: usize,
+    /// Which server paths the `mixed` scenario runs, one after the other on databases
+    /// of their own: `before` (no Board kept in memory, readers fetch every
+    /// appointment of a Board) and `after` (Boards kept in memory, readers fetch a
+    /// page of 50).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![MixedPath::Before, MixedPath::After])]
+    mixed_paths: Vec<MixedPath>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     json_out: PathBuf,
@@ -108,6 +135,12 @@ struct Args {
     /// the report compares them.
     #[arg(long, value_enum, default_value = "on")]
     auth: AuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MixedPath {
+    Before,
+    After,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -416,17 +449,24 @@ async fn main() -> Result<()> {
         postgres::migrate(&rebuild_pool).await?;
         println!("loading ~{} events for the rebuild", args.events);
         let r = project::rebuild(&rebuild_pool, args.events).await?;
-        rows.push(Row {
-            scenario: format!(
-                "project: board_view rebuild over {} events (events/s)",
-                r.events
-            ),
-            rate: r.rebuild_rate,
-            latency: None,
-            errors: 0,
-            baseline_name: "keyset read of the same events (rows/s)".into(),
-            baseline_rate: r.keyset_rate,
-        });
+        for (rates, watched) in [
+            (&r.rebuild_rates_status, "before: watched by status"),
+            (&r.rebuild_rates_row, "watched by its row"),
+        ] {
+            println!("  rebuild rates, {watched}: {rates:.0?} events/s");
+            rows.push(Row {
+                scenario: format!(
+                    "project: board_view rebuild over {} events, {watched} (events/s, best of {})",
+                    r.events,
+                    rates.len()
+                ),
+                rate: rates.iter().copied().fold(0.0, f64::max),
+                latency: None,
+                errors: 0,
+                baseline_name: "keyset read of the same events (rows/s)".into(),
+                baseline_rate: r.keyset_rate,
+            });
+        }
         rebuild_pool.close().await;
     }
     eprintln!(
@@ -634,6 +674,13 @@ async fn main() -> Result<()> {
         }
         if let [off, on] = rates[..] {
             rows.push(ab_row("query rate", on, off));
+        }
+    }
+    if want(Scenario::Mixed) {
+        eprintln!("[{:.1} s] starting mixed", started.elapsed().as_secs_f64());
+        for path in &args.mixed_paths {
+            let url = fresh_database(&admin_url).await?;
+            rows.extend(mixed_scenario(&url, &args, &auths[auths.len() - 1].1, *path).await?);
         }
     }
     print_table(&rows);
@@ -1160,4 +1207,114 @@ async fn query_scenario(admin_url: &str, args: &Args, auth: &BenchAuth) -> Resul
         baseline_name: "plain axum handler, same SELECT".into(),
         baseline_rate: plain_rate,
     })
+}
+
+/// The `mixed` scenario on a server of its own: a table per window, and rows for the
+/// first and last windows (the throughput row's ratio is last / first).
+async fn mixed_scenario(
+    url: &str,
+    args: &Args,
+    auth: &BenchAuth,
+    path: MixedPath,
+) -> Result<Vec<Row>> {
+    let env: &[(&str, &str)] = match path {
+        MixedPath::Before => &[("CAREBOARD_BOARDS_IN_MEMORY", "0")],
+        MixedPath::After => &[],
+    };
+    let server = subscribe::Server::start_with(url, auth, env).await?;
+    let shape = mixed::Shape {
+        writers: args.mixed_writers,
+        readers: args.mixed_readers,
+        subscribers: args.mixed_subscribers,
+        boards: args.mixed_boards,
+        providers: args.mixed_providers,
+        seconds: args.mixed_seconds,
+        window: args.mixed_window,
+        whole_board: path == MixedPath::Before,
+    };
+    let m = mixed::run(&server, &shape).await?;
+    drop(server);
+    let w = m.window_seconds as f64;
+    let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64 / 1000.0;
+    println!(
+        "mixed, {path:?}: {} writers, {} readers, {} subscribers on {} Boards, {} s; appointments per Board at the end: {:?}",
+        shape.writers, shape.readers, shape.subscribers, shape.boards, shape.seconds, m.board_sizes
+    );
+    println!("| window | writes/s | reads/s | refused | mutation p50 / p99 ms | read p50 / p99 ms | frames/s | errors |\n|---|---|---|---|---|---|---|---|");
+    for (i, win) in m.windows.iter().enumerate() {
+        println!(
+            "| {}–{} s | {:.0} | {:.0} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} | {} |",
+            i as f64 * w,
+            (i + 1) as f64 * w,
+            win.writes as f64 / w,
+            win.reads as f64 / w,
+            win.refused,
+            win.write_latency.value_at_quantile(0.5) as f64 / 1000.0,
+            p99(&win.write_latency),
+            win.read_latency.value_at_quantile(0.5) as f64 / 1000.0,
+            p99(&win.read_latency),
+            win.frames as f64 / w,
+            win.errors
+        );
+    }
+    let (Some(first), Some(last)) = (m.windows.first(), m.windows.last()) else {
+        bail!("the mixed run recorded no window");
+    };
+    let rate = |win: &mixed::Window| (win.writes + win.reads) as f64 / w;
+    let errors: u64 = m.windows.iter().map(|win| win.errors).sum();
+    let label = format!(
+        "{}w/{}r/{}s, {}",
+        shape.writers,
+        shape.readers,
+        shape.subscribers,
+        match path {
+            MixedPath::Before => "before: whole Board reads, none kept",
+            MixedPath::After => "after: pages, Boards kept in memory",
+        }
+    );
+    let largest = m.board_sizes.iter().max().copied().unwrap_or(0);
+    Ok(vec![
+        Row {
+            scenario: format!(
+                "mixed: requests/s in the last {w:.0} s ({label}, Boards up to {largest} appointments)"
+            ),
+            rate: rate(last),
+            latency: None,
+            errors,
+            baseline_name: format!("the first {w:.0} s of the same run (requests/s)"),
+            baseline_rate: rate(first),
+        },
+        Row {
+            scenario: format!("mixed: mutation latency, first {w:.0} s, {path:?} (writes/s)"),
+            rate: first.writes as f64 / w,
+            latency: Some(first.write_latency.clone()),
+            errors: 0,
+            baseline_name: "-".into(),
+            baseline_rate: 0.0,
+        },
+        Row {
+            scenario: format!("mixed: mutation latency, last {w:.0} s, {path:?} (writes/s)"),
+            rate: last.writes as f64 / w,
+            latency: Some(last.write_latency.clone()),
+            errors: 0,
+            baseline_name: "-".into(),
+            baseline_rate: 0.0,
+        },
+        Row {
+            scenario: format!("mixed: read latency, first {w:.0} s, {path:?} (reads/s)"),
+            rate: first.reads as f64 / w,
+            latency: Some(first.read_latency.clone()),
+            errors: 0,
+            baseline_name: "-".into(),
+            baseline_rate: 0.0,
+        },
+        Row {
+            scenario: format!("mixed: read latency, last {w:.0} s, {path:?} (reads/s)"),
+            rate: last.reads as f64 / w,
+            latency: Some(last.read_latency.clone()),
+            errors: 0,
+            baseline_name: "-".into(),
+            baseline_rate: 0.0,
+        },
+    ])
 }

@@ -25,7 +25,7 @@ pub struct Server {
 
 impl Server {
     pub async fn start(database_url: &str, auth: &crate::BenchAuth) -> Result<Self> {
-        Self::start_delivering(database_url, auth, "group").await
+        Self::start_with(database_url, auth, &[]).await
     }
 
     /// A server whose shared frames reach sockets by `delivery`: `group` (each group
@@ -34,6 +34,20 @@ impl Server {
         database_url: &str,
         auth: &crate::BenchAuth,
         delivery: &str,
+    ) -> Result<Self> {
+        Self::start_with(
+            database_url,
+            auth,
+            &[("CAREBOARD_WS_FRAME_DELIVERY", delivery)],
+        )
+        .await
+    }
+
+    /// Like [`Server::start`], with more settings in the server's environment.
+    pub async fn start_with(
+        database_url: &str,
+        auth: &crate::BenchAuth,
+        env: &[(&str, &str)],
     ) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let bin: PathBuf = exe
@@ -58,9 +72,9 @@ impl Server {
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "warn")
             .env("CAREBOARD_MAX_SUBSCRIPTIONS_PER_SOCKET", "100000")
-            .env("CAREBOARD_WS_FRAME_DELIVERY", delivery)
             // Every subscriber is the same caller from one address: no rate limit.
             .env("CAREBOARD_RATE_LIMIT_PER_SECOND", "0")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;

@@ -42,6 +42,8 @@ pub struct SchemaData {
     pub store: EventStore,
     pub live: crate::live::LiveBoards,
     pub estimator: crate::estimates::Estimator,
+    /// Live Board documents kept between reads (see [`BoardCache`](crate::projections::read::BoardCache)).
+    pub boards: crate::projections::read::BoardCache,
     pub access_log: crate::identity::AccessLog,
     /// How long a query with `minPosition` waits for the projector.
     pub read_wait: std::time::Duration,
@@ -87,6 +89,7 @@ fn schema_with_limits(
     .data(data.store)
     .data(data.live)
     .data(data.estimator)
+    .data(data.boards)
     .data(data.access_log)
     .data(ReadWait(data.read_wait))
     // Every root field meets the permission matrix here, and every answer that
@@ -167,6 +170,10 @@ pub fn sdl() -> String {
 
 pub(crate) fn store<'a>(ctx: &Context<'a>) -> &'a EventStore {
     ctx.data_unchecked::<EventStore>()
+}
+
+pub(crate) fn boards<'a>(ctx: &Context<'a>) -> &'a crate::projections::read::BoardCache {
+    ctx.data_unchecked::<crate::projections::read::BoardCache>()
 }
 
 pub(crate) fn estimator<'a>(ctx: &Context<'a>) -> &'a crate::estimates::Estimator {

@@ -153,7 +153,7 @@ async fn current_board(
     ctx: &Context<'_>,
     board_id: impl Into<Uuid>,
 ) -> Result<Option<crate::identity::matrix::BoardFacts>, AppError> {
-    Ok(board_contents_at(store(ctx).pool(), board_id, None)
+    Ok(board_contents_at(ctx, board_id, None)
         .await?
         .map(|c| access::board_facts(&c)))
 }
@@ -209,12 +209,12 @@ impl Query {
             return Ok(contents.map(|c| Board::from_contents_as_of(c, t)));
         }
         wait_until_projected(ctx, Projection::BoardView, min_position).await?;
-        let doc = read::board(store(ctx).pool(), board_id)
+        let contents = super::boards(ctx)
+            .contents(store(ctx).pool(), board_id)
             .await
             .map_err(internal)?;
-        let contents = doc.and_then(|d| d.to_contents());
-        access::authorize(ctx, Op::Board, &board_target(contents.as_ref()))?;
-        Ok(contents.map(Board::from_contents))
+        access::authorize(ctx, Op::Board, &board_target(contents.as_deref()))?;
+        Ok(contents.map(Board::from_shared))
     }
 
     /// Boards, ordered by date then id, filtered by any of date, specialty, region and
@@ -324,7 +324,7 @@ impl Query {
         let specialty = domain::specialty("specialty", &specialty)?;
         let region = region.map(|r| domain::region("region", &r)).transpose()?;
         let pool = store(ctx).pool();
-        let contents = board_contents_at(pool, board_id, as_of).await?;
+        let contents = board_contents_at(ctx, board_id, as_of).await?;
         let Some(contents) = contents else {
             return Err(AppError::not_found("board not found").into());
         };
@@ -393,8 +393,8 @@ impl Query {
                 .into())
             }
         };
-        let contents = board_contents_at(store(ctx).pool(), id, None).await?;
-        let board = contents.as_ref().map(access::board_facts);
+        let contents = board_contents_at(ctx, id, None).await?;
+        let board = contents.as_deref().map(access::board_facts);
         let target = Facts {
             board: board.clone(),
             ..Facts::default()

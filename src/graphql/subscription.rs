@@ -83,7 +83,7 @@ async fn authorize_board(
     id: uuid::Uuid,
 ) -> Result<Option<BoardFacts>> {
     access::role_check(ctx, op)?;
-    let board = board_contents_at(store(ctx).pool(), id, None)
+    let board = board_contents_at(ctx, id, None)
         .await?
         .map(|c| access::board_facts(&c));
     let target = Facts {
@@ -206,7 +206,7 @@ impl Subscription {
             .await?;
         let facts = match &state {
             Some(a) => {
-                let board = board_contents_at(store(ctx).pool(), a.board_id, None)
+                let board = board_contents_at(ctx, a.board_id, None)
                     .await?
                     .map(|c| access::board_facts(&c));
                 access::appointment_facts(a, board)

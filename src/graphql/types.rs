@@ -99,22 +99,29 @@ impl Board {
     }
 }
 
-/// A Board's contents as of `as_of` (folded), or now: the projected document, or a
-/// fold of the store for a Board opened a moment ago and not projected yet.
+/// A Board's contents as of `as_of` (folded), or now: the projected document (kept
+/// up to date in the process's [`BoardCache`](crate::projections::read::BoardCache)),
+/// or a fold of the store for a Board opened a moment ago and not projected yet.
 pub(crate) async fn board_contents_at(
-    pool: &sqlx::PgPool,
+    ctx: &Context<'_>,
     board_id: impl Into<Uuid>,
     as_of: Option<DateTime<Utc>>,
-) -> Result<Option<BoardContents>, AppError> {
+) -> Result<Option<Arc<BoardContents>>, AppError> {
     let board_id = board_id.into();
+    let pool = store(ctx).pool();
     match as_of {
-        Some(t) => board_as_of(pool, board_id, t, Snapshots::Use).await,
-        None => match crate::projections::read::board(pool, board_id)
+        Some(t) => Ok(board_as_of(pool, board_id, t, Snapshots::Use)
+            .await?
+            .map(Arc::new)),
+        None => match super::boards(ctx)
+            .contents(pool, board_id)
             .await
             .map_err(AppError::Internal)?
         {
-            Some(doc) => Ok(doc.to_contents()),
-            None => load_board_contents(pool, board_id, ReadLimit::All).await,
+            Some(contents) => Ok(Some(contents)),
+            None => Ok(load_board_contents(pool, board_id, ReadLimit::All)
+                .await?
+                .map(Arc::new)),
         },
     }
 }
@@ -211,19 +218,64 @@ impl Board {
             .unwrap_or_default())
     }
     /// Appointments on the Board, in the order they were requested. Waiting ones carry
-    /// their wait estimate.
-    #[graphql(complexity = "5 + 50 * child_complexity")]
-    async fn appointments(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Appointment>> {
+    /// their wait estimate. `status` keeps those in any of the statuses given; `first`
+    /// (at most 500) and `after` (the id of the last appointment of the previous page)
+    /// page through them. Without `first`, every appointment: a Board of a busy day
+    /// holds thousands, so screens should ask for a page.
+    #[graphql(complexity = "5 + first.unwrap_or(50).clamp(0, 500) as usize * child_complexity")]
+    async fn appointments(
+        &self,
+        ctx: &Context<'_>,
+        status: Option<Vec<AppointmentStatus>>,
+        first: Option<i32>,
+        after: Option<ID>,
+    ) -> async_graphql::Result<Vec<Appointment>> {
+        let first = match first {
+            None => None,
+            Some(n @ 0..=super::query::MAX_PAGE) => Some(n as usize),
+            Some(n) => {
+                return Err(AppError::validation(format!(
+                    "first must be between 0 and {}, got {n}",
+                    super::query::MAX_PAGE
+                ))
+                .into())
+            }
+        };
+        let after = after
+            .map(|a| domain::parse_id("after", &a))
+            .transpose()
+            .map_err(AppError::from)?;
         let Some(contents) = self.contents(ctx).await? else {
             return Ok(Vec::new());
         };
+        let statuses: Option<Vec<domain::AppointmentStatus>> =
+            status.map(|s| s.into_iter().map(Into::into).collect());
+        let start = match after {
+            None => 0,
+            Some(id) => match contents
+                .appointments
+                .iter()
+                .position(|a| a.id.as_uuid() == id)
+            {
+                Some(at) => at + 1,
+                None => {
+                    return Err(
+                        AppError::validation("after is not an appointment of this Board").into(),
+                    )
+                }
+            },
+        };
+        let page: Vec<&domain::Appointment> = contents.appointments[start..]
+            .iter()
+            .filter(|a| statuses.as_ref().is_none_or(|s| s.contains(&a.status)))
+            .take(first.unwrap_or(usize::MAX))
+            .collect();
         // Estimates only when asked for: they are the expensive part of a Board.
         let selection = ctx.look_ahead();
         let wanted =
             selection.field("estimatedStart").exists() || selection.field("waitEstimate").exists();
         let estimates = if wanted
-            && contents
-                .appointments
+            && page
                 .iter()
                 .any(|a| a.status == domain::AppointmentStatus::Requested)
         {
@@ -237,9 +289,8 @@ impl Board {
         };
         let finish = Arc::new(FinishModel::for_board(contents, self.as_of));
         let board = access::board_facts(contents);
-        Ok(contents
-            .appointments
-            .iter()
+        Ok(page
+            .into_iter()
             .map(|a| {
                 let estimate = estimates.as_ref().map(|e| e.get(&a.id).cloned());
                 let facts = access::appointment_facts(a, Some(board.clone()));
@@ -473,7 +524,7 @@ impl Appointment {
         let visible = *self
             .patient_fields
             .get_or_try_init(|| async {
-                let board = board_contents_at(store(ctx).pool(), self.state.board_id, None)
+                let board = board_contents_at(ctx, self.state.board_id, None)
                     .await?
                     .map(|c| access::board_facts(&c));
                 let facts = access::appointment_facts(&self.state, board);
@@ -503,7 +554,7 @@ impl Appointment {
             .estimate
             .get_or_try_init(|| async {
                 let pool = store(ctx).pool();
-                let contents = board_contents_at(pool, self.state.board_id, self.as_of).await?;
+                let contents = board_contents_at(ctx, self.state.board_id, self.as_of).await?;
                 let Some(contents) = contents else {
                     return Ok::<_, AppError>(None);
                 };

@@ -1,11 +1,15 @@
 //! Reads of the live generation's documents, for queries and the live fan-out.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use chrono::NaiveDate;
 use serde::{de::DeserializeOwned, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{legacy, BoardDoc, Projection, StreamDoc};
+use crate::domain::BoardContents;
 
 /// A `board_view` row's header document and its appointment rows, selected by
 /// [`BOARD_PARTS`] with [`board_parts_join`] and merged here, not in the database:
@@ -253,4 +257,109 @@ pub async fn patient_appointments(
         out.extend(doc.state);
     }
     Ok(out)
+}
+
+/// Live Board documents kept in memory between reads, so that a read costs what
+/// changed since the last one (the header and the appointment rows written since,
+/// one statement) instead of the whole Board: a Board of a busy day holds thousands
+/// of appointments, and every Board read, appointment access check and wait estimate
+/// needs it. Each read still asks the database, so it is never staler than a read of
+/// the whole Board; readers of one Board at one version share one [`BoardContents`].
+///
+/// At most `capacity` Boards are kept (the least recently read go first); with 0,
+/// every read loads the whole Board, as before the cache existed.
+#[derive(Clone)]
+pub struct BoardCache {
+    capacity: usize,
+    inner: Arc<Mutex<CacheInner>>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    boards: HashMap<Uuid, (u64, Arc<tokio::sync::Mutex<CachedBoard>>)>,
+    /// Counts reads: the last read of each Board orders eviction.
+    clock: u64,
+}
+
+#[derive(Default)]
+struct CachedBoard {
+    followed: Option<FollowedBoard>,
+    /// The contents of `followed`, made when first asked for at its version.
+    contents: Option<Arc<BoardContents>>,
+}
+
+impl Default for BoardCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_BOARDS_IN_MEMORY)
+    }
+}
+
+/// How many Boards a process keeps in memory unless configured otherwise.
+pub const DEFAULT_BOARDS_IN_MEMORY: usize = 256;
+
+impl BoardCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Arc::default(),
+        }
+    }
+
+    /// The live contents of a Board, `None` when it has no document.
+    pub async fn contents(
+        &self,
+        pool: &PgPool,
+        id: Uuid,
+    ) -> anyhow::Result<Option<Arc<BoardContents>>> {
+        if self.capacity == 0 {
+            return Ok(board(pool, id)
+                .await?
+                .and_then(|doc| doc.to_contents())
+                .map(Arc::new));
+        }
+        let entry = self.entry(id);
+        let mut cached = entry.lock().await;
+        let before = cached
+            .followed
+            .as_ref()
+            .map(|f| (f.generation, f.doc.version));
+        if let Err(e) = refresh_board(pool, id, &mut cached.followed).await {
+            // What was kept may be partly merged: the next read starts over.
+            *cached = CachedBoard::default();
+            return Err(e);
+        }
+        let Some(followed) = &cached.followed else {
+            return Ok(None);
+        };
+        let now = Some((followed.generation, followed.doc.version));
+        if now != before || cached.contents.is_none() {
+            cached.contents = followed.doc.to_contents().map(Arc::new);
+        }
+        Ok(cached.contents.clone())
+    }
+
+    fn entry(&self, id: Uuid) -> Arc<tokio::sync::Mutex<CachedBoard>> {
+        let mut inner = self.inner.lock().expect("board cache");
+        inner.clock += 1;
+        let clock = inner.clock;
+        if let Some((used, entry)) = inner.boards.get_mut(&id) {
+            *used = clock;
+            return entry.clone();
+        }
+        if inner.boards.len() >= self.capacity {
+            // Rare (a new Board past the capacity): a scan is cheaper than keeping an
+            // order on every read.
+            if let Some(oldest) = inner
+                .boards
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(id, _)| *id)
+            {
+                inner.boards.remove(&oldest);
+            }
+        }
+        let entry = Arc::new(tokio::sync::Mutex::new(CachedBoard::default()));
+        inner.boards.insert(id, (clock, entry.clone()));
+        entry
+    }
 }

@@ -5,6 +5,7 @@
 
 mod attacks;
 mod authorization;
+mod board_pages;
 mod demo;
 mod edge;
 mod error_codes;

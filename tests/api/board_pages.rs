@@ -1,0 +1,187 @@
+//! A Board's appointments read a page at a time, and the live Boards a process keeps
+//! in memory between reads: always what a whole read of the Board gives.
+
+use std::time::Duration;
+
+use careboard::projections::{read, Projection};
+use careboard::projector::state;
+use serde_json::{json, Value};
+
+use crate::helpers::{documents, error_code, TestApp};
+
+const PAGE: &str = "query($id: ID!, $first: Int, $after: ID, $status: [AppointmentStatus!], $at: Int) {
+    board(id: $id, minPosition: $at) { appointments(first: $first, after: $after, status: $status) { id status } } }";
+
+fn ids(page: &Value) -> Vec<String> {
+    page["board"]["appointments"]
+        .as_array()
+        .expect("appointments")
+        .iter()
+        .map(|a| a["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_boards_appointments_page_in_request_order_and_filter_by_status() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Pages").await;
+    let mut requested = Vec::new();
+    for i in 0..7 {
+        let (id, _) = app
+            .request_appointment(documents::request_input(&board, &format!("Patient {i}")))
+            .await;
+        requested.push(id);
+    }
+    let mut at = 0;
+    for id in &requested[1..3] {
+        let d = app
+            .data(
+                "mutation($id: ID!) { cancelAppointment(input: {appointmentId: $id, reason: \"left\"}) { position } }",
+                json!({"id": id}),
+            )
+            .await;
+        at = d["cancelAppointment"]["position"].as_i64().unwrap();
+    }
+
+    let whole = ids(&app.data(PAGE, json!({"id": board, "at": at})).await);
+    assert_eq!(
+        whole, requested,
+        "without first: every appointment, in order"
+    );
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = ids(&app
+            .data(PAGE, json!({"id": board, "first": 3, "after": after}))
+            .await);
+        assert!(page.len() <= 3);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        paged.extend(page);
+    }
+    assert_eq!(
+        paged, requested,
+        "pages of 3 add up to the whole, no overlap"
+    );
+
+    let cancelled = ids(&app
+        .data(PAGE, json!({"id": board, "status": ["CANCELLED"]}))
+        .await);
+    assert_eq!(cancelled, requested[1..3]);
+    let waiting = ids(&app
+        .data(
+            PAGE,
+            json!({"id": board, "status": ["REQUESTED"], "first": 2, "after": requested[0]}),
+        )
+        .await);
+    assert_eq!(waiting, vec![requested[3].clone(), requested[4].clone()]);
+
+    for (variables, why) in [
+        (json!({"id": board, "first": 501}), "a page past 500"),
+        (json!({"id": board, "first": -1}), "a negative page"),
+        (
+            json!({"id": board, "after": uuid::Uuid::new_v4().to_string()}),
+            "a cursor not on this Board",
+        ),
+        (
+            json!({"id": board, "after": "not-an-id"}),
+            "a cursor that is no id",
+        ),
+    ] {
+        let response = app.gql(PAGE, variables).await;
+        assert_eq!(error_code(&response), "VALIDATION", "{why}: {response}");
+    }
+}
+
+/// What a whole read of the live document gives (contents compare by their
+/// `Debug` form: every field, in order).
+async fn whole(pool: &sqlx::PgPool, board: uuid::Uuid) -> String {
+    let contents = read::board(pool, board)
+        .await
+        .unwrap()
+        .and_then(|d| d.to_contents())
+        .expect("a projected Board");
+    format!("{contents:?}")
+}
+
+async fn kept(cache: &read::BoardCache, pool: &sqlx::PgPool, board: uuid::Uuid) -> String {
+    let contents = cache.contents(pool, board).await.unwrap().expect("a Board");
+    format!("{contents:?}")
+}
+
+#[tokio::test]
+async fn a_board_kept_in_memory_reads_as_a_whole_read_after_changes_and_a_rebuild() {
+    let app = TestApp::spawn().await;
+    let pool = app.server_pool().clone();
+    let board = app.open_board("Kept").await;
+    let id: uuid::Uuid = board.parse().unwrap();
+    let cache = read::BoardCache::new(4);
+
+    let at = app
+        .request_all(&board, (0..5).map(|i| format!("First {i}")))
+        .await;
+    app.projected_version(&board, at).await;
+    let first = cache.contents(&pool, id).await.unwrap().unwrap();
+    assert_eq!(format!("{first:?}"), whole(&pool, id).await);
+    // Unchanged: the same contents, shared.
+    let again = cache.contents(&pool, id).await.unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+
+    // Changes since: new appointments, and a changed one.
+    let at = app
+        .request_all(&board, (0..3).map(|i| format!("Second {i}")))
+        .await;
+    let cancelled = first.appointments[2].id.to_string();
+    app.data(
+        "mutation($id: ID!) { cancelAppointment(input: {appointmentId: $id, reason: \"left\"}) { position } }",
+        json!({"id": cancelled}),
+    )
+    .await;
+    let at = at.max(app.event_count().await);
+    app.projected_version(&board, at).await;
+    let later = cache.contents(&pool, id).await.unwrap().unwrap();
+    assert_eq!(format!("{later:?}"), whole(&pool, id).await);
+    assert_eq!(later.appointments.len(), 8);
+
+    // A rebuilt generation: what was kept belongs to the old one.
+    let generation = state::request_rebuild(&pool, Projection::BoardView)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !state::status(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.name == "board_view" && s.generation == generation && s.state == "live")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuilt generation did not go live"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at = app
+        .request_all(&board, (0..2).map(|i| format!("Third {i}")))
+        .await;
+    app.projected_version(&board, at).await;
+    let rebuilt = cache.contents(&pool, id).await.unwrap().unwrap();
+    assert_eq!(format!("{rebuilt:?}"), whole(&pool, id).await);
+    assert_eq!(rebuilt.appointments.len(), 10);
+
+    // Past its capacity the least recently read Board goes; reads stay right.
+    for i in 0..5 {
+        let other = app.open_board(&format!("Other {i}")).await;
+        let at = app.request_all(&other, ["Someone".to_string()]).await;
+        app.projected_version(&other, at).await;
+        let other: uuid::Uuid = other.parse().unwrap();
+        assert_eq!(kept(&cache, &pool, other).await, whole(&pool, other).await);
+    }
+    assert_eq!(kept(&cache, &pool, id).await, whole(&pool, id).await);
+    assert!(cache
+        .contents(&pool, uuid::Uuid::new_v4())
+        .await
+        .unwrap()
+        .is_none());
+}
