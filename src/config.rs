@@ -237,6 +237,26 @@ pub struct GraphqlLimits {
     /// changed since the last one, not the whole Board; 0 reads every Board whole.
     #[arg(long, env = "CAREBOARD_BOARDS_IN_MEMORY", default_value_t = crate::projections::read::DEFAULT_BOARDS_IN_MEMORY)]
     pub boards_in_memory: usize,
+    /// How shared `boardChanged` frames reach sockets: `group` (the group writes each
+    /// frame to its sockets itself) or `socket` (each socket's task is woken to write
+    /// it; the earlier path, kept for the benchmark's before/after rows).
+    #[arg(
+        long,
+        env = "CAREBOARD_WS_FRAME_DELIVERY",
+        value_enum,
+        default_value = "group",
+        hide = true
+    )]
+    pub ws_frame_delivery: FrameDelivery,
+}
+
+/// How shared frames reach sockets (`crate::frames`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FrameDelivery {
+    /// One writer pass per group and frame: a non-blocking write per socket.
+    Group,
+    /// Every socket's own task writes every frame.
+    Socket,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower-case, no path.

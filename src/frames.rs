@@ -5,8 +5,16 @@
 //! equal join one [`Group`]. The group runs the subscription once, through the schema's
 //! own executor (validation, limits, the permission matrix's edge, masking), encodes
 //! each frame's payload once, and publishes it in a `watch` channel: a slow subscriber
-//! finds the newest frame there (coalescing), never a backlog. Each socket splices its
-//! own subscription id around the shared payload bytes.
+//! finds the newest frame there (coalescing), never a backlog.
+//!
+//! - **Delivery** ([`FrameDelivery::Group`], the default): the group's own task writes
+//!   each frame to its sockets in one pass, as complete websocket frame bytes encoded
+//!   once per subscription id (most clients use the same few ids), one non-blocking
+//!   `write` per socket and no task woken ([`crate::ws_out`]). A socket whose buffer is
+//!   full, or that has bytes waiting, gets the frame in its [`Slot`] instead (the newest
+//!   replaces an older one there) and its own task writes it when the socket drains.
+//!   [`FrameDelivery::Socket`] (kept for the benchmark's before/after) wakes every
+//!   socket's task per frame, which splices its own subscription id around the payload.
 //!
 //! - **Visibility** is the caller's scope (role, and the provider id, the patient id, or
 //!   the coordinator's regions and specialties): the only fact of the principal that
@@ -33,10 +41,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+
+pub use crate::config::FrameDelivery;
 use crate::graphql::access::{Caller, Recipient};
 use crate::graphql::tap::{Disclosed, FrameTap};
 use crate::graphql::CareboardSchema;
 use crate::metrics::FrameMetrics;
+use crate::ws_out::{SocketOut, Written};
 
 /// One encoded frame of a group, shared by every subscriber in it.
 pub struct Frame {
@@ -89,7 +102,146 @@ pub struct Group {
     key: GroupKey,
     hub: Weak<HubInner>,
     frames: watch::Receiver<Option<Arc<Frame>>>,
+    /// The subscriptions its writer pass writes to.
+    members: Arc<Members>,
     task: tokio::task::AbortHandle,
+}
+
+type Members = Mutex<Vec<Arc<Slot>>>;
+
+/// One socket's subscription in a group: where the group's writer pass writes, and where
+/// a frame waits when the socket cannot take it now.
+pub struct Slot {
+    id: Arc<str>,
+    legacy: bool,
+    out: Arc<SocketOut>,
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
+    /// The newest version written or waiting (this subscriber's `sinceVersion` at first).
+    last: i64,
+    /// A frame for the socket's task to write (only ever the newest).
+    parked: Option<Arc<Frame>>,
+    /// The socket's task is writing parked frames: the pass parks, so order holds.
+    in_flight: bool,
+    /// The subscription has ended on the socket: nothing more is written for it.
+    closed: bool,
+}
+
+impl Slot {
+    /// Hands `frame` to this subscription: written now when `bytes` are given and the
+    /// socket takes them, else parked for the socket's task.
+    fn deliver(&self, frame: &Arc<Frame>, bytes: Option<&[u8]>, sent: &Counter) {
+        let mut state = self.state.lock().expect("frame slot");
+        if state.closed {
+            return;
+        }
+        match frame.version {
+            Some(v) if v <= state.last => return,
+            _ => {}
+        }
+        if let Some(bytes) = bytes.filter(|_| !state.in_flight && state.parked.is_none()) {
+            match self.out.try_write_now(bytes) {
+                Written::Done | Written::Partly => {
+                    if let Some(v) = frame.version {
+                        state.last = v;
+                    }
+                    sent.inc();
+                    if !self.out.is_idle() {
+                        self.out.wake.notify_one();
+                    }
+                    return;
+                }
+                Written::Failed => {
+                    self.out.wake.notify_one();
+                    return;
+                }
+                Written::Busy => {}
+            }
+        }
+        if let Some(v) = frame.version {
+            state.last = v;
+        }
+        state.parked = Some(frame.clone());
+        drop(state);
+        self.out.wake.notify_one();
+    }
+}
+
+/// A socket's hold on its subscription in a group ([`FrameDelivery::Group`]): while it
+/// is held, the group writes to the socket; dropped, nothing more is.
+pub struct Membership {
+    group: Arc<Group>,
+    slot: Arc<Slot>,
+}
+
+impl Membership {
+    /// The frame waiting for the socket's task to write, if any. Call until `None`: the
+    /// group's writer pass parks (rather than writes) until then, so frames keep their
+    /// order.
+    pub fn take(&self) -> Option<Arc<Frame>> {
+        let mut state = self.slot.state.lock().expect("frame slot");
+        let frame = state.parked.take();
+        state.in_flight = frame.is_some();
+        frame
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.slot.state.lock().expect("frame slot").closed = true;
+        self.group
+            .members
+            .lock()
+            .expect("frame members")
+            .retain(|s| !Arc::ptr_eq(s, &self.slot));
+    }
+}
+
+/// `{"type":…,"id":…,"payload":…}` around a payload already encoded; the id JSON-escaped.
+pub fn envelope(legacy: bool, id: &str, payload: &str) -> String {
+    let kind = if legacy { "data" } else { "next" };
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+    let mut text = String::with_capacity(payload.len() + id.len() + 40);
+    text.push_str("{\"type\":\"");
+    text.push_str(kind);
+    text.push_str("\",\"id\":");
+    text.push_str(&id);
+    text.push_str(",\"payload\":");
+    text.push_str(payload);
+    text.push('}');
+    text
+}
+
+/// Writes `frame` to every member: a frame that ends the group, or whose disclosures
+/// each receiver must record first, is parked for the sockets' tasks; any other goes
+/// out now as websocket bytes encoded once per (subscription id, protocol).
+fn write_pass(members: &Members, frame: &Arc<Frame>, sent: &Counter) {
+    let slots: Vec<Arc<Slot>> = members.lock().expect("frame members").clone();
+    let direct = frame.disclosed.is_none() && !frame.last;
+    let mut encoded: Vec<(Arc<str>, bool, Bytes)> = Vec::new();
+    for slot in slots {
+        let bytes = match (&frame.payload, direct) {
+            (Some(payload), true) => {
+                let at = encoded
+                    .iter()
+                    .position(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy);
+                let at = at.unwrap_or_else(|| {
+                    let text = envelope(slot.legacy, &slot.id, payload);
+                    encoded.push((
+                        slot.id.clone(),
+                        slot.legacy,
+                        crate::ws_out::text_frame(&text),
+                    ));
+                    encoded.len() - 1
+                });
+                Some(encoded[at].2.clone())
+            }
+            _ => None,
+        };
+        slot.deliver(frame, bytes.as_deref(), sent);
+    }
 }
 
 impl Drop for Group {
@@ -123,7 +275,8 @@ impl FrameHub {
 
     /// Joins (or starts) the group of `share`, executing as `caller` when it starts.
     /// The stream yields the frames this subscriber is to receive: newer than its
-    /// `sinceVersion`, each version once, and ends after a last frame.
+    /// `sinceVersion`, each version once, and ends after a last frame
+    /// ([`FrameDelivery::Socket`]: the socket's task writes each).
     pub fn join(
         &self,
         schema: &CareboardSchema,
@@ -131,22 +284,67 @@ impl FrameHub {
         caller: &Caller,
         recipient: Arc<Recipient>,
     ) -> BoxStream<'static, Delivery> {
-        let group = {
-            let mut groups = self.inner.groups.lock().expect("frame groups");
-            match groups.get(&share.key).and_then(|(_, g)| g.upgrade()) {
-                Some(group) => group,
-                None => {
-                    let number = self
-                        .inner
-                        .started
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let group = self.start(schema, &share, caller, number);
-                    groups.insert(share.key.clone(), (number, Arc::downgrade(&group)));
-                    group
-                }
+        let since = share.since;
+        member(self.group_for(schema, &share, caller), since, recipient)
+    }
+
+    /// Joins (or starts) the group of `share` as subscription `id` of the socket whose
+    /// way out is `out` ([`FrameDelivery::Group`]): the group writes its frames there
+    /// itself, and parks those the socket's task must handle (waking it).
+    pub fn join_socket(
+        &self,
+        schema: &CareboardSchema,
+        share: Shareable,
+        caller: &Caller,
+        (id, legacy): (Arc<str>, bool),
+        out: Arc<SocketOut>,
+    ) -> Membership {
+        let group = self.group_for(schema, &share, caller);
+        let slot = Arc::new(Slot {
+            id,
+            legacy,
+            out,
+            state: Mutex::new(SlotState {
+                last: share.since.unwrap_or(-1),
+                parked: None,
+                in_flight: false,
+                closed: false,
+            }),
+        });
+        group
+            .members
+            .lock()
+            .expect("frame members")
+            .push(slot.clone());
+        // The group's newest frame, if this subscriber lacks it: parked, since its
+        // socket's task is the one running now. A frame published meanwhile is either
+        // this one or written by a pass that already counts this slot (versions dedupe).
+        let current = group.frames.borrow().clone();
+        if let Some(frame) = current {
+            slot.deliver(&frame, None, &self.inner.metrics.frames_sent);
+        }
+        Membership { group, slot }
+    }
+
+    fn group_for(
+        &self,
+        schema: &CareboardSchema,
+        share: &Shareable,
+        caller: &Caller,
+    ) -> Arc<Group> {
+        let mut groups = self.inner.groups.lock().expect("frame groups");
+        match groups.get(&share.key).and_then(|(_, g)| g.upgrade()) {
+            Some(group) => group,
+            None => {
+                let number = self
+                    .inner
+                    .started
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let group = self.start(schema, share, caller, number);
+                groups.insert(share.key.clone(), (number, Arc::downgrade(&group)));
+                group
             }
-        };
-        member(group, share.since, recipient)
+        }
     }
 
     fn start(
@@ -179,10 +377,11 @@ impl FrameHub {
         let hub = Arc::downgrade(&self.inner);
         let key = share.key.clone();
         let metrics = self.inner.metrics.clone();
+        let members: Arc<Members> = Arc::default();
         let task = tokio::spawn(run_group(
             stream,
             tap,
-            sender,
+            (sender, members.clone()),
             hub.clone(),
             (key.clone(), number),
             metrics,
@@ -191,6 +390,7 @@ impl FrameHub {
             key,
             hub,
             frames,
+            members,
             task: task.abort_handle(),
         })
     }
@@ -200,7 +400,7 @@ impl FrameHub {
 async fn run_group(
     mut stream: BoxStream<'static, Response>,
     tap: Arc<FrameTap>,
-    sender: watch::Sender<Option<Arc<Frame>>>,
+    (sender, members): (watch::Sender<Option<Arc<Frame>>>, Arc<Members>),
     hub: Weak<HubInner>,
     (key, number): (GroupKey, u64),
     metrics: FrameMetrics,
@@ -238,23 +438,27 @@ async fn run_group(
         if last {
             leave();
         }
-        sender.send_replace(Some(Arc::new(Frame {
+        let frame = Arc::new(Frame {
             version,
             payload: Some(payload),
             disclosed,
             last,
-        })));
+        });
+        sender.send_replace(Some(frame.clone()));
+        write_pass(&members, &frame, &metrics.frames_sent);
         if last {
             return;
         }
     }
     leave();
-    sender.send_replace(Some(Arc::new(Frame {
+    let frame = Arc::new(Frame {
         version: None,
         payload: None,
         disclosed: None,
         last: true,
-    })));
+    });
+    sender.send_replace(Some(frame.clone()));
+    write_pass(&members, &frame, &metrics.frames_sent);
 }
 
 /// What a socket sends for a shared subscription.

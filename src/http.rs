@@ -16,9 +16,7 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use async_graphql::http::{WebSocketProtocols, ALL_WEBSOCKET_PROTOCOLS};
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
+use async_graphql::http::WebSocketProtocols;
 
 use crate::config::GraphqlLimits;
 use crate::error::{AppError, ErrorCode};
@@ -253,7 +251,7 @@ async fn graphql_get(
     RawQuery(query): RawQuery,
     credentials: Option<axum::Extension<Credentials>>,
     connection: Peer,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<crate::websocket::Upgrade, crate::websocket::UpgradeRejection>,
 ) -> Response {
     if let Ok(upgrade) = upgrade {
         return graphql_ws(State(state), headers, credentials, connection, upgrade).await;
@@ -839,7 +837,7 @@ async fn graphql_ws(
     headers: HeaderMap,
     credentials: Option<axum::Extension<Credentials>>,
     connection: Peer,
-    upgrade: WebSocketUpgrade,
+    upgrade: crate::websocket::Upgrade,
 ) -> Response {
     // Browsers let any page open a websocket anywhere; only the Origin tells them apart.
     if !origin_allowed(&state.limits, &headers) {
@@ -861,24 +859,31 @@ async fn graphql_ws(
         Credentials::Refused(error) => return crate::identity::edge::refusal(&error),
     };
     let addr = peer_addr(&connection);
-    let protocol = headers
+    let offered = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
-        .unwrap_or(WebSocketProtocols::GraphQLWS);
+        .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok());
+    let protocol = offered.unwrap_or(WebSocketProtocols::GraphQLWS);
     // Small buffers: an idle subscriber should cost kilobytes, not the 128 KiB the
-    // websocket library reserves by default.
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+    // websocket library reserves by default. Nothing is buffered on the way out: each
+    // message goes straight to the socket's queue, in order with its groups' frames.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_message_size(state.limits.max_body_bytes)
-        .max_frame_size(state.limits.max_body_bytes)
-        .on_upgrade(move |socket| {
-            crate::websocket::serve_socket(socket, state, protocol, from_upgrade, addr)
-        })
+        .write_buffer_size(0)
+        .max_message_size(Some(state.limits.max_body_bytes))
+        .max_frame_size(Some(state.limits.max_body_bytes));
+    upgrade.serve(offered, config, move |socket, out| {
+        Box::pin(crate::websocket::serve_socket(
+            socket,
+            out,
+            state,
+            protocol,
+            from_upgrade,
+            addr,
+        ))
+    })
 }
 
 #[cfg(test)]

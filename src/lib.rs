@@ -65,6 +65,8 @@
 //! - [`websocket`]: one GraphQL websocket: the graphql-transport-ws and legacy
 //!   protocols over the schema's executor, guarded (its token verified in
 //!   `connection_init`, closed at the token's expiry; budget, pings, close codes).
+//! - [`ws_out`]: a websocket's way out, shared by its task and its frame groups' writer
+//!   passes (one non-blocking write of bytes encoded once per socket).
 //! - [`limits`]: what keeps one request from taking the service down: nesting checked
 //!   before parsing, a connection cap per request, rate limits, page security headers.
 //! - [`health`]: the database prober behind `/readyz` and fast UNAVAILABLE answers.
@@ -104,3 +106,4 @@ pub mod snapshots;
 pub mod state;
 pub mod time_travel;
 pub mod websocket;
+pub mod ws_out;

@@ -21,9 +21,14 @@
 //!   expires the server closes the socket (4403, "token expired") and the client
 //!   resumes on a new one with a fresh token (`sinceVersion` / `after`). The
 //!   principal is in every subscription's data.
-//! - Frames: a shared frame's payload is spliced into this socket's envelope (its own
-//!   subscription id), never re-encoded; whatever frames are ready go out in one flush.
-//!   A socket that does not read holds at most the newest frame of each subscription.
+//! - Frames: a shared frame reaches the socket as websocket bytes its group encoded once
+//!   for this subscription id and wrote itself ([`crate::ws_out`]); only a frame the
+//!   socket could not take at once, or whose disclosures need this socket's access
+//!   record first, is written by the socket's task. A shared frame's payload is never
+//!   re-encoded; whatever frames are ready go out in one flush. A socket that does not
+//!   read holds at most the newest frame of each subscription.
+//! - The upgrade is this module's own ([`Upgrade`], HTTP/1.1), so the connection can be
+//!   shared between the socket's task and its groups' writer passes.
 //! - Liveness is the server's job: it pings every interval, and any frame from the
 //!   client (a pong included) counts. A socket silent for three intervals is closed
 //!   (3008); a client that only listens is never timed out.
@@ -32,21 +37,158 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use async_graphql::http::{ClientMessage, WebSocketProtocols};
 use async_graphql::{Data, Response};
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode, Version};
+use axum::response::IntoResponse;
 use futures::stream::BoxStream;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
-use crate::frames::{add_error_codes, Delivery, Frame};
+use crate::frames::{add_error_codes, envelope, Delivery, Frame, FrameDelivery, Membership};
 use crate::graphql::access::{Caller, ClientAddr, Recipient};
 use crate::graphql::subscription::SubscriptionBudget;
 use crate::graphql::RequestContext;
 use crate::identity::{AuthError, Principal};
 use crate::state::AppState;
+use crate::ws_out::{text_frame, SocketIo, SocketOut};
+
+/// A websocket upgrade request (HTTP/1.1, RFC 6455 §4.2.1), taken apart here rather
+/// than by axum's `WebSocketUpgrade`, whose socket cannot be shared: the connection is
+/// written to by the socket's task and by its frame groups ([`crate::ws_out`]).
+pub struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+/// Why a request is no websocket upgrade (the statuses axum's extractor answers with).
+#[derive(Debug)]
+pub enum UpgradeRejection {
+    MethodNotGet,
+    BadHeaders(&'static str),
+    NotUpgradable,
+}
+
+impl IntoResponse for UpgradeRejection {
+    fn into_response(self) -> axum::response::Response {
+        match self {
+            UpgradeRejection::MethodNotGet => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Request method must be `GET`",
+            )
+                .into_response(),
+            UpgradeRejection::BadHeaders(why) => (StatusCode::BAD_REQUEST, why).into_response(),
+            UpgradeRejection::NotUpgradable => (
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket request couldn't be upgraded since no upgrade state was present",
+            )
+                .into_response(),
+        }
+    }
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = UpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if parts.version > Version::HTTP_11 {
+            return Err(UpgradeRejection::BadHeaders(
+                "websockets are served over HTTP/1.1",
+            ));
+        }
+        if parts.method != Method::GET {
+            return Err(UpgradeRejection::MethodNotGet);
+        }
+        if !header_has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(UpgradeRejection::BadHeaders(
+                "Connection header did not include 'upgrade'",
+            ));
+        }
+        if !header_has_token(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(UpgradeRejection::BadHeaders(
+                "`Upgrade` header did not include 'websocket'",
+            ));
+        }
+        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return Err(UpgradeRejection::BadHeaders(
+                "`Sec-WebSocket-Key` header missing",
+            ));
+        };
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(UpgradeRejection::BadHeaders(
+                "`Sec-WebSocket-Version` header did not include '13'",
+            ));
+        }
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or(UpgradeRejection::NotUpgradable)?;
+        Ok(Upgrade { key, on_upgrade })
+    }
+}
+
+impl Upgrade {
+    /// Answers 101 (naming `protocol` when the client offered one) and serves the
+    /// upgraded connection with `config`.
+    pub fn serve(
+        self,
+        protocol: Option<WebSocketProtocols>,
+        config: WebSocketConfig,
+        serve: impl FnOnce(
+                WebSocketStream<SocketIo>,
+                Arc<SocketOut>,
+            ) -> futures::future::BoxFuture<'static, ()>
+            + Send
+            + 'static,
+    ) -> axum::response::Response {
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let (io, out) = SocketIo::new(hyper_util::rt::TokioIo::new(upgraded));
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            serve(socket, out).await;
+        });
+        let accept =
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let mut response = axum::response::Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+        if let Some(protocol) = protocol {
+            response = response.header(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                protocol.sec_websocket_protocol(),
+            );
+        }
+        response
+            .body(axum::body::Body::empty())
+            .expect("a 101 response from valid parts")
+    }
+}
 
 /// The close code for a socket without a valid token, or whose token expired.
 pub const CLOSE_UNAUTHENTICATED: u16 = 4403;
@@ -268,69 +410,85 @@ impl Session {
         }
     }
 
-    /// Starts a subscription: in a shared group when it can be, else on its own.
-    fn start(&self, state: &AppState, request: async_graphql::Request) -> Outgoing {
+    /// Starts subscription `id`: in a shared group when it can be (written to by the
+    /// group itself, or, with [`FrameDelivery::Socket`], through this socket's task),
+    /// else on its own.
+    fn start(
+        &self,
+        state: &AppState,
+        request: async_graphql::Request,
+        (id, legacy): (&Arc<str>, bool),
+        out: &Arc<SocketOut>,
+    ) -> Started {
         let end = || futures::stream::once(async { None });
         if let Some(caller) = &self.caller {
             match crate::frames::shareable(&request, caller) {
+                Ok(Some(share)) if state.limits.ws_frame_delivery == FrameDelivery::Group => {
+                    return Started::Group(state.frames.join_socket(
+                        &state.schema,
+                        share,
+                        caller,
+                        (id.clone(), legacy),
+                        out.clone(),
+                    ));
+                }
                 Ok(Some(share)) => {
-                    return state
-                        .frames
-                        .join(&state.schema, share, caller, self.recipient.clone())
-                        .map(|delivery| {
-                            Some(match delivery {
-                                Delivery::Frame(frame) => Out::Frame(frame),
-                                Delivery::Own(response) => Out::Response(response),
+                    return Started::Stream(
+                        state
+                            .frames
+                            .join(&state.schema, share, caller, self.recipient.clone())
+                            .map(|delivery| {
+                                Some(match delivery {
+                                    Delivery::Frame(frame) => Out::Frame(frame),
+                                    Delivery::Own(response) => Out::Response(response),
+                                })
                             })
-                        })
-                        .chain(end())
-                        .boxed();
+                            .chain(end())
+                            .boxed(),
+                    );
                 }
                 Ok(None) => {}
                 Err(error) => {
                     let refused = Response::from_errors(vec![error]);
-                    return futures::stream::once(async { Some(Out::Response(Box::new(refused))) })
-                        .chain(end())
-                        .boxed();
+                    return Started::Stream(
+                        futures::stream::once(async { Some(Out::Response(Box::new(refused))) })
+                            .chain(end())
+                            .boxed(),
+                    );
                 }
             }
         }
         let metrics = state.frames.metrics().clone();
-        state
-            .schema
-            .execute_stream_with_session_data(request, self.data.clone())
-            .map(move |response| {
-                metrics.executions.inc();
-                Some(Out::Response(Box::new(response)))
-            })
-            .chain(end())
-            .boxed()
+        Started::Stream(
+            state
+                .schema
+                .execute_stream_with_session_data(request, self.data.clone())
+                .map(move |response| {
+                    metrics.executions.inc();
+                    Some(Out::Response(Box::new(response)))
+                })
+                .chain(end())
+                .boxed(),
+        )
     }
 }
 
-/// `{"type":…,"id":…,"payload":…}` around a payload already encoded.
-fn envelope(kind: &str, id: &str, payload: &str) -> String {
-    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
-    let mut text = String::with_capacity(payload.len() + id.len() + 40);
-    text.push_str("{\"type\":\"");
-    text.push_str(kind);
-    text.push_str("\",\"id\":");
-    text.push_str(&id);
-    text.push_str(",\"payload\":");
-    text.push_str(payload);
-    text.push('}');
-    text
+/// How a subscription of this socket runs.
+enum Started {
+    /// Its answers come through this socket's task.
+    Stream(Outgoing),
+    /// Its group writes to the socket; this task only writes what the group parks.
+    Group(Membership),
 }
 
 /// The text this socket sends for one outgoing item of subscription `id`.
 fn encode(legacy: bool, id: &str, out: Option<Out>) -> Option<String> {
-    let kind = if legacy { "data" } else { "next" };
     match out {
-        Some(Out::Frame(frame)) => frame.payload.as_deref().map(|p| envelope(kind, id, p)),
+        Some(Out::Frame(frame)) => frame.payload.as_deref().map(|p| envelope(legacy, id, p)),
         Some(Out::Response(mut response)) => {
             add_error_codes(&mut response);
             match serde_json::to_string(&response) {
-                Ok(payload) => Some(envelope(kind, id, &payload)),
+                Ok(payload) => Some(envelope(legacy, id, &payload)),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode a subscription frame");
                     None
@@ -342,7 +500,8 @@ fn encode(legacy: bool, id: &str, out: Option<Out>) -> Option<String> {
 }
 
 pub async fn serve_socket(
-    socket: WebSocket,
+    socket: WebSocketStream<SocketIo>,
+    out: Arc<SocketOut>,
     state: AppState,
     protocol: WebSocketProtocols,
     from_upgrade: Option<Authenticated>,
@@ -361,6 +520,8 @@ pub async fn serve_socket(
     };
     let mut session: Option<Session> = None;
     let mut subscriptions: StreamMap<Arc<str>, Outgoing> = StreamMap::new();
+    // Shared subscriptions whose groups write to this socket themselves.
+    let mut memberships: HashMap<Arc<str>, Membership> = HashMap::new();
     let frames_sent = state.frames.metrics().frames_sent.clone();
     let leeway = state
         .auth
@@ -378,7 +539,7 @@ pub async fn serve_socket(
     let mut last_heard = Instant::now();
     let close = |code: u16, reason: &str| {
         Message::Close(Some(CloseFrame {
-            code,
+            code: code.into(),
             reason: reason.into(),
         }))
     };
@@ -391,7 +552,7 @@ pub async fn serve_socket(
                 let bytes = match frame {
                     Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
                     Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 };
                 match gate.inbound(&bytes) {
@@ -423,11 +584,21 @@ pub async fn serve_socket(
                                     break;
                                 };
                                 gate.active.insert(id.clone());
-                                subscriptions.insert(Arc::from(id), session.start(&state, payload));
+                                let id: Arc<str> = Arc::from(id);
+                                match session.start(&state, payload, (&id, legacy), &out) {
+                                    Started::Stream(stream) => {
+                                        subscriptions.insert(id, stream);
+                                    }
+                                    Started::Group(membership) => {
+                                        memberships.insert(id, membership);
+                                    }
+                                }
                             }
                             ClientMessage::Stop { id } => {
                                 gate.active.remove(&id);
-                                if subscriptions.remove(id.as_str()).is_some()
+                                let stopped = subscriptions.remove(id.as_str()).is_some()
+                                    | memberships.remove(id.as_str()).is_some();
+                                if stopped
                                     && sink.send(text(json!({"type": "complete", "id": id}))).await.is_err()
                                 {
                                     break;
@@ -510,6 +681,46 @@ pub async fn serve_socket(
                     break;
                 }
             },
+            _ = out.wake.notified() => {
+                // What the groups left to this task: frames the socket could not take at
+                // once (or that need this socket's access record first), and bytes
+                // waiting in the queue.
+                let mut ended: Vec<Arc<str>> = Vec::new();
+                let mut failed = false;
+                for (id, membership) in &memberships {
+                    while let Some(frame) = membership.take() {
+                        if let (Some(disclosed), Some(session)) = (&frame.disclosed, &session) {
+                            if let Err(error) = session.recipient.record(disclosed).await {
+                                // Fail closed: this subscriber gets the error, not the frame.
+                                let refused = Out::Response(Box::new(Response::from_errors(vec![error])));
+                                if let Some(message) = encode(legacy, id, Some(refused)) {
+                                    failed |= sink.feed(Message::Text(message.into())).await.is_err();
+                                }
+                                ended.push(id.clone());
+                                break;
+                            }
+                        }
+                        if let Some(payload) = &frame.payload {
+                            out.push(&text_frame(&envelope(legacy, id, payload)));
+                            frames_sent.inc();
+                        }
+                        if frame.last {
+                            ended.push(id.clone());
+                            break;
+                        }
+                    }
+                }
+                for id in ended {
+                    memberships.remove(&id);
+                    gate.active.remove(&*id);
+                    if let Some(message) = encode(legacy, &id, None) {
+                        failed |= sink.feed(Message::Text(message.into())).await.is_err();
+                    }
+                }
+                if failed || sink.flush().await.is_err() {
+                    break;
+                }
+            },
             _ = &mut expiry, if expires => {
                 let reason = "token expired: reconnect with a fresh token and resume (sinceVersion / after)";
                 if legacy {
@@ -538,6 +749,7 @@ pub async fn serve_socket(
     }
     // Subscriptions end with the socket (their groups stop when nobody is left).
     drop(subscriptions);
+    drop(memberships);
     if we_closed {
         // Let the client read our close frame: wait (briefly) for its own, discarding
         // what it still sends. Dropping a socket with unread input resets the

@@ -157,19 +157,18 @@ pub async fn hot_stream(pool: &PgPool, writers: usize, seconds: u64, baseline: f
     })
 }
 
-/// `requestAppointment` as the command path made it before its round trips were cut,
-/// built from the store's public parts, for a before/after in one run: `BEGIN` with
-/// the lock timeout, the Board's row locked `FOR SHARE` in one statement and its
-/// events read in another, the command's fingerprint built whether or not a
-/// `commandId` came with it, then the same append and commit.
+/// `requestAppointment` as the command path made it before the append became one
+/// statement and the Board read a guard, built from the store's public parts, for a
+/// before/after in one run: five round trips, `BEGIN` with the lock timeout, the
+/// Board's row locked `FOR SHARE` and its events read in one statement, the stream row
+/// inserted, the events inserted, `COMMIT`.
 pub async fn request_appointment_before(
     store: &careboard::event_store::EventStore,
     command: careboard::commands::RequestAppointment,
 ) -> Result<(), AppError> {
     use careboard::domain::appointment::{self, AppointmentCommand};
     use careboard::domain::{AppointmentId, Board};
-    use careboard::event_store::{fold_recorded, read_stream, ReadLimit};
-    let _fingerprint = careboard::commands::fingerprint(&command)?;
+    use careboard::event_store::{fold_recorded, read_stream_locked, RowLock};
     let board_id = command.board_id.as_uuid();
     let mut tx = store
         .pool()
@@ -178,11 +177,7 @@ pub async fn request_appointment_before(
             store.lock_timeout().as_millis().max(1)
         ))
         .await?;
-    sqlx::query("select 1 from streams where id = $1 for share")
-        .bind(board_id)
-        .execute(&mut *tx)
-        .await?;
-    let events = read_stream(&mut *tx, board_id, ReadLimit::All).await?;
+    let events = read_stream_locked(&mut tx, board_id, RowLock::Share).await?;
     let board = fold_recorded::<Board>(&events)?;
     let events = appointment::decide(
         None,
@@ -211,7 +206,35 @@ pub async fn request_appointment_before(
         "operation": "requestAppointment",
         "operationName": null,
     });
-    append(&mut tx, &[write], &meta).await?;
+    // The earlier append: the stream row, then the events, two statements.
+    sqlx::query("insert into streams (id, type, board_id, version) values ($1, $2, $3, $4)")
+        .bind(write.stream_id)
+        .bind(write.stream_type.as_str())
+        .bind(write.board_id)
+        .bind(write.events.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+    let n = write.events.len();
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    let stream_ids = vec![write.stream_id; n];
+    let versions: Vec<i64> = (1..=n as i64).collect();
+    let types: Vec<String> = write.events.iter().map(|(t, _)| t.clone()).collect();
+    let datas: Vec<serde_json::Value> = write.events.iter().map(|(_, d)| d.clone()).collect();
+    let _rows: Vec<(i64, Uuid, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "insert into events (id, stream_id, version, type, data, metadata) \
+         select id, stream_id, version, type, data, $6 \
+           from unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::jsonb[]) \
+                as t(id, stream_id, version, type, data) \
+         returning seq, stream_id, version, recorded_at",
+    )
+    .bind(&ids)
+    .bind(&stream_ids)
+    .bind(&versions)
+    .bind(&types)
+    .bind(&datas)
+    .bind(&meta)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
     store.appended_signal().notify_one();
     Ok(())

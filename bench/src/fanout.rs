@@ -1,6 +1,9 @@
 //! The live fan-out at scale, against a separate `careboard serve` process: commit-to-
 //! frame latency with subscribers spread over many Boards, and frames delivered per
 //! second at saturation (writers in a closed loop, every subscriber reading).
+//!
+//! Subscribers are [`LeanSocket`]s: each reads its real socket and walks every frame
+//! byte-exact, checks that versions strictly increase, and counts.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,12 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::subscribe::{open_board, subscribe, Server};
+use crate::lean::{number_after, LeanSocket};
+use crate::subscribe::{open_board, subscription_message, Server};
 
 /// What one latency run measured.
 pub struct Measured {
@@ -22,6 +24,10 @@ pub struct Measured {
     pub frames: u64,
     /// Failed mutations, error frames, sockets closed under the subscribers.
     pub errors: u64,
+    /// Cores the server process used while the Boards changed (all of its work).
+    pub server_cores: f64,
+    /// Cores the harness used meanwhile (its subscribers' readers and its writers).
+    pub harness_cores: f64,
 }
 
 const REQUEST: &str =
@@ -46,35 +52,58 @@ fn request_body(board: &str, i: u64) -> Value {
         "specialty": "pediatrics", "region": "TX", "reason": "fever"}}})
 }
 
-/// The `position` of a `boardChanged` frame, read without parsing the whole frame (the
-/// harness shares the machine with the server: its own cost per frame stays small).
-fn position_of(text: &str) -> Option<i64> {
-    let at = text.find("\"position\":")? + "\"position\":".len();
-    let digits: &str = &text[at..];
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    digits[..end].parse().ok()
-}
-
 /// Opens `subscribers` sockets (one subscription each), spread round-robin over
 /// `boards`, each past its first frame.
 async fn subscribers_on(
     server: &Server,
     boards: &[String],
     subscribers: usize,
-) -> Result<Vec<crate::subscribe::Socket>> {
+) -> Result<Vec<LeanSocket>> {
     let mut sockets = Vec::with_capacity(subscribers);
     for i in 0..subscribers {
-        let mut socket = server.socket().await?;
-        subscribe(&mut socket, 1, &boards[i % boards.len()]).await?;
+        let mut socket = LeanSocket::open(server).await?;
+        socket
+            .send(&subscription_message(1, &boards[i % boards.len()]))
+            .await?;
         sockets.push(socket);
     }
     // The first frame of each is the current Board.
     for socket in &mut sockets {
-        socket.next().await;
+        let mut first = false;
+        while !first {
+            socket.read_frames(&mut |_| first = true).await?;
+        }
     }
     Ok(sockets)
+}
+
+/// Reads `socket` until it fails, handing each text frame to `on_frame` after checking
+/// that its version is above the previous one (counted in `errors` when not).
+fn read_all(
+    mut socket: LeanSocket,
+    errors: Arc<AtomicU64>,
+    mut on_frame: impl FnMut(&[u8]) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = -1;
+        loop {
+            let read = socket
+                .read_frames(&mut |text| {
+                    match number_after(text, b"\"version\":") {
+                        Some(v) if v > last => last = v,
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    on_frame(text)
+                })
+                .await;
+            if read.is_err() {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    })
 }
 
 /// `subscribers` subscriptions (one socket each) over `boards` Boards while the Boards
@@ -101,35 +130,25 @@ pub async fn latency(
     let errors = Arc::new(AtomicU64::new(0));
     let sockets = subscribers_on(server, &ids, subscribers).await?;
     let mut readers = Vec::new();
-    for mut socket in sockets {
+    for socket in sockets {
         let (sent, hist, frames, errors) =
             (sent.clone(), hist.clone(), frames.clone(), errors.clone());
-        readers.push(tokio::spawn(async move {
-            while let Some(frame) = socket.next().await {
-                let text = match frame {
-                    Ok(Message::Text(text)) => text,
-                    Ok(Message::Close(_)) | Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    Ok(_) => continue,
-                };
-                let arrived = Instant::now();
-                frames.fetch_add(1, Ordering::Relaxed);
-                if text.contains("\"errors\"") {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let Some(position) = position_of(&text) else {
-                    continue;
-                };
-                let at = sent.lock().unwrap().get(&position).copied();
-                if let Some(at) = at {
-                    let _ = hist
-                        .lock()
-                        .unwrap()
-                        .record(arrived.duration_since(at).as_micros() as u64);
-                }
+        readers.push(read_all(socket, errors.clone(), move |text| {
+            let arrived = Instant::now();
+            frames.fetch_add(1, Ordering::Relaxed);
+            if text.windows(8).any(|w| w == b"\"errors\"") {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let Some(position) = number_after(text, b"\"position\":") else {
+                return;
+            };
+            let at = sent.lock().unwrap().get(&position).copied();
+            if let Some(at) = at {
+                let _ = hist
+                    .lock()
+                    .unwrap()
+                    .record(arrived.duration_since(at).as_micros() as u64);
             }
         }));
     }
@@ -137,6 +156,8 @@ pub async fn latency(
     let url = format!("http://{}/graphql", server.base);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (cpu_before, cpu_from) = (server.cpu_seconds()?, Instant::now());
+    let harness_before = crate::subscribe::process_cpu_seconds("/proc/self/stat")?;
     let mut tasks = Vec::new();
     let mut i = 0u64;
     while Instant::now() < deadline {
@@ -167,6 +188,10 @@ pub async fn latency(
     for t in tasks {
         t.await?;
     }
+    let took = cpu_from.elapsed().as_secs_f64().max(1e-9);
+    let server_cores = (server.cpu_seconds()? - cpu_before) / took;
+    let harness_cores =
+        (crate::subscribe::process_cpu_seconds("/proc/self/stat")? - harness_before) / took;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for r in &readers {
         r.abort();
@@ -176,6 +201,8 @@ pub async fn latency(
         latency,
         frames: frames.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
+        server_cores,
+        harness_cores,
     })
 }
 
@@ -184,32 +211,40 @@ pub async fn latency(
 /// mutations and the projector applies them). Subscribers count frames, nothing more.
 pub async fn saturation(
     server: &Server,
+    database_url: &str,
     subscribers: usize,
     writers: usize,
     seconds: u64,
-) -> Result<(f64, u64, u64)> {
+) -> Result<Saturation> {
     let board = open_board(server).await?;
     let frames = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let sockets = subscribers_on(server, std::slice::from_ref(&board), subscribers).await?;
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut readers = Vec::new();
-    for mut socket in sockets {
-        let (frames, errors, counting) = (frames.clone(), errors.clone(), counting.clone());
-        readers.push(tokio::spawn(async move {
-            while let Some(frame) = socket.next().await {
-                match frame {
-                    Ok(Message::Text(_)) => {
-                        if counting.load(Ordering::Relaxed) {
-                            frames.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(Message::Close(_)) | Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    Ok(_) => {}
+    // The projector's announcements of this Board, heard as the server hears them: the
+    // most versions a subscriber can be sent.
+    let notified = Arc::new(AtomicU64::new(0));
+    let pool = careboard::postgres::connect(database_url, 1).await?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+    listener
+        .listen(careboard::projections::board_view::BoardChanged::CHANNEL)
+        .await?;
+    let heard = {
+        let (notified, counting, board) = (notified.clone(), counting.clone(), board.clone());
+        tokio::spawn(async move {
+            while let Ok(n) = listener.recv().await {
+                if counting.load(Ordering::Relaxed) && n.payload().starts_with(board.as_str()) {
+                    notified.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for socket in sockets {
+        let (frames, counting) = (frames.clone(), counting.clone());
+        readers.push(read_all(socket, errors.clone(), move |_| {
+            if counting.load(Ordering::Relaxed) {
+                frames.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -247,8 +282,10 @@ pub async fn saturation(
     let changes_before = changes.load(Ordering::Relaxed);
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_before = server.cpu_seconds()?;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     counting.store(false, Ordering::Relaxed);
+    let cpu = server.cpu_seconds()? - cpu_before;
     let took = started.elapsed().as_secs_f64();
     let counted = frames.load(Ordering::Relaxed);
     let changed = changes.load(Ordering::Relaxed) - changes_before;
@@ -259,19 +296,34 @@ pub async fn saturation(
     for r in &readers {
         r.abort();
     }
-    Ok((
-        counted as f64 / took,
-        changed,
-        errors.load(Ordering::Relaxed),
-    ))
+    heard.abort();
+    Ok(Saturation {
+        notified_per_second: notified.load(Ordering::Relaxed) as f64 / took,
+        rate: counted as f64 / took,
+        changes: changed,
+        errors: errors.load(Ordering::Relaxed),
+        cpu_per_frame_us: if counted > 0 {
+            cpu * 1e6 / counted as f64
+        } else {
+            0.0
+        },
+        versions_per_second: counted as f64 / took / subscribers.max(1) as f64,
+    })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_position_is_read_from_a_frame() {
-        let frame = r#"{"type":"next","id":"1","payload":{"data":{"boardChanged":{"version":12,"position":3456,"counts":{"waiting":3}}}}}"#;
-        assert_eq!(super::position_of(frame), Some(3456));
-        assert_eq!(super::position_of(r#"{"type":"complete","id":"1"}"#), None);
-    }
+/// What one saturation run measured.
+pub struct Saturation {
+    /// Frames the subscribers received per second.
+    pub rate: f64,
+    /// Mutations committed while counting.
+    pub changes: u64,
+    pub errors: u64,
+    /// The server process's CPU time (all of it: HTTP, commands, projector, fan-out)
+    /// per frame delivered.
+    pub cpu_per_frame_us: f64,
+    /// Board versions each subscriber received per second (the projector publishes
+    /// one per batch it applies, so this follows its cadence).
+    pub versions_per_second: f64,
+    /// Notifications of the Board's new versions per second (the projector's cadence).
+    pub notified_per_second: f64,
 }

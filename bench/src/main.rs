@@ -23,6 +23,7 @@ use careboard::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
 mod append;
 mod asof;
 mod fanout;
+mod lean;
 mod mixed;
 mod project;
 mod subscribe;
@@ -94,6 +95,11 @@ struct Args {
     /// `--subscribers` on one Board.
     #[arg(long, default_value_t = 8)]
     saturation_writers: usize,
+    /// Rounds of the one-Board latency and saturation rows, each round the earlier
+    /// per-socket frame delivery (before) then the group's writer pass (after), on
+    /// servers of their own; 0: the writer pass only.
+    #[arg(long, default_value_t = 2)]
+    delivery_rounds: usize,
     /// Idle subscriptions held open to measure memory per subscription.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -480,30 +486,59 @@ async fn main() -> Result<()> {
         });
         let mut p99s = Vec::new();
         let mut server = None;
+        // Before and after alternate; the last server started delivers the new way.
+        let mut deliveries: Vec<&str> = ["socket", "group"].repeat(args.delivery_rounds);
+        if deliveries.is_empty() {
+            deliveries.push("group");
+        }
+        let delivery_label = |delivery: &str, round: usize| {
+            if args.delivery_rounds == 0 {
+                String::new()
+            } else if delivery == "socket" {
+                format!(", before: per-socket delivery, round {round}")
+            } else {
+                format!(", after: group writer pass, round {round}")
+            }
+        };
         for (label, auth) in &auths {
-            drop(server.take());
-            let started = subscribe::Server::start(&url, auth).await?;
-            let m = fanout::latency(
-                &started,
-                args.subscribers,
-                1,
-                args.change_rate,
-                args.seconds,
-            )
-            .await?;
-            p99s.push(m.latency.value_at_quantile(0.99) as f64 / 1000.0);
-            rows.push(Row {
-                scenario: format!(
-                    "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}",
-                    args.subscribers, args.change_rate
-                ),
-                rate: m.frames as f64 / args.seconds as f64,
-                latency: Some(m.latency),
-                errors: m.errors,
-                baseline_name: "-".into(),
-                baseline_rate: 0.0,
-            });
-            server = Some(started);
+            let mut first_after = true;
+            for (i, delivery) in deliveries.iter().enumerate() {
+                drop(server.take());
+                let started = subscribe::Server::start_delivering(&url, auth, delivery).await?;
+                let m = fanout::latency(
+                    &started,
+                    args.subscribers,
+                    1,
+                    args.change_rate,
+                    args.seconds,
+                )
+                .await?;
+                println!(
+                    "latency{}: server used {:.2} cores, the harness {:.2}, {:.0} frames/s",
+                    delivery_label(delivery, i / 2 + 1),
+                    m.server_cores,
+                    m.harness_cores,
+                    m.frames as f64 / args.seconds as f64
+                );
+                if *delivery == "group" && first_after {
+                    first_after = false;
+                    p99s.push(m.latency.value_at_quantile(0.99) as f64 / 1000.0);
+                }
+                rows.push(Row {
+                    scenario: format!(
+                        "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}{}",
+                        args.subscribers,
+                        args.change_rate,
+                        delivery_label(delivery, i / 2 + 1)
+                    ),
+                    rate: m.frames as f64 / args.seconds as f64,
+                    latency: Some(m.latency),
+                    errors: m.errors,
+                    baseline_name: "-".into(),
+                    baseline_rate: 0.0,
+                });
+                server = Some(started);
+            }
         }
         if let [off, on] = p99s[..] {
             rows.push(ab_row("subscribe p99 ms (lower is better)", on, off));
@@ -530,24 +565,48 @@ async fn main() -> Result<()> {
                 baseline_rate: 0.0,
             });
         }
-        // A server of its own: the spread's sockets are gone, its Boards idle.
+        // Servers of their own: the spread's sockets are gone, its Boards idle.
         drop(server);
-        let server = subscribe::Server::start(&url, &auths[auths.len() - 1].1).await?;
-        if args.saturation_writers > 0 {
-            let (rate, changes, errors) = fanout::saturation(
+        for (i, delivery) in deliveries.iter().enumerate() {
+            if args.saturation_writers == 0 {
+                break;
+            }
+            let server =
+                subscribe::Server::start_delivering(&url, &auths[auths.len() - 1].1, delivery)
+                    .await?;
+            let fanout::Saturation {
+                rate,
+                changes,
+                errors,
+                cpu_per_frame_us,
+                versions_per_second,
+                notified_per_second,
+            } = fanout::saturation(
                 &server,
+                &url,
                 args.subscribers,
                 args.saturation_writers,
                 args.seconds,
             )
             .await?;
+            let which = delivery_label(delivery, i / 2 + 1);
             println!(
-                "saturation: {rate:.0} frames/s to {} subscribers, {changes} changes in {} s",
+                "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each, {notified_per_second:.1} versions/s notified), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame",
                 args.subscribers, args.seconds
             );
             rows.push(Row {
                 scenario: format!(
-                    "subscribe: frames delivered at saturation, {} subscribers on one Board, {} writers (frames/s)",
+                    "subscribe: server CPU us per frame delivered at saturation (whole process){which}"
+                ),
+                rate: cpu_per_frame_us,
+                latency: None,
+                errors: 0,
+                baseline_name: "-".into(),
+                baseline_rate: 0.0,
+            });
+            rows.push(Row {
+                scenario: format!(
+                    "subscribe: frames delivered at saturation, {} subscribers on one Board, {} writers (frames/s){which}",
                     args.subscribers, args.saturation_writers
                 ),
                 rate,
@@ -556,8 +615,8 @@ async fn main() -> Result<()> {
                 baseline_name: "-".into(),
                 baseline_rate: 0.0,
             });
+            drop(server);
         }
-        drop(server);
         let server = subscribe::Server::start(&url, &auths[auths.len() - 1].1).await?;
         let per = subscribe::idle_memory(&server, args.idle).await?;
         println!(
@@ -880,11 +939,12 @@ async fn append_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Ro
     .await
 }
 
-/// The same commands through the path as it was before its round trips were cut
-/// (see [`append::request_appointment_before`]), against the same baseline.
+/// The same commands through the path as it was before the append became one
+/// statement and the Board read a guard (see [`append::request_appointment_before`]),
+/// against the same baseline.
 async fn append_before_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
     let scenario = format!(
-        "append before: lock and read apart (1 event/command, {} writers)",
+        "append before: 5 round trips, Board locked for the decision (1 event/command, {} writers)",
         args.clients
     );
     append_run(

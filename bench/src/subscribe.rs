@@ -28,6 +28,21 @@ impl Server {
         Self::start_with(database_url, auth, &[]).await
     }
 
+    /// A server whose shared frames reach sockets by `delivery`: `group` (each group
+    /// writes to its sockets) or `socket` (every socket's task writes; the earlier path).
+    pub async fn start_delivering(
+        database_url: &str,
+        auth: &crate::BenchAuth,
+        delivery: &str,
+    ) -> Result<Self> {
+        Self::start_with(
+            database_url,
+            auth,
+            &[("CAREBOARD_WS_FRAME_DELIVERY", delivery)],
+        )
+        .await
+    }
+
     /// Like [`Server::start`], with more settings in the server's environment.
     pub async fn start_with(
         database_url: &str,
@@ -96,6 +111,11 @@ impl Server {
         Ok(kb * 1024)
     }
 
+    /// CPU time the server process has used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     pub(crate) async fn graphql(&self, query: &str, variables: Value) -> Result<Value> {
         let mut request = reqwest::Client::new()
             .post(format!("http://{}/graphql", self.base))
@@ -144,16 +164,35 @@ impl Drop for Server {
     }
 }
 
+/// CPU time (user + system) of the process whose `/proc/…/stat` is at `path`, in seconds
+/// (`/proc/self/stat`: the harness itself).
+pub fn process_cpu_seconds(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path)?;
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime
+    // the 13th.
+    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf reads a constant of the system; no memory is touched.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / per_second)
+}
+
 /// Counts only: frames stay the same size while the Board grows, so the figure follows
 /// the fan-out, not the Board's size (the `query` scenario measures disclosures).
 const SUBSCRIPTION: &str =
     "subscription($id: ID!) { boardChanged(boardId: $id) { version position counts { waiting } } }";
 
+/// The `subscribe` message of subscription `id` to `board`.
+pub(crate) fn subscription_message(id: usize, board: &str) -> String {
+    json!({"id": id.to_string(), "type": "subscribe",
+        "payload": {"query": SUBSCRIPTION, "variables": {"id": board}}})
+    .to_string()
+}
+
 pub(crate) async fn subscribe(socket: &mut Socket, id: usize, board: &str) -> Result<()> {
-    let message = json!({"id": id.to_string(), "type": "subscribe",
-        "payload": {"query": SUBSCRIPTION, "variables": {"id": board}}});
     socket
-        .send(Message::Text(message.to_string().into()))
+        .send(Message::Text(subscription_message(id, board).into()))
         .await?;
     Ok(())
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::authorize::{authorize, Target};
-use super::path::{begin, commit_one, commit_two};
+use super::path::{begin, commit_one, commit_two, guarded};
 use super::{CommandOptions, Written};
 use crate::domain::appointment::{self, AppointmentCommand};
 use crate::domain::{
@@ -106,6 +106,17 @@ fn requested_for(
 }
 
 pub async fn request_appointment(
+    store: &EventStore,
+    meta: CommandMeta,
+    command: RequestAppointment,
+) -> AppResult<Written<Appointment>> {
+    guarded(meta, |meta| {
+        request_appointment_once(store, meta, command.clone())
+    })
+    .await
+}
+
+async fn request_appointment_once(
     store: &EventStore,
     meta: CommandMeta,
     command: RequestAppointment,

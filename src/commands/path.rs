@@ -9,9 +9,8 @@ use uuid::Uuid;
 use super::{CommandOptions, Written};
 use crate::domain::{scheduling, Aggregate, Appointment, BoardId, Shift};
 use crate::error::{AppError, AppResult};
-use crate::event_store::unit_of_work::{CommandMeta, Outcome, UnitOfWork};
+use crate::event_store::unit_of_work::{CommandMeta, GuardMoved, Outcome, UnitOfWork};
 use crate::event_store::{EventStore, ReadLimit};
-use crate::identity::Actor;
 
 /// Fills `meta` with the per-command options.
 pub(super) fn with_options(
@@ -37,19 +36,24 @@ pub fn fingerprint(command: &impl Serialize) -> AppResult<Value> {
     serde_json::to_value(command).map_err(|e| AppError::Internal(e.into()))
 }
 
-/// What a repeated `commandId` from `actor` is compared with: the command, and, when a
-/// verified principal sends it, who. A `commandId` is its sender's idempotency key: from
-/// anyone else (who may have read it in the event log) it is "a different command",
-/// whatever they send with it, so the first sender's result is never replayed to
-/// another caller (replays skip authorization), and a right guess of the command's
-/// patient fields looks the same as a wrong one.
-pub(super) fn fingerprint_for(actor: &Actor, command: &impl Serialize) -> AppResult<Value> {
-    let mut value = fingerprint(command)?;
-    if let (Some(principal), Value::Object(fields)) = (actor.principal(), &mut value) {
-        // Not a command field name (those are camelCase words), so never confused.
-        fields.insert("@sender".into(), Value::String(principal.subject.clone()));
+/// Runs a command that reads a stream with `Guard::Share`: first with that read
+/// unlocked and re-checked by the append (two round trips where it creates its
+/// streams), and, when the stream moved or a writer held it (nothing was written),
+/// once more with the read locked for the whole decision. The second run waits for
+/// the writer like any locked read and decides on what it committed.
+pub(super) async fn guarded<T, F, Fut>(meta: CommandMeta, run: F) -> AppResult<T>
+where
+    F: Fn(CommandMeta) -> Fut,
+    Fut: std::future::Future<Output = AppResult<T>>,
+{
+    match run(meta.clone()).await {
+        Err(e) if GuardMoved::is(&e) => {
+            let mut meta = meta;
+            meta.locked_reads = true;
+            run(meta).await
+        }
+        other => other,
     }
-    Ok(value)
 }
 
 /// Opens the unit of work, or returns the remembered result of a repeated command.
@@ -58,7 +62,9 @@ macro_rules! begin {
         let meta: $crate::event_store::unit_of_work::CommandMeta = $meta;
         // Only a `commandId` is compared with a fingerprint.
         let sent = match $command.options.command_id {
-            Some(_) => $crate::commands::path::fingerprint_for(&meta.actor, &$command)?,
+            // The sender is half of the key (sender, commandId), so a fingerprint need
+            // not name them: another caller's use of an id is never compared with it.
+            Some(_) => $crate::commands::path::fingerprint(&$command)?,
             None => serde_json::Value::Null,
         };
         match $store

@@ -4,7 +4,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::authorize::{authorize, Target};
-use super::path::{begin, commit_one};
+use super::path::{begin, commit_one, guarded};
 use super::{CommandOptions, Written};
 use crate::domain::shift::{self, ShiftCommand};
 use crate::domain::{Board, BoardId, Provider, ProviderId, Shift, ShiftId};
@@ -54,6 +54,14 @@ impl ShiftAction {
 }
 
 pub async fn join_board(
+    store: &EventStore,
+    meta: CommandMeta,
+    command: JoinBoard,
+) -> AppResult<Written<Shift>> {
+    guarded(meta, |meta| join_board_once(store, meta, command.clone())).await
+}
+
+async fn join_board_once(
     store: &EventStore,
     meta: CommandMeta,
     command: JoinBoard,

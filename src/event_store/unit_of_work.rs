@@ -1,12 +1,26 @@
-//! A command's transaction: idempotency claim (by sender and `commandId`), loads (locked in exclusive mode),
-//! staged writes, and one commit that appends everything or nothing.
+//! A command's unit of work: idempotency claim (by sender and `commandId`), loads
+//! (locked in exclusive mode), staged writes, and one commit that appends everything
+//! or nothing.
+//!
+//! # Round trips
+//!
+//! A transaction is opened only when the command needs one before its append: a
+//! `commandId` to claim, or a stream to lock for the whole decision (exclusive mode,
+//! [`UnitOfWork::target_locked`]). A stream read with [`Guard::Share`] is otherwise read
+//! without a lock and becomes a [`ReadGuard`] of the append: the append's one statement
+//! locks it `FOR SHARE` and goes through only while it is still at the version read.
+//! A command that creates its streams (`requestAppointment` on an open Board) is then
+//! two round trips, the read and the append, which commits on its own. When a guarded
+//! stream moved, or a writer holds it, nothing is written and the command is decided
+//! again with the guarded reads locked, as before ([`GuardMoved`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::{Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::append::{append, Appended, StreamWrite};
+use super::append::{append_guarded, AppendError, Appended, ReadGuard, StreamWrite};
 use super::{
     fold_recorded, read_board_streams, read_stream, read_stream_locked, EventStore, ReadLimit,
     RecordedEvent, RowLock,
@@ -32,6 +46,9 @@ pub struct CommandMeta {
     pub causation_id: Option<String>,
     /// Optimistic check on the target stream; `None` means exclusive mode.
     pub expected_version: Option<i64>,
+    /// Read [`Guard::Share`] streams under their lock from the start, in a transaction:
+    /// how a command is decided again after a guarded stream moved.
+    pub locked_reads: bool,
 }
 
 impl CommandMeta {
@@ -44,6 +61,7 @@ impl CommandMeta {
             command_id: None,
             causation_id: None,
             expected_version: None,
+            locked_reads: false,
         }
     }
 
@@ -89,11 +107,33 @@ pub enum Guard {
 }
 
 pub struct UnitOfWork {
-    tx: Transaction<'static, Postgres>,
+    /// Opened when the command first needs it (see the module's "Round trips").
+    tx: Option<Transaction<'static, Postgres>>,
+    /// The connection of the reads and the append while there is no transaction: one
+    /// for the whole command, because each acquire from the pool costs a round trip
+    /// (the pool pings a connection before handing it out).
+    conn: Option<PoolConnection<Postgres>>,
     store: EventStore,
     meta: CommandMeta,
     claimed_command: bool,
     writes: Vec<StreamWrite>,
+    /// Streams read without their lock that the append re-checks and locks.
+    guards: Vec<ReadGuard>,
+}
+
+/// The marker a command's commit fails with when a stream it read without its lock
+/// moved: nothing was written; the command is decided again with `locked_reads`.
+/// Carried inside `AppError::Internal`, so one that escaped would be an internal error,
+/// never a wrong answer.
+#[derive(Debug, thiserror::Error)]
+#[error("a stream the command read moved before its append; decide again on a locked read")]
+pub struct GuardMoved;
+
+impl GuardMoved {
+    /// Whether `error` is this marker.
+    pub fn is(error: &AppError) -> bool {
+        matches!(error, AppError::Internal(e) if e.downcast_ref::<GuardMoved>().is_some())
+    }
 }
 
 /// Lock waits and deadlocks become conflicts the client can retry.
@@ -118,21 +158,15 @@ impl EventStore {
     /// Opens a command's transaction. With a `commandId` seen before, answers the
     /// remembered outcome instead (and refuses a reused id with another input).
     pub async fn begin(&self, meta: CommandMeta, input: &Value) -> AppResult<Begun> {
-        // The lock timeout goes with BEGIN, in the same round trip.
-        let mut tx = self
-            .pool()
-            .begin_with(format!(
-                "begin; set local lock_timeout = '{}ms'",
-                self.lock_timeout().as_millis().max(1)
-            ))
-            .await?;
         let mut claimed_command = false;
+        let mut tx = None;
         if let Some(command_id) = &meta.command_id {
             if command_id.trim().is_empty() || command_id.len() > 200 {
                 return Err(AppError::validation(
                     "commandId must be between 1 and 200 characters",
                 ));
             }
+            let claiming = tx.insert(self.transaction().await?);
             // Claiming the id first makes a concurrent duplicate wait here until the first
             // commits (or rolls back), instead of both appending.
             // The id is its sender's: another caller's use of it is another command.
@@ -144,24 +178,41 @@ impl EventStore {
             .bind(command_id)
             .bind(meta.operation)
             .bind(input)
-            .execute(&mut *tx)
+            .execute(&mut **claiming)
             .await
             .map_err(lock_error)?;
             if claimed.rows_affected() == 0 {
-                drop(tx);
+                // Rolled back before the replay reads: it needs no transaction.
+                drop(tx.take());
                 return self
                     .replay(meta.actor.subject(), command_id, meta.operation, input)
                     .await;
             }
             claimed_command = true;
         }
+        if tx.is_none() && meta.locked_reads {
+            tx = Some(self.transaction().await?);
+        }
         Ok(Begun::Fresh(Box::new(UnitOfWork {
             tx,
+            conn: None,
             store: self.clone(),
             meta,
             claimed_command,
             writes: Vec::new(),
+            guards: Vec::new(),
         })))
+    }
+
+    /// A command's transaction, with the lock timeout in the same round trip as BEGIN.
+    async fn transaction(&self) -> AppResult<Transaction<'static, Postgres>> {
+        Ok(self
+            .pool()
+            .begin_with(format!(
+                "begin; set local lock_timeout = '{}ms'",
+                self.lock_timeout().as_millis().max(1)
+            ))
+            .await?)
     }
 
     async fn replay(
@@ -179,11 +230,17 @@ impl EventStore {
         .bind(command_id)
         .fetch_optional(self.pool())
         .await?;
-        let Some((seen_operation, seen_input, outcome)) = row else {
+        let Some((seen_operation, mut seen_input, outcome)) = row else {
             return Err(AppError::Conflict(format!(
                 "command {command_id} is being processed concurrently; retry"
             )));
         };
+        // Fingerprints stored before the key was (sender, commandId) name the sender
+        // in an `@sender` field; the key has matched it already, so it is left out of
+        // the comparison and a retry of such a command still replays.
+        if let Value::Object(fields) = &mut seen_input {
+            fields.remove("@sender");
+        }
         if seen_operation != operation || &seen_input != input {
             return Err(AppError::validation(format!(
                 "commandId '{command_id}' was already used for a different command"
@@ -202,8 +259,31 @@ impl UnitOfWork {
         &self.meta
     }
 
-    /// Reads a stream inside the transaction, after taking `guard` (lock and read in
-    /// one statement: see [`read_stream_locked`]).
+    /// The command's transaction, opened now if it is not yet.
+    async fn tx(&mut self) -> AppResult<&mut Transaction<'static, Postgres>> {
+        if self.tx.is_none() {
+            // Back to the pool first: the transaction takes a connection of its own.
+            self.conn = None;
+            self.tx = Some(self.store.transaction().await?);
+        }
+        Ok(self.tx.as_mut().expect("opened above"))
+    }
+
+    /// Where the next statement goes: the transaction, or the command's connection.
+    async fn conn(&mut self) -> AppResult<&mut PgConnection> {
+        if let Some(tx) = &mut self.tx {
+            return Ok(&mut **tx);
+        }
+        if self.conn.is_none() {
+            self.conn = Some(self.store.pool().acquire().await?);
+        }
+        Ok(&mut **self.conn.as_mut().expect("acquired above"))
+    }
+
+    /// Reads a stream after taking `guard` (lock and read in one statement: see
+    /// [`read_stream_locked`]). Outside a transaction, [`Guard::Share`] reads without
+    /// the lock and leaves a [`ReadGuard`] for the append (see the module's "Round
+    /// trips"); a stream that does not exist is read locked, in a transaction, as before.
     /// `id` is the stream's typed id (or its UUID).
     pub async fn read<A: Aggregate>(
         &mut self,
@@ -211,12 +291,28 @@ impl UnitOfWork {
         guard: Guard,
     ) -> AppResult<Option<A>> {
         let id = id.into();
-        let events = match guard {
-            Guard::None => read_stream(&mut *self.tx, id, ReadLimit::All).await?,
-            Guard::Share => read_stream_locked(&mut self.tx, id, RowLock::Share)
+        let in_transaction = self.tx.is_some();
+        let events = match (guard, in_transaction) {
+            (Guard::None, _) => read_stream(self.conn().await?, id, ReadLimit::All).await?,
+            (Guard::Share, false) => {
+                let events = read_stream(self.conn().await?, id, ReadLimit::All).await?;
+                match events.last() {
+                    Some(last) => {
+                        self.guards.push(ReadGuard {
+                            stream_id: id,
+                            version: last.version,
+                        });
+                        events
+                    }
+                    None => read_stream_locked(self.tx().await?, id, RowLock::Share)
+                        .await
+                        .map_err(lock_error)?,
+                }
+            }
+            (Guard::Share, true) => read_stream_locked(self.tx().await?, id, RowLock::Share)
                 .await
                 .map_err(lock_error)?,
-            Guard::Exclusive => read_stream_locked(&mut self.tx, id, RowLock::Update)
+            (Guard::Exclusive, _) => read_stream_locked(self.tx().await?, id, RowLock::Update)
                 .await
                 .map_err(lock_error)?,
         };
@@ -267,7 +363,8 @@ impl UnitOfWork {
         &mut self,
         board_id: impl Into<Uuid>,
     ) -> AppResult<Vec<RecordedEvent>> {
-        Ok(read_board_streams(&mut *self.tx, board_id.into(), ReadLimit::All).await?)
+        let conn = self.conn().await?;
+        Ok(read_board_streams(conn, board_id.into(), ReadLimit::All).await?)
     }
 
     /// Loads a second stream the command also writes: locked in exclusive mode,
@@ -302,24 +399,47 @@ impl UnitOfWork {
     }
 
     /// Appends everything staged and commits. Nothing staged is a bug in the caller.
+    ///
+    /// Without a transaction, an append that only creates streams is one statement that
+    /// commits on its own; one that also moves existing streams runs in a transaction
+    /// (its version checks may fail after a part is written, and that part must roll
+    /// back). A guarded stream that moved fails with [`GuardMoved`], nothing written.
     pub async fn commit(mut self) -> AppResult<Committed> {
-        let appended = append(&mut self.tx, &self.writes, &self.meta.event_metadata()).await?;
+        let metadata = self.meta.event_metadata();
+        let creates_only = self.writes.iter().all(|w| w.expected_version == 0);
+        if !creates_only {
+            self.tx().await?;
+        }
+        // (`conn` borrows all of `self`; the staged writes and guards are moved out.)
+        let (writes, guards) = (
+            std::mem::take(&mut self.writes),
+            std::mem::take(&mut self.guards),
+        );
+        let conn = self.conn().await?;
+        let appended = append_guarded(conn, &writes, &guards, &metadata).await;
+        let appended = match appended {
+            Ok(a) => a,
+            Err(AppendError::GuardMoved) => return Err(AppError::Internal(GuardMoved.into())),
+            Err(AppendError::Failed(e)) => return Err(e),
+        };
         let outcome = Outcome {
             position: appended.position,
             streams: appended.versions.clone(),
         };
-        if self.claimed_command {
-            sqlx::query(
-                "update processed_commands set outcome = $3 \
-                  where sender = $1 and command_id = $2",
-            )
-            .bind(self.meta.actor.subject())
-            .bind(self.meta.command_id.as_deref())
-            .bind(serde_json::to_value(&outcome).map_err(anyhow::Error::from)?)
-            .execute(&mut *self.tx)
-            .await?;
+        if let Some(mut tx) = self.tx.take() {
+            if self.claimed_command {
+                sqlx::query(
+                    "update processed_commands set outcome = $3 \
+                      where sender = $1 and command_id = $2",
+                )
+                .bind(self.meta.actor.subject())
+                .bind(self.meta.command_id.as_deref())
+                .bind(serde_json::to_value(&outcome).map_err(anyhow::Error::from)?)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await.map_err(lock_error)?;
         }
-        self.tx.commit().await.map_err(lock_error)?;
         self.store.appended_signal().notify_one();
         Ok(Committed { appended, outcome })
     }

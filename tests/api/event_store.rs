@@ -443,3 +443,191 @@ async fn a_request_that_waited_for_the_board_to_close_sees_it_closed_and_appends
     .unwrap();
     assert_eq!(appointments, 0);
 }
+
+/// The appointment a request decides on `board` as read: what the unit of work stages.
+fn requested_on(
+    board: Option<careboard::domain::Board>,
+) -> Vec<careboard::domain::AppointmentEvent> {
+    careboard::domain::appointment::decide(
+        None,
+        careboard::domain::appointment::AppointmentCommand::Request {
+            board,
+            patient_id: None,
+            patient_name: "Guarded Patient".into(),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            reason: "fever".into(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+async fn appointments_on(pool: &PgPool, board: Uuid) -> i64 {
+    sqlx::query_scalar("select count(*) from streams where board_id = $1 and type = 'appointment'")
+        .bind(board)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_append_decided_on_a_board_that_closed_after_the_read_writes_nothing() {
+    use careboard::domain::{Appointment, AppointmentId, Board};
+    use careboard::event_store::unit_of_work::{Guard, GuardMoved};
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let board = helpers::store::open_board(&store, "Guarded").await;
+    let Begun::Fresh(mut uow) = store
+        .begin(CommandMeta::new("requestAppointment"), &json!(null))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()))
+    else {
+        unreachable!("no command id given")
+    };
+    // Read without the Board's lock: it is OPEN now.
+    let open = uow
+        .read::<Board>(board, Guard::Share)
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    let events = requested_on(open);
+    // The Board closes between the read and the append (nothing holds it).
+    commands::close_board(
+        &store,
+        CommandMeta::new("closeBoard"),
+        careboard::commands::CloseBoard {
+            board_id: board.into(),
+            options: CommandOptions::default(),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", e.describe()));
+    uow.stage::<Appointment>(
+        AppointmentId::new_random(),
+        Some(board.into()),
+        None,
+        &events,
+    );
+    let Err(moved) = uow.commit().await else {
+        panic!("an append decided on the open Board went through after it closed");
+    };
+    assert!(GuardMoved::is(&moved), "{}", moved.describe());
+    // Nothing at all: no stream row, no event.
+    assert_eq!(appointments_on(&pool, board).await, 0);
+    let events: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 2, "the Board's own two events only");
+}
+
+#[tokio::test]
+async fn requests_racing_a_close_never_leave_an_appointment_on_a_closed_board() {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let mut closed_rounds = 0;
+    for round in 0..12 {
+        let board = helpers::store::open_board(&store, &format!("Race {round}")).await;
+        let requests: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    commands::request_appointment(
+                        &store,
+                        CommandMeta::new("requestAppointment"),
+                        helpers::store::request_command(board, &format!("Patient {i}")),
+                    )
+                    .await
+                    .is_ok()
+                })
+            })
+            .collect();
+        let close = tokio::spawn({
+            let store = store.clone();
+            async move {
+                commands::close_board(
+                    &store,
+                    CommandMeta::new("closeBoard"),
+                    careboard::commands::CloseBoard {
+                        board_id: board.into(),
+                        options: CommandOptions::default(),
+                    },
+                )
+                .await
+                .is_ok()
+            }
+        });
+        let granted = futures::future::join_all(requests)
+            .await
+            .into_iter()
+            .filter(|r| *r.as_ref().unwrap())
+            .count() as i64;
+        let closed = close.await.unwrap();
+        let stored = appointments_on(&pool, board).await;
+        assert_eq!(
+            stored, granted,
+            "every answered request, and only those, is stored"
+        );
+        if closed {
+            closed_rounds += 1;
+            assert_eq!(
+                stored, 0,
+                "round {round}: the Board closed with requests on it"
+            );
+        }
+    }
+    eprintln!("{closed_rounds} of 12 closes won the race");
+}
+
+#[tokio::test]
+async fn a_command_stored_with_its_sender_in_the_fingerprint_still_replays() {
+    use careboard::identity::{Actor, Principal, Scope};
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let coordinator = || {
+        let mut meta = CommandMeta::new("openBoard");
+        meta.actor = Actor::from(Principal::new(
+            "dev:ana-ruiz",
+            "Ana Ruiz",
+            Scope::Coordinator {
+                regions: None,
+                specialties: None,
+            },
+        ));
+        meta
+    };
+    let first = commands::open_board(&store, coordinator(), open_input("legacy-1", "TX"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    // As fingerprints were stored while the key was the commandId alone: the verified
+    // sender written into the input as `@sender`.
+    let rewritten = sqlx::query(
+        "update processed_commands set input = input || jsonb_build_object('@sender', sender) \
+          where command_id = 'legacy-1'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rewritten.rows_affected(), 1);
+    let again = commands::open_board(&store, coordinator(), open_input("legacy-1", "TX"))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    assert_eq!(
+        (again.entity, again.version, again.position),
+        (first.entity, first.version, first.position)
+    );
+    let other = commands::open_board(&store, coordinator(), open_input("legacy-1", "CA")).await;
+    assert!(
+        matches!(
+            other,
+            Err(AppError::Domain(
+                careboard::domain::DomainError::Validation(_)
+            ))
+        ),
+        "a different command under the id is still refused"
+    );
+    let events: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+}

@@ -199,7 +199,22 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sharing_subscribers_get_identical_bytes_and_the_others_only_what_they_may_see() {
-    let app = TestApp::spawn().await;
+    sharing_and_masking(TestApp::spawn().await).await;
+}
+
+/// The same with the earlier delivery, every socket's task writing every frame (kept
+/// for the benchmark's before/after): it must stay as safe as the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_per_socket_delivery_sharing_subscribers_still_get_only_what_they_may_see() {
+    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
+        ws_frame_delivery: careboard::config::FrameDelivery::Socket,
+        ..Default::default()
+    })
+    .await;
+    sharing_and_masking(app).await;
+}
+
+async fn sharing_and_masking(app: TestApp) {
     let day = seed(&app).await;
     let (_, p) = app
         .request_appointment(marked_request(&day.board, 1, "reason"))
@@ -372,6 +387,82 @@ async fn subscribers_with_the_same_document_and_scope_share_one_execution_per_ve
         "{executions} executions for {CHANGES} Board versions and {N} subscribers"
     );
     assert_eq!(metric(&app, "careboard_subscription_groups").await, 1.0);
+}
+
+/// Several shared subscriptions on one socket, with ids that need JSON escaping: each
+/// frame names its own subscription, exactly as the client spelled it, and each
+/// subscription's versions strictly increase; a stopped one gets nothing after its
+/// `complete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_socket_with_several_shared_subscriptions_gets_each_under_its_own_escaped_id() {
+    let app = TestApp::spawn().await;
+    let day = seed(&app).await;
+    let ids = ["plain", "quote\"back\\slash", "line\nbreak", "ünï</script>"];
+    let mut raw = Raw::open(&app, &app.admin_token.clone()).await;
+    // One socket alone in the group too, so the frames are shared bytes with another.
+    let mut other = Raw::open(&app, &app.admin_token.clone()).await;
+    other.subscribe("plain", &day.board, None).await;
+    for id in ids {
+        raw.subscribe(id, &day.board, None).await;
+    }
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    let mut stopped = false;
+    let mut stopped_at = 0;
+    let mut target = 0;
+    for n in 0..6 {
+        let (_, p) = app
+            .request_appointment(marked_request(&day.board, n + 1, "reason"))
+            .await;
+        target = app.projected_version(&day.board, p).await;
+        if n == 2 {
+            raw.send(json!({"id": ids[3], "type": "complete"})).await;
+            stopped = true;
+            stopped_at = target;
+        }
+        // Until every live subscription has shown `target`.
+        loop {
+            let live: Vec<&str> = ids
+                .iter()
+                .copied()
+                .filter(|id| !(stopped && *id == ids[3]))
+                .collect();
+            if live.iter().all(|id| last.get(*id) == Some(&target)) {
+                break;
+            }
+            let text = raw
+                .next(Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("no frame for {target}: {last:?}"));
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}"));
+            let id = v["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{text}"))
+                .to_string();
+            assert!(
+                ids.contains(&id.as_str()),
+                "an id the client never sent: {text}"
+            );
+            if v["type"] == "complete" {
+                assert_eq!(id, ids[3], "{text}");
+                continue;
+            }
+            assert_eq!(v["type"], "next", "{text}");
+            let version = v["payload"]["data"]["boardChanged"]["version"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{text}"));
+            let before = last.insert(id.clone(), version).unwrap_or(-1);
+            assert!(version > before, "{id}: {version} after {before}");
+            if stopped && id == ids[3] {
+                // Written before the stop was read: allowed only up to the version the
+                // Board had then.
+                assert!(
+                    version <= stopped_at,
+                    "{id} got {version} after its complete"
+                );
+            }
+        }
+    }
+    assert!(!other.until(target).await.is_empty());
 }
 
 /// Resumes into a running group, across a listener reconnect and a rebuild: every

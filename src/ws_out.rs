@@ -1,0 +1,279 @@
+//! One websocket's way out: the bytes waiting to be written to it, shared by the socket's
+//! own task and by the writer passes of the frame groups it belongs to.
+//!
+//! A group that publishes a frame writes it to each of its sockets itself, one
+//! non-blocking `write` of bytes encoded once ([`SocketOut::try_write_now`]), without
+//! waking the socket's task. Whatever cannot go out at once (the kernel's buffer is full,
+//! or bytes are already waiting) is left to the socket's task, which the writer wakes
+//! ([`SocketOut::wake`]) and which writes with its own waker. So a frame is never split
+//! by another: bytes reach the socket in one order, through one queue, under one lock.
+//!
+//! The socket's task speaks the websocket protocol with `tungstenite` over [`SocketIo`],
+//! whose writes go into the same queue: control frames, replies and the frames of
+//! subscriptions that run on their own keep their order with the shared ones.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+
+type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+type Reader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Queued bytes past which [`SocketIo`] stops taking more until the socket drains: the
+/// socket's own writes wait (TCP pushes back), shared frames are coalesced in their
+/// slots instead.
+const HIGH_WATER: usize = 16 * 1024;
+
+/// The write side of one websocket.
+pub struct SocketOut {
+    state: Mutex<OutState>,
+    /// Wakes the socket's task: bytes wait in the queue, or a frame waits in one of its
+    /// subscriptions' slots.
+    pub wake: Notify,
+}
+
+struct OutState {
+    io: Writer,
+    /// Bytes accepted but not yet written, whole frames in order (a partly written
+    /// frame's rest comes first).
+    queue: BytesMut,
+    /// The connection failed: nothing more is written.
+    failed: bool,
+}
+
+/// What came of a writer pass's attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// All of it is in the kernel's buffer.
+    Done,
+    /// Part of it is; the rest waits in the queue for the socket's task (woken).
+    Partly,
+    /// None of it: bytes were waiting already or the kernel's buffer is full. The caller
+    /// keeps the frame (the newest one wins) and wakes the socket's task.
+    Busy,
+    /// The connection failed; the socket's task ends when it notices.
+    Failed,
+}
+
+impl SocketOut {
+    /// Whether nothing waits to be written.
+    pub fn is_idle(&self) -> bool {
+        self.state.lock().expect("socket out").queue.is_empty()
+    }
+
+    /// Writes `bytes` now if nothing is waiting before them, without blocking and without
+    /// a task of its own to wake (a writer pass calls this for each socket of a group).
+    pub fn try_write_now(&self, bytes: &[u8]) -> Written {
+        let mut state = self.state.lock().expect("socket out");
+        if state.failed {
+            return Written::Failed;
+        }
+        if !state.queue.is_empty() {
+            return Written::Busy;
+        }
+        // A no-op waker: if the write would block, the socket's task (woken by the
+        // caller) polls again with its own, which replaces this one.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut written = 0;
+        while written < bytes.len() {
+            match state.io.as_mut().poll_write(&mut cx, &bytes[written..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    state.failed = true;
+                    return Written::Failed;
+                }
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Pending => break,
+            }
+        }
+        if written == bytes.len() {
+            Written::Done
+        } else if written == 0 {
+            Written::Busy
+        } else {
+            state.queue.extend_from_slice(&bytes[written..]);
+            Written::Partly
+        }
+    }
+
+    /// Queues whole frames' bytes behind whatever waits (the socket's task, which then
+    /// flushes).
+    pub fn push(&self, bytes: &[u8]) {
+        self.state
+            .lock()
+            .expect("socket out")
+            .queue
+            .extend_from_slice(bytes);
+    }
+}
+
+impl OutState {
+    /// Writes what waits, as far as the socket takes it now.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.failed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        while !self.queue.is_empty() {
+            match self.io.as_mut().poll_write(cx, &self.queue) {
+                Poll::Ready(Ok(0)) => {
+                    self.failed = true;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => self.queue.advance(n),
+                Poll::Ready(Err(e)) => {
+                    self.failed = true;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The stream the socket's task speaks the websocket protocol over: reads from the
+/// connection, writes into the shared queue (whole buffers or nothing, so a frame of its
+/// own is never split by a shared one).
+pub struct SocketIo {
+    read: Reader,
+    out: Arc<SocketOut>,
+}
+
+impl SocketIo {
+    /// Splits an upgraded connection into its reading half and its shared way out.
+    pub fn new<T>(io: T) -> (Self, Arc<SocketOut>)
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(io);
+        let out = Arc::new(SocketOut {
+            state: Mutex::new(OutState {
+                io: Box::pin(write),
+                queue: BytesMut::new(),
+                failed: false,
+            }),
+            wake: Notify::new(),
+        });
+        (
+            SocketIo {
+                read: Box::pin(read),
+                out: out.clone(),
+            },
+            out,
+        )
+    }
+}
+
+impl AsyncRead for SocketIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.read.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SocketIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.out.state.lock().expect("socket out");
+        if state.queue.len() >= HIGH_WATER {
+            if let Poll::Ready(Err(e)) = state.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if state.queue.len() >= HIGH_WATER {
+                return Poll::Pending;
+            }
+        }
+        if state.failed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        state.queue.extend_from_slice(buf);
+        // As much as goes now; the rest on flush (a waker may be registered: a spurious
+        // wake at worst).
+        if let Poll::Ready(Err(e)) = state.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.out.state.lock().expect("socket out");
+        match state.poll_drain(cx) {
+            Poll::Ready(Ok(())) => state.io.as_mut().poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.out.state.lock().expect("socket out");
+        match state.poll_drain(cx) {
+            Poll::Ready(Ok(())) => state.io.as_mut().poll_shutdown(cx),
+            other => other,
+        }
+    }
+}
+
+/// A complete server-to-client websocket text frame (unmasked, final) carrying `text`.
+pub fn text_frame(text: &str) -> Bytes {
+    let frame = WsFrame::message(
+        Bytes::copy_from_slice(text.as_bytes()),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    let mut out = Vec::with_capacity(frame.len());
+    frame
+        .format(&mut out)
+        .expect("formatting into a Vec cannot fail");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn a_text_frame_has_the_websocket_header_and_the_text() {
+        let short = text_frame("hi");
+        assert_eq!(&short[..], b"\x81\x02hi");
+        let long = "x".repeat(300);
+        let framed = text_frame(&long);
+        assert_eq!(&framed[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(&framed[4..], long.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_keeps_the_rest_in_order_and_writes_it_on_flush() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = tokio::io::duplex(8);
+        let (mut io, out) = SocketIo::new(ours);
+        assert_eq!(out.try_write_now(b"abcdef"), Written::Done);
+        assert_eq!(out.try_write_now(b"ghijk"), Written::Partly);
+        assert_eq!(
+            out.try_write_now(b"xyz"),
+            Written::Busy,
+            "bytes wait already"
+        );
+        assert!(!out.is_idle());
+        io.write_all(b"lmn").await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut all = vec![0u8; 14];
+            theirs.read_exact(&mut all).await.unwrap();
+            all
+        });
+        io.flush().await.unwrap();
+        assert_eq!(reader.await.unwrap(), b"abcdefghijklmn");
+        assert!(out.is_idle());
+    }
+}
