@@ -76,16 +76,20 @@ impl LeanSocket {
     }
 
     pub async fn send(&mut self, text: &str) -> Result<()> {
-        self.send_frame(OpCode::Data(Data::Text), text.as_bytes())
-            .await
+        self.send_frame(Frame::message(
+            text.as_bytes().to_vec(),
+            OpCode::Data(Data::Text),
+            true,
+        ))
+        .await
     }
 
-    async fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+    /// Sends `frame` masked, as a client must.
+    async fn send_frame(&mut self, mut frame: Frame) -> Result<()> {
         // A cheap generator is enough here: the mask only has to vary.
         self.mask ^= self.mask << 13;
         self.mask ^= self.mask >> 17;
         self.mask ^= self.mask << 5;
-        let mut frame = Frame::message(payload.to_vec(), opcode, true);
         frame.header_mut().mask = Some(self.mask.to_le_bytes());
         let mut out = Vec::with_capacity(frame.len() + 4);
         frame.format(&mut out)?;
@@ -135,8 +139,7 @@ impl LeanSocket {
             self.at = end;
         }
         for ping in pings {
-            self.send_frame(OpCode::Control(Control::Pong), &ping)
-                .await?;
+            self.send_frame(Frame::pong(ping)).await?;
         }
         Ok(())
     }

@@ -234,6 +234,18 @@ struct Row {
 }
 
 impl Row {
+    /// A row measured against no baseline (latency or a plain figure).
+    fn unbased(scenario: String, rate: f64, latency: Option<Histogram<u64>>, errors: u64) -> Self {
+        Row {
+            scenario,
+            rate,
+            latency,
+            errors,
+            baseline_name: "-".into(),
+            baseline_rate: 0.0,
+        }
+    }
+
     fn ratio(&self) -> f64 {
         if self.baseline_rate > 0.0 {
             self.rate / self.baseline_rate
@@ -435,14 +447,12 @@ async fn main() -> Result<()> {
                     h.value_at_quantile(0.99) as f64 / 1000.0
                 );
             }
-            rows.push(Row {
-                scenario: format!("project: lag commit to NOTIFY at {rate:.0} appends/s, {label}"),
-                rate: lag.hist.len() as f64 / args.seconds as f64,
-                latency: Some(lag.hist),
-                errors: 0,
-                baseline_name: "-".into(),
-                baseline_rate: 0.0,
-            });
+            rows.push(Row::unbased(
+                format!("project: lag commit to NOTIFY at {rate:.0} appends/s, {label}"),
+                lag.hist.len() as f64 / args.seconds as f64,
+                Some(lag.hist),
+                0,
+            ));
         }
         let rebuild_url = fresh_database(&admin_url).await?;
         let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
@@ -476,14 +486,12 @@ async fn main() -> Result<()> {
     if want(Scenario::Subscribe) {
         let url = fresh_database(&admin_url).await?;
         let baseline = subscribe::notify_ping_pong(&url, 2000).await?;
-        rows.push(Row {
-            scenario: "subscribe: baseline NOTIFY ping-pong".into(),
-            rate: 0.0,
-            latency: Some(baseline),
-            errors: 0,
-            baseline_name: "-".into(),
-            baseline_rate: 0.0,
-        });
+        rows.push(Row::unbased(
+            "subscribe: baseline NOTIFY ping-pong".into(),
+            0.0,
+            Some(baseline),
+            0,
+        ));
         let mut p99s = Vec::new();
         let mut server = None;
         // Before and after alternate; the last server started delivers the new way.
@@ -524,19 +532,18 @@ async fn main() -> Result<()> {
                     first_after = false;
                     p99s.push(m.latency.value_at_quantile(0.99) as f64 / 1000.0);
                 }
-                rows.push(Row {
-                    scenario: format!(
-                        "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}{}",
-                        args.subscribers,
-                        args.change_rate,
-                        delivery_label(delivery, i / 2 + 1)
-                    ),
-                    rate: m.frames as f64 / args.seconds as f64,
-                    latency: Some(m.latency),
-                    errors: m.errors,
-                    baseline_name: "-".into(),
-                    baseline_rate: 0.0,
-                });
+                let scenario = format!(
+                    "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}{}",
+                    args.subscribers,
+                    args.change_rate,
+                    delivery_label(delivery, i / 2 + 1)
+                );
+                rows.push(Row::unbased(
+                    scenario,
+                    m.frames as f64 / args.seconds as f64,
+                    Some(m.latency),
+                    m.errors,
+                ));
                 server = Some(started);
             }
         }
@@ -553,17 +560,16 @@ async fn main() -> Result<()> {
                 args.seconds,
             )
             .await?;
-            rows.push(Row {
-                scenario: format!(
-                    "subscribe: commit to frame, {} subscribers over {} Boards, {} changes/s in all (frames/s)",
-                    args.spread_subscribers, args.spread_boards, args.change_rate
-                ),
-                rate: m.frames as f64 / args.seconds as f64,
-                latency: Some(m.latency),
-                errors: m.errors,
-                baseline_name: "-".into(),
-                baseline_rate: 0.0,
-            });
+            let scenario = format!(
+                "subscribe: commit to frame, {} subscribers over {} Boards, {} changes/s in all (frames/s)",
+                args.spread_subscribers, args.spread_boards, args.change_rate
+            );
+            rows.push(Row::unbased(
+                scenario,
+                m.frames as f64 / args.seconds as f64,
+                Some(m.latency),
+                m.errors,
+            ));
         }
         // Servers of their own: the spread's sockets are gone, its Boards idle.
         drop(server);
@@ -594,27 +600,15 @@ async fn main() -> Result<()> {
                 "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each, {notified_per_second:.1} versions/s notified), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame",
                 args.subscribers, args.seconds
             );
-            rows.push(Row {
-                scenario: format!(
-                    "subscribe: server CPU us per frame delivered at saturation (whole process){which}"
-                ),
-                rate: cpu_per_frame_us,
-                latency: None,
-                errors: 0,
-                baseline_name: "-".into(),
-                baseline_rate: 0.0,
-            });
-            rows.push(Row {
-                scenario: format!(
-                    "subscribe: frames delivered at saturation, {} subscribers on one Board, {} writers (frames/s){which}",
-                    args.subscribers, args.saturation_writers
-                ),
-                rate,
-                latency: None,
-                errors,
-                baseline_name: "-".into(),
-                baseline_rate: 0.0,
-            });
+            let scenario = format!(
+                "subscribe: server CPU us per frame delivered at saturation (whole process){which}"
+            );
+            rows.push(Row::unbased(scenario, cpu_per_frame_us, None, 0));
+            let scenario = format!(
+                "subscribe: frames delivered at saturation, {} subscribers on one Board, {} writers (frames/s){which}",
+                args.subscribers, args.saturation_writers
+            );
+            rows.push(Row::unbased(scenario, rate, None, errors));
             drop(server);
         }
         let server = subscribe::Server::start(&url, &auths[auths.len() - 1].1).await?;
@@ -624,14 +618,12 @@ async fn main() -> Result<()> {
             args.idle,
             per / 1024.0
         );
-        rows.push(Row {
-            scenario: format!("subscribe: KB per idle subscription at {}", args.idle),
-            rate: per / 1024.0,
-            latency: None,
-            errors: 0,
-            baseline_name: "-".into(),
-            baseline_rate: 0.0,
-        });
+        rows.push(Row::unbased(
+            format!("subscribe: KB per idle subscription at {}", args.idle),
+            per / 1024.0,
+            None,
+            0,
+        ));
         drop(server);
     }
     eprintln!("[{:.1} s] starting asof", started.elapsed().as_secs_f64());
@@ -1274,48 +1266,29 @@ async fn mixed_scenario(
         }
     );
     let largest = m.board_sizes.iter().max().copied().unwrap_or(0);
-    Ok(vec![
-        Row {
-            scenario: format!(
-                "mixed: requests/s in the last {w:.0} s ({label}, Boards up to {largest} appointments)"
-            ),
-            rate: rate(last),
-            latency: None,
-            errors,
-            baseline_name: format!("the first {w:.0} s of the same run (requests/s)"),
-            baseline_rate: rate(first),
-        },
-        Row {
-            scenario: format!("mixed: mutation latency, first {w:.0} s, {path:?} (writes/s)"),
-            rate: first.writes as f64 / w,
-            latency: Some(first.write_latency.clone()),
-            errors: 0,
-            baseline_name: "-".into(),
-            baseline_rate: 0.0,
-        },
-        Row {
-            scenario: format!("mixed: mutation latency, last {w:.0} s, {path:?} (writes/s)"),
-            rate: last.writes as f64 / w,
-            latency: Some(last.write_latency.clone()),
-            errors: 0,
-            baseline_name: "-".into(),
-            baseline_rate: 0.0,
-        },
-        Row {
-            scenario: format!("mixed: read latency, first {w:.0} s, {path:?} (reads/s)"),
-            rate: first.reads as f64 / w,
-            latency: Some(first.read_latency.clone()),
-            errors: 0,
-            baseline_name: "-".into(),
-            baseline_rate: 0.0,
-        },
-        Row {
-            scenario: format!("mixed: read latency, last {w:.0} s, {path:?} (reads/s)"),
-            rate: last.reads as f64 / w,
-            latency: Some(last.read_latency.clone()),
-            errors: 0,
-            baseline_name: "-".into(),
-            baseline_rate: 0.0,
-        },
-    ])
+    let mut rows = vec![Row {
+        scenario: format!(
+            "mixed: requests/s in the last {w:.0} s ({label}, Boards up to {largest} appointments)"
+        ),
+        rate: rate(last),
+        latency: None,
+        errors,
+        baseline_name: format!("the first {w:.0} s of the same run (requests/s)"),
+        baseline_rate: rate(first),
+    }];
+    for (what, unit) in [("mutation", "writes"), ("read", "reads")] {
+        for (when, win) in [("first", first), ("last", last)] {
+            let (count, latency) = match unit {
+                "writes" => (win.writes, &win.write_latency),
+                _ => (win.reads, &win.read_latency),
+            };
+            rows.push(Row::unbased(
+                format!("mixed: {what} latency, {when} {w:.0} s, {path:?} ({unit}/s)"),
+                count as f64 / w,
+                Some(latency.clone()),
+                0,
+            ));
+        }
+    }
+    Ok(rows)
 }

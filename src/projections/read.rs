@@ -286,6 +286,10 @@ struct CachedBoard {
     followed: Option<FollowedBoard>,
     /// The contents of `followed`, made when first asked for at its version.
     contents: Option<Arc<BoardContents>>,
+    /// When the read that brought `followed` up to date started: a caller that arrived
+    /// before then and waited for the lock gets what that read found (it saw every
+    /// commit the caller could ask for) instead of reading again.
+    read_from: Option<std::time::Instant>,
 }
 
 impl Default for BoardCache {
@@ -317,8 +321,15 @@ impl BoardCache {
                 .and_then(|doc| doc.to_contents())
                 .map(Arc::new));
         }
+        let arrived = std::time::Instant::now();
         let entry = self.entry(id);
         let mut cached = entry.lock().await;
+        // Readers of one Board queue on its lock: the first reads, the ones that queued
+        // behind it take its result rather than one round trip each.
+        if cached.read_from.is_some_and(|from| from >= arrived) {
+            return Ok(cached.contents.clone());
+        }
+        let read_from = std::time::Instant::now();
         let before = cached
             .followed
             .as_ref()
@@ -328,7 +339,9 @@ impl BoardCache {
             *cached = CachedBoard::default();
             return Err(e);
         }
+        cached.read_from = Some(read_from);
         let Some(followed) = &cached.followed else {
+            cached.contents = None;
             return Ok(None);
         };
         let now = Some((followed.generation, followed.doc.version));
