@@ -36,6 +36,8 @@ enum Scenario {
     Mutate,
     /// Projector rebuild throughput vs a keyset read; lag at half the max append rate.
     Project,
+    /// The `project` scenario's `board_view` rebuild rows alone.
+    Rebuild,
     /// Commit-to-frame latency with many subscribers, memory per idle subscription,
     /// vs a bare NOTIFY ping-pong.
     Subscribe,
@@ -386,6 +388,9 @@ async fn main() -> Result<()> {
         "[{:.1} s] starting project",
         started.elapsed().as_secs_f64()
     );
+    if args.scenario == Scenario::Rebuild {
+        rebuild_rows(&admin_url, &args, &mut rows).await?;
+    }
     if want(Scenario::Project) {
         let max = match max_append {
             Some(r) => r,
@@ -454,30 +459,7 @@ async fn main() -> Result<()> {
                 0,
             ));
         }
-        let rebuild_url = fresh_database(&admin_url).await?;
-        let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
-        postgres::migrate(&rebuild_pool).await?;
-        println!("loading ~{} events for the rebuild", args.events);
-        let r = project::rebuild(&rebuild_pool, args.events).await?;
-        for (rates, watched) in [
-            (&r.rebuild_rates_status, "before: watched by status"),
-            (&r.rebuild_rates_row, "watched by its row"),
-        ] {
-            println!("  rebuild rates, {watched}: {rates:.0?} events/s");
-            rows.push(Row {
-                scenario: format!(
-                    "project: board_view rebuild over {} events, {watched} (events/s, best of {})",
-                    r.events,
-                    rates.len()
-                ),
-                rate: rates.iter().copied().fold(0.0, f64::max),
-                latency: None,
-                errors: 0,
-                baseline_name: "keyset read of the same events (rows/s)".into(),
-                baseline_rate: r.keyset_rate,
-            });
-        }
-        rebuild_pool.close().await;
+        rebuild_rows(&admin_url, &args, &mut rows).await?;
     }
     eprintln!(
         "[{:.1} s] starting subscribe",
@@ -698,6 +680,35 @@ async fn main() -> Result<()> {
 }
 
 /// The A/B line of `--auth ab`: `what` with authentication on, against off, same run.
+/// The `board_view` rebuild rows, on a database of their own.
+async fn rebuild_rows(admin_url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<()> {
+    let rebuild_url = fresh_database(admin_url).await?;
+    let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
+    postgres::migrate(&rebuild_pool).await?;
+    println!("loading ~{} events for the rebuild", args.events);
+    let r = project::rebuild(&rebuild_pool, args.events).await?;
+    for (rates, watched) in [
+        (&r.rebuild_rates_status, "before: watched by status"),
+        (&r.rebuild_rates_row, "watched by its row"),
+    ] {
+        println!("  rebuild rates, {watched}: {rates:.0?} events/s");
+        rows.push(Row {
+            scenario: format!(
+                "project: board_view rebuild over {} events, {watched} (events/s, best of {})",
+                r.events,
+                rates.len()
+            ),
+            rate: rates.iter().copied().fold(0.0, f64::max),
+            latency: None,
+            errors: 0,
+            baseline_name: "keyset read of the same events (rows/s)".into(),
+            baseline_rate: r.keyset_rate,
+        });
+    }
+    rebuild_pool.close().await;
+    Ok(())
+}
+
 fn ab_row(what: &str, on: f64, off: f64) -> Row {
     Row {
         scenario: format!("A/B: {what}, auth on vs off"),
