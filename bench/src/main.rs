@@ -688,8 +688,14 @@ async fn rebuild_rows(admin_url: &str, args: &Args, rows: &mut Vec<Row>) -> Resu
     println!("loading ~{} events for the rebuild", args.events);
     let r = project::rebuild(&rebuild_pool, args.events).await?;
     for (rates, watched) in [
-        (&r.rebuild_rates_status, "before: watched by status"),
-        (&r.rebuild_rates_row, "watched by its row"),
+        (
+            &r.rebuild_rates_before,
+            "before: decoded through a copied object, written through Value",
+        ),
+        (
+            &r.rebuild_rates_after,
+            "after: decoded and written straight",
+        ),
     ] {
         println!("  rebuild rates, {watched}: {rates:.0?} events/s");
         rows.push(Row {
