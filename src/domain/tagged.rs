@@ -145,8 +145,14 @@ mod tests {
         ];
         for (event_type, data) in &cases {
             let (copied, direct) = both::<AppointmentEvent>(event_type, data);
-            assert!(direct.starts_with("error: "), "{event_type} {data}: {direct}");
-            assert!(copied.starts_with("error: "), "{event_type} {data}: {copied}");
+            assert!(
+                direct.starts_with("error: "),
+                "{event_type} {data}: {direct}"
+            );
+            assert!(
+                copied.starts_with("error: "),
+                "{event_type} {data}: {copied}"
+            );
             assert!(
                 AppointmentEvent::decode(event_type, data)
                     .unwrap_err()

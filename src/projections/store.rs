@@ -171,9 +171,7 @@ pub async fn save_rows(
         } else {
             query.bind(&boards.headers)
         };
-        query
-        .execute(&mut *conn)
-        .await?;
+        query.execute(&mut *conn).await?;
     }
     if !boards.appointments.ids.is_empty() {
         let a = &boards.appointments;
@@ -192,10 +190,7 @@ pub async fn save_rows(
         } else {
             query.bind(&a.typed)
         };
-        query
-        .bind(&a.board_versions)
-        .execute(&mut *conn)
-        .await?;
+        query.bind(&a.board_versions).execute(&mut *conn).await?;
     }
     for (table, v) in views {
         sqlx::query(&format!(
