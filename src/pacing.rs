@@ -44,3 +44,40 @@ impl IdlePoll {
 pub fn backoff(base: Duration, attempt: u32) -> Duration {
     (base * 2u32.pow(attempt.clamp(1, 8) - 1)).min(MAX_BACKOFF)
 }
+
+/// The readers the local append signal wakes, rung one after another by the daemon's
+/// one task that waits for that signal.
+///
+/// Each reader registers the `Notify` it idles on, so a ring reaches a projection's
+/// loop with no task in between; `last` readers are rung after the others, so the
+/// runtime runs the last one woken next on that core (tokio's LIFO slot): the daemon
+/// registers `board_view`'s live loop that way, the one whose commits subscribers wait
+/// for. A reader that is gone (its `Notify` dropped) is forgotten at the next ring.
+#[derive(Debug, Default)]
+pub struct Wakes {
+    readers: std::sync::Mutex<Vec<(bool, std::sync::Weak<Notify>)>>,
+}
+
+impl Wakes {
+    /// Adds a reader, or moves one already there; `last`: rung after the others.
+    pub fn register(&self, wake: &std::sync::Arc<Notify>, last: bool) {
+        let mut readers = self.readers.lock().expect("wakes");
+        let again = std::sync::Arc::downgrade(wake);
+        readers.retain(|(_, w)| w.strong_count() > 0 && !w.ptr_eq(&again));
+        readers.push((last, again));
+        // Stable: the `last` ones move to the end, each group in registration order.
+        readers.sort_by_key(|(last, _)| *last);
+    }
+
+    /// Rings every reader once (a reader not waiting keeps the permit for its next wait).
+    pub fn ring(&self) {
+        let readers: Vec<std::sync::Arc<Notify>> = {
+            let mut readers = self.readers.lock().expect("wakes");
+            readers.retain(|(_, w)| w.strong_count() > 0);
+            readers.iter().filter_map(|(_, w)| w.upgrade()).collect()
+        };
+        for r in readers {
+            r.notify_one();
+        }
+    }
+}
