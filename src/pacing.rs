@@ -81,3 +81,63 @@ impl Wakes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::Wakes;
+
+    fn order(wakes: &Wakes) -> Vec<*const Notify> {
+        let readers = wakes.readers.lock().unwrap();
+        readers
+            .iter()
+            .filter_map(|(_, w)| w.upgrade())
+            .map(|n| Arc::as_ptr(&n))
+            .collect()
+    }
+
+    #[test]
+    fn the_reader_registered_last_is_rung_after_the_others_and_moving_it_keeps_one_entry() {
+        let wakes = Wakes::default();
+        let (a, board, b) = (
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        );
+        wakes.register(&a, false);
+        wakes.register(&board, true);
+        wakes.register(&b, false);
+        assert_eq!(
+            order(&wakes),
+            [Arc::as_ptr(&a), Arc::as_ptr(&b), Arc::as_ptr(&board)]
+        );
+        // Registered again (a rebuild of board_view went live): moved, not doubled.
+        wakes.register(&a, true);
+        assert_eq!(
+            order(&wakes),
+            [Arc::as_ptr(&b), Arc::as_ptr(&board), Arc::as_ptr(&a)]
+        );
+        drop(board);
+        wakes.ring();
+        assert_eq!(
+            wakes.readers.lock().unwrap().len(),
+            2,
+            "a dropped reader is forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ring_reaches_a_reader_that_was_not_waiting_at_its_next_wait() {
+        let wakes = Wakes::default();
+        let reader = Arc::new(Notify::new());
+        wakes.register(&reader, false);
+        wakes.ring();
+        tokio::time::timeout(Duration::from_secs(5), reader.notified())
+            .await
+            .expect("the ring was kept for the reader's next wait");
+    }
+}

@@ -95,8 +95,8 @@ pub(super) async fn run(
     // `board_view`'s live loop is rung last, so it runs first (see [`Wakes`]).
     let register = |state: &LoopState, gen: &Generation| {
         if direct {
-            let first_served = gen.projection == Projection::BoardView
-                && gen.status == GenerationStatus::Live;
+            let first_served =
+                gen.projection == Projection::BoardView && gen.status == GenerationStatus::Live;
             wakes.register(&state.wake, first_served);
         }
     };
@@ -489,13 +489,14 @@ impl SharedLog {
 
     /// The slot's rows, reading them if no one has (others wait for that one read), on
     /// `conn` when given.
-    async fn fill(&self, slot: &Slot, conn: Option<&mut PgConnection>) -> Result<Rows, sqlx::Error> {
+    async fn fill(
+        &self,
+        slot: &Slot,
+        conn: Option<&mut PgConnection>,
+    ) -> Result<Rows, sqlx::Error> {
         slot.rows
             .get_or_try_init(|| async move {
-                let rows = self
-                    .projector
-                    .read_on(conn, slot.after, slot.limit)
-                    .await?;
+                let rows = self.projector.read_on(conn, slot.after, slot.limit).await?;
                 if !rows.is_empty() {
                     self.projector.metrics.projector_batch_read();
                 }
