@@ -70,7 +70,9 @@ pub struct DaemonConfig {
     /// of its own (no pool acquire, no task to hand a connection back after each
     /// statement). Off: the signal goes daemon → projector supervisor → every loop, and
     /// every statement takes a pooled connection: the earlier path, kept so the bench
-    /// can measure both in one run.
+    /// can measure both in one run. Off by default: on the shared machine the bench
+    /// showed no clear gain either way (docs/BENCHMARKS.md, "Waking board_view
+    /// directly").
     pub direct_wake: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
@@ -88,7 +90,7 @@ impl Default for DaemonConfig {
             loops: true,
             async_commit: true,
             follower_pace: Duration::from_millis(10),
-            direct_wake: true,
+            direct_wake: false,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,

@@ -75,7 +75,8 @@ struct Args {
     events: usize,
     /// The `project` lag rows, in order, each on a database of its own: `lockstep`,
     /// `loops` (durable, unpaced), `tuned` (async commits, paced followers, the signal
-    /// forwarded through the supervisor), `direct` (the default schedule). The last two
+    /// forwarded through the supervisor: the default schedule), `direct` (`tuned` woken
+    /// straight from the daemon, `board_view` on a connection of its own). The last two
     /// alternate by default so the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::Schedule::Lockstep,

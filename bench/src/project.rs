@@ -172,7 +172,7 @@ pub async fn load(pool: &PgPool, events: &[Generated]) -> Result<()> {
 
 /// A projector for a measurement, woken by `store`'s local appends.
 pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::daemon::DaemonHandle {
-    start_projector_with(pool, store, Schedule::Direct, Arc::new(Metrics::new()))
+    start_projector_with(pool, store, Schedule::Tuned, Arc::new(Metrics::new()))
 }
 
 /// How the projector under measurement is scheduled: the rows of the `project` lag
@@ -184,10 +184,12 @@ pub enum Schedule {
     /// A loop per projection, each batch committed durably, followers unpaced.
     Loops,
     /// Loops with the projector's commits not waiting for the WAL flush and the
-    /// followers paced, the append signal forwarded through the projector's supervisor.
+    /// followers paced, the append signal forwarded through the projector's supervisor
+    /// (the defaults).
     Tuned,
     /// `Tuned` with the append signal ringing each loop straight from the daemon,
-    /// `board_view`'s last, and `board_view` on a connection of its own (the defaults).
+    /// `board_view`'s last, and `board_view` on a connection of its own
+    /// (`DaemonConfig::direct_wake`).
     Direct,
 }
 
@@ -219,11 +221,11 @@ fn start_projector_with(
             follower_pace: Duration::ZERO,
             ..tuned
         },
-        Schedule::Tuned => DaemonConfig {
-            direct_wake: false,
+        Schedule::Tuned => tuned,
+        Schedule::Direct => DaemonConfig {
+            direct_wake: true,
             ..tuned
         },
-        Schedule::Direct => tuned,
     };
     Daemon::new(
         pool.clone(),
