@@ -533,6 +533,17 @@ async fn main() -> Result<()> {
                     m.harness_cores,
                     m.frames as f64 / args.seconds as f64
                 );
+                let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| {
+                    h.value_at_quantile(q) as f64 / 1000.0
+                };
+                println!(
+                    "  split at the NOTIFY: mutation sent to NOTIFY heard p50 {:.2} / p99 {:.2} ms; \
+                     NOTIFY heard to frame p50 {:.2} / p99 {:.2} ms",
+                    ms(&m.to_notify, 0.5),
+                    ms(&m.to_notify, 0.99),
+                    ms(&m.notify_to_frame, 0.5),
+                    ms(&m.notify_to_frame, 0.99)
+                );
                 if *delivery == "group" && first_after {
                     first_after = false;
                     p99s.push(m.latency.value_at_quantile(0.99) as f64 / 1000.0);
