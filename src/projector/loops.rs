@@ -16,7 +16,8 @@
 //! read now would return) and otherwise reads afresh; the other projections take any.
 //!
 //! The supervisor ([`run`]) starts a loop per live or building generation, forwards the
-//! append signal to each, refreshes generations (rebuild requests from other
+//! append signal to each (with direct wakes the daemon rings each loop itself instead,
+//! `board_view`'s last), refreshes generations (rebuild requests from other
 //! processes), swaps caught-up rebuilds in, and ends the term: on shutdown each loop
 //! finishes its batch; on a lost lock or a crash point the loops are dropped mid-flight,
 //! like a killed process, and their open transactions roll back.
