@@ -390,8 +390,7 @@ async fn main() -> Result<()> {
                     );
                     rows.push(row);
                     let mut row =
-                        mutate_scenario(&pool, &args, auth, baseline, CommandPath::Planned)
-                            .await?;
+                        mutate_scenario(&pool, &args, auth, baseline, CommandPath::Planned).await?;
                     row.scenario.push_str(label);
                     rates.push(row.rate);
                     rows.push(row);

@@ -228,23 +228,21 @@ pub async fn append_via(
     } else {
         sqlx::query_as(APPEND_SQL)
             .bind(&w_ids)
-        .bind(&w_types)
-        .bind(&w_boards)
-        .bind(&w_expected)
-        .bind(&w_new)
-        .bind(&ids)
-        .bind(&stream_ids)
-        .bind(&versions)
-        .bind(&types)
-        .bind(metadata)
-        .bind(&g_ids)
+            .bind(&w_types)
+            .bind(&w_boards)
+            .bind(&w_expected)
+            .bind(&w_new)
+            .bind(&ids)
+            .bind(&stream_ids)
+            .bind(&versions)
+            .bind(&types)
+            .bind(metadata)
+            .bind(&g_ids)
             .bind(&g_versions)
             .bind(&datas)
     };
-    let rows: Vec<(i64, Uuid, i64, DateTime<Utc>)> = query
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| match &e {
+    let rows: Vec<(i64, Uuid, i64, DateTime<Utc>)> =
+        query.fetch_all(&mut *conn).await.map_err(|e| match &e {
             // NOWAIT on a guard: a writer holds the row.
             sqlx::Error::Database(db)
                 if db.code().as_deref() == Some("55P03") && !guards.is_empty() =>
