@@ -673,3 +673,31 @@ async fn a_request_reuses_the_plan_of_its_append() {
         "the request's append was planned per command: {generic} generic, {custom} custom plans"
     );
 }
+
+/// The pool no longer pings every connection it hands out (a round trip per command),
+/// but one that sat idle long enough to have died is pinged and replaced: a server
+/// that dropped it does not fail the next request.
+#[tokio::test]
+async fn a_connection_that_died_while_idle_is_replaced_before_use() {
+    let (admin, url) = helpers::fresh_database_with_url().await;
+    let pool = careboard::postgres::connect(&url, 1).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let ended: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(ended);
+    tokio::time::sleep(
+        careboard::postgres::PING_AFTER_IDLE + std::time::Duration::from_millis(200),
+    )
+    .await;
+    let again: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("the dead connection was handed out: {e}"));
+    assert_ne!(again, pid);
+}
