@@ -110,7 +110,7 @@ pub fn state_with(
     lock_timeout: Duration,
     read_wait: Duration,
 ) -> AppState {
-    let store = EventStore::new(pool.clone(), lock_timeout);
+    let store = EventStore::new(pool.clone(), lock_timeout).with_command_path(limits.command_path);
     let metrics = Arc::new(Metrics::new());
     let live = LiveBoards::start(pool.clone());
     let frames = crate::frames::FrameHub::default();

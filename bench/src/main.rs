@@ -1081,14 +1081,11 @@ async fn mutate_scenario(
     baseline: f64,
     path: CommandPath,
 ) -> Result<Row> {
-    // The server's store takes its command path from the environment when built.
-    let name = match path {
-        CommandPath::General => "general",
-        CommandPath::Planned => "planned",
+    let limits = GraphqlLimits {
+        command_path: path,
+        ..bench_limits()
     };
-    std::env::set_var("CAREBOARD_COMMAND_PATH", name);
-    let mut state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
-    std::env::remove_var("CAREBOARD_COMMAND_PATH");
+    let mut state = app::state(pool.clone(), limits, Duration::from_secs(5));
     auth.apply(&mut state);
     let server = RunningServer::start("127.0.0.1:0", state).await?;
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));

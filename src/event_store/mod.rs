@@ -95,7 +95,7 @@ pub struct EventStore {
 /// How a command's append is planned and sent. Both keep the same invariants (the
 /// guard, the versions, all or nothing); they differ in what PostgreSQL plans per
 /// command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum CommandPath {
     /// The append is one general statement over arrays (any number of streams and
     /// guards). PostgreSQL plans it again for every command: its generic plan is
@@ -109,24 +109,13 @@ pub enum CommandPath {
     Planned,
 }
 
-impl CommandPath {
-    /// The path named by `CAREBOARD_COMMAND_PATH` (`general` or `planned`), else the
-    /// default: how a benchmark runs the earlier path beside the current one.
-    pub fn from_env() -> Self {
-        match std::env::var("CAREBOARD_COMMAND_PATH").as_deref() {
-            Ok("general") => CommandPath::General,
-            _ => CommandPath::default(),
-        }
-    }
-}
-
 impl EventStore {
     pub fn new(pool: PgPool, lock_timeout: Duration) -> Self {
         Self {
             pool,
             appended: Arc::new(tokio::sync::Notify::new()),
             lock_timeout,
-            command_path: CommandPath::from_env(),
+            command_path: CommandPath::default(),
         }
     }
 
@@ -151,7 +140,7 @@ impl EventStore {
             pool,
             appended,
             lock_timeout,
-            command_path: CommandPath::from_env(),
+            command_path: CommandPath::default(),
         }
     }
 
