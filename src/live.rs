@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::BoardContents;
 use crate::projections::board_view::BoardChanged;
-use crate::projections::read::{self, FollowedBoard};
+use crate::projections::read::{self, BoardCache, FollowedBoard};
 
 /// The newest known document of a Board (`None` until the projector has built it).
 pub type BoardSlot = Option<Arc<BoardContents>>;
@@ -46,6 +46,10 @@ pub struct LiveBoards {
 
 struct Inner {
     pool: PgPool,
+    /// The process's kept Boards, when the fan-out shares them with queries: one copy
+    /// of each Board and one read per change for both. Without it each followed Board
+    /// keeps a copy of its own.
+    cache: Option<BoardCache>,
     boards: Mutex<HashMap<Uuid, Followed>>,
     /// Counts listener (re)connections; tests and metrics watch it.
     connections: watch::Sender<u64>,
@@ -55,10 +59,16 @@ impl LiveBoards {
     /// Starts the listener task; it runs until the returned handle's owner drops every
     /// clone and the runtime shuts down.
     pub fn start(pool: PgPool) -> Self {
+        Self::start_with(pool, None)
+    }
+
+    /// Like [`LiveBoards::start`], reading followed Boards through `cache` when given.
+    pub fn start_with(pool: PgPool, cache: Option<BoardCache>) -> Self {
         let (connections, _) = watch::channel(0);
         let live = Self {
             inner: Arc::new(Inner {
                 pool,
+                cache,
                 boards: Mutex::new(HashMap::new()),
                 connections,
             }),
@@ -123,6 +133,14 @@ async fn refresh(inner: &Inner, board_id: Uuid, hint: Option<i64>) -> anyhow::Re
     if seen(&sender) {
         return Ok(());
     }
+    if let Some(cache) = &inner.cache {
+        // The cache serialises reads of one Board and hands a read's result to those
+        // that queued behind it.
+        if let Some(contents) = cache.contents(&inner.pool, board_id).await? {
+            publish(&sender, contents);
+        }
+        return Ok(());
+    }
     let mut followed = read.lock().await;
     // Another refresh of this Board may have published it while this one waited.
     if seen(&sender) {
@@ -141,6 +159,12 @@ async fn refresh(inner: &Inner, board_id: Uuid, hint: Option<i64>) -> anyhow::Re
     };
     let contents = Arc::new(contents);
     drop(followed);
+    publish(&sender, contents);
+    Ok(())
+}
+
+/// Publishes `contents` if it is newer than what subscribers have.
+fn publish(sender: &watch::Sender<BoardSlot>, contents: Arc<BoardContents>) {
     sender.send_if_modified(|slot| {
         let newer = slot.as_ref().is_none_or(|c| c.version < contents.version);
         if newer {
@@ -148,7 +172,6 @@ async fn refresh(inner: &Inner, board_id: Uuid, hint: Option<i64>) -> anyhow::Re
         }
         newer
     });
-    Ok(())
 }
 
 /// Re-reads every subscribed Board (after a (re)connect).

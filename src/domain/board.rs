@@ -1,9 +1,12 @@
 //! Board: one group of appointments and providers during one workday.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ids::BoardId;
+use super::AppointmentStatus;
 use super::{
     board_date, fold_error, region, required_text, specialty, Aggregate, DomainError, DomainEvent,
     EventContext, FoldError, StreamType,
@@ -67,22 +70,129 @@ pub struct BoardContents {
     pub board: Board,
     /// Sorted by join time, then id: independent of the order streams were read in.
     pub shifts: Vec<super::Shift>,
-    /// Sorted by request time, then id.
-    pub appointments: Vec<super::Appointment>,
+    /// Sorted by request time, then id. Shared: the contents of the next version
+    /// take over every appointment that did not change (see [`BoardContents::changed`]).
+    pub appointments: Vec<Arc<super::Appointment>>,
+    /// How many of `appointments` are in each status, kept with them.
+    pub counts: AppointmentCounts,
     /// Number of events applied across all of the Board's streams.
     pub version: i64,
     /// Global position of the newest of those events.
     pub position: i64,
 }
 
+/// Appointments of a Board in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppointmentCounts {
+    by_status: [usize; 5],
+}
+
+impl AppointmentCounts {
+    fn slot(status: AppointmentStatus) -> usize {
+        match status {
+            AppointmentStatus::Requested => 0,
+            AppointmentStatus::Scheduled => 1,
+            AppointmentStatus::Started => 2,
+            AppointmentStatus::Finished => 3,
+            AppointmentStatus::Cancelled => 4,
+        }
+    }
+
+    pub fn of<'a>(appointments: impl IntoIterator<Item = &'a super::Appointment>) -> Self {
+        let mut counts = Self::default();
+        for a in appointments {
+            counts.by_status[Self::slot(a.status)] += 1;
+        }
+        counts
+    }
+
+    pub fn get(&self, status: AppointmentStatus) -> usize {
+        self.by_status[Self::slot(status)]
+    }
+
+    /// Waiting, scheduled or started.
+    pub fn open(&self) -> usize {
+        self.by_status[..3].iter().sum()
+    }
+}
+
+fn request_order(a: &super::Appointment) -> (DateTime<Utc>, super::AppointmentId) {
+    (a.requested_at, a.id)
+}
+
 impl BoardContents {
+    /// Contents from a Board's parts in any order: shifts and appointments are sorted
+    /// here, and the appointments counted.
+    pub fn new(
+        board: Board,
+        mut shifts: Vec<super::Shift>,
+        mut appointments: Vec<Arc<super::Appointment>>,
+        version: i64,
+        position: i64,
+    ) -> Self {
+        shifts.sort_by_key(|s| (s.joined_at, s.id));
+        appointments.sort_by_key(|a| request_order(a));
+        let counts = AppointmentCounts::of(appointments.iter().map(|a| &**a));
+        Self {
+            board,
+            shifts,
+            appointments,
+            counts,
+            version,
+            position,
+        }
+    }
+
+    /// The contents of a later version of the same Board, made from these: the
+    /// appointments in `changed` replace theirs (or join, in request order) and every
+    /// other appointment is shared with `self`, so the cost follows what changed, not
+    /// the Board's size (but for one pointer copy per appointment). `total` is how
+    /// many appointments the new version has; `None` when the result would not have
+    /// that many (an appointment moved in request order, or went): the caller then
+    /// builds the contents whole.
+    pub fn changed<'a>(
+        &self,
+        board: Board,
+        shifts: Vec<super::Shift>,
+        changed: impl IntoIterator<Item = &'a super::Appointment>,
+        total: usize,
+        version: i64,
+        position: i64,
+    ) -> Option<Self> {
+        let mut appointments = self.appointments.clone();
+        let mut counts = self.counts;
+        for a in changed {
+            let key = request_order(a);
+            counts.by_status[AppointmentCounts::slot(a.status)] += 1;
+            let a = Arc::new(a.clone());
+            match appointments.binary_search_by_key(&key, |x| request_order(x)) {
+                Ok(at) => {
+                    counts.by_status[AppointmentCounts::slot(appointments[at].status)] -= 1;
+                    appointments[at] = a;
+                }
+                Err(at) => appointments.insert(at, a),
+            }
+        }
+        // An appointment whose request time differed from the one kept (never, as
+        // the fold stands) would now be listed twice.
+        if appointments.len() != total {
+            return None;
+        }
+        let mut shifts = shifts;
+        shifts.sort_by_key(|s| (s.joined_at, s.id));
+        Some(Self {
+            board,
+            shifts,
+            appointments,
+            counts,
+            version,
+            position,
+        })
+    }
+
     pub fn open_work(&self) -> OpenWork {
         OpenWork {
-            open_appointments: self
-                .appointments
-                .iter()
-                .filter(|a| a.status.is_open())
-                .count(),
+            open_appointments: self.counts.open(),
             active_providers: self
                 .shifts
                 .iter()
