@@ -314,6 +314,136 @@ mod tests {
     use super::*;
     use crate::domain::testing::*;
 
+    mod contents {
+        use std::collections::BTreeMap;
+
+        use rand::{Rng, SeedableRng};
+        use uuid::Uuid;
+
+        use super::super::*;
+        use crate::domain::{Appointment, AppointmentId, AppointmentStatus};
+
+        fn board() -> Board {
+            Board {
+                id: Uuid::from_u128(1).into(),
+                name: "Pediatrics TX".into(),
+                specialty: "pediatrics".into(),
+                region: "TX".into(),
+                date: NaiveDate::from_ymd_opt(2022, 7, 18).unwrap(),
+                status: BoardStatus::Open,
+                opened_at: DateTime::UNIX_EPOCH,
+                closed_at: None,
+                version: 1,
+            }
+        }
+
+        fn requested(n: u128, second: i64) -> Appointment {
+            Appointment {
+                id: AppointmentId::from(Uuid::from_u128(n)),
+                board_id: Uuid::from_u128(1).into(),
+                patient_id: None,
+                patient_name: format!("Patient {n}"),
+                specialty: "pediatrics".into(),
+                region: "TX".into(),
+                reason: "fever".into(),
+                status: AppointmentStatus::Requested,
+                provider_id: None,
+                shift_id: None,
+                estimated_time: None,
+                requested_at: DateTime::UNIX_EPOCH + chrono::Duration::seconds(second),
+                scheduled_at: None,
+                started_at: None,
+                finished_at: None,
+                cancelled_at: None,
+                cancellation_reason: None,
+                version: 1,
+            }
+        }
+
+        fn whole(truth: &BTreeMap<u128, Appointment>, version: i64) -> BoardContents {
+            BoardContents::new(
+                board(),
+                Vec::new(),
+                truth.values().cloned().map(Arc::new).collect(),
+                version,
+                version,
+            )
+        }
+
+        #[test]
+        fn contents_made_from_what_changed_equal_contents_made_whole() {
+            const STATUSES: [AppointmentStatus; 5] = [
+                AppointmentStatus::Requested,
+                AppointmentStatus::Scheduled,
+                AppointmentStatus::Started,
+                AppointmentStatus::Finished,
+                AppointmentStatus::Cancelled,
+            ];
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
+            let mut truth: BTreeMap<u128, Appointment> = BTreeMap::new();
+            let mut kept = whole(&truth, 0);
+            let mut next = 1u128;
+            for version in 1..400 {
+                let mut changed = Vec::new();
+                for _ in 0..rng.random_range(1..6) {
+                    if truth.is_empty() || rng.random_bool(0.5) {
+                        // Requests arrive out of order, and several in one second.
+                        let a = requested(next, rng.random_range(0..200));
+                        next += 1;
+                        changed.push(a.id.as_uuid().as_u128());
+                        truth.insert(a.id.as_uuid().as_u128(), a);
+                    } else {
+                        let n = *truth.keys().nth(rng.random_range(0..truth.len())).unwrap();
+                        let a = truth.get_mut(&n).unwrap();
+                        a.status = STATUSES[rng.random_range(0..STATUSES.len())];
+                        a.version += 1;
+                        changed.push(n);
+                    }
+                }
+                changed.sort();
+                changed.dedup();
+                let made = kept
+                    .changed(
+                        board(),
+                        Vec::new(),
+                        changed.iter().map(|n| &truth[n]),
+                        truth.len(),
+                        version,
+                        version,
+                    )
+                    .expect("made in place");
+                assert_eq!(format!("{made:?}"), format!("{:?}", whole(&truth, version)));
+                assert_eq!(
+                    made.counts,
+                    AppointmentCounts::of(truth.values()),
+                    "counts kept"
+                );
+                // What did not change is shared, not copied.
+                for a in &made.appointments {
+                    if !changed.contains(&a.id.as_uuid().as_u128()) {
+                        let old = kept.appointments.iter().find(|k| k.id == a.id).unwrap();
+                        assert!(Arc::ptr_eq(old, a));
+                    }
+                }
+                kept = made;
+            }
+            assert!(kept.appointments.len() > 300);
+        }
+
+        #[test]
+        fn an_appointment_that_moved_in_request_order_is_left_to_a_whole_build() {
+            let mut truth = BTreeMap::new();
+            for n in 1..5 {
+                truth.insert(n, requested(n, n as i64));
+            }
+            let kept = whole(&truth, 1);
+            let moved = requested(2, 10);
+            assert!(kept
+                .changed(board(), Vec::new(), [&moved], truth.len(), 2, 2)
+                .is_none());
+        }
+    }
+
     fn opened() -> BoardEvent {
         BoardEvent::BoardOpened {
             name: "Pediatrics TX".into(),

@@ -307,6 +307,10 @@ struct CacheInner {
     clock: u64,
 }
 
+/// A Board kept by a [`BoardCache`] (see [`BoardCache::keep`]).
+#[derive(Clone)]
+pub struct KeptBoard(Arc<tokio::sync::Mutex<CachedBoard>>);
+
 #[derive(Default)]
 struct CachedBoard {
     followed: Option<FollowedBoard>,
@@ -369,8 +373,27 @@ impl BoardCache {
                 .map(Arc::new));
         }
         let arrived = std::time::Instant::now();
-        let entry = self.entry(id);
-        let mut cached = entry.lock().await;
+        self.contents_of(&self.keep(id), pool, id, arrived).await
+    }
+
+    /// A handle on the Board `id` kept here: it stays in memory while the handle lives,
+    /// even after the cache let it go (the live fan-out holds one per followed Board,
+    /// so that many followed Boards never make each change a whole read).
+    pub fn keep(&self, id: Uuid) -> KeptBoard {
+        KeptBoard(self.entry(id))
+    }
+
+    /// Like [`BoardCache::contents`], through a handle from [`BoardCache::keep`] for
+    /// Board `id`; `arrived` is when the caller learnt that it needs the Board now (a
+    /// read that started after then answers it).
+    pub async fn contents_of(
+        &self,
+        kept: &KeptBoard,
+        pool: &PgPool,
+        id: Uuid,
+        arrived: std::time::Instant,
+    ) -> anyhow::Result<Option<Arc<BoardContents>>> {
+        let mut cached = kept.0.lock().await;
         // Readers of one Board queue on its lock: the first reads, the ones that queued
         // behind it take its result rather than one round trip each.
         if cached.read_from.is_some_and(|from| from >= arrived) {
