@@ -93,7 +93,10 @@ impl LiveBoards {
         // Register first, then read: a change that lands in between is not lost.
         let (receiver, followed) = {
             let mut boards = self.inner.boards.lock().expect("live boards");
-            let sender = &boards.entry(board_id).or_insert_with(|| Followed::new(self.inner.cache.as_ref(), board_id)).sender;
+            let sender = &boards
+                .entry(board_id)
+                .or_insert_with(|| Followed::new(self.inner.cache.as_ref(), board_id))
+                .sender;
             // A Board others already follow is kept current by the listener: the
             // thousandth subscriber costs no database read.
             let followed = sender.receiver_count() > 0 && sender.borrow().is_some();

@@ -522,7 +522,14 @@ mod tests {
         let shifts = [shift(1, ShiftStatus::Ready, 0)];
         let model = DurationModel::from_samples(&[]);
         let new = waiting(9, "pediatrics", "TX", 3);
-        let estimates = estimate(at(3), &[] as &[Appointment], &shifts, &ps, &model, Some(&new));
+        let estimates = estimate(
+            at(3),
+            &[] as &[Appointment],
+            &shifts,
+            &ps,
+            &model,
+            Some(&new),
+        );
         let e = &estimates[&new.id];
         assert_eq!(e.start, Some(at(3) + DurationModel::DEFAULT_LEAD));
         assert_eq!((e.queue_ahead, e.providers, e.providers_ready), (0, 1, 1));
@@ -530,7 +537,14 @@ mod tests {
         assert!(!e.from_history);
         // Nobody who could take a cardiology patient: no estimate.
         let other = waiting(10, "cardiology", "TX", 3);
-        let estimates = estimate(at(3), &[] as &[Appointment], &shifts, &ps, &model, Some(&other));
+        let estimates = estimate(
+            at(3),
+            &[] as &[Appointment],
+            &shifts,
+            &ps,
+            &model,
+            Some(&other),
+        );
         assert_eq!(estimates[&other.id].start, None);
     }
 

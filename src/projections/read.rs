@@ -67,10 +67,7 @@ impl BoardParts {
     /// The document these parts make: on top of `previous` (its appointments, then
     /// the changed rows) when it came from the same generation, else whole; and what
     /// changed.
-    fn merge(
-        self,
-        previous: Option<FollowedBoard>,
-    ) -> anyhow::Result<(FollowedBoard, Refreshed)> {
+    fn merge(self, previous: Option<FollowedBoard>) -> anyhow::Result<(FollowedBoard, Refreshed)> {
         let mut doc: BoardDoc = serde_json::from_value(self.doc)?;
         let mut whole = true;
         if let Some(previous) = previous.filter(|f| f.generation == self.generation) {

@@ -166,7 +166,12 @@ async fn kept_reads_as_whole(build: read::BoardContentsBuild) {
     let shared = later
         .appointments
         .iter()
-        .filter(|a| first.appointments.iter().any(|f| std::sync::Arc::ptr_eq(f, a)))
+        .filter(|a| {
+            first
+                .appointments
+                .iter()
+                .any(|f| std::sync::Arc::ptr_eq(f, a))
+        })
         .count();
     match build {
         read::BoardContentsBuild::Incremental => assert_eq!(shared, 4),
