@@ -22,6 +22,7 @@ use crate::faults::{CrashPoint, Faults};
 use crate::leader::Lease;
 use crate::matcher::{Matcher, MatcherConfig, MatcherEnd};
 use crate::metrics::Metrics;
+use crate::pacing::Wakes;
 use crate::projector::{Projector, ProjectorEnd, ProjectorSettings};
 
 #[derive(Debug, Clone)]
@@ -63,6 +64,16 @@ pub struct DaemonConfig {
     /// again at once. The price: a `minPosition` read of an appointment or a shift may
     /// wait up to this much longer.
     pub follower_pace: Duration,
+    /// With loops, the append signal reaches each projection's loop straight from the
+    /// daemon's one waiting task (no supervisor in between), `board_view`'s last so it
+    /// runs next on that core; and `board_view`'s loop reads and writes on a connection
+    /// of its own (no pool acquire, no task to hand a connection back after each
+    /// statement). Off: the signal goes daemon → projector supervisor → every loop, and
+    /// every statement takes a pooled connection: the earlier path, kept so the bench
+    /// can measure both in one run. Off by default: on the shared machine the bench
+    /// showed no clear gain either way (docs/BENCHMARKS.md, "Waking board_view
+    /// directly").
+    pub direct_wake: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
     /// How often the matcher retries the Boards it parked.
@@ -79,6 +90,7 @@ impl Default for DaemonConfig {
             loops: true,
             async_commit: true,
             follower_pace: Duration::from_millis(10),
+            direct_wake: false,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -102,6 +114,7 @@ impl DaemonConfig {
             loops: self.loops,
             async_commit: self.async_commit,
             follower_pace: self.follower_pace,
+            direct_wake: self.direct_wake,
         }
     }
 
@@ -281,22 +294,24 @@ impl Daemon {
         let (end_tx, end_rx) = watch::channel(false);
         let projector_wake = Arc::new(Notify::new());
         let matcher_wake = Arc::new(Notify::new());
+        // Who the append signal wakes. With direct wakes the projector's loops register
+        // themselves; otherwise its one wake is forwarded to the loops by the projector.
+        let wakes = Arc::new(Wakes::default());
+        if !(self.config.loops && self.config.direct_wake) {
+            wakes.register(&projector_wake, false);
+        }
+        wakes.register(&matcher_wake, false);
         let _fan_out = AbortOnDrop(tokio::spawn({
-            let (appended, p, m) = (
-                self.appended.clone(),
-                projector_wake.clone(),
-                matcher_wake.clone(),
-            );
+            let (appended, wakes) = (self.appended.clone(), wakes.clone());
             async move {
                 loop {
                     appended.notified().await;
-                    p.notify_one();
-                    m.notify_one();
+                    wakes.ring();
                 }
             }
         }));
         let mut projector =
-            AbortOnDrop(self.spawn_projector(lease, projector_wake, end_rx.clone()));
+            AbortOnDrop(self.spawn_projector(lease, projector_wake, wakes, end_rx.clone()));
         let mut matcher: Option<AbortOnDrop<Result<MatcherEnd>>> = None;
         let result = loop {
             // The matcher runs for as long as this term lasts (restarted if it stopped).
@@ -361,6 +376,7 @@ impl Daemon {
         &self,
         lease: &Arc<Lease>,
         wake: Arc<Notify>,
+        wakes: Arc<Wakes>,
         end: watch::Receiver<bool>,
     ) -> JoinHandle<Result<ProjectorEnd>> {
         let projector = Projector::new(
@@ -370,7 +386,7 @@ impl Daemon {
             self.faults.clone(),
         );
         let lease = lease.clone();
-        tokio::spawn(async move { projector.run(&lease, &wake, end).await })
+        tokio::spawn(async move { projector.run(&lease, &wake, &wakes, end).await })
     }
 
     fn spawn_matcher(

@@ -34,7 +34,8 @@
 //! - [`snapshots`]: written by the projector, read by time travel.
 //! - [`leader`]: the advisory lock, the fence, and the one checkpoint compare-and-set.
 //! - [`daemon`]: one leader term runs the projector and the matcher as peers.
-//! - [`pacing`]: the readers' adaptive idle poll and retry backoff.
+//! - [`pacing`]: the readers' adaptive idle poll, retry backoff, and who the append
+//!   signal wakes.
 //! - [`projector`]: batches with CAS checkpoints and NOTIFY, dead letters, side-by-side
 //!   rebuilds, projection status.
 //! - [`matcher`]: pairs waiting appointments with READY providers, with its own

@@ -28,6 +28,13 @@ pub struct Measured {
     pub server_cores: f64,
     /// Cores the harness used meanwhile (its subscribers' readers and its writers).
     pub harness_cores: f64,
+    /// The latency split where the projector's NOTIFY reaches a listener of the
+    /// harness's own (as it reaches the server's): mutation sent → NOTIFY heard, once
+    /// per announced position that was a mutation's...
+    pub to_notify: Histogram<u64>,
+    /// ...and NOTIFY heard → frame read, per frame (the server's listener, Board read,
+    /// frame build and fan-out, and the harness's reader).
+    pub notify_to_frame: Histogram<u64>,
 }
 
 const REQUEST: &str =
@@ -129,10 +136,41 @@ pub async fn latency(
     let frames = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let sockets = subscribers_on(server, &ids, subscribers).await?;
+    // position -> when the harness heard the NOTIFY announcing it; and each matched
+    // frame's (position, arrival), split against it after the run (a frame may come in
+    // before the harness's own listener hears the NOTIFY).
+    let heard: Arc<Mutex<BTreeMap<i64, Instant>>> = Arc::default();
+    let arrivals: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    let listen_pool = careboard::postgres::connect(&server.database_url, 1).await?;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&listen_pool).await?;
+    listener
+        .listen(careboard::projections::board_view::BoardChanged::CHANNEL)
+        .await?;
+    let listening = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            while let Ok(n) = listener.recv().await {
+                let now = Instant::now();
+                if let Some(position) = n
+                    .payload()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<i64>().ok())
+                {
+                    heard.lock().unwrap().entry(position).or_insert(now);
+                }
+            }
+        })
+    };
     let mut readers = Vec::new();
     for socket in sockets {
-        let (sent, hist, frames, errors) =
-            (sent.clone(), hist.clone(), frames.clone(), errors.clone());
+        let (sent, hist, frames, errors, arrivals) = (
+            sent.clone(),
+            hist.clone(),
+            frames.clone(),
+            errors.clone(),
+            arrivals.clone(),
+        );
         readers.push(read_all(socket, errors.clone(), move |text| {
             let arrived = Instant::now();
             frames.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +187,7 @@ pub async fn latency(
                     .lock()
                     .unwrap()
                     .record(arrived.duration_since(at).as_micros() as u64);
+                arrivals.lock().unwrap().push((position, arrived));
             }
         }));
     }
@@ -196,13 +235,32 @@ pub async fn latency(
     for r in &readers {
         r.abort();
     }
+    listening.abort();
     let latency = hist.lock().unwrap().clone();
+    let new = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+    let (mut to_notify, mut notify_to_frame) = (new()?, new()?);
+    let micros = |from: Instant, to: Instant| to.saturating_duration_since(from).as_micros() as u64;
+    {
+        let (heard, sent) = (heard.lock().unwrap(), sent.lock().unwrap());
+        for (position, at) in sent.iter() {
+            if let Some(h) = heard.get(position) {
+                let _ = to_notify.record(micros(*at, *h).max(1));
+            }
+        }
+        for (position, arrived) in arrivals.lock().unwrap().iter() {
+            if let Some(h) = heard.get(position) {
+                let _ = notify_to_frame.record(micros(*h, *arrived).max(1));
+            }
+        }
+    }
     Ok(Measured {
         latency,
         frames: frames.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         server_cores,
         harness_cores,
+        to_notify,
+        notify_to_frame,
     })
 }
 

@@ -73,6 +73,19 @@ struct Args {
     /// Events in the log the `project` scenario rebuilds.
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
+    /// The `project` lag rows, in order, each on a database of its own: `lockstep`,
+    /// `loops` (durable, unpaced), `tuned` (async commits, paced followers, the signal
+    /// forwarded through the supervisor: the default schedule), `direct` (`tuned` woken
+    /// straight from the daemon, `board_view` on a connection of its own). The last two
+    /// alternate by default so the machine's drift falls on both.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
+        project::Schedule::Lockstep,
+        project::Schedule::Tuned,
+        project::Schedule::Direct,
+        project::Schedule::Tuned,
+        project::Schedule::Direct,
+    ])]
+    lag_schedules: Vec<project::Schedule>,
     /// Subscribers on one Board in the `subscribe` latency measurement.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -404,16 +417,8 @@ async fn main() -> Result<()> {
         println!("projector lag at {rate:.0} appends/s (half of {max:.0})");
         // Lag and rebuild each get a database of their own: the pgbench baseline's
         // bare rows are not events any projection could apply.
-        // Each schedule on a database of its own; the two newest alternate, twice, so
-        // the machine's drift falls on both.
-        use project::Schedule;
-        for schedule in [
-            Schedule::Lockstep,
-            Schedule::Loops,
-            Schedule::Tuned,
-            Schedule::Loops,
-            Schedule::Tuned,
-        ] {
+        // Each schedule on a database of its own (`--lag-schedules`).
+        for &schedule in &args.lag_schedules {
             let label = schedule.label();
             let lag_url = fresh_database(&admin_url).await?;
             let lag_pool = postgres::connect(&lag_url, 32).await?;
@@ -530,6 +535,17 @@ async fn main() -> Result<()> {
                     m.server_cores,
                     m.harness_cores,
                     m.frames as f64 / args.seconds as f64
+                );
+                let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| {
+                    h.value_at_quantile(q) as f64 / 1000.0
+                };
+                println!(
+                    "  split at the NOTIFY: mutation sent to NOTIFY heard p50 {:.2} / p99 {:.2} ms; \
+                     NOTIFY heard to frame p50 {:.2} / p99 {:.2} ms",
+                    ms(&m.to_notify, 0.5),
+                    ms(&m.to_notify, 0.99),
+                    ms(&m.notify_to_frame, 0.5),
+                    ms(&m.notify_to_frame, 0.99)
                 );
                 if *delivery == "group" && first_after {
                     first_after = false;

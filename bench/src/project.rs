@@ -177,15 +177,20 @@ pub fn start_projector(pool: &PgPool, store: &EventStore) -> careboard::daemon::
 
 /// How the projector under measurement is scheduled: the rows of the `project` lag
 /// scenario, from the earliest schedule to the newest, so one run compares them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Schedule {
     /// All projections in lockstep rounds, shared read.
     Lockstep,
     /// A loop per projection, each batch committed durably, followers unpaced.
     Loops,
     /// Loops with the projector's commits not waiting for the WAL flush and the
-    /// followers paced (the defaults).
+    /// followers paced, the append signal forwarded through the projector's supervisor
+    /// (the defaults).
     Tuned,
+    /// `Tuned` with the append signal ringing each loop straight from the daemon,
+    /// `board_view`'s last, and `board_view` on a connection of its own
+    /// (`DaemonConfig::direct_wake`).
+    Direct,
 }
 
 impl Schedule {
@@ -194,6 +199,7 @@ impl Schedule {
             Schedule::Lockstep => "lockstep rounds, shared read",
             Schedule::Loops => "a loop per projection, durable commits",
             Schedule::Tuned => "loops, async projector commits, paced followers",
+            Schedule::Direct => "the same, woken directly, board_view on its own connection",
         }
     }
 }
@@ -216,6 +222,10 @@ fn start_projector_with(
             ..tuned
         },
         Schedule::Tuned => tuned,
+        Schedule::Direct => DaemonConfig {
+            direct_wake: true,
+            ..tuned
+        },
     };
     Daemon::new(
         pool.clone(),

@@ -21,6 +21,9 @@ pub struct Server {
     pub base: String,
     /// The bearer token clients send (none with `--auth off`).
     pub(crate) token: Option<String>,
+    /// Its database: the harness LISTENs there too, to split a frame's latency at the
+    /// projector's NOTIFY.
+    pub(crate) database_url: String,
 }
 
 impl Server {
@@ -96,6 +99,7 @@ impl Server {
             child,
             base,
             token: auth.token.clone(),
+            database_url: database_url.to_string(),
         })
     }
 

@@ -16,7 +16,8 @@
 //! read now would return) and otherwise reads afresh; the other projections take any.
 //!
 //! The supervisor ([`run`]) starts a loop per live or building generation, forwards the
-//! append signal to each, refreshes generations (rebuild requests from other
+//! append signal to each (with direct wakes the daemon rings each loop itself instead,
+//! `board_view`'s last), refreshes generations (rebuild requests from other
 //! processes), swaps caught-up rebuilds in, and ends the term: on shutdown each loop
 //! finishes its batch; on a lost lock or a crash point the loops are dropped mid-flight,
 //! like a killed process, and their open transactions roll back.
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use sqlx::PgConnection;
 use tokio::sync::{mpsc, watch, Notify, OnceCell};
 use tokio::task::JoinHandle;
 
@@ -35,7 +37,7 @@ use crate::event_store::log::Cursor;
 use crate::event_store::RecordedEvent;
 use crate::faults::CrashPoint;
 use crate::leader::Lease;
-use crate::pacing::IdlePoll;
+use crate::pacing::{IdlePoll, Wakes};
 use crate::projections::Projection;
 
 type Rows = Arc<Vec<(Cursor, RecordedEvent)>>;
@@ -63,8 +65,9 @@ struct LoopState {
     /// The supervisor updates the status (a rebuild that went live); the loop the
     /// cursor (what the swap compares).
     gen: Mutex<Generation>,
-    /// The append signal, forwarded to this loop.
-    wake: Notify,
+    /// The append signal: forwarded to this loop by the supervisor, or, with direct
+    /// wakes, rung straight from the daemon (registered in [`Wakes`]).
+    wake: Arc<Notify>,
 }
 
 struct Running {
@@ -86,8 +89,18 @@ pub(super) async fn run(
     projector: &Projector,
     lease: &Arc<Lease>,
     wake: &Notify,
+    wakes: &Arc<Wakes>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<ProjectorEnd> {
+    let direct = projector.settings.direct_wake;
+    // `board_view`'s live loop is rung last, so it runs first (see [`Wakes`]).
+    let register = |state: &LoopState, gen: &Generation| {
+        if direct {
+            let first_served =
+                gen.projection == Projection::BoardView && gen.status == GenerationStatus::Live;
+            wakes.register(&state.wake, first_served);
+        }
+    };
     state::ensure_generations(&projector.pool).await?;
     let log = Arc::new(SharedLog::new(projector.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -98,9 +111,10 @@ pub(super) async fn run(
     let start_loop = |gen: Generation| {
         let key = (gen.projection, gen.generation);
         let state = Arc::new(LoopState {
-            gen: Mutex::new(gen),
-            wake: Notify::new(),
+            gen: Mutex::new(gen.clone()),
+            wake: Arc::new(Notify::new()),
         });
+        register(&state, &gen);
         let task = tokio::spawn(run_loop(
             projector.clone(),
             log.clone(),
@@ -148,7 +162,18 @@ pub(super) async fn run(
                 });
                 for g in fresh {
                     match running.get(&(g.projection, g.generation)) {
-                        Some(r) => r.state.gen.lock().expect("loop state").status = g.status,
+                        Some(r) => {
+                            let went_live = {
+                                let mut current = r.state.gen.lock().expect("loop state");
+                                let went_live = current.status != g.status
+                                    && g.status == GenerationStatus::Live;
+                                current.status = g.status;
+                                went_live
+                            };
+                            if went_live {
+                                register(&r.state, &g);
+                            }
+                        }
                         None => {
                             let (key, r) = start_loop(g);
                             running.insert(key, r);
@@ -249,6 +274,8 @@ async fn run_loop(
             Ok(Step::Crashed(point)) => return tell(LoopEnd::Crashed(point)),
             Err(e) => {
                 ahead = None;
+                // The kept connection may be the broken part: take another next time.
+                worker.conn = None;
                 tracing::warn!(projection = key.0.name(), error = %e, "projector batch failed; will retry");
                 pause(&projector, &mut stop).await;
             }
@@ -296,7 +323,12 @@ impl Projector {
             *ahead = None;
             // The projection that NOTIFYs takes only what a read now would return.
             let strict = worker.gen.projection == Projection::BoardView;
-            let rows = log.next(cursor, limit, started, strict).await?;
+            if strict && self.settings.direct_wake && worker.conn.is_none() {
+                worker.conn = Some(self.pool.acquire().await?);
+            }
+            let rows = log
+                .next(cursor, limit, started, strict, worker.conn.as_deref_mut())
+                .await?;
             if strict {
                 rows
             } else {
@@ -382,6 +414,7 @@ impl SharedLog {
         limit: i64,
         ready: Instant,
         strict: bool,
+        mut conn: Option<&mut PgConnection>,
     ) -> Result<Rows, sqlx::Error> {
         // The read last found unusable: the next one at this cursor must be another.
         let mut passed_over: Option<Arc<Slot>> = None;
@@ -398,7 +431,7 @@ impl SharedLog {
                 kept.unwrap_or_else(|| open(&mut reads, after, limit))
             };
             // Waits for it when it is under way.
-            let rows = self.fill(&slot).await?;
+            let rows = self.fill(&slot, conn.as_deref_mut()).await?;
             let usable = slot.started >= ready
                 || rows.len() as i64 >= limit
                 || (!strict && !rows.is_empty());
@@ -451,15 +484,20 @@ impl SharedLog {
         let me = self.clone();
         tokio::spawn(async move {
             // A failure here is met again, and reported, by the loop that needs it.
-            let _ = me.fill(&slot).await;
+            let _ = me.fill(&slot, None).await;
         });
     }
 
-    /// The slot's rows, reading them if no one has (others wait for that one read).
-    async fn fill(&self, slot: &Slot) -> Result<Rows, sqlx::Error> {
+    /// The slot's rows, reading them if no one has (others wait for that one read), on
+    /// `conn` when given.
+    async fn fill(
+        &self,
+        slot: &Slot,
+        conn: Option<&mut PgConnection>,
+    ) -> Result<Rows, sqlx::Error> {
         slot.rows
-            .get_or_try_init(|| async {
-                let rows = self.projector.read(slot.after, slot.limit).await?;
+            .get_or_try_init(|| async move {
+                let rows = self.projector.read_on(conn, slot.after, slot.limit).await?;
                 if !rows.is_empty() {
                     self.projector.metrics.projector_batch_read();
                 }

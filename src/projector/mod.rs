@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, PgConnection, PgPool, Postgres};
 use tokio::sync::{watch, Notify};
 
 use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
@@ -32,7 +33,7 @@ use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};
 use crate::leader::{advance_checkpoint, Checkpoint, Lease};
 use crate::metrics::{Metrics, ProjectorStage};
-use crate::pacing::backoff;
+use crate::pacing::{backoff, Wakes};
 use crate::projections::board_view::BoardChanged;
 use crate::projections::Projection;
 use batch::{apply_batch, BatchError, BatchInput};
@@ -65,6 +66,9 @@ pub struct ProjectorSettings {
     /// Shortest time between batches of a follower (see
     /// [`crate::daemon::DaemonConfig::follower_pace`]).
     pub follower_pace: Duration,
+    /// Loops woken straight from the append signal, `board_view`'s on a connection of
+    /// its own (see [`crate::daemon::DaemonConfig::direct_wake`]).
+    pub direct_wake: bool,
 }
 
 /// Why the projector stopped.
@@ -120,15 +124,17 @@ impl Projector {
     }
 
     /// Projects for as long as `lease` is held and `shutdown` is not set; `wake` is
-    /// rung by local appends.
+    /// rung by local appends, or, with loops and direct wakes, each loop registers a
+    /// wake of its own in `wakes`.
     pub async fn run(
         &self,
         lease: &Arc<Lease>,
         wake: &Notify,
+        wakes: &Arc<Wakes>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<ProjectorEnd> {
         if self.settings.loops {
-            loops::run(self, lease, wake, shutdown).await
+            loops::run(self, lease, wake, wakes, shutdown).await
         } else {
             self.run_lockstep(lease, wake, shutdown).await
         }
@@ -173,6 +179,16 @@ impl Projector {
         after: Cursor,
         limit: i64,
     ) -> Result<Arc<Vec<(Cursor, RecordedEvent)>>, sqlx::Error> {
+        self.read_on(None, after, limit).await
+    }
+
+    /// [`Self::read`] on `conn` when given (a loop's own connection), else on the pool.
+    async fn read_on(
+        &self,
+        conn: Option<&mut PgConnection>,
+        after: Cursor,
+        limit: i64,
+    ) -> Result<Arc<Vec<(Cursor, RecordedEvent)>>, sqlx::Error> {
         let started = Instant::now();
         let rows = if self.settings.loops {
             let own: Vec<u64> = self
@@ -182,7 +198,10 @@ impl Projector {
                 .iter()
                 .copied()
                 .collect();
-            read_after_excluding(&self.pool, after, limit, &own).await?
+            match conn {
+                Some(conn) => read_after_excluding(conn, after, limit, &own).await?,
+                None => read_after_excluding(&self.pool, after, limit, &own).await?,
+            }
         } else {
             read_after(&self.pool, after, limit, None).await?
         };
@@ -215,7 +234,11 @@ impl Projector {
         };
         let gen = worker.gen.clone();
         let at = Instant::now();
-        let mut tx = self.pool.begin().await?;
+        // On the loop's own connection when it keeps one (see `Worker::conn`).
+        let mut tx = match worker.conn.as_mut() {
+            Some(conn) => conn.begin().await?,
+            None => self.pool.begin().await?,
+        };
         // With loops, the others' reads skip this transaction while it runs (it writes
         // no events); its id is taken now, so it is known before its first write.
         let _own = if self.settings.loops {
@@ -352,6 +375,11 @@ struct Worker {
     /// pace a follower by these).
     last_batch: Instant,
     last_batch_full: bool,
+    /// A connection this worker keeps for its reads and transactions (`board_view`'s
+    /// live loop, with direct wakes): no pool acquire on its path, and no task spawned
+    /// to hand the connection back after each statement. Dropped after an error, taken
+    /// again at the next batch.
+    conn: Option<PoolConnection<Postgres>>,
 }
 
 impl Worker {
@@ -362,6 +390,7 @@ impl Worker {
             dead: HashSet::new(),
             last_batch: Instant::now(),
             last_batch_full: false,
+            conn: None,
         }
     }
 

@@ -1128,3 +1128,56 @@ async fn a_board_document_is_a_header_plus_one_row_per_appointment_and_a_whole_d
     assert_eq!(rows, 4, "every appointment moved into a row");
     projector.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn board_views_kept_connection_killed_under_it_is_replaced_and_nothing_is_skipped() {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let board = open_board(&store, "Kept connection").await;
+    // With direct wakes, board_view's live loop keeps a connection of its own.
+    let config = DaemonConfig {
+        direct_wake: true,
+        ..config()
+    };
+    let projector = start_projector(&pool, &store, config);
+    let (first, _) = request_appointment(&store, board, "before").await;
+    wait_for_appointment(
+        "the first appointment",
+        Duration::from_secs(10),
+        &pool,
+        board,
+        first,
+    )
+    .await;
+    // Every connection to the database but the leader lock's and this one: board_view's
+    // kept connection among them.
+    let killed: i64 = sqlx::query_scalar(
+        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity \
+          where datname = current_database() and pid <> pg_backend_pid() and pid <> $1 \
+            and backend_type = 'client backend') as k",
+    )
+    .bind(projector.lock_pid())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(killed > 0);
+    for i in 0..5 {
+        let (appointment, _) = request_appointment(&store, board, &format!("after {i}")).await;
+        wait_for_appointment(
+            "an appointment after the kill",
+            Duration::from_secs(10),
+            &pool,
+            board,
+            appointment,
+        )
+        .await;
+    }
+    assert!(projector.is_leader(), "the lock's connection was spared");
+    caught_up(&pool).await;
+    assert_doc_agrees(&pool, board).await;
+    assert_eq!(
+        board_doc(&pool, board).await.unwrap(),
+        fresh_fold(&pool, board).await
+    );
+    projector.stop().await.unwrap();
+}
