@@ -16,9 +16,27 @@ use sqlx::{ConnectOptions, PgPool};
 /// The migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long a pooled connection may sit idle and still be handed out without a ping.
+/// sqlx pings every connection it hands out by default: a round trip per command, for
+/// connections used a moment ago. One idle longer than this is pinged first, so a
+/// connection that died while idle (a restarted server, a dropped network) is replaced
+/// instead of failing its next request.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
+
 /// Opens a pool. Sessions that sit idle inside a transaction are cut off, because an
 /// open write transaction holds back every reader that must not skip events.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    connect_pinging(url, max_connections, PING_AFTER_IDLE).await
+}
+
+/// Like [`connect`], pinging connections idle for `ping_after_idle` or more before
+/// handing them out; zero pings every one (sqlx's default, how benchmarks run the
+/// earlier path).
+pub async fn connect_pinging(
+    url: &str,
+    max_connections: u32,
+    ping_after_idle: Duration,
+) -> Result<PgPool> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         let scheme = url
             .split("://")
@@ -63,10 +81,23 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         }
         Ok(Err(_)) | Err(_) => {}
     }
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
+        .acquire_timeout(Duration::from_secs(10));
+    let pool = if ping_after_idle.is_zero() {
+        pool.test_before_acquire(true)
+    } else {
+        pool.test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= ping_after_idle {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
+    };
+    pool.connect_with(options)
         .await
         .context("cannot connect to PostgreSQL")
 }

@@ -17,7 +17,7 @@ use careboard::app::{self, RunningServer};
 use careboard::commands::{self, CommandOptions, OpenBoard, RequestAppointment};
 use careboard::config::GraphqlLimits;
 use careboard::event_store::unit_of_work::CommandMeta;
-use careboard::event_store::EventStore;
+use careboard::event_store::{CommandPath, EventStore};
 use careboard::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
 
 mod append;
@@ -36,6 +36,8 @@ enum Scenario {
     Mutate,
     /// Projector rebuild throughput vs a keyset read; lag at half the max append rate.
     Project,
+    /// The `project` scenario's `board_view` rebuild rows alone.
+    Rebuild,
     /// Commit-to-frame latency with many subscribers, memory per idle subscription,
     /// vs a bare NOTIFY ping-pong.
     Subscribe,
@@ -352,8 +354,13 @@ async fn main() -> Result<()> {
         if want(Scenario::Append) {
             // Before and after cutting the command's round trips, alternating twice so
             // that a shift in the machine's load shows up as disagreement between rounds.
+            // Main's path before this change: the general append statement (planned
+            // again for every command) and a ping on every connection taken from the
+            // pool; its own pool, so the ping is the only difference there.
+            let pinging = postgres::connect_pinging(&db_url, 32, Duration::ZERO).await?;
             for _ in 0..2 {
                 rows.push(append_before_scenario(&pool, &args, pgbench).await?);
+                rows.push(append_general_scenario(&pinging, &args, pgbench).await?);
                 let row = append_scenario(&pool, &args, pgbench).await?;
                 max_append = Some(max_append.map_or(row.rate, |m: f64| m.max(row.rate)));
                 rows.push(row);
@@ -386,15 +393,29 @@ async fn main() -> Result<()> {
             } else {
                 pgbench
             };
-            let mut rates = Vec::new();
-            for (label, auth) in &auths {
-                let mut row = mutate_scenario(&pool, &args, auth, baseline).await?;
-                row.scenario.push_str(label);
-                rates.push(row.rate);
-                rows.push(row);
-            }
-            if let [off, on] = rates[..] {
-                rows.push(ab_row("mutate rate", on, off));
+            // Main's command path (general append statement, a ping per acquire) and
+            // the current one, alternating twice, each on a server of its own.
+            let pinging = postgres::connect_pinging(&db_url, 32, Duration::ZERO).await?;
+            for round in 0..2 {
+                let mut rates = Vec::new();
+                for (label, auth) in &auths {
+                    let mut row =
+                        mutate_scenario(&pinging, &args, auth, baseline, CommandPath::General)
+                            .await?;
+                    row.scenario = format!(
+                        "mutate main: general statement, ping per acquire (GraphQL over HTTP, {} clients){label}",
+                        args.clients
+                    );
+                    rows.push(row);
+                    let mut row =
+                        mutate_scenario(&pool, &args, auth, baseline, CommandPath::Planned).await?;
+                    row.scenario.push_str(label);
+                    rates.push(row.rate);
+                    rows.push(row);
+                }
+                if let ([off, on], 0) = (&rates[..], round) {
+                    rows.push(ab_row("mutate rate", *on, *off));
+                }
             }
         }
     }
@@ -402,6 +423,9 @@ async fn main() -> Result<()> {
         "[{:.1} s] starting project",
         started.elapsed().as_secs_f64()
     );
+    if args.scenario == Scenario::Rebuild {
+        rebuild_rows(&admin_url, &args, &mut rows).await?;
+    }
     if want(Scenario::Project) {
         let max = match max_append {
             Some(r) => r,
@@ -462,30 +486,7 @@ async fn main() -> Result<()> {
                 0,
             ));
         }
-        let rebuild_url = fresh_database(&admin_url).await?;
-        let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
-        postgres::migrate(&rebuild_pool).await?;
-        println!("loading ~{} events for the rebuild", args.events);
-        let r = project::rebuild(&rebuild_pool, args.events).await?;
-        for (rates, watched) in [
-            (&r.rebuild_rates_status, "before: watched by status"),
-            (&r.rebuild_rates_row, "watched by its row"),
-        ] {
-            println!("  rebuild rates, {watched}: {rates:.0?} events/s");
-            rows.push(Row {
-                scenario: format!(
-                    "project: board_view rebuild over {} events, {watched} (events/s, best of {})",
-                    r.events,
-                    rates.len()
-                ),
-                rate: rates.iter().copied().fold(0.0, f64::max),
-                latency: None,
-                errors: 0,
-                baseline_name: "keyset read of the same events (rows/s)".into(),
-                baseline_rate: r.keyset_rate,
-            });
-        }
-        rebuild_pool.close().await;
+        rebuild_rows(&admin_url, &args, &mut rows).await?;
     }
     eprintln!(
         "[{:.1} s] starting subscribe",
@@ -717,6 +718,41 @@ async fn main() -> Result<()> {
 }
 
 /// The A/B line of `--auth ab`: `what` with authentication on, against off, same run.
+/// The `board_view` rebuild rows, on a database of their own.
+async fn rebuild_rows(admin_url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<()> {
+    let rebuild_url = fresh_database(admin_url).await?;
+    let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
+    postgres::migrate(&rebuild_pool).await?;
+    println!("loading ~{} events for the rebuild", args.events);
+    let r = project::rebuild(&rebuild_pool, args.events).await?;
+    for (rates, watched) in [
+        (
+            &r.rebuild_rates_before,
+            "before: decoded through a copied object, written through Value",
+        ),
+        (
+            &r.rebuild_rates_after,
+            "after: decoded and written straight",
+        ),
+    ] {
+        println!("  rebuild rates, {watched}: {rates:.0?} events/s");
+        rows.push(Row {
+            scenario: format!(
+                "project: board_view rebuild over {} events, {watched} (events/s, best of {})",
+                r.events,
+                rates.len()
+            ),
+            rate: rates.iter().copied().fold(0.0, f64::max),
+            latency: None,
+            errors: 0,
+            baseline_name: "keyset read of the same events (rows/s)".into(),
+            baseline_rate: r.keyset_rate,
+        });
+    }
+    rebuild_pool.close().await;
+    Ok(())
+}
+
 fn ab_row(what: &str, on: f64, off: f64) -> Row {
     Row {
         scenario: format!("A/B: {what}, auth on vs off"),
@@ -935,12 +971,39 @@ where
 }
 
 async fn append_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
-    let scenario = format!("append (1 event/command, {} writers)", args.clients);
+    let scenario = format!(
+        "append: one-statement append planned once, no ping (1 event/command, {} writers)",
+        args.clients
+    );
     append_run(
         pool,
         args,
         baseline,
         scenario,
+        CommandPath::Planned,
+        |store, request| async move {
+            commands::request_appointment(&store, CommandMeta::new("requestAppointment"), request)
+                .await
+                .is_ok()
+        },
+    )
+    .await
+}
+
+/// The command path as main had it before the append statement was planned once: the
+/// general statement, planned again for every command, on a pool that pings every
+/// connection it hands out (`pool` must be such a pool).
+async fn append_general_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
+    let scenario = format!(
+        "append main: general statement planned per command, ping per acquire (1 event/command, {} writers)",
+        args.clients
+    );
+    append_run(
+        pool,
+        args,
+        baseline,
+        scenario,
+        CommandPath::General,
         |store, request| async move {
             commands::request_appointment(&store, CommandMeta::new("requestAppointment"), request)
                 .await
@@ -963,6 +1026,7 @@ async fn append_before_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Re
         args,
         baseline,
         scenario,
+        CommandPath::General,
         |store, request| async move {
             append::request_appointment_before(&store, request)
                 .await
@@ -979,20 +1043,23 @@ async fn append_run<F, Fut>(
     args: &Args,
     baseline: f64,
     scenario: String,
+    path: CommandPath,
     command: F,
 ) -> Result<Row>
 where
     F: Fn(EventStore, RequestAppointment) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
-    let store = EventStore::new(pool.clone(), Duration::from_secs(5));
+    let store = EventStore::new(pool.clone(), Duration::from_secs(5)).with_command_path(path);
     let board = open_board(&store).await?;
+    let retries = commands::guard_retries();
     let (rate, hist, errors) = closed_loop(args.clients, args.seconds, move |i| {
         command(store.clone(), request_input(&board, i))
     })
     .await?;
+    let retries = commands::guard_retries() - retries;
     Ok(Row {
-        scenario,
+        scenario: format!("{scenario}; decided again after a moved guard: {retries}"),
         rate,
         latency: Some(hist),
         errors,
@@ -1015,8 +1082,16 @@ async fn mutate_scenario(
     args: &Args,
     auth: &BenchAuth,
     baseline: f64,
+    path: CommandPath,
 ) -> Result<Row> {
+    // The server's store takes its command path from the environment when built.
+    let name = match path {
+        CommandPath::General => "general",
+        CommandPath::Planned => "planned",
+    };
+    std::env::set_var("CAREBOARD_COMMAND_PATH", name);
     let mut state = app::state(pool.clone(), bench_limits(), Duration::from_secs(5));
+    std::env::remove_var("CAREBOARD_COMMAND_PATH");
     auth.apply(&mut state);
     let server = RunningServer::start("127.0.0.1:0", state).await?;
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));

@@ -316,16 +316,24 @@ pub async fn wait_caught_up(pool: &PgPool) -> Result<()> {
 
 pub struct RebuildResult {
     pub events: usize,
-    /// Rebuilds watched through `projections` status every 50 ms (its backlog count of
-    /// every generation each time), as the harness did before.
-    pub rebuild_rates_status: Vec<f64>,
-    /// Rebuilds watched through their generation's row alone.
-    pub rebuild_rates_row: Vec<f64>,
+    /// Rebuilds on the earlier path: each event decoded through a copied tagged
+    /// object, each Board document written through a `serde_json::Value` tree.
+    pub rebuild_rates_before: Vec<f64>,
+    /// Rebuilds on the current path: events decoded straight from their data, Board
+    /// documents serialised straight to jsonb.
+    pub rebuild_rates_after: Vec<f64>,
     pub keyset_rate: f64,
 }
 
+/// Selects the earlier (`true`) or the current decoding and encoding of the fold.
+fn earlier_path(on: bool) {
+    careboard::domain::tagged::decode_through_copy(on);
+    careboard::projections::encode_boards_through_value(on);
+}
+
 /// Loads `target_events`, then measures a keyset read of the log and side-by-side
-/// rebuilds of `board_view` over it, alternating how the harness watches them.
+/// rebuilds of `board_view` over it, the earlier and the current path alternating
+/// (before, after, after, before), each watched through its generation's row.
 pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResult> {
     let history = generate(target_events);
     let started = Instant::now();
@@ -370,43 +378,40 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let mut result = RebuildResult {
         events: history.len(),
-        rebuild_rates_status: Vec::new(),
-        rebuild_rates_row: Vec::new(),
+        rebuild_rates_before: Vec::new(),
+        rebuild_rates_after: Vec::new(),
         keyset_rate,
     };
-    for _ in 0..2 {
-        for by_status in [true, false] {
-            let generation = state::request_rebuild(pool, Projection::BoardView).await?;
-            let started = Instant::now();
-            let projector = start_projector(pool, &store);
-            loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let live = if by_status {
-                    state::status(pool).await?.iter().any(|s| {
-                        s.name == "board_view" && s.generation == generation && s.state == "live"
-                    })
-                } else {
-                    sqlx::query_scalar::<_, bool>(
-                        "select status = 'live' from projection_state where name = 'board_view' and generation = $1",
-                    )
-                    .bind(generation)
-                    .fetch_optional(pool)
-                    .await?
-                    .unwrap_or(false)
-                };
-                if live {
-                    break;
-                }
-            }
-            let rate = history.len() as f64 / started.elapsed().as_secs_f64();
-            projector.stop().await?;
-            if by_status {
-                result.rebuild_rates_status.push(rate);
-            } else {
-                result.rebuild_rates_row.push(rate);
+    for before in [true, false, false, true] {
+        earlier_path(before);
+        // Every rebuild writes its snapshots afresh (a rebuild of the same fold skips
+        // the ones already there).
+        sqlx::query("delete from snapshots").execute(pool).await?;
+        let generation = state::request_rebuild(pool, Projection::BoardView).await?;
+        let started = Instant::now();
+        let projector = start_projector(pool, &store);
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let live = sqlx::query_scalar::<_, bool>(
+                "select status = 'live' from projection_state where name = 'board_view' and generation = $1",
+            )
+            .bind(generation)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(false);
+            if live {
+                break;
             }
         }
+        let rate = history.len() as f64 / started.elapsed().as_secs_f64();
+        projector.stop().await?;
+        if before {
+            result.rebuild_rates_before.push(rate);
+        } else {
+            result.rebuild_rates_after.push(rate);
+        }
     }
+    earlier_path(false);
     Ok(result)
 }
 

@@ -26,7 +26,7 @@ pub use appointment::{
 };
 pub use authorize::Target;
 pub use board::{close_board, open_board, CloseBoard, OpenBoard};
-pub use path::fingerprint;
+pub use path::{fingerprint, guard_retries};
 pub use provider::{register_provider, RegisterProvider};
 pub use shift::{join_board, shift_action, ActOnShift, JoinBoard, ShiftAction};
 

@@ -48,12 +48,22 @@ where
 {
     match run(meta.clone()).await {
         Err(e) if GuardMoved::is(&e) => {
+            GUARD_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut meta = meta;
             meta.locked_reads = true;
             run(meta).await
         }
         other => other,
     }
+}
+
+/// Commands decided again because a guarded stream moved (or a writer held it) between
+/// their unlocked read and their append, since the process started.
+static GUARD_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many commands this process decided again on a locked read (see [`guarded`]).
+pub fn guard_retries() -> u64 {
+    GUARD_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Opens the unit of work, or returns the remembered result of a repeated command.

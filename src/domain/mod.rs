@@ -11,6 +11,7 @@ pub mod matching;
 pub mod provider;
 pub mod scheduling;
 pub mod shift;
+pub mod tagged;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Serialize};
@@ -111,8 +112,12 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
     }
 
     fn decode(event_type: &str, data: &serde_json::Value) -> Result<Self, String> {
-        serde_json::from_value(serde_json::json!({ "type": event_type, "data": data }))
-            .map_err(|e| format!("cannot decode {event_type}: {e}"))
+        let decoded = if tagged::through_copy() {
+            serde_json::from_value(serde_json::json!({ "type": event_type, "data": data }))
+        } else {
+            <Self as serde::Deserialize>::deserialize(tagged::Tagged { event_type, data })
+        };
+        decoded.map_err(|e| format!("cannot decode {event_type}: {e}"))
     }
 }
 

@@ -20,10 +20,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::append::{append_guarded, AppendError, Appended, ReadGuard, StreamWrite};
+use super::append::{append_via, AppendError, Appended, ReadGuard, StreamWrite};
 use super::{
-    fold_recorded, read_board_streams, read_stream, read_stream_locked, EventStore, ReadLimit,
-    RecordedEvent, RowLock,
+    fold_recorded, read_board_streams, read_stream, read_stream_locked, CommandPath, EventStore,
+    ReadLimit, RecordedEvent, RowLock,
 };
 use crate::domain::{Aggregate, BoardId, DomainEvent, EventContext};
 use crate::error::{AppError, AppResult};
@@ -204,12 +204,19 @@ impl EventStore {
         })))
     }
 
-    /// A command's transaction, with the lock timeout in the same round trip as BEGIN.
+    /// A command's transaction, with the lock timeout in the same round trip as BEGIN,
+    /// and (on [`CommandPath::Planned`]) generic plans for its statements: a command's
+    /// statements are the same few shapes every time, and the general append's arrays
+    /// would otherwise make PostgreSQL plan it again for every command.
     async fn transaction(&self) -> AppResult<Transaction<'static, Postgres>> {
+        let generic = match self.command_path() {
+            CommandPath::Planned => "; set local plan_cache_mode = force_generic_plan",
+            CommandPath::General => "",
+        };
         Ok(self
             .pool()
             .begin_with(format!(
-                "begin; set local lock_timeout = '{}ms'",
+                "begin; set local lock_timeout = '{}ms'{generic}",
                 self.lock_timeout().as_millis().max(1)
             ))
             .await?)
@@ -415,8 +422,9 @@ impl UnitOfWork {
             std::mem::take(&mut self.writes),
             std::mem::take(&mut self.guards),
         );
+        let path = self.store.command_path();
         let conn = self.conn().await?;
-        let appended = append_guarded(conn, &writes, &guards, &metadata).await;
+        let appended = append_via(conn, &writes, &guards, &metadata, path).await;
         let appended = match appended {
             Ok(a) => a,
             Err(AppendError::GuardMoved) => return Err(AppError::Internal(GuardMoved.into())),

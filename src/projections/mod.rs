@@ -19,4 +19,4 @@ pub mod store;
 pub use board_view::{load_board_contents, load_board_for_matching, BoardDoc};
 pub use doc::{Doc, StreamDoc};
 pub use registry::Projection;
-pub use store::{save_rows, Row};
+pub use store::{encode_boards_through_value, save_rows, Row};

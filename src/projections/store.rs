@@ -7,12 +7,15 @@
 //! appointments it touched.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::board_view::BoardHeader;
 use super::read::{self, BoardParts};
 use super::{legacy, BoardDoc, Projection, StreamDoc};
 use crate::domain::{Appointment, Shift};
@@ -102,13 +105,27 @@ pub enum Row {
     },
 }
 
+/// Board documents go to PostgreSQL as `serde_json::Value` trees (the earlier path,
+/// kept selectable so the bench can measure both in one run) instead of serialised
+/// straight from the document. Off by default.
+static BOARDS_THROUGH_VALUE: AtomicBool = AtomicBool::new(false);
+
+/// Selects the earlier encoding of Board documents (through `Value`) for the whole
+/// process.
+pub fn encode_boards_through_value(on: bool) {
+    BOARDS_THROUGH_VALUE.store(on, Ordering::Relaxed);
+}
+
 /// Upserts documents of one projection in one statement per table.
 pub async fn save_rows(
     conn: &mut PgConnection,
     generation: i32,
     rows: &[Row],
 ) -> Result<(), sqlx::Error> {
-    let mut boards = BoardRows::default();
+    let mut boards = BoardRows {
+        through_value: BOARDS_THROUGH_VALUE.load(Ordering::Relaxed),
+        ..BoardRows::default()
+    };
     let mut views: HashMap<&'static str, ViewRows> = HashMap::new();
     let mut durations = DurationRows::default();
     for row in rows {
@@ -134,7 +151,7 @@ pub async fn save_rows(
         }
     }
     if !boards.ids.is_empty() {
-        sqlx::query(
+        let query = sqlx::query(
             "insert into board_view (generation, id, date, specialty, region, status, version, position, doc) \
              select $1, * from unnest($2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::jsonb[]) \
              on conflict (generation, id) do update set date = excluded.date, specialty = excluded.specialty, \
@@ -148,14 +165,17 @@ pub async fn save_rows(
         .bind(&boards.regions)
         .bind(&boards.statuses)
         .bind(&boards.versions)
-        .bind(&boards.positions)
-        .bind(&boards.docs)
-        .execute(&mut *conn)
-        .await?;
+        .bind(&boards.positions);
+        let query = if boards.through_value {
+            query.bind(&boards.docs)
+        } else {
+            query.bind(&boards.headers)
+        };
+        query.execute(&mut *conn).await?;
     }
     if !boards.appointments.ids.is_empty() {
         let a = &boards.appointments;
-        sqlx::query(
+        let query = sqlx::query(
             "insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \
              select $1, * from unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::jsonb[], $6::bigint[]) \
              on conflict (generation, board_id, id) do update set applied = excluded.applied, \
@@ -164,11 +184,13 @@ pub async fn save_rows(
         .bind(generation)
         .bind(&a.board_ids)
         .bind(&a.ids)
-        .bind(&a.applied)
-        .bind(&a.docs)
-        .bind(&a.board_versions)
-        .execute(&mut *conn)
-        .await?;
+        .bind(&a.applied);
+        let query = if boards.through_value {
+            query.bind(&a.docs)
+        } else {
+            query.bind(&a.typed)
+        };
+        query.bind(&a.board_versions).execute(&mut *conn).await?;
     }
     for (table, v) in views {
         sqlx::query(&format!(
@@ -220,7 +242,8 @@ fn to_json(doc: &impl Serialize) -> Value {
 }
 
 #[derive(Default)]
-struct BoardRows {
+struct BoardRows<'a> {
+    through_value: bool,
     ids: Vec<Uuid>,
     dates: Vec<Option<chrono::NaiveDate>>,
     specialties: Vec<Option<String>>,
@@ -228,23 +251,27 @@ struct BoardRows {
     statuses: Vec<Option<String>>,
     versions: Vec<i64>,
     positions: Vec<i64>,
+    /// The headers through `Value` (earlier path) or as they are.
     docs: Vec<Value>,
-    appointments: AppointmentRows,
+    headers: Vec<Json<BoardHeader<'a>>>,
+    appointments: AppointmentRows<'a>,
 }
 
 /// `board_view_appointments` rows.
 #[derive(Default)]
-struct AppointmentRows {
+struct AppointmentRows<'a> {
     board_ids: Vec<Uuid>,
     ids: Vec<Uuid>,
     applied: Vec<i64>,
+    /// The appointments through `Value` (earlier path) or as they are.
     docs: Vec<Option<Value>>,
+    typed: Vec<Option<Json<&'a Appointment>>>,
     /// The Board's version after the batch that wrote the row.
     board_versions: Vec<i64>,
 }
 
-impl BoardRows {
-    fn push(&mut self, id: Uuid, doc: &BoardDoc, appointments: &[Uuid]) {
+impl<'a> BoardRows<'a> {
+    fn push(&mut self, id: Uuid, doc: &'a BoardDoc, appointments: &[Uuid]) {
         for a in legacy::appointment_rows(doc, appointments) {
             let Some(applied) = doc.applied.get(a) else {
                 continue;
@@ -252,9 +279,12 @@ impl BoardRows {
             self.appointments.board_ids.push(id);
             self.appointments.ids.push(*a);
             self.appointments.applied.push(*applied);
-            self.appointments
-                .docs
-                .push(doc.appointments.get(a).map(to_json));
+            let appointment = doc.appointments.get(a);
+            if self.through_value {
+                self.appointments.docs.push(appointment.map(to_json));
+            } else {
+                self.appointments.typed.push(appointment.map(Json));
+            }
             self.appointments.board_versions.push(doc.version);
         }
         let b = doc.board.as_ref();
@@ -271,7 +301,11 @@ impl BoardRows {
         }));
         self.versions.push(doc.version);
         self.positions.push(doc.position);
-        self.docs.push(to_json(&doc.header(appointments)));
+        if self.through_value {
+            self.docs.push(to_json(&doc.header(appointments)));
+        } else {
+            self.headers.push(Json(doc.header(appointments)));
+        }
     }
 }
 

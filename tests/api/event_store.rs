@@ -8,7 +8,7 @@ use careboard::domain::{Aggregate, DomainError, DomainEvent, EventContext, FoldE
 use careboard::error::AppError;
 use careboard::event_store::append::{append, StreamWrite};
 use careboard::event_store::unit_of_work::{Begun, CommandMeta};
-use careboard::event_store::{read_stream, EventStore, ReadLimit};
+use careboard::event_store::{read_stream, CommandPath, EventStore, ReadLimit};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
@@ -472,10 +472,20 @@ async fn appointments_on(pool: &PgPool, board: Uuid) -> i64 {
 
 #[tokio::test]
 async fn an_append_decided_on_a_board_that_closed_after_the_read_writes_nothing() {
+    append_on_a_board_that_closed_after_the_read(CommandPath::Planned).await;
+}
+
+#[tokio::test]
+async fn an_append_decided_on_a_board_that_closed_after_the_read_writes_nothing_on_the_general_statement(
+) {
+    append_on_a_board_that_closed_after_the_read(CommandPath::General).await;
+}
+
+async fn append_on_a_board_that_closed_after_the_read(path: CommandPath) {
     use careboard::domain::{Appointment, AppointmentId, Board};
     use careboard::event_store::unit_of_work::{Guard, GuardMoved};
     let pool = helpers::fresh_database().await;
-    let store = helpers::store(&pool);
+    let store = helpers::store(&pool).with_command_path(path);
     let board = helpers::store::open_board(&store, "Guarded").await;
     let Begun::Fresh(mut uow) = store
         .begin(CommandMeta::new("requestAppointment"), &json!(null))
@@ -630,4 +640,64 @@ async fn a_command_stored_with_its_sender_in_the_fingerprint_still_replays() {
         .await
         .unwrap();
     assert_eq!(events, 1);
+}
+
+/// The common append (one new stream on a guarded Board) is planned once per
+/// connection and its plan reused: the general statement was planned again for every
+/// command, which cost more than running it.
+#[tokio::test]
+async fn a_request_reuses_the_plan_of_its_append() {
+    let (_, url) = helpers::fresh_database_with_url().await;
+    // One connection, so the statements below and their plans are all on it.
+    let pool = careboard::postgres::connect(&url, 1).await.unwrap();
+    let store = helpers::store(&pool);
+    let board = helpers::store::open_board(&store, "Planned").await;
+    for i in 0..12 {
+        commands::request_appointment(
+            &store,
+            CommandMeta::new("requestAppointment"),
+            helpers::store::request_command(board, &format!("Patient {i}")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    }
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "select generic_plans, custom_plans from pg_prepared_statements \
+          where statement like '%for share nowait%' and statement like '%created c%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        generic >= 6 && custom <= 6,
+        "the request's append was planned per command: {generic} generic, {custom} custom plans"
+    );
+}
+
+/// The pool no longer pings every connection it hands out (a round trip per command),
+/// but one that sat idle long enough to have died is pinged and replaced: a server
+/// that dropped it does not fail the next request.
+#[tokio::test]
+async fn a_connection_that_died_while_idle_is_replaced_before_use() {
+    let (admin, url) = helpers::fresh_database_with_url().await;
+    let pool = careboard::postgres::connect(&url, 1).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let ended: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(ended);
+    tokio::time::sleep(
+        careboard::postgres::PING_AFTER_IDLE + std::time::Duration::from_millis(200),
+    )
+    .await;
+    let again: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("the dead connection was handed out: {e}"));
+    assert_ne!(again, pid);
 }
