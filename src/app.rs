@@ -112,7 +112,16 @@ pub fn state_with(
 ) -> AppState {
     let store = EventStore::new(pool.clone(), lock_timeout).with_command_path(limits.command_path);
     let metrics = Arc::new(Metrics::new());
-    let live = LiveBoards::start(pool.clone());
+    let boards = crate::projections::read::BoardCache::with_contents(
+        limits.boards_in_memory,
+        limits.board_contents,
+    );
+    let live = LiveBoards::start_with(
+        pool.clone(),
+        (limits.board_contents == crate::projections::read::BoardContentsBuild::Incremental
+            && boards.keeps_boards())
+        .then(|| boards.clone()),
+    );
     let frames = crate::frames::FrameHub::default();
     metrics.register_frames(frames.metrics());
     let estimator = Estimator::new();
@@ -128,7 +137,7 @@ pub fn state_with(
         store: store.clone(),
         live: live.clone(),
         estimator: estimator.clone(),
-        boards: crate::projections::read::BoardCache::new(limits.boards_in_memory),
+        boards,
         access_log,
         read_wait,
     };

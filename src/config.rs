@@ -237,6 +237,17 @@ pub struct GraphqlLimits {
     /// changed since the last one, not the whole Board; 0 reads every Board whole.
     #[arg(long, env = "CAREBOARD_BOARDS_IN_MEMORY", default_value_t = crate::projections::read::DEFAULT_BOARDS_IN_MEMORY)]
     pub boards_in_memory: usize,
+    /// How a kept Board's contents are made for each new version: `incremental` (from
+    /// the previous version's and what changed; the live fan-out shares the kept
+    /// Boards) or `whole` (the earlier path, kept for the benchmark's before/after).
+    #[arg(
+        long,
+        env = "CAREBOARD_BOARD_CONTENTS",
+        value_enum,
+        default_value = "incremental",
+        hide = true
+    )]
+    pub board_contents: crate::projections::read::BoardContentsBuild,
     /// How shared `boardChanged` frames reach sockets: `group` (the group writes each
     /// frame to its sockets itself) or `socket` (each socket's task is woken to write
     /// it; the earlier path, kept for the benchmark's before/after rows).

@@ -285,6 +285,7 @@ impl Estimator {
         let mut specialties: Vec<String> = contents
             .appointments
             .iter()
+            .map(|a| &**a)
             .filter(|a| a.status.is_open())
             .chain(extra)
             .map(|a| a.specialty.clone())

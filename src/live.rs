@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::BoardContents;
 use crate::projections::board_view::BoardChanged;
-use crate::projections::read::{self, FollowedBoard};
+use crate::projections::read::{self, BoardCache, FollowedBoard, KeptBoard};
 
 /// The newest known document of a Board (`None` until the projector has built it).
 pub type BoardSlot = Option<Arc<BoardContents>>;
@@ -28,13 +28,16 @@ pub type BoardSlot = Option<Arc<BoardContents>>;
 struct Followed {
     sender: watch::Sender<BoardSlot>,
     read: Arc<tokio::sync::Mutex<Option<FollowedBoard>>>,
+    /// The Board in the shared cache, when there is one (then `read` stays empty).
+    kept: Option<KeptBoard>,
 }
 
 impl Followed {
-    fn new() -> Self {
+    fn new(cache: Option<&BoardCache>, board_id: Uuid) -> Self {
         Self {
             sender: watch::channel(None).0,
             read: Arc::default(),
+            kept: cache.map(|c| c.keep(board_id)),
         }
     }
 }
@@ -46,6 +49,10 @@ pub struct LiveBoards {
 
 struct Inner {
     pool: PgPool,
+    /// The process's kept Boards, when the fan-out shares them with queries: one copy
+    /// of each Board and one read per change for both. Without it each followed Board
+    /// keeps a copy of its own.
+    cache: Option<BoardCache>,
     boards: Mutex<HashMap<Uuid, Followed>>,
     /// Counts listener (re)connections; tests and metrics watch it.
     connections: watch::Sender<u64>,
@@ -55,10 +62,16 @@ impl LiveBoards {
     /// Starts the listener task; it runs until the returned handle's owner drops every
     /// clone and the runtime shuts down.
     pub fn start(pool: PgPool) -> Self {
+        Self::start_with(pool, None)
+    }
+
+    /// Like [`LiveBoards::start`], reading followed Boards through `cache` when given.
+    pub fn start_with(pool: PgPool, cache: Option<BoardCache>) -> Self {
         let (connections, _) = watch::channel(0);
         let live = Self {
             inner: Arc::new(Inner {
                 pool,
+                cache,
                 boards: Mutex::new(HashMap::new()),
                 connections,
             }),
@@ -80,7 +93,10 @@ impl LiveBoards {
         // Register first, then read: a change that lands in between is not lost.
         let (receiver, followed) = {
             let mut boards = self.inner.boards.lock().expect("live boards");
-            let sender = &boards.entry(board_id).or_insert_with(Followed::new).sender;
+            let sender = &boards
+                .entry(board_id)
+                .or_insert_with(|| Followed::new(self.inner.cache.as_ref(), board_id))
+                .sender;
             // A Board others already follow is kept current by the listener: the
             // thousandth subscriber costs no database read.
             let followed = sender.receiver_count() > 0 && sender.borrow().is_some();
@@ -105,14 +121,15 @@ impl LiveBoards {
 /// Re-reads a Board's document and publishes it if it is newer than what subscribers
 /// have. `hint` is the version a notification announced: nothing to do if already seen.
 async fn refresh(inner: &Inner, board_id: Uuid, hint: Option<i64>) -> anyhow::Result<()> {
-    let (sender, read) = {
+    let arrived = std::time::Instant::now();
+    let (sender, read, kept) = {
         let mut boards = inner.boards.lock().expect("live boards");
         match boards.get(&board_id) {
             Some(f) if f.sender.receiver_count() == 0 => {
                 boards.remove(&board_id);
                 return Ok(());
             }
-            Some(f) => (f.sender.clone(), f.read.clone()),
+            Some(f) => (f.sender.clone(), f.read.clone(), f.kept.clone()),
             None => return Ok(()),
         }
     };
@@ -121,6 +138,17 @@ async fn refresh(inner: &Inner, board_id: Uuid, hint: Option<i64>) -> anyhow::Re
         _ => false,
     };
     if seen(&sender) {
+        return Ok(());
+    }
+    if let (Some(cache), Some(kept)) = (&inner.cache, &kept) {
+        // The cache serialises reads of one Board and hands a read's result to those
+        // that queued behind it.
+        if let Some(contents) = cache
+            .contents_of(kept, &inner.pool, board_id, arrived)
+            .await?
+        {
+            publish(&sender, contents);
+        }
         return Ok(());
     }
     let mut followed = read.lock().await;
@@ -141,6 +169,12 @@ async fn refresh(inner: &Inner, board_id: Uuid, hint: Option<i64>) -> anyhow::Re
     };
     let contents = Arc::new(contents);
     drop(followed);
+    publish(&sender, contents);
+    Ok(())
+}
+
+/// Publishes `contents` if it is newer than what subscribers have.
+fn publish(sender: &watch::Sender<BoardSlot>, contents: Arc<BoardContents>) {
     sender.send_if_modified(|slot| {
         let newer = slot.as_ref().is_none_or(|c| c.version < contents.version);
         if newer {
@@ -148,7 +182,6 @@ async fn refresh(inner: &Inner, board_id: Uuid, hint: Option<i64>) -> anyhow::Re
         }
         newer
     });
-    Ok(())
 }
 
 /// Re-reads every subscribed Board (after a (re)connect).

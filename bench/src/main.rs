@@ -137,9 +137,11 @@ struct Args {
     mixed_providers: usize,
     /// Which server paths the `mixed` scenario runs, one after the other on databases
     /// of their own: `before` (no Board kept in memory, readers fetch every
-    /// appointment of a Board) and `after` (Boards kept in memory, readers fetch a
-    /// page of 50).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![MixedPath::Before, MixedPath::After])]
+    /// appointment of a Board), `kept` (Boards kept in memory, readers fetch a page of
+    /// 50, each new version's contents made whole and the live fan-out keeping its own
+    /// copy) and `after` (as `kept`, with each version's contents made from the
+    /// previous one's and what changed, shared with the live fan-out).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![MixedPath::Kept, MixedPath::After])]
     mixed_paths: Vec<MixedPath>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
@@ -155,6 +157,7 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum MixedPath {
     Before,
+    Kept,
     After,
 }
 
@@ -1300,6 +1303,7 @@ async fn mixed_scenario(
 ) -> Result<Vec<Row>> {
     let env: &[(&str, &str)] = match path {
         MixedPath::Before => &[("CAREBOARD_BOARDS_IN_MEMORY", "0")],
+        MixedPath::Kept => &[("CAREBOARD_BOARD_CONTENTS", "whole")],
         MixedPath::After => &[],
     };
     let server = subscribe::Server::start_with(url, auth, env).await?;
@@ -1321,10 +1325,10 @@ async fn mixed_scenario(
         "mixed, {path:?}: {} writers, {} readers, {} subscribers on {} Boards, {} s; appointments per Board at the end: {:?}",
         shape.writers, shape.readers, shape.subscribers, shape.boards, shape.seconds, m.board_sizes
     );
-    println!("| window | writes/s | reads/s | refused | mutation p50 / p99 ms | read p50 / p99 ms | frames/s | errors |\n|---|---|---|---|---|---|---|---|");
+    println!("| window | writes/s | reads/s | refused | mutation p50 / p99 ms | read p50 / p99 ms | frames/s | server CPU ms per request | errors |\n|---|---|---|---|---|---|---|---|---|");
     for (i, win) in m.windows.iter().enumerate() {
         println!(
-            "| {}–{} s | {:.0} | {:.0} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} | {} |",
+            "| {}–{} s | {:.0} | {:.0} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} | {:.2} | {} |",
             i as f64 * w,
             (i + 1) as f64 * w,
             win.writes as f64 / w,
@@ -1335,6 +1339,7 @@ async fn mixed_scenario(
             win.read_latency.value_at_quantile(0.5) as f64 / 1000.0,
             p99(&win.read_latency),
             win.frames as f64 / w,
+            win.server_cpu * 1e3 / (win.writes + win.reads).max(1) as f64,
             win.errors
         );
     }
@@ -1349,8 +1354,9 @@ async fn mixed_scenario(
         shape.readers,
         shape.subscribers,
         match path {
-            MixedPath::Before => "before: whole Board reads, none kept",
-            MixedPath::After => "after: pages, Boards kept in memory",
+            MixedPath::Before => "whole Board reads, none kept",
+            MixedPath::Kept => "pages, Boards kept, contents made whole per version",
+            MixedPath::After => "pages, Boards kept, contents made from what changed",
         }
     );
     let largest = m.board_sizes.iter().max().copied().unwrap_or(0);

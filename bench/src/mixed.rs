@@ -42,6 +42,8 @@ pub struct Window {
     pub refused: u64,
     pub frames: u64,
     pub errors: u64,
+    /// CPU seconds (user + system) the server process used in the window.
+    pub server_cpu: f64,
     pub write_latency: Histogram<u64>,
     pub read_latency: Histogram<u64>,
 }
@@ -54,6 +56,7 @@ impl Window {
             refused: 0,
             frames: 0,
             errors: 0,
+            server_cpu: 0.0,
             write_latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds"),
             read_latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds"),
         }
@@ -492,14 +495,31 @@ pub async fn run(server: &Server, shape: &Shape) -> Result<Mixed> {
         )));
     }
     let deadline = recorder.started + Duration::from_secs(shape.seconds);
+    // The server's CPU time at each window's start, to divide by its requests.
+    let mut cpu_marks = vec![server.cpu_seconds()?];
+    let window = Duration::from_secs(shape.window.max(1));
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        if recorder.started + window * cpu_marks.len() as u32 <= Instant::now() {
+            let cpu = server.cpu_seconds()?;
+            let slot = cpu_marks.len() - 1;
+            recorder.with(recorder.started + window * slot as u32, |w| {
+                w.server_cpu = cpu - cpu_marks[slot]
+            });
+            cpu_marks.push(cpu);
+        }
         let elapsed = recorder.started.elapsed().as_secs();
         if elapsed > 0 && elapsed % shape.window.max(1) == 0 {
             // A heartbeat for long runs.
             tracing::debug!(elapsed, "mixed: running");
         }
     }
+    // The last window's end.
+    let cpu = server.cpu_seconds()?;
+    let slot = cpu_marks.len() - 1;
+    recorder.with(recorder.started + window * slot as u32, |w| {
+        w.server_cpu = cpu - cpu_marks[slot]
+    });
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await?;

@@ -3,6 +3,7 @@
 //! Both are pure: the matcher process and the estimate resolvers load a Board's shifts,
 //! appointments and providers (and past durations) first, then ask these functions.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Timelike, Utc};
@@ -27,9 +28,10 @@ pub struct Pairing {
     pub shift_id: ShiftId,
 }
 
-fn waiting_in_order(appointments: &[Appointment]) -> Vec<&Appointment> {
+fn waiting_in_order(appointments: &[impl Borrow<Appointment>]) -> Vec<&Appointment> {
     let mut waiting: Vec<&Appointment> = appointments
         .iter()
+        .map(Borrow::borrow)
         .filter(|a| a.status == AppointmentStatus::Requested)
         .collect();
     waiting.sort_by_key(|a| (a.requested_at, a.id));
@@ -41,7 +43,7 @@ fn waiting_in_order(appointments: &[Appointment]) -> Vec<&Appointment> {
 /// provider is used twice, and no appointment left waiting has an unused fitting READY
 /// provider (each had its pick before any later one).
 pub fn plan(
-    appointments: &[Appointment],
+    appointments: &[impl Borrow<Appointment>],
     shifts: &[Shift],
     providers: &HashMap<ProviderId, Provider>,
 ) -> Vec<Pairing> {
@@ -218,7 +220,7 @@ struct Lane<'a> {
 /// the expected lead time.
 pub fn estimate(
     now: DateTime<Utc>,
-    appointments: &[Appointment],
+    appointments: &[impl Borrow<Appointment>],
     shifts: &[Shift],
     providers: &HashMap<ProviderId, Provider>,
     model: &DurationModel,
@@ -228,8 +230,18 @@ pub fn estimate(
         (t + s.charting_seconds, n + s.chartings)
     });
     let board_charting = (count > 0).then(|| Duration::seconds(total / count));
-    let by_id: HashMap<AppointmentId, &Appointment> =
-        appointments.iter().map(|a| (a.id, a)).collect();
+    // Only scheduled and started appointments hold a provider.
+    let by_id: HashMap<AppointmentId, &Appointment> = appointments
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|a: &&Appointment| {
+            matches!(
+                a.status,
+                AppointmentStatus::Scheduled | AppointmentStatus::Started
+            )
+        })
+        .map(|a| (a.id, a))
+        .collect();
     let mut lanes: Vec<Lane> = shifts
         .iter()
         .filter_map(|shift| {
@@ -510,7 +522,14 @@ mod tests {
         let shifts = [shift(1, ShiftStatus::Ready, 0)];
         let model = DurationModel::from_samples(&[]);
         let new = waiting(9, "pediatrics", "TX", 3);
-        let estimates = estimate(at(3), &[], &shifts, &ps, &model, Some(&new));
+        let estimates = estimate(
+            at(3),
+            &[] as &[Appointment],
+            &shifts,
+            &ps,
+            &model,
+            Some(&new),
+        );
         let e = &estimates[&new.id];
         assert_eq!(e.start, Some(at(3) + DurationModel::DEFAULT_LEAD));
         assert_eq!((e.queue_ahead, e.providers, e.providers_ready), (0, 1, 1));
@@ -518,7 +537,14 @@ mod tests {
         assert!(!e.from_history);
         // Nobody who could take a cardiology patient: no estimate.
         let other = waiting(10, "cardiology", "TX", 3);
-        let estimates = estimate(at(3), &[], &shifts, &ps, &model, Some(&other));
+        let estimates = estimate(
+            at(3),
+            &[] as &[Appointment],
+            &shifts,
+            &ps,
+            &model,
+            Some(&other),
+        );
         assert_eq!(estimates[&other.id].start, None);
     }
 

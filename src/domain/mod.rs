@@ -18,7 +18,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
 pub use appointment::{Appointment, AppointmentEvent, AppointmentStatus};
-pub use board::{Board, BoardContents, BoardEvent, BoardStatus};
+pub use board::{AppointmentCounts, Board, BoardContents, BoardEvent, BoardStatus};
 pub use ids::{AppointmentId, BoardId, ProviderId, ShiftId};
 pub use provider::{Provider, ProviderEvent};
 pub use shift::{Shift, ShiftEvent, ShiftStatus};

@@ -241,7 +241,7 @@ impl Subscription {
                     }
                 }
                 let Some(slot) = changes.next().await else { break };
-                current = slot.and_then(|c| c.appointments.iter().find(|a| a.id.as_uuid() == id).cloned());
+                current = slot.and_then(|c| c.appointments.iter().find(|a| a.id.as_uuid() == id).map(|a| (**a).clone()));
             }
         })
     }

@@ -86,6 +86,13 @@ impl Board {
     }
 
     async fn contents(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<&BoardContents>> {
+        Ok(self.shared(ctx).await?.map(|c| &**c))
+    }
+
+    async fn shared(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<&Arc<BoardContents>>> {
         let contents = self
             .contents
             .get_or_try_init(|| async {
@@ -95,7 +102,7 @@ impl Board {
             })
             .await
             .map_err(async_graphql::Error::from)?;
-        Ok(contents.as_deref())
+        Ok(contents.as_ref())
     }
 }
 
@@ -145,16 +152,15 @@ pub struct BoardCounts {
 impl BoardCounts {
     fn of(contents: &BoardContents) -> Self {
         use domain::AppointmentStatus as A;
-        let mut c = BoardCounts::default();
-        for a in &contents.appointments {
-            *match a.status {
-                A::Requested => &mut c.waiting,
-                A::Scheduled => &mut c.scheduled,
-                A::Started => &mut c.in_progress,
-                A::Finished => &mut c.finished,
-                A::Cancelled => &mut c.cancelled,
-            } += 1;
-        }
+        let n = |s| contents.counts.get(s) as i32;
+        let mut c = BoardCounts {
+            waiting: n(A::Requested),
+            scheduled: n(A::Scheduled),
+            in_progress: n(A::Started),
+            finished: n(A::Finished),
+            cancelled: n(A::Cancelled),
+            ..BoardCounts::default()
+        };
         for s in &contents.shifts {
             *match s.status {
                 DShift::Ready => &mut c.providers_ready,
@@ -245,9 +251,10 @@ impl Board {
             .map(|a| domain::parse_id("after", &a))
             .transpose()
             .map_err(AppError::from)?;
-        let Some(contents) = self.contents(ctx).await? else {
+        let Some(shared) = self.shared(ctx).await? else {
             return Ok(Vec::new());
         };
+        let contents = &**shared;
         let statuses: Option<Vec<domain::AppointmentStatus>> =
             status.map(|s| s.into_iter().map(Into::into).collect());
         let start = match after {
@@ -267,6 +274,7 @@ impl Board {
         };
         let page: Vec<&domain::Appointment> = contents.appointments[start..]
             .iter()
+            .map(|a| &**a)
             .filter(|a| statuses.as_ref().is_none_or(|s| s.contains(&a.status)))
             .take(first.unwrap_or(usize::MAX))
             .collect();
@@ -287,7 +295,7 @@ impl Board {
         } else {
             None
         };
-        let finish = Arc::new(FinishModel::for_board(contents, self.as_of));
+        let finish = Arc::new(FinishModel::for_board(shared.clone(), self.as_of));
         let board = access::board_facts(contents);
         Ok(page
             .into_iter()
@@ -345,23 +353,16 @@ impl Board {
 /// The duration model behind `expectedFinish`, loaded once for every appointment of
 /// one Board listing, and only if one of them is asked for it.
 pub(crate) struct FinishModel {
-    specialties: Vec<String>,
+    /// Its open appointments' specialties are the model's, gathered only when asked.
+    contents: Arc<BoardContents>,
     as_of: Option<DateTime<Utc>>,
     model: OnceCell<DurationModel>,
 }
 
 impl FinishModel {
-    fn for_board(contents: &BoardContents, as_of: Option<DateTime<Utc>>) -> Self {
-        let mut specialties: Vec<String> = contents
-            .appointments
-            .iter()
-            .filter(|a| a.status.is_open())
-            .map(|a| a.specialty.clone())
-            .collect();
-        specialties.sort();
-        specialties.dedup();
+    fn for_board(contents: Arc<BoardContents>, as_of: Option<DateTime<Utc>>) -> Self {
         Self {
-            specialties,
+            contents,
             as_of,
             model: OnceCell::new(),
         }
@@ -370,8 +371,19 @@ impl FinishModel {
     async fn get(&self, ctx: &Context<'_>) -> async_graphql::Result<&DurationModel> {
         Ok(self
             .model
-            .get_or_try_init(|| {
-                estimator(ctx).model(store(ctx).pool(), &self.specialties, self.as_of)
+            .get_or_try_init(|| async {
+                let mut specialties: Vec<String> = self
+                    .contents
+                    .appointments
+                    .iter()
+                    .filter(|a| a.status.is_open())
+                    .map(|a| a.specialty.clone())
+                    .collect();
+                specialties.sort();
+                specialties.dedup();
+                estimator(ctx)
+                    .model(store(ctx).pool(), &specialties, self.as_of)
+                    .await
             })
             .await?)
     }
@@ -558,7 +570,13 @@ impl Appointment {
                 let Some(contents) = contents else {
                     return Ok::<_, AppError>(None);
                 };
-                let listed = contents.appointments.iter().any(|a| a.id == self.state.id);
+                // Listed in request order: found by its request time and id.
+                let listed = contents
+                    .appointments
+                    .binary_search_by_key(&(self.state.requested_at, self.state.id), |a| {
+                        (a.requested_at, a.id)
+                    })
+                    .is_ok();
                 let extra = (!listed).then_some(&self.state);
                 let estimates = estimator(ctx)
                     .board(pool, &contents, self.as_of, extra)

@@ -6,6 +6,7 @@
 //! different streams. The projector and time travel both fold with [`BoardDoc::apply`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -144,17 +145,42 @@ impl BoardDoc {
     /// The document as the API's Board contents; `None` before the Board was opened.
     pub fn to_contents(&self) -> Option<BoardContents> {
         let board = self.board.clone()?;
-        let mut shifts: Vec<Shift> = self.shifts.values().cloned().collect();
-        shifts.sort_by_key(|s| (s.joined_at, s.id));
-        let mut appointments: Vec<Appointment> = self.appointments.values().cloned().collect();
-        appointments.sort_by_key(|a| (a.requested_at, a.id));
-        Some(BoardContents {
+        Some(BoardContents::new(
             board,
-            shifts,
-            appointments,
-            version: self.version,
-            position: self.position,
-        })
+            self.shifts.values().cloned().collect(),
+            self.appointments.values().cloned().map(Arc::new).collect(),
+            self.version,
+            self.position,
+        ))
+    }
+
+    /// The document as the API's Board contents, made from `previous` (the contents of
+    /// this document at an earlier version of the same generation) and the appointments
+    /// that changed since: the cost follows the change, not the Board's size.
+    pub fn to_contents_from(
+        &self,
+        previous: &BoardContents,
+        changed: &[Uuid],
+    ) -> Option<BoardContents> {
+        let board = self.board.clone()?;
+        let mut appointments = Vec::with_capacity(changed.len());
+        for id in changed {
+            // Gone from the document (never, as the fold stands): build it whole.
+            let Some(a) = self.appointments.get(id) else {
+                return self.to_contents();
+            };
+            appointments.push(a);
+        }
+        previous
+            .changed(
+                board,
+                self.shifts.values().cloned().collect(),
+                appointments,
+                self.appointments.len(),
+                self.version,
+                self.position,
+            )
+            .or_else(|| self.to_contents())
     }
 }
 

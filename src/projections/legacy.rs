@@ -38,7 +38,10 @@ pub fn carry_over(
     mut appointments: BTreeMap<Uuid, Appointment>,
     mut applied: BTreeMap<Uuid, i64>,
 ) {
-    appointments.append(&mut doc.appointments);
-    applied.append(&mut doc.applied);
+    // Insert the header's few entries into what was kept, not the other way round:
+    // `BTreeMap::append` of two non-empty maps rebuilds the whole tree, which would
+    // make every refresh cost the Board's size.
+    appointments.extend(std::mem::take(&mut doc.appointments));
+    applied.extend(std::mem::take(&mut doc.applied));
     (doc.appointments, doc.applied) = (appointments, applied);
 }

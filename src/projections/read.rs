@@ -61,30 +61,47 @@ impl BoardParts {
     }
 
     fn into_doc(self) -> anyhow::Result<BoardDoc> {
-        Ok(self.merge(None)?.doc)
+        Ok(self.merge(None)?.0.doc)
     }
 
     /// The document these parts make: on top of `previous` (its appointments, then
-    /// the changed rows) when it came from the same generation, else whole.
-    fn merge(self, previous: Option<FollowedBoard>) -> anyhow::Result<FollowedBoard> {
+    /// the changed rows) when it came from the same generation, else whole; and what
+    /// changed.
+    fn merge(self, previous: Option<FollowedBoard>) -> anyhow::Result<(FollowedBoard, Refreshed)> {
         let mut doc: BoardDoc = serde_json::from_value(self.doc)?;
+        let mut whole = true;
         if let Some(previous) = previous.filter(|f| f.generation == self.generation) {
             legacy::carry_over(&mut doc, previous.doc.appointments, previous.doc.applied);
+            whole = false;
         }
         let ids = self.ids.unwrap_or_default();
         let applied = self.applied.unwrap_or_default();
         let docs = self.docs.unwrap_or_default();
+        let mut changed = Vec::with_capacity(ids.len());
         for ((id, version), appointment) in ids.into_iter().zip(applied).zip(docs) {
             if let Some(a) = appointment {
                 doc.appointments.insert(id, serde_json::from_value(a)?);
+                changed.push(id);
             }
             doc.applied.insert(id, version);
         }
-        Ok(FollowedBoard {
-            generation: self.generation,
-            doc,
-        })
+        Ok((
+            FollowedBoard {
+                generation: self.generation,
+                doc,
+            },
+            Refreshed { whole, changed },
+        ))
     }
+}
+
+/// What [`refresh_board`] found.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    /// The Board was read whole (nothing kept, or kept from another generation).
+    pub whole: bool,
+    /// The appointments whose rows were read (those written since the version kept).
+    pub changed: Vec<Uuid>,
 }
 
 /// A live Board document kept by a follower (the live fan-out) between changes.
@@ -106,7 +123,7 @@ pub async fn refresh_board(
     pool: &PgPool,
     id: Uuid,
     followed: &mut Option<FollowedBoard>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Refreshed> {
     let (generation, version) = followed
         .as_ref()
         .map_or((-1, -1), |f| (f.generation, f.doc.version));
@@ -123,10 +140,12 @@ pub async fn refresh_board(
     .bind(version)
     .fetch_optional(pool)
     .await?;
-    if let Some(parts) = parts {
-        *followed = Some(parts.merge(followed.take())?);
-    }
-    Ok(())
+    let Some(parts) = parts else {
+        return Ok(Refreshed::default());
+    };
+    let (merged, refreshed) = parts.merge(followed.take())?;
+    *followed = Some(merged);
+    Ok(refreshed)
 }
 
 fn entry<'a>(
@@ -271,6 +290,10 @@ pub async fn patient_appointments(
 #[derive(Clone)]
 pub struct BoardCache {
     capacity: usize,
+    /// Make a new version's contents from the previous version's and what changed
+    /// (`true`), or whole from the document (the earlier path, kept selectable for the
+    /// benchmark's before/after rows).
+    incremental: bool,
     inner: Arc<Mutex<CacheInner>>,
 }
 
@@ -280,6 +303,10 @@ struct CacheInner {
     /// Counts reads: the last read of each Board orders eviction.
     clock: u64,
 }
+
+/// A Board kept by a [`BoardCache`] (see [`BoardCache::keep`]).
+#[derive(Clone)]
+pub struct KeptBoard(Arc<tokio::sync::Mutex<CachedBoard>>);
 
 #[derive(Default)]
 struct CachedBoard {
@@ -298,15 +325,36 @@ impl Default for BoardCache {
     }
 }
 
+/// How a kept Board's contents are made for each new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BoardContentsBuild {
+    /// From the previous version's contents and the appointments that changed; the
+    /// live fan-out shares the kept Boards.
+    Incremental,
+    /// Whole, from the document (sorted and counted again), and the live fan-out keeps
+    /// a copy of its own: the earlier path.
+    Whole,
+}
+
 /// How many Boards a process keeps in memory unless configured otherwise.
 pub const DEFAULT_BOARDS_IN_MEMORY: usize = 256;
 
 impl BoardCache {
     pub fn new(capacity: usize) -> Self {
+        Self::with_contents(capacity, BoardContentsBuild::Incremental)
+    }
+
+    pub fn with_contents(capacity: usize, build: BoardContentsBuild) -> Self {
         Self {
             capacity,
+            incremental: build == BoardContentsBuild::Incremental,
             inner: Arc::default(),
         }
+    }
+
+    /// Whether Boards are kept at all (capacity above 0).
+    pub fn keeps_boards(&self) -> bool {
+        self.capacity > 0
     }
 
     /// The live contents of a Board, `None` when it has no document.
@@ -322,8 +370,27 @@ impl BoardCache {
                 .map(Arc::new));
         }
         let arrived = std::time::Instant::now();
-        let entry = self.entry(id);
-        let mut cached = entry.lock().await;
+        self.contents_of(&self.keep(id), pool, id, arrived).await
+    }
+
+    /// A handle on the Board `id` kept here: it stays in memory while the handle lives,
+    /// even after the cache let it go (the live fan-out holds one per followed Board,
+    /// so that many followed Boards never make each change a whole read).
+    pub fn keep(&self, id: Uuid) -> KeptBoard {
+        KeptBoard(self.entry(id))
+    }
+
+    /// Like [`BoardCache::contents`], through a handle from [`BoardCache::keep`] for
+    /// Board `id`; `arrived` is when the caller learnt that it needs the Board now (a
+    /// read that started after then answers it).
+    pub async fn contents_of(
+        &self,
+        kept: &KeptBoard,
+        pool: &PgPool,
+        id: Uuid,
+        arrived: std::time::Instant,
+    ) -> anyhow::Result<Option<Arc<BoardContents>>> {
+        let mut cached = kept.0.lock().await;
         // Readers of one Board queue on its lock: the first reads, the ones that queued
         // behind it take its result rather than one round trip each.
         if cached.read_from.is_some_and(|from| from >= arrived) {
@@ -334,19 +401,31 @@ impl BoardCache {
             .followed
             .as_ref()
             .map(|f| (f.generation, f.doc.version));
-        if let Err(e) = refresh_board(pool, id, &mut cached.followed).await {
-            // What was kept may be partly merged: the next read starts over.
-            *cached = CachedBoard::default();
-            return Err(e);
-        }
+        let refreshed = match refresh_board(pool, id, &mut cached.followed).await {
+            Ok(refreshed) => refreshed,
+            Err(e) => {
+                // What was kept may be partly merged: the next read starts over.
+                *cached = CachedBoard::default();
+                return Err(e);
+            }
+        };
         cached.read_from = Some(read_from);
+        let kept = cached.contents.take();
         let Some(followed) = &cached.followed else {
-            cached.contents = None;
             return Ok(None);
         };
         let now = Some((followed.generation, followed.doc.version));
-        if now != before || cached.contents.is_none() {
-            cached.contents = followed.doc.to_contents().map(Arc::new);
+        if now == before && kept.is_some() {
+            cached.contents = kept;
+        } else {
+            let previous = kept.filter(|_| {
+                self.incremental && !refreshed.whole && before.map(|b| b.0) == now.map(|n| n.0)
+            });
+            cached.contents = match previous {
+                Some(previous) => followed.doc.to_contents_from(&previous, &refreshed.changed),
+                None => followed.doc.to_contents(),
+            }
+            .map(Arc::new);
         }
         Ok(cached.contents.clone())
     }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use careboard::domain::AppointmentStatus;
 use careboard::projections::{read, Projection};
 use careboard::projector::state;
 use serde_json::{json, Value};
@@ -113,11 +114,22 @@ async fn kept(cache: &read::BoardCache, pool: &sqlx::PgPool, board: uuid::Uuid) 
 
 #[tokio::test]
 async fn a_board_kept_in_memory_reads_as_a_whole_read_after_changes_and_a_rebuild() {
+    kept_reads_as_whole(read::BoardContentsBuild::Incremental).await;
+}
+
+/// The same with each version's contents made whole (the earlier path, kept for the
+/// benchmark's before/after).
+#[tokio::test]
+async fn a_board_kept_in_memory_and_made_whole_reads_as_a_whole_read() {
+    kept_reads_as_whole(read::BoardContentsBuild::Whole).await;
+}
+
+async fn kept_reads_as_whole(build: read::BoardContentsBuild) {
     let app = TestApp::spawn().await;
     let pool = app.server_pool().clone();
     let board = app.open_board("Kept").await;
     let id: uuid::Uuid = board.parse().unwrap();
-    let cache = read::BoardCache::new(4);
+    let cache = read::BoardCache::with_contents(4, build);
 
     let at = app
         .request_all(&board, (0..5).map(|i| format!("First {i}")))
@@ -144,6 +156,27 @@ async fn a_board_kept_in_memory_reads_as_a_whole_read_after_changes_and_a_rebuil
     let later = cache.contents(&pool, id).await.unwrap().unwrap();
     assert_eq!(format!("{later:?}"), whole(&pool, id).await);
     assert_eq!(later.appointments.len(), 8);
+    assert_eq!(
+        later.counts,
+        careboard::domain::AppointmentCounts::of(later.appointments.iter().map(|a| &**a))
+    );
+    assert_eq!(later.counts.get(AppointmentStatus::Cancelled), 1);
+    // Made from what changed, the appointments that did not change are the ones
+    // already kept, not copies.
+    let shared = later
+        .appointments
+        .iter()
+        .filter(|a| {
+            first
+                .appointments
+                .iter()
+                .any(|f| std::sync::Arc::ptr_eq(f, a))
+        })
+        .count();
+    match build {
+        read::BoardContentsBuild::Incremental => assert_eq!(shared, 4),
+        read::BoardContentsBuild::Whole => assert_eq!(shared, 0),
+    }
 
     // A rebuilt generation: what was kept belongs to the old one.
     let generation = state::request_rebuild(&pool, Projection::BoardView)
