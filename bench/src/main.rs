@@ -360,8 +360,8 @@ async fn main() -> Result<()> {
             let pinging = postgres::connect_pinging(&db_url, 32, Duration::ZERO).await?;
             for _ in 0..2 {
                 rows.push(append_before_scenario(&pool, &args, pgbench).await?);
-                rows.push(append_general_scenario(&pinging, &args, pgbench).await?);
-                let row = append_scenario(&pool, &args, pgbench).await?;
+                rows.push(append_scenario(&pinging, &args, pgbench, CommandPath::General).await?);
+                let row = append_scenario(&pool, &args, pgbench, CommandPath::Planned).await?;
                 max_append = Some(max_append.map_or(row.rate, |m: f64| m.max(row.rate)));
                 rows.push(row);
             }
@@ -403,7 +403,7 @@ async fn main() -> Result<()> {
                         mutate_scenario(&pinging, &args, auth, baseline, CommandPath::General)
                             .await?;
                     row.scenario = format!(
-                        "mutate main: general statement, ping per acquire (GraphQL over HTTP, {} clients){label}",
+                        "mutate earlier: general statement, ping per acquire (GraphQL over HTTP, {} clients){label}",
                         args.clients
                     );
                     rows.push(row);
@@ -434,7 +434,9 @@ async fn main() -> Result<()> {
                     seconds: args.seconds.min(3),
                     ..args.clone()
                 };
-                append_scenario(&pool, &quick, 0.0).await?.rate
+                append_scenario(&pool, &quick, 0.0, CommandPath::Planned)
+                    .await?
+                    .rate
             }
         };
         let rate = (max / 2.0).max(1.0);
@@ -970,40 +972,29 @@ where
     Ok((r.0.clone(), r.1))
 }
 
-async fn append_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
-    let scenario = format!(
-        "append: one-statement append planned once, no ping (1 event/command, {} writers)",
-        args.clients
-    );
+/// The command path through `path`: `Planned`, the current one, or `General`, as it
+/// was before the append statement was planned once: the general statement, planned
+/// again for every command, on a pool that pings every connection it hands out (`pool`
+/// must then be such a pool).
+async fn append_scenario(
+    pool: &PgPool,
+    args: &Args,
+    baseline: f64,
+    path: CommandPath,
+) -> Result<Row> {
+    let what = match path {
+        CommandPath::Planned => "append: one-statement append planned once, no ping",
+        CommandPath::General => {
+            "append earlier: general statement planned per command, ping per acquire"
+        }
+    };
+    let scenario = format!("{what} (1 event/command, {} writers)", args.clients);
     append_run(
         pool,
         args,
         baseline,
         scenario,
-        CommandPath::Planned,
-        |store, request| async move {
-            commands::request_appointment(&store, CommandMeta::new("requestAppointment"), request)
-                .await
-                .is_ok()
-        },
-    )
-    .await
-}
-
-/// The command path as main had it before the append statement was planned once: the
-/// general statement, planned again for every command, on a pool that pings every
-/// connection it hands out (`pool` must be such a pool).
-async fn append_general_scenario(pool: &PgPool, args: &Args, baseline: f64) -> Result<Row> {
-    let scenario = format!(
-        "append main: general statement planned per command, ping per acquire (1 event/command, {} writers)",
-        args.clients
-    );
-    append_run(
-        pool,
-        args,
-        baseline,
-        scenario,
-        CommandPath::General,
+        path,
         |store, request| async move {
             commands::request_appointment(&store, CommandMeta::new("requestAppointment"), request)
                 .await
