@@ -169,6 +169,7 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
              inbound websocket messages are handled one at a time; remove the setting"
         );
     }
+    crate::projections::read::set_board_reads(serve.limits.board_reads);
     let db = app::open_database_to_serve(&database).await?;
     db.migrate().await?;
     let mut state = app::state_with(

@@ -248,6 +248,19 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub board_contents: crate::projections::read::BoardContentsBuild,
+    /// How reads of part of a Board find their rows (a kept Board's refresh, the
+    /// projector's load of a batch's Boards) and whether the matcher keeps Boards
+    /// between batches: `indexed` (index conditions; the matcher keeps Boards) or
+    /// `scan` (every row of the Board visited, the matcher reads each Board from the
+    /// log every time; the earlier path, kept for the benchmark's before/after rows).
+    #[arg(
+        long,
+        env = "CAREBOARD_BOARD_READS",
+        value_enum,
+        default_value = "indexed",
+        hide = true
+    )]
+    pub board_reads: crate::projections::read::BoardReads,
     /// How shared `boardChanged` frames reach sockets: `group` (the group writes each
     /// frame to its sockets itself) or `socket` (each socket's task is woken to write
     /// it; the earlier path, kept for the benchmark's before/after rows).

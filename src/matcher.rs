@@ -17,6 +17,14 @@
 //! makes from the current state is empty where the work was done. Idempotent by
 //! construction.
 //!
+//! Boards kept between batches: a Board is read from the event store (its shifts and
+//! waiting appointments) the first time a trigger needs it, then kept in memory and
+//! brought forward with every event of its streams the matcher reads after its
+//! checkpoint, so a match costs what changed, not a read that visits every stream row
+//! of the Board (see [`KeptBoards`]). Kept Boards start empty each time this process
+//! leads, and a Board is read again whenever what is kept cannot be trusted (a gap in
+//! a stream's versions, a fold error, a refused write).
+//!
 //! A Board that keeps failing does not hold up the others: after the configured
 //! attempts at a batch, the Boards that still fail are parked in
 //! `matcher_parked_boards` and the checkpoint moves on. A parked Board is retried
@@ -36,18 +44,19 @@ use uuid::Uuid;
 
 use crate::commands::{self, CommandOptions, ScheduleAppointment};
 use crate::domain::matching;
-use crate::domain::{AppointmentId, ProviderId, ShiftId};
+use crate::domain::{Appointment, AppointmentId, AppointmentStatus, ProviderId, Shift, ShiftId};
 use crate::error::AppError;
 use crate::estimates::Estimator;
 use crate::event_store::log::{read_after, Cursor};
 use crate::event_store::unit_of_work::CommandMeta;
-use crate::event_store::{EventStore, RecordedEvent};
+use crate::event_store::{read_board_streams_waiting, EventStore, RecordedEvent};
 use crate::faults::Faults;
 use crate::identity::Actor;
 use crate::leader::{advance_checkpoint, Checkpoint};
 use crate::metrics::Metrics;
 use crate::pacing::{backoff, IdlePoll};
-use crate::projections::load_board_for_matching;
+use crate::projections::read::{board_reads, BoardReads};
+use crate::projections::{load_board_for_matching, BoardDoc, Doc};
 
 /// The matcher's row in `process_checkpoints`.
 pub const NAME: &str = "matcher";
@@ -123,6 +132,9 @@ impl Matcher {
     ) -> Result<MatcherEnd> {
         let mut cursor = load_checkpoint(self.pool()).await?;
         let mut parked = load_parked(self.pool()).await?;
+        // Read again each time this process leads: another leader may have matched
+        // meanwhile.
+        let mut kept = KeptBoards::default();
         self.metrics.set_matcher_parked(parked.len());
         let mut last_parked_retry = Instant::now();
         let mut poll = IdlePoll::new(self.config.max_poll_interval);
@@ -135,11 +147,14 @@ impl Matcher {
             if !parked.is_empty()
                 && last_parked_retry.elapsed() >= self.config.parked_retry_interval
             {
-                self.retry_parked(&mut parked).await;
+                self.retry_parked(&mut parked, &mut kept).await;
                 last_parked_retry = Instant::now();
             }
             let park = attempts + 1 >= self.config.max_attempts.max(1);
-            match self.step(cursor, leader_pid, park, &mut parked).await {
+            match self
+                .step(cursor, leader_pid, park, &mut parked, &mut kept)
+                .await
+            {
                 Ok(Some(next)) => {
                     cursor = next;
                     poll.reset();
@@ -168,6 +183,7 @@ impl Matcher {
         leader_pid: i32,
         park: bool,
         parked: &mut HashSet<Uuid>,
+        kept: &mut KeptBoards,
     ) -> Result<Option<Cursor>, StepError> {
         let rows = read_after(self.pool(), cursor, self.config.batch_size, None)
             .await
@@ -176,6 +192,10 @@ impl Matcher {
             return Ok(None);
         };
         let next = *last;
+        // Every event of a kept Board's streams, trigger or not, before any decision.
+        for (_, e) in &rows {
+            kept.apply(e);
+        }
         // Boards in the order their first trigger appeared, each with that trigger.
         let mut boards: Vec<(Uuid, &RecordedEvent)> = Vec::new();
         for (_, e) in &rows {
@@ -190,7 +210,7 @@ impl Matcher {
         }
         let mut failed = Vec::new();
         for (board, trigger) in boards {
-            match self.match_board(board, Some(trigger)).await {
+            match self.match_board(board, Some(trigger), kept).await {
                 Ok(()) => {
                     if parked.contains(&board) {
                         self.unpark(board, parked)
@@ -233,9 +253,9 @@ impl Matcher {
     }
 
     /// Tries every parked Board again; those that work leave the table.
-    async fn retry_parked(&self, parked: &mut HashSet<Uuid>) {
+    async fn retry_parked(&self, parked: &mut HashSet<Uuid>, kept: &mut KeptBoards) {
         for board in parked.clone() {
-            let result = match self.match_board(board, None).await {
+            let result = match self.match_board(board, None, kept).await {
                 Ok(()) => self.unpark(board, parked).await,
                 Err(e) => {
                     tracing::warn!(%board, error = %e, "parked board still cannot be matched");
@@ -260,15 +280,17 @@ impl Matcher {
     }
 
     /// Makes every match the Board allows now, re-reading after any refused write.
-    async fn match_board(&self, board_id: Uuid, trigger: Option<&RecordedEvent>) -> Result<()> {
+    async fn match_board(
+        &self,
+        board_id: Uuid,
+        trigger: Option<&RecordedEvent>,
+        kept: &mut KeptBoards,
+    ) -> Result<()> {
         if self.faults.matcher_fails(board_id) {
             return Err(anyhow!("injected matcher fault"));
         }
         for _ in 0..MAX_ROUNDS {
-            let Some(contents) = load_board_for_matching(self.pool(), board_id)
-                .await
-                .map_err(app_error)?
-            else {
+            let Some(contents) = self.waiting(board_id, kept).await? else {
                 return Ok(());
             };
             let ready: Vec<ProviderId> = contents
@@ -329,6 +351,9 @@ impl Matcher {
                     .await
                 {
                     Ok(_) => {
+                        // Neither is offered again before the log shows what was written.
+                        kept.wrote(board_id, a.id.as_uuid(), a.version + 1);
+                        kept.wrote(board_id, s.id.as_uuid(), s.version + 1);
                         let possible_since =
                             s.ready_since.unwrap_or(a.requested_at).max(a.requested_at);
                         let latency = (Utc::now() - possible_since).to_std().unwrap_or_default();
@@ -338,6 +363,8 @@ impl Matcher {
                     // The appointment or the shift moved since the plan: decide again.
                     Err(AppError::Conflict(_)) | Err(AppError::Domain(_)) => {
                         self.metrics.matcher_conflict();
+                        // What is kept may be behind: read the Board again.
+                        kept.forget(board_id);
                         refused = true;
                         break;
                     }
@@ -351,6 +378,190 @@ impl Matcher {
         Err(anyhow!(
             "board {board_id}: still contended after {MAX_ROUNDS} rounds"
         ))
+    }
+
+    /// The Board's shifts and waiting appointments as the matcher decides on them: from
+    /// the kept Board (read and kept first if need be), without what this matcher
+    /// wrote and has not yet read back; with [`BoardReads::Scan`] (the earlier path),
+    /// read from the event store each time. `None` when the Board does not exist.
+    async fn waiting(&self, board_id: Uuid, kept: &mut KeptBoards) -> Result<Option<Waiting>> {
+        if board_reads() == BoardReads::Scan {
+            let Some(contents) = load_board_for_matching(self.pool(), board_id)
+                .await
+                .map_err(app_error)?
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(Waiting {
+                appointments: contents.appointments.iter().map(|a| (**a).clone()).collect(),
+                shifts: contents.shifts,
+            }));
+        }
+        if !kept.boards.contains_key(&board_id) {
+            let events = read_board_streams_waiting(self.pool(), board_id).await?;
+            let Some(board) = KeptBoard::fold(board_id, &events)? else {
+                return Ok(None);
+            };
+            kept.keep(board_id, board);
+        }
+        Ok(kept.boards.get(&board_id).map(KeptBoard::waiting))
+    }
+}
+
+/// A Board's shifts and waiting appointments, for [`matching::plan`].
+struct Waiting {
+    appointments: Vec<Appointment>,
+    shifts: Vec<Shift>,
+}
+
+/// Most Boards kept at once; past it the kept Boards are let go (each is read again
+/// when next needed).
+const MAX_KEPT_BOARDS: usize = 1024;
+
+/// The Boards the matcher keeps between batches (see the module's documentation).
+///
+/// Never missing a waiting appointment: a Board is read with every appointment that
+/// was waiting then, and every event of its streams the matcher reads afterwards is
+/// applied (each stream in version order; one already applied is passed). An
+/// appointment requested after the read is therefore added by its request event, and
+/// one leaves only by an event of its own stream. What may be wrong is only an
+/// appointment or shift that is offered although it moved: an event read after the
+/// Board that was committed before it (the read sees the Board ahead of the
+/// checkpoint) may re-add a request already scheduled. Such a plan is refused by the
+/// write's expected versions, and the Board is then read again.
+#[derive(Default)]
+struct KeptBoards {
+    boards: HashMap<Uuid, KeptBoard>,
+}
+
+impl KeptBoards {
+    fn keep(&mut self, board_id: Uuid, board: KeptBoard) {
+        if self.boards.len() >= MAX_KEPT_BOARDS {
+            self.boards.clear();
+        }
+        self.boards.insert(board_id, board);
+    }
+
+    /// Applies an event read from the log to its Board if kept; a Board whose kept
+    /// state cannot take it is let go (read again when next needed).
+    fn apply(&mut self, e: &RecordedEvent) {
+        let Some(board_id) = e.board_id else { return };
+        let Some(board) = self.boards.get_mut(&board_id) else {
+            return;
+        };
+        if !board.apply(e) {
+            tracing::debug!(board = %board_id, stream = %e.stream_id, version = e.version, "matcher reads a board again");
+            self.boards.remove(&board_id);
+        }
+    }
+
+    /// Records that this matcher wrote `stream` up to `version` on the Board.
+    fn wrote(&mut self, board_id: Uuid, stream: Uuid, version: i64) {
+        if let Some(board) = self.boards.get_mut(&board_id) {
+            board.written.insert(stream, version);
+        }
+    }
+
+    fn forget(&mut self, board_id: Uuid) {
+        self.boards.remove(&board_id);
+    }
+}
+
+/// One kept Board: its document with the Board, every shift and only the waiting
+/// appointments, folded like `board_view`.
+struct KeptBoard {
+    doc: BoardDoc,
+    /// Streams this matcher wrote, with the version written, whose events it has not
+    /// read back yet: left out of plans meanwhile (the kept state of them is behind).
+    written: HashMap<Uuid, i64>,
+}
+
+impl KeptBoard {
+    /// The Board folded from the events of its streams (a waiting-only read); `None`
+    /// when the Board's own stream has none.
+    fn fold(board_id: Uuid, events: &[RecordedEvent]) -> Result<Option<Self>> {
+        let mut doc = BoardDoc::default();
+        for e in events {
+            doc.apply(e)
+                .map_err(|err| anyhow!("board {board_id}, stream {}: {err}", e.stream_id))?;
+        }
+        if doc.board.as_ref().map(|b| b.id.as_uuid()) != Some(board_id) {
+            return Ok(None);
+        }
+        let mut board = Self {
+            doc,
+            written: HashMap::new(),
+        };
+        let gone: Vec<Uuid> = board
+            .doc
+            .appointments
+            .iter()
+            .filter(|(_, a)| a.status != AppointmentStatus::Requested)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            board.let_go(id);
+        }
+        Ok(Some(board))
+    }
+
+    /// Applies an event of one of the Board's streams; `false` when the kept state
+    /// cannot be trusted to have taken it (a gap in the stream's versions, an unknown
+    /// shift or Board stream past its first event, a fold error).
+    fn apply(&mut self, e: &RecordedEvent) -> bool {
+        match self.doc.applied.get(&e.stream_id).copied() {
+            // Already in what was read (or applied before).
+            Some(applied) if e.version <= applied => return true,
+            Some(applied) if e.version != applied + 1 => return false,
+            // An appointment that was not waiting when the Board was read, or that
+            // stopped waiting since: not needed. Any other stream must be known.
+            None if e.version != 1 => return e.stream_type == "appointment",
+            _ => {}
+        }
+        if self.doc.apply(e).is_err() {
+            return false;
+        }
+        if self
+            .written
+            .get(&e.stream_id)
+            .is_some_and(|written| e.version >= *written)
+        {
+            self.written.remove(&e.stream_id);
+        }
+        if self
+            .doc
+            .appointments
+            .get(&e.stream_id)
+            .is_some_and(|a| a.status != AppointmentStatus::Requested)
+        {
+            self.let_go(e.stream_id);
+        }
+        true
+    }
+
+    /// Drops an appointment that no longer waits: memory follows the waiting ones.
+    fn let_go(&mut self, appointment: Uuid) {
+        self.doc.appointments.remove(&appointment);
+        self.doc.applied.remove(&appointment);
+    }
+
+    fn waiting(&self) -> Waiting {
+        Waiting {
+            appointments: self
+                .doc
+                .appointments
+                .iter()
+                .filter(|(id, _)| !self.written.contains_key(id))
+                .map(|(_, a)| a.clone())
+                .collect(),
+            shifts: self
+                .doc
+                .shifts
+                .iter()
+                .filter(|(id, _)| !self.written.contains_key(id))
+                .map(|(_, s)| s.clone())
+                .collect(),
+        }
     }
 }
 

@@ -139,9 +139,12 @@ struct Args {
     /// of their own: `before` (no Board kept in memory, readers fetch every
     /// appointment of a Board), `kept` (Boards kept in memory, readers fetch a page of
     /// 50, each new version's contents made whole and the live fan-out keeping its own
-    /// copy) and `after` (as `kept`, with each version's contents made from the
-    /// previous one's and what changed, shared with the live fan-out).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![MixedPath::Kept, MixedPath::After])]
+    /// copy), `scan` (as `kept`, with each version's contents made from the previous
+    /// one's and what changed, shared with the live fan-out; reads of part of a Board
+    /// visit all its rows and the matcher reads each Board from the log per batch) and
+    /// `after` (as `scan`, with index-backed partial reads and Boards kept by the
+    /// matcher).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![MixedPath::Scan, MixedPath::After])]
     mixed_paths: Vec<MixedPath>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
@@ -158,6 +161,7 @@ struct Args {
 enum MixedPath {
     Before,
     Kept,
+    Scan,
     After,
 }
 
@@ -1293,8 +1297,15 @@ async fn mixed_scenario(
     path: MixedPath,
 ) -> Result<Vec<Row>> {
     let env: &[(&str, &str)] = match path {
-        MixedPath::Before => &[("CAREBOARD_BOARDS_IN_MEMORY", "0")],
-        MixedPath::Kept => &[("CAREBOARD_BOARD_CONTENTS", "whole")],
+        MixedPath::Before => &[
+            ("CAREBOARD_BOARDS_IN_MEMORY", "0"),
+            ("CAREBOARD_BOARD_READS", "scan"),
+        ],
+        MixedPath::Kept => &[
+            ("CAREBOARD_BOARD_CONTENTS", "whole"),
+            ("CAREBOARD_BOARD_READS", "scan"),
+        ],
+        MixedPath::Scan => &[("CAREBOARD_BOARD_READS", "scan")],
         MixedPath::After => &[],
     };
     let server = subscribe::Server::start_with(url, auth, env).await?;
@@ -1316,10 +1327,10 @@ async fn mixed_scenario(
         "mixed, {path:?}: {} writers, {} readers, {} subscribers on {} Boards, {} s; appointments per Board at the end: {:?}",
         shape.writers, shape.readers, shape.subscribers, shape.boards, shape.seconds, m.board_sizes
     );
-    println!("| window | writes/s | reads/s | refused | mutation p50 / p99 ms | read p50 / p99 ms | frames/s | server CPU ms per request | errors |\n|---|---|---|---|---|---|---|---|---|");
+    println!("| window | writes/s | reads/s | refused | mutation p50 / p99 ms | read p50 / p99 ms | frames/s | server CPU ms per request | PostgreSQL CPU ms per request | errors |\n|---|---|---|---|---|---|---|---|---|---|");
     for (i, win) in m.windows.iter().enumerate() {
         println!(
-            "| {}–{} s | {:.0} | {:.0} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} | {:.2} | {} |",
+            "| {}–{} s | {:.0} | {:.0} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} | {:.2} | {} | {} |",
             i as f64 * w,
             (i + 1) as f64 * w,
             win.writes as f64 / w,
@@ -1331,6 +1342,10 @@ async fn mixed_scenario(
             p99(&win.read_latency),
             win.frames as f64 / w,
             win.server_cpu * 1e3 / (win.writes + win.reads).max(1) as f64,
+            win.postgres_cpu.map_or("–".to_string(), |pg| format!(
+                "{:.2}",
+                pg * 1e3 / (win.writes + win.reads).max(1) as f64
+            )),
             win.errors
         );
     }
@@ -1347,7 +1362,8 @@ async fn mixed_scenario(
         match path {
             MixedPath::Before => "whole Board reads, none kept",
             MixedPath::Kept => "pages, Boards kept, contents made whole per version",
-            MixedPath::After => "pages, Boards kept, contents made from what changed",
+            MixedPath::Scan => "pages, Boards kept, contents made from what changed, partial Board reads visit every row",
+            MixedPath::After => "pages, Boards kept, contents made from what changed, index-backed partial Board reads, Boards kept by the matcher",
         }
     );
     let largest = m.board_sizes.iter().max().copied().unwrap_or(0);

@@ -44,6 +44,9 @@ pub struct Window {
     pub errors: u64,
     /// CPU seconds (user + system) the server process used in the window.
     pub server_cpu: f64,
+    /// CPU seconds PostgreSQL used in the window (the postmaster and every backend;
+    /// `None` when the database is not a local process the harness can see).
+    pub postgres_cpu: Option<f64>,
     pub write_latency: Histogram<u64>,
     pub read_latency: Histogram<u64>,
 }
@@ -57,6 +60,7 @@ impl Window {
             frames: 0,
             errors: 0,
             server_cpu: 0.0,
+            postgres_cpu: None,
             write_latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds"),
             read_latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds"),
         }
@@ -495,18 +499,24 @@ pub async fn run(server: &Server, shape: &Shape) -> Result<Mixed> {
         )));
     }
     let deadline = recorder.started + Duration::from_secs(shape.seconds);
-    // The server's CPU time at each window's start, to divide by its requests.
+    // The server's CPU time at each window's start, to divide by its requests; and
+    // PostgreSQL's.
+    let postgres = PostgresCpu::locate(&server.database_url).await;
     let mut cpu_marks = vec![server.cpu_seconds()?];
+    let mut pg_marks = vec![postgres.as_ref().and_then(PostgresCpu::seconds)];
     let window = Duration::from_secs(shape.window.max(1));
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if recorder.started + window * cpu_marks.len() as u32 <= Instant::now() {
             let cpu = server.cpu_seconds()?;
+            let pg = postgres.as_ref().and_then(PostgresCpu::seconds);
             let slot = cpu_marks.len() - 1;
             recorder.with(recorder.started + window * slot as u32, |w| {
-                w.server_cpu = cpu - cpu_marks[slot]
+                w.server_cpu = cpu - cpu_marks[slot];
+                w.postgres_cpu = pg.zip(pg_marks[slot]).map(|(now, then)| now - then);
             });
             cpu_marks.push(cpu);
+            pg_marks.push(pg);
         }
         let elapsed = recorder.started.elapsed().as_secs();
         if elapsed > 0 && elapsed % shape.window.max(1) == 0 {
@@ -516,9 +526,11 @@ pub async fn run(server: &Server, shape: &Shape) -> Result<Mixed> {
     }
     // The last window's end.
     let cpu = server.cpu_seconds()?;
+    let pg = postgres.as_ref().and_then(PostgresCpu::seconds);
     let slot = cpu_marks.len() - 1;
     recorder.with(recorder.started + window * slot as u32, |w| {
-        w.server_cpu = cpu - cpu_marks[slot]
+        w.server_cpu = cpu - cpu_marks[slot];
+        w.postgres_cpu = pg.zip(pg_marks[slot]).map(|(now, then)| now - then);
     });
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -562,4 +574,58 @@ pub async fn run(server: &Server, shape: &Shape) -> Result<Mixed> {
         window_seconds: shape.window.max(1),
         board_sizes,
     })
+}
+
+/// PostgreSQL's CPU time, when it runs on this machine: the postmaster's own and its
+/// reaped children's (backends that exited), plus every live child's.
+struct PostgresCpu {
+    postmaster: u32,
+}
+
+impl PostgresCpu {
+    /// Finds the postmaster through the data directory (the harness connects as a
+    /// superuser); `None` if it is not a process here.
+    async fn locate(database_url: &str) -> Option<Self> {
+        let pool = careboard::postgres::connect(database_url, 1).await.ok()?;
+        let dir: String = sqlx::query_scalar("select current_setting('data_directory')")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        pool.close().await;
+        let pid = std::fs::read_to_string(std::path::Path::new(&dir).join("postmaster.pid")).ok()?;
+        let postmaster = pid.lines().next()?.trim().parse().ok()?;
+        let found = Self { postmaster };
+        found.seconds().map(|_| found)
+    }
+
+    fn seconds(&self) -> Option<f64> {
+        // Fields after the command name: ppid is the 2nd, utime, stime, cutime and
+        // cstime the 12th to 15th.
+        fn fields(pid: &str) -> Option<Vec<u64>> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(vec![
+                f.get(1)?.parse().ok()?,
+                f.get(11)?.parse().ok()?,
+                f.get(12)?.parse().ok()?,
+                f.get(13)?.parse().ok()?,
+                f.get(14)?.parse().ok()?,
+            ])
+        }
+        let own = fields(&self.postmaster.to_string())?;
+        let mut ticks = own[1] + own[2] + own[3] + own[4];
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+                continue;
+            };
+            if let Some(f) = fields(pid).filter(|f| f[0] == u64::from(self.postmaster)) {
+                ticks += f[1] + f[2];
+            }
+        }
+        // SAFETY: sysconf reads a constant of the system; no memory is touched.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Some(ticks as f64 / per_second)
+    }
 }

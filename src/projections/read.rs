@@ -127,14 +127,11 @@ pub async fn refresh_board(
     let (generation, version) = followed
         .as_ref()
         .map_or((-1, -1), |f| (f.generation, f.doc.version));
-    let unversioned = legacy::UNVERSIONED_ROW;
-    let parts: Option<BoardParts> = sqlx::query_as(&format!(
-        "select {BOARD_PARTS} from board_view v {live} {join} where v.id = $1",
-        live = Projection::BoardView.live_join("v"),
-        join = board_parts_join(&format!(
-            "and (v.generation <> $2 or x.board_version > $3 or {unversioned})"
-        ))
-    ))
+    let statement = match board_reads() {
+        BoardReads::Indexed => refresh_board_sql(),
+        BoardReads::Scan => refresh_board_scan_sql(),
+    };
+    let parts: Option<BoardParts> = sqlx::query_as(statement)
     .bind(id)
     .bind(generation)
     .bind(version)
@@ -146,6 +143,83 @@ pub async fn refresh_board(
     let (merged, refreshed) = parts.merge(followed.take())?;
     *followed = Some(merged);
     Ok(refreshed)
+}
+
+/// The statement of [`refresh_board`] (`$1` the Board, `$2` and `$3` the generation and
+/// Board version followed). The rows written since are a range of
+/// `board_view_appointments_by_version` (`board_version` above the version followed, or
+/// above -1, every row, when the generation differs), and the unversioned rows another
+/// one; both bounds are index conditions, so the read visits only the rows it returns,
+/// whatever the Board's size. (A single `or` of the three conditions left
+/// `board_version` to a filter: every row of the Board was visited to test it.)
+fn refresh_board_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let unversioned = legacy::UNVERSIONED_ROW;
+        format!(
+            "select {BOARD_PARTS} from board_view v {live} \
+             left join lateral (\
+               select array_agg(x.id) as ids, array_agg(x.applied) as applied, \
+                      array_agg(x.doc) as docs \
+                 from (select x.id, x.applied, x.doc from board_view_appointments x \
+                        where x.generation = v.generation and x.board_id = v.id \
+                          and x.board_version > (case when v.generation = $2 then $3 else -1 end) \
+                       union all \
+                       select x.id, x.applied, x.doc from board_view_appointments x \
+                        where x.generation = v.generation and x.board_id = v.id \
+                          and {unversioned} and v.generation = $2 and $3 >= 0) x) x on true \
+             where v.id = $1",
+            live = Projection::BoardView.live_join("v"),
+        )
+    })
+}
+
+/// The earlier statement of [`refresh_board`]: one `or` of the conditions, tested on
+/// every row of the Board (kept selectable for the benchmark's before/after rows).
+fn refresh_board_scan_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let unversioned = legacy::UNVERSIONED_ROW;
+        format!(
+            "select {BOARD_PARTS} from board_view v {live} {join} where v.id = $1",
+            live = Projection::BoardView.live_join("v"),
+            join = board_parts_join(&format!(
+                "and (v.generation <> $2 or x.board_version > $3 or {unversioned})"
+            ))
+        )
+    })
+}
+
+/// How the statements that read part of a Board's appointment rows (a follower's
+/// refresh, the projector's load of a batch's Boards, the matcher's waiting
+/// appointments) find those rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BoardReads {
+    /// Through index conditions: the cost follows the rows read.
+    #[default]
+    Indexed,
+    /// Every row of the Board visited and filtered: the earlier statements, kept for
+    /// the benchmark's before/after rows.
+    Scan,
+}
+
+static BOARD_READS_SCAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Selects how this process reads parts of Boards (see [`BoardReads`]).
+pub fn set_board_reads(reads: BoardReads) {
+    BOARD_READS_SCAN.store(
+        reads == BoardReads::Scan,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// How this process reads parts of Boards.
+pub fn board_reads() -> BoardReads {
+    if BOARD_READS_SCAN.load(std::sync::atomic::Ordering::Relaxed) {
+        BoardReads::Scan
+    } else {
+        BoardReads::Indexed
+    }
 }
 
 fn entry<'a>(

@@ -32,11 +32,21 @@ impl Projection {
         appointments: Option<&[Uuid]>,
     ) -> Result<HashMap<Uuid, Value>, sqlx::Error> {
         let rows: Vec<(Uuid, Value)> = if self == Projection::BoardView {
+            // With `appointments`, `x.id = any($3)` alone, so that it is an index
+            // condition: behind an `or` it was a filter tested on every row of the
+            // Board (the earlier statement, still selectable: `read::BoardReads`).
+            let filter = match (appointments, read::board_reads()) {
+                (None, _) => "and $3::uuid[] is null",
+                (Some(_), read::BoardReads::Indexed) => "and x.id = any($3)",
+                (Some(_), read::BoardReads::Scan) => {
+                    "and ($3::uuid[] is null or x.id = any($3))"
+                }
+            };
             let parts: Vec<BoardParts> = sqlx::query_as(&format!(
                 "select {parts} from board_view v {join} \
                   where v.generation = $1 and v.id = any($2) for update of v",
                 parts = read::BOARD_PARTS,
-                join = read::board_parts_join("and ($3::uuid[] is null or x.id = any($3))"),
+                join = read::board_parts_join(filter),
             ))
             .bind(generation)
             .bind(ids)
