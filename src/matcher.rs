@@ -49,7 +49,9 @@ use crate::error::AppError;
 use crate::estimates::Estimator;
 use crate::event_store::log::{read_after, Cursor};
 use crate::event_store::unit_of_work::CommandMeta;
-use crate::event_store::{read_board_streams_waiting, EventStore, RecordedEvent};
+use crate::event_store::{
+    read_board_streams_waiting, read_stream_from, EventStore, ReadLimit, RecordedEvent,
+};
 use crate::faults::Faults;
 use crate::identity::Actor;
 use crate::leader::{advance_checkpoint, Checkpoint};
@@ -195,6 +197,9 @@ impl Matcher {
         // Every event of a kept Board's streams, trigger or not, before any decision.
         for (_, e) in &rows {
             kept.apply(e);
+        }
+        for (board, streams) in kept.behind() {
+            self.read_forward(kept, board, &streams).await;
         }
         // Boards in the order their first trigger appeared, each with that trigger.
         let mut boards: Vec<(Uuid, &RecordedEvent)> = Vec::new();
@@ -363,8 +368,9 @@ impl Matcher {
                     // The appointment or the shift moved since the plan: decide again.
                     Err(AppError::Conflict(_)) | Err(AppError::Domain(_)) => {
                         self.metrics.matcher_conflict();
-                        // What is kept may be behind: read the Board again.
-                        kept.forget(board_id);
+                        // What is kept of them may be behind the log.
+                        self.catch_up(kept, board_id, [a.id.as_uuid(), s.id.as_uuid()])
+                            .await;
                         refused = true;
                         break;
                     }
@@ -380,6 +386,41 @@ impl Matcher {
         ))
     }
 
+    /// Brings the kept streams of a refused write up to the log, past the matcher's
+    /// checkpoint (later events of them are then passed as already applied). If
+    /// neither moved, the refusal came from elsewhere: the Board is read again.
+    async fn catch_up(&self, kept: &mut KeptBoards, board_id: Uuid, streams: [Uuid; 2]) {
+        if !self.read_forward(kept, board_id, &streams).await {
+            kept.forget(board_id);
+        }
+    }
+
+    /// Reads the kept streams of a Board forward from the store; whether any moved
+    /// (false too when the Board cannot take them: it is then let go).
+    async fn read_forward(&self, kept: &mut KeptBoards, board_id: Uuid, streams: &[Uuid]) -> bool {
+        let Some(board) = kept.boards.get_mut(&board_id) else {
+            return false;
+        };
+        let mut moved = false;
+        for &stream in streams {
+            board.behind.remove(&stream);
+            // Not kept: an appointment that no longer waits.
+            let Some(after) = board.doc.applied.get(&stream).copied() else {
+                continue;
+            };
+            match read_stream_from(self.pool(), stream, after, ReadLimit::All).await {
+                Ok(events) if events.iter().all(|e| board.apply(e)) => {
+                    moved |= !events.is_empty();
+                }
+                Ok(_) | Err(_) => {
+                    kept.forget(board_id);
+                    return false;
+                }
+            }
+        }
+        moved
+    }
+
     /// The Board's shifts and waiting appointments as the matcher decides on them: from
     /// the kept Board (read and kept first if need be), without what this matcher
     /// wrote and has not yet read back; with [`BoardReads::Scan`] (the earlier path),
@@ -393,7 +434,11 @@ impl Matcher {
                 return Ok(None);
             };
             return Ok(Some(Waiting {
-                appointments: contents.appointments.iter().map(|a| (**a).clone()).collect(),
+                appointments: contents
+                    .appointments
+                    .iter()
+                    .map(|a| (**a).clone())
+                    .collect(),
                 shifts: contents.shifts,
             }));
         }
@@ -455,6 +500,15 @@ impl KeptBoards {
         }
     }
 
+    /// The kept Boards with streams behind, and those streams.
+    fn behind(&self) -> Vec<(Uuid, Vec<Uuid>)> {
+        self.boards
+            .iter()
+            .filter(|(_, b)| !b.behind.is_empty())
+            .map(|(id, b)| (*id, b.behind.iter().copied().collect()))
+            .collect()
+    }
+
     /// Records that this matcher wrote `stream` up to `version` on the Board.
     fn wrote(&mut self, board_id: Uuid, stream: Uuid, version: i64) {
         if let Some(board) = self.boards.get_mut(&board_id) {
@@ -474,6 +528,8 @@ struct KeptBoard {
     /// Streams this matcher wrote, with the version written, whose events it has not
     /// read back yet: left out of plans meanwhile (the kept state of them is behind).
     written: HashMap<Uuid, i64>,
+    /// Streams whose next version has not been read yet while a later one was.
+    behind: HashSet<Uuid>,
 }
 
 impl KeptBoard {
@@ -491,6 +547,7 @@ impl KeptBoard {
         let mut board = Self {
             doc,
             written: HashMap::new(),
+            behind: HashSet::new(),
         };
         let gone: Vec<Uuid> = board
             .doc
@@ -506,13 +563,19 @@ impl KeptBoard {
     }
 
     /// Applies an event of one of the Board's streams; `false` when the kept state
-    /// cannot be trusted to have taken it (a gap in the stream's versions, an unknown
-    /// shift or Board stream past its first event, a fold error).
+    /// cannot be trusted to have taken it (an unknown shift or Board stream past its
+    /// first event, a fold error).
     fn apply(&mut self, e: &RecordedEvent) -> bool {
         match self.doc.applied.get(&e.stream_id).copied() {
             // Already in what was read (or applied before).
             Some(applied) if e.version <= applied => return true,
-            Some(applied) if e.version != applied + 1 => return false,
+            // A later version first: the log is in commit order, not each stream's
+            // version order. The stream is brought up to date from the store after
+            // the batch ([`Matcher::catch_up`]).
+            Some(applied) if e.version != applied + 1 => {
+                self.behind.insert(e.stream_id);
+                return true;
+            }
             // An appointment that was not waiting when the Board was read, or that
             // stopped waiting since: not needed. Any other stream must be known.
             None if e.version != 1 => return e.stream_type == "appointment",
@@ -551,14 +614,14 @@ impl KeptBoard {
                 .doc
                 .appointments
                 .iter()
-                .filter(|(id, _)| !self.written.contains_key(id))
+                .filter(|(id, _)| !self.written.contains_key(id) && !self.behind.contains(id))
                 .map(|(_, a)| a.clone())
                 .collect(),
             shifts: self
                 .doc
                 .shifts
                 .iter()
-                .filter(|(id, _)| !self.written.contains_key(id))
+                .filter(|(id, _)| !self.written.contains_key(id) && !self.behind.contains(id))
                 .map(|(_, s)| s.clone())
                 .collect(),
         }

@@ -592,7 +592,8 @@ impl PostgresCpu {
             .await
             .ok()?;
         pool.close().await;
-        let pid = std::fs::read_to_string(std::path::Path::new(&dir).join("postmaster.pid")).ok()?;
+        let pid =
+            std::fs::read_to_string(std::path::Path::new(&dir).join("postmaster.pid")).ok()?;
         let postmaster = pid.lines().next()?.trim().parse().ok()?;
         let found = Self { postmaster };
         found.seconds().map(|_| found)
@@ -617,7 +618,10 @@ impl PostgresCpu {
         let mut ticks = own[1] + own[2] + own[3] + own[4];
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
                 continue;
             };
             if let Some(f) = fields(pid).filter(|f| f[0] == u64::from(self.postmaster)) {

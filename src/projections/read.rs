@@ -132,11 +132,11 @@ pub async fn refresh_board(
         BoardReads::Scan => refresh_board_scan_sql(),
     };
     let parts: Option<BoardParts> = sqlx::query_as(statement)
-    .bind(id)
-    .bind(generation)
-    .bind(version)
-    .fetch_optional(pool)
-    .await?;
+        .bind(id)
+        .bind(generation)
+        .bind(version)
+        .fetch_optional(pool)
+        .await?;
     let Some(parts) = parts else {
         return Ok(Refreshed::default());
     };
@@ -152,7 +152,7 @@ pub async fn refresh_board(
 /// one; both bounds are index conditions, so the read visits only the rows it returns,
 /// whatever the Board's size. (A single `or` of the three conditions left
 /// `board_version` to a filter: every row of the Board was visited to test it.)
-fn refresh_board_sql() -> &'static str {
+pub fn refresh_board_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         let unversioned = legacy::UNVERSIONED_ROW;
@@ -176,7 +176,7 @@ fn refresh_board_sql() -> &'static str {
 
 /// The earlier statement of [`refresh_board`]: one `or` of the conditions, tested on
 /// every row of the Board (kept selectable for the benchmark's before/after rows).
-fn refresh_board_scan_sql() -> &'static str {
+pub fn refresh_board_scan_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         let unversioned = legacy::UNVERSIONED_ROW;

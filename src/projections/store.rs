@@ -38,9 +38,7 @@ impl Projection {
             let filter = match (appointments, read::board_reads()) {
                 (None, _) => "and $3::uuid[] is null",
                 (Some(_), read::BoardReads::Indexed) => "and x.id = any($3)",
-                (Some(_), read::BoardReads::Scan) => {
-                    "and ($3::uuid[] is null or x.id = any($3))"
-                }
+                (Some(_), read::BoardReads::Scan) => "and ($3::uuid[] is null or x.id = any($3))",
             };
             let parts: Vec<BoardParts> = sqlx::query_as(&format!(
                 "select {parts} from board_view v {join} \

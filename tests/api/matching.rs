@@ -601,3 +601,90 @@ async fn a_board_the_matcher_cannot_match_is_parked_while_other_boards_go_on_and
     check_invariants(&app, &a).await;
     check_invariants(&app, &b).await;
 }
+
+/// Drives an assigned appointment through to the end of its charting: the provider is
+/// READY again.
+async fn see_through(app: &TestApp, appointment: &str, shift: &str) {
+    act(app, START, json!({"appointmentId": appointment})).await;
+    act(app, FINISH, json!({"appointmentId": appointment})).await;
+    act(app, CHARTED, json!({"shiftId": shift})).await;
+}
+
+/// The appointment a shift holds now, from the event store.
+async fn held_by(app: &TestApp, board: &str, shift: &str) -> Option<String> {
+    contents(app, board)
+        .await
+        .shifts
+        .iter()
+        .find(|s| s.id.to_string() == shift)
+        .and_then(|s| s.appointment_id)
+        .map(|a| a.to_string())
+}
+
+/// The matcher keeps the Boards it has read and brings them forward from the events it
+/// reads: requests and a provider back from charting written through another node
+/// still get matched, longest waiting first; and after a failover the new leader,
+/// reading the Board afresh, matches what waits.
+#[tokio::test]
+async fn boards_kept_by_the_matcher_miss_nothing_written_elsewhere_or_across_a_failover() {
+    let mut first = TestApp::spawn_matching().await;
+    let board = first.open_board("Telehealth TX").await;
+    let one = register(&first, "Dr. One", &["pediatrics"], &["TX"]).await;
+    let two = register(&first, "Dr. Two", &["pediatrics"], &["TX"]).await;
+    let shift_one = join(&first, &board, &one).await;
+    let shift_two = join(&first, &board, &two).await;
+    for i in 0..2 {
+        first
+            .request_appointment(request_input(&board, &format!("Early {i}")))
+            .await;
+    }
+    matcher_settled(&first).await;
+    assert_eq!(
+        check_invariants(&first, &board).await,
+        2,
+        "both matched at once"
+    );
+
+    // A second node, standing by; everything from here is written through it.
+    let second = TestApp::spawn_sharing_matching(&first).await;
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let (id, _) = second
+            .request_appointment(request_input(&board, &format!("Late {i}")))
+            .await;
+        waiting.push(id);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    matcher_settled(&first).await;
+    assert_eq!(check_invariants(&first, &board).await, 2, "nobody is free");
+    let held = held_by(&second, &board, &shift_one).await.expect("held");
+    see_through(&second, &held, &shift_one).await;
+    matcher_settled(&first).await;
+    check_invariants(&first, &board).await;
+    assert_eq!(
+        held_by(&second, &board, &shift_one).await.as_ref(),
+        Some(&waiting[0]),
+        "the kept Board saw the requests and the provider back: the longest waiting goes"
+    );
+
+    // Failover: the first node stops leading; the second reads the Board afresh.
+    first.stop_projector().await;
+    let held = held_by(&second, &board, &shift_two).await.expect("held");
+    see_through(&second, &held, &shift_two).await;
+    matcher_settled(&second).await;
+    check_invariants(&second, &board).await;
+    assert_eq!(
+        held_by(&second, &board, &shift_two).await.as_ref(),
+        Some(&waiting[1]),
+        "the new leader matched the next longest waiting"
+    );
+    // And the new leader keeps the Board in turn: a provider back again takes the last.
+    let held = held_by(&second, &board, &shift_one).await.expect("held");
+    see_through(&second, &held, &shift_one).await;
+    matcher_settled(&second).await;
+    check_invariants(&second, &board).await;
+    assert_eq!(
+        held_by(&second, &board, &shift_one).await.as_ref(),
+        Some(&waiting[2])
+    );
+}

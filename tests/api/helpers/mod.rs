@@ -317,6 +317,26 @@ impl TestApp {
         .await
     }
 
+    /// Like [`TestApp::spawn_sharing`], with the matcher on (it matches once this node
+    /// leads).
+    pub async fn spawn_sharing_matching(other: &TestApp) -> Self {
+        Self::spawn_on(
+            other.pool.clone(),
+            GraphqlLimits::default(),
+            Some(matching_projector()),
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    /// Stops this node's projector and matcher (its leader lock goes with them); the
+    /// server keeps serving.
+    pub async fn stop_projector(&mut self) {
+        if let Some(projector) = self.projector.take() {
+            projector.stop().await.expect("the daemon stops cleanly");
+        }
+    }
+
     async fn spawn_full(
         limits: GraphqlLimits,
         projector: Option<careboard::daemon::DaemonConfig>,
