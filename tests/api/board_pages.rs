@@ -237,8 +237,13 @@ async fn rows_visited_and_left_out(
             walk(child, returned, removed);
         }
     }
+    // Statistics as a live database has them (autovacuum's analyze); and as on a Board
+    // of thousands of appointments, where the table is never read whole.
+    sqlx::query("analyze board_view_appointments")
+        .execute(pool)
+        .await
+        .unwrap();
     let mut tx = pool.begin().await.unwrap();
-    // As on a Board of thousands of appointments, where the table is never read whole.
     sqlx::query("set local enable_seqscan = off")
         .execute(&mut *tx)
         .await
