@@ -442,6 +442,20 @@ impl Matcher {
                 shifts: contents.shifts,
             }));
         }
+        if let Some(board) = kept.boards.get(&board_id) {
+            // Decide on the kept streams as they are now, not as of the checkpoint
+            // (which may be far behind under load): one read of what each has past
+            // the version kept, a cost that follows the shifts and waiting
+            // appointments, not the Board. Requests not yet read come with their own
+            // trigger.
+            let streams: Vec<(Uuid, i64)> =
+                board.doc.applied.iter().map(|(s, v)| (*s, *v)).collect();
+            let events = read_streams_after(self.pool(), &streams).await?;
+            let board = kept.boards.get_mut(&board_id).expect("kept");
+            if !events.iter().all(|e| board.apply(e)) {
+                kept.forget(board_id);
+            }
+        }
         if !kept.boards.contains_key(&board_id) {
             let events = read_board_streams_waiting(self.pool(), board_id).await?;
             let Some(board) = KeptBoard::fold(board_id, &events)? else {
@@ -451,6 +465,26 @@ impl Matcher {
         }
         Ok(kept.boards.get(&board_id).map(KeptBoard::waiting))
     }
+}
+
+/// The events of each stream after the version given, each stream in version order:
+/// one statement, an index range per stream (`events_stream_version_key`).
+async fn read_streams_after(
+    pool: &PgPool,
+    streams: &[(Uuid, i64)],
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let (ids, versions): (Vec<Uuid>, Vec<i64>) = streams.iter().copied().unzip();
+    sqlx::query_as(&format!(
+        "select {EVENT_COLUMNS} from unnest($1::uuid[], $2::bigint[]) as k(id, version) \
+           join events e on e.stream_id = k.id and e.version > k.version \
+           join streams s on s.id = e.stream_id \
+          order by e.stream_id, e.version",
+        EVENT_COLUMNS = crate::event_store::EVENT_COLUMNS
+    ))
+    .bind(ids)
+    .bind(versions)
+    .fetch_all(pool)
+    .await
 }
 
 /// A Board's shifts and waiting appointments, for [`matching::plan`].
