@@ -78,8 +78,9 @@ struct Args {
     /// The `project` lag rows, in order, each on a database of its own: `lockstep`,
     /// `loops` (durable, unpaced), `tuned` (async commits, paced followers, the signal
     /// forwarded through the supervisor: the default schedule), `direct` (`tuned` woken
-    /// straight from the daemon, `board_view` on a connection of its own). The last two
-    /// alternate by default so the machine's drift falls on both.
+    /// straight from the daemon, `board_view` on a connection of its own), `relaxed`
+    /// (`tuned` with the followers paced at 50 ms). The last two alternate by default so
+    /// the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::Schedule::Lockstep,
         project::Schedule::Tuned,
