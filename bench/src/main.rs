@@ -89,6 +89,10 @@ struct Args {
         project::Schedule::Direct,
     ])]
     lag_schedules: Vec<project::Schedule>,
+    /// Appends per second of the `project` lag rows; without it, half the measured
+    /// maximum append rate (on a busy machine a fixed rate keeps runs comparable).
+    #[arg(long)]
+    lag_rate: Option<f64>,
     /// Subscribers on one Board in the `subscribe` latency measurement.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -430,6 +434,8 @@ async fn main() -> Result<()> {
     if want(Scenario::Project) {
         let max = match max_append {
             Some(r) => r,
+            // A given rate needs no maximum measured.
+            None if args.lag_rate.is_some() => 0.0,
             None => {
                 let quick = Args {
                     seconds: args.seconds.min(3),
@@ -440,8 +446,11 @@ async fn main() -> Result<()> {
                     .rate
             }
         };
-        let rate = (max / 2.0).max(1.0);
-        println!("projector lag at {rate:.0} appends/s (half of {max:.0})");
+        let rate = args.lag_rate.unwrap_or((max / 2.0).max(1.0));
+        match args.lag_rate {
+            Some(_) => println!("projector lag at {rate:.0} appends/s (given)"),
+            None => println!("projector lag at {rate:.0} appends/s (half of {max:.0})"),
+        }
         // Lag and rebuild each get a database of their own: the pgbench baseline's
         // bare rows are not events any projection could apply.
         // Each schedule on a database of its own (`--lag-schedules`).
