@@ -161,7 +161,11 @@ fn the_runtime_event_interval_setting_is_applied_or_refused_clearly() {
             .expect("run careboard schema")
     };
     let ok = run("7");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&ok.stdout),
         careboard::graphql::sdl(),
