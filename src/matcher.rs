@@ -21,7 +21,8 @@
 //! waiting appointments) the first time a trigger needs it, then kept in memory and
 //! brought forward with every event of its streams the matcher reads after its
 //! checkpoint, so a match costs what changed, not a read that visits every stream row
-//! of the Board (see [`KeptBoards`]). Kept Boards start empty each time this process
+//! of the Board (see [`KeptBoards`]); before each plan the kept streams are read forward
+//! to now in one statement. Kept Boards start empty each time this process
 //! leads, and a Board is read again whenever what is kept cannot be trusted (a gap in
 //! a stream's versions, a fold error, a refused write).
 //!
@@ -506,8 +507,10 @@ const MAX_KEPT_BOARDS: usize = 1024;
 /// one leaves only by an event of its own stream. What may be wrong is only an
 /// appointment or shift that is offered although it moved: an event read after the
 /// Board that was committed before it (the read sees the Board ahead of the
-/// checkpoint) may re-add a request already scheduled. Such a plan is refused by the
-/// write's expected versions, and the Board is then read again.
+/// checkpoint) may re-add a request already scheduled. Before each plan the kept
+/// streams are read forward to now, which lets such a request go; a plan that is
+/// still stale is refused by the write's expected versions, and the two streams (or
+/// the Board) are read again.
 #[derive(Default)]
 struct KeptBoards {
     boards: HashMap<Uuid, KeptBoard>,
