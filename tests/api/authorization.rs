@@ -1055,10 +1055,12 @@ async fn a_mutation_whose_answer_cannot_be_recorded_is_committed_withheld_and_re
     assert_eq!(events().await, before + 2, "the retry wrote nothing");
     let records = app.access_records().await;
     assert!(
-        records.iter().any(|r| r["operation"] == "requestAppointment"
-            && r["disclosed"].to_string().contains(
-                replayed["requested"]["appointment"]["id"].as_str().unwrap()
-            )),
+        records
+            .iter()
+            .any(|r| r["operation"] == "requestAppointment"
+                && r["disclosed"]
+                    .to_string()
+                    .contains(replayed["requested"]["appointment"]["id"].as_str().unwrap())),
         "{records:#?}"
     );
 }

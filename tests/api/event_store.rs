@@ -757,12 +757,14 @@ async fn an_autocommit_append_waiting_on_a_held_stream_key_gives_up_after_the_lo
             )
         };
         let mut holder = pool.begin().await.unwrap();
-        sqlx::query("insert into streams (id, type, board_id, version) values ($1, 'shift', $2, 0)")
-            .bind(shift)
-            .bind(Uuid::from(board))
-            .execute(&mut *holder)
-            .await
-            .unwrap();
+        sqlx::query(
+            "insert into streams (id, type, board_id, version) values ($1, 'shift', $2, 0)",
+        )
+        .bind(shift)
+        .bind(Uuid::from(board))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), join())
             .await
