@@ -25,6 +25,9 @@ pub enum ErrorCode {
     Conflict,
     Stale,
     Unavailable,
+    /// A mutation was carried out but its answer, which shows patient fields, could not
+    /// be recorded in the access log, so it is withheld (`extensions.committed: true`).
+    ResultWithheld,
     Timeout,
     Internal,
     /// No valid bearer token where one is required (HTTP 401).
@@ -39,13 +42,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::InvalidTransition,
         ErrorCode::Conflict,
         ErrorCode::Stale,
         ErrorCode::Unavailable,
+        ErrorCode::ResultWithheld,
         ErrorCode::Timeout,
         ErrorCode::Internal,
         ErrorCode::Unauthenticated,
@@ -64,6 +68,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "CONFLICT",
             ErrorCode::Stale => "STALE",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::ResultWithheld => "RESULT_WITHHELD",
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",

@@ -7,14 +7,13 @@ mod common;
 
 use serde_json::Value;
 
-/// Each harness run drops every `bench_*` database of the cluster when it starts and
-/// ends, so two runs on one cluster at once take each other's databases away: the
-/// tests here run one at a time.
+/// Each harness run first drops every `bench_` database of its cluster (what earlier
+/// runs left behind), and the tests share one cluster: they take turns.
 static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn every_benchmark_scenario_runs_and_reports_without_errors() {
-    let _one = ONE_RUN_AT_A_TIME.lock().await;
+    let _turn = ONE_RUN_AT_A_TIME.lock().await;
     let (pool, url) = common::fresh_database_with_url().await;
     pool.close().await;
     let admin = url.rsplit_once('/').unwrap().0.to_string() + "/postgres";
@@ -110,7 +109,7 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
 /// rate with the relaxed follower pace, and the server runtime's event interval.
 #[tokio::test]
 async fn the_lag_rate_pace_and_event_interval_comparisons_run_and_report() {
-    let _one = ONE_RUN_AT_A_TIME.lock().await;
+    let _turn = ONE_RUN_AT_A_TIME.lock().await;
     let (pool, url) = common::fresh_database_with_url().await;
     pool.close().await;
     let admin = url.rsplit_once('/').unwrap().0.to_string() + "/postgres";

@@ -4,6 +4,8 @@
 //! No NOTIFY here and no global counter row: ordering comes from the identity column,
 //! and the projector learns of new events by polling and the in-process signal.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -98,7 +100,7 @@ pub async fn append(
     writes: &[StreamWrite],
     metadata: &Value,
 ) -> AppResult<Appended> {
-    match append_guarded(conn, writes, &[], metadata).await {
+    match append_via(conn, writes, &[], metadata, CommandPath::General, None).await {
         Ok(appended) => Ok(appended),
         Err(AppendError::Failed(e)) => Err(e),
         Err(AppendError::GuardMoved) => Err(AppError::Internal(anyhow::anyhow!(
@@ -112,13 +114,21 @@ pub async fn append(
 /// version-checked updates of existing ones, and every event, all conditioned on the
 /// guards. Data-modifying CTEs all run, in one snapshot; the events' foreign key is
 /// checked at the end of the statement, when the new stream rows exist.
+///
+/// `$14`, when not null, is the lock timeout for the rest of the statement's
+/// transaction (`set_config(.., true)`): on its own (autocommit) the statement is its
+/// transaction, so a wait on another writer's uncommitted row (a stream created with the
+/// same id) ends after that bound, as in a command's explicit transaction, without a
+/// round trip of its own. It is set in `held`, which every write reads first.
 const APPEND_SQL: &str = "\
 with guard as materialized ( \
     select s.id from streams s \
       join unnest($11::uuid[], $12::bigint[]) as g(id, version) \
         on s.id = g.id and s.version = g.version \
        for share of s nowait), \
- held as (select count(*) = cardinality($11::uuid[]) as ok from guard), \
+ held as (select set_config('lock_timeout', coalesce($14, current_setting('lock_timeout')), true) \
+                   is not null \
+               and count(*) = cardinality($11::uuid[]) as ok from guard), \
  w as (select * from unnest($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], $5::bigint[]) \
           as w(id, type, board_id, expected, new_version)), \
  created as ( \
@@ -143,11 +153,14 @@ returning seq, stream_id, version, recorded_at";
 /// guard, with the stream and the guard as scalar parameters: its generic plan costs
 /// what a custom plan does, so PostgreSQL plans it once per connection and reuses the
 /// plan (the general statement's arrays make it plan every execution again). Without
-/// a guard, `$1` is null and the guard holds.
+/// a guard, `$1` is null and the guard holds. `$12`: the lock timeout, as `$14` of
+/// [`APPEND_SQL`].
 const CREATE_ONE_SQL: &str = "\
 with guard as materialized ( \
     select id from streams where id = $1 and version = $2 for share nowait), \
- held as (select $1::uuid is null or exists (select from guard) as ok), \
+ held as (select set_config('lock_timeout', coalesce($12, current_setting('lock_timeout')), true) \
+                   is not null \
+               and ($1::uuid is null or exists (select from guard)) as ok), \
  created as ( \
     insert into streams (id, type, board_id, version) \
     select $3, $4, $5, $6 from held where held.ok \
@@ -167,18 +180,22 @@ pub async fn append_guarded(
     guards: &[ReadGuard],
     metadata: &Value,
 ) -> Result<Appended, AppendError> {
-    append_via(conn, writes, guards, metadata, CommandPath::General).await
+    append_via(conn, writes, guards, metadata, CommandPath::General, None).await
 }
 
 /// [`append_guarded`] through `path`: with [`CommandPath::Planned`], a write of the
 /// common shape (one new stream, at most one guard) takes [`CREATE_ONE_SQL`].
+/// `lock_timeout`: how long the statement may wait for a row lock (an autocommit append
+/// has no transaction that set it); `None` keeps the session's or transaction's setting.
 pub async fn append_via(
     conn: &mut PgConnection,
     writes: &[StreamWrite],
     guards: &[ReadGuard],
     metadata: &Value,
     path: CommandPath,
+    lock_timeout: Option<Duration>,
 ) -> Result<Appended, AppendError> {
+    let lock_timeout = lock_timeout.map(|t| format!("{}ms", t.as_millis().max(1)));
     let writes: Vec<&StreamWrite> = writes.iter().filter(|w| !w.events.is_empty()).collect();
     let mut ids = Vec::new();
     let mut stream_ids = Vec::new();
@@ -225,6 +242,7 @@ pub async fn append_via(
             .bind(&versions)
             .bind(&types)
             .bind(&datas)
+            .bind(&lock_timeout)
     } else {
         sqlx::query_as(APPEND_SQL)
             .bind(&w_ids)
@@ -240,16 +258,21 @@ pub async fn append_via(
             .bind(&g_ids)
             .bind(&g_versions)
             .bind(&datas)
+            .bind(&lock_timeout)
     };
     let rows: Vec<(i64, Uuid, i64, DateTime<Utc>)> =
         query.fetch_all(&mut *conn).await.map_err(|e| match &e {
-            // NOWAIT on a guard: a writer holds the row.
+            // NOWAIT on a guard: a writer holds the row. (The lock timeout shares the
+            // code; its message names it, and it is answered below.)
             sqlx::Error::Database(db)
-                if db.code().as_deref() == Some("55P03") && !guards.is_empty() =>
+                if db.code().as_deref() == Some("55P03")
+                    && !guards.is_empty()
+                    && !db.message().contains("lock timeout") =>
             {
                 AppendError::GuardMoved
             }
-            // The transaction's lock timeout, waiting on a stream's row.
+            // The lock timeout, waiting on a stream's row (or its key: a stream of the
+            // same id another writer created and has not committed yet).
             sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
                 AppendError::Failed(AppError::Conflict(
                     "timed out waiting for another command on the same stream; retry".into(),

@@ -423,8 +423,10 @@ impl UnitOfWork {
             std::mem::take(&mut self.guards),
         );
         let path = self.store.command_path();
+        // Without a transaction (autocommit), the statement bounds its own lock waits.
+        let lock_timeout = self.tx.is_none().then(|| self.store.lock_timeout());
         let conn = self.conn().await?;
-        let appended = append_via(conn, &writes, &guards, &metadata, path).await;
+        let appended = append_via(conn, &writes, &guards, &metadata, path, lock_timeout).await;
         let appended = match appended {
             Ok(a) => a,
             Err(AppendError::GuardMoved) => return Err(AppError::Internal(GuardMoved.into())),

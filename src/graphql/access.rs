@@ -17,7 +17,7 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
     NextResolve, NextSubscribe, ResolveInfo,
 };
-use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use async_graphql::{
     Context, Error, ErrorExtensions, QueryPathNode, QueryPathSegment, Request, Response,
     ServerError, ServerResult, Value,
@@ -91,6 +91,45 @@ pub fn field_operations(root: &str, field: &str) -> Option<&'static [Operation]>
 /// A refusal in GraphQL's shape: `FORBIDDEN`, saying what is missing (role or scope).
 pub fn forbidden(message: impl Into<String>) -> Error {
     Error::new(message).extend_with(|_, e| e.set("code", ErrorCode::Forbidden.as_str()))
+}
+
+/// The answer of a mutation field that was carried out but whose answer (showing patient
+/// fields) could not be recorded: withheld, saying it happened and how to get the answer.
+fn withheld(field: &str) -> ServerError {
+    let mut e = ServerError::new(
+        format!(
+            "{field} was carried out, but its answer shows patient data that the access log \
+             cannot record right now, so the answer is withheld; do not send it again as a new \
+             command: retry with the same commandId to receive the answer (nothing more is \
+             written), or read the result with a query"
+        ),
+        None,
+    );
+    e.path = vec![async_graphql::PathSegment::Field(field.to_string())];
+    let extensions = e.extensions.get_or_insert_with(Default::default);
+    extensions.set("code", ErrorCode::ResultWithheld.as_str());
+    extensions.set("committed", true);
+    e
+}
+
+/// A mutation's response whose access record could not be written: the fields that
+/// were carried out are withheld (each one an error saying it was committed), the errors
+/// of fields that failed are kept; no data is sent.
+fn withhold_mutation(response: Response) -> Response {
+    let mut errors = Vec::new();
+    if let Value::Object(fields) = &response.data {
+        for (key, value) in fields {
+            if !matches!(value, Value::Null) {
+                errors.push(withheld(key.as_str()));
+            }
+        }
+    }
+    // Kept: errors name no patient field (DESIGN §9), and say which commands failed.
+    errors.extend(response.errors);
+    if errors.is_empty() {
+        errors.push(unrecorded());
+    }
+    Response::from_errors(errors)
 }
 
 fn unrecorded() -> ServerError {
@@ -248,6 +287,9 @@ pub fn shift_facts(shift: &domain::Shift, board: Option<BoardFacts>) -> Facts {
 #[derive(Default)]
 pub struct Disclosures {
     seen: Mutex<Vec<Seen>>,
+    /// Root fields by response key: a record names the field, never the alias a
+    /// client chose for it.
+    fields: Mutex<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -301,6 +343,14 @@ impl Disclosures {
         let mut seen = std::mem::take(&mut *self.seen.lock().expect("disclosures lock"));
         if seen.is_empty() {
             return None;
+        }
+        {
+            let fields = self.fields.lock().expect("disclosures lock");
+            for s in &mut seen {
+                if let Some(field) = fields.get(&s.operation) {
+                    s.operation.clone_from(field);
+                }
+            }
         }
         seen.sort();
         let operations: BTreeSet<&str> = seen.iter().map(|s| s.operation.as_str()).collect();
@@ -451,6 +501,7 @@ impl ExtensionFactory for AccessEdge {
         Arc::new(AccessEdgeExtension {
             disclosures: Arc::new(Disclosures::default()),
             operation_name: Mutex::new(None),
+            operation_types: Mutex::new(Vec::new()),
         })
     }
 }
@@ -460,6 +511,24 @@ struct AccessEdgeExtension {
     disclosures: Arc<Disclosures>,
     /// The operation's name as the document gives it, when the request did not.
     operation_name: Mutex<Option<String>>,
+    /// The document's operations: name (none for an anonymous one) and type.
+    operation_types: Mutex<Vec<(Option<String>, OperationType)>>,
+}
+
+impl AccessEdgeExtension {
+    /// Whether the operation that ran (`name`, as the request chose it) is a mutation.
+    fn is_mutation(&self, name: Option<&str>) -> bool {
+        let types = self.operation_types.lock().expect("operation types lock");
+        let ty = match (types.as_slice(), name) {
+            ([(_, ty)], _) => Some(*ty),
+            (all, Some(name)) => all
+                .iter()
+                .find(|(n, _)| n.as_deref() == Some(name))
+                .map(|(_, ty)| *ty),
+            _ => None,
+        };
+        ty == Some(OperationType::Mutation)
+    }
 }
 
 #[async_trait::async_trait]
@@ -481,6 +550,11 @@ impl Extension for AccessEdgeExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
+        *self.operation_types.lock().expect("operation types lock") = document
+            .operations
+            .iter()
+            .map(|(name, op)| (name.map(|n| n.to_string()), op.node.ty))
+            .collect();
         if let DocumentOperations::Multiple(ops) = &document.operations {
             if ops.len() == 1 {
                 *self.operation_name.lock().expect("operation name lock") =
@@ -515,6 +589,14 @@ impl Extension for AccessEdgeExtension {
                 ))));
             };
             role_may(ctx.data_opt::<Caller>(), ops).map_err(refused)?;
+            self.disclosures
+                .fields
+                .lock()
+                .expect("disclosures lock")
+                .insert(
+                    info.alias.unwrap_or(info.name).to_string(),
+                    info.name.to_string(),
+                );
         }
         next.run(ctx, info).await
     }
@@ -545,6 +627,8 @@ impl Extension for AccessEdgeExtension {
         }
         match recorder.record(&self.disclosures).await {
             Ok(()) => response,
+            // A mutation has been committed by now: its answer is withheld, saying so.
+            Err(_) if self.is_mutation(operation_name) => withhold_mutation(response),
             Err(e) => Response::from_errors(vec![e]),
         }
     }

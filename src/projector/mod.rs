@@ -321,17 +321,38 @@ impl Projector {
             return Ok(Step::Rejected);
         }
         let at = stage(ProjectorStage::Checkpoint, at);
-        if gen.status == GenerationStatus::Live && !outcome.changed_boards.is_empty() {
+        // A rebuild is swapped in (made live in the database) before its loop learns
+        // it: a batch it commits in between shows subscribers new versions, so it
+        // NOTIFYs when its generation is live by the time it commits (the checkpoint's
+        // compare-and-set above holds the state row, so the swap cannot pass it). A
+        // loop that knows it is live NOTIFYs without asking.
+        let live = gen.status == GenerationStatus::Live;
+        let building = gen.status == GenerationStatus::Building;
+        if (live || building) && !outcome.changed_boards.is_empty() {
             let payloads: Vec<String> = outcome
                 .changed_boards
                 .iter()
                 .map(BoardChanged::encode)
                 .collect();
-            sqlx::query("select pg_notify($1, p) from unnest($2::text[]) as p")
-                .bind(BoardChanged::CHANNEL)
-                .bind(&payloads)
-                .execute(&mut *tx)
-                .await?;
+            let query = if live {
+                sqlx::query("select pg_notify($1, p) from unnest($2::text[]) as p")
+            } else {
+                sqlx::query(
+                    "select pg_notify($1, p) from unnest($2::text[]) as p \
+                      where exists (select from projection_state \
+                                     where name = $3 and generation = $4 and status = $5)",
+                )
+            };
+            let query = query.bind(BoardChanged::CHANNEL).bind(&payloads);
+            let query = if live {
+                query
+            } else {
+                query
+                    .bind(gen.projection.name())
+                    .bind(gen.generation)
+                    .bind(GenerationStatus::Live.as_str())
+            };
+            query.execute(&mut *tx).await?;
         }
         let at = stage(ProjectorStage::Notify, at);
         if crash(CrashPoint::BeforeCommit) {

@@ -992,6 +992,79 @@ async fn a_read_whose_access_record_cannot_be_written_is_not_answered() {
     let _ = day.position;
 }
 
+/// A mutation commits before its answer is recorded; when the record cannot be written
+/// the answer is withheld, and the client is told the command was carried out (not to
+/// send it again as a new one) and that a retry with the same `commandId` answers it.
+#[tokio::test]
+async fn a_mutation_whose_answer_cannot_be_recorded_is_committed_withheld_and_replayed() {
+    let app = AuthApp::spawn().await;
+    let day = seed(&app).await;
+    let coordinator = app.token(principal(Role::Coordinator, &day));
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from events")
+            .fetch_one(&app.app.pool)
+            .await
+            .unwrap()
+    };
+    sqlx::query("revoke insert on access_log from careboard_app")
+        .execute(&app.app.pool)
+        .await
+        .unwrap();
+    let before = events().await;
+    let request = "mutation($i: RequestAppointmentInput!) { requested: requestAppointment(input: $i) { appointment { id patientName } version } }";
+    let input = json!({"i": {"boardId": day.board_in, "patientName": format!("Pat {MARKER}9"),
+        "specialty": "pediatrics", "region": "TX", "reason": "checkup", "commandId": "withheld-1"}});
+    let answer = app.gql(&coordinator, request, input.clone()).await;
+    assert!(!answer.to_string().contains(MARKER), "{answer}");
+    assert!(answer["data"].is_null(), "{answer:#}");
+    let errors = answer["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{answer:#}");
+    assert_eq!(
+        errors[0]["extensions"]["code"], "RESULT_WITHHELD",
+        "{answer:#}"
+    );
+    assert_eq!(errors[0]["extensions"]["committed"], true, "{answer:#}");
+    assert_eq!(errors[0]["path"], json!(["requested"]), "{answer:#}");
+    assert!(
+        errors[0]["message"].as_str().unwrap().contains("commandId"),
+        "{answer:#}"
+    );
+    assert_eq!(events().await, before + 1, "the command was committed");
+    // A mutation whose answer discloses nothing is answered as usual meanwhile.
+    let quiet = app
+        .data(
+            &coordinator,
+            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { version } }",
+            json!({"i": {"boardId": day.board_in, "patientName": format!("Pat {MARKER}8"),
+                "specialty": "pediatrics", "region": "TX", "reason": "checkup"}}),
+        )
+        .await;
+    assert_eq!(quiet["requestAppointment"]["version"], 1, "{quiet}");
+    assert_eq!(events().await, before + 2);
+    // Once records can be written, the same commandId answers with what was committed.
+    sqlx::query("grant insert on access_log to careboard_app")
+        .execute(&app.app.pool)
+        .await
+        .unwrap();
+    let replayed = app.data(&coordinator, request, input).await;
+    assert_eq!(
+        replayed["requested"]["appointment"]["patientName"],
+        format!("Pat {MARKER}9"),
+        "{replayed}"
+    );
+    assert_eq!(events().await, before + 2, "the retry wrote nothing");
+    let records = app.access_records().await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["operation"] == "requestAppointment"
+                && r["disclosed"]
+                    .to_string()
+                    .contains(replayed["requested"]["appointment"]["id"].as_str().unwrap())),
+        "{records:#?}"
+    );
+}
+
 #[tokio::test]
 async fn the_assigned_provider_follows_their_appointment_live_and_each_frame_is_recorded() {
     let app = AuthApp::spawn().await;

@@ -701,3 +701,94 @@ async fn a_connection_that_died_while_idle_is_replaced_before_use() {
         .unwrap_or_else(|e| panic!("the dead connection was handed out: {e}"));
     assert_ne!(again, pid);
 }
+
+/// The autocommit append (a create on a Board read without a lock, no `commandId`)
+/// commits on its own, with no transaction to set a lock timeout: it bounds its waits
+/// itself. Another session creating the same stream (a provider's shift on a Board has
+/// one id) holds the key; the command answers CONFLICT after the bound, writes
+/// nothing, and goes through once the holder is gone. On both command paths.
+#[tokio::test]
+async fn an_autocommit_append_waiting_on_a_held_stream_key_gives_up_after_the_lock_timeout() {
+    let pool = helpers::fresh_database().await;
+    for path in [CommandPath::General, CommandPath::Planned] {
+        let store = EventStore::new(pool.clone(), std::time::Duration::from_millis(300))
+            .with_command_path(path);
+        let board = commands::open_board(
+            &store,
+            CommandMeta::new("openBoard"),
+            OpenBoard {
+                options: CommandOptions::default(),
+                ..open_input("unused", "TX")
+            },
+        )
+        .await
+        .unwrap()
+        .entity
+        .id;
+        let provider = commands::register_provider(
+            &store,
+            CommandMeta::new("registerProvider"),
+            commands::RegisterProvider {
+                name: "Dr. Lock".into(),
+                specialties: vec!["cardiology".into()],
+                licensed_regions: vec!["TX".into()],
+                options: CommandOptions::default(),
+            },
+        )
+        .await
+        .unwrap()
+        .entity
+        .id;
+        let shift = Uuid::from(careboard::domain::ShiftId::of(board, provider));
+        let join = || {
+            commands::join_board(
+                &store,
+                CommandMeta::new("joinBoard"),
+                commands::JoinBoard {
+                    board_id: board,
+                    provider_id: provider,
+                    // Optimistic: the shift is read without a lock, and the create is
+                    // the one autocommit statement.
+                    options: CommandOptions {
+                        expected_version: Some(0),
+                        command_id: None,
+                    },
+                },
+            )
+        };
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query(
+            "insert into streams (id, type, board_id, version) values ($1, 'shift', $2, 0)",
+        )
+        .bind(shift)
+        .bind(Uuid::from(board))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), join())
+            .await
+            .unwrap_or_else(|_| panic!("{path:?}: the append waited without bound"));
+        match outcome {
+            Err(AppError::Conflict(message)) => {
+                assert!(message.contains("timed out"), "{path:?}: {message}")
+            }
+            other => panic!("{path:?}: a held key must time out as a conflict, got {other:?}"),
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(250),
+            "{path:?}: gave up before the lock timeout: {waited:?}"
+        );
+        let written: i64 = sqlx::query_scalar("select count(*) from events where stream_id = $1")
+            .bind(shift)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(written, 0, "{path:?}");
+        holder.rollback().await.unwrap();
+        let joined = join().await.unwrap();
+        assert_eq!(joined.version, 1, "{path:?}");
+        assert_eq!(versions_of(&pool, shift).await, vec![1], "{path:?}");
+    }
+}
