@@ -119,6 +119,28 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
         };
         decoded.map_err(|e| format!("cannot decode {event_type}: {e}"))
     }
+
+    /// Decodes a stored event from its `data` column: from the `Value` tree if one
+    /// was made already, else straight from the JSON text, with no tree. A refusal is
+    /// worded by decoding the tree, so it reads the same either way.
+    fn decode_stored(
+        event_type: &str,
+        data: &crate::event_store::EventData,
+    ) -> Result<Self, String> {
+        if let Some(value) = data.parsed() {
+            return Self::decode(event_type, value);
+        }
+        let mut text = serde_json::Deserializer::from_str(data.text());
+        let decoded = <Self as serde::Deserialize>::deserialize(tagged::Tagged {
+            event_type,
+            data: &mut text,
+        })
+        .and_then(|event| text.end().map(|()| event));
+        match decoded {
+            Ok(event) => Ok(event),
+            Err(_) => Self::decode(event_type, data.value()),
+        }
+    }
 }
 
 /// A stream's state, rebuilt by folding its events in version order.
@@ -142,6 +164,18 @@ pub trait Aggregate: Clone + std::fmt::Debug + Sized {
         event: &Self::Event,
         ctx: &EventContext,
     ) -> Result<Self, FoldError>;
+
+    /// Applies one event to an existing state in place: a fold's hot path, without
+    /// a copy of the state per event. On error the state is unchanged. By default
+    /// through [`Aggregate::apply`] on a copy.
+    fn apply_in_place(
+        state: &mut Self,
+        event: &Self::Event,
+        ctx: &EventContext,
+    ) -> Result<(), FoldError> {
+        *state = Self::apply(Some(state.clone()), event, ctx)?;
+        Ok(())
+    }
 
     /// The stream version this state reflects.
     fn version(&self) -> i64;

@@ -798,7 +798,7 @@ impl Event {
     /// The event's payload. Patient fields inside it (`patientName`, `reason`,
     /// `patientId`) are null unless the caller may see that patient's fields.
     async fn data(&self, ctx: &Context<'_>) -> Json<serde_json::Value> {
-        let mut data = self.event.data.clone();
+        let mut data = self.event.data.value().clone();
         if self.carries_patient_data() {
             if self.patient_fields {
                 let patient = data
