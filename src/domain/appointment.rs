@@ -648,4 +648,31 @@ mod tests {
             DomainError::NotFound("appointment not found".into())
         );
     }
+
+    #[test]
+    fn folding_in_place_matches_folding_onto_a_copy_and_a_refusal_changes_nothing() {
+        let requested = AppointmentEvent::AppointmentRequested {
+            board_id: Uuid::from_u128(1).into(),
+            patient_id: Some("patient-7".into()),
+            patient_name: "Sam Lee".into(),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            reason: "fever".into(),
+        };
+        assert_in_place_matches_copy::<Appointment>(&[
+            AppointmentEvent::AppointmentStarted {},
+            requested.clone(),
+            AppointmentEvent::AppointmentScheduled {
+                provider_id: Uuid::from_u128(2).into(),
+                shift_id: Uuid::from_u128(3).into(),
+                estimated_time: at(5),
+            },
+            requested,
+            AppointmentEvent::AppointmentStarted {},
+            AppointmentEvent::AppointmentFinished {},
+            AppointmentEvent::AppointmentCancelled {
+                reason: "late".into(),
+            },
+        ]);
+    }
 }

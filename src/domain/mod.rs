@@ -298,6 +298,37 @@ pub(crate) mod testing {
         .expect("given events fold")
     }
 
+    /// Folds `events` (the first onto `None`) both in place and onto a copy per event:
+    /// each step gives the same state or the same refusal, and a refused event leaves
+    /// the state held in place as it was.
+    pub fn assert_in_place_matches_copy<A: Aggregate>(events: &[A::Event]) {
+        let mut copied: Option<A> = None;
+        let mut in_place: Option<A> = None;
+        for (i, e) in events.iter().enumerate() {
+            let ctx = EventContext {
+                stream_id: Uuid::nil(),
+                version: i as i64 + 1,
+                at: at(i as i64),
+            };
+            let by_copy = A::apply(copied.clone(), e, &ctx);
+            let before = format!("{in_place:?}");
+            let by_place = match in_place.as_mut() {
+                Some(state) => A::apply_in_place(state, e, &ctx).map(|()| state.clone()),
+                None => A::apply(None, e, &ctx).inspect(|state| in_place = Some(state.clone())),
+            };
+            assert_eq!(
+                format!("{by_copy:?}"),
+                format!("{by_place:?}"),
+                "event {i}: {e:?}"
+            );
+            match by_copy {
+                Ok(next) => copied = Some(next),
+                Err(_) => assert_eq!(before, format!("{in_place:?}"), "event {i} refused"),
+            }
+        }
+        assert_eq!(format!("{copied:?}"), format!("{in_place:?}"));
+    }
+
     /// Given these events, when this command is decided: the events it produces, or
     /// why it is refused. The one given/when/then of every aggregate's tests.
     pub fn when<A: Aggregate>(

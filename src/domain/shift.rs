@@ -651,4 +651,30 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn folding_in_place_matches_folding_onto_a_copy_and_a_refusal_changes_nothing() {
+        let (board, provider, appointment) = ids();
+        let joined = ShiftEvent::ProviderJoined {
+            board_id: board,
+            provider_id: provider,
+        };
+        assert_in_place_matches_copy::<Shift>(&[
+            ShiftEvent::ProviderReady {},
+            joined.clone(),
+            ShiftEvent::ProviderAssigned {
+                appointment_id: appointment,
+            },
+            joined,
+            ShiftEvent::ChartingStarted {
+                appointment_id: appointment,
+            },
+            ShiftEvent::ChartingFinished {
+                charting_seconds: 90,
+            },
+            ShiftEvent::ProviderPaused {},
+            ShiftEvent::ProviderReady {},
+            ShiftEvent::ProviderSignedOff {},
+        ]);
+    }
 }

@@ -26,6 +26,14 @@ pub struct EventData {
 }
 
 impl EventData {
+    /// From JSON text (as the log would return it), with no tree made yet.
+    pub fn from_text(text: impl Into<Box<str>>) -> Self {
+        Self {
+            text: text.into(),
+            value: OnceLock::new(),
+        }
+    }
+
     /// The JSON text as PostgreSQL returned it (jsonb's canonical text form).
     pub fn text(&self) -> &str {
         &self.text
