@@ -27,6 +27,7 @@ fn start_projector(pool: &PgPool, store: &EventStore) -> DaemonHandle {
         DaemonConfig {
             // Small batches: Boards are loaded partially and snapshotted mid-rebuild.
             batch_size: 7,
+            rebuild_batch_size: 7,
             snapshot_every: 4,
             ..helpers::fast_projector()
         },
@@ -149,7 +150,7 @@ async fn history(pool: &PgPool, store: &EventStore) -> Vec<Uuid> {
 }
 
 /// What a generation of `board_view` stored, as jsonb text: headers, appointment rows
-/// (with the Board version that wrote each) and snapshots.
+/// (with the Board version that wrote each) and Board snapshots.
 async fn stored(pool: &PgPool, generation: i32) -> Vec<String> {
     let mut rows: Vec<String> = sqlx::query_scalar(
         "select format('header %s %s %s %s', id, version, position, doc::text) \
@@ -169,7 +170,7 @@ async fn stored(pool: &PgPool, generation: i32) -> Vec<String> {
     .unwrap();
     let snapshots: Vec<String> = sqlx::query_scalar(
         "select format('snapshot %s %s %s %s %s', kind, id, version, max_recorded_at, doc::text) \
-           from snapshots order by kind, id, version",
+           from snapshots where kind = 'board' order by id, version",
     )
     .fetch_all(pool)
     .await
@@ -179,13 +180,26 @@ async fn stored(pool: &PgPool, generation: i32) -> Vec<String> {
     rows
 }
 
-async fn live_generation(pool: &PgPool) -> i32 {
+async fn live_generation(pool: &PgPool) -> Option<i32> {
     sqlx::query_scalar(
         "select generation from projection_state where name = 'board_view' and status = 'live'",
     )
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await
     .unwrap()
+}
+
+/// Whether `generation` of `board_view` has passed the log's last event.
+async fn caught_up(pool: &PgPool, generation: i32) -> bool {
+    sqlx::query_scalar(
+        "select (p.tx, p.seq) = (select tx, seq from events order by tx desc, seq desc limit 1) \
+           from projection_state p where p.name = 'board_view' and p.generation = $1",
+    )
+    .bind(generation)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+    .unwrap_or(false)
 }
 
 /// Rebuilds `board_view` on the selected path and returns what the new generation
@@ -202,7 +216,7 @@ async fn rebuild(pool: &PgPool, store: &EventStore, earlier: bool) -> Vec<String
         .unwrap();
     let projector = start_projector(pool, store);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while live_generation(pool).await != generation {
+    while live_generation(pool).await != Some(generation) || !caught_up(pool, generation).await {
         assert!(Instant::now() < deadline, "the rebuild did not go live");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
