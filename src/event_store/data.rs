@@ -1,5 +1,5 @@
-//! An event's `data` as the log stores it: the jsonb column's JSON text, kept as read
-//! and decoded only when asked.
+//! An event's `data` (or `metadata`) as the log stores it: the jsonb column's JSON
+//! text, kept as read and decoded only when asked.
 //!
 //! A fold decodes the text straight into the aggregate's typed event
 //! ([`crate::domain::DomainEvent::decode_text`]); readers that want the JSON tree (the

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -55,7 +54,8 @@ pub struct RecordedEvent {
     pub event_type: String,
     /// Kept as the log's JSON text; a `Value` tree on first use (`Deref`).
     pub data: EventData,
-    pub metadata: Value,
+    /// Likewise: folds never read it.
+    pub metadata: EventData,
     pub recorded_at: DateTime<Utc>,
 }
 
