@@ -120,26 +120,18 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
         decoded.map_err(|e| format!("cannot decode {event_type}: {e}"))
     }
 
-    /// Decodes a stored event from its `data` column: from the `Value` tree if one
-    /// was made already, else straight from the JSON text, with no tree. A refusal is
-    /// worded by decoding the tree, so it reads the same either way.
-    fn decode_stored(
-        event_type: &str,
-        data: &crate::event_store::EventData,
-    ) -> Result<Self, String> {
-        if let Some(value) = data.parsed() {
-            return Self::decode(event_type, value);
-        }
-        let mut text = serde_json::Deserializer::from_str(data.text());
-        let decoded = <Self as serde::Deserialize>::deserialize(tagged::Tagged {
+    /// Decodes straight from the JSON text of `data`, with no `Value` tree; `None`
+    /// if it does not decode (a refusal is worded by [`DomainEvent::decode`] from the
+    /// tree, so it reads the same either way).
+    fn decode_text(event_type: &str, text: &str) -> Option<Self> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let event = <Self as serde::Deserialize>::deserialize(tagged::Tagged {
             event_type,
-            data: &mut text,
+            data: &mut de,
         })
-        .and_then(|event| text.end().map(|()| event));
-        match decoded {
-            Ok(event) => Ok(event),
-            Err(_) => Self::decode(event_type, data.value()),
-        }
+        .ok()?;
+        de.end().ok()?;
+        Some(event)
     }
 }
 

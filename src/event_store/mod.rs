@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 pub use data::EventData;
 
-use crate::domain::{Aggregate, DomainEvent, EventContext, FoldError, StreamType};
+use crate::domain::{Aggregate, EventContext, FoldError, StreamType};
 use crate::error::{AppError, AppResult};
 
 /// The locking read's SQL for one lock strength: a static string, so each connection
@@ -393,11 +393,13 @@ pub fn decode_apply_in_place<A: Aggregate>(
 
 /// Decodes a stored event into its aggregate's event type.
 pub fn decode_recorded<A: Aggregate>(e: &RecordedEvent) -> Result<A::Event, FoldError> {
-    A::Event::decode_stored(&e.event_type, &e.data).map_err(|reason| FoldError {
-        event: e.event_type.clone(),
-        version: e.version,
-        reason,
-    })
+    e.data
+        .decode::<A::Event>(&e.event_type)
+        .map_err(|reason| FoldError {
+            event: e.event_type.clone(),
+            version: e.version,
+            reason,
+        })
 }
 
 /// Decodes and folds a stream's events into its aggregate.
