@@ -19,9 +19,29 @@ fn main() -> Result<()> {
         // token, `careboard schema`'s SDL) for scripts to capture.
         .with_writer(std::io::stderr)
         .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(WORKER_STACK_BYTES)
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_stack_size(WORKER_STACK_BYTES);
+    if let Some(ticks) = event_interval()? {
+        runtime.event_interval(ticks);
+    }
+    runtime
         .build()?
         .block_on(careboard::cli::run(careboard::config::Cli::parse()))
+}
+
+/// `CAREBOARD_RUNTIME_EVENT_INTERVAL`: how many tasks a busy worker runs between polls
+/// of the I/O and timer drivers (tokio's default when unset, 61). Lower polls sockets
+/// (the Board listener's NOTIFYs, websocket writes) sooner under load at more driver
+/// polls; kept selectable so the benchmark compares both in one run
+/// (`careboard-bench subscribe --event-interval-rounds`).
+fn event_interval() -> Result<Option<u32>> {
+    match std::env::var("CAREBOARD_RUNTIME_EVENT_INTERVAL") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(ticks) if ticks > 0 => Ok(Some(ticks)),
+            _ => anyhow::bail!(
+                "CAREBOARD_RUNTIME_EVENT_INTERVAL must be a whole number above 0, got {v:?}"
+            ),
+        },
+    }
 }

@@ -78,8 +78,9 @@ struct Args {
     /// The `project` lag rows, in order, each on a database of its own: `lockstep`,
     /// `loops` (durable, unpaced), `tuned` (async commits, paced followers, the signal
     /// forwarded through the supervisor: the default schedule), `direct` (`tuned` woken
-    /// straight from the daemon, `board_view` on a connection of its own). The last two
-    /// alternate by default so the machine's drift falls on both.
+    /// straight from the daemon, `board_view` on a connection of its own), `relaxed`
+    /// (`tuned` with the followers paced at 50 ms). The last two alternate by default so
+    /// the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::Schedule::Lockstep,
         project::Schedule::Tuned,
@@ -88,6 +89,10 @@ struct Args {
         project::Schedule::Direct,
     ])]
     lag_schedules: Vec<project::Schedule>,
+    /// Appends per second of the `project` lag rows; without it, half the measured
+    /// maximum append rate (on a busy machine a fixed rate keeps runs comparable).
+    #[arg(long)]
+    lag_rate: Option<f64>,
     /// Subscribers on one Board in the `subscribe` latency measurement.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -115,6 +120,15 @@ struct Args {
     /// servers of their own; 0: the writer pass only.
     #[arg(long, default_value_t = 2)]
     delivery_rounds: usize,
+    /// Rounds of the one-Board latency row with the server's runtime at tokio's default
+    /// event interval (before) then at `--event-interval` (after), alternating on
+    /// servers of their own; 0: skip.
+    #[arg(long, default_value_t = 0)]
+    event_interval_rounds: usize,
+    /// The server runtime's event interval of the `--event-interval-rounds` after rows
+    /// (`CAREBOARD_RUNTIME_EVENT_INTERVAL`).
+    #[arg(long, default_value_t = 7)]
+    event_interval: u32,
     /// Idle subscriptions held open to measure memory per subscription.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -429,6 +443,8 @@ async fn main() -> Result<()> {
     if want(Scenario::Project) {
         let max = match max_append {
             Some(r) => r,
+            // A given rate needs no maximum measured.
+            None if args.lag_rate.is_some() => 0.0,
             None => {
                 let quick = Args {
                     seconds: args.seconds.min(3),
@@ -439,8 +455,11 @@ async fn main() -> Result<()> {
                     .rate
             }
         };
-        let rate = (max / 2.0).max(1.0);
-        println!("projector lag at {rate:.0} appends/s (half of {max:.0})");
+        let rate = args.lag_rate.unwrap_or((max / 2.0).max(1.0));
+        match args.lag_rate {
+            Some(_) => println!("projector lag at {rate:.0} appends/s (given)"),
+            None => println!("projector lag at {rate:.0} appends/s (half of {max:.0})"),
+        }
         // Lag and rebuild each get a database of their own: the pgbench baseline's
         // bare rows are not events any projection could apply.
         // Each schedule on a database of its own (`--lag-schedules`).
@@ -571,6 +590,53 @@ async fn main() -> Result<()> {
         }
         if let [off, on] = p99s[..] {
             rows.push(ab_row("subscribe p99 ms (lower is better)", on, off));
+        }
+        let interval = args.event_interval.to_string();
+        let variants: [(&str, &[(&str, &str)]); 2] = [
+            ("before: default event interval", &[]),
+            (
+                "after: event interval",
+                &[("CAREBOARD_RUNTIME_EVENT_INTERVAL", interval.as_str())],
+            ),
+        ];
+        for round in 1..=args.event_interval_rounds {
+            for (which, env) in &variants {
+                let (label, auth) = &auths[auths.len() - 1];
+                let started = subscribe::Server::start_with(&url, auth, env).await?;
+                let m = fanout::latency(
+                    &started,
+                    args.subscribers,
+                    1,
+                    args.change_rate,
+                    args.seconds,
+                )
+                .await?;
+                drop(started);
+                let which = if env.is_empty() {
+                    which.to_string()
+                } else {
+                    format!("{which} {interval}")
+                };
+                let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| {
+                    h.value_at_quantile(q) as f64 / 1000.0
+                };
+                println!(
+                    "latency, {which}, round {round}: server used {:.2} cores; mutation sent to \
+                     NOTIFY heard p99 {:.2} ms; NOTIFY heard to frame p99 {:.2} ms",
+                    m.server_cores,
+                    ms(&m.to_notify, 0.99),
+                    ms(&m.notify_to_frame, 0.99)
+                );
+                rows.push(Row::unbased(
+                    format!(
+                        "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}, {which}, round {round}",
+                        args.subscribers, args.change_rate
+                    ),
+                    m.frames as f64 / args.seconds as f64,
+                    Some(m.latency),
+                    m.errors,
+                ));
+            }
         }
         let server = server.context("a subscribe server")?;
         if args.spread_subscribers > 0 {

@@ -191,7 +191,14 @@ pub enum Schedule {
     /// `board_view`'s last, and `board_view` on a connection of its own
     /// (`DaemonConfig::direct_wake`).
     Direct,
+    /// `Tuned` with the followers paced at [`RELAXED_PACE`] instead of the default:
+    /// fewer, larger follower transactions, leaving PostgreSQL's CPU to `board_view`
+    /// and the appends.
+    Relaxed,
 }
+
+/// The follower pace of [`Schedule::Relaxed`].
+pub const RELAXED_PACE: Duration = Duration::from_millis(50);
 
 impl Schedule {
     pub fn label(self) -> &'static str {
@@ -200,6 +207,7 @@ impl Schedule {
             Schedule::Loops => "a loop per projection, durable commits",
             Schedule::Tuned => "loops, async projector commits, paced followers",
             Schedule::Direct => "the same, woken directly, board_view on its own connection",
+            Schedule::Relaxed => "loops, async projector commits, followers paced at 50 ms",
         }
     }
 }
@@ -224,6 +232,10 @@ fn start_projector_with(
         Schedule::Tuned => tuned,
         Schedule::Direct => DaemonConfig {
             direct_wake: true,
+            ..tuned
+        },
+        Schedule::Relaxed => DaemonConfig {
+            follower_pace: RELAXED_PACE,
             ..tuned
         },
     };

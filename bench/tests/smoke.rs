@@ -99,3 +99,92 @@ async fn every_benchmark_scenario_runs_and_reports_without_errors() {
         }
     }
 }
+
+/// The before/after switches of the lag and one-Board latency rows run too: a given lag
+/// rate with the relaxed follower pace, and the server runtime's event interval.
+#[tokio::test]
+async fn the_lag_rate_pace_and_event_interval_comparisons_run_and_report() {
+    let (pool, url) = common::fresh_database_with_url().await;
+    pool.close().await;
+    let admin = url.rsplit_once('/').unwrap().0.to_string() + "/postgres";
+    let out = tempfile::tempdir().unwrap();
+    let run = |scenario: &'static str, extra: &'static [&'static str], json: &str| {
+        let json = out.path().join(json);
+        let admin = admin.clone();
+        async move {
+            let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_careboard-bench"))
+                .args([scenario, "--seconds", "1", "--json-out"])
+                .arg(&json)
+                .args(extra)
+                .env("DATABASE_URL", &admin)
+                .status()
+                .await
+                .expect("run the benchmark harness");
+            assert!(status.success(), "careboard-bench {scenario} failed");
+            let report: Value =
+                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            report["results"].as_array().unwrap().clone()
+        }
+    };
+    let lag = run(
+        "project",
+        &[
+            "--events",
+            "2000",
+            "--lag-rate",
+            "40",
+            "--lag-schedules",
+            "relaxed,tuned",
+        ],
+        "project.json",
+    )
+    .await;
+    let subscribe = run(
+        "subscribe",
+        &[
+            "--subscribers",
+            "5",
+            "--change-rate",
+            "20",
+            "--idle",
+            "5",
+            "--spread-subscribers",
+            "0",
+            "--saturation-writers",
+            "0",
+            "--delivery-rounds",
+            "0",
+            "--event-interval-rounds",
+            "1",
+            "--event-interval",
+            "3",
+        ],
+        "subscribe.json",
+    )
+    .await;
+    let results: Vec<&Value> = lag.iter().chain(subscribe.iter()).collect();
+    let scenarios: Vec<&str> = results
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "project: lag commit to NOTIFY at 40 appends/s, loops, async projector commits, followers paced at 50 ms",
+        "project: lag commit to NOTIFY at 40 appends/s, loops, async projector commits, paced followers",
+        ", before: default event interval, round 1",
+        ", after: event interval 3, round 1",
+    ] {
+        assert!(
+            scenarios.iter().any(|s| s.contains(expected)),
+            "{expected} missing from {scenarios:?}"
+        );
+    }
+    for r in results {
+        assert_eq!(r["errors"], 0, "{r}");
+        if r["scenario"].as_str().unwrap().contains("event interval") {
+            assert!(
+                r["rate_per_s"].as_f64().unwrap() > 0.0,
+                "frames arrived: {r}"
+            );
+        }
+    }
+}

@@ -148,3 +148,37 @@ fn a_second_server_on_the_same_data_dir_is_refused_and_cli_commands_share_it() {
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
     let _ = first.wait();
 }
+
+/// The runtime's event interval is an operator setting: a valid one runs the command, a
+/// bad one is refused at start with a message naming the setting, before anything runs.
+#[test]
+fn the_runtime_event_interval_setting_is_applied_or_refused_clearly() {
+    let run = |value: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_careboard"))
+            .arg("schema")
+            .env("CAREBOARD_RUNTIME_EVENT_INTERVAL", value)
+            .output()
+            .expect("run careboard schema")
+    };
+    let ok = run("7");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        careboard::graphql::sdl(),
+        "the command ran as without the setting"
+    );
+    for bad in ["0", "-3", "fast", ""] {
+        let out = run(bad);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(out.stdout.is_empty(), "{bad:?}: nothing ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("CAREBOARD_RUNTIME_EVENT_INTERVAL must be a whole number above 0"),
+            "{bad:?}: {err}"
+        );
+    }
+}
