@@ -797,16 +797,8 @@ async fn rebuild_rows(admin_url: &str, args: &Args, rows: &mut Vec<Row>) -> Resu
     postgres::migrate(&rebuild_pool).await?;
     println!("loading ~{} events for the rebuild", args.events);
     let r = project::rebuild(&rebuild_pool, args.events).await?;
-    for (rates, watched) in [
-        (
-            &r.rebuild_rates_before,
-            "before: decoded through a copied object, written through Value",
-        ),
-        (
-            &r.rebuild_rates_after,
-            "after: decoded and written straight",
-        ),
-    ] {
+    for (path, rates) in &r.rates {
+        let watched = path.label();
         println!("  rebuild rates, {watched}: {rates:.0?} events/s");
         rows.push(Row {
             scenario: format!(

@@ -328,24 +328,44 @@ pub async fn wait_caught_up(pool: &PgPool) -> Result<()> {
 
 pub struct RebuildResult {
     pub events: usize,
-    /// Rebuilds on the earlier path: each event decoded through a copied tagged
-    /// object, each Board document written through a `serde_json::Value` tree.
-    pub rebuild_rates_before: Vec<f64>,
-    /// Rebuilds on the current path: events decoded straight from their data, Board
-    /// documents serialised straight to jsonb.
-    pub rebuild_rates_after: Vec<f64>,
+    /// Rebuild rates per fold path, in [`RebuildPath::ALL`] order.
+    pub rates: Vec<(RebuildPath, Vec<f64>)>,
     pub keyset_rate: f64,
 }
 
-/// Selects the earlier (`true`) or the current decoding and encoding of the fold.
-fn earlier_path(on: bool) {
-    careboard::domain::tagged::decode_through_copy(on);
-    careboard::projections::encode_boards_through_value(on);
+/// The fold paths the rebuild rows compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildPath {
+    /// Each event's `data` made into a `serde_json::Value` tree as its row is read and
+    /// decoded from it; each event folded onto a copy of its stream's state.
+    Before,
+    /// Decoded straight from the column's JSON text; still folded onto a copy.
+    Text,
+    /// Decoded straight from the text and folded in place.
+    After,
+}
+
+impl RebuildPath {
+    pub const ALL: [RebuildPath; 3] = [RebuildPath::Before, RebuildPath::Text, RebuildPath::After];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RebuildPath::Before => "before: data through a Value tree, folded onto a copy",
+            RebuildPath::Text => "decoded from the jsonb text, folded onto a copy",
+            RebuildPath::After => "after: decoded from the jsonb text, folded in place",
+        }
+    }
+
+    /// Selects this path for the whole process.
+    fn select(self) {
+        careboard::domain::tagged::decode_through_value(self == RebuildPath::Before);
+        careboard::projections::board_view::fold_board_by_copy(self != RebuildPath::After);
+    }
 }
 
 /// Loads `target_events`, then measures a keyset read of the log and side-by-side
-/// rebuilds of `board_view` over it, the earlier and the current path alternating
-/// (before, after, after, before), each watched through its generation's row.
+/// rebuilds of `board_view` over it, the fold paths alternating (before, text,
+/// after, after, text, before), each watched through its generation's row.
 pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResult> {
     let history = generate(target_events);
     let started = Instant::now();
@@ -390,12 +410,14 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let mut result = RebuildResult {
         events: history.len(),
-        rebuild_rates_before: Vec::new(),
-        rebuild_rates_after: Vec::new(),
+        rates: RebuildPath::ALL.iter().map(|p| (*p, Vec::new())).collect(),
         keyset_rate,
     };
-    for before in [true, false, false, true] {
-        earlier_path(before);
+    let rounds = RebuildPath::ALL
+        .into_iter()
+        .chain(RebuildPath::ALL.into_iter().rev());
+    for path in rounds {
+        path.select();
         // Every rebuild writes its snapshots afresh (a rebuild of the same fold skips
         // the ones already there).
         sqlx::query("delete from snapshots").execute(pool).await?;
@@ -417,13 +439,11 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
         }
         let rate = history.len() as f64 / started.elapsed().as_secs_f64();
         projector.stop().await?;
-        if before {
-            result.rebuild_rates_before.push(rate);
-        } else {
-            result.rebuild_rates_after.push(rate);
+        if let Some((_, rates)) = result.rates.iter_mut().find(|(p, _)| *p == path) {
+            rates.push(rate);
         }
     }
-    earlier_path(false);
+    RebuildPath::After.select();
     Ok(result)
 }
 

@@ -325,40 +325,58 @@ impl Aggregate for Appointment {
             }
             (Some(a), _) => a,
         };
-        match event {
-            E::AppointmentRequested { .. } => unreachable!("handled above"),
-            E::AppointmentScheduled {
-                provider_id,
-                shift_id,
-                estimated_time,
-            } => {
-                a.status = AppointmentStatus::Scheduled;
-                a.provider_id = Some(*provider_id);
-                a.shift_id = Some(*shift_id);
-                a.estimated_time = Some(*estimated_time);
-                a.scheduled_at = Some(ctx.at);
-            }
-            E::AppointmentStarted {} => {
-                a.status = AppointmentStatus::Started;
-                a.started_at = Some(ctx.at);
-            }
-            E::AppointmentFinished {} => {
-                a.status = AppointmentStatus::Finished;
-                a.finished_at = Some(ctx.at);
-            }
-            E::AppointmentCancelled { reason } => {
-                a.status = AppointmentStatus::Cancelled;
-                a.cancelled_at = Some(ctx.at);
-                a.cancellation_reason = Some(reason.clone());
-            }
-        }
-        a.version = ctx.version;
+        advance(&mut a, event, ctx);
         Ok(a)
+    }
+
+    fn apply_in_place(
+        a: &mut Self,
+        event: &AppointmentEvent,
+        ctx: &EventContext,
+    ) -> Result<(), FoldError> {
+        if let e @ AppointmentEvent::AppointmentRequested { .. } = event {
+            return Err(fold_error(e, ctx, "appointment already requested"));
+        }
+        advance(a, event, ctx);
+        Ok(())
     }
 
     fn version(&self) -> i64 {
         self.version
     }
+}
+
+/// An event after `AppointmentRequested`, applied to the appointment it follows.
+fn advance(a: &mut Appointment, event: &AppointmentEvent, ctx: &EventContext) {
+    use AppointmentEvent as E;
+    match event {
+        E::AppointmentRequested { .. } => unreachable!("handled above"),
+        E::AppointmentScheduled {
+            provider_id,
+            shift_id,
+            estimated_time,
+        } => {
+            a.status = AppointmentStatus::Scheduled;
+            a.provider_id = Some(*provider_id);
+            a.shift_id = Some(*shift_id);
+            a.estimated_time = Some(*estimated_time);
+            a.scheduled_at = Some(ctx.at);
+        }
+        E::AppointmentStarted {} => {
+            a.status = AppointmentStatus::Started;
+            a.started_at = Some(ctx.at);
+        }
+        E::AppointmentFinished {} => {
+            a.status = AppointmentStatus::Finished;
+            a.finished_at = Some(ctx.at);
+        }
+        E::AppointmentCancelled { reason } => {
+            a.status = AppointmentStatus::Cancelled;
+            a.cancelled_at = Some(ctx.at);
+            a.cancellation_reason = Some(reason.clone());
+        }
+    }
+    a.version = ctx.version;
 }
 
 #[cfg(test)]
@@ -629,5 +647,32 @@ mod tests {
             rejected_with(when::<Appointment>(&[], AppointmentCommand::Start)),
             DomainError::NotFound("appointment not found".into())
         );
+    }
+
+    #[test]
+    fn folding_in_place_matches_folding_onto_a_copy_and_a_refusal_changes_nothing() {
+        let requested = AppointmentEvent::AppointmentRequested {
+            board_id: Uuid::from_u128(1).into(),
+            patient_id: Some("patient-7".into()),
+            patient_name: "Sam Lee".into(),
+            specialty: "pediatrics".into(),
+            region: "TX".into(),
+            reason: "fever".into(),
+        };
+        assert_in_place_matches_copy::<Appointment>(&[
+            AppointmentEvent::AppointmentStarted {},
+            requested.clone(),
+            AppointmentEvent::AppointmentScheduled {
+                provider_id: Uuid::from_u128(2).into(),
+                shift_id: Uuid::from_u128(3).into(),
+                estimated_time: at(5),
+            },
+            requested,
+            AppointmentEvent::AppointmentStarted {},
+            AppointmentEvent::AppointmentFinished {},
+            AppointmentEvent::AppointmentCancelled {
+                reason: "late".into(),
+            },
+        ]);
     }
 }

@@ -119,6 +119,20 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
         };
         decoded.map_err(|e| format!("cannot decode {event_type}: {e}"))
     }
+
+    /// Decodes straight from the JSON text of `data`, with no `Value` tree; `None`
+    /// if it does not decode (a refusal is worded by [`DomainEvent::decode`] from the
+    /// tree, so it reads the same either way).
+    fn decode_text(event_type: &str, text: &str) -> Option<Self> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let event = <Self as serde::Deserialize>::deserialize(tagged::Tagged {
+            event_type,
+            data: &mut de,
+        })
+        .ok()?;
+        de.end().ok()?;
+        Some(event)
+    }
 }
 
 /// A stream's state, rebuilt by folding its events in version order.
@@ -142,6 +156,18 @@ pub trait Aggregate: Clone + std::fmt::Debug + Sized {
         event: &Self::Event,
         ctx: &EventContext,
     ) -> Result<Self, FoldError>;
+
+    /// Applies one event to an existing state in place: a fold's hot path, without
+    /// a copy of the state per event. On error the state is unchanged. By default
+    /// through [`Aggregate::apply`] on a copy.
+    fn apply_in_place(
+        state: &mut Self,
+        event: &Self::Event,
+        ctx: &EventContext,
+    ) -> Result<(), FoldError> {
+        *state = Self::apply(Some(state.clone()), event, ctx)?;
+        Ok(())
+    }
 
     /// The stream version this state reflects.
     fn version(&self) -> i64;
@@ -262,6 +288,37 @@ pub(crate) mod testing {
             }),
         )
         .expect("given events fold")
+    }
+
+    /// Folds `events` (the first onto `None`) both in place and onto a copy per event:
+    /// each step gives the same state or the same refusal, and a refused event leaves
+    /// the state held in place as it was.
+    pub fn assert_in_place_matches_copy<A: Aggregate>(events: &[A::Event]) {
+        let mut copied: Option<A> = None;
+        let mut in_place: Option<A> = None;
+        for (i, e) in events.iter().enumerate() {
+            let ctx = EventContext {
+                stream_id: Uuid::nil(),
+                version: i as i64 + 1,
+                at: at(i as i64),
+            };
+            let by_copy = A::apply(copied.clone(), e, &ctx);
+            let before = format!("{in_place:?}");
+            let by_place = match in_place.as_mut() {
+                Some(state) => A::apply_in_place(state, e, &ctx).map(|()| state.clone()),
+                None => A::apply(None, e, &ctx).inspect(|state| in_place = Some(state.clone())),
+            };
+            assert_eq!(
+                format!("{by_copy:?}"),
+                format!("{by_place:?}"),
+                "event {i}: {e:?}"
+            );
+            match by_copy {
+                Ok(next) => copied = Some(next),
+                Err(_) => assert_eq!(before, format!("{in_place:?}"), "event {i} refused"),
+            }
+        }
+        assert_eq!(format!("{copied:?}"), format!("{in_place:?}"));
     }
 
     /// Given these events, when this command is decided: the events it produces, or

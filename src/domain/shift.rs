@@ -260,45 +260,62 @@ impl Aggregate for Shift {
             }
             (Some(shift), _) => shift,
         };
-        match event {
-            ShiftEvent::ProviderJoined { .. } => unreachable!("handled above"),
-            ShiftEvent::ProviderReady {} => {
-                shift.status = ShiftStatus::Ready;
-                shift.appointment_id = None;
-            }
-            ShiftEvent::ProviderAssigned { appointment_id } => {
-                shift.status = ShiftStatus::Assigned;
-                shift.appointment_id = Some(*appointment_id);
-            }
-            ShiftEvent::ProviderPaused {} => shift.status = ShiftStatus::Paused,
-            ShiftEvent::ChartingStarted { appointment_id } => {
-                shift.status = ShiftStatus::Charting;
-                shift.appointment_id = Some(*appointment_id);
-                shift.charting_since = Some(ctx.at);
-            }
-            ShiftEvent::ChartingFinished { charting_seconds } => {
-                shift.status = ShiftStatus::Ready;
-                shift.appointment_id = None;
-                shift.charting_since = None;
-                shift.charting_seconds += charting_seconds;
-                shift.chartings += 1;
-            }
-            ShiftEvent::ProviderSignedOff {} => {
-                shift.status = ShiftStatus::SignedOff;
-                shift.signed_off_at = Some(ctx.at);
-            }
-        }
-        shift.ready_since = match shift.status {
-            ShiftStatus::Ready => Some(ctx.at),
-            _ => None,
-        };
-        shift.version = ctx.version;
+        advance(&mut shift, event, ctx);
         Ok(shift)
+    }
+
+    fn apply_in_place(
+        shift: &mut Self,
+        event: &ShiftEvent,
+        ctx: &EventContext,
+    ) -> Result<(), FoldError> {
+        if let e @ ShiftEvent::ProviderJoined { .. } = event {
+            return Err(fold_error(e, ctx, "provider already joined"));
+        }
+        advance(shift, event, ctx);
+        Ok(())
     }
 
     fn version(&self) -> i64 {
         self.version
     }
+}
+
+/// An event after `ProviderJoined`, applied to the shift it follows.
+fn advance(shift: &mut Shift, event: &ShiftEvent, ctx: &EventContext) {
+    match event {
+        ShiftEvent::ProviderJoined { .. } => unreachable!("handled above"),
+        ShiftEvent::ProviderReady {} => {
+            shift.status = ShiftStatus::Ready;
+            shift.appointment_id = None;
+        }
+        ShiftEvent::ProviderAssigned { appointment_id } => {
+            shift.status = ShiftStatus::Assigned;
+            shift.appointment_id = Some(*appointment_id);
+        }
+        ShiftEvent::ProviderPaused {} => shift.status = ShiftStatus::Paused,
+        ShiftEvent::ChartingStarted { appointment_id } => {
+            shift.status = ShiftStatus::Charting;
+            shift.appointment_id = Some(*appointment_id);
+            shift.charting_since = Some(ctx.at);
+        }
+        ShiftEvent::ChartingFinished { charting_seconds } => {
+            shift.status = ShiftStatus::Ready;
+            shift.appointment_id = None;
+            shift.charting_since = None;
+            shift.charting_seconds += charting_seconds;
+            shift.chartings += 1;
+        }
+        ShiftEvent::ProviderSignedOff {} => {
+            shift.status = ShiftStatus::SignedOff;
+            shift.signed_off_at = Some(ctx.at);
+        }
+    }
+    shift.ready_since = match shift.status {
+        ShiftStatus::Ready => Some(ctx.at),
+        _ => None,
+    };
+    shift.version = ctx.version;
 }
 
 #[cfg(test)]
@@ -633,5 +650,31 @@ mod tests {
                 event
             );
         }
+    }
+
+    #[test]
+    fn folding_in_place_matches_folding_onto_a_copy_and_a_refusal_changes_nothing() {
+        let (board, provider, appointment) = ids();
+        let joined = ShiftEvent::ProviderJoined {
+            board_id: board,
+            provider_id: provider,
+        };
+        assert_in_place_matches_copy::<Shift>(&[
+            ShiftEvent::ProviderReady {},
+            joined.clone(),
+            ShiftEvent::ProviderAssigned {
+                appointment_id: appointment,
+            },
+            joined,
+            ShiftEvent::ChartingStarted {
+                appointment_id: appointment,
+            },
+            ShiftEvent::ChartingFinished {
+                charting_seconds: 90,
+            },
+            ShiftEvent::ProviderPaused {},
+            ShiftEvent::ProviderReady {},
+            ShiftEvent::ProviderSignedOff {},
+        ]);
     }
 }

@@ -4,14 +4,14 @@
 //! Events are adjacently tagged (`{"type": ..., "data": {...}}`). Rather than build
 //! that object (a copy of the whole `data` tree) and decode it, [`Tagged`] presents
 //! the two columns to serde as that map: the enum's own `Deserialize` reads the tag,
-//! then decodes the variant's fields from the borrowed `data` in one pass.
+//! then decodes the variant's fields in one pass, from the borrowed `data` tree or
+//! straight from the column's JSON text (no tree at all).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
-use serde_json::Value;
 
-/// Decode through a copied `{"type", "data"}` object instead (the earlier path, kept
+/// Decode through a copied `{"type", "data"}` object instead (an earlier path, kept
 /// selectable so the bench can measure both in one run). Off by default.
 static THROUGH_COPY: AtomicBool = AtomicBool::new(false);
 
@@ -24,22 +24,39 @@ pub(crate) fn through_copy() -> bool {
     THROUGH_COPY.load(Ordering::Relaxed)
 }
 
-/// The `{"type": event_type, "data": data}` map an adjacently tagged enum expects,
-/// without building it.
-pub(crate) struct Tagged<'a> {
-    pub event_type: &'a str,
-    pub data: &'a Value,
+/// Make each event's `data` into a `serde_json::Value` tree as its row is read, and
+/// decode events from that tree (the earlier path, kept selectable so the bench can
+/// measure both in one run) instead of from the column's text. Off by default.
+static THROUGH_VALUE: AtomicBool = AtomicBool::new(false);
+
+/// Selects the earlier reading of events' `data` (a `Value` tree per row) for the
+/// whole process.
+pub fn decode_through_value(on: bool) {
+    THROUGH_VALUE.store(on, Ordering::Relaxed);
 }
 
-impl<'de, 'a> de::Deserializer<'de> for Tagged<'a>
+pub(crate) fn through_value() -> bool {
+    THROUGH_VALUE.load(Ordering::Relaxed)
+}
+
+/// The `{"type": event_type, "data": data}` map an adjacently tagged enum expects,
+/// without building it. `data` is any JSON deserializer: a borrowed `&Value`, or a
+/// `serde_json::Deserializer` over the column's text.
+pub(crate) struct Tagged<'a, D> {
+    pub event_type: &'a str,
+    pub data: D,
+}
+
+impl<'de, 'a, D> de::Deserializer<'de> for Tagged<'a, D>
 where
-    'a: 'de,
+    D: de::Deserializer<'de, Error = serde_json::Error>,
 {
     type Error = serde_json::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         visitor.visit_map(TaggedAccess {
-            tagged: self,
+            event_type: self.event_type,
+            data: Some(self.data),
             next: 0,
         })
     }
@@ -51,15 +68,16 @@ where
     }
 }
 
-struct TaggedAccess<'a> {
-    tagged: Tagged<'a>,
+struct TaggedAccess<'a, D> {
+    event_type: &'a str,
+    data: Option<D>,
     /// 0: the tag is next; 1: the data; 2: done.
     next: u8,
 }
 
-impl<'de, 'a> MapAccess<'de> for TaggedAccess<'a>
+impl<'de, 'a, D> MapAccess<'de> for TaggedAccess<'a, D>
 where
-    'a: 'de,
+    D: de::Deserializer<'de, Error = serde_json::Error>,
 {
     type Error = serde_json::Error;
 
@@ -80,9 +98,12 @@ where
         seed: V,
     ) -> Result<V::Value, Self::Error> {
         self.next += 1;
-        match self.next {
-            1 => seed.deserialize(self.tagged.event_type.into_deserializer()),
-            2 => seed.deserialize(self.tagged.data),
+        match (self.next, self.data.take()) {
+            (1, data) => {
+                self.data = data;
+                seed.deserialize(self.event_type.into_deserializer())
+            }
+            (2, Some(data)) => seed.deserialize(data),
             _ => Err(de::Error::custom("no value after the event's data")),
         }
     }
@@ -94,7 +115,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
     use crate::domain::{AppointmentEvent, BoardEvent, DomainEvent};

@@ -7,6 +7,7 @@
 //! projections' business, on top of the reads here.
 
 pub mod append;
+mod data;
 pub mod import;
 pub mod log;
 pub mod unit_of_work;
@@ -15,11 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{Aggregate, DomainEvent, EventContext, FoldError, StreamType};
+pub use data::EventData;
+
+use crate::domain::{Aggregate, EventContext, FoldError, StreamType};
 use crate::error::{AppError, AppResult};
 
 /// The locking read's SQL for one lock strength: a static string, so each connection
@@ -50,8 +52,10 @@ pub struct RecordedEvent {
     pub board_id: Option<Uuid>,
     pub version: i64,
     pub event_type: String,
-    pub data: Value,
-    pub metadata: Value,
+    /// Kept as the log's JSON text; a `Value` tree on first use (`Deref`).
+    pub data: EventData,
+    /// Likewise: folds never read it.
+    pub metadata: EventData,
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -368,12 +372,34 @@ pub async fn read_board_timeline(
 /// Decodes a stored event and applies it to an aggregate state: the one step every
 /// fold (stream loads, the projections, time travel) is made of.
 pub fn decode_apply<A: Aggregate>(state: Option<A>, e: &RecordedEvent) -> Result<A, FoldError> {
-    let event = A::Event::decode(&e.event_type, &e.data).map_err(|reason| FoldError {
-        event: e.event_type.clone(),
-        version: e.version,
-        reason,
-    })?;
-    A::apply(state, &event, &e.context())
+    A::apply(state, &decode_recorded::<A>(e)?, &e.context())
+}
+
+/// [`decode_apply`] onto a state held in place (a document's slot for the stream):
+/// no copy of the state per event. On error the slot is unchanged.
+pub fn decode_apply_in_place<A: Aggregate>(
+    slot: &mut Option<A>,
+    e: &RecordedEvent,
+) -> Result<(), FoldError> {
+    let event = decode_recorded::<A>(e)?;
+    match slot {
+        Some(state) => A::apply_in_place(state, &event, &e.context()),
+        None => {
+            *slot = Some(A::apply(None, &event, &e.context())?);
+            Ok(())
+        }
+    }
+}
+
+/// Decodes a stored event into its aggregate's event type.
+pub fn decode_recorded<A: Aggregate>(e: &RecordedEvent) -> Result<A::Event, FoldError> {
+    e.data
+        .decode::<A::Event>(&e.event_type)
+        .map_err(|reason| FoldError {
+            event: e.event_type.clone(),
+            version: e.version,
+            reason,
+        })
 }
 
 /// Decodes and folds a stream's events into its aggregate.

@@ -798,7 +798,7 @@ impl Event {
     /// The event's payload. Patient fields inside it (`patientName`, `reason`,
     /// `patientId`) are null unless the caller may see that patient's fields.
     async fn data(&self, ctx: &Context<'_>) -> Json<serde_json::Value> {
-        let mut data = self.event.data.clone();
+        let mut data = self.event.data.value().clone();
         if self.carries_patient_data() {
             if self.patient_fields {
                 let patient = data
@@ -820,7 +820,7 @@ impl Event {
     /// patient who acted is patient data: their subject and name are null unless the
     /// caller may see this patient's fields.
     async fn metadata(&self) -> Json<serde_json::Value> {
-        let mut metadata = self.event.metadata.clone();
+        let mut metadata = self.event.metadata.value().clone();
         let by_patient = metadata.get("actorRole").and_then(|r| r.as_str()) == Some("patient");
         if by_patient && !self.patient_fields {
             if let Some(fields) = metadata.as_object_mut() {

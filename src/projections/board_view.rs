@@ -6,6 +6,7 @@
 //! different streams. The projector and time travel both fold with [`BoardDoc::apply`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -15,10 +16,11 @@ use uuid::Uuid;
 use sqlx::PgExecutor;
 
 use super::Doc;
-use crate::domain::{Appointment, Board, BoardContents, FoldError, Shift, StreamType};
+use crate::domain::{Aggregate, Appointment, Board, BoardContents, FoldError, Shift, StreamType};
 use crate::error::{AppError, AppResult};
 use crate::event_store::{
-    decode_apply, read_board_streams, read_board_streams_waiting, ReadLimit, RecordedEvent,
+    decode_apply, decode_apply_in_place, decode_recorded, read_board_streams,
+    read_board_streams_waiting, ReadLimit, RecordedEvent,
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -46,6 +48,36 @@ pub struct BoardDoc {
     pub skipped: i64,
 }
 
+/// Fold each event onto a copy of its stream's state (the earlier path, kept
+/// selectable so the bench can measure both in one run) instead of in place. Off by
+/// default.
+static FOLD_BY_COPY: AtomicBool = AtomicBool::new(false);
+
+/// Selects the earlier fold (a copy of the stream's state per event) for the whole
+/// process.
+pub fn fold_board_by_copy(on: bool) {
+    FOLD_BY_COPY.store(on, Ordering::Relaxed);
+}
+
+fn fold_by_copy() -> bool {
+    FOLD_BY_COPY.load(Ordering::Relaxed)
+}
+
+/// Applies `e` to its stream's entry of `states` in place (a first event makes it).
+fn apply_in_slot<A: Aggregate>(
+    states: &mut BTreeMap<Uuid, A>,
+    e: &RecordedEvent,
+) -> Result<(), FoldError> {
+    match states.get_mut(&e.stream_id) {
+        Some(state) => A::apply_in_place(state, &decode_recorded::<A>(e)?, &e.context()),
+        None => {
+            let state = A::apply(None, &decode_recorded::<A>(e)?, &e.context())?;
+            states.insert(e.stream_id, state);
+            Ok(())
+        }
+    }
+}
+
 impl Doc for BoardDoc {
     fn applied_version(&self, stream_id: Uuid) -> i64 {
         self.applied.get(&stream_id).copied().unwrap_or(0)
@@ -53,19 +85,22 @@ impl Doc for BoardDoc {
 
     fn apply(&mut self, e: &RecordedEvent) -> Result<(), FoldError> {
         match StreamType::parse(&e.stream_type) {
-            Some(StreamType::Board) => {
+            Some(StreamType::Board) if fold_by_copy() => {
                 let next = decode_apply::<Board>(self.board.clone(), e)?;
                 self.board = Some(next);
             }
-            Some(StreamType::Shift) => {
+            Some(StreamType::Shift) if fold_by_copy() => {
                 let next = decode_apply::<Shift>(self.shifts.get(&e.stream_id).cloned(), e)?;
                 self.shifts.insert(e.stream_id, next);
             }
-            Some(StreamType::Appointment) => {
+            Some(StreamType::Appointment) if fold_by_copy() => {
                 let next =
                     decode_apply::<Appointment>(self.appointments.get(&e.stream_id).cloned(), e)?;
                 self.appointments.insert(e.stream_id, next);
             }
+            Some(StreamType::Board) => decode_apply_in_place::<Board>(&mut self.board, e)?,
+            Some(StreamType::Shift) => apply_in_slot(&mut self.shifts, e)?,
+            Some(StreamType::Appointment) => apply_in_slot(&mut self.appointments, e)?,
             _ => {
                 return Err(FoldError {
                     event: e.event_type.clone(),

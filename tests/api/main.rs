@@ -26,5 +26,6 @@ mod packaging;
 mod page;
 mod projector;
 mod readme_walkthrough;
+mod rebuild;
 mod schema;
 mod time_travel;

@@ -1,0 +1,260 @@
+//! A `board_view` rebuild writes the same bytes whichever fold path it takes: events
+//! decoded from the log's jsonb text and folded in place, or decoded from a `Value`
+//! tree and folded onto a copy (the earlier path, still selectable).
+
+use crate::helpers;
+use crate::helpers::store::{open_board, request_appointment};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use careboard::daemon::{Daemon, DaemonConfig, DaemonHandle};
+use careboard::domain::{AppointmentEvent, DomainEvent, ShiftEvent, StreamType};
+use careboard::event_store::append::{append, StreamWrite};
+use careboard::event_store::{read_board_streams, EventStore, ReadLimit};
+use careboard::metrics::Metrics;
+use careboard::projections::{board_view, read, BoardDoc, Doc, Projection};
+use careboard::projector::state;
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn start_projector(pool: &PgPool, store: &EventStore) -> DaemonHandle {
+    Daemon::new(
+        pool.clone(),
+        store.appended_signal(),
+        Default::default(),
+        DaemonConfig {
+            // Small batches: Boards are loaded partially and snapshotted mid-rebuild.
+            batch_size: 7,
+            rebuild_batch_size: 7,
+            snapshot_every: 4,
+            ..helpers::fast_projector()
+        },
+        Arc::new(Metrics::new()),
+    )
+    .spawn()
+}
+
+async fn append_events<E: DomainEvent>(
+    pool: &PgPool,
+    stream_type: StreamType,
+    stream: Uuid,
+    board: Uuid,
+    base: i64,
+    events: &[E],
+) {
+    let mut conn = pool.acquire().await.unwrap();
+    let write = StreamWrite::new(stream_type, stream, Some(board), base, events);
+    append(&mut conn, &[write], &json!({"actor": "test"}))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+}
+
+/// Every kind of event a Board document folds, with text that needs escaping.
+async fn history(pool: &PgPool, store: &EventStore) -> Vec<Uuid> {
+    let mut boards = Vec::new();
+    for b in 0..2 {
+        boards.push(open_board(store, &format!("Rebuild paths {b}")).await);
+    }
+    let names = [
+        "Ana \"Nana\" Souza",
+        "Zoë O'Brien \\ ünïcödé ✓",
+        "line\nbreak\ttab",
+        "plain",
+    ];
+    for (i, board) in boards.iter().enumerate() {
+        let provider = Uuid::new_v4();
+        let shift = Uuid::new_v4();
+        append_events(
+            pool,
+            StreamType::Shift,
+            shift,
+            *board,
+            0,
+            &[
+                ShiftEvent::ProviderJoined {
+                    board_id: (*board).into(),
+                    provider_id: provider.into(),
+                },
+                ShiftEvent::ProviderPaused {},
+                ShiftEvent::ProviderReady {},
+            ],
+        )
+        .await;
+        let mut shift_version = 3;
+        for n in 0..9 {
+            let patient = format!("{} {i}-{n}", names[n % names.len()]);
+            let (appointment, _) = request_appointment(store, *board, &patient).await;
+            let later: Vec<AppointmentEvent> = match n % 3 {
+                0 => vec![AppointmentEvent::AppointmentCancelled {
+                    reason: format!("{patient} \"cancelled\" ✗"),
+                }],
+                1 => vec![
+                    AppointmentEvent::AppointmentScheduled {
+                        provider_id: provider.into(),
+                        shift_id: shift.into(),
+                        estimated_time: Utc::now(),
+                    },
+                    AppointmentEvent::AppointmentStarted {},
+                    AppointmentEvent::AppointmentFinished {},
+                ],
+                _ => Vec::new(),
+            };
+            if !later.is_empty() {
+                append_events(
+                    pool,
+                    StreamType::Appointment,
+                    appointment,
+                    *board,
+                    1,
+                    &later,
+                )
+                .await;
+            }
+            if n % 3 == 1 {
+                let events = [
+                    ShiftEvent::ProviderAssigned {
+                        appointment_id: appointment.into(),
+                    },
+                    ShiftEvent::ChartingStarted {
+                        appointment_id: appointment.into(),
+                    },
+                    ShiftEvent::ChartingFinished {
+                        charting_seconds: 60 + n as i64,
+                    },
+                ];
+                append_events(
+                    pool,
+                    StreamType::Shift,
+                    shift,
+                    *board,
+                    shift_version,
+                    &events,
+                )
+                .await;
+                shift_version += events.len() as i64;
+            }
+        }
+        append_events(
+            pool,
+            StreamType::Shift,
+            shift,
+            *board,
+            shift_version,
+            &[ShiftEvent::ProviderSignedOff {}],
+        )
+        .await;
+    }
+    boards
+}
+
+/// What a generation of `board_view` stored, as jsonb text: headers, appointment rows
+/// (with the Board version that wrote each) and Board snapshots.
+async fn stored(pool: &PgPool, generation: i32) -> Vec<String> {
+    let mut rows: Vec<String> = sqlx::query_scalar(
+        "select format('header %s %s %s %s', id, version, position, doc::text) \
+           from board_view where generation = $1 order by id",
+    )
+    .bind(generation)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let appointments: Vec<String> = sqlx::query_scalar(
+        "select format('appointment %s %s %s %s %s', board_id, id, applied, board_version, doc::text) \
+           from board_view_appointments where generation = $1 order by board_id, id",
+    )
+    .bind(generation)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let snapshots: Vec<String> = sqlx::query_scalar(
+        "select format('snapshot %s %s %s %s %s', kind, id, version, max_recorded_at, doc::text) \
+           from snapshots where kind = 'board' order by id, version",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.extend(appointments);
+    rows.extend(snapshots);
+    rows
+}
+
+async fn live_generation(pool: &PgPool) -> Option<i32> {
+    sqlx::query_scalar(
+        "select generation from projection_state where name = 'board_view' and status = 'live'",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// Whether `generation` of `board_view` has passed the log's last event.
+async fn caught_up(pool: &PgPool, generation: i32) -> bool {
+    sqlx::query_scalar(
+        "select (p.tx, p.seq) = (select tx, seq from events order by tx desc, seq desc limit 1) \
+           from projection_state p where p.name = 'board_view' and p.generation = $1",
+    )
+    .bind(generation)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+    .unwrap_or(false)
+}
+
+/// Rebuilds `board_view` on the selected path and returns what the new generation
+/// stored.
+async fn rebuild(pool: &PgPool, store: &EventStore, earlier: bool) -> Vec<String> {
+    careboard::domain::tagged::decode_through_value(earlier);
+    board_view::fold_board_by_copy(earlier);
+    sqlx::query("delete from snapshots")
+        .execute(pool)
+        .await
+        .unwrap();
+    let generation = state::request_rebuild(pool, Projection::BoardView)
+        .await
+        .unwrap();
+    let projector = start_projector(pool, store);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while live_generation(pool).await != Some(generation) || !caught_up(pool, generation).await {
+        assert!(Instant::now() < deadline, "the rebuild did not go live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    projector.stop().await.unwrap();
+    careboard::domain::tagged::decode_through_value(false);
+    board_view::fold_board_by_copy(false);
+    stored(pool, generation).await
+}
+
+#[tokio::test]
+async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_same_bytes_as_the_earlier_path(
+) {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let boards = history(&pool, &store).await;
+
+    let earlier = rebuild(&pool, &store, true).await;
+    let current = rebuild(&pool, &store, false).await;
+    assert!(
+        earlier.iter().filter(|r| r.starts_with("snapshot")).count() >= 4,
+        "the history is long enough to snapshot: {earlier:#?}"
+    );
+    assert!(earlier.iter().any(|r| r.contains("Zo\u{eb} O'Brien")));
+    assert_eq!(earlier.len(), current.len());
+    for (a, b) in earlier.iter().zip(&current) {
+        assert_eq!(a, b);
+    }
+
+    // And both are what a fresh fold of the Board's streams gives.
+    for board in &boards {
+        let events = read_board_streams(&pool, *board, ReadLimit::All)
+            .await
+            .unwrap();
+        let mut fresh = BoardDoc::default();
+        for e in &events {
+            fresh.apply(e).unwrap();
+        }
+        let doc = read::board(&pool, *board).await.unwrap().unwrap();
+        assert_eq!(doc, fresh, "board {board}");
+    }
+}
