@@ -651,14 +651,7 @@ mod tests {
 
     #[test]
     fn folding_in_place_matches_folding_onto_a_copy_and_a_refusal_changes_nothing() {
-        let requested = AppointmentEvent::AppointmentRequested {
-            board_id: Uuid::from_u128(1).into(),
-            patient_id: Some("patient-7".into()),
-            patient_name: "Sam Lee".into(),
-            specialty: "pediatrics".into(),
-            region: "TX".into(),
-            reason: "fever".into(),
-        };
+        let requested = requested();
         assert_in_place_matches_copy::<Appointment>(&[
             AppointmentEvent::AppointmentStarted {},
             requested.clone(),

@@ -336,21 +336,19 @@ impl Projector {
                 .collect();
             let query = if live {
                 sqlx::query("select pg_notify($1, p) from unnest($2::text[]) as p")
+                    .bind(BoardChanged::CHANNEL)
+                    .bind(&payloads)
             } else {
                 sqlx::query(
                     "select pg_notify($1, p) from unnest($2::text[]) as p \
                       where exists (select from projection_state \
                                      where name = $3 and generation = $4 and status = $5)",
                 )
-            };
-            let query = query.bind(BoardChanged::CHANNEL).bind(&payloads);
-            let query = if live {
-                query
-            } else {
-                query
-                    .bind(gen.projection.name())
-                    .bind(gen.generation)
-                    .bind(GenerationStatus::Live.as_str())
+                .bind(BoardChanged::CHANNEL)
+                .bind(&payloads)
+                .bind(gen.projection.name())
+                .bind(gen.generation)
+                .bind(GenerationStatus::Live.as_str())
             };
             query.execute(&mut *tx).await?;
         }
