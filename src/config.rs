@@ -272,6 +272,17 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub ws_frame_delivery: FrameDelivery,
+    /// Sockets each task of a group's writer pass writes: a group with more sockets
+    /// splits its pass into tasks of this many, run on the runtime's workers at once, so
+    /// the last socket of a large group hears sooner (0: one task writes them all, the
+    /// earlier path, kept for the benchmark's before/after rows).
+    #[arg(
+        long,
+        env = "CAREBOARD_WS_WRITE_SHARD",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub ws_write_shard: usize,
     /// How a command's append is planned and sent: `planned` (the common shape has a
     /// statement of its own whose plan is reused) or `general` (one statement over
     /// arrays, planned per command; the earlier path, kept for the benchmark).

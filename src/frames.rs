@@ -94,6 +94,8 @@ struct HubInner {
     groups: Mutex<HashMap<GroupKey, (u64, Weak<Group>)>>,
     started: std::sync::atomic::AtomicU64,
     metrics: FrameMetrics,
+    /// Sockets per task of a writer pass (0: one task writes them all).
+    write_shard: usize,
 }
 
 /// One shared execution. Members hold it; when the last one lets go, the execution
@@ -217,31 +219,87 @@ pub fn envelope(legacy: bool, id: &str, payload: &str) -> String {
 /// Writes `frame` to every member: a frame that ends the group, or whose disclosures
 /// each receiver must record first, is parked for the sockets' tasks; any other goes
 /// out now as websocket bytes encoded once per (subscription id, protocol).
-fn write_pass(members: &Members, frame: &Arc<Frame>, sent: &Counter) {
+///
+/// With `shard` > 0 and more members than that, the members are split into runs of
+/// `shard`, each written by a task of its own on the runtime's workers (this task
+/// writes the first run); the pass returns when every run is done, so the next frame's
+/// pass never overtakes this one on a socket. Each socket is in one run, written under
+/// its slot's lock, so it still sees one order, the newest version winning.
+async fn write_pass(members: &Members, frame: &Arc<Frame>, metrics: &FrameMetrics, shard: usize) {
     let slots: Vec<Arc<Slot>> = members.lock().expect("frame members").clone();
-    let direct = frame.disclosed.is_none() && !frame.last;
-    let mut encoded: Vec<(Arc<str>, bool, Bytes)> = Vec::new();
-    for slot in slots {
-        let bytes = match (&frame.payload, direct) {
-            (Some(payload), true) => {
-                let at = encoded
-                    .iter()
-                    .position(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy);
-                let at = at.unwrap_or_else(|| {
-                    let text = envelope(slot.legacy, &slot.id, payload);
-                    encoded.push((
-                        slot.id.clone(),
-                        slot.legacy,
-                        crate::ws_out::text_frame(&text),
-                    ));
-                    encoded.len() - 1
-                });
-                Some(encoded[at].2.clone())
-            }
-            _ => None,
-        };
-        slot.deliver(frame, bytes.as_deref(), sent);
+    let encoded = Arc::new(encode_for(&slots, frame));
+    if shard == 0 || slots.len() <= shard {
+        write_run(&slots, frame, &encoded, metrics);
+        return;
     }
+    let slots: Arc<[Arc<Slot>]> = slots.into();
+    let mut runs = Vec::with_capacity(slots.len() / shard);
+    for start in (shard..slots.len()).step_by(shard) {
+        let (slots, frame, encoded, metrics) = (
+            slots.clone(),
+            frame.clone(),
+            encoded.clone(),
+            metrics.clone(),
+        );
+        runs.push(tokio::spawn(async move {
+            let end = (start + shard).min(slots.len());
+            write_run(&slots[start..end], &frame, &encoded, &metrics);
+        }));
+    }
+    write_run(&slots[..shard], frame, &encoded, metrics);
+    for run in runs {
+        // A run that panicked has written what it could; the sockets it missed get the
+        // next version.
+        let _ = run.await;
+    }
+}
+
+/// The websocket bytes of `frame` for each (subscription id, protocol) among `slots`,
+/// when it goes out directly (none when every socket's task must handle it).
+fn encode_for(slots: &[Arc<Slot>], frame: &Frame) -> Vec<(Arc<str>, bool, Bytes)> {
+    let mut encoded: Vec<(Arc<str>, bool, Bytes)> = Vec::new();
+    let Some(payload) = frame
+        .payload
+        .as_deref()
+        .filter(|_| frame.disclosed.is_none() && !frame.last)
+    else {
+        return encoded;
+    };
+    for slot in slots {
+        if !encoded
+            .iter()
+            .any(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy)
+        {
+            let text = envelope(slot.legacy, &slot.id, payload);
+            encoded.push((
+                slot.id.clone(),
+                slot.legacy,
+                crate::ws_out::text_frame(&text),
+            ));
+        }
+    }
+    encoded
+}
+
+/// Hands `frame` to each of `slots`, timed for the pass's metrics.
+fn write_run(
+    slots: &[Arc<Slot>],
+    frame: &Arc<Frame>,
+    encoded: &[(Arc<str>, bool, Bytes)],
+    metrics: &FrameMetrics,
+) {
+    let started = std::time::Instant::now();
+    for slot in slots {
+        let bytes = encoded
+            .iter()
+            .find(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy)
+            .map(|(_, _, bytes)| &bytes[..]);
+        slot.deliver(frame, bytes, &metrics.frames_sent);
+    }
+    metrics.pass_sockets.inc_by(slots.len() as u64);
+    metrics
+        .pass_nanos
+        .inc_by(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
 }
 
 impl Drop for Group {
@@ -260,6 +318,17 @@ impl Drop for Group {
 }
 
 impl FrameHub {
+    /// A hub whose groups split their writer passes into tasks of `shard` sockets each
+    /// (0: one task writes every socket of a group).
+    pub fn with_write_shard(shard: usize) -> Self {
+        FrameHub {
+            inner: Arc::new(HubInner {
+                write_shard: shard,
+                ..HubInner::default()
+            }),
+        }
+    }
+
     pub fn metrics(&self) -> &FrameMetrics {
         &self.inner.metrics
     }
@@ -384,7 +453,7 @@ impl FrameHub {
             (sender, members.clone()),
             hub.clone(),
             (key.clone(), number),
-            metrics,
+            (metrics, self.inner.write_shard),
         ));
         Arc::new(Group {
             key,
@@ -403,7 +472,7 @@ async fn run_group(
     (sender, members): (watch::Sender<Option<Arc<Frame>>>, Arc<Members>),
     hub: Weak<HubInner>,
     (key, number): (GroupKey, u64),
-    metrics: FrameMetrics,
+    (metrics, shard): (FrameMetrics, usize),
 ) {
     metrics.groups.inc();
     struct Running(Gauge);
@@ -445,7 +514,7 @@ async fn run_group(
             last,
         });
         sender.send_replace(Some(frame.clone()));
-        write_pass(&members, &frame, &metrics.frames_sent);
+        write_pass(&members, &frame, &metrics, shard).await;
         if last {
             return;
         }
@@ -458,7 +527,7 @@ async fn run_group(
         last: true,
     });
     sender.send_replace(Some(frame.clone()));
-    write_pass(&members, &frame, &metrics.frames_sent);
+    write_pass(&members, &frame, &metrics, shard).await;
 }
 
 /// What a socket sends for a shared subscription.

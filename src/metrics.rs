@@ -369,6 +369,16 @@ impl Metrics {
             frames.frames_sent.clone(),
         );
         registry.register(
+            "subscription_write_pass_sockets",
+            "Sockets the shared groups' writer passes have handed a frame to",
+            frames.pass_sockets.clone(),
+        );
+        registry.register(
+            "subscription_write_pass_nanoseconds",
+            "Time the shared groups' writer passes spent handing frames to sockets, summed over their tasks",
+            frames.pass_nanos.clone(),
+        );
+        registry.register(
             "subscription_groups",
             "Shared boardChanged executions running now",
             frames.groups.clone(),
@@ -396,4 +406,8 @@ pub struct FrameMetrics {
     pub frames_sent: Counter,
     /// Groups running now.
     pub groups: Gauge,
+    /// Sockets the writer passes handed a frame to (written, parked or skipped).
+    pub pass_sockets: Counter,
+    /// Time those passes took, summed over their tasks (per socket: divide).
+    pub pass_nanos: Counter,
 }

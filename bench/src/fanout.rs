@@ -264,20 +264,26 @@ pub async fn latency(
     })
 }
 
-/// Frames delivered per second with `subscribers` sockets on one Board while `writers`
-/// clients change it in a closed loop for `seconds` (as fast as the server takes
-/// mutations and the projector applies them). Subscribers count frames, nothing more.
+/// Frames delivered per second with `subscribers` sockets spread round-robin over
+/// `boards` Boards while `writers` clients change them in a closed loop for `seconds`
+/// (as fast as the server takes mutations and the projector applies them; writer `w`
+/// changes Board `w mod boards`). Subscribers check each frame's version order and
+/// count it, nothing more.
 pub async fn saturation(
     server: &Server,
     database_url: &str,
-    subscribers: usize,
+    (subscribers, boards): (usize, usize),
     writers: usize,
     seconds: u64,
 ) -> Result<Saturation> {
-    let board = open_board(server).await?;
+    let mut ids = Vec::with_capacity(boards.max(1));
+    for _ in 0..boards.max(1) {
+        ids.push(open_board(server).await?);
+    }
+    let ids = Arc::new(ids);
     let frames = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let sockets = subscribers_on(server, std::slice::from_ref(&board), subscribers).await?;
+    let sockets = subscribers_on(server, &ids, subscribers).await?;
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The projector's announcements of this Board, heard as the server hears them: the
     // most versions a subscriber can be sent.
@@ -288,10 +294,12 @@ pub async fn saturation(
         .listen(careboard::projections::board_view::BoardChanged::CHANNEL)
         .await?;
     let heard = {
-        let (notified, counting, board) = (notified.clone(), counting.clone(), board.clone());
+        let (notified, counting, ids) = (notified.clone(), counting.clone(), ids.clone());
         tokio::spawn(async move {
             while let Ok(n) = listener.recv().await {
-                if counting.load(Ordering::Relaxed) && n.payload().starts_with(board.as_str()) {
+                if counting.load(Ordering::Relaxed)
+                    && ids.iter().any(|b| n.payload().starts_with(b.as_str()))
+                {
                     notified.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -315,7 +323,7 @@ pub async fn saturation(
         let (http, url, board, stop, changes, errors) = (
             http.clone(),
             url.clone(),
-            board.clone(),
+            ids[w % ids.len()].clone(),
             stop.clone(),
             changes.clone(),
             errors.clone(),
@@ -341,9 +349,16 @@ pub async fn saturation(
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let cpu_before = server.cpu_seconds()?;
+    let harness_before = crate::subscribe::process_cpu_seconds("/proc/self/stat")?;
+    let pass_before = server.write_pass().await;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     counting.store(false, Ordering::Relaxed);
     let cpu = server.cpu_seconds()? - cpu_before;
+    let harness = crate::subscribe::process_cpu_seconds("/proc/self/stat")? - harness_before;
+    let pass = match (pass_before, server.write_pass().await) {
+        (Some((s0, n0)), Some((s1, n1))) if s1 > s0 => Some((n1 - n0) / (s1 - s0)),
+        _ => None,
+    };
     let took = started.elapsed().as_secs_f64();
     let counted = frames.load(Ordering::Relaxed);
     let changed = changes.load(Ordering::Relaxed) - changes_before;
@@ -365,6 +380,12 @@ pub async fn saturation(
         } else {
             0.0
         },
+        harness_cpu_per_frame_us: if counted > 0 {
+            harness * 1e6 / counted as f64
+        } else {
+            0.0
+        },
+        write_pass_ns_per_socket: pass,
         versions_per_second: counted as f64 / took / subscribers.max(1) as f64,
     })
 }
@@ -379,6 +400,12 @@ pub struct Saturation {
     /// The server process's CPU time (all of it: HTTP, commands, projector, fan-out)
     /// per frame delivered.
     pub cpu_per_frame_us: f64,
+    /// The harness's CPU time per frame (its readers, its writers' HTTP clients and its
+    /// listener: everything it runs on the same cores as the server).
+    pub harness_cpu_per_frame_us: f64,
+    /// The server's writer passes, time per socket handed a frame (its metrics; `None`
+    /// when they cannot be read).
+    pub write_pass_ns_per_socket: Option<f64>,
     /// Board versions each subscriber received per second (the projector publishes
     /// one per batch it applies, so this follows its cadence).
     pub versions_per_second: f64,

@@ -120,6 +120,17 @@ struct Args {
     /// servers of their own; 0: the writer pass only.
     #[arg(long, default_value_t = 2)]
     delivery_rounds: usize,
+    /// Sockets per task of the sharded writer pass, the third variant of each delivery
+    /// round (0: no sharded rounds).
+    #[arg(long, default_value_t = 250)]
+    write_shard: usize,
+    /// Subscribers of the wide saturation measurement (0: skip it), over
+    /// `--wide-boards` Boards, one writer pass in one task (before) then in tasks of
+    /// `--write-shard` sockets (after), `--delivery-rounds` rounds.
+    #[arg(long, default_value_t = 5_000)]
+    wide_subscribers: usize,
+    #[arg(long, default_value_t = 5)]
+    wide_boards: usize,
     /// Rounds of the one-Board latency row with the server's runtime at tokio's default
     /// event interval (before) then at `--event-interval` (after), alternating on
     /// servers of their own; 0: skip.
@@ -529,7 +540,12 @@ async fn main() -> Result<()> {
         let mut p99s = Vec::new();
         let mut server = None;
         // Before and after alternate; the last server started delivers the new way.
-        let mut deliveries: Vec<&str> = ["socket", "group"].repeat(args.delivery_rounds);
+        let variants: &[&str] = if args.write_shard > 0 {
+            &["socket", "group", "shards"]
+        } else {
+            &["socket", "group"]
+        };
+        let mut deliveries: Vec<&str> = variants.repeat(args.delivery_rounds);
         if deliveries.is_empty() {
             deliveries.push("group");
         }
@@ -538,6 +554,11 @@ async fn main() -> Result<()> {
                 String::new()
             } else if delivery == "socket" {
                 format!(", before: per-socket delivery, round {round}")
+            } else if delivery == "shards" {
+                format!(
+                    ", after: group writer pass in tasks of {} sockets, round {round}",
+                    args.write_shard
+                )
             } else {
                 format!(", after: group writer pass, round {round}")
             }
@@ -546,7 +567,7 @@ async fn main() -> Result<()> {
             let mut first_after = true;
             for (i, delivery) in deliveries.iter().enumerate() {
                 drop(server.take());
-                let started = subscribe::Server::start_delivering(&url, auth, delivery).await?;
+                let started = start_delivery(&url, auth, delivery, args.write_shard).await?;
                 let m = fanout::latency(
                     &started,
                     args.subscribers,
@@ -557,7 +578,7 @@ async fn main() -> Result<()> {
                 .await?;
                 println!(
                     "latency{}: server used {:.2} cores, the harness {:.2}, {:.0} frames/s",
-                    delivery_label(delivery, i / 2 + 1),
+                    delivery_label(delivery, i / variants.len() + 1),
                     m.server_cores,
                     m.harness_cores,
                     m.frames as f64 / args.seconds as f64
@@ -581,7 +602,7 @@ async fn main() -> Result<()> {
                     "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}{}",
                     args.subscribers,
                     args.change_rate,
-                    delivery_label(delivery, i / 2 + 1)
+                    delivery_label(delivery, i / variants.len() + 1)
                 );
                 rows.push(Row::unbased(
                     scenario,
@@ -670,27 +691,29 @@ async fn main() -> Result<()> {
                 break;
             }
             let server =
-                subscribe::Server::start_delivering(&url, &auths[auths.len() - 1].1, delivery)
+                start_delivery(&url, &auths[auths.len() - 1].1, delivery, args.write_shard)
                     .await?;
             let fanout::Saturation {
                 rate,
                 changes,
                 errors,
                 cpu_per_frame_us,
+                harness_cpu_per_frame_us,
+                write_pass_ns_per_socket,
                 versions_per_second,
                 notified_per_second,
             } = fanout::saturation(
                 &server,
                 &url,
-                args.subscribers,
+                (args.subscribers, 1),
                 args.saturation_writers,
                 args.seconds,
             )
             .await?;
-            let which = delivery_label(delivery, i / 2 + 1);
+            let which = delivery_label(delivery, i / variants.len() + 1);
             println!(
-                "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each, {notified_per_second:.1} versions/s notified), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame",
-                args.subscribers, args.seconds
+                "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each, {notified_per_second:.1} versions/s notified), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame, harness CPU {harness_cpu_per_frame_us:.1} us per frame, writer pass {} per socket",
+                args.subscribers, args.seconds, pass_figure(write_pass_ns_per_socket)
             );
             let scenario = format!(
                 "subscribe: server CPU us per frame delivered at saturation (whole process){which}"
@@ -702,6 +725,66 @@ async fn main() -> Result<()> {
             );
             rows.push(Row::unbased(scenario, rate, None, errors));
             drop(server);
+        }
+        // The fan-out itself at saturation: enough subscribers that the versions the
+        // projector announces are not what caps the frames (same writers, same path).
+        let wide: Vec<usize> = if args.wide_subscribers == 0 || args.saturation_writers == 0 {
+            Vec::new()
+        } else if args.write_shard > 0 {
+            [0, args.write_shard].repeat(args.delivery_rounds.max(1))
+        } else {
+            vec![0; args.delivery_rounds.max(1)]
+        };
+        for (i, shard) in wide.iter().enumerate() {
+            let server =
+                subscribe::Server::start_sharded(&url, &auths[auths.len() - 1].1, *shard).await?;
+            let m = fanout::saturation(
+                &server,
+                &url,
+                (args.wide_subscribers, args.wide_boards),
+                args.saturation_writers,
+                args.seconds,
+            )
+            .await?;
+            drop(server);
+            let round = if args.write_shard > 0 { i / 2 + 1 } else { i + 1 };
+            let which = if *shard == 0 {
+                format!("before: one writer task per group, round {round}")
+            } else {
+                format!("after: writer tasks of {shard} sockets, round {round}")
+            };
+            println!(
+                "wide saturation, {which}: {:.0} frames/s to {} subscribers over {} Boards ({:.1} versions/s notified), {} changes, server CPU {:.2} us per frame (whole process), harness CPU {:.2} us per frame, writer pass {} per socket",
+                m.rate,
+                args.wide_subscribers,
+                args.wide_boards,
+                m.notified_per_second,
+                m.changes,
+                m.cpu_per_frame_us,
+                m.harness_cpu_per_frame_us,
+                pass_figure(m.write_pass_ns_per_socket)
+            );
+            rows.push(Row::unbased(
+                format!(
+                    "subscribe: frames delivered at saturation, {} subscribers over {} Boards, {} writers (frames/s), {which}",
+                    args.wide_subscribers, args.wide_boards, args.saturation_writers
+                ),
+                m.rate,
+                None,
+                m.errors,
+            ));
+            rows.push(Row::unbased(
+                format!("subscribe: server CPU us per frame at wide saturation (whole process), {which}"),
+                m.cpu_per_frame_us,
+                None,
+                0,
+            ));
+            rows.push(Row::unbased(
+                format!("subscribe: harness CPU us per frame at wide saturation, {which}"),
+                m.harness_cpu_per_frame_us,
+                None,
+                0,
+            ));
         }
         let server = subscribe::Server::start(&url, &auths[auths.len() - 1].1).await?;
         let per = subscribe::idle_memory(&server, args.idle).await?;
@@ -815,6 +898,26 @@ async fn rebuild_rows(admin_url: &str, args: &Args, rows: &mut Vec<Row>) -> Resu
     }
     rebuild_pool.close().await;
     Ok(())
+}
+
+/// A subscribe-scenario server delivering shared frames by `delivery`: `socket`,
+/// `group` (one writer task per group) or `shards` (writer tasks of `shard` sockets).
+async fn start_delivery(
+    url: &str,
+    auth: &BenchAuth,
+    delivery: &str,
+    shard: usize,
+) -> Result<subscribe::Server> {
+    if delivery == "shards" {
+        subscribe::Server::start_sharded(url, auth, shard).await
+    } else {
+        subscribe::Server::start_delivering(url, auth, delivery).await
+    }
+}
+
+/// A writer pass's time per socket, as printed.
+fn pass_figure(ns: Option<f64>) -> String {
+    ns.map_or_else(|| "n/a".into(), |ns| format!("{:.2} us", ns / 1000.0))
 }
 
 fn ab_row(what: &str, on: f64, off: f64) -> Row {

@@ -46,6 +46,48 @@ impl Server {
         .await
     }
 
+    /// A server whose groups write their frames in one writer pass (`shard` 0) or in
+    /// tasks of `shard` sockets each.
+    pub async fn start_sharded(
+        database_url: &str,
+        auth: &crate::BenchAuth,
+        shard: usize,
+    ) -> Result<Self> {
+        Self::start_with(
+            database_url,
+            auth,
+            &[
+                ("CAREBOARD_WS_FRAME_DELIVERY", "group"),
+                ("CAREBOARD_WS_WRITE_SHARD", &shard.to_string()),
+            ],
+        )
+        .await
+    }
+
+    /// The server's writer-pass counters from `/metrics`: sockets handed a frame, and
+    /// nanoseconds spent doing so (`None` when the metrics cannot be read).
+    pub async fn write_pass(&self) -> Option<(f64, f64)> {
+        let mut request = reqwest::Client::new().get(format!("http://{}/metrics", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let text = response.text().await.ok()?;
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        Some((
+            value("careboard_subscription_write_pass_sockets_total ")?,
+            value("careboard_subscription_write_pass_nanoseconds_total ")?,
+        ))
+    }
+
     /// Like [`Server::start`], with more settings in the server's environment.
     pub async fn start_with(
         database_url: &str,
