@@ -214,6 +214,22 @@ async fn with_per_socket_delivery_sharing_subscribers_still_get_only_what_they_m
     sharing_and_masking(app).await;
 }
 
+/// The same with a group's writer pass split into tasks of one socket each (the most
+/// concurrent the split gets): still only what each may see, identical bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_writer_tasks_sharing_subscribers_still_get_only_what_they_may_see() {
+    sharing_and_masking(sharded().await).await;
+}
+
+/// A server whose groups write each socket from a task of its own.
+async fn sharded() -> TestApp {
+    TestApp::spawn_with(careboard::config::GraphqlLimits {
+        ws_write_shard: 1,
+        ..Default::default()
+    })
+    .await
+}
+
 async fn sharing_and_masking(app: TestApp) {
     let day = seed(&app).await;
     let (_, p) = app
@@ -348,7 +364,17 @@ async fn sharing_and_masking(app: TestApp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribers_with_the_same_document_and_scope_share_one_execution_per_version() {
-    let app = TestApp::spawn().await;
+    one_execution_per_version(TestApp::spawn().await).await;
+}
+
+/// The same with the writer pass in tasks of one socket: every socket still gets every
+/// version (a frame for each), from one execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_writer_tasks_every_subscriber_gets_every_version_of_one_execution() {
+    one_execution_per_version(sharded().await).await;
+}
+
+async fn one_execution_per_version(app: TestApp) {
     let day = seed(&app).await;
     const N: usize = 20;
     let mut sockets = Vec::new();
@@ -469,7 +495,16 @@ async fn a_socket_with_several_shared_subscriptions_gets_each_under_its_own_esca
 /// subscriber's versions strictly increase, with no duplicates, and all end on the last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shared_frames_strictly_increase_across_a_listener_reconnect_and_a_rebuild() {
-    let app = TestApp::spawn().await;
+    strictly_increasing(TestApp::spawn().await).await;
+}
+
+/// The same with the writer pass in tasks of one socket each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_writer_tasks_shared_frames_strictly_increase_across_a_reconnect_and_a_rebuild() {
+    strictly_increasing(sharded().await).await;
+}
+
+async fn strictly_increasing(app: TestApp) {
     let day = seed(&app).await;
     let mut first = Raw::open(&app, &app.admin_token.clone()).await;
     let mut second = Raw::open(&app, &app.admin_token.clone()).await;
@@ -525,7 +560,16 @@ async fn shared_frames_strictly_increase_across_a_listener_reconnect_and_a_rebui
 /// when it reads again), and the others are not held up by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_socket_that_stops_reading_neither_queues_frames_nor_delays_the_others() {
-    let app = TestApp::spawn().await;
+    slow_socket(TestApp::spawn().await).await;
+}
+
+/// The same with the writer pass in tasks of one socket each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_writer_tasks_a_socket_that_stops_reading_neither_queues_nor_delays() {
+    slow_socket(sharded().await).await;
+}
+
+async fn slow_socket(app: TestApp) {
     let day = seed(&app).await;
     // Big frames: the Board's every appointment with its patient fields, so that the
     // kernel's socket buffers (a few MB on loopback) fill after a few dozen of them.
