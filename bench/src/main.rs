@@ -129,7 +129,7 @@ struct Args {
     /// `--write-shard` sockets (after), `--delivery-rounds` rounds.
     #[arg(long, default_value_t = 5_000)]
     wide_subscribers: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 1)]
     wide_boards: usize,
     /// Rounds of the one-Board latency row with the server's runtime at tokio's default
     /// event interval (before) then at `--event-interval` (after), alternating on
@@ -540,12 +540,12 @@ async fn main() -> Result<()> {
         let mut p99s = Vec::new();
         let mut server = None;
         // Before and after alternate; the last server started delivers the new way.
-        let variants: &[&str] = if args.write_shard > 0 {
+        let delivery_variants: &[&str] = if args.write_shard > 0 {
             &["socket", "group", "shards"]
         } else {
             &["socket", "group"]
         };
-        let mut deliveries: Vec<&str> = variants.repeat(args.delivery_rounds);
+        let mut deliveries: Vec<&str> = delivery_variants.repeat(args.delivery_rounds);
         if deliveries.is_empty() {
             deliveries.push("group");
         }
@@ -578,7 +578,7 @@ async fn main() -> Result<()> {
                 .await?;
                 println!(
                     "latency{}: server used {:.2} cores, the harness {:.2}, {:.0} frames/s",
-                    delivery_label(delivery, i / variants.len() + 1),
+                    delivery_label(delivery, i / delivery_variants.len() + 1),
                     m.server_cores,
                     m.harness_cores,
                     m.frames as f64 / args.seconds as f64
@@ -602,7 +602,7 @@ async fn main() -> Result<()> {
                     "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}{}",
                     args.subscribers,
                     args.change_rate,
-                    delivery_label(delivery, i / variants.len() + 1)
+                    delivery_label(delivery, i / delivery_variants.len() + 1)
                 );
                 rows.push(Row::unbased(
                     scenario,
@@ -710,7 +710,7 @@ async fn main() -> Result<()> {
                 args.seconds,
             )
             .await?;
-            let which = delivery_label(delivery, i / variants.len() + 1);
+            let which = delivery_label(delivery, i / delivery_variants.len() + 1);
             println!(
                 "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each, {notified_per_second:.1} versions/s notified), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame, harness CPU {harness_cpu_per_frame_us:.1} us per frame, writer pass {} per socket",
                 args.subscribers, args.seconds, pass_figure(write_pass_ns_per_socket)

@@ -21,6 +21,8 @@ pub struct Server {
     pub base: String,
     /// The bearer token clients send (none with `--auth off`).
     pub(crate) token: Option<String>,
+    /// An admin's token, for reading `/metrics` (none with `--auth off`).
+    admin_token: Option<String>,
     /// Its database: the harness LISTENs there too, to split a frame's latency at the
     /// projector's NOTIFY.
     pub(crate) database_url: String,
@@ -68,7 +70,7 @@ impl Server {
     /// nanoseconds spent doing so (`None` when the metrics cannot be read).
     pub async fn write_pass(&self) -> Option<(f64, f64)> {
         let mut request = reqwest::Client::new().get(format!("http://{}/metrics", self.base));
-        if let Some(token) = &self.token {
+        if let Some(token) = &self.admin_token {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.ok()?;
@@ -137,10 +139,24 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let admin_token = match &auth.issuer {
+            Some(issuer) => Some(issuer.issue(&careboard::identity::dev_issuer::TokenArgs {
+                role: careboard::identity::Role::Admin,
+                name: "Bench metrics".into(),
+                subject: None,
+                provider_id: None,
+                patient_id: None,
+                regions: vec![],
+                specialties: vec![],
+                ttl: Duration::from_secs(24 * 3600),
+            })?),
+            None => None,
+        };
         Ok(Self {
             child,
             base,
             token: auth.token.clone(),
+            admin_token,
             database_url: database_url.to_string(),
         })
     }
