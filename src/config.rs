@@ -274,12 +274,13 @@ pub struct GraphqlLimits {
     pub ws_frame_delivery: FrameDelivery,
     /// Sockets each task of a group's writer pass writes: a group with more sockets
     /// splits its pass into tasks of this many, run on the runtime's workers at once, so
-    /// the last socket of a large group hears sooner (0: one task writes them all, the
-    /// earlier path, kept for the benchmark's before/after rows).
+    /// the last socket of a large group hears sooner, and groups of at most this many
+    /// are written as before (0: one task writes them all, the earlier path, kept for
+    /// the benchmark's before/after rows).
     #[arg(
         long,
         env = "CAREBOARD_WS_WRITE_SHARD",
-        default_value_t = 0,
+        default_value_t = 250,
         hide = true
     )]
     pub ws_write_shard: usize,

@@ -13,6 +13,8 @@
 //!   `write` per socket and no task woken ([`crate::ws_out`]). A socket whose buffer is
 //!   full, or that has bytes waiting, gets the frame in its [`Slot`] instead (the newest
 //!   replaces an older one there) and its own task writes it when the socket drains.
+//!   A group of more sockets than `--ws-write-shard` (250) splits the pass into tasks of
+//!   that many, run on the runtime's workers at once and awaited before the next frame.
 //!   [`FrameDelivery::Socket`] (kept for the benchmark's before/after) wakes every
 //!   socket's task per frame, which splices its own subscription id around the payload.
 //!

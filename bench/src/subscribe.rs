@@ -34,7 +34,8 @@ impl Server {
     }
 
     /// A server whose shared frames reach sockets by `delivery`: `group` (each group
-    /// writes to its sockets) or `socket` (every socket's task writes; the earlier path).
+    /// writes to its sockets, in one task) or `socket` (every socket's task writes; the
+    /// earlier path).
     pub async fn start_delivering(
         database_url: &str,
         auth: &crate::BenchAuth,
@@ -43,7 +44,10 @@ impl Server {
         Self::start_with(
             database_url,
             auth,
-            &[("CAREBOARD_WS_FRAME_DELIVERY", delivery)],
+            &[
+                ("CAREBOARD_WS_FRAME_DELIVERY", delivery),
+                ("CAREBOARD_WS_WRITE_SHARD", "0"),
+            ],
         )
         .await
     }
