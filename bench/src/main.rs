@@ -691,8 +691,7 @@ async fn main() -> Result<()> {
                 break;
             }
             let server =
-                start_delivery(&url, &auths[auths.len() - 1].1, delivery, args.write_shard)
-                    .await?;
+                start_delivery(&url, &auths[auths.len() - 1].1, delivery, args.write_shard).await?;
             let fanout::Saturation {
                 rate,
                 changes,
@@ -747,7 +746,11 @@ async fn main() -> Result<()> {
             )
             .await?;
             drop(server);
-            let round = if args.write_shard > 0 { i / 2 + 1 } else { i + 1 };
+            let round = if args.write_shard > 0 {
+                i / 2 + 1
+            } else {
+                i + 1
+            };
             let which = if *shard == 0 {
                 format!("before: one writer task per group, round {round}")
             } else {
