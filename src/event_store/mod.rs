@@ -94,6 +94,62 @@ pub struct EventStore {
     lock_timeout: Duration,
     /// How a command's statements are sent (see [`CommandPath`]).
     command_path: CommandPath,
+    /// Open Boards as last read by a command, for [`CommandPath::Kept`].
+    boards: Arc<KeptBoards>,
+}
+
+/// Open Boards as a command last read them, each at its version: what
+/// [`CommandPath::Kept`] decides on instead of reading the Board again. Only the append's
+/// guard makes that safe: it goes through only while the Board is still at the kept
+/// version (and holds it `FOR SHARE` until commit), so a decision on a kept Board is a
+/// decision on the Board as it is at commit, exactly as after a fresh read. A Board
+/// that moved (closed, by this process or another) fails the guard; the command is
+/// decided again on a locked read, which keeps the new state. Closed Boards are never
+/// kept: a refusal is always decided on a fresh read. Bounded: past
+/// [`KeptBoards::CAPACITY`] Boards the map starts again empty.
+#[derive(Debug, Default)]
+pub struct KeptBoards {
+    boards: std::sync::Mutex<std::collections::HashMap<Uuid, crate::domain::Board>>,
+}
+
+impl KeptBoards {
+    /// About 300 bytes a Board: a few megabytes at most.
+    pub const CAPACITY: usize = 10_000;
+
+    /// The kept state of `id`, if any.
+    pub fn get(&self, id: Uuid) -> Option<crate::domain::Board> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// Keeps `board` as read, unless a newer version is kept already; forgets a Board
+    /// that is no longer open.
+    pub fn keep(&self, board: &crate::domain::Board) {
+        let id = board.id.as_uuid();
+        let mut boards = self.lock();
+        if board.status != crate::domain::BoardStatus::Open {
+            boards.remove(&id);
+            return;
+        }
+        if boards.get(&id).is_some_and(|kept| kept.version >= board.version) {
+            return;
+        }
+        if boards.len() >= Self::CAPACITY && !boards.contains_key(&id) {
+            boards.clear();
+        }
+        boards.insert(id, board.clone());
+    }
+
+    /// Forgets `id` (its guard failed: the kept version is stale).
+    pub fn forget(&self, id: Uuid) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, crate::domain::Board>> {
+        // A panic while holding the map leaves a map of whole entries: keep using it.
+        self.boards.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// How a command's append is planned and sent. Both keep the same invariants (the
@@ -109,8 +165,12 @@ pub enum CommandPath {
     /// The common shape (one new stream, at most one guard) is a statement of its own
     /// with scalar parameters, whose generic plan is reused; a command's transaction
     /// asks for generic plans (`plan_cache_mode`) in the round trip of its `BEGIN`.
-    #[default]
     Planned,
+    /// `Planned`, and an open Board a command reads under the append's guard is taken
+    /// from memory at the version last read ([`KeptBoards`]): a request on an open
+    /// Board is one round trip, its append. The guard checks the kept version.
+    #[default]
+    Kept,
 }
 
 impl EventStore {
@@ -120,6 +180,7 @@ impl EventStore {
             appended: Arc::new(tokio::sync::Notify::new()),
             lock_timeout,
             command_path: CommandPath::default(),
+            boards: Arc::default(),
         }
     }
 
@@ -131,6 +192,11 @@ impl EventStore {
 
     pub fn command_path(&self) -> CommandPath {
         self.command_path
+    }
+
+    /// The open Boards this store's commands keep (see [`CommandPath::Kept`]).
+    pub fn kept_boards(&self) -> &KeptBoards {
+        &self.boards
     }
 
     /// A store that fires `appended` on commit: writers inside the projector share its
@@ -145,6 +211,7 @@ impl EventStore {
             appended,
             lock_timeout,
             command_path: CommandPath::default(),
+            boards: Arc::default(),
         }
     }
 
