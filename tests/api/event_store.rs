@@ -565,19 +565,9 @@ async fn an_append_decided_on_a_kept_board_that_closed_since_writes_nothing() {
         .unwrap_or_else(|e| panic!("{}", e.describe()));
     assert_eq!(open.as_ref(), Some(&kept));
     let events = requested_on(open);
-    // The Board closes between the decision and the append, through another store (as
-    // another server process would): this store's kept Board is now stale.
-    let elsewhere = helpers::store(&pool);
-    commands::close_board(
-        &elsewhere,
-        CommandMeta::new("closeBoard"),
-        careboard::commands::CloseBoard {
-            board_id: board.into(),
-            options: CommandOptions::default(),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}", e.describe()));
+    // The Board closes between the decision and the append, past this store (as
+    // another server process would close it): this store's kept Board is now stale.
+    close_elsewhere(&pool, board).await;
     assert!(store.kept_boards().get(board).is_some(), "not seen here yet");
     uow.stage::<Appointment>(
         AppointmentId::new_random(),
@@ -611,19 +601,7 @@ async fn a_request_on_a_kept_board_closed_elsewhere_is_refused_and_writes_nothin
     )
     .await
     .unwrap_or_else(|e| panic!("{}", e.describe()));
-    // Another process closes it (its append alone, past this store).
-    let mut closing = pool.begin().await.unwrap();
-    let close = StreamWrite::new(
-        StreamType::Board,
-        board,
-        Some(board),
-        1,
-        &[careboard::domain::BoardEvent::BoardClosed {}],
-    );
-    append(&mut closing, &[close], &json!({"actor": "test"}))
-        .await
-        .unwrap_or_else(|e| panic!("{}", e.describe()));
-    closing.commit().await.unwrap();
+    close_elsewhere(&pool, board).await;
     let Err(refused) = commands::request_appointment(
         &store,
         CommandMeta::new("requestAppointment"),
@@ -640,6 +618,22 @@ async fn a_request_on_a_kept_board_closed_elsewhere_is_refused_and_writes_nothin
     );
     assert_eq!(appointments_on(&pool, board).await, 1);
     assert!(store.kept_boards().get(board).is_none());
+}
+
+/// Closes `board` (at version 1) past any store: as another server process would.
+async fn close_elsewhere(pool: &PgPool, board: Uuid) {
+    let mut closing = pool.begin().await.unwrap();
+    let close = StreamWrite::new(
+        StreamType::Board,
+        board,
+        Some(board),
+        1,
+        &[careboard::domain::BoardEvent::BoardClosed {}],
+    );
+    append(&mut closing, &[close], &json!({"actor": "test"}))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    closing.commit().await.unwrap();
 }
 
 #[tokio::test]
