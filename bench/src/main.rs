@@ -108,11 +108,13 @@ struct Args {
     /// The command paths the `append` scenario alternates, in this order, twice:
     /// `before` (five round trips, the Board locked for the decision), `earlier` (the
     /// general statement planned per command, a ping per acquire), `planned` (the
-    /// current path).
+    /// Board read before each decision), `kept` (open Boards kept in memory at their
+    /// version, checked by the append's guard: the current path).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         AppendPath::Before,
         AppendPath::Earlier,
         AppendPath::Planned,
+        AppendPath::Kept,
     ])]
     append_paths: Vec<AppendPath>,
     /// Subscribers of the spread measurement (0: skip it), over `--spread-boards` Boards

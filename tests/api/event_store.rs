@@ -780,6 +780,46 @@ async fn a_request_reuses_the_plan_of_its_append() {
     );
 }
 
+/// Requests on one open Board: on the kept path only the first reads the Board (the
+/// rest decide on it from memory, one round trip each: their append); on the planned
+/// path every request reads it, with a plan made once, not per command.
+#[tokio::test]
+async fn requests_on_a_kept_board_read_it_once_and_a_read_reuses_its_plan() {
+    let (_, url) = helpers::fresh_database_with_url().await;
+    for (path, reads) in [(CommandPath::Kept, 1), (CommandPath::Planned, 12)] {
+        // One connection, so the statements below and their plans are all on it.
+        let pool = careboard::postgres::connect(&url, 1).await.unwrap();
+        let store = helpers::store(&pool).with_command_path(path);
+        let board = helpers::store::open_board(&store, "Read once").await;
+        for i in 0..12 {
+            commands::request_appointment(
+                &store,
+                CommandMeta::new("requestAppointment"),
+                helpers::store::request_command(board, &format!("Patient {i}")),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}", e.describe()));
+        }
+        // Every execution of a prepared statement counts one plan, generic or custom.
+        let (generic, custom): (i64, i64) = sqlx::query_as(
+            "select generic_plans, custom_plans from pg_prepared_statements \
+              where statement like '%e.stream_id = $1 and e.version > $2%' \
+                and statement not like '%$3%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(generic + custom, reads, "{path:?}: Board reads");
+        if path == CommandPath::Planned {
+            assert!(
+                generic >= 6 && custom <= 6,
+                "the read was planned per command: {generic} generic, {custom} custom plans"
+            );
+        }
+        pool.close().await;
+    }
+}
+
 /// The pool no longer pings every connection it hands out (a round trip per command),
 /// but one that sat idle long enough to have died is pinged and replaced: a server
 /// that dropped it does not fail the next request.
