@@ -8,8 +8,7 @@ use super::path::{begin, commit_one, commit_two, guarded};
 use super::{CommandOptions, Written};
 use crate::domain::appointment::{self, AppointmentCommand};
 use crate::domain::{
-    scheduling, Appointment, AppointmentId, AppointmentStatus, BoardId, Provider, Shift,
-    ShiftId,
+    scheduling, Appointment, AppointmentId, AppointmentStatus, BoardId, Provider, Shift, ShiftId,
 };
 use crate::error::{AppError, AppResult};
 use crate::estimates::Estimator;

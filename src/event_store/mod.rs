@@ -130,7 +130,10 @@ impl KeptBoards {
             boards.remove(&id);
             return;
         }
-        if boards.get(&id).is_some_and(|kept| kept.version >= board.version) {
+        if boards
+            .get(&id)
+            .is_some_and(|kept| kept.version >= board.version)
+        {
             return;
         }
         if boards.len() >= Self::CAPACITY && !boards.contains_key(&id) {

@@ -549,7 +549,10 @@ async fn an_append_decided_on_a_kept_board_that_closed_since_writes_nothing() {
     )
     .await
     .unwrap_or_else(|e| panic!("{}", e.describe()));
-    let kept = store.kept_boards().get(board).expect("the request kept the Board");
+    let kept = store
+        .kept_boards()
+        .get(board)
+        .expect("the request kept the Board");
     assert_eq!(kept.version, 1);
     let Begun::Fresh(mut uow) = store
         .begin(CommandMeta::new("requestAppointment"), &json!(null))
@@ -568,7 +571,10 @@ async fn an_append_decided_on_a_kept_board_that_closed_since_writes_nothing() {
     // The Board closes between the decision and the append, past this store (as
     // another server process would close it): this store's kept Board is now stale.
     close_elsewhere(&pool, board).await;
-    assert!(store.kept_boards().get(board).is_some(), "not seen here yet");
+    assert!(
+        store.kept_boards().get(board).is_some(),
+        "not seen here yet"
+    );
     uow.stage::<Appointment>(
         AppointmentId::new_random(),
         Some(board.into()),
@@ -579,7 +585,11 @@ async fn an_append_decided_on_a_kept_board_that_closed_since_writes_nothing() {
         panic!("an append decided on the kept open Board went through after it closed");
     };
     assert!(GuardMoved::is(&moved), "{}", moved.describe());
-    assert_eq!(appointments_on(&pool, board).await, 1, "the first request only");
+    assert_eq!(
+        appointments_on(&pool, board).await,
+        1,
+        "the first request only"
+    );
     assert!(
         store.kept_boards().get(board).is_none(),
         "a kept Board whose guard failed is forgotten"
