@@ -195,6 +195,15 @@ pub enum Schedule {
     /// fewer, larger follower transactions, leaving PostgreSQL's CPU to `board_view`
     /// and the appends.
     Relaxed,
+    /// `Tuned` with each checkpoint fenced by `pg_locks` and the NOTIFY a statement of
+    /// its own: the batch's statements before the epoch fence.
+    LockTable,
+    /// `Tuned` with the epoch fence (`DaemonConfig::epoch_fence`), the NOTIFY still a
+    /// statement of its own.
+    Epoch,
+    /// `Tuned` with the epoch fence and the NOTIFY sent by the checkpoint's statement
+    /// (`DaemonConfig::fused_statements`).
+    Fused,
 }
 
 /// The follower pace of [`Schedule::Relaxed`].
@@ -208,6 +217,9 @@ impl Schedule {
             Schedule::Tuned => "loops, async projector commits, paced followers",
             Schedule::Direct => "the same, woken directly, board_view on its own connection",
             Schedule::Relaxed => "loops, async projector commits, followers paced at 50 ms",
+            Schedule::LockTable => "loops as tuned, before: pg_locks fence, NOTIFY on its own",
+            Schedule::Epoch => "loops as tuned, epoch fence, NOTIFY on its own",
+            Schedule::Fused => "loops as tuned, epoch fence, NOTIFY in the checkpoint",
         }
     }
 }
@@ -236,6 +248,21 @@ fn start_projector_with(
         },
         Schedule::Relaxed => DaemonConfig {
             follower_pace: RELAXED_PACE,
+            ..tuned
+        },
+        Schedule::LockTable => DaemonConfig {
+            epoch_fence: false,
+            fused_statements: false,
+            ..tuned
+        },
+        Schedule::Epoch => DaemonConfig {
+            epoch_fence: true,
+            fused_statements: false,
+            ..tuned
+        },
+        Schedule::Fused => DaemonConfig {
+            epoch_fence: true,
+            fused_statements: true,
             ..tuned
         },
     };
