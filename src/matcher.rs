@@ -154,10 +154,7 @@ impl Matcher {
                 last_parked_retry = Instant::now();
             }
             let park = attempts + 1 >= self.config.max_attempts.max(1);
-            match self
-                .step(cursor, fence, park, &mut parked, &mut kept)
-                .await
-            {
+            match self.step(cursor, fence, park, &mut parked, &mut kept).await {
                 Ok(Some(next)) => {
                     cursor = next;
                     poll.reset();

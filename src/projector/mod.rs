@@ -9,9 +9,9 @@
 //! transaction ([`crate::event_store::log::read_after`]; with loops, leaving out the
 //! projector's own transactions, which write no events), shared by the live loops at
 //! one cursor, the next batch read ahead behind a full one. Each batch is one
-//! transaction: documents, checkpoint compare-and-set fenced by the leader lock
-//! ([`crate::leader::advance_checkpoint`]), NOTIFY. Waking: the in-process append
-//! signal plus an adaptive poll; appends never NOTIFY.
+//! transaction: documents, checkpoint compare-and-set fenced by the leader epoch
+//! ([`crate::leader::advance_checkpoint`]), NOTIFY (optionally in the same statement).
+//! Waking: the in-process append signal plus an adaptive poll; appends never NOTIFY.
 
 pub mod batch;
 mod lockstep;

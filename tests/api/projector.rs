@@ -747,13 +747,12 @@ async fn depose(pool: &PgPool, lease: &Lease) {
         .await
         .unwrap();
     for _ in 0..100 {
-        let held: bool = sqlx::query_scalar(
-            "select exists (select from pg_stat_activity where pid = $1)",
-        )
-        .bind(lease.pid())
-        .fetch_one(pool)
-        .await
-        .unwrap();
+        let held: bool =
+            sqlx::query_scalar("select exists (select from pg_stat_activity where pid = $1)")
+                .bind(lease.pid())
+                .fetch_one(pool)
+                .await
+                .unwrap();
         if !held {
             return;
         }
