@@ -30,6 +30,13 @@
 //!   documents, and A learns it was deposed ([`Lease::holds`] compares epochs).
 //! - Between B taking the lock and bumping, A may still commit: B has read nothing yet.
 //!
+//! The projector's batch transactions skip the row lock ([`Fence::EpochHeld`]): their
+//! first statement holds [`EPOCH_LOCK_KEY`] shared until they end, and B's bump takes
+//! it exclusively first. The same two cases hold with that lock in place of the row
+//! lock: A's transaction held it first, and B's bump waits for A to end; or B's bump
+//! held it first, and A's first statement waits for B's commit, so the checkpoint
+//! statement (a later snapshot) finds `e + 1`.
+//!
 //! The price per batch is an index lookup and a row lock on a one-row table, where the
 //! earlier fence ([`Fence::LockTable`], kept selectable for the bench) asked
 //! `pg_locks`, which copies the whole lock table (`pg_lock_status()`) per statement.
@@ -46,13 +53,28 @@ use crate::projections::registry::GenerationStatus;
 /// The advisory lock whose holder is the one leader.
 pub const LEADER_LOCK_KEY: i64 = 0x4341_5242; // "CARB"
 
+/// The advisory lock a checkpoint transaction may hold shared (from its first
+/// statement, [`EPOCH_HOLD`]) and a takeover's bump takes exclusively: the bump then
+/// waits for those transactions without them locking the epoch row.
+pub const EPOCH_LOCK_KEY: i64 = 0x4341_5245; // "CARE"
+
+/// SQL expression that holds [`EPOCH_LOCK_KEY`] shared until the transaction ends; in
+/// a statement before the checkpoint's, it lets that use [`Fence::held`].
+pub const EPOCH_HOLD: &str = "pg_advisory_xact_lock_shared(1128354373)";
+
 /// What a checkpoint write proves about its writer's leadership (see the module
 /// documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fence {
     /// The writer bumped `leader_epoch` to this value when it took the lock, and no
-    /// one has bumped it since.
+    /// one has bumped it since. The epoch row is read `for share`.
     Epoch(i64),
+    /// [`Fence::Epoch`] for a transaction that took [`EPOCH_HOLD`] in an earlier
+    /// statement: a takeover's bump waits for it on that lock, so the row is read
+    /// without a row lock (no tuple write, no WAL record, no multixact per batch).
+    /// The earlier statement matters: the checkpoint statement's snapshot is then
+    /// taken after the lock was granted, so after any bump that came first.
+    EpochHeld(i64),
     /// The backend `pid` holds the leader lock, looked up in `pg_locks`: the earlier
     /// fence, kept so the bench can measure both in one run
     /// (`DaemonConfig::epoch_fence` off).
@@ -66,6 +88,9 @@ impl Fence {
             Fence::Epoch(_) => format!(
                 "exists (select from leader_epoch where epoch = ${param}::bigint for share)"
             ),
+            Fence::EpochHeld(_) => {
+                format!("exists (select from leader_epoch where epoch = ${param}::bigint)")
+            }
             Fence::LockTable { .. } => format!(
                 "exists (select 1 from pg_locks \
                           where locktype = 'advisory' and granted and pid = ${param}::int \
@@ -76,10 +101,19 @@ impl Fence {
         }
     }
 
+    /// This fence for a transaction that took [`EPOCH_HOLD`] before its checkpoint
+    /// statement (only the epoch fences change).
+    pub fn held(self) -> Fence {
+        match self {
+            Fence::Epoch(epoch) => Fence::EpochHeld(epoch),
+            other => other,
+        }
+    }
+
     /// The value bound for [`Fence::condition`]'s parameter.
     fn value(self) -> i64 {
         match self {
-            Fence::Epoch(epoch) => epoch,
+            Fence::Epoch(epoch) | Fence::EpochHeld(epoch) => epoch,
             Fence::LockTable { pid } => pid as i64,
         }
     }
@@ -90,9 +124,16 @@ impl Fence {
 /// checkpoint transactions of an older leader still under way (see the module
 /// documentation).
 pub async fn bump_epoch(conn: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("update leader_epoch set epoch = epoch + 1 returning epoch")
-        .fetch_one(conn)
-        .await
+    // The exclusive lock waits for every transaction holding it shared, and is held
+    // until the bump commits; the row's own lock waits for every `for share` reader.
+    sqlx::query_scalar(
+        "with held as materialized (select pg_advisory_xact_lock($1)) \
+         update leader_epoch set epoch = epoch + 1 \
+           from held returning epoch",
+    )
+    .bind(EPOCH_LOCK_KEY)
+    .fetch_one(conn)
+    .await
 }
 
 /// The leader lock, held for as long as this value's connection lives.

@@ -31,7 +31,9 @@ use tokio::sync::{watch, Notify};
 use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
 use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};
-use crate::leader::{advance_checkpoint, advance_checkpoint_notifying, Checkpoint, Fence, Lease};
+use crate::leader::{
+    advance_checkpoint, advance_checkpoint_notifying, Checkpoint, Fence, Lease, EPOCH_HOLD,
+};
 use crate::metrics::{Metrics, ProjectorStage};
 use crate::pacing::{backoff, Wakes};
 use crate::projections::board_view::BoardChanged;
@@ -225,7 +227,7 @@ impl Projector {
     async fn apply(
         &self,
         worker: &mut Worker,
-        fence: Fence,
+        mut fence: Fence,
         rows: &[(Cursor, RecordedEvent)],
         new_cursor: Cursor,
         started: Instant,
@@ -248,13 +250,24 @@ impl Projector {
             // One round trip takes the id and, when asked, turns off this transaction's
             // wait for the WAL flush at commit. Local to the transaction (`true`): the
             // matcher appends through the same pool, and its appends stay durable.
-            let sql = if self.settings.async_commit {
-                "select pg_current_xact_id()::text \
-                   from (select set_config('synchronous_commit', 'off', true)) as local"
+            // With the epoch fence it also holds the epoch lock shared until the
+            // transaction ends, so the checkpoint's fence needs no row lock (see
+            // [`crate::leader::Fence::EpochHeld`]).
+            let hold = if matches!(fence, Fence::Epoch(_)) {
+                fence = fence.held();
+                format!(", {EPOCH_HOLD}")
             } else {
-                "select pg_current_xact_id()::text"
+                String::new()
             };
-            let xid: String = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+            let sql = if self.settings.async_commit {
+                format!(
+                    "select pg_current_xact_id()::text{hold} \
+                       from (select set_config('synchronous_commit', 'off', true)) as local"
+                )
+            } else {
+                format!("select pg_current_xact_id()::text{hold}")
+            };
+            let xid: String = sqlx::query_scalar(&sql).fetch_one(&mut *tx).await?;
             let xid: u64 = xid.parse()?;
             self.own_xids.lock().expect("own xids").insert(xid);
             Some(OwnXid {

@@ -15,7 +15,8 @@ use careboard::event_store::log::Cursor;
 use careboard::event_store::{read_board_streams, EventStore, ReadLimit};
 use careboard::faults::{CrashPoint, Faults};
 use careboard::leader::{
-    advance_checkpoint, advance_checkpoint_notifying, Checkpoint, Fence, Lease, LEADER_LOCK_KEY,
+    advance_checkpoint, advance_checkpoint_notifying, Checkpoint, Fence, Lease, EPOCH_HOLD,
+    LEADER_LOCK_KEY,
 };
 use careboard::metrics::Metrics;
 use careboard::projections::{read, BoardDoc, Doc, Projection};
@@ -911,6 +912,71 @@ async fn a_new_leader_starts_after_the_old_leaders_open_batch_or_refuses_it() {
     drop(batch);
     assert!(
         advance_checkpoint(&pool, checkpoint, next, after, 1, newest.fence())
+            .await
+            .unwrap()
+    );
+}
+
+/// The same race for the projector's batches, which hold the epoch lock shared from
+/// their first statement instead of locking the epoch row ([`Fence::EpochHeld`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_waits_for_a_batch_holding_the_epoch_lock_or_refuses_it() {
+    let pool = helpers::fresh_database().await;
+    state::ensure_generations(&pool).await.unwrap();
+    let checkpoint = board_view_checkpoint(&pool).await;
+    let start = Cursor::default();
+    let next = Cursor { tx: 1, seq: 1 };
+    let after = Cursor { tx: 2, seq: 2 };
+    let hold = format!("select {EPOCH_HOLD}");
+
+    // 1. The old leader's batch holds the lock and has moved its checkpoint.
+    let old = Lease::try_acquire(&pool).await.unwrap().unwrap();
+    let mut batch = pool.begin().await.unwrap();
+    sqlx::query(&hold).execute(&mut *batch).await.unwrap();
+    assert!(
+        advance_checkpoint(&mut *batch, checkpoint, start, next, 1, old.fence().held())
+            .await
+            .unwrap()
+    );
+    depose(&pool, &old).await;
+    let taking_over = tokio::spawn({
+        let pool = pool.clone();
+        async move { Lease::try_acquire(&pool).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !taking_over.is_finished(),
+        "the new leader waits for the old leader's open batch"
+    );
+    batch.commit().await.unwrap();
+    let new = tokio::time::timeout(Duration::from_secs(10), taking_over)
+        .await
+        .expect("takes over once the batch has ended")
+        .unwrap()
+        .unwrap()
+        .expect("the lock is free");
+    assert_eq!(
+        state::live_checkpoint(&pool, Projection::BoardView)
+            .await
+            .unwrap(),
+        Some(next),
+        "the new leader starts from the old leader's last batch"
+    );
+
+    // 2. The takeover came first: a batch of the deposed leader is refused.
+    depose(&pool, &new).await;
+    let newest = Lease::try_acquire(&pool).await.unwrap().unwrap();
+    let mut batch = pool.begin().await.unwrap();
+    sqlx::query(&hold).execute(&mut *batch).await.unwrap();
+    assert!(
+        !advance_checkpoint(&mut *batch, checkpoint, next, after, 1, new.fence().held())
+            .await
+            .unwrap(),
+        "a batch of a deposed leader is refused"
+    );
+    drop(batch);
+    assert!(
+        advance_checkpoint(&pool, checkpoint, next, after, 1, newest.fence().held())
             .await
             .unwrap()
     );
