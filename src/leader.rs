@@ -37,12 +37,15 @@
 //! held it first, and A's first statement waits for B's commit, so the checkpoint
 //! statement (a later snapshot) finds `e + 1`.
 //!
-//! The price per batch is an index lookup and a row lock on a one-row table, where the
-//! earlier fence ([`Fence::LockTable`], kept selectable for the bench) asked
-//! `pg_locks`, which copies the whole lock table (`pg_lock_status()`) per statement.
-//! That older fence also had a gap the epoch closes: it looked at the lock when the
-//! compare-and-set ran, not when the transaction committed, and nothing made a new
-//! leader wait for a transaction the old one had open.
+//! The price per batch is a lookup of a one-row table (plus, where the row is read
+//! `for share`, a row lock), where the earlier fence ([`Fence::LockTable`], kept
+//! selectable for the bench) asked `pg_locks`, which copies the whole lock table
+//! (`pg_lock_status()`) per statement. That older fence also had a gap the epoch
+//! closes: it looked at the lock when the compare-and-set ran, not when the
+//! transaction committed, and nothing made a new leader wait for a transaction the old
+//! one had open. The flip side: a takeover waits for the old leader's open batch, so a
+//! stalled old leader holding a transaction open delays the new one until PostgreSQL
+//! ends that session (its connection dies, or `idle_in_transaction_session_timeout`).
 
 use sqlx::{Connection, PgConnection, PgExecutor, PgPool};
 use tokio::sync::Mutex;
@@ -337,4 +340,17 @@ fn checkpoint_update(checkpoint: Checkpoint<'_>, fence: Fence) -> String {
           where name = $1 and tx = $2::text::xid8 and seq = $3 {extra} and {fence}",
         fence = fence.condition(7)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epoch_hold_takes_the_epoch_lock() {
+        assert_eq!(
+            EPOCH_HOLD,
+            format!("pg_advisory_xact_lock_shared({EPOCH_LOCK_KEY})")
+        );
+    }
 }
