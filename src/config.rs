@@ -103,7 +103,8 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub pool_size: u32,
-    /// How long a command waits for a stream another command holds (exclusive mode).
+    /// How long a command waits for a stream row another command holds (an exclusive-mode
+    /// lock, or the append's own write) before answering CONFLICT.
     #[arg(
         long,
         env = "CAREBOARD_LOCK_TIMEOUT_MS",

@@ -79,14 +79,20 @@ struct Args {
     /// `loops` (durable, unpaced), `tuned` (async commits, paced followers, the signal
     /// forwarded through the supervisor: the default schedule), `direct` (`tuned` woken
     /// straight from the daemon, `board_view` on a connection of its own), `relaxed`
-    /// (`tuned` with the followers paced at 50 ms). The last two alternate by default so
-    /// the machine's drift falls on both.
+    /// (`tuned` with the followers paced at 50 ms), `lock-table` (`tuned` with the
+    /// earlier `pg_locks` fence and a NOTIFY statement of its own), `epoch` (the epoch
+    /// fence, NOTIFY on its own), `fused` (the epoch fence, NOTIFY in the checkpoint
+    /// statement). Pairs alternate by default so the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::Schedule::Lockstep,
         project::Schedule::Tuned,
         project::Schedule::Direct,
         project::Schedule::Tuned,
         project::Schedule::Direct,
+        project::Schedule::LockTable,
+        project::Schedule::Fused,
+        project::Schedule::LockTable,
+        project::Schedule::Fused,
     ])]
     lag_schedules: Vec<project::Schedule>,
     /// Appends per second of the `project` lag rows; without it, half the measured
@@ -529,6 +535,12 @@ async fn main() -> Result<()> {
             println!(
                 "  batches read {}, batches applied {}",
                 lag.batches_read, lag.batches_applied
+            );
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3} ms"));
+            println!(
+                "  CPU per append: PostgreSQL {}, this process {}",
+                ms(lag.cpu.postgres_ms),
+                ms(lag.cpu.process_ms)
             );
             println!("  each append's lag taken apart:");
             for (name, h) in [

@@ -90,7 +90,8 @@ pub struct EventStore {
     /// Fired after every local commit that appended events, so an in-process projector
     /// wakes at once without NOTIFY in the write path.
     appended: Arc<tokio::sync::Notify>,
-    /// How long exclusive mode waits for a stream's row lock before answering CONFLICT.
+    /// How long a command waits for a stream's row lock (exclusive mode, and the append's
+    /// own write) before answering CONFLICT.
     lock_timeout: Duration,
     /// How a command's statements are sent (see [`CommandPath`]).
     command_path: CommandPath,
