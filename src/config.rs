@@ -285,14 +285,16 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub ws_write_shard: usize,
-    /// How a command's append is planned and sent: `planned` (the common shape has a
-    /// statement of its own whose plan is reused) or `general` (one statement over
-    /// arrays, planned per command; the earlier path, kept for the benchmark).
+    /// How a command's append is planned and sent: `kept` (as `planned`, with open
+    /// Boards a request reads kept in memory at their version, checked by the append's
+    /// guard), `planned` (the common shape has a statement of its own whose plan is
+    /// reused) or `general` (one statement over arrays, planned per command; the
+    /// earlier path, kept for the benchmark).
     #[arg(
         long,
         env = "CAREBOARD_COMMAND_PATH",
         value_enum,
-        default_value = "planned",
+        default_value = "kept",
         hide = true
     )]
     pub command_path: crate::event_store::CommandPath,

@@ -74,6 +74,19 @@ pub struct DaemonConfig {
     /// showed no clear gain either way (docs/BENCHMARKS.md, "Waking board_view
     /// directly").
     pub direct_wake: bool,
+    /// Checkpoint writes are fenced by the leader epoch (a lookup and a row lock on a
+    /// one-row table, see [`crate::leader`]). Off: by looking the leader lock up in
+    /// `pg_locks`, which copies the whole lock table per batch and does not make a new
+    /// leader wait for a batch the old one has open: the earlier fence, kept so the
+    /// bench can measure both in one run. On by default for the race it closes; the
+    /// bench showed its cost within the noise (docs/BENCHMARKS.md, "The leader epoch
+    /// fence and the NOTIFY in the checkpoint statement").
+    pub epoch_fence: bool,
+    /// Each batch's NOTIFY is sent by the checkpoint's compare-and-set statement: one
+    /// round trip fewer per `board_view` batch. Off: a statement of its own, the
+    /// earlier path. Off by default: on the shared machine it lowered PostgreSQL's CPU
+    /// per append and the lag's median a little, but not the lag's p99 (same section).
+    pub fused_statements: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
     /// How often the matcher retries the Boards it parked.
@@ -91,6 +104,8 @@ impl Default for DaemonConfig {
             async_commit: true,
             follower_pace: Duration::from_millis(10),
             direct_wake: false,
+            epoch_fence: true,
+            fused_statements: false,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -115,6 +130,7 @@ impl DaemonConfig {
             async_commit: self.async_commit,
             follower_pace: self.follower_pace,
             direct_wake: self.direct_wake,
+            fused_statements: self.fused_statements,
         }
     }
 
@@ -266,7 +282,8 @@ impl Daemon {
 
     /// One attempt to lead: `None` if another process holds the lock.
     async fn try_lead(&self, shutdown: &mut watch::Receiver<bool>) -> Result<Option<TermEnd>> {
-        let Some(lease) = Lease::try_acquire(&self.pool).await? else {
+        let Some(lease) = Lease::try_acquire_fenced(&self.pool, !self.config.epoch_fence).await?
+        else {
             return Ok(None);
         };
         tracing::info!(pid = lease.pid(), "leader elected");
@@ -408,8 +425,8 @@ impl Daemon {
             self.config.matcher(),
             self.faults.clone(),
         );
-        let pid = lease.pid();
-        tokio::spawn(async move { matcher.run(pid, &wake, end).await })
+        let fence = lease.fence();
+        tokio::spawn(async move { matcher.run(fence, &wake, end).await })
     }
 }
 

@@ -55,7 +55,7 @@ use crate::event_store::{
 };
 use crate::faults::Faults;
 use crate::identity::Actor;
-use crate::leader::{advance_checkpoint, Checkpoint};
+use crate::leader::{advance_checkpoint, Checkpoint, Fence};
 use crate::metrics::Metrics;
 use crate::pacing::{backoff, IdlePoll};
 use crate::projections::read::{board_reads, BoardReads};
@@ -126,10 +126,10 @@ impl Matcher {
         self.store.pool()
     }
 
-    /// Runs while the caller leads (the leader lock is held by backend `leader_pid`).
+    /// Runs while the caller leads (its checkpoint writes fenced by `fence`).
     pub async fn run(
         &self,
-        leader_pid: i32,
+        fence: Fence,
         wake: &Notify,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<MatcherEnd> {
@@ -154,10 +154,7 @@ impl Matcher {
                 last_parked_retry = Instant::now();
             }
             let park = attempts + 1 >= self.config.max_attempts.max(1);
-            match self
-                .step(cursor, leader_pid, park, &mut parked, &mut kept)
-                .await
-            {
+            match self.step(cursor, fence, park, &mut parked, &mut kept).await {
                 Ok(Some(next)) => {
                     cursor = next;
                     poll.reset();
@@ -183,7 +180,7 @@ impl Matcher {
     async fn step(
         &self,
         cursor: Cursor,
-        leader_pid: i32,
+        fence: Fence,
         park: bool,
         parked: &mut HashSet<Uuid>,
         kept: &mut KeptBoards,
@@ -248,7 +245,7 @@ impl Matcher {
             cursor,
             next,
             rows.len() as i64,
-            leader_pid,
+            fence,
         )
         .await
         .map_err(|e| StepError::Failed(e.into()))?

@@ -79,14 +79,20 @@ struct Args {
     /// `loops` (durable, unpaced), `tuned` (async commits, paced followers, the signal
     /// forwarded through the supervisor: the default schedule), `direct` (`tuned` woken
     /// straight from the daemon, `board_view` on a connection of its own), `relaxed`
-    /// (`tuned` with the followers paced at 50 ms). The last two alternate by default so
-    /// the machine's drift falls on both.
+    /// (`tuned` with the followers paced at 50 ms), `lock-table` (`tuned` with the
+    /// earlier `pg_locks` fence and a NOTIFY statement of its own), `epoch` (the epoch
+    /// fence, NOTIFY on its own), `fused` (the epoch fence, NOTIFY in the checkpoint
+    /// statement). Pairs alternate by default so the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::Schedule::Lockstep,
         project::Schedule::Tuned,
         project::Schedule::Direct,
         project::Schedule::Tuned,
         project::Schedule::Direct,
+        project::Schedule::LockTable,
+        project::Schedule::Fused,
+        project::Schedule::LockTable,
+        project::Schedule::Fused,
     ])]
     lag_schedules: Vec<project::Schedule>,
     /// Appends per second of the `project` lag rows; without it, half the measured
@@ -102,9 +108,21 @@ struct Args {
     /// Board sizes (events) of the `asof` scenario.
     #[arg(long, value_delimiter = ',', default_values_t = vec![100usize, 10_000, 100_000])]
     asof_sizes: Vec<usize>,
-    /// Writer counts of the storage-level `append` matrix.
+    /// Writer counts of the storage-level `append` matrix (0: skip the matrix).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8, 32])]
     append_writers: Vec<usize>,
+    /// The command paths the `append` scenario alternates, in this order, twice:
+    /// `before` (five round trips, the Board locked for the decision), `earlier` (the
+    /// general statement planned per command, a ping per acquire), `planned` (the
+    /// Board read before each decision), `kept` (open Boards kept in memory at their
+    /// version, checked by the append's guard: the current path).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
+        AppendPath::Before,
+        AppendPath::Earlier,
+        AppendPath::Planned,
+        AppendPath::Kept,
+    ])]
+    append_paths: Vec<AppendPath>,
     /// Subscribers of the spread measurement (0: skip it), over `--spread-boards` Boards
     /// changing `--change-rate` times a second in all.
     #[arg(long, default_value_t = 10_000)]
@@ -180,6 +198,14 @@ struct Args {
     /// the report compares them.
     #[arg(long, value_enum, default_value = "on")]
     auth: AuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AppendPath {
+    Before,
+    Earlier,
+    Planned,
+    Kept,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -388,13 +414,26 @@ async fn main() -> Result<()> {
             // pool; its own pool, so the ping is the only difference there.
             let pinging = postgres::connect_pinging(&db_url, 32, Duration::ZERO).await?;
             for _ in 0..2 {
-                rows.push(append_before_scenario(&pool, &args, pgbench).await?);
-                rows.push(append_scenario(&pinging, &args, pgbench, CommandPath::General).await?);
-                let row = append_scenario(&pool, &args, pgbench, CommandPath::Planned).await?;
-                max_append = Some(max_append.map_or(row.rate, |m: f64| m.max(row.rate)));
-                rows.push(row);
+                for path in &args.append_paths {
+                    let row = match path {
+                        AppendPath::Before => append_before_scenario(&pool, &args, pgbench).await?,
+                        AppendPath::Earlier => {
+                            append_scenario(&pinging, &args, pgbench, CommandPath::General).await?
+                        }
+                        AppendPath::Planned => {
+                            append_scenario(&pool, &args, pgbench, CommandPath::Planned).await?
+                        }
+                        AppendPath::Kept => {
+                            append_scenario(&pool, &args, pgbench, CommandPath::Kept).await?
+                        }
+                    };
+                    if *path == AppendPath::Kept {
+                        max_append = Some(max_append.map_or(row.rate, |m: f64| m.max(row.rate)));
+                    }
+                    rows.push(row);
+                }
             }
-            for &writers in &args.append_writers {
+            for &writers in args.append_writers.iter().filter(|&&w| w > 0) {
                 let baseline = if writers == args.clients {
                     pgbench
                 } else {
@@ -422,8 +461,9 @@ async fn main() -> Result<()> {
             } else {
                 pgbench
             };
-            // Main's command path (general append statement, a ping per acquire) and
-            // the current one, alternating twice, each on a server of its own.
+            // Main's earlier command path (general append statement, a ping per
+            // acquire), the Board read before each decision, and the current one (open
+            // Boards kept), alternating twice, each on a server of its own.
             let pinging = postgres::connect_pinging(&db_url, 32, Duration::ZERO).await?;
             for round in 0..2 {
                 let mut rates = Vec::new();
@@ -438,6 +478,13 @@ async fn main() -> Result<()> {
                     rows.push(row);
                     let mut row =
                         mutate_scenario(&pool, &args, auth, baseline, CommandPath::Planned).await?;
+                    row.scenario = format!(
+                        "mutate planned: the Board read before each decision (GraphQL over HTTP, {} clients){label}",
+                        args.clients
+                    );
+                    rows.push(row);
+                    let mut row =
+                        mutate_scenario(&pool, &args, auth, baseline, CommandPath::Kept).await?;
                     row.scenario.push_str(label);
                     rates.push(row.rate);
                     rows.push(row);
@@ -465,7 +512,7 @@ async fn main() -> Result<()> {
                     seconds: args.seconds.min(3),
                     ..args.clone()
                 };
-                append_scenario(&pool, &quick, 0.0, CommandPath::Planned)
+                append_scenario(&pool, &quick, 0.0, CommandPath::Kept)
                     .await?
                     .rate
             }
@@ -499,6 +546,12 @@ async fn main() -> Result<()> {
             println!(
                 "  batches read {}, batches applied {}",
                 lag.batches_read, lag.batches_applied
+            );
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3} ms"));
+            println!(
+                "  CPU per append: PostgreSQL {}, this process {}",
+                ms(lag.cpu.postgres_ms),
+                ms(lag.cpu.process_ms)
             );
             println!("  each append's lag taken apart:");
             for (name, h) in [
@@ -1151,6 +1204,7 @@ async fn append_scenario(
     path: CommandPath,
 ) -> Result<Row> {
     let what = match path {
+        CommandPath::Kept => "append kept: open Board kept in memory, one round trip",
         CommandPath::Planned => "append: one-statement append planned once, no ping",
         CommandPath::General => {
             "append earlier: general statement planned per command, ping per acquire"

@@ -195,6 +195,15 @@ pub enum Schedule {
     /// fewer, larger follower transactions, leaving PostgreSQL's CPU to `board_view`
     /// and the appends.
     Relaxed,
+    /// `Tuned` with each checkpoint fenced by `pg_locks` and the NOTIFY a statement of
+    /// its own: the batch's statements before the epoch fence.
+    LockTable,
+    /// `Tuned` with the epoch fence (`DaemonConfig::epoch_fence`), the NOTIFY still a
+    /// statement of its own.
+    Epoch,
+    /// `Tuned` with the epoch fence and the NOTIFY sent by the checkpoint's statement
+    /// (`DaemonConfig::fused_statements`).
+    Fused,
 }
 
 /// The follower pace of [`Schedule::Relaxed`].
@@ -208,6 +217,9 @@ impl Schedule {
             Schedule::Tuned => "loops, async projector commits, paced followers",
             Schedule::Direct => "the same, woken directly, board_view on its own connection",
             Schedule::Relaxed => "loops, async projector commits, followers paced at 50 ms",
+            Schedule::LockTable => "loops as tuned, before: pg_locks fence, NOTIFY on its own",
+            Schedule::Epoch => "loops as tuned, epoch fence, NOTIFY on its own",
+            Schedule::Fused => "loops as tuned, epoch fence, NOTIFY in the checkpoint",
         }
     }
 }
@@ -238,6 +250,21 @@ fn start_projector_with(
             follower_pace: RELAXED_PACE,
             ..tuned
         },
+        Schedule::LockTable => DaemonConfig {
+            epoch_fence: false,
+            fused_statements: false,
+            ..tuned
+        },
+        Schedule::Epoch => DaemonConfig {
+            epoch_fence: true,
+            fused_statements: false,
+            ..tuned
+        },
+        Schedule::Fused => DaemonConfig {
+            epoch_fence: true,
+            fused_statements: true,
+            ..tuned
+        },
     };
     Daemon::new(
         pool.clone(),
@@ -261,6 +288,49 @@ pub struct Lag {
     pub stages: Vec<careboard::metrics::StageSummary>,
     pub batches_read: u64,
     pub batches_applied: u64,
+    pub cpu: CpuPerAppend,
+}
+
+/// CPU time per append of a lag round, in milliseconds (`None` where `/proc` cannot
+/// tell: PostgreSQL on another host). Far steadier than latency on a busy machine.
+pub struct CpuPerAppend {
+    /// Every PostgreSQL backend and auxiliary process of the cluster.
+    pub postgres_ms: Option<f64>,
+    /// This process: the appends, the projector, the listener.
+    pub process_ms: Option<f64>,
+}
+
+/// User plus system CPU ticks of every process of the cluster `pool` reaches (by the
+/// pids `pg_stat_activity` lists), from `/proc`: `None` when it is not readable.
+async fn postgres_cpu_ticks(pool: &PgPool) -> Result<Option<HashMap<i32, u64>>> {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("select pid from pg_stat_activity where pid is not null")
+            .fetch_all(pool)
+            .await?;
+    let ticks: HashMap<i32, u64> = pids
+        .into_iter()
+        .filter_map(|pid| Some((pid, proc_cpu_ticks(&format!("/proc/{pid}/stat"))?)))
+        .collect();
+    Ok((!ticks.is_empty()).then_some(ticks))
+}
+
+fn own_cpu_ticks() -> Option<u64> {
+    proc_cpu_ticks("/proc/self/stat")
+}
+
+/// utime + stime of a `/proc/<pid>/stat` file.
+fn proc_cpu_ticks(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The unit of `/proc`'s CPU times: USER_HZ, 100 on every Linux architecture.
+fn clock_ticks_per_second() -> f64 {
+    100.0
 }
 
 /// Each append's lag taken apart, from the appends' own timings and transaction ids
@@ -461,6 +531,7 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> 
     // Start from a caught-up projector: earlier scenarios' events are not this lag.
     crate::project::wait_caught_up(pool).await?;
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    let cpu_before = (postgres_cpu_ticks(pool).await?, own_cpu_ticks());
     listener
         .listen(careboard::projections::board_view::BoardChanged::CHANNEL)
         .await?;
@@ -549,6 +620,7 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> 
         t.await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_after = (postgres_cpu_ticks(pool).await?, own_cpu_ticks());
     listening.abort();
     projector.stop().await?;
     let hist = hist.lock().unwrap().clone();
@@ -563,7 +635,29 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> 
             .filter_map(|(seq, tx)| Some((seq, tx.parse().ok()?)))
             .collect();
     let parts = lag_parts(&appended, &notified.lock().unwrap(), &tx)?;
+    // CPU per append, PostgreSQL's and this process's (appends, projector, listener).
+    let per_append = |before: Option<u64>, after: Option<u64>| {
+        let ticks = after?.checked_sub(before?)?;
+        let ms = ticks as f64 * 1000.0 / clock_ticks_per_second();
+        Some(ms / appended.len().max(1) as f64)
+    };
+    // A backend that started during the round counts whole; one that ended during it
+    // is lost (the pools' connections live through the round).
+    let postgres_ticks = cpu_after.0.as_ref().map(|after| {
+        after
+            .iter()
+            .map(|(pid, t)| {
+                let before = cpu_before.0.as_ref().and_then(|b| b.get(pid)).copied();
+                t.saturating_sub(before.unwrap_or(0))
+            })
+            .sum::<u64>()
+    });
+    let cpu = CpuPerAppend {
+        postgres_ms: per_append(Some(0), postgres_ticks),
+        process_ms: per_append(cpu_before.1, cpu_after.1),
+    };
     Ok(Lag {
+        cpu,
         hist,
         parts,
         stages: metrics.projector_stages(),

@@ -8,8 +8,7 @@ use super::path::{begin, commit_one, commit_two, guarded};
 use super::{CommandOptions, Written};
 use crate::domain::appointment::{self, AppointmentCommand};
 use crate::domain::{
-    scheduling, Appointment, AppointmentId, AppointmentStatus, Board, BoardId, Provider, Shift,
-    ShiftId,
+    scheduling, Appointment, AppointmentId, AppointmentStatus, BoardId, Provider, Shift, ShiftId,
 };
 use crate::error::{AppError, AppResult};
 use crate::estimates::Estimator;
@@ -123,7 +122,7 @@ async fn request_appointment_once(
 ) -> AppResult<Written<Appointment>> {
     let board_id = command.board_id;
     let mut uow = begin!(store, meta, command);
-    let board = uow.read::<Board>(board_id, Guard::Share).await?;
+    let board = uow.read_board(board_id).await?;
     let patient_id = requested_for(&uow.meta().actor, command.patient_id)?;
     authorize(
         &mut uow,

@@ -7,7 +7,7 @@ use super::authorize::{authorize, Target};
 use super::path::{begin, commit_one, guarded};
 use super::{CommandOptions, Written};
 use crate::domain::shift::{self, ShiftCommand};
-use crate::domain::{Board, BoardId, Provider, ProviderId, Shift, ShiftId};
+use crate::domain::{BoardId, Provider, ProviderId, Shift, ShiftId};
 use crate::error::AppResult;
 use crate::event_store::unit_of_work::{CommandMeta, Guard};
 use crate::event_store::EventStore;
@@ -68,7 +68,7 @@ async fn join_board_once(
 ) -> AppResult<Written<Shift>> {
     let (board_id, provider_id) = (command.board_id, command.provider_id);
     let mut uow = begin!(store, meta, command);
-    let board = uow.read::<Board>(board_id, Guard::Share).await?;
+    let board = uow.read_board(board_id).await?;
     let provider = uow.read::<Provider>(provider_id, Guard::None).await?;
     authorize(
         &mut uow,

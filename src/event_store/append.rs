@@ -183,7 +183,7 @@ pub async fn append_guarded(
     append_via(conn, writes, guards, metadata, CommandPath::General, None).await
 }
 
-/// [`append_guarded`] through `path`: with [`CommandPath::Planned`], a write of the
+/// [`append_guarded`] through `path`: with [`CommandPath::Planned`] (or `Kept`), a write of the
 /// common shape (one new stream, at most one guard) takes [`CREATE_ONE_SQL`].
 /// `lock_timeout`: how long the statement may wait for a row lock (an autocommit append
 /// has no transaction that set it); `None` keeps the session's or transaction's setting.
@@ -224,7 +224,7 @@ pub async fn append_via(
     let w_new: Vec<i64> = new_versions.iter().map(|(_, v)| *v).collect();
     let g_ids: Vec<Uuid> = guards.iter().map(|g| g.stream_id).collect();
     let g_versions: Vec<i64> = guards.iter().map(|g| g.version).collect();
-    let create_one = path == CommandPath::Planned
+    let create_one = path != CommandPath::General
         && writes.len() == 1
         && writes[0].expected_version == 0
         && guards.len() <= 1;

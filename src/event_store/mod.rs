@@ -95,6 +95,65 @@ pub struct EventStore {
     lock_timeout: Duration,
     /// How a command's statements are sent (see [`CommandPath`]).
     command_path: CommandPath,
+    /// Open Boards as last read by a command, for [`CommandPath::Kept`].
+    boards: Arc<KeptBoards>,
+}
+
+/// Open Boards as a command last read them, each at its version: what
+/// [`CommandPath::Kept`] decides on instead of reading the Board again. Only the append's
+/// guard makes that safe: it goes through only while the Board is still at the kept
+/// version (and holds it `FOR SHARE` until commit), so a decision on a kept Board is a
+/// decision on the Board as it is at commit, exactly as after a fresh read. A Board
+/// that moved (closed, by this process or another) fails the guard; the command is
+/// decided again on a locked read, which keeps the new state. Closed Boards are never
+/// kept: a refusal is always decided on a fresh read. Bounded: past
+/// [`KeptBoards::CAPACITY`] Boards the map starts again empty.
+#[derive(Debug, Default)]
+pub struct KeptBoards {
+    boards: std::sync::Mutex<std::collections::HashMap<Uuid, crate::domain::Board>>,
+}
+
+impl KeptBoards {
+    /// About 300 bytes a Board: a few megabytes at most.
+    pub const CAPACITY: usize = 10_000;
+
+    /// The kept state of `id`, if any.
+    pub fn get(&self, id: Uuid) -> Option<crate::domain::Board> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// Keeps `board` as read, unless a newer version is kept already; forgets a Board
+    /// that is no longer open.
+    pub fn keep(&self, board: &crate::domain::Board) {
+        let id = board.id.as_uuid();
+        let mut boards = self.lock();
+        if board.status != crate::domain::BoardStatus::Open {
+            boards.remove(&id);
+            return;
+        }
+        if boards
+            .get(&id)
+            .is_some_and(|kept| kept.version >= board.version)
+        {
+            return;
+        }
+        if boards.len() >= Self::CAPACITY && !boards.contains_key(&id) {
+            boards.clear();
+        }
+        boards.insert(id, board.clone());
+    }
+
+    /// Forgets `id` (its guard failed: the kept version is stale).
+    pub fn forget(&self, id: Uuid) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, crate::domain::Board>> {
+        // A panic while holding the map leaves a map of whole entries: keep using it.
+        self.boards.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// How a command's append is planned and sent. Both keep the same invariants (the
@@ -110,8 +169,12 @@ pub enum CommandPath {
     /// The common shape (one new stream, at most one guard) is a statement of its own
     /// with scalar parameters, whose generic plan is reused; a command's transaction
     /// asks for generic plans (`plan_cache_mode`) in the round trip of its `BEGIN`.
-    #[default]
     Planned,
+    /// `Planned`, and an open Board a command reads under the append's guard is taken
+    /// from memory at the version last read ([`KeptBoards`]): a request on an open
+    /// Board is one round trip, its append. The guard checks the kept version.
+    #[default]
+    Kept,
 }
 
 impl EventStore {
@@ -121,6 +184,7 @@ impl EventStore {
             appended: Arc::new(tokio::sync::Notify::new()),
             lock_timeout,
             command_path: CommandPath::default(),
+            boards: Arc::default(),
         }
     }
 
@@ -132,6 +196,11 @@ impl EventStore {
 
     pub fn command_path(&self) -> CommandPath {
         self.command_path
+    }
+
+    /// The open Boards this store's commands keep (see [`CommandPath::Kept`]).
+    pub fn kept_boards(&self) -> &KeptBoards {
+        &self.boards
     }
 
     /// A store that fires `appended` on commit: writers inside the projector share its
@@ -146,6 +215,7 @@ impl EventStore {
             appended,
             lock_timeout,
             command_path: CommandPath::default(),
+            boards: Arc::default(),
         }
     }
 
@@ -246,7 +316,21 @@ pub async fn read_stream_from(
     limit: ReadLimit,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     let (version, time) = match limit {
-        ReadLimit::All => (None, None),
+        // A command's reads: a statement of its own. The general one below, with its
+        // `$2 is null or ...` conditions, is estimated dearer as a generic plan than as
+        // a custom one with the nulls folded away, so PostgreSQL planned it again for
+        // a good part of its executions (planning cost four times the execution).
+        ReadLimit::All => {
+            return sqlx::query_as::<_, RecordedEvent>(&format!(
+                "select {EVENT_COLUMNS} from events e join streams s on s.id = e.stream_id \
+                 where e.stream_id = $1 and e.version > $2 \
+                 order by e.version"
+            ))
+            .bind(stream_id)
+            .bind(after)
+            .fetch_all(conn)
+            .await
+        }
         ReadLimit::Version(v) => (Some(v), None),
         ReadLimit::Time(t) => (None, Some(t)),
     };

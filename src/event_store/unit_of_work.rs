@@ -25,7 +25,7 @@ use super::{
     fold_recorded, read_board_streams, read_stream, read_stream_locked, CommandPath, EventStore,
     ReadLimit, RecordedEvent, RowLock,
 };
-use crate::domain::{Aggregate, BoardId, DomainEvent, EventContext};
+use crate::domain::{Aggregate, Board, BoardId, DomainEvent, EventContext};
 use crate::error::{AppError, AppResult};
 use crate::identity::Actor;
 
@@ -119,6 +119,9 @@ pub struct UnitOfWork {
     writes: Vec<StreamWrite>,
     /// Streams read without their lock that the append re-checks and locks.
     guards: Vec<ReadGuard>,
+    /// The guarded Boards that were taken from memory, not read: forgotten when a
+    /// guard fails.
+    kept_guards: Vec<Uuid>,
 }
 
 /// The marker a command's commit fails with when a stream it read without its lock
@@ -201,6 +204,7 @@ impl EventStore {
             claimed_command,
             writes: Vec::new(),
             guards: Vec::new(),
+            kept_guards: Vec::new(),
         })))
     }
 
@@ -210,7 +214,9 @@ impl EventStore {
     /// would otherwise make PostgreSQL plan it again for every command.
     async fn transaction(&self) -> AppResult<Transaction<'static, Postgres>> {
         let generic = match self.command_path() {
-            CommandPath::Planned => "; set local plan_cache_mode = force_generic_plan",
+            CommandPath::Planned | CommandPath::Kept => {
+                "; set local plan_cache_mode = force_generic_plan"
+            }
             CommandPath::General => "",
         };
         Ok(self
@@ -326,6 +332,30 @@ impl UnitOfWork {
         fold_recorded::<A>(&events)
     }
 
+    /// Reads a Board with [`Guard::Share`]. On [`CommandPath::Kept`], outside a
+    /// transaction, an open Board kept from an earlier read is taken from memory, no
+    /// round trip, and its kept version becomes the append's guard (see
+    /// [`super::KeptBoards`]); every Board read here from the database is kept.
+    pub async fn read_board(&mut self, id: BoardId) -> AppResult<Option<Board>> {
+        let id = id.as_uuid();
+        let kept = self.store.command_path() == CommandPath::Kept;
+        if kept && self.tx.is_none() {
+            if let Some(board) = self.store.kept_boards().get(id) {
+                self.guards.push(ReadGuard {
+                    stream_id: id,
+                    version: board.version,
+                });
+                self.kept_guards.push(id);
+                return Ok(Some(board));
+            }
+        }
+        let board = self.read::<Board>(id, Guard::Share).await?;
+        if let (true, Some(b)) = (kept, &board) {
+            self.store.kept_boards().keep(b);
+        }
+        Ok(board)
+    }
+
     /// Loads the command's target stream: locked in exclusive mode, checked against
     /// `expectedVersion` in optimistic mode.
     pub async fn target<A: Aggregate>(&mut self, id: impl Into<Uuid>) -> AppResult<Option<A>> {
@@ -429,7 +459,12 @@ impl UnitOfWork {
         let appended = append_via(conn, &writes, &guards, &metadata, path, lock_timeout).await;
         let appended = match appended {
             Ok(a) => a,
-            Err(AppendError::GuardMoved) => return Err(AppError::Internal(GuardMoved.into())),
+            Err(AppendError::GuardMoved) => {
+                for id in &self.kept_guards {
+                    self.store.kept_boards().forget(*id);
+                }
+                return Err(AppError::Internal(GuardMoved.into()));
+            }
             Err(AppendError::Failed(e)) => return Err(e),
         };
         let outcome = Outcome {

@@ -14,7 +14,7 @@ use super::{Projector, ProjectorEnd, Step, Worker};
 use crate::event_store::log::Cursor;
 use crate::event_store::RecordedEvent;
 use crate::faults::CrashPoint;
-use crate::leader::Lease;
+use crate::leader::{Fence, Lease};
 use crate::pacing::IdlePoll;
 
 impl Projector {
@@ -47,7 +47,7 @@ impl Projector {
                 last_refresh = Instant::now();
             }
             let mut progressed = false;
-            let results = self.step_all(&mut workers, lease.pid(), &mut ahead).await;
+            let results = self.step_all(&mut workers, lease.fence(), &mut ahead).await;
             for (worker, result) in workers.iter_mut().zip(results) {
                 match result {
                     Ok(Step::Applied) => progressed = true,
@@ -95,7 +95,7 @@ impl Projector {
     async fn step_all(
         &self,
         workers: &mut [Worker],
-        leader_pid: i32,
+        fence: Fence,
         ahead: &mut Option<ReadAhead>,
     ) -> Vec<Result<Step>> {
         // Each group of live workers at one cursor shares a read; everyone else reads alone.
@@ -125,7 +125,7 @@ impl Projector {
             };
             async move {
                 let out = self
-                    .step_group(group, key.is_some(), leader_pid, prefetched)
+                    .step_group(group, key.is_some(), fence, prefetched)
                     .await;
                 (members, out)
             }
@@ -150,7 +150,7 @@ impl Projector {
         &self,
         mut group: Vec<&mut Worker>,
         read_ahead: bool,
-        leader_pid: i32,
+        fence: Fence,
         prefetched: Option<Arc<Vec<(Cursor, RecordedEvent)>>>,
     ) -> (Vec<Result<Step>>, Option<ReadAhead>) {
         let Some(first) = group.first() else {
@@ -194,7 +194,7 @@ impl Projector {
         let applies = futures::future::join_all(
             group
                 .iter_mut()
-                .map(|w| self.apply(w, leader_pid, &rows, end, started)),
+                .map(|w| self.apply(w, fence, &rows, end, started)),
         );
         // Reading the next batch overlaps writing this one, when this one was full (a
         // backlog; at the log's end a fresh read after the writes finds more). The read

@@ -36,7 +36,7 @@ use super::{Projector, ProjectorEnd, Step, Worker};
 use crate::event_store::log::Cursor;
 use crate::event_store::RecordedEvent;
 use crate::faults::CrashPoint;
-use crate::leader::Lease;
+use crate::leader::{Fence, Lease};
 use crate::pacing::{IdlePoll, Wakes};
 use crate::projections::Projection;
 
@@ -225,7 +225,7 @@ async fn run_loop(
     while !*stop.borrow() {
         worker.gen.status = state.gen.lock().expect("loop state").status;
         match projector
-            .step_loop(&mut worker, &log, lease.pid(), &mut ahead)
+            .step_loop(&mut worker, &log, lease.fence(), &mut ahead)
             .await
         {
             Ok(Step::Applied) => {
@@ -308,7 +308,7 @@ impl Projector {
         &self,
         worker: &mut Worker,
         log: &Arc<SharedLog>,
-        leader_pid: i32,
+        fence: Fence,
         ahead: &mut Option<Ahead>,
     ) -> Result<Step> {
         let started = Instant::now();
@@ -367,7 +367,7 @@ impl Projector {
                 });
             }
         }
-        self.apply(worker, leader_pid, &rows, end, started).await
+        self.apply(worker, fence, &rows, end, started).await
     }
 }
 

@@ -9,9 +9,9 @@
 //! transaction ([`crate::event_store::log::read_after`]; with loops, leaving out the
 //! projector's own transactions, which write no events), shared by the live loops at
 //! one cursor, the next batch read ahead behind a full one. Each batch is one
-//! transaction: documents, checkpoint compare-and-set fenced by the leader lock
-//! ([`crate::leader::advance_checkpoint`]), NOTIFY. Waking: the in-process append
-//! signal plus an adaptive poll; appends never NOTIFY.
+//! transaction: documents, checkpoint compare-and-set fenced by the leader epoch
+//! ([`crate::leader::advance_checkpoint`]), NOTIFY (optionally in the same statement).
+//! Waking: the in-process append signal plus an adaptive poll; appends never NOTIFY.
 
 pub mod batch;
 mod lockstep;
@@ -31,7 +31,9 @@ use tokio::sync::{watch, Notify};
 use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
 use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};
-use crate::leader::{advance_checkpoint, Checkpoint, Lease};
+use crate::leader::{
+    advance_checkpoint, advance_checkpoint_notifying, Checkpoint, Fence, Lease, EPOCH_HOLD,
+};
 use crate::metrics::{Metrics, ProjectorStage};
 use crate::pacing::{backoff, Wakes};
 use crate::projections::board_view::BoardChanged;
@@ -69,6 +71,9 @@ pub struct ProjectorSettings {
     /// Loops woken straight from the append signal, `board_view`'s on a connection of
     /// its own (see [`crate::daemon::DaemonConfig::direct_wake`]).
     pub direct_wake: bool,
+    /// NOTIFY in the checkpoint's statement (see
+    /// [`crate::daemon::DaemonConfig::fused_statements`]).
+    pub fused_statements: bool,
 }
 
 /// Why the projector stopped.
@@ -222,7 +227,7 @@ impl Projector {
     async fn apply(
         &self,
         worker: &mut Worker,
-        leader_pid: i32,
+        mut fence: Fence,
         rows: &[(Cursor, RecordedEvent)],
         new_cursor: Cursor,
         started: Instant,
@@ -245,13 +250,24 @@ impl Projector {
             // One round trip takes the id and, when asked, turns off this transaction's
             // wait for the WAL flush at commit. Local to the transaction (`true`): the
             // matcher appends through the same pool, and its appends stay durable.
-            let sql = if self.settings.async_commit {
-                "select pg_current_xact_id()::text \
-                   from (select set_config('synchronous_commit', 'off', true)) as local"
+            // With the epoch fence it also holds the epoch lock shared until the
+            // transaction ends, so the checkpoint's fence needs no row lock (see
+            // [`crate::leader::Fence::EpochHeld`]).
+            let hold = if matches!(fence, Fence::Epoch(_)) {
+                fence = fence.held();
+                format!(", {EPOCH_HOLD}")
             } else {
-                "select pg_current_xact_id()::text"
+                String::new()
             };
-            let xid: String = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+            let sql = if self.settings.async_commit {
+                format!(
+                    "select pg_current_xact_id()::text{hold} \
+                       from (select set_config('synchronous_commit', 'off', true)) as local"
+                )
+            } else {
+                format!("select pg_current_xact_id()::text{hold}")
+            };
+            let xid: String = sqlx::query_scalar(&sql).fetch_one(&mut *tx).await?;
             let xid: u64 = xid.parse()?;
             self.own_xids.lock().expect("own xids").insert(xid);
             Some(OwnXid {
@@ -305,53 +321,80 @@ impl Projector {
         if crash(CrashPoint::BeforeCheckpoint) {
             return Ok(Step::Crashed(CrashPoint::BeforeCheckpoint));
         }
-        let moved = advance_checkpoint(
-            &mut *tx,
-            Checkpoint::Projection {
-                name: gen.projection.name(),
-                generation: gen.generation,
-            },
-            gen.cursor,
-            new_cursor,
-            outcome.applied,
-            leader_pid,
-        )
-        .await?;
-        if !moved {
-            return Ok(Step::Rejected);
-        }
-        let at = stage(ProjectorStage::Checkpoint, at);
         // A rebuild is swapped in (made live in the database) before its loop learns
         // it: a batch it commits in between shows subscribers new versions, so it
         // NOTIFYs when its generation is live by the time it commits (the checkpoint's
-        // compare-and-set above holds the state row, so the swap cannot pass it). A
-        // loop that knows it is live NOTIFYs without asking.
+        // compare-and-set holds the state row, so the swap cannot pass it). A loop
+        // that knows it is live NOTIFYs without asking.
         let live = gen.status == GenerationStatus::Live;
         let building = gen.status == GenerationStatus::Building;
-        if (live || building) && !outcome.changed_boards.is_empty() {
-            let payloads: Vec<String> = outcome
+        let payloads: Vec<String> = if live || building {
+            outcome
                 .changed_boards
                 .iter()
                 .map(BoardChanged::encode)
-                .collect();
-            let query = if live {
-                sqlx::query("select pg_notify($1, p) from unnest($2::text[]) as p")
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let checkpoint = Checkpoint::Projection {
+            name: gen.projection.name(),
+            generation: gen.generation,
+        };
+        let at = if self.settings.fused_statements {
+            // One statement: the compare-and-set, and the NOTIFYs when it moved a live
+            // generation.
+            let moved = advance_checkpoint_notifying(
+                &mut *tx,
+                checkpoint,
+                gen.cursor,
+                new_cursor,
+                outcome.applied,
+                fence,
+                BoardChanged::CHANNEL,
+                &payloads,
+            )
+            .await?;
+            if !moved {
+                return Ok(Step::Rejected);
+            }
+            // The NOTIFY's time is counted in the checkpoint's stage.
+            stage(ProjectorStage::Checkpoint, at)
+        } else {
+            let moved = advance_checkpoint(
+                &mut *tx,
+                checkpoint,
+                gen.cursor,
+                new_cursor,
+                outcome.applied,
+                fence,
+            )
+            .await?;
+            if !moved {
+                return Ok(Step::Rejected);
+            }
+            let at = stage(ProjectorStage::Checkpoint, at);
+            if !payloads.is_empty() {
+                let query = if live {
+                    sqlx::query("select pg_notify($1, p) from unnest($2::text[]) as p")
+                        .bind(BoardChanged::CHANNEL)
+                        .bind(&payloads)
+                } else {
+                    sqlx::query(
+                        "select pg_notify($1, p) from unnest($2::text[]) as p \
+                          where exists (select from projection_state \
+                                         where name = $3 and generation = $4 and status = $5)",
+                    )
                     .bind(BoardChanged::CHANNEL)
                     .bind(&payloads)
-            } else {
-                sqlx::query(
-                    "select pg_notify($1, p) from unnest($2::text[]) as p \
-                      where exists (select from projection_state \
-                                     where name = $3 and generation = $4 and status = $5)",
-                )
-                .bind(BoardChanged::CHANNEL)
-                .bind(&payloads)
-                .bind(gen.projection.name())
-                .bind(gen.generation)
-                .bind(GenerationStatus::Live.as_str())
-            };
-            query.execute(&mut *tx).await?;
-        }
+                    .bind(gen.projection.name())
+                    .bind(gen.generation)
+                    .bind(GenerationStatus::Live.as_str())
+                };
+                query.execute(&mut *tx).await?;
+            }
+            at
+        };
         let at = stage(ProjectorStage::Notify, at);
         if crash(CrashPoint::BeforeCommit) {
             return Ok(Step::Crashed(CrashPoint::BeforeCommit));

@@ -530,6 +530,122 @@ async fn append_on_a_board_that_closed_after_the_read(path: CommandPath) {
     assert_eq!(events, 2, "the Board's own two events only");
 }
 
+/// On the kept path a request on an open Board this process has read before decides on
+/// the Board kept in memory, without reading it; the append's guard checks the kept
+/// version. The Board closes between the decision and the append: nothing is written,
+/// and the kept Board is forgotten. Fails if a kept Board's version is not a guard.
+#[tokio::test]
+async fn an_append_decided_on_a_kept_board_that_closed_since_writes_nothing() {
+    use careboard::domain::{Appointment, AppointmentId};
+    use careboard::event_store::unit_of_work::GuardMoved;
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    assert_eq!(store.command_path(), CommandPath::Kept, "the default path");
+    let board = helpers::store::open_board(&store, "Kept").await;
+    commands::request_appointment(
+        &store,
+        CommandMeta::new("requestAppointment"),
+        helpers::store::request_command(board, "First Patient"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", e.describe()));
+    let kept = store
+        .kept_boards()
+        .get(board)
+        .expect("the request kept the Board");
+    assert_eq!(kept.version, 1);
+    let Begun::Fresh(mut uow) = store
+        .begin(CommandMeta::new("requestAppointment"), &json!(null))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()))
+    else {
+        unreachable!("no command id given")
+    };
+    // From memory: the Board as kept, OPEN at version 1.
+    let open = uow
+        .read_board(board.into())
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    assert_eq!(open.as_ref(), Some(&kept));
+    let events = requested_on(open);
+    // The Board closes between the decision and the append, past this store (as
+    // another server process would close it): this store's kept Board is now stale.
+    close_elsewhere(&pool, board).await;
+    assert!(
+        store.kept_boards().get(board).is_some(),
+        "not seen here yet"
+    );
+    uow.stage::<Appointment>(
+        AppointmentId::new_random(),
+        Some(board.into()),
+        None,
+        &events,
+    );
+    let Err(moved) = uow.commit().await else {
+        panic!("an append decided on the kept open Board went through after it closed");
+    };
+    assert!(GuardMoved::is(&moved), "{}", moved.describe());
+    assert_eq!(
+        appointments_on(&pool, board).await,
+        1,
+        "the first request only"
+    );
+    assert!(
+        store.kept_boards().get(board).is_none(),
+        "a kept Board whose guard failed is forgotten"
+    );
+}
+
+/// The whole command on the kept path: a request on a Board kept open but closed by
+/// another process since is decided again on a locked read, refused, and writes
+/// nothing; the closed Board is not kept.
+#[tokio::test]
+async fn a_request_on_a_kept_board_closed_elsewhere_is_refused_and_writes_nothing() {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let board = helpers::store::open_board(&store, "Kept").await;
+    commands::request_appointment(
+        &store,
+        CommandMeta::new("requestAppointment"),
+        helpers::store::request_command(board, "First Patient"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", e.describe()));
+    close_elsewhere(&pool, board).await;
+    let Err(refused) = commands::request_appointment(
+        &store,
+        CommandMeta::new("requestAppointment"),
+        helpers::store::request_command(board, "Second Patient"),
+    )
+    .await
+    else {
+        panic!("a request on a Board closed since it was kept went through");
+    };
+    assert!(
+        refused.describe().contains("board is CLOSED"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(appointments_on(&pool, board).await, 1);
+    assert!(store.kept_boards().get(board).is_none());
+}
+
+/// Closes `board` (at version 1) past any store: as another server process would.
+async fn close_elsewhere(pool: &PgPool, board: Uuid) {
+    let mut closing = pool.begin().await.unwrap();
+    let close = StreamWrite::new(
+        StreamType::Board,
+        board,
+        Some(board),
+        1,
+        &[careboard::domain::BoardEvent::BoardClosed {}],
+    );
+    append(&mut closing, &[close], &json!({"actor": "test"}))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
+    closing.commit().await.unwrap();
+}
+
 #[tokio::test]
 async fn requests_racing_a_close_never_leave_an_appointment_on_a_closed_board() {
     let pool = helpers::fresh_database().await;
@@ -672,6 +788,46 @@ async fn a_request_reuses_the_plan_of_its_append() {
         generic >= 6 && custom <= 6,
         "the request's append was planned per command: {generic} generic, {custom} custom plans"
     );
+}
+
+/// Requests on one open Board: on the kept path only the first reads the Board (the
+/// rest decide on it from memory, one round trip each: their append); on the planned
+/// path every request reads it, with a plan made once, not per command.
+#[tokio::test]
+async fn requests_on_a_kept_board_read_it_once_and_a_read_reuses_its_plan() {
+    let (_, url) = helpers::fresh_database_with_url().await;
+    for (path, reads) in [(CommandPath::Kept, 1), (CommandPath::Planned, 12)] {
+        // One connection, so the statements below and their plans are all on it.
+        let pool = careboard::postgres::connect(&url, 1).await.unwrap();
+        let store = helpers::store(&pool).with_command_path(path);
+        let board = helpers::store::open_board(&store, "Read once").await;
+        for i in 0..12 {
+            commands::request_appointment(
+                &store,
+                CommandMeta::new("requestAppointment"),
+                helpers::store::request_command(board, &format!("Patient {i}")),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}", e.describe()));
+        }
+        // Every execution of a prepared statement counts one plan, generic or custom.
+        let (generic, custom): (i64, i64) = sqlx::query_as(
+            "select generic_plans, custom_plans from pg_prepared_statements \
+              where statement like '%e.stream_id = $1 and e.version > $2%' \
+                and statement not like '%$3%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(generic + custom, reads, "{path:?}: Board reads");
+        if path == CommandPath::Planned {
+            assert!(
+                generic >= 6 && custom <= 6,
+                "the read was planned per command: {generic} generic, {custom} custom plans"
+            );
+        }
+        pool.close().await;
+    }
 }
 
 /// The pool no longer pings every connection it hands out (a round trip per command),

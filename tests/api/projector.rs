@@ -14,13 +14,16 @@ use careboard::event_store::append::{append, StreamWrite};
 use careboard::event_store::log::Cursor;
 use careboard::event_store::{read_board_streams, EventStore, ReadLimit};
 use careboard::faults::{CrashPoint, Faults};
-use careboard::leader::{advance_checkpoint, Checkpoint, LEADER_LOCK_KEY};
+use careboard::leader::{
+    advance_checkpoint, advance_checkpoint_notifying, Checkpoint, Fence, Lease, EPOCH_HOLD,
+    LEADER_LOCK_KEY,
+};
 use careboard::metrics::Metrics;
 use careboard::projections::{read, BoardDoc, Doc, Projection};
 use careboard::projector::state;
 use rand::Rng;
 use serde_json::json;
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 fn start_projector(pool: &PgPool, store: &EventStore, config: DaemonConfig) -> DaemonHandle {
@@ -722,81 +725,261 @@ async fn exactly_one_of_three_projectors_leads_and_another_takes_over_within_fiv
     }
 }
 
-#[tokio::test]
-async fn a_deposed_leaders_checkpoint_write_is_rejected() {
-    let pool = helpers::fresh_database().await;
-    state::ensure_generations(&pool).await.unwrap();
-    let mut lock_conn = sqlx::PgConnection::connect_with(&pool.connect_options())
-        .await
-        .unwrap();
-    let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK_KEY)
-        .fetch_one(&mut lock_conn)
-        .await
-        .unwrap();
-    assert!(got);
-    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut lock_conn)
-        .await
-        .unwrap();
+/// The live `board_view` generation's checkpoint, as a [`Checkpoint`].
+async fn board_view_checkpoint(pool: &PgPool) -> Checkpoint<'static> {
     let generation: i32 = sqlx::query_scalar(
         "select generation from projection_state where name = 'board_view' and status = 'live'",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .unwrap();
-    let start = Cursor::default();
-    let next = Cursor { tx: 1, seq: 1 };
-    let mut conn = pool.acquire().await.unwrap();
-    // While the lock is held the write goes through...
-    assert!(advance_checkpoint(
-        &mut *conn,
-        Checkpoint::Projection {
-            name: Projection::BoardView.name(),
-            generation
-        },
-        start,
-        next,
-        1,
-        pid
-    )
-    .await
-    .unwrap());
-    // ...a stale expected value is rejected (compare-and-set)...
-    assert!(!advance_checkpoint(
-        &mut *conn,
-        Checkpoint::Projection {
-            name: Projection::BoardView.name(),
-            generation
-        },
-        start,
-        next,
-        1,
-        pid
-    )
-    .await
-    .unwrap());
-    // ...and once the lock connection is terminated, so is every write of that leader.
+    Checkpoint::Projection {
+        name: Projection::BoardView.name(),
+        generation,
+    }
+}
+
+/// Ends the leader lock's connection (a partition, a killed process), and waits until
+/// PostgreSQL has let the lock go.
+async fn depose(pool: &PgPool, lease: &Lease) {
     let _: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&pool)
+        .bind(lease.pid())
+        .fetch_one(pool)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..100 {
+        let held: bool =
+            sqlx::query_scalar("select exists (select from pg_stat_activity where pid = $1)")
+                .bind(lease.pid())
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if !held {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the lock's connection did not end");
+}
+
+/// Both fences: the epoch (the default) and the lock table (the earlier one).
+#[tokio::test]
+async fn a_deposed_leaders_checkpoint_write_is_rejected() {
+    for lock_table_fence in [false, true] {
+        let pool = helpers::fresh_database().await;
+        state::ensure_generations(&pool).await.unwrap();
+        let checkpoint = board_view_checkpoint(&pool).await;
+        let old = Lease::try_acquire_fenced(&pool, lock_table_fence)
+            .await
+            .unwrap()
+            .expect("no one leads yet");
+        assert_eq!(
+            matches!(old.fence(), Fence::LockTable { .. }),
+            lock_table_fence
+        );
+        assert!(
+            Lease::try_acquire(&pool).await.unwrap().is_none(),
+            "one leader at a time"
+        );
+        let start = Cursor::default();
+        let next = Cursor { tx: 1, seq: 1 };
+        let after = Cursor { tx: 2, seq: 2 };
+        let mut conn = pool.acquire().await.unwrap();
+        // While it leads the write goes through...
+        assert!(
+            advance_checkpoint(&mut *conn, checkpoint, start, next, 1, old.fence())
+                .await
+                .unwrap()
+        );
+        // ...a stale expected value is rejected (compare-and-set)...
+        assert!(
+            !advance_checkpoint(&mut *conn, checkpoint, start, next, 1, old.fence())
+                .await
+                .unwrap()
+        );
+        // ...and once its lock is gone and another process leads, every write of the
+        // old leader is rejected, NOTIFYing or not; the new leader's goes through.
+        depose(&pool, &old).await;
+        assert!(!old.holds().await, "the old lease knows it is deposed");
+        let new = Lease::try_acquire_fenced(&pool, lock_table_fence)
+            .await
+            .unwrap()
+            .expect("the lock is free");
+        assert!(new.holds().await);
+        assert!(
+            !advance_checkpoint(&mut *conn, checkpoint, next, after, 1, old.fence())
+                .await
+                .unwrap()
+        );
+        assert!(!advance_checkpoint_notifying(
+            &mut *conn,
+            checkpoint,
+            next,
+            after,
+            1,
+            old.fence(),
+            "board_changed",
+            &["x".to_string()]
+        )
+        .await
+        .unwrap());
+        assert_eq!(
+            state::live_checkpoint(&pool, Projection::BoardView)
+                .await
+                .unwrap(),
+            Some(next),
+            "the deposed leader moved nothing"
+        );
+        assert!(advance_checkpoint_notifying(
+            &mut *conn,
+            checkpoint,
+            next,
+            after,
+            1,
+            new.fence(),
+            "board_changed",
+            &["x".to_string()]
+        )
+        .await
+        .unwrap());
+    }
+}
+
+/// The race the epoch fence is for: a deposed leader's batch transaction is open when
+/// the new leader takes over. Either it fenced its checkpoint first, and the new leader
+/// starts only after it committed (and sees its checkpoint); or the new leader bumped
+/// the epoch first, and the old batch is refused, documents and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_starts_after_the_old_leaders_open_batch_or_refuses_it() {
+    let pool = helpers::fresh_database().await;
+    state::ensure_generations(&pool).await.unwrap();
+    let checkpoint = board_view_checkpoint(&pool).await;
+    let start = Cursor::default();
+    let next = Cursor { tx: 1, seq: 1 };
     let after = Cursor { tx: 2, seq: 2 };
-    assert!(!advance_checkpoint(
-        &mut *conn,
-        Checkpoint::Projection {
-            name: Projection::BoardView.name(),
-            generation
-        },
-        next,
-        after,
-        1,
-        pid
-    )
-    .await
-    .unwrap());
+
+    // 1. The old leader's batch has written and moved its checkpoint, not committed.
+    let old = Lease::try_acquire(&pool).await.unwrap().unwrap();
+    let mut batch = pool.begin().await.unwrap();
+    sqlx::query("create temporary table written (x int)")
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+    assert!(
+        advance_checkpoint(&mut *batch, checkpoint, start, next, 1, old.fence())
+            .await
+            .unwrap()
+    );
+    depose(&pool, &old).await;
+    let taking_over = tokio::spawn({
+        let pool = pool.clone();
+        async move { Lease::try_acquire(&pool).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !taking_over.is_finished(),
+        "the new leader waits for the old leader's open batch"
+    );
+    batch.commit().await.unwrap();
+    let new = tokio::time::timeout(Duration::from_secs(10), taking_over)
+        .await
+        .expect("takes over once the batch has ended")
+        .unwrap()
+        .unwrap()
+        .expect("the lock is free");
+    assert_eq!(
+        state::live_checkpoint(&pool, Projection::BoardView)
+            .await
+            .unwrap(),
+        Some(next),
+        "the new leader starts from the old leader's last batch"
+    );
+
+    // 2. The old leader's batch began before the takeover, and fences after it.
+    let mut batch = pool.begin().await.unwrap();
+    sqlx::query("update projection_state set updated_at = now() where name = 'matcher'")
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+    depose(&pool, &new).await;
+    let newest = Lease::try_acquire(&pool).await.unwrap().unwrap();
+    assert!(
+        !advance_checkpoint(&mut *batch, checkpoint, next, after, 1, new.fence())
+            .await
+            .unwrap(),
+        "a batch fenced after the takeover is refused"
+    );
+    drop(batch);
+    assert!(
+        advance_checkpoint(&pool, checkpoint, next, after, 1, newest.fence())
+            .await
+            .unwrap()
+    );
+}
+
+/// The same race for the projector's batches, which hold the epoch lock shared from
+/// their first statement instead of locking the epoch row ([`Fence::EpochHeld`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_waits_for_a_batch_holding_the_epoch_lock_or_refuses_it() {
+    let pool = helpers::fresh_database().await;
+    state::ensure_generations(&pool).await.unwrap();
+    let checkpoint = board_view_checkpoint(&pool).await;
+    let start = Cursor::default();
+    let next = Cursor { tx: 1, seq: 1 };
+    let after = Cursor { tx: 2, seq: 2 };
+    let hold = format!("select {EPOCH_HOLD}");
+
+    // 1. The old leader's batch holds the lock and has moved its checkpoint.
+    let old = Lease::try_acquire(&pool).await.unwrap().unwrap();
+    let mut batch = pool.begin().await.unwrap();
+    sqlx::query(&hold).execute(&mut *batch).await.unwrap();
+    assert!(
+        advance_checkpoint(&mut *batch, checkpoint, start, next, 1, old.fence().held())
+            .await
+            .unwrap()
+    );
+    depose(&pool, &old).await;
+    let taking_over = tokio::spawn({
+        let pool = pool.clone();
+        async move { Lease::try_acquire(&pool).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !taking_over.is_finished(),
+        "the new leader waits for the old leader's open batch"
+    );
+    batch.commit().await.unwrap();
+    let new = tokio::time::timeout(Duration::from_secs(10), taking_over)
+        .await
+        .expect("takes over once the batch has ended")
+        .unwrap()
+        .unwrap()
+        .expect("the lock is free");
+    assert_eq!(
+        state::live_checkpoint(&pool, Projection::BoardView)
+            .await
+            .unwrap(),
+        Some(next),
+        "the new leader starts from the old leader's last batch"
+    );
+
+    // 2. The takeover came first: a batch of the deposed leader is refused.
+    depose(&pool, &new).await;
+    let newest = Lease::try_acquire(&pool).await.unwrap().unwrap();
+    let mut batch = pool.begin().await.unwrap();
+    sqlx::query(&hold).execute(&mut *batch).await.unwrap();
+    assert!(
+        !advance_checkpoint(&mut *batch, checkpoint, next, after, 1, new.fence().held())
+            .await
+            .unwrap(),
+        "a batch of a deposed leader is refused"
+    );
+    drop(batch);
+    assert!(
+        advance_checkpoint(&pool, checkpoint, next, after, 1, newest.fence().held())
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
