@@ -47,7 +47,8 @@
 //! stalled old leader holding a transaction open delays the new one until PostgreSQL
 //! ends that session (its connection dies, or `idle_in_transaction_session_timeout`).
 
-use sqlx::{Connection, PgConnection, PgExecutor, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, Connection, PgConnection, PgExecutor, PgPool};
 use tokio::sync::Mutex;
 
 use crate::event_store::log::Cursor;
@@ -240,18 +241,33 @@ pub async fn advance_checkpoint(
     events: i64,
     fence: Fence,
 ) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(&checkpoint_update(checkpoint, fence))
-        .bind(checkpoint.name())
-        .bind(old.tx_text())
-        .bind(old.seq)
-        .bind(new.tx_text())
-        .bind(new.seq)
-        .bind(events)
-        .bind(fence.value())
-        .bind(checkpoint.generation())
+    let arguments = checkpoint_arguments(checkpoint, old, new, events, fence)?;
+    let result = sqlx::query_with(&checkpoint_update(checkpoint, fence), arguments)
         .execute(conn)
         .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// The compare-and-set's binds, `$1`–`$8` of [`checkpoint_update`].
+fn checkpoint_arguments(
+    checkpoint: Checkpoint<'_>,
+    old: Cursor,
+    new: Cursor,
+    events: i64,
+    fence: Fence,
+) -> Result<PgArguments, sqlx::Error> {
+    let mut arguments = PgArguments::default();
+    let added = arguments
+        .add(checkpoint.name())
+        .and_then(|()| arguments.add(old.tx_text()))
+        .and_then(|()| arguments.add(old.seq))
+        .and_then(|()| arguments.add(new.tx_text()))
+        .and_then(|()| arguments.add(new.seq))
+        .and_then(|()| arguments.add(events))
+        .and_then(|()| arguments.add(fence.value()))
+        .and_then(|()| arguments.add(checkpoint.generation()));
+    added.map_err(sqlx::Error::Encode)?;
+    Ok(arguments)
 }
 
 /// [`advance_checkpoint`] for a projection generation, and, in the same statement,
@@ -275,24 +291,22 @@ pub async fn advance_checkpoint_notifying(
     }
     // The update runs whatever the outer query reads (a data-modifying CTE always
     // does); the NOTIFYs run once per payload, only when it moved a live generation.
-    let moved: i64 = sqlx::query_scalar(&format!(
-        "with cp as ({update} returning status) \
+    let mut arguments = checkpoint_arguments(checkpoint, old, new, events, fence)?;
+    arguments
+        .add(channel)
+        .and_then(|()| arguments.add(payloads))
+        .map_err(sqlx::Error::Encode)?;
+    let moved: i64 = sqlx::query_scalar_with(
+        &format!(
+            "with cp as ({update} returning status) \
          select (select count(*) from cp) \
            from (select count(pg_notify($9, p)) from unnest($10::text[]) as p \
                   where exists (select from cp where status = '{live}')) as notified",
-        update = checkpoint_update(checkpoint, fence),
-        live = GenerationStatus::Live.as_str(),
-    ))
-    .bind(checkpoint.name())
-    .bind(old.tx_text())
-    .bind(old.seq)
-    .bind(new.tx_text())
-    .bind(new.seq)
-    .bind(events)
-    .bind(fence.value())
-    .bind(checkpoint.generation())
-    .bind(channel)
-    .bind(payloads)
+            update = checkpoint_update(checkpoint, fence),
+            live = GenerationStatus::Live.as_str(),
+        ),
+        arguments,
+    )
     .fetch_one(conn)
     .await?;
     Ok(moved == 1)

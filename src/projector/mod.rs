@@ -31,9 +31,7 @@ use tokio::sync::{watch, Notify};
 use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
 use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};
-use crate::leader::{
-    advance_checkpoint, advance_checkpoint_notifying, Checkpoint, Fence, Lease, EPOCH_HOLD,
-};
+use crate::leader::{advance_checkpoint_notifying, Checkpoint, Fence, Lease, EPOCH_HOLD};
 use crate::metrics::{Metrics, ProjectorStage};
 use crate::pacing::{backoff, Wakes};
 use crate::projections::board_view::BoardChanged;
@@ -341,60 +339,43 @@ impl Projector {
             name: gen.projection.name(),
             generation: gen.generation,
         };
-        let at = if self.settings.fused_statements {
-            // One statement: the compare-and-set, and the NOTIFYs when it moved a live
-            // generation.
-            let moved = advance_checkpoint_notifying(
-                &mut *tx,
-                checkpoint,
-                gen.cursor,
-                new_cursor,
-                outcome.applied,
-                fence,
-                BoardChanged::CHANNEL,
-                &payloads,
-            )
-            .await?;
-            if !moved {
-                return Ok(Step::Rejected);
-            }
-            // The NOTIFY's time is counted in the checkpoint's stage.
-            stage(ProjectorStage::Checkpoint, at)
-        } else {
-            let moved = advance_checkpoint(
-                &mut *tx,
-                checkpoint,
-                gen.cursor,
-                new_cursor,
-                outcome.applied,
-                fence,
-            )
-            .await?;
-            if !moved {
-                return Ok(Step::Rejected);
-            }
-            let at = stage(ProjectorStage::Checkpoint, at);
-            if !payloads.is_empty() {
-                let query = if live {
-                    sqlx::query("select pg_notify($1, p) from unnest($2::text[]) as p")
-                        .bind(BoardChanged::CHANNEL)
-                        .bind(&payloads)
-                } else {
-                    sqlx::query(
-                        "select pg_notify($1, p) from unnest($2::text[]) as p \
-                          where exists (select from projection_state \
-                                         where name = $3 and generation = $4 and status = $5)",
-                    )
+        // Fused: one statement moves the checkpoint and, when it moved a live
+        // generation, sends the NOTIFYs (their time counts in the checkpoint's stage).
+        let fused = self.settings.fused_statements;
+        let moved = advance_checkpoint_notifying(
+            &mut *tx,
+            checkpoint,
+            gen.cursor,
+            new_cursor,
+            outcome.applied,
+            fence,
+            BoardChanged::CHANNEL,
+            if fused { &payloads } else { &[] },
+        )
+        .await?;
+        if !moved {
+            return Ok(Step::Rejected);
+        }
+        let at = stage(ProjectorStage::Checkpoint, at);
+        if !fused && !payloads.is_empty() {
+            let query = if live {
+                sqlx::query("select pg_notify($1, p) from unnest($2::text[]) as p")
                     .bind(BoardChanged::CHANNEL)
                     .bind(&payloads)
-                    .bind(gen.projection.name())
-                    .bind(gen.generation)
-                    .bind(GenerationStatus::Live.as_str())
-                };
-                query.execute(&mut *tx).await?;
-            }
-            at
-        };
+            } else {
+                sqlx::query(
+                    "select pg_notify($1, p) from unnest($2::text[]) as p \
+                      where exists (select from projection_state \
+                                     where name = $3 and generation = $4 and status = $5)",
+                )
+                .bind(BoardChanged::CHANNEL)
+                .bind(&payloads)
+                .bind(gen.projection.name())
+                .bind(gen.generation)
+                .bind(GenerationStatus::Live.as_str())
+            };
+            query.execute(&mut *tx).await?;
+        }
         let at = stage(ProjectorStage::Notify, at);
         if crash(CrashPoint::BeforeCommit) {
             return Ok(Step::Crashed(CrashPoint::BeforeCommit));
