@@ -21,7 +21,7 @@
 //! waiting appointments) the first time a trigger needs it, then kept in memory and
 //! brought forward with every event of its streams the matcher reads after its
 //! checkpoint, so a match costs what changed, not a read that visits every stream row
-//! of the Board (see [`KeptBoards`]); before each plan the kept streams are read forward
+//! of the Board (see [`MatcherBoards`]); before each plan the kept streams are read forward
 //! to now in one statement. Kept Boards start empty each time this process
 //! leads, and a Board is read again whenever what is kept cannot be trusted (a gap in
 //! a stream's versions, a fold error, a refused write).
@@ -137,7 +137,7 @@ impl Matcher {
         let mut parked = load_parked(self.pool()).await?;
         // Read again each time this process leads: another leader may have matched
         // meanwhile.
-        let mut kept = KeptBoards::default();
+        let mut kept = MatcherBoards::default();
         self.metrics.set_matcher_parked(parked.len());
         let mut last_parked_retry = Instant::now();
         let mut poll = IdlePoll::new(self.config.max_poll_interval);
@@ -183,7 +183,7 @@ impl Matcher {
         fence: Fence,
         park: bool,
         parked: &mut HashSet<Uuid>,
-        kept: &mut KeptBoards,
+        kept: &mut MatcherBoards,
     ) -> Result<Option<Cursor>, StepError> {
         let rows = read_after(self.pool(), cursor, self.config.batch_size, None)
             .await
@@ -256,7 +256,7 @@ impl Matcher {
     }
 
     /// Tries every parked Board again; those that work leave the table.
-    async fn retry_parked(&self, parked: &mut HashSet<Uuid>, kept: &mut KeptBoards) {
+    async fn retry_parked(&self, parked: &mut HashSet<Uuid>, kept: &mut MatcherBoards) {
         for board in parked.clone() {
             let result = match self.match_board(board, None, kept).await {
                 Ok(()) => self.unpark(board, parked).await,
@@ -287,7 +287,7 @@ impl Matcher {
         &self,
         board_id: Uuid,
         trigger: Option<&RecordedEvent>,
-        kept: &mut KeptBoards,
+        kept: &mut MatcherBoards,
     ) -> Result<()> {
         if self.faults.matcher_fails(board_id) {
             return Err(anyhow!("injected matcher fault"));
@@ -387,7 +387,7 @@ impl Matcher {
     /// Brings the kept streams of a refused write up to the log, past the matcher's
     /// checkpoint (later events of them are then passed as already applied). If
     /// neither moved, the refusal came from elsewhere: the Board is read again.
-    async fn catch_up(&self, kept: &mut KeptBoards, board_id: Uuid, streams: [Uuid; 2]) {
+    async fn catch_up(&self, kept: &mut MatcherBoards, board_id: Uuid, streams: [Uuid; 2]) {
         if !self.read_forward(kept, board_id, &streams).await {
             kept.forget(board_id);
         }
@@ -395,7 +395,12 @@ impl Matcher {
 
     /// Reads the kept streams of a Board forward from the store; whether any moved
     /// (false too when the Board cannot take them: it is then let go).
-    async fn read_forward(&self, kept: &mut KeptBoards, board_id: Uuid, streams: &[Uuid]) -> bool {
+    async fn read_forward(
+        &self,
+        kept: &mut MatcherBoards,
+        board_id: Uuid,
+        streams: &[Uuid],
+    ) -> bool {
         let Some(board) = kept.boards.get_mut(&board_id) else {
             return false;
         };
@@ -423,7 +428,7 @@ impl Matcher {
     /// the kept Board (read and kept first if need be), without what this matcher
     /// wrote and has not yet read back; with [`BoardReads::Scan`] (the earlier path),
     /// read from the event store each time. `None` when the Board does not exist.
-    async fn waiting(&self, board_id: Uuid, kept: &mut KeptBoards) -> Result<Option<Waiting>> {
+    async fn waiting(&self, board_id: Uuid, kept: &mut MatcherBoards) -> Result<Option<Waiting>> {
         if board_reads() == BoardReads::Scan {
             let Some(contents) = load_board_for_matching(self.pool(), board_id)
                 .await
@@ -509,11 +514,11 @@ const MAX_KEPT_BOARDS: usize = 1024;
 /// still stale is refused by the write's expected versions, and the two streams (or
 /// the Board) are read again.
 #[derive(Default)]
-struct KeptBoards {
+struct MatcherBoards {
     boards: HashMap<Uuid, KeptBoard>,
 }
 
-impl KeptBoards {
+impl MatcherBoards {
     fn keep(&mut self, board_id: Uuid, board: KeptBoard) {
         if self.boards.len() >= MAX_KEPT_BOARDS {
             self.boards.clear();
