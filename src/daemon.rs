@@ -87,6 +87,13 @@ pub struct DaemonConfig {
     /// earlier path. Off by default: on the shared machine it lowered PostgreSQL's CPU
     /// per append and the lag's median a little, but not the lag's p99 (same section).
     pub fused_statements: bool,
+    /// With loops, a batch that holds no event of its projection (most of a
+    /// projection's batches when the appends are of other kinds, e.g. every batch of
+    /// `provider_shift_view` while only appointments are requested) moves its
+    /// checkpoint in one autocommit statement, still fenced by the leader epoch,
+    /// instead of a transaction of four round trips. Off: every batch is a transaction,
+    /// the earlier path, kept so the bench can measure both in one run.
+    pub lone_checkpoints: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
     /// How often the matcher retries the Boards it parked.
@@ -106,6 +113,7 @@ impl Default for DaemonConfig {
             direct_wake: false,
             epoch_fence: true,
             fused_statements: false,
+            lone_checkpoints: false,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -131,6 +139,7 @@ impl DaemonConfig {
             follower_pace: self.follower_pace,
             direct_wake: self.direct_wake,
             fused_statements: self.fused_statements,
+            lone_checkpoints: self.lone_checkpoints,
         }
     }
 

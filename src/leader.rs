@@ -248,6 +248,43 @@ pub async fn advance_checkpoint(
     Ok(result.rows_affected() == 1)
 }
 
+/// [`advance_checkpoint`] as a statement of its own (autocommit), for a batch that
+/// changed nothing else. An epoch fence reads the row `for share` here whatever
+/// `fence` says ([`Fence::EpochHeld`] needs an earlier statement of the same
+/// transaction). With `async_commit`, the statement's own transaction does not wait
+/// for its WAL flush (`synchronous_commit` is set for that transaction only, before
+/// it commits at the statement's end).
+pub async fn advance_checkpoint_alone(
+    conn: impl PgExecutor<'_>,
+    checkpoint: Checkpoint<'_>,
+    old: Cursor,
+    new: Cursor,
+    fence: Fence,
+    async_commit: bool,
+) -> Result<bool, sqlx::Error> {
+    let fence = match fence {
+        Fence::EpochHeld(epoch) => Fence::Epoch(epoch),
+        other => other,
+    };
+    let arguments = checkpoint_arguments(checkpoint, old, new, 0, fence)?;
+    let update = checkpoint_update(checkpoint, fence);
+    let sql = if async_commit {
+        // `update … set … from (…) where …`: the one-row subquery runs once, before
+        // the statement's transaction commits.
+        let (head, tail) = update
+            .split_once(" where ")
+            .expect("the compare-and-set has a where clause");
+        format!(
+            "{head} from (select set_config('synchronous_commit', 'off', true)) as local \
+              where {tail}"
+        )
+    } else {
+        update
+    };
+    let result = sqlx::query_with(&sql, arguments).execute(conn).await?;
+    Ok(result.rows_affected() == 1)
+}
+
 /// The compare-and-set's binds, `$1`–`$8` of [`checkpoint_update`].
 fn checkpoint_arguments(
     checkpoint: Checkpoint<'_>,

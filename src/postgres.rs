@@ -180,6 +180,13 @@ impl EmbeddedCluster {
     /// Starts (initialising on first use) the cluster in `options.dir`. If a server
     /// started by another Careboard process is already running there, connects to it.
     pub fn start(options: &ClusterOptions) -> Result<Self> {
+        Self::start_with_settings(options, &[])
+    }
+
+    /// [`Self::start`] with extra server settings (`name=value`, passed as `-c`) for a
+    /// server this process starts, e.g. the bench's `shared_preload_libraries`. A
+    /// server already running there keeps its own settings.
+    pub fn start_with_settings(options: &ClusterOptions, settings: &[String]) -> Result<Self> {
         let bindir = find_bindir()?;
         let dir = absolute(&options.dir)?;
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -259,6 +266,9 @@ impl EmbeddedCluster {
                 &format!("max_connections={}", options.max_connections),
             ])
             .args(["-c", "idle_in_transaction_session_timeout=60s"]);
+        for setting in settings {
+            cmd.args(["-c", setting]);
+        }
         if options.durability == Durability::Throwaway {
             cmd.args(["-c", "fsync=off"])
                 .args(["-c", "synchronous_commit=off"])

@@ -82,7 +82,9 @@ struct Args {
     /// (`tuned` with the followers paced at 50 ms), `lock-table` (`tuned` with the
     /// earlier `pg_locks` fence and a NOTIFY statement of its own), `epoch` (the epoch
     /// fence, NOTIFY on its own), `fused` (the epoch fence, NOTIFY in the checkpoint
-    /// statement). Pairs alternate by default so the machine's drift falls on both.
+    /// statement), `lone` (the epoch fence, a batch holding no event of its projection
+    /// moving its checkpoint in one autocommit statement), `lone-fused` (both). Pairs
+    /// alternate by default so the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::Schedule::Lockstep,
         project::Schedule::Tuned,
@@ -99,6 +101,12 @@ struct Args {
     /// maximum append rate (on a busy machine a fixed rate keeps runs comparable).
     #[arg(long)]
     lag_rate: Option<f64>,
+    /// Load `pg_stat_statements` in the bench's own cluster and report, for each lag
+    /// row, PostgreSQL's time and calls per append by statement, WAL per append
+    /// (`pg_stat_wal`) and checkpoints. Needs the private cluster (no `DATABASE_URL`)
+    /// or one that preloads the extension.
+    #[arg(long)]
+    pg_stats: bool,
     /// Subscribers on one Board in the `subscribe` latency measurement.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -351,12 +359,22 @@ impl Row {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let env = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // The projector's batch events feed the lag rows' split, whatever the log level.
+        let batches = tracing_subscriber::filter::Targets::new().with_target(
+            careboard::projector::BATCH_TRACE_TARGET,
+            tracing::Level::DEBUG,
+        );
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_filter(env))
+            .with(project::BatchTrace.with_filter(batches))
+            .init();
+    }
     let args = Args::parse();
     // The ways the servers under test run, each with the label its rows carry.
     let auths: Vec<(&str, BenchAuth)> = match args.auth {
@@ -386,8 +404,19 @@ async fn main() -> Result<()> {
                 durability: Durability::Durable,
                 max_connections: 200,
             };
-            let cluster =
-                tokio::task::spawn_blocking(move || EmbeddedCluster::start(&options)).await??;
+            // Statement statistics only when asked: they cost every statement a little.
+            let settings: Vec<String> = if args.pg_stats {
+                vec![
+                    "shared_preload_libraries=pg_stat_statements".into(),
+                    "track_wal_io_timing=on".into(),
+                ]
+            } else {
+                Vec::new()
+            };
+            let cluster = tokio::task::spawn_blocking(move || {
+                EmbeddedCluster::start_with_settings(&options, &settings)
+            })
+            .await??;
             (cluster.url("postgres"), Some(cluster))
         }
     };
@@ -530,7 +559,7 @@ async fn main() -> Result<()> {
             let lag_url = fresh_database(&admin_url).await?;
             let lag_pool = postgres::connect(&lag_url, 32).await?;
             postgres::migrate(&lag_pool).await?;
-            let lag = project::lag(&lag_pool, rate, args.seconds, schedule).await?;
+            let lag = project::lag(&lag_pool, rate, args.seconds, schedule, args.pg_stats).await?;
             lag_pool.close().await;
             println!("projector stages ({label}), per batch of one projection:");
             for s in &lag.stages {
@@ -567,6 +596,26 @@ async fn main() -> Result<()> {
                     h.value_at_quantile(0.5) as f64 / 1000.0,
                     h.value_at_quantile(0.99) as f64 / 1000.0
                 );
+            }
+            let split = &lag.parts.split;
+            println!(
+                "  after, at the board_view batch that applied it ({} of {} notified appends matched):",
+                split.matched,
+                lag.parts.after.len()
+            );
+            for (name, h) in [
+                ("wait: readable to its read's start", &split.wait),
+                ("batch: read's start to commit", &split.batch),
+                ("delivery: commit to NOTIFY heard", &split.delivery),
+            ] {
+                println!(
+                    "    {name:<46} p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0
+                );
+            }
+            if let Some(pg) = &lag.pg {
+                print_pg_stats(pg, lag.appends);
             }
             rows.push(Row::unbased(
                 format!("project: lag commit to NOTIFY at {rate:.0} appends/s, {label}"),
@@ -1610,4 +1659,43 @@ async fn mixed_scenario(
         }
     }
     Ok(rows)
+}
+
+/// A lag row's PostgreSQL statistics, per append.
+fn print_pg_stats(pg: &project::PgStats, appends: usize) {
+    let per = |v: f64| v / appends.max(1) as f64;
+    let total: f64 = pg.statements.iter().map(|s| s.total_ms).sum();
+    println!(
+        "  PostgreSQL per append ({appends} appends): statements {:.3} ms; WAL {:.0} B in {:.2} records \
+         ({:.3} full-page images), {:.3} writes, {:.3} syncs ({:.3} ms writing, {:.3} ms syncing); \
+         {} checkpoints in the round",
+        per(total),
+        per(pg.wal_bytes),
+        per(pg.wal_records),
+        per(pg.wal_fpi),
+        per(pg.wal_writes),
+        per(pg.wal_syncs),
+        per(pg.wal_write_ms),
+        per(pg.wal_sync_ms),
+        pg.checkpoints
+    );
+    println!(
+        "    {:<58} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "statement", "calls/app", "µs/app", "plan µs", "µs/call", "rows/call", "pages/call", "WAL B/app"
+    );
+    for s in pg.statements.iter().filter(|s| s.total_ms > 0.0) {
+        println!(
+            "    {:<58} {:>9.3} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>9.0}",
+            s.label,
+            per(s.calls as f64),
+            per(s.total_ms) * 1000.0,
+            per(s.plan_ms) * 1000.0,
+            s.total_ms * 1000.0 / s.calls.max(1) as f64,
+            s.rows as f64 / s.calls.max(1) as f64,
+            s.blocks as f64 / s.calls.max(1) as f64,
+            per(s.wal_bytes)
+        );
+        let text: String = s.query.chars().take(150).collect();
+        println!("        {text}");
+    }
 }

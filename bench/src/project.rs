@@ -204,6 +204,11 @@ pub enum Schedule {
     /// `Tuned` with the epoch fence and the NOTIFY sent by the checkpoint's statement
     /// (`DaemonConfig::fused_statements`).
     Fused,
+    /// `Epoch` with a batch holding no event of its projection moving the checkpoint
+    /// in one autocommit statement (`DaemonConfig::lone_checkpoints`).
+    Lone,
+    /// `Fused` and `Lone` together.
+    LoneFused,
 }
 
 /// The follower pace of [`Schedule::Relaxed`].
@@ -220,6 +225,10 @@ impl Schedule {
             Schedule::LockTable => "loops as tuned, before: pg_locks fence, NOTIFY on its own",
             Schedule::Epoch => "loops as tuned, epoch fence, NOTIFY on its own",
             Schedule::Fused => "loops as tuned, epoch fence, NOTIFY in the checkpoint",
+            Schedule::Lone => "loops as tuned, epoch fence, empty batches' checkpoints alone",
+            Schedule::LoneFused => {
+                "loops as tuned, epoch fence, empty batches' checkpoints alone, NOTIFY fused"
+            }
         }
     }
 }
@@ -265,6 +274,18 @@ fn start_projector_with(
             fused_statements: true,
             ..tuned
         },
+        Schedule::Lone => DaemonConfig {
+            epoch_fence: true,
+            fused_statements: false,
+            lone_checkpoints: true,
+            ..tuned
+        },
+        Schedule::LoneFused => DaemonConfig {
+            epoch_fence: true,
+            fused_statements: true,
+            lone_checkpoints: true,
+            ..tuned
+        },
     };
     Daemon::new(
         pool.clone(),
@@ -289,6 +310,10 @@ pub struct Lag {
     pub batches_read: u64,
     pub batches_applied: u64,
     pub cpu: CpuPerAppend,
+    /// Appends that committed.
+    pub appends: usize,
+    /// PostgreSQL's statistics of the round (`--pg-stats`).
+    pub pg: Option<PgStats>,
 }
 
 /// CPU time per append of a lag round, in milliseconds (`None` where `/proc` cannot
@@ -347,6 +372,8 @@ pub struct LagParts {
     pub append: Histogram<u64>,
     pub held: Histogram<u64>,
     pub after: Histogram<u64>,
+    /// `after` taken apart at the batch that applied the append (see [`LagSplit`]).
+    pub split: LagSplit,
 }
 
 /// Takes each notified append's lag apart into [`LagParts`]. `appends`: (position,
@@ -356,12 +383,25 @@ fn lag_parts(
     appends: &[(i64, Instant, Instant)],
     notified: &HashMap<i64, Instant>,
     tx: &HashMap<i64, u64>,
+    mut batches: Vec<BatchSpan>,
 ) -> Result<LagParts> {
     let new = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
     let mut parts = LagParts {
         append: new()?,
         held: new()?,
         after: new()?,
+        split: LagSplit {
+            wait: new()?,
+            batch: new()?,
+            delivery: new()?,
+            matched: 0,
+        },
+    };
+    // board_view's batches follow one another: each starts where the last ended.
+    batches.sort_by_key(|b| b.end);
+    let batch_of = |cursor: (u64, i64)| {
+        let i = batches.partition_point(|b| b.end < cursor);
+        batches.get(i).filter(|b| b.after < cursor)
     };
     let micros = |d: Duration| (d.as_micros() as u64).max(1);
     let mut by_tx: Vec<(u64, Instant, Instant, i64)> = appends
@@ -371,7 +411,7 @@ fn lag_parts(
     by_tx.sort_by_key(|a| a.0);
     // The latest end among the appends with a lower transaction id, running.
     let mut older_end: Option<Instant> = None;
-    for (_, started, ended, position) in by_tx {
+    for (xid, started, ended, position) in by_tx {
         let readable = older_end.map_or(ended, |o| o.max(ended));
         let _ = parts.append.record(micros(ended - started));
         let _ = parts.held.record(micros(readable - ended));
@@ -379,6 +419,19 @@ fn lag_parts(
             let _ = parts
                 .after
                 .record(micros(n.saturating_duration_since(readable)));
+            if let Some(b) = batch_of((xid, position)) {
+                let split = &mut parts.split;
+                split.matched += 1;
+                let _ = split
+                    .wait
+                    .record(micros(b.read_started.saturating_duration_since(readable)));
+                let _ = split.batch.record(micros(
+                    b.committed.saturating_duration_since(b.read_started.max(readable)),
+                ));
+                let _ = split
+                    .delivery
+                    .record(micros(n.saturating_duration_since(b.committed)));
+            }
         }
         older_end = Some(readable);
     }
@@ -520,7 +573,13 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
 /// Appends at `rate` per second (open loop) for `seconds` with the projector running,
 /// and measures for each append the time from its commit to the projector's NOTIFY of
 /// a Board version that includes it.
-pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> Result<Lag> {
+pub async fn lag(
+    pool: &PgPool,
+    rate: f64,
+    seconds: u64,
+    schedule: Schedule,
+    pg_stats: bool,
+) -> Result<Lag> {
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let metrics = Arc::new(Metrics::new());
     let projector = start_projector_with(pool, &store, schedule, metrics.clone());
@@ -535,6 +594,12 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> 
     listener
         .listen(careboard::projections::board_view::BoardChanged::CHANNEL)
         .await?;
+    let checkpoints_before = if pg_stats {
+        Some(pg_stats_reset(pool).await?)
+    } else {
+        None
+    };
+    BATCH_SPANS.lock().unwrap().clear();
     let pending: Pending = Arc::default();
     // (position, started, committed) of each append; position → its NOTIFY's arrival.
     let appended = Arc::new(std::sync::Mutex::new(Vec::<(i64, Instant, Instant)>::new()));
@@ -621,6 +686,11 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> 
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu_after = (postgres_cpu_ticks(pool).await?, own_cpu_ticks());
+    let pg = match checkpoints_before {
+        Some(before) => Some(pg_stats_collect(pool, before).await?),
+        None => None,
+    };
+    let batches = std::mem::take(&mut *BATCH_SPANS.lock().unwrap());
     listening.abort();
     projector.stop().await?;
     let hist = hist.lock().unwrap().clone();
@@ -634,7 +704,7 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> 
             .into_iter()
             .filter_map(|(seq, tx)| Some((seq, tx.parse().ok()?)))
             .collect();
-    let parts = lag_parts(&appended, &notified.lock().unwrap(), &tx)?;
+    let parts = lag_parts(&appended, &notified.lock().unwrap(), &tx, batches)?;
     // CPU per append, PostgreSQL's and this process's (appends, projector, listener).
     let per_append = |before: Option<u64>, after: Option<u64>| {
         let ticks = after?.checked_sub(before?)?;
@@ -657,6 +727,8 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> 
         process_ms: per_append(cpu_before.1, cpu_after.1),
     };
     Ok(Lag {
+        appends: appended.len(),
+        pg,
         cpu,
         hist,
         parts,
@@ -664,4 +736,247 @@ pub async fn lag(pool: &PgPool, rate: f64, seconds: u64, schedule: Schedule) -> 
         batches_read: metrics.projector_batches_read(),
         batches_applied: metrics.projector_batches(),
     })
+}
+
+/// PostgreSQL's own account of a lag round (`--pg-stats`): time and calls per
+/// statement from `pg_stat_statements`, WAL from `pg_stat_wal`, checkpoints from
+/// `pg_stat_bgwriter`, all per append. Needs the cluster started with
+/// `shared_preload_libraries = pg_stat_statements` (the bench does so with the flag).
+pub struct PgStats {
+    /// Statements of the round's database, most total time first.
+    pub statements: Vec<StatementStats>,
+    pub wal_records: f64,
+    pub wal_fpi: f64,
+    pub wal_bytes: f64,
+    pub wal_writes: f64,
+    pub wal_syncs: f64,
+    /// Milliseconds spent writing and syncing WAL (with `track_wal_io_timing`).
+    pub wal_write_ms: f64,
+    pub wal_sync_ms: f64,
+    pub checkpoints: i64,
+}
+
+/// One normalised statement's totals over a lag round.
+pub struct StatementStats {
+    /// What it is in the append path or the projector (see [`statement_label`]).
+    pub label: &'static str,
+    pub query: String,
+    pub calls: i64,
+    /// Execution plus planning, milliseconds.
+    pub total_ms: f64,
+    pub plan_ms: f64,
+    pub rows: i64,
+    /// Shared buffers hit and read (pages touched: a scan shows here).
+    pub blocks: i64,
+    pub wal_bytes: f64,
+}
+
+/// What a statement of a lag round does, from its text.
+pub fn statement_label(query: &str) -> &'static str {
+    let q = query.to_ascii_lowercase();
+    let has = |s: &str| q.contains(s);
+    if has("insert into events") {
+        "append: the command's one statement"
+    } else if q.trim() == "begin" {
+        "projector: BEGIN"
+    } else if q.trim() == "commit" {
+        "projector: COMMIT (and the appends' none: they autocommit)"
+    } else if has("pg_current_xact_id()::text") {
+        "projector: transaction id (epoch hold, async commit)"
+    } else if has("pg_snapshot_xip") {
+        "projector: the shared (tx, seq) read below the horizon"
+    } else if has("update projection_state") && has("pg_notify") {
+        "projector: checkpoint CAS with the NOTIFY (fused)"
+    } else if has("update projection_state") {
+        "projector: checkpoint compare-and-set (fenced)"
+    } else if has("pg_notify") {
+        "projector: NOTIFY (board_view)"
+    } else if has("insert into board_view_appointments") {
+        "board_view: appointment rows written"
+    } else if has("insert into board_view ") || has("insert into board_view(") {
+        "board_view: Board header written"
+    } else if has("board_view_appointments") || has("from board_view") {
+        "board_view: documents read"
+    } else if has("insert into appointment_view") {
+        "appointment_view: documents written"
+    } else if has("from appointment_view") {
+        "appointment_view: documents read"
+    } else if has("insert into provider_shift_view") {
+        "provider_shift_view: documents written"
+    } else if has("from provider_shift_view") {
+        "provider_shift_view: documents read"
+    } else if has("insert into appointment_durations") {
+        "appointment_durations: rows written"
+    } else if has("from appointment_durations") {
+        "appointment_durations: rows read"
+    } else if has("insert into snapshots") {
+        "snapshots written"
+    } else if has("listen") || has("pg_stat_activity") || has("pg_stat_") {
+        "bench harness"
+    } else if has("from events") || has("from streams") {
+        "log/stream read (gap fill, command)"
+    } else {
+        "other"
+    }
+}
+
+/// Clears the statistics [`pg_stats_collect`] reads and returns the checkpoints so far;
+/// fails when `pg_stat_statements` is not loaded.
+pub async fn pg_stats_reset(pool: &PgPool) -> Result<i64> {
+    sqlx::query("create extension if not exists pg_stat_statements")
+        .execute(pool)
+        .await?;
+    sqlx::query("select pg_stat_statements_reset()")
+        .execute(pool)
+        .await?;
+    sqlx::query("select pg_stat_reset_shared('wal')")
+        .execute(pool)
+        .await?;
+    let checkpoints: i64 = sqlx::query_scalar(
+        "select checkpoints_timed + checkpoints_req from pg_stat_bgwriter",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(checkpoints)
+}
+
+/// The round's statistics since [`pg_stats_reset`] (which returned `checkpoints_before`).
+pub async fn pg_stats_collect(pool: &PgPool, checkpoints_before: i64) -> Result<PgStats> {
+    // Let backends flush their pending WAL counters (they report at most once a second
+    // while busy, and when idle).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rows: Vec<(String, i64, f64, f64, i64, i64, f64)> = sqlx::query_as(
+        "select query, calls, total_exec_time + total_plan_time, total_plan_time, rows, \
+                shared_blks_hit + shared_blks_read, wal_bytes::float8 \
+           from pg_stat_statements \
+          where dbid = (select oid from pg_database where datname = current_database()) \
+          order by total_exec_time + total_plan_time desc",
+    )
+    .fetch_all(pool)
+    .await?;
+    let statements = rows
+        .into_iter()
+        .map(
+            |(query, calls, total_ms, plan_ms, rows, blocks, wal_bytes)| StatementStats {
+                label: statement_label(&query),
+                query: query.split_whitespace().collect::<Vec<_>>().join(" "),
+                calls,
+                total_ms,
+                plan_ms,
+                rows,
+                blocks,
+                wal_bytes,
+            },
+        )
+        .collect();
+    let wal: (f64, f64, f64, f64, f64, f64, f64) = sqlx::query_as(
+        "select wal_records::float8, wal_fpi::float8, wal_bytes::float8, wal_write::float8, \
+                wal_sync::float8, wal_write_time, wal_sync_time from pg_stat_wal",
+    )
+    .fetch_one(pool)
+    .await?;
+    let checkpoints: i64 = sqlx::query_scalar(
+        "select checkpoints_timed + checkpoints_req from pg_stat_bgwriter",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(PgStats {
+        statements,
+        wal_records: wal.0,
+        wal_fpi: wal.1,
+        wal_bytes: wal.2,
+        wal_writes: wal.3,
+        wal_syncs: wal.4,
+        wal_write_ms: wal.5,
+        wal_sync_ms: wal.6,
+        checkpoints: checkpoints - checkpoints_before,
+    })
+}
+
+/// One committed `board_view` batch, from the projector's trace event
+/// ([`careboard::projector::BATCH_TRACE_TARGET`]): the cursors it moved between and the
+/// instants its read started and it committed.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSpan {
+    pub after: (u64, i64),
+    pub end: (u64, i64),
+    pub read_started: Instant,
+    pub committed: Instant,
+}
+
+static BATCH_SPANS: std::sync::Mutex<Vec<BatchSpan>> = std::sync::Mutex::new(Vec::new());
+
+/// A `tracing` layer that keeps the projector's `board_view` batch events for
+/// [`lag_split`]. Install it with a filter for
+/// [`careboard::projector::BATCH_TRACE_TARGET`] at debug level.
+pub struct BatchTrace;
+
+#[derive(Default)]
+struct BatchFields {
+    projection: String,
+    after_tx: u64,
+    after_seq: i64,
+    end_tx: u64,
+    end_seq: i64,
+    since_read_us: u64,
+}
+
+impl tracing::field::Visit for BatchFields {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        match field.name() {
+            "after_tx" => self.after_tx = value,
+            "after_seq" => self.after_seq = value as i64,
+            "end_tx" => self.end_tx = value,
+            "end_seq" => self.end_seq = value as i64,
+            "since_read_us" => self.since_read_us = value,
+            _ => {}
+        }
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        match field.name() {
+            "after_seq" => self.after_seq = value,
+            "end_seq" => self.end_seq = value,
+            _ => self.record_u64(field, value.max(0) as u64),
+        }
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "projection" {
+            self.projection = value.to_string();
+        }
+    }
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BatchTrace {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != careboard::projector::BATCH_TRACE_TARGET {
+            return;
+        }
+        let now = Instant::now();
+        let mut f = BatchFields::default();
+        event.record(&mut f);
+        if f.projection != Projection::BoardView.name() {
+            return;
+        }
+        BATCH_SPANS.lock().unwrap().push(BatchSpan {
+            after: (f.after_tx, f.after_seq),
+            end: (f.end_tx, f.end_seq),
+            read_started: now - Duration::from_micros(f.since_read_us),
+            committed: now,
+        });
+    }
+}
+
+/// The rest of each append's lag, after it became readable, taken apart at the
+/// `board_view` batch that applied it (microsecond histograms).
+pub struct LagSplit {
+    /// Readable → the read that returned it started: waiting for `board_view`'s loop
+    /// to wake or to finish its previous batch.
+    pub wait: Histogram<u64>,
+    /// That read's start → the batch's commit: the read and the batch.
+    pub batch: Histogram<u64>,
+    /// Commit → the NOTIFY heard by the harness.
+    pub delivery: Histogram<u64>,
+    /// Appends matched to a batch, of those notified.
+    pub matched: u64,
 }

@@ -326,9 +326,10 @@ impl Projector {
             if strict && self.settings.direct_wake && worker.conn.is_none() {
                 worker.conn = Some(self.pool.acquire().await?);
             }
-            let rows = log
+            let (rows, read_started) = log
                 .next(cursor, limit, started, strict, worker.conn.as_deref_mut())
                 .await?;
+            worker.read_started = read_started;
             if strict {
                 rows
             } else {
@@ -336,6 +337,7 @@ impl Projector {
                 log.extend(rows, limit)
             }
         } else {
+            worker.read_started = started;
             let pending = ahead.take().filter(|a| a.after == cursor);
             let rows = match pending {
                 Some(mut a) => (&mut a.rows).await??,
@@ -401,7 +403,8 @@ impl SharedLog {
         }
     }
 
-    /// The batch after `after` for a loop that became ready at `ready`: a read made or
+    /// The batch after `after` for a loop that became ready at `ready`, and when its
+    /// read started: a read made or
     /// under way at that cursor when it may be used, else a fresh one (which others may
     /// then share). A read that started at or after `ready`, or that returned a whole
     /// batch (exactly what a read now would return), is always used; one that started
@@ -415,7 +418,7 @@ impl SharedLog {
         ready: Instant,
         strict: bool,
         mut conn: Option<&mut PgConnection>,
-    ) -> Result<Rows, sqlx::Error> {
+    ) -> Result<(Rows, Instant), sqlx::Error> {
         // The read last found unusable: the next one at this cursor must be another.
         let mut passed_over: Option<Arc<Slot>> = None;
         loop {
@@ -436,7 +439,7 @@ impl SharedLog {
                 || rows.len() as i64 >= limit
                 || (!strict && !rows.is_empty());
             if usable {
-                return Ok(rows);
+                return Ok((rows, slot.started));
             }
             passed_over = Some(slot);
         }

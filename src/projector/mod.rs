@@ -31,13 +31,18 @@ use tokio::sync::{watch, Notify};
 use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
 use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};
-use crate::leader::{advance_checkpoint_notifying, Checkpoint, Fence, Lease, EPOCH_HOLD};
+use crate::leader::{
+    advance_checkpoint_alone, advance_checkpoint_notifying, Checkpoint, Fence, Lease, EPOCH_HOLD,
+};
 use crate::metrics::{Metrics, ProjectorStage};
 use crate::pacing::{backoff, Wakes};
 use crate::projections::board_view::BoardChanged;
 use crate::projections::Projection;
 use batch::{apply_batch, BatchError, BatchInput};
 use state::{record_dead_letters, Generation, GenerationStatus};
+
+/// The `tracing` target of the event each committed batch emits (at debug level).
+pub const BATCH_TRACE_TARGET: &str = "careboard::projector::batch";
 
 /// How the projector reads and retries.
 #[derive(Debug, Clone)]
@@ -72,6 +77,9 @@ pub struct ProjectorSettings {
     /// NOTIFY in the checkpoint's statement (see
     /// [`crate::daemon::DaemonConfig::fused_statements`]).
     pub fused_statements: bool,
+    /// A batch holding no event of its projection moves the checkpoint in one
+    /// autocommit statement (see [`crate::daemon::DaemonConfig::lone_checkpoints`]).
+    pub lone_checkpoints: bool,
 }
 
 /// Why the projector stopped.
@@ -236,6 +244,13 @@ impl Projector {
             Instant::now()
         };
         let gen = worker.gen.clone();
+        if self.settings.lone_checkpoints
+            && rows
+                .iter()
+                .all(|(_, e)| gen.projection.document_of(e).is_none())
+        {
+            return self.move_checkpoint_alone(worker, fence, rows.len(), new_cursor, started).await;
+        }
         let at = Instant::now();
         // On the loop's own connection when it keeps one (see `Worker::conn`).
         let mut tx = match worker.conn.as_mut() {
@@ -384,6 +399,21 @@ impl Projector {
         stage(ProjectorStage::Commit, at);
         self.metrics
             .projector_stage(ProjectorStage::Batch, started.elapsed());
+        // One event per committed batch, for whoever takes the lag apart (the bench
+        // matches each append to the batch that applied it): the cursors it moved
+        // between, and how long ago its read started and the worker became ready.
+        tracing::debug!(
+            target: BATCH_TRACE_TARGET,
+            projection = gen.projection.name(),
+            after_tx = gen.cursor.tx,
+            after_seq = gen.cursor.seq,
+            end_tx = new_cursor.tx,
+            end_seq = new_cursor.seq,
+            events = events.len() as u64,
+            since_read_us = worker.read_started.elapsed().as_micros() as u64,
+            since_ready_us = started.elapsed().as_micros() as u64,
+            "batch committed"
+        );
         if crash(CrashPoint::AfterCommit) {
             return Ok(Step::Crashed(CrashPoint::AfterCommit));
         }
@@ -397,6 +427,92 @@ impl Projector {
         }
         self.metrics
             .batch_applied(gen.projection.name(), events.len(), outcome.applied as u64);
+        worker.gen.cursor = new_cursor;
+        Ok(Step::Applied)
+    }
+}
+
+impl Projector {
+    /// A batch none of whose events belongs to a document of this projection: no
+    /// document to read or write, no NOTIFY, no dead letter, so the checkpoint moves
+    /// by itself, in one autocommit statement instead of a transaction of four round
+    /// trips (BEGIN, transaction id, compare-and-set, COMMIT). Still a compare-and-set
+    /// fenced by the leader epoch; the epoch row is read `for share` ([`Fence::Epoch`]),
+    /// since no earlier statement held the epoch lock. Committed without waiting for
+    /// the WAL flush when the projector's commits are asynchronous.
+    async fn move_checkpoint_alone(
+        &self,
+        worker: &mut Worker,
+        fence: Fence,
+        events: usize,
+        new_cursor: Cursor,
+        started: Instant,
+    ) -> Result<Step> {
+        let crash = |point: CrashPoint| self.faults.crash_at(point);
+        // The crash points the transaction passes, in its order: what a test crashes
+        // at ends this batch the same way (nothing moved).
+        for point in [
+            CrashPoint::AfterApply,
+            CrashPoint::BeforeCheckpoint,
+            CrashPoint::BeforeCommit,
+        ] {
+            if crash(point) {
+                return Ok(Step::Crashed(point));
+            }
+        }
+        let gen = &worker.gen;
+        let at = Instant::now();
+        let checkpoint = Checkpoint::Projection {
+            name: gen.projection.name(),
+            generation: gen.generation,
+        };
+        let moved = match worker.conn.as_mut() {
+            Some(conn) => {
+                advance_checkpoint_alone(
+                    &mut **conn,
+                    checkpoint,
+                    gen.cursor,
+                    new_cursor,
+                    fence,
+                    self.settings.async_commit,
+                )
+                .await?
+            }
+            None => {
+                advance_checkpoint_alone(
+                    &self.pool,
+                    checkpoint,
+                    gen.cursor,
+                    new_cursor,
+                    fence,
+                    self.settings.async_commit,
+                )
+                .await?
+            }
+        };
+        if !moved {
+            return Ok(Step::Rejected);
+        }
+        self.metrics
+            .projector_stage(ProjectorStage::Checkpoint, at.elapsed());
+        self.metrics
+            .projector_stage(ProjectorStage::Batch, started.elapsed());
+        tracing::debug!(
+            target: BATCH_TRACE_TARGET,
+            projection = gen.projection.name(),
+            after_tx = gen.cursor.tx,
+            after_seq = gen.cursor.seq,
+            end_tx = new_cursor.tx,
+            end_seq = new_cursor.seq,
+            events = events as u64,
+            since_read_us = worker.read_started.elapsed().as_micros() as u64,
+            since_ready_us = started.elapsed().as_micros() as u64,
+            "checkpoint moved alone"
+        );
+        if crash(CrashPoint::AfterCommit) {
+            return Ok(Step::Crashed(CrashPoint::AfterCommit));
+        }
+        self.metrics.batch_applied(gen.projection.name(), events, 0);
         worker.gen.cursor = new_cursor;
         Ok(Step::Applied)
     }
@@ -418,6 +534,10 @@ struct Worker {
     /// pace a follower by these).
     last_batch: Instant,
     last_batch_full: bool,
+    /// When the read of the current batch started (a shared read may have started
+    /// before this worker was ready): the batch's span in the `careboard::projector::batch`
+    /// trace events.
+    read_started: Instant,
     /// A connection this worker keeps for its reads and transactions (`board_view`'s
     /// live loop, with direct wakes): no pool acquire on its path, and no task spawned
     /// to hand the connection back after each statement. Dropped after an error, taken
@@ -433,6 +553,7 @@ impl Worker {
             dead: HashSet::new(),
             last_batch: Instant::now(),
             last_batch_full: false,
+            read_started: Instant::now(),
             conn: None,
         }
     }
