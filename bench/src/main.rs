@@ -83,17 +83,20 @@ struct Args {
     /// earlier `pg_locks` fence and a NOTIFY statement of its own), `epoch` (the epoch
     /// fence, NOTIFY on its own), `fused` (the epoch fence, NOTIFY in the checkpoint
     /// statement), `lone` (the epoch fence, a batch holding no event of its projection
-    /// moving its checkpoint in one autocommit statement), `lone-fused` (both). Pairs
-    /// alternate by default so the machine's drift falls on both.
+    /// moving its checkpoint in one autocommit statement: the defaults, as `tuned`),
+    /// `lone-fused` (both). `lock-table`, `epoch` and `fused` move every checkpoint in a
+    /// transaction. Pairs alternate by default so the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::Schedule::Lockstep,
         project::Schedule::Tuned,
         project::Schedule::Direct,
         project::Schedule::Tuned,
         project::Schedule::Direct,
-        project::Schedule::LockTable,
+        project::Schedule::Epoch,
+        project::Schedule::Lone,
         project::Schedule::Fused,
-        project::Schedule::LockTable,
+        project::Schedule::Epoch,
+        project::Schedule::Lone,
         project::Schedule::Fused,
     ])]
     lag_schedules: Vec<project::Schedule>,

@@ -195,17 +195,20 @@ pub enum Schedule {
     /// fewer, larger follower transactions, leaving PostgreSQL's CPU to `board_view`
     /// and the appends.
     Relaxed,
-    /// `Tuned` with each checkpoint fenced by `pg_locks` and the NOTIFY a statement of
-    /// its own: the batch's statements before the epoch fence.
+    /// `Tuned` with each checkpoint fenced by `pg_locks`, the NOTIFY a statement of
+    /// its own and every batch a transaction: the batch's statements before the epoch
+    /// fence.
     LockTable,
     /// `Tuned` with the epoch fence (`DaemonConfig::epoch_fence`), the NOTIFY still a
-    /// statement of its own.
+    /// statement of its own, every batch a transaction (`lone_checkpoints` off: the
+    /// default before it).
     Epoch,
-    /// `Tuned` with the epoch fence and the NOTIFY sent by the checkpoint's statement
+    /// `Epoch` with the NOTIFY sent by the checkpoint's statement
     /// (`DaemonConfig::fused_statements`).
     Fused,
     /// `Epoch` with a batch holding no event of its projection moving the checkpoint
-    /// in one autocommit statement (`DaemonConfig::lone_checkpoints`).
+    /// in one autocommit statement (`DaemonConfig::lone_checkpoints`): `Tuned`, the
+    /// defaults, named for the comparison.
     Lone,
     /// `Fused` and `Lone` together.
     LoneFused,
@@ -262,16 +265,19 @@ fn start_projector_with(
         Schedule::LockTable => DaemonConfig {
             epoch_fence: false,
             fused_statements: false,
+            lone_checkpoints: false,
             ..tuned
         },
         Schedule::Epoch => DaemonConfig {
             epoch_fence: true,
             fused_statements: false,
+            lone_checkpoints: false,
             ..tuned
         },
         Schedule::Fused => DaemonConfig {
             epoch_fence: true,
             fused_statements: true,
+            lone_checkpoints: false,
             ..tuned
         },
         Schedule::Lone => DaemonConfig {

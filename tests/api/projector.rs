@@ -15,8 +15,8 @@ use careboard::event_store::log::Cursor;
 use careboard::event_store::{read_board_streams, EventStore, ReadLimit};
 use careboard::faults::{CrashPoint, Faults};
 use careboard::leader::{
-    advance_checkpoint, advance_checkpoint_notifying, Checkpoint, Fence, Lease, EPOCH_HOLD,
-    LEADER_LOCK_KEY,
+    advance_checkpoint, advance_checkpoint_alone, advance_checkpoint_notifying, Checkpoint,
+    Fence, Lease, EPOCH_HOLD, LEADER_LOCK_KEY,
 };
 use careboard::metrics::Metrics;
 use careboard::projections::{read, BoardDoc, Doc, Projection};
@@ -823,6 +823,22 @@ async fn a_deposed_leaders_checkpoint_write_is_rejected() {
         )
         .await
         .unwrap());
+        // The checkpoint of a batch that changed nothing, alone in its statement, is
+        // fenced the same way (with the epoch held or not, committing durably or not).
+        for fence in [old.fence(), old.fence().held()] {
+            for async_commit in [true, false] {
+                assert!(!advance_checkpoint_alone(
+                    &mut *conn,
+                    checkpoint,
+                    next,
+                    after,
+                    fence,
+                    async_commit
+                )
+                .await
+                .unwrap());
+            }
+        }
         assert_eq!(
             state::live_checkpoint(&pool, Projection::BoardView)
                 .await
@@ -1363,4 +1379,88 @@ async fn board_views_kept_connection_killed_under_it_is_replaced_and_nothing_is_
         fresh_fold(&pool, board).await
     );
     projector.stop().await.unwrap();
+}
+
+/// Only appointments are requested, so no batch holds an event of
+/// `provider_shift_view`: with `lone_checkpoints` each of its batches moves the
+/// checkpoint in one statement, and every projection still ends at the end of the log
+/// with each event applied once and every document equal to a fresh fold.
+#[tokio::test]
+async fn a_batch_with_no_event_of_its_projection_moves_the_checkpoint_alone_and_nothing_is_skipped(
+) {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let boards = [
+        open_board(&store, "Alone A").await,
+        open_board(&store, "Alone B").await,
+    ];
+    let metrics = Arc::new(Metrics::new());
+    let projector = Daemon::new(
+        pool.clone(),
+        store.appended_signal(),
+        Default::default(),
+        DaemonConfig {
+            batch_size: 4,
+            lone_checkpoints: true,
+            ..config()
+        },
+        metrics.clone(),
+    )
+    .spawn();
+    caught_up(&pool).await;
+    let mut appointments = Vec::new();
+    for i in 0..24 {
+        let (id, _) = request_appointment(&store, boards[i % 2], &format!("alone {i}")).await;
+        appointments.push(id);
+        if i % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+    caught_up(&pool).await;
+    projector.stop().await.unwrap();
+    let statuses = state::status(&pool).await.unwrap();
+    let end: i64 = sqlx::query_scalar("select max(seq) from events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let applied_by = |name: &str| {
+        let s = statuses.iter().find(|s| s.name == name).expect(name);
+        assert_eq!(s.checkpoint_position, end, "{name} reached the end");
+        s.events_applied
+    };
+    assert_eq!(applied_by("board_view"), 26);
+    assert_eq!(applied_by("appointment_view"), 24);
+    assert_eq!(applied_by("appointment_durations"), 24);
+    assert_eq!(applied_by("provider_shift_view"), 0);
+    let shift_views: i64 = sqlx::query_scalar("select count(*) from provider_shift_view")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(shift_views, 0);
+    for board in boards {
+        assert_doc_agrees(&pool, board).await;
+    }
+    for id in appointments {
+        let doc: careboard::domain::Appointment =
+            read::stream_doc(&pool, Projection::AppointmentView, id)
+                .await
+                .unwrap()
+                .expect("appointment document");
+        assert_eq!(doc.status, AppointmentStatus::Requested);
+    }
+    // No transaction was opened for them: fewer batches went through BEGIN than
+    // were applied.
+    let stages = metrics.projector_stages();
+    let count = |name: &str| {
+        stages
+            .iter()
+            .find(|s| s.stage.as_str() == name)
+            .map_or(0, |s| s.count)
+    };
+    assert!(
+        count("begin") < count("batch"),
+        "{} transactions for {} batches: no checkpoint moved alone",
+        count("begin"),
+        count("batch")
+    );
 }
