@@ -1684,7 +1684,14 @@ fn print_pg_stats(pg: &project::PgStats, appends: usize) {
     );
     println!(
         "    {:<58} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
-        "statement", "calls/app", "µs/app", "plan µs", "µs/call", "rows/call", "pages/call", "WAL B/app"
+        "statement",
+        "calls/app",
+        "µs/app",
+        "plan µs",
+        "µs/call",
+        "rows/call",
+        "pages/call",
+        "WAL B/app"
     );
     for s in pg.statements.iter().filter(|s| s.total_ms > 0.0) {
         println!(

@@ -432,7 +432,8 @@ fn lag_parts(
                     .wait
                     .record(micros(b.read_started.saturating_duration_since(readable)));
                 let _ = split.batch.record(micros(
-                    b.committed.saturating_duration_since(b.read_started.max(readable)),
+                    b.committed
+                        .saturating_duration_since(b.read_started.max(readable)),
                 ));
                 let _ = split
                     .delivery
@@ -838,11 +839,10 @@ pub async fn pg_stats_reset(pool: &PgPool) -> Result<i64> {
     sqlx::query("select pg_stat_reset_shared('wal')")
         .execute(pool)
         .await?;
-    let checkpoints: i64 = sqlx::query_scalar(
-        "select checkpoints_timed + checkpoints_req from pg_stat_bgwriter",
-    )
-    .fetch_one(pool)
-    .await?;
+    let checkpoints: i64 =
+        sqlx::query_scalar("select checkpoints_timed + checkpoints_req from pg_stat_bgwriter")
+            .fetch_one(pool)
+            .await?;
     Ok(checkpoints)
 }
 
@@ -881,11 +881,10 @@ pub async fn pg_stats_collect(pool: &PgPool, checkpoints_before: i64) -> Result<
     )
     .fetch_one(pool)
     .await?;
-    let checkpoints: i64 = sqlx::query_scalar(
-        "select checkpoints_timed + checkpoints_req from pg_stat_bgwriter",
-    )
-    .fetch_one(pool)
-    .await?;
+    let checkpoints: i64 =
+        sqlx::query_scalar("select checkpoints_timed + checkpoints_req from pg_stat_bgwriter")
+            .fetch_one(pool)
+            .await?;
     Ok(PgStats {
         statements,
         wal_records: wal.0,

@@ -249,7 +249,9 @@ impl Projector {
                 .iter()
                 .all(|(_, e)| gen.projection.document_of(e).is_none())
         {
-            return self.move_checkpoint_alone(worker, fence, rows.len(), new_cursor, started).await;
+            return self
+                .move_checkpoint_alone(worker, fence, rows.len(), new_cursor, started)
+                .await;
         }
         let at = Instant::now();
         // On the loop's own connection when it keeps one (see `Worker::conn`).

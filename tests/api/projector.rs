@@ -15,8 +15,8 @@ use careboard::event_store::log::Cursor;
 use careboard::event_store::{read_board_streams, EventStore, ReadLimit};
 use careboard::faults::{CrashPoint, Faults};
 use careboard::leader::{
-    advance_checkpoint, advance_checkpoint_alone, advance_checkpoint_notifying, Checkpoint,
-    Fence, Lease, EPOCH_HOLD, LEADER_LOCK_KEY,
+    advance_checkpoint, advance_checkpoint_alone, advance_checkpoint_notifying, Checkpoint, Fence,
+    Lease, EPOCH_HOLD, LEADER_LOCK_KEY,
 };
 use careboard::metrics::Metrics;
 use careboard::projections::{read, BoardDoc, Doc, Projection};
@@ -1386,8 +1386,8 @@ async fn board_views_kept_connection_killed_under_it_is_replaced_and_nothing_is_
 /// checkpoint in one statement, and every projection still ends at the end of the log
 /// with each event applied once and every document equal to a fresh fold.
 #[tokio::test]
-async fn a_batch_with_no_event_of_its_projection_moves_the_checkpoint_alone_and_nothing_is_skipped(
-) {
+async fn a_batch_with_no_event_of_its_projection_moves_the_checkpoint_alone_and_nothing_is_skipped()
+{
     let pool = helpers::fresh_database().await;
     let store = helpers::store(&pool);
     let boards = [
