@@ -98,14 +98,15 @@ struct Args {
     /// The `board_view` rebuild rounds, in order: `before` (events through `Value`
     /// trees, folded onto a copy), `text` (decoded from the jsonb text, onto a copy),
     /// `in-place` (decoded from the text, folded in place), each with pglz-compressed
-    /// documents; `lz4` (`in-place` with lz4, migration 0013: the current path).
+    /// documents; `lz4` (`in-place` with lz4, migration 0013); `assembled` (`lz4` with
+    /// Board snapshots put together in the database: the current path).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::RebuildPath::InPlace,
         project::RebuildPath::Lz4,
+        project::RebuildPath::Assembled,
+        project::RebuildPath::Assembled,
         project::RebuildPath::Lz4,
         project::RebuildPath::InPlace,
-        project::RebuildPath::InPlace,
-        project::RebuildPath::Lz4,
     ])]
     rebuild_paths: Vec<project::RebuildPath>,
     /// Appends per second of the `project` lag rows; without it, half the measured

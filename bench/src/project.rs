@@ -417,6 +417,9 @@ pub enum RebuildPath {
     InPlace,
     /// `in-place`, with the documents compressed with lz4 (migration 0013).
     Lz4,
+    /// `lz4`, with Board snapshots put together in the database from the rows the
+    /// batch wrote (`insert … select`) instead of read back whole and sent again.
+    Assembled,
 }
 
 /// The TOASTed document columns a `board_view` rebuild writes, which migration 0013
@@ -430,6 +433,7 @@ impl RebuildPath {
             RebuildPath::Text => "decoded from the jsonb text, folded onto a copy, pglz",
             RebuildPath::InPlace => "decoded from the text, folded in place, pglz",
             RebuildPath::Lz4 => "decoded from the text, folded in place, lz4 (0013)",
+            RebuildPath::Assembled => "lz4, snapshots put together in the database",
         }
     }
 
@@ -437,7 +441,7 @@ impl RebuildPath {
     fn compression(self) -> &'static str {
         match self {
             RebuildPath::Before | RebuildPath::Text | RebuildPath::InPlace => "pglz",
-            RebuildPath::Lz4 => "lz4",
+            RebuildPath::Lz4 | RebuildPath::Assembled => "lz4",
         }
     }
 
@@ -451,6 +455,7 @@ impl RebuildPath {
             self,
             RebuildPath::Before | RebuildPath::Text
         ));
+        careboard::snapshots::read_back_boards(self != RebuildPath::Assembled);
         for table in DOC_COLUMNS {
             sqlx::query(&format!(
                 "alter table {table} alter column doc set compression {}",
@@ -571,7 +576,7 @@ pub async fn rebuild(
             None => result.rates.push((path, vec![rate])),
         }
     }
-    RebuildPath::Lz4.select(pool).await?;
+    RebuildPath::Assembled.select(pool).await?;
     Ok(result)
 }
 
