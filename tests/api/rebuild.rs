@@ -328,3 +328,48 @@ async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_
         assert_eq!(doc, fresh, "board {board}");
     }
 }
+
+#[tokio::test]
+async fn board_documents_and_snapshots_are_compressed_with_lz4() {
+    let pool = helpers::fresh_database().await;
+    let methods: Vec<(String, String)> = sqlx::query_as(
+        "select attrelid::regclass::text, attcompression::text from pg_attribute \
+          where attname = 'doc' \
+            and attrelid in ('board_view'::regclass, 'board_view_appointments'::regclass, \
+                             'snapshots'::regclass) \
+          order by 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        methods,
+        [
+            ("board_view".to_string(), "l".to_string()),
+            ("board_view_appointments".to_string(), "l".to_string()),
+            ("snapshots".to_string(), "l".to_string()),
+        ]
+    );
+
+    // A document large enough to be compressed is stored with lz4, and reads back.
+    let doc = json!({ "notes": "a Board's worth of text ".repeat(400) });
+    let board = Uuid::new_v4();
+    sqlx::query(
+        "insert into snapshots (kind, id, fold_version, version, max_recorded_at, doc) \
+         values ('board', $1, 1, 1, now(), $2)",
+    )
+    .bind(board)
+    .bind(&doc)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (method, back): (Option<String>, serde_json::Value) = sqlx::query_as(
+        "select pg_column_compression(doc), doc from snapshots where kind = 'board' and id = $1",
+    )
+    .bind(board)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(method.as_deref(), Some("lz4"));
+    assert_eq!(back, doc);
+}
