@@ -468,9 +468,9 @@ impl RebuildPath {
     }
 }
 
-/// How many of a generation's large documents (and of the Board snapshots) were
-/// compressed with which method, e.g. `lz4 1203, pglz 0`: shows that a round wrote
-/// with the compression it was meant to.
+/// How a generation's documents (and the Board snapshots) were stored, counted by
+/// compression method, e.g. `lz4 450, none 28350` (`none`: under the TOAST threshold):
+/// shows that a round wrote with the compression it was meant to.
 async fn compressions(pool: &PgPool, generation: i32) -> Result<String> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "select coalesce(m, 'none'), count(*) from ( \
