@@ -251,7 +251,12 @@ const SUBSCRIPTION: &str =
 
 /// The `subscribe` message of subscription `id` to `board`.
 pub(crate) fn subscription_message(id: usize, board: &str) -> String {
-    json!({"id": id.to_string(), "type": "subscribe",
+    subscription_message_with_id(&id.to_string(), board)
+}
+
+/// The `subscribe` message of subscription `id` to `board`.
+pub(crate) fn subscription_message_with_id(id: &str, board: &str) -> String {
+    json!({"id": id, "type": "subscribe",
         "payload": {"query": SUBSCRIPTION, "variables": {"id": board}}})
     .to_string()
 }
