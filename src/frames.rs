@@ -44,7 +44,6 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use bytes::Bytes;
-use prometheus_client::metrics::counter::Counter;
 
 pub use crate::config::{FrameBytes, FrameDelivery};
 use crate::graphql::access::{Caller, Recipient};
@@ -183,7 +182,7 @@ impl Slot {
 
     /// Hands `frame` to this subscription: written now when `direct` bytes are given
     /// and the socket takes them, else parked for the socket's task.
-    fn deliver(&self, frame: &Arc<Frame>, direct: Direct<'_>, sent: &Counter) {
+    fn deliver(&self, frame: &Arc<Frame>, direct: Direct<'_>, metrics: &FrameMetrics) {
         let mut state = self.state.lock().expect("frame slot");
         if state.closed {
             return;
@@ -210,8 +209,10 @@ impl Slot {
                     if let Some(v) = frame.version {
                         state.last = v;
                     }
-                    sent.inc();
-                    if !self.out.is_idle() {
+                    metrics.frames_sent.inc();
+                    // The rest of a frame waits in the queue: the socket's task writes it.
+                    // (Bytes the task queued meanwhile it flushes itself.)
+                    if written == Written::Partly {
                         self.out.wake.notify_one();
                     }
                     return;
@@ -220,7 +221,9 @@ impl Slot {
                     self.out.wake.notify_one();
                     return;
                 }
-                Written::Busy => {}
+                Written::Busy => {
+                    metrics.pass_parked.inc();
+                }
             }
         }
         if let Some(v) = frame.version {
@@ -240,15 +243,18 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Queues `frame`'s bytes for this subscription on its socket (the socket's task
-    /// then flushes): header, this subscription's prefix and the frame's shared tail,
-    /// copied once into the socket's queue.
+    /// Writes `frame`'s bytes for this subscription to its socket (the socket's task
+    /// calls this, then flushes): header, this subscription's prefix and the frame's
+    /// shared tail, in one vectored write when nothing waits before them, else copied
+    /// once into the socket's queue behind what waits.
     pub fn push(&self, frame: &Frame) {
         if let Some(tail) = &frame.tail {
             let (header, used) = self.slot.header(tail.len());
-            self.slot
-                .out
-                .push_parts(&[&header[..used], &self.slot.prefix, tail]);
+            let parts = [&header[..used], &self.slot.prefix[..], &tail[..]];
+            // Done, or its rest queued (Partly), or a failure the flush reports.
+            if self.slot.out.try_write_parts(&parts) == Written::Busy {
+                self.slot.out.push_parts(&parts);
+            }
         }
     }
 
@@ -394,7 +400,7 @@ fn write_run(slots: &[Arc<Slot>], frame: &Arc<Frame>, encoded: &Encoded, metrics
                     .iter()
                     .find(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy)
                     .map_or(Direct::No, |(_, _, bytes)| Direct::Whole(&bytes[..]));
-                slot.deliver(frame, bytes, &metrics.frames_sent);
+                slot.deliver(frame, bytes, metrics);
             }
         }
         Encoded::Shared => {
@@ -403,7 +409,7 @@ fn write_run(slots: &[Arc<Slot>], frame: &Arc<Frame>, encoded: &Encoded, metrics
                 _ => Direct::No,
             };
             for slot in slots {
-                slot.deliver(frame, direct, &metrics.frames_sent);
+                slot.deliver(frame, direct, metrics);
             }
         }
     }
@@ -509,7 +515,7 @@ impl FrameHub {
         // this one or written by a pass that already counts this slot (versions dedupe).
         let current = group.frames.borrow().clone();
         if let Some(frame) = current {
-            slot.deliver(&frame, Direct::No, &self.inner.metrics.frames_sent);
+            slot.deliver(&frame, Direct::No, &self.inner.metrics);
         }
         Membership { group, slot }
     }

@@ -384,6 +384,11 @@ impl Metrics {
             frames.pass_encodings.clone(),
         );
         registry.register(
+            "subscription_write_pass_parked",
+            "Frames the shared groups' writer passes could not write at once and left to the socket's task",
+            frames.pass_parked.clone(),
+        );
+        registry.register(
             "subscription_groups",
             "Shared boardChanged executions running now",
             frames.groups.clone(),
@@ -419,4 +424,7 @@ pub struct FrameMetrics {
     /// distinct subscription id and protocol per frame with `scan` bytes, none with
     /// `shared` bytes (each socket's prefix is made once, the payload never copied).
     pub pass_encodings: Counter,
+    /// Frames a writer pass could not write at once (the socket's buffer was full or
+    /// bytes were waiting) and parked for the socket's task.
+    pub pass_parked: Counter,
 }

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 use crate::fanout::Saturation;
 use crate::lean::LeanSocket;
-use crate::subscribe::{process_cpu_seconds, subscription_message};
+use crate::subscribe::{process_cpu_seconds, process_cpu_split, subscription_message};
 
 /// The first argument that makes this binary the bare writer:
 /// `careboard-bench --bare-writer <address> <subscribers> <shard>`.
@@ -269,11 +269,13 @@ pub async fn saturation(subscribers: usize, shard: usize, seconds: u64) -> Resul
     tokio::time::sleep(Duration::from_secs(1)).await;
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let cpu_before = process_cpu_seconds(&stat)?;
+    let split_before = process_cpu_split(&stat)?;
     let harness_before = process_cpu_seconds("/proc/self/stat")?;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     counting.store(false, Ordering::Relaxed);
-    let cpu = process_cpu_seconds(&stat)? - cpu_before;
+    let split = process_cpu_split(&stat)?;
+    let cpu = split.0 + split.1 - split_before.0 - split_before.1;
+    let system = split.1 - split_before.1;
     let harness = process_cpu_seconds("/proc/self/stat")? - harness_before;
     let took = started.elapsed().as_secs_f64();
     let counted = frames.load(Ordering::Relaxed);
@@ -295,6 +297,8 @@ pub async fn saturation(subscribers: usize, shard: usize, seconds: u64) -> Resul
         cpu_per_frame_us: per(cpu),
         harness_cpu_per_frame_us: per(harness),
         write_pass_ns_per_socket: None,
+        parked_share: None,
+        system_share: if cpu > 0.0 { system / cpu } else { 0.0 },
         versions_per_second: counted as f64 / took / subscribers.max(1) as f64,
         notified_per_second: 0.0,
     })

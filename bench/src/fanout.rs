@@ -365,16 +365,21 @@ pub async fn saturation_with_ids(
     let changes_before = changes.load(Ordering::Relaxed);
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let cpu_before = server.cpu_seconds()?;
+    let split_before = crate::subscribe::process_cpu_split(&server.stat_path())?;
+    let cpu_before = split_before.0 + split_before.1;
     let harness_before = crate::subscribe::process_cpu_seconds("/proc/self/stat")?;
     let pass_before = server.write_pass().await;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     counting.store(false, Ordering::Relaxed);
-    let cpu = server.cpu_seconds()? - cpu_before;
+    let split = crate::subscribe::process_cpu_split(&server.stat_path())?;
+    let cpu = split.0 + split.1 - cpu_before;
+    let system = split.1 - split_before.1;
     let harness = crate::subscribe::process_cpu_seconds("/proc/self/stat")? - harness_before;
-    let pass = match (pass_before, server.write_pass().await) {
-        (Some((s0, n0)), Some((s1, n1))) if s1 > s0 => Some((n1 - n0) / (s1 - s0)),
-        _ => None,
+    let (pass, parked) = match (pass_before, server.write_pass().await) {
+        (Some((s0, n0, p0)), Some((s1, n1, p1))) if s1 > s0 => {
+            (Some((n1 - n0) / (s1 - s0)), Some((p1 - p0) / (s1 - s0)))
+        }
+        _ => (None, None),
     };
     let took = started.elapsed().as_secs_f64();
     let counted = frames.load(Ordering::Relaxed);
@@ -403,6 +408,8 @@ pub async fn saturation_with_ids(
             0.0
         },
         write_pass_ns_per_socket: pass,
+        parked_share: parked,
+        system_share: if cpu > 0.0 { system / cpu } else { 0.0 },
         versions_per_second: counted as f64 / took / subscribers.max(1) as f64,
     })
 }
@@ -423,6 +430,11 @@ pub struct Saturation {
     /// The server's writer passes, time per socket handed a frame (its metrics; `None`
     /// when they cannot be read).
     pub write_pass_ns_per_socket: Option<f64>,
+    /// The share of those sockets that could not take the frame at once and got it
+    /// parked for their own task (`None` when the metrics cannot be read).
+    pub parked_share: Option<f64>,
+    /// The share of the server's CPU spent in the kernel (system calls).
+    pub system_share: f64,
     /// Board versions each subscriber received per second (the projector publishes
     /// one per batch it applies, so this follows its cadence).
     pub versions_per_second: f64,

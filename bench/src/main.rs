@@ -819,6 +819,7 @@ async fn main() -> Result<()> {
                 write_pass_ns_per_socket,
                 versions_per_second,
                 notified_per_second,
+                ..
             } = fanout::saturation(
                 &server,
                 &url,
@@ -880,7 +881,7 @@ async fn main() -> Result<()> {
                 m
             };
             println!(
-                "wide saturation, {which}: {:.0} frames/s to {} subscribers over {} Boards ({:.1} versions/s notified, {:.1} received each), {} changes, server CPU {:.2} us per frame (whole process), harness CPU {:.2} us per frame, writer pass {} per socket",
+                "wide saturation, {which}: {:.0} frames/s to {} subscribers over {} Boards ({:.1} versions/s notified, {:.1} received each), {} changes, server CPU {:.2} us per frame (whole process, {:.0} % in the kernel), harness CPU {:.2} us per frame, writer pass {} per socket, {} of the pass's sockets parked",
                 m.rate,
                 args.wide_subscribers,
                 args.wide_boards,
@@ -888,8 +889,11 @@ async fn main() -> Result<()> {
                 m.versions_per_second,
                 m.changes,
                 m.cpu_per_frame_us,
+                m.system_share * 100.0,
                 m.harness_cpu_per_frame_us,
-                pass_figure(m.write_pass_ns_per_socket)
+                pass_figure(m.write_pass_ns_per_socket),
+                m.parked_share
+                    .map_or_else(|| "n/a".into(), |p| format!("{:.0} %", p * 100.0))
             );
             rows.push(Row::unbased(
                 format!(
