@@ -8,9 +8,12 @@
 //! finds the newest frame there (coalescing), never a backlog.
 //!
 //! - **Delivery** ([`FrameDelivery::Group`], the default): the group's own task writes
-//!   each frame to its sockets in one pass, as complete websocket frame bytes encoded
-//!   once per subscription id (most clients use the same few ids), one non-blocking
-//!   `write` per socket and no task woken ([`crate::ws_out`]). A socket whose buffer is
+//!   each frame to its sockets in one pass: each socket's websocket header and envelope
+//!   prefix (`{"type":…,"id":…,"payload":`, made when it subscribed) and the frame's
+//!   payload, encoded once and never copied per socket, in one non-blocking vectored
+//!   `write` per socket, no task woken ([`crate::ws_out`]), so the pass is linear in its
+//!   sockets whatever ids they chose ([`FrameBytes::Scan`], the earlier whole frame per
+//!   (id, protocol) found by a scan, is kept for the benchmark). A socket whose buffer is
 //!   full, or that has bytes waiting, gets the frame in its [`Slot`] instead (the newest
 //!   replaces an older one there) and its own task writes it when the socket drains.
 //!   A group of more sockets than `--ws-write-shard` (250) splits the pass into tasks of
@@ -304,7 +307,7 @@ pub fn envelope_prefix(legacy: bool, id: &str) -> String {
 
 /// Writes `frame` to every member: a frame that ends the group, or whose disclosures
 /// each receiver must record first, is parked for the sockets' tasks; any other goes
-/// out now as websocket bytes encoded once per (subscription id, protocol).
+/// out now: each socket's header and prefix, then the frame's shared tail.
 ///
 /// With `shard` > 0 and more members than that, the members are split into runs of
 /// `shard`, each written by a task of its own on the runtime's workers (this task
