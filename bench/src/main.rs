@@ -33,6 +33,7 @@ mod subscribe;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum WideVariant {
     OneTask,
+    OneTaskScan,
     Tasks,
     ScanSame,
     ScanDistinct,
@@ -45,6 +46,7 @@ impl WideVariant {
     fn server(self, shard: usize) -> (usize, &'static str, bool) {
         match self {
             WideVariant::OneTask => (0, "shared", false),
+            WideVariant::OneTaskScan => (0, "scan", false),
             WideVariant::Tasks | WideVariant::Ceiling => (shard, "shared", false),
             WideVariant::ScanSame => (shard, "scan", false),
             WideVariant::ScanDistinct => (shard, "scan", true),
@@ -55,6 +57,9 @@ impl WideVariant {
     fn label(self, shard: usize, round: usize) -> String {
         match self {
             WideVariant::OneTask => format!("before: one writer task per group, round {round}"),
+            WideVariant::OneTaskScan => format!(
+                "one id, before: whole frames scanned per id, one writer task per group, round {round}"
+            ),
             WideVariant::Tasks => format!("after: writer tasks of {shard} sockets, round {round}"),
             WideVariant::ScanSame => format!(
                 "one id, before: whole frames scanned per id, writer tasks of {shard} sockets, round {round}"
@@ -195,7 +200,9 @@ struct Args {
     wide_boards: usize,
     /// The wide saturation rows, each on a server of its own, in this order,
     /// `--delivery-rounds` times: `one-task` and `tasks` (one writer task per group,
-    /// tasks of `--write-shard` sockets), `scan-same` / `scan-distinct` (the earlier
+    /// tasks of `--write-shard` sockets), `one-task-scan` (one task, the earlier bytes,
+    /// id "1": beside `one-task`, the writer pass's time per socket without the wait
+    /// for a core that tasks add), `scan-same` / `scan-distinct` (the earlier
     /// bytes: a whole frame encoded per subscription id, found per socket by a scan;
     /// subscribers all with id "1" / each with a UUID of its own), `shared-distinct`
     /// (each socket's header and prefix, the payload shared, UUID ids; `tasks` is the
