@@ -246,18 +246,17 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Writes `frame`'s bytes for this subscription to its socket (the socket's task
+    /// Queues `frame`'s bytes for this subscription on its socket (the socket's task
     /// calls this, then flushes): header, this subscription's prefix and the frame's
-    /// shared tail, in one vectored write when nothing waits before them, else copied
-    /// once into the socket's queue behind what waits.
+    /// shared tail, copied once into the socket's queue behind what waits. (Not tried
+    /// as a write first: a frame is parked mostly because the socket's buffer was full,
+    /// and the flush's write is the one attempt it needs.)
     pub fn push(&self, frame: &Frame) {
         if let Some(tail) = &frame.tail {
             let (header, used) = self.slot.header(tail.len());
-            let parts = [&header[..used], &self.slot.prefix[..], &tail[..]];
-            // Done, or its rest queued (Partly), or a failure the flush reports.
-            if self.slot.out.try_write_parts(&parts) == Written::Busy {
-                self.slot.out.push_parts(&parts);
-            }
+            self.slot
+                .out
+                .push_parts(&[&header[..used], &self.slot.prefix, tail]);
         }
     }
 
