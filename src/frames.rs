@@ -130,7 +130,6 @@ struct HubInner {
     bytes: FrameBytes,
 }
 
-
 /// One shared execution. Members hold it; when the last one lets go, the execution
 /// stops and the group leaves the hub.
 pub struct Group {

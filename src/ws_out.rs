@@ -133,7 +133,11 @@ impl SocketOut {
                 skip = 0;
                 count += 1;
             }
-            match state.io.as_mut().poll_write_vectored(&mut cx, &slices[..count]) {
+            match state
+                .io
+                .as_mut()
+                .poll_write_vectored(&mut cx, &slices[..count])
+            {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     state.failed = true;
                     return Written::Failed;
@@ -356,7 +360,10 @@ mod tests {
         let (ours, mut theirs) = tokio::io::duplex(8);
         let (mut io, out) = SocketIo::new(ours);
         assert_eq!(out.try_write_parts(&[b"ab", b"", b"cd"]), Written::Done);
-        assert_eq!(out.try_write_parts(&[b"e", b"fgh", b"ijk"]), Written::Partly);
+        assert_eq!(
+            out.try_write_parts(&[b"e", b"fgh", b"ijk"]),
+            Written::Partly
+        );
         assert_eq!(out.try_write_parts(&[b"xyz"]), Written::Busy);
         io.write_all(b"lmn").await.unwrap();
         let reader = tokio::spawn(async move {

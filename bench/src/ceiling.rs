@@ -165,7 +165,9 @@ async fn handshake(mut stream: TcpStream) -> Result<TcpStream> {
         let text = next_text(&mut stream, &mut buf).await?;
         if text.windows(15).any(|w| w == b"connection_init") {
             stream
-                .write_all(&careboard::ws_out::text_frame("{\"type\":\"connection_ack\"}"))
+                .write_all(&careboard::ws_out::text_frame(
+                    "{\"type\":\"connection_ack\"}",
+                ))
                 .await?;
         } else if text.windows(9).any(|w| w == b"subscribe") {
             stream.write_all(&frame(1)).await?;
@@ -255,15 +257,11 @@ pub async fn saturation(subscribers: usize, shard: usize, seconds: u64) -> Resul
     let mut readers = Vec::new();
     for socket in sockets {
         let (frames, counting) = (frames.clone(), counting.clone());
-        readers.push(crate::fanout::read_all(
-            socket,
-            errors.clone(),
-            move |_| {
-                if counting.load(Ordering::Relaxed) {
-                    frames.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-        ));
+        readers.push(crate::fanout::read_all(socket, errors.clone(), move |_| {
+            if counting.load(Ordering::Relaxed) {
+                frames.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
     }
     let stat = format!("/proc/{}/stat", writer.child.id());
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -282,7 +282,14 @@ pub async fn saturation(
     writers: usize,
     seconds: u64,
 ) -> Result<Saturation> {
-    saturation_with_ids(server, database_url, (subscribers, boards, false), writers, seconds).await
+    saturation_with_ids(
+        server,
+        database_url,
+        (subscribers, boards, false),
+        writers,
+        seconds,
+    )
+    .await
 }
 
 /// As [`saturation`]; with `distinct`, every subscription has an id of its own.

@@ -631,7 +631,8 @@ async fn slow_socket(app: TestApp) {
 
 /// Counts only: nothing a frame of it shows needs an access record, so the group's
 /// writer pass writes it to every socket itself.
-const COUNTS: &str = "subscription($b: ID!) { boardChanged(boardId: $b) { version counts { waiting } } }";
+const COUNTS: &str =
+    "subscription($b: ID!) { boardChanged(boardId: $b) { version counts { waiting } } }";
 
 /// Subscribers of one group with distinct subscription ids (as graphql-ws clients make
 /// them) on both protocols: each frame carries the socket's own id and message type
@@ -664,7 +665,10 @@ async fn distinct_ids(app: TestApp) -> f64 {
     let day = seed(&app).await;
     // (protocol, id): one id spelled alike on both protocols, one that needs escaping.
     let subscribers = [
-        ("graphql-transport-ws", "0b5c2a4e-6a41-4f0e-9b1e-2f6d3c1a7e01"),
+        (
+            "graphql-transport-ws",
+            "0b5c2a4e-6a41-4f0e-9b1e-2f6d3c1a7e01",
+        ),
         ("graphql-transport-ws", "same"),
         ("graphql-transport-ws", "quo\"te"),
         ("graphql-ws", "same"),
@@ -732,7 +736,11 @@ async fn distinct_ids(app: TestApp) -> f64 {
         for (raw, (protocol, id)) in sockets.iter_mut().zip(subscribers) {
             let (got_id, kind, payload) = frame_at(raw, v).await;
             assert_eq!(got_id, id);
-            let expected = if protocol == "graphql-ws" { "data" } else { "next" };
+            let expected = if protocol == "graphql-ws" {
+                "data"
+            } else {
+                "next"
+            };
             assert_eq!(kind, expected, "{protocol}");
             payloads.push(payload);
         }
