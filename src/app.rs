@@ -122,7 +122,8 @@ pub fn state_with(
             && boards.keeps_boards())
         .then(|| boards.clone()),
     );
-    let frames = crate::frames::FrameHub::with_write_shard(limits.ws_write_shard);
+    let frames =
+        crate::frames::FrameHub::with_settings(limits.ws_write_shard, limits.ws_frame_bytes);
     metrics.register_frames(frames.metrics());
     let estimator = Estimator::new();
     // One writer task per process, committing access records in groups.

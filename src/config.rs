@@ -285,6 +285,20 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub ws_write_shard: usize,
+    /// How a group's writer pass makes each socket's bytes: `shared` (the socket's own
+    /// websocket header and envelope prefix, made when it subscribed, written in one
+    /// vectored write with the frame's payload, which is never copied per socket) or
+    /// `scan` (a whole frame encoded per subscription id and protocol, found per socket
+    /// by a scan of those encoded so far; the earlier path, kept for the benchmark's
+    /// before/after rows).
+    #[arg(
+        long,
+        env = "CAREBOARD_WS_FRAME_BYTES",
+        value_enum,
+        default_value = "shared",
+        hide = true
+    )]
+    pub ws_frame_bytes: FrameBytes,
     /// How a command's append is planned and sent: `kept` (as `planned`, with open
     /// Boards a request reads kept in memory at their version, checked by the append's
     /// guard), `planned` (the common shape has a statement of its own whose plan is
@@ -307,6 +321,16 @@ pub enum FrameDelivery {
     Group,
     /// Every socket's own task writes every frame.
     Socket,
+}
+
+/// How a group's writer pass makes each socket's bytes (`crate::frames`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FrameBytes {
+    /// Header and envelope prefix per socket, the payload shared: one vectored write.
+    #[default]
+    Shared,
+    /// A whole frame per subscription id and protocol, looked up by a scan.
+    Scan,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower-case, no path.

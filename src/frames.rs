@@ -8,9 +8,12 @@
 //! finds the newest frame there (coalescing), never a backlog.
 //!
 //! - **Delivery** ([`FrameDelivery::Group`], the default): the group's own task writes
-//!   each frame to its sockets in one pass, as complete websocket frame bytes encoded
-//!   once per subscription id (most clients use the same few ids), one non-blocking
-//!   `write` per socket and no task woken ([`crate::ws_out`]). A socket whose buffer is
+//!   each frame to its sockets in one pass: each socket's websocket header and envelope
+//!   prefix (`{"type":…,"id":…,"payload":`, made when it subscribed) and the frame's
+//!   payload, encoded once and never copied per socket, in one non-blocking vectored
+//!   `write` per socket, no task woken ([`crate::ws_out`]), so the pass is linear in its
+//!   sockets whatever ids they chose ([`FrameBytes::Scan`], the earlier whole frame per
+//!   (id, protocol) found by a scan, is kept for the benchmark). A socket whose buffer is
 //!   full, or that has bytes waiting, gets the frame in its [`Slot`] instead (the newest
 //!   replaces an older one there) and its own task writes it when the socket drains.
 //!   A group of more sockets than `--ws-write-shard` (250) splits the pass into tasks of
@@ -44,9 +47,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use bytes::Bytes;
-use prometheus_client::metrics::counter::Counter;
 
-pub use crate::config::FrameDelivery;
+pub use crate::config::{FrameBytes, FrameDelivery};
 use crate::graphql::access::{Caller, Recipient};
 use crate::graphql::tap::{Disclosed, FrameTap};
 use crate::graphql::CareboardSchema;
@@ -64,6 +66,32 @@ pub struct Frame {
     pub disclosed: Option<Disclosed>,
     /// Nothing follows this frame.
     pub last: bool,
+    /// The payload and the envelope's closing brace, made once: every socket's bytes
+    /// are its own header and prefix, then these ([`FrameBytes::Shared`]).
+    tail: Option<Bytes>,
+}
+
+impl Frame {
+    fn new(
+        version: Option<i64>,
+        payload: Option<Box<str>>,
+        disclosed: Option<Disclosed>,
+        last: bool,
+    ) -> Self {
+        let tail = payload.as_deref().map(|p| {
+            let mut tail = Vec::with_capacity(p.len() + 1);
+            tail.extend_from_slice(p.as_bytes());
+            tail.push(b'}');
+            Bytes::from(tail)
+        });
+        Frame {
+            version,
+            payload,
+            disclosed,
+            last,
+            tail,
+        }
+    }
 }
 
 /// What makes two subscriptions share a group.
@@ -98,6 +126,8 @@ struct HubInner {
     metrics: FrameMetrics,
     /// Sockets per task of a writer pass (0: one task writes them all).
     write_shard: usize,
+    /// How a writer pass makes each socket's bytes.
+    bytes: FrameBytes,
 }
 
 /// One shared execution. Members hold it; when the last one lets go, the execution
@@ -118,6 +148,8 @@ type Members = Mutex<Vec<Arc<Slot>>>;
 pub struct Slot {
     id: Arc<str>,
     legacy: bool,
+    /// `{"type":…,"id":…,"payload":` for this subscription, made when it joined.
+    prefix: Bytes,
     out: Arc<SocketOut>,
     state: Mutex<SlotState>,
 }
@@ -133,10 +165,26 @@ struct SlotState {
     closed: bool,
 }
 
+/// What a writer pass hands a socket to write now.
+#[derive(Clone, Copy)]
+enum Direct<'a> {
+    /// Nothing: the socket's task handles the frame.
+    No,
+    /// The whole frame's bytes, encoded for this socket's (id, protocol).
+    Whole(&'a [u8]),
+    /// The frame's shared tail, to write after the socket's own header and prefix.
+    Tail(&'a [u8]),
+}
+
 impl Slot {
-    /// Hands `frame` to this subscription: written now when `bytes` are given and the
-    /// socket takes them, else parked for the socket's task.
-    fn deliver(&self, frame: &Arc<Frame>, bytes: Option<&[u8]>, sent: &Counter) {
+    /// The websocket header for a frame whose tail is `tail_len` bytes.
+    fn header(&self, tail_len: usize) -> ([u8; 10], usize) {
+        crate::ws_out::text_header(self.prefix.len() + tail_len)
+    }
+
+    /// Hands `frame` to this subscription: written now when `direct` bytes are given
+    /// and the socket takes them, else parked for the socket's task.
+    fn deliver(&self, frame: &Arc<Frame>, direct: Direct<'_>, metrics: &FrameMetrics) {
         let mut state = self.state.lock().expect("frame slot");
         if state.closed {
             return;
@@ -145,14 +193,28 @@ impl Slot {
             Some(v) if v <= state.last => return,
             _ => {}
         }
-        if let Some(bytes) = bytes.filter(|_| !state.in_flight && state.parked.is_none()) {
-            match self.out.try_write_now(bytes) {
+        let ready = !state.in_flight && state.parked.is_none();
+        let written = match direct {
+            Direct::Whole(bytes) if ready => Some(self.out.try_write_now(bytes)),
+            Direct::Tail(tail) if ready => {
+                let (header, used) = self.header(tail.len());
+                Some(
+                    self.out
+                        .try_write_parts(&[&header[..used], &self.prefix, tail]),
+                )
+            }
+            _ => None,
+        };
+        if let Some(written) = written {
+            match written {
                 Written::Done | Written::Partly => {
                     if let Some(v) = frame.version {
                         state.last = v;
                     }
-                    sent.inc();
-                    if !self.out.is_idle() {
+                    metrics.frames_sent.inc();
+                    // The rest of a frame waits in the queue: the socket's task writes it.
+                    // (Bytes the task queued meanwhile it flushes itself.)
+                    if written == Written::Partly {
                         self.out.wake.notify_one();
                     }
                     return;
@@ -161,7 +223,9 @@ impl Slot {
                     self.out.wake.notify_one();
                     return;
                 }
-                Written::Busy => {}
+                Written::Busy => {
+                    metrics.pass_parked.inc();
+                }
             }
         }
         if let Some(v) = frame.version {
@@ -181,6 +245,20 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// Queues `frame`'s bytes for this subscription on its socket (the socket's task
+    /// calls this, then flushes): header, this subscription's prefix and the frame's
+    /// shared tail, copied once into the socket's queue behind what waits. (Not tried
+    /// as a write first: a frame is parked mostly because the socket's buffer was full,
+    /// and the flush's write is the one attempt it needs.)
+    pub fn push(&self, frame: &Frame) {
+        if let Some(tail) = &frame.tail {
+            let (header, used) = self.slot.header(tail.len());
+            self.slot
+                .out
+                .push_parts(&[&header[..used], &self.slot.prefix, tail]);
+        }
+    }
+
     /// The frame waiting for the socket's task to write, if any. Call until `None`: the
     /// group's writer pass parks (rather than writes) until then, so frames keep their
     /// order.
@@ -205,31 +283,46 @@ impl Drop for Membership {
 
 /// `{"type":…,"id":…,"payload":…}` around a payload already encoded; the id JSON-escaped.
 pub fn envelope(legacy: bool, id: &str, payload: &str) -> String {
-    let kind = if legacy { "data" } else { "next" };
-    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
-    let mut text = String::with_capacity(payload.len() + id.len() + 40);
-    text.push_str("{\"type\":\"");
-    text.push_str(kind);
-    text.push_str("\",\"id\":");
-    text.push_str(&id);
-    text.push_str(",\"payload\":");
+    let mut text = envelope_prefix(legacy, id);
+    text.reserve(payload.len() + 1);
     text.push_str(payload);
     text.push('}');
     text
 }
 
+/// The envelope up to its payload: `{"type":…,"id":…,"payload":`.
+pub fn envelope_prefix(legacy: bool, id: &str) -> String {
+    let kind = if legacy { "data" } else { "next" };
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+    let mut text = String::with_capacity(id.len() + 40);
+    text.push_str("{\"type\":\"");
+    text.push_str(kind);
+    text.push_str("\",\"id\":");
+    text.push_str(&id);
+    text.push_str(",\"payload\":");
+    text
+}
+
 /// Writes `frame` to every member: a frame that ends the group, or whose disclosures
 /// each receiver must record first, is parked for the sockets' tasks; any other goes
-/// out now as websocket bytes encoded once per (subscription id, protocol).
+/// out now: each socket's header and prefix, then the frame's shared tail.
 ///
 /// With `shard` > 0 and more members than that, the members are split into runs of
 /// `shard`, each written by a task of its own on the runtime's workers (this task
 /// writes the first run); the pass returns when every run is done, so the next frame's
 /// pass never overtakes this one on a socket. Each socket is in one run, written under
 /// its slot's lock, so it still sees one order, the newest version winning.
-async fn write_pass(members: &Members, frame: &Arc<Frame>, metrics: &FrameMetrics, shard: usize) {
+async fn write_pass(
+    members: &Members,
+    frame: &Arc<Frame>,
+    metrics: &FrameMetrics,
+    (shard, bytes): (usize, FrameBytes),
+) {
     let slots: Vec<Arc<Slot>> = members.lock().expect("frame members").clone();
-    let encoded = Arc::new(encode_for(&slots, frame));
+    let encoded = Arc::new(match bytes {
+        FrameBytes::Scan => Encoded::Scan(encode_for(&slots, frame, metrics)),
+        FrameBytes::Shared => Encoded::Shared,
+    });
     if shard == 0 || slots.len() <= shard {
         write_run(&slots, frame, &encoded, metrics);
         return;
@@ -256,15 +349,29 @@ async fn write_pass(members: &Members, frame: &Arc<Frame>, metrics: &FrameMetric
     }
 }
 
+/// How a pass finds each socket's bytes.
+enum Encoded {
+    /// Whole frames per (subscription id, protocol), found by a scan (the earlier path).
+    Scan(Vec<(Arc<str>, bool, Bytes)>),
+    /// Each socket's own header and prefix, then the frame's shared tail.
+    Shared,
+}
+
+/// Whether `frame` goes out from the writer pass (else every socket's task handles it:
+/// its disclosures are recorded per receiver first, or it ends the group).
+fn direct(frame: &Frame) -> bool {
+    frame.payload.is_some() && frame.disclosed.is_none() && !frame.last
+}
+
 /// The websocket bytes of `frame` for each (subscription id, protocol) among `slots`,
 /// when it goes out directly (none when every socket's task must handle it).
-fn encode_for(slots: &[Arc<Slot>], frame: &Frame) -> Vec<(Arc<str>, bool, Bytes)> {
+fn encode_for(
+    slots: &[Arc<Slot>],
+    frame: &Frame,
+    metrics: &FrameMetrics,
+) -> Vec<(Arc<str>, bool, Bytes)> {
     let mut encoded: Vec<(Arc<str>, bool, Bytes)> = Vec::new();
-    let Some(payload) = frame
-        .payload
-        .as_deref()
-        .filter(|_| frame.disclosed.is_none() && !frame.last)
-    else {
+    let Some(payload) = frame.payload.as_deref().filter(|_| direct(frame)) else {
         return encoded;
     };
     for slot in slots {
@@ -273,6 +380,7 @@ fn encode_for(slots: &[Arc<Slot>], frame: &Frame) -> Vec<(Arc<str>, bool, Bytes)
             .any(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy)
         {
             let text = envelope(slot.legacy, &slot.id, payload);
+            metrics.pass_encodings.inc();
             encoded.push((
                 slot.id.clone(),
                 slot.legacy,
@@ -284,19 +392,27 @@ fn encode_for(slots: &[Arc<Slot>], frame: &Frame) -> Vec<(Arc<str>, bool, Bytes)
 }
 
 /// Hands `frame` to each of `slots`, timed for the pass's metrics.
-fn write_run(
-    slots: &[Arc<Slot>],
-    frame: &Arc<Frame>,
-    encoded: &[(Arc<str>, bool, Bytes)],
-    metrics: &FrameMetrics,
-) {
+fn write_run(slots: &[Arc<Slot>], frame: &Arc<Frame>, encoded: &Encoded, metrics: &FrameMetrics) {
     let started = std::time::Instant::now();
-    for slot in slots {
-        let bytes = encoded
-            .iter()
-            .find(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy)
-            .map(|(_, _, bytes)| &bytes[..]);
-        slot.deliver(frame, bytes, &metrics.frames_sent);
+    match encoded {
+        Encoded::Scan(encoded) => {
+            for slot in slots {
+                let bytes = encoded
+                    .iter()
+                    .find(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy)
+                    .map_or(Direct::No, |(_, _, bytes)| Direct::Whole(&bytes[..]));
+                slot.deliver(frame, bytes, metrics);
+            }
+        }
+        Encoded::Shared => {
+            let direct = match &frame.tail {
+                Some(tail) if direct(frame) => Direct::Tail(&tail[..]),
+                _ => Direct::No,
+            };
+            for slot in slots {
+                slot.deliver(frame, direct, metrics);
+            }
+        }
     }
     metrics.pass_sockets.inc_by(slots.len() as u64);
     metrics
@@ -323,9 +439,15 @@ impl FrameHub {
     /// A hub whose groups split their writer passes into tasks of `shard` sockets each
     /// (0: one task writes every socket of a group).
     pub fn with_write_shard(shard: usize) -> Self {
+        Self::with_settings(shard, FrameBytes::Shared)
+    }
+
+    /// As [`FrameHub::with_write_shard`], each socket's bytes made as `bytes` says.
+    pub fn with_settings(shard: usize, bytes: FrameBytes) -> Self {
         FrameHub {
             inner: Arc::new(HubInner {
                 write_shard: shard,
+                bytes,
                 ..HubInner::default()
             }),
         }
@@ -371,9 +493,11 @@ impl FrameHub {
         out: Arc<SocketOut>,
     ) -> Membership {
         let group = self.group_for(schema, &share, caller);
+        let prefix = Bytes::from(envelope_prefix(legacy, &id));
         let slot = Arc::new(Slot {
             id,
             legacy,
+            prefix,
             out,
             state: Mutex::new(SlotState {
                 last: share.since.unwrap_or(-1),
@@ -392,7 +516,7 @@ impl FrameHub {
         // this one or written by a pass that already counts this slot (versions dedupe).
         let current = group.frames.borrow().clone();
         if let Some(frame) = current {
-            slot.deliver(&frame, None, &self.inner.metrics.frames_sent);
+            slot.deliver(&frame, Direct::No, &self.inner.metrics);
         }
         Membership { group, slot }
     }
@@ -455,7 +579,7 @@ impl FrameHub {
             (sender, members.clone()),
             hub.clone(),
             (key.clone(), number),
-            (metrics, self.inner.write_shard),
+            (metrics, (self.inner.write_shard, self.inner.bytes)),
         ));
         Arc::new(Group {
             key,
@@ -474,7 +598,7 @@ async fn run_group(
     (sender, members): (watch::Sender<Option<Arc<Frame>>>, Arc<Members>),
     hub: Weak<HubInner>,
     (key, number): (GroupKey, u64),
-    (metrics, shard): (FrameMetrics, usize),
+    (metrics, shard): (FrameMetrics, (usize, FrameBytes)),
 ) {
     metrics.groups.inc();
     struct Running(Gauge);
@@ -509,12 +633,7 @@ async fn run_group(
         if last {
             leave();
         }
-        let frame = Arc::new(Frame {
-            version,
-            payload: Some(payload),
-            disclosed,
-            last,
-        });
+        let frame = Arc::new(Frame::new(version, Some(payload), disclosed, last));
         sender.send_replace(Some(frame.clone()));
         write_pass(&members, &frame, &metrics, shard).await;
         if last {
@@ -522,12 +641,7 @@ async fn run_group(
         }
     }
     leave();
-    let frame = Arc::new(Frame {
-        version: None,
-        payload: None,
-        disclosed: None,
-        last: true,
-    });
+    let frame = Arc::new(Frame::new(None, None, None, true));
     sender.send_replace(Some(frame.clone()));
     write_pass(&members, &frame, &metrics, shard).await;
 }

@@ -67,7 +67,8 @@
 //!   protocols over the schema's executor, guarded (its token verified in
 //!   `connection_init`, closed at the token's expiry; budget, pings, close codes).
 //! - [`ws_out`]: a websocket's way out, shared by its task and its frame groups' writer
-//!   passes (one non-blocking write of bytes encoded once per socket).
+//!   passes (one non-blocking vectored write per socket: its own header and prefix,
+//!   the frame's shared payload).
 //! - [`limits`]: what keeps one request from taking the service down: nesting checked
 //!   before parsing, a connection cap per request, rate limits, page security headers.
 //! - [`health`]: the database prober behind `/readyz` and fast UNAVAILABLE answers.

@@ -379,6 +379,16 @@ impl Metrics {
             frames.pass_nanos.clone(),
         );
         registry.register(
+            "subscription_write_pass_encodings",
+            "Whole frames (envelope with the payload copied in) the shared groups' writer passes encoded",
+            frames.pass_encodings.clone(),
+        );
+        registry.register(
+            "subscription_write_pass_parked",
+            "Frames the shared groups' writer passes could not write at once and left to the socket's task",
+            frames.pass_parked.clone(),
+        );
+        registry.register(
             "subscription_groups",
             "Shared boardChanged executions running now",
             frames.groups.clone(),
@@ -410,4 +420,11 @@ pub struct FrameMetrics {
     pub pass_sockets: Counter,
     /// Time those passes took, summed over their tasks (per socket: divide).
     pub pass_nanos: Counter,
+    /// Whole frames (envelope and payload) encoded by the writer passes: one per
+    /// distinct subscription id and protocol per frame with `scan` bytes, none with
+    /// `shared` bytes (each socket's prefix is made once, the payload never copied).
+    pub pass_encodings: Counter,
+    /// Frames a writer pass could not write at once (the socket's buffer was full or
+    /// bytes were waiting) and parked for the socket's task.
+    pub pass_parked: Counter,
 }

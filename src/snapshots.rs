@@ -13,6 +13,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::event_store::log::Cursor;
 
 /// What a snapshot is of (`snapshots.kind`).
@@ -69,6 +71,86 @@ pub async fn write(
         .execute(&mut *conn)
         .await?;
     }
+    Ok(())
+}
+
+/// Board snapshots are read back whole into the process and sent again (the earlier
+/// path, kept selectable so the bench can measure both in one run) instead of put
+/// together in the database. Off by default.
+static BOARDS_READ_BACK: AtomicBool = AtomicBool::new(false);
+
+/// Selects the earlier way of writing Board snapshots (read back whole, sent again)
+/// for the whole process.
+pub fn read_back_boards(on: bool) {
+    BOARDS_READ_BACK.store(on, Ordering::Relaxed);
+}
+
+/// Whether Board snapshots are read back whole and sent again (see
+/// [`read_back_boards`]).
+pub fn boards_read_back() -> bool {
+    BOARDS_READ_BACK.load(Ordering::Relaxed)
+}
+
+/// A Board snapshot due: the Board's document after its `version`-th event, as the
+/// caller's transaction has stored it in `board_view` generation `generation`.
+#[derive(Debug, Clone)]
+pub struct BoardDue {
+    pub id: Uuid,
+    pub version: i64,
+    /// The newest `recorded_at` among the events the document holds.
+    pub at: DateTime<Utc>,
+}
+
+/// Writes Board snapshots put together in the database from what the caller's
+/// transaction has stored (the header row, and each appointment row under
+/// `appointments` and its version under `applied`): the same document a whole-Board
+/// read would give (`read::BoardParts::into_value`), without sending it to the process
+/// and back. One statement for the batch; a Board without a row is skipped, and so is
+/// a snapshot already there (a rebuild of the same fold).
+pub async fn write_boards(
+    conn: &mut PgConnection,
+    fold_version: i32,
+    generation: i32,
+    boards: &[BoardDue],
+    batch_end: Cursor,
+) -> Result<(), sqlx::Error> {
+    if boards.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = boards.iter().map(|b| b.id).collect();
+    let versions: Vec<i64> = boards.iter().map(|b| b.version).collect();
+    let ats: Vec<DateTime<Utc>> = boards.iter().map(|b| b.at).collect();
+    // `appointments` is added only when a row holds an appointment, and `applied`
+    // only when there are rows, as the merge in the process does; a key the header
+    // holds as something other than an object is replaced, as there.
+    sqlx::query(
+        "insert into snapshots (kind, id, fold_version, version, max_recorded_at, tx, seq, doc) \
+         select 'board', s.id, $2, s.version, s.at, $6::text::xid8, $7, \
+                v.doc \
+                || case when x.docs is null then '{}'::jsonb else jsonb_build_object('appointments', \
+                     case when jsonb_typeof(v.doc->'appointments') = 'object' then v.doc->'appointments' \
+                          else '{}'::jsonb end || x.docs) end \
+                || case when x.applied is null then '{}'::jsonb else jsonb_build_object('applied', \
+                     case when jsonb_typeof(v.doc->'applied') = 'object' then v.doc->'applied' \
+                          else '{}'::jsonb end || x.applied) end \
+           from unnest($3::uuid[], $4::bigint[], $5::timestamptz[]) s(id, version, at) \
+           join board_view v on v.generation = $1 and v.id = s.id \
+           left join lateral ( \
+             select jsonb_object_agg(x.id::text, x.doc) filter (where x.doc is not null) as docs, \
+                    jsonb_object_agg(x.id::text, x.applied) as applied \
+               from board_view_appointments x \
+              where x.generation = v.generation and x.board_id = v.id) x on true \
+         on conflict do nothing",
+    )
+    .bind(generation)
+    .bind(fold_version)
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&ats)
+    .bind(batch_end.tx_text())
+    .bind(batch_end.seq)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

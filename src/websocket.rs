@@ -60,7 +60,7 @@ use crate::graphql::subscription::SubscriptionBudget;
 use crate::graphql::RequestContext;
 use crate::identity::{AuthError, Principal};
 use crate::state::AppState;
-use crate::ws_out::{text_frame, SocketIo, SocketOut};
+use crate::ws_out::{SocketIo, SocketOut};
 
 /// A websocket upgrade request (HTTP/1.1, RFC 6455 §4.2.1), taken apart here rather
 /// than by axum's `WebSocketUpgrade`, whose socket cannot be shared: the connection is
@@ -700,8 +700,8 @@ pub async fn serve_socket(
                                 break;
                             }
                         }
-                        if let Some(payload) = &frame.payload {
-                            out.push(&text_frame(&envelope(legacy, id, payload)));
+                        if frame.payload.is_some() {
+                            membership.push(&frame);
                             frames_sent.inc();
                         }
                         if frame.last {

@@ -102,6 +102,78 @@ impl SocketOut {
         }
     }
 
+    /// Writes the concatenation of `parts` (one frame's bytes in pieces: header, prefix,
+    /// shared payload) now if nothing is waiting before them, in one vectored write,
+    /// without blocking; as [`SocketOut::try_write_now`] otherwise (what the socket does
+    /// not take at once is queued whole, in order).
+    pub fn try_write_parts(&self, parts: &[&[u8]]) -> Written {
+        let mut state = self.state.lock().expect("socket out");
+        if state.failed {
+            return Written::Failed;
+        }
+        if !state.queue.is_empty() {
+            return Written::Busy;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut written = 0;
+        while written < total {
+            let mut slices = [io::IoSlice::new(&[]); 4];
+            let mut count = 0;
+            let mut skip = written;
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                if count == slices.len() {
+                    break;
+                }
+                slices[count] = io::IoSlice::new(&part[skip..]);
+                skip = 0;
+                count += 1;
+            }
+            match state
+                .io
+                .as_mut()
+                .poll_write_vectored(&mut cx, &slices[..count])
+            {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    state.failed = true;
+                    return Written::Failed;
+                }
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Pending => break,
+            }
+        }
+        if written == total {
+            return Written::Done;
+        }
+        if written == 0 {
+            return Written::Busy;
+        }
+        let mut skip = written;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            state.queue.extend_from_slice(&part[skip..]);
+            skip = 0;
+        }
+        Written::Partly
+    }
+
+    /// Queues one frame given in pieces behind whatever waits (the socket's task, which
+    /// then flushes).
+    pub fn push_parts(&self, parts: &[&[u8]]) {
+        let mut state = self.state.lock().expect("socket out");
+        state.queue.reserve(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            state.queue.extend_from_slice(part);
+        }
+    }
+
     /// Queues whole frames' bytes behind whatever waits (the socket's task, which then
     /// flushes).
     pub fn push(&self, bytes: &[u8]) {
@@ -224,6 +296,25 @@ impl AsyncWrite for SocketIo {
     }
 }
 
+/// The header of a server-to-client websocket text frame (unmasked, final) whose
+/// payload is `len` bytes long (RFC 6455 §5.2): the buffer and how much of it is used.
+pub fn text_header(len: usize) -> ([u8; 10], usize) {
+    let mut header = [0u8; 10];
+    header[0] = 0x81;
+    if len < 126 {
+        header[1] = len as u8;
+        (header, 2)
+    } else if let Ok(short) = u16::try_from(len) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
+        (header, 4)
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (header, 10)
+    }
+}
+
 /// A complete server-to-client websocket text frame (unmasked, final) carrying `text`.
 pub fn text_frame(text: &str) -> Bytes {
     let frame = WsFrame::message(
@@ -251,6 +342,38 @@ mod tests {
         let framed = text_frame(&long);
         assert_eq!(&framed[..4], &[0x81, 126, 1, 44]);
         assert_eq!(&framed[4..], long.as_bytes());
+    }
+
+    #[test]
+    fn text_headers_match_tungstenites_for_every_length_class() {
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let text = "y".repeat(len);
+            let framed = text_frame(&text);
+            let (header, used) = text_header(len);
+            assert_eq!(&header[..used], &framed[..framed.len() - len], "{len}");
+        }
+    }
+
+    #[tokio::test]
+    async fn parts_go_out_as_one_frame_and_a_full_socket_queues_the_rest_in_order() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = tokio::io::duplex(8);
+        let (mut io, out) = SocketIo::new(ours);
+        assert_eq!(out.try_write_parts(&[b"ab", b"", b"cd"]), Written::Done);
+        assert_eq!(
+            out.try_write_parts(&[b"e", b"fgh", b"ijk"]),
+            Written::Partly
+        );
+        assert_eq!(out.try_write_parts(&[b"xyz"]), Written::Busy);
+        io.write_all(b"lmn").await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut all = vec![0u8; 14];
+            theirs.read_exact(&mut all).await.unwrap();
+            all
+        });
+        io.flush().await.unwrap();
+        assert_eq!(reader.await.unwrap(), b"abcdefghijklmn");
+        assert!(out.is_idle());
     }
 
     #[tokio::test]

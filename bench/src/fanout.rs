@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use crate::lean::{number_after, LeanSocket};
-use crate::subscribe::{open_board, subscription_message, Server};
+use crate::subscribe::{open_board, subscription_message, subscription_message_with_id, Server};
 
 /// What one latency run measured.
 pub struct Measured {
@@ -60,18 +60,24 @@ fn request_body(board: &str, i: u64) -> Value {
 }
 
 /// Opens `subscribers` sockets (one subscription each), spread round-robin over
-/// `boards`, each past its first frame.
+/// `boards`, each past its first frame. Every subscription's id is `"1"`, or with
+/// `distinct`, a UUID of its own (as graphql-ws clients make them by default).
 async fn subscribers_on(
     server: &Server,
     boards: &[String],
     subscribers: usize,
+    distinct: bool,
 ) -> Result<Vec<LeanSocket>> {
     let mut sockets = Vec::with_capacity(subscribers);
     for i in 0..subscribers {
         let mut socket = LeanSocket::open(server).await?;
-        socket
-            .send(&subscription_message(1, &boards[i % boards.len()]))
-            .await?;
+        let board = &boards[i % boards.len()];
+        let message = if distinct {
+            subscription_message_with_id(&uuid::Uuid::new_v4().to_string(), board)
+        } else {
+            subscription_message(1, board)
+        };
+        socket.send(&message).await?;
         sockets.push(socket);
     }
     // The first frame of each is the current Board.
@@ -86,7 +92,7 @@ async fn subscribers_on(
 
 /// Reads `socket` until it fails, handing each text frame to `on_frame` after checking
 /// that its version is above the previous one (counted in `errors` when not).
-fn read_all(
+pub(crate) fn read_all(
     mut socket: LeanSocket,
     errors: Arc<AtomicU64>,
     mut on_frame: impl FnMut(&[u8]) + Send + 'static,
@@ -135,7 +141,7 @@ pub async fn latency(
     )?));
     let frames = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let sockets = subscribers_on(server, &ids, subscribers).await?;
+    let sockets = subscribers_on(server, &ids, subscribers, false).await?;
     // position -> when the harness heard the NOTIFY announcing it; and each matched
     // frame's (position, arrival), split against it after the run (a frame may come in
     // before the harness's own listener hears the NOTIFY).
@@ -276,6 +282,24 @@ pub async fn saturation(
     writers: usize,
     seconds: u64,
 ) -> Result<Saturation> {
+    saturation_with_ids(
+        server,
+        database_url,
+        (subscribers, boards, false),
+        writers,
+        seconds,
+    )
+    .await
+}
+
+/// As [`saturation`]; with `distinct`, every subscription has an id of its own.
+pub async fn saturation_with_ids(
+    server: &Server,
+    database_url: &str,
+    (subscribers, boards, distinct): (usize, usize, bool),
+    writers: usize,
+    seconds: u64,
+) -> Result<Saturation> {
     let mut ids = Vec::with_capacity(boards.max(1));
     for _ in 0..boards.max(1) {
         ids.push(open_board(server).await?);
@@ -283,7 +307,7 @@ pub async fn saturation(
     let ids = Arc::new(ids);
     let frames = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let sockets = subscribers_on(server, &ids, subscribers).await?;
+    let sockets = subscribers_on(server, &ids, subscribers, distinct).await?;
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The projector's announcements of this Board, heard as the server hears them: the
     // most versions a subscriber can be sent.
@@ -348,16 +372,21 @@ pub async fn saturation(
     let changes_before = changes.load(Ordering::Relaxed);
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let cpu_before = server.cpu_seconds()?;
+    let split_before = crate::subscribe::process_cpu_split(&server.stat_path())?;
+    let cpu_before = split_before.0 + split_before.1;
     let harness_before = crate::subscribe::process_cpu_seconds("/proc/self/stat")?;
     let pass_before = server.write_pass().await;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     counting.store(false, Ordering::Relaxed);
-    let cpu = server.cpu_seconds()? - cpu_before;
+    let split = crate::subscribe::process_cpu_split(&server.stat_path())?;
+    let cpu = split.0 + split.1 - cpu_before;
+    let system = split.1 - split_before.1;
     let harness = crate::subscribe::process_cpu_seconds("/proc/self/stat")? - harness_before;
-    let pass = match (pass_before, server.write_pass().await) {
-        (Some((s0, n0)), Some((s1, n1))) if s1 > s0 => Some((n1 - n0) / (s1 - s0)),
-        _ => None,
+    let (pass, parked) = match (pass_before, server.write_pass().await) {
+        (Some((s0, n0, p0)), Some((s1, n1, p1))) if s1 > s0 => {
+            (Some((n1 - n0) / (s1 - s0)), Some((p1 - p0) / (s1 - s0)))
+        }
+        _ => (None, None),
     };
     let took = started.elapsed().as_secs_f64();
     let counted = frames.load(Ordering::Relaxed);
@@ -386,6 +415,8 @@ pub async fn saturation(
             0.0
         },
         write_pass_ns_per_socket: pass,
+        parked_share: parked,
+        system_share: if cpu > 0.0 { system / cpu } else { 0.0 },
         versions_per_second: counted as f64 / took / subscribers.max(1) as f64,
     })
 }
@@ -406,6 +437,11 @@ pub struct Saturation {
     /// The server's writer passes, time per socket handed a frame (its metrics; `None`
     /// when they cannot be read).
     pub write_pass_ns_per_socket: Option<f64>,
+    /// The share of those sockets that could not take the frame at once and got it
+    /// parked for their own task (`None` when the metrics cannot be read).
+    pub parked_share: Option<f64>,
+    /// The share of the server's CPU spent in the kernel (system calls).
+    pub system_share: f64,
     /// Board versions each subscriber received per second (the projector publishes
     /// one per batch it applies, so this follows its cadence).
     pub versions_per_second: f64,

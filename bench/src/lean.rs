@@ -28,12 +28,17 @@ pub struct LeanSocket {
 impl LeanSocket {
     /// Opens `/graphql/ws` (graphql-transport-ws) and waits for `connection_ack`.
     pub async fn open(server: &Server) -> Result<Self> {
-        let mut stream = TcpStream::connect(&server.base).await?;
+        Self::open_at(&server.base, server.token.as_deref()).await
+    }
+
+    /// As [`LeanSocket::open`], on the server at `base` (`host:port`), with `token`.
+    pub async fn open_at(base: &str, token: Option<&str>) -> Result<Self> {
+        let mut stream = TcpStream::connect(base).await?;
         stream.set_nodelay(true)?;
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let request = format!(
             "GET /graphql/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
-            server.base
+            base
         );
         stream.write_all(request.as_bytes()).await?;
         let mut buf = Vec::with_capacity(4096);
@@ -57,7 +62,7 @@ impl LeanSocket {
             at: end,
             mask: 0x9e37_79b9,
         };
-        let payload = match &server.token {
+        let payload = match token {
             Some(token) => json!({"Authorization": format!("Bearer {token}")}),
             None => json!({}),
         };

@@ -22,11 +22,60 @@ use careboard::postgres::{self, ClusterOptions, Durability, EmbeddedCluster};
 
 mod append;
 mod asof;
+mod ceiling;
 mod fanout;
 mod lean;
 mod mixed;
 mod project;
 mod subscribe;
+
+/// One wide saturation row (`--wide-variants`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WideVariant {
+    OneTask,
+    OneTaskScan,
+    Tasks,
+    ScanSame,
+    ScanDistinct,
+    SharedDistinct,
+    Ceiling,
+}
+
+impl WideVariant {
+    /// Sockets per writer task, frame bytes, distinct subscription ids.
+    fn server(self, shard: usize) -> (usize, &'static str, bool) {
+        match self {
+            WideVariant::OneTask => (0, "shared", false),
+            WideVariant::OneTaskScan => (0, "scan", false),
+            WideVariant::Tasks | WideVariant::Ceiling => (shard, "shared", false),
+            WideVariant::ScanSame => (shard, "scan", false),
+            WideVariant::ScanDistinct => (shard, "scan", true),
+            WideVariant::SharedDistinct => (shard, "shared", true),
+        }
+    }
+
+    fn label(self, shard: usize, round: usize) -> String {
+        match self {
+            WideVariant::OneTask => format!("before: one writer task per group, round {round}"),
+            WideVariant::OneTaskScan => format!(
+                "one id, before: whole frames scanned per id, one writer task per group, round {round}"
+            ),
+            WideVariant::Tasks => format!("after: writer tasks of {shard} sockets, round {round}"),
+            WideVariant::ScanSame => format!(
+                "one id, before: whole frames scanned per id, writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::ScanDistinct => format!(
+                "distinct ids, before: whole frames scanned per id, writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::SharedDistinct => format!(
+                "distinct ids, after: payload shared, prefix per socket, writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::Ceiling => format!(
+                "ceiling: bare tokio writer, no Careboard, tasks of {shard} sockets, round {round}"
+            ),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -95,6 +144,20 @@ struct Args {
         project::Schedule::Fused,
     ])]
     lag_schedules: Vec<project::Schedule>,
+    /// The `board_view` rebuild rounds, in order: `before` (events through `Value`
+    /// trees, folded onto a copy), `text` (decoded from the jsonb text, onto a copy),
+    /// `in-place` (decoded from the text, folded in place), each with pglz-compressed
+    /// documents; `lz4` (`in-place` with lz4, migration 0013); `assembled` (`lz4` with
+    /// Board snapshots put together in the database: the current path).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
+        project::RebuildPath::InPlace,
+        project::RebuildPath::Lz4,
+        project::RebuildPath::Assembled,
+        project::RebuildPath::Assembled,
+        project::RebuildPath::Lz4,
+        project::RebuildPath::InPlace,
+    ])]
+    rebuild_paths: Vec<project::RebuildPath>,
     /// Appends per second of the `project` lag rows; without it, half the measured
     /// maximum append rate (on a busy machine a fixed rate keeps runs comparable).
     #[arg(long)]
@@ -149,6 +212,25 @@ struct Args {
     wide_subscribers: usize,
     #[arg(long, default_value_t = 1)]
     wide_boards: usize,
+    /// The wide saturation rows, each on a server of its own, in this order,
+    /// `--delivery-rounds` times: `one-task` and `tasks` (one writer task per group,
+    /// tasks of `--write-shard` sockets), `one-task-scan` (one task, the earlier bytes,
+    /// id "1": beside `one-task`, the writer pass's time per socket without the wait
+    /// for a core that tasks add), `scan-same` / `scan-distinct` (the earlier
+    /// bytes: a whole frame encoded per subscription id, found per socket by a scan;
+    /// subscribers all with id "1" / each with a UUID of its own), `shared-distinct`
+    /// (each socket's header and prefix, the payload shared, UUID ids; `tasks` is the
+    /// same with id "1"), `ceiling` (a bare tokio writer, no Careboard, the same frames
+    /// to the same number of lean readers at full speed).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
+        WideVariant::OneTask,
+        WideVariant::Tasks,
+        WideVariant::ScanSame,
+        WideVariant::ScanDistinct,
+        WideVariant::SharedDistinct,
+        WideVariant::Ceiling,
+    ])]
+    wide_variants: Vec<WideVariant>,
     /// Rounds of the one-Board latency row with the server's runtime at tokio's default
     /// event interval (before) then at `--event-interval` (after), alternating on
     /// servers of their own; 0: skip.
@@ -357,6 +439,10 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some(ceiling::FLAG) {
+        return ceiling::child(&raw[2..]).await;
+    }
     let args = Args::parse();
     // The ways the servers under test run, each with the label its rows carry.
     let auths: Vec<(&str, BenchAuth)> = match args.auth {
@@ -754,6 +840,7 @@ async fn main() -> Result<()> {
                 write_pass_ns_per_socket,
                 versions_per_second,
                 notified_per_second,
+                ..
             } = fanout::saturation(
                 &server,
                 &url,
@@ -780,45 +867,54 @@ async fn main() -> Result<()> {
         }
         // The fan-out itself at saturation: enough subscribers that the versions the
         // projector announces are not what caps the frames (same writers, same path).
-        let wide: Vec<usize> = if args.wide_subscribers == 0 || args.saturation_writers == 0 {
+        let wide: Vec<WideVariant> = if args.wide_subscribers == 0 || args.saturation_writers == 0 {
             Vec::new()
-        } else if args.write_shard > 0 {
-            [0, args.write_shard].repeat(args.delivery_rounds.max(1))
         } else {
-            vec![0; args.delivery_rounds.max(1)]
+            args.wide_variants.repeat(args.delivery_rounds.max(1))
         };
-        for (i, shard) in wide.iter().enumerate() {
-            let server =
-                subscribe::Server::start_sharded(&url, &auths[auths.len() - 1].1, *shard).await?;
-            let m = fanout::saturation(
-                &server,
-                &url,
-                (args.wide_subscribers, args.wide_boards),
-                args.saturation_writers,
-                args.seconds,
-            )
-            .await?;
-            drop(server);
-            let round = if args.write_shard > 0 {
-                i / 2 + 1
+        for (i, variant) in wide.iter().enumerate() {
+            let (shard, bytes, distinct) = variant.server(args.write_shard);
+            let round = i / args.wide_variants.len().max(1) + 1;
+            let which = variant.label(args.write_shard, round);
+            let m = if *variant == WideVariant::Ceiling {
+                ceiling::saturation(args.wide_subscribers, shard, args.seconds).await?
             } else {
-                i + 1
-            };
-            let which = if *shard == 0 {
-                format!("before: one writer task per group, round {round}")
-            } else {
-                format!("after: writer tasks of {shard} sockets, round {round}")
+                let shard = shard.to_string();
+                let server = subscribe::Server::start_with(
+                    &url,
+                    &auths[auths.len() - 1].1,
+                    &[
+                        ("CAREBOARD_WS_FRAME_DELIVERY", "group"),
+                        ("CAREBOARD_WS_WRITE_SHARD", &shard),
+                        ("CAREBOARD_WS_FRAME_BYTES", bytes),
+                    ],
+                )
+                .await?;
+                let m = fanout::saturation_with_ids(
+                    &server,
+                    &url,
+                    (args.wide_subscribers, args.wide_boards, distinct),
+                    args.saturation_writers,
+                    args.seconds,
+                )
+                .await?;
+                drop(server);
+                m
             };
             println!(
-                "wide saturation, {which}: {:.0} frames/s to {} subscribers over {} Boards ({:.1} versions/s notified), {} changes, server CPU {:.2} us per frame (whole process), harness CPU {:.2} us per frame, writer pass {} per socket",
+                "wide saturation, {which}: {:.0} frames/s to {} subscribers over {} Boards ({:.1} versions/s notified, {:.1} received each), {} changes, server CPU {:.2} us per frame (whole process, {:.0} % in the kernel), harness CPU {:.2} us per frame, writer pass {} per socket, {} of the pass's sockets parked",
                 m.rate,
                 args.wide_subscribers,
                 args.wide_boards,
                 m.notified_per_second,
+                m.versions_per_second,
                 m.changes,
                 m.cpu_per_frame_us,
+                m.system_share * 100.0,
                 m.harness_cpu_per_frame_us,
-                pass_figure(m.write_pass_ns_per_socket)
+                pass_figure(m.write_pass_ns_per_socket),
+                m.parked_share
+                    .map_or_else(|| "n/a".into(), |p| format!("{:.0} %", p * 100.0))
             );
             rows.push(Row::unbased(
                 format!(
@@ -841,6 +937,14 @@ async fn main() -> Result<()> {
                 None,
                 0,
             ));
+            if let Some(ns) = m.write_pass_ns_per_socket {
+                rows.push(Row::unbased(
+                    format!("subscribe: writer pass ns per socket at wide saturation, {which}"),
+                    ns,
+                    None,
+                    0,
+                ));
+            }
         }
         let server = subscribe::Server::start(&url, &auths[auths.len() - 1].1).await?;
         let per = subscribe::idle_memory(&server, args.idle).await?;
@@ -935,7 +1039,7 @@ async fn rebuild_rows(admin_url: &str, args: &Args, rows: &mut Vec<Row>) -> Resu
     let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
     postgres::migrate(&rebuild_pool).await?;
     println!("loading ~{} events for the rebuild", args.events);
-    let r = project::rebuild(&rebuild_pool, args.events).await?;
+    let r = project::rebuild(&rebuild_pool, args.events, &args.rebuild_paths).await?;
     for (path, rates) in &r.rates {
         let watched = path.label();
         println!("  rebuild rates, {watched}: {rates:.0?} events/s");

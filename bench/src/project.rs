@@ -398,45 +398,105 @@ pub async fn wait_caught_up(pool: &PgPool) -> Result<()> {
 
 pub struct RebuildResult {
     pub events: usize,
-    /// Rebuild rates per fold path, in [`RebuildPath::ALL`] order.
+    /// Rebuild rates per path, in the order each path first ran.
     pub rates: Vec<(RebuildPath, Vec<f64>)>,
     pub keyset_rate: f64,
 }
 
-/// The fold paths the rebuild rows compare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The rebuild paths the rebuild rows compare, each a set of the process's switches
+/// (and, bench-only, the documents' TOAST compression).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RebuildPath {
     /// Each event's `data` made into a `serde_json::Value` tree as its row is read and
-    /// decoded from it; each event folded onto a copy of its stream's state.
+    /// decoded from it; each event folded onto a copy of its stream's state; pglz.
     Before,
-    /// Decoded straight from the column's JSON text; still folded onto a copy.
+    /// Decoded straight from the column's JSON text; still folded onto a copy; pglz.
     Text,
-    /// Decoded straight from the text and folded in place.
-    After,
+    /// Decoded straight from the text and folded in place; documents compressed with
+    /// pglz (the tables as they were before migration 0013).
+    InPlace,
+    /// `in-place`, with the documents compressed with lz4 (migration 0013).
+    Lz4,
+    /// `lz4`, with Board snapshots put together in the database from the rows the
+    /// batch wrote (`insert … select`) instead of read back whole and sent again.
+    Assembled,
 }
 
-impl RebuildPath {
-    pub const ALL: [RebuildPath; 3] = [RebuildPath::Before, RebuildPath::Text, RebuildPath::After];
+/// The TOASTed document columns a `board_view` rebuild writes, which migration 0013
+/// compresses with lz4.
+const DOC_COLUMNS: [&str; 3] = ["board_view", "board_view_appointments", "snapshots"];
 
+impl RebuildPath {
     pub fn label(self) -> &'static str {
         match self {
-            RebuildPath::Before => "before: data through a Value tree, folded onto a copy",
-            RebuildPath::Text => "decoded from the jsonb text, folded onto a copy",
-            RebuildPath::After => "after: decoded from the jsonb text, folded in place",
+            RebuildPath::Before => "before: data through a Value tree, folded onto a copy, pglz",
+            RebuildPath::Text => "decoded from the jsonb text, folded onto a copy, pglz",
+            RebuildPath::InPlace => "decoded from the text, folded in place, pglz",
+            RebuildPath::Lz4 => "decoded from the text, folded in place, lz4 (0013)",
+            RebuildPath::Assembled => "lz4, snapshots put together in the database",
         }
     }
 
-    /// Selects this path for the whole process.
-    fn select(self) {
+    /// The TOAST compression of the documents this path writes.
+    fn compression(self) -> &'static str {
+        match self {
+            RebuildPath::Before | RebuildPath::Text | RebuildPath::InPlace => "pglz",
+            RebuildPath::Lz4 | RebuildPath::Assembled => "lz4",
+        }
+    }
+
+    /// Selects this path for the whole process, and sets the documents' column
+    /// compression to this path's (a catalog change only: rows already stored keep
+    /// theirs, every row written from now on takes the column's). Bench-only: the
+    /// migration sets lz4 once.
+    async fn select(self, pool: &PgPool) -> Result<()> {
         careboard::domain::tagged::decode_through_value(self == RebuildPath::Before);
-        careboard::projections::board_view::fold_board_by_copy(self != RebuildPath::After);
+        careboard::projections::board_view::fold_board_by_copy(matches!(
+            self,
+            RebuildPath::Before | RebuildPath::Text
+        ));
+        careboard::snapshots::read_back_boards(self != RebuildPath::Assembled);
+        for table in DOC_COLUMNS {
+            sqlx::query(&format!(
+                "alter table {table} alter column doc set compression {}",
+                self.compression()
+            ))
+            .execute(pool)
+            .await?;
+        }
+        Ok(())
     }
 }
 
-/// Loads `target_events`, then measures a keyset read of the log and side-by-side
-/// rebuilds of `board_view` over it, the fold paths alternating (before, text,
-/// after, after, text, before), each watched through its generation's row.
-pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResult> {
+/// How a generation's documents (and the Board snapshots) were stored, counted by
+/// compression method, e.g. `lz4 450, none 28350` (`none`: under the TOAST threshold):
+/// shows that a round wrote with the compression it was meant to.
+async fn compressions(pool: &PgPool, generation: i32) -> Result<String> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "select coalesce(m, 'none'), count(*) from ( \
+           select pg_column_compression(doc) m from board_view where generation = $1 \
+           union all select pg_column_compression(doc) from board_view_appointments where generation = $1 \
+           union all select pg_column_compression(doc) from snapshots where kind = 'board') d \
+          group by 1 order by 1",
+    )
+    .bind(generation)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|(m, n)| format!("{m} {n}"))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Loads `target_events`, then measures a keyset read of the log and rebuilds of
+/// `board_view` over it on `paths` in the order given (alternate them, so that the
+/// machine's drift falls on each), each watched through its generation's row.
+pub async fn rebuild(
+    pool: &PgPool,
+    target_events: usize,
+    paths: &[RebuildPath],
+) -> Result<RebuildResult> {
     let history = generate(target_events);
     let started = Instant::now();
     load(pool, &history).await?;
@@ -480,14 +540,11 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
     let mut result = RebuildResult {
         events: history.len(),
-        rates: RebuildPath::ALL.iter().map(|p| (*p, Vec::new())).collect(),
+        rates: Vec::new(),
         keyset_rate,
     };
-    let rounds = RebuildPath::ALL
-        .into_iter()
-        .chain(RebuildPath::ALL.into_iter().rev());
-    for path in rounds {
-        path.select();
+    for &path in paths {
+        path.select(pool).await?;
         // Every rebuild writes its snapshots afresh (a rebuild of the same fold skips
         // the ones already there).
         sqlx::query("delete from snapshots").execute(pool).await?;
@@ -509,11 +566,17 @@ pub async fn rebuild(pool: &PgPool, target_events: usize) -> Result<RebuildResul
         }
         let rate = history.len() as f64 / started.elapsed().as_secs_f64();
         projector.stop().await?;
-        if let Some((_, rates)) = result.rates.iter_mut().find(|(p, _)| *p == path) {
-            rates.push(rate);
+        println!(
+            "  round {}: {rate:.0} events/s; documents by compression: {}",
+            path.label(),
+            compressions(pool, generation).await?
+        );
+        match result.rates.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, rates)) => rates.push(rate),
+            None => result.rates.push((path, vec![rate])),
         }
     }
-    RebuildPath::After.select();
+    RebuildPath::Assembled.select(pool).await?;
     Ok(result)
 }
 

@@ -70,9 +70,10 @@ impl Server {
         .await
     }
 
-    /// The server's writer-pass counters from `/metrics`: sockets handed a frame, and
-    /// nanoseconds spent doing so (`None` when the metrics cannot be read).
-    pub async fn write_pass(&self) -> Option<(f64, f64)> {
+    /// The server's writer-pass counters from `/metrics`: sockets handed a frame,
+    /// nanoseconds spent doing so, and frames parked for the sockets' tasks (0 when the
+    /// server does not count them) (`None` when the metrics cannot be read).
+    pub async fn write_pass(&self) -> Option<(f64, f64, f64)> {
         let mut request = reqwest::Client::new().get(format!("http://{}/metrics", self.base));
         if let Some(token) = &self.admin_token {
             request = request.bearer_auth(token);
@@ -91,6 +92,7 @@ impl Server {
         Some((
             value("careboard_subscription_write_pass_sockets_total ")?,
             value("careboard_subscription_write_pass_nanoseconds_total ")?,
+            value("careboard_subscription_write_pass_parked_total ").unwrap_or(0.0),
         ))
     }
 
@@ -182,6 +184,11 @@ impl Server {
         process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
     }
 
+    /// The server process's `/proc/…/stat`.
+    pub fn stat_path(&self) -> String {
+        format!("/proc/{}/stat", self.child.id())
+    }
+
     pub(crate) async fn graphql(&self, query: &str, variables: Value) -> Result<Value> {
         let mut request = reqwest::Client::new()
             .post(format!("http://{}/graphql", self.base))
@@ -233,15 +240,22 @@ impl Drop for Server {
 /// CPU time (user + system) of the process whose `/proc/…/stat` is at `path`, in seconds
 /// (`/proc/self/stat`: the harness itself).
 pub fn process_cpu_seconds(path: &str) -> Result<f64> {
+    let (user, system) = process_cpu_split(path)?;
+    Ok(user + system)
+}
+
+/// CPU time in user space and in the kernel (system calls: here mostly the sockets'
+/// writes and reads) of the process whose `/proc/…/stat` is at `path`, in seconds.
+pub fn process_cpu_split(path: &str) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(path)?;
     // Fields after the command name (which is in parentheses): utime is the 12th, stime
     // the 13th.
     let rest = stat.rsplit_once(')').context("/proc stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let (user, system) = (fields[11].parse::<u64>()?, fields[12].parse::<u64>()?);
     // SAFETY: sysconf reads a constant of the system; no memory is touched.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(ticks as f64 / per_second)
+    Ok((user as f64 / per_second, system as f64 / per_second))
 }
 
 /// Counts only: frames stay the same size while the Board grows, so the figure follows
@@ -251,7 +265,12 @@ const SUBSCRIPTION: &str =
 
 /// The `subscribe` message of subscription `id` to `board`.
 pub(crate) fn subscription_message(id: usize, board: &str) -> String {
-    json!({"id": id.to_string(), "type": "subscribe",
+    subscription_message_with_id(&id.to_string(), board)
+}
+
+/// The `subscribe` message of subscription `id` to `board`.
+pub(crate) fn subscription_message_with_id(id: &str, board: &str) -> String {
+    json!({"id": id, "type": "subscribe",
         "payload": {"query": SUBSCRIPTION, "variables": {"id": board}}})
     .to_string()
 }

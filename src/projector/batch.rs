@@ -116,13 +116,33 @@ async fn apply_and_save<D: Doc>(
         .collect();
     save_rows(conn, input.generation, &rows).await?;
     // A Board document in memory holds only the appointments this batch touched: its
-    // snapshot is read back whole, with this transaction's writes.
+    // snapshot is made from this transaction's writes, in the database (or, on the
+    // earlier path, read back whole and sent again).
     let partial: Vec<Uuid> = snapshots
         .iter()
         .filter(|s| s.doc.is_none())
         .map(|s| s.id)
         .collect();
-    if !partial.is_empty() {
+    if !partial.is_empty() && !snapshots::boards_read_back() {
+        // Put together in the database from what this transaction has just written.
+        let boards: Vec<snapshots::BoardDue> = snapshots
+            .iter()
+            .filter(|s| s.doc.is_none())
+            .map(|s| snapshots::BoardDue {
+                id: s.id,
+                version: s.version,
+                at: s.at,
+            })
+            .collect();
+        snapshots::write_boards(
+            conn,
+            input.projection.version(),
+            input.generation,
+            &boards,
+            input.batch_end,
+        )
+        .await?;
+    } else if !partial.is_empty() {
         let mut whole = input
             .projection
             .load_docs(conn, input.generation, &partial, None)

@@ -31,13 +31,22 @@ impl Raw {
 
     /// With `receive_buffer` bytes of kernel buffer on the client's side, if given.
     async fn open_with(app: &TestApp, token: &str, receive_buffer: Option<u32>) -> Raw {
+        Raw::open_speaking(app, token, receive_buffer, "graphql-transport-ws").await
+    }
+
+    /// Speaking `protocol` (`graphql-transport-ws`, or the legacy `graphql-ws`).
+    async fn open_speaking(
+        app: &TestApp,
+        token: &str,
+        receive_buffer: Option<u32>,
+        protocol: &str,
+    ) -> Raw {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = app.url("/graphql/ws").replace("http://", "ws://");
         let mut request = url.clone().into_client_request().unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocol.parse().unwrap());
         let addr: std::net::SocketAddr = url
             .trim_start_matches("ws://")
             .split('/')
@@ -618,4 +627,127 @@ async fn slow_socket(app: TestApp) {
         "a stalled socket received {} frames, the reading one {delivered}: frames were queued for it",
         caught_up.len()
     );
+}
+
+/// Counts only: nothing a frame of it shows needs an access record, so the group's
+/// writer pass writes it to every socket itself.
+const COUNTS: &str =
+    "subscription($b: ID!) { boardChanged(boardId: $b) { version counts { waiting } } }";
+
+/// Subscribers of one group with distinct subscription ids (as graphql-ws clients make
+/// them) on both protocols: each frame carries the socket's own id and message type
+/// around byte-identical payloads, and the writer pass encodes no whole frame per id
+/// (each socket's header and prefix are its own, the payload is shared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn distinct_subscription_ids_on_both_protocols_share_the_payload_without_an_encoding_each() {
+    let encodings = distinct_ids(TestApp::spawn().await).await;
+    assert_eq!(
+        encodings, 0.0,
+        "whole frames encoded by the writer passes: the payload was copied per id"
+    );
+}
+
+/// The same with the earlier bytes (a whole frame per id and protocol, found by a
+/// scan; kept for the benchmark): as correct, one encoding per id and frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_scanned_bytes_distinct_subscription_ids_still_get_their_own_envelopes() {
+    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
+        ws_frame_bytes: careboard::config::FrameBytes::Scan,
+        ..Default::default()
+    })
+    .await;
+    let encodings = distinct_ids(app).await;
+    assert!(encodings >= 6.0 * 3.0, "{encodings} encodings");
+}
+
+/// Returns the writer passes' whole-frame encodings over three Board changes.
+async fn distinct_ids(app: TestApp) -> f64 {
+    let day = seed(&app).await;
+    // (protocol, id): one id spelled alike on both protocols, one that needs escaping.
+    let subscribers = [
+        (
+            "graphql-transport-ws",
+            "0b5c2a4e-6a41-4f0e-9b1e-2f6d3c1a7e01",
+        ),
+        ("graphql-transport-ws", "same"),
+        ("graphql-transport-ws", "quo\"te"),
+        ("graphql-ws", "same"),
+        ("graphql-ws", "9d7f1c3b-1e2a-4b5c-8d6e-0f1a2b3c4d5e"),
+        ("graphql-ws", "another"),
+    ];
+    let mut sockets = Vec::new();
+    for (protocol, id) in subscribers {
+        let mut raw = Raw::open_speaking(&app, &app.admin_token.clone(), None, protocol).await;
+        let kind = if protocol == "graphql-ws" {
+            "start"
+        } else {
+            "subscribe"
+        };
+        raw.send(json!({"id": id, "type": kind, "payload": {"query": COUNTS, "variables": {"b": day.board}}}))
+            .await;
+        sockets.push(raw);
+    }
+    // Each socket's frame showing `version` (the first, the current Board, may be
+    // older): its id, its type, and its payload as sent.
+    async fn frame_at(raw: &mut Raw, version: i64) -> (String, String, String) {
+        loop {
+            let text = raw
+                .next(Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|| panic!("no frame for version {version}"));
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}"));
+            if v["type"] == "ka" {
+                continue;
+            }
+            let got = v["payload"]["data"]["boardChanged"]["version"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{text}"));
+            assert!(got <= version, "past {version}: {text}");
+            if got < version {
+                continue;
+            }
+            let payload = text
+                .split_once(",\"payload\":")
+                .and_then(|(_, rest)| rest.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("{text}"))
+                .to_string();
+            return (
+                v["id"].as_str().unwrap().to_string(),
+                v["type"].as_str().unwrap().to_string(),
+                payload,
+            );
+        }
+    }
+    let (_, p) = app
+        .request_appointment(marked_request(&day.board, 1, "reason"))
+        .await;
+    let v = app.projected_version(&day.board, p).await;
+    for raw in &mut sockets {
+        frame_at(raw, v).await;
+    }
+    assert_eq!(metric(&app, "careboard_subscription_groups").await, 1.0);
+    let before = metric(&app, "careboard_subscription_write_pass_encodings_total").await;
+    for n in 0..3 {
+        let (_, p) = app
+            .request_appointment(marked_request(&day.board, n + 2, "reason"))
+            .await;
+        let v = app.projected_version(&day.board, p).await;
+        let mut payloads = Vec::new();
+        for (raw, (protocol, id)) in sockets.iter_mut().zip(subscribers) {
+            let (got_id, kind, payload) = frame_at(raw, v).await;
+            assert_eq!(got_id, id);
+            let expected = if protocol == "graphql-ws" {
+                "data"
+            } else {
+                "next"
+            };
+            assert_eq!(kind, expected, "{protocol}");
+            payloads.push(payload);
+        }
+        assert!(
+            payloads.iter().all(|p| p == &payloads[0]),
+            "payloads differ: {payloads:?}"
+        );
+    }
+    metric(&app, "careboard_subscription_write_pass_encodings_total").await - before
 }

@@ -1,6 +1,7 @@
-//! A `board_view` rebuild writes the same bytes whichever fold path it takes: events
+//! A `board_view` rebuild writes the same bytes whichever path it takes: events
 //! decoded from the log's jsonb text and folded in place, or decoded from a `Value`
-//! tree and folded onto a copy (the earlier path, still selectable).
+//! tree and folded onto a copy; Board snapshots put together in the database, or read
+//! back whole and sent again (the earlier paths, still selectable).
 
 use crate::helpers;
 use crate::helpers::store::{open_board, request_appointment};
@@ -202,11 +203,32 @@ async fn caught_up(pool: &PgPool, generation: i32) -> bool {
     .unwrap_or(false)
 }
 
-/// Rebuilds `board_view` on the selected path and returns what the new generation
+/// The earlier paths a rebuild can take, each selectable on its own.
+#[derive(Debug, Clone, Copy, Default)]
+struct Earlier {
+    /// Events decoded through a `Value` tree and folded onto a copy.
+    fold: bool,
+    /// Board snapshots read back whole into the process and sent again.
+    snapshots: bool,
+}
+
+impl Earlier {
+    const ALL: Earlier = Earlier {
+        fold: true,
+        snapshots: true,
+    };
+
+    fn select(self) {
+        careboard::domain::tagged::decode_through_value(self.fold);
+        board_view::fold_board_by_copy(self.fold);
+        careboard::snapshots::read_back_boards(self.snapshots);
+    }
+}
+
+/// Rebuilds `board_view` on the selected paths and returns what the new generation
 /// stored.
-async fn rebuild(pool: &PgPool, store: &EventStore, earlier: bool) -> Vec<String> {
-    careboard::domain::tagged::decode_through_value(earlier);
-    board_view::fold_board_by_copy(earlier);
+async fn rebuild(pool: &PgPool, store: &EventStore, earlier: Earlier) -> Vec<String> {
+    earlier.select();
     sqlx::query("delete from snapshots")
         .execute(pool)
         .await
@@ -221,8 +243,7 @@ async fn rebuild(pool: &PgPool, store: &EventStore, earlier: bool) -> Vec<String
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     projector.stop().await.unwrap();
-    careboard::domain::tagged::decode_through_value(false);
-    board_view::fold_board_by_copy(false);
+    Earlier::default().select();
     stored(pool, generation).await
 }
 
@@ -231,18 +252,67 @@ async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_
 ) {
     let pool = helpers::fresh_database().await;
     let store = helpers::store(&pool);
-    let boards = history(&pool, &store).await;
+    let mut boards = history(&pool, &store).await;
+    // A Board whose snapshots hold no appointment rows.
+    let quiet = open_board(&store, "Rebuild paths, no appointments").await;
+    append_events(
+        &pool,
+        StreamType::Shift,
+        Uuid::new_v4(),
+        quiet,
+        0,
+        &[
+            ShiftEvent::ProviderJoined {
+                board_id: quiet.into(),
+                provider_id: Uuid::new_v4().into(),
+            },
+            ShiftEvent::ProviderPaused {},
+            ShiftEvent::ProviderReady {},
+            ShiftEvent::ProviderSignedOff {},
+        ],
+    )
+    .await;
+    boards.push(quiet);
 
-    let earlier = rebuild(&pool, &store, true).await;
-    let current = rebuild(&pool, &store, false).await;
+    let earlier = rebuild(&pool, &store, Earlier::ALL).await;
+    let current = rebuild(&pool, &store, Earlier::default()).await;
+    // Each change alone: snapshots read back but the current fold, and the reverse.
+    let read_back = rebuild(
+        &pool,
+        &store,
+        Earlier {
+            snapshots: true,
+            ..Earlier::default()
+        },
+    )
+    .await;
+    let earlier_fold = rebuild(
+        &pool,
+        &store,
+        Earlier {
+            fold: true,
+            ..Earlier::default()
+        },
+    )
+    .await;
     assert!(
         earlier.iter().filter(|r| r.starts_with("snapshot")).count() >= 4,
         "the history is long enough to snapshot: {earlier:#?}"
     );
     assert!(earlier.iter().any(|r| r.contains("Zo\u{eb} O'Brien")));
-    assert_eq!(earlier.len(), current.len());
-    for (a, b) in earlier.iter().zip(&current) {
-        assert_eq!(a, b);
+    // A snapshot of a Board before its first appointment (no appointment rows), and
+    // ones with appointments.
+    assert!(earlier
+        .iter()
+        .any(|r| r.starts_with("snapshot") && !r.contains("\"appointments\"")));
+    assert!(earlier
+        .iter()
+        .any(|r| r.starts_with("snapshot") && r.contains("\"appointments\"")));
+    for other in [&current, &read_back, &earlier_fold] {
+        assert_eq!(earlier.len(), other.len());
+        for (a, b) in earlier.iter().zip(other) {
+            assert_eq!(a, b);
+        }
     }
 
     // And both are what a fresh fold of the Board's streams gives.
@@ -257,4 +327,49 @@ async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_
         let doc = read::board(&pool, *board).await.unwrap().unwrap();
         assert_eq!(doc, fresh, "board {board}");
     }
+}
+
+#[tokio::test]
+async fn board_documents_and_snapshots_are_compressed_with_lz4() {
+    let pool = helpers::fresh_database().await;
+    let methods: Vec<(String, String)> = sqlx::query_as(
+        "select attrelid::regclass::text, attcompression::text from pg_attribute \
+          where attname = 'doc' \
+            and attrelid in ('board_view'::regclass, 'board_view_appointments'::regclass, \
+                             'snapshots'::regclass) \
+          order by 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        methods,
+        [
+            ("board_view".to_string(), "l".to_string()),
+            ("board_view_appointments".to_string(), "l".to_string()),
+            ("snapshots".to_string(), "l".to_string()),
+        ]
+    );
+
+    // A document large enough to be compressed is stored with lz4, and reads back.
+    let doc = json!({ "notes": "a Board's worth of text ".repeat(400) });
+    let board = Uuid::new_v4();
+    sqlx::query(
+        "insert into snapshots (kind, id, fold_version, version, max_recorded_at, doc) \
+         values ('board', $1, 1, 1, now(), $2)",
+    )
+    .bind(board)
+    .bind(&doc)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (method, back): (Option<String>, serde_json::Value) = sqlx::query_as(
+        "select pg_column_compression(doc), doc from snapshots where kind = 'board' and id = $1",
+    )
+    .bind(board)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(method.as_deref(), Some("lz4"));
+    assert_eq!(back, doc);
 }
