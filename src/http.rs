@@ -629,6 +629,19 @@ async fn execute(
     } else {
         None
     };
+    // Before anything walks it with its fragments spelled out (the introspection-only
+    // test below, then the schema's own checks).
+    if let Some(problem) = document.as_ref().and_then(|d| {
+        let max = crate::limits::max_expanded_fields(
+            state
+                .limits
+                .max_complexity
+                .max(crate::graphql::INTROSPECTION_MAX_COMPLEXITY),
+        );
+        crate::limits::check_fragment_expansion(d, max).err()
+    }) {
+        return request_error(StatusCode::BAD_REQUEST, ErrorCode::Validation, problem);
+    }
     let operation_name = gql_request.operation_name.clone();
     if over_get {
         let kind = document

@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextResolve, ResolveInfo,
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextResolve, ResolveInfo,
 };
 use async_graphql::{ServerResult, Value};
 use axum::extract::{ConnectInfo, Request, State};
@@ -95,6 +95,154 @@ pub fn check_request(request: &async_graphql::Request, max: usize) -> Result<(),
 
 fn too_deep(what: &str, max: usize) -> String {
     format!("{what} nests deeper than {max} levels")
+}
+
+/// Fragment spreads followed deeper than this are refused: no real document chains
+/// that many, and the recursion limit refuses far fewer anyway; the bound keeps
+/// [`check_fragment_expansion`]'s own recursion shallow.
+const MAX_FRAGMENT_CHAIN: usize = 128;
+
+/// Refuses a document that, with its fragments spelled out where they are spread,
+/// selects more than `max` fields. A few hundred bytes of fragments that each spread
+/// the one before four times spell out to 4^30 fields, and the checks that run before
+/// any limit could refuse them (the recursion depth, the depth and the complexity, and
+/// the introspection-only test) all walk them spelled out, synchronously: one such
+/// request held a worker thread for good, out of reach of the request timeout. This
+/// counts each fragment once (memoised), so it costs the document's size.
+pub fn check_fragment_expansion(
+    document: &async_graphql::parser::types::ExecutableDocument,
+    max: usize,
+) -> Result<(), String> {
+    use async_graphql::parser::types::{DocumentOperations, Selection, SelectionSet};
+    use std::collections::HashMap;
+
+    struct Count<'a> {
+        document: &'a async_graphql::parser::types::ExecutableDocument,
+        /// Each fragment's spelled-out size, once counted (`None` while it is being
+        /// counted: a cycle, which validation refuses; it counts nothing here).
+        fragments: HashMap<&'a str, Option<usize>>,
+    }
+
+    impl<'a> Count<'a> {
+        fn set(&mut self, set: &'a SelectionSet, chain: usize) -> Result<usize, ()> {
+            if chain > MAX_FRAGMENT_CHAIN {
+                return Err(());
+            }
+            let mut total = 0usize;
+            for item in &set.items {
+                let size = match &item.node {
+                    Selection::Field(field) => {
+                        1 + self.set(&field.node.selection_set.node, chain)?
+                    }
+                    Selection::InlineFragment(fragment) => {
+                        self.set(&fragment.node.selection_set.node, chain)?
+                    }
+                    Selection::FragmentSpread(spread) => {
+                        let name = spread.node.fragment_name.node.as_str();
+                        match self.fragments.get(name) {
+                            Some(Some(size)) => *size,
+                            Some(None) => 0,
+                            None => match self.document.fragments.get(name) {
+                                Some(fragment) => {
+                                    self.fragments.insert(name, None);
+                                    let size =
+                                        self.set(&fragment.node.selection_set.node, chain + 1)?;
+                                    self.fragments.insert(name, Some(size));
+                                    size
+                                }
+                                // Unknown: validation names it.
+                                None => 0,
+                            },
+                        }
+                    }
+                };
+                total = total.saturating_add(size);
+            }
+            Ok(total)
+        }
+    }
+
+    let mut count = Count {
+        document,
+        fragments: HashMap::new(),
+    };
+    let sets: Vec<&SelectionSet> = match &document.operations {
+        DocumentOperations::Single(op) => vec![&op.node.selection_set.node],
+        DocumentOperations::Multiple(ops) => {
+            ops.values().map(|op| &op.node.selection_set.node).collect()
+        }
+    };
+    let mut total = 0usize;
+    for set in sets {
+        match count.set(set, 0) {
+            Ok(size) => total = total.saturating_add(size),
+            Err(()) => {
+                return Err(format!(
+                    "the document's fragments spread each other more than {MAX_FRAGMENT_CHAIN} levels deep"
+                ))
+            }
+        }
+    }
+    // Fragments no operation spreads are walked by validation too.
+    let names: Vec<&str> = document.fragments.keys().map(|n| n.as_str()).collect();
+    for name in names {
+        if count.fragments.contains_key(name) {
+            continue;
+        }
+        let fragment = &document.fragments[name];
+        count.fragments.insert(name, None);
+        match count.set(&fragment.node.selection_set.node, 1) {
+            Ok(size) => {
+                count.fragments.insert(name, Some(size));
+                total = total.saturating_add(size);
+            }
+            Err(()) => {
+                return Err(format!(
+                    "the document's fragments spread each other more than {MAX_FRAGMENT_CHAIN} levels deep"
+                ))
+            }
+        }
+    }
+    if total > max {
+        return Err(format!(
+            "the document selects more than {max} fields with its fragments spelled out: select less, or spread fragments fewer times"
+        ));
+    }
+    Ok(())
+}
+
+/// The most fields a document may select with its fragments spelled out, for a schema
+/// whose complexity limit is `max_complexity`: well above what that limit lets a
+/// document do, so only documents no limit would let run are refused here.
+pub fn max_expanded_fields(max_complexity: usize) -> usize {
+    max_complexity.saturating_mul(4).max(20_000)
+}
+
+/// Applies [`check_fragment_expansion`] to every request a schema runs (over HTTP and
+/// websocket alike) before async-graphql's own checks walk the document.
+pub struct FragmentExpansion(pub usize);
+
+impl ExtensionFactory for FragmentExpansion {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(FragmentExpansionExtension(self.0))
+    }
+}
+
+struct FragmentExpansionExtension(usize);
+
+#[async_trait::async_trait]
+impl Extension for FragmentExpansionExtension {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: async_graphql::Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<async_graphql::Request> {
+        // Parsed once: the schema runs the document parsed here.
+        check_fragment_expansion(request.parsed_query()?, self.0)
+            .map_err(|message| async_graphql::ServerError::new(message, None))?;
+        next.run(ctx, request).await
+    }
 }
 
 /// Caps the root fields of one request that run at once (async-graphql resolves the
@@ -301,6 +449,32 @@ mod tests {
         assert!(check_variables_nesting(&vars(json!([[1]])), 2).is_ok());
         assert!(check_variables_nesting(&vars(json!([[[1]]])), 2).is_err());
         assert!(check_variables_nesting(&vars(json!({"a": {"b": {"c": 1}}})), 2).is_err());
+    }
+
+    #[test]
+    fn fragments_are_counted_spelled_out_once_each() {
+        let parse = |q: &str| async_graphql::parser::parse_query(q).unwrap();
+        let four = parse("{ ...A } fragment A on Q { ...B ...B } fragment B on Q { a b { c } }");
+        // B is 3 fields (a, b, c); A spreads it twice.
+        assert!(check_fragment_expansion(&four, 6).is_ok());
+        assert!(check_fragment_expansion(&four, 5).is_err());
+        let mut exploding = String::from("{ ...F40 } fragment F0 on Q { a }");
+        for i in 1..=40 {
+            let j = i - 1;
+            exploding.push_str(&format!(
+                " fragment F{i} on Q {{ ...F{j} ...F{j} ...F{j} }}"
+            ));
+        }
+        let error = check_fragment_expansion(&parse(&exploding), 1_000_000).unwrap_err();
+        assert!(error.contains("spelled out"), "{error}");
+        // A cycle (validation refuses it) ends the count instead of looping.
+        let cycle = parse("{ ...A } fragment A on Q { x ...B } fragment B on Q { y ...A }");
+        assert!(check_fragment_expansion(&cycle, 10).is_ok());
+        let mut chain = String::from("{ ...F0 }");
+        for i in 0..1000 {
+            chain.push_str(&format!(" fragment F{i} on Q {{ a ...F{} }}", i + 1));
+        }
+        assert!(check_fragment_expansion(&parse(&chain), usize::MAX).is_err());
     }
 
     #[test]

@@ -95,6 +95,10 @@ fn schema_with_limits(
     // Every root field meets the permission matrix here, and every answer that
     // disclosed patient fields is recorded here (DESIGN §9).
     .extension(access::AccessEdge)
+    // Before async-graphql's own checks, which walk fragments spelled out.
+    .extension(crate::limits::FragmentExpansion(
+        crate::limits::max_expanded_fields(max_complexity),
+    ))
     .limit_depth(max_depth)
     .limit_complexity(max_complexity)
     .limit_recursive_depth(limits.max_recursion)

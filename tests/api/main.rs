@@ -22,6 +22,7 @@ mod identity;
 mod layout;
 mod live;
 mod matching;
+mod outside;
 mod packaging;
 mod page;
 mod projector;

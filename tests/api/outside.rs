@@ -1,0 +1,110 @@
+//! The running server tried from outside, as an attacker would: documents, messages and
+//! sockets shaped to make it work without bound. Each test here failed before the fix
+//! it guards.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{error_code, TestApp, WsClient};
+
+/// A few hundred bytes whose fragments spread the one before them four times over:
+/// spelled out, `levels` fragments make 4^`levels` selections, but every fragment is
+/// used and none forms a cycle, and the nesting stays under the recursion limit.
+fn exploding_fragments(open: &str, close: &str, (on, leaf): (&str, &str), levels: usize) -> String {
+    let mut document = format!("{open} ...F{levels} {close}\nfragment F0 on {on} {{ {leaf} }}\n");
+    for i in 1..=levels {
+        let j = i - 1;
+        document.push_str(&format!(
+            "fragment F{i} on {on} {{ ...F{j} ...F{j} ...F{j} ...F{j} }}\n"
+        ));
+    }
+    document
+}
+
+/// How long a refusal may take here: it is immediate once the document is measured;
+/// before, the server walked every spelled-out selection (for ever, at 4^28) on a
+/// worker thread no timeout can stop.
+const REFUSED_WITHIN: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_document_whose_fragments_expand_exponentially_is_refused_at_once() {
+    let app = TestApp::spawn().await;
+    let (board, position) = app.open_board_at("Pediatrics TX").await;
+    let documents = [
+        // Data fields: the recursion-depth check, then validation, spell it out.
+        exploding_fragments(
+            &format!("query {{ board(id: \"{board}\") {{"),
+            "} }",
+            ("Board", "id name"),
+            28,
+        ),
+        // Introspection only: the check that routes it to the introspection schema
+        // spells it out first.
+        exploding_fragments("query {", "}", ("Query", "__typename"), 28),
+    ];
+    for document in &documents {
+        let answer = tokio::time::timeout(REFUSED_WITHIN, app.gql(document, json!({})))
+            .await
+            .expect("the document is refused at once, not spelled out");
+        assert_eq!(error_code(&answer), "VALIDATION", "{answer}");
+        let message = answer["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("fragments spelled out"), "{answer}");
+    }
+    // Over the websocket, on both protocols, as a subscription.
+    let subscription = exploding_fragments(
+        &format!("subscription {{ boardChanged(boardId: \"{board}\") {{"),
+        "} }",
+        ("Board", "id version"),
+        28,
+    );
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = WsClient::open(&app, protocol).await;
+        ws.subscribe("boom", &subscription, json!({})).await;
+        let message = ws
+            .next(REFUSED_WITHIN)
+            .await
+            .expect("the subscription is refused at once");
+        let errors = match &message["payload"] {
+            Value::Array(_) => message["payload"].clone(),
+            payload if payload["errors"].is_array() => payload["errors"].clone(),
+            payload => json!([payload]),
+        };
+        assert_eq!(errors[0]["extensions"]["code"], "VALIDATION", "{message}");
+        ws.close().await;
+    }
+    // Still serving, with no worker lost to the walk.
+    let answer = tokio::time::timeout(
+        REFUSED_WITHIN,
+        app.data(
+            "query($b: ID!, $p: Int) { board(id: $b, minPosition: $p) { name } }",
+            json!({"b": board, "p": position}),
+        ),
+    )
+    .await
+    .expect("the server still answers");
+    assert_eq!(answer["board"]["name"], "Pediatrics TX");
+}
+
+#[tokio::test]
+async fn ordinary_fragments_and_the_graphiql_introspection_query_still_run() {
+    let app = TestApp::spawn().await;
+    let (board, position) = app.open_board_at("Pediatrics TX").await;
+    // Fragments used a few times over, as front-ends write them.
+    let document = format!(
+        "query {{ a: board(id: \"{board}\", minPosition: {position}) {{ ...B }} b: board(id: \"{board}\", minPosition: {position}) {{ ...B }} }}
+         fragment B on Board {{ ...Head ...Head counts {{ waiting }} }}
+         fragment Head on Board {{ id name status version }}"
+    );
+    let answer = app.data(&document, json!({})).await;
+    assert_eq!(answer["a"]["name"], "Pediatrics TX");
+    assert_eq!(answer["b"]["status"], "OPEN");
+    let introspection = app.data(INTROSPECTION, json!({})).await;
+    assert!(introspection["__schema"]["types"].as_array().unwrap().len() > 20);
+}
+
+/// GraphiQL's introspection query (its fragments nest `TypeRef` eight levels deep).
+const INTROSPECTION: &str = "query IntrospectionQuery { __schema { queryType { name } mutationType { name } subscriptionType { name } types { ...FullType } directives { name description locations args { ...InputValue } } } }
+fragment FullType on __Type { kind name description fields(includeDeprecated: true) { name description args { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason } inputFields { ...InputValue } interfaces { ...TypeRef } enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason } possibleTypes { ...TypeRef } }
+fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue }
+fragment TypeRef on __Type { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } }";
