@@ -196,6 +196,11 @@ pub const CLOSE_UNAUTHENTICATED: u16 = 4403;
 /// unreachable): "try again later", which clients retry.
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
+/// The longest subscription id accepted (bytes). Clients use UUIDs or counters; each
+/// socket keeps its id in the envelope of every frame it is sent, so an unbounded id
+/// would let one client make the server hold (and write) megabytes per subscription.
+pub const MAX_SUBSCRIPTION_ID: usize = 128;
+
 /// What to do with one inbound text message.
 enum Inbound {
     /// Hand it to the protocol (parsed as one of its messages).
@@ -235,6 +240,12 @@ impl Gate {
                 let Some(id) = id else {
                     return Inbound::Forward(message);
                 };
+                if id.len() > MAX_SUBSCRIPTION_ID {
+                    return Inbound::Close(
+                        4400,
+                        format!("Subscription id longer than {MAX_SUBSCRIPTION_ID} bytes"),
+                    );
+                }
                 if self.active.contains(&id) {
                     return Inbound::Close(4409, "Subscriber for this id already exists".into());
                 }
@@ -553,6 +564,14 @@ pub async fn serve_socket(
                     Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
                     Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    // Over the message (or frame) size limit: say so (1009), so that
+                    // the client does not send it again as if the line had dropped.
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                        let reason = format!("Message too big: the limit is {} bytes", limits.max_body_bytes);
+                        let _ = sink.send(close(1009, &reason)).await;
+                        we_closed = true;
+                        break;
+                    }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 };
                 match gate.inbound(&bytes) {
