@@ -548,6 +548,10 @@ pub async fn serve_socket(
     let ping_interval = Duration::from_millis(limits.ws_ping_interval_ms.max(10));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     let mut last_heard = Instant::now();
+    // A client that stops reading would hold this task in a write for good, out of
+    // reach of the pings' timeout and of its token's expiry: a write that makes no
+    // progress for as long as three unanswered pings gives the connection up.
+    out.set_stall_limit(ping_interval * 3);
     let close = |code: u16, reason: &str| {
         Message::Close(Some(CloseFrame {
             code: code.into(),
@@ -637,6 +641,7 @@ pub async fn serve_socket(
                             Ok(authenticated) => {
                                 let principal = authenticated.map(|(principal, exp)| {
                                     expiry.as_mut().reset(expiry_instant(exp, leeway));
+                                    out.set_expiry(expiry_instant(exp, leeway));
                                     expires = true;
                                     principal
                                 });
@@ -675,6 +680,11 @@ pub async fn serve_socket(
                 }
             },
             Some(first) = subscriptions.next(), if !subscriptions.is_empty() => {
+                if expires && expiry.is_elapsed() {
+                    // Nothing decided after the token expired goes out: the expiry
+                    // branch (ready) closes the socket.
+                    continue;
+                }
                 // This frame and whatever else is ready now, in one flush.
                 let mut next = Some(first);
                 let mut written = 0;
@@ -701,6 +711,9 @@ pub async fn serve_socket(
                 }
             },
             _ = out.wake.notified() => {
+                if expires && expiry.is_elapsed() {
+                    continue;
+                }
                 // What the groups left to this task: frames the socket could not take at
                 // once (or that need this socket's access record first), and bytes
                 // waiting in the queue.

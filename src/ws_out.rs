@@ -12,6 +12,7 @@
 //! whose writes go into the same queue: control frames, replies and the frames of
 //! subscriptions that run on their own keep their order with the shared ones.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,12 @@ struct OutState {
     queue: BytesMut,
     /// The connection failed: nothing more is written.
     failed: bool,
+    /// How long the socket's task may wait on a write that makes no progress before
+    /// the connection is given up (a client that stops reading); `None`: no bound.
+    stall_limit: Option<std::time::Duration>,
+    /// When the socket's credentials expire: from then on writer passes write nothing
+    /// (their frames wait for the socket's task, which closes the socket instead).
+    expires_at: Option<tokio::time::Instant>,
 }
 
 /// What came of a writer pass's attempt.
@@ -68,6 +75,17 @@ impl SocketOut {
         self.state.lock().expect("socket out").queue.is_empty()
     }
 
+    /// Bounds how long the socket's task waits on a write that makes no progress: past
+    /// `limit`, the write fails and the connection is given up.
+    pub fn set_stall_limit(&self, limit: std::time::Duration) {
+        self.state.lock().expect("socket out").stall_limit = Some(limit);
+    }
+
+    /// From `at` on, writer passes leave every frame to the socket's task.
+    pub fn set_expiry(&self, at: tokio::time::Instant) {
+        self.state.lock().expect("socket out").expires_at = Some(at);
+    }
+
     /// Writes `bytes` now if nothing is waiting before them, without blocking and without
     /// a task of its own to wake (a writer pass calls this for each socket of a group).
     pub fn try_write_now(&self, bytes: &[u8]) -> Written {
@@ -75,7 +93,7 @@ impl SocketOut {
         if state.failed {
             return Written::Failed;
         }
-        if !state.queue.is_empty() {
+        if !state.queue.is_empty() || state.expired() {
             return Written::Busy;
         }
         // A no-op waker: if the write would block, the socket's task (woken by the
@@ -111,7 +129,7 @@ impl SocketOut {
         if state.failed {
             return Written::Failed;
         }
-        if !state.queue.is_empty() {
+        if !state.queue.is_empty() || state.expired() {
             return Written::Busy;
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
@@ -186,6 +204,11 @@ impl SocketOut {
 }
 
 impl OutState {
+    fn expired(&self) -> bool {
+        self.expires_at
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+
     /// Writes what waits, as far as the socket takes it now.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.failed {
@@ -215,6 +238,8 @@ impl OutState {
 pub struct SocketIo {
     read: Reader,
     out: Arc<SocketOut>,
+    /// Armed while a write of the socket's task waits on a socket that takes nothing.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl SocketIo {
@@ -229,6 +254,8 @@ impl SocketIo {
                 io: Box::pin(write),
                 queue: BytesMut::new(),
                 failed: false,
+                stall_limit: None,
+                expires_at: None,
             }),
             wake: Notify::new(),
         });
@@ -236,6 +263,7 @@ impl SocketIo {
             SocketIo {
                 read: Box::pin(read),
                 out: out.clone(),
+                stall: None,
             },
             out,
         )
@@ -252,13 +280,84 @@ impl AsyncRead for SocketIo {
     }
 }
 
+impl SocketIo {
+    /// `poll`'s result, unless it has been pending past the stall limit with nothing
+    /// written meanwhile: then the connection is given up (`TimedOut`).
+    fn bounded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        queued_before: usize,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stall = None;
+            return poll;
+        }
+        let mut state = self.out.state.lock().expect("socket out");
+        let Some(limit) = state.stall_limit else {
+            return poll;
+        };
+        if state.queue.len() < queued_before {
+            // Progress: the bound starts again.
+            self.stall = None;
+        }
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if stall.as_mut().poll(cx).is_ready() {
+            state.failed = true;
+            self.stall = None;
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        poll
+    }
+
+    fn queued(&self) -> usize {
+        self.out.state.lock().expect("socket out").queue.len()
+    }
+}
+
 impl AsyncWrite for SocketIo {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut state = self.out.state.lock().expect("socket out");
+        let queued = self.queued();
+        let poll = Self::write_queued(&self.out, cx, buf);
+        self.bounded(cx, queued, poll)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let queued = self.queued();
+        let poll = {
+            let mut state = self.out.state.lock().expect("socket out");
+            match state.poll_drain(cx) {
+                Poll::Ready(Ok(())) => state.io.as_mut().poll_flush(cx),
+                other => other,
+            }
+        };
+        self.bounded(cx, queued, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let queued = self.queued();
+        let poll = {
+            let mut state = self.out.state.lock().expect("socket out");
+            match state.poll_drain(cx) {
+                Poll::Ready(Ok(())) => state.io.as_mut().poll_shutdown(cx),
+                other => other,
+            }
+        };
+        self.bounded(cx, queued, poll)
+    }
+}
+
+impl SocketIo {
+    /// Queues `buf` (whole, or nothing while the queue is past its high water) and
+    /// writes what the socket takes now.
+    fn write_queued(out: &SocketOut, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut state = out.state.lock().expect("socket out");
         if state.queue.len() >= HIGH_WATER {
             if let Poll::Ready(Err(e)) = state.poll_drain(cx) {
                 return Poll::Ready(Err(e));
@@ -277,22 +376,6 @@ impl AsyncWrite for SocketIo {
             return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.out.state.lock().expect("socket out");
-        match state.poll_drain(cx) {
-            Poll::Ready(Ok(())) => state.io.as_mut().poll_flush(cx),
-            other => other,
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.out.state.lock().expect("socket out");
-        match state.poll_drain(cx) {
-            Poll::Ready(Ok(())) => state.io.as_mut().poll_shutdown(cx),
-            other => other,
-        }
     }
 }
 
@@ -398,5 +481,61 @@ mod tests {
         io.flush().await.unwrap();
         assert_eq!(reader.await.unwrap(), b"abcdefghijklmn");
         assert!(out.is_idle());
+    }
+
+    /// A client that stops reading held the socket's task in its write for good: its
+    /// pings' timeout and its token's expiry could never run. Now a write that makes no
+    /// progress for the stall limit fails, and one that progresses is not cut.
+    #[tokio::test]
+    async fn a_write_to_a_socket_that_stops_reading_fails_after_the_stall_limit() {
+        use std::time::Duration;
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let (mut io, out) = SocketIo::new(ours);
+        out.set_stall_limit(Duration::from_millis(300));
+        // A slow reader that keeps reading is never cut: 64 KB at 4 KB per 100 ms.
+        let slow = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut total = 0;
+            while total < 64 * 1024 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let n = theirs.read(&mut buf).await.unwrap();
+                total += n;
+            }
+            theirs
+        });
+        let written = tokio::time::timeout(Duration::from_secs(20), async {
+            io.write_all(&vec![b'a'; 64 * 1024]).await?;
+            io.flush().await
+        })
+        .await
+        .expect("a progressing write finishes");
+        written.expect("a reader that keeps reading is not cut");
+        let _theirs = slow.await.unwrap();
+        // Now the reader stops: the write fails, and nothing more is written.
+        let stuck = tokio::time::timeout(Duration::from_secs(10), async {
+            io.write_all(&vec![b'b'; 64 * 1024]).await?;
+            io.flush().await
+        })
+        .await
+        .expect("the write gives up instead of waiting for good");
+        assert_eq!(
+            stuck.expect_err("the write fails").kind(),
+            io::ErrorKind::TimedOut
+        );
+        assert_eq!(out.try_write_now(b"x"), Written::Failed);
+    }
+
+    /// From the socket's expiry on, writer passes write nothing: their frames wait for
+    /// the socket's task, which closes the socket instead.
+    #[tokio::test]
+    async fn writer_passes_write_nothing_once_the_socket_expired() {
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let (_io, out) = SocketIo::new(ours);
+        out.set_expiry(tokio::time::Instant::now() + std::time::Duration::from_secs(60));
+        assert_eq!(out.try_write_now(b"before"), Written::Done);
+        out.set_expiry(tokio::time::Instant::now());
+        assert_eq!(out.try_write_now(b"after"), Written::Busy);
+        assert_eq!(out.try_write_parts(&[b"af", b"ter"]), Written::Busy);
     }
 }
