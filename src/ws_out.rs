@@ -312,6 +312,24 @@ impl SocketIo {
         poll
     }
 
+    /// Writes what waits, then `then` on the connection itself (flush or shutdown),
+    /// within the stall bound.
+    fn drain_then(
+        &mut self,
+        cx: &mut Context<'_>,
+        then: impl FnOnce(&mut Writer, &mut Context<'_>) -> Poll<io::Result<()>>,
+    ) -> Poll<io::Result<()>> {
+        let queued = self.queued();
+        let poll = {
+            let mut state = self.out.state.lock().expect("socket out");
+            match state.poll_drain(cx) {
+                Poll::Ready(Ok(())) => then(&mut state.io, cx),
+                other => other,
+            }
+        };
+        self.bounded(cx, queued, poll)
+    }
+
     fn queued(&self) -> usize {
         self.out.state.lock().expect("socket out").queue.len()
     }
@@ -328,28 +346,14 @@ impl AsyncWrite for SocketIo {
         self.bounded(cx, queued, poll)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let queued = self.queued();
-        let poll = {
-            let mut state = self.out.state.lock().expect("socket out");
-            match state.poll_drain(cx) {
-                Poll::Ready(Ok(())) => state.io.as_mut().poll_flush(cx),
-                other => other,
-            }
-        };
-        self.bounded(cx, queued, poll)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut()
+            .drain_then(cx, |io, cx| io.as_mut().poll_flush(cx))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let queued = self.queued();
-        let poll = {
-            let mut state = self.out.state.lock().expect("socket out");
-            match state.poll_drain(cx) {
-                Poll::Ready(Ok(())) => state.io.as_mut().poll_shutdown(cx),
-                other => other,
-            }
-        };
-        self.bounded(cx, queued, poll)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut()
+            .drain_then(cx, |io, cx| io.as_mut().poll_shutdown(cx))
     }
 }
 

@@ -401,20 +401,12 @@ impl Projector {
         stage(ProjectorStage::Commit, at);
         self.metrics
             .projector_stage(ProjectorStage::Batch, started.elapsed());
-        // One event per committed batch, for whoever takes the lag apart (the bench
-        // matches each append to the batch that applied it): the cursors it moved
-        // between, and how long ago its read started and the worker became ready.
-        tracing::debug!(
-            target: BATCH_TRACE_TARGET,
-            projection = gen.projection.name(),
-            after_tx = gen.cursor.tx,
-            after_seq = gen.cursor.seq,
-            end_tx = new_cursor.tx,
-            end_seq = new_cursor.seq,
-            events = events.len() as u64,
-            since_read_us = worker.read_started.elapsed().as_micros() as u64,
-            since_ready_us = started.elapsed().as_micros() as u64,
-            "batch committed"
+        trace_batch(
+            worker,
+            new_cursor,
+            events.len(),
+            started,
+            "in a transaction",
         );
         if crash(CrashPoint::AfterCommit) {
             return Ok(Step::Crashed(CrashPoint::AfterCommit));
@@ -499,18 +491,7 @@ impl Projector {
             .projector_stage(ProjectorStage::Checkpoint, at.elapsed());
         self.metrics
             .projector_stage(ProjectorStage::Batch, started.elapsed());
-        tracing::debug!(
-            target: BATCH_TRACE_TARGET,
-            projection = gen.projection.name(),
-            after_tx = gen.cursor.tx,
-            after_seq = gen.cursor.seq,
-            end_tx = new_cursor.tx,
-            end_seq = new_cursor.seq,
-            events = events as u64,
-            since_read_us = worker.read_started.elapsed().as_micros() as u64,
-            since_ready_us = started.elapsed().as_micros() as u64,
-            "checkpoint moved alone"
-        );
+        trace_batch(worker, new_cursor, events, started, "alone");
         if crash(CrashPoint::AfterCommit) {
             return Ok(Step::Crashed(CrashPoint::AfterCommit));
         }
@@ -525,6 +506,31 @@ enum Step {
     Idle,
     Rejected,
     Crashed(CrashPoint),
+}
+/// One event per committed batch, for whoever takes the lag apart (the bench matches
+/// each append to the batch that applied it): the cursors it moved between (the
+/// worker's, not yet moved), how long ago its read started and the batch became ready,
+/// and how the checkpoint moved (`in a transaction` with the documents, or `alone`).
+fn trace_batch(
+    worker: &Worker,
+    new_cursor: Cursor,
+    events: usize,
+    started: Instant,
+    checkpoint: &'static str,
+) {
+    tracing::debug!(
+        target: BATCH_TRACE_TARGET,
+        projection = worker.gen.projection.name(),
+        after_tx = worker.gen.cursor.tx,
+        after_seq = worker.gen.cursor.seq,
+        end_tx = new_cursor.tx,
+        end_seq = new_cursor.seq,
+        events = events as u64,
+        since_read_us = worker.read_started.elapsed().as_micros() as u64,
+        since_ready_us = started.elapsed().as_micros() as u64,
+        checkpoint,
+        "batch committed"
+    );
 }
 
 /// A generation being projected, with its retry bookkeeping.
