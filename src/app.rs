@@ -122,8 +122,12 @@ pub fn state_with(
             && boards.keeps_boards())
         .then(|| boards.clone()),
     );
-    let frames =
-        crate::frames::FrameHub::with_settings(limits.ws_write_shard, limits.ws_frame_bytes);
+    let frames = crate::frames::FrameHub::with_settings(
+        limits.ws_write_shard,
+        limits.ws_frame_bytes,
+        limits.ws_parked_frames,
+        limits.ws_pass_budget,
+    );
     metrics.register_frames(frames.metrics());
     let estimator = Estimator::new();
     // One writer task per process, committing access records in groups.

@@ -299,6 +299,32 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub ws_frame_bytes: FrameBytes,
+    /// What a group's writer pass does with a socket that still has a frame parked for
+    /// its task (the task has not run since): `pass` (the pass writes the newer frame
+    /// itself when the socket takes it, and the parked one is dropped: the newest wins)
+    /// or `task` (the newer frame replaces the parked one and the task is woken again;
+    /// the earlier path, kept for the benchmark's before/after rows).
+    #[arg(
+        long,
+        env = "CAREBOARD_WS_PARKED_FRAMES",
+        value_enum,
+        default_value = "pass",
+        hide = true
+    )]
+    pub ws_parked_frames: ParkedFrames,
+    /// Whether a group's writer pass counts its writes against tokio's cooperative
+    /// budget: `unconstrained` (it does not: every socket of the pass is written, or
+    /// parked only when its own buffer is full) or `coop` (the earlier path, kept for
+    /// the benchmark's before/after rows: after the budget's 128 writes in one task,
+    /// every further socket of the pass looked busy and was parked for its task).
+    #[arg(
+        long,
+        env = "CAREBOARD_WS_PASS_BUDGET",
+        value_enum,
+        default_value = "unconstrained",
+        hide = true
+    )]
+    pub ws_pass_budget: PassBudget,
     /// How a command's append is planned and sent: `kept` (as `planned`, with open
     /// Boards a request reads kept in memory at their version, checked by the append's
     /// guard), `planned` (the common shape has a statement of its own whose plan is
@@ -331,6 +357,27 @@ pub enum FrameBytes {
     Shared,
     /// A whole frame per subscription id and protocol, looked up by a scan.
     Scan,
+}
+
+/// Whether a writer pass's writes count against tokio's cooperative budget
+/// (`crate::frames`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PassBudget {
+    /// Outside the budget: a pass writes every socket it can.
+    #[default]
+    Unconstrained,
+    /// Inside it: past the budget, writes report busy and sockets are parked.
+    Coop,
+}
+
+/// Who writes a newer frame to a socket whose task has a frame parked (`crate::frames`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ParkedFrames {
+    /// The writer pass, when the socket takes it; the parked frame is dropped.
+    #[default]
+    Pass,
+    /// The socket's task, woken again; the newer frame replaces the parked one.
+    Task,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower-case, no path.

@@ -48,7 +48,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use bytes::Bytes;
 
-pub use crate::config::{FrameBytes, FrameDelivery};
+pub use crate::config::{FrameBytes, FrameDelivery, ParkedFrames, PassBudget};
 use crate::graphql::access::{Caller, Recipient};
 use crate::graphql::tap::{Disclosed, FrameTap};
 use crate::graphql::CareboardSchema;
@@ -128,6 +128,20 @@ struct HubInner {
     write_shard: usize,
     /// How a writer pass makes each socket's bytes.
     bytes: FrameBytes,
+    /// Who writes a newer frame to a socket with a frame parked for its task.
+    parked: ParkedFrames,
+    /// Whether writer passes count their writes against tokio's cooperative budget.
+    budget: PassBudget,
+}
+
+/// How a group's writer passes go: sockets per task, the bytes per socket, who writes
+/// a newer frame to a socket with one parked, and the cooperative budget.
+#[derive(Clone, Copy)]
+struct PassSettings {
+    shard: usize,
+    bytes: FrameBytes,
+    parked: ParkedFrames,
+    budget: PassBudget,
 }
 
 /// One shared execution. Members hold it; when the last one lets go, the execution
@@ -183,8 +197,17 @@ impl Slot {
     }
 
     /// Hands `frame` to this subscription: written now when `direct` bytes are given
-    /// and the socket takes them, else parked for the socket's task.
-    fn deliver(&self, frame: &Arc<Frame>, direct: Direct<'_>, metrics: &FrameMetrics) {
+    /// and the socket takes them, else parked for the socket's task. With `parked` at
+    /// [`ParkedFrames::Pass`], a socket whose task has not yet taken an older parked
+    /// frame is written too: the older frame is dropped (the newest wins), and the task,
+    /// already woken, finds nothing left.
+    fn deliver(
+        &self,
+        frame: &Arc<Frame>,
+        direct: Direct<'_>,
+        parked: ParkedFrames,
+        metrics: &FrameMetrics,
+    ) {
         let mut state = self.state.lock().expect("frame slot");
         if state.closed {
             return;
@@ -193,7 +216,11 @@ impl Slot {
             Some(v) if v <= state.last => return,
             _ => {}
         }
-        let ready = !state.in_flight && state.parked.is_none();
+        let behind = state.parked.is_some() && !state.in_flight;
+        if behind && !matches!(direct, Direct::No) {
+            metrics.pass_behind.inc();
+        }
+        let ready = !state.in_flight && (state.parked.is_none() || parked == ParkedFrames::Pass);
         let written = match direct {
             Direct::Whole(bytes) if ready => Some(self.out.try_write_now(bytes)),
             Direct::Tail(tail) if ready => {
@@ -211,6 +238,8 @@ impl Slot {
                     if let Some(v) = frame.version {
                         state.last = v;
                     }
+                    // An older frame the task has not taken: this one supersedes it.
+                    state.parked = None;
                     metrics.frames_sent.inc();
                     // The rest of a frame waits in the queue: the socket's task writes it.
                     // (Bytes the task queued meanwhile it flushes itself.)
@@ -225,6 +254,10 @@ impl Slot {
                 }
                 Written::Busy => {
                     metrics.pass_parked.inc();
+                }
+                Written::Waiting => {
+                    metrics.pass_parked.inc();
+                    metrics.pass_parked_waiting.inc();
                 }
             }
         }
@@ -316,15 +349,27 @@ async fn write_pass(
     members: &Members,
     frame: &Arc<Frame>,
     metrics: &FrameMetrics,
-    (shard, bytes): (usize, FrameBytes),
+    settings: PassSettings,
 ) {
+    let PassSettings {
+        shard,
+        bytes,
+        parked,
+        budget,
+    } = settings;
     let slots: Vec<Arc<Slot>> = members.lock().expect("frame members").clone();
     let encoded = Arc::new(match bytes {
         FrameBytes::Scan => Encoded::Scan(encode_for(&slots, frame, metrics)),
         FrameBytes::Shared => Encoded::Shared,
     });
+    // Each write of a pass is a poll of the socket's I/O resource, which tokio counts
+    // against the task's cooperative budget (128 per poll): past it, every further write
+    // returns `Pending` without trying, and the socket would be parked for its task as
+    // if its buffer were full. A pass is synchronous and bounded by its sockets, so it
+    // runs outside the budget.
+    let run = (parked, budget);
     if shard == 0 || slots.len() <= shard {
-        write_run(&slots, frame, &encoded, metrics);
+        write_run_in(run, &slots, frame, &encoded, metrics).await;
         return;
     }
     let slots: Arc<[Arc<Slot>]> = slots.into();
@@ -338,14 +383,33 @@ async fn write_pass(
         );
         runs.push(tokio::spawn(async move {
             let end = (start + shard).min(slots.len());
-            write_run(&slots[start..end], &frame, &encoded, &metrics);
+            write_run_in(run, &slots[start..end], &frame, &encoded, &metrics).await;
         }));
     }
-    write_run(&slots[..shard], frame, &encoded, metrics);
+    write_run_in(run, &slots[..shard], frame, &encoded, metrics).await;
     for run in runs {
         // A run that panicked has written what it could; the sockets it missed get the
         // next version.
         let _ = run.await;
+    }
+}
+
+/// [`write_run`], outside tokio's cooperative budget unless `budget` says otherwise.
+async fn write_run_in(
+    (parked, budget): (ParkedFrames, PassBudget),
+    slots: &[Arc<Slot>],
+    frame: &Arc<Frame>,
+    encoded: &Encoded,
+    metrics: &FrameMetrics,
+) {
+    match budget {
+        PassBudget::Unconstrained => {
+            tokio::task::coop::unconstrained(async {
+                write_run(slots, frame, encoded, parked, metrics);
+            })
+            .await
+        }
+        PassBudget::Coop => write_run(slots, frame, encoded, parked, metrics),
     }
 }
 
@@ -392,7 +456,13 @@ fn encode_for(
 }
 
 /// Hands `frame` to each of `slots`, timed for the pass's metrics.
-fn write_run(slots: &[Arc<Slot>], frame: &Arc<Frame>, encoded: &Encoded, metrics: &FrameMetrics) {
+fn write_run(
+    slots: &[Arc<Slot>],
+    frame: &Arc<Frame>,
+    encoded: &Encoded,
+    parked: ParkedFrames,
+    metrics: &FrameMetrics,
+) {
     let started = std::time::Instant::now();
     match encoded {
         Encoded::Scan(encoded) => {
@@ -401,7 +471,7 @@ fn write_run(slots: &[Arc<Slot>], frame: &Arc<Frame>, encoded: &Encoded, metrics
                     .iter()
                     .find(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy)
                     .map_or(Direct::No, |(_, _, bytes)| Direct::Whole(&bytes[..]));
-                slot.deliver(frame, bytes, metrics);
+                slot.deliver(frame, bytes, parked, metrics);
             }
         }
         Encoded::Shared => {
@@ -410,7 +480,7 @@ fn write_run(slots: &[Arc<Slot>], frame: &Arc<Frame>, encoded: &Encoded, metrics
                 _ => Direct::No,
             };
             for slot in slots {
-                slot.deliver(frame, direct, metrics);
+                slot.deliver(frame, direct, parked, metrics);
             }
         }
     }
@@ -439,15 +509,29 @@ impl FrameHub {
     /// A hub whose groups split their writer passes into tasks of `shard` sockets each
     /// (0: one task writes every socket of a group).
     pub fn with_write_shard(shard: usize) -> Self {
-        Self::with_settings(shard, FrameBytes::Shared)
+        Self::with_settings(
+            shard,
+            FrameBytes::Shared,
+            ParkedFrames::Pass,
+            PassBudget::Unconstrained,
+        )
     }
 
-    /// As [`FrameHub::with_write_shard`], each socket's bytes made as `bytes` says.
-    pub fn with_settings(shard: usize, bytes: FrameBytes) -> Self {
+    /// As [`FrameHub::with_write_shard`], each socket's bytes made as `bytes` says, and
+    /// sockets with a frame parked for their task written as `parked` says, the passes'
+    /// writes inside tokio's cooperative budget or not as `budget` says.
+    pub fn with_settings(
+        shard: usize,
+        bytes: FrameBytes,
+        parked: ParkedFrames,
+        budget: PassBudget,
+    ) -> Self {
         FrameHub {
             inner: Arc::new(HubInner {
                 write_shard: shard,
                 bytes,
+                parked,
+                budget,
                 ..HubInner::default()
             }),
         }
@@ -516,7 +600,7 @@ impl FrameHub {
         // this one or written by a pass that already counts this slot (versions dedupe).
         let current = group.frames.borrow().clone();
         if let Some(frame) = current {
-            slot.deliver(&frame, Direct::No, &self.inner.metrics);
+            slot.deliver(&frame, Direct::No, self.inner.parked, &self.inner.metrics);
         }
         Membership { group, slot }
     }
@@ -579,7 +663,15 @@ impl FrameHub {
             (sender, members.clone()),
             hub.clone(),
             (key.clone(), number),
-            (metrics, (self.inner.write_shard, self.inner.bytes)),
+            (
+                metrics,
+                PassSettings {
+                    shard: self.inner.write_shard,
+                    bytes: self.inner.bytes,
+                    parked: self.inner.parked,
+                    budget: self.inner.budget,
+                },
+            ),
         ));
         Arc::new(Group {
             key,
@@ -598,7 +690,7 @@ async fn run_group(
     (sender, members): (watch::Sender<Option<Arc<Frame>>>, Arc<Members>),
     hub: Weak<HubInner>,
     (key, number): (GroupKey, u64),
-    (metrics, shard): (FrameMetrics, (usize, FrameBytes)),
+    (metrics, shard): (FrameMetrics, PassSettings),
 ) {
     metrics.groups.inc();
     struct Running(Gauge);
@@ -953,6 +1045,99 @@ mod tests {
             normalise("{ f(x: \"\"\"a \\\"\"\"   b\"\"\") }"),
             "spaces after an escaped triple quote are inside the string"
         );
+    }
+
+    fn slot_on_duplex() -> (Slot, tokio::io::DuplexStream, crate::ws_out::SocketIo) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (io, out) = crate::ws_out::SocketIo::new(ours);
+        let slot = Slot {
+            id: Arc::from("1"),
+            legacy: false,
+            prefix: Bytes::from(envelope_prefix(false, "1")),
+            out,
+            state: Mutex::new(SlotState {
+                last: -1,
+                parked: None,
+                in_flight: false,
+                closed: false,
+            }),
+        };
+        (slot, theirs, io)
+    }
+
+    fn board_frame(version: i64) -> Arc<Frame> {
+        let payload = format!("{{\"data\":{{\"boardChanged\":{{\"version\":{version}}}}}}}");
+        Arc::new(Frame::new(Some(version), Some(payload.into()), None, false))
+    }
+
+    /// A socket whose task has not yet taken a parked frame: with `Pass`, the next
+    /// version goes out from the writer pass and the older one is never written (the
+    /// newest wins, one order); with `Task`, the newer frame waits for the task instead.
+    #[tokio::test]
+    async fn a_newer_frame_for_a_parked_socket_is_written_by_the_pass_and_supersedes_it() {
+        use tokio::io::AsyncReadExt;
+        let metrics = FrameMetrics::default();
+        let (slot, mut theirs, _io) = slot_on_duplex();
+        let (first, second) = (board_frame(1), board_frame(2));
+        // Parked for the task (as at a join, or when the socket was busy).
+        slot.deliver(&first, Direct::No, ParkedFrames::Pass, &metrics);
+        let tail = second.tail.clone().expect("a tail");
+        slot.deliver(&second, Direct::Tail(&tail), ParkedFrames::Pass, &metrics);
+        assert_eq!(metrics.pass_behind.get(), 1);
+        assert!(
+            slot.state.lock().unwrap().parked.is_none(),
+            "the older parked frame is dropped"
+        );
+        let expected = crate::ws_out::text_frame(&envelope(
+            false,
+            "1",
+            second.payload.as_deref().unwrap(),
+        ));
+        let mut got = vec![0u8; expected.len()];
+        theirs.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, &expected[..], "version 2 alone, byte for byte");
+        // An older version offered later is not written again.
+        slot.deliver(&first, Direct::Tail(&tail), ParkedFrames::Pass, &metrics);
+        assert!(slot.out.is_idle());
+
+        // The earlier path: the newer frame replaces the parked one, for the task.
+        let (slot, _theirs, _io) = slot_on_duplex();
+        slot.deliver(&first, Direct::No, ParkedFrames::Task, &metrics);
+        slot.deliver(&second, Direct::Tail(&tail), ParkedFrames::Task, &metrics);
+        let parked = slot.state.lock().unwrap().parked.clone();
+        assert_eq!(parked.and_then(|f| f.version), Some(2));
+    }
+
+    /// A pass's writes are polls of the sockets' I/O, which tokio counts against the
+    /// task's cooperative budget (128 per poll): inside it, every socket past the 128th
+    /// looked busy and was parked for its task, however empty its buffer. Outside it,
+    /// a pass of 300 sockets with room in every buffer writes all 300 itself.
+    #[tokio::test]
+    async fn a_pass_writes_every_socket_with_room_however_many_it_has() {
+        for budget in [PassBudget::Unconstrained, PassBudget::Coop] {
+            let metrics = FrameMetrics::default();
+            let members: Members = Mutex::default();
+            let mut ends = Vec::new();
+            for _ in 0..300 {
+                let (slot, theirs, io) = slot_on_duplex();
+                members.lock().unwrap().push(Arc::new(slot));
+                ends.push((theirs, io));
+            }
+            let settings = PassSettings {
+                shard: 0,
+                bytes: FrameBytes::Shared,
+                parked: ParkedFrames::Pass,
+                budget,
+            };
+            write_pass(&members, &board_frame(1), &metrics, settings).await;
+            let (parked, sent) = (metrics.pass_parked.get(), metrics.frames_sent.get());
+            assert_eq!(parked + sent, 300, "{budget:?}");
+            if budget == PassBudget::Unconstrained {
+                assert_eq!(parked, 0, "every socket had room");
+            } else {
+                assert!(parked >= 100, "the earlier path parked {parked} of 300");
+            }
+        }
     }
 
     fn principal(scope: crate::identity::Scope) -> Caller {

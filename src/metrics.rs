@@ -389,6 +389,16 @@ impl Metrics {
             frames.pass_parked.clone(),
         );
         registry.register(
+            "subscription_write_pass_parked_waiting",
+            "Of the frames parked by writer passes, those whose socket had bytes waiting for its task already",
+            frames.pass_parked_waiting.clone(),
+        );
+        registry.register(
+            "subscription_write_pass_behind",
+            "Sockets the writer passes found with a frame still parked for the socket's task",
+            frames.pass_behind.clone(),
+        );
+        registry.register(
             "subscription_groups",
             "Shared boardChanged executions running now",
             frames.groups.clone(),
@@ -427,4 +437,10 @@ pub struct FrameMetrics {
     /// Frames a writer pass could not write at once (the socket's buffer was full or
     /// bytes were waiting) and parked for the socket's task.
     pub pass_parked: Counter,
+    /// Of those, the ones whose socket had bytes waiting for its task already (the
+    /// others found the kernel's buffer full).
+    pub pass_parked_waiting: Counter,
+    /// Sockets a writer pass found with a frame still parked for their task (the task
+    /// had not run since): with `ParkedFrames::Pass` the pass tries them itself.
+    pub pass_behind: Counter,
 }

@@ -62,9 +62,12 @@ pub enum Written {
     Done,
     /// Part of it is; the rest waits in the queue for the socket's task (woken).
     Partly,
-    /// None of it: bytes were waiting already or the kernel's buffer is full. The caller
-    /// keeps the frame (the newest one wins) and wakes the socket's task.
+    /// None of it: the kernel's buffer is full (or the socket's credentials expired).
+    /// The caller keeps the frame (the newest one wins) and wakes the socket's task.
     Busy,
+    /// None of it: bytes were waiting already (the socket's task has not written them
+    /// yet). As `Busy` for the caller.
+    Waiting,
     /// The connection failed; the socket's task ends when it notices.
     Failed,
 }
@@ -93,7 +96,10 @@ impl SocketOut {
         if state.failed {
             return Written::Failed;
         }
-        if !state.queue.is_empty() || state.expired() {
+        if !state.queue.is_empty() {
+            return Written::Waiting;
+        }
+        if state.expired() {
             return Written::Busy;
         }
         // A no-op waker: if the write would block, the socket's task (woken by the
@@ -129,7 +135,10 @@ impl SocketOut {
         if state.failed {
             return Written::Failed;
         }
-        if !state.queue.is_empty() || state.expired() {
+        if !state.queue.is_empty() {
+            return Written::Waiting;
+        }
+        if state.expired() {
             return Written::Busy;
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
@@ -451,7 +460,7 @@ mod tests {
             out.try_write_parts(&[b"e", b"fgh", b"ijk"]),
             Written::Partly
         );
-        assert_eq!(out.try_write_parts(&[b"xyz"]), Written::Busy);
+        assert_eq!(out.try_write_parts(&[b"xyz"]), Written::Waiting);
         io.write_all(b"lmn").await.unwrap();
         let reader = tokio::spawn(async move {
             let mut all = vec![0u8; 14];
@@ -472,7 +481,7 @@ mod tests {
         assert_eq!(out.try_write_now(b"ghijk"), Written::Partly);
         assert_eq!(
             out.try_write_now(b"xyz"),
-            Written::Busy,
+            Written::Waiting,
             "bytes wait already"
         );
         assert!(!out.is_idle());

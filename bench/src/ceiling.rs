@@ -296,6 +296,8 @@ pub async fn saturation(subscribers: usize, shard: usize, seconds: u64) -> Resul
         harness_cpu_per_frame_us: per(harness),
         write_pass_ns_per_socket: None,
         parked_share: None,
+        parked_waiting_share: None,
+        behind_share: None,
         system_share: if cpu > 0.0 { system / cpu } else { 0.0 },
         versions_per_second: counted as f64 / took / subscribers.max(1) as f64,
         notified_per_second: 0.0,

@@ -382,11 +382,14 @@ pub async fn saturation_with_ids(
     let cpu = split.0 + split.1 - cpu_before;
     let system = split.1 - split_before.1;
     let harness = crate::subscribe::process_cpu_seconds("/proc/self/stat")? - harness_before;
-    let (pass, parked) = match (pass_before, server.write_pass().await) {
-        (Some((s0, n0, p0)), Some((s1, n1, p1))) if s1 > s0 => {
-            (Some((n1 - n0) / (s1 - s0)), Some((p1 - p0) / (s1 - s0)))
-        }
-        _ => (None, None),
+    let (pass, parked, parked_waiting, behind) = match (pass_before, server.write_pass().await) {
+        (Some((s0, n0, p0, w0, b0)), Some((s1, n1, p1, w1, b1))) if s1 > s0 => (
+            Some((n1 - n0) / (s1 - s0)),
+            Some((p1 - p0) / (s1 - s0)),
+            Some((w1 - w0) / (s1 - s0)),
+            Some((b1 - b0) / (s1 - s0)),
+        ),
+        _ => (None, None, None, None),
     };
     let took = started.elapsed().as_secs_f64();
     let counted = frames.load(Ordering::Relaxed);
@@ -416,6 +419,8 @@ pub async fn saturation_with_ids(
         },
         write_pass_ns_per_socket: pass,
         parked_share: parked,
+        parked_waiting_share: parked_waiting,
+        behind_share: behind,
         system_share: if cpu > 0.0 { system / cpu } else { 0.0 },
         versions_per_second: counted as f64 / took / subscribers.max(1) as f64,
     })
@@ -440,6 +445,12 @@ pub struct Saturation {
     /// The share of those sockets that could not take the frame at once and got it
     /// parked for their own task (`None` when the metrics cannot be read).
     pub parked_share: Option<f64>,
+    /// Of the pass's sockets, the share parked because bytes were waiting already
+    /// (the rest of `parked_share` found the kernel's buffer full).
+    pub parked_waiting_share: Option<f64>,
+    /// Of the pass's sockets, the share found with a frame still parked for their
+    /// task (the task had not run since).
+    pub behind_share: Option<f64>,
     /// The share of the server's CPU spent in the kernel (system calls).
     pub system_share: f64,
     /// Board versions each subscriber received per second (the projector publishes

@@ -39,6 +39,12 @@ enum WideVariant {
     ScanDistinct,
     SharedDistinct,
     Ceiling,
+    /// `tasks` the earlier way: the pass's writes inside tokio's cooperative budget
+    /// (past 128 writes in a task, sockets look busy and are parked), and a newer frame
+    /// for a socket whose task has a frame parked left to that task (woken again).
+    TasksCoop,
+    /// `tasks` outside the budget, parked sockets still left to their task.
+    TasksParkedTask,
 }
 
 impl WideVariant {
@@ -47,10 +53,23 @@ impl WideVariant {
         match self {
             WideVariant::OneTask => (0, "shared", false),
             WideVariant::OneTaskScan => (0, "scan", false),
-            WideVariant::Tasks | WideVariant::Ceiling => (shard, "shared", false),
+            WideVariant::Tasks
+            | WideVariant::Ceiling
+            | WideVariant::TasksCoop
+            | WideVariant::TasksParkedTask => (shard, "shared", false),
             WideVariant::ScanSame => (shard, "scan", false),
             WideVariant::ScanDistinct => (shard, "scan", true),
             WideVariant::SharedDistinct => (shard, "shared", true),
+        }
+    }
+
+    /// Who writes a newer frame to a socket with a frame parked for its task, and
+    /// whether the passes' writes count against tokio's cooperative budget.
+    fn parked(self) -> (&'static str, &'static str) {
+        match self {
+            WideVariant::TasksCoop => ("task", "coop"),
+            WideVariant::TasksParkedTask => ("task", "unconstrained"),
+            _ => ("pass", "unconstrained"),
         }
     }
 
@@ -72,6 +91,12 @@ impl WideVariant {
             ),
             WideVariant::Ceiling => format!(
                 "ceiling: bare tokio writer, no Careboard, tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::TasksCoop => format!(
+                "before: writer tasks of {shard} sockets inside the cooperative budget, parked sockets left to their task, round {round}"
+            ),
+            WideVariant::TasksParkedTask => format!(
+                "writer tasks of {shard} sockets outside the budget, parked sockets left to their task, round {round}"
             ),
         }
     }
@@ -242,6 +267,12 @@ struct Args {
         WideVariant::Ceiling,
     ])]
     wide_variants: Vec<WideVariant>,
+    /// Adds a round of the one-Board latency and saturation rows, before the sharded
+    /// one, the earlier way: the writer passes' writes inside tokio's cooperative
+    /// budget, and a newer frame for a socket whose task has a frame parked left to
+    /// that task.
+    #[arg(long)]
+    parked_before: bool,
     /// Rounds of the one-Board latency row with the server's runtime at tokio's default
     /// event interval (before) then at `--event-interval` (after), alternating on
     /// servers of their own; 0: skip.
@@ -731,7 +762,9 @@ async fn main() -> Result<()> {
         let mut p99s = Vec::new();
         let mut server = None;
         // Before and after alternate; the last server started delivers the new way.
-        let delivery_variants: &[&str] = if args.write_shard > 0 {
+        let delivery_variants: &[&str] = if args.write_shard > 0 && args.parked_before {
+            &["socket", "group", "shards-task", "shards"]
+        } else if args.write_shard > 0 {
             &["socket", "group", "shards"]
         } else {
             &["socket", "group"]
@@ -748,6 +781,11 @@ async fn main() -> Result<()> {
             } else if delivery == "shards" {
                 format!(
                     ", after: group writer pass in tasks of {} sockets, round {round}",
+                    args.write_shard
+                )
+            } else if delivery == "shards-task" {
+                format!(
+                    ", before: group writer pass in tasks of {} sockets inside the cooperative budget, parked sockets left to their task, round {round}",
                     args.write_shard
                 )
             } else {
@@ -892,6 +930,8 @@ async fn main() -> Result<()> {
                 write_pass_ns_per_socket,
                 versions_per_second,
                 notified_per_second,
+                parked_share,
+                behind_share,
                 ..
             } = fanout::saturation(
                 &server,
@@ -903,8 +943,9 @@ async fn main() -> Result<()> {
             .await?;
             let which = delivery_label(delivery, i / delivery_variants.len() + 1);
             println!(
-                "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each, {notified_per_second:.1} versions/s notified), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame, harness CPU {harness_cpu_per_frame_us:.1} us per frame, writer pass {} per socket",
-                args.subscribers, args.seconds, pass_figure(write_pass_ns_per_socket)
+                "saturation{which}: {rate:.0} frames/s to {} subscribers ({versions_per_second:.1} versions/s each, {notified_per_second:.1} versions/s notified), {changes} changes in {} s, server CPU {cpu_per_frame_us:.1} us per frame, harness CPU {harness_cpu_per_frame_us:.1} us per frame, writer pass {} per socket, {} parked, {} found still parked",
+                args.subscribers, args.seconds, pass_figure(write_pass_ns_per_socket),
+                share(parked_share), share(behind_share)
             );
             let scenario = format!(
                 "subscribe: server CPU us per frame delivered at saturation (whole process){which}"
@@ -939,6 +980,8 @@ async fn main() -> Result<()> {
                         ("CAREBOARD_WS_FRAME_DELIVERY", "group"),
                         ("CAREBOARD_WS_WRITE_SHARD", &shard),
                         ("CAREBOARD_WS_FRAME_BYTES", bytes),
+                        ("CAREBOARD_WS_PARKED_FRAMES", variant.parked().0),
+                        ("CAREBOARD_WS_PASS_BUDGET", variant.parked().1),
                     ],
                 )
                 .await?;
@@ -954,7 +997,7 @@ async fn main() -> Result<()> {
                 m
             };
             println!(
-                "wide saturation, {which}: {:.0} frames/s to {} subscribers over {} Boards ({:.1} versions/s notified, {:.1} received each), {} changes, server CPU {:.2} us per frame (whole process, {:.0} % in the kernel), harness CPU {:.2} us per frame, writer pass {} per socket, {} of the pass's sockets parked",
+                "wide saturation, {which}: {:.0} frames/s to {} subscribers over {} Boards ({:.1} versions/s notified, {:.1} received each), {} changes, server CPU {:.2} us per frame (whole process, {:.0} % in the kernel), harness CPU {:.2} us per frame, writer pass {} per socket, {} of the pass's sockets parked ({} with bytes waiting, {} found still parked)",
                 m.rate,
                 args.wide_subscribers,
                 args.wide_boards,
@@ -965,8 +1008,9 @@ async fn main() -> Result<()> {
                 m.system_share * 100.0,
                 m.harness_cpu_per_frame_us,
                 pass_figure(m.write_pass_ns_per_socket),
-                m.parked_share
-                    .map_or_else(|| "n/a".into(), |p| format!("{:.0} %", p * 100.0))
+                share(m.parked_share),
+                share(m.parked_waiting_share),
+                share(m.behind_share)
             );
             rows.push(Row::unbased(
                 format!(
@@ -1122,9 +1166,16 @@ async fn start_delivery(
 ) -> Result<subscribe::Server> {
     if delivery == "shards" {
         subscribe::Server::start_sharded(url, auth, shard).await
+    } else if delivery == "shards-task" {
+        subscribe::Server::start_sharded_parking(url, auth, shard, ("task", "coop")).await
     } else {
         subscribe::Server::start_delivering(url, auth, delivery).await
     }
+}
+
+/// A share of the writer passes' sockets, as printed.
+fn share(share: Option<f64>) -> String {
+    share.map_or_else(|| "n/a".into(), |p| format!("{:.0} %", p * 100.0))
 }
 
 /// A writer pass's time per socket, as printed.

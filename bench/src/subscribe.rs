@@ -59,12 +59,28 @@ impl Server {
         auth: &crate::BenchAuth,
         shard: usize,
     ) -> Result<Self> {
+        Self::start_sharded_parking(database_url, auth, shard, ("pass", "unconstrained")).await
+    }
+
+    /// As [`Server::start_sharded`], a newer frame for a socket with a frame parked for
+    /// its task written by `parked` (`pass`: the writer pass, when the socket takes it;
+    /// `task`: the socket's task, woken again, the earlier path), the passes' writes
+    /// counted against tokio's cooperative budget or not (`budget`: `coop`, the earlier
+    /// path, or `unconstrained`).
+    pub async fn start_sharded_parking(
+        database_url: &str,
+        auth: &crate::BenchAuth,
+        shard: usize,
+        (parked, budget): (&str, &str),
+    ) -> Result<Self> {
         Self::start_with(
             database_url,
             auth,
             &[
                 ("CAREBOARD_WS_FRAME_DELIVERY", "group"),
                 ("CAREBOARD_WS_WRITE_SHARD", &shard.to_string()),
+                ("CAREBOARD_WS_PARKED_FRAMES", parked),
+                ("CAREBOARD_WS_PASS_BUDGET", budget),
             ],
         )
         .await
@@ -72,8 +88,10 @@ impl Server {
 
     /// The server's writer-pass counters from `/metrics`: sockets handed a frame,
     /// nanoseconds spent doing so, and frames parked for the sockets' tasks (0 when the
-    /// server does not count them) (`None` when the metrics cannot be read).
-    pub async fn write_pass(&self) -> Option<(f64, f64, f64)> {
+    /// server does not count them), of those the frames parked because bytes were
+    /// waiting already, and sockets found with a frame still parked for their task
+    /// (`None` when the metrics cannot be read).
+    pub async fn write_pass(&self) -> Option<(f64, f64, f64, f64, f64)> {
         let mut request = reqwest::Client::new().get(format!("http://{}/metrics", self.base));
         if let Some(token) = &self.admin_token {
             request = request.bearer_auth(token);
@@ -93,6 +111,8 @@ impl Server {
             value("careboard_subscription_write_pass_sockets_total ")?,
             value("careboard_subscription_write_pass_nanoseconds_total ")?,
             value("careboard_subscription_write_pass_parked_total ").unwrap_or(0.0),
+            value("careboard_subscription_write_pass_parked_waiting_total ").unwrap_or(0.0),
+            value("careboard_subscription_write_pass_behind_total ").unwrap_or(0.0),
         ))
     }
 
