@@ -1088,11 +1088,8 @@ mod tests {
             slot.state.lock().unwrap().parked.is_none(),
             "the older parked frame is dropped"
         );
-        let expected = crate::ws_out::text_frame(&envelope(
-            false,
-            "1",
-            second.payload.as_deref().unwrap(),
-        ));
+        let expected =
+            crate::ws_out::text_frame(&envelope(false, "1", second.payload.as_deref().unwrap()));
         let mut got = vec![0u8; expected.len()];
         theirs.read_exact(&mut got).await.unwrap();
         assert_eq!(got, &expected[..], "version 2 alone, byte for byte");
