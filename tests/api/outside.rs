@@ -169,3 +169,69 @@ async fn a_message_over_the_size_limit_is_refused_with_close_1009() {
     .await;
     assert!(ws.next(REFUSED_WITHIN).await.is_some());
 }
+
+/// GraphiQL (and other clients that speak only the websocket) send their introspection
+/// query over the socket; it was refused as "nested too deep" there, while the same
+/// query over HTTP runs under introspection's own limits. It runs under those limits on
+/// both protocols now, and a deep data query over the socket is still refused.
+#[tokio::test]
+async fn the_graphiql_introspection_query_runs_over_the_websocket_with_the_http_limits() {
+    let app = TestApp::spawn().await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = WsClient::open(&app, protocol).await;
+        ws.subscribe("i", INTROSPECTION, json!({})).await;
+        let answer = next_answer(&mut ws).await.expect("an answer");
+        let payload = &answer["payload"];
+        assert!(
+            payload["errors"].is_null() && answer["type"] != "error",
+            "{protocol}: {answer:#}"
+        );
+        assert!(
+            payload["data"]["__schema"]["types"]
+                .as_array()
+                .is_some_and(|t| t.len() > 20),
+            "{protocol}: {answer:#}"
+        );
+        // Introspection beside a data field is held to the ordinary depth limit.
+        let too_deep = format!(
+            "query {{ boardDates __schema {{ types {{ fields {{ type {}{{ kind }}{} }} }} }} }}",
+            "{ kind ofType ".repeat(10),
+            "}".repeat(10)
+        );
+        // Introspection whose fragments explode is refused before anything spells
+        // them out (the routing test included).
+        let boom = exploding_fragments("query {", "}", ("Query", "__typename"), 28);
+        ws.subscribe("boom", &boom, json!({})).await;
+        let refused = next_answer(&mut ws).await.expect("refused at once");
+        assert!(
+            refused.to_string().contains("fragments spelled out"),
+            "{protocol}: {refused:#}"
+        );
+        ws.subscribe("d", &too_deep, json!({})).await;
+        let refused = next_answer(&mut ws).await.expect("an answer");
+        let errors = if refused["type"] == "error" {
+            refused["payload"].clone()
+        } else {
+            refused["payload"]["errors"].clone()
+        };
+        let errors = if errors.is_array() {
+            errors
+        } else {
+            json!([errors])
+        };
+        assert!(
+            errors.as_array().is_some_and(|e| !e.is_empty()),
+            "{protocol}: {refused:#}"
+        );
+    }
+}
+
+/// The next message of a socket that is not a `complete`.
+async fn next_answer(ws: &mut WsClient) -> Option<Value> {
+    loop {
+        let message = ws.next(REFUSED_WITHIN).await?;
+        if message["type"] != "complete" {
+            return Some(message);
+        }
+    }
+}
