@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{error_code, TestApp, WsClient};
+use crate::helpers::{error_code, TestApp, Who, WsClient};
 
 /// A few hundred bytes whose fragments spread the one before them four times over:
 /// spelled out, `levels` fragments make 4^`levels` selections, but every fragment is
@@ -233,5 +233,60 @@ async fn next_answer(ws: &mut WsClient) -> Option<Value> {
         if message["type"] != "complete" {
             return Some(message);
         }
+    }
+}
+
+/// An event's metadata names the patient who acted (their subject and name, from their
+/// token): patient data, shown to those who may see that patient's fields. Shown
+/// without the event's `data`, it left no access record: the disclosure was noted only
+/// where `data` is resolved.
+#[tokio::test]
+async fn a_patients_name_shown_in_event_metadata_leaves_an_access_record() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Pediatrics TX").await;
+    let patient = app.token(Who::patient("p-meta").name("Quinn Metadata"));
+    let requested = app
+        .data_as(
+            &patient,
+            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id } } }",
+            json!({"i": {"boardId": board, "patientName": "Quinn Metadata", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
+        )
+        .await;
+    let appointment = requested["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let coordinator = app.token(Who::coordinator().subject("coordinator-meta"));
+    let read = app
+        .data_as(
+            &coordinator,
+            "query($s: ID!) { events(streamId: $s) { edges { node { type metadata } } } }",
+            json!({"s": appointment}),
+        )
+        .await;
+    assert!(
+        read.to_string().contains("Quinn Metadata"),
+        "the coordinator sees who acted: {read}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = app
+            .data(
+                "query($s: String) { accessLog(subject: $s) { edges { node { operation disclosed } } } }",
+                json!({"s": "coordinator-meta"}),
+            )
+            .await;
+        let records = log["accessLog"]["edges"].as_array().unwrap().clone();
+        if records.iter().any(|r| {
+            r["node"]["operation"] == "events"
+                && r["node"]["disclosed"].to_string().contains(&appointment)
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access record for the patient shown in metadata: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
