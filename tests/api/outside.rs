@@ -290,3 +290,61 @@ async fn a_patients_name_shown_in_event_metadata_leaves_an_access_record() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Tried and held: a valid token anywhere but the `Authorization` header (the query
+/// string of a GET or of the websocket's URL, where proxies and logs keep it) is not
+/// taken, and a token far over any identity provider's size is refused as malformed
+/// without being echoed.
+#[tokio::test]
+async fn tokens_in_query_strings_are_not_taken_and_oversized_ones_are_refused() {
+    let app = TestApp::spawn().await;
+    let token = app.token(Who::coordinator());
+    let anonymous = reqwest::Client::new();
+    for name in ["access_token", "token", "authorization"] {
+        let response = anonymous
+            .get(app.url("/graphql"))
+            .header("accept", "application/json")
+            .query(&[("query", "{ boardDates }"), (name, token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "?{name}=");
+        let url = format!("{}?{name}={token}", app.url("/graphql/ws"));
+        match crate::helpers::ws_upgrade(&url, None).await {
+            Ok((socket, _)) => {
+                let mut ws = WsClient::from_socket(socket, false);
+                ws.send(json!({"type": "connection_init"})).await;
+                let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
+                assert_eq!(answer["close"], 4403, "?{name}= on the socket: {answer}");
+            }
+            Err(e) => panic!("?{name}= on the socket: {e}"),
+        }
+    }
+    let signature = token.rsplit('.').next().unwrap();
+    let huge = format!("{token}{}", "A".repeat(20_000));
+    let response = anonymous
+        .post(app.url("/graphql"))
+        .bearer_auth(&huge)
+        .json(&json!({"query": "{ boardDates }"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [401, 431].contains(&response.status().as_u16()),
+        "{}",
+        response.status()
+    );
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(signature), "the token is echoed: {body}");
+    let mut ws = WsClient::connect_as(&app, "graphql-transport-ws", Some(&huge)).await;
+    ws.send(json!({"type": "connection_init", "payload": ws.init_payload()}))
+        .await;
+    let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
+    assert_eq!(answer["close"], 4403, "{answer}");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not a well-formed JWT")),
+        "{answer}"
+    );
+}
