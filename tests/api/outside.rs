@@ -226,6 +226,28 @@ async fn the_graphiql_introspection_query_runs_over_the_websocket_with_the_http_
     }
 }
 
+/// With introspection switched off, the socket shows no schema, as HTTP does not.
+#[tokio::test]
+async fn introspection_switched_off_is_refused_over_the_websocket_too() {
+    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
+        introspection: false,
+        ..Default::default()
+    })
+    .await;
+    // Over HTTP, the schema is not shown (async-graphql answers a null `__schema`).
+    let http = app.gql(INTROSPECTION, json!({})).await;
+    assert!(http["data"]["__schema"].is_null(), "{http}");
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = WsClient::open(&app, protocol).await;
+        ws.subscribe("i", INTROSPECTION, json!({})).await;
+        let answer = next_answer(&mut ws).await.expect("an answer");
+        assert!(
+            answer["payload"]["data"]["__schema"].is_null() && answer.to_string().len() < 2000,
+            "{protocol}: {answer:#}"
+        );
+    }
+}
+
 /// The next message of a socket that is not a `complete`.
 async fn next_answer(ws: &mut WsClient) -> Option<Value> {
     loop {
