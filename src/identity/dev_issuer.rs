@@ -204,7 +204,7 @@ pub fn parse_ttl(value: &str) -> Result<Duration, String> {
         _ => return Err("expected a duration like 90s, 30m, 8h or 2d".into()),
     };
     // Past u64 is past 30 days too (an overflow must not wrap into a short lifetime).
-    let seconds = n.checked_mul(unit_seconds).unwrap_or(u64::MAX);
+    let seconds = n.saturating_mul(unit_seconds);
     if seconds == 0 || seconds > 30 * 86_400 {
         return Err("a token lives between 1 second and 30 days".into());
     }
