@@ -154,14 +154,15 @@ struct Args {
     /// `in-place` (decoded from the text, folded in place), each with pglz-compressed
     /// documents; `lz4` (`in-place` with lz4, migration 0013); `assembled` (`lz4` with
     /// Board snapshots put together in the database); `lean` (`assembled` with the
-    /// rebuild's own read of the log, without `metadata`: the current path).
+    /// rebuild's own read of the log, without `metadata`); `unjoined` (`lean` with the
+    /// events read alone and their streams looked up once per batch: the current path).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
-        project::RebuildPath::InPlace,
         project::RebuildPath::Assembled,
         project::RebuildPath::Lean,
+        project::RebuildPath::Unjoined,
+        project::RebuildPath::Unjoined,
         project::RebuildPath::Lean,
         project::RebuildPath::Assembled,
-        project::RebuildPath::InPlace,
     ])]
     rebuild_paths: Vec<project::RebuildPath>,
     /// Appends per second of the `project` lag rows; without it, half the measured

@@ -483,6 +483,9 @@ pub enum RebuildPath {
     /// `assembled`, the rebuild reading the log with its own read: only the columns a
     /// fold reads (no `metadata`), instead of the live loops' read of every column.
     Lean,
+    /// `lean`, the events read alone and their streams' type and Board looked up once
+    /// per stream per batch, instead of joined to every event.
+    Unjoined,
 }
 
 /// The TOASTed document columns a `board_view` rebuild writes, which migration 0013
@@ -498,6 +501,7 @@ impl RebuildPath {
             RebuildPath::Lz4 => "decoded from the text, folded in place, lz4 (0013)",
             RebuildPath::Assembled => "lz4, snapshots put together in the database",
             RebuildPath::Lean => "assembled, the rebuild's own read without metadata",
+            RebuildPath::Unjoined => "lean, events read alone, streams looked up per batch",
         }
     }
 
@@ -505,7 +509,10 @@ impl RebuildPath {
     fn compression(self) -> &'static str {
         match self {
             RebuildPath::Before | RebuildPath::Text | RebuildPath::InPlace => "pglz",
-            RebuildPath::Lz4 | RebuildPath::Assembled | RebuildPath::Lean => "lz4",
+            RebuildPath::Lz4
+            | RebuildPath::Assembled
+            | RebuildPath::Lean
+            | RebuildPath::Unjoined => "lz4",
         }
     }
 
@@ -521,9 +528,14 @@ impl RebuildPath {
         ));
         careboard::snapshots::read_back_boards(!matches!(
             self,
-            RebuildPath::Assembled | RebuildPath::Lean
+            RebuildPath::Assembled | RebuildPath::Lean | RebuildPath::Unjoined
         ));
-        careboard::projector::rebuild::lean_read(self == RebuildPath::Lean);
+        use careboard::projector::rebuild::{select_read, RebuildRead};
+        select_read(match self {
+            RebuildPath::Lean => RebuildRead::Lean,
+            RebuildPath::Unjoined => RebuildRead::Unjoined,
+            _ => RebuildRead::Shared,
+        });
         for table in DOC_COLUMNS {
             sqlx::query(&format!(
                 "alter table {table} alter column doc set compression {}",
@@ -664,7 +676,7 @@ pub async fn rebuild(
             None => result.rates.push((path, vec![rate])),
         }
     }
-    RebuildPath::Lean.select(pool).await?;
+    RebuildPath::Unjoined.select(pool).await?;
     Ok(result)
 }
 
