@@ -661,12 +661,7 @@ pub async fn rebuild(
             path.label(),
             compressions(pool, generation).await?
         );
-        print_rebuild_attribution(
-            &metrics,
-            took,
-            history.len(),
-            (cpu_before, cpu_after),
-        );
+        print_rebuild_attribution(&metrics, took, history.len(), (cpu_before, cpu_after));
         if let Some(before) = checkpoints_before {
             let pg = pg_stats_collect(pool, before).await?;
             print_rebuild_statements(&pg, history.len());

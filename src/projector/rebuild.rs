@@ -60,7 +60,8 @@ pub fn selected_read() -> RebuildRead {
 
 /// The columns a fold reads: [`crate::event_store::EVENT_COLUMNS`] with `metadata` an
 /// empty object.
-const FOLD_COLUMNS: &str = "e.seq, e.id, e.stream_id, s.type as stream_type, s.board_id, e.version, \
+const FOLD_COLUMNS: &str =
+    "e.seq, e.id, e.stream_id, s.type as stream_type, s.board_id, e.version, \
      e.type as event_type, e.data, '{}'::jsonb as metadata, e.recorded_at";
 
 #[derive(sqlx::FromRow)]
@@ -167,7 +168,10 @@ pub async fn read_for_fold(
     rows.into_iter()
         .map(|r| {
             let (stream_type, board_id) = streams.get(&r.stream_id).cloned().ok_or_else(|| {
-                sqlx::Error::Protocol(format!("stream {} of event {} not found", r.stream_id, r.seq))
+                sqlx::Error::Protocol(format!(
+                    "stream {} of event {} not found",
+                    r.stream_id, r.seq
+                ))
             })?;
             Ok((
                 Cursor::from_text(&r.tx, r.seq)?,

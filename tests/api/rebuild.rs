@@ -335,7 +335,13 @@ async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_
         },
     )
     .await;
-    for other in [&current, &read_back, &earlier_fold, &shared_read, &lean_read] {
+    for other in [
+        &current,
+        &read_back,
+        &earlier_fold,
+        &shared_read,
+        &lean_read,
+    ] {
         assert_eq!(earlier.len(), other.len());
         for (a, b) in earlier.iter().zip(other) {
             assert_eq!(a, b);
@@ -413,7 +419,17 @@ async fn the_rebuilds_reads_of_the_log_return_what_the_shared_read_returns() {
     let pool = helpers::fresh_database().await;
     let store = helpers::store(&pool);
     history(&pool, &store).await;
-    type Seen = (Cursor, i64, Uuid, Uuid, String, Option<Uuid>, i64, String, String);
+    type Seen = (
+        Cursor,
+        i64,
+        Uuid,
+        Uuid,
+        String,
+        Option<Uuid>,
+        i64,
+        String,
+        String,
+    );
     let seen = |rows: Vec<(Cursor, RecordedEvent)>| -> Vec<Seen> {
         rows.into_iter()
             .map(|(c, e)| {
@@ -435,11 +451,19 @@ async fn the_rebuilds_reads_of_the_log_return_what_the_shared_read_returns() {
     for limit in [1, 3, 7, 10_000] {
         let mut after = Cursor::default();
         loop {
-            let shared = seen(read_after_excluding(&pool, after, limit, &[]).await.unwrap());
+            let shared = seen(
+                read_after_excluding(&pool, after, limit, &[])
+                    .await
+                    .unwrap(),
+            );
             let unjoined = read_for_fold(&pool, after, limit, &[]).await.unwrap();
             assert!(unjoined.iter().all(|(_, e)| e.metadata.text() == "{}"));
             let unjoined = seen(unjoined);
-            let joined = seen(read_for_fold_joined(&pool, after, limit, &[]).await.unwrap());
+            let joined = seen(
+                read_for_fold_joined(&pool, after, limit, &[])
+                    .await
+                    .unwrap(),
+            );
             assert_eq!(shared, unjoined, "limit {limit} after {after:?}");
             assert_eq!(shared, joined, "limit {limit} after {after:?}");
             let Some(last) = shared.last() else { break };
