@@ -313,6 +313,87 @@ async fn a_patients_name_shown_in_event_metadata_leaves_an_access_record() {
     }
 }
 
+/// Found from outside: a coordinator shown who cancelled (the patient, in the event's
+/// metadata) left a record that named no patient, since a cancellation's data carries
+/// none, so the patient's own access log never showed that read. The metadata now names
+/// the acting patient by id (masked like their name), and the record is theirs.
+#[tokio::test]
+async fn a_patient_who_acted_is_named_in_the_record_of_who_saw_it_even_without_a_patient_id_in_the_data(
+) {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Pediatrics TX").await;
+    let patient = app.token(Who::patient("p-cancels").name("Rowan Cancels"));
+    let requested = app
+        .data_as(
+            &patient,
+            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id } } }",
+            json!({"i": {"boardId": board, "patientName": "Rowan Cancels", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
+        )
+        .await;
+    let appointment = requested["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.data_as(
+        &patient,
+        "mutation($i: CancelAppointmentInput!) { cancelAppointment(input: $i) { version } }",
+        json!({"i": {"appointmentId": appointment, "reason": "feeling better"}}),
+    )
+    .await;
+    // An admin reads the log but may not see patient fields: no trace of who acted.
+    let hidden = app
+        .data(
+            "query($s: ID!) { events(streamId: $s) { edges { node { type metadata } } } }",
+            json!({"s": appointment}),
+        )
+        .await;
+    let text = hidden.to_string();
+    assert!(
+        text.contains("AppointmentCancelled")
+            && !text.contains("p-cancels")
+            && !text.contains("Rowan Cancels"),
+        "the acting patient is masked: {hidden}"
+    );
+    let coordinator = app.token(Who::coordinator().subject("coordinator-cancel"));
+    let read = app
+        .data_as(
+            &coordinator,
+            "query($s: ID!) { events(streamId: $s) { edges { node { type metadata } } } }",
+            json!({"s": appointment}),
+        )
+        .await;
+    let cancelled = read["events"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"]["type"] == "AppointmentCancelled")
+        .unwrap_or_else(|| panic!("the cancellation is listed: {read}"))
+        .clone();
+    assert_eq!(cancelled["node"]["metadata"]["actorPatientId"], "p-cancels");
+    assert_eq!(cancelled["node"]["metadata"]["actorName"], "Rowan Cancels");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = app
+            .data_as(
+                &patient,
+                "{ myAccessLog(first: 100) { edges { node { subject operation disclosed } } } }",
+                json!({}),
+            )
+            .await;
+        let records = log["myAccessLog"]["edges"].as_array().unwrap().clone();
+        if records.iter().any(|r| {
+            r["node"]["operation"] == "events" && r["node"]["subject"] == "coordinator-cancel"
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the patient's own log shows the coordinator's read of who cancelled: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Tried and held: a valid token anywhere but the `Authorization` header (the query
 /// string of a GET or of the websocket's URL, where proxies and logs keep it) is not
 /// taken, and a token far over any identity provider's size is refused as malformed
