@@ -6,8 +6,8 @@
 -- the table as it grows. Autovacuum analyzes a table only once a minute at best, and
 -- then at 10 % growth, while a busy projector doubles its young tables in seconds.
 --
--- The projector analyzes a projection table itself each time it has doubled since its
--- last analyze (see src/projector/statistics.rs). The server's login does not own the
+-- The projector analyzes a projection table itself each time its size has doubled since
+-- its last analyze (see src/projector/statistics.rs). The server's login does not own the
 -- tables, and only an owner may analyze them: this function runs as the owner, for
 -- these tables only.
 

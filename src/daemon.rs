@@ -100,10 +100,10 @@ pub struct DaemonConfig {
     /// parameters and the tables' current sizes (`plan_cache_mode =
     /// force_custom_plan`, set by its first statement for that transaction only).
     /// Without it, PostgreSQL switches a prepared statement to a generic plan after
-    /// five executions and keeps it until the table is next analyzed: on a freshly
-    /// deployed database the documents' locked reads were planned while their tables
-    /// were nearly empty and stayed scans as the tables grew (docs/BENCHMARKS.md,
-    /// "Custom plans and a folded BEGIN"). Costs each statement a planning.
+    /// five executions and keeps it until the table is next analyzed. Costs each
+    /// statement a planning, and does not help where statistics are missing (a Board
+    /// read still walks the Board): `fresh_statistics` is the fix kept; this stays off
+    /// (docs/BENCHMARKS.md, "Fresh statistics, custom plans and fewer round trips").
     pub custom_plans: bool,
     /// With loops, `board_view`'s live batches take two round trips fewer: the
     /// transaction opens with one simple query (BEGIN, the epoch hold and the
@@ -114,11 +114,13 @@ pub struct DaemonConfig {
     /// read-ahead behind a full batch) stays below it: correct, only more careful;
     /// `board_view`'s own next read comes after its commit. Off: the earlier path.
     pub fewer_round_trips: bool,
-    /// With loops, the projector analyzes each projection table whenever it has
-    /// doubled since its last analyze, from 100 rows on (see
+    /// With loops, the projector analyzes each projection table whenever its size has
+    /// doubled since its last analyze, from 8 pages on (see
     /// [`crate::projector::statistics`]): on a fresh database the batches' locked
     /// reads otherwise run on plans made for nearly empty tables. Off: statistics come
-    /// from autovacuum alone, the earlier path.
+    /// from autovacuum alone, the earlier path, kept so the bench can measure both in
+    /// one run. On by default: the lag's p99 was lower in every same-run pair
+    /// (docs/BENCHMARKS.md, "Fresh statistics, custom plans and fewer round trips").
     pub fresh_statistics: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
@@ -142,7 +144,7 @@ impl Default for DaemonConfig {
             lone_checkpoints: true,
             custom_plans: false,
             fewer_round_trips: false,
-            fresh_statistics: false,
+            fresh_statistics: true,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,

@@ -1626,3 +1626,45 @@ async fn young_projection_tables_analyzed_as_they_double_give_the_locked_reads_k
     let refused = careboard::projector::statistics::analyze(&server, "events").await;
     assert!(refused.is_err(), "analyzing another table was refused");
 }
+
+/// The projector itself analyzes a young projection table once it has grown to
+/// [`careboard::projector::statistics::YOUNG_PAGES`] pages without statistics.
+#[tokio::test]
+async fn the_projector_analyzes_a_young_projection_table_once_it_has_doubled() {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let projector = start_projector(
+        &pool,
+        &store,
+        DaemonConfig {
+            fresh_statistics: true,
+            ..config()
+        },
+    );
+    let board = open_board(&store, "Young").await;
+    let analyzed = || {
+        let pool = pool.clone();
+        async move {
+            let tuples: f32 = sqlx::query_scalar(
+                "select reltuples from pg_class where relname = 'appointment_durations'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            tuples > 0.0
+        }
+    };
+    assert!(!analyzed().await, "no statistics before");
+    // Well past eight pages of appointment documents.
+    for i in 0..200 {
+        request_appointment(&store, board, &format!("young {i}")).await;
+    }
+    caught_up(&pool).await;
+    wait_for(
+        "appointment_durations analyzed by the projector",
+        Duration::from_secs(30),
+        analyzed,
+    )
+    .await;
+    projector.stop().await.unwrap();
+}
