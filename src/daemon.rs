@@ -112,7 +112,9 @@ pub struct DaemonConfig {
     /// one statement instead of two. The transaction's id is then not registered with
     /// the projector's own, so a read made while it runs (a follower's, or the
     /// read-ahead behind a full batch) stays below it: correct, only more careful;
-    /// `board_view`'s own next read comes after its commit. Off: the earlier path.
+    /// `board_view`'s own next read comes after its commit. Off: the earlier path. Off
+    /// by default: no clear same-run gain (docs/BENCHMARKS.md, "Fresh statistics,
+    /// custom plans and fewer round trips").
     pub fewer_round_trips: bool,
     /// With loops, the projector analyzes each projection table whenever its size has
     /// doubled since its last analyze, from 8 pages on (see

@@ -275,7 +275,11 @@ pub async fn advance_checkpoint_alone(
 }
 
 /// The statement of [`advance_checkpoint_alone`], built once per shape.
-fn checkpoint_update_alone(checkpoint: Checkpoint<'_>, fence: Fence, async_commit: bool) -> &'static str {
+fn checkpoint_update_alone(
+    checkpoint: Checkpoint<'_>,
+    fence: Fence,
+    async_commit: bool,
+) -> &'static str {
     static SQL: [OnceLock<String>; SHAPES * 2] = [const { OnceLock::new() }; SHAPES * 2];
     SQL[shape(checkpoint, fence) * 2 + usize::from(async_commit)].get_or_init(|| {
         let update = checkpoint_update(checkpoint, fence);
@@ -354,8 +358,8 @@ pub async fn advance_checkpoint_notifying(
         )
     });
     let moved: i64 = sqlx::query_scalar_with(sql, arguments)
-    .fetch_one(conn)
-    .await?;
+        .fetch_one(conn)
+        .await?;
     Ok(moved == 1)
 }
 

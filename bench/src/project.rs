@@ -247,7 +247,9 @@ impl Schedule {
             Schedule::Analyzed => "lone, young projection tables analyzed as they double",
             Schedule::Custom => "lone, each batch's statements planned for their parameters",
             Schedule::Folded => "lone, board_view's batch in two round trips fewer",
-            Schedule::AnalyzedFolded => "lone, tables analyzed, board_view in two round trips fewer",
+            Schedule::AnalyzedFolded => {
+                "lone, tables analyzed, board_view in two round trips fewer"
+            }
         }
     }
 }

@@ -530,7 +530,9 @@ struct FirstStatement {
 
 impl FirstStatement {
     fn index(self) -> usize {
-        usize::from(self.hold) | usize::from(self.async_commit) << 1 | usize::from(self.custom_plans) << 2
+        usize::from(self.hold)
+            | usize::from(self.async_commit) << 1
+            | usize::from(self.custom_plans) << 2
     }
 
     /// `set_config(…, true)` calls for the transaction's settings, as a one-row

@@ -1542,7 +1542,12 @@ async fn young_projection_tables_analyzed_as_they_double_give_the_locked_reads_k
     grow(1, 5).execute(&mut *conn).await.unwrap();
     for _ in 0..7 {
         Projection::BoardView
-            .load_docs(&mut conn, 1, &[board(0), board(1)], Some(&[Uuid::new_v4()][..]))
+            .load_docs(
+                &mut conn,
+                1,
+                &[board(0), board(1)],
+                Some(&[Uuid::new_v4()][..]),
+            )
             .await
             .unwrap();
         Projection::AppointmentDurations
@@ -1553,7 +1558,12 @@ async fn young_projection_tables_analyzed_as_they_double_give_the_locked_reads_k
     grow(6, 6000).execute(&mut *conn).await.unwrap();
     let boards = prepared_name(&mut conn, "for update of v").await;
     let durations = prepared_name(&mut conn, "from appointment_durations where generation").await;
-    let board_args = format!("1, '{{{},{}}}', '{{{}}}'", board(0), board(1), Uuid::new_v4());
+    let board_args = format!(
+        "1, '{{{},{}}}', '{{{}}}'",
+        board(0),
+        board(1),
+        Uuid::new_v4()
+    );
     let duration_args = format!("1, '{{{},{}}}'", Uuid::new_v4(), Uuid::new_v4());
     let by_key = |plan: &str, index: &str| plan.contains(index) && plan.contains("Index Cond");
     let plan = plan_of(&mut conn, &boards, &board_args).await;
@@ -1599,7 +1609,10 @@ async fn young_projection_tables_analyzed_as_they_double_give_the_locked_reads_k
         .await
         .unwrap();
     doubled.sort();
-    assert_eq!(doubled, ["appointment_durations", "board_view_appointments"]);
+    assert_eq!(
+        doubled,
+        ["appointment_durations", "board_view_appointments"]
+    );
     for table in &doubled {
         careboard::projector::statistics::analyze(&server, table)
             .await
