@@ -469,10 +469,29 @@ impl Session {
                 }
             }
         }
+        // Introspection alone runs under introspection's own limits, as over HTTP
+        // (GraphiQL sends its introspection query over the socket).
+        // The test walks fragments spelled out: a document they would blow up is left
+        // to the schema, which refuses it before walking them.
+        let introspection_only = request.query.contains("__")
+            && async_graphql::parser::parse_query(&request.query).is_ok_and(|d| {
+                let max = crate::limits::max_expanded_fields(
+                    state
+                        .limits
+                        .max_complexity
+                        .max(crate::graphql::INTROSPECTION_MAX_COMPLEXITY),
+                );
+                crate::limits::check_fragment_expansion(&d, max).is_ok()
+                    && crate::graphql::is_introspection_only(&d, request.operation_name.as_deref())
+            });
+        let (schema, request) = if introspection_only {
+            (&state.introspection_schema, request.only_introspection())
+        } else {
+            (&state.schema, request)
+        };
         let metrics = state.frames.metrics().clone();
         Started::Stream(
-            state
-                .schema
+            schema
                 .execute_stream_with_session_data(request, self.data.clone())
                 .map(move |response| {
                     metrics.executions.inc();

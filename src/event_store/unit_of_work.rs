@@ -27,7 +27,7 @@ use super::{
 };
 use crate::domain::{Aggregate, Board, BoardId, DomainEvent, EventContext};
 use crate::error::{AppError, AppResult};
-use crate::identity::Actor;
+use crate::identity::{Actor, Scope};
 
 /// Who sent a command, how it relates to other work, and how to check concurrency.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ impl CommandMeta {
     }
 
     fn event_metadata(&self) -> Value {
-        json!({
+        let mut metadata = json!({
             "correlationId": self.correlation_id,
             "causationId": self.causation_id.as_ref().or(self.command_id.as_ref()),
             // `actor` keeps the shape readers of older events know (the subject);
@@ -76,7 +76,14 @@ impl CommandMeta {
             "actorName": self.actor.name(),
             "operation": self.operation,
             "operationName": self.operation_name,
-        })
+        });
+        // A patient who acts is named by the id their appointments record too, so that
+        // whoever is shown who acted can be answered for in that patient's access log
+        // even where the event's data names no patient (a cancellation, say).
+        if let Some(Scope::Patient { patient_id }) = self.actor.principal().map(|p| &p.scope) {
+            metadata["actorPatientId"] = json!(patient_id);
+        }
+        metadata
     }
 }
 

@@ -817,14 +817,25 @@ impl Event {
         Json(data)
     }
     /// correlationId, causationId, actor and the GraphQL operation that caused it. A
-    /// patient who acted is patient data: their subject and name are null unless the
-    /// caller may see this patient's fields.
-    async fn metadata(&self) -> Json<serde_json::Value> {
+    /// patient who acted is patient data: their subject, name and patient id
+    /// (`actorPatientId`) are null unless the caller may see this patient's fields.
+    async fn metadata(&self, ctx: &Context<'_>) -> Json<serde_json::Value> {
         let mut metadata = self.event.metadata.value().clone();
         let by_patient = metadata.get("actorRole").and_then(|r| r.as_str()) == Some("patient");
+        if by_patient && self.patient_fields {
+            // Who the patient is, shown: a disclosure like their fields in `data`,
+            // recorded against the patient who acted (older events name them only in
+            // the data, where there is a patient id).
+            let patient = metadata
+                .get("actorPatientId")
+                .or_else(|| self.event.data.get("patientId"))
+                .and_then(|p| p.as_str())
+                .map(str::to_string);
+            access::note_disclosure(ctx, self.event.stream_id, patient, None);
+        }
         if by_patient && !self.patient_fields {
             if let Some(fields) = metadata.as_object_mut() {
-                for key in ["actor", "actorName"] {
+                for key in ["actor", "actorName", "actorPatientId"] {
                     if let Some(v) = fields.get_mut(key) {
                         *v = serde_json::Value::Null;
                     }

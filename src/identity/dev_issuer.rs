@@ -196,13 +196,15 @@ pub fn parse_ttl(value: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| "expected a duration like 90s, 30m, 8h or 2d".to_string())?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit_seconds: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err("expected a duration like 90s, 30m, 8h or 2d".into()),
     };
+    // Past u64 is past 30 days too (an overflow must not wrap into a short lifetime).
+    let seconds = n.saturating_mul(unit_seconds);
     if seconds == 0 || seconds > 30 * 86_400 {
         return Err("a token lives between 1 second and 30 days".into());
     }
@@ -291,6 +293,9 @@ mod tests {
         assert_eq!(parse_ttl("8h"), Ok(Duration::from_secs(28_800)));
         assert_eq!(parse_ttl("2d"), Ok(Duration::from_secs(172_800)));
         assert_eq!(parse_ttl("120"), Ok(Duration::from_secs(120)));
+        // 213503982334602 days is 2^64 + 61,184 seconds: wrapped, it read as 17 hours.
+        assert!(parse_ttl("213503982334602d").is_err());
+        assert!(parse_ttl("1000000000000000d").is_err());
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("1y").is_err());
         assert!(parse_ttl("h").is_err());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{error_code, TestApp, WsClient};
+use crate::helpers::{error_code, TestApp, Who, WsClient};
 
 /// A few hundred bytes whose fragments spread the one before them four times over:
 /// spelled out, `levels` fragments make 4^`levels` selections, but every fragment is
@@ -168,4 +168,286 @@ async fn a_message_over_the_size_limit_is_refused_with_close_1009() {
     )
     .await;
     assert!(ws.next(REFUSED_WITHIN).await.is_some());
+}
+
+/// GraphiQL (and other clients that speak only the websocket) send their introspection
+/// query over the socket; it was refused as "nested too deep" there, while the same
+/// query over HTTP runs under introspection's own limits. It runs under those limits on
+/// both protocols now, and a deep data query over the socket is still refused.
+#[tokio::test]
+async fn the_graphiql_introspection_query_runs_over_the_websocket_with_the_http_limits() {
+    let app = TestApp::spawn().await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = WsClient::open(&app, protocol).await;
+        ws.subscribe("i", INTROSPECTION, json!({})).await;
+        let answer = next_answer(&mut ws).await.expect("an answer");
+        let payload = &answer["payload"];
+        assert!(
+            payload["errors"].is_null() && answer["type"] != "error",
+            "{protocol}: {answer:#}"
+        );
+        assert!(
+            payload["data"]["__schema"]["types"]
+                .as_array()
+                .is_some_and(|t| t.len() > 20),
+            "{protocol}: {answer:#}"
+        );
+        // Introspection beside a data field is held to the ordinary depth limit.
+        let too_deep = format!(
+            "query {{ boardDates __schema {{ types {{ fields {{ type {}{{ kind }}{} }} }} }} }}",
+            "{ kind ofType ".repeat(10),
+            "}".repeat(10)
+        );
+        // Introspection whose fragments explode is refused before anything spells
+        // them out (the routing test included).
+        let boom = exploding_fragments("query {", "}", ("Query", "__typename"), 28);
+        ws.subscribe("boom", &boom, json!({})).await;
+        let refused = next_answer(&mut ws).await.expect("refused at once");
+        assert!(
+            refused.to_string().contains("fragments spelled out"),
+            "{protocol}: {refused:#}"
+        );
+        ws.subscribe("d", &too_deep, json!({})).await;
+        let refused = next_answer(&mut ws).await.expect("an answer");
+        let errors = if refused["type"] == "error" {
+            refused["payload"].clone()
+        } else {
+            refused["payload"]["errors"].clone()
+        };
+        let errors = if errors.is_array() {
+            errors
+        } else {
+            json!([errors])
+        };
+        assert!(
+            errors.as_array().is_some_and(|e| !e.is_empty()),
+            "{protocol}: {refused:#}"
+        );
+    }
+}
+
+/// With introspection switched off, the socket shows no schema, as HTTP does not.
+#[tokio::test]
+async fn introspection_switched_off_is_refused_over_the_websocket_too() {
+    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
+        introspection: false,
+        ..Default::default()
+    })
+    .await;
+    // Over HTTP, the schema is not shown (async-graphql answers a null `__schema`).
+    let http = app.gql(INTROSPECTION, json!({})).await;
+    assert!(http["data"]["__schema"].is_null(), "{http}");
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = WsClient::open(&app, protocol).await;
+        ws.subscribe("i", INTROSPECTION, json!({})).await;
+        let answer = next_answer(&mut ws).await.expect("an answer");
+        assert!(
+            answer["payload"]["data"]["__schema"].is_null() && answer.to_string().len() < 2000,
+            "{protocol}: {answer:#}"
+        );
+    }
+}
+
+/// The next message of a socket that is not a `complete`.
+async fn next_answer(ws: &mut WsClient) -> Option<Value> {
+    loop {
+        let message = ws.next(REFUSED_WITHIN).await?;
+        if message["type"] != "complete" {
+            return Some(message);
+        }
+    }
+}
+
+/// An event's metadata names the patient who acted (their subject and name, from their
+/// token): patient data, shown to those who may see that patient's fields. Shown
+/// without the event's `data`, it left no access record: the disclosure was noted only
+/// where `data` is resolved.
+#[tokio::test]
+async fn a_patients_name_shown_in_event_metadata_leaves_an_access_record() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Pediatrics TX").await;
+    let patient = app.token(Who::patient("p-meta").name("Quinn Metadata"));
+    let requested = app
+        .data_as(
+            &patient,
+            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id } } }",
+            json!({"i": {"boardId": board, "patientName": "Quinn Metadata", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
+        )
+        .await;
+    let appointment = requested["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let coordinator = app.token(Who::coordinator().subject("coordinator-meta"));
+    let read = app
+        .data_as(
+            &coordinator,
+            "query($s: ID!) { events(streamId: $s) { edges { node { type metadata } } } }",
+            json!({"s": appointment}),
+        )
+        .await;
+    assert!(
+        read.to_string().contains("Quinn Metadata"),
+        "the coordinator sees who acted: {read}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = app
+            .data(
+                "query($s: String) { accessLog(subject: $s) { edges { node { operation disclosed } } } }",
+                json!({"s": "coordinator-meta"}),
+            )
+            .await;
+        let records = log["accessLog"]["edges"].as_array().unwrap().clone();
+        if records.iter().any(|r| {
+            r["node"]["operation"] == "events"
+                && r["node"]["disclosed"].to_string().contains(&appointment)
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access record for the patient shown in metadata: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Found from outside: a coordinator shown who cancelled (the patient, in the event's
+/// metadata) left a record that named no patient, since a cancellation's data carries
+/// none, so the patient's own access log never showed that read. The metadata now names
+/// the acting patient by id (masked like their name), and the record is theirs.
+#[tokio::test]
+async fn a_patient_who_acted_is_named_in_the_record_of_who_saw_it_even_without_a_patient_id_in_the_data(
+) {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Pediatrics TX").await;
+    let patient = app.token(Who::patient("p-cancels").name("Rowan Cancels"));
+    let requested = app
+        .data_as(
+            &patient,
+            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id } } }",
+            json!({"i": {"boardId": board, "patientName": "Rowan Cancels", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
+        )
+        .await;
+    let appointment = requested["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.data_as(
+        &patient,
+        "mutation($i: CancelAppointmentInput!) { cancelAppointment(input: $i) { version } }",
+        json!({"i": {"appointmentId": appointment, "reason": "feeling better"}}),
+    )
+    .await;
+    // An admin reads the log but may not see patient fields: no trace of who acted.
+    let hidden = app
+        .data(
+            "query($s: ID!) { events(streamId: $s) { edges { node { type metadata } } } }",
+            json!({"s": appointment}),
+        )
+        .await;
+    let text = hidden.to_string();
+    assert!(
+        text.contains("AppointmentCancelled")
+            && !text.contains("p-cancels")
+            && !text.contains("Rowan Cancels"),
+        "the acting patient is masked: {hidden}"
+    );
+    let coordinator = app.token(Who::coordinator().subject("coordinator-cancel"));
+    let read = app
+        .data_as(
+            &coordinator,
+            "query($s: ID!) { events(streamId: $s) { edges { node { type metadata } } } }",
+            json!({"s": appointment}),
+        )
+        .await;
+    let cancelled = read["events"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"]["type"] == "AppointmentCancelled")
+        .unwrap_or_else(|| panic!("the cancellation is listed: {read}"))
+        .clone();
+    assert_eq!(cancelled["node"]["metadata"]["actorPatientId"], "p-cancels");
+    assert_eq!(cancelled["node"]["metadata"]["actorName"], "Rowan Cancels");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = app
+            .data_as(
+                &patient,
+                "{ myAccessLog(first: 100) { edges { node { subject operation disclosed } } } }",
+                json!({}),
+            )
+            .await;
+        let records = log["myAccessLog"]["edges"].as_array().unwrap().clone();
+        if records.iter().any(|r| {
+            r["node"]["operation"] == "events" && r["node"]["subject"] == "coordinator-cancel"
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the patient's own log shows the coordinator's read of who cancelled: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tried and held: a valid token anywhere but the `Authorization` header (the query
+/// string of a GET or of the websocket's URL, where proxies and logs keep it) is not
+/// taken, and a token far over any identity provider's size is refused as malformed
+/// without being echoed.
+#[tokio::test]
+async fn tokens_in_query_strings_are_not_taken_and_oversized_ones_are_refused() {
+    let app = TestApp::spawn().await;
+    let token = app.token(Who::coordinator());
+    let anonymous = reqwest::Client::new();
+    for name in ["access_token", "token", "authorization"] {
+        let response = anonymous
+            .get(app.url("/graphql"))
+            .header("accept", "application/json")
+            .query(&[("query", "{ boardDates }"), (name, token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "?{name}=");
+        let url = format!("{}?{name}={token}", app.url("/graphql/ws"));
+        match crate::helpers::ws_upgrade(&url, None).await {
+            Ok((socket, _)) => {
+                let mut ws = WsClient::from_socket(socket, false);
+                ws.send(json!({"type": "connection_init"})).await;
+                let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
+                assert_eq!(answer["close"], 4403, "?{name}= on the socket: {answer}");
+            }
+            Err(e) => panic!("?{name}= on the socket: {e}"),
+        }
+    }
+    let signature = token.rsplit('.').next().unwrap();
+    let huge = format!("{token}{}", "A".repeat(20_000));
+    let response = anonymous
+        .post(app.url("/graphql"))
+        .bearer_auth(&huge)
+        .json(&json!({"query": "{ boardDates }"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [401, 431].contains(&response.status().as_u16()),
+        "{}",
+        response.status()
+    );
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(signature), "the token is echoed: {body}");
+    let mut ws = WsClient::connect_as(&app, "graphql-transport-ws", Some(&huge)).await;
+    ws.send(json!({"type": "connection_init", "payload": ws.init_payload()}))
+        .await;
+    let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
+    assert_eq!(answer["close"], 4403, "{answer}");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not a well-formed JWT")),
+        "{answer}"
+    );
 }

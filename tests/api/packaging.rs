@@ -134,3 +134,31 @@ fn compose_publishes_on_loopback_and_reads_credentials_from_the_env_file() {
     }
     assert!(read(".gitignore").lines().any(|l| l.trim() == ".env"));
 }
+
+/// A newcomer reads the README's "Test it" to learn what `cargo test` needs beyond
+/// Rust; it named only PostgreSQL while `.ci/run` installs Chromium, curl, jq and
+/// Node.js too (their tests are skipped with a note where they are missing).
+#[test]
+fn the_readmes_test_section_names_everything_ci_installs() {
+    let readme = read("README.md");
+    let start = readme.find("## Test it").expect("a \"Test it\" section");
+    let end = readme[start + 2..]
+        .find("\n## ")
+        .map_or(readme.len(), |e| start + 2 + e);
+    let section = readme[start..end].to_lowercase().replace('.', "");
+    let ci = read(".ci/run");
+    let mut named = Vec::new();
+    for line in ci.lines() {
+        if let Some(rest) = line.split("packages+=(").nth(1) {
+            let first = rest.split([' ', ')']).next().unwrap_or_default();
+            named.push(first.to_string());
+        }
+    }
+    assert!(named.len() >= 5, "{named:?}");
+    for package in named {
+        assert!(
+            section.contains(&package),
+            "the README's \"Test it\" does not name {package}, which .ci/run installs"
+        );
+    }
+}
