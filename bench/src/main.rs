@@ -157,14 +157,16 @@ struct Args {
     /// trees, folded onto a copy), `text` (decoded from the jsonb text, onto a copy),
     /// `in-place` (decoded from the text, folded in place), each with pglz-compressed
     /// documents; `lz4` (`in-place` with lz4, migration 0013); `assembled` (`lz4` with
-    /// Board snapshots put together in the database: the current path).
+    /// Board snapshots put together in the database); `lean` (`assembled` with the
+    /// rebuild's own read of the log, without `metadata`); `unjoined` (`lean` with the
+    /// events read alone and their streams looked up once per batch: the current path).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
-        project::RebuildPath::InPlace,
-        project::RebuildPath::Lz4,
         project::RebuildPath::Assembled,
+        project::RebuildPath::Lean,
+        project::RebuildPath::Unjoined,
+        project::RebuildPath::Unjoined,
+        project::RebuildPath::Lean,
         project::RebuildPath::Assembled,
-        project::RebuildPath::Lz4,
-        project::RebuildPath::InPlace,
     ])]
     rebuild_paths: Vec<project::RebuildPath>,
     /// Appends per second of the `project` lag rows; without it, half the measured
@@ -1095,7 +1097,13 @@ async fn rebuild_rows(admin_url: &str, args: &Args, rows: &mut Vec<Row>) -> Resu
     let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
     postgres::migrate(&rebuild_pool).await?;
     println!("loading ~{} events for the rebuild", args.events);
-    let r = project::rebuild(&rebuild_pool, args.events, &args.rebuild_paths).await?;
+    let r = project::rebuild(
+        &rebuild_pool,
+        args.events,
+        &args.rebuild_paths,
+        args.pg_stats,
+    )
+    .await?;
     for (path, rates) in &r.rates {
         let watched = path.label();
         println!("  rebuild rates, {watched}: {rates:.0?} events/s");

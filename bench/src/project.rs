@@ -518,6 +518,12 @@ pub enum RebuildPath {
     /// `lz4`, with Board snapshots put together in the database from the rows the
     /// batch wrote (`insert … select`) instead of read back whole and sent again.
     Assembled,
+    /// `assembled`, the rebuild reading the log with its own read: only the columns a
+    /// fold reads (no `metadata`), instead of the live loops' read of every column.
+    Lean,
+    /// `lean`, the events read alone and their streams' type and Board looked up once
+    /// per stream per batch, instead of joined to every event.
+    Unjoined,
 }
 
 /// The TOASTed document columns a `board_view` rebuild writes, which migration 0013
@@ -532,6 +538,8 @@ impl RebuildPath {
             RebuildPath::InPlace => "decoded from the text, folded in place, pglz",
             RebuildPath::Lz4 => "decoded from the text, folded in place, lz4 (0013)",
             RebuildPath::Assembled => "lz4, snapshots put together in the database",
+            RebuildPath::Lean => "assembled, the rebuild's own read without metadata",
+            RebuildPath::Unjoined => "lean, events read alone, streams looked up per batch",
         }
     }
 
@@ -539,7 +547,10 @@ impl RebuildPath {
     fn compression(self) -> &'static str {
         match self {
             RebuildPath::Before | RebuildPath::Text | RebuildPath::InPlace => "pglz",
-            RebuildPath::Lz4 | RebuildPath::Assembled => "lz4",
+            RebuildPath::Lz4
+            | RebuildPath::Assembled
+            | RebuildPath::Lean
+            | RebuildPath::Unjoined => "lz4",
         }
     }
 
@@ -553,7 +564,16 @@ impl RebuildPath {
             self,
             RebuildPath::Before | RebuildPath::Text
         ));
-        careboard::snapshots::read_back_boards(self != RebuildPath::Assembled);
+        careboard::snapshots::read_back_boards(!matches!(
+            self,
+            RebuildPath::Assembled | RebuildPath::Lean | RebuildPath::Unjoined
+        ));
+        use careboard::projector::rebuild::{select_read, RebuildRead};
+        select_read(match self {
+            RebuildPath::Lean => RebuildRead::Lean,
+            RebuildPath::Unjoined => RebuildRead::Unjoined,
+            _ => RebuildRead::Shared,
+        });
         for table in DOC_COLUMNS {
             sqlx::query(&format!(
                 "alter table {table} alter column doc set compression {}",
@@ -594,6 +614,7 @@ pub async fn rebuild(
     pool: &PgPool,
     target_events: usize,
     paths: &[RebuildPath],
+    pg_stats: bool,
 ) -> Result<RebuildResult> {
     let history = generate(target_events);
     let started = Instant::now();
@@ -647,8 +668,15 @@ pub async fn rebuild(
         // the ones already there).
         sqlx::query("delete from snapshots").execute(pool).await?;
         let generation = state::request_rebuild(pool, Projection::BoardView).await?;
+        let checkpoints_before = if pg_stats {
+            Some(pg_stats_reset(pool).await?)
+        } else {
+            None
+        };
+        let metrics = Arc::new(Metrics::new());
+        let cpu_before = (postgres_cpu_ticks(pool).await?, own_cpu_ticks());
         let started = Instant::now();
-        let projector = start_projector(pool, &store);
+        let projector = start_projector_with(pool, &store, Schedule::Tuned, metrics.clone());
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let live = sqlx::query_scalar::<_, bool>(
@@ -662,20 +690,105 @@ pub async fn rebuild(
                 break;
             }
         }
-        let rate = history.len() as f64 / started.elapsed().as_secs_f64();
+        let took = started.elapsed();
+        let rate = history.len() as f64 / took.as_secs_f64();
+        let cpu_after = (postgres_cpu_ticks(pool).await?, own_cpu_ticks());
         projector.stop().await?;
         println!(
             "  round {}: {rate:.0} events/s; documents by compression: {}",
             path.label(),
             compressions(pool, generation).await?
         );
+        print_rebuild_attribution(&metrics, took, history.len(), (cpu_before, cpu_after));
+        if let Some(before) = checkpoints_before {
+            let pg = pg_stats_collect(pool, before).await?;
+            print_rebuild_statements(&pg, history.len());
+        }
         match result.rates.iter_mut().find(|(p, _)| *p == path) {
             Some((_, rates)) => rates.push(rate),
             None => result.rates.push((path, vec![rate])),
         }
     }
-    RebuildPath::Assembled.select(pool).await?;
+    RebuildPath::Unjoined.select(pool).await?;
     Ok(result)
+}
+
+type CpuTicks = (Option<HashMap<i32, u64>>, Option<u64>);
+
+/// Where a rebuild round's time went: the projector's stages (summed over batches;
+/// the rebuild's read of the next batch runs beside the current batch's apply), and
+/// the CPU PostgreSQL's backends and this process used, per event.
+fn print_rebuild_attribution(
+    metrics: &Metrics,
+    took: Duration,
+    events: usize,
+    (before, after): (CpuTicks, CpuTicks),
+) {
+    let per_event_us = |ms: f64| ms * 1000.0 / events.max(1) as f64;
+    let parts: Vec<String> = metrics
+        .projector_stages()
+        .iter()
+        .filter(|s| s.stage != careboard::metrics::ProjectorStage::Visible)
+        .map(|s| {
+            let total_ms = s.mean_ms * s.count as f64;
+            format!(
+                "{} {:.0} ms ({} × {:.1} ms, {:.2} µs/event)",
+                s.stage.as_str(),
+                total_ms,
+                s.count,
+                s.mean_ms,
+                per_event_us(total_ms)
+            )
+        })
+        .collect();
+    println!(
+        "    stages over {:.0} ms: {}",
+        took.as_secs_f64() * 1000.0,
+        parts.join("; ")
+    );
+    let postgres = after.0.as_ref().map(|after| {
+        after
+            .iter()
+            .map(|(pid, t)| {
+                let b = before.0.as_ref().and_then(|b| b.get(pid)).copied();
+                t.saturating_sub(b.unwrap_or(0))
+            })
+            .sum::<u64>()
+    });
+    let ms = |ticks: Option<u64>| ticks.map(|t| t as f64 * 1000.0 / clock_ticks_per_second());
+    let own = after.1.zip(before.1).map(|(a, b)| a.saturating_sub(b));
+    let show = |v: Option<f64>| {
+        v.map_or_else(
+            || "n/a".to_string(),
+            |ms| format!("{ms:.0} ms ({:.2} µs/event)", per_event_us(ms)),
+        )
+    };
+    println!(
+        "    CPU: PostgreSQL backends {}, this process (projector, harness) {}",
+        show(ms(postgres)),
+        show(ms(own))
+    );
+}
+
+/// A rebuild round's statements (`--pg-stats`): time, calls and rows, per event.
+fn print_rebuild_statements(pg: &PgStats, events: usize) {
+    let total: f64 = pg.statements.iter().map(|s| s.total_ms).sum();
+    println!(
+        "    PostgreSQL statements {total:.0} ms ({:.2} µs/event), WAL {:.1} MB:",
+        total * 1000.0 / events.max(1) as f64,
+        pg.wal_bytes / 1e6
+    );
+    for s in pg.statements.iter().filter(|s| s.total_ms >= 1.0) {
+        let text: String = s.query.chars().take(110).collect();
+        println!(
+            "      {:>7.0} ms {:>6} calls {:>8} rows  {:.2} µs/event  {}",
+            s.total_ms,
+            s.calls,
+            s.rows,
+            s.total_ms * 1000.0 / events.max(1) as f64,
+            text
+        );
+    }
 }
 
 /// Appends at `rate` per second (open loop) for `seconds` with the projector running,

@@ -346,7 +346,7 @@ impl Projector {
             let pending = ahead.take().filter(|a| a.after == cursor);
             let rows = match pending {
                 Some(mut a) => (&mut a.rows).await??,
-                None => self.read(cursor, limit).await?,
+                None => self.read_rebuild(cursor, limit).await?,
             };
             if !rows.is_empty() {
                 self.metrics.projector_batch_read();
@@ -370,7 +370,7 @@ impl Projector {
                 let me = self.clone();
                 *ahead = Some(Ahead {
                     after: end,
-                    rows: tokio::spawn(async move { me.read(end, limit).await }),
+                    rows: tokio::spawn(async move { me.read_rebuild(end, limit).await }),
                 });
             }
         }

@@ -16,6 +16,7 @@
 pub mod batch;
 mod lockstep;
 mod loops;
+pub mod rebuild;
 pub mod replay;
 pub mod state;
 pub mod statistics;

@@ -1,7 +1,9 @@
 //! A `board_view` rebuild writes the same bytes whichever path it takes: events
 //! decoded from the log's jsonb text and folded in place, or decoded from a `Value`
 //! tree and folded onto a copy; Board snapshots put together in the database, or read
-//! back whole and sent again (the earlier paths, still selectable).
+//! back whole and sent again; the log read by the rebuild alone without `metadata`,
+//! each stream looked up once per batch, or joined, or as the live loops read it (the
+//! earlier paths, still selectable).
 
 use crate::helpers;
 use crate::helpers::store::{open_board, request_appointment};
@@ -14,6 +16,7 @@ use careboard::event_store::append::{append, StreamWrite};
 use careboard::event_store::{read_board_streams, EventStore, ReadLimit};
 use careboard::metrics::Metrics;
 use careboard::projections::{board_view, read, BoardDoc, Doc, Projection};
+use careboard::projector::rebuild::{select_read, RebuildRead};
 use careboard::projector::state;
 use chrono::Utc;
 use serde_json::json;
@@ -210,18 +213,23 @@ struct Earlier {
     fold: bool,
     /// Board snapshots read back whole into the process and sent again.
     snapshots: bool,
+    /// The log read as the live loops read it (`Shared`), or joined to the streams
+    /// without `metadata` (`Lean`); `None`: the current read.
+    read: Option<RebuildRead>,
 }
 
 impl Earlier {
     const ALL: Earlier = Earlier {
         fold: true,
         snapshots: true,
+        read: Some(RebuildRead::Shared),
     };
 
     fn select(self) {
         careboard::domain::tagged::decode_through_value(self.fold);
         board_view::fold_board_by_copy(self.fold);
         careboard::snapshots::read_back_boards(self.snapshots);
+        select_read(self.read.unwrap_or(RebuildRead::Unjoined));
     }
 }
 
@@ -308,7 +316,32 @@ async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_
     assert!(earlier
         .iter()
         .any(|r| r.starts_with("snapshot") && r.contains("\"appointments\"")));
-    for other in [&current, &read_back, &earlier_fold] {
+    // The earlier reads of the log alone.
+    let shared_read = rebuild(
+        &pool,
+        &store,
+        Earlier {
+            read: Some(RebuildRead::Shared),
+            ..Earlier::default()
+        },
+    )
+    .await;
+    let lean_read = rebuild(
+        &pool,
+        &store,
+        Earlier {
+            read: Some(RebuildRead::Lean),
+            ..Earlier::default()
+        },
+    )
+    .await;
+    for other in [
+        &current,
+        &read_back,
+        &earlier_fold,
+        &shared_read,
+        &lean_read,
+    ] {
         assert_eq!(earlier.len(), other.len());
         for (a, b) in earlier.iter().zip(other) {
             assert_eq!(a, b);
@@ -372,4 +405,76 @@ async fn board_documents_and_snapshots_are_compressed_with_lz4() {
     .unwrap();
     assert_eq!(method.as_deref(), Some("lz4"));
     assert_eq!(back, doc);
+}
+
+/// The rebuild's own reads return exactly the events, in the order and with the
+/// cursors, of the live loops' read, every field a fold reads equal, at every batch
+/// size (a batch's streams looked up per batch, a stream in several batches).
+#[tokio::test]
+async fn the_rebuilds_reads_of_the_log_return_what_the_shared_read_returns() {
+    use careboard::event_store::log::{read_after_excluding, Cursor};
+    use careboard::event_store::RecordedEvent;
+    use careboard::projector::rebuild::{read_for_fold, read_for_fold_joined};
+
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    history(&pool, &store).await;
+    type Seen = (
+        Cursor,
+        i64,
+        Uuid,
+        Uuid,
+        String,
+        Option<Uuid>,
+        i64,
+        String,
+        String,
+    );
+    let seen = |rows: Vec<(Cursor, RecordedEvent)>| -> Vec<Seen> {
+        rows.into_iter()
+            .map(|(c, e)| {
+                (
+                    c,
+                    e.seq,
+                    e.id,
+                    e.stream_id,
+                    e.stream_type,
+                    e.board_id,
+                    e.version,
+                    e.event_type,
+                    format!("{} {}", e.data.text(), e.recorded_at),
+                )
+            })
+            .collect()
+    };
+    let mut total = 0;
+    for limit in [1, 3, 7, 10_000] {
+        let mut after = Cursor::default();
+        loop {
+            let shared = seen(
+                read_after_excluding(&pool, after, limit, &[])
+                    .await
+                    .unwrap(),
+            );
+            let unjoined = read_for_fold(&pool, after, limit, &[]).await.unwrap();
+            assert!(unjoined.iter().all(|(_, e)| e.metadata.text() == "{}"));
+            let unjoined = seen(unjoined);
+            let joined = seen(
+                read_for_fold_joined(&pool, after, limit, &[])
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(shared, unjoined, "limit {limit} after {after:?}");
+            assert_eq!(shared, joined, "limit {limit} after {after:?}");
+            let Some(last) = shared.last() else { break };
+            after = last.0;
+            total += shared.len();
+        }
+    }
+    let events: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(events > 20, "a history of some length: {events}");
+    assert_eq!(total as i64, 4 * events);
 }
