@@ -96,6 +96,34 @@ pub struct DaemonConfig {
     /// the lag's p99 was lower in 8 of 11 same-run pairs on the shared machine
     /// (docs/BENCHMARKS.md, "Projector lag attributed per statement").
     pub lone_checkpoints: bool,
+    /// With loops, each batch transaction plans its statements for their own
+    /// parameters and the tables' current sizes (`plan_cache_mode =
+    /// force_custom_plan`, set by its first statement for that transaction only).
+    /// Without it, PostgreSQL switches a prepared statement to a generic plan after
+    /// five executions and keeps it until the table is next analyzed. Costs each
+    /// statement a planning, and does not help where statistics are missing (a Board
+    /// read still walks the Board): `fresh_statistics` is the fix kept; this stays off
+    /// (docs/BENCHMARKS.md, "Fresh statistics, custom plans and fewer round trips").
+    pub custom_plans: bool,
+    /// With loops, `board_view`'s live batches take two round trips fewer: the
+    /// transaction opens with one simple query (BEGIN, the epoch hold and the
+    /// transaction's settings) instead of BEGIN and a statement that also takes the
+    /// transaction id, and the Board headers and their appointment rows are written by
+    /// one statement instead of two. The transaction's id is then not registered with
+    /// the projector's own, so a read made while it runs (a follower's, or the
+    /// read-ahead behind a full batch) stays below it: correct, only more careful;
+    /// `board_view`'s own next read comes after its commit. Off: the earlier path. Off
+    /// by default: no clear same-run gain (docs/BENCHMARKS.md, "Fresh statistics,
+    /// custom plans and fewer round trips").
+    pub fewer_round_trips: bool,
+    /// With loops, the projector analyzes each projection table whenever its size has
+    /// doubled since its last analyze, from 8 pages on (see
+    /// [`crate::projector::statistics`]): on a fresh database the batches' locked
+    /// reads otherwise run on plans made for nearly empty tables. Off: statistics come
+    /// from autovacuum alone, the earlier path, kept so the bench can measure both in
+    /// one run. On by default: the lag's p99 was lower in every same-run pair
+    /// (docs/BENCHMARKS.md, "Fresh statistics, custom plans and fewer round trips").
+    pub fresh_statistics: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
     /// How often the matcher retries the Boards it parked.
@@ -116,6 +144,9 @@ impl Default for DaemonConfig {
             epoch_fence: true,
             fused_statements: false,
             lone_checkpoints: true,
+            custom_plans: false,
+            fewer_round_trips: false,
+            fresh_statistics: true,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -142,6 +173,9 @@ impl DaemonConfig {
             direct_wake: self.direct_wake,
             fused_statements: self.fused_statements,
             lone_checkpoints: self.lone_checkpoints,
+            custom_plans: self.custom_plans,
+            fewer_round_trips: self.fewer_round_trips,
+            fresh_statistics: self.fresh_statistics,
         }
     }
 

@@ -47,6 +47,8 @@
 //! stalled old leader holding a transaction open delays the new one until PostgreSQL
 //! ends that session (its connection dies, or `idle_in_transaction_session_timeout`).
 
+use std::sync::OnceLock;
+
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Connection, PgConnection, PgExecutor, PgPool};
 use tokio::sync::Mutex;
@@ -242,7 +244,7 @@ pub async fn advance_checkpoint(
     fence: Fence,
 ) -> Result<bool, sqlx::Error> {
     let arguments = checkpoint_arguments(checkpoint, old, new, events, fence)?;
-    let result = sqlx::query_with(&checkpoint_update(checkpoint, fence), arguments)
+    let result = sqlx::query_with(checkpoint_update(checkpoint, fence), arguments)
         .execute(conn)
         .await?;
     Ok(result.rows_affected() == 1)
@@ -267,8 +269,23 @@ pub async fn advance_checkpoint_alone(
         other => other,
     };
     let arguments = checkpoint_arguments(checkpoint, old, new, 0, fence)?;
-    let update = checkpoint_update(checkpoint, fence);
-    let sql = if async_commit {
+    let sql = checkpoint_update_alone(checkpoint, fence, async_commit);
+    let result = sqlx::query_with(sql, arguments).execute(conn).await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// The statement of [`advance_checkpoint_alone`], built once per shape.
+fn checkpoint_update_alone(
+    checkpoint: Checkpoint<'_>,
+    fence: Fence,
+    async_commit: bool,
+) -> &'static str {
+    static SQL: [OnceLock<String>; SHAPES * 2] = [const { OnceLock::new() }; SHAPES * 2];
+    SQL[shape(checkpoint, fence) * 2 + usize::from(async_commit)].get_or_init(|| {
+        let update = checkpoint_update(checkpoint, fence);
+        if !async_commit {
+            return update.to_string();
+        }
         // `update … set … from (…) where …`: the one-row subquery runs once, before
         // the statement's transaction commits.
         let (head, tail) = update
@@ -278,11 +295,7 @@ pub async fn advance_checkpoint_alone(
             "{head} from (select set_config('synchronous_commit', 'off', true)) as local \
               where {tail}"
         )
-    } else {
-        update
-    };
-    let result = sqlx::query_with(&sql, arguments).execute(conn).await?;
-    Ok(result.rows_affected() == 1)
+    })
 }
 
 /// The compare-and-set's binds, `$1`–`$8` of [`checkpoint_update`].
@@ -333,19 +346,20 @@ pub async fn advance_checkpoint_notifying(
         .add(channel)
         .and_then(|()| arguments.add(payloads))
         .map_err(sqlx::Error::Encode)?;
-    let moved: i64 = sqlx::query_scalar_with(
-        &format!(
+    static SQL: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
+    let sql = SQL[shape(checkpoint, fence)].get_or_init(|| {
+        format!(
             "with cp as ({update} returning status) \
          select (select count(*) from cp) \
            from (select count(pg_notify($9, p)) from unnest($10::text[]) as p \
                   where exists (select from cp where status = '{live}')) as notified",
             update = checkpoint_update(checkpoint, fence),
             live = GenerationStatus::Live.as_str(),
-        ),
-        arguments,
-    )
-    .fetch_one(conn)
-    .await?;
+        )
+    });
+    let moved: i64 = sqlx::query_scalar_with(sql, arguments)
+        .fetch_one(conn)
+        .await?;
     Ok(moved == 1)
 }
 
@@ -364,33 +378,55 @@ impl Checkpoint<'_> {
     }
 }
 
-/// The compare-and-set: `$1` name, `$2`/`$3` old cursor, `$4`/`$5` new cursor, `$6`
-/// events, `$7` the fence's value, `$8` generation (null for a process).
-fn checkpoint_update(checkpoint: Checkpoint<'_>, fence: Fence) -> String {
-    let (table, counter, extra) = match checkpoint {
-        Checkpoint::Projection { .. } => (
-            "projection_state",
-            "events_applied",
-            // Only the live generation or a rebuild moves; a retired one never again.
-            format!(
-                "and generation = $8 and status in ('{}', '{}')",
-                GenerationStatus::Live.as_str(),
-                GenerationStatus::Building.as_str()
-            ),
-        ),
-        Checkpoint::Process { .. } => (
-            "process_checkpoints",
-            "events_seen",
-            "and $8::int is null".to_string(),
-        ),
+/// How many statement shapes there are: a checkpoint kind times a fence kind (the
+/// statements' text depends on nothing else; every value is bound).
+const SHAPES: usize = 6;
+
+/// The index of a (checkpoint kind, fence kind) shape below [`SHAPES`].
+fn shape(checkpoint: Checkpoint<'_>, fence: Fence) -> usize {
+    let kind = match checkpoint {
+        Checkpoint::Projection { .. } => 0,
+        Checkpoint::Process { .. } => 1,
     };
-    format!(
-        "update {table} \
-            set tx = $4::text::xid8, seq = $5, {counter} = {counter} + $6, \
-                updated_at = clock_timestamp() \
-          where name = $1 and tx = $2::text::xid8 and seq = $3 {extra} and {fence}",
-        fence = fence.condition(7)
-    )
+    let fence = match fence {
+        Fence::Epoch(_) => 0,
+        Fence::EpochHeld(_) => 1,
+        Fence::LockTable { .. } => 2,
+    };
+    kind * 3 + fence
+}
+
+/// The compare-and-set: `$1` name, `$2`/`$3` old cursor, `$4`/`$5` new cursor, `$6`
+/// events, `$7` the fence's value, `$8` generation (null for a process). Built once per
+/// shape, not per batch.
+fn checkpoint_update(checkpoint: Checkpoint<'_>, fence: Fence) -> &'static str {
+    static SQL: [OnceLock<String>; SHAPES] = [const { OnceLock::new() }; SHAPES];
+    SQL[shape(checkpoint, fence)].get_or_init(|| {
+        let (table, counter, extra) = match checkpoint {
+            Checkpoint::Projection { .. } => (
+                "projection_state",
+                "events_applied",
+                // Only the live generation or a rebuild moves; a retired one never again.
+                format!(
+                    "and generation = $8 and status in ('{}', '{}')",
+                    GenerationStatus::Live.as_str(),
+                    GenerationStatus::Building.as_str()
+                ),
+            ),
+            Checkpoint::Process { .. } => (
+                "process_checkpoints",
+                "events_seen",
+                "and $8::int is null".to_string(),
+            ),
+        };
+        format!(
+            "update {table} \
+                set tx = $4::text::xid8, seq = $5, {counter} = {counter} + $6, \
+                    updated_at = clock_timestamp() \
+              where name = $1 and tx = $2::text::xid8 and seq = $3 {extra} and {fence}",
+            fence = fence.condition(7)
+        )
+    })
 }
 
 #[cfg(test)]

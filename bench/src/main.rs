@@ -158,8 +158,12 @@ struct Args {
     /// fence, NOTIFY on its own), `fused` (the epoch fence, NOTIFY in the checkpoint
     /// statement), `lone` (the epoch fence, a batch holding no event of its projection
     /// moving its checkpoint in one autocommit statement: the defaults, as `tuned`),
-    /// `lone-fused` (both). `lock-table`, `epoch` and `fused` move every checkpoint in a
-    /// transaction. Pairs alternate by default so the machine's drift falls on both.
+    /// `lone-fused` (both), `analyzed` (`lone` with young projection tables analyzed
+    /// as they double), `custom` (`lone` with each batch transaction's statements
+    /// planned for their parameters), `folded` (`lone` with `board_view`'s batch in two
+    /// round trips fewer), `analyzed-folded` (both). `lock-table`, `epoch` and
+    /// `fused` move every checkpoint in a transaction. Pairs alternate by default so
+    /// the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::Schedule::Lockstep,
         project::Schedule::Tuned,

@@ -212,6 +212,18 @@ pub enum Schedule {
     Lone,
     /// `Fused` and `Lone` together.
     LoneFused,
+    /// `Lone` with each projection table analyzed whenever it has doubled
+    /// (`DaemonConfig::fresh_statistics`).
+    Analyzed,
+    /// `Lone` with each batch transaction's statements planned for their own
+    /// parameters (`DaemonConfig::custom_plans`).
+    Custom,
+    /// `Lone` with `board_view`'s live batches in two round trips fewer: BEGIN and the
+    /// settings in one simple query, no transaction id, header and appointment rows
+    /// in one statement (`DaemonConfig::fewer_round_trips`).
+    Folded,
+    /// `Analyzed` and `Folded` together.
+    AnalyzedFolded,
 }
 
 /// The follower pace of [`Schedule::Relaxed`].
@@ -232,6 +244,12 @@ impl Schedule {
             Schedule::LoneFused => {
                 "loops as tuned, epoch fence, empty batches' checkpoints alone, NOTIFY fused"
             }
+            Schedule::Analyzed => "lone, young projection tables analyzed as they double",
+            Schedule::Custom => "lone, each batch's statements planned for their parameters",
+            Schedule::Folded => "lone, board_view's batch in two round trips fewer",
+            Schedule::AnalyzedFolded => {
+                "lone, tables analyzed, board_view in two round trips fewer"
+            }
         }
     }
 }
@@ -243,6 +261,15 @@ fn start_projector_with(
     metrics: Arc<Metrics>,
 ) -> careboard::daemon::DaemonHandle {
     let tuned = DaemonConfig::default();
+    // The schedules measured before fresh statistics, custom plans and fewer round
+    // trips keep them off,
+    // whatever the defaults.
+    let earlier = DaemonConfig {
+        custom_plans: false,
+        fewer_round_trips: false,
+        fresh_statistics: false,
+        ..tuned.clone()
+    };
     let config = match schedule {
         Schedule::Lockstep => DaemonConfig {
             loops: false,
@@ -266,32 +293,43 @@ fn start_projector_with(
             epoch_fence: false,
             fused_statements: false,
             lone_checkpoints: false,
-            ..tuned
+            ..earlier
         },
         Schedule::Epoch => DaemonConfig {
             epoch_fence: true,
             fused_statements: false,
             lone_checkpoints: false,
-            ..tuned
+            ..earlier
         },
         Schedule::Fused => DaemonConfig {
             epoch_fence: true,
             fused_statements: true,
             lone_checkpoints: false,
-            ..tuned
+            ..earlier
         },
         Schedule::Lone => DaemonConfig {
             epoch_fence: true,
             fused_statements: false,
             lone_checkpoints: true,
-            ..tuned
+            ..earlier
         },
         Schedule::LoneFused => DaemonConfig {
             epoch_fence: true,
             fused_statements: true,
             lone_checkpoints: true,
-            ..tuned
+            ..earlier
         },
+        Schedule::Analyzed | Schedule::Custom | Schedule::Folded | Schedule::AnalyzedFolded => {
+            DaemonConfig {
+                epoch_fence: true,
+                fused_statements: false,
+                lone_checkpoints: true,
+                fresh_statistics: matches!(schedule, Schedule::Analyzed | Schedule::AnalyzedFolded),
+                custom_plans: schedule == Schedule::Custom,
+                fewer_round_trips: matches!(schedule, Schedule::Folded | Schedule::AnalyzedFolded),
+                ..tuned
+            }
+        }
     };
     Daemon::new(
         pool.clone(),
@@ -966,6 +1004,8 @@ pub fn statement_label(query: &str) -> &'static str {
         "projector: COMMIT (and the appends' none: they autocommit)"
     } else if has("pg_current_xact_id()::text") {
         "projector: transaction id (epoch hold, async commit)"
+    } else if has("pg_advisory_xact_lock_shared") {
+        "projector: settings after a folded BEGIN (epoch hold, async commit)"
     } else if has("pg_snapshot_xip") {
         "projector: the shared (tx, seq) read below the horizon"
     } else if has("update projection_state") && has("pg_notify") {
@@ -974,6 +1014,8 @@ pub fn statement_label(query: &str) -> &'static str {
         "projector: checkpoint compare-and-set (fenced)"
     } else if has("pg_notify") {
         "projector: NOTIFY (board_view)"
+    } else if has("with headers as") {
+        "board_view: headers and appointment rows written (one statement)"
     } else if has("insert into board_view_appointments") {
         "board_view: appointment rows written"
     } else if has("insert into board_view ") || has("insert into board_view(") {

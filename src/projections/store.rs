@@ -130,6 +130,39 @@ pub async fn save_rows(
     generation: i32,
     rows: &[Row],
 ) -> Result<(), sqlx::Error> {
+    save_rows_with(conn, generation, rows, false).await
+}
+
+/// The statement that writes Board headers (`$1` generation, `$2`–`$9` the columns).
+const BOARD_HEADERS: &str =
+    "insert into board_view (generation, id, date, specialty, region, status, version, position, doc) \
+     select $1, * from unnest($2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::jsonb[]) \
+     on conflict (generation, id) do update set date = excluded.date, specialty = excluded.specialty, \
+       region = excluded.region, status = excluded.status, version = excluded.version, \
+       position = excluded.position, doc = excluded.doc";
+
+/// The Board headers and their appointment rows in one statement (`$10`–`$14` the
+/// appointment rows' columns): one round trip where there were two.
+const BOARD_HEADERS_AND_APPOINTMENTS: &str =
+    "with headers as (insert into board_view (generation, id, date, specialty, region, status, version, position, doc) \
+       select $1, * from unnest($2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::jsonb[]) \
+       on conflict (generation, id) do update set date = excluded.date, specialty = excluded.specialty, \
+         region = excluded.region, status = excluded.status, version = excluded.version, \
+         position = excluded.position, doc = excluded.doc), \
+     appointments as (insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \
+       select $1, * from unnest($10::uuid[], $11::uuid[], $12::bigint[], $13::jsonb[], $14::bigint[]) \
+       on conflict (generation, board_id, id) do update set applied = excluded.applied, \
+         doc = excluded.doc, board_version = excluded.board_version) \
+     select";
+
+/// [`save_rows`]; with `joined`, a Board's header and appointment rows are written by
+/// one statement (two data-modifying CTEs on different tables, one snapshot).
+pub async fn save_rows_with(
+    conn: &mut PgConnection,
+    generation: i32,
+    rows: &[Row],
+    joined: bool,
+) -> Result<(), sqlx::Error> {
     let mut boards = BoardRows {
         through_value: BOARDS_THROUGH_VALUE.load(Ordering::Relaxed),
         ..BoardRows::default()
@@ -158,14 +191,13 @@ pub async fn save_rows(
             Row::Durations { id, doc } => durations.push(*id, doc),
         }
     }
+    let joined = joined && !boards.ids.is_empty() && !boards.appointments.ids.is_empty();
     if !boards.ids.is_empty() {
-        let query = sqlx::query(
-            "insert into board_view (generation, id, date, specialty, region, status, version, position, doc) \
-             select $1, * from unnest($2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::jsonb[]) \
-             on conflict (generation, id) do update set date = excluded.date, specialty = excluded.specialty, \
-               region = excluded.region, status = excluded.status, version = excluded.version, \
-               position = excluded.position, doc = excluded.doc",
-        )
+        let query = sqlx::query(if joined {
+            BOARD_HEADERS_AND_APPOINTMENTS
+        } else {
+            BOARD_HEADERS
+        })
         .bind(generation)
         .bind(&boards.ids)
         .bind(&boards.dates)
@@ -179,9 +211,21 @@ pub async fn save_rows(
         } else {
             query.bind(&boards.headers)
         };
+        let query = if joined {
+            let a = &boards.appointments;
+            let query = query.bind(&a.board_ids).bind(&a.ids).bind(&a.applied);
+            let query = if boards.through_value {
+                query.bind(&a.docs)
+            } else {
+                query.bind(&a.typed)
+            };
+            query.bind(&a.board_versions)
+        } else {
+            query
+        };
         query.execute(&mut *conn).await?;
     }
-    if !boards.appointments.ids.is_empty() {
+    if !joined && !boards.appointments.ids.is_empty() {
         let a = &boards.appointments;
         let query = sqlx::query(
             "insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \

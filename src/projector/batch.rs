@@ -11,7 +11,8 @@ use crate::domain::{Appointment, FoldError, Shift, StreamType};
 use crate::event_store::log::Cursor;
 use crate::event_store::{read_stream_between, RecordedEvent};
 use crate::projections::board_view::BoardChanged;
-use crate::projections::{save_rows, BoardDoc, Doc, Projection, Row, StreamDoc};
+use crate::projections::store::save_rows_with;
+use crate::projections::{BoardDoc, Doc, Projection, Row, StreamDoc};
 use crate::snapshots::{self, Snapshot, SnapshotKind};
 
 /// Why a batch could not be applied.
@@ -55,6 +56,9 @@ pub struct BatchInput<'a> {
     pub snapshot_every: i64,
     /// The read cursor after this batch (recorded in Board snapshots).
     pub batch_end: Cursor,
+    /// Board headers and appointment rows written by one statement (see
+    /// [`crate::projections::store::save_rows_with`]).
+    pub joined_writes: bool,
 }
 
 /// Applies the batch to the projection's documents and saves them, in the caller's
@@ -114,7 +118,7 @@ async fn apply_and_save<D: Doc>(
             _ => None,
         })
         .collect();
-    save_rows(conn, input.generation, &rows).await?;
+    save_rows_with(conn, input.generation, &rows, input.joined_writes).await?;
     // A Board document in memory holds only the appointments this batch touched: its
     // snapshot is made from this transaction's writes, in the database (or, on the
     // earlier path, read back whole and sent again).
@@ -200,6 +204,7 @@ async fn apply_docs<D: Doc>(
         attempts,
         snapshot_every,
         batch_end: _,
+        joined_writes: _,
     } = *input;
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch, Notify, OnceCell};
 use tokio::task::JoinHandle;
 
 use super::state::{self, Generation, GenerationStatus};
+use super::statistics;
 use super::{Projector, ProjectorEnd, Step, Worker};
 use crate::event_store::log::Cursor;
 use crate::event_store::RecordedEvent;
@@ -107,6 +108,7 @@ pub(super) async fn run(
     let (ends_tx, mut ends) = mpsc::unbounded_channel::<(Key, LoopEnd)>();
     let mut running: HashMap<Key, Running> = HashMap::new();
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    let freshener = statistics::Freshener::default();
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start_loop = |gen: Generation| {
         let key = (gen.projection, gen.generation);
@@ -151,6 +153,9 @@ pub(super) async fn run(
                 }
             }
             _ = refresh.tick() => {
+                if projector.settings.fresh_statistics {
+                    freshener.tick(&projector.pool);
+                }
                 // Rebuild requests made by other processes, and status changes.
                 let fresh = state::active_generations(&projector.pool).await?;
                 running.retain(|key, _| {

@@ -19,14 +19,15 @@ mod loops;
 pub mod rebuild;
 pub mod replay;
 pub mod state;
+pub mod statistics;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use sqlx::pool::PoolConnection;
-use sqlx::{Acquire, PgConnection, PgPool, Postgres};
+use sqlx::{Acquire, Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{watch, Notify};
 
 use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
@@ -41,6 +42,11 @@ use crate::projections::board_view::BoardChanged;
 use crate::projections::Projection;
 use batch::{apply_batch, BatchError, BatchInput};
 use state::{record_dead_letters, Generation, GenerationStatus};
+
+/// SQL expression that makes every later statement of the transaction plan for its own
+/// parameters and the tables' current sizes (see
+/// [`crate::daemon::DaemonConfig::custom_plans`]).
+pub const CUSTOM_PLANS: &str = "set_config('plan_cache_mode', 'force_custom_plan', true)";
 
 /// The `tracing` target of the event each committed batch emits (at debug level).
 pub const BATCH_TRACE_TARGET: &str = "careboard::projector::batch";
@@ -81,6 +87,16 @@ pub struct ProjectorSettings {
     /// A batch holding no event of its projection moves the checkpoint in one
     /// autocommit statement (see [`crate::daemon::DaemonConfig::lone_checkpoints`]).
     pub lone_checkpoints: bool,
+    /// Each batch transaction plans its statements for their own parameters (see
+    /// [`crate::daemon::DaemonConfig::custom_plans`]).
+    pub custom_plans: bool,
+    /// `board_view`'s live batches open with BEGIN and the settings in one round trip,
+    /// take no transaction id and write headers and appointment rows in one statement
+    /// (see [`crate::daemon::DaemonConfig::fewer_round_trips`]).
+    pub fewer_round_trips: bool,
+    /// Analyze a projection's table each time it doubles while young (see
+    /// [`crate::daemon::DaemonConfig::fresh_statistics`]).
+    pub fresh_statistics: bool,
 }
 
 /// Why the projector stopped.
@@ -255,35 +271,40 @@ impl Projector {
                 .await;
         }
         let at = Instant::now();
+        // With the epoch fence the transaction's first statement holds the epoch lock
+        // shared until it ends, so the checkpoint's fence needs no row lock (see
+        // [`crate::leader::Fence::EpochHeld`]).
+        let hold = matches!(fence, Fence::Epoch(_)) && self.settings.loops;
+        if hold {
+            fence = fence.held();
+        }
+        let first = FirstStatement {
+            hold,
+            async_commit: self.settings.async_commit,
+            custom_plans: self.settings.custom_plans,
+        };
+        // Folded: BEGIN and the transaction's settings in one round trip, and no
+        // transaction id asked for (see `ProjectorSettings::fewer_round_trips`).
+        let folded = self.settings.fewer_round_trips
+            && self.settings.loops
+            && gen.projection == Projection::BoardView
+            && gen.status == GenerationStatus::Live;
         // On the loop's own connection when it keeps one (see `Worker::conn`).
-        let mut tx = match worker.conn.as_mut() {
-            Some(conn) => conn.begin().await?,
-            None => self.pool.begin().await?,
+        let mut tx = match (worker.conn.as_mut(), folded) {
+            (Some(conn), true) => conn.begin_with(first.folded_begin()).await?,
+            (None, true) => self.pool.begin_with(first.folded_begin()).await?,
+            (Some(conn), false) => conn.begin().await?,
+            (None, false) => self.pool.begin().await?,
         };
         // With loops, the others' reads skip this transaction while it runs (it writes
         // no events); its id is taken now, so it is known before its first write.
-        let _own = if self.settings.loops {
-            // One round trip takes the id and, when asked, turns off this transaction's
-            // wait for the WAL flush at commit. Local to the transaction (`true`): the
-            // matcher appends through the same pool, and its appends stay durable.
-            // With the epoch fence it also holds the epoch lock shared until the
-            // transaction ends, so the checkpoint's fence needs no row lock (see
-            // [`crate::leader::Fence::EpochHeld`]).
-            let hold = if matches!(fence, Fence::Epoch(_)) {
-                fence = fence.held();
-                format!(", {EPOCH_HOLD}")
-            } else {
-                String::new()
-            };
-            let sql = if self.settings.async_commit {
-                format!(
-                    "select pg_current_xact_id()::text{hold} \
-                       from (select set_config('synchronous_commit', 'off', true)) as local"
-                )
-            } else {
-                format!("select pg_current_xact_id()::text{hold}")
-            };
-            let xid: String = sqlx::query_scalar(&sql).fetch_one(&mut *tx).await?;
+        let _own = if self.settings.loops && !folded {
+            // One round trip takes the id and makes the transaction's settings: they
+            // are local to it (the matcher appends through the same pool, and its
+            // appends stay durable and planned as usual).
+            let xid: String = sqlx::query_scalar(first.with_transaction_id())
+                .fetch_one(&mut *tx)
+                .await?;
             let xid: u64 = xid.parse()?;
             self.own_xids.lock().expect("own xids").insert(xid);
             Some(OwnXid {
@@ -303,6 +324,7 @@ impl Projector {
             attempts: &worker.attempts,
             snapshot_every: self.settings.snapshot_every,
             batch_end: new_cursor,
+            joined_writes: folded,
         };
         let outcome = match apply_batch(&mut tx, &input).await {
             Ok(o) => o,
@@ -461,30 +483,25 @@ impl Projector {
             name: gen.projection.name(),
             generation: gen.generation,
         };
-        let moved = match worker.conn.as_mut() {
-            Some(conn) => {
-                advance_checkpoint_alone(
-                    &mut **conn,
-                    checkpoint,
-                    gen.cursor,
-                    new_cursor,
-                    fence,
-                    self.settings.async_commit,
-                )
-                .await?
-            }
+        // The loop's own connection when it keeps one (see `Worker::conn`), else one
+        // from the pool for this statement: one call either way.
+        let mut pooled;
+        let conn: &mut PgConnection = match worker.conn.as_mut() {
+            Some(conn) => conn,
             None => {
-                advance_checkpoint_alone(
-                    &self.pool,
-                    checkpoint,
-                    gen.cursor,
-                    new_cursor,
-                    fence,
-                    self.settings.async_commit,
-                )
-                .await?
+                pooled = self.pool.acquire().await?;
+                &mut pooled
             }
         };
+        let moved = advance_checkpoint_alone(
+            conn,
+            checkpoint,
+            gen.cursor,
+            new_cursor,
+            fence,
+            self.settings.async_commit,
+        )
+        .await?;
         if !moved {
             return Ok(Step::Rejected);
         }
@@ -499,6 +516,71 @@ impl Projector {
         self.metrics.batch_applied(gen.projection.name(), events, 0);
         worker.gen.cursor = new_cursor;
         Ok(Step::Applied)
+    }
+}
+
+/// What a batch transaction's first statement does besides its own work, all of it
+/// local to the transaction: hold the epoch lock shared ([`EPOCH_HOLD`]), commit
+/// without waiting for the WAL flush, plan each later statement for its own parameters.
+#[derive(Debug, Clone, Copy)]
+struct FirstStatement {
+    hold: bool,
+    async_commit: bool,
+    custom_plans: bool,
+}
+
+impl FirstStatement {
+    fn index(self) -> usize {
+        usize::from(self.hold)
+            | usize::from(self.async_commit) << 1
+            | usize::from(self.custom_plans) << 2
+    }
+
+    /// `set_config(…, true)` calls for the transaction's settings, as a one-row
+    /// subquery to select from (volatile, so it runs whatever the outer query reads).
+    fn settings(self) -> String {
+        let mut settings = Vec::new();
+        if self.async_commit {
+            settings.push("set_config('synchronous_commit', 'off', true)");
+        }
+        if self.custom_plans {
+            // A generic plan made while a table was nearly empty (a fresh database)
+            // stays a scan as the table grows until the next analyze; a custom plan
+            // is made from the parameters and the table's current size every time.
+            settings.push(CUSTOM_PLANS);
+        }
+        if settings.is_empty() {
+            String::new()
+        } else {
+            format!(" from (select {}) as local", settings.join(", "))
+        }
+    }
+
+    /// The statement that takes the transaction id (as text) and makes the settings.
+    fn with_transaction_id(self) -> &'static str {
+        static SQL: [OnceLock<String>; 8] = [const { OnceLock::new() }; 8];
+        SQL[self.index()].get_or_init(|| {
+            let hold = if self.hold {
+                format!(", {EPOCH_HOLD}")
+            } else {
+                String::new()
+            };
+            format!("select pg_current_xact_id()::text{hold}{}", self.settings())
+        })
+    }
+
+    /// BEGIN and the settings in one simple query (one round trip; nothing it
+    /// returns is needed).
+    fn folded_begin(self) -> &'static str {
+        static SQL: [OnceLock<String>; 8] = [const { OnceLock::new() }; 8];
+        SQL[self.index()].get_or_init(|| {
+            let settings = self.settings();
+            if !self.hold && settings.is_empty() {
+                return "begin".to_string();
+            }
+            let hold = if self.hold { EPOCH_HOLD } else { "true" };
+            format!("begin; select {hold}{settings}")
+        })
     }
 }
 

@@ -204,6 +204,25 @@ async fn fresh_fold(pool: &PgPool, board: Uuid) -> BoardDoc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_event_is_skipped_or_applied_twice_under_concurrent_writers_rollbacks_and_long_transactions(
 ) {
+    concurrent_writers_rollbacks_and_long_transactions(config()).await;
+}
+
+/// The same with the tables analyzed as they double, custom plans and `board_view`'s
+/// batches in fewer round trips (its transactions' ids unregistered, headers and
+/// appointment rows in one statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_event_is_skipped_or_applied_twice_with_fresh_statistics_custom_plans_and_fewer_round_trips(
+) {
+    concurrent_writers_rollbacks_and_long_transactions(DaemonConfig {
+        fresh_statistics: true,
+        custom_plans: true,
+        fewer_round_trips: true,
+        ..config()
+    })
+    .await;
+}
+
+async fn concurrent_writers_rollbacks_and_long_transactions(config: DaemonConfig) {
     let pool = helpers::fresh_database().await;
     let store = helpers::store(&pool);
     let projector = start_projector(
@@ -211,7 +230,7 @@ async fn no_event_is_skipped_or_applied_twice_under_concurrent_writers_rollbacks
         &store,
         DaemonConfig {
             batch_size: 7,
-            ..config()
+            ..config
         },
     );
     let boards = open_boards(&store, "Board", 8).await;
@@ -1463,4 +1482,202 @@ async fn a_batch_with_no_event_of_its_projection_moves_the_checkpoint_alone_and_
         count("begin"),
         count("batch")
     );
+}
+
+/// The name of the statement `conn` prepared for a query containing `fragment`.
+async fn prepared_name(conn: &mut sqlx::PgConnection, fragment: &str) -> String {
+    sqlx::query_scalar("select name from pg_prepared_statements where statement like $1")
+        .bind(format!("%{fragment}%"))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("the statement was prepared")
+}
+
+/// The plan of `execute {name}({args})` on `conn`, as JSON text.
+async fn plan_of(conn: &mut sqlx::PgConnection, name: &str, args: &str) -> String {
+    let plan: serde_json::Value =
+        sqlx::query_scalar(&format!("explain (format json) execute {name}({args})"))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    plan.to_string()
+}
+
+/// A fresh deployment: the projection tables have no statistics, and PostgreSQL
+/// switches each prepared statement to a generic plan after five executions, kept
+/// until the table is next analyzed. Planned while the tables were nearly empty,
+/// `board_view`'s locked read of the appointments a batch touched walks every row of
+/// each Board, and `appointment_durations`' read every row of the generation. Once the
+/// projector has analyzed the tables that doubled (as the server's login, which does
+/// not own them), both are primary-key lookups; with custom plans alone the Board read
+/// still walks the Board.
+#[tokio::test]
+async fn young_projection_tables_analyzed_as_they_double_give_the_locked_reads_key_lookups() {
+    let owner = helpers::fresh_database().await;
+    let server = helpers::server_pool(&owner).await;
+    let mut conn = server.acquire().await.unwrap();
+    let board = |i: i64| Uuid::from_u128(i as u128 + 1);
+    let grow = |from: i64, to: i64| {
+        sqlx::query(
+            "with a as (insert into board_view_appointments \
+                          (generation, board_id, id, applied, doc, board_version) \
+                        select 1, ('00000000-0000-0000-0000-' || lpad(to_hex(i % 50 + 1), 12, '0'))::uuid, \
+                               gen_random_uuid(), 1, jsonb_build_object('pad', repeat('x', 800)), i \
+                          from generate_series($1::bigint, $2) as i) \
+             insert into appointment_durations (generation, appointment_id, version, doc) \
+             select 1, gen_random_uuid(), 1, jsonb_build_object('pad', repeat('x', 800)) \
+               from generate_series($1::bigint, $2)",
+        )
+        .bind(from)
+        .bind(to)
+    };
+    sqlx::query(
+        "insert into board_view (generation, id, version, position, doc) \
+         select 1, ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, 1, 1, '{}' \
+           from generate_series(1, 50) as i",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    grow(1, 5).execute(&mut *conn).await.unwrap();
+    for _ in 0..7 {
+        Projection::BoardView
+            .load_docs(
+                &mut conn,
+                1,
+                &[board(0), board(1)],
+                Some(&[Uuid::new_v4()][..]),
+            )
+            .await
+            .unwrap();
+        Projection::AppointmentDurations
+            .load_docs(&mut conn, 1, &[Uuid::new_v4(), Uuid::new_v4()], None)
+            .await
+            .unwrap();
+    }
+    grow(6, 6000).execute(&mut *conn).await.unwrap();
+    let boards = prepared_name(&mut conn, "for update of v").await;
+    let durations = prepared_name(&mut conn, "from appointment_durations where generation").await;
+    let board_args = format!(
+        "1, '{{{},{}}}', '{{{}}}'",
+        board(0),
+        board(1),
+        Uuid::new_v4()
+    );
+    let duration_args = format!("1, '{{{},{}}}'", Uuid::new_v4(), Uuid::new_v4());
+    let by_key = |plan: &str, index: &str| plan.contains(index) && plan.contains("Index Cond");
+    let plan = plan_of(&mut conn, &boards, &board_args).await;
+    assert!(
+        !by_key(&plan, "board_view_appointments_pkey"),
+        "without statistics the Board read walks the Board: {plan}"
+    );
+    let plan = plan_of(&mut conn, &durations, &duration_args).await;
+    assert!(
+        !plan.contains("appointment_durations_pkey"),
+        "the generic plan made on a near-empty table scans: {plan}"
+    );
+    // Custom plans alone: the Board read still walks the Board.
+    sqlx::query("begin").execute(&mut *conn).await.unwrap();
+    sqlx::query(&format!("select {}", careboard::projector::CUSTOM_PLANS))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan = plan_of(&mut conn, &boards, &board_args).await;
+    sqlx::query("rollback").execute(&mut *conn).await.unwrap();
+    assert!(
+        !by_key(&plan, "board_view_appointments_pkey"),
+        "a custom plan without statistics still walks the Board: {plan}"
+    );
+    // The projector's check finds both tables doubled (from no statistics at all) and
+    // analyzes them as the server's login.
+    // (The inserting backend reports its row counts within seconds; this hurries it.)
+    let _ = sqlx::query("select pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await;
+    wait_for("the tables' row counts", Duration::from_secs(15), || {
+        let server = server.clone();
+        async move {
+            careboard::projector::statistics::doubled(&server)
+                .await
+                .unwrap()
+                .len()
+                >= 2
+        }
+    })
+    .await;
+    let mut doubled = careboard::projector::statistics::doubled(&server)
+        .await
+        .unwrap();
+    doubled.sort();
+    assert_eq!(
+        doubled,
+        ["appointment_durations", "board_view_appointments"]
+    );
+    for table in &doubled {
+        careboard::projector::statistics::analyze(&server, table)
+            .await
+            .unwrap();
+    }
+    let plan = plan_of(&mut conn, &boards, &board_args).await;
+    assert!(
+        by_key(&plan, "board_view_appointments_pkey"),
+        "with statistics the Board read looks its rows up by key: {plan}"
+    );
+    let plan = plan_of(&mut conn, &durations, &duration_args).await;
+    assert!(
+        by_key(&plan, "appointment_durations_pkey"),
+        "replanned with statistics, the read looks its rows up by key: {plan}"
+    );
+    assert!(
+        careboard::projector::statistics::doubled(&server)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing has doubled since"
+    );
+    // Only projection tables: the function refuses any other.
+    let refused = careboard::projector::statistics::analyze(&server, "events").await;
+    assert!(refused.is_err(), "analyzing another table was refused");
+}
+
+/// The projector itself analyzes a young projection table once it has grown to
+/// [`careboard::projector::statistics::YOUNG_PAGES`] pages without statistics.
+#[tokio::test]
+async fn the_projector_analyzes_a_young_projection_table_once_it_has_doubled() {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let projector = start_projector(
+        &pool,
+        &store,
+        DaemonConfig {
+            fresh_statistics: true,
+            ..config()
+        },
+    );
+    let board = open_board(&store, "Young").await;
+    let analyzed = || {
+        let pool = pool.clone();
+        async move {
+            let tuples: f32 = sqlx::query_scalar(
+                "select reltuples from pg_class where relname = 'appointment_durations'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            tuples > 0.0
+        }
+    };
+    assert!(!analyzed().await, "no statistics before");
+    // Well past eight pages of appointment documents.
+    for i in 0..200 {
+        request_appointment(&store, board, &format!("young {i}")).await;
+    }
+    caught_up(&pool).await;
+    wait_for(
+        "appointment_durations analyzed by the projector",
+        Duration::from_secs(30),
+        analyzed,
+    )
+    .await;
+    projector.stop().await.unwrap();
 }
