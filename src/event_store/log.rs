@@ -89,18 +89,9 @@ pub async fn read_after_excluding(
     own: &[u64],
 ) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
     let own: Vec<String> = own.iter().map(u64::to_string).collect();
-    let rows: Vec<CursorRow> = sqlx::query_as(&format!(
-        "with snap as (select pg_current_snapshot() as s), \
-              bound as (select coalesce( \
-                  (select min(x) from pg_snapshot_xip(snap.s) as x \
-                    where x <> all($4::text[]::xid8[])), \
-                  pg_snapshot_xmax(snap.s)) as below from snap) \
-         select e.tx::text as tx, {EVENT_COLUMNS} \
-           from events e join streams s on s.id = e.stream_id \
-          where (e.tx, e.seq) > ($1::text::xid8, $2) \
-            and e.tx < (select below from bound) \
-          order by e.tx, e.seq \
-          limit $3"
+    let rows: Vec<CursorRow> = sqlx::query_as(&read_excluding_sql(
+        EVENT_COLUMNS,
+        "events e join streams s on s.id = e.stream_id",
     ))
     .bind(after.tx_text())
     .bind(after.seq)
@@ -111,6 +102,25 @@ pub async fn read_after_excluding(
     rows.into_iter()
         .map(|r| Ok((Cursor::from_text(&r.tx, r.event.seq)?, r.event)))
         .collect()
+}
+
+/// The text of [`read_after_excluding`]'s read with `columns` (after `tx`) from `from`
+/// (the events as `e`): `$1`/`$2` the cursor's tx and seq, `$3` the limit, `$4` the
+/// reader's own transaction ids, as text. A rebuild reads fewer columns through it.
+pub(crate) fn read_excluding_sql(columns: &str, from: &str) -> String {
+    format!(
+        "with snap as (select pg_current_snapshot() as s), \
+              bound as (select coalesce( \
+                  (select min(x) from pg_snapshot_xip(snap.s) as x \
+                    where x <> all($4::text[]::xid8[])), \
+                  pg_snapshot_xmax(snap.s)) as below from snap) \
+         select e.tx::text as tx, {columns} \
+           from {from} \
+          where (e.tx, e.seq) > ($1::text::xid8, $2) \
+            and e.tx < (select below from bound) \
+          order by e.tx, e.seq \
+          limit $3"
+    )
 }
 
 /// The read cursor of the event at `position` (`None`: no such event), to resume a

@@ -210,6 +210,17 @@ impl Projector {
         self.read_on(None, after, limit).await
     }
 
+    /// The ids of this projector's transactions still running: they write no events,
+    /// so they do not hold its reads of the log back.
+    fn own_xids(&self) -> Vec<u64> {
+        self.own_xids
+            .lock()
+            .expect("own xids")
+            .iter()
+            .copied()
+            .collect()
+    }
+
     /// [`Self::read`] on `conn` when given (a loop's own connection), else on the pool.
     async fn read_on(
         &self,
@@ -219,13 +230,7 @@ impl Projector {
     ) -> Result<Arc<Vec<(Cursor, RecordedEvent)>>, sqlx::Error> {
         let started = Instant::now();
         let rows = if self.settings.loops {
-            let own: Vec<u64> = self
-                .own_xids
-                .lock()
-                .expect("own xids")
-                .iter()
-                .copied()
-                .collect();
+            let own = self.own_xids();
             match conn {
                 Some(conn) => read_after_excluding(conn, after, limit, &own).await?,
                 None => read_after_excluding(&self.pool, after, limit, &own).await?,

@@ -25,7 +25,7 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::Projector;
-use crate::event_store::log::Cursor;
+use crate::event_store::log::{read_excluding_sql, Cursor};
 use crate::event_store::{EventData, RecordedEvent};
 use crate::metrics::ProjectorStage;
 
@@ -80,18 +80,9 @@ pub async fn read_for_fold_joined(
     own: &[u64],
 ) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
     let own: Vec<String> = own.iter().map(u64::to_string).collect();
-    let rows: Vec<FoldRow> = sqlx::query_as(&format!(
-        "with snap as (select pg_current_snapshot() as s), \
-              bound as (select coalesce( \
-                  (select min(x) from pg_snapshot_xip(snap.s) as x \
-                    where x <> all($4::text[]::xid8[])), \
-                  pg_snapshot_xmax(snap.s)) as below from snap) \
-         select e.tx::text as tx, {FOLD_COLUMNS} \
-           from events e join streams s on s.id = e.stream_id \
-          where (e.tx, e.seq) > ($1::text::xid8, $2) \
-            and e.tx < (select below from bound) \
-          order by e.tx, e.seq \
-          limit $3"
+    let rows: Vec<FoldRow> = sqlx::query_as(&read_excluding_sql(
+        FOLD_COLUMNS,
+        "events e join streams s on s.id = e.stream_id",
     ))
     .bind(after.tx_text())
     .bind(after.seq)
@@ -128,20 +119,10 @@ pub async fn read_for_fold(
     own: &[u64],
 ) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
     let own: Vec<String> = own.iter().map(u64::to_string).collect();
-    let rows: Vec<EventRow> = sqlx::query_as(
-        "with snap as (select pg_current_snapshot() as s), \
-              bound as (select coalesce( \
-                  (select min(x) from pg_snapshot_xip(snap.s) as x \
-                    where x <> all($4::text[]::xid8[])), \
-                  pg_snapshot_xmax(snap.s)) as below from snap) \
-         select e.tx::text as tx, e.seq, e.id, e.stream_id, e.version, \
-                e.type as event_type, e.data, e.recorded_at \
-           from events e \
-          where (e.tx, e.seq) > ($1::text::xid8, $2) \
-            and e.tx < (select below from bound) \
-          order by e.tx, e.seq \
-          limit $3",
-    )
+    let rows: Vec<EventRow> = sqlx::query_as(&read_excluding_sql(
+        "e.seq, e.id, e.stream_id, e.version, e.type as event_type, e.data, e.recorded_at",
+        "events e",
+    ))
     .bind(after.tx_text())
     .bind(after.seq)
     .bind(limit)
@@ -205,13 +186,7 @@ impl Projector {
             return self.read(after, limit).await;
         }
         let started = Instant::now();
-        let own: Vec<u64> = self
-            .own_xids
-            .lock()
-            .expect("own xids")
-            .iter()
-            .copied()
-            .collect();
+        let own = self.own_xids();
         let rows = match read {
             RebuildRead::Lean => read_for_fold_joined(&self.pool, after, limit, &own).await?,
             _ => read_for_fold(&self.pool, after, limit, &own).await?,
