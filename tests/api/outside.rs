@@ -267,17 +267,7 @@ async fn a_patients_name_shown_in_event_metadata_leaves_an_access_record() {
     let app = TestApp::spawn().await;
     let board = app.open_board("Pediatrics TX").await;
     let patient = app.token(Who::patient("p-meta").name("Quinn Metadata"));
-    let requested = app
-        .data_as(
-            &patient,
-            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id } } }",
-            json!({"i": {"boardId": board, "patientName": "Quinn Metadata", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
-        )
-        .await;
-    let appointment = requested["requestAppointment"]["appointment"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let appointment = requested_by(&app, &patient, &board, "Quinn Metadata").await;
     let coordinator = app.token(Who::coordinator().subject("coordinator-meta"));
     let read = app
         .data_as(
@@ -290,27 +280,14 @@ async fn a_patients_name_shown_in_event_metadata_leaves_an_access_record() {
         read.to_string().contains("Quinn Metadata"),
         "the coordinator sees who acted: {read}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = app
-            .data(
-                "query($s: String) { accessLog(subject: $s) { edges { node { operation disclosed } } } }",
-                json!({"s": "coordinator-meta"}),
-            )
-            .await;
-        let records = log["accessLog"]["edges"].as_array().unwrap().clone();
-        if records.iter().any(|r| {
-            r["node"]["operation"] == "events"
-                && r["node"]["disclosed"].to_string().contains(&appointment)
-        }) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access record for the patient shown in metadata: {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_a_record(
+        &app,
+        &app.admin_token,
+        "query($s: String) { accessLog(subject: $s) { edges { node { operation disclosed } } } }",
+        json!({"s": "coordinator-meta"}),
+        |r| r["operation"] == "events" && r["disclosed"].to_string().contains(&appointment),
+    )
+    .await;
 }
 
 /// Found from outside: a coordinator shown who cancelled (the patient, in the event's
@@ -323,17 +300,7 @@ async fn a_patient_who_acted_is_named_in_the_record_of_who_saw_it_even_without_a
     let app = TestApp::spawn().await;
     let board = app.open_board("Pediatrics TX").await;
     let patient = app.token(Who::patient("p-cancels").name("Rowan Cancels"));
-    let requested = app
-        .data_as(
-            &patient,
-            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id } } }",
-            json!({"i": {"boardId": board, "patientName": "Rowan Cancels", "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
-        )
-        .await;
-    let appointment = requested["requestAppointment"]["appointment"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let appointment = requested_by(&app, &patient, &board, "Rowan Cancels").await;
     app.data_as(
         &patient,
         "mutation($i: CancelAppointmentInput!) { cancelAppointment(input: $i) { version } }",
@@ -371,24 +338,56 @@ async fn a_patient_who_acted_is_named_in_the_record_of_who_saw_it_even_without_a
         .clone();
     assert_eq!(cancelled["node"]["metadata"]["actorPatientId"], "p-cancels");
     assert_eq!(cancelled["node"]["metadata"]["actorName"], "Rowan Cancels");
+    // The patient's own log shows the coordinator's read of who cancelled.
+    eventually_a_record(
+        &app,
+        &patient,
+        "{ myAccessLog(first: 100) { edges { node { subject operation disclosed } } } }",
+        json!({}),
+        |r| r["operation"] == "events" && r["subject"] == "coordinator-cancel",
+    )
+    .await;
+}
+
+/// A patient's appointment request on `board`, made as that patient; its id.
+async fn requested_by(app: &TestApp, patient: &str, board: &str, name: &str) -> String {
+    let requested = app
+        .data_as(
+            patient,
+            "mutation($i: RequestAppointmentInput!) { requestAppointment(input: $i) { appointment { id } } }",
+            json!({"i": {"boardId": board, "patientName": name, "specialty": "pediatrics", "region": "TX", "reason": "cough"}}),
+        )
+        .await;
+    requested["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Reads an access log (`query`, as `token`, whose one field is a connection) until a
+/// record matches `found`: records are written after the response that made them.
+async fn eventually_a_record(
+    app: &TestApp,
+    token: &str,
+    query: &str,
+    variables: Value,
+    found: impl Fn(&Value) -> bool,
+) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let log = app
-            .data_as(
-                &patient,
-                "{ myAccessLog(first: 100) { edges { node { subject operation disclosed } } } }",
-                json!({}),
-            )
-            .await;
-        let records = log["myAccessLog"]["edges"].as_array().unwrap().clone();
-        if records.iter().any(|r| {
-            r["node"]["operation"] == "events" && r["node"]["subject"] == "coordinator-cancel"
-        }) {
-            break;
+        let log = app.data_as(token, query, variables.clone()).await;
+        let connection = log.as_object().and_then(|o| o.values().next()).unwrap();
+        if connection["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|edge| found(&edge["node"]))
+        {
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the patient's own log shows the coordinator's read of who cancelled: {log}"
+            "no such access record: {log}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
