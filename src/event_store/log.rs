@@ -88,9 +88,21 @@ pub async fn read_after_excluding(
     limit: i64,
     own: &[u64],
 ) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
+    read_after_excluding_columns(conn, EVENT_COLUMNS, after, limit, own).await
+}
+
+/// [`read_after_excluding`] returning `columns` (the event's, joined to its stream as
+/// `s`, in [`EVENT_COLUMNS`]' order and names): a rebuild leaves `metadata` out.
+pub(crate) async fn read_after_excluding_columns(
+    conn: impl PgExecutor<'_>,
+    columns: &str,
+    after: Cursor,
+    limit: i64,
+    own: &[u64],
+) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
     let own: Vec<String> = own.iter().map(u64::to_string).collect();
     let rows: Vec<CursorRow> = sqlx::query_as(&read_excluding_sql(
-        EVENT_COLUMNS,
+        columns,
         "events e join streams s on s.id = e.stream_id",
     ))
     .bind(after.tx_text())

@@ -25,7 +25,7 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::Projector;
-use crate::event_store::log::{read_excluding_sql, Cursor};
+use crate::event_store::log::{read_after_excluding_columns, read_excluding_sql, Cursor};
 use crate::event_store::{EventData, RecordedEvent};
 use crate::metrics::ProjectorStage;
 
@@ -64,13 +64,6 @@ const FOLD_COLUMNS: &str =
     "e.seq, e.id, e.stream_id, s.type as stream_type, s.board_id, e.version, \
      e.type as event_type, e.data, '{}'::jsonb as metadata, e.recorded_at";
 
-#[derive(sqlx::FromRow)]
-struct FoldRow {
-    tx: String,
-    #[sqlx(flatten)]
-    event: RecordedEvent,
-}
-
 /// [`crate::event_store::log::read_after_excluding`] with only the columns a fold
 /// reads, still joined to the streams (the `lean` read).
 pub async fn read_for_fold_joined(
@@ -79,20 +72,7 @@ pub async fn read_for_fold_joined(
     limit: i64,
     own: &[u64],
 ) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
-    let own: Vec<String> = own.iter().map(u64::to_string).collect();
-    let rows: Vec<FoldRow> = sqlx::query_as(&read_excluding_sql(
-        FOLD_COLUMNS,
-        "events e join streams s on s.id = e.stream_id",
-    ))
-    .bind(after.tx_text())
-    .bind(after.seq)
-    .bind(limit)
-    .bind(&own)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|r| Ok((Cursor::from_text(&r.tx, r.event.seq)?, r.event)))
-        .collect()
+    read_after_excluding_columns(conn, FOLD_COLUMNS, after, limit, own).await
 }
 
 #[derive(sqlx::FromRow)]
