@@ -127,7 +127,8 @@ pub fn state_with(
         limits.ws_frame_bytes,
         limits.ws_parked_frames,
         limits.ws_pass_budget,
-    );
+    )
+    .with_pass_thread(limits.ws_pass_thread);
     metrics.register_frames(frames.metrics());
     let estimator = Estimator::new();
     // One writer task per process, committing access records in groups.

@@ -325,6 +325,20 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub ws_pass_budget: PassBudget,
+    /// Where a group's writer passes run: `worker` (on the runtime's worker threads,
+    /// beside the listener, the projector and the HTTP requests) or `blocking` (each run
+    /// of a pass on tokio's blocking threads, which the kernel schedules beside the
+    /// workers: a pass over many sockets no longer holds a worker while the projector's
+    /// batch or the Board listener's NOTIFY waits for one). Kept selectable for the
+    /// benchmark's before/after rows (`careboard-bench subscribe --latency-variants`).
+    #[arg(
+        long,
+        env = "CAREBOARD_WS_PASS_THREAD",
+        value_enum,
+        default_value = "worker",
+        hide = true
+    )]
+    pub ws_pass_thread: PassThread,
     /// How a command's append is planned and sent: `kept` (as `planned`, with open
     /// Boards a request reads kept in memory at their version, checked by the append's
     /// guard), `planned` (the common shape has a statement of its own whose plan is
@@ -368,6 +382,16 @@ pub enum PassBudget {
     Unconstrained,
     /// Inside it: past the budget, writes report busy and sockets are parked.
     Coop,
+}
+
+/// Where a group's writer passes run (`crate::frames`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PassThread {
+    /// On the runtime's worker threads, in the group's task (and the tasks it spawns).
+    #[default]
+    Worker,
+    /// Each run of a pass on tokio's blocking threads, awaited by the group's task.
+    Blocking,
 }
 
 /// Who writes a newer frame to a socket whose task has a frame parked (`crate::frames`).

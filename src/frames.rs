@@ -48,7 +48,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use bytes::Bytes;
 
-pub use crate::config::{FrameBytes, FrameDelivery, ParkedFrames, PassBudget};
+pub use crate::config::{FrameBytes, FrameDelivery, ParkedFrames, PassBudget, PassThread};
 use crate::graphql::access::{Caller, Recipient};
 use crate::graphql::tap::{Disclosed, FrameTap};
 use crate::graphql::CareboardSchema;
@@ -132,16 +132,20 @@ struct HubInner {
     parked: ParkedFrames,
     /// Whether writer passes count their writes against tokio's cooperative budget.
     budget: PassBudget,
+    /// Where writer passes run.
+    thread: PassThread,
 }
 
 /// How a group's writer passes go: sockets per task, the bytes per socket, who writes
-/// a newer frame to a socket with one parked, and the cooperative budget.
+/// a newer frame to a socket with one parked, the cooperative budget, and the threads
+/// the passes run on.
 #[derive(Clone, Copy)]
 struct PassSettings {
     shard: usize,
     bytes: FrameBytes,
     parked: ParkedFrames,
     budget: PassBudget,
+    thread: PassThread,
 }
 
 /// One shared execution. Members hold it; when the last one lets go, the execution
@@ -356,6 +360,7 @@ async fn write_pass(
         bytes,
         parked,
         budget,
+        thread,
     } = settings;
     let slots: Vec<Arc<Slot>> = members.lock().expect("frame members").clone();
     let encoded = Arc::new(match bytes {
@@ -368,6 +373,10 @@ async fn write_pass(
     // if its buffer were full. A pass is synchronous and bounded by its sockets, so it
     // runs outside the budget.
     let run = (parked, budget);
+    if thread == PassThread::Blocking {
+        write_pass_blocking(slots, frame, encoded, metrics, (shard, parked)).await;
+        return;
+    }
     if shard == 0 || slots.len() <= shard {
         write_run_in(run, &slots, frame, &encoded, metrics).await;
         return;
@@ -392,6 +401,52 @@ async fn write_pass(
         // next version.
         let _ = run.await;
     }
+}
+
+/// A writer pass whose runs ([`PassThread::Blocking`]) each go to tokio's blocking
+/// threads: one run of all `slots`, or runs of `shard` when there are more, at once;
+/// returns when every run is done, as [`write_pass`] does. The kernel shares the cores
+/// between those threads and the runtime's workers, so the listener, the projector and
+/// requests are not left waiting for a worker until the pass ends. (A blocking thread
+/// has no cooperative budget: every socket with room is written.)
+async fn write_pass_blocking(
+    slots: Vec<Arc<Slot>>,
+    frame: &Arc<Frame>,
+    encoded: Arc<Encoded>,
+    metrics: &FrameMetrics,
+    (shard, parked): (usize, ParkedFrames),
+) {
+    let slots: Arc<[Arc<Slot>]> = slots.into();
+    let size = if shard == 0 {
+        slots.len().max(1)
+    } else {
+        shard
+    };
+    let runs: Vec<_> = (0..slots.len())
+        .step_by(size)
+        .map(|start| {
+            let (slots, frame, encoded, metrics) = (
+                slots.clone(),
+                frame.clone(),
+                encoded.clone(),
+                metrics.clone(),
+            );
+            off_the_workers(move || {
+                let end = (start + size).min(slots.len());
+                write_run(&slots[start..end], &frame, &encoded, parked, &metrics);
+            })
+        })
+        .collect();
+    for run in runs {
+        // A run that panicked has written what it could; the sockets it missed get the
+        // next version.
+        let _ = run.await;
+    }
+}
+
+/// Runs `job` on tokio's blocking threads (not a runtime worker).
+fn off_the_workers(job: impl FnOnce() + Send + 'static) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(job)
 }
 
 /// [`write_run`], outside tokio's cooperative budget unless `budget` says otherwise.
@@ -515,6 +570,14 @@ impl FrameHub {
             ParkedFrames::Pass,
             PassBudget::Unconstrained,
         )
+    }
+
+    /// This hub with its writer passes run as `thread` says (before any group starts).
+    pub fn with_pass_thread(mut self, thread: PassThread) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("a hub is given its pass threads before it is shared")
+            .thread = thread;
+        self
     }
 
     /// As [`FrameHub::with_write_shard`], each socket's bytes made as `bytes` says, and
@@ -670,6 +733,7 @@ impl FrameHub {
                     bytes: self.inner.bytes,
                     parked: self.inner.parked,
                     budget: self.inner.budget,
+                    thread: self.inner.thread,
                 },
             ),
         ));
@@ -1125,6 +1189,7 @@ mod tests {
                 bytes: FrameBytes::Shared,
                 parked: ParkedFrames::Pass,
                 budget,
+                thread: PassThread::Worker,
             };
             write_pass(&members, &board_frame(1), &metrics, settings).await;
             let (parked, sent) = (metrics.pass_parked.get(), metrics.frames_sent.get());
@@ -1133,6 +1198,118 @@ mod tests {
                 assert_eq!(parked, 0, "every socket had room");
             } else {
                 assert!(parked >= 100, "the earlier path parked {parked} of 300");
+            }
+        }
+    }
+
+    /// A socket end that notes the thread of every write it is offered.
+    struct NotedWrites {
+        inner: tokio::io::DuplexStream,
+        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+    }
+
+    impl tokio::io::AsyncRead for NotedWrites {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for NotedWrites {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// With [`PassThread::Blocking`] every write of a pass is made on tokio's blocking
+    /// threads, never on the runtime's (here a current-thread runtime: the test's own
+    /// thread), in one run or in runs of `shard`; every socket gets the frame, byte for
+    /// byte, none parked. With [`PassThread::Worker`] the same pass writes on the
+    /// runtime's thread (the earlier path, so the first half fails without the change).
+    #[tokio::test]
+    async fn a_pass_on_blocking_threads_writes_every_socket_off_the_runtimes_threads() {
+        use tokio::io::AsyncReadExt;
+        let runtime_thread = std::thread::current().id();
+        for (thread, shard) in [
+            (PassThread::Blocking, 0),
+            (PassThread::Blocking, 100),
+            (PassThread::Worker, 0),
+        ] {
+            let metrics = FrameMetrics::default();
+            let members: Members = Mutex::default();
+            let threads = Arc::new(Mutex::new(Vec::new()));
+            let mut ends = Vec::new();
+            for _ in 0..300 {
+                let (ours, theirs) = tokio::io::duplex(64 * 1024);
+                let noted = NotedWrites {
+                    inner: ours,
+                    threads: threads.clone(),
+                };
+                let (io, out) = crate::ws_out::SocketIo::new(noted);
+                members.lock().unwrap().push(Arc::new(Slot {
+                    id: Arc::from("1"),
+                    legacy: false,
+                    prefix: Bytes::from(envelope_prefix(false, "1")),
+                    out,
+                    state: Mutex::new(SlotState {
+                        last: -1,
+                        parked: None,
+                        in_flight: false,
+                        closed: false,
+                    }),
+                }));
+                ends.push((theirs, io));
+            }
+            let settings = PassSettings {
+                shard,
+                bytes: FrameBytes::Shared,
+                parked: ParkedFrames::Pass,
+                budget: PassBudget::Unconstrained,
+                thread,
+            };
+            let frame = board_frame(7);
+            write_pass(&members, &frame, &metrics, settings).await;
+            let label = format!("{thread:?}, shard {shard}");
+            assert_eq!(metrics.frames_sent.get(), 300, "{label}");
+            assert_eq!(metrics.pass_parked.get(), 0, "{label}");
+            let expected =
+                crate::ws_out::text_frame(&envelope(false, "1", frame.payload.as_deref().unwrap()));
+            for (theirs, _) in &mut ends {
+                let mut got = vec![0u8; expected.len()];
+                theirs.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, &expected[..], "{label}");
+            }
+            let threads = threads.lock().unwrap();
+            assert!(threads.len() >= 300, "{label}");
+            let on_runtime = threads.iter().filter(|t| **t == runtime_thread).count();
+            match thread {
+                PassThread::Blocking => assert_eq!(on_runtime, 0, "{label}"),
+                PassThread::Worker => assert_eq!(on_runtime, threads.len(), "{label}"),
             }
         }
     }

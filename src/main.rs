@@ -24,6 +24,9 @@ fn main() -> Result<()> {
     if let Some(ticks) = event_interval()? {
         runtime.event_interval(ticks);
     }
+    if let Some(workers) = worker_threads()? {
+        runtime.worker_threads(workers);
+    }
     runtime
         .build()?
         .block_on(careboard::cli::run(careboard::config::Cli::parse()))
@@ -42,6 +45,23 @@ fn event_interval() -> Result<Option<u32>> {
             _ => anyhow::bail!(
                 "CAREBOARD_RUNTIME_EVENT_INTERVAL must be a whole number above 0, got {v:?}"
             ),
+        },
+    }
+}
+
+/// `CAREBOARD_RUNTIME_WORKERS`: the runtime's worker threads (tokio's default when unset:
+/// one per core). More workers than cores let the kernel run a waiting task (the Board
+/// listener, the projector's batch) beside a long one (a writer pass over many sockets)
+/// by preempting threads; kept selectable so the benchmark compares it in one run
+/// (`careboard-bench subscribe --latency-variants`).
+fn worker_threads() -> Result<Option<usize>> {
+    match std::env::var("CAREBOARD_RUNTIME_WORKERS") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(workers) if workers > 0 => Ok(Some(workers)),
+            _ => {
+                anyhow::bail!("CAREBOARD_RUNTIME_WORKERS must be a whole number above 0, got {v:?}")
+            }
         },
     }
 }

@@ -29,6 +29,38 @@ mod mixed;
 mod project;
 mod subscribe;
 
+/// One server setting of the one-Board latency rows (`--latency-variants`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LatencyVariant {
+    /// The server's defaults: writer passes on the runtime's workers, in tasks of
+    /// `--write-shard` sockets.
+    Default,
+    /// Each run of a writer pass on tokio's blocking threads, in runs of
+    /// `--write-shard` sockets (`CAREBOARD_WS_PASS_THREAD=blocking`).
+    PassBlocking,
+    /// As `pass-blocking`, one run per pass whatever its sockets.
+    PassBlockingOne,
+    /// Four runtime workers on the machine's cores (`CAREBOARD_RUNTIME_WORKERS=4`).
+    Workers4,
+}
+
+impl LatencyVariant {
+    fn env(self, shard: &str) -> Vec<(&'static str, String)> {
+        match self {
+            LatencyVariant::Default => vec![],
+            LatencyVariant::PassBlocking => vec![
+                ("CAREBOARD_WS_PASS_THREAD", "blocking".into()),
+                ("CAREBOARD_WS_WRITE_SHARD", shard.into()),
+            ],
+            LatencyVariant::PassBlockingOne => vec![
+                ("CAREBOARD_WS_PASS_THREAD", "blocking".into()),
+                ("CAREBOARD_WS_WRITE_SHARD", "0".into()),
+            ],
+            LatencyVariant::Workers4 => vec![("CAREBOARD_RUNTIME_WORKERS", "4".into())],
+        }
+    }
+}
+
 /// One wide saturation row (`--wide-variants`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum WideVariant {
@@ -288,6 +320,13 @@ struct Args {
     /// (`CAREBOARD_RUNTIME_EVENT_INTERVAL`).
     #[arg(long, default_value_t = 7)]
     event_interval: u32,
+    /// More one-Board latency rows, each on a server of its own, in the order given
+    /// (repeat names to alternate them: `default,pass-blocking,pass-blocking,default`):
+    /// `default` (the server's defaults), `pass-blocking` (writer passes on tokio's
+    /// blocking threads, runs of `--write-shard` sockets), `pass-blocking-one` (the
+    /// same, one run per pass), `workers4` (four runtime workers). None: skip.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    latency_variants: Vec<LatencyVariant>,
     /// Idle subscriptions held open to measure memory per subscription.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -859,6 +898,53 @@ async fn main() -> Result<()> {
                 &[("CAREBOARD_RUNTIME_EVENT_INTERVAL", interval.as_str())],
             ),
         ];
+        let shard = args.write_shard.to_string();
+        for (i, variant) in args.latency_variants.iter().enumerate() {
+            let (label, auth) = &auths[auths.len() - 1];
+            let env = variant.env(&shard);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let started = subscribe::Server::start_with(&url, auth, &env).await?;
+            let m = fanout::latency(
+                &started,
+                args.subscribers,
+                1,
+                args.change_rate,
+                args.seconds,
+            )
+            .await?;
+            drop(started);
+            let name = variant
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string());
+            let ms =
+                |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "latency, {name} (row {}): commit to frame p50 {:.2} / p99 {:.2} ms; mutation sent \
+                 to NOTIFY heard p50 {:.2} / p99 {:.2} ms; NOTIFY heard to frame p50 {:.2} / p99 \
+                 {:.2} ms; server used {:.2} cores, the harness {:.2}, {:.0} frames/s",
+                i + 1,
+                ms(&m.latency, 0.5),
+                ms(&m.latency, 0.99),
+                ms(&m.to_notify, 0.5),
+                ms(&m.to_notify, 0.99),
+                ms(&m.notify_to_frame, 0.5),
+                ms(&m.notify_to_frame, 0.99),
+                m.server_cores,
+                m.harness_cores,
+                m.frames as f64 / args.seconds as f64
+            );
+            rows.push(Row::unbased(
+                format!(
+                    "subscribe: commit to frame, {} subscribers, {} changes/s (frames/s){label}, {name}, row {}",
+                    args.subscribers,
+                    args.change_rate,
+                    i + 1
+                ),
+                m.frames as f64 / args.seconds as f64,
+                Some(m.latency),
+                m.errors,
+            ));
+        }
         for round in 1..=args.event_interval_rounds {
             for (which, env) in &variants {
                 let (label, auth) = &auths[auths.len() - 1];
