@@ -239,6 +239,24 @@ async fn sharded() -> TestApp {
     .await
 }
 
+/// The same with writer passes on tokio's blocking threads: each socket written by a
+/// run of its own on a thread of its own, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_passes_on_blocking_threads_sharing_subscribers_still_get_only_what_they_may_see() {
+    sharing_and_masking(on_blocking_threads().await).await;
+}
+
+/// A server whose writer passes run on tokio's blocking threads, one socket per run
+/// (the most concurrent those passes get).
+async fn on_blocking_threads() -> TestApp {
+    TestApp::spawn_with(careboard::config::GraphqlLimits {
+        ws_write_shard: 1,
+        ws_pass_thread: careboard::config::PassThread::Blocking,
+        ..Default::default()
+    })
+    .await
+}
+
 async fn sharing_and_masking(app: TestApp) {
     let day = seed(&app).await;
     let (_, p) = app
@@ -383,6 +401,12 @@ async fn with_writer_tasks_every_subscriber_gets_every_version_of_one_execution(
     one_execution_per_version(sharded().await).await;
 }
 
+/// The same with the writer passes on tokio's blocking threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_passes_on_blocking_threads_every_subscriber_gets_every_version_of_one_execution() {
+    one_execution_per_version(on_blocking_threads().await).await;
+}
+
 async fn one_execution_per_version(app: TestApp) {
     let day = seed(&app).await;
     const N: usize = 20;
@@ -513,6 +537,13 @@ async fn with_writer_tasks_shared_frames_strictly_increase_across_a_reconnect_an
     strictly_increasing(sharded().await).await;
 }
 
+/// The same with the writer passes on tokio's blocking threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_passes_on_blocking_threads_frames_strictly_increase_across_a_reconnect_and_a_rebuild()
+{
+    strictly_increasing(on_blocking_threads().await).await;
+}
+
 async fn strictly_increasing(app: TestApp) {
     let day = seed(&app).await;
     let mut first = Raw::open(&app, &app.admin_token.clone()).await;
@@ -583,6 +614,12 @@ async fn a_socket_that_stops_reading_neither_queues_frames_nor_delays_the_others
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_writer_tasks_a_socket_that_stops_reading_neither_queues_nor_delays() {
     slow_socket(sharded().await).await;
+}
+
+/// The same with the writer passes on tokio's blocking threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_passes_on_blocking_threads_a_socket_that_stops_reading_neither_queues_nor_delays() {
+    slow_socket(on_blocking_threads().await).await;
 }
 
 async fn slow_socket(app: TestApp) {
