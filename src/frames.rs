@@ -18,6 +18,8 @@
 //!   replaces an older one there) and its own task writes it when the socket drains.
 //!   A group of more sockets than `--ws-write-shard` (250) splits the pass into tasks of
 //!   that many, run on the runtime's workers at once and awaited before the next frame.
+//!   With [`PassThread::Blocking`] (selectable, off) each run goes to tokio's blocking
+//!   threads instead, so a long pass holds no runtime worker.
 //!   [`FrameDelivery::Socket`] (kept for the benchmark's before/after) wakes every
 //!   socket's task per frame, which splices its own subscription id around the payload.
 //!
