@@ -524,6 +524,9 @@ pub enum RebuildPath {
     /// `lean`, the events read alone and their streams' type and Board looked up once
     /// per stream per batch, instead of joined to every event.
     Unjoined,
+    /// `unjoined`, each batch's Board snapshots written behind it on another
+    /// connection while the next batch is folded and written.
+    Behind,
 }
 
 /// The TOASTed document columns a `board_view` rebuild writes, which migration 0013
@@ -540,6 +543,7 @@ impl RebuildPath {
             RebuildPath::Assembled => "lz4, snapshots put together in the database",
             RebuildPath::Lean => "assembled, the rebuild's own read without metadata",
             RebuildPath::Unjoined => "lean, events read alone, streams looked up per batch",
+            RebuildPath::Behind => "unjoined, Board snapshots written behind each batch",
         }
     }
 
@@ -550,7 +554,8 @@ impl RebuildPath {
             RebuildPath::Lz4
             | RebuildPath::Assembled
             | RebuildPath::Lean
-            | RebuildPath::Unjoined => "lz4",
+            | RebuildPath::Unjoined
+            | RebuildPath::Behind => "lz4",
         }
     }
 
@@ -566,12 +571,16 @@ impl RebuildPath {
         ));
         careboard::snapshots::read_back_boards(!matches!(
             self,
-            RebuildPath::Assembled | RebuildPath::Lean | RebuildPath::Unjoined
+            RebuildPath::Assembled
+                | RebuildPath::Lean
+                | RebuildPath::Unjoined
+                | RebuildPath::Behind
         ));
-        use careboard::projector::rebuild::{select_read, RebuildRead};
+        use careboard::projector::rebuild::{pipeline_snapshots, select_read, RebuildRead};
+        pipeline_snapshots(self == RebuildPath::Behind);
         select_read(match self {
             RebuildPath::Lean => RebuildRead::Lean,
-            RebuildPath::Unjoined => RebuildRead::Unjoined,
+            RebuildPath::Unjoined | RebuildPath::Behind => RebuildRead::Unjoined,
             _ => RebuildRead::Shared,
         });
         for table in DOC_COLUMNS {

@@ -40,6 +40,9 @@ pub struct BatchOutcome {
     pub dead_letters: Vec<DeadLetter>,
     /// Boards whose documents changed, for NOTIFY.
     pub changed_boards: Vec<BoardChanged>,
+    /// Board snapshots due but not written, with `defer_board_snapshots`: the caller
+    /// writes them from the batch's committed rows before its next batch commits.
+    pub board_snapshots: Vec<snapshots::BoardDue>,
 }
 
 /// One batch for one projection generation, and how to treat its events.
@@ -59,6 +62,9 @@ pub struct BatchInput<'a> {
     /// Board headers and appointment rows written by one statement (see
     /// [`crate::projections::store::save_rows_with`]).
     pub joined_writes: bool,
+    /// Board snapshots put together in the database are left to the caller
+    /// ([`BatchOutcome::board_snapshots`]) instead of written in this transaction.
+    pub defer_board_snapshots: bool,
 }
 
 /// Applies the batch to the projection's documents and saves them, in the caller's
@@ -138,14 +144,18 @@ async fn apply_and_save<D: Doc>(
                 at: s.at,
             })
             .collect();
-        snapshots::write_boards(
-            conn,
-            input.projection.version(),
-            input.generation,
-            &boards,
-            input.batch_end,
-        )
-        .await?;
+        if input.defer_board_snapshots {
+            outcome.board_snapshots = boards;
+        } else {
+            snapshots::write_boards(
+                conn,
+                input.projection.version(),
+                input.generation,
+                &boards,
+                input.batch_end,
+            )
+            .await?;
+        }
     } else if !partial.is_empty() {
         let mut whole = input
             .projection
@@ -205,6 +215,7 @@ async fn apply_docs<D: Doc>(
         snapshot_every,
         batch_end: _,
         joined_writes: _,
+        defer_board_snapshots: _,
     } = *input;
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.

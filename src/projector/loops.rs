@@ -260,6 +260,8 @@ async fn run_loop(
                 // Someone else moved the checkpoint, or our lock is gone.
                 ahead = None;
                 if !lease.holds().await {
+                    // Nothing was left behind: this batch waited for the last one's
+                    // snapshots before its checkpoint was refused.
                     return tell(LoopEnd::LostLock);
                 }
                 match state::active_generations(&projector.pool).await {
@@ -285,6 +287,13 @@ async fn run_loop(
                 pause(&projector, &mut stop).await;
             }
         }
+    }
+    // Stopped: the last batch's snapshots, if still being written, are finished first.
+    if let Err(e) = projector
+        .snapshots_written(&mut worker.snapshots_behind)
+        .await
+    {
+        tracing::warn!(projection = key.0.name(), error = %e, "writing Board snapshots failed at shutdown");
     }
 }
 
@@ -354,6 +363,8 @@ impl Projector {
             rows
         };
         let Some((end, _)) = rows.last() else {
+            // Caught up: nothing is left behind for the swap (or a shutdown) to pass.
+            self.snapshots_written(&mut worker.snapshots_behind).await?;
             return Ok(Step::Idle);
         };
         let end = *end;

@@ -330,6 +330,11 @@ impl Projector {
             snapshot_every: self.settings.snapshot_every,
             batch_end: new_cursor,
             joined_writes: folded,
+            // Written behind (see `rebuild::pipeline_snapshots`): a building generation
+            // on a loop, whose worker waits for them before its next commit.
+            defer_board_snapshots: self.settings.loops
+                && gen.status == GenerationStatus::Building
+                && rebuild::snapshots_pipelined(),
         };
         let outcome = match apply_batch(&mut tx, &input).await {
             Ok(o) => o,
@@ -347,6 +352,9 @@ impl Projector {
             }
             Err(BatchError::Database(e)) => return Err(e.into()),
         };
+        // The previous batch's snapshots, written meanwhile, before this one commits
+        // (their wait counts in the apply's stage).
+        self.snapshots_written(&mut worker.snapshots_behind).await?;
         let at = stage(ProjectorStage::Apply, at);
         if let Some(stall) = self.faults.stall(gen.projection) {
             tokio::time::sleep(stall).await;
@@ -427,6 +435,14 @@ impl Projector {
         }
         tx.commit().await?;
         stage(ProjectorStage::Commit, at);
+        if !outcome.board_snapshots.is_empty() {
+            self.write_snapshots_behind(
+                worker,
+                gen.projection.version(),
+                outcome.board_snapshots,
+                new_cursor,
+            );
+        }
         self.metrics
             .projector_stage(ProjectorStage::Batch, started.elapsed());
         trace_batch(
@@ -482,6 +498,7 @@ impl Projector {
                 return Ok(Step::Crashed(point));
             }
         }
+        self.snapshots_written(&mut worker.snapshots_behind).await?;
         let gen = &worker.gen;
         let at = Instant::now();
         let checkpoint = Checkpoint::Projection {
@@ -639,6 +656,9 @@ struct Worker {
     /// to hand the connection back after each statement. Dropped after an error, taken
     /// again at the next batch.
     conn: Option<PoolConnection<Postgres>>,
+    /// The last batch's Board snapshots, still being written (a building generation's,
+    /// see [`rebuild::pipeline_snapshots`]): the worker's next commit waits for them.
+    snapshots_behind: Option<rebuild::SnapshotsBehind>,
 }
 
 impl Worker {
@@ -651,6 +671,7 @@ impl Worker {
             last_batch_full: false,
             read_started: Instant::now(),
             conn: None,
+            snapshots_behind: None,
         }
     }
 

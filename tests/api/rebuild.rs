@@ -216,6 +216,9 @@ struct Earlier {
     /// The log read as the live loops read it (`Shared`), or joined to the streams
     /// without `metadata` (`Lean`); `None`: the current read.
     read: Option<RebuildRead>,
+    /// Not an earlier path, the other one selectable: Board snapshots written behind
+    /// each batch, on another connection, from its committed rows.
+    behind: bool,
 }
 
 impl Earlier {
@@ -223,6 +226,7 @@ impl Earlier {
         fold: true,
         snapshots: true,
         read: Some(RebuildRead::Shared),
+        behind: false,
     };
 
     fn select(self) {
@@ -230,6 +234,7 @@ impl Earlier {
         board_view::fold_board_by_copy(self.fold);
         careboard::snapshots::read_back_boards(self.snapshots);
         select_read(self.read.unwrap_or(RebuildRead::Unjoined));
+        careboard::projector::rebuild::pipeline_snapshots(self.behind);
     }
 }
 
@@ -335,12 +340,23 @@ async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_
         },
     )
     .await;
+    // Board snapshots written behind each batch, from its committed rows.
+    let behind = rebuild(
+        &pool,
+        &store,
+        Earlier {
+            behind: true,
+            ..Earlier::default()
+        },
+    )
+    .await;
     for other in [
         &current,
         &read_back,
         &earlier_fold,
         &shared_read,
         &lean_read,
+        &behind,
     ] {
         assert_eq!(earlier.len(), other.len());
         for (a, b) in earlier.iter().zip(other) {
