@@ -224,6 +224,9 @@ pub enum Schedule {
     Folded,
     /// `Analyzed` and `Folded` together.
     AnalyzedFolded,
+    /// `Analyzed` with a `board_view` batch of appointment events writing only the
+    /// Board header's counters, as columns (`DaemonConfig::header_counters`).
+    Counters,
 }
 
 /// The follower pace of [`Schedule::Relaxed`].
@@ -250,6 +253,7 @@ impl Schedule {
             Schedule::AnalyzedFolded => {
                 "lone, tables analyzed, board_view in two round trips fewer"
             }
+            Schedule::Counters => "analyzed, Board headers' counters written alone",
         }
     }
 }
@@ -268,6 +272,7 @@ fn start_projector_with(
         custom_plans: false,
         fewer_round_trips: false,
         fresh_statistics: false,
+        header_counters: false,
         ..tuned.clone()
     };
     let config = match schedule {
@@ -327,9 +332,20 @@ fn start_projector_with(
                 fresh_statistics: matches!(schedule, Schedule::Analyzed | Schedule::AnalyzedFolded),
                 custom_plans: schedule == Schedule::Custom,
                 fewer_round_trips: matches!(schedule, Schedule::Folded | Schedule::AnalyzedFolded),
+                header_counters: false,
                 ..tuned
             }
         }
+        Schedule::Counters => DaemonConfig {
+            epoch_fence: true,
+            fused_statements: false,
+            lone_checkpoints: true,
+            fresh_statistics: true,
+            custom_plans: false,
+            fewer_round_trips: false,
+            header_counters: true,
+            ..tuned
+        },
     };
     Daemon::new(
         pool.clone(),
@@ -1020,6 +1036,8 @@ pub fn statement_label(query: &str) -> &'static str {
         "board_view: appointment rows written"
     } else if has("insert into board_view ") || has("insert into board_view(") {
         "board_view: Board header written"
+    } else if has("update board_view v set version") {
+        "board_view: Board header's counters written"
     } else if has("board_view_appointments") || has("from board_view") {
         "board_view: documents read"
     } else if has("insert into appointment_view") {
