@@ -38,7 +38,12 @@ select generation, id, date, specialty, region, status, version, position,
 drop table board_view;
 alter table board_view_counted rename to board_view;
 alter index board_view_counted_pkey rename to board_view_pkey;
-create index board_view_listing_idx on board_view (generation, date, id);
+-- The listing index holds only Boards with a date (every filter of the `boards` list
+-- and of its dates says so): unrestricted, it was the planner's pick for the
+-- projector's locked read of a batch's headers (`generation = $1 and id = any($2)`),
+-- which then tested the ids on every header of the generation instead of looking each
+-- up by primary key.
+create index board_view_listing_idx on board_view (generation, date, id) where date is not null;
 
 grant select, insert, update, delete on board_view to careboard_app;
 

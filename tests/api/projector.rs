@@ -1628,6 +1628,13 @@ async fn young_projection_tables_analyzed_as_they_double_give_the_locked_reads_k
         by_key(&plan, "appointment_durations_pkey"),
         "replanned with statistics, the read looks its rows up by key: {plan}"
     );
+    // The headers are looked up by key too, not by the listing index with the ids a
+    // condition tested on every header of the generation.
+    let plan = plan_of(&mut conn, &boards, &board_args).await;
+    assert!(
+        by_key(&plan, "board_view_pkey") && !plan.contains("board_view_listing_idx"),
+        "the Board headers are read by key: {plan}"
+    );
     assert!(
         careboard::projector::statistics::doubled(&server)
             .await
