@@ -120,20 +120,26 @@ pub async fn write_boards(
     let ids: Vec<Uuid> = boards.iter().map(|b| b.id).collect();
     let versions: Vec<i64> = boards.iter().map(|b| b.version).collect();
     let ats: Vec<DateTime<Utc>> = boards.iter().map(|b| b.at).collect();
+    // The header's counters come from this batch (its document may hold older ones:
+    // a batch of appointment events writes them as columns only), the time as the
+    // document serialises it.
+    let ats_json: Vec<sqlx::types::Json<DateTime<Utc>>> =
+        boards.iter().map(|b| sqlx::types::Json(b.at)).collect();
     // `appointments` is added only when a row holds an appointment, and `applied`
     // only when there are rows, as the merge in the process does; a key the header
     // holds as something other than an object is replaced, as there.
     sqlx::query(
         "insert into snapshots (kind, id, fold_version, version, max_recorded_at, tx, seq, doc) \
          select 'board', s.id, $2, s.version, s.at, $6::text::xid8, $7, \
-                v.doc \
+                v.doc || jsonb_build_object('version', s.version, 'position', v.position, \
+                                            'maxRecordedAt', s.at_json) \
                 || case when x.docs is null then '{}'::jsonb else jsonb_build_object('appointments', \
                      case when jsonb_typeof(v.doc->'appointments') = 'object' then v.doc->'appointments' \
                           else '{}'::jsonb end || x.docs) end \
                 || case when x.applied is null then '{}'::jsonb else jsonb_build_object('applied', \
                      case when jsonb_typeof(v.doc->'applied') = 'object' then v.doc->'applied' \
                           else '{}'::jsonb end || x.applied) end \
-           from unnest($3::uuid[], $4::bigint[], $5::timestamptz[]) s(id, version, at) \
+           from unnest($3::uuid[], $4::bigint[], $5::timestamptz[], $8::jsonb[]) s(id, version, at, at_json) \
            join board_view v on v.generation = $1 and v.id = s.id \
            left join lateral ( \
              select jsonb_object_agg(x.id::text, x.doc) filter (where x.doc is not null) as docs, \
@@ -149,6 +155,7 @@ pub async fn write_boards(
     .bind(&ats)
     .bind(batch_end.tx_text())
     .bind(batch_end.seq)
+    .bind(&ats_json)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -224,6 +224,23 @@ pub enum Schedule {
     Folded,
     /// `Analyzed` and `Folded` together.
     AnalyzedFolded,
+    /// `Analyzed` with the Board headers' locked read a primary-key lookup (migration
+    /// 0016's listing index holds only dated Boards; every schedule before this one
+    /// gets the earlier, unrestricted listing index back on its database, which the
+    /// planner took for that read).
+    Keyed,
+    /// `Keyed` with a `board_view` batch of appointment events writing only the
+    /// Board header's counters, as columns (`DaemonConfig::header_counters`): the
+    /// defaults.
+    Counters,
+}
+
+impl Schedule {
+    /// Whether the schedule was measured before the headers' read became a key lookup
+    /// (see [`Schedule::Keyed`]).
+    fn unkeyed(self) -> bool {
+        !matches!(self, Schedule::Keyed | Schedule::Counters)
+    }
 }
 
 /// The follower pace of [`Schedule::Relaxed`].
@@ -250,6 +267,8 @@ impl Schedule {
             Schedule::AnalyzedFolded => {
                 "lone, tables analyzed, board_view in two round trips fewer"
             }
+            Schedule::Keyed => "analyzed, Board headers read by key",
+            Schedule::Counters => "analyzed, headers read by key, their counters written alone",
         }
     }
 }
@@ -268,6 +287,7 @@ fn start_projector_with(
         custom_plans: false,
         fewer_round_trips: false,
         fresh_statistics: false,
+        header_counters: false,
         ..tuned.clone()
     };
     let config = match schedule {
@@ -327,9 +347,20 @@ fn start_projector_with(
                 fresh_statistics: matches!(schedule, Schedule::Analyzed | Schedule::AnalyzedFolded),
                 custom_plans: schedule == Schedule::Custom,
                 fewer_round_trips: matches!(schedule, Schedule::Folded | Schedule::AnalyzedFolded),
+                header_counters: false,
                 ..tuned
             }
         }
+        Schedule::Keyed | Schedule::Counters => DaemonConfig {
+            epoch_fence: true,
+            fused_statements: false,
+            lone_checkpoints: true,
+            fresh_statistics: true,
+            custom_plans: false,
+            fewer_round_trips: false,
+            header_counters: schedule == Schedule::Counters,
+            ..tuned
+        },
     };
     Daemon::new(
         pool.clone(),
@@ -811,6 +842,14 @@ pub async fn lag(
     pg_stats: bool,
 ) -> Result<Lag> {
     let store = EventStore::new(pool.clone(), Duration::from_secs(5));
+    if schedule.unkeyed() {
+        // The listing index as it was before migration 0016 (see `Schedule::Keyed`).
+        sqlx::query(
+            "create index board_view_listing_unrestricted on board_view (generation, date, id)",
+        )
+        .execute(pool)
+        .await?;
+    }
     let metrics = Arc::new(Metrics::new());
     let projector = start_projector_with(pool, &store, schedule, metrics.clone());
     let mut boards = Vec::new();
@@ -1029,6 +1068,8 @@ pub fn statement_label(query: &str) -> &'static str {
         "board_view: appointment rows written"
     } else if has("insert into board_view ") || has("insert into board_view(") {
         "board_view: Board header written"
+    } else if has("update board_view v set version") {
+        "board_view: Board header's counters written"
     } else if has("board_view_appointments") || has("from board_view") {
         "board_view: documents read"
     } else if has("insert into appointment_view") {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -20,13 +20,19 @@ pub struct BoardParts {
     pub id: Uuid,
     generation: i32,
     doc: serde_json::Value,
+    /// The header's counters as columns (migration 0016): a batch of appointment
+    /// events writes these and leaves `doc` as it was.
+    version: i64,
+    position: i64,
+    max_recorded_at: Option<DateTime<Utc>>,
     ids: Option<Vec<Uuid>>,
     applied: Option<Vec<i64>>,
     docs: Option<Vec<Option<serde_json::Value>>>,
 }
 
 /// Selects [`BoardParts`] of a `board_view v` row joined with [`board_parts_join`].
-pub const BOARD_PARTS: &str = "v.id, v.generation, v.doc, x.ids, x.applied, x.docs";
+pub const BOARD_PARTS: &str =
+    "v.id, v.generation, v.doc, v.version, v.position, v.max_recorded_at, x.ids, x.applied, x.docs";
 
 /// Gathers a `board_view v` row's appointment rows (those that also pass `filter`,
 /// a condition on `x`, e.g. `and x.id = any($3)`).
@@ -45,6 +51,22 @@ impl BoardParts {
     /// its version under `applied`.
     pub fn into_value(self) -> serde_json::Value {
         let mut doc = self.doc;
+        if let Some(map) = doc.as_object_mut() {
+            let number = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_i64());
+            let version = number(map.get("version")).max(Some(self.version));
+            let position = number(map.get("position")).max(Some(self.position));
+            let recorded = map
+                .get("maxRecordedAt")
+                .and_then(|v| serde_json::from_value::<DateTime<Utc>>(v.clone()).ok());
+            map.insert("version".into(), version.into());
+            map.insert("position".into(), position.into());
+            if let Some(at) = recorded.max(self.max_recorded_at) {
+                map.insert(
+                    "maxRecordedAt".into(),
+                    serde_json::to_value(at).expect("a time serialises"),
+                );
+            }
+        }
         let ids = self.ids.unwrap_or_default();
         let applied = self.applied.unwrap_or_default();
         let docs = self.docs.unwrap_or_default();
@@ -69,6 +91,9 @@ impl BoardParts {
     /// changed.
     fn merge(self, previous: Option<FollowedBoard>) -> anyhow::Result<(FollowedBoard, Refreshed)> {
         let mut doc: BoardDoc = serde_json::from_value(self.doc)?;
+        doc.version = doc.version.max(self.version);
+        doc.position = doc.position.max(self.position);
+        doc.max_recorded_at = doc.max_recorded_at.max(self.max_recorded_at);
         let mut whole = true;
         if let Some(previous) = previous.filter(|f| f.generation == self.generation) {
             legacy::carry_over(&mut doc, previous.doc.appointments, previous.doc.applied);

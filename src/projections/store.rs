@@ -98,6 +98,10 @@ pub enum Row {
         id: Uuid,
         doc: BoardDoc,
         appointments: Vec<Uuid>,
+        /// The stored header's contents are what `doc`'s would be (the batch applied
+        /// only events of `appointments` to a stored document): only its counters
+        /// (version, position, newest recorded time) are written, as columns.
+        counters_only: bool,
     },
     Appointment {
         id: Uuid,
@@ -133,24 +137,33 @@ pub async fn save_rows(
     save_rows_with(conn, generation, rows, false).await
 }
 
-/// The statement that writes Board headers (`$1` generation, `$2`–`$9` the columns).
+/// The statement that writes Board headers whole (`$1` generation, `$2`–`$10` the
+/// columns).
 const BOARD_HEADERS: &str =
-    "insert into board_view (generation, id, date, specialty, region, status, version, position, doc) \
-     select $1, * from unnest($2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::jsonb[]) \
+    "insert into board_view (generation, id, date, specialty, region, status, version, position, doc, max_recorded_at) \
+     select $1, * from unnest($2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::jsonb[], $10::timestamptz[]) \
      on conflict (generation, id) do update set date = excluded.date, specialty = excluded.specialty, \
        region = excluded.region, status = excluded.status, version = excluded.version, \
-       position = excluded.position, doc = excluded.doc";
+       position = excluded.position, doc = excluded.doc, max_recorded_at = excluded.max_recorded_at";
 
-/// The Board headers and their appointment rows in one statement (`$10`–`$14` the
+/// The statement that writes only the counters of Board headers whose contents did not
+/// change (`$1` generation, `$2`–`$5` the Boards and their counters): fixed-width,
+/// unindexed columns, so a heap-only update that leaves the document where it is.
+const BOARD_COUNTERS: &str =
+    "update board_view v set version = c.version, position = c.position, max_recorded_at = c.at \
+       from unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::timestamptz[]) c(id, version, position, at) \
+      where v.generation = $1 and v.id = c.id";
+
+/// The Board headers and their appointment rows in one statement (`$11`–`$15` the
 /// appointment rows' columns): one round trip where there were two.
 const BOARD_HEADERS_AND_APPOINTMENTS: &str =
-    "with headers as (insert into board_view (generation, id, date, specialty, region, status, version, position, doc) \
-       select $1, * from unnest($2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::jsonb[]) \
+    "with headers as (insert into board_view (generation, id, date, specialty, region, status, version, position, doc, max_recorded_at) \
+       select $1, * from unnest($2::uuid[], $3::date[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::jsonb[], $10::timestamptz[]) \
        on conflict (generation, id) do update set date = excluded.date, specialty = excluded.specialty, \
          region = excluded.region, status = excluded.status, version = excluded.version, \
-         position = excluded.position, doc = excluded.doc), \
+         position = excluded.position, doc = excluded.doc, max_recorded_at = excluded.max_recorded_at), \
      appointments as (insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \
-       select $1, * from unnest($10::uuid[], $11::uuid[], $12::bigint[], $13::jsonb[], $14::bigint[]) \
+       select $1, * from unnest($11::uuid[], $12::uuid[], $13::bigint[], $14::jsonb[], $15::bigint[]) \
        on conflict (generation, board_id, id) do update set applied = excluded.applied, \
          doc = excluded.doc, board_version = excluded.board_version) \
      select";
@@ -175,7 +188,8 @@ pub async fn save_rows_with(
                 id,
                 doc,
                 appointments,
-            } => boards.push(*id, doc, appointments),
+                counters_only,
+            } => boards.push(*id, doc, appointments, *counters_only),
             Row::Appointment { id, doc } => views.entry("appointment_view").or_default().push(
                 *id,
                 doc.state.as_ref().map(|a| a.board_id.as_uuid()),
@@ -211,6 +225,7 @@ pub async fn save_rows_with(
         } else {
             query.bind(&boards.headers)
         };
+        let query = query.bind(&boards.recorded);
         let query = if joined {
             let a = &boards.appointments;
             let query = query.bind(&a.board_ids).bind(&a.ids).bind(&a.applied);
@@ -224,6 +239,25 @@ pub async fn save_rows_with(
             query
         };
         query.execute(&mut *conn).await?;
+    }
+    if !boards.counters.ids.is_empty() {
+        let c = &boards.counters;
+        let updated = sqlx::query(BOARD_COUNTERS)
+            .bind(generation)
+            .bind(&c.ids)
+            .bind(&c.versions)
+            .bind(&c.positions)
+            .bind(&c.recorded)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        // Each header was read (locked) by this transaction: one missing is a fault.
+        if updated != c.ids.len() as u64 {
+            return Err(sqlx::Error::Protocol(format!(
+                "board_view: {updated} of {} headers found for their counters",
+                c.ids.len()
+            )));
+        }
     }
     if !joined && !boards.appointments.ids.is_empty() {
         let a = &boards.appointments;
@@ -303,10 +337,22 @@ struct BoardRows<'a> {
     statuses: Vec<Option<String>>,
     versions: Vec<i64>,
     positions: Vec<i64>,
+    recorded: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     /// The headers through `Value` (earlier path) or as they are.
     docs: Vec<Value>,
     headers: Vec<Json<BoardHeader<'a>>>,
+    /// Headers whose contents stay: only their counters are written.
+    counters: CounterRows,
     appointments: AppointmentRows<'a>,
+}
+
+/// The counters of `board_view` headers written alone (see [`Row::Board`]).
+#[derive(Default)]
+struct CounterRows {
+    ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    positions: Vec<i64>,
+    recorded: Vec<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 /// `board_view_appointments` rows.
@@ -323,7 +369,11 @@ struct AppointmentRows<'a> {
 }
 
 impl<'a> BoardRows<'a> {
-    fn push(&mut self, id: Uuid, doc: &'a BoardDoc, appointments: &[Uuid]) {
+    fn push(&mut self, id: Uuid, doc: &'a BoardDoc, appointments: &[Uuid], counters_only: bool) {
+        // A header of the earlier shape holds appointments the batch did not touch:
+        // they move to rows, so the header is written whole.
+        let counters_only =
+            counters_only && doc.appointments.keys().all(|a| appointments.contains(a));
         for a in legacy::appointment_rows(doc, appointments) {
             let Some(applied) = doc.applied.get(a) else {
                 continue;
@@ -339,6 +389,13 @@ impl<'a> BoardRows<'a> {
             }
             self.appointments.board_versions.push(doc.version);
         }
+        if counters_only {
+            self.counters.ids.push(id);
+            self.counters.versions.push(doc.version);
+            self.counters.positions.push(doc.position);
+            self.counters.recorded.push(doc.max_recorded_at);
+            return;
+        }
         let b = doc.board.as_ref();
         self.ids.push(id);
         self.dates.push(b.map(|b| b.date));
@@ -353,6 +410,7 @@ impl<'a> BoardRows<'a> {
         }));
         self.versions.push(doc.version);
         self.positions.push(doc.position);
+        self.recorded.push(doc.max_recorded_at);
         if self.through_value {
             self.docs.push(to_json(&doc.header(appointments)));
         } else {

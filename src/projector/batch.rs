@@ -65,6 +65,9 @@ pub struct BatchInput<'a> {
     /// Board snapshots put together in the database are left to the caller
     /// ([`BatchOutcome::board_snapshots`]) instead of written in this transaction.
     pub defer_board_snapshots: bool,
+    /// A stored Board document whose batch holds only appointment events has only its
+    /// header's counters written (see [`Row::Board`]); off: every header written whole.
+    pub header_counters: bool,
 }
 
 /// Applies the batch to the projection's documents and saves them, in the caller's
@@ -75,29 +78,31 @@ pub async fn apply_batch(
 ) -> Result<BatchOutcome, BatchError> {
     match input.projection {
         Projection::BoardView => {
-            apply_and_save::<BoardDoc>(conn, input, |id, doc, appointments| Row::Board {
-                id,
-                doc,
-                appointments,
+            apply_and_save::<BoardDoc>(conn, input, |id, doc, appointments, counters_only| {
+                Row::Board {
+                    id,
+                    doc,
+                    appointments,
+                    counters_only,
+                }
             })
             .await
         }
         Projection::AppointmentView => {
-            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc, _| Row::Appointment {
-                id,
-                doc,
+            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc, _, _| {
+                Row::Appointment { id, doc }
             })
             .await
         }
         Projection::AppointmentDurations => {
-            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc, _| Row::Durations {
+            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc, _, _| Row::Durations {
                 id,
                 doc,
             })
             .await
         }
         Projection::ProviderShiftView => {
-            apply_and_save::<StreamDoc<Shift>>(conn, input, |id, doc, _| Row::Shift { id, doc })
+            apply_and_save::<StreamDoc<Shift>>(conn, input, |id, doc, _, _| Row::Shift { id, doc })
                 .await
         }
     }
@@ -106,12 +111,14 @@ pub async fn apply_batch(
 async fn apply_and_save<D: Doc>(
     conn: &mut PgConnection,
     input: &BatchInput<'_>,
-    to_row: fn(Uuid, D, Vec<Uuid>) -> Row,
+    to_row: fn(Uuid, D, Vec<Uuid>, bool) -> Row,
 ) -> Result<BatchOutcome, BatchError> {
     let (mut outcome, docs, mut snapshots) = apply_docs::<D>(conn, input).await?;
     let rows: Vec<Row> = docs
         .into_iter()
-        .map(|(id, (doc, appointments))| to_row(id, doc, appointments))
+        .map(|(id, (doc, appointments, counters_only))| {
+            to_row(id, doc, appointments, counters_only)
+        })
         .collect();
     outcome.changed_boards = rows
         .iter()
@@ -196,8 +203,10 @@ struct SnapshotDue {
     doc: Option<serde_json::Value>,
 }
 
-/// Changed documents, each with the appointment streams the batch touched in it.
-type ChangedDocs<D> = BTreeMap<Uuid, (D, Vec<Uuid>)>;
+/// Changed documents, each with the appointment streams the batch touched in it and
+/// whether the batch changed nothing of it but those streams and its counters (a stored
+/// document, only events of those streams applied, none dead-lettered).
+type ChangedDocs<D> = BTreeMap<Uuid, (D, Vec<Uuid>, bool)>;
 
 /// Loads the touched documents (a Board with only the touched appointments), applies
 /// each stream's events in version order (filling any gap from the store, skipping
@@ -216,6 +225,7 @@ async fn apply_docs<D: Doc>(
         batch_end: _,
         joined_writes: _,
         defer_board_snapshots: _,
+        header_counters,
     } = *input;
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.
@@ -249,11 +259,20 @@ async fn apply_docs<D: Doc>(
     let mut snapshots = Vec::new();
     for (doc_id, mut doc_events) in by_doc {
         let appointments = appointment_streams(&doc_events);
+        // Gap fills are earlier events of the same streams, so they keep this true.
+        let only_appointments = header_counters
+            && doc_events
+                .iter()
+                .all(|e| StreamType::parse(&e.stream_type) == Some(StreamType::Appointment));
+        let dead_before = outcome.dead_letters.len();
         doc_events.sort_by_key(|e| (e.stream_id, e.version));
-        let mut doc: D = match stored.remove(&doc_id) {
-            Some(value) => serde_json::from_value(value)
-                .map_err(|e| BatchError::Database(sqlx::Error::Decode(Box::new(e))))?,
-            None => D::default(),
+        let (mut doc, was_stored): (D, bool) = match stored.remove(&doc_id) {
+            Some(value) => (
+                serde_json::from_value(value)
+                    .map_err(|e| BatchError::Database(sqlx::Error::Decode(Box::new(e))))?,
+                true,
+            ),
+            None => (D::default(), false),
         };
         let old_count = doc.count();
         for e in doc_events {
@@ -290,7 +309,9 @@ async fn apply_docs<D: Doc>(
                 });
             }
         }
-        docs.insert(doc_id, (doc, appointments));
+        let counters_only =
+            only_appointments && was_stored && outcome.dead_letters.len() == dead_before;
+        docs.insert(doc_id, (doc, appointments, counters_only));
     }
     Ok((outcome, docs, snapshots))
 }

@@ -97,6 +97,9 @@ pub struct ProjectorSettings {
     /// Analyze a projection's table each time it doubles while young (see
     /// [`crate::daemon::DaemonConfig::fresh_statistics`]).
     pub fresh_statistics: bool,
+    /// A Board batch of appointment events writes only its header's counters (see
+    /// [`crate::daemon::DaemonConfig::header_counters`]).
+    pub header_counters: bool,
 }
 
 /// Why the projector stopped.
@@ -335,6 +338,7 @@ impl Projector {
             defer_board_snapshots: self.settings.loops
                 && gen.status == GenerationStatus::Building
                 && rebuild::snapshots_pipelined(),
+            header_counters: self.settings.header_counters,
         };
         let outcome = match apply_batch(&mut tx, &input).await {
             Ok(o) => o,

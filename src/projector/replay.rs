@@ -44,6 +44,7 @@ pub async fn replay_dead_letters(
                         id,
                         doc,
                         appointments,
+                        counters_only: false,
                     }
                 })
                 .await

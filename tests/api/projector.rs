@@ -1628,6 +1628,13 @@ async fn young_projection_tables_analyzed_as_they_double_give_the_locked_reads_k
         by_key(&plan, "appointment_durations_pkey"),
         "replanned with statistics, the read looks its rows up by key: {plan}"
     );
+    // The headers are looked up by key too, not by the listing index with the ids a
+    // condition tested on every header of the generation.
+    let plan = plan_of(&mut conn, &boards, &board_args).await;
+    assert!(
+        by_key(&plan, "board_view_pkey") && !plan.contains("board_view_listing_idx"),
+        "the Board headers are read by key: {plan}"
+    );
     assert!(
         careboard::projector::statistics::doubled(&server)
             .await
@@ -1679,5 +1686,90 @@ async fn the_projector_analyzes_a_young_projection_table_once_it_has_doubled() {
         analyzed,
     )
     .await;
+    projector.stop().await.unwrap();
+}
+
+/// The stored header of a Board: the version its document holds, and its column's.
+async fn header_versions(pool: &PgPool, board: Uuid) -> (i64, i64) {
+    sqlx::query_as("select (doc->>'version')::bigint, version from board_view where id = $1")
+        .bind(board)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_of_appointment_events_writes_only_the_headers_counters_and_every_reader_sees_the_folded_document(
+) {
+    use careboard::time_travel::{board_doc_as_of, Snapshots};
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let projector = start_projector(
+        &pool,
+        &store,
+        DaemonConfig {
+            header_counters: true,
+            snapshot_every: 2,
+            ..config()
+        },
+    );
+    let board = open_board(&store, "Counters").await;
+    caught_up(&pool).await;
+    let mut snapshots_compared = 0;
+    for i in 0..6 {
+        request_appointment(&store, board, &format!("Counted {i}")).await;
+        caught_up(&pool).await;
+        let fold = serde_json::to_string(&fresh_fold(&pool, board).await).unwrap();
+        // A query's read (whole, then kept and refreshed), the list's, the batch's
+        // locked read, and time travel with and without snapshots: byte for byte the
+        // fold's.
+        let read = serde_json::to_string(&board_doc(&pool, board).await.unwrap()).unwrap();
+        assert_eq!(read, fold, "read after appointment {i}");
+        let listed = read::boards(&pool, &Default::default(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(serde_json::to_string(&listed[0]).unwrap(), fold);
+        let mut tx = pool.begin().await.unwrap();
+        let generation: i32 = sqlx::query_scalar("select generation from board_view where id = $1")
+            .bind(board)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let mut loaded = Projection::BoardView
+            .load_docs(&mut tx, generation, &[board], None)
+            .await
+            .unwrap();
+        let loaded: BoardDoc = serde_json::from_value(loaded.remove(&board).unwrap()).unwrap();
+        assert_eq!(serde_json::to_string(&loaded).unwrap(), fold);
+        drop(tx);
+        let now = chrono::Utc::now();
+        for snapshots in [Snapshots::Use, Snapshots::Ignore] {
+            let past = board_doc_as_of(&pool, board, now, snapshots).await.unwrap();
+            assert_eq!(serde_json::to_string(&past).unwrap(), fold);
+        }
+        // The newest Board snapshot, when it is of this version, is the fold too.
+        let snapshot: Option<serde_json::Value> = sqlx::query_scalar(
+            "select doc from snapshots where kind = 'board' and id = $1 and version = $2",
+        )
+        .bind(board)
+        .bind(i + 2)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(snapshot) = snapshot {
+            let snapshot: BoardDoc = serde_json::from_value(snapshot).unwrap();
+            assert_eq!(serde_json::to_string(&snapshot).unwrap(), fold);
+            snapshots_compared += 1;
+        }
+    }
+    assert!(snapshots_compared >= 2, "Board snapshots were written");
+    // The header's document was not rewritten by the appointments' batches: only its
+    // columns moved.
+    let (in_doc, in_column) = header_versions(&pool, board).await;
+    assert_eq!(in_column, 7);
+    assert!(
+        in_doc < in_column,
+        "the document holds version {in_doc}, the column {in_column}"
+    );
     projector.stop().await.unwrap();
 }
