@@ -245,6 +245,77 @@ impl Extension for FragmentExpansionExtension {
     }
 }
 
+/// Whether `document` selects `__schema` or `__type` anywhere (in any operation or
+/// fragment, at any depth). `__typename` is not introspection of the schema.
+pub fn selects_introspection(document: &async_graphql::parser::types::ExecutableDocument) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, Selection, SelectionSet};
+    let mut sets: Vec<&SelectionSet> = match &document.operations {
+        DocumentOperations::Single(op) => vec![&op.node.selection_set.node],
+        DocumentOperations::Multiple(ops) => {
+            ops.values().map(|op| &op.node.selection_set.node).collect()
+        }
+    };
+    sets.extend(
+        document
+            .fragments
+            .values()
+            .map(|f| &f.node.selection_set.node),
+    );
+    // A stack, not recursion: each selection is visited once, however deep.
+    while let Some(set) = sets.pop() {
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(field) => {
+                    if matches!(field.node.name.node.as_str(), "__schema" | "__type") {
+                        return true;
+                    }
+                    sets.push(&field.node.selection_set.node);
+                }
+                Selection::InlineFragment(fragment) => sets.push(&fragment.node.selection_set.node),
+                // Fragments are walked above, each once.
+                Selection::FragmentSpread(_) => {}
+            }
+        }
+    }
+    false
+}
+
+/// With introspection switched off, refuses a document that selects `__schema` or
+/// `__type` with a VALIDATION error and no data, before it runs. async-graphql's own
+/// switch answers such a document `{"data":{"__schema":null}}` with no error, which a
+/// client cannot tell from an empty schema. One extension on the schema, so HTTP (GET
+/// and POST) and both websocket protocols refuse alike.
+pub struct IntrospectionOff;
+
+impl ExtensionFactory for IntrospectionOff {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(IntrospectionOff)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for IntrospectionOff {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: async_graphql::Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<async_graphql::Request> {
+        if request.query.contains("__") && selects_introspection(request.parsed_query()?) {
+            let mut error = async_graphql::ServerError::new(
+                "introspection is switched off on this server: `__schema` and `__type` are refused (`__typename` answers)",
+                None,
+            );
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", crate::error::ErrorCode::Validation.as_str());
+            return Err(error);
+        }
+        next.run(ctx, request).await
+    }
+}
+
 /// Caps the root fields of one request that run at once (async-graphql resolves the
 /// root fields of a query concurrently, so 999 aliases would otherwise take 999 pool
 /// connections). Each root field holds a permit while it and its children resolve.
@@ -475,6 +546,23 @@ mod tests {
             chain.push_str(&format!(" fragment F{i} on Q {{ a ...F{} }}", i + 1));
         }
         assert!(check_fragment_expansion(&parse(&chain), usize::MAX).is_err());
+    }
+
+    #[test]
+    fn introspection_is_found_through_fragments_but_typename_is_not_introspection() {
+        let parse = |q: &str| async_graphql::parser::parse_query(q).unwrap();
+        assert!(!selects_introspection(&parse(
+            "{ __typename a { __typename } }"
+        )));
+        assert!(selects_introspection(&parse(
+            "{ __schema { types { name } } }"
+        )));
+        assert!(selects_introspection(&parse(
+            "{ a { ... on B { __type(name: \"C\") { name } } } }"
+        )));
+        assert!(selects_introspection(&parse(
+            "query A { a } query B { ...F } fragment F on Q { __schema { queryType { name } } }"
+        )));
     }
 
     #[test]

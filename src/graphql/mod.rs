@@ -107,7 +107,10 @@ fn schema_with_limits(
         limits.max_connections_per_request,
     ));
     if !limits.introspection {
-        builder = builder.disable_introspection();
+        // Refused with an error, not answered with a null schema.
+        builder = builder
+            .extension(crate::limits::IntrospectionOff)
+            .disable_introspection();
     }
     builder.finish()
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{error_code, TestApp, Who, WsClient};
+use crate::helpers::{body_json, error_code, error_message, TestApp, Who, WsClient};
 
 /// A few hundred bytes whose fragments spread the one before them four times over:
 /// spelled out, `levels` fragments make 4^`levels` selections, but every fragment is
@@ -226,23 +226,65 @@ async fn the_graphiql_introspection_query_runs_over_the_websocket_with_the_http_
     }
 }
 
-/// With introspection switched off, the socket shows no schema, as HTTP does not.
+/// With introspection switched off, async-graphql answered `{"data":{"__schema":null}}`
+/// with no error, over HTTP and the socket alike: a client could not tell a refusal from
+/// an empty schema. Now `__schema` and `__type` are refused with a VALIDATION error and
+/// no data, over POST, GET and both websocket protocols; `__typename` still answers.
 #[tokio::test]
-async fn introspection_switched_off_is_refused_over_the_websocket_too() {
+async fn switched_off_introspection_is_refused_with_an_error_everywhere_but_typename_answers() {
     let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
         introspection: false,
         ..Default::default()
     })
     .await;
-    // Over HTTP, the schema is not shown (async-graphql answers a null `__schema`).
-    let http = app.gql(INTROSPECTION, json!({})).await;
-    assert!(http["data"]["__schema"].is_null(), "{http}");
+    let by_type = "{ __type(name: \"Board\") { name } }";
+    let refused = |answer: &Value, how: &str| {
+        assert_eq!(error_code(answer), "VALIDATION", "{how}: {answer:#}");
+        assert!(
+            error_message(answer).contains("introspection is switched off"),
+            "{how}: {answer:#}"
+        );
+        assert!(answer.get("data").is_none(), "{how}: {answer:#}");
+    };
+    for document in [INTROSPECTION, by_type] {
+        refused(&app.gql(document, json!({})).await, "POST");
+        let over_get = body_json(
+            app.http
+                .get(app.url("/graphql"))
+                .header("accept", "application/json")
+                .query(&[("query", document)]),
+        )
+        .await;
+        refused(&over_get, "GET");
+    }
+    let typename = app.data("{ __typename }", json!({})).await;
+    assert_eq!(typename["__typename"], "Query");
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
         let mut ws = WsClient::open(&app, protocol).await;
-        ws.subscribe("i", INTROSPECTION, json!({})).await;
+        for document in [INTROSPECTION, by_type] {
+            ws.subscribe("i", document, json!({})).await;
+            let answer = next_answer(&mut ws).await.expect("an answer");
+            let errors = if answer["type"] == "error" {
+                answer["payload"].clone()
+            } else {
+                answer["payload"]["errors"].clone()
+            };
+            let errors = if errors.is_array() {
+                errors
+            } else {
+                json!([errors])
+            };
+            let answer_without_data = json!({ "errors": errors });
+            refused(&answer_without_data, protocol);
+            assert!(
+                answer["payload"]["data"].is_null(),
+                "{protocol}: {answer:#}"
+            );
+        }
+        ws.subscribe("t", "{ __typename }", json!({})).await;
         let answer = next_answer(&mut ws).await.expect("an answer");
-        assert!(
-            answer["payload"]["data"]["__schema"].is_null() && answer.to_string().len() < 2000,
+        assert_eq!(
+            answer["payload"]["data"]["__typename"], "Query",
             "{protocol}: {answer:#}"
         );
     }
