@@ -218,29 +218,49 @@ pub fn max_expanded_fields(max_complexity: usize) -> usize {
     max_complexity.saturating_mul(4).max(20_000)
 }
 
-/// Applies [`check_fragment_expansion`] to every request a schema runs (over HTTP and
-/// websocket alike) before async-graphql's own checks walk the document.
-pub struct FragmentExpansion(pub usize);
+/// Checks every request a schema runs (over HTTP, GET and POST, and both websocket
+/// protocols alike) before async-graphql's own checks walk the document:
+/// [`check_fragment_expansion`] with `max_expanded_fields`, and, with `introspection_off`,
+/// a document that selects `__schema` or `__type` is refused with a VALIDATION error and
+/// no data. async-graphql's own switch answers such a document
+/// `{"data":{"__schema":null}}` with no error, which a client cannot tell from an empty
+/// schema.
+#[derive(Clone, Copy)]
+pub struct DocumentChecks {
+    pub max_expanded_fields: usize,
+    pub introspection_off: bool,
+}
 
-impl ExtensionFactory for FragmentExpansion {
+impl ExtensionFactory for DocumentChecks {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(FragmentExpansionExtension(self.0))
+        Arc::new(*self)
     }
 }
 
-struct FragmentExpansionExtension(usize);
-
 #[async_trait::async_trait]
-impl Extension for FragmentExpansionExtension {
+impl Extension for DocumentChecks {
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
         mut request: async_graphql::Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<async_graphql::Request> {
+        let introspection_off = self.introspection_off && request.query.contains("__");
         // Parsed once: the schema runs the document parsed here.
-        check_fragment_expansion(request.parsed_query()?, self.0)
+        let document = request.parsed_query()?;
+        check_fragment_expansion(document, self.max_expanded_fields)
             .map_err(|message| async_graphql::ServerError::new(message, None))?;
+        if introspection_off && selects_introspection(document) {
+            let mut error = async_graphql::ServerError::new(
+                "introspection is switched off on this server: `__schema` and `__type` are refused (`__typename` answers)",
+                None,
+            );
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", crate::error::ErrorCode::Validation.as_str());
+            return Err(error);
+        }
         next.run(ctx, request).await
     }
 }
@@ -278,42 +298,6 @@ pub fn selects_introspection(document: &async_graphql::parser::types::Executable
         }
     }
     false
-}
-
-/// With introspection switched off, refuses a document that selects `__schema` or
-/// `__type` with a VALIDATION error and no data, before it runs. async-graphql's own
-/// switch answers such a document `{"data":{"__schema":null}}` with no error, which a
-/// client cannot tell from an empty schema. One extension on the schema, so HTTP (GET
-/// and POST) and both websocket protocols refuse alike.
-pub struct IntrospectionOff;
-
-impl ExtensionFactory for IntrospectionOff {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(IntrospectionOff)
-    }
-}
-
-#[async_trait::async_trait]
-impl Extension for IntrospectionOff {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: async_graphql::Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<async_graphql::Request> {
-        if request.query.contains("__") && selects_introspection(request.parsed_query()?) {
-            let mut error = async_graphql::ServerError::new(
-                "introspection is switched off on this server: `__schema` and `__type` are refused (`__typename` answers)",
-                None,
-            );
-            error
-                .extensions
-                .get_or_insert_with(Default::default)
-                .set("code", crate::error::ErrorCode::Validation.as_str());
-            return Err(error);
-        }
-        next.run(ctx, request).await
-    }
 }
 
 /// Caps the root fields of one request that run at once (async-graphql resolves the

@@ -127,14 +127,7 @@ async fn a_subscription_id_longer_than_the_limit_closes_the_socket() {
         ws.subscribe(&"x".repeat(129), query, json!({"b": board}))
             .await;
         let message = ws.next(REFUSED_WITHIN).await.expect("a close");
-        assert_eq!(message["close"], 4400, "{message}");
-        assert!(
-            message["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("128"),
-            "{message}"
-        );
+        assert_closed(&message, 4400, "128");
     }
 }
 
@@ -149,14 +142,7 @@ async fn a_message_over_the_size_limit_is_refused_with_close_1009() {
         ws.send(json!({"type": "subscribe", "id": "1", "payload": {"query": query}}))
             .await;
         let message = ws.next(REFUSED_WITHIN).await.expect("a close frame");
-        assert_eq!(message["close"], 1009, "{message}");
-        assert!(
-            message["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("limit"),
-            "{message}"
-        );
+        assert_closed(&message, 1009, "limit");
     }
     // The server still answers.
     let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
@@ -209,16 +195,7 @@ async fn the_graphiql_introspection_query_runs_over_the_websocket_with_the_http_
         );
         ws.subscribe("d", &too_deep, json!({})).await;
         let refused = next_answer(&mut ws).await.expect("an answer");
-        let errors = if refused["type"] == "error" {
-            refused["payload"].clone()
-        } else {
-            refused["payload"]["errors"].clone()
-        };
-        let errors = if errors.is_array() {
-            errors
-        } else {
-            json!([errors])
-        };
+        let errors = socket_errors(&refused);
         assert!(
             errors.as_array().is_some_and(|e| !e.is_empty()),
             "{protocol}: {refused:#}"
@@ -264,18 +241,7 @@ async fn switched_off_introspection_is_refused_with_an_error_everywhere_but_type
         for document in [INTROSPECTION, by_type] {
             ws.subscribe("i", document, json!({})).await;
             let answer = next_answer(&mut ws).await.expect("an answer");
-            let errors = if answer["type"] == "error" {
-                answer["payload"].clone()
-            } else {
-                answer["payload"]["errors"].clone()
-            };
-            let errors = if errors.is_array() {
-                errors
-            } else {
-                json!([errors])
-            };
-            let answer_without_data = json!({ "errors": errors });
-            refused(&answer_without_data, protocol);
+            refused(&json!({ "errors": socket_errors(&answer) }), protocol);
             assert!(
                 answer["payload"]["data"].is_null(),
                 "{protocol}: {answer:#}"
@@ -287,6 +253,34 @@ async fn switched_off_introspection_is_refused_with_an_error_everywhere_but_type
             answer["payload"]["data"]["__typename"], "Query",
             "{protocol}: {answer:#}"
         );
+    }
+}
+
+/// Asserts that `message` (from [`WsClient::next`]) is a close frame with `code` and a
+/// reason that contains `reason_part`.
+#[track_caller]
+fn assert_closed(message: &Value, code: u16, reason_part: &str) {
+    assert_eq!(message["close"], code, "{message}");
+    assert!(
+        message["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(reason_part)),
+        "the reason should contain {reason_part:?}: {message}"
+    );
+}
+
+/// The errors of a socket's answer as a list: an `error` message's payload (a list in
+/// graphql-transport-ws, one error in the legacy protocol), else the result's `errors`.
+fn socket_errors(answer: &Value) -> Value {
+    let errors = if answer["type"] == "error" {
+        answer["payload"].clone()
+    } else {
+        answer["payload"]["errors"].clone()
+    };
+    if errors.is_array() {
+        errors
+    } else {
+        json!([errors])
     }
 }
 
@@ -459,7 +453,7 @@ async fn tokens_in_query_strings_are_not_taken_and_oversized_ones_are_refused() 
                 let mut ws = WsClient::from_socket(socket, false);
                 ws.send(json!({"type": "connection_init"})).await;
                 let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
-                assert_eq!(answer["close"], 4403, "?{name}= on the socket: {answer}");
+                assert_closed(&answer, 4403, "");
             }
             Err(e) => panic!("?{name}= on the socket: {e}"),
         }
@@ -484,11 +478,5 @@ async fn tokens_in_query_strings_are_not_taken_and_oversized_ones_are_refused() 
     ws.send(json!({"type": "connection_init", "payload": ws.init_payload()}))
         .await;
     let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
-    assert_eq!(answer["close"], 4403, "{answer}");
-    assert!(
-        answer["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("not a well-formed JWT")),
-        "{answer}"
-    );
+    assert_closed(&answer, 4403, "not a well-formed JWT");
 }
