@@ -467,6 +467,16 @@ pub struct IdentityArgs {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[arg(long, env = "CAREBOARD_TOKEN_LEEWAY_SECS", default_value_t = 30)]
     pub token_leeway_secs: u64,
+    /// Which header `typ` a token may carry: `compatible` takes `at+jwt`, `JWT` or none
+    /// (what common providers issue); `strict` takes RFC 9068 access tokens (`at+jwt`)
+    /// only, so an ID token is refused whatever its audience.
+    #[arg(
+        long,
+        env = "CAREBOARD_TOKEN_TYPES",
+        value_enum,
+        default_value = "compatible"
+    )]
+    pub token_types: crate::identity::TokenTypes,
     /// With the development issuer: how long the token it puts in the pages served to
     /// this machine (GraphiQL, the Boards) lives, e.g. 30m. Pages fetch a fresh one when
     /// it expires.
@@ -536,6 +546,7 @@ impl IdentityArgs {
                 config.claims = crate::identity::principal::ClaimNames::default();
                 return Ok(crate::identity::VerifierConfig {
                     leeway: std::time::Duration::from_secs(self.token_leeway_secs),
+                    token_types: self.token_types,
                     ..config
                 });
             }
@@ -561,6 +572,7 @@ impl IdentityArgs {
         };
         config.claims = claims;
         config.leeway = std::time::Duration::from_secs(self.token_leeway_secs);
+        config.token_types = self.token_types;
         Ok(config)
     }
 }

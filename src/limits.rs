@@ -218,31 +218,86 @@ pub fn max_expanded_fields(max_complexity: usize) -> usize {
     max_complexity.saturating_mul(4).max(20_000)
 }
 
-/// Applies [`check_fragment_expansion`] to every request a schema runs (over HTTP and
-/// websocket alike) before async-graphql's own checks walk the document.
-pub struct FragmentExpansion(pub usize);
+/// Checks every request a schema runs (over HTTP, GET and POST, and both websocket
+/// protocols alike) before async-graphql's own checks walk the document:
+/// [`check_fragment_expansion`] with `max_expanded_fields`, and, with `introspection_off`,
+/// a document that selects `__schema` or `__type` is refused with a VALIDATION error and
+/// no data. async-graphql's own switch answers such a document
+/// `{"data":{"__schema":null}}` with no error, which a client cannot tell from an empty
+/// schema.
+#[derive(Clone, Copy)]
+pub struct DocumentChecks {
+    pub max_expanded_fields: usize,
+    pub introspection_off: bool,
+}
 
-impl ExtensionFactory for FragmentExpansion {
+impl ExtensionFactory for DocumentChecks {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(FragmentExpansionExtension(self.0))
+        Arc::new(*self)
     }
 }
 
-struct FragmentExpansionExtension(usize);
-
 #[async_trait::async_trait]
-impl Extension for FragmentExpansionExtension {
+impl Extension for DocumentChecks {
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
         mut request: async_graphql::Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<async_graphql::Request> {
+        let introspection_off = self.introspection_off && request.query.contains("__");
         // Parsed once: the schema runs the document parsed here.
-        check_fragment_expansion(request.parsed_query()?, self.0)
+        let document = request.parsed_query()?;
+        check_fragment_expansion(document, self.max_expanded_fields)
             .map_err(|message| async_graphql::ServerError::new(message, None))?;
+        if introspection_off && selects_introspection(document) {
+            let mut error = async_graphql::ServerError::new(
+                "introspection is switched off on this server: `__schema` and `__type` are refused (`__typename` answers)",
+                None,
+            );
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", crate::error::ErrorCode::Validation.as_str());
+            return Err(error);
+        }
         next.run(ctx, request).await
     }
+}
+
+/// Whether `document` selects `__schema` or `__type` anywhere (in any operation or
+/// fragment, at any depth). `__typename` is not introspection of the schema.
+pub fn selects_introspection(document: &async_graphql::parser::types::ExecutableDocument) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, Selection, SelectionSet};
+    let mut sets: Vec<&SelectionSet> = match &document.operations {
+        DocumentOperations::Single(op) => vec![&op.node.selection_set.node],
+        DocumentOperations::Multiple(ops) => {
+            ops.values().map(|op| &op.node.selection_set.node).collect()
+        }
+    };
+    sets.extend(
+        document
+            .fragments
+            .values()
+            .map(|f| &f.node.selection_set.node),
+    );
+    // A stack, not recursion: each selection is visited once, however deep.
+    while let Some(set) = sets.pop() {
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(field) => {
+                    if matches!(field.node.name.node.as_str(), "__schema" | "__type") {
+                        return true;
+                    }
+                    sets.push(&field.node.selection_set.node);
+                }
+                Selection::InlineFragment(fragment) => sets.push(&fragment.node.selection_set.node),
+                // Fragments are walked above, each once.
+                Selection::FragmentSpread(_) => {}
+            }
+        }
+    }
+    false
 }
 
 /// Caps the root fields of one request that run at once (async-graphql resolves the
@@ -475,6 +530,23 @@ mod tests {
             chain.push_str(&format!(" fragment F{i} on Q {{ a ...F{} }}", i + 1));
         }
         assert!(check_fragment_expansion(&parse(&chain), usize::MAX).is_err());
+    }
+
+    #[test]
+    fn introspection_is_found_through_fragments_but_typename_is_not_introspection() {
+        let parse = |q: &str| async_graphql::parser::parse_query(q).unwrap();
+        assert!(!selects_introspection(&parse(
+            "{ __typename a { __typename } }"
+        )));
+        assert!(selects_introspection(&parse(
+            "{ __schema { types { name } } }"
+        )));
+        assert!(selects_introspection(&parse(
+            "{ a { ... on B { __type(name: \"C\") { name } } } }"
+        )));
+        assert!(selects_introspection(&parse(
+            "query A { a } query B { ...F } fragment F on Q { __schema { queryType { name } } }"
+        )));
     }
 
     #[test]

@@ -191,7 +191,7 @@ struct Args {
     /// statement), `lone` (the epoch fence, a batch holding no event of its projection
     /// moving its checkpoint in one autocommit statement: the defaults, as `tuned`),
     /// `lone-fused` (both), `analyzed` (`lone` with young projection tables analyzed
-    /// as they double), `custom` (`lone` with each batch transaction's statements
+    /// as they double: the daemon's defaults now), `custom` (`lone` with each batch transaction's statements
     /// planned for their parameters), `folded` (`lone` with `board_view`'s batch in two
     /// round trips fewer), `analyzed-folded` (both). `lock-table`, `epoch` and
     /// `fused` move every checkpoint in a transaction. Pairs alternate by default so
@@ -204,8 +204,10 @@ struct Args {
         project::Schedule::Direct,
         project::Schedule::Epoch,
         project::Schedule::Lone,
+        project::Schedule::Analyzed,
         project::Schedule::Fused,
         project::Schedule::Epoch,
+        project::Schedule::Analyzed,
         project::Schedule::Lone,
         project::Schedule::Fused,
     ])]

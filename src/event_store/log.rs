@@ -101,7 +101,7 @@ pub(crate) async fn read_after_excluding_columns(
     own: &[u64],
 ) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
     let own: Vec<String> = own.iter().map(u64::to_string).collect();
-    let rows: Vec<CursorRow> = sqlx::query_as(&read_excluding_sql(
+    let rows: Vec<CursorRow> = sqlx::query_as(read_excluding_sql(
         columns,
         "events e join streams s on s.id = e.stream_id",
     ))
@@ -119,8 +119,19 @@ pub(crate) async fn read_after_excluding_columns(
 /// The text of [`read_after_excluding`]'s read with `columns` (after `tx`) from `from`
 /// (the events as `e`): `$1`/`$2` the cursor's tx and seq, `$3` the limit, `$4` the
 /// reader's own transaction ids, as text. A rebuild reads fewer columns through it.
-pub(crate) fn read_excluding_sql(columns: &str, from: &str) -> String {
-    format!(
+/// Built once per `(columns, from)` and kept for the process: the readers pass a few
+/// constant column lists, and the projector reads many times a second.
+pub(crate) fn read_excluding_sql(columns: &str, from: &str) -> &'static str {
+    use std::sync::Mutex;
+    // (columns, from, text): a handful of entries, scanned without allocating.
+    static TEXTS: Mutex<Vec<(String, String, &'static str)>> = Mutex::new(Vec::new());
+    let mut texts = TEXTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, _, text)) = texts.iter().find(|(c, f, _)| c == columns && f == from) {
+        return text;
+    }
+    let text: &'static str = format!(
         "with snap as (select pg_current_snapshot() as s), \
               bound as (select coalesce( \
                   (select min(x) from pg_snapshot_xip(snap.s) as x \
@@ -133,6 +144,9 @@ pub(crate) fn read_excluding_sql(columns: &str, from: &str) -> String {
           order by e.tx, e.seq \
           limit $3"
     )
+    .leak();
+    texts.push((columns.to_owned(), from.to_owned(), text));
+    text
 }
 
 /// The read cursor of the event at `position` (`None`: no such event), to resume a
@@ -170,4 +184,20 @@ pub async fn backlog(
     .bind(cursor.seq)
     .fetch_one(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_text_is_built_once_per_column_set() {
+        let first = read_excluding_sql("e.seq", "events e");
+        assert!(
+            first.contains("select e.tx::text as tx, e.seq") && first.contains("from events e")
+        );
+        assert!(std::ptr::eq(first, read_excluding_sql("e.seq", "events e")));
+        let other = read_excluding_sql("e.seq, e.id", "events e");
+        assert!(!std::ptr::eq(first, other) && other.contains("e.seq, e.id"));
+    }
 }

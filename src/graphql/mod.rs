@@ -96,9 +96,10 @@ fn schema_with_limits(
     // disclosed patient fields is recorded here (DESIGN §9).
     .extension(access::AccessEdge)
     // Before async-graphql's own checks, which walk fragments spelled out.
-    .extension(crate::limits::FragmentExpansion(
-        crate::limits::max_expanded_fields(max_complexity),
-    ))
+    .extension(crate::limits::DocumentChecks {
+        max_expanded_fields: crate::limits::max_expanded_fields(max_complexity),
+        introspection_off: !limits.introspection,
+    })
     .limit_depth(max_depth)
     .limit_complexity(max_complexity)
     .limit_recursive_depth(limits.max_recursion)
@@ -107,6 +108,7 @@ fn schema_with_limits(
         limits.max_connections_per_request,
     ));
     if !limits.introspection {
+        // `DocumentChecks` refuses `__schema`/`__type` with an error first.
         builder = builder.disable_introspection();
     }
     builder.finish()

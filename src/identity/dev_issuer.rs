@@ -117,6 +117,8 @@ impl DevIssuer {
         let claims = request.claims()?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = self.jwk.common.key_id.clone();
+        // An access token (RFC 9068), so a server in strict `typ` mode takes it too.
+        header.typ = Some("at+jwt".into());
         jsonwebtoken::encode(&header, &claims, &self.encoding).context("signing the token")
     }
 }

@@ -25,4 +25,4 @@ pub use access_log::{AccessLog, AccessRecord, Disclosure};
 pub use actor::Actor;
 pub use matrix::{authorize, may_see_patient_fields, Facts, Forbidden, Operation};
 pub use principal::{Principal, Role, Scope};
-pub use verifier::{AuthError, Verifier, VerifierConfig};
+pub use verifier::{AuthError, TokenTypes, Verifier, VerifierConfig};

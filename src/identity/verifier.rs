@@ -1,6 +1,6 @@
-//! Bearer token verification: algorithm allow-list, signature against the issuer's
-//! keys, issuer, audience, `exp`/`nbf` with a leeway; then the claims make a
-//! [`Principal`].
+//! Bearer token verification: algorithm allow-list, the header's `typ` (access tokens,
+//! not ID tokens, where the provider marks them), signature against the issuer's keys,
+//! issuer, audience, `exp`/`nbf` with a leeway; then the claims make a [`Principal`].
 //!
 //! Errors say what is wrong with a token, never what is in it.
 
@@ -33,6 +33,64 @@ pub struct VerifierConfig {
     pub jwks_min_refresh_interval: Duration,
     /// Refresh cached keys this old (in the background; they stay in use meanwhile).
     pub jwks_max_age: Duration,
+    /// Which header `typ` values are accepted.
+    pub token_types: TokenTypes,
+}
+
+/// Which header `typ` values a token may carry. RFC 9068 access tokens say `at+jwt`
+/// (or `application/at+jwt`); ID tokens, and the access tokens of many identity
+/// providers, say `JWT` or nothing. Media types compare case-insensitively, with or
+/// without `application/` (RFC 7515 §4.1.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TokenTypes {
+    /// `at+jwt`, `JWT` or no `typ`: what common providers issue as access tokens. Any
+    /// other type (a logout token, a security event, `dpop+jwt`…) is refused.
+    #[default]
+    Compatible,
+    /// `at+jwt` only: an ID token, or any token not marked as an RFC 9068 access
+    /// token, is refused. For providers that mark their access tokens so.
+    Strict,
+}
+
+impl TokenTypes {
+    fn accepts(self, typ: TokenType) -> bool {
+        matches!(
+            (self, typ),
+            (_, TokenType::Access) | (TokenTypes::Compatible, TokenType::Jwt | TokenType::Absent)
+        )
+    }
+
+    /// What this setting accepts, in words (for the refusal's message).
+    fn accepted(self) -> &'static str {
+        match self {
+            TokenTypes::Compatible => "at+jwt, JWT or none",
+            TokenTypes::Strict => "at+jwt only",
+        }
+    }
+}
+
+/// The header's `typ`, as far as the check needs it (its text is never kept: the
+/// header is the caller's, and errors must not repeat it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenType {
+    Access,
+    Jwt,
+    Absent,
+    Other,
+}
+
+impl TokenType {
+    fn of(typ: Option<&str>) -> TokenType {
+        let Some(typ) = typ else {
+            return TokenType::Absent;
+        };
+        let typ = typ.to_ascii_lowercase();
+        match typ.strip_prefix("application/").unwrap_or(&typ) {
+            "at+jwt" => TokenType::Access,
+            "jwt" => TokenType::Jwt,
+            _ => TokenType::Other,
+        }
+    }
 }
 
 impl VerifierConfig {
@@ -46,6 +104,7 @@ impl VerifierConfig {
             claims: ClaimNames::default(),
             jwks_min_refresh_interval: Duration::from_secs(10),
             jwks_max_age: Duration::from_secs(600),
+            token_types: TokenTypes::default(),
         }
     }
 }
@@ -72,6 +131,10 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the token is not meant for this service (wrong audience)")]
     WrongAudience,
+    /// The header's `typ` is not one the server accepts (an ID token where access
+    /// tokens are required, or another kind of JWT).
+    #[error("the token is not an access token this server accepts: its header's `typ` must be {}", .0.accepted())]
+    WrongType(TokenTypes),
     #[error("the token has no `{0}` claim")]
     MissingClaim(String),
     #[error("the token's `{0}` claim is not in the expected form")]
@@ -96,8 +159,16 @@ const KNOWN_ALGORITHMS: [&str; 14] = [
     "ES256", "ES384", "ES512", "EdDSA",
 ];
 
-/// Reads `alg` and `kid` from the header without trusting anything else in it.
-fn header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
+/// What the check reads from a token's header: `alg`, `kid` and `typ`.
+#[derive(Debug, PartialEq, Eq)]
+struct JoseHeader {
+    algorithm: Algorithm,
+    kid: Option<String>,
+    typ: TokenType,
+}
+
+/// Reads `alg`, `kid` and `typ` from the header without trusting anything else in it.
+fn header(token: &str) -> Result<JoseHeader, AuthError> {
     let mut parts = token.split('.');
     let (Some(h), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -136,7 +207,16 @@ fn header(token: &str) -> Result<(Algorithm, Option<String>), AuthError> {
         Some(serde_json::Value::String(k)) if k.len() <= 256 => Some(k.clone()),
         Some(_) => return Err(AuthError::Malformed),
     };
-    Ok((algorithm, kid))
+    let typ = match value.get("typ") {
+        None => TokenType::of(None),
+        Some(serde_json::Value::String(t)) => TokenType::of(Some(t)),
+        Some(_) => return Err(AuthError::Malformed),
+    };
+    Ok(JoseHeader {
+        algorithm,
+        kid,
+        typ,
+    })
 }
 
 /// Verifies bearer tokens of one issuer. Cheap to clone.
@@ -200,7 +280,16 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Malformed);
         }
-        let (algorithm, kid) = header(token)?;
+        let JoseHeader {
+            algorithm,
+            kid,
+            typ,
+        } = header(token)?;
+        // Before the keys are looked up: a token of the wrong kind is refused whatever
+        // its signature, and costs no JWKS fetch.
+        if !self.config.token_types.accepts(typ) {
+            return Err(AuthError::WrongType(self.config.token_types));
+        }
         let key = self
             .keys
             .key(kid.as_deref(), algorithm)
@@ -273,7 +362,11 @@ mod tests {
         assert!(!odd.to_string().contains("secret"));
         assert_eq!(
             header(&token(r#"{"alg":"ES256","kid":"k1"}"#)),
-            Ok((Algorithm::ES256, Some("k1".into())))
+            Ok(JoseHeader {
+                algorithm: Algorithm::ES256,
+                kid: Some("k1".into()),
+                typ: TokenType::Absent,
+            })
         );
         assert_eq!(
             header(&token(r#"{"alg":"ES256","crit":["exp-ext"],"exp-ext":1}"#)),
@@ -281,5 +374,41 @@ mod tests {
         );
         assert_eq!(header("a.b"), Err(AuthError::Malformed));
         assert_eq!(header("!!.b.c"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn the_type_is_read_as_a_media_type_and_judged_by_the_setting() {
+        let typ = |h: &str| header(&format!("{}.{}.sig", b64(h), b64("{}"))).map(|h| h.typ);
+        assert_eq!(
+            typ(r#"{"alg":"ES256","typ":"at+jwt"}"#),
+            Ok(TokenType::Access)
+        );
+        assert_eq!(
+            typ(r#"{"alg":"ES256","typ":"application/AT+JWT"}"#),
+            Ok(TokenType::Access)
+        );
+        assert_eq!(typ(r#"{"alg":"ES256","typ":"JWT"}"#), Ok(TokenType::Jwt));
+        assert_eq!(
+            typ(r#"{"alg":"ES256","typ":"logout+jwt"}"#),
+            Ok(TokenType::Other)
+        );
+        assert_eq!(typ(r#"{"alg":"ES256","typ":7}"#), Err(AuthError::Malformed));
+        let all = [
+            TokenType::Access,
+            TokenType::Jwt,
+            TokenType::Absent,
+            TokenType::Other,
+        ];
+        let accepted = |setting: TokenTypes| {
+            all.iter()
+                .filter(|t| setting.accepts(**t))
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            accepted(TokenTypes::Compatible),
+            [TokenType::Access, TokenType::Jwt, TokenType::Absent]
+        );
+        assert_eq!(accepted(TokenTypes::Strict), [TokenType::Access]);
     }
 }

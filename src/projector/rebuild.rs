@@ -113,7 +113,7 @@ pub async fn read_for_fold(
     own: &[u64],
 ) -> Result<Vec<(Cursor, RecordedEvent)>, sqlx::Error> {
     let own: Vec<String> = own.iter().map(u64::to_string).collect();
-    let rows: Vec<EventRow> = sqlx::query_as(&read_excluding_sql(
+    let rows: Vec<EventRow> = sqlx::query_as(read_excluding_sql(
         "e.seq, e.id, e.stream_id, e.version, e.type as event_type, e.data, e.recorded_at",
         "events e",
     ))

@@ -107,8 +107,9 @@ impl Raw {
         let mut frames = Vec::new();
         let mut last = -1;
         loop {
+            // Generous: a missing frame fails all the same, only later.
             let text = self
-                .next(Duration::from_secs(20))
+                .next(Duration::from_secs(60))
                 .await
                 .unwrap_or_else(|| panic!("no frame for version {version} after {last}"));
             let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}"));
@@ -655,8 +656,11 @@ async fn slow_socket(app: TestApp) {
         delivered += fast.until(final_version).await.len();
         slowest = slowest.max(started.elapsed());
     }
+    // Generous for a busy 2-core machine (each version is a Board of 300 appointments
+    // executed and written to both sockets): a socket that held the others up would
+    // hold them for good, not for seconds.
     assert!(
-        slowest < Duration::from_secs(10),
+        slowest < Duration::from_secs(30),
         "the reading subscriber waited {slowest:?} for a version"
     );
     // The slow one, reading again, gets what its buffers held, then the newest: far

@@ -19,7 +19,9 @@ use careboard::identity::access_log::{
     self, AccessLog, AccessLogOptions, AccessRecord, AppointmentRef, Disclosure,
 };
 use careboard::identity::jwks::KeySource;
-use careboard::identity::{AuthError, Principal, Role, Scope, Verifier, VerifierConfig};
+use careboard::identity::{
+    AuthError, Principal, Role, Scope, TokenTypes, Verifier, VerifierConfig,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -384,6 +386,116 @@ async fn tokens_for_another_issuer_or_audience_are_refused() {
         AuthError::MissingClaim("aud".into()),
         &token,
     );
+}
+
+/// RFC 9068 access tokens say `typ: at+jwt`; ID tokens say `JWT`. Nothing looked at the
+/// header's `typ`, so any signed JWT of the issuer with the right audience passed as an
+/// access token. By default `at+jwt`, `JWT` and none are taken (what common providers
+/// issue) and any other type is refused; in strict mode only `at+jwt` is.
+#[tokio::test]
+async fn the_token_type_in_the_header_is_checked_as_configured() {
+    let key = ec_key("ec-typ");
+    let idp = Idp::start(vec![key.jwk.clone()]).await;
+    let typed = |typ: Option<&str>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid.clone());
+        header.typ = typ.map(String::from);
+        jsonwebtoken::encode(&header, &claims(), &key.encoding).expect("sign")
+    };
+    let compatible = idp.verifier();
+    let strict = idp.verifier_with(|c| c.token_types = TokenTypes::Strict);
+    for typ in [
+        Some("at+jwt"),
+        Some("application/at+jwt"),
+        Some("JWT"),
+        None,
+    ] {
+        let principal = compatible.verify(&typed(typ)).await;
+        assert!(principal.is_ok(), "{typ:?} by default: {principal:?}");
+    }
+    for typ in [Some("at+jwt"), Some("Application/AT+JWT")] {
+        let principal = strict.verify(&typed(typ)).await;
+        assert!(principal.is_ok(), "{typ:?} in strict mode: {principal:?}");
+    }
+    for typ in ["logout+jwt", "secevent+jwt", "dpop+jwt"] {
+        let token = typed(Some(typ));
+        assert_refused(
+            compatible.verify(&token).await,
+            AuthError::WrongType(TokenTypes::Compatible),
+            &token,
+        );
+    }
+    for typ in [Some("JWT"), None, Some("logout+jwt")] {
+        let token = typed(typ);
+        let refused = strict.verify(&token).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("`typ` must be at+jwt only")),
+            "{typ:?}: {refused:?}"
+        );
+        assert_refused(refused, AuthError::WrongType(TokenTypes::Strict), &token);
+    }
+}
+
+/// A server in strict mode (`--token-types strict`) answers a token of the wrong type
+/// with 401 `UNAUTHENTICATED` and a message naming what it takes, writes nothing, and
+/// refuses such a token on the websocket's upgrade too; an `at+jwt` token of the same
+/// provider (its JWKS served over HTTP) acts.
+#[tokio::test]
+async fn a_strict_server_refuses_a_token_of_the_wrong_type_and_writes_nothing() {
+    use clap::Parser;
+    let cli =
+        careboard::config::Cli::try_parse_from(["careboard", "--token-types", "strict"]).unwrap();
+    assert_eq!(cli.serve.identity.token_types, TokenTypes::Strict);
+    let pool = helpers::fresh_database().await;
+    let mut state = careboard::app::state(
+        pool.clone(),
+        careboard::config::GraphqlLimits::default(),
+        Duration::from_secs(5),
+    );
+    let provider = helpers::idp::idp();
+    let mut config = provider.verifier_config();
+    config.token_types = cli.serve.identity.token_types;
+    state.auth = Some(Verifier::new(config));
+    let server = careboard::app::RunningServer::start("127.0.0.1:0", state)
+        .await
+        .unwrap();
+    let claims = helpers::idp::Who::coordinator().claims();
+    let post = |token: String| {
+        reqwest::Client::new()
+            .post(server.url("/graphql"))
+            .bearer_auth(token)
+            .json(&json!({ "query": REGISTER }))
+            .send()
+    };
+    let id_token = provider.sign_typed(&claims, Some("JWT"));
+    let response = post(id_token.clone()).await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("`typ` must be at+jwt only"), "{body}");
+    match crate::helpers::ws_upgrade(&server.url("/graphql/ws"), Some(&id_token)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from events")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(events().await, 0, "nothing was written");
+    let access_token = provider.sign_typed(&claims, Some("at+jwt"));
+    let response = post(access_token).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["errors"].is_null(), "{body}");
+    assert_eq!(events().await, 1);
+    server.stop().await.unwrap();
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{error_code, TestApp, Who, WsClient};
+use crate::helpers::{body_json, error_code, error_message, TestApp, Who, WsClient};
 
 /// A few hundred bytes whose fragments spread the one before them four times over:
 /// spelled out, `levels` fragments make 4^`levels` selections, but every fragment is
@@ -127,14 +127,7 @@ async fn a_subscription_id_longer_than_the_limit_closes_the_socket() {
         ws.subscribe(&"x".repeat(129), query, json!({"b": board}))
             .await;
         let message = ws.next(REFUSED_WITHIN).await.expect("a close");
-        assert_eq!(message["close"], 4400, "{message}");
-        assert!(
-            message["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("128"),
-            "{message}"
-        );
+        assert_closed(&message, 4400, "128");
     }
 }
 
@@ -149,14 +142,7 @@ async fn a_message_over_the_size_limit_is_refused_with_close_1009() {
         ws.send(json!({"type": "subscribe", "id": "1", "payload": {"query": query}}))
             .await;
         let message = ws.next(REFUSED_WITHIN).await.expect("a close frame");
-        assert_eq!(message["close"], 1009, "{message}");
-        assert!(
-            message["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("limit"),
-            "{message}"
-        );
+        assert_closed(&message, 1009, "limit");
     }
     // The server still answers.
     let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
@@ -209,16 +195,7 @@ async fn the_graphiql_introspection_query_runs_over_the_websocket_with_the_http_
         );
         ws.subscribe("d", &too_deep, json!({})).await;
         let refused = next_answer(&mut ws).await.expect("an answer");
-        let errors = if refused["type"] == "error" {
-            refused["payload"].clone()
-        } else {
-            refused["payload"]["errors"].clone()
-        };
-        let errors = if errors.is_array() {
-            errors
-        } else {
-            json!([errors])
-        };
+        let errors = socket_errors(&refused);
         assert!(
             errors.as_array().is_some_and(|e| !e.is_empty()),
             "{protocol}: {refused:#}"
@@ -226,25 +203,84 @@ async fn the_graphiql_introspection_query_runs_over_the_websocket_with_the_http_
     }
 }
 
-/// With introspection switched off, the socket shows no schema, as HTTP does not.
+/// With introspection switched off, async-graphql answered `{"data":{"__schema":null}}`
+/// with no error, over HTTP and the socket alike: a client could not tell a refusal from
+/// an empty schema. Now `__schema` and `__type` are refused with a VALIDATION error and
+/// no data, over POST, GET and both websocket protocols; `__typename` still answers.
 #[tokio::test]
-async fn introspection_switched_off_is_refused_over_the_websocket_too() {
+async fn switched_off_introspection_is_refused_with_an_error_everywhere_but_typename_answers() {
     let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
         introspection: false,
         ..Default::default()
     })
     .await;
-    // Over HTTP, the schema is not shown (async-graphql answers a null `__schema`).
-    let http = app.gql(INTROSPECTION, json!({})).await;
-    assert!(http["data"]["__schema"].is_null(), "{http}");
+    let by_type = "{ __type(name: \"Board\") { name } }";
+    let refused = |answer: &Value, how: &str| {
+        assert_eq!(error_code(answer), "VALIDATION", "{how}: {answer:#}");
+        assert!(
+            error_message(answer).contains("introspection is switched off"),
+            "{how}: {answer:#}"
+        );
+        assert!(answer.get("data").is_none(), "{how}: {answer:#}");
+    };
+    for document in [INTROSPECTION, by_type] {
+        refused(&app.gql(document, json!({})).await, "POST");
+        let over_get = body_json(
+            app.http
+                .get(app.url("/graphql"))
+                .header("accept", "application/json")
+                .query(&[("query", document)]),
+        )
+        .await;
+        refused(&over_get, "GET");
+    }
+    let typename = app.data("{ __typename }", json!({})).await;
+    assert_eq!(typename["__typename"], "Query");
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
         let mut ws = WsClient::open(&app, protocol).await;
-        ws.subscribe("i", INTROSPECTION, json!({})).await;
+        for document in [INTROSPECTION, by_type] {
+            ws.subscribe("i", document, json!({})).await;
+            let answer = next_answer(&mut ws).await.expect("an answer");
+            refused(&json!({ "errors": socket_errors(&answer) }), protocol);
+            assert!(
+                answer["payload"]["data"].is_null(),
+                "{protocol}: {answer:#}"
+            );
+        }
+        ws.subscribe("t", "{ __typename }", json!({})).await;
         let answer = next_answer(&mut ws).await.expect("an answer");
-        assert!(
-            answer["payload"]["data"]["__schema"].is_null() && answer.to_string().len() < 2000,
+        assert_eq!(
+            answer["payload"]["data"]["__typename"], "Query",
             "{protocol}: {answer:#}"
         );
+    }
+}
+
+/// Asserts that `message` (from [`WsClient::next`]) is a close frame with `code` and a
+/// reason that contains `reason_part`.
+#[track_caller]
+fn assert_closed(message: &Value, code: u16, reason_part: &str) {
+    assert_eq!(message["close"], code, "{message}");
+    assert!(
+        message["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(reason_part)),
+        "the reason should contain {reason_part:?}: {message}"
+    );
+}
+
+/// The errors of a socket's answer as a list: an `error` message's payload (a list in
+/// graphql-transport-ws, one error in the legacy protocol), else the result's `errors`.
+fn socket_errors(answer: &Value) -> Value {
+    let errors = if answer["type"] == "error" {
+        answer["payload"].clone()
+    } else {
+        answer["payload"]["errors"].clone()
+    };
+    if errors.is_array() {
+        errors
+    } else {
+        json!([errors])
     }
 }
 
@@ -417,7 +453,7 @@ async fn tokens_in_query_strings_are_not_taken_and_oversized_ones_are_refused() 
                 let mut ws = WsClient::from_socket(socket, false);
                 ws.send(json!({"type": "connection_init"})).await;
                 let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
-                assert_eq!(answer["close"], 4403, "?{name}= on the socket: {answer}");
+                assert_closed(&answer, 4403, "");
             }
             Err(e) => panic!("?{name}= on the socket: {e}"),
         }
@@ -442,11 +478,5 @@ async fn tokens_in_query_strings_are_not_taken_and_oversized_ones_are_refused() 
     ws.send(json!({"type": "connection_init", "payload": ws.init_payload()}))
         .await;
     let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
-    assert_eq!(answer["close"], 4403, "{answer}");
-    assert!(
-        answer["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("not a well-formed JWT")),
-        "{answer}"
-    );
+    assert_closed(&answer, 4403, "not a well-formed JWT");
 }

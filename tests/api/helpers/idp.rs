@@ -94,6 +94,15 @@ impl TestIdp {
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign")
     }
 
+    /// Signs `claims` with `typ` in the header (none when `None`); [`TestIdp::sign`]
+    /// writes `JWT`, as most providers do.
+    pub fn sign_typed(&self, claims: &Value, typ: Option<&str>) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(KID.to_string());
+        header.typ = typ.map(String::from);
+        jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign")
+    }
+
     /// A token for `who`.
     pub fn token(&self, who: &Who) -> String {
         self.sign(&who.claims())
