@@ -218,14 +218,13 @@ struct Args {
     /// documents; `lz4` (`in-place` with lz4, migration 0013); `assembled` (`lz4` with
     /// Board snapshots put together in the database); `lean` (`assembled` with the
     /// rebuild's own read of the log, without `metadata`); `unjoined` (`lean` with the
-    /// events read alone and their streams looked up once per batch: the current path).
+    /// events read alone and their streams looked up once per batch); `behind`
+    /// (`unjoined` with Board snapshots written behind each batch: the current path).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
-        project::RebuildPath::Assembled,
-        project::RebuildPath::Lean,
         project::RebuildPath::Unjoined,
+        project::RebuildPath::Behind,
+        project::RebuildPath::Behind,
         project::RebuildPath::Unjoined,
-        project::RebuildPath::Lean,
-        project::RebuildPath::Assembled,
     ])]
     rebuild_paths: Vec<project::RebuildPath>,
     /// Appends per second of the `project` lag rows; without it, half the measured

@@ -749,7 +749,7 @@ pub async fn rebuild(
             None => result.rates.push((path, vec![rate])),
         }
     }
-    RebuildPath::Unjoined.select(pool).await?;
+    RebuildPath::Behind.select(pool).await?;
     Ok(result)
 }
 

@@ -216,8 +216,8 @@ struct Earlier {
     /// The log read as the live loops read it (`Shared`), or joined to the streams
     /// without `metadata` (`Lean`); `None`: the current read.
     read: Option<RebuildRead>,
-    /// Not an earlier path, the other one selectable: Board snapshots written behind
-    /// each batch, on another connection, from its committed rows.
+    /// Board snapshots written behind each batch, on another connection, from its
+    /// committed rows (the current path), or in each batch's transaction (earlier).
     behind: bool,
 }
 
