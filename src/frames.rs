@@ -1115,7 +1115,16 @@ mod tests {
 
     fn slot_on_duplex() -> (Slot, tokio::io::DuplexStream, crate::ws_out::SocketIo) {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        let (io, out) = crate::ws_out::SocketIo::new(ours);
+        let (slot, io) = slot_on(ours);
+        (slot, theirs, io)
+    }
+
+    /// A graphql-transport-ws subscription `"1"` writing to `stream`, nothing sent yet.
+    fn slot_on<S>(stream: S) -> (Slot, crate::ws_out::SocketIo)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (io, out) = crate::ws_out::SocketIo::new(stream);
         let slot = Slot {
             id: Arc::from("1"),
             legacy: false,
@@ -1128,7 +1137,7 @@ mod tests {
                 closed: false,
             }),
         };
-        (slot, theirs, io)
+        (slot, io)
     }
 
     fn board_frame(version: i64) -> Arc<Frame> {
@@ -1272,19 +1281,8 @@ mod tests {
                     inner: ours,
                     threads: threads.clone(),
                 };
-                let (io, out) = crate::ws_out::SocketIo::new(noted);
-                members.lock().unwrap().push(Arc::new(Slot {
-                    id: Arc::from("1"),
-                    legacy: false,
-                    prefix: Bytes::from(envelope_prefix(false, "1")),
-                    out,
-                    state: Mutex::new(SlotState {
-                        last: -1,
-                        parked: None,
-                        in_flight: false,
-                        closed: false,
-                    }),
-                }));
+                let (slot, io) = slot_on(noted);
+                members.lock().unwrap().push(Arc::new(slot));
                 ends.push((theirs, io));
             }
             let settings = PassSettings {

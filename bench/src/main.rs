@@ -904,16 +904,7 @@ async fn main() -> Result<()> {
             let (label, auth) = &auths[auths.len() - 1];
             let env = variant.env(&shard);
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let started = subscribe::Server::start_with(&url, auth, &env).await?;
-            let m = fanout::latency(
-                &started,
-                args.subscribers,
-                1,
-                args.change_rate,
-                args.seconds,
-            )
-            .await?;
-            drop(started);
+            let m = one_board_latency(&url, auth, &env, &args).await?;
             let name = variant
                 .to_possible_value()
                 .map_or_else(String::new, |v| v.get_name().to_string());
@@ -949,16 +940,7 @@ async fn main() -> Result<()> {
         for round in 1..=args.event_interval_rounds {
             for (which, env) in &variants {
                 let (label, auth) = &auths[auths.len() - 1];
-                let started = subscribe::Server::start_with(&url, auth, env).await?;
-                let m = fanout::latency(
-                    &started,
-                    args.subscribers,
-                    1,
-                    args.change_rate,
-                    args.seconds,
-                )
-                .await?;
-                drop(started);
+                let m = one_board_latency(&url, auth, env, &args).await?;
                 let which = if env.is_empty() {
                     which.to_string()
                 } else {
@@ -1223,6 +1205,25 @@ async fn main() -> Result<()> {
 
 /// The A/B line of `--auth ab`: `what` with authentication on, against off, same run.
 /// The `board_view` rebuild rows, on a database of their own.
+/// The one-Board latency row on a server of its own started with `env`:
+/// `--subscribers` on one Board changing `--change-rate` times a second.
+async fn one_board_latency(
+    url: &str,
+    auth: &BenchAuth,
+    env: &[(&str, &str)],
+    args: &Args,
+) -> Result<fanout::Measured> {
+    let started = subscribe::Server::start_with(url, auth, env).await?;
+    fanout::latency(
+        &started,
+        args.subscribers,
+        1,
+        args.change_rate,
+        args.seconds,
+    )
+    .await
+}
+
 async fn rebuild_rows(admin_url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<()> {
     let rebuild_url = fresh_database(admin_url).await?;
     let rebuild_pool = postgres::connect(&rebuild_url, 16).await?;
