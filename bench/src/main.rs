@@ -191,25 +191,21 @@ struct Args {
     /// statement), `lone` (the epoch fence, a batch holding no event of its projection
     /// moving its checkpoint in one autocommit statement: the defaults, as `tuned`),
     /// `lone-fused` (both), `analyzed` (`lone` with young projection tables analyzed
-    /// as they double: the daemon's defaults now), `custom` (`lone` with each batch transaction's statements
+    /// as they double), `custom` (`lone` with each batch transaction's statements
     /// planned for their parameters), `folded` (`lone` with `board_view`'s batch in two
-    /// round trips fewer), `analyzed-folded` (both). `lock-table`, `epoch` and
-    /// `fused` move every checkpoint in a transaction. Pairs alternate by default so
-    /// the machine's drift falls on both.
+    /// round trips fewer), `analyzed-folded` (both), `keyed` (`analyzed` with the Board
+    /// headers' locked read by primary key), `counters` (`keyed` with a batch of
+    /// appointment events writing only the headers' counters: the daemon's defaults
+    /// now). `lock-table`, `epoch` and `fused` move every checkpoint in a transaction.
+    /// Pairs alternate by default so the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::Schedule::Lockstep,
-        project::Schedule::Tuned,
-        project::Schedule::Direct,
-        project::Schedule::Tuned,
-        project::Schedule::Direct,
-        project::Schedule::Epoch,
         project::Schedule::Lone,
         project::Schedule::Analyzed,
-        project::Schedule::Fused,
-        project::Schedule::Epoch,
+        project::Schedule::Counters,
+        project::Schedule::Counters,
         project::Schedule::Analyzed,
         project::Schedule::Lone,
-        project::Schedule::Fused,
     ])]
     lag_schedules: Vec<project::Schedule>,
     /// The `board_view` rebuild rounds, in order: `before` (events through `Value`
