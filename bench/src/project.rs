@@ -231,15 +231,26 @@ pub enum Schedule {
     Keyed,
     /// `Keyed` with a `board_view` batch of appointment events writing only the
     /// Board header's counters, as columns (`DaemonConfig::header_counters`): the
-    /// defaults.
+    /// defaults before `paired`.
     Counters,
+    /// `Counters` in lockstep rounds (`DaemonConfig::loops` off): the `lockstep` row
+    /// on the same paths as `counters` (the `lockstep` row keeps the defaults with
+    /// the earlier, unrestricted listing index).
+    Stepped,
+    /// `Counters` with a `board_view` batch's locked Board read looking each touched
+    /// appointment up under its own Board (`DaemonConfig::paired_board_reads`)
+    /// instead of searching every Board for every touched appointment.
+    Paired,
 }
 
 impl Schedule {
     /// Whether the schedule was measured before the headers' read became a key lookup
     /// (see [`Schedule::Keyed`]).
     fn unkeyed(self) -> bool {
-        !matches!(self, Schedule::Keyed | Schedule::Counters)
+        !matches!(
+            self,
+            Schedule::Keyed | Schedule::Counters | Schedule::Stepped | Schedule::Paired
+        )
     }
 }
 
@@ -269,6 +280,8 @@ impl Schedule {
             }
             Schedule::Keyed => "analyzed, Board headers read by key",
             Schedule::Counters => "analyzed, headers read by key, their counters written alone",
+            Schedule::Stepped => "counters in lockstep rounds",
+            Schedule::Paired => "counters, each touched appointment read under its own Board",
         }
     }
 }
@@ -288,6 +301,7 @@ fn start_projector_with(
         fewer_round_trips: false,
         fresh_statistics: false,
         header_counters: false,
+        paired_board_reads: false,
         ..tuned.clone()
     };
     let config = match schedule {
@@ -348,19 +362,24 @@ fn start_projector_with(
                 custom_plans: schedule == Schedule::Custom,
                 fewer_round_trips: matches!(schedule, Schedule::Folded | Schedule::AnalyzedFolded),
                 header_counters: false,
+                paired_board_reads: false,
                 ..tuned
             }
         }
-        Schedule::Keyed | Schedule::Counters => DaemonConfig {
-            epoch_fence: true,
-            fused_statements: false,
-            lone_checkpoints: true,
-            fresh_statistics: true,
-            custom_plans: false,
-            fewer_round_trips: false,
-            header_counters: schedule == Schedule::Counters,
-            ..tuned
-        },
+        Schedule::Keyed | Schedule::Counters | Schedule::Stepped | Schedule::Paired => {
+            DaemonConfig {
+                loops: schedule != Schedule::Stepped,
+                epoch_fence: true,
+                fused_statements: false,
+                lone_checkpoints: true,
+                fresh_statistics: true,
+                custom_plans: false,
+                fewer_round_trips: false,
+                header_counters: schedule != Schedule::Keyed,
+                paired_board_reads: schedule == Schedule::Paired,
+                ..tuned
+            }
+        }
     };
     Daemon::new(
         pool.clone(),

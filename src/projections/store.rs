@@ -32,25 +32,12 @@ impl Projection {
         appointments: Option<&[Uuid]>,
     ) -> Result<HashMap<Uuid, Value>, sqlx::Error> {
         let rows: Vec<(Uuid, Value)> = if self == Projection::BoardView {
-            // With `appointments`, `x.id = any($3)` alone, so that it is an index
-            // condition: behind an `or` it was a filter tested on every row of the
-            // Board (the earlier statement, still selectable: `read::BoardReads`).
-            let filter = match (appointments, read::board_reads()) {
-                (None, _) => "and $3::uuid[] is null",
-                (Some(_), read::BoardReads::Indexed) => "and x.id = any($3)",
-                (Some(_), read::BoardReads::Scan) => "and ($3::uuid[] is null or x.id = any($3))",
-            };
-            let parts: Vec<BoardParts> = sqlx::query_as(&format!(
-                "select {parts} from board_view v {join} \
-                  where v.generation = $1 and v.id = any($2) for update of v",
-                parts = read::BOARD_PARTS,
-                join = read::board_parts_join(filter),
-            ))
-            .bind(generation)
-            .bind(ids)
-            .bind(appointments)
-            .fetch_all(conn)
-            .await?;
+            let parts: Vec<BoardParts> = sqlx::query_as(&board_read_sql(appointments))
+                .bind(generation)
+                .bind(ids)
+                .bind(appointments)
+                .fetch_all(conn)
+                .await?;
             parts.into_iter().map(|p| (p.id, p.into_value())).collect()
         } else {
             sqlx::query_as(&format!(
@@ -88,6 +75,75 @@ impl Projection {
         Ok(())
     }
 }
+/// The Board documents `boards` (locked for update), each with only its own touched
+/// appointments: `touched` holds (Board, appointment) pairs, the Boards' in `boards`.
+///
+/// Each pair is one key lookup in `board_view_appointments_pkey`. The earlier read
+/// ([`Projection::load_docs`] with every touched appointment in one list) tested each
+/// Board against the whole list, so a batch touching n appointments over b Boards made
+/// b × n index searches: ~900 pages a call for 18 Boards at the bench's half rate. It
+/// stays selectable ([`crate::daemon::DaemonConfig::paired_board_reads`] off).
+pub async fn load_boards_touched(
+    conn: &mut PgConnection,
+    generation: i32,
+    boards: &[Uuid],
+    touched: &[(Uuid, Uuid)],
+) -> Result<HashMap<Uuid, Value>, sqlx::Error> {
+    let (board_ids, ids): (Vec<Uuid>, Vec<Uuid>) = touched.iter().copied().unzip();
+    let parts: Vec<BoardParts> = sqlx::query_as(paired_board_read_sql())
+        .bind(generation)
+        .bind(boards)
+        .bind(&board_ids)
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(parts.into_iter().map(|p| (p.id, p.into_value())).collect())
+}
+
+/// The statement of [`load_boards_touched`] (`$1` the generation, `$2` the Boards,
+/// `$3` and `$4` the touched pairs' Boards and appointments).
+pub fn paired_board_read_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "select {parts} from board_view v \
+             left join lateral (\
+               select array_agg(x.id) as ids, array_agg(x.applied) as applied, \
+                      array_agg(x.doc) as docs \
+                 from unnest($3::uuid[], $4::uuid[]) as t(board_id, id) \
+                 join board_view_appointments x \
+                   on x.generation = v.generation and x.board_id = t.board_id and x.id = t.id \
+                where t.board_id = v.id) x on true \
+             where v.generation = $1 and v.id = any($2) for update of v",
+            parts = read::BOARD_PARTS,
+        )
+    })
+}
+
+/// The statement [`Projection::load_docs`] runs for a `board_view` batch's Boards with
+/// the touched appointments in one list (`$1` the generation, `$2` the Boards, `$3`
+/// the appointments): the earlier read, which [`paired_board_read_sql`] replaces.
+pub fn listed_board_read_sql() -> String {
+    board_read_sql(Some(&[]))
+}
+
+fn board_read_sql(appointments: Option<&[Uuid]>) -> String {
+    // With `appointments`, `x.id = any($3)` alone, so that it is an index
+    // condition: behind an `or` it was a filter tested on every row of the
+    // Board (the earlier statement, still selectable: `read::BoardReads`).
+    let filter = match (appointments, read::board_reads()) {
+        (None, _) => "and $3::uuid[] is null",
+        (Some(_), read::BoardReads::Indexed) => "and x.id = any($3)",
+        (Some(_), read::BoardReads::Scan) => "and ($3::uuid[] is null or x.id = any($3))",
+    };
+    format!(
+        "select {parts} from board_view v {join} \
+          where v.generation = $1 and v.id = any($2) for update of v",
+        parts = read::BOARD_PARTS,
+        join = read::board_parts_join(filter),
+    )
+}
+
 /// What the store keeps of each projection's documents, computed from the document.
 pub enum Row {
     /// A Board's header, and a row for every appointment the document holds (a batch

@@ -11,7 +11,7 @@ use crate::domain::{Appointment, FoldError, Shift, StreamType};
 use crate::event_store::log::Cursor;
 use crate::event_store::{read_stream_between, RecordedEvent};
 use crate::projections::board_view::BoardChanged;
-use crate::projections::store::save_rows_with;
+use crate::projections::store::{load_boards_touched, save_rows_with};
 use crate::projections::{BoardDoc, Doc, Projection, Row, StreamDoc};
 use crate::snapshots::{self, Snapshot, SnapshotKind};
 
@@ -68,6 +68,10 @@ pub struct BatchInput<'a> {
     /// A stored Board document whose batch holds only appointment events has only its
     /// header's counters written (see [`Row::Board`]); off: every header written whole.
     pub header_counters: bool,
+    /// A Board document is read with only its own touched appointments, one key lookup
+    /// per pair (see [`crate::projections::store::load_boards_touched`]); off: with
+    /// every touched appointment of the batch searched for in every Board.
+    pub paired_board_reads: bool,
 }
 
 /// Applies the batch to the projection's documents and saves them, in the caller's
@@ -226,6 +230,7 @@ async fn apply_docs<D: Doc>(
         joined_writes: _,
         defer_board_snapshots: _,
         header_counters,
+        paired_board_reads,
     } = *input;
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.
@@ -248,13 +253,19 @@ async fn apply_docs<D: Doc>(
             .collect();
         set.into_iter().collect()
     };
-    let touched: Vec<Uuid> = by_doc
-        .values()
-        .flat_map(|evs| appointment_streams(evs))
+    // (document, appointment stream) for every appointment stream the batch touched.
+    let touched: Vec<(Uuid, Uuid)> = by_doc
+        .iter()
+        .flat_map(|(doc, evs)| appointment_streams(evs).into_iter().map(|a| (*doc, a)))
         .collect();
-    let mut stored = projection
-        .load_docs(conn, generation, &ids, Some(&touched))
-        .await?;
+    let mut stored = if paired_board_reads && projection == Projection::BoardView {
+        load_boards_touched(conn, generation, &ids, &touched).await?
+    } else {
+        let touched: Vec<Uuid> = touched.iter().map(|(_, a)| *a).collect();
+        projection
+            .load_docs(conn, generation, &ids, Some(&touched))
+            .await?
+    };
     let mut docs: ChangedDocs<D> = BTreeMap::new();
     let mut snapshots = Vec::new();
     for (doc_id, mut doc_events) in by_doc {

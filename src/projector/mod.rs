@@ -100,6 +100,9 @@ pub struct ProjectorSettings {
     /// A Board batch of appointment events writes only its header's counters (see
     /// [`crate::daemon::DaemonConfig::header_counters`]).
     pub header_counters: bool,
+    /// A `board_view` batch reads each touched appointment under its own Board (see
+    /// [`crate::daemon::DaemonConfig::paired_board_reads`]).
+    pub paired_board_reads: bool,
 }
 
 /// Why the projector stopped.
@@ -339,6 +342,7 @@ impl Projector {
                 && gen.status == GenerationStatus::Building
                 && rebuild::snapshots_pipelined(),
             header_counters: self.settings.header_counters,
+            paired_board_reads: self.settings.paired_board_reads,
         };
         let outcome = match apply_batch(&mut tx, &input).await {
             Ok(o) => o,

@@ -1645,6 +1645,115 @@ async fn young_projection_tables_analyzed_as_they_double_give_the_locked_reads_k
     assert!(refused.is_err(), "analyzing another table was refused");
 }
 
+/// Shared pages (hit or read) a statement visited, from its `explain (analyze, buffers,
+/// format json)`.
+fn pages_visited(plan: &serde_json::Value) -> i64 {
+    let root = &plan[0]["Plan"];
+    root["Shared Hit Blocks"].as_i64().unwrap() + root["Shared Read Blocks"].as_i64().unwrap()
+}
+
+/// A `board_view` batch reads its Boards with only the appointments it touched. With
+/// the touched appointments in one list, every Board was searched for every one of
+/// them: b × n index searches for n appointments over b Boards (~900 pages a call at
+/// the bench's half rate). Read as (Board, appointment) pairs, each is one key lookup,
+/// and each Board comes back with exactly its own touched appointments.
+#[tokio::test]
+async fn a_batchs_board_read_looks_each_touched_appointment_up_under_its_own_board() {
+    use careboard::projections::store::{
+        listed_board_read_sql, load_boards_touched, paired_board_read_sql,
+    };
+    let owner = helpers::fresh_database().await;
+    let board = |i: i64| Uuid::from_u128(i as u128 + 1);
+    let appointment = |b: i64, i: i64| Uuid::from_u128(((b as u128 + 1) << 32) + i as u128);
+    sqlx::query(
+        "insert into board_view (generation, id, version, position, doc) \
+         select 1, ('00000000-0000-0000-0000-' || lpad(to_hex(b + 1), 12, '0'))::uuid, 1, 1, '{}' \
+           from generate_series(0, 19) as b",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    // 100 appointment rows per Board, ids as `appointment(b, i)` makes them.
+    sqlx::query(
+        "insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \
+         select 1, ('00000000-0000-0000-0000-' || lpad(to_hex(b + 1), 12, '0'))::uuid, \
+                ('00000000-0000-0000-0000-' || lpad(to_hex(((b::bigint + 1) << 32) + i), 12, '0'))::uuid, \
+                1, jsonb_build_object('pad', repeat('x', 200)), i \
+           from generate_series(0, 19) as b, generate_series(0, 99) as i",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    for table in ["board_view", "board_view_appointments"] {
+        sqlx::query(&format!("analyze {table}"))
+            .execute(&owner)
+            .await
+            .unwrap();
+    }
+    let server = helpers::server_pool(&owner).await;
+    let mut tx = server.begin().await.unwrap();
+    // Every Board touched: one stored appointment and one new one each.
+    let boards: Vec<Uuid> = (0..20).map(board).collect();
+    let touched: Vec<(Uuid, Uuid)> = (0..20)
+        .flat_map(|b| {
+            [
+                (board(b), appointment(b, b * 3)),
+                (board(b), Uuid::new_v4()),
+            ]
+        })
+        .collect();
+    let docs = load_boards_touched(&mut tx, 1, &boards, &touched)
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), 20, "every Board read");
+    for b in 0..20 {
+        let applied: Vec<String> = docs[&board(b)]["applied"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            applied,
+            [appointment(b, b * 3).to_string()],
+            "Board {b} comes with its own stored touched appointment only"
+        );
+    }
+    let (pair_boards, pair_ids): (Vec<Uuid>, Vec<Uuid>) = touched.iter().copied().unzip();
+    // Run by `explain analyze`: the row locks roll back with `tx`.
+    let explain = |sql: &str| format!("explain (analyze, buffers, format json) {sql}");
+    let plan: serde_json::Value = sqlx::query_scalar(&explain(paired_board_read_sql()))
+        .bind(1)
+        .bind(&boards)
+        .bind(&pair_boards)
+        .bind(&pair_ids)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let paired = pages_visited(&plan);
+    let plan: serde_json::Value = sqlx::query_scalar(&explain(&listed_board_read_sql()))
+        .bind(1)
+        .bind(&boards)
+        .bind(&pair_ids)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let listed = pages_visited(&plan);
+    // A key lookup per pair (index root and leaf, a heap page) and per Board (the
+    // same, and its row lock); the list made 20 × 40 searches.
+    let bound = 3 * touched.len() as i64 + 4 * boards.len() as i64;
+    assert!(
+        paired <= bound,
+        "the paired read visits {paired} pages for {} pairs over {} Boards (at most {bound}); \
+         the listed read {listed}",
+        touched.len(),
+        boards.len()
+    );
+    assert!(
+        listed > 2 * bound,
+        "the listed read searched every Board for every appointment: {listed} pages"
+    );
+    tx.rollback().await.unwrap();
+}
+
 /// The projector itself analyzes a young projection table once it has grown to
 /// [`careboard::projector::statistics::YOUNG_PAGES`] pages without statistics.
 #[tokio::test]
