@@ -138,7 +138,8 @@ pub struct DaemonConfig {
     /// [`crate::projections::store::load_boards_touched`]). Off: every Board is
     /// searched for every appointment the batch touched, b × n index searches for n
     /// appointments over b Boards: the earlier read, kept so the bench can measure both
-    /// in one run.
+    /// in one run. On by default: the read visited 44–54 pages a call where the earlier
+    /// one visited 800 at the same rate (docs/BENCHMARKS.md, "Board reads by pair").
     pub paired_board_reads: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
@@ -164,7 +165,7 @@ impl Default for DaemonConfig {
             fewer_round_trips: false,
             fresh_statistics: true,
             header_counters: true,
-            paired_board_reads: false,
+            paired_board_reads: true,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,

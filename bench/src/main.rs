@@ -195,17 +195,18 @@ struct Args {
     /// planned for their parameters), `folded` (`lone` with `board_view`'s batch in two
     /// round trips fewer), `analyzed-folded` (both), `keyed` (`analyzed` with the Board
     /// headers' locked read by primary key), `counters` (`keyed` with a batch of
-    /// appointment events writing only the headers' counters: the daemon's defaults
-    /// now). `lock-table`, `epoch` and `fused` move every checkpoint in a transaction.
-    /// Pairs alternate by default so the machine's drift falls on both.
+    /// appointment events writing only the headers' counters), `stepped` (`counters`
+    /// in lockstep rounds), `paired` (`counters` with each touched appointment read
+    /// under its own Board: the daemon's defaults now). `lock-table`, `epoch` and
+    /// `fused` move every checkpoint in a transaction. Pairs alternate by default so
+    /// the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
-        project::Schedule::Lockstep,
-        project::Schedule::Lone,
-        project::Schedule::Analyzed,
+        project::Schedule::Stepped,
         project::Schedule::Counters,
+        project::Schedule::Paired,
+        project::Schedule::Paired,
         project::Schedule::Counters,
-        project::Schedule::Analyzed,
-        project::Schedule::Lone,
+        project::Schedule::Stepped,
     ])]
     lag_schedules: Vec<project::Schedule>,
     /// The `board_view` rebuild rounds, in order: `before` (events through `Value`

@@ -239,7 +239,7 @@ pub enum Schedule {
     Stepped,
     /// `Counters` with a `board_view` batch's locked Board read looking each touched
     /// appointment up under its own Board (`DaemonConfig::paired_board_reads`)
-    /// instead of searching every Board for every touched appointment.
+    /// instead of searching every Board for every touched appointment: the defaults.
     Paired,
 }
 
