@@ -1645,6 +1645,86 @@ async fn young_projection_tables_analyzed_as_they_double_give_the_locked_reads_k
     assert!(refused.is_err(), "analyzing another table was refused");
 }
 
+/// A fresh database with 20 Board headers (ids 1–20) of 100 appointment rows each (the
+/// i-th of Board b, from 0, has id `(b + 1) << 32 | i`), no statistics; its owner's pool.
+async fn twenty_boards_of_a_hundred_appointment_rows() -> PgPool {
+    let owner = helpers::fresh_database().await;
+    sqlx::query(
+        "insert into board_view (generation, id, version, position, doc) \
+         select 1, ('00000000-0000-0000-0000-' || lpad(to_hex(b + 1), 12, '0'))::uuid, 1, 1, '{}' \
+           from generate_series(0, 19) as b",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \
+         select 1, ('00000000-0000-0000-0000-' || lpad(to_hex(b + 1), 12, '0'))::uuid, \
+                ('00000000-0000-0000-0000-' || lpad(to_hex(((b::bigint + 1) << 32) + i), 12, '0'))::uuid, \
+                1, jsonb_build_object('pad', repeat('x', 200)), i \
+           from generate_series(0, 19) as b, generate_series(0, 99) as i",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    owner
+}
+
+/// The projector's statements are prepared, and PostgreSQL runs one on a generic plan
+/// after five executions. Once the projector has analyzed the tables (as it does when a
+/// young one doubles, from 8 pages), the generic plan of the paired Board read is a key
+/// lookup per pair. (Without any statistics it walks the Board's rows once per pair,
+/// where the listed read walked them once per Board: see the test above.)
+#[tokio::test]
+async fn once_analyzed_a_generic_plan_of_the_paired_board_read_looks_up_by_key() {
+    let owner = twenty_boards_of_a_hundred_appointment_rows().await;
+    let server = helpers::server_pool(&owner).await;
+    for table in ["board_view", "board_view_appointments"] {
+        careboard::projector::statistics::analyze(&server, table)
+            .await
+            .unwrap();
+    }
+    let mut tx = server.begin().await.unwrap();
+    sqlx::query("set local plan_cache_mode = force_generic_plan")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let board = |i: i64| Uuid::from_u128(i as u128 + 1);
+    let boards: Vec<Uuid> = (0..20).map(board).collect();
+    let pair_boards: Vec<Uuid> = (0..20).flat_map(|b| [board(b), board(b)]).collect();
+    let pair_ids: Vec<Uuid> = (0..20)
+        .flat_map(|b| [Uuid::from_u128(((b as u128 + 1) << 32) + 7), Uuid::new_v4()])
+        .collect();
+    // Prepared, as the projector's statements are, and executed on its generic plan.
+    sqlx::query(&format!(
+        "prepare paired (int, uuid[], uuid[], uuid[]) as {}",
+        careboard::projections::store::paired_board_read_sql()
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let array = |ids: &[Uuid]| {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        format!("'{{{}}}'", ids.join(","))
+    };
+    let plan: serde_json::Value = sqlx::query_scalar(&format!(
+        "explain (analyze, buffers, format json) execute paired(1, {}, {}, {})",
+        array(&boards),
+        array(&pair_boards),
+        array(&pair_ids)
+    ))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let pages = pages_visited(&plan);
+    let bound = 3 * pair_ids.len() as i64 + 4 * boards.len() as i64;
+    assert!(
+        pages <= bound,
+        "the generic plan visits {pages} pages (at most {bound}): {plan}"
+    );
+    tx.rollback().await.unwrap();
+}
+
 /// Shared pages (hit or read) a statement visited, from its `explain (analyze, buffers,
 /// format json)`.
 fn pages_visited(plan: &serde_json::Value) -> i64 {
@@ -1662,28 +1742,9 @@ async fn a_batchs_board_read_looks_each_touched_appointment_up_under_its_own_boa
     use careboard::projections::store::{
         listed_board_read_sql, load_boards_touched, paired_board_read_sql,
     };
-    let owner = helpers::fresh_database().await;
+    let owner = twenty_boards_of_a_hundred_appointment_rows().await;
     let board = |i: i64| Uuid::from_u128(i as u128 + 1);
     let appointment = |b: i64, i: i64| Uuid::from_u128(((b as u128 + 1) << 32) + i as u128);
-    sqlx::query(
-        "insert into board_view (generation, id, version, position, doc) \
-         select 1, ('00000000-0000-0000-0000-' || lpad(to_hex(b + 1), 12, '0'))::uuid, 1, 1, '{}' \
-           from generate_series(0, 19) as b",
-    )
-    .execute(&owner)
-    .await
-    .unwrap();
-    // 100 appointment rows per Board, ids as `appointment(b, i)` makes them.
-    sqlx::query(
-        "insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \
-         select 1, ('00000000-0000-0000-0000-' || lpad(to_hex(b + 1), 12, '0'))::uuid, \
-                ('00000000-0000-0000-0000-' || lpad(to_hex(((b::bigint + 1) << 32) + i), 12, '0'))::uuid, \
-                1, jsonb_build_object('pad', repeat('x', 200)), i \
-           from generate_series(0, 19) as b, generate_series(0, 99) as i",
-    )
-    .execute(&owner)
-    .await
-    .unwrap();
     for table in ["board_view", "board_view_appointments"] {
         sqlx::query(&format!("analyze {table}"))
             .execute(&owner)
