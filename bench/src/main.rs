@@ -70,6 +70,9 @@ enum WideVariant {
     ScanSame,
     ScanDistinct,
     SharedDistinct,
+    /// `shared-distinct` with each socket's header, prefix and the payload joined in
+    /// one buffer of the pass and sent in one plain write (the server's default bytes).
+    JoinedDistinct,
     Ceiling,
     /// `tasks` the earlier way: the pass's writes inside tokio's cooperative budget
     /// (past 128 writes in a task, sockets look busy and are parked), and a newer frame
@@ -92,6 +95,7 @@ impl WideVariant {
             WideVariant::ScanSame => (shard, "scan", false),
             WideVariant::ScanDistinct => (shard, "scan", true),
             WideVariant::SharedDistinct => (shard, "shared", true),
+            WideVariant::JoinedDistinct => (shard, "joined", true),
         }
     }
 
@@ -120,6 +124,9 @@ impl WideVariant {
             ),
             WideVariant::SharedDistinct => format!(
                 "distinct ids, after: payload shared, prefix per socket, writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::JoinedDistinct => format!(
+                "distinct ids, now: header, prefix and payload joined per socket, one plain write, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::Ceiling => format!(
                 "ceiling: bare tokio writer, no Careboard, tasks of {shard} sockets, round {round}"
@@ -291,7 +298,9 @@ struct Args {
     /// bytes: a whole frame encoded per subscription id, found per socket by a scan;
     /// subscribers all with id "1" / each with a UUID of its own), `shared-distinct`
     /// (each socket's header and prefix, the payload shared, UUID ids; `tasks` is the
-    /// same with id "1"), `ceiling` (a bare tokio writer, no Careboard, the same frames
+    /// same with id "1"), `joined-distinct` (as `shared-distinct`, each socket's bytes
+    /// joined in one buffer and sent in one plain write: the server's default bytes),
+    /// `ceiling` (a bare tokio writer, no Careboard, the same frames
     /// to the same number of lean readers at full speed).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         WideVariant::OneTask,
@@ -299,6 +308,7 @@ struct Args {
         WideVariant::ScanSame,
         WideVariant::ScanDistinct,
         WideVariant::SharedDistinct,
+        WideVariant::JoinedDistinct,
         WideVariant::Ceiling,
     ])]
     wide_variants: Vec<WideVariant>,
