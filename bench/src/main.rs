@@ -42,6 +42,11 @@ enum LatencyVariant {
     PassBlockingOne,
     /// Four runtime workers on the machine's cores (`CAREBOARD_RUNTIME_WORKERS=4`).
     Workers4,
+    /// The default path with the writer passes' earlier bytes: each socket's header,
+    /// prefix and the shared payload in one vectored write
+    /// (`CAREBOARD_WS_FRAME_BYTES=shared`), where the default joins them in one plain
+    /// write.
+    SharedBytes,
 }
 
 impl LatencyVariant {
@@ -57,6 +62,7 @@ impl LatencyVariant {
                 ("CAREBOARD_WS_WRITE_SHARD", "0".into()),
             ],
             LatencyVariant::Workers4 => vec![("CAREBOARD_RUNTIME_WORKERS", "4".into())],
+            LatencyVariant::SharedBytes => vec![("CAREBOARD_WS_FRAME_BYTES", "shared".into())],
         }
     }
 }
@@ -331,9 +337,15 @@ struct Args {
     /// (repeat names to alternate them: `default,pass-blocking,pass-blocking,default`):
     /// `default` (the server's defaults), `pass-blocking` (writer passes on tokio's
     /// blocking threads, runs of `--write-shard` sockets), `pass-blocking-one` (the
-    /// same, one run per pass), `workers4` (four runtime workers). None: skip.
+    /// same, one run per pass), `workers4` (four runtime workers), `shared-bytes` (the
+    /// writer passes' earlier bytes, one vectored write per socket). None: skip.
     #[arg(long, value_enum, value_delimiter = ',')]
     latency_variants: Vec<LatencyVariant>,
+    /// The spread row (`--spread-subscribers` over `--spread-boards` Boards) on servers
+    /// of their own, one per name, in the order given, with the `--latency-variants`
+    /// names' settings. None: one spread row on the last one-Board latency row's server.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    spread_variants: Vec<LatencyVariant>,
     /// Idle subscriptions held open to measure memory per subscription.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -974,7 +986,42 @@ async fn main() -> Result<()> {
             }
         }
         let server = server.context("a subscribe server")?;
-        if args.spread_subscribers > 0 {
+        let shard = args.write_shard.to_string();
+        for variant in &args.spread_variants {
+            if args.spread_subscribers == 0 {
+                break;
+            }
+            let env = variant.env(&shard);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let own = subscribe::Server::start_with(&url, &auths[auths.len() - 1].1, &env).await?;
+            let m = fanout::latency(
+                &own,
+                args.spread_subscribers,
+                args.spread_boards,
+                args.change_rate,
+                args.seconds,
+            )
+            .await?;
+            drop(own);
+            let name = variant
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string());
+            let p99 = m.latency.value_at_quantile(0.99) as f64 / 1000.0;
+            println!(
+                "spread, {name}: {} subscribers over {} Boards, commit to frame p99 {p99:.2} ms, {} errors",
+                args.spread_subscribers, args.spread_boards, m.errors
+            );
+            rows.push(Row::unbased(
+                format!(
+                    "subscribe: commit to frame, {} subscribers over {} Boards, {} changes/s in all (frames/s), {name}",
+                    args.spread_subscribers, args.spread_boards, args.change_rate
+                ),
+                m.frames as f64 / args.seconds as f64,
+                Some(m.latency),
+                m.errors,
+            ));
+        }
+        if args.spread_subscribers > 0 && args.spread_variants.is_empty() {
             let m = fanout::latency(
                 &server,
                 args.spread_subscribers,
