@@ -285,17 +285,19 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub ws_write_shard: usize,
-    /// How a group's writer pass makes each socket's bytes: `shared` (the socket's own
-    /// websocket header and envelope prefix, made when it subscribed, written in one
-    /// vectored write with the frame's payload, which is never copied per socket) or
-    /// `scan` (a whole frame encoded per subscription id and protocol, found per socket
-    /// by a scan of those encoded so far; the earlier path, kept for the benchmark's
-    /// before/after rows).
+    /// How a group's writer pass makes each socket's bytes: `joined` (the socket's own
+    /// websocket header and envelope prefix, made when it subscribed, and the frame's
+    /// payload, encoded once, joined in a buffer the pass reuses and sent in one plain
+    /// write; frames past a few KB as `shared`), `shared` (the same three pieces in one
+    /// vectored write, the payload never copied per socket) or `scan` (a whole frame
+    /// encoded per subscription id and protocol, found per socket by a scan of those
+    /// encoded so far). `shared` and `scan` are earlier paths, kept for the benchmark's
+    /// before/after rows.
     #[arg(
         long,
         env = "CAREBOARD_WS_FRAME_BYTES",
         value_enum,
-        default_value = "shared",
+        default_value = "joined",
         hide = true
     )]
     pub ws_frame_bytes: FrameBytes,
@@ -366,8 +368,12 @@ pub enum FrameDelivery {
 /// How a group's writer pass makes each socket's bytes (`crate::frames`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum FrameBytes {
-    /// Header and envelope prefix per socket, the payload shared: one vectored write.
+    /// Header and envelope prefix per socket and the shared payload, joined in the
+    /// pass's buffer: one plain write (a vectored one for frames past
+    /// `crate::frames::JOINED_MAX`).
     #[default]
+    Joined,
+    /// Header and envelope prefix per socket, the payload shared: one vectored write.
     Shared,
     /// A whole frame per subscription id and protocol, looked up by a scan.
     Scan,

@@ -10,10 +10,13 @@
 //! - **Delivery** ([`FrameDelivery::Group`], the default): the group's own task writes
 //!   each frame to its sockets in one pass: each socket's websocket header and envelope
 //!   prefix (`{"type":…,"id":…,"payload":`, made when it subscribed) and the frame's
-//!   payload, encoded once and never copied per socket, in one non-blocking vectored
-//!   `write` per socket, no task woken ([`crate::ws_out`]), so the pass is linear in its
-//!   sockets whatever ids they chose ([`FrameBytes::Scan`], the earlier whole frame per
-//!   (id, protocol) found by a scan, is kept for the benchmark). A socket whose buffer is
+//!   payload, encoded once, joined in a buffer the pass reuses and sent in one
+//!   non-blocking plain `write` per socket, no task woken ([`crate::ws_out`],
+//!   [`FrameBytes::Joined`]; [`FrameBytes::Shared`] writes the three pieces in one
+//!   vectored write instead, as frames past [`JOINED_MAX`] do), so the pass is linear in
+//!   its sockets whatever ids they chose ([`FrameBytes::Scan`], the earlier whole frame
+//!   per (id, protocol) found by a scan, is kept for the benchmark). The pass's counters
+//!   are added up per run, not per socket. A socket whose buffer is
 //!   full, or that has bytes waiting, gets the frame in its [`Slot`] instead (the newest
 //!   replaces an older one there) and its own task writes it when the socket drains.
 //!   A group of more sockets than `--ws-write-shard` (250) splits the pass into tasks of
@@ -69,7 +72,8 @@ pub struct Frame {
     /// Nothing follows this frame.
     pub last: bool,
     /// The payload and the envelope's closing brace, made once: every socket's bytes
-    /// are its own header and prefix, then these ([`FrameBytes::Shared`]).
+    /// are its own header and prefix, then these ([`FrameBytes::Joined`],
+    /// [`FrameBytes::Shared`]).
     tail: Option<Bytes>,
 }
 
@@ -194,12 +198,73 @@ enum Direct<'a> {
     Whole(&'a [u8]),
     /// The frame's shared tail, to write after the socket's own header and prefix.
     Tail(&'a [u8]),
+    /// The same, the three joined in one buffer of the pass and sent in one plain write
+    /// ([`FrameBytes::Joined`]).
+    Joined(&'a [u8]),
+}
+
+/// Frames up to this many bytes (header, prefix and tail) are joined in one buffer per
+/// socket ([`FrameBytes::Joined`]); longer ones go out in a vectored write, where the
+/// copy would cost more than the system call's extra pieces.
+pub const JOINED_MAX: usize = 4096;
+
+/// What a run of a writer pass counts, added to the shared counters once per run (a
+/// counter touched per socket is a cache line the runtime's workers pass between them
+/// thousands of times per frame).
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    parked: u64,
+    parked_waiting: u64,
+    behind: u64,
+}
+
+impl Tally {
+    fn add_to(&self, metrics: &FrameMetrics) {
+        for (counter, n) in [
+            (&metrics.frames_sent, self.sent),
+            (&metrics.pass_parked, self.parked),
+            (&metrics.pass_parked_waiting, self.parked_waiting),
+            (&metrics.pass_behind, self.behind),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The buffer a writer pass joins each socket's bytes in ([`FrameBytes::Joined`]):
+    /// one per thread, reused for every socket and frame.
+    static JOINED: std::cell::RefCell<Vec<u8>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Slot {
     /// The websocket header for a frame whose tail is `tail_len` bytes.
     fn header(&self, tail_len: usize) -> ([u8; 10], usize) {
         crate::ws_out::text_header(self.prefix.len() + tail_len)
+    }
+
+    /// Writes this socket's header, prefix and `tail` joined in the thread's buffer, in
+    /// one plain write (a vectored one past [`JOINED_MAX`]).
+    fn write_joined(&self, tail: &[u8]) -> Written {
+        let (header, used) = self.header(tail.len());
+        let parts: [&[u8]; 3] = [&header[..used], &self.prefix, tail];
+        if used + self.prefix.len() + tail.len() > JOINED_MAX {
+            return self.out.try_write_parts(&parts);
+        }
+        JOINED.with(|joined| {
+            let Ok(mut joined) = joined.try_borrow_mut() else {
+                return self.out.try_write_parts(&parts);
+            };
+            joined.clear();
+            for part in parts {
+                joined.extend_from_slice(part);
+            }
+            self.out.try_write_now(&joined)
+        })
     }
 
     /// Hands `frame` to this subscription: written now when `direct` bytes are given
@@ -214,6 +279,19 @@ impl Slot {
         parked: ParkedFrames,
         metrics: &FrameMetrics,
     ) {
+        let mut tally = Tally::default();
+        self.deliver_counted(frame, direct, parked, &mut tally);
+        tally.add_to(metrics);
+    }
+
+    /// [`Slot::deliver`], counting into `tally` (a writer pass adds it up once per run).
+    fn deliver_counted(
+        &self,
+        frame: &Arc<Frame>,
+        direct: Direct<'_>,
+        parked: ParkedFrames,
+        tally: &mut Tally,
+    ) {
         let mut state = self.state.lock().expect("frame slot");
         if state.closed {
             return;
@@ -224,7 +302,7 @@ impl Slot {
         }
         let behind = state.parked.is_some() && !state.in_flight;
         if behind && !matches!(direct, Direct::No) {
-            metrics.pass_behind.inc();
+            tally.behind += 1;
         }
         let ready = !state.in_flight && (state.parked.is_none() || parked == ParkedFrames::Pass);
         let written = match direct {
@@ -236,6 +314,7 @@ impl Slot {
                         .try_write_parts(&[&header[..used], &self.prefix, tail]),
                 )
             }
+            Direct::Joined(tail) if ready => Some(self.write_joined(tail)),
             _ => None,
         };
         if let Some(written) = written {
@@ -246,7 +325,7 @@ impl Slot {
                     }
                     // An older frame the task has not taken: this one supersedes it.
                     state.parked = None;
-                    metrics.frames_sent.inc();
+                    tally.sent += 1;
                     // The rest of a frame waits in the queue: the socket's task writes it.
                     // (Bytes the task queued meanwhile it flushes itself.)
                     if written == Written::Partly {
@@ -259,11 +338,11 @@ impl Slot {
                     return;
                 }
                 Written::Busy => {
-                    metrics.pass_parked.inc();
+                    tally.parked += 1;
                 }
                 Written::Waiting => {
-                    metrics.pass_parked.inc();
-                    metrics.pass_parked_waiting.inc();
+                    tally.parked += 1;
+                    tally.parked_waiting += 1;
                 }
             }
         }
@@ -368,6 +447,7 @@ async fn write_pass(
     let encoded = Arc::new(match bytes {
         FrameBytes::Scan => Encoded::Scan(encode_for(&slots, frame, metrics)),
         FrameBytes::Shared => Encoded::Shared,
+        FrameBytes::Joined => Encoded::Joined,
     });
     // Each write of a pass is a poll of the socket's I/O resource, which tokio counts
     // against the task's cooperative budget (128 per poll): past it, every further write
@@ -476,6 +556,8 @@ enum Encoded {
     Scan(Vec<(Arc<str>, bool, Bytes)>),
     /// Each socket's own header and prefix, then the frame's shared tail.
     Shared,
+    /// The same, joined in one buffer per socket ([`FrameBytes::Joined`]).
+    Joined,
 }
 
 /// Whether `frame` goes out from the writer pass (else every socket's task handles it:
@@ -521,6 +603,7 @@ fn write_run(
     metrics: &FrameMetrics,
 ) {
     let started = std::time::Instant::now();
+    let mut tally = Tally::default();
     match encoded {
         Encoded::Scan(encoded) => {
             for slot in slots {
@@ -528,19 +611,23 @@ fn write_run(
                     .iter()
                     .find(|(id, legacy, _)| *id == slot.id && *legacy == slot.legacy)
                     .map_or(Direct::No, |(_, _, bytes)| Direct::Whole(&bytes[..]));
-                slot.deliver(frame, bytes, parked, metrics);
+                slot.deliver_counted(frame, bytes, parked, &mut tally);
             }
         }
-        Encoded::Shared => {
+        Encoded::Shared | Encoded::Joined => {
             let direct = match &frame.tail {
-                Some(tail) if direct(frame) => Direct::Tail(&tail[..]),
+                Some(tail) if direct(frame) => match encoded {
+                    Encoded::Joined => Direct::Joined(&tail[..]),
+                    _ => Direct::Tail(&tail[..]),
+                },
                 _ => Direct::No,
             };
             for slot in slots {
-                slot.deliver(frame, direct, parked, metrics);
+                slot.deliver_counted(frame, direct, parked, &mut tally);
             }
         }
     }
+    tally.add_to(metrics);
     metrics.pass_sockets.inc_by(slots.len() as u64);
     metrics
         .pass_nanos
@@ -568,7 +655,7 @@ impl FrameHub {
     pub fn with_write_shard(shard: usize) -> Self {
         Self::with_settings(
             shard,
-            FrameBytes::Shared,
+            FrameBytes::Joined,
             ParkedFrames::Pass,
             PassBudget::Unconstrained,
         )
@@ -1310,6 +1397,130 @@ mod tests {
             match thread {
                 PassThread::Blocking => assert_eq!(on_runtime, 0, "{label}"),
                 PassThread::Worker => assert_eq!(on_runtime, threads.len(), "{label}"),
+            }
+        }
+    }
+
+    /// A socket end that counts the plain and the vectored writes it is offered.
+    struct CountedWrites {
+        inner: tokio::io::DuplexStream,
+        plain: Arc<std::sync::atomic::AtomicUsize>,
+        vectored: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl tokio::io::AsyncRead for CountedWrites {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for CountedWrites {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.plain
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.vectored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // All of it or nothing, as a socket with room does.
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, &all)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// With [`FrameBytes::Joined`] (the default) a pass sends each socket's frame in one
+    /// plain write of its header, prefix and the payload joined, byte-identical to the
+    /// frame encoded whole, with no vectored write; a frame past [`JOINED_MAX`] goes out
+    /// in one vectored write instead, as every frame does with [`FrameBytes::Shared`].
+    /// The pass's counters, added up per run, count every socket.
+    #[tokio::test]
+    async fn joined_bytes_go_out_in_one_plain_write_per_socket() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncReadExt;
+        assert_eq!(FrameBytes::default(), FrameBytes::Joined);
+        let big = "x".repeat(JOINED_MAX);
+        for (bytes, padding) in [
+            (FrameBytes::Joined, ""),
+            (FrameBytes::Joined, big.as_str()),
+            (FrameBytes::Shared, ""),
+        ] {
+            let metrics = FrameMetrics::default();
+            let members: Members = Mutex::default();
+            let (plain, vectored) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let mut ends = Vec::new();
+            for _ in 0..20 {
+                let (ours, theirs) = tokio::io::duplex(64 * 1024);
+                let counted = CountedWrites {
+                    inner: ours,
+                    plain: plain.clone(),
+                    vectored: vectored.clone(),
+                };
+                let (slot, io) = slot_on(counted);
+                members.lock().unwrap().push(Arc::new(slot));
+                ends.push((theirs, io));
+            }
+            let settings = PassSettings {
+                shard: 0,
+                bytes,
+                parked: ParkedFrames::Pass,
+                budget: PassBudget::Unconstrained,
+                thread: PassThread::Worker,
+            };
+            let payload = format!(
+                "{{\"data\":{{\"boardChanged\":{{\"version\":3,\"pad\":\"{padding}\"}}}}}}"
+            );
+            let frame = Arc::new(Frame::new(Some(3), Some(payload.into()), None, false));
+            write_pass(&members, &frame, &metrics, settings).await;
+            let label = format!("{bytes:?}, {} bytes of padding", padding.len());
+            assert_eq!(metrics.frames_sent.get(), 20, "{label}");
+            assert_eq!(metrics.pass_sockets.get(), 20, "{label}");
+            let expected =
+                crate::ws_out::text_frame(&envelope(false, "1", frame.payload.as_deref().unwrap()));
+            for (theirs, _) in &mut ends {
+                let mut got = vec![0u8; expected.len()];
+                theirs.read_exact(&mut got).await.unwrap();
+                assert!(got == expected[..], "{label}: byte for byte");
+            }
+            let (plain, vectored) = (
+                plain.load(Ordering::Relaxed),
+                vectored.load(Ordering::Relaxed),
+            );
+            if bytes == FrameBytes::Joined && padding.is_empty() {
+                assert_eq!((plain, vectored), (20, 0), "{label}");
+            } else {
+                assert_eq!((plain, vectored), (0, 20), "{label}");
             }
         }
     }

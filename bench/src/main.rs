@@ -42,6 +42,11 @@ enum LatencyVariant {
     PassBlockingOne,
     /// Four runtime workers on the machine's cores (`CAREBOARD_RUNTIME_WORKERS=4`).
     Workers4,
+    /// The default path with the writer passes' earlier bytes: each socket's header,
+    /// prefix and the shared payload in one vectored write
+    /// (`CAREBOARD_WS_FRAME_BYTES=shared`), where the default joins them in one plain
+    /// write.
+    SharedBytes,
 }
 
 impl LatencyVariant {
@@ -57,6 +62,7 @@ impl LatencyVariant {
                 ("CAREBOARD_WS_WRITE_SHARD", "0".into()),
             ],
             LatencyVariant::Workers4 => vec![("CAREBOARD_RUNTIME_WORKERS", "4".into())],
+            LatencyVariant::SharedBytes => vec![("CAREBOARD_WS_FRAME_BYTES", "shared".into())],
         }
     }
 }
@@ -70,6 +76,9 @@ enum WideVariant {
     ScanSame,
     ScanDistinct,
     SharedDistinct,
+    /// `shared-distinct` with each socket's header, prefix and the payload joined in
+    /// one buffer of the pass and sent in one plain write (the server's default bytes).
+    JoinedDistinct,
     Ceiling,
     /// `tasks` the earlier way: the pass's writes inside tokio's cooperative budget
     /// (past 128 writes in a task, sockets look busy and are parked), and a newer frame
@@ -92,6 +101,7 @@ impl WideVariant {
             WideVariant::ScanSame => (shard, "scan", false),
             WideVariant::ScanDistinct => (shard, "scan", true),
             WideVariant::SharedDistinct => (shard, "shared", true),
+            WideVariant::JoinedDistinct => (shard, "joined", true),
         }
     }
 
@@ -120,6 +130,9 @@ impl WideVariant {
             ),
             WideVariant::SharedDistinct => format!(
                 "distinct ids, after: payload shared, prefix per socket, writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::JoinedDistinct => format!(
+                "distinct ids, now: header, prefix and payload joined per socket, one plain write, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::Ceiling => format!(
                 "ceiling: bare tokio writer, no Careboard, tasks of {shard} sockets, round {round}"
@@ -292,7 +305,9 @@ struct Args {
     /// bytes: a whole frame encoded per subscription id, found per socket by a scan;
     /// subscribers all with id "1" / each with a UUID of its own), `shared-distinct`
     /// (each socket's header and prefix, the payload shared, UUID ids; `tasks` is the
-    /// same with id "1"), `ceiling` (a bare tokio writer, no Careboard, the same frames
+    /// same with id "1"), `joined-distinct` (as `shared-distinct`, each socket's bytes
+    /// joined in one buffer and sent in one plain write: the server's default bytes),
+    /// `ceiling` (a bare tokio writer, no Careboard, the same frames
     /// to the same number of lean readers at full speed).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         WideVariant::OneTask,
@@ -300,6 +315,7 @@ struct Args {
         WideVariant::ScanSame,
         WideVariant::ScanDistinct,
         WideVariant::SharedDistinct,
+        WideVariant::JoinedDistinct,
         WideVariant::Ceiling,
     ])]
     wide_variants: Vec<WideVariant>,
@@ -322,9 +338,15 @@ struct Args {
     /// (repeat names to alternate them: `default,pass-blocking,pass-blocking,default`):
     /// `default` (the server's defaults), `pass-blocking` (writer passes on tokio's
     /// blocking threads, runs of `--write-shard` sockets), `pass-blocking-one` (the
-    /// same, one run per pass), `workers4` (four runtime workers). None: skip.
+    /// same, one run per pass), `workers4` (four runtime workers), `shared-bytes` (the
+    /// writer passes' earlier bytes, one vectored write per socket). None: skip.
     #[arg(long, value_enum, value_delimiter = ',')]
     latency_variants: Vec<LatencyVariant>,
+    /// The spread row (`--spread-subscribers` over `--spread-boards` Boards) on servers
+    /// of their own, one per name, in the order given, with the `--latency-variants`
+    /// names' settings. None: one spread row on the last one-Board latency row's server.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    spread_variants: Vec<LatencyVariant>,
     /// Idle subscriptions held open to measure memory per subscription.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -965,7 +987,42 @@ async fn main() -> Result<()> {
             }
         }
         let server = server.context("a subscribe server")?;
-        if args.spread_subscribers > 0 {
+        let shard = args.write_shard.to_string();
+        for variant in &args.spread_variants {
+            if args.spread_subscribers == 0 {
+                break;
+            }
+            let env = variant.env(&shard);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let own = subscribe::Server::start_with(&url, &auths[auths.len() - 1].1, &env).await?;
+            let m = fanout::latency(
+                &own,
+                args.spread_subscribers,
+                args.spread_boards,
+                args.change_rate,
+                args.seconds,
+            )
+            .await?;
+            drop(own);
+            let name = variant
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string());
+            let p99 = m.latency.value_at_quantile(0.99) as f64 / 1000.0;
+            println!(
+                "spread, {name}: {} subscribers over {} Boards, commit to frame p99 {p99:.2} ms, {} errors",
+                args.spread_subscribers, args.spread_boards, m.errors
+            );
+            rows.push(Row::unbased(
+                format!(
+                    "subscribe: commit to frame, {} subscribers over {} Boards, {} changes/s in all (frames/s), {name}",
+                    args.spread_subscribers, args.spread_boards, args.change_rate
+                ),
+                m.frames as f64 / args.seconds as f64,
+                Some(m.latency),
+                m.errors,
+            ));
+        }
+        if args.spread_subscribers > 0 && args.spread_variants.is_empty() {
             let m = fanout::latency(
                 &server,
                 args.spread_subscribers,
