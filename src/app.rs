@@ -78,6 +78,8 @@ pub async fn open_database(args: &DatabaseArgs) -> Result<Database> {
 /// How many automatic persisted queries each process remembers (least recently used
 /// first out; a forgotten one costs the client one retry with the document).
 const PERSISTED_QUERIES: usize = 2048;
+/// The bytes those documents may hold together (a few kilobytes each, usually).
+const PERSISTED_QUERY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Like [`open_database`], for a process that serves: it must own the embedded cluster
 /// (a cluster borrowed from another process stops when that process stops, and every
@@ -150,7 +152,10 @@ pub fn state_with(
     AppState {
         schema: build_schema(data.clone(), &limits),
         introspection_schema: crate::graphql::build_introspection_schema(data, &limits),
-        persisted: Arc::new(crate::persisted::PersistedQueries::new(PERSISTED_QUERIES)),
+        persisted: Arc::new(crate::persisted::PersistedQueries::new(
+            PERSISTED_QUERIES,
+            PERSISTED_QUERY_BYTES,
+        )),
         estimator,
         pool,
         limits: Arc::new(limits),

@@ -480,3 +480,37 @@ async fn tokens_in_query_strings_are_not_taken_and_oversized_ones_are_refused() 
     let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
     assert_closed(&answer, 4403, "not a well-formed JWT");
 }
+
+/// Automatic persisted queries are remembered within a budget of bytes, not only of
+/// documents: before, any caller could park 2048 documents of the largest body each
+/// (about 512 MB of the server's memory, measured 75 MB for 300 of them) in a few
+/// seconds. Sent more than the budget in big documents, the server has forgotten the
+/// oldest (a small one, remembered first) and answers its hash PERSISTED_QUERY_NOT_FOUND;
+/// the newest is still remembered.
+#[tokio::test]
+async fn persisted_queries_hold_a_bounded_number_of_bytes() {
+    let app = TestApp::spawn().await;
+    let hash = |q: &str| {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(q.as_bytes()))
+    };
+    let persisted = |q: &str| json!({"persistedQuery": {"version": 1, "sha256Hash": hash(q)}});
+    let small = "{ __typename }";
+    let answer = app.gql_with_extensions(small, &persisted(small)).await;
+    assert_eq!(answer["data"]["__typename"], "Query", "{answer}");
+    // 48 documents of 200 KB (9.6 MB), each remembered as it is sent.
+    let mut newest = String::new();
+    for i in 0..48 {
+        newest = format!("{{ __typename }} # {i:04} {}", "x".repeat(200_000));
+        let answer = app.gql_with_extensions(&newest, &persisted(&newest)).await;
+        assert_eq!(answer["data"]["__typename"], "Query", "{answer}");
+    }
+    let by_hash = app.gql_with_extensions("", &persisted(&newest)).await;
+    assert_eq!(by_hash["data"]["__typename"], "Query", "{by_hash}");
+    let forgotten = app.gql_with_extensions("", &persisted(small)).await;
+    assert_eq!(
+        error_code(&forgotten),
+        "PERSISTED_QUERY_NOT_FOUND",
+        "the oldest document is still held: {forgotten}"
+    );
+}
