@@ -514,3 +514,91 @@ async fn persisted_queries_hold_a_bounded_number_of_bytes() {
         "the oldest document is still held: {forgotten}"
     );
 }
+
+/// Reads from `socket` until the server closes it, sending `drip` (if any) between
+/// reads; what the server answered, or None when it held the socket past `limit`.
+async fn until_closed(
+    socket: &mut tokio::net::TcpStream,
+    drip: Option<&[u8]>,
+    limit: Duration,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(100), socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&answer).into()),
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                if let Some(drip) = drip {
+                    // A write to a socket the server closed fails: that is the end too.
+                    if socket.write_all(drip).await.is_err() {
+                        return Some(String::from_utf8_lossy(&answer).into());
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Connections that send nothing, half a request's headers, or a body a byte at a time
+/// are closed once their time is up (the headers' bound, or the request's for the
+/// body), with no token needed to open them: before, the server held each for ever, so
+/// a client could take every file descriptor the process has and lock everyone out.
+/// The server answers others meanwhile and afterwards.
+#[tokio::test]
+async fn idle_and_half_sent_connections_are_closed_in_time() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
+        header_read_timeout_ms: 300,
+        request_timeout_ms: 1_000,
+        ..Default::default()
+    })
+    .await;
+    let addr = app.url("").trim_start_matches("http://").to_string();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    // The bound here is generous: the server closes these within about a second.
+    let limit = Duration::from_secs(20);
+
+    let mut silent = connect().await.unwrap();
+    assert!(
+        until_closed(&mut silent, None, limit).await.is_some(),
+        "a connection that sent nothing is still open"
+    );
+
+    let mut half = connect().await.unwrap();
+    half.write_all(b"POST /graphql HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        until_closed(&mut half, None, limit).await.is_some(),
+        "a connection that sent half its headers is still open"
+    );
+
+    let mut dripping = connect().await.unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {}\r\ncontent-length: 100000\r\n\r\n{{\"query\": \"",
+        app.admin_token
+    );
+    dripping.write_all(head.as_bytes()).await.unwrap();
+    let answer = until_closed(&mut dripping, Some(b" "), limit).await;
+    let answer = answer.expect("a connection sending its body a byte at a time is still open");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("TIMEOUT"), "{answer}");
+
+    // The server answers as ever, and a keep-alive connection serves many requests.
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let answer = body_json(
+            client
+                .post(app.url("/graphql"))
+                .bearer_auth(&app.admin_token)
+                .json(&json!({"query": "{ __typename }"})),
+        )
+        .await;
+        assert_eq!(answer["data"]["__typename"], "Query", "{answer}");
+    }
+}
