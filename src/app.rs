@@ -78,6 +78,8 @@ pub async fn open_database(args: &DatabaseArgs) -> Result<Database> {
 /// How many automatic persisted queries each process remembers (least recently used
 /// first out; a forgotten one costs the client one retry with the document).
 const PERSISTED_QUERIES: usize = 2048;
+/// The bytes those documents may hold together (a few kilobytes each, usually).
+const PERSISTED_QUERY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Like [`open_database`], for a process that serves: it must own the embedded cluster
 /// (a cluster borrowed from another process stops when that process stops, and every
@@ -150,7 +152,10 @@ pub fn state_with(
     AppState {
         schema: build_schema(data.clone(), &limits),
         introspection_schema: crate::graphql::build_introspection_schema(data, &limits),
-        persisted: Arc::new(crate::persisted::PersistedQueries::new(PERSISTED_QUERIES)),
+        persisted: Arc::new(crate::persisted::PersistedQueries::new(
+            PERSISTED_QUERIES,
+            PERSISTED_QUERY_BYTES,
+        )),
         estimator,
         pool,
         limits: Arc::new(limits),
@@ -187,12 +192,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    // The client's address is the key of its rate limit.
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server failed")
+    let header_read_timeout = Duration::from_millis(state.limits.header_read_timeout_ms);
+    serve_http(listener, router(state), header_read_timeout, shutdown).await;
+    Ok(())
 }
 
 /// Serves `/metrics` (and `/healthz`) on an address of its own until `shutdown`.
@@ -201,10 +203,101 @@ pub async fn serve_metrics(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, crate::http::metrics_router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("metrics server failed")
+    let header_read_timeout = Duration::from_millis(state.limits.header_read_timeout_ms);
+    let app = crate::http::metrics_router(state);
+    serve_http(listener, app, header_read_timeout, shutdown).await;
+    Ok(())
+}
+
+/// The accept loop: one task per connection, HTTP/1.1 with upgrades (websockets), the
+/// client's address as `ConnectInfo` (the key of its rate limit). A connection must
+/// send a request's headers within `header_read_timeout` of opening or of its last
+/// answer, else it is closed: without that bound (`axum::serve` sets none) every idle
+/// or half-sent connection was held for ever, and enough of them, from a client with no
+/// token, took the process's file descriptors from everyone else. After `shutdown`,
+/// no new connection is taken and in-flight requests are drained.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    // Dropped at shutdown: every connection then finishes what it is answering.
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    // Each connection holds a receiver; all gone, every connection has closed.
+    let (closed, open) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let mut stopped = stopped.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(addr));
+                    let mut app = app.clone();
+                    tower_service::Service::call(&mut app, request)
+                },
+            );
+            // HTTP/1.1 only (as before): a protocol-detecting builder would wait for a
+            // client's first bytes before any timeout of HTTP/1.1 starts.
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::trace!(error = %e, "connection ended");
+                        }
+                        break;
+                    }
+                    _ = stopped.changed(), if !draining => {
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(stop);
+    drop(open);
+    closed.closed().await;
+}
+
+/// An accept that failed: a connection reset before it was taken is nothing; anything
+/// else (out of file descriptors, say) is logged and the loop waits a moment instead of
+/// spinning.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "accepting a connection failed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// A server running in the background (tests and tools).

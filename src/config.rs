@@ -210,6 +210,16 @@ pub struct GraphqlLimits {
     /// SQL with it.
     #[arg(long, env = "CAREBOARD_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
     pub request_timeout_ms: u64,
+    /// A connection must send a request's headers within this many ms of opening (or
+    /// of its last answer), else it is closed; a request's body must arrive within
+    /// `--request-timeout-ms`. Idle and half-sent connections would otherwise be held
+    /// for ever.
+    #[arg(
+        long,
+        env = "CAREBOARD_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
     /// Most pool connections one request may hold at once, so that others always get one.
     #[arg(
         long,

@@ -487,14 +487,23 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
         Err(refused) => return refused.into_response(),
     };
     let limit = state.limits.max_body_bytes;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => {
+    // A body sent a byte at a time would hold the connection (and its task) for ever.
+    let within = Duration::from_millis(state.limits.request_timeout_ms);
+    let bytes = match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             return request_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::Validation,
                 format!("request body exceeds the limit of {limit} bytes"),
             )
+        }
+        Err(_) => {
+            let e = AppError::Timeout(format!(
+                "the request body did not arrive within {} ms",
+                within.as_millis()
+            ));
+            return request_error(StatusCode::REQUEST_TIMEOUT, e.code(), e.public_message());
         }
     };
     let gql_request: async_graphql::Request = match serde_json::from_slice(&bytes) {

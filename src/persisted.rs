@@ -1,5 +1,6 @@
 //! Automatic persisted queries: a bounded, least-recently-used map from a query's
-//! SHA-256 to its document, shared by every request of this process.
+//! SHA-256 to its document, shared by every request of this process, bounded both in
+//! documents and in the bytes they hold.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,42 @@ use crate::error::ErrorCode;
 /// document it runs it, otherwise it answers `PERSISTED_QUERY_NOT_FOUND` and the client
 /// sends hash and document together once, which is checked and remembered.
 pub struct PersistedQueries {
-    documents: Mutex<lru::LruCache<String, Arc<str>>>,
+    documents: Mutex<Documents>,
+}
+
+/// The remembered documents and what they hold.
+struct Documents {
+    by_hash: lru::LruCache<String, Arc<str>>,
+    /// Bytes of hashes and documents held: a count bound alone would let callers park
+    /// `capacity` documents of the largest body each (hundreds of megabytes).
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Documents {
+    fn cost(hash: &str, document: &str) -> usize {
+        hash.len() + document.len()
+    }
+
+    /// Remembers `document`, forgetting the least recently used ones until what is
+    /// held fits `max_bytes`; one that alone exceeds it is not remembered (the client
+    /// keeps sending it whole, which it must be able to anyway).
+    fn put(&mut self, hash: String, document: &str) {
+        let cost = Self::cost(&hash, document);
+        if cost > self.max_bytes {
+            return;
+        }
+        if let Some((old_hash, old)) = self.by_hash.push(hash, Arc::from(document)) {
+            self.bytes -= Self::cost(&old_hash, &old);
+        }
+        self.bytes += cost;
+        while self.bytes > self.max_bytes {
+            let Some((old_hash, old)) = self.by_hash.pop_lru() else {
+                break;
+            };
+            self.bytes -= Self::cost(&old_hash, &old);
+        }
+    }
 }
 
 /// Why a persisted query could not be used.
@@ -48,12 +84,23 @@ impl PersistedQueryError {
 }
 
 impl PersistedQueries {
-    pub fn new(capacity: usize) -> Self {
+    /// At most `capacity` documents holding at most `max_bytes` together.
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
-            documents: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(capacity.max(1)).expect("non-zero"),
-            )),
+            documents: Mutex::new(Documents {
+                by_hash: lru::LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+                bytes: 0,
+                max_bytes,
+            }),
         }
+    }
+
+    /// Bytes of hashes and documents held now.
+    pub fn bytes(&self) -> usize {
+        self.documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes
     }
 
     /// Fills in `request.query` from its hash, or remembers the document it carries.
@@ -82,7 +129,7 @@ impl PersistedQueries {
             .ok_or_else(|| invalid("persistedQuery.sha256Hash must be 64 hexadecimal digits"))?;
         let mut documents = self.documents.lock().unwrap_or_else(|e| e.into_inner());
         if request.query.is_empty() {
-            return match documents.get(&hash) {
+            return match documents.by_hash.get(&hash) {
                 Some(document) => {
                     request.query = document.to_string();
                     Ok(())
@@ -100,7 +147,42 @@ impl PersistedQueries {
                 "persistedQuery.sha256Hash is not the SHA-256 of the query sent with it",
             ));
         }
-        documents.put(hash, Arc::from(request.query.as_str()));
+        documents.put(hash, &request.query);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PersistedQueries;
+
+    fn remember(queries: &PersistedQueries, query: &str) {
+        use sha2::Digest;
+        let hash = format!("{:x}", sha2::Sha256::digest(query.as_bytes()));
+        let mut request: async_graphql::Request = serde_json::from_value(serde_json::json!({
+            "query": query,
+            "extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}},
+        }))
+        .unwrap();
+        queries.resolve(&mut request).unwrap();
+    }
+
+    #[test]
+    fn documents_are_held_within_the_byte_budget() {
+        let queries = PersistedQueries::new(100, 10_000);
+        for i in 0..50 {
+            remember(&queries, &format!("{{ a }} # {i:02} {}", "x".repeat(1_000)));
+            assert!(queries.bytes() <= 10_000, "{} bytes held", queries.bytes());
+        }
+        assert!(queries.bytes() > 8_000, "{} bytes held", queries.bytes());
+        // One bigger than the whole budget runs but is not remembered.
+        remember(&queries, &"y".repeat(20_000));
+        assert!(queries.bytes() <= 10_000, "{} bytes held", queries.bytes());
+        // The same document twice is counted once.
+        let again = PersistedQueries::new(100, 10_000);
+        remember(&again, "{ b }");
+        let once = again.bytes();
+        remember(&again, "{ b }");
+        assert_eq!(again.bytes(), once);
     }
 }

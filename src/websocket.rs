@@ -586,7 +586,16 @@ pub async fn serve_socket(
                 let bytes = match frame {
                     Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
                     Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    // The library has queued the pong: it is written before the socket
+                    // is read on, so a client that pings without reading waits (TCP
+                    // pushes back) instead of the server holding a pong per ping.
+                    Some(Ok(Message::Ping(_))) => {
+                        if sink.flush().await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                     // Over the message (or frame) size limit: say so (1009), so that
                     // the client does not send it again as if the line had dropped.
                     Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {

@@ -45,6 +45,12 @@ pub enum Target<'a> {
 /// nothing is appended. Careboard's own actors (the matcher, the demo) and callers with
 /// authentication off (which the GraphQL edge admits only then) are not judged.
 pub(super) async fn authorize(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
+    judge(uow, target).await?;
+    // Only now may the caller learn that a target is not at `expectedVersion`.
+    uow.authorized()
+}
+
+async fn judge(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
     let Some(principal) = uow.meta().actor.principal().cloned() else {
         return Ok(());
     };

@@ -129,6 +129,13 @@ pub struct UnitOfWork {
     /// The guarded Boards that were taken from memory, not read: forgotten when a
     /// guard fails.
     kept_guards: Vec<Uuid>,
+    /// Whether the command's authorization has passed: until then a target that is
+    /// not at `expectedVersion` is only noted here, so that a caller who may not act
+    /// on the stream learns neither its version nor that it exists (FORBIDDEN first).
+    authorized: bool,
+    /// The CONFLICT a target's version check found before authorization, answered
+    /// once the caller is authorized.
+    version_mismatch: Option<String>,
 }
 
 /// The marker a command's commit fails with when a stream it read without its lock
@@ -212,6 +219,8 @@ impl EventStore {
             writes: Vec::new(),
             guards: Vec::new(),
             kept_guards: Vec::new(),
+            authorized: false,
+            version_mismatch: None,
         })))
     }
 
@@ -392,14 +401,28 @@ impl UnitOfWork {
         let state = self.read::<A>(id, guard).await?;
         if let (Some(expected), Some(s)) = (self.meta.expected_version, &state) {
             if s.version() != expected {
-                return Err(AppError::Conflict(format!(
+                let conflict = format!(
                     "expected version {expected} but {} {id} is at version {}",
                     A::STREAM_TYPE.noun(),
                     s.version()
-                )));
+                );
+                if self.authorized {
+                    return Err(AppError::Conflict(conflict));
+                }
+                self.version_mismatch.get_or_insert(conflict);
             }
         }
         Ok(state)
+    }
+
+    /// Records that the command's authorization passed, and answers the CONFLICT of a
+    /// target read before it that was not at `expectedVersion` (see `authorized`).
+    pub fn authorized(&mut self) -> AppResult<()> {
+        self.authorized = true;
+        match self.version_mismatch.take() {
+            Some(conflict) => Err(AppError::Conflict(conflict)),
+            None => Ok(()),
+        }
     }
 
     /// The events of every stream on a Board, read inside the transaction.
@@ -449,6 +472,10 @@ impl UnitOfWork {
     /// (its version checks may fail after a part is written, and that part must roll
     /// back). A guarded stream that moved fails with [`GuardMoved`], nothing written.
     pub async fn commit(mut self) -> AppResult<Committed> {
+        // A version check that authorization never answered still refuses the append.
+        if let Some(conflict) = self.version_mismatch.take() {
+            return Err(AppError::Conflict(conflict));
+        }
         let metadata = self.meta.event_metadata();
         let creates_only = self.writes.iter().all(|w| w.expected_version == 0);
         if !creates_only {

@@ -267,3 +267,73 @@ async fn my_access_log_names_no_other_patient() {
         .await;
     assert!(all.to_string().contains("patient-bob-Atk9"), "{all}");
 }
+
+/// `expectedVersion` is checked only for a caller who may act on the stream: another
+/// patient (or a coordinator of another region) who names a stream with a version gets
+/// FORBIDDEN whether the guess is right or wrong, never a CONFLICT that tells the
+/// stream's version (how far an appointment has gone: requested, scheduled, started…)
+/// or that it exists. The owner's own stale version is still a CONFLICT.
+#[tokio::test]
+async fn expected_version_tells_nobody_the_version_of_what_they_may_not_touch() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board_with(attack_board()).await.0;
+    let ada = app.token(Who::patient("patient-ada").name("Ada"));
+    let mut input = request_input(&board, "cmd-ada-version");
+    input["i"]["commandId"] = Value::Null;
+    let requested = app.data_as(&ada, REQUEST, input).await;
+    let appointment = requested["requestAppointment"]["appointment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cancel =
+        "mutation($i: CancelAppointmentInput!) { cancelAppointment(input: $i) { version } }";
+    let close = "mutation($i: CloseBoardInput!) { closeBoard(input: $i) { version } }";
+    let mallory = app.token(Who::patient("patient-mallory").name("Mallory"));
+    let south = app.token(Who::coordinator().subject("coord-south").regions(["south"]));
+    let events = app.event_count().await;
+    let attempts = [
+        (
+            &mallory,
+            cancel,
+            json!({"i": {"appointmentId": appointment, "reason": "x", "expectedVersion": 1}}),
+        ),
+        (
+            &mallory,
+            cancel,
+            json!({"i": {"appointmentId": appointment, "reason": "x", "expectedVersion": 7}}),
+        ),
+        (
+            &south,
+            cancel,
+            json!({"i": {"appointmentId": appointment, "reason": "x", "expectedVersion": 7}}),
+        ),
+        (
+            &south,
+            close,
+            json!({"i": {"boardId": board, "expectedVersion": 7}}),
+        ),
+    ];
+    for (token, mutation, variables) in attempts {
+        let answer = app.gql_as(token, mutation, variables.clone()).await;
+        assert_eq!(
+            helpers::error_code(&answer),
+            "FORBIDDEN",
+            "{variables}: {answer}"
+        );
+        assert!(
+            !answer.to_string().contains("version 1"),
+            "the refusal tells the stream's version: {answer}"
+        );
+    }
+    assert_eq!(app.event_count().await, events, "nothing appended");
+    // Ada's own stale version: a CONFLICT, as before.
+    let own = app
+        .gql_as(
+            &ada,
+            cancel,
+            json!({"i": {"appointmentId": appointment, "reason": "x", "expectedVersion": 7}}),
+        )
+        .await;
+    assert_eq!(helpers::error_code(&own), "CONFLICT", "{own}");
+    assert_eq!(app.event_count().await, events, "nothing appended");
+}

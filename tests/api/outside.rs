@@ -480,3 +480,197 @@ async fn tokens_in_query_strings_are_not_taken_and_oversized_ones_are_refused() 
     let answer = ws.next(REFUSED_WITHIN).await.expect("an answer");
     assert_closed(&answer, 4403, "not a well-formed JWT");
 }
+
+/// Automatic persisted queries are remembered within a budget of bytes, not only of
+/// documents: before, any caller could park 2048 documents of the largest body each
+/// (about 512 MB of the server's memory, measured 75 MB for 300 of them) in a few
+/// seconds. Sent more than the budget in big documents, the server has forgotten the
+/// oldest (a small one, remembered first) and answers its hash PERSISTED_QUERY_NOT_FOUND;
+/// the newest is still remembered.
+#[tokio::test]
+async fn persisted_queries_hold_a_bounded_number_of_bytes() {
+    let app = TestApp::spawn().await;
+    let hash = |q: &str| {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(q.as_bytes()))
+    };
+    let persisted = |q: &str| json!({"persistedQuery": {"version": 1, "sha256Hash": hash(q)}});
+    let small = "{ __typename }";
+    let answer = app.gql_with_extensions(small, &persisted(small)).await;
+    assert_eq!(answer["data"]["__typename"], "Query", "{answer}");
+    // 48 documents of 200 KB (9.6 MB), each remembered as it is sent.
+    let mut newest = String::new();
+    for i in 0..48 {
+        newest = format!("{{ __typename }} # {i:04} {}", "x".repeat(200_000));
+        let answer = app.gql_with_extensions(&newest, &persisted(&newest)).await;
+        assert_eq!(answer["data"]["__typename"], "Query", "{answer}");
+    }
+    let by_hash = app.gql_with_extensions("", &persisted(&newest)).await;
+    assert_eq!(by_hash["data"]["__typename"], "Query", "{by_hash}");
+    let forgotten = app.gql_with_extensions("", &persisted(small)).await;
+    assert_eq!(
+        error_code(&forgotten),
+        "PERSISTED_QUERY_NOT_FOUND",
+        "the oldest document is still held: {forgotten}"
+    );
+}
+
+/// Reads from `socket` until the server closes it, sending `drip` (if any) between
+/// reads; what the server answered, or None when it held the socket past `limit`.
+async fn until_closed(
+    socket: &mut tokio::net::TcpStream,
+    drip: Option<&[u8]>,
+    limit: Duration,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(100), socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&answer).into()),
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                if let Some(drip) = drip {
+                    // A write to a socket the server closed fails: that is the end too.
+                    if socket.write_all(drip).await.is_err() {
+                        return Some(String::from_utf8_lossy(&answer).into());
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Connections that send nothing, half a request's headers, or a body a byte at a time
+/// are closed once their time is up (the headers' bound, or the request's for the
+/// body), with no token needed to open them: before, the server held each for ever, so
+/// a client could take every file descriptor the process has and lock everyone out.
+/// The server answers others meanwhile and afterwards.
+#[tokio::test]
+async fn idle_and_half_sent_connections_are_closed_in_time() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
+        header_read_timeout_ms: 300,
+        request_timeout_ms: 1_000,
+        ..Default::default()
+    })
+    .await;
+    let addr = app.url("").trim_start_matches("http://").to_string();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    // The bound here is generous: the server closes these within about a second.
+    let limit = Duration::from_secs(20);
+
+    let mut silent = connect().await.unwrap();
+    assert!(
+        until_closed(&mut silent, None, limit).await.is_some(),
+        "a connection that sent nothing is still open"
+    );
+
+    let mut half = connect().await.unwrap();
+    half.write_all(b"POST /graphql HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        until_closed(&mut half, None, limit).await.is_some(),
+        "a connection that sent half its headers is still open"
+    );
+
+    let mut dripping = connect().await.unwrap();
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {}\r\ncontent-length: 100000\r\n\r\n{{\"query\": \"",
+        app.admin_token
+    );
+    dripping.write_all(head.as_bytes()).await.unwrap();
+    let answer = until_closed(&mut dripping, Some(b" "), limit).await;
+    let answer = answer.expect("a connection sending its body a byte at a time is still open");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("TIMEOUT"), "{answer}");
+
+    // The server answers as ever, and a keep-alive connection serves many requests.
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let answer = body_json(
+            client
+                .post(app.url("/graphql"))
+                .bearer_auth(&app.admin_token)
+                .json(&json!({"query": "{ __typename }"})),
+        )
+        .await;
+        assert_eq!(answer["data"]["__typename"], "Query", "{answer}");
+    }
+}
+
+/// One client frame as it goes on the wire: `opcode` with `payload`, masked (with a key
+/// of zeros: the payload goes as it is).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A client that sends websocket pings and never reads the pongs is pushed back by TCP
+/// once its pong waits to be written: the server stops reading it. Before, the server
+/// read on and queued one pong per ping for ever (measured: +134 MB of the server's
+/// memory for a million pings from one socket, all of it kept until the socket closed).
+/// Here the client tries to push 64 MB of pings; the server must stop taking them long
+/// before (the sockets' kernel buffers hold a few MB).
+#[tokio::test]
+async fn a_client_that_pings_without_reading_is_pushed_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let addr = app.url("").trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let upgrade = format!(
+        "GET /graphql/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
+    );
+    socket.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        socket.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", app.admin_token)}});
+    socket
+        .write_all(&client_frame(0x1, init.to_string().as_bytes()))
+        .await
+        .unwrap();
+    // 8,000 pings of 125 bytes a chunk (1 MB), 64 chunks; never a read again.
+    let chunk: Vec<u8> = std::iter::repeat_n(client_frame(0x9, &[b'p'; 125]), 8_000)
+        .flatten()
+        .collect();
+    let mut written = 0usize;
+    for _ in 0..64 {
+        // A chunk the server does not take within the bound: it has stopped reading.
+        // (The bound is generous; before, it took every chunk at once.)
+        match tokio::time::timeout(Duration::from_secs(5), socket.write_all(&chunk)).await {
+            Ok(Ok(())) => written += chunk.len(),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    assert!(
+        written < 32 * chunk.len(),
+        "the server read {written} bytes of pings from a client that reads no pongs"
+    );
+    // Others are served meanwhile.
+    let answer = app.gql("{ __typename }", json!({})).await;
+    assert_eq!(answer["data"]["__typename"], "Query", "{answer}");
+}
