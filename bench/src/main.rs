@@ -229,12 +229,14 @@ struct Args {
     /// Board snapshots put together in the database); `lean` (`assembled` with the
     /// rebuild's own read of the log, without `metadata`); `unjoined` (`lean` with the
     /// events read alone and their streams looked up once per batch); `behind`
-    /// (`unjoined` with Board snapshots written behind each batch: the current path).
+    /// (`unjoined` with Board snapshots written behind each batch); `as-text` (`behind`
+    /// with each snapshot written out as JSON text and parsed once); `built` (`behind`
+    /// with each snapshot made by one `jsonb_build_object`: the current path).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
-        project::RebuildPath::Unjoined,
         project::RebuildPath::Behind,
+        project::RebuildPath::Built,
+        project::RebuildPath::Built,
         project::RebuildPath::Behind,
-        project::RebuildPath::Unjoined,
     ])]
     rebuild_paths: Vec<project::RebuildPath>,
     /// Appends per second of the `project` lag rows; without it, half the measured

@@ -577,6 +577,13 @@ pub enum RebuildPath {
     /// `unjoined`, each batch's Board snapshots written behind it on another
     /// connection while the next batch is folded and written.
     Behind,
+    /// `behind`, each Board snapshot written out as JSON text and parsed into jsonb
+    /// once, instead of the rows `jsonb_object_agg`-ed and merged into the header by
+    /// `||`.
+    AsText,
+    /// `behind`, each Board snapshot made by one `jsonb_build_object` of the header's
+    /// keys and the aggregated rows, instead of merged into the header by `||`.
+    Built,
 }
 
 /// The TOASTed document columns a `board_view` rebuild writes, which migration 0013
@@ -594,6 +601,8 @@ impl RebuildPath {
             RebuildPath::Lean => "assembled, the rebuild's own read without metadata",
             RebuildPath::Unjoined => "lean, events read alone, streams looked up per batch",
             RebuildPath::Behind => "unjoined, Board snapshots written behind each batch",
+            RebuildPath::AsText => "behind, Board snapshots as JSON text parsed once",
+            RebuildPath::Built => "behind, Board snapshots made by one jsonb_build_object",
         }
     }
 
@@ -605,7 +614,9 @@ impl RebuildPath {
             | RebuildPath::Assembled
             | RebuildPath::Lean
             | RebuildPath::Unjoined
-            | RebuildPath::Behind => "lz4",
+            | RebuildPath::Behind
+            | RebuildPath::AsText
+            | RebuildPath::Built => "lz4",
         }
     }
 
@@ -625,12 +636,26 @@ impl RebuildPath {
                 | RebuildPath::Lean
                 | RebuildPath::Unjoined
                 | RebuildPath::Behind
+                | RebuildPath::AsText
+                | RebuildPath::Built
         ));
+        use careboard::snapshots::{select_board_snapshot_statement, BoardSnapshotStatement};
+        select_board_snapshot_statement(match self {
+            RebuildPath::AsText => BoardSnapshotStatement::AsText,
+            RebuildPath::Built => BoardSnapshotStatement::Built,
+            _ => BoardSnapshotStatement::Aggregated,
+        });
         use careboard::projector::rebuild::{pipeline_snapshots, select_read, RebuildRead};
-        pipeline_snapshots(self == RebuildPath::Behind);
+        pipeline_snapshots(matches!(
+            self,
+            RebuildPath::Behind | RebuildPath::AsText | RebuildPath::Built
+        ));
         select_read(match self {
             RebuildPath::Lean => RebuildRead::Lean,
-            RebuildPath::Unjoined | RebuildPath::Behind => RebuildRead::Unjoined,
+            RebuildPath::Unjoined
+            | RebuildPath::Behind
+            | RebuildPath::AsText
+            | RebuildPath::Built => RebuildRead::Unjoined,
             _ => RebuildRead::Shared,
         });
         for table in DOC_COLUMNS {
@@ -768,7 +793,7 @@ pub async fn rebuild(
             None => result.rates.push((path, vec![rate])),
         }
     }
-    RebuildPath::Behind.select(pool).await?;
+    RebuildPath::Built.select(pool).await?;
     Ok(result)
 }
 

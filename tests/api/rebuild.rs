@@ -18,6 +18,7 @@ use careboard::metrics::Metrics;
 use careboard::projections::{board_view, read, BoardDoc, Doc, Projection};
 use careboard::projector::rebuild::{select_read, RebuildRead};
 use careboard::projector::state;
+use careboard::snapshots::BoardSnapshotStatement;
 use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
@@ -219,6 +220,9 @@ struct Earlier {
     /// Board snapshots written behind each batch, on another connection, from its
     /// committed rows (the current path), or in each batch's transaction (earlier).
     behind: bool,
+    /// How Board snapshots are put together in the database (`None`: the current
+    /// statement).
+    statement: Option<BoardSnapshotStatement>,
 }
 
 impl Earlier {
@@ -227,6 +231,7 @@ impl Earlier {
         snapshots: true,
         read: Some(RebuildRead::Shared),
         behind: false,
+        statement: Some(BoardSnapshotStatement::Aggregated),
     };
 
     fn select(self) {
@@ -235,6 +240,9 @@ impl Earlier {
         careboard::snapshots::read_back_boards(self.snapshots);
         select_read(self.read.unwrap_or(RebuildRead::Unjoined));
         careboard::projector::rebuild::pipeline_snapshots(self.behind);
+        careboard::snapshots::select_board_snapshot_statement(
+            self.statement.unwrap_or(BoardSnapshotStatement::Built),
+        );
     }
 }
 
@@ -350,6 +358,28 @@ async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_
         },
     )
     .await;
+    // The other statements for Board snapshots (merged by `||`, the earlier one; as
+    // JSON text parsed once), in the batch's transaction and behind it.
+    let mut statements = Vec::new();
+    for statement in [
+        BoardSnapshotStatement::Aggregated,
+        BoardSnapshotStatement::AsText,
+    ] {
+        for behind in [false, true] {
+            statements.push(
+                rebuild(
+                    &pool,
+                    &store,
+                    Earlier {
+                        statement: Some(statement),
+                        behind,
+                        ..Earlier::default()
+                    },
+                )
+                .await,
+            );
+        }
+    }
     for other in [
         &current,
         &read_back,
@@ -357,7 +387,10 @@ async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_
         &shared_read,
         &lean_read,
         &behind,
-    ] {
+    ]
+    .into_iter()
+    .chain(&statements)
+    {
         assert_eq!(earlier.len(), other.len());
         for (a, b) in earlier.iter().zip(other) {
             assert_eq!(a, b);
@@ -493,4 +526,153 @@ async fn the_rebuilds_reads_of_the_log_return_what_the_shared_read_returns() {
         .unwrap();
     assert!(events > 20, "a history of some length: {events}");
     assert_eq!(total as i64, 4 * events);
+}
+
+/// Every way of putting a Board snapshot together in the database makes the same
+/// document from the same rows, whatever the header holds: the shape it is written
+/// with, appointments of the earlier shape inside it (merged with the rows, the rows'
+/// winning), a key it is not written with, one of its keys missing, `applied` not an
+/// object, no appointment rows, and rows whose appointments were all dead-lettered.
+#[tokio::test]
+async fn the_board_snapshot_statements_make_the_same_documents() {
+    use careboard::event_store::log::Cursor;
+    use careboard::snapshots::{self, BoardDue, BoardSnapshotStatement};
+    let pool = helpers::fresh_database().await;
+    let generation = 1;
+    let header = |extra: serde_json::Value| {
+        let mut doc = json!({
+            "board": {"id": Uuid::new_v4(), "name": "Snapshot \"shapes\" ✓", "status": "OPEN"},
+            "shifts": {Uuid::new_v4().to_string(): {"status": "READY", "assigned": [Uuid::new_v4()]}},
+            "applied": {Uuid::new_v4().to_string(): 3},
+            "version": 7,
+            "position": 70,
+            "maxRecordedAt": "2022-07-01T00:00:00Z",
+            "skipped": 0
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() && k != "applied" {
+                doc.as_object_mut().unwrap().remove(k);
+            } else {
+                doc[k] = v.clone();
+            }
+        }
+        doc
+    };
+    let appointment =
+        |id: Uuid, note: &str| json!({"id": id, "patientName": note, "status": "WAITING"});
+    let (a1, a2, a3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    // (header, rows: id, applied, appointment)
+    type Row = (Uuid, i64, Option<serde_json::Value>);
+    let cases: Vec<(serde_json::Value, Vec<Row>)> = vec![
+        (
+            header(json!({})),
+            vec![
+                (a1, 2, Some(appointment(a1, "Zoë \\ O'Brien"))),
+                (a2, 1, Some(appointment(a2, "b"))),
+            ],
+        ),
+        (header(json!({})), vec![]),
+        (
+            header(
+                json!({"appointments": {a1.to_string(): appointment(a1, "old"), a3.to_string(): appointment(a3, "kept")}}),
+            ),
+            vec![
+                (a1, 4, Some(appointment(a1, "new"))),
+                (a2, 1, Some(appointment(a2, "b"))),
+            ],
+        ),
+        (
+            header(json!({"appointments": {a3.to_string(): appointment(a3, "kept")}})),
+            vec![],
+        ),
+        (
+            header(json!({"extra": [1, "two"]})),
+            vec![(a1, 2, Some(appointment(a1, "a")))],
+        ),
+        (
+            header(json!({"skipped": null})),
+            vec![(a1, 2, Some(appointment(a1, "a")))],
+        ),
+        (
+            header(json!({"applied": null})),
+            vec![(a2, 2, Some(appointment(a2, "a")))],
+        ),
+        (header(json!({})), vec![(a1, 3, None), (a2, 1, None)]),
+    ];
+    let mut due = Vec::new();
+    for (n, (doc, rows)) in cases.iter().enumerate() {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "insert into board_view (generation, id, version, position, doc) values ($1, $2, 7, 70, $3)",
+        )
+        .bind(generation)
+        .bind(id)
+        .bind(doc)
+        .execute(&pool)
+        .await
+        .unwrap();
+        for (appointment, applied, doc) in rows {
+            sqlx::query(
+                "insert into board_view_appointments (generation, board_id, id, applied, doc, board_version) \
+                 values ($1, $2, $3, $4, $5, 7)",
+            )
+            .bind(generation)
+            .bind(id)
+            .bind(appointment)
+            .bind(applied)
+            .bind(doc)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        due.push(BoardDue {
+            id,
+            version: 8 + n as i64,
+            at: Utc::now(),
+        });
+    }
+    let statements = [
+        BoardSnapshotStatement::Aggregated,
+        BoardSnapshotStatement::AsText,
+        BoardSnapshotStatement::Built,
+    ];
+    let mut made = Vec::new();
+    for (fold_version, statement) in (1..).zip(statements) {
+        snapshots::select_board_snapshot_statement(statement);
+        let mut conn = pool.acquire().await.unwrap();
+        let written = snapshots::write_boards(
+            &mut conn,
+            fold_version,
+            generation,
+            &due,
+            Cursor::from_text("5", 1).unwrap(),
+        )
+        .await;
+        snapshots::select_board_snapshot_statement(BoardSnapshotStatement::Built);
+        written.unwrap();
+        let docs: Vec<String> = sqlx::query_scalar(
+            "select format('%s %s %s', id, version, doc::text) from snapshots \
+              where kind = 'board' and fold_version = $1 order by id, version",
+        )
+        .bind(fold_version)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(docs.len(), cases.len(), "{statement:?}");
+        made.push((statement, docs));
+    }
+    let (_, aggregated) = &made[0];
+    // The cases do what they are meant to: the rows' appointment wins over the
+    // header's, the header's other one and the extra key are kept.
+    assert!(aggregated
+        .iter()
+        .any(|d| d.contains("\"new\"") && d.contains("\"kept\"") && !d.contains("\"old\"")));
+    assert!(aggregated
+        .iter()
+        .any(|d| d.contains("\"extra\": [1, \"two\"]")));
+    for (statement, docs) in &made[1..] {
+        for (a, b) in aggregated.iter().zip(docs) {
+            assert_eq!(a, b, "{statement:?}");
+        }
+    }
 }
