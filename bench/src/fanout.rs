@@ -122,12 +122,14 @@ pub(crate) fn read_all(
 /// `subscribers` subscriptions (one socket each) over `boards` Boards while the Boards
 /// change `rate` times a second in all (round-robin, open loop) for `seconds`: for
 /// every frame, the time from the sending of the newest mutation it includes to its
-/// arrival (an upper bound of commit-to-frame, since the commit happens after the send).
+/// arrival (an upper bound of commit-to-frame, since the commit happens after the send),
+/// after `warmup` of the same changes that are not measured.
 pub async fn latency(
     server: &Server,
     subscribers: usize,
     boards: usize,
     rate: f64,
+    warmup: Duration,
     seconds: u64,
 ) -> Result<Measured> {
     let mut ids = Vec::with_capacity(boards);
@@ -200,35 +202,55 @@ pub async fn latency(
     let http = http_client(server)?;
     let url = format!("http://{}/graphql", server.base);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let (cpu_before, cpu_from) = (server.cpu_seconds()?, Instant::now());
-    let harness_before = crate::subscribe::process_cpu_seconds("/proc/self/stat")?;
-    let mut tasks = Vec::new();
+    // The warm-up's changes run at the same rate and reach the same sockets; none of
+    // its frames is timed or counted, so a fresh server's first seconds (its pools,
+    // plans and the runtime's threads) are not in the figures.
     let mut i = 0u64;
-    while Instant::now() < deadline {
-        ticker.tick().await;
-        let (http, url, sent, errors) = (http.clone(), url.clone(), sent.clone(), errors.clone());
-        let board = ids[i as usize % ids.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let at = Instant::now();
-            let position = match http.post(&url).json(&request_body(&board, i)).send().await {
-                Ok(r) => r
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["data"]["requestAppointment"]["position"].as_i64()),
-                Err(_) => None,
+    let mut tasks = Vec::new();
+    let (mut cpu_before, mut cpu_from, mut harness_before) = (0.0, Instant::now(), 0.0);
+    for timed in [false, true] {
+        let deadline = Instant::now()
+            + if timed {
+                Duration::from_secs(seconds)
+            } else {
+                warmup
             };
-            match position {
-                Some(p) => {
-                    sent.lock().unwrap().insert(p, at);
-                }
-                None => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
+        if timed {
+            for t in tasks.drain(..) {
+                t.await?;
             }
-        }));
-        i += 1;
+            frames.store(0, Ordering::Relaxed);
+            ticker.reset();
+            (cpu_before, cpu_from) = (server.cpu_seconds()?, Instant::now());
+            harness_before = crate::subscribe::process_cpu_seconds("/proc/self/stat")?;
+        }
+        while Instant::now() < deadline {
+            ticker.tick().await;
+            let (http, url, sent, errors) =
+                (http.clone(), url.clone(), sent.clone(), errors.clone());
+            let board = ids[i as usize % ids.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let at = Instant::now();
+                let position = match http.post(&url).json(&request_body(&board, i)).send().await {
+                    Ok(r) => r
+                        .json::<Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["data"]["requestAppointment"]["position"].as_i64()),
+                    Err(_) => None,
+                };
+                match position {
+                    Some(p) if timed => {
+                        sent.lock().unwrap().insert(p, at);
+                    }
+                    Some(_) => {}
+                    None => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+            i += 1;
+        }
     }
     for t in tasks {
         t.await?;

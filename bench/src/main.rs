@@ -279,6 +279,10 @@ struct Args {
     spread_subscribers: usize,
     #[arg(long, default_value_t = 100)]
     spread_boards: usize,
+    /// Seconds of the same changes before each commit-to-frame row's timed window, on
+    /// the same sockets, not measured (a fresh server's first seconds are not the row).
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
     /// Closed-loop writers of the saturation measurement (0: skip it), with
     /// `--subscribers` on one Board.
     #[arg(long, default_value_t = 8)]
@@ -349,7 +353,7 @@ struct Args {
     /// names' settings. None: one spread row on the last one-Board latency row's server.
     #[arg(long, value_enum, value_delimiter = ',')]
     spread_variants: Vec<LatencyVariant>,
-    /// Idle subscriptions held open to measure memory per subscription.
+    /// Idle subscriptions held open to measure memory per subscription (0: skip it).
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
     /// Seconds the `mixed` scenario runs, and the window it reports by.
@@ -869,6 +873,7 @@ async fn main() -> Result<()> {
                     args.subscribers,
                     1,
                     args.change_rate,
+                    Duration::from_secs(args.warmup_seconds),
                     args.seconds,
                 )
                 .await?;
@@ -1002,6 +1007,7 @@ async fn main() -> Result<()> {
                 args.spread_subscribers,
                 args.spread_boards,
                 args.change_rate,
+                Duration::from_secs(args.warmup_seconds),
                 args.seconds,
             )
             .await?;
@@ -1030,6 +1036,7 @@ async fn main() -> Result<()> {
                 args.spread_subscribers,
                 args.spread_boards,
                 args.change_rate,
+                Duration::from_secs(args.warmup_seconds),
                 args.seconds,
             )
             .await?;
@@ -1173,20 +1180,22 @@ async fn main() -> Result<()> {
                 ));
             }
         }
-        let server = subscribe::Server::start(&url, &auths[auths.len() - 1].1).await?;
-        let per = subscribe::idle_memory(&server, args.idle).await?;
-        println!(
-            "memory per idle subscription at {}: {:.1} KB",
-            args.idle,
-            per / 1024.0
-        );
-        rows.push(Row::unbased(
-            format!("subscribe: KB per idle subscription at {}", args.idle),
-            per / 1024.0,
-            None,
-            0,
-        ));
-        drop(server);
+        if args.idle > 0 {
+            let server = subscribe::Server::start(&url, &auths[auths.len() - 1].1).await?;
+            let per = subscribe::idle_memory(&server, args.idle).await?;
+            println!(
+                "memory per idle subscription at {}: {:.1} KB",
+                args.idle,
+                per / 1024.0
+            );
+            rows.push(Row::unbased(
+                format!("subscribe: KB per idle subscription at {}", args.idle),
+                per / 1024.0,
+                None,
+                0,
+            ));
+            drop(server);
+        }
     }
     eprintln!("[{:.1} s] starting asof", started.elapsed().as_secs_f64());
     if want(Scenario::Asof) {
@@ -1275,6 +1284,7 @@ async fn one_board_latency(
         args.subscribers,
         1,
         args.change_rate,
+        Duration::from_secs(args.warmup_seconds),
         args.seconds,
     )
     .await
