@@ -235,6 +235,10 @@ pub struct GraphqlLimits {
     /// Requests a caller may make in a burst above the sustained rate.
     #[arg(long, env = "CAREBOARD_RATE_LIMIT_BURST", default_value_t = 500)]
     pub rate_limit_burst: u32,
+    /// Most mutation fields (aliases and fragments counted) one request may run. Each
+    /// one after the first also spends one of the caller's requests of the rate limit.
+    #[arg(long, env = "CAREBOARD_MAX_MUTATION_FIELDS", default_value_t = 20)]
+    pub max_mutation_fields: usize,
     /// How often the server pings each websocket; a socket that has sent nothing (not
     /// even a pong) for three intervals is closed.
     #[arg(long, env = "CAREBOARD_WS_PING_INTERVAL_MS", default_value_t = 15_000)]

@@ -372,6 +372,19 @@ async fn graphiql_asset(
     }
 }
 
+/// Whether `error` is `RATE_LIMITED`, with its seconds to wait (none when waiting
+/// does not help: the request is more than the caller may send at once).
+fn rate_limited(error: &ServerError) -> Option<Option<u64>> {
+    let extensions = error.extensions.as_ref()?;
+    if *extensions.get("code")? != async_graphql::Value::from(ErrorCode::RateLimited.as_str()) {
+        return None;
+    }
+    Some(match extensions.get("retryAfter") {
+        Some(async_graphql::Value::Number(n)) => n.as_u64(),
+        _ => None,
+    })
+}
+
 /// A request-level error in GraphQL's response shape (no `data`: nothing ran).
 fn request_error(status: StatusCode, code: ErrorCode, message: String) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
@@ -696,6 +709,13 @@ async fn execute(
         Some(p) => crate::graphql::access::Caller::Verified(p.clone()),
         None => crate::graphql::access::Caller::Unchecked,
     });
+    // The request itself was counted by the rate limit's middleware; what it holds
+    // beyond that (more mutation fields) is spent from the same caller's budget.
+    if let Some(charge) =
+        crate::limits::RateCharge::of(&state.rate_limiter, principal.as_ref(), addr.as_deref())
+    {
+        gql_request = gql_request.data(charge);
+    }
     if let Some(addr) = addr {
         gql_request = gql_request.data(crate::graphql::access::ClientAddr(addr));
     }
@@ -742,8 +762,14 @@ async fn execute(
     let request_failed = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty());
+    // Refused by the caller's rate before anything ran: 429, as the middleware answers.
+    let retry_after = request_failed
+        .then(|| response.errors.iter().find_map(rate_limited))
+        .flatten();
     let mut answer = if request_failed {
-        let status = if media == GRAPHQL_RESPONSE_JSON {
+        let status = if retry_after.is_some() {
+            StatusCode::TOO_MANY_REQUESTS
+        } else if media == GRAPHQL_RESPONSE_JSON {
             StatusCode::BAD_REQUEST
         } else {
             StatusCode::OK
@@ -773,6 +799,9 @@ async fn execute(
         }),
     );
     answer_headers.append(header::VARY, HeaderValue::from_static("accept"));
+    if let Some(Some(wait)) = retry_after {
+        answer_headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    }
     if over_get {
         // Cacheable by the browser that asked (it is that user's data), never by a
         // shared cache.

@@ -374,14 +374,191 @@ impl RateLimiter {
 
     /// `Err(seconds to wait)` when `client` is over its rate.
     pub fn check(&self, client: Client) -> Result<(), u64> {
-        let Some(limiter) = &self.limiter else {
-            return Ok(());
-        };
-        limiter.check_key(&client).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        self.spend(&client, 1).map_err(|refusal| match refusal {
+            Overspent::Wait(wait) => wait,
+            // One unit always fits a burst (at least one).
+            Overspent::Never => 1,
         })
     }
+
+    /// Spends `units` of `client`'s rate at once, or none of them.
+    pub fn spend(&self, client: &Client, units: u32) -> Result<(), Overspent> {
+        let (Some(limiter), Some(units)) = (&self.limiter, NonZeroU32::new(units)) else {
+            return Ok(());
+        };
+        match limiter.check_key_n(client, units) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err(Overspent::Wait(
+                    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+                ))
+            }
+            Err(_) => Err(Overspent::Never),
+        }
+    }
+}
+
+/// Why [`RateLimiter::spend`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overspent {
+    /// Over the rate now: enough is earned back in this many seconds.
+    Wait(u64),
+    /// More than the caller's whole burst: never at once.
+    Never,
+}
+
+/// A caller's rate as a request's data: what it spends beyond the request itself
+/// (each mutation field after the first, see [`MutationBudget`]; each operation sent
+/// over a websocket).
+#[derive(Clone)]
+pub struct RateCharge {
+    pub limiter: RateLimiter,
+    pub client: Client,
+}
+
+impl RateCharge {
+    /// The caller a request is counted against: its verified subject, else its address
+    /// (`ip:port` as the server was given it).
+    pub fn of(
+        limiter: &RateLimiter,
+        principal: Option<&crate::identity::Principal>,
+        addr: Option<&str>,
+    ) -> Option<Self> {
+        let client = match principal {
+            Some(p) => Client::Subject(p.subject.clone()),
+            None => Client::Address(addr?.parse::<SocketAddr>().ok()?.ip()),
+        };
+        Some(Self {
+            limiter: limiter.clone(),
+            client,
+        })
+    }
+
+    /// Spends `units`; the GraphQL error (`RATE_LIMITED`, with `retryAfter` in seconds
+    /// when waiting helps) when the caller has not that many left. `what` names what
+    /// they are spent on.
+    pub fn spend(&self, units: u32, what: &str) -> Result<(), async_graphql::ServerError> {
+        let refusal = match self.limiter.spend(&self.client, units) {
+            Ok(()) => return Ok(()),
+            Err(refusal) => refusal,
+        };
+        let by = match self.client {
+            Client::Subject(_) => "this caller",
+            Client::Address(_) => "this address",
+        };
+        let (message, wait) = match refusal {
+            Overspent::Wait(wait) => (
+                format!("too many requests from {by}: {what}; retry in {wait} s"),
+                Some(wait),
+            ),
+            Overspent::Never => (
+                format!("{what}: more than {by} may send at once; send fewer at a time"),
+                None,
+            ),
+        };
+        let mut error = async_graphql::ServerError::new(message, None);
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        extensions.set("code", crate::error::ErrorCode::RateLimited.as_str());
+        if let Some(wait) = wait {
+            extensions.set("retryAfter", wait);
+        }
+        Err(error)
+    }
+}
+
+/// Schema extension: a mutation operation holds at most `max_fields` root fields
+/// (aliases and fragments counted), and each field after the first spends one more
+/// unit of the caller's rate ([`RateCharge`] in the request's data; the request itself
+/// spent the first). Over either, the request is refused before any field runs.
+#[derive(Clone, Copy)]
+pub struct MutationBudget {
+    pub max_fields: usize,
+}
+
+impl ExtensionFactory for MutationBudget {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(*self)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for MutationBudget {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: async_graphql::Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<async_graphql::Request> {
+        if !request.query.contains("mutation") {
+            // No mutation operation without the keyword.
+            return next.run(ctx, request).await;
+        }
+        let operation_name = request.operation_name.clone();
+        let document = request.parsed_query()?;
+        let fields = crate::graphql::operation(document, operation_name.as_deref())
+            .filter(|op| op.ty == async_graphql::parser::types::OperationType::Mutation)
+            .map(|op| root_fields(document, &op.selection_set.node));
+        if let Some(fields) = fields {
+            if fields > self.max_fields {
+                let mut error = async_graphql::ServerError::new(
+                    format!(
+                        "a request may run at most {} mutations (this one has {fields}); \
+                         send the rest in further requests",
+                        self.max_fields
+                    ),
+                    None,
+                );
+                error
+                    .extensions
+                    .get_or_insert_with(Default::default)
+                    .set("code", crate::error::ErrorCode::Validation.as_str());
+                return Err(error);
+            }
+            // A request's own data is not the context's until it runs; a socket's
+            // session data is.
+            let charge = request
+                .data
+                .get(&std::any::TypeId::of::<RateCharge>())
+                .and_then(|d| d.downcast_ref::<RateCharge>())
+                .or_else(|| ctx.data_opt::<RateCharge>());
+            if let (Some(charge), Some(more)) = (charge, fields.checked_sub(1)) {
+                charge.spend(more as u32, &format!("a request of {fields} mutations"))?;
+            }
+        }
+        next.run(ctx, request).await
+    }
+}
+
+/// The fields an operation's root selection runs: each field, and each field of its
+/// fragments (inline or spread) as many times as they are spread. Fragments deeper than
+/// any valid document (cycles are invalid), or spread into more than 10,000 selections,
+/// count as more than any limit.
+fn root_fields(
+    document: &async_graphql::parser::types::ExecutableDocument,
+    set: &async_graphql::parser::types::SelectionSet,
+) -> usize {
+    use async_graphql::parser::types::Selection;
+    let (mut count, mut visited) = (0usize, 0usize);
+    let mut sets = vec![(set, 0usize)];
+    while let Some((set, depth)) = sets.pop() {
+        visited += 1;
+        if depth > 64 || visited > 10_000 {
+            return usize::MAX;
+        }
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(_) => count = count.saturating_add(1),
+                Selection::InlineFragment(f) => sets.push((&f.node.selection_set.node, depth + 1)),
+                Selection::FragmentSpread(spread) => {
+                    if let Some(f) = document.fragments.get(&spread.node.fragment_name.node) {
+                        sets.push((&f.node.selection_set.node, depth + 1));
+                    }
+                }
+            }
+        }
+    }
+    count
 }
 
 /// Middleware: 429 with `Retry-After` and a `RATE_LIMITED` GraphQL error when the

@@ -373,6 +373,9 @@ struct Session {
     caller: Option<Caller>,
     /// Records what shared frames disclosed, under this socket's principal.
     recipient: Arc<Recipient>,
+    /// The caller's rate: each operation started on the socket spends one unit, as a
+    /// request over HTTP does.
+    rate: Option<crate::limits::RateCharge>,
 }
 
 impl Session {
@@ -392,6 +395,11 @@ impl Session {
         data.insert(SubscriptionBudget::new(max_subscriptions));
         if let Some(caller) = &caller {
             data.insert(caller.clone());
+        }
+        let rate =
+            crate::limits::RateCharge::of(&state.rate_limiter, principal.as_ref(), addr.as_deref());
+        if let Some(rate) = &rate {
+            data.insert(rate.clone());
         }
         if let Some(addr) = &addr {
             data.insert(ClientAddr(addr.clone()));
@@ -418,6 +426,7 @@ impl Session {
             data: Arc::new(data),
             caller,
             recipient: Arc::new(recipient),
+            rate,
         }
     }
 
@@ -634,6 +643,19 @@ pub async fn serve_socket(
                                     we_closed = true;
                                     break;
                                 };
+                                if let Some(Err(refused)) = session.rate.as_ref().map(|r| r.spend(1, "an operation over this socket")) {
+                                    // Refused before it started: an error for this id ends it.
+                                    let payload = Value::from(vec![serde_json::to_value(&refused).unwrap_or_default()]);
+                                    let refusal = if legacy {
+                                        json!({"type": "error", "id": id, "payload": payload[0]})
+                                    } else {
+                                        json!({"type": "error", "id": id, "payload": payload})
+                                    };
+                                    if sink.send(text(refusal)).await.is_err() {
+                                        break;
+                                    }
+                                    continue;
+                                }
                                 gate.active.insert(id.clone());
                                 let id: Arc<str> = Arc::from(id);
                                 match session.start(&state, payload, (&id, legacy), &out) {

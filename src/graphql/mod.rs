@@ -100,6 +100,9 @@ fn schema_with_limits(
         max_expanded_fields: crate::limits::max_expanded_fields(max_complexity),
         introspection_off: !limits.introspection,
     })
+    .extension(crate::limits::MutationBudget {
+        max_fields: limits.max_mutation_fields,
+    })
     .limit_depth(max_depth)
     .limit_complexity(max_complexity)
     .limit_recursive_depth(limits.max_recursion)

@@ -337,3 +337,138 @@ async fn expected_version_tells_nobody_the_version_of_what_they_may_not_touch() 
     assert_eq!(helpers::error_code(&own), "CONFLICT", "{own}");
     assert_eq!(app.event_count().await, events, "nothing appended");
 }
+
+/// `count` aliased `requestAppointment` fields on `board`, in one document.
+fn aliased_requests(board: &str, count: usize) -> String {
+    let fields: Vec<String> = (0..count)
+        .map(|i| {
+            format!(
+                "a{i}: requestAppointment(input: {{boardId: \"{board}\", patientName: \"Flood {i}\", \
+                 specialty: \"derm\", region: \"north\", reason: \"flood\"}}) {{ appointment {{ id }} }}"
+            )
+        })
+        .collect();
+    format!("mutation {{ {} }}", fields.join(" "))
+}
+
+/// Each mutation field of a request spends one of its caller's rate, not the request
+/// alone: 300 aliased `requestAppointment` fields in one request made 300 appointments
+/// for the price of one request. A request over the caller's budget is refused whole,
+/// before anything runs, with `RATE_LIMITED` and `Retry-After`.
+#[tokio::test]
+async fn each_mutation_field_of_a_request_spends_the_callers_rate() {
+    let app = TestApp::spawn_rate_limited(1, 5).await;
+    let board = app.open_board_with(attack_board()).await.0;
+    let flood = app.token(Who::coordinator().subject("coord-flood"));
+    let events = app.event_count().await;
+    let post = |query: String| {
+        app.http
+            .post(app.url("/graphql"))
+            .bearer_auth(&flood)
+            .json(&json!({ "query": query }))
+            .send()
+    };
+    // Six fields against a burst of five: refused whole.
+    let over = post(aliased_requests(&board, 6)).await.unwrap();
+    assert_eq!(over.status(), 429);
+    assert!(over.headers().contains_key("retry-after"));
+    let body: Value = over.json().await.unwrap();
+    assert_eq!(helpers::error_code(&body), "RATE_LIMITED", "{body}");
+    assert!(body["data"].is_null(), "{body}");
+    assert_eq!(app.event_count().await, events, "nothing appended");
+    // Three fit the burst (one for the request, two more for its other fields)...
+    let three: Value = post(aliased_requests(&board, 3))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(three.get("errors").is_none(), "{three}");
+    let appended = app.event_count().await;
+    assert!(appended >= events + 3, "three appointments requested");
+    // ...and leave two, too few for three more.
+    let again = post(aliased_requests(&board, 3)).await.unwrap();
+    assert_eq!(again.status(), 429);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(helpers::error_code(&body), "RATE_LIMITED", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("3 mutations")),
+        "{body}"
+    );
+    assert_eq!(app.event_count().await, appended, "nothing appended");
+}
+
+/// A request holds at most `--max-mutation-fields` mutations (20 by default): 21 get a
+/// `VALIDATION` error and nothing runs.
+#[tokio::test]
+async fn a_request_holds_at_most_the_mutation_fields_allowed() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board_with(attack_board()).await.0;
+    let events = app.event_count().await;
+    let over = app.gql(&aliased_requests(&board, 21), json!({})).await;
+    assert_eq!(helpers::error_code(&over), "VALIDATION", "{over}");
+    assert!(
+        helpers::error_message(&over).contains("at most 20"),
+        "{over}"
+    );
+    assert_eq!(app.event_count().await, events, "nothing appended");
+    // Through a fragment too.
+    let fragment = aliased_requests(&board, 21).replacen(
+        "mutation {",
+        "mutation { ...more } fragment more on Mutation {",
+        1,
+    );
+    let over = app.gql(&fragment, json!({})).await;
+    assert_eq!(helpers::error_code(&over), "VALIDATION", "{over}");
+    assert_eq!(app.event_count().await, events, "nothing appended");
+    let twenty = app.gql(&aliased_requests(&board, 20), json!({})).await;
+    assert!(twenty.get("errors").is_none(), "{twenty}");
+}
+
+/// Operations sent over a websocket spend the caller's rate as requests over HTTP do:
+/// one socket could otherwise run mutations without any limit.
+#[tokio::test]
+async fn operations_over_the_websocket_spend_the_callers_rate() {
+    let app = TestApp::spawn_rate_limited(1, 4).await;
+    let board = app.open_board_with(attack_board()).await.0;
+    let flood = app.token(Who::coordinator().subject("coord-ws-flood"));
+    let events = app.event_count().await;
+    let mut ws = helpers::WsClient::open_as(&app, "graphql-transport-ws", Some(&flood)).await;
+    for i in 0..12 {
+        ws.subscribe(&format!("m{i}"), &aliased_requests(&board, 1), json!({}))
+            .await;
+    }
+    let (mut ran, mut limited) = (0, 0);
+    let mut finished = std::collections::HashSet::new();
+    while finished.len() < 12 {
+        let message = ws
+            .next(std::time::Duration::from_secs(10))
+            .await
+            .expect("an answer to every operation");
+        let id = message["id"].as_str().unwrap_or_default().to_string();
+        match message["type"].as_str() {
+            Some("next") if message["payload"]["errors"].is_null() => ran += 1,
+            Some("next" | "error") => {
+                let errors = if message["type"] == "error" {
+                    message["payload"].clone()
+                } else {
+                    message["payload"]["errors"].clone()
+                };
+                assert_eq!(errors[0]["extensions"]["code"], "RATE_LIMITED", "{message}");
+                limited += 1;
+                finished.insert(id);
+            }
+            Some("complete") => {
+                finished.insert(id);
+            }
+            _ => panic!("unexpected message: {message}"),
+        }
+    }
+    // The upgrade spent none of it; the burst of four (and at most one more earned
+    // in the meantime) ran, the rest were refused.
+    assert!((4..=6).contains(&ran), "{ran} ran, {limited} refused");
+    assert_eq!(ran + limited, 12);
+    assert_eq!(app.event_count().await, events + ran as i64);
+}
