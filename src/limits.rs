@@ -224,11 +224,14 @@ pub fn max_expanded_fields(max_complexity: usize) -> usize {
 /// a document that selects `__schema` or `__type` is refused with a VALIDATION error and
 /// no data. async-graphql's own switch answers such a document
 /// `{"data":{"__schema":null}}` with no error, which a client cannot tell from an empty
-/// schema.
+/// schema. Then a mutation's fields are counted and spent (`max_mutation_fields`).
 #[derive(Clone, Copy)]
 pub struct DocumentChecks {
     pub max_expanded_fields: usize,
     pub introspection_off: bool,
+    /// Most root fields of a mutation operation; each after the first also spends one
+    /// unit of the caller's rate (see [`DocumentChecks::spend_mutations`]).
+    pub max_mutation_fields: usize,
 }
 
 impl ExtensionFactory for DocumentChecks {
@@ -251,18 +254,66 @@ impl Extension for DocumentChecks {
         check_fragment_expansion(document, self.max_expanded_fields)
             .map_err(|message| async_graphql::ServerError::new(message, None))?;
         if introspection_off && selects_introspection(document) {
-            let mut error = async_graphql::ServerError::new(
-                "introspection is switched off on this server: `__schema` and `__type` are refused (`__typename` answers)",
-                None,
-            );
-            error
-                .extensions
-                .get_or_insert_with(Default::default)
-                .set("code", crate::error::ErrorCode::Validation.as_str());
-            return Err(error);
+            return Err(validation_error(
+                "introspection is switched off on this server: `__schema` and `__type` are refused (`__typename` answers)".into(),
+            ));
         }
+        self.spend_mutations(ctx, &mut request)?;
         next.run(ctx, request).await
     }
+}
+
+impl DocumentChecks {
+    /// A mutation operation holds at most `max_mutation_fields` root fields (aliases and
+    /// fragments counted), and each field after the first spends one more unit of the
+    /// caller's rate ([`RateCharge`] in the request's data; the request itself spent
+    /// the first). Over either, the request is refused before any field runs.
+    fn spend_mutations(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: &mut async_graphql::Request,
+    ) -> ServerResult<()> {
+        if !request.query.contains("mutation") {
+            // No mutation operation without the keyword.
+            return Ok(());
+        }
+        let operation_name = request.operation_name.clone();
+        let document = request.parsed_query()?;
+        let Some(fields) = crate::graphql::operation(document, operation_name.as_deref())
+            .filter(|op| op.ty == async_graphql::parser::types::OperationType::Mutation)
+            .map(|op| root_fields(document, &op.selection_set.node))
+        else {
+            return Ok(());
+        };
+        if fields > self.max_mutation_fields {
+            return Err(validation_error(format!(
+                "a request may run at most {} mutations (this one has {fields}); send the rest in further requests",
+                self.max_mutation_fields
+            )));
+        }
+        // A request's own data is not the context's until it runs; a socket's session
+        // data is.
+        let charge = request
+            .data
+            .get(&std::any::TypeId::of::<RateCharge>())
+            .and_then(|d| d.downcast_ref::<RateCharge>())
+            .or_else(|| ctx.data_opt::<RateCharge>());
+        match (charge, fields.checked_sub(1)) {
+            (Some(charge), Some(more)) => {
+                charge.spend(more as u32, &format!("a request of {fields} mutations"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn validation_error(message: String) -> async_graphql::ServerError {
+    let mut error = async_graphql::ServerError::new(message, None);
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", crate::error::ErrorCode::Validation.as_str());
+    error
 }
 
 /// Whether `document` selects `__schema` or `__type` anywhere (in any operation or
@@ -409,7 +460,7 @@ pub enum Overspent {
 }
 
 /// A caller's rate as a request's data: what it spends beyond the request itself
-/// (each mutation field after the first, see [`MutationBudget`]; each operation sent
+/// (each mutation field after the first, see [`DocumentChecks`]; each operation sent
 /// over a websocket).
 #[derive(Clone)]
 pub struct RateCharge {
@@ -464,69 +515,6 @@ impl RateCharge {
             extensions.set("retryAfter", wait);
         }
         Err(error)
-    }
-}
-
-/// Schema extension: a mutation operation holds at most `max_fields` root fields
-/// (aliases and fragments counted), and each field after the first spends one more
-/// unit of the caller's rate ([`RateCharge`] in the request's data; the request itself
-/// spent the first). Over either, the request is refused before any field runs.
-#[derive(Clone, Copy)]
-pub struct MutationBudget {
-    pub max_fields: usize,
-}
-
-impl ExtensionFactory for MutationBudget {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(*self)
-    }
-}
-
-#[async_trait::async_trait]
-impl Extension for MutationBudget {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: async_graphql::Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<async_graphql::Request> {
-        if !request.query.contains("mutation") {
-            // No mutation operation without the keyword.
-            return next.run(ctx, request).await;
-        }
-        let operation_name = request.operation_name.clone();
-        let document = request.parsed_query()?;
-        let fields = crate::graphql::operation(document, operation_name.as_deref())
-            .filter(|op| op.ty == async_graphql::parser::types::OperationType::Mutation)
-            .map(|op| root_fields(document, &op.selection_set.node));
-        if let Some(fields) = fields {
-            if fields > self.max_fields {
-                let mut error = async_graphql::ServerError::new(
-                    format!(
-                        "a request may run at most {} mutations (this one has {fields}); \
-                         send the rest in further requests",
-                        self.max_fields
-                    ),
-                    None,
-                );
-                error
-                    .extensions
-                    .get_or_insert_with(Default::default)
-                    .set("code", crate::error::ErrorCode::Validation.as_str());
-                return Err(error);
-            }
-            // A request's own data is not the context's until it runs; a socket's
-            // session data is.
-            let charge = request
-                .data
-                .get(&std::any::TypeId::of::<RateCharge>())
-                .and_then(|d| d.downcast_ref::<RateCharge>())
-                .or_else(|| ctx.data_opt::<RateCharge>());
-            if let (Some(charge), Some(more)) = (charge, fields.checked_sub(1)) {
-                charge.spend(more as u32, &format!("a request of {fields} mutations"))?;
-            }
-        }
-        next.run(ctx, request).await
     }
 }
 

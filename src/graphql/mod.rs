@@ -99,9 +99,7 @@ fn schema_with_limits(
     .extension(crate::limits::DocumentChecks {
         max_expanded_fields: crate::limits::max_expanded_fields(max_complexity),
         introspection_off: !limits.introspection,
-    })
-    .extension(crate::limits::MutationBudget {
-        max_fields: limits.max_mutation_fields,
+        max_mutation_fields: limits.max_mutation_fields,
     })
     .limit_depth(max_depth)
     .limit_complexity(max_complexity)
