@@ -193,7 +193,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let header_read_timeout = Duration::from_millis(state.limits.header_read_timeout_ms);
-    serve_http(listener, router(state), header_read_timeout, shutdown).await;
+    let cap = connection_cap(state.limits.max_connections);
+    serve_http(listener, router(state), header_read_timeout, cap, shutdown).await;
     Ok(())
 }
 
@@ -204,8 +205,9 @@ pub async fn serve_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let header_read_timeout = Duration::from_millis(state.limits.header_read_timeout_ms);
+    let cap = connection_cap(state.limits.max_connections);
     let app = crate::http::metrics_router(state);
-    serve_http(listener, app, header_read_timeout, shutdown).await;
+    serve_http(listener, app, header_read_timeout, cap, shutdown).await;
     Ok(())
 }
 
@@ -215,11 +217,15 @@ pub async fn serve_metrics(
 /// answer, else it is closed: without that bound (`axum::serve` sets none) every idle
 /// or half-sent connection was held for ever, and enough of them, from a client with no
 /// token, took the process's file descriptors from everyone else. After `shutdown`,
-/// no new connection is taken and in-flight requests are drained.
+/// no new connection is taken and in-flight requests are drained. At most `cap`
+/// connections are served at once: one more is answered 503 and closed at once, so
+/// that enough of them cannot take the file descriptors the open ones and the
+/// database pool need.
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     header_read_timeout: Duration,
+    cap: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -228,6 +234,8 @@ async fn serve_http(
     let (stop, stopped) = tokio::sync::watch::channel(());
     // Each connection holds a receiver; all gone, every connection has closed.
     let (closed, open) = tokio::sync::watch::channel(());
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let mut refused = Refusals::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -239,6 +247,10 @@ async fn serve_http(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.refuse(stream, cap);
+            continue;
         };
         let app = app.clone();
         let mut stopped = stopped.clone();
@@ -277,12 +289,67 @@ async fn serve_http(
                 }
             }
             drop(open);
+            drop(slot);
         });
     }
     drop(listener);
     drop(stop);
     drop(open);
     closed.closed().await;
+}
+
+/// The connections served at once: `configured`, or with 0 the process's open-file
+/// limit less 256 descriptors kept for the database pool, logs and the like (at least
+/// 64).
+pub fn connection_cap(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given and nothing else.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let files = if known && limit.rlim_cur != libc::RLIM_INFINITY {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1 << 20
+    };
+    files.saturating_sub(256).max(64)
+}
+
+/// Connections over the cap: each answered 503 without reading it (a write that fits
+/// the socket's empty buffer, never waited for) and closed; counted into one warning
+/// every 10 s at most, so that a flood does not flood the log too.
+#[derive(Default)]
+struct Refusals {
+    since_warned: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    const ANSWER: &'static [u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+        content-type: text/plain\r\ncontent-length: 42\r\nconnection: close\r\n\r\n\
+        the server is at its limit of connections\n";
+
+    fn refuse(&mut self, stream: tokio::net::TcpStream, cap: usize) {
+        let _ = stream.try_write(Self::ANSWER);
+        drop(stream);
+        self.since_warned += 1;
+        let due = self
+            .warned_at
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::warn!(
+                refused = self.since_warned,
+                cap,
+                "connections refused: the server is at its limit of connections (--max-connections)"
+            );
+            self.since_warned = 0;
+            self.warned_at = Some(std::time::Instant::now());
+        }
+    }
 }
 
 /// An accept that failed: a connection reset before it was taken is nothing; anything

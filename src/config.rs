@@ -220,6 +220,11 @@ pub struct GraphqlLimits {
         default_value_t = 10_000
     )]
     pub header_read_timeout_ms: u64,
+    /// Most client connections (HTTP and websockets) served at once; one more is
+    /// answered 503 and closed at once, and the open ones go on. 0: the process's
+    /// open-file limit less 256 kept for the database pool, logs and the like.
+    #[arg(long, env = "CAREBOARD_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
     /// Most pool connections one request may hold at once, so that others always get one.
     #[arg(
         long,

@@ -603,6 +603,105 @@ async fn idle_and_half_sent_connections_are_closed_in_time() {
     }
 }
 
+/// The descriptors this process has open.
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// A client that opens connections and holds them (sending nothing, within the header
+/// timeout) gets at most `--max-connections` of them served: each one more is answered
+/// 503 at once and closed, so the process keeps its descriptors, and the connection
+/// already open (a keep-alive client, a websocket) goes on being served. Before, every
+/// connection was taken and held until its header timeout, as many as the client could
+/// open.
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_and_the_open_ones_go_on() {
+    let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
+        max_connections: 40,
+        // Longer than the test: the server closes none of them for being idle.
+        header_read_timeout_ms: 120_000,
+        ..Default::default()
+    })
+    .await;
+    let addr = app.url("").trim_start_matches("http://").to_string();
+    // Served before the flood: a keep-alive HTTP client and a websocket subscriber.
+    let client = reqwest::Client::new();
+    let typename = || async {
+        body_json(
+            client
+                .post(app.url("/graphql"))
+                .bearer_auth(&app.admin_token)
+                .json(&json!({"query": "{ __typename }"})),
+        )
+        .await
+    };
+    assert_eq!(typename().await["data"]["__typename"], "Query");
+    let mut ws = WsClient::open(&app, "graphql-transport-ws").await;
+
+    // 400 connections held open by a client that sends nothing (this process holds the
+    // client's ends too).
+    let before = open_files();
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        held.push(tokio::net::TcpStream::connect(addr.clone()).await.unwrap());
+    }
+    // The refused ones are answered and closed at once; the served ones stay open.
+    let (mut answered_503, mut open) = (0, 0);
+    let answers = futures::future::join_all(
+        held.iter_mut()
+            .map(|socket| until_closed(socket, None, Duration::from_millis(500))),
+    )
+    .await;
+    for answer in answers {
+        match answer {
+            Some(answer) => {
+                assert!(
+                    answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+                    "{answer}"
+                );
+                answered_503 += usize::from(!answer.is_empty());
+            }
+            None => open += 1,
+        }
+    }
+    // The server holds at most the cap (less the two served above) of them, with its
+    // own descriptors: 400 client ends, and generously few more.
+    assert!(open <= 40, "{open} of 400 held open");
+    assert!(answered_503 > 0, "no connection was answered 503");
+    let grown = open_files().saturating_sub(before);
+    assert!(grown <= 400 + 40 + 20, "{grown} descriptors more");
+
+    // The connections already open are served on.
+    assert_eq!(typename().await["data"]["__typename"], "Query");
+    ws.subscribe("q", "{ __typename }", json!({})).await;
+    let (id, data) = ws
+        .next_data(Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!((id.as_str(), &data["__typename"]), ("q", &json!("Query")));
+    // Once they are gone, new connections are served again.
+    drop(held);
+    let mut served = false;
+    for _ in 0..50 {
+        let fresh = reqwest::Client::new();
+        let answer = fresh
+            .post(app.url("/graphql"))
+            .bearer_auth(&app.admin_token)
+            .json(&json!({"query": "{ __typename }"}))
+            .send()
+            .await;
+        if answer.is_ok_and(|a| a.status() == 200) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served,
+        "a new connection is served once the held ones are gone"
+    );
+}
+
 /// One client frame as it goes on the wire: `opcode` with `payload`, masked (with a key
 /// of zeros: the payload goes as it is).
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
