@@ -759,9 +759,7 @@ async fn execute(
     }
     // A request error (nothing executed: parse, validation, variables) has no path and
     // no data; a field error has a path.
-    let request_failed = response.data == async_graphql::Value::Null
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty());
+    let request_failed = crate::graphql::request_failed(&response);
     // Refused by the caller's rate before anything ran: 429, as the middleware answers.
     let retry_after = request_failed
         .then(|| response.errors.iter().find_map(rate_limited))

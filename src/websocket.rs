@@ -526,6 +526,9 @@ fn encode(legacy: bool, id: &str, out: Option<Out>) -> Option<String> {
         Some(Out::Frame(frame)) => frame.payload.as_deref().map(|p| envelope(legacy, id, p)),
         Some(Out::Response(mut response)) => {
             add_error_codes(&mut response);
+            if crate::graphql::request_failed(&response) {
+                return Some(error_message(legacy, id, &response.errors));
+            }
             match serde_json::to_string(&response) {
                 Ok(payload) => Some(envelope(legacy, id, &payload)),
                 Err(e) => {
@@ -536,6 +539,15 @@ fn encode(legacy: bool, id: &str, out: Option<Out>) -> Option<String> {
         }
         None => Some(json!({"type": "complete", "id": id}).to_string()),
     }
+}
+
+/// An `error` message for operation `id` (nothing of it ran: a document or its
+/// variables refused, or the caller's rate spent); the operation ends with it, no
+/// `complete` follows. The legacy protocol's payload is one error.
+fn error_message(legacy: bool, id: &str, errors: &[async_graphql::ServerError]) -> String {
+    let errors = serde_json::to_value(errors).unwrap_or_default();
+    let payload = if legacy { errors[0].clone() } else { errors };
+    json!({"type": "error", "id": id, "payload": payload}).to_string()
 }
 
 pub async fn serve_socket(
@@ -644,14 +656,8 @@ pub async fn serve_socket(
                                     break;
                                 };
                                 if let Some(Err(refused)) = session.rate.as_ref().map(|r| r.spend(1, "an operation over this socket")) {
-                                    // Refused before it started: an error for this id ends it.
-                                    let payload = Value::from(vec![serde_json::to_value(&refused).unwrap_or_default()]);
-                                    let refusal = if legacy {
-                                        json!({"type": "error", "id": id, "payload": payload[0]})
-                                    } else {
-                                        json!({"type": "error", "id": id, "payload": payload})
-                                    };
-                                    if sink.send(text(refusal)).await.is_err() {
+                                    let refusal = error_message(legacy, &id, &[refused]);
+                                    if sink.send(Message::Text(refusal.into())).await.is_err() {
                                         break;
                                     }
                                     continue;
@@ -740,9 +746,14 @@ pub async fn serve_socket(
                 let mut written = 0;
                 let mut failed = false;
                 while let Some((id, out)) = next.take() {
-                    if out.is_none() {
+                    let refused = matches!(&out, Some(Out::Response(r)) if crate::graphql::request_failed(r));
+                    if out.is_none() || refused {
                         gate.active.remove(&*id);
-                    } else {
+                    }
+                    if refused {
+                        // Its `error` ends it: the `complete` behind it is not sent.
+                        subscriptions.remove(&*id);
+                    } else if out.is_some() {
                         frames_sent.inc();
                     }
                     if let Some(message) = encode(legacy, &id, out) {

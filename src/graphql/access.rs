@@ -574,9 +574,14 @@ impl Extension for AccessEdgeExtension {
             && !info.is_for_introspection
             && !info.name.starts_with("__");
         if root {
+            // A field error: where the field (its alias, if any) starts, and its key.
+            let at = info
+                .field
+                .alias
+                .as_ref()
+                .map_or(info.field.name.pos, |alias| alias.pos);
             let refused = |e: Error| {
-                let mut e = e.into_server_error(Default::default());
-                e.locations.clear();
+                let mut e = e.into_server_error(at);
                 e.path = vec![async_graphql::PathSegment::Field(
                     info.alias.unwrap_or(info.name).to_string(),
                 )];

@@ -164,6 +164,15 @@ pub fn operation<'a>(
     }
 }
 
+/// Whether `response` is a request error: nothing executed (parse, validation,
+/// variables, a limit or the rate refused it), so it has no data and no error has a
+/// path (a field error has one).
+pub fn request_failed(response: &async_graphql::Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
+}
+
 /// The schema's SDL, as committed in `schema.graphql` (with the scalars' `@specifiedBy`).
 pub fn sdl() -> String {
     scalars::describe(Schema::build(

@@ -416,7 +416,21 @@ async fn outcome(app: &AuthApp, token: &str, ask: &Ask, variables: Value) -> Res
             assert!(answer["errors"].is_null(), "{answer:#}");
             Ok(answer["data"].clone())
         }
-        Some("FORBIDDEN") => Err(answer["errors"][0]["message"].as_str().unwrap().to_string()),
+        Some("FORBIDDEN") => {
+            // A field error, as the GraphQL spec has it: where in the document, and
+            // which field of the answer.
+            let error = &answer["errors"][0];
+            assert!(
+                error["path"].as_array().is_some_and(|p| !p.is_empty()),
+                "{answer:#}"
+            );
+            let at = &error["locations"][0];
+            assert!(
+                at["line"].as_u64() >= Some(1) && at["column"].as_u64() >= Some(1),
+                "{answer:#}"
+            );
+            Err(error["message"].as_str().unwrap().to_string())
+        }
         Some(other) => panic!("{other}: {answer:#}"),
     }
 }
@@ -973,8 +987,10 @@ async fn a_read_whose_access_record_cannot_be_written_is_not_answered() {
         .await;
     assert!(!frames.is_empty());
     assert!(!format!("{frames:?}").contains(MARKER), "{frames:?}");
+    // Nothing of it ran: an `error` message, as for any request error.
+    assert_eq!(frames[0]["type"], "error", "{frames:?}");
     assert_eq!(
-        frames[0]["payload"]["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+        frames[0]["payload"][0]["extensions"]["code"], "UNAVAILABLE",
         "{frames:?}"
     );
     assert_eq!(frames.len(), 1, "the subscription ended there: {frames:?}");

@@ -19,7 +19,9 @@ async fn the_reference_graphql_ws_client_subscribes_queries_and_hears_refusals()
         return;
     };
     let app = TestApp::spawn().await;
-    let board = app.open_board("Reference client").await;
+    let (board, position) = app.open_board_at("Reference client").await;
+    // The client's query reads the Board at once: it must be there to be in scope.
+    app.projected_version(&board, position).await;
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphql_ws_client.cjs");
     let mut node = tokio::process::Command::new("node")
