@@ -351,6 +351,21 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub ws_pass_thread: PassThread,
+    /// What a websocket's reads and writes go through once upgraded: `raw` (the
+    /// accepted TCP stream itself, taken back from the upgraded connection with the
+    /// bytes it had read ahead, split into its owned halves: a writer pass's write is
+    /// one non-blocking `send` on the socket, no lock or layer between) or `upgraded`
+    /// (the upgraded connection's layers and `tokio::io::split`'s lock; the earlier
+    /// path, kept for the benchmark's before/after rows, and what any stream that is
+    /// not a plain TCP one gets).
+    #[arg(
+        long,
+        env = "CAREBOARD_WS_SOCKET_IO",
+        value_enum,
+        default_value = "raw",
+        hide = true
+    )]
+    pub ws_socket_io: SocketIoPath,
     /// How a command's append is planned and sent: `kept` (as `planned`, with open
     /// Boards a request reads kept in memory at their version, checked by the append's
     /// guard), `planned` (the common shape has a statement of its own whose plan is
@@ -387,6 +402,16 @@ pub enum FrameBytes {
     Shared,
     /// A whole frame per subscription id and protocol, looked up by a scan.
     Scan,
+}
+
+/// What an upgraded websocket's reads and writes go through (`crate::ws_out`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketIoPath {
+    /// The accepted TCP stream, split into its owned halves.
+    #[default]
+    Raw,
+    /// The upgraded connection, split behind a lock.
+    Upgraded,
 }
 
 /// Whether a writer pass's writes count against tokio's cooperative budget

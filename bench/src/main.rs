@@ -47,6 +47,10 @@ enum LatencyVariant {
     /// (`CAREBOARD_WS_FRAME_BYTES=shared`), where the default joins them in one plain
     /// write.
     SharedBytes,
+    /// The default path with each websocket's bytes through the upgraded connection's
+    /// layers and `tokio::io::split`'s lock (`CAREBOARD_WS_SOCKET_IO=upgraded`), where
+    /// the default writes on the accepted TCP stream itself.
+    Upgraded,
 }
 
 impl LatencyVariant {
@@ -63,6 +67,7 @@ impl LatencyVariant {
             ],
             LatencyVariant::Workers4 => vec![("CAREBOARD_RUNTIME_WORKERS", "4".into())],
             LatencyVariant::SharedBytes => vec![("CAREBOARD_WS_FRAME_BYTES", "shared".into())],
+            LatencyVariant::Upgraded => vec![("CAREBOARD_WS_SOCKET_IO", "upgraded".into())],
         }
     }
 }
@@ -79,6 +84,10 @@ enum WideVariant {
     /// `shared-distinct` with each socket's header, prefix and the payload joined in
     /// one buffer of the pass and sent in one plain write (the server's default bytes).
     JoinedDistinct,
+    /// `joined-distinct` with each socket's bytes through the upgraded connection's
+    /// layers and `tokio::io::split`'s lock (the earlier path; the default writes on
+    /// the accepted TCP stream itself).
+    JoinedUpgraded,
     Ceiling,
     /// `tasks` the earlier way: the pass's writes inside tokio's cooperative budget
     /// (past 128 writes in a task, sockets look busy and are parked), and a newer frame
@@ -101,7 +110,7 @@ impl WideVariant {
             WideVariant::ScanSame => (shard, "scan", false),
             WideVariant::ScanDistinct => (shard, "scan", true),
             WideVariant::SharedDistinct => (shard, "shared", true),
-            WideVariant::JoinedDistinct => (shard, "joined", true),
+            WideVariant::JoinedDistinct | WideVariant::JoinedUpgraded => (shard, "joined", true),
         }
     }
 
@@ -112,6 +121,14 @@ impl WideVariant {
             WideVariant::TasksCoop => ("task", "coop"),
             WideVariant::TasksParkedTask => ("task", "unconstrained"),
             _ => ("pass", "unconstrained"),
+        }
+    }
+
+    /// What each websocket's bytes go through on the server.
+    fn socket_io(self) -> &'static str {
+        match self {
+            WideVariant::JoinedUpgraded => "upgraded",
+            _ => "raw",
         }
     }
 
@@ -133,6 +150,9 @@ impl WideVariant {
             ),
             WideVariant::JoinedDistinct => format!(
                 "distinct ids, now: header, prefix and payload joined per socket, one plain write, writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::JoinedUpgraded => format!(
+                "distinct ids, before: joined bytes through the upgraded connection's layers, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::Ceiling => format!(
                 "ceiling: bare tokio writer, no Careboard, tasks of {shard} sockets, round {round}"
@@ -308,8 +328,10 @@ struct Args {
     /// subscribers all with id "1" / each with a UUID of its own), `shared-distinct`
     /// (each socket's header and prefix, the payload shared, UUID ids; `tasks` is the
     /// same with id "1"), `joined-distinct` (as `shared-distinct`, each socket's bytes
-    /// joined in one buffer and sent in one plain write: the server's default bytes),
-    /// `ceiling` (a bare tokio writer, no Careboard, the same frames
+    /// joined in one buffer and sent in one plain write: the server's default bytes,
+    /// written on the accepted TCP stream itself), `joined-upgraded` (as
+    /// `joined-distinct`, written through the upgraded connection's layers and
+    /// `tokio::io::split`'s lock: the earlier path), `ceiling` (a bare tokio writer, no Careboard, the same frames
     /// to the same number of lean readers at full speed).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         WideVariant::OneTask,
@@ -1113,6 +1135,7 @@ async fn main() -> Result<()> {
                         ("CAREBOARD_WS_FRAME_BYTES", bytes),
                         ("CAREBOARD_WS_PARKED_FRAMES", variant.parked().0),
                         ("CAREBOARD_WS_PASS_BUDGET", variant.parked().1),
+                        ("CAREBOARD_WS_SOCKET_IO", variant.socket_io()),
                     ],
                 )
                 .await?;
