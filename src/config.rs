@@ -354,7 +354,8 @@ pub struct GraphqlLimits {
     /// What a websocket's reads and writes go through once upgraded: `raw` (the
     /// accepted TCP stream itself, taken back from the upgraded connection with the
     /// bytes it had read ahead, split into its owned halves: a writer pass's write is
-    /// one non-blocking `send` on the socket, no lock or layer between) or `upgraded`
+    /// one non-blocking `send` on the socket, no lock or layer between), `raw-nodelay`
+    /// (as `raw`, with `TCP_NODELAY` on the stream) or `upgraded`
     /// (the upgraded connection's layers and `tokio::io::split`'s lock; the earlier
     /// path, kept for the benchmark's before/after rows, and what any stream that is
     /// not a plain TCP one gets).
@@ -410,6 +411,9 @@ pub enum SocketIoPath {
     /// The accepted TCP stream, split into its owned halves.
     #[default]
     Raw,
+    /// As `raw`, with Nagle's algorithm off on the stream (`TCP_NODELAY`): each write
+    /// is sent at once, not held while an earlier segment waits for its ACK.
+    RawNodelay,
     /// The upgraded connection, split behind a lock.
     Upgraded,
 }

@@ -368,10 +368,19 @@ impl SocketIo {
     ) -> (Self, Arc<SocketOut>) {
         type Accepted = hyper_util::rt::TokioIo<TcpStream>;
         let upgraded = match path {
-            crate::config::SocketIoPath::Raw => match upgraded.downcast::<Accepted>() {
-                Ok(parts) => return Self::on_tcp(parts.io.into_inner(), parts.read_buf),
-                Err(upgraded) => upgraded,
-            },
+            crate::config::SocketIoPath::Raw | crate::config::SocketIoPath::RawNodelay => {
+                match upgraded.downcast::<Accepted>() {
+                    Ok(parts) => {
+                        let stream = parts.io.into_inner();
+                        if path == crate::config::SocketIoPath::RawNodelay {
+                            // Best effort: a socket that refuses keeps Nagle's algorithm.
+                            let _ = stream.set_nodelay(true);
+                        }
+                        return Self::on_tcp(stream, parts.read_buf);
+                    }
+                    Err(upgraded) => upgraded,
+                }
+            }
             crate::config::SocketIoPath::Upgraded => upgraded,
         };
         Self::new(hyper_util::rt::TokioIo::new(upgraded))

@@ -51,6 +51,9 @@ enum LatencyVariant {
     /// layers and `tokio::io::split`'s lock (`CAREBOARD_WS_SOCKET_IO=upgraded`), where
     /// the default writes on the accepted TCP stream itself.
     Upgraded,
+    /// The default path with `TCP_NODELAY` on each websocket's stream
+    /// (`CAREBOARD_WS_SOCKET_IO=raw-nodelay`).
+    Nodelay,
 }
 
 impl LatencyVariant {
@@ -68,6 +71,7 @@ impl LatencyVariant {
             LatencyVariant::Workers4 => vec![("CAREBOARD_RUNTIME_WORKERS", "4".into())],
             LatencyVariant::SharedBytes => vec![("CAREBOARD_WS_FRAME_BYTES", "shared".into())],
             LatencyVariant::Upgraded => vec![("CAREBOARD_WS_SOCKET_IO", "upgraded".into())],
+            LatencyVariant::Nodelay => vec![("CAREBOARD_WS_SOCKET_IO", "raw-nodelay".into())],
         }
     }
 }
@@ -88,6 +92,9 @@ enum WideVariant {
     /// layers and `tokio::io::split`'s lock (the earlier path; the default writes on
     /// the accepted TCP stream itself).
     JoinedUpgraded,
+    /// `joined-distinct` with `TCP_NODELAY` on each websocket's stream
+    /// (`CAREBOARD_WS_SOCKET_IO=raw-nodelay`).
+    JoinedNodelay,
     Ceiling,
     /// `tasks` the earlier way: the pass's writes inside tokio's cooperative budget
     /// (past 128 writes in a task, sockets look busy and are parked), and a newer frame
@@ -110,7 +117,9 @@ impl WideVariant {
             WideVariant::ScanSame => (shard, "scan", false),
             WideVariant::ScanDistinct => (shard, "scan", true),
             WideVariant::SharedDistinct => (shard, "shared", true),
-            WideVariant::JoinedDistinct | WideVariant::JoinedUpgraded => (shard, "joined", true),
+            WideVariant::JoinedDistinct
+            | WideVariant::JoinedUpgraded
+            | WideVariant::JoinedNodelay => (shard, "joined", true),
         }
     }
 
@@ -128,6 +137,7 @@ impl WideVariant {
     fn socket_io(self) -> &'static str {
         match self {
             WideVariant::JoinedUpgraded => "upgraded",
+            WideVariant::JoinedNodelay => "raw-nodelay",
             _ => "raw",
         }
     }
@@ -153,6 +163,9 @@ impl WideVariant {
             ),
             WideVariant::JoinedUpgraded => format!(
                 "distinct ids, before: joined bytes through the upgraded connection's layers, writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::JoinedNodelay => format!(
+                "distinct ids, joined bytes on the TCP stream with TCP_NODELAY, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::Ceiling => format!(
                 "ceiling: bare tokio writer, no Careboard, tasks of {shard} sockets, round {round}"
@@ -331,7 +344,8 @@ struct Args {
     /// joined in one buffer and sent in one plain write: the server's default bytes,
     /// written on the accepted TCP stream itself), `joined-upgraded` (as
     /// `joined-distinct`, written through the upgraded connection's layers and
-    /// `tokio::io::split`'s lock: the earlier path), `ceiling` (a bare tokio writer, no Careboard, the same frames
+    /// `tokio::io::split`'s lock: the earlier path), `joined-nodelay` (as
+    /// `joined-distinct`, `TCP_NODELAY` on each websocket's stream), `ceiling` (a bare tokio writer, no Careboard, the same frames
     /// to the same number of lean readers at full speed).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         WideVariant::OneTask,
