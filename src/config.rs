@@ -351,19 +351,21 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub ws_pass_thread: PassThread,
-    /// What a websocket's reads and writes go through once upgraded: `raw` (the
+    /// What a websocket's reads and writes go through once upgraded: `upgraded` (the
+    /// upgraded connection's layers and `tokio::io::split`'s lock), `raw` (the
     /// accepted TCP stream itself, taken back from the upgraded connection with the
     /// bytes it had read ahead, split into its owned halves: a writer pass's write is
     /// one non-blocking `send` on the socket, no lock or layer between), `raw-nodelay`
-    /// (as `raw`, with `TCP_NODELAY` on the stream) or `upgraded`
-    /// (the upgraded connection's layers and `tokio::io::split`'s lock; the earlier
-    /// path, kept for the benchmark's before/after rows, and what any stream that is
-    /// not a plain TCP one gets).
+    /// (as `raw`, with `TCP_NODELAY` on the stream). `raw` spent less CPU per frame on
+    /// the quieter of three runs and did not separate on the busy ones, so it stays
+    /// selectable and off until a quiet machine decides (`careboard-bench subscribe
+    /// --wide-variants joined-upgraded,joined-distinct`). A stream that is not a plain
+    /// TCP one always goes through the layers.
     #[arg(
         long,
         env = "CAREBOARD_WS_SOCKET_IO",
         value_enum,
-        default_value = "raw",
+        default_value = "upgraded",
         hide = true
     )]
     pub ws_socket_io: SocketIoPath,
@@ -409,12 +411,12 @@ pub enum FrameBytes {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SocketIoPath {
     /// The accepted TCP stream, split into its owned halves.
-    #[default]
     Raw,
     /// As `raw`, with Nagle's algorithm off on the stream (`TCP_NODELAY`): each write
     /// is sent at once, not held while an earlier segment waits for its ACK.
     RawNodelay,
     /// The upgraded connection, split behind a lock.
+    #[default]
     Upgraded,
 }
 

@@ -652,14 +652,13 @@ mod tests {
         (first, on_tcp, seen[end..].to_vec())
     }
 
-    /// On the `raw` path (the default) an upgraded connection's websocket reads and
+    /// On the `raw` path an upgraded connection's websocket reads and
     /// writes the accepted TCP stream itself, first reading what the HTTP connection
     /// had read past the request; on `upgraded` it goes through the layers, with the
     /// same bytes either way.
     #[tokio::test]
     async fn an_upgraded_socket_writes_on_its_tcp_stream_and_reads_what_was_read_ahead() {
         use crate::config::SocketIoPath;
-        assert_eq!(SocketIoPath::default(), SocketIoPath::Raw);
         let ahead: &[u8] = b"\x81\x85\x01\x02\x03\x04first frame, sent with the request";
         for (path, on_tcp) in [(SocketIoPath::Raw, true), (SocketIoPath::Upgraded, false)] {
             let (first, raw, written) = upgraded_socket(path, ahead, b"reply-bytes").await;

@@ -48,9 +48,12 @@ enum LatencyVariant {
     /// write.
     SharedBytes,
     /// The default path with each websocket's bytes through the upgraded connection's
-    /// layers and `tokio::io::split`'s lock (`CAREBOARD_WS_SOCKET_IO=upgraded`), where
-    /// the default writes on the accepted TCP stream itself.
+    /// layers and `tokio::io::split`'s lock, named (`CAREBOARD_WS_SOCKET_IO=upgraded`,
+    /// the server's default).
     Upgraded,
+    /// The default path with each websocket's bytes written on the accepted TCP stream
+    /// itself (`CAREBOARD_WS_SOCKET_IO=raw`).
+    Raw,
     /// The default path with `TCP_NODELAY` on each websocket's stream
     /// (`CAREBOARD_WS_SOCKET_IO=raw-nodelay`).
     Nodelay,
@@ -71,6 +74,7 @@ impl LatencyVariant {
             LatencyVariant::Workers4 => vec![("CAREBOARD_RUNTIME_WORKERS", "4".into())],
             LatencyVariant::SharedBytes => vec![("CAREBOARD_WS_FRAME_BYTES", "shared".into())],
             LatencyVariant::Upgraded => vec![("CAREBOARD_WS_SOCKET_IO", "upgraded".into())],
+            LatencyVariant::Raw => vec![("CAREBOARD_WS_SOCKET_IO", "raw".into())],
             LatencyVariant::Nodelay => vec![("CAREBOARD_WS_SOCKET_IO", "raw-nodelay".into())],
         }
     }
@@ -86,7 +90,8 @@ enum WideVariant {
     ScanDistinct,
     SharedDistinct,
     /// `shared-distinct` with each socket's header, prefix and the payload joined in
-    /// one buffer of the pass and sent in one plain write (the server's default bytes).
+    /// one buffer of the pass and sent in one plain write (the server's default bytes),
+    /// on the accepted TCP stream itself (`CAREBOARD_WS_SOCKET_IO=raw`).
     JoinedDistinct,
     /// `joined-distinct` with each socket's bytes through the upgraded connection's
     /// layers and `tokio::io::split`'s lock (the earlier path; the default writes on
@@ -136,9 +141,9 @@ impl WideVariant {
     /// What each websocket's bytes go through on the server.
     fn socket_io(self) -> &'static str {
         match self {
-            WideVariant::JoinedUpgraded => "upgraded",
+            WideVariant::JoinedDistinct => "raw",
             WideVariant::JoinedNodelay => "raw-nodelay",
-            _ => "raw",
+            _ => "upgraded",
         }
     }
 
@@ -159,10 +164,10 @@ impl WideVariant {
                 "distinct ids, after: payload shared, prefix per socket, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::JoinedDistinct => format!(
-                "distinct ids, now: header, prefix and payload joined per socket, one plain write, writer tasks of {shard} sockets, round {round}"
+                "distinct ids, now: header, prefix and payload joined per socket, one plain write on the TCP stream itself, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::JoinedUpgraded => format!(
-                "distinct ids, before: joined bytes through the upgraded connection's layers, writer tasks of {shard} sockets, round {round}"
+                "distinct ids, joined bytes through the upgraded connection's layers (default), writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::JoinedNodelay => format!(
                 "distinct ids, joined bytes on the TCP stream with TCP_NODELAY, writer tasks of {shard} sockets, round {round}"
@@ -342,9 +347,10 @@ struct Args {
     /// (each socket's header and prefix, the payload shared, UUID ids; `tasks` is the
     /// same with id "1"), `joined-distinct` (as `shared-distinct`, each socket's bytes
     /// joined in one buffer and sent in one plain write: the server's default bytes,
-    /// written on the accepted TCP stream itself), `joined-upgraded` (as
-    /// `joined-distinct`, written through the upgraded connection's layers and
-    /// `tokio::io::split`'s lock: the earlier path), `joined-nodelay` (as
+    /// written on the accepted TCP stream itself, `CAREBOARD_WS_SOCKET_IO=raw`),
+    /// `joined-upgraded` (as `joined-distinct`, written through the upgraded
+    /// connection's layers and `tokio::io::split`'s lock: the server's default, as
+    /// every other row), `joined-nodelay` (as
     /// `joined-distinct`, `TCP_NODELAY` on each websocket's stream), `ceiling` (a bare tokio writer, no Careboard, the same frames
     /// to the same number of lean readers at full speed).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
