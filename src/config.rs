@@ -360,6 +360,24 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub ws_pass_thread: PassThread,
+    /// What a websocket's reads and writes go through once upgraded: `upgraded` (the
+    /// upgraded connection's layers and `tokio::io::split`'s lock), `raw` (the
+    /// accepted TCP stream itself, taken back from the upgraded connection with the
+    /// bytes it had read ahead, split into its owned halves: a writer pass's write is
+    /// one non-blocking `send` on the socket, no lock or layer between), `raw-nodelay`
+    /// (as `raw`, with `TCP_NODELAY` on the stream). `raw` spent less CPU per frame on
+    /// the quieter of three runs and did not separate on the busy ones, so it stays
+    /// selectable and off until a quiet machine decides (`careboard-bench subscribe
+    /// --wide-variants joined-upgraded,joined-distinct`). A stream that is not a plain
+    /// TCP one always goes through the layers.
+    #[arg(
+        long,
+        env = "CAREBOARD_WS_SOCKET_IO",
+        value_enum,
+        default_value = "upgraded",
+        hide = true
+    )]
+    pub ws_socket_io: SocketIoPath,
     /// How a command's append is planned and sent: `kept` (as `planned`, with open
     /// Boards a request reads kept in memory at their version, checked by the append's
     /// guard), `planned` (the common shape has a statement of its own whose plan is
@@ -396,6 +414,19 @@ pub enum FrameBytes {
     Shared,
     /// A whole frame per subscription id and protocol, looked up by a scan.
     Scan,
+}
+
+/// What an upgraded websocket's reads and writes go through (`crate::ws_out`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketIoPath {
+    /// The accepted TCP stream, split into its owned halves.
+    Raw,
+    /// As `raw`, with Nagle's algorithm off on the stream (`TCP_NODELAY`): each write
+    /// is sent at once, not held while an earlier segment waits for its ACK.
+    RawNodelay,
+    /// The upgraded connection, split behind a lock.
+    #[default]
+    Upgraded,
 }
 
 /// Whether a writer pass's writes count against tokio's cooperative budget

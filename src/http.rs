@@ -923,16 +923,21 @@ async fn graphql_ws(
         .write_buffer_size(0)
         .max_message_size(Some(state.limits.max_body_bytes))
         .max_frame_size(Some(state.limits.max_body_bytes));
-    upgrade.serve(offered, config, move |socket, out| {
-        Box::pin(crate::websocket::serve_socket(
-            socket,
-            out,
-            state,
-            protocol,
-            from_upgrade,
-            addr,
-        ))
-    })
+    upgrade.serve(
+        offered,
+        config,
+        state.limits.ws_socket_io,
+        move |socket, out| {
+            Box::pin(crate::websocket::serve_socket(
+                socket,
+                out,
+                state,
+                protocol,
+                from_upgrade,
+                addr,
+            ))
+        },
+    )
 }
 
 #[cfg(test)]

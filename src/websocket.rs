@@ -150,11 +150,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 
 impl Upgrade {
     /// Answers 101 (naming `protocol` when the client offered one) and serves the
-    /// upgraded connection with `config`.
+    /// upgraded connection with `config`, its bytes through `io_path`.
     pub fn serve(
         self,
         protocol: Option<WebSocketProtocols>,
         config: WebSocketConfig,
+        io_path: crate::config::SocketIoPath,
         serve: impl FnOnce(
                 WebSocketStream<SocketIo>,
                 Arc<SocketOut>,
@@ -167,7 +168,7 @@ impl Upgrade {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let (io, out) = SocketIo::new(hyper_util::rt::TokioIo::new(upgraded));
+            let (io, out) = SocketIo::from_upgraded(upgraded, io_path);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             serve(socket, out).await;
         });

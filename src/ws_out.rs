@@ -20,12 +20,102 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 
 type Writer = Pin<Box<dyn AsyncWrite + Send>>;
 type Reader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// The write half a socket's bytes go out through.
+enum WriteHalf {
+    /// The accepted TCP stream's own write half: a write is one `send` on the socket.
+    Tcp(OwnedWriteHalf),
+    /// Any other stream (the upgraded connection's layers, or a test's pipe), behind
+    /// `tokio::io::split`'s lock.
+    Layered(Writer),
+}
+
+/// A poll's outcome as a non-blocking attempt's: would block is `Pending`.
+fn attempt<T>(result: io::Result<T>) -> Poll<io::Result<T>> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+        other => Poll::Ready(other),
+    }
+}
+
+impl WriteHalf {
+    /// One non-blocking write with no waker to register (a writer pass's).
+    fn try_write(&mut self, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            WriteHalf::Tcp(half) => attempt(half.try_write(buf)),
+            WriteHalf::Layered(io) => {
+                // A no-op waker: if the write would block, the socket's task (woken by
+                // the caller) polls again with its own, which replaces this one.
+                let mut cx = Context::from_waker(Waker::noop());
+                io.as_mut().poll_write(&mut cx, buf)
+            }
+        }
+    }
+
+    /// One non-blocking vectored write with no waker to register.
+    fn try_write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self {
+            WriteHalf::Tcp(half) => attempt(half.try_write_vectored(bufs)),
+            WriteHalf::Layered(io) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                io.as_mut().poll_write_vectored(&mut cx, bufs)
+            }
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            WriteHalf::Tcp(half) => Pin::new(half).poll_write(cx, buf),
+            WriteHalf::Layered(io) => io.as_mut().poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            WriteHalf::Tcp(half) => Pin::new(half).poll_flush(cx),
+            WriteHalf::Layered(io) => io.as_mut().poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            WriteHalf::Tcp(half) => Pin::new(half).poll_shutdown(cx),
+            WriteHalf::Layered(io) => io.as_mut().poll_shutdown(cx),
+        }
+    }
+}
+
+/// The read half of a websocket taken back from its upgraded connection: first the
+/// bytes the HTTP connection had read past the upgrade request (a client may send its
+/// first frame with the request), then the socket's.
+struct TcpRead {
+    ahead: Bytes,
+    half: OwnedReadHalf,
+}
+
+impl AsyncRead for TcpRead {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.ahead.is_empty() {
+            let n = self.ahead.len().min(buf.remaining());
+            buf.put_slice(&self.ahead[..n]);
+            self.ahead.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.half).poll_read(cx, buf)
+    }
+}
 
 /// Queued bytes past which [`SocketIo`] stops taking more until the socket drains: the
 /// socket's own writes wait (TCP pushes back), shared frames are coalesced in their
@@ -41,7 +131,7 @@ pub struct SocketOut {
 }
 
 struct OutState {
-    io: Writer,
+    io: WriteHalf,
     /// Bytes accepted but not yet written, whole frames in order (a partly written
     /// frame's rest comes first).
     queue: BytesMut,
@@ -73,6 +163,11 @@ pub enum Written {
 }
 
 impl SocketOut {
+    /// Whether the socket's bytes go straight to its TCP stream (no layers between).
+    pub fn is_on_tcp(&self) -> bool {
+        matches!(self.state.lock().expect("socket out").io, WriteHalf::Tcp(_))
+    }
+
     /// Whether nothing waits to be written.
     pub fn is_idle(&self) -> bool {
         self.state.lock().expect("socket out").queue.is_empty()
@@ -102,12 +197,9 @@ impl SocketOut {
         if state.expired() {
             return Written::Busy;
         }
-        // A no-op waker: if the write would block, the socket's task (woken by the
-        // caller) polls again with its own, which replaces this one.
-        let mut cx = Context::from_waker(Waker::noop());
         let mut written = 0;
         while written < bytes.len() {
-            match state.io.as_mut().poll_write(&mut cx, &bytes[written..]) {
+            match state.io.try_write(&bytes[written..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     state.failed = true;
                     return Written::Failed;
@@ -142,7 +234,6 @@ impl SocketOut {
             return Written::Busy;
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut cx = Context::from_waker(Waker::noop());
         let mut written = 0;
         while written < total {
             let mut slices = [io::IoSlice::new(&[]); 4];
@@ -160,11 +251,7 @@ impl SocketOut {
                 skip = 0;
                 count += 1;
             }
-            match state
-                .io
-                .as_mut()
-                .poll_write_vectored(&mut cx, &slices[..count])
-            {
+            match state.io.try_write_vectored(&slices[..count]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     state.failed = true;
                     return Written::Failed;
@@ -224,7 +311,7 @@ impl OutState {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         while !self.queue.is_empty() {
-            match self.io.as_mut().poll_write(cx, &self.queue) {
+            match self.io.poll_write(cx, &self.queue) {
                 Poll::Ready(Ok(0)) => {
                     self.failed = true;
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -258,9 +345,51 @@ impl SocketIo {
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (read, write) = tokio::io::split(io);
+        Self::with_halves(Box::pin(read), WriteHalf::Layered(Box::pin(write)))
+    }
+
+    /// A websocket on the accepted TCP stream itself: `ahead` is what the HTTP
+    /// connection had read past the upgrade request (read first). The stream is split
+    /// into its owned halves, which share it without a lock.
+    pub fn on_tcp(stream: TcpStream, ahead: Bytes) -> (Self, Arc<SocketOut>) {
+        let (read, write) = stream.into_split();
+        Self::with_halves(
+            Box::pin(TcpRead { ahead, half: read }),
+            WriteHalf::Tcp(write),
+        )
+    }
+
+    /// An upgraded connection's websocket, on the path `path` names: the TCP stream
+    /// itself when `path` is `raw` and the connection is a plain TCP one, else the
+    /// upgraded connection's layers.
+    pub fn from_upgraded(
+        upgraded: hyper::upgrade::Upgraded,
+        path: crate::config::SocketIoPath,
+    ) -> (Self, Arc<SocketOut>) {
+        type Accepted = hyper_util::rt::TokioIo<TcpStream>;
+        let upgraded = match path {
+            crate::config::SocketIoPath::Raw | crate::config::SocketIoPath::RawNodelay => {
+                match upgraded.downcast::<Accepted>() {
+                    Ok(parts) => {
+                        let stream = parts.io.into_inner();
+                        if path == crate::config::SocketIoPath::RawNodelay {
+                            // Best effort: a socket that refuses keeps Nagle's algorithm.
+                            let _ = stream.set_nodelay(true);
+                        }
+                        return Self::on_tcp(stream, parts.read_buf);
+                    }
+                    Err(upgraded) => upgraded,
+                }
+            }
+            crate::config::SocketIoPath::Upgraded => upgraded,
+        };
+        Self::new(hyper_util::rt::TokioIo::new(upgraded))
+    }
+
+    fn with_halves(read: Reader, write: WriteHalf) -> (Self, Arc<SocketOut>) {
         let out = Arc::new(SocketOut {
             state: Mutex::new(OutState {
-                io: Box::pin(write),
+                io: write,
                 queue: BytesMut::new(),
                 failed: false,
                 stall_limit: None,
@@ -270,7 +399,7 @@ impl SocketIo {
         });
         (
             SocketIo {
-                read: Box::pin(read),
+                read,
                 out: out.clone(),
                 stall: None,
             },
@@ -326,7 +455,7 @@ impl SocketIo {
     fn drain_then(
         &mut self,
         cx: &mut Context<'_>,
-        then: impl FnOnce(&mut Writer, &mut Context<'_>) -> Poll<io::Result<()>>,
+        then: impl FnOnce(&mut WriteHalf, &mut Context<'_>) -> Poll<io::Result<()>>,
     ) -> Poll<io::Result<()>> {
         let queued = self.queued();
         let poll = {
@@ -356,13 +485,11 @@ impl AsyncWrite for SocketIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut()
-            .drain_then(cx, |io, cx| io.as_mut().poll_flush(cx))
+        self.get_mut().drain_then(cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut()
-            .drain_then(cx, |io, cx| io.as_mut().poll_shutdown(cx))
+        self.get_mut().drain_then(cx, |io, cx| io.poll_shutdown(cx))
     }
 }
 
@@ -447,6 +574,97 @@ mod tests {
             let framed = text_frame(&text);
             let (header, used) = text_header(len);
             assert_eq!(&header[..used], &framed[..framed.len() - len], "{len}");
+        }
+    }
+
+    /// Upgrades one real TCP connection with hyper (the accept loop's IO type), the
+    /// client sending `ahead` in the same write as its request, and hands the upgraded
+    /// connection to [`SocketIo::from_upgraded`] on `path`. Returns what the socket's
+    /// reads gave first, whether its bytes go to the TCP stream itself, and what the
+    /// client read after the 101's headers once a writer pass wrote `reply`.
+    async fn upgraded_socket(
+        path: crate::config::SocketIoPath,
+        ahead: &'static [u8],
+        reply: &'static [u8],
+    ) -> (Vec<u8>, bool, Vec<u8>) {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let done = Arc::new(Mutex::new(Some(done)));
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    let on_upgrade = request
+                        .extensions_mut()
+                        .remove::<hyper::upgrade::OnUpgrade>()
+                        .expect("an upgrade");
+                    let done = done.clone();
+                    tokio::spawn(async move {
+                        let upgraded = on_upgrade.await.expect("upgraded");
+                        let (mut io, out) = SocketIo::from_upgraded(upgraded, path);
+                        let mut first = vec![0u8; ahead.len()];
+                        io.read_exact(&mut first)
+                            .await
+                            .expect("the bytes read ahead");
+                        assert_eq!(out.try_write_now(reply), Written::Done);
+                        let on_tcp = out.is_on_tcp();
+                        let sender = done.lock().unwrap().take().unwrap();
+                        let _ = sender.send((first, on_tcp));
+                        // Keeps the connection open until the client has read.
+                        let mut rest = Vec::new();
+                        let _ = io.read_to_end(&mut rest).await;
+                    });
+                    async {
+                        axum::http::Response::builder()
+                            .status(101)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "websocket")
+                            .body(axum::body::Body::empty())
+                    }
+                },
+            );
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades()
+                .await
+                .unwrap();
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut request =
+            b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+                .to_vec();
+        request.extend_from_slice(ahead);
+        client.write_all(&request).await.unwrap();
+        let (first, on_tcp) = tokio::time::timeout(std::time::Duration::from_secs(30), result)
+            .await
+            .expect("the server read the bytes sent with the request")
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.ends_with(reply) {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed before the reply");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        (first, on_tcp, seen[end..].to_vec())
+    }
+
+    /// On the `raw` path an upgraded connection's websocket reads and
+    /// writes the accepted TCP stream itself, first reading what the HTTP connection
+    /// had read past the request; on `upgraded` it goes through the layers, with the
+    /// same bytes either way.
+    #[tokio::test]
+    async fn an_upgraded_socket_writes_on_its_tcp_stream_and_reads_what_was_read_ahead() {
+        use crate::config::SocketIoPath;
+        let ahead: &[u8] = b"\x81\x85\x01\x02\x03\x04first frame, sent with the request";
+        for (path, on_tcp) in [(SocketIoPath::Raw, true), (SocketIoPath::Upgraded, false)] {
+            let (first, raw, written) = upgraded_socket(path, ahead, b"reply-bytes").await;
+            assert_eq!(raw, on_tcp, "{path:?}");
+            assert_eq!(first, ahead, "{path:?}");
+            assert_eq!(written, b"reply-bytes", "{path:?}");
         }
     }
 

@@ -47,6 +47,16 @@ enum LatencyVariant {
     /// (`CAREBOARD_WS_FRAME_BYTES=shared`), where the default joins them in one plain
     /// write.
     SharedBytes,
+    /// The default path with each websocket's bytes through the upgraded connection's
+    /// layers and `tokio::io::split`'s lock, named (`CAREBOARD_WS_SOCKET_IO=upgraded`,
+    /// the server's default).
+    Upgraded,
+    /// The default path with each websocket's bytes written on the accepted TCP stream
+    /// itself (`CAREBOARD_WS_SOCKET_IO=raw`).
+    Raw,
+    /// The default path with `TCP_NODELAY` on each websocket's stream
+    /// (`CAREBOARD_WS_SOCKET_IO=raw-nodelay`).
+    Nodelay,
 }
 
 impl LatencyVariant {
@@ -63,6 +73,9 @@ impl LatencyVariant {
             ],
             LatencyVariant::Workers4 => vec![("CAREBOARD_RUNTIME_WORKERS", "4".into())],
             LatencyVariant::SharedBytes => vec![("CAREBOARD_WS_FRAME_BYTES", "shared".into())],
+            LatencyVariant::Upgraded => vec![("CAREBOARD_WS_SOCKET_IO", "upgraded".into())],
+            LatencyVariant::Raw => vec![("CAREBOARD_WS_SOCKET_IO", "raw".into())],
+            LatencyVariant::Nodelay => vec![("CAREBOARD_WS_SOCKET_IO", "raw-nodelay".into())],
         }
     }
 }
@@ -77,8 +90,16 @@ enum WideVariant {
     ScanDistinct,
     SharedDistinct,
     /// `shared-distinct` with each socket's header, prefix and the payload joined in
-    /// one buffer of the pass and sent in one plain write (the server's default bytes).
+    /// one buffer of the pass and sent in one plain write (the server's default bytes),
+    /// on the accepted TCP stream itself (`CAREBOARD_WS_SOCKET_IO=raw`).
     JoinedDistinct,
+    /// `joined-distinct` with each socket's bytes through the upgraded connection's
+    /// layers and `tokio::io::split`'s lock (the earlier path; the default writes on
+    /// the accepted TCP stream itself).
+    JoinedUpgraded,
+    /// `joined-distinct` with `TCP_NODELAY` on each websocket's stream
+    /// (`CAREBOARD_WS_SOCKET_IO=raw-nodelay`).
+    JoinedNodelay,
     Ceiling,
     /// `tasks` the earlier way: the pass's writes inside tokio's cooperative budget
     /// (past 128 writes in a task, sockets look busy and are parked), and a newer frame
@@ -101,7 +122,9 @@ impl WideVariant {
             WideVariant::ScanSame => (shard, "scan", false),
             WideVariant::ScanDistinct => (shard, "scan", true),
             WideVariant::SharedDistinct => (shard, "shared", true),
-            WideVariant::JoinedDistinct => (shard, "joined", true),
+            WideVariant::JoinedDistinct
+            | WideVariant::JoinedUpgraded
+            | WideVariant::JoinedNodelay => (shard, "joined", true),
         }
     }
 
@@ -112,6 +135,15 @@ impl WideVariant {
             WideVariant::TasksCoop => ("task", "coop"),
             WideVariant::TasksParkedTask => ("task", "unconstrained"),
             _ => ("pass", "unconstrained"),
+        }
+    }
+
+    /// What each websocket's bytes go through on the server.
+    fn socket_io(self) -> &'static str {
+        match self {
+            WideVariant::JoinedDistinct => "raw",
+            WideVariant::JoinedNodelay => "raw-nodelay",
+            _ => "upgraded",
         }
     }
 
@@ -132,7 +164,13 @@ impl WideVariant {
                 "distinct ids, after: payload shared, prefix per socket, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::JoinedDistinct => format!(
-                "distinct ids, now: header, prefix and payload joined per socket, one plain write, writer tasks of {shard} sockets, round {round}"
+                "distinct ids, now: header, prefix and payload joined per socket, one plain write on the TCP stream itself, writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::JoinedUpgraded => format!(
+                "distinct ids, joined bytes through the upgraded connection's layers (default), writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::JoinedNodelay => format!(
+                "distinct ids, joined bytes on the TCP stream with TCP_NODELAY, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::Ceiling => format!(
                 "ceiling: bare tokio writer, no Careboard, tasks of {shard} sockets, round {round}"
@@ -312,8 +350,12 @@ struct Args {
     /// subscribers all with id "1" / each with a UUID of its own), `shared-distinct`
     /// (each socket's header and prefix, the payload shared, UUID ids; `tasks` is the
     /// same with id "1"), `joined-distinct` (as `shared-distinct`, each socket's bytes
-    /// joined in one buffer and sent in one plain write: the server's default bytes),
-    /// `ceiling` (a bare tokio writer, no Careboard, the same frames
+    /// joined in one buffer and sent in one plain write: the server's default bytes,
+    /// written on the accepted TCP stream itself, `CAREBOARD_WS_SOCKET_IO=raw`),
+    /// `joined-upgraded` (as `joined-distinct`, written through the upgraded
+    /// connection's layers and `tokio::io::split`'s lock: the server's default, as
+    /// every other row), `joined-nodelay` (as
+    /// `joined-distinct`, `TCP_NODELAY` on each websocket's stream), `ceiling` (a bare tokio writer, no Careboard, the same frames
     /// to the same number of lean readers at full speed).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         WideVariant::OneTask,
@@ -1120,6 +1162,7 @@ async fn main() -> Result<()> {
                         ("CAREBOARD_WS_FRAME_BYTES", bytes),
                         ("CAREBOARD_WS_PARKED_FRAMES", variant.parked().0),
                         ("CAREBOARD_WS_PASS_BUDGET", variant.parked().1),
+                        ("CAREBOARD_WS_SOCKET_IO", variant.socket_io()),
                     ],
                 )
                 .await?;
