@@ -2034,30 +2034,24 @@ async fn flat_durations_fold_as_a_fresh_fold_and_keep_no_document() {
             a.cancelled_at,
             fresh.applied,
         );
-        let (row, has_doc): (DurationRow, bool) = {
-            let r: (
-                Option<Uuid>,
-                Option<String>,
-                Option<String>,
-                Option<chrono::DateTime<chrono::Utc>>,
-                Option<chrono::DateTime<chrono::Utc>>,
-                Option<chrono::DateTime<chrono::Utc>>,
-                Option<chrono::DateTime<chrono::Utc>>,
-                Option<chrono::DateTime<chrono::Utc>>,
-                i64,
-                bool,
-            ) = sqlx::query_as(&format!(
-                "select d.board_id, d.specialty, d.region, d.requested_at, d.scheduled_at, \
-                        d.started_at, d.finished_at, d.cancelled_at, d.version, d.doc is not null \
-                   from appointment_durations d {} where d.appointment_id = $1",
-                Projection::AppointmentDurations.live_join("d")
-            ))
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            ((r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8), r.9)
-        };
+        let row: DurationRow = sqlx::query_as(&format!(
+            "select d.board_id, d.specialty, d.region, d.requested_at, d.scheduled_at, \
+                    d.started_at, d.finished_at, d.cancelled_at, d.version \
+               from appointment_durations d {} where d.appointment_id = $1",
+            Projection::AppointmentDurations.live_join("d")
+        ))
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let has_doc: bool = sqlx::query_scalar(&format!(
+            "select d.doc is not null from appointment_durations d {} where d.appointment_id = $1",
+            Projection::AppointmentDurations.live_join("d")
+        ))
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         assert_eq!(row, expected, "appointment {i}: the row and a fresh fold");
         assert_eq!(fresh.applied, lives[i].len() as i64, "appointment {i}");
         assert!(!has_doc, "appointment {i}: written on the flat path");
