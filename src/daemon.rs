@@ -141,6 +141,12 @@ pub struct DaemonConfig {
     /// in one run. On by default: the read visited 44–54 pages a call where the earlier
     /// one visited 800 at the same rate (docs/BENCHMARKS.md, "Board reads by pair").
     pub paired_board_reads: bool,
+    /// `appointment_durations` is folded from its flat columns and stores no jsonb
+    /// document (migration 0017 lets `doc` be null): a batch reads and writes only
+    /// the columns readers use (see [`crate::projections::store::load_durations`]).
+    /// Off: each row also keeps its folded appointment as a document, the earlier
+    /// path, kept so the bench can measure both in one run.
+    pub flat_durations: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
     /// How often the matcher retries the Boards it parked.
@@ -166,6 +172,7 @@ impl Default for DaemonConfig {
             fresh_statistics: true,
             header_counters: true,
             paired_board_reads: true,
+            flat_durations: false,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -197,6 +204,7 @@ impl DaemonConfig {
             fresh_statistics: self.fresh_statistics,
             header_counters: self.header_counters,
             paired_board_reads: self.paired_board_reads,
+            flat_durations: self.flat_durations,
         }
     }
 

@@ -248,7 +248,9 @@ struct Args {
     /// headers' locked read by primary key), `counters` (`keyed` with a batch of
     /// appointment events writing only the headers' counters), `stepped` (`counters`
     /// in lockstep rounds), `paired` (`counters` with each touched appointment read
-    /// under its own Board: the daemon's defaults now). `lock-table`, `epoch` and
+    /// under its own Board: the daemon's defaults now), `flat` (`paired` with
+    /// `appointment_durations` folded from its flat columns, no document kept).
+    /// `lock-table`, `epoch` and
     /// `fused` move every checkpoint in a transaction. Pairs alternate by default so
     /// the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![

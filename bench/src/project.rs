@@ -241,6 +241,9 @@ pub enum Schedule {
     /// appointment up under its own Board (`DaemonConfig::paired_board_reads`)
     /// instead of searching every Board for every touched appointment: the defaults.
     Paired,
+    /// `Paired` with `appointment_durations` folded from its flat columns, its rows
+    /// keeping no jsonb document (`DaemonConfig::flat_durations`).
+    Flat,
 }
 
 impl Schedule {
@@ -249,7 +252,11 @@ impl Schedule {
     fn unkeyed(self) -> bool {
         !matches!(
             self,
-            Schedule::Keyed | Schedule::Counters | Schedule::Stepped | Schedule::Paired
+            Schedule::Keyed
+                | Schedule::Counters
+                | Schedule::Stepped
+                | Schedule::Paired
+                | Schedule::Flat
         )
     }
 }
@@ -282,6 +289,7 @@ impl Schedule {
             Schedule::Counters => "analyzed, headers read by key, their counters written alone",
             Schedule::Stepped => "counters in lockstep rounds",
             Schedule::Paired => "counters, each touched appointment read under its own Board",
+            Schedule::Flat => "paired, appointment_durations folded from its flat columns",
         }
     }
 }
@@ -302,6 +310,7 @@ fn start_projector_with(
         fresh_statistics: false,
         header_counters: false,
         paired_board_reads: false,
+        flat_durations: false,
         ..tuned.clone()
     };
     let config = match schedule {
@@ -366,20 +375,23 @@ fn start_projector_with(
                 ..tuned
             }
         }
-        Schedule::Keyed | Schedule::Counters | Schedule::Stepped | Schedule::Paired => {
-            DaemonConfig {
-                loops: schedule != Schedule::Stepped,
-                epoch_fence: true,
-                fused_statements: false,
-                lone_checkpoints: true,
-                fresh_statistics: true,
-                custom_plans: false,
-                fewer_round_trips: false,
-                header_counters: schedule != Schedule::Keyed,
-                paired_board_reads: schedule == Schedule::Paired,
-                ..tuned
-            }
-        }
+        Schedule::Keyed
+        | Schedule::Counters
+        | Schedule::Stepped
+        | Schedule::Paired
+        | Schedule::Flat => DaemonConfig {
+            loops: schedule != Schedule::Stepped,
+            epoch_fence: true,
+            fused_statements: false,
+            lone_checkpoints: true,
+            fresh_statistics: true,
+            custom_plans: false,
+            fewer_round_trips: false,
+            header_counters: schedule != Schedule::Keyed,
+            paired_board_reads: matches!(schedule, Schedule::Paired | Schedule::Flat),
+            flat_durations: schedule == Schedule::Flat,
+            ..tuned
+        },
     };
     Daemon::new(
         pool.clone(),

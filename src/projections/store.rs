@@ -39,6 +39,23 @@ impl Projection {
                 .fetch_all(conn)
                 .await?;
             parts.into_iter().map(|p| (p.id, p.into_value())).collect()
+        } else if self == Projection::AppointmentDurations {
+            // A row written on the flat path has no document: it is folded on from
+            // its columns (see `load_durations`).
+            let rows: Vec<DurationColumns> = sqlx::query_as(&format!(
+                "select doc, {DURATION_COLUMNS} from appointment_durations \
+                  where generation = $1 and appointment_id = any($2) for update"
+            ))
+            .bind(generation)
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+            rows.into_iter()
+                .map(|mut c| {
+                    let id = c.appointment_id;
+                    (id, c.doc.take().unwrap_or_else(|| to_json(&c.into_doc())))
+                })
+                .collect()
         } else {
             sqlx::query_as(&format!(
                 "select {id}, doc from {table} where generation = $1 and {id} = any($2) for update",
@@ -75,6 +92,101 @@ impl Projection {
         Ok(())
     }
 }
+/// The columns of `appointment_durations` its flat fold starts from.
+const DURATION_COLUMNS: &str = "appointment_id, board_id, specialty, region, requested_at, \
+     scheduled_at, started_at, finished_at, cancelled_at, version";
+
+#[derive(sqlx::FromRow)]
+struct DurationColumns {
+    /// The row's document, when it keeps one and the statement reads it.
+    #[sqlx(default)]
+    doc: Option<Value>,
+    appointment_id: Uuid,
+    board_id: Option<Uuid>,
+    specialty: Option<String>,
+    region: Option<String>,
+    requested_at: Option<chrono::DateTime<chrono::Utc>>,
+    scheduled_at: Option<chrono::DateTime<chrono::Utc>>,
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    cancelled_at: Option<chrono::DateTime<chrono::Utc>>,
+    version: i64,
+}
+
+impl DurationColumns {
+    /// The document the next event folds onto. The appointment fold fails only on
+    /// whether the appointment was requested (`requested_at`, never null once it was),
+    /// and the columns it writes come from the request and the transitions' times, all
+    /// stored here: fields the row does not keep (the patient's, the reason, the
+    /// provider) are left empty, and never reach a row.
+    fn into_doc(self) -> StreamDoc<Appointment> {
+        use crate::domain::AppointmentStatus as S;
+        let state = match (self.requested_at, self.board_id) {
+            (Some(requested_at), Some(board_id)) => Some(Appointment {
+                id: self.appointment_id.into(),
+                board_id: board_id.into(),
+                patient_id: None,
+                patient_name: String::new(),
+                specialty: self.specialty.unwrap_or_default(),
+                region: self.region.unwrap_or_default(),
+                reason: String::new(),
+                status: if self.cancelled_at.is_some() {
+                    S::Cancelled
+                } else if self.finished_at.is_some() {
+                    S::Finished
+                } else if self.started_at.is_some() {
+                    S::Started
+                } else if self.scheduled_at.is_some() {
+                    S::Scheduled
+                } else {
+                    S::Requested
+                },
+                provider_id: None,
+                shift_id: None,
+                estimated_time: None,
+                requested_at,
+                scheduled_at: self.scheduled_at,
+                started_at: self.started_at,
+                finished_at: self.finished_at,
+                cancelled_at: self.cancelled_at,
+                cancellation_reason: None,
+                version: self.version,
+            }),
+            _ => None,
+        };
+        StreamDoc {
+            state,
+            applied: self.version,
+            max_recorded_at: None,
+            skipped: 0,
+        }
+    }
+}
+
+/// The `appointment_durations` rows with these ids (locked for update), each as the
+/// document its next event folds onto, made from the row's flat columns alone: the
+/// flat path ([`crate::daemon::DaemonConfig::flat_durations`]), on which rows keep no
+/// document. The rows' columns are what a fold of every event gives (see
+/// [`DurationColumns::into_doc`]).
+pub async fn load_durations(
+    conn: &mut PgConnection,
+    generation: i32,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Value>, sqlx::Error> {
+    let rows: Vec<DurationColumns> = sqlx::query_as(&format!(
+        "select {DURATION_COLUMNS} from appointment_durations \
+          where generation = $1 and appointment_id = any($2) for update"
+    ))
+    .bind(generation)
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|c| (c.appointment_id, to_json(&c.into_doc())))
+        .collect())
+}
+
 /// The Board documents `boards` (locked for update), each with only its own touched
 /// appointments: `touched` holds (Board, appointment) pairs, the Boards' in `boards`.
 ///
@@ -171,6 +283,12 @@ pub enum Row {
         id: Uuid,
         doc: StreamDoc<Appointment>,
     },
+    /// An `appointment_durations` row without its document (the flat path, see
+    /// [`load_durations`]).
+    FlatDurations {
+        id: Uuid,
+        doc: StreamDoc<Appointment>,
+    },
 }
 
 /// Board documents go to PostgreSQL as `serde_json::Value` trees (the earlier path,
@@ -258,7 +376,8 @@ pub async fn save_rows_with(
                 doc.applied,
                 doc,
             ),
-            Row::Durations { id, doc } => durations.push(*id, doc),
+            Row::Durations { id, doc } => durations.push(*id, doc, true),
+            Row::FlatDurations { id, doc } => durations.push(*id, doc, false),
         }
     }
     let joined = joined && !boards.ids.is_empty() && !boards.appointments.ids.is_empty();
@@ -504,11 +623,12 @@ struct DurationRows {
     finished: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     cancelled: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     versions: Vec<i64>,
-    docs: Vec<Value>,
+    /// `None`: the flat path's row, without a document.
+    docs: Vec<Option<Value>>,
 }
 
 impl DurationRows {
-    fn push(&mut self, id: Uuid, doc: &StreamDoc<Appointment>) {
+    fn push(&mut self, id: Uuid, doc: &StreamDoc<Appointment>, with_doc: bool) {
         let a = doc.state.as_ref();
         self.ids.push(id);
         self.board_ids.push(a.map(|a| a.board_id.as_uuid()));
@@ -520,6 +640,6 @@ impl DurationRows {
         self.finished.push(a.and_then(|a| a.finished_at));
         self.cancelled.push(a.and_then(|a| a.cancelled_at));
         self.versions.push(doc.applied);
-        self.docs.push(to_json(doc));
+        self.docs.push(with_doc.then(|| to_json(doc)));
     }
 }

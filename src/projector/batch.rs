@@ -11,7 +11,7 @@ use crate::domain::{Appointment, FoldError, Shift, StreamType};
 use crate::event_store::log::Cursor;
 use crate::event_store::{read_stream_between, RecordedEvent};
 use crate::projections::board_view::BoardChanged;
-use crate::projections::store::{load_boards_touched, save_rows_with};
+use crate::projections::store::{load_boards_touched, load_durations, save_rows_with};
 use crate::projections::{BoardDoc, Doc, Projection, Row, StreamDoc};
 use crate::snapshots::{self, Snapshot, SnapshotKind};
 
@@ -72,6 +72,9 @@ pub struct BatchInput<'a> {
     /// per pair (see [`crate::projections::store::load_boards_touched`]); off: with
     /// every touched appointment of the batch searched for in every Board.
     pub paired_board_reads: bool,
+    /// `appointment_durations` read and written as its flat columns only (see
+    /// [`crate::projections::store::load_durations`]); off: with its document.
+    pub flat_durations: bool,
 }
 
 /// Applies the batch to the projection's documents and saves them, in the caller's
@@ -95,6 +98,12 @@ pub async fn apply_batch(
         Projection::AppointmentView => {
             apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc, _, _| {
                 Row::Appointment { id, doc }
+            })
+            .await
+        }
+        Projection::AppointmentDurations if input.flat_durations => {
+            apply_and_save::<StreamDoc<Appointment>>(conn, input, |id, doc, _, _| {
+                Row::FlatDurations { id, doc }
             })
             .await
         }
@@ -231,6 +240,7 @@ async fn apply_docs<D: Doc>(
         defer_board_snapshots: _,
         header_counters,
         paired_board_reads,
+        flat_durations,
     } = *input;
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.
@@ -260,6 +270,8 @@ async fn apply_docs<D: Doc>(
         .collect();
     let mut stored = if paired_board_reads && projection == Projection::BoardView {
         load_boards_touched(conn, generation, &ids, &touched).await?
+    } else if flat_durations && projection == Projection::AppointmentDurations {
+        load_durations(conn, generation, &ids).await?
     } else {
         let touched: Vec<Uuid> = touched.iter().map(|(_, a)| *a).collect();
         projection

@@ -103,6 +103,9 @@ pub struct ProjectorSettings {
     /// A `board_view` batch reads each touched appointment under its own Board (see
     /// [`crate::daemon::DaemonConfig::paired_board_reads`]).
     pub paired_board_reads: bool,
+    /// `appointment_durations` folded from its flat columns, without a document (see
+    /// [`crate::daemon::DaemonConfig::flat_durations`]).
+    pub flat_durations: bool,
 }
 
 /// Why the projector stopped.
@@ -343,6 +346,7 @@ impl Projector {
                 && rebuild::snapshots_pipelined(),
             header_counters: self.settings.header_counters,
             paired_board_reads: self.settings.paired_board_reads,
+            flat_durations: self.settings.flat_durations,
         };
         let outcome = match apply_batch(&mut tx, &input).await {
             Ok(o) => o,

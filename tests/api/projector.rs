@@ -1941,3 +1941,119 @@ async fn a_batch_of_appointment_events_writes_only_the_headers_counters_and_ever
     );
     projector.stop().await.unwrap();
 }
+
+/// `appointment_durations`' flat columns of one row.
+type DurationRow = (
+    Option<Uuid>,
+    Option<String>,
+    Option<String>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    i64,
+);
+
+/// With `appointment_durations` folded from its flat columns (rows written before on
+/// the document path among them), every row holds what a fresh fold of its stream
+/// gives, and the rows the flat path wrote keep no document.
+#[tokio::test]
+async fn flat_durations_fold_as_a_fresh_fold_and_keep_no_document() {
+    use careboard::domain::Appointment;
+    use careboard::event_store::read_stream_between;
+    use careboard::projections::StreamDoc;
+
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let board = open_board(&store, "Flat durations").await;
+    let scheduled = || AppointmentEvent::AppointmentScheduled {
+        provider_id: Uuid::new_v4().into(),
+        shift_id: Uuid::new_v4().into(),
+        estimated_time: chrono::Utc::now(),
+    };
+    // Appointment i goes through `lives[i]` events; the first two start on the
+    // document path.
+    let lives: [&[usize]; 5] = [&[0, 1, 2, 3], &[0, 1], &[0, 1, 2, 3], &[0], &[0, 9]];
+    let ids: Vec<Uuid> = lives.iter().map(|_| Uuid::new_v4()).collect();
+    let event = |i: usize, n: usize| match lives[i][n] {
+        0 => requested(board, &format!("flat {i}")),
+        1 => scheduled(),
+        2 => AppointmentEvent::AppointmentStarted {},
+        3 => AppointmentEvent::AppointmentFinished {},
+        _ => AppointmentEvent::AppointmentCancelled {
+            reason: "changed plans".into(),
+        },
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let documented = start_projector(&pool, &store, config());
+    for (i, id) in ids.iter().enumerate().take(2) {
+        append_in(&mut conn, *id, board, 0, event(i, 0)).await;
+    }
+    caught_up(&pool).await;
+    documented.stop().await.unwrap();
+
+    let flat = start_projector(
+        &pool,
+        &store,
+        DaemonConfig {
+            flat_durations: true,
+            ..config()
+        },
+    );
+    // One event per stream per round, each round its own batches.
+    for n in 0..4 {
+        for (i, id) in ids.iter().enumerate() {
+            let first = if i < 2 { 1 } else { 0 };
+            if n < first || n >= lives[i].len() {
+                continue;
+            }
+            append_in(&mut conn, *id, board, n as i64, event(i, n)).await;
+        }
+        caught_up(&pool).await;
+    }
+    flat.stop().await.unwrap();
+
+    for (i, id) in ids.iter().enumerate() {
+        let mut fresh = StreamDoc::<Appointment>::default();
+        for e in read_stream_between(&mut *conn, *id, 0, i64::MAX)
+            .await
+            .unwrap()
+        {
+            fresh.apply(&e).unwrap();
+        }
+        let a = fresh.state.as_ref().unwrap();
+        let expected: DurationRow = (
+            Some(a.board_id.as_uuid()),
+            Some(a.specialty.clone()),
+            Some(a.region.clone()),
+            Some(a.requested_at),
+            a.scheduled_at,
+            a.started_at,
+            a.finished_at,
+            a.cancelled_at,
+            fresh.applied,
+        );
+        let row: DurationRow = sqlx::query_as(&format!(
+            "select d.board_id, d.specialty, d.region, d.requested_at, d.scheduled_at, \
+                    d.started_at, d.finished_at, d.cancelled_at, d.version \
+               from appointment_durations d {} where d.appointment_id = $1",
+            Projection::AppointmentDurations.live_join("d")
+        ))
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let has_doc: bool = sqlx::query_scalar(&format!(
+            "select d.doc is not null from appointment_durations d {} where d.appointment_id = $1",
+            Projection::AppointmentDurations.live_join("d")
+        ))
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(row, expected, "appointment {i}: the row and a fresh fold");
+        assert_eq!(fresh.applied, lives[i].len() as i64, "appointment {i}");
+        assert!(!has_doc, "appointment {i}: written on the flat path");
+    }
+}
