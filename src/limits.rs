@@ -279,7 +279,7 @@ impl DocumentChecks {
         }
         let operation_name = request.operation_name.clone();
         let document = request.parsed_query()?;
-        let Some(fields) = crate::graphql::operation(document, operation_name.as_deref())
+        let Some(fields) = operation(document, operation_name.as_deref())
             .filter(|op| op.ty == async_graphql::parser::types::OperationType::Mutation)
             .map(|op| root_fields(document, &op.selection_set.node))
         else {
@@ -643,6 +643,26 @@ pub fn page_policy(page: &str) -> String {
          img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
          form-action 'self'; frame-ancestors 'none'"
     )
+}
+
+/// The operation a request runs: the named one, or the only one.
+pub fn operation<'a>(
+    document: &'a async_graphql::parser::types::ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<&'a async_graphql::parser::types::OperationDefinition> {
+    use async_graphql::parser::types::DocumentOperations;
+    match (&document.operations, operation_name) {
+        (DocumentOperations::Single(op), None) => Some(&op.node),
+        (DocumentOperations::Single(_), Some(_)) => None,
+        (DocumentOperations::Multiple(ops), Some(name)) => ops
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, op)| &op.node),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.values().next().map(|op| &op.node)
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    }
 }
 
 #[cfg(test)]

@@ -9,10 +9,7 @@ pub mod subscription;
 pub mod tap;
 pub mod types;
 
-use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
-    SelectionSet,
-};
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::{Context, Schema};
 
 use crate::config::GraphqlLimits;
@@ -145,24 +142,7 @@ pub fn is_introspection_only(document: &ExecutableDocument, operation_name: Opti
     }
 }
 
-/// The operation a request runs: the named one, or the only one.
-pub fn operation<'a>(
-    document: &'a ExecutableDocument,
-    operation_name: Option<&str>,
-) -> Option<&'a OperationDefinition> {
-    match (&document.operations, operation_name) {
-        (DocumentOperations::Single(op), None) => Some(&op.node),
-        (DocumentOperations::Single(_), Some(_)) => None,
-        (DocumentOperations::Multiple(ops), Some(name)) => ops
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, op)| &op.node),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
-            ops.values().next().map(|op| &op.node)
-        }
-        (DocumentOperations::Multiple(_), None) => None,
-    }
-}
+pub use crate::limits::operation;
 
 /// Whether `response` is a request error: nothing executed (parse, validation,
 /// variables, a limit or the rate refused it), so it has no data and no error has a
