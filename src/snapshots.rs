@@ -97,9 +97,6 @@ pub enum BoardSnapshotStatement {
     /// The rows `jsonb_object_agg`-ed, then merged into the header with `||`
     /// ([`BOARDS_AGGREGATED_SQL`]; the earlier statement).
     Aggregated,
-    /// Written out as JSON text and parsed once ([`BOARDS_AS_TEXT_SQL`]; measured no
-    /// cheaper, kept for the bench).
-    AsText,
     /// The rows `jsonb_object_agg`-ed, then the document made by one
     /// `jsonb_build_object` ([`BOARDS_BUILT_SQL`]; the default).
     Built,
@@ -116,7 +113,6 @@ pub fn select_board_snapshot_statement(statement: BoardSnapshotStatement) {
 fn board_snapshot_sql() -> &'static str {
     match BOARD_SNAPSHOT_STATEMENT.load(Ordering::Relaxed) {
         0 => BOARDS_AGGREGATED_SQL,
-        1 => BOARDS_AS_TEXT_SQL,
         _ => BOARDS_BUILT_SQL,
     }
 }
@@ -141,42 +137,6 @@ const BOARDS_AGGREGATED_SQL: &str =
        left join lateral ( \
          select jsonb_object_agg(x.id::text, x.doc) filter (where x.doc is not null) as docs, \
                 jsonb_object_agg(x.id::text, x.applied) as applied \
-           from board_view_appointments x \
-          where x.generation = v.generation and x.board_id = v.id) x on true \
-     on conflict do nothing";
-
-/// A statement of [`write_boards`]: the document written out as JSON text (the header's
-/// text without its closing brace, then the counters, then `appointments` and
-/// `applied`, each the header's entries followed by the rows' `string_agg`-ed text) and
-/// parsed into jsonb once. A key given twice keeps its last value when text becomes
-/// jsonb, at the top and inside `appointments` and `applied`, so the rows' entries and
-/// the batch's counters take the place of the header's, as `||` gives them there: the
-/// same jsonb as [`BOARDS_AGGREGATED_SQL`], with each appointment document turned to
-/// text and parsed once instead of walked into an aggregate, a merged object and two
-/// concatenations.
-const BOARDS_AS_TEXT_SQL: &str =
-    "insert into snapshots (kind, id, fold_version, version, max_recorded_at, tx, seq, doc) \
-     select 'board', s.id, $2, s.version, s.at, $6::text::xid8, $7, \
-            (case when v.doc = '{}'::jsonb then '{' else left(v.doc::text, -1) || ', ' end \
-             || '\"version\": ' || s.version || ', \"position\": ' || v.position \
-             || ', \"maxRecordedAt\": ' || s.at_json::text \
-             || case when x.docs is null then '' else ', \"appointments\": ' \
-                  || case when jsonb_typeof(v.doc->'appointments') = 'object' \
-                               and v.doc->'appointments' <> '{}'::jsonb \
-                          then left((v.doc->'appointments')::text, -1) || ', ' else '{' end \
-                  || x.docs || '}' end \
-             || case when x.applied is null then '' else ', \"applied\": ' \
-                  || case when jsonb_typeof(v.doc->'applied') = 'object' \
-                               and v.doc->'applied' <> '{}'::jsonb \
-                          then left((v.doc->'applied')::text, -1) || ', ' else '{' end \
-                  || x.applied || '}' end \
-             || '}')::jsonb \
-       from unnest($3::uuid[], $4::bigint[], $5::timestamptz[], $8::jsonb[]) s(id, version, at, at_json) \
-       join board_view v on v.generation = $1 and v.id = s.id \
-       left join lateral ( \
-         select string_agg('\"' || x.id || '\": ' || x.doc::text, ', ') \
-                  filter (where x.doc is not null) as docs, \
-                string_agg('\"' || x.id || '\": ' || x.applied, ', ') as applied \
            from board_view_appointments x \
           where x.generation = v.generation and x.board_id = v.id) x on true \
      on conflict do nothing";

@@ -269,8 +269,7 @@ struct Args {
     /// Board snapshots put together in the database); `lean` (`assembled` with the
     /// rebuild's own read of the log, without `metadata`); `unjoined` (`lean` with the
     /// events read alone and their streams looked up once per batch); `behind`
-    /// (`unjoined` with Board snapshots written behind each batch); `as-text` (`behind`
-    /// with each snapshot written out as JSON text and parsed once); `built` (`behind`
+    /// (`unjoined` with Board snapshots written behind each batch); `built` (`behind`
     /// with each snapshot made by one `jsonb_build_object`: the current path).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         project::RebuildPath::Behind,

@@ -589,10 +589,6 @@ pub enum RebuildPath {
     /// `unjoined`, each batch's Board snapshots written behind it on another
     /// connection while the next batch is folded and written.
     Behind,
-    /// `behind`, each Board snapshot written out as JSON text and parsed into jsonb
-    /// once, instead of the rows `jsonb_object_agg`-ed and merged into the header by
-    /// `||`.
-    AsText,
     /// `behind`, each Board snapshot made by one `jsonb_build_object` of the header's
     /// keys and the aggregated rows, instead of merged into the header by `||`.
     Built,
@@ -613,7 +609,6 @@ impl RebuildPath {
             RebuildPath::Lean => "assembled, the rebuild's own read without metadata",
             RebuildPath::Unjoined => "lean, events read alone, streams looked up per batch",
             RebuildPath::Behind => "unjoined, Board snapshots written behind each batch",
-            RebuildPath::AsText => "behind, Board snapshots as JSON text parsed once",
             RebuildPath::Built => "behind, Board snapshots made by one jsonb_build_object",
         }
     }
@@ -627,7 +622,6 @@ impl RebuildPath {
             | RebuildPath::Lean
             | RebuildPath::Unjoined
             | RebuildPath::Behind
-            | RebuildPath::AsText
             | RebuildPath::Built => "lz4",
         }
     }
@@ -648,26 +642,20 @@ impl RebuildPath {
                 | RebuildPath::Lean
                 | RebuildPath::Unjoined
                 | RebuildPath::Behind
-                | RebuildPath::AsText
                 | RebuildPath::Built
         ));
         use careboard::snapshots::{select_board_snapshot_statement, BoardSnapshotStatement};
         select_board_snapshot_statement(match self {
-            RebuildPath::AsText => BoardSnapshotStatement::AsText,
             RebuildPath::Built => BoardSnapshotStatement::Built,
             _ => BoardSnapshotStatement::Aggregated,
         });
         use careboard::projector::rebuild::{pipeline_snapshots, select_read, RebuildRead};
-        pipeline_snapshots(matches!(
-            self,
-            RebuildPath::Behind | RebuildPath::AsText | RebuildPath::Built
-        ));
+        pipeline_snapshots(matches!(self, RebuildPath::Behind | RebuildPath::Built));
         select_read(match self {
             RebuildPath::Lean => RebuildRead::Lean,
-            RebuildPath::Unjoined
-            | RebuildPath::Behind
-            | RebuildPath::AsText
-            | RebuildPath::Built => RebuildRead::Unjoined,
+            RebuildPath::Unjoined | RebuildPath::Behind | RebuildPath::Built => {
+                RebuildRead::Unjoined
+            }
             _ => RebuildRead::Shared,
         });
         for table in DOC_COLUMNS {

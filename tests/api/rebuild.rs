@@ -358,13 +358,10 @@ async fn a_rebuild_decoding_from_the_jsonb_text_and_folding_in_place_stores_the_
         },
     )
     .await;
-    // The other statements for Board snapshots (merged by `||`, the earlier one; as
-    // JSON text parsed once), in the batch's transaction and behind it.
+    // The earlier statement for Board snapshots (merged by `||`), in the batch's
+    // transaction and behind it.
     let mut statements = Vec::new();
-    for statement in [
-        BoardSnapshotStatement::Aggregated,
-        BoardSnapshotStatement::AsText,
-    ] {
+    for statement in [BoardSnapshotStatement::Aggregated] {
         for behind in [false, true] {
             statements.push(
                 rebuild(
@@ -633,7 +630,6 @@ async fn the_board_snapshot_statements_make_the_same_documents() {
     }
     let statements = [
         BoardSnapshotStatement::Aggregated,
-        BoardSnapshotStatement::AsText,
         BoardSnapshotStatement::Built,
     ];
     let mut made = Vec::new();
