@@ -170,6 +170,7 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
         );
     }
     crate::projections::read::set_board_reads(serve.limits.board_reads);
+    crate::matcher::set_matcher_reads(serve.limits.matcher_reads);
     let db = app::open_database_to_serve(&database).await?;
     db.migrate().await?;
     let mut state = app::state_with(

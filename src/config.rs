@@ -281,6 +281,18 @@ pub struct GraphqlLimits {
         hide = true
     )]
     pub board_reads: crate::projections::read::BoardReads,
+    /// How the matcher brings a kept Board forward before it plans: `shifts-first`
+    /// (the Board's and shifts' streams, the waiting appointments only when a shift is
+    /// READY) or `one-read` (every kept stream each time; the earlier path, kept for
+    /// the benchmark's before/after rows).
+    #[arg(
+        long,
+        env = "CAREBOARD_MATCHER_READS",
+        value_enum,
+        default_value = "shifts-first",
+        hide = true
+    )]
+    pub matcher_reads: crate::matcher::MatcherReads,
     /// How shared `boardChanged` frames reach sockets: `group` (the group writes each
     /// frame to its sockets itself) or `socket` (each socket's task is woken to write
     /// it; the earlier path, kept for the benchmark's before/after rows).

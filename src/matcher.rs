@@ -424,6 +424,42 @@ impl Matcher {
         moved
     }
 
+    /// Reads the `which` streams of a kept Board forward from the store past the
+    /// versions kept, in one statement, and applies what it finds (the Board is let go
+    /// when it cannot take it).
+    async fn read_kept_forward(
+        &self,
+        kept: &mut MatcherBoards,
+        board_id: Uuid,
+        which: KeptStreams,
+    ) -> Result<()> {
+        let Some(board) = kept.boards.get(&board_id) else {
+            return Ok(());
+        };
+        let streams: Vec<(Uuid, i64)> = board
+            .doc
+            .applied
+            .iter()
+            .filter(|(s, _)| which.holds(board.doc.appointments.contains_key(*s)))
+            .map(|(s, v)| (*s, *v))
+            .collect();
+        if streams.is_empty() {
+            return Ok(());
+        }
+        let appointments = streams
+            .iter()
+            .filter(|(s, _)| board.doc.appointments.contains_key(s))
+            .count();
+        self.metrics
+            .matcher_read_forward(appointments, streams.len() - appointments);
+        let events = read_streams_after(self.pool(), &streams).await?;
+        let board = kept.boards.get_mut(&board_id).expect("kept");
+        if !events.iter().all(|e| board.apply(e)) {
+            kept.forget(board_id);
+        }
+        Ok(())
+    }
+
     /// The Board's shifts and waiting appointments as the matcher decides on them: from
     /// the kept Board (read and kept first if need be), without what this matcher
     /// wrote and has not yet read back; with [`BoardReads::Scan`] (the earlier path),
@@ -445,18 +481,33 @@ impl Matcher {
                 shifts: contents.shifts,
             }));
         }
-        if let Some(board) = kept.boards.get(&board_id) {
+        if kept.boards.contains_key(&board_id) {
             // Decide on the kept streams as they are now, not as of the checkpoint
-            // (which may be far behind under load): one read of what each has past
-            // the version kept, a cost that follows the shifts and waiting
-            // appointments, not the Board. Requests not yet read come with their own
-            // trigger.
-            let streams: Vec<(Uuid, i64)> =
-                board.doc.applied.iter().map(|(s, v)| (*s, *v)).collect();
-            let events = read_streams_after(self.pool(), &streams).await?;
-            let board = kept.boards.get_mut(&board_id).expect("kept");
-            if !events.iter().all(|e| board.apply(e)) {
-                kept.forget(board_id);
+            // (which may be far behind under load): what each has past the version
+            // kept, a cost that follows the shifts and waiting appointments, not the
+            // Board. Requests not yet read come with their own trigger.
+            match matcher_reads() {
+                MatcherReads::OneRead => {
+                    self.read_kept_forward(kept, board_id, KeptStreams::All)
+                        .await?;
+                }
+                MatcherReads::ShiftsFirst => {
+                    // The Board's and shifts' streams first: a plan pairs only with a
+                    // READY shift, so while none is, the waiting appointments (the
+                    // many streams of a busy Board) are not read. They are read
+                    // forward before any plan that can pair, so none is made on an
+                    // appointment that stopped waiting.
+                    self.read_kept_forward(kept, board_id, KeptStreams::AllButAppointments)
+                        .await?;
+                    if kept
+                        .boards
+                        .get(&board_id)
+                        .is_some_and(KeptBoard::has_ready_shift)
+                    {
+                        self.read_kept_forward(kept, board_id, KeptStreams::Appointments)
+                            .await?;
+                    }
+                }
             }
         }
         if !kept.boards.contains_key(&board_id) {
@@ -467,6 +518,58 @@ impl Matcher {
             kept.keep(board_id, board);
         }
         Ok(kept.boards.get(&board_id).map(KeptBoard::waiting))
+    }
+}
+
+/// Which of a kept Board's streams a forward read covers.
+#[derive(Debug, Clone, Copy)]
+enum KeptStreams {
+    All,
+    /// The Board's own stream and its shifts.
+    AllButAppointments,
+    /// The waiting appointments.
+    Appointments,
+}
+
+impl KeptStreams {
+    fn holds(self, appointment: bool) -> bool {
+        match self {
+            KeptStreams::All => true,
+            KeptStreams::AllButAppointments => !appointment,
+            KeptStreams::Appointments => appointment,
+        }
+    }
+}
+
+/// How the matcher brings a kept Board forward before it plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MatcherReads {
+    /// The Board's and shifts' streams, then the waiting appointments only when a
+    /// shift is READY (no plan can pair without one): while every provider is busy, a
+    /// trigger costs what the shifts hold, not what waits.
+    #[default]
+    ShiftsFirst,
+    /// Every kept stream in one read before each plan: the earlier path, kept for the
+    /// benchmark's before/after rows.
+    OneRead,
+}
+
+static MATCHER_READS_ONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Selects how this process's matcher reads kept Boards forward (see [`MatcherReads`]).
+pub fn set_matcher_reads(reads: MatcherReads) {
+    MATCHER_READS_ONE.store(
+        reads == MatcherReads::OneRead,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// How this process's matcher reads kept Boards forward.
+pub fn matcher_reads() -> MatcherReads {
+    if MATCHER_READS_ONE.load(std::sync::atomic::Ordering::Relaxed) {
+        MatcherReads::OneRead
+    } else {
+        MatcherReads::ShiftsFirst
     }
 }
 
@@ -647,22 +750,37 @@ impl KeptBoard {
         self.doc.applied.remove(&appointment);
     }
 
+    /// Whether a plan may use the stream: not written by this matcher and unread, not
+    /// behind the log.
+    fn offered(&self, stream: &Uuid) -> bool {
+        !self.written.contains_key(stream) && !self.behind.contains(stream)
+    }
+
+    /// The shifts a plan may use.
+    fn offered_shifts(&self) -> impl Iterator<Item = &Shift> {
+        self.doc
+            .shifts
+            .iter()
+            .filter(|(id, _)| self.offered(id))
+            .map(|(_, s)| s)
+    }
+
+    /// Whether a plan could pair anything: some shift it may use is READY.
+    fn has_ready_shift(&self) -> bool {
+        self.offered_shifts()
+            .any(|s| s.status == crate::domain::ShiftStatus::Ready)
+    }
+
     fn waiting(&self) -> Waiting {
         Waiting {
             appointments: self
                 .doc
                 .appointments
                 .iter()
-                .filter(|(id, _)| !self.written.contains_key(id) && !self.behind.contains(id))
+                .filter(|(id, _)| self.offered(id))
                 .map(|(_, a)| a.clone())
                 .collect(),
-            shifts: self
-                .doc
-                .shifts
-                .iter()
-                .filter(|(id, _)| !self.written.contains_key(id) && !self.behind.contains(id))
-                .map(|(_, s)| s.clone())
-                .collect(),
+            shifts: self.offered_shifts().cloned().collect(),
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct Metrics {
     matcher_conflicts: Counter,
     matcher_latency: Histogram,
     matcher_parked: Gauge,
+    /// Streams the matcher read forward past what it kept before deciding: waiting
+    /// appointments, and the rest (the Board's own stream and its shifts).
+    matcher_forward_appointments: Counter,
+    matcher_forward_others: Counter,
     /// The same latencies in microseconds, for exact quantiles (the demo's report).
     matcher_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     /// Batches the projector read from the log: one read feeds every projection whose
@@ -142,6 +146,8 @@ impl Metrics {
         let matcher_conflicts = Counter::default();
         let matcher_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let matcher_parked = Gauge::default();
+        let matcher_forward_appointments = Counter::default();
+        let matcher_forward_others = Counter::default();
         let projector_batches_read = Counter::default();
         let projector_stage_seconds = Family::<StageLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -162,6 +168,17 @@ impl Metrics {
             "matcher_parked_boards",
             "Boards the matcher gave up on after its retries; retried now and then",
             matcher_parked.clone(),
+        );
+        registry.register(
+            "matcher_appointments_read_forward",
+            "Waiting appointments' streams the matcher read forward before deciding (only \
+             while some provider is READY)",
+            matcher_forward_appointments.clone(),
+        );
+        registry.register(
+            "matcher_streams_read_forward",
+            "Board and shift streams the matcher read forward before deciding",
+            matcher_forward_others.clone(),
         );
         registry.register(
             "matcher_assignments",
@@ -227,6 +244,8 @@ impl Metrics {
             matcher_conflicts,
             matcher_latency,
             matcher_parked,
+            matcher_forward_appointments,
+            matcher_forward_others,
             matcher_latency_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("valid histogram bounds"),
@@ -289,6 +308,13 @@ impl Metrics {
                 })
             })
             .collect()
+    }
+
+    /// Counts the streams a matcher's forward read covered (see the registered help).
+    pub fn matcher_read_forward(&self, appointments: usize, others: usize) {
+        self.matcher_forward_appointments
+            .inc_by(appointments as u64);
+        self.matcher_forward_others.inc_by(others as u64);
     }
 
     pub fn matched(&self, latency: std::time::Duration) {

@@ -688,3 +688,100 @@ async fn boards_kept_by_the_matcher_miss_nothing_written_elsewhere_or_across_a_f
         Some(&waiting[2])
     );
 }
+
+/// The matcher's forward reads so far: (waiting appointments, Board and shift streams),
+/// from `/metrics`.
+async fn forward_reads(app: &TestApp) -> (u64, u64) {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+    };
+    (
+        counter("careboard_matcher_appointments_read_forward_total"),
+        counter("careboard_matcher_streams_read_forward_total"),
+    )
+}
+
+/// While every provider of a Board is busy, no plan can pair anything: a new request
+/// costs the matcher the Board's shifts, not every appointment that waits (on a busy
+/// Board, thousands). Once a provider is READY again it reads the waiting appointments
+/// forward before it plans: one cancelled meanwhile is not offered, and the longest
+/// still waiting goes.
+#[tokio::test]
+async fn while_every_provider_is_busy_a_request_reads_no_waiting_appointment_forward() {
+    let app = TestApp::spawn_matching().await;
+    let board = app.open_board("Telehealth TX").await;
+    let provider = register(&app, "Dr. Busy", &["pediatrics"], &["TX"]).await;
+    let shift = join(&app, &board, &provider).await;
+    let (first, _) = app
+        .request_appointment(request_input(&board, "First"))
+        .await;
+    matcher_settled(&app).await;
+    assert_eq!(held_by(&app, &board, &shift).await.as_ref(), Some(&first));
+
+    let mut waiting = Vec::new();
+    for i in 0..12 {
+        let (id, _) = app
+            .request_appointment(request_input(&board, &format!("Waiting {i}")))
+            .await;
+        waiting.push(id);
+        if i == 1 {
+            // The Board is kept from here on (read whole at the first trigger).
+            matcher_settled(&app).await;
+        }
+    }
+    matcher_settled(&app).await;
+    let before = forward_reads(&app).await;
+    for i in 0..10 {
+        let (id, _) = app
+            .request_appointment(request_input(&board, &format!("Later {i}")))
+            .await;
+        waiting.push(id);
+        matcher_settled(&app).await;
+    }
+    let busy = forward_reads(&app).await;
+    assert!(
+        busy.1 > before.1,
+        "each request read the Board's shift forward: {before:?} -> {busy:?}"
+    );
+    assert_eq!(
+        busy.0, before.0,
+        "no waiting appointment was read forward while nobody was READY"
+    );
+    assert_eq!(
+        check_invariants(&app, &board).await,
+        1,
+        "nobody else was free"
+    );
+
+    // The longest waiting cancels; the provider finishes and is READY again.
+    act(
+        &app,
+        CANCEL,
+        json!({"appointmentId": waiting[0], "reason": "went elsewhere"}),
+    )
+    .await;
+    see_through(&app, &first, &shift).await;
+    matcher_settled(&app).await;
+    let ready = forward_reads(&app).await;
+    assert!(
+        ready.0 >= busy.0 + 20,
+        "with a provider READY the waiting appointments were read forward: {busy:?} -> {ready:?}"
+    );
+    assert_eq!(
+        held_by(&app, &board, &shift).await.as_ref(),
+        Some(&waiting[1]),
+        "the longest still waiting goes, not the one that cancelled"
+    );
+    check_invariants(&app, &board).await;
+}
