@@ -100,6 +100,11 @@ enum WideVariant {
     /// `joined-distinct` with `TCP_NODELAY` on each websocket's stream
     /// (`CAREBOARD_WS_SOCKET_IO=raw-nodelay`).
     JoinedNodelay,
+    /// `joined-upgraded` (the server's defaults) with the matcher reading every kept
+    /// stream of the Board forward before each decision, the waiting appointments
+    /// included while no provider is READY (`CAREBOARD_MATCHER_READS=one-read`, the
+    /// earlier path): in this row every change is a request that waits.
+    MatcherOneRead,
     Ceiling,
     /// `tasks` the earlier way: the pass's writes inside tokio's cooperative budget
     /// (past 128 writes in a task, sockets look busy and are parked), and a newer frame
@@ -124,7 +129,8 @@ impl WideVariant {
             WideVariant::SharedDistinct => (shard, "shared", true),
             WideVariant::JoinedDistinct
             | WideVariant::JoinedUpgraded
-            | WideVariant::JoinedNodelay => (shard, "joined", true),
+            | WideVariant::JoinedNodelay
+            | WideVariant::MatcherOneRead => (shard, "joined", true),
         }
     }
 
@@ -144,6 +150,14 @@ impl WideVariant {
             WideVariant::JoinedDistinct => "raw",
             WideVariant::JoinedNodelay => "raw-nodelay",
             _ => "upgraded",
+        }
+    }
+
+    /// How the server's matcher reads a kept Board forward.
+    fn matcher_reads(self) -> &'static str {
+        match self {
+            WideVariant::MatcherOneRead => "one-read",
+            _ => "shifts-first",
         }
     }
 
@@ -171,6 +185,9 @@ impl WideVariant {
             ),
             WideVariant::JoinedNodelay => format!(
                 "distinct ids, joined bytes on the TCP stream with TCP_NODELAY, writer tasks of {shard} sockets, round {round}"
+            ),
+            WideVariant::MatcherOneRead => format!(
+                "distinct ids, server defaults, before: the matcher reads every waiting appointment forward on each request, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::Ceiling => format!(
                 "ceiling: bare tokio writer, no Careboard, tasks of {shard} sockets, round {round}"
@@ -356,7 +373,9 @@ struct Args {
     /// `joined-upgraded` (as `joined-distinct`, written through the upgraded
     /// connection's layers and `tokio::io::split`'s lock: the server's default, as
     /// every other row), `joined-nodelay` (as
-    /// `joined-distinct`, `TCP_NODELAY` on each websocket's stream), `ceiling` (a bare tokio writer, no Careboard, the same frames
+    /// `joined-distinct`, `TCP_NODELAY` on each websocket's stream), `matcher-one-read`
+    /// (`joined-upgraded` with the matcher's earlier read of every waiting appointment
+    /// on each request), `ceiling` (a bare tokio writer, no Careboard, the same frames
     /// to the same number of lean readers at full speed).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
         WideVariant::OneTask,
@@ -1164,6 +1183,7 @@ async fn main() -> Result<()> {
                         ("CAREBOARD_WS_PARKED_FRAMES", variant.parked().0),
                         ("CAREBOARD_WS_PASS_BUDGET", variant.parked().1),
                         ("CAREBOARD_WS_SOCKET_IO", variant.socket_io()),
+                        ("CAREBOARD_MATCHER_READS", variant.matcher_reads()),
                     ],
                 )
                 .await?;
