@@ -144,8 +144,10 @@ pub struct DaemonConfig {
     /// `appointment_durations` is folded from its flat columns and stores no jsonb
     /// document (migration 0017 lets `doc` be null): a batch reads and writes only
     /// the columns readers use (see [`crate::projections::store::load_durations`]).
-    /// Off: each row also keeps its folded appointment as a document, the earlier
-    /// path, kept so the bench can measure both in one run.
+    /// On by default: on an idle machine it had the lower lag p50 and p99 and less
+    /// PostgreSQL CPU per append in both same-run pairs (docs/BENCHMARKS.md, "Latest
+    /// results"). Off: each row also keeps its folded appointment as a document, the
+    /// earlier path, kept so the bench can measure both in one run.
     pub flat_durations: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
@@ -172,7 +174,7 @@ impl Default for DaemonConfig {
             fresh_statistics: true,
             header_counters: true,
             paired_board_reads: true,
-            flat_durations: false,
+            flat_durations: true,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,

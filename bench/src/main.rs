@@ -48,11 +48,11 @@ enum LatencyVariant {
     /// write.
     SharedBytes,
     /// The default path with each websocket's bytes through the upgraded connection's
-    /// layers and `tokio::io::split`'s lock, named (`CAREBOARD_WS_SOCKET_IO=upgraded`,
-    /// the server's default).
+    /// layers and `tokio::io::split`'s lock (`CAREBOARD_WS_SOCKET_IO=upgraded`, the
+    /// earlier path).
     Upgraded,
     /// The default path with each websocket's bytes written on the accepted TCP stream
-    /// itself (`CAREBOARD_WS_SOCKET_IO=raw`).
+    /// itself (`CAREBOARD_WS_SOCKET_IO=raw`, the server's default), named.
     Raw,
     /// The default path with `TCP_NODELAY` on each websocket's stream
     /// (`CAREBOARD_WS_SOCKET_IO=raw-nodelay`).
@@ -100,7 +100,7 @@ enum WideVariant {
     /// `joined-distinct` with `TCP_NODELAY` on each websocket's stream
     /// (`CAREBOARD_WS_SOCKET_IO=raw-nodelay`).
     JoinedNodelay,
-    /// `joined-upgraded` (the server's defaults) with the matcher reading every kept
+    /// `joined-upgraded` with the matcher reading every kept
     /// stream of the Board forward before each decision, the waiting appointments
     /// included while no provider is READY (`CAREBOARD_MATCHER_READS=one-read`, the
     /// earlier path): in this row every change is a request that waits.
@@ -181,13 +181,13 @@ impl WideVariant {
                 "distinct ids, now: header, prefix and payload joined per socket, one plain write on the TCP stream itself, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::JoinedUpgraded => format!(
-                "distinct ids, joined bytes through the upgraded connection's layers (default), writer tasks of {shard} sockets, round {round}"
+                "distinct ids, joined bytes through the upgraded connection's layers (before), writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::JoinedNodelay => format!(
                 "distinct ids, joined bytes on the TCP stream with TCP_NODELAY, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::MatcherOneRead => format!(
-                "distinct ids, server defaults, before: the matcher reads every waiting appointment forward on each request, writer tasks of {shard} sockets, round {round}"
+                "distinct ids, joined bytes through the upgraded connection's layers, before: the matcher reads every waiting appointment forward on each request, writer tasks of {shard} sockets, round {round}"
             ),
             WideVariant::Ceiling => format!(
                 "ceiling: bare tokio writer, no Careboard, tasks of {shard} sockets, round {round}"
@@ -371,8 +371,8 @@ struct Args {
     /// joined in one buffer and sent in one plain write: the server's default bytes,
     /// written on the accepted TCP stream itself, `CAREBOARD_WS_SOCKET_IO=raw`),
     /// `joined-upgraded` (as `joined-distinct`, written through the upgraded
-    /// connection's layers and `tokio::io::split`'s lock: the server's default, as
-    /// every other row), `joined-nodelay` (as
+    /// connection's layers and `tokio::io::split`'s lock: the earlier path, which the
+    /// wide rows before `joined-distinct` keep), `joined-nodelay` (as
     /// `joined-distinct`, `TCP_NODELAY` on each websocket's stream), `matcher-one-read`
     /// (`joined-upgraded` with the matcher's earlier read of every waiting appointment
     /// on each request), `ceiling` (a bare tokio writer, no Careboard, the same frames
