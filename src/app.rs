@@ -80,6 +80,9 @@ pub async fn open_database(args: &DatabaseArgs) -> Result<Database> {
 const PERSISTED_QUERIES: usize = 2048;
 /// The bytes those documents may hold together (a few kilobytes each, usually).
 const PERSISTED_QUERY_BYTES: usize = 8 * 1024 * 1024;
+/// One caller holds at most this fraction of both bounds (128 documents, 512 KiB), so
+/// one caller's registrations push out at most that much of everyone else's.
+const PERSISTED_QUERY_CALLER_SHARE: usize = 16;
 
 /// Like [`open_database`], for a process that serves: it must own the embedded cluster
 /// (a cluster borrowed from another process stops when that process stops, and every
@@ -155,6 +158,7 @@ pub fn state_with(
         persisted: Arc::new(crate::persisted::PersistedQueries::new(
             PERSISTED_QUERIES,
             PERSISTED_QUERY_BYTES,
+            PERSISTED_QUERY_CALLER_SHARE,
         )),
         estimator,
         pool,

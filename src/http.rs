@@ -631,7 +631,10 @@ async fn execute(
             "the request has no query: send {\"query\": \"…\"} (or a persisted query's hash in extensions.persistedQuery)".into(),
         );
     }
-    if let Err(error) = state.persisted.resolve(&mut gql_request) {
+    if let Err(error) = state.persisted.resolve(
+        principal.as_ref().map(|p| p.subject.as_str()),
+        &mut gql_request,
+    ) {
         return error.into_response(media == GRAPHQL_RESPONSE_JSON);
     }
     // Before anything parses the document: deep nesting would overflow the parser's stack.

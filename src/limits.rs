@@ -299,12 +299,19 @@ impl DocumentChecks {
             .and_then(|d| d.downcast_ref::<RateCharge>())
             .or_else(|| ctx.data_opt::<RateCharge>());
         match (charge, fields.checked_sub(1)) {
-            (Some(charge), Some(more)) => {
-                charge.spend(more as u32, &format!("a request of {fields} mutations"))
-            }
+            (Some(charge), Some(more)) => charge.spend(
+                extra_units(more),
+                &format!("a request of {fields} mutations"),
+            ),
             _ => Ok(()),
         }
     }
+}
+
+/// Units of rate for `more` fields: saturated, never truncated (a truncated count
+/// would let a huge request spend almost nothing where the field cap is raised).
+fn extra_units(more: usize) -> u32 {
+    u32::try_from(more).unwrap_or(u32::MAX)
 }
 
 fn validation_error(message: String) -> async_graphql::ServerError {
@@ -667,6 +674,14 @@ pub fn operation<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn extra_mutation_units_saturate() {
+        assert_eq!(super::extra_units(3), 3);
+        assert_eq!(super::extra_units(u32::MAX as usize), u32::MAX);
+        assert_eq!(super::extra_units(u32::MAX as usize + 2), u32::MAX);
+        assert_eq!(super::extra_units(usize::MAX), u32::MAX);
+    }
+
     use super::*;
 
     #[test]

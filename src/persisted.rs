@@ -2,6 +2,7 @@
 //! SHA-256 to its document, shared by every request of this process, bounded both in
 //! documents and in the bytes they hold.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -18,17 +19,46 @@ use crate::error::ErrorCode;
 /// SHA-256 of its query in `extensions.persistedQuery`; if this process knows the
 /// document it runs it, otherwise it answers `PERSISTED_QUERY_NOT_FOUND` and the client
 /// sends hash and document together once, which is checked and remembered.
+///
+/// Documents are remembered per caller (the verified token's subject; anonymous
+/// requests share one scope of their own): a hash finds only what the same caller
+/// registered, so no one learns from a hash whether someone else ran a text (a text
+/// may hold patient names as literals). The bounds on count and bytes are global, and
+/// each caller may hold at most its share of them: past that share a caller forgets its
+/// own least recently used documents, so one caller can push out at most its share of
+/// everyone else's.
 pub struct PersistedQueries {
     documents: Mutex<Documents>,
 }
 
+/// Whose documents: `None` for anonymous requests.
+type Caller = Option<Arc<str>>;
+
+/// One caller's documents, least recently used first, and what they cost.
+struct Held {
+    order: lru::LruCache<String, ()>,
+    bytes: usize,
+}
+
 /// The remembered documents and what they hold.
 struct Documents {
-    by_hash: lru::LruCache<String, Arc<str>>,
+    by_key: lru::LruCache<(Caller, String), Arc<str>>,
+    callers: HashMap<Caller, Held>,
     /// Bytes of hashes and documents held: a count bound alone would let callers park
     /// `capacity` documents of the largest body each (hundreds of megabytes).
     bytes: usize,
     max_bytes: usize,
+    caller_capacity: usize,
+    caller_bytes: usize,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Held {
+            order: lru::LruCache::unbounded(),
+            bytes: 0,
+        }
+    }
 }
 
 impl Documents {
@@ -36,24 +66,69 @@ impl Documents {
         hash.len() + document.len()
     }
 
-    /// Remembers `document`, forgetting the least recently used ones until what is
-    /// held fits `max_bytes`; one that alone exceeds it is not remembered (the client
-    /// keeps sending it whole, which it must be able to anyway).
-    fn put(&mut self, hash: String, document: &str) {
+    fn get(&mut self, caller: &Caller, hash: &str) -> Option<Arc<str>> {
+        let document = self
+            .by_key
+            .get(&(caller.clone(), hash.to_string()))?
+            .clone();
+        if let Some(held) = self.callers.get_mut(caller) {
+            held.order.promote(hash);
+        }
+        Some(document)
+    }
+
+    /// Forgets one document, wherever it is counted.
+    fn forget(&mut self, caller: &Caller, hash: &str) {
+        let Some(old) = self.by_key.pop(&(caller.clone(), hash.to_string())) else {
+            return;
+        };
+        let cost = Self::cost(hash, &old);
+        self.bytes -= cost;
+        if let Some(held) = self.callers.get_mut(caller) {
+            held.order.pop(hash);
+            held.bytes -= cost;
+            if held.order.is_empty() {
+                self.callers.remove(caller);
+            }
+        }
+    }
+
+    /// Remembers `document` for `caller`, forgetting that caller's least recently used
+    /// ones until it holds no more than its share, then anyone's least recently used
+    /// until what is held fits the global bounds; one that alone exceeds the caller's
+    /// byte share is not remembered (the client keeps sending it whole, which it must
+    /// be able to anyway).
+    fn put(&mut self, caller: Caller, hash: String, document: &str) {
         let cost = Self::cost(&hash, document);
-        if cost > self.max_bytes {
+        if cost > self.max_bytes.min(self.caller_bytes) {
             return;
         }
-        if let Some((old_hash, old)) = self.by_hash.push(hash, Arc::from(document)) {
-            self.bytes -= Self::cost(&old_hash, &old);
-        }
-        self.bytes += cost;
-        while self.bytes > self.max_bytes {
-            let Some((old_hash, old)) = self.by_hash.pop_lru() else {
+        self.forget(&caller, &hash);
+        loop {
+            let held = self.callers.entry(caller.clone()).or_default();
+            let over = held.order.len() + 1 > self.caller_capacity
+                || held.bytes + cost > self.caller_bytes;
+            if !over {
+                break;
+            }
+            let Some((old_hash, ())) = held.order.peek_lru().map(|(h, _)| (h.clone(), ())) else {
                 break;
             };
-            self.bytes -= Self::cost(&old_hash, &old);
+            self.forget(&caller, &old_hash);
         }
+        while self.by_key.len() >= self.by_key.cap().get() || self.bytes + cost > self.max_bytes {
+            let Some(((old_caller, old_hash), _)) =
+                self.by_key.peek_lru().map(|(k, v)| (k.clone(), v.clone()))
+            else {
+                break;
+            };
+            self.forget(&old_caller, &old_hash);
+        }
+        let held = self.callers.entry(caller.clone()).or_default();
+        held.order.push(hash.clone(), ());
+        held.bytes += cost;
+        self.by_key.push((caller, hash), Arc::from(document));
+        self.bytes += cost;
     }
 }
 
@@ -84,13 +159,19 @@ impl PersistedQueryError {
 }
 
 impl PersistedQueries {
-    /// At most `capacity` documents holding at most `max_bytes` together.
-    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+    /// At most `capacity` documents holding at most `max_bytes` together, of which one
+    /// caller holds at most `capacity / callers_share` documents and
+    /// `max_bytes / callers_share` bytes.
+    pub fn new(capacity: usize, max_bytes: usize, callers_share: usize) -> Self {
+        let callers_share = callers_share.max(1);
         Self {
             documents: Mutex::new(Documents {
-                by_hash: lru::LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+                by_key: lru::LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+                callers: HashMap::new(),
                 bytes: 0,
                 max_bytes,
+                caller_capacity: (capacity / callers_share).max(1),
+                caller_bytes: max_bytes / callers_share,
             }),
         }
     }
@@ -103,8 +184,14 @@ impl PersistedQueries {
             .bytes
     }
 
-    /// Fills in `request.query` from its hash, or remembers the document it carries.
-    pub fn resolve(&self, request: &mut async_graphql::Request) -> Result<(), PersistedQueryError> {
+    /// Fills in `request.query` from its hash among the documents `caller` (the
+    /// verified subject, `None` when anonymous) registered, or remembers the document it
+    /// carries for that caller.
+    pub fn resolve(
+        &self,
+        caller: Option<&str>,
+        request: &mut async_graphql::Request,
+    ) -> Result<(), PersistedQueryError> {
         let Some(persisted) = request.extensions.0.get("persistedQuery") else {
             return Ok(());
         };
@@ -127,9 +214,10 @@ impl PersistedQueries {
             .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(str::to_ascii_lowercase)
             .ok_or_else(|| invalid("persistedQuery.sha256Hash must be 64 hexadecimal digits"))?;
+        let caller: Caller = caller.map(Arc::from);
         let mut documents = self.documents.lock().unwrap_or_else(|e| e.into_inner());
         if request.query.is_empty() {
-            return match documents.by_hash.get(&hash) {
+            return match documents.get(&caller, &hash) {
                 Some(document) => {
                     request.query = document.to_string();
                     Ok(())
@@ -147,7 +235,7 @@ impl PersistedQueries {
                 "persistedQuery.sha256Hash is not the SHA-256 of the query sent with it",
             ));
         }
-        documents.put(hash, &request.query);
+        documents.put(caller, hash, &request.query);
         Ok(())
     }
 }
@@ -157,6 +245,10 @@ mod tests {
     use super::PersistedQueries;
 
     fn remember(queries: &PersistedQueries, query: &str) {
+        remember_for(queries, None, query)
+    }
+
+    fn remember_for(queries: &PersistedQueries, caller: Option<&str>, query: &str) {
         use sha2::Digest;
         let hash = format!("{:x}", sha2::Sha256::digest(query.as_bytes()));
         let mut request: async_graphql::Request = serde_json::from_value(serde_json::json!({
@@ -164,12 +256,12 @@ mod tests {
             "extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}},
         }))
         .unwrap();
-        queries.resolve(&mut request).unwrap();
+        queries.resolve(caller, &mut request).unwrap();
     }
 
     #[test]
     fn documents_are_held_within_the_byte_budget() {
-        let queries = PersistedQueries::new(100, 10_000);
+        let queries = PersistedQueries::new(100, 10_000, 1);
         for i in 0..50 {
             remember(&queries, &format!("{{ a }} # {i:02} {}", "x".repeat(1_000)));
             assert!(queries.bytes() <= 10_000, "{} bytes held", queries.bytes());
@@ -179,10 +271,49 @@ mod tests {
         remember(&queries, &"y".repeat(20_000));
         assert!(queries.bytes() <= 10_000, "{} bytes held", queries.bytes());
         // The same document twice is counted once.
-        let again = PersistedQueries::new(100, 10_000);
+        let again = PersistedQueries::new(100, 10_000, 1);
         remember(&again, "{ b }");
         let once = again.bytes();
         remember(&again, "{ b }");
         assert_eq!(again.bytes(), once);
+    }
+
+    fn known(queries: &PersistedQueries, caller: Option<&str>, query: &str) -> bool {
+        use sha2::Digest;
+        let hash = format!("{:x}", sha2::Sha256::digest(query.as_bytes()));
+        let mut request: async_graphql::Request = serde_json::from_value(serde_json::json!({
+            "extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}},
+        }))
+        .unwrap();
+        queries.resolve(caller, &mut request).is_ok()
+    }
+
+    #[test]
+    fn one_caller_pushes_out_at_most_its_share_of_the_others() {
+        let queries = PersistedQueries::new(8, 1_000_000, 4);
+        for i in 0..6 {
+            remember_for(&queries, Some("b"), &format!("{{ b{i} }}"));
+        }
+        // b holds its share (2) only: its own oldest went first.
+        assert!(!known(&queries, Some("b"), "{ b3 }"));
+        assert!(known(&queries, Some("b"), "{ b4 }") && known(&queries, Some("b"), "{ b5 }"));
+        for c in ["c", "d", "e"] {
+            for i in 0..2 {
+                remember_for(&queries, Some(c), &format!("{{ {c}{i} }}"));
+            }
+        }
+        // Full (8). a registering many displaces at most 2 of the others' 8.
+        for i in 0..50 {
+            remember_for(&queries, Some("a"), &format!("{{ a{i} }}"));
+        }
+        let others = ["b4", "b5", "c0", "c1", "d0", "d1", "e0", "e1"]
+            .iter()
+            .filter(|q| known(&queries, Some(&q[..1]), &format!("{{ {q} }}")))
+            .count();
+        assert!(others >= 6, "{others} of the others' documents left");
+        // A hash finds only the caller's own documents.
+        assert!(!known(&queries, Some("a"), "{ e1 }"));
+        assert!(!known(&queries, None, "{ a49 }"));
+        assert!(known(&queries, Some("a"), "{ a49 }"));
     }
 }

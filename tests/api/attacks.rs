@@ -472,3 +472,55 @@ async fn operations_over_the_websocket_spend_the_callers_rate() {
     assert_eq!(ran + limited, 12);
     assert_eq!(app.event_count().await, events + ran as i64);
 }
+
+/// A persisted query's hash finds only what the same caller registered: no one learns
+/// from a hash whether someone else ran a text (which may hold a patient's name).
+#[tokio::test]
+async fn a_persisted_query_hash_finds_only_the_callers_own_documents() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Persisted per caller").await;
+    let ada = app.token(Who::admin().subject("admin-ada"));
+    let bob = app.token(Who::admin().subject("admin-bob"));
+    // A literal a guesser might try: the text itself is the secret.
+    let query = "query($id: ID!) { board(id: $id) { name } } # Zelda Quill";
+    let hash = {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(query.as_bytes()))
+    };
+    let persisted = json!({"persistedQuery": {"version": 1, "sha256Hash": hash}});
+    let send = |token: &str, body: Value| {
+        app.http
+            .post(app.url("/graphql"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let registered: Value = send(
+        &ada,
+        json!({"query": query, "variables": {"id": board}, "extensions": persisted}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert!(registered["errors"].is_null(), "{registered}");
+
+    let hash_only = json!({"variables": {"id": board}, "extensions": persisted});
+    let other: Value = send(&bob, hash_only.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        helpers::error_code(&other),
+        "PERSISTED_QUERY_NOT_FOUND",
+        "{other}"
+    );
+    assert!(other["data"].is_null(), "{other}");
+
+    let own: Value = send(&ada, hash_only).await.unwrap().json().await.unwrap();
+    assert!(own["errors"].is_null(), "{own}");
+    assert!(own["data"].get("board").is_some(), "ran: {own}");
+}

@@ -658,6 +658,14 @@ async fn connections_over_the_cap_are_refused_and_the_open_ones_go_on() {
                     answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
                     "{answer}"
                 );
+                // A refused client is told why, in a body its headers frame.
+                assert!(
+                    answer.is_empty()
+                        || (answer.contains("content-length: 42\r\n")
+                            && answer
+                                .ends_with("\r\n\r\nthe server is at its limit of connections\n")),
+                    "{answer}"
+                );
                 answered_503 += usize::from(!answer.is_empty());
             }
             None => open += 1,
