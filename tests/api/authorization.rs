@@ -1386,3 +1386,133 @@ async fn a_patient_sees_their_own_appointments_and_who_has_seen_their_record() {
     assert_eq!(other["myAccessLog"]["edges"], json!([]));
     assert_eq!(other["myAppointments"], json!([]));
 }
+
+/// Time travel masks by the assignment as it stood at the moment asked for (DESIGN §9:
+/// a provider sees the patient fields of the appointments assigned to them): a
+/// provider given a waiting appointment later does not see its patient as of a moment
+/// before (masked in `board(asOf)`, refused by `appointment(asOf)`), and does as of a
+/// moment after; only
+/// the later reads disclose it in the access log.
+#[tokio::test]
+async fn a_provider_sees_a_patient_as_of_a_moment_only_if_assigned_then() {
+    let app = AuthApp::spawn().await;
+    let day = seed(&app).await;
+    let admin = app.admin();
+    let provider = app.token(Who::provider(&day.other_provider));
+    let before = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let scheduled = app
+        .data(
+            &admin,
+            SCHEDULE,
+            json!({"i": {"appointmentId": day.waiting, "shiftId": day.other_shift}}),
+        )
+        .await;
+    let position = scheduled["scheduleAppointment"]["position"]
+        .as_i64()
+        .unwrap();
+    app.data(
+        &admin,
+        "query($id: ID!, $p: Int) { board(id: $id, minPosition: $p) { id } }",
+        json!({"id": day.board_in, "p": position}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after = chrono::Utc::now();
+
+    let board = "query($id: ID!, $t: DateTime!) { board(id: $id, asOf: $t) { appointments { id patientName reason } } }";
+    let appointment = "query($id: ID!, $t: DateTime!) { appointment(id: $id, asOf: $t) { patientName reason providerId } }";
+    let waiting_on = |answer: &Value| -> Value {
+        answer["board"]["appointments"]
+            .as_array()
+            .expect("appointments")
+            .iter()
+            .find(|a| a["id"] == day.waiting.as_str())
+            .expect("the appointment is on the Board")
+            .clone()
+    };
+    let log_before = app.access_records().await.len();
+
+    let then = app
+        .data(&provider, board, json!({"id": day.board_in, "t": before}))
+        .await;
+    assert!(
+        waiting_on(&then)["patientName"].is_null() && waiting_on(&then)["reason"].is_null(),
+        "not yet assigned then: {then:#}"
+    );
+    assert!(!then.to_string().contains(MARKER), "{then:#}");
+    // The appointment alone, as it stood before: not theirs then, so refused whole.
+    let alone = app
+        .gql(
+            &provider,
+            appointment,
+            json!({"id": day.waiting, "t": before}),
+        )
+        .await;
+    assert_eq!(
+        helpers::error_code(&alone),
+        "FORBIDDEN",
+        "not assigned then: {alone:#}"
+    );
+    assert!(!alone.to_string().contains(MARKER), "{alone:#}");
+    let mid = app.access_records().await;
+    assert!(
+        mid[log_before..].iter().all(|r| r["role"] != "provider"),
+        "nothing was disclosed to the provider, so nothing is recorded: {mid:#?}"
+    );
+    let mid = mid.len();
+
+    let now = app
+        .data(&provider, board, json!({"id": day.board_in, "t": after}))
+        .await;
+    assert_eq!(
+        waiting_on(&now)["patientName"],
+        format!("Pat {MARKER}2"),
+        "assigned then: {now:#}"
+    );
+    assert!(
+        !now.to_string().contains(&format!("{MARKER}1")),
+        "another provider's appointment stays masked: {now:#}"
+    );
+    let alone = app
+        .data(
+            &provider,
+            appointment,
+            json!({"id": day.waiting, "t": after}),
+        )
+        .await;
+    assert_eq!(
+        alone["appointment"]["reason"],
+        format!("pain {MARKER}2"),
+        "{alone:#}"
+    );
+    // The access log: a Board read that disclosed patient fields is recorded as the
+    // Board's version as seen by the reader's role and scope (DESIGN §9); the
+    // appointment read names the appointment.
+    let records = app.access_records().await;
+    let board_version = |records: &[Value]| -> i64 {
+        let found: Vec<i64> = records
+            .iter()
+            .filter(|r| r["role"] == "provider" && r["disclosed"]["kind"] == "board")
+            .map(|r| {
+                assert_eq!(r["disclosed"]["boardId"], day.board_in.as_str(), "{r:#}");
+                r["disclosed"]["version"].as_i64().expect("a version")
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one Board read recorded: {records:#?}");
+        found[0]
+    };
+    assert!(
+        board_version(&records[mid..]) >= 1,
+        "the Board read is recorded with its version: {records:#?}"
+    );
+    let appointment_reads: Vec<&Value> = records[mid..]
+        .iter()
+        .filter(|r| r["role"] == "provider" && r["disclosed"]["kind"] == "appointments")
+        .collect();
+    assert_eq!(appointment_reads.len(), 1, "{records:#?}");
+    assert_eq!(
+        appointment_reads[0]["disclosed"]["appointments"][0]["appointmentId"],
+        day.waiting.as_str()
+    );
+}
