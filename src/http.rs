@@ -519,6 +519,17 @@ async fn graphql_post(State(state): State<AppState>, request: Request<Body>) -> 
             return request_error(StatusCode::REQUEST_TIMEOUT, e.code(), e.public_message());
         }
     };
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        // A batch: its operations would each need the limits, the rate and the access
+        // record of a request; one request is one operation here.
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Validation,
+            "batched requests (a JSON array of operations) are not accepted: send one \
+             operation per request, as {\"query\": \"…\"}"
+                .into(),
+        );
+    }
     let gql_request: async_graphql::Request = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {

@@ -524,3 +524,101 @@ async fn a_persisted_query_hash_finds_only_the_callers_own_documents() {
     assert!(own["errors"].is_null(), "{own}");
     assert!(own["data"].get("board").is_some(), "ran: {own}");
 }
+
+/// Malformed input an attacker (or a confused client) sends: a batch of operations in
+/// one body, an empty batch, `asOf` values that are not times or out of range, and a
+/// 10 MB variable. Each gets a clear error with `extensions.code`, nothing runs, and the
+/// server answers the next request. (A batch used to get serde's "invalid type: map,
+/// expected a string at line 1 column 1".)
+#[tokio::test]
+async fn batches_malformed_times_and_huge_variables_get_clear_errors() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Malformed").await;
+    let post = |body: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .post(app.url("/graphql"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from events")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let before = events().await;
+    let mutation = json!({"query": "mutation($i: OpenBoardInput!) { openBoard(input: $i) { position } }",
+        "variables": {"i": attack_board()}});
+    for body in [
+        format!("[{mutation}, {mutation}]"),
+        format!("  \n[{mutation}]"),
+        "[]".to_string(),
+    ] {
+        let (status, answer) = post(body).await;
+        assert_eq!(status, 400, "{answer:#}");
+        assert_eq!(helpers::error_code(&answer), "VALIDATION", "{answer:#}");
+        assert!(
+            helpers::error_message(&answer).starts_with("batched requests"),
+            "{answer:#}"
+        );
+    }
+    assert_eq!(events().await, before, "no operation of a batch ran");
+
+    let as_of = "query($id: ID!, $t: DateTime!) { board(id: $id, asOf: $t) { id } }";
+    for t in [
+        json!("not-a-date"),
+        json!("99999-01-01T00:00:00Z"),
+        json!("-262144-01-01T00:00:00Z"),
+        json!("2026-13-45T99:99:99Z"),
+        json!(""),
+        json!(12345),
+    ] {
+        let (status, answer) =
+            post(json!({"query": as_of, "variables": {"id": board, "t": t}}).to_string()).await;
+        assert_eq!(status, 200, "{t}: {answer:#}");
+        assert_eq!(
+            helpers::error_code(&answer),
+            "VALIDATION",
+            "{t}: {answer:#}"
+        );
+        assert!(answer.get("data").is_none(), "{t}: {answer:#}");
+    }
+    // Times in range but before the Board or far ahead answer as the Board stood then.
+    let (_, answer) = post(
+        json!({"query": as_of, "variables": {"id": board, "t": "0001-01-01T00:00:00Z"}})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(answer["data"]["board"], Value::Null, "{answer:#}");
+    let (_, answer) = post(
+        json!({"query": as_of, "variables": {"id": board, "t": "9999-12-31T23:59:59Z"}})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(answer["data"]["board"]["id"], board.as_str(), "{answer:#}");
+
+    let big = "x".repeat(10 * 1024 * 1024);
+    let (status, answer) = post(
+        json!({"query": "mutation($i: OpenBoardInput!) { openBoard(input: $i) { position } }",
+            "variables": {"i": attack_board(), "pad": big}})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer:#}");
+    assert_eq!(helpers::error_code(&answer), "VALIDATION", "{answer:#}");
+    assert_eq!(events().await, before, "nothing ran");
+    let (status, answer) = post(json!({"query": "{ __typename }"}).to_string()).await;
+    assert_eq!(
+        (status, &answer["data"]["__typename"]),
+        (200, &json!("Query"))
+    );
+}
