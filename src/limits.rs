@@ -258,8 +258,41 @@ impl Extension for DocumentChecks {
                 "introspection is switched off on this server: `__schema` and `__type` are refused (`__typename` answers)".into(),
             ));
         }
+        refuse_null_for_non_null_variables(&mut request)?;
         self.spend_mutations(ctx, &mut request)?;
         next.run(ctx, request).await
+    }
+}
+
+/// Refuses a `null` given for a variable declared non-null (`$t: DateTime!`), as the
+/// GraphQL spec's variable coercion does: async-graphql would pass it on to a nullable
+/// argument, and `board(asOf: $t)` would answer the Board as it is now instead of
+/// saying that the time was missing.
+fn refuse_null_for_non_null_variables(request: &mut async_graphql::Request) -> ServerResult<()> {
+    let nulls: Vec<async_graphql::Name> = request
+        .variables
+        .iter()
+        .filter(|(_, value)| matches!(value, async_graphql::Value::Null))
+        .map(|(name, _)| name.clone())
+        .collect();
+    if nulls.is_empty() {
+        return Ok(());
+    }
+    let operation_name = request.operation_name.clone();
+    let document = request.parsed_query()?;
+    let Some(op) = operation(document, operation_name.as_deref()) else {
+        return Ok(());
+    };
+    match op
+        .variable_definitions
+        .iter()
+        .find(|d| !d.node.var_type.node.nullable && nulls.contains(&d.node.name.node))
+    {
+        Some(d) => Err(validation_error(format!(
+            "variable ${} is declared {} and may not be null",
+            d.node.name.node, d.node.var_type.node
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -622,3 +622,28 @@ async fn batches_malformed_times_and_huge_variables_get_clear_errors() {
         (200, &json!("Query"))
     );
 }
+
+/// A `null` for a variable declared non-null is refused, as the spec's variable
+/// coercion has it: `board(asOf: $t)` with `$t: DateTime!` given null used to answer
+/// the Board as it is now, as if no time had been asked for. A null for a nullable
+/// variable still means "none".
+#[tokio::test]
+async fn a_null_for_a_non_null_variable_is_refused() {
+    let app = TestApp::spawn().await;
+    let (board, position) = app.open_board_at("Nulls").await;
+    let declared = "query($id: ID!, $t: DateTime!, $p: Int) { board(id: $id, asOf: $t, minPosition: $p) { id } }";
+    let answer = app
+        .gql(declared, json!({"id": board, "t": null, "p": null}))
+        .await;
+    assert_eq!(helpers::error_code(&answer), "VALIDATION", "{answer:#}");
+    assert_eq!(
+        helpers::error_message(&answer),
+        "variable $t is declared DateTime! and may not be null"
+    );
+    assert!(answer.get("data").is_none(), "{answer:#}");
+    let nullable = "query($id: ID!, $t: DateTime, $p: Int) { board(id: $id, asOf: $t, minPosition: $p) { id } }";
+    let answer = app
+        .gql(nullable, json!({"id": board, "t": null, "p": position}))
+        .await;
+    assert_eq!(answer["data"]["board"]["id"], board.as_str(), "{answer:#}");
+}
