@@ -191,22 +191,6 @@ fn marked_request(board: &str, n: usize, reason: &str) -> Value {
     )
 }
 
-/// A counter of `/metrics` (the admin's token opens it).
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sharing_subscribers_get_identical_bytes_and_the_others_only_what_they_may_see() {
     sharing_and_masking(TestApp::spawn().await).await;
@@ -424,8 +408,8 @@ async fn one_execution_per_version(app: TestApp) {
     for raw in &mut sockets {
         raw.until(v).await;
     }
-    let before = metric(&app, "careboard_subscription_executions_total").await;
-    let sent_before = metric(&app, "careboard_subscription_frames_sent_total").await;
+    let before = app.metric("careboard_subscription_executions_total").await;
+    let sent_before = app.metric("careboard_subscription_frames_sent_total").await;
     const CHANGES: usize = 5;
     for n in 0..CHANGES {
         let (_, p) = app
@@ -436,8 +420,8 @@ async fn one_execution_per_version(app: TestApp) {
             raw.until(v).await;
         }
     }
-    let executions = metric(&app, "careboard_subscription_executions_total").await - before;
-    let sent = metric(&app, "careboard_subscription_frames_sent_total").await - sent_before;
+    let executions = app.metric("careboard_subscription_executions_total").await - before;
+    let sent = app.metric("careboard_subscription_frames_sent_total").await - sent_before;
     assert!(
         sent >= (N * CHANGES) as f64,
         "{sent} frames sent for {N} subscribers × {CHANGES} changes"
@@ -446,7 +430,7 @@ async fn one_execution_per_version(app: TestApp) {
         executions <= CHANGES as f64,
         "{executions} executions for {CHANGES} Board versions and {N} subscribers"
     );
-    assert_eq!(metric(&app, "careboard_subscription_groups").await, 1.0);
+    assert_eq!(app.metric("careboard_subscription_groups").await, 1.0);
 }
 
 /// Several shared subscriptions on one socket, with ids that need JSON escaping: each
@@ -773,8 +757,10 @@ async fn distinct_ids(app: TestApp) -> f64 {
     for raw in &mut sockets {
         frame_at(raw, v).await;
     }
-    assert_eq!(metric(&app, "careboard_subscription_groups").await, 1.0);
-    let before = metric(&app, "careboard_subscription_write_pass_encodings_total").await;
+    assert_eq!(app.metric("careboard_subscription_groups").await, 1.0);
+    let before = app
+        .metric("careboard_subscription_write_pass_encodings_total")
+        .await;
     for n in 0..3 {
         let (_, p) = app
             .request_appointment(marked_request(&day.board, n + 2, "reason"))
@@ -797,5 +783,7 @@ async fn distinct_ids(app: TestApp) -> f64 {
             "payloads differ: {payloads:?}"
         );
     }
-    metric(&app, "careboard_subscription_write_pass_encodings_total").await - before
+    app.metric("careboard_subscription_write_pass_encodings_total")
+        .await
+        - before
 }

@@ -692,23 +692,11 @@ async fn boards_kept_by_the_matcher_miss_nothing_written_elsewhere_or_across_a_f
 /// The matcher's forward reads so far: (waiting appointments, Board and shift streams),
 /// from `/metrics`.
 async fn forward_reads(app: &TestApp) -> (u64, u64) {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counter = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in /metrics"))
-    };
     (
-        counter("careboard_matcher_appointments_read_forward_total"),
-        counter("careboard_matcher_streams_read_forward_total"),
+        app.metric("careboard_matcher_appointments_read_forward_total")
+            .await as u64,
+        app.metric("careboard_matcher_streams_read_forward_total")
+            .await as u64,
     )
 }
 

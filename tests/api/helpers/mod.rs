@@ -437,6 +437,22 @@ impl TestApp {
         &self.server_pool
     }
 
+    /// A counter or gauge of `/metrics` (the admin's token opens it).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+    }
+
     pub fn url(&self, path: &str) -> String {
         self.server.url(path)
     }
