@@ -149,6 +149,16 @@ pub struct DaemonConfig {
     /// results"). Off: each row also keeps its folded appointment as a document, the
     /// earlier path, kept so the bench can measure both in one run.
     pub flat_durations: bool,
+    /// A live `board_view` loop commits each batch (documents, checkpoint, NOTIFY)
+    /// without its Board snapshots, and writes them behind it on a connection of its
+    /// own, in a transaction whose view of the documents is taken before the next
+    /// batch commits (see `projector::behind`). On by default: written in the batch,
+    /// the snapshots of the Boards that passed a snapshot boundary together held
+    /// every Board's NOTIFY back by up to ~450 ms at half the maximum append rate
+    /// (docs/BENCHMARKS.md, "Projector lag: Board snapshots written behind").
+    /// Off: written in the batch's transaction, the earlier path, kept so the bench
+    /// can measure both in one run.
+    pub live_snapshots_behind: bool,
     /// Whether the leader also runs the matcher (automatic scheduling).
     pub matching: bool,
     /// How often the matcher retries the Boards it parked.
@@ -175,6 +185,7 @@ impl Default for DaemonConfig {
             header_counters: true,
             paired_board_reads: true,
             flat_durations: true,
+            live_snapshots_behind: true,
             max_poll_interval: Duration::from_millis(250),
             leader_check_interval: Duration::from_secs(1),
             max_attempts: 3,
@@ -207,6 +218,7 @@ impl DaemonConfig {
             header_counters: self.header_counters,
             paired_board_reads: self.paired_board_reads,
             flat_durations: self.flat_durations,
+            live_snapshots_behind: self.live_snapshots_behind,
         }
     }
 

@@ -32,6 +32,11 @@ pub type SlowProjection = std::sync::Arc<
     dyn Fn(crate::projections::Projection) -> Option<std::time::Duration> + Send + Sync,
 >;
 
+/// How long the projector stalls before it writes a batch's Board snapshots (`None`:
+/// not at all).
+#[cfg(feature = "fault-injection")]
+pub type SlowSnapshots = std::sync::Arc<dyn Fn() -> Option<std::time::Duration> + Send + Sync>;
+
 /// The faults a test asked for (none by default).
 #[derive(Clone, Default)]
 pub struct Faults {
@@ -44,6 +49,10 @@ pub struct Faults {
     /// Makes a projection's batches slow (a stall inside its transaction).
     #[cfg(feature = "fault-injection")]
     pub slow: Option<SlowProjection>,
+    /// Makes writing Board snapshots slow (a stall in their transaction, before the
+    /// statement).
+    #[cfg(feature = "fault-injection")]
+    pub slow_snapshots: Option<SlowSnapshots>,
 }
 
 impl Faults {
@@ -69,6 +78,18 @@ impl Faults {
         #[cfg(not(feature = "fault-injection"))]
         {
             let _ = projection;
+            None
+        }
+    }
+
+    /// How long the projector stalls before it writes a batch's Board snapshots.
+    pub fn snapshot_stall(&self) -> Option<std::time::Duration> {
+        #[cfg(feature = "fault-injection")]
+        {
+            self.slow_snapshots.as_ref().and_then(|f| f())
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        {
             None
         }
     }

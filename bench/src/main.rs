@@ -299,6 +299,11 @@ struct Args {
     /// maximum append rate (on a busy machine a fixed rate keeps runs comparable).
     #[arg(long)]
     lag_rate: Option<f64>,
+    /// Seconds of appends at the lag rows' rate before each row's measured
+    /// `--seconds`: a fresh database's first appends open the pool's connections and
+    /// plan their statements (the warm-up's lag is printed beside the row, not counted).
+    #[arg(long, default_value_t = 1.0)]
+    lag_warmup: f64,
     /// Load `pg_stat_statements` in the bench's own cluster and report, for each lag
     /// row, PostgreSQL's time and calls per append by statement, WAL per append
     /// (`pg_stat_wal`) and checkpoints. Needs the private cluster (no `DATABASE_URL`)
@@ -812,7 +817,15 @@ async fn main() -> Result<()> {
             let lag_url = fresh_database(&admin_url).await?;
             let lag_pool = postgres::connect(&lag_url, 32).await?;
             postgres::migrate(&lag_pool).await?;
-            let lag = project::lag(&lag_pool, rate, args.seconds, schedule, args.pg_stats).await?;
+            let lag = project::lag(
+                &lag_pool,
+                rate,
+                args.seconds,
+                Duration::from_secs_f64(args.lag_warmup.max(0.0)),
+                schedule,
+                args.pg_stats,
+            )
+            .await?;
             lag_pool.close().await;
             println!("projector stages ({label}), per batch of one projection:");
             for s in &lag.stages {
@@ -835,6 +848,16 @@ async fn main() -> Result<()> {
                 ms(lag.cpu.postgres_ms),
                 ms(lag.cpu.process_ms)
             );
+            if !lag.warmup.is_empty() {
+                println!(
+                    "  warm-up ({:.1} s, not counted): {} appends, lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    args.lag_warmup,
+                    lag.warmup.len(),
+                    lag.warmup.value_at_quantile(0.5) as f64 / 1000.0,
+                    lag.warmup.value_at_quantile(0.99) as f64 / 1000.0,
+                    lag.warmup.max() as f64 / 1000.0
+                );
+            }
             println!("  each append's lag taken apart:");
             for (name, h) in [
                 ("append transaction, call to commit", &lag.parts.append),
@@ -871,7 +894,14 @@ async fn main() -> Result<()> {
                 print_pg_stats(pg, lag.appends);
             }
             rows.push(Row::unbased(
-                format!("project: lag commit to NOTIFY at {rate:.0} appends/s, {label}"),
+                if args.lag_warmup > 0.0 {
+                    format!(
+                        "project: lag commit to NOTIFY at {rate:.0} appends/s, {label} (after {:.1} s of warm-up)",
+                        args.lag_warmup
+                    )
+                } else {
+                    format!("project: lag commit to NOTIFY at {rate:.0} appends/s, {label}")
+                },
                 lag.hist.len() as f64 / args.seconds as f64,
                 Some(lag.hist),
                 0,

@@ -20,7 +20,9 @@ use careboard::projections::Projection;
 use careboard::projector::state;
 
 /// Per Board: the newest position notified, and appends not yet seen in a notice.
-type Pending = Arc<std::sync::Mutex<HashMap<String, (i64, Vec<(i64, Instant)>)>>>;
+/// Board → (newest position notified, appends not yet notified: position, commit,
+/// whether the append is measured or of the warm-up).
+type Pending = Arc<std::sync::Mutex<HashMap<String, (i64, Vec<(i64, Instant, bool)>)>>>;
 
 /// One generated event: (stream, stream type, board, version, type, data).
 pub type Generated = (Uuid, &'static str, Uuid, i64, &'static str, Value);
@@ -244,6 +246,18 @@ pub enum Schedule {
     /// `Paired` with `appointment_durations` folded from its flat columns, its rows
     /// keeping no jsonb document (`DaemonConfig::flat_durations`).
     Flat,
+    /// `Flat` with the live Board snapshots written behind each batch
+    /// (`DaemonConfig::live_snapshots_behind`): the defaults.
+    SnapshotsBehind,
+    /// `SnapshotsBehind` with `board_view`'s live batches in fewer round trips
+    /// (`DaemonConfig::fewer_round_trips`) and the NOTIFY sent by the checkpoint's
+    /// statement (`DaemonConfig::fused_statements`).
+    BehindFolded,
+    /// `SnapshotsBehind` woken straight from the daemon, `board_view` on a connection
+    /// of its own (`DaemonConfig::direct_wake`).
+    BehindDirect,
+    /// `SnapshotsBehind` with the followers paced at [`RELAXED_PACE`].
+    BehindRelaxed,
 }
 
 impl Schedule {
@@ -257,6 +271,10 @@ impl Schedule {
                 | Schedule::Stepped
                 | Schedule::Paired
                 | Schedule::Flat
+                | Schedule::SnapshotsBehind
+                | Schedule::BehindFolded
+                | Schedule::BehindDirect
+                | Schedule::BehindRelaxed
         )
     }
 }
@@ -290,6 +308,14 @@ impl Schedule {
             Schedule::Stepped => "counters in lockstep rounds",
             Schedule::Paired => "counters, each touched appointment read under its own Board",
             Schedule::Flat => "paired, appointment_durations folded from its flat columns",
+            Schedule::SnapshotsBehind => "flat, live Board snapshots written behind each batch",
+            Schedule::BehindFolded => {
+                "snapshots behind, board_view's batch in fewer round trips, NOTIFY in the checkpoint"
+            }
+            Schedule::BehindDirect => {
+                "snapshots behind, woken directly, board_view on its own connection"
+            }
+            Schedule::BehindRelaxed => "snapshots behind, followers paced at 50 ms",
         }
     }
 }
@@ -311,6 +337,7 @@ fn start_projector_with(
         header_counters: false,
         paired_board_reads: false,
         flat_durations: false,
+        live_snapshots_behind: false,
         ..tuned.clone()
     };
     let config = match schedule {
@@ -372,6 +399,7 @@ fn start_projector_with(
                 fewer_round_trips: matches!(schedule, Schedule::Folded | Schedule::AnalyzedFolded),
                 header_counters: false,
                 paired_board_reads: false,
+                live_snapshots_behind: false,
                 ..tuned
             }
         }
@@ -390,6 +418,29 @@ fn start_projector_with(
             header_counters: schedule != Schedule::Keyed,
             paired_board_reads: matches!(schedule, Schedule::Paired | Schedule::Flat),
             flat_durations: schedule == Schedule::Flat,
+            live_snapshots_behind: false,
+            ..tuned
+        },
+        Schedule::SnapshotsBehind
+        | Schedule::BehindFolded
+        | Schedule::BehindDirect
+        | Schedule::BehindRelaxed => DaemonConfig {
+            epoch_fence: true,
+            lone_checkpoints: true,
+            fresh_statistics: true,
+            custom_plans: false,
+            header_counters: true,
+            paired_board_reads: true,
+            flat_durations: true,
+            live_snapshots_behind: true,
+            fewer_round_trips: schedule == Schedule::BehindFolded,
+            fused_statements: schedule == Schedule::BehindFolded,
+            direct_wake: schedule == Schedule::BehindDirect,
+            follower_pace: if schedule == Schedule::BehindRelaxed {
+                RELAXED_PACE
+            } else {
+                tuned.follower_pace
+            },
             ..tuned
         },
     };
@@ -410,6 +461,8 @@ fn start_projector_with(
 /// batches spent their time.
 pub struct Lag {
     pub hist: Histogram<u64>,
+    /// The warm-up's appends (not in `hist`, nor in anything else here but `stages`).
+    pub warmup: Histogram<u64>,
     /// Where each append's lag went (see [`LagParts`]).
     pub parts: LagParts,
     pub stages: Vec<careboard::metrics::StageSummary>,
@@ -882,6 +935,7 @@ pub async fn lag(
     pool: &PgPool,
     rate: f64,
     seconds: u64,
+    warmup: Duration,
     schedule: Schedule,
     pg_stats: bool,
 ) -> Result<Lag> {
@@ -903,16 +957,12 @@ pub async fn lag(
     // Start from a caught-up projector: earlier scenarios' events are not this lag.
     crate::project::wait_caught_up(pool).await?;
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    let cpu_before = (postgres_cpu_ticks(pool).await?, own_cpu_ticks());
     listener
         .listen(careboard::projections::board_view::BoardChanged::CHANNEL)
         .await?;
-    let checkpoints_before = if pg_stats {
-        Some(pg_stats_reset(pool).await?)
-    } else {
-        None
-    };
-    BATCH_SPANS.lock().unwrap().clear();
+    // Taken when the warm-up ends (now, without one).
+    let mut cpu_before = None;
+    let mut checkpoints_before = None;
     let pending: Pending = Arc::default();
     // (position, started, committed) of each append; position → its NOTIFY's arrival.
     let appended = Arc::new(std::sync::Mutex::new(Vec::<(i64, Instant, Instant)>::new()));
@@ -920,9 +970,14 @@ pub async fn lag(
     let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
+    // The warm-up's appends: reported beside the row, not counted in it.
+    let warm = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let listening = {
         let pending = pending.clone();
         let hist = hist.clone();
+        let warm = warm.clone();
         let notified = notified.clone();
         tokio::spawn(async move {
             while let Ok(n) = listener.recv().await {
@@ -938,11 +993,17 @@ pub async fn lag(
                 *seen = (*seen).max(position);
                 {
                     let mut hist = hist.lock().unwrap();
+                    let mut warm = warm.lock().unwrap();
                     let mut notified = notified.lock().unwrap();
-                    list.retain(|(p, t)| {
+                    list.retain(|(p, t, measured)| {
                         if *p <= position {
-                            let _ = hist.record(now.duration_since(*t).as_micros() as u64);
-                            notified.insert(*p, now);
+                            let lag = now.duration_since(*t).as_micros() as u64;
+                            if *measured {
+                                let _ = hist.record(lag);
+                                notified.insert(*p, now);
+                            } else {
+                                let _ = warm.record(lag);
+                            }
                             false
                         } else {
                             true
@@ -955,15 +1016,26 @@ pub async fn lag(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let measured_from = Instant::now() + warmup;
+    let deadline = measured_from + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     let mut i = 0u64;
     while Instant::now() < deadline {
         ticker.tick().await;
+        let measured = Instant::now() >= measured_from;
+        if measured && cpu_before.is_none() {
+            // The warm-up is over: CPU, statistics and batches count from here.
+            cpu_before = Some((postgres_cpu_ticks(pool).await?, own_cpu_ticks()));
+            if pg_stats {
+                checkpoints_before = Some(pg_stats_reset(pool).await?);
+            }
+            BATCH_SPANS.lock().unwrap().clear();
+        }
         let store = store.clone();
         let board = boards[(i % boards.len() as u64) as usize].clone();
         let pending = pending.clone();
         let hist = hist.clone();
+        let warm = warm.clone();
         let appended = appended.clone();
         let notified = notified.clone();
         tasks.push(tokio::spawn(async move {
@@ -977,18 +1049,24 @@ pub async fn lag(
             .await
             {
                 let committed = Instant::now();
-                appended
-                    .lock()
-                    .unwrap()
-                    .push((w.position, started, committed));
+                if measured {
+                    appended
+                        .lock()
+                        .unwrap()
+                        .push((w.position, started, committed));
+                }
                 let mut pending = pending.lock().unwrap();
                 let (seen, list) = pending.entry(board).or_default();
                 if w.position <= *seen {
                     // The notice beat us to it: the lag was at most this short.
-                    let _ = hist.lock().unwrap().record(1);
-                    notified.lock().unwrap().insert(w.position, committed);
+                    if measured {
+                        let _ = hist.lock().unwrap().record(1);
+                        notified.lock().unwrap().insert(w.position, committed);
+                    } else {
+                        let _ = warm.lock().unwrap().record(1);
+                    }
                 } else {
-                    list.push((w.position, committed));
+                    list.push((w.position, committed, measured));
                 }
             }
         }));
@@ -999,6 +1077,7 @@ pub async fn lag(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu_after = (postgres_cpu_ticks(pool).await?, own_cpu_ticks());
+    let cpu_before = cpu_before.unwrap_or((None, None));
     let pg = match checkpoints_before {
         Some(before) => Some(pg_stats_collect(pool, before).await?),
         None => None,
@@ -1007,6 +1086,7 @@ pub async fn lag(
     listening.abort();
     projector.stop().await?;
     let hist = hist.lock().unwrap().clone();
+    let warmup = warm.lock().unwrap().clone();
     let appended = std::mem::take(&mut *appended.lock().unwrap());
     let positions: Vec<i64> = appended.iter().map(|a| a.0).collect();
     let tx: HashMap<i64, u64> =
@@ -1044,6 +1124,7 @@ pub async fn lag(
         pg,
         cpu,
         hist,
+        warmup,
         parts,
         stages: metrics.projector_stages(),
         batches_read: metrics.projector_batches_read(),

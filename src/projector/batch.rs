@@ -41,8 +41,12 @@ pub struct BatchOutcome {
     /// Boards whose documents changed, for NOTIFY.
     pub changed_boards: Vec<BoardChanged>,
     /// Board snapshots due but not written, with `defer_board_snapshots`: the caller
-    /// writes them from the batch's committed rows before its next batch commits.
+    /// writes them from the batch's committed rows (see `projector::behind`).
     pub board_snapshots: Vec<snapshots::BoardDue>,
+    /// With `defer_board_snapshots`, every Board document the batch changed: its
+    /// version and, when it may be snapshotted, its newest `recorded_at` (a snapshot
+    /// still due from an earlier batch is then of this version).
+    pub boards_changed: Vec<(Uuid, i64, Option<chrono::DateTime<chrono::Utc>>)>,
 }
 
 /// One batch for one projection generation, and how to treat its events.
@@ -75,6 +79,8 @@ pub struct BatchInput<'a> {
     /// `appointment_durations` read and written as its flat columns only (see
     /// [`crate::projections::store::load_durations`]); off: with its document.
     pub flat_durations: bool,
+    /// A test's stall before Board snapshots are written (see [`crate::faults`]).
+    pub snapshot_stall: Option<std::time::Duration>,
 }
 
 /// Applies the batch to the projection's documents and saves them, in the caller's
@@ -167,6 +173,9 @@ async fn apply_and_save<D: Doc>(
         if input.defer_board_snapshots {
             outcome.board_snapshots = boards;
         } else {
+            if let Some(stall) = input.snapshot_stall {
+                tokio::time::sleep(stall).await;
+            }
             snapshots::write_boards(
                 conn,
                 input.projection.version(),
@@ -241,6 +250,7 @@ async fn apply_docs<D: Doc>(
         header_counters,
         paired_board_reads,
         flat_durations,
+        snapshot_stall: _,
     } = *input;
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.
@@ -331,6 +341,11 @@ async fn apply_docs<D: Doc>(
                     doc: value,
                 });
             }
+        }
+        if input.defer_board_snapshots && projection == Projection::BoardView {
+            outcome
+                .boards_changed
+                .push((doc_id, doc.count(), doc.snapshot_ready()));
         }
         let counters_only =
             only_appointments && was_stored && outcome.dead_letters.len() == dead_before;

@@ -289,10 +289,7 @@ async fn run_loop(
         }
     }
     // Stopped: the last batch's snapshots, if still being written, are finished first.
-    if let Err(e) = projector
-        .snapshots_written(&mut worker.snapshots_behind)
-        .await
-    {
+    if let Err(e) = projector.snapshots_written(&mut worker).await {
         tracing::warn!(projection = key.0.name(), error = %e, "writing Board snapshots failed at shutdown");
     }
 }
@@ -363,8 +360,8 @@ impl Projector {
             rows
         };
         let Some((end, _)) = rows.last() else {
-            // Caught up: nothing is left behind for the swap (or a shutdown) to pass.
-            self.snapshots_written(&mut worker.snapshots_behind).await?;
+            // Caught up: a rebuild leaves nothing behind for its swap to pass.
+            self.snapshots_idle(worker).await?;
             return Ok(Step::Idle);
         };
         let end = *end;

@@ -14,6 +14,7 @@
 //! Waking: the in-process append signal plus an adaptive poll; appends never NOTIFY.
 
 pub mod batch;
+mod behind;
 mod lockstep;
 mod loops;
 pub mod rebuild;
@@ -106,6 +107,9 @@ pub struct ProjectorSettings {
     /// `appointment_durations` folded from its flat columns, without a document (see
     /// [`crate::daemon::DaemonConfig::flat_durations`]).
     pub flat_durations: bool,
+    /// A live `board_view` loop writes its Board snapshots behind its batches (see
+    /// [`crate::daemon::DaemonConfig::live_snapshots_behind`]).
+    pub live_snapshots_behind: bool,
 }
 
 /// Why the projector stopped.
@@ -339,11 +343,16 @@ impl Projector {
             snapshot_every: self.settings.snapshot_every,
             batch_end: new_cursor,
             joined_writes: folded,
-            // Written behind (see `rebuild::pipeline_snapshots`): a building generation
-            // on a loop, whose worker waits for them before its next commit.
+            // Written behind (see `behind`), on a loop, whose worker waits until they
+            // have their view before its next commit: a building generation's (see
+            // `rebuild::pipeline_snapshots`), and a live one's with
+            // `live_snapshots_behind`.
             defer_board_snapshots: self.settings.loops
-                && gen.status == GenerationStatus::Building
-                && rebuild::snapshots_pipelined(),
+                && match gen.status {
+                    GenerationStatus::Building => rebuild::snapshots_pipelined(),
+                    _ => self.settings.live_snapshots_behind,
+                },
+            snapshot_stall: self.faults.snapshot_stall(),
             header_counters: self.settings.header_counters,
             paired_board_reads: self.settings.paired_board_reads,
             flat_durations: self.settings.flat_durations,
@@ -364,9 +373,10 @@ impl Projector {
             }
             Err(BatchError::Database(e)) => return Err(e.into()),
         };
-        // The previous batch's snapshots, written meanwhile, before this one commits
-        // (their wait counts in the apply's stage).
-        self.snapshots_written(&mut worker.snapshots_behind).await?;
+        // The previous batches' snapshots, written behind them, have their view of
+        // the documents before this batch changes them (the wait counts in the
+        // apply's stage).
+        self.snapshots_taken(&mut worker.snapshots_behind).await?;
         let at = stage(ProjectorStage::Apply, at);
         if let Some(stall) = self.faults.stall(gen.projection) {
             tokio::time::sleep(stall).await;
@@ -447,13 +457,14 @@ impl Projector {
         }
         tx.commit().await?;
         stage(ProjectorStage::Commit, at);
-        if !outcome.board_snapshots.is_empty() {
-            self.write_snapshots_behind(
+        if input.defer_board_snapshots {
+            self.snapshots_committed(
                 worker,
-                gen.projection.version(),
                 outcome.board_snapshots,
+                &outcome.boards_changed,
                 new_cursor,
-            );
+            )
+            .await;
         }
         self.metrics
             .projector_stage(ProjectorStage::Batch, started.elapsed());
@@ -510,7 +521,7 @@ impl Projector {
                 return Ok(Step::Crashed(point));
             }
         }
-        self.snapshots_written(&mut worker.snapshots_behind).await?;
+        self.snapshots_taken(&mut worker.snapshots_behind).await?;
         let gen = &worker.gen;
         let at = Instant::now();
         let checkpoint = Checkpoint::Projection {
@@ -668,9 +679,9 @@ struct Worker {
     /// to hand the connection back after each statement. Dropped after an error, taken
     /// again at the next batch.
     conn: Option<PoolConnection<Postgres>>,
-    /// The last batch's Board snapshots, still being written (a building generation's,
-    /// see [`rebuild::pipeline_snapshots`]): the worker's next commit waits for them.
-    snapshots_behind: Option<rebuild::SnapshotsBehind>,
+    /// The Board snapshots of the last batches, still being written behind them (see
+    /// [`behind`]): the worker's next commit waits until they have their view.
+    snapshots_behind: behind::SnapshotsBehind,
 }
 
 impl Worker {
@@ -683,7 +694,7 @@ impl Worker {
             last_batch_full: false,
             read_started: Instant::now(),
             conn: None,
-            snapshots_behind: None,
+            snapshots_behind: Default::default(),
         }
     }
 

@@ -16,16 +16,11 @@
 //! rebuild resumes from its own checkpoint.
 //!
 //! Board snapshots behind ([`pipeline_snapshots`], on by default: measured faster on
-//! an idle machine, where the second core is free, and no slower on a busy one): a building
-//! generation's batch commits its documents and checkpoint without its Board
-//! snapshots; they are then put together from the committed rows on another
-//! connection while the next batch is folded and written, and that batch commits only
-//! after they are written. Nothing else writes a building generation, so until the
-//! next batch commits its rows are exactly the batch's state: the snapshots are the
-//! bytes the in-transaction statement writes (the same statement, `on conflict do
-//! nothing`), and a failed write is retried before the next commit. A crash between a
-//! batch's commit and its snapshots loses those snapshots: time travel then starts
-//! from an earlier one (exact, a longer fold).
+//! an idle machine, where the second core is free, and no slower on a busy one): a
+//! building generation's batch commits its documents and checkpoint without its Board
+//! snapshots, which are written behind it while the next batch is folded and written
+//! (see [`super::behind`]; a live generation's are too, by
+//! [`crate::daemon::DaemonConfig::live_snapshots_behind`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -36,13 +31,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use tokio::task::JoinHandle;
-
-use super::{Projector, Worker};
+use super::Projector;
 use crate::event_store::log::{read_after_excluding_columns, read_excluding_sql, Cursor};
 use crate::event_store::{EventData, RecordedEvent};
 use crate::metrics::ProjectorStage;
-use crate::snapshots::{self, BoardDue};
 
 /// How a rebuild reads the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,98 +196,4 @@ pub fn pipeline_snapshots(on: bool) {
 /// Whether [`pipeline_snapshots`] is on.
 pub fn snapshots_pipelined() -> bool {
     SNAPSHOTS_BEHIND.load(Ordering::Relaxed)
-}
-
-/// A committed batch's Board snapshots, being written on a connection of their own.
-pub(super) struct SnapshotsBehind {
-    fold_version: i32,
-    generation: i32,
-    boards: Arc<Vec<BoardDue>>,
-    batch_end: Cursor,
-    /// The write under way; `None` after it failed (written again before the next
-    /// commit).
-    task: Option<JoinHandle<Result<(), sqlx::Error>>>,
-}
-
-impl Projector {
-    /// Starts writing the Board snapshots of the batch just committed at `batch_end`
-    /// (see [`pipeline_snapshots`]); the worker's next commit waits for them
-    /// ([`Self::snapshots_written`] of `worker.snapshots_behind`).
-    pub(super) fn write_snapshots_behind(
-        &self,
-        worker: &mut Worker,
-        fold_version: i32,
-        boards: Vec<BoardDue>,
-        batch_end: Cursor,
-    ) {
-        debug_assert!(worker.snapshots_behind.is_none());
-        let boards = Arc::new(boards);
-        let task = self.spawn_snapshots(fold_version, worker.gen.generation, &boards, batch_end);
-        worker.snapshots_behind = Some(SnapshotsBehind {
-            fold_version,
-            generation: worker.gen.generation,
-            boards,
-            batch_end,
-            task: Some(task),
-        });
-    }
-
-    fn spawn_snapshots(
-        &self,
-        fold_version: i32,
-        generation: i32,
-        boards: &Arc<Vec<BoardDue>>,
-        batch_end: Cursor,
-    ) -> JoinHandle<Result<(), sqlx::Error>> {
-        let pool = self.pool.clone();
-        let boards = boards.clone();
-        tokio::spawn(async move {
-            let mut conn = pool.acquire().await?;
-            snapshots::write_boards(&mut conn, fold_version, generation, &boards, batch_end).await
-        })
-    }
-
-    /// Waits until the worker's snapshots behind (if any) are written; a failed write
-    /// is made again once, here (the rows are still the batch's: the worker has not
-    /// committed since). Called before each commit of the worker and when it idles.
-    pub(super) async fn snapshots_written(
-        &self,
-        pending: &mut Option<SnapshotsBehind>,
-    ) -> Result<(), sqlx::Error> {
-        let Some(behind) = pending.as_mut() else {
-            return Ok(());
-        };
-        // No task: the write failed at an earlier wait, and again when made once more.
-        let write_again = match behind.task.take() {
-            Some(task) => match joined(task.await) {
-                Ok(()) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "writing Board snapshots behind failed; writing them again");
-                    true
-                }
-            },
-            None => true,
-        };
-        if write_again {
-            let task = self.spawn_snapshots(
-                behind.fold_version,
-                behind.generation,
-                &behind.boards,
-                behind.batch_end,
-            );
-            joined(task.await)?;
-        }
-        *pending = None;
-        Ok(())
-    }
-}
-
-fn joined(
-    task: Result<Result<(), sqlx::Error>, tokio::task::JoinError>,
-) -> Result<(), sqlx::Error> {
-    task.unwrap_or_else(|join| {
-        Err(sqlx::Error::Protocol(format!(
-            "writing Board snapshots stopped: {join}"
-        )))
-    })
 }

@@ -597,6 +597,87 @@ async fn a_slow_projection_does_not_hold_back_the_board_view() {
     projector.stop().await.unwrap();
 }
 
+/// Board snapshots are written behind the live batches: a batch whose Boards pass a
+/// snapshot boundary commits, and shows its appointments, without waiting for their
+/// snapshots (written in the batch's transaction, a slow snapshot held every change
+/// back: this failed), and each snapshot, though written while later batches
+/// committed, is the Board's document at its own version (the writer's view is taken
+/// before the next batch commits; a writer reading the rows as they are when it writes
+/// stored a later document under the earlier version: this failed too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_batch_does_not_wait_for_its_board_snapshots_and_each_is_of_its_version() {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let boards = [
+        open_board(&store, "Snapshots behind A").await,
+        open_board(&store, "Snapshots behind B").await,
+    ];
+    let stalling = Arc::new(AtomicBool::new(true));
+    let faults = Faults {
+        slow_snapshots: Some({
+            let stalling = stalling.clone();
+            Arc::new(move || {
+                stalling
+                    .load(Ordering::SeqCst)
+                    .then_some(Duration::from_secs(2))
+            })
+        }),
+        ..Default::default()
+    };
+    let projector = start_with_faults(
+        &pool,
+        &store,
+        DaemonConfig {
+            snapshot_every: 2,
+            ..config()
+        },
+        faults,
+    );
+    caught_up(&pool).await;
+    // Every Board document the projector had, by version.
+    let mut folds: HashMap<(Uuid, i64), String> = HashMap::new();
+    for i in 0..8 {
+        let board = boards[i % 2];
+        let (appointment, _) = request_appointment(&store, board, &format!("Behind {i}")).await;
+        wait_for_appointment(
+            "board_view while its snapshots are written slowly",
+            Duration::from_millis(1500),
+            &pool,
+            board,
+            appointment,
+        )
+        .await;
+        let fold = fresh_fold(&pool, board).await;
+        folds.insert((board, fold.version), serde_json::to_string(&fold).unwrap());
+    }
+    stalling.store(false, Ordering::SeqCst);
+    // A stopping loop writes the snapshots still due and waits for them.
+    projector.stop().await.unwrap();
+    let snapshots: Vec<(Uuid, i64, serde_json::Value)> = sqlx::query_as(
+        "select id, version, doc from snapshots where kind = 'board' order by id, version",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        snapshots.len() >= 3,
+        "snapshots were written: {snapshots:?}"
+    );
+    for (board, version, doc) in &snapshots {
+        let doc: BoardDoc = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(
+            Some(&serde_json::to_string(&doc).unwrap()),
+            folds.get(&(*board, *version)),
+            "the snapshot of Board {board} at version {version}"
+        );
+    }
+    // The first Board's first snapshot was written while its later appointments
+    // committed (its writer stalled for two seconds after taking its view).
+    let first = snapshots.iter().find(|s| s.0 == boards[0]).unwrap();
+    assert_eq!(first.1, 2);
+    assert!(snapshots.iter().any(|s| s.0 == boards[0] && s.1 > 2));
+}
+
 #[tokio::test]
 async fn one_read_of_the_log_feeds_every_projection_and_each_commits_it_with_its_checkpoint() {
     let pool = helpers::fresh_database().await;
