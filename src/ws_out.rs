@@ -111,6 +111,10 @@ impl AsyncRead for TcpRead {
             let n = self.ahead.len().min(buf.remaining());
             buf.put_slice(&self.ahead[..n]);
             self.ahead.advance(n);
+            if self.ahead.is_empty() {
+                // Read: its allocation goes too.
+                self.ahead = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.half).poll_read(cx, buf)
@@ -352,6 +356,10 @@ impl SocketIo {
     /// connection had read past the upgrade request (read first). The stream is split
     /// into its owned halves, which share it without a lock.
     pub fn on_tcp(stream: TcpStream, ahead: Bytes) -> (Self, Arc<SocketOut>) {
+        // `ahead` is a view into the HTTP connection's read buffer (8 KB or more),
+        // which it keeps whole for as long as it lives, empty or not: its few bytes,
+        // if any, are copied so the buffer goes with the HTTP connection.
+        let ahead = Bytes::copy_from_slice(&ahead);
         let (read, write) = stream.into_split();
         Self::with_halves(
             Box::pin(TcpRead { ahead, half: read }),
@@ -665,6 +673,29 @@ mod tests {
             assert_eq!(raw, on_tcp, "{path:?}");
             assert_eq!(first, ahead, "{path:?}");
             assert_eq!(written, b"reply-bytes", "{path:?}");
+        }
+    }
+
+    /// A websocket on the TCP stream keeps nothing of the HTTP connection's read
+    /// buffer: what was read ahead (a view into that buffer) is copied, so an idle
+    /// socket does not hold the whole buffer for its lifetime (it held 8 KB or more:
+    /// 17.1 KB per idle subscription against 13.0 on the upgraded path; this failed).
+    #[tokio::test]
+    async fn a_socket_on_its_tcp_stream_keeps_no_view_of_the_http_read_buffer() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let buffer = Bytes::from(vec![7u8; 8192]);
+        for (from, to) in [(100, 110), (8192, 8192)] {
+            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut io, _out) = SocketIo::on_tcp(stream, buffer.slice(from..to));
+            assert!(buffer.is_unique(), "ahead {from}..{to} keeps the buffer");
+            if to > from {
+                let mut read = vec![0u8; to - from];
+                io.read_exact(&mut read).await.unwrap();
+                assert_eq!(read, vec![7u8; to - from]);
+            }
         }
     }
 
