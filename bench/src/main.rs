@@ -265,18 +265,20 @@ struct Args {
     /// headers' locked read by primary key), `counters` (`keyed` with a batch of
     /// appointment events writing only the headers' counters), `stepped` (`counters`
     /// in lockstep rounds), `paired` (`counters` with each touched appointment read
-    /// under its own Board: the daemon's defaults now), `flat` (`paired` with
-    /// `appointment_durations` folded from its flat columns, no document kept).
+    /// under its own Board), `flat` (`paired` with `appointment_durations` folded from
+    /// its flat columns, no document kept), `snapshots-behind` (`flat` with the live
+    /// Board snapshots written behind each batch: the daemon's defaults now), and on
+    /// top of it `behind-direct` (woken directly, `board_view` on a connection of its
+    /// own), `behind-folded` (`board_view`'s batch in fewer round trips, the NOTIFY in
+    /// the checkpoint statement) and `behind-relaxed` (followers paced at 50 ms).
     /// `lock-table`, `epoch` and
     /// `fused` move every checkpoint in a transaction. Pairs alternate by default so
     /// the machine's drift falls on both.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
-        project::Schedule::Stepped,
-        project::Schedule::Counters,
-        project::Schedule::Paired,
-        project::Schedule::Paired,
-        project::Schedule::Counters,
-        project::Schedule::Stepped,
+        project::Schedule::Flat,
+        project::Schedule::SnapshotsBehind,
+        project::Schedule::SnapshotsBehind,
+        project::Schedule::Flat,
     ])]
     lag_schedules: Vec<project::Schedule>,
     /// The `board_view` rebuild rounds, in order: `before` (events through `Value`
