@@ -36,7 +36,7 @@
 //! - A loop that is caught up, or stopping, writes every Board still due and waits for
 //!   it (a rebuild is swapped in with its snapshots written).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{GenerationStatus, Projector, Worker};
+use super::{FirstStatement, GenerationStatus, Projector, Worker};
 use crate::event_store::log::Cursor;
 use crate::snapshots::{self, BoardDue};
 
@@ -80,18 +80,6 @@ pub(super) struct SnapshotsBehind {
     /// their documents.
     due: BTreeMap<Uuid, BoardDue>,
     write: Option<Write>,
-}
-
-/// Unregisters a writer's transaction id from the projector's own when it ends.
-struct OwnedXid {
-    set: Arc<std::sync::Mutex<HashSet<u64>>>,
-    xid: u64,
-}
-
-impl Drop for OwnedXid {
-    fn drop(&mut self) {
-        self.set.lock().expect("own xids").remove(&self.xid);
-    }
 }
 
 impl Projector {
@@ -179,20 +167,12 @@ impl Projector {
             .begin_with("begin isolation level repeatable read")
             .await?;
         // The first statement takes the transaction's view and its id.
-        let sql = if self.settings.async_commit {
-            "select pg_current_xact_id()::text from (select set_config('synchronous_commit', 'off', true)) as local"
-        } else {
-            "select pg_current_xact_id()::text"
-        };
-        let xid: String = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+        let first = FirstStatement::plain(self.settings.async_commit).with_transaction_id();
+        let xid: String = sqlx::query_scalar(first).fetch_one(&mut *tx).await?;
         let xid: u64 = xid
             .parse()
             .map_err(|e| sqlx::Error::Protocol(format!("transaction id {xid}: {e}")))?;
-        self.own_xids.lock().expect("own xids").insert(xid);
-        let _own = OwnedXid {
-            set: self.own_xids.clone(),
-            xid,
-        };
+        let _own = self.own_xid(xid);
         let _ = taken.send(());
         if let Some(stall) = self.faults.snapshot_stall() {
             tokio::time::sleep(stall).await;

@@ -137,12 +137,24 @@ pub struct Projector {
 /// Unregisters a transaction id from [`Projector::own_xids`] when its batch ends,
 /// however it ends (at worst a little before its transaction does: that only makes
 /// the reads more careful).
-struct OwnXid<'a> {
-    set: &'a std::sync::Mutex<HashSet<u64>>,
+struct OwnXid {
+    set: Arc<std::sync::Mutex<HashSet<u64>>>,
     xid: u64,
 }
 
-impl Drop for OwnXid<'_> {
+impl Projector {
+    /// Registers `xid`, a transaction of this projector that writes no events, among
+    /// its own until the returned guard is dropped.
+    fn own_xid(&self, xid: u64) -> OwnXid {
+        self.own_xids.lock().expect("own xids").insert(xid);
+        OwnXid {
+            set: self.own_xids.clone(),
+            xid,
+        }
+    }
+}
+
+impl Drop for OwnXid {
     fn drop(&mut self) {
         self.set.lock().expect("own xids").remove(&self.xid);
     }
@@ -323,12 +335,7 @@ impl Projector {
             let xid: String = sqlx::query_scalar(first.with_transaction_id())
                 .fetch_one(&mut *tx)
                 .await?;
-            let xid: u64 = xid.parse()?;
-            self.own_xids.lock().expect("own xids").insert(xid);
-            Some(OwnXid {
-                set: &self.own_xids,
-                xid,
-            })
+            Some(self.own_xid(xid.parse()?))
         } else {
             None
         };
@@ -348,6 +355,7 @@ impl Projector {
             // `rebuild::pipeline_snapshots`), and a live one's with
             // `live_snapshots_behind`.
             defer_board_snapshots: self.settings.loops
+                && gen.projection == Projection::BoardView
                 && match gen.status {
                     GenerationStatus::Building => rebuild::snapshots_pipelined(),
                     _ => self.settings.live_snapshots_behind,
@@ -572,6 +580,17 @@ struct FirstStatement {
     hold: bool,
     async_commit: bool,
     custom_plans: bool,
+}
+
+impl FirstStatement {
+    /// A transaction that only takes its id (and commits asynchronously if asked).
+    fn plain(async_commit: bool) -> Self {
+        Self {
+            hold: false,
+            async_commit,
+            custom_plans: false,
+        }
+    }
 }
 
 impl FirstStatement {
