@@ -49,8 +49,9 @@ pub struct Faults {
     /// Makes a projection's batches slow (a stall inside its transaction).
     #[cfg(feature = "fault-injection")]
     pub slow: Option<SlowProjection>,
-    /// Makes writing Board snapshots slow (a stall in their transaction, before the
-    /// statement).
+    /// Makes writing Board snapshots slow: a stall in their transaction, before the
+    /// statement (asked for by a batch that writes them itself, or by the writer
+    /// behind the batches right after it took its view).
     #[cfg(feature = "fault-injection")]
     pub slow_snapshots: Option<SlowSnapshots>,
 }

@@ -449,6 +449,13 @@ pub async fn ensure_server_login(admin: &PgPool, name: &str, password: &str) -> 
     Ok(())
 }
 
+/// Whether `e` is a transaction's collision with another's (a serialization failure or
+/// a deadlock): the work may be tried again, or given up to the other.
+pub fn collided(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("40001") | Some("40P01")))
+}
+
 /// Connects, retrying while a just-started server finishes recovery.
 pub async fn connect_with_retry(url: &str) -> Result<PgPool> {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -238,6 +238,54 @@ pub async fn write_boards(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// [`write_boards`] in a transaction that another may race to the same snapshots (Board
+/// snapshots written behind the batches, by a building generation and the live one at
+/// the same boundary of a Board). Under `REPEATABLE READ` a snapshot the other
+/// committed after this transaction's view fails the insert to serialize: `on conflict
+/// do nothing` cannot skip a row it does not see. That snapshot is there already (the
+/// same fold of the same events), so the statement's savepoint is rolled back and the
+/// Boards are written one by one, each in a savepoint of its own, skipping those the
+/// other has: the transaction keeps the rest instead of losing them all. Returns the
+/// Boards skipped.
+pub async fn write_boards_beside_other_writers(
+    conn: &mut PgConnection,
+    fold_version: i32,
+    generation: i32,
+    boards: &[BoardDue],
+    batch_end: Cursor,
+) -> Result<usize, sqlx::Error> {
+    if in_savepoint(conn, fold_version, generation, boards, batch_end).await? {
+        return Ok(0);
+    }
+    if boards.len() == 1 {
+        return Ok(1);
+    }
+    let mut skipped = 0;
+    for board in boards.chunks(1) {
+        if !in_savepoint(conn, fold_version, generation, board, batch_end).await? {
+            skipped += 1;
+        }
+    }
+    Ok(skipped)
+}
+
+/// [`write_boards`] in a savepoint: `false` (and rolled back) when the transaction
+/// collided with another.
+async fn in_savepoint(
+    conn: &mut PgConnection,
+    fold_version: i32,
+    generation: i32,
+    boards: &[BoardDue],
+    batch_end: Cursor,
+) -> Result<bool, sqlx::Error> {
+    let mut savepoint = conn.begin().await?;
+    match write_boards(&mut savepoint, fold_version, generation, boards, batch_end).await {
+        Ok(()) => savepoint.commit().await.map(|()| true),
+        Err(e) if crate::postgres::collided(&e) => savepoint.rollback().await.map(|()| false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The newest snapshot of one stream's document that holds only events recorded at or

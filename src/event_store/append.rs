@@ -278,13 +278,9 @@ pub async fn append_via(
                     "timed out waiting for another command on the same stream; retry".into(),
                 ))
             }
-            sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("40P01") | Some("40001")) =>
-            {
-                AppendError::Failed(AppError::Conflict(
-                    "concurrent commands collided; retry".into(),
-                ))
-            }
+            e if crate::postgres::collided(e) => AppendError::Failed(AppError::Conflict(
+                "concurrent commands collided; retry".into(),
+            )),
             sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
                 // The key in the message's detail names the stream (ids only): a stream
                 // to be created that exists, or a version another writer took.

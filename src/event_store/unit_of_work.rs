@@ -155,17 +155,14 @@ impl GuardMoved {
 
 /// Lock waits and deadlocks become conflicts the client can retry.
 fn lock_error(e: sqlx::Error) -> AppError {
+    if crate::postgres::collided(&e) {
+        return AppError::Conflict("concurrent commands collided; retry".into());
+    }
     if let sqlx::Error::Database(db) = &e {
-        match db.code().as_deref() {
-            Some("55P03") => {
-                return AppError::Conflict(
-                    "timed out waiting for another command on the same stream; retry".into(),
-                )
-            }
-            Some("40P01") | Some("40001") => {
-                return AppError::Conflict("concurrent commands collided; retry".into())
-            }
-            _ => {}
+        if db.code().as_deref() == Some("55P03") {
+            return AppError::Conflict(
+                "timed out waiting for another command on the same stream; retry".into(),
+            );
         }
     }
     AppError::from(e)

@@ -180,7 +180,7 @@ impl Projector {
         let per_statement = if job.paced { 1 } else { job.boards.len() };
         for boards in job.boards.chunks(per_statement.max(1)) {
             let started = Instant::now();
-            snapshots::write_boards(
+            let skipped = snapshots::write_boards_beside_other_writers(
                 &mut tx,
                 job.fold_version,
                 job.generation,
@@ -188,6 +188,12 @@ impl Projector {
                 job.batch_end,
             )
             .await?;
+            if skipped > 0 {
+                tracing::debug!(
+                    skipped,
+                    "Board snapshots another writer committed meanwhile were kept"
+                );
+            }
             if job.paced {
                 tokio::time::sleep(pause_after(started.elapsed())).await;
             }

@@ -341,6 +341,15 @@ impl Projector {
         };
         let at = stage(ProjectorStage::Begin, at);
         let events: Vec<&RecordedEvent> = rows.iter().map(|(_, e)| e).collect();
+        // Written behind (see `behind`), on a loop, whose worker waits until they have
+        // their view before its next commit: a building generation's (see
+        // `rebuild::pipeline_snapshots`), and a live one's with `live_snapshots_behind`.
+        let defer_board_snapshots = self.settings.loops
+            && gen.projection == Projection::BoardView
+            && match gen.status {
+                GenerationStatus::Building => rebuild::snapshots_pipelined(),
+                _ => self.settings.live_snapshots_behind,
+            };
         let input = BatchInput {
             projection: gen.projection,
             generation: gen.generation,
@@ -350,17 +359,14 @@ impl Projector {
             snapshot_every: self.settings.snapshot_every,
             batch_end: new_cursor,
             joined_writes: folded,
-            // Written behind (see `behind`), on a loop, whose worker waits until they
-            // have their view before its next commit: a building generation's (see
-            // `rebuild::pipeline_snapshots`), and a live one's with
-            // `live_snapshots_behind`.
-            defer_board_snapshots: self.settings.loops
-                && gen.projection == Projection::BoardView
-                && match gen.status {
-                    GenerationStatus::Building => rebuild::snapshots_pipelined(),
-                    _ => self.settings.live_snapshots_behind,
-                },
-            snapshot_stall: self.faults.snapshot_stall(),
+            defer_board_snapshots,
+            // Asked for only where Board snapshots are written: the writer behind asks
+            // for its own.
+            snapshot_stall: if gen.projection == Projection::BoardView && !defer_board_snapshots {
+                self.faults.snapshot_stall()
+            } else {
+                None
+            },
             header_counters: self.settings.header_counters,
             paired_board_reads: self.settings.paired_board_reads,
             flat_durations: self.settings.flat_durations,

@@ -678,6 +678,175 @@ async fn a_live_batch_does_not_wait_for_its_board_snapshots_and_each_is_of_its_v
     assert!(snapshots.iter().any(|s| s.0 == boards[0] && s.1 > 2));
 }
 
+/// The live generation's `board_view` generation.
+async fn live_board_view(pool: &PgPool) -> i32 {
+    sqlx::query_scalar(
+        "select generation from projection_state where name = 'board_view' and status = 'live'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Another writer's snapshot of `board` at `version` (a building generation's, say),
+/// committed now.
+async fn other_writers_snapshot(pool: &PgPool, board: Uuid, version: i64) {
+    sqlx::query(
+        "insert into snapshots (kind, id, fold_version, version, max_recorded_at, doc) \
+         values ('board', $1, $2, $3, now(), '{\"by\": \"the other writer\"}')",
+    )
+    .bind(board)
+    .bind(Projection::BoardView.version())
+    .bind(version)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The Board snapshots stored, by Board and version.
+async fn board_snapshots(pool: &PgPool) -> HashMap<(Uuid, i64), serde_json::Value> {
+    sqlx::query_as::<_, (Uuid, i64, serde_json::Value)>(
+        "select id, version, doc from snapshots where kind = 'board'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, version, doc)| ((id, version), doc))
+    .collect()
+}
+
+#[tokio::test]
+async fn board_snapshots_written_beside_another_writer_skip_only_those_it_committed_after_the_view()
+{
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let boards = [
+        open_board(&store, "Beside A").await,
+        open_board(&store, "Beside B").await,
+        open_board(&store, "Beside C").await,
+    ];
+    for (i, board) in boards.iter().enumerate() {
+        request_appointment(&store, *board, &format!("Beside {i}")).await;
+    }
+    let projector = start_with_faults(
+        &pool,
+        &store,
+        DaemonConfig {
+            snapshot_every: 1000,
+            ..config()
+        },
+        Faults::default(),
+    );
+    caught_up(&pool).await;
+    projector.stop().await.unwrap();
+    let generation = live_board_view(&pool).await;
+    let mut due = Vec::new();
+    for board in boards {
+        let fold = fresh_fold(&pool, board).await;
+        due.push(careboard::snapshots::BoardDue {
+            id: board,
+            version: fold.version,
+            at: fold.max_recorded_at.expect("the Board has events"),
+        });
+    }
+    // A writer behind: its view first, as a building generation's or the live one's...
+    let mut conn = pool.acquire().await.unwrap();
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "begin isolation level repeatable read")
+        .await
+        .unwrap();
+    sqlx::query("select 1").execute(&mut *tx).await.unwrap();
+    // ...then the other's snapshot of the middle Board, committed after that view.
+    other_writers_snapshot(&pool, boards[1], due[1].version).await;
+    let skipped = careboard::snapshots::write_boards_beside_other_writers(
+        &mut tx,
+        Projection::BoardView.version(),
+        generation,
+        &due,
+        Cursor { tx: 0, seq: 0 },
+    )
+    .await
+    .expect("the Boards the other writer has not written are written");
+    tx.commit().await.unwrap();
+    assert_eq!(skipped, 1);
+    let stored = board_snapshots(&pool).await;
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert_eq!(
+        stored[&(boards[1], due[1].version)],
+        json!({"by": "the other writer"})
+    );
+    for i in [0, 2] {
+        let doc: BoardDoc = serde_json::from_value(stored[&(boards[i], due[i].version)].clone())
+            .expect("a Board document");
+        assert_eq!(
+            serde_json::to_string(&doc).unwrap(),
+            serde_json::to_string(&fresh_fold(&pool, boards[i]).await).unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_live_snapshot_writer_keeps_its_other_boards_when_another_writer_took_one() {
+    let pool = helpers::fresh_database().await;
+    let store = helpers::store(&pool);
+    let boards = [
+        open_board(&store, "Raced A").await,
+        open_board(&store, "Raced B").await,
+    ];
+    // Both Boards pass their boundary in the first batch: one writer takes both.
+    for (i, board) in boards.iter().enumerate() {
+        request_appointment(&store, *board, &format!("Raced {i}")).await;
+    }
+    // The writer stalls once, right after taking its view.
+    let viewed = Arc::new(tokio::sync::Notify::new());
+    let stalls = Arc::new(AtomicUsize::new(0));
+    let faults = Faults {
+        slow_snapshots: Some({
+            let (viewed, stalls) = (viewed.clone(), stalls.clone());
+            Arc::new(move || {
+                (stalls.fetch_add(1, Ordering::SeqCst) == 0).then(|| {
+                    viewed.notify_one();
+                    Duration::from_secs(2)
+                })
+            })
+        }),
+        ..Default::default()
+    };
+    let projector = start_with_faults(
+        &pool,
+        &store,
+        DaemonConfig {
+            snapshot_every: 2,
+            ..config()
+        },
+        faults,
+    );
+    tokio::time::timeout(Duration::from_secs(20), viewed.notified())
+        .await
+        .expect("the snapshot writer took its view");
+    // Another writer commits the first Board's snapshot while this one stalls.
+    other_writers_snapshot(&pool, boards[0], 2).await;
+    caught_up(&pool).await;
+    // A stopping loop waits for its writer.
+    projector.stop().await.unwrap();
+    let stored = board_snapshots(&pool).await;
+    assert_eq!(
+        stored.get(&(boards[0], 2)),
+        Some(&json!({"by": "the other writer"}))
+    );
+    let doc: BoardDoc = serde_json::from_value(
+        stored
+            .get(&(boards[1], 2))
+            .expect("the other Board's snapshot was kept")
+            .clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::to_string(&doc).unwrap(),
+        serde_json::to_string(&fresh_fold(&pool, boards[1]).await).unwrap()
+    );
+}
+
 #[tokio::test]
 async fn one_read_of_the_log_feeds_every_projection_and_each_commits_it_with_its_checkpoint() {
     let pool = helpers::fresh_database().await;
