@@ -23,7 +23,7 @@ use crate::leader::Lease;
 use crate::matcher::{Matcher, MatcherConfig, MatcherEnd};
 use crate::metrics::Metrics;
 use crate::pacing::Wakes;
-use crate::projector::{Projector, ProjectorEnd, ProjectorSettings};
+use crate::projector::{Projector, ProjectorEnd};
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -197,31 +197,6 @@ impl Default for DaemonConfig {
 }
 
 impl DaemonConfig {
-    fn projector(&self) -> ProjectorSettings {
-        ProjectorSettings {
-            batch_size: self.batch_size,
-            rebuild_batch_size: self.rebuild_batch_size,
-            max_poll_interval: self.max_poll_interval,
-            max_attempts: self.max_attempts,
-            retry_backoff: self.retry_backoff,
-            snapshot_every: self.snapshot_every,
-            shared_read: self.shared_read,
-            loops: self.loops,
-            async_commit: self.async_commit,
-            follower_pace: self.follower_pace,
-            direct_wake: self.direct_wake,
-            fused_statements: self.fused_statements,
-            lone_checkpoints: self.lone_checkpoints,
-            custom_plans: self.custom_plans,
-            fewer_round_trips: self.fewer_round_trips,
-            fresh_statistics: self.fresh_statistics,
-            header_counters: self.header_counters,
-            paired_board_reads: self.paired_board_reads,
-            flat_durations: self.flat_durations,
-            live_snapshots_behind: self.live_snapshots_behind,
-        }
-    }
-
     fn matcher(&self) -> MatcherConfig {
         MatcherConfig {
             batch_size: self.batch_size,
@@ -486,7 +461,7 @@ impl Daemon {
     ) -> JoinHandle<Result<ProjectorEnd>> {
         let projector = Projector::new(
             self.pool.clone(),
-            self.config.projector(),
+            self.config.clone(),
             self.metrics.clone(),
             self.faults.clone(),
         );

@@ -31,6 +31,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{watch, Notify};
 
+use crate::daemon::DaemonConfig;
 use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
 use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};
@@ -52,66 +53,6 @@ pub const CUSTOM_PLANS: &str = "set_config('plan_cache_mode', 'force_custom_plan
 /// The `tracing` target of the event each committed batch emits (at debug level).
 pub const BATCH_TRACE_TARGET: &str = "careboard::projector::batch";
 
-/// How the projector reads and retries.
-#[derive(Debug, Clone)]
-pub struct ProjectorSettings {
-    /// Most events read and applied per transaction.
-    pub batch_size: i64,
-    /// Batch size of a side-by-side rebuild: larger, so it catches up with the live
-    /// generation while appends continue.
-    pub rebuild_batch_size: i64,
-    /// Longest sleep between polls when idle (the poll interval adapts up to it).
-    pub max_poll_interval: Duration,
-    /// Attempts at an event the fold rejects before it is dead-lettered.
-    pub max_attempts: u32,
-    /// First retry delay; doubles per attempt.
-    pub retry_backoff: Duration,
-    /// Snapshot a document every this many events (0: never). Bounds `asOf` folds.
-    pub snapshot_every: i64,
-    /// Share one read among the live projections at one checkpoint and read ahead
-    /// (see [`crate::daemon::DaemonConfig::shared_read`]).
-    pub shared_read: bool,
-    /// Each generation on a loop of its own (see [`crate::daemon::DaemonConfig::loops`]).
-    pub loops: bool,
-    /// Commit without waiting for the WAL flush (see
-    /// [`crate::daemon::DaemonConfig::async_commit`]).
-    pub async_commit: bool,
-    /// Shortest time between batches of a follower (see
-    /// [`crate::daemon::DaemonConfig::follower_pace`]).
-    pub follower_pace: Duration,
-    /// Loops woken straight from the append signal, `board_view`'s on a connection of
-    /// its own (see [`crate::daemon::DaemonConfig::direct_wake`]).
-    pub direct_wake: bool,
-    /// NOTIFY in the checkpoint's statement (see
-    /// [`crate::daemon::DaemonConfig::fused_statements`]).
-    pub fused_statements: bool,
-    /// A batch holding no event of its projection moves the checkpoint in one
-    /// autocommit statement (see [`crate::daemon::DaemonConfig::lone_checkpoints`]).
-    pub lone_checkpoints: bool,
-    /// Each batch transaction plans its statements for their own parameters (see
-    /// [`crate::daemon::DaemonConfig::custom_plans`]).
-    pub custom_plans: bool,
-    /// `board_view`'s live batches open with BEGIN and the settings in one round trip,
-    /// take no transaction id and write headers and appointment rows in one statement
-    /// (see [`crate::daemon::DaemonConfig::fewer_round_trips`]).
-    pub fewer_round_trips: bool,
-    /// Analyze a projection's table each time it doubles while young (see
-    /// [`crate::daemon::DaemonConfig::fresh_statistics`]).
-    pub fresh_statistics: bool,
-    /// A Board batch of appointment events writes only its header's counters (see
-    /// [`crate::daemon::DaemonConfig::header_counters`]).
-    pub header_counters: bool,
-    /// A `board_view` batch reads each touched appointment under its own Board (see
-    /// [`crate::daemon::DaemonConfig::paired_board_reads`]).
-    pub paired_board_reads: bool,
-    /// `appointment_durations` folded from its flat columns, without a document (see
-    /// [`crate::daemon::DaemonConfig::flat_durations`]).
-    pub flat_durations: bool,
-    /// A live `board_view` loop writes its Board snapshots behind its batches (see
-    /// [`crate::daemon::DaemonConfig::live_snapshots_behind`]).
-    pub live_snapshots_behind: bool,
-}
-
 /// Why the projector stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ProjectorEnd {
@@ -125,7 +66,9 @@ pub enum ProjectorEnd {
 #[derive(Clone)]
 pub struct Projector {
     pool: PgPool,
-    settings: ProjectorSettings,
+    /// How it reads, writes and retries: the daemon's settings (each documented
+    /// there).
+    settings: DaemonConfig,
     metrics: Arc<Metrics>,
     faults: Faults,
     /// The ids of this projector's own transactions still running. They write no
@@ -163,7 +106,7 @@ impl Drop for OwnXid {
 impl Projector {
     pub fn new(
         pool: PgPool,
-        settings: ProjectorSettings,
+        settings: DaemonConfig,
         metrics: Arc<Metrics>,
         faults: Faults,
     ) -> Self {
@@ -314,7 +257,7 @@ impl Projector {
             custom_plans: self.settings.custom_plans,
         };
         // Folded: BEGIN and the transaction's settings in one round trip, and no
-        // transaction id asked for (see `ProjectorSettings::fewer_round_trips`).
+        // transaction id asked for (see `DaemonConfig::fewer_round_trips`).
         let folded = self.settings.fewer_round_trips
             && self.settings.loops
             && gen.projection == Projection::BoardView
