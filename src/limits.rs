@@ -113,7 +113,7 @@ pub fn check_fragment_expansion(
     document: &async_graphql::parser::types::ExecutableDocument,
     max: usize,
 ) -> Result<(), String> {
-    use async_graphql::parser::types::{DocumentOperations, Selection, SelectionSet};
+    use async_graphql::parser::types::{Selection, SelectionSet};
     use std::collections::HashMap;
 
     struct Count<'a> {
@@ -166,22 +166,15 @@ pub fn check_fragment_expansion(
         document,
         fragments: HashMap::new(),
     };
-    let sets: Vec<&SelectionSet> = match &document.operations {
-        DocumentOperations::Single(op) => vec![&op.node.selection_set.node],
-        DocumentOperations::Multiple(ops) => {
-            ops.values().map(|op| &op.node.selection_set.node).collect()
-        }
+    let too_long = || {
+        format!(
+            "the document's fragments spread each other more than {MAX_FRAGMENT_CHAIN} levels deep"
+        )
     };
     let mut total = 0usize;
-    for set in sets {
-        match count.set(set, 0) {
-            Ok(size) => total = total.saturating_add(size),
-            Err(()) => {
-                return Err(format!(
-                    "the document's fragments spread each other more than {MAX_FRAGMENT_CHAIN} levels deep"
-                ))
-            }
-        }
+    for set in operation_sets(document) {
+        let size = count.set(set, 0).map_err(|()| too_long())?;
+        total = total.saturating_add(size);
     }
     // Fragments no operation spreads are walked by validation too.
     let names: Vec<&str> = document.fragments.keys().map(|n| n.as_str()).collect();
@@ -191,17 +184,11 @@ pub fn check_fragment_expansion(
         }
         let fragment = &document.fragments[name];
         count.fragments.insert(name, None);
-        match count.set(&fragment.node.selection_set.node, 1) {
-            Ok(size) => {
-                count.fragments.insert(name, Some(size));
-                total = total.saturating_add(size);
-            }
-            Err(()) => {
-                return Err(format!(
-                    "the document's fragments spread each other more than {MAX_FRAGMENT_CHAIN} levels deep"
-                ))
-            }
-        }
+        let size = count
+            .set(&fragment.node.selection_set.node, 1)
+            .map_err(|()| too_long())?;
+        count.fragments.insert(name, Some(size));
+        total = total.saturating_add(size);
     }
     if total > max {
         return Err(format!(
@@ -209,6 +196,19 @@ pub fn check_fragment_expansion(
         ));
     }
     Ok(())
+}
+
+/// The root selection set of each operation of `document`.
+fn operation_sets(
+    document: &async_graphql::parser::types::ExecutableDocument,
+) -> Vec<&async_graphql::parser::types::SelectionSet> {
+    use async_graphql::parser::types::DocumentOperations;
+    match &document.operations {
+        DocumentOperations::Single(op) => vec![&op.node.selection_set.node],
+        DocumentOperations::Multiple(ops) => {
+            ops.values().map(|op| &op.node.selection_set.node).collect()
+        }
+    }
 }
 
 /// The most fields a document may select with its fragments spelled out, for a schema
@@ -359,13 +359,8 @@ fn validation_error(message: String) -> async_graphql::ServerError {
 /// Whether `document` selects `__schema` or `__type` anywhere (in any operation or
 /// fragment, at any depth). `__typename` is not introspection of the schema.
 pub fn selects_introspection(document: &async_graphql::parser::types::ExecutableDocument) -> bool {
-    use async_graphql::parser::types::{DocumentOperations, Selection, SelectionSet};
-    let mut sets: Vec<&SelectionSet> = match &document.operations {
-        DocumentOperations::Single(op) => vec![&op.node.selection_set.node],
-        DocumentOperations::Multiple(ops) => {
-            ops.values().map(|op| &op.node.selection_set.node).collect()
-        }
-    };
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    let mut sets: Vec<&SelectionSet> = operation_sets(document);
     sets.extend(
         document
             .fragments
