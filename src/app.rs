@@ -152,6 +152,8 @@ pub fn state_with(
         access_log,
         read_wait,
     };
+    let subscription_slots =
+        crate::limits::SubscriptionSlots::new(limits.max_subscriptions_per_caller);
     AppState {
         schema: build_schema(data.clone(), &limits),
         introspection_schema: crate::graphql::build_introspection_schema(data, &limits),
@@ -169,6 +171,7 @@ pub fn state_with(
         frames,
         health,
         rate_limiter,
+        subscription_slots,
         auth: None,
         dev_issuer: None,
         // `--page-token-ttl`'s default.

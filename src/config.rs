@@ -179,6 +179,17 @@ pub struct GraphqlLimits {
         default_value_t = 100
     )]
     pub max_subscriptions_per_socket: usize,
+    /// Most subscriptions one caller (its token's subject; without a token, its
+    /// address) may hold at once over all its websockets: a Board's shared group keeps
+    /// its newest frame, so each distinct subscription holds memory in proportion to
+    /// its Board, and sockets alone would not bound them. Past it an operation gets an
+    /// `error` (`RATE_LIMITED`) and the socket stays open.
+    #[arg(
+        long,
+        env = "CAREBOARD_MAX_SUBSCRIPTIONS_PER_CALLER",
+        default_value_t = 100
+    )]
+    pub max_subscriptions_per_caller: usize,
     /// A websocket that sends no `connection_init` within this many ms is closed (4408).
     #[arg(long, env = "CAREBOARD_WS_INIT_TIMEOUT_MS", default_value_t = 10_000)]
     pub ws_init_timeout_ms: u64,

@@ -65,38 +65,45 @@ pub struct Frame {
     /// The Board version shown; `None` for an answer that ends the subscription (a
     /// refusal or an error before the first Board).
     pub version: Option<i64>,
-    /// The GraphQL response, encoded once (`None`: the group ended without one).
-    pub payload: Option<Box<str>>,
     /// What it disclosed, for each receiver's access record.
     pub disclosed: Option<Disclosed>,
     /// Nothing follows this frame.
     pub last: bool,
-    /// The payload and the envelope's closing brace, made once: every socket's bytes
-    /// are its own header and prefix, then these ([`FrameBytes::Joined`],
-    /// [`FrameBytes::Shared`]).
+    /// The GraphQL response, encoded once, and the envelope's closing brace: every
+    /// socket's bytes are its own header and prefix, then these
+    /// ([`FrameBytes::Joined`], [`FrameBytes::Shared`]). `None`: the group ended
+    /// without a response. The response is kept only here ([`Frame::payload`]): a
+    /// group holds its newest frame, as large as its Board's document.
     tail: Option<Bytes>,
 }
 
 impl Frame {
     fn new(
         version: Option<i64>,
-        payload: Option<Box<str>>,
+        payload: Option<String>,
         disclosed: Option<Disclosed>,
         last: bool,
     ) -> Self {
-        let tail = payload.as_deref().map(|p| {
-            let mut tail = Vec::with_capacity(p.len() + 1);
-            tail.extend_from_slice(p.as_bytes());
+        let tail = payload.map(|p| {
+            let mut tail = p.into_bytes();
             tail.push(b'}');
+            // Held as long as the group's newest frame: no spare capacity with it.
+            tail.shrink_to_fit();
             Bytes::from(tail)
         });
         Frame {
             version,
-            payload,
             disclosed,
             last,
             tail,
         }
+    }
+
+    /// The GraphQL response, encoded once (`None`: the group ended without one).
+    pub fn payload(&self) -> Option<&str> {
+        self.tail.as_ref().map(|tail| {
+            std::str::from_utf8(&tail[..tail.len() - 1]).expect("a response encoded as text")
+        })
     }
 }
 
@@ -563,7 +570,7 @@ enum Encoded {
 /// Whether `frame` goes out from the writer pass (else every socket's task handles it:
 /// its disclosures are recorded per receiver first, or it ends the group).
 fn direct(frame: &Frame) -> bool {
-    frame.payload.is_some() && frame.disclosed.is_none() && !frame.last
+    frame.payload().is_some() && frame.disclosed.is_none() && !frame.last
 }
 
 /// The websocket bytes of `frame` for each (subscription id, protocol) among `slots`,
@@ -574,7 +581,7 @@ fn encode_for(
     metrics: &FrameMetrics,
 ) -> Vec<(Arc<str>, bool, Bytes)> {
     let mut encoded: Vec<(Arc<str>, bool, Bytes)> = Vec::new();
-    let Some(payload) = frame.payload.as_deref().filter(|_| direct(frame)) else {
+    let Some(payload) = frame.payload().filter(|_| direct(frame)) else {
         return encoded;
     };
     for slot in slots {
@@ -867,7 +874,7 @@ async fn run_group(
         let (version, disclosed) = tap.take();
         add_error_codes(&mut response);
         let payload = match serde_json::to_string(&response) {
-            Ok(p) => p.into_boxed_str(),
+            Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a shared frame");
                 break;
@@ -922,7 +929,7 @@ fn member(
                 }
             }
             let ends = frame.last;
-            if frame.payload.is_some() {
+            if frame.payload().is_some() {
                 yield Delivery::Frame(frame);
             }
             if ends {
@@ -1250,8 +1257,7 @@ mod tests {
             slot.state.lock().unwrap().parked.is_none(),
             "the older parked frame is dropped"
         );
-        let expected =
-            crate::ws_out::text_frame(&envelope(false, "1", second.payload.as_deref().unwrap()));
+        let expected = crate::ws_out::text_frame(&envelope(false, "1", second.payload().unwrap()));
         let mut got = vec![0u8; expected.len()];
         theirs.read_exact(&mut got).await.unwrap();
         assert_eq!(got, &expected[..], "version 2 alone, byte for byte");
@@ -1385,7 +1391,7 @@ mod tests {
             assert_eq!(metrics.frames_sent.get(), 300, "{label}");
             assert_eq!(metrics.pass_parked.get(), 0, "{label}");
             let expected =
-                crate::ws_out::text_frame(&envelope(false, "1", frame.payload.as_deref().unwrap()));
+                crate::ws_out::text_frame(&envelope(false, "1", frame.payload().unwrap()));
             for (theirs, _) in &mut ends {
                 let mut got = vec![0u8; expected.len()];
                 theirs.read_exact(&mut got).await.unwrap();
@@ -1507,7 +1513,7 @@ mod tests {
             assert_eq!(metrics.frames_sent.get(), 20, "{label}");
             assert_eq!(metrics.pass_sockets.get(), 20, "{label}");
             let expected =
-                crate::ws_out::text_frame(&envelope(false, "1", frame.payload.as_deref().unwrap()));
+                crate::ws_out::text_frame(&envelope(false, "1", frame.payload().unwrap()));
             for (theirs, _) in &mut ends {
                 let mut got = vec![0u8; expected.len()];
                 theirs.read_exact(&mut got).await.unwrap();

@@ -83,6 +83,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod daemon_config;
 pub mod demo;
 pub mod domain;
 pub mod error;

@@ -2,9 +2,10 @@
 //! before the recursive parser sees a document, a cap on the pool connections one
 //! request may hold, per-client rate limits, and security headers on HTML pages.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextResolve, ResolveInfo,
@@ -543,11 +544,12 @@ impl RateCharge {
                 None,
             ),
         };
-        let mut error = async_graphql::ServerError::new(message, None);
-        let extensions = error.extensions.get_or_insert_with(Default::default);
-        extensions.set("code", crate::error::ErrorCode::RateLimited.as_str());
+        let mut error = crate::error::ErrorCode::RateLimited.error(message);
         if let Some(wait) = wait {
-            extensions.set("retryAfter", wait);
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("retryAfter", wait);
         }
         Err(error)
     }
@@ -582,6 +584,62 @@ fn root_fields(
         }
     }
     count
+}
+
+/// The subscriptions each caller holds over all its websockets, up to a maximum
+/// (`--max-subscriptions-per-caller`): the per-socket budget alone lets one token
+/// open socket after socket, each subscription holding its group's newest frame.
+pub struct SubscriptionSlots {
+    max: usize,
+    held: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+/// One subscription's place among its caller's; given back when dropped.
+pub struct SubscriptionSlot {
+    slots: Arc<SubscriptionSlots>,
+    caller: Arc<str>,
+}
+
+impl SubscriptionSlots {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(SubscriptionSlots {
+            max,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more of `caller`'s subscriptions, if it has fewer than the
+    /// maximum.
+    pub fn take(self: &Arc<Self>, caller: &Arc<str>) -> Option<SubscriptionSlot> {
+        let mut held = self.held.lock().expect("subscription slots");
+        let count = held.entry(caller.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(SubscriptionSlot {
+            slots: self.clone(),
+            caller: caller.clone(),
+        })
+    }
+
+    /// Subscriptions `caller` holds now.
+    pub fn held_by(&self, caller: &str) -> usize {
+        let held = self.held.lock().expect("subscription slots");
+        held.get(caller).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().expect("subscription slots");
+        if let Some(count) = held.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
 }
 
 /// Middleware: 429 with `Retry-After` and a `RATE_LIMITED` GraphQL error when the

@@ -34,6 +34,8 @@ pub struct AppState {
     /// Whether the database answers, probed off the pool: fast 503s and UNAVAILABLE.
     pub health: DbHealth,
     pub rate_limiter: RateLimiter,
+    /// The subscriptions each caller holds over all its websockets.
+    pub subscription_slots: Arc<crate::limits::SubscriptionSlots>,
     /// Bearer token verification; `None` serves anonymous requests (`--auth off`,
     /// loopback only).
     pub auth: Option<crate::identity::Verifier>,

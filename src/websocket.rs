@@ -8,8 +8,9 @@
 //!   buffers nothing.
 //! - `subscribe` is checked here, before any query runs: before `connection_init` →
 //!   close 4401; an id already in use → 4409; past the per-socket budget → 4429; a
-//!   document nested too deep → an `error` for that id (the parser never sees it). A
-//!   message that is not one of the protocol's → close 1002; a second
+//!   document nested too deep → an `error` for that id (the parser never sees it); past
+//!   the caller's budget over all its sockets → an `error` for that id. A message that
+//!   is not one of the protocol's → close 4400 (legacy: 1002); a second
 //!   `connection_init` → close 4429 (legacy: a `connection_error`).
 //! - Who is asking: the bearer token comes in `connection_init`'s payload
 //!   (`{"Authorization": "Bearer …"}`, `{"authorization": …}` or `{"token": …}`) or the
@@ -33,7 +34,6 @@
 //!   client (a pong included) counts. A socket silent for three intervals is closed
 //!   (3008); a client that only listens is never timed out.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +59,7 @@ use crate::graphql::access::{Caller, ClientAddr, Recipient};
 use crate::graphql::subscription::SubscriptionBudget;
 use crate::graphql::RequestContext;
 use crate::identity::{AuthError, Principal};
+use crate::limits::SubscriptionSlot;
 use crate::state::AppState;
 use crate::ws_out::{SocketIo, SocketOut};
 
@@ -217,17 +218,33 @@ enum Inbound {
 struct Gate {
     legacy: bool,
     init_received: bool,
-    active: HashSet<String>,
+    /// The subscriptions under way, each with its place among its caller's.
+    active: HashMap<String, Option<SubscriptionSlot>>,
     max_subscriptions: usize,
     max_nesting: usize,
 }
 
 impl Gate {
+    /// The close code of a message that is not one of the protocol's: graphql-ws says
+    /// 4400; the legacy protocol names none, so the WebSocket's own (1002).
+    fn malformed(&self) -> u16 {
+        if self.legacy {
+            1002
+        } else {
+            4400
+        }
+    }
+
     fn inbound(&mut self, bytes: &[u8]) -> Inbound {
-        // serde_json refuses JSON nested past 128 levels: a malformed message (1002).
+        // serde_json refuses JSON nested past 128 levels: a malformed message.
         let message = match serde_json::from_slice::<Value>(bytes) {
             Ok(m) => m,
-            Err(e) => return Inbound::Close(1002, truncate(e.to_string(), 123)),
+            Err(e) => {
+                return Inbound::Close(
+                    self.malformed(),
+                    format!("Invalid message received: {}", truncate(e.to_string(), 90)),
+                )
+            }
         };
         let id = message["id"].as_str().map(str::to_string);
         match message["type"].as_str() {
@@ -247,7 +264,7 @@ impl Gate {
                         format!("Subscription id longer than {MAX_SUBSCRIPTION_ID} bytes"),
                     );
                 }
-                if self.active.contains(&id) {
+                if self.active.contains_key(&id) {
                     return Inbound::Close(4409, "Subscriber for this id already exists".into());
                 }
                 if self.active.len() >= self.max_subscriptions {
@@ -374,6 +391,9 @@ struct Session {
     caller: Option<Caller>,
     /// Records what shared frames disclosed, under this socket's principal.
     recipient: Arc<Recipient>,
+    /// Whose subscriptions these are, for [`crate::limits::SubscriptionSlots`]: the token's subject,
+    /// else the client's address (without its port).
+    caller_key: Arc<str>,
     /// The caller's rate: each operation started on the socket spends one unit, as a
     /// request over HTTP does.
     rate: Option<crate::limits::RateCharge>,
@@ -390,6 +410,14 @@ impl Session {
             (Some(p), _) => Some(Caller::Verified(p.clone())),
             (None, false) => Some(Caller::Unchecked),
             (None, true) => None,
+        };
+        let caller_key: Arc<str> = match (&principal, &addr) {
+            (Some(p), _) => format!("subject {}", p.subject).into(),
+            (None, Some(addr)) => match addr.parse::<std::net::SocketAddr>() {
+                Ok(socket) => format!("address {}", socket.ip()).into(),
+                Err(_) => format!("address {addr}").into(),
+            },
+            (None, None) => "anonymous".into(),
         };
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let mut data = Data::default();
@@ -427,6 +455,7 @@ impl Session {
             data: Arc::new(data),
             caller,
             recipient: Arc::new(recipient),
+            caller_key,
             rate,
         }
     }
@@ -524,7 +553,7 @@ enum Started {
 /// The text this socket sends for one outgoing item of subscription `id`.
 fn encode(legacy: bool, id: &str, out: Option<Out>) -> Option<String> {
     match out {
-        Some(Out::Frame(frame)) => frame.payload.as_deref().map(|p| envelope(legacy, id, p)),
+        Some(Out::Frame(frame)) => frame.payload().map(|p| envelope(legacy, id, p)),
         Some(Out::Response(mut response)) => {
             add_error_codes(&mut response);
             if crate::graphql::request_failed(&response) {
@@ -566,7 +595,7 @@ pub async fn serve_socket(
     let mut gate = Gate {
         legacy,
         init_received: false,
-        active: HashSet::new(),
+        active: HashMap::new(),
         max_subscriptions,
         max_nesting: limits.max_nesting,
     };
@@ -633,7 +662,8 @@ pub async fn serve_socket(
                         let message = match serde_json::from_value::<ClientMessage>(message) {
                             Ok(m) => m,
                             Err(e) => {
-                                let _ = sink.send(close(1002, &truncate(e.to_string(), 123))).await;
+                                let reason = format!("Invalid message received: {}", truncate(e.to_string(), 90));
+                                let _ = sink.send(close(gate.malformed(), &reason)).await;
                                 we_closed = true;
                                 break;
                             }
@@ -663,7 +693,20 @@ pub async fn serve_socket(
                                     }
                                     continue;
                                 }
-                                gate.active.insert(id.clone());
+                                let Some(slot) = state.subscription_slots.take(&session.caller_key) else {
+                                    let refused = crate::error::ErrorCode::RateLimited.error(
+                                        format!(
+                                            "this caller holds {} subscriptions over its connections, the most it may: complete one first",
+                                            limits.max_subscriptions_per_caller
+                                        ),
+                                    );
+                                    let refusal = error_message(legacy, &id, &[refused]);
+                                    if sink.send(Message::Text(refusal.into())).await.is_err() {
+                                        break;
+                                    }
+                                    continue;
+                                };
+                                gate.active.insert(id.clone(), Some(slot));
                                 let id: Arc<str> = Arc::from(id);
                                 match session.start(&state, payload, (&id, legacy), &out) {
                                     Started::Stream(stream) => {
@@ -794,7 +837,7 @@ pub async fn serve_socket(
                                 break;
                             }
                         }
-                        if frame.payload.is_some() {
+                        if frame.payload().is_some() {
                             membership.push(&frame);
                             frames_sent.inc();
                         }

@@ -1,6 +1,7 @@
 //! The GraphQL schema: queries, mutations, and the limits that guard them.
 
 pub mod access;
+pub mod field_order;
 pub mod inputs;
 pub mod mutation;
 pub mod query;
@@ -92,6 +93,7 @@ fn schema_with_limits(
     // Every root field meets the permission matrix here, and every answer that
     // disclosed patient fields is recorded here (DESIGN §9).
     .extension(access::AccessEdge)
+    .extension(field_order::FieldOrder)
     // Before async-graphql's own checks, which walk fragments spelled out.
     .extension(crate::limits::DocumentChecks {
         max_expanded_fields: crate::limits::max_expanded_fields(max_complexity),

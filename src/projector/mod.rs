@@ -31,7 +31,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{watch, Notify};
 
-use crate::daemon::DaemonConfig;
+use crate::daemon_config::DaemonConfig;
 use crate::event_store::log::{cursor_of, read_after, read_after_excluding, Cursor};
 use crate::event_store::RecordedEvent;
 use crate::faults::{CrashPoint, Faults};

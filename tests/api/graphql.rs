@@ -793,3 +793,61 @@ async fn a_read_the_projector_has_not_reached_answers_stale() {
         "{r}"
     );
 }
+
+/// Found from outside: async-graphql resolves an object's fields concurrently and put
+/// each in the answer as it finished, so root fields that wait for the database came
+/// back in a different order from one request to the next.
+#[tokio::test]
+async fn answers_keep_the_order_the_document_selects_however_the_fields_finish() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Ordered TX").await;
+    // The projector has the Board.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app
+        .data(
+            "query($id: ID!) { board(id: $id) { id } }",
+            json!({"id": board}),
+        )
+        .await["board"]
+        .is_null()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Board is projected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let query = r#"query($id: ID!) {
+      b: boardDates
+      a: board(id: $id) { name ... on Board { status id } }
+      c: providers(first: 1) { edges { cursor } }
+      d: boardDates
+      e: board(id: $id) { id name }
+    }"#;
+    let client = reqwest::Client::new();
+    for _ in 0..30 {
+        let body = client
+            .post(app.url("/graphql"))
+            .bearer_auth(&app.admin_token)
+            .json(&json!({"query": query, "variables": {"id": board}}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let at = |key: &str| body.find(key).unwrap_or_else(|| panic!("{key} in {body}"));
+        let keys = [
+            "\"b\":",
+            "\"a\":{\"name\":",
+            "\"status\":",
+            "\"c\":",
+            "\"d\":",
+            "\"e\":{\"id\":",
+        ];
+        assert!(
+            keys.windows(2).all(|w| at(w[0]) < at(w[1])),
+            "fields in the document's order: {body}"
+        );
+    }
+}

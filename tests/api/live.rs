@@ -489,3 +489,115 @@ async fn a_follower_picks_up_appointment_rows_an_older_build_wrote() {
     assert_eq!(now.appointments.len(), 3);
     assert_eq!(now, &read::board(&app.pool, id).await.unwrap().unwrap());
 }
+
+/// Reads `ws` until its first `next` for each of `ids`.
+async fn streaming(ws: &mut WsClient, ids: &[&str]) {
+    let mut waiting: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+    while !waiting.is_empty() {
+        let m = ws.next(Duration::from_secs(10)).await.expect("a message");
+        assert_eq!(m["type"], "next", "{m}");
+        waiting.remove(m["id"].as_str().unwrap_or_default());
+    }
+}
+
+/// Found from outside: the per-socket budget let one token open socket after socket,
+/// and each subscription that differs from the others (a variable, an alias) is a group
+/// of its own holding its Board's newest frame (4.5 MB apiece on a Board of 1,000
+/// appointments, 1.3 GB from two sockets in five seconds). A caller's subscriptions
+/// over all its sockets are bounded; past it, an `error` for that operation alone.
+#[tokio::test]
+async fn a_caller_holds_a_bounded_number_of_subscriptions_over_all_its_sockets() {
+    let limits = careboard::config::GraphqlLimits {
+        max_subscriptions_per_caller: 3,
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(limits).await;
+    let board = app.open_board("Slots").await;
+    let mut first = WsClient::open(&app, "graphql-transport-ws").await;
+    let mut second = WsClient::open(&app, "graphql-transport-ws").await;
+    // Distinct groups: each asks from a version of its own.
+    let subscribe = |since: i64| json!({"id": board, "since": since});
+    first.subscribe("a", BOARD_CHANGED, subscribe(-1)).await;
+    first.subscribe("b", BOARD_CHANGED, subscribe(-2)).await;
+    streaming(&mut first, &["a", "b"]).await;
+    second.subscribe("c", BOARD_CHANGED, subscribe(-3)).await;
+    streaming(&mut second, &["c"]).await;
+
+    // A fourth, on either socket: refused alone, the sockets stay open.
+    second.subscribe("d", BOARD_CHANGED, subscribe(-4)).await;
+    let refused = second
+        .next(Duration::from_secs(5))
+        .await
+        .expect("a refusal");
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["id"], "d", "{refused}");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{refused}"
+    );
+    assert!(
+        refused["payload"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("3 subscriptions"),
+        "{refused}"
+    );
+
+    // Another caller has places of its own.
+    let other = app.token(crate::helpers::Who::coordinator());
+    let mut third = WsClient::open_as(&app, "graphql-transport-ws", Some(&other)).await;
+    third.subscribe("e", BOARD_CHANGED, subscribe(-5)).await;
+    streaming(&mut third, &["e"]).await;
+
+    // Completing one gives its place back, whichever socket held it.
+    first.send(json!({"type": "complete", "id": "a"})).await;
+    let complete = first.next(Duration::from_secs(5)).await.expect("complete");
+    assert_eq!(complete["type"], "complete", "{complete}");
+    second.subscribe("d", BOARD_CHANGED, subscribe(-4)).await;
+    streaming(&mut second, &["d"]).await;
+    // And a socket that closes gives back all of its.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        second.subscribe("f", BOARD_CHANGED, subscribe(-6)).await;
+        let m = second
+            .next(Duration::from_secs(5))
+            .await
+            .expect("a message");
+        if m["type"] == "next" && m["id"] == "f" {
+            break;
+        }
+        assert_eq!(m["type"], "error", "{m}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed socket's places came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Found from outside: a message that is not JSON closed a graphql-ws socket with
+/// 1002 and the parser's words; graphql-ws names 4400 for a message that is not one of
+/// its own. The legacy protocol names no code: the WebSocket's 1002 stays.
+#[tokio::test]
+async fn a_message_that_is_not_the_protocols_closes_with_its_protocols_code() {
+    let app = TestApp::spawn().await;
+    for (protocol, code) in [("graphql-transport-ws", 4400), ("graphql-ws", 1002)] {
+        for message in [
+            "{not json",
+            r#"{"type": "subscribe", "id": 7, "payload": {}}"#,
+        ] {
+            let mut ws = WsClient::open(&app, protocol).await;
+            ws.send_text(message).await;
+            let closed = ws.next(Duration::from_secs(5)).await.expect("a close");
+            assert_eq!(closed["close"], code, "{protocol}, {message}: {closed}");
+            assert!(
+                closed["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("Invalid message received"),
+                "{protocol}, {message}: {closed}"
+            );
+        }
+    }
+}

@@ -741,6 +741,15 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Sends `text` as it is (a message that need not be JSON).
+    pub async fn send_text(&mut self, text: &str) {
+        use futures::SinkExt;
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
     /// The next JSON message (skipping keep-alives), or the close frame as
     /// `{"close": code, "reason": text}`; `None` on timeout.
     pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
