@@ -1236,7 +1236,7 @@ mod tests {
 
     fn board_frame(version: i64) -> Arc<Frame> {
         let payload = format!("{{\"data\":{{\"boardChanged\":{{\"version\":{version}}}}}}}");
-        Arc::new(Frame::new(Some(version), Some(payload.into()), None, false))
+        Arc::new(Frame::new(Some(version), Some(payload), None, false))
     }
 
     /// A socket whose task has not yet taken a parked frame: with `Pass`, the next
@@ -1507,7 +1507,7 @@ mod tests {
             let payload = format!(
                 "{{\"data\":{{\"boardChanged\":{{\"version\":3,\"pad\":\"{padding}\"}}}}}}"
             );
-            let frame = Arc::new(Frame::new(Some(3), Some(payload.into()), None, false));
+            let frame = Arc::new(Frame::new(Some(3), Some(payload), None, false));
             write_pass(&members, &frame, &metrics, settings).await;
             let label = format!("{bytes:?}, {} bytes of padding", padding.len());
             assert_eq!(metrics.frames_sent.get(), 20, "{label}");
