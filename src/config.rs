@@ -183,7 +183,8 @@ pub struct GraphqlLimits {
     /// address) may hold at once over all its websockets: a Board's shared group keeps
     /// its newest frame, so each distinct subscription holds memory in proportion to
     /// its Board, and sockets alone would not bound them. Past it an operation gets an
-    /// `error` (`RATE_LIMITED`) and the socket stays open.
+    /// `error` (`RATE_LIMITED`) and the socket stays open. 0: no limit (a load test
+    /// whose subscribers all share one token).
     #[arg(
         long,
         env = "CAREBOARD_MAX_SUBSCRIPTIONS_PER_CALLER",

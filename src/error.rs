@@ -187,9 +187,20 @@ impl From<sqlx::Error> for AppError {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
                 AppError::Timeout("the request ran too long and was cancelled".into())
             }
+            _ if time_out_of_range(&e) => AppError::validation(TIME_OUT_OF_RANGE),
             _ => AppError::Internal(e.into()),
         }
     }
+}
+
+/// A time the request gave (an `asOf`, a `from`) that PostgreSQL cannot hold: bad
+/// input, not a fault of the service.
+const TIME_OUT_OF_RANGE: &str =
+    "a time outside what can be stored: give one between 4713 BC and 294276 AD";
+
+/// 22008 (`datetime_field_overflow`): a time past PostgreSQL's range.
+fn time_out_of_range(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("22008"))
 }
 
 impl AppError {
@@ -209,6 +220,13 @@ impl From<anyhow::Error> for AppError {
         if unavailable {
             tracing::warn!(error = %e, "database unavailable");
             return AppError::unavailable();
+        }
+        if e.chain().any(|cause| {
+            cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(time_out_of_range)
+        }) {
+            return AppError::validation(TIME_OUT_OF_RANGE);
         }
         AppError::Internal(e)
     }

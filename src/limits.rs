@@ -609,11 +609,11 @@ impl SubscriptionSlots {
     }
 
     /// A place for one more of `caller`'s subscriptions, if it has fewer than the
-    /// maximum.
+    /// maximum (0: no maximum).
     pub fn take(self: &Arc<Self>, caller: &Arc<str>) -> Option<SubscriptionSlot> {
         let mut held = self.held.lock().expect("subscription slots");
         let count = held.entry(caller.clone()).or_insert(0);
-        if *count >= self.max {
+        if self.max > 0 && *count >= self.max {
             return None;
         }
         *count += 1;

@@ -145,8 +145,10 @@ impl Server {
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "warn")
             .env("CAREBOARD_MAX_SUBSCRIPTIONS_PER_SOCKET", "100000")
-            // Every subscriber is the same caller from one address: no rate limit.
+            // Every subscriber is the same caller from one address: no rate limit, and
+            // no limit on one caller's subscriptions (the crowd stands for many people).
             .env("CAREBOARD_RATE_LIMIT_PER_SECOND", "0")
+            .env("CAREBOARD_MAX_SUBSCRIPTIONS_PER_CALLER", "0")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -66,6 +66,24 @@ async fn judge(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
     {
         return Err(authorize_matrix(&principal, operation, &Facts::default()).unwrap_err());
     }
+    // A target that does not exist: the command answers NOT_FOUND for it to callers
+    // who could act on it whatever it were; everyone else is refused as for a target
+    // out of their scope, so that it tells them nothing.
+    let missing = matches!(
+        target,
+        Target::Board(None)
+            | Target::Join { board: None, .. }
+            | Target::Shift(None)
+            | Target::Request { board: None, .. }
+            | Target::Appointment(None)
+            | Target::Scheduling {
+                appointment: None,
+                ..
+            }
+    );
+    if missing && crate::identity::matrix::sees_every_board(&principal, operation) {
+        return Ok(());
+    }
     let board_facts = |b: &Board| BoardFacts {
         region: b.region.clone(),
         specialty: b.specialty.clone(),

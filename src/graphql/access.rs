@@ -200,23 +200,26 @@ pub(crate) fn authorize(ctx: &Context<'_>, op: Operation, facts: &Facts) -> Resu
 pub(crate) fn authorize_all_boards(ctx: &Context<'_>, op: Operation) -> Result<(), Error> {
     match caller(ctx)? {
         Caller::Unchecked => Ok(()),
-        Caller::Verified(p) => match (matrix::rule(op, p.scope.role()), &p.scope) {
-            (Rule::Allowed, _) => Ok(()),
-            (
-                Rule::Scoped(matrix::Condition::InScope),
-                Scope::Coordinator {
-                    regions: None,
-                    specialties: None,
-                },
-            ) => Ok(()),
-            _ => Err(forbidden(format!(
-                "{}: name a Board (boardId) within your scope",
-                matrix::authorize(p, op, &Facts::default())
-                    .err()
-                    .map(|f| f.to_string())
-                    .unwrap_or_default()
-            ))),
-        },
+        Caller::Verified(p) if matrix::sees_every_board(p, op) => Ok(()),
+        Caller::Verified(p) => Err(forbidden(format!(
+            "{}: name a Board (boardId) within your scope",
+            matrix::authorize(p, op, &Facts::default())
+                .err()
+                .map(|f| f.to_string())
+                .unwrap_or_default()
+        ))),
+    }
+}
+
+/// `op` on a target that does not exist: allowed (the caller learns it is missing)
+/// for those who could use `op` on it whatever it were ([`matrix::sees_every_board`]);
+/// refused as a target out of scope is for everyone else.
+pub(crate) fn authorize_missing(ctx: &Context<'_>, op: Operation) -> Result<(), Error> {
+    match caller(ctx)? {
+        Caller::Verified(p) if !matrix::sees_every_board(p, op) => {
+            authorize(ctx, op, &Facts::default())
+        }
+        _ => Ok(()),
     }
 }
 

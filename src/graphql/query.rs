@@ -148,6 +148,22 @@ fn board_target(contents: Option<&domain::BoardContents>) -> Facts {
     }
 }
 
+/// Authorizes a read by id: of the target `facts` describes when it `exists`, else
+/// of a missing one (null for those who could see it whatever it were, refused as a
+/// target out of scope for everyone else: see [`access::authorize_missing`]).
+fn authorize_read(
+    ctx: &Context<'_>,
+    op: Op,
+    exists: bool,
+    facts: impl FnOnce() -> Facts,
+) -> Result<()> {
+    if exists {
+        access::authorize(ctx, op, &facts())
+    } else {
+        access::authorize_missing(ctx, op)
+    }
+}
+
 /// The facts of a Board as it stands now (its region, specialty and providers).
 async fn current_board(
     ctx: &Context<'_>,
@@ -205,7 +221,9 @@ impl Query {
         let board_id = uuid("id", &id)?;
         if let Some(t) = as_of {
             let contents = board_as_of(store(ctx).pool(), board_id, t, Snapshots::Use).await?;
-            access::authorize(ctx, Op::BoardAsOf, &board_target(contents.as_ref()))?;
+            authorize_read(ctx, Op::BoardAsOf, contents.is_some(), || {
+                board_target(contents.as_ref())
+            })?;
             return Ok(contents.map(|c| Board::from_contents_as_of(c, t)));
         }
         wait_until_projected(ctx, Projection::BoardView, min_position).await?;
@@ -213,7 +231,9 @@ impl Query {
             .contents(store(ctx).pool(), board_id)
             .await
             .map_err(internal)?;
-        access::authorize(ctx, Op::Board, &board_target(contents.as_deref()))?;
+        authorize_read(ctx, Op::Board, contents.is_some(), || {
+            board_target(contents.as_deref())
+        })?;
         Ok(contents.map(Board::from_shared))
     }
 
@@ -295,7 +315,7 @@ impl Query {
             Some(a) => access::appointment_facts(a, current_board(ctx, a.board_id).await?),
             None => Facts::default(),
         };
-        access::authorize(ctx, Op::Appointment, &facts)?;
+        authorize_read(ctx, Op::Appointment, state.is_some(), || facts.clone())?;
         let visible = access::sees_patient_fields(ctx, &facts);
         // A version read has no moment to estimate a wait for.
         Ok(state.map(|a| {
@@ -365,7 +385,7 @@ impl Query {
             Some(s) => access::shift_facts(s, current_board(ctx, s.board_id).await?),
             None => Facts::default(),
         };
-        access::authorize(ctx, Op::ProviderShift, &facts)?;
+        authorize_read(ctx, Op::ProviderShift, state.is_some(), || facts)?;
         Ok(state.map(ProviderShift))
     }
 

@@ -76,22 +76,27 @@ async fn board_exists(ctx: &Context<'_>, id: uuid::Uuid) -> Result<bool, AppErro
 }
 
 /// Authorizes `op` on the Board as it stands now; returns its facts. A Board that does
-/// not exist is NOT_FOUND only for callers who could see it if it did.
+/// not exist is NOT_FOUND only for callers who could see it whatever it were
+/// ([`access::authorize_missing`]).
 async fn authorize_board(
     ctx: &Context<'_>,
     op: Operation,
     id: uuid::Uuid,
 ) -> Result<Option<BoardFacts>> {
     access::role_check(ctx, op)?;
-    let board = board_contents_at(ctx, id, None)
+    let Some(board) = board_contents_at(ctx, id, None)
         .await?
-        .map(|c| access::board_facts(&c));
+        .map(|c| access::board_facts(&c))
+    else {
+        access::authorize_missing(ctx, op)?;
+        return Ok(None);
+    };
     let target = Facts {
-        board: board.clone(),
+        board: Some(board.clone()),
         ..Facts::default()
     };
     access::authorize(ctx, op, &target)?;
-    Ok(board)
+    Ok(Some(board))
 }
 
 #[Subscription]
@@ -213,7 +218,10 @@ impl Subscription {
             }
             None => Facts::default(),
         };
-        access::authorize(ctx, Operation::AppointmentChanged, &facts)?;
+        match &state {
+            Some(_) => access::authorize(ctx, Operation::AppointmentChanged, &facts)?,
+            None => access::authorize_missing(ctx, Operation::AppointmentChanged)?,
+        }
         let Some(state) = state else {
             return Err(AppError::not_found("appointment not found").into());
         };

@@ -266,6 +266,25 @@ impl Forbidden {
     }
 }
 
+/// Whether `principal` may use `operation` on any Board whatever its region and
+/// specialty: the rule needs no target (admin), or it asks for a Board in scope of a
+/// coordinator whose scope is every Board. Such a caller may learn that a target does
+/// not exist (NOT_FOUND, or null), and may use it over every Board at once; for anyone
+/// else a missing target is refused as one out of scope is, so that it tells nothing.
+pub fn sees_every_board(principal: &Principal, operation: Operation) -> bool {
+    match (rule(operation, principal.scope.role()), &principal.scope) {
+        (Rule::Allowed, _) => true,
+        (
+            Rule::Scoped(InScope | OnBehalf),
+            Scope::Coordinator {
+                regions: None,
+                specialties: None,
+            },
+        ) => true,
+        _ => false,
+    }
+}
+
 fn holds(condition: Condition, scope: &Scope, facts: &Facts) -> bool {
     match (condition, scope) {
         (SelfProvider | OwnShift, Scope::Provider { provider_id }) => {

@@ -1516,3 +1516,61 @@ async fn a_provider_sees_a_patient_as_of_a_moment_only_if_assigned_then() {
         day.waiting.as_str()
     );
 }
+
+/// Found from outside: a coordinator of every region and specialty was refused
+/// (FORBIDDEN, "only on Boards within their regions and specialties") for an id that
+/// does not exist, where an admin learns NOT_FOUND or null. Whoever could act on a
+/// target whatever it were now learns it is missing; a limited coordinator is still
+/// refused as for a Board out of scope, so that a missing id tells them nothing.
+#[tokio::test]
+async fn a_missing_target_is_not_found_for_whoever_could_see_it_whatever_it_were() {
+    let app = TestApp::spawn().await;
+    let missing = Uuid::new_v4().to_string();
+    let everywhere = app.token(Who::coordinator());
+    let limited = app.token(Who::coordinator().regions(["CA"]));
+    let reads = [
+        "query($id: ID!) { board(id: $id) { id } }",
+        "query($id: ID!) { board(id: $id, asOf: \"2030-01-01T00:00:00Z\") { id } }",
+        "query($id: ID!) { appointment(id: $id) { id } }",
+        "query($id: ID!) { providerShift(id: $id) { id } }",
+    ];
+    for query in reads {
+        let r = app.gql_as(&everywhere, query, json!({"id": missing})).await;
+        assert!(r.get("errors").is_none(), "{query}: {r}");
+        let field = r["data"].as_object().unwrap().values().next().unwrap();
+        assert!(field.is_null(), "{query}: {r}");
+        let r = app.gql_as(&limited, query, json!({"id": missing})).await;
+        assert_eq!(helpers::error_code(&r), "FORBIDDEN", "{query}: {r}");
+    }
+    let commands = [
+        ("startAppointment", "mutation($id: ID!) { startAppointment(input: {appointmentId: $id}) { version } }"),
+        ("cancelAppointment", "mutation($id: ID!) { cancelAppointment(input: {appointmentId: $id, reason: \"no\"}) { version } }"),
+        ("completeCharting", "mutation($id: ID!) { completeCharting(input: {shiftId: $id}) { version } }"),
+        ("closeBoard", "mutation($id: ID!) { closeBoard(input: {boardId: $id}) { version } }"),
+    ];
+    for (name, mutation) in commands {
+        let r = app
+            .gql_as(&everywhere, mutation, json!({"id": missing}))
+            .await;
+        assert_eq!(helpers::error_code(&r), "NOT_FOUND", "{name}: {r}");
+        let r = app.gql_as(&limited, mutation, json!({"id": missing})).await;
+        assert_eq!(helpers::error_code(&r), "FORBIDDEN", "{name}: {r}");
+    }
+    // A subscription to a missing Board.
+    for (token, code) in [(&everywhere, "NOT_FOUND"), (&limited, "FORBIDDEN")] {
+        let mut ws = helpers::WsClient::open_as(&app, "graphql-transport-ws", Some(token)).await;
+        ws.subscribe(
+            "1",
+            "subscription($id: ID!) { boardChanged(boardId: $id) { version } }",
+            json!({"id": missing}),
+        )
+        .await;
+        let m = ws.next(Duration::from_secs(5)).await.expect("an answer");
+        let errors = if m["type"] == "error" {
+            m["payload"].clone()
+        } else {
+            m["payload"]["errors"].clone()
+        };
+        assert_eq!(errors[0]["extensions"]["code"], code, "{m}");
+    }
+}

@@ -851,3 +851,37 @@ async fn answers_keep_the_order_the_document_selects_however_the_fields_finish()
         );
     }
 }
+
+/// Found from outside: a time PostgreSQL cannot hold (`-4713-01-01`) in `asOf` or
+/// `from` answered INTERNAL and logged a stack trace per request; it is bad input.
+#[tokio::test]
+async fn times_the_database_cannot_hold_are_refused_as_bad_input() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Times TX").await;
+    let far = "-4713-01-01T00:00:00Z";
+    for (query, variables) in [
+        (
+            "query($b: ID!, $t: DateTime) { waitTimeEstimate(boardId: $b, specialty: \"pediatrics\", asOf: $t) { estimatedStart } }",
+            json!({"b": board, "t": far}),
+        ),
+        (
+            "query($b: ID!, $t: DateTime) { board(id: $b, asOf: $t) { id } }",
+            json!({"b": board, "t": far}),
+        ),
+        (
+            "query($b: ID!, $t: DateTime!) { boardHistory(boardId: $b, from: $t, to: \"2030-01-01T00:00:00Z\") { version } }",
+            json!({"b": board, "t": far}),
+        ),
+        (
+            "query($t: DateTime) { accessLog(from: $t) { edges { cursor } } }",
+            json!({"t": far}),
+        ),
+    ] {
+        let r = app.gql(query, variables).await;
+        assert_eq!(error_code(&r), "VALIDATION", "{query}: {r}");
+        assert!(
+            error_message(&r).contains("4713 BC"),
+            "{query}: {r}"
+        );
+    }
+}

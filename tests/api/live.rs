@@ -134,9 +134,11 @@ async fn a_subscriber_on_one_node_sees_mutations_made_through_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_subscribers_on_one_board_all_receive_the_final_version() {
-    // The whole crowd comes from one address: no per-address rate limit here.
+    // The whole crowd comes from one address with one token: no per-address rate
+    // limit, no limit on one caller's subscriptions here.
     let app = TestApp::spawn_with(careboard::config::GraphqlLimits {
         rate_limit_per_second: 0,
+        max_subscriptions_per_caller: 0,
         ..Default::default()
     })
     .await;
