@@ -272,17 +272,17 @@ impl Forbidden {
 /// not exist (NOT_FOUND, or null), and may use it over every Board at once; for anyone
 /// else a missing target is refused as one out of scope is, so that it tells nothing.
 pub fn sees_every_board(principal: &Principal, operation: Operation) -> bool {
-    match (rule(operation, principal.scope.role()), &principal.scope) {
-        (Rule::Allowed, _) => true,
-        (
-            Rule::Scoped(InScope | OnBehalf),
-            Scope::Coordinator {
-                regions: None,
-                specialties: None,
-            },
-        ) => true,
-        _ => false,
-    }
+    matches!(
+        (rule(operation, principal.scope.role()), &principal.scope),
+        (Rule::Allowed, _)
+            | (
+                Rule::Scoped(InScope | OnBehalf),
+                Scope::Coordinator {
+                    regions: None,
+                    specialties: None,
+                },
+            )
+    )
 }
 
 fn holds(condition: Condition, scope: &Scope, facts: &Facts) -> bool {
