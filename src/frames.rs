@@ -69,6 +69,10 @@ pub struct Frame {
     pub disclosed: Option<Disclosed>,
     /// Nothing follows this frame.
     pub last: bool,
+    /// The response is a request error (no data, errors before execution: variables
+    /// that do not fit, say): the protocol answers it with an `error` message, not a
+    /// result.
+    pub refused: bool,
     /// The GraphQL response, encoded once, and the envelope's closing brace: every
     /// socket's bytes are its own header and prefix, then these
     /// ([`FrameBytes::Joined`], [`FrameBytes::Shared`]). `None`: the group ended
@@ -95,6 +99,7 @@ impl Frame {
             version,
             disclosed,
             last,
+            refused: false,
             tail,
         }
     }
@@ -885,7 +890,10 @@ async fn run_group(
         if last {
             leave();
         }
-        let frame = Arc::new(Frame::new(version, Some(payload), disclosed, last));
+        let frame = Arc::new(Frame {
+            refused: last && crate::graphql::request_failed(&response),
+            ..Frame::new(version, Some(payload), disclosed, last)
+        });
         sender.send_replace(Some(frame.clone()));
         write_pass(&members, &frame, &metrics, shard).await;
         if last {

@@ -553,6 +553,9 @@ enum Started {
 /// The text this socket sends for one outgoing item of subscription `id`.
 fn encode(legacy: bool, id: &str, out: Option<Out>) -> Option<String> {
     match out {
+        Some(Out::Frame(frame)) if frame.refused => {
+            frame.payload().and_then(|p| refusal(legacy, id, p))
+        }
         Some(Out::Frame(frame)) => frame.payload().map(|p| envelope(legacy, id, p)),
         Some(Out::Response(mut response)) => {
             add_error_codes(&mut response);
@@ -569,6 +572,19 @@ fn encode(legacy: bool, id: &str, out: Option<Out>) -> Option<String> {
         }
         None => Some(json!({"type": "complete", "id": id}).to_string()),
     }
+}
+
+/// The `error` message for operation `id` from a shared group's encoded refusal (see
+/// [`Frame::refused`]).
+fn refusal(legacy: bool, id: &str, payload: &str) -> Option<String> {
+    let response: Value = serde_json::from_str(payload).ok()?;
+    let errors = response.get("errors")?;
+    let payload = if legacy {
+        errors[0].clone()
+    } else {
+        errors.clone()
+    };
+    Some(json!({"type": "error", "id": id, "payload": payload}).to_string())
 }
 
 /// An `error` message for operation `id` (nothing of it ran: a document or its
@@ -790,7 +806,11 @@ pub async fn serve_socket(
                 let mut written = 0;
                 let mut failed = false;
                 while let Some((id, out)) = next.take() {
-                    let refused = matches!(&out, Some(Out::Response(r)) if crate::graphql::request_failed(r));
+                    let refused = match &out {
+                        Some(Out::Response(r)) => crate::graphql::request_failed(r),
+                        Some(Out::Frame(frame)) => frame.refused,
+                        None => false,
+                    };
                     if out.is_none() || refused {
                         gate.active.remove(&*id);
                     }
@@ -823,9 +843,18 @@ pub async fn serve_socket(
                 // once (or that need this socket's access record first), and bytes
                 // waiting in the queue.
                 let mut ended: Vec<Arc<str>> = Vec::new();
+                // Ended by an `error`, which no `complete` follows.
+                let mut refused: Vec<Arc<str>> = Vec::new();
                 let mut failed = false;
                 for (id, membership) in &memberships {
                     while let Some(frame) = membership.take() {
+                        if frame.refused {
+                            if let Some(message) = frame.payload().and_then(|p| refusal(legacy, id, p)) {
+                                failed |= sink.feed(Message::Text(message.into())).await.is_err();
+                            }
+                            refused.push(id.clone());
+                            break;
+                        }
                         if let (Some(disclosed), Some(session)) = (&frame.disclosed, &session) {
                             if let Err(error) = session.recipient.record(disclosed).await {
                                 // Fail closed: this subscriber gets the error, not the frame.
@@ -846,6 +875,10 @@ pub async fn serve_socket(
                             break;
                         }
                     }
+                }
+                for id in refused {
+                    memberships.remove(&id);
+                    gate.active.remove(&*id);
                 }
                 for id in ended {
                     memberships.remove(&id);

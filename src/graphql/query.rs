@@ -19,7 +19,7 @@ use crate::event_store::{list_providers, read_log, LogFilter, ReadLimit};
 use crate::identity::matrix::{Facts, Operation as Op};
 use crate::projections::{read, Projection};
 use crate::projector::state::ProjectionStatus;
-use crate::projector::wait_for_position;
+use crate::projector::{wait_for, Reached};
 use crate::time_travel::{board_as_of, board_history, stream_as_of, Snapshots};
 
 pub struct Query;
@@ -94,14 +94,16 @@ async fn wait_until_projected(
         return Err(AppError::validation("minPosition must not be negative"));
     }
     let ReadWait(timeout) = *ctx.data_unchecked::<ReadWait>();
-    if wait_for_position(store(ctx).pool(), projection, position, timeout).await? {
-        Ok(())
-    } else {
-        Err(AppError::Stale(format!(
+    match wait_for(store(ctx).pool(), projection, position, timeout).await? {
+        Reached::Yes => Ok(()),
+        Reached::TimedOut => Err(AppError::Stale(format!(
             "{} has not reached position {position} within {} ms; retry shortly",
             projection.name(),
             timeout.as_millis()
-        )))
+        ))),
+        Reached::PastTheLog { last } => Err(AppError::validation(format!(
+            "minPosition {position} is past the end of the log (its last position is {last}): pass a position a mutation returned"
+        ))),
     }
 }
 

@@ -47,7 +47,7 @@ impl Credentials {
         };
         let token = match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => return Credentials::Refused(AuthError::Malformed),
+            _ => return Credentials::Refused(AuthError::NotBearer),
         };
         match verifier.verify_expiring(token).await {
             Ok((principal, expires_at)) => Credentials::Verified {
@@ -143,7 +143,8 @@ pub fn refusal(error: &AuthError) -> Response {
     };
     let challenge = match error {
         // No credentials: a bare challenge (RFC 6750 §3.1).
-        AuthError::Missing => r#"Bearer realm="careboard""#.to_string(),
+        // Another scheme is answered as no credentials at all (RFC 6750, 3.1).
+        AuthError::Missing | AuthError::NotBearer => r#"Bearer realm="careboard""#.to_string(),
         _ => format!(
             r#"Bearer realm="careboard", error="invalid_token", error_description="{}""#,
             message.replace(['"', '\\'], "'")

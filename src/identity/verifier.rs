@@ -117,6 +117,9 @@ pub enum AuthError {
     Missing,
     #[error("the bearer token is not a well-formed JWT")]
     Malformed,
+    /// An `Authorization` header of another scheme (`Basic …`), or no scheme.
+    #[error("the Authorization header does not carry a bearer token: send `Authorization: Bearer <token>`")]
+    NotBearer,
     #[error("the token's signing algorithm{} is not accepted (accepted: RS256, ES256, EdDSA)", .0.map(|a| format!(" {a}")).unwrap_or_default())]
     UnsupportedAlgorithm(Option<&'static str>),
     #[error("the token is signed with a key the identity provider does not publish")]
@@ -257,9 +260,9 @@ impl Verifier {
         let Some(value) = value else {
             return Err(AuthError::Missing);
         };
-        let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+        let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::Malformed);
+            return Err(AuthError::NotBearer);
         }
         self.verify(token.trim()).await
     }

@@ -684,9 +684,39 @@ pub async fn wait_for_position(
     position: i64,
     timeout: Duration,
 ) -> Result<bool, sqlx::Error> {
+    Ok(wait_for(pool, projection, position, timeout).await? == Reached::Yes)
+}
+
+/// What [`wait_for`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// The projection has applied the event at the position (or the position is a
+    /// gap a rolled-back append left: nothing there to wait for).
+    Yes,
+    TimedOut,
+    /// No event has that position yet: it is past the log's last, `last`.
+    PastTheLog {
+        last: i64,
+    },
+}
+
+/// [`wait_for_position`], telling a position past the end of the log apart.
+pub async fn wait_for(
+    pool: &PgPool,
+    projection: Projection,
+    position: i64,
+    timeout: Duration,
+) -> Result<Reached, sqlx::Error> {
     // An unknown position (never written) cannot be waited for.
     let Some(target) = cursor_of(pool, position).await? else {
-        return Ok(true);
+        let last: i64 = sqlx::query_scalar("select coalesce(max(seq), 0) from events")
+            .fetch_one(pool)
+            .await?;
+        return Ok(if position > last {
+            Reached::PastTheLog { last }
+        } else {
+            Reached::Yes
+        });
     };
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
@@ -695,10 +725,10 @@ pub async fn wait_for_position(
             .await?
             .is_some_and(|c| c >= target)
         {
-            return Ok(true);
+            return Ok(Reached::Yes);
         }
         if Instant::now() >= deadline {
-            return Ok(false);
+            return Ok(Reached::TimedOut);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));

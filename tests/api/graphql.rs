@@ -885,3 +885,46 @@ async fn times_the_database_cannot_hold_are_refused_as_bad_input() {
         );
     }
 }
+
+/// Found from outside: a `minPosition` past the end of the log answered the current
+/// document at once, as if the projector had applied it; no wait can reach it, so it
+/// is refused as bad input.
+#[tokio::test]
+async fn a_min_position_past_the_end_of_the_log_is_refused() {
+    let app = TestApp::spawn().await;
+    let (board, position) = app.open_board_at("Positions TX").await;
+    let query = "query($id: ID!, $p: Int) { board(id: $id, minPosition: $p) { id } }";
+    let r = app
+        .gql(query, json!({"id": board, "p": position + 1_000_000}))
+        .await;
+    assert_eq!(error_code(&r), "VALIDATION", "{r}");
+    assert!(error_message(&r).contains("past the end of the log"), "{r}");
+    // The position a mutation returned is waited for, as ever.
+    let r = app.gql(query, json!({"id": board, "p": position})).await;
+    assert_eq!(r["data"]["board"]["id"], board.as_str(), "{r}");
+}
+
+/// Found from outside: `Authorization: Basic …` was answered "the bearer token is not a
+/// well-formed JWT", about a token the client never sent.
+#[tokio::test]
+async fn an_authorization_header_of_another_scheme_is_named_as_such() {
+    let app = TestApp::spawn().await;
+    let response = reqwest::Client::new()
+        .post(app.url("/graphql"))
+        .header("Authorization", "Basic dXNlcjpwYXNz")
+        .json(&json!({"query": "{ boardDates }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        r#"Bearer realm="careboard""#
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
+    assert!(
+        error_message(&body).contains("does not carry a bearer token"),
+        "{body}"
+    );
+}

@@ -263,16 +263,17 @@ async fn missing_and_garbage_tokens_are_refused() {
         Err(AuthError::Missing)
     );
     assert_eq!(verifier.verify("").await, Err(AuthError::Missing));
-    for garbage in [
-        "Bearer not-a-token",
-        "Bearer a.b.c",
-        "Bearer ....",
-        "Basic dXNlcjpwYXNz",
-        "Bearer",
-    ] {
+    for garbage in ["Bearer not-a-token", "Bearer a.b.c", "Bearer ...."] {
         let result = verifier.verify_header(Some(garbage)).await;
         assert_refused(result, AuthError::Malformed, garbage);
     }
+    // Not a bearer token at all: said so, not called a malformed JWT.
+    let result = verifier.verify_header(Some("Basic dXNlcjpwYXNz")).await;
+    assert_refused(result, AuthError::NotBearer, "Basic dXNlcjpwYXNz");
+    assert_eq!(
+        verifier.verify_header(Some("Bearer")).await,
+        Err(AuthError::NotBearer)
+    );
     let huge = "x".repeat(100_000);
     assert_eq!(verifier.verify(&huge).await, Err(AuthError::Malformed));
     // A well-formed header over a payload that is not JSON.

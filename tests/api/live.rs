@@ -603,3 +603,49 @@ async fn a_message_that_is_not_the_protocols_closes_with_its_protocols_code() {
         }
     }
 }
+
+/// Found from outside: variables that do not fit a shared `boardChanged` (its group
+/// runs the execution) were answered with a `next` holding `data: null` and the
+/// error, then `complete`; nothing of the operation ran, so it is an `error` message
+/// and nothing after it, as for a document that does not validate.
+#[tokio::test]
+async fn variables_that_do_not_fit_a_shared_subscription_get_an_error_message() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board("Bad variables").await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut ws = WsClient::open(&app, protocol).await;
+        ws.subscribe(
+            "bad",
+            "subscription($b: ID!) { boardChanged(boardId: $b) { version } }",
+            json!({"b": [1]}),
+        )
+        .await;
+        let m = ws.next(Duration::from_secs(5)).await.expect("an answer");
+        assert_eq!(m["type"], "error", "{protocol}: {m}");
+        assert_eq!(m["id"], "bad", "{protocol}: {m}");
+        let error = if protocol == "graphql-ws" {
+            m["payload"].clone()
+        } else {
+            m["payload"][0].clone()
+        };
+        assert_eq!(error["extensions"]["code"], "VALIDATION", "{protocol}: {m}");
+        // Nothing follows it, and the socket goes on: the id is free again.
+        ws.subscribe(
+            "bad",
+            "subscription($b: ID!) { boardChanged(boardId: $b) { version } }",
+            json!({"b": board}),
+        )
+        .await;
+        let next = ws.next(Duration::from_secs(5)).await.expect("a frame");
+        assert_eq!(
+            next["type"],
+            if protocol == "graphql-ws" {
+                "data"
+            } else {
+                "next"
+            },
+            "{protocol}: {next}"
+        );
+        assert_eq!(next["id"], "bad", "{protocol}: {next}");
+    }
+}
