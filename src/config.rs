@@ -634,14 +634,16 @@ impl IdentityArgs {
                 let Some(audience) = &self.oidc_audience else {
                     anyhow::bail!("--oidc-issuer needs --oidc-audience (CAREBOARD_OIDC_AUDIENCE): the client id or API identifier tokens are issued for");
                 };
-                let keys = match (&self.oidc_jwks_url, &self.oidc_discovery_url) {
+                // Empty is unset (a compose file passes every setting through).
+                let given = |url: &Option<String>| url.clone().filter(|u| !u.trim().is_empty());
+                let keys = match (given(&self.oidc_jwks_url), given(&self.oidc_discovery_url)) {
                     (Some(_), Some(_)) => {
                         anyhow::bail!(
                             "give either --oidc-jwks-url or --oidc-discovery-url, not both"
                         )
                     }
-                    (Some(url), None) => crate::identity::jwks::KeySource::JwksUrl(url.clone()),
-                    (None, Some(url)) => crate::identity::jwks::KeySource::Discovery(url.clone()),
+                    (Some(url), None) => crate::identity::jwks::KeySource::JwksUrl(url),
+                    (None, Some(url)) => crate::identity::jwks::KeySource::Discovery(url),
                     (None, None) => crate::identity::jwks::KeySource::Discovery(format!(
                         "{}/.well-known/openid-configuration",
                         issuer.trim_end_matches('/')

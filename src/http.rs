@@ -178,6 +178,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // Browsers ask for it on every page: nothing to show, and no error to log.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .layer(axum::middleware::from_fn(coded_refusals))
         .layer(axum::middleware::from_fn(crate::limits::security_headers))
         .layer(cors)
         // Spans name the path, never the query string: a GET request's variables can
@@ -386,6 +389,42 @@ fn rate_limited(error: &ServerError) -> Option<Option<u64>> {
 }
 
 /// A request-level error in GraphQL's response shape (no `data`: nothing ran).
+/// Middleware: the router's own refusals (an unknown path, a method a path does not
+/// serve) come with an empty body; they get the error body every other refusal has,
+/// with its `extensions.code`, and keep their headers (`Allow`).
+async fn coded_refusals(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let response = next.run(request).await;
+    let status = response.status();
+    let bare = response.headers().get(header::CONTENT_TYPE).is_none();
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND if bare => (
+            ErrorCode::NotFound,
+            "no such path on this server: see / or /graphql".to_string(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED if bare => {
+            let allowed = response
+                .headers()
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            (
+                ErrorCode::Validation,
+                format!("{method} is not served on {path} (allowed: {allowed})"),
+            )
+        }
+        _ => return response,
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut coded = request_error(status, code, message);
+    for (name, value) in parts.headers.iter() {
+        coded.headers_mut().insert(name.clone(), value.clone());
+    }
+    coded
+}
+
 fn request_error(status: StatusCode, code: ErrorCode, message: String) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, Json(body)).into_response()

@@ -928,3 +928,33 @@ async fn an_authorization_header_of_another_scheme_is_named_as_such() {
         "{body}"
     );
 }
+
+/// Found from outside: the router's own refusals (404 for an unknown path, 405 for a
+/// method a path does not serve) had empty bodies, without the `extensions.code` every
+/// other error carries; and every page's request for a favicon was a 404.
+#[tokio::test]
+async fn the_routers_refusals_carry_a_code_and_the_favicon_is_no_error() {
+    let app = TestApp::spawn().await;
+    let client = reqwest::Client::new();
+    let missing = client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(error_code(&body), "NOT_FOUND", "{body}");
+    let put = client
+        .put(app.url("/graphql"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 405);
+    let allow = put.headers()["allow"].to_str().unwrap().to_string();
+    assert!(allow.contains("POST"), "{allow}");
+    let body: Value = put.json().await.unwrap();
+    assert_eq!(error_code(&body), "VALIDATION", "{body}");
+    assert!(
+        error_message(&body).contains("PUT is not served on /graphql"),
+        "{body}"
+    );
+    let icon = client.get(app.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!(icon.status(), 204);
+}
