@@ -56,7 +56,11 @@ pub async fn connect_pinging(
                  postgres://user:password@host:5432/database"
             )
         })?
-        .options([("idle_in_transaction_session_timeout", "30s")])
+        // PostgreSQL's notices ("already exists, skipping") are not for the log.
+        .options([
+            ("idle_in_transaction_session_timeout", "30s"),
+            ("client_min_messages", "warning"),
+        ])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
     // One connection first, so a refused connection, an unknown host, a wrong password
