@@ -671,6 +671,20 @@ pub async fn serve_socket(
                         we_closed = true;
                         break;
                     }
+                    // A frame that breaks RFC 6455 (unmasked, reserved bits, a bad
+                    // opcode, a control frame too long or fragmented): say so before
+                    // closing (1002; text that is not UTF-8: 1007).
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Protocol(e))) => {
+                        let reason = truncate(format!("Protocol error: {e}"), 123);
+                        let _ = sink.send(close(1002, &reason)).await;
+                        we_closed = true;
+                        break;
+                    }
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Utf8(_))) => {
+                        let _ = sink.send(close(1007, "Text that is not UTF-8")).await;
+                        we_closed = true;
+                        break;
+                    }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 };
                 match gate.inbound(&bytes) {

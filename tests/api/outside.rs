@@ -3,6 +3,7 @@
 //! it guards.
 
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use serde_json::{json, Value};
 
@@ -725,16 +726,9 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// A client that sends websocket pings and never reads the pongs is pushed back by TCP
-/// once its pong waits to be written: the server stops reading it. Before, the server
-/// read on and queued one pong per ping for ever (measured: +134 MB of the server's
-/// memory for a million pings from one socket, all of it kept until the socket closed).
-/// Here the client tries to push 64 MB of pings; the server must stop taking them long
-/// before (the sockets' kernel buffers hold a few MB).
-#[tokio::test]
-async fn a_client_that_pings_without_reading_is_pushed_back() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = TestApp::spawn().await;
+/// A websocket on a plain TCP stream, upgraded (graphql-transport-ws) and past its
+/// `connection_init`, written and read byte by byte by the test.
+async fn raw_socket(app: &TestApp) -> tokio::net::TcpStream {
     let addr = app.url("").trim_start_matches("http://").to_string();
     let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let upgrade = format!(
@@ -759,6 +753,54 @@ async fn a_client_that_pings_without_reading_is_pushed_back() {
         .write_all(&client_frame(0x1, init.to_string().as_bytes()))
         .await
         .unwrap();
+    socket
+}
+
+/// Found from outside: a frame that breaks the WebSocket protocol (reserved bits set,
+/// text that is not UTF-8, an unmasked frame) ended the connection without a close
+/// frame, so the client never learned why. Each now gets its close code first.
+#[tokio::test]
+async fn a_frame_that_breaks_the_websocket_protocol_gets_a_close_frame_with_its_code() {
+    let app = TestApp::spawn().await;
+    let mut reserved = client_frame(0x1, b"{}");
+    reserved[0] |= 0x40;
+    let mut unmasked = vec![0x81, 2];
+    unmasked.extend_from_slice(b"{}");
+    for (name, frame, code) in [
+        ("reserved bits", reserved, 1002u16),
+        ("not UTF-8", client_frame(0x1, &[0xff, 0xfe]), 1007),
+        ("unmasked", unmasked, 1002),
+    ] {
+        let mut socket = raw_socket(&app).await;
+        socket.write_all(&frame).await.unwrap();
+        // Frames until the close: the ack may come first.
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut head = [0u8; 2];
+                socket.read_exact(&mut head).await.unwrap();
+                let mut payload = vec![0u8; (head[1] & 0x7f) as usize];
+                socket.read_exact(&mut payload).await.unwrap();
+                if head[0] & 0x0f == 0x8 {
+                    break u16::from_be_bytes([payload[0], payload[1]]);
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}: no close frame"));
+        assert_eq!(closed, code, "{name}");
+    }
+}
+
+/// A client that sends websocket pings and never reads the pongs is pushed back by TCP
+/// once its pong waits to be written: the server stops reading it. Before, the server
+/// read on and queued one pong per ping for ever (measured: +134 MB of the server's
+/// memory for a million pings from one socket, all of it kept until the socket closed).
+/// Here the client tries to push 64 MB of pings; the server must stop taking them long
+/// before (the sockets' kernel buffers hold a few MB).
+#[tokio::test]
+async fn a_client_that_pings_without_reading_is_pushed_back() {
+    let app = TestApp::spawn().await;
+    let mut socket = raw_socket(&app).await;
     // 8,000 pings of 125 bytes a chunk (1 MB), 64 chunks; never a read again.
     let chunk: Vec<u8> = std::iter::repeat_n(client_frame(0x9, &[b'p'; 125]), 8_000)
         .flatten()
