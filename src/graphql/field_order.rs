@@ -167,11 +167,10 @@ impl<'a> Plan<'a> {
         match value {
             Value::List(items) => items.iter_mut().for_each(|item| self.apply(item)),
             Value::Object(map) => {
-                let in_order = map.keys().map(Name::as_str).eq(self
-                    .keys
-                    .iter()
-                    .map(|(k, _)| *k)
-                    .filter(|k| map.contains_key(*k)));
+                // The keys already in the selection's order (the usual case): a walk of
+                // both in step, no lookups.
+                let mut plan = self.keys.iter();
+                let in_order = map.keys().all(|key| plan.any(|(k, _)| *k == key.as_str()));
                 if !in_order {
                     let mut ordered = async_graphql::indexmap::IndexMap::with_capacity(map.len());
                     for (key, _) in &self.keys {
@@ -182,15 +181,28 @@ impl<'a> Plan<'a> {
                     ordered.extend(map.drain(..));
                     *map = ordered;
                 }
-                for (key, plan) in &self.keys {
-                    if let (Some(plan), Some(v)) = (plan, map.get_mut(*key)) {
-                        plan.apply(v);
+                let mut plan = self.keys.iter();
+                for (key, value) in map.iter_mut() {
+                    // Keys the selection does not name are last: the plan ends there.
+                    let Some((_, sub)) = plan.find(|(k, _)| same(k, key)) else {
+                        break;
+                    };
+                    if let Some(sub) = sub {
+                        sub.apply(value);
                     }
                 }
             }
             _ => {}
         }
     }
+}
+
+/// Whether the response key `key` is the selection's `k`: the answer's keys are the
+/// document's own names (shared, not copied), so the same text at the same place is
+/// the usual match, found without reading the text.
+fn same(k: &str, key: &Name) -> bool {
+    let key = key.as_str();
+    std::ptr::eq(k, key) || k == key
 }
 
 /// CollectFields without type conditions: each response key once, where it first
