@@ -59,6 +59,16 @@ impl ErrorCode {
         ErrorCode::PersistedQueryNotSupported,
     ];
 
+    /// A GraphQL error with this code and `message` (no position: an edge's refusal).
+    pub fn error(self, message: impl Into<String>) -> async_graphql::ServerError {
+        let mut error = async_graphql::ServerError::new(message, None);
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", self.as_str());
+        error
+    }
+
     /// The spelling clients see in `extensions.code`.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -77,18 +87,6 @@ impl ErrorCode {
             ErrorCode::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
             ErrorCode::PersistedQueryNotSupported => "PERSISTED_QUERY_NOT_SUPPORTED",
         }
-    }
-}
-
-impl ErrorCode {
-    /// A GraphQL error with this code and `message` (no position: an edge's refusal).
-    pub fn error(self, message: impl Into<String>) -> async_graphql::ServerError {
-        let mut error = async_graphql::ServerError::new(message, None);
-        error
-            .extensions
-            .get_or_insert_with(Default::default)
-            .set("code", self.as_str());
-        error
     }
 }
 

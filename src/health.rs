@@ -63,12 +63,17 @@ async fn probe(state: Weak<AtomicU8>, options: PgConnectOptions) {
     while let Some(shared) = state.upgrade() {
         let now = match tokio::time::timeout(CHECK_TIMEOUT, check(&mut conn, &options)).await {
             Ok(Ok(true)) => DbState::Ready,
-            Ok(Ok(false)) => DbState::MigrationsPending,
-            // No migrations table yet (42P01). Any other refusal (the server shutting
-            // down, too many connections, a login refused) is not a schema to migrate.
-            Ok(Err(sqlx::Error::Database(db))) if db.code().as_deref() == Some("42P01") => {
-                DbState::MigrationsPending
+            // The server shutting down or not taking connections (57…, 08…): it is
+            // not a schema to migrate.
+            Ok(Err(sqlx::Error::Database(db)))
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("57") || c.starts_with("08")) =>
+            {
+                conn = None;
+                DbState::Unreachable
             }
+            Ok(Ok(false)) | Ok(Err(sqlx::Error::Database(_))) => DbState::MigrationsPending,
             Ok(Err(_)) | Err(_) => {
                 conn = None;
                 DbState::Unreachable

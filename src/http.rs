@@ -393,7 +393,7 @@ fn rate_limited(error: &ServerError) -> Option<Option<u64>> {
 /// serve) come with an empty body; they get the error body every other refusal has,
 /// with its `extensions.code`, and keep their headers (`Allow`).
 async fn coded_refusals(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let method = request.method().clone();
     let response = next.run(request).await;
     let status = response.status();
     let bare = response.headers().get(header::CONTENT_TYPE).is_none();
@@ -411,7 +411,7 @@ async fn coded_refusals(request: axum::extract::Request, next: axum::middleware:
                 .to_string();
             (
                 ErrorCode::Validation,
-                format!("{method} is not served on {path} (allowed: {allowed})"),
+                format!("{method} is not served at this path (allowed: {allowed})"),
             )
         }
         _ => return response,

@@ -622,12 +622,6 @@ impl SubscriptionSlots {
             caller: caller.clone(),
         })
     }
-
-    /// Subscriptions `caller` holds now.
-    pub fn held_by(&self, caller: &str) -> usize {
-        let held = self.held.lock().expect("subscription slots");
-        held.get(caller).copied().unwrap_or(0)
-    }
 }
 
 impl Drop for SubscriptionSlot {

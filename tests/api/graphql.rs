@@ -952,7 +952,7 @@ async fn the_routers_refusals_carry_a_code_and_the_favicon_is_no_error() {
     let body: Value = put.json().await.unwrap();
     assert_eq!(error_code(&body), "VALIDATION", "{body}");
     assert!(
-        error_message(&body).contains("PUT is not served on /graphql"),
+        error_message(&body).contains("PUT is not served at this path"),
         "{body}"
     );
     let icon = client.get(app.url("/favicon.ico")).send().await.unwrap();
