@@ -407,11 +407,12 @@ async fn coded_refusals(request: axum::extract::Request, next: axum::middleware:
                 .headers()
                 .get(header::ALLOW)
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
+                .filter(|v| !v.is_empty())
+                .map(|v| format!(" (allowed: {v})"))
+                .unwrap_or_default();
             (
                 ErrorCode::Validation,
-                format!("{method} is not served at this path (allowed: {allowed})"),
+                format!("{method} is not served at this path{allowed}"),
             )
         }
         _ => return response,
