@@ -78,7 +78,7 @@ pub struct Frame {
     /// ([`FrameBytes::Joined`], [`FrameBytes::Shared`]). `None`: the group ended
     /// without a response. The response is kept only here ([`Frame::payload`]): a
     /// group holds its newest frame, as large as its Board's document.
-    tail: Option<Bytes>,
+    tail: Option<Box<str>>,
 }
 
 impl Frame {
@@ -88,12 +88,10 @@ impl Frame {
         disclosed: Option<Disclosed>,
         last: bool,
     ) -> Self {
-        let tail = payload.map(|p| {
-            let mut tail = p.into_bytes();
-            tail.push(b'}');
-            // Held as long as the group's newest frame: no spare capacity with it.
-            tail.shrink_to_fit();
-            Bytes::from(tail)
+        // Held as long as the group's newest frame: no spare capacity with it.
+        let tail = payload.map(|mut p| {
+            p.push('}');
+            p.into_boxed_str()
         });
         Frame {
             version,
@@ -106,9 +104,8 @@ impl Frame {
 
     /// The GraphQL response, encoded once (`None`: the group ended without one).
     pub fn payload(&self) -> Option<&str> {
-        self.tail.as_ref().map(|tail| {
-            std::str::from_utf8(&tail[..tail.len() - 1]).expect("a response encoded as text")
-        })
+        // Less the closing brace (one byte: a character boundary).
+        self.tail.as_deref().map(|tail| &tail[..tail.len() - 1])
     }
 }
 
@@ -385,7 +382,7 @@ impl Membership {
             let (header, used) = self.slot.header(tail.len());
             self.slot
                 .out
-                .push_parts(&[&header[..used], &self.slot.prefix, tail]);
+                .push_parts(&[&header[..used], &self.slot.prefix, tail.as_bytes()]);
         }
     }
 
@@ -629,8 +626,8 @@ fn write_run(
         Encoded::Shared | Encoded::Joined => {
             let direct = match &frame.tail {
                 Some(tail) if direct(frame) => match encoded {
-                    Encoded::Joined => Direct::Joined(&tail[..]),
-                    _ => Direct::Tail(&tail[..]),
+                    Encoded::Joined => Direct::Joined(tail.as_bytes()),
+                    _ => Direct::Tail(tail.as_bytes()),
                 },
                 _ => Direct::No,
             };
@@ -1259,7 +1256,12 @@ mod tests {
         // Parked for the task (as at a join, or when the socket was busy).
         slot.deliver(&first, Direct::No, ParkedFrames::Pass, &metrics);
         let tail = second.tail.clone().expect("a tail");
-        slot.deliver(&second, Direct::Tail(&tail), ParkedFrames::Pass, &metrics);
+        slot.deliver(
+            &second,
+            Direct::Tail(tail.as_bytes()),
+            ParkedFrames::Pass,
+            &metrics,
+        );
         assert_eq!(metrics.pass_behind.get(), 1);
         assert!(
             slot.state.lock().unwrap().parked.is_none(),
@@ -1270,13 +1272,23 @@ mod tests {
         theirs.read_exact(&mut got).await.unwrap();
         assert_eq!(got, &expected[..], "version 2 alone, byte for byte");
         // An older version offered later is not written again.
-        slot.deliver(&first, Direct::Tail(&tail), ParkedFrames::Pass, &metrics);
+        slot.deliver(
+            &first,
+            Direct::Tail(tail.as_bytes()),
+            ParkedFrames::Pass,
+            &metrics,
+        );
         assert!(slot.out.is_idle());
 
         // The earlier path: the newer frame replaces the parked one, for the task.
         let (slot, _theirs, _io) = slot_on_duplex();
         slot.deliver(&first, Direct::No, ParkedFrames::Task, &metrics);
-        slot.deliver(&second, Direct::Tail(&tail), ParkedFrames::Task, &metrics);
+        slot.deliver(
+            &second,
+            Direct::Tail(tail.as_bytes()),
+            ParkedFrames::Task,
+            &metrics,
+        );
         let parked = slot.state.lock().unwrap().parked.clone();
         assert_eq!(parked.and_then(|f| f.version), Some(2));
     }
