@@ -115,7 +115,6 @@ pub fn check_fragment_expansion(
     max: usize,
 ) -> Result<(), String> {
     use async_graphql::parser::types::{Selection, SelectionSet};
-    use std::collections::HashMap;
 
     struct Count<'a> {
         document: &'a async_graphql::parser::types::ExecutableDocument,

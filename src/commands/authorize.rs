@@ -67,8 +67,7 @@ async fn judge(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
         return Err(authorize_matrix(&principal, operation, &Facts::default()).unwrap_err());
     }
     // A target that does not exist: the command answers NOT_FOUND for it to callers
-    // who could act on it whatever it were; everyone else is refused as for a target
-    // out of their scope, so that it tells them nothing.
+    // who could act on it whatever it were (`matrix::authorize_missing`).
     let missing = matches!(
         target,
         Target::Board(None)
@@ -81,9 +80,6 @@ async fn judge(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
                 ..
             }
     );
-    if missing && crate::identity::matrix::sees_every_board(&principal, operation) {
-        return Ok(());
-    }
     let board_facts = |b: &Board| BoardFacts {
         region: b.region.clone(),
         specialty: b.specialty.clone(),
@@ -141,6 +137,10 @@ async fn judge(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
             }
         }
     };
+    if missing {
+        return crate::identity::matrix::authorize_missing(&principal, operation, &facts)
+            .map_err(AppError::from);
+    }
     authorize_matrix(&principal, operation, &facts)
 }
 

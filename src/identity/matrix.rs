@@ -266,6 +266,23 @@ impl Forbidden {
     }
 }
 
+/// May `principal` perform `operation` on a target that does not exist, of which
+/// `facts` is what is known (what the request itself names: a patient, a provider)?
+/// Allowed, so the caller learns it is missing (NOT_FOUND, or null), for those who
+/// could use `operation` on it whatever it were ([`sees_every_board`]); judged on
+/// `facts` for everyone else, so that a missing target is refused as one out of scope
+/// is and tells them nothing.
+pub fn authorize_missing(
+    principal: &Principal,
+    operation: Operation,
+    facts: &Facts,
+) -> Result<(), Forbidden> {
+    if sees_every_board(principal, operation) {
+        return Ok(());
+    }
+    authorize(principal, operation, facts)
+}
+
 /// Whether `principal` may use `operation` on any Board whatever its region and
 /// specialty: the rule needs no target (admin), or it asks for a Board in scope of a
 /// coordinator whose scope is every Board. Such a caller may learn that a target does

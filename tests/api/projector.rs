@@ -26,6 +26,24 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// A projector snapshotting each Board every `every` events, with `faults`.
+fn start_snapshotting(
+    pool: &PgPool,
+    store: &EventStore,
+    every: i64,
+    faults: Faults,
+) -> DaemonHandle {
+    start_with_faults(
+        pool,
+        store,
+        DaemonConfig {
+            snapshot_every: every,
+            ..config()
+        },
+        faults,
+    )
+}
+
 fn start_projector(pool: &PgPool, store: &EventStore, config: DaemonConfig) -> DaemonHandle {
     start_with_faults(pool, store, config, Faults::default())
 }
@@ -624,15 +642,7 @@ async fn a_live_batch_does_not_wait_for_its_board_snapshots_and_each_is_of_its_v
         }),
         ..Default::default()
     };
-    let projector = start_with_faults(
-        &pool,
-        &store,
-        DaemonConfig {
-            snapshot_every: 2,
-            ..config()
-        },
-        faults,
-    );
+    let projector = start_snapshotting(&pool, &store, 2, faults);
     caught_up(&pool).await;
     // Every Board document the projector had, by version.
     let mut folds: HashMap<(Uuid, i64), String> = HashMap::new();
@@ -729,15 +739,7 @@ async fn board_snapshots_written_beside_another_writer_skip_only_those_it_commit
     for (i, board) in boards.iter().enumerate() {
         request_appointment(&store, *board, &format!("Beside {i}")).await;
     }
-    let projector = start_with_faults(
-        &pool,
-        &store,
-        DaemonConfig {
-            snapshot_every: 1000,
-            ..config()
-        },
-        Faults::default(),
-    );
+    let projector = start_snapshotting(&pool, &store, 1000, Faults::default());
     caught_up(&pool).await;
     projector.stop().await.unwrap();
     let generation = live_board_view(&pool).await;
@@ -812,15 +814,7 @@ async fn the_live_snapshot_writer_keeps_its_other_boards_when_another_writer_too
         }),
         ..Default::default()
     };
-    let projector = start_with_faults(
-        &pool,
-        &store,
-        DaemonConfig {
-            snapshot_every: 2,
-            ..config()
-        },
-        faults,
-    );
+    let projector = start_snapshotting(&pool, &store, 2, faults);
     tokio::time::timeout(Duration::from_secs(20), viewed.notified())
         .await
         .expect("the snapshot writer took its view");
