@@ -26,14 +26,15 @@ pub type CrashHook = std::sync::Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>;
 #[cfg(feature = "fault-injection")]
 pub type MatcherFault = std::sync::Arc<dyn Fn(uuid::Uuid) -> bool + Send + Sync>;
 
-/// How long a projection's batch stalls before it commits (`None`: not at all).
+/// How long a projection's batch stalls before it commits (`None`: not at all). Asked
+/// again after each stall, so a test can hold a batch for as long as it likes.
 #[cfg(feature = "fault-injection")]
 pub type SlowProjection = std::sync::Arc<
     dyn Fn(crate::projections::Projection) -> Option<std::time::Duration> + Send + Sync,
 >;
 
 /// How long the projector stalls before it writes a batch's Board snapshots (`None`:
-/// not at all).
+/// not at all). Asked again after each stall, like [`SlowProjection`].
 #[cfg(feature = "fault-injection")]
 pub type SlowSnapshots = std::sync::Arc<dyn Fn() -> Option<std::time::Duration> + Send + Sync>;
 
@@ -71,7 +72,7 @@ impl Faults {
     }
 
     /// How long a batch of `projection` stalls before it commits.
-    pub fn stall(&self, projection: crate::projections::Projection) -> Option<std::time::Duration> {
+    fn stall(&self, projection: crate::projections::Projection) -> Option<std::time::Duration> {
         #[cfg(feature = "fault-injection")]
         {
             self.slow.as_ref().and_then(|f| f(projection))
@@ -83,8 +84,23 @@ impl Faults {
         }
     }
 
+    /// Stalls a batch of `projection` for as long as the test asks, in slices: the
+    /// fault is asked again after each, so a test holds the batch until it lets go.
+    pub async fn stall_batch(&self, projection: crate::projections::Projection) {
+        while let Some(stall) = self.stall(projection) {
+            tokio::time::sleep(stall).await;
+        }
+    }
+
+    /// Stalls before Board snapshots are written, like [`Self::stall_batch`].
+    pub async fn stall_snapshots(&self) {
+        while let Some(stall) = self.snapshot_stall() {
+            tokio::time::sleep(stall).await;
+        }
+    }
+
     /// How long the projector stalls before it writes a batch's Board snapshots.
-    pub fn snapshot_stall(&self) -> Option<std::time::Duration> {
+    fn snapshot_stall(&self) -> Option<std::time::Duration> {
         #[cfg(feature = "fault-injection")]
         {
             self.slow_snapshots.as_ref().and_then(|f| f())

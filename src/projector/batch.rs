@@ -79,8 +79,9 @@ pub struct BatchInput<'a> {
     /// `appointment_durations` read and written as its flat columns only (see
     /// [`crate::projections::store::load_durations`]); off: with its document.
     pub flat_durations: bool,
-    /// A test's stall before Board snapshots are written (see [`crate::faults`]).
-    pub snapshot_stall: Option<std::time::Duration>,
+    /// The faults to ask for a test's stall before Board snapshots are written here
+    /// (see [`crate::faults`]).
+    pub snapshot_faults: Option<&'a crate::faults::Faults>,
 }
 
 /// Applies the batch to the projection's documents and saves them, in the caller's
@@ -173,8 +174,8 @@ async fn apply_and_save<D: Doc>(
         if input.defer_board_snapshots {
             outcome.board_snapshots = boards;
         } else {
-            if let Some(stall) = input.snapshot_stall {
-                tokio::time::sleep(stall).await;
+            if let Some(faults) = input.snapshot_faults {
+                faults.stall_snapshots().await;
             }
             snapshots::write_boards(
                 conn,
@@ -250,7 +251,7 @@ async fn apply_docs<D: Doc>(
         header_counters,
         paired_board_reads,
         flat_durations,
-        snapshot_stall: _,
+        snapshot_faults: _,
     } = *input;
     // Document → its events, each stream's in version order. (tx, seq) order is not
     // version order across transactions, so sort; other streams' order is irrelevant.

@@ -174,9 +174,7 @@ impl Projector {
             .map_err(|e| sqlx::Error::Protocol(format!("transaction id {xid}: {e}")))?;
         let _own = self.own_xid(xid);
         let _ = taken.send(());
-        if let Some(stall) = self.faults.snapshot_stall() {
-            tokio::time::sleep(stall).await;
-        }
+        self.faults.stall_snapshots().await;
         let per_statement = if job.paced { 1 } else { job.boards.len() };
         for boards in job.boards.chunks(per_statement.max(1)) {
             let started = Instant::now();

@@ -305,11 +305,8 @@ impl Projector {
             defer_board_snapshots,
             // Asked for only where Board snapshots are written: the writer behind asks
             // for its own.
-            snapshot_stall: if gen.projection == Projection::BoardView && !defer_board_snapshots {
-                self.faults.snapshot_stall()
-            } else {
-                None
-            },
+            snapshot_faults: (gen.projection == Projection::BoardView && !defer_board_snapshots)
+                .then_some(&self.faults),
             header_counters: self.settings.header_counters,
             paired_board_reads: self.settings.paired_board_reads,
             flat_durations: self.settings.flat_durations,
@@ -335,9 +332,7 @@ impl Projector {
         // apply's stage).
         self.snapshots_taken(&mut worker.snapshots_behind).await?;
         let at = stage(ProjectorStage::Apply, at);
-        if let Some(stall) = self.faults.stall(gen.projection) {
-            tokio::time::sleep(stall).await;
-        }
+        self.faults.stall_batch(gen.projection).await;
         if crash(CrashPoint::AfterApply) {
             return Ok(Step::Crashed(CrashPoint::AfterApply));
         }

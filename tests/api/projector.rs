@@ -548,11 +548,17 @@ async fn a_crash_at_any_point_leaves_documents_and_checkpoint_in_agreement() {
     }
 }
 
-/// A projection whose batches are slow (here appointment_view, stalled 3 s inside each
-/// transaction) holds no other back: each runs on its own loop, so board_view keeps
-/// projecting (and notifying) new events within well under a second, and the slow one
-/// still commits every batch with its checkpoint and catches up. (In lockstep rounds,
-/// board_view waited for the slow one: this failed.)
+/// A projection whose batches are slow (here appointment_view, whose first batch with
+/// an appointment is held inside its transaction until the test lets go) holds no
+/// other back: each runs on its own loop, so board_view projects (and notifies) every
+/// new event while the slow one commits nothing, and the slow one then commits its
+/// batches with their checkpoint and catches up. (In lockstep rounds, board_view waited
+/// for the slow one's round to end: the second appointment never showed.)
+///
+/// The waits are generous: the test databases share one PostgreSQL, whose running
+/// transactions (other tests') hold back every projector's reads for a while. The
+/// slow batch is held until released, so a late board_view still tells loops from
+/// lockstep.
 #[tokio::test]
 async fn a_slow_projection_does_not_hold_back_the_board_view() {
     let pool = helpers::fresh_database().await;
@@ -564,26 +570,29 @@ async fn a_slow_projection_does_not_hold_back_the_board_view() {
             let stalling = stalling.clone();
             Arc::new(move |p| {
                 (p == Projection::AppointmentView && stalling.load(Ordering::SeqCst))
-                    .then_some(Duration::from_secs(3))
+                    .then_some(Duration::from_millis(50))
             })
         }),
         ..Default::default()
     };
     let projector = start_with_faults(&pool, &store, config(), faults);
-    // Let the slow projection start a batch (the Board's opening) and stall in it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..5 {
         let (appointment, _) = request_appointment(&store, board, &format!("p{i}")).await;
-        // Each appears in the Board's document long before the stall ends.
         wait_for_appointment(
             "board_view beside a slow projection",
-            Duration::from_millis(1500),
+            Duration::from_secs(15),
             &pool,
             board,
             appointment,
         )
         .await;
     }
+    // The slow one has committed none of them meanwhile.
+    let documents: i64 = sqlx::query_scalar("select count(*) from appointment_view")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(documents, 0, "the slow projection's batch is still held");
     let behind = |statuses: &[state::ProjectionStatus], name: &str| {
         statuses
             .iter()
@@ -637,7 +646,7 @@ async fn a_live_batch_does_not_wait_for_its_board_snapshots_and_each_is_of_its_v
             Arc::new(move || {
                 stalling
                     .load(Ordering::SeqCst)
-                    .then_some(Duration::from_secs(2))
+                    .then_some(Duration::from_millis(50))
             })
         }),
         ..Default::default()
@@ -651,7 +660,7 @@ async fn a_live_batch_does_not_wait_for_its_board_snapshots_and_each_is_of_its_v
         let (appointment, _) = request_appointment(&store, board, &format!("Behind {i}")).await;
         wait_for_appointment(
             "board_view while its snapshots are written slowly",
-            Duration::from_millis(1500),
+            Duration::from_secs(15),
             &pool,
             board,
             appointment,
@@ -682,7 +691,7 @@ async fn a_live_batch_does_not_wait_for_its_board_snapshots_and_each_is_of_its_v
         );
     }
     // The first Board's first snapshot was written while its later appointments
-    // committed (its writer stalled for two seconds after taking its view).
+    // committed (its writer was held after taking its view until they had).
     let first = snapshots.iter().find(|s| s.0 == boards[0]).unwrap();
     assert_eq!(first.1, 2);
     assert!(snapshots.iter().any(|s| s.0 == boards[0] && s.1 > 2));
@@ -799,17 +808,20 @@ async fn the_live_snapshot_writer_keeps_its_other_boards_when_another_writer_too
     for (i, board) in boards.iter().enumerate() {
         request_appointment(&store, *board, &format!("Raced {i}")).await;
     }
-    // The writer stalls once, right after taking its view.
+    // The first writer is held right after taking its view, until the test lets go.
     let viewed = Arc::new(tokio::sync::Notify::new());
     let stalls = Arc::new(AtomicUsize::new(0));
+    let holding = Arc::new(AtomicBool::new(true));
     let faults = Faults {
         slow_snapshots: Some({
-            let (viewed, stalls) = (viewed.clone(), stalls.clone());
+            let (viewed, stalls, holding) = (viewed.clone(), stalls.clone(), holding.clone());
             Arc::new(move || {
-                (stalls.fetch_add(1, Ordering::SeqCst) == 0).then(|| {
+                if stalls.fetch_add(1, Ordering::SeqCst) == 0 {
                     viewed.notify_one();
-                    Duration::from_secs(2)
-                })
+                }
+                holding
+                    .load(Ordering::SeqCst)
+                    .then_some(Duration::from_millis(50))
             })
         }),
         ..Default::default()
@@ -818,8 +830,9 @@ async fn the_live_snapshot_writer_keeps_its_other_boards_when_another_writer_too
     tokio::time::timeout(Duration::from_secs(20), viewed.notified())
         .await
         .expect("the snapshot writer took its view");
-    // Another writer commits the first Board's snapshot while this one stalls.
+    // Another writer commits the first Board's snapshot while this one is held.
     other_writers_snapshot(&pool, boards[0], 2).await;
+    holding.store(false, Ordering::SeqCst);
     caught_up(&pool).await;
     // A stopping loop waits for its writer.
     projector.stop().await.unwrap();
