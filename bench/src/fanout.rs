@@ -308,18 +308,40 @@ pub async fn saturation(
         server,
         database_url,
         (subscribers, boards, false),
-        writers,
+        Load::Writers(writers),
         seconds,
     )
     .await
 }
 
-/// As [`saturation`]; with `distinct`, every subscription has an id of its own.
+/// What changes the Boards during a saturation run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// Clients in a closed loop, each sending its next mutation when the last is
+    /// answered (writer `w` changes Board `w mod boards`): as many changes as the
+    /// server takes, competing with the fan-out for the cores.
+    Writers(usize),
+    /// Mutations sent at this many a second in all, open loop (round-robin over the
+    /// Boards), as the commit-to-frame rows send them.
+    Rate(f64),
+}
+
+impl std::fmt::Display for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Load::Writers(n) => write!(f, "{n} writers"),
+            Load::Rate(r) => write!(f, "{r} changes/s"),
+        }
+    }
+}
+
+/// As [`saturation`]; with `distinct`, every subscription has an id of its own, and the
+/// Boards change as `load` says.
 pub async fn saturation_with_ids(
     server: &Server,
     database_url: &str,
     (subscribers, boards, distinct): (usize, usize, bool),
-    writers: usize,
+    load: Load,
     seconds: u64,
 ) -> Result<Saturation> {
     let mut ids = Vec::with_capacity(boards.max(1));
@@ -364,20 +386,13 @@ pub async fn saturation_with_ids(
     let url = format!("http://{}/graphql", server.base);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let changes = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let (http, url, board, stop, changes, errors) = (
-            http.clone(),
-            url.clone(),
-            ids[w % ids.len()].clone(),
-            stop.clone(),
-            changes.clone(),
-            errors.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut i = w as u64 * 1_000_000;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
+    let change = {
+        let (http, url, changes, errors) =
+            (http.clone(), url.clone(), changes.clone(), errors.clone());
+        move |board: String, i: u64| {
+            let (http, url, changes, errors) =
+                (http.clone(), url.clone(), changes.clone(), errors.clone());
+            async move {
                 match http.post(&url).json(&request_body(&board, i)).send().await {
                     Ok(r) if r.status().is_success() => {
                         changes.fetch_add(1, Ordering::Relaxed);
@@ -387,7 +402,40 @@ pub async fn saturation_with_ids(
                     }
                 }
             }
-        }));
+        }
+    };
+    let mut tasks = Vec::new();
+    match load {
+        Load::Writers(writers) => {
+            for w in 0..writers {
+                let (board, stop, change) =
+                    (ids[w % ids.len()].clone(), stop.clone(), change.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut i = w as u64 * 1_000_000;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        change(board.clone(), i).await;
+                    }
+                }));
+            }
+        }
+        Load::Rate(rate) => {
+            let (ids, stop) = (ids.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                let mut sent = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    ticker.tick().await;
+                    i += 1;
+                    sent.push(tokio::spawn(change(ids[i as usize % ids.len()].clone(), i)));
+                    sent.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                }
+                for t in sent {
+                    let _ = t.await;
+                }
+            }));
+        }
     }
     // Warm up, then count.
     tokio::time::sleep(Duration::from_secs(1)).await;

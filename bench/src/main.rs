@@ -350,6 +350,13 @@ struct Args {
     /// `--subscribers` on one Board.
     #[arg(long, default_value_t = 8)]
     saturation_writers: usize,
+    /// What changes the Boards in the wide saturation rows, each entry a pass over
+    /// `--wide-variants`: 0 for `--saturation-writers` in a closed loop (as many
+    /// changes as the server takes, competing with the fan-out for the cores), R > 0
+    /// for R mutations a second in all, open loop, as the commit-to-frame rows send
+    /// them (issue 15's 24k frames/s was delivered at 100 changes/s).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0])]
+    saturation_rates: Vec<f64>,
     /// Rounds of the one-Board latency and saturation rows, each round the earlier
     /// per-socket frame delivery (before) then the group's writer pass (after), on
     /// servers of their own; 0: the writer pass only.
@@ -1197,7 +1204,18 @@ async fn main() -> Result<()> {
         } else {
             args.wide_variants.repeat(args.delivery_rounds.max(1))
         };
-        for (i, variant) in wide.iter().enumerate() {
+        let loads = args.saturation_rates.iter().map(|&rate| {
+            if rate > 0.0 {
+                fanout::Load::Rate(rate)
+            } else {
+                fanout::Load::Writers(args.saturation_writers)
+            }
+        });
+        let wide: Vec<(fanout::Load, usize, WideVariant)> = loads
+            .flat_map(|load| wide.iter().enumerate().map(move |(i, v)| (load, i, *v)))
+            .collect();
+        for (load, i, variant) in &wide {
+            let (load, i) = (*load, *i);
             let (shard, bytes, distinct) = variant.server(args.write_shard);
             let round = i / args.wide_variants.len().max(1) + 1;
             let which = variant.label(args.write_shard, round);
@@ -1223,15 +1241,20 @@ async fn main() -> Result<()> {
                     &server,
                     &url,
                     (args.wide_subscribers, args.wide_boards, distinct),
-                    args.saturation_writers,
+                    load,
                     args.seconds,
                 )
                 .await?;
                 drop(server);
                 m
             };
+            let load = if *variant == WideVariant::Ceiling {
+                "no changes".to_string()
+            } else {
+                load.to_string()
+            };
             println!(
-                "wide saturation, {which}: {:.0} frames/s to {} subscribers over {} Boards ({:.1} versions/s notified, {:.1} received each), {} changes, server CPU {:.2} us per frame (whole process, {:.0} % in the kernel), harness CPU {:.2} us per frame, writer pass {} per socket, {} of the pass's sockets parked ({} with bytes waiting, {} found still parked)",
+                "wide saturation, {which}, {load}: {:.0} frames/s to {} subscribers over {} Boards ({:.1} versions/s notified, {:.1} received each), {} changes, server CPU {:.2} us per frame (whole process, {:.0} % in the kernel), harness CPU {:.2} us per frame, writer pass {} per socket, {} of the pass's sockets parked ({} with bytes waiting, {} found still parked)",
                 m.rate,
                 args.wide_subscribers,
                 args.wide_boards,
@@ -1248,8 +1271,8 @@ async fn main() -> Result<()> {
             );
             rows.push(Row::unbased(
                 format!(
-                    "subscribe: frames delivered at saturation, {} subscribers over {} Boards, {} writers (frames/s), {which}",
-                    args.wide_subscribers, args.wide_boards, args.saturation_writers
+                    "subscribe: frames delivered at saturation, {} subscribers over {} Boards, {load} (frames/s), {which}",
+                    args.wide_subscribers, args.wide_boards
                 ),
                 m.rate,
                 None,

@@ -157,7 +157,13 @@ async fn the_lag_rate_pace_and_event_interval_comparisons_run_and_report() {
             "--spread-subscribers",
             "0",
             "--saturation-writers",
-            "0",
+            "1",
+            "--saturation-rates",
+            "20,0",
+            "--wide-subscribers",
+            "3",
+            "--wide-variants",
+            "joined-distinct",
             "--delivery-rounds",
             "0",
             "--event-interval-rounds",
@@ -178,6 +184,9 @@ async fn the_lag_rate_pace_and_event_interval_comparisons_run_and_report() {
         "project: lag commit to NOTIFY at 40 appends/s, loops, async projector commits, paced followers",
         ", before: default event interval, round 1",
         ", after: event interval 3, round 1",
+        // The wide saturation row under both loads: open loop, and closed-loop writers.
+        "subscribe: frames delivered at saturation, 3 subscribers over 1 Boards, 20 changes/s",
+        "subscribe: frames delivered at saturation, 3 subscribers over 1 Boards, 1 writers",
     ] {
         assert!(
             scenarios.iter().any(|s| s.contains(expected)),
@@ -186,7 +195,10 @@ async fn the_lag_rate_pace_and_event_interval_comparisons_run_and_report() {
     }
     for r in results {
         assert_eq!(r["errors"], 0, "{r}");
-        if r["scenario"].as_str().unwrap().contains("event interval") {
+        let scenario = r["scenario"].as_str().unwrap();
+        if scenario.contains("event interval")
+            || scenario.contains("frames delivered at saturation")
+        {
             assert!(
                 r["rate_per_s"].as_f64().unwrap() > 0.0,
                 "frames arrived: {r}"
