@@ -360,7 +360,9 @@ pub async fn audit(
     match action {
         crate::config::AuditCommand::Verify => {
             let db = app::open_database(database).await?;
-            crate::postgres::migrate(&db.pool).await?;
+            // As the schema's owner where there is one: the server's login may not
+            // change the schema.
+            db.migrate().await?;
             let report = crate::identity::access_log::verify(&db.pool).await;
             db.pool.close().await;
             let report = report?;

@@ -219,7 +219,8 @@ pub struct GraphqlLimits {
     #[arg(long, env = "CAREBOARD_MAX_NESTING", default_value_t = 64)]
     pub max_nesting: usize,
     /// A request (query or mutation) that runs longer is cancelled with TIMEOUT, its
-    /// SQL with it.
+    /// SQL with it (an append under way finishes first; the answer names what was
+    /// applied).
     #[arg(long, env = "CAREBOARD_REQUEST_TIMEOUT_MS", default_value_t = 15_000)]
     pub request_timeout_ms: u64,
     /// A connection must send a request's headers within this many ms of opening (or

@@ -13,13 +13,14 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_graphql::http::WebSocketProtocols;
 
 use crate::config::GraphqlLimits;
 use crate::error::{AppError, ErrorCode};
+use crate::event_store::in_flight::Appends;
 use crate::graphql::RequestContext;
 use crate::health::DbState;
 use crate::identity::edge::Credentials;
@@ -426,6 +427,23 @@ async fn coded_refusals(request: axum::extract::Request, next: axum::middleware:
     coded
 }
 
+/// The TIMEOUT message of a request cancelled after `applied` (the positions of the
+/// mutations it committed before its time ran out, none under way any more).
+fn timed_out(timeout: Duration, applied: &[i64]) -> String {
+    let ms = timeout.as_millis();
+    match applied {
+        [] => format!("the request ran longer than {ms} ms and was cancelled; nothing it asked for was applied"),
+        [position] => format!(
+            "the request ran longer than {ms} ms and was cancelled after its mutation at position {position} was applied; nothing after it was"
+        ),
+        _ => format!(
+            "the request ran longer than {ms} ms and was cancelled after {} of its mutations were applied (positions {}); nothing after them was",
+            applied.len(),
+            applied.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
 fn request_error(status: StatusCode, code: ErrorCode, message: String) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, Json(body)).into_response()
@@ -790,12 +808,26 @@ async fn execute(
             state.schema.execute(gql_request).await
         }
     };
-    let Ok(mut response) = tokio::time::timeout(timeout, execution).await else {
-        let e = AppError::Timeout(format!(
-            "the request ran longer than {} ms and was cancelled",
-            timeout.as_millis()
-        ));
-        return request_error(StatusCode::OK, e.code(), e.public_message());
+    // A mutation's append under way when the time runs out is seen through (dropped
+    // mid-statement, PostgreSQL might still commit it), so the answer is definite.
+    let appends = Arc::new(Appends::default());
+    let execution = appends.scope(execution);
+    tokio::pin!(execution);
+    let mut response = match tokio::time::timeout(timeout, &mut execution).await {
+        Ok(response) => response,
+        Err(_) => {
+            let finished = tokio::select! {
+                response = &mut execution => Some(response),
+                () = appends.settled() => None,
+            };
+            match finished {
+                Some(response) => response,
+                None => {
+                    let e = AppError::Timeout(timed_out(timeout, &appends.applied()));
+                    return request_error(StatusCode::OK, e.code(), e.public_message());
+                }
+            }
+        }
     };
     // Errors raised before any resolver ran (parse, validation, limits, input coercion)
     // carry no code: they are all bad input.

@@ -8,7 +8,19 @@ use tracing_subscriber::EnvFilter;
 /// behind that check, not the defence.
 const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
 
-fn main() -> Result<()> {
+/// Runs the command; a failure prints its message and causes on stderr, without a
+/// backtrace (which `RUST_BACKTRACE` would otherwise add), and exits 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         // Colour only on a terminal: redirected logs stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -9,6 +9,7 @@
 pub mod append;
 mod data;
 pub mod import;
+pub mod in_flight;
 pub mod log;
 pub mod unit_of_work;
 

@@ -475,6 +475,8 @@ impl UnitOfWork {
         }
         let metadata = self.meta.event_metadata();
         let creates_only = self.writes.iter().all(|w| w.expected_version == 0);
+        // From the first write to the outcome: a request out of time waits for it.
+        let in_flight = super::in_flight::InFlight::start();
         if !creates_only {
             self.tx().await?;
         }
@@ -516,6 +518,7 @@ impl UnitOfWork {
             }
             tx.commit().await.map_err(lock_error)?;
         }
+        in_flight.applied(outcome.position);
         self.store.appended_signal().notify_one();
         Ok(Committed { appended, outcome })
     }

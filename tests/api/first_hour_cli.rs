@@ -144,9 +144,31 @@ fn a_second_server_on_the_same_data_dir_is_refused_and_cli_commands_share_it() {
         .arg("--data-dir")
         .arg(data_dir.path()));
     assert!(ok, "migrate shares the running cluster: {stderr}");
+    // `audit verify` too, on the built-in database (the server's own login may not
+    // change the schema: it failed with "permission denied for schema public").
+    let audit = || {
+        careboard()
+            .args(["audit", "verify", "--data-dir"])
+            .arg(data_dir.path())
+            .output()
+            .unwrap()
+    };
+    let verified = audit();
+    assert!(
+        verified.status.success()
+            && String::from_utf8_lossy(&verified.stdout).contains("access log intact"),
+        "audit verify shares the running cluster: {verified:?}"
+    );
 
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
     let _ = first.wait();
+    // And with the server stopped, on a cluster of its own.
+    let verified = audit();
+    assert!(
+        verified.status.success()
+            && String::from_utf8_lossy(&verified.stdout).contains("access log intact"),
+        "audit verify with the server stopped: {verified:?}"
+    );
 }
 
 /// The runtime's event interval is an operator setting: a valid one runs the command, a

@@ -423,6 +423,82 @@ async fn a_request_that_runs_too_long_is_cancelled_with_timeout() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// A request whose time runs out after one of its mutations committed says so, and a
+/// mutation whose append is under way at that moment is seen through: the answer
+/// always agrees with the log. (Found from outside: a mutation answered "TIMEOUT ...
+/// was cancelled" had been applied, so a client retrying without a `commandId` made a
+/// duplicate.)
+#[tokio::test]
+async fn a_request_that_runs_out_of_time_says_which_of_its_mutations_were_applied() {
+    let app = TestApp::spawn_without_projector_with(
+        careboard::config::GraphqlLimits {
+            request_timeout_ms: 100,
+            ..Default::default()
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+    let board = app.open_board("Pediatrics TX").await;
+    // The second mutation waits for the Board's stream row, held here for 400 ms.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("select from streams where id = $1::uuid for update")
+        .bind(&board)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let request = tokio::spawn({
+        let (url, token) = (app.url("/graphql"), app.admin_token.clone());
+        let query = format!(
+            "mutation {{ a: registerProvider(input: {{name: \"Dr. Late\", specialties: [\"pediatrics\"], licensedRegions: [\"TX\"]}}) {{ position }} \
+                        b: closeBoard(input: {{boardId: \"{board}\"}}) {{ position }} }}"
+        );
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    holder.rollback().await.unwrap();
+    let response = request.await.unwrap();
+    // Whatever PostgreSQL still ran for the request has run by then.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let applied: Vec<i64> = sqlx::query_scalar(
+        "select e.seq from events e \
+          where (e.type = 'ProviderRegistered' and e.data->>'name' = 'Dr. Late') \
+             or (e.type = 'BoardClosed' and e.stream_id = $1::uuid) \
+          order by e.seq",
+    )
+    .bind(&board)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(!applied.is_empty(), "the first mutation committed at once");
+    if response["errors"].is_null() {
+        assert_eq!(applied.len(), 2, "{response}");
+        return;
+    }
+    assert_eq!(error_code(&response), "TIMEOUT", "{response}");
+    let message = error_message(&response);
+    let positions: Vec<String> = applied.iter().map(i64::to_string).collect();
+    let said = match positions.as_slice() {
+        [one] => format!("after its mutation at position {one} was applied"),
+        many => format!(
+            "after {} of its mutations were applied (positions {})",
+            many.len(),
+            many.join(", ")
+        ),
+    };
+    assert!(message.contains(&said), "{said:?} in {response}");
+}
+
 #[tokio::test]
 async fn clients_over_the_rate_limit_get_429_with_retry_after() {
     let app = TestApp::spawn_rate_limited(5, 10).await;
