@@ -874,7 +874,7 @@ async fn run_group(
     while let Some(mut response) = stream.next().await {
         metrics.executions.inc();
         let (version, disclosed) = tap.take();
-        add_error_codes(&mut response);
+        crate::graphql::settle_errors(&mut response);
         let payload = match serde_json::to_string(&response) {
             Ok(p) => p,
             Err(e) => {
@@ -943,18 +943,6 @@ fn member(
         }
     }
     .boxed()
-}
-
-/// Errors without `extensions.code` get VALIDATION, as over HTTP: resolvers' errors all
-/// carry a code, so one without is the schema refusing the document or its variables
-/// (parse, validation, coercion).
-pub fn add_error_codes(response: &mut Response) {
-    for error in &mut response.errors {
-        let extensions = error.extensions.get_or_insert_with(Default::default);
-        if extensions.get("code").is_none() {
-            extensions.set("code", crate::error::ErrorCode::Validation.as_str());
-        }
-    }
 }
 
 /// Whether `request` can share frames with others (a `boardChanged` subscription and

@@ -829,20 +829,7 @@ async fn execute(
             }
         }
     };
-    // Errors raised before any resolver ran (parse, validation, limits, input coercion)
-    // carry no code: they are all bad input.
-    for error in &mut response.errors {
-        let has_code = error
-            .extensions
-            .as_ref()
-            .is_some_and(|ext| ext.get("code").is_some());
-        if !has_code {
-            error
-                .extensions
-                .get_or_insert_with(Default::default)
-                .set("code", ErrorCode::Validation.as_str());
-        }
-    }
+    crate::graphql::settle_errors(&mut response);
     // A request error (nothing executed: parse, validation, variables) has no path and
     // no data; a field error has a path.
     let request_failed = crate::graphql::request_failed(&response);

@@ -54,7 +54,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::frames::{add_error_codes, envelope, Delivery, Frame, FrameDelivery, Membership};
+use crate::frames::{envelope, Delivery, Frame, FrameDelivery, Membership};
 use crate::graphql::access::{Caller, ClientAddr, Recipient};
 use crate::graphql::subscription::SubscriptionBudget;
 use crate::graphql::RequestContext;
@@ -558,7 +558,7 @@ fn encode(legacy: bool, id: &str, out: Option<Out>) -> Option<String> {
         }
         Some(Out::Frame(frame)) => frame.payload().map(|p| envelope(legacy, id, p)),
         Some(Out::Response(mut response)) => {
-            add_error_codes(&mut response);
+            crate::graphql::settle_errors(&mut response);
             if crate::graphql::request_failed(&response) {
                 return Some(error_message(legacy, id, &response.errors));
             }

@@ -146,6 +146,35 @@ pub fn is_introspection_only(document: &ExecutableDocument, operation_name: Opti
 
 pub use crate::limits::operation;
 
+/// The most errors one answer carries. A document can be written to fail validation
+/// once per repeated part (30,000 duplicate variables made a 7.5 MB answer), and an
+/// answer a client does not read stays in the server's memory.
+pub const MAX_ERRORS: usize = 20;
+
+/// Settles an answer's errors before it is sent: at most [`MAX_ERRORS`] (the last says
+/// how many more there were, with the code of the first it stands for), and each with
+/// a code (errors raised before any resolver ran, from parsing, validation, limits or
+/// input coercion, carry none: they are all bad input).
+pub fn settle_errors(response: &mut async_graphql::Response) {
+    if response.errors.len() > MAX_ERRORS {
+        let kept = MAX_ERRORS - 1;
+        let more = response.errors.len() - kept;
+        let mut summary = async_graphql::ServerError::new(
+            format!("and {more} more errors like these (an answer carries at most {MAX_ERRORS})"),
+            None,
+        );
+        summary.extensions = response.errors[kept].extensions.take();
+        response.errors.truncate(kept);
+        response.errors.push(summary);
+    }
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", crate::error::ErrorCode::Validation.as_str());
+        }
+    }
+}
+
 /// Whether `response` is a request error: nothing executed (parse, validation,
 /// variables, a limit or the rate refused it), so it has no data and no error has a
 /// path (a field error has one).

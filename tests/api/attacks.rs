@@ -647,3 +647,42 @@ async fn a_null_for_a_non_null_variable_is_refused() {
         .await;
     assert_eq!(answer["data"]["board"]["id"], board.as_str(), "{answer:#}");
 }
+
+/// A document written to fail validation once per repeated part (here 30,000 copies
+/// of one variable: a 7.5 MB answer of "There can only be one variable named $v")
+/// gets at most `MAX_ERRORS` errors back, over HTTP and on a websocket, the last
+/// saying how many more there were. Found from outside: a patient's 100 connections
+/// that never read such answers held ~800 MB of the server's memory.
+#[tokio::test]
+async fn an_answer_carries_a_bounded_number_of_errors_however_many_the_document_earns() {
+    let app = TestApp::spawn().await;
+    let variables = vec!["$v:Int"; 30_000].join(",");
+    let query = format!("query({variables}) {{ __typename }}");
+    let most = careboard::graphql::MAX_ERRORS;
+    let check = |errors: &Value| {
+        let errors = errors.as_array().expect("errors");
+        assert_eq!(errors.len(), most, "{:?}", &errors[..3.min(errors.len())]);
+        assert!(errors
+            .iter()
+            .all(|e| e["extensions"]["code"] == "VALIDATION"));
+        let last = errors[most - 1]["message"].as_str().unwrap();
+        let more: usize = last
+            .strip_prefix("and ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("says how many more: {last}"));
+        assert!(more > 29_000, "{last}");
+    };
+    let answer = app.gql(&query, json!({})).await;
+    check(&answer["errors"]);
+    let mut socket = helpers::WsClient::open(&app, "graphql-transport-ws").await;
+    socket
+        .send(json!({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+        .await;
+    let message = socket
+        .next(std::time::Duration::from_secs(10))
+        .await
+        .expect("an answer");
+    assert_eq!(message["type"], "error", "{message}");
+    check(&message["payload"]);
+}
