@@ -35,6 +35,14 @@ impl Credentials {
         let Some(verifier) = verifier else {
             return Credentials::Off;
         };
+        if headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Credentials::Refused(AuthError::SeveralHeaders);
+        }
         let value = match headers.get(header::AUTHORIZATION) {
             None => None,
             Some(v) => match v.to_str() {

@@ -186,6 +186,10 @@ fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
 /// array of strings.
 fn strings(name: &str, value: &Value) -> Result<Vec<String>, ClaimError> {
     match value {
+        Value::String(s) if s.contains('\0') => Err(ClaimError::Invalid(
+            name.to_string(),
+            "a string without the NUL character",
+        )),
         Value::String(s) => Ok(s
             .split([' ', ','])
             .map(str::trim)
@@ -196,6 +200,7 @@ fn strings(name: &str, value: &Value) -> Result<Vec<String>, ClaimError> {
             .iter()
             .map(|i| {
                 i.as_str()
+                    .filter(|s| !s.contains('\0'))
                     .map(|s| s.trim().to_string())
                     .ok_or_else(|| ClaimError::Invalid(name.to_string(), "a list of strings"))
             })
@@ -223,6 +228,10 @@ fn optional_set(
 fn text(claims: &Value, name: &str) -> Result<Option<String>, ClaimError> {
     match claim(claims, name) {
         None => Ok(None),
+        Some(Value::String(s)) if s.contains('\0') => Err(ClaimError::Invalid(
+            name.to_string(),
+            "a string without the NUL character",
+        )),
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
         Some(_) => Err(ClaimError::Invalid(name.to_string(), "a non-empty string")),
     }

@@ -120,6 +120,10 @@ pub enum AuthError {
     /// An `Authorization` header of another scheme (`Basic …`), or no scheme.
     #[error("the Authorization header does not carry a bearer token: send `Authorization: Bearer <token>`")]
     NotBearer,
+    /// More than one `Authorization` header: which one speaks for the caller would
+    /// depend on the order a proxy put them in.
+    #[error("the request carries more than one Authorization header: send exactly one")]
+    SeveralHeaders,
     #[error("the token's signing algorithm{} is not accepted (accepted: RS256, ES256, EdDSA)", .0.map(|a| format!(" {a}")).unwrap_or_default())]
     UnsupportedAlgorithm(Option<&'static str>),
     #[error("the token is signed with a key the identity provider does not publish")]

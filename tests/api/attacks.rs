@@ -686,3 +686,56 @@ async fn an_answer_carries_a_bounded_number_of_errors_however_many_the_document_
     assert_eq!(message["type"], "error", "{message}");
     check(&message["payload"]);
 }
+
+/// A signed token whose subject or name holds the NUL character (which PostgreSQL
+/// cannot store) is refused at the door as UNAUTHENTICATED, and a request with two
+/// `Authorization` headers is refused whichever comes first. Found from outside: the
+/// NUL answered INTERNAL on every mutation (with a backtrace in the log), and of two
+/// headers the first silently spoke for the caller.
+#[tokio::test]
+async fn tokens_with_nul_claims_and_requests_with_two_authorization_headers_are_refused() {
+    let app = TestApp::spawn().await;
+    let idp = helpers::idp::idp();
+    let post = |tokens: Vec<String>| {
+        let mut request = reqwest::Client::new()
+            .post(app.url("/graphql"))
+            .json(&json!({"query": "mutation { registerProvider(input: {name: \"Dr. Nul\", specialties: [\"derm\"], licensedRegions: [\"north\"]}) { position } }"}));
+        for token in tokens {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    for claims in [
+        Who::admin().subject("a\u{0}b").claims(),
+        Who::admin().name("x\u{0}y").claims(),
+    ] {
+        let (status, body) = post(vec![idp.sign(&claims)]).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(helpers::error_code(&body), "UNAUTHENTICATED", "{body}");
+        assert!(helpers::error_message(&body).contains("NUL"), "{body}");
+    }
+    let admin = idp.token(&Who::admin());
+    let coordinator = idp.token(&Who::coordinator().regions(["south"]));
+    for tokens in [
+        vec![admin.clone(), coordinator.clone()],
+        vec![coordinator, admin],
+    ] {
+        let (status, body) = post(tokens).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            helpers::error_message(&body).contains("more than one Authorization header"),
+            "{body}"
+        );
+    }
+    let written: i64 = sqlx::query_scalar("select count(*) from events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 0, "nothing was written");
+}
