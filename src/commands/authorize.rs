@@ -80,11 +80,6 @@ async fn judge(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
                 ..
             }
     );
-    let board_facts = |b: &Board| BoardFacts {
-        region: b.region.clone(),
-        specialty: b.specialty.clone(),
-        providers: Vec::new(),
-    };
     let facts = match target {
         Target::NewBoard { specialty, region } => Facts {
             board: Some(BoardFacts {
@@ -104,17 +99,7 @@ async fn judge(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
             provider_id: Some(provider_id.as_uuid()),
             ..Facts::default()
         },
-        Target::Shift(shift) => {
-            let board = match shift {
-                Some(s) => uow.read::<Board>(s.board_id, Guard::None).await?,
-                None => None,
-            };
-            Facts {
-                board: board.as_ref().map(board_facts),
-                provider_id: shift.map(|s| s.provider_id.as_uuid()),
-                ..Facts::default()
-            }
-        }
+        Target::Shift(shift) => shift_facts(uow, shift).await?,
         Target::Request { board, patient_id } => Facts {
             board: board.map(board_facts),
             patient_id: patient_id.map(str::to_string),
@@ -141,9 +126,41 @@ async fn judge(uow: &mut UnitOfWork, target: Target<'_>) -> AppResult<()> {
         return crate::identity::matrix::authorize_missing(&principal, operation, &facts)
             .map_err(AppError::from);
     }
+    // A shift on another Board than the appointment is judged too: refused as out of
+    // scope, before the domain's refusal could name the Board it is on.
+    if let Target::Scheduling {
+        appointment: Some(a),
+        shift: Some(s),
+    } = target
+    {
+        if s.board_id != a.board_id {
+            authorize_matrix(&principal, operation, &shift_facts(uow, Some(s)).await?)?;
+        }
+    }
     authorize_matrix(&principal, operation, &facts)
+}
+
+/// The facts of a shift: its Board's region and specialty, and its provider.
+async fn shift_facts(uow: &mut UnitOfWork, shift: Option<&Shift>) -> AppResult<Facts> {
+    let board = match shift {
+        Some(s) => uow.read::<Board>(s.board_id, Guard::None).await?,
+        None => None,
+    };
+    Ok(Facts {
+        board: board.as_ref().map(board_facts),
+        provider_id: shift.map(|s| s.provider_id.as_uuid()),
+        ..Facts::default()
+    })
 }
 
 fn authorize_matrix(principal: &Principal, operation: Operation, facts: &Facts) -> AppResult<()> {
     crate::identity::authorize(principal, operation, facts).map_err(AppError::from)
+}
+
+fn board_facts(b: &Board) -> BoardFacts {
+    BoardFacts {
+        region: b.region.clone(),
+        specialty: b.specialty.clone(),
+        providers: Vec::new(),
+    }
 }

@@ -1574,3 +1574,40 @@ async fn a_missing_target_is_not_found_for_whoever_could_see_it_whatever_it_were
         assert_eq!(errors[0]["extensions"]["code"], code, "{m}");
     }
 }
+
+/// Scheduling an appointment of one's Board with a shift of a Board out of one's scope
+/// is FORBIDDEN, and the refusal names nothing of the other Board. Found from outside:
+/// the domain's VALIDATION ("provider shift … is on board …") ran first and told a
+/// scoped coordinator that the shift exists and which Board it is on.
+#[tokio::test]
+async fn a_shift_out_of_scope_is_refused_before_the_domain_names_its_board() {
+    let app = AuthApp::spawn().await;
+    let day = seed(&app).await;
+    let scoped = app.token(
+        Who::coordinator()
+            .regions(["TX"])
+            .specialties(["pediatrics"]),
+    );
+    let before = app.app.event_count().await;
+    let answer = app
+        .gql(
+            &scoped,
+            SCHEDULE,
+            json!({"i": {"appointmentId": day.waiting, "shiftId": day.out_shift}}),
+        )
+        .await;
+    assert_eq!(helpers::error_code(&answer), "FORBIDDEN", "{answer}");
+    let text = answer.to_string();
+    assert!(!text.contains(&day.board_out), "{text}");
+    assert!(!text.contains(&day.out_shift), "{text}");
+    assert_eq!(app.app.event_count().await, before, "nothing was appended");
+    // An admin is told what is wrong with the pair.
+    let answer = app
+        .gql(
+            &app.admin(),
+            SCHEDULE,
+            json!({"i": {"appointmentId": day.waiting, "shiftId": day.out_shift}}),
+        )
+        .await;
+    assert_eq!(helpers::error_code(&answer), "VALIDATION", "{answer}");
+}
