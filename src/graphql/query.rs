@@ -610,10 +610,15 @@ impl Query {
             ..Default::default()
         };
         let mut page = access_log_page(ctx, query).await?;
-        // A record of a Board or a list shows this patient only their own part: never
-        // the other patients it disclosed.
+        let me = access::principal(ctx)?.map(|p| p.subject.clone());
         for edge in &mut page.edges {
+            // A record of a Board or a list shows this patient only their own part:
+            // never the other patients it disclosed.
             crate::identity::access_log::narrow_to_patient(&mut edge.node.disclosed.0, &patient_id);
+            // Nor where the staff member's request came from (an internal address).
+            if me.as_deref() != Some(edge.node.subject.as_str()) {
+                edge.node.client_addr = None;
+            }
         }
         Ok(page)
     }

@@ -962,6 +962,7 @@ pub struct AccessLogEntry {
     /// The client's operation name, if it gave one.
     pub operation_name: Option<String>,
     pub correlation_id: String,
+    /// The client's address; in `myAccessLog`, only on the patient's own records.
     pub client_addr: Option<String>,
     /// What was disclosed, in ids: `{kind: "board", boardId, version, patientIds}` (time
     /// travel expands it to what was shown), `{kind: "appointments", appointments}`, or

@@ -240,11 +240,25 @@ async fn my_access_log_names_no_other_patient() {
     let log = app
         .data_as(
             &ada,
-            "{ myAccessLog(first: 100) { edges { node { role operation disclosed } } } }",
+            "{ myAccessLog(first: 100) { edges { node { role operation disclosed clientAddr } } } }",
             json!({}),
         )
         .await;
     let edges = log["myAccessLog"]["edges"].as_array().unwrap();
+    // Nor where staff read it from (found from outside: the staff member's address
+    // and port were shown to the patient).
+    for edge in edges.iter().filter(|e| e["node"]["role"] != "patient") {
+        assert!(edge["node"]["clientAddr"].is_null(), "{edge}");
+    }
+    let staff_addr: Option<String> =
+        sqlx::query_scalar("select client_addr from access_log where role = 'coordinator' limit 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        staff_addr.is_some(),
+        "the record itself keeps it for admins"
+    );
     assert!(
         edges
             .iter()
