@@ -423,8 +423,14 @@ impl RunningServer {
     }
 }
 
-/// Resolves on Ctrl+C or SIGTERM.
+/// Resolves on Ctrl+C or SIGTERM, and says so in the log.
 pub async fn shutdown_signal() {
+    shutdown_signal_quiet().await;
+    tracing::info!("shutting down");
+}
+
+/// Resolves on Ctrl+C or SIGTERM.
+pub async fn shutdown_signal_quiet() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -440,5 +446,4 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-    tracing::info!("shutting down");
 }

@@ -216,17 +216,33 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
             },
         )),
     };
+    match serve.projector {
+        ProjectorMode::Off => tracing::info!(
+            "projector off (--projector off): this process serves only; documents move, and \
+             minPosition reads are answered, when a Careboard process with the projector runs \
+             against the same database"
+        ),
+        _ if serve.matching == Switch::Off => tracing::info!(
+            "automatic scheduling off (--matching off): coordinators schedule every appointment"
+        ),
+        _ => {}
+    }
     let result = if let Some(listener) = listener {
-        tracing::info!(
-            "Careboard listening; GraphiQL at http://{}/graphql",
-            listener.local_addr()?
-        );
+        let address = listener.local_addr()?;
+        if state.limits.graphiql {
+            tracing::info!("Careboard listening; GraphiQL at http://{address}/graphql");
+        } else {
+            tracing::info!(
+                "Careboard listening; GraphQL at http://{address}/graphql (GraphiQL off)"
+            );
+        }
         if let Some(metrics) = metrics_listener {
             tracing::info!("metrics at http://{}/metrics", metrics.local_addr()?);
+            // Stops with the same signal as the API, which announces it.
             tokio::spawn(app::serve_metrics(
                 metrics,
                 state.clone(),
-                app::shutdown_signal(),
+                app::shutdown_signal_quiet(),
             ));
         }
         app::serve(listener, state, app::shutdown_signal()).await

@@ -204,3 +204,76 @@ fn the_runtime_event_interval_setting_is_applied_or_refused_clearly() {
         );
     }
 }
+
+/// The start and stop logs say how the process runs: GraphiQL off is not announced as
+/// served, a process without the projector says so (its `minPosition` reads wait for
+/// another's), and a stop is announced once with a metrics listener beside the API.
+/// Found by a newcomer: "GraphiQL at …" with GraphiQL off (the URL answered 404),
+/// nothing about the projector, and "shutting down" twice.
+#[test]
+fn the_logs_say_how_the_process_runs_and_announce_one_stop() {
+    use std::io::BufRead;
+    let data_dir = crate::helpers::files::data_dir();
+    let mut server = careboard()
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--metrics-bind",
+            "127.0.0.1:0",
+            "--graphiql",
+            "false",
+            "--projector",
+            "off",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, read) = std::sync::mpsc::channel();
+    let stderr = server.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let started = Instant::now();
+    while !log.iter().any(|l: &String| l.contains("metrics at")) {
+        match read.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => log.push(line),
+            Err(_) if started.elapsed() < Duration::from_secs(120) => {}
+            Err(_) => {
+                let _ = server.kill();
+                panic!("the server did not start: {log:#?}");
+            }
+        }
+    }
+    // (The signal handlers are set as the listeners start serving.)
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let _ = server.wait();
+    while let Ok(line) = read.recv_timeout(Duration::from_secs(2)) {
+        log.push(line);
+    }
+    let listening = log
+        .iter()
+        .find(|l| l.contains("Careboard listening"))
+        .unwrap();
+    assert!(
+        listening.contains("(GraphiQL off)") && !listening.contains("GraphiQL at"),
+        "{listening}"
+    );
+    assert!(log.iter().any(|l| l.contains("projector off")), "{log:#?}");
+    assert_eq!(
+        log.iter().filter(|l| l.contains("shutting down")).count(),
+        1,
+        "{log:#?}"
+    );
+}
