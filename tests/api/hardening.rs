@@ -396,6 +396,15 @@ async fn board_history_estimates_are_costed_and_optional() {
         .data(&q(100, "version estimatedWaitSeconds"), json!({}))
         .await;
     assert_eq!(with["boardHistory"].as_array().unwrap().len(), 4);
+    // The default page (no `first`) fits the default limit (found by a newcomer: it
+    // was always "too complex", so the figure needed a `first` to be selected at all).
+    let default_page = app
+        .data(
+            &q(0, "version estimatedWaitSeconds").replace(", first: 0", ""),
+            json!({}),
+        )
+        .await;
+    assert_eq!(default_page["boardHistory"].as_array().unwrap().len(), 4);
 }
 
 #[tokio::test]
