@@ -432,7 +432,7 @@ async fn coded_refusals(request: axum::extract::Request, next: axum::middleware:
 fn timed_out(timeout: Duration, applied: &[i64]) -> String {
     let ms = timeout.as_millis();
     match applied {
-        [] => format!("the request ran longer than {ms} ms and was cancelled; nothing it asked for was applied"),
+        [] => format!("the request ran longer than {ms} ms and was cancelled; it changed nothing"),
         [position] => format!(
             "the request ran longer than {ms} ms and was cancelled after its mutation at position {position} was applied; nothing after it was"
         ),
