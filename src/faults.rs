@@ -87,16 +87,12 @@ impl Faults {
     /// Stalls a batch of `projection` for as long as the test asks, in slices: the
     /// fault is asked again after each, so a test holds the batch until it lets go.
     pub async fn stall_batch(&self, projection: crate::projections::Projection) {
-        while let Some(stall) = self.stall(projection) {
-            tokio::time::sleep(stall).await;
-        }
+        stall_while(|| self.stall(projection)).await;
     }
 
     /// Stalls before Board snapshots are written, like [`Self::stall_batch`].
     pub async fn stall_snapshots(&self) {
-        while let Some(stall) = self.snapshot_stall() {
-            tokio::time::sleep(stall).await;
-        }
+        stall_while(|| self.snapshot_stall()).await;
     }
 
     /// How long the projector stalls before it writes a batch's Board snapshots.
@@ -122,5 +118,12 @@ impl Faults {
             let _ = board;
             false
         }
+    }
+}
+
+/// Sleeps for as long as `ask` says, asking again after each slice, until it says `None`.
+async fn stall_while(ask: impl Fn() -> Option<std::time::Duration>) {
+    while let Some(stall) = ask() {
+        tokio::time::sleep(stall).await;
     }
 }

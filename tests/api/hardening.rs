@@ -407,16 +407,22 @@ async fn board_history_estimates_are_costed_and_optional() {
     assert_eq!(default_page["boardHistory"].as_array().unwrap().len(), 4);
 }
 
-#[tokio::test]
-async fn a_request_that_runs_too_long_is_cancelled_with_timeout() {
-    let app = TestApp::spawn_without_projector_with(
+/// A server without a projector whose requests run at most `ms` (its reads wait 10 s
+/// for the projector, longer than that).
+async fn timing_out_after(ms: u64) -> TestApp {
+    TestApp::spawn_without_projector_with(
         careboard::config::GraphqlLimits {
-            request_timeout_ms: 300,
+            request_timeout_ms: ms,
             ..Default::default()
         },
         Duration::from_secs(10),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_request_that_runs_too_long_is_cancelled_with_timeout() {
+    let app = timing_out_after(300).await;
     let board = app.open_board("Pediatrics TX").await;
     let position = app.event_count().await;
     // A read that waits for a position nothing projects would take the read wait
@@ -439,14 +445,7 @@ async fn a_request_that_runs_too_long_is_cancelled_with_timeout() {
 /// duplicate.)
 #[tokio::test]
 async fn a_request_that_runs_out_of_time_says_which_of_its_mutations_were_applied() {
-    let app = TestApp::spawn_without_projector_with(
-        careboard::config::GraphqlLimits {
-            request_timeout_ms: 100,
-            ..Default::default()
-        },
-        Duration::from_secs(10),
-    )
-    .await;
+    let app = timing_out_after(100).await;
     let board = app.open_board("Pediatrics TX").await;
     // The second mutation waits for the Board's stream row, held here for 400 ms.
     let mut holder = app.pool.begin().await.unwrap();
