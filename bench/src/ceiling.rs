@@ -219,7 +219,12 @@ impl Drop for Writer {
 /// Frames per second the bare writer delivers to `subscribers` lean readers for
 /// `seconds`, with its CPU and the harness's per frame (the same figures as
 /// [`crate::fanout::saturation`]; no writer pass counters, no versions notified).
-pub async fn saturation(subscribers: usize, shard: usize, seconds: u64) -> Result<Saturation> {
+pub async fn saturation(
+    subscribers: usize,
+    shard: usize,
+    readers: crate::fanout::Readers,
+    seconds: u64,
+) -> Result<Saturation> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -254,15 +259,14 @@ pub async fn saturation(subscribers: usize, shard: usize, seconds: u64) -> Resul
     let frames = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut readers = Vec::new();
-    for socket in sockets {
+    let reading = {
         let (frames, counting) = (frames.clone(), counting.clone());
-        readers.push(crate::fanout::read_all(socket, errors.clone(), move |_| {
+        crate::fanout::read_sockets(sockets, readers, errors.clone(), move |_| {
             if counting.load(Ordering::Relaxed) {
                 frames.fetch_add(1, Ordering::Relaxed);
             }
-        }));
-    }
+        })?
+    };
     let stat = format!("/proc/{}/stat", writer.child.id());
     tokio::time::sleep(Duration::from_secs(1)).await;
     counting.store(true, Ordering::Relaxed);
@@ -277,9 +281,7 @@ pub async fn saturation(subscribers: usize, shard: usize, seconds: u64) -> Resul
     let harness = process_cpu_seconds("/proc/self/stat")? - harness_before;
     let took = started.elapsed().as_secs_f64();
     let counted = frames.load(Ordering::Relaxed);
-    for r in &readers {
-        r.abort();
-    }
+    drop(reading);
     drop(writer);
     let per = |cpu: f64| {
         if counted > 0 {

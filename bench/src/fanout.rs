@@ -119,6 +119,112 @@ pub(crate) fn read_all(
     })
 }
 
+/// How the saturation rows' subscribers read their sockets. Every subscriber shares the
+/// two cores with the server, so what its reading costs is taken from the fan-out's
+/// share; a client on another machine costs the server nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Readers {
+    /// A task per socket, woken by the runtime's reactor when bytes arrive, reading
+    /// them at once: a wake-up, a poll and a read per frame, as an event loop per
+    /// client would (and the arrival's wake-up is paid inside the server's send).
+    Woken,
+    /// One thread that drains every socket in turn, then sleeps out the rest of this
+    /// period: no reactor watches the sockets, so a frame wakes nobody, and a read
+    /// takes every frame that came since the last sweep. Every frame is still walked
+    /// and its version checked.
+    Swept(Duration),
+}
+
+impl std::fmt::Display for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Readers::Woken => write!(f, "readers woken per frame"),
+            Readers::Swept(period) => write!(f, "readers swept every {} ms", period.as_millis()),
+        }
+    }
+}
+
+/// The subscribers' reading; it stops when dropped (a sweeping thread is waited for,
+/// so nothing is read or counted after the drop).
+pub(crate) struct Reading {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sweeper: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(sweeper) = self.sweeper.take() {
+            let _ = sweeper.join();
+        }
+    }
+}
+
+/// Reads every socket of `sockets` as `readers` says until the [`Reading`] is dropped,
+/// handing each text frame to `on_frame` after checking that its version is above the
+/// socket's previous one (counted in `errors` when not, and when a socket fails).
+pub(crate) fn read_sockets(
+    sockets: Vec<LeanSocket>,
+    readers: Readers,
+    errors: Arc<AtomicU64>,
+    on_frame: impl Fn(&[u8]) + Clone + Send + 'static,
+) -> Result<Reading> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let period = match readers {
+        Readers::Woken => {
+            let tasks = sockets
+                .into_iter()
+                .map(|socket| read_all(socket, errors.clone(), on_frame.clone()))
+                .collect();
+            return Ok(Reading {
+                tasks,
+                stop,
+                sweeper: None,
+            });
+        }
+        Readers::Swept(period) => period,
+    };
+    let mut swept = Vec::with_capacity(sockets.len());
+    for socket in sockets {
+        swept.push(Some((socket.into_swept()?, -1i64)));
+    }
+    let done = stop.clone();
+    let sweeper = std::thread::spawn(move || {
+        while !done.load(Ordering::Relaxed) {
+            let began = Instant::now();
+            for slot in &mut swept {
+                if done.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some((socket, last)) = slot else { continue };
+                let read = socket.drain(&mut |text| {
+                    match number_after(text, b"\"version\":") {
+                        Some(v) if v > *last => *last = v,
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    on_frame(text)
+                });
+                if read.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    *slot = None;
+                }
+            }
+            std::thread::sleep(period.saturating_sub(began.elapsed()));
+        }
+    });
+    Ok(Reading {
+        tasks: Vec::new(),
+        stop,
+        sweeper: Some(sweeper),
+    })
+}
+
 /// `subscribers` subscriptions (one socket each) over `boards` Boards while the Boards
 /// change `rate` times a second in all (round-robin, open loop) for `seconds`: for
 /// every frame, the time from the sending of the newest mutation it includes to its
@@ -308,7 +414,7 @@ pub async fn saturation(
         server,
         database_url,
         (subscribers, boards, false),
-        Load::Writers(writers),
+        (Load::Writers(writers), Readers::Woken),
         seconds,
     )
     .await
@@ -341,7 +447,7 @@ pub async fn saturation_with_ids(
     server: &Server,
     database_url: &str,
     (subscribers, boards, distinct): (usize, usize, bool),
-    load: Load,
+    (load, readers): (Load, Readers),
     seconds: u64,
 ) -> Result<Saturation> {
     let mut ids = Vec::with_capacity(boards.max(1));
@@ -373,15 +479,14 @@ pub async fn saturation_with_ids(
             }
         })
     };
-    let mut readers = Vec::new();
-    for socket in sockets {
+    let reading = {
         let (frames, counting) = (frames.clone(), counting.clone());
-        readers.push(read_all(socket, errors.clone(), move |_| {
+        read_sockets(sockets, readers, errors.clone(), move |_| {
             if counting.load(Ordering::Relaxed) {
                 frames.fetch_add(1, Ordering::Relaxed);
             }
-        }));
-    }
+        })?
+    };
     let http = http_client(server)?;
     let url = format!("http://{}/graphql", server.base);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -468,9 +573,7 @@ pub async fn saturation_with_ids(
     for t in tasks {
         let _ = t.await;
     }
-    for r in &readers {
-        r.abort();
-    }
+    drop(reading);
     heard.abort();
     Ok(Saturation {
         notified_per_second: notified.load(Ordering::Relaxed) as f64 / took,

@@ -90,16 +90,26 @@ impl LeanSocket {
     }
 
     /// Sends `frame` masked, as a client must.
-    async fn send_frame(&mut self, mut frame: Frame) -> Result<()> {
-        // A cheap generator is enough here: the mask only has to vary.
-        self.mask ^= self.mask << 13;
-        self.mask ^= self.mask >> 17;
-        self.mask ^= self.mask << 5;
-        frame.header_mut().mask = Some(self.mask.to_le_bytes());
-        let mut out = Vec::with_capacity(frame.len() + 4);
-        frame.format(&mut out)?;
+    async fn send_frame(&mut self, frame: Frame) -> Result<()> {
+        let out = masked(frame, &mut self.mask)?;
         self.stream.write_all(&out).await?;
         Ok(())
+    }
+
+    /// This socket, read from now on without the runtime: see [`SweptSocket`].
+    pub fn into_swept(self) -> Result<SweptSocket> {
+        let stream = self.stream.into_std()?;
+        stream.set_nonblocking(true)?;
+        let end = self.buf.len();
+        let mut buf = self.buf;
+        buf.resize(end.max(16 * 1024), 0);
+        Ok(SweptSocket {
+            stream,
+            buf,
+            at: self.at,
+            end,
+            mask: self.mask,
+        })
     }
 
     /// Reads once from the socket and hands every complete text frame to `on_text`
@@ -121,28 +131,7 @@ impl LeanSocket {
                 bail!("the server closed the socket");
             }
         }
-        let mut pings = Vec::new();
-        loop {
-            let mut cursor = Cursor::new(&self.buf[self.at..]);
-            let Some((header, length)) = FrameHeader::parse(&mut cursor)? else {
-                break;
-            };
-            let start = self.at + cursor.position() as usize;
-            let end = start + usize::try_from(length).context("frame length")?;
-            if end > self.buf.len() {
-                break;
-            }
-            if header.mask.is_some() {
-                bail!("a masked frame from the server");
-            }
-            match header.opcode {
-                OpCode::Data(Data::Text) => on_text(&self.buf[start..end]),
-                OpCode::Control(Control::Ping) => pings.push(self.buf[start..end].to_vec()),
-                OpCode::Control(Control::Close) => bail!("the server closed the socket"),
-                _ => {}
-            }
-            self.at = end;
-        }
+        let pings = walk_frames(&self.buf, &mut self.at, on_text)?;
         for ping in pings {
             self.send_frame(Frame::pong(ping)).await?;
         }
@@ -157,6 +146,100 @@ impl LeanSocket {
             }
             None => false,
         })
+    }
+}
+
+/// `frame` masked with the next of `mask`'s values, encoded.
+fn masked(mut frame: Frame, mask: &mut u32) -> Result<Vec<u8>> {
+    // A cheap generator is enough here: the mask only has to vary.
+    *mask ^= *mask << 13;
+    *mask ^= *mask >> 17;
+    *mask ^= *mask << 5;
+    frame.header_mut().mask = Some(mask.to_le_bytes());
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    frame.format(&mut out)?;
+    Ok(out)
+}
+
+/// Walks every complete frame of `buf` from `at` (left at the first incomplete one),
+/// handing each text frame to `on_text`; the pings' payloads are returned, to answer.
+fn walk_frames(
+    buf: &[u8],
+    at: &mut usize,
+    on_text: &mut impl FnMut(&[u8]),
+) -> Result<Vec<Vec<u8>>> {
+    let mut pings = Vec::new();
+    loop {
+        let mut cursor = Cursor::new(&buf[*at..]);
+        let Some((header, length)) = FrameHeader::parse(&mut cursor)? else {
+            break;
+        };
+        let start = *at + cursor.position() as usize;
+        let end = start + usize::try_from(length).context("frame length")?;
+        if end > buf.len() {
+            break;
+        }
+        if header.mask.is_some() {
+            bail!("a masked frame from the server");
+        }
+        match header.opcode {
+            OpCode::Data(Data::Text) => on_text(&buf[start..end]),
+            OpCode::Control(Control::Ping) => pings.push(buf[start..end].to_vec()),
+            OpCode::Control(Control::Close) => bail!("the server closed the socket"),
+            _ => {}
+        }
+        *at = end;
+    }
+    Ok(pings)
+}
+
+/// A subscriber's socket read without the runtime, by a thread that sweeps many such
+/// sockets in turn ([`crate::fanout::Readers::Swept`]): each sweep drains whatever the
+/// kernel holds for it, frames walked as [`LeanSocket`] walks them. No reactor watches
+/// it, so a frame's arrival wakes nobody: the receiving side's cost per frame is the
+/// copy and the walk, as for a client on another machine, and not a wake-up of its own.
+pub struct SweptSocket {
+    stream: std::net::TcpStream,
+    /// Read into in place (its length is its capacity); the bytes are `at..end`.
+    buf: Vec<u8>,
+    at: usize,
+    end: usize,
+    mask: u32,
+}
+
+impl SweptSocket {
+    /// Reads everything the kernel holds for this socket now, handing every complete
+    /// text frame to `on_text` (pings answered). `Err` when the socket closes or breaks.
+    pub fn drain(&mut self, on_text: &mut impl FnMut(&[u8])) -> Result<()> {
+        use std::io::{Read, Write};
+        loop {
+            if self.at == self.end {
+                (self.at, self.end) = (0, 0);
+            } else if self.end == self.buf.len() {
+                // A frame is cut at the end: move it to the front, and make room for
+                // it when it is as long as the buffer.
+                self.buf.copy_within(self.at..self.end, 0);
+                (self.at, self.end) = (0, self.end - self.at);
+                if self.end == self.buf.len() {
+                    self.buf.resize(self.buf.len() * 2, 0);
+                }
+            }
+            let space = self.buf.len() - self.end;
+            let n = match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(0) => bail!("the server closed the socket"),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            self.end += n;
+            for ping in walk_frames(&self.buf[..self.end], &mut self.at, on_text)? {
+                self.stream
+                    .write_all(&masked(Frame::pong(ping), &mut self.mask)?)?;
+            }
+            if n < space {
+                return Ok(());
+            }
+        }
     }
 }
 

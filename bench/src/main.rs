@@ -80,6 +80,13 @@ impl LatencyVariant {
     }
 }
 
+/// How the wide saturation rows' subscribers read (`--saturation-readers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReaderKind {
+    Woken,
+    Swept,
+}
+
 /// One wide saturation row (`--wide-variants`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum WideVariant {
@@ -357,6 +364,18 @@ struct Args {
     /// them (issue 15's 24k frames/s was delivered at 100 changes/s).
     #[arg(long, value_delimiter = ',', default_values_t = vec![0.0])]
     saturation_rates: Vec<f64>,
+    /// How the wide saturation rows' subscribers read, each entry a pass over
+    /// `--wide-variants` for every `--saturation-rates` entry: `woken` (a task per
+    /// socket, woken by the reactor and reading at each frame's arrival, as an event
+    /// loop per client would) or `swept` (one thread draining every socket each
+    /// `--sweep-ms`: a frame's arrival wakes no one, so the subscribers take less of
+    /// the two cores the server shares with them, as clients on other machines take
+    /// none).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![ReaderKind::Woken, ReaderKind::Swept])]
+    saturation_readers: Vec<ReaderKind>,
+    /// The sweep's period of `--saturation-readers swept`, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    sweep_ms: u64,
     /// Rounds of the one-Board latency and saturation rows, each round the earlier
     /// per-socket frame delivery (before) then the group's writer pass (after), on
     /// servers of their own; 0: the writer pass only.
@@ -1211,16 +1230,27 @@ async fn main() -> Result<()> {
                 fanout::Load::Writers(args.saturation_writers)
             }
         });
-        let wide: Vec<(fanout::Load, usize, WideVariant)> = loads
-            .flat_map(|load| wide.iter().enumerate().map(move |(i, v)| (load, i, *v)))
+        let readers: Vec<fanout::Readers> = args
+            .saturation_readers
+            .iter()
+            .map(|kind| match kind {
+                ReaderKind::Woken => fanout::Readers::Woken,
+                ReaderKind::Swept => {
+                    fanout::Readers::Swept(Duration::from_millis(args.sweep_ms.max(1)))
+                }
+            })
             .collect();
-        for (load, i, variant) in &wide {
-            let (load, i) = (*load, *i);
+        let wide: Vec<(fanout::Load, fanout::Readers, usize, WideVariant)> = loads
+            .flat_map(|load| readers.iter().map(move |r| (load, *r)))
+            .flat_map(|(load, r)| wide.iter().enumerate().map(move |(i, v)| (load, r, i, *v)))
+            .collect();
+        for (load, readers, i, variant) in &wide {
+            let (load, readers, i) = (*load, *readers, *i);
             let (shard, bytes, distinct) = variant.server(args.write_shard);
             let round = i / args.wide_variants.len().max(1) + 1;
-            let which = variant.label(args.write_shard, round);
+            let which = format!("{}, {readers}", variant.label(args.write_shard, round));
             let m = if *variant == WideVariant::Ceiling {
-                ceiling::saturation(args.wide_subscribers, shard, args.seconds).await?
+                ceiling::saturation(args.wide_subscribers, shard, readers, args.seconds).await?
             } else {
                 let shard = shard.to_string();
                 let server = subscribe::Server::start_with(
@@ -1241,7 +1271,7 @@ async fn main() -> Result<()> {
                     &server,
                     &url,
                     (args.wide_subscribers, args.wide_boards, distinct),
-                    load,
+                    (load, readers),
                     args.seconds,
                 )
                 .await?;

@@ -160,6 +160,8 @@ async fn the_lag_rate_pace_and_event_interval_comparisons_run_and_report() {
             "1",
             "--saturation-rates",
             "20,0",
+            "--saturation-readers",
+            "woken,swept",
             "--wide-subscribers",
             "3",
             "--wide-variants",
@@ -187,6 +189,9 @@ async fn the_lag_rate_pace_and_event_interval_comparisons_run_and_report() {
         // The wide saturation row under both loads: open loop, and closed-loop writers.
         "subscribe: frames delivered at saturation, 3 subscribers over 1 Boards, 20 changes/s",
         "subscribe: frames delivered at saturation, 3 subscribers over 1 Boards, 1 writers",
+        // ...and with both kinds of readers.
+        "round 1, readers woken per frame",
+        "round 1, readers swept every 50 ms",
     ] {
         assert!(
             scenarios.iter().any(|s| s.contains(expected)),
