@@ -8,9 +8,10 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextResolve, ResolveInfo,
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextResolve, NextValidation,
+    ResolveInfo,
 };
-use async_graphql::{ServerResult, Value};
+use async_graphql::{ServerResult, ValidationResult, Value};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -232,6 +233,10 @@ pub struct DocumentChecks {
     /// Most root fields of a mutation operation; each after the first also spends one
     /// unit of the caller's rate (see [`DocumentChecks::spend_mutations`]).
     pub max_mutation_fields: usize,
+    /// The schema's depth and cost limits, named when a document passes them
+    /// (async-graphql's own words, "Query is too complex.", name neither).
+    pub max_depth: usize,
+    pub max_complexity: usize,
 }
 
 impl ExtensionFactory for DocumentChecks {
@@ -261,6 +266,32 @@ impl Extension for DocumentChecks {
         refuse_null_for_non_null_variables(&mut request)?;
         self.spend_mutations(ctx, &mut request)?;
         next.run(ctx, request).await
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<async_graphql::ServerError>> {
+        next.run(ctx).await.map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|error| match error.message.as_str() {
+                    "Query is too complex." => validation_error(format!(
+                        "the query is too complex: its cost is over this server's limit of {} \
+                         (a field costs 1, a list its `first` or default page times its \
+                         items; ask for fewer items or fields)",
+                        self.max_complexity
+                    )),
+                    "Query is nested too deep." => validation_error(format!(
+                        "the query is nested too deep: this server answers at most {} \
+                         levels of selections",
+                        self.max_depth
+                    )),
+                    _ => error,
+                })
+                .collect()
+        })
     }
 }
 

@@ -120,6 +120,11 @@ impl DurationModel {
     pub const DEFAULT_HELD: Duration = Duration::minutes(20);
     pub const DEFAULT_CHARTING: Duration = Duration::minutes(5);
     pub const DEFAULT_LEAD: Duration = Duration::minutes(2);
+    /// Every mean leans on this many samples of its default, so a little history moves
+    /// it only part of the way: one appointment finished 40 ms after it was scheduled
+    /// (a first try by hand) does not make every wait estimate zero, while a day of
+    /// real appointments outweighs the defaults many times over.
+    pub const PRIOR_SAMPLES: i64 = 2;
 
     pub fn from_samples(samples: &[DurationSample]) -> Self {
         let mut hours: HashMap<(String, u32), (i64, usize)> = HashMap::new();
@@ -139,15 +144,26 @@ impl DurationModel {
             t.0 += ms;
             t.1 += 1;
         }
-        let mean = |(total, n): (i64, usize)| Duration::milliseconds(total / n as i64);
+        let mean = |(total, n): (i64, usize), default: Duration| {
+            Duration::milliseconds(
+                (total + Self::PRIOR_SAMPLES * default.num_milliseconds())
+                    / (n as i64 + Self::PRIOR_SAMPLES),
+            )
+        };
         Self {
             by_hour: hours
                 .into_iter()
                 .filter(|(_, (_, n))| *n >= Self::MIN_HOUR_SAMPLES)
-                .map(|(k, v)| (k, mean(v)))
+                .map(|(k, v)| (k, mean(v, Self::DEFAULT_HELD)))
                 .collect(),
-            by_specialty: specialties.into_iter().map(|(k, v)| (k, mean(v))).collect(),
-            lead: leads.into_iter().map(|(k, v)| (k, mean(v))).collect(),
+            by_specialty: specialties
+                .into_iter()
+                .map(|(k, v)| (k, mean(v, Self::DEFAULT_HELD)))
+                .collect(),
+            lead: leads
+                .into_iter()
+                .map(|(k, v)| (k, mean(v, Self::DEFAULT_LEAD)))
+                .collect(),
             default_lead: Self::DEFAULT_LEAD,
             default_held: Self::DEFAULT_HELD,
             default_charting: Self::DEFAULT_CHARTING,
@@ -470,7 +486,7 @@ mod tests {
             .map(|i| DurationSample {
                 specialty: "pediatrics".into(),
                 scheduled_at: at(i),
-                lead: Duration::minutes(1),
+                lead: DurationModel::DEFAULT_LEAD,
                 held: Duration::minutes(held_minutes),
             })
             .collect();
@@ -505,12 +521,12 @@ mod tests {
                 .start
                 .unwrap()
         };
-        // Each starts one minute (the lead) after a provider frees up.
-        assert_eq!(start(1), at(26));
-        assert_eq!(start(2), at(26));
-        assert_eq!(start(3), at(51));
-        assert_eq!(start(4), at(51));
-        assert_eq!(start(5), at(76));
+        // Each starts two minutes (the lead) after a provider frees up.
+        assert_eq!(start(1), at(27));
+        assert_eq!(start(2), at(27));
+        assert_eq!(start(3), at(52));
+        assert_eq!(start(4), at(52));
+        assert_eq!(start(5), at(77));
         let fifth = &estimates[&AppointmentId::from(Uuid::from_u128(305))];
         assert_eq!((fifth.queue_ahead, fifth.providers), (4, 2));
         assert!(fifth.from_history);
@@ -549,6 +565,32 @@ mod tests {
     }
 
     #[test]
+    fn one_instant_appointment_moves_the_estimate_only_part_of_the_way() {
+        // A first try by hand: scheduled, started and finished within 40 ms.
+        let quick = DurationSample {
+            specialty: "pediatrics".into(),
+            scheduled_at: at(0),
+            lead: Duration::milliseconds(10),
+            held: Duration::milliseconds(40),
+        };
+        let m = DurationModel::from_samples(std::slice::from_ref(&quick));
+        let (held, from_history) = m.held("pediatrics", at(0));
+        assert!(from_history);
+        assert_eq!(
+            held,
+            Duration::milliseconds((40 + 2 * 20 * 60_000) / 3),
+            "two thirds of the default's 20 minutes, not 40 ms"
+        );
+        assert_eq!(
+            m.lead("pediatrics"),
+            Duration::milliseconds((10 + 2 * 2 * 60_000) / 3)
+        );
+        // Many such samples do win in the end: the history is what it is.
+        let m = DurationModel::from_samples(&vec![quick; 1000]);
+        assert!(m.held("pediatrics", at(0)).0 < Duration::seconds(5));
+    }
+
+    #[test]
     fn an_hour_with_enough_samples_uses_its_own_mean() {
         let mut samples = Vec::new();
         for i in 0..3 {
@@ -572,12 +614,19 @@ mod tests {
             held: Duration::minutes(50),
         });
         let m = DurationModel::from_samples(&samples);
-        assert_eq!(m.held("pediatrics", at(1)).0, Duration::minutes(10));
-        assert_eq!(m.held("pediatrics", at(61)).0, Duration::minutes(30));
-        // Hour with one sample: the specialty's mean, (30 + 90 + 50) / 7.
+        // Each mean leans on two samples of the default's 20 minutes.
+        assert_eq!(
+            m.held("pediatrics", at(1)).0,
+            Duration::minutes((30 + 40) / 5)
+        );
+        assert_eq!(
+            m.held("pediatrics", at(61)).0,
+            Duration::minutes((90 + 40) / 5)
+        );
+        // Hour with one sample: the specialty's mean, (30 + 90 + 50 + 40) / 9.
         assert_eq!(
             m.held("pediatrics", at(121)).0,
-            Duration::milliseconds(170 * 60_000 / 7)
+            Duration::milliseconds(210 * 60_000 / 9)
         );
         assert_eq!(
             m.held("cardiology", at(0)),

@@ -99,6 +99,8 @@ fn schema_with_limits(
         max_expanded_fields: crate::limits::max_expanded_fields(max_complexity),
         introspection_off: !limits.introspection,
         max_mutation_fields: limits.max_mutation_fields,
+        max_depth,
+        max_complexity,
     })
     .limit_depth(max_depth)
     .limit_complexity(max_complexity)

@@ -550,6 +550,8 @@ async fn over_limit_requests_are_refused_with_a_code() {
         error_message(&r).to_lowercase().contains("nested too deep"),
         "{r}"
     );
+    // The message names the limit it passed.
+    assert!(error_message(&r).contains("at most 2 levels"), "{r}");
 
     // Too complex: a request for many aliased fields.
     let wide: String = (0..1000)
@@ -560,6 +562,10 @@ async fn over_limit_requests_are_refused_with_a_code() {
     let r = app.gql(&format!("{{ {wide} }}"), json!({})).await;
     assert_eq!(error_code(&r), "VALIDATION");
     assert!(error_message(&r).to_lowercase().contains("complex"), "{r}");
+    assert!(
+        error_message(&r).contains("over this server's limit of 10000"),
+        "{r}"
+    );
 
     // Too many directives on one field.
     let directives = "@include(if: true) ".repeat(20);
