@@ -424,26 +424,34 @@ impl RunningServer {
 }
 
 /// Resolves on Ctrl+C or SIGTERM, and says so in the log.
-pub async fn shutdown_signal() {
-    shutdown_signal_quiet().await;
-    tracing::info!("shutting down");
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let stop = shutdown_signal_quiet();
+    async move {
+        stop.await;
+        tracing::info!("shutting down");
+    }
 }
 
-/// Resolves on Ctrl+C or SIGTERM.
-pub async fn shutdown_signal_quiet() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+/// Resolves on Ctrl+C or SIGTERM. The signals are listened for from this call on, not
+/// from the first poll: a listener's signal made before it starts serving still stops
+/// it (each listener's own call must come before the process says it listens; a
+/// handler set a moment later never hears a signal that came first).
+pub fn shutdown_signal_quiet() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn received(signal: Option<Signal>) {
+        match signal {
+            Some(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    }
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        tokio::select! {
+            _ = received(interrupt) => {},
+            _ = received(terminate) => {},
+        }
     }
 }

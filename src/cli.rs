@@ -85,20 +85,15 @@ async fn demo(database: DatabaseArgs, args: crate::demo::DemoArgs) -> Result<()>
     let server = tokio::spawn(app::serve(listener, state, async move {
         let _ = stop_rx.await;
     }));
+    // Heard from here on, before the day is announced (see `app::shutdown_signal_quiet`).
+    let stop = app::shutdown_signal();
     println!(
         "Playing the demo day live at {}x (seed {}); all Boards: {base}/boards. Opening:",
         args.speed, args.seed
     );
     // Ctrl+C (or SIGTERM) stops the day early: the driver then closes what it opened.
-    let summary = crate::demo::live::play(
-        &store,
-        &scenario,
-        args.speed,
-        args.hours,
-        &base,
-        app::shutdown_signal(),
-    )
-    .await?;
+    let summary =
+        crate::demo::live::play(&store, &scenario, args.speed, args.hours, &base, stop).await?;
     let latency = metrics.matcher_latency();
     println!(
         "{}: {} requested, {} scheduled by the matcher, {} finished, {} Boards closed \
@@ -227,6 +222,9 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
         ),
         _ => {}
     }
+    // Every listener hears a stop from here on, before the process says it listens: a
+    // signal that came before a listener's own handler was set would be lost to it.
+    let (stop, metrics_stop) = (app::shutdown_signal(), app::shutdown_signal_quiet());
     let result = if let Some(listener) = listener {
         let address = listener.local_addr()?;
         if state.limits.graphiql {
@@ -239,16 +237,12 @@ async fn serve_command(database: DatabaseArgs, serve: ServeArgs) -> Result<()> {
         if let Some(metrics) = metrics_listener {
             tracing::info!("metrics at http://{}/metrics", metrics.local_addr()?);
             // Stops with the same signal as the API, which announces it.
-            tokio::spawn(app::serve_metrics(
-                metrics,
-                state.clone(),
-                app::shutdown_signal_quiet(),
-            ));
+            tokio::spawn(app::serve_metrics(metrics, state.clone(), metrics_stop));
         }
-        app::serve(listener, state, app::shutdown_signal()).await
+        app::serve(listener, state, stop).await
     } else {
         tracing::info!("projecting only (no HTTP)");
-        app::shutdown_signal().await;
+        stop.await;
         Ok(())
     };
     if let Some(p) = projector {

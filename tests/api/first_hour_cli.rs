@@ -255,10 +255,23 @@ fn the_logs_say_how_the_process_runs_and_announce_one_stop() {
             }
         }
     }
-    // (The signal handlers are set as the listeners start serving.)
-    std::thread::sleep(Duration::from_millis(500));
+    // At once: a stop as soon as the process says it listens is a clean stop too (a
+    // newcomer's SIGTERM in the first half second after "listening" killed it, before
+    // the signal handlers were set).
+    // Found so: the metrics listener took the signal and stopped, while the API, whose
+    // handler was set a moment later, never heard it and ran on.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    let _ = server.wait();
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        if stopping.elapsed() > Duration::from_secs(30) {
+            let _ = server.kill();
+            panic!("a SIGTERM right after start did not stop the server: {log:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     while let Ok(line) = read.recv_timeout(Duration::from_secs(2)) {
         log.push(line);
     }
@@ -276,4 +289,5 @@ fn the_logs_say_how_the_process_runs_and_announce_one_stop() {
         1,
         "{log:#?}"
     );
+    assert!(status.success(), "{status:?}: {log:#?}");
 }
