@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::authorize::{authorize, Target};
-use super::path::{begin, commit_one, commit_two, guarded};
+use super::authorize::Target;
+use super::path::{authorized, begin, commit_one, commit_two, guarded};
 use super::{CommandOptions, Written};
 use crate::domain::appointment::{self, AppointmentCommand};
 use crate::domain::{
@@ -124,14 +124,14 @@ async fn request_appointment_once(
     let mut uow = begin!(store, meta, command);
     let board = uow.read_board(board_id).await?;
     let patient_id = requested_for(&uow.meta().actor, command.patient_id)?;
-    authorize(
-        &mut uow,
+    authorized!(
+        store,
+        uow,
         Target::Request {
             board: board.as_ref(),
             patient_id: patient_id.as_deref(),
-        },
-    )
-    .await?;
+        }
+    );
     let events = appointment::decide(
         None,
         AppointmentCommand::Request {
@@ -161,7 +161,7 @@ pub async fn appointment_action(
     let appointment_id = command.appointment_id;
     let mut uow = begin!(store, meta, command);
     let appointment = uow.target::<Appointment>(appointment_id).await?;
-    authorize(&mut uow, Target::Appointment(appointment.as_ref())).await?;
+    authorized!(store, uow, Target::Appointment(appointment.as_ref()));
     match command.action {
         AppointmentAction::Start => {
             let events = appointment::decide(appointment.as_ref(), AppointmentCommand::Start)?;
@@ -208,14 +208,14 @@ pub async fn schedule_appointment(
         Some(s) => uow.read::<Provider>(s.provider_id, Guard::None).await?,
         None => None,
     };
-    authorize(
-        &mut uow,
+    authorized!(
+        store,
+        uow,
         Target::Scheduling {
             appointment: appointment.as_ref(),
             shift: shift.as_ref(),
-        },
-    )
-    .await?;
+        }
+    );
     // Without a time, the appointment is expected once the usual lead time from
     // scheduling to start has passed (the provider is READY).
     let estimated_time = match (command.estimated_time, &appointment) {
@@ -251,7 +251,7 @@ pub async fn cancel_appointment(
         },
         _ => None,
     };
-    authorize(&mut uow, Target::Appointment(appointment.as_ref())).await?;
+    authorized!(store, uow, Target::Appointment(appointment.as_ref()));
     let events = scheduling::cancel(appointment.as_ref(), shift.as_ref(), command.reason)?;
     commit_two(uow, appointment, shift, events).await
 }

@@ -3,8 +3,8 @@
 use chrono::NaiveDate;
 use serde::Serialize;
 
-use super::authorize::{authorize, Target};
-use super::path::{begin, commit_one};
+use super::authorize::Target;
+use super::path::{authorized, begin, commit_one};
 use super::{CommandOptions, Written};
 use crate::domain::board::{self, BoardCommand};
 use crate::domain::{Board, BoardId};
@@ -38,14 +38,14 @@ pub async fn open_board(
     command: OpenBoard,
 ) -> AppResult<Written<Board>> {
     let mut uow = begin!(store, meta, command);
-    authorize(
-        &mut uow,
+    authorized!(
+        store,
+        uow,
         Target::NewBoard {
             specialty: &command.specialty,
             region: &command.region,
-        },
-    )
-    .await?;
+        }
+    );
     let id = BoardId::new_random();
     let events = board::decide(
         None,
@@ -69,7 +69,7 @@ pub async fn close_board(
     // Always locked, in optimistic mode too: requests and joins hold the Board FOR SHARE,
     // so nothing new can arrive between counting the open work and closing.
     let board = uow.target_locked::<Board>(board_id).await?;
-    authorize(&mut uow, Target::Board(board.as_ref())).await?;
+    authorized!(store, uow, Target::Board(board.as_ref()));
     let open_work = match &board {
         Some(_) => {
             let events = uow.board_streams(board_id).await?;

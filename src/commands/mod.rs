@@ -2,10 +2,10 @@
 //!
 //! Each command is a typed value (ids are newtypes, options parsed): GraphQL inputs are
 //! converted into them in `graphql::inputs`, the matcher and the demo build them
-//! directly. A command opens a unit of work (which answers repeats of a `commandId`
-//! from memory), loads what the decision needs (locking in exclusive mode), passes the
-//! `authorize` slot with the actor in `CommandMeta`, calls the pure domain, stages the
-//! events and commits. The new state is folded in memory from the events just
+//! directly. A command opens a unit of work, loads what the decision needs (locking in
+//! exclusive mode), passes the `authorize` slot with the actor in `CommandMeta` (the
+//! `authorized!` macro; a repeated `commandId` is answered from memory only after it),
+//! calls the pure domain, stages the events and commits. The new state is folded in memory from the events just
 //! appended, so a mutation costs no read-back.
 //!
 //! One module per aggregate (`board`, `provider`, `shift`, `appointment`: its

@@ -66,7 +66,8 @@ pub fn guard_retries() -> u64 {
     GUARD_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Opens the unit of work, or returns the remembered result of a repeated command.
+/// Opens the unit of work (carrying the remembered outcome of a repeated command: see
+/// [`authorized`]).
 macro_rules! begin {
     ($store:expr, $meta:expr, $command:expr) => {{
         let meta: $crate::event_store::unit_of_work::CommandMeta = $meta;
@@ -77,22 +78,27 @@ macro_rules! begin {
             Some(_) => $crate::commands::path::fingerprint(&$command)?,
             None => serde_json::Value::Null,
         };
-        match $store
+        $store
             .begin(
                 $crate::commands::path::with_options(meta, &$command.options)?,
                 &sent,
             )
             .await?
-        {
-            $crate::event_store::unit_of_work::Begun::Fresh(uow) => *uow,
-            $crate::event_store::unit_of_work::Begun::Replayed(outcome) => {
-                return $crate::commands::path::replayed($store, &outcome).await
-            }
+    }};
+}
+
+/// Judges the command (`authorize`) and then, for a repeated `commandId`, returns its
+/// remembered result: a replay is judged as the caller is now, like any command.
+macro_rules! authorized {
+    ($store:expr, $uow:expr, $target:expr) => {{
+        $crate::commands::authorize::authorize(&mut $uow, $target).await?;
+        if let Some(outcome) = $uow.take_replay() {
+            return $crate::commands::path::replayed($store, &outcome).await;
         }
     }};
 }
 
-pub(super) use begin;
+pub(super) use {authorized, begin};
 
 /// Rebuilds a repeated command's answer from the streams and versions it wrote.
 pub(super) async fn replayed<A: Aggregate>(

@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use super::authorize::{authorize, Target};
-use super::path::{begin, commit_one};
+use super::authorize::Target;
+use super::path::{authorized, begin, commit_one};
 use super::{CommandOptions, Written};
 use crate::domain::provider::{self, ProviderCommand};
 use crate::domain::{Provider, ProviderId};
@@ -27,7 +27,7 @@ pub async fn register_provider(
     command: RegisterProvider,
 ) -> AppResult<Written<Provider>> {
     let mut uow = begin!(store, meta, command);
-    authorize(&mut uow, Target::NewProvider).await?;
+    authorized!(store, uow, Target::NewProvider);
     let events = provider::decide(
         None,
         ProviderCommand::Register {

@@ -3,8 +3,8 @@
 use chrono::Utc;
 use serde::Serialize;
 
-use super::authorize::{authorize, Target};
-use super::path::{begin, commit_one, guarded};
+use super::authorize::Target;
+use super::path::{authorized, begin, commit_one, guarded};
 use super::{CommandOptions, Written};
 use crate::domain::shift::{self, ShiftCommand};
 use crate::domain::{BoardId, Provider, ProviderId, Shift, ShiftId};
@@ -70,14 +70,14 @@ async fn join_board_once(
     let mut uow = begin!(store, meta, command);
     let board = uow.read_board(board_id).await?;
     let provider = uow.read::<Provider>(provider_id, Guard::None).await?;
-    authorize(
-        &mut uow,
+    authorized!(
+        store,
+        uow,
         Target::Join {
             board: board.as_ref(),
             provider_id,
-        },
-    )
-    .await?;
+        }
+    );
     let shift_id = ShiftId::of(board_id, provider_id);
     let existing = uow.target::<Shift>(shift_id).await?;
     let events = shift::decide(
@@ -98,7 +98,7 @@ pub async fn shift_action(
     let shift_id = command.shift_id;
     let mut uow = begin!(store, meta, command);
     let shift = uow.target::<Shift>(shift_id).await?;
-    authorize(&mut uow, Target::Shift(shift.as_ref())).await?;
+    authorized!(store, uow, Target::Shift(shift.as_ref()));
     let decision = match command.action {
         ShiftAction::MarkReady => ShiftCommand::MarkReady,
         ShiftAction::Pause => ShiftCommand::Pause,

@@ -95,12 +95,6 @@ pub struct Outcome {
     pub streams: Vec<(Uuid, i64)>,
 }
 
-pub enum Begun {
-    Fresh(Box<UnitOfWork>),
-    /// The `commandId` was seen before: here is what it did; nothing was appended.
-    Replayed(Outcome),
-}
-
 /// How a reference read protects what it read until commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guard {
@@ -136,6 +130,11 @@ pub struct UnitOfWork {
     /// The CONFLICT a target's version check found before authorization, answered
     /// once the caller is authorized.
     version_mismatch: Option<String>,
+    /// The `commandId` was seen before: what it did. The command still loads its
+    /// target and is judged, as the caller is now (a token whose scope was narrowed
+    /// since is refused), and then answers this instead of deciding; nothing is
+    /// appended.
+    replay: Option<Outcome>,
 }
 
 /// The marker a command's commit fails with when a stream it read without its lock
@@ -169,11 +168,13 @@ fn lock_error(e: sqlx::Error) -> AppError {
 }
 
 impl EventStore {
-    /// Opens a command's transaction. With a `commandId` seen before, answers the
-    /// remembered outcome instead (and refuses a reused id with another input).
-    pub async fn begin(&self, meta: CommandMeta, input: &Value) -> AppResult<Begun> {
+    /// Opens a command's transaction. With a `commandId` seen before, the unit of work
+    /// carries the remembered outcome instead (see [`UnitOfWork::take_replay`]), and a
+    /// reused id with another input is refused.
+    pub async fn begin(&self, mut meta: CommandMeta, input: &Value) -> AppResult<UnitOfWork> {
         let mut claimed_command = false;
         let mut tx = None;
+        let mut replay = None;
         if let Some(command_id) = &meta.command_id {
             if command_id.trim().is_empty() || command_id.len() > 200 {
                 return Err(AppError::validation(
@@ -198,16 +199,20 @@ impl EventStore {
             if claimed.rows_affected() == 0 {
                 // Rolled back before the replay reads: it needs no transaction.
                 drop(tx.take());
-                return self
-                    .replay(meta.actor.subject(), command_id, meta.operation, input)
-                    .await;
+                replay = Some(
+                    self.replay(meta.actor.subject(), command_id, meta.operation, input)
+                        .await?,
+                );
+                // The streams have moved on since: their versions are not the question.
+                meta.expected_version = None;
+            } else {
+                claimed_command = true;
             }
-            claimed_command = true;
         }
-        if tx.is_none() && meta.locked_reads {
+        if tx.is_none() && meta.locked_reads && replay.is_none() {
             tx = Some(self.transaction().await?);
         }
-        Ok(Begun::Fresh(Box::new(UnitOfWork {
+        Ok(UnitOfWork {
             tx,
             conn: None,
             store: self.clone(),
@@ -218,7 +223,8 @@ impl EventStore {
             kept_guards: Vec::new(),
             authorized: false,
             version_mismatch: None,
-        })))
+            replay,
+        })
     }
 
     /// A command's transaction, with the lock timeout in the same round trip as BEGIN,
@@ -247,7 +253,7 @@ impl EventStore {
         command_id: &str,
         operation: &str,
         input: &Value,
-    ) -> AppResult<Begun> {
+    ) -> AppResult<Outcome> {
         let row: Option<(String, Value, Value)> = sqlx::query_as(
             "select operation, input, outcome from processed_commands \
               where sender = $1 and command_id = $2",
@@ -272,10 +278,8 @@ impl EventStore {
                 "commandId '{command_id}' was already used for a different command"
             )));
         }
-        let outcome: Outcome = serde_json::from_value(outcome).map_err(|e| {
-            AppError::Internal(anyhow::anyhow!("stored outcome of {command_id}: {e}"))
-        })?;
-        Ok(Begun::Replayed(outcome))
+        serde_json::from_value(outcome)
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("stored outcome of {command_id}: {e}")))
     }
 }
 
@@ -414,6 +418,13 @@ impl UnitOfWork {
 
     /// Records that the command's authorization passed, and answers the CONFLICT of a
     /// target read before it that was not at `expectedVersion` (see `authorized`).
+    /// A repeated `commandId`'s remembered outcome, once the command has been judged
+    /// (`None` for a command to decide).
+    pub fn take_replay(&mut self) -> Option<Outcome> {
+        debug_assert!(self.authorized || self.replay.is_none());
+        self.replay.take()
+    }
+
     pub fn authorized(&mut self) -> AppResult<()> {
         self.authorized = true;
         match self.version_mismatch.take() {

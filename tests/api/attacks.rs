@@ -110,6 +110,43 @@ async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_resul
     assert_eq!(app.event_count().await, events, "nothing appended");
 }
 
+/// A repeated `commandId` is judged as its caller is now, like any command: a token
+/// whose scope was narrowed since (the same subject, moved to another region) gets
+/// FORBIDDEN, not the remembered answer with the patient's record; with the scope it had,
+/// the retry still answers what was done. Found from outside: the replay was answered
+/// before the command was judged.
+#[tokio::test]
+async fn a_repeated_command_id_is_judged_as_the_caller_is_now() {
+    let app = TestApp::spawn().await;
+    let board = app.open_board_with(attack_board()).await.0;
+    let north = app.token(Who::coordinator().subject("coord-moved").regions(["north"]));
+    let first = app
+        .data_as(&north, REQUEST, request_input(&board, "cmd-moved-1"))
+        .await;
+    let appointment = first["requestAppointment"]["appointment"]["id"].clone();
+    assert!(appointment.is_string(), "{first}");
+    let events = app.event_count().await;
+
+    let moved = app.token(Who::coordinator().subject("coord-moved").regions(["south"]));
+    let answer = app
+        .gql_as(&moved, REQUEST, request_input(&board, "cmd-moved-1"))
+        .await;
+    assert_eq!(helpers::error_code(&answer), "FORBIDDEN", "{answer}");
+    let text = answer.to_string();
+    assert!(!text.contains(MARKER), "{text}");
+    assert!(!text.contains(appointment.as_str().unwrap()), "{text}");
+    assert_eq!(app.event_count().await, events);
+
+    let again = app
+        .data_as(&north, REQUEST, request_input(&board, "cmd-moved-1"))
+        .await;
+    assert_eq!(
+        again["requestAppointment"]["appointment"]["id"],
+        appointment
+    );
+    assert_eq!(app.event_count().await, events, "the retry wrote nothing");
+}
+
 /// Two callers who use the same `commandId` (one learned it from the other, or both
 /// picked it) each get their own command's result, and their retries their own again:
 /// neither claims the id from the other, and neither sees the other's result.

@@ -7,7 +7,7 @@ use careboard::commands::{self, CommandOptions, OpenBoard};
 use careboard::domain::{Aggregate, DomainError, DomainEvent, EventContext, FoldError, StreamType};
 use careboard::error::AppError;
 use careboard::event_store::append::{append, StreamWrite};
-use careboard::event_store::unit_of_work::{Begun, CommandMeta};
+use careboard::event_store::unit_of_work::CommandMeta;
 use careboard::event_store::{read_stream, CommandPath, EventStore, ReadLimit};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -90,9 +90,7 @@ async fn increments_at_once(
 
 /// One command on a counter: load (locked in exclusive mode), decide, append.
 async fn increment(store: &EventStore, id: Uuid, expected: Option<i64>) -> Result<i64, AppError> {
-    let Begun::Fresh(mut uow) = store.begin(meta(expected), &json!({})).await? else {
-        unreachable!("no command id given")
-    };
+    let mut uow = store.begin(meta(expected), &json!({})).await?;
     let state = uow.target::<Counter>(id).await?;
     let seen = state.as_ref().map(|s| s.value).unwrap_or(0);
     uow.stage::<Counter>(
@@ -487,13 +485,10 @@ async fn append_on_a_board_that_closed_after_the_read(path: CommandPath) {
     let pool = helpers::fresh_database().await;
     let store = helpers::store(&pool).with_command_path(path);
     let board = helpers::store::open_board(&store, "Guarded").await;
-    let Begun::Fresh(mut uow) = store
+    let mut uow = store
         .begin(CommandMeta::new("requestAppointment"), &json!(null))
         .await
-        .unwrap_or_else(|e| panic!("{}", e.describe()))
-    else {
-        unreachable!("no command id given")
-    };
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
     // Read without the Board's lock: it is OPEN now.
     let open = uow
         .read::<Board>(board, Guard::Share)
@@ -554,13 +549,10 @@ async fn an_append_decided_on_a_kept_board_that_closed_since_writes_nothing() {
         .get(board)
         .expect("the request kept the Board");
     assert_eq!(kept.version, 1);
-    let Begun::Fresh(mut uow) = store
+    let mut uow = store
         .begin(CommandMeta::new("requestAppointment"), &json!(null))
         .await
-        .unwrap_or_else(|e| panic!("{}", e.describe()))
-    else {
-        unreachable!("no command id given")
-    };
+        .unwrap_or_else(|e| panic!("{}", e.describe()));
     // From memory: the Board as kept, OPEN at version 1.
     let open = uow
         .read_board(board.into())
