@@ -102,12 +102,7 @@ pub(crate) fn read_all(
         loop {
             let read = socket
                 .read_frames(&mut |text| {
-                    match number_after(text, b"\"version\":") {
-                        Some(v) if v > last => last = v,
-                        _ => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    check_version(text, &mut last, &errors);
                     on_frame(text)
                 })
                 .await;
@@ -117,6 +112,17 @@ pub(crate) fn read_all(
             }
         }
     })
+}
+
+/// Moves `last` to `frame`'s version when it is above it; counts an error when not (a
+/// version repeated or gone back, or none).
+fn check_version(frame: &[u8], last: &mut i64, errors: &AtomicU64) {
+    match number_after(frame, b"\"version\":") {
+        Some(v) if v > *last => *last = v,
+        _ => {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How the saturation rows' subscribers read their sockets. Every subscriber shares the
@@ -202,12 +208,7 @@ pub(crate) fn read_sockets(
                 }
                 let Some((socket, last)) = slot else { continue };
                 let read = socket.drain(&mut |text| {
-                    match number_after(text, b"\"version\":") {
-                        Some(v) if v > *last => *last = v,
-                        _ => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    check_version(text, last, &errors);
                     on_frame(text)
                 });
                 if read.is_err() {

@@ -5,8 +5,8 @@
 //! directly. A command opens a unit of work, loads what the decision needs (locking in
 //! exclusive mode), passes the `authorize` slot with the actor in `CommandMeta` (the
 //! `authorized!` macro; a repeated `commandId` is answered from memory only after it),
-//! calls the pure domain, stages the events and commits. The new state is folded in memory from the events just
-//! appended, so a mutation costs no read-back.
+//! calls the pure domain, stages the events and commits. The new state is folded in
+//! memory from the events just appended, so a mutation costs no read-back.
 //!
 //! One module per aggregate (`board`, `provider`, `shift`, `appointment`: its
 //! command values and their functions); the path they share (options, fingerprint,

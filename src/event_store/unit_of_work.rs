@@ -416,8 +416,6 @@ impl UnitOfWork {
         Ok(state)
     }
 
-    /// Records that the command's authorization passed, and answers the CONFLICT of a
-    /// target read before it that was not at `expectedVersion` (see `authorized`).
     /// A repeated `commandId`'s remembered outcome, once the command has been judged
     /// (`None` for a command to decide).
     pub fn take_replay(&mut self) -> Option<Outcome> {
@@ -425,6 +423,8 @@ impl UnitOfWork {
         self.replay.take()
     }
 
+    /// Records that the command's authorization passed, and answers the CONFLICT of a
+    /// target read before it that was not at `expectedVersion` (see `authorized`).
     pub fn authorized(&mut self) -> AppResult<()> {
         self.authorized = true;
         match self.version_mismatch.take() {
