@@ -358,7 +358,18 @@ pub fn print_token(
         );
     }
     let issuer = crate::identity::dev_issuer::DevIssuer::load_or_create(&database.data_dir)?;
-    println!("{}", issuer.issue(args)?);
+    let mut args = args.clone();
+    if args.role == crate::identity::Role::Patient && args.patient_id.is_none() {
+        // Said, not kept silent: the patient's requests are recorded with this id, and a
+        // coordinator requesting on their behalf gives it as `patientId`.
+        let id = uuid::Uuid::new_v4().to_string();
+        eprintln!(
+            "note: no --patient-id given: this token is for a new patient, {id} (their \
+             requests are recorded with it; give --patient-id {id} for another token of theirs)"
+        );
+        args.patient_id = Some(id);
+    }
+    println!("{}", issuer.issue(&args)?);
     Ok(())
 }
 

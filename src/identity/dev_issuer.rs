@@ -174,7 +174,9 @@ pub struct TokenArgs {
     /// The provider's id (required with --role provider).
     #[arg(long)]
     pub provider_id: Option<Uuid>,
-    /// The patient's id (with --role patient; default: a new one).
+    /// The patient's id: the practice's own identifier for the person, recorded as
+    /// `patientId` on their appointments (with --role patient; default: a new one,
+    /// named on stderr).
     #[arg(long)]
     pub patient_id: Option<String>,
     /// A region the coordinator works (repeatable; none = all regions).
@@ -183,7 +185,7 @@ pub struct TokenArgs {
     /// A specialty the coordinator works (repeatable; none = all specialties).
     #[arg(long = "specialty")]
     pub specialties: Vec<String>,
-    /// How long the token is valid: e.g. 90s, 30m, 8h, 2d.
+    /// How long the token is valid: e.g. 90s, 30m, 8h, 2d (a bare number is seconds).
     #[arg(long, default_value = "8h", value_parser = parse_ttl)]
     pub ttl: Duration,
 }

@@ -795,6 +795,22 @@ async fn careboard_token_prints_a_token_the_server_on_the_same_data_dir_accepts(
     );
     assert_eq!(principal.subject, "patient-42");
 
+    // Without --patient-id the token is for a new patient, and the id is named: a
+    // newcomer could not tell which patient such a token was for.
+    let out = careboard(dir.path(), &["token", "--role", "patient", "--name", "Sam"]);
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let principal = server_verifier(dir.path()).verify(&token).await.unwrap();
+    let Scope::Patient { patient_id } = principal.scope else {
+        panic!("{:?}", principal.scope)
+    };
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains(&format!("new patient, {patient_id}"))
+            && note.contains(&format!("--patient-id {patient_id}")),
+        "{note}"
+    );
+
     let out = careboard(
         dir.path(),
         &["token", "--role", "provider", "--name", "Dr. Lee"],
