@@ -255,7 +255,7 @@ impl Extension for DocumentChecks {
     ) -> ServerResult<async_graphql::Request> {
         let introspection_off = self.introspection_off && request.query.contains("__");
         // Parsed once: the schema runs the document parsed here.
-        let document = request.parsed_query()?;
+        let document = request.parsed_query().map_err(readable_parse_error)?;
         check_fragment_expansion(document, self.max_expanded_fields)
             .map_err(|message| async_graphql::ServerError::new(message, None))?;
         if introspection_off && selects_introspection(document) {
@@ -376,6 +376,25 @@ impl DocumentChecks {
 /// would let a huge request spend almost nothing where the field cap is raised).
 fn extra_units(more: usize) -> u32 {
     u32::try_from(more).unwrap_or(u32::MAX)
+}
+
+/// A parse error said in one line: where, and what the parser expected there (its own
+/// message draws the document's line with a caret, over several lines).
+fn readable_parse_error(error: async_graphql::ServerError) -> async_graphql::ServerError {
+    let Some((_, expected)) = error.message.rsplit_once("\n  = ") else {
+        return error;
+    };
+    let at = error
+        .locations
+        .first()
+        .map(|p| format!(" at line {}, column {}", p.line, p.column))
+        .unwrap_or_default();
+    let mut readable = validation_error(format!(
+        "the document does not parse{at}: {}",
+        expected.trim()
+    ));
+    readable.locations = error.locations;
+    readable
 }
 
 fn validation_error(message: String) -> async_graphql::ServerError {

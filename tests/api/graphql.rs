@@ -567,6 +567,18 @@ async fn over_limit_requests_are_refused_with_a_code() {
         "{r}"
     );
 
+    // A document that does not parse: one line saying where, and what was expected
+    // (the parser's own text drew the line with a caret over six lines).
+    let r = app.gql("{ board(id: ) { id } }", json!({})).await;
+    assert_eq!(error_code(&r), "VALIDATION");
+    let message = error_message(&r);
+    assert!(
+        message.starts_with("the document does not parse at line 1, column ")
+            && message.contains(": expected")
+            && !message.contains('\n'),
+        "{r}"
+    );
+
     // Too many directives on one field.
     let directives = "@include(if: true) ".repeat(20);
     let r = app
