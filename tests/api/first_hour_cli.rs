@@ -255,11 +255,10 @@ fn the_logs_say_how_the_process_runs_and_announce_one_stop() {
             }
         }
     }
-    // At once: a stop as soon as the process says it listens is a clean stop too (a
-    // newcomer's SIGTERM in the first half second after "listening" killed it, before
-    // the signal handlers were set).
-    // Found so: the metrics listener took the signal and stopped, while the API, whose
-    // handler was set a moment later, never heard it and ran on.
+    // At once: a stop as soon as the process says it listens is a clean stop too. A
+    // newcomer's SIGTERM in the first half second after "listening" went wrong; signalled
+    // at once, the metrics listener, whose handler was set first, took the signal and
+    // stopped, while the API's handler, set a moment later, never heard it: it ran on.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     let stopping = Instant::now();
     let status = loop {
