@@ -99,15 +99,26 @@ async fn another_caller_cannot_replay_a_command_id_to_confirm_or_fetch_its_resul
         );
     }
     // Her key is still hers: her retry answers her appointment and appends nothing.
+    retry_answers(&app, &ada, &board, "cmd-ada-1", &appointment).await;
+}
+
+/// `token`'s retry of `command_id` answers `appointment` again and appends nothing.
+async fn retry_answers(
+    app: &TestApp,
+    token: &str,
+    board: &str,
+    command_id: &str,
+    appointment: &str,
+) {
     let events = app.event_count().await;
-    let later = app
-        .data_as(&ada, REQUEST, request_input(&board, "cmd-ada-1"))
+    let again = app
+        .data_as(token, REQUEST, request_input(board, command_id))
         .await;
     assert_eq!(
-        later["requestAppointment"]["appointment"]["id"],
+        again["requestAppointment"]["appointment"]["id"],
         appointment
     );
-    assert_eq!(app.event_count().await, events, "nothing appended");
+    assert_eq!(app.event_count().await, events, "the retry wrote nothing");
 }
 
 /// A repeated `commandId` is judged as its caller is now, like any command: a token
@@ -137,14 +148,8 @@ async fn a_repeated_command_id_is_judged_as_the_caller_is_now() {
     assert!(!text.contains(appointment.as_str().unwrap()), "{text}");
     assert_eq!(app.event_count().await, events);
 
-    let again = app
-        .data_as(&north, REQUEST, request_input(&board, "cmd-moved-1"))
-        .await;
-    assert_eq!(
-        again["requestAppointment"]["appointment"]["id"],
-        appointment
-    );
-    assert_eq!(app.event_count().await, events, "the retry wrote nothing");
+    let appointment = appointment.as_str().unwrap();
+    retry_answers(&app, &north, &board, "cmd-moved-1", appointment).await;
 }
 
 /// Two callers who use the same `commandId` (one learned it from the other, or both
